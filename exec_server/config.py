@@ -1,0 +1,47 @@
+"""Server settings and limits, one frozen value passed to every component.
+
+Durations are float seconds and sizes are bytes.  Defaults are the Codex
+exec-server reference's values where it has one (PROTOCOL.md sections 1.3,
+1.5, 5.5 and 6); the others are this project's named limits.
+"""
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    #: Requests of one connection handled at the same time (PROTOCOL.md 1.5);
+    #: 1 restores the reference's serial order.  Further requests wait.
+    concurrent_requests: int = 16
+    #: Largest incoming WebSocket message or stdio line, in bytes.  A larger
+    #: one closes the WebSocket with 1009 (message too big).  128 MiB leaves
+    #: room for a 64 MiB file sent base64-encoded (PROTOCOL.md 1.3).
+    max_message_bytes: int = 128 * MIB
+    #: Output bytes retained per process for ``process/read`` (reference
+    #: ``RETAINED_OUTPUT_BYTES_PER_PROCESS``); older chunks are evicted.
+    retained_output_bytes: int = 1 * MIB
+    #: Output chunks retained per process (``RETAINED_OUTPUT_CHUNKS_PER_PROCESS``).
+    retained_output_chunks: int = 50_000
+    #: How long a closed process stays readable and keeps its id, seconds.
+    closed_process_retention: float = 80.0
+    #: Processes a session may hold at once (running, or closed and retained).
+    #: One more ``process/start`` is -32600.
+    max_processes_per_session: int = 1024
+    #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
+    ping_interval: float = 30.0
+    #: Bytes read from a child's pipe or PTY at a time (one output event at most).
+    read_chunk_bytes: int = 64 * 1024
+    #: After a child exits, how long to wait for its pipes to reach EOF before
+    #: ``process/exited`` is sent anyway (a grandchild may hold them), seconds.
+    exit_output_grace: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
+                     "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError("%s must be at least 1" % name)
+        for name in ("closed_process_retention", "ping_interval", "exit_output_grace"):
+            if getattr(self, name) < 0:
+                raise ValueError("%s must not be negative" % name)

@@ -1,0 +1,218 @@
+"""Per-connection JSON-RPC dispatch: handshake state, validation, scheduling.
+
+:class:`Dispatcher` holds what every connection shares (method table,
+schemas, session registry); :class:`RpcConnection` is one connection's
+protocol state.  A transport feeds it whole messages (:meth:`RpcConnection.
+receive`) and gives it a ``send(text)`` callable; the dispatcher never sees a
+socket, so the WebSocket and stdio transports share it unchanged.
+
+Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601),
+params against the JSON Schema (-32602), handshake state (-32600), handler.
+``initialize`` and notifications run inline on the transport's thread; other
+requests run on a per-connection pool of ``concurrent_requests`` threads, so a
+long poll never delays other calls (PROTOCOL.md 1.5).
+"""
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+from . import methods
+from .config import ServerConfig
+from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError
+from .jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
+                      encode, error_response, parse_message)
+from .processes import ReadAborted
+from .sessions import SessionRegistry
+from .validation import SchemaSet
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str], None]
+
+#: Handshake states of a connection.
+NEW, INITIALIZING, READY = "new", "initializing", "ready"
+
+
+class Dispatcher:
+    """Shared by every connection of one server.  Thread-safe."""
+
+    def __init__(self, registry: SessionRegistry, config: Optional[ServerConfig] = None,
+                 schemas: Optional[SchemaSet] = None):
+        self.registry = registry
+        self.config = config or registry.config
+        self.schemas = schemas or SchemaSet.load()
+        self.methods = dict(methods.METHODS)
+        missing = [m for m in list(self.methods) + ["initialize"]
+                   if not self.schemas.has(self.schemas.params_schema_name(m))]
+        if missing:
+            raise RuntimeError("no params schema for %s" % ", ".join(missing))
+        self._connections_lock = threading.Lock()
+        self._connections: "set[RpcConnection]" = set()
+
+    def open_connection(self, send: Send, parse_error_prefix: str,
+                        on_violation: Optional[Callable[[str], None]] = None) -> "RpcConnection":
+        connection = RpcConnection(self, send, parse_error_prefix)
+        with self._connections_lock:
+            self._connections.add(connection)
+        return connection
+
+    def forget(self, connection: "RpcConnection") -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def connections(self):
+        with self._connections_lock:
+            return list(self._connections)
+
+
+class RpcConnection:
+    """One connection's protocol state.
+
+    ``receive`` is called from the transport's single reader thread;
+    ``notify`` and responses may be sent from any thread, so the transport's
+    ``send`` must serialize whole messages (one send lock per connection).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, send: Send, parse_error_prefix: str):
+        self.dispatcher = dispatcher
+        self.session = None
+        self.state = NEW
+        self.closed = False
+        self._send = send
+        self._prefix = parse_error_prefix
+        config = dispatcher.config
+        self._slots = threading.BoundedSemaphore(config.concurrent_requests)
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrent_requests,
+                                        thread_name_prefix="exec-server-request")
+
+    # -------------------------------------------------------------- sending
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self._send(text)
+        except (OSError, ConnectionError) as exc:
+            log.debug("send failed: %s", exc)
+
+    def notify(self, text: str) -> None:
+        """Session sink: send a notification text if the connection is open."""
+        self._write(text)
+
+    def bind_session(self, session) -> None:
+        self.session = session
+        session.attach(self, self.notify)
+
+    # ------------------------------------------------------------ receiving
+    def receive(self, text) -> None:
+        """Handle one whole incoming message (text or UTF-8 bytes).
+
+        Raises:
+            ProtocolViolation: the transport must close the connection without
+                a JSON-RPC reply (PROTOCOL.md 1.6).
+        """
+        try:
+            message = parse_message(text)
+        except EnvelopeError as exc:
+            self._write(encode(error_response(UNKNOWN_ID, InvalidRequest(self._prefix + exc.description))))
+            return
+        if isinstance(message, Notification):
+            self._handle_notification(message)
+            return
+        if isinstance(message, (Response, ErrorResponse)):
+            raise ProtocolViolation("unexpected response from client")
+        self._handle_request(message)
+
+    def _handle_notification(self, message: Notification) -> None:
+        if message.method == "initialized" and self.state != NEW and self._session_current():
+            self.state = READY
+            return
+        raise ProtocolViolation("unexpected notification %s" % message.method)
+
+    def _session_current(self) -> bool:
+        return self.session is not None and self.session.is_owned_by(self)
+
+    def _handle_request(self, request: Request) -> None:
+        method = request.method
+        routed = method == "initialize" or method in self.dispatcher.methods
+        if not routed:
+            self._write(encode(error_response(request.id, MethodNotFound(
+                "exec-server stub does not implement `%s` yet" % method))))
+            return
+        try:
+            self.dispatcher.schemas.validate_params(method, request.params)
+        except RpcError as error:
+            self._write(encode(error_response(request.id, error)))
+            return
+        if method == "initialize":
+            self._run(request, self._initialize)
+            return
+        family, handler = self.dispatcher.methods[method]
+        if self.state == NEW:
+            error = InvalidRequest("client must call initialize before using %s methods" % family)
+        elif self.state == INITIALIZING:
+            error = InvalidRequest("client must send initialized before using %s methods" % family)
+        else:
+            error = None
+        if error is not None:
+            self._write(encode(error_response(request.id, error)))
+            return
+        self._slots.acquire()
+        try:
+            self._pool.submit(self._run_and_release, request, handler)
+        except RuntimeError:  # pool shut down: the connection is closing
+            self._slots.release()
+
+    def _initialize(self, ctx: methods.RequestContext, params: Any) -> Any:
+        if self.state != NEW:
+            raise InvalidRequest("initialize may only be sent once per connection")
+        result = methods.initialize(ctx, params)
+        self.state = INITIALIZING
+        return result
+
+    def _run_and_release(self, request: Request, handler) -> None:
+        try:
+            self._run(request, handler)
+        finally:
+            self._slots.release()
+
+    def _run(self, request: Request, handler) -> None:
+        ctx = methods.RequestContext(self, self.dispatcher.registry, self.dispatcher.config)
+        try:
+            result = handler(ctx, request.params)
+        except ReadAborted:
+            reply = None
+        except RpcError as error:
+            reply = encode(error_response(request.id, error))
+        except Exception:
+            log.exception("request %s (%r) failed", request.method, request.id)
+            reply = encode(error_response(request.id, InternalError("internal error")))
+        else:
+            reply = encode(Response(request.id, result))
+        try:
+            if reply is not None:
+                self._write(reply)
+        finally:
+            for callback in ctx.after_response_callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("after-response hook of %s failed", request.method)
+
+    # -------------------------------------------------------------- closing
+    def close(self) -> None:
+        """The transport is gone: stop replies, end the session's processes.
+
+        In-flight requests get no reply; their long polls wake and end.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        session = self.session
+        if session is not None and session.detach(self):
+            self.dispatcher.registry.close(session)
+        if session is not None:
+            session.wake_readers()
+        self._pool.shutdown(wait=False)
+        self.dispatcher.forget(self)

@@ -1,0 +1,229 @@
+"""Sans-IO JSON-RPC 2.0 layer of the Codex exec-server protocol.
+
+Text in, message objects out (:func:`parse_message`); message objects in, text
+out (:func:`encode`).  No sockets, threads or transports here.
+
+Envelope rules follow ``PROTOCOL.md`` section 2: the server never sends a
+``jsonrpc`` member and ignores an incoming one; ids are i64 integers or
+strings, echoed with their JSON type; a malformed envelope is reported as
+-32600 with id -1 (never -32700).
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Union
+
+from .errors import RpcError
+
+I64_MIN = -(2 ** 63)
+I64_MAX = 2 ** 63 - 1
+
+#: The id used in replies to messages whose own id could not be read.
+UNKNOWN_ID = -1
+
+RequestId = Union[int, str]
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """W3C Trace Context carried as the top-level ``trace`` member."""
+
+    traceparent: Optional[str] = None
+    tracestate: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Request:
+    id: RequestId
+    method: str
+    params: Any = None
+    trace: Optional[TraceContext] = None
+
+
+@dataclass(frozen=True)
+class Notification:
+    method: str
+    params: Any = None
+    trace: Optional[TraceContext] = None
+
+
+@dataclass(frozen=True)
+class Response:
+    id: RequestId
+    result: Any
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    id: Optional[RequestId]
+    error: Dict[str, Any]
+
+
+Message = Union[Request, Notification, Response, ErrorResponse]
+
+
+class EnvelopeError(Exception):
+    """The text is not a usable JSON-RPC message.
+
+    ``description`` is the text that follows the transport's prefix in the
+    -32600 reply (PROTOCOL.md 2.2), e.g. ``expected a JSON-RPC object``.
+    """
+
+    def __init__(self, description: str):
+        super().__init__(description)
+        self.description = description
+
+
+_ID_ERROR = "data did not match any variant of untagged enum RequestId"
+_MESSAGE_ERROR = "data did not match any variant of untagged enum JSONRPCMessage"
+
+
+def serde_type_description(value: Any) -> str:
+    """Describe a JSON value as serde does in ``invalid type: ...`` texts."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean `%s`" % ("true" if value else "false")
+    if isinstance(value, int):
+        return "integer `%d`" % value
+    if isinstance(value, float):
+        return "floating point `%s`" % _float_text(value)
+    if isinstance(value, str):
+        return "string %s" % json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "sequence"
+    return "map"
+
+
+def _float_text(value: float) -> str:
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _is_valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return I64_MIN <= value <= I64_MAX
+    return isinstance(value, str)
+
+
+def _parse_trace(value: Any) -> Optional[TraceContext]:
+    """Decode a ``trace`` member; raises EnvelopeError if it is unusable."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise EnvelopeError(
+            "invalid type: %s, expected struct W3cTraceContext" % serde_type_description(value)
+        )
+    fields = {}
+    for name in ("traceparent", "tracestate"):
+        member = value.get(name)
+        if member is not None and not isinstance(member, str):
+            raise EnvelopeError(
+                "invalid type: %s, expected a string" % serde_type_description(member)
+            )
+        fields[name] = member
+    return TraceContext(**fields)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("unsupported number %s" % name)
+
+
+def parse_message(text: Union[str, bytes, bytearray]) -> Message:
+    """Parse one JSON-RPC message.
+
+    Args:
+        text: one whole message, as text or UTF-8 bytes.
+    Returns:
+        a :class:`Request`, :class:`Notification`, :class:`Response` or
+        :class:`ErrorResponse`.
+    Raises:
+        EnvelopeError: the text is not JSON, not an object, has an id of the
+            wrong type, a request ``trace`` that is not an object, or fits no
+            message shape.  Reply -32600 with id -1 and keep the connection.
+    """
+    try:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8")
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise EnvelopeError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise EnvelopeError("expected a JSON-RPC object")
+    method = data.get("method")
+    has_id = "id" in data
+    if "method" in data:
+        if not isinstance(method, str):
+            raise EnvelopeError(_MESSAGE_ERROR)
+        if has_id:
+            if not _is_valid_id(data["id"]):
+                raise EnvelopeError(_ID_ERROR)
+            trace = _parse_trace(data.get("trace"))
+            return Request(data["id"], method, data.get("params"), trace)
+        try:
+            trace = _parse_trace(data.get("trace"))
+        except EnvelopeError:
+            trace = None  # PROTOCOL.md 12.1: a bad carrier on a notification is dropped
+        return Notification(method, data.get("params"), trace)
+    if has_id and ("result" in data or "error" in data):
+        if data["id"] is not None and not _is_valid_id(data["id"]):
+            raise EnvelopeError(_ID_ERROR)
+        if "error" in data:
+            error = data["error"]
+            if not isinstance(error, dict):
+                raise EnvelopeError(_MESSAGE_ERROR)
+            return ErrorResponse(data["id"], error)
+        return Response(data["id"], data["result"])
+    raise EnvelopeError(_MESSAGE_ERROR)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON with non-ASCII left unescaped (the reference's encoding)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(message: Message) -> str:
+    """Serialize a message in the reference's member order.
+
+    Requests and notifications carry ``trace`` only when set; no ``jsonrpc``
+    member is written (PROTOCOL.md 2.1).
+    """
+    if isinstance(message, Response):
+        return '{"id":%s,"result":%s}' % (dumps(message.id), dumps(message.result))
+    if isinstance(message, ErrorResponse):
+        return '{"error":%s,"id":%s}' % (dumps(message.error), dumps(message.id))
+    body: Dict[str, Any] = {}
+    if isinstance(message, Request):
+        body["id"] = message.id
+    body["method"] = message.method
+    if message.params is not None:
+        body["params"] = message.params
+    if message.trace is not None:
+        trace = {}
+        if message.trace.traceparent is not None:
+            trace["traceparent"] = message.trace.traceparent
+        if message.trace.tracestate is not None:
+            trace["tracestate"] = message.trace.tracestate
+        body["trace"] = trace
+    return dumps(body)
+
+
+def error_response(request_id: Optional[RequestId], error: RpcError) -> ErrorResponse:
+    return ErrorResponse(request_id, error.to_dict())
+
+
+def encode_output_notification(process_id: str, seq: int, stream: str, chunk_b64: str) -> str:
+    """``process/output`` text built without re-escaping the base64 chunk.
+
+    Standard base64 needs no JSON escaping, so the chunk is inserted as is;
+    only the process id goes through the JSON encoder.  Equal to
+    ``encode(Notification("process/output", {...}))``.
+    """
+    return '{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"%s"}}' % (
+        dumps(process_id),
+        seq,
+        stream,
+        chunk_b64,
+    )

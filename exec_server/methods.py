@@ -1,0 +1,166 @@
+"""One handler per method: ``handler(context, params) -> result``.
+
+Params arrive already checked against ``schemas/<method>.params.json``; a
+handler raises :class:`~exec_server.errors.RpcError` subclasses for the
+protocol's errors.  Behaviour and texts follow PROTOCOL.md sections 4 and 5.
+Handlers know no socket: they see a :class:`RequestContext`.
+"""
+
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+from . import b64, sandbox
+from .config import ServerConfig
+from .envpolicy import child_environment
+from .environment import environment_info
+from .errors import InvalidParams, InvalidRequest, SessionAlreadyAttached
+from .processes import ManagedProcess, ReadAborted
+from .sessions import TAKEN_OVER, Session, SessionRegistry
+from .uris import UriError, platform_os, uri_to_path
+
+
+class RequestContext:
+    """What a handler may use: the registry, the connection's session, hooks.
+
+    ``after_response(fn)`` runs ``fn`` once the response has been written
+    (``process/start`` starts its output threads there, so no notification
+    can precede the response).
+    """
+
+    def __init__(self, connection: Any, registry: SessionRegistry, config: ServerConfig):
+        self.connection = connection
+        self.registry = registry
+        self.config = config
+        self.after_response_callbacks: List[Callable[[], None]] = []
+
+    @property
+    def session(self) -> Session:
+        return self.connection.session
+
+    def after_response(self, callback: Callable[[], None]) -> None:
+        self.after_response_callbacks.append(callback)
+
+    def aborted(self) -> Optional[Exception]:
+        """An error to end a long poll with, or None to go on waiting."""
+        if self.connection.closed:
+            return ReadAborted("connection closed")
+        if not self.session.is_owned_by(self.connection):
+            return InvalidRequest(TAKEN_OVER)
+        return None
+
+
+# --------------------------------------------------------------- handshake
+def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Create a session, or resume one with ``resumeSessionId`` (PROTOCOL.md 4.1, 7)."""
+    resume_id = params.get("resumeSessionId")
+    if resume_id is None:
+        session = ctx.registry.create()
+    else:
+        session = ctx.registry.get(resume_id)
+        if session is None:
+            raise InvalidRequest("unknown session id %s" % resume_id)
+        if not session.attach_if_free(ctx.connection, ctx.connection.notify):
+            raise SessionAlreadyAttached(
+                "session %s is already attached to another connection" % resume_id)
+    ctx.connection.bind_session(session)
+    return {"sessionId": session.session_id, "environmentInfo": environment_info()}
+
+
+def environment_info_method(ctx: RequestContext, params: Any) -> Dict[str, Any]:
+    return environment_info()
+
+
+def environment_status(ctx: RequestContext, params: Any) -> Dict[str, Any]:
+    return {"status": "ready"}
+
+
+# ---------------------------------------------------------------- processes
+def _cwd_path(uri: str) -> str:
+    try:
+        return uri_to_path(uri)
+    except UriError as exc:
+        if exc.kind == "host":
+            raise InvalidParams("cwd URI `%s` is not valid on this exec-server host: %s"
+                                % (uri, exc.message)) from None
+        raise InvalidParams(exc.message) from None
+
+
+def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Spawn a process (PROTOCOL.md 5.1); checks run in the reference's order."""
+    process_id = params["processId"]
+    cwd = _cwd_path(params["cwd"])
+    policy = sandbox.parse_sandbox(params.get("sandbox"))
+    if params.get("enforceManagedNetwork"):
+        raise InvalidParams("enforceManagedNetwork is not supported by this exec-server")
+    argv = params["argv"]
+    if not argv:
+        raise InvalidParams("argv must not be empty")
+    session = ctx.session
+    session.reserve(process_id)
+    try:
+        if policy is not None:
+            raise sandbox.unavailable(policy)
+        env = child_environment(params["env"], params.get("envPolicy"), os.environ)
+        process = ManagedProcess.spawn(
+            process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
+            params.get("arg0"), ctx.config, session.notify, session.process_closed)
+    except BaseException:
+        session.unreserve(process_id)
+        raise
+    session.add(process)
+    ctx.after_response(process.start_monitoring)
+    return {"processId": process_id, "sandboxType": "none"}
+
+
+def process_read(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Retained output after ``afterSeq``, long-polling up to ``waitMs`` (PROTOCOL.md 5.4)."""
+    process = ctx.session.require(params["processId"])
+    wait_ms = params.get("waitMs") or 0
+    return process.read(
+        after_seq=params.get("afterSeq") or 0,
+        max_bytes=params.get("maxBytes"),
+        wait=wait_ms / 1000.0,
+        aborted=ctx.aborted,
+    )
+
+
+def process_write(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Write to stdin or the PTY, idempotent per ``writeId`` (PROTOCOL.md 5.5)."""
+    try:
+        data = b64.decode(params["chunk"])
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from None
+    if params["writeId"] == "":
+        raise InvalidParams("writeId must not be empty")
+    process = ctx.session.get(params["processId"])
+    if process is None:
+        return {"status": "unknownProcess"}
+    return {"status": process.write(data, params["writeId"])}
+
+
+def process_signal(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Interrupt the process group; ``{}`` also for unknown ids (PROTOCOL.md 5.6)."""
+    process = ctx.session.get(params["processId"])
+    if process is not None:
+        process.interrupt()
+    return {}
+
+
+def process_terminate(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """SIGKILL the whole tree (PROTOCOL.md 5.7)."""
+    process = ctx.session.get(params["processId"])
+    return {"running": process.terminate() if process is not None else False}
+
+
+#: method -> (handshake family for PROTOCOL.md 4.3 errors, handler)
+METHODS: Dict[str, Any] = {
+    "environment/info": ("environment info", environment_info_method),
+    "environment/status": ("environment status", environment_status),
+    "process/start": ("exec", process_start),
+    "process/read": ("exec", process_read),
+    "process/write": ("exec", process_write),
+    "process/signal": ("exec", process_signal),
+    "process/terminate": ("exec", process_terminate),
+}
+
+

@@ -1,0 +1,71 @@
+"""Decode a ``sandbox`` member (FileSystemSandboxContext) into a policy.
+
+PROTOCOL.md section 9.  Shapes are checked by the JSON Schema first; this
+module rejects the variants the project does not support (-32602, messages
+starting with ``unsupported sandbox``) and tells whether the profile needs
+enforcement.  Enforcement itself (bubblewrap, the fs helper) is not built yet,
+so a profile that needs it is refused with -32603 ``sandbox unavailable: ...``
+and never runs unconfined.
+"""
+
+import sys
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+from .errors import InternalError, InvalidParams
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """A profile that restricts the file system and/or the network."""
+
+    entries: Tuple[Tuple[str, str], ...]  # (native path or ":minimal", access)
+    restrict_network: bool
+
+
+def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None) -> Optional[SandboxPolicy]:
+    """The policy to enforce, or None when the profile restricts nothing.
+
+    Raises:
+        InvalidParams: an unsupported variant (glob patterns, special paths
+            other than ``minimal``, a Windows sandbox level).
+    """
+    if sandbox is None:
+        return None
+    if windows is None:
+        windows = sys.platform.startswith("win")
+    level = sandbox.get("windowsSandboxLevel")
+    if windows and level != "disabled":
+        raise InvalidParams("unsupported sandbox windowsSandboxLevel `%s`" % level)
+    permissions = sandbox["permissions"]
+    kind = permissions["type"]
+    if kind in ("disabled", "external"):
+        return None
+    file_system = permissions.get("file_system") or {"type": "unrestricted"}
+    entries: List[Tuple[str, str]] = []
+    if file_system["type"] == "restricted":
+        for entry in file_system.get("entries") or []:
+            path = entry["path"]
+            access = "none" if entry["access"] == "deny" else entry["access"]
+            if path["type"] == "glob_pattern":
+                raise InvalidParams("unsupported sandbox path type `glob_pattern`")
+            if path["type"] == "special":
+                value = path.get("value") or {}
+                special = value.get("kind") if isinstance(value, dict) else None
+                if special != "minimal":
+                    raise InvalidParams("unsupported sandbox special path `%s`" % special)
+                entries.append((":minimal", access))
+            else:
+                entries.append((path.get("path", ""), access))
+    restrict_network = permissions.get("network") == "restricted"
+    if file_system["type"] != "restricted" and not restrict_network:
+        return None
+    return SandboxPolicy(tuple(entries), restrict_network)
+
+
+def unavailable(policy: SandboxPolicy) -> InternalError:
+    """The error for a profile this host cannot enforce (never run unconfined)."""
+    what = "file system restrictions" if policy.entries else "network restrictions"
+    return InternalError("sandbox unavailable: %s are not enforced by this exec-server yet" % what)
+
+

@@ -1,0 +1,123 @@
+"""The WebSocket server: bind, serve, and shut down in order.
+
+:func:`make_server` binds (port 0 picks a free port and the real one is
+recorded), builds the session registry and dispatcher, and returns an
+:class:`ExecServer`.  ``serve_forever`` runs werkzeug's threaded server (a
+thread per connection); ``shutdown`` stops accepting, closes every WebSocket
+with 1001, kills every process tree and joins the process threads.
+"""
+
+import ipaddress
+import logging
+import threading
+from typing import Optional, Tuple
+from urllib.parse import urlsplit
+
+from werkzeug.serving import make_server as make_wsgi_server
+
+from .config import ServerConfig
+from .dispatch import Dispatcher
+from .sessions import SessionRegistry
+from .websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
+
+log = logging.getLogger(__name__)
+
+#: How often werkzeug's accept loop checks for shutdown, seconds.
+POLL_INTERVAL = 0.1
+
+
+def parse_listen_url(url: str) -> Tuple[str, int]:
+    """``ws://IP:PORT`` -> (host, port).
+
+    Raises:
+        ValueError: not a ``ws://`` URL with an IP literal (or ``localhost``)
+            and a port.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname or parts.port is None:
+        raise ValueError("listen URL must look like ws://127.0.0.1:PORT, got %r" % url)
+    host = parts.hostname
+    if host != "localhost":
+        ipaddress.ip_address(host)
+    if parts.path not in ("", "/"):
+        raise ValueError("listen URL must not have a path: %r" % url)
+    return host, parts.port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ExecServer:
+    """A listening exec-server.  ``url`` is the bound ``ws://host:port``."""
+
+    def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None):
+        self.config = config or ServerConfig()
+        self.registry = SessionRegistry(self.config)
+        self.dispatcher = Dispatcher(self.registry, self.config)
+        self.app = WebSocketApp(self.dispatcher, self.config)
+        self._wsgi = make_wsgi_server(host, port, self.app, threaded=True, request_handler=RequestHandler)
+        self.host = host
+        self.port = self._wsgi.port
+        self._thread: Optional[threading.Thread] = None
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "ws://%s:%d" % (host, self.port)
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`shutdown`; then clean up (blocking)."""
+        try:
+            self._wsgi.serve_forever(poll_interval=POLL_INTERVAL)
+        finally:
+            self._cleanup()
+
+    def start(self) -> "ExecServer":
+        """Serve on a background thread; returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name="exec-server-accept", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Stop accepting, close WebSockets (1001), kill every process tree.
+
+        Safe to call from any thread but the one running ``serve_forever``
+        (e.g. a signal handler thread), and more than once.
+        """
+        self._wsgi.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        else:
+            self._stopped.wait(timeout)
+
+    def _cleanup(self) -> None:
+        if self._stopped.is_set():
+            return
+        for connection in self.app.connections():
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        self.registry.close_all()
+        self._stopped.set()
+
+    def __enter__(self) -> "ExecServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
+
+
+def make_server(url: str = "ws://127.0.0.1:0", config: Optional[ServerConfig] = None) -> ExecServer:
+    """Bind a server on ``url`` (``ws://IP:PORT``; port 0 picks a free one).
+
+    Raises:
+        ValueError: a malformed listen URL.
+        OSError: the address cannot be bound.
+    """
+    host, port = parse_listen_url(url)
+    return ExecServer(host, port, config)

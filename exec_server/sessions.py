@@ -1,0 +1,196 @@
+"""Sessions and the session registry.
+
+A session owns its processes (PROTOCOL.md 7); a connection attaches to one
+and receives its notifications through a *sink*.  The registry has one lock
+with short critical sections (add, get, pop, snapshot); processes are killed
+and notifications sent outside it.
+
+Detach/resume: :meth:`Session.attach` and :meth:`Session.detach` swap the
+sink under the session lock, and ``detach`` only clears the sink it was given,
+so an old connection can never clear a newer connection's sink.  Until the
+resume feature lands, the server closes a session when its connection ends
+(``SessionRegistry.close``).
+"""
+
+import logging
+import threading
+import uuid
+from typing import Callable, Dict, List, Optional
+
+from .config import ServerConfig
+from .errors import InvalidRequest
+from .processes import ManagedProcess
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[str], None]
+
+TAKEN_OVER = "session has been resumed by another connection"
+
+
+class Session:
+    """Processes of one client session, and the sink of its attached connection.
+
+    Thread-safe; the lock guards the process table and the sink only.
+    """
+
+    def __init__(self, session_id: str, config: ServerConfig, scheduler: Scheduler):
+        self.session_id = session_id
+        self._config = config
+        self._scheduler = scheduler
+        self._lock = threading.Lock()
+        self._processes: Dict[str, ManagedProcess] = {}
+        self._reserved: Dict[str, None] = {}
+        self._sink: Optional[Sink] = None
+        self._owner: Optional[object] = None
+        self._closed = False
+
+    # ------------------------------------------------------------ attachment
+    def attach(self, owner: object, sink: Sink) -> None:
+        with self._lock:
+            self._owner = owner
+            self._sink = sink
+
+    def attach_if_free(self, owner: object, sink: Sink) -> bool:
+        """Attach unless another connection holds the session; True if attached."""
+        with self._lock:
+            if self._owner is not None or self._closed:
+                return False
+            self._owner = owner
+            self._sink = sink
+            return True
+
+    def detach(self, owner: object) -> bool:
+        """Clear the sink if ``owner`` still holds it; True if it did."""
+        with self._lock:
+            if self._owner is not owner:
+                return False
+            self._owner = None
+            self._sink = None
+            return True
+
+    def is_owned_by(self, owner: object) -> bool:
+        with self._lock:
+            return self._owner is owner
+
+    def notify(self, text: str) -> None:
+        """Send a notification to the attached connection; dropped when detached."""
+        with self._lock:
+            sink = self._sink
+        if sink is not None:
+            sink(text)
+
+    # ------------------------------------------------------------- processes
+    def reserve(self, process_id: str) -> None:
+        """Claim a process id before spawning.
+
+        Raises:
+            InvalidRequest: ``process <id> already exists``, or the session's
+                process limit (``max_processes_per_session``) is reached.
+        """
+        with self._lock:
+            if self._closed:
+                raise InvalidRequest("session is closed")
+            if process_id in self._processes or process_id in self._reserved:
+                raise InvalidRequest("process %s already exists" % process_id)
+            if len(self._processes) + len(self._reserved) >= self._config.max_processes_per_session:
+                raise InvalidRequest(
+                    "too many processes in this session (limit %d)" % self._config.max_processes_per_session)
+            self._reserved[process_id] = None
+
+    def unreserve(self, process_id: str) -> None:
+        with self._lock:
+            self._reserved.pop(process_id, None)
+
+    def add(self, process: ManagedProcess) -> None:
+        with self._lock:
+            self._reserved.pop(process.process_id, None)
+            self._processes[process.process_id] = process
+            closed = self._closed
+        if closed:  # the session ended while this process was spawning
+            process.kill_tree()
+
+    def get(self, process_id: str) -> Optional[ManagedProcess]:
+        with self._lock:
+            return self._processes.get(process_id)
+
+    def require(self, process_id: str) -> ManagedProcess:
+        """The process, or -32600 ``unknown process id <id>``."""
+        process = self.get(process_id)
+        if process is None:
+            raise InvalidRequest("unknown process id %s" % process_id)
+        return process
+
+    def processes(self) -> List[ManagedProcess]:
+        with self._lock:
+            return list(self._processes.values())
+
+    def process_closed(self, process: ManagedProcess) -> None:
+        """Keep a closed process readable for ``closed_process_retention`` seconds."""
+        self._scheduler.call_later(self._config.closed_process_retention, lambda: self._forget(process))
+
+    def _forget(self, process: ManagedProcess) -> None:
+        with self._lock:
+            if self._processes.get(process.process_id) is process:
+                del self._processes[process.process_id]
+
+    def wake_readers(self) -> None:
+        for process in self.processes():
+            process.wake()
+
+    def close(self) -> List[ManagedProcess]:
+        """Mark closed and kill every process group; returns the processes."""
+        with self._lock:
+            self._closed = True
+            self._sink = None
+            self._owner = None
+            processes = list(self._processes.values())
+        for process in processes:
+            process.kill_tree()
+        for process in processes:
+            process.wake()
+        return processes
+
+
+class SessionRegistry:
+    """All sessions of a server, under one lock.  Thread-safe."""
+
+    def __init__(self, config: ServerConfig, scheduler: Optional[Scheduler] = None):
+        self.config = config
+        self.scheduler = scheduler or Scheduler()
+        self._lock = threading.Lock()
+        self._sessions: Dict[str, Session] = {}
+
+    def create(self) -> Session:
+        session = Session(str(uuid.uuid4()), self.config, self.scheduler)
+        with self._lock:
+            self._sessions[session.session_id] = session
+        return session
+
+    def get(self, session_id: str) -> Optional[Session]:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def snapshot(self) -> List[Session]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def close(self, session: Session) -> None:
+        """Remove the session and kill its processes."""
+        with self._lock:
+            if self._sessions.get(session.session_id) is session:
+                del self._sessions[session.session_id]
+        session.close()
+
+    def close_all(self, join_timeout: float = 2.0) -> None:
+        """Close every session, then wait for their processes' threads."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        processes: List[ManagedProcess] = []
+        for session in sessions:
+            processes.extend(session.close())
+        for process in processes:
+            process.join(join_timeout)
+        self.scheduler.stop()

@@ -1,0 +1,215 @@
+"""JSON Schema validation of request params (draft 2020-12), serde-style errors.
+
+Schemas live in the top-level ``schemas/`` folder (shipped in the wheel as the
+``exec_server.schemas`` package data): ``<method>.params.json`` and
+``<method>.result.json``, e.g. ``schemas/process/start.params.json``.  They are
+loaded and checked once (:meth:`SchemaSet.load`); ``$ref``s resolve offline
+through a :class:`referencing.Registry`.  Validators are not shared between
+threads.
+
+Failures become -32602 errors worded like the reference's serde messages
+(PROTOCOL.md 2.3): ``missing field `processId` ``, ``invalid type: number,
+expected a string``, ``unknown variant `kill`, expected `interrupt` ``.  The
+error's ``data`` holds the JSON path of the offending value.
+"""
+
+import json
+import os
+import threading
+from typing import Any, Dict, Iterable, List, Optional
+
+import jsonschema
+import referencing
+from jsonschema.validators import validator_for
+
+from .errors import InvalidParams
+from .jsonrpc import serde_type_description
+
+_URN = "urn:exec-server:"
+
+
+def _schema_root():
+    """The folder (a Traversable) holding the schema files."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    packaged = os.path.join(here, "schemas")
+    if os.path.isdir(packaged):
+        return packaged
+    return os.path.join(os.path.dirname(here), "schemas")
+
+
+def _walk_json(root: str) -> Iterable[str]:
+    for folder, _dirs, files in os.walk(root):
+        for name in sorted(files):
+            if name.endswith(".json"):
+                yield os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+
+
+class SchemaSet:
+    """Every schema file, checked, with per-thread validators.
+
+    Thread-safe: each thread gets its own validator objects.
+    """
+
+    def __init__(self, schemas: Dict[str, dict]):
+        self._schemas = schemas
+        resources = [
+            (schema.get("$id", _URN + name), referencing.Resource.from_contents(schema))
+            for name, schema in schemas.items()
+        ]
+        self._registry = referencing.Registry().with_resources(resources)
+        self._local = threading.local()
+
+    @classmethod
+    def load(cls, root: Optional[str] = None) -> "SchemaSet":
+        """Read and ``check_schema`` every file under ``root``.
+
+        Raises:
+            jsonschema.SchemaError: a schema file is itself invalid (a bug).
+            OSError, ValueError: a file is missing or not JSON.
+        """
+        root = root or _schema_root()
+        schemas = {}
+        for name in _walk_json(root):
+            with open(os.path.join(root, name), encoding="utf-8") as handle:
+                schema = json.load(handle)
+            validator_for(schema).check_schema(schema)
+            schemas[name] = schema
+        return cls(schemas)
+
+    def names(self) -> List[str]:
+        return sorted(self._schemas)
+
+    def has(self, name: str) -> bool:
+        return name in self._schemas
+
+    def schema(self, name: str) -> dict:
+        return self._schemas[name]
+
+    def validator(self, name: str):
+        cache = getattr(self._local, "validators", None)
+        if cache is None:
+            cache = self._local.validators = {}
+        validator = cache.get(name)
+        if validator is None:
+            schema = self._schemas[name]
+            validator = validator_for(schema)(schema, registry=self._registry)
+            cache[name] = validator
+        return validator
+
+    def params_schema_name(self, method: str) -> str:
+        return method + ".params.json"
+
+    def validate_params(self, method: str, params: Any) -> None:
+        """Check a request's params against ``<method>.params.json``.
+
+        Raises:
+            InvalidParams: the params do not match; the message is serde-style
+                and ``data`` is ``{"path": "$.argv[0]"}``.
+            KeyError: no schema exists for the method (a bug: every routed
+                method has one, see ``tests/test_validation.py``).
+        """
+        name = self.params_schema_name(method)
+        validator = self.validator(name)
+        errors = list(validator.iter_errors(params))
+        if not errors:
+            return
+        error = _first_error(errors, params)
+        raise InvalidParams(_serde_message(error), data={"path": error.json_path})
+
+    def validate(self, name: str, instance: Any) -> None:
+        """Raise ``jsonschema.ValidationError`` if ``instance`` does not match."""
+        self.validator(name).validate(instance)
+
+
+def _leaf_errors(errors: Iterable[jsonschema.ValidationError]) -> List[jsonschema.ValidationError]:
+    leaves = []
+    for error in errors:
+        if error.context:
+            leaves.extend(_leaf_errors(error.context))
+        else:
+            leaves.append(error)
+    return leaves
+
+
+def _first_error(errors: List[jsonschema.ValidationError], params: Any) -> jsonschema.ValidationError:
+    """Pick the error serde would report first.
+
+    serde reports problems of present members in input order while decoding,
+    and a missing required member once the object is done; so the shallowest
+    ``type`` problem wins, then errors on members in input order (depth
+    first), and ``required`` errors of an object after its members' errors.
+    """
+    errors = _leaf_errors(errors)
+
+    def key(error: jsonschema.ValidationError):
+        path = list(error.absolute_path)
+        ranks = []
+        node = params
+        for part in path:
+            if isinstance(node, dict):
+                keys = list(node)
+                ranks.append(keys.index(part) if part in keys else len(keys))
+            elif isinstance(node, list):
+                ranks.append(part if isinstance(part, int) else 0)
+            else:
+                ranks.append(0)
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+        # a type error of the container itself comes before anything inside it
+        own = 0 if error.validator == "type" else (2 if error.validator == "required" else 1)
+        return ranks + [-1, own]
+
+    return min(errors, key=key)
+
+
+def _expected_text(schema: Dict[str, Any]) -> str:
+    types = schema.get("type")
+    if isinstance(types, list):
+        types = [t for t in types if t != "null"]
+        types = types[0] if types else None
+    if types == "string":
+        return "a string"
+    if types == "boolean":
+        return "a boolean"
+    if types == "integer":
+        return "u64" if schema.get("minimum") == 0 else "i64"
+    if types == "array":
+        return "a sequence"
+    if types == "object":
+        title = schema.get("title")
+        return "struct %s" % title if title else "a map"
+    return "a value"
+
+
+def _variants_text(options: List[Any]) -> str:
+    names = ["`%s`" % option for option in options]
+    if len(names) == 1:
+        return names[0]
+    if len(names) == 2:
+        return "%s or %s" % (names[0], names[1])
+    return "one of " + ", ".join(names)
+
+
+def _serde_message(error: jsonschema.ValidationError) -> str:
+    validator = error.validator
+    if validator == "required":
+        # jsonschema reports missing members in the order of ``required``,
+        # which lists them in declaration order: the first is serde's.
+        missing = error.message.split("'")[1] if "'" in error.message else str(error.message)
+        return "missing field `%s`" % missing
+    if validator == "type":
+        return "invalid type: %s, expected %s" % (
+            serde_type_description(error.instance),
+            _expected_text(error.schema),
+        )
+    if validator == "enum":
+        if isinstance(error.instance, str):
+            return "unknown variant `%s`, expected %s" % (error.instance, _variants_text(error.validator_value))
+        return "invalid type: %s, expected %s" % (serde_type_description(error.instance), "a string")
+    if validator == "minimum" and isinstance(error.instance, int):
+        return "invalid number"
+    if validator == "const":
+        return "invalid value: %s, expected %r" % (serde_type_description(error.instance), error.validator_value)
+    return error.message
