@@ -84,20 +84,13 @@ def serde_type_description(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean `%s`" % ("true" if value else "false")
-    if isinstance(value, int):
-        return "integer `%d`" % value
-    if isinstance(value, float):
-        return "floating point `%s`" % _float_text(value)
+    if isinstance(value, (int, float)):
+        return "number"  # serde_json::Value describes every number so
     if isinstance(value, str):
         return "string %s" % json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "sequence"
     return "map"
-
-
-def _float_text(value: float) -> str:
-    text = repr(value)
-    return text[:-2] if text.endswith(".0") else text
 
 
 def _is_valid_id(value: Any) -> bool:
@@ -156,7 +149,7 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     has_id = "id" in data
     if "method" in data:
         if not isinstance(method, str):
-            raise EnvelopeError(_MESSAGE_ERROR)
+            raise EnvelopeError("invalid type: %s, expected a string" % serde_type_description(method))
         if has_id:
             if not _is_valid_id(data["id"]):
                 raise EnvelopeError(_ID_ERROR)
@@ -176,7 +169,8 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
                 raise EnvelopeError(_MESSAGE_ERROR)
             return ErrorResponse(data["id"], error)
         return Response(data["id"], data["result"])
-    raise EnvelopeError(_MESSAGE_ERROR)
+    # serde's untagged decoding ends with the error-response variant
+    raise EnvelopeError("missing field `error`")
 
 
 def dumps(value: Any) -> str:

@@ -199,6 +199,12 @@ def _serde_message(error: jsonschema.ValidationError) -> str:
         # which lists them in declaration order: the first is serde's.
         missing = error.message.split("'")[1] if "'" in error.message else str(error.message)
         return "missing field `%s`" % missing
+    if validator == "type" and isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool) \
+            and _expected_text(error.schema) == "u64":
+        return "invalid number"
+    if validator == "type" and isinstance(error.instance, list) and _expected_text(error.schema).startswith("struct "):
+        return "invalid length %d, expected %s with %d elements" % (
+            len(error.instance), _expected_text(error.schema), len(error.schema.get("properties", {})))
     if validator == "type":
         return "invalid type: %s, expected %s" % (
             serde_type_description(error.instance),
@@ -208,7 +214,7 @@ def _serde_message(error: jsonschema.ValidationError) -> str:
         if isinstance(error.instance, str):
             return "unknown variant `%s`, expected %s" % (error.instance, _variants_text(error.validator_value))
         return "invalid type: %s, expected %s" % (serde_type_description(error.instance), "a string")
-    if validator == "minimum" and isinstance(error.instance, int):
+    if validator in ("minimum", "maximum") and isinstance(error.instance, int):
         return "invalid number"
     if validator == "const":
         return "invalid value: %s, expected %r" % (serde_type_description(error.instance), error.validator_value)

@@ -1,0 +1,250 @@
+"""Command line: ``exec-server [--listen URL]`` serves; ``exec-server run`` runs a command.
+
+    exec-server --listen ws://127.0.0.1:8765     # prints the bound URL once ready
+    exec-server run -- python -c "print('hi')"   # embedded server, real WebSocket
+    exec-server run --url ws://127.0.0.1:8765 --env A=1 --cwd /tmp -- sh -c 'echo $A'
+
+``run`` streams the remote stdout and stderr to the local ones as they arrive,
+exits with the remote exit status (128 + N when a pipe process died of signal
+N), and turns Ctrl-C into ``process/signal interrupt``.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .client import Client, ClosedEvent, ExitedEvent, OutputEvent
+from .config import ServerConfig
+from .errors import ExecServerDisconnected, RpcError
+from .server import is_loopback, make_server, parse_listen_url
+
+log = logging.getLogger("exec_server")
+
+#: Exit status of ``run`` when the command could not be run at all.
+EXIT_RUN_FAILED = 125
+#: Exit status of ``run`` when the connection to the server was lost.
+EXIT_DISCONNECTED = 255
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerConfig()
+    parser.add_argument("--listen", default="ws://127.0.0.1:0", metavar="URL",
+                        help="ws://IP:PORT to listen on; port 0 picks a free port (default %(default)s)")
+    parser.add_argument("--concurrent-requests", type=int, default=defaults.concurrent_requests, metavar="N",
+                        help="requests handled at once per connection; 1 is the reference's serial order "
+                             "(default %(default)s)")
+    parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes, metavar="BYTES",
+                        help="largest incoming message (default %(default)s)")
+    parser.add_argument("--retained-output-bytes", type=int, default=defaults.retained_output_bytes,
+                        metavar="BYTES", help="output kept per process for process/read (default %(default)s)")
+    parser.add_argument("--retained-output-chunks", type=int, default=defaults.retained_output_chunks,
+                        metavar="N", help="output chunks kept per process (default %(default)s)")
+    parser.add_argument("--closed-process-retention", type=float, default=defaults.closed_process_retention,
+                        metavar="SECONDS", help="how long a closed process stays readable (default %(default)s)")
+    parser.add_argument("--max-processes-per-session", type=int, default=defaults.max_processes_per_session,
+                        metavar="N", help="processes a session may hold (default %(default)s)")
+    parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
+                        help="WebSocket ping interval, 0 disables (default %(default)s)")
+    parser.add_argument("--log-level", default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
+                        help="logging level on stderr (default %(default)s)")
+
+
+def _config_from(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        concurrent_requests=args.concurrent_requests,
+        max_message_bytes=args.max_message_bytes,
+        retained_output_bytes=args.retained_output_bytes,
+        retained_output_chunks=args.retained_output_chunks,
+        closed_process_retention=args.closed_process_retention,
+        max_processes_per_session=args.max_processes_per_session,
+        ping_interval=args.ping_interval,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exec-server", description="JSON-RPC remote-execution server")
+    parser.add_argument("--version", action="version", version="exec-server " + __version__)
+    _server_options(parser)
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="run a command through an exec-server",
+                              description="Run a command through an exec-server and stream its output.")
+    run.add_argument("--url", help="server to use (default: an embedded server on a free loopback port)")
+    run.add_argument("--cwd", help="working directory on the server")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a variable for the command (repeatable)")
+    run.add_argument("--clean-env", action="store_true",
+                     help="give the command only the --env variables (default: inherit the server's)")
+    run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
+    run.add_argument("--stdin", action="store_true",
+                     help="forward local stdin to the command (always on with --tty)")
+    run.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="connect timeout (default %(default)s)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
+    return parser
+
+
+def _parse_env(pairs: List[str]) -> dict:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit("exec-server run: --env wants NAME=VALUE, got %r" % pair)
+        env[name] = value
+    return env
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        host, _port = parse_listen_url(args.listen)
+    except ValueError as exc:
+        print("exec-server: %s" % exc, file=sys.stderr)
+        return 2
+    if not is_loopback(host):
+        print("exec-server: websocket auth is required for non-localhost listeners; "
+              "listen on 127.0.0.1 or ::1", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(args.listen, _config_from(args))
+    except OSError as exc:
+        print("exec-server: cannot listen on %s: %s" % (args.listen, exc), file=sys.stderr)
+        return 1
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, name="exec-server-stop", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sys.stdout.write(server.url + "\n")
+    sys.stdout.flush()
+    server.serve_forever()
+    return 0
+
+
+class _RawTerminal:
+    """Local terminal in raw mode for ``run --tty`` (restored on exit)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.saved = None
+
+    def __enter__(self) -> "_RawTerminal":
+        if os.isatty(self.fd):
+            import termios
+            import tty
+
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setraw(self.fd)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def _forward_stdin(process) -> None:
+    fd = sys.stdin.fileno()
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            process.write(data)
+        except (RpcError, ExecServerDisconnected, OSError, TimeoutError):
+            return
+
+
+def run_command(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("exec-server run: no command given (exec-server run -- COMMAND ...)", file=sys.stderr)
+        return 2
+    env = _parse_env(args.env)
+    server = None
+    url = args.url
+    if url is None:
+        server = make_server("ws://127.0.0.1:0", ServerConfig()).start()
+        url = server.url
+    try:
+        with Client.connect(url, timeout=args.timeout, client_name="exec-server-run") as client:
+            return _stream(client, argv, env, args)
+    except ExecServerDisconnected as exc:
+        print("exec-server run: %s" % exc, file=sys.stderr)
+        return EXIT_DISCONNECTED
+    except RpcError as exc:
+        print("exec-server run: %s" % exc.message, file=sys.stderr)
+        return EXIT_RUN_FAILED
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
+    forward = args.stdin or (args.tty and sys.stdin is not None and os.isatty(sys.stdin.fileno()))
+    process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env,
+                           tty=args.tty, stdin=bool(forward))
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        interrupts.append(signum)
+        action = process.send_interrupt if len(interrupts) == 1 else process.terminate
+        threading.Thread(target=_quietly, args=(action,), daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    exit_code = None
+    try:
+        with _RawTerminal(sys.stdin.fileno()) if args.tty and forward else _NullContext():
+            if forward:
+                threading.Thread(target=_forward_stdin, args=(process,), daemon=True).start()
+            for event in process:
+                if isinstance(event, OutputEvent):
+                    target = err if event.stream == "stderr" else out
+                    target.write(event.data)
+                    target.flush()
+                elif isinstance(event, ExitedEvent):
+                    exit_code = event.exit_code
+                elif isinstance(event, ClosedEvent):
+                    break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if exit_code is None or exit_code < 0:
+        return EXIT_DISCONNECTED
+    return exit_code if exit_code < 256 else 255
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+
+def _quietly(action) -> None:
+    try:
+        action()
+    except Exception as exc:  # the process may be gone already
+        log.debug("interrupt failed: %s", exc)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        return run_command(args)
+    return serve(args)

@@ -1,0 +1,53 @@
+"""Packaging metadata and dependencies of exec-server (tool settings: setup.cfg)."""
+
+import os
+import re
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    with open(os.path.join(HERE, "exec_server", "__init__.py"), encoding="utf-8") as handle:
+        return re.search(r'^__version__ = "([^"]+)"', handle.read(), re.M).group(1)
+
+
+with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as handle:
+    LONG_DESCRIPTION = handle.read()
+
+setup(
+    name="exec-server",
+    version=read_version(),
+    description="JSON-RPC remote-execution server and blocking client, wire-compatible with codex exec-server",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=["exec_server", "exec_server.schemas"],
+    # The top-level schemas/ folder ships inside the wheel as exec_server/schemas.
+    package_dir={"exec_server.schemas": "schemas"},
+    package_data={"exec_server.schemas": ["*.json", "*/*.json"]},
+    install_requires=[
+        "simple-websocket>=1.0",
+        "wsproto>=1.2",
+        "werkzeug>=2.3",
+        "jsonschema>=4.18",
+        "psutil>=5.9",
+        "opentelemetry-api>=1.20",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+    },
+    entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Operating System :: POSIX",
+        "Operating System :: Microsoft :: Windows",
+    ],
+)
