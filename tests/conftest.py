@@ -1,0 +1,254 @@
+"""Shared fixtures: live servers (ours and the reference), a raw JSON-RPC peer, child reaping."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import psutil
+import pytest
+import simple_websocket
+
+from exec_server import make_server
+from exec_server.config import ServerConfig
+from exec_server.validation import SchemaSet
+
+REFERENCE_DEFAULT = os.path.expanduser(
+    "~/.cache/codex-reference/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex")
+SCHEMAS = SchemaSet.load()
+
+
+def reference_binary() -> Optional[str]:
+    path = os.environ.get("EXEC_SERVER_REFERENCE") or REFERENCE_DEFAULT
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` on the monotonic clock until truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("condition not met within %.1f s" % timeout)
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children():
+    """Fail a test that leaves a child process of ours running (and reap it)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    def leftovers() -> List[psutil.Process]:
+        return [p for p in me.children(recursive=True)
+                if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + 5.0
+    left = leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = leftovers()
+    for process in left:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    assert not left, "processes left running: %s" % [(p.pid, p.cmdline()) for p in left]
+
+
+class RunningServer:
+    def __init__(self, kind: str, url: str, stop: Callable[[], None], pid: Optional[int] = None):
+        self.kind = kind
+        self.url = url
+        self.stop = stop
+        self.pid = pid
+
+    @property
+    def is_reference(self) -> bool:
+        return self.kind == "reference"
+
+
+def start_ours(config: Optional[ServerConfig] = None) -> RunningServer:
+    server = make_server("ws://127.0.0.1:0", config).start()
+    return RunningServer("ours", server.url, server.shutdown)
+
+
+def start_reference(tmp_dir: str) -> RunningServer:
+    binary = reference_binary()
+    if binary is None:
+        if os.environ.get("EXEC_SERVER_REQUIRE_REFERENCE") == "1":
+            pytest.fail("EXEC_SERVER_REQUIRE_REFERENCE=1 but no reference binary (EXEC_SERVER_REFERENCE)")
+        pytest.skip("reference server not installed (set EXEC_SERVER_REFERENCE)")
+    home = tempfile.mkdtemp(dir=tmp_dir)
+    log = open(os.path.join(tmp_dir, "reference.log"), "wb")
+    process = subprocess.Popen([binary, "exec-server", "--listen", "ws://127.0.0.1:0"],
+                               stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "CODEX_HOME": home})
+    line = process.stdout.readline().decode().strip()
+    if not line.startswith("ws://"):
+        process.kill()
+        process.wait(5)
+        pytest.fail("reference server did not start: %r" % line)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        process.stdout.close()
+        log.close()
+
+    return RunningServer("reference", line, stop, process.pid)
+
+
+@pytest.fixture
+def server():
+    """Our server on a free loopback port."""
+    running = start_ours()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(params=["ours", pytest.param("reference", marks=pytest.mark.reference)])
+def any_server(request, tmp_path):
+    """Ours and the Codex reference, one after the other (interop)."""
+    running = start_ours() if request.param == "ours" else start_reference(str(tmp_path))
+    yield running
+    running.stop()
+
+
+class Peer:
+    """A raw JSON-RPC peer over WebSocket that keeps every message it receives."""
+
+    def __init__(self, url: str):
+        self.ws = simple_websocket.Client.connect(url + "/")
+        self.received: List[Dict[str, Any]] = []
+        self._next_id = 1000
+
+    def send(self, message) -> None:
+        self.ws.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
+
+    def recv(self, timeout: float = 5.0) -> Optional[Dict[str, Any]]:
+        text = self.ws.receive(timeout)
+        if text is None:
+            return None
+        message = json.loads(text)
+        self.received.append(message)
+        return message
+
+    def wait_for(self, predicate: Callable[[Dict[str, Any]], bool], timeout: float = 10.0) -> Dict[str, Any]:
+        for message in self.received:
+            if predicate(message):
+                return message
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("no matching message within %.1f s; got %r" % (timeout, self.received[-5:]))
+            message = self.recv(remaining)
+            if message is not None and predicate(message):
+                return message
+
+    def request(self, method: str, params: Any = None, timeout: float = 10.0, **extra) -> Dict[str, Any]:
+        self._next_id += 1
+        request_id = self._next_id
+        message = {"id": request_id, "method": method, **extra}
+        if params is not None:
+            message["params"] = params
+        self.send(message)
+        return self.wait_for(lambda m: m.get("id") == request_id and "method" not in m, timeout)
+
+    def call(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
+        reply = self.request(method, params, timeout)
+        assert "result" in reply, reply
+        name = method + ".result.json"
+        if SCHEMAS.has(name):
+            SCHEMAS.validate(name, reply["result"])
+        return reply["result"]
+
+    def initialize(self, name: str = "tests") -> Dict[str, Any]:
+        result = self.call("initialize", {"clientName": name})
+        self.send({"method": "initialized", "params": {}})
+        return result
+
+    def notifications(self, process_id: str) -> List[Dict[str, Any]]:
+        return [m for m in self.received if m.get("method", "").startswith("process/")
+                and "id" not in m and m["params"].get("processId") == process_id]
+
+    def wait_closed(self, process_id: str, timeout: float = 10.0) -> List[Dict[str, Any]]:
+        self.wait_for(lambda m: m.get("method") == "process/closed" and m["params"]["processId"] == process_id,
+                      timeout)
+        return self.notifications(process_id)
+
+    def is_disconnected(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.ws.receive(0.05) is None and not self.ws.connected:
+                    return True
+            except simple_websocket.ConnectionClosed:
+                return True
+        return False
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def connect():
+    """``connect(url)`` -> a :class:`Peer`; all closed at teardown."""
+    peers: List[Peer] = []
+
+    def factory(url: str) -> Peer:
+        peer = Peer(url)
+        peers.append(peer)
+        return peer
+
+    yield factory
+    for peer in peers:
+        peer.close()
+
+
+def start_params(process_id: str, argv: List[str], **extra) -> Dict[str, Any]:
+    params = {"processId": process_id, "argv": argv, "cwd": "file:///tmp",
+              "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, "tty": False}
+    params.update(extra)
+    return params
+
+
+def http_request(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw HTTP bytes to 127.0.0.1:port and return everything answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(raw)
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks) and b"HTTP/1.1 101" in b"".join(chunks):
+                break
+    return b"".join(chunks)
+
+
+PYTHON = sys.executable
