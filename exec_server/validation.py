@@ -157,9 +157,9 @@ def _first_error(errors: List[jsonschema.ValidationError], params: Any) -> jsons
                 node = node[part]
             except (KeyError, IndexError, TypeError):
                 node = None
-        # a type error of the container itself comes before anything inside it
-        own = 0 if error.validator == "type" else (2 if error.validator == "required" else 1)
-        return ranks + [-1, own]
+        # a problem of the value itself sorts before its members (-1); a
+        # missing member of an object after all of its present members
+        return ranks + [10 ** 9 if error.validator == "required" else -1]
 
     return min(errors, key=key)
 

@@ -246,9 +246,22 @@ def http_request(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
             if not data:
                 break
             chunks.append(data)
-            if b"\r\n\r\n" in b"".join(chunks) and b"HTTP/1.1 101" in b"".join(chunks):
+            if _response_complete(b"".join(chunks)):
                 break
     return b"".join(chunks)
+
+
+def _response_complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if head.startswith(b"HTTP/1.1 101"):
+        return True
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return False
 
 
 PYTHON = sys.executable

@@ -1,0 +1,129 @@
+"""The ``exec-server`` command: serve, run (embedded and --url), exit statuses, signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.posix
+
+CLI = [sys.executable, "-m", "exec_server"]
+
+
+def run_cli(*args, timeout=30, **kwargs):
+    return subprocess.run(CLI + list(args), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def test_run_embedded_exit_status_and_output():
+    done = run_cli("run", "--", sys.executable, "-c", "import sys; print('hello'); sys.exit(3)")
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"hello\n", b"")
+
+
+def test_run_separates_streams_and_reports_signals():
+    done = run_cli("run", "--", "sh", "-c", "echo out; echo err >&2; kill -9 $$")
+    assert (done.returncode, done.stdout, done.stderr) == (137, b"out\n", b"err\n")
+
+
+def test_run_options(tmp_path):
+    done = run_cli("run", "--cwd", str(tmp_path), "--env", "A=1", "--clean-env", "--", "/bin/sh", "-c", "pwd; env")
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == str(tmp_path)
+    names = {line.split("=", 1)[0] for line in lines[1:]}
+    assert "A=1" in lines and names <= {"A", "PWD", "SHLVL", "_", "OLDPWD"}  # only what sh itself adds
+
+
+def test_run_tty():
+    done = run_cli("run", "--tty", "--", "sh", "-c", "test -t 1 && echo tty")
+    assert done.returncode == 0 and done.stdout == b"tty\r\n"
+
+
+def test_run_spawn_failure():
+    done = run_cli("run", "--", "no-such-program-xyz")
+    assert done.returncode == 125
+    assert b"No such file or directory (os error 2)" in done.stderr
+
+
+def test_run_without_command():
+    assert run_cli("run").returncode == 2
+
+
+def test_bad_env_option():
+    done = run_cli("run", "--env", "novalue", "--", "true")
+    assert done.returncode != 0 and b"NAME=VALUE" in done.stderr
+
+
+def test_listen_refuses_non_loopback():
+    done = run_cli("--listen", "ws://0.0.0.0:0")
+    assert done.returncode == 2 and b"auth is required" in done.stderr
+
+
+def test_listen_rejects_malformed_url():
+    assert run_cli("--listen", "http://127.0.0.1:1").returncode == 2
+
+
+@pytest.fixture
+def listening():
+    server = subprocess.Popen(CLI + ["--listen", "ws://127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    url = server.stdout.readline().decode().strip()
+    yield server, url
+    if server.poll() is None:
+        server.kill()
+    server.wait(10)
+    server.stdout.close()
+    server.stderr.close()
+
+
+def test_listen_prints_url_and_run_uses_it(listening):
+    server, url = listening
+    assert url.startswith("ws://127.0.0.1:") and not url.endswith(":0")
+    done = run_cli("run", "--url", url, "--", "sh", "-c", "echo out; echo err >&2")
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"out\n", b"err\n")
+
+
+def test_sigterm_stops_server_and_kills_processes(listening, tmp_path):
+    server, url = listening
+    pid_file = tmp_path / "pid"
+    runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(5) == 0
+        assert time.monotonic() - started < 2.5
+        wait_until(lambda: not pid_alive(pid))
+        assert runner.wait(10) == 255  # the connection went away before an exit status
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(5)
+
+
+def test_ctrl_c_interrupts_the_remote_group(listening):
+    server, url = listening
+    runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "echo ready; sleep 300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert runner.stdout.readline() == b"ready\n"
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(10) == 130
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(5)
+        runner.stdout.close()
+        runner.stderr.close()
+
+
+def test_console_script_is_installed():
+    import shutil
+    script = shutil.which("exec-server", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert script, "exec-server console script not on PATH"
+    done = subprocess.run([script, "--version"], capture_output=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith(b"exec-server ")

@@ -1,0 +1,153 @@
+"""The blocking client against ours and the reference: run, start, errors, timeouts."""
+
+import pathlib
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import pid_alive, wait_until
+from exec_server import Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, StdinClosedError
+from exec_server.errors import InternalError, InvalidParams, InvalidRequest
+
+pytestmark = pytest.mark.posix
+
+
+@pytest.fixture
+def client(any_server):
+    with Client.connect(any_server.url, timeout=10) as connected:
+        yield connected
+
+
+def test_run_captures_output_and_exit_code(client):
+    done = client.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
+    assert done.args == ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
+
+
+def test_run_check_raises(client):
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        client.run(["false"], check=True, timeout=10)
+    assert caught.value.returncode == 1
+
+
+def test_run_input_reaches_stdin_then_eof(client):
+    payload = bytes(range(256)) * 1000
+    done = client.run(["cat"], input=payload, timeout=20)
+    assert done.stdout == payload and done.returncode == 0
+
+
+def test_run_timeout_kills_the_remote_tree(client, tmp_path):
+    pid_file = tmp_path / "pid"
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        client.run(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file], timeout=1.0)
+    assert caught.value.timeout == 1.0
+    pid = int(pid_file.read_text())
+    wait_until(lambda: not pid_alive(pid))
+
+
+def test_run_with_path_cwd_and_env(client, tmp_path):
+    done = client.run(["/bin/sh", "-c", 'pwd; echo "$GREETING"'], cwd=pathlib.Path(tmp_path),
+                      env={"GREETING": "hello"}, timeout=10)
+    assert done.stdout == ("%s\nhello\n" % tmp_path).encode()
+
+
+def test_start_write_iterate_terminate(client):
+    proc = client.start(["cat"], stdin=True)
+    proc.write(b"hi\n")
+    event = proc.next_event(timeout=5)
+    assert event == OutputEvent(1, "stdout", b"hi\n")
+    assert proc.terminate() is True
+    assert proc.wait(timeout=5) == 137
+    rest = list(proc)
+    assert isinstance(rest[0], ExitedEvent) and isinstance(rest[-1], ClosedEvent)
+    assert proc.returncode == 137
+
+
+def test_tty_process(client):
+    done = client.run(["/bin/sh", "-c", "test -t 1 && echo tty"], tty=True, timeout=10)
+    assert done.stdout == b"tty\r\n" and done.stderr == b""
+
+
+def test_interrupt(client):
+    proc = client.start(["sleep", "30"])
+    proc.send_interrupt()
+    assert proc.wait(timeout=5) == 130
+
+
+def test_write_without_stdin_raises(client):
+    proc = client.start(["sleep", "30"])
+    with pytest.raises(StdinClosedError):
+        proc.write(b"x")
+    proc.terminate()
+    proc.wait(timeout=5)
+
+
+def test_typed_errors(client):
+    with pytest.raises(InternalError) as caught:
+        client.start(["no-such-program-xyz"])
+    assert caught.value.code == -32603 and caught.value.message.endswith("(os error 2)")
+    with pytest.raises(InvalidRequest):
+        client.call("process/read", {"processId": "ghost"})
+    with pytest.raises(InvalidParams):
+        client.call("process/read", {})
+
+
+def test_read_returns_retained_output(client):
+    proc = client.start(["/bin/sh", "-c", "echo a; echo b >&2"])
+    proc.communicate(timeout=10)
+    result = proc.read()
+    assert result["closed"] and result["exitCode"] == 0 and len(result["chunks"]) == 2
+
+
+def test_call_timeout(client):
+    proc = client.start(["sleep", "30"])
+    with pytest.raises(TimeoutError):
+        client.call("process/read", {"processId": proc.process_id, "waitMs": 5000}, timeout=0.2)
+    proc.terminate()
+    proc.wait(timeout=5)
+
+
+def test_client_calls_from_many_threads(client):
+    results = []
+
+    def work(i):
+        results.append(client.run(["echo", str(i)], timeout=20).stdout)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == sorted(b"%d\n" % i for i in range(10))
+
+
+def test_connect_failure_is_typed():
+    with pytest.raises(ExecServerDisconnected):
+        Client.connect("ws://127.0.0.1:1", timeout=2)
+
+
+def test_server_going_away_fails_waiters():
+    from conftest import start_ours
+
+    running = start_ours()
+    client = Client.connect(running.url, timeout=5)
+    proc = client.start(["sleep", "30"])
+    errors = []
+
+    def waiter():
+        try:
+            proc.wait(timeout=20)
+        except ExecServerDisconnected as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.1)
+    running.stop()
+    thread.join(10)
+    assert len(errors) == 1
+    with pytest.raises(ExecServerDisconnected):
+        client.call("environment/status", timeout=5)
+    client.close()

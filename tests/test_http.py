@@ -1,0 +1,91 @@
+"""HTTP answers of the WebSocket listener (PROTOCOL.md 1.1), on ours and the reference."""
+
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import http_request
+
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+def port_of(server) -> int:
+    return urlsplit(server.url).port
+
+
+def status_line(response: bytes) -> bytes:
+    return response.split(b"\r\n", 1)[0]
+
+
+def body_of(response: bytes) -> bytes:
+    return response.split(b"\r\n\r\n", 1)[1]
+
+
+def headers_of(response: bytes) -> dict:
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head)}
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_readyz(any_server, method):
+    response = http_request(port_of(any_server), method + b" /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_line(response) == b"HTTP/1.1 200 OK"
+    assert body_of(response) == b""
+
+
+def test_readyz_other_method(any_server):
+    response = http_request(port_of(any_server), b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                                                 b"Connection: close\r\n\r\n")
+    assert status_line(response) == b"HTTP/1.1 405 Method Not Allowed"
+    assert headers_of(response)["allow"].replace(" ", "") == "GET,HEAD"
+
+
+@pytest.mark.parametrize("request_head", [
+    UPGRADE + b"Origin: http://example.com\r\n\r\n",
+    UPGRADE + b"Origin: null\r\n\r\n",
+    b"GET /readyz HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\nConnection: close\r\n\r\n",
+])
+def test_origin_is_forbidden(any_server, request_head):
+    response = http_request(port_of(any_server), request_head)
+    assert status_line(response) == b"HTTP/1.1 403 Forbidden"
+    assert body_of(response) == b""
+
+
+def test_root_without_upgrade(any_server):
+    response = http_request(port_of(any_server), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_line(response) == b"HTTP/1.1 400 Bad Request"
+    assert headers_of(response)["content-type"] == "text/plain; charset=utf-8"
+    assert body_of(response) == b"Connection header did not include 'upgrade'"
+
+
+@pytest.mark.parametrize("path", [b"/foo", b"/healthz"])
+def test_other_paths(any_server, path):
+    response = http_request(port_of(any_server), b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_line(response) == b"HTTP/1.1 404 Not Found"
+
+
+def test_upgrade_has_no_extensions_or_subprotocol(any_server):
+    response = http_request(port_of(any_server), UPGRADE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                                                          b"Sec-WebSocket-Protocol: chat\r\n\r\n")
+    assert status_line(response) == b"HTTP/1.1 101 Switching Protocols"
+    headers = headers_of(response)
+    assert "sec-websocket-extensions" not in headers and "sec-websocket-protocol" not in headers
+
+
+def test_accepted_sockets_have_tcp_nodelay(server, connect):
+    import psutil
+    peer = connect(server.url)
+    peer.initialize()
+    local_port = peer.ws.sock.getsockname()[1]
+    # Find the server side of this connection among our own sockets and check the option through a dup.
+    server_side = [c for c in psutil.Process().net_connections(kind="tcp")
+                   if c.raddr and c.raddr.port == local_port]
+    assert server_side, "server side of the connection not found"
+    fd = server_side[0].fd
+    dup = socket.socket(fileno=__import__("os").dup(fd))
+    try:
+        assert dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        dup.close()

@@ -1,0 +1,220 @@
+"""Our server's own behaviour: limits, scheduling, disconnects, shutdown (beyond the reference)."""
+
+import base64
+import json
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+import simple_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+
+from conftest import pid_alive, start_ours, start_params, wait_until
+from exec_server.config import ServerConfig
+
+pytestmark = pytest.mark.posix
+
+
+@pytest.fixture
+def configured():
+    servers = []
+
+    def factory(**settings):
+        running = start_ours(ServerConfig(**settings))
+        servers.append(running)
+        return running
+
+    yield factory
+    for running in servers:
+        running.stop()
+
+
+def ready(connect, url):
+    peer = connect(url)
+    peer.initialize()
+    return peer
+
+
+def test_long_poll_does_not_block_other_requests(connect, server):
+    peer = ready(connect, server.url)
+    peer.call("process/start", start_params("idle", ["sleep", "30"]))
+    peer.send({"id": 1, "method": "process/read", "params": {"processId": "idle", "waitMs": 5000}})
+    started = time.monotonic()
+    assert peer.call("environment/status") == {"status": "ready"}
+    assert time.monotonic() - started < 2.0
+    peer.call("process/terminate", {"processId": "idle"})
+    reply = peer.wait_for(lambda m: m.get("id") == 1)
+    assert reply["result"]["exited"] is True
+
+
+def test_concurrent_requests_one_is_serial(connect, configured):
+    running = configured(concurrent_requests=1)
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("idle", ["sleep", "30"]))
+    peer.send({"id": 1, "method": "process/read", "params": {"processId": "idle", "waitMs": 400}})
+    started = time.monotonic()
+    peer.call("environment/status")
+    assert time.monotonic() - started >= 0.3  # waited for the long poll, as the reference does
+    assert [m["id"] for m in peer.received if m.get("id") in (1,)] == [1]
+    peer.call("process/terminate", {"processId": "idle"})
+    peer.wait_closed("idle")
+
+
+def test_message_size_limit_closes_with_1009(connect, configured):
+    running = configured(max_message_bytes=1024)
+    peer = ready(connect, running.url)
+    peer.send(json.dumps({"id": 5, "method": "environment/status", "params": {"pad": "x" * 2000}}))
+    assert peer.is_disconnected()
+    assert peer.ws.close_reason == 1009
+    other = ready(connect, running.url)  # the server keeps serving
+    assert other.call("environment/status") == {"status": "ready"}
+
+
+def test_violation_sends_close_1002(connect, server):
+    peer = ready(connect, server.url)
+    peer.send({"method": "some/notification"})
+    assert peer.is_disconnected()
+    assert peer.ws.close_reason == 1002
+
+
+def test_disconnect_kills_the_sessions_processes(connect, server, tmp_path):
+    peer = ready(connect, server.url)
+    pid_file = tmp_path / "pid"
+    peer.call("process/start", start_params("bg", ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file]))
+    peer.call("process/start", start_params("flood", ["yes"]))
+    grandchild = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+    peer.ws.sock.close()  # the client vanishes mid-stream, without a Close frame
+    wait_until(lambda: not pid_alive(grandchild), timeout=10)
+    other = ready(connect, server.url)
+    assert other.call("environment/status") == {"status": "ready"}
+
+
+def test_unread_flood_does_not_block_other_connections(connect, server):
+    flooder = ready(connect, server.url)
+    flooder.call("process/start", start_params("flood", ["yes"]))
+    time.sleep(0.5)  # nobody reads the flooder's socket meanwhile
+    other = ready(connect, server.url)
+    other.call("process/start", start_params("quick", ["echo", "ok"]))
+    events = other.wait_closed("quick")
+    assert base64.b64decode(events[0]["params"]["chunk"]) == b"ok\n"
+    assert flooder.call("process/terminate", {"processId": "flood"}, timeout=30) == {"running": True}
+
+
+def test_retention_limits_evict_oldest_output(connect, configured):
+    running = configured(retained_output_bytes=1000, retained_output_chunks=3)
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("p", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"]))
+    events = peer.wait_closed("p")
+    outputs = [m for m in events if m["method"] == "process/output"]
+    result = peer.call("process/read", {"processId": "p"})
+    assert len(result["chunks"]) == 3
+    assert result["chunks"][0]["seq"] > 1  # the gap shows as chunks[0].seq > afterSeq + 1
+    assert [c["seq"] for c in result["chunks"]] == [m["params"]["seq"] for m in outputs[-3:]]
+
+
+def test_closed_process_is_forgotten_after_retention(connect, configured):
+    running = configured(closed_process_retention=0.2)
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("p", ["echo", "1"]))
+    peer.wait_closed("p")
+    assert peer.call("process/read", {"processId": "p"})["closed"] is True
+    wait_until(lambda: "error" in peer.request("process/read", {"processId": "p"}))
+    assert peer.request("process/read", {"processId": "p"})["error"] == {
+        "code": -32600, "message": "unknown process id p"}
+    peer.received.clear()
+    peer.call("process/start", start_params("p", ["echo", "2"]))  # the id is free again; seq restarts
+    events = peer.wait_closed("p")
+    assert events[0]["params"]["seq"] == 1
+
+
+def test_processes_per_session_limit(connect, configured):
+    running = configured(max_processes_per_session=2)
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("a", ["sleep", "30"]))
+    peer.call("process/start", start_params("b", ["sleep", "30"]))
+    reply = peer.request("process/start", start_params("c", ["sleep", "30"]))
+    assert reply["error"] == {"code": -32600, "message": "too many processes in this session (limit 2)"}
+    for name in "ab":
+        peer.call("process/terminate", {"processId": name})
+        peer.wait_closed(name)
+
+
+def _raw_ws(url: str):
+    host, port = url[len("ws://"):].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    protocol = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(protocol.send(Request(host=host, target="/")))
+    events = []
+    deadline = time.monotonic() + 5
+    while not any(isinstance(e, AcceptConnection) for e in events) and time.monotonic() < deadline:
+        protocol.receive_data(sock.recv(65536))
+        events.extend(protocol.events())
+    return sock, protocol
+
+
+def test_server_pings_on_schedule(configured):
+    running = configured(ping_interval=0.2)
+    sock, protocol = _raw_ws(running.url)
+    pings = []
+    deadline = time.monotonic() + 5
+    try:
+        while len(pings) < 2 and time.monotonic() < deadline:
+            protocol.receive_data(sock.recv(65536))
+            pings.extend(e for e in protocol.events() if isinstance(e, Ping))
+        assert [p.payload for p in pings[:2]] == [b"", b""]
+    finally:
+        sock.close()
+
+
+def test_client_ping_gets_pong_and_close_gets_1000(server):
+    sock, protocol = _raw_ws(server.url)
+    try:
+        sock.sendall(protocol.send(Ping(b"abc")))
+        sock.sendall(protocol.send(CloseConnection(code=1000)))
+        events = []
+        deadline = time.monotonic() + 5
+        while not any(isinstance(e, CloseConnection) for e in events) and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            protocol.receive_data(data)
+            events.extend(protocol.events())
+        assert [e.payload for e in events if type(e).__name__ == "Pong"] == [b"abc"]
+        assert [e.code for e in events if isinstance(e, CloseConnection)] == [1000]
+    finally:
+        sock.close()
+
+
+def test_fragmented_message_is_reassembled(server):
+    sock, protocol = _raw_ws(server.url)
+    try:
+        text = json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "frag"}})
+        sock.sendall(protocol.send(TextMessage(data=text[:10], message_finished=False)))
+        sock.sendall(protocol.send(TextMessage(data=text[10:], message_finished=True)))
+        replies = []
+        deadline = time.monotonic() + 5
+        while not replies and time.monotonic() < deadline:
+            protocol.receive_data(sock.recv(65536))
+            replies.extend(e.data for e in protocol.events() if isinstance(e, TextMessage))
+        assert json.loads(replies[0])["id"] == 1
+    finally:
+        sock.close()
+
+
+def test_shutdown_closes_with_1001_and_kills_processes(connect):
+    running = start_ours()
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("s", ["sleep", "300"]))
+    pid = [p.pid for p in psutil.Process().children() if p.name() == "sleep"]
+    peer.send({"id": 9, "method": "process/read", "params": {"processId": "s", "waitMs": 30000}})
+    time.sleep(0.1)
+    started = time.monotonic()
+    running.stop()
+    assert time.monotonic() - started < 2.0
+    assert peer.is_disconnected()
+    assert peer.ws.close_reason == 1001
+    for child in pid:
+        wait_until(lambda: not pid_alive(child))

@@ -1,0 +1,231 @@
+"""Unit tests of the pure modules: JSON-RPC envelope, schemas, URIs, env policy, base64, errors."""
+
+import ast
+import json
+import os
+
+import pytest
+
+from exec_server import b64, errors, jsonrpc
+from exec_server.envpolicy import child_environment
+from exec_server.uris import UriError, path_to_uri, uri_to_path
+from exec_server.validation import SchemaSet
+
+PACKAGE = os.path.dirname(os.path.abspath(jsonrpc.__file__))
+SCHEMAS = SchemaSet.load()
+
+
+# ------------------------------------------------------------------- jsonrpc
+def test_error_codes_are_pinned():
+    assert {cls.__name__: cls.code for cls in errors.ERROR_CLASSES.values()} == {
+        "InvalidRequest": -32600, "MethodNotFound": -32601, "InvalidParams": -32602,
+        "InternalError": -32603, "NotFound": -32004, "SessionAlreadyAttached": -32010, "ParseError": -32700}
+    assert errors.InvalidParams("x").to_dict() == {"code": -32602, "message": "x"}
+    assert isinstance(errors.error_from_dict({"code": -32004, "message": "m"}), errors.NotFound)
+    assert errors.error_from_dict({"code": 7, "message": "m"}).code == 7
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"id":1,"method":"a","params":{"x":1}}', jsonrpc.Request(1, "a", {"x": 1})),
+    ('{"jsonrpc":"2.0","id":"s","method":"a"}', jsonrpc.Request("s", "a", None)),
+    ('{"method":"n"}', jsonrpc.Notification("n", None)),
+    ('{"method":"n","trace":"bad"}', jsonrpc.Notification("n", None)),  # bad carrier dropped
+    ('{"id":3,"result":{}}', jsonrpc.Response(3, {})),
+    ('{"id":3,"error":{"code":1,"message":"m"}}', jsonrpc.ErrorResponse(3, {"code": 1, "message": "m"})),
+    (b'{"id":1,"method":"a"}', jsonrpc.Request(1, "a", None)),
+])
+def test_parse_message(text, expected):
+    assert jsonrpc.parse_message(text) == expected
+
+
+def test_parse_trace_context():
+    message = jsonrpc.parse_message('{"id":1,"method":"a","trace":{"traceparent":"00-a-b-01"}}')
+    assert message.trace == jsonrpc.TraceContext("00-a-b-01", None)
+
+
+@pytest.mark.parametrize("text, description", [
+    ("[]", "expected a JSON-RPC object"),
+    ("null", "expected a JSON-RPC object"),
+    ('{"id":9223372036854775808,"method":"a"}', "data did not match any variant of untagged enum RequestId"),
+    ('{"id":{},"method":"a"}', "data did not match any variant of untagged enum RequestId"),
+    ('{"id":1,"method":"a","trace":[]}', "invalid type: sequence, expected struct W3cTraceContext"),
+    ('{"id":1,"method":2}', "invalid type: number, expected a string"),
+    ('{"id":1}', "missing field `error`"),
+    ('{"id":1,"method":"a","x":NaN}', None),
+    (b'\xff', None),
+])
+def test_envelope_errors(text, description):
+    with pytest.raises(jsonrpc.EnvelopeError) as caught:
+        jsonrpc.parse_message(text)
+    if description is not None:
+        assert caught.value.description == description
+
+
+def test_encode_member_order_and_no_jsonrpc():
+    assert jsonrpc.encode(jsonrpc.Response(1, {"a": "é"})) == '{"id":1,"result":{"a":"é"}}'
+    assert jsonrpc.encode(jsonrpc.ErrorResponse(-1, {"code": -32600, "message": "m"})) == \
+        '{"error":{"code":-32600,"message":"m"},"id":-1}'
+    assert jsonrpc.encode(jsonrpc.Notification("process/closed", {"processId": "p", "seq": 4})) == \
+        '{"method":"process/closed","params":{"processId":"p","seq":4}}'
+    assert jsonrpc.encode(jsonrpc.Request(2, "m", {}, jsonrpc.TraceContext("tp"))) == \
+        '{"id":2,"method":"m","params":{},"trace":{"traceparent":"tp"}}'
+
+
+@pytest.mark.parametrize("process_id", ["p", "", 'quo"te\\', "ünï"])
+def test_output_fast_path_equals_encoder(process_id):
+    params = {"processId": process_id, "seq": 7, "stream": "stdout", "chunk": "aGkK"}
+    assert jsonrpc.encode_output_notification(process_id, 7, "stdout", "aGkK") == \
+        jsonrpc.encode(jsonrpc.Notification("process/output", params))
+
+
+def _imports(module_path):
+    with open(module_path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", ["jsonrpc.py", "errors.py", "config.py", "uris.py", "envpolicy.py", "b64.py",
+                                    "validation.py", "dispatch.py", "methods.py"])
+def test_protocol_modules_do_no_socket_io(module):
+    forbidden = {"socket", "selectors", "wsproto", "werkzeug", "simple_websocket", "asyncio"}
+    assert not (_imports(os.path.join(PACKAGE, module)) & forbidden)
+
+
+def test_no_asyncio_anywhere():
+    for name in os.listdir(PACKAGE):
+        if name.endswith(".py"):
+            assert "asyncio" not in _imports(os.path.join(PACKAGE, name)), name
+
+
+# ---------------------------------------------------------------- validation
+def test_every_routed_method_has_params_and_result_schemas():
+    from exec_server.methods import METHODS
+    for method in list(METHODS) + ["initialize"]:
+        assert SCHEMAS.has(method + ".params.json"), method
+        assert SCHEMAS.has(method + ".result.json"), method
+
+
+def test_schema_error_names_json_path():
+    with pytest.raises(errors.InvalidParams) as caught:
+        SCHEMAS.validate_params("process/start", {"processId": "a", "argv": ["x", 5], "cwd": "file:///",
+                                                  "env": {}, "tty": False})
+    assert caught.value.message == "invalid type: number, expected a string"
+    assert caught.value.data == {"path": "$.argv[1]"}
+
+
+def test_first_missing_field_in_declaration_order():
+    with pytest.raises(errors.InvalidParams) as caught:
+        SCHEMAS.validate_params("process/start", {})
+    assert caught.value.message == "missing field `processId`"
+
+
+def test_present_member_errors_come_before_missing_fields():
+    with pytest.raises(errors.InvalidParams) as caught:
+        SCHEMAS.validate_params("process/start", {"processId": 1})
+    assert caught.value.message == "invalid type: number, expected a string"
+
+
+def test_unknown_members_are_ignored():
+    SCHEMAS.validate_params("initialize", {"clientName": "probe", "extra": 1})
+
+
+# ---------------------------------------------------------------------- uris
+@pytest.mark.parametrize("uri, path", [
+    ("file:///tmp/a%20b", "/tmp/a b"),
+    ("file:///root/..", "/"),
+    ("file:///tmp/./x/../y/", "/tmp/y"),
+    ("file://localhost/etc", "/etc"),
+    ("FILE:///x", "/x"),
+])
+def test_uri_to_path(uri, path):
+    assert uri_to_path(uri, windows=False) == path
+
+
+@pytest.mark.parametrize("uri, kind, message", [
+    ("/tmp", "relative", "invalid URI: relative URL without a base"),
+    ("a.txt", "relative", "invalid URI: relative URL without a base"),
+    ("http://x/y", "scheme", "unsupported path URI scheme `http`"),
+    ("file://host/tmp/x", "host", "'file://host/tmp/x' is invalid on 'linux'"),
+])
+def test_uri_errors(uri, kind, message):
+    with pytest.raises(UriError) as caught:
+        uri_to_path(uri, windows=False)
+    assert (caught.value.kind, caught.value.message) == (kind, message)
+
+
+def test_windows_uris():
+    assert uri_to_path("file:///C:/Users/a%20b", windows=True) == "C:\\Users\\a b"
+    assert path_to_uri("C:\\Users\\x", windows=True) == "file:///C:/Users/x"
+
+
+def test_path_to_uri_round_trips():
+    for path in ["/tmp/a b", "/x/#?%", "/ünï/c", "/"]:
+        assert uri_to_path(path_to_uri(path, windows=False), windows=False) == path
+    with pytest.raises(ValueError):
+        path_to_uri("relative", windows=False)
+
+
+# ----------------------------------------------------------------- envpolicy
+SERVER_ENV = {"HOME": "/h", "LANG": "C", "PATH": "/bin", "SHELL": "/bin/sh", "API_KEY": "k", "MY_TOKEN": "t",
+              "OTHER": "o", "CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE": "1"}
+
+
+def policy(**kw):
+    base = {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": [], "set": {}, "includeOnly": []}
+    base.update(kw)
+    return base
+
+
+@pytest.mark.parametrize("pol, names", [
+    (None, ["EXPLICIT"]),
+    (policy(inherit="none", set={"A": "1"}), ["A", "EXPLICIT"]),
+    (policy(inherit="core"), ["EXPLICIT", "HOME", "LANG", "PATH", "SHELL"]),
+    (policy(exclude=["*"]), ["EXPLICIT"]),
+    (policy(includeOnly=["home", "PATH"]), ["EXPLICIT", "HOME", "PATH"]),
+    (policy(), ["EXPLICIT", "HOME", "LANG", "OTHER", "PATH", "SHELL"]),
+    (policy(ignoreDefaultExcludes=True), ["API_KEY", "EXPLICIT", "HOME", "LANG", "MY_TOKEN", "OTHER", "PATH", "SHELL"]),
+    (policy(exclude=["O?HER"]), ["EXPLICIT", "HOME", "LANG", "PATH", "SHELL"]),
+])
+def test_child_environment(pol, names):
+    assert sorted(child_environment({"EXPLICIT": "yes"}, pol, SERVER_ENV)) == names
+
+
+def test_env_overrides_set():
+    env = child_environment({"A": "env"}, policy(inherit="none", set={"A": "set"}), {})
+    assert env == {"A": "env"}
+
+
+# --------------------------------------------------------------------- base64
+@pytest.mark.parametrize("text, message", [
+    ("!", "Invalid symbol 33, offset 0."),
+    ("aGk!", "Invalid symbol 33, offset 3."),
+    ("a", "Invalid input length."),
+    ("aGk", "Invalid padding"),
+    ("aGkK=", "Invalid padding"),
+    ("é", "Invalid symbol 195, offset 0."),
+])
+def test_base64_errors(text, message):
+    with pytest.raises(ValueError) as caught:
+        b64.decode(text)
+    assert str(caught.value) == message
+
+
+def test_base64_round_trip():
+    for data in [b"", b"h", b"hi", b"hi\n", bytes(range(256))]:
+        assert b64.decode(b64.encode(data)) == data
+
+
+def test_schema_files_are_valid_json():
+    root = os.path.join(os.path.dirname(PACKAGE), "schemas")
+    if not os.path.isdir(root):
+        root = os.path.join(PACKAGE, "schemas")
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                assert json.load(handle)["$schema"].endswith("2020-12/schema")
