@@ -614,7 +614,11 @@ class RemoteProcess:
 
     def send_interrupt(self, timeout: Optional[float] = 30.0) -> None:
         """SIGINT to the remote process group (``process/signal interrupt``)."""
-        self.client.call("process/signal", {"processId": self.process_id, "signal": "interrupt"}, timeout=timeout)
+        self.signal("interrupt", timeout=timeout)
+
+    def signal(self, name: str = "interrupt", timeout: Optional[float] = 30.0) -> None:
+        """Send a protocol signal (``interrupt`` is the only one; PROTOCOL.md 5.6)."""
+        self.client.call("process/signal", {"processId": self.process_id, "signal": name}, timeout=timeout)
 
     def terminate(self, timeout: Optional[float] = 30.0) -> bool:
         """Kill the remote process tree at once (``process/terminate``; SIGKILL).

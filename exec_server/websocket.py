@@ -195,8 +195,10 @@ class WebSocketConnection:
         try:
             self._send_event(AcceptConnection())
             self._loop()
-        except OSError as exc:
+        except (OSError, LocalProtocolError) as exc:
             log.debug("websocket %s: %s", self.peer, exc)
+        except Exception:
+            log.exception("websocket %s failed", self.peer)
         finally:
             self._rpc.close()
 

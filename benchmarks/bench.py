@@ -1,0 +1,240 @@
+"""Benchmark (not a test): spawn round trip and 64 MiB streaming, ours and the reference.
+
+    python benchmarks/bench.py [--reference PATH] [--rounds 3] [--out results.json]
+
+Starts each server as a subprocess on a free loopback port, speaks raw
+JSON-RPC over a wsproto WebSocket (so the client's own cost stays small) and
+reports per server:
+
+- ``connect_init_p50_ms``: TCP connect + upgrade + ``initialize`` response;
+- ``spawn_rt_p50_ms`` / ``p95``: ``process/start`` of ``true`` sent until its
+  start response, ``process/exited`` and ``process/closed`` have all arrived;
+- ``stream_64mib_mibps``: ``head -c 64MiB /dev/zero``, 64 MiB divided by the
+  time from start sent to ``closed`` received (every byte counted, seqs
+  checked gapless).
+
+Medians over ``--rounds`` runs alternate between the servers.  The reference
+is found with ``--reference``, ``EXEC_SERVER_REFERENCE`` or
+``../shared/reference/install-codex.sh``; without it only ours is measured.
+Only 127.0.0.1 is contacted; every server is stopped by PID at the end.
+"""
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STREAM_BYTES = 64 * 1024 * 1024
+
+
+class RawClient:
+    def __init__(self, url: str, timeout: float = 10.0):
+        host, port = url[len("ws://"):].rstrip("/").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.ws.send(Request(host=host, target="/")))
+        self.pending = []
+        self.parts = []
+        while not any(isinstance(e, AcceptConnection) for e in self._events()):
+            pass
+        self.next_id = 0
+
+    def _events(self):
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.ws.receive_data(data)
+        events = list(self.ws.events())
+        for event in events:
+            if isinstance(event, Ping):
+                self.sock.sendall(self.ws.send(event.response()))
+        return events
+
+    def send(self, message: dict) -> None:
+        self.sock.sendall(self.ws.send(Message(data=json.dumps(message))))
+
+    def messages(self):
+        """Yield decoded messages forever (blocking)."""
+        while True:
+            while self.pending:
+                yield self.pending.pop(0)
+            for event in self._events():
+                if isinstance(event, TextMessage):
+                    self.parts.append(event.data)
+                    if event.message_finished:
+                        self.pending.append(json.loads("".join(self.parts)))
+                        self.parts = []
+                elif isinstance(event, CloseConnection):
+                    raise ConnectionError("closed")
+
+    def call(self, method: str, params: dict) -> dict:
+        self.next_id += 1
+        request_id = self.next_id
+        self.send({"id": request_id, "method": method, "params": params})
+        for message in self.messages():
+            if message.get("id") == request_id:
+                return message
+
+    def initialize(self) -> None:
+        self.call("initialize", {"clientName": "bench"})
+        self.send({"method": "initialized", "params": {}})
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(self.ws.send(CloseConnection(code=1000)))
+        except Exception:
+            pass
+        self.sock.close()
+
+
+def start_params(process_id: str, argv) -> dict:
+    return {"processId": process_id, "argv": argv, "cwd": "file:///tmp", "env": {"PATH": "/usr/bin:/bin"},
+            "tty": False, "pipeStdin": False, "arg0": None}
+
+
+def measure_connect(url: str, count: int = 30) -> float:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client = RawClient(url)
+        client.initialize()
+        samples.append((time.perf_counter() - started) * 1000)
+        client.close()
+    return statistics.median(samples)
+
+
+def measure_spawn(url: str, count: int, tag: str):
+    client = RawClient(url)
+    client.initialize()
+    samples = []
+    for i in range(count + 5):
+        process_id = "spawn-%s-%d" % (tag, i)
+        started = time.perf_counter()
+        client.send({"id": 10_000 + i, "method": "process/start", "params": start_params(process_id, ["true"])})
+        seen = set()
+        for message in client.messages():
+            if message.get("id") == 10_000 + i:
+                seen.add("ack")
+            elif message.get("params", {}).get("processId") == process_id:
+                seen.add(message["method"])
+            if seen >= {"ack", "process/exited", "process/closed"}:
+                break
+        if i >= 5:
+            samples.append((time.perf_counter() - started) * 1000)
+    client.close()
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.95) - 1]
+
+
+def measure_stream(url: str, tag: str) -> float:
+    client = RawClient(url)
+    client.initialize()
+    process_id = "stream-" + tag
+    started = time.perf_counter()
+    client.send({"id": 1, "method": "process/start",
+                 "params": start_params(process_id, ["head", "-c", str(STREAM_BYTES), "/dev/zero"])})
+    total = 0
+    seqs = []
+    for message in client.messages():
+        params = message.get("params") or {}
+        if params.get("processId") != process_id:
+            continue
+        seqs.append(params["seq"])
+        if message["method"] == "process/output":
+            total += len(base64.b64decode(params["chunk"]))
+        elif message["method"] == "process/closed":
+            break
+    elapsed = time.perf_counter() - started
+    client.close()
+    if total != STREAM_BYTES or sorted(seqs) != list(range(1, len(seqs) + 1)):
+        raise RuntimeError("stream incomplete: %d bytes, seqs %d" % (total, len(seqs)))
+    return STREAM_BYTES / (1024 * 1024) / elapsed
+
+
+def launch(command, env=None):
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                               env=env)
+    url = process.stdout.readline().decode().strip()
+    if not url.startswith("ws://"):
+        process.kill()
+        raise RuntimeError("server did not start: %r" % command)
+    return process, url
+
+
+def stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    process.stdout.close()
+
+
+def find_reference(explicit):
+    if explicit:
+        return explicit
+    if os.environ.get("EXEC_SERVER_REFERENCE"):
+        return os.environ["EXEC_SERVER_REFERENCE"]
+    installer = os.path.join(HERE, "..", "..", "shared", "reference", "install-codex.sh")
+    if os.path.isfile(installer):
+        done = subprocess.run(["bash", installer], capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def run_once(name, command, env, spawn_count):
+    process, url = launch(command, env)
+    try:
+        connect = measure_connect(url)
+        spawn_p50, spawn_p95 = measure_spawn(url, spawn_count, name)
+        stream = measure_stream(url, name)
+    finally:
+        stop(process)
+    return {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
+            "stream_64mib_mibps": stream}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", help="path of the codex binary")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--spawns", type=int, default=100)
+    parser.add_argument("--out", default="bench-results.json")
+    args = parser.parse_args()
+    servers = {"ours": ([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"], None)}
+    reference = find_reference(args.reference)
+    home = tempfile.mkdtemp()
+    if reference:
+        servers = {"reference": ([reference, "exec-server", "--listen", "ws://127.0.0.1:0"],
+                                 dict(os.environ, CODEX_HOME=home)), **servers}
+    runs = {name: [] for name in servers}
+    for _ in range(args.rounds):
+        for name, (command, env) in servers.items():
+            runs[name].append(run_once(name, command, env, args.spawns))
+    summary = {name: {metric: round(statistics.median(r[metric] for r in results), 3) for metric in results[0]}
+               for name, results in runs.items()}
+    with open(args.out, "w") as handle:
+        json.dump({"summary": summary, "runs": runs}, handle, indent=2)
+    metrics = list(next(iter(summary.values())))
+    print("%-22s" % "metric" + "".join("%14s" % name for name in summary))
+    for metric in metrics:
+        print("%-22s" % metric + "".join("%14.2f" % summary[name][metric] for name in summary))
+    print("(medians of %d rounds; JSON in %s)" % (args.rounds, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
