@@ -1,188 +1,139 @@
 """Blocking client for an exec-server (ours or the Codex reference).
 
-No asyncio: one background thread reads the connection and routes responses
-to waiting calls and notifications to :class:`RemoteProcess` handles.  Every
-public method is thread-safe.
+No asyncio: one reader thread per connection routes responses to waiting
+calls and notifications to :class:`RemoteProcess` handles.  Every public
+method is thread-safe.
 
     with Client.connect("ws://127.0.0.1:8765") as client:
         done = client.run(["uname", "-a"], timeout=10)    # like subprocess.run
         proc = client.start(["cat"], stdin=True)          # like subprocess.Popen
         proc.write(b"hi\\n"); proc.terminate(); proc.wait(timeout=5)
 
+One logical client outlives its connections (``codex-rs/exec-server/src/
+client_recovery.rs``): when a connection drops, the client is *recovering*:
+it reconnects, resumes its session with ``initialize {resumeSessionId}``
+(retrying -32010 while the server finishes detaching), catches every process
+up with ``process/read`` from its last published seq, re-sends the reads that
+were in flight, and is *connected* again.  Calls made meanwhile wait.
+Mutations that were in flight fail with :class:`RequestOutcomeUnknown` and are
+never replayed.  If recovery does not succeed within the policy's deadline,
+or the server no longer knows the session, the client is *failed*: every
+waiting and later call raises :class:`ExecServerDisconnected`, and every
+process handle reports it.
+
 Timeouts are float seconds (None blocks, 0 polls); on the wire they are the
-protocol's milliseconds.  Errors: :class:`~exec_server.errors.RpcError`
-subclasses carry the JSON-RPC code; :class:`~exec_server.errors.
-ExecServerDisconnected` means the connection is gone.
+protocol's milliseconds.
 """
 
-import collections
 import itertools
 import logging
 import os
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Union
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-import simple_websocket
-from simple_websocket.ws import Base as _WebSocketBase
-from wsproto import ConnectionType
-from wsproto.events import TextMessage
-
-from . import b64
-from .errors import ExecServerDisconnected, ExecServerError, RpcError, error_from_dict
+from .client_transport import WebSocketTransport
+from .errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
+                     SessionAlreadyAttached, error_from_dict)
 from .jsonrpc import EnvelopeError, ErrorResponse, Notification, Request, Response, encode, parse_message
+from .remote_process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent, ProcessOutputGap,  # noqa: F401
+                             RemoteProcess, StdinClosedError, _deadline, _remaining)
 from .uris import path_to_uri
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Largest message the client accepts, bytes.
-CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Bytes asked of the socket per ``recv``.
-CLIENT_RECV_BYTES = 256 * 1024
+#: Methods that are safe to send again after a dropped connection (reads).
+IDEMPOTENT_METHODS = frozenset({
+    "process/read", "environment/info", "environment/status", "fs/readFile", "fs/getMetadata",
+    "fs/readDirectory", "fs/canonicalize", "fs/walk",
+})
+
+CONNECTED, RECOVERING, FAILED, CLOSED = "connected", "recovering", "failed", "closed"
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError("timeout must not be negative")
-    return time.monotonic() + timeout
+class RequestOutcomeUnknown(ExecServerError):
+    """A mutating request was sent but its connection dropped before the answer.
 
-
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
-# --------------------------------------------------------------------- events
-@dataclass(frozen=True)
-class OutputEvent:
-    """``process/output``: ``data`` bytes from ``stream`` (stdout, stderr or pty)."""
-
-    seq: int
-    stream: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ExitedEvent:
-    """``process/exited``: the exit code (128 + N for a pipe child killed by signal N)."""
-
-    seq: int
-    exit_code: int
-    sandbox_denied: bool = False
-
-
-@dataclass(frozen=True)
-class ClosedEvent:
-    """``process/closed``: exited and all output delivered; nothing follows."""
-
-    seq: int
-
-
-ProcessEvent = Union[OutputEvent, ExitedEvent, ClosedEvent]
-
-
-class StdinClosedError(BrokenPipeError):
-    """``process/write`` answered ``stdinClosed``: start with ``stdin=True`` or ``tty=True``."""
-
-
-# ------------------------------------------------------------------ transport
-class _LockedSocket:
-    """A socket whose ``send`` writes whole buffers under one lock.
-
-    simple-websocket writes pongs and closes from its own thread with
-    ``socket.send``; routing every write through ``sendall`` under this lock
-    keeps frames whole.
+    The server may or may not have applied it; the client never re-sends it.
+    Check the state (e.g. ``process/read``) before deciding to retry.
     """
 
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.lock = threading.Lock()
 
-    def send(self, data: bytes) -> int:
-        with self.lock:
-            self._sock.sendall(data)
-        return len(data)
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How the client recovers a dropped connection (one immutable value).
 
-    sendall = send
+    Attributes:
+        deadline: seconds from the drop until recovery gives up (keep it
+            below the server's detached-session TTL, 80 s by default).
+        initial_backoff: seconds before the second connect attempt.
+        max_backoff: cap of the doubling backoff between attempts, seconds.
+        attached_retry_interval: seconds between resumes answered -32010
+            (the server has not finished detaching the old connection).
+        connect_timeout: seconds for one connect + handshake attempt.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+    deadline: float = 25.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    attached_retry_interval: float = 0.1
+    connect_timeout: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.max_backoff, self.initial_backoff * (2 ** attempt))
 
 
-class _WebSocket(simple_websocket.Client):
-    """simple-websocket's client with a connect timeout, TCP_NODELAY and locked writes."""
-
-    def __init__(self, url: str, timeout: Optional[float], headers: Optional[Mapping[str, str]] = None):
-        parts = urlsplit(url)
-        if parts.scheme != "ws":
-            raise ValueError("only ws:// URLs are supported, got %r" % url)
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        self.subprotocols = []
-        self.extra_headeers = list((headers or {}).items())  # simple-websocket's attribute name
-        self._timeout = timeout
-        raw = socket.create_connection((self.host, self.port), timeout=timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _WebSocketBase.__init__(self, _LockedSocket(raw), connection_type=ConnectionType.CLIENT,
-                                receive_bytes=CLIENT_RECV_BYTES, max_message_size=CLIENT_MAX_MESSAGE_BYTES)
-
-    def handshake(self) -> None:
-        super().handshake()
-        self.sock.settimeout(None)
-
-    def send(self, data: str) -> None:
-        if not self.connected:
-            raise ExecServerDisconnected("connection closed")
-        with self.sock.lock:
-            frame = self.ws.send(TextMessage(data=data))
-            self.sock._sock.sendall(frame)
+Transport = Any
+Connector = Callable[[Optional[float]], Transport]
 
 
 class _Pending:
-    __slots__ = ("event", "result", "error")
+    __slots__ = ("event", "result", "error", "method", "text", "generation")
 
-    def __init__(self) -> None:
+    def __init__(self, method: str, text: str, generation: int) -> None:
         self.event = threading.Event()
         self.result: Any = None
         self.error: Optional[BaseException] = None
+        self.method = method
+        self.text = text
+        self.generation = generation
 
 
-# --------------------------------------------------------------------- client
 class Client:
-    """A connection to an exec-server, with one session.
+    """A session on an exec-server, over one connection at a time.
 
     Create with :meth:`connect`; close with :meth:`close` or a ``with`` block.
+    ``state`` is ``connected``, ``recovering``, ``failed`` or ``closed``.
     """
 
-    def __init__(self, transport: _WebSocket, client_name: str):
-        self._ws = transport
+    def __init__(self, connector: Connector, client_name: str = "exec-server-python",
+                 reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()):
+        self._connector = connector
+        self._client_name = client_name
+        self._policy = reconnect
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._state_changed = threading.Condition(self._lock)
         self._pending: Dict[Any, _Pending] = {}
-        self._processes: Dict[str, "RemoteProcess"] = {}
-        self._closed = False
-        self._disconnect_error: Optional[ExecServerDisconnected] = None
+        self._processes: Dict[str, RemoteProcess] = {}
+        self._state = CONNECTED
+        self._failure: Optional[ExecServerDisconnected] = None
+        self._transport: Optional[Transport] = None
+        self._generation = 0
+        self._readers: List[threading.Thread] = []
         self.session_id: Optional[str] = None
         self.environment_info: Dict[str, Any] = {}
-        self._reader = threading.Thread(target=self._read_loop, name="exec-server-client-reader", daemon=True)
-        self._reader.start()
-        self._client_name = client_name
 
     @classmethod
     def connect(cls, url: str, timeout: Optional[float] = 10.0, client_name: str = "exec-server-python",
-                headers: Optional[Mapping[str, str]] = None) -> "Client":
-        """Connect, then ``initialize`` and ``initialized``.
+                headers: Optional[Mapping[str, str]] = None,
+                reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()) -> "Client":
+        """Connect over WebSocket, then ``initialize`` and ``initialized``.
 
         Args:
             url: ``ws://host:port``.
@@ -190,45 +141,59 @@ class Client:
                 ``initialize`` each.
             client_name: sent as ``clientName``.
             headers: extra HTTP headers for the upgrade (e.g. Authorization).
+            reconnect: recovery policy after a drop; None fails at once.
         Raises:
             ExecServerDisconnected: the server cannot be reached or refused
                 the upgrade.
             RpcError: ``initialize`` failed.
         """
-        try:
-            transport = _WebSocket(url, timeout, headers)
-        except (OSError, simple_websocket.ConnectionError, simple_websocket.ConnectionClosed) as exc:
-            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
-        client = cls(transport, client_name)
-        try:
-            result = client.call("initialize", {"clientName": client_name}, timeout=timeout)
-            client.session_id = result["sessionId"]
-            client.environment_info = result.get("environmentInfo") or {}
-            client.notify("initialized", {})
-        except BaseException:
-            client.close()
-            raise
+        def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
+            return WebSocketTransport(url, connect_timeout, headers)
+
+        client = cls(connector, client_name, reconnect)
+        client._start(timeout)
         return client
 
-    # ---------------------------------------------------------------- I/O
-    def _read_loop(self) -> None:
+    def _start(self, timeout: Optional[float]) -> None:
+        transport = self._connector(timeout)
+        generation = self._attach_transport(transport)
+        try:
+            result = self._call_on(generation, "initialize", {"clientName": self._client_name}, timeout)
+            self.session_id = result["sessionId"]
+            self.environment_info = result.get("environmentInfo") or {}
+            self._notify_on(generation, "initialized", {})
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------- transports
+    def _attach_transport(self, transport: Transport) -> int:
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._transport = transport
+        reader = threading.Thread(target=self._read_loop, args=(transport, generation),
+                                  name="exec-server-client-reader-%d" % generation, daemon=True)
+        self._readers.append(reader)
+        reader.start()
+        return generation
+
+    def _read_loop(self, transport: Transport, generation: int) -> None:
         try:
             while True:
                 try:
-                    text = self._ws.receive()
-                except simple_websocket.ConnectionClosed:
+                    text = transport.receive()
+                except ExecServerDisconnected:
                     break
-                if text is None:
-                    if not self._ws.connected:
-                        break
-                    continue
-                self._route(text)
+                self._route(text, generation)
         except Exception:
             log.exception("client reader failed")
         finally:
-            self._connection_lost()
+            self._connection_lost(generation)
 
-    def _route(self, text: Union[str, bytes]) -> None:
+    def _route(self, text: Union[str, bytes], generation: int) -> None:
+        if generation != self._generation:
+            return  # a late event of an older connection
         try:
             message = parse_message(text)
         except EnvelopeError as exc:
@@ -236,10 +201,12 @@ class Client:
             return
         if isinstance(message, (Response, ErrorResponse)):
             with self._lock:
-                pending = self._pending.pop(message.id, None)
+                pending = self._pending.get(message.id)
+                if pending is None or pending.generation != generation:
+                    pending = None
+                else:
+                    del self._pending[message.id]
             if pending is None:
-                if isinstance(message, ErrorResponse):
-                    log.warning("server error without a matching request: %s", message.error)
                 return
             if isinstance(message, ErrorResponse):
                 pending.error = error_from_dict(message.error)
@@ -248,30 +215,175 @@ class Client:
             pending.event.set()
         elif isinstance(message, Notification):
             params = message.params if isinstance(message.params, dict) else {}
-            process = None
             process_id = params.get("processId")
             if isinstance(process_id, str):
                 with self._lock:
                     process = self._processes.get(process_id)
-            if process is not None:
-                process._receive(message.method, params)
+                if process is not None:
+                    process._receive(message.method, params)
 
-    def _connection_lost(self) -> None:
-        error = ExecServerDisconnected("connection to the exec-server closed")
+    def _connection_lost(self, generation: int) -> None:
         with self._lock:
-            self._disconnect_error = error
+            if generation != self._generation or self._state in (CLOSED, FAILED):
+                return
+            recover = self._policy is not None and self.session_id is not None and self._state == CONNECTED
+            if recover:
+                self._state = RECOVERING
+                self._state_changed.notify_all()
+            lost = [p for p in self._pending.values() if p.generation == generation]
+        if not recover:
+            self._fail(ExecServerDisconnected("connection to the exec-server closed"))
+            return
+        for pending in lost:
+            if pending.method not in IDEMPOTENT_METHODS:
+                with self._lock:
+                    self._pending.pop(self._pending_key(pending), None)
+                pending.error = RequestOutcomeUnknown(
+                    "%s: the connection dropped before the answer; it may or may not have been applied"
+                    % pending.method)
+                pending.event.set()
+        log.info("exec-server connection lost; recovering session %s", self.session_id)
+        threading.Thread(target=self._recover, name="exec-server-client-recovery", daemon=True).start()
+
+    def _pending_key(self, pending: _Pending) -> Any:
+        for key, value in self._pending.items():
+            if value is pending:
+                return key
+        return None
+
+    def _recover(self) -> None:
+        policy = self._policy
+        deadline = time.monotonic() + policy.deadline
+        attempt = 0
+        last_error: Optional[BaseException] = None
+        while True:
+            with self._lock:
+                if self._state != RECOVERING:
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._fail(ExecServerDisconnected(
+                    "exec-server connection lost and not recovered within %.1f s: %s" % (policy.deadline, last_error)))
+                return
+            try:
+                transport = self._connector(min(policy.connect_timeout, remaining))
+            except ExecServerDisconnected as exc:
+                last_error = exc
+                time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            generation = self._attach_transport(transport)
+            try:
+                self._call_on(generation, "initialize",
+                              {"clientName": self._client_name, "resumeSessionId": self.session_id},
+                              min(policy.connect_timeout, max(0.01, deadline - time.monotonic())))
+                self._notify_on(generation, "initialized", {})
+            except SessionAlreadyAttached as exc:
+                last_error = exc
+                transport.close()
+                time.sleep(policy.attached_retry_interval)
+                continue
+            except InvalidRequest as exc:
+                transport.close()
+                self._fail(ExecServerDisconnected("exec-server session cannot be resumed: %s" % exc.message))
+                return
+            except (ExecServerDisconnected, TimeoutError, RpcError) as exc:
+                last_error = exc
+                transport.close()
+                time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            if self._catch_up(generation):
+                self._resend_reads(generation)
+                with self._lock:
+                    if self._state == RECOVERING and generation == self._generation:
+                        self._state = CONNECTED
+                        self._state_changed.notify_all()
+                log.info("exec-server session %s recovered", self.session_id)
+                return
+            # the new connection dropped during catch-up: its reader starts another recovery round
+            return
+
+    def _catch_up(self, generation: int) -> bool:
+        """Read every open process from its last published seq; False if the connection dropped."""
+        with self._lock:
+            processes = [p for p in self._processes.values() if not p.done]
+        for process in processes:
+            params = {"processId": process.process_id, "afterSeq": process.last_seq, "maxBytes": None, "waitMs": 0}
+            try:
+                result = self._call_on(generation, "process/read", params, self._policy.connect_timeout)
+            except ExecServerDisconnected:
+                return False
+            except TimeoutError:
+                return False
+            except RpcError as exc:
+                process._fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
+                                                     % (process.process_id, exc.message)))
+                continue
+            missing = process._catch_up(result)
+            if missing:
+                process._fail(ProcessOutputGap(process.process_id, missing))
+                try:
+                    self._call_on(generation, "process/terminate", {"processId": process.process_id},
+                                  self._policy.connect_timeout)
+                except (ExecServerDisconnected, TimeoutError, RpcError):
+                    pass
+        return True
+
+    def _resend_reads(self, generation: int) -> None:
+        with self._lock:
+            retry = [p for p in self._pending.values() if p.generation != generation]
+            for pending in retry:
+                pending.generation = generation
+            transport = self._transport
+        for pending in retry:
+            try:
+                transport.send(pending.text)
+            except ExecServerDisconnected:
+                return
+
+    def _fail(self, error: ExecServerDisconnected) -> None:
+        with self._lock:
+            if self._state in (FAILED, CLOSED):
+                return
+            self._state = FAILED
+            self._failure = error
             pending = list(self._pending.values())
             self._pending.clear()
             processes = list(self._processes.values())
+            transport = self._transport
+            self._state_changed.notify_all()
         for item in pending:
             item.error = error
             item.event.set()
         for process in processes:
             process._fail(error)
+        if transport is not None:
+            transport.close()
+
+    # ---------------------------------------------------------------- calls
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state
 
     @property
     def connected(self) -> bool:
-        return self._disconnect_error is None and not self._closed
+        return self.state == CONNECTED
+
+    def _wait_usable(self, deadline: Optional[float], method: str) -> int:
+        """Wait out a recovery; returns the current generation."""
+        with self._lock:
+            while self._state == RECOVERING:
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    raise TimeoutError("%s: still reconnecting" % method)
+                self._state_changed.wait(remaining)
+            if self._state == FAILED:
+                raise self._failure  # type: ignore[misc]
+            if self._state == CLOSED:
+                raise ExecServerDisconnected("client is closed")
+            return self._generation
 
     def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
         """Send a request and wait for its result.
@@ -279,28 +391,48 @@ class Client:
         Args:
             method: e.g. ``process/read``.
             params: a JSON value (usually a dict) or None.
-            timeout: seconds to wait for the response; None waits forever.
+            timeout: seconds to wait, a reconnect included; None waits forever.
         Returns:
             the ``result`` member.
         Raises:
             RpcError: the server answered with an error object (subclass by code).
-            ExecServerDisconnected: the connection closed before the answer.
+            RequestOutcomeUnknown: a mutation's connection dropped before its answer.
+            ExecServerDisconnected: the client is failed or closed.
             TimeoutError: no answer within ``timeout``.
         """
         deadline = _deadline(timeout)
+        while True:
+            generation = self._wait_usable(deadline, method)
+            try:
+                return self._call_on(generation, method, params, _remaining(deadline), recoverable=True)
+            except _SendFailed:
+                continue  # not sent: wait for the recovery and try again
+
+    def _call_on(self, generation: int, method: str, params: Any, timeout: Optional[float],
+                 recoverable: bool = False) -> Any:
         request_id = next(self._ids)
-        pending = _Pending()
+        text = encode(Request(request_id, method, params))
+        pending = _Pending(method, text, generation)
         with self._lock:
-            if self._disconnect_error is not None:
-                raise self._disconnect_error
+            if generation != self._generation or self._transport is None:
+                if recoverable:
+                    raise _SendFailed()
+                raise ExecServerDisconnected("connection replaced")
             self._pending[request_id] = pending
+            transport = self._transport
         try:
-            self._ws.send(encode(Request(request_id, method, params)))
-        except (OSError, simple_websocket.ConnectionClosed, ExecServerDisconnected) as exc:
+            transport.send(text)
+        except ExecServerDisconnected:
             with self._lock:
                 self._pending.pop(request_id, None)
-            raise ExecServerDisconnected("cannot send %s: %s" % (method, exc)) from exc
-        if not pending.event.wait(_remaining(deadline)):
+            if recoverable and self._policy is not None and self.session_id is not None:
+                # sendall failed, so the server cannot hold the whole message: safe to send again
+                with self._lock:
+                    if self._state == CONNECTED and generation == self._generation:
+                        self._state_changed.wait(0.05)
+                raise _SendFailed() from None
+            raise
+        if not pending.event.wait(timeout):
             with self._lock:
                 self._pending.pop(request_id, None)
             raise TimeoutError("%s: no response within %.3f s" % (method, timeout))
@@ -308,27 +440,48 @@ class Client:
             raise pending.error
         return pending.result
 
+    def _notify_on(self, generation: int, method: str, params: Any) -> None:
+        with self._lock:
+            transport = self._transport if generation == self._generation else None
+        if transport is None:
+            raise ExecServerDisconnected("connection replaced")
+        transport.send(encode(Notification(method, params)))
+
     def notify(self, method: str, params: Any = None) -> None:
         """Send a notification (no response).
 
         Raises:
-            ExecServerDisconnected: the connection is closed.
+            ExecServerDisconnected: the client is failed or closed.
         """
-        try:
-            self._ws.send(encode(Notification(method, params)))
-        except (OSError, simple_websocket.ConnectionClosed) as exc:
-            raise ExecServerDisconnected(str(exc)) from exc
+        self._notify_on(self._wait_usable(None, method), method, params)
 
     def close(self) -> None:
-        """Close the connection (the server then ends this session's processes)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._ws.close()
-        except Exception:
-            pass
-        self._reader.join(5.0)
+        """Close the connection; no recovery follows.
+
+        The server keeps the session's processes for its detached-session TTL
+        (80 s by default) and then kills them; terminate them first to end
+        them now.
+        """
+        with self._lock:
+            if self._state == CLOSED:
+                return
+            self._state = CLOSED
+            transport = self._transport
+            pending = list(self._pending.values())
+            self._pending.clear()
+            processes = list(self._processes.values())
+            self._state_changed.notify_all()
+        error = ExecServerDisconnected("client is closed")
+        for item in pending:
+            item.error = error
+            item.event.set()
+        for process in processes:
+            process._fail(error)
+        if transport is not None:
+            transport.close()
+        for reader in self._readers:
+            if reader is not threading.current_thread():
+                reader.join(5.0)
 
     def __enter__(self) -> "Client":
         return self
@@ -352,7 +505,7 @@ class Client:
               env: Optional[Mapping[str, str]] = None, inherit_env: bool = True,
               env_policy: Optional[Mapping[str, Any]] = None, tty: bool = False, stdin: bool = False,
               arg0: Optional[str] = None, process_id: Optional[str] = None,
-              timeout: Optional[float] = 30.0) -> "RemoteProcess":
+              timeout: Optional[float] = 30.0) -> RemoteProcess:
         """Start a process, like ``subprocess.Popen`` (``process/start``).
 
         Args:
@@ -371,7 +524,7 @@ class Client:
             timeout: seconds to wait for the start response.
         Raises:
             RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
-            ExecServerDisconnected, TimeoutError: as for :meth:`call`.
+            RequestOutcomeUnknown, ExecServerDisconnected, TimeoutError: as for :meth:`call`.
         """
         if not argv:
             raise ValueError("argv must not be empty")
@@ -392,8 +545,6 @@ class Client:
             params["envPolicy"] = dict(env_policy)
         process = RemoteProcess(self, process_id, list(argv))
         with self._lock:
-            if self._disconnect_error is not None:
-                raise self._disconnect_error
             if process_id in self._processes:
                 raise ValueError("process id %r is already used by this client" % process_id)
             self._processes[process_id] = process  # before the request: events follow the response
@@ -406,9 +557,10 @@ class Client:
         process.sandbox_type = result.get("sandboxType", "none")
         return process
 
-    def _forget(self, process_id: str) -> None:
+    def forget(self, process: RemoteProcess) -> None:
+        """Stop tracking a finished process (its events are no longer kept)."""
         with self._lock:
-            self._processes.pop(process_id, None)
+            self._processes.pop(process.process_id, None)
 
     def run(self, argv: Sequence[str], *, input: Optional[bytes] = None, timeout: Optional[float] = None,
             check: bool = False, **start_options: Any) -> "subprocess.CompletedProcess[bytes]":
@@ -443,205 +595,21 @@ class Client:
         except subprocess.TimeoutExpired:
             try:
                 process.kill()
-            except (RpcError, ExecServerDisconnected, TimeoutError):
+            except (RpcError, ExecServerError, TimeoutError):
                 pass
             raise subprocess.TimeoutExpired(list(argv), timeout) from None
         finally:
-            self._forget(process.process_id)
+            self.forget(process)
         done = subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
         if check:
             done.check_returncode()
         return done
 
 
-class RemoteProcess:
-    """A process started through :meth:`Client.start`, like ``subprocess.Popen``.
-
-    Events (:class:`OutputEvent`, :class:`ExitedEvent`, :class:`ClosedEvent`)
-    are buffered in seq order until consumed by iteration or
-    :meth:`communicate`.  Thread-safe.
-    """
-
-    def __init__(self, client: Client, process_id: str, args: List[str]):
-        self.client = client
-        self.process_id = process_id
-        self.args = args
-        self.sandbox_type = "none"
-        self._changed = threading.Condition()
-        self._events: Deque[ProcessEvent] = collections.deque()
-        self._last_seq = 0
-        self._exit_code: Optional[int] = None
-        self._closed = False
-        self._failure: Optional[BaseException] = None
-
-    # ------------------------------------------------------------- events
-    def _receive(self, method: str, params: Dict[str, Any]) -> None:
-        seq = params.get("seq")
-        if not isinstance(seq, int):
-            return
-        if method == "process/output":
-            event: ProcessEvent = OutputEvent(seq, params.get("stream", "stdout"), b64.decode(params.get("chunk", "")))
-        elif method == "process/exited":
-            event = ExitedEvent(seq, params.get("exitCode", -1), bool(params.get("sandboxDenied")))
-        elif method == "process/closed":
-            event = ClosedEvent(seq)
-        else:
-            return
-        with self._changed:
-            if seq <= self._last_seq:
-                return  # already seen
-            self._last_seq = seq
-            self._events.append(event)
-            if isinstance(event, ExitedEvent):
-                self._exit_code = event.exit_code
-            elif isinstance(event, ClosedEvent):
-                self._closed = True
-            self._changed.notify_all()
-
-    def _fail(self, error: BaseException) -> None:
-        with self._changed:
-            if not self._closed:
-                self._failure = error
-            self._changed.notify_all()
-
-    @property
-    def returncode(self) -> Optional[int]:
-        """The exit code once ``process/exited`` arrived, else None."""
-        with self._changed:
-            return self._exit_code
-
-    @property
-    def last_seq(self) -> int:
-        """Highest seq received for this process."""
-        with self._changed:
-            return self._last_seq
-
-    def next_event(self, timeout: Optional[float] = None) -> Optional[ProcessEvent]:
-        """The next event, or None after ``closed`` was consumed.
-
-        Raises:
-            subprocess.TimeoutExpired: nothing arrived within ``timeout``.
-            ExecServerDisconnected: the connection closed before ``closed``.
-        """
-        deadline = _deadline(timeout)
-        with self._changed:
-            while not self._events:
-                if self._closed:
-                    return None
-                if self._failure is not None:
-                    raise self._failure
-                remaining = _remaining(deadline)
-                if remaining == 0.0:
-                    raise subprocess.TimeoutExpired(self.args, timeout)
-                self._changed.wait(remaining)
-            return self._events.popleft()
-
-    def __iter__(self) -> Iterator[ProcessEvent]:
-        """Every event until (and including) ``closed``, blocking."""
-        while True:
-            event = self.next_event()
-            if event is None:
-                return
-            yield event
-            if isinstance(event, ClosedEvent):
-                return
-
-    def communicate(self, timeout: Optional[float] = None):
-        """Collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
-
-        Raises:
-            subprocess.TimeoutExpired: not closed within ``timeout`` (the
-                output so far stays buffered).
-            ExecServerDisconnected: the connection closed first.
-        """
-        deadline = _deadline(timeout)
-        out: List[bytes] = []
-        err: List[bytes] = []
-        consumed: List[ProcessEvent] = []
-        try:
-            while True:
-                event = self.next_event(_remaining(deadline))
-                if event is None:
-                    break
-                consumed.append(event)
-                if isinstance(event, OutputEvent):
-                    (err if event.stream == "stderr" else out).append(event.data)
-                elif isinstance(event, ClosedEvent):
-                    break
-        except subprocess.TimeoutExpired:
-            with self._changed:
-                self._events.extendleft(reversed(consumed))
-            raise
-        return b"".join(out), b"".join(err)
-
-    def wait(self, timeout: Optional[float] = None) -> int:
-        """Wait for the exit; returns the exit code.
-
-        Raises:
-            subprocess.TimeoutExpired: no exit within ``timeout``.
-            ExecServerDisconnected: the connection closed first.
-        """
-        deadline = _deadline(timeout)
-        with self._changed:
-            while self._exit_code is None:
-                if self._failure is not None:
-                    raise self._failure
-                remaining = _remaining(deadline)
-                if remaining == 0.0:
-                    raise subprocess.TimeoutExpired(self.args, timeout)
-                self._changed.wait(remaining)
-            return self._exit_code
-
-    def poll(self) -> Optional[int]:
-        return self.returncode
-
-    # ------------------------------------------------------------ control
-    def write(self, data: bytes, timeout: Optional[float] = 30.0) -> None:
-        """Write bytes to the child's stdin or PTY (``process/write``).
-
-        Raises:
-            StdinClosedError: the process has no writable stdin.
-            ProcessLookupError: the server does not know the process.
-            InternalError: the process has exited (``failed to write to process stdin``).
-        """
-        status = self.client.call("process/write", {
-            "processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex,
-        }, timeout=timeout)["status"]
-        if status == "stdinClosed":
-            raise StdinClosedError("process %s has no writable stdin" % self.process_id)
-        if status == "unknownProcess":
-            raise ProcessLookupError("unknown process id %s" % self.process_id)
-
-    def send_interrupt(self, timeout: Optional[float] = 30.0) -> None:
-        """SIGINT to the remote process group (``process/signal interrupt``)."""
-        self.signal("interrupt", timeout=timeout)
-
-    def signal(self, name: str = "interrupt", timeout: Optional[float] = 30.0) -> None:
-        """Send a protocol signal (``interrupt`` is the only one; PROTOCOL.md 5.6)."""
-        self.client.call("process/signal", {"processId": self.process_id, "signal": name}, timeout=timeout)
-
-    def terminate(self, timeout: Optional[float] = 30.0) -> bool:
-        """Kill the remote process tree at once (``process/terminate``; SIGKILL).
-
-        Returns:
-            True if the process was running and a kill was issued.
-        """
-        return bool(self.client.call("process/terminate", {"processId": self.process_id},
-                                     timeout=timeout)["running"])
-
-    kill = terminate
-
-    def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait_ms: int = 0,
-             timeout: Optional[float] = None) -> Dict[str, Any]:
-        """The raw ``process/read`` result (retained output after ``after_seq``)."""
-        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes, "waitMs": wait_ms}
-        if timeout is None:
-            timeout = wait_ms / 1000.0 + 30.0
-        return self.client.call("process/read", params, timeout=timeout)
-
-    def __repr__(self) -> str:
-        return "<RemoteProcess %s returncode=%r>" % (self.process_id, self.returncode)
+class _SendFailed(Exception):
+    """Internal: a request could not be sent on the current connection."""
 
 
-__all__ = ["Client", "RemoteProcess", "OutputEvent", "ExitedEvent", "ClosedEvent",
-           "StdinClosedError", "ExecServerDisconnected", "ExecServerError", "RpcError"]
+__all__ = ["Client", "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
+           "ClosedEvent", "ProcessOutputGap", "StdinClosedError", "ExecServerDisconnected", "ExecServerError",
+           "RpcError"]

@@ -26,6 +26,10 @@ class ServerConfig:
     retained_output_chunks: int = 50_000
     #: How long a closed process stays readable and keeps its id, seconds.
     closed_process_retention: float = 80.0
+    #: How long a session outlives its connection, seconds (PROTOCOL.md 7): a
+    #: resume within it reattaches; at its end every process group of the
+    #: session is killed and the session is forgotten.
+    detached_session_ttl: float = 80.0
     #: Processes a session may hold at once (running, or closed and retained).
     #: One more ``process/start`` is -32600.
     max_processes_per_session: int = 1024
@@ -42,6 +46,6 @@ class ServerConfig:
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
-        for name in ("closed_process_retention", "ping_interval", "exit_output_grace"):
+        for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)

@@ -24,7 +24,7 @@ from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViola
 from .jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                       encode, error_response, parse_message)
 from .processes import ReadAborted
-from .sessions import SessionRegistry
+from .sessions import TAKEN_OVER, SessionRegistry
 from .validation import SchemaSet
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,6 @@ class RpcConnection:
         """Session sink: send a notification text if the connection is open."""
         self._write(text)
 
-    def bind_session(self, session) -> None:
-        self.session = session
-        session.attach(self, self.notify)
-
     # ------------------------------------------------------------ receiving
     def receive(self, text) -> None:
         """Handle one whole incoming message (text or UTF-8 bytes).
@@ -153,6 +149,8 @@ class RpcConnection:
             error = InvalidRequest("client must call initialize before using %s methods" % family)
         elif self.state == INITIALIZING:
             error = InvalidRequest("client must send initialized before using %s methods" % family)
+        elif not self._session_current():
+            error = InvalidRequest(TAKEN_OVER)
         else:
             error = None
         if error is not None:
@@ -201,17 +199,22 @@ class RpcConnection:
                     log.exception("after-response hook of %s failed", request.method)
 
     # -------------------------------------------------------------- closing
-    def close(self) -> None:
-        """The transport is gone: stop replies, end the session's processes.
+    def close(self, end_session: bool = False) -> None:
+        """The transport is gone: stop replies and detach the session.
 
-        In-flight requests get no reply; their long polls wake and end.
+        In-flight requests get no reply; their long polls wake and end.  The
+        session's processes keep running for ``detached_session_ttl`` seconds
+        (PROTOCOL.md 7), unless ``end_session`` (stdio's end) kills them now.
         """
         if self.closed:
             return
         self.closed = True
         session = self.session
         if session is not None and session.detach(self):
-            self.dispatcher.registry.close(session)
+            if end_session:
+                self.dispatcher.registry.close(session)
+            else:
+                self.dispatcher.registry.detached(session)
         if session is not None:
             session.wake_readers()
         self._pool.shutdown(wait=False)

@@ -13,7 +13,7 @@ from . import b64, sandbox
 from .config import ServerConfig
 from .envpolicy import child_environment
 from .environment import environment_info
-from .errors import InvalidParams, InvalidRequest, SessionAlreadyAttached
+from .errors import InvalidParams, InvalidRequest
 from .processes import ManagedProcess, ReadAborted
 from .sessions import TAKEN_OVER, Session, SessionRegistry
 from .uris import UriError, platform_os, uri_to_path
@@ -55,14 +55,10 @@ def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     resume_id = params.get("resumeSessionId")
     if resume_id is None:
         session = ctx.registry.create()
+        session.attach(ctx.connection, ctx.connection.notify)
     else:
-        session = ctx.registry.get(resume_id)
-        if session is None:
-            raise InvalidRequest("unknown session id %s" % resume_id)
-        if not session.attach_if_free(ctx.connection, ctx.connection.notify):
-            raise SessionAlreadyAttached(
-                "session %s is already attached to another connection" % resume_id)
-    ctx.connection.bind_session(session)
+        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.notify)
+    ctx.connection.session = session
     return {"sessionId": session.session_id, "environmentInfo": environment_info()}
 
 

@@ -7,9 +7,11 @@ and notifications sent outside it.
 
 Detach/resume: :meth:`Session.attach` and :meth:`Session.detach` swap the
 sink under the session lock, and ``detach`` only clears the sink it was given,
-so an old connection can never clear a newer connection's sink.  Until the
-resume feature lands, the server closes a session when its connection ends
-(``SessionRegistry.close``).
+so an old connection can never clear a newer connection's sink.  A detached
+session lives for ``detached_session_ttl`` seconds; a resume within it
+reattaches it (same id, same processes), and at its end every process group
+of the session is killed.  Resume and expiry both decide under the registry
+lock, so exactly one of them wins.
 """
 
 import logging
@@ -18,7 +20,7 @@ import uuid
 from typing import Callable, Dict, List, Optional
 
 from .config import ServerConfig
-from .errors import InvalidRequest
+from .errors import InvalidRequest, SessionAlreadyAttached
 from .processes import ManagedProcess
 from .scheduler import Scheduler
 
@@ -68,6 +70,14 @@ class Session:
                 return False
             self._owner = None
             self._sink = None
+            return True
+
+    def mark_closed_if_detached(self) -> bool:
+        """Close the session to resumes if no connection holds it; True if closed."""
+        with self._lock:
+            if self._owner is not None:
+                return False
+            self._closed = True
             return True
 
     def is_owned_by(self, owner: object) -> bool:
@@ -154,13 +164,18 @@ class Session:
 
 
 class SessionRegistry:
-    """All sessions of a server, under one lock.  Thread-safe."""
+    """All sessions of a server, under one lock.  Thread-safe.
+
+    Lock order: the registry lock may be held while taking a session's lock,
+    never the other way round.
+    """
 
     def __init__(self, config: ServerConfig, scheduler: Optional[Scheduler] = None):
         self.config = config
         self.scheduler = scheduler or Scheduler()
         self._lock = threading.Lock()
         self._sessions: Dict[str, Session] = {}
+        self._expiry: Dict[str, object] = {}
 
     def create(self) -> Session:
         session = Session(str(uuid.uuid4()), self.config, self.scheduler)
@@ -176,11 +191,62 @@ class SessionRegistry:
         with self._lock:
             return list(self._sessions.values())
 
+    def resume(self, session_id: str, owner: object, sink: Sink) -> Session:
+        """Reattach a detached session to ``owner`` (``initialize {resumeSessionId}``).
+
+        Raises:
+            InvalidRequest: ``unknown session id <id>`` (unknown, expired or empty).
+            SessionAlreadyAttached: another connection holds the session (-32010).
+        """
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise InvalidRequest("unknown session id %s" % session_id)
+            if not session.attach_if_free(owner, sink):
+                raise SessionAlreadyAttached(
+                    "session %s is already attached to another connection" % session_id)
+            timer = self._expiry.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        log.info("session resumed", extra={"session_id": session_id})
+        return session
+
+    def detached(self, session: Session) -> None:
+        """The session's connection ended: start its TTL (PROTOCOL.md 7)."""
+        token = object()
+        with self._lock:
+            if self._sessions.get(session.session_id) is not session:
+                return
+            self._expiry[session.session_id] = token
+        timer = self.scheduler.call_later(self.config.detached_session_ttl,
+                                          lambda: self._expire(session, token))
+        with self._lock:
+            if self._expiry.get(session.session_id) is token:
+                self._expiry[session.session_id] = timer
+            else:
+                timer.cancel()
+        log.info("session detached", extra={"session_id": session.session_id})
+
+    def _expire(self, session: Session, token: object) -> None:
+        with self._lock:
+            current = self._expiry.get(session.session_id)
+            if current is None or self._sessions.get(session.session_id) is not session:
+                return
+            if not session.mark_closed_if_detached():
+                return
+            del self._sessions[session.session_id]
+            del self._expiry[session.session_id]
+        log.info("session expired", extra={"session_id": session.session_id})
+        session.close()
+
     def close(self, session: Session) -> None:
         """Remove the session and kill its processes."""
         with self._lock:
             if self._sessions.get(session.session_id) is session:
                 del self._sessions[session.session_id]
+            timer = self._expiry.pop(session.session_id, None)
+        if hasattr(timer, "cancel"):
+            timer.cancel()
         session.close()
 
     def close_all(self, join_timeout: float = 2.0) -> None:

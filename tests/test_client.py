@@ -8,7 +8,8 @@ import time
 import pytest
 
 from conftest import pid_alive, wait_until
-from exec_server import Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, StdinClosedError
+from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ReconnectPolicy,
+                         StdinClosedError)
 from exec_server.errors import InternalError, InvalidParams, InvalidRequest
 
 pytestmark = pytest.mark.posix
@@ -132,7 +133,7 @@ def test_server_going_away_fails_waiters():
     from conftest import start_ours
 
     running = start_ours()
-    client = Client.connect(running.url, timeout=5)
+    client = Client.connect(running.url, timeout=5, reconnect=ReconnectPolicy(deadline=1.0))
     proc = client.start(["sleep", "30"])
     errors = []
 
@@ -148,6 +149,19 @@ def test_server_going_away_fails_waiters():
     running.stop()
     thread.join(10)
     assert len(errors) == 1
+    with pytest.raises(ExecServerDisconnected):
+        client.call("environment/status", timeout=5)
+    assert client.state == "failed"
+    client.close()
+
+
+def test_without_reconnect_a_drop_fails_at_once():
+    from conftest import start_ours
+
+    running = start_ours()
+    client = Client.connect(running.url, timeout=5, reconnect=None)
+    running.stop()
+    wait_until(lambda: client.state == "failed")
     with pytest.raises(ExecServerDisconnected):
         client.call("environment/status", timeout=5)
     client.close()

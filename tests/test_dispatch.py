@@ -63,7 +63,7 @@ def test_response_from_client_is_a_violation(pair):
         connection.receive('{"id":5,"result":{}}')
 
 
-def test_closed_connection_sends_nothing_and_kills(pair):
+def test_closed_connection_sends_nothing(pair):
     _dispatcher, connection, sent = pair
     handshake(connection)
     connection.receive('{"id":2,"method":"process/start","params":{"processId":"s","argv":["sleep","30"],'

@@ -80,16 +80,22 @@ def test_violation_sends_close_1002(connect, server):
     assert peer.ws.close_reason == 1002
 
 
-def test_disconnect_kills_the_sessions_processes(connect, server, tmp_path):
-    peer = ready(connect, server.url)
+def test_detached_session_expires_and_kills_its_trees(connect, configured, tmp_path):
+    running = configured(detached_session_ttl=0.5)
+    peer = ready(connect, running.url)
     pid_file = tmp_path / "pid"
     peer.call("process/start", start_params("bg", ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file]))
     peer.call("process/start", start_params("flood", ["yes"]))
+    session_id = peer.received[0]["result"]["sessionId"]
     grandchild = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
     peer.ws.sock.close()  # the client vanishes mid-stream, without a Close frame
+    time.sleep(0.2)
+    assert pid_alive(grandchild)  # detached, not killed
     wait_until(lambda: not pid_alive(grandchild), timeout=10)
-    other = ready(connect, server.url)
-    assert other.call("environment/status") == {"status": "ready"}
+    other = connect(running.url)
+    reply = other.request("initialize", {"clientName": "late", "resumeSessionId": session_id})
+    assert reply["error"] == {"code": -32600, "message": "unknown session id %s" % session_id}
+    assert other.call("initialize", {"clientName": "fresh"})["sessionId"] != session_id
 
 
 def test_unread_flood_does_not_block_other_connections(connect, server):

@@ -1,0 +1,108 @@
+"""Client transports: a blocking message pipe to one server connection.
+
+A transport has ``send(text)``, ``receive() -> text`` (blocking; raises
+:class:`~exec_server.errors.ExecServerDisconnected` once closed) and
+``close()``.  The WebSocket one is simple-websocket's client with a connect
+timeout, TCP_NODELAY and whole-frame writes under one lock.
+"""
+
+import socket
+import threading
+from typing import Any, Mapping, Optional, Union
+from urllib.parse import urlsplit
+
+import simple_websocket
+from simple_websocket.ws import Base as _WebSocketBase
+from wsproto import ConnectionType
+from wsproto.events import TextMessage
+
+from .errors import ExecServerDisconnected
+
+#: Largest message the client accepts, bytes.
+CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: Bytes asked of the socket per ``recv``.
+CLIENT_RECV_BYTES = 256 * 1024
+
+
+class _LockedSocket:
+    """A socket whose ``send`` writes whole buffers under one lock.
+
+    simple-websocket writes pongs and closes from its own thread with
+    ``socket.send``; routing every write through ``sendall`` under this lock
+    keeps frames whole.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self.lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    sendall = send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _SimpleWebSocket(simple_websocket.Client):
+    def __init__(self, url: str, timeout: Optional[float], headers: Optional[Mapping[str, str]]):
+        parts = urlsplit(url)
+        if parts.scheme != "ws":
+            raise ValueError("only ws:// URLs are supported, got %r" % url)
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        self.subprotocols = []
+        self.extra_headeers = list((headers or {}).items())  # simple-websocket's attribute name
+        raw = socket.create_connection((self.host, self.port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _WebSocketBase.__init__(self, _LockedSocket(raw), connection_type=ConnectionType.CLIENT,
+                                receive_bytes=CLIENT_RECV_BYTES, max_message_size=CLIENT_MAX_MESSAGE_BYTES)
+
+    def handshake(self) -> None:
+        super().handshake()
+        self.sock.settimeout(None)
+
+
+class WebSocketTransport:
+    """One WebSocket connection to ``ws://host:port``.  Thread-safe send."""
+
+    def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None):
+        try:
+            self._ws = _SimpleWebSocket(url, timeout, headers)
+        except (OSError, simple_websocket.ConnectionError, simple_websocket.ConnectionClosed) as exc:
+            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
+        self.url = url
+
+    def send(self, text: str) -> None:
+        ws = self._ws
+        if not ws.connected:
+            raise ExecServerDisconnected("connection closed")
+        try:
+            with ws.sock.lock:
+                ws.sock._sock.sendall(ws.ws.send(TextMessage(data=text)))
+        except Exception as exc:
+            raise ExecServerDisconnected("send failed: %s" % exc) from exc
+
+    def receive(self) -> Union[str, bytes]:
+        while True:
+            try:
+                message = self._ws.receive()
+            except simple_websocket.ConnectionClosed as exc:
+                raise ExecServerDisconnected("connection closed (%s)" % exc.reason) from None
+            if message is not None:
+                return message
+            if not self._ws.connected:
+                raise ExecServerDisconnected("connection closed")
+
+    def close(self) -> None:
+        try:
+            self._ws.close()
+        except Exception:
+            try:
+                self._ws.sock.close()
+            except Exception:
+                pass

@@ -1,0 +1,319 @@
+"""Client-side process handles: events in seq order, waits, control calls.
+
+A :class:`RemoteProcess` publishes ``process/output``, ``process/exited`` and
+``process/closed`` strictly in seq order (PROTOCOL.md 5.3): an event is held
+until every lower seq has been published, and one already published is
+dropped as a duplicate, so live notifications and a ``process/read``
+catch-up after a reconnect can arrive in any order.
+"""
+
+import collections
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Union
+
+from . import b64
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """``process/output``: ``data`` bytes from ``stream`` (stdout, stderr or pty)."""
+
+    seq: int
+    stream: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExitedEvent:
+    """``process/exited``: the exit code (128 + N for a pipe child killed by signal N)."""
+
+    seq: int
+    exit_code: int
+    sandbox_denied: bool = False
+
+
+@dataclass(frozen=True)
+class ClosedEvent:
+    """``process/closed``: exited and all output delivered; nothing follows."""
+
+    seq: int
+
+
+ProcessEvent = Union[OutputEvent, ExitedEvent, ClosedEvent]
+
+
+class StdinClosedError(BrokenPipeError):
+    """``process/write`` answered ``stdinClosed``: start with ``stdin=True`` or ``tty=True``."""
+
+
+class ProcessOutputGap(Exception):
+    """The server no longer retains output this client had not received.
+
+    Raised by the waits of the one process concerned after a reconnect; the
+    process was terminated.  ``missing`` is the list of lost seqs.
+    """
+
+    def __init__(self, process_id: str, missing: List[int]):
+        super().__init__("process %s lost output seqs %s..%s while disconnected"
+                         % (process_id, missing[0], missing[-1]))
+        self.process_id = process_id
+        self.missing = missing
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("timeout must not be negative")
+    return time.monotonic() + timeout
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[ProcessEvent]:
+    seq = params.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    if method == "process/output":
+        return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(params.get("chunk", "")))
+    if method == "process/exited":
+        return ExitedEvent(seq, params.get("exitCode", -1), bool(params.get("sandboxDenied")))
+    if method == "process/closed":
+        return ClosedEvent(seq)
+    return None
+
+
+class RemoteProcess:
+    """A process started through :meth:`Client.start`, like ``subprocess.Popen``.
+
+    Events are buffered in seq order until consumed by iteration,
+    :meth:`next_event` or :meth:`communicate`.  Thread-safe.
+    """
+
+    def __init__(self, client: "Client", process_id: str, args: List[str]):
+        self.client = client
+        self.process_id = process_id
+        self.args = args
+        self.sandbox_type = "none"
+        self._changed = threading.Condition()
+        self._events: Deque[ProcessEvent] = collections.deque()
+        self._held: Dict[int, ProcessEvent] = {}
+        self._last_seq = 0
+        self._exit_code: Optional[int] = None
+        self._closed = False
+        self._failure: Optional[BaseException] = None
+
+    # ------------------------------------------------------------- events
+    def _publish(self, event: ProcessEvent) -> None:
+        """Accept an event from any source; publish everything now contiguous."""
+        with self._changed:
+            if event.seq <= self._last_seq or self._closed:
+                return  # a duplicate
+            self._held[event.seq] = event
+            while self._last_seq + 1 in self._held:
+                ready = self._held.pop(self._last_seq + 1)
+                self._last_seq = ready.seq
+                self._events.append(ready)
+                if isinstance(ready, ExitedEvent):
+                    self._exit_code = ready.exit_code
+                elif isinstance(ready, ClosedEvent):
+                    self._closed = True
+                    self._held.clear()
+            self._changed.notify_all()
+
+    def _receive(self, method: str, params: Dict[str, Any]) -> None:
+        event = event_from_notification(method, params)
+        if event is not None:
+            self._publish(event)
+
+    def _catch_up(self, result: Dict[str, Any]) -> Optional[List[int]]:
+        """Publish what a ``process/read`` from :attr:`last_seq` returned.
+
+        Returns:
+            the lost seqs if the server no longer retains some, else None.
+        """
+        with self._changed:
+            after = self._last_seq
+            exit_seen = self._exit_code is not None
+        chunks = result.get("chunks") or []
+        next_seq = result["nextSeq"]
+        covered = {chunk["seq"] for chunk in chunks}
+        missing = [seq for seq in range(after + 1, next_seq) if seq not in covered]
+        closed_seq = next_seq - 1 if result.get("closed") else None
+        lifecycle = [seq for seq in missing if seq != closed_seq]
+        expect_exit = bool(result.get("exited")) and not exit_seen
+        if len(lifecycle) > (1 if expect_exit else 0):
+            return lifecycle  # evicted output among them: a gap
+        for chunk in chunks:
+            self._publish(OutputEvent(chunk["seq"], chunk["stream"], b64.decode(chunk["chunk"])))
+        if expect_exit and lifecycle:
+            self._publish(ExitedEvent(lifecycle[0], result.get("exitCode", -1), bool(result.get("sandboxDenied"))))
+        if closed_seq is not None and closed_seq > after:
+            self._publish(ClosedEvent(closed_seq))
+        return None
+
+    def _fail(self, error: BaseException) -> None:
+        with self._changed:
+            if not self._closed and self._failure is None:
+                self._failure = error
+            self._changed.notify_all()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit code once ``process/exited`` was published, else None."""
+        with self._changed:
+            return self._exit_code
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq published for this process."""
+        with self._changed:
+            return self._last_seq
+
+    @property
+    def done(self) -> bool:
+        """True once ``closed`` was published or the process failed."""
+        with self._changed:
+            return self._closed or self._failure is not None
+
+    def next_event(self, timeout: Optional[float] = None) -> Optional[ProcessEvent]:
+        """The next event, or None after ``closed`` was consumed.
+
+        Raises:
+            subprocess.TimeoutExpired: nothing arrived within ``timeout``.
+            ExecServerDisconnected: the connection was lost for good.
+            ProcessOutputGap: output was lost while disconnected.
+        """
+        deadline = _deadline(timeout)
+        with self._changed:
+            while not self._events:
+                if self._closed:
+                    return None
+                if self._failure is not None:
+                    raise self._failure
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                self._changed.wait(remaining)
+            return self._events.popleft()
+
+    def __iter__(self) -> Iterator[ProcessEvent]:
+        """Every event until (and including) ``closed``, blocking."""
+        while True:
+            event = self.next_event()
+            if event is None:
+                return
+            yield event
+            if isinstance(event, ClosedEvent):
+                return
+
+    def communicate(self, timeout: Optional[float] = None):
+        """Collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
+
+        A PTY's output counts as stdout.
+
+        Raises:
+            subprocess.TimeoutExpired: not closed within ``timeout`` (the
+                output so far stays buffered).
+            ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
+        """
+        deadline = _deadline(timeout)
+        out: List[bytes] = []
+        err: List[bytes] = []
+        consumed: List[ProcessEvent] = []
+        try:
+            while True:
+                event = self.next_event(_remaining(deadline))
+                if event is None:
+                    break
+                consumed.append(event)
+                if isinstance(event, OutputEvent):
+                    (err if event.stream == "stderr" else out).append(event.data)
+                elif isinstance(event, ClosedEvent):
+                    break
+        except subprocess.TimeoutExpired:
+            with self._changed:
+                self._events.extendleft(reversed(consumed))
+            raise
+        return b"".join(out), b"".join(err)
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for the exit; returns the exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: no exit within ``timeout``.
+            ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
+        """
+        deadline = _deadline(timeout)
+        with self._changed:
+            while self._exit_code is None:
+                if self._failure is not None:
+                    raise self._failure
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                self._changed.wait(remaining)
+            return self._exit_code
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    # ------------------------------------------------------------ control
+    def write(self, data: bytes, timeout: Optional[float] = 30.0) -> None:
+        """Write bytes to the child's stdin or PTY (``process/write``).
+
+        Raises:
+            StdinClosedError: the process has no writable stdin.
+            ProcessLookupError: the server does not know the process.
+            InternalError: the process has exited (``failed to write to process stdin``).
+            RequestOutcomeUnknown: the connection dropped before the answer;
+                the bytes may or may not have been written (never re-sent).
+        """
+        status = self.client.call("process/write", {
+            "processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex,
+        }, timeout=timeout)["status"]
+        if status == "stdinClosed":
+            raise StdinClosedError("process %s has no writable stdin" % self.process_id)
+        if status == "unknownProcess":
+            raise ProcessLookupError("unknown process id %s" % self.process_id)
+
+    def signal(self, name: str = "interrupt", timeout: Optional[float] = 30.0) -> None:
+        """Send a protocol signal (``interrupt`` is the only one; PROTOCOL.md 5.6)."""
+        self.client.call("process/signal", {"processId": self.process_id, "signal": name}, timeout=timeout)
+
+    def send_interrupt(self, timeout: Optional[float] = 30.0) -> None:
+        """SIGINT to the remote process group (``process/signal interrupt``)."""
+        self.signal("interrupt", timeout=timeout)
+
+    def terminate(self, timeout: Optional[float] = 30.0) -> bool:
+        """Kill the remote process tree at once (``process/terminate``; SIGKILL).
+
+        Returns:
+            True if the process was running and a kill was issued.
+        """
+        return bool(self.client.call("process/terminate", {"processId": self.process_id},
+                                     timeout=timeout)["running"])
+
+    kill = terminate
+
+    def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait_ms: int = 0,
+             timeout: Optional[float] = None) -> Dict[str, Any]:
+        """The raw ``process/read`` result (retained output after ``after_seq``)."""
+        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes, "waitMs": wait_ms}
+        if timeout is None:
+            timeout = wait_ms / 1000.0 + 30.0
+        return self.client.call("process/read", params, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return "<RemoteProcess %s returncode=%r>" % (self.process_id, self.returncode)
