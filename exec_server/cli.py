@@ -18,7 +18,7 @@ import threading
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .client import Client, ClosedEvent, ExitedEvent, OutputEvent
+from .client import Client, ClosedEvent, ExitedEvent, OutputEvent, ReconnectPolicy
 from .config import ServerConfig
 from .errors import ExecServerDisconnected, RpcError
 from .server import is_loopback, make_server, parse_listen_url
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forward local stdin to the command (always on with --tty)")
     run.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                      help="connect timeout (default %(default)s)")
+    run.add_argument("--reconnect-deadline", type=float, default=ReconnectPolicy().deadline, metavar="SECONDS",
+                     help="how long to try to resume the session after the connection drops; 0 disables "
+                          "(default %(default)s)")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
     return parser
 
@@ -177,7 +180,8 @@ def run_command(args: argparse.Namespace) -> int:
         server = make_server("ws://127.0.0.1:0", ServerConfig()).start()
         url = server.url
     try:
-        with Client.connect(url, timeout=args.timeout, client_name="exec-server-run") as client:
+        policy = ReconnectPolicy(deadline=args.reconnect_deadline) if args.reconnect_deadline > 0 else None
+        with Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy) as client:
             return _stream(client, argv, env, args)
     except ExecServerDisconnected as exc:
         print("exec-server run: %s" % exc, file=sys.stderr)
@@ -218,6 +222,9 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):
                     break
+    except ExecServerDisconnected as exc:
+        print("exec-server run: %s" % exc, file=sys.stderr)
+        return EXIT_DISCONNECTED
     finally:
         signal.signal(signal.SIGINT, previous)
     if exit_code is None or exit_code < 0:

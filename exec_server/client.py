@@ -126,6 +126,7 @@ class Client:
         self._transport: Optional[Transport] = None
         self._generation = 0
         self._readers: List[threading.Thread] = []
+        self._lost_generations: set = set()
         self.session_id: Optional[str] = None
         self.environment_info: Dict[str, Any] = {}
 
@@ -224,9 +225,10 @@ class Client:
 
     def _connection_lost(self, generation: int) -> None:
         with self._lock:
-            if generation != self._generation or self._state in (CLOSED, FAILED):
-                return
-            recover = self._policy is not None and self.session_id is not None and self._state == CONNECTED
+            self._lost_generations.add(generation)
+            if generation != self._generation or self._state in (CLOSED, FAILED, RECOVERING):
+                return  # an old connection, or one the recovery thread is already handling
+            recover = self._policy is not None and self.session_id is not None
             if recover:
                 self._state = RECOVERING
                 self._state_changed.notify_all()
@@ -293,15 +295,16 @@ class Client:
                 time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
                 attempt += 1
                 continue
-            if self._catch_up(generation):
-                self._resend_reads(generation)
-                with self._lock:
-                    if self._state == RECOVERING and generation == self._generation:
-                        self._state = CONNECTED
-                        self._state_changed.notify_all()
-                log.info("exec-server session %s recovered", self.session_id)
-                return
-            # the new connection dropped during catch-up: its reader starts another recovery round
+            if not self._catch_up(generation) or not self._resend_reads(generation):
+                transport.close()
+                continue  # the new connection dropped too: another round
+            with self._lock:
+                if generation in self._lost_generations:
+                    continue
+                if self._state == RECOVERING and generation == self._generation:
+                    self._state = CONNECTED
+                    self._state_changed.notify_all()
+            log.info("exec-server session %s recovered", self.session_id)
             return
 
     def _catch_up(self, generation: int) -> bool:
@@ -330,7 +333,8 @@ class Client:
                     pass
         return True
 
-    def _resend_reads(self, generation: int) -> None:
+    def _resend_reads(self, generation: int) -> bool:
+        """Send the reads that were in flight again; False if the connection dropped."""
         with self._lock:
             retry = [p for p in self._pending.values() if p.generation != generation]
             for pending in retry:
@@ -340,7 +344,8 @@ class Client:
             try:
                 transport.send(pending.text)
             except ExecServerDisconnected:
-                return
+                return False
+        return True
 
     def _fail(self, error: ExecServerDisconnected) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import simple_websocket
 from simple_websocket.ws import Base as _WebSocketBase
 from wsproto import ConnectionType
-from wsproto.events import TextMessage
+from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 
 from .errors import ExecServerDisconnected
 
@@ -58,12 +58,32 @@ class _SimpleWebSocket(simple_websocket.Client):
         self.subprotocols = []
         self.extra_headeers = list((headers or {}).items())  # simple-websocket's attribute name
         raw = socket.create_connection((self.host, self.port), timeout=timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _WebSocketBase.__init__(self, _LockedSocket(raw), connection_type=ConnectionType.CLIENT,
-                                receive_bytes=CLIENT_RECV_BYTES, max_message_size=CLIENT_MAX_MESSAGE_BYTES)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _WebSocketBase.__init__(self, _LockedSocket(raw), connection_type=ConnectionType.CLIENT,
+                                    receive_bytes=CLIENT_RECV_BYTES, max_message_size=CLIENT_MAX_MESSAGE_BYTES)
+        except BaseException:
+            raw.close()
+            raise
 
     def handshake(self) -> None:
-        super().handshake()
+        # simple-websocket's own handshake loops forever when the peer closes
+        # before answering; this one stops at end of stream.
+        self.sock.send(self.ws.send(Request(host=self.host, target=self.path, subprotocols=self.subprotocols,
+                                            extra_headers=self.extra_headeers)))
+        event = None
+        while event is None:
+            data = self.sock.recv(self.receive_bytes)
+            if not data:
+                raise ConnectionError("connection closed during the WebSocket handshake")
+            self.ws.receive_data(data)
+            event = next(self.ws.events(), None)
+        if isinstance(event, RejectConnection):
+            raise ConnectionError("WebSocket upgrade refused with HTTP %d" % event.status_code)
+        if not isinstance(event, AcceptConnection):
+            raise ConnectionError("unexpected WebSocket handshake event %r" % (event,))
+        self.subprotocol = event.subprotocol
+        self.connected = True
         self.sock.settimeout(None)
 
 

@@ -89,7 +89,8 @@ def test_listen_prints_url_and_run_uses_it(listening):
 def test_sigterm_stops_server_and_kills_processes(listening, tmp_path):
     server, url = listening
     pid_file = tmp_path / "pid"
-    runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file],
+    runner = subprocess.Popen(CLI + ["run", "--url", url, "--reconnect-deadline", "1", "--",
+                                     "sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))

@@ -1,0 +1,139 @@
+"""A fault-injecting TCP proxy on loopback for recovery tests.
+
+Forwards every accepted connection to ``127.0.0.1:target_port`` and can, on
+demand, cut all connections (both sides), cut only the client side while the
+server side stays open, refuse new connections, hold the server-to-client
+direction, or point new connections at another port.  Stops by itself with
+:meth:`close`.
+"""
+
+import socket
+import threading
+from typing import List, Tuple
+
+
+class FaultProxy:
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._pairs: List[Tuple[socket.socket, socket.socket]] = []
+        self._held: set = set()
+        self._refusing = False
+        self._hold_downstream = threading.Event()
+        self._hold_downstream.set()  # set = flowing
+        self._closed = False
+        self._threads: List[threading.Thread] = []
+        self._spawn(self._accept_loop)
+
+    @property
+    def url(self) -> str:
+        return "ws://127.0.0.1:%d" % self.port
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                refusing, target = self._refusing, self.target_port
+            if refusing:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            self._spawn(self._pump, client, upstream, False)
+            self._spawn(self._pump, upstream, client, True)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if downstream:
+                    self._hold_downstream.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                held = set(self._held)
+            for sock in (source, sink):
+                if sock in held:
+                    continue
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if source not in held:
+                source.close()
+
+    def cut(self) -> None:
+        """Close every current connection on both sides at once."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, upstream in pairs:
+            for sock in (client, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def cut_client_side(self) -> List[socket.socket]:
+        """Close the client sides only; the server keeps its sockets open.  Returns them."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._held.update(upstream for _client, upstream in pairs)
+        for client, _upstream in pairs:
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return [upstream for _client, upstream in pairs]
+
+    def refuse(self, refusing: bool) -> None:
+        with self._lock:
+            self._refusing = refusing
+
+    def hold_downstream(self, holding: bool) -> None:
+        """Stop (or resume) forwarding server-to-client bytes."""
+        if holding:
+            self._hold_downstream.clear()
+        else:
+            self._hold_downstream.set()
+
+    def retarget(self, port: int) -> None:
+        with self._lock:
+            self.target_port = port
+
+    def close(self) -> None:
+        self._hold_downstream.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
+        except OSError:
+            pass
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        self.cut()
+        for thread in self._threads:
+            thread.join(2.0)

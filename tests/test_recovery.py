@@ -1,0 +1,225 @@
+"""The client survives dropped connections (through a fault-injecting proxy)."""
+
+import subprocess
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import pid_alive, start_ours, wait_until
+from exec_server import (Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy,
+                         RequestOutcomeUnknown)
+from exec_server.config import ServerConfig
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.posix
+
+FAST = ReconnectPolicy(deadline=10.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+
+
+def port_of(url: str) -> int:
+    return urlsplit(url).port
+
+
+@pytest.fixture
+def proxy_to():
+    proxies = []
+
+    def factory(url: str) -> FaultProxy:
+        proxy = FaultProxy(port_of(url))
+        proxies.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def our_server_with():
+    servers = []
+
+    def factory(**settings):
+        running = start_ours(ServerConfig(**settings))
+        servers.append(running)
+        return running
+
+    yield factory
+    for running in servers:
+        running.stop()
+
+
+def collect_stdout(process, timeout=30.0) -> bytes:
+    stdout, _stderr = process.communicate(timeout=timeout)
+    return stdout
+
+
+def test_numbered_lines_survive_three_cuts(any_server, proxy_to):
+    proxy = proxy_to(any_server.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "i=1; while [ $i -le 40 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"])
+        for _ in range(3):
+            time.sleep(0.4)
+            proxy.cut()
+        stdout = collect_stdout(process)
+        assert stdout == b"".join(b"line%d\n" % i for i in range(1, 41))
+        assert process.returncode == 0
+        assert client.state == "connected"
+
+
+def test_exit_during_outage_is_reported_after_recovery(any_server, proxy_to):
+    proxy = proxy_to(any_server.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "sleep 0.3; echo bye; exit 7"])
+        proxy.refuse(True)
+        proxy.cut()
+        time.sleep(0.8)  # the process exits while nobody is connected
+        proxy.refuse(False)
+        assert process.wait(timeout=10) == 7
+        assert collect_stdout(process) == b"bye\n"
+
+
+def test_calls_wait_during_recovery(any_server, proxy_to):
+    proxy = proxy_to(any_server.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        proxy.refuse(True)
+        proxy.cut()
+        wait_until(lambda: client.state == "recovering")
+        threading.Timer(0.3, proxy.refuse, args=(False,)).start()
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+
+
+def test_attached_session_is_retried_until_detached(our_server_with, proxy_to):
+    running = our_server_with()
+    proxy = proxy_to(running.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "sleep 1; echo done"])
+        held = proxy.cut_client_side()  # the server still sees the old connection (-32010)
+        cut_at = time.monotonic()
+        time.sleep(0.5)
+        for sock in held:
+            sock.close()
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+        assert time.monotonic() - cut_at >= 0.5  # resumed only once the old connection was gone
+        assert collect_stdout(process) == b"done\n"
+        assert client.state == "connected"
+
+
+def test_unknown_session_is_terminal(our_server_with, proxy_to):
+    first = our_server_with()
+    second = our_server_with()
+    proxy = proxy_to(first.url)
+    client = Client.connect(proxy.url, timeout=5, reconnect=FAST)
+    try:
+        process = client.start(["sleep", "30"])
+        proxy.retarget(port_of(second.url))
+        started = time.monotonic()
+        proxy.cut()
+        with pytest.raises(ExecServerDisconnected, match="unknown session id"):
+            process.wait(timeout=10)
+        assert time.monotonic() - started < 5.0
+        assert client.state == "failed"
+        with pytest.raises(ExecServerDisconnected):
+            client.call("environment/status", timeout=5)
+    finally:
+        client.close()
+
+
+def test_ttl_expiry_kills_tree_and_fails_client(our_server_with, proxy_to, tmp_path):
+    running = our_server_with(detached_session_ttl=0.5)
+    proxy = proxy_to(running.url)
+    pid_file = tmp_path / "pid"
+    client = Client.connect(proxy.url, timeout=5, reconnect=FAST)
+    try:
+        process = client.start(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file])
+        pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+        proxy.refuse(True)
+        proxy.cut()
+        wait_until(lambda: not pid_alive(pid), timeout=10)  # expiry killed the tree
+        proxy.refuse(False)
+        with pytest.raises(ExecServerDisconnected):
+            process.wait(timeout=15)
+        assert client.state == "failed"
+    finally:
+        client.close()
+
+
+def test_recovery_deadline_ends_in_failed(our_server_with, proxy_to):
+    running = our_server_with()
+    proxy = proxy_to(running.url)
+    policy = ReconnectPolicy(deadline=0.5, initial_backoff=0.02, max_backoff=0.1, connect_timeout=0.5)
+    client = Client.connect(proxy.url, timeout=5, reconnect=policy)
+    try:
+        process = client.start(["sleep", "30"])
+        proxy.refuse(True)
+        proxy.cut()
+        with pytest.raises(ExecServerDisconnected, match="not recovered within"):
+            process.wait(timeout=10)
+        with pytest.raises(ExecServerDisconnected):
+            client.start(["true"])
+    finally:
+        client.close()
+        proxy.refuse(False)
+
+
+def test_gap_fails_only_that_process(our_server_with, proxy_to):
+    running = our_server_with(retained_output_chunks=3)
+    proxy = proxy_to(running.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        chatty = client.start(["/bin/sh", "-c", "sleep 0.2; for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30"])
+        quiet = client.start(["/bin/sh", "-c", "sleep 0.8; echo quiet"])
+        proxy.refuse(True)
+        proxy.cut()
+        time.sleep(0.6)
+        proxy.refuse(False)
+        with pytest.raises(ProcessOutputGap) as caught:
+            chatty.wait(timeout=10)
+        assert caught.value.missing[0] == 1
+        assert collect_stdout(quiet) == b"quiet\n"
+        assert client.state == "connected"
+
+
+def test_write_in_flight_is_outcome_unknown_and_not_repeated(our_server_with, proxy_to):
+    running = our_server_with()
+    proxy = proxy_to(running.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start(["cat"], stdin=True)
+        proxy.hold_downstream(True)  # the server gets the write; its answer never reaches us
+        errors = []
+
+        def write():
+            try:
+                process.write(b"once\n", timeout=10)
+            except Exception as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.3)
+        proxy.cut()
+        proxy.hold_downstream(False)
+        writer.join(10)
+        assert len(errors) == 1 and isinstance(errors[0], RequestOutcomeUnknown)
+        event = process.next_event(timeout=10)  # recovered by the catch-up read, exactly once
+        assert event == OutputEvent(1, "stdout", b"once\n")
+        time.sleep(0.3)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.next_event(timeout=0.2)
+        process.terminate()
+        assert process.wait(timeout=5) == 137
+
+
+def test_read_in_flight_is_retried(our_server_with, proxy_to):
+    running = our_server_with()
+    proxy = proxy_to(running.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "sleep 1; echo late"])
+        results = []
+        reader = threading.Thread(target=lambda: results.append(process.read(wait_ms=5000, timeout=15)))
+        reader.start()
+        time.sleep(0.2)
+        proxy.cut()
+        reader.join(15)
+        assert results and [c["seq"] for c in results[0]["chunks"]] == [1]
+        process.communicate(timeout=10)
