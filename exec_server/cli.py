@@ -12,6 +12,7 @@ N), and turns Ctrl-C into ``process/signal interrupt``.
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -34,7 +35,8 @@ EXIT_DISCONNECTED = 255
 def _server_options(parser: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
     parser.add_argument("--listen", default="ws://127.0.0.1:0", metavar="URL",
-                        help="ws://IP:PORT to listen on; port 0 picks a free port (default %(default)s)")
+                        help="ws://IP:PORT to listen on (port 0 picks a free port), or stdio for "
+                             "newline-delimited JSON on stdin/stdout (default %(default)s)")
     parser.add_argument("--concurrent-requests", type=int, default=defaults.concurrent_requests, metavar="N",
                         help="requests handled at once per connection; 1 is the reference's serial order "
                              "(default %(default)s)")
@@ -46,6 +48,8 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="output chunks kept per process (default %(default)s)")
     parser.add_argument("--closed-process-retention", type=float, default=defaults.closed_process_retention,
                         metavar="SECONDS", help="how long a closed process stays readable (default %(default)s)")
+    parser.add_argument("--detached-session-ttl", type=float, default=defaults.detached_session_ttl,
+                        metavar="SECONDS", help="how long a session outlives its connection (default %(default)s)")
     parser.add_argument("--max-processes-per-session", type=int, default=defaults.max_processes_per_session,
                         metavar="N", help="processes a session may hold (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
@@ -61,6 +65,7 @@ def _config_from(args: argparse.Namespace) -> ServerConfig:
         retained_output_bytes=args.retained_output_bytes,
         retained_output_chunks=args.retained_output_chunks,
         closed_process_retention=args.closed_process_retention,
+        detached_session_ttl=args.detached_session_ttl,
         max_processes_per_session=args.max_processes_per_session,
         ping_interval=args.ping_interval,
     )
@@ -74,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a command through an exec-server",
                               description="Run a command through an exec-server and stream its output.")
     run.add_argument("--url", help="server to use (default: an embedded server on a free loopback port)")
+    run.add_argument("--via", metavar="COMMAND",
+                     help='start the server as a child speaking stdio, e.g. "ssh host exec-server --listen stdio"')
     run.add_argument("--cwd", help="working directory on the server")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="set a variable for the command (repeatable)")
@@ -102,6 +109,10 @@ def _parse_env(pairs: List[str]) -> dict:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.listen in ("stdio", "stdio://"):
+        from .stdio import serve_stdio
+
+        return serve_stdio(_config_from(args))
     try:
         host, _port = parse_listen_url(args.listen)
     except ValueError as exc:
@@ -174,14 +185,24 @@ def run_command(args: argparse.Namespace) -> int:
         print("exec-server run: no command given (exec-server run -- COMMAND ...)", file=sys.stderr)
         return 2
     env = _parse_env(args.env)
+    if args.url and args.via:
+        print("exec-server run: give --url or --via, not both", file=sys.stderr)
+        return 2
     server = None
     url = args.url
-    if url is None:
+    if url is None and args.via is None:
+        # An in-process server starts in a few milliseconds; a stdio child
+        # needs a new interpreter (~0.3 s here), so the embedded default is
+        # the in-process WebSocket server (README.rst, "Run a command").
         server = make_server("ws://127.0.0.1:0", ServerConfig()).start()
         url = server.url
     try:
-        policy = ReconnectPolicy(deadline=args.reconnect_deadline) if args.reconnect_deadline > 0 else None
-        with Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy) as client:
+        if args.via is not None:
+            client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-run")
+        else:
+            policy = ReconnectPolicy(deadline=args.reconnect_deadline) if args.reconnect_deadline > 0 else None
+            client = Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy)
+        with client:
             return _stream(client, argv, env, args)
     except ExecServerDisconnected as exc:
         print("exec-server run: %s" % exc, file=sys.stderr)

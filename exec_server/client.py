@@ -155,6 +155,43 @@ class Client:
         client._start(timeout)
         return client
 
+    @classmethod
+    def spawn(cls, argv: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[PathLike] = None,
+              timeout: Optional[float] = 30.0, client_name: str = "exec-server-python") -> "Client":
+        """Start an exec-server as a child and speak JSON-RPC over its stdin/stdout.
+
+        Examples: ``Client.spawn(["exec-server", "--listen", "stdio"])``, or
+        through ssh: ``Client.spawn(["ssh", "host", "exec-server", "--listen", "stdio"])``.
+
+        The child's lifetime is tied to the client: :meth:`close`, garbage
+        collection or interpreter exit end it (and so every process it
+        started).  A dropped stdio connection cannot be resumed (a new child
+        would not own the old processes), so the client fails at once.
+
+        Args:
+            argv: the command that starts the server.
+            env: its environment (default: this process's).
+            cwd: its working directory.
+            timeout: seconds for ``initialize``.
+        Raises:
+            ExecServerDisconnected: the command cannot start, or exits or
+                sends a malformed message before ``initialize`` completes.
+        """
+        import weakref
+
+        from .client_transport import StdioTransport
+
+        transport = StdioTransport(argv, dict(env) if env is not None else None,
+                                   os.fspath(cwd) if cwd is not None else None)
+
+        def connector(_timeout: Optional[float]) -> StdioTransport:
+            return transport
+
+        client = cls(connector, client_name, reconnect=None)
+        weakref.finalize(client, transport.close)
+        client._start(timeout)
+        return client
+
     def _start(self, timeout: Optional[float]) -> None:
         transport = self._connector(timeout)
         generation = self._attach_transport(transport)
@@ -180,26 +217,33 @@ class Client:
         return generation
 
     def _read_loop(self, transport: Transport, generation: int) -> None:
+        reason = "connection to the exec-server closed"
         try:
             while True:
                 try:
                     text = transport.receive()
-                except ExecServerDisconnected:
+                except ExecServerDisconnected as exc:
+                    reason = str(exc)
                     break
-                self._route(text, generation)
+                try:
+                    self._route(text, generation)
+                except EnvelopeError as exc:
+                    reason = "exec-server sent a malformed message: %s" % exc.description
+                    log.warning("%s", reason)
+                    if hasattr(transport, "kill"):
+                        transport.kill()
+                    else:
+                        transport.close()
+                    break
         except Exception:
             log.exception("client reader failed")
         finally:
-            self._connection_lost(generation)
+            self._connection_lost(generation, reason)
 
     def _route(self, text: Union[str, bytes], generation: int) -> None:
         if generation != self._generation:
             return  # a late event of an older connection
-        try:
-            message = parse_message(text)
-        except EnvelopeError as exc:
-            log.warning("ignoring malformed message from server: %s", exc.description)
-            return
+        message = parse_message(text)  # EnvelopeError: the peer is broken, see _read_loop
         if isinstance(message, (Response, ErrorResponse)):
             with self._lock:
                 pending = self._pending.get(message.id)
@@ -223,7 +267,7 @@ class Client:
                 if process is not None:
                     process._receive(message.method, params)
 
-    def _connection_lost(self, generation: int) -> None:
+    def _connection_lost(self, generation: int, reason: str = "connection to the exec-server closed") -> None:
         with self._lock:
             self._lost_generations.add(generation)
             if generation != self._generation or self._state in (CLOSED, FAILED, RECOVERING):
@@ -234,7 +278,7 @@ class Client:
                 self._state_changed.notify_all()
             lost = [p for p in self._pending.values() if p.generation == generation]
         if not recover:
-            self._fail(ExecServerDisconnected("connection to the exec-server closed"))
+            self._fail(ExecServerDisconnected(reason))
             return
         for pending in lost:
             if pending.method not in IDEMPOTENT_METHODS:

@@ -1,0 +1,139 @@
+"""stdio transport: newline-delimited JSON-RPC on stdin/stdout (PROTOCOL.md 1.4).
+
+One compact JSON message per line each way; blank lines are ignored and
+``\\r\\n`` is accepted; a line that does not parse gets -32600 with id -1 and
+the server goes on.  stdout carries nothing but protocol: at start the
+protocol stream takes a duplicate of fd 1 and fd 1 itself is pointed at
+stderr, so a stray ``print`` can never corrupt it.
+
+The connection ends on stdin EOF, on a protocol violation, or when the parent
+process dies (its PID changes under us); every process tree the server
+started is then killed and :func:`serve_stdio` returns.  The dispatcher and
+session code are the ones the WebSocket transport uses; only the framing
+differs.
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import BinaryIO, Optional
+
+from .config import ServerConfig
+from .dispatch import Dispatcher
+from .errors import InvalidRequest, ProtocolViolation
+from .jsonrpc import UNKNOWN_ID, encode, error_response
+from .sessions import SessionRegistry
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR_PREFIX = "failed to parse JSON-RPC message from exec-server stdio: "
+#: How often the parent-death watchdog checks the parent PID, seconds.
+PARENT_CHECK_INTERVAL = 0.5
+
+
+class StdioConnection:
+    """Serve one JSON-RPC connection over a pair of binary streams."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO, config: Optional[ServerConfig] = None):
+        self.config = config or ServerConfig()
+        self.registry = SessionRegistry(self.config)
+        self.dispatcher = Dispatcher(self.registry, self.config)
+        self._reader = reader
+        self._writer = writer
+        self._send_lock = threading.Lock()
+        self._done = threading.Event()
+        self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX)
+
+    def send_text(self, text: str) -> None:
+        """Write one message as one line (thread-safe)."""
+        data = text.encode("utf-8") + b"\n"
+        with self._send_lock:
+            self._writer.write(data)
+            self._writer.flush()
+
+    def run(self) -> None:
+        """Read lines until EOF or a violation, then kill every process tree."""
+        limit = self.config.max_message_bytes
+        try:
+            while not self._done.is_set():
+                line = self._reader.readline(limit + 2)
+                if not line:
+                    break
+                if not line.endswith(b"\n") and len(line) > limit:
+                    self._skip_rest_of_line(limit)
+                    continue
+                line = line.rstrip(b"\r\n")
+                if not line.strip():
+                    continue
+                try:
+                    self._rpc.receive(line)
+                except ProtocolViolation as violation:
+                    log.warning("stdio client broke the protocol: %s", violation.reason)
+                    break
+        except (OSError, ValueError) as exc:
+            log.debug("stdio read failed: %s", exc)
+        finally:
+            self.stop()
+
+    def _skip_rest_of_line(self, limit: int) -> None:
+        while True:
+            chunk = self._reader.readline(1 << 20)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        try:
+            self.send_text(encode(error_response(UNKNOWN_ID, InvalidRequest(
+                PARSE_ERROR_PREFIX + "message exceeds %d bytes" % limit))))
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """End the connection: kill the session's process trees, stop threads."""
+        if self._done.is_set():
+            return
+        self._done.set()
+        self._rpc.close(end_session=True)
+        self.registry.close_all()
+
+
+def _exit_now(connection: StdioConnection) -> None:
+    """Kill every process tree, then end the process (the reader may be blocked)."""
+    connection.stop()
+    logging.shutdown()
+    os._exit(0)
+
+
+def _watch_parent(connection: StdioConnection, parent: int) -> None:
+    while not connection._done.wait(PARENT_CHECK_INTERVAL):
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone; stopping", parent)
+            _exit_now(connection)
+
+
+def serve_stdio(config: Optional[ServerConfig] = None) -> int:
+    """Serve on this process's stdin/stdout until EOF; returns the exit status 0."""
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray output goes to stderr
+    protocol_in = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
+    connection = StdioConnection(_BufferedLines(protocol_in), protocol_out, config)
+    threading.Thread(target=_watch_parent, args=(connection, os.getppid()), name="exec-server-parent-watch",
+                     daemon=True).start()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
+    connection.run()
+    return 0
+
+
+class _BufferedLines:
+    """``readline(limit)`` over an unbuffered binary stream, via io.BufferedReader."""
+
+    def __init__(self, raw: BinaryIO):
+        import io
+
+        self._buffered = io.BufferedReader(raw, buffer_size=1 << 20)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._buffered.readline(limit)

@@ -1,0 +1,215 @@
+"""stdio transport, server side (``--listen stdio``) and client side (``Client.spawn``)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from conftest import pid_alive, reference_binary, wait_until
+from exec_server import Client, ExecServerDisconnected
+
+pytestmark = pytest.mark.posix
+
+SERVER = [sys.executable, "-m", "exec_server", "--listen", "stdio"]
+
+
+@pytest.fixture
+def stdio_server():
+    children = []
+
+    def factory(argv=SERVER, env=None):
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        children.append(child)
+        return child
+
+    yield factory
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        for stream in (child.stdin, child.stdout, child.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def send(child, *lines: bytes) -> None:
+    for line in lines:
+        child.stdin.write(line)
+    child.stdin.flush()
+
+
+def read_json(child) -> dict:
+    return json.loads(child.stdout.readline())
+
+
+def test_framing_and_round_trip(stdio_server):
+    child = stdio_server()
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\r\n', b"\n", b"   \n",
+         b'{"method":"initialized"}\n')
+    assert "sessionId" in read_json(child)["result"]
+    send(child, b"{not json\n")
+    error = read_json(child)
+    assert error["id"] == -1 and error["error"]["code"] == -32600
+    assert error["error"]["message"].startswith("failed to parse JSON-RPC message from exec-server stdio: ")
+    send(child, b'{"id":2,"method":"environment/status"} {"id":3,"method":"environment/status"}\n')
+    assert read_json(child)["id"] == -1  # two messages on one line: one parse error
+    send(child, b'{"id":4,"method":"process/start","params":{"processId":"p","argv":["sh","-c","echo hi"],'
+                b'"cwd":"file:///tmp","env":{},"tty":false}}\n')
+    messages = [read_json(child) for _ in range(4)]
+    assert messages[0] == {"id": 4, "result": {"processId": "p", "sandboxType": "none"}}
+    assert [m["method"] for m in messages[1:]] == ["process/output", "process/exited", "process/closed"]
+
+
+def test_stdin_eof_kills_process_trees_and_exits(stdio_server, tmp_path):
+    child = stdio_server()
+    pid_file = tmp_path / "pid"
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n',
+         json.dumps({"id": 2, "method": "process/start", "params": {
+             "processId": "p", "argv": ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file],
+             "cwd": "file:///tmp", "env": {}, "tty": False}}).encode() + b"\n")
+    read_json(child)
+    read_json(child)
+    pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+    started = time.monotonic()
+    child.stdin.close()
+    assert child.wait(5) == 0
+    assert time.monotonic() - started < 1.0
+    wait_until(lambda: not pid_alive(pid))
+
+
+def test_protocol_violation_ends_the_server(stdio_server):
+    child = stdio_server()
+    send(child, b'{"method":"initialized"}\n')
+    assert child.wait(5) == 0
+
+
+def test_nothing_but_protocol_on_stdout(stdio_server):
+    child = stdio_server(SERVER + ["--log-level", "DEBUG"])
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n')
+    assert "result" in read_json(child)
+    child.stdin.close()
+    assert child.wait(5) == 0
+    assert child.stdout.read() == b""
+
+
+def test_spawn_round_trip_and_large_output():
+    with Client.spawn(SERVER) as client:
+        done = client.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 5"], timeout=20)
+        assert (done.returncode, done.stdout, done.stderr) == (5, b"out\n", b"err\n")
+        size = 8 * 1024 * 1024
+        big = client.run(["head", "-c", str(size), "/dev/urandom"], timeout=60)
+        assert len(big.stdout) == size
+
+
+def test_close_ends_the_child_and_its_processes(tmp_path):
+    pid_file = tmp_path / "pid"
+    client = Client.spawn(SERVER)
+    server_pid = client._transport.pid
+    client.start(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file])
+    pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+    client.close()
+    wait_until(lambda: not pid_alive(pid) and not pid_alive(server_pid))
+
+
+CLIENT_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from exec_server import Client
+    client = Client.spawn([sys.executable, "-m", "exec_server", "--listen", "stdio"])
+    client.start(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait"])
+    print(client._transport.pid, flush=True)
+    time.sleep(300)
+""")
+
+
+def test_sigkill_of_the_client_leaves_nothing_behind(tmp_path):
+    pid_file = tmp_path / "pid"
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT % pid_file)
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        server_pid = int(client.stdout.readline())
+        grandchild = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip()
+                                and int(pid_file.read_text()), timeout=15)
+        client.kill()
+        client.wait(5)
+        wait_until(lambda: not pid_alive(server_pid) and not pid_alive(grandchild), timeout=10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+        client.stdout.close()
+
+
+FAKE_SERVER = textwrap.dedent("""
+    import sys, json, time
+    line = sys.stdin.readline()
+    request = json.loads(line)
+    print(json.dumps({"id": request["id"], "result": {"sessionId": "x", "environmentInfo": {}}}), flush=True)
+    sys.stdin.readline()           # initialized
+    sys.stdin.readline()           # the next request
+    print("this is not json", flush=True)
+    time.sleep(300)
+""")
+
+
+def test_malformed_output_fails_pending_calls_and_kills_the_child(tmp_path):
+    fake = tmp_path / "fake.py"
+    fake.write_text(FAKE_SERVER)
+    client = Client.spawn([sys.executable, str(fake)])
+    child_pid = client._transport.pid
+    try:
+        with pytest.raises(ExecServerDisconnected, match="malformed message"):
+            client.call("environment/status", timeout=10)
+        wait_until(lambda: not pid_alive(child_pid))
+        with pytest.raises(ExecServerDisconnected, match="malformed message"):
+            client.call("environment/status", timeout=10)
+    finally:
+        client.close()
+
+
+def test_child_exit_fails_pending_calls(tmp_path):
+    fake = tmp_path / "exits.py"
+    fake.write_text(FAKE_SERVER.replace('print("this is not json", flush=True)', "sys.exit(3)"))
+    client = Client.spawn([sys.executable, str(fake)])
+    try:
+        with pytest.raises(ExecServerDisconnected, match="exit status 3|closed its output"):
+            client.call("environment/status", timeout=10)
+    finally:
+        client.close()
+
+
+def test_spawn_failure_is_typed():
+    with pytest.raises(ExecServerDisconnected):
+        Client.spawn(["/no/such/exec-server"])
+
+
+@pytest.mark.reference
+def test_spawn_drives_the_reference(tmp_path):
+    binary = reference_binary()
+    if binary is None:
+        if os.environ.get("EXEC_SERVER_REQUIRE_REFERENCE") == "1":
+            pytest.fail("reference binary required")
+        pytest.skip("reference server not installed")
+    env = dict(os.environ, CODEX_HOME=str(tmp_path))
+    with Client.spawn([binary, "exec-server", "--listen", "stdio"], env=env) as client:
+        done = client.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 5"], timeout=20)
+        assert (done.returncode, done.stdout, done.stderr) == (5, b"out\n", b"err\n")
+
+
+def test_cli_run_via_stdio():
+    done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--via", " ".join(SERVER), "--",
+                           "sh", "-c", "echo out; echo err >&2; exit 4"], capture_output=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr) == (4, b"out\n", b"err\n")
+
+
+def test_server_process_is_gone_after_tests():
+    me = psutil.Process()
+    assert all("--listen" not in " ".join(p.cmdline()) for p in me.children(recursive=True) if p.is_running())
