@@ -24,7 +24,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["exec_server", "exec_server.schemas"],
+    packages=["exec_server", "exec_server.schemas", "fs_helper"],
     # The top-level schemas/ folder ships inside the wheel as exec_server/schemas.
     package_dir={"exec_server.schemas": "schemas"},
     package_data={"exec_server.schemas": ["*.json", "*/*.json"]},

@@ -33,6 +33,8 @@ class ServerConfig:
     #: Processes a session may hold at once (running, or closed and retained).
     #: One more ``process/start`` is -32600.
     max_processes_per_session: int = 1024
+    #: File handles (``fs/open``) one connection may hold at once; one more is -32600.
+    max_open_files: int = 64
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
     ping_interval: float = 30.0
     #: Bytes read from a child's pipe or PTY at a time (one output event at most).
@@ -43,7 +45,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
-                     "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes"):
+                     "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
         for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from . import methods
 from .config import ServerConfig
+from .file_handles import FileHandles
 from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError
 from .jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                       encode, error_response, parse_message)
@@ -83,6 +84,7 @@ class RpcConnection:
         self._send = send
         self._prefix = parse_error_prefix
         config = dispatcher.config
+        self.file_handles = FileHandles(config.max_open_files)
         self._slots = threading.BoundedSemaphore(config.concurrent_requests)
         self._pool = ThreadPoolExecutor(max_workers=config.concurrent_requests,
                                         thread_name_prefix="exec-server-request")
@@ -217,5 +219,6 @@ class RpcConnection:
                 self.dispatcher.registry.detached(session)
         if session is not None:
             session.wake_readers()
+        self.file_handles.close_all()
         self._pool.shutdown(wait=False)
         self.dispatcher.forget(self)

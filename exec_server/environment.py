@@ -20,7 +20,7 @@ CAPABILITY_NAMES = (
     "linuxRootWritePreservesDevices", "linuxApprovedRootWritePreservesRestrictions",
 )
 #: Capabilities this server implements.
-IMPLEMENTED_CAPABILITIES = frozenset()
+IMPLEMENTED_CAPABILITIES = frozenset({"fileWriteStreaming"})
 
 _SHELL_NAMES = ("bash", "zsh", "sh", "fish", "dash", "ksh", "powershell", "pwsh", "cmd")
 

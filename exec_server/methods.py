@@ -9,7 +9,11 @@ Handlers know no socket: they see a :class:`RequestContext`.
 import os
 from typing import Any, Callable, Dict, List, Optional
 
+from fs_helper import operations as fs_operations
+
 from . import b64, sandbox
+from .file_handles import rpc_error
+from .fs_client import run_fs_helper
 from .config import ServerConfig
 from .envpolicy import child_environment
 from .environment import environment_info
@@ -148,6 +152,58 @@ def process_terminate(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, 
     return {"running": process.terminate() if process is not None else False}
 
 
+# --------------------------------------------------------------- filesystem
+def _fs_method(operation: str):
+    """A handler running ``operation`` in-process, or in the fs helper under a sandbox."""
+    run = fs_operations.OPERATIONS[operation]
+
+    def handler(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+        policy = sandbox.parse_sandbox(params.get("sandbox"))
+        wire = {name: value for name, value in params.items() if name != "sandbox"}
+        if policy is not None and policy.restrict_file_system:
+            return run_fs_helper(operation, wire, policy)
+        try:
+            return run(wire)
+        except fs_operations.FsError as exc:
+            raise rpc_error(exc) from None
+
+    handler.__name__ = operation.replace("/", "_")
+    handler.__doc__ = "%s (PROTOCOL.md 8.3)." % operation
+    return handler
+
+
+def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Open a connection-owned file handle (PROTOCOL.md 8.4)."""
+    policy = sandbox.parse_sandbox(params.get("sandbox"))
+    if policy is not None and policy.restrict_file_system:
+        raise InvalidParams("sandboxed file handles are not supported")
+    try:
+        path = fs_operations.native_path(params)
+    except fs_operations.FsError as exc:
+        raise rpc_error(exc) from None
+    ctx.connection.file_handles.open(params["handleId"], path, params.get("mode") or "read")
+    return {"handleId": params["handleId"]}
+
+
+def fs_read_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    result = ctx.connection.file_handles.read_block(params["handleId"], params["offset"], params["len"])
+    return {"chunk": b64.encode(result["chunk"]), "eof": result["eof"]}
+
+
+def fs_write_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        data = b64.decode(params["chunk"])
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from None
+    ctx.connection.file_handles.write_block(params["handleId"], params["offset"], data)
+    return {}
+
+
+def fs_close(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    ctx.connection.file_handles.close(params["handleId"])
+    return {}
+
+
 #: method -> (handshake family for PROTOCOL.md 4.3 errors, handler)
 METHODS: Dict[str, Any] = {
     "environment/info": ("environment info", environment_info_method),
@@ -157,6 +213,11 @@ METHODS: Dict[str, Any] = {
     "process/write": ("exec", process_write),
     "process/signal": ("exec", process_signal),
     "process/terminate": ("exec", process_terminate),
+    "fs/open": ("filesystem", fs_open),
+    "fs/readBlock": ("filesystem", fs_read_block),
+    "fs/writeBlock": ("filesystem", fs_write_block),
+    "fs/close": ("filesystem", fs_close),
 }
+METHODS.update({operation: ("filesystem", _fs_method(operation)) for operation in fs_operations.OPERATIONS})
 
 

@@ -19,8 +19,9 @@ from .errors import InternalError, InvalidParams
 class SandboxPolicy:
     """A profile that restricts the file system and/or the network."""
 
-    entries: Tuple[Tuple[str, str], ...]  # (native path or ":minimal", access)
+    entries: Tuple[Tuple[str, str], ...]  # (file URI or ":minimal", access)
     restrict_network: bool
+    restrict_file_system: bool
 
 
 def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None) -> Optional[SandboxPolicy]:
@@ -56,16 +57,16 @@ def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None) -> Op
                     raise InvalidParams("unsupported sandbox special path `%s`" % special)
                 entries.append((":minimal", access))
             else:
-                entries.append((path.get("path", ""), access))
+                entries.append((path.get("path", ""), access))  # a file URI
     restrict_network = permissions.get("network") == "restricted"
     if file_system["type"] != "restricted" and not restrict_network:
         return None
-    return SandboxPolicy(tuple(entries), restrict_network)
+    return SandboxPolicy(tuple(entries), restrict_network, file_system["type"] == "restricted")
 
 
 def unavailable(policy: SandboxPolicy) -> InternalError:
     """The error for a profile this host cannot enforce (never run unconfined)."""
-    what = "file system restrictions" if policy.entries else "network restrictions"
+    what = "file system restrictions" if policy.restrict_file_system else "network restrictions"
     return InternalError("sandbox unavailable: %s are not enforced by this exec-server yet" % what)
 
 

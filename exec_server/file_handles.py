@@ -1,0 +1,106 @@
+"""File handles of one connection: ``fs/open``, ``fs/readBlock``, ``fs/writeBlock``, ``fs/close``.
+
+Handles belong to the connection (PROTOCOL.md 8.4) and are closed when it
+ends.  At most ``max_open_files`` are open at once (a named limit).
+Thread-safe.
+"""
+
+import os
+import stat
+import threading
+from typing import Any, Dict, Tuple
+
+from fs_helper.operations import FsError, INVALID_REQUEST, NOT_FOUND, os_error
+
+from .errors import RpcError
+
+#: Largest ``len`` of one ``fs/readBlock``, bytes (PROTOCOL.md 8.4).
+MAX_BLOCK_BYTES = 1_048_576
+
+
+def rpc_error(error: FsError) -> RpcError:
+    return RpcError(error.message, code=error.code)
+
+
+class FileHandles:
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._handles: Dict[str, Tuple[int, str]] = {}  # id -> (fd, mode)
+
+    def open(self, handle_id: str, path: str, mode: str) -> None:
+        """Open ``path`` for reading, or create/truncate it for writing (``replace``).
+
+        Raises:
+            RpcError: -32600 for an empty or duplicate id, a directory or the
+                handle limit; -32004 when missing; OS errors by kind.
+        """
+        if handle_id == "":
+            raise RpcError("file handle id cannot be empty", code=INVALID_REQUEST)
+        with self._lock:
+            if handle_id in self._handles:
+                raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
+            if len(self._handles) >= self._limit:
+                raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
+            flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            try:
+                if mode != "read" and os.path.isdir(path):
+                    raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
+                fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+            except OSError as exc:
+                raise rpc_error(os_error(exc)) from None
+            except FsError as exc:
+                raise rpc_error(exc) from None
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
+            self._handles[handle_id] = (fd, mode)
+
+    def _get(self, handle_id: str, mode: str) -> int:
+        with self._lock:
+            entry = self._handles.get(handle_id)
+        if entry is None:
+            raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
+        fd, opened = entry
+        if opened != mode:
+            raise RpcError("file handle `%s` is not open for %s" % (handle_id, "write" if mode == "replace"
+                                                                          else "read"), code=INVALID_REQUEST)
+        return fd
+
+    def read_block(self, handle_id: str, offset: int, length: int) -> Dict[str, Any]:
+        if not 1 <= length <= MAX_BLOCK_BYTES:
+            raise RpcError("file read block length must be between 1 and %d" % MAX_BLOCK_BYTES,
+                           code=INVALID_REQUEST)
+        fd = self._get(handle_id, "read")
+        try:
+            data = os.pread(fd, length, offset)
+        except OSError as exc:
+            raise rpc_error(os_error(exc)) from None
+        return {"chunk": data, "eof": len(data) < length}
+
+    def write_block(self, handle_id: str, offset: int, data: bytes) -> None:
+        fd = self._get(handle_id, "replace")
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise rpc_error(os_error(exc)) from None
+
+    def close(self, handle_id: str) -> None:
+        with self._lock:
+            entry = self._handles.pop(handle_id, None)
+        if entry is not None:
+            os.close(entry[0])
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries = list(self._handles.values())
+            self._handles.clear()
+        for fd, _mode in entries:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

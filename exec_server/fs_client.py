@@ -1,0 +1,138 @@
+"""Run one file system operation in the fs helper process (PROTOCOL.md 10).
+
+Used when a request carries a sandbox that restricts the file system.  The
+helper (``python -m fs_helper``) gets only the allowlisted environment
+(``PATH``, ``TMPDIR``, ``TMP``, ``TEMP``), working directory ``/``, a deadline
+and a bounded stderr.  On Linux, when ``bwrap`` is on PATH, the helper runs
+inside bubblewrap with the policy's read-only and writable binds, so the
+kernel enforces the policy even if the helper's own checks had a bug.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import InternalError, RpcError
+from .sandbox import SandboxPolicy
+
+#: Variables copied into the helper's environment (``FS_HELPER_ENV_ALLOWLIST``).
+FS_HELPER_ENV_ALLOWLIST = ("PATH", "TMPDIR", "TMP", "TEMP")
+#: How long one helper run may take, seconds.
+FS_HELPER_TIMEOUT = 60.0
+#: Bytes of the helper's stderr kept for the error message.
+FS_HELPER_STDERR_BYTES = 4096
+#: What a ``:minimal`` entry binds read-only inside bubblewrap.
+MINIMAL_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
+
+
+def helper_environment(environ=None) -> Dict[str, str]:
+    environ = os.environ if environ is None else environ
+    allowed = {name.upper() for name in FS_HELPER_ENV_ALLOWLIST}
+    windows = sys.platform.startswith("win")
+    return {k: v for k, v in environ.items() if (k.upper() if windows else k) in allowed}
+
+
+def _python_roots() -> List[str]:
+    """Folders the helper's interpreter and packages live in (bound read-only)."""
+    import fs_helper
+
+    roots = {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
+             os.path.realpath(os.path.dirname(os.path.dirname(fs_helper.__file__))),
+             os.path.realpath(os.path.dirname(sys.executable))}
+    return sorted(roots)
+
+
+def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap") -> List[str]:
+    """The ``bwrap`` command line that confines ``inner`` to ``policy``.
+
+    Binds are ordered from the shortest path to the longest, so a more
+    specific entry overrides its parent; ``none`` entries are hidden under an
+    empty tmpfs (directories) or /dev/null (files).
+    """
+    command = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--proc", "/proc", "--dev", "/dev"]
+    if policy.restrict_network:
+        command.append("--unshare-net")
+    binds: List[Tuple[str, str]] = [(root, "read") for root in _python_roots()]
+    for path, access in policy.entries:
+        if path == ":minimal":
+            binds.extend((root, "read") for root in MINIMAL_BINDS if os.path.exists(root))
+        else:
+            from .uris import uri_to_path
+
+            binds.append((os.path.realpath(uri_to_path(path)), access))
+    for path, access in sorted(binds, key=lambda item: (len(item[0]), item[1] != "none")):
+        if not os.path.exists(path):
+            continue
+        if access == "write":
+            command += ["--bind", path, path]
+        elif access == "read":
+            command += ["--ro-bind", path, path]
+        elif os.path.isdir(path):
+            command += ["--tmpfs", path]
+        else:
+            command += ["--ro-bind", "/dev/null", path]
+    return command + ["--chdir", "/", "--"] + list(inner)
+
+
+def helper_command(policy: SandboxPolicy) -> List[str]:
+    inner = [sys.executable, "-I", "-m", "fs_helper"]
+    bwrap = shutil.which("bwrap") if sys.platform.startswith("linux") else None
+    return bubblewrap_command(policy, inner, bwrap) if bwrap else inner
+
+
+def _status_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "?"
+        return "signal: %d (%s)" % (-returncode, name)
+    return "exit status: %d" % returncode
+
+
+def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
+                  timeout: float = FS_HELPER_TIMEOUT, command: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Run ``operation`` in the helper; returns its wire result.
+
+    Raises:
+        RpcError: the helper's error payload, unchanged; or -32603 ``fs
+            sandbox helper failed with status ...`` when it fails.
+    """
+    from fs_helper.uris import uri_to_path
+
+    entries = [[":minimal" if path == ":minimal" else uri_to_path(path), access] for path, access in policy.entries]
+    request = {"operation": operation, "params": params, "policy": {"entries": entries}}
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            child = subprocess.Popen(command or helper_command(policy), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=stderr, env=helper_environment(), cwd="/",
+                                     start_new_session=not sys.platform.startswith("win"))
+        except OSError as exc:
+            raise InternalError("fs sandbox helper could not start: %s" % exc) from None
+        try:
+            stdout, _ = child.communicate(json.dumps(request).encode("utf-8"), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise InternalError("fs sandbox helper timed out after %.0f s" % timeout) from None
+        stderr.seek(0)
+        diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
+    if child.returncode != 0:
+        raise InternalError("fs sandbox helper failed with status %s: %s" % (_status_text(child.returncode),
+                                                                            diagnostics))
+    try:
+        response = json.loads(stdout)
+        payload = response["payload"]
+        if response["status"] == "error":
+            raise RpcError(str(payload["message"]), code=int(payload["code"]))
+        if payload["operation"] != operation:
+            raise InternalError("unexpected fs sandbox helper response: expected %s, got %s"
+                                % (operation, payload["operation"]))
+        return payload["response"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InternalError("fs sandbox helper sent an unreadable response: %s" % exc) from None

@@ -1,0 +1,45 @@
+"""Strict standard base64 decoding with the reference's error texts.
+
+The reference decodes byte fields with Rust's ``base64`` crate; its messages
+(``Invalid symbol 33, offset 0.``, ``Invalid padding``, ...) are reproduced
+so that error texts match (PROTOCOL.md 2.3).  Pure functions.
+"""
+
+import base64
+import binascii
+
+_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def decode(text: str) -> bytes:
+    """Decode standard base64 with padding.
+
+    Raises:
+        ValueError: invalid input; the message is the reference's text.
+    """
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        for offset, char in enumerate(text.encode("utf-8")):
+            if char >= 0x80:
+                raise ValueError("Invalid symbol %d, offset %d." % (char, offset)) from None
+        raise
+    body = data.rstrip(b"=")
+    padding = len(data) - len(body)
+    for offset, char in enumerate(body):
+        if char not in _ALPHABET:
+            raise ValueError("Invalid symbol %d, offset %d." % (char, offset))
+    if len(body) % 4 == 1:
+        raise ValueError("Invalid input length.")
+    if padding and (len(data) % 4 != 0 or padding > 2 or (len(body) + padding) % 4 != 0):
+        raise ValueError("Invalid padding")
+    if not padding and len(body) % 4 != 0:
+        raise ValueError("Invalid padding")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None
+
+
+def encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

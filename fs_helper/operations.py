@@ -1,0 +1,358 @@
+"""The file system operations of PROTOCOL.md section 8.3, on wire params.
+
+Each ``operation(params, guard)`` takes the method's wire params (paths as
+file URIs) and returns its wire result, or raises :class:`FsError` with the
+protocol's code and text.  ``guard`` (see :mod:`fs_helper.policy`) is asked
+before anything is read or written; ``None`` allows everything.  Writes go to
+a temporary file in the target's directory and are renamed into place, so a
+failure never leaves a half-written file.
+
+Used in-process by the server (no sandbox) and by the helper process.
+"""
+
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from typing import Any, Callable, Dict, List, Optional
+
+from . import b64
+from .uris import UriError, path_to_uri, uri_to_path
+
+NOT_FOUND = -32004
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+#: Largest file ``fs/readFile`` returns, bytes; larger files are read with fs/open.
+READ_FILE_LIMIT = 64 * 1024 * 1024
+#: ``fs/walk`` maxima (PROTOCOL.md 8.3).
+WALK_MAX_DEPTH, WALK_MAX_DIRECTORIES, WALK_MAX_ENTRIES = 64, 10_000, 50_000
+
+
+class FsError(Exception):
+    """A protocol error: ``code`` (-32004, -32600, -32602, -32603) and ``message``."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+def os_error(exc: OSError) -> FsError:
+    """Map an OS error by kind (``fs_helper.rs``, ``map_fs_error``)."""
+    if exc.errno is None:
+        return FsError(INTERNAL_ERROR, str(exc))
+    message = "%s (os error %d)" % (os.strerror(exc.errno), exc.errno)
+    if exc.errno == errno.ENOENT:
+        return FsError(NOT_FOUND, message)
+    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM):
+        return FsError(INVALID_REQUEST, message)
+    return FsError(INTERNAL_ERROR, message)
+
+
+def native_path(params: Dict[str, Any], name: str = "path") -> str:
+    try:
+        return uri_to_path(params[name])
+    except UriError as exc:
+        raise FsError(exc.code, exc.message) from None
+
+
+class Guard:
+    """Allows everything; :mod:`fs_helper.policy` has the restricting one."""
+
+    def check_read(self, path: str) -> None:
+        pass
+
+    def check_write(self, path: str) -> None:
+        pass
+
+
+ALLOW_ALL = Guard()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None) -> None:
+    """Write ``target`` through a temporary file in its directory, then rename.
+
+    ``chunks(file)`` writes the content.  On any error the temporary file is
+    removed and ``target`` is untouched.
+    """
+    directory, name = os.path.split(target)
+    fd, temporary = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            chunks(handle)
+        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    follow = params.get("followSymlinks", True) is not False
+    guard.check_read(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
+    except OSError as exc:
+        raise os_error(exc) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
+        if info.st_size > READ_FILE_LIMIT:
+            raise FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open"
+                          % (path, READ_FILE_LIMIT))
+        data = handle.read(READ_FILE_LIMIT + 1)
+    if len(data) > READ_FILE_LIMIT:
+        raise FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open"
+                      % (path, READ_FILE_LIMIT))
+    return {"dataBase64": b64.encode(data)}
+
+
+def write_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    try:
+        data = b64.decode(params["dataBase64"])
+    except ValueError as exc:
+        raise FsError(INVALID_REQUEST, "fs/writeFile requires valid base64 dataBase64: %s" % exc) from None
+    follow = params.get("followSymlinks", True) is not False
+    target = path
+    if os.path.islink(path):
+        if not follow:
+            raise os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP)))
+        target = os.path.realpath(path)
+    guard.check_write(target)
+    if os.path.isdir(target):
+        raise os_error(OSError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = None
+    try:
+        atomic_write(target, lambda handle: handle.write(data), mode)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return {}
+
+
+def create_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    guard.check_write(path)
+    try:
+        if params.get("recursive", True) is not False:
+            if not os.path.isdir(path):
+                os.makedirs(path)
+        else:
+            os.mkdir(path)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return {}
+
+
+def _millis(seconds_ns: int) -> int:
+    return seconds_ns // 1_000_000
+
+
+def get_metadata(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    guard.check_read(path)
+    try:
+        link = os.lstat(path)
+        is_symlink = stat.S_ISLNK(link.st_mode)
+        if is_symlink and params.get("followSymlinks", True) is False:
+            raise FsError(INVALID_REQUEST, "path contains a symbolic link")
+        info = os.stat(path) if is_symlink else link
+    except OSError as exc:
+        raise os_error(exc) from None
+    birth = getattr(info, "st_birthtime", None)
+    return {
+        "isDirectory": stat.S_ISDIR(info.st_mode),
+        "isFile": stat.S_ISREG(info.st_mode),
+        "isSymlink": is_symlink,
+        "size": info.st_size,
+        "createdAtMs": int(birth * 1000) if birth else 0,
+        "modifiedAtMs": _millis(info.st_mtime_ns),
+    }
+
+
+def canonicalize(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    resolved = os.path.realpath(path)
+    guard.check_read(resolved)
+    try:
+        os.stat(resolved)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return {"path": path_to_uri(resolved)}
+
+
+def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    guard.check_read(path)
+    entries = []
+    try:
+        with os.scandir(path) as listing:
+            for entry in listing:
+                try:
+                    info = os.stat(entry.path)
+                except OSError:
+                    continue  # a dangling symlink is left out
+                entries.append({"fileName": entry.name, "isDirectory": stat.S_ISDIR(info.st_mode),
+                                "isFile": stat.S_ISREG(info.st_mode)})
+    except OSError as exc:
+        raise os_error(exc) from None
+    return {"entries": entries}
+
+
+def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    """Breadth-first listing (``codex-rs/file-system/src/lib.rs``, ``walk_via_directory_reads``)."""
+    options = params["options"]
+    max_depth, max_dirs, max_entries = options["maxDepth"], options["maxDirectories"], options["maxEntries"]
+    follow = bool(options["followDirectorySymlinks"])
+    if max_depth > WALK_MAX_DEPTH or max_dirs > WALK_MAX_DIRECTORIES or max_entries > WALK_MAX_ENTRIES:
+        raise FsError(INVALID_REQUEST, "filesystem walk limits exceed maximums: depth=%d, directories=%d, entries=%d"
+                      % (WALK_MAX_DEPTH, WALK_MAX_DIRECTORIES, WALK_MAX_ENTRIES))
+    if max_dirs == 0 or max_entries == 0:
+        raise FsError(INVALID_REQUEST, "filesystem walk limits must be greater than zero")
+    root = native_path(params)
+    guard.check_read(root)
+    try:
+        root_info = os.stat(root)
+    except OSError as exc:
+        raise os_error(exc) from None
+    result: Dict[str, Any] = {"entries": [], "errors": [], "truncated": False}
+    if not stat.S_ISDIR(root_info.st_mode):
+        return result
+    seen = {(root_info.st_dev, root_info.st_ino)}
+    queue: List[Any] = [(root, 0)]
+    directories = 1
+    examined = 0
+    while queue:
+        directory, depth = queue.pop(0)
+        try:
+            names = sorted(os.listdir(directory), key=os.fsencode)
+        except OSError as exc:
+            result["errors"].append({"path": path_to_uri(directory), "message": os_error(exc).message})
+            continue
+        for name in names:
+            if examined >= max_entries:
+                result["truncated"] = True
+                return result
+            examined += 1
+            child = os.path.join(directory, name)
+            link = None
+            try:
+                link = os.lstat(child)
+                if stat.S_ISLNK(link.st_mode):
+                    if not follow:
+                        continue
+                    info = os.stat(child)
+                    if not stat.S_ISDIR(info.st_mode):
+                        continue
+                else:
+                    info = link
+            except OSError as exc:
+                if link is None:  # the entry itself is unreadable; a dangling link is just skipped
+                    result["errors"].append({"path": path_to_uri(child), "message": os_error(exc).message})
+                continue
+            if stat.S_ISREG(info.st_mode):
+                result["entries"].append({"path": path_to_uri(child), "kind": "file"})
+            elif stat.S_ISDIR(info.st_mode):
+                result["entries"].append({"path": path_to_uri(child), "kind": "directory"})
+                identity = (info.st_dev, info.st_ino)
+                if depth < max_depth and identity not in seen:
+                    if directories >= max_dirs:
+                        result["truncated"] = True
+                    else:
+                        seen.add(identity)
+                        directories += 1
+                        queue.append((child, depth + 1))
+    return result
+
+
+def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    path = native_path(params)
+    guard.check_write(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError as exc:
+        if params.get("force", True) is not False:
+            return {}
+        raise os_error(exc) from None
+    except OSError as exc:
+        raise os_error(exc) from None
+    try:
+        if stat.S_ISDIR(info.st_mode):
+            if params.get("recursive", True) is not False:
+                shutil.rmtree(path)
+            else:
+                os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError as exc:
+        raise os_error(exc) from None
+    return {}
+
+
+def _copy_file(source: str, destination: str) -> None:
+    def write(handle) -> None:
+        with open(source, "rb") as reader:
+            shutil.copyfileobj(reader, handle, 1 << 20)
+
+    atomic_write(destination, write, stat.S_IMODE(os.stat(source).st_mode))
+
+
+def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
+    source = native_path(params, "sourcePath")
+    destination = native_path(params, "destinationPath")
+    guard.check_read(source)
+    guard.check_write(destination)
+    try:
+        info = os.stat(source)
+        if stat.S_ISDIR(info.st_mode):
+            if not params["recursive"]:
+                raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
+            shutil.copytree(source, destination, dirs_exist_ok=True, copy_function=_copy_file)
+        else:
+            if os.path.isdir(destination):
+                raise os_error(OSError(errno.EISDIR, os.strerror(errno.EISDIR)))
+            _copy_file(source, destination)
+    except shutil.Error as exc:
+        raise FsError(INTERNAL_ERROR, str(exc)) from None
+    except OSError as exc:
+        raise os_error(exc) from None
+    return {}
+
+
+#: wire method -> operation
+OPERATIONS: Dict[str, Callable[..., Dict[str, Any]]] = {
+    "fs/readFile": read_file,
+    "fs/writeFile": write_file,
+    "fs/createDirectory": create_directory,
+    "fs/getMetadata": get_metadata,
+    "fs/canonicalize": canonicalize,
+    "fs/readDirectory": read_directory,
+    "fs/walk": walk,
+    "fs/remove": remove,
+    "fs/copy": copy,
+}
