@@ -95,7 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long to try to resume the session after the connection drops; 0 disables "
                           "(default %(default)s)")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
+    cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
+                             description="Copy a file; a leading ':' marks the remote side, as in scp.")
+    cp.add_argument("--url", help="server to use")
+    cp.add_argument("--via", metavar="COMMAND", help="start the server as a stdio child")
+    cp.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect timeout")
+    cp.add_argument("source")
+    cp.add_argument("destination")
     return parser
+
+
+def copy_files(args: argparse.Namespace) -> int:
+    from .copy_command import copy
+
+    if bool(args.url) == bool(args.via):
+        print("exec-server cp: give exactly one of --url and --via", file=sys.stderr)
+        return 2
+    try:
+        if args.via:
+            client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-cp")
+        else:
+            client = Client.connect(args.url, timeout=args.timeout, client_name="exec-server-cp")
+        with client:
+            copy(client.fs, args.source, args.destination)
+    except (RpcError, OSError, ValueError, ExecServerDisconnected) as exc:
+        print("exec-server cp: %s" % (exc.message if isinstance(exc, RpcError) else exc), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _parse_env(pairs: List[str]) -> dict:
@@ -275,4 +301,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "run":
         return run_command(args)
+    if args.command == "cp":
+        return copy_files(args)
     return serve(args)

@@ -540,6 +540,13 @@ class Client:
 
     # ------------------------------------------------------------ processes
     @property
+    def fs(self):
+        """The file system API (:class:`~exec_server.client_fs.FileSystem`)."""
+        from .client_fs import FileSystem
+
+        return FileSystem(self)
+
+    @property
     def server_platform(self) -> str:
         return self.environment_info.get("platformOs", "linux")
 

@@ -14,6 +14,8 @@ from fs_helper.operations import FsError, INVALID_REQUEST, NOT_FOUND, os_error
 
 from .errors import RpcError
 
+#: Longest handle id, bytes (reference 0.169.0 behaviour).
+MAX_HANDLE_ID_BYTES = 32
 #: Largest ``len`` of one ``fs/readBlock``, bytes (PROTOCOL.md 8.4).
 MAX_BLOCK_BYTES = 1_048_576
 
@@ -37,6 +39,8 @@ class FileHandles:
         """
         if handle_id == "":
             raise RpcError("file handle id cannot be empty", code=INVALID_REQUEST)
+        if len(handle_id.encode("utf-8")) > MAX_HANDLE_ID_BYTES:
+            raise RpcError("file handle ID must not exceed %d bytes" % MAX_HANDLE_ID_BYTES, code=INVALID_REQUEST)
         with self._lock:
             if handle_id in self._handles:
                 raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)

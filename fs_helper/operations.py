@@ -115,10 +115,11 @@ def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any
         fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
     except OSError as exc:
         raise os_error(exc) from None
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        os.close(fd)
+        raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
         if info.st_size > READ_FILE_LIMIT:
             raise FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open"
                           % (path, READ_FILE_LIMIT))

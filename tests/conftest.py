@@ -124,9 +124,9 @@ def server():
 
 
 @pytest.fixture(params=["ours", pytest.param("reference", marks=pytest.mark.reference)])
-def any_server(request, tmp_path):
+def any_server(request, tmp_path_factory):
     """Ours and the Codex reference, one after the other (interop)."""
-    running = start_ours() if request.param == "ours" else start_reference(str(tmp_path))
+    running = start_ours() if request.param == "ours" else start_reference(str(tmp_path_factory.mktemp("reference")))
     yield running
     running.stop()
 

@@ -1,0 +1,154 @@
+"""Client-side file system API: ``client.fs`` (PROTOCOL.md section 8).
+
+    with Client.connect(url) as c:
+        c.fs.write_file("/srv/app/config.json", b"...")
+        data = c.fs.read_file("/srv/app/config.json")
+        for entry in c.fs.read_directory("/srv/app"): ...
+        with c.fs.open("/var/log/big.log") as f:          # streamed, any size
+            for block in f.iter_blocks(1 << 20): ...
+        c.fs.copy(src, dst, recursive=True); c.fs.remove(path)
+
+Paths are str, ``pathlib.Path`` or ``file://`` URIs on the server's host.
+Errors are :class:`~exec_server.errors.RpcError` subclasses: ``NotFound``
+(-32004) for a missing path, ``InvalidRequest`` (-32600) for permission and
+misuse errors, ``InternalError`` (-32603) for other OS errors.
+"""
+
+import uuid
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+
+from . import b64
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client, PathLike
+
+#: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
+BLOCK_BYTES = 1 << 20
+
+
+class RemoteFile:
+    """A file handle on the server (``fs/open``); a context manager.
+
+    Read mode: :meth:`read_block`, :meth:`iter_blocks`, :meth:`read`.
+    Replace mode: :meth:`write` (appends at the current offset),
+    :meth:`write_block` (positional).
+    """
+
+    def __init__(self, fs: "FileSystem", handle_id: str, mode: str):
+        self._fs = fs
+        self.handle_id = handle_id
+        self.mode = mode
+        self.offset = 0
+        self.closed = False
+
+    def read_block(self, offset: int, length: int = BLOCK_BYTES):
+        """``(data, eof)`` for up to ``length`` bytes (1..1048576) at ``offset``."""
+        result = self._fs._call("fs/readBlock", {"handleId": self.handle_id, "offset": offset, "len": length})
+        return b64.decode(result["chunk"]), bool(result["eof"])
+
+    def iter_blocks(self, size: int = BLOCK_BYTES) -> Iterator[bytes]:
+        """Every block from the current offset to the end of the file."""
+        while True:
+            data, eof = self.read_block(self.offset, size)
+            self.offset += len(data)
+            if data:
+                yield data
+            if eof:
+                return
+
+    def read(self) -> bytes:
+        return b"".join(self.iter_blocks())
+
+    def write_block(self, offset: int, data: bytes) -> None:
+        self._fs._call("fs/writeBlock", {"handleId": self.handle_id, "offset": offset, "chunk": b64.encode(data)})
+
+    def write(self, data: bytes) -> int:
+        """Write ``data`` at the current offset in blocks; returns its length."""
+        view = memoryview(data)
+        for start in range(0, len(view), BLOCK_BYTES):
+            block = bytes(view[start:start + BLOCK_BYTES])
+            self.write_block(self.offset, block)
+            self.offset += len(block)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._fs._call("fs/close", {"handleId": self.handle_id})
+
+    def __enter__(self) -> "RemoteFile":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class FileSystem:
+    """The ``fs/*`` methods of one client.  ``sandbox`` is sent with every path call."""
+
+    def __init__(self, client: "Client", sandbox: Optional[Dict[str, Any]] = None, timeout: Optional[float] = 300.0):
+        self._client = client
+        self.sandbox = sandbox
+        self.timeout = timeout
+
+    def _call(self, method: str, params: Dict[str, Any]) -> Any:
+        return self._client.call(method, params, timeout=self.timeout)
+
+    def _path_call(self, method: str, params: Dict[str, Any]) -> Any:
+        if self.sandbox is not None:
+            params["sandbox"] = self.sandbox
+        return self._call(method, params)
+
+    def with_sandbox(self, sandbox: Optional[Dict[str, Any]]) -> "FileSystem":
+        """The same API, sending ``sandbox`` (a FileSystemSandboxContext) with each call."""
+        return FileSystem(self._client, sandbox, self.timeout)
+
+    def _uri(self, path: "PathLike") -> str:
+        return self._client.to_uri(path)
+
+    def read_file(self, path: "PathLike", follow_symlinks: bool = True) -> bytes:
+        """The whole file (``fs/readFile``; up to 64 MiB, use :meth:`open` beyond)."""
+        result = self._path_call("fs/readFile", {"path": self._uri(path), "followSymlinks": follow_symlinks})
+        return b64.decode(result["dataBase64"])
+
+    def write_file(self, path: "PathLike", data: bytes, follow_symlinks: bool = True) -> None:
+        """Create or replace the file atomically (``fs/writeFile``)."""
+        self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(bytes(data)),
+                                         "followSymlinks": follow_symlinks})
+
+    def create_directory(self, path: "PathLike", recursive: bool = True) -> None:
+        self._path_call("fs/createDirectory", {"path": self._uri(path), "recursive": recursive})
+
+    def get_metadata(self, path: "PathLike", follow_symlinks: bool = True) -> Dict[str, Any]:
+        """``{isDirectory, isFile, isSymlink, size (bytes), createdAtMs, modifiedAtMs}``."""
+        return self._path_call("fs/getMetadata", {"path": self._uri(path), "followSymlinks": follow_symlinks})
+
+    def canonicalize(self, path: "PathLike") -> str:
+        """The resolved path as a file URI."""
+        return self._path_call("fs/canonicalize", {"path": self._uri(path)})["path"]
+
+    def read_directory(self, path: "PathLike") -> List[Dict[str, Any]]:
+        """``[{fileName, isDirectory, isFile}]`` in directory order."""
+        return self._path_call("fs/readDirectory", {"path": self._uri(path)})["entries"]
+
+    def walk(self, path: "PathLike", max_depth: int = 64, max_directories: int = 10_000, max_entries: int = 50_000,
+             follow_directory_symlinks: bool = False) -> Dict[str, Any]:
+        """``{entries: [{path, kind}], errors, truncated}``, breadth first."""
+        return self._path_call("fs/walk", {"path": self._uri(path), "options": {
+            "maxDepth": max_depth, "maxDirectories": max_directories, "maxEntries": max_entries,
+            "followDirectorySymlinks": follow_directory_symlinks}})
+
+    def remove(self, path: "PathLike", recursive: bool = True, force: bool = True) -> None:
+        self._path_call("fs/remove", {"path": self._uri(path), "recursive": recursive, "force": force})
+
+    def copy(self, source: "PathLike", destination: "PathLike", recursive: bool = False) -> None:
+        self._path_call("fs/copy", {"sourcePath": self._uri(source), "destinationPath": self._uri(destination),
+                                    "recursive": recursive})
+
+    def open(self, path: "PathLike", mode: str = "read") -> RemoteFile:
+        """A :class:`RemoteFile`; ``mode`` is ``read`` or ``replace`` (create or truncate)."""
+        if mode not in ("read", "replace"):
+            raise ValueError("mode must be 'read' or 'replace'")
+        handle_id = "h-" + uuid.uuid4().hex[:16]  # ids are at most 32 bytes
+        self._call("fs/open", {"handleId": handle_id, "path": self._uri(path), "mode": mode})
+        return RemoteFile(self, handle_id, mode)

@@ -1,0 +1,114 @@
+"""``exec-server cp``: copy files to, from or on the server, as scp does.
+
+A leading ``:`` marks the remote side: ``cp ./local.txt :/srv/remote.txt``
+uploads, ``cp :/srv/remote.txt ./local.txt`` downloads, ``cp :/a :/b``
+copies on the server.  Files of any size stream through ``fs/open`` in 1 MiB
+blocks; a download is written to a temporary file and renamed into place.
+A progress line is drawn on stderr when it is a terminal.
+"""
+
+import os
+import sys
+import tempfile
+import time
+from typing import Callable, Optional, TextIO
+
+from .client_fs import BLOCK_BYTES, FileSystem
+from .errors import NotFound
+
+
+class Progress:
+    """``\\r`` progress line on a terminal; silent otherwise."""
+
+    def __init__(self, label: str, total: Optional[int], stream: TextIO = sys.stderr):
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or (self.total is not None and self.done >= self.total)):
+            self._last = now
+            rate = self.done / max(now - self._started, 1e-6) / (1 << 20)
+            if self.total:
+                text = "%s %3d%% %.1f/%.1f MiB %.1f MiB/s" % (self.label, self.done * 100 // self.total,
+                                                            self.done / (1 << 20), self.total / (1 << 20), rate)
+            else:
+                text = "%s %.1f MiB %.1f MiB/s" % (self.label, self.done / (1 << 20), rate)
+            self.stream.write("\r" + text)
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _remote_target(fs: FileSystem, remote: str, name: str) -> str:
+    """Like scp: a remote directory destination gets the source's name appended."""
+    try:
+        if fs.get_metadata(remote)["isDirectory"]:
+            return remote.rstrip("/") + "/" + name
+    except NotFound:
+        pass
+    return remote
+
+
+def upload(fs: FileSystem, local: str, remote: str, progress_factory: Callable[..., Progress] = Progress) -> int:
+    if os.path.isdir(local):
+        raise IsADirectoryError("%s is a directory (copy directories on the server with fs.copy)" % local)
+    remote = _remote_target(fs, remote, os.path.basename(local))
+    size = os.path.getsize(local)
+    progress = progress_factory(os.path.basename(local), size)
+    with open(local, "rb") as source, fs.open(remote, "replace") as target:
+        while True:
+            block = source.read(BLOCK_BYTES)
+            if not block:
+                break
+            target.write(block)
+            progress.advance(len(block))
+    progress.finish()
+    return size
+
+
+def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable[..., Progress] = Progress) -> int:
+    if os.path.isdir(local):
+        local = os.path.join(local, os.path.basename(remote.rstrip("/")))
+    total = fs.get_metadata(remote)["size"]
+    progress = progress_factory(os.path.basename(remote), total)
+    directory = os.path.dirname(os.path.abspath(local))
+    fd, temporary = tempfile.mkstemp(prefix=".%s." % os.path.basename(local), suffix=".part", dir=directory)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as target, fs.open(remote, "read") as source:
+            for block in source.iter_blocks():
+                target.write(block)
+                written += len(block)
+                progress.advance(len(block))
+        os.replace(temporary, local)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    progress.finish()
+    return written
+
+
+def copy(fs: FileSystem, source: str, destination: str) -> int:
+    """Copy per the ``:`` convention; returns the bytes transferred (0 on the server)."""
+    remote_source, remote_destination = source.startswith(":"), destination.startswith(":")
+    if remote_source and remote_destination:
+        fs.copy(source[1:], destination[1:], recursive=True)
+        return 0
+    if remote_destination:
+        return upload(fs, source, destination[1:])
+    if remote_source:
+        return download(fs, source[1:], destination)
+    raise ValueError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")

@@ -1,0 +1,274 @@
+"""Filesystem methods (PROTOCOL.md 8) on ours and the reference, through the client and raw."""
+
+import base64
+import os
+
+import pytest
+
+from exec_server import Client
+from exec_server.errors import InternalError, InvalidParams, InvalidRequest, NotFound, RpcError
+
+pytestmark = pytest.mark.posix
+
+
+@pytest.fixture
+def fs(any_server):
+    with Client.connect(any_server.url, timeout=10) as client:
+        yield client.fs
+
+
+def uri(path) -> str:
+    return "file://" + str(path)
+
+
+def os_suffix(error: RpcError, errno_number: int) -> bool:
+    return error.message.endswith("(os error %d)" % errno_number)
+
+
+def test_write_read_round_trip(fs, tmp_path):
+    target = tmp_path / "a.txt"
+    fs.write_file(target, b"hello\n")
+    assert target.read_bytes() == b"hello\n"
+    assert fs.read_file(target) == b"hello\n"
+    fs.write_file(target, b"")  # truncates
+    assert target.read_bytes() == b""
+    binary = bytes(range(256)) * 100
+    fs.write_file(str(target), binary)
+    assert fs.read_file(uri(target)) == binary
+
+
+def test_read_errors(fs, tmp_path):
+    with pytest.raises(NotFound) as caught:
+        fs.read_file(tmp_path / "missing")
+    assert caught.value.message == "No such file or directory (os error 2)"
+    with pytest.raises(InvalidRequest) as caught:
+        fs.read_file(tmp_path)
+    assert caught.value.message == "path `%s` is not a file" % tmp_path
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotFound):
+        fs.read_file(tmp_path / "link")
+    (tmp_path / "real").write_bytes(b"x")
+    (tmp_path / "good").symlink_to(tmp_path / "real")
+    assert fs.read_file(tmp_path / "good") == b"x"
+    with pytest.raises(InternalError) as caught:
+        fs.read_file(tmp_path / "good", follow_symlinks=False)
+    assert os_suffix(caught.value, 40)
+
+
+def test_write_errors_leave_disk_untouched(fs, tmp_path):
+    with pytest.raises(NotFound):
+        fs.write_file(tmp_path / "no" / "parent.txt", b"x")
+    with pytest.raises(InternalError) as caught:
+        fs.write_file(tmp_path, b"x")
+    assert caught.value.message == "Is a directory (os error 21)"
+    with pytest.raises(InvalidRequest) as caught:
+        fs._call("fs/writeFile", {"path": uri(tmp_path / "b.txt"), "dataBase64": "!"})
+    assert caught.value.message == "fs/writeFile requires valid base64 dataBase64: Invalid symbol 33, offset 0."
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("path, error, message", [
+    ("/tmp/x", InvalidParams, "invalid URI: relative URL without a base"),
+    ("a.txt", InvalidParams, "invalid URI: relative URL without a base"),
+    ("http://host/x", InvalidParams, "unsupported path URI scheme `http`"),
+    ("file://host/tmp/x", InvalidRequest, "'file://host/tmp/x' is invalid on 'linux'"),
+])
+def test_path_uri_errors(fs, path, error, message):
+    with pytest.raises(error) as caught:
+        fs._call("fs/readFile", {"path": path})
+    assert caught.value.message == message
+
+
+def test_missing_path_member(fs):
+    with pytest.raises(InvalidParams) as caught:
+        fs._call("fs/readFile", {})
+    assert caught.value.message == "missing field `path`"
+
+
+def test_create_directory(fs, tmp_path):
+    nested = tmp_path / "a" / "b" / "c"
+    fs.create_directory(nested)
+    assert nested.is_dir()
+    fs.create_directory(nested)  # exists: fine when recursive
+    with pytest.raises(InternalError) as caught:
+        fs.create_directory(nested, recursive=False)
+    assert caught.value.message == "File exists (os error 17)"
+    with pytest.raises(NotFound):
+        fs.create_directory(tmp_path / "x" / "y", recursive=False)
+
+
+def test_get_metadata(fs, tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_bytes(b"123456")
+    meta = fs.get_metadata(target)
+    assert (meta["isFile"], meta["isDirectory"], meta["isSymlink"], meta["size"]) == (True, False, False, 6)
+    assert abs(meta["modifiedAtMs"] - int(os.stat(target).st_mtime * 1000)) <= 1
+    (tmp_path / "l").symlink_to(target)
+    linked = fs.get_metadata(tmp_path / "l")
+    assert (linked["isFile"], linked["isSymlink"], linked["size"]) == (True, True, 6)
+    with pytest.raises(InvalidRequest) as caught:
+        fs.get_metadata(tmp_path / "l", follow_symlinks=False)
+    assert caught.value.message == "path contains a symbolic link"
+    with pytest.raises(NotFound):
+        fs.get_metadata(tmp_path / "missing")
+    assert fs.get_metadata(tmp_path)["isDirectory"] is True
+
+
+def test_canonicalize(fs, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    assert fs.canonicalize(uri(tmp_path) + "/link/../d/a.txt") == uri(os.path.realpath(tmp_path / "d" / "a.txt"))
+    assert fs.canonicalize(uri(tmp_path / "link")) == uri(os.path.realpath(tmp_path / "d"))
+    with pytest.raises(NotFound):
+        fs.canonicalize(tmp_path / "missing")
+
+
+def test_read_directory(fs, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "f").write_bytes(b"")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "sub")
+    entries = sorted(fs.read_directory(tmp_path), key=lambda e: e["fileName"])
+    assert entries == [
+        {"fileName": "dirlink", "isDirectory": True, "isFile": False},
+        {"fileName": "f", "isDirectory": False, "isFile": True},
+        {"fileName": "sub", "isDirectory": True, "isFile": False},
+    ]
+    with pytest.raises(InternalError) as caught:
+        fs.read_directory(tmp_path / "f")
+    assert caught.value.message == "Not a directory (os error 20)"
+    with pytest.raises(NotFound):
+        fs.read_directory(tmp_path / "missing")
+
+
+def make_tree(root):
+    (root / "a").mkdir()
+    (root / "a" / "b").mkdir()
+    (root / "a" / "b" / "deep.txt").write_bytes(b"")
+    (root / "a" / "one.txt").write_bytes(b"")
+    (root / "z.txt").write_bytes(b"")
+    (root / "link").symlink_to(root / "a")
+
+
+def walk_paths(result, root):
+    return [(e["path"][len(uri(root)):], e["kind"]) for e in result["entries"]]
+
+
+def test_walk(fs, tmp_path):
+    make_tree(tmp_path)
+    result = fs.walk(tmp_path, max_depth=5, max_directories=100, max_entries=100)
+    assert walk_paths(result, tmp_path) == [("/a", "directory"), ("/z.txt", "file"), ("/a/b", "directory"),
+                                            ("/a/one.txt", "file"), ("/a/b/deep.txt", "file")]
+    assert result["errors"] == [] and result["truncated"] is False
+    shallow = fs.walk(tmp_path, max_depth=0, max_directories=100, max_entries=100)
+    assert walk_paths(shallow, tmp_path) == [("/a", "directory"), ("/z.txt", "file")]
+    limited = fs.walk(tmp_path, max_depth=5, max_directories=100, max_entries=2)
+    # a, link (examined and skipped): the limit is reached before z.txt
+    assert limited["truncated"] is True and walk_paths(limited, tmp_path) == [("/a", "directory")]
+    followed = fs.walk(tmp_path, max_depth=0, max_directories=100, max_entries=100, follow_directory_symlinks=True)
+    assert ("/link", "directory") in walk_paths(followed, tmp_path)
+    assert fs.walk(tmp_path / "z.txt") == {"entries": [], "errors": [], "truncated": False}
+    with pytest.raises(NotFound):
+        fs.walk(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"maxDepth": 65, "maxDirectories": 1, "maxEntries": 1}, "filesystem walk limits exceed maximums: depth=64, directories=10000, entries=50000"),
+    ({"maxDepth": 1, "maxDirectories": 10001, "maxEntries": 1}, "filesystem walk limits exceed maximums: depth=64, directories=10000, entries=50000"),
+    ({"maxDepth": 1, "maxDirectories": 0, "maxEntries": 1}, "filesystem walk limits must be greater than zero"),
+    ({"maxDepth": 1, "maxDirectories": 1, "maxEntries": 0}, "filesystem walk limits must be greater than zero"),
+])
+def test_walk_limits(fs, options, message):
+    with pytest.raises(InvalidRequest) as caught:
+        fs._call("fs/walk", {"path": "file:///no/such", "options": dict(options, followDirectorySymlinks=False)})
+    assert caught.value.message == message
+
+
+def test_remove(fs, tmp_path):
+    fs.remove(tmp_path / "missing")  # force by default
+    with pytest.raises(NotFound):
+        fs.remove(tmp_path / "missing", force=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"")
+    with pytest.raises(InternalError) as caught:
+        fs.remove(tmp_path / "d", recursive=False)
+    assert caught.value.message == "Directory not empty (os error 39)"
+    fs.remove(tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "e").mkdir()
+    fs.remove(tmp_path / "e", recursive=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_copy(fs, tmp_path):
+    (tmp_path / "src.txt").write_bytes(b"data")
+    (tmp_path / "dst.txt").write_bytes(b"old")
+    fs.copy(tmp_path / "src.txt", tmp_path / "dst.txt")
+    assert (tmp_path / "dst.txt").read_bytes() == b"data"
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(InternalError) as caught:
+        fs.copy(tmp_path / "src.txt", tmp_path / "dir")
+    assert caught.value.message == "Is a directory (os error 21)"
+    (tmp_path / "dir" / "inner.txt").write_bytes(b"in")
+    with pytest.raises(InvalidRequest) as caught:
+        fs.copy(tmp_path / "dir", tmp_path / "dir2")
+    assert caught.value.message == "fs/copy requires recursive: true when sourcePath is a directory"
+    (tmp_path / "dir2").mkdir()
+    (tmp_path / "dir2" / "keep.txt").write_bytes(b"k")
+    fs.copy(tmp_path / "dir", tmp_path / "dir2", recursive=True)  # merges
+    assert sorted(os.listdir(tmp_path / "dir2")) == ["inner.txt", "keep.txt"]
+    with pytest.raises(NotFound):
+        fs.copy(tmp_path / "missing", tmp_path / "x")
+
+
+def test_file_handles(fs, tmp_path):
+    target = tmp_path / "big.bin"
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    with fs.open(target, "replace") as handle:
+        handle.write(payload)
+        assert target.stat().st_size == len(payload)  # visible before close
+    with fs.open(target) as handle:
+        assert handle.read() == payload
+        data, eof = handle.read_block(len(payload), 10)
+        assert (data, eof) == (b"", True)
+    with pytest.raises(NotFound) as caught:
+        fs._call("fs/readBlock", {"handleId": "nope", "offset": 0, "len": 1})
+    assert caught.value.message == "unknown file handle `nope`"
+    assert fs._call("fs/close", {"handleId": "nope"}) == {}
+
+
+def test_file_handle_errors(fs, tmp_path, any_server):
+    (tmp_path / "f").write_bytes(b"12345")
+    fs._call("fs/open", {"handleId": "h1", "path": uri(tmp_path / "f")})
+    with pytest.raises(InvalidRequest) as caught:
+        fs._call("fs/open", {"handleId": "h1", "path": uri(tmp_path / "f")})
+    assert caught.value.message == "file handle `h1` already exists"
+    with pytest.raises(InvalidRequest) as caught:
+        fs._call("fs/readBlock", {"handleId": "h1", "offset": 0, "len": 0})
+    assert caught.value.message == "file read block length must be between 1 and 1048576"
+    with pytest.raises(InvalidRequest):
+        fs._call("fs/open", {"handleId": "h2", "path": uri(tmp_path)})
+    with pytest.raises(NotFound):
+        fs._call("fs/open", {"handleId": "h3", "path": uri(tmp_path / "missing")})
+    result = fs._call("fs/readBlock", {"handleId": "h1", "offset": 1, "len": 3})
+    assert base64.b64decode(result["chunk"]) == b"234" and result["eof"] is False
+    if not any_server.is_reference:
+        with pytest.raises(InvalidRequest) as caught:
+            fs._call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": "eA=="})
+        assert caught.value.message == "file handle `h1` is not open for write"
+        with pytest.raises(InvalidRequest) as caught:
+            fs._call("fs/open", {"handleId": "", "path": uri(tmp_path / "f")})
+        assert caught.value.message == "file handle id cannot be empty"
+    with pytest.raises(InvalidRequest) as caught:
+        fs._call("fs/open", {"handleId": "x" * 33, "path": uri(tmp_path / "f")})
+    assert caught.value.message == "file handle ID must not exceed 32 bytes"
+    fs._call("fs/close", {"handleId": "h1"})
+    with pytest.raises(NotFound):
+        fs._call("fs/readBlock", {"handleId": "h1", "offset": 0, "len": 1})
+
+
+def test_handshake_family(any_server, connect):
+    peer = connect(any_server.url)
+    reply = peer.request("fs/readFile", {"path": "file:///etc/hostname"})
+    assert reply["error"] == {"code": -32600, "message": "client must call initialize before using filesystem methods"}
