@@ -561,7 +561,7 @@ class Client:
               env: Optional[Mapping[str, str]] = None, inherit_env: bool = True,
               env_policy: Optional[Mapping[str, Any]] = None, tty: bool = False, stdin: bool = False,
               arg0: Optional[str] = None, process_id: Optional[str] = None,
-              timeout: Optional[float] = 30.0) -> RemoteProcess:
+              sandbox: Optional[Mapping[str, Any]] = None, timeout: Optional[float] = 30.0) -> RemoteProcess:
         """Start a process, like ``subprocess.Popen`` (``process/start``).
 
         Args:
@@ -577,6 +577,8 @@ class Client:
             stdin: keep stdin writable (``pipeStdin``).
             arg0: ``argv[0]`` as the child sees it.
             process_id: the id to use; default a fresh unique one.
+            sandbox: a FileSystemSandboxContext (PROTOCOL.md 9) confining the
+                process; ``sandbox_type`` of the handle tells what applied.
             timeout: seconds to wait for the start response.
         Raises:
             RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
@@ -599,6 +601,8 @@ class Client:
         }
         if env_policy is not None:
             params["envPolicy"] = dict(env_policy)
+        if sandbox is not None:
+            params["sandbox"] = dict(sandbox)
         process = RemoteProcess(self, process_id, list(argv))
         with self._lock:
             if process_id in self._processes:

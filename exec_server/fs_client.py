@@ -47,17 +47,27 @@ def _python_roots() -> List[str]:
     return sorted(roots)
 
 
-def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap") -> List[str]:
+def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap",
+                       python: bool = True, new_session: bool = True, die_with_parent: bool = True) -> List[str]:
     """The ``bwrap`` command line that confines ``inner`` to ``policy``.
 
     Binds are ordered from the shortest path to the longest, so a more
     specific entry overrides its parent; ``none`` entries are hidden under an
-    empty tmpfs (directories) or /dev/null (files).
+    empty tmpfs (directories) or /dev/null (files); ``/proc`` and ``/dev``
+    are mounted fresh on top.  ``python`` also binds this interpreter and the
+    fs_helper package read-only (for the helper).  ``new_session`` detaches
+    from the controlling terminal (off for PTY processes);
+    ``die_with_parent`` ties the sandbox to the spawning thread (only for
+    the short-lived helper: a process must outlive its request's thread).
     """
-    command = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--proc", "/proc", "--dev", "/dev"]
+    command = [bwrap, "--unshare-pid"]
+    if new_session:
+        command.append("--new-session")
+    if die_with_parent:
+        command.append("--die-with-parent")
     if policy.restrict_network:
         command.append("--unshare-net")
-    binds: List[Tuple[str, str]] = [(root, "read") for root in _python_roots()]
+    binds: List[Tuple[str, str]] = [(root, "read") for root in _python_roots()] if python else []
     for path, access in policy.entries:
         if path == ":minimal":
             binds.extend((root, "read") for root in MINIMAL_BINDS if os.path.exists(root))
@@ -76,13 +86,18 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
             command += ["--tmpfs", path]
         else:
             command += ["--ro-bind", "/dev/null", path]
-    return command + ["--chdir", "/", "--"] + list(inner)
+    return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)
+
+
+def find_bubblewrap() -> Optional[str]:
+    """``bwrap`` on PATH on Linux, else None."""
+    return shutil.which("bwrap") if sys.platform.startswith("linux") else None
 
 
 def helper_command(policy: SandboxPolicy) -> List[str]:
     inner = [sys.executable, "-I", "-m", "fs_helper"]
-    bwrap = shutil.which("bwrap") if sys.platform.startswith("linux") else None
-    return bubblewrap_command(policy, inner, bwrap) if bwrap else inner
+    bwrap = find_bubblewrap()
+    return bubblewrap_command(policy, inner, bwrap) + [] if bwrap else inner
 
 
 def _status_text(returncode: int) -> str:

@@ -13,7 +13,7 @@ from fs_helper import operations as fs_operations
 
 from . import b64, sandbox
 from .file_handles import rpc_error
-from .fs_client import run_fs_helper
+from .fs_client import bubblewrap_command, find_bubblewrap, run_fs_helper
 from .config import ServerConfig
 from .envpolicy import child_environment
 from .environment import environment_info
@@ -98,18 +98,29 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     session = ctx.session
     session.reserve(process_id)
     try:
-        if policy is not None:
-            raise sandbox.unavailable(policy)
+        wrapper = _sandbox_wrapper(policy, params) if policy is not None else None
         env = child_environment(params["env"], params.get("envPolicy"), os.environ)
         process = ManagedProcess.spawn(
             process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
-            params.get("arg0"), ctx.config, session.notify, session.process_closed)
+            params.get("arg0"), ctx.config, session.notify, session.process_closed, wrapper=wrapper)
     except BaseException:
         session.unreserve(process_id)
         raise
     session.add(process)
     ctx.after_response(process.start_monitoring)
-    return {"processId": process_id, "sandboxType": "none"}
+    return {"processId": process_id, "sandboxType": "none" if wrapper is None else "linuxSeccomp"}
+
+
+def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> List[str]:
+    """The bubblewrap prefix confining a process, or -32603 ``sandbox unavailable: ...``."""
+    bwrap = find_bubblewrap()
+    if bwrap is None:
+        raise sandbox.unavailable(policy, "bubblewrap (bwrap) is not installed on this Linux host"
+                                  if platform_os() == "linux" else "no sandbox backend on %s" % platform_os())
+    if params.get("arg0") is not None:
+        raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
+    return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
+                              die_with_parent=False)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:

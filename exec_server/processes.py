@@ -124,7 +124,8 @@ class ManagedProcess:
     @classmethod
     def spawn(cls, process_id: str, argv: List[str], cwd: str, env: Dict[str, str], tty: bool,
               pipe_stdin: bool, arg0: Optional[str], config: ServerConfig, notify: Notify,
-              on_closed: Callable[["ManagedProcess"], None]) -> "ManagedProcess":
+              on_closed: Callable[["ManagedProcess"], None],
+              wrapper: Optional[List[str]] = None) -> "ManagedProcess":
         """Start a child in its own session and process group.
 
         Args:
@@ -136,6 +137,8 @@ class ManagedProcess:
                 ``pty``).
             pipe_stdin: keep stdin writable without a PTY.
             arg0: ``argv[0]`` as the child sees it, or None.
+            wrapper: a confining command (bubblewrap) that runs the resolved
+                program; the process is then marked sandboxed.
         Raises:
             InternalError: the spawn failed; the message is the OS text, e.g.
                 ``No such file or directory (os error 2)`` (PROTOCOL.md 5.1).
@@ -143,6 +146,9 @@ class ManagedProcess:
         try:
             executable = resolve_executable(argv[0], env)
             args = [arg0 if arg0 is not None else argv[0]] + list(argv[1:])
+            if wrapper:
+                args = list(wrapper) + [executable] + list(argv[1:])
+                executable = wrapper[0]
             if tty:
                 if IS_WINDOWS:
                     raise InternalError("tty processes need a PTY backend on Windows")
@@ -159,7 +165,9 @@ class ManagedProcess:
             raise InternalError(os_error_message(exc)) from None
         except (ValueError, TypeError) as exc:  # e.g. an embedded NUL byte
             raise InternalError(str(exc)) from None
-        return cls(process_id, popen, tty, tty or pipe_stdin, master, config, notify, on_closed)
+        process = cls(process_id, popen, tty, tty or pipe_stdin, master, config, notify, on_closed)
+        process._sandboxed = bool(wrapper)
+        return process
 
     @staticmethod
     def _group_options() -> Dict[str, Any]:

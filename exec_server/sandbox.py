@@ -3,9 +3,10 @@
 PROTOCOL.md section 9.  Shapes are checked by the JSON Schema first; this
 module rejects the variants the project does not support (-32602, messages
 starting with ``unsupported sandbox``) and tells whether the profile needs
-enforcement.  Enforcement itself (bubblewrap, the fs helper) is not built yet,
-so a profile that needs it is refused with -32603 ``sandbox unavailable: ...``
-and never runs unconfined.
+enforcement.  Enforcement happens in the fs helper for file operations and
+through bubblewrap for processes; a profile that cannot be enforced on this
+host is refused with -32603 ``sandbox unavailable: ...`` and never runs
+unconfined.
 """
 
 import sys
@@ -64,9 +65,11 @@ def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None) -> Op
     return SandboxPolicy(tuple(entries), restrict_network, file_system["type"] == "restricted")
 
 
-def unavailable(policy: SandboxPolicy) -> InternalError:
-    """The error for a profile this host cannot enforce (never run unconfined)."""
-    what = "file system restrictions" if policy.restrict_file_system else "network restrictions"
-    return InternalError("sandbox unavailable: %s are not enforced by this exec-server yet" % what)
+def unavailable(policy: SandboxPolicy, why: str) -> InternalError:
+    """-32603 ``sandbox unavailable: <why>`` for a profile this host cannot enforce.
+
+    The request then fails; it never runs unconfined (PROTOCOL.md 9).
+    """
+    return InternalError("sandbox unavailable: %s" % why)
 
 

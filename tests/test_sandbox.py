@@ -1,0 +1,256 @@
+"""Sandbox contexts (PROTOCOL.md 9, 10): the fs helper, bubblewrap, escapes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from exec_server import Client
+from exec_server.errors import InternalError, InvalidParams, InvalidRequest
+from exec_server.fs_client import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
+from exec_server.sandbox import parse_sandbox
+
+pytestmark = pytest.mark.posix
+
+BWRAP = shutil.which("bwrap")
+
+
+def bwrap_works() -> bool:
+    if not BWRAP:
+        return False
+    done = subprocess.run([BWRAP, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--", "true"],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bwrap is not installed or cannot create namespaces here")
+
+
+def restricted(writable, readable="/", network="restricted", extra=()):
+    entries = [{"path": {"type": "path", "path": "file://" + str(readable)}, "access": "read"}]
+    entries += [{"path": {"type": "path", "path": "file://" + str(w)}, "access": "write"} for w in writable]
+    entries += list(extra)
+    return {"permissions": {"type": "managed", "network": network,
+                            "file_system": {"type": "restricted", "entries": entries}},
+            "windowsSandboxLevel": "disabled"}
+
+
+@pytest.fixture
+def client(server):
+    with Client.connect(server.url, timeout=10) as connected:
+        yield connected
+
+
+@pytest.fixture
+def roots(tmp_path):
+    work = tmp_path / "work"
+    outside = tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"original")
+    return work, outside
+
+
+def test_write_inside_root_and_refusal_outside(client, roots):
+    work, outside = roots
+    fs = client.fs.with_sandbox(restricted([work]))
+    fs.write_file(work / "ok.txt", b"fine")
+    assert (work / "ok.txt").read_bytes() == b"fine"
+    with pytest.raises(InternalError) as caught:
+        fs.write_file(outside / "new.txt", b"x")
+    assert caught.value.message == "Read-only file system (os error 30)"
+    assert not (outside / "new.txt").exists()
+    assert fs.read_file(outside / "secret.txt") == b"original"
+
+
+def test_none_entry_denies_reading(client, roots):
+    work, outside = roots
+    deny = [{"path": {"type": "path", "path": "file://" + str(outside)}, "access": "none"}]
+    fs = client.fs.with_sandbox(restricted([work], extra=deny))
+    with pytest.raises(InvalidRequest) as caught:
+        fs.read_file(outside / "secret.txt")
+    assert caught.value.message.endswith("(os error 13)")
+
+
+def test_symlink_out_of_writable_root(client, roots):
+    work, outside = roots
+    (work / "escape").symlink_to(outside / "secret.txt")
+    (work / "dir-escape").symlink_to(outside)
+    fs = client.fs.with_sandbox(restricted([work]))
+    with pytest.raises(InternalError):
+        fs.write_file(work / "escape", b"pwned")
+    with pytest.raises(InternalError):
+        fs.write_file(work / "dir-escape" / "new.txt", b"pwned")
+    with pytest.raises(InternalError):
+        fs.copy(work / "escape", work / "dir-escape" / "copy.txt")
+    assert (outside / "secret.txt").read_bytes() == b"original"
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+
+
+def test_dot_dot_traversal(client, roots):
+    work, outside = roots
+    fs = client.fs.with_sandbox(restricted([work]))
+    with pytest.raises(InternalError):
+        fs.write_file("file://%s/../outside/secret.txt" % work, b"pwned")
+    with pytest.raises(InternalError):
+        fs.remove("file://%s/../outside/secret.txt" % work)
+    assert (outside / "secret.txt").read_bytes() == b"original"
+
+
+def test_hard_link_is_replaced_not_written_through(client, roots):
+    work, outside = roots
+    os.link(outside / "secret.txt", work / "hard")
+    fs = client.fs.with_sandbox(restricted([work]))
+    fs.write_file(work / "hard", b"new content")  # the directory entry is replaced atomically
+    assert (work / "hard").read_bytes() == b"new content"
+    assert (outside / "secret.txt").read_bytes() == b"original"
+
+
+@needs_bwrap
+def test_directory_swapped_for_symlink_race(client, roots):
+    work, outside = roots
+    fs = client.fs.with_sandbox(restricted([work]))
+    sub = work / "sub"
+    sub.mkdir()
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            try:
+                os.rmdir(sub)
+                os.symlink(outside, sub)
+                os.unlink(sub)
+                os.mkdir(sub)
+            except OSError:
+                pass
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        for i in range(40):
+            try:
+                fs.write_file(sub / ("f%d.txt" % i), b"x")
+            except (InternalError, InvalidRequest, Exception):
+                pass
+    finally:
+        stop.set()
+        flipper.join(10)
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+
+
+def test_helper_environment_is_the_allowlist(monkeypatch):
+    monkeypatch.setenv("MY_SECRET_TOKEN", "s3cret")
+    monkeypatch.setenv("HOME", "/root-home")
+    script = ("import json, os, sys; sys.stdin.read(); "
+              "print(json.dumps({'status': 'ok', 'payload': {'operation': 'fs/readFile', "
+              "'response': dict(os.environ)}}))")
+    seen = run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(restricted(["/tmp"])),
+                         command=[sys.executable, "-c", script])
+    assert set(seen) <= set(FS_HELPER_ENV_ALLOWLIST) | {"LC_CTYPE"}
+    assert "MY_SECRET_TOKEN" not in seen and "HOME" not in seen
+    assert "s3cret" not in json.dumps(seen)
+
+
+def test_helper_failure_becomes_internal_error():
+    with pytest.raises(InternalError) as caught:
+        run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(restricted(["/tmp"])),
+                      command=[sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"])
+    assert caught.value.message == "fs sandbox helper failed with status exit status: 3: boom"
+    with pytest.raises(InternalError) as caught:
+        run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(restricted(["/tmp"])),
+                      command=[sys.executable, "-c",
+                               "import json; print(json.dumps({'status':'ok','payload':{'operation':'fs/copy','response':{}}}))"])
+    assert caught.value.message == "unexpected fs sandbox helper response: expected fs/readFile, got fs/copy"
+
+
+def test_fake_bwrap_on_path_is_used(client, roots, tmp_path, monkeypatch):
+    work, _outside = roots
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "bwrap-args.json"
+    fake = bin_dir / "bwrap"
+    fake.write_text("#!%s\nimport json, os, sys\nargs = sys.argv[1:]\nopen(%r, 'w').write(json.dumps(args))\n"
+                    "inner = args[args.index('--') + 1:]\nos.execv(inner[0], inner)\n" % (sys.executable, str(log)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
+    client.fs.with_sandbox(restricted([work])).write_file(work / "via-fake.txt", b"ok")
+    args = json.loads(log.read_text())
+    assert ["--bind", str(work), str(work)] == args[args.index("--bind"):args.index("--bind") + 3]
+    assert "--unshare-net" in args and ["--ro-bind", "/", "/"] == args[args.index("--ro-bind"):args.index("--ro-bind") + 3]
+    assert (work / "via-fake.txt").read_bytes() == b"ok"
+
+
+@needs_bwrap
+def test_sandboxed_process(client, roots):
+    work, outside = roots
+    done = client.run(["/bin/sh", "-c", "echo ok > %s/in.txt; echo bad > %s/out.txt" % (work, outside)],
+                      env_policy={"inherit": "core", "ignoreDefaultExcludes": False, "exclude": [], "set": {},
+                                  "includeOnly": []}, timeout=30)
+    assert done.returncode == 0  # no sandbox: both writes work
+    (outside / "out.txt").unlink()
+    process = client.start(["/bin/sh", "-c", "echo ok > %s/in2.txt; echo bad > %s/out.txt" % (work, outside)],
+                           timeout=30, sandbox=restricted([work]))
+    assert process.sandbox_type == "linuxSeccomp"
+    _stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0 and b"Read-only file system" in stderr
+    assert (work / "in2.txt").read_bytes() == b"ok\n"
+    assert not (outside / "out.txt").exists()
+    read = process.read()
+    assert read["sandboxDenied"] is True
+
+
+def test_sandbox_unavailable_without_bwrap(client, roots, monkeypatch, tmp_path):
+    work, _outside = roots
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(InternalError) as caught:
+        client.start(["/bin/true"], sandbox=restricted([work]))
+    assert caught.value.message == "sandbox unavailable: bubblewrap (bwrap) is not installed on this Linux host"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"path": {"type": "glob_pattern", "pattern": "**"}, "access": "read"},
+     "unsupported sandbox path type `glob_pattern`"),
+    ({"path": {"type": "special", "value": {"kind": "tmpdir"}}, "access": "read"},
+     "unsupported sandbox special path `tmpdir`"),
+])
+def test_unsupported_sandbox_variants(client, roots, entry, message):
+    work, _outside = roots
+    with pytest.raises(InvalidParams) as caught:
+        client.fs.with_sandbox(restricted([work], extra=[entry])).read_file(work / "x")
+    assert caught.value.message == message
+
+
+def test_unrestricted_profiles_run_in_process(client, roots):
+    work, _outside = roots
+    for permissions in ({"type": "disabled"}, {"type": "external", "network": "restricted"},
+                        {"type": "managed", "file_system": {"type": "unrestricted"}, "network": "enabled"}):
+        fs = client.fs.with_sandbox({"permissions": permissions, "windowsSandboxLevel": "disabled"})
+        fs.write_file(work / "free.txt", b"free")
+    process = client.start(["true"], sandbox={"permissions": {"type": "disabled"}, "windowsSandboxLevel": "disabled"})
+    assert process.sandbox_type == "none"
+    process.wait(timeout=10)
+
+
+def test_sandboxed_file_handles_are_refused(client, roots):
+    work, _outside = roots
+    with pytest.raises(InvalidParams) as caught:
+        client.call("fs/open", {"handleId": "h", "path": "file://%s/x" % work, "sandbox": restricted([work])})
+    assert caught.value.message == "sandboxed file handles are not supported"
+
+
+def test_sandbox_shape_errors(client):
+    with pytest.raises(InvalidParams) as caught:
+        client.call("fs/readFile", {"path": "file:///tmp", "sandbox": {}})
+    assert caught.value.message == "missing field `permissions`"
+    with pytest.raises(InvalidParams) as caught:
+        client.call("fs/readFile", {"path": "file:///tmp", "sandbox": {"type": "read-only"}})
+    assert caught.value.message == "missing field `permissions`"
+    with pytest.raises(InvalidParams) as caught:
+        client.call("fs/readFile", {"path": "file:///tmp", "sandbox": {"permissions": {"type": "disabled"}}})
+    assert caught.value.message == "missing field `windowsSandboxLevel`"
