@@ -52,6 +52,8 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS", help="how long a session outlives its connection (default %(default)s)")
     parser.add_argument("--max-processes-per-session", type=int, default=defaults.max_processes_per_session,
                         metavar="N", help="processes a session may hold (default %(default)s)")
+    parser.add_argument("--max-open-files", type=int, default=defaults.max_open_files, metavar="N",
+                        help="fs/open handles per connection (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
                         help="WebSocket ping interval, 0 disables (default %(default)s)")
     parser.add_argument("--log-level", default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
@@ -68,6 +70,7 @@ def _config_from(args: argparse.Namespace) -> ServerConfig:
         detached_session_ttl=args.detached_session_ttl,
         max_processes_per_session=args.max_processes_per_session,
         ping_interval=args.ping_interval,
+        max_open_files=args.max_open_files,
     )
 
 
