@@ -26,10 +26,11 @@ def test_open_file_handle_limit(tmp_path):
         running.stop()
 
 
-def test_read_file_size_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(operations, "READ_FILE_LIMIT", 10)
-    (tmp_path / "big").write_bytes(b"x" * 11)
-    with pytest.raises(operations.FsError) as caught:
-        operations.read_file({"path": "file://%s/big" % tmp_path})
-    assert caught.value.code == -32600
-    assert caught.value.message == "file `%s/big` is larger than 10 bytes; read it with fs/open" % tmp_path
+def test_read_file_size_limit(server, tmp_path):
+    with open(tmp_path / "big", "wb") as handle:
+        handle.truncate(operations.READ_FILE_LIMIT + 1)  # sparse: no 64 MiB written
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(InvalidRequest) as caught:
+            client.fs.read_file(tmp_path / "big")
+    assert caught.value.message == "file `%s/big` is larger than %d bytes; read it with fs/open" % (
+        tmp_path, operations.READ_FILE_LIMIT)
