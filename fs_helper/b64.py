@@ -20,10 +20,19 @@ def decode(text: str) -> bytes:
     try:
         data = text.encode("ascii")
     except UnicodeEncodeError:
+        data = None
+    if data is not None and len(data) % 4 == 0:
+        padding_at = data.find(b"=")
+        if padding_at == -1 or padding_at >= len(data) - 2:
+            try:
+                return base64.b64decode(data, validate=True)  # the fast path, in C
+            except binascii.Error:
+                pass  # describe the problem below
+    if data is None:
         for offset, char in enumerate(text.encode("utf-8")):
             if char >= 0x80:
-                raise ValueError("Invalid symbol %d, offset %d." % (char, offset)) from None
-        raise
+                raise ValueError("Invalid symbol %d, offset %d." % (char, offset))
+        raise ValueError("Invalid input")
     body = data.rstrip(b"=")
     padding = len(data) - len(body)
     for offset, char in enumerate(body):
