@@ -128,3 +128,29 @@ def test_console_script_is_installed():
     assert script, "exec-server console script not on PATH"
     done = subprocess.run([script, "--version"], capture_output=True, timeout=30)
     assert done.returncode == 0 and done.stdout.startswith(b"exec-server ")
+
+
+def test_cp_upload_download_and_remote_copy(listening, tmp_path):
+    _server, url = listening
+    source = tmp_path / "local.bin"
+    payload = os.urandom(3 * 1024 * 1024 + 5)
+    source.write_bytes(payload)
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir()
+    done = run_cli("cp", "--url", url, str(source), ":%s/" % remote_dir)  # a directory: keeps the name
+    assert done.returncode == 0, done.stderr
+    assert (remote_dir / "local.bin").read_bytes() == payload
+    assert run_cli("cp", "--url", url, ":%s/local.bin" % remote_dir, ":%s/copy.bin" % remote_dir).returncode == 0
+    back = tmp_path / "back.bin"
+    assert run_cli("cp", "--url", url, ":%s/copy.bin" % remote_dir, str(back)).returncode == 0
+    assert back.read_bytes() == payload
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".part")]
+
+
+def test_cp_errors(listening, tmp_path):
+    _server, url = listening
+    done = run_cli("cp", "--url", url, ":%s/missing" % tmp_path, str(tmp_path / "x"))
+    assert done.returncode == 1 and b"No such file or directory (os error 2)" in done.stderr
+    assert not (tmp_path / "x").exists()
+    done = run_cli("cp", "--url", url, str(tmp_path / "a"), str(tmp_path / "b"))
+    assert done.returncode == 1 and b"one side must be remote" in done.stderr

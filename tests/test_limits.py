@@ -34,3 +34,20 @@ def test_read_file_size_limit(server, tmp_path):
             client.fs.read_file(tmp_path / "big")
     assert caught.value.message == "file `%s/big` is larger than %d bytes; read it with fs/open" % (
         tmp_path, operations.READ_FILE_LIMIT)
+
+
+def test_file_handles_close_with_their_connection(server, tmp_path):
+    import psutil
+
+    from conftest import wait_until
+
+    (tmp_path / "f").write_bytes(b"x")
+    me = psutil.Process()
+    client = Client.connect(server.url, timeout=5)
+    client.call("environment/status")
+    baseline = me.num_fds()
+    for _ in range(5):
+        client.fs.open(tmp_path / "f")
+    assert me.num_fds() >= baseline + 5
+    client.close()
+    wait_until(lambda: me.num_fds() <= baseline)
