@@ -32,6 +32,7 @@ import subprocess
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -188,7 +189,6 @@ class Client:
             return transport
 
         client = cls(connector, client_name, reconnect=None)
-        weakref.finalize(client, transport.close)
         client._start(timeout)
         return client
 
@@ -210,35 +210,15 @@ class Client:
             self._generation += 1
             generation = self._generation
             self._transport = transport
-        reader = threading.Thread(target=self._read_loop, args=(transport, generation),
+        # The reader holds the client weakly, so an unreferenced client can be
+        # garbage collected (and its stdio child ended by the finalizer).
+        reader = threading.Thread(target=_reader_main, args=(weakref.ref(self), transport, generation),
                                   name="exec-server-client-reader-%d" % generation, daemon=True)
         self._readers.append(reader)
+        weakref.finalize(self, transport.close)
         reader.start()
         return generation
 
-    def _read_loop(self, transport: Transport, generation: int) -> None:
-        reason = "connection to the exec-server closed"
-        try:
-            while True:
-                try:
-                    text = transport.receive()
-                except ExecServerDisconnected as exc:
-                    reason = str(exc)
-                    break
-                try:
-                    self._route(text, generation)
-                except EnvelopeError as exc:
-                    reason = "exec-server sent a malformed message: %s" % exc.description
-                    log.warning("%s", reason)
-                    if hasattr(transport, "kill"):
-                        transport.kill()
-                    else:
-                        transport.close()
-                    break
-        except Exception:
-            log.exception("client reader failed")
-        finally:
-            self._connection_lost(generation, reason)
 
     def _route(self, text: Union[str, bytes], generation: int) -> None:
         if generation != self._generation:
@@ -664,6 +644,38 @@ class Client:
         if check:
             done.check_returncode()
         return done
+
+
+def _reader_main(client_ref: "weakref.ReferenceType[Client]", transport: Transport, generation: int) -> None:
+    """Read one connection until it ends; route each message to the client, if it still exists."""
+    reason = "connection to the exec-server closed"
+    try:
+        while True:
+            try:
+                text = transport.receive()
+            except ExecServerDisconnected as exc:
+                reason = str(exc)
+                break
+            client = client_ref()
+            if client is None:
+                return
+            try:
+                client._route(text, generation)
+            except EnvelopeError as exc:
+                reason = "exec-server sent a malformed message: %s" % exc.description
+                log.warning("%s", reason)
+                if hasattr(transport, "kill"):
+                    transport.kill()
+                else:
+                    transport.close()
+                break
+            finally:
+                del client
+    except Exception:
+        log.exception("client reader failed")
+    client = client_ref()
+    if client is not None:
+        client._connection_lost(generation, reason)
 
 
 class _SendFailed(Exception):

@@ -110,9 +110,13 @@ def test_hard_link_is_replaced_not_written_through(client, roots):
     assert (outside / "secret.txt").read_bytes() == b"original"
 
 
-@needs_bwrap
-def test_directory_swapped_for_symlink_race(client, roots):
+@pytest.mark.parametrize("confinement", [pytest.param("bwrap", marks=needs_bwrap), "checks-only"])
+def test_directory_swapped_for_symlink_race(client, roots, confinement, monkeypatch, tmp_path):
     work, outside = roots
+    if confinement == "checks-only":  # no bwrap on PATH: only the helper's own checks stand
+        empty = tmp_path / "empty-bin"
+        empty.mkdir()
+        monkeypatch.setenv("PATH", str(empty))
     fs = client.fs.with_sandbox(restricted([work]))
     sub = work / "sub"
     sub.mkdir()

@@ -213,3 +213,16 @@ def test_cli_run_via_stdio():
 def test_server_process_is_gone_after_tests():
     me = psutil.Process()
     assert all("--listen" not in " ".join(p.cmdline()) for p in me.children(recursive=True) if p.is_running())
+
+
+def test_garbage_collected_client_ends_its_child():
+    import gc
+
+    def make():
+        client = Client.spawn(SERVER)
+        client.call("environment/status", timeout=10)
+        return client._transport.pid
+
+    pid = make()
+    gc.collect()
+    wait_until(lambda: not pid_alive(pid), timeout=10)
