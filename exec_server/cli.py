@@ -56,6 +56,9 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                         help="fs/open handles per connection (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
                         help="WebSocket ping interval, 0 disables (default %(default)s)")
+    parser.add_argument("--otel", action="store_true",
+                        help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
+                             "opentelemetry-exporter-otlp is installed, else stderr)")
     parser.add_argument("--log-level", default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
                         help="logging level on stderr (default %(default)s)")
 
@@ -302,6 +305,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.otel:
+        from .telemetry import configure_sdk
+
+        try:
+            configure_sdk()
+        except RuntimeError as exc:
+            print("exec-server: %s" % exc, file=sys.stderr)
+            return 2
     if args.command == "run":
         return run_command(args)
     if args.command == "cp":

@@ -39,7 +39,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 from .client_transport import WebSocketTransport
 from .errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                      SessionAlreadyAttached, error_from_dict)
-from .jsonrpc import EnvelopeError, ErrorResponse, Notification, Request, Response, encode, parse_message
+from . import telemetry
+from .jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response, TraceContext, encode,
+                      parse_message)
 from .remote_process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent, ProcessOutputGap,  # noqa: F401
                              RemoteProcess, StdinClosedError, _deadline, _remaining)
 from .uris import path_to_uri
@@ -430,17 +432,27 @@ class Client:
             TimeoutError: no answer within ``timeout``.
         """
         deadline = _deadline(timeout)
-        while True:
-            generation = self._wait_usable(deadline, method)
-            try:
-                return self._call_on(generation, method, params, _remaining(deadline), recoverable=True)
-            except _SendFailed:
-                continue  # not sent: wait for the recovery and try again
+        result = telemetry.ERROR
+        try:
+            with telemetry.client_span(method):
+                carrier = telemetry.inject()
+                trace = TraceContext(carrier.get("traceparent"), carrier.get("tracestate")) if carrier else None
+                while True:
+                    generation = self._wait_usable(deadline, method)
+                    try:
+                        value = self._call_on(generation, method, params, _remaining(deadline),
+                                              recoverable=True, trace=trace)
+                        result = telemetry.SUCCESS
+                        return value
+                    except _SendFailed:
+                        continue  # not sent: wait for the recovery and try again
+        finally:
+            telemetry.client_requests_total.add(1, {"method": method, "result": result})
 
     def _call_on(self, generation: int, method: str, params: Any, timeout: Optional[float],
-                 recoverable: bool = False) -> Any:
+                 recoverable: bool = False, trace: Optional[TraceContext] = None) -> Any:
         request_id = next(self._ids)
-        text = encode(Request(request_id, method, params))
+        text = encode(Request(request_id, method, params, trace))
         pending = _Pending(method, text, generation)
         with self._lock:
             if generation != self._generation or self._transport is None:

@@ -15,10 +15,11 @@ long poll never delays other calls (PROTOCOL.md 1.5).
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from . import methods
+from . import methods, telemetry
 from .config import ServerConfig
 from .file_handles import FileHandles
 from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError
@@ -31,6 +32,9 @@ from .validation import SchemaSet
 log = logging.getLogger(__name__)
 
 Send = Callable[[str], None]
+
+#: Marks a request abandoned without a reply (its connection went away).
+_ABORTED: Any = object()
 
 #: Handshake states of a connection.
 NEW, INITIALIZING, READY = "new", "initializing", "ready"
@@ -52,9 +56,9 @@ class Dispatcher:
         self._connections_lock = threading.Lock()
         self._connections: "set[RpcConnection]" = set()
 
-    def open_connection(self, send: Send, parse_error_prefix: str,
-                        on_violation: Optional[Callable[[str], None]] = None) -> "RpcConnection":
-        connection = RpcConnection(self, send, parse_error_prefix)
+    def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket") -> "RpcConnection":
+        """A new connection's protocol state; ``transport`` is ``websocket`` or ``stdio`` (a metric label)."""
+        connection = RpcConnection(self, send, parse_error_prefix, transport)
         with self._connections_lock:
             self._connections.add(connection)
         return connection
@@ -76,8 +80,11 @@ class RpcConnection:
     ``send`` must serialize whole messages (one send lock per connection).
     """
 
-    def __init__(self, dispatcher: Dispatcher, send: Send, parse_error_prefix: str):
+    def __init__(self, dispatcher: Dispatcher, send: Send, parse_error_prefix: str, transport: str = "websocket"):
         self.dispatcher = dispatcher
+        self.transport = transport
+        telemetry.connections_total.add(1, {"transport": transport})
+        telemetry.connections_active.add(1, {"transport": transport})
         self.session = None
         self.state = NEW
         self.closed = False
@@ -110,6 +117,7 @@ class RpcConnection:
             ProtocolViolation: the transport must close the connection without
                 a JSON-RPC reply (PROTOCOL.md 1.6).
         """
+        received = time.monotonic()
         try:
             message = parse_message(text)
         except EnvelopeError as exc:
@@ -120,7 +128,7 @@ class RpcConnection:
             return
         if isinstance(message, (Response, ErrorResponse)):
             raise ProtocolViolation("unexpected response from client")
-        self._handle_request(message)
+        self._handle_request(message, received)
 
     def _handle_notification(self, message: Notification) -> None:
         if message.method == "initialized" and self.state != NEW and self._session_current():
@@ -131,20 +139,22 @@ class RpcConnection:
     def _session_current(self) -> bool:
         return self.session is not None and self.session.is_owned_by(self)
 
-    def _handle_request(self, request: Request) -> None:
+    def _handle_request(self, request: Request, received: float) -> None:
         method = request.method
         routed = method == "initialize" or method in self.dispatcher.methods
+        label = telemetry.method_label(method, routed)
+        span = telemetry.ServerRequestSpan(label, request.trace, received)
         if not routed:
-            self._write(encode(error_response(request.id, MethodNotFound(
-                "exec-server stub does not implement `%s` yet" % method))))
+            self._complete(request, span, label, received, received,
+                           MethodNotFound("exec-server stub does not implement `%s` yet" % method))
             return
         try:
             self.dispatcher.schemas.validate_params(method, request.params)
         except RpcError as error:
-            self._write(encode(error_response(request.id, error)))
+            self._complete(request, span, label, received, received, error)
             return
         if method == "initialize":
-            self._run(request, self._initialize)
+            self._run(request, self._initialize, span, label, received)
             return
         family, handler = self.dispatcher.methods[method]
         if self.state == NEW:
@@ -156,13 +166,14 @@ class RpcConnection:
         else:
             error = None
         if error is not None:
-            self._write(encode(error_response(request.id, error)))
+            self._complete(request, span, label, received, received, error)
             return
         self._slots.acquire()
         try:
-            self._pool.submit(self._run_and_release, request, handler)
+            self._pool.submit(self._run_and_release, request, handler, span, label, received)
         except RuntimeError:  # pool shut down: the connection is closing
             self._slots.release()
+            span.finish(telemetry.DISCONNECTED)
 
     def _initialize(self, ctx: methods.RequestContext, params: Any) -> Any:
         if self.state != NEW:
@@ -171,34 +182,61 @@ class RpcConnection:
         self.state = INITIALIZING
         return result
 
-    def _run_and_release(self, request: Request, handler) -> None:
+    def _run_and_release(self, request: Request, handler, span, label: str, received: float) -> None:
         try:
-            self._run(request, handler)
+            self._run(request, handler, span, label, received)
         finally:
             self._slots.release()
 
-    def _run(self, request: Request, handler) -> None:
+    def _run(self, request: Request, handler, span, label: str, received: float) -> None:
+        started = time.monotonic()
+        telemetry.request_queue_duration.record(started - received, {"method": label})
+        span.dispatched()
         ctx = methods.RequestContext(self, self.dispatcher.registry, self.dispatcher.config)
         try:
-            result = handler(ctx, request.params)
+            outcome: Any = handler(ctx, request.params)
+            failed = False
         except ReadAborted:
-            reply = None
+            outcome, failed = _ABORTED, True
         except RpcError as error:
-            reply = encode(error_response(request.id, error))
+            outcome, failed = error, True
         except Exception:
             log.exception("request %s (%r) failed", request.method, request.id)
-            reply = encode(error_response(request.id, InternalError("internal error")))
-        else:
-            reply = encode(Response(request.id, result))
+            outcome, failed = InternalError("internal error"), True
         try:
-            if reply is not None:
-                self._write(reply)
+            if failed:
+                self._complete(request, span, label, received, started, outcome)
+            else:
+                self._complete(request, span, label, received, started, None, outcome)
         finally:
             for callback in ctx.after_response_callbacks:
                 try:
                     callback()
                 except Exception:
                     log.exception("after-response hook of %s failed", request.method)
+
+    def _complete(self, request: Request, span, label: str, received: float, started: float,
+                  error: Optional[RpcError], result: Any = None) -> None:
+        """Send the response (none for an aborted request) and record its span and metrics."""
+        if error is _ABORTED:
+            reply: Optional[str] = None
+            outcome = telemetry.DISCONNECTED
+        elif error is None:
+            reply = encode(Response(request.id, result))
+            outcome = telemetry.SUCCESS
+        else:
+            reply = encode(error_response(request.id, error))
+            outcome = telemetry.ERROR
+        if reply is not None:
+            if self.closed:
+                outcome = telemetry.DISCONNECTED
+            self._write(reply)
+        now = time.monotonic()
+        attributes = {"method": label, "result": outcome}
+        telemetry.requests_total.add(1, attributes)
+        telemetry.request_duration.record(now - started, attributes)
+        telemetry.request_total_duration.record(now - received, attributes)
+        span.finish(outcome)
 
     # -------------------------------------------------------------- closing
     def close(self, end_session: bool = False) -> None:
@@ -220,5 +258,6 @@ class RpcConnection:
         if session is not None:
             session.wake_readers()
         self.file_handles.close_all()
+        telemetry.connections_active.add(-1, {"transport": self.transport})
         self._pool.shutdown(wait=False)
         self.dispatcher.forget(self)

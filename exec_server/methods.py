@@ -6,12 +6,13 @@ protocol's errors.  Behaviour and texts follow PROTOCOL.md sections 4 and 5.
 Handlers know no socket: they see a :class:`RequestContext`.
 """
 
+import logging
 import os
 from typing import Any, Callable, Dict, List, Optional
 
 from fs_helper import operations as fs_operations
 
-from . import b64, sandbox
+from . import b64, sandbox, telemetry
 from .file_handles import rpc_error
 from .fs_client import bubblewrap_command, find_bubblewrap, run_fs_helper
 from .config import ServerConfig
@@ -21,6 +22,9 @@ from .errors import InvalidParams, InvalidRequest
 from .processes import ManagedProcess, ReadAborted
 from .sessions import TAKEN_OVER, Session, SessionRegistry
 from .uris import UriError, platform_os, uri_to_path
+
+
+log = logging.getLogger(__name__)
 
 
 class RequestContext:
@@ -100,9 +104,12 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     try:
         wrapper = _sandbox_wrapper(policy, params) if policy is not None else None
         env = child_environment(params["env"], params.get("envPolicy"), os.environ)
-        process = ManagedProcess.spawn(
-            process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
-            params.get("arg0"), ctx.config, session.notify, session.process_closed, wrapper=wrapper)
+        with telemetry.child_span("process.spawn"):
+            process = ManagedProcess.spawn(
+                process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
+                params.get("arg0"), ctx.config, session.notify, session.process_closed, wrapper=wrapper)
+        log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
+                                                                sandboxed=wrapper is not None))
     except BaseException:
         session.unreserve(process_id)
         raise
@@ -172,7 +179,8 @@ def _fs_method(operation: str):
         policy = sandbox.parse_sandbox(params.get("sandbox"))
         wire = {name: value for name, value in params.items() if name != "sandbox"}
         if policy is not None and policy.restrict_file_system:
-            return run_fs_helper(operation, wire, policy)
+            with telemetry.child_span("fs.helper"):
+                return run_fs_helper(operation, wire, policy)
         try:
             return run(wire)
         except fs_operations.FsError as exc:

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from . import process_tree
+from . import process_tree, telemetry
 from .config import ServerConfig
 from .errors import InternalError, os_error_message
 from .jsonrpc import dumps, encode_output_notification
@@ -119,6 +119,7 @@ class ManagedProcess:
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
         self._threads: List[threading.Thread] = []
+        telemetry.processes_active.add(1)
 
     # ------------------------------------------------------------------ spawn
     @classmethod
@@ -306,6 +307,11 @@ class ManagedProcess:
             self.closed_at = time.monotonic()
             self._changed.notify_all()
         self._send(dumps({"method": "process/closed", "params": {"processId": self.process_id, "seq": seq}}))
+        result = self.result_label()
+        telemetry.processes_active.add(-1)
+        telemetry.processes_finished.add(1, {"result": result})
+        telemetry.process_duration.record(self.closed_at - self.started_at, {"result": result})
+        log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._exit_code, result=result))
         if self._pty_master is not None:
             try:
                 os.close(self._pty_master)

@@ -19,6 +19,7 @@ import threading
 import uuid
 from typing import Callable, Dict, List, Optional
 
+from . import telemetry
 from .config import ServerConfig
 from .errors import InvalidRequest, SessionAlreadyAttached
 from .processes import ManagedProcess
@@ -208,7 +209,7 @@ class SessionRegistry:
             timer = self._expiry.pop(session_id, None)
         if timer is not None:
             timer.cancel()
-        log.info("session resumed", extra={"session_id": session_id})
+        log.info("session resumed", extra=telemetry.log_fields())
         return session
 
     def detached(self, session: Session) -> None:
@@ -225,7 +226,7 @@ class SessionRegistry:
                 self._expiry[session.session_id] = timer
             else:
                 timer.cancel()
-        log.info("session detached", extra={"session_id": session.session_id})
+        log.info("session detached", extra=telemetry.log_fields())
 
     def _expire(self, session: Session, token: object) -> None:
         with self._lock:
@@ -236,7 +237,7 @@ class SessionRegistry:
                 return
             del self._sessions[session.session_id]
             del self._expiry[session.session_id]
-        log.info("session expired", extra={"session_id": session.session_id})
+        log.info("session expired", extra=telemetry.log_fields(processes=len(session.processes())))
         session.close()
 
     def close(self, session: Session) -> None:

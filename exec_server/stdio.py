@@ -44,7 +44,7 @@ class StdioConnection:
         self._writer = writer
         self._send_lock = threading.Lock()
         self._done = threading.Event()
-        self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX)
+        self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX, "stdio")
 
     def send_text(self, text: str) -> None:
         """Write one message as one line (thread-safe)."""
