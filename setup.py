@@ -37,7 +37,7 @@ setup(
         "opentelemetry-api>=1.20",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20"],
     },
     entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},
     classifiers=[

@@ -447,7 +447,8 @@ class Client:
                     except _SendFailed:
                         continue  # not sent: wait for the recovery and try again
         finally:
-            telemetry.client_requests_total.add(1, {"method": method, "result": result})
+            if telemetry.metrics_enabled():
+                telemetry.client_requests_total.add(1, {"method": method, "result": result})
 
     def _call_on(self, generation: int, method: str, params: Any, timeout: Optional[float],
                  recoverable: bool = False, trace: Optional[TraceContext] = None) -> Any:

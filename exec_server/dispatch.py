@@ -190,7 +190,8 @@ class RpcConnection:
 
     def _run(self, request: Request, handler, span, label: str, received: float) -> None:
         started = time.monotonic()
-        telemetry.request_queue_duration.record(started - received, {"method": label})
+        if telemetry.metrics_enabled():
+            telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
         ctx = methods.RequestContext(self, self.dispatcher.registry, self.dispatcher.config)
         try:
@@ -231,11 +232,12 @@ class RpcConnection:
             if self.closed:
                 outcome = telemetry.DISCONNECTED
             self._write(reply)
-        now = time.monotonic()
-        attributes = {"method": label, "result": outcome}
-        telemetry.requests_total.add(1, attributes)
-        telemetry.request_duration.record(now - started, attributes)
-        telemetry.request_total_duration.record(now - received, attributes)
+        if telemetry.metrics_enabled():
+            now = time.monotonic()
+            attributes = {"method": label, "result": outcome}
+            telemetry.requests_total.add(1, attributes)
+            telemetry.request_duration.record(now - started, attributes)
+            telemetry.request_total_duration.record(now - received, attributes)
         span.finish(outcome)
 
     # -------------------------------------------------------------- closing

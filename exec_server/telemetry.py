@@ -17,6 +17,7 @@ the server and client produce (PROTOCOL.md section 12):
 """
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
@@ -30,9 +31,25 @@ INSTRUMENTATION = "exec_server"
 #: Attribute values allowed for ``result``.
 SUCCESS, ERROR, DISCONNECTED, TERMINATED = "success", "error", "disconnected", "terminated"
 
+#: ``EXEC_SERVER_TELEMETRY=off`` bypasses the API entirely (the baseline of
+#: ``benchmarks/telemetry_overhead.py``).
+DISABLED = os.environ.get("EXEC_SERVER_TELEMETRY", "").lower() == "off"
+
+
+class _Off:
+    """Stands in for the meter and its instruments when telemetry is off."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+
 _tracer = trace.get_tracer(INSTRUMENTATION, __version__)
-_meter = metrics.get_meter(INSTRUMENTATION, __version__)
+_meter: Any = _Off() if DISABLED else metrics.get_meter(INSTRUMENTATION, __version__)
 _DEFAULT_PROVIDER = trace.get_tracer_provider()
+_DEFAULT_METER_PROVIDER = metrics.get_meter_provider()
 
 connections_active = _meter.create_up_down_counter(
     "exec_server_connections_active", description="Open client connections")
@@ -59,7 +76,12 @@ client_requests_total = _meter.create_counter(
 
 def tracing_enabled() -> bool:
     """True once an SDK (or any real provider) replaced the API's default."""
-    return trace.get_tracer_provider() is not _DEFAULT_PROVIDER
+    return not DISABLED and trace.get_tracer_provider() is not _DEFAULT_PROVIDER
+
+
+def metrics_enabled() -> bool:
+    """True once an SDK meter provider is installed; without one, recording is skipped."""
+    return not DISABLED and metrics.get_meter_provider() is not _DEFAULT_METER_PROVIDER
 
 
 def method_label(method: str, routed: bool) -> str:
@@ -83,6 +105,8 @@ def extract(carrier: Optional[Any]) -> Optional[otel_context.Context]:
 
 def inject() -> Dict[str, str]:
     """The current context as a ``trace`` carrier (empty when nothing is traced)."""
+    if not tracing_enabled():
+        return {}
     carrier: Dict[str, str] = {}
     propagate.inject(carrier)
     return {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")}

@@ -1,0 +1,175 @@
+"""Tracing and metrics with the OpenTelemetry SDK's in-memory exporters (test-only dependency)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is a test dependency")
+
+from opentelemetry import metrics, trace  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+
+from conftest import start_ours, wait_until  # noqa: E402
+from exec_server import Client  # noqa: E402
+from exec_server.errors import InternalError  # noqa: E402
+
+EXPORTER = InMemorySpanExporter()
+READER = InMemoryMetricReader()
+_installed = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk():
+    if not _installed:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+        _installed.append(True)
+    yield
+
+
+@pytest.fixture
+def traced_server():
+    running = start_ours()
+    EXPORTER.clear()
+    yield running
+    running.stop()
+
+
+def spans(name=None):
+    return [s for s in EXPORTER.get_finished_spans() if name is None or s.name == name]
+
+
+def test_client_and_server_spans_share_one_trace(traced_server):
+    tracer = trace.get_tracer("tests")
+    with Client.connect(traced_server.url, timeout=5) as client:
+        with tracer.start_as_current_span("script") as script:
+            client.call("environment/status", timeout=5)
+    wait_until(lambda: len(spans("environment/status")) == 2)
+    client_span = next(s for s in spans("environment/status") if s.kind == trace.SpanKind.CLIENT)
+    server_span = next(s for s in spans("environment/status") if s.kind == trace.SpanKind.SERVER)
+    trace_id = script.get_span_context().trace_id
+    assert client_span.context.trace_id == server_span.context.trace_id == trace_id
+    assert client_span.parent.span_id == script.get_span_context().span_id
+    assert server_span.parent.span_id == client_span.context.span_id
+    assert server_span.attributes["method"] == "environment/status"
+    assert server_span.attributes["result"] == "success"
+    assert server_span.attributes["rpc.response_enqueue_offset_ns"] >= server_span.attributes["rpc.dispatch_offset_ns"]
+
+
+def test_spawn_child_span_and_error_result(traced_server):
+    with Client.connect(traced_server.url, timeout=5) as client:
+        client.run(["true"], timeout=10)
+        with pytest.raises(InternalError):
+            client.start(["no-such-program-xyz"])
+    wait_until(lambda: len([s for s in spans("process/start") if s.kind == trace.SpanKind.SERVER]) == 2)
+    starts = [s for s in spans("process/start") if s.kind == trace.SpanKind.SERVER]
+    assert sorted(s.attributes["result"] for s in starts) == ["error", "success"]
+    spawn = spans("process.spawn")
+    assert spawn and spawn[0].parent.span_id in {s.context.span_id for s in starts}
+
+
+def test_invalid_traceparent_starts_a_fresh_trace(traced_server, connect):
+    peer = connect(traced_server.url)
+    peer.send({"id": 1, "method": "initialize", "params": {"clientName": "t"},
+               "trace": {"traceparent": "00-zz-not-valid-01"}})
+    assert "result" in peer.recv()
+    wait_until(lambda: spans("initialize"))
+    assert spans("initialize")[0].parent is None
+
+
+def test_valid_carrier_parents_the_server_span(traced_server, connect):
+    peer = connect(traced_server.url)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    peer.send({"id": 1, "method": "initialize", "params": {"clientName": "t"}, "trace": {"traceparent": parent}})
+    assert "result" in peer.recv()
+    wait_until(lambda: spans("initialize"))
+    span = spans("initialize")[0]
+    assert format(span.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+
+
+def test_unrouted_method_span_is_unknown(traced_server, connect):
+    peer = connect(traced_server.url)
+    peer.request("no/such", {})
+    wait_until(lambda: spans("unknown"))
+    assert spans("unknown")[0].attributes["result"] == "error"
+
+
+def metric_points(name):
+    data = READER.get_metrics_data()
+    points = []
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    points.extend(metric.data.data_points)
+    return points
+
+
+def value_of(name, **attributes):
+    total = 0
+    for point in metric_points(name):
+        if all(point.attributes.get(k) == v for k, v in attributes.items()):
+            total += getattr(point, "value", getattr(point, "count", 0))
+    return total
+
+
+def test_metrics_after_a_known_workload(traced_server):
+    before_success = value_of("exec_server_requests_total", method="process/start", result="success")
+    before_error = value_of("exec_server_requests_total", method="process/start", result="error")
+    before_finished = value_of("exec_server_processes_finished_total", result="success")
+    before_connections = value_of("exec_server_connections_total", transport="websocket")
+    with Client.connect(traced_server.url, timeout=5) as client:
+        for _ in range(3):
+            client.run(["true"], timeout=10)
+        with pytest.raises(InternalError):
+            client.start(["no-such-program-xyz"])
+    assert value_of("exec_server_requests_total", method="process/start", result="success") - before_success == 3
+    assert value_of("exec_server_requests_total", method="process/start", result="error") - before_error == 1
+    assert value_of("exec_server_processes_finished_total", result="success") - before_finished == 3
+    assert value_of("exec_server_connections_total", transport="websocket") - before_connections == 1
+    assert value_of("exec_server_client_requests_total", method="process/start", result="error") >= 1
+    allowed = {"method", "result", "transport"}
+    names = ["exec_server_requests_total", "exec_server_request_duration_seconds",
+             "exec_server_request_total_duration_seconds", "exec_server_request_queue_duration_seconds",
+             "exec_server_processes_finished_total", "exec_server_process_duration_seconds",
+             "exec_server_connections_total", "exec_server_connections_active", "exec_server_processes_active",
+             "exec_server_client_requests_total"]
+    for name in names:
+        points = metric_points(name)
+        assert points, name
+        for point in points:
+            assert set(point.attributes) <= allowed, (name, point.attributes)
+            assert point.attributes.get("result", "success") in {"success", "error", "disconnected", "terminated"}
+
+
+NO_SDK = textwrap.dedent("""
+    import sys, importlib.abc
+    class BlockSdk(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "opentelemetry.sdk" or name.startswith("opentelemetry.sdk."):
+                raise ImportError("opentelemetry-sdk hidden for this test")
+            return None
+    sys.meta_path.insert(0, BlockSdk())
+    from exec_server import Client, make_server
+    from exec_server import telemetry
+    with make_server() as server, Client.connect(server.url, timeout=5) as client:
+        assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\\n"
+    assert not telemetry.tracing_enabled()
+    assert "opentelemetry.sdk" not in sys.modules
+    print("no-op path ok")
+""")
+
+
+def test_without_the_sdk_everything_is_a_no_op():
+    done = subprocess.run([sys.executable, "-c", NO_SDK], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == b"no-op path ok"
