@@ -190,8 +190,18 @@ class Peer:
                 and "id" not in m and m["params"].get("processId") == process_id]
 
     def wait_closed(self, process_id: str, timeout: float = 10.0) -> List[Dict[str, Any]]:
-        self.wait_for(lambda m: m.get("method") == "process/closed" and m["params"]["processId"] == process_id,
-                      timeout)
+        """Every notification of the process once ``closed`` and all lower seqs arrived.
+
+        (The reference sometimes delivers ``closed`` before the last output.)
+        """
+        closed = self.wait_for(lambda m: m.get("method") == "process/closed"
+                               and m["params"]["processId"] == process_id, timeout)
+        wanted = list(range(1, closed["params"]["seq"] + 1))
+        deadline = time.monotonic() + timeout
+        while sorted(m["params"]["seq"] for m in self.notifications(process_id)) != wanted:
+            if time.monotonic() >= deadline:
+                break
+            self.recv(0.1)
         return self.notifications(process_id)
 
     def is_disconnected(self, timeout: float = 5.0) -> bool:
