@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str], None]
 
+#: Methods that never block (besides ``process/read`` without ``waitMs``): they
+#: run on the connection's reader thread, saving two thread hand-offs.
+INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
+                            "process/terminate", "fs/close"})
+
 #: Marks a request abandoned without a reply (its connection went away).
 _ABORTED: Any = object()
 
@@ -93,6 +98,7 @@ class RpcConnection:
         config = dispatcher.config
         self.file_handles = FileHandles(config.max_open_files)
         self._slots = threading.BoundedSemaphore(config.concurrent_requests)
+        self._serial = config.concurrent_requests == 1
         self._pool = ThreadPoolExecutor(max_workers=config.concurrent_requests,
                                         thread_name_prefix="exec-server-request")
 
@@ -168,12 +174,27 @@ class RpcConnection:
         if error is not None:
             self._complete(request, span, label, received, received, error)
             return
+        if self._runs_inline(method, request.params):
+            self._run(request, handler, span, label, received)
+            return
         self._slots.acquire()
         try:
             self._pool.submit(self._run_and_release, request, handler, span, label, received)
         except RuntimeError:  # pool shut down: the connection is closing
             self._slots.release()
             span.finish(telemetry.DISCONNECTED)
+
+    def _runs_inline(self, method: str, params: Any) -> bool:
+        """Whether a request cannot block, so it runs on the reader thread without a hand-off.
+
+        Never with ``concurrent_requests`` 1, which keeps the reference's
+        strictly serial order.
+        """
+        if self._serial:
+            return False
+        if method == "process/read":
+            return not (isinstance(params, dict) and params.get("waitMs"))
+        return method in INLINE_METHODS
 
     def _initialize(self, ctx: methods.RequestContext, params: Any) -> Any:
         if self.state != NEW:

@@ -173,6 +173,10 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     raise EnvelopeError("missing field `error`")
 
 
+class RawJson(str):
+    """Already-encoded JSON text, inserted as is by :func:`encode` (a hot-path result)."""
+
+
 def dumps(value: Any) -> str:
     """Compact JSON with non-ASCII left unescaped (the reference's encoding)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -185,7 +189,8 @@ def encode(message: Message) -> str:
     member is written (PROTOCOL.md 2.1).
     """
     if isinstance(message, Response):
-        return '{"id":%s,"result":%s}' % (dumps(message.id), dumps(message.result))
+        result = message.result if isinstance(message.result, RawJson) else dumps(message.result)
+        return '{"id":%s,"result":%s}' % (dumps(message.id), result)
     if isinstance(message, ErrorResponse):
         return '{"error":%s,"id":%s}' % (dumps(message.error), dumps(message.id))
     body: Dict[str, Any] = {}
@@ -221,3 +226,17 @@ def encode_output_notification(process_id: str, seq: int, stream: str, chunk_b64
         stream,
         chunk_b64,
     )
+
+
+def encode_read_result(result: Dict[str, Any]) -> RawJson:
+    """A ``process/read`` result as JSON text without re-escaping base64 chunks.
+
+    ``chunks`` hold base64 text (needs no escaping) and ``stream`` is one of
+    ``stdout``, ``stderr``, ``pty``; equal to ``dumps(result)``.
+    """
+    chunks = ",".join('{"seq":%d,"stream":"%s","chunk":"%s"}' % (c["seq"], c["stream"], c["chunk"])
+                      for c in result["chunks"])
+    return RawJson('{"chunks":[%s],"nextSeq":%d,"exited":%s,"exitCode":%s,"closed":%s,"failure":%s,'
+                   '"sandboxDenied":%s}' % (
+                       chunks, result["nextSeq"], dumps(result["exited"]), dumps(result["exitCode"]),
+                       dumps(result["closed"]), dumps(result["failure"]), dumps(result["sandboxDenied"])))

@@ -19,6 +19,7 @@ from .config import ServerConfig
 from .envpolicy import child_environment
 from .environment import environment_info
 from .errors import InvalidParams, InvalidRequest
+from .jsonrpc import encode_read_result
 from .processes import ManagedProcess, ReadAborted
 from .sessions import TAKEN_OVER, Session, SessionRegistry
 from .uris import UriError, platform_os, uri_to_path
@@ -134,12 +135,12 @@ def process_read(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     """Retained output after ``afterSeq``, long-polling up to ``waitMs`` (PROTOCOL.md 5.4)."""
     process = ctx.session.require(params["processId"])
     wait_ms = params.get("waitMs") or 0
-    return process.read(
+    return encode_read_result(process.read(
         after_seq=params.get("afterSeq") or 0,
         max_bytes=params.get("maxBytes"),
         wait=wait_ms / 1000.0,
         aborted=ctx.aborted,
-    )
+    ))
 
 
 def process_write(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:

@@ -78,6 +78,18 @@ def test_output_fast_path_equals_encoder(process_id):
         jsonrpc.encode(jsonrpc.Notification("process/output", params))
 
 
+@pytest.mark.parametrize("result", [
+    {"chunks": [], "nextSeq": 1, "exited": False, "exitCode": None, "closed": False, "failure": None,
+     "sandboxDenied": False},
+    {"chunks": [{"seq": 1, "stream": "stdout", "chunk": "aGkK"}, {"seq": 2, "stream": "pty", "chunk": ""}],
+     "nextSeq": 5, "exited": True, "exitCode": -1, "closed": True, "failure": None, "sandboxDenied": True},
+])
+def test_read_result_fast_path_equals_encoder(result):
+    assert jsonrpc.encode_read_result(result) == jsonrpc.dumps(result)
+    assert jsonrpc.encode(jsonrpc.Response(7, jsonrpc.encode_read_result(result))) == \
+        jsonrpc.encode(jsonrpc.Response(7, result))
+
+
 def _imports(module_path):
     with open(module_path, encoding="utf-8") as handle:
         tree = ast.parse(handle.read())
