@@ -37,6 +37,10 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="ws://127.0.0.1:0", metavar="URL",
                         help="ws://IP:PORT to listen on (port 0 picks a free port), or stdio for "
                              "newline-delimited JSON on stdin/stdout (default %(default)s)")
+    parser.add_argument("--ws-auth", choices=["capability-token"],
+                        help="require Authorization: Bearer <token> on WebSocket upgrades")
+    parser.add_argument("--ws-token-file", metavar="PATH", help="file holding the capability token")
+    parser.add_argument("--ws-token-sha256", metavar="HEX", help="SHA-256 digest of the capability token")
     parser.add_argument("--concurrent-requests", type=int, default=defaults.concurrent_requests, metavar="N",
                         help="requests handled at once per connection; 1 is the reference's serial order "
                              "(default %(default)s)")
@@ -87,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", help="server to use (default: an embedded server on a free loopback port)")
     run.add_argument("--via", metavar="COMMAND",
                      help='start the server as a child speaking stdio, e.g. "ssh host exec-server --listen stdio"')
+    run.add_argument("--token-file", metavar="PATH", help="capability token sent as Authorization: Bearer")
     run.add_argument("--cwd", help="working directory on the server")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="set a variable for the command (repeatable)")
@@ -105,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Copy a file; a leading ':' marks the remote side, as in scp.")
     cp.add_argument("--url", help="server to use")
     cp.add_argument("--via", metavar="COMMAND", help="start the server as a stdio child")
+    cp.add_argument("--token-file", metavar="PATH", help="capability token sent as Authorization: Bearer")
     cp.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect timeout")
     cp.add_argument("source")
     cp.add_argument("destination")
@@ -121,7 +127,8 @@ def copy_files(args: argparse.Namespace) -> int:
         if args.via:
             client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-cp")
         else:
-            client = Client.connect(args.url, timeout=args.timeout, client_name="exec-server-cp")
+            client = Client.connect(args.url, timeout=args.timeout, client_name="exec-server-cp",
+                                    headers=_client_headers(args))
         with client:
             copy(client.fs, args.source, args.destination)
     except (RpcError, OSError, ValueError, ExecServerDisconnected) as exc:
@@ -140,22 +147,49 @@ def _parse_env(pairs: List[str]) -> dict:
     return env
 
 
+def _auth_from(args: argparse.Namespace):
+    """The CapabilityToken the options ask for, or None.
+
+    Raises:
+        ValueError: inconsistent options; OSError: unreadable token file.
+    """
+    from .auth import CapabilityToken
+
+    if args.ws_auth is None:
+        if args.ws_token_file or args.ws_token_sha256:
+            raise ValueError("--ws-token-file and --ws-token-sha256 need --ws-auth capability-token")
+        return None
+    if bool(args.ws_token_file) == bool(args.ws_token_sha256):
+        raise ValueError("--ws-auth capability-token needs exactly one of --ws-token-file and --ws-token-sha256")
+    if args.ws_token_file:
+        return CapabilityToken.from_file(args.ws_token_file)
+    return CapabilityToken(args.ws_token_sha256)
+
+
+def _client_headers(args: argparse.Namespace) -> Optional[dict]:
+    if not getattr(args, "token_file", None):
+        return None
+    with open(args.token_file, encoding="utf-8") as handle:
+        return {"Authorization": "Bearer " + handle.read().rstrip("\r\n")}
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.listen in ("stdio", "stdio://"):
         from .stdio import serve_stdio
 
         return serve_stdio(_config_from(args))
     try:
+        auth = _auth_from(args)
         host, _port = parse_listen_url(args.listen)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print("exec-server: %s" % exc, file=sys.stderr)
         return 2
-    if not is_loopback(host):
-        print("exec-server: websocket auth is required for non-localhost listeners; "
-              "listen on 127.0.0.1 or ::1", file=sys.stderr)
+    if auth is None and not is_loopback(host):
+        print("exec-server: websocket auth is required for non-localhost listeners; listen on 127.0.0.1 "
+              "or ::1, or use --ws-auth capability-token", file=sys.stderr)
         return 2
     try:
-        server = make_server(args.listen, _config_from(args))
+        server = make_server(args.listen, _config_from(args), auth)
     except OSError as exc:
         print("exec-server: cannot listen on %s: %s" % (args.listen, exc), file=sys.stderr)
         return 1
@@ -233,7 +267,8 @@ def run_command(args: argparse.Namespace) -> int:
             client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-run")
         else:
             policy = ReconnectPolicy(deadline=args.reconnect_deadline) if args.reconnect_deadline > 0 else None
-            client = Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy)
+            client = Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy,
+                                    headers=_client_headers(args))
         with client:
             return _stream(client, argv, env, args)
     except ExecServerDisconnected as exc:

@@ -136,7 +136,7 @@ class Client:
     @classmethod
     def connect(cls, url: str, timeout: Optional[float] = 10.0, client_name: str = "exec-server-python",
                 headers: Optional[Mapping[str, str]] = None,
-                reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()) -> "Client":
+                reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(), token: Optional[str] = None) -> "Client":
         """Connect over WebSocket, then ``initialize`` and ``initialized``.
 
         Args:
@@ -146,11 +146,16 @@ class Client:
             client_name: sent as ``clientName``.
             headers: extra HTTP headers for the upgrade (e.g. Authorization).
             reconnect: recovery policy after a drop; None fails at once.
+            token: a capability token, sent as ``Authorization: Bearer``.
         Raises:
             ExecServerDisconnected: the server cannot be reached or refused
                 the upgrade.
             RpcError: ``initialize`` failed.
         """
+        headers = dict(headers or {})
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
+
         def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
             return WebSocketTransport(url, connect_timeout, headers)
 

@@ -56,11 +56,11 @@ def is_loopback(host: str) -> bool:
 class ExecServer:
     """A listening exec-server.  ``url`` is the bound ``ws://host:port``."""
 
-    def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None):
+    def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None, auth=None):
         self.config = config or ServerConfig()
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
-        self.app = WebSocketApp(self.dispatcher, self.config)
+        self.app = WebSocketApp(self.dispatcher, self.config, auth.check if auth is not None else None)
         self._wsgi = make_wsgi_server(host, port, self.app, threaded=True, request_handler=RequestHandler)
         self.host = host
         self.port = self._wsgi.port
@@ -112,12 +112,18 @@ class ExecServer:
         self.shutdown()
 
 
-def make_server(url: str = "ws://127.0.0.1:0", config: Optional[ServerConfig] = None) -> ExecServer:
+def make_server(url: str = "ws://127.0.0.1:0", config: Optional[ServerConfig] = None, auth=None) -> ExecServer:
     """Bind a server on ``url`` (``ws://IP:PORT``; port 0 picks a free one).
 
+    Args:
+        auth: a :class:`~exec_server.auth.CapabilityToken` checked on every
+            upgrade, or None (then only loopback addresses are allowed).
     Raises:
-        ValueError: a malformed listen URL.
+        ValueError: a malformed listen URL, or a non-loopback one without auth
+            (the reference's "websocket auth is required for non-localhost listeners").
         OSError: the address cannot be bound.
     """
     host, port = parse_listen_url(url)
-    return ExecServer(host, port, config)
+    if auth is None and not is_loopback(host):
+        raise ValueError("websocket auth is required for non-localhost listeners")
+    return ExecServer(host, port, config, auth)

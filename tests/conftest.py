@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psutil
 import pytest
@@ -80,12 +80,12 @@ class RunningServer:
         return self.kind == "reference"
 
 
-def start_ours(config: Optional[ServerConfig] = None) -> RunningServer:
-    server = make_server("ws://127.0.0.1:0", config).start()
+def start_ours(config: Optional[ServerConfig] = None, auth=None) -> RunningServer:
+    server = make_server("ws://127.0.0.1:0", config, auth).start()
     return RunningServer("ours", server.url, server.shutdown)
 
 
-def start_reference(tmp_dir: str) -> RunningServer:
+def start_reference(tmp_dir: str, extra_args: Sequence[str] = ()) -> RunningServer:
     binary = reference_binary()
     if binary is None:
         if os.environ.get("EXEC_SERVER_REQUIRE_REFERENCE") == "1":
@@ -93,7 +93,7 @@ def start_reference(tmp_dir: str) -> RunningServer:
         pytest.skip("reference server not installed (set EXEC_SERVER_REFERENCE)")
     home = tempfile.mkdtemp(dir=tmp_dir)
     log = open(os.path.join(tmp_dir, "reference.log"), "wb")
-    process = subprocess.Popen([binary, "exec-server", "--listen", "ws://127.0.0.1:0"],
+    process = subprocess.Popen([binary, "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args],
                                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                env={**os.environ, "CODEX_HOME": home})
     line = process.stdout.readline().decode().strip()

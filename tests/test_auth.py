@@ -1,0 +1,104 @@
+"""Capability-token authentication (PROTOCOL.md 1.2), on ours and the reference."""
+
+import hashlib
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import http_request, start_ours, start_reference
+from exec_server import Client, ExecServerDisconnected
+from exec_server.auth import CapabilityToken
+
+TOKEN = "s3cret-token"
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+@pytest.fixture(params=["ours", pytest.param("reference", marks=pytest.mark.reference)])
+def authed_server(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("auth")
+    token_file = folder / "token"
+    token_file.write_text(TOKEN + "\n")  # the trailing newline is ignored
+    if request.param == "ours":
+        running = start_ours(auth=CapabilityToken.from_file(str(token_file)))
+    else:
+        running = start_reference(str(folder), ["--ws-auth", "capability-token", "--ws-token-file", str(token_file)])
+    yield running
+    running.stop()
+
+
+def answer(server, extra: bytes) -> bytes:
+    return http_request(urlsplit(server.url).port, UPGRADE + extra + b"\r\n")
+
+
+@pytest.mark.parametrize("header, status, body", [
+    (b"", b"401", b"missing websocket bearer token"),
+    (b"Authorization: Bearer wrong\r\n", b"401", b"invalid websocket bearer token"),
+    (b"Authorization: " + TOKEN.encode() + b"\r\n", b"401", b"invalid authorization header"),
+    (b"Authorization: Bearer " + TOKEN.encode() + b"\r\n", b"101", b""),
+    (b"Authorization: bearer " + TOKEN.encode() + b"\r\n", b"101", b""),
+    (b"Sec-WebSocket-Protocol: " + TOKEN.encode() + b"\r\n", b"401", b"missing websocket bearer token"),
+])
+def test_upgrade_outcomes(authed_server, header, status, body):
+    response = answer(authed_server, header)
+    assert response.split(b" ", 2)[1] == status
+    if status == b"401":
+        assert response.split(b"\r\n\r\n", 1)[1] == body
+
+
+def test_readyz_stays_open(authed_server):
+    response = http_request(urlsplit(authed_server.url).port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200")
+
+
+def test_origin_is_checked_first(authed_server):
+    response = answer(authed_server, b"Origin: http://a\r\n")
+    assert response.startswith(b"HTTP/1.1 403")
+
+
+def test_client_token(authed_server):
+    with Client.connect(authed_server.url, timeout=5, token=TOKEN) as client:
+        assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"
+    with pytest.raises(ExecServerDisconnected, match="401"):
+        Client.connect(authed_server.url, timeout=5, token="wrong")
+
+
+def test_sha256_option_and_validation():
+    check = CapabilityToken(hashlib.sha256(TOKEN.encode()).hexdigest())
+    assert check.check({"HTTP_AUTHORIZATION": "Bearer " + TOKEN}) is None
+    with pytest.raises(ValueError):
+        CapabilityToken("not-hex")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--listen", "ws://0.0.0.0:0"], b"websocket auth is required for non-localhost listeners"),
+    (["--ws-auth", "capability-token"], b"exactly one of --ws-token-file and --ws-token-sha256"),
+    (["--ws-token-sha256", "ab" * 32], b"need --ws-auth capability-token"),
+])
+def test_cli_refusals(args, message):
+    done = subprocess.run([sys.executable, "-m", "exec_server", *args], capture_output=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_cli_run_with_token_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0", "--ws-auth",
+                               "capability-token", "--ws-token-sha256", hashlib.sha256(TOKEN.encode()).hexdigest()],
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        url = server.stdout.readline().decode().strip()
+        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", url, "--token-file",
+                               str(token_file), "--", "echo", "authed"], capture_output=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+        assert (done.returncode, done.stdout) == (0, b"authed\n")
+        denied = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", url, "--", "true"],
+                                capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert denied.returncode == 255 and b"401" in denied.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
