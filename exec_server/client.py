@@ -42,8 +42,8 @@ from .errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, Rp
 from . import telemetry
 from .jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response, TraceContext, encode,
                       parse_message)
-from .remote_process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent, ProcessOutputGap,  # noqa: F401
-                             RemoteProcess, StdinClosedError, _deadline, _remaining)
+from .remote_process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess,  # noqa: F401
+                             StdinClosedError, _deadline, _remaining)
 from .uris import path_to_uri
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,6 @@ class Client:
             ExecServerDisconnected: the command cannot start, or exits or
                 sends a malformed message before ``initialize`` completes.
         """
-        import weakref
-
         from .client_transport import StdioTransport
 
         transport = StdioTransport(argv, dict(env) if env is not None else None,
@@ -379,11 +377,19 @@ class Client:
         return True
 
     def _fail(self, error: ExecServerDisconnected) -> None:
+        self._end(FAILED, error)
+
+    def _end(self, state: str, error: ExecServerDisconnected) -> bool:
+        """Enter FAILED or CLOSED: fail every waiter and handle, close the transport.
+
+        Returns False if the client had already ended.
+        """
         with self._lock:
-            if self._state in (FAILED, CLOSED):
-                return
-            self._state = FAILED
-            self._failure = error
+            if self._state in (FAILED, CLOSED) and not (state == CLOSED and self._state == FAILED):
+                return False
+            self._state = state
+            if state == FAILED:
+                self._failure = error
             pending = list(self._pending.values())
             self._pending.clear()
             processes = list(self._processes.values())
@@ -396,6 +402,7 @@ class Client:
             process._fail(error)
         if transport is not None:
             transport.close()
+        return True
 
     # ---------------------------------------------------------------- calls
     @property
@@ -509,23 +516,8 @@ class Client:
         (80 s by default) and then kills them; terminate them first to end
         them now.
         """
-        with self._lock:
-            if self._state == CLOSED:
-                return
-            self._state = CLOSED
-            transport = self._transport
-            pending = list(self._pending.values())
-            self._pending.clear()
-            processes = list(self._processes.values())
-            self._state_changed.notify_all()
-        error = ExecServerDisconnected("client is closed")
-        for item in pending:
-            item.error = error
-            item.event.set()
-        for process in processes:
-            process._fail(error)
-        if transport is not None:
-            transport.close()
+        if not self._end(CLOSED, ExecServerDisconnected("client is closed")):
+            return
         for reader in self._readers:
             if reader is not threading.current_thread():
                 reader.join(5.0)

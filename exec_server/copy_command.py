@@ -9,9 +9,10 @@ A progress line is drawn on stderr when it is a terminal.
 
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, Optional, TextIO
+
+from fs_helper.operations import atomic_write
 
 from .client_fs import BLOCK_BYTES, FileSystem
 from .errors import NotFound
@@ -81,22 +82,17 @@ def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable
         local = os.path.join(local, os.path.basename(remote.rstrip("/")))
     total = fs.get_metadata(remote)["size"]
     progress = progress_factory(os.path.basename(remote), total)
-    directory = os.path.dirname(os.path.abspath(local))
-    fd, temporary = tempfile.mkstemp(prefix=".%s." % os.path.basename(local), suffix=".part", dir=directory)
     written = 0
-    try:
-        with os.fdopen(fd, "wb") as target, fs.open(remote, "read") as source:
+
+    def write(target) -> None:
+        nonlocal written
+        with fs.open(remote, "read") as source:
             for block in source.iter_blocks():
                 target.write(block)
                 written += len(block)
                 progress.advance(len(block))
-        os.replace(temporary, local)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(os.path.abspath(local), write)  # a temporary file, renamed when complete
     progress.finish()
     return written
 

@@ -11,7 +11,7 @@ unconfined.
 
 import sys
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .errors import InternalError, InvalidParams
 

@@ -131,6 +131,21 @@ def any_server(request, tmp_path_factory):
     running.stop()
 
 
+@pytest.fixture
+def configured_server():
+    """``configured_server(**ServerConfig fields)`` -> our server with those settings; all stopped at teardown."""
+    servers = []
+
+    def factory(**settings):
+        running = start_ours(ServerConfig(**settings))
+        servers.append(running)
+        return running
+
+    yield factory
+    for running in servers:
+        running.stop()
+
+
 class Peer:
     """A raw JSON-RPC peer over WebSocket that keeps every message it receives."""
 

@@ -7,10 +7,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import pid_alive, start_ours, wait_until
+from conftest import pid_alive, wait_until
 from exec_server import (Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy,
                          RequestOutcomeUnknown)
-from exec_server.config import ServerConfig
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.posix
@@ -34,20 +33,6 @@ def proxy_to():
     yield factory
     for proxy in proxies:
         proxy.close()
-
-
-@pytest.fixture
-def our_server_with():
-    servers = []
-
-    def factory(**settings):
-        running = start_ours(ServerConfig(**settings))
-        servers.append(running)
-        return running
-
-    yield factory
-    for running in servers:
-        running.stop()
 
 
 def collect_stdout(process, timeout=30.0) -> bytes:
@@ -90,8 +75,8 @@ def test_calls_wait_during_recovery(any_server, proxy_to):
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
 
 
-def test_attached_session_is_retried_until_detached(our_server_with, proxy_to):
-    running = our_server_with()
+def test_attached_session_is_retried_until_detached(configured_server, proxy_to):
+    running = configured_server()
     proxy = proxy_to(running.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
         process = client.start(["/bin/sh", "-c", "sleep 1; echo done"])
@@ -106,9 +91,9 @@ def test_attached_session_is_retried_until_detached(our_server_with, proxy_to):
         wait_until(lambda: client.state == "connected")
 
 
-def test_unknown_session_is_terminal(our_server_with, proxy_to):
-    first = our_server_with()
-    second = our_server_with()
+def test_unknown_session_is_terminal(configured_server, proxy_to):
+    first = configured_server()
+    second = configured_server()
     proxy = proxy_to(first.url)
     client = Client.connect(proxy.url, timeout=5, reconnect=FAST)
     try:
@@ -126,8 +111,8 @@ def test_unknown_session_is_terminal(our_server_with, proxy_to):
         client.close()
 
 
-def test_ttl_expiry_kills_tree_and_fails_client(our_server_with, proxy_to, tmp_path):
-    running = our_server_with(detached_session_ttl=0.5)
+def test_ttl_expiry_kills_tree_and_fails_client(configured_server, proxy_to, tmp_path):
+    running = configured_server(detached_session_ttl=0.5)
     proxy = proxy_to(running.url)
     pid_file = tmp_path / "pid"
     client = Client.connect(proxy.url, timeout=5, reconnect=FAST)
@@ -145,8 +130,8 @@ def test_ttl_expiry_kills_tree_and_fails_client(our_server_with, proxy_to, tmp_p
         client.close()
 
 
-def test_recovery_deadline_ends_in_failed(our_server_with, proxy_to):
-    running = our_server_with()
+def test_recovery_deadline_ends_in_failed(configured_server, proxy_to):
+    running = configured_server()
     proxy = proxy_to(running.url)
     policy = ReconnectPolicy(deadline=0.5, initial_backoff=0.02, max_backoff=0.1, connect_timeout=0.5)
     client = Client.connect(proxy.url, timeout=5, reconnect=policy)
@@ -163,8 +148,8 @@ def test_recovery_deadline_ends_in_failed(our_server_with, proxy_to):
         proxy.refuse(False)
 
 
-def test_gap_fails_only_that_process(our_server_with, proxy_to):
-    running = our_server_with(retained_output_chunks=3)
+def test_gap_fails_only_that_process(configured_server, proxy_to):
+    running = configured_server(retained_output_chunks=3)
     proxy = proxy_to(running.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
         chatty = client.start(["/bin/sh", "-c", "sleep 0.2; for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30"])
@@ -180,8 +165,8 @@ def test_gap_fails_only_that_process(our_server_with, proxy_to):
         wait_until(lambda: client.state == "connected")
 
 
-def test_write_in_flight_is_outcome_unknown_and_not_repeated(our_server_with, proxy_to):
-    running = our_server_with()
+def test_write_in_flight_is_outcome_unknown_and_not_repeated(configured_server, proxy_to):
+    running = configured_server()
     proxy = proxy_to(running.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
         process = client.start(["cat"], stdin=True)
@@ -210,8 +195,8 @@ def test_write_in_flight_is_outcome_unknown_and_not_repeated(our_server_with, pr
         assert process.wait(timeout=5) == 137
 
 
-def test_read_in_flight_is_retried(our_server_with, proxy_to):
-    running = our_server_with()
+def test_read_in_flight_is_retried(configured_server, proxy_to):
+    running = configured_server()
     proxy = proxy_to(running.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
         process = client.start(["/bin/sh", "-c", "sleep 1; echo late"])

@@ -3,33 +3,16 @@
 import base64
 import json
 import socket
-import threading
 import time
 
 import psutil
 import pytest
-import simple_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from conftest import pid_alive, start_ours, start_params, wait_until
-from exec_server.config import ServerConfig
 
 pytestmark = pytest.mark.posix
-
-
-@pytest.fixture
-def configured():
-    servers = []
-
-    def factory(**settings):
-        running = start_ours(ServerConfig(**settings))
-        servers.append(running)
-        return running
-
-    yield factory
-    for running in servers:
-        running.stop()
 
 
 def ready(connect, url):
@@ -50,8 +33,8 @@ def test_long_poll_does_not_block_other_requests(connect, server):
     assert reply["result"]["exited"] is True
 
 
-def test_concurrent_requests_one_is_serial(connect, configured):
-    running = configured(concurrent_requests=1)
+def test_concurrent_requests_one_is_serial(connect, configured_server):
+    running = configured_server(concurrent_requests=1)
     peer = ready(connect, running.url)
     peer.call("process/start", start_params("idle", ["sleep", "30"]))
     peer.send({"id": 1, "method": "process/read", "params": {"processId": "idle", "waitMs": 400}})
@@ -63,8 +46,8 @@ def test_concurrent_requests_one_is_serial(connect, configured):
     peer.wait_closed("idle")
 
 
-def test_message_size_limit_closes_with_1009(connect, configured):
-    running = configured(max_message_bytes=1024)
+def test_message_size_limit_closes_with_1009(connect, configured_server):
+    running = configured_server(max_message_bytes=1024)
     peer = ready(connect, running.url)
     peer.send(json.dumps({"id": 5, "method": "environment/status", "params": {"pad": "x" * 2000}}))
     assert peer.is_disconnected()
@@ -80,8 +63,8 @@ def test_violation_sends_close_1002(connect, server):
     assert peer.ws.close_reason == 1002
 
 
-def test_detached_session_expires_and_kills_its_trees(connect, configured, tmp_path):
-    running = configured(detached_session_ttl=0.5)
+def test_detached_session_expires_and_kills_its_trees(connect, configured_server, tmp_path):
+    running = configured_server(detached_session_ttl=0.5)
     peer = ready(connect, running.url)
     pid_file = tmp_path / "pid"
     peer.call("process/start", start_params("bg", ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file]))
@@ -109,8 +92,8 @@ def test_unread_flood_does_not_block_other_connections(connect, server):
     assert flooder.call("process/terminate", {"processId": "flood"}, timeout=30) == {"running": True}
 
 
-def test_retention_limits_evict_oldest_output(connect, configured):
-    running = configured(retained_output_bytes=1000, retained_output_chunks=3)
+def test_retention_limits_evict_oldest_output(connect, configured_server):
+    running = configured_server(retained_output_bytes=1000, retained_output_chunks=3)
     peer = ready(connect, running.url)
     peer.call("process/start", start_params("p", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"]))
     events = peer.wait_closed("p")
@@ -121,8 +104,8 @@ def test_retention_limits_evict_oldest_output(connect, configured):
     assert [c["seq"] for c in result["chunks"]] == [m["params"]["seq"] for m in outputs[-3:]]
 
 
-def test_closed_process_is_forgotten_after_retention(connect, configured):
-    running = configured(closed_process_retention=0.2)
+def test_closed_process_is_forgotten_after_retention(connect, configured_server):
+    running = configured_server(closed_process_retention=0.2)
     peer = ready(connect, running.url)
     peer.call("process/start", start_params("p", ["echo", "1"]))
     peer.wait_closed("p")
@@ -136,8 +119,8 @@ def test_closed_process_is_forgotten_after_retention(connect, configured):
     assert events[0]["params"]["seq"] == 1
 
 
-def test_processes_per_session_limit(connect, configured):
-    running = configured(max_processes_per_session=2)
+def test_processes_per_session_limit(connect, configured_server):
+    running = configured_server(max_processes_per_session=2)
     peer = ready(connect, running.url)
     peer.call("process/start", start_params("a", ["sleep", "30"]))
     peer.call("process/start", start_params("b", ["sleep", "30"]))
@@ -161,8 +144,8 @@ def _raw_ws(url: str):
     return sock, protocol
 
 
-def test_server_pings_on_schedule(configured):
-    running = configured(ping_interval=0.2)
+def test_server_pings_on_schedule(configured_server):
+    running = configured_server(ping_interval=0.2)
     sock, protocol = _raw_ws(running.url)
     pings = []
     deadline = time.monotonic() + 5
