@@ -196,7 +196,8 @@ def test_pipe_notification_order(connect, any_server):
     events = peer.wait_closed("p")
     start_index = next(i for i, m in enumerate(peer.received) if m.get("result") == result)
     first_event = next(i for i, m in enumerate(peer.received) if m.get("method", "").startswith("process/"))
-    assert start_index < first_event
+    if not any_server.is_reference:  # the reference itself sometimes sends output before the response
+        assert start_index < first_event
     if any_server.is_reference:
         events.sort(key=lambda m: m["params"]["seq"])  # it sometimes delivers exited early
     assert [(m["method"], m["params"]["seq"]) for m in events] == [
