@@ -56,6 +56,10 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS", help="how long a session outlives its connection (default %(default)s)")
     parser.add_argument("--max-processes-per-session", type=int, default=defaults.max_processes_per_session,
                         metavar="N", help="processes a session may hold (default %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, metavar="N",
+                        help="sessions kept at once (default %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections, metavar="N",
+                        help="WebSocket connections served at once (default %(default)s)")
     parser.add_argument("--max-open-files", type=int, default=defaults.max_open_files, metavar="N",
                         help="fs/open handles per connection (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
@@ -78,6 +82,8 @@ def _config_from(args: argparse.Namespace) -> ServerConfig:
         max_processes_per_session=args.max_processes_per_session,
         ping_interval=args.ping_interval,
         max_open_files=args.max_open_files,
+        max_sessions=args.max_sessions,
+        max_connections=args.max_connections,
     )
 
 

@@ -33,6 +33,11 @@ class ServerConfig:
     #: Processes a session may hold at once (running, or closed and retained).
     #: One more ``process/start`` is -32600.
     max_processes_per_session: int = 1024
+    #: Sessions the server keeps at once (attached or detached); one more
+    #: ``initialize`` is -32600.
+    max_sessions: int = 256
+    #: WebSocket connections served at once; one more upgrade is HTTP 503.
+    max_connections: int = 256
     #: File handles (``fs/open``) one connection may hold at once; one more is -32600.
     max_open_files: int = 64
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
@@ -45,7 +50,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
-                     "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files"):
+                     "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
+                     "max_sessions", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
         for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):

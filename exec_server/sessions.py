@@ -179,8 +179,15 @@ class SessionRegistry:
         self._expiry: Dict[str, object] = {}
 
     def create(self) -> Session:
+        """A new session with a UUID4 id.
+
+        Raises:
+            InvalidRequest: ``max_sessions`` sessions exist already.
+        """
         session = Session(str(uuid.uuid4()), self.config, self.scheduler)
         with self._lock:
+            if len(self._sessions) >= self.config.max_sessions:
+                raise InvalidRequest("too many sessions on this exec-server (limit %d)" % self.config.max_sessions)
             self._sessions[session.session_id] = session
         return session
 

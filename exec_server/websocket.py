@@ -91,6 +91,7 @@ class WebSocketApp:
         self.authorize = authorize
         self._lock = threading.Lock()
         self._connections: "set[WebSocketConnection]" = set()
+        self._reserved = 0
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
@@ -121,11 +122,24 @@ class WebSocketApp:
             return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
         if not isinstance(event, Request):
             return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
+        with self._lock:
+            if len(self._connections) + self._reserved >= self.config.max_connections:
+                full = True
+            else:
+                full = False
+                self._reserved += 1
+        if full:
+            return _plain(start_response, "503 Service Unavailable",
+                          b"too many connections (limit %d)" % self.config.max_connections)
         handler = environ.get(_ENVIRON_HANDLER)
         if handler is not None:
             handler.close_connection = True
         peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
-        connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
+        try:
+            connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
+        finally:
+            with self._lock:
+                self._reserved -= 1
         with self._lock:
             self._connections.add(connection)
         try:

@@ -51,3 +51,37 @@ def test_file_handles_close_with_their_connection(server, tmp_path):
     assert me.num_fds() >= baseline + 5
     client.close()
     wait_until(lambda: me.num_fds() <= baseline)
+
+
+def test_session_limit(configured_server, connect):
+    running = configured_server(max_sessions=1)
+    first = connect(running.url)
+    first.initialize()
+    second = connect(running.url)
+    reply = second.request("initialize", {"clientName": "two"})
+    assert reply["error"] == {"code": -32600, "message": "too many sessions on this exec-server (limit 1)"}
+
+
+def test_connection_limit(configured_server, connect):
+    from urllib.parse import urlsplit
+
+    from conftest import http_request
+
+    running = configured_server(max_connections=1)
+    first = connect(running.url)
+    first.initialize()
+    response = http_request(urlsplit(running.url).port,
+                            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 503")
+    assert response.endswith(b"too many connections (limit 1)")
+    first.close()
+    from conftest import wait_until
+
+    def connects() -> bool:
+        try:
+            return bool(connect(running.url).initialize())
+        except Exception:  # still 503 until the first connection is gone
+            return False
+
+    wait_until(connects)  # the slot is free again
