@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import start_ours
-from exec_server import Client
+from exec_server import Client, ExecServerDisconnected
 from exec_server.config import ServerConfig
 from exec_server.errors import InvalidRequest
 from fs_helper import operations
@@ -80,8 +80,9 @@ def test_connection_limit(configured_server, connect):
 
     def connects() -> bool:
         try:
-            return bool(connect(running.url).initialize())
-        except Exception:  # still 503 until the first connection is gone
+            Client.connect(running.url, timeout=5, reconnect=None).close()
+            return True
+        except ExecServerDisconnected:  # still 503 until the first connection is gone
             return False
 
     wait_until(connects)  # the slot is free again
