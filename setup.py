@@ -38,6 +38,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20"],
+        "windows": ["pywinpty>=2; sys_platform == 'win32'", "pywin32>=306; sys_platform == 'win32'"],
     },
     entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},
     classifiers=[

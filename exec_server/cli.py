@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect timeout")
     cp.add_argument("source")
     cp.add_argument("destination")
+    service = commands.add_parser("service", help="run the server as a Windows service (Windows-only)",
+                                  description="Install, start, stop or remove the Windows service; server "
+                                              "options for install go after --.")
+    service.add_argument("action", choices=["install", "start", "stop", "remove"])
+    service.add_argument("server_arguments", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -358,4 +363,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_command(args)
     if args.command == "cp":
         return copy_files(args)
+    if args.command == "service":
+        from .windows_service import main as service_main
+
+        extra = list(args.server_arguments)
+        return service_main(args.action, extra[1:] if extra[:1] == ["--"] else extra)
     return serve(args)

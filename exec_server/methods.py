@@ -20,6 +20,7 @@ from .envpolicy import child_environment
 from .environment import environment_info
 from .errors import InvalidParams, InvalidRequest
 from .jsonrpc import encode_read_result
+from . import processes
 from .processes import ManagedProcess, ReadAborted
 from .sessions import TAKEN_OVER, Session, SessionRegistry
 from .uris import UriError, platform_os, uri_to_path
@@ -100,6 +101,9 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     argv = params["argv"]
     if not argv:
         raise InvalidParams("argv must not be empty")
+    if params["tty"] and processes.IS_WINDOWS and not processes.windows_pty_available():
+        raise InvalidParams("tty processes on Windows need the pywinpty package "
+                            "(pip install 'exec-server[windows]')")
     session = ctx.session
     session.reserve(process_id)
     try:

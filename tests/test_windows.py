@@ -1,0 +1,108 @@
+"""Windows code paths, run here with the operating system layer patched.
+
+The process-tree kill, the interrupt, the spawn flags and the PTY refusal are
+asserted exactly against a fake ``subprocess``/``os`` layer.
+"""
+
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from conftest import pid_alive, wait_until
+from exec_server import process_tree, processes
+from exec_server.config import ServerConfig
+
+
+class Recorder:
+    def __init__(self, returncode=0, exc=None):
+        self.calls = []
+        self.returncode = returncode
+        self.exc = exc
+
+    def __call__(self, args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.exc is not None:
+            raise self.exc
+        return subprocess.CompletedProcess(args, self.returncode)
+
+
+def test_taskkill_command_line_and_streams(monkeypatch):
+    recorder = Recorder(returncode=0)
+    monkeypatch.setattr(process_tree.subprocess, "run", recorder)
+    process_tree.kill_tree_windows(4242)
+    args, kwargs = recorder.calls[0]
+    assert args == ["taskkill", "/PID", "4242", "/T", "/F"]
+    assert kwargs["stdin"] is subprocess.DEVNULL
+    assert kwargs["stdout"] is subprocess.DEVNULL
+    assert kwargs["stderr"] is subprocess.DEVNULL
+    assert kwargs["creationflags"] == process_tree.CREATE_NO_WINDOW == 0x08000000
+    assert kwargs["check"] is False and kwargs["timeout"] == process_tree.TASKKILL_TIMEOUT
+
+
+@pytest.mark.parametrize("recorder", [Recorder(returncode=128), Recorder(exc=FileNotFoundError("taskkill"))])
+def test_taskkill_failure_falls_back_to_psutil(monkeypatch, recorder):
+    monkeypatch.setattr(process_tree.subprocess, "run", recorder)
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    try:
+        wait_until(lambda: psutil.Process(child.pid).children())
+        grandchild = psutil.Process(child.pid).children()[0].pid
+        process_tree.kill_tree_windows(child.pid)
+        assert recorder.calls  # taskkill was tried first
+        assert child.wait(10) != 0
+        wait_until(lambda: not pid_alive(grandchild))
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+
+
+def test_interrupt_sends_ctrl_break_to_the_group(monkeypatch):
+    sent = []
+    monkeypatch.setattr(process_tree, "IS_WINDOWS", True)
+    monkeypatch.setattr(signal, "CTRL_BREAK_EVENT", 1, raising=False)
+    monkeypatch.setattr(process_tree.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    process_tree.interrupt_group(777)
+    assert sent == [(777, 1)]
+
+
+def test_spawn_uses_a_new_process_group(monkeypatch):
+    seen = {}
+
+    class FakePopen:
+        pid = 31337
+        stdout = stderr = stdin = None
+        returncode = None
+
+        def __init__(self, args, **kwargs):
+            seen["args"], seen["kwargs"] = args, kwargs
+
+    monkeypatch.setattr(processes, "IS_WINDOWS", True)
+    monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
+    process = processes.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
+                                             ServerConfig(), lambda text: None, lambda p: None)
+    assert process.pid == 31337
+    assert seen["kwargs"]["creationflags"] == process_tree.CREATE_NEW_PROCESS_GROUP == 0x00000200
+    assert "start_new_session" not in seen["kwargs"]
+
+
+def test_tty_without_windows_pty_backend_names_the_extra(server, monkeypatch):
+    from exec_server import Client
+    from exec_server.errors import InvalidParams
+
+    monkeypatch.setattr(processes, "IS_WINDOWS", True)
+    monkeypatch.setattr(processes, "windows_pty_available", lambda: False)
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(InvalidParams) as caught:
+            client.start(["cmd"], tty=True)
+    assert "pywinpty" in caught.value.message
+
+
+def test_service_command_is_windows_only():
+    done = subprocess.run([sys.executable, "-m", "exec_server", "service", "install"], capture_output=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert b"Windows-only" in done.stderr
