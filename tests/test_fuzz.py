@@ -1,0 +1,175 @@
+"""Fuzzing, bounded in count and time: the sans-IO layer, schemas, and a live server."""
+
+import json
+import logging
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exec_server.config import ServerConfig
+from exec_server.dispatch import Dispatcher
+from exec_server.errors import InvalidParams, ProtocolViolation
+from exec_server.jsonrpc import EnvelopeError, parse_message
+from exec_server.methods import METHODS
+from exec_server.sessions import SessionRegistry
+from exec_server.validation import SchemaSet
+
+SCHEMAS = SchemaSet.load()
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+METHOD_NAMES = sorted(METHODS) + ["initialize", "initialized", "no/such"]
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_parse_message_never_crashes(data):
+    try:
+        parse_message(data)
+    except EnvelopeError:
+        pass
+
+
+@FUZZ
+@given(st.sampled_from(sorted(METHODS) + ["initialize"]), JSON)
+def test_schema_validation_never_crashes(method, params):
+    try:
+        SCHEMAS.validate_params(method, params)
+    except InvalidParams as error:
+        assert error.message and isinstance(error.data, dict)
+
+
+@pytest.fixture(scope="module")
+def memory_connection():
+    registry = SessionRegistry(ServerConfig(max_processes_per_session=4))
+    dispatcher = Dispatcher(registry)
+    yield dispatcher
+    registry.close_all()
+
+
+@FUZZ
+@given(st.lists(st.fixed_dictionaries({"id": st.one_of(st.integers(0, 10), st.text(max_size=3)),
+                                       "method": st.sampled_from(METHOD_NAMES)},
+                                      optional={"params": JSON}), max_size=6))
+def test_dispatcher_replies_are_well_formed(memory_connection, messages):
+    sent = []
+    connection = memory_connection.open_connection(sent.append, "fuzz: ")
+    try:
+        connection.receive('{"id":0,"method":"initialize","params":{"clientName":"fuzz"}}')
+        connection.receive('{"method":"initialized"}')
+        for message in messages:
+            try:
+                connection.receive(json.dumps(message))
+            except ProtocolViolation:
+                break
+        deadline = time.monotonic() + 5
+        while len(sent) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for text in list(sent):
+            reply = json.loads(text)
+            assert ("id" in reply and ("result" in reply or "error" in reply)) or "method" in reply
+            if "error" in reply:
+                assert isinstance(reply["error"]["code"], int) and reply["error"]["message"]
+    finally:
+        for session in memory_connection.registry.snapshot():
+            for process in session.processes():
+                process.terminate()
+        connection.close(end_session=True)
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, length=None) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    size = len(payload) if length is None else length
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        head += bytes([mask_bit | size])
+    elif size < 65536:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", size)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def _upgrade(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def _drain(sock: socket.socket, seconds: float) -> None:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def test_live_fuzz_leaves_the_server_serving(configured_server, caplog):
+    from urllib.parse import urlsplit
+
+    from exec_server import Client
+
+    running = configured_server(max_message_bytes=64 * 1024)
+    port = urlsplit(running.url).port
+    rng = random.Random(1234)
+    failures = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: failures.append(args)
+    caplog.set_level(logging.ERROR, logger="exec_server")
+    started = time.monotonic()
+    try:
+        for round_number in range(60):
+            if time.monotonic() - started > 30:
+                break
+            sock = _upgrade(port)
+            try:
+                kind = round_number % 6
+                if kind == 0:
+                    sock.sendall(os.urandom(rng.randint(1, 300)))  # random bytes
+                elif kind == 1:
+                    frame = _frame(1, b'{"id":1,"method":"initialize","params":{"clientName":"x"}}')
+                    sock.sendall(frame[:rng.randint(1, len(frame) - 1)])  # truncated, then gone
+                elif kind == 2:
+                    sock.sendall(_frame(2, b"x" * 10, length=1 << 40)[:20])  # huge length header
+                elif kind == 3:
+                    sock.sendall(_frame(rng.choice([3, 4, 5, 6, 7, 11, 12]), b"zz"))  # reserved opcodes
+                elif kind == 4:
+                    sock.sendall(_frame(1, b"x" * 70000))  # over the message limit
+                else:
+                    for _ in range(5):
+                        message = {"id": rng.choice([1, "a", None, 2.5]), "method": rng.choice(METHOD_NAMES),
+                                   "params": rng.choice([{}, None, [], {"processId": 5}, {"clientName": "x"}])}
+                        sock.sendall(_frame(1, json.dumps(message).encode()))
+                    sock.sendall(_frame(1, b"\xff\xfe not utf-8"))
+                _drain(sock, 0.05)
+            finally:
+                sock.close()
+        with Client.connect(running.url, timeout=5) as client:
+            assert client.run(["echo", "still serving"], timeout=10).stdout == b"still serving\n"
+    finally:
+        threading.excepthook = previous_hook
+    assert failures == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
