@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InternalError, RpcError
@@ -28,6 +29,21 @@ FS_HELPER_TIMEOUT = 60.0
 FS_HELPER_STDERR_BYTES = 4096
 #: What a ``:minimal`` entry binds read-only inside bubblewrap.
 MINIMAL_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
+
+
+_running_lock = threading.Lock()
+_running: "set[subprocess.Popen]" = set()
+
+
+def stop_all_helpers() -> None:
+    """Kill every fs helper still running (server shutdown)."""
+    with _running_lock:
+        helpers = list(_running)
+    for child in helpers:
+        try:
+            child.kill()
+        except OSError:
+            pass
 
 
 def helper_environment(environ=None) -> Dict[str, str]:
@@ -129,12 +145,17 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
                                      start_new_session=not sys.platform.startswith("win"))
         except OSError as exc:
             raise InternalError("fs sandbox helper could not start: %s" % exc) from None
+        with _running_lock:
+            _running.add(child)
         try:
             stdout, _ = child.communicate(json.dumps(request).encode("utf-8"), timeout=timeout)
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
             raise InternalError("fs sandbox helper timed out after %.0f s" % timeout) from None
+        finally:
+            with _running_lock:
+                _running.discard(child)
         stderr.seek(0)
         diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
     if child.returncode != 0:

@@ -17,6 +17,7 @@ from werkzeug.serving import make_server as make_wsgi_server
 
 from .config import ServerConfig
 from .dispatch import Dispatcher
+from .fs_client import stop_all_helpers
 from .sessions import SessionRegistry
 from .websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
 
@@ -103,6 +104,7 @@ class ExecServer:
         for connection in self.app.connections():
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
         self.registry.close_all()
+        stop_all_helpers()
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":

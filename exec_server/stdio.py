@@ -22,6 +22,7 @@ from typing import BinaryIO, Optional
 
 from .config import ServerConfig
 from .dispatch import Dispatcher
+from .fs_client import stop_all_helpers
 from .errors import InvalidRequest, ProtocolViolation
 from .jsonrpc import UNKNOWN_ID, encode, error_response
 from .sessions import SessionRegistry
@@ -95,6 +96,7 @@ class StdioConnection:
         self._done.set()
         self._rpc.close(end_session=True)
         self.registry.close_all()
+        stop_all_helpers()
 
 
 def _exit_now(connection: StdioConnection) -> None:

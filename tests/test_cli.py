@@ -154,3 +154,39 @@ def test_cp_errors(listening, tmp_path):
     assert not (tmp_path / "x").exists()
     done = run_cli("cp", "--url", url, str(tmp_path / "a"), str(tmp_path / "b"))
     assert done.returncode == 1 and b"one side must be remote" in done.stderr
+
+
+def test_sigterm_under_load_leaves_nothing(listening, tmp_path):
+    import socket
+
+    import psutil
+
+    from conftest import Peer
+
+    server, url = listening
+    watched = psutil.Process(server.pid)
+    peer = Peer(url)
+    try:
+        peer.initialize()
+        for i in range(3):
+            peer.call("process/start", {"processId": "p%d" % i, "argv": ["/bin/sh", "-c", "sleep 300 & yes > /dev/null"],
+                                        "cwd": "file:///tmp", "env": {"PATH": os.environ["PATH"]}, "tty": i == 2})
+        peer.send({"id": 99, "method": "process/read", "params": {"processId": "p0", "waitMs": 60000}})
+        host, port = url[len("ws://"):].split(":")
+        half = socket.create_connection((host, int(port)), timeout=5)  # a client mid-frame
+        half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        half.recv(4096)
+        half.sendall(b"\x81\xfe\x10\x00abcd" + b"x" * 100)  # a 4096-byte text frame, cut short
+        descendants = wait_until(lambda: len(watched.children(recursive=True)) >= 6 and watched.children(recursive=True))
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(5) == 0
+        assert time.monotonic() - started < 2.0
+        assert peer.is_disconnected() and peer.ws.close_reason == 1001
+        for process in descendants:
+            wait_until(lambda: not pid_alive(process.pid))
+        half.close()
+        assert not [m for m in peer.received if m.get("id") == 99]  # the long poll was dropped, not answered
+    finally:
+        peer.close()
