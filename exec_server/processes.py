@@ -68,15 +68,6 @@ def resolve_executable(program: str, env: Dict[str, str]) -> str:
     return found
 
 
-def windows_pty_available() -> bool:
-    """True when the optional Windows PTY backend (pywinpty) can be imported."""
-    try:
-        import winpty  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _exit_code_from_returncode(returncode: int, tty: bool) -> int:
     """128 + signal for a pipe child killed by a signal; 1 for a tty child."""
     if returncode >= 0:

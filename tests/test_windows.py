@@ -94,7 +94,6 @@ def test_tty_without_windows_pty_backend_names_the_extra(server, monkeypatch):
     from exec_server.errors import InvalidParams
 
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
-    monkeypatch.setattr(processes, "windows_pty_available", lambda: False)
     with Client.connect(server.url, timeout=5) as client:
         with pytest.raises(InvalidParams) as caught:
             client.start(["cmd"], tty=True)
