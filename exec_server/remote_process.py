@@ -195,18 +195,20 @@ class RemoteProcess:
             ExecServerDisconnected: the connection was lost for good.
             ProcessOutputGap: output was lost while disconnected.
         """
-        deadline = _deadline(timeout)
         with self._changed:
-            while not self._events:
-                if self._closed:
-                    return None
-                if self._failure is not None:
-                    raise self._failure
-                remaining = _remaining(deadline)
-                if remaining == 0.0:
-                    raise subprocess.TimeoutExpired(self.args, timeout)
-                self._changed.wait(remaining)
-            return self._events.popleft()
+            self._wait_until(lambda: bool(self._events) or self._closed, timeout)
+            return self._events.popleft() if self._events else None
+
+    def _wait_until(self, ready, timeout: Optional[float]) -> None:
+        """Wait (holding the condition) until ``ready()``; raise the failure or TimeoutExpired."""
+        deadline = _deadline(timeout)
+        while not ready():
+            if self._failure is not None:
+                raise self._failure
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self._changed.wait(remaining)
 
     def __iter__(self) -> Iterator[ProcessEvent]:
         """Every event until (and including) ``closed``, blocking."""
@@ -255,15 +257,8 @@ class RemoteProcess:
             subprocess.TimeoutExpired: no exit within ``timeout``.
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
         """
-        deadline = _deadline(timeout)
         with self._changed:
-            while self._exit_code is None:
-                if self._failure is not None:
-                    raise self._failure
-                remaining = _remaining(deadline)
-                if remaining == 0.0:
-                    raise subprocess.TimeoutExpired(self.args, timeout)
-                self._changed.wait(remaining)
+            self._wait_until(lambda: self._exit_code is not None, timeout)
             return self._exit_code
 
     def poll(self) -> Optional[int]:
