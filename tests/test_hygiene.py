@@ -18,14 +18,15 @@ def test_fds_and_threads_return_to_baseline():
         watched = psutil.Process(server.pid)
         with Client.connect(url, reconnect=None) as warm:
             warm.run(["true"], timeout=30)
-        wait_until(lambda: watched.num_threads() <= 3, timeout=10)
+        # at rest the server has its main thread and the scheduler's, nothing per connection
+        wait_until(lambda: watched.num_threads() <= 2, timeout=10)
         baseline = (watched.num_fds(), watched.num_threads())
         for _ in range(20):
             with Client.connect(url, reconnect=None) as client:
                 for _ in range(5):
                     assert client.run(["true"], timeout=30).returncode == 0
                 client.start(["sleep", "30"])  # left running: the session's expiry kills it
-        wait_until(lambda: (watched.num_fds(), watched.num_threads()) == baseline, timeout=20)
+        wait_until(lambda: watched.num_fds() <= baseline[0] and watched.num_threads() <= baseline[1], timeout=20)
         assert not watched.children(recursive=True)
     finally:
         server.terminate()
