@@ -233,7 +233,9 @@ def test_read_after_close(connect, any_server):
     # one chunk even over budget; nextSeq follows it (seq 1 unless the reference numbered exited first)
     assert len(one["chunks"]) == 1 and one["nextSeq"] == one["chunks"][0]["seq"] + 1
     after = peer.call("process/read", {"processId": "r", "afterSeq": 2})
-    assert after["chunks"] == [] and after["nextSeq"] == 5
+    if not any_server.is_reference:  # the reference sometimes numbers exited before the last output
+        assert after["chunks"] == []
+    assert after["nextSeq"] == 5
     assert error_of(peer.request("process/read", {"processId": "nope"})) == (-32600, "unknown process id nope")
 
 
