@@ -44,6 +44,8 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrent-requests", type=int, default=defaults.concurrent_requests, metavar="N",
                         help="requests handled at once per connection; 1 is the reference's serial order "
                              "(default %(default)s)")
+    parser.add_argument("--max-queued-requests", type=int, default=defaults.max_queued_requests, metavar="N",
+                        help="requests waiting per connection; one more gets -32001 (default %(default)s)")
     parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes, metavar="BYTES",
                         help="largest incoming message (default %(default)s)")
     parser.add_argument("--retained-output-bytes", type=int, default=defaults.retained_output_bytes,
@@ -74,6 +76,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
 def _config_from(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         concurrent_requests=args.concurrent_requests,
+        max_queued_requests=args.max_queued_requests,
         max_message_bytes=args.max_message_bytes,
         retained_output_bytes=args.retained_output_bytes,
         retained_output_chunks=args.retained_output_chunks,

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .client_transport import WebSocketTransport
 from .errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
-                     SessionAlreadyAttached, error_from_dict)
+                     ServerOverloaded, SessionAlreadyAttached, error_from_dict)
 from . import telemetry
 from .jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response, TraceContext, encode,
                       parse_message)
@@ -55,6 +55,10 @@ IDEMPOTENT_METHODS = frozenset({
     "process/read", "environment/info", "environment/status", "fs/readFile", "fs/getMetadata",
     "fs/readDirectory", "fs/canonicalize", "fs/walk",
 })
+
+#: Pauses, in seconds, before each resend of a request the server refused
+#: as overloaded (-32001); after the last, the error is raised.
+OVERLOAD_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 CONNECTED, RECOVERING, FAILED, CLOSED = "connected", "recovering", "failed", "closed"
 
@@ -439,6 +443,9 @@ class Client:
             the ``result`` member.
         Raises:
             RpcError: the server answered with an error object (subclass by code).
+                :class:`ServerOverloaded` (-32001) is retried after each of
+                :data:`OVERLOAD_RETRY_DELAYS` first, as it means the request
+                was not run.
             RequestOutcomeUnknown: a mutation's connection dropped before its answer.
             ExecServerDisconnected: the client is failed or closed.
             TimeoutError: no answer within ``timeout``.
@@ -449,6 +456,7 @@ class Client:
             with telemetry.client_span(method):
                 carrier = telemetry.inject()
                 trace = TraceContext(carrier.get("traceparent"), carrier.get("tracestate")) if carrier else None
+                overload_delays = iter(OVERLOAD_RETRY_DELAYS)
                 while True:
                     generation = self._wait_usable(deadline, method)
                     try:
@@ -458,6 +466,12 @@ class Client:
                         return value
                     except _SendFailed:
                         continue  # not sent: wait for the recovery and try again
+                    except ServerOverloaded:
+                        delay = next(overload_delays, None)
+                        remaining = _remaining(deadline)
+                        if delay is None or (remaining is not None and remaining <= delay):
+                            raise
+                        time.sleep(delay)  # refused before it ran: sending it again is safe
         finally:
             if telemetry.metrics_enabled():
                 telemetry.client_requests_total.add(1, {"method": method, "result": result})

@@ -13,8 +13,13 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class ServerConfig:
     #: Requests of one connection handled at the same time (PROTOCOL.md 1.5);
-    #: 1 restores the reference's serial order.  Further requests wait.
+    #: 1 restores the reference's serial order.  Further requests wait in the
+    #: connection's queue.
     concurrent_requests: int = 16
+    #: Requests of one connection waiting for a free slot.  One more is
+    #: refused, without being run, with -32001 ``Server overloaded; retry
+    #: later.`` (the Codex app-server's overload error; its queue holds 128).
+    max_queued_requests: int = 128
     #: Largest incoming WebSocket message or stdio line, in bytes.  A larger
     #: one closes the WebSocket with 1009 (message too big).  128 MiB leaves
     #: room for a 64 MiB file sent base64-encoded (PROTOCOL.md 1.3).
@@ -54,6 +59,8 @@ class ServerConfig:
                      "max_sessions", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
+        if self.max_queued_requests < 0:
+            raise ValueError("max_queued_requests must not be negative")
         for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)

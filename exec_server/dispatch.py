@@ -10,7 +10,9 @@ Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601),
 params against the JSON Schema (-32602), handshake state (-32600), handler.
 ``initialize`` and notifications run inline on the transport's thread; other
 requests run on a per-connection pool of ``concurrent_requests`` threads, so a
-long poll never delays other calls (PROTOCOL.md 1.5).
+long poll never delays other calls (PROTOCOL.md 1.5).  At most
+``max_queued_requests`` more wait for a thread; past that a request is refused
+with -32001 without being run, and the reader thread never blocks.
 """
 
 import logging
@@ -22,7 +24,7 @@ from typing import Any, Callable, Optional
 from . import methods, telemetry
 from .config import ServerConfig
 from .file_handles import FileHandles
-from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError
+from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError, ServerOverloaded
 from .jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                       encode, error_response, parse_message)
 from .processes import ReadAborted
@@ -100,7 +102,9 @@ class RpcConnection:
         self._prefix = parse_error_prefix
         config = dispatcher.config
         self.file_handles = FileHandles(config.max_open_files)
-        self._slots = threading.BoundedSemaphore(config.concurrent_requests)
+        self._admitted_lock = threading.Lock()
+        self._admitted = 0  # pooled requests running or queued
+        self._admission_limit = config.concurrent_requests + config.max_queued_requests
         self._serial = config.concurrent_requests == 1
         self._pool = ThreadPoolExecutor(max_workers=config.concurrent_requests,
                                         thread_name_prefix="exec-server-request")
@@ -180,12 +184,22 @@ class RpcConnection:
         if self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)
             return
-        self._slots.acquire()
+        with self._admitted_lock:
+            admitted = self._admitted < self._admission_limit
+            if admitted:
+                self._admitted += 1
+        if not admitted:
+            self._complete(request, span, label, received, received, ServerOverloaded())
+            return
         try:
             self._pool.submit(self._run_and_release, request, handler, span, label, received)
         except RuntimeError:  # pool shut down: the connection is closing
-            self._slots.release()
+            self._release()
             span.finish(telemetry.DISCONNECTED)
+
+    def _release(self) -> None:
+        with self._admitted_lock:
+            self._admitted -= 1
 
     def _runs_inline(self, method: str, params: Any) -> bool:
         """Whether a request cannot block, so it runs on the reader thread without a hand-off.
@@ -210,7 +224,7 @@ class RpcConnection:
         try:
             self._run(request, handler, span, label, received)
         finally:
-            self._slots.release()
+            self._release()
 
     def _run(self, request: Request, handler, span, label: str, received: float) -> None:
         started = time.monotonic()

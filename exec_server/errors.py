@@ -20,6 +20,10 @@ NOT_FOUND = -32004
 #: Codex exec-server: ``initialize`` tried to resume a session that another
 #: connection holds.
 SESSION_ALREADY_ATTACHED = -32010
+#: JSON-RPC 2.0 implementation-defined server error, with the Codex
+#: app-server's meaning (``OVERLOADED_ERROR_CODE``): the request was not run
+#: because the connection's request queue is full; retry later.
+SERVER_OVERLOADED = -32001
 #: JSON-RPC 2.0 "Parse error".  The Codex protocol never sends it (parse
 #: errors are -32600); it is listed so clients can recognise it from others.
 PARSE_ERROR = -32700
@@ -80,6 +84,16 @@ class ParseError(RpcError):
     code = PARSE_ERROR
 
 
+class ServerOverloaded(RpcError):
+    """The request was refused before it ran; sending it again later is safe."""
+
+    code = SERVER_OVERLOADED
+
+    def __init__(self, message: str = "Server overloaded; retry later.", data: Any = None,
+                 code: Optional[int] = None):
+        super().__init__(message, data, code)
+
+
 #: code -> class, used to turn a received error object back into a typed error.
 ERROR_CLASSES = {
     cls.code: cls
@@ -91,6 +105,7 @@ ERROR_CLASSES = {
         NotFound,
         SessionAlreadyAttached,
         ParseError,
+        ServerOverloaded,
     )
 }
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import start_ours
+from conftest import start_ours, wait_until
 from exec_server import Client, ExecServerDisconnected
 from exec_server.config import ServerConfig
 from exec_server.errors import InvalidRequest
@@ -39,7 +39,6 @@ def test_read_file_size_limit(server, tmp_path):
 def test_file_handles_close_with_their_connection(server, tmp_path):
     import psutil
 
-    from conftest import wait_until
 
     (tmp_path / "f").write_bytes(b"x")
     me = psutil.Process()
@@ -76,7 +75,6 @@ def test_connection_limit(configured_server, connect):
     assert response.startswith(b"HTTP/1.1 503")
     assert response.endswith(b"too many connections (limit 1)")
     first.close()
-    from conftest import wait_until
 
     def connects() -> bool:
         try:
@@ -86,3 +84,49 @@ def test_connection_limit(configured_server, connect):
             return False
 
     wait_until(connects)  # the slot is free again
+
+
+def test_request_queue_limit_refuses_with_overloaded(configured_server, connect):
+    from conftest import start_params
+
+    running = configured_server(concurrent_requests=2, max_queued_requests=1)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("idle", ["sleep", "30"]))
+    for request_id in (1, 2, 3):  # two run, one waits
+        peer.send({"id": request_id, "method": "process/read",
+                   "params": {"processId": "idle", "afterSeq": 0, "waitMs": 1500}})
+    refused = peer.request("process/read", {"processId": "idle", "afterSeq": 0, "waitMs": 1500})
+    assert refused["error"] == {"code": -32001, "message": "Server overloaded; retry later."}
+    # the reader thread is not blocked: a request that needs no pool thread is answered now
+    assert peer.call("process/terminate", {"processId": "idle"}) == {"running": True}
+    for request_id in (1, 2, 3):  # every admitted request is answered
+        reply = peer.wait_for(lambda m, wanted=request_id: m.get("id") == wanted)
+        assert "result" in reply, reply
+    assert peer.call("process/read", {"processId": "idle", "afterSeq": 0, "waitMs": 10})["exited"] is True
+
+
+def test_client_resends_a_request_refused_as_overloaded(configured_server, tmp_path, monkeypatch):
+    import threading
+
+    from exec_server import client as client_module
+    from exec_server.errors import ServerOverloaded
+
+    running = configured_server(concurrent_requests=1, max_queued_requests=0)
+    (tmp_path / "f").write_bytes(b"payload")
+    with Client.connect(running.url, timeout=5) as client:
+        process = client.start(["sleep", "30"])
+        poll = threading.Thread(target=client.call, args=("process/read", {
+            "processId": process.process_id, "afterSeq": 0, "waitMs": 1000}))
+        poll.start()
+        try:
+            monkeypatch.setattr(client_module, "OVERLOAD_RETRY_DELAYS", ())
+            # the single slot is taken by the long poll: without resends the error surfaces
+            with pytest.raises(ServerOverloaded):
+                wait_until(lambda: client.fs.read_file(tmp_path / "f") is None, timeout=2)
+            monkeypatch.undo()
+            # with them, the client sends again until the slot is free
+            assert client.fs.read_file(tmp_path / "f") == b"payload"
+        finally:
+            poll.join(5)
+            process.terminate()
