@@ -73,7 +73,8 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                         help="logging level on stderr (default %(default)s)")
 
 
-def _config_from(args: argparse.Namespace) -> ServerConfig:
+def config_from_options(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig the parsed server options ask for."""
     return ServerConfig(
         concurrent_requests=args.concurrent_requests,
         max_queued_requests=args.max_queued_requests,
@@ -187,23 +188,33 @@ def _client_headers(args: argparse.Namespace) -> Optional[dict]:
         return {"Authorization": "Bearer " + handle.read().rstrip("\r\n")}
 
 
+def listen_options(args: argparse.Namespace):
+    """Check the WebSocket listen options; returns the CapabilityToken or None.
+
+    Raises:
+        ValueError: a malformed listen URL, inconsistent auth options, or a
+            non-loopback address without auth; OSError: unreadable token file.
+    """
+    auth = _auth_from(args)
+    host, _port = parse_listen_url(args.listen)
+    if auth is None and not is_loopback(host):
+        raise ValueError("websocket auth is required for non-localhost listeners; listen on 127.0.0.1 "
+                         "or ::1, or use --ws-auth capability-token")
+    return auth
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.listen in ("stdio", "stdio://"):
         from .stdio import serve_stdio
 
-        return serve_stdio(_config_from(args))
+        return serve_stdio(config_from_options(args))
     try:
-        auth = _auth_from(args)
-        host, _port = parse_listen_url(args.listen)
+        auth = listen_options(args)
     except (ValueError, OSError) as exc:
         print("exec-server: %s" % exc, file=sys.stderr)
         return 2
-    if auth is None and not is_loopback(host):
-        print("exec-server: websocket auth is required for non-localhost listeners; listen on 127.0.0.1 "
-              "or ::1, or use --ws-auth capability-token", file=sys.stderr)
-        return 2
     try:
-        server = make_server(args.listen, _config_from(args), auth)
+        server = make_server(args.listen, config_from_options(args), auth)
     except OSError as exc:
         print("exec-server: cannot listen on %s: %s" % (args.listen, exc), file=sys.stderr)
         return 1
