@@ -4,9 +4,13 @@ One :class:`ManagedProcess` per ``process/start``.  Output, exited and closed
 events share one sequence starting at 1 (PROTOCOL.md 5.3).  Output is retained
 within the limits of PROTOCOL.md section 6 and every event is handed to a
 ``notify(text)`` callable in seq order; the session decides whether a
-connection receives it.  Threads per process: one reader per stream and one
-waiter, so an exit is reported the moment ``waitpid`` returns, and output is
-drained whether or not anybody reads it.
+connection receives it.  Output is drained whether or not anybody reads it,
+and an exit is reported the moment it happens.
+
+Threads per process: on Linux one, which polls the child's pipes (or PTY)
+and a pidfd (``pidfd_open``, Linux 5.3+) together.  Elsewhere (Windows, where
+pipes cannot be polled, and systems without pidfds) one reader per stream
+and one waiter blocked in ``waitpid``.
 
 This module never imports a transport.
 """
@@ -17,6 +21,7 @@ import errno
 import logging
 import os
 import queue
+import select
 import shutil
 
 import subprocess
@@ -44,6 +49,10 @@ SANDBOX_DENIAL_MARKERS = (
 )
 
 Notify = Callable[[str], None]
+
+#: Whether a process's events are watched by one thread polling its pipes
+#: and a pidfd (Linux) rather than a thread per stream plus a waiter.
+POLL_WITH_PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll") and not IS_WINDOWS
 
 
 class ReadAborted(Exception):
@@ -199,44 +208,99 @@ class ManagedProcess:
         return popen, master
 
     def start_monitoring(self) -> None:
-        """Start the reader and waiter threads (once, after the start response)."""
-        streams: List[Tuple[Any, str]] = []
+        """Start watching the child (once, after the start response)."""
+        streams: Dict[int, str] = {}
         if self._pty_master is not None:
-            streams.append((None, "pty"))
+            streams[self._pty_master] = "pty"
         else:
-            streams.append((self._popen.stdout, "stdout"))
-            streams.append((self._popen.stderr, "stderr"))
+            streams[self._popen.stdout.fileno()] = "stdout"  # type: ignore[union-attr]
+            streams[self._popen.stderr.fileno()] = "stderr"  # type: ignore[union-attr]
         self._open_streams = len(streams)
         name = "process-%s" % self.pid
-        for pipe, stream in streams:
-            self._threads.append(threading.Thread(target=self._pump, args=(pipe, stream),
-                                                  name="%s-%s" % (name, stream), daemon=True))
-        self._threads.append(threading.Thread(target=self._wait, name=name + "-wait", daemon=True))
+        pidfd = self._open_pidfd() if POLL_WITH_PIDFD else None
+        if pidfd is not None:
+            self._threads.append(threading.Thread(target=self._monitor, args=(streams, pidfd), name=name,
+                                                  daemon=True))
+        else:
+            for fd, stream in streams.items():
+                self._threads.append(threading.Thread(target=self._pump, args=(fd, stream),
+                                                      name="%s-%s" % (name, stream), daemon=True))
+            self._threads.append(threading.Thread(target=self._wait, name=name + "-wait", daemon=True))
         for thread in self._threads:
             thread.start()
 
+    def _open_pidfd(self) -> Optional[int]:
+        try:
+            return os.pidfd_open(self.pid)
+        except OSError as exc:  # ENOSYS on kernels before 5.3
+            log.debug("pidfd_open(%d) failed, using a waiter thread: %s", self.pid, exc)
+            return None
+
     # ----------------------------------------------------------------- events
-    def _pump(self, pipe: Any, stream: str) -> None:
-        """Read one stream until EOF; ``pipe`` is a pipe file or None for the PTY."""
+    def _monitor(self, streams: Dict[int, str], pidfd: int) -> None:
+        """Poll the streams and the pidfd until exited and closed are published."""
         size = self._config.read_chunk_bytes
-        fd = self._pty_master if pipe is None else pipe.fileno()
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        exit_code: Optional[int] = None
+        grace_ends = 0.0
+        try:
+            while streams or exit_code is None:
+                timeout_ms = None
+                if exit_code is not None and not self._exited_sent:  # output pending: wait for EOF briefly
+                    timeout_ms = max(0, int((grace_ends - time.monotonic()) * 1000) + 1)
+                for fd, _mask in poller.poll(timeout_ms):
+                    if fd == pidfd:
+                        poller.unregister(pidfd)
+                        exit_code = self._reap()
+                        grace_ends = time.monotonic() + self._config.exit_output_grace
+                        continue
+                    data = self._read_stream(fd, streams[fd], size)
+                    if data:
+                        self._publish_output(streams[fd], data)
+                        continue
+                    poller.unregister(fd)
+                    self._finish_stream(fd, streams.pop(fd))
+                if exit_code is not None and not self._exited_sent and (
+                        not streams or time.monotonic() >= grace_ends):
+                    self._publish_exited(exit_code)
+        finally:
+            os.close(pidfd)
+            for fd, stream in streams.items():
+                self._finish_stream(fd, stream)
+
+    def _pump(self, fd: int, stream: str) -> None:
+        """Read one stream until EOF (the thread-per-stream way)."""
+        size = self._config.read_chunk_bytes
         try:
             while True:
-                try:
-                    data = os.read(fd, size)
-                except InterruptedError:
-                    continue
-                except OSError as exc:  # EIO: the PTY's last slave closed
-                    if exc.errno != errno.EIO:
-                        log.debug("read from %s of %s failed: %s", stream, self.pid, exc)
-                    break
+                data = self._read_stream(fd, stream, size)
                 if not data:
                     break
                 self._publish_output(stream, data)
         finally:
-            if pipe is not None:
-                pipe.close()
-            self._stream_finished()
+            self._finish_stream(fd, stream)
+
+    def _read_stream(self, fd: int, stream: str, size: int) -> bytes:
+        """Up to ``size`` bytes, or b"" at EOF (EIO: the PTY's last slave closed)."""
+        while True:
+            try:
+                return os.read(fd, size)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    log.debug("read from %s of %s failed: %s", stream, self.pid, exc)
+                return b""
+
+    def _finish_stream(self, fd: int, stream: str) -> None:
+        if stream == "stdout":
+            self._popen.stdout.close()  # type: ignore[union-attr]
+        elif stream == "stderr":
+            self._popen.stderr.close()  # type: ignore[union-attr]
+        self._stream_finished()
 
     def _publish_output(self, stream: str, data: bytes) -> None:
         chunk = base64.b64encode(data).decode("ascii")
@@ -272,17 +336,25 @@ class ManagedProcess:
             if close_now:
                 self._publish_closed()
 
-    def _wait(self) -> None:
+    def _reap(self) -> int:
+        """Wait for the child (it has exited, or will); the protocol's exit code."""
         try:
-            returncode = self._popen.wait()
-            exit_code = _exit_code_from_returncode(returncode, self.tty)
+            return _exit_code_from_returncode(self._popen.wait(), self.tty)
         except Exception:
             log.exception("waiting for process %r failed", self.process_id)
-            exit_code = -1
+            return -1
+
+    def _wait(self) -> None:
+        """Waiter thread: reap, give the pipes a moment to reach EOF, publish exited."""
+        exit_code = self._reap()
         with self._changed:
             # The pipes normally reach EOF right after the exit: wait briefly so
             # the last output precedes ``exited``, as the reference's does.
             self._changed.wait_for(lambda: self._open_streams == 0, timeout=self._config.exit_output_grace)
+        self._publish_exited(exit_code)
+
+    def _publish_exited(self, exit_code: int) -> None:
+        """Publish ``exited`` (and ``closed`` if the streams are done); stop stdin."""
         with self._publish_lock:
             with self._changed:
                 seq = self._next_seq

@@ -385,3 +385,29 @@ def test_fifty_processes_at_once(connect, any_server):
         if any_server.is_reference:
             seqs.sort()  # the reference sometimes delivers exited before the last output
         assert seqs == list(range(1, len(events) + 1))
+
+
+def test_exited_precedes_output_of_a_descendant_holding_stdout(connect, any_server):
+    peer = ready_peer(connect, any_server)
+    # the shell exits at once; its background job keeps stdout open and writes later
+    peer.call("process/start", start_params("held", ["/bin/sh", "-c", "(sleep 1; echo late) & echo early"]))
+    events = peer.wait_closed("held")
+    kinds = [(m["method"], unb64(m["params"]["chunk"]) if m["method"] == "process/output" else None)
+             for m in events]
+    assert kinds == [("process/output", b"early\n"), ("process/exited", None), ("process/output", b"late\n"),
+                     ("process/closed", None)]
+    assert [m["params"]["seq"] for m in events] == [1, 2, 3, 4]
+    assert events[1]["params"]["exitCode"] == 0
+
+
+def test_a_held_pipe_after_exit_costs_no_cpu(connect, server):
+    import psutil
+
+    peer = ready_peer(connect, server)
+    peer.call("process/start", start_params("held", ["/bin/sh", "-c", "sleep 2 & exit 0"]))
+    peer.wait_for(lambda m: m.get("method") == "process/exited")
+    me = psutil.Process()  # the server runs in this process
+    before = sum(me.cpu_times()[:2])
+    time.sleep(1)
+    assert sum(me.cpu_times()[:2]) - before < 0.3  # no thread polls in a loop while the pipe stays open
+    peer.wait_closed("held")
