@@ -207,3 +207,30 @@ def test_shutdown_closes_with_1001_and_kills_processes(connect):
     assert peer.ws.close_reason == 1001
     for child in pid:
         wait_until(lambda: not pid_alive(child))
+
+
+@pytest.mark.parametrize("poll_with_pidfd", [True, False], ids=["pidfd-poll", "thread-per-stream"])
+def test_both_ways_of_watching_a_process(connect, server, monkeypatch, poll_with_pidfd):
+    from exec_server import processes
+
+    if poll_with_pidfd and not processes.POLL_WITH_PIDFD:
+        pytest.skip("no pidfd on this system")
+    monkeypatch.setattr(processes, "POLL_WITH_PIDFD", poll_with_pidfd)
+    peer = ready(connect, server.url)
+    script = "printf out; printf err >&2; (sleep 0.5; printf late) & exit 3"
+    peer.call("process/start", start_params("p", ["/bin/sh", "-c", script]))
+    events = peer.wait_closed("p")
+    output = {}
+    for message in events:
+        if message["method"] == "process/output":
+            output[message["params"]["stream"]] = output.get(message["params"]["stream"], b"") + \
+                base64.b64decode(message["params"]["chunk"])
+    assert output == {"stdout": b"outlate", "stderr": b"err"}
+    methods = [m["method"] for m in events]
+    assert methods.index("process/exited") < len(methods) - 2  # "late" follows the exit
+    assert [m for m in events if m["method"] == "process/exited"][0]["params"]["exitCode"] == 3
+    assert [m["params"]["seq"] for m in events] == list(range(1, len(events) + 1))
+    peer.call("process/start", start_params("t", ["/bin/sh", "-c", "test -t 1 && echo tty"], tty=True))
+    tty_events = peer.wait_closed("t")
+    assert b"".join(base64.b64decode(m["params"]["chunk"]) for m in tty_events
+                    if m["method"] == "process/output") == b"tty\r\n"
