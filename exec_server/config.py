@@ -38,8 +38,9 @@ class ServerConfig:
     #: Processes a session may hold at once (running, or closed and retained).
     #: One more ``process/start`` is -32600.
     max_processes_per_session: int = 1024
-    #: Sessions the server keeps at once (attached or detached); one more
-    #: ``initialize`` is -32600.
+    #: Sessions the server keeps at once (attached or detached).  One more
+    #: ``initialize`` drops the oldest detached session with nothing running,
+    #: or is -32600 if there is none.
     max_sessions: int = 256
     #: WebSocket connections served at once; one more upgrade is HTTP 503.
     max_connections: int = 256

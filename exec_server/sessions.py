@@ -137,6 +137,11 @@ class Session:
         with self._lock:
             return list(self._processes.values())
 
+    def is_idle(self) -> bool:
+        """True if no process of the session is running or being started."""
+        with self._lock:
+            return not self._reserved and all(process.closed for process in self._processes.values())
+
     def process_closed(self, process: ManagedProcess) -> None:
         """Keep a closed process readable for ``closed_process_retention`` seconds."""
         self._scheduler.call_later(self._config.closed_process_retention, lambda: self._forget(process))
@@ -181,15 +186,38 @@ class SessionRegistry:
     def create(self) -> Session:
         """A new session with a UUID4 id.
 
+        At ``max_sessions``, the detached session that has waited longest
+        with no running process is dropped to make room (as if its TTL had
+        ended; a resume of it then answers ``unknown session id``).
+
         Raises:
-            InvalidRequest: ``max_sessions`` sessions exist already.
+            InvalidRequest: ``max_sessions`` sessions exist and each is
+                attached or has a running process.
         """
         session = Session(str(uuid.uuid4()), self.config, self.scheduler)
+        evicted = None
         with self._lock:
             if len(self._sessions) >= self.config.max_sessions:
-                raise InvalidRequest("too many sessions on this exec-server (limit %d)" % self.config.max_sessions)
+                evicted = self._evict_idle_detached_locked()
+                if evicted is None:
+                    raise InvalidRequest(
+                        "too many sessions on this exec-server (limit %d)" % self.config.max_sessions)
             self._sessions[session.session_id] = session
+        if evicted is not None:
+            log.info("idle detached session dropped for a new one", extra=telemetry.log_fields())
+            evicted.close()
         return session
+
+    def _evict_idle_detached_locked(self) -> Optional[Session]:
+        for session_id in self._expiry:  # in the order the sessions detached
+            candidate = self._sessions[session_id]
+            if candidate.is_idle() and candidate.mark_closed_if_detached():
+                del self._sessions[session_id]
+                timer = self._expiry.pop(session_id)
+                if hasattr(timer, "cancel"):
+                    timer.cancel()
+                return candidate
+        return None
 
     def get(self, session_id: str) -> Optional[Session]:
         with self._lock:

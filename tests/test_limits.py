@@ -61,6 +61,40 @@ def test_session_limit(configured_server, connect):
     assert reply["error"] == {"code": -32600, "message": "too many sessions on this exec-server (limit 1)"}
 
 
+def test_session_limit_drops_the_oldest_idle_detached_session(configured_server, connect):
+    from conftest import start_params
+
+    running = configured_server(max_sessions=2)
+    busy = connect(running.url)
+    busy_id = busy.initialize()["sessionId"]
+    busy.call("process/start", start_params("sleeper", ["sleep", "30"]))
+    busy.close()  # detached with a running process: kept
+    idle = connect(running.url)
+    idle_id = idle.initialize()["sessionId"]
+    idle.call("process/start", start_params("quick", ["true"]))
+    idle.wait_closed("quick")
+    idle.close()  # detached with nothing running: may be dropped
+
+    def new_session_accepted():
+        peer = connect(running.url)
+        reply = peer.request("initialize", {"clientName": "new"})
+        return peer if "result" in reply else None
+
+    newcomer = wait_until(new_session_accepted)  # once both connections are seen closed
+    newcomer.send({"method": "initialized", "params": {}})
+    gone = connect(running.url)
+    assert gone.request("initialize", {"clientName": "late", "resumeSessionId": idle_id})["error"] == {
+        "code": -32600, "message": "unknown session id %s" % idle_id}
+    back = connect(running.url)
+    assert back.request("initialize", {"clientName": "back", "resumeSessionId": busy_id})["result"][
+        "sessionId"] == busy_id
+    back.send({"method": "initialized", "params": {}})
+    assert back.call("process/terminate", {"processId": "sleeper"}) == {"running": True}
+    refused = connect(running.url)  # both sessions attached now
+    assert refused.request("initialize", {"clientName": "more"})["error"]["message"] == (
+        "too many sessions on this exec-server (limit 2)")
+
+
 def test_connection_limit(configured_server, connect):
     from urllib.parse import urlsplit
 
