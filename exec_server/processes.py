@@ -154,7 +154,10 @@ class ManagedProcess:
                 ``No such file or directory (os error 2)`` (PROTOCOL.md 5.1).
         """
         try:
-            executable = resolve_executable(argv[0], env)
+            if wrapper or "PATH" not in env:
+                executable = resolve_executable(argv[0], env)
+            else:  # Popen's own search in the child's PATH, as execvp does (saves a lookup)
+                executable = argv[0]
             args = [arg0 if arg0 is not None else argv[0]] + list(argv[1:])
             if wrapper:
                 args = list(wrapper) + [executable] + list(argv[1:])

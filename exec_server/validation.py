@@ -4,8 +4,10 @@ Schemas live in the top-level ``schemas/`` folder (shipped in the wheel as the
 ``exec_server.schemas`` package data): ``<method>.params.json`` and
 ``<method>.result.json``, e.g. ``schemas/process/start.params.json``.  They are
 loaded and checked once (:meth:`SchemaSet.load`); ``$ref``s resolve offline
-through a :class:`referencing.Registry`.  Validators are not shared between
-threads.
+through a :class:`referencing.Registry`.  jsonschema does not promise that a
+validator may be used by two threads at once, so each validation checks one
+out of a per-schema free list and returns it afterwards: validators are built
+once and reused by every connection, never shared concurrently.
 
 Failures become -32602 errors worded like the reference's serde messages
 (PROTOCOL.md 2.3): ``missing field `processId` ``, ``invalid type: number,
@@ -45,9 +47,9 @@ def _walk_json(root: str) -> Iterable[str]:
 
 
 class SchemaSet:
-    """Every schema file, checked, with per-thread validators.
+    """Every schema file, checked, with reusable validators.
 
-    Thread-safe: each thread gets its own validator objects.
+    Thread-safe: a validator is used by one thread at a time.
     """
 
     def __init__(self, schemas: Dict[str, dict]):
@@ -57,7 +59,8 @@ class SchemaSet:
             for name, schema in schemas.items()
         ]
         self._registry = referencing.Registry().with_resources(resources)
-        self._local = threading.local()
+        self._free_lock = threading.Lock()
+        self._free: Dict[str, List[Any]] = {}
 
     @classmethod
     def load(cls, root: Optional[str] = None) -> "SchemaSet":
@@ -85,16 +88,17 @@ class SchemaSet:
     def schema(self, name: str) -> dict:
         return self._schemas[name]
 
-    def validator(self, name: str):
-        cache = getattr(self._local, "validators", None)
-        if cache is None:
-            cache = self._local.validators = {}
-        validator = cache.get(name)
-        if validator is None:
-            schema = self._schemas[name]
-            validator = validator_for(schema)(schema, registry=self._registry)
-            cache[name] = validator
-        return validator
+    def _checkout(self, name: str):
+        with self._free_lock:
+            free = self._free.get(name)
+            if free:
+                return free.pop()
+        schema = self._schemas[name]
+        return validator_for(schema)(schema, registry=self._registry)
+
+    def _checkin(self, name: str, validator) -> None:
+        with self._free_lock:
+            self._free.setdefault(name, []).append(validator)
 
     def params_schema_name(self, method: str) -> str:
         return method + ".params.json"
@@ -109,8 +113,11 @@ class SchemaSet:
                 method has one, see ``tests/test_validation.py``).
         """
         name = self.params_schema_name(method)
-        validator = self.validator(name)
-        errors = list(validator.iter_errors(params))
+        validator = self._checkout(name)
+        try:
+            errors = list(validator.iter_errors(params))
+        finally:
+            self._checkin(name, validator)
         if not errors:
             return
         error = _first_error(errors, params)
@@ -118,7 +125,11 @@ class SchemaSet:
 
     def validate(self, name: str, instance: Any) -> None:
         """Raise ``jsonschema.ValidationError`` if ``instance`` does not match."""
-        self.validator(name).validate(instance)
+        validator = self._checkout(name)
+        try:
+            validator.validate(instance)
+        finally:
+            self._checkin(name, validator)
 
 
 def _leaf_errors(errors: Iterable[jsonschema.ValidationError]) -> List[jsonschema.ValidationError]:
