@@ -204,6 +204,9 @@ def listen_options(args: argparse.Namespace):
 
 
 def serve(args: argparse.Namespace) -> int:
+    from .allocator import tune_for_server
+
+    tune_for_server()
     if args.listen in ("stdio", "stdio://"):
         from .stdio import serve_stdio
 

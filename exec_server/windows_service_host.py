@@ -21,6 +21,7 @@ import servicemanager
 import win32service
 import win32serviceutil
 
+from exec_server.allocator import tune_for_server
 from exec_server.cli import config_from_options
 from exec_server.server import make_server
 from exec_server.windows_service import (DESCRIPTION, DISPLAY_NAME, OPTIONS_KEY, SERVICE_NAME,
@@ -69,6 +70,7 @@ class ExecServerService(win32serviceutil.ServiceFramework):
     def _serve(self) -> None:
         stored = win32serviceutil.GetServiceCustomOption(SERVICE_NAME, OPTIONS_KEY) or "[]"
         options, auth = parse_server_arguments(json.loads(stored))
+        tune_for_server()
         logging.getLogger().setLevel(getattr(logging, str(options.log_level).upper(), logging.WARNING))
         with self._lock:
             if self._stop_requested:

@@ -242,3 +242,20 @@ def test_schema_files_are_valid_json():
         for name in files:
             with open(os.path.join(folder, name), encoding="utf-8") as handle:
                 assert json.load(handle)["$schema"].endswith("2020-12/schema")
+
+
+# ----------------------------------------------------------------- allocator
+def test_malloc_tuning_applies_on_glibc_and_honours_opt_outs(monkeypatch):
+    from exec_server import allocator
+
+    if not allocator._is_glibc():
+        assert allocator.tune_for_server() is False
+        return
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("EXEC_SERVER_MALLOC_TUNING", "off")
+    assert allocator.tune_for_server() is False
+    monkeypatch.delenv("EXEC_SERVER_MALLOC_TUNING")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own setting wins
+    assert allocator.tune_for_server() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert allocator.tune_for_server() is True
