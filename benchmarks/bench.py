@@ -34,6 +34,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from server_process import OURS, running_server  # noqa: E402
+
 STREAM_BYTES = 64 * 1024 * 1024
 
 
@@ -162,26 +165,6 @@ def measure_stream(url: str, tag: str) -> float:
     return STREAM_BYTES / (1024 * 1024) / elapsed
 
 
-def launch(command, env=None):
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                               env=env)
-    url = process.stdout.readline().decode().strip()
-    if not url.startswith("ws://"):
-        process.kill()
-        raise RuntimeError("server did not start: %r" % command)
-    return process, url
-
-
-def stop(process) -> None:
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-    process.stdout.close()
-
-
 def find_reference(explicit):
     if explicit:
         return explicit
@@ -196,13 +179,10 @@ def find_reference(explicit):
 
 
 def run_once(name, command, env, spawn_count):
-    process, url = launch(command, env)
-    try:
+    with running_server(command=command, env=env) as (_process, url):
         connect = measure_connect(url)
         spawn_p50, spawn_p95 = measure_spawn(url, spawn_count, name)
         stream = measure_stream(url, name)
-    finally:
-        stop(process)
     return {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
             "stream_64mib_mibps": stream}
 
@@ -214,7 +194,7 @@ def main() -> int:
     parser.add_argument("--spawns", type=int, default=100)
     parser.add_argument("--out", default="bench-results.json")
     args = parser.parse_args()
-    servers = {"ours": ([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"], None)}
+    servers = {"ours": (OURS, None)}
     reference = find_reference(args.reference)
     home = tempfile.mkdtemp()
     if reference:

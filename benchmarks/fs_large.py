@@ -10,7 +10,6 @@ peak stays near the idle figure: the server holds one 1 MiB block at a time.
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,48 +19,44 @@ import psutil
 
 from exec_server import Client
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_process import running_server  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
-                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    url = server.stdout.readline().decode().strip()
-    watched = psutil.Process(server.pid)
     peak = [0]
     stop = threading.Event()
+    with running_server() as (server, url), tempfile.TemporaryDirectory() as folder:
+        watched = psutil.Process(server.pid)
 
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], watched.memory_info().rss)
-            time.sleep(0.02)
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], watched.memory_info().rss)
+                time.sleep(0.02)
 
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "big.bin")
-            with open(path, "wb") as handle:
-                handle.truncate(args.size_mib << 20)
-            with Client.connect(url) as client:
-                idle = watched.memory_info().rss
-                sampler = threading.Thread(target=sample)
-                sampler.start()
+        path = os.path.join(folder, "big.bin")
+        with open(path, "wb") as handle:
+            handle.truncate(args.size_mib << 20)
+        with Client.connect(url) as client:
+            idle = watched.memory_info().rss
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
                 started = time.perf_counter()
                 total = 0
                 with client.fs.open(path) as remote:
                     for block in remote.iter_blocks():
                         total += len(block)
                 elapsed = time.perf_counter() - started
+            finally:
                 stop.set()
                 sampler.join()
-        assert total == args.size_mib << 20, total
-        print("read %d MiB in %.2f s: %.1f MiB/s; server RSS idle %.1f MiB, peak %.1f MiB"
-              % (args.size_mib, elapsed, args.size_mib / elapsed, idle / 2 ** 20, peak[0] / 2 ** 20))
-    finally:
-        stop.set()
-        server.terminate()
-        server.wait(10)
-        server.stdout.close()
+    assert total == args.size_mib << 20, total
+    print("read %d MiB in %.2f s: %.1f MiB/s; server RSS idle %.1f MiB, peak %.1f MiB"
+          % (args.size_mib, elapsed, args.size_mib / elapsed, idle / 2 ** 20, peak[0] / 2 ** 20))
     return 0
 
 

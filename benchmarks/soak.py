@@ -12,13 +12,16 @@ figure to watch is the change between the first round and the last.
 """
 
 import argparse
-import subprocess
+import os
 import sys
 import time
 
 import psutil
 
 from exec_server import Client
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_process import running_server  # noqa: E402
 
 
 def snapshot(process: psutil.Process):
@@ -32,11 +35,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
-                               "--closed-process-retention", "1", "--detached-session-ttl", "1"],
-                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        url = server.stdout.readline().decode().strip()
+    with running_server(["--closed-process-retention", "1", "--detached-session-ttl", "1"]) as (server, url):
         watched = psutil.Process(server.pid)
         with Client.connect(url) as warm:  # start lazily created threads once
             warm.run(["true"], timeout=30)
@@ -53,10 +52,6 @@ def main() -> int:
             time.sleep(3)  # closed processes and detached sessions expire (1 s each here)
             print("round %d:   %s  (%d processes over %d connections in %.1f s)" % (
                 round_number, snapshot(watched), per_connection * args.connections, args.connections, elapsed))
-    finally:
-        server.terminate()
-        server.wait(10)
-        server.stdout.close()
     return 0
 
 

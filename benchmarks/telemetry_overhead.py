@@ -13,20 +13,17 @@ The target is an overhead under 3 %.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import RawClient  # noqa: E402
+from server_process import running_server  # noqa: E402
 
 
 def measure(env_extra, requests: int) -> float:
     env = dict(os.environ, **env_extra)
-    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
-                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
-    try:
-        url = server.stdout.readline().decode().strip()
+    with running_server(env=env) as (_server, url):
         client = RawClient(url)
         client.initialize()
         for _ in range(200):  # warm-up
@@ -37,10 +34,6 @@ def measure(env_extra, requests: int) -> float:
         elapsed = time.perf_counter() - started
         client.close()
         return requests / elapsed
-    finally:
-        server.terminate()
-        server.wait(10)
-        server.stdout.close()
 
 
 def main() -> int:

@@ -8,7 +8,8 @@ connection receives it.  Output is drained whether or not anybody reads it,
 and an exit is reported the moment it happens.
 
 Threads per process: on Linux one, which polls the child's pipes (or PTY)
-and a pidfd (``pidfd_open``, Linux 5.3+) together.  Elsewhere (Windows, where
+and a pidfd (``pidfd_open``, Linux 5.3+) together; it is reused for the next
+process (:mod:`exec_server.thread_reuse`).  Elsewhere (Windows, where
 pipes cannot be polled, and systems without pidfds) one reader per stream
 and one waiter blocked in ``waitpid``.
 
@@ -34,6 +35,7 @@ from . import process_tree, telemetry
 from .config import ServerConfig
 from .errors import InternalError, os_error_message
 from .jsonrpc import dumps, encode_output_notification
+from .thread_reuse import ReusableThreads
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ SANDBOX_DENIAL_MARKERS = (
 )
 
 Notify = Callable[[str], None]
+
+#: Threads that run pidfd watchers, reused across processes.
+WATCHERS = ReusableThreads("process-watch")
 
 #: Whether a process's events are watched by one thread polling its pipes
 #: and a pidfd (Linux) rather than a thread per stream plus a waiter.
@@ -128,6 +133,7 @@ class ManagedProcess:
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
         self._threads: List[threading.Thread] = []
+        self._watch_done: Optional[threading.Event] = None  # set when the pidfd watcher ends
         telemetry.processes_active.add(1)
 
     # ------------------------------------------------------------------ spawn
@@ -222,8 +228,8 @@ class ManagedProcess:
         name = "process-%s" % self.pid
         pidfd = self._open_pidfd() if POLL_WITH_PIDFD else None
         if pidfd is not None:
-            self._threads.append(threading.Thread(target=self._monitor, args=(streams, pidfd), name=name,
-                                                  daemon=True))
+            self._watch_done = threading.Event()
+            WATCHERS.run(self._monitor, streams, pidfd)
         else:
             for fd, stream in streams.items():
                 self._threads.append(threading.Thread(target=self._pump, args=(fd, stream),
@@ -273,6 +279,7 @@ class ManagedProcess:
             os.close(pidfd)
             for fd, stream in streams.items():
                 self._finish_stream(fd, stream)
+            self._watch_done.set()  # type: ignore[union-attr]
 
     def _pump(self, fd: int, stream: str) -> None:
         """Read one stream until EOF (the thread-per-stream way)."""
@@ -586,7 +593,9 @@ class ManagedProcess:
         process_tree.kill_tree(self.pid)
 
     def join(self, timeout: Optional[float] = None) -> bool:
-        """Wait for the process's threads to finish; True if they all did."""
+        """Wait until the process is no longer watched; True if that happened in time."""
+        if self._watch_done is not None:
+            return self._watch_done.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

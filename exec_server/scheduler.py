@@ -46,7 +46,8 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if self._heap[0][2] is timer:  # a new earliest deadline: the thread must wait less
+                self._wake.notify()
         return timer
 
     def _run(self) -> None:

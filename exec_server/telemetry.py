@@ -147,20 +147,23 @@ class ServerRequestSpan:
 @contextmanager
 def child_span(name: str) -> Iterator[None]:
     """An INTERNAL span under the current one (spawn, fs helper); no-op when off."""
-    if not tracing_enabled():
-        yield
-        return
-    with _tracer.start_as_current_span(name, kind=trace.SpanKind.INTERNAL):
+    with _span(name, trace.SpanKind.INTERNAL):
         yield
 
 
 @contextmanager
 def client_span(method: str) -> Iterator[None]:
-    """The CLIENT span of one call; no-op when tracing is off."""
+    """The CLIENT span of one call, attribute ``method``; no-op when tracing is off."""
+    with _span(method, trace.SpanKind.CLIENT, {"method": method}):
+        yield
+
+
+@contextmanager
+def _span(name: str, kind: "trace.SpanKind", attributes: Optional[Dict[str, Any]] = None) -> Iterator[None]:
     if not tracing_enabled():
         yield
         return
-    with _tracer.start_as_current_span(method, kind=trace.SpanKind.CLIENT, attributes={"method": method}):
+    with _tracer.start_as_current_span(name, kind=kind, attributes=attributes):
         yield
 
 

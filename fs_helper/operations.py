@@ -55,6 +55,11 @@ def os_error(exc: OSError) -> FsError:
     return FsError(INTERNAL_ERROR, message)
 
 
+def errno_error(number: int) -> FsError:
+    """The FsError for an errno the helper detects itself (EISDIR, ELOOP, EACCES...)."""
+    return os_error(OSError(number, os.strerror(number)))
+
+
 def native_path(params: Dict[str, Any], name: str = "path") -> str:
     try:
         return uri_to_path(params[name])
@@ -202,13 +207,13 @@ def write_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, An
     target = path
     if os.path.islink(path):
         if not follow:
-            raise os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP)))
+            raise errno_error(errno.ELOOP)
         target = os.path.realpath(path)
     # resolve the directory once: the check and the write use the same path
     target = os.path.join(os.path.realpath(os.path.dirname(target) or "."), os.path.basename(target))
     guard.check_write(target)
     if os.path.isdir(target):
-        raise os_error(OSError(errno.EISDIR, os.strerror(errno.EISDIR)))
+        raise errno_error(errno.EISDIR)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
@@ -400,7 +405,7 @@ def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
             shutil.copytree(source, destination, dirs_exist_ok=True, copy_function=_copy_file)
         else:
             if os.path.isdir(destination):
-                raise os_error(OSError(errno.EISDIR, os.strerror(errno.EISDIR)))
+                raise errno_error(errno.EISDIR)
             _copy_file(source, destination)
     except shutil.Error as exc:
         raise FsError(INTERNAL_ERROR, str(exc)) from None

@@ -16,7 +16,7 @@ import errno
 import os
 from typing import Iterable, List, Sequence, Tuple
 
-from .operations import Guard, os_error
+from .operations import Guard, errno_error
 
 #: What ``:minimal`` grants for reading on Linux: system binaries, libraries, devices.
 MINIMAL_READ_ROOTS = ("/bin", "/sbin", "/usr", "/lib", "/lib32", "/lib64", "/etc", "/dev", "/proc", "/sys")
@@ -60,7 +60,7 @@ class Policy(Guard):
 
     def check_read(self, path: str) -> None:
         if self.access_of(os.path.realpath(path)) == "none":
-            raise os_error(OSError(errno.EACCES, os.strerror(errno.EACCES)))
+            raise errno_error(errno.EACCES)
 
     def check_write(self, path: str) -> None:
         target = self.resolve_for_write(path)
@@ -69,9 +69,9 @@ class Policy(Guard):
             # the final component is a link: judge (and later use) its target too
             access = self.access_of(os.path.realpath(target))
         if access == "read":
-            raise os_error(OSError(errno.EROFS, os.strerror(errno.EROFS)))
+            raise errno_error(errno.EROFS)
         if access != "write":
-            raise os_error(OSError(errno.EACCES, os.strerror(errno.EACCES)))
+            raise errno_error(errno.EACCES)
 
     def writable_roots(self) -> List[str]:
         return [root for root, access in self.entries if access == "write"]

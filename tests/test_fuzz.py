@@ -173,3 +173,35 @@ def test_live_fuzz_leaves_the_server_serving(configured_server, caplog):
         threading.excepthook = previous_hook
     assert failures == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class _NotInlined(SchemaSet):
+    def _inline(self, schema, name):
+        return schema
+
+
+NOT_INLINED = _NotInlined(SCHEMAS._schemas)
+VALID_PARAMS = {
+    "process/start": {"processId": "p", "argv": ["true"], "cwd": "file:///tmp", "env": {"PATH": "/bin"},
+                      "tty": False, "pipeStdin": False, "arg0": None},
+    "fs/writeFile": {"path": "file:///tmp/x", "dataBase64": "", "sandbox": None},
+    "process/read": {"processId": "p", "afterSeq": 0, "maxBytes": 10, "waitMs": 0},
+}
+
+
+def _outcome(schemas, method, params):
+    try:
+        schemas.validate_params(method, params)
+    except InvalidParams as error:
+        return error.message, error.data
+    return None
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID_PARAMS)), st.data(), JSON, JSON)
+def test_inlined_schemas_give_the_same_errors(method, data, value, whole):
+    """Validation on the inlined schemas is exact: same acceptance, same message and path."""
+    key = data.draw(st.sampled_from(sorted(VALID_PARAMS[method]) + ["unknownMember"]))
+    mutated = dict(VALID_PARAMS[method], **{key: value})
+    for params in (mutated, whole, VALID_PARAMS[method]):
+        assert _outcome(SCHEMAS, method, params) == _outcome(NOT_INLINED, method, params)
