@@ -33,7 +33,8 @@ from .validation import SchemaSet
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str], None]
+#: A transport's send: writes each given message whole, in order, in one go.
+Send = Callable[..., None]
 
 #: Methods that never block for long (besides ``process/read`` without
 #: ``waitMs``): they run on the connection's reader thread, saving two thread
@@ -110,17 +111,17 @@ class RpcConnection:
                                         thread_name_prefix="exec-server-request")
 
     # -------------------------------------------------------------- sending
-    def _write(self, text: str) -> None:
+    def _write(self, *texts: str) -> None:
         if self.closed:
             return
         try:
-            self._send(text)
+            self._send(*texts)
         except (OSError, ConnectionError) as exc:
             log.debug("send failed: %s", exc)
 
-    def notify(self, text: str) -> None:
-        """Session sink: send a notification text if the connection is open."""
-        self._write(text)
+    def notify(self, *texts: str) -> None:
+        """Session sink: send notification texts, in order, if the connection is open."""
+        self._write(*texts)
 
     # ------------------------------------------------------------ receiving
     def receive(self, text) -> None:

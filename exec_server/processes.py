@@ -3,7 +3,7 @@
 One :class:`ManagedProcess` per ``process/start``.  Output, exited and closed
 events share one sequence starting at 1 (PROTOCOL.md 5.3).  Output is retained
 within the limits of PROTOCOL.md section 6 and every event is handed to a
-``notify(text)`` callable in seq order; the session decides whether a
+``notify(*texts)`` callable in seq order; the session decides whether a
 connection receives it.  Output is drained whether or not anybody reads it,
 and an exit is reported the moment it happens.
 
@@ -50,7 +50,8 @@ SANDBOX_DENIAL_MARKERS = (
     "seccomp", "sandbox", "landlock", "failed to write file",
 )
 
-Notify = Callable[[str], None]
+#: Takes notification texts and sends them in order, in one write.
+Notify = Callable[..., None]
 
 #: Threads that run pidfd watchers, reused across processes.
 WATCHERS = ReusableThreads("process-watch")
@@ -331,9 +332,9 @@ class ManagedProcess:
         while chunks and (self._retained_bytes > limit_bytes or len(chunks) > limit_chunks):
             self._retained_bytes -= chunks.popleft()[3]
 
-    def _send(self, text: str) -> None:
+    def _send(self, *texts: str) -> None:
         try:
-            self._notify(text)
+            self._notify(*texts)
         except Exception:  # a sink must not kill a reader thread
             log.exception("notification of process %r failed", self.process_id)
 
@@ -374,21 +375,23 @@ class ManagedProcess:
                 denied = self._sandbox_denied_locked()
                 close_now = self._open_streams == 0
                 self._changed.notify_all()
-            self._send(dumps({"method": "process/exited", "params": {
-                "processId": self.process_id, "seq": seq, "exitCode": exit_code, "sandboxDenied": denied}}))
+            exited = dumps({"method": "process/exited", "params": {
+                "processId": self.process_id, "seq": seq, "exitCode": exit_code, "sandboxDenied": denied}})
             if close_now:
-                self._publish_closed()
+                self._publish_closed(exited)  # both in one write
+            else:
+                self._send(exited)
         self._stop_stdin()
 
-    def _publish_closed(self) -> None:
-        """Publish ``closed`` (caller holds the publish lock)."""
+    def _publish_closed(self, *before: str) -> None:
+        """Publish ``closed`` after ``before`` texts, in one write (caller holds the publish lock)."""
         with self._changed:
             seq = self._next_seq
             self._next_seq += 1
             self._closed = True
             self.closed_at = time.monotonic()
             self._changed.notify_all()
-        self._send(dumps({"method": "process/closed", "params": {"processId": self.process_id, "seq": seq}}))
+        self._send(*before, dumps({"method": "process/closed", "params": {"processId": self.process_id, "seq": seq}}))
         result = self.result_label()
         telemetry.processes_active.add(-1)
         telemetry.processes_finished.add(1, {"result": result})

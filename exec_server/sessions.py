@@ -27,7 +27,8 @@ from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[str], None]
+#: A connection's notify: sends the given texts in order, in one write.
+Sink = Callable[..., None]
 
 TAKEN_OVER = "session has been resumed by another connection"
 
@@ -85,12 +86,12 @@ class Session:
         with self._lock:
             return self._owner is owner
 
-    def notify(self, text: str) -> None:
-        """Send a notification to the attached connection; dropped when detached."""
+    def notify(self, *texts: str) -> None:
+        """Send notifications to the attached connection, in one write; dropped when detached."""
         with self._lock:
             sink = self._sink
         if sink is not None:
-            sink(text)
+            sink(*texts)
 
     # ------------------------------------------------------------- processes
     def reserve(self, process_id: str) -> None:

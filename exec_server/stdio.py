@@ -47,9 +47,9 @@ class StdioConnection:
         self._done = threading.Event()
         self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX, "stdio")
 
-    def send_text(self, text: str) -> None:
-        """Write one message as one line (thread-safe)."""
-        data = text.encode("utf-8") + b"\n"
+    def send_text(self, *texts: str) -> None:
+        """Write each message as one line, all in one write (thread-safe)."""
+        data = "".join(text + "\n" for text in texts).encode("utf-8")
         with self._send_lock:
             self._writer.write(data)
             self._writer.flush()

@@ -178,14 +178,19 @@ class WebSocketConnection:
             data = self._protocol.send(event)
             self._sock.sendall(data)
 
-    def send_text(self, text: str) -> None:
-        """Send one JSON-RPC message as one text frame.
+    def send_text(self, *texts: str) -> None:
+        """Send each JSON-RPC message as one text frame, all in one write.
 
         Raises:
             ConnectionError: the connection is closing or closed.
         """
         try:
-            self._send_event(Message(data=text))
+            with self._send_lock:
+                if len(texts) == 1:
+                    data = self._protocol.send(Message(data=texts[0]))
+                else:
+                    data = b"".join(self._protocol.send(Message(data=text)) for text in texts)
+                self._sock.sendall(data)
         except LocalProtocolError:
             raise ConnectionResetError("websocket is closed") from None
 

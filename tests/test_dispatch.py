@@ -18,7 +18,7 @@ def pair():
     registry = SessionRegistry(ServerConfig())
     dispatcher = Dispatcher(registry)
     sent = []
-    connection = dispatcher.open_connection(sent.append, "prefix: ")
+    connection = dispatcher.open_connection(lambda *texts: sent.extend(texts), "prefix: ")
     yield dispatcher, connection, sent
     connection.close()
     registry.close_all()

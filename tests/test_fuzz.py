@@ -64,7 +64,7 @@ def memory_connection():
                                       optional={"params": JSON}), max_size=6))
 def test_dispatcher_replies_are_well_formed(memory_connection, messages):
     sent = []
-    connection = memory_connection.open_connection(sent.append, "fuzz: ")
+    connection = memory_connection.open_connection(lambda *texts: sent.extend(texts), "fuzz: ")
     try:
         connection.receive('{"id":0,"method":"initialize","params":{"clientName":"fuzz"}}')
         connection.receive('{"method":"initialized"}')

@@ -83,7 +83,7 @@ def test_spawn_uses_a_new_process_group(monkeypatch):
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
     monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
     process = processes.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
-                                             ServerConfig(), lambda text: None, lambda p: None)
+                                             ServerConfig(), lambda *texts: None, lambda p: None)
     assert process.pid == 31337
     assert seen["kwargs"]["creationflags"] == process_tree.CREATE_NEW_PROCESS_GROUP == 0x00000200
     assert "start_new_session" not in seen["kwargs"]
