@@ -107,8 +107,7 @@ class RpcConnection:
         self._admitted = 0  # pooled requests running or queued
         self._admission_limit = config.concurrent_requests + config.max_queued_requests
         self._serial = config.concurrent_requests == 1
-        self._pool = ThreadPoolExecutor(max_workers=config.concurrent_requests,
-                                        thread_name_prefix="exec-server-request")
+        self._pool: Optional[ThreadPoolExecutor] = None  # made by the first request that needs it
 
     # -------------------------------------------------------------- sending
     def _write(self, *texts: str) -> None:
@@ -193,6 +192,11 @@ class RpcConnection:
             self._complete(request, span, label, received, received, ServerOverloaded())
             return
         try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.dispatcher.config.concurrent_requests,
+                                                thread_name_prefix="exec-server-request")
+                if self.closed:  # close() ran meanwhile and saw no pool
+                    self._pool.shutdown(wait=False)
             self._pool.submit(self._run_and_release, request, handler, span, label, received)
         except RuntimeError:  # pool shut down: the connection is closing
             self._release()
@@ -300,5 +304,6 @@ class RpcConnection:
             session.wake_readers()
         self.file_handles.close_all()
         telemetry.connections_active.add(-1, {"transport": self.transport})
-        self._pool.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         self.dispatcher.forget(self)

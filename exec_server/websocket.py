@@ -64,6 +64,11 @@ def _plain(start_response, status: str, body: bytes = b"", headers=None):
     return [body]
 
 
+def _new_selector() -> selectors.BaseSelector:
+    """poll(2) where there is one: unlike epoll it needs no descriptor of its own."""
+    return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
+
+
 def _handshake_bytes(environ) -> bytes:
     """Rebuild the upgrade request's head so wsproto (h11) can parse it."""
     target = environ.get("RAW_URI") or environ.get("PATH_INFO") or "/"
@@ -227,7 +232,7 @@ class WebSocketConnection:
         parts: List[Union[str, bytes]] = []
         size = 0
         limit = self._config.max_message_bytes
-        with selectors.DefaultSelector() as selector:
+        with _new_selector() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
                 if next_ping is not None:
