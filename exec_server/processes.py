@@ -396,7 +396,9 @@ class ManagedProcess:
         telemetry.processes_active.add(-1)
         telemetry.processes_finished.add(1, {"result": result})
         telemetry.process_duration.record(self.closed_at - self.started_at, {"result": result})
-        log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._exit_code, result=result))
+        if log.isEnabledFor(logging.INFO):
+            log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._exit_code,
+                                                                  result=result))
         if self._pty_master is not None:
             try:
                 os.close(self._pty_master)
