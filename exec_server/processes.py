@@ -90,6 +90,20 @@ def _exit_code_from_returncode(returncode: int, tty: bool) -> int:
     return 1 if tty else 128 - returncode
 
 
+_null_input_fd: Optional[int] = None
+_null_input_lock = threading.Lock()
+
+
+def _null_input() -> int:
+    """A descriptor of the null device for children's stdin, opened once per server."""
+    global _null_input_fd
+    if _null_input_fd is None:
+        with _null_input_lock:
+            if _null_input_fd is None:
+                _null_input_fd = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    return _null_input_fd
+
+
 def _set_controlling_tty() -> None:  # runs in the child between fork and exec
     import fcntl
     import termios
@@ -177,7 +191,7 @@ class ManagedProcess:
                 master = None
                 popen = subprocess.Popen(
                     args, executable=executable, cwd=cwd, env=env,
-                    stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
+                    stdin=subprocess.PIPE if pipe_stdin else _null_input(),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     bufsize=0, close_fds=True, **cls._group_options(),
                 )
