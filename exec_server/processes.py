@@ -53,6 +53,11 @@ SANDBOX_DENIAL_MARKERS = (
 #: Takes notification texts and sends them in order, in one write.
 Notify = Callable[..., None]
 
+#: Most notifications a pidfd watcher gathers from events that are ready
+#: together before it writes them (e.g. a short process's output, exited
+#: and closed go out in one write).
+BATCH_MESSAGES = 4
+
 #: Threads that run pidfd watchers, reused across processes.
 WATCHERS = ReusableThreads("process-watch")
 
@@ -149,6 +154,7 @@ class ManagedProcess:
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
         self._threads: List[threading.Thread] = []
         self._watch_done: Optional[threading.Event] = None  # set when the pidfd watcher ends
+        self._batch: Optional[List[str]] = None  # texts the pidfd watcher publishes in one write
         telemetry.processes_active.add(1)
 
     # ------------------------------------------------------------------ spawn
@@ -275,21 +281,32 @@ class ManagedProcess:
                 timeout_ms = None
                 if exit_code is not None and not self._exited_sent:  # output pending: wait for EOF briefly
                     timeout_ms = max(0, int((grace_ends - time.monotonic()) * 1000) + 1)
-                for fd, _mask in poller.poll(timeout_ms):
-                    if fd == pidfd:
-                        poller.unregister(pidfd)
-                        exit_code = self._reap()
-                        grace_ends = time.monotonic() + self._config.exit_output_grace
-                        continue
-                    data = self._read_stream(fd, streams[fd], size)
-                    if data:
-                        self._publish_output(streams[fd], data)
-                        continue
-                    poller.unregister(fd)
-                    self._finish_stream(fd, streams.pop(fd))
-                if exit_code is not None and not self._exited_sent and (
-                        not streams or time.monotonic() >= grace_ends):
-                    self._publish_exited(exit_code)
+                ready = poller.poll(timeout_ms)
+                self._batch = []
+                try:
+                    while True:
+                        for fd, _mask in ready:
+                            if fd == pidfd:
+                                poller.unregister(pidfd)
+                                exit_code = self._reap()
+                                grace_ends = time.monotonic() + self._config.exit_output_grace
+                                continue
+                            data = self._read_stream(fd, streams[fd], size)
+                            if data:
+                                self._publish_output(streams[fd], data)
+                                continue
+                            poller.unregister(fd)
+                            self._finish_stream(fd, streams.pop(fd))
+                        if exit_code is not None and not self._exited_sent and (
+                                not streams or time.monotonic() >= grace_ends):
+                            self._publish_exited(exit_code)
+                        if not ready or len(self._batch) >= BATCH_MESSAGES or not (streams or exit_code is None):
+                            break
+                        ready = poller.poll(0)  # what is ready by now goes out in the same write
+                finally:
+                    batch, self._batch = self._batch, None
+                    if batch:
+                        self._deliver(*batch)
         finally:
             os.close(pidfd)
             for fd, stream in streams.items():
@@ -347,6 +364,12 @@ class ManagedProcess:
             self._retained_bytes -= chunks.popleft()[3]
 
     def _send(self, *texts: str) -> None:
+        if self._batch is not None:  # the pidfd watcher sends them at the end of its poll round
+            self._batch.extend(texts)
+            return
+        self._deliver(*texts)
+
+    def _deliver(self, *texts: str) -> None:
         try:
             self._notify(*texts)
         except Exception:  # a sink must not kill a reader thread
