@@ -236,7 +236,13 @@ def encode_read_result(result: Dict[str, Any]) -> RawJson:
     """
     chunks = ",".join('{"seq":%d,"stream":"%s","chunk":"%s"}' % (c["seq"], c["stream"], c["chunk"])
                       for c in result["chunks"])
+    exit_code = result["exitCode"]
     return RawJson('{"chunks":[%s],"nextSeq":%d,"exited":%s,"exitCode":%s,"closed":%s,"failure":%s,'
                    '"sandboxDenied":%s}' % (
-                       chunks, result["nextSeq"], dumps(result["exited"]), dumps(result["exitCode"]),
-                       dumps(result["closed"]), dumps(result["failure"]), dumps(result["sandboxDenied"])))
+                       chunks, result["nextSeq"], _LITERALS[result["exited"]],
+                       "null" if exit_code is None else "%d" % exit_code, _LITERALS[result["closed"]],
+                       dumps(result["failure"]), _LITERALS[result["sandboxDenied"]]))
+
+
+#: JSON text of the booleans in a ``process/read`` result.
+_LITERALS = {True: "true", False: "false"}
