@@ -1,4 +1,4 @@
-"""Benchmark (not a test): spawn round trip and 64 MiB streaming, ours and the reference.
+"""Benchmark (not a test): the six headline figures, ours and the reference.
 
     python benchmarks/bench.py [--reference PATH] [--rounds 3] [--out results.json]
 
@@ -11,7 +11,15 @@ reports per server:
   start response, ``process/exited`` and ``process/closed`` have all arrived;
 - ``stream_64mib_mibps``: ``head -c 64MiB /dev/zero``, 64 MiB divided by the
   time from start sent to ``closed`` received (every byte counted, seqs
-  checked gapless).
+  checked gapless);
+- ``fanout_procs_per_s``: 8 connections on 8 threads each start 25 ``echo``
+  processes at once; 200 divided by the time until every one has closed
+  with the right output;
+- ``rss_idle_mib`` / ``rss_stream_peak_mib``: the server's RSS (psutil)
+  before the runs and its peak while streaming (sampled every 10 ms);
+- ``catchup_mibps``: after ``head -c 4MiB /dev/zero`` closed, its retained
+  output (1 MiB) read back from ``afterSeq`` 0 with ``maxBytes`` 65536 per
+  ``process/read``, bytes read divided by the time the reads took.
 
 Medians over ``--rounds`` runs alternate between the servers.  The reference
 is found with ``--reference``, ``EXEC_SERVER_REFERENCE`` or
@@ -28,7 +36,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+import psutil
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
@@ -165,6 +176,97 @@ def measure_stream(url: str, tag: str) -> float:
     return STREAM_BYTES / (1024 * 1024) / elapsed
 
 
+def measure_fanout(url: str, tag: str, connections: int = 8, per_connection: int = 25) -> float:
+    clients = []
+    for _ in range(connections):
+        client = RawClient(url)
+        client.initialize()
+        clients.append(client)
+    barrier = threading.Barrier(connections + 1)
+    failures = []
+
+    def work(index: int, client: RawClient) -> None:
+        barrier.wait(30)
+        expected = {}
+        for j in range(per_connection):
+            process_id = "fan-%s-%d-%d" % (tag, index, j)
+            expected[process_id] = ("fan %d %d\n" % (index, j)).encode()
+            client.send({"id": j + 1, "method": "process/start",
+                         "params": start_params(process_id, ["echo", "fan", str(index), str(j)])})
+        output = {process_id: b"" for process_id in expected}
+        open_ids = set(expected)
+        for message in client.messages():
+            params = message.get("params") or {}
+            if message.get("method") == "process/output":
+                output[params["processId"]] += base64.b64decode(params["chunk"])
+            elif message.get("method") == "process/closed":
+                open_ids.discard(params["processId"])
+                if not open_ids:
+                    break
+        if output != expected:
+            failures.append(index)
+
+    threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait(30)
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(60)
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    if failures or any(thread.is_alive() for thread in threads):
+        raise RuntimeError("fan-out incomplete on connections %s" % failures)
+    return connections * per_connection / elapsed
+
+
+def measure_catchup(url: str, tag: str, size: int = 4 * 1024 * 1024, max_bytes: int = 65536) -> float:
+    client = RawClient(url)
+    client.initialize()
+    process_id = "catchup-" + tag
+    client.send({"id": 1, "method": "process/start",
+                 "params": start_params(process_id, ["head", "-c", str(size), "/dev/zero"])})
+    for message in client.messages():
+        if message.get("method") == "process/closed" and message["params"]["processId"] == process_id:
+            break
+    after, total = 0, 0
+    started = time.perf_counter()
+    while True:
+        result = client.call("process/read", {"processId": process_id, "afterSeq": after,
+                                              "maxBytes": max_bytes, "waitMs": 0})["result"]
+        if not result["chunks"]:
+            break
+        total += sum(len(base64.b64decode(chunk["chunk"])) for chunk in result["chunks"])
+        after = result["nextSeq"] - 1
+    elapsed = time.perf_counter() - started
+    client.close()
+    return total / (1024 * 1024) / elapsed
+
+
+class PeakRss:
+    """Samples a process's RSS every 10 ms while the block runs; ``peak_mib`` after."""
+
+    def __init__(self, pid: int):
+        self._process = psutil.Process(pid)
+        self._stop = threading.Event()
+        self.peak_mib = 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, self._process.memory_info().rss / 2 ** 20)
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def find_reference(explicit):
     if explicit:
         return explicit
@@ -179,12 +281,18 @@ def find_reference(explicit):
 
 
 def run_once(name, command, env, spawn_count):
-    with running_server(command=command, env=env) as (_process, url):
+    with running_server(command=command, env=env) as (process, url):
+        time.sleep(0.5)
+        rss_idle = psutil.Process(process.pid).memory_info().rss / 2 ** 20
         connect = measure_connect(url)
         spawn_p50, spawn_p95 = measure_spawn(url, spawn_count, name)
-        stream = measure_stream(url, name)
+        with PeakRss(process.pid) as rss:
+            stream = measure_stream(url, name)
+        fanout = statistics.median(measure_fanout(url, "%s-%d" % (name, rep)) for rep in range(3))
+        catchup = statistics.median(measure_catchup(url, "%s-%d" % (name, rep)) for rep in range(5))
     return {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
-            "stream_64mib_mibps": stream}
+            "stream_64mib_mibps": stream, "fanout_procs_per_s": fanout, "rss_idle_mib": rss_idle,
+            "rss_stream_peak_mib": rss.peak_mib, "catchup_mibps": catchup}
 
 
 def main() -> int:
@@ -209,9 +317,11 @@ def main() -> int:
     with open(args.out, "w") as handle:
         json.dump({"summary": summary, "runs": runs}, handle, indent=2)
     metrics = list(next(iter(summary.values())))
-    print("%-22s" % "metric" + "".join("%14s" % name for name in summary))
+    both = "reference" in summary and "ours" in summary
+    print("%-22s" % "metric" + "".join("%14s" % name for name in summary) + ("%14s" % "ours/ref" if both else ""))
     for metric in metrics:
-        print("%-22s" % metric + "".join("%14.2f" % summary[name][metric] for name in summary))
+        ratio = "%14.3f" % (summary["ours"][metric] / summary["reference"][metric]) if both else ""
+        print("%-22s" % metric + "".join("%14.2f" % summary[name][metric] for name in summary) + ratio)
     print("(medians of %d rounds; JSON in %s)" % (args.rounds, args.out))
     return 0
 

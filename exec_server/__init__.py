@@ -1,18 +1,37 @@
 """exec-server: a JSON-RPC remote-execution server and blocking client.
 
 Wire-compatible with the Codex ``codex exec-server`` protocol.  The client API
-is :class:`Client`; :func:`make_server` starts a server.
+is :class:`Client`; :func:`make_server` starts a server.  The names below are
+imported on first use, so a server process never loads the client side and a
+client never loads the server (start-up time of ``exec-server --listen stdio``
+matters to ``Client.spawn``).
 """
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .client import Client, ReconnectPolicy, RequestOutcomeUnknown  # noqa: E402
-from .remote_process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess,  # noqa: E402
-                             StdinClosedError)
-from .errors import ExecServerDisconnected, ExecServerError, RpcError  # noqa: E402
-from .server import ExecServer, make_server  # noqa: E402
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Client": "client", "ReconnectPolicy": "client", "RequestOutcomeUnknown": "client",
+    "RemoteProcess": "remote_process", "OutputEvent": "remote_process", "ExitedEvent": "remote_process",
+    "ClosedEvent": "remote_process", "ProcessOutputGap": "remote_process", "StdinClosedError": "remote_process",
+    "ExecServerDisconnected": "errors", "ExecServerError": "errors", "RpcError": "errors",
+    "ExecServer": "server", "make_server": "server",
+}
 
-__all__ = [
-    "__version__", "Client", "RemoteProcess", "OutputEvent", "ExitedEvent", "ClosedEvent",
-    "StdinClosedError", "ProcessOutputGap", "ReconnectPolicy", "RequestOutcomeUnknown", "ExecServerDisconnected", "ExecServerError", "RpcError", "ExecServer", "make_server",
-]
+__all__ = ["__version__"] + sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module("." + module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -16,13 +16,18 @@ import shlex
 import signal
 import sys
 import threading
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from . import __version__
-from .client import Client, ClosedEvent, ExitedEvent, OutputEvent, ReconnectPolicy
 from .config import ServerConfig
 from .errors import ExecServerDisconnected, RpcError
 from .server import is_loopback, make_server, parse_listen_url
+
+if TYPE_CHECKING:  # the client side is imported only by the commands that use it
+    from .client import Client
+
+#: ``run --reconnect-deadline`` default, seconds (``ReconnectPolicy.deadline``).
+RECONNECT_DEADLINE = 25.0
 
 log = logging.getLogger("exec_server")
 
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forward local stdin to the command (always on with --tty)")
     run.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                      help="connect timeout (default %(default)s)")
-    run.add_argument("--reconnect-deadline", type=float, default=ReconnectPolicy().deadline, metavar="SECONDS",
+    run.add_argument("--reconnect-deadline", type=float, default=RECONNECT_DEADLINE, metavar="SECONDS",
                      help="how long to try to resume the session after the connection drops; 0 disables "
                           "(default %(default)s)")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def copy_files(args: argparse.Namespace) -> int:
+    from .client import Client
     from .copy_command import copy
 
     if bool(args.url) == bool(args.via):
@@ -272,6 +278,7 @@ def _forward_stdin(process) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from .client import Client, ReconnectPolicy
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -310,7 +317,8 @@ def run_command(args: argparse.Namespace) -> int:
             server.shutdown()
 
 
-def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
+def _stream(client: "Client", argv: List[str], env: dict, args: argparse.Namespace) -> int:
+    from .remote_process import ClosedEvent, ExitedEvent, OutputEvent
     forward = args.stdin or (args.tty and sys.stdin is not None and os.isatty(sys.stdin.fileno()))
     process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env,
                            tty=args.tty, stdin=bool(forward))

@@ -14,7 +14,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 from werkzeug.serving import WSGIRequestHandler
 from wsproto import ConnectionType, WSConnection
@@ -69,14 +69,10 @@ def _new_selector() -> selectors.BaseSelector:
     return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
 
 
-def _handshake_bytes(environ) -> bytes:
-    """Rebuild the upgrade request's head so wsproto (h11) can parse it."""
-    target = environ.get("RAW_URI") or environ.get("PATH_INFO") or "/"
-    lines = ["%s %s HTTP/1.1" % (environ.get("REQUEST_METHOD", "GET"), target)]
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            lines.append("%s: %s" % (key[5:].replace("_", "-").title(), value))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
+    """The upgrade request's headers from the WSGI environ, for wsproto."""
+    return [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+            for key, value in environ.items() if key.startswith("HTTP_")]
 
 
 class WebSocketApp:
@@ -121,7 +117,9 @@ class WebSocketApp:
             return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
         protocol = WSConnection(ConnectionType.SERVER)
         try:
-            protocol.receive_data(_handshake_bytes(environ))
+            # werkzeug has parsed the request: hand wsproto its headers, no second parse
+            protocol.initiate_upgrade_connection(_request_headers(environ),
+                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
             event = next(protocol.events(), None)
         except RemoteProtocolError as exc:
             return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
