@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import jsonschema
 import referencing
+import referencing.exceptions
 from jsonschema.validators import validator_for
 
 from .errors import InvalidParams
@@ -109,7 +110,10 @@ class SchemaSet:
         assertions) is used as it is.
         """
         resolver = self._registry.resolver(schema.get("$id", _URN + name))
-        inlined = _inline_refs(schema, resolver, 0)
+        try:
+            inlined = _inline_refs(schema, resolver, 0)
+        except referencing.exceptions.Unresolvable:  # jsonschema will report it when validating
+            return schema
         return schema if _has_ref(inlined) else inlined
 
     def _checkin(self, name: str, validator) -> None:
