@@ -259,3 +259,33 @@ def test_malloc_tuning_applies_on_glibc_and_honours_opt_outs(monkeypatch):
     assert allocator.tune_for_server() is False
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     assert allocator.tune_for_server() is True
+
+
+# -------------------------------------------------------------- thread_reuse
+def test_reusable_threads_reuse_an_idle_thread_and_exit_when_idle():
+    import threading
+
+    from conftest import wait_until
+    from exec_server.thread_reuse import ReusableThreads
+
+    threads = ReusableThreads("unit-reuse", idle_seconds=0.3)
+    ran = []
+    done = threading.Event()
+
+    def job(tag):
+        ran.append((tag, threading.get_ident()))
+        done.set()
+
+    threads.run(job, "first")
+    assert done.wait(5)
+    wait_until(lambda: threads._idle == 1)  # the thread waits for another job
+    done.clear()
+    threads.run(job, "second")
+    assert done.wait(5)
+    assert [tag for tag, _ in ran] == ["first", "second"]
+    assert ran[0][1] == ran[1][1]  # the same thread ran both
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "unit-reuse"])  # gone when idle
+    threads.run(lambda: 1 / 0)  # a failing job is logged, never kills the next one
+    done.clear()
+    threads.run(job, "third")
+    assert done.wait(5)
