@@ -13,12 +13,13 @@ import threading
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
-from werkzeug.serving import make_server as make_wsgi_server
+from werkzeug.serving import ThreadedWSGIServer
 
 from .config import ServerConfig
 from .dispatch import Dispatcher
 from .fs_client import stop_all_helpers
 from .sessions import SessionRegistry
+from .thread_reuse import ReusableThreads
 from .websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _ConnectionThreadsServer(ThreadedWSGIServer):
+    """werkzeug's threaded server whose connection threads are reused.
+
+    Each connection still has a thread of its own while it lasts; a thread
+    whose connection ended takes the next one instead of a new thread being
+    started (:mod:`exec_server.thread_reuse`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._connection_threads = ReusableThreads("exec-server-connection")
+
+    def process_request(self, request, client_address) -> None:
+        self._connection_threads.run(self.process_request_thread, request, client_address)
+
+
 class ExecServer:
     """A listening exec-server.  ``url`` is the bound ``ws://host:port``."""
 
@@ -62,7 +79,7 @@ class ExecServer:
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
         self.app = WebSocketApp(self.dispatcher, self.config, auth.check if auth is not None else None)
-        self._wsgi = make_wsgi_server(host, port, self.app, threaded=True, request_handler=RequestHandler)
+        self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler)
         self.host = host
         self.port = self._wsgi.port
         self._thread: Optional[threading.Thread] = None
