@@ -26,8 +26,8 @@ from .server import is_loopback, make_server, parse_listen_url
 if TYPE_CHECKING:  # the client side is imported only by the commands that use it
     from .client import Client
 
-#: ``run --reconnect-deadline`` default, seconds (``ReconnectPolicy.deadline``).
-RECONNECT_DEADLINE = 25.0
+#: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
+STDIO_LISTEN = ("stdio", "stdio://")
 
 log = logging.getLogger("exec_server")
 
@@ -117,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forward local stdin to the command (always on with --tty)")
     run.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                      help="connect timeout (default %(default)s)")
-    run.add_argument("--reconnect-deadline", type=float, default=RECONNECT_DEADLINE, metavar="SECONDS",
+    run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
                      help="how long to try to resume the session after the connection drops; 0 disables "
-                          "(default %(default)s)")
+                          "(default: the client's ReconnectPolicy deadline)")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
     cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
                              description="Copy a file; a leading ':' marks the remote side, as in scp.")
@@ -213,7 +213,7 @@ def serve(args: argparse.Namespace) -> int:
     from .allocator import tune_for_server
 
     tune_for_server()
-    if args.listen in ("stdio", "stdio://"):
+    if args.listen in STDIO_LISTEN:
         from .stdio import serve_stdio
 
         return serve_stdio(config_from_options(args))
@@ -301,7 +301,8 @@ def run_command(args: argparse.Namespace) -> int:
         if args.via is not None:
             client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-run")
         else:
-            policy = ReconnectPolicy(deadline=args.reconnect_deadline) if args.reconnect_deadline > 0 else None
+            deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
+            policy = ReconnectPolicy(deadline=deadline) if deadline > 0 else None
             client = Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy,
                                     headers=_client_headers(args))
         with client:

@@ -46,7 +46,7 @@ def parse_server_arguments(server_arguments: List[str]):
     """
     import argparse
 
-    from .cli import build_parser, listen_options
+    from .cli import STDIO_LISTEN, build_parser, listen_options
 
     parser = build_parser()
     parser.exit_on_error = False  # Python 3.9+: malformed values raise ArgumentError
@@ -56,7 +56,7 @@ def parse_server_arguments(server_arguments: List[str]):
         raise ValueError(str(exc)) from None
     if unknown or options.command is not None:
         raise ValueError("not a server option: %s" % " ".join(unknown or [options.command]))
-    if options.listen in ("stdio", "stdio://"):
+    if options.listen in STDIO_LISTEN:
         raise ValueError("a service cannot listen on stdio; give --listen ws://IP:PORT")
     return options, listen_options(options)
 
