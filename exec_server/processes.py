@@ -296,7 +296,7 @@ class ManagedProcess:
                                 self._publish_output(streams[fd], data)
                                 continue
                             poller.unregister(fd)
-                            self._finish_stream(fd, streams.pop(fd))
+                            self._finish_stream(streams.pop(fd))
                         if exit_code is not None and not self._exited_sent and (
                                 not streams or time.monotonic() >= grace_ends):
                             self._publish_exited(exit_code)
@@ -309,8 +309,8 @@ class ManagedProcess:
                         self._deliver(*batch)
         finally:
             os.close(pidfd)
-            for fd, stream in streams.items():
-                self._finish_stream(fd, stream)
+            for stream in streams.values():
+                self._finish_stream(stream)
             self._watch_done.set()  # type: ignore[union-attr]
 
     def _pump(self, fd: int, stream: str) -> None:
@@ -323,7 +323,7 @@ class ManagedProcess:
                     break
                 self._publish_output(stream, data)
         finally:
-            self._finish_stream(fd, stream)
+            self._finish_stream(stream)
 
     def _read_stream(self, fd: int, stream: str, size: int) -> bytes:
         """Up to ``size`` bytes, or b"" at EOF (EIO: the PTY's last slave closed)."""
@@ -337,7 +337,7 @@ class ManagedProcess:
                     log.debug("read from %s of %s failed: %s", stream, self.pid, exc)
                 return b""
 
-    def _finish_stream(self, fd: int, stream: str) -> None:
+    def _finish_stream(self, stream: str) -> None:
         if stream == "stdout":
             self._popen.stdout.close()  # type: ignore[union-attr]
         elif stream == "stderr":
@@ -412,23 +412,21 @@ class ManagedProcess:
                 denied = self._sandbox_denied_locked()
                 close_now = self._open_streams == 0
                 self._changed.notify_all()
-            exited = dumps({"method": "process/exited", "params": {
-                "processId": self.process_id, "seq": seq, "exitCode": exit_code, "sandboxDenied": denied}})
+            self._send(dumps({"method": "process/exited", "params": {
+                "processId": self.process_id, "seq": seq, "exitCode": exit_code, "sandboxDenied": denied}}))
             if close_now:
-                self._publish_closed(exited)  # both in one write
-            else:
-                self._send(exited)
+                self._publish_closed()
         self._stop_stdin()
 
-    def _publish_closed(self, *before: str) -> None:
-        """Publish ``closed`` after ``before`` texts, in one write (caller holds the publish lock)."""
+    def _publish_closed(self) -> None:
+        """Publish ``closed`` (caller holds the publish lock)."""
         with self._changed:
             seq = self._next_seq
             self._next_seq += 1
             self._closed = True
             self.closed_at = time.monotonic()
             self._changed.notify_all()
-        self._send(*before, dumps({"method": "process/closed", "params": {"processId": self.process_id, "seq": seq}}))
+        self._send(dumps({"method": "process/closed", "params": {"processId": self.process_id, "seq": seq}}))
         result = self.result_label()
         telemetry.processes_active.add(-1)
         telemetry.processes_finished.add(1, {"result": result})
