@@ -11,7 +11,7 @@ strings, echoed with their JSON type; a malformed envelope is reported as
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from .errors import RpcError
 
@@ -173,8 +173,21 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     raise EnvelopeError("missing field `error`")
 
 
-class RawJson(str):
-    """Already-encoded JSON text, inserted as is by :func:`encode` (a hot-path result)."""
+class RawJson:
+    """Already-encoded JSON text in pieces, joined into the message by :func:`encode`.
+
+    A hot-path result (a ``process/read`` of 64 KiB chunks) reaches the wire
+    with one copy of its base64 text rather than one per nesting level.
+    ``str(raw)`` is the JSON text.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: List[str]):
+        self.parts = parts
+
+    def __str__(self) -> str:
+        return "".join(self.parts)
 
 
 def dumps(value: Any) -> str:
@@ -189,8 +202,10 @@ def encode(message: Message) -> str:
     member is written (PROTOCOL.md 2.1).
     """
     if isinstance(message, Response):
-        result = message.result if isinstance(message.result, RawJson) else dumps(message.result)
-        return '{"id":%s,"result":%s}' % (dumps(message.id), result)
+        head = '{"id":%s,"result":' % dumps(message.id)
+        if isinstance(message.result, RawJson):
+            return "".join([head, *message.result.parts, "}"])
+        return "".join((head, dumps(message.result), "}"))
     if isinstance(message, ErrorResponse):
         return '{"error":%s,"id":%s}' % (dumps(message.error), dumps(message.id))
     body: Dict[str, Any] = {}
@@ -232,16 +247,21 @@ def encode_read_result(result: Dict[str, Any]) -> RawJson:
     """A ``process/read`` result as JSON text without re-escaping base64 chunks.
 
     ``chunks`` hold base64 text (needs no escaping) and ``stream`` is one of
-    ``stdout``, ``stderr``, ``pty``; equal to ``dumps(result)``.
+    ``stdout``, ``stderr``, ``pty``; ``str()`` of the return value equals
+    ``dumps(result)``.
     """
-    chunks = ",".join('{"seq":%d,"stream":"%s","chunk":"%s"}' % (c["seq"], c["stream"], c["chunk"])
-                      for c in result["chunks"])
+    parts = ['{"chunks":[']
+    separator = '{"seq":%d,"stream":"%s","chunk":"'
+    for chunk in result["chunks"]:
+        parts.append(separator % (chunk["seq"], chunk["stream"]))
+        parts.append(chunk["chunk"])
+        parts.append('"}')
+        separator = ',{"seq":%d,"stream":"%s","chunk":"'
     exit_code = result["exitCode"]
-    return RawJson('{"chunks":[%s],"nextSeq":%d,"exited":%s,"exitCode":%s,"closed":%s,"failure":%s,'
-                   '"sandboxDenied":%s}' % (
-                       chunks, result["nextSeq"], _LITERALS[result["exited"]],
-                       "null" if exit_code is None else "%d" % exit_code, _LITERALS[result["closed"]],
-                       dumps(result["failure"]), _LITERALS[result["sandboxDenied"]]))
+    parts.append('],"nextSeq":%d,"exited":%s,"exitCode":%s,"closed":%s,"failure":%s,"sandboxDenied":%s}' % (
+        result["nextSeq"], _LITERALS[result["exited"]], "null" if exit_code is None else "%d" % exit_code,
+        _LITERALS[result["closed"]], dumps(result["failure"]), _LITERALS[result["sandboxDenied"]]))
+    return RawJson(parts)
 
 
 #: JSON text of the booleans in a ``process/read`` result.

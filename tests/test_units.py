@@ -86,7 +86,7 @@ def test_output_fast_path_equals_encoder(process_id):
      "nextSeq": 5, "exited": True, "exitCode": -1, "closed": True, "failure": None, "sandboxDenied": True},
 ])
 def test_read_result_fast_path_equals_encoder(result):
-    assert jsonrpc.encode_read_result(result) == jsonrpc.dumps(result)
+    assert str(jsonrpc.encode_read_result(result)) == jsonrpc.dumps(result)
     assert jsonrpc.encode(jsonrpc.Response(7, jsonrpc.encode_read_result(result))) == \
         jsonrpc.encode(jsonrpc.Response(7, result))
 
