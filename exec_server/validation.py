@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import jsonschema
 import referencing
 import referencing.exceptions
-from jsonschema.validators import validator_for
+from jsonschema.validators import extend, validator_for
 
 from .errors import InvalidParams
 from .jsonrpc import serde_type_description
@@ -63,6 +63,8 @@ class SchemaSet:
         self._free_lock = threading.Lock()
         self._free: Dict[str, List[Any]] = {}
         self._inlined: Dict[str, dict] = {}
+        self._members = _MemberValidators()
+        self._reusing_class: Optional[type] = None
 
     @classmethod
     def load(cls, root: Optional[str] = None) -> "SchemaSet":
@@ -98,7 +100,16 @@ class SchemaSet:
         schema = self._inlined.get(name)
         if schema is None:
             schema = self._inlined[name] = self._inline(self._schemas[name], name)
-        return validator_for(schema)(schema, registry=self._registry)
+        return self._new_validator(schema)
+
+    def _new_validator(self, schema: dict):
+        """A validator for ``schema`` whose ``properties`` reuse member validators."""
+        cls = validator_for(schema)
+        if cls is not jsonschema.Draft202012Validator:  # the dialect of every schema file
+            return cls(schema, registry=self._registry)
+        if self._reusing_class is None:
+            self._reusing_class = extend(cls, {"properties": self._members.properties})
+        return self._members.adopt(self._reusing_class(schema, registry=self._registry))
 
     def _inline(self, schema: dict, name: str) -> dict:
         """``schema`` with each ``$ref`` replaced by what it points to, if that is exact.
@@ -150,6 +161,53 @@ class SchemaSet:
             validator.validate(instance)
         finally:
             self._checkin(name, validator)
+
+
+class _MemberValidators:
+    """jsonschema's ``properties`` keyword, reusing each member's validator.
+
+    jsonschema's ``descend`` builds a new validator for every member of every
+    instance it checks (~4 us each: half the time of validating
+    ``process/read`` params, 21 -> 10 us; ``process/start`` 36 -> 19 us).  A
+    validator of a :class:`SchemaSet` is used by one thread at a time, so the
+    validator of each member's subschema is built once, on first use, and
+    kept with it.  It is what ``descend`` would build (same subschema, same
+    resolver: a subschema without ``$id`` keeps its parent's), and its
+    errors get the same ``path`` and ``schema_path``.  Validators made by
+    other keywords, and subschemas with ``$id``, take jsonschema's own path.
+    """
+
+    def __init__(self):
+        self._members: Dict[int, Dict[str, Any]] = {}  # id(adopted validator) -> member validators
+        self._adopted: List[Any] = []  # keeps every adopted validator alive, so ids stay unique
+
+    def adopt(self, validator: Any) -> Any:
+        """Register ``validator`` (kept for good) for member reuse; returns it."""
+        self._adopted.append(validator)
+        self._members[id(validator)] = {}
+        return validator
+
+    def properties(self, validator: Any, properties: Dict[str, Any], instance: Any, schema: Any):
+        members = self._members.get(id(validator))
+        if members is None:
+            yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](
+                validator, properties, instance, schema)
+            return
+        if not validator.is_type(instance, "object"):
+            return
+        for name, subschema in properties.items():
+            if name not in instance:
+                continue
+            if not isinstance(subschema, dict) or "$id" in subschema:
+                yield from validator.descend(instance[name], subschema, path=name, schema_path=name)
+                continue
+            member = members.get(name)
+            if member is None:
+                member = members[name] = self.adopt(validator.evolve(schema=subschema))
+            for error in member.iter_errors(instance[name]):
+                error.path.appendleft(name)
+                error.schema_path.appendleft(name)
+                yield error
 
 
 #: Keywords that may stand beside a ``$ref`` without changing what it accepts.
