@@ -19,7 +19,11 @@ reports per server:
   before the runs and its peak while streaming (sampled every 10 ms);
 - ``catchup_mibps``: after ``head -c 4MiB /dev/zero`` closed, its retained
   output (1 MiB) read back from ``afterSeq`` 0 with ``maxBytes`` 65536 per
-  ``process/read``, bytes read divided by the time the reads took.
+  ``process/read``, bytes read divided by the time the reads took;
+- ``catchup_read_wall_us`` / ``catchup_read_server_cpu_us`` /
+  ``catchup_read_client_cpu_us``: per ``process/read`` of that loop (40 more
+  read-backs), its wall time and the CPU the server and this client spent;
+  the loop is serial, so wall ~ server CPU + client CPU.
 
 Medians over ``--rounds`` runs alternate between the servers.  The reference
 is found with ``--reference``, ``EXEC_SERVER_REFERENCE`` or
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Dict, Tuple
 
 import psutil
 
@@ -221,7 +226,34 @@ def measure_fanout(url: str, tag: str, connections: int = 8, per_connection: int
     return connections * per_connection / elapsed
 
 
-def measure_catchup(url: str, tag: str, size: int = 4 * 1024 * 1024, max_bytes: int = 65536) -> float:
+def _read_back(client: RawClient, process_id: str, max_bytes: int) -> Tuple[int, int]:
+    """Read a closed process's retained output from afterSeq 0; (bytes, process/read calls)."""
+    after, total, reads = 0, 0, 0
+    while True:
+        result = client.call("process/read", {"processId": process_id, "afterSeq": after,
+                                              "maxBytes": max_bytes, "waitMs": 0})["result"]
+        reads += 1
+        if not result["chunks"]:
+            return total, reads
+        total += sum(len(base64.b64decode(chunk["chunk"])) for chunk in result["chunks"])
+        after = result["nextSeq"] - 1
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def measure_catchup(url: str, tag: str, server: psutil.Process, size: int = 4 * 1024 * 1024,
+                    max_bytes: int = 65536, split_passes: int = 40) -> Dict[str, float]:
+    """Catch-up MiB/s of one read-back, then where a read's time goes.
+
+    The read-back is a strictly serial loop (each request waits for the
+    previous response), so its wall time is the client's CPU plus the
+    server's CPU per read.  ``split_passes`` more read-backs measure both:
+    the server's user+system CPU (psutil, 10 ms ticks, hence many passes) and
+    this thread's CPU, each per ``process/read`` in microseconds.
+    """
     client = RawClient(url)
     client.initialize()
     process_id = "catchup-" + tag
@@ -230,18 +262,18 @@ def measure_catchup(url: str, tag: str, size: int = 4 * 1024 * 1024, max_bytes: 
     for message in client.messages():
         if message.get("method") == "process/closed" and message["params"]["processId"] == process_id:
             break
-    after, total = 0, 0
     started = time.perf_counter()
-    while True:
-        result = client.call("process/read", {"processId": process_id, "afterSeq": after,
-                                              "maxBytes": max_bytes, "waitMs": 0})["result"]
-        if not result["chunks"]:
-            break
-        total += sum(len(base64.b64decode(chunk["chunk"])) for chunk in result["chunks"])
-        after = result["nextSeq"] - 1
+    total, _reads = _read_back(client, process_id, max_bytes)
     elapsed = time.perf_counter() - started
+    server_before, client_before, wall_before = _cpu_seconds(server), time.thread_time(), time.perf_counter()
+    reads = sum(_read_back(client, process_id, max_bytes)[1] for _ in range(split_passes))
+    server_cpu, client_cpu = _cpu_seconds(server) - server_before, time.thread_time() - client_before
+    wall = time.perf_counter() - wall_before
     client.close()
-    return total / (1024 * 1024) / elapsed
+    return {"catchup_mibps": total / (1024 * 1024) / elapsed,
+            "catchup_read_wall_us": wall / reads * 1e6,
+            "catchup_read_server_cpu_us": server_cpu / reads * 1e6,
+            "catchup_read_client_cpu_us": client_cpu / reads * 1e6}
 
 
 class PeakRss:
@@ -289,10 +321,14 @@ def run_once(name, command, env, spawn_count):
         with PeakRss(process.pid) as rss:
             stream = measure_stream(url, name)
         fanout = statistics.median(measure_fanout(url, "%s-%d" % (name, rep)) for rep in range(3))
-        catchup = statistics.median(measure_catchup(url, "%s-%d" % (name, rep)) for rep in range(5))
-    return {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
-            "stream_64mib_mibps": stream, "fanout_procs_per_s": fanout, "rss_idle_mib": rss_idle,
-            "rss_stream_peak_mib": rss.peak_mib, "catchup_mibps": catchup}
+        server = psutil.Process(process.pid)
+        catchups = [measure_catchup(url, "%s-%d" % (name, rep), server) for rep in range(5)]
+    figures = {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
+               "stream_64mib_mibps": stream, "fanout_procs_per_s": fanout, "rss_idle_mib": rss_idle,
+               "rss_stream_peak_mib": rss.peak_mib}
+    for metric in catchups[0]:
+        figures[metric] = statistics.median(c[metric] for c in catchups)
+    return figures
 
 
 def main() -> int:
