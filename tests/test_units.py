@@ -289,3 +289,34 @@ def test_reusable_threads_reuse_an_idle_thread_and_exit_when_idle():
     done.clear()
     threads.run(job, "third")
     assert done.wait(5)
+
+
+class _TrickleSocket:
+    """Accepts at most ``step`` bytes per ``sendmsg`` call, like a full socket buffer would."""
+
+    def __init__(self, step):
+        self.step = step
+        self.received = bytearray()
+        self.calls = 0
+
+    def sendmsg(self, buffers):
+        self.calls += 1
+        budget = self.step
+        for buffer in buffers:
+            taken = bytes(buffer[:budget])
+            self.received += taken
+            budget -= len(taken)
+            if budget == 0:
+                break
+        return self.step - budget
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1 << 20])
+def test_gathered_frame_writes_survive_partial_sends(step):
+    from exec_server.websocket import _send_frames
+
+    frames = [b"first-frame", b"", b"x" * 50, b"last"]
+    sock = _TrickleSocket(step)
+    _send_frames(sock, frames)
+    assert bytes(sock.received) == b"".join(frames)
+    assert sock.calls == max(1, -(-len(b"".join(frames)) // step))
