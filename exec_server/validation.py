@@ -18,7 +18,7 @@ error's ``data`` holds the JSON path of the offending value.
 import json
 import os
 import threading
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jsonschema
 import referencing
@@ -178,23 +178,24 @@ class _MemberValidators:
     """
 
     def __init__(self):
-        self._members: Dict[int, Dict[str, Any]] = {}  # id(adopted validator) -> member validators
-        self._adopted: List[Any] = []  # keeps every adopted validator alive, so ids stay unique
+        # id(adopted validator) -> (that validator, kept alive so the id stays
+        # unique; its member validators by member name)
+        self._adopted: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
 
     def adopt(self, validator: Any) -> Any:
         """Register ``validator`` (kept for good) for member reuse; returns it."""
-        self._adopted.append(validator)
-        self._members[id(validator)] = {}
+        self._adopted[id(validator)] = (validator, {})
         return validator
 
     def properties(self, validator: Any, properties: Dict[str, Any], instance: Any, schema: Any):
-        members = self._members.get(id(validator))
-        if members is None:
+        adopted = self._adopted.get(id(validator))
+        if adopted is None:
             yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](
                 validator, properties, instance, schema)
             return
         if not validator.is_type(instance, "object"):
             return
+        members = adopted[1]
         for name, subschema in properties.items():
             if name not in instance:
                 continue
