@@ -3,7 +3,7 @@
 import os
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,7 +24,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["exec_server", "exec_server.schemas", "fs_helper"],
+    packages=find_packages(include=["exec_server", "exec_server.*", "fs_helper"]) + ["exec_server.schemas"],
     # The top-level schemas/ folder ships inside the wheel as exec_server/schemas.
     package_dir={"exec_server.schemas": "schemas"},
     package_data={"exec_server.schemas": ["*.json", "*/*.json"]},
@@ -40,7 +40,7 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20", "hypothesis>=6"],
         "windows": ["pywinpty>=2; sys_platform == 'win32'", "pywin32>=306; sys_platform == 'win32'"],
     },
-    entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},
+    entry_points={"console_scripts": ["exec-server = exec_server.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.9",

@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "Client": "client", "ReconnectPolicy": "client", "RequestOutcomeUnknown": "client",
-    "RemoteProcess": "remote_process", "OutputEvent": "remote_process", "ExitedEvent": "remote_process",
-    "ClosedEvent": "remote_process", "ProcessOutputGap": "remote_process", "StdinClosedError": "remote_process",
-    "ExecServerDisconnected": "errors", "ExecServerError": "errors", "RpcError": "errors",
-    "ExecServer": "server", "make_server": "server",
+    "Client": "client.api", "ReconnectPolicy": "client.api", "RequestOutcomeUnknown": "client.api",
+    "RemoteProcess": "client.process", "OutputEvent": "client.process", "ExitedEvent": "client.process",
+    "ClosedEvent": "client.process", "ProcessOutputGap": "client.process", "StdinClosedError": "client.process",
+    "ExecServerDisconnected": "protocol.errors", "ExecServerError": "protocol.errors", "RpcError": "protocol.errors",
+    "ExecServer": "server.app", "make_server": "server.app",
 }
 
 __all__ = ["__version__"] + sorted(_EXPORTS)

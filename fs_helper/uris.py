@@ -3,7 +3,7 @@
 Every path on the wire is an absolute file URI (PROTOCOL.md 8.1):
 percent-escapes are decoded and dot segments resolved when parsing, and
 emitted URIs are percent-encoded.  Pure functions, no I/O.  Shared by the
-server (``exec_server.uris``) and the sandboxed helper, so it imports nothing
+server (``exec_server.protocol.uris``) and the sandboxed helper, so it imports nothing
 of ``exec_server``.
 """
 

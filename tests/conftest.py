@@ -14,8 +14,8 @@ import pytest
 import simple_websocket
 
 from exec_server import make_server
-from exec_server.config import ServerConfig
-from exec_server.validation import SchemaSet
+from exec_server.server.config import ServerConfig
+from exec_server.protocol.schemas import SchemaSet
 
 REFERENCE_DEFAULT = os.path.expanduser(
     "~/.cache/codex-reference/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import http_request, start_ours, start_reference
 from exec_server import Client, ExecServerDisconnected
-from exec_server.auth import CapabilityToken
+from exec_server.server.auth import CapabilityToken
 
 TOKEN = "s3cret-token"
 UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

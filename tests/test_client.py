@@ -10,7 +10,7 @@ import pytest
 from conftest import pid_alive, wait_until
 from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ReconnectPolicy,
                          StdinClosedError)
-from exec_server.errors import InternalError, InvalidParams, InvalidRequest
+from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
 
 pytestmark = pytest.mark.posix
 

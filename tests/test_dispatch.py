@@ -7,10 +7,10 @@ import time
 import pytest
 
 from conftest import wait_until
-from exec_server.config import ServerConfig
-from exec_server.dispatch import Dispatcher
-from exec_server.errors import ProtocolViolation
-from exec_server.sessions import SessionRegistry
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.protocol.errors import ProtocolViolation
+from exec_server.server.sessions import SessionRegistry
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_unexpected_exception_becomes_internal_error(pair, caplog):
 
     dispatcher.methods["environment/status"] = ("environment status", broken)
     handshake(connection)
-    with caplog.at_level(logging.ERROR, logger="exec_server.dispatch"):
+    with caplog.at_level(logging.ERROR, logger="exec_server.server.connection"):
         connection.receive('{"id":2,"method":"environment/status"}')
         wait_until(lambda: len(sent) == 2)
     error = replies(sent)[1]

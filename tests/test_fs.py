@@ -6,7 +6,7 @@ import os
 import pytest
 
 from exec_server import Client
-from exec_server.errors import InternalError, InvalidParams, InvalidRequest, NotFound, RpcError
+from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest, NotFound, RpcError
 
 pytestmark = pytest.mark.posix
 

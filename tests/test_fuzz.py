@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema.validators import validator_for
 
-from exec_server.config import ServerConfig
-from exec_server.dispatch import Dispatcher
-from exec_server.errors import InvalidParams, ProtocolViolation
-from exec_server.jsonrpc import EnvelopeError, parse_message
-from exec_server.methods import METHODS
-from exec_server.sessions import SessionRegistry
-from exec_server.validation import SchemaSet
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.protocol.errors import InvalidParams, ProtocolViolation
+from exec_server.protocol.jsonrpc import EnvelopeError, parse_message
+from exec_server.server.handlers import METHODS
+from exec_server.server.sessions import SessionRegistry
+from exec_server.protocol.schemas import SchemaSet
 
 SCHEMAS = SchemaSet.load()
 JSON = st.recursive(

@@ -4,8 +4,8 @@ import pytest
 
 from conftest import start_ours, wait_until
 from exec_server import Client, ExecServerDisconnected
-from exec_server.config import ServerConfig
-from exec_server.errors import InvalidRequest
+from exec_server.server.config import ServerConfig
+from exec_server.protocol.errors import InvalidRequest
 from fs_helper import operations
 
 
@@ -143,8 +143,8 @@ def test_request_queue_limit_refuses_with_overloaded(configured_server, connect)
 def test_client_resends_a_request_refused_as_overloaded(configured_server, tmp_path, monkeypatch):
     import threading
 
-    from exec_server import client as client_module
-    from exec_server.errors import ServerOverloaded
+    from exec_server.client import api as client_module
+    from exec_server.protocol.errors import ServerOverloaded
 
     running = configured_server(concurrent_requests=1, max_queued_requests=0)
     (tmp_path / "f").write_bytes(b"payload")

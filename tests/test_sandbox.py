@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from exec_server import Client
-from exec_server.errors import InternalError, InvalidParams, InvalidRequest
-from exec_server.fs_client import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
-from exec_server.sandbox import parse_sandbox
+from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
+from exec_server.server.fs.helper import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
+from exec_server.server.fs.sandbox import parse_sandbox
 
 pytestmark = pytest.mark.posix
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from conftest import start_ours, wait_until  # noqa: E402
 from exec_server import Client  # noqa: E402
-from exec_server.errors import InternalError  # noqa: E402
+from exec_server.protocol.errors import InternalError  # noqa: E402
 
 EXPORTER = InMemorySpanExporter()
 READER = InMemoryMetricReader()
@@ -160,7 +160,7 @@ NO_SDK = textwrap.dedent("""
             return None
     sys.meta_path.insert(0, BlockSdk())
     from exec_server import Client, make_server
-    from exec_server import telemetry
+    from exec_server.common import telemetry
     with make_server() as server, Client.connect(server.url, timeout=5) as client:
         assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\\n"
     assert not telemetry.tracing_enabled()

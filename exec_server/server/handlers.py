@@ -1,7 +1,7 @@
 """One handler per method: ``handler(context, params) -> result``.
 
 Params arrive already checked against ``schemas/<method>.params.json``; a
-handler raises :class:`~exec_server.errors.RpcError` subclasses for the
+handler raises :class:`~exec_server.protocol.errors.RpcError` subclasses for the
 protocol's errors.  Behaviour and texts follow PROTOCOL.md sections 4 and 5.
 Handlers know no socket: they see a :class:`RequestContext`.
 """
@@ -12,18 +12,20 @@ from typing import Any, Callable, Dict, List, Optional
 
 from fs_helper import operations as fs_operations
 
-from . import b64, sandbox, telemetry
-from .file_handles import rpc_error
-from .fs_client import bubblewrap_command, find_bubblewrap, run_fs_helper
-from .config import ServerConfig
-from .envpolicy import child_environment
-from .environment import environment_info
-from .errors import InvalidParams, InvalidRequest
-from .jsonrpc import encode_read_result
-from . import processes
-from .processes import ManagedProcess, ReadAborted
-from .sessions import TAKEN_OVER, Session, SessionRegistry
-from .uris import UriError, platform_os, uri_to_path
+from exec_server.protocol import b64
+from exec_server.server.fs import sandbox
+from exec_server.common import telemetry
+from exec_server.server.fs.handles import rpc_error
+from exec_server.server.fs.helper import bubblewrap_command, find_bubblewrap, run_fs_helper
+from exec_server.server.config import ServerConfig
+from exec_server.server.process.env import child_environment
+from exec_server.server.environment_info import environment_info
+from exec_server.protocol.errors import InvalidParams, InvalidRequest
+from exec_server.protocol.jsonrpc import encode_read_result
+from exec_server.server.process import managed
+from exec_server.server.process.managed import ManagedProcess, ReadAborted
+from exec_server.server.sessions import TAKEN_OVER, Session, SessionRegistry
+from exec_server.protocol.uris import UriError, platform_os, uri_to_path
 
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     argv = params["argv"]
     if not argv:
         raise InvalidParams("argv must not be empty")
-    if params["tty"] and processes.IS_WINDOWS:
+    if params["tty"] and managed.IS_WINDOWS:
         # The PTY backend for Windows (pywinpty) is not written yet; name what it will need.
         raise InvalidParams("tty processes on Windows need the pywinpty package "
                             "(pip install 'exec-server[windows]')")

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .errors import InternalError, InvalidParams
+from exec_server.protocol.errors import InternalError, InvalidParams
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ and an exit is reported the moment it happens.
 
 Threads per process: on Linux one, which polls the child's pipes (or PTY)
 and a pidfd (``pidfd_open``, Linux 5.3+) together; it is reused for the next
-process (:mod:`exec_server.thread_reuse`).  Elsewhere (Windows, where
+process (:mod:`exec_server.server.threads`).  Elsewhere (Windows, where
 pipes cannot be polled, and systems without pidfds) one reader per stream
 and one waiter blocked in ``waitpid``.
 
@@ -31,11 +31,12 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from . import process_tree, telemetry
-from .config import ServerConfig
-from .errors import InternalError, os_error_message
-from .jsonrpc import dumps, encode_output_notification
-from .thread_reuse import ReusableThreads
+from exec_server.common import tree
+from exec_server.common import telemetry
+from exec_server.server.config import ServerConfig
+from exec_server.protocol.errors import InternalError, os_error_message
+from exec_server.protocol.jsonrpc import dumps, encode_output_notification
+from exec_server.server.threads import ReusableThreads
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class ManagedProcess:
     @staticmethod
     def _group_options() -> Dict[str, Any]:
         if IS_WINDOWS:
-            return {"creationflags": process_tree.CREATE_NEW_PROCESS_GROUP}
+            return {"creationflags": tree.CREATE_NEW_PROCESS_GROUP}
         return {"start_new_session": True}
 
     @staticmethod
@@ -608,7 +609,7 @@ class ManagedProcess:
             if self._exit_code is not None or self._popen.returncode is not None:
                 return
             try:
-                process_tree.interrupt_group(self.pid)
+                tree.interrupt_group(self.pid)
             except OSError as exc:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
 
@@ -622,7 +623,7 @@ class ManagedProcess:
             if self._exited_sent or self._popen.returncode is not None:
                 return False
             self._killed = True
-        process_tree.kill_tree(self.pid)
+        tree.kill_tree(self.pid)
         return True
 
     def kill_tree(self) -> None:
@@ -630,7 +631,7 @@ class ManagedProcess:
         with self._lock:
             if not self._exited_sent:
                 self._killed = True
-        process_tree.kill_tree(self.pid)
+        tree.kill_tree(self.pid)
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until the process is no longer watched; True if that happened in time."""

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, Optional
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 
-from . import __version__
+from exec_server import __version__
 
 INSTRUMENTATION = "exec_server"
 #: Attribute values allowed for ``result``.

@@ -22,9 +22,9 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
                             Request, TextMessage)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .config import ServerConfig
-from .dispatch import Dispatcher
-from .errors import ProtocolViolation
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.protocol.errors import ProtocolViolation
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The Windows service class that pywin32's service host runs.
 
 ``exec-server service install`` registers :class:`ExecServerService` (by the
-dotted name in :data:`exec_server.windows_service.SERVICE_CLASS`); the
+dotted name in :data:`exec_server.cli.service.SERVICE_CLASS`); the
 service host imports this module, so it imports pywin32 at the top and
 defines the class at module level.  Importing it elsewhere needs pywin32.
 
@@ -21,10 +21,10 @@ import servicemanager
 import win32service
 import win32serviceutil
 
-from exec_server.allocator import tune_for_server
-from exec_server.cli import config_from_options
-from exec_server.server import make_server
-from exec_server.windows_service import (DESCRIPTION, DISPLAY_NAME, OPTIONS_KEY, SERVICE_NAME,
+from exec_server.server.allocator import tune_for_server
+from exec_server.cli.main import config_from_options
+from exec_server.server.app import make_server
+from exec_server.cli.service import (DESCRIPTION, DISPLAY_NAME, OPTIONS_KEY, SERVICE_NAME,
                                          parse_server_arguments)
 
 log = logging.getLogger("exec_server.service")

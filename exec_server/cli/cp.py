@@ -14,8 +14,8 @@ from typing import Callable, Optional, TextIO
 
 from fs_helper.operations import atomic_write
 
-from .client_fs import BLOCK_BYTES, FileSystem
-from .errors import NotFound
+from exec_server.client.fs import BLOCK_BYTES, FileSystem
+from exec_server.protocol.errors import NotFound
 
 
 class Progress:

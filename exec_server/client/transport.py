@@ -1,7 +1,7 @@
 """Client transports: a blocking message pipe to one server connection.
 
 A transport has ``send(text)``, ``receive() -> text`` (blocking; raises
-:class:`~exec_server.errors.ExecServerDisconnected` once closed) and
+:class:`~exec_server.protocol.errors.ExecServerDisconnected` once closed) and
 ``close()``.  The WebSocket one is simple-websocket's client with a connect
 timeout, TCP_NODELAY and whole-frame writes under one lock.
 """
@@ -16,7 +16,7 @@ from simple_websocket.ws import Base as _WebSocketBase
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 
-from .errors import ExecServerDisconnected
+from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Largest message the client accepts, bytes.
 CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -147,7 +147,7 @@ class StdioTransport:
         import subprocess
         import sys
 
-        from .process_tree import CREATE_NEW_PROCESS_GROUP
+        from exec_server.common.tree import CREATE_NEW_PROCESS_GROUP
 
         options = {"creationflags": CREATE_NEW_PROCESS_GROUP} if sys.platform.startswith("win") \
             else {"start_new_session": True}
@@ -205,7 +205,7 @@ class StdioTransport:
         """End the child: close its stdin, wait briefly, then kill its tree."""
         import subprocess
 
-        from .process_tree import kill_tree
+        from exec_server.common.tree import kill_tree
 
         with self._send_lock:
             if self._finished:
@@ -233,7 +233,7 @@ class StdioTransport:
 
     def kill(self) -> None:
         """Kill the child's tree at once (used when it misbehaves)."""
-        from .process_tree import kill_tree
+        from exec_server.common.tree import kill_tree
 
         with self._send_lock:
             self._closed = True

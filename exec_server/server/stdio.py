@@ -20,12 +20,12 @@ import sys
 import threading
 from typing import BinaryIO, Optional
 
-from .config import ServerConfig
-from .dispatch import Dispatcher
-from .fs_client import stop_all_helpers
-from .errors import InvalidRequest, ProtocolViolation
-from .jsonrpc import UNKNOWN_ID, encode, error_response
-from .sessions import SessionRegistry
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.fs.helper import stop_all_helpers
+from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
+from exec_server.protocol.jsonrpc import UNKNOWN_ID, encode, error_response
+from exec_server.server.sessions import SessionRegistry
 
 log = logging.getLogger(__name__)
 

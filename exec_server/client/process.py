@@ -15,10 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Union
 
-from . import b64
+from exec_server.protocol import b64
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .client import Client
+    from exec_server.client.api import Client
 
 
 @dataclass(frozen=True)

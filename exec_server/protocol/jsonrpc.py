@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
-from .errors import RpcError
+from exec_server.protocol.errors import RpcError
 
 I64_MIN = -(2 ** 63)
 I64_MAX = 2 ** 63 - 1

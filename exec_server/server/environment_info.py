@@ -8,8 +8,8 @@ import sys
 import tempfile
 from typing import Any, Dict, List
 
-from . import __version__
-from .uris import path_to_uri, platform_os
+from exec_server import __version__
+from exec_server.protocol.uris import path_to_uri, platform_os
 
 #: Capability flags in the reference's order; only implemented features are true.
 CAPABILITY_NAMES = (

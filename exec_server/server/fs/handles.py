@@ -12,7 +12,7 @@ from typing import Any, Dict, Tuple
 
 from fs_helper.operations import FsError, INVALID_REQUEST, NOT_FOUND, os_error
 
-from .errors import RpcError
+from exec_server.protocol.errors import RpcError
 
 #: Longest handle id, bytes (reference 0.169.0 behaviour).
 MAX_HANDLE_ID_BYTES = 32

@@ -18,8 +18,8 @@ import tempfile
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import InternalError, RpcError
-from .sandbox import SandboxPolicy
+from exec_server.protocol.errors import InternalError, RpcError
+from exec_server.server.fs.sandbox import SandboxPolicy
 
 #: Variables copied into the helper's environment (``FS_HELPER_ENV_ALLOWLIST``).
 FS_HELPER_ENV_ALLOWLIST = ("PATH", "TMPDIR", "TMP", "TEMP")
@@ -88,7 +88,7 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
         if path == ":minimal":
             binds.extend((root, "read") for root in MINIMAL_BINDS if os.path.exists(root))
         else:
-            from .uris import uri_to_path
+            from exec_server.protocol.uris import uri_to_path
 
             binds.append((os.path.realpath(uri_to_path(path)), access))
     for path, access in sorted(binds, key=lambda item: (len(item[0]), item[1] != "none")):

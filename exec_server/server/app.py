@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 from werkzeug.serving import ThreadedWSGIServer
 
-from .config import ServerConfig
-from .dispatch import Dispatcher
-from .fs_client import stop_all_helpers
-from .sessions import SessionRegistry
-from .thread_reuse import ReusableThreads
-from .websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.fs.helper import stop_all_helpers
+from exec_server.server.sessions import SessionRegistry
+from exec_server.server.threads import ReusableThreads
+from exec_server.server.websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
 
     Each connection still has a thread of its own while it lasts; a thread
     whose connection ended takes the next one instead of a new thread being
-    started (:mod:`exec_server.thread_reuse`).
+    started (:mod:`exec_server.server.threads`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -135,7 +135,7 @@ def make_server(url: str = "ws://127.0.0.1:0", config: Optional[ServerConfig] = 
     """Bind a server on ``url`` (``ws://IP:PORT``; port 0 picks a free one).
 
     Args:
-        auth: a :class:`~exec_server.auth.CapabilityToken` checked on every
+        auth: a :class:`~exec_server.server.auth.CapabilityToken` checked on every
             upgrade, or None (then only loopback addresses are allowed).
     Raises:
         ValueError: a malformed listen URL, or a non-loopback one without auth

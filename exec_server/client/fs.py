@@ -9,7 +9,7 @@
         c.fs.copy(src, dst, recursive=True); c.fs.remove(path)
 
 Paths are str, ``pathlib.Path`` or ``file://`` URIs on the server's host.
-Errors are :class:`~exec_server.errors.RpcError` subclasses: ``NotFound``
+Errors are :class:`~exec_server.protocol.errors.RpcError` subclasses: ``NotFound``
 (-32004) for a missing path, ``InvalidRequest`` (-32600) for permission and
 misuse errors, ``InternalError`` (-32603) for other OS errors.
 """
@@ -17,10 +17,10 @@ misuse errors, ``InternalError`` (-32603) for other OS errors.
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
-from . import b64
+from exec_server.protocol import b64
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .client import Client, PathLike
+    from exec_server.client.api import Client, PathLike
 
 #: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
 BLOCK_BYTES = 1 << 20

@@ -17,27 +17,27 @@ error's ``data`` holds the JSON path of the offending value.
 
 import json
 import os
-import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import collections
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 import jsonschema
 import referencing
 import referencing.exceptions
 from jsonschema.validators import extend, validator_for
 
-from .errors import InvalidParams
-from .jsonrpc import serde_type_description
+from exec_server.protocol.errors import InvalidParams
+from exec_server.protocol.jsonrpc import serde_type_description
 
 _URN = "urn:exec-server:"
 
 
 def _schema_root():
     """The folder (a Traversable) holding the schema files."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    packaged = os.path.join(here, "schemas")
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    packaged = os.path.join(package, "schemas")  # an installed wheel: exec_server/schemas
     if os.path.isdir(packaged):
         return packaged
-    return os.path.join(os.path.dirname(here), "schemas")
+    return os.path.join(os.path.dirname(package), "schemas")  # a source checkout: schemas/ at the top
 
 
 def _walk_json(root: str) -> Iterable[str]:
@@ -60,8 +60,9 @@ class SchemaSet:
             for name, schema in schemas.items()
         ]
         self._registry = referencing.Registry().with_resources(resources)
-        self._free_lock = threading.Lock()
-        self._free: Dict[str, List[Any]] = {}
+        # Checked-in validators per schema.  A deque's append and pop are
+        # thread-safe (collections docs), so this sans-IO module needs no lock.
+        self._free: Dict[str, Deque[Any]] = {}
         self._inlined: Dict[str, dict] = {}
         self._members = _MemberValidators()
         self._reusing_class: Optional[type] = None
@@ -93,10 +94,12 @@ class SchemaSet:
         return self._schemas[name]
 
     def _checkout(self, name: str):
-        with self._free_lock:
-            free = self._free.get(name)
-            if free:
+        free = self._free.get(name)
+        if free:
+            try:
                 return free.pop()
+            except IndexError:  # another thread took the last one
+                pass
         schema = self._inlined.get(name)
         if schema is None:
             schema = self._inlined[name] = self._inline(self._schemas[name], name)
@@ -128,8 +131,7 @@ class SchemaSet:
         return schema if _has_ref(inlined) else inlined
 
     def _checkin(self, name: str, validator) -> None:
-        with self._free_lock:
-            self._free.setdefault(name, []).append(validator)
+        self._free.setdefault(name, collections.deque()).append(validator)
 
     def params_schema_name(self, method: str) -> str:
         return method + ".params.json"

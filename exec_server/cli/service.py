@@ -9,7 +9,7 @@ as its custom option ``ServerArguments`` (a JSON list, in the service's
     exec-server service start
 
 The service starts automatically at boot; it runs
-:class:`exec_server.windows_service_host.ExecServerService` in pywin32's
+:class:`exec_server.cli.service_host.ExecServerService` in pywin32's
 service host.  ``stop`` waits until the service reports stopped: the server
 has then closed every WebSocket with 1001 and killed every process tree.
 ``remove`` stops a running service first.  On other platforms the command
@@ -26,7 +26,7 @@ DESCRIPTION = "Starts processes and serves files for exec-server clients over We
 #: The custom option (registry value) holding the server arguments as JSON.
 OPTIONS_KEY = "ServerArguments"
 #: Where pywin32's service host finds the service class.
-SERVICE_CLASS = "exec_server.windows_service_host.ExecServerService"
+SERVICE_CLASS = "exec_server.cli.service_host.ExecServerService"
 #: How long ``stop`` and ``remove`` wait for the service to stop, seconds.
 STOP_WAIT_SECONDS = 30
 EXIT_USAGE = 2
@@ -46,7 +46,7 @@ def parse_server_arguments(server_arguments: List[str]):
     """
     import argparse
 
-    from .cli import STDIO_LISTEN, build_parser, listen_options
+    from exec_server.cli.main import STDIO_LISTEN, build_parser, listen_options
 
     parser = build_parser()
     parser.exit_on_error = False  # Python 3.9+: malformed values raise ArgumentError

@@ -18,13 +18,13 @@ import sys
 import threading
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from . import __version__
-from .config import ServerConfig
-from .errors import ExecServerDisconnected, RpcError
-from .server import is_loopback, make_server, parse_listen_url
+from exec_server import __version__
+from exec_server.server.config import ServerConfig
+from exec_server.protocol.errors import ExecServerDisconnected, RpcError
+from exec_server.server.app import is_loopback, make_server, parse_listen_url
 
 if TYPE_CHECKING:  # the client side is imported only by the commands that use it
-    from .client import Client
+    from exec_server.client.api import Client
 
 #: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
 STDIO_LISTEN = ("stdio", "stdio://")
@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def copy_files(args: argparse.Namespace) -> int:
-    from .client import Client
-    from .copy_command import copy
+    from exec_server.client.api import Client
+    from exec_server.cli.cp import copy
 
     if bool(args.url) == bool(args.via):
         print("exec-server cp: give exactly one of --url and --via", file=sys.stderr)
@@ -174,7 +174,7 @@ def _auth_from(args: argparse.Namespace):
     Raises:
         ValueError: inconsistent options; OSError: unreadable token file.
     """
-    from .auth import CapabilityToken
+    from exec_server.server.auth import CapabilityToken
 
     if args.ws_auth is None:
         if args.ws_token_file or args.ws_token_sha256:
@@ -210,11 +210,11 @@ def listen_options(args: argparse.Namespace):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .allocator import tune_for_server
+    from exec_server.server.allocator import tune_for_server
 
     tune_for_server()
     if args.listen in STDIO_LISTEN:
-        from .stdio import serve_stdio
+        from exec_server.server.stdio import serve_stdio
 
         return serve_stdio(config_from_options(args))
     try:
@@ -278,7 +278,7 @@ def _forward_stdin(process) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .client import Client, ReconnectPolicy
+    from exec_server.client.api import Client, ReconnectPolicy
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -319,7 +319,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _stream(client: "Client", argv: List[str], env: dict, args: argparse.Namespace) -> int:
-    from .remote_process import ClosedEvent, ExitedEvent, OutputEvent
+    from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
     forward = args.stdin or (args.tty and sys.stdin is not None and os.isatty(sys.stdin.fileno()))
     process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env,
                            tty=args.tty, stdin=bool(forward))
@@ -378,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.otel:
-        from .telemetry import configure_sdk
+        from exec_server.common.telemetry import configure_sdk
 
         try:
             configure_sdk()
@@ -390,7 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "cp":
         return copy_files(args)
     if args.command == "service":
-        from .windows_service import main as service_main
+        from exec_server.cli.service import main as service_main
 
         extra = list(args.server_arguments)
         return service_main(args.action, extra[1:] if extra[:1] == ["--"] else extra)

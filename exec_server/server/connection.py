@@ -21,15 +21,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from . import methods, telemetry
-from .config import ServerConfig
-from .file_handles import FileHandles
-from .errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError, ServerOverloaded
-from .jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
+from exec_server.server import handlers
+from exec_server.common import telemetry
+from exec_server.server.config import ServerConfig
+from exec_server.server.fs.handles import FileHandles
+from exec_server.protocol.errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError, ServerOverloaded
+from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                       encode, error_response, parse_message)
-from .processes import ReadAborted
-from .sessions import TAKEN_OVER, SessionRegistry
-from .validation import SchemaSet
+from exec_server.server.process.managed import ReadAborted
+from exec_server.server.sessions import TAKEN_OVER, SessionRegistry
+from exec_server.protocol.schemas import SchemaSet
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Dispatcher:
         self.registry = registry
         self.config = config or registry.config
         self.schemas = schemas or SchemaSet.load()
-        self.methods = dict(methods.METHODS)
+        self.methods = dict(handlers.METHODS)
         missing = [m for m in list(self.methods) + ["initialize"]
                    if not self.schemas.has(self.schemas.params_schema_name(m))]
         if missing:
@@ -218,10 +219,10 @@ class RpcConnection:
             return not (isinstance(params, dict) and params.get("waitMs"))
         return method in INLINE_METHODS
 
-    def _initialize(self, ctx: methods.RequestContext, params: Any) -> Any:
+    def _initialize(self, ctx: handlers.RequestContext, params: Any) -> Any:
         if self.state != NEW:
             raise InvalidRequest("initialize may only be sent once per connection")
-        result = methods.initialize(ctx, params)
+        result = handlers.initialize(ctx, params)
         self.state = INITIALIZING
         return result
 
@@ -236,7 +237,7 @@ class RpcConnection:
         if telemetry.metrics_enabled():
             telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
-        ctx = methods.RequestContext(self, self.dispatcher.registry, self.dispatcher.config)
+        ctx = handlers.RequestContext(self, self.dispatcher.registry, self.dispatcher.config)
         try:
             outcome: Any = handler(ctx, request.params)
             failed = False
