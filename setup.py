@@ -40,7 +40,7 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20", "hypothesis>=6"],
         "windows": ["pywinpty>=2; sys_platform == 'win32'", "pywin32>=306; sys_platform == 'win32'"],
     },
-    entry_points={"console_scripts": ["exec-server = exec_server.cli.main:main"]},
+    entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.9",

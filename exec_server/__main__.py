@@ -2,7 +2,7 @@
 
 import sys
 
-from exec_server.cli.main import main
+from exec_server.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,79 @@
+"""The ``exec-server`` command: serve (the default), ``run``, ``cp`` and ``service``.
+
+    exec-server --listen ws://127.0.0.1:8765     # prints the bound URL once ready
+    exec-server run -- python -c "print('hi')"   # embedded server, real WebSocket
+    exec-server run --url ws://127.0.0.1:8765 --env A=1 --cwd /tmp -- sh -c 'echo $A'
+    exec-server cp ./local.txt :/srv/remote.txt --url ws://127.0.0.1:8765
+
+One module per subcommand (``serve``, ``run``, ``cp``, ``service``); the
+options they share are in ``options``.  A subcommand's module is imported
+only when it runs, so serving never loads the client side.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from exec_server import __version__
+from exec_server.cli.options import add_server_options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: server options, then the subcommands."""
+    parser = argparse.ArgumentParser(prog="exec-server", description="JSON-RPC remote-execution server")
+    parser.add_argument("--version", action="version", version="exec-server " + __version__)
+    add_server_options(parser)
+    commands = parser.add_subparsers(dest="command")
+    _add_run_parser(commands)
+    _add_cp_parser(commands)
+    service = commands.add_parser("service", help="run the server as a Windows service (Windows-only)",
+                                  description="Install, start, stop or remove the Windows service; server "
+                                              "options for install go after --.")
+    service.add_argument("action", choices=["install", "start", "stop", "remove"])
+    service.add_argument("server_arguments", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _add_run_parser(commands) -> None:
+    from exec_server.cli.run import add_parser
+
+    add_parser(commands)
+
+
+def _add_cp_parser(commands) -> None:
+    from exec_server.cli.cp import add_parser
+
+    add_parser(commands)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.otel:
+        from exec_server.common.telemetry import configure_sdk
+
+        try:
+            configure_sdk()
+        except RuntimeError as exc:
+            print("exec-server: %s" % exc, file=sys.stderr)
+            return 2
+    if args.command == "run":
+        from exec_server.cli.run import run_command
+
+        return run_command(args)
+    if args.command == "cp":
+        from exec_server.cli.cp import copy_files
+
+        return copy_files(args)
+    if args.command == "service":
+        from exec_server.cli.service import main as service_main
+
+        extra = list(args.server_arguments)
+        return service_main(args.action, extra[1:] if extra[:1] == ["--"] else extra)
+    from exec_server.cli.serve import serve
+
+    return serve(args)

@@ -7,15 +7,19 @@ blocks; a download is written to a temporary file and renamed into place.
 A progress line is drawn on stderr when it is a terminal.
 """
 
+import argparse
 import os
+import shlex
 import sys
 import time
 from typing import Callable, Optional, TextIO
 
 from fs_helper.operations import atomic_write
 
+from exec_server.cli.options import add_client_options, client_headers
+from exec_server.client.api import Client
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
-from exec_server.protocol.errors import NotFound
+from exec_server.protocol.errors import ExecServerDisconnected, NotFound, RpcError
 
 
 class Progress:
@@ -108,3 +112,29 @@ def copy(fs: FileSystem, source: str, destination: str) -> int:
     if remote_source:
         return download(fs, source[1:], destination)
     raise ValueError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
+
+
+def add_parser(commands) -> None:
+    cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
+                             description="Copy a file; a leading ':' marks the remote side, as in scp.")
+    add_client_options(cp, "cp")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+
+
+def copy_files(args: argparse.Namespace) -> int:
+    if bool(args.url) == bool(args.via):
+        print("exec-server cp: give exactly one of --url and --via", file=sys.stderr)
+        return 2
+    try:
+        if args.via:
+            client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-cp")
+        else:
+            client = Client.connect(args.url, timeout=args.timeout, client_name="exec-server-cp",
+                                    headers=client_headers(args))
+        with client:
+            copy(client.fs, args.source, args.destination)
+    except (RpcError, OSError, ValueError, ExecServerDisconnected) as exc:
+        print("exec-server cp: %s" % (exc.message if isinstance(exc, RpcError) else exc), file=sys.stderr)
+        return 1
+    return 0

@@ -46,16 +46,16 @@ def parse_server_arguments(server_arguments: List[str]):
     """
     import argparse
 
-    from exec_server.cli.main import STDIO_LISTEN, build_parser, listen_options
+    from exec_server.cli.options import STDIO_LISTEN, listen_options, server_parser
 
-    parser = build_parser()
+    parser = server_parser()
     parser.exit_on_error = False  # Python 3.9+: malformed values raise ArgumentError
     try:
         options, unknown = parser.parse_known_args(server_arguments)
     except argparse.ArgumentError as exc:
         raise ValueError(str(exc)) from None
-    if unknown or options.command is not None:
-        raise ValueError("not a server option: %s" % " ".join(unknown or [options.command]))
+    if unknown:  # a subcommand such as ``run`` is not a server option either
+        raise ValueError("not a server option: %s" % " ".join(unknown))
     if options.listen in STDIO_LISTEN:
         raise ValueError("a service cannot listen on stdio; give --listen ws://IP:PORT")
     return options, listen_options(options)

@@ -1,0 +1,185 @@
+"""``exec-server run [--url URL | --via COMMAND] -- COMMAND ...``: run one command remotely.
+
+Streams the remote stdout and stderr to the local ones as they arrive,
+exits with the remote exit status (128 + N when a pipe process died of
+signal N), and turns Ctrl-C into ``process/signal interrupt``.  Without
+``--url`` or ``--via`` it starts an embedded server on a free loopback port.
+"""
+
+import argparse
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+from typing import List
+
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, add_client_options, client_headers
+from exec_server.client.api import Client, ReconnectPolicy
+from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
+from exec_server.protocol.errors import ExecServerDisconnected, RpcError
+
+log = logging.getLogger("exec_server")
+
+
+def add_parser(commands) -> None:
+    run = commands.add_parser("run", help="run a command through an exec-server",
+                              description="Run a command through an exec-server and stream its output.")
+    add_client_options(run, "run")
+    run.add_argument("--cwd", help="working directory on the server")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a variable for the command (repeatable)")
+    run.add_argument("--clean-env", action="store_true",
+                     help="give the command only the --env variables (default: inherit the server's)")
+    run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
+    run.add_argument("--stdin", action="store_true",
+                     help="forward local stdin to the command (always on with --tty)")
+    run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
+                     help="how long to try to resume the session after the connection drops; 0 disables "
+                          "(default: the client's ReconnectPolicy deadline)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
+
+
+def _parse_env(pairs: List[str]) -> dict:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit("exec-server run: --env wants NAME=VALUE, got %r" % pair)
+        env[name] = value
+    return env
+
+
+class _RawTerminal:
+    """Local terminal in raw mode for ``run --tty`` (restored on exit)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.saved = None
+
+    def __enter__(self) -> "_RawTerminal":
+        if os.isatty(self.fd):
+            import termios
+            import tty
+
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setraw(self.fd)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def _forward_stdin(process) -> None:
+    fd = sys.stdin.fileno()
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            process.write(data)
+        except (RpcError, ExecServerDisconnected, OSError, TimeoutError):
+            return
+
+
+def run_command(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("exec-server run: no command given (exec-server run -- COMMAND ...)", file=sys.stderr)
+        return 2
+    env = _parse_env(args.env)
+    if args.url and args.via:
+        print("exec-server run: give --url or --via, not both", file=sys.stderr)
+        return 2
+    server = None
+    url = args.url
+    if url is None and args.via is None:
+        # An in-process server starts in a few milliseconds; a stdio child
+        # needs a new interpreter (~0.3 s here), so the embedded default is
+        # the in-process WebSocket server (README.rst, "Run a command").
+        from exec_server.server.app import make_server
+        from exec_server.server.config import ServerConfig
+
+        server = make_server("ws://127.0.0.1:0", ServerConfig()).start()
+        url = server.url
+    try:
+        if args.via is not None:
+            client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-run")
+        else:
+            deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
+            policy = ReconnectPolicy(deadline=deadline) if deadline > 0 else None
+            client = Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy,
+                                    headers=client_headers(args))
+        with client:
+            return _stream(client, argv, env, args)
+    except ExecServerDisconnected as exc:
+        print("exec-server run: %s" % exc, file=sys.stderr)
+        return EXIT_DISCONNECTED
+    except RpcError as exc:
+        print("exec-server run: %s" % exc.message, file=sys.stderr)
+        return EXIT_RUN_FAILED
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
+    forward = args.stdin or (args.tty and sys.stdin is not None and os.isatty(sys.stdin.fileno()))
+    process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env,
+                           tty=args.tty, stdin=bool(forward))
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        interrupts.append(signum)
+        action = process.send_interrupt if len(interrupts) == 1 else process.terminate
+        threading.Thread(target=_quietly, args=(action,), daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    exit_code = None
+    try:
+        with _RawTerminal(sys.stdin.fileno()) if args.tty and forward else _NullContext():
+            if forward:
+                threading.Thread(target=_forward_stdin, args=(process,), daemon=True).start()
+            for event in process:
+                if isinstance(event, OutputEvent):
+                    target = err if event.stream == "stderr" else out
+                    target.write(event.data)
+                    target.flush()
+                elif isinstance(event, ExitedEvent):
+                    exit_code = event.exit_code
+                elif isinstance(event, ClosedEvent):
+                    break
+    except ExecServerDisconnected as exc:
+        print("exec-server run: %s" % exc, file=sys.stderr)
+        return EXIT_DISCONNECTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if exit_code is None or exit_code < 0:
+        return EXIT_DISCONNECTED
+    return exit_code if exit_code < 256 else 255
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+
+def _quietly(action) -> None:
+    try:
+        action()
+    except Exception as exc:  # the process may be gone already
+        log.debug("interrupt failed: %s", exc)
