@@ -16,7 +16,7 @@ from typing import Callable, Optional, TextIO
 
 from fs_helper.operations import atomic_write
 
-from exec_server.cli.options import add_client_options, client_headers
+from exec_server.cli.options import client_headers
 from exec_server.client.api import Client
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
 from exec_server.protocol.errors import ExecServerDisconnected, NotFound, RpcError
@@ -112,14 +112,6 @@ def copy(fs: FileSystem, source: str, destination: str) -> int:
     if remote_source:
         return download(fs, source[1:], destination)
     raise ValueError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
-
-
-def add_parser(commands) -> None:
-    cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
-                             description="Copy a file; a leading ':' marks the remote side, as in scp.")
-    add_client_options(cp, "cp")
-    cp.add_argument("source")
-    cp.add_argument("destination")
 
 
 def copy_files(args: argparse.Namespace) -> int:

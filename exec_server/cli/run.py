@@ -15,30 +15,12 @@ import sys
 import threading
 from typing import List
 
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, add_client_options, client_headers
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, client_headers
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 log = logging.getLogger("exec_server")
-
-
-def add_parser(commands) -> None:
-    run = commands.add_parser("run", help="run a command through an exec-server",
-                              description="Run a command through an exec-server and stream its output.")
-    add_client_options(run, "run")
-    run.add_argument("--cwd", help="working directory on the server")
-    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                     help="set a variable for the command (repeatable)")
-    run.add_argument("--clean-env", action="store_true",
-                     help="give the command only the --env variables (default: inherit the server's)")
-    run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
-    run.add_argument("--stdin", action="store_true",
-                     help="forward local stdin to the command (always on with --tty)")
-    run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
-                     help="how long to try to resume the session after the connection drops; 0 disables "
-                          "(default: the client's ReconnectPolicy deadline)")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
 
 
 def _parse_env(pairs: List[str]) -> dict:

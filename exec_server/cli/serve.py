@@ -10,7 +10,6 @@ import sys
 import threading
 
 from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_options
-from exec_server.server.app import make_server
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -26,6 +25,8 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print("exec-server: %s" % exc, file=sys.stderr)
         return 2
+    from exec_server.server.app import make_server  # not needed by --listen stdio
+
     try:
         server = make_server(args.listen, config_from_options(args), auth)
     except OSError as exc:
