@@ -21,6 +21,13 @@ EXIT_DISCONNECTED = 255
 #: Exit status of a usage mistake (argparse's own).
 EXIT_USAGE = 2
 
+RUN_EXIT_STATUSES = """exit status:
+  N    the remote command's own exit status (128+N when a pipe process died of signal N)
+  2    a usage mistake: a bad option, server URL or token file
+  125  the server could not start the command (command or working directory not found)
+  255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
+       before the command's exit status arrived"""
+
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
@@ -144,7 +151,8 @@ def listen_options(args: argparse.Namespace):
 
 def add_run_parser(commands) -> None:
     run = commands.add_parser("run", help="run a command through an exec-server",
-                              description="Run a command through an exec-server and stream its output.")
+                              description="Run a command through an exec-server and stream its output.",
+                              epilog=RUN_EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_client_options(run, "run")
     run.add_argument("--cwd", help="working directory on the server")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",

@@ -5,6 +5,7 @@ picks a free port); ``--listen stdio`` serves one client on stdin/stdout.
 """
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -30,7 +31,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server = make_server(args.listen, config_from_options(args), auth)
     except OSError as exc:
-        print("exec-server: cannot listen on %s: %s" % (args.listen, exc), file=sys.stderr)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
         return 1
 
     def stop(signum, frame):
