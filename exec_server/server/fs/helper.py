@@ -65,6 +65,7 @@ class FsHelpers:
             _kill(child)
 
     def discard(self, child: "subprocess.Popen") -> None:
+        """Stop tracking a helper that has ended."""
         with self._lock:
             self._running.discard(child)
 

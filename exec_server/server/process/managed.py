@@ -97,9 +97,11 @@ class ManagedProcess:
 
     # ------------------------------------------- what the watcher reports (watch.Watched)
     def stream_output(self, stream: str, data: bytes) -> None:
+        """Bytes read from ``stream`` go into the output log (and out as an event)."""
         self._log.output(stream, data)
 
     def stream_ended(self, stream: str) -> None:
+        """``stream`` reached EOF: close its pipe; the log may now publish ``closed``."""
         if stream == "stdout":
             self._popen.stdout.close()  # type: ignore[union-attr]
         elif stream == "stderr":
@@ -120,15 +122,19 @@ class ManagedProcess:
         self._stop_stdin()
 
     def wait_streams_ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every stream's EOF; True if they ended."""
         return self._log.wait_streams_ended(timeout)
 
     def hold_events(self) -> None:
+        """Gather events from now on (the pidfd watcher's thread only, which alone publishes then)."""
         self._held = []
 
     def held_events(self) -> int:
+        """How many events are gathered."""
         return len(self._held) if self._held is not None else 0
 
     def release_events(self) -> None:
+        """Deliver the gathered events to the listener in one call; stop gathering."""
         held, self._held = self._held, None
         if held:
             self._deliver(held)
