@@ -224,3 +224,19 @@ def test_stopping_one_server_leaves_another_servers_helper_running():
         runner.join(10)
     assert not runner.is_alive()
     assert outcome and outcome[0].startswith("fs sandbox helper failed with status signal: 9")
+
+
+# ---------------------------------------------------------------- the edge
+@pytest.mark.parametrize("process_id", ["p", 'quo"te', "ünï"])
+def test_session_encodes_events_as_the_generic_encoder_would(process_id):
+    from exec_server.protocol.jsonrpc import Notification, encode
+    from exec_server.server.sessions import encode_events
+
+    events = [OutputChunk(1, "stderr", b64(b"hi"), 2), Exited(2, 137, True), Closed(3)]
+    assert encode_events(process_id, events) == [
+        encode(Notification("process/output", {"processId": process_id, "seq": 1, "stream": "stderr",
+                                               "chunk": b64(b"hi")})),
+        encode(Notification("process/exited", {"processId": process_id, "seq": 2, "exitCode": 137,
+                                               "sandboxDenied": True})),
+        encode(Notification("process/closed", {"processId": process_id, "seq": 3})),
+    ]
