@@ -18,7 +18,6 @@ from werkzeug.serving import ThreadedWSGIServer
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
-from exec_server.server.fs.helper import stop_all_helpers
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
 from exec_server.server.websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
@@ -131,7 +130,7 @@ class ExecServer:
         for connection in self.app.connections():
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
         self.registry.close_all()
-        stop_all_helpers()
+        self.dispatcher.fs_helpers.stop()
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":
