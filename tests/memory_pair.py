@@ -131,12 +131,6 @@ class MemoryServer:
     def connector(self, timeout: Optional[float] = None) -> MemoryTransport:
         if self.refusing:
             raise ExecServerDisconnected("memory server refuses connections")
-        # As on a network, the server has finished closing a dropped connection before
-        # the next one arrives (sessions.resume racing detached() raises AttributeError
-        # on a placeholder timer: a server bug, reported, not the client's to fix).
-        for old in self.transports:
-            if old.server_ended:
-                old.join()
         transport = MemoryTransport(self)
         self.transports.append(transport)
         return transport

@@ -89,7 +89,7 @@ def test_missing_token_says_so(token_server):
     running, _ = token_server
     done = run_cli("run", "--url", running.url, "--", "true")
     assert done.returncode == 255
-    assert one_line(done) == ("exec-server run: authentication failed: missing websocket bearer token (%s)"
+    assert one_line(done) == ("exec-server run: authentication failed (HTTP 401): missing websocket bearer token (%s)"
                               % running.url)
 
 
@@ -98,7 +98,7 @@ def test_wrong_token_says_so(token_server):
     done = run_cli("run", "--url", running.url, "--token-file", str(tmp_path / "wrong"), "--", "true")
     assert done.returncode == 255
     line = one_line(done)
-    assert line.startswith("exec-server run: authentication failed: ") and "token" in line
+    assert line.startswith("exec-server run: authentication failed (HTTP 401): ") and "token" in line
     assert line.endswith("(%s)" % running.url)
 
 

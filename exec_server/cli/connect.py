@@ -46,7 +46,10 @@ def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> Command
     text = str(error)
     if " 401" in text or text.startswith("401"):
         detail = text.split("401", 1)[1].strip(" :-") or "missing or invalid token"
-        return CommandError("authentication failed: %s" % detail, where, EXIT_DISCONNECTED)
+        return CommandError("authentication failed (HTTP 401): %s" % detail, where, EXIT_DISCONNECTED)
+    cause = error.__cause__
+    if isinstance(cause, OSError) and cause.errno:
+        return CommandError("cannot connect: %s" % os.strerror(cause.errno), where, EXIT_DISCONNECTED)
     return CommandError(text, where, EXIT_DISCONNECTED)
 
 

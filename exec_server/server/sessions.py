@@ -273,7 +273,7 @@ class SessionRegistry:
                 raise SessionAlreadyAttached(
                     "session %s is already attached to another connection" % session_id)
             timer = self._expiry.pop(session_id, None)
-        if timer is not None:
+        if hasattr(timer, "cancel"):  # not the placeholder detached() stores while it schedules the timer
             timer.cancel()
         log.info("session resumed", extra=telemetry.log_fields())
         return session
