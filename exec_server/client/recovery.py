@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 #: Decoded bytes asked for by each ``process/read`` of a catch-up: the server
 #: may hold far more than fits one message (output spooled to disk), so the
 #: client reads in budgeted steps until it meets the live notifications.
-CATCH_UP_READ_BYTES = 4 * 1024 * 1024
+CATCH_UP_READ_BYTES = 1024 * 1024
 
 #: Methods that are safe to send again after a dropped connection (reads).
 IDEMPOTENT_METHODS = frozenset({
