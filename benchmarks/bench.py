@@ -18,7 +18,8 @@ reports per server:
 - ``rss_idle_mib`` / ``rss_stream_peak_mib``: the server's RSS (psutil)
   before the runs and its peak while streaming (sampled every 10 ms);
 - ``catchup_mibps``: after ``head -c 4MiB /dev/zero`` closed, its retained
-  output (1 MiB) read back from ``afterSeq`` 0 with ``maxBytes`` 65536 per
+  output (1 MiB on the reference; all 4 MiB on ours, 3 of them from the
+  spool on disk) read back from ``afterSeq`` 0 with ``maxBytes`` 65536 per
   ``process/read``, bytes read divided by the time the reads took;
 - ``catchup_read_wall_us`` / ``catchup_read_server_cpu_us`` /
   ``catchup_read_client_cpu_us``: per ``process/read`` of that loop (40 more

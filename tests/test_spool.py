@@ -102,7 +102,7 @@ def test_total_budget_is_shared_and_a_full_spool_warns_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="exec_server.server.process.spool"):
         assert not second.append(1, "stdout", b"b" * 60 * KIB)
         assert not second.append(2, "stdout", b"b")  # stopped for good, no second warning
-    assert [r.getMessage() for r in caplog.records if "spool_bytes_total" in r.getMessage()] and len(caplog.records) == 1
+    assert len(caplog.records) == 1 and "spool_bytes_total" in caplog.records[0].getMessage()
     assert second.stopped and len(second) == 0
     first.discard()
     assert store.used == 0

@@ -73,7 +73,8 @@ def test_raw_resume_reads_every_chunk_once(configured_server, connect, tmp_path,
     wait_until(marker.exists, timeout=60, interval=0.05)
     second = Peer(running.url)
     try:
-        assert second.call("initialize", {"clientName": "again", "resumeSessionId": session_id})["sessionId"] == session_id
+        resumed = second.call("initialize", {"clientName": "again", "resumeSessionId": session_id})
+        assert resumed["sessionId"] == session_id
         second.send({"method": "initialized", "params": {}})
         data, after, seqs = [], 0, []
         deadline = time.monotonic() + 60

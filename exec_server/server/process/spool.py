@@ -175,8 +175,9 @@ class Spool:
                 return False
             store = self._store
             current = self._segments[-1] if self._segments else None
-            if current is None or (current.chunks and (current.end - current.base + size > store.segment_bytes or
-                                                        current.chunks * SEGMENTS_PER_BUDGET >= store.chunks_per_process)):
+            if current is not None and current.chunks and (
+                    current.end - current.base + size > store.segment_bytes
+                    or current.chunks * SEGMENTS_PER_BUDGET >= store.chunks_per_process):
                 current = None  # seal it; the next write starts a new segment
             while len(self._segments) > (0 if current is None else 1) and (
                     self._bytes + size > store.bytes_per_process or len(self._seqs) >= store.chunks_per_process):
