@@ -22,12 +22,12 @@ def serve(args: argparse.Namespace) -> int:
 
         return serve_stdio(config_from_options(args))
     try:
-        auth = listen_options(args)
+        listen = listen_options(args)
     except (ValueError, OSError) as exc:
         print("exec-server: %s" % exc, file=sys.stderr)
         return 2
     try:
-        server = make_server(args.listen, config_from_options(args), auth)
+        server = make_server(args.listen, config_from_options(args), listen.auth, listen.ssl_context)
     except OSError as exc:
         print("exec-server: cannot listen on %s: %s" % (args.listen, exc), file=sys.stderr)
         return 1

@@ -6,12 +6,15 @@ paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
 extensions); after it the request thread owns the socket and runs
 :class:`WebSocketConnection`: frames are parsed and built by wsproto, and
 every outbound frame (response, notification, ping, close) is written whole
-with ``sendall`` under one send lock.
+with ``sendall`` under one send lock.  The socket may be a TLS socket
+(``wss://``, :mod:`exec_server.server.tls`); the loop reads what it has
+already decrypted before waiting on the descriptor.
 """
 
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Callable, List, Optional, Tuple, Union
@@ -22,6 +25,7 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
                             Request, TextMessage)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
@@ -46,6 +50,8 @@ class RequestHandler(WSGIRequestHandler):
     def make_environ(self):
         environ = super().make_environ()
         environ[_ENVIRON_HANDLER] = self
+        # every Authorization header in order (the environ joins repeated ones with commas)
+        environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
         return environ
 
     def log_request(self, code="-", size="-") -> None:
@@ -162,9 +168,11 @@ def _send_frames(sock: socket.socket, frames: List[bytes]) -> None:
     """Write ``frames`` in order with gathered writes (``sendmsg``), without joining them first.
 
     Joining copied every byte once more (7 % of the server's time while
-    streaming); where ``sendmsg`` is missing (Windows) they are joined.
+    streaming); where ``sendmsg`` is missing (Windows) or cannot be used (a
+    TLS socket encrypts what it is given, so it has no gathered write) they
+    are joined.
     """
-    if not hasattr(sock, "sendmsg"):
+    if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
         sock.sendall(b"".join(frames))
         return
     views = [memoryview(frame) for frame in frames]
@@ -223,7 +231,9 @@ class WebSocketConnection:
         except (LocalProtocolError, OSError):
             pass
         try:
-            self._sock.shutdown(socket.SHUT_RD)
+            # socket.socket's own shutdown: SSLSocket.shutdown would also drop the TLS
+            # state, and a later Close reply would then go out unencrypted
+            socket.socket.shutdown(self._sock, socket.SHUT_RD)
         except OSError:
             pass
 
@@ -248,6 +258,9 @@ class WebSocketConnection:
         parts: List[Union[str, bytes]] = []
         size = 0
         limit = self._config.max_message_bytes
+        # A TLS socket may hold decrypted bytes already read off the wire: select
+        # would not see them, so they are read first.
+        pending = self._sock.pending if isinstance(self._sock, ssl.SSLSocket) else (lambda: 0)
         with _new_selector() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
@@ -257,7 +270,7 @@ class WebSocketConnection:
                         self._send_event(Ping(b""))
                         next_ping += interval
                         continue
-                    if not selector.select(next_ping - now):
+                    if not pending() and not selector.select(next_ping - now):
                         continue
                 data = self._sock.recv(RECV_BYTES)
                 if not data:
