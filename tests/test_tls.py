@@ -5,6 +5,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 from urllib.parse import urlsplit
@@ -210,3 +211,50 @@ def test_shutdown_closes_tls_connections_with_1001(pki, tls_server):
     finally:
         if ws.connected:
             ws.close()
+
+
+def test_tls_stream_full_duplex(pki):
+    """Both ends write 8 MiB at once while reading on other threads: no corruption, no deadlock."""
+    from exec_server.common.tls import TLSStream
+
+    server_side, client_side = socket.socketpair()
+    server_tls = server_context(str(pki.server_cert), str(pki.server_key)).wrap_socket(
+        server_side, server_side=True, do_handshake_on_connect=False)
+    client_tls = client_context(pki).wrap_socket(client_side, server_hostname="127.0.0.1",
+                                                 do_handshake_on_connect=False)
+    handshake = threading.Thread(target=server_tls.do_handshake)
+    handshake.start()
+    client_tls.do_handshake()
+    handshake.join(5)
+    ends = [TLSStream(server_tls), TLSStream(client_tls)]
+    payloads = [bytes(range(256)) * 32768, bytes(reversed(range(256))) * 32768]  # 8 MiB each
+    received = [bytearray(), bytearray()]
+    errors = []
+
+    def write(index):
+        try:
+            for offset in range(0, len(payloads[index]), 1 << 20):
+                ends[index].sendall(payloads[index][offset:offset + (1 << 20)], timeout=20)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    def read(index):
+        try:
+            while len(received[index]) < len(payloads[1 - index]):
+                received[index] += ends[index].recv(65536, timeout=20)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(index,)) for target in (write, read) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert not errors and not any(thread.is_alive() for thread in threads)
+        assert received[0] == payloads[1] and received[1] == payloads[0]
+        ends[0].shutdown_read()
+        assert ends[0].recv(10, timeout=5) == b""
+    finally:
+        for end in ends:
+            end.close()

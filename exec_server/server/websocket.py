@@ -6,9 +6,9 @@ paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
 extensions); after it the request thread owns the socket and runs
 :class:`WebSocketConnection`: frames are parsed and built by wsproto, and
 every outbound frame (response, notification, ping, close) is written whole
-with ``sendall`` under one send lock.  The socket may be a TLS socket
-(``wss://``, :mod:`exec_server.server.tls`); the loop reads what it has
-already decrypted before waiting on the descriptor.
+with ``sendall`` under one send lock.  A TLS socket (``wss://``) is used
+through :class:`exec_server.common.tls.TLSStream`, which keeps the reading
+and the writing threads from calling OpenSSL at the same time.
 """
 
 import logging
@@ -25,6 +25,7 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
                             Request, TextMessage)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.common.tls import TLSStream
 from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
@@ -144,6 +145,8 @@ class WebSocketApp:
         if handler is not None:
             handler.close_connection = True
         peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
+        if isinstance(sock, ssl.SSLSocket):
+            sock = TLSStream(sock)
         try:
             connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
         finally:
@@ -168,11 +171,10 @@ def _send_frames(sock: socket.socket, frames: List[bytes]) -> None:
     """Write ``frames`` in order with gathered writes (``sendmsg``), without joining them first.
 
     Joining copied every byte once more (7 % of the server's time while
-    streaming); where ``sendmsg`` is missing (Windows) or cannot be used (a
-    TLS socket encrypts what it is given, so it has no gathered write) they
-    are joined.
+    streaming); where ``sendmsg`` is missing (Windows, and a TLSStream: TLS
+    has no gathered write) they are joined.
     """
-    if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
+    if not hasattr(sock, "sendmsg"):
         sock.sendall(b"".join(frames))
         return
     views = [memoryview(frame) for frame in frames]
@@ -192,7 +194,7 @@ class WebSocketConnection:
     called once, on the connection's request thread.
     """
 
-    def __init__(self, sock: socket.socket, protocol: WSConnection, dispatcher: Dispatcher,
+    def __init__(self, sock: Union[socket.socket, TLSStream], protocol: WSConnection, dispatcher: Dispatcher,
                  config: ServerConfig, peer: str):
         self._sock = sock
         self._protocol = protocol
@@ -231,9 +233,10 @@ class WebSocketConnection:
         except (LocalProtocolError, OSError):
             pass
         try:
-            # socket.socket's own shutdown: SSLSocket.shutdown would also drop the TLS
-            # state, and a later Close reply would then go out unencrypted
-            socket.socket.shutdown(self._sock, socket.SHUT_RD)
+            if isinstance(self._sock, TLSStream):
+                self._sock.shutdown_read()
+            else:
+                self._sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass
 
@@ -258,9 +261,9 @@ class WebSocketConnection:
         parts: List[Union[str, bytes]] = []
         size = 0
         limit = self._config.max_message_bytes
-        # A TLS socket may hold decrypted bytes already read off the wire: select
+        # A TLS stream may hold decrypted bytes already read off the wire: select
         # would not see them, so they are read first.
-        pending = self._sock.pending if isinstance(self._sock, ssl.SSLSocket) else (lambda: 0)
+        pending = self._sock.pending if isinstance(self._sock, TLSStream) else (lambda: 0)
         with _new_selector() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
