@@ -11,6 +11,7 @@ with 1001, kills every process tree and joins the process threads.
 
 import ipaddress
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -21,7 +22,6 @@ from werkzeug.serving import ThreadedWSGIServer
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
-from exec_server.server.fs.helper import stop_all_helpers
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
 from exec_server.server.websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: How often werkzeug's accept loop checks for shutdown, seconds.
 POLL_INTERVAL = 0.1
+#: Pending connections the kernel queues before accept (werkzeug's own default).
+LISTEN_BACKLOG = 128
 
 
 def parse_listen_url(url: str) -> Tuple[str, int]:
@@ -70,9 +72,9 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
     client that never completes it cannot hold up the accept loop.
     """
 
-    def __init__(self, host: str, port: int, app, handler, tls: Optional[ssl.SSLContext] = None,
-                 handshake_timeout: float = 10.0):
-        super().__init__(host, port, app, handler)
+    def __init__(self, host: str, port: int, app, handler, fd: Optional[int] = None,
+                 tls: Optional[ssl.SSLContext] = None, handshake_timeout: float = 10.0):
+        super().__init__(host, port, app, handler, fd=fd)
         self._connection_threads = ReusableThreads("exec-server-connection")
         self._tls = tls
         self._handshake_timeout = handshake_timeout
@@ -118,8 +120,15 @@ class ExecServer:
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
         self.app = WebSocketApp(self.dispatcher, self.config, auth.check if auth is not None else None)
-        self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, ssl_context,
-                                              self.config.tls_handshake_timeout)
+        # Bound here rather than by werkzeug, which prints its own text and
+        # exits when the address is taken: an OSError is the caller's to report.
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                        backlog=LISTEN_BACKLOG)
+        try:
+            self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, listener.fileno(),
+                                                  ssl_context, self.config.tls_handshake_timeout)
+        finally:
+            listener.close()  # werkzeug serves on its own duplicate of the descriptor
         self.scheme = "ws" if ssl_context is None else "wss"
         self.host = host
         self.port = self._wsgi.port
@@ -162,7 +171,7 @@ class ExecServer:
         for connection in self.app.connections():
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
         self.registry.close_all()
-        stop_all_helpers()
+        self.dispatcher.fs_helpers.stop()
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":
