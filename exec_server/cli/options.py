@@ -7,7 +7,7 @@ so every subcommand module and the Windows service parse them alike.
 
 import argparse
 import os
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW, ServerConfig
 
@@ -100,12 +100,16 @@ def server_parser() -> argparse.ArgumentParser:
 
 
 def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
-    """``--url``, ``--via``, ``--token-file`` and ``--timeout`` of a client subcommand (``run``, ``cp``)."""
+    """``--url``, ``--via``, ``--token-file``, ``--cafile`` and ``--timeout`` of a client subcommand (``run``, ``cp``)."""
     parser.add_argument("--url", help="server to use" + (
         " (default: an embedded server on a free loopback port)" if user == "run" else ""))
     parser.add_argument("--via", metavar="COMMAND",
                         help='start the server as a child speaking stdio, e.g. "ssh host exec-server --listen stdio"')
-    parser.add_argument("--token-file", metavar="PATH", help="capability token sent as Authorization: Bearer")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="token sent as Authorization: Bearer (a capability token or a signed JWT); "
+                             "read again at every connect and reconnect")
+    parser.add_argument("--cafile", metavar="PATH",
+                        help="PEM file of the CAs trusted for a wss:// server (default: the system's)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
 
@@ -168,11 +172,37 @@ def auth_from(args: argparse.Namespace):
     return CapabilityToken(args.ws_token_sha256)
 
 
-def client_headers(args: argparse.Namespace) -> Optional[dict]:
-    if not getattr(args, "token_file", None):
+def client_token(args: argparse.Namespace) -> Optional[Callable[[], str]]:
+    """A callable that reads ``--token-file`` (each time: a signed token may be
+    replaced while the client runs), or None without the option.
+
+    Raises:
+        OSError: the file cannot be read now (checked once up front).
+    """
+    path = getattr(args, "token_file", None)
+    if not path:
         return None
-    with open(args.token_file, encoding="utf-8") as handle:
-        return {"Authorization": "Bearer " + handle.read().rstrip("\r\n")}
+
+    def read() -> str:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().rstrip("\r\n")
+
+    read()
+    return read
+
+
+def client_ssl_context(args: argparse.Namespace):
+    """The ssl.SSLContext of ``--cafile`` (None: the system trust store).
+
+    Raises:
+        OSError, ssl.SSLError: the CA file cannot be read or parsed.
+    """
+    path = getattr(args, "cafile", None)
+    if not path:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=path)
 
 
 def tls_from(args: argparse.Namespace):

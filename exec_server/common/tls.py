@@ -11,6 +11,7 @@ WebSocket code of both ends uses of a socket: ``recv``, ``sendall``,
 ``pending``, ``fileno``, ``shutdown_read``, ``close``.
 """
 
+import errno
 import selectors
 import socket
 import ssl
@@ -19,6 +20,8 @@ import time
 from typing import Optional
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# poll(2) where there is one: unlike epoll it needs no descriptor of its own
+_SELECTOR = selectors.PollSelector if hasattr(selectors, "PollSelector") else selectors.DefaultSelector
 
 
 def _wait(sock: ssl.SSLSocket, error: Exception, deadline: Optional[float]) -> None:
@@ -28,7 +31,9 @@ def _wait(sock: ssl.SSLSocket, error: Exception, deadline: Optional[float]) -> N
         socket.timeout: ``deadline`` (monotonic) passed first.
     """
     event = selectors.EVENT_READ if isinstance(error, ssl.SSLWantReadError) else selectors.EVENT_WRITE
-    with selectors.DefaultSelector() as selector:
+    if sock.fileno() < 0:
+        raise OSError(errno.EBADF, "the connection is closed")
+    with _SELECTOR() as selector:
         selector.register(sock, event)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -104,7 +109,15 @@ class TLSStream:
 
     def shutdown_read(self) -> None:
         """Wake a blocked ``recv`` (it returns b""); the TLS state is kept for a last write."""
-        socket.socket.shutdown(self._sock, socket.SHUT_RD)
+        self.shutdown(socket.SHUT_RD)
+
+    def shutdown(self, how: int) -> None:
+        """Shut down the TCP connection (``socket.SHUT_*``) and wake threads waiting on it.
+
+        Unlike ``SSLSocket.shutdown`` this keeps the TLS state, so a write
+        that still may happen is encrypted, never sent in the clear.
+        """
+        socket.socket.shutdown(self._sock, how)
 
     def close(self) -> None:
         with self._lock:
