@@ -144,3 +144,31 @@ def test_cli_run_with_cafile_and_token_file(pki, tmp_path):
         server.terminate()
         server.wait(10)
         server.stdout.close()
+
+
+def test_token_file_is_read_at_each_connect(tmp_path):
+    from exec_server.cli.options import client_token
+    from argparse import Namespace
+
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    token = client_token(Namespace(token_file=str(path)))
+    assert token() == "first"
+    path.write_text("second\r\n")  # replaced while the client runs (a signed token renewed)
+    assert token() == "second"
+    path.unlink()
+    with pytest.raises(OSError):
+        client_token(Namespace(token_file=str(path)))
+
+
+def test_failing_token_callable_is_a_clear_error():
+    server = start_ours(auth=SignedBearerToken(SECRET))
+
+    def broken() -> str:
+        raise RuntimeError("token service unavailable")
+
+    try:
+        with pytest.raises(ExecServerDisconnected, match="cannot get a token .*token service unavailable"):
+            Client.connect(server.url, timeout=5, reconnect=None, token=broken)
+    finally:
+        server.stop()
