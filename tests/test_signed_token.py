@@ -319,3 +319,27 @@ def test_skew_option_takes_whole_seconds(value):
                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and b"--ws-max-clock-skew-seconds" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+NO_KEY = (b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+          b"Connection: close\r\n")
+
+
+@pytest.mark.parametrize("method, head, status, body", [
+    # the method is checked before the token
+    (b"POST", UPGRADE + b"Content-Length: 0\r\n", "405", b"Request method must be `GET`"),
+    # so is the upgrade itself
+    (b"GET", NO_KEY, "400", b"`Sec-WebSocket-Key` header missing"),
+    (b"GET", UPGRADE.replace(b"Version: 13", b"Version: 8"), "400",
+     b"`Sec-WebSocket-Version` header did not include '13'"),
+])
+def test_upgrade_is_checked_before_the_token(jwt_server, method, head, status, body):
+    response = http_request(urlsplit(jwt_server.url).port, method + b" / HTTP/1.1\r\n" + head + b"\r\n")
+    assert response.split(b" ", 2)[1].decode() == status
+    assert response.split(b"\r\n\r\n", 1)[1] == body
+
+
+def test_malformed_header_outside_the_handshake_is_not_a_server_error(server):
+    """h11 under wsproto refuses values such as 'Bearer ' (trailing blank): only handshake headers reach it."""
+    raw = b"GET / HTTP/1.1\r\n" + UPGRADE + b"Authorization: Bearer \r\nX-Note: a\x7fb\r\n\r\n"
+    assert http_request(urlsplit(server.url).port, raw).startswith(b"HTTP/1.1 101")

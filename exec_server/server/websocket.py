@@ -77,10 +77,20 @@ def _new_selector() -> selectors.BaseSelector:
     return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
 
 
+#: The request headers the WebSocket handshake reads (WSGI environ keys).
+_HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
+                      "HTTP_SEC_WEBSOCKET_VERSION", "HTTP_SEC_WEBSOCKET_PROTOCOL", "HTTP_SEC_WEBSOCKET_EXTENSIONS")
+
+
 def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
-    """The upgrade request's headers from the WSGI environ, for wsproto."""
-    return [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
-            for key, value in environ.items() if key.startswith("HTTP_")]
+    """The upgrade request's handshake headers from the WSGI environ, for wsproto.
+
+    Only those: h11 (under wsproto) refuses a value with, for example,
+    trailing blanks, and a malformed header the handshake does not read
+    (``Authorization: Bearer ``) must not turn into a refusal of its own.
+    """
+    return [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
+            for key in _HANDSHAKE_HEADERS if key in environ]
 
 
 class WebSocketApp:
@@ -112,9 +122,27 @@ class WebSocketApp:
             return _plain(start_response, "405 Method Not Allowed", headers=[("Allow", "GET,HEAD")])
         if path != "/":
             return _plain(start_response, "404 Not Found")
+        # As the reference: the upgrade request is checked (method, headers)
+        # before the credentials are looked at.
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
         if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
             return _plain(start_response, "400 Bad Request",
                           b"Connection header did not include 'upgrade'")
+        if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
+        if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
+        protocol = WSConnection(ConnectionType.SERVER)
+        try:
+            # werkzeug has parsed the request: hand wsproto its headers, no second parse
+            protocol.initiate_upgrade_connection(_request_headers(environ),
+                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
+            event = next(protocol.events(), None)
+        except (RemoteProtocolError, LocalProtocolError) as exc:  # h11 raises the latter on a bad value
+            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
+        if not isinstance(event, Request):
+            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         if self.authorize is not None:
             refusal = self.authorize(environ)
             if refusal is not None:
@@ -123,16 +151,6 @@ class WebSocketApp:
         sock = environ.get("werkzeug.socket")
         if sock is None:
             return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
-        protocol = WSConnection(ConnectionType.SERVER)
-        try:
-            # werkzeug has parsed the request: hand wsproto its headers, no second parse
-            protocol.initiate_upgrade_connection(_request_headers(environ),
-                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
-            event = next(protocol.events(), None)
-        except RemoteProtocolError as exc:
-            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
-        if not isinstance(event, Request):
-            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         with self._lock:
             if len(self._connections) + self._reserved >= self.config.max_connections:
                 full = True
