@@ -4,7 +4,10 @@
 :class:`WebSocketTransport` is the WebSocket one, built on wsproto the same
 way as the server's connection (``exec_server.common.websocket``): one send
 lock, every frame written whole, Pings answered, a Close frame and a bounded
-wait on close.  The stdio transport is in :mod:`exec_server.client.stdio`.
+wait on close.  A ``wss://`` connection goes through
+:class:`exec_server.common.tls.TLSStream`, so the reader thread and the
+writers never call OpenSSL at once.  The stdio transport is in
+:mod:`exec_server.client.stdio`.
 """
 
 import collections
