@@ -100,7 +100,7 @@ def server_parser() -> argparse.ArgumentParser:
 
 
 def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
-    """``--url``, ``--via``, ``--token-file``, ``--cafile`` and ``--timeout`` of a client subcommand (``run``, ``cp``)."""
+    """The client options of ``run`` and ``cp``: ``--url``, ``--via``, ``--token-file``, ``--cafile``, ``--timeout``."""
     parser.add_argument("--url", help="server to use" + (
         " (default: an embedded server on a free loopback port)" if user == "run" else ""))
     parser.add_argument("--via", metavar="COMMAND",
