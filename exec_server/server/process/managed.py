@@ -504,7 +504,7 @@ class ManagedProcess:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return result
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, 3600.0))  # any u64 waitMs: no timeout overflow
 
     def _read_locked(self, after_seq: int, max_bytes: Optional[int]) -> Dict[str, Any]:
         chunks = []
