@@ -46,6 +46,12 @@ class ServerConfig:
     max_connections: int = 256
     #: File handles (``fs/open``) one connection may hold at once; one more is -32600.
     max_open_files: int = 64
+    #: Bytes accepted by ``process/write`` and not yet read by the child, per
+    #: process.  A write that would go past it is -32603 ``stdin queue is
+    #: full: ...`` (``data.reason`` ``stdinQueueFull``) and is not queued; a
+    #: single chunk into an empty queue is always accepted (its size is
+    #: bounded by ``max_message_bytes``).
+    max_stdin_queue_bytes: int = 8 * MIB
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
     ping_interval: float = 30.0
     #: Bytes read from a child's pipe or PTY at a time (one output event at most).
@@ -57,6 +63,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
+                     "max_stdin_queue_bytes",
                      "max_sessions", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)

@@ -153,6 +153,7 @@ class ManagedProcess:
         self._sandboxed = False
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
+        self._stdin_queued = 0  # bytes accepted for stdin and not yet written or dropped
         self._threads: List[threading.Thread] = []
         self._watch_done: Optional[threading.Event] = None  # set when the pidfd watcher ends
         self._batch: Optional[List[str]] = None  # texts the pidfd watcher publishes in one write
@@ -542,7 +543,9 @@ class ManagedProcess:
             which case nothing is written again).
         Raises:
             InternalError: ``failed to write to process stdin``; the child has
-                exited.
+                exited.  Or ``stdin queue is full ...`` (``data.reason``
+                ``stdinQueueFull``): more than ``max_stdin_queue_bytes`` would
+                wait for a child that does not read; retry once it has read.
         """
         if not self.stdin_writable:
             return "stdinClosed"
@@ -551,6 +554,13 @@ class ManagedProcess:
                 return "accepted"
             if self._exited_sent or self._closed:
                 raise InternalError("failed to write to process stdin")
+            limit = self._config.max_stdin_queue_bytes
+            if self._stdin_queued and self._stdin_queued + len(data) > limit:
+                raise InternalError("stdin queue is full: %d bytes wait for the process to read them (limit %d)"
+                                    % (self._stdin_queued, limit),
+                                    data={"reason": "stdinQueueFull", "queuedBytes": self._stdin_queued,
+                                          "limitBytes": limit})
+            self._stdin_queued += len(data)
             self._write_ids[write_id] = None
             if len(self._write_ids) > REMEMBERED_WRITE_IDS:
                 self._write_ids.popitem(last=False)
@@ -581,6 +591,8 @@ class ManagedProcess:
                 except OSError as exc:
                     log.debug("stdin of process %r: %s", self.process_id, exc)
                     broken = True
+            with self._lock:
+                self._stdin_queued -= len(data)
         if self._pty_master is None and self._popen.stdin is not None:
             try:
                 self._popen.stdin.close()
