@@ -37,7 +37,8 @@ setup(
         "opentelemetry-api>=1.20",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20", "opentelemetry-distro>=0.41b0",
+                 "hypothesis>=6"],
         "windows": ["pywinpty>=2; sys_platform == 'win32'", "pywin32>=306; sys_platform == 'win32'"],
     },
     entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},

@@ -146,6 +146,27 @@ def configured_server():
         running.stop()
 
 
+@pytest.fixture
+def memory_server():
+    """``memory_server(**ServerConfig fields)`` -> a :class:`memory_pair.MemoryServer` (no sockets).
+
+    Connect a real client with ``Client.open(server.connector, ...)``; every
+    server is closed at teardown.
+    """
+    from memory_pair import MemoryServer
+
+    servers = []
+
+    def factory(**settings):
+        server = MemoryServer(ServerConfig(**settings))
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.close()
+
+
 class Peer:
     """A raw JSON-RPC peer over WebSocket that keeps every message it receives."""
 

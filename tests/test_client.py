@@ -165,3 +165,12 @@ def test_without_reconnect_a_drop_fails_at_once():
     with pytest.raises(ExecServerDisconnected):
         client.call("environment/status", timeout=5)
     client.close()
+
+
+def test_websocket_transport_pings_and_closes_cleanly(server):
+    client = Client.connect(server.url, timeout=10)
+    client._transport.ping()  # the server answers with a Pong, which the reader ignores
+    assert client.call("environment/status", timeout=5) == {"status": "ready"}
+    client.close()
+    with pytest.raises(ExecServerDisconnected):
+        client.call("environment/status", timeout=5)

@@ -143,7 +143,7 @@ def test_request_queue_limit_refuses_with_overloaded(configured_server, connect)
 def test_client_resends_a_request_refused_as_overloaded(configured_server, tmp_path, monkeypatch):
     import threading
 
-    from exec_server.client import api as client_module
+    from exec_server.client import endpoint as client_module
     from exec_server.protocol.errors import ServerOverloaded
 
     running = configured_server(concurrent_requests=1, max_queued_requests=0)

@@ -1,4 +1,4 @@
-"""The client survives dropped connections (through a fault-injecting proxy)."""
+"""The client survives dropped connections (through a fault-injecting proxy, or the in-memory pair)."""
 
 import subprocess
 import threading
@@ -75,32 +75,30 @@ def test_calls_wait_during_recovery(any_server, proxy_to):
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
 
 
-def test_attached_session_is_retried_until_detached(configured_server, proxy_to):
-    running = configured_server()
-    proxy = proxy_to(running.url)
-    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+def test_attached_session_is_retried_until_detached(memory_server):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
         process = client.start(["/bin/sh", "-c", "sleep 1; echo done"])
-        held = proxy.cut_client_side()  # the server still sees the old connection (-32010)
-        cut_at = time.monotonic()
-        time.sleep(0.5)
-        for sock in held:
-            sock.close()
+        held = server.cut(server_side=False)  # the server still sees the old connection (-32010)
+        # two resumes refused while the old connection is attached: still recovering
+        wait_until(lambda: sum(t.seen.count("initialize") for t in server.transports[1:]) >= 2)
+        assert client.state == "recovering"
+        server.release(held)
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
-        assert time.monotonic() - cut_at >= 0.5  # resumed only once the old connection was gone
         assert collect_stdout(process) == b"done\n"
         wait_until(lambda: client.state == "connected")
 
 
-def test_unknown_session_is_terminal(configured_server, proxy_to):
-    first = configured_server()
-    second = configured_server()
-    proxy = proxy_to(first.url)
-    client = Client.connect(proxy.url, timeout=5, reconnect=FAST)
+def test_unknown_session_is_terminal(memory_server):
+    first = memory_server()
+    second = memory_server()
+    target = [first]
+    client = Client.open(lambda timeout: target[0].connector(timeout), timeout=5, reconnect=FAST)
     try:
         process = client.start(["sleep", "30"])
-        proxy.retarget(port_of(second.url))
+        target[0] = second
         started = time.monotonic()
-        proxy.cut()
+        first.cut()
         with pytest.raises(ExecServerDisconnected, match="unknown session id"):
             process.wait(timeout=10)
         assert time.monotonic() - started < 5.0
@@ -165,12 +163,11 @@ def test_gap_fails_only_that_process(configured_server, proxy_to):
         wait_until(lambda: client.state == "connected")
 
 
-def test_write_in_flight_is_outcome_unknown_and_not_repeated(configured_server, proxy_to):
-    running = configured_server()
-    proxy = proxy_to(running.url)
-    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+def test_write_in_flight_is_outcome_unknown_and_not_repeated(memory_server):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
         process = client.start(["cat"], stdin=True)
-        proxy.hold_downstream(True)  # the server gets the write; its answer never reaches us
+        server.holding_downstream = True  # the server gets the write; its answer never reaches us
         errors = []
 
         def write():
@@ -181,30 +178,32 @@ def test_write_in_flight_is_outcome_unknown_and_not_repeated(configured_server, 
 
         writer = threading.Thread(target=write)
         writer.start()
-        time.sleep(0.3)
-        proxy.cut()
-        proxy.hold_downstream(False)
+        wait_until(lambda: any('"status"' in text for text in server.transports[0].held))  # answered, lost
+        server.refusing = True
+        server.cut()
+        server.holding_downstream = False
+        server.refusing = False
         writer.join(10)
         assert len(errors) == 1 and isinstance(errors[0], RequestOutcomeUnknown)
         event = process.next_event(timeout=10)  # recovered by the catch-up read, exactly once
         assert event == OutputEvent(1, "stdout", b"once\n")
-        time.sleep(0.3)
+        wait_until(lambda: client.state == "connected")
+        assert sum(t.seen.count("process/write") for t in server.transports) == 1  # never re-sent
         with pytest.raises(subprocess.TimeoutExpired):
             process.next_event(timeout=0.2)
         process.terminate()
         assert process.wait(timeout=5) == 137
 
 
-def test_read_in_flight_is_retried(configured_server, proxy_to):
-    running = configured_server()
-    proxy = proxy_to(running.url)
-    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+def test_read_in_flight_is_retried(memory_server):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
         process = client.start(["/bin/sh", "-c", "sleep 1; echo late"])
         results = []
         reader = threading.Thread(target=lambda: results.append(process.read(wait_ms=5000, timeout=15)))
         reader.start()
-        time.sleep(0.2)
-        proxy.cut()
+        wait_until(lambda: "process/read" in server.transports[0].seen)  # the long poll is on the server
+        server.cut()
         reader.join(15)
         assert results and [c["seq"] for c in results[0]["chunks"]] == [1]
         process.communicate(timeout=10)

@@ -211,7 +211,7 @@ def test_shutdown_closes_with_1001_and_kills_processes(connect):
 
 @pytest.mark.parametrize("poll_with_pidfd", [True, False], ids=["pidfd-poll", "thread-per-stream"])
 def test_both_ways_of_watching_a_process(connect, server, monkeypatch, poll_with_pidfd):
-    from exec_server.server.process import managed as processes
+    from exec_server.server.process import watch as processes
 
     if poll_with_pidfd and not processes.POLL_WITH_PIDFD:
         pytest.skip("no pidfd on this system")

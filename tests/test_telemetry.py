@@ -1,5 +1,7 @@
 """Tracing and metrics with the OpenTelemetry SDK's in-memory exporters (test-only dependency)."""
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
-from conftest import start_ours, wait_until  # noqa: E402
+from conftest import Peer, start_ours, wait_until  # noqa: E402
 from exec_server import Client  # noqa: E402
 from exec_server.protocol.errors import InternalError  # noqa: E402
 
@@ -173,3 +175,90 @@ def test_without_the_sdk_everything_is_a_no_op():
     done = subprocess.run([sys.executable, "-c", NO_SDK], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == b"no-op path ok"
+
+
+SDK_FIRST = textwrap.dedent("""
+    # The SDK is configured before the package is imported, as a script would.
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+    from exec_server import Client, make_server
+    with make_server() as server, Client.connect(server.url, timeout=5) as client:
+        assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\\n"
+    kinds = {(s.name, s.kind.name) for s in exporter.get_finished_spans()}
+    assert ("process/start", "CLIENT") in kinds and ("process/start", "SERVER") in kinds, kinds
+    assert ("process.spawn", "INTERNAL") in kinds, kinds
+    names = {m.name for rm in reader.get_metrics_data().resource_metrics
+             for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"exec_server_client_requests_total", "exec_server_requests_total"} <= names, names
+    print("sdk-first ok")
+""")
+
+
+def test_an_sdk_configured_before_the_import_is_used():
+    done = subprocess.run([sys.executable, "-c", SDK_FIRST], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == b"sdk-first ok"
+
+
+def _json_documents(text: str):
+    """Every JSON object printed by the console exporters, in order."""
+    decoder = json.JSONDecoder()
+    position = text.find("{")
+    while position != -1:
+        try:
+            document, end = decoder.raw_decode(text, position)
+        except ValueError:
+            position = text.find("{", position + 1)
+            continue
+        yield document
+        position = text.find("{", end)
+
+
+def test_server_under_opentelemetry_instrument_exports_spans_and_metrics(tmp_path):
+    launcher = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
+    if not os.path.exists(launcher):
+        pytest.skip("opentelemetry-instrument (opentelemetry-distro, a test dependency) is not installed")
+    env = dict(os.environ, OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="console",
+               OTEL_LOGS_EXPORTER="none", OTEL_METRIC_EXPORT_INTERVAL="200", OTEL_SERVICE_NAME="exec-server")
+    with open(tmp_path / "stdout", "w+b") as out, open(tmp_path / "stderr", "wb") as err:
+        server = subprocess.Popen([launcher, sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
+                                  stdout=out, stderr=err, env=env)
+        documents = _exported(server, out)
+    spans = [d for d in documents if d.get("kind") == "SpanKind.SERVER" and d.get("name") == "initialize"]
+    assert spans, (tmp_path / "stderr").read_text()
+    assert spans[0]["context"]["trace_id"] == "0x" + TRACE_ID
+    assert spans[0]["parent_id"] == "0x" + PARENT_ID
+    metric_names = {m["name"] for d in documents for rm in d.get("resource_metrics", ())
+                    for sm in rm["scope_metrics"] for m in sm["metrics"]}
+    assert "exec_server_requests_total" in metric_names, metric_names
+
+
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def _exported(server, out):
+    """Send one traced initialize to the server, stop it, and return what its exporters printed."""
+    try:
+        wait_until(lambda: out.seek(0) == 0 and b"\n" in out.read(), timeout=30)
+        out.seek(0)
+        url = out.readline().decode().strip()
+        peer = Peer(url)
+        reply = peer.request("initialize", {"clientName": "t"},
+                             trace={"traceparent": "00-%s-%s-01" % (TRACE_ID, PARENT_ID)})
+        assert "result" in reply, reply
+        peer.close()
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+    out.seek(0)
+    return list(_json_documents(out.read().decode()))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from exec_server.protocol import b64, errors, jsonrpc
+from exec_server.protocol import b64, errors, jsonrpc, wire
 from exec_server.server.process.env import child_environment
 from exec_server.protocol.uris import UriError, path_to_uri, uri_to_path
 from exec_server.protocol.schemas import SchemaSet
@@ -73,7 +73,7 @@ def test_encode_member_order_and_no_jsonrpc():
 @pytest.mark.parametrize("process_id", ["p", "", 'quo"te\\', "ünï"])
 def test_output_fast_path_equals_encoder(process_id):
     params = {"processId": process_id, "seq": 7, "stream": "stdout", "chunk": "aGkK"}
-    assert jsonrpc.encode_output_notification(process_id, 7, "stdout", "aGkK") == \
+    assert wire.encode_output_notification(process_id, 7, "stdout", "aGkK") == \
         jsonrpc.encode(jsonrpc.Notification("process/output", params))
 
 
@@ -84,8 +84,8 @@ def test_output_fast_path_equals_encoder(process_id):
      "nextSeq": 5, "exited": True, "exitCode": -1, "closed": True, "failure": None, "sandboxDenied": True},
 ])
 def test_read_result_fast_path_equals_encoder(result):
-    assert str(jsonrpc.encode_read_result(result)) == jsonrpc.dumps(result)
-    assert jsonrpc.encode(jsonrpc.Response(7, jsonrpc.encode_read_result(result))) == \
+    assert str(wire.encode_read_result(result)) == jsonrpc.dumps(result)
+    assert jsonrpc.encode(jsonrpc.Response(7, wire.encode_read_result(result))) == \
         jsonrpc.encode(jsonrpc.Response(7, result))
 
 

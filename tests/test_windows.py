@@ -13,7 +13,7 @@ import pytest
 
 from conftest import pid_alive, wait_until
 from exec_server.common import tree as process_tree
-from exec_server.server.process import managed as processes
+from exec_server.server.process import managed, spawn as processes
 from exec_server.server.config import ServerConfig
 
 
@@ -83,8 +83,8 @@ def test_spawn_uses_a_new_process_group(monkeypatch):
 
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
     monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
-    process = processes.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
-                                             ServerConfig(), lambda *texts: None, lambda p: None)
+    process = managed.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
+                                          ServerConfig(), lambda *texts: None, lambda p: None)
     assert process.pid == 31337
     assert seen["kwargs"]["creationflags"] == process_tree.CREATE_NEW_PROCESS_GROUP == 0x00000200
     assert "start_new_session" not in seen["kwargs"]

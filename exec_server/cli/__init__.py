@@ -5,19 +5,19 @@
     exec-server run --url ws://127.0.0.1:8765 --env A=1 --cwd /tmp -- sh -c 'echo $A'
     exec-server cp ./local.txt :/srv/remote.txt --url ws://127.0.0.1:8765
 
-One module per subcommand (``serve``, ``run``, ``cp``, ``service``); the
-options they share are in ``options``.  A subcommand's module is imported
-only when it runs, so serving never loads the client side.
+One module per subcommand (``serve``, ``run``, ``cp``, ``service``) and
+every option in ``options``.  A subcommand's module is imported only when it
+runs, so serving never loads the client side and ``run`` loads no more of
+the server than its embedded server needs.
 """
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
 from exec_server import __version__
-from exec_server.cli.options import add_server_options
+from exec_server.cli.options import add_cp_parser, add_run_parser, add_server_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,26 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="exec-server " + __version__)
     add_server_options(parser)
     commands = parser.add_subparsers(dest="command")
-    _add_run_parser(commands)
-    _add_cp_parser(commands)
+    add_run_parser(commands)
+    add_cp_parser(commands)
     service = commands.add_parser("service", help="run the server as a Windows service (Windows-only)",
                                   description="Install, start, stop or remove the Windows service; server "
                                               "options for install go after --.")
     service.add_argument("action", choices=["install", "start", "stop", "remove"])
     service.add_argument("server_arguments", nargs=argparse.REMAINDER)
     return parser
-
-
-def _add_run_parser(commands) -> None:
-    from exec_server.cli.run import add_parser
-
-    add_parser(commands)
-
-
-def _add_cp_parser(commands) -> None:
-    from exec_server.cli.cp import add_parser
-
-    add_parser(commands)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

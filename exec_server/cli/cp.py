@@ -9,15 +9,13 @@ A progress line is drawn on stderr when it is a terminal.
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from typing import Callable, Optional, TextIO
 
 from fs_helper.operations import atomic_write
 
-from exec_server.cli.options import add_client_options, client_headers
-from exec_server.client.api import Client
+from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
 from exec_server.protocol.errors import ExecServerDisconnected, NotFound, RpcError
 
@@ -114,27 +112,22 @@ def copy(fs: FileSystem, source: str, destination: str) -> int:
     raise ValueError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
 
 
-def add_parser(commands) -> None:
-    cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
-                             description="Copy a file; a leading ':' marks the remote side, as in scp.")
-    add_client_options(cp, "cp")
-    cp.add_argument("source")
-    cp.add_argument("destination")
-
-
 def copy_files(args: argparse.Namespace) -> int:
+    """``exec-server cp``: 0 when the copy is done, else one line on stderr and status 1 or 2."""
     if bool(args.url) == bool(args.via):
-        print("exec-server cp: give exactly one of --url and --via", file=sys.stderr)
-        return 2
+        return report("cp", CommandError("give exactly one of --url and --via"))
     try:
-        if args.via:
-            client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-cp")
-        else:
-            client = Client.connect(args.url, timeout=args.timeout, client_name="exec-server-cp",
-                                    headers=client_headers(args))
-        with client:
+        with connect(args, "exec-server-cp") as client:
             copy(client.fs, args.source, args.destination)
-    except (RpcError, OSError, ValueError, ExecServerDisconnected) as exc:
-        print("exec-server cp: %s" % (exc.message if isinstance(exc, RpcError) else exc), file=sys.stderr)
-        return 1
+    except CommandError as exc:
+        return report("cp", exc)
+    except RpcError as exc:
+        return report("cp", CommandError(exc.message, None, 1))
+    except (OSError, ValueError) as exc:
+        return report("cp", CommandError(os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc),
+                                         getattr(exc, "filename", None), 1))
+    except ExecServerDisconnected as exc:
+        error = disconnected(exc, args.via or args.url)
+        error.status = 1
+        return report("cp", error)
     return 0

@@ -1,4 +1,4 @@
-"""Options and exit statuses shared by the subcommands of ``exec-server``.
+"""Every option of ``exec-server`` and its subcommands, and the exit statuses.
 
 The server options (``exec-server --listen ...`` and what ``service install``
 stores) and the client options of ``run`` and ``cp`` are defined once here,
@@ -20,6 +20,13 @@ EXIT_RUN_FAILED = 125
 EXIT_DISCONNECTED = 255
 #: Exit status of a usage mistake (argparse's own).
 EXIT_USAGE = 2
+
+RUN_EXIT_STATUSES = """exit status:
+  N    the remote command's own exit status (128+N when a pipe process died of signal N)
+  2    a usage mistake: a bad option, server URL or token file
+  125  the server could not start the command (command or working directory not found)
+  255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
+       before the command's exit status arrived"""
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -144,3 +151,30 @@ def listen_options(args: argparse.Namespace):
         raise ValueError("websocket auth is required for non-localhost listeners; listen on 127.0.0.1 "
                          "or ::1, or use --ws-auth capability-token")
     return auth
+
+
+def add_run_parser(commands) -> None:
+    run = commands.add_parser("run", help="run a command through an exec-server",
+                              description="Run a command through an exec-server and stream its output.",
+                              epilog=RUN_EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_client_options(run, "run")
+    run.add_argument("--cwd", help="working directory on the server")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a variable for the command (repeatable)")
+    run.add_argument("--clean-env", action="store_true",
+                     help="give the command only the --env variables (default: inherit the server's)")
+    run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
+    run.add_argument("--stdin", action="store_true",
+                     help="forward local stdin to the command (always on with --tty)")
+    run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
+                     help="how long to try to resume the session after the connection drops; 0 disables "
+                          "(default: the client's ReconnectPolicy deadline)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
+
+
+def add_cp_parser(commands) -> None:
+    cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
+                             description="Copy a file; a leading ':' marks the remote side, as in scp.")
+    add_client_options(cp, "cp")
+    cp.add_argument("source")
+    cp.add_argument("destination")

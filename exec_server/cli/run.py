@@ -9,13 +9,13 @@ signal N), and turns Ctrl-C into ``process/signal interrupt``.  Without
 import argparse
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
 from typing import List
 
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, add_client_options, client_headers
+from exec_server.cli.connect import CommandError, connect, disconnected, report
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
@@ -23,30 +23,12 @@ from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 log = logging.getLogger("exec_server")
 
 
-def add_parser(commands) -> None:
-    run = commands.add_parser("run", help="run a command through an exec-server",
-                              description="Run a command through an exec-server and stream its output.")
-    add_client_options(run, "run")
-    run.add_argument("--cwd", help="working directory on the server")
-    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                     help="set a variable for the command (repeatable)")
-    run.add_argument("--clean-env", action="store_true",
-                     help="give the command only the --env variables (default: inherit the server's)")
-    run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
-    run.add_argument("--stdin", action="store_true",
-                     help="forward local stdin to the command (always on with --tty)")
-    run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
-                     help="how long to try to resume the session after the connection drops; 0 disables "
-                          "(default: the client's ReconnectPolicy deadline)")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
-
-
 def _parse_env(pairs: List[str]) -> dict:
     env = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit("exec-server run: --env wants NAME=VALUE, got %r" % pair)
+            raise CommandError("--env wants NAME=VALUE", pair)
         env[name] = value
     return env
 
@@ -90,19 +72,24 @@ def _forward_stdin(process) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """``exec-server run``: the remote command's exit status, or one of the statuses in ``run --help``."""
+    try:
+        return _run(args)
+    except CommandError as exc:
+        return report("run", exc)
+
+
+def _run(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("exec-server run: no command given (exec-server run -- COMMAND ...)", file=sys.stderr)
-        return 2
+        raise CommandError("no command given (exec-server run -- COMMAND ...)")
     env = _parse_env(args.env)
     if args.url and args.via:
-        print("exec-server run: give --url or --via, not both", file=sys.stderr)
-        return 2
+        raise CommandError("give --url or --via, not both")
     server = None
-    url = args.url
-    if url is None and args.via is None:
+    if args.url is None and args.via is None:
         # An in-process server starts in a few milliseconds; a stdio child
         # needs a new interpreter (~0.3 s here), so the embedded default is
         # the in-process WebSocket server (README.rst, "Run a command").
@@ -110,26 +97,32 @@ def run_command(args: argparse.Namespace) -> int:
         from exec_server.server.config import ServerConfig
 
         server = make_server("ws://127.0.0.1:0", ServerConfig()).start()
-        url = server.url
+        args.url = server.url
     try:
-        if args.via is not None:
-            client = Client.spawn(shlex.split(args.via), timeout=args.timeout, client_name="exec-server-run")
-        else:
-            deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
-            policy = ReconnectPolicy(deadline=deadline) if deadline > 0 else None
-            client = Client.connect(url, timeout=args.timeout, client_name="exec-server-run", reconnect=policy,
-                                    headers=client_headers(args))
+        deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
+        client = connect(args, "exec-server-run", ReconnectPolicy(deadline=deadline) if deadline > 0 else None)
         with client:
-            return _stream(client, argv, env, args)
+            try:
+                return _stream(client, argv, env, args)
+            except RpcError as exc:
+                raise _start_failure(client, argv, args, exc) from None
     except ExecServerDisconnected as exc:
-        print("exec-server run: %s" % exc, file=sys.stderr)
-        return EXIT_DISCONNECTED
-    except RpcError as exc:
-        print("exec-server run: %s" % exc.message, file=sys.stderr)
-        return EXIT_RUN_FAILED
+        raise disconnected(exc, args.via or args.url) from None
     finally:
         if server is not None:
             server.shutdown()
+
+
+def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
+    """Name what is missing when the server could not start the command (exit 125)."""
+    if "(os error 2)" in error.message and args.cwd:
+        try:
+            client.fs.get_metadata(args.cwd)
+        except (RpcError, ValueError):
+            return CommandError("working directory not found: %s" % error.message, args.cwd, EXIT_RUN_FAILED)
+    if "(os error 2)" in error.message:
+        return CommandError("command not found: %s" % error.message, argv[0], EXIT_RUN_FAILED)
+    return CommandError("cannot start the command: %s" % error.message, argv[0], EXIT_RUN_FAILED)
 
 
 def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
@@ -160,9 +153,6 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):
                     break
-    except ExecServerDisconnected as exc:
-        print("exec-server run: %s" % exc, file=sys.stderr)
-        return EXIT_DISCONNECTED
     finally:
         signal.signal(signal.SIGINT, previous)
     if exit_code is None or exit_code < 0:

@@ -5,12 +5,12 @@ picks a free port); ``--listen stdio`` serves one client on stdin/stdout.
 """
 
 import argparse
+import os
 import signal
 import sys
 import threading
 
 from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_options
-from exec_server.server.app import make_server
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -26,10 +26,13 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print("exec-server: %s" % exc, file=sys.stderr)
         return 2
+    from exec_server.server.app import make_server  # not needed by --listen stdio
+
     try:
         server = make_server(args.listen, config_from_options(args), auth)
     except OSError as exc:
-        print("exec-server: cannot listen on %s: %s" % (args.listen, exc), file=sys.stderr)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
         return 1
 
     def stop(signum, frame):

@@ -15,12 +15,10 @@ misuse errors, ``InternalError`` (-32603) for other OS errors.
 """
 
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
+from exec_server.client.interfaces import Caller, PathLike
 from exec_server.protocol import b64
-
-if TYPE_CHECKING:  # pragma: no cover
-    from exec_server.client.api import Client, PathLike
 
 #: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
 BLOCK_BYTES = 1 << 20
@@ -84,9 +82,15 @@ class RemoteFile:
 
 
 class FileSystem:
-    """The ``fs/*`` methods of one client.  ``sandbox`` is sent with every path call."""
+    """The ``fs/*`` methods of one client.  ``sandbox`` is sent with every path call.
 
-    def __init__(self, client: "Client", sandbox: Optional[Dict[str, Any]] = None, timeout: Optional[float] = 300.0):
+    Args:
+        client: what the calls go through (the :class:`Client`).
+        sandbox: a FileSystemSandboxContext sent with every path call, or None.
+        timeout: seconds per call.
+    """
+
+    def __init__(self, client: Caller, sandbox: Optional[Dict[str, Any]] = None, timeout: Optional[float] = 300.0):
         self._client = client
         self.sandbox = sandbox
         self.timeout = timeout

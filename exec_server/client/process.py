@@ -5,6 +5,12 @@ A :class:`RemoteProcess` publishes ``process/output``, ``process/exited`` and
 until every lower seq has been published, and one already published is
 dropped as a duplicate, so live notifications and a ``process/read``
 catch-up after a reconnect can arrive in any order.
+
+A handle calls the server through a :class:`~exec_server.client.interfaces.Caller`
+(the client); the client's endpoint and recovery feed it through
+:meth:`RemoteProcess.deliver`, :meth:`RemoteProcess.catch_up` and
+:meth:`RemoteProcess.fail` (the :class:`~exec_server.client.interfaces.ProcessHandle`
+interface), which are client-internal: user code never calls them.
 """
 
 import collections
@@ -13,13 +19,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Union
+from typing import Any, Deque, Dict, Iterator, List, Optional, Union
 
+from exec_server.client.interfaces import Caller
+from exec_server.client.interfaces import deadline as _deadline
+from exec_server.client.interfaces import remaining as _remaining
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from exec_server.client.api import Client
 
 
 @dataclass(frozen=True)
@@ -81,20 +87,6 @@ class ProcessOutputGap(Exception):
         self.missing = missing
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError("timeout must not be negative")
-    return time.monotonic() + timeout
-
-
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
 def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[ProcessEvent]:
     seq = params.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
@@ -113,9 +105,14 @@ class RemoteProcess:
 
     Events are buffered in seq order until consumed by iteration,
     :meth:`next_event` or :meth:`communicate`.  Thread-safe.
+
+    Args:
+        client: what control calls go through (the :class:`Client` that started it).
+        process_id: the protocol's ``processId``.
+        args: the argv, for ``subprocess.TimeoutExpired`` and ``repr``.
     """
 
-    def __init__(self, client: "Client", process_id: str, args: List[str]):
+    def __init__(self, client: Caller, process_id: str, args: List[str]):
         self.client = client
         self.process_id = process_id
         self.args = args
@@ -146,13 +143,21 @@ class RemoteProcess:
                     self._held.clear()
             self._changed.notify_all()
 
-    def _receive(self, method: str, params: Dict[str, Any]) -> None:
+    # ------------------------------------ client-internal (ProcessHandle)
+    def deliver(self, method: str, params: Dict[str, Any]) -> None:
+        """Accept one ``process/output|exited|closed`` notification.
+
+        Client-internal: called by the client's endpoint (reader thread).
+        Anything else, or a notification without an integer seq, is ignored.
+        """
         event = event_from_notification(method, params)
         if event is not None:
             self._publish(event)
 
-    def _catch_up(self, result: Dict[str, Any]) -> Optional[List[int]]:
+    def catch_up(self, result: Dict[str, Any]) -> Optional[List[int]]:
         """Publish what a ``process/read`` from :attr:`last_seq` returned.
+
+        Client-internal: called by the client's recovery after a reconnect.
 
         Returns:
             the lost seqs if the server no longer retains some, else None.
@@ -177,7 +182,12 @@ class RemoteProcess:
             self._publish(ClosedEvent(closed_seq))
         return None
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
+        """Make every current and later wait raise ``error``, unless ``closed`` was published.
+
+        Client-internal: called by the client's endpoint when the client
+        fails or closes, and by its recovery for a gap or a lost process.
+        """
         with self._changed:
             if not self._closed and self._failure is None:
                 self._failure = error

@@ -1,244 +1,278 @@
 """Client transports: a blocking message pipe to one server connection.
 
-A transport has ``send(text)``, ``receive() -> text`` (blocking; raises
-:class:`~exec_server.protocol.errors.ExecServerDisconnected` once closed) and
-``close()``.  The WebSocket one is simple-websocket's client with a connect
-timeout, TCP_NODELAY and whole-frame writes under one lock.
+:class:`Transport` is what the client's endpoint needs of a connection;
+:class:`WebSocketTransport` is the WebSocket one, built on wsproto the same
+way as the server's connection (``exec_server.common.websocket``): one send
+lock, every frame written whole, Pings answered, a Close frame and a bounded
+wait on close.  The stdio transport is in :mod:`exec_server.client.stdio`.
 """
 
+import collections
 import socket
 import threading
-from typing import Any, Mapping, Optional, Union
+import time
+from typing import Callable, Deque, List, Mapping, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
-import simple_websocket
-from simple_websocket.ws import Base as _WebSocketBase
-from wsproto import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping, RejectConnection, RejectData,
+                            Request)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
 from exec_server.protocol.errors import ExecServerDisconnected
 
-#: Largest message the client accepts, bytes.
+#: Largest message the client accepts, bytes (characters of a text message).
 CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 #: Bytes asked of the socket per ``recv``.
 CLIENT_RECV_BYTES = 256 * 1024
+#: Seconds :meth:`WebSocketTransport.close` waits for the server's Close frame.
+CLOSE_WAIT = 1.0
+#: Bytes of a refused upgrade's body kept for the error message.
+_REJECT_BODY_BYTES = 64 * 1024
 
 
-class _LockedSocket:
-    """A socket whose ``send`` writes whole buffers under one lock.
+class Transport(Protocol):
+    """One connection to a server, as the client's endpoint uses it.
 
-    simple-websocket writes pongs and closes from its own thread with
-    ``socket.send``; routing every write through ``sendall`` under this lock
-    keeps frames whole.
+    ``send`` may be called from any thread; ``receive`` from one reader
+    thread only; ``close`` from any thread, any number of times.
     """
 
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.lock = threading.Lock()
+    def send(self, text: str) -> None:
+        """Send one JSON-RPC message.  Raises ExecServerDisconnected if the connection is gone."""
 
-    def send(self, data: bytes) -> int:
-        with self.lock:
-            self._sock.sendall(data)
-        return len(data)
+    def receive(self) -> Union[str, bytes]:
+        """The next message, blocking.  Raises ExecServerDisconnected once the connection ended."""
 
-    sendall = send
+    def close(self) -> None:
+        """End the connection (bounded); later sends raise ExecServerDisconnected."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+    def ping(self) -> None:
+        """Send a keepalive if the transport has one (a no-op otherwise)."""
 
 
-class _SimpleWebSocket(simple_websocket.Client):
-    def __init__(self, url: str, timeout: Optional[float], headers: Optional[Mapping[str, str]]):
-        parts = urlsplit(url)
-        if parts.scheme != "ws":
-            raise ValueError("only ws:// URLs are supported, got %r" % url)
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        self.subprotocols = []
-        self.extra_headeers = list((headers or {}).items())  # simple-websocket's attribute name
-        raw = socket.create_connection((self.host, self.port), timeout=timeout)
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _WebSocketBase.__init__(self, _LockedSocket(raw), connection_type=ConnectionType.CLIENT,
-                                    receive_bytes=CLIENT_RECV_BYTES, max_message_size=CLIENT_MAX_MESSAGE_BYTES)
-        except BaseException:
-            raw.close()
-            raise
-
-    def handshake(self) -> None:
-        # simple-websocket's own handshake loops forever when the peer closes
-        # before answering; this one stops at end of stream.
-        self.sock.send(self.ws.send(Request(host=self.host, target=self.path, subprotocols=self.subprotocols,
-                                            extra_headers=self.extra_headeers)))
-        event = None
-        while event is None:
-            data = self.sock.recv(self.receive_bytes)
-            if not data:
-                raise ConnectionError("connection closed during the WebSocket handshake")
-            self.ws.receive_data(data)
-            event = next(self.ws.events(), None)
-        if isinstance(event, RejectConnection):
-            raise ConnectionError("WebSocket upgrade refused with HTTP %d" % event.status_code)
-        if not isinstance(event, AcceptConnection):
-            raise ConnectionError("unexpected WebSocket handshake event %r" % (event,))
-        self.subprotocol = event.subprotocol
-        self.connected = True
-        self.sock.settimeout(None)
+#: ``connector(timeout_seconds) -> Transport``: opens a new connection (the client calls it again to reconnect).
+Connector = Callable[[Optional[float]], Transport]
 
 
 class WebSocketTransport:
-    """One WebSocket connection to ``ws://host:port``.  Thread-safe send."""
+    """One WebSocket connection to ``ws://host:port/path``.  Implements :class:`Transport`.
 
-    def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None):
-        try:
-            self._ws = _SimpleWebSocket(url, timeout, headers)
-        except (OSError, simple_websocket.ConnectionError, simple_websocket.ConnectionClosed) as exc:
-            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
-        self.url = url
-
-    def send(self, text: str) -> None:
-        ws = self._ws
-        if not ws.connected:
-            raise ExecServerDisconnected("connection closed")
-        try:
-            with ws.sock.lock:
-                ws.sock._sock.sendall(ws.ws.send(TextMessage(data=text)))
-        except Exception as exc:
-            raise ExecServerDisconnected("send failed: %s" % exc) from exc
-
-    def receive(self) -> Union[str, bytes]:
-        while True:
-            try:
-                message = self._ws.receive()
-            except simple_websocket.ConnectionClosed as exc:
-                raise ExecServerDisconnected("connection closed (%s)" % exc.reason) from None
-            if message is not None:
-                return message
-            if not self._ws.connected:
-                raise ExecServerDisconnected("connection closed")
-
-    def close(self) -> None:
-        try:
-            self._ws.close()
-        except Exception:
-            try:
-                self._ws.sock.close()
-            except Exception:
-                pass
-
-
-class StdioTransport:
-    """JSON-RPC over a child's stdin/stdout, one message per line.
-
-    The child is an exec-server started with ``--listen stdio`` (directly, or
-    through ``ssh``).  Its stderr is drained to logging (logger
-    ``exec_server.child``) so it can never block on a full pipe.  ``close``
-    closes the child's stdin (the server then kills its process trees and
-    exits), waits up to ``CHILD_EXIT_GRACE`` seconds, then kills the child's
-    tree.
+    Args:
+        url: ``ws://`` URL (no TLS).
+        timeout: seconds for the TCP connect and the upgrade together; None blocks.
+        headers: extra HTTP headers for the upgrade (Authorization, traceparent, ...).
+    Raises:
+        ValueError: the URL is not ``ws://``.
+        ExecServerDisconnected: the server cannot be reached, or refused the
+            upgrade (the message names the HTTP status and the body).
     """
 
-    #: Seconds a child may take to exit after its stdin closed.
-    CHILD_EXIT_GRACE = 2.0
-
-    def __init__(self, argv, env=None, cwd=None):
-        import logging
-        import subprocess
-        import sys
-
-        from exec_server.common.tree import CREATE_NEW_PROCESS_GROUP
-
-        options = {"creationflags": CREATE_NEW_PROCESS_GROUP} if sys.platform.startswith("win") \
-            else {"start_new_session": True}
+    def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None):
+        parts = urlsplit(url)
+        if parts.scheme != "ws":
+            raise ValueError("only ws:// URLs are supported, got %r" % url)
+        self.url = url
+        deadline = None if timeout is None else time.monotonic() + timeout
+        host, port = parts.hostname, parts.port or 80
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         try:
-            self._child = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, env=env, cwd=cwd, **options)
+            sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
-            raise ExecServerDisconnected("cannot start %s: %s" % (argv[0], exc)) from exc
-        self.pid = self._child.pid
-        self._send_lock = threading.Lock()
-        self._closed = False  # no more sends
-        self._finished = False  # resources released
-        self._log = logging.getLogger("exec_server.child")
-        self._stdout = self._child.stdout
-        self._stderr_thread = threading.Thread(target=self._drain_stderr, name="exec-server-child-stderr",
-                                               daemon=True)
-        self._stderr_thread.start()
-
-    def _drain_stderr(self) -> None:
-        stream = self._child.stderr
+            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
         try:
-            for line in iter(stream.readline, b""):
-                self._log.info("%s", line.rstrip().decode("utf-8", "replace"))
-        except (OSError, ValueError):
-            pass
-        finally:
-            stream.close()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            protocol = WSConnection(ConnectionType.CLIENT)
+            sock.sendall(protocol.send(Request(host=host, target=target,
+                                               extra_headers=list((headers or {}).items()))))
+            _await_accept(sock, protocol, deadline)
+            sock.settimeout(None)
+        except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
+            sock.close()
+            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
+        self._sock = sock
+        self._protocol = protocol
+        self._writer = FrameWriter(sock, protocol)
+        self._messages: Deque[Union[str, bytes]] = collections.deque()
+        self._parts: List[Union[str, bytes]] = []
+        self._size = 0
+        self._ended: Optional[str] = None  # why the connection ended, once it has
+        self._done = threading.Event()  # set when the reader saw the end
+        self._closing = False
+        self._reader: Optional[int] = None  # thread id of the receiving thread
+        self._handle_events()  # frames that came with the 101 answer
 
     def send(self, text: str) -> None:
-        data = text.encode("utf-8") + b"\n"
-        with self._send_lock:
-            if self._closed:
-                raise ExecServerDisconnected("exec-server child is closed")
-            try:
-                self._child.stdin.write(data)
-                self._child.stdin.flush()
-            except (OSError, ValueError) as exc:
-                raise ExecServerDisconnected("cannot write to the exec-server child: %s" % exc) from exc
+        """Send ``text`` as one text frame (whole, under the send lock).
 
-    def receive(self) -> bytes:
-        while True:
+        Raises:
+            ExecServerDisconnected: the connection is closed or the write failed.
+        """
+        if self._ended is not None:
+            raise ExecServerDisconnected("connection closed")
+        try:
+            self._writer.send_texts(text)
+        except OSError as exc:
+            raise ExecServerDisconnected("send failed: %s" % exc) from exc
+
+    def ping(self) -> None:
+        """Send a Ping frame (the server answers with a Pong, which is ignored).
+
+        Raises:
+            ExecServerDisconnected: the connection is closed or the write failed.
+        """
+        try:
+            self._writer.send_event(Ping(b""))
+        except (OSError, LocalProtocolError) as exc:
+            raise ExecServerDisconnected("ping failed: %s" % exc) from exc
+
+    def receive(self) -> Union[str, bytes]:
+        """The next whole message (str for text frames), blocking; call from one thread only.
+
+        Server Pings are answered here.  Messages that arrived before the end
+        are returned before the end is reported.
+
+        Raises:
+            ExecServerDisconnected: the connection ended (Close, end of
+                stream, socket error, or a message over CLIENT_MAX_MESSAGE_BYTES).
+        """
+        messages = self._messages
+        while not messages:
+            if self._ended is not None:
+                raise ExecServerDisconnected(self._ended)
+            self._reader = threading.get_ident()
             try:
-                line = self._stdout.readline()
-            except (OSError, ValueError):
-                line = b""
-            if not line:
-                status = self._child.poll()
-                raise ExecServerDisconnected("exec-server child closed its output%s"
-                                             % ("" if status is None else " (exit status %d)" % status))
-            line = line.rstrip(b"\r\n")
-            if line.strip():
-                return line
+                data = self._sock.recv(CLIENT_RECV_BYTES)
+            except OSError as exc:
+                self._end("connection closed (%s)" % exc)
+                continue
+            try:
+                self._protocol.receive_data(data or None)
+            except RemoteProtocolError as exc:
+                self._end("connection closed (%s)" % exc)
+                continue
+            self._handle_events()
+            if not data:
+                self._end("connection closed")
+        return messages.popleft()
+
+    def _handle_events(self) -> None:
+        """Drain wsproto's events: queue whole messages, answer Pings, note a Close."""
+        for event in self._protocol.events():
+            if isinstance(event, Message):
+                data = event.data
+                if event.message_finished and not self._parts:
+                    if len(data) > CLIENT_MAX_MESSAGE_BYTES:
+                        self._too_big()
+                        return
+                    self._messages.append(data)
+                    continue
+                self._size += len(data)
+                if self._size > CLIENT_MAX_MESSAGE_BYTES:
+                    self._too_big()
+                    return
+                self._parts.append(data)
+                if event.message_finished:
+                    parts = self._parts
+                    self._messages.append(type(parts[0])().join(parts))
+                    self._parts, self._size = [], 0
+            elif isinstance(event, Ping):
+                try:
+                    self._writer.send_event(event.response())
+                except (OSError, LocalProtocolError):
+                    pass
+            elif isinstance(event, CloseConnection):
+                if self._protocol.state == ConnectionState.REMOTE_CLOSING:
+                    try:
+                        self._writer.send_event(event.response(), timeout=CLOSE_WAIT)
+                    except (OSError, LocalProtocolError):
+                        pass
+                self._end("connection closed (%s)" % (event.reason or event.code))
+                return
+
+    def _too_big(self) -> None:
+        reason = "message exceeds %d bytes" % CLIENT_MAX_MESSAGE_BYTES
+        try:
+            self._writer.send_event(CloseConnection(code=CLOSE_MESSAGE_TOO_BIG, reason=reason), timeout=CLOSE_WAIT)
+        except (OSError, LocalProtocolError):
+            pass
+        self._end("connection closed (%s)" % reason)
+
+    def _end(self, reason: str) -> None:
+        """The reader saw the end: remember why, wake :meth:`close`, release the socket."""
+        if self._ended is None:
+            self._ended = reason
+        self._done.set()
+        self._release()
+
+    def _release(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv or sendall
+        except OSError:
+            pass
+        with self._writer.lock:
+            self._sock.close()
 
     def close(self) -> None:
-        """End the child: close its stdin, wait briefly, then kill its tree."""
-        import subprocess
+        """Send a Close frame, wait up to CLOSE_WAIT seconds for the server's, then close the socket.
 
-        from exec_server.common.tree import kill_tree
+        Idempotent and thread-safe; does not wait when called from the
+        receiving thread (nobody else would read the answer).
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self._ended is None:
+            try:
+                self._writer.send_event(CloseConnection(code=CLOSE_NORMAL), timeout=CLOSE_WAIT)
+            except (OSError, LocalProtocolError):
+                pass
+            if self._reader is not None and self._reader != threading.get_ident():
+                self._done.wait(CLOSE_WAIT)
+        if self._ended is None:
+            self._ended = "connection closed"
+        self._release()
 
-        with self._send_lock:
-            if self._finished:
+
+def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optional[float]) -> None:
+    """Read the upgrade's answer until wsproto accepts it.
+
+    Raises:
+        ConnectionError: refused (``HTTP <status>: <body>``), or the stream ended first.
+        socket.timeout: the deadline passed.
+    """
+    status = None
+    body = b""
+    while True:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("timed out during the WebSocket handshake")
+            sock.settimeout(remaining)
+        data = sock.recv(CLIENT_RECV_BYTES)
+        if not data:
+            if status is not None:
+                raise ConnectionError(_refusal(status, body))
+            raise ConnectionError("connection closed during the WebSocket handshake")
+        protocol.receive_data(data)
+        for event in protocol.events():
+            if isinstance(event, AcceptConnection):
                 return
-            self._finished = True
-            self._closed = True
-            try:
-                self._child.stdin.close()
-            except OSError:
-                pass
-        try:
-            self._child.wait(self.CHILD_EXIT_GRACE)
-        except subprocess.TimeoutExpired:
-            kill_tree(self.pid)
-            try:
-                self._child.wait(self.CHILD_EXIT_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-        for stream in (self._stdout,):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        self._stderr_thread.join(self.CHILD_EXIT_GRACE)
+            if isinstance(event, RejectConnection):
+                status = event.status_code
+                if not event.has_body:
+                    raise ConnectionError(_refusal(status, body))
+            elif isinstance(event, RejectData):
+                body = (body + event.data)[:_REJECT_BODY_BYTES]
+                if event.body_finished:
+                    raise ConnectionError(_refusal(status, body))
+            else:
+                raise ConnectionError("unexpected WebSocket handshake event %r" % (event,))
 
-    def kill(self) -> None:
-        """Kill the child's tree at once (used when it misbehaves)."""
-        from exec_server.common.tree import kill_tree
 
-        with self._send_lock:
-            self._closed = True
-        kill_tree(self.pid)
-        try:
-            self._child.wait(self.CHILD_EXIT_GRACE)
-        except Exception:
-            pass
+def _refusal(status: Optional[int], body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    message = "WebSocket upgrade refused with HTTP %s" % status
+    return message + (": " + text[:200] if text else "")

@@ -18,12 +18,10 @@ the server and client produce (PROTOCOL.md section 12):
 
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
-
-from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from exec_server import __version__
 
@@ -35,66 +33,132 @@ SUCCESS, ERROR, DISCONNECTED, TERMINATED = "success", "error", "disconnected", "
 #: ``benchmarks/telemetry_overhead.py``).
 DISABLED = os.environ.get("EXEC_SERVER_TELEMETRY", "").lower() == "off"
 
+# Whether an SDK is there is decided at call time from the provider installed
+# *now*, so it does not matter whether the SDK arrived before this module was
+# imported (``opentelemetry-instrument``, a script that configures the SDK and
+# then imports the client) or after it (``exec-server --otel``).  The API is
+# imported only once somebody else has imported it, or named a provider in
+# the environment: nobody can have installed a provider before that, and a
+# process without OpenTelemetry pays nothing for it at start-up.
+_TRACE_PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
+_METER_PROVIDER_ENV = "OTEL_PYTHON_METER_PROVIDER"
+#: (provider, its tracer or meter, or None when it is the API's own no-op or proxy)
+_tracer_cache: Tuple[Any, Any] = (None, None)
+_meter_cache: Tuple[Any, Any] = (None, None)
 
-class _Off:
-    """Stands in for the meter and its instruments when telemetry is off."""
 
-    def __getattr__(self, name: str) -> Any:
-        return self
+def _current_tracer() -> Any:
+    """The tracer of the installed SDK provider, or None when tracing is off."""
+    global _tracer_cache
+    if DISABLED or ("opentelemetry.trace" not in sys.modules and _TRACE_PROVIDER_ENV not in os.environ):
+        return None
+    from opentelemetry import trace
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self
+    provider = trace.get_tracer_provider()
+    cached_provider, tracer = _tracer_cache
+    if provider is not cached_provider:
+        api_own = isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+        tracer = None if api_own else provider.get_tracer(INSTRUMENTATION, __version__)
+        _tracer_cache = (provider, tracer)
+    return tracer
 
 
-_tracer = trace.get_tracer(INSTRUMENTATION, __version__)
-_meter: Any = _Off() if DISABLED else metrics.get_meter(INSTRUMENTATION, __version__)
-_DEFAULT_PROVIDER = trace.get_tracer_provider()
-_DEFAULT_METER_PROVIDER = metrics.get_meter_provider()
+def _current_meter() -> Any:
+    """The meter of the installed SDK meter provider, or None when metrics are off."""
+    global _meter_cache
+    if DISABLED or ("opentelemetry.metrics" not in sys.modules and _METER_PROVIDER_ENV not in os.environ):
+        return None
+    from opentelemetry import metrics
 
-connections_active = _meter.create_up_down_counter(
-    "exec_server_connections_active", description="Open client connections")
-connections_total = _meter.create_counter(
-    "exec_server_connections_total", description="Client connections accepted")
-requests_total = _meter.create_counter(
-    "exec_server_requests_total", description="Requests handled")
-request_duration = _meter.create_histogram(
-    "exec_server_request_duration_seconds", unit="s", description="Handler time of a request")
-request_total_duration = _meter.create_histogram(
-    "exec_server_request_total_duration_seconds", unit="s",
+    provider = metrics.get_meter_provider()
+    cached_provider, meter = _meter_cache
+    if provider is not cached_provider:
+        # The API's proxy and no-op providers live in the API package itself.
+        api_own = type(provider).__module__.startswith("opentelemetry.metrics")
+        meter = None if api_own else provider.get_meter(INSTRUMENTATION, __version__)
+        _meter_cache = (provider, meter)
+    return meter
+
+
+class _Instrument:
+    """A metric instrument made from the current SDK meter on first use; recording is a no-op without one."""
+
+    __slots__ = ("_factory", "_name", "_options", "_meter", "_real")
+
+    def __init__(self, factory: str, name: str, **options: Any):
+        self._factory = factory
+        self._name = name
+        self._options = options
+        self._meter: Any = None
+        self._real: Any = None
+
+    def _instrument(self) -> Any:
+        meter = _current_meter()
+        if meter is None:
+            return None
+        if meter is not self._meter:
+            self._real = getattr(meter, self._factory)(self._name, **self._options)
+            self._meter = meter
+        return self._real
+
+    def add(self, amount: float, attributes: Optional[Dict[str, Any]] = None) -> None:
+        real = self._instrument()
+        if real is not None:
+            real.add(amount, attributes)
+
+    def record(self, amount: float, attributes: Optional[Dict[str, Any]] = None) -> None:
+        real = self._instrument()
+        if real is not None:
+            real.record(amount, attributes)
+
+
+connections_active = _Instrument(
+    "create_up_down_counter", "exec_server_connections_active", description="Open client connections")
+connections_total = _Instrument(
+    "create_counter", "exec_server_connections_total", description="Client connections accepted")
+requests_total = _Instrument(
+    "create_counter", "exec_server_requests_total", description="Requests handled")
+request_duration = _Instrument(
+    "create_histogram", "exec_server_request_duration_seconds", unit="s", description="Handler time of a request")
+request_total_duration = _Instrument(
+    "create_histogram", "exec_server_request_total_duration_seconds", unit="s",
     description="From decoded receipt to response enqueue or disconnect, queueing included")
-request_queue_duration = _meter.create_histogram(
-    "exec_server_request_queue_duration_seconds", unit="s", description="Time a request waited for a worker")
-processes_active = _meter.create_up_down_counter(
-    "exec_server_processes_active", description="Processes running or not yet closed")
-processes_finished = _meter.create_counter(
-    "exec_server_processes_finished_total", description="Processes closed, by result")
-process_duration = _meter.create_histogram(
-    "exec_server_process_duration_seconds", unit="s", description="From spawn to closed")
-client_requests_total = _meter.create_counter(
-    "exec_server_client_requests_total", description="Client calls, local failures included")
+request_queue_duration = _Instrument(
+    "create_histogram", "exec_server_request_queue_duration_seconds", unit="s",
+    description="Time a request waited for a worker")
+processes_active = _Instrument(
+    "create_up_down_counter", "exec_server_processes_active", description="Processes running or not yet closed")
+processes_finished = _Instrument(
+    "create_counter", "exec_server_processes_finished_total", description="Processes closed, by result")
+process_duration = _Instrument(
+    "create_histogram", "exec_server_process_duration_seconds", unit="s", description="From spawn to closed")
+client_requests_total = _Instrument(
+    "create_counter", "exec_server_client_requests_total", description="Client calls, local failures included")
 
 
 def tracing_enabled() -> bool:
-    """True once an SDK (or any real provider) replaced the API's default."""
-    return not DISABLED and trace.get_tracer_provider() is not _DEFAULT_PROVIDER
+    """True while a real tracer provider (an SDK) is installed, whenever it was installed."""
+    return _current_tracer() is not None
 
 
 def metrics_enabled() -> bool:
-    """True once an SDK meter provider is installed; without one, recording is skipped."""
-    return not DISABLED and metrics.get_meter_provider() is not _DEFAULT_METER_PROVIDER
+    """True while a real meter provider (an SDK) is installed; without one, recording is skipped."""
+    return _current_meter() is not None
 
 
 def method_label(method: str, routed: bool) -> str:
     return method if routed else "unknown"
 
 
-def extract(carrier: Optional[Any]) -> Optional[otel_context.Context]:
+def extract(carrier: Optional[Any]) -> Any:
     """The remote parent from a request's ``trace`` member (a TraceContext or None).
 
     An invalid ``traceparent`` yields an empty context: a fresh trace.
     """
     if carrier is None:
         return None
+    from opentelemetry import propagate
+
     fields = {}
     if getattr(carrier, "traceparent", None):
         fields["traceparent"] = carrier.traceparent
@@ -107,6 +171,8 @@ def inject() -> Dict[str, str]:
     """The current context as a ``trace`` carrier (empty when nothing is traced)."""
     if not tracing_enabled():
         return {}
+    from opentelemetry import propagate
+
     carrier: Dict[str, str] = {}
     propagate.inject(carrier)
     return {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")}
@@ -121,20 +187,27 @@ class ServerRequestSpan:
         self.received = received
         self.span = None
         self.token = None
-        if tracing_enabled():
-            self.span = _tracer.start_span(method, context=extract(carrier), kind=trace.SpanKind.SERVER,
-                                           attributes={"method": method})
+        tracer = _current_tracer()
+        if tracer is not None:
+            from opentelemetry import trace
+
+            self.span = tracer.start_span(method, context=extract(carrier), kind=trace.SpanKind.SERVER,
+                                          attributes={"method": method})
 
     def dispatched(self) -> None:
         if self.span is not None:
+            from opentelemetry import context, trace
+
             self.span.set_attribute("rpc.dispatch_offset_ns", int((time.monotonic() - self.received) * 1e9))
-            self.token = otel_context.attach(trace.set_span_in_context(self.span))
+            self.token = context.attach(trace.set_span_in_context(self.span))
 
     def finish(self, result: Optional[str]) -> None:
         if self.span is None:
             return
+        from opentelemetry import context, trace
+
         if self.token is not None:
-            otel_context.detach(self.token)
+            context.detach(self.token)
             self.token = None
         if result is not None and result != DISCONNECTED:
             self.span.set_attribute("result", result)
@@ -147,28 +220,35 @@ class ServerRequestSpan:
 @contextmanager
 def child_span(name: str) -> Iterator[None]:
     """An INTERNAL span under the current one (spawn, fs helper); no-op when off."""
-    with _span(name, trace.SpanKind.INTERNAL):
+    with _span(name, "INTERNAL"):
         yield
 
 
 @contextmanager
 def client_span(method: str) -> Iterator[None]:
     """The CLIENT span of one call, attribute ``method``; no-op when tracing is off."""
-    with _span(method, trace.SpanKind.CLIENT, {"method": method}):
+    with _span(method, "CLIENT", {"method": method}):
         yield
 
 
 @contextmanager
-def _span(name: str, kind: "trace.SpanKind", attributes: Optional[Dict[str, Any]] = None) -> Iterator[None]:
-    if not tracing_enabled():
+def _span(name: str, kind: str, attributes: Optional[Dict[str, Any]] = None) -> Iterator[None]:
+    tracer = _current_tracer()
+    if tracer is None:
         yield
         return
-    with _tracer.start_as_current_span(name, kind=kind, attributes=attributes):
+    from opentelemetry import trace
+
+    with tracer.start_as_current_span(name, kind=trace.SpanKind[kind], attributes=attributes):
         yield
 
 
 def log_fields(**fields: Any) -> Dict[str, Any]:
     """``extra=`` for a log record: the given fields plus the current trace and span ids."""
+    if not tracing_enabled():
+        return fields
+    from opentelemetry import trace
+
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         fields["trace_id"] = format(span_context.trace_id, "032x")
@@ -194,7 +274,7 @@ def configure_sdk(service_version: str = __version__) -> None:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError as exc:
         raise RuntimeError("--otel needs the opentelemetry-sdk package (pip install opentelemetry-sdk)") from exc
-    import sys
+    from opentelemetry import metrics, trace
 
     resource = Resource.create({"service.name": "exec-server", "service.version": service_version})
     try:

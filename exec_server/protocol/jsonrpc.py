@@ -1,7 +1,8 @@
 """Sans-IO JSON-RPC 2.0 layer of the Codex exec-server protocol.
 
 Text in, message objects out (:func:`parse_message`); message objects in, text
-out (:func:`encode`).  No sockets, threads or transports here.
+out (:func:`encode`).  No sockets, threads or transports here.  The
+hand-built encoders of process output live in :mod:`exec_server.protocol.wire`.
 
 Envelope rules follow ``PROTOCOL.md`` section 2: the server never sends a
 ``jsonrpc`` member and ignores an incoming one; ids are i64 integers or
@@ -12,9 +13,10 @@ strings, echoed with their JSON type; a malformed envelope is reported as
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from exec_server.protocol.errors import RpcError
+from exec_server.protocol.wire import RawJson, dumps  # noqa: F401  (dumps: part of this module's API)
 
 I64_MIN = -(2 ** 63)
 I64_MAX = 2 ** 63 - 1
@@ -206,28 +208,6 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     raise EnvelopeError("missing field `error`")
 
 
-class RawJson:
-    """Already-encoded JSON text in pieces, joined into the message by :func:`encode`.
-
-    A hot-path result (a ``process/read`` of 64 KiB chunks) reaches the wire
-    with one copy of its base64 text rather than one per nesting level.
-    ``str(raw)`` is the JSON text.
-    """
-
-    __slots__ = ("parts",)
-
-    def __init__(self, parts: List[str]):
-        self.parts = parts
-
-    def __str__(self) -> str:
-        return "".join(self.parts)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON with non-ASCII left unescaped (the reference's encoding)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def encode(message: Message) -> str:
     """Serialize a message in the reference's member order.
 
@@ -259,43 +239,3 @@ def encode(message: Message) -> str:
 
 def error_response(request_id: Optional[RequestId], error: RpcError) -> ErrorResponse:
     return ErrorResponse(request_id, error.to_dict())
-
-
-def encode_output_notification(process_id: str, seq: int, stream: str, chunk_b64: str) -> str:
-    """``process/output`` text built without re-escaping the base64 chunk.
-
-    Standard base64 needs no JSON escaping, so the chunk is inserted as is;
-    only the process id goes through the JSON encoder.  Equal to
-    ``encode(Notification("process/output", {...}))``.
-    """
-    return '{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"%s"}}' % (
-        dumps(process_id),
-        seq,
-        stream,
-        chunk_b64,
-    )
-
-
-def encode_read_result(result: Dict[str, Any]) -> RawJson:
-    """A ``process/read`` result as JSON text without re-escaping base64 chunks.
-
-    ``chunks`` hold base64 text (needs no escaping) and ``stream`` is one of
-    ``stdout``, ``stderr``, ``pty``; ``str()`` of the return value equals
-    ``dumps(result)``.
-    """
-    parts = ['{"chunks":[']
-    separator = '{"seq":%d,"stream":"%s","chunk":"'
-    for chunk in result["chunks"]:
-        parts.append(separator % (chunk["seq"], chunk["stream"]))
-        parts.append(chunk["chunk"])
-        parts.append('"}')
-        separator = ',{"seq":%d,"stream":"%s","chunk":"'
-    exit_code = result["exitCode"]
-    parts.append('],"nextSeq":%d,"exited":%s,"exitCode":%s,"closed":%s,"failure":%s,"sandboxDenied":%s}' % (
-        result["nextSeq"], _LITERALS[result["exited"]], "null" if exit_code is None else "%d" % exit_code,
-        _LITERALS[result["closed"]], dumps(result["failure"]), _LITERALS[result["sandboxDenied"]]))
-    return RawJson(parts)
-
-
-#: JSON text of the booleans in a ``process/read`` result.
-_LITERALS = {True: "true", False: "false"}

@@ -9,6 +9,7 @@ with 1001, kills every process tree and joins the process threads.
 
 import ipaddress
 import logging
+import socket
 import threading
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
@@ -17,7 +18,6 @@ from werkzeug.serving import ThreadedWSGIServer
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
-from exec_server.server.fs.helper import stop_all_helpers
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
 from exec_server.server.websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: How often werkzeug's accept loop checks for shutdown, seconds.
 POLL_INTERVAL = 0.1
+#: Pending connections the kernel queues before accept (werkzeug's own default).
+LISTEN_BACKLOG = 128
 
 
 def parse_listen_url(url: str) -> Tuple[str, int]:
@@ -79,7 +81,14 @@ class ExecServer:
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
         self.app = WebSocketApp(self.dispatcher, self.config, auth.check if auth is not None else None)
-        self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler)
+        # Bound here rather than by werkzeug, which prints its own text and
+        # exits when the address is taken: an OSError is the caller's to report.
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                        backlog=LISTEN_BACKLOG)
+        try:
+            self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, fd=listener.fileno())
+        finally:
+            listener.close()  # werkzeug serves on its own duplicate of the descriptor
         self.host = host
         self.port = self._wsgi.port
         self._thread: Optional[threading.Thread] = None
@@ -121,7 +130,7 @@ class ExecServer:
         for connection in self.app.connections():
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
         self.registry.close_all()
-        stop_all_helpers()
+        self.dispatcher.fs_helpers.stop()
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":

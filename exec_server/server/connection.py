@@ -7,7 +7,9 @@ receive`) and gives it a ``send(text)`` callable; the dispatcher never sees a
 socket, so the WebSocket and stdio transports share it unchanged.
 
 Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601),
-params against the JSON Schema (-32602), handshake state (-32600), handler.
+params against the JSON Schema (-32602), handshake state (-32600, kept by
+the connection's sans-IO :class:`~exec_server.protocol.handshake.Handshake`),
+handler.
 ``initialize`` and notifications run inline on the transport's thread; other
 requests run on a per-connection pool of ``concurrent_requests`` threads, so a
 long poll never delays other calls (PROTOCOL.md 1.5).  At most
@@ -19,23 +21,23 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from exec_server.server import handlers
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
 from exec_server.server.fs.handles import FileHandles
+from exec_server.server.fs.helper import FsHelpers
 from exec_server.protocol.errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError, ServerOverloaded
+from exec_server.protocol.handshake import Handshake
 from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                       encode, error_response, parse_message)
-from exec_server.server.process.managed import ReadAborted
-from exec_server.server.sessions import TAKEN_OVER, SessionRegistry
+from exec_server.protocol.wire import Send
+from exec_server.server.process.output import ReadAborted
+from exec_server.server.sessions import SessionRegistry
 from exec_server.protocol.schemas import SchemaSet
 
 log = logging.getLogger(__name__)
-
-#: A transport's send: writes each given message whole, in order, in one go.
-Send = Callable[..., None]
 
 #: Methods that never block for long (besides ``process/read`` without
 #: ``waitMs``): they run on the connection's reader thread, saving two thread
@@ -48,16 +50,18 @@ INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/w
 #: Marks a request abandoned without a reply (its connection went away).
 _ABORTED: Any = object()
 
-#: Handshake states of a connection.
-NEW, INITIALIZING, READY = "new", "initializing", "ready"
-
 
 class Dispatcher:
-    """Shared by every connection of one server.  Thread-safe."""
+    """Shared by every connection of one server.  Thread-safe.
+
+    ``fs_helpers`` owns the fs helpers this server's requests start (a new
+    owner unless one is given); the server stops it at shutdown.
+    """
 
     def __init__(self, registry: SessionRegistry, config: Optional[ServerConfig] = None,
-                 schemas: Optional[SchemaSet] = None):
+                 schemas: Optional[SchemaSet] = None, fs_helpers: Optional[FsHelpers] = None):
         self.registry = registry
+        self.fs_helpers = fs_helpers if fs_helpers is not None else FsHelpers()
         self.config = config or registry.config
         self.schemas = schemas or SchemaSet.load()
         self.methods = dict(handlers.METHODS)
@@ -87,9 +91,10 @@ class Dispatcher:
 class RpcConnection:
     """One connection's protocol state.
 
-    ``receive`` is called from the transport's single reader thread;
-    ``notify`` and responses may be sent from any thread, so the transport's
-    ``send`` must serialize whole messages (one send lock per connection).
+    ``receive`` is called from the transport's single reader thread (it
+    alone drives :attr:`handshake`); :meth:`send` and responses may be called
+    from any thread, so the transport's ``send`` must serialize whole
+    messages (one send lock per connection).
     """
 
     def __init__(self, dispatcher: Dispatcher, send: Send, parse_error_prefix: str, transport: str = "websocket"):
@@ -98,7 +103,7 @@ class RpcConnection:
         telemetry.connections_total.add(1, {"transport": transport})
         telemetry.connections_active.add(1, {"transport": transport})
         self.session = None
-        self.state = NEW
+        self.handshake = Handshake()
         self.closed = False
         self._send = send
         self._prefix = parse_error_prefix
@@ -119,8 +124,11 @@ class RpcConnection:
         except (OSError, ConnectionError) as exc:
             log.debug("send failed: %s", exc)
 
-    def notify(self, *texts: str) -> None:
-        """Session sink: send notification texts, in order, if the connection is open."""
+    def send(self, *texts: str) -> None:
+        """Write encoded notifications in order, in one write, if the connection is open.  Thread-safe.
+
+        The :data:`~exec_server.protocol.wire.Send` an attached session is given.
+        """
         self._write(*texts)
 
     # ------------------------------------------------------------ receiving
@@ -145,8 +153,8 @@ class RpcConnection:
         self._handle_request(message, received)
 
     def _handle_notification(self, message: Notification) -> None:
-        if message.method == "initialized" and self.state != NEW and self._session_current():
-            self.state = READY
+        if message.method == "initialized":
+            self.handshake.receive_initialized(self._session_current())
             return
         raise ProtocolViolation("unexpected notification %s" % message.method)
 
@@ -171,14 +179,7 @@ class RpcConnection:
             self._run(request, self._initialize, span, label, received)
             return
         family, handler = self.dispatcher.methods[method]
-        if self.state == NEW:
-            error = InvalidRequest("client must call initialize before using %s methods" % family)
-        elif self.state == INITIALIZING:
-            error = InvalidRequest("client must send initialized before using %s methods" % family)
-        elif not self._session_current():
-            error = InvalidRequest(TAKEN_OVER)
-        else:
-            error = None
+        error = self.handshake.request_error(family, self._session_current())
         if error is not None:
             self._complete(request, span, label, received, received, error)
             return
@@ -220,10 +221,10 @@ class RpcConnection:
         return method in INLINE_METHODS
 
     def _initialize(self, ctx: handlers.RequestContext, params: Any) -> Any:
-        if self.state != NEW:
-            raise InvalidRequest("initialize may only be sent once per connection")
-        result = handlers.initialize(ctx, params)
-        self.state = INITIALIZING
+        """``initialize``: the handler opens the session; this connection records it and advances its handshake."""
+        self.handshake.start_initialize()
+        self.session, result = handlers.initialize(ctx, params)
+        self.handshake.initialize_succeeded()
         return result
 
     def _run_and_release(self, request: Request, handler, span, label: str, received: float) -> None:
@@ -237,7 +238,8 @@ class RpcConnection:
         if telemetry.metrics_enabled():
             telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
-        ctx = handlers.RequestContext(self, self.dispatcher.registry, self.dispatcher.config)
+        dispatcher = self.dispatcher
+        ctx = handlers.RequestContext(self, dispatcher.registry, dispatcher.config, dispatcher.fs_helpers)
         try:
             outcome: Any = handler(ctx, request.params)
             failed = False

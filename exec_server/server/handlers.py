@@ -8,7 +8,7 @@ Handlers know no socket: they see a :class:`RequestContext`.
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fs_helper import operations as fs_operations
 
@@ -16,15 +16,17 @@ from exec_server.protocol import b64
 from exec_server.server.fs import sandbox
 from exec_server.common import telemetry
 from exec_server.server.fs.handles import rpc_error
-from exec_server.server.fs.helper import bubblewrap_command, find_bubblewrap, run_fs_helper
+from exec_server.server.fs.helper import FsHelpers, bubblewrap_command, find_bubblewrap
 from exec_server.server.config import ServerConfig
 from exec_server.server.process.env import child_environment
 from exec_server.server.environment_info import environment_info
 from exec_server.protocol.errors import InvalidParams, InvalidRequest
-from exec_server.protocol.jsonrpc import encode_read_result
-from exec_server.server.process import managed
-from exec_server.server.process.managed import ManagedProcess, ReadAborted
-from exec_server.server.sessions import TAKEN_OVER, Session, SessionRegistry
+from exec_server.protocol.handshake import TAKEN_OVER
+from exec_server.protocol.wire import RawJson, read_result_json
+from exec_server.server.process import spawn
+from exec_server.server.process.managed import ManagedProcess
+from exec_server.server.process.output import ReadAborted
+from exec_server.server.sessions import Session, SessionRegistry
 from exec_server.protocol.uris import UriError, platform_os, uri_to_path
 
 
@@ -32,17 +34,18 @@ log = logging.getLogger(__name__)
 
 
 class RequestContext:
-    """What a handler may use: the registry, the connection's session, hooks.
+    """What a handler may use: the registry, the server's fs helpers, the connection's session, hooks.
 
     ``after_response(fn)`` runs ``fn`` once the response has been written
     (``process/start`` starts its output threads there, so no notification
     can precede the response).
     """
 
-    def __init__(self, connection: Any, registry: SessionRegistry, config: ServerConfig):
+    def __init__(self, connection: Any, registry: SessionRegistry, config: ServerConfig, fs_helpers: FsHelpers):
         self.connection = connection
         self.registry = registry
         self.config = config
+        self.fs_helpers = fs_helpers
         self.after_response_callbacks: List[Callable[[], None]] = []
 
     @property
@@ -62,16 +65,22 @@ class RequestContext:
 
 
 # --------------------------------------------------------------- handshake
-def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
-    """Create a session, or resume one with ``resumeSessionId`` (PROTOCOL.md 4.1, 7)."""
+def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Dict[str, Any]]:
+    """Create a session, or resume one with ``resumeSessionId`` (PROTOCOL.md 4.1, 7).
+
+    Returns:
+        the session, attached to the connection, and the result; the
+        connection records the session and advances its own handshake.
+    Raises:
+        InvalidRequest, SessionAlreadyAttached: the resume failed.
+    """
     resume_id = params.get("resumeSessionId")
     if resume_id is None:
         session = ctx.registry.create()
-        session.attach(ctx.connection, ctx.connection.notify)
+        session.attach(ctx.connection, ctx.connection.send)
     else:
-        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.notify)
-    ctx.connection.session = session
-    return {"sessionId": session.session_id, "environmentInfo": environment_info()}
+        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send)
+    return session, {"sessionId": session.session_id, "environmentInfo": environment_info()}
 
 
 def environment_info_method(ctx: RequestContext, params: Any) -> Dict[str, Any]:
@@ -128,7 +137,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     if not argv:
         raise InvalidParams("argv must not be empty")
     _reject_nul_bytes(params)
-    if params["tty"] and managed.IS_WINDOWS:
+    if params["tty"] and spawn.IS_WINDOWS:
         # The PTY backend for Windows (pywinpty) is not written yet; name what it will need.
         raise InvalidParams("tty processes on Windows need the pywinpty package "
                             "(pip install 'exec-server[windows]')")
@@ -140,7 +149,8 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
         with telemetry.child_span("process.spawn"):
             process = ManagedProcess.spawn(
                 process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
-                params.get("arg0"), ctx.config, session.notify, session.process_closed, wrapper=wrapper)
+                params.get("arg0"), ctx.config, session.listener(process_id), session.process_closed,
+                wrapper=wrapper)
         if log.isEnabledFor(logging.INFO):  # skips building the fields on the spawn path
             log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
                                                                     sandboxed=wrapper is not None))
@@ -164,16 +174,18 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> L
                               die_with_parent=False)
 
 
-def process_read(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:
     """Retained output after ``afterSeq``, long-polling up to ``waitMs`` (PROTOCOL.md 5.4)."""
     process = ctx.session.require(params["processId"])
     wait_ms = params.get("waitMs") or 0  # any u64: a deadline far away is waited in slices
-    return encode_read_result(process.read(
+    result = process.read(
         after_seq=params.get("afterSeq") or 0,
         max_bytes=params.get("maxBytes"),
         wait=wait_ms / 1000.0,
         aborted=ctx.aborted,
-    ))
+    )
+    return read_result_json(result.chunks, result.next_seq, result.exited, result.exit_code, result.closed,
+                            result.sandbox_denied)
 
 
 def process_write(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -214,7 +226,7 @@ def _fs_method(operation: str):
         wire = {name: value for name, value in params.items() if name != "sandbox"}
         if policy is not None and policy.restrict_file_system:
             with telemetry.child_span("fs.helper"):
-                return run_fs_helper(operation, wire, policy)
+                return ctx.fs_helpers.run(operation, wire, policy)
         try:
             return run(wire)
         except fs_operations.FsError as exc:

@@ -1,13 +1,17 @@
 """Sessions and the session registry.
 
 A session owns its processes (PROTOCOL.md 7); a connection attaches to one
-and receives its notifications through a *sink*.  The registry has one lock
-with short critical sections (add, get, pop, snapshot); processes are killed
-and notifications sent outside it.
+and receives its notifications through its *send*
+(:data:`~exec_server.protocol.wire.Send`).  A process hands the session its
+events as values; the session encodes them here, at the edge
+(:func:`encode_events`), and sends them when a connection is attached.  The
+registry has one lock with short critical sections (add, get, pop,
+snapshot); processes are killed and notifications sent outside it.
 
 Detach/resume: :meth:`Session.attach` and :meth:`Session.detach` swap the
-sink under the session lock, and ``detach`` only clears the sink it was given,
-so an old connection can never clear a newer connection's sink.  A detached
+send under the session lock, and ``detach`` only clears it for the owner
+that attached it, so an old connection can never clear a newer connection's
+send.  A detached
 session lives for ``detached_session_ttl`` seconds; a resume within it
 reattaches it (same id, same processes), and at its end every process group
 of the session is killed.  Resume and expiry both decide under the registry
@@ -17,26 +21,39 @@ lock, so exactly one of them wins.
 import logging
 import threading
 import uuid
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
 from exec_server.protocol.errors import InvalidRequest, SessionAlreadyAttached
-from exec_server.server.process.managed import ManagedProcess
+from exec_server.protocol.wire import (Send, encode_closed_notification, encode_exited_notification,
+                                       encode_output_notification)
+from exec_server.server.process.managed import EventListener, ManagedProcess
+from exec_server.server.process.output import Event, Exited, OutputChunk
 from exec_server.server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-#: A connection's notify: sends the given texts in order, in one write.
-Sink = Callable[..., None]
 
-TAKEN_OVER = "session has been resumed by another connection"
+def encode_events(process_id: str, events: Sequence[Event]) -> List[str]:
+    """The notification texts of a process's events, in order (PROTOCOL.md 5.3)."""
+    texts = []
+    for event in events:
+        kind = type(event)
+        if kind is OutputChunk:
+            texts.append(encode_output_notification(process_id, event[0], event[1], event[2]))
+        elif kind is Exited:
+            texts.append(encode_exited_notification(process_id, event.seq, event.exit_code,  # type: ignore[union-attr]
+                                                    event.sandbox_denied))  # type: ignore[union-attr]
+        else:
+            texts.append(encode_closed_notification(process_id, event.seq))
+    return texts
 
 
 class Session:
-    """Processes of one client session, and the sink of its attached connection.
+    """Processes of one client session, and the send of its attached connection.
 
-    Thread-safe; the lock guards the process table and the sink only.
+    Thread-safe; the lock guards the process table and the attachment only.
     """
 
     def __init__(self, session_id: str, config: ServerConfig, scheduler: Scheduler):
@@ -46,32 +63,33 @@ class Session:
         self._lock = threading.Lock()
         self._processes: Dict[str, ManagedProcess] = {}
         self._reserved: Dict[str, None] = {}
-        self._sink: Optional[Sink] = None
+        self._send: Optional[Send] = None
         self._owner: Optional[object] = None
         self._closed = False
 
     # ------------------------------------------------------------ attachment
-    def attach(self, owner: object, sink: Sink) -> None:
+    def attach(self, owner: object, send: Send) -> None:
+        """Send this session's notifications through ``send`` of connection ``owner``."""
         with self._lock:
             self._owner = owner
-            self._sink = sink
+            self._send = send
 
-    def attach_if_free(self, owner: object, sink: Sink) -> bool:
+    def attach_if_free(self, owner: object, send: Send) -> bool:
         """Attach unless another connection holds the session; True if attached."""
         with self._lock:
             if self._owner is not None or self._closed:
                 return False
             self._owner = owner
-            self._sink = sink
+            self._send = send
             return True
 
     def detach(self, owner: object) -> bool:
-        """Clear the sink if ``owner`` still holds it; True if it did."""
+        """Clear the send if ``owner`` still holds the session; True if it did."""
         with self._lock:
             if self._owner is not owner:
                 return False
             self._owner = None
-            self._sink = None
+            self._send = None
             return True
 
     def mark_closed_if_detached(self) -> bool:
@@ -86,12 +104,21 @@ class Session:
         with self._lock:
             return self._owner is owner
 
-    def notify(self, *texts: str) -> None:
-        """Send notifications to the attached connection, in one write; dropped when detached."""
-        with self._lock:
-            sink = self._sink
-        if sink is not None:
-            sink(*texts)
+    def listener(self, process_id: str) -> EventListener:
+        """The listener of process ``process_id``'s events: encodes them and sends them in one write.
+
+        Events are dropped while no connection is attached (``process/read``
+        still finds the retained output).  Thread-safe.
+        """
+        lock = self._lock
+
+        def deliver(events: List[Event]) -> None:
+            with lock:
+                send = self._send
+            if send is not None:
+                send(*encode_events(process_id, events))
+
+        return deliver
 
     # ------------------------------------------------------------- processes
     def reserve(self, process_id: str) -> None:
@@ -140,8 +167,11 @@ class Session:
 
     def is_idle(self) -> bool:
         """True if no process of the session is running or being started."""
-        with self._lock:
-            return not self._reserved and all(process.closed for process in self._processes.values())
+        with self._lock:  # a process's own lock is taken outside the session's
+            if self._reserved:
+                return False
+            processes = list(self._processes.values())
+        return all(process.closed for process in processes)
 
     def process_closed(self, process: ManagedProcess) -> None:
         """Keep a closed process readable for ``closed_process_retention`` seconds."""
@@ -160,7 +190,7 @@ class Session:
         """Mark closed and kill every process group; returns the processes."""
         with self._lock:
             self._closed = True
-            self._sink = None
+            self._send = None
             self._owner = None
             processes = list(self._processes.values())
         for process in processes:
@@ -228,7 +258,7 @@ class SessionRegistry:
         with self._lock:
             return list(self._sessions.values())
 
-    def resume(self, session_id: str, owner: object, sink: Sink) -> Session:
+    def resume(self, session_id: str, owner: object, send: Send) -> Session:
         """Reattach a detached session to ``owner`` (``initialize {resumeSessionId}``).
 
         Raises:
@@ -239,11 +269,11 @@ class SessionRegistry:
             session = self._sessions.get(session_id)
             if session is None:
                 raise InvalidRequest("unknown session id %s" % session_id)
-            if not session.attach_if_free(owner, sink):
+            if not session.attach_if_free(owner, send):
                 raise SessionAlreadyAttached(
                     "session %s is already attached to another connection" % session_id)
             timer = self._expiry.pop(session_id, None)
-        if timer is not None:
+        if hasattr(timer, "cancel"):  # not the placeholder detached() stores while it schedules the timer
             timer.cancel()
         log.info("session resumed", extra=telemetry.log_fields())
         return session

@@ -22,7 +22,6 @@ from typing import BinaryIO, Optional
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
-from exec_server.server.fs.helper import stop_all_helpers
 from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
 from exec_server.protocol.jsonrpc import UNKNOWN_ID, encode, error_response
 from exec_server.server.sessions import SessionRegistry
@@ -96,7 +95,7 @@ class StdioConnection:
         self._done.set()
         self._rpc.close(end_session=True)
         self.registry.close_all()
-        stop_all_helpers()
+        self.dispatcher.fs_helpers.stop()
 
 
 def _exit_now(connection: StdioConnection) -> None:

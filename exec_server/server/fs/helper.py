@@ -6,6 +6,10 @@ helper (``python -m fs_helper``) gets only the allowlisted environment
 and a bounded stderr.  On Linux, when ``bwrap`` is on PATH, the helper runs
 inside bubblewrap with the policy's read-only and writable binds, so the
 kernel enforces the policy even if the helper's own checks had a bug.
+
+The helpers a server starts belong to that server's :class:`FsHelpers`,
+whose :meth:`~FsHelpers.stop` (the server's shutdown) kills them and no
+other server's.
 """
 
 import json
@@ -31,19 +35,54 @@ FS_HELPER_STDERR_BYTES = 4096
 MINIMAL_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 
 
-_running_lock = threading.Lock()
-_running: "set[subprocess.Popen]" = set()
+class FsHelpers:
+    """The fs helpers running for one server: :meth:`run` starts one, :meth:`stop` kills them.
+
+    Thread-safe; a registry with one lock, no kill under it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: "set[subprocess.Popen]" = set()
+        self._stopped = False
+
+    def run(self, operation: str, params: Dict[str, Any], policy: SandboxPolicy,
+            timeout: float = FS_HELPER_TIMEOUT, command: Optional[List[str]] = None) -> Dict[str, Any]:
+        """:func:`run_fs_helper`, with the helper killed by this owner's :meth:`stop`."""
+        return run_fs_helper(operation, params, policy, timeout, command, helpers=self)
+
+    def running(self) -> "List[subprocess.Popen]":
+        """The helpers running now (a snapshot)."""
+        with self._lock:
+            return list(self._running)
+
+    def add(self, child: "subprocess.Popen") -> None:
+        """Track a started helper; one started after :meth:`stop` is killed at once."""
+        with self._lock:
+            self._running.add(child)
+            stopped = self._stopped
+        if stopped:
+            _kill(child)
+
+    def discard(self, child: "subprocess.Popen") -> None:
+        """Stop tracking a helper that has ended."""
+        with self._lock:
+            self._running.discard(child)
+
+    def stop(self) -> None:
+        """Kill every helper of this owner still running, and any started later (server shutdown)."""
+        with self._lock:
+            self._stopped = True
+            helpers = list(self._running)
+        for child in helpers:
+            _kill(child)
 
 
-def stop_all_helpers() -> None:
-    """Kill every fs helper still running (server shutdown)."""
-    with _running_lock:
-        helpers = list(_running)
-    for child in helpers:
-        try:
-            child.kill()
-        except OSError:
-            pass
+def _kill(child: "subprocess.Popen") -> None:
+    try:
+        child.kill()
+    except OSError:
+        pass
 
 
 def helper_environment(environ=None) -> Dict[str, str]:
@@ -127,8 +166,14 @@ def _status_text(returncode: int) -> str:
 
 
 def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
-                  timeout: float = FS_HELPER_TIMEOUT, command: Optional[List[str]] = None) -> Dict[str, Any]:
+                  timeout: float = FS_HELPER_TIMEOUT, command: Optional[List[str]] = None,
+                  helpers: Optional[FsHelpers] = None) -> Dict[str, Any]:
     """Run ``operation`` in the helper; returns its wire result.
+
+    Args:
+        command: the helper's command line (default :func:`helper_command`).
+        helpers: the owner whose :meth:`FsHelpers.stop` kills the helper
+            (the server's); None for a helper no server stops.
 
     Raises:
         RpcError: the helper's error payload, unchanged; or -32603 ``fs
@@ -145,8 +190,8 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
                                      start_new_session=not sys.platform.startswith("win"))
         except OSError as exc:
             raise InternalError("fs sandbox helper could not start: %s" % exc) from None
-        with _running_lock:
-            _running.add(child)
+        if helpers is not None:
+            helpers.add(child)
         try:
             stdout, _ = child.communicate(json.dumps(request).encode("utf-8"), timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -154,8 +199,8 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
             child.communicate()
             raise InternalError("fs sandbox helper timed out after %.0f s" % timeout) from None
         finally:
-            with _running_lock:
-                _running.discard(child)
+            if helpers is not None:
+                helpers.discard(child)
         stderr.seek(0)
         diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
     if child.returncode != 0:

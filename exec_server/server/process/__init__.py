@@ -1,0 +1,1 @@
+"""Children of ``process/start``: spawn, output log, watchers, and the process that ties them together."""

@@ -1,0 +1,93 @@
+"""How ``run`` and ``cp`` reach a server, and how their failures read.
+
+Every user mistake or failure ends in one line on stderr,
+``exec-server <command>: <what> (<path or URL>)``, and a documented exit
+status (``exec-server run --help`` lists them); never a traceback.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Optional
+
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_headers
+from exec_server.client.api import Client, ReconnectPolicy
+from exec_server.protocol.errors import ExecServerDisconnected, RpcError
+
+
+class CommandError(Exception):
+    """A failure a subcommand reports as one line and an exit status.
+
+    Attributes:
+        what: what went wrong, in words; where: the path, URL or command it
+        concerns (or None); status: the exit status.
+    """
+
+    def __init__(self, what: str, where: Optional[str] = None, status: int = EXIT_USAGE):
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.status = status
+
+    def line(self, command: str) -> str:
+        suffix = " (%s)" % self.where if self.where else ""
+        return "exec-server %s: %s%s" % (command, self.what, suffix)
+
+
+def report(command: str, error: CommandError) -> int:
+    """Print the error's line on stderr; returns its exit status."""
+    print(error.line(command), file=sys.stderr)
+    return error.status
+
+
+def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> CommandError:
+    """The one line for a connection that failed or was lost."""
+    text = str(error)
+    if " 401" in text or text.startswith("401"):
+        detail = text.split("401", 1)[1].strip(" :-") or "missing or invalid token"
+        return CommandError("authentication failed (HTTP 401): %s" % detail, where, EXIT_DISCONNECTED)
+    cause = error.__cause__
+    if isinstance(cause, OSError) and cause.errno:
+        return CommandError("cannot connect: %s" % os.strerror(cause.errno), where, EXIT_DISCONNECTED)
+    return CommandError(text, where, EXIT_DISCONNECTED)
+
+
+def connect(args: argparse.Namespace, client_name: str,
+            reconnect: Optional[ReconnectPolicy] = None) -> Client:
+    """A connected client for ``--url`` or ``--via`` (exactly one must be given).
+
+    Raises:
+        CommandError: a malformed URL, an unreadable token file, a server
+            that refuses, cannot be reached or does not answer.
+    """
+    if args.via is not None:
+        argv = shlex.split(args.via)
+        if not argv:
+            raise CommandError("--via needs a command", None)
+        try:
+            return Client.spawn(argv, timeout=args.timeout, client_name=client_name)
+        except TimeoutError:
+            raise CommandError("the server did not answer initialize within %g s" % args.timeout, args.via,
+                               EXIT_DISCONNECTED) from None
+        except ExecServerDisconnected as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):  # the server command itself is missing
+                raise CommandError("command not found", argv[0], EXIT_DISCONNECTED) from None
+            raise disconnected(exc, args.via) from None
+    try:
+        headers = client_headers(args)
+    except OSError as exc:
+        raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
+                           args.token_file) from None
+    try:
+        return Client.connect(args.url, timeout=args.timeout, client_name=client_name, reconnect=reconnect,
+                              headers=headers)
+    except ValueError:
+        raise CommandError("not a server URL, want ws://HOST:PORT", args.url) from None
+    except TimeoutError:
+        raise CommandError("the server did not answer within %g s" % args.timeout, args.url,
+                           EXIT_DISCONNECTED) from None
+    except ExecServerDisconnected as exc:
+        raise disconnected(exc, args.url) from None
+    except RpcError as exc:
+        raise CommandError(exc.message, args.url, EXIT_DISCONNECTED) from None

@@ -1,0 +1,382 @@
+"""The client's JSON-RPC endpoint: pending calls, the reader thread, call/notify, notification routing.
+
+An :class:`Endpoint` speaks over one transport at a time.  Each transport it
+is given gets a new *generation* number and a reader thread that routes
+responses to the waiting calls and ``process/*`` notifications to the
+registered process handles (by ``processId``); anything from an older
+generation is ignored.  When a transport ends, the endpoint either hands the
+loss to its ``on_lost`` handler (the client's recovery, set once a session
+exists) or fails.
+
+States (:attr:`Endpoint.state`): ``connected``, ``recovering`` (calls wait),
+``failed`` (every waiting and later call raises the failure) and ``closed``.
+Every public method is thread-safe.
+"""
+
+import itertools
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from exec_server.client.interfaces import ProcessHandle
+from exec_server.client.interfaces import deadline as _deadline
+from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.transport import Transport
+from exec_server.common import telemetry
+from exec_server.protocol.errors import ExecServerDisconnected, ServerOverloaded, error_from_dict
+from exec_server.protocol.jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response,
+                                          TraceContext, encode, parse_message)
+
+log = logging.getLogger(__name__)
+
+#: Pauses, in seconds, before each resend of a request the server refused
+#: as overloaded (-32001); after the last, the error is raised.
+OVERLOAD_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+CONNECTED, RECOVERING, FAILED, CLOSED = "connected", "recovering", "failed", "closed"
+
+
+class Pending:
+    """A request sent and not yet answered: its id, text (for a resend) and generation."""
+
+    __slots__ = ("id", "event", "result", "error", "method", "text", "generation")
+
+    def __init__(self, request_id: Any, method: str, text: str, generation: int) -> None:
+        self.id = request_id
+        self.event = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.method = method
+        self.text = text
+        self.generation = generation
+
+
+#: ``on_lost(generation, pending)``: called on the reader thread when the
+#: current transport ends; ``pending`` are the calls that were waiting on it.
+LostHandler = Callable[[int, List[Pending]], None]
+
+
+class Endpoint:
+    """Requests and responses over the current transport; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._state_changed = threading.Condition(self._lock)
+        self._pending: Dict[Any, Pending] = {}
+        self._processes: Dict[str, ProcessHandle] = {}
+        self._state = CONNECTED
+        self._failure: Optional[ExecServerDisconnected] = None
+        self._transport: Optional[Transport] = None
+        self._generation = 0
+        self._readers: List[threading.Thread] = []
+        self._lost_generations: set = set()
+        #: Who takes over when the transport ends (None: the endpoint fails).
+        self.on_lost: Optional[LostHandler] = None
+
+    # ---------------------------------------------------------- transports
+    def attach(self, transport: Transport) -> int:
+        """Make ``transport`` the current one and start its reader; returns its generation."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._transport = transport
+        # The reader holds the endpoint weakly, so an unreferenced client can be
+        # garbage collected (and its stdio child ended by the finalizer).
+        reader = threading.Thread(target=_reader_main, args=(weakref.ref(self), transport, generation),
+                                  name="exec-server-client-reader-%d" % generation, daemon=True)
+        self._readers.append(reader)
+        weakref.finalize(self, transport.close)
+        reader.start()
+        return generation
+
+    @property
+    def transport(self) -> Optional[Transport]:
+        """The current transport (None before the first)."""
+        with self._lock:
+            return self._transport
+
+    def _route(self, text: Union[str, bytes], generation: int) -> None:
+        if generation != self._generation:
+            return  # a late event of an older connection
+        message = parse_message(text)  # EnvelopeError: the peer is broken, see _reader_main
+        if isinstance(message, (Response, ErrorResponse)):
+            with self._lock:
+                pending = self._pending.get(message.id)
+                if pending is None or pending.generation != generation:
+                    pending = None
+                else:
+                    del self._pending[message.id]
+            if pending is None:
+                return
+            if isinstance(message, ErrorResponse):
+                pending.error = error_from_dict(message.error)
+            else:
+                pending.result = message.result
+            pending.event.set()
+        elif isinstance(message, Notification):
+            params = message.params if isinstance(message.params, dict) else {}
+            process_id = params.get("processId")
+            if isinstance(process_id, str):
+                with self._lock:
+                    process = self._processes.get(process_id)
+                if process is not None:
+                    process.deliver(message.method, params)
+
+    def _connection_lost(self, generation: int, reason: str) -> None:
+        with self._lock:
+            self._lost_generations.add(generation)
+            if generation != self._generation or self._state in (CLOSED, FAILED, RECOVERING):
+                return  # an old connection, or one the recovery is already handling
+            handler = self.on_lost
+            if handler is not None:
+                self._state = RECOVERING
+                self._state_changed.notify_all()
+            lost = [p for p in self._pending.values() if p.generation == generation]
+        if handler is None:
+            self.fail(ExecServerDisconnected(reason))
+            return
+        handler(generation, lost)
+
+    # --------------------------------------------------------------- states
+    @property
+    def state(self) -> str:
+        """``connected``, ``recovering``, ``failed`` or ``closed``."""
+        with self._lock:
+            return self._state
+
+    def recovered(self, generation: int) -> bool:
+        """Leave ``recovering`` for ``connected`` on ``generation``.
+
+        Returns:
+            False if that transport has already ended (the recovery goes on).
+        """
+        with self._lock:
+            if generation in self._lost_generations:
+                return False
+            if self._state == RECOVERING and generation == self._generation:
+                self._state = CONNECTED
+                self._state_changed.notify_all()
+        return True
+
+    def abandon(self, pending: Pending, error: BaseException) -> None:
+        """Stop waiting for ``pending``'s answer: its caller raises ``error``."""
+        with self._lock:
+            if self._pending.get(pending.id) is pending:
+                del self._pending[pending.id]
+        pending.error = error
+        pending.event.set()
+
+    def fail(self, error: ExecServerDisconnected) -> None:
+        """Enter ``failed``: every waiting and later call and every process wait raises ``error``."""
+        self._end(FAILED, error)
+
+    def _end(self, state: str, error: ExecServerDisconnected) -> bool:
+        """Enter FAILED or CLOSED: fail every waiter and handle, close the transport.
+
+        Returns False if the endpoint had already ended.
+        """
+        with self._lock:
+            if self._state in (FAILED, CLOSED) and not (state == CLOSED and self._state == FAILED):
+                return False
+            self._state = state
+            if state == FAILED:
+                self._failure = error
+            pending = list(self._pending.values())
+            self._pending.clear()
+            processes = list(self._processes.values())
+            transport = self._transport
+            self._state_changed.notify_all()
+        for item in pending:
+            item.error = error
+            item.event.set()
+        for process in processes:
+            process.fail(error)
+        if transport is not None:
+            transport.close()
+        return True
+
+    def close(self, join_timeout: float = 5.0) -> None:
+        """Enter ``closed`` (no recovery follows) and join the reader threads (``join_timeout`` s each)."""
+        if not self._end(CLOSED, ExecServerDisconnected("client is closed")):
+            return
+        for reader in self._readers:
+            if reader is not threading.current_thread():
+                reader.join(join_timeout)
+
+    def wait_usable(self, deadline: Optional[float], method: str) -> int:
+        """Wait out a recovery until the monotonic ``deadline``; returns the current generation.
+
+        Raises:
+            TimeoutError: still recovering at the deadline.
+            ExecServerDisconnected: failed or closed.
+        """
+        with self._lock:
+            while self._state == RECOVERING:
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    raise TimeoutError("%s: still reconnecting" % method)
+                self._state_changed.wait(remaining)
+            if self._state == FAILED:
+                raise self._failure  # type: ignore[misc]
+            if self._state == CLOSED:
+                raise ExecServerDisconnected("client is closed")
+            return self._generation
+
+    # ---------------------------------------------------------------- calls
+    def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
+        """Send a request and wait for its result, waiting out a recovery; see :meth:`Client.call`."""
+        deadline = _deadline(timeout)
+        result = telemetry.ERROR
+        try:
+            with telemetry.client_span(method):
+                carrier = telemetry.inject()
+                trace = TraceContext(carrier.get("traceparent"), carrier.get("tracestate")) if carrier else None
+                overload_delays = iter(OVERLOAD_RETRY_DELAYS)
+                while True:
+                    generation = self.wait_usable(deadline, method)
+                    try:
+                        value = self.call_on(generation, method, params, _remaining(deadline),
+                                             recoverable=True, trace=trace)
+                        result = telemetry.SUCCESS
+                        return value
+                    except _SendFailed:
+                        continue  # not sent: wait for the recovery and try again
+                    except ServerOverloaded:
+                        delay = next(overload_delays, None)
+                        remaining = _remaining(deadline)
+                        if delay is None or (remaining is not None and remaining <= delay):
+                            raise
+                        time.sleep(delay)  # refused before it ran: sending it again is safe
+        finally:
+            if telemetry.metrics_enabled():
+                telemetry.client_requests_total.add(1, {"method": method, "result": result})
+
+    def call_on(self, generation: int, method: str, params: Any, timeout: Optional[float],
+                recoverable: bool = False, trace: Optional[TraceContext] = None) -> Any:
+        """Send a request on transport ``generation`` only and wait ``timeout`` s for the answer.
+
+        Raises:
+            ExecServerDisconnected: that transport is gone.
+            _SendFailed: (``recoverable`` only) not sent; wait for the recovery and retry.
+            TimeoutError, RpcError: as for :meth:`call`.
+        """
+        request_id = next(self._ids)
+        text = encode(Request(request_id, method, params, trace))
+        pending = Pending(request_id, method, text, generation)
+        with self._lock:
+            if generation != self._generation or self._transport is None:
+                if recoverable:
+                    raise _SendFailed()
+                raise ExecServerDisconnected("connection replaced")
+            self._pending[request_id] = pending
+            transport = self._transport
+        try:
+            transport.send(text)
+        except ExecServerDisconnected:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            if recoverable and self.on_lost is not None:
+                # sendall failed, so the server cannot hold the whole message: safe to send again
+                with self._lock:
+                    if self._state == CONNECTED and generation == self._generation:
+                        self._state_changed.wait(0.05)
+                raise _SendFailed() from None
+            raise
+        if not pending.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise TimeoutError("%s: no response within %.3f s" % (method, timeout))
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def notify_on(self, generation: int, method: str, params: Any) -> None:
+        """Send a notification on transport ``generation`` only.  Raises ExecServerDisconnected."""
+        with self._lock:
+            transport = self._transport if generation == self._generation else None
+        if transport is None:
+            raise ExecServerDisconnected("connection replaced")
+        transport.send(encode(Notification(method, params)))
+
+    def notify(self, method: str, params: Any = None) -> None:
+        """Send a notification on the current transport, waiting out a recovery."""
+        self.notify_on(self.wait_usable(None, method), method, params)
+
+    def resend_in_flight(self, generation: int) -> bool:
+        """Send every call still waiting from an older transport again, on ``generation``.
+
+        Only reads are still waiting then (the recovery abandoned the rest).
+        Returns False if the transport dropped meanwhile.
+        """
+        with self._lock:
+            retry = [p for p in self._pending.values() if p.generation != generation]
+            for pending in retry:
+                pending.generation = generation
+            transport = self._transport
+        for pending in retry:
+            try:
+                transport.send(pending.text)
+            except ExecServerDisconnected:
+                return False
+        return True
+
+    # ------------------------------------------------------------ processes
+    def add_process(self, process: ProcessHandle) -> None:
+        """Route notifications for ``process.process_id`` to ``process``.
+
+        Raises:
+            ValueError: the id is already registered.
+        """
+        with self._lock:
+            if process.process_id in self._processes:
+                raise ValueError("process id %r is already used by this client" % process.process_id)
+            self._processes[process.process_id] = process
+
+    def remove_process(self, process_id: str) -> None:
+        """Stop routing notifications for ``process_id`` (no error if unknown)."""
+        with self._lock:
+            self._processes.pop(process_id, None)
+
+    def open_processes(self) -> List[ProcessHandle]:
+        """The registered handles that are not done yet (a snapshot)."""
+        with self._lock:
+            return [p for p in self._processes.values() if not p.done]
+
+
+def _reader_main(endpoint_ref: "weakref.ReferenceType[Endpoint]", transport: Transport, generation: int) -> None:
+    """Read one transport until it ends; route each message to the endpoint, if it still exists."""
+    reason = "connection to the exec-server closed"
+    try:
+        while True:
+            try:
+                text = transport.receive()
+            except ExecServerDisconnected as exc:
+                reason = str(exc)
+                break
+            endpoint = endpoint_ref()
+            if endpoint is None:
+                return
+            try:
+                endpoint._route(text, generation)
+            except EnvelopeError as exc:
+                reason = "exec-server sent a malformed message: %s" % exc.description
+                log.warning("%s", reason)
+                if hasattr(transport, "kill"):
+                    transport.kill()
+                else:
+                    transport.close()
+                break
+            finally:
+                del endpoint
+    except Exception:
+        log.exception("client reader failed")
+    endpoint = endpoint_ref()
+    if endpoint is not None:
+        endpoint._connection_lost(generation, reason)
+
+
+class _SendFailed(Exception):
+    """Internal: a request could not be sent on the current transport."""

@@ -1,0 +1,172 @@
+"""Recovery of a dropped connection: ReconnectPolicy, reconnect, resume, catch-up.
+
+One logical client outlives its connections (``codex-rs/exec-server/src/
+client_recovery.rs``): when a connection drops, the client is *recovering*:
+it reconnects, resumes its session with ``initialize {resumeSessionId}``
+(retrying -32010 while the server finishes detaching), catches every process
+up with ``process/read`` from its last published seq, re-sends the reads that
+were in flight, and is *connected* again.  Calls made meanwhile wait.
+Mutations that were in flight fail with :class:`RequestOutcomeUnknown` and are
+never replayed.  If recovery does not succeed within the policy's deadline,
+or the server no longer knows the session, the client is *failed*.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
+from exec_server.client.process import ProcessOutputGap
+from exec_server.client.transport import Connector
+from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
+                                         SessionAlreadyAttached)
+
+log = logging.getLogger(__name__)
+
+#: Methods that are safe to send again after a dropped connection (reads).
+IDEMPOTENT_METHODS = frozenset({
+    "process/read", "environment/info", "environment/status", "fs/readFile", "fs/getMetadata",
+    "fs/readDirectory", "fs/canonicalize", "fs/walk",
+})
+
+
+class RequestOutcomeUnknown(ExecServerError):
+    """A mutating request was sent but its connection dropped before the answer.
+
+    The server may or may not have applied it; the client never re-sends it.
+    Check the state (e.g. ``process/read``) before deciding to retry.
+    """
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How the client recovers a dropped connection (one immutable value).
+
+    Attributes:
+        deadline: seconds from the drop until recovery gives up (keep it
+            below the server's detached-session TTL, 80 s by default).
+        initial_backoff: seconds before the second connect attempt.
+        max_backoff: cap of the doubling backoff between attempts, seconds.
+        attached_retry_interval: seconds between resumes answered -32010
+            (the server has not finished detaching the old connection).
+        connect_timeout: seconds for one connect + handshake attempt.
+    """
+
+    deadline: float = 25.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    attached_retry_interval: float = 0.1
+    connect_timeout: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
+        return min(self.max_backoff, self.initial_backoff * (2 ** attempt))
+
+
+class Recovery:
+    """Recovers one session's endpoint; installed as its ``on_lost`` handler once the session exists.
+
+    Args:
+        endpoint: the client's endpoint.
+        policy: deadline and backoff.
+        connector: opens a new transport (``connector(timeout_seconds)``).
+        client_name: sent as ``clientName`` with the resume.
+        session_id: the session to resume.
+    """
+
+    def __init__(self, endpoint: Endpoint, policy: ReconnectPolicy, connector: Connector, client_name: str,
+                 session_id: str):
+        self._endpoint = endpoint
+        self._policy = policy
+        self._connector = connector
+        self._client_name = client_name
+        self._session_id = session_id
+
+    def connection_lost(self, generation: int, lost: List[Pending]) -> None:
+        """Fail the mutations that were in flight, then recover on a thread of its own.
+
+        Called by the endpoint, on the reader thread of the transport that
+        ended, after it entered ``recovering``.
+        """
+        for pending in lost:
+            if pending.method not in IDEMPOTENT_METHODS:
+                self._endpoint.abandon(pending, RequestOutcomeUnknown(
+                    "%s: the connection dropped before the answer; it may or may not have been applied"
+                    % pending.method))
+        log.info("exec-server connection lost; recovering session %s", self._session_id)
+        threading.Thread(target=self._recover, name="exec-server-client-recovery", daemon=True).start()
+
+    def _recover(self) -> None:
+        endpoint, policy = self._endpoint, self._policy
+        deadline = time.monotonic() + policy.deadline
+        attempt = 0
+        last_error: Optional[BaseException] = None
+        while True:
+            if endpoint.state != RECOVERING:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                endpoint.fail(ExecServerDisconnected(
+                    "exec-server connection lost and not recovered within %.1f s: %s" % (policy.deadline, last_error)))
+                return
+            try:
+                transport = self._connector(min(policy.connect_timeout, remaining))
+            except ExecServerDisconnected as exc:
+                last_error = exc
+                time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            generation = endpoint.attach(transport)
+            try:
+                endpoint.call_on(generation, "initialize",
+                                 {"clientName": self._client_name, "resumeSessionId": self._session_id},
+                                 min(policy.connect_timeout, max(0.01, deadline - time.monotonic())))
+                endpoint.notify_on(generation, "initialized", {})
+            except SessionAlreadyAttached as exc:
+                last_error = exc
+                transport.close()
+                time.sleep(policy.attached_retry_interval)
+                continue
+            except InvalidRequest as exc:
+                transport.close()
+                endpoint.fail(ExecServerDisconnected("exec-server session cannot be resumed: %s" % exc.message))
+                return
+            except (ExecServerDisconnected, TimeoutError, RpcError) as exc:
+                last_error = exc
+                transport.close()
+                time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            if not self._catch_up(generation) or not endpoint.resend_in_flight(generation):
+                transport.close()
+                continue  # the new connection dropped too: another round
+            if not endpoint.recovered(generation):
+                continue
+            log.info("exec-server session %s recovered", self._session_id)
+            return
+
+    def _catch_up(self, generation: int) -> bool:
+        """Read every open process from its last published seq; False if the connection dropped."""
+        endpoint, timeout = self._endpoint, self._policy.connect_timeout
+        for process in endpoint.open_processes():
+            params = {"processId": process.process_id, "afterSeq": process.last_seq, "maxBytes": None, "waitMs": 0}
+            try:
+                result = endpoint.call_on(generation, "process/read", params, timeout)
+            except ExecServerDisconnected:
+                return False
+            except TimeoutError:
+                return False
+            except RpcError as exc:
+                process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
+                                                    % (process.process_id, exc.message)))
+                continue
+            missing = process.catch_up(result)
+            if missing:
+                process.fail(ProcessOutputGap(process.process_id, missing))
+                try:
+                    endpoint.call_on(generation, "process/terminate", {"processId": process.process_id}, timeout)
+                except (ExecServerDisconnected, TimeoutError, RpcError):
+                    pass
+        return True

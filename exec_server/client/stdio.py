@@ -1,0 +1,128 @@
+"""The stdio transport: JSON-RPC over a child exec-server's stdin/stdout.
+
+Implements :class:`exec_server.client.transport.Transport` for
+``Client.spawn`` (one message per line, PROTOCOL.md 1.4).
+"""
+
+import threading
+
+from exec_server.protocol.errors import ExecServerDisconnected
+
+
+class StdioTransport:
+    """JSON-RPC over a child's stdin/stdout, one message per line.
+
+    The child is an exec-server started with ``--listen stdio`` (directly, or
+    through ``ssh``).  Its stderr is drained to logging (logger
+    ``exec_server.child``) so it can never block on a full pipe.  ``close``
+    closes the child's stdin (the server then kills its process trees and
+    exits), waits up to ``CHILD_EXIT_GRACE`` seconds, then kills the child's
+    tree.
+    """
+
+    #: Seconds a child may take to exit after its stdin closed.
+    CHILD_EXIT_GRACE = 2.0
+
+    def __init__(self, argv, env=None, cwd=None):
+        import logging
+        import subprocess
+        import sys
+
+        from exec_server.common.tree import CREATE_NEW_PROCESS_GROUP
+
+        options = {"creationflags": CREATE_NEW_PROCESS_GROUP} if sys.platform.startswith("win") \
+            else {"start_new_session": True}
+        try:
+            self._child = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, env=env, cwd=cwd, **options)
+        except OSError as exc:
+            raise ExecServerDisconnected("cannot start %s: %s" % (argv[0], exc)) from exc
+        self.pid = self._child.pid
+        self._send_lock = threading.Lock()
+        self._closed = False  # no more sends
+        self._finished = False  # resources released
+        self._log = logging.getLogger("exec_server.child")
+        self._stdout = self._child.stdout
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, name="exec-server-child-stderr",
+                                               daemon=True)
+        self._stderr_thread.start()
+
+    def _drain_stderr(self) -> None:
+        stream = self._child.stderr
+        try:
+            for line in iter(stream.readline, b""):
+                self._log.info("%s", line.rstrip().decode("utf-8", "replace"))
+        except (OSError, ValueError):
+            pass
+        finally:
+            stream.close()
+
+    def send(self, text: str) -> None:
+        data = text.encode("utf-8") + b"\n"
+        with self._send_lock:
+            if self._closed:
+                raise ExecServerDisconnected("exec-server child is closed")
+            try:
+                self._child.stdin.write(data)
+                self._child.stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise ExecServerDisconnected("cannot write to the exec-server child: %s" % exc) from exc
+
+    def receive(self) -> bytes:
+        while True:
+            try:
+                line = self._stdout.readline()
+            except (OSError, ValueError):
+                line = b""
+            if not line:
+                status = self._child.poll()
+                raise ExecServerDisconnected("exec-server child closed its output%s"
+                                             % ("" if status is None else " (exit status %d)" % status))
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                return line
+
+    def close(self) -> None:
+        """End the child: close its stdin, wait briefly, then kill its tree."""
+        import subprocess
+
+        from exec_server.common.tree import kill_tree
+
+        with self._send_lock:
+            if self._finished:
+                return
+            self._finished = True
+            self._closed = True
+            try:
+                self._child.stdin.close()
+            except OSError:
+                pass
+        try:
+            self._child.wait(self.CHILD_EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            kill_tree(self.pid)
+            try:
+                self._child.wait(self.CHILD_EXIT_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+        for stream in (self._stdout,):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._stderr_thread.join(self.CHILD_EXIT_GRACE)
+
+    def ping(self) -> None:
+        """No keepalive on a pipe: a no-op (the child's exit ends :meth:`receive`)."""
+
+    def kill(self) -> None:
+        """Kill the child's tree at once (used when it misbehaves)."""
+        from exec_server.common.tree import kill_tree
+
+        with self._send_lock:
+            self._closed = True
+        kill_tree(self.pid)
+        try:
+            self._child.wait(self.CHILD_EXIT_GRACE)
+        except Exception:
+            pass

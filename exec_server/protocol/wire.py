@@ -1,0 +1,104 @@
+"""The wire format of process output: ``process/output``, ``exited``, ``closed`` and ``process/read``.
+
+The one place that writes these messages (PROTOCOL.md 5.3, 5.4).  Output is
+the hot path (streaming, fan-out, ``process/read`` catch-up), so the encoders
+build the text by hand instead of through the JSON encoder: standard base64
+needs no JSON escaping, so a chunk is inserted as is, and a ``process/read``
+result is kept in pieces (:class:`RawJson`) that :func:`~exec_server.protocol.
+jsonrpc.encode` joins once, so 64 KiB chunks are copied once on their way to
+the socket.  Each encoder's output equals what the generic encoder would
+write (pinned by tests).
+
+Sans-IO: text in, text out; pure functions, safe from any thread.
+"""
+
+import json
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence
+
+#: A connection's send: writes the given encoded messages whole, in order, in
+#: one write.  The one callable type between a session and its connection.
+Send = Callable[..., None]
+
+#: JSON text of the booleans in a ``process/read`` result.
+_LITERALS = {True: "true", False: "false"}
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON with non-ASCII left unescaped (the reference's encoding)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class RawJson:
+    """Already-encoded JSON text in pieces, joined into the message by :func:`~exec_server.protocol.jsonrpc.encode`.
+
+    A hot-path result (a ``process/read`` of 64 KiB chunks) reaches the wire
+    with one copy of its base64 text rather than one per nesting level.
+    ``str(raw)`` is the JSON text.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: List[str]):
+        self.parts = parts
+
+    def __str__(self) -> str:
+        return "".join(self.parts)
+
+
+def encode_output_notification(process_id: str, seq: int, stream: str, chunk_b64: str) -> str:
+    """``process/output`` text built without re-escaping the base64 chunk.
+
+    Only the process id goes through the JSON encoder.  Equal to
+    ``encode(Notification("process/output", {...}))``.
+    """
+    return '{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"%s"}}' % (
+        dumps(process_id),
+        seq,
+        stream,
+        chunk_b64,
+    )
+
+
+def encode_exited_notification(process_id: str, seq: int, exit_code: int, sandbox_denied: bool) -> str:
+    """``process/exited`` text (PROTOCOL.md 5.3), members in the reference's order."""
+    return dumps({"method": "process/exited", "params": {
+        "processId": process_id, "seq": seq, "exitCode": exit_code, "sandboxDenied": sandbox_denied}})
+
+
+def encode_closed_notification(process_id: str, seq: int) -> str:
+    """``process/closed`` text (PROTOCOL.md 5.3)."""
+    return dumps({"method": "process/closed", "params": {"processId": process_id, "seq": seq}})
+
+
+def read_result_json(chunks: Iterable[Sequence[Any]], next_seq: int, exited: bool, exit_code: Optional[int],
+                     closed: bool, sandbox_denied: bool, failure: Any = None) -> RawJson:
+    """A ``process/read`` result (PROTOCOL.md 5.4) as JSON pieces.
+
+    Args:
+        chunks: each a sequence whose first three items are seq (int),
+            stream (``stdout``, ``stderr`` or ``pty``) and the base64 text;
+            further items are ignored.
+        failure: the result's ``failure`` member (always null today).
+    """
+    parts = ['{"chunks":[']
+    separator = '{"seq":%d,"stream":"%s","chunk":"'
+    for chunk in chunks:
+        parts.append(separator % (chunk[0], chunk[1]))
+        parts.append(chunk[2])
+        parts.append('"}')
+        separator = ',{"seq":%d,"stream":"%s","chunk":"'
+    parts.append('],"nextSeq":%d,"exited":%s,"exitCode":%s,"closed":%s,"failure":%s,"sandboxDenied":%s}' % (
+        next_seq, _LITERALS[exited], "null" if exit_code is None else "%d" % exit_code,
+        _LITERALS[closed], "null" if failure is None else dumps(failure), _LITERALS[sandbox_denied]))
+    return RawJson(parts)
+
+
+def encode_read_result(result: Mapping[str, Any]) -> RawJson:
+    """A ``process/read`` result given as its JSON-shaped dict, as :class:`RawJson`.
+
+    ``str()`` of the return value equals ``dumps(result)``; the server builds
+    results with :func:`read_result_json` directly.
+    """
+    return read_result_json(((c["seq"], c["stream"], c["chunk"]) for c in result["chunks"]), result["nextSeq"],
+                            result["exited"], result["exitCode"], result["closed"], result["sandboxDenied"],
+                            result["failure"])

@@ -1,0 +1,146 @@
+"""Starting a child: executable lookup, pipes or a PTY, its own session and process group.
+
+:func:`spawn_child` starts one ``process/start`` child as the reference does
+(PROTOCOL.md 5.1) and returns the ``Popen`` and, for a PTY, the master
+descriptor; watching and output live in :mod:`~exec_server.server.process.
+watch` and :mod:`~exec_server.server.process.output`.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from exec_server.common import tree
+from exec_server.protocol.errors import InternalError, os_error_message
+
+IS_WINDOWS = sys.platform.startswith("win")
+#: Window size of a new PTY (PROTOCOL.md 5.1): rows, columns.
+PTY_ROWS, PTY_COLUMNS = 24, 80
+
+
+def resolve_executable(program: str, env: Dict[str, str]) -> str:
+    """Find ``program`` as the reference does (PROTOCOL.md 5.1).
+
+    A name without a path separator is looked up in the child's ``PATH`` if
+    ``env`` has one, else in the server's own ``PATH``.
+
+    Raises:
+        FileNotFoundError: not found (ENOENT, as ``execvp`` would say).
+    """
+    if os.sep in program or (os.altsep and os.altsep in program):
+        return program
+    search = env.get("PATH") if "PATH" in env else os.environ.get("PATH", os.defpath)
+    found = shutil.which(program, path=search)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return found
+
+
+def exit_code_from_returncode(returncode: int, tty: bool) -> int:
+    """The protocol's exit code: 128 + signal for a pipe child killed by a signal; 1 for a tty child."""
+    if returncode >= 0:
+        return returncode
+    return 1 if tty else 128 - returncode
+
+
+#: The null device, read-only, shared as every child's stdin.  Module-level on
+#: purpose: opened on the first spawn and kept for the life of the Python
+#: process (one descriptor, never closed, whichever server spawns).
+_null_input_fd: Optional[int] = None
+_null_input_lock = threading.Lock()
+
+
+def _null_input() -> int:
+    """A descriptor of the null device for children's stdin, opened once per process."""
+    global _null_input_fd
+    if _null_input_fd is None:
+        with _null_input_lock:
+            if _null_input_fd is None:
+                _null_input_fd = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    return _null_input_fd
+
+
+def _set_controlling_tty() -> None:  # runs in the child between fork and exec
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_stdin: bool, arg0: Optional[str],
+                wrapper: Optional[List[str]] = None) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+    """Start a child in its own session and process group.
+
+    Args:
+        argv: program and arguments; ``argv[0]`` is resolved with
+            :func:`resolve_executable`.
+        cwd: native working directory.
+        env: the child's whole environment.
+        tty: run under a new 24x80 PTY (stdout and stderr merged).
+        pipe_stdin: keep stdin writable without a PTY.
+        arg0: ``argv[0]`` as the child sees it, or None.
+        wrapper: a confining command (bubblewrap) that runs the resolved program.
+    Returns:
+        the ``Popen`` (with ``stdout``/``stderr`` pipes unless ``tty``) and
+        the PTY master descriptor, or None without a PTY.
+    Raises:
+        InternalError: the spawn failed; the message is the OS text, e.g.
+            ``No such file or directory (os error 2)`` (PROTOCOL.md 5.1).
+    """
+    try:
+        if wrapper or "PATH" not in env:
+            executable = resolve_executable(argv[0], env)
+        else:  # Popen's own search in the child's PATH, as execvp does (saves a lookup)
+            executable = argv[0]
+        args = [arg0 if arg0 is not None else argv[0]] + list(argv[1:])
+        if wrapper:
+            args = list(wrapper) + [executable] + list(argv[1:])
+            executable = wrapper[0]
+        if tty:
+            if IS_WINDOWS:
+                raise InternalError("tty processes need a PTY backend on Windows")
+            return _spawn_pty(executable, args, cwd, env)
+        popen = subprocess.Popen(
+            args, executable=executable, cwd=cwd, env=env,
+            stdin=subprocess.PIPE if pipe_stdin else _null_input(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            bufsize=0, close_fds=True, **_group_options(),
+        )
+        return popen, None
+    except OSError as exc:
+        raise InternalError(os_error_message(exc)) from None
+    except (ValueError, TypeError) as exc:  # e.g. an embedded NUL byte
+        raise InternalError(str(exc)) from None
+
+
+def _group_options() -> Dict[str, Any]:
+    if IS_WINDOWS:
+        return {"creationflags": tree.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _spawn_pty(executable: str, args: List[str], cwd: str,
+               env: Dict[str, str]) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
+        os.set_inheritable(master, False)
+        popen = subprocess.Popen(
+            args, executable=executable, cwd=cwd, env=env,
+            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+            start_new_session=True, preexec_fn=_set_controlling_tty,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return popen, master

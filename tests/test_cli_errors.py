@@ -1,0 +1,135 @@
+"""Every user mistake of the command line ends in one line and a documented exit status, never a traceback."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import start_ours
+
+pytestmark = pytest.mark.posix
+
+CLI = [sys.executable, "-m", "exec_server"]
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run(CLI + list(args), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def one_line(done) -> str:
+    text = done.stderr.decode()
+    assert "Traceback" not in text, text
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.fixture
+def token_server(tmp_path):
+    from exec_server.server.auth import CapabilityToken
+
+    (tmp_path / "token").write_text("right-token\n")
+    (tmp_path / "wrong").write_text("wrong-token\n")
+    running = start_ours(auth=CapabilityToken.from_file(str(tmp_path / "token")))
+    yield running, tmp_path
+    running.stop()
+
+
+def test_malformed_url():
+    done = run_cli("run", "--url", "foo", "--", "true")
+    assert done.returncode == 2
+    assert one_line(done) == "exec-server run: not a server URL, want ws://HOST:PORT (foo)"
+
+
+def test_unreadable_token_file():
+    done = run_cli("run", "--url", "ws://127.0.0.1:9", "--token-file", "/no/such/token", "--", "true")
+    assert done.returncode == 2
+    assert one_line(done) == "exec-server run: cannot read the token file: No such file or directory (/no/such/token)"
+
+
+def test_via_a_child_that_never_answers():
+    done = run_cli("run", "--via", "cat", "--timeout", "1", "--", "true")
+    assert done.returncode == 255
+    assert one_line(done) == "exec-server run: the server did not answer initialize within 1 s (cat)"
+
+
+def test_via_a_missing_program():
+    done = run_cli("run", "--via", "/no/such/exec-server", "--", "true")
+    assert done.returncode == 255
+    assert one_line(done) == "exec-server run: command not found (/no/such/exec-server)"
+
+
+def test_missing_program_is_named():
+    done = run_cli("run", "--", "/no/such/binary")
+    assert done.returncode == 125
+    assert one_line(done) == ("exec-server run: command not found: No such file or directory (os error 2) "
+                              "(/no/such/binary)")
+
+
+def test_missing_working_directory_is_named(tmp_path):
+    missing = str(tmp_path / "gone")
+    done = run_cli("run", "--cwd", missing, "--", "true")
+    assert done.returncode == 125
+    assert one_line(done) == ("exec-server run: working directory not found: No such file or directory "
+                              "(os error 2) (%s)" % missing)
+
+
+def test_refused_connection():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = "ws://127.0.0.1:%d" % probe.getsockname()[1]  # bound, not listening: refused
+        done = run_cli("run", "--url", url, "--reconnect-deadline", "0", "--", "true")
+    assert done.returncode == 255
+    line = one_line(done)
+    assert line.startswith("exec-server run: ") and "refused" in line.lower() and line.endswith("(%s)" % url)
+
+
+def test_missing_token_says_so(token_server):
+    running, _ = token_server
+    done = run_cli("run", "--url", running.url, "--", "true")
+    assert done.returncode == 255
+    assert one_line(done) == ("exec-server run: authentication failed (HTTP 401): missing websocket bearer token (%s)"
+                              % running.url)
+
+
+def test_wrong_token_says_so(token_server):
+    running, tmp_path = token_server
+    done = run_cli("run", "--url", running.url, "--token-file", str(tmp_path / "wrong"), "--", "true")
+    assert done.returncode == 255
+    line = one_line(done)
+    assert line.startswith("exec-server run: authentication failed (HTTP 401): ") and "token" in line
+    assert line.endswith("(%s)" % running.url)
+
+
+def test_right_token_runs(token_server):
+    running, tmp_path = token_server
+    done = run_cli("run", "--url", running.url, "--token-file", str(tmp_path / "token"), "--", "echo", "ok")
+    assert (done.returncode, done.stdout) == (0, b"ok\n")
+
+
+def test_port_in_use():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        url = "ws://127.0.0.1:%d" % taken.getsockname()[1]
+        done = run_cli("--listen", url)
+    assert done.returncode == 1
+    assert one_line(done) == "exec-server: cannot listen: Address already in use (%s)" % url
+
+
+def test_bad_env_option():
+    done = run_cli("run", "--env", "novalue", "--", "true")
+    assert done.returncode == 2
+    assert one_line(done) == "exec-server run: --env wants NAME=VALUE (novalue)"
+
+
+def test_cp_malformed_url():
+    done = run_cli("cp", "--url", "foo", "a", ":b")
+    assert done.returncode == 2
+    assert one_line(done) == "exec-server cp: not a server URL, want ws://HOST:PORT (foo)"
+
+
+def test_run_help_lists_the_exit_statuses():
+    done = run_cli("run", "--help")
+    assert done.returncode == 0
+    for status in (b"125", b"255", b"  2 "):
+        assert status in done.stdout
