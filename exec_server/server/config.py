@@ -52,6 +52,13 @@ class ServerConfig:
     #: single chunk into an empty queue is always accepted (its size is
     #: bounded by ``max_message_bytes``).
     max_stdin_queue_bytes: int = 8 * MIB
+    #: Process containment on Linux (``--linux-sandbox-pid-namespace``, the
+    #: reference's option): ``isolate`` runs each child in its own PID
+    #: namespace, so a kill or the server's death takes every process it ever
+    #: started; ``inherit`` keeps the server's PID namespace (process group,
+    #: parent-death signal and a marker).  ``isolate`` falls back to
+    #: ``inherit`` with one log line where a start-up probe fails.
+    pid_namespace: str = "isolate"
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
     ping_interval: float = 30.0
     #: Bytes read from a child's pipe or PTY at a time (one output event at most).
@@ -67,6 +74,8 @@ class ServerConfig:
                      "max_sessions", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
+        if self.pid_namespace not in ("isolate", "inherit"):
+            raise ValueError("pid_namespace must be isolate or inherit")
         if self.max_queued_requests < 0:
             raise ValueError("max_queued_requests must not be negative")
         for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):

@@ -171,7 +171,7 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> L
     if params.get("arg0") is not None:
         raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
-                              die_with_parent=False)
+                              die_with_parent=True)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:

@@ -112,8 +112,9 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     are mounted fresh on top.  ``python`` also binds this interpreter and the
     fs_helper package read-only (for the helper).  ``new_session`` detaches
     from the controlling terminal (off for PTY processes);
-    ``die_with_parent`` ties the sandbox to the spawning thread (only for
-    the short-lived helper: a process must outlive its request's thread).
+    ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
+    request thread waits for it; processes are forked by the long-lived
+    spawner thread of :mod:`~exec_server.server.process.contain`).
     """
     command = [bwrap, "--unshare-pid"]
     if new_session:
