@@ -1,6 +1,7 @@
 """Sandboxed file operations without bubblewrap: confined by descriptors or refused (issue 15)."""
 
 import os
+import sys
 import threading
 import time
 
@@ -317,3 +318,13 @@ def test_helper_crash_is_a_short_message(roots, no_bwrap):
     with pytest.raises(RpcError) as caught:
         run_fs_helper("fs/readFile", {"path": 5}, parse_sandbox(sandbox_of(work, hidden)))
     assert (caught.value.code, caught.value.message) == (-32603, "fs helper error: AttributeError")
+
+
+def test_helper_traceback_goes_to_the_log_not_the_client(roots, caplog):
+    work, _outside, hidden = roots
+    crash = [sys.executable, "-c", "import sys; sys.stdin.read(); raise RuntimeError('helper broke')"]
+    with caplog.at_level("WARNING", logger="exec_server.server.fs.helper"):
+        with pytest.raises(RpcError) as caught:
+            run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(sandbox_of(work, hidden)), command=crash)
+    assert caught.value.message == "fs sandbox helper failed with status exit status: 1: RuntimeError: helper broke"
+    assert any("Traceback" in record.getMessage() for record in caplog.records)
