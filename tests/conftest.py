@@ -159,6 +159,18 @@ def running_descendants(pid: int, argv: Sequence[str]) -> List[psutil.Process]:
     return found
 
 
+def with_env(name: str, value: str) -> List[psutil.Process]:
+    """Living processes whose environment has ``name=value`` (found on the host, any PID namespace)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(name) == value and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def all_gone(processes: Sequence[psutil.Process]) -> bool:
     """True when none of ``processes`` runs any more (psutil checks identity, not just the PID)."""
     for process in processes:
