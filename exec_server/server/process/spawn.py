@@ -118,6 +118,7 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
             args = list(wrapper) + [executable] + list(argv[1:])
             executable = wrapper[0]
         elif prefix:
+            _check_executable(os.path.join(cwd, executable))  # the init's exec failure would be an exit code
             if arg0 is not None:
                 program = [sys.executable, "-I", "-S", "-c", _ARG0_SHIM, executable, arg0]
             else:  # the init's execvp finds the same file in the child's PATH; argv[0] stays as given
@@ -139,6 +140,14 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         raise InternalError(os_error_message(exc)) from None
     except (ValueError, TypeError) as exc:  # e.g. an embedded NUL byte
         raise InternalError(str(exc)) from None
+
+
+def _check_executable(path: str) -> None:
+    """Raise the OSError ``execve`` would give for ``path`` (ENOENT, EACCES), before a wrapper hides it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _group_options() -> Dict[str, Any]:
