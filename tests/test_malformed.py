@@ -76,8 +76,8 @@ def test_huge_wait_ms_waits_for_the_process(server, connect):
     peer.call("process/start", start_params("w", ["sleep", "30"]))
     for wait_ms in (9_200_000_000_000, 2 ** 63 - 1, 2 ** 64 - 1):
         request_id = 500 + wait_ms % 97
-        peer.send({"id": request_id, "method": "process/read", "params": {"processId": "w", "afterSeq": 0,
-                                                                         "waitMs": wait_ms}})
+        params = {"processId": "w", "afterSeq": 0, "waitMs": wait_ms}
+        peer.send({"id": request_id, "method": "process/read", "params": params})
         assert peer.recv(0.3) is None or "error" not in peer.received[-1]
     peer.call("process/terminate", {"processId": "w"})
     replies = [peer.wait_for(lambda m, i=500 + w % 97: m.get("id") == i) for w in (9_200_000_000_000, 2 ** 63 - 1,

@@ -112,7 +112,8 @@ def _reject_nul_bytes(params: Dict[str, Any]) -> None:
     if params.get("arg0") is not None:
         fields.append(("arg0", params["arg0"]))
     for name, value in (params.get("env") or {}).items():
-        fields += [("env key `%s`" % name.replace("\x00", "\\0"), name), ("env[%s]" % name.replace("\x00", "\\0"), value)]
+        shown = name.replace("\x00", "\\0")
+        fields += [("env key `%s`" % shown, name), ("env[%s]" % shown, value)]
     for field, value in fields:
         if "\x00" in value:
             raise InvalidParams("nul byte found in provided data: %s" % field, data={"path": _json_path(field)})

@@ -41,7 +41,6 @@ RECV_BYTES = 256 * 1024
 _ENVIRON_HANDLER = "exec_server.request_handler"
 
 
-
 def _encodable(text: str) -> bool:
     """Whether ``text`` is valid UTF-8 material (no lone surrogate, e.g. from a non-UTF-8 file name)."""
     try:
@@ -49,6 +48,7 @@ def _encodable(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
 
 class RequestHandler(WSGIRequestHandler):
     """werkzeug's handler, quiet, and closing the TCP connection after an upgrade."""

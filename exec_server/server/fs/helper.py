@@ -216,8 +216,8 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
     if child.returncode != 0:
         # a short message: a traceback stays in the log, the client gets its last line
         last_line = diagnostics.splitlines()[-1] if diagnostics else ""
-        raise InternalError("fs sandbox helper failed with status %s: %s" % (_status_text(child.returncode),
-                                                                            last_line))
+        raise InternalError("fs sandbox helper failed with status %s: %s"
+                            % (_status_text(child.returncode), last_line))
     try:
         response = json.loads(stdout)
         payload = response["payload"]
