@@ -91,10 +91,11 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-stdin-queue-bytes", type=int, default=defaults.max_stdin_queue_bytes,
                         metavar="BYTES", help="stdin bytes queued per process for a child that has not read "
                                               "them; process/write past it fails (default %(default)s)")
-    parser.add_argument("--linux-sandbox-pid-namespace", choices=("isolate", "inherit"),
+    parser.add_argument("--linux-sandbox-pid-namespace", choices=("inherit", "isolate"),
                         default=defaults.pid_namespace, metavar="MODE",
-                        help="Linux PID namespace of each process tree: isolate (default; every process it "
-                             "started dies with it and with the server) or inherit (process group + marker)")
+                        help="PID namespace of each process tree on Linux: isolate (one namespace per "
+                             "process; background jobs end with the command) or inherit (the host's; trees "
+                             "found by process group and an inherited marker) (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
                         help="WebSocket ping interval, 0 disables (default %(default)s)")
     parser.add_argument("--otel", action="store_true",

@@ -76,11 +76,12 @@ class ServerConfig:
     #: bounded by ``max_message_bytes``).
     max_stdin_queue_bytes: int = 8 * MIB
     #: Process containment on Linux (``--linux-sandbox-pid-namespace``, the
-    #: reference's option): ``isolate`` runs each child in its own PID
-    #: namespace, so a kill or the server's death takes every process it ever
-    #: started; ``inherit`` keeps the server's PID namespace (process group,
-    #: parent-death signal and a marker).  ``isolate`` falls back to
-    #: ``inherit`` with one log line where a start-up probe fails.
+    #: reference's option; README "Process containment"): ``isolate`` runs
+    #: each child in its own PID namespace, so a kill or the server's death
+    #: takes every process it ever started (falls back to ``inherit`` with one
+    #: log line where a start-up probe fails); ``inherit`` keeps the server's
+    #: PID namespace (process group, a marker every descendant inherits, the
+    #: guardian for the server's own death).
     pid_namespace: str = "isolate"
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
     ping_interval: float = 30.0
