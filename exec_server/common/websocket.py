@@ -26,6 +26,22 @@ FAILURE_CODES = (CLOSE_PROTOCOL_ERROR, 1007, CLOSE_MESSAGE_TOO_BIG)
 RECV_BYTES = 256 * 1024
 
 
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data``; with a socket timeout, each wait for room is bounded, not the whole write.
+
+    (``socket.sendall`` bounds the whole write by the timeout, which would
+    fail a large message to a slow but reading peer.)  The caller holds the
+    connection's send lock.
+
+    Raises:
+        OSError: the socket failed, or no byte could be written for the
+            socket's timeout (``socket.timeout``); the connection is dead.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[sock.send(view):]
+
+
 def send_frames(sock: socket.socket, frames: List[bytes]) -> None:
     """Write ``frames`` in order with gathered writes (``sendmsg``), without joining them first.
 
@@ -37,7 +53,7 @@ def send_frames(sock: socket.socket, frames: List[bytes]) -> None:
         OSError: the socket failed; the connection is dead.
     """
     if not hasattr(sock, "sendmsg"):
-        sock.sendall(b"".join(frames))
+        send_all(sock, b"".join(frames))
         return
     views = [memoryview(frame) for frame in frames]
     while views:
@@ -82,7 +98,7 @@ class FrameWriter:
         if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
         try:
-            self.sock.sendall(self.protocol.send(event))
+            send_all(self.sock, self.protocol.send(event))
         finally:
             self.lock.release()
         return True
@@ -97,7 +113,7 @@ class FrameWriter:
         try:
             with self.lock:
                 if len(texts) == 1:
-                    self.sock.sendall(self.protocol.send(Message(data=texts[0])))
+                    send_all(self.sock, self.protocol.send(Message(data=texts[0])))
                 else:
                     send_frames(self.sock, [self.protocol.send(Message(data=text)) for text in texts])
         except LocalProtocolError:

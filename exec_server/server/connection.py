@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from exec_server.server import handlers
 from exec_server.common import telemetry
@@ -72,9 +72,17 @@ class Dispatcher:
         self._connections_lock = threading.Lock()
         self._connections: "set[RpcConnection]" = set()
 
-    def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket") -> "RpcConnection":
-        """A new connection's protocol state; ``transport`` is ``websocket`` or ``stdio`` (a metric label)."""
+    def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket",
+                        probe: Optional[Callable[[float], bool]] = None) -> "RpcConnection":
+        """A new connection's protocol state.
+
+        Args:
+            transport: ``websocket`` or ``stdio`` (a metric label).
+            probe: ``probe(timeout_seconds) -> alive``, the transport's
+                liveness check (a resume of this connection's session uses it).
+        """
         connection = RpcConnection(self, send, parse_error_prefix, transport)
+        connection.probe = probe
         with self._connections_lock:
             self._connections.add(connection)
         return connection
@@ -105,6 +113,9 @@ class RpcConnection:
         self.session = None
         self.handshake = Handshake()
         self.closed = False
+        self._close_lock = threading.Lock()
+        #: ``probe(timeout) -> alive`` of the transport, or None (set by the dispatcher).
+        self.probe: Optional[Callable[[float], bool]] = None
         self._send = send
         self._prefix = parse_error_prefix
         config = dispatcher.config
@@ -208,6 +219,14 @@ class RpcConnection:
         with self._admitted_lock:
             self._admitted -= 1
 
+    def is_idle(self) -> bool:
+        """No pooled request running or queued, and no running process in the session it holds."""
+        with self._admitted_lock:
+            if self._admitted:
+                return False
+        session = self.session
+        return session is None or not session.is_owned_by(self) or session.is_idle()
+
     def _runs_inline(self, method: str, params: Any) -> bool:
         """Whether a request cannot block, so it runs on the reader thread without a hand-off.
 
@@ -294,9 +313,10 @@ class RpcConnection:
         session's processes keep running for ``detached_session_ttl`` seconds
         (PROTOCOL.md 7), unless ``end_session`` (stdio's end) kills them now.
         """
-        if self.closed:
-            return
-        self.closed = True
+        with self._close_lock:  # the transport's thread and a takeover probe may both close
+            if self.closed:
+                return
+            self.closed = True
         session = self.session
         if session is not None and session.detach(self):
             if end_session:

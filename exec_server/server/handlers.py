@@ -79,7 +79,7 @@ def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Di
         session = ctx.registry.create()
         session.attach(ctx.connection, ctx.connection.send)
     else:
-        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send)
+        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send, ctx.config.takeover_probe_timeout)
     return session, {"sessionId": session.session_id, "environmentInfo": environment_info()}
 
 
