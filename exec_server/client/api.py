@@ -89,7 +89,10 @@ class Client:
                 and for ``initialize``.
             client_name: sent as ``clientName``.
             headers: extra HTTP headers for the upgrade (e.g. Authorization).
-            reconnect: recovery policy after a drop; None fails at once.
+            reconnect: recovery policy after a drop, and the keepalive
+                settings (``ping_interval``, ``keepalive_timeout``,
+                ``probe_timeout``); None fails at once after a drop (with the
+                default keepalive).
             token: a capability token, sent as ``Authorization: Bearer``.
         Raises:
             ExecServerDisconnected: the server cannot be reached or refused
@@ -100,8 +103,11 @@ class Client:
         if token is not None:
             headers["Authorization"] = "Bearer " + token
 
+        keepalive = reconnect if reconnect is not None else ReconnectPolicy()
+
         def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
-            return WebSocketTransport(url, connect_timeout, headers)
+            return WebSocketTransport(url, connect_timeout, headers, keepalive.ping_interval,
+                                      keepalive.keepalive_timeout, keepalive.probe_timeout)
 
         return cls.open(connector, timeout, client_name, reconnect)
 
@@ -186,6 +192,10 @@ class Client:
             TimeoutError: no answer within ``timeout``.
         """
         return self._endpoint.call(method, params, timeout)
+
+    def check_connection(self) -> None:
+        """A wait timed out: probe a quiet connection now (non-blocking); a dead one is recovered."""
+        self._endpoint.suspect()
 
     def notify(self, method: str, params: Any = None) -> None:
         """Send a notification (no response).
