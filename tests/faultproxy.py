@@ -89,6 +89,8 @@ class FaultProxy:
             if resetting:
                 source.close()
                 return
+            if source in self._blackholed:
+                return  # nothing crosses a blackhole, not even the end of the stream
             for sock in (source, sink):
                 if sock in held:
                     continue
@@ -122,6 +124,12 @@ class FaultProxy:
             except OSError:
                 pass
         return [upstream for _client, upstream in pairs]
+
+    @property
+    def connections(self) -> int:
+        """Connections being forwarded now."""
+        with self._lock:
+            return len(self._pairs)
 
     def blackhole(self) -> int:
         """Stop forwarding on every current connection, both ways, keeping all sockets open.
