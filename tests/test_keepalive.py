@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Peer, start_params, wait_until
+from conftest import Peer, wait_until
 from exec_server import Client, make_server
 from exec_server.client.recovery import ReconnectPolicy
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock

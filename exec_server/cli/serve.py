@@ -61,20 +61,26 @@ EXIT_THREAD_WAIT = 1.0
 def _exit_if_stuck(wait: float) -> None:
     """End the process now if a request thread is still running after ``wait`` seconds.
 
-    Every process tree and fs helper is already killed by then; a thread
-    blocked in a call that cannot be interrupted (a read of a FIFO or a
-    device) would otherwise hold interpreter exit forever, and the service
-    manager would SIGKILL the server.
+    Every process tree and fs helper is already killed by then; a request
+    thread blocked in a call that cannot be interrupted would otherwise hold
+    interpreter exit forever (``concurrent.futures`` joins its workers at
+    exit), and the service manager would SIGKILL the server.
     """
-    deadline = time.monotonic() + wait
+    from exec_server.server.connection import REQUEST_THREAD_PREFIX
+
     current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
+
+    def holding_exit():
+        return [t for t in threading.enumerate() if t is not current and t.is_alive()
+                and (not t.daemon or t.name.startswith(REQUEST_THREAD_PREFIX))]
+
+    deadline = time.monotonic() + wait
+    for thread in holding_exit():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = holding_exit()
     if stuck:
         logging.getLogger(__name__).warning("exiting with %d request thread(s) still blocked: %s",
-                                            len(stuck), ", ".join(sorted(set(stuck))))
+                                            len(stuck), ", ".join(sorted(t.name for t in stuck)))
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

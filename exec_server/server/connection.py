@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal", "process/start",
                             "process/terminate", "fs/close"})
 
+#: Name prefix of the request threads (a pool per connection); they inherit
+#: the daemon flag of the connection's thread but still hold interpreter exit.
+REQUEST_THREAD_PREFIX = "exec-server-request"
+
 #: Marks a request abandoned without a reply (its connection went away).
 _ABORTED: Any = object()
 
@@ -207,7 +211,7 @@ class RpcConnection:
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.dispatcher.config.concurrent_requests,
-                                                thread_name_prefix="exec-server-request")
+                                                thread_name_prefix=REQUEST_THREAD_PREFIX)
                 if self.closed:  # close() ran meanwhile and saw no pool
                     self._pool.shutdown(wait=False)
             self._pool.submit(self._run_and_release, request, handler, span, label, received)
