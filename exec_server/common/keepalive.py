@@ -107,8 +107,13 @@ def tune_socket(sock: socket.socket, dead_after: float) -> None:
             pass
 
 
-def wait_readable(sock: socket.socket, timeout: Optional[float]) -> bool:
-    """Whether ``sock`` has data (or an end) to read within ``timeout`` seconds (None: wait)."""
+def wait_readable(sock, timeout: Optional[float]) -> bool:
+    """Whether ``sock`` has data (or an end) to read within ``timeout`` seconds (None: wait).
+
+    A TLSStream's decrypted bytes already read off the wire count (poll cannot see them).
+    """
+    if getattr(sock, "pending", None) is not None and sock.pending():
+        return True
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -130,9 +135,16 @@ def writable_now(sock: socket.socket) -> bool:
         return False
 
 
-def abort_socket(sock: socket.socket) -> None:
-    """Shut both directions down: wakes a blocked ``recv`` or ``sendall`` at once; errors ignored."""
+def abort_socket(sock) -> None:
+    """Shut both directions down: wakes a blocked ``recv`` or ``sendall`` at once; errors ignored.
+
+    An ``ssl.SSLSocket`` is shut down at the TCP level (its own ``shutdown``
+    would drop the TLS state under a thread still using it).
+    """
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:  # a TLSStream
+            sock.shutdown(socket.SHUT_RDWR)
     except (OSError, ValueError):
         pass

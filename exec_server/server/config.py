@@ -8,6 +8,9 @@ exec-server reference's values where it has one (PROTOCOL.md sections 1.3,
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+#: Default allowed clock difference for the ``exp`` and ``nbf`` of signed
+#: bearer tokens, seconds (the reference's ``--ws-max-clock-skew-seconds``).
+DEFAULT_MAX_CLOCK_SKEW = 30
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class ServerConfig:
     #: trees, fs helpers, thread joins), seconds; what has not finished by
     #: then is abandoned (trees are always killed first).
     shutdown_timeout: float = 5.0
+    #: How long a ``wss://`` client has to complete the TLS handshake, seconds
+    #: (more than 0); one that does not is disconnected.
+    tls_handshake_timeout: float = 10.0
     #: Bytes read from a child's pipe or PTY at a time (one output event at most).
     read_chunk_bytes: int = 64 * 1024
     #: After a child exits, how long to wait for its pipes to reach EOF before
@@ -102,3 +108,5 @@ class ServerConfig:
                 raise ValueError("%s must be positive" % name)
         if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
             raise ValueError("keepalive_timeout must exceed ping_interval (a live peer needs a Ping to answer)")
+        if not self.tls_handshake_timeout > 0:
+            raise ValueError("tls_handshake_timeout must be more than 0")

@@ -3,7 +3,8 @@
 HTTP answers follow PROTOCOL.md 1.1: ``GET``/``HEAD /readyz`` is 200, an
 ``Origin`` header is 403 on every path, ``/`` without an upgrade is 400, other
 paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
-extensions); then the request thread runs a
+extensions) after the request is checked as the reference does (method,
+handshake headers, then credentials); then the request thread runs a
 :class:`~exec_server.server.websocket.WebSocketConnection`.  The request
 handler bounds the time until the upgrade (``upgrade_timeout``) and
 :class:`WebSocketApp` admits at most ``max_connections`` WebSockets,
@@ -11,6 +12,7 @@ evicting an idle one before refusing a new one.
 """
 
 import logging
+import ssl
 import threading
 import time
 from typing import Callable, List, Optional, Tuple
@@ -18,9 +20,11 @@ from typing import Callable, List, Optional, Tuple
 from werkzeug.serving import WSGIRequestHandler
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import Request
-from wsproto.utilities import RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exec_server.common.keepalive import abort_socket
+from exec_server.common.tls import TLSStream
+from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.server.websocket import WebSocketConnection
@@ -72,6 +76,8 @@ class RequestHandler(WSGIRequestHandler):
     def make_environ(self):
         environ = super().make_environ()
         environ[_ENVIRON_HANDLER] = self
+        # every Authorization header in order (the environ joins repeated ones with commas)
+        environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
         return environ
 
     def log_request(self, code="-", size="-") -> None:
@@ -90,10 +96,20 @@ def _plain(start_response, status: str, body: bytes = b"", headers=None):
     return [body]
 
 
+#: The request headers the WebSocket handshake reads (WSGI environ keys).
+_HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
+                      "HTTP_SEC_WEBSOCKET_VERSION", "HTTP_SEC_WEBSOCKET_PROTOCOL", "HTTP_SEC_WEBSOCKET_EXTENSIONS")
+
+
 def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
-    """The upgrade request's headers from the WSGI environ, for wsproto."""
-    return [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
-            for key, value in environ.items() if key.startswith("HTTP_")]
+    """The upgrade request's handshake headers from the WSGI environ, for wsproto.
+
+    Only those: h11 (under wsproto) refuses a value with, for example,
+    trailing blanks, and a malformed header the handshake does not read
+    (``Authorization: Bearer ``) must not turn into a refusal of its own.
+    """
+    return [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
+            for key in _HANDSHAKE_HEADERS if key in environ]
 
 
 class WebSocketApp:
@@ -125,9 +141,27 @@ class WebSocketApp:
             return _plain(start_response, "405 Method Not Allowed", headers=[("Allow", "GET,HEAD")])
         if path != "/":
             return _plain(start_response, "404 Not Found")
+        # As the reference: the upgrade request is checked (method, headers)
+        # before the credentials are looked at.
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
         if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
             return _plain(start_response, "400 Bad Request",
                           b"Connection header did not include 'upgrade'")
+        if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
+        if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
+        protocol = WSConnection(ConnectionType.SERVER)
+        try:
+            # werkzeug has parsed the request: hand wsproto its headers, no second parse
+            protocol.initiate_upgrade_connection(_request_headers(environ),
+                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
+            event = next(protocol.events(), None)
+        except (RemoteProtocolError, LocalProtocolError) as exc:  # h11 raises the latter on a bad value
+            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
+        if not isinstance(event, Request):
+            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         if self.authorize is not None:
             refusal = self.authorize(environ)
             if refusal is not None:
@@ -136,16 +170,6 @@ class WebSocketApp:
         sock = environ.get("werkzeug.socket")
         if sock is None:
             return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
-        protocol = WSConnection(ConnectionType.SERVER)
-        try:
-            # werkzeug has parsed the request: hand wsproto its headers, no second parse
-            protocol.initiate_upgrade_connection(_request_headers(environ),
-                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
-            event = next(protocol.events(), None)
-        except RemoteProtocolError as exc:
-            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
-        if not isinstance(event, Request):
-            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         if not self._admit():
             return _plain(start_response, "503 Service Unavailable",
                           b"too many connections (limit %d)" % self.config.max_connections)
@@ -154,6 +178,8 @@ class WebSocketApp:
             handler.close_connection = True
             handler.mark_upgraded()
         peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
+        if isinstance(sock, ssl.SSLSocket):
+            sock = TLSStream(sock)
         try:
             connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
         finally:

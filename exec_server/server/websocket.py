@@ -2,7 +2,9 @@
 
 Frames are parsed and built by wsproto, and every outbound frame (response,
 notification, ping, close) is written whole under one send lock, each write
-bounded by ``send_timeout``.  Keepalive (Pings, a silence deadline, the
+bounded by ``send_timeout``.  A TLS socket (``wss://``) is used through
+:class:`exec_server.common.tls.TLSStream`, which keeps the reading and the
+writing threads from calling OpenSSL at the same time.  Keepalive (Pings, a silence deadline, the
 takeover probe), the ``initialize`` time limit and the bounded Close of
 shutdown and eviction live here; the WSGI side (``/readyz``, the upgrade,
 admission) is :mod:`exec_server.server.upgrade`.
@@ -20,7 +22,9 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.utilities import LocalProtocolError
 
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, tune_socket, writable_now
+from exec_server.common.tls import TLSStream
 from exec_server.common.websocket import send_all as _send_all
+from exec_server.common.websocket import send_now as _send_now
 from exec_server.common.websocket import send_frames as _send_frames
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
@@ -57,7 +61,7 @@ class WebSocketConnection:
     session.  A peer silent for ``keepalive_timeout`` seconds is dead too.
     """
 
-    def __init__(self, sock: socket.socket, protocol: WSConnection, dispatcher: Dispatcher,
+    def __init__(self, sock: Union[socket.socket, TLSStream], protocol: WSConnection, dispatcher: Dispatcher,
                  config: ServerConfig, peer: str):
         self._sock = sock
         self._protocol = protocol
@@ -107,7 +111,7 @@ class WebSocketConnection:
                 raise ConnectionResetError("websocket is dead")
             data = self._protocol.send(event)
             try:
-                _send_all(self._sock, data)
+                _send_all(self._sock, data, self._config.send_timeout)
             except OSError:
                 self._die()
                 raise
@@ -127,9 +131,10 @@ class WebSocketConnection:
                     raise ConnectionResetError("websocket is dead")
                 try:
                     if len(texts) == 1:
-                        _send_all(self._sock, self._protocol.send(Message(data=texts[0])))
+                        _send_all(self._sock, self._protocol.send(Message(data=texts[0])), self._config.send_timeout)
                     else:
-                        _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts])
+                        _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts],
+                                     self._config.send_timeout)
                 except OSError:
                     self._die()
                     raise
@@ -152,8 +157,7 @@ class WebSocketConnection:
             if self._dead or not writable_now(self._sock):
                 self._die()
                 return
-            data = self._protocol.send(CloseConnection(code=code, reason=reason))
-            if self._sock.send(data) < len(data):
+            if not _send_now(self._sock, self._protocol.send(CloseConnection(code=code, reason=reason))):
                 self._die()
                 return
         except LocalProtocolError:  # a Close went out already
@@ -209,7 +213,8 @@ class WebSocketConnection:
         config = self._config
         tune_socket(self._sock, self._clock.timeout)
         try:
-            self._sock.settimeout(config.send_timeout)  # bounds every write; reads wait in select first
+            if not isinstance(self._sock, TLSStream):  # a TLSStream bounds each write itself
+                self._sock.settimeout(config.send_timeout)  # bounds every write; reads wait in select first
             self._send_event(AcceptConnection())
             self._loop()
         except (OSError, LocalProtocolError) as exc:
@@ -226,6 +231,9 @@ class WebSocketConnection:
         parts: List[Union[str, bytes]] = []
         size = 0
         limit = self._config.max_message_bytes
+        # A TLS stream may hold decrypted bytes already read off the wire: select
+        # would not see them, so they are read first.
+        pending = self._sock.pending if isinstance(self._sock, TLSStream) else (lambda: 0)
         with _new_selector() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
@@ -247,7 +255,7 @@ class WebSocketConnection:
                         return
                     else:
                         wait = init_deadline - now if wait is None else min(wait, init_deadline - now)
-                if not selector.select(wait):
+                if not pending() and not selector.select(wait):
                     continue
                 data = self._sock.recv(RECV_BYTES)
                 now = time.monotonic()
