@@ -98,6 +98,24 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                              "found by process group and an inherited marker) (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
                         help="WebSocket ping interval, 0 disables (default %(default)s)")
+    parser.add_argument("--keepalive-timeout", type=float, default=defaults.keepalive_timeout, metavar="SECONDS",
+                        help="close a WebSocket silent this long (no frame, no Pong), detaching its session; "
+                             "0 never (default %(default)s)")
+    parser.add_argument("--takeover-probe-timeout", type=float, default=defaults.takeover_probe_timeout,
+                        metavar="SECONDS", help="a resume probes the connection holding the session and takes "
+                        "over if it stays silent this long; 0 answers -32010 at once (default %(default)s)")
+    parser.add_argument("--send-timeout", type=float, default=defaults.send_timeout, metavar="SECONDS",
+                        help="a write without progress this long marks the connection dead (default %(default)s)")
+    parser.add_argument("--upgrade-timeout", type=float, default=defaults.upgrade_timeout, metavar="SECONDS",
+                        help="time for the HTTP upgrade request (default %(default)s)")
+    parser.add_argument("--initialize-timeout", type=float, default=defaults.initialize_timeout,
+                        metavar="SECONDS", help="time from the upgrade to a successful initialize, 0 no limit "
+                        "(default %(default)s)")
+    parser.add_argument("--evict-idle-after", type=float, default=defaults.evict_idle_after, metavar="SECONDS",
+                        help="at --max-connections, a connection quiet this long with nothing running is "
+                             "closed for a new one (default %(default)s)")
+    parser.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout, metavar="SECONDS",
+                        help="upper bound of the shutdown on SIGTERM/SIGINT (default %(default)s)")
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
@@ -156,6 +174,13 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
         pid_namespace=args.linux_sandbox_pid_namespace,
         max_sessions=args.max_sessions,
         max_connections=args.max_connections,
+        keepalive_timeout=args.keepalive_timeout,
+        takeover_probe_timeout=args.takeover_probe_timeout,
+        send_timeout=args.send_timeout,
+        upgrade_timeout=args.upgrade_timeout,
+        initialize_timeout=args.initialize_timeout,
+        evict_idle_after=args.evict_idle_after,
+        shutdown_timeout=args.shutdown_timeout,
         tls_handshake_timeout=args.tls_handshake_timeout,
     )
 

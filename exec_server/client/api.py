@@ -92,7 +92,10 @@ class Client:
                 handshakes, and for ``initialize``.
             client_name: sent as ``clientName``.
             headers: extra HTTP headers for the upgrade (e.g. Authorization).
-            reconnect: recovery policy after a drop; None fails at once.
+            reconnect: recovery policy after a drop, and the keepalive
+                settings (``ping_interval``, ``keepalive_timeout``,
+                ``probe_timeout``); None fails at once after a drop (with the
+                default keepalive).
             token: sent as ``Authorization: Bearer <token>``: a capability
                 token or signed JWT, or a callable returning one, called
                 before every connect and reconnect (signed tokens expire, so
@@ -110,6 +113,8 @@ class Client:
         """
         headers = dict(headers or {})
 
+        keepalive = reconnect if reconnect is not None else ReconnectPolicy()
+
         def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
             upgrade_headers = headers
             if token is not None:
@@ -118,7 +123,8 @@ class Client:
                 except Exception as exc:
                     raise ExecServerDisconnected("cannot get a token for %s: %s" % (url, exc)) from exc
                 upgrade_headers = dict(headers, Authorization="Bearer " + value)
-            return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context)
+            return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context, keepalive.ping_interval,
+                                      keepalive.keepalive_timeout, keepalive.probe_timeout)
 
         return cls.open(connector, timeout, client_name, reconnect)
 
@@ -203,6 +209,10 @@ class Client:
             TimeoutError: no answer within ``timeout``.
         """
         return self._endpoint.call(method, params, timeout)
+
+    def check_connection(self) -> None:
+        """A wait timed out: probe a quiet connection now (non-blocking); a dead one is recovered."""
+        self._endpoint.suspect()
 
     def notify(self, method: str, params: Any = None) -> None:
         """Send a notification (no response).
