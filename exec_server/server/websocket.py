@@ -36,6 +36,7 @@ from exec_server.protocol.handshake import NEW
 
 log = logging.getLogger(__name__)
 
+
 def _encodable(text: str) -> bool:
     """Whether ``text`` is valid UTF-8 material (no lone surrogate, e.g. from a non-UTF-8 file name)."""
     try:
