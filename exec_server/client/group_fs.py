@@ -12,14 +12,14 @@ host -> the value, or the exception that host raised.
 import os
 import re
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import Any, Callable, Dict, Union
 from urllib.parse import urlsplit
 
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
 from exec_server.client.interfaces import PathLike
 
-if TYPE_CHECKING:  # pragma: no cover
-    from exec_server.client.group import Group, GroupResult
+#: What the methods return: the group's ``GroupResult`` (host -> value or exception).
+GroupResult = Dict[str, Any]
 
 
 def host_dirname(host: str) -> str:
@@ -37,13 +37,14 @@ def host_dirname(host: str) -> str:
 class GroupFileSystem:
     """The ``fs/*`` operations of every host of a group.  Thread-safe."""
 
-    def __init__(self, group: "Group"):
+    def __init__(self, group: Any):
+        """``group``: the :class:`~exec_server.client.group.Group` whose hosts are worked on."""
         self._group = group
 
-    def _each(self, operation: Callable[[str, FileSystem], Any]) -> "GroupResult":
+    def _each(self, operation: Callable[[str, FileSystem], Any]) -> GroupResult:
         return self._group.map(lambda host, client: operation(host, client.fs))
 
-    def put(self, local: Union[PathLike, bytes], remote: PathLike) -> "GroupResult":
+    def put(self, local: Union[PathLike, bytes], remote: PathLike) -> GroupResult:
         """Write a local file (a path) or ``bytes`` to ``remote`` on every host; host -> bytes written.
 
         Streams in 1 MiB blocks through ``fs/open`` (any size); ``remote``
@@ -63,7 +64,7 @@ class GroupFileSystem:
 
         return self._each(put_one)
 
-    def get(self, remote: PathLike, local_dir: PathLike) -> "GroupResult":
+    def get(self, remote: PathLike, local_dir: PathLike) -> GroupResult:
         """Download ``remote`` from every host to ``local_dir/<host dir>/<its name>``; host -> local path.
 
         ``<host dir>`` is :func:`host_dirname` of the host; directories are
@@ -89,24 +90,24 @@ class GroupFileSystem:
 
         return self._each(get_one)
 
-    def read_file(self, path: PathLike) -> "GroupResult":
+    def read_file(self, path: PathLike) -> GroupResult:
         """host -> the whole file's bytes (up to 64 MiB; :meth:`get` for more)."""
         return self._each(lambda host, fs: fs.read_file(path))
 
-    def write_file(self, path: PathLike, data: bytes) -> "GroupResult":
+    def write_file(self, path: PathLike, data: bytes) -> GroupResult:
         """Create or replace ``path`` atomically on every host; host -> None."""
         return self._each(lambda host, fs: fs.write_file(path, data))
 
-    def create_directory(self, path: PathLike, recursive: bool = True) -> "GroupResult":
+    def create_directory(self, path: PathLike, recursive: bool = True) -> GroupResult:
         return self._each(lambda host, fs: fs.create_directory(path, recursive))
 
-    def get_metadata(self, path: PathLike) -> "GroupResult":
+    def get_metadata(self, path: PathLike) -> GroupResult:
         """host -> ``{isDirectory, isFile, isSymlink, size, createdAtMs, modifiedAtMs}``."""
         return self._each(lambda host, fs: fs.get_metadata(path))
 
-    def remove(self, path: PathLike, recursive: bool = True, force: bool = True) -> "GroupResult":
+    def remove(self, path: PathLike, recursive: bool = True, force: bool = True) -> GroupResult:
         return self._each(lambda host, fs: fs.remove(path, recursive, force))
 
-    def copy(self, source: PathLike, destination: PathLike, recursive: bool = False) -> "GroupResult":
+    def copy(self, source: PathLike, destination: PathLike, recursive: bool = False) -> GroupResult:
         """Copy on each host (``fs/copy``), from and to that host's own file system."""
         return self._each(lambda host, fs: fs.copy(source, destination, recursive))
