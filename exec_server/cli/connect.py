@@ -44,6 +44,8 @@ def report(command: str, error: CommandError) -> int:
 def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> CommandError:
     """The one line for a connection that failed or was lost."""
     text = str(error)
+    if where:  # the URL or command ends the line once; not again inside it
+        text = text.replace(" with %s" % where, "").replace(" to %s" % where, "")
     if " 401" in text or text.startswith("401"):
         detail = text.split("401", 1)[1].strip(" :-") or "missing or invalid token"
         return CommandError("authentication failed (HTTP 401): %s" % detail, where, EXIT_DISCONNECTED)
