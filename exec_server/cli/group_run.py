@@ -10,7 +10,6 @@ Ctrl-C interrupts every remote command; a second Ctrl-C kills them.
 """
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -23,8 +22,6 @@ from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
-
-log = logging.getLogger("exec_server")
 
 
 class LinePrinter:

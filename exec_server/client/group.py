@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from exec_server.client.api import Client
 from exec_server.client.group_events import GroupProcesses, HostEvent  # noqa: F401
 from exec_server.client.recovery import ReconnectPolicy
+from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Hosts worked on at once (connects, runs, file operations), by default.
 DEFAULT_MAX_WORKERS = 32
@@ -156,8 +157,6 @@ class Group:
             ExecServerDisconnected: the group is closed.
         """
         if self._closed:
-            from exec_server.protocol.errors import ExecServerDisconnected
-
             raise ExecServerDisconnected("the group is closed")
         futures = {host: self._pool.submit(_timed, function, host, client) for host, client in self.clients.items()}
         result = GroupResult()
