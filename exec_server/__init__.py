@@ -17,6 +17,7 @@ _EXPORTS = {
     "Client": "client.api", "ReconnectPolicy": "client.recovery", "RequestOutcomeUnknown": "client.recovery",
     "RemoteProcess": "client.process", "OutputEvent": "client.process", "ExitedEvent": "client.process",
     "ClosedEvent": "client.process", "ProcessOutputGap": "client.process", "StdinClosedError": "client.process",
+    "StdinQueueFullError": "client.process",
     "ExecServerDisconnected": "protocol.errors", "ExecServerTLSError": "protocol.errors",
     "ExecServerError": "protocol.errors", "RpcError": "protocol.errors",
     "Group": "client.group", "GroupResult": "client.group", "GroupError": "client.group",

@@ -25,6 +25,7 @@ from exec_server.client.interfaces import Caller
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.protocol import b64
+from exec_server.protocol.errors import InternalError
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,19 @@ ProcessEvent = Union[OutputEvent, ExitedEvent, ClosedEvent]
 
 class StdinClosedError(BrokenPipeError):
     """``process/write`` answered ``stdinClosed``: start with ``stdin=True`` or ``tty=True``."""
+
+
+class StdinQueueFullError(InternalError):
+    """``process/write`` refused: the server already holds ``--max-stdin-queue-bytes`` of stdin
+    the child has not read.  Nothing was queued; write again once the child reads.
+
+    ``queued_bytes`` and ``limit_bytes`` are the server's figures.
+    """
+
+    def __init__(self, message: str, data: Any = None):
+        super().__init__(message, data)
+        self.queued_bytes = data.get("queuedBytes") if isinstance(data, dict) else None
+        self.limit_bytes = data.get("limitBytes") if isinstance(data, dict) else None
 
 
 class ProcessOutputGap(Exception):
@@ -281,13 +295,20 @@ class RemoteProcess:
         Raises:
             StdinClosedError: the process has no writable stdin.
             ProcessLookupError: the server does not know the process.
+            StdinQueueFullError: the server's stdin queue for the process is
+                full (the child is not reading); nothing was queued.
             InternalError: the process has exited (``failed to write to process stdin``).
             RequestOutcomeUnknown: the connection dropped before the answer;
                 the bytes may or may not have been written (never re-sent).
         """
-        status = self.client.call("process/write", {
-            "processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex,
-        }, timeout=timeout)["status"]
+        try:
+            status = self.client.call("process/write", {
+                "processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex,
+            }, timeout=timeout)["status"]
+        except InternalError as exc:
+            if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
+                raise StdinQueueFullError(exc.message, exc.data) from None
+            raise
         if status == "stdinClosed":
             raise StdinClosedError("process %s has no writable stdin" % self.process_id)
         if status == "unknownProcess":

@@ -16,12 +16,13 @@ import queue
 import subprocess
 import threading
 import time
+import uuid
 from typing import Callable, Dict, List, Optional
 
 from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, os_error_message
 from exec_server.server.config import ServerConfig
-from exec_server.server.process import watch
+from exec_server.server.process import contain, watch
 from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
 from exec_server.server.process.spawn import exit_code_from_returncode, spawn_child
@@ -64,6 +65,9 @@ class ManagedProcess:
         self._killed = False
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
+        self._stdin_queued = 0  # bytes accepted for stdin and not yet written or dropped
+        self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
+        self._isolated = False  # runs under the PID-namespace init
         self._watch: Optional[watch.Watch] = None
         self._held: Optional[List[Event]] = None  # events the pidfd watcher delivers in one write
         telemetry.processes_active.add(1)
@@ -87,9 +91,18 @@ class ManagedProcess:
         Raises:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
-        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper)
-        return cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
-                   spool)
+        containment = contain.decide(config.pid_namespace)
+        marker = None if wrapper or containment.isolated else uuid.uuid4().hex
+        if marker is not None:
+            env = containment.environment(env, marker)
+        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix)
+        if marker is not None:
+            contain.register_leader(popen.pid)
+        process = cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
+                      spool)
+        process._marker = marker
+        process._isolated = containment.isolated and not wrapper
+        return process
 
     def start_monitoring(self) -> None:
         """Start watching the child (once, after the start response)."""
@@ -117,7 +130,10 @@ class ManagedProcess:
     def reap(self) -> int:
         """Wait for the child (it has exited, or will); the protocol's exit code."""
         try:
-            return exit_code_from_returncode(self._popen.wait(), self.tty)
+            returncode = self._popen.wait()
+            if self._marker is not None:
+                contain.forget_leader(self._popen.pid)
+            return exit_code_from_returncode(returncode, self.tty, self._isolated)
         except Exception:
             log.exception("waiting for process %r failed", self.process_id)
             return -1
@@ -222,7 +238,9 @@ class ManagedProcess:
             which case nothing is written again).
         Raises:
             InternalError: ``failed to write to process stdin``; the child has
-                exited.
+                exited.  Or ``stdin queue is full ...`` (``data.reason``
+                ``stdinQueueFull``): more than ``max_stdin_queue_bytes`` would
+                wait for a child that does not read; retry once it has read.
         """
         if not self.stdin_writable:
             return "stdinClosed"
@@ -231,6 +249,13 @@ class ManagedProcess:
                 return "accepted"
             if self._log.exited or self._log.closed:
                 raise InternalError("failed to write to process stdin")
+            limit = self._config.max_stdin_queue_bytes
+            if self._stdin_queued and self._stdin_queued + len(data) > limit:
+                raise InternalError("stdin queue is full: %d bytes wait for the process to read them (limit %d)"
+                                    % (self._stdin_queued, limit),
+                                    data={"reason": "stdinQueueFull", "queuedBytes": self._stdin_queued,
+                                          "limitBytes": limit})
+            self._stdin_queued += len(data)
             self._write_ids[write_id] = None
             if len(self._write_ids) > REMEMBERED_WRITE_IDS:
                 self._write_ids.popitem(last=False)
@@ -261,6 +286,8 @@ class ManagedProcess:
                 except OSError as exc:
                     log.debug("stdin of process %r: %s", self.process_id, exc)
                     broken = True
+            with self._lock:
+                self._stdin_queued -= len(data)
         if self._pty_master is None and self._popen.stdin is not None:
             try:
                 self._popen.stdin.close()
@@ -285,6 +312,8 @@ class ManagedProcess:
         Raises:
             InternalError: ``failed to signal process: <text>``.
         """
+        if self._isolated and self._log.exit_code is None:
+            contain.wait_program_started(self.pid)
         with self._lock:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
@@ -300,18 +329,27 @@ class ManagedProcess:
             True if the process was running and a kill was issued.
         """
         with self._lock:
-            if self._log.exited or self._popen.returncode is not None:
-                return False
-            self._killed = True
+            running = not (self._log.exited or self._popen.returncode is not None)
+            if running:
+                self._killed = True
+        if running:
+            self._kill_all()
+        elif self._marker is not None:
+            contain.kill_marked(self._marker)  # the leader is gone; its escaped descendants are not
+        return running
+
+    def _kill_all(self) -> None:
+        """SIGKILL the group (in isolate mode that ends the namespace) and, in inherit mode, the marked."""
         tree.kill_tree(self.pid)
-        return True
+        if self._marker is not None:
+            contain.kill_marked(self._marker)
 
     def kill_tree(self) -> None:
         """Kill the group and descendants even if the leader has exited (expiry, shutdown)."""
         with self._lock:
             if not self._log.exited:
                 self._killed = True
-        tree.kill_tree(self.pid)
+        self._kill_all()
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until the process is no longer watched; True if that happened in time."""
