@@ -137,7 +137,8 @@ def test_concurrency_bound_holds(servers, tmp_path):
     running_dir = tmp_path / "running"
     running_dir.mkdir()
     counts = tmp_path / "counts"
-    script = 'touch "$0/$$"; ls "$0" | wc -l >> "$1"; sleep 0.4; rm "$0/$$"'
+    # a marker file per running command (not named after $$: each command may have PID 2 in its own namespace)
+    script = 'f=$(mktemp "$0/run.XXXXXX"); ls "$0" | wc -l >> "$1"; sleep 0.4; rm "$f"'
     with Group([s.url for s in servers(6)], max_workers=2) as group:
         result = group.run(["sh", "-c", script, str(running_dir), str(counts)], timeout=30)
     assert all(done.returncode == 0 for done in result.values()), result
