@@ -95,18 +95,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.url and args.via:
         raise CommandError("give --url or --via, not both")
     server = None
-    if args.url is None and args.via is None:
-        # An in-process server starts in a few milliseconds; a stdio child
-        # needs a new interpreter (~0.3 s here), so the embedded default is
-        # the in-process WebSocket server (README.rst, "Run a command").
-        from exec_server.server.app import make_server
-        from exec_server.server.config import ServerConfig
-
-        server = make_server("ws://127.0.0.1:0", ServerConfig()).start()
-        args.url = server.url
     try:
-        deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
-        client = connect(args, "exec-server-run", ReconnectPolicy(deadline=deadline) if deadline > 0 else None)
+        if args.url is None and args.via is None:
+            # The embedded server: in this process, reached through queues (no
+            # listener, no WebSocket); a stdio child would need a new interpreter.
+            from exec_server.cli.embedded import EmbeddedServer
+
+            server = EmbeddedServer()
+            client = Client.open(server.connector, timeout=args.timeout, client_name="exec-server-run",
+                                 reconnect=None)
+        else:
+            deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
+            client = connect(args, "exec-server-run", ReconnectPolicy(deadline=deadline) if deadline > 0 else None)
         with client:
             try:
                 return _stream(client, argv, env, args)
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         raise disconnected(exc, args.via or args.url) from None
     finally:
         if server is not None:
-            server.shutdown()
+            server.close()
 
 
 def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:

@@ -44,11 +44,15 @@ def serve(args: argparse.Namespace) -> int:
 
     from exec_server.server.process import contain
 
-    reaper = None
-    if sys.platform.startswith("linux") and not contain.decide(server.config.pid_namespace).isolated:
-        reaper = contain.Reaper()
-        if not reaper.start():
-            reaper = None
+    reaper = contain.Reaper() if sys.platform.startswith("linux") else None
+
+    def arm_reaper() -> None:
+        # After the containment probe, which runs beside the accept loop so that it
+        # does not delay readiness (the first spawn waits for it).
+        if reaper is not None and not contain.decide(server.config.pid_namespace).isolated:
+            reaper.start()
+
+    threading.Thread(target=arm_reaper, name="exec-server-probe", daemon=True).start()
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, name="exec-server-stop", daemon=True).start()

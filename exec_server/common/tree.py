@@ -10,14 +10,17 @@ device and no console window, so nothing reaches a terminal; if taskkill
 fails, psutil kills the tree.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import signal
 import subprocess
 import sys
-from typing import List
+from typing import TYPE_CHECKING, List
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ TASKKILL_TIMEOUT = 10.0
 
 def descendants_of(pid: int) -> List[psutil.Process]:
     """Every living descendant of ``pid`` (empty if it is gone)."""
+    import psutil
+
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -39,6 +44,8 @@ def descendants_of(pid: int) -> List[psutil.Process]:
 
 
 def _kill_each(processes: List[psutil.Process]) -> None:
+    import psutil
+
     for process in processes:
         try:
             process.kill()  # psutil refuses a PID that was reused meanwhile
@@ -62,6 +69,8 @@ def taskkill_command(pid: int) -> List[str]:
 
 def kill_tree_windows(pid: int) -> None:
     """``taskkill /T /F`` the tree silently; psutil kills it if taskkill fails."""
+    import psutil
+
     stragglers = descendants_of(pid)
     try:
         root = [psutil.Process(pid)]

@@ -15,20 +15,36 @@ expected a string``, ``unknown variant `kill`, expected `interrupt` ``.  The
 error's ``data`` holds the JSON path of the offending value.
 """
 
+from __future__ import annotations
+
+import collections
 import json
 import os
-import collections
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
-
-import jsonschema
-import referencing
-import referencing.exceptions
-from jsonschema.validators import extend, validator_for
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from exec_server.protocol.errors import InvalidParams
 from exec_server.protocol.jsonrpc import serde_type_description
 
+if TYPE_CHECKING:
+    import jsonschema
+    import referencing
+
 _URN = "urn:exec-server:"
+
+
+def _libraries():
+    """jsonschema and referencing, imported on the first validation rather than at start-up.
+
+    Importing them (with attrs and rpds) is ~60 ms, most of a cold start; a
+    server that answers ``/readyz`` has not needed them yet.
+    """
+    global jsonschema, referencing
+    import jsonschema
+    import jsonschema.validators
+    import referencing
+    import referencing.exceptions
+
+    return jsonschema, referencing
 
 
 def _schema_root():
@@ -55,11 +71,8 @@ class SchemaSet:
 
     def __init__(self, schemas: Dict[str, dict]):
         self._schemas = schemas
-        resources = [
-            (schema.get("$id", _URN + name), referencing.Resource.from_contents(schema))
-            for name, schema in schemas.items()
-        ]
-        self._registry = referencing.Registry().with_resources(resources)
+        self._registry_built: Any = None
+        self._checked: set = set()
         # Checked-in validators per schema.  A deque's append and pop are
         # thread-safe (collections docs), so this sans-IO module needs no lock.
         self._free: Dict[str, Deque[Any]] = {}
@@ -69,20 +82,43 @@ class SchemaSet:
 
     @classmethod
     def load(cls, root: Optional[str] = None) -> "SchemaSet":
-        """Read and ``check_schema`` every file under ``root``.
+        """Read every file under ``root``; each schema is checked (``check_schema``) before its first use.
 
         Raises:
-            jsonschema.SchemaError: a schema file is itself invalid (a bug).
             OSError, ValueError: a file is missing or not JSON.
         """
         root = root or _schema_root()
         schemas = {}
         for name in _walk_json(root):
             with open(os.path.join(root, name), encoding="utf-8") as handle:
-                schema = json.load(handle)
-            validator_for(schema).check_schema(schema)
-            schemas[name] = schema
+                schemas[name] = json.load(handle)
         return cls(schemas)
+
+    def check_all(self) -> None:
+        """``check_schema`` every schema now (tests and the packaging check call this).
+
+        Raises:
+            jsonschema.SchemaError: a schema file is itself invalid (a bug).
+        """
+        for name in self._schemas:
+            self._check(name)
+
+    def _check(self, name: str) -> None:
+        if name not in self._checked:
+            jsonschema, _ = _libraries()
+            schema = self._schemas[name]
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+            self._checked.add(name)
+
+    @property
+    def _registry(self) -> Any:
+        """The offline ``referencing.Registry`` of every schema, built on first use."""
+        if self._registry_built is None:
+            _, referencing = _libraries()
+            self._registry_built = referencing.Registry().with_resources(
+                (schema.get("$id", _URN + name), referencing.Resource.from_contents(schema))
+                for name, schema in self._schemas.items())
+        return self._registry_built
 
     def names(self) -> List[str]:
         return sorted(self._schemas)
@@ -102,16 +138,18 @@ class SchemaSet:
                 pass
         schema = self._inlined.get(name)
         if schema is None:
+            self._check(name)
             schema = self._inlined[name] = self._inline(self._schemas[name], name)
         return self._new_validator(schema)
 
     def _new_validator(self, schema: dict):
         """A validator for ``schema`` whose ``properties`` reuse member validators."""
-        cls = validator_for(schema)
+        jsonschema, _ = _libraries()
+        cls = jsonschema.validators.validator_for(schema)
         if cls is not jsonschema.Draft202012Validator:  # the dialect of every schema file
             return cls(schema, registry=self._registry)
         if self._reusing_class is None:
-            self._reusing_class = extend(cls, {"properties": self._members.properties})
+            self._reusing_class = jsonschema.validators.extend(cls, {"properties": self._members.properties})
         return self._members.adopt(self._reusing_class(schema, registry=self._registry))
 
     def _inline(self, schema: dict, name: str) -> dict:

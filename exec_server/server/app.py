@@ -128,7 +128,9 @@ class ExecServer:
     def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None, auth=None,
                  ssl_context: Optional[ssl.SSLContext] = None):
         self.config = config or ServerConfig()
-        contain.decide(self.config.pid_namespace)  # the one-time probe, logged once, before any spawn
+        # The one-time containment probe, logged once, runs beside start-up; a spawn waits for it.
+        threading.Thread(target=contain.decide, args=(self.config.pid_namespace,), name="exec-server-probe",
+                         daemon=True).start()
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
         self.app = WebSocketApp(self.dispatcher, self.config, auth.check if auth is not None else None)

@@ -26,6 +26,8 @@ every child is forked by one :class:`Spawner` thread that lives as long as the
 Python process.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import ctypes
 import logging
@@ -39,7 +41,6 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import psutil
 
 from exec_server.server.process import guardian
 
@@ -212,6 +213,8 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT) -> bool:
     program; once the init has forked the program, the group signal does.
     Returns False if the program did not appear within ``timeout`` seconds.
     """
+    import psutil
+
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -231,6 +234,8 @@ def kill_marked(marker: str) -> int:
     psutil checks each process's identity before the kill; processes of other
     users (unreadable environment) are skipped.
     """
+    import psutil
+
     found = []
     for process in psutil.process_iter():
         try:
@@ -311,6 +316,8 @@ class Reaper:
 
     def sweep(self) -> int:
         """Reap adopted zombies and note new adopted processes; how many were reaped."""
+        import psutil
+
         with _leaders_lock:
             leaders = set(_leaders)
         reaped = 0

@@ -1,0 +1,127 @@
+"""The server ``exec-server run`` embeds: a dispatcher in this process, reached without a socket.
+
+``run`` without ``--url`` or ``--via`` needs a server only for the one
+command it runs.  Binding a listener, an HTTP upgrade and WebSocket framing
+would cost it werkzeug's and wsproto's import (~50 ms) and a connection, and
+buy nothing: the client and the server are in one process.  So the client
+talks to the server's per-connection dispatcher through two queues, JSON text
+in both directions, exactly the messages a socket would carry.
+
+:class:`EmbeddedServer` owns the session registry and dispatcher;
+``EmbeddedServer.connector`` is the ``connector(timeout)`` that
+:meth:`exec_server.client.api.Client.open` takes.
+"""
+
+import queue
+import threading
+from typing import Optional, Union
+
+from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.sessions import SessionRegistry
+
+_END = None
+#: How long :meth:`EmbeddedServer.close` waits for the server's reader thread, seconds.
+CLOSE_WAIT = 2.0
+
+
+class EmbeddedTransport:
+    """One in-process connection; the client's :class:`~exec_server.client.transport.Transport`.
+
+    ``send`` queues a message for the server's reader thread (one reader, as
+    on a socket, which feeds ``RpcConnection.receive``); what the server sends
+    is queued for ``receive``.  Thread-safe as the Transport protocol asks.
+    """
+
+    def __init__(self, dispatcher: Dispatcher):
+        self._to_server: "queue.SimpleQueue[Optional[str]]" = queue.SimpleQueue()
+        self._to_client: "queue.SimpleQueue[Optional[Union[str, bytes]]]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._ended = False
+        self._connection = dispatcher.open_connection(self._from_server, "failed to parse JSON-RPC message: ",
+                                                      transport="embedded")
+        self._reader = threading.Thread(target=self._serve, name="exec-server-embedded", daemon=True)
+        self._reader.start()
+
+    def _from_server(self, *texts: str) -> None:
+        with self._lock:
+            if self._ended:
+                raise ConnectionResetError("the embedded connection is closed")
+            for text in texts:
+                self._to_client.put(text)
+
+    def _serve(self) -> None:
+        while True:
+            text = self._to_server.get()
+            if text is _END:
+                break
+            try:
+                self._connection.receive(text)
+            except ProtocolViolation:
+                break
+        self.close()
+        self._connection.close()
+
+    def send(self, text: str) -> None:
+        with self._lock:
+            if self._ended:
+                raise ExecServerDisconnected("the embedded connection is closed")
+            self._to_server.put(text)
+
+    def receive(self) -> Union[str, bytes]:
+        item = self._to_client.get()
+        if item is _END:
+            self._to_client.put(_END)  # every later receive ends too
+            raise ExecServerDisconnected("the embedded connection is closed")
+        return item
+
+    def ping(self) -> None:
+        """Nothing to keep alive in one process."""
+
+    def suspect(self) -> None:
+        """A queue cannot go silent: nothing to check."""
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self._to_client.put(_END)
+        self._to_server.put(_END)
+
+    def join(self, timeout: float) -> None:
+        self._reader.join(timeout)
+
+
+class EmbeddedServer:
+    """A server without a listener: sessions, processes and files, for clients in this process.
+
+    Use as a context manager; :meth:`close` kills every process tree it started.
+    """
+
+    def __init__(self, config: Optional[ServerConfig] = None):
+        self.config = config or ServerConfig()
+        self.registry = SessionRegistry(self.config)
+        self.dispatcher = Dispatcher(self.registry, self.config)
+        self._transports = []
+
+    def connector(self, timeout: Optional[float] = None) -> EmbeddedTransport:
+        transport = EmbeddedTransport(self.dispatcher)
+        self._transports.append(transport)
+        return transport
+
+    def close(self) -> None:
+        """End every connection, kill every process tree and fs helper (bounded by CLOSE_WAIT)."""
+        for transport in self._transports:
+            transport.close()
+        for transport in self._transports:
+            transport.join(CLOSE_WAIT)
+        self.registry.close_all()
+        self.dispatcher.fs_helpers.stop()
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
