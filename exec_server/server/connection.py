@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: millisecond, and inline spawning raised the fan-out rate from ~605 to
 #: ~690 processes/s (benchmarks/bench.py, shared harness).
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal", "process/start",
-                            "process/terminate", "fs/close"})
+                            "process/terminate", "process/resize", "fs/close"})
 
 #: Marks a request abandoned without a reply (its connection went away).
 _ABORTED: Any = object()

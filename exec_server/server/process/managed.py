@@ -16,19 +16,22 @@ import queue
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry, tree
-from exec_server.protocol.errors import InternalError, os_error_message
+from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
 from exec_server.server.config import ServerConfig
 from exec_server.server.process import watch
 from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
-from exec_server.server.process.spawn import exit_code_from_returncode, spawn_child
+from exec_server.server.process.spawn import exit_code_from_returncode, set_window_size, spawn_child
 
 log = logging.getLogger(__name__)
 
 #: ``writeId``s remembered per process for idempotent writes (PROTOCOL.md 5.5).
 REMEMBERED_WRITE_IDS = 4096
+
+#: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
+_CLOSE_STDIN = b""
 
 #: Takes a process's events (one or more, in seq order) to deliver in one write.
 EventListener = Callable[[List[Event]], None]
@@ -62,6 +65,8 @@ class ManagedProcess:
         self._killed = False
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
+        self._stdin_closing = False  # a closeStdin write was accepted
+        self._master_lock = threading.Lock()  # guards the PTY master against its close
         self._watch: Optional[watch.Watch] = None
         self._held: Optional[List[Event]] = None  # events the pidfd watcher delivers in one write
         telemetry.processes_active.add(1)
@@ -71,7 +76,7 @@ class ManagedProcess:
     def spawn(cls, process_id: str, argv: List[str], cwd: str, env: Dict[str, str], tty: bool,
               pipe_stdin: bool, arg0: Optional[str], config: ServerConfig, listener: EventListener,
               on_closed: Callable[["ManagedProcess"], None],
-              wrapper: Optional[List[str]] = None) -> "ManagedProcess":
+              wrapper: Optional[List[str]] = None, pty_size: Optional[Tuple[int, int]] = None) -> "ManagedProcess":
         """Start a child (:func:`~exec_server.server.process.spawn.spawn_child`) and manage it.
 
         Args:
@@ -79,10 +84,11 @@ class ManagedProcess:
             on_closed: called once with the process after ``closed``.
             wrapper: a confining command (bubblewrap); the process is then
                 marked sandboxed.
+            pty_size: ``(rows, cols)`` of a new PTY (default 24x80).
         Raises:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
-        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper)
+        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, pty_size)
         return cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper))
 
     def start_monitoring(self) -> None:
@@ -166,10 +172,12 @@ class ManagedProcess:
             log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._log.exit_code,
                                                                   result=result))
         if self._pty_master is not None:
-            try:
-                os.close(self._pty_master)
-            except OSError:
-                pass
+            with self._master_lock:
+                master, self._pty_master = self._pty_master, None
+                try:
+                    os.close(master)
+                except OSError:
+                    pass
         try:
             self._on_closed(self)
         except Exception:
@@ -203,13 +211,19 @@ class ManagedProcess:
         return self._log.read(after_seq, max_bytes, wait, aborted)
 
     # ------------------------------------------------------------------ input
-    def write(self, data: bytes, write_id: str) -> str:
-        """Queue bytes for the child's stdin or PTY (PROTOCOL.md 5.5).
+    def write(self, data: bytes, write_id: str, close: bool = False) -> str:
+        """Queue bytes for the child's stdin or PTY (PROTOCOL.md 5.5), then end of file if ``close``.
+
+        ``close`` is our ``closeStdin`` extension: after every byte accepted
+        so far and ``data``, a pipe is closed; a PTY gets its EOF character
+        (VEOF, ^D; twice if the last byte written did not end a line, since
+        the first only ends a pending line).  Later writes answer
+        ``stdinClosed``.
 
         Returns:
-            ``"stdinClosed"`` for a child without writable stdin, else
-            ``"accepted"`` (also when ``write_id`` was already accepted, in
-            which case nothing is written again).
+            ``"stdinClosed"`` for a child without writable stdin or after a
+            close, else ``"accepted"`` (also when ``write_id`` was already
+            accepted, in which case nothing is written again).
         Raises:
             InternalError: ``failed to write to process stdin``; the child has
                 exited.
@@ -219,7 +233,11 @@ class ManagedProcess:
         with self._lock:
             if write_id in self._write_ids:
                 return "accepted"
+            if self._stdin_closing:
+                return "stdinClosed"
             if self._log.exited or self._log.closed:
+                if close and not data:
+                    return "accepted"  # nothing left to close
                 raise InternalError("failed to write to process stdin")
             self._write_ids[write_id] = None
             if len(self._write_ids) > REMEMBERED_WRITE_IDS:
@@ -229,18 +247,27 @@ class ManagedProcess:
                 thread = threading.Thread(target=self._feed_stdin, args=(self._stdin_queue,),
                                           name="process-%s-stdin" % self.pid, daemon=True)
                 thread.start()
-            self._stdin_queue.put(data)
+            if data:
+                self._stdin_queue.put(data)
+            if close:
+                self._stdin_closing = True
+                self._stdin_queue.put(_CLOSE_STDIN)
         return "accepted"
 
     def _feed_stdin(self, pending: "queue.Queue[Optional[bytes]]") -> None:
-        if self._pty_master is not None:
-            fd = self._pty_master
-        else:
-            fd = self._popen.stdin.fileno()  # type: ignore[union-attr]
+        pty = self.tty
+        fd = self._pty_master if pty else self._popen.stdin.fileno()  # type: ignore[union-attr]
+        if fd is None:
+            return  # the PTY is closed already
         broken = False
+        line_open = False  # the last byte written to a PTY did not end a line
         while True:
             data = pending.get()
             if data is None:
+                break
+            if data is _CLOSE_STDIN:
+                if pty and not broken:
+                    self._send_eof(fd, line_open)
                 break
             view = memoryview(data)
             while view and not broken:
@@ -251,11 +278,38 @@ class ManagedProcess:
                 except OSError as exc:
                     log.debug("stdin of process %r: %s", self.process_id, exc)
                     broken = True
-        if self._pty_master is None and self._popen.stdin is not None:
+            line_open = data[-1:] not in (b"\n", b"\r")
+        if not pty and self._popen.stdin is not None:
             try:
                 self._popen.stdin.close()
             except OSError:
                 pass
+
+    def _send_eof(self, fd: int, line_open: bool) -> None:
+        """The PTY's EOF character (twice after an unfinished line), unless the PTY is closed."""
+        import termios
+
+        with self._master_lock:
+            if self._pty_master != fd:
+                return
+            try:
+                eof = termios.tcgetattr(fd)[6][termios.VEOF]
+                eof = eof if isinstance(eof, bytes) else bytes([eof])
+                os.write(fd, eof * (2 if line_open else 1))
+            except (OSError, termios.error) as exc:
+                log.debug("stdin of process %r: %s", self.process_id, exc)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the PTY's window size (TIOCSWINSZ; the kernel sends SIGWINCH); no-op once closed.
+
+        Raises:
+            InvalidParams: the process has no PTY.
+        """
+        if not self.tty:
+            raise InvalidParams("process %s has no terminal to resize" % self.process_id)
+        with self._master_lock:
+            if self._pty_master is not None:
+                set_window_size(self._pty_master, rows, cols)
 
     def _stop_stdin(self) -> None:
         with self._lock:
