@@ -26,6 +26,7 @@ class FaultProxy:
         self._refusing = False
         self._hold_downstream = threading.Event()
         self._hold_downstream.set()  # set = flowing
+        self._hold_after = None  # bytes: hold downstream once they have been forwarded
         self._closed = False
         self._threads: List[threading.Thread] = []
         self._spawn(self._accept_loop)
@@ -70,6 +71,9 @@ class FaultProxy:
                 if downstream:
                     self._hold_downstream.wait()
                 sink.sendall(data)
+                if downstream and self._hold_after is not None and self._hold_after in data:
+                    self._hold_after = None
+                    self._hold_downstream.clear()
         except OSError:
             pass
         finally:
@@ -119,6 +123,10 @@ class FaultProxy:
             self._hold_downstream.clear()
         else:
             self._hold_downstream.set()
+
+    def hold_downstream_after(self, marker: bytes) -> None:
+        """Hold the server-to-client direction once a read containing ``marker`` was forwarded."""
+        self._hold_after = marker
 
     def retarget(self, port: int) -> None:
         with self._lock:
