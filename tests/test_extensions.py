@@ -8,13 +8,10 @@ show what each server does with them.
 """
 
 import os
-import subprocess
-
-import psutil
 import pytest
 
-from conftest import SCHEMAS, start_params, wait_until
-from exec_server import CallTimeout, Client, ExtensionNotSupported
+from conftest import SCHEMAS, start_params
+from exec_server import Client, ExtensionNotSupported
 from exec_server.protocol import b64
 
 pytestmark = pytest.mark.posix

@@ -55,8 +55,8 @@ def code_blocks() -> List[Tuple[int, str, str]]:
                 break
             body.append(following)
         text = "\n".join(body).strip("\n")
-        indent = min(len(l) - len(l.lstrip()) for l in text.splitlines() if l.strip())
-        code = "\n".join(l[indent:] for l in text.splitlines()) + "\n"
+        indent = min(len(row) - len(row.lstrip()) for row in text.splitlines() if row.strip())
+        code = "\n".join(row[indent:] for row in text.splitlines()) + "\n"
         blocks.append((index + 1, match.group(1), code))
     return blocks
 

@@ -72,8 +72,8 @@ def test_run_timeout_as_in_the_issue(server):
         expect_run_timeout(client, ["sleep", "7"], 0.002)
         # nothing of ours is left running (the autouse fixture checks it too)
         import psutil
-        wait_until(lambda: not [p for p in psutil.Process().children(recursive=True)
-                                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and p.cmdline() == ["sleep", "7"]])
+        wait_until(lambda: not [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                                and p.status() != psutil.STATUS_ZOMBIE and p.cmdline() == ["sleep", "7"]])
 
 
 def test_run_timeout_in_input(proxied, tmp_path):

@@ -386,6 +386,7 @@ KILL_GRACE = 10.0
 INPUT_PIECE = 1 << 20
 
 
-__all__ = ["Client", "CallTimeout", "ExtensionNotSupported", "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
+__all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
+           "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
            "ClosedEvent", "ProcessOutputGap", "StdinClosedError", "ExecServerDisconnected", "ExecServerError",
            "RpcError"]

@@ -16,7 +16,6 @@ interface), which are client-internal: user code never calls them.
 import collections
 import subprocess
 import threading
-import time
 import uuid
 import warnings
 from dataclasses import dataclass
