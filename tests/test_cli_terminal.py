@@ -52,7 +52,8 @@ def test_run_stdin_against_the_reference_falls_back(tmp_path):
 
     reference = start_reference(str(tmp_path))
     try:
-        done = pipe_cli(["run", "--url", reference.url, "--stdin", "--", "head", "-n", "2"], b"a\nb\n")
+        command = ["sh", "-c", "head -n 2; sleep 1"]  # ends without end of file; the note comes first
+        done = pipe_cli(["run", "--url", reference.url, "--stdin", "--"] + command, b"a\nb\n")
         assert (done.returncode, done.stdout) == (0, b"a\nb\n")
         assert done.stderr == (b"exec-server run: the server cannot close the remote stdin (no closeStdin "
                                b"extension); end the command with Ctrl-C\n")

@@ -73,6 +73,17 @@ def test_close_stdin_on_a_pty_sends_eof_after_an_unfinished_line(server, connect
     assert _output(peer, "t").split() == [b"ready", b"5"]
 
 
+def test_close_stdin_after_exit_is_accepted(server, connect):
+    peer = connect(server.url)
+    peer.initialize()
+    peer.call("process/start", start_params("t", ["true"], pipeStdin=True))
+    peer.wait_closed("t")
+    close = {"processId": "t", "chunk": "", "writeId": "w", "closeStdin": True}
+    assert peer.call("process/write", close) == {"status": "accepted"}  # nothing left to close
+    reply = peer.request("process/write", {"processId": "t", "chunk": "eA==", "writeId": "w2"})
+    assert reply["error"] == {"code": -32603, "message": "failed to write to process stdin"}
+
+
 def test_close_stdin_schema(server, connect):
     peer = connect(server.url)
     peer.initialize()
