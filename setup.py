@@ -35,10 +35,11 @@ setup(
         "jsonschema>=4.18",
         "psutil>=5.9",
         "opentelemetry-api>=1.20",
+        "PyJWT>=2.8",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20", "opentelemetry-distro>=0.41b0",
-                 "hypothesis>=6"],
+                 "hypothesis>=6", "trustme>=1.0"],
         "windows": ["pywinpty>=2; sys_platform == 'win32'", "pywin32>=306; sys_platform == 'win32'"],
     },
     entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},

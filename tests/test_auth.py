@@ -75,7 +75,7 @@ def test_sha256_option_and_validation():
 @pytest.mark.parametrize("args, message", [
     (["--listen", "ws://0.0.0.0:0"], b"websocket auth is required for non-localhost listeners"),
     (["--ws-auth", "capability-token"], b"exactly one of --ws-token-file and --ws-token-sha256"),
-    (["--ws-token-sha256", "ab" * 32], b"need --ws-auth capability-token"),
+    (["--ws-token-sha256", "ab" * 32], b"websocket auth flags require `--ws-auth capability-token`"),
 ])
 def test_cli_refusals(args, message):
     done = subprocess.run([sys.executable, "-m", "exec_server", *args], capture_output=True, timeout=30,

@@ -39,7 +39,7 @@ def token_server(tmp_path):
 def test_malformed_url():
     done = run_cli("run", "--url", "foo", "--", "true")
     assert done.returncode == 2
-    assert one_line(done) == "exec-server run: not a server URL, want ws://HOST:PORT (foo)"
+    assert one_line(done) == "exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (foo)"
 
 
 def test_unreadable_token_file():
@@ -125,7 +125,7 @@ def test_bad_env_option():
 def test_cp_malformed_url():
     done = run_cli("cp", "--url", "foo", "a", ":b")
     assert done.returncode == 2
-    assert one_line(done) == "exec-server cp: not a server URL, want ws://HOST:PORT (foo)"
+    assert one_line(done) == "exec-server cp: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (foo)"
 
 
 def test_run_help_lists_the_exit_statuses():

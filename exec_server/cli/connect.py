@@ -11,9 +11,9 @@ import shlex
 import sys
 from typing import Optional
 
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_headers
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_ssl_context, client_token
 from exec_server.client.api import Client, ReconnectPolicy
-from exec_server.protocol.errors import ExecServerDisconnected, RpcError
+from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError, RpcError
 
 
 class CommandError(Exception):
@@ -44,10 +44,14 @@ def report(command: str, error: CommandError) -> int:
 def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> CommandError:
     """The one line for a connection that failed or was lost."""
     text = str(error)
+    if where:  # the URL or command ends the line once; not again inside it
+        text = text.replace(" with %s" % where, "").replace(" to %s" % where, "")
     if " 401" in text or text.startswith("401"):
         detail = text.split("401", 1)[1].strip(" :-") or "missing or invalid token"
         return CommandError("authentication failed (HTTP 401): %s" % detail, where, EXIT_DISCONNECTED)
     cause = error.__cause__
+    if isinstance(error, ExecServerTLSError):  # its cause is an ssl.SSLError, whose errno means nothing here
+        return CommandError(text, where, EXIT_DISCONNECTED)
     if isinstance(cause, OSError) and cause.errno:
         return CommandError("cannot connect: %s" % os.strerror(cause.errno), where, EXIT_DISCONNECTED)
     return CommandError(text, where, EXIT_DISCONNECTED)
@@ -75,15 +79,19 @@ def connect(args: argparse.Namespace, client_name: str,
                 raise CommandError("command not found", argv[0], EXIT_DISCONNECTED) from None
             raise disconnected(exc, args.via) from None
     try:
-        headers = client_headers(args)
+        token = client_token(args)
     except OSError as exc:
         raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
                            args.token_file) from None
     try:
+        ssl_context = client_ssl_context(args)
+    except OSError as exc:  # ssl.SSLError (not PEM) is an OSError too
+        raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), args.cafile) from None
+    try:
         return Client.connect(args.url, timeout=args.timeout, client_name=client_name, reconnect=reconnect,
-                              headers=headers)
+                              token=token, ssl_context=ssl_context)
     except ValueError:
-        raise CommandError("not a server URL, want ws://HOST:PORT", args.url) from None
+        raise CommandError("not a server URL, want ws://HOST:PORT or wss://HOST:PORT", args.url) from None
     except TimeoutError:
         raise CommandError("the server did not answer within %g s" % args.timeout, args.url,
                            EXIT_DISCONNECTED) from None

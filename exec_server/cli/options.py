@@ -7,9 +7,9 @@ so every subcommand module and the Windows service parse them alike.
 
 import argparse
 import os
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
-from exec_server.server.config import ServerConfig
+from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW, ServerConfig
 
 #: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
 STDIO_LISTEN = ("stdio", "stdio://")
@@ -32,12 +32,27 @@ RUN_EXIT_STATUSES = """exit status:
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
     parser.add_argument("--listen", default="ws://127.0.0.1:0", metavar="URL",
-                        help="ws://IP:PORT to listen on (port 0 picks a free port), or stdio for "
-                             "newline-delimited JSON on stdin/stdout (default %(default)s)")
-    parser.add_argument("--ws-auth", choices=["capability-token"],
+                        help="ws://IP:PORT to listen on (port 0 picks a free port), wss://IP:PORT for TLS "
+                             "(needs --tls-certfile), or stdio for newline-delimited JSON on stdin/stdout "
+                             "(default %(default)s)")
+    parser.add_argument("--ws-auth", choices=["capability-token", "signed-bearer-token"],
                         help="require Authorization: Bearer <token> on WebSocket upgrades")
     parser.add_argument("--ws-token-file", metavar="PATH", help="file holding the capability token")
     parser.add_argument("--ws-token-sha256", metavar="HEX", help="SHA-256 digest of the capability token")
+    parser.add_argument("--ws-shared-secret-file", metavar="PATH",
+                        help="HS256 secret of signed bearer tokens (UTF-8, trimmed, at least 32 bytes)")
+    parser.add_argument("--ws-issuer", metavar="ISSUER", help="required iss claim of signed bearer tokens")
+    parser.add_argument("--ws-audience", metavar="AUDIENCE", help="required aud claim of signed bearer tokens")
+    parser.add_argument("--ws-max-clock-skew-seconds", type=_whole_seconds, metavar="SECONDS",
+                        help="allowed clock difference for exp and nbf of signed bearer tokens (default %d)"
+                             % DEFAULT_MAX_CLOCK_SKEW)
+    parser.add_argument("--tls-certfile", metavar="PATH", help="PEM certificate chain of a wss:// listener")
+    parser.add_argument("--tls-keyfile", metavar="PATH",
+                        help="PEM private key of a wss:// listener (default: read from --tls-certfile)")
+    parser.add_argument("--tls-client-ca", metavar="PATH",
+                        help="PEM CA file; clients must present a certificate it signed")
+    parser.add_argument("--tls-handshake-timeout", type=float, default=defaults.tls_handshake_timeout,
+                        metavar="SECONDS", help="time a client has for the TLS handshake (default %(default)s)")
     parser.add_argument("--concurrent-requests", type=int, default=defaults.concurrent_requests, metavar="N",
                         help="requests handled at once per connection; 1 is the reference's serial order "
                              "(default %(default)s)")
@@ -70,6 +85,13 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="logging level on stderr (default %(default)s)")
 
 
+def _whole_seconds(text: str) -> int:
+    """argparse type of ``--ws-max-clock-skew-seconds``: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("invalid value %r: a whole number of seconds, 0 or more" % text)
+    return int(text)
+
+
 def server_parser() -> argparse.ArgumentParser:
     """A parser of the server options alone (what ``service install`` checks and stores)."""
     parser = argparse.ArgumentParser(prog="exec-server", description="JSON-RPC remote-execution server")
@@ -78,12 +100,16 @@ def server_parser() -> argparse.ArgumentParser:
 
 
 def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
-    """``--url``, ``--via``, ``--token-file`` and ``--timeout`` of a client subcommand (``run``, ``cp``)."""
+    """The client options of ``run`` and ``cp``: ``--url``, ``--via``, ``--token-file``, ``--cafile``, ``--timeout``."""
     parser.add_argument("--url", help="server to use" + (
         " (default: an embedded server on a free loopback port)" if user == "run" else ""))
     parser.add_argument("--via", metavar="COMMAND",
                         help='start the server as a child speaking stdio, e.g. "ssh host exec-server --listen stdio"')
-    parser.add_argument("--token-file", metavar="PATH", help="capability token sent as Authorization: Bearer")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="token sent as Authorization: Bearer (a capability token or a signed JWT); "
+                             "read again at every connect and reconnect")
+    parser.add_argument("--cafile", metavar="PATH",
+                        help="PEM file of the CAs trusted for a wss:// server (default: the system's)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
 
@@ -103,21 +129,42 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
         max_open_files=args.max_open_files,
         max_sessions=args.max_sessions,
         max_connections=args.max_connections,
+        tls_handshake_timeout=args.tls_handshake_timeout,
     )
 
 
 def auth_from(args: argparse.Namespace):
-    """The CapabilityToken the options ask for, or None.
+    """The CapabilityToken or SignedBearerToken the options ask for, or None.
+
+    The refusals of inconsistent options are the reference's messages.
 
     Raises:
-        ValueError: inconsistent options; OSError: unreadable token file.
+        ValueError: inconsistent options, or an unusable shared secret file;
+            OSError: unreadable token file.
     """
-    from exec_server.server.auth import CapabilityToken
+    from exec_server.server.auth import CapabilityToken, SignedBearerToken
 
+    capability = args.ws_token_file is not None or args.ws_token_sha256 is not None
+    signed = (args.ws_shared_secret_file is not None or args.ws_issuer is not None
+              or args.ws_audience is not None or args.ws_max_clock_skew_seconds is not None)
     if args.ws_auth is None:
-        if args.ws_token_file or args.ws_token_sha256:
-            raise ValueError("--ws-token-file and --ws-token-sha256 need --ws-auth capability-token")
+        if capability or signed:
+            raise ValueError("websocket auth flags require `--ws-auth capability-token` or "
+                             "`--ws-auth signed-bearer-token`")
         return None
+    if args.ws_auth == "signed-bearer-token":
+        if capability:
+            raise ValueError("`--ws-token-file` and `--ws-token-sha256` require `--ws-auth capability-token`, "
+                             "not `signed-bearer-token`")
+        if args.ws_shared_secret_file is None:
+            raise ValueError("`--ws-shared-secret-file` is required when `--ws-auth signed-bearer-token` is set")
+        settings = {"issuer": args.ws_issuer, "audience": args.ws_audience}
+        if args.ws_max_clock_skew_seconds is not None:
+            settings["max_clock_skew"] = args.ws_max_clock_skew_seconds
+        return SignedBearerToken.from_file(args.ws_shared_secret_file, **settings)
+    if signed:
+        raise ValueError("`--ws-shared-secret-file`, `--ws-issuer`, `--ws-audience`, and "
+                         "`--ws-max-clock-skew-seconds` require `--ws-auth signed-bearer-token`")
     if bool(args.ws_token_file) == bool(args.ws_token_sha256):
         raise ValueError("--ws-auth capability-token needs exactly one of --ws-token-file and --ws-token-sha256")
     if args.ws_token_file:
@@ -125,28 +172,86 @@ def auth_from(args: argparse.Namespace):
     return CapabilityToken(args.ws_token_sha256)
 
 
-def client_headers(args: argparse.Namespace) -> Optional[dict]:
-    if not getattr(args, "token_file", None):
-        return None
-    with open(args.token_file, encoding="utf-8") as handle:
-        return {"Authorization": "Bearer " + handle.read().rstrip("\r\n")}
-
-
-def listen_options(args: argparse.Namespace):
-    """Check the WebSocket listen options; returns the CapabilityToken or None.
+def client_token(args: argparse.Namespace) -> Optional[Callable[[], str]]:
+    """A callable that reads ``--token-file`` (each time: a signed token may be
+    replaced while the client runs), or None without the option.
 
     Raises:
-        ValueError: a malformed listen URL, inconsistent auth options, or a
-            non-loopback address without auth; OSError: unreadable token file.
+        OSError: the file cannot be read now (checked once up front).
+    """
+    path = getattr(args, "token_file", None)
+    if not path:
+        return None
+
+    def read() -> str:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().rstrip("\r\n")
+
+    read()
+    return read
+
+
+def client_ssl_context(args: argparse.Namespace):
+    """The ssl.SSLContext of ``--cafile`` (None: the system trust store).
+
+    Raises:
+        OSError, ssl.SSLError: the CA file cannot be read or parsed.
+    """
+    path = getattr(args, "cafile", None)
+    if not path:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=path)
+
+
+def tls_from(args: argparse.Namespace):
+    """The server's ssl.SSLContext for a ``wss://`` listen URL, or None for ``ws://``.
+
+    Raises:
+        ValueError: ``wss://`` without ``--tls-certfile``, TLS options with
+            ``ws://``, or a certificate, key or CA file that cannot be loaded.
+    """
+    from urllib.parse import urlsplit
+
+    from exec_server.server.tls import server_context
+
+    given = [name for name, value in (("--tls-certfile", args.tls_certfile), ("--tls-keyfile", args.tls_keyfile),
+                                      ("--tls-client-ca", args.tls_client_ca)) if value is not None]
+    if urlsplit(args.listen).scheme != "wss":
+        if given:
+            raise ValueError("%s need a wss:// listen URL" % ", ".join(given))
+        return None
+    if args.tls_certfile is None:
+        raise ValueError("a wss:// listener needs --tls-certfile (and --tls-keyfile unless the key is in it)")
+    return server_context(args.tls_certfile, args.tls_keyfile, args.tls_client_ca)
+
+
+class ListenSettings(NamedTuple):
+    """What a WebSocket listener needs besides its URL and limits."""
+    auth: object  # CapabilityToken, SignedBearerToken or None
+    ssl_context: object  # ssl.SSLContext or None
+
+
+def listen_options(args: argparse.Namespace) -> ListenSettings:
+    """Check the WebSocket listen options; returns the auth check and TLS context.
+
+    Raises:
+        ValueError: a malformed listen URL, inconsistent auth or TLS options,
+            an unusable secret, certificate or key, or a non-loopback address
+            with neither auth nor client certificates; OSError: unreadable
+            token file.
     """
     from exec_server.server.app import is_loopback, parse_listen_url
 
-    auth = auth_from(args)
     host, _port = parse_listen_url(args.listen)
-    if auth is None and not is_loopback(host):
+    auth = auth_from(args)
+    ssl_context = tls_from(args)
+    if auth is None and args.tls_client_ca is None and not is_loopback(host):
         raise ValueError("websocket auth is required for non-localhost listeners; listen on 127.0.0.1 "
-                         "or ::1, or use --ws-auth capability-token")
-    return auth
+                         "or ::1, or use --ws-auth capability-token, --ws-auth signed-bearer-token "
+                         "or --tls-client-ca")
+    return ListenSettings(auth, ssl_context)
 
 
 def add_run_parser(commands) -> None:

@@ -22,14 +22,14 @@ def serve(args: argparse.Namespace) -> int:
 
         return serve_stdio(config_from_options(args))
     try:
-        auth = listen_options(args)
+        listen = listen_options(args)
     except (ValueError, OSError) as exc:
         print("exec-server: %s" % exc, file=sys.stderr)
         return 2
     from exec_server.server.app import make_server  # not needed by --listen stdio
 
     try:
-        server = make_server(args.listen, config_from_options(args), auth)
+        server = make_server(args.listen, config_from_options(args), listen.auth, listen.ssl_context)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)

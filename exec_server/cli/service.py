@@ -37,8 +37,8 @@ def parse_server_arguments(server_arguments: List[str]):
     """Parse and check stored server options as the service does, without binding.
 
     Returns:
-        ``(options, auth)``: the argparse namespace and the CapabilityToken
-        or None.
+        ``(options, listen)``: the argparse namespace and the
+        :class:`~exec_server.cli.options.ListenSettings` (auth check, TLS context).
     Raises:
         ValueError: an unknown or malformed option, a non-loopback listen
             address without auth, stdio (a service has no client on its stdin).

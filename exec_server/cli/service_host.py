@@ -69,12 +69,13 @@ class ExecServerService(win32serviceutil.ServiceFramework):
 
     def _serve(self) -> None:
         stored = win32serviceutil.GetServiceCustomOption(SERVICE_NAME, OPTIONS_KEY) or "[]"
-        options, auth = parse_server_arguments(json.loads(stored))
+        options, listen = parse_server_arguments(json.loads(stored))
         tune_for_server()
         logging.getLogger().setLevel(getattr(logging, str(options.log_level).upper(), logging.WARNING))
         with self._lock:
             if self._stop_requested:
                 return
-            self.server = make_server(options.listen, config_from_options(options), auth)
+            self.server = make_server(options.listen, config_from_options(options), listen.auth,
+                                      listen.ssl_context)
         servicemanager.LogInfoMsg("exec-server listening on %s" % self.server.url)
         self.server.serve_forever()

@@ -22,9 +22,10 @@ protocol's milliseconds.
 """
 
 import os
+import ssl
 import subprocess
 import uuid
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike  # noqa: F401
@@ -83,28 +84,44 @@ class Client:
     @classmethod
     def connect(cls, url: str, timeout: Optional[float] = 10.0, client_name: str = "exec-server-python",
                 headers: Optional[Mapping[str, str]] = None,
-                reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(), token: Optional[str] = None) -> "Client":
+                reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(),
+                token: Union[str, Callable[[], str], None] = None,
+                ssl_context: Optional[ssl.SSLContext] = None) -> "Client":
         """Connect over WebSocket, then ``initialize`` and ``initialized``.
 
         Args:
-            url: ``ws://host:port``.
-            timeout: seconds for the TCP connect with the WebSocket handshake,
-                and for ``initialize``.
+            url: ``ws://host:port``, or ``wss://host:port`` for TLS.
+            timeout: seconds for the TCP connect with the TLS and WebSocket
+                handshakes, and for ``initialize``.
             client_name: sent as ``clientName``.
             headers: extra HTTP headers for the upgrade (e.g. Authorization).
             reconnect: recovery policy after a drop; None fails at once.
-            token: a capability token, sent as ``Authorization: Bearer``.
+            token: sent as ``Authorization: Bearer <token>``: a capability
+                token or signed JWT, or a callable returning one, called
+                before every connect and reconnect (signed tokens expire, so
+                each connection gets a fresh one).  Called on the client's
+                recovery thread during a reconnect.
+            ssl_context: for ``wss://``: trusted CAs, client certificate;
+                None uses the system trust store (``ssl.create_default_context()``).
         Raises:
+            ExecServerTLSError: the TLS handshake failed (e.g. the server's
+                certificate is not trusted); fix the trust settings.
             ExecServerDisconnected: the server cannot be reached or refused
-                the upgrade (the message names the HTTP status).
+                the upgrade (the message names the HTTP status), or the
+                token callable raised (the cause is chained).
             RpcError: ``initialize`` failed.
         """
         headers = dict(headers or {})
-        if token is not None:
-            headers["Authorization"] = "Bearer " + token
 
         def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
-            return WebSocketTransport(url, connect_timeout, headers)
+            upgrade_headers = headers
+            if token is not None:
+                try:
+                    value = token() if callable(token) else token
+                except Exception as exc:
+                    raise ExecServerDisconnected("cannot get a token for %s: %s" % (url, exc)) from exc
+                upgrade_headers = dict(headers, Authorization="Bearer " + value)
+            return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context)
 
         return cls.open(connector, timeout, client_name, reconnect)
 

@@ -4,11 +4,15 @@
 :class:`WebSocketTransport` is the WebSocket one, built on wsproto the same
 way as the server's connection (``exec_server.common.websocket``): one send
 lock, every frame written whole, Pings answered, a Close frame and a bounded
-wait on close.  The stdio transport is in :mod:`exec_server.client.stdio`.
+wait on close.  A ``wss://`` connection goes through
+:class:`exec_server.common.tls.TLSStream`, so the reader thread and the
+writers never call OpenSSL at once.  The stdio transport is in
+:mod:`exec_server.client.stdio`.
 """
 
 import collections
 import socket
+import ssl
 import threading
 import time
 from typing import Callable, Deque, List, Mapping, Optional, Protocol, Union
@@ -20,8 +24,9 @@ from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping, Re
                             Request)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.common.tls import TLSStream
 from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
-from exec_server.protocol.errors import ExecServerDisconnected
+from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError
 
 #: Largest message the client accepts, bytes (characters of a text message).
 CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -58,25 +63,33 @@ Connector = Callable[[Optional[float]], Transport]
 
 
 class WebSocketTransport:
-    """One WebSocket connection to ``ws://host:port/path``.  Implements :class:`Transport`.
+    """One WebSocket connection to ``ws://host:port/path`` or ``wss://`` (TLS).  Implements :class:`Transport`.
 
     Args:
-        url: ``ws://`` URL (no TLS).
-        timeout: seconds for the TCP connect and the upgrade together; None blocks.
+        url: ``ws://`` or ``wss://`` URL.
+        timeout: seconds for the TCP connect, the TLS handshake and the
+            upgrade together; None blocks.
         headers: extra HTTP headers for the upgrade (Authorization, traceparent, ...).
+        ssl_context: the client-side context of a ``wss://`` URL (trusted CAs,
+            client certificate); None uses ``ssl.create_default_context()``,
+            the system's trust store with host name checking.
     Raises:
-        ValueError: the URL is not ``ws://``.
+        ValueError: the URL is neither ``ws://`` nor ``wss://``.
+        ExecServerTLSError: the TLS handshake failed (e.g. the server's
+            certificate is not trusted); the message says why.
         ExecServerDisconnected: the server cannot be reached, or refused the
             upgrade (the message names the HTTP status and the body).
     """
 
-    def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None):
+    def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None):
         parts = urlsplit(url)
-        if parts.scheme != "ws":
-            raise ValueError("only ws:// URLs are supported, got %r" % url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError("only ws:// and wss:// URLs are supported, got %r" % url)
         self.url = url
         deadline = None if timeout is None else time.monotonic() + timeout
-        host, port = parts.hostname, parts.port or 80
+        secure = parts.scheme == "wss"
+        host, port = parts.hostname, parts.port or (443 if secure else 80)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -84,6 +97,8 @@ class WebSocketTransport:
             raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if secure:
+                sock = _tls_handshake(sock, host, ssl_context or ssl.create_default_context(), deadline, url)
             protocol = WSConnection(ConnectionType.CLIENT)
             sock.sendall(protocol.send(Request(host=host, target=target,
                                                extra_headers=list((headers or {}).items()))))
@@ -91,7 +106,11 @@ class WebSocketTransport:
             sock.settimeout(None)
         except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
             sock.close()
+            if isinstance(exc, ExecServerDisconnected):
+                raise
             raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
+        if secure:
+            sock = TLSStream(sock)  # the reader and the writers must not call OpenSSL at once
         self._sock = sock
         self._protocol = protocol
         self._writer = FrameWriter(sock, protocol)
@@ -234,6 +253,28 @@ class WebSocketTransport:
         if self._ended is None:
             self._ended = "connection closed"
         self._release()
+
+
+def _tls_handshake(sock: socket.socket, host: str, context: ssl.SSLContext, deadline: Optional[float],
+                   url: str) -> ssl.SSLSocket:
+    """Wrap ``sock`` in TLS and complete the handshake before ``deadline``.
+
+    Raises:
+        ExecServerTLSError: the handshake failed; a certificate failure is
+            named (``certificate verify failed: <why>``).
+        OSError: the connection failed or timed out.
+    """
+    if deadline is not None:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise ExecServerTLSError("TLS handshake with %s failed: certificate verify failed: %s"
+                                 % (url, exc.verify_message or exc.reason)) from exc
+    except ssl.SSLError as exc:
+        sock.close()
+        raise ExecServerTLSError("TLS handshake with %s failed: %s" % (url, exc.reason or exc)) from exc
 
 
 def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optional[float]) -> None:

@@ -150,6 +150,15 @@ class ExecServerDisconnected(ExecServerError, ConnectionError):
     """
 
 
+class ExecServerTLSError(ExecServerDisconnected):
+    """The TLS handshake with a ``wss://`` server failed (untrusted or wrong
+    certificate, a client certificate refused, no common protocol version).
+
+    The message says why.  Retrying does not help until the trust settings
+    (``ssl_context``, ``--cafile``) or the server's certificate change.
+    """
+
+
 class ProtocolViolation(ExecServerError):
     """The peer broke the protocol; the connection must be closed.
 

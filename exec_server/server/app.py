@@ -2,7 +2,9 @@
 
 :func:`make_server` binds (port 0 picks a free port and the real one is
 recorded), builds the session registry and dispatcher, and returns an
-:class:`ExecServer`.  ``serve_forever`` runs werkzeug's threaded server (a
+:class:`ExecServer`.  A ``wss://`` listener takes an :class:`ssl.SSLContext`;
+each connection's TLS handshake runs on that connection's own thread within
+``ServerConfig.tls_handshake_timeout``, never on the accept loop.  ``serve_forever`` runs werkzeug's threaded server (a
 thread per connection); ``shutdown`` stops accepting, closes every WebSocket
 with 1001, kills every process tree and joins the process threads.
 """
@@ -10,6 +12,8 @@ with 1001, kills every process tree and joins the process threads.
 import ipaddress
 import logging
 import socket
+import ssl
+import sys
 import threading
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
@@ -31,15 +35,15 @@ LISTEN_BACKLOG = 128
 
 
 def parse_listen_url(url: str) -> Tuple[str, int]:
-    """``ws://IP:PORT`` -> (host, port).
+    """``ws://IP:PORT`` or ``wss://IP:PORT`` -> (host, port).
 
     Raises:
-        ValueError: not a ``ws://`` URL with an IP literal (or ``localhost``)
-            and a port.
+        ValueError: not a ``ws://`` or ``wss://`` URL with an IP literal (or
+            ``localhost``) and a port.
     """
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname or parts.port is None:
-        raise ValueError("listen URL must look like ws://127.0.0.1:PORT, got %r" % url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
+        raise ValueError("listen URL must look like ws://127.0.0.1:PORT or wss://127.0.0.1:PORT, got %r" % url)
     host = parts.hostname
     if host != "localhost":
         ipaddress.ip_address(host)
@@ -58,25 +62,60 @@ def is_loopback(host: str) -> bool:
 
 
 class _ConnectionThreadsServer(ThreadedWSGIServer):
-    """werkzeug's threaded server whose connection threads are reused.
+    """werkzeug's threaded server whose connection threads are reused, optionally over TLS.
 
     Each connection still has a thread of its own while it lasts; a thread
     whose connection ended takes the next one instead of a new thread being
-    started (:mod:`exec_server.server.threads`).
+    started (:mod:`exec_server.server.threads`).  With ``tls``, accepted
+    sockets are wrapped without a handshake; the handshake runs on the
+    connection's thread (``finish_request``) with ``handshake_timeout``, so a
+    client that never completes it cannot hold up the accept loop.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, host: str, port: int, app, handler, fd: Optional[int] = None,
+                 tls: Optional[ssl.SSLContext] = None, handshake_timeout: float = 10.0):
+        super().__init__(host, port, app, handler, fd=fd)
         self._connection_threads = ReusableThreads("exec-server-connection")
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                sock.close()
+                raise
+        return sock, address
 
     def process_request(self, request, client_address) -> None:
         self._connection_threads.run(self.process_request_thread, request, client_address)
 
+    def finish_request(self, request, client_address) -> None:
+        if self._tls is not None:
+            try:
+                request.settimeout(self._handshake_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except OSError as exc:  # ssl.SSLError and socket.timeout included
+                log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a peer that went away or broke TLS mid-request
+            log.debug("connection %s: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
+
 
 class ExecServer:
-    """A listening exec-server.  ``url`` is the bound ``ws://host:port``."""
+    """A listening exec-server.  ``url`` is the bound ``ws://host:port`` (``wss://`` with TLS)."""
 
-    def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None, auth=None):
+    def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None, auth=None,
+                 ssl_context: Optional[ssl.SSLContext] = None):
         self.config = config or ServerConfig()
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
@@ -86,9 +125,11 @@ class ExecServer:
         listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                         backlog=LISTEN_BACKLOG)
         try:
-            self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, fd=listener.fileno())
+            self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, listener.fileno(),
+                                                  ssl_context, self.config.tls_handshake_timeout)
         finally:
             listener.close()  # werkzeug serves on its own duplicate of the descriptor
+        self.scheme = "ws" if ssl_context is None else "wss"
         self.host = host
         self.port = self._wsgi.port
         self._thread: Optional[threading.Thread] = None
@@ -97,7 +138,7 @@ class ExecServer:
     @property
     def url(self) -> str:
         host = "[%s]" % self.host if ":" in self.host else self.host
-        return "ws://%s:%d" % (host, self.port)
+        return "%s://%s:%d" % (self.scheme, host, self.port)
 
     def serve_forever(self) -> None:
         """Accept connections until :meth:`shutdown`; then clean up (blocking)."""
@@ -140,18 +181,29 @@ class ExecServer:
         self.shutdown()
 
 
-def make_server(url: str = "ws://127.0.0.1:0", config: Optional[ServerConfig] = None, auth=None) -> ExecServer:
-    """Bind a server on ``url`` (``ws://IP:PORT``; port 0 picks a free one).
+def make_server(url: str = "ws://127.0.0.1:0", config: Optional[ServerConfig] = None, auth=None,
+                ssl_context: Optional[ssl.SSLContext] = None) -> ExecServer:
+    """Bind a server on ``url`` (``ws://IP:PORT`` or ``wss://IP:PORT``; port 0 picks a free one).
 
     Args:
-        auth: a :class:`~exec_server.server.auth.CapabilityToken` checked on every
-            upgrade, or None (then only loopback addresses are allowed).
+        auth: a :class:`~exec_server.server.auth.CapabilityToken` or
+            :class:`~exec_server.server.auth.SignedBearerToken` checked on
+            every upgrade, or None.
+        ssl_context: a server-side context (:func:`exec_server.server.tls.server_context`);
+            required by ``wss://`` and refused with ``ws://``.
     Raises:
-        ValueError: a malformed listen URL, or a non-loopback one without auth
-            (the reference's "websocket auth is required for non-localhost listeners").
+        ValueError: a malformed listen URL, ``wss://`` without a context (or
+            a context with ``ws://``), or a non-loopback address with neither
+            auth nor required client certificates.
         OSError: the address cannot be bound.
     """
     host, port = parse_listen_url(url)
-    if auth is None and not is_loopback(host):
+    secure = urlsplit(url).scheme == "wss"
+    if secure and ssl_context is None:
+        raise ValueError("a wss:// listener needs a TLS certificate and key (--tls-certfile, --tls-keyfile)")
+    if not secure and ssl_context is not None:
+        raise ValueError("TLS settings need a wss:// listen URL, got %r" % url)
+    client_certificates = ssl_context is not None and ssl_context.verify_mode == ssl.CERT_REQUIRED
+    if auth is None and not client_certificates and not is_loopback(host):
         raise ValueError("websocket auth is required for non-localhost listeners")
-    return ExecServer(host, port, config, auth)
+    return ExecServer(host, port, config, auth, ssl_context)

@@ -8,6 +8,9 @@ exec-server reference's values where it has one (PROTOCOL.md sections 1.3,
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+#: Default allowed clock difference for the ``exp`` and ``nbf`` of signed
+#: bearer tokens, seconds (the reference's ``--ws-max-clock-skew-seconds``).
+DEFAULT_MAX_CLOCK_SKEW = 30
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class ServerConfig:
     max_open_files: int = 64
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
     ping_interval: float = 30.0
+    #: How long a ``wss://`` client has to complete the TLS handshake, seconds
+    #: (more than 0); one that does not is disconnected.
+    tls_handshake_timeout: float = 10.0
     #: Bytes read from a child's pipe or PTY at a time (one output event at most).
     read_chunk_bytes: int = 64 * 1024
     #: After a child exits, how long to wait for its pipes to reach EOF before
@@ -65,3 +71,5 @@ class ServerConfig:
         for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
+        if not self.tls_handshake_timeout > 0:
+            raise ValueError("tls_handshake_timeout must be more than 0")

@@ -6,12 +6,15 @@ paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
 extensions); after it the request thread owns the socket and runs
 :class:`WebSocketConnection`: frames are parsed and built by wsproto, and
 every outbound frame (response, notification, ping, close) is written whole
-with ``sendall`` under one send lock.
+with ``sendall`` under one send lock.  A TLS socket (``wss://``) is used
+through :class:`exec_server.common.tls.TLSStream`, which keeps the reading
+and the writing threads from calling OpenSSL at the same time.
 """
 
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Callable, List, Optional, Tuple, Union
@@ -22,7 +25,9 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Mes
                             Request, TextMessage)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.common.tls import TLSStream
 from exec_server.common.websocket import send_frames as _send_frames
+from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
@@ -47,6 +52,8 @@ class RequestHandler(WSGIRequestHandler):
     def make_environ(self):
         environ = super().make_environ()
         environ[_ENVIRON_HANDLER] = self
+        # every Authorization header in order (the environ joins repeated ones with commas)
+        environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
         return environ
 
     def log_request(self, code="-", size="-") -> None:
@@ -70,10 +77,20 @@ def _new_selector() -> selectors.BaseSelector:
     return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
 
 
+#: The request headers the WebSocket handshake reads (WSGI environ keys).
+_HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
+                      "HTTP_SEC_WEBSOCKET_VERSION", "HTTP_SEC_WEBSOCKET_PROTOCOL", "HTTP_SEC_WEBSOCKET_EXTENSIONS")
+
+
 def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
-    """The upgrade request's headers from the WSGI environ, for wsproto."""
-    return [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
-            for key, value in environ.items() if key.startswith("HTTP_")]
+    """The upgrade request's handshake headers from the WSGI environ, for wsproto.
+
+    Only those: h11 (under wsproto) refuses a value with, for example,
+    trailing blanks, and a malformed header the handshake does not read
+    (``Authorization: Bearer ``) must not turn into a refusal of its own.
+    """
+    return [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
+            for key in _HANDSHAKE_HEADERS if key in environ]
 
 
 class WebSocketApp:
@@ -105,9 +122,27 @@ class WebSocketApp:
             return _plain(start_response, "405 Method Not Allowed", headers=[("Allow", "GET,HEAD")])
         if path != "/":
             return _plain(start_response, "404 Not Found")
+        # As the reference: the upgrade request is checked (method, headers)
+        # before the credentials are looked at.
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
         if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
             return _plain(start_response, "400 Bad Request",
                           b"Connection header did not include 'upgrade'")
+        if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
+        if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
+        protocol = WSConnection(ConnectionType.SERVER)
+        try:
+            # werkzeug has parsed the request: hand wsproto its headers, no second parse
+            protocol.initiate_upgrade_connection(_request_headers(environ),
+                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
+            event = next(protocol.events(), None)
+        except (RemoteProtocolError, LocalProtocolError) as exc:  # h11 raises the latter on a bad value
+            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
+        if not isinstance(event, Request):
+            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         if self.authorize is not None:
             refusal = self.authorize(environ)
             if refusal is not None:
@@ -116,16 +151,6 @@ class WebSocketApp:
         sock = environ.get("werkzeug.socket")
         if sock is None:
             return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
-        protocol = WSConnection(ConnectionType.SERVER)
-        try:
-            # werkzeug has parsed the request: hand wsproto its headers, no second parse
-            protocol.initiate_upgrade_connection(_request_headers(environ),
-                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
-            event = next(protocol.events(), None)
-        except RemoteProtocolError as exc:
-            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
-        if not isinstance(event, Request):
-            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         with self._lock:
             if len(self._connections) + self._reserved >= self.config.max_connections:
                 full = True
@@ -139,6 +164,8 @@ class WebSocketApp:
         if handler is not None:
             handler.close_connection = True
         peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
+        if isinstance(sock, ssl.SSLSocket):
+            sock = TLSStream(sock)
         try:
             connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
         finally:
@@ -166,7 +193,7 @@ class WebSocketConnection:
     called once, on the connection's request thread.
     """
 
-    def __init__(self, sock: socket.socket, protocol: WSConnection, dispatcher: Dispatcher,
+    def __init__(self, sock: Union[socket.socket, TLSStream], protocol: WSConnection, dispatcher: Dispatcher,
                  config: ServerConfig, peer: str):
         self._sock = sock
         self._protocol = protocol
@@ -205,7 +232,10 @@ class WebSocketConnection:
         except (LocalProtocolError, OSError):
             pass
         try:
-            self._sock.shutdown(socket.SHUT_RD)
+            if isinstance(self._sock, TLSStream):
+                self._sock.shutdown_read()
+            else:
+                self._sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass
 
@@ -230,6 +260,9 @@ class WebSocketConnection:
         parts: List[Union[str, bytes]] = []
         size = 0
         limit = self._config.max_message_bytes
+        # A TLS stream may hold decrypted bytes already read off the wire: select
+        # would not see them, so they are read first.
+        pending = self._sock.pending if isinstance(self._sock, TLSStream) else (lambda: 0)
         with _new_selector() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
@@ -239,7 +272,7 @@ class WebSocketConnection:
                         self._send_event(Ping(b""))
                         next_ping += interval
                         continue
-                    if not selector.select(next_ping - now):
+                    if not pending() and not selector.select(next_ping - now):
                         continue
                 data = self._sock.recv(RECV_BYTES)
                 if not data:

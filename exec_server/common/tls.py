@@ -1,0 +1,124 @@
+"""A TLS socket shared by one reading thread and writing threads.
+
+OpenSSL forbids using one SSL object from two threads at once, and
+``ssl.SSLSocket`` adds no lock of its own (python/cpython#76714,
+openssl/openssl#20446): a reader blocked in ``recv`` while another thread
+calls ``sendall`` can corrupt the connection.  :class:`TLSStream` puts the
+socket in non-blocking mode and makes every OpenSSL call under one lock,
+waiting for the descriptor *outside* the lock, so a reader waiting for data
+never holds up a writer and the other way round.  It offers what the
+WebSocket code of both ends uses of a socket: ``recv``, ``sendall``,
+``pending``, ``fileno``, ``shutdown_read``, ``close``.
+"""
+
+import errno
+import selectors
+import socket
+import ssl
+import threading
+import time
+from typing import Optional
+
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# poll(2) where there is one: unlike epoll it needs no descriptor of its own
+_SELECTOR = selectors.PollSelector if hasattr(selectors, "PollSelector") else selectors.DefaultSelector
+
+
+def _wait(sock: ssl.SSLSocket, error: Exception, deadline: Optional[float]) -> None:
+    """Wait until ``sock`` can do what ``error`` (want read / want write) asks.
+
+    Raises:
+        socket.timeout: ``deadline`` (monotonic) passed first.
+    """
+    event = selectors.EVENT_READ if isinstance(error, ssl.SSLWantReadError) else selectors.EVENT_WRITE
+    if sock.fileno() < 0:
+        raise OSError(errno.EBADF, "the connection is closed")
+    with _SELECTOR() as selector:
+        selector.register(sock, event)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise socket.timeout("timed out")
+            if selector.select(remaining):
+                return
+
+
+class TLSStream:
+    """One TLS connection used by a reader thread and writer threads at once.
+
+    Args:
+        sock: a connected ``ssl.SSLSocket`` whose handshake is done; it is
+            switched to non-blocking mode and owned by the stream from now on.
+
+    ``recv`` is called by one thread at a time, ``sendall`` by one thread at a
+    time (the connection's send lock); the two may run at the same time.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket):
+        sock.setblocking(False)
+        self._sock = sock
+        self._lock = threading.Lock()  # around every OpenSSL call on the socket
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pending(self) -> int:
+        """Decrypted bytes already read off the wire (``select`` cannot see them)."""
+        with self._lock:
+            return self._sock.pending()
+
+    def recv(self, size: int, timeout: Optional[float] = None) -> bytes:
+        """Up to ``size`` decrypted bytes, blocking until there are some; b"" at the end.
+
+        Raises:
+            socket.timeout: nothing came within ``timeout`` seconds (None waits).
+            OSError: the connection failed (``ssl.SSLError`` included).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                try:
+                    return self._sock.recv(size)
+                except _WANT as want:
+                    error = want
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""
+            _wait(self._sock, error, deadline)
+
+    def sendall(self, data: bytes, timeout: Optional[float] = None) -> None:
+        """Encrypt and write all of ``data``.
+
+        Raises:
+            socket.timeout: it could not all be written within ``timeout`` seconds.
+            OSError: the connection failed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        view = memoryview(data)
+        while view:
+            with self._lock:
+                try:
+                    # a write that wanted to wait is retried with the same bytes, as OpenSSL requires
+                    view = view[self._sock.send(view):]
+                    continue
+                except _WANT as want:
+                    error = want
+            _wait(self._sock, error, deadline)
+
+    def setsockopt(self, *args) -> None:
+        self._sock.setsockopt(*args)
+
+    def shutdown_read(self) -> None:
+        """Wake a blocked ``recv`` (it returns b""); the TLS state is kept for a last write."""
+        self.shutdown(socket.SHUT_RD)
+
+    def shutdown(self, how: int) -> None:
+        """Shut down the TCP connection (``socket.SHUT_*``) and wake threads waiting on it.
+
+        Unlike ``SSLSocket.shutdown`` this keeps the TLS state, so a write
+        that still may happen is encrypted, never sent in the clear.
+        """
+        socket.socket.shutdown(self._sock, how)
+
+    def close(self) -> None:
+        with self._lock:
+            self._sock.close()

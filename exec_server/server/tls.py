@@ -1,0 +1,39 @@
+"""TLS for ``wss://`` listeners: the server's :class:`ssl.SSLContext`.
+
+The context comes from the standard :mod:`ssl` module: TLS 1.2 or newer,
+the certificate chain and key given, and, with a client CA file, client
+certificates required and checked against it.
+"""
+
+import ssl
+from typing import Optional
+
+
+def server_context(certfile: str, keyfile: Optional[str] = None,
+                   client_ca: Optional[str] = None) -> ssl.SSLContext:
+    """A server-side context for ``certfile``/``keyfile`` (PEM).
+
+    Args:
+        certfile: the server's certificate chain, PEM.
+        keyfile: its private key, PEM (None: the key is in ``certfile``).
+        client_ca: PEM file of the CAs client certificates must chain to;
+            when given, a client without a valid certificate is refused
+            during the handshake.
+    Raises:
+        ValueError: a file is missing or unreadable, or the key does not
+            match the certificate; the message names the file.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError("cannot load the TLS certificate %s / key %s: %s" % (certfile, keyfile or certfile, exc)) \
+            from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError("cannot load the client CA file %s: %s" % (client_ca, exc)) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

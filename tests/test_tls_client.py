@@ -1,0 +1,174 @@
+"""The client over wss:// and with tokens that change: trust, client certificates, resume, fresh tokens."""
+
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import jwt
+import pytest
+
+from conftest import start_ours, wait_until
+from exec_server import Client, ExecServerDisconnected, ReconnectPolicy
+from exec_server.server.auth import SignedBearerToken
+from faultproxy import FaultProxy
+from test_tls import client_context, pki, tls_server  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.posix
+
+FAST = ReconnectPolicy(deadline=10.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+SECRET = b"0123456789abcdefghijklmnopqrstuvwx"
+LINES = "i=1; while [ $i -le 40 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"
+EXPECTED = b"".join(b"line%d\n" % i for i in range(1, 41))
+
+
+@pytest.fixture
+def proxy_to():
+    proxies = []
+
+    def factory(port: int) -> FaultProxy:
+        proxy = FaultProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_wss_with_the_right_ca(pki, tls_server):
+    server = tls_server()
+    with Client.connect(server.url, timeout=5, ssl_context=client_context(pki)) as client:
+        assert client.run(["echo", "over tls"], timeout=10).stdout == b"over tls\n"
+
+
+def test_unknown_ca_is_a_clear_client_error(pki, tls_server):
+    server = tls_server()
+    # the system trust store (the default) does not know the test CA, nor does a context of another CA
+    stranger = ssl.create_default_context()
+    pki.other_ca_obj.configure_trust(stranger)
+    for options in ({}, {"ssl_context": stranger}):
+        with pytest.raises(ExecServerDisconnected, match="certificate verify failed") as refused:
+            Client.connect(server.url, timeout=5, reconnect=None, **options)
+        assert server.url in str(refused.value)
+
+
+def test_client_certificate_mode(pki, tls_server):
+    server = tls_server(client_ca=pki.ca)
+    with pytest.raises(ExecServerDisconnected):
+        Client.connect(server.url, timeout=5, reconnect=None, ssl_context=client_context(pki))
+    with Client.connect(server.url, timeout=5, ssl_context=client_context(pki, pki.client)) as client:
+        assert client.run(["echo", "with cert"], timeout=10).stdout == b"with cert\n"
+
+
+def test_resume_across_a_tls_reconnect(pki, tls_server, proxy_to):
+    server = tls_server()
+    proxy = proxy_to(int(server.url.rsplit(":", 1)[1]))  # forwards the TLS bytes as they are
+    url = "wss://127.0.0.1:%d" % proxy.port
+    with Client.connect(url, timeout=5, reconnect=FAST, ssl_context=client_context(pki)) as client:
+        process = client.start(["/bin/sh", "-c", LINES])
+        for _ in range(2):
+            time.sleep(0.4)
+            proxy.cut()
+        stdout, _stderr = process.communicate(timeout=30)
+        assert stdout == EXPECTED and process.returncode == 0
+        wait_until(lambda: client.state == "connected")
+
+
+def test_resume_with_a_fresh_token_from_the_callable(proxy_to):
+    """Each connect asks the callable; a token that expired between connects is never sent again."""
+    server = start_ours(auth=SignedBearerToken(SECRET, max_clock_skew=0))
+    proxy = proxy_to(int(server.url.rsplit(":", 1)[1]))
+    minted = []
+    lock = threading.Lock()
+
+    def token() -> str:
+        value = jwt.encode({"exp": int(time.time()) + 1}, SECRET, algorithm="HS256")
+        with lock:
+            minted.append(value)
+        return value
+
+    try:
+        with Client.connect(proxy.url, timeout=5, reconnect=FAST, token=token) as client:
+            process = client.start(["/bin/sh", "-c", "sleep 2.5; " + LINES])
+            first = minted[0]
+            wait_until(lambda: server_refuses(first), 5)  # the first token has expired by now
+            proxy.cut()
+            stdout, _stderr = process.communicate(timeout=30)
+            assert stdout == EXPECTED and process.returncode == 0
+            assert len(minted) >= 2 and minted[-1] != first
+    finally:
+        server.stop()
+
+
+def server_refuses(token: str) -> bool:
+    return SignedBearerToken(SECRET, max_clock_skew=0).refusal(token) == "expired websocket jwt"
+
+
+def test_fixed_token_string_is_sent(proxy_to):
+    server = start_ours(auth=SignedBearerToken(SECRET))
+    try:
+        token = jwt.encode({"exp": int(time.time()) + 300}, SECRET, algorithm="HS256")
+        with Client.connect(server.url, timeout=5, token=token) as client:
+            assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"
+        with pytest.raises(ExecServerDisconnected, match="expired websocket jwt"):
+            Client.connect(server.url, timeout=5, reconnect=None,
+                           token=jwt.encode({"exp": int(time.time()) - 120}, SECRET, algorithm="HS256"))
+    finally:
+        server.stop()
+
+
+def test_cli_run_with_cafile_and_token_file(pki, tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET)
+    token_file = tmp_path / "token"
+    token_file.write_text(jwt.encode({"exp": int(time.time()) + 300}, SECRET, algorithm="HS256") + "\n")
+    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "wss://127.0.0.1:0",
+                               "--tls-certfile", str(pki.server_cert), "--tls-keyfile", str(pki.server_key),
+                               "--ws-auth", "signed-bearer-token", "--ws-shared-secret-file", str(secret_file)],
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        url = server.stdout.readline().decode().strip()
+        assert url.startswith("wss://")
+        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", url, "--cafile", str(pki.ca),
+                               "--token-file", str(token_file), "--", "echo", "tls+jwt"],
+                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert (done.returncode, done.stdout) == (0, b"tls+jwt\n"), done.stderr
+        untrusted = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", url, "--token-file",
+                                    str(token_file), "--", "true"], capture_output=True, timeout=30,
+                                   stdin=subprocess.DEVNULL)
+        assert untrusted.returncode == 255 and b"certificate verify failed" in untrusted.stderr
+        assert b"Traceback" not in untrusted.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+
+
+def test_token_file_is_read_at_each_connect(tmp_path):
+    from exec_server.cli.options import client_token
+    from argparse import Namespace
+
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    token = client_token(Namespace(token_file=str(path)))
+    assert token() == "first"
+    path.write_text("second\r\n")  # replaced while the client runs (a signed token renewed)
+    assert token() == "second"
+    path.unlink()
+    with pytest.raises(OSError):
+        client_token(Namespace(token_file=str(path)))
+
+
+def test_failing_token_callable_is_a_clear_error():
+    server = start_ours(auth=SignedBearerToken(SECRET))
+
+    def broken() -> str:
+        raise RuntimeError("token service unavailable")
+
+    try:
+        with pytest.raises(ExecServerDisconnected, match="cannot get a token .*token service unavailable"):
+            Client.connect(server.url, timeout=5, reconnect=None, token=broken)
+    finally:
+        server.stop()
