@@ -27,12 +27,18 @@ SNIPPET_URL = "ws://127.0.0.1:8765"
 SKIPPED_LINES = [
     (r"^python -m pip install", "installs the package; the test runs the installed checkout"),
     (r"^exec-server --listen ws://127\.0\.0\.1:8765", "starts the server; the test provides it at the URL"),
-    (r"ws://0\.0\.0\.0|build-box", "a non-loopback address"),
+    (r"wss?://0\.0\.0\.0|build-box", "a non-loopback address"),
+    (r"/etc/exec-server/", "sets up a non-loopback service's files under /etc (as root)"),
     (r"^exec-server service", "needs Windows (a Windows service)"),
     (r"opentelemetry-instrument|^OTEL_", "needs opentelemetry-distro, not a dependency of the project"),
     (r"^tox\b", "runs the whole test suite, this test included"),
     (r"pyenv", "needs pyenv"),
     (r"\.\./shared/|^C=", "the shared benchmark harness, outside the repository"),
+]
+#: (pattern a python block matches, why it is not run)
+SKIPPED_PYTHON = [
+    (r"wss?://build-box", "a non-loopback address"),
+    (r"/etc/exec-server/", "reads the non-loopback service's secret, set up as root under /etc"),
 ]
 #: Shell lines that run: the CLI on loopback, and the lines that make its input.
 RUN_LINES = r"^(exec-server (run|cp) |printf |echo )"
@@ -86,7 +92,8 @@ BLOCKS = code_blocks()
 def test_readme_has_the_blocks_this_test_knows():
     languages = {language for _line, language, _code in BLOCKS}
     assert languages <= {"sh", "python"} | TEXT_LANGUAGES
-    assert sum(language == "python" for _line, language, _code in BLOCKS) >= 4
+    assert sum(language == "python" and not any(re.search(p, code) for p, _reason in SKIPPED_PYTHON)
+               for _line, language, code in BLOCKS) >= 4
     for _line, language, code in BLOCKS:
         if language == "sh":
             for line in shell_lines(code):
@@ -104,6 +111,9 @@ def _environment() -> dict:
 @pytest.mark.parametrize("line_number,code", [(n, c) for n, lang, c in BLOCKS if lang == "python"],
                          ids=lambda value: "line%d" % value if isinstance(value, int) else "")
 def test_python_block_runs(line_number, code, server, tmp_path):
+    for pattern, reason in SKIPPED_PYTHON:
+        if re.search(pattern, code):
+            pytest.skip(reason)
     if "with_sandbox" in code and shutil.which("bwrap") is None:
         pytest.skip("needs bubblewrap (bwrap) on PATH for the sandbox")
     done = subprocess.run([sys.executable, "-c", code.replace(SNIPPET_URL, server.url)], cwd=str(tmp_path),
@@ -118,7 +128,7 @@ def test_python_block_runs(line_number, code, server, tmp_path):
 def test_shell_block_runs(line_number, code, server, tmp_path):
     lines = [line for line in shell_lines(code) if re.match(RUN_LINES, line) and not skip_reason(line)]
     if not lines:
-        pytest.skip("; ".join(sorted({skip_reason(line) for line in shell_lines(code)})))
+        pytest.skip("; ".join(sorted({str(skip_reason(line)) for line in shell_lines(code)})))
     for line in lines:
         command, _, comment = line.partition("  #")
         done = subprocess.run(["sh", "-c", command.replace(SNIPPET_URL, server.url)], cwd=str(tmp_path),

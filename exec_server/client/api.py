@@ -56,8 +56,7 @@ class Client:
         self._endpoint = Endpoint()
         self.session_id: Optional[str] = None
         self.environment_info: Dict[str, Any] = {}
-        #: The protocol extensions the server advertised (``initialize`` result ``extensions``);
-        #: empty for the Codex reference.  See :meth:`supports`.
+        #: ``extensions`` of the ``initialize`` result (none from the Codex reference); see :meth:`supports`.
         self.extensions: Dict[str, Any] = {}
 
     @classmethod
@@ -246,11 +245,7 @@ class Client:
         return self.environment_info.get("platformOs", "linux")
 
     def supports(self, extension: str) -> bool:
-        """True if the server advertised the protocol extension (``closeStdin``, ``ptySize``).
-
-        Our server advertises both in its ``initialize`` result; the Codex
-        reference neither (README.rst, "Protocol extensions").
-        """
+        """True if ``initialize`` advertised the extension (``closeStdin``, ``ptySize``; README.rst)."""
         return self.extensions.get(extension) is True
 
     def to_uri(self, path: PathLike) -> str:
@@ -279,8 +274,7 @@ class Client:
             tty: run under a PTY (stream ``pty``).
             stdin: keep stdin writable (``pipeStdin``).
             arg0: ``argv[0]`` as the child sees it.
-            pty_size: ``(rows, cols)`` of the PTY (with ``tty``); sent only to a
-                server with the ``ptySize`` extension, else the PTY is 24x80.
+            pty_size: ``(rows, cols)`` of the PTY (``ptySize`` extension; else 24x80).
             process_id: the id to use; default a fresh unique one.
             sandbox: a FileSystemSandboxContext (PROTOCOL.md 9) confining the
                 process; ``sandbox_type`` of the handle tells what applied.
@@ -331,10 +325,9 @@ class Client:
 
         Args:
             argv: program and arguments.
-            input: bytes for the child's stdin, followed by end of file (the
-                ``closeStdin`` extension).  A server without it (the Codex
-                reference) cannot close a stdin: there the child reads them
-                through ``/bin/sh -c 'head -c N | "$@"'`` (POSIX servers only).
+            input: bytes for the child's stdin, then end of file (``closeStdin``
+                extension; without it, as on the Codex reference, the child reads
+                them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
             timeout: seconds for the whole run: start, input and wait.  When
                 they pass, the remote tree is killed (after the start answer
                 if it was still due: up to :data:`KILL_GRACE` s more) and
@@ -342,8 +335,7 @@ class Client:
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             start_options: as for :meth:`start`.
         Returns:
-            ``subprocess.CompletedProcess`` with ``stdout`` and ``stderr``
-            bytes (a PTY's output is in ``stdout``).
+            ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes (a PTY's in ``stdout``).
         """
         deadline = _deadline(timeout)
         command = list(argv)
@@ -397,10 +389,8 @@ class Client:
             pass  # the child exited or closed its stdin: like Popen.communicate's broken pipe
 
 
-#: Seconds a timed-out :meth:`Client.run` still waits for the start answer, the kill and the exit.
-KILL_GRACE = 10.0
-#: Bytes of ``run(input=)`` per ``process/write``.
-INPUT_PIECE = 1 << 20
+KILL_GRACE = 10.0  #: seconds a timed-out run still waits for the start answer, the kill and the exit
+INPUT_PIECE = 1 << 20  #: bytes of ``run(input=)`` per ``process/write``
 
 
 __all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
