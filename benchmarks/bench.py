@@ -18,12 +18,23 @@ reports per server:
 - ``rss_idle_mib`` / ``rss_stream_peak_mib``: the server's RSS (psutil)
   before the runs and its peak while streaming (sampled every 10 ms);
 - ``catchup_mibps``: after ``head -c 4MiB /dev/zero`` closed, its retained
-  output (1 MiB) read back from ``afterSeq`` 0 with ``maxBytes`` 65536 per
+  output (1 MiB on the reference; all 4 MiB on ours, 3 of them from the
+  spool on disk) read back from ``afterSeq`` 0 with ``maxBytes`` 65536 per
   ``process/read``, bytes read divided by the time the reads took;
 - ``catchup_read_wall_us`` / ``catchup_read_server_cpu_us`` /
   ``catchup_read_client_cpu_us``: per ``process/read`` of that loop (40 more
   read-backs), its wall time and the CPU the server and this client spent;
-  the loop is serial, so wall ~ server CPU + client CPU.
+  the loop is serial, so wall ~ server CPU + client CPU;
+- ``detached_recovered_mib`` / ``detached_catchup_mibps`` /
+  ``detached_write_rss_peak_mib`` / ``detached_write_rss_idle_mib``: a
+  session starts ``head -c 256MiB /dev/zero`` (``--detached-mib``) and its
+  connection is closed at once; while the detached process writes, the
+  server's RSS is sampled (peak, and idle just before); once ``head`` has
+  been reaped a new connection resumes the session and reads from
+  ``afterSeq`` 0 in 1 MiB ``process/read`` steps (the client's) until a read returns no
+  chunks: the MiB those reads returned (the reference retains 1 MiB),
+  ``detached_lost_mib`` (what they did not return: the seqs skipped before
+  the first chunk) and MiB/s of the reads.
 
 Medians over ``--rounds`` runs alternate between the servers.  The reference
 is found with ``--reference``, ``EXEC_SERVER_REFERENCE`` or
@@ -276,6 +287,43 @@ def measure_catchup(url: str, tag: str, server: psutil.Process, size: int = 4 * 
             "catchup_read_client_cpu_us": client_cpu / reads * 1e6}
 
 
+def measure_detached_catchup(url: str, tag: str, server: psutil.Process, size_mib: int,
+                             max_bytes: int = 1024 * 1024) -> Dict[str, float]:
+    """Output written while detached, recovered after a resume (see the module docstring)."""
+    client = RawClient(url)
+    session_id = client.call("initialize", {"clientName": "bench"})["result"]["sessionId"]
+    client.send({"method": "initialized", "params": {}})
+    process_id = "detached-" + tag
+    idle = server.memory_info().rss / 2 ** 20
+    with PeakRss(server.pid) as rss:
+        answer = client.call("process/start", start_params(process_id, ["head", "-c", "%dM" % size_mib,
+                                                                            "/dev/zero"]))
+        client.close()
+        if "result" not in answer:
+            raise RuntimeError("start failed: %r" % answer)
+        deadline = time.monotonic() + 300
+        while any(child.name() == "head" for child in server.children()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the last pipe buffer drained
+    client = RawClient(url)
+    client.call("initialize", {"clientName": "bench", "resumeSessionId": session_id})
+    client.send({"method": "initialized", "params": {}})
+    after, total = 0, 0
+    started = time.perf_counter()
+    while True:
+        result = client.call("process/read", {"processId": process_id, "afterSeq": after, "maxBytes": max_bytes,
+                                              "waitMs": 0})["result"]
+        if not result["chunks"]:
+            break
+        total += sum(len(base64.b64decode(chunk["chunk"])) for chunk in result["chunks"])
+        after = result["nextSeq"] - 1
+    elapsed = time.perf_counter() - started
+    client.close()
+    return {"detached_recovered_mib": total / 2 ** 20, "detached_lost_mib": size_mib - total / 2 ** 20,
+            "detached_catchup_mibps": total / 2 ** 20 / elapsed,
+            "detached_write_rss_idle_mib": idle, "detached_write_rss_peak_mib": rss.peak_mib}
+
+
 class PeakRss:
     """Samples a process's RSS every 10 ms while the block runs; ``peak_mib`` after."""
 
@@ -312,7 +360,7 @@ def find_reference(explicit):
     return None
 
 
-def run_once(name, command, env, spawn_count):
+def run_once(name, command, env, spawn_count, detached_mib=256):
     with running_server(command=command, env=env) as (process, url):
         time.sleep(0.5)
         rss_idle = psutil.Process(process.pid).memory_info().rss / 2 ** 20
@@ -323,11 +371,13 @@ def run_once(name, command, env, spawn_count):
         fanout = statistics.median(measure_fanout(url, "%s-%d" % (name, rep)) for rep in range(3))
         server = psutil.Process(process.pid)
         catchups = [measure_catchup(url, "%s-%d" % (name, rep), server) for rep in range(5)]
+        detached = measure_detached_catchup(url, name, server, detached_mib) if detached_mib else {}
     figures = {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
                "stream_64mib_mibps": stream, "fanout_procs_per_s": fanout, "rss_idle_mib": rss_idle,
                "rss_stream_peak_mib": rss.peak_mib}
     for metric in catchups[0]:
         figures[metric] = statistics.median(c[metric] for c in catchups)
+    figures.update(detached)
     return figures
 
 
@@ -337,6 +387,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--spawns", type=int, default=100)
     parser.add_argument("--out", default="bench-results.json")
+    parser.add_argument("--detached-mib", type=int, default=256,
+                        help="MiB written while detached, then caught up (0 skips it)")
     args = parser.parse_args()
     servers = {"ours": (OURS, None)}
     reference = find_reference(args.reference)
@@ -347,7 +399,7 @@ def main() -> int:
     runs = {name: [] for name in servers}
     for _ in range(args.rounds):
         for name, (command, env) in servers.items():
-            runs[name].append(run_once(name, command, env, args.spawns))
+            runs[name].append(run_once(name, command, env, args.spawns, args.detached_mib))
     summary = {name: {metric: round(statistics.median(r[metric] for r in results), 3) for metric in results[0]}
                for name, results in runs.items()}
     with open(args.out, "w") as handle:

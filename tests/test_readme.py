@@ -34,6 +34,7 @@ SKIPPED_LINES = [
     (r"^tox\b", "runs the whole test suite, this test included"),
     (r"pyenv", "needs pyenv"),
     (r"\.\./shared/|^C=", "the shared benchmark harness, outside the repository"),
+    (r"^python benchmarks/", "a benchmark: minutes of load, measured by hand"),
 ]
 #: (pattern a python block matches, why it is not run)
 SKIPPED_PYTHON = [

@@ -147,7 +147,7 @@ def test_recovery_deadline_ends_in_failed(configured_server, proxy_to):
 
 
 def test_gap_fails_only_that_process(configured_server, proxy_to):
-    running = configured_server(retained_output_chunks=3)
+    running = configured_server(retained_output_chunks=3, spool_bytes_per_process=0)  # memory only: a gap
     proxy = proxy_to(running.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
         chatty = client.start(["/bin/sh", "-c", "sleep 0.2; for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30"])

@@ -93,7 +93,7 @@ def test_unread_flood_does_not_block_other_connections(connect, server):
 
 
 def test_retention_limits_evict_oldest_output(connect, configured_server):
-    running = configured_server(retained_output_bytes=1000, retained_output_chunks=3)
+    running = configured_server(retained_output_bytes=1000, retained_output_chunks=3, spool_bytes_per_process=0)
     peer = ready(connect, running.url)
     peer.call("process/start", start_params("p", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"]))
     events = peer.wait_closed("p")
@@ -102,6 +102,17 @@ def test_retention_limits_evict_oldest_output(connect, configured_server):
     assert len(result["chunks"]) == 3
     assert result["chunks"][0]["seq"] > 1  # the gap shows as chunks[0].seq > afterSeq + 1
     assert [c["seq"] for c in result["chunks"]] == [m["params"]["seq"] for m in outputs[-3:]]
+
+
+def test_spooled_output_is_read_back_past_the_memory_limits(connect, configured_server, tmp_path):
+    running = configured_server(retained_output_bytes=1000, retained_output_chunks=3, spool_dir=str(tmp_path))
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("p", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"]))
+    events = peer.wait_closed("p")
+    outputs = [m for m in events if m["method"] == "process/output"]
+    result = peer.call("process/read", {"processId": "p"})
+    assert [(c["seq"], c["stream"], c["chunk"]) for c in result["chunks"]] == [
+        (m["params"]["seq"], m["params"]["stream"], m["params"]["chunk"]) for m in outputs]
 
 
 def test_closed_process_is_forgotten_after_retention(connect, configured_server):

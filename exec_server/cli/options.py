@@ -64,6 +64,18 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         metavar="BYTES", help="output kept per process for process/read (default %(default)s)")
     parser.add_argument("--retained-output-chunks", type=int, default=defaults.retained_output_chunks,
                         metavar="N", help="output chunks kept per process (default %(default)s)")
+    parser.add_argument("--spool-dir", default=defaults.spool_dir, metavar="DIR",
+                        help="where the private output spool directory is made (default: the system's "
+                             "temporary directory)")
+    parser.add_argument("--spool-bytes-per-process", type=int, default=defaults.spool_bytes_per_process,
+                        metavar="BYTES", help="output kept on disk per process past --retained-output-bytes; "
+                                              "0 keeps output in memory only (default %(default)s)")
+    parser.add_argument("--spool-bytes-total", type=int, default=defaults.spool_bytes_total, metavar="BYTES",
+                        help="output kept on disk by all processes together (default %(default)s)")
+    parser.add_argument("--spool-chunks-per-process", type=int, default=defaults.spool_chunks_per_process,
+                        metavar="N", help="output chunks kept on disk per process (default %(default)s)")
+    parser.add_argument("--max-read-bytes", type=int, default=defaults.max_read_bytes, metavar="BYTES",
+                        help="most output bytes one process/read returns (default %(default)s)")
     parser.add_argument("--closed-process-retention", type=float, default=defaults.closed_process_retention,
                         metavar="SECONDS", help="how long a closed process stays readable (default %(default)s)")
     parser.add_argument("--detached-session-ttl", type=float, default=defaults.detached_session_ttl,
@@ -122,6 +134,11 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         retained_output_bytes=args.retained_output_bytes,
         retained_output_chunks=args.retained_output_chunks,
+        spool_dir=args.spool_dir,
+        spool_bytes_per_process=args.spool_bytes_per_process,
+        spool_bytes_total=args.spool_bytes_total,
+        spool_chunks_per_process=args.spool_chunks_per_process,
+        max_read_bytes=args.max_read_bytes,
         closed_process_retention=args.closed_process_retention,
         detached_session_ttl=args.detached_session_ttl,
         max_processes_per_session=args.max_processes_per_session,

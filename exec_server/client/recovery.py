@@ -25,6 +25,11 @@ from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError
 
 log = logging.getLogger(__name__)
 
+#: Decoded bytes asked for by each ``process/read`` of a catch-up: the server
+#: may hold far more than fits one message (output spooled to disk), so the
+#: client reads in budgeted steps until it meets the live notifications.
+CATCH_UP_READ_BYTES = 1024 * 1024
+
 #: Methods that are safe to send again after a dropped connection (reads).
 IDEMPOTENT_METHODS = frozenset({
     "process/read", "environment/info", "environment/status", "fs/readFile", "fs/getMetadata",
@@ -148,25 +153,39 @@ class Recovery:
             return
 
     def _catch_up(self, generation: int) -> bool:
-        """Read every open process from its last published seq; False if the connection dropped."""
+        """Read every open process from its last published seq; False if the connection dropped.
+
+        Each process is read in steps of :data:`CATCH_UP_READ_BYTES`, each
+        from the last seq published, until a read returns no chunks or what
+        it returned joined the live notifications held meanwhile (the
+        session is attached before the first read, so everything after a
+        read's snapshot also arrives live; duplicates are dropped).
+        """
         endpoint, timeout = self._endpoint, self._policy.connect_timeout
         for process in endpoint.open_processes():
-            params = {"processId": process.process_id, "afterSeq": process.last_seq, "maxBytes": None, "waitMs": 0}
-            try:
-                result = endpoint.call_on(generation, "process/read", params, timeout)
-            except ExecServerDisconnected:
-                return False
-            except TimeoutError:
-                return False
-            except RpcError as exc:
-                process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
-                                                    % (process.process_id, exc.message)))
-                continue
-            missing = process.catch_up(result)
-            if missing:
-                process.fail(ProcessOutputGap(process.process_id, missing))
+            while True:
+                params = {"processId": process.process_id, "afterSeq": process.last_seq,
+                          "maxBytes": CATCH_UP_READ_BYTES, "waitMs": 0}
                 try:
-                    endpoint.call_on(generation, "process/terminate", {"processId": process.process_id}, timeout)
-                except (ExecServerDisconnected, TimeoutError, RpcError):
-                    pass
+                    result = endpoint.call_on(generation, "process/read", params, timeout)
+                except ExecServerDisconnected:
+                    return False
+                except TimeoutError:
+                    return False
+                except RpcError as exc:
+                    process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
+                                                        % (process.process_id, exc.message)))
+                    break
+                missing = process.catch_up(result)
+                if missing:
+                    process.fail(ProcessOutputGap(process.process_id, missing))
+                    try:
+                        endpoint.call_on(generation, "process/terminate", {"processId": process.process_id},
+                                         timeout)
+                    except (ExecServerDisconnected, TimeoutError, RpcError):
+                        pass
+                    break
+                chunks = result.get("chunks")
+                if not chunks or process.done or process.last_seq > chunks[-1]["seq"]:
+                    break
         return True

@@ -6,8 +6,10 @@ exec-server reference's values where it has one (PROTOCOL.md sections 1.3,
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 #: Default allowed clock difference for the ``exp`` and ``nbf`` of signed
 #: bearer tokens, seconds (the reference's ``--ws-max-clock-skew-seconds``).
 DEFAULT_MAX_CLOCK_SKEW = 30
@@ -32,6 +34,24 @@ class ServerConfig:
     retained_output_bytes: int = 1 * MIB
     #: Output chunks retained per process (``RETAINED_OUTPUT_CHUNKS_PER_PROCESS``).
     retained_output_chunks: int = 50_000
+    #: Where the output spool's private directory (mode 0700) is made; None:
+    #: the system's temporary directory.  Removed at shutdown.
+    spool_dir: Optional[str] = None
+    #: Output bytes one process keeps on disk past the in-memory retention
+    #: (its spool); past it the oldest spooled output is evicted.  0 keeps
+    #: output in memory only, as the reference does.
+    spool_bytes_per_process: int = 1 * GIB
+    #: Output bytes all processes of the server keep on disk together; a
+    #: spool that would pass it stops taking output (later output is retained
+    #: in memory only, with a logged warning), as after ENOSPC.
+    spool_bytes_total: int = 4 * GIB
+    #: Output chunks one process's spool indexes (17 bytes of memory each);
+    #: past it the oldest spooled output is evicted.
+    spool_chunks_per_process: int = 1_048_576
+    #: Most decoded output bytes one ``process/read`` returns, whatever its
+    #: ``maxBytes`` (null included); a read it stops has ``nextSeq`` after its
+    #: last chunk, and the client reads on from there.
+    max_read_bytes: int = 16 * MIB
     #: How long a closed process stays readable and keeps its id, seconds.
     closed_process_retention: float = 80.0
     #: How long a session outlives its connection, seconds (PROTOCOL.md 7): a
@@ -63,11 +83,12 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
-                     "max_sessions", "max_connections"):
+                     "max_sessions", "max_connections", "spool_chunks_per_process", "max_read_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
-        if self.max_queued_requests < 0:
-            raise ValueError("max_queued_requests must not be negative")
+        for name in ("max_queued_requests", "spool_bytes_per_process", "spool_bytes_total"):
+            if getattr(self, name) < 0:
+                raise ValueError("%s must not be negative" % name)
         for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)

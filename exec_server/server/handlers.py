@@ -133,7 +133,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
             process = ManagedProcess.spawn(
                 process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
                 params.get("arg0"), ctx.config, session.listener(process_id), session.process_closed,
-                wrapper=wrapper, pty_size=_pty_size(params.get("ptySize")))
+                wrapper=wrapper, spool=ctx.registry.spool_for(process_id), pty_size=_pty_size(params.get("ptySize")))
         if log.isEnabledFor(logging.INFO):  # skips building the fields on the spawn path
             log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
                                                                     sandboxed=wrapper is not None))

@@ -21,7 +21,7 @@ lock, so exactly one of them wins.
 import logging
 import threading
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
@@ -30,6 +30,7 @@ from exec_server.protocol.wire import (Send, encode_closed_notification, encode_
                                        encode_output_notification)
 from exec_server.server.process.managed import EventListener, ManagedProcess
 from exec_server.server.process.output import Event, Exited, OutputChunk
+from exec_server.server.process.spool import Spool, SpoolStore
 from exec_server.server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class Session:
         with self._lock:
             if self._processes.get(process.process_id) is process:
                 del self._processes[process.process_id]
+        process.discard_output()
 
     def wake_readers(self) -> None:
         for process in self.processes():
@@ -196,6 +198,7 @@ class Session:
         for process in processes:
             process.kill_tree()
         for process in processes:
+            process.discard_output()
             process.wake()
         return processes
 
@@ -207,12 +210,22 @@ class SessionRegistry:
     never the other way round.
     """
 
-    def __init__(self, config: ServerConfig, scheduler: Optional[Scheduler] = None):
+    def __init__(self, config: ServerConfig, scheduler: Optional[Scheduler] = None,
+                 spool_store: Optional[SpoolStore] = None):
         self.config = config
         self.scheduler = scheduler or Scheduler()
+        #: The output spool of every process of the server (its directory and shared budget).
+        self.spool_store = spool_store or SpoolStore(
+            config.spool_dir, config.spool_bytes_per_process, config.spool_bytes_total,
+            config.spool_chunks_per_process)
         self._lock = threading.Lock()
         self._sessions: Dict[str, Session] = {}
         self._expiry: Dict[str, object] = {}
+
+    def spool_for(self, process_id: str) -> Callable[[], Optional[Spool]]:
+        """What gives process ``process_id`` its spool, made when its output first passes memory."""
+        store = self.spool_store
+        return lambda: store.spool("process %s" % process_id)
 
     def create(self) -> Session:
         """A new session with a UUID4 id.
@@ -327,3 +340,4 @@ class SessionRegistry:
         for process in processes:
             process.join(join_timeout)
         self.scheduler.stop()
+        self.spool_store.close()

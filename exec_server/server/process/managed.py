@@ -23,6 +23,7 @@ from exec_server.protocol.errors import InternalError, InvalidParams, os_error_m
 from exec_server.server.config import ServerConfig
 from exec_server.server.process import watch
 from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
+from exec_server.server.process.spool import Spool
 from exec_server.server.process.spawn import exit_code_from_returncode, set_window_size, spawn_child
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class ManagedProcess:
 
     def __init__(self, process_id: str, popen: "subprocess.Popen[bytes]", tty: bool,
                  stdin_writable: bool, pty_master: Optional[int], config: ServerConfig,
-                 listener: EventListener, on_closed: Callable[["ManagedProcess"], None], sandboxed: bool = False):
+                 listener: EventListener, on_closed: Callable[["ManagedProcess"], None], sandboxed: bool = False,
+                 spool: Optional[Callable[[], Optional[Spool]]] = None):
         self.process_id = process_id
         self.pid = popen.pid
         self.tty = tty
@@ -60,7 +62,7 @@ class ManagedProcess:
         self._listener = listener
         self._on_closed = on_closed
         self._log = OutputLog(1 if pty_master is not None else 2, config.retained_output_bytes,
-                              config.retained_output_chunks, self._emit, sandboxed)
+                              config.retained_output_chunks, self._emit, sandboxed, spool, config.max_read_bytes)
         self._lock = threading.Lock()  # guards the write ids and the stdin queue
         self._killed = False
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
@@ -76,7 +78,9 @@ class ManagedProcess:
     def spawn(cls, process_id: str, argv: List[str], cwd: str, env: Dict[str, str], tty: bool,
               pipe_stdin: bool, arg0: Optional[str], config: ServerConfig, listener: EventListener,
               on_closed: Callable[["ManagedProcess"], None],
-              wrapper: Optional[List[str]] = None, pty_size: Optional[Tuple[int, int]] = None) -> "ManagedProcess":
+              wrapper: Optional[List[str]] = None,
+              spool: Optional[Callable[[], Optional[Spool]]] = None,
+              pty_size: Optional[Tuple[int, int]] = None) -> "ManagedProcess":
         """Start a child (:func:`~exec_server.server.process.spawn.spawn_child`) and manage it.
 
         Args:
@@ -84,12 +88,15 @@ class ManagedProcess:
             on_closed: called once with the process after ``closed``.
             wrapper: a confining command (bubblewrap); the process is then
                 marked sandboxed.
+            spool: gives the spool its output goes to past the in-memory
+                retention (:class:`~exec_server.server.process.output.OutputLog`).
             pty_size: ``(rows, cols)`` of a new PTY (default 24x80).
         Raises:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
         popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, pty_size)
-        return cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper))
+        return cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
+                   spool)
 
     def start_monitoring(self) -> None:
         """Start watching the child (once, after the start response)."""
@@ -209,6 +216,10 @@ class ManagedProcess:
              aborted: Callable[[], Optional[Exception]] = lambda: None) -> ReadResult:
         """The ``process/read`` result (PROTOCOL.md 5.4); see :meth:`OutputLog.read`."""
         return self._log.read(after_seq, max_bytes, wait, aborted)
+
+    def discard_output(self) -> None:
+        """Delete the output spooled to disk (the process is forgotten or its session ended)."""
+        self._log.discard_spool()
 
     # ------------------------------------------------------------------ input
     def write(self, data: bytes, write_id: str, close: bool = False) -> str:

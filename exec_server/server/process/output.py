@@ -7,6 +7,12 @@ retention limits of PROTOCOL.md 6 (oldest chunks evicted first), answers
 publishes ``exited`` once the exit is known and ``closed`` once both the exit
 and the end of every stream are: whichever comes last publishes ``closed``.
 
+Past the in-memory retention, output is also written through to a
+:class:`~exec_server.server.process.spool.Spool` (when the log was given a
+way to get one): from the first eviction on, every chunk goes to disk as it
+arrives, memory keeps the newest, and a read serves older seqs from disk with
+the same seq and chunk boundaries.
+
 It is a plain data structure: it knows no child process, thread, pipe or
 JSON.  Each event goes, as a small value (:class:`OutputChunk`,
 :class:`Exited`, :class:`Closed`), to the ``emit`` callable it was given, in
@@ -15,12 +21,15 @@ the edge (:mod:`exec_server.protocol.wire`).
 """
 
 import base64
+import binascii
 import collections
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Deque, List, NamedTuple, Optional, Union
+
+from exec_server.server.process.spool import Spool
 
 #: Output texts that mark a failure as a likely sandbox denial (PROTOCOL.md 9).
 SANDBOX_DENIAL_MARKERS = (
@@ -88,11 +97,19 @@ class OutputLog:
             publishing methods, and should be quick).
         sandboxed: the process runs confined, so a failing exit is checked
             for signs of a sandbox denial.
+        spool: called once, at the first eviction, for the spool that takes
+            the output from then on (None from it, or no callable: memory only).
+        max_read_bytes: most decoded bytes one read returns whatever its
+            ``max_bytes`` (None: no limit).
     """
 
     def __init__(self, streams: int, retained_bytes: int, retained_chunks: int, emit: Callable[[Event], None],
-                 sandboxed: bool = False):
+                 sandboxed: bool = False, spool: Optional[Callable[[], Optional[Spool]]] = None,
+                 max_read_bytes: Optional[int] = None):
         self._emit = emit
+        self._spool_factory = spool
+        self._spool: Optional[Spool] = None
+        self._max_read_bytes = max_read_bytes
         self._retained_limit = retained_bytes
         self._chunks_limit = retained_chunks
         self._sandboxed = sandboxed
@@ -111,8 +128,11 @@ class OutputLog:
         """Number, retain and emit a chunk read from ``stream``."""
         chunk = base64.b64encode(data).decode("ascii")
         with self._publish_lock:
+            seq = self._next_seq  # only publishers change it, under the publish lock
+            spool = self._spool
+            if spool is not None:  # written through before it can be evicted from memory
+                spool.append(seq, stream, data)
             with self._changed:
-                seq = self._next_seq
                 self._next_seq = seq + 1
                 event = OutputChunk(seq, stream, chunk, len(data))
                 self._retain(event)
@@ -123,8 +143,30 @@ class OutputLog:
         chunks = self._chunks
         chunks.append(event)
         self._retained_bytes += event.size
+        if self._spool is None and self._spool_factory is not None and (
+                self._retained_bytes > self._retained_limit or len(chunks) > self._chunks_limit):
+            self._start_spool()
         while chunks and (self._retained_bytes > self._retained_limit or len(chunks) > self._chunks_limit):
             self._retained_bytes -= chunks.popleft().size
+
+    def _start_spool(self) -> None:
+        """The first eviction: write every retained chunk to a new spool, which takes all later output."""
+        factory, self._spool_factory = self._spool_factory, None
+        spool = factory() if factory is not None else None
+        if spool is None:
+            return
+        self._spool = spool
+        for event in self._chunks:
+            if not spool.append(event.seq, event.stream, base64.b64decode(event.chunk)):
+                break
+
+    def discard_spool(self) -> None:
+        """Delete the spooled output (the process is forgotten or its session ended); memory stays."""
+        with self._changed:
+            self._spool_factory = None
+            spool = self._spool
+        if spool is not None:
+            spool.discard()
 
     def stream_ended(self) -> None:
         """A stream reached EOF; emits ``closed`` if it was the last and the exit is known."""
@@ -206,7 +248,8 @@ class OutputLog:
             after_seq: return output events with a greater seq.
             max_bytes: decoded-byte budget (at least one chunk is returned),
                 or None for no limit; with a budget ``next_seq`` follows the
-                last chunk returned.
+                last chunk returned.  ``max_read_bytes`` caps either; a read
+                it stops also ends ``next_seq`` after its last chunk.
             wait: long-poll limit in seconds.
             aborted: called (under the log's lock) before each look; a
                 returned exception is raised.
@@ -214,33 +257,82 @@ class OutputLog:
             whatever ``aborted`` returns, e.g. :class:`ReadAborted`.
         """
         deadline = time.monotonic() + wait
+        budget = max_bytes
+        if self._max_read_bytes is not None and (budget is None or budget > self._max_read_bytes):
+            budget = self._max_read_bytes
         with self._changed:
             while True:
                 error = aborted()
                 if error is not None:
                     raise error
-                result = self._read_locked(after_seq, max_bytes)
+                if self._spooled_after_locked(after_seq) is not None:
+                    break
+                result = self._read_locked(after_seq, max_bytes, budget)
                 if result.chunks or result.closed or (result.exited and after_seq < self._next_seq - 1):
                     return result
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return result
                 self._changed.wait(remaining)
+        return self._read_spooled(after_seq, max_bytes, budget)
 
-    def _read_locked(self, after_seq: int, max_bytes: Optional[int]) -> ReadResult:
+    def _spooled_after_locked(self, after_seq: int) -> Optional[int]:
+        """The seq of the first chunk after ``after_seq`` that only the spool still holds, or None."""
+        spool = self._spool
+        if spool is None:
+            return None
+        seq = spool.first_after(after_seq)
+        if seq is None or (self._chunks and seq >= self._chunks[0][0]):
+            return None
+        return seq
+
+    def _read_spooled(self, after_seq: int, max_bytes: Optional[int], budget: Optional[int]) -> ReadResult:
+        """A read that starts on disk: spooled ranges (read outside the lock), then memory."""
+        spool = self._spool
+        assert spool is not None
         chunks: List[OutputChunk] = []
         total = 0
-        last_seq = None
+        while True:
+            position = chunks[-1][0] if chunks else after_seq
+            with self._changed:
+                if self._spooled_after_locked(position) is None:
+                    return self._read_locked(position, max_bytes, budget, chunks, total)
+                before = self._chunks[0][0] if self._chunks else self._next_seq
+            remaining = None if budget is None else budget - total
+            if chunks and remaining is not None and remaining <= 0:
+                break
+            spooled = spool.read(position, before, remaining, at_least_one=not chunks)
+            if not spooled:
+                if chunks:
+                    break  # the budget stops it, or the rest was evicted meanwhile
+                continue  # evicted meanwhile: look again
+            b2a = binascii.b2a_base64
+            for seq, stream, view in spooled:
+                chunks.append(OutputChunk(seq, stream, b2a(view, newline=False).decode("ascii"), len(view)))
+                total += len(view)
+        with self._changed:  # stopped by the budget: nextSeq follows the last chunk
+            return ReadResult(chunks, chunks[-1][0] + 1, self._exited, self._exit_code, self._closed,
+                              self._sandbox_denied_locked() if self._exited else False)
+
+    def _read_locked(self, after_seq: int, max_bytes: Optional[int], budget: Optional[int],
+                     chunks: Optional[List[OutputChunk]] = None, total: int = 0) -> ReadResult:
+        """Retained chunks in memory after ``after_seq``, appended to ``chunks`` (read from disk) within ``budget``."""
+        if chunks is None:
+            chunks = []
+        limited = False
+        last_seq = chunks[-1][0] if chunks else None
         for event in self._chunks:
             seq = event[0]
             if seq <= after_seq:
                 continue
             size = event[3]
-            if max_bytes is not None and chunks and (total + size > max_bytes or total >= max_bytes):
+            if budget is not None and chunks and (total + size > budget or total >= budget):
+                limited = True
                 break
             chunks.append(event)
             total += size
             last_seq = seq
-        next_seq = last_seq + 1 if max_bytes is not None and last_seq is not None else self._next_seq
+        bounded = max_bytes is not None or limited
+        next_seq = last_seq + 1 if bounded and last_seq is not None else self._next_seq
         return ReadResult(chunks, next_seq, self._exited, self._exit_code, self._closed,
                           self._sandbox_denied_locked() if self._exited else False)

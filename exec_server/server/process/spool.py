@@ -1,0 +1,317 @@
+"""Output spooled to disk: a process's output past the in-memory budget, readable by seq.
+
+:class:`SpoolStore` is one per server (the session registry owns it): a
+private directory (mode 0700, created on first use under ``spool_dir`` or
+the system's temporary directory, removed by :meth:`SpoolStore.close` or at
+interpreter exit) and the byte budget all processes share
+(``spool_bytes_total``).  :class:`Spool` is one process's spool: its output
+chunks written through to segment files (mode 0600) as they arrive, and an
+index of them kept in three flat arrays (seq, end offset, stream code), so a
+chunk costs 17 bytes of memory and no Python object.
+
+Chunks never span segments.  Past ``spool_bytes_per_process`` (or
+``spool_chunks_per_process``) the oldest segment is deleted: eviction is
+oldest first and a segment at a time.  When the shared budget is spent or a
+write fails (ENOSPC, EDQUOT, any OSError) the spool stops taking output:
+what it holds stays readable, later output is retained in memory only, and
+one warning is logged.  A read (:meth:`Spool.read`) takes a contiguous range
+of chunks with one ``os.pread`` per segment and hands back slices of that
+buffer.
+
+Not on Windows (no ``os.pread``): there :meth:`SpoolStore.spool` returns
+None and output is retained in memory only.  Thread-safe.
+"""
+
+import array
+import bisect
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from typing import Callable, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+#: Stream names by the code the index stores.
+STREAMS = ("stdout", "stderr", "pty")
+_CODES = {name: code for code, name in enumerate(STREAMS)}
+#: Largest segment file; a process's budget is split in about eight segments, so eviction frees ~1/8 at a time.
+SEGMENT_BYTES = 64 * 1024 * 1024
+_MIN_SEGMENT_BYTES = 64 * 1024
+#: Segments a per-process budget is split into.
+SEGMENTS_PER_BUDGET = 8
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+#: A chunk read back: (seq, stream, bytes as a memoryview slice of the read buffer).
+SpooledChunk = Tuple[int, str, memoryview]
+
+
+class SpoolStore:
+    """The spool directory and the byte budget shared by every process of one server.  Thread-safe.
+
+    Args:
+        directory: where the private spool directory is made (None: the
+            system's temporary directory).
+        bytes_per_process: disk bytes one process's spool may hold; 0
+            disables spooling.
+        bytes_total: disk bytes all spools together may hold.
+        chunks_per_process: chunks one process's index may hold.
+        write: ``os.write``; the file layer's seam (tests inject OSError).
+    """
+
+    def __init__(self, directory: Optional[str], bytes_per_process: int, bytes_total: int,
+                 chunks_per_process: int, write: Callable[[int, memoryview], int] = os.write):
+        self.bytes_per_process = bytes_per_process
+        self.bytes_total = bytes_total
+        self.chunks_per_process = chunks_per_process
+        self.segment_bytes = max(_MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, bytes_per_process // SEGMENTS_PER_BUDGET))
+        self.write = write
+        self._parent = directory
+        self._lock = threading.Lock()
+        self._path: Optional[str] = None
+        self._used = 0
+        self._files = 0
+        self._closed = False
+        self._finalizer: Optional[weakref.finalize] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.bytes_per_process > 0 and self.bytes_total > 0 and hasattr(os, "pread")
+
+    @property
+    def used(self) -> int:
+        """Bytes all spools hold now."""
+        with self._lock:
+            return self._used
+
+    @property
+    def path(self) -> Optional[str]:
+        """The private directory, once made."""
+        with self._lock:
+            return self._path
+
+    def spool(self, label: str) -> Optional["Spool"]:
+        """A new, empty spool (its first file is made on its first write); None if spooling is off."""
+        if not self.enabled or self._closed:
+            return None
+        return Spool(self, label)
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes of the shared budget; False if that would pass it."""
+        with self._lock:
+            if self._closed or self._used + size > self.bytes_total:
+                return False
+            self._used += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._used -= size
+
+    def new_file(self) -> Tuple[int, str]:
+        """Create a segment file (mode 0600) in the private directory; (fd, path).
+
+        Raises:
+            OSError: the directory or file cannot be made (the spool then stops).
+        """
+        with self._lock:
+            if self._closed:
+                raise OSError("the output spool is closed")
+            if self._path is None:
+                self._path = tempfile.mkdtemp(prefix="exec-server-spool-", dir=self._parent)  # mode 0700
+                self._finalizer = weakref.finalize(self, shutil.rmtree, self._path, True)
+            self._files += 1
+            path = os.path.join(self._path, "%08d.spool" % self._files)
+        return os.open(path, _FLAGS, 0o600), path
+
+    def close(self) -> None:
+        """Stop spooling and remove the directory (call after every spool is discarded)."""
+        with self._lock:
+            self._closed = True
+            finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer()
+
+
+class _Segment:
+    __slots__ = ("fd", "path", "base", "end", "chunks")
+
+    def __init__(self, fd: int, path: str, base: int):
+        self.fd = fd
+        self.path = path
+        self.base = base  # logical offset of the file's first byte
+        self.end = base  # logical offset after its last byte
+        self.chunks = 0
+
+
+class Spool:
+    """One process's output on disk: append, read by seq, evict oldest first, discard.  Thread-safe.
+
+    Offsets are logical (continuous across segments); a chunk's bytes are
+    ``[end of the previous chunk, its end)``.
+    """
+
+    def __init__(self, store: SpoolStore, label: str):
+        self._store = store
+        self._label = label
+        self._lock = threading.Lock()  # guards everything below; held around file I/O and close
+        self._seqs = array.array("q")
+        self._ends = array.array("q")
+        self._streams = bytearray()
+        self._first_offset = 0  # logical offset of the first indexed chunk
+        self._segments: List[_Segment] = []
+        self._bytes = 0  # bytes of live segments, as reserved in the store
+        self._stopped: Optional[str] = None  # why it takes no more output
+        self._discarded = False
+
+    # ---------------------------------------------------------------- writing
+    def append(self, seq: int, stream: str, data: bytes) -> bool:
+        """Write one chunk through to disk; False (and no further appends) once full or failing."""
+        size = len(data)
+        with self._lock:
+            if self._stopped is not None or self._discarded:
+                return False
+            store = self._store
+            current = self._segments[-1] if self._segments else None
+            if current is not None and current.chunks and (
+                    current.end - current.base + size > store.segment_bytes
+                    or current.chunks * SEGMENTS_PER_BUDGET >= store.chunks_per_process):
+                current = None  # seal it; the next write starts a new segment
+            while len(self._segments) > (0 if current is None else 1) and (
+                    self._bytes + size > store.bytes_per_process or len(self._seqs) >= store.chunks_per_process):
+                self._evict_oldest_locked()
+            if self._bytes + size > store.bytes_per_process or len(self._seqs) >= store.chunks_per_process:
+                return self._stop_locked("a chunk larger than the per-process spool budget")
+            if not store.reserve(size):
+                return self._stop_locked("the server's spool budget (spool_bytes_total) is spent")
+            try:
+                if current is None:
+                    offset = self._segments[-1].end if self._segments else self._first_offset
+                    fd, path = store.new_file()
+                    current = _Segment(fd, path, offset)
+                    self._segments.append(current)
+                view = memoryview(data)
+                write = store.write
+                while view:
+                    view = view[write(current.fd, view):]
+            except OSError as exc:
+                store.release(size)
+                return self._stop_locked("writing failed: %s" % (exc.strerror or exc))
+            self._bytes += size
+            current.end += size
+            current.chunks += 1
+            if not self._seqs:
+                self._first_offset = current.end - size
+            self._seqs.append(seq)
+            self._ends.append(current.end)
+            self._streams.append(_CODES[stream])
+            return True
+
+    def _stop_locked(self, reason: str) -> bool:
+        self._stopped = reason
+        log.warning("output spool full (%s): later output of %s is retained in memory only", reason, self._label)
+        return False
+
+    def _evict_oldest_locked(self) -> None:
+        segment = self._segments.pop(0)
+        count = segment.chunks
+        del self._seqs[:count], self._ends[:count], self._streams[:count]
+        self._first_offset = segment.end
+        self._drop_file(segment)
+
+    def _drop_file(self, segment: _Segment) -> None:
+        size = segment.end - segment.base
+        self._bytes -= size
+        self._store.release(size)
+        try:
+            os.close(segment.fd)
+        except OSError:
+            pass
+        try:
+            os.unlink(segment.path)
+        except OSError as exc:
+            log.warning("cannot remove output spool file %s: %s", segment.path, exc)
+
+    def discard(self) -> None:
+        """Delete every file and forget the index (the process is forgotten); idempotent."""
+        with self._lock:
+            self._discarded = True
+            segments, self._segments = self._segments, []
+            for segment in segments:
+                self._drop_file(segment)
+            self._seqs = array.array("q")
+            self._ends = array.array("q")
+            self._streams = bytearray()
+
+    # ---------------------------------------------------------------- reading
+    @property
+    def stopped(self) -> bool:
+        with self._lock:
+            return self._stopped is not None
+
+    @property
+    def disk_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seqs)
+
+    def first_after(self, after_seq: int) -> Optional[int]:
+        """The seq of the first spooled chunk after ``after_seq``, or None."""
+        with self._lock:
+            index = bisect.bisect_right(self._seqs, after_seq)
+            return self._seqs[index] if index < len(self._seqs) else None
+
+    def read(self, after_seq: int, before_seq: int, max_bytes: Optional[int],
+             at_least_one: bool = True) -> List[SpooledChunk]:
+        """Spooled chunks with ``after_seq < seq < before_seq``, oldest first, within ``max_bytes``.
+
+        The budget follows PROTOCOL.md 5.4: the first chunk always (unless
+        ``at_least_one`` is false: a read continuing after other chunks),
+        then stop before one that would pass ``max_bytes`` (None: no
+        budget).  One ``os.pread`` per segment covered; the chunks are
+        slices of those buffers.
+        """
+        with self._lock:
+            seqs, ends = self._seqs, self._ends
+            first = bisect.bisect_right(seqs, after_seq)
+            stop = bisect.bisect_left(seqs, before_seq, first)
+            if first >= stop:
+                return []
+            start = ends[first - 1] if first else self._first_offset
+            if max_bytes is not None:
+                fitting = bisect.bisect_right(ends, start + max_bytes, first, stop)
+                if fitting == first and not at_least_one:
+                    return []
+                stop = max(first + 1, fitting)
+            chunks: List[SpooledChunk] = []
+            index = first
+            for segment in self._segments:
+                if segment.end <= start:
+                    continue
+                if index >= stop:
+                    break
+                last = min(stop, bisect.bisect_right(ends, segment.end, index, stop))
+                begin = ends[index - 1] if index > first else start
+                if begin < segment.base:
+                    begin = segment.base
+                want = ends[last - 1] - begin
+                buffer = memoryview(os.pread(segment.fd, want, begin - segment.base))
+                short = len(buffer) < want
+                if short:  # the file was cut short behind our back: serve what is whole
+                    log.warning("output spool file %s is shorter than its index", segment.path)
+                    last = bisect.bisect_right(ends, begin + len(buffer), index, last)
+                streams = self._streams
+                position = begin
+                for i in range(index, last):
+                    end = ends[i]
+                    chunks.append((seqs[i], STREAMS[streams[i]], buffer[position - begin:end - begin]))
+                    position = end
+                if short:
+                    break
+                index = last
+            return chunks

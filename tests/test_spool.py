@@ -1,0 +1,229 @@
+"""The output spool and OutputLog's disk-backed retention, without a child process."""
+
+import base64
+import errno
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from exec_server.server.config import ServerConfig
+from exec_server.server.process.output import OutputChunk, OutputLog
+from exec_server.server.process.spool import SpoolStore
+from exec_server.server.sessions import SessionRegistry
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "pread"), reason="the spool needs os.pread (not on Windows)")
+
+KIB = 1024
+
+
+def make_store(tmp_path, per_process=1 << 20, total=1 << 30, chunks=1 << 20, write=os.write):
+    return SpoolStore(str(tmp_path), per_process, total, chunks, write)
+
+
+def spool_files(store):
+    return sorted(os.listdir(store.path)) if store.path and os.path.isdir(store.path) else []
+
+
+def payload(seq: int, size: int) -> bytes:
+    return (b"%08d:" % seq * (size // 9 + 1))[:size]
+
+
+def test_index_reads_back_every_chunk_with_its_seq_stream_and_bounds(tmp_path):
+    store = make_store(tmp_path)
+    spool = store.spool("p")
+    sizes = [1, 7, 300, 4096, 65536, 13, 2]
+    for seq, size in enumerate(sizes, start=1):
+        assert spool.append(seq, ("stdout", "stderr", "pty")[seq % 3], payload(seq, size))
+    got = spool.read(0, 100, None)
+    assert [(s, st, bytes(v)) for s, st, v in got] == [
+        (seq, ("stdout", "stderr", "pty")[seq % 3], payload(seq, size)) for seq, size in enumerate(sizes, start=1)]
+    assert [s for s, _, _ in spool.read(2, 6, None)] == [3, 4, 5]
+    # PROTOCOL.md 5.4 budget: the first always, stop before passing the budget.
+    assert [s for s, _, _ in spool.read(3, 100, 1)] == [4]
+    assert [s for s, _, _ in spool.read(0, 100, 308)] == [1, 2, 3]
+    assert spool.read(3, 100, 1, at_least_one=False) == []
+    assert spool.first_after(4) == 5 and spool.first_after(7) is None
+    assert store.used == sum(sizes) == spool.disk_bytes
+    spool.discard()
+    assert store.used == 0 and spool_files(store) == []
+    store.close()
+
+
+def test_directory_is_private_and_files_are_owner_only(tmp_path):
+    store = make_store(tmp_path)
+    spool = store.spool("p")
+    spool.append(1, "stdout", b"secret")
+    assert os.path.dirname(store.path) == str(tmp_path)
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o700
+    files = spool_files(store)
+    assert len(files) == 1
+    assert stat.S_IMODE(os.stat(os.path.join(store.path, files[0])).st_mode) == 0o600
+    spool.discard()
+    store.close()
+    assert not os.path.exists(store.path)
+
+
+def test_per_process_budget_evicts_oldest_segments_first(tmp_path):
+    store = make_store(tmp_path, per_process=512 * KIB)  # eight 64 KiB segments
+    spool = store.spool("p")
+    for seq in range(1, 101):
+        assert spool.append(seq, "stdout", payload(seq, 16 * KIB))
+    assert spool.disk_bytes <= 512 * KIB and store.used == spool.disk_bytes
+    assert spool.disk_bytes >= 512 * KIB - 64 * KIB
+    kept = spool.read(0, 1000, None)
+    seqs = [s for s, _, _ in kept]
+    assert seqs == list(range(seqs[0], 101)) and seqs[0] > 1
+    assert all(bytes(v) == payload(s, 16 * KIB) for s, _, v in kept)
+    assert len(spool_files(store)) <= 8
+    spool.discard()
+    store.close()
+
+
+def test_chunk_limit_evicts_oldest_segments(tmp_path):
+    store = make_store(tmp_path, chunks=80)
+    spool = store.spool("p")
+    for seq in range(1, 1001):
+        spool.append(seq, "stdout", b"x")
+    assert 70 <= len(spool) <= 80
+    assert [s for s, _, _ in spool.read(0, 2000, None)][-1] == 1000
+    spool.discard()
+    store.close()
+
+
+def test_total_budget_is_shared_and_a_full_spool_warns_once(tmp_path, caplog):
+    store = make_store(tmp_path, per_process=1 << 20, total=100 * KIB)
+    first, second = store.spool("first"), store.spool("second")
+    assert first.append(1, "stdout", b"a" * 60 * KIB)
+    with caplog.at_level(logging.WARNING, logger="exec_server.server.process.spool"):
+        assert not second.append(1, "stdout", b"b" * 60 * KIB)
+        assert not second.append(2, "stdout", b"b")  # stopped for good, no second warning
+    assert len(caplog.records) == 1 and "spool_bytes_total" in caplog.records[0].getMessage()
+    assert second.stopped and len(second) == 0
+    first.discard()
+    assert store.used == 0
+    store.close()
+
+
+def make_log(store, retained=4 * KIB, events=None, max_read_bytes=None):
+    sink = [] if events is None else events
+    log = OutputLog(2, retained, 1000, sink.append, spool=lambda: store.spool("p"), max_read_bytes=max_read_bytes)
+    return log, sink
+
+
+def chunks_of(result):
+    return [(c.seq, c.stream, base64.b64decode(c.chunk)) for c in result.chunks]
+
+
+def test_output_log_serves_spilled_output_with_the_live_boundaries(tmp_path):
+    store = make_store(tmp_path)
+    log, events = make_log(store)
+    for i in range(200):
+        log.output("stderr" if i % 5 == 0 else "stdout", payload(i, 100 + i))
+    log.stream_ended()
+    log.stream_ended()
+    log.exit(0)
+    live = [(e.seq, e.stream, base64.b64decode(e.chunk)) for e in events if type(e) is OutputChunk]
+    whole = log.read(0)
+    assert chunks_of(whole) == live and whole.next_seq == 203 and whole.closed
+    for budget in (1, 1000, 64 * KIB):  # budgeted steps cover the same chunks, once each, in order
+        got, after = [], 0
+        while True:
+            step = log.read(after, budget)
+            if not step.chunks:
+                break
+            got += chunks_of(step)
+            after = step.next_seq - 1
+        assert got == live and step.next_seq == 203
+    assert chunks_of(log.read(150)) == live[150:]
+    log.discard_spool()
+    assert spool_files(store) == [] and store.used == 0
+    store.close()
+
+
+def test_max_read_bytes_caps_a_null_budget_and_moves_next_seq(tmp_path):
+    store = make_store(tmp_path)
+    log, _ = make_log(store, max_read_bytes=10 * KIB)
+    for i in range(50):
+        log.output("stdout", payload(i, KIB))
+    result = log.read(0)
+    assert [c.seq for c in result.chunks] == list(range(1, 11)) and result.next_seq == 11
+    tail = log.read(40)
+    assert [c.seq for c in tail.chunks] == list(range(41, 51)) and tail.next_seq == 51
+    log.discard_spool()
+    store.close()
+
+
+def test_write_error_degrades_to_memory_with_every_notification(tmp_path, caplog):
+    calls = {"n": 0}
+
+    def failing_write(fd, data):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+    store = make_store(tmp_path, write=failing_write)
+    log, events = make_log(store, retained=2 * KIB)
+    with caplog.at_level(logging.WARNING, logger="exec_server.server.process.spool"):
+        for i in range(100):
+            log.output("stdout", payload(i, 100))
+    assert [e.seq for e in events] == list(range(1, 101))  # not one notification lost
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    got = chunks_of(log.read(0))
+    # The spool kept seqs 1..10; memory the newest 2 KiB; a client sees the gap between as eviction.
+    assert [s for s, _, _ in got[:10]] == list(range(1, 11))
+    assert [s for s, _, _ in got[10:]] == list(range(81, 101))
+    assert all(data == payload(s - 1, 100) for s, _, data in got)
+    log.discard_spool()
+    store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("mount"),
+                    reason="mounting a tmpfs needs root on Linux")
+def test_real_enospc_on_a_small_tmpfs(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, timeout=10)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.decode(errors="replace").strip())
+    try:
+        store = make_store(mount, per_process=1 << 30)
+        log, events = make_log(store, retained=64 * KIB)
+        for i in range(100):  # 1.6 MiB into a 256 KiB file system
+            log.output("stdout", payload(i, 16 * KIB))
+        assert len(events) == 100
+        got = chunks_of(log.read(0))
+        seqs = [s for s, _, _ in got]
+        assert seqs[0] == 1 and seqs[-1] == 100 and 0 < len(seqs) < 100
+        assert all(data == payload(s - 1, 16 * KIB) for s, _, data in got)
+        log.discard_spool()
+        store.close()
+        assert os.listdir(str(mount)) == []
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, timeout=10)
+
+
+def test_registry_owns_the_store_and_removes_it_at_close(tmp_path):
+    registry = SessionRegistry(ServerConfig(spool_dir=str(tmp_path)))
+    spool = registry.spool_for("p")()
+    spool.append(1, "stdout", b"x")
+    path = registry.spool_store.path
+    assert os.listdir(path)
+    registry.close_all()
+    assert not os.path.exists(path) and os.listdir(str(tmp_path)) == []
+
+
+def test_spool_off_keeps_memory_retention_only(tmp_path):
+    store = make_store(tmp_path, per_process=0)
+    log, _ = make_log(store, retained=1 * KIB)
+    for i in range(10):
+        log.output("stdout", payload(i, 512))
+    assert [c.seq for c in log.read(0).chunks] == [9, 10]
+    assert store.path is None
