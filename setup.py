@@ -36,6 +36,8 @@ setup(
         "psutil>=5.9",
         "opentelemetry-api>=1.20",
         "PyJWT>=2.8",
+        # the init of each process's PID namespace (--linux-sandbox-pid-namespace isolate)
+        "dumb-init>=1.2.5; sys_platform == 'linux'",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "opentelemetry-sdk>=1.20", "opentelemetry-distro>=0.41b0",

@@ -19,6 +19,7 @@ _EXPORTS = {
     "ReconnectPolicy": "client.recovery", "RequestOutcomeUnknown": "client.recovery",
     "RemoteProcess": "client.process", "OutputEvent": "client.process", "ExitedEvent": "client.process",
     "ClosedEvent": "client.process", "ProcessOutputGap": "client.process", "StdinClosedError": "client.process",
+    "StdinQueueFullError": "client.process",
     "ExecServerDisconnected": "protocol.errors", "ExecServerTLSError": "protocol.errors",
     "ExecServerError": "protocol.errors", "RpcError": "protocol.errors",
     "ExecServer": "server.app", "make_server": "server.app",

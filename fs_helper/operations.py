@@ -91,71 +91,15 @@ def _umask() -> int:
     return 0o022
 
 
-def open_verified_directory(checked: str) -> int:
-    """Open the directory ``checked`` (a resolved path) and prove it is still that path.
-
-    Between a policy check and the write, a directory on the path could be
-    swapped for a symlink.  The directory is opened with ``O_NOFOLLOW`` and,
-    on Linux, ``/proc/self/fd`` must name exactly the path that was checked;
-    everything after uses the descriptor (``dir_fd``), so later swaps do not
-    matter.
-
-    Raises:
-        OSError: EACCES when the directory changed since the check.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(checked, flags)
-    proc_link = "/proc/self/fd/%d" % fd
-    try:
-        if os.path.exists(proc_link) and os.readlink(proc_link) != checked:
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def atomic_write(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None,
-                 checked: bool = False) -> None:
+def atomic_write(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None) -> None:
     """Write ``target`` through a temporary file in its directory, then rename.
 
     ``chunks(file)`` writes the content.  On any error the temporary file is
-    removed and ``target`` is untouched.  With ``checked``, ``target``'s
-    directory is the resolved path a policy just approved: it is opened with
-    :func:`open_verified_directory` and the file is created and renamed
-    relative to that descriptor, so a swap after the check cannot redirect
-    the write.  (Other operations rely on bubblewrap for that.)
+    removed and ``target`` is untouched.  Paths are used as given: the
+    sandboxed variant is :func:`fs_helper.safe_path.atomic_write_at`.
     """
     directory, name = os.path.split(target)
-    directory = directory or "."
-    if not checked or os.open not in os.supports_dir_fd or os.rename not in os.supports_dir_fd:
-        _atomic_write_by_path(directory, name, target, chunks, mode)
-        return
-    dir_fd = open_verified_directory(directory)
-    try:
-        for _attempt in range(100):
-            temporary = ".%s.%s.tmp" % (name, os.urandom(6).hex())
-            try:
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                             | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=dir_fd)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                chunks(handle)
-                os.fchmod(handle.fileno(), mode if mode is not None else 0o666 & ~_umask())
-            os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            try:
-                os.unlink(temporary, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
-    finally:
-        os.close(dir_fd)
+    _atomic_write_by_path(directory or ".", name, target, chunks, mode)
 
 
 def _atomic_write_by_path(directory: str, name: str, target: str, chunks: Callable[[Any], None],
@@ -174,6 +118,10 @@ def _atomic_write_by_path(directory: str, name: str, target: str, chunks: Callab
         raise
 
 
+def read_limit_error(path: str) -> FsError:
+    return FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open" % (path, READ_FILE_LIMIT))
+
+
 def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     path = native_path(params)
     follow = params.get("followSymlinks", True) is not False
@@ -188,12 +136,10 @@ def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any
         raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
     with os.fdopen(fd, "rb") as handle:
         if info.st_size > READ_FILE_LIMIT:
-            raise FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open"
-                          % (path, READ_FILE_LIMIT))
+            raise read_limit_error(path)
         data = handle.read(READ_FILE_LIMIT + 1)
     if len(data) > READ_FILE_LIMIT:
-        raise FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open"
-                      % (path, READ_FILE_LIMIT))
+        raise read_limit_error(path)
     return {"dataBase64": b64.encode(data)}
 
 
@@ -219,7 +165,7 @@ def write_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, An
     except OSError:
         mode = None
     try:
-        atomic_write(target, lambda handle: handle.write(data), mode, checked=True)
+        atomic_write(target, lambda handle: handle.write(data), mode)
     except OSError as exc:
         raise os_error(exc) from None
     return {}
@@ -254,6 +200,11 @@ def get_metadata(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, 
         info = os.stat(path) if is_symlink else link
     except OSError as exc:
         raise os_error(exc) from None
+    return metadata_result(info, is_symlink)
+
+
+def metadata_result(info: os.stat_result, is_symlink: bool) -> Dict[str, Any]:
+    """The fs/getMetadata result for ``info`` (symlinks already followed or not)."""
     birth = getattr(info, "st_birthtime", None)
     return {
         "isDirectory": stat.S_ISDIR(info.st_mode),

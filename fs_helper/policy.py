@@ -31,6 +31,8 @@ def _covers(root: str, path: str) -> bool:
 
 
 class Policy(Guard):
+    """A sandbox policy; ``check_*_resolved`` judge a path exactly as given (see :mod:`fs_helper.confined`)."""
+
     def __init__(self, entries: Iterable[Sequence[str]]):
         expanded: List[Tuple[str, str]] = []
         for path, access in entries:
@@ -71,6 +73,45 @@ class Policy(Guard):
         if access == "read":
             raise errno_error(errno.EROFS)
         if access != "write":
+            raise errno_error(errno.EACCES)
+
+    def check_read_resolved(self, resolved: str) -> None:
+        """Judge exactly ``resolved`` (already free of symlinks and ``..``) for reading.
+
+        Raises:
+            FsError: -32600 EACCES when a ``none`` entry covers it.
+        """
+        if self.access_of(resolved) == "none":
+            raise errno_error(errno.EACCES)
+
+    def check_write_resolved(self, resolved: str) -> None:
+        """Judge exactly ``resolved`` for writing (the entry itself, a symlink is not followed).
+
+        Raises:
+            FsError: -32603 EROFS under a ``read`` entry, -32600 EACCES elsewhere.
+        """
+        access = self.access_of(resolved)
+        if access == "read":
+            raise errno_error(errno.EROFS)
+        if access != "write":
+            raise errno_error(errno.EACCES)
+
+    def _stricter_below(self, resolved: str, allowed: Tuple[str, ...]) -> List[Tuple[str, str]]:
+        return [(root, access) for root, access in self.entries
+                if access not in allowed and root != resolved and _covers(resolved, root)]
+
+    def check_tree_writable(self, resolved: str) -> None:
+        """Refuse a recursive write (remove, copy into) when a stricter entry lies inside ``resolved``.
+
+        Without such an entry everything below ``resolved`` has its access.
+        """
+        stricter = self._stricter_below(resolved, ("write",))
+        if stricter:
+            raise errno_error(errno.EACCES if any(access == "none" for _root, access in stricter) else errno.EROFS)
+
+    def check_tree_readable(self, resolved: str) -> None:
+        """Refuse a recursive read (copy from) when a ``none`` entry lies inside ``resolved``."""
+        if self._stricter_below(resolved, ("write", "read")):
             raise errno_error(errno.EACCES)
 
     def writable_roots(self) -> List[str]:

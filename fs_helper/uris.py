@@ -34,7 +34,7 @@ def platform_os(platform: Optional[str] = None) -> str:
 class UriError(Exception):
     """A URI that is not a usable file URI on this host.
 
-    ``kind`` is ``"relative"``, ``"scheme"`` or ``"host"``; ``message`` is
+    ``kind`` is ``"relative"``, ``"scheme"``, ``"host"`` or ``"nul"``; ``message`` is
     the protocol text; ``code`` the JSON-RPC code the file system methods use
     (host errors are -32600, the others -32602).
     """
@@ -74,7 +74,8 @@ def uri_to_path(uri: str, windows: Optional[bool] = None) -> str:
         for the root.
     Raises:
         UriError: relative text or a plain path (``relative``), another
-            scheme (``scheme``), or a host part (``host``).
+            scheme (``scheme``), a host part (``host``), or a NUL byte
+            (``%00``, ``nul``).
     """
     if windows is None:
         windows = sys.platform.startswith("win")
@@ -97,6 +98,8 @@ def uri_to_path(uri: str, windows: Optional[bool] = None) -> str:
         shown = "file://%s%s" % (host.lower(), raw_path)
         raise UriError("host", "'%s' is invalid on '%s'" % (shown, "windows" if windows else platform_os()))
     path = unquote(raw_path, errors="surrogateescape")
+    if "\x00" in path:  # no OS call takes it (reference: -32602, same text)
+        raise UriError("nul", "'file://%s' is invalid on '%s'" % (raw_path, "windows" if windows else platform_os()))
     if windows:
         drive = path.lstrip("/")
         if len(drive) >= 2 and drive[1] == ":":

@@ -131,6 +131,57 @@ def any_server(request, tmp_path_factory):
     running.stop()
 
 
+@pytest.fixture(params=["ours", pytest.param("reference", marks=pytest.mark.reference)])
+def any_server_inherit(request, tmp_path_factory):
+    """Ours in ``--linux-sandbox-pid-namespace inherit`` mode and the reference: for scenarios that
+    read host PIDs from the child or let a background job outlive the command, which the reference
+    does for unsandboxed processes and our default ``isolate`` mode does not (README)."""
+    running = (start_ours(ServerConfig(pid_namespace="inherit")) if request.param == "ours"
+               else start_reference(str(tmp_path_factory.mktemp("reference"))))
+    yield running
+    running.stop()
+
+
+def running_descendants(pid: int, argv: Sequence[str]) -> List[psutil.Process]:
+    """Living descendants of ``pid`` whose command line is ``argv``: the host's view, whatever PID
+    namespace they run in (a child's own ``$!`` is a namespace PID under ``isolate``)."""
+    found = []
+    try:
+        candidates = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return found
+    for process in candidates:
+        try:
+            if process.cmdline() == list(argv) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def with_env(name: str, value: str) -> List[psutil.Process]:
+    """Living processes whose environment has ``name=value`` (found on the host, any PID namespace)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(name) == value and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def all_gone(processes: Sequence[psutil.Process]) -> bool:
+    """True when none of ``processes`` runs any more (psutil checks identity, not just the PID)."""
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.Error:
+            continue
+    return True
+
+
 @pytest.fixture
 def configured_server():
     """``configured_server(**ServerConfig fields)`` -> our server with those settings; all stopped at teardown."""

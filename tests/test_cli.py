@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import pid_alive, wait_until
+from conftest import all_gone, pid_alive, running_descendants, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -93,12 +93,13 @@ def test_sigterm_stops_server_and_kills_processes(listening, tmp_path):
                                      "sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip())
+        tree = wait_until(lambda: running_descendants(server.pid, ["sleep", "300"]))
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         assert server.wait(5) == 0
         assert time.monotonic() - started < 2.5
-        wait_until(lambda: not pid_alive(pid))
+        wait_until(lambda: all_gone(tree))
         assert runner.wait(10) == 255  # the connection went away before an exit status
     finally:
         if runner.poll() is None:

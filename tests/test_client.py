@@ -1,5 +1,6 @@
 """The blocking client against ours and the reference: run, start, errors, timeouts."""
 
+import os
 import pathlib
 import subprocess
 import threading
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import pid_alive, wait_until
+from conftest import pid_alive, wait_until, with_env
 from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ReconnectPolicy,
                          StdinClosedError)
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
@@ -41,11 +42,13 @@ def test_run_input_reaches_stdin_then_eof(client):
 
 def test_run_timeout_kills_the_remote_tree(client, tmp_path):
     pid_file = tmp_path / "pid"
+    token = os.urandom(8).hex()  # every process of the tree carries it, whatever PID namespace it is in
     with pytest.raises(subprocess.TimeoutExpired) as caught:
-        client.run(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file], timeout=1.0)
+        client.run(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file], timeout=1.0,
+                   env={"TREE_TOKEN": token})
     assert caught.value.timeout == 1.0
-    pid = int(pid_file.read_text())
-    wait_until(lambda: not pid_alive(pid))
+    assert pid_file.read_text().strip()  # the background job had started
+    wait_until(lambda: not with_env("TREE_TOKEN", token))
 
 
 def test_run_with_path_cwd_and_env(client, tmp_path):

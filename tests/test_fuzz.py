@@ -213,3 +213,74 @@ def test_inlined_schemas_and_reused_members_give_the_same_errors(method, data, v
     mutated = dict(VALID_PARAMS[method], **{key: value})
     for params in (mutated, whole, VALID_PARAMS[method], mutated):
         assert _outcome(SCHEMAS, method, params) == _outcome(PLAIN, method, params)
+
+
+# ---------------------------------------------------------------- malformed values (issue 15)
+WEIRD_TEXT = st.one_of(
+    st.text(max_size=8),
+    st.lists(st.sampled_from(["a", "/", "\x00", "\ud800", "\udfff", "\udc80", "%00", "%ff", "\ufffd"]),
+             max_size=8).map("".join),
+)
+HUGE = st.one_of(st.integers(-2 ** 66, 2 ** 66), st.sampled_from([2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, 2 ** 64,
+                                                                  9_200_000_000_000, -1]))
+MISSING_DIR = "file:///nonexistent-exec-server-fuzz-dir"
+
+
+def _path(text):
+    return st.sampled_from(["file:///tmp/", "file:///nonexistent-exec-server-fuzz-dir/", ""]).map(lambda p: p + text)
+
+
+MALFORMED = st.one_of(
+    st.fixed_dictionaries({"method": st.just("process/read"),
+                           "params": st.fixed_dictionaries({"processId": WEIRD_TEXT, "afterSeq": HUGE,
+                                                            "maxBytes": HUGE, "waitMs": HUGE})}),
+    st.fixed_dictionaries({"method": st.just("process/write"),
+                           "params": st.fixed_dictionaries({"processId": WEIRD_TEXT, "chunk": st.just("eA=="),
+                                                            "writeId": WEIRD_TEXT})}),
+    st.fixed_dictionaries({"method": st.just("process/start"),
+                           "params": st.fixed_dictionaries({
+                               "processId": WEIRD_TEXT, "argv": st.lists(WEIRD_TEXT, min_size=1, max_size=3),
+                               "cwd": st.one_of(st.just(MISSING_DIR), WEIRD_TEXT.flatmap(_path)),
+                               "env": st.dictionaries(WEIRD_TEXT, WEIRD_TEXT, max_size=2), "tty": st.booleans(),
+                               "arg0": st.one_of(st.none(), WEIRD_TEXT)})}),
+    st.fixed_dictionaries({"method": st.sampled_from(["fs/readFile", "fs/getMetadata", "fs/readDirectory",
+                                                      "fs/canonicalize"]),
+                           "params": st.fixed_dictionaries({"path": WEIRD_TEXT.flatmap(_path)})}),
+    st.fixed_dictionaries({"method": st.just("fs/readBlock"),
+                           "params": st.fixed_dictionaries({"handleId": WEIRD_TEXT, "offset": HUGE, "len": HUGE})}),
+    st.fixed_dictionaries({"method": st.just("process/terminate"),
+                           "params": st.fixed_dictionaries({"processId": WEIRD_TEXT})}),
+)
+
+
+@settings(FUZZ, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(MALFORMED, min_size=1, max_size=5), st.sampled_from([True, False]))
+def test_malformed_values_are_answered_without_traceback(memory_connection, caplog, messages, escaped):
+    """Out-of-range integers, NUL bytes, lone surrogates in ids, paths and argv: every request is
+    answered (a parse error with id -1 counts), never with the generic internal error, never a
+    traceback in the log.  Surrogates are sent escaped (``\\ud800``) or raw in the text."""
+    sent = []
+    caplog.set_level(logging.ERROR, logger="exec_server")
+    caplog.clear()  # the fixture is shared by the examples: each starts with an empty log
+    connection = memory_connection.open_connection(lambda *texts: sent.extend(texts), "fuzz: ")
+    try:
+        connection.receive('{"id":0,"method":"initialize","params":{"clientName":"fuzz"}}')
+        connection.receive('{"method":"initialized"}')
+        for number, message in enumerate(messages, 1):
+            text = json.dumps(dict(message, id=number), ensure_ascii=escaped)
+            connection.receive(text if escaped else text.encode("utf-8", "surrogatepass"))
+        wait_until_answered = time.monotonic() + 10
+        while len(sent) < len(messages) + 1 and time.monotonic() < wait_until_answered:
+            time.sleep(0.01)
+        replies = [json.loads(text) for text in sent[1:]]
+        assert len(replies) == len(messages), replies
+        for reply in replies:
+            if "error" in reply:
+                assert reply["error"]["code"] in (-32600, -32602, -32603, -32004), reply
+                assert reply["error"]["message"] != "internal error", reply
+    finally:
+        for session in memory_connection.registry.snapshot():
+            for process in session.processes():
+                process.terminate()
+        connection.close(end_session=True)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

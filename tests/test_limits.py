@@ -164,3 +164,70 @@ def test_client_resends_a_request_refused_as_overloaded(configured_server, tmp_p
         finally:
             poll.join(5)
             process.terminate()
+
+
+def test_stdin_queue_limit_keeps_server_memory_flat(tmp_path):
+    """64 writes of 4 MiB to a child that never reads: the server queues at most the limit
+    (plus one chunk), answers the rest with StdinQueueFullError, and its RSS stays flat."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from exec_server import StdinQueueFullError
+
+    limit = 2 * 1024 * 1024
+    stderr = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
+                               "--max-stdin-queue-bytes", str(limit)],
+                              stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        url = server.stdout.readline().decode().strip()
+        assert url.startswith("ws://127.0.0.1:")
+        measured = psutil.Process(server.pid)
+        chunk = b"x" * (4 * 1024 * 1024)
+        with Client.connect(url, timeout=10) as client:
+            sleeper = client.start(["sleep", "60"], stdin=True)
+            sleeper.write(chunk[:1024], timeout=30)  # warm up the stdin path
+            baseline = measured.memory_info().rss
+            refused = 0
+            for _ in range(64):
+                try:
+                    sleeper.write(chunk, timeout=30)
+                except StdinQueueFullError as exc:
+                    refused += 1
+                    assert exc.limit_bytes == limit and exc.queued_bytes >= 1024
+                    assert exc.message.startswith("stdin queue is full: ")
+            grown = measured.memory_info().rss - baseline
+            assert refused >= 63, refused
+            assert grown < 32 * 1024 * 1024, "server RSS grew by %d bytes" % grown  # 64 x 4 MiB = 256 MiB
+            assert sleeper.terminate()
+            sleeper.wait(timeout=10)
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+        stderr.close()
+    assert b"Traceback" not in (tmp_path / "server.log").read_bytes()
+
+
+def test_stdin_queue_frees_as_the_child_reads(configured_server):
+    """The limit counts unread bytes only: a child that reads takes far more than the limit in total."""
+    import time
+
+    from exec_server import StdinQueueFullError
+
+    running = configured_server(max_stdin_queue_bytes=64 * 1024)
+    with Client.connect(running.url, timeout=10) as client:
+        reader = client.start(["sh", "-c", "cat > /dev/null"], stdin=True)
+        total = 0
+        deadline = time.monotonic() + 20
+        while total < 1024 * 1024 and time.monotonic() < deadline:
+            try:
+                reader.write(b"y" * 32768, timeout=30)
+                total += 32768
+            except StdinQueueFullError:
+                time.sleep(0.005)  # the child has not read yet
+        assert total >= 1024 * 1024
+        assert reader.terminate()
+        reader.wait(timeout=10)

@@ -1,5 +1,6 @@
 """The client survives dropped connections (through a fault-injecting proxy, or the in-memory pair)."""
 
+import os
 import subprocess
 import threading
 import time
@@ -7,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import pid_alive, wait_until
+from conftest import all_gone, pid_alive, running_descendants, wait_until
 from exec_server import (Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy,
                          RequestOutcomeUnknown)
 from faultproxy import FaultProxy
@@ -116,10 +117,11 @@ def test_ttl_expiry_kills_tree_and_fails_client(configured_server, proxy_to, tmp
     client = Client.connect(proxy.url, timeout=5, reconnect=FAST)
     try:
         process = client.start(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file])
-        pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip())
+        tree = wait_until(lambda: running_descendants(os.getpid(), ["sleep", "300"]))
         proxy.refuse(True)
         proxy.cut()
-        wait_until(lambda: not pid_alive(pid), timeout=10)  # expiry killed the tree
+        wait_until(lambda: all_gone(tree), timeout=10)  # expiry killed the tree
         proxy.refuse(False)
         with pytest.raises(ExecServerDisconnected):
             process.wait(timeout=15)

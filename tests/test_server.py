@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import socket
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
-from conftest import pid_alive, start_ours, start_params, wait_until
+from conftest import all_gone, pid_alive, running_descendants, start_ours, start_params, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -66,15 +67,16 @@ def test_violation_sends_close_1002(connect, server):
 def test_detached_session_expires_and_kills_its_trees(connect, configured_server, tmp_path):
     running = configured_server(detached_session_ttl=0.5)
     peer = ready(connect, running.url)
-    pid_file = tmp_path / "pid"
+    pid_file = tmp_path / "pid"  # written once the background job runs
     peer.call("process/start", start_params("bg", ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file]))
     peer.call("process/start", start_params("flood", ["yes"]))
     session_id = peer.received[0]["result"]["sessionId"]
-    grandchild = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip())
+    grandchild = wait_until(lambda: running_descendants(os.getpid(), ["sleep", "300"]))
     peer.ws.sock.close()  # the client vanishes mid-stream, without a Close frame
     time.sleep(0.2)
-    assert pid_alive(grandchild)  # detached, not killed
-    wait_until(lambda: not pid_alive(grandchild), timeout=10)
+    assert not all_gone(grandchild)  # detached, not killed
+    wait_until(lambda: all_gone(grandchild), timeout=10)
     other = connect(running.url)
     reply = other.request("initialize", {"clientName": "late", "resumeSessionId": session_id})
     assert reply["error"] == {"code": -32600, "message": "unknown session id %s" % session_id}
@@ -221,12 +223,13 @@ def test_shutdown_closes_with_1001_and_kills_processes(connect):
 
 
 @pytest.mark.parametrize("poll_with_pidfd", [True, False], ids=["pidfd-poll", "thread-per-stream"])
-def test_both_ways_of_watching_a_process(connect, server, monkeypatch, poll_with_pidfd):
+def test_both_ways_of_watching_a_process(connect, configured_server, monkeypatch, poll_with_pidfd):
     from exec_server.server.process import watch as processes
 
     if poll_with_pidfd and not processes.POLL_WITH_PIDFD:
         pytest.skip("no pidfd on this system")
     monkeypatch.setattr(processes, "POLL_WITH_PIDFD", poll_with_pidfd)
+    server = configured_server(pid_namespace="inherit")  # "late" outlives the shell (not under isolate)
     peer = ready(connect, server.url)
     script = "printf out; printf err >&2; (sleep 0.5; printf late) & exit 3"
     peer.call("process/start", start_params("p", ["/bin/sh", "-c", script]))

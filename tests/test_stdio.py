@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import pid_alive, reference_binary, wait_until
+from conftest import all_gone, pid_alive, reference_binary, running_descendants, wait_until
 from exec_server import Client, ExecServerDisconnected
 
 pytestmark = pytest.mark.posix
@@ -76,12 +76,13 @@ def test_stdin_eof_kills_process_trees_and_exits(stdio_server, tmp_path):
              "cwd": "file:///tmp", "env": {}, "tty": False}}).encode() + b"\n")
     read_json(child)
     read_json(child)
-    pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip())
+    grandchild = wait_until(lambda: running_descendants(child.pid, ["sleep", "300"]))
     started = time.monotonic()
     child.stdin.close()
     assert child.wait(5) == 0
     assert time.monotonic() - started < 1.0
-    wait_until(lambda: not pid_alive(pid))
+    wait_until(lambda: all_gone(grandchild))
 
 
 def test_protocol_violation_ends_the_server(stdio_server):
@@ -113,9 +114,10 @@ def test_close_ends_the_child_and_its_processes(tmp_path):
     client = Client.spawn(SERVER)
     server_pid = client._transport.pid
     client.start(["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file])
-    pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip())
+    grandchild = wait_until(lambda: running_descendants(server_pid, ["sleep", "300"]))
     client.close()
-    wait_until(lambda: not pid_alive(pid) and not pid_alive(server_pid))
+    wait_until(lambda: all_gone(grandchild) and not pid_alive(server_pid))
 
 
 CLIENT_SCRIPT = textwrap.dedent("""
@@ -135,11 +137,11 @@ def test_sigkill_of_the_client_leaves_nothing_behind(tmp_path):
     client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         server_pid = int(client.stdout.readline())
-        grandchild = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip()
-                                and int(pid_file.read_text()), timeout=15)
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=15)
+        grandchild = wait_until(lambda: running_descendants(server_pid, ["sleep", "300"]), timeout=10)
         client.kill()
         client.wait(5)
-        wait_until(lambda: not pid_alive(server_pid) and not pid_alive(grandchild), timeout=10)
+        wait_until(lambda: not pid_alive(server_pid) and all_gone(grandchild), timeout=10)
     finally:
         if client.poll() is None:
             client.kill()

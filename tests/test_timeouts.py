@@ -6,20 +6,24 @@ the remote tree when it expires in any of them; the server to client
 direction is held by a proxy to make the start or the input outlast it.
 """
 
+import random
 import subprocess
 import threading
 import time
 
+import psutil
 import pytest
 
-from conftest import pid_alive, start_ours, wait_until
+from conftest import start_ours, wait_until
 from exec_server import CallTimeout, Client
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.posix
 
-#: Records the pid of a background sleep (the tree's second process), then sleeps itself.
-TREE = 'sleep 30 & echo $! > "$0"; sleep 30'
+#: Two sleeps of a duration unique to the run (found by psutil, whatever the PID namespace);
+#: the file named by $0 says the tree started.
+DURATION = "%.4f" % (300 + random.random())
+TREE = 'sleep %s & echo started > "$0"; sleep %s' % (DURATION, DURATION)
 
 
 @pytest.fixture
@@ -44,9 +48,20 @@ def proxied():
     server.stop()
 
 
-def assert_tree_gone(pid_file) -> None:
-    pid = wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and int(pid_file.read_text()))
-    wait_until(lambda: not pid_alive(pid))
+def tree_processes():
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.cmdline() == ["sleep", DURATION] and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def assert_tree_gone(started_file) -> None:
+    wait_until(started_file.exists)  # the tree did start
+    wait_until(lambda: not tree_processes())
 
 
 def expect_run_timeout(client, argv, timeout, **options) -> float:
@@ -123,7 +138,7 @@ def test_read_takes_seconds_and_wait_ms_is_deprecated(server):
 def test_remote_process_context_manager_kills_what_runs(server, tmp_path):
     with Client.connect(server.url) as client:
         with client.start(["sh", "-c", TREE, str(tmp_path / "pid")]) as process:
-            wait_until(lambda: (tmp_path / "pid").exists())
+            wait_until(lambda: (tmp_path / "pid").exists() and len(tree_processes()) == 2)
         assert process.returncode == 137  # SIGKILL, the whole tree
         assert_tree_gone(tmp_path / "pid")
         with client.start(["sh", "-c", "exit 3"]) as process:

@@ -88,6 +88,13 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="WebSocket connections served at once (default %(default)s)")
     parser.add_argument("--max-open-files", type=int, default=defaults.max_open_files, metavar="N",
                         help="fs/open handles per connection (default %(default)s)")
+    parser.add_argument("--max-stdin-queue-bytes", type=int, default=defaults.max_stdin_queue_bytes,
+                        metavar="BYTES", help="stdin bytes queued per process for a child that has not read "
+                                              "them; process/write past it fails (default %(default)s)")
+    parser.add_argument("--linux-sandbox-pid-namespace", choices=("isolate", "inherit"),
+                        default=defaults.pid_namespace, metavar="MODE",
+                        help="Linux PID namespace of each process tree: isolate (default; every process it "
+                             "started dies with it and with the server) or inherit (process group + marker)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
                         help="WebSocket ping interval, 0 disables (default %(default)s)")
     parser.add_argument("--otel", action="store_true",
@@ -144,6 +151,8 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
         max_processes_per_session=args.max_processes_per_session,
         ping_interval=args.ping_interval,
         max_open_files=args.max_open_files,
+        max_stdin_queue_bytes=args.max_stdin_queue_bytes,
+        pid_namespace=args.linux_sandbox_pid_namespace,
         max_sessions=args.max_sessions,
         max_connections=args.max_connections,
         tls_handshake_timeout=args.tls_handshake_timeout,

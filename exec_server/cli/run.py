@@ -77,7 +77,7 @@ def _forward_stdin(process, can_close: bool) -> None:
                     print("exec-server run: the server cannot close the remote stdin (no closeStdin extension); "
                           "end the command with Ctrl-C", file=sys.stderr)
                 return
-            process.write(data)
+            process.write_all(data, None)  # waits while the server's stdin queue is full
         except (RpcError, ExecServerDisconnected, OSError, TimeoutError):
             return
 

@@ -35,6 +35,14 @@ def serve(args: argparse.Namespace) -> int:
         print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
         return 1
 
+    from exec_server.server.process import contain
+
+    reaper = None
+    if sys.platform.startswith("linux") and not contain.decide(server.config.pid_namespace).isolated:
+        reaper = contain.Reaper()
+        if not reaper.start():
+            reaper = None
+
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, name="exec-server-stop", daemon=True).start()
 
@@ -42,5 +50,9 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     sys.stdout.write(server.url + "\n")
     sys.stdout.flush()
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if reaper is not None:
+            reaper.stop()
     return 0

@@ -378,13 +378,8 @@ class Client:
 
     def _feed(self, process: RemoteProcess, data: bytes, deadline: Optional[float]) -> None:
         """Write ``data`` in pieces of :data:`INPUT_PIECE` bytes, then end of file if the server can."""
-        close = self.supports("closeStdin")
-        pieces = [data[i:i + INPUT_PIECE] for i in range(0, len(data), INPUT_PIECE)] or [b""]
         try:
-            for index, piece in enumerate(pieces):
-                last = index == len(pieces) - 1
-                if piece or (last and close):
-                    process.write(piece, timeout=_remaining(deadline), close_stdin=last and close)
+            process.write_all(data, _remaining(deadline), close_stdin=self.supports("closeStdin"), piece=INPUT_PIECE)
         except (StdinClosedError, InternalError):
             pass  # the child exited or closed its stdin: like Popen.communicate's broken pipe
 

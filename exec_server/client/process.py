@@ -16,75 +16,19 @@ interface), which are client-internal: user code never calls them.
 import collections
 import subprocess
 import threading
+import time
 import uuid
 import warnings
-from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Optional, Union
+from typing import Any, Deque, Dict, Iterator, List, Optional
 
 from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
+                                       ProcessOutputGap, StdinClosedError, StdinQueueFullError,
+                                       event_from_notification)
 from exec_server.protocol import b64
-from exec_server.protocol.errors import ExecServerError, RpcError
-
-
-@dataclass(frozen=True)
-class OutputEvent:
-    """``process/output``: ``data`` bytes from ``stream`` (stdout, stderr or pty)."""
-
-    seq: int
-    stream: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ExitedEvent:
-    """``process/exited``: the exit code (128 + N for a pipe child killed by signal N)."""
-
-    seq: int
-    exit_code: int
-    sandbox_denied: bool = False
-
-
-@dataclass(frozen=True)
-class ClosedEvent:
-    """``process/closed``: exited and all output delivered; nothing follows."""
-
-    seq: int
-
-
-ProcessEvent = Union[OutputEvent, ExitedEvent, ClosedEvent]
-
-
-class StdinClosedError(BrokenPipeError):
-    """``process/write`` answered ``stdinClosed``: start with ``stdin=True`` or ``tty=True``."""
-
-
-class ProcessOutputGap(Exception):
-    """The server no longer retains output this client had not received.
-
-    Raised by the waits of the one process concerned after a reconnect; the
-    process was terminated.  ``missing`` is the list of lost seqs.
-    """
-
-    def __init__(self, process_id: str, missing: List[int]):
-        super().__init__("process %s lost output seqs %s..%s while disconnected"
-                         % (process_id, missing[0], missing[-1]))
-        self.process_id = process_id
-        self.missing = missing
-
-
-def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[ProcessEvent]:
-    seq = params.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        return None
-    if method == "process/output":
-        return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(params.get("chunk", "")))
-    if method == "process/exited":
-        return ExitedEvent(seq, params.get("exitCode", -1), bool(params.get("sandboxDenied")))
-    if method == "process/closed":
-        return ClosedEvent(seq)
-    return None
+from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
 
 
 class RemoteProcess:
@@ -287,6 +231,8 @@ class RemoteProcess:
         Raises:
             StdinClosedError: the process has no writable stdin, or it was closed.
             ProcessLookupError: the server does not know the process.
+            StdinQueueFullError: the server's stdin queue for the process is
+                full (the child is not reading); nothing was queued.
             InternalError: the process has exited (``failed to write to process stdin``).
             ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
             RequestOutcomeUnknown: the connection dropped before the answer;
@@ -298,11 +244,41 @@ class RemoteProcess:
             if not self.client.supports("closeStdin"):
                 raise ExtensionNotSupported("closeStdin", "closing a remote stdin")
             params["closeStdin"] = True
-        status = self.client.call("process/write", params, timeout=timeout)["status"]
+        try:
+            status = self.client.call("process/write", params, timeout=timeout)["status"]
+        except InternalError as exc:
+            if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
+                raise StdinQueueFullError(exc.message, exc.data) from None
+            raise
         if status == "stdinClosed":
             raise StdinClosedError("process %s has no writable stdin" % self.process_id)
         if status == "unknownProcess":
             raise ProcessLookupError("unknown process id %s" % self.process_id)
+
+    def write_all(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False,
+                  piece: int = 1 << 20) -> None:
+        """Write ``data`` in pieces of ``piece`` bytes, waiting while the server's stdin queue is full.
+
+        Like ``socket.sendall``: a :class:`StdinQueueFullError` (the child is
+        not reading yet) is retried every 50 ms until ``timeout`` seconds have
+        passed in all.  ``close_stdin`` closes stdin after the last piece.
+
+        Raises:
+            CallTimeout: not all written within ``timeout``.
+            StdinClosedError, InternalError, ExtensionNotSupported: as for :meth:`write`.
+        """
+        deadline = _deadline(timeout)
+        pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
+        for index, chunk in enumerate(pieces):
+            close = close_stdin and index == len(pieces) - 1
+            while chunk or close:
+                try:
+                    self.write(chunk, timeout=_remaining(deadline), close_stdin=close)
+                    break
+                except StdinQueueFullError:
+                    if _remaining(deadline) == 0.0:
+                        raise CallTimeout(self.args, timeout) from None
+                    time.sleep(min(0.05, _remaining(deadline) or 0.05))
 
     def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
         """End of file on the child's stdin, after every byte already written (our extension).

@@ -11,6 +11,7 @@ strings, echoed with their JSON type; a malformed envelope is reported as
 """
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
@@ -126,6 +127,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("unsupported number %s" % name)
 
 
+#: An escape that can only be half of a surrogate pair (``\ud800``-``\udfff``).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: The envelope error for a lone surrogate anywhere in a message (serde's text; the reference
+#: rejects the whole message the same way, -32600 with id -1).
+LONE_SURROGATE = "lone leading surrogate in hex escape"
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether a string anywhere in ``data`` (keys too) holds an unpaired surrogate.
+
+    ``json`` joins valid pairs into one character, so any code point left in
+    U+D800..U+DFFF is lone: it cannot be encoded as UTF-8, used as a path,
+    an argument or an id, or echoed back.
+    """
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
 def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     """Parse one JSON-RPC message.
 
@@ -145,6 +176,8 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
         data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EnvelopeError(str(exc)) from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+        raise EnvelopeError(LONE_SURROGATE)
     if not isinstance(data, dict):
         raise EnvelopeError("expected a JSON-RPC object")
     method = data.get("method")

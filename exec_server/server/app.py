@@ -22,6 +22,7 @@ from werkzeug.serving import ThreadedWSGIServer
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
+from exec_server.server.process import contain
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
 from exec_server.server.websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
@@ -117,6 +118,7 @@ class ExecServer:
     def __init__(self, host: str, port: int, config: Optional[ServerConfig] = None, auth=None,
                  ssl_context: Optional[ssl.SSLContext] = None):
         self.config = config or ServerConfig()
+        contain.decide(self.config.pid_namespace)  # the one-time probe, logged once, before any spawn
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)
         self.app = WebSocketApp(self.dispatcher, self.config, auth.check if auth is not None else None)

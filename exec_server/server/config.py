@@ -69,6 +69,19 @@ class ServerConfig:
     max_connections: int = 256
     #: File handles (``fs/open``) one connection may hold at once; one more is -32600.
     max_open_files: int = 64
+    #: Bytes accepted by ``process/write`` and not yet read by the child, per
+    #: process.  A write that would go past it is -32603 ``stdin queue is
+    #: full: ...`` (``data.reason`` ``stdinQueueFull``) and is not queued; a
+    #: single chunk into an empty queue is always accepted (its size is
+    #: bounded by ``max_message_bytes``).
+    max_stdin_queue_bytes: int = 8 * MIB
+    #: Process containment on Linux (``--linux-sandbox-pid-namespace``, the
+    #: reference's option): ``isolate`` runs each child in its own PID
+    #: namespace, so a kill or the server's death takes every process it ever
+    #: started; ``inherit`` keeps the server's PID namespace (process group,
+    #: parent-death signal and a marker).  ``isolate`` falls back to
+    #: ``inherit`` with one log line where a start-up probe fails.
+    pid_namespace: str = "isolate"
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
     ping_interval: float = 30.0
     #: How long a ``wss://`` client has to complete the TLS handshake, seconds
@@ -83,9 +96,12 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
-                     "max_sessions", "max_connections", "spool_chunks_per_process", "max_read_bytes"):
+                     "max_sessions", "max_connections", "spool_chunks_per_process", "max_read_bytes",
+                     "max_stdin_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
+        if self.pid_namespace not in ("isolate", "inherit"):
+            raise ValueError("pid_namespace must be isolate or inherit")
         for name in ("max_queued_requests", "spool_bytes_per_process", "spool_bytes_total"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)

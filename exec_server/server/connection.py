@@ -246,7 +246,9 @@ class RpcConnection:
         except ReadAborted:
             outcome, failed = _ABORTED, True
         except RpcError as error:
-            outcome, failed = error, True
+            # without its traceback: kept in ``outcome`` it would tie this frame (and the
+            # request's params, megabytes for a process/write) into a cycle only the GC frees
+            outcome, failed = error.with_traceback(None), True
         except Exception:
             log.exception("request %s (%r) failed", request.method, request.id)
             outcome, failed = InternalError("internal error"), True

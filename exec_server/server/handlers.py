@@ -110,6 +110,31 @@ def _cwd_path(uri: str) -> str:
         raise InvalidParams(exc.message) from None
 
 
+def _reject_nul_bytes(params: Dict[str, Any]) -> None:
+    """-32602 naming the field when argv, arg0 or env holds a NUL byte (no exec can carry one).
+
+    The reference answers -32603 ``nul byte found in provided data``; the
+    project reports it as the invalid parameter it is.
+    """
+    fields = [("argv[%d]" % index, value) for index, value in enumerate(params["argv"])]
+    if params.get("arg0") is not None:
+        fields.append(("arg0", params["arg0"]))
+    for name, value in (params.get("env") or {}).items():
+        shown = name.replace("\x00", "\\0")
+        fields += [("env key `%s`" % shown, name), ("env[%s]" % shown, value)]
+    for field, value in fields:
+        if "\x00" in value:
+            raise InvalidParams("nul byte found in provided data: %s" % field, data={"path": _json_path(field)})
+
+
+def _json_path(field: str) -> str:
+    if field.startswith("argv["):
+        return "$." + field
+    if field.startswith("env"):
+        return "$.env"
+    return "$." + field
+
+
 def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     """Spawn a process (PROTOCOL.md 5.1); checks run in the reference's order."""
     process_id = params["processId"]
@@ -120,6 +145,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     argv = params["argv"]
     if not argv:
         raise InvalidParams("argv must not be empty")
+    _reject_nul_bytes(params)
     if params["tty"] and spawn.IS_WINDOWS:
         # The PTY backend for Windows (pywinpty) is not written yet; name what it will need.
         raise InvalidParams("tty processes on Windows need the pywinpty package "
@@ -159,13 +185,13 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> L
     if params.get("arg0") is not None:
         raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
-                              die_with_parent=False)
+                              die_with_parent=True)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:
     """Retained output after ``afterSeq``, long-polling up to ``waitMs`` (PROTOCOL.md 5.4)."""
     process = ctx.session.require(params["processId"])
-    wait_ms = params.get("waitMs") or 0
+    wait_ms = params.get("waitMs") or 0  # any u64: a deadline far away is waited in slices
     result = process.read(
         after_seq=params.get("afterSeq") or 0,
         max_bytes=params.get("maxBytes"),

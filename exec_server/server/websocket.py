@@ -46,6 +46,15 @@ RECV_BYTES = 256 * 1024
 _ENVIRON_HANDLER = "exec_server.request_handler"
 
 
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 material (no lone surrogate, e.g. from a non-UTF-8 file name)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class RequestHandler(WSGIRequestHandler):
     """werkzeug's handler, quiet, and closing the TCP connection after an upgrade."""
 
@@ -215,6 +224,8 @@ class WebSocketConnection:
         Raises:
             ConnectionError: the connection is closing or closed.
         """
+        if not all(_encodable(text) for text in texts):
+            texts = tuple(text.encode("utf-8", "replace").decode("utf-8") for text in texts)
         try:
             with self._send_lock:
                 if len(texts) == 1:

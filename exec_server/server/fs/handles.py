@@ -5,6 +5,7 @@ ends.  At most ``max_open_files`` are open at once (a named limit).
 Thread-safe.
 """
 
+import errno
 import os
 import stat
 import threading
@@ -18,6 +19,8 @@ from exec_server.protocol.errors import RpcError
 MAX_HANDLE_ID_BYTES = 32
 #: Largest ``len`` of one ``fs/readBlock``, bytes (PROTOCOL.md 8.4).
 MAX_BLOCK_BYTES = 1_048_576
+#: Largest file offset the OS takes (i64); larger u64 offsets are -32600 like the reference's.
+MAX_FILE_OFFSET = 2 ** 63 - 1
 
 
 def rpc_error(error: FsError) -> RpcError:
@@ -76,6 +79,8 @@ class FileHandles:
             raise RpcError("file read block length must be between 1 and %d" % MAX_BLOCK_BYTES,
                            code=INVALID_REQUEST)
         fd = self._get(handle_id, "read")
+        if offset > MAX_FILE_OFFSET:  # a u64 the OS cannot seek to (reference: the same EINVAL)
+            raise rpc_error(os_error(OSError(errno.EINVAL, os.strerror(errno.EINVAL))))
         try:
             data = os.pread(fd, length, offset)
         except OSError as exc:
@@ -84,6 +89,8 @@ class FileHandles:
 
     def write_block(self, handle_id: str, offset: int, data: bytes) -> None:
         fd = self._get(handle_id, "replace")
+        if offset + len(data) > MAX_FILE_OFFSET:
+            raise RpcError("file write range exceeds the signed 64-bit file offset limit", code=INVALID_REQUEST)
         view = memoryview(data)
         try:
             while view:

@@ -13,6 +13,7 @@ other server's.
 """
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from exec_server.protocol.errors import InternalError, RpcError
 from exec_server.server.fs.sandbox import SandboxPolicy
+
+log = logging.getLogger(__name__)
 
 #: Variables copied into the helper's environment (``FS_HELPER_ENV_ALLOWLIST``).
 FS_HELPER_ENV_ALLOWLIST = ("PATH", "TMPDIR", "TMP", "TEMP")
@@ -112,8 +115,9 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     are mounted fresh on top.  ``python`` also binds this interpreter and the
     fs_helper package read-only (for the helper).  ``new_session`` detaches
     from the controlling terminal (off for PTY processes);
-    ``die_with_parent`` ties the sandbox to the spawning thread (only for
-    the short-lived helper: a process must outlive its request's thread).
+    ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
+    request thread waits for it; processes are forked by the long-lived
+    spawner thread of :mod:`~exec_server.server.process.contain`).
     """
     command = [bwrap, "--unshare-pid"]
     if new_session:
@@ -152,7 +156,11 @@ def find_bubblewrap() -> Optional[str]:
 def helper_command(policy: SandboxPolicy) -> List[str]:
     inner = [sys.executable, "-I", "-m", "fs_helper"]
     bwrap = find_bubblewrap()
-    return bubblewrap_command(policy, inner, bwrap) + [] if bwrap else inner
+    if bwrap:
+        return bubblewrap_command(policy, inner, bwrap)
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    # the helper dies with the server (its request thread waits for it, so the signal holds)
+    return [setpriv, "--pdeathsig", "KILL", "--"] + inner if setpriv else inner
 
 
 def _status_text(returncode: int) -> str:
@@ -203,9 +211,13 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
                 helpers.discard(child)
         stderr.seek(0)
         diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
+    if diagnostics:
+        log.warning("fs helper (%s) wrote to stderr: %s", operation, diagnostics)
     if child.returncode != 0:
-        raise InternalError("fs sandbox helper failed with status %s: %s" % (_status_text(child.returncode),
-                                                                            diagnostics))
+        # a short message: a traceback stays in the log, the client gets its last line
+        last_line = diagnostics.splitlines()[-1] if diagnostics else ""
+        raise InternalError("fs sandbox helper failed with status %s: %s"
+                            % (_status_text(child.returncode), last_line))
     try:
         response = json.loads(stdout)
         payload = response["payload"]

@@ -16,15 +16,16 @@ import queue
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
 from exec_server.server.config import ServerConfig
-from exec_server.server.process import watch
+from exec_server.server.process import contain, watch
 from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
-from exec_server.server.process.spawn import exit_code_from_returncode, set_window_size, spawn_child
+from exec_server.server.process.spawn import exit_code_from_returncode, send_eof, set_window_size, spawn_child
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 REMEMBERED_WRITE_IDS = 4096
 
 #: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
-_CLOSE_STDIN = b""
+_CLOSE_STDIN: Any = object()
 
 #: Takes a process's events (one or more, in seq order) to deliver in one write.
 EventListener = Callable[[List[Event]], None]
@@ -69,6 +70,9 @@ class ManagedProcess:
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
         self._stdin_closing = False  # a closeStdin write was accepted
         self._master_lock = threading.Lock()  # guards the PTY master against its close
+        self._stdin_queued = 0  # bytes accepted for stdin and not yet written or dropped
+        self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
+        self._isolated = False  # runs under the PID-namespace init
         self._watch: Optional[watch.Watch] = None
         self._held: Optional[List[Event]] = None  # events the pidfd watcher delivers in one write
         telemetry.processes_active.add(1)
@@ -94,9 +98,19 @@ class ManagedProcess:
         Raises:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
-        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, pty_size)
-        return cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
-                   spool)
+        containment = contain.decide(config.pid_namespace)
+        marker = None if wrapper or containment.isolated else uuid.uuid4().hex
+        if marker is not None:
+            env = containment.environment(env, marker)
+        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
+                                    pty_size=pty_size)
+        if marker is not None:
+            contain.register_leader(popen.pid)
+        process = cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
+                      spool)
+        process._marker = marker
+        process._isolated = containment.isolated and not wrapper
+        return process
 
     def start_monitoring(self) -> None:
         """Start watching the child (once, after the start response)."""
@@ -124,7 +138,10 @@ class ManagedProcess:
     def reap(self) -> int:
         """Wait for the child (it has exited, or will); the protocol's exit code."""
         try:
-            return exit_code_from_returncode(self._popen.wait(), self.tty)
+            returncode = self._popen.wait()
+            if self._marker is not None:
+                contain.forget_leader(self._popen.pid)
+            return exit_code_from_returncode(returncode, self.tty, self._isolated)
         except Exception:
             log.exception("waiting for process %r failed", self.process_id)
             return -1
@@ -225,19 +242,17 @@ class ManagedProcess:
     def write(self, data: bytes, write_id: str, close: bool = False) -> str:
         """Queue bytes for the child's stdin or PTY (PROTOCOL.md 5.5), then end of file if ``close``.
 
-        ``close`` is our ``closeStdin`` extension: after every byte accepted
-        so far and ``data``, a pipe is closed; a PTY gets its EOF character
-        (VEOF, ^D; twice if the last byte written did not end a line, since
-        the first only ends a pending line).  Later writes answer
-        ``stdinClosed``.
+        ``close`` (our ``closeStdin``): after every byte accepted so far, a
+        pipe is closed; a PTY gets its EOF character (:func:`send_eof`).
 
         Returns:
-            ``"stdinClosed"`` for a child without writable stdin or after a
-            close, else ``"accepted"`` (also when ``write_id`` was already
-            accepted, in which case nothing is written again).
+            ``"stdinClosed"`` without writable stdin or after a close, else ``"accepted"``
+            (also for a ``write_id`` already accepted: nothing is written again).
         Raises:
             InternalError: ``failed to write to process stdin``; the child has
-                exited.
+                exited.  Or ``stdin queue is full ...`` (``data.reason``
+                ``stdinQueueFull``): more than ``max_stdin_queue_bytes`` would
+                wait for a child that does not read; retry once it has read.
         """
         if not self.stdin_writable:
             return "stdinClosed"
@@ -250,6 +265,13 @@ class ManagedProcess:
                 if close and not data:
                     return "accepted"  # nothing left to close
                 raise InternalError("failed to write to process stdin")
+            limit = self._config.max_stdin_queue_bytes
+            if self._stdin_queued and self._stdin_queued + len(data) > limit:
+                raise InternalError("stdin queue is full: %d bytes wait for the process to read them (limit %d)"
+                                    % (self._stdin_queued, limit),
+                                    data={"reason": "stdinQueueFull", "queuedBytes": self._stdin_queued,
+                                          "limitBytes": limit})
+            self._stdin_queued += len(data)
             self._write_ids[write_id] = None
             if len(self._write_ids) > REMEMBERED_WRITE_IDS:
                 self._write_ids.popitem(last=False)
@@ -277,8 +299,9 @@ class ManagedProcess:
             if data is None:
                 break
             if data is _CLOSE_STDIN:
-                if pty and not broken:
-                    self._send_eof(fd, line_open)
+                with self._master_lock:  # EOF twice after an unfinished line; not once the PTY is closed
+                    if pty and not broken and self._pty_master == fd:
+                        send_eof(fd, 2 if line_open else 1)
                 break
             view = memoryview(data)
             while view and not broken:
@@ -290,32 +313,16 @@ class ManagedProcess:
                     log.debug("stdin of process %r: %s", self.process_id, exc)
                     broken = True
             line_open = data[-1:] not in (b"\n", b"\r")
+            with self._lock:
+                self._stdin_queued -= len(data)
         if not pty and self._popen.stdin is not None:
             try:
                 self._popen.stdin.close()
             except OSError:
                 pass
 
-    def _send_eof(self, fd: int, line_open: bool) -> None:
-        """The PTY's EOF character (twice after an unfinished line), unless the PTY is closed."""
-        import termios
-
-        with self._master_lock:
-            if self._pty_master != fd:
-                return
-            try:
-                eof = termios.tcgetattr(fd)[6][termios.VEOF]
-                eof = eof if isinstance(eof, bytes) else bytes([eof])
-                os.write(fd, eof * (2 if line_open else 1))
-            except (OSError, termios.error) as exc:
-                log.debug("stdin of process %r: %s", self.process_id, exc)
-
     def resize(self, rows: int, cols: int) -> None:
-        """Set the PTY's window size (TIOCSWINSZ; the kernel sends SIGWINCH); no-op once closed.
-
-        Raises:
-            InvalidParams: the process has no PTY.
-        """
+        """Set the PTY's window size (the child gets SIGWINCH); InvalidParams without a PTY; no-op once closed."""
         if not self.tty:
             raise InvalidParams("process %s has no terminal to resize" % self.process_id)
         with self._master_lock:
@@ -340,6 +347,8 @@ class ManagedProcess:
         Raises:
             InternalError: ``failed to signal process: <text>``.
         """
+        if self._isolated and self._log.exit_code is None:
+            contain.wait_program_started(self.pid)
         with self._lock:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
@@ -355,18 +364,27 @@ class ManagedProcess:
             True if the process was running and a kill was issued.
         """
         with self._lock:
-            if self._log.exited or self._popen.returncode is not None:
-                return False
-            self._killed = True
+            running = not (self._log.exited or self._popen.returncode is not None)
+            if running:
+                self._killed = True
+        if running:
+            self._kill_all()
+        elif self._marker is not None:
+            contain.kill_marked(self._marker)  # the leader is gone; its escaped descendants are not
+        return running
+
+    def _kill_all(self) -> None:
+        """SIGKILL the group (in isolate mode that ends the namespace) and, in inherit mode, the marked."""
         tree.kill_tree(self.pid)
-        return True
+        if self._marker is not None:
+            contain.kill_marked(self._marker)
 
     def kill_tree(self) -> None:
         """Kill the group and descendants even if the leader has exited (expiry, shutdown)."""
         with self._lock:
             if not self._log.exited:
                 self._killed = True
-        tree.kill_tree(self.pid)
+        self._kill_all()
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait until the process is no longer watched; True if that happened in time."""

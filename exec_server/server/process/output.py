@@ -273,7 +273,7 @@ class OutputLog:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return result
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, 3600.0))  # any u64 waitMs: no timeout overflow
         return self._read_spooled(after_seq, max_bytes, budget)
 
     def _spooled_after_locked(self, after_seq: int) -> Optional[int]:

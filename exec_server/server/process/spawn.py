@@ -15,6 +15,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from exec_server.common import tree
+from exec_server.server.process import contain
 from exec_server.protocol.errors import InternalError, os_error_message
 
 IS_WINDOWS = sys.platform.startswith("win")
@@ -40,11 +41,23 @@ def resolve_executable(program: str, env: Dict[str, str]) -> str:
     return found
 
 
-def exit_code_from_returncode(returncode: int, tty: bool) -> int:
-    """The protocol's exit code: 128 + signal for a pipe child killed by a signal; 1 for a tty child."""
+def exit_code_from_returncode(returncode: int, tty: bool, isolated: bool = False) -> int:
+    """The protocol's exit code: 128 + signal for a pipe child killed by a signal; 1 for a tty child.
+
+    ``isolated``: the child ran under the PID-namespace init (``dumb-init``),
+    which reports a program killed by signal N as exit 128+N; for a tty child
+    that is mapped to 1 as well (an explicit ``exit 129..192`` of a tty
+    program then also reads 1).
+    """
     if returncode >= 0:
+        if isolated and tty and 128 < returncode <= 128 + 64:
+            return 1
         return returncode
     return 1 if tty else 128 - returncode
+
+
+#: Sets argv[0] for a program run under an init that cannot (``arg0`` with PID namespaces).
+_ARG0_SHIM = "import os, sys; os.execv(sys.argv[1], sys.argv[2:])"
 
 
 #: The null device, read-only, shared as every child's stdin.  Module-level on
@@ -73,6 +86,7 @@ def _set_controlling_tty() -> None:  # runs in the child between fork and exec
 
 def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_stdin: bool, arg0: Optional[str],
                 wrapper: Optional[List[str]] = None,
+                prefix: Optional[List[str]] = None,
                 pty_size: Optional[Tuple[int, int]] = None) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
     """Start a child in its own session and process group.
 
@@ -85,6 +99,8 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         pipe_stdin: keep stdin writable without a PTY.
         arg0: ``argv[0]`` as the child sees it, or None.
         wrapper: a confining command (bubblewrap) that runs the resolved program.
+        prefix: the containment command (:mod:`~exec_server.server.process.
+            contain`) that runs the program when there is no ``wrapper``.
         pty_size: ``(rows, cols)`` of the PTY (our ``ptySize`` extension); default 24x80.
     Returns:
         the ``Popen`` (with ``stdout``/``stderr`` pipes unless ``tty``) and
@@ -93,8 +109,9 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         InternalError: the spawn failed; the message is the OS text, e.g.
             ``No such file or directory (os error 2)`` (PROTOCOL.md 5.1).
     """
+    prefix = None if wrapper else prefix
     try:
-        if wrapper or "PATH" not in env:
+        if wrapper or prefix or "PATH" not in env:
             executable = resolve_executable(argv[0], env)
         else:  # Popen's own search in the child's PATH, as execvp does (saves a lookup)
             executable = argv[0]
@@ -102,21 +119,37 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         if wrapper:
             args = list(wrapper) + [executable] + list(argv[1:])
             executable = wrapper[0]
+        elif prefix:
+            _check_executable(os.path.join(cwd, executable))  # the init's exec failure would be an exit code
+            if arg0 is not None:
+                program = [sys.executable, "-I", "-S", "-c", _ARG0_SHIM, executable, arg0]
+            else:  # the init's execvp finds the same file in the child's PATH; argv[0] stays as given
+                program = [argv[0] if "PATH" in env else executable]
+            args = list(prefix) + program + list(argv[1:])
+            executable = prefix[0]
         if tty:
             if IS_WINDOWS:
                 raise InternalError("tty processes need a PTY backend on Windows")
             return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS))
-        popen = subprocess.Popen(
-            args, executable=executable, cwd=cwd, env=env,
-            stdin=subprocess.PIPE if pipe_stdin else _null_input(),
+        stdin = subprocess.PIPE if pipe_stdin else _null_input()
+        popen = contain.spawner().call(lambda: subprocess.Popen(
+            args, executable=executable, cwd=cwd, env=env, stdin=stdin,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             bufsize=0, close_fds=True, **_group_options(),
-        )
+        ))
         return popen, None
     except OSError as exc:
         raise InternalError(os_error_message(exc)) from None
     except (ValueError, TypeError) as exc:  # e.g. an embedded NUL byte
         raise InternalError(str(exc)) from None
+
+
+def _check_executable(path: str) -> None:
+    """Raise the OSError ``execve`` would give for ``path`` (ENOENT, EACCES), before a wrapper hides it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _group_options() -> Dict[str, Any]:
@@ -134,17 +167,32 @@ def set_window_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+def send_eof(fd: int, count: int) -> None:
+    """Write a terminal's EOF character (VEOF, normally ^D) ``count`` times; errors are ignored.
+
+    In canonical mode the first ends a pending unfinished line and one at the
+    start of a line is end of file for the reader; in raw mode it is a byte.
+    """
+    import termios
+
+    try:
+        eof = termios.tcgetattr(fd)[6][termios.VEOF]
+        os.write(fd, (eof if isinstance(eof, bytes) else bytes([eof])) * count)
+    except (OSError, termios.error):
+        pass
+
+
 def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
                size: Tuple[int, int]) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
     master, slave = os.openpty()
     try:
         set_window_size(slave, size[0], size[1])
         os.set_inheritable(master, False)
-        popen = subprocess.Popen(
+        popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env,
             stdin=slave, stdout=slave, stderr=slave, close_fds=True,
             start_new_session=True, preexec_fn=_set_controlling_tty,
-        )
+        ))
     except BaseException:
         os.close(master)
         raise

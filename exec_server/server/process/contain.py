@@ -1,0 +1,330 @@
+"""Process containment on Linux: what a process ever started dies with it, and with the server.
+
+Two modes, chosen by the operator (``--linux-sandbox-pid-namespace``, as the
+reference names it; README "Process containment"):
+
+``isolate`` (the default where a start-up probe shows it works)
+    Each child runs as ``setpriv --pdeathsig KILL -- unshare --pid --fork
+    --kill-child --mount-proc [--map-current-user] -- dumb-init
+    --single-child ... -- program args``: a PID namespace whose init is
+    ``dumb-init`` (it reaps, and exits with the program's status, 128+N when a
+    signal killed it).  When the namespace's init dies -- the program exited,
+    or the group got SIGKILL -- the kernel kills every process in the
+    namespace, whatever its session or group.  ``setpriv`` arms
+    ``PR_SET_PDEATHSIG`` so a dead server takes ``unshare`` (and with it the
+    namespace) along.
+``inherit`` (or isolate unavailable)
+    The child leads its own process group as before, ``setpriv`` arms the
+    parent-death signal where it exists, and the child's environment carries
+    :data:`MARKER_ENV`; a kill also SIGKILLs every process that still carries
+    the marker (found with psutil), so ``setsid`` daemons do not escape a
+    kill while the server lives.
+
+The parent-death signal is tied to the *thread* that forked the child, so
+every child is forked by one :class:`Spawner` thread that lives as long as the
+Python process.
+"""
+
+import concurrent.futures
+import ctypes
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+ISOLATE, INHERIT = "isolate", "inherit"
+MODES = (ISOLATE, INHERIT)
+#: Environment variable marking every process of one tree in ``inherit`` mode.
+MARKER_ENV = "EXEC_SERVER_PROCESS_ID"
+#: How long the start-up probe may take, seconds.
+PROBE_TIMEOUT = 10.0
+#: Signals the kernel sends to a whole foreground group (Ctrl-C, Ctrl-\, Ctrl-Z, background
+#: tty access) or that ``process/signal`` sends to the group: the program gets them directly
+#: (same group), so ``dumb-init`` must not forward them a second time.
+_GROUP_SIGNALS = (2, 3, 20, 21, 22)  # SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU
+
+
+class Spawner:
+    """Runs callables (``Popen``) on one thread that outlives every child it forks.
+
+    ``PR_SET_PDEATHSIG`` fires when the forking *thread* ends, so children
+    cannot be forked by request workers that exit when idle.  Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: "queue.SimpleQueue[Tuple[Callable[[], Any], concurrent.futures.Future]]" = queue.SimpleQueue()
+        # A daemon on purpose: it must live as long as the interpreter (every server of the
+        # process shares it) and holds no state; it only waits for the next job.
+        self._thread = threading.Thread(target=self._run, name="exec-server-spawner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed to the caller, raised there
+                future.set_exception(exc)
+                del exc
+
+    def call(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the spawner thread and return its result (or raise its exception)."""
+        if threading.current_thread() is self._thread:
+            return job()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((job, future))
+        return future.result()
+
+
+_spawner: Optional[Spawner] = None
+_spawner_lock = threading.Lock()
+
+
+def spawner() -> Spawner:
+    """The process-wide :class:`Spawner`, started on first use."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = Spawner()
+        return _spawner
+
+
+def find_dumb_init() -> Optional[str]:
+    """The ``dumb-init`` binary of the installed PyPI package (this interpreter's scripts), else PATH."""
+    for folder in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+        found = shutil.which("dumb-init", path=folder)
+        if found:
+            return found
+    return shutil.which("dumb-init")
+
+
+def isolate_prefix(init: str, setpriv: str, unshare: str, map_user: bool) -> List[str]:
+    """The command that runs a program alone in a new PID namespace (see the module docstring)."""
+    prefix = [setpriv, "--pdeathsig", "KILL", "--", unshare]
+    if map_user:
+        prefix.append("--map-current-user")
+    prefix += ["--pid", "--fork", "--kill-child", "--mount-proc", "--", init, "--single-child"]
+    for number in _GROUP_SIGNALS:
+        prefix += ["--rewrite", "%d:0" % number]
+    return prefix + ["--"]
+
+
+class Containment:
+    """The mode in force and the command prefix of each child; decided once by :func:`probe`."""
+
+    def __init__(self, mode: str, prefix: List[str], reason: str = ""):
+        self.mode = mode
+        self.prefix = prefix
+        self.reason = reason
+
+    @property
+    def isolated(self) -> bool:
+        return self.mode == ISOLATE
+
+    def environment(self, env: Dict[str, str], marker: str) -> Dict[str, str]:
+        """The child's environment: unchanged when isolated, else with the marker."""
+        if self.isolated:
+            return env
+        return dict(env, **{MARKER_ENV: marker})
+
+
+_decided: Dict[str, Containment] = {}
+_decided_lock = threading.Lock()
+
+
+def _probe_isolate() -> Tuple[Optional[List[str]], str]:
+    if not sys.platform.startswith("linux"):
+        return None, "PID namespaces are Linux-only"
+    init, setpriv, unshare = find_dumb_init(), shutil.which("setpriv"), shutil.which("unshare")
+    missing = [name for name, path in (("dumb-init", init), ("setpriv", setpriv), ("unshare", unshare)) if not path]
+    if missing:
+        return None, "%s not found" % ", ".join(missing)
+    assert init and setpriv and unshare
+    attempts = [False, True] if os.geteuid() == 0 else [True]
+    reason = ""
+    for map_user in attempts:
+        prefix = isolate_prefix(init, setpriv, unshare, map_user)
+        try:
+            done = spawner().call(lambda: subprocess.run(
+                prefix + ["/bin/sh", "-c", 'test "$$" = 2 && exit 42'], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=PROBE_TIMEOUT))
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = str(exc)
+            continue
+        if done.returncode == 42:
+            return prefix, ""
+        reason = done.stderr.decode("utf-8", "replace").strip() or "probe exited %d" % done.returncode
+    return None, reason
+
+
+def decide(requested: str) -> Containment:
+    """The containment for ``requested`` (``isolate`` or ``inherit``), probed once per process.
+
+    ``isolate`` falls back to ``inherit`` when the probe fails, with one
+    warning in the log.
+    """
+    if requested not in MODES:
+        raise ValueError("pid namespace mode must be one of %s" % ", ".join(MODES))
+    with _decided_lock:
+        if requested in _decided:
+            return _decided[requested]
+        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        inherit = Containment(INHERIT, [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else [])
+        if requested == INHERIT:
+            decided = inherit
+        else:
+            prefix, reason = _probe_isolate()
+            if prefix is None:
+                log.warning("PID namespace isolation unavailable (%s): process trees use process groups "
+                            "and a marker instead (--linux-sandbox-pid-namespace inherit)", reason)
+                decided = Containment(INHERIT, inherit.prefix, reason)
+            else:
+                log.info("process trees are isolated in PID namespaces")
+                decided = Containment(ISOLATE, prefix)
+        _decided[requested] = decided
+        return decided
+
+
+#: How long an interrupt waits for an isolated program to exist, seconds.
+PROGRAM_START_WAIT = 2.0
+
+
+def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT) -> bool:
+    """Wait until the program under the namespace init of ``pid`` (``unshare``) exists.
+
+    A SIGINT that reaches the group while ``unshare`` or ``dumb-init`` is
+    still starting is blocked or ignored there and would never reach the
+    program; once the init has forked the program, the group signal does.
+    Returns False if the program did not appear within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for init in psutil.Process(pid).children():
+                if init.children():
+                    return True
+        except psutil.Error:
+            return False  # gone: nothing left to interrupt
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+
+
+def kill_marked(marker: str) -> int:
+    """SIGKILL every process whose environment carries ``MARKER_ENV=marker``; how many were found.
+
+    psutil checks each process's identity before the kill; processes of other
+    users (unreadable environment) are skipped.
+    """
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARKER_ENV) == marker:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    me = os.getpid()
+    with _leaders_lock:
+        leaders = set(_leaders)
+    for process in found:
+        try:
+            if process.ppid() == me and process.pid not in leaders:
+                _adopted.add(process.pid)  # an orphan of ours: the Reaper reaps it by its PID
+            process.kill()
+        except psutil.Error:
+            pass
+    return len(found)
+
+
+# ------------------------------------------------------------- inherit mode: child subreaper
+_PR_SET_CHILD_SUBREAPER = 36
+_leaders: "set[int]" = set()  # inherit-mode children forked by Popen: never reaped here
+_adopted: "set[int]" = set()  # orphans seen alive with a marker, reaped once zombies (set ops are atomic)
+_leaders_lock = threading.Lock()
+
+
+def register_leader(pid: int) -> None:
+    """``pid`` is a Popen child of ours: the :class:`Reaper` leaves it to its Popen."""
+    with _leaders_lock:
+        _leaders.add(pid)
+
+
+def forget_leader(pid: int) -> None:
+    """The Popen of ``pid`` has reaped it."""
+    with _leaders_lock:
+        _leaders.discard(pid)
+
+
+class Reaper:
+    """Makes this process the child subreaper and reaps the orphans it adopts (inherit mode).
+
+    Orphans of a tree then reparent to the server instead of PID 1, so they
+    stay visible (``psutil.Process().children()``) and die with the server's
+    sweeps.  It never calls ``waitpid(-1)``, which would steal a Popen's
+    status: only a process seen alive carrying :data:`MARKER_ENV`, not forked
+    by a Popen, is reaped by its own PID once it is a zombie.  For the
+    ``exec-server`` command only: a library user's process is not changed.
+    """
+
+    def __init__(self, interval: float = 1.0):
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="exec-server-reaper")
+
+    def start(self) -> bool:
+        """Become the subreaper and start sweeping; False where the kernel has no subreapers."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                return False
+        except (OSError, AttributeError):
+            return False
+        self._thread.start()
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sweep()
+            except Exception:  # a sweep must not end the thread
+                log.exception("reaping adopted processes failed")
+
+    def sweep(self) -> int:
+        """Reap adopted zombies and note new adopted processes; how many were reaped."""
+        with _leaders_lock:
+            leaders = set(_leaders)
+        reaped = 0
+        for child in psutil.Process().children():
+            if child.pid in leaders:
+                continue
+            try:
+                zombie = child.status() == psutil.STATUS_ZOMBIE
+                if not zombie and child.pid not in _adopted and MARKER_ENV in child.environ():
+                    _adopted.add(child.pid)
+            except (psutil.Error, OSError):
+                zombie = child.pid in _adopted
+            if zombie and child.pid in _adopted:
+                try:
+                    if os.waitpid(child.pid, os.WNOHANG)[0]:
+                        reaped += 1
+                        _adopted.discard(child.pid)
+                except ChildProcessError:
+                    _adopted.discard(child.pid)
+        return reaped

@@ -1,0 +1,226 @@
+"""A tree is everything a process ever started; a server that dies takes its trees with it (issue 15).
+
+Each escaping shape records that it started (files in ``tmp_path``) and every
+process of it carries a token in its environment, so psutil finds them on the
+host whatever PID namespace they live in.  Fresh server per test, loopback only.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+from conftest import start_params, wait_until
+from exec_server import Client
+from exec_server.server.process import contain
+
+pytestmark = [pytest.mark.posix, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment")]
+
+TOKEN_ENV = "CONTAINMENT_TEST_TOKEN"
+DAEMON = ("import os, sys, time\n"
+          "if os.fork(): os._exit(0)\n"
+          "os.setsid()\n"
+          "if os.fork(): os._exit(0)\n"
+          "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+          "time.sleep(1000)\n")
+SHAPES = {
+    # a setsid'd grandchild, its parent still running
+    "setsid-background": ("setsid sh -c 'touch {d}/a; exec sleep 1000' & sleep 1000", ["a"], 3),
+    # setsid after its parent exited: already reparented when the kill comes
+    "setsid-after-parent-exit": ("(setsid sh -c 'touch {d}/a; exec sleep 1000' &); exec sleep 1000", ["a"], 2),
+    # double fork
+    "double-fork": ("( ( sh -c 'touch {d}/a; exec sleep 1000' & ) & ); sleep 1000", ["a"], 3),
+    # a classic daemon (fork, setsid, fork) writing a pid file
+    "daemon-pid-file": ("%s -c \"$DAEMON\" {d}/daemon.pid; sleep 1000" % sys.executable, ["daemon.pid"], 2),
+}
+ISOLATE_WORKS = contain.decide("isolate").isolated
+MODES = [pytest.param("isolate", marks=pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")),
+         "inherit"]
+
+
+def marked(token):
+    """Living (non-zombie) processes whose environment carries ``token``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(TOKEN_ENV) == token and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture
+def token():
+    value = uuid.uuid4().hex
+    yield value
+    for process in marked(value):  # never leave anything behind, whatever the test found
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
+def shape_params(shape, tmp_path, token, process_id="tree"):
+    command, _files, _count = SHAPES[shape]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), TOKEN_ENV: token, "DAEMON": DAEMON}
+    return start_params(process_id, ["/bin/sh", "-c", command.format(d=tmp_path)], env=env)
+
+
+def wait_started(shape, tmp_path, token):
+    _command, files, count = SHAPES[shape]
+    wait_until(lambda: all((tmp_path / name).exists() for name in files), timeout=10)
+    wait_until(lambda: len(marked(token)) >= count, timeout=10)
+    if shape == "daemon-pid-file" and not contain.decide("isolate").isolated:
+        assert psutil.pid_exists(int((tmp_path / "daemon.pid").read_text()))
+
+
+def assert_none_survives(token):
+    wait_until(lambda: not marked(token), timeout=10)
+
+
+def cli_server(mode, tmp_path, *extra):
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
+                               "--linux-sandbox-pid-namespace", mode, *extra],
+                              stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    url = server.stdout.readline().decode().strip()
+    assert url.startswith("ws://127.0.0.1:"), url
+    return server, url, log
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_terminate_kills_every_escaper(configured_server, connect, tmp_path, token, shape, mode):
+    running = configured_server(pid_namespace=mode)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", shape_params(shape, tmp_path, token))
+    wait_started(shape, tmp_path, token)
+    assert peer.call("process/terminate", {"processId": "tree"}) == {"running": True}
+    assert_none_survives(token)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_session_expiry_kills_every_escaper(configured_server, connect, tmp_path, token, shape, mode):
+    running = configured_server(pid_namespace=mode, detached_session_ttl=0.3)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", shape_params(shape, tmp_path, token))
+    wait_started(shape, tmp_path, token)
+    peer.close()  # detached; the session expires 0.3 s later
+    assert_none_survives(token)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_server_sigterm_kills_every_escaper(tmp_path, token, shape, mode):
+    server, url, log = cli_server(mode, tmp_path)
+    try:
+        with Client.connect(url, timeout=10) as client:
+            client.call("process/start", shape_params(shape, tmp_path, token), timeout=10)
+            wait_started(shape, tmp_path, token)
+            server.send_signal(signal.SIGTERM)
+            server.wait(10)
+        assert_none_survives(token)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        server.stdout.close()
+        log.close()
+
+
+@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+@pytest.mark.parametrize("tty", [False, True])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty):
+    """isolate: the parent-death signal ends the namespace, and the namespace takes everything."""
+    server, url, log = cli_server("isolate", tmp_path)
+    try:
+        with Client.connect(url, timeout=10) as client:
+            client.call("process/start", dict(shape_params(shape, tmp_path, token), tty=tty), timeout=10)
+            wait_started(shape, tmp_path, token)
+            time.sleep(1.2)  # longer than an idle request thread lives: the spawner thread must stay
+            server.kill()
+            server.wait(10)
+        assert_none_survives(token)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        server.stdout.close()
+        log.close()
+
+
+@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+def test_isolated_child_view_and_exit_codes(configured_server, tmp_path):
+    running = configured_server(pid_namespace="isolate")
+    with Client.connect(running.url, timeout=10) as client:
+        done = client.run(["/bin/sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'; exit 3"], timeout=10)
+        assert (done.returncode, done.stdout.split()[0]) == (3, b"2")  # PID 2 under the namespace's init
+        assert int(done.stdout.split()[1]) <= 4  # its own /proc: the init, the shell, ls, grep
+        assert client.run(["/bin/sh", "-c", "kill -TERM $$"], timeout=10).returncode == 143
+        renamed = client.run(["/bin/sh", "-c", "echo $0"], timeout=10, arg0="renamed")
+        assert renamed.stdout == b"renamed\n"
+        sleeper = client.start(["sh", "-c", "touch %s/s1; exec sleep 100" % tmp_path])
+        wait_until(lambda: (tmp_path / "s1").exists(), timeout=5)
+        sleeper.send_interrupt()
+        assert sleeper.wait(timeout=10) == 130
+        tty_sleeper = client.start(["sh", "-c", "touch %s/s2; exec sleep 100" % tmp_path], tty=True)
+        wait_until(lambda: (tmp_path / "s2").exists(), timeout=5)
+        tty_sleeper.send_interrupt()
+        assert tty_sleeper.wait(timeout=10) == 1  # a tty child killed by a signal reads 1, as before
+        trap = client.start(["sh", "-c", "trap 'echo got-int; exit 9' INT; touch %s/s3; sleep 100 & wait" % tmp_path],
+                            tty=True)
+        wait_until(lambda: (tmp_path / "s3").exists(), timeout=5)
+        trap.send_interrupt()
+        assert trap.wait(timeout=10) == 9
+
+
+def test_inherit_mode_marks_the_environment(configured_server):
+    running = configured_server(pid_namespace="inherit")
+    with Client.connect(running.url, timeout=10) as client:
+        done = client.run(["/bin/sh", "-c", "echo ${%s:-none}" % contain.MARKER_ENV], timeout=10)
+        assert len(done.stdout.strip()) == 32
+
+
+def test_unavailable_isolation_falls_back_with_one_log_line(monkeypatch, caplog):
+    monkeypatch.setattr(contain, "_decided", {})
+    monkeypatch.setattr(contain, "find_dumb_init", lambda: None)
+    with caplog.at_level("WARNING", logger=contain.__name__):
+        first = contain.decide("isolate")
+        second = contain.decide("isolate")
+    assert first is second and first.mode == "inherit" and "dumb-init not found" in first.reason
+    assert len([r for r in caplog.records if "PID namespace isolation unavailable" in r.getMessage()]) == 1
+
+
+def test_inherit_mode_server_adopts_and_reaps_orphans(tmp_path, token):
+    """The exec-server command in inherit mode is the child subreaper: an orphan reparents to it
+    (not PID 1), is killed by terminate and reaped, without waitpid(-1)."""
+    server, url, log = cli_server("inherit", tmp_path)
+    try:
+        with Client.connect(url, timeout=10) as client:
+            client.call("process/start", shape_params("setsid-after-parent-exit", tmp_path, token), timeout=10)
+            wait_started("setsid-after-parent-exit", tmp_path, token)
+            me = psutil.Process(server.pid)
+            wait_until(lambda: len([p for p in me.children() if p in marked(token)]) >= 2, timeout=10)
+            assert client.call("process/terminate", {"processId": "tree"}, timeout=10) == {"running": True}
+            assert_none_survives(token)
+            wait_until(lambda: not [p for p in me.children() if p.status() == psutil.STATUS_ZOMBIE], timeout=10)
+            done = client.run(["sh", "-c", "exit 7"], timeout=10)  # a Popen's status is never stolen
+            assert done.returncode == 7
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        server.stdout.close()
+        log.close()

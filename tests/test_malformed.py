@@ -1,0 +1,136 @@
+"""Malformed values get -32602/-32600 naming the field; never a traceback or a dropped connection (issue 15)."""
+
+import logging
+import os
+import struct
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import start_params
+from test_fuzz import _frame, _upgrade
+
+PREFIX = "failed to parse websocket JSON-RPC message from exec-server websocket "
+
+
+@pytest.fixture
+def peer(any_server, connect):
+    connected = connect(any_server.url)
+    connected.initialize()
+    return connected
+
+
+def parse_error(peer, text):
+    peer.send(text)
+    reply = peer.wait_for(lambda m: m.get("id") == -1)
+    peer.received.remove(reply)
+    return reply["error"]
+
+
+@pytest.mark.parametrize("text", [
+    '{"id":"\\ud800","method":"process/read","params":{"processId":"x"}}',
+    '{"id":7,"method":"process/read","params":{"processId":"\\ud800"}}',
+    '{"id":7,"method":"process/start","params":{"processId":"\\udc80","argv":["true"],"cwd":"file:///tmp",'
+    '"env":{},"tty":false}}',
+    '{"id":7,"method":"process/start","params":{"processId":"s","argv":["echo","a\\ud800"],"cwd":"file:///tmp",'
+    '"env":{},"tty":false}}',
+    '{"id":7,"method":"fs/readFile","params":{"path":"file:///tmp/a\\udfffb"}}',
+    '{"id":7,"method":"process/write","params":{"processId":"p","chunk":"","writeId":"\\ud800"}}',
+])
+def test_lone_surrogate_is_a_parse_error_and_the_connection_stays(peer, text):
+    error = parse_error(peer, text)
+    assert error["code"] == -32600 and error["message"].startswith(PREFIX)
+    reply = peer.request("process/terminate", {"processId": "none"})
+    assert reply["result"] == {"running": False}
+
+
+@pytest.mark.parametrize("method,params", [
+    ("fs/readFile", {"path": "file:///tmp/a%00b"}),
+    ("fs/writeFile", {"path": "file:///tmp/a%00b", "dataBase64": ""}),
+    ("fs/getMetadata", {"path": "file:///tmp/a%00b"}),
+    ("process/start", start_params("nul-cwd", ["true"], cwd="file:///tmp/a%00b")),
+])
+def test_nul_byte_in_a_path_is_invalid_params(peer, method, params):
+    error = peer.request(method, params)["error"]
+    assert (error["code"], error["message"]) == (-32602, "'file:///tmp/a%00b' is invalid on 'linux'")
+
+
+def test_u64_extremes_are_accepted_or_named(peer, tmp_path):
+    result = peer.call("process/start", start_params("long", ["sleep", "30"]))
+    assert result["processId"] == "long"
+    read = peer.call("process/read", {"processId": "long", "afterSeq": 2 ** 64 - 1, "maxBytes": 2 ** 64 - 1})
+    assert read["exited"] is False
+    too_big = peer.request("process/read", {"processId": "long", "waitMs": 2 ** 64})["error"]
+    assert (too_big["code"], too_big["message"]) == (-32602, "invalid number")
+    peer.call("process/terminate", {"processId": "long"})
+    (tmp_path / "f").write_bytes(b"data")
+    peer.call("fs/open", {"handleId": "h1", "path": "file://%s/f" % tmp_path})
+    error = peer.request("fs/readBlock", {"handleId": "h1", "offset": 2 ** 64 - 1, "len": 10})["error"]
+    assert error["code"] == -32600 and error["message"].endswith("(os error 22)")
+
+
+def test_huge_wait_ms_waits_for_the_process(server, connect):
+    """waitMs near the u64 range (9.2e12 ms) long-polls until the state changes, no overflow."""
+    peer = connect(server.url)
+    peer.initialize()
+    peer.call("process/start", start_params("w", ["sleep", "30"]))
+    for wait_ms in (9_200_000_000_000, 2 ** 63 - 1, 2 ** 64 - 1):
+        request_id = 500 + wait_ms % 97
+        params = {"processId": "w", "afterSeq": 0, "waitMs": wait_ms}
+        peer.send({"id": request_id, "method": "process/read", "params": params})
+        assert peer.recv(0.3) is None or "error" not in peer.received[-1]
+    peer.call("process/terminate", {"processId": "w"})
+    replies = [peer.wait_for(lambda m, i=500 + w % 97: m.get("id") == i) for w in (9_200_000_000_000, 2 ** 63 - 1,
+                                                                                   2 ** 64 - 1)]
+    assert all("result" in reply for reply in replies), replies
+
+
+@pytest.mark.parametrize("field,params,path", [
+    ("argv[0]", {"argv": ["ec\u0000ho", "x"]}, "$.argv[0]"),
+    ("argv[1]", {"argv": ["echo", "a\u0000b"]}, "$.argv[1]"),
+    ("arg0", {"argv": ["echo"], "arg0": "e\u0000"}, "$.arg0"),
+    ("env[A]", {"argv": ["echo"], "env": {"A": "x\u0000"}}, "$.env"),
+    ("env key `A\\0`", {"argv": ["echo"], "env": {"A\u0000": "x"}}, "$.env"),
+])
+def test_nul_byte_in_argv_or_env_names_the_field(server, connect, field, params, path):
+    peer = connect(server.url)
+    peer.initialize()
+    error = peer.request("process/start", dict(start_params("n", params["argv"]), **params))["error"]
+    assert error == {"code": -32602, "message": "nul byte found in provided data: " + field, "data": {"path": path}}
+
+
+def test_write_block_past_the_i64_offset_limit(server, connect, tmp_path):
+    peer = connect(server.url)
+    peer.initialize()
+    peer.call("fs/open", {"handleId": "w", "path": "file://%s/out" % tmp_path, "mode": "replace"})
+    error = peer.request("fs/writeBlock", {"handleId": "w", "offset": 2 ** 64 - 1, "chunk": "eA=="})["error"]
+    assert error == {"code": -32600, "message": "file write range exceeds the signed 64-bit file offset limit"}
+    assert os.path.getsize(tmp_path / "out") == 0
+
+
+def test_non_utf8_file_name_is_answered(server, connect, tmp_path):
+    """A directory entry that is not UTF-8 is sent lossily; the connection stays."""
+    os.close(os.open(os.path.join(os.fsencode(str(tmp_path)), b"bad-\xff"), os.O_CREAT | os.O_WRONLY, 0o600))
+    peer = connect(server.url)
+    peer.initialize()
+    entries = peer.call("fs/readDirectory", {"path": "file://%s" % tmp_path})["entries"]
+    assert len(entries) == 1 and entries[0]["fileName"].startswith("bad-")
+    assert peer.call("process/terminate", {"processId": "x"}) == {"running": False}
+
+
+def test_invalid_utf8_text_frame_is_closed_with_1007(server, caplog):
+    caplog.set_level(logging.ERROR, logger="exec_server")
+    sock = _upgrade(urlsplit(server.url).port)
+    try:
+        sock.sendall(_frame(1, b'{"id":1,"method":"initialize","params":{"clientName":"\xff"}}'))
+        sock.settimeout(5)
+        data = b""
+        while len(data) < 4:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    assert data[0] & 0x0F == 8 and struct.unpack("!H", data[2:4])[0] == 1007
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
