@@ -22,6 +22,8 @@ _EXPORTS = {
     "StdinQueueFullError": "client.process",
     "ExecServerDisconnected": "protocol.errors", "ExecServerTLSError": "protocol.errors",
     "ExecServerError": "protocol.errors", "RpcError": "protocol.errors",
+    "Group": "client.group", "GroupResult": "client.group", "GroupError": "client.group",
+    "GroupProcesses": "client.group_events", "HostEvent": "client.group_events",
     "ExecServer": "server.app", "make_server": "server.app",
 }
 

@@ -15,6 +15,7 @@ import simple_websocket
 
 from exec_server import make_server
 from exec_server.server.config import ServerConfig
+from exec_server.server.process import guardian
 from exec_server.protocol.schemas import SchemaSet
 
 REFERENCE_DEFAULT = os.path.expanduser(
@@ -53,8 +54,9 @@ def no_leftover_children():
     before = {p.pid for p in me.children(recursive=True)}
     yield
     def leftovers() -> List[psutil.Process]:
+        keep = before | {guardian.running_pid()}  # the guardian lives as long as this process
         return [p for p in me.children(recursive=True)
-                if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+                if p.pid not in keep and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     deadline = time.monotonic() + 5.0
     left = leftovers()
     while left and time.monotonic() < deadline:

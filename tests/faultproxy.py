@@ -1,13 +1,16 @@
 """A fault-injecting TCP proxy on loopback for recovery tests.
 
 Forwards every accepted connection to ``127.0.0.1:target_port`` and can, on
-demand, cut all connections (both sides), cut only the client side while the
-server side stays open, refuse new connections, hold the server-to-client
-direction, or point new connections at another port.  Stops by itself with
-:meth:`close`.
+demand, cut all connections (both sides), reset them (RST), blackhole them
+(stop forwarding both ways, keep every socket open, as a dead NAT or a
+sleeping laptop), stall one direction, cut only the client side while the
+server side stays open, refuse new connections, or point new connections at
+another port.  Connections accepted after a blackhole or stall flow
+normally.  Stops by itself with :meth:`close`.
 """
 
 import socket
+import struct
 import threading
 from typing import List, Tuple
 
@@ -23,6 +26,9 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._pairs: List[Tuple[socket.socket, socket.socket]] = []
         self._held: set = set()
+        self._blackholed: set = set()  # sockets whose incoming bytes are dropped
+        self._stalled: set = set()  # sockets whose incoming bytes are not read
+        self._resetting: set = set()  # sockets to close with an RST
         self._refusing = False
         self._hold_downstream = threading.Event()
         self._hold_downstream.set()  # set = flowing
@@ -65,11 +71,15 @@ class FaultProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
         try:
             while True:
+                while source in self._stalled:
+                    threading.Event().wait(0.01)
                 data = source.recv(65536)
                 if not data:
                     break
                 if downstream:
                     self._hold_downstream.wait()
+                if source in self._blackholed:
+                    continue
                 sink.sendall(data)
                 if downstream and self._hold_after is not None and self._hold_after in data:
                     self._hold_after = None
@@ -79,6 +89,12 @@ class FaultProxy:
         finally:
             with self._lock:
                 held = set(self._held)
+                resetting = source in self._resetting
+            if resetting:
+                source.close()
+                return
+            if source in self._blackholed:
+                return  # nothing crosses a blackhole, not even the end of the stream
             for sock in (source, sink):
                 if sock in held:
                     continue
@@ -113,6 +129,47 @@ class FaultProxy:
                 pass
         return [upstream for _client, upstream in pairs]
 
+    @property
+    def connections(self) -> int:
+        """Connections being forwarded now."""
+        with self._lock:
+            return len(self._pairs)
+
+    def blackhole(self) -> int:
+        """Stop forwarding on every current connection, both ways, keeping all sockets open.
+
+        Bytes still arrive and are dropped (nothing is closed, nothing
+        answered).  New connections flow normally.  Returns how many
+        connections were blackholed.
+        """
+        with self._lock:
+            pairs = list(self._pairs)
+            for client, upstream in pairs:
+                self._blackholed.update((client, upstream))
+        return len(pairs)
+
+    def stall(self, direction: str) -> None:
+        """Stop reading one direction of every current connection (``upstream``: client to server,
+        ``downstream``: server to client), so the sender's buffers fill and its writes block."""
+        with self._lock:
+            for client, upstream in self._pairs:
+                self._stalled.add(client if direction == "upstream" else upstream)
+
+    def reset(self) -> None:
+        """Abort every current connection with a TCP RST on both sides."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._stalled.clear()
+            for pair in pairs:
+                self._resetting.update(pair)
+        for client, upstream in pairs:
+            for sock in (client, upstream):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.shutdown(socket.SHUT_RD)  # wakes the pump; closing with linger 0 sends the RST
+                except OSError:
+                    pass
+
     def refuse(self, refusing: bool) -> None:
         with self._lock:
             self._refusing = refusing
@@ -134,6 +191,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._hold_downstream.set()
+        self._stalled.clear()
         try:
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
         except OSError:

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import start_params, wait_until
 from exec_server import Client
-from exec_server.server.process import contain
+from exec_server.server.process import contain, guardian
 
 pytestmark = [pytest.mark.posix, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment")]
 
@@ -137,12 +137,13 @@ def test_server_sigterm_kills_every_escaper(tmp_path, token, shape, mode):
         log.close()
 
 
-@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("tty", [False, True])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty):
-    """isolate: the parent-death signal ends the namespace, and the namespace takes everything."""
-    server, url, log = cli_server("isolate", tmp_path)
+def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty, mode):
+    """isolate: the parent-death signal ends the namespace, and the namespace takes everything;
+    inherit: the guardian reads end of file and kills everything carrying the server's token."""
+    server, url, log = cli_server(mode, tmp_path)
     try:
         with Client.connect(url, timeout=10) as client:
             client.call("process/start", dict(shape_params(shape, tmp_path, token), tty=tty), timeout=10)
@@ -188,7 +189,34 @@ def test_inherit_mode_marks_the_environment(configured_server):
     running = configured_server(pid_namespace="inherit")
     with Client.connect(running.url, timeout=10) as client:
         done = client.run(["/bin/sh", "-c", "echo ${%s:-none}" % contain.MARKER_ENV], timeout=10)
-        assert len(done.stdout.strip()) == 32
+    token, _, process_id = done.stdout.strip().decode().partition(".")
+    assert guardian.marker_prefix() == token + "." and len(process_id) == 32  # the guardian sweeps this token
+    assert psutil.pid_exists(guardian.running_pid())
+
+
+def test_guardian_kills_its_token_on_end_of_file(tmp_path):
+    """The guardian sweeps every process carrying its token once its stdin reaches end of file."""
+    token = uuid.uuid4().hex
+    marked_env = dict(os.environ, **{contain.MARKER_ENV: token + ".x"})
+    victim = subprocess.Popen(["/bin/sh", "-c", "setsid sleep 300 & wait"], env=marked_env,
+                              stdin=subprocess.DEVNULL)
+    bystander = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    guard = subprocess.Popen([sys.executable, "-m", guardian.__name__, token], stdin=subprocess.PIPE)
+    try:
+        wait_until(lambda: len([p for p in psutil.process_iter(["environ"])
+                                if (p.info["environ"] or {}).get(contain.MARKER_ENV) == token + ".x"]) == 2,
+                   timeout=10)
+        guard.stdin.close()  # as when the server's process dies
+        assert guard.wait(timeout=20) == 0
+        assert victim.wait(timeout=10) == -9
+        wait_until(lambda: not [p for p in psutil.process_iter(["environ"])
+                                if (p.info["environ"] or {}).get(contain.MARKER_ENV) == token + ".x"], timeout=10)
+        assert bystander.poll() is None  # unmarked: left alone
+    finally:
+        for process in (victim, bystander, guard):
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
 
 
 def test_unavailable_isolation_falls_back_with_one_log_line(monkeypatch, caplog):

@@ -54,9 +54,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return run_command(args)
     if args.command == "cp":
-        from exec_server.cli.cp import copy_files
+        from exec_server.cli.group_cp import copy_command  # one host: cp.copy_files
 
-        return copy_files(args)
+        return copy_command(args)
     if args.command == "service":
         from exec_server.cli.service import main as service_main
 

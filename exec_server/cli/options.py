@@ -20,13 +20,25 @@ EXIT_RUN_FAILED = 125
 EXIT_DISCONNECTED = 255
 #: Exit status of a usage mistake (argparse's own).
 EXIT_USAGE = 2
+#: Exit status of ``run`` and ``cp`` with several hosts when at least one host failed (as GNU xargs' 123).
+EXIT_SOME_HOSTS_FAILED = 123
+#: Hosts worked on at once by ``run`` and ``cp`` with several hosts (``--parallel``); the API's default too
+#: (``exec_server.client.group.DEFAULT_MAX_WORKERS``).
+GROUP_PARALLEL = 32
 
 RUN_EXIT_STATUSES = """exit status:
   N    the remote command's own exit status (128+N when a pipe process died of signal N)
   2    a usage mistake: a bad option, server URL or token file
+  123  with several hosts (--url repeated, or --hosts): at least one host failed (a non-zero
+       exit, could not start the command, could not connect or lost its connection); the
+       summary on stderr gives each host's status (255: connection, 125: start)
   125  the server could not start the command (command or working directory not found)
   255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
        before the command's exit status arrived"""
+
+CP_SEVERAL_HOSTS = """several hosts (--url repeated, or --hosts): ':PATH' means that path on every host;
+  an upload goes to each, a download goes to DEST/HOST/NAME (HOST is host_port, DEST a directory).
+exit status: 0 done, 1 failed (one host), 2 a usage mistake, 123 at least one of several hosts failed"""
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -91,12 +103,31 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-stdin-queue-bytes", type=int, default=defaults.max_stdin_queue_bytes,
                         metavar="BYTES", help="stdin bytes queued per process for a child that has not read "
                                               "them; process/write past it fails (default %(default)s)")
-    parser.add_argument("--linux-sandbox-pid-namespace", choices=("isolate", "inherit"),
+    parser.add_argument("--linux-sandbox-pid-namespace", choices=("inherit", "isolate"),
                         default=defaults.pid_namespace, metavar="MODE",
-                        help="Linux PID namespace of each process tree: isolate (default; every process it "
-                             "started dies with it and with the server) or inherit (process group + marker)")
+                        help="PID namespace of each process tree on Linux: isolate (one namespace per "
+                             "process; background jobs end with the command) or inherit (the host's; trees "
+                             "found by process group and an inherited marker) (default %(default)s)")
     parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval, metavar="SECONDS",
                         help="WebSocket ping interval, 0 disables (default %(default)s)")
+    parser.add_argument("--keepalive-timeout", type=float, default=defaults.keepalive_timeout, metavar="SECONDS",
+                        help="close a WebSocket silent this long (no frame, no Pong), detaching its session; "
+                             "0 never (default %(default)s)")
+    parser.add_argument("--takeover-probe-timeout", type=float, default=defaults.takeover_probe_timeout,
+                        metavar="SECONDS", help="a resume probes the connection holding the session and takes "
+                        "over if it stays silent this long; 0 answers -32010 at once (default %(default)s)")
+    parser.add_argument("--send-timeout", type=float, default=defaults.send_timeout, metavar="SECONDS",
+                        help="a write without progress this long marks the connection dead (default %(default)s)")
+    parser.add_argument("--upgrade-timeout", type=float, default=defaults.upgrade_timeout, metavar="SECONDS",
+                        help="time for the HTTP upgrade request (default %(default)s)")
+    parser.add_argument("--initialize-timeout", type=float, default=defaults.initialize_timeout,
+                        metavar="SECONDS", help="time from the upgrade to a successful initialize, 0 no limit "
+                        "(default %(default)s)")
+    parser.add_argument("--evict-idle-after", type=float, default=defaults.evict_idle_after, metavar="SECONDS",
+                        help="at --max-connections, a connection quiet this long with nothing running is "
+                             "closed for a new one (default %(default)s)")
+    parser.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout, metavar="SECONDS",
+                        help="upper bound of the shutdown on SIGTERM/SIGINT (default %(default)s)")
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
@@ -120,8 +151,13 @@ def server_parser() -> argparse.ArgumentParser:
 
 def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     """The client options of ``run`` and ``cp``: ``--url``, ``--via``, ``--token-file``, ``--cafile``, ``--timeout``."""
-    parser.add_argument("--url", help="server to use" + (
+    parser.add_argument("--url", action=_AppendUrl, help="server to use; repeat it for several hosts" + (
         " (default: an embedded server on a free loopback port)" if user == "run" else ""))
+    parser.add_argument("--hosts", metavar="FILE", dest="hosts_file",
+                        help="file of server URLs, one per line (# starts a comment); implies several hosts")
+    parser.add_argument("--parallel", type=_positive, default=GROUP_PARALLEL, metavar="N",
+                        help="with several hosts, how many are worked on at once (default %(default)s)")
+    parser.set_defaults(urls=None)
     parser.add_argument("--via", metavar="COMMAND",
                         help='start the server as a child speaking stdio, e.g. "ssh host exec-server --listen stdio"')
     parser.add_argument("--token-file", metavar="PATH",
@@ -131,6 +167,22 @@ def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
                         help="PEM file of the CAs trusted for a wss:// server (default: the system's)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
+
+
+class _AppendUrl(argparse.Action):
+    """``--url`` may be repeated: ``url`` keeps the first (the one-host path), ``urls`` all of them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.urls = list(namespace.urls or []) + [values]
+        if namespace.url is None:
+            namespace.url = values
+
+
+def _positive(text: str) -> int:
+    """argparse type of ``--parallel``: a whole number, 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("invalid value %r: a whole number, 1 or more" % text)
+    return int(text)
 
 
 def config_from_options(args: argparse.Namespace) -> ServerConfig:
@@ -155,6 +207,13 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
         pid_namespace=args.linux_sandbox_pid_namespace,
         max_sessions=args.max_sessions,
         max_connections=args.max_connections,
+        keepalive_timeout=args.keepalive_timeout,
+        takeover_probe_timeout=args.takeover_probe_timeout,
+        send_timeout=args.send_timeout,
+        upgrade_timeout=args.upgrade_timeout,
+        initialize_timeout=args.initialize_timeout,
+        evict_idle_after=args.evict_idle_after,
+        shutdown_timeout=args.shutdown_timeout,
         tls_handshake_timeout=args.tls_handshake_timeout,
     )
 
@@ -296,12 +355,16 @@ def add_run_parser(commands) -> None:
     run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
                      help="how long to try to resume the session after the connection drops; 0 disables "
                           "(default: the client's ReconnectPolicy deadline)")
+    run.add_argument("--group-output", action="store_true",
+                     help="with several hosts, print each host's output as one block when it ends "
+                          "(default: each line as it comes, prefixed with [HOST])")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
 
 
 def add_cp_parser(commands) -> None:
     cp = commands.add_parser("cp", help="copy files to or from an exec-server (':' marks the remote side)",
-                             description="Copy a file; a leading ':' marks the remote side, as in scp.")
+                             description="Copy a file; a leading ':' marks the remote side, as in scp.",
+                             epilog=CP_SEVERAL_HOSTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_client_options(cp, "cp")
     cp.add_argument("source")
     cp.add_argument("destination")

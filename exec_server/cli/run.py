@@ -15,6 +15,7 @@ import threading
 from typing import List
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
+from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
@@ -97,6 +98,11 @@ def _terminal_size():
 def run_command(args: argparse.Namespace) -> int:
     """``exec-server run``: the remote command's exit status, or one of the statuses in ``run --help``."""
     try:
+        urls = group_urls(args)
+        if urls is not None:  # several hosts: exec_server.cli.group_run
+            from exec_server.cli.group_run import run_group
+
+            return run_group(args, urls, _parse_env(args.env))
         return _run(args)
     except CommandError as exc:
         return report("run", exc)

@@ -5,10 +5,12 @@ picks a free port); ``--listen stdio`` serves one client on stdin/stdout.
 """
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
+import time
 
 from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_options
 
@@ -17,10 +19,15 @@ def serve(args: argparse.Namespace) -> int:
     from exec_server.server.allocator import tune_for_server
 
     tune_for_server()
+    try:
+        config = config_from_options(args)
+    except ValueError as exc:
+        print("exec-server: %s" % exc, file=sys.stderr)
+        return 2
     if args.listen in STDIO_LISTEN:
         from exec_server.server.stdio import serve_stdio
 
-        return serve_stdio(config_from_options(args))
+        return serve_stdio(config)
     try:
         listen = listen_options(args)
     except (ValueError, OSError) as exc:
@@ -29,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
     from exec_server.server.app import make_server  # not needed by --listen stdio
 
     try:
-        server = make_server(args.listen, config_from_options(args), listen.auth, listen.ssl_context)
+        server = make_server(args.listen, config, listen.auth, listen.ssl_context)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
@@ -55,4 +62,38 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if reaper is not None:
             reaper.stop()
+    _exit_if_stuck(EXIT_THREAD_WAIT)
     return 0
+
+
+#: After shutdown, how long to wait for request threads still running, seconds.
+EXIT_THREAD_WAIT = 1.0
+
+
+def _exit_if_stuck(wait: float) -> None:
+    """End the process now if a request thread is still running after ``wait`` seconds.
+
+    Every process tree and fs helper is already killed by then; a request
+    thread blocked in a call that cannot be interrupted would otherwise hold
+    interpreter exit forever (``concurrent.futures`` joins its workers at
+    exit), and the service manager would SIGKILL the server.
+    """
+    from exec_server.server.connection import REQUEST_THREAD_PREFIX
+
+    current = threading.current_thread()
+
+    def holding_exit():
+        return [t for t in threading.enumerate() if t is not current and t.is_alive()
+                and (not t.daemon or t.name.startswith(REQUEST_THREAD_PREFIX))]
+
+    deadline = time.monotonic() + wait
+    for thread in holding_exit():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = holding_exit()
+    if stuck:
+        logging.getLogger(__name__).warning("exiting with %d request thread(s) still blocked: %s",
+                                            len(stuck), ", ".join(sorted(t.name for t in stuck)))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)

@@ -94,7 +94,10 @@ class Client:
                 handshakes, and for ``initialize``.
             client_name: sent as ``clientName``.
             headers: extra HTTP headers for the upgrade (e.g. Authorization).
-            reconnect: recovery policy after a drop; None fails at once.
+            reconnect: recovery policy after a drop, and the keepalive
+                settings (``ping_interval``, ``keepalive_timeout``,
+                ``probe_timeout``); None fails at once after a drop (with the
+                default keepalive).
             token: sent as ``Authorization: Bearer <token>``: a capability
                 token or signed JWT, or a callable returning one, called
                 before every connect and reconnect (signed tokens expire, so
@@ -112,6 +115,8 @@ class Client:
         """
         headers = dict(headers or {})
 
+        keepalive = reconnect if reconnect is not None else ReconnectPolicy()
+
         def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
             upgrade_headers = headers
             if token is not None:
@@ -120,7 +125,8 @@ class Client:
                 except Exception as exc:
                     raise ExecServerDisconnected("cannot get a token for %s: %s" % (url, exc)) from exc
                 upgrade_headers = dict(headers, Authorization="Bearer " + value)
-            return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context)
+            return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context, keepalive.ping_interval,
+                                      keepalive.keepalive_timeout, keepalive.probe_timeout)
 
         return cls.open(connector, timeout, client_name, reconnect)
 
@@ -208,6 +214,10 @@ class Client:
                 and a ``TimeoutError``).
         """
         return self._endpoint.call(method, params, timeout)
+
+    def check_connection(self) -> None:
+        """A wait timed out: probe a quiet connection now (non-blocking); a dead one is recovered."""
+        self._endpoint.suspect()
 
     def notify(self, method: str, params: Any = None) -> None:
         """Send a notification (no response).
@@ -328,10 +338,8 @@ class Client:
             input: bytes for the child's stdin, then end of file (``closeStdin``
                 extension; without it, as on the Codex reference, the child reads
                 them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
-            timeout: seconds for the whole run: start, input and wait.  When
-                they pass, the remote tree is killed (after the start answer
-                if it was still due: up to :data:`KILL_GRACE` s more) and
-                :class:`CallTimeout` (a ``subprocess.TimeoutExpired``) is raised.
+            timeout: seconds for start, input and wait; past them the remote tree is killed (up
+                to :data:`KILL_GRACE` s more) and :class:`CallTimeout` raised.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             start_options: as for :meth:`start`.
         Returns:
@@ -345,7 +353,6 @@ class Client:
                     raise ExtensionNotSupported("closeStdin", "input= on a Windows server")
                 command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
             start_options["stdin"] = True
-        # The start answer is awaited past the deadline so that the process can be killed.
         start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
         process_id = start_options.pop("process_id", None) or "proc-" + uuid.uuid4().hex
         try:
@@ -377,8 +384,7 @@ class Client:
         return done
 
     def _feed(self, process: RemoteProcess, data: bytes, deadline: Optional[float]) -> None:
-        """Write ``data`` in pieces of :data:`INPUT_PIECE` bytes, then end of file if the server can."""
-        try:
+        try:  # in pieces, then end of file if the server can
             process.write_all(data, _remaining(deadline), close_stdin=self.supports("closeStdin"), piece=INPUT_PIECE)
         except (StdinClosedError, InternalError):
             pass  # the child exited or closed its stdin: like Popen.communicate's broken pipe

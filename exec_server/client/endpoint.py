@@ -140,6 +140,16 @@ class Endpoint:
             return
         handler(generation, lost)
 
+    def suspect(self) -> None:
+        """A call or wait timed out: let the current transport check its peer (non-blocking).
+
+        A transport that finds its peer silent ends, and the recovery runs.
+        """
+        transport = self.transport
+        check = getattr(transport, "suspect", None)
+        if check is not None:
+            check()
+
     # --------------------------------------------------------------- states
     @property
     def state(self) -> str:
@@ -288,6 +298,7 @@ class Endpoint:
         if not pending.event.wait(timeout):
             with self._lock:
                 self._pending.pop(request_id, None)
+            self.suspect()
             raise CallTimeout(method, timeout)
         if pending.error is not None:
             raise pending.error

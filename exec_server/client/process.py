@@ -163,6 +163,9 @@ class RemoteProcess:
                 raise self._failure
             remaining = _remaining(deadline)
             if remaining == 0.0:
+                check = getattr(self.client, "check_connection", None)
+                if check is not None and timeout:  # a timed-out wait on a quiet connection probes it
+                    check()
                 raise CallTimeout(self.args, timeout)
             self._changed.wait(remaining)
 

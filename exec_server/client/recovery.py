@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.process import ProcessOutputGap
-from exec_server.client.transport import Connector
+from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
 
@@ -57,6 +57,14 @@ class ReconnectPolicy:
         attached_retry_interval: seconds between resumes answered -32010
             (the server has not finished detaching the old connection).
         connect_timeout: seconds for one connect + handshake attempt.
+        ping_interval: seconds without anything from the server before the
+            client sends a WebSocket Ping (0: never).
+        keepalive_timeout: seconds without anything from the server (no
+            frame, no Pong) after which the connection is dead and recovery
+            starts (0: never; must exceed ``ping_interval``).
+        probe_timeout: when a call or wait times out on a connection quiet
+            for a second, a Ping is sent and the connection is dead unless
+            something arrives within this many seconds (0: no probe).
     """
 
     deadline: float = 25.0
@@ -64,6 +72,17 @@ class ReconnectPolicy:
     max_backoff: float = 1.0
     attached_retry_interval: float = 0.1
     connect_timeout: float = 5.0
+    ping_interval: float = PING_INTERVAL
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    probe_timeout: float = PROBE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name in ("deadline", "initial_backoff", "max_backoff", "attached_retry_interval", "connect_timeout",
+                     "ping_interval", "keepalive_timeout", "probe_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError("%s must not be negative" % name)
+        if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
+            raise ValueError("keepalive_timeout must exceed ping_interval")
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (0-based)."""

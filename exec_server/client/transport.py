@@ -24,6 +24,7 @@ from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping, Re
                             Request)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, tune_socket, wait_readable
 from exec_server.common.tls import TLSStream
 from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError
@@ -36,6 +37,12 @@ CLIENT_RECV_BYTES = 256 * 1024
 CLOSE_WAIT = 1.0
 #: Bytes of a refused upgrade's body kept for the error message.
 _REJECT_BODY_BYTES = 64 * 1024
+#: Keepalive defaults (the ``ReconnectPolicy`` fields of the same names), seconds.
+PING_INTERVAL = 5.0
+KEEPALIVE_TIMEOUT = 10.0
+PROBE_TIMEOUT = 2.0
+#: A timed-out call probes the connection only if nothing arrived for this many seconds.
+SUSPECT_AFTER_QUIET = 1.0
 
 
 class Transport(Protocol):
@@ -57,6 +64,9 @@ class Transport(Protocol):
     def ping(self) -> None:
         """Send a keepalive if the transport has one (a no-op otherwise)."""
 
+    def suspect(self) -> None:
+        """A call timed out: check now that the peer is alive, ending the connection if not (non-blocking)."""
+
 
 #: ``connector(timeout_seconds) -> Transport``: opens a new connection (the client calls it again to reconnect).
 Connector = Callable[[Optional[float]], Transport]
@@ -65,11 +75,22 @@ Connector = Callable[[Optional[float]], Transport]
 class WebSocketTransport:
     """One WebSocket connection to ``ws://host:port/path`` or ``wss://`` (TLS).  Implements :class:`Transport`.
 
+    Keepalive: after ``ping_interval`` seconds without anything from the
+    server a Ping is sent; after ``keepalive_timeout`` seconds without
+    anything (no frame, no Pong) the connection is dead and :meth:`receive`
+    reports its end (the client then recovers).  A write that makes no
+    progress for ``keepalive_timeout`` seconds ends it too.  TCP keepalive
+    and ``TCP_USER_TIMEOUT`` are set where the OS has them.
+
     Args:
         url: ``ws://`` or ``wss://`` URL.
         timeout: seconds for the TCP connect, the TLS handshake and the
             upgrade together; None blocks.
         headers: extra HTTP headers for the upgrade (Authorization, traceparent, ...).
+        ping_interval: seconds of silence before a Ping (0: never ping).
+        keepalive_timeout: seconds of silence after which the connection is
+            dead (0: never; must exceed ``ping_interval``).
+        probe_timeout: seconds :meth:`suspect` waits for an answer (0: no probe).
         ssl_context: the client-side context of a ``wss://`` URL (trusted CAs,
             client certificate); None uses ``ssl.create_default_context()``,
             the system's trust store with host name checking.
@@ -82,7 +103,8 @@ class WebSocketTransport:
     """
 
     def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None,
-                 ssl_context: Optional[ssl.SSLContext] = None):
+                 ssl_context: Optional[ssl.SSLContext] = None, ping_interval: float = PING_INTERVAL,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, probe_timeout: float = PROBE_TIMEOUT):
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError("only ws:// and wss:// URLs are supported, got %r" % url)
@@ -103,7 +125,8 @@ class WebSocketTransport:
             sock.sendall(protocol.send(Request(host=host, target=target,
                                                extra_headers=list((headers or {}).items()))))
             _await_accept(sock, protocol, deadline)
-            sock.settimeout(None)
+            tune_socket(sock, keepalive_timeout)
+            sock.settimeout(keepalive_timeout or None)  # bounds each write; reads wait in poll first
         except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
             sock.close()
             if isinstance(exc, ExecServerDisconnected):
@@ -113,7 +136,7 @@ class WebSocketTransport:
             sock = TLSStream(sock)  # the reader and the writers must not call OpenSSL at once
         self._sock = sock
         self._protocol = protocol
-        self._writer = FrameWriter(sock, protocol)
+        self._writer = FrameWriter(sock, protocol, keepalive_timeout or None)
         self._messages: Deque[Union[str, bytes]] = collections.deque()
         self._parts: List[Union[str, bytes]] = []
         self._size = 0
@@ -121,6 +144,10 @@ class WebSocketTransport:
         self._done = threading.Event()  # set when the reader saw the end
         self._closing = False
         self._reader: Optional[int] = None  # thread id of the receiving thread
+        self._clock = KeepaliveClock(ping_interval, keepalive_timeout, time.monotonic(), fixed_schedule=False)
+        self._probe_timeout = probe_timeout
+        self._probe: Optional[threading.Event] = None  # set by the reader when anything arrives
+        self._dead_reason: Optional[str] = None  # why a probe shut the socket down
         self._handle_events()  # frames that came with the 101 answer
 
     def send(self, text: str) -> None:
@@ -147,6 +174,39 @@ class WebSocketTransport:
         except (OSError, LocalProtocolError) as exc:
             raise ExecServerDisconnected("ping failed: %s" % exc) from exc
 
+    def _send_ping(self) -> None:
+        """A keepalive Ping from the reader thread; skipped while another write holds the lock."""
+        try:
+            self._writer.send_event(Ping(b""), timeout=CLOSE_WAIT)
+        except (OSError, LocalProtocolError):
+            pass  # a failed write shows as the end of the stream
+
+    def suspect(self) -> None:
+        """A call or wait timed out: if the server has been quiet, ping it now and give it ``probe_timeout`` s.
+
+        Non-blocking: a short-lived thread waits for the answer and, if
+        nothing arrives, shuts the socket down, so :meth:`receive` reports the
+        end and the client recovers.  No-op while a probe runs, after the end,
+        or when something arrived in the last :data:`SUSPECT_AFTER_QUIET` s.
+        """
+        start = time.monotonic()
+        if (self._ended is not None or not self._probe_timeout or self._probe is not None
+                or start - self._clock.last_received < SUSPECT_AFTER_QUIET):
+            return
+        probe = self._probe = threading.Event()
+        self._send_ping()
+        threading.Thread(target=self._await_probe, args=(probe, start), name="exec-server-client-probe",
+                         daemon=True).start()
+
+    def _await_probe(self, probe: threading.Event, start: float) -> None:
+        try:
+            if probe.wait(self._probe_timeout) or self._clock.last_received >= start or self._ended is not None:
+                return
+            self._dead_reason = "connection lost: no answer to a keepalive probe within %.1f s" % self._probe_timeout
+            abort_socket(self._sock)
+        finally:
+            self._probe = None
+
     def receive(self) -> Union[str, bytes]:
         """The next whole message (str for text frames), blocking; call from one thread only.
 
@@ -158,14 +218,32 @@ class WebSocketTransport:
                 stream, socket error, or a message over CLIENT_MAX_MESSAGE_BYTES).
         """
         messages = self._messages
+        clock = self._clock
         while not messages:
             if self._ended is not None:
                 raise ExecServerDisconnected(self._ended)
             self._reader = threading.get_ident()
+            now = time.monotonic()
+            action = clock.poll(now)
+            if action == DEAD:
+                self._end("connection lost: nothing from the server for %.1f s (keepalive)" % clock.timeout)
+                continue
+            if action == PING:
+                self._send_ping()
+                continue
             try:
+                if not wait_readable(self._sock, clock.wait_time(now)):
+                    continue
                 data = self._sock.recv(CLIENT_RECV_BYTES)
-            except OSError as exc:
-                self._end("connection closed (%s)" % exc)
+            except (OSError, ValueError) as exc:
+                self._end(self._dead_reason or "connection closed (%s)" % exc)
+                continue
+            clock.received(time.monotonic())
+            probe = self._probe
+            if probe is not None:
+                probe.set()
+            if not data and self._dead_reason is not None:
+                self._end(self._dead_reason)
                 continue
             try:
                 self._protocol.receive_data(data or None)

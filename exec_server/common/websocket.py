@@ -15,18 +15,69 @@ from wsproto import WSConnection
 from wsproto.events import Event, Message
 from wsproto.utilities import LocalProtocolError
 
+from exec_server.common.keepalive import writable_now
+
 #: WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
 #: Codes wsproto reports for a malformed frame (a Close it synthesised).
 FAILURE_CODES = (CLOSE_PROTOCOL_ERROR, 1007, CLOSE_MESSAGE_TOO_BIG)
 #: Bytes asked of the socket per ``recv``.
 RECV_BYTES = 256 * 1024
+#: Seconds a TLS Close frame may take in :func:`send_now` (encryption may need a few round trips of the buffer).
+SEND_NOW_TIMEOUT = 0.05
 
 
-def send_frames(sock: socket.socket, frames: List[bytes]) -> None:
+#: Bytes one bounded TLS write covers: the stall bound applies per piece.
+_TLS_PIECE = 256 * 1024
+
+
+def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
+    """Write all of ``data``, failing only when the peer stops taking bytes.
+
+    On a plain socket with a timeout each wait for room is bounded by the
+    socket's timeout, not the whole write (``socket.sendall`` bounds the
+    whole write, which would fail a large message to a slow but reading
+    peer).  On a :class:`~exec_server.common.tls.TLSStream` the write goes in
+    pieces of :data:`_TLS_PIECE` bytes, each bounded by ``timeout``.  The
+    caller holds the connection's send lock.
+
+    Raises:
+        OSError: the socket failed, or no progress for the timeout
+            (``socket.timeout``); the connection is dead.
+    """
+    view = memoryview(data)
+    if not hasattr(sock, "send"):  # a TLSStream
+        while view:
+            sock.sendall(view[:_TLS_PIECE], timeout)
+            view = view[_TLS_PIECE:]
+        return
+    while view:
+        view = view[sock.send(view):]
+
+
+def send_now(sock, data: bytes) -> bool:
+    """Write a small frame only if it can go out at once; False if it did not (or only in part).
+
+    Used for Close frames at shutdown and eviction: a peer that does not
+    read gets its socket shut down instead of a wait.
+    """
+    try:
+        if not writable_now(sock):
+            return False
+        if not hasattr(sock, "send"):  # a TLSStream
+            sock.sendall(data, SEND_NOW_TIMEOUT)
+            return True
+        return sock.send(data) == len(data)
+    except OSError:
+        return False
+
+
+def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[float] = None) -> None:
     """Write ``frames`` in order with gathered writes (``sendmsg``), without joining them first.
 
     Joining copied every byte once more (7 % of the server's time while
@@ -37,7 +88,7 @@ def send_frames(sock: socket.socket, frames: List[bytes]) -> None:
         OSError: the socket failed; the connection is dead.
     """
     if not hasattr(sock, "sendmsg"):
-        sock.sendall(b"".join(frames))
+        send_all(sock, b"".join(frames), timeout)
         return
     views = [memoryview(frame) for frame in frames]
     while views:
@@ -57,14 +108,17 @@ class FrameWriter:
     several threads never interleave.  Thread-safe.
 
     Args:
-        sock: the connected socket (blocking).
+        sock: the connected socket, or a TLSStream.
         protocol: the connection's wsproto state machine, shared with the
             receive loop (which only feeds it bytes and reads events).
+        write_timeout: seconds a write may go without progress on a
+            TLSStream (a plain socket's own timeout bounds it); None waits.
     """
 
-    def __init__(self, sock: socket.socket, protocol: WSConnection):
+    def __init__(self, sock: socket.socket, protocol: WSConnection, write_timeout: Optional[float] = None):
         self.sock = sock
         self.protocol = protocol
+        self.write_timeout = write_timeout
         self.lock = threading.Lock()
 
     def send_event(self, event: Event, timeout: Optional[float] = None) -> bool:
@@ -82,7 +136,7 @@ class FrameWriter:
         if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
         try:
-            self.sock.sendall(self.protocol.send(event))
+            send_all(self.sock, self.protocol.send(event), self.write_timeout)
         finally:
             self.lock.release()
         return True
@@ -97,8 +151,9 @@ class FrameWriter:
         try:
             with self.lock:
                 if len(texts) == 1:
-                    self.sock.sendall(self.protocol.send(Message(data=texts[0])))
+                    send_all(self.sock, self.protocol.send(Message(data=texts[0])), self.write_timeout)
                 else:
-                    send_frames(self.sock, [self.protocol.send(Message(data=text)) for text in texts])
+                    send_frames(self.sock, [self.protocol.send(Message(data=text)) for text in texts],
+                                self.write_timeout)
         except LocalProtocolError:
             raise ConnectionResetError("websocket is closed") from None

@@ -6,7 +6,9 @@ recorded), builds the session registry and dispatcher, and returns an
 each connection's TLS handshake runs on that connection's own thread within
 ``ServerConfig.tls_handshake_timeout``, never on the accept loop.  ``serve_forever`` runs werkzeug's threaded server (a
 thread per connection); ``shutdown`` stops accepting, closes every WebSocket
-with 1001, kills every process tree and joins the process threads.
+with 1001 (or shuts its socket down if the frame cannot go out at once),
+kills every fs helper and process tree and joins the process threads, all
+within ``shutdown_timeout`` seconds whatever the clients do.
 """
 
 import ipaddress
@@ -15,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -25,7 +28,8 @@ from exec_server.server.connection import Dispatcher
 from exec_server.server.process import contain
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
-from exec_server.server.websocket import CLOSE_GOING_AWAY, RequestHandler, WebSocketApp
+from exec_server.server.upgrade import RequestHandler, WebSocketApp
+from exec_server.server.websocket import CLOSE_GOING_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,12 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.1
 #: Pending connections the kernel queues before accept (werkzeug's own default).
 LISTEN_BACKLOG = 128
+#: At shutdown, the longest wait for one connection's send lock before its
+#: socket is shut down without a Close frame, seconds.
+CLOSE_LOCK_WAIT = 0.05
+#: At shutdown, the time all Close frames together may take (at most a
+#: quarter of ``shutdown_timeout``), seconds.
+CLOSE_FRAMES_BUDGET = 1.0
 
 
 def parse_listen_url(url: str) -> Tuple[str, int]:
@@ -131,6 +141,9 @@ class ExecServer:
                                                   ssl_context, self.config.tls_handshake_timeout)
         finally:
             listener.close()  # werkzeug serves on its own duplicate of the descriptor
+        # read by RequestHandler.setup: the time limit until the upgrade, and its timer
+        self._wsgi.upgrade_timeout = self.config.upgrade_timeout
+        self._wsgi.scheduler = self.registry.scheduler
         self.scheme = "ws" if ssl_context is None else "wss"
         self.host = host
         self.port = self._wsgi.port
@@ -155,25 +168,41 @@ class ExecServer:
         self._thread.start()
         return self
 
-    def shutdown(self, timeout: float = 2.0) -> None:
-        """Stop accepting, close WebSockets (1001), kill every process tree.
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Stop accepting, close WebSockets (1001), kill every process tree and fs helper.
 
-        Safe to call from any thread but the one running ``serve_forever``
-        (e.g. a signal handler thread), and more than once.
+        Returns once that is done, or after ``timeout`` seconds (default: the
+        config's ``shutdown_timeout`` and one accept-loop poll).  Safe to call
+        from any thread but the one running ``serve_forever`` (e.g. a signal
+        handler thread), and more than once.
         """
-        self._wsgi.shutdown()
+        if timeout is None:
+            timeout = self.config.shutdown_timeout + POLL_INTERVAL
+        stopper = threading.Thread(target=self._wsgi.shutdown, name="exec-server-stop-accepting", daemon=True)
+        stopper.start()  # werkzeug's shutdown waits for the accept loop without a bound
         if self._thread is not None:
             self._thread.join(timeout)
         else:
             self._stopped.wait(timeout)
 
     def _cleanup(self) -> None:
+        """Close every WebSocket, kill every tree and helper, join threads: within ``shutdown_timeout`` s.
+
+        A Close frame goes out only where it can without waiting
+        (:meth:`WebSocketConnection.close`): the send lock is waited for
+        :data:`CLOSE_LOCK_WAIT` s at most, and no longer once
+        :data:`CLOSE_FRAMES_BUDGET` s have passed; other sockets are shut down.
+        """
         if self._stopped.is_set():
             return
+        start = time.monotonic()
+        deadline = start + self.config.shutdown_timeout
+        budget_end = start + min(CLOSE_FRAMES_BUDGET, self.config.shutdown_timeout / 4)
         for connection in self.app.connections():
-            connection.close(CLOSE_GOING_AWAY, "server shutting down")
-        self.registry.close_all()
+            wait = min(CLOSE_LOCK_WAIT, max(0.0, budget_end - time.monotonic()))
+            connection.close(CLOSE_GOING_AWAY, "server shutting down", lock_timeout=wait)
         self.dispatcher.fs_helpers.stop()
+        self.registry.close_all(join_timeout=max(0.0, deadline - time.monotonic()))
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":

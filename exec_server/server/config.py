@@ -65,8 +65,15 @@ class ServerConfig:
     #: ``initialize`` drops the oldest detached session with nothing running,
     #: or is -32600 if there is none.
     max_sessions: int = 256
-    #: WebSocket connections served at once; one more upgrade is HTTP 503.
+    #: WebSocket connections served at once.  At the limit, the connection
+    #: silent longest for at least ``evict_idle_after`` seconds that is not
+    #: initialized, or has no request in flight and no running process, is
+    #: closed (1013 try again later) to make room; if there is none, the
+    #: upgrade is HTTP 503.
     max_connections: int = 256
+    #: Seconds without a JSON-RPC message after which a connection with
+    #: nothing running may be closed for a new one at ``max_connections``.
+    evict_idle_after: float = 10.0
     #: File handles (``fs/open``) one connection may hold at once; one more is -32600.
     max_open_files: int = 64
     #: Bytes accepted by ``process/write`` and not yet read by the child, per
@@ -76,14 +83,39 @@ class ServerConfig:
     #: bounded by ``max_message_bytes``).
     max_stdin_queue_bytes: int = 8 * MIB
     #: Process containment on Linux (``--linux-sandbox-pid-namespace``, the
-    #: reference's option): ``isolate`` runs each child in its own PID
-    #: namespace, so a kill or the server's death takes every process it ever
-    #: started; ``inherit`` keeps the server's PID namespace (process group,
-    #: parent-death signal and a marker).  ``isolate`` falls back to
-    #: ``inherit`` with one log line where a start-up probe fails.
+    #: reference's option; README "Process containment"): ``isolate`` runs
+    #: each child in its own PID namespace, so a kill or the server's death
+    #: takes every process it ever started (falls back to ``inherit`` with one
+    #: log line where a start-up probe fails); ``inherit`` keeps the server's
+    #: PID namespace (process group, a marker every descendant inherits, the
+    #: guardian for the server's own death).
     pid_namespace: str = "isolate"
-    #: Interval of the server's WebSocket Ping frames, seconds (0 disables).
-    ping_interval: float = 30.0
+    #: Interval of the server's WebSocket Ping frames, seconds (0 disables;
+    #: the reference pings every 30 s).
+    ping_interval: float = 5.0
+    #: A WebSocket connection from which nothing (no frame, no Pong) arrived
+    #: for this many seconds is closed, which detaches its session (0: never;
+    #: only with ``ping_interval`` set, and it must exceed it).  The
+    #: reference never closes a silent connection (PROTOCOL.md 1.3).
+    keepalive_timeout: float = 10.0
+    #: When a resume finds its session held by another connection, that
+    #: connection is sent a Ping; if nothing arrives from it within this many
+    #: seconds it is closed and the resume succeeds (else -32010).  0 skips
+    #: the probe (-32010 at once, as the reference).
+    takeover_probe_timeout: float = 2.0
+    #: A write to a connection that makes no progress for this many seconds
+    #: (the peer stopped reading) marks the connection dead and closes it.
+    send_timeout: float = 10.0
+    #: Seconds for a client to send the whole HTTP upgrade request (request
+    #: line and headers); then the socket is closed.
+    upgrade_timeout: float = 10.0
+    #: Seconds after the upgrade for ``initialize`` to succeed; then the
+    #: WebSocket is closed with 1008 (policy violation).  0: no limit.
+    initialize_timeout: float = 10.0
+    #: Upper bound of :meth:`ExecServer.shutdown` (Close frames, process
+    #: trees, fs helpers, thread joins), seconds; what has not finished by
+    #: then is abandoned (trees are always killed first).
+    shutdown_timeout: float = 5.0
     #: How long a ``wss://`` client has to complete the TLS handshake, seconds
     #: (more than 0); one that does not is disconnected.
     tls_handshake_timeout: float = 10.0
@@ -105,8 +137,14 @@ class ServerConfig:
         for name in ("max_queued_requests", "spool_bytes_per_process", "spool_bytes_total"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
-        for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl"):
+        for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl",
+                     "keepalive_timeout", "takeover_probe_timeout", "initialize_timeout", "evict_idle_after"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
+        for name in ("send_timeout", "upgrade_timeout", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError("%s must be positive" % name)
+        if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
+            raise ValueError("keepalive_timeout must exceed ping_interval (a live peer needs a Ping to answer)")
         if not self.tls_handshake_timeout > 0:
             raise ValueError("tls_handshake_timeout must be more than 0")

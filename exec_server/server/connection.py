@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from exec_server.server import handlers
 from exec_server.common import telemetry
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 #: ~690 processes/s (benchmarks/bench.py, shared harness).
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal", "process/start",
                             "process/terminate", "process/resize", "fs/close"})
+
+#: Name prefix of the request threads (a pool per connection); they inherit
+#: the daemon flag of the connection's thread but still hold interpreter exit.
+REQUEST_THREAD_PREFIX = "exec-server-request"
 
 #: Marks a request abandoned without a reply (its connection went away).
 _ABORTED: Any = object()
@@ -72,9 +76,17 @@ class Dispatcher:
         self._connections_lock = threading.Lock()
         self._connections: "set[RpcConnection]" = set()
 
-    def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket") -> "RpcConnection":
-        """A new connection's protocol state; ``transport`` is ``websocket`` or ``stdio`` (a metric label)."""
+    def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket",
+                        probe: Optional[Callable[[float], bool]] = None) -> "RpcConnection":
+        """A new connection's protocol state.
+
+        Args:
+            transport: ``websocket`` or ``stdio`` (a metric label).
+            probe: ``probe(timeout_seconds) -> alive``, the transport's
+                liveness check (a resume of this connection's session uses it).
+        """
         connection = RpcConnection(self, send, parse_error_prefix, transport)
+        connection.probe = probe
         with self._connections_lock:
             self._connections.add(connection)
         return connection
@@ -105,6 +117,9 @@ class RpcConnection:
         self.session = None
         self.handshake = Handshake()
         self.closed = False
+        self._close_lock = threading.Lock()
+        #: ``probe(timeout) -> alive`` of the transport, or None (set by the dispatcher).
+        self.probe: Optional[Callable[[float], bool]] = None
         self._send = send
         self._prefix = parse_error_prefix
         config = dispatcher.config
@@ -196,7 +211,7 @@ class RpcConnection:
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.dispatcher.config.concurrent_requests,
-                                                thread_name_prefix="exec-server-request")
+                                                thread_name_prefix=REQUEST_THREAD_PREFIX)
                 if self.closed:  # close() ran meanwhile and saw no pool
                     self._pool.shutdown(wait=False)
             self._pool.submit(self._run_and_release, request, handler, span, label, received)
@@ -207,6 +222,14 @@ class RpcConnection:
     def _release(self) -> None:
         with self._admitted_lock:
             self._admitted -= 1
+
+    def is_idle(self) -> bool:
+        """No pooled request running or queued, and no running process in the session it holds."""
+        with self._admitted_lock:
+            if self._admitted:
+                return False
+        session = self.session
+        return session is None or not session.is_owned_by(self) or session.is_idle()
 
     def _runs_inline(self, method: str, params: Any) -> bool:
         """Whether a request cannot block, so it runs on the reader thread without a hand-off.
@@ -296,9 +319,10 @@ class RpcConnection:
         session's processes keep running for ``detached_session_ttl`` seconds
         (PROTOCOL.md 7), unless ``end_session`` (stdio's end) kills them now.
         """
-        if self.closed:
-            return
-        self.closed = True
+        with self._close_lock:  # the transport's thread and a takeover probe may both close
+            if self.closed:
+                return
+            self.closed = True
         session = self.session
         if session is not None and session.detach(self):
             if end_session:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from fs_helper import operations as fs_operations
 
 from exec_server.protocol import b64
-from exec_server.server.fs import sandbox
+from exec_server.server.fs import sandbox, special
 from exec_server.common import telemetry
 from exec_server.server.fs.handles import rpc_error
 from exec_server.server.fs.helper import FsHelpers, bubblewrap_command, find_bubblewrap
@@ -86,7 +86,7 @@ def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Di
         session = ctx.registry.create()
         session.attach(ctx.connection, ctx.connection.send)
     else:
-        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send)
+        session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send, ctx.config.takeover_probe_timeout)
     return session, {"sessionId": session.session_id, "environmentInfo": environment_info(),
                      "extensions": dict(EXTENSIONS)}
 
@@ -248,6 +248,11 @@ def _fs_method(operation: str):
             with telemetry.child_span("fs.helper"):
                 return ctx.fs_helpers.run(operation, wire, policy)
         try:
+            if operation == "fs/readFile":
+                special.refuse_blocking(fs_operations.native_path(wire), wire.get("followSymlinks", True) is not False)
+            elif operation == "fs/copy":
+                source = fs_operations.native_path(wire, "sourcePath")
+                special.refuse_blocking_tree(source) if wire.get("recursive") else special.refuse_blocking(source)
             return run(wire)
         except fs_operations.FsError as exc:
             raise rpc_error(exc) from None
@@ -266,6 +271,7 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
         path = fs_operations.native_path(params)
     except fs_operations.FsError as exc:
         raise rpc_error(exc) from None
+    special.refuse_blocking(path)
     ctx.connection.file_handles.open(params["handleId"], path, params.get("mode") or "read")
     return {"handleId": params["handleId"]}
 

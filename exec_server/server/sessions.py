@@ -20,6 +20,7 @@ lock, so exactly one of them wins.
 
 import logging
 import threading
+import time
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -100,6 +101,11 @@ class Session:
                 return False
             self._closed = True
             return True
+
+    def holder(self) -> Optional[object]:
+        """The connection holding the session, or None while detached."""
+        with self._lock:
+            return self._owner
 
     def is_owned_by(self, owner: object) -> bool:
         with self._lock:
@@ -271,21 +277,31 @@ class SessionRegistry:
         with self._lock:
             return list(self._sessions.values())
 
-    def resume(self, session_id: str, owner: object, send: Send) -> Session:
+    def resume(self, session_id: str, owner: object, send: Send, probe_timeout: float = 0.0) -> Session:
         """Reattach a detached session to ``owner`` (``initialize {resumeSessionId}``).
+
+        When another connection holds the session and ``probe_timeout`` is
+        set, that connection is probed (its ``probe(timeout)``, outside the
+        lock; at most ``probe_timeout`` seconds on the caller's thread): one
+        that stays silent is closed, which detaches the session, and the
+        resume goes on.
 
         Raises:
             InvalidRequest: ``unknown session id <id>`` (unknown, expired or empty).
-            SessionAlreadyAttached: another connection holds the session (-32010).
+            SessionAlreadyAttached: another, live, connection holds the session (-32010).
         """
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
                 raise InvalidRequest("unknown session id %s" % session_id)
-            if not session.attach_if_free(owner, send):
-                raise SessionAlreadyAttached(
-                    "session %s is already attached to another connection" % session_id)
-            timer = self._expiry.pop(session_id, None)
+            attached = session.attach_if_free(owner, send)
+            holder = None if attached else session.holder()
+            timer = self._expiry.pop(session_id, None) if attached else None
+        if not attached:
+            probe = getattr(holder, "probe", None)
+            if probe_timeout > 0 and probe is not None and not probe(probe_timeout):
+                return self.resume(session_id, owner, send)  # the silent holder is gone now
+            raise SessionAlreadyAttached("session %s is already attached to another connection" % session_id)
         if hasattr(timer, "cancel"):  # not the placeholder detached() stores while it schedules the timer
             timer.cancel()
         log.info("session resumed", extra=telemetry.log_fields())
@@ -330,14 +346,15 @@ class SessionRegistry:
         session.close()
 
     def close_all(self, join_timeout: float = 2.0) -> None:
-        """Close every session, then wait for their processes' threads."""
+        """Close every session (every tree killed), then wait up to ``join_timeout`` s in all for their threads."""
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         processes: List[ManagedProcess] = []
         for session in sessions:
             processes.extend(session.close())
+        deadline = time.monotonic() + join_timeout
         for process in processes:
-            process.join(join_timeout)
-        self.scheduler.stop()
+            process.join(max(0.0, deadline - time.monotonic()))
+        self.scheduler.stop(max(0.0, deadline - time.monotonic()))
         self.spool_store.close()

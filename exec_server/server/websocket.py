@@ -1,49 +1,40 @@
-"""WebSocket transport: the werkzeug WSGI app and the per-connection loop.
+"""One upgraded WebSocket connection: the per-connection loop, keepalive and bounded writes.
 
-HTTP answers follow PROTOCOL.md 1.1: ``GET``/``HEAD /readyz`` is 200, an
-``Origin`` header is 403 on every path, ``/`` without an upgrade is 400, other
-paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
-extensions); after it the request thread owns the socket and runs
-:class:`WebSocketConnection`: frames are parsed and built by wsproto, and
-every outbound frame (response, notification, ping, close) is written whole
-with ``sendall`` under one send lock.  A TLS socket (``wss://``) is used
-through :class:`exec_server.common.tls.TLSStream`, which keeps the reading
-and the writing threads from calling OpenSSL at the same time.
+Frames are parsed and built by wsproto, and every outbound frame (response,
+notification, ping, close) is written whole under one send lock, each write
+bounded by ``send_timeout``.  A TLS socket (``wss://``) is used through
+:class:`exec_server.common.tls.TLSStream`, which keeps the reading and the
+writing threads from calling OpenSSL at the same time.  Keepalive (Pings, a silence deadline, the
+takeover probe), the ``initialize`` time limit and the bounded Close of
+shutdown and eviction live here; the WSGI side (``/readyz``, the upgrade,
+admission) is :mod:`exec_server.server.upgrade`.
 """
 
 import logging
 import selectors
 import socket
-import ssl
 import threading
 import time
-from typing import Callable, List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
-from werkzeug.serving import WSGIRequestHandler
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong,
-                            Request, TextMessage)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto import WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.utilities import LocalProtocolError
 
+from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, tune_socket, writable_now
 from exec_server.common.tls import TLSStream
+from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL,  # noqa: F401
+                                          CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TRY_AGAIN_LATER,
+                                          FAILURE_CODES as _FAILURE_CODES, RECV_BYTES)
+from exec_server.common.websocket import send_all as _send_all
+from exec_server.common.websocket import send_now as _send_now
 from exec_server.common.websocket import send_frames as _send_frames
-from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
+from exec_server.protocol.handshake import NEW
 
 log = logging.getLogger(__name__)
-
-#: WebSocket close codes (RFC 6455 section 7.4.1).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_MESSAGE_TOO_BIG = 1009
-_FAILURE_CODES = (CLOSE_PROTOCOL_ERROR, 1007, CLOSE_MESSAGE_TOO_BIG)
-#: Bytes asked of the socket per ``recv``.
-RECV_BYTES = 256 * 1024
-
-_ENVIRON_HANDLER = "exec_server.request_handler"
 
 
 def _encodable(text: str) -> bool:
@@ -55,151 +46,20 @@ def _encodable(text: str) -> bool:
         return False
 
 
-class RequestHandler(WSGIRequestHandler):
-    """werkzeug's handler, quiet, and closing the TCP connection after an upgrade."""
-
-    def make_environ(self):
-        environ = super().make_environ()
-        environ[_ENVIRON_HANDLER] = self
-        # every Authorization header in order (the environ joins repeated ones with commas)
-        environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
-        return environ
-
-    def log_request(self, code="-", size="-") -> None:
-        log.debug("%s %s %s", self.command, getattr(self, "path", "?"), code)
-
-    def log_error(self, format: str, *args) -> None:
-        log.debug("http: " + format, *args)
-
-
-def _plain(start_response, status: str, body: bytes = b"", headers=None):
-    headers = list(headers or [])
-    if body:
-        headers.append(("Content-Type", "text/plain; charset=utf-8"))
-    headers.append(("Content-Length", str(len(body))))
-    start_response(status, headers)
-    return [body]
-
-
 def _new_selector() -> selectors.BaseSelector:
     """poll(2) where there is one: unlike epoll it needs no descriptor of its own."""
     return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
 
 
-#: The request headers the WebSocket handshake reads (WSGI environ keys).
-_HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
-                      "HTTP_SEC_WEBSOCKET_VERSION", "HTTP_SEC_WEBSOCKET_PROTOCOL", "HTTP_SEC_WEBSOCKET_EXTENSIONS")
-
-
-def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
-    """The upgrade request's handshake headers from the WSGI environ, for wsproto.
-
-    Only those: h11 (under wsproto) refuses a value with, for example,
-    trailing blanks, and a malformed header the handshake does not read
-    (``Authorization: Bearer ``) must not turn into a refusal of its own.
-    """
-    return [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
-            for key in _HANDSHAKE_HEADERS if key in environ]
-
-
-class WebSocketApp:
-    """The WSGI application of the server (``/`` and ``/readyz``).
-
-    Args:
-        dispatcher: shared JSON-RPC dispatcher.
-        config: limits (message size, ping interval).
-        authorize: optional ``(environ) -> None or (status, body)`` check run
-            on upgrade requests after the Origin check.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, config: ServerConfig,
-                 authorize: Optional[Callable] = None):
-        self.dispatcher = dispatcher
-        self.config = config
-        self.authorize = authorize
-        self._lock = threading.Lock()
-        self._connections: "set[WebSocketConnection]" = set()
-        self._reserved = 0
-
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO") or "/"
-        if "HTTP_ORIGIN" in environ:
-            return _plain(start_response, "403 Forbidden")
-        if path == "/readyz":
-            if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-                return _plain(start_response, "200 OK")
-            return _plain(start_response, "405 Method Not Allowed", headers=[("Allow", "GET,HEAD")])
-        if path != "/":
-            return _plain(start_response, "404 Not Found")
-        # As the reference: the upgrade request is checked (method, headers)
-        # before the credentials are looked at.
-        if environ.get("REQUEST_METHOD") != "GET":
-            return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
-        if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
-            return _plain(start_response, "400 Bad Request",
-                          b"Connection header did not include 'upgrade'")
-        if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
-            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
-        if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
-            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
-        protocol = WSConnection(ConnectionType.SERVER)
-        try:
-            # werkzeug has parsed the request: hand wsproto its headers, no second parse
-            protocol.initiate_upgrade_connection(_request_headers(environ),
-                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
-            event = next(protocol.events(), None)
-        except (RemoteProtocolError, LocalProtocolError) as exc:  # h11 raises the latter on a bad value
-            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
-        if not isinstance(event, Request):
-            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
-        if self.authorize is not None:
-            refusal = self.authorize(environ)
-            if refusal is not None:
-                status, body = refusal
-                return _plain(start_response, status, body)
-        sock = environ.get("werkzeug.socket")
-        if sock is None:
-            return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
-        with self._lock:
-            if len(self._connections) + self._reserved >= self.config.max_connections:
-                full = True
-            else:
-                full = False
-                self._reserved += 1
-        if full:
-            return _plain(start_response, "503 Service Unavailable",
-                          b"too many connections (limit %d)" % self.config.max_connections)
-        handler = environ.get(_ENVIRON_HANDLER)
-        if handler is not None:
-            handler.close_connection = True
-        peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
-        if isinstance(sock, ssl.SSLSocket):
-            sock = TLSStream(sock)
-        try:
-            connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
-        finally:
-            with self._lock:
-                self._reserved -= 1
-        with self._lock:
-            self._connections.add(connection)
-        try:
-            connection.run()
-        finally:
-            with self._lock:
-                self._connections.discard(connection)
-        # The socket was used as a WebSocket: tell werkzeug not to write a response.
-        raise ConnectionAbortedError("websocket closed")
-
-    def connections(self) -> List["WebSocketConnection"]:
-        with self._lock:
-            return list(self._connections)
-
-
 class WebSocketConnection:
     """One upgraded connection: reads frames, feeds the dispatcher, writes frames.
 
-    ``send_text`` and ``close`` are thread-safe (one send lock); ``run`` is
-    called once, on the connection's request thread.
+    ``send_text``, ``close``, ``evict`` and ``probe`` are thread-safe (one
+    send lock); ``run`` is called once, on the connection's request thread.
+    Every write is bounded: a write that makes no progress for
+    ``send_timeout`` seconds (the socket's timeout) marks the connection
+    dead and shuts its socket down, which ends ``run`` and detaches the
+    session.  A peer silent for ``keepalive_timeout`` seconds is dead too.
     """
 
     def __init__(self, sock: Union[socket.socket, TLSStream], protocol: WSConnection, dispatcher: Dispatcher,
@@ -209,53 +69,155 @@ class WebSocketConnection:
         self._config = config
         self._send_lock = threading.Lock()
         self._closing = False
+        self._dead = False  # a write failed or stalled: nothing more is written
         self.peer = peer
+        now = time.monotonic()
+        self.opened = now
+        #: When the last whole JSON-RPC message arrived (monotonic; eviction picks the quietest).
+        self.last_message = now
+        keepalive = config.keepalive_timeout if config.ping_interval else 0.0
+        self._clock = KeepaliveClock(config.ping_interval, keepalive, now, fixed_schedule=True)
+        self._received = threading.Condition()
+        self._probes = 0  # probes waiting for bytes from the peer
         prefix = "failed to parse websocket JSON-RPC message from exec-server websocket %s: " % peer
-        self._rpc = dispatcher.open_connection(self.send_text, prefix)
+        self._rpc = dispatcher.open_connection(self.send_text, prefix, probe=self.probe)
 
-    def _send_event(self, event) -> None:
-        with self._send_lock:
+    @property
+    def initialized(self) -> bool:
+        """Whether ``initialize`` has succeeded on this connection."""
+        return self._rpc.handshake.state != NEW
+
+    def is_idle(self) -> bool:
+        """No request in flight and no running process in the session it holds."""
+        return self._rpc.is_idle()
+
+    def _die(self) -> None:
+        """A write failed or stalled, or the peer is silent: stop writing and wake the reader."""
+        self._dead = True
+        self._closing = True
+        abort_socket(self._sock)
+
+    def _send_event(self, event, lock_timeout: Optional[float] = None) -> None:
+        """Write one event whole (bounded by the socket's timeout).
+
+        Raises:
+            OSError: the write failed or stalled (the connection is now dead),
+                or the send lock was not free within ``lock_timeout``.
+            LocalProtocolError: the event is not valid in the connection's state.
+        """
+        if not self._send_lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout):
+            raise TimeoutError("send lock busy")
+        try:
+            if self._dead:
+                raise ConnectionResetError("websocket is dead")
             data = self._protocol.send(event)
-            self._sock.sendall(data)
+            try:
+                _send_all(self._sock, data, self._config.send_timeout)
+            except OSError:
+                self._die()
+                raise
+        finally:
+            self._send_lock.release()
 
     def send_text(self, *texts: str) -> None:
         """Send each JSON-RPC message as one text frame, all in one write.
 
         Raises:
-            ConnectionError: the connection is closing or closed.
+            ConnectionError: the connection is closing, closed or dead.
+            OSError: the write failed or stalled for ``send_timeout`` s (now dead).
         """
         if not all(_encodable(text) for text in texts):
             texts = tuple(text.encode("utf-8", "replace").decode("utf-8") for text in texts)
         try:
             with self._send_lock:
-                if len(texts) == 1:
-                    self._sock.sendall(self._protocol.send(Message(data=texts[0])))
-                else:
-                    _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts])
+                if self._dead:
+                    raise ConnectionResetError("websocket is dead")
+                try:
+                    if len(texts) == 1:
+                        _send_all(self._sock, self._protocol.send(Message(data=texts[0])), self._config.send_timeout)
+                    else:
+                        _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts],
+                                     self._config.send_timeout)
+                except OSError:
+                    self._die()
+                    raise
         except LocalProtocolError:
             raise ConnectionResetError("websocket is closed") from None
 
-    def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "") -> None:
-        """Send a Close frame and stop reading (used at server shutdown)."""
+    def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "", lock_timeout: float = 0.0) -> None:
+        """Send a Close frame if it can go out at once, and stop reading; never blocks longer than ``lock_timeout``.
+
+        A connection whose send lock stays busy (a write stalled on a peer
+        that does not read) or whose socket buffer is full gets no Close
+        frame: its socket is shut down instead.  Used at server shutdown
+        and eviction.
+        """
         self._closing = True
+        if not self._send_lock.acquire(timeout=lock_timeout if lock_timeout > 0 else 0):
+            self._die()
+            return
         try:
-            self._send_event(CloseConnection(code=code, reason=reason))
-        except (LocalProtocolError, OSError):
+            if self._dead or not writable_now(self._sock):
+                self._die()
+                return
+            if not _send_now(self._sock, self._protocol.send(CloseConnection(code=code, reason=reason))):
+                self._die()
+                return
+        except LocalProtocolError:  # a Close went out already
             pass
+        except OSError:
+            self._die()
+            return
+        finally:
+            self._send_lock.release()
         try:
-            if isinstance(self._sock, TLSStream):
-                self._sock.shutdown_read()
-            else:
-                self._sock.shutdown(socket.SHUT_RD)
+            self._sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass
 
+    def evict(self) -> None:
+        """Close an idle connection to admit a new one (1013 try again later)."""
+        log.info("websocket %s closed to make room (max_connections)", self.peer)
+        self.close(CLOSE_TRY_AGAIN_LATER, "exec-server at its connection limit")
+
+    def probe(self, timeout: float) -> bool:
+        """Whether the peer is alive: a Ping, then anything from it within ``timeout`` seconds.
+
+        A peer that stays silent is dead: the connection is closed and its
+        session detached before this returns False.  Called from another
+        connection's thread (a resume); bounded by ``timeout``.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        with self._received:
+            self._probes += 1
+        try:
+            try:
+                self._send_event(Ping(b"probe"), lock_timeout=timeout / 2)
+            except (OSError, LocalProtocolError):
+                pass  # busy or failed: only an answer counts
+            with self._received:
+                while self._clock.last_received < start and not self._dead:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._received.wait(remaining)
+            alive = self._clock.last_received >= start and not self._dead
+        finally:
+            with self._received:
+                self._probes -= 1
+        if not alive:
+            log.info("websocket %s did not answer a takeover probe within %.1f s; closed", self.peer, timeout)
+            self._die()
+            self._rpc.close()
+        return alive
+
     def run(self) -> None:
+        config = self._config
+        tune_socket(self._sock, self._clock.timeout)
         try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        try:
+            if not isinstance(self._sock, TLSStream):  # a TLSStream bounds each write itself
+                self._sock.settimeout(config.send_timeout)  # bounds every write; reads wait in select first
             self._send_event(AcceptConnection())
             self._loop()
         except (OSError, LocalProtocolError) as exc:
@@ -266,8 +228,9 @@ class WebSocketConnection:
             self._rpc.close()
 
     def _loop(self) -> None:
-        interval = self._config.ping_interval
-        next_ping = time.monotonic() + interval if interval else None
+        clock = self._clock
+        init_limit = self._config.initialize_timeout
+        init_deadline = self.opened + init_limit if init_limit else None
         parts: List[Union[str, bytes]] = []
         size = 0
         limit = self._config.max_message_bytes
@@ -277,15 +240,32 @@ class WebSocketConnection:
         with _new_selector() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
-                if next_ping is not None:
-                    now = time.monotonic()
-                    if now >= next_ping:
-                        self._send_event(Ping(b""))
-                        next_ping += interval
-                        continue
-                    if not pending() and not selector.select(next_ping - now):
-                        continue
+                now = time.monotonic()
+                action = clock.poll(now)
+                if action == DEAD:
+                    log.info("websocket %s silent for %.1f s; closed", self.peer, clock.timeout)
+                    self._die()
+                    return
+                if action == PING:
+                    self._send_event(Ping(b""))
+                    continue
+                wait = clock.wait_time(now)
+                if init_deadline is not None:
+                    if self._rpc.handshake.state != NEW:
+                        init_deadline = None
+                    elif now >= init_deadline:
+                        self._close_with(CLOSE_POLICY_VIOLATION, "initialize not received within %g s" % init_limit)
+                        return
+                    else:
+                        wait = init_deadline - now if wait is None else min(wait, init_deadline - now)
+                if not pending() and not selector.select(wait):
+                    continue
                 data = self._sock.recv(RECV_BYTES)
+                now = time.monotonic()
+                clock.received(now)
+                if self._probes:
+                    with self._received:
+                        self._received.notify_all()
                 if not data:
                     self._protocol.receive_data(None)
                     return
@@ -301,6 +281,7 @@ class WebSocketConnection:
                             continue
                         message = parts[0] if len(parts) == 1 else type(parts[0])().join(parts)
                         parts, size = [], 0
+                        self.last_message = now
                         try:
                             self._rpc.receive(message)
                         except ProtocolViolation as violation:

@@ -14,11 +14,12 @@ reference names it; README "Process containment"):
     ``PR_SET_PDEATHSIG`` so a dead server takes ``unshare`` (and with it the
     namespace) along.
 ``inherit`` (or isolate unavailable)
-    The child leads its own process group as before, ``setpriv`` arms the
-    parent-death signal where it exists, and the child's environment carries
-    :data:`MARKER_ENV`; a kill also SIGKILLs every process that still carries
-    the marker (found with psutil), so ``setsid`` daemons do not escape a
-    kill while the server lives.
+    The child leads its own process group as before, and the child's
+    environment carries :data:`MARKER_ENV` (``<guardian token>.<id>``); a
+    kill also SIGKILLs every process that still carries the marker (found
+    with psutil), so ``setsid`` daemons do not escape a kill, and the
+    :mod:`~exec_server.server.process.guardian` sweeps them all when the
+    server's process dies.
 
 The parent-death signal is tied to the *thread* that forked the child, so
 every child is forked by one :class:`Spawner` thread that lives as long as the
@@ -40,12 +41,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import psutil
 
+from exec_server.server.process import guardian
+
 log = logging.getLogger(__name__)
 
 ISOLATE, INHERIT = "isolate", "inherit"
 MODES = (ISOLATE, INHERIT)
 #: Environment variable marking every process of one tree in ``inherit`` mode.
-MARKER_ENV = "EXEC_SERVER_PROCESS_ID"
+MARKER_ENV = guardian.MARKER_ENV
 #: How long the start-up probe may take, seconds.
 PROBE_TIMEOUT = 10.0
 #: Signals the kernel sends to a whole foreground group (Ctrl-C, Ctrl-\, Ctrl-Z, background
@@ -180,8 +183,8 @@ def decide(requested: str) -> Containment:
     with _decided_lock:
         if requested in _decided:
             return _decided[requested]
-        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-        inherit = Containment(INHERIT, [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else [])
+        # No prefix: the guardian covers the server's death, and a spawn stays one exec.
+        inherit = Containment(INHERIT, [])
         if requested == INHERIT:
             decided = inherit
         else:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
 from exec_server.server.config import ServerConfig
-from exec_server.server.process import contain, watch
+from exec_server.server.process import contain, guardian, watch
 from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
 from exec_server.server.process.spawn import exit_code_from_returncode, send_eof, set_window_size, spawn_child
@@ -99,7 +99,7 @@ class ManagedProcess:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
         containment = contain.decide(config.pid_namespace)
-        marker = None if wrapper or containment.isolated else uuid.uuid4().hex
+        marker = None if wrapper or containment.isolated else guardian.marker_prefix() + uuid.uuid4().hex
         if marker is not None:
             env = containment.environment(env, marker)
         popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,

@@ -1,0 +1,157 @@
+"""``exec-server run --url A --url B ... -- COMMAND`` (or ``--hosts FILE``): one command on several hosts.
+
+Each output line is printed as it completes, prefixed with its host
+(``[127.0.0.1:8765] line``; stderr lines to stderr), as ``pssh -i`` and
+Ansible ad-hoc commands do; with ``--group-output`` each host's output is
+one block, printed when that host ends.  A summary (host, exit status,
+seconds, what went wrong) follows on stderr.  The exit status is 0 when
+every host's command exited 0, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
+Ctrl-C interrupts every remote command; a second Ctrl-C kills them.
+"""
+
+import argparse
+import signal
+import sys
+import threading
+from typing import BinaryIO, Dict, List, Tuple
+
+from exec_server.cli.connect import CommandError, disconnected
+from exec_server.cli.hosts import labels, open_group
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
+from exec_server.client.group_events import GroupProcesses
+from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
+from exec_server.client.recovery import ReconnectPolicy
+from exec_server.protocol.errors import ExecServerDisconnected, RpcError
+
+
+class LinePrinter:
+    """Whole lines as they complete, each prefixed with ``[HOST] ``; a host's last partial line at its end."""
+
+    def __init__(self, out: BinaryIO, err: BinaryIO):
+        self.out, self.err = out, err
+        self.partial: Dict[Tuple[str, bool], bytes] = {}
+
+    def output(self, host: str, stream: str, data: bytes) -> None:
+        key = (host, stream == "stderr")
+        *lines, rest = (self.partial.get(key, b"") + data).split(b"\n")
+        self.partial[key] = rest
+        if lines:
+            self._write(key, b"".join(lines_with(host, lines)))
+
+    def finish(self, host: str) -> None:
+        for is_err in (False, True):
+            rest = self.partial.pop((host, is_err), b"")
+            if rest:
+                self._write((host, is_err), b"".join(lines_with(host, [rest])))
+
+    def _write(self, key: Tuple[str, bool], data: bytes) -> None:
+        target = self.err if key[1] else self.out
+        target.write(data)
+        target.flush()
+
+
+class BlockPrinter:
+    """Each host's output as one block (``=== HOST ===`` then its bytes) when the host ends."""
+
+    def __init__(self, out: BinaryIO, err: BinaryIO):
+        self.out, self.err = out, err
+        self.kept: Dict[Tuple[str, bool], List[bytes]] = {}
+
+    def output(self, host: str, stream: str, data: bytes) -> None:
+        self.kept.setdefault((host, stream == "stderr"), []).append(data)
+
+    def finish(self, host: str) -> None:
+        for is_err, target in ((False, self.out), (True, self.err)):
+            data = b"".join(self.kept.pop((host, is_err), []))
+            if data or not is_err:
+                ending = b"" if not data or data.endswith(b"\n") else b"\n"
+                target.write(b"=== " + host.encode() + b" ===\n" + data + ending)
+                target.flush()
+
+
+def lines_with(host: str, lines: List[bytes]):
+    prefix = b"[" + host.encode() + b"] "
+    return (prefix + line + b"\n" for line in lines)
+
+
+def run_group(args: argparse.Namespace, urls: List[str], env: dict) -> int:
+    """Run ``args.argv`` on every host; 0 when all exited 0, else EXIT_SOME_HOSTS_FAILED.
+
+    Raises:
+        CommandError: a usage mistake (no command, unreadable token file).
+    """
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise CommandError("no command given (exec-server run --url A --url B -- COMMAND ...)")
+    deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
+    reconnect = ReconnectPolicy(deadline=deadline) if deadline > 0 else None
+    by_label = labels(urls)
+    with open_group(args, urls, "exec-server-run", reconnect) as group:
+        with group.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env) as running:
+            statuses = _follow(running, by_label, BlockPrinter if args.group_output else LinePrinter)
+    _summary(running, statuses)
+    return 0 if all(status == 0 for status, _note in statuses.values()) else EXIT_SOME_HOSTS_FAILED
+
+
+def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) -> Dict[str, Tuple[int, str]]:
+    """Print every event; host -> (exit status, what went wrong or '')."""
+    printer = printer_class(sys.stdout.buffer, sys.stderr.buffer)
+    statuses: Dict[str, Tuple[int, str]] = {}
+    exits: Dict[str, int] = {}
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        interrupts.append(signum)
+        action = running.send_interrupt if len(interrupts) == 1 else running.terminate
+        threading.Thread(target=action, daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        for tagged in running.events():
+            host, event = tagged.host, tagged.event
+            if tagged.error is not None:
+                statuses[host] = _failure(tagged.error, by_label[host], host in running.errors)
+                if host in running.processes:  # lost mid-run: what it printed so far
+                    printer.finish(host)
+            elif isinstance(event, OutputEvent):
+                printer.output(host, event.stream, event.data)
+            elif isinstance(event, ExitedEvent):
+                exits[host] = event.exit_code
+            elif isinstance(event, ClosedEvent):
+                code = exits.get(host, -1)
+                statuses[host] = (code if 0 <= code < 256 else EXIT_DISCONNECTED, "")
+                printer.finish(host)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return statuses
+
+
+def _failure(error: BaseException, url: str, before_start: bool) -> Tuple[int, str]:
+    """(status, words) for a host that could not connect, could not start, or was lost."""
+    if isinstance(error, RpcError):
+        if "(os error 2)" in error.message:
+            return EXIT_RUN_FAILED, "command not found: %s" % error.message
+        return EXIT_RUN_FAILED, "cannot start the command: %s" % error.message
+    if isinstance(error, ExecServerDisconnected):
+        what = disconnected(error, url).what
+        return EXIT_DISCONNECTED, what if before_start else "connection lost: %s" % what
+    return EXIT_DISCONNECTED, "%s: %s" % (type(error).__name__, error)
+
+
+def _summary(running: GroupProcesses, statuses: Dict[str, Tuple[int, str]]) -> None:
+    """One line per host on stderr: HOST, STATUS, TIME, and what went wrong."""
+    failed = sum(1 for status, _note in statuses.values() if status != 0)
+    rows = [("HOST", "STATUS", "TIME", "")]
+    for host in running.hosts:
+        status, note = statuses.get(host, (EXIT_DISCONNECTED, "no outcome"))
+        seconds = "-" if host in running.errors else "%.2f s" % running.durations.get(host, 0.0)
+        rows.append((host, str(status), seconds, note))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = ["exec-server run: %d of %d hosts failed" % (failed, len(running.hosts)) if failed
+             else "exec-server run: all %d hosts succeeded" % len(running.hosts)]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    sys.stderr.write("\n".join(line.rstrip() for line in lines) + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,93 @@
+"""Several hosts for ``run`` and ``cp``: ``--url`` repeated or ``--hosts FILE``, their labels, the Group.
+
+One ``--url`` (and no ``--hosts``) keeps the one-host path unchanged;
+anything more is a group.  A host's label, printed in ``[HOST]`` prefixes
+and the summary, is its URL's ``host:port`` (the whole URL when two URLs
+share one).
+"""
+
+import argparse
+import os
+from typing import Dict, List, Optional
+from urllib.parse import urlsplit
+
+from exec_server.cli.connect import CommandError
+from exec_server.cli.options import client_ssl_context, client_token
+from exec_server.client.group import Group
+from exec_server.client.recovery import ReconnectPolicy
+
+
+def group_urls(args: argparse.Namespace) -> Optional[List[str]]:
+    """The URLs of a several-host command, or None for the one-host path.
+
+    Raises:
+        CommandError: an unreadable or empty hosts file, a malformed URL, a
+            URL given twice, or an option that needs one host.
+    """
+    urls = list(getattr(args, "urls", None) or [])
+    hosts_file = getattr(args, "hosts_file", None)
+    if hosts_file is None and len(urls) <= 1:
+        return None
+    if hosts_file is not None:
+        urls += read_hosts_file(hosts_file)
+    if getattr(args, "via", None):
+        raise CommandError("--via takes one server; leave out --hosts and the other --url")
+    for option in ("tty", "stdin"):
+        if getattr(args, option, False):
+            raise CommandError("--%s needs a single host" % option)
+    if not urls:
+        raise CommandError("no hosts in the hosts file", hosts_file)
+    seen = set()
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise CommandError("not a server URL, want ws://HOST:PORT or wss://HOST:PORT", url)
+        if url in seen:
+            raise CommandError("host given twice", url)
+        seen.add(url)
+    return urls
+
+
+def read_hosts_file(path: str) -> List[str]:
+    """One URL per line; blank lines and everything after ``#`` are ignored.
+
+    Raises:
+        CommandError: the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc)
+        raise CommandError("cannot read the hosts file: %s" % reason, path) from None
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def labels(urls: List[str]) -> Dict[str, str]:
+    """label -> URL: ``host:port`` of each, or the whole URLs when two share a ``host:port``."""
+    short = [urlsplit(url).netloc for url in urls]
+    if len(set(short)) != len(short):
+        short = list(urls)
+    return dict(zip(short, urls))
+
+
+def open_group(args: argparse.Namespace, urls: List[str], client_name: str,
+               reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()) -> Group:
+    """A :class:`Group` keyed by label, connected with the token, CA file and timeout options.
+
+    Hosts that cannot connect keep their error in ``group.errors``.
+
+    Raises:
+        CommandError: an unreadable token or CA file.
+    """
+    try:
+        token = client_token(args)
+    except OSError as exc:
+        raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
+                           args.token_file) from None
+    try:
+        ssl_context = client_ssl_context(args)
+    except OSError as exc:
+        raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), args.cafile) from None
+    return Group(labels(urls), max_workers=args.parallel, timeout=args.timeout, token=token,
+                 ssl_context=ssl_context, client_name=client_name, reconnect=reconnect)

@@ -1,0 +1,189 @@
+"""What :meth:`Group.start` returns: per-host :class:`RemoteProcess` handles and one stream of tagged events.
+
+Each started process gets a pump thread (a ``concurrent.futures`` pool sized
+to the number of processes) that takes its events in seq order and puts
+them, tagged with the host, on one queue; :meth:`GroupProcesses.events`
+yields them in the order they arrived.  The pumps consume the handles'
+events, so use the handles for control (``write``, ``send_interrupt``,
+``terminate``, ``wait``, ``returncode``), not for ``communicate``.
+"""
+
+import queue
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+from exec_server.client.interfaces import deadline as _deadline
+from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.process import ClosedEvent, ProcessEvent, RemoteProcess
+
+#: Seconds a pump waits for its process's next event before checking whether it should stop.
+EVENT_POLL_INTERVAL = 0.25
+
+_FINISHED = object()  # a pump's last word on the queue
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    """One event of one host: ``event`` (Output/Exited/ClosedEvent), or ``error`` when the host failed.
+
+    ``error`` is what the host raised: its connect or start error, or the
+    process's failure (``ExecServerDisconnected`` once its client gave up
+    recovering, ``ProcessOutputGap``).  Nothing follows a ``ClosedEvent`` or
+    an error for that host.
+    """
+
+    host: str
+    event: Optional[ProcessEvent] = None
+    error: Optional[BaseException] = None
+
+
+class GroupProcesses:
+    """The processes one :meth:`Group.start` started; a context manager (``close`` on exit).
+
+    Attributes:
+        processes: host -> :class:`RemoteProcess`, for the hosts where it started.
+        errors: host -> the exception of a host that could not connect or start.
+        durations: host -> seconds from its start request until ``closed``
+            or failure, filled in as hosts finish.
+    Thread-safe; :meth:`events` is meant for one consumer.
+    """
+
+    def __init__(self, argv: Sequence[str], hosts: Sequence[str], processes: Dict[str, RemoteProcess],
+                 errors: Dict[str, BaseException], begun: Dict[str, float]):
+        self.args = list(argv)
+        self.hosts = list(hosts)
+        self.processes = processes
+        self.errors = errors
+        self.durations: Dict[str, float] = {host: 0.0 for host in errors}
+        self._begun = dict(begun)
+        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._stop = threading.Event()
+        self._pending = len(processes)
+        for host in hosts:
+            if host in errors:
+                self._queue.put(HostEvent(host, error=errors[host]))
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(processes)),
+                                        thread_name_prefix="exec-server-group-events")
+        for host, process in processes.items():
+            self._pool.submit(self._pump, host, process)
+
+    def _pump(self, host: str, process: RemoteProcess) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    event = process.next_event(timeout=EVENT_POLL_INTERVAL)
+                except subprocess.TimeoutExpired:
+                    continue
+                if event is None:
+                    break
+                if isinstance(event, ClosedEvent):
+                    self._finish(host)
+                self._queue.put(HostEvent(host, event))
+                if isinstance(event, ClosedEvent):
+                    break
+        except Exception as exc:  # the process failed: lost connection, output gap
+            self._finish(host)
+            self._queue.put(HostEvent(host, error=exc))
+        finally:
+            self._queue.put(_FINISHED)
+
+    def _finish(self, host: str) -> None:
+        self.durations[host] = time.monotonic() - self._begun.get(host, time.monotonic())
+
+    @property
+    def finished(self) -> bool:
+        """True once every pump has ended (all hosts closed or failed, or :meth:`close` was called)."""
+        return self._pending == 0 or self._stop.is_set()
+
+    def events(self, timeout: Optional[float] = None) -> Iterator[HostEvent]:
+        """Every host's events, tagged, in arrival order; ends when every host closed or failed.
+
+        Each host's events are in its own seq order, each exactly once; a
+        host that could not connect or start appears as one error event
+        first.
+
+        Args:
+            timeout: seconds for the whole iteration; None waits until every
+                process has closed (or :meth:`close` is called).
+        Raises:
+            subprocess.TimeoutExpired: not finished within ``timeout``; the
+                events not yet taken stay queued for the next call.
+        """
+        deadline = _deadline(timeout)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if self._pending == 0:
+                    return
+                try:
+                    item = self._queue.get(timeout=_remaining(deadline))
+                except queue.Empty:
+                    raise subprocess.TimeoutExpired(self.args, timeout) from None
+            if item is _FINISHED:
+                self._pending -= 1
+                continue
+            yield item
+
+    def wait(self, timeout: Optional[float] = None) -> Dict[str, Union[int, BaseException]]:
+        """host -> exit code, or the exception (connect/start error, ``subprocess.TimeoutExpired``, ...).
+
+        ``timeout`` is one deadline for all hosts.
+        """
+        deadline = _deadline(timeout)
+        outcome: Dict[str, Union[int, BaseException]] = {}
+        for host in self.hosts:
+            if host in self.errors:
+                outcome[host] = self.errors[host]
+                continue
+            try:
+                outcome[host] = self.processes[host].wait(_remaining(deadline))
+            except Exception as exc:
+                outcome[host] = exc
+        return outcome
+
+    def _each(self, action: Callable[[RemoteProcess], Any]) -> Dict[str, Any]:
+        outcome: Dict[str, Any] = {}
+        for host, process in self.processes.items():
+            try:
+                outcome[host] = action(process)
+            except Exception as exc:
+                outcome[host] = exc
+        return outcome
+
+    def send_interrupt(self) -> Dict[str, Any]:
+        """SIGINT to every remote process group; host -> None or the exception."""
+        return self._each(lambda process: process.send_interrupt())
+
+    def terminate(self) -> Dict[str, Any]:
+        """Kill every remote tree; host -> True (was running), False, or the exception."""
+        return self._each(lambda process: process.terminate())
+
+    def close(self) -> None:
+        """Stop the pumps (each within :data:`EVENT_POLL_INTERVAL`) and forget the handles.
+
+        The remote processes are not killed: call :meth:`terminate` first to end them.
+        """
+        self._stop.set()
+        self._pool.shutdown(wait=True)
+        for process in self.processes.values():
+            try:
+                process.client.forget(process)
+            except Exception:  # a client of another kind
+                pass
+
+    def __enter__(self) -> "GroupProcesses":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<GroupProcesses %d started, %d failed>" % (len(self.processes), len(self.errors))
+
+
+__all__: List[str] = ["GroupProcesses", "HostEvent", "EVENT_POLL_INTERVAL"]

@@ -1,0 +1,150 @@
+"""Liveness of a connection, shared by the server and the client.
+
+:class:`KeepaliveClock` says when to send a WebSocket Ping and when a peer
+that has sent nothing (no frame, no Pong) is dead; it knows no socket, the
+receive loops of both ends feed it.  :func:`tune_socket` sets TCP keepalive
+and ``TCP_USER_TIMEOUT`` where the OS has them, so a peer that vanished is
+also noticed by the kernel.  :func:`writable_now` and :func:`abort_socket`
+are the two pieces of a send that must not block: check, then give up.
+
+The Codex reference server pings every 30 s and never closes a silent
+connection (PROTOCOL.md 1.3); both ends of this project close one after a
+deadline, and RFC 6455 peers (the Codex client included) answer Pings, so
+nothing changes for them.
+"""
+
+import math
+import select
+import socket
+from typing import Optional
+
+#: What :meth:`KeepaliveClock.poll` asks the loop to do.
+PING, DEAD = "ping", "dead"
+#: Probes of TCP keepalive sent before the kernel drops the connection.
+TCP_KEEPALIVE_PROBES = 3
+
+
+class KeepaliveClock:
+    """When to ping and when a silent peer is dead, on the monotonic clock.
+
+    Args:
+        ping_interval: seconds between Pings (0: never ping).
+        timeout: seconds of silence after which the peer is dead (0: never).
+        now: ``time.monotonic()`` at connection open.
+        fixed_schedule: ping every ``ping_interval`` from ``now`` whatever
+            arrives (the server, as the reference); False pings only after
+            ``ping_interval`` without anything received (the client).
+
+    The receive loop calls :meth:`received` for every read and
+    :meth:`poll`/:meth:`wait_time` between reads.  ``last_received`` may be
+    read from other threads (a probe compares it with its own start time).
+    """
+
+    __slots__ = ("ping_interval", "timeout", "last_received", "_next_ping", "_fixed")
+
+    def __init__(self, ping_interval: float, timeout: float, now: float, fixed_schedule: bool):
+        self.ping_interval = ping_interval
+        self.timeout = timeout
+        self.last_received = now
+        self._next_ping: Optional[float] = now + ping_interval if ping_interval else None
+        self._fixed = fixed_schedule
+
+    def received(self, now: float) -> None:
+        """Bytes arrived at ``now``."""
+        self.last_received = now
+        if not self._fixed and self.ping_interval:
+            self._next_ping = now + self.ping_interval
+
+    def poll(self, now: float) -> Optional[str]:
+        """:data:`DEAD` if silent for ``timeout``; :data:`PING` if a Ping is due (then scheduled); else None."""
+        if self.timeout and now - self.last_received >= self.timeout:
+            return DEAD
+        if self._next_ping is not None and now >= self._next_ping:
+            self._next_ping = (self._next_ping if self._fixed else now) + self.ping_interval
+            if self._next_ping <= now:  # the loop was late: no burst of pings
+                self._next_ping = now + self.ping_interval
+            return PING
+        return None
+
+    def wait_time(self, now: float) -> Optional[float]:
+        """Seconds until the next :meth:`poll` has something to say (None: nothing scheduled)."""
+        deadlines = []
+        if self.timeout:
+            deadlines.append(self.last_received + self.timeout)
+        if self._next_ping is not None:
+            deadlines.append(self._next_ping)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+
+def tune_socket(sock: socket.socket, dead_after: float) -> None:
+    """TCP_NODELAY, and TCP keepalive plus ``TCP_USER_TIMEOUT`` scaled to ``dead_after`` seconds.
+
+    Keepalive probes start after ``dead_after`` seconds of silence, every
+    third of it, :data:`TCP_KEEPALIVE_PROBES` of them; unacknowledged data
+    older than twice ``dead_after`` drops the connection (``TCP_USER_TIMEOUT``,
+    Linux).  Options the OS lacks are skipped; ``dead_after`` 0 leaves
+    keepalive off.  Errors are ignored (a socket that refuses an option
+    still works).
+    """
+    options = [(socket.IPPROTO_TCP, getattr(socket, "TCP_NODELAY", None), 1)]
+    if dead_after > 0:
+        idle = max(1, int(math.ceil(dead_after)))
+        options += [
+            (socket.SOL_SOCKET, getattr(socket, "SO_KEEPALIVE", None), 1),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, idle // 3)),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), TCP_KEEPALIVE_PROBES),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(dead_after * 2000)),
+        ]
+    for level, name, value in options:
+        if name is None:
+            continue
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError:
+            pass
+
+
+def wait_readable(sock, timeout: Optional[float]) -> bool:
+    """Whether ``sock`` has data (or an end) to read within ``timeout`` seconds (None: wait).
+
+    A TLSStream's decrypted bytes already read off the wire count (poll cannot see them).
+    """
+    if getattr(sock, "pending", None) is not None and sock.pending():
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else int(math.ceil(timeout * 1000))))
+    readable, _, _ = select.select([sock], [], [], timeout)
+    return bool(readable)
+
+
+def writable_now(sock: socket.socket) -> bool:
+    """Whether a small write to ``sock`` would not block right now."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            return bool(poller.poll(0))
+        _, writable, _ = select.select([], [sock], [], 0)
+        return bool(writable)
+    except (OSError, ValueError):
+        return False
+
+
+def abort_socket(sock) -> None:
+    """Shut both directions down: wakes a blocked ``recv`` or ``sendall`` at once; errors ignored.
+
+    An ``ssl.SSLSocket`` is shut down at the TCP level (its own ``shutdown``
+    would drop the TLS state under a thread still using it).
+    """
+    try:
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:  # a TLSStream
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,99 @@
+"""The guardian: a small process that kills every marked process once the server's process is gone.
+
+In ``inherit`` mode (README "Process containment") a tree is found by the
+marker its processes inherit (:data:`~exec_server.server.process.contain.MARKER_ENV`),
+which the server sweeps on every kill.  Nothing in the server can sweep after
+the server itself died of SIGKILL, an OOM kill or a crash, so the first spawn
+of a Python process starts one guardian::
+
+    python -m exec_server.server.process.guardian TOKEN
+
+in a session of its own, holding the read end of a pipe whose write end only
+the server holds.  When the server's process ends, however it ends, the kernel
+closes that end; the guardian reads end of file, SIGKILLs every process whose
+marker starts with ``TOKEN.`` (a few passes, for processes forked meanwhile)
+and exits.  A server that shuts down in order has killed its trees already,
+so the guardian then finds nothing.  One guardian serves every server of the
+Python process (they die together).  It imports only psutil.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Optional
+
+#: Environment variable every process of a tree inherits (inherit mode).
+MARKER_ENV = "EXEC_SERVER_PROCESS_ID"
+#: Sweeps after the server's end, and the pause between them, seconds.
+SWEEPS = 3
+SWEEP_PAUSE = 0.05
+
+_lock = threading.Lock()
+_token: Optional[str] = None
+_process: "Optional[subprocess.Popen[bytes]]" = None
+
+
+def marker_prefix() -> str:
+    """``TOKEN.``: the start of every marker of this Python process; starts the guardian on first use.
+
+    Where the guardian cannot start (no ``fork``/``exec``, e.g. a frozen
+    interpreter), the markers still work for the server's own sweeps.
+    """
+    global _token, _process
+    with _lock:
+        if _token is None:
+            _token = uuid.uuid4().hex
+            try:
+                _process = subprocess.Popen(
+                    [sys.executable, "-m", __name__, _token], stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                    env={k: v for k, v in os.environ.items() if k != MARKER_ENV})
+            except OSError:
+                _process = None
+        return _token + "."
+
+
+def running_pid() -> Optional[int]:
+    """The PID of this process's guardian, or None (tests leave it out of their leftover checks)."""
+    with _lock:
+        return _process.pid if _process is not None else None
+
+
+def sweep(prefix: str) -> int:
+    """SIGKILL every process whose marker starts with ``prefix``; how many were found."""
+    import psutil
+
+    found = 0
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARKER_ENV, "").startswith(prefix):
+                found += 1
+                process.kill()
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def main(argv: list) -> int:
+    """Wait for end of file on stdin (the server's process is gone), then sweep."""
+    if len(argv) != 1 or not argv[0]:
+        print("usage: python -m exec_server.server.process.guardian TOKEN", file=sys.stderr)
+        return 2
+    prefix = argv[0] + "."
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    for _ in range(SWEEPS):
+        if not sweep(prefix):
+            break
+        time.sleep(SWEEP_PAUSE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

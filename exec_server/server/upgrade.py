@@ -1,0 +1,230 @@
+"""The WSGI side of the WebSocket server: ``/readyz``, Origin, the upgrade and admission.
+
+HTTP answers follow PROTOCOL.md 1.1: ``GET``/``HEAD /readyz`` is 200, an
+``Origin`` header is 403 on every path, ``/`` without an upgrade is 400, other
+paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
+extensions) after the request is checked as the reference does (method,
+handshake headers, then credentials); then the request thread runs a
+:class:`~exec_server.server.websocket.WebSocketConnection`.  The request
+handler bounds the time until the upgrade (``upgrade_timeout``) and
+:class:`WebSocketApp` admits at most ``max_connections`` WebSockets,
+evicting an idle one before refusing a new one.
+"""
+
+import logging
+import ssl
+import threading
+import time
+from typing import Callable, List, Optional, Tuple
+
+from werkzeug.serving import WSGIRequestHandler
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from exec_server.common.keepalive import abort_socket
+from exec_server.common.tls import TLSStream
+from exec_server.server.auth import ENVIRON_AUTHORIZATION
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.websocket import WebSocketConnection
+
+log = logging.getLogger(__name__)
+
+_ENVIRON_HANDLER = "exec_server.request_handler"
+
+
+class RequestHandler(WSGIRequestHandler):
+    """werkzeug's handler, quiet, closing the TCP connection after an upgrade, and bounded in time.
+
+    Until the WebSocket upgrade, each read waits at most ``upgrade_timeout``
+    seconds (the handler's socket timeout) and the whole exchange is cut
+    after ``upgrade_timeout`` seconds (a timer shuts the socket down), so a
+    client that sends its headers a byte at a time (slowloris) or never
+    holds its thread no longer than that.  The server sets
+    ``upgrade_timeout`` and ``scheduler`` attributes on itself.
+    """
+
+    upgraded = False
+    _watchdog = None
+
+    def setup(self) -> None:
+        limit = getattr(self.server, "upgrade_timeout", None)
+        scheduler = getattr(self.server, "scheduler", None)
+        if limit is not None:
+            self.timeout = limit
+        super().setup()
+        if limit is not None and scheduler is not None:
+            self._watchdog = scheduler.call_later(limit, self._upgrade_expired)
+
+    def _upgrade_expired(self) -> None:
+        if not self.upgraded:
+            log.debug("http: no upgrade within the time limit; closed")
+            abort_socket(self.connection)
+
+    def mark_upgraded(self) -> None:
+        """The request became a WebSocket: the time limit no longer applies."""
+        self.upgraded = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    def finish(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        super().finish()
+
+    def make_environ(self):
+        environ = super().make_environ()
+        environ[_ENVIRON_HANDLER] = self
+        # every Authorization header in order (the environ joins repeated ones with commas)
+        environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
+        return environ
+
+    def log_request(self, code="-", size="-") -> None:
+        log.debug("%s %s %s", self.command, getattr(self, "path", "?"), code)
+
+    def log_error(self, format: str, *args) -> None:
+        log.debug("http: " + format, *args)
+
+
+def _plain(start_response, status: str, body: bytes = b"", headers=None):
+    headers = list(headers or [])
+    if body:
+        headers.append(("Content-Type", "text/plain; charset=utf-8"))
+    headers.append(("Content-Length", str(len(body))))
+    start_response(status, headers)
+    return [body]
+
+
+#: The request headers the WebSocket handshake reads (WSGI environ keys).
+_HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
+                      "HTTP_SEC_WEBSOCKET_VERSION", "HTTP_SEC_WEBSOCKET_PROTOCOL", "HTTP_SEC_WEBSOCKET_EXTENSIONS")
+
+
+def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
+    """The upgrade request's handshake headers from the WSGI environ, for wsproto.
+
+    Only those: h11 (under wsproto) refuses a value with, for example,
+    trailing blanks, and a malformed header the handshake does not read
+    (``Authorization: Bearer ``) must not turn into a refusal of its own.
+    """
+    return [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
+            for key in _HANDSHAKE_HEADERS if key in environ]
+
+
+class WebSocketApp:
+    """The WSGI application of the server (``/`` and ``/readyz``).
+
+    Args:
+        dispatcher: shared JSON-RPC dispatcher.
+        config: limits (message size, ping interval).
+        authorize: optional ``(environ) -> None or (status, body)`` check run
+            on upgrade requests after the Origin check.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, config: ServerConfig,
+                 authorize: Optional[Callable] = None):
+        self.dispatcher = dispatcher
+        self.config = config
+        self.authorize = authorize
+        self._lock = threading.Lock()
+        self._connections: "set[WebSocketConnection]" = set()
+        self._reserved = 0
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if "HTTP_ORIGIN" in environ:
+            return _plain(start_response, "403 Forbidden")
+        if path == "/readyz":
+            if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                return _plain(start_response, "200 OK")
+            return _plain(start_response, "405 Method Not Allowed", headers=[("Allow", "GET,HEAD")])
+        if path != "/":
+            return _plain(start_response, "404 Not Found")
+        # As the reference: the upgrade request is checked (method, headers)
+        # before the credentials are looked at.
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
+        if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
+            return _plain(start_response, "400 Bad Request",
+                          b"Connection header did not include 'upgrade'")
+        if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
+        if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
+        protocol = WSConnection(ConnectionType.SERVER)
+        try:
+            # werkzeug has parsed the request: hand wsproto its headers, no second parse
+            protocol.initiate_upgrade_connection(_request_headers(environ),
+                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
+            event = next(protocol.events(), None)
+        except (RemoteProtocolError, LocalProtocolError) as exc:  # h11 raises the latter on a bad value
+            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
+        if not isinstance(event, Request):
+            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
+        if self.authorize is not None:
+            refusal = self.authorize(environ)
+            if refusal is not None:
+                status, body = refusal
+                return _plain(start_response, status, body)
+        sock = environ.get("werkzeug.socket")
+        if sock is None:
+            return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
+        if not self._admit():
+            return _plain(start_response, "503 Service Unavailable",
+                          b"too many connections (limit %d)" % self.config.max_connections)
+        handler = environ.get(_ENVIRON_HANDLER)
+        if handler is not None:
+            handler.close_connection = True
+            handler.mark_upgraded()
+        peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
+        if isinstance(sock, ssl.SSLSocket):
+            sock = TLSStream(sock)
+        try:
+            connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
+        finally:
+            with self._lock:
+                self._reserved -= 1
+        with self._lock:
+            self._connections.add(connection)
+        try:
+            connection.run()
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+        # The socket was used as a WebSocket: tell werkzeug not to write a response.
+        raise ConnectionAbortedError("websocket closed")
+
+    def _admit(self) -> bool:
+        """Reserve a connection slot, evicting an idle connection at ``max_connections``; False if full."""
+        for _attempt in range(3):
+            with self._lock:
+                if len(self._connections) + self._reserved < self.config.max_connections:
+                    self._reserved += 1
+                    return True
+                candidates = list(self._connections)
+            victim = _idlest(candidates, time.monotonic() - self.config.evict_idle_after)
+            if victim is None:
+                return False
+            with self._lock:
+                self._connections.discard(victim)
+            victim.evict()
+        return False
+
+    def connections(self) -> List["WebSocketConnection"]:
+        with self._lock:
+            return list(self._connections)
+
+
+def _idlest(connections: List["WebSocketConnection"], quiet_since: float) -> Optional["WebSocketConnection"]:
+    """The connection to evict: silent since before ``quiet_since``, never initialized first, else idle."""
+    best = None
+    for connection in connections:
+        if connection.last_message > quiet_since:
+            continue
+        key = (connection.initialized, connection.last_message)
+        if connection.initialized and not connection.is_idle():
+            continue
+        if best is None or key < best[0]:
+            best = (key, connection)
+    return best[1] if best is not None else None

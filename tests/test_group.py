@@ -1,0 +1,215 @@
+"""Group: several local servers on loopback ports driven at once, each host's outcome its own."""
+
+import os
+import signal
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+
+from conftest import start_ours
+from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, Group, GroupError, OutputEvent,
+                         ReconnectPolicy)
+from exec_server.client.group import DEFAULT_MAX_WORKERS
+from exec_server.client.group_fs import host_dirname
+from exec_server.server.auth import CapabilityToken
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.posix
+
+FAST = ReconnectPolicy(deadline=2.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
+LINES = 30
+NUMBERED = ["/bin/sh", "-c", 'i=1; while [ $i -le %d ]; do echo line$i; i=$((i+1)); sleep 0.05; done' % LINES]
+EXPECTED = b"".join(b"line%d\n" % i for i in range(1, LINES + 1))
+
+
+@pytest.fixture
+def servers():
+    """``servers(n)`` -> n of our servers on loopback ports; all stopped at teardown."""
+    started = []
+
+    def factory(count):
+        more = [start_ours() for _ in range(count)]
+        started.extend(more)
+        return more
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+def refusing_proxy() -> FaultProxy:
+    """A loopback port that refuses every connection (close it afterwards)."""
+    proxy = FaultProxy(1)
+    proxy.refuse(True)
+    return proxy
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    """An exec-server child process (so it can be SIGKILLed); killed by PID at teardown with its children."""
+    log = open(str(tmp_path / "server.log"), "wb")
+    process = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
+                               stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    url = process.stdout.readline().decode().strip()
+    assert url.startswith("ws://"), url
+    yield process, url
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+    process.stdout.close()
+    log.close()
+
+
+def test_every_host_output_arrives_once_with_its_tag(servers):
+    urls = [s.url for s in servers(4)]
+    with Group(urls) as group:
+        with group.start(NUMBERED) as running:
+            seen = {url: [] for url in urls}
+            for tagged in running.events(timeout=30):
+                assert tagged.error is None, tagged
+                seen[tagged.host].append(tagged.event)
+        for url in urls:
+            events = seen[url]
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))  # each once, in order
+            assert b"".join(e.data for e in events if isinstance(e, OutputEvent)) == EXPECTED
+            assert isinstance(events[-2], ExitedEvent) and events[-2].exit_code == 0
+            assert isinstance(events[-1], ClosedEvent)
+        result = group.run(["sh", "-c", "echo out; echo err >&2; exit 4"], timeout=30)
+        assert list(result) == urls
+        assert all((done.returncode, done.stdout, done.stderr) == (4, b"out\n", b"err\n")
+                   for done in result.values())
+        assert set(result.failed) == set(urls) and not result.ok
+
+
+def test_refused_killed_and_cut_hosts_each_get_their_own_outcome(servers, server_process):
+    """One host refuses connections, one's server is SIGKILLed mid-run, one's link is cut and restored."""
+    healthy = servers(2)
+    cut_proxy = FaultProxy(urlsplit(healthy[1].url).port)
+    refusing = refusing_proxy()
+    killed_process, killed_url = server_process
+    hosts = {"ok": healthy[0].url, "cut": cut_proxy.url, "refused": refusing.url, "killed": killed_url}
+    cuts = 0
+    orphans = []
+    try:
+        with Group(hosts, reconnect=FAST, timeout=5) as group:
+            assert set(group.errors) == {"refused"} and isinstance(group.errors["refused"], ExecServerDisconnected)
+            with group.start(NUMBERED) as running:
+                output = {host: b"" for host in hosts}
+                outcome = {}
+                for tagged in running.events(timeout=60):
+                    if tagged.error is not None:
+                        outcome[tagged.host] = tagged.error
+                        continue
+                    event = tagged.event
+                    if isinstance(event, OutputEvent):
+                        output[tagged.host] += event.data
+                        if tagged.host == "killed" and killed_process.poll() is None:
+                            orphans = psutil.Process(killed_process.pid).children(recursive=True)
+                            killed_process.send_signal(signal.SIGKILL)
+                        if tagged.host == "cut" and cuts < 2 and output["cut"].count(b"\n") >= 5 * (cuts + 1):
+                            cut_proxy.cut()
+                            cuts += 1
+                    elif isinstance(event, ExitedEvent):
+                        outcome[tagged.host] = event.exit_code
+            assert cuts == 2
+            assert outcome["ok"] == 0 and output["ok"] == EXPECTED
+            assert outcome["cut"] == 0 and output["cut"] == EXPECTED  # every line exactly once after two cuts
+            assert isinstance(outcome["refused"], ExecServerDisconnected) and output["refused"] == b""
+            assert isinstance(outcome["killed"], ExecServerDisconnected)
+            assert EXPECTED.startswith(output["killed"]) and output["killed"] != EXPECTED
+            assert group["ok"].state == "connected" and group["killed"].state == "failed"
+    finally:
+        cut_proxy.close()
+        refusing.close()
+        for orphan in orphans:  # the killed server's command, started by this test: end it by PID
+            try:
+                orphan.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(orphans, timeout=5)
+
+
+def test_concurrency_bound_holds(servers, tmp_path):
+    """Six hosts, max_workers=2: never more than two commands run at once, and two do."""
+    running_dir = tmp_path / "running"
+    running_dir.mkdir()
+    counts = tmp_path / "counts"
+    # a marker file per running command (not named after $$: each command may have PID 2 in its own namespace)
+    script = 'f=$(mktemp "$0/run.XXXXXX"); ls "$0" | wc -l >> "$1"; sleep 0.4; rm "$f"'
+    with Group([s.url for s in servers(6)], max_workers=2) as group:
+        result = group.run(["sh", "-c", script, str(running_dir), str(counts)], timeout=30)
+    assert all(done.returncode == 0 for done in result.values()), result
+    seen = [int(line) for line in counts.read_text().split()]
+    assert len(seen) == 6 and max(seen) == 2
+
+
+def test_check_timeout_and_results_of_failures(servers):
+    refusing = refusing_proxy()
+    try:
+        urls = [s.url for s in servers(2)]
+        with Group(urls + [refusing.url]) as group:
+            with pytest.raises(GroupError) as raised:
+                group.run(["true"], check=True, timeout=30)
+            result = raised.value.result
+            assert isinstance(result[refusing.url], ExecServerDisconnected)
+            assert all(result[url].returncode == 0 for url in urls) and list(result.failed) == [refusing.url]
+            assert "1 of 3 hosts failed" in str(raised.value)
+            slow = group.run(["sh", "-c", "echo $$; sleep 30"], timeout=0.5)
+            assert all(isinstance(slow[url], subprocess.TimeoutExpired) for url in urls)
+            assert slow.durations[refusing.url] == 0.0 and all(slow.durations[url] < 10 for url in urls)
+    finally:
+        refusing.close()
+
+
+def test_pairs_clients_and_close(servers):
+    plain = servers(1)[0]
+    secured = start_ours(auth=CapabilityToken.from_token("group-secret"))
+    try:
+        own = Client.connect(plain.url)
+        with Group({"with-token": (secured.url, "group-secret"), "without": secured.url, "mine": own}) as group:
+            assert group.hosts == ["with-token", "without", "mine"]
+            assert set(group.clients) == {"with-token", "mine"}
+            assert "401" in str(group.errors["without"])
+            result = group.run(["echo", "hi"], timeout=30)
+            assert result["with-token"].stdout == b"hi\n" and result["mine"].stdout == b"hi\n"
+            assert isinstance(result["without"], ExecServerDisconnected)
+            clients = list(group.clients.values())
+        assert all(client.state == "closed" for client in clients)  # the group owned them
+        with pytest.raises(ExecServerDisconnected):
+            group.run(["true"])
+        with Group([(secured.url, "group-secret"), plain.url]) as group:
+            assert group.hosts == [secured.url, plain.url] and not group.errors
+    finally:
+        secured.stop()
+    with pytest.raises(ValueError):
+        Group([])
+    with pytest.raises(ValueError):
+        Group([plain.url, plain.url])
+    with pytest.raises(ValueError):
+        Group([plain.url], max_workers=0)
+    assert DEFAULT_MAX_WORKERS == 32
+
+
+def test_fs_put_everywhere_and_get_from_each(servers, tmp_path):
+    urls = [s.url for s in servers(3)]
+    payload = os.urandom((1 << 20) * 2 + 123)  # three blocks
+    local = tmp_path / "payload.bin"
+    local.write_bytes(payload)
+    remote = tmp_path / "remote" / "payload.bin"
+    with Group(urls) as group:
+        assert list(group.fs.create_directory(remote.parent).values()) == [None] * 3
+        put = group.fs.put(str(local), remote)
+        assert put.ok and list(put.values()) == [len(payload)] * 3
+        assert remote.read_bytes() == payload
+        got = group.fs.get(remote, tmp_path / "downloads")
+        assert got.ok
+        for url in urls:
+            path = tmp_path / "downloads" / host_dirname(url) / "payload.bin"
+            assert got[url] == str(path) and path.read_bytes() == payload
+        assert sorted(os.listdir(tmp_path / "downloads")) == sorted(host_dirname(url) for url in urls)
+        missing = group.fs.read_file(tmp_path / "absent")
+        assert len(missing.failed) == 3
+    assert host_dirname("ws://[::1]:8765") == "___1__8765" and host_dirname("ws://10.0.0.5:8765") == "10.0.0.5_8765"

@@ -1,0 +1,152 @@
+"""``exec-server run`` and ``cp`` with several hosts: [HOST] prefixes, --group-output, summary, exit status."""
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import start_ours
+from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED, GROUP_PARALLEL
+from exec_server.client.group import DEFAULT_MAX_WORKERS
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.posix
+
+CLI = [sys.executable, "-m", "exec_server"]
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run(CLI + list(args), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def three():
+    """Three of our servers: (their URLs, their host:port labels); stopped at teardown."""
+    servers = [start_ours() for _ in range(3)]
+    urls = [s.url for s in servers]
+    yield urls, [urlsplit(url).netloc for url in urls]
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def refusing():
+    proxy = FaultProxy(1)
+    proxy.refuse(True)
+    yield proxy
+    proxy.close()
+
+
+def url_options(urls):
+    return [word for url in urls for word in ("--url", url)]
+
+
+def summary_rows(stderr: bytes):
+    """host -> (status, time, note) from the summary table on stderr."""
+    lines = stderr.decode().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("HOST"))
+    rows = {}
+    for line in lines[start + 1:]:
+        host, status, rest = line.split(None, 2)
+        rows[host] = (int(status), rest)
+    return rows
+
+
+def test_lines_prefixed_with_their_host_and_a_summary(three):
+    urls, labels = three
+    done = run_cli("run", *url_options(urls), "--", "sh", "-c", "echo one; echo two; echo err >&2; printf tail")
+    assert done.returncode == 0, done.stderr
+    out = Counter(done.stdout.decode().splitlines())
+    assert out == Counter("[%s] %s" % (label, word) for label in labels for word in ("one", "two", "tail"))
+    err_lines = done.stderr.decode().splitlines()
+    assert Counter(line for line in err_lines if line.endswith("] err")) == Counter("[%s] err" % l for l in labels)
+    assert "exec-server run: all 3 hosts succeeded" in err_lines
+    rows = summary_rows(done.stderr)
+    assert set(rows) == set(labels)
+    assert all(status == 0 and re.match(r"\d+\.\d\d s", rest) for status, rest in rows.values())
+
+
+def test_failure_status_and_summary(three, refusing, tmp_path):
+    urls, labels = three
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# build boxes\n%s\n\n%s   # the second\n%s\n" % (urls[0], urls[1], refusing.url))
+    done = run_cli("run", "--hosts", str(hosts), "--", "sh", "-c", "echo bye; exit 3")
+    assert done.returncode == EXIT_SOME_HOSTS_FAILED == 123
+    assert sorted(done.stdout.decode().splitlines()) == sorted("[%s] bye" % label for label in labels[:2])
+    assert b"exec-server run: 3 of 3 hosts failed" in done.stderr
+    rows = summary_rows(done.stderr)
+    assert rows[labels[0]][0] == rows[labels[1]][0] == 3
+    refused = rows[urlsplit(refusing.url).netloc]
+    assert refused[0] == 255 and refused[1].startswith("-       cannot connect")
+    ok = run_cli("run", "--url", urls[0], "--url", urls[2], "--", "true")
+    assert ok.returncode == 0
+    missing = run_cli("run", *url_options(urls), "--", "no-such-program-xyz")
+    assert missing.returncode == 123
+    assert all(status == 125 and "command not found" in rest for status, rest in summary_rows(missing.stderr).values())
+
+
+def test_group_output_one_block_per_host(three):
+    urls, labels = three
+    script = "for i in 1 2 3; do echo line$i; sleep 0.1; done; echo oops >&2"
+    done = run_cli("run", "--group-output", *url_options(urls), "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    blocks = re.findall(rb"=== (\S+) ===\n((?:line\d\n)*)", done.stdout)
+    assert sorted(label.decode() for label, _body in blocks) == sorted(labels)
+    assert all(body == b"line1\nline2\nline3\n" for _label, body in blocks)
+    assert b"".join(b"=== %s ===\n%s" % block for block in blocks) == done.stdout  # contiguous blocks
+    for label in labels:
+        assert ("=== %s ===\noops\n" % label).encode() in done.stderr
+
+
+def test_one_url_keeps_todays_output(three):
+    urls, _labels = three
+    done = run_cli("run", "--url", urls[0], "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
+
+
+def test_usage_mistakes_are_one_line(three, tmp_path):
+    urls, _labels = three
+    cases = [
+        (["run", *url_options(urls[:2]), "--tty", "--", "true"], b"--tty needs a single host"),
+        (["run", *url_options(urls[:2]), "--stdin", "--", "true"], b"--stdin needs a single host"),
+        (["run", "--url", urls[0], "--url", "http://x", "--", "true"], b"not a server URL"),
+        (["run", "--url", urls[0], "--url", urls[0], "--", "true"], b"host given twice"),
+        (["run", "--hosts", str(tmp_path / "absent"), "--", "true"], b"cannot read the hosts file"),
+        (["run", *url_options(urls[:2])], b"no command given"),
+        (["run", *url_options(urls[:2]), "--parallel", "0", "--", "true"], b"invalid value"),
+    ]
+    for argv, message in cases:
+        done = run_cli(*argv)
+        assert done.returncode == 2 and message in done.stderr and b"Traceback" not in done.stderr, (argv, done)
+    (tmp_path / "empty").write_text("# nothing\n\n")
+    done = run_cli("run", "--hosts", str(tmp_path / "empty"), "--", "true")
+    assert done.returncode == 2 and b"no hosts in the hosts file" in done.stderr
+    help_text = run_cli("run", "--help").stdout
+    assert b"123" in help_text and b"--group-output" in help_text and b"--hosts" in help_text
+    assert GROUP_PARALLEL == DEFAULT_MAX_WORKERS
+
+
+def test_cp_to_and_from_several_hosts(three, refusing, tmp_path):
+    urls, labels = three
+    source = tmp_path / "app.conf"
+    source.write_bytes(b"setting = 1\n" * 1000)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    done = run_cli("cp", *url_options(urls), str(source), ":" + str(remote))  # a remote directory: scp-like
+    assert done.returncode == 0, done.stderr
+    assert (remote / "app.conf").read_bytes() == source.read_bytes()
+    downloads = tmp_path / "downloads"
+    done = run_cli("cp", *url_options(urls), "--url", refusing.url, ":" + str(remote / "app.conf"), str(downloads))
+    assert done.returncode == 123
+    [line] = done.stderr.decode().splitlines()  # the refusing host's, alone
+    assert line.startswith("exec-server cp: cannot connect") and line.endswith("(%s)" % urlsplit(refusing.url).netloc)
+    for label in labels:
+        assert (downloads / label.replace(":", "_") / "app.conf").read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in downloads.iterdir()) == sorted(label.replace(":", "_") for label in labels)
+    done = run_cli("cp", *url_options(urls), ":" + str(tmp_path / "absent"), str(downloads))
+    assert done.returncode == 123 and done.stderr.decode().count("exec-server cp: ") == 3
+    done = run_cli("cp", *url_options(urls), str(source), str(tmp_path / "local"))
+    assert done.returncode == 2 and b"one side must be remote" in done.stderr

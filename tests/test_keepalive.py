@@ -1,0 +1,183 @@
+"""Silent connections through a fault proxy: keepalive on both ends, fast takeover, stalled writes.
+
+Every server and client here uses small keepalive settings so each test
+takes a few seconds; the defaults (Pings every 5 s, dead after 10 s,
+takeover probe 2 s) are the same code with other numbers.
+"""
+
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import Peer, wait_until
+from exec_server import Client, make_server
+from exec_server.client.recovery import ReconnectPolicy
+from exec_server.common.keepalive import DEAD, PING, KeepaliveClock
+from exec_server.server.config import ServerConfig
+from faultproxy import FaultProxy
+
+#: Output of the 3 s command: 30 numbered lines, one every 0.1 s.
+LINES = 30
+STREAM = [sys.executable, "-c",
+          "import sys, time\n"
+          "for i in range(%d):\n"
+          "    sys.stdout.write('line %%04d %%s\\n' %% (i, 'x' * 200)); sys.stdout.flush(); time.sleep(0.1)\n" % LINES]
+EXPECTED = b"".join(b"line %04d %s\n" % (i, b"x" * 200) for i in range(LINES))
+#: Keepalive of the clients that must not notice anything by themselves.
+NO_KEEPALIVE = dict(ping_interval=0.0, keepalive_timeout=0.0, probe_timeout=0.0)
+
+
+@pytest.fixture
+def live():
+    """``live(**ServerConfig fields)`` -> (server, proxy in front of it); all stopped at teardown."""
+    made = []
+
+    def factory(**settings):
+        server = make_server("ws://127.0.0.1:0", ServerConfig(**settings)).start()
+        proxy = FaultProxy(server.port)
+        made.append((server, proxy))
+        return server, proxy
+
+    yield factory
+    for server, proxy in made:
+        proxy.close()
+        server.shutdown()
+
+
+def test_keepalive_clock_pings_on_schedule_and_declares_silence_dead():
+    clock = KeepaliveClock(1.0, 2.5, now=0.0, fixed_schedule=True)
+    assert clock.poll(0.5) is None and clock.wait_time(0.5) == 0.5
+    assert clock.poll(1.0) == PING and clock.poll(1.5) is None
+    clock.received(1.9)
+    assert clock.poll(2.0) == PING  # fixed schedule: whatever arrived
+    assert clock.poll(4.3) == PING and clock.poll(4.39) is None  # late loop: no burst
+    assert clock.poll(4.4) == DEAD
+    idle = KeepaliveClock(1.0, 2.5, now=0.0, fixed_schedule=False)
+    idle.received(0.8)
+    assert idle.poll(1.5) is None and idle.poll(1.8) == PING  # one second after the last bytes
+
+
+def test_config_and_policy_refuse_a_keepalive_timeout_within_the_ping_interval():
+    with pytest.raises(ValueError, match="keepalive_timeout must exceed ping_interval"):
+        ServerConfig(ping_interval=5.0, keepalive_timeout=5.0)
+    with pytest.raises(ValueError, match="keepalive_timeout must exceed ping_interval"):
+        ReconnectPolicy(ping_interval=5.0, keepalive_timeout=4.0)
+    with pytest.raises(ValueError, match="send_timeout must be positive"):
+        ServerConfig(send_timeout=0)
+
+
+def test_run_through_a_blackhole_gets_every_byte_exactly_once_within_the_detection_bound(live):
+    server, proxy = live(ping_interval=0.5, keepalive_timeout=1.5, takeover_probe_timeout=0.5)
+    policy = ReconnectPolicy(deadline=15.0, ping_interval=0.3, keepalive_timeout=1.0, probe_timeout=0.5)
+    with Client.connect(proxy.url, reconnect=policy) as client:
+        states = []
+        blackholed = threading.Event()
+
+        def blackhole_mid_run() -> None:
+            time.sleep(1.0)
+            assert proxy.blackhole() == 1
+            blackholed.set()
+            t0 = time.monotonic()
+            wait_until(lambda: client.state != "connected", 5.0, 0.005)
+            states.append(time.monotonic() - t0)
+
+        thread = threading.Thread(target=blackhole_mid_run)
+        start = time.monotonic()
+        thread.start()
+        done = client.run(STREAM, timeout=30)
+        elapsed = time.monotonic() - start
+        thread.join(10)
+    assert blackholed.is_set()
+    assert done.returncode == 0
+    assert done.stdout == EXPECTED  # each byte once, in order
+    # detected within keepalive_timeout (+ one poll); the takeover probe and catch-up follow
+    assert states and states[0] <= policy.keepalive_timeout + 0.5, states
+    assert elapsed < 3.0 + policy.keepalive_timeout + 0.5 + 3.0, elapsed
+
+
+def test_second_client_resumes_a_blackholed_session_within_the_probe_bound(live, connect):
+    server, proxy = live()  # the defaults: takeover_probe_timeout 2 s
+    first = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
+    try:
+        process = first.start(["sleep", "30"])
+        proxy.blackhole()
+        peer: Peer = connect(server.url)
+        start = time.monotonic()
+        reply = peer.request("initialize", {"clientName": "second", "resumeSessionId": first.session_id})
+        took = time.monotonic() - start
+        assert reply.get("result", {}).get("sessionId") == first.session_id, reply
+        assert 1.5 <= took < 3.0, took
+        peer.send({"method": "initialized", "params": {}})
+        read = peer.call("process/read", {"processId": process.process_id, "afterSeq": 0, "waitMs": 0})
+        assert read["exited"] is False  # the same session, its process still running
+        peer.call("process/terminate", {"processId": process.process_id})
+    finally:
+        first.close()
+
+
+def test_resume_of_a_live_session_still_gets_32010_quickly(live, connect):
+    server, _proxy = live()
+    with Client.connect(server.url) as first:
+        peer = connect(server.url)
+        start = time.monotonic()
+        reply = peer.request("initialize", {"clientName": "second", "resumeSessionId": first.session_id})
+        assert reply["error"]["code"] == -32010, reply
+        assert time.monotonic() - start < 1.0
+        assert first.call("environment/status", timeout=5) == {"status": "ready"}
+
+
+def test_server_detaches_a_blackholed_session_without_any_resume(live):
+    server, proxy = live(ping_interval=0.3, keepalive_timeout=1.0)
+    client = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
+    try:
+        session = server.registry.get(client.session_id)
+        assert session.holder() is not None
+        proxy.blackhole()
+        start = time.monotonic()
+        wait_until(lambda: session.holder() is None, 5.0, 0.01)
+        took = time.monotonic() - start
+        assert took <= 1.0 + 0.5, took  # keepalive_timeout, and one loop turn
+        assert server.registry.get(client.session_id) is session  # detached, not forgotten: the TTL runs
+    finally:
+        client.close()
+
+
+def test_timed_out_call_on_a_silent_connection_starts_recovery(live):
+    server, proxy = live(takeover_probe_timeout=0.3)  # the server's first Ping comes after 5 s
+    policy = ReconnectPolicy(deadline=10.0, ping_interval=20.0, keepalive_timeout=60.0, probe_timeout=0.5)
+    with Client.connect(proxy.url, reconnect=policy) as client:
+        proxy.blackhole()
+        time.sleep(1.1)  # quiet for longer than SUSPECT_AFTER_QUIET
+        with pytest.raises(TimeoutError):
+            client.call("environment/status", timeout=0.3)
+        wait_until(lambda: client.state == "recovering", 2.0, 0.01)  # probe_timeout, far below 60 s
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+
+
+def test_client_that_stops_reading_is_dropped_after_the_send_timeout(live):
+    server, proxy = live(send_timeout=1.0)
+    client = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
+    try:
+        session = server.registry.get(client.session_id)
+        proxy.stall("downstream")  # the proxy stops reading what the server writes
+        client.start([sys.executable, "-c", "import sys\nwhile True: sys.stdout.write('y' * 65536)"])
+        start = time.monotonic()
+        wait_until(lambda: session.holder() is None, 30.0, 0.02)
+        assert time.monotonic() - start < 20.0  # buffers fill, then one send_timeout
+    finally:
+        for process in server.registry.get(client.session_id).processes():
+            process.kill_tree()
+        client.close()
+
+
+def test_faultproxy_reset_aborts_both_sides(live):
+    server, proxy = live()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        wait_until(lambda: proxy.connections, 2.0)
+        proxy.reset()
+        with pytest.raises(ConnectionResetError):
+            sock.settimeout(5)
+            sock.recv(1)
