@@ -35,16 +35,18 @@ SKIPPED_LINES = [
     (r"pyenv", "needs pyenv"),
     (r"\.\./shared/|^C=", "the shared benchmark harness, outside the repository"),
     (r"^python benchmarks/", "a benchmark: minutes of load, measured by hand"),
+    (r"--hosts fleet\.txt", "a fleet of non-loopback hosts (fleet.txt)"),
+    (r"^\[build-|^build-\d|^HOST +STATUS|^exec-server run: all", "example output, not a command"),
 ]
 #: (pattern a python block matches, why it is not run)
 SKIPPED_PYTHON = [
-    (r"wss?://build-box", "a non-loopback address"),
+    (r"wss?://build-", "a non-loopback address"),
     (r"/etc/exec-server/", "reads the non-loopback service's secret, set up as root under /etc"),
 ]
 #: Shell lines that run: the CLI on loopback, and the lines that make its input.
 RUN_LINES = r"^(exec-server (run|cp) |printf |echo )"
-#: Blocks that are not code (a wire example).
-TEXT_LANGUAGES = {"text"}
+#: Blocks that are not run: a wire example, a systemd unit (needs systemd), a Kubernetes manifest.
+TEXT_LANGUAGES = {"text", "ini", "yaml"}
 
 
 def code_blocks() -> List[Tuple[int, str, str]]:
