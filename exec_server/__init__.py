@@ -14,7 +14,9 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "Client": "client.api", "ReconnectPolicy": "client.recovery", "RequestOutcomeUnknown": "client.recovery",
+    "Client": "client.api",
+    "CallTimeout": "client.interfaces", "ExtensionNotSupported": "client.interfaces",
+    "ReconnectPolicy": "client.recovery", "RequestOutcomeUnknown": "client.recovery",
     "RemoteProcess": "client.process", "OutputEvent": "client.process", "ExitedEvent": "client.process",
     "ClosedEvent": "client.process", "ProcessOutputGap": "client.process", "StdinClosedError": "client.process",
     "StdinQueueFullError": "client.process",

@@ -32,6 +32,7 @@ class FaultProxy:
         self._refusing = False
         self._hold_downstream = threading.Event()
         self._hold_downstream.set()  # set = flowing
+        self._hold_after = None  # bytes: hold downstream once they have been forwarded
         self._closed = False
         self._threads: List[threading.Thread] = []
         self._spawn(self._accept_loop)
@@ -80,6 +81,9 @@ class FaultProxy:
                 if source in self._blackholed:
                     continue
                 sink.sendall(data)
+                if downstream and self._hold_after is not None and self._hold_after in data:
+                    self._hold_after = None
+                    self._hold_downstream.clear()
         except OSError:
             pass
         finally:
@@ -176,6 +180,10 @@ class FaultProxy:
             self._hold_downstream.clear()
         else:
             self._hold_downstream.set()
+
+    def hold_downstream_after(self, marker: bytes) -> None:
+        """Hold the server-to-client direction once a read containing ``marker`` was forwarded."""
+        self._hold_after = marker
 
     def retarget(self, port: int) -> None:
         with self._lock:

@@ -202,7 +202,7 @@ def test_read_in_flight_is_retried(memory_server):
     with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
         process = client.start(["/bin/sh", "-c", "sleep 1; echo late"])
         results = []
-        reader = threading.Thread(target=lambda: results.append(process.read(wait_ms=5000, timeout=15)))
+        reader = threading.Thread(target=lambda: results.append(process.read(wait=5.0, timeout=15)))
         reader.start()
         wait_until(lambda: "process/read" in server.transports[0].seen)  # the long poll is on the server
         server.cut()

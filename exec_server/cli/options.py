@@ -351,7 +351,7 @@ def add_run_parser(commands) -> None:
                      help="give the command only the --env variables (default: inherit the server's)")
     run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
     run.add_argument("--stdin", action="store_true",
-                     help="forward local stdin to the command (always on with --tty)")
+                     help="forward local stdin to the command, then its end of file (always on with --tty)")
     run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
                      help="how long to try to resume the session after the connection drops; 0 disables "
                           "(default: the client's ReconnectPolicy deadline)")

@@ -57,19 +57,42 @@ class _RawTerminal:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
-def _forward_stdin(process) -> None:
+def _forward_stdin(process, can_close: bool) -> None:
+    """Copy local stdin to the remote one; at local end of file, close it (``closeStdin``).
+
+    A server without the extension (the Codex reference) cannot close a
+    stdin: the remote command then goes on waiting for input, and a note
+    says so.
+    """
     fd = sys.stdin.fileno()
     while True:
         try:
             data = os.read(fd, 65536)
         except OSError:
             return
-        if not data:
-            return
         try:
-            process.write(data)
+            if not data:
+                if can_close:
+                    process.close_stdin()
+                else:
+                    print("exec-server run: the server cannot close the remote stdin (no closeStdin extension); "
+                          "end the command with Ctrl-C", file=sys.stderr)
+                return
+            process.write_all(data, None)  # waits while the server's stdin queue is full
         except (RpcError, ExecServerDisconnected, OSError, TimeoutError):
             return
+
+
+def _terminal_size():
+    """``(rows, cols)`` of the local terminal (stdin, else stdout), or None."""
+    for stream in (sys.stdin, sys.stdout):
+        try:
+            size = os.get_terminal_size(stream.fileno())
+        except (AttributeError, ValueError, OSError):
+            continue
+        if size.lines > 0 and size.columns > 0:
+            return size.lines, size.columns
+    return None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -133,8 +156,11 @@ def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, er
 
 def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
     forward = args.stdin or (args.tty and sys.stdin is not None and os.isatty(sys.stdin.fileno()))
-    process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env,
-                           tty=args.tty, stdin=bool(forward))
+    # The local terminal's size at start and on each SIGWINCH (our ptySize
+    # extension); the Codex reference keeps every PTY at 24x80.
+    follow_size = args.tty and client.supports("ptySize") and hasattr(signal, "SIGWINCH")
+    process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env, tty=args.tty,
+                           stdin=bool(forward), pty_size=_terminal_size() if follow_size else None)
     interrupts = []
 
     def on_interrupt(signum, frame):
@@ -142,14 +168,21 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
         action = process.send_interrupt if len(interrupts) == 1 else process.terminate
         threading.Thread(target=_quietly, args=(action,), daemon=True).start()
 
+    def on_resize(signum, frame):
+        size = _terminal_size()
+        if size is not None:
+            threading.Thread(target=_quietly, args=(lambda: process.resize(*size),), daemon=True).start()
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous_winch = signal.signal(signal.SIGWINCH, on_resize) if follow_size else signal.SIG_DFL
     out = sys.stdout.buffer
     err = sys.stderr.buffer
     exit_code = None
     try:
         with _RawTerminal(sys.stdin.fileno()) if args.tty and forward else _NullContext():
             if forward:
-                threading.Thread(target=_forward_stdin, args=(process,), daemon=True).start()
+                threading.Thread(target=_forward_stdin, args=(process, client.supports("closeStdin")),
+                                 daemon=True).start()
             for event in process:
                 if isinstance(event, OutputEvent):
                     target = err if event.stream == "stderr" else out
@@ -161,6 +194,8 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                     break
     finally:
         signal.signal(signal.SIGINT, previous)
+        if follow_size:
+            signal.signal(signal.SIGWINCH, previous_winch if previous_winch is not None else signal.SIG_DFL)
     if exit_code is None or exit_code < 0:
         return EXIT_DISCONNECTED
     return exit_code if exit_code < 256 else 255

@@ -28,14 +28,14 @@ import uuid
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from exec_server.client.endpoint import CONNECTED, Endpoint
-from exec_server.client.interfaces import PathLike
+from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike  # noqa: F401
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import ReconnectPolicy, Recovery, RequestOutcomeUnknown  # noqa: F401
 from exec_server.client.transport import Connector, Transport, WebSocketTransport
-from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, RpcError
+from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 from exec_server.protocol.uris import path_to_uri
 
 
@@ -56,6 +56,8 @@ class Client:
         self._endpoint = Endpoint()
         self.session_id: Optional[str] = None
         self.environment_info: Dict[str, Any] = {}
+        #: ``extensions`` of the ``initialize`` result (none from the Codex reference); see :meth:`supports`.
+        self.extensions: Dict[str, Any] = {}
 
     @classmethod
     def open(cls, connector: Connector, timeout: Optional[float] = 10.0, client_name: str = "exec-server-python",
@@ -72,7 +74,7 @@ class Client:
             ExecServerDisconnected: the connector failed, or the connection
                 ended before ``initialize`` completed.
             RpcError: ``initialize`` failed.
-            TimeoutError: no ``initialize`` answer within ``timeout``.
+            CallTimeout: no ``initialize`` answer within ``timeout``.
         """
         client = cls(connector, client_name, reconnect)
         client._start(timeout)
@@ -167,6 +169,8 @@ class Client:
             result = endpoint.call_on(generation, "initialize", {"clientName": self._client_name}, timeout)
             self.session_id = result["sessionId"]
             self.environment_info = result.get("environmentInfo") or {}
+            extensions = result.get("extensions")
+            self.extensions = dict(extensions) if isinstance(extensions, dict) else {}
             if self._policy is not None:
                 endpoint.on_lost = Recovery(endpoint, self._policy, self._connector, self._client_name,
                                             self.session_id).connection_lost
@@ -206,7 +210,8 @@ class Client:
                 as it means the request was not run.
             RequestOutcomeUnknown: a mutation's connection dropped before its answer.
             ExecServerDisconnected: the client is failed or closed.
-            TimeoutError: no answer within ``timeout``.
+            CallTimeout: no answer within ``timeout`` (a ``subprocess.TimeoutExpired``
+                and a ``TimeoutError``).
         """
         return self._endpoint.call(method, params, timeout)
 
@@ -249,6 +254,10 @@ class Client:
     def server_platform(self) -> str:
         return self.environment_info.get("platformOs", "linux")
 
+    def supports(self, extension: str) -> bool:
+        """True if ``initialize`` advertised the extension (``closeStdin``, ``ptySize``; README.rst)."""
+        return self.extensions.get(extension) is True
+
     def to_uri(self, path: PathLike) -> str:
         """A ``file://`` URI on the server's host for ``path`` (str, Path or URI)."""
         text = os.fspath(path)
@@ -259,7 +268,7 @@ class Client:
     def start(self, argv: Sequence[str], *, cwd: Optional[PathLike] = None,
               env: Optional[Mapping[str, str]] = None, inherit_env: bool = True,
               env_policy: Optional[Mapping[str, Any]] = None, tty: bool = False, stdin: bool = False,
-              arg0: Optional[str] = None, process_id: Optional[str] = None,
+              arg0: Optional[str] = None, process_id: Optional[str] = None, pty_size: Optional[Sequence[int]] = None,
               sandbox: Optional[Mapping[str, Any]] = None, timeout: Optional[float] = 30.0) -> RemoteProcess:
         """Start a process, like ``subprocess.Popen`` (``process/start``).
 
@@ -275,13 +284,14 @@ class Client:
             tty: run under a PTY (stream ``pty``).
             stdin: keep stdin writable (``pipeStdin``).
             arg0: ``argv[0]`` as the child sees it.
+            pty_size: ``(rows, cols)`` of the PTY (``ptySize`` extension; else 24x80).
             process_id: the id to use; default a fresh unique one.
             sandbox: a FileSystemSandboxContext (PROTOCOL.md 9) confining the
                 process; ``sandbox_type`` of the handle tells what applied.
             timeout: seconds to wait for the start response.
         Raises:
             RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
-            RequestOutcomeUnknown, ExecServerDisconnected, TimeoutError: as for :meth:`call`.
+            RequestOutcomeUnknown, ExecServerDisconnected, CallTimeout: as for :meth:`call`.
             ValueError: ``argv`` is empty, or ``process_id`` is in use.
         """
         if not argv:
@@ -301,6 +311,8 @@ class Client:
         }
         if env_policy is not None:
             params["envPolicy"] = dict(env_policy)
+        if pty_size is not None and tty and self.supports("ptySize"):
+            params["ptySize"] = {"rows": int(pty_size[0]), "cols": int(pty_size[1])}
         if sandbox is not None:
             params["sandbox"] = dict(sandbox)
         process = RemoteProcess(self, process_id, list(argv))
@@ -323,36 +335,47 @@ class Client:
 
         Args:
             argv: program and arguments.
-            input: bytes for the child's stdin, followed by end of file.  The
-                protocol cannot close a child's stdin, so the child reads
-                them through ``/bin/sh -c 'head -c N | "$@"'`` (POSIX servers
-                only).
-            timeout: seconds for the whole run; when it passes the remote
-                tree is killed and ``subprocess.TimeoutExpired`` is raised.
+            input: bytes for the child's stdin, then end of file (``closeStdin``
+                extension; without it, as on the Codex reference, the child reads
+                them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
+            timeout: seconds for start, input and wait; past them the remote tree is killed (up
+                to :data:`KILL_GRACE` s more) and :class:`CallTimeout` raised.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             start_options: as for :meth:`start`.
         Returns:
-            ``subprocess.CompletedProcess`` with ``stdout`` and ``stderr``
-            bytes (a PTY's output is in ``stdout``).
+            ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes (a PTY's in ``stdout``).
         """
         deadline = _deadline(timeout)
         command = list(argv)
         if input is not None:
-            if self.server_platform == "windows":
-                raise NotImplementedError("input= needs a POSIX server")
-            command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
+            if not self.supports("closeStdin"):
+                if self.server_platform == "windows":
+                    raise ExtensionNotSupported("closeStdin", "input= on a Windows server")
+                command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
             start_options["stdin"] = True
-        process = self.start(command, timeout=_remaining(deadline) if deadline else 30.0, **start_options)
+        start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
+        process_id = start_options.pop("process_id", None) or "proc-" + uuid.uuid4().hex
         try:
-            if input:
-                process.write(input)
+            process = self.start(command, timeout=start_timeout, process_id=process_id, **start_options)
+        except CallTimeout:
+            try:  # no answer even in the grace: kill what may have started
+                self.call("process/terminate", {"processId": process_id}, timeout=KILL_GRACE)
+            except (RpcError, ExecServerError, TimeoutError):
+                pass
+            raise CallTimeout(list(argv), timeout) from None
+        try:
+            if _remaining(deadline) == 0.0:
+                raise CallTimeout(list(argv), timeout)
+            if input is not None:
+                self._feed(process, bytes(input), deadline)
             stdout, stderr = process.communicate(timeout=_remaining(deadline))
         except subprocess.TimeoutExpired:
             try:
-                process.kill()
+                process.kill(timeout=KILL_GRACE)
+                process.wait(timeout=KILL_GRACE)
             except (RpcError, ExecServerError, TimeoutError):
                 pass
-            raise subprocess.TimeoutExpired(list(argv), timeout) from None
+            raise CallTimeout(list(argv), timeout) from None
         finally:
             self.forget(process)
         done = subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
@@ -360,7 +383,18 @@ class Client:
             done.check_returncode()
         return done
 
+    def _feed(self, process: RemoteProcess, data: bytes, deadline: Optional[float]) -> None:
+        try:  # in pieces, then end of file if the server can
+            process.write_all(data, _remaining(deadline), close_stdin=self.supports("closeStdin"), piece=INPUT_PIECE)
+        except (StdinClosedError, InternalError):
+            pass  # the child exited or closed its stdin: like Popen.communicate's broken pipe
 
-__all__ = ["Client", "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
+
+KILL_GRACE = 10.0  #: seconds a timed-out run still waits for the start answer, the kill and the exit
+INPUT_PIECE = 1 << 20  #: bytes of ``run(input=)`` per ``process/write``
+
+
+__all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
+           "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
            "ClosedEvent", "ProcessOutputGap", "StdinClosedError", "ExecServerDisconnected", "ExecServerError",
            "RpcError"]

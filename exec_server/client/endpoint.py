@@ -20,7 +20,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from exec_server.client.interfaces import ProcessHandle
+from exec_server.client.interfaces import CallTimeout, ProcessHandle
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.transport import Transport
@@ -216,18 +216,18 @@ class Endpoint:
             if reader is not threading.current_thread():
                 reader.join(join_timeout)
 
-    def wait_usable(self, deadline: Optional[float], method: str) -> int:
+    def wait_usable(self, deadline: Optional[float], method: str, timeout: Optional[float] = None) -> int:
         """Wait out a recovery until the monotonic ``deadline``; returns the current generation.
 
         Raises:
-            TimeoutError: still recovering at the deadline.
+            CallTimeout: still recovering at the deadline.
             ExecServerDisconnected: failed or closed.
         """
         with self._lock:
             while self._state == RECOVERING:
                 remaining = _remaining(deadline)
                 if remaining == 0.0:
-                    raise TimeoutError("%s: still reconnecting" % method)
+                    raise CallTimeout(method, timeout)
                 self._state_changed.wait(remaining)
             if self._state == FAILED:
                 raise self._failure  # type: ignore[misc]
@@ -246,7 +246,7 @@ class Endpoint:
                 trace = TraceContext(carrier.get("traceparent"), carrier.get("tracestate")) if carrier else None
                 overload_delays = iter(OVERLOAD_RETRY_DELAYS)
                 while True:
-                    generation = self.wait_usable(deadline, method)
+                    generation = self.wait_usable(deadline, method, timeout)
                     try:
                         value = self.call_on(generation, method, params, _remaining(deadline),
                                              recoverable=True, trace=trace)
@@ -271,7 +271,7 @@ class Endpoint:
         Raises:
             ExecServerDisconnected: that transport is gone.
             _SendFailed: (``recoverable`` only) not sent; wait for the recovery and retry.
-            TimeoutError, RpcError: as for :meth:`call`.
+            CallTimeout, RpcError: as for :meth:`call`.
         """
         request_id = next(self._ids)
         text = encode(Request(request_id, method, params, trace))
@@ -299,7 +299,7 @@ class Endpoint:
             with self._lock:
                 self._pending.pop(request_id, None)
             self.suspect()
-            raise TimeoutError("%s: no response within %.3f s" % (method, timeout))
+            raise CallTimeout(method, timeout)
         if pending.error is not None:
             raise pending.error
         return pending.result

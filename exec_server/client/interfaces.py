@@ -8,10 +8,12 @@ The parts of the client depend on these shapes, not on each other's classes:
   process handle (:class:`~exec_server.client.process.RemoteProcess` is one).
 
 Timeouts are float seconds (None blocks, 0 polls, negatives rejected), turned
-into one ``time.monotonic()`` deadline that is passed down.
+into one ``time.monotonic()`` deadline that is passed down; every wait or call
+past its deadline raises :class:`CallTimeout`.
 """
 
 import os
+import subprocess
 import time
 from typing import Any, Dict, List, Optional, Protocol, Union
 
@@ -27,6 +29,9 @@ class Caller(Protocol):
 
     def to_uri(self, path: PathLike) -> str:
         """A ``file://`` URI on the server's host for ``path``."""
+
+    def supports(self, extension: str) -> bool:
+        """True if the server advertised ``extension`` (``closeStdin``, ``ptySize``) in ``initialize``."""
 
 
 class ProcessHandle(Protocol):
@@ -50,6 +55,38 @@ class ProcessHandle(Protocol):
 
     def fail(self, error: BaseException) -> None:
         """Make every wait of the handle raise ``error`` (unless already closed)."""
+
+
+class CallTimeout(subprocess.TimeoutExpired, TimeoutError):
+    """A client wait or call passed its deadline: both ``subprocess.TimeoutExpired`` and ``TimeoutError``.
+
+    ``cmd`` is the argv of the process waited for, or the method of the call;
+    ``timeout`` the seconds that were given.  What was done stays done: a
+    call may still be applied by the server after its timeout.
+    """
+
+    def __init__(self, cmd: Any, timeout: Optional[float], output: Optional[bytes] = None,
+                 stderr: Optional[bytes] = None):
+        subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
+        self.args = (cmd, timeout)
+
+    def __str__(self) -> str:
+        if isinstance(self.cmd, str):
+            return "%s: no response within %.3f s" % (self.cmd, self.timeout or 0.0)
+        return subprocess.TimeoutExpired.__str__(self)
+
+
+class ExtensionNotSupported(NotImplementedError):
+    """The server lacks an exec-server protocol extension this call needs (e.g. the Codex reference).
+
+    ``extension`` names it (``closeStdin``, ``ptySize``); README.rst,
+    "Protocol extensions", says what each does and what the client does
+    without it.
+    """
+
+    def __init__(self, extension: str, what: str):
+        super().__init__("%s needs the %s extension, which this server does not advertise" % (what, extension))
+        self.extension = extension
 
 
 def deadline(timeout: Optional[float]) -> Optional[float]:

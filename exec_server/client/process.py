@@ -18,86 +18,17 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Optional, Union
+import warnings
+from typing import Any, Deque, Dict, Iterator, List, Optional
 
-from exec_server.client.interfaces import Caller
+from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
+                                       ProcessOutputGap, StdinClosedError, StdinQueueFullError,
+                                       event_from_notification)
 from exec_server.protocol import b64
-from exec_server.protocol.errors import InternalError
-
-
-@dataclass(frozen=True)
-class OutputEvent:
-    """``process/output``: ``data`` bytes from ``stream`` (stdout, stderr or pty)."""
-
-    seq: int
-    stream: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ExitedEvent:
-    """``process/exited``: the exit code (128 + N for a pipe child killed by signal N)."""
-
-    seq: int
-    exit_code: int
-    sandbox_denied: bool = False
-
-
-@dataclass(frozen=True)
-class ClosedEvent:
-    """``process/closed``: exited and all output delivered; nothing follows."""
-
-    seq: int
-
-
-ProcessEvent = Union[OutputEvent, ExitedEvent, ClosedEvent]
-
-
-class StdinClosedError(BrokenPipeError):
-    """``process/write`` answered ``stdinClosed``: start with ``stdin=True`` or ``tty=True``."""
-
-
-class StdinQueueFullError(InternalError):
-    """``process/write`` refused: the server already holds ``--max-stdin-queue-bytes`` of stdin
-    the child has not read.  Nothing was queued; write again once the child reads.
-
-    ``queued_bytes`` and ``limit_bytes`` are the server's figures.
-    """
-
-    def __init__(self, message: str, data: Any = None):
-        super().__init__(message, data)
-        self.queued_bytes = data.get("queuedBytes") if isinstance(data, dict) else None
-        self.limit_bytes = data.get("limitBytes") if isinstance(data, dict) else None
-
-
-class ProcessOutputGap(Exception):
-    """The server no longer retains output this client had not received.
-
-    Raised by the waits of the one process concerned after a reconnect; the
-    process was terminated.  ``missing`` is the list of lost seqs.
-    """
-
-    def __init__(self, process_id: str, missing: List[int]):
-        super().__init__("process %s lost output seqs %s..%s while disconnected"
-                         % (process_id, missing[0], missing[-1]))
-        self.process_id = process_id
-        self.missing = missing
-
-
-def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[ProcessEvent]:
-    seq = params.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        return None
-    if method == "process/output":
-        return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(params.get("chunk", "")))
-    if method == "process/exited":
-        return ExitedEvent(seq, params.get("exitCode", -1), bool(params.get("sandboxDenied")))
-    if method == "process/closed":
-        return ClosedEvent(seq)
-    return None
+from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
 
 
 class RemoteProcess:
@@ -215,7 +146,8 @@ class RemoteProcess:
         """The next event, or None after ``closed`` was consumed.
 
         Raises:
-            subprocess.TimeoutExpired: nothing arrived within ``timeout``.
+            CallTimeout: nothing arrived within ``timeout`` (a
+                ``subprocess.TimeoutExpired`` and a ``TimeoutError``).
             ExecServerDisconnected: the connection was lost for good.
             ProcessOutputGap: output was lost while disconnected.
         """
@@ -234,7 +166,7 @@ class RemoteProcess:
                 check = getattr(self.client, "check_connection", None)
                 if check is not None and timeout:  # a timed-out wait on a quiet connection probes it
                     check()
-                raise subprocess.TimeoutExpired(self.args, timeout)
+                raise CallTimeout(self.args, timeout)
             self._changed.wait(remaining)
 
     def __iter__(self) -> Iterator[ProcessEvent]:
@@ -253,8 +185,8 @@ class RemoteProcess:
         A PTY's output counts as stdout.
 
         Raises:
-            subprocess.TimeoutExpired: not closed within ``timeout`` (the
-                output so far stays buffered).
+            CallTimeout: not closed within ``timeout`` (the output so far
+                stays buffered).
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
         """
         deadline = _deadline(timeout)
@@ -281,7 +213,7 @@ class RemoteProcess:
         """Wait for the exit; returns the exit code.
 
         Raises:
-            subprocess.TimeoutExpired: no exit within ``timeout``.
+            CallTimeout: no exit within ``timeout``.
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
         """
         with self._changed:
@@ -292,22 +224,31 @@ class RemoteProcess:
         return self.returncode
 
     # ------------------------------------------------------------ control
-    def write(self, data: bytes, timeout: Optional[float] = 30.0) -> None:
+    def write(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False) -> None:
         """Write bytes to the child's stdin or PTY (``process/write``).
 
+        Args:
+            data: the bytes (may be empty).
+            timeout: seconds to wait for the answer.
+            close_stdin: then close stdin after them (see :meth:`close_stdin`).
         Raises:
-            StdinClosedError: the process has no writable stdin.
+            StdinClosedError: the process has no writable stdin, or it was closed.
             ProcessLookupError: the server does not know the process.
             StdinQueueFullError: the server's stdin queue for the process is
                 full (the child is not reading); nothing was queued.
             InternalError: the process has exited (``failed to write to process stdin``).
+            ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
             RequestOutcomeUnknown: the connection dropped before the answer;
                 the bytes may or may not have been written (never re-sent).
+            CallTimeout: no answer within ``timeout``.
         """
+        params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex}
+        if close_stdin:
+            if not self.client.supports("closeStdin"):
+                raise ExtensionNotSupported("closeStdin", "closing a remote stdin")
+            params["closeStdin"] = True
         try:
-            status = self.client.call("process/write", {
-                "processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex,
-            }, timeout=timeout)["status"]
+            status = self.client.call("process/write", params, timeout=timeout)["status"]
         except InternalError as exc:
             if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
                 raise StdinQueueFullError(exc.message, exc.data) from None
@@ -316,6 +257,62 @@ class RemoteProcess:
             raise StdinClosedError("process %s has no writable stdin" % self.process_id)
         if status == "unknownProcess":
             raise ProcessLookupError("unknown process id %s" % self.process_id)
+
+    def write_all(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False,
+                  piece: int = 1 << 20) -> None:
+        """Write ``data`` in pieces of ``piece`` bytes, waiting while the server's stdin queue is full.
+
+        Like ``socket.sendall``: a :class:`StdinQueueFullError` (the child is
+        not reading yet) is retried every 50 ms until ``timeout`` seconds have
+        passed in all.  ``close_stdin`` closes stdin after the last piece.
+
+        Raises:
+            CallTimeout: not all written within ``timeout``.
+            StdinClosedError, InternalError, ExtensionNotSupported: as for :meth:`write`.
+        """
+        deadline = _deadline(timeout)
+        pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
+        for index, chunk in enumerate(pieces):
+            close = close_stdin and index == len(pieces) - 1
+            while chunk or close:
+                try:
+                    self.write(chunk, timeout=_remaining(deadline), close_stdin=close)
+                    break
+                except StdinQueueFullError:
+                    if _remaining(deadline) == 0.0:
+                        raise CallTimeout(self.args, timeout) from None
+                    time.sleep(min(0.05, _remaining(deadline) or 0.05))
+
+    def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
+        """End of file on the child's stdin, after every byte already written (our extension).
+
+        ``process/write`` with ``closeStdin: true``: a pipe is closed; a PTY
+        gets its EOF character (^D, README.rst "Protocol extensions").  A
+        stdin already closed, or never writable, is left as it is.
+
+        Raises:
+            ExtensionNotSupported: the server does not advertise
+                ``closeStdin`` (the Codex reference cannot close a stdin).
+            ProcessLookupError, RequestOutcomeUnknown, CallTimeout: as for :meth:`write`.
+        """
+        try:
+            self.write(b"", timeout, close_stdin=True)
+        except StdinClosedError:
+            pass
+
+    def resize(self, rows: int, cols: int, timeout: Optional[float] = 30.0) -> None:
+        """Set the window size of the child's PTY (``process/resize``, our extension); it gets SIGWINCH.
+
+        Raises:
+            ExtensionNotSupported: the server does not advertise ``ptySize``.
+            InvalidParams: the process has no PTY, or a size outside 1..65535.
+            InvalidRequest: the server does not know the process.
+            CallTimeout: no answer within ``timeout``.
+        """
+        if not self.client.supports("ptySize"):
+            raise ExtensionNotSupported("ptySize", "resizing a remote terminal")
+        self.client.call("process/resize", {"processId": self.process_id, "rows": rows, "cols": cols},
+                         timeout=timeout)
 
     def signal(self, name: str = "interrupt", timeout: Optional[float] = 30.0) -> None:
         """Send a protocol signal (``interrupt`` is the only one; PROTOCOL.md 5.6)."""
@@ -336,13 +333,46 @@ class RemoteProcess:
 
     kill = terminate
 
-    def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait_ms: int = 0,
-             timeout: Optional[float] = None) -> Dict[str, Any]:
-        """The raw ``process/read`` result (retained output after ``after_seq``)."""
-        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes, "waitMs": wait_ms}
+    def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
+             timeout: Optional[float] = None, *, wait_ms: Optional[int] = None) -> Dict[str, Any]:
+        """The raw ``process/read`` result: output after ``after_seq``, at most ``max_bytes``.
+
+        ``wait`` is the seconds the server may wait for something new (long
+        poll); ``timeout`` the seconds for the answer (default ``wait`` + 30;
+        CallTimeout past it).  ``wait_ms`` (milliseconds) is deprecated.
+        """
+        if wait_ms is not None:
+            warnings.warn("RemoteProcess.read(wait_ms=) is deprecated; use wait= (seconds)",
+                          DeprecationWarning, stacklevel=2)
+            wait = wait_ms / 1000.0
+        if wait < 0:
+            raise ValueError("wait must not be negative")
+        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes,
+                  "waitMs": int(round(wait * 1000))}
         if timeout is None:
-            timeout = wait_ms / 1000.0 + 30.0
+            timeout = wait + 30.0
         return self.client.call("process/read", params, timeout=timeout)
+
+    def __enter__(self) -> "RemoteProcess":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Kill the remote tree if it is still running, wait up to 5 s for its exit, stop tracking it.
+
+        Unlike ``Popen.__exit__`` (which waits however long the child runs):
+        waiting could hang, and leaving it would keep it alive on the server
+        until the session expires.  Errors of a lost connection are ignored.
+        """
+        try:
+            if self.returncode is None and not self.done:
+                self.terminate(timeout=5.0)
+                self.wait(timeout=5.0)
+        except (ExecServerError, RpcError, TimeoutError, OSError):
+            pass
+        finally:
+            forget = getattr(self.client, "forget", None)
+            if forget is not None:
+                forget(self)
 
     def __repr__(self) -> str:
         return "<RemoteProcess %s returncode=%r>" % (self.process_id, self.returncode)

@@ -372,6 +372,9 @@ def _serde_message(error: jsonschema.ValidationError) -> str:
         if isinstance(error.instance, str):
             return "unknown variant `%s`, expected %s" % (error.instance, _variants_text(error.validator_value))
         return "invalid type: %s, expected %s" % (serde_type_description(error.instance), "a string")
+    if validator in ("minimum", "maximum") and isinstance(error.instance, int) and error.schema.get("maximum") == 65535:
+        # our extensions' terminal sizes (u16, not zero): say which range
+        return "invalid value: integer `%d`, expected %d to 65535" % (error.instance, error.schema.get("minimum", 0))
     if validator in ("minimum", "maximum") and isinstance(error.instance, int):
         return "invalid number"
     if validator == "const":

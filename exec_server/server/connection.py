@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: millisecond, and inline spawning raised the fan-out rate from ~605 to
 #: ~690 processes/s (benchmarks/bench.py, shared harness).
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal", "process/start",
-                            "process/terminate", "fs/close"})
+                            "process/terminate", "process/resize", "fs/close"})
 
 #: Name prefix of the request threads (a pool per connection); they inherit
 #: the daemon flag of the connection's thread but still hold interpreter exit.

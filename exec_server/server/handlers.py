@@ -65,6 +65,13 @@ class RequestContext:
 
 
 # --------------------------------------------------------------- handshake
+#: Our protocol extensions, advertised as the ``extensions`` member of the
+#: ``initialize`` result (a member the reference's clients ignore; README.rst,
+#: "Protocol extensions"): ``closeStdin`` on ``process/write``; ``ptySize`` on
+#: ``process/start`` and the ``process/resize`` method (PTYs: not on Windows).
+EXTENSIONS = {"closeStdin": True, "ptySize": not spawn.IS_WINDOWS}
+
+
 def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Dict[str, Any]]:
     """Create a session, or resume one with ``resumeSessionId`` (PROTOCOL.md 4.1, 7).
 
@@ -80,7 +87,8 @@ def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Di
         session.attach(ctx.connection, ctx.connection.send)
     else:
         session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send, ctx.config.takeover_probe_timeout)
-    return session, {"sessionId": session.session_id, "environmentInfo": environment_info()}
+    return session, {"sessionId": session.session_id, "environmentInfo": environment_info(),
+                     "extensions": dict(EXTENSIONS)}
 
 
 def environment_info_method(ctx: RequestContext, params: Any) -> Dict[str, Any]:
@@ -151,7 +159,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
             process = ManagedProcess.spawn(
                 process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
                 params.get("arg0"), ctx.config, session.listener(process_id), session.process_closed,
-                wrapper=wrapper, spool=ctx.registry.spool_for(process_id))
+                wrapper=wrapper, spool=ctx.registry.spool_for(process_id), pty_size=_pty_size(params.get("ptySize")))
         if log.isEnabledFor(logging.INFO):  # skips building the fields on the spawn path
             log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
                                                                     sandboxed=wrapper is not None))
@@ -161,6 +169,11 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     session.add(process)
     ctx.after_response(process.start_monitoring)
     return {"processId": process_id, "sandboxType": "none" if wrapper is None else "linuxSeccomp"}
+
+
+def _pty_size(size: Optional[Dict[str, int]]) -> Optional[Tuple[int, int]]:
+    """``ptySize`` (our extension; checked by the schema) as ``(rows, cols)``, or None."""
+    return (size["rows"], size["cols"]) if size else None
 
 
 def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> List[str]:
@@ -200,7 +213,13 @@ def process_write(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     process = ctx.session.get(params["processId"])
     if process is None:
         return {"status": "unknownProcess"}
-    return {"status": process.write(data, params["writeId"])}
+    return {"status": process.write(data, params["writeId"], bool(params.get("closeStdin")))}
+
+
+def process_resize(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Set a PTY's window size (our ``ptySize`` extension); -32600 for unknown ids like ``process/read``."""
+    ctx.session.require(params["processId"]).resize(params["rows"], params["cols"])
+    return {}
 
 
 def process_signal(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -285,6 +304,7 @@ METHODS: Dict[str, Any] = {
     "process/write": ("exec", process_write),
     "process/signal": ("exec", process_signal),
     "process/terminate": ("exec", process_terminate),
+    "process/resize": ("exec", process_resize),
     "fs/open": ("filesystem", fs_open),
     "fs/readBlock": ("filesystem", fs_read_block),
     "fs/writeBlock": ("filesystem", fs_write_block),

@@ -17,20 +17,23 @@ import subprocess
 import threading
 import time
 import uuid
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry, tree
-from exec_server.protocol.errors import InternalError, os_error_message
+from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
 from exec_server.server.config import ServerConfig
 from exec_server.server.process import contain, guardian, watch
 from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
-from exec_server.server.process.spawn import exit_code_from_returncode, spawn_child
+from exec_server.server.process.spawn import exit_code_from_returncode, send_eof, set_window_size, spawn_child
 
 log = logging.getLogger(__name__)
 
 #: ``writeId``s remembered per process for idempotent writes (PROTOCOL.md 5.5).
 REMEMBERED_WRITE_IDS = 4096
+
+#: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
+_CLOSE_STDIN: Any = object()
 
 #: Takes a process's events (one or more, in seq order) to deliver in one write.
 EventListener = Callable[[List[Event]], None]
@@ -65,6 +68,8 @@ class ManagedProcess:
         self._killed = False
         self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
+        self._stdin_closing = False  # a closeStdin write was accepted
+        self._master_lock = threading.Lock()  # guards the PTY master against its close
         self._stdin_queued = 0  # bytes accepted for stdin and not yet written or dropped
         self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
         self._isolated = False  # runs under the PID-namespace init
@@ -78,7 +83,8 @@ class ManagedProcess:
               pipe_stdin: bool, arg0: Optional[str], config: ServerConfig, listener: EventListener,
               on_closed: Callable[["ManagedProcess"], None],
               wrapper: Optional[List[str]] = None,
-              spool: Optional[Callable[[], Optional[Spool]]] = None) -> "ManagedProcess":
+              spool: Optional[Callable[[], Optional[Spool]]] = None,
+              pty_size: Optional[Tuple[int, int]] = None) -> "ManagedProcess":
         """Start a child (:func:`~exec_server.server.process.spawn.spawn_child`) and manage it.
 
         Args:
@@ -88,6 +94,7 @@ class ManagedProcess:
                 marked sandboxed.
             spool: gives the spool its output goes to past the in-memory
                 retention (:class:`~exec_server.server.process.output.OutputLog`).
+            pty_size: ``(rows, cols)`` of a new PTY (default 24x80).
         Raises:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
@@ -95,7 +102,8 @@ class ManagedProcess:
         marker = None if wrapper or containment.isolated else guardian.marker_prefix() + uuid.uuid4().hex
         if marker is not None:
             env = containment.environment(env, marker)
-        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix)
+        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
+                                    pty_size=pty_size)
         if marker is not None:
             contain.register_leader(popen.pid)
         process = cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
@@ -188,10 +196,12 @@ class ManagedProcess:
             log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._log.exit_code,
                                                                   result=result))
         if self._pty_master is not None:
-            try:
-                os.close(self._pty_master)
-            except OSError:
-                pass
+            with self._master_lock:
+                master, self._pty_master = self._pty_master, None
+                try:
+                    os.close(master)
+                except OSError:
+                    pass
         try:
             self._on_closed(self)
         except Exception:
@@ -229,13 +239,15 @@ class ManagedProcess:
         self._log.discard_spool()
 
     # ------------------------------------------------------------------ input
-    def write(self, data: bytes, write_id: str) -> str:
-        """Queue bytes for the child's stdin or PTY (PROTOCOL.md 5.5).
+    def write(self, data: bytes, write_id: str, close: bool = False) -> str:
+        """Queue bytes for the child's stdin or PTY (PROTOCOL.md 5.5), then end of file if ``close``.
+
+        ``close`` (our ``closeStdin``): after every byte accepted so far, a
+        pipe is closed; a PTY gets its EOF character (:func:`send_eof`).
 
         Returns:
-            ``"stdinClosed"`` for a child without writable stdin, else
-            ``"accepted"`` (also when ``write_id`` was already accepted, in
-            which case nothing is written again).
+            ``"stdinClosed"`` without writable stdin or after a close, else ``"accepted"``
+            (also for a ``write_id`` already accepted: nothing is written again).
         Raises:
             InternalError: ``failed to write to process stdin``; the child has
                 exited.  Or ``stdin queue is full ...`` (``data.reason``
@@ -247,7 +259,11 @@ class ManagedProcess:
         with self._lock:
             if write_id in self._write_ids:
                 return "accepted"
+            if self._stdin_closing:
+                return "stdinClosed"
             if self._log.exited or self._log.closed:
+                if close and not data:
+                    return "accepted"  # nothing left to close
                 raise InternalError("failed to write to process stdin")
             limit = self._config.max_stdin_queue_bytes
             if self._stdin_queued and self._stdin_queued + len(data) > limit:
@@ -264,18 +280,28 @@ class ManagedProcess:
                 thread = threading.Thread(target=self._feed_stdin, args=(self._stdin_queue,),
                                           name="process-%s-stdin" % self.pid, daemon=True)
                 thread.start()
-            self._stdin_queue.put(data)
+            if data:
+                self._stdin_queue.put(data)
+            if close:
+                self._stdin_closing = True
+                self._stdin_queue.put(_CLOSE_STDIN)
         return "accepted"
 
     def _feed_stdin(self, pending: "queue.Queue[Optional[bytes]]") -> None:
-        if self._pty_master is not None:
-            fd = self._pty_master
-        else:
-            fd = self._popen.stdin.fileno()  # type: ignore[union-attr]
+        pty = self.tty
+        fd = self._pty_master if pty else self._popen.stdin.fileno()  # type: ignore[union-attr]
+        if fd is None:
+            return  # the PTY is closed already
         broken = False
+        line_open = False  # the last byte written to a PTY did not end a line
         while True:
             data = pending.get()
             if data is None:
+                break
+            if data is _CLOSE_STDIN:
+                with self._master_lock:  # EOF twice after an unfinished line; not once the PTY is closed
+                    if pty and not broken and self._pty_master == fd:
+                        send_eof(fd, 2 if line_open else 1)
                 break
             view = memoryview(data)
             while view and not broken:
@@ -286,13 +312,22 @@ class ManagedProcess:
                 except OSError as exc:
                     log.debug("stdin of process %r: %s", self.process_id, exc)
                     broken = True
+            line_open = data[-1:] not in (b"\n", b"\r")
             with self._lock:
                 self._stdin_queued -= len(data)
-        if self._pty_master is None and self._popen.stdin is not None:
+        if not pty and self._popen.stdin is not None:
             try:
                 self._popen.stdin.close()
             except OSError:
                 pass
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the PTY's window size (the child gets SIGWINCH); InvalidParams without a PTY; no-op once closed."""
+        if not self.tty:
+            raise InvalidParams("process %s has no terminal to resize" % self.process_id)
+        with self._master_lock:
+            if self._pty_master is not None:
+                set_window_size(self._pty_master, rows, cols)
 
     def _stop_stdin(self) -> None:
         with self._lock:

@@ -86,7 +86,8 @@ def _set_controlling_tty() -> None:  # runs in the child between fork and exec
 
 def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_stdin: bool, arg0: Optional[str],
                 wrapper: Optional[List[str]] = None,
-                prefix: Optional[List[str]] = None) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+                prefix: Optional[List[str]] = None,
+                pty_size: Optional[Tuple[int, int]] = None) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
     """Start a child in its own session and process group.
 
     Args:
@@ -94,12 +95,13 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
             :func:`resolve_executable`.
         cwd: native working directory.
         env: the child's whole environment.
-        tty: run under a new 24x80 PTY (stdout and stderr merged).
+        tty: run under a new PTY (stdout and stderr merged).
         pipe_stdin: keep stdin writable without a PTY.
         arg0: ``argv[0]`` as the child sees it, or None.
         wrapper: a confining command (bubblewrap) that runs the resolved program.
         prefix: the containment command (:mod:`~exec_server.server.process.
             contain`) that runs the program when there is no ``wrapper``.
+        pty_size: ``(rows, cols)`` of the PTY (our ``ptySize`` extension); default 24x80.
     Returns:
         the ``Popen`` (with ``stdout``/``stderr`` pipes unless ``tty``) and
         the PTY master descriptor, or None without a PTY.
@@ -128,7 +130,7 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         if tty:
             if IS_WINDOWS:
                 raise InternalError("tty processes need a PTY backend on Windows")
-            return _spawn_pty(executable, args, cwd, env)
+            return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS))
         stdin = subprocess.PIPE if pipe_stdin else _null_input()
         popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env, stdin=stdin,
@@ -156,15 +158,35 @@ def _group_options() -> Dict[str, Any]:
     return {"start_new_session": True}
 
 
-def _spawn_pty(executable: str, args: List[str], cwd: str,
-               env: Dict[str, str]) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    """Set a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to its foreground group."""
     import fcntl
     import struct
     import termios
 
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def send_eof(fd: int, count: int) -> None:
+    """Write a terminal's EOF character (VEOF, normally ^D) ``count`` times; errors are ignored.
+
+    In canonical mode the first ends a pending unfinished line and one at the
+    start of a line is end of file for the reader; in raw mode it is a byte.
+    """
+    import termios
+
+    try:
+        eof = termios.tcgetattr(fd)[6][termios.VEOF]
+        os.write(fd, (eof if isinstance(eof, bytes) else bytes([eof])) * count)
+    except (OSError, termios.error):
+        pass
+
+
+def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
+               size: Tuple[int, int]) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
     master, slave = os.openpty()
     try:
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", PTY_ROWS, PTY_COLUMNS, 0, 0))
+        set_window_size(slave, size[0], size[1])
         os.set_inheritable(master, False)
         popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env,

@@ -1,0 +1,146 @@
+"""One timeout vocabulary: every client wait and call past its deadline raises CallTimeout.
+
+``CallTimeout`` is both ``subprocess.TimeoutExpired`` and ``TimeoutError``.
+``Client.run(timeout=)`` covers the start, the input and the wait, and kills
+the remote tree when it expires in any of them; the server to client
+direction is held by a proxy to make the start or the input outlast it.
+"""
+
+import random
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import start_ours, wait_until
+from exec_server import CallTimeout, Client
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.posix
+
+#: Two sleeps of a duration unique to the run (found by psutil, whatever the PID namespace);
+#: the file named by $0 says the tree started.
+DURATION = "%.4f" % (300 + random.random())
+TREE = 'sleep %s & echo started > "$0"; sleep %s' % (DURATION, DURATION)
+
+
+@pytest.fixture
+def proxied():
+    """A client talking to our server through a fault proxy; the proxy released and closed at teardown."""
+    server = start_ours()
+    proxy = FaultProxy(int(server.url.rsplit(":", 1)[1]))
+    client = Client.connect(proxy.url)
+    timers = []
+
+    def release_after(seconds: float) -> None:
+        timer = threading.Timer(seconds, proxy.hold_downstream, args=(False,))
+        timers.append(timer)
+        timer.start()
+
+    yield client, proxy, release_after
+    for timer in timers:
+        timer.cancel()
+        timer.join(5)
+    client.close()
+    proxy.close()
+    server.stop()
+
+
+def tree_processes():
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.cmdline() == ["sleep", DURATION] and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def assert_tree_gone(started_file) -> None:
+    wait_until(started_file.exists)  # the tree did start
+    wait_until(lambda: not tree_processes())
+
+
+def expect_run_timeout(client, argv, timeout, **options) -> float:
+    started = time.monotonic()
+    with pytest.raises(CallTimeout) as caught:
+        client.run(argv, timeout=timeout, **options)
+    assert isinstance(caught.value, subprocess.TimeoutExpired) and isinstance(caught.value, TimeoutError)
+    assert (caught.value.cmd, caught.value.timeout) == (argv, timeout)
+    return time.monotonic() - started
+
+
+def test_run_timeout_in_start(proxied, tmp_path):
+    client, proxy, release_after = proxied
+    proxy.hold_downstream(True)  # the start answer comes after the deadline
+    release_after(1.0)
+    elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 0.3)
+    assert 0.9 < elapsed < 8
+    assert_tree_gone(tmp_path / "pid")
+
+
+def test_run_timeout_as_in_the_issue(server):
+    with Client.connect(server.url) as client:
+        expect_run_timeout(client, ["sleep", "7"], 0.002)
+        # nothing of ours is left running (the autouse fixture checks it too)
+        import psutil
+        wait_until(lambda: not [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                                and p.status() != psutil.STATUS_ZOMBIE and p.cmdline() == ["sleep", "7"]])
+
+
+def test_run_timeout_in_input(proxied, tmp_path):
+    client, proxy, release_after = proxied
+    proxy.hold_downstream_after(b'"sandboxType"')  # the start answer passes; the write's is held
+    release_after(1.5)
+    elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 0.5, input=b"data")
+    assert 0.4 < elapsed < 8
+    assert_tree_gone(tmp_path / "pid")
+
+
+def test_run_timeout_in_wait(server, tmp_path):
+    with Client.connect(server.url) as client:
+        elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 0.5)
+        assert elapsed < 8
+        assert_tree_gone(tmp_path / "pid")
+
+
+def test_every_wait_and_call_raises_call_timeout(proxied):
+    client, proxy, _release_after = proxied
+    process = client.start(["sleep", "30"])
+    with process:
+        for wait in (process.wait, process.communicate, process.next_event):
+            with pytest.raises(subprocess.TimeoutExpired) as caught:
+                wait(timeout=0.05)
+            assert isinstance(caught.value, TimeoutError) and caught.value.cmd == ["sleep", "30"]
+        with pytest.raises(CallTimeout) as caught:
+            process.read(process.last_seq, wait=5.0, timeout=0.1)
+        assert caught.value.cmd == "process/read" and str(caught.value) == "process/read: no response within 0.100 s"
+        proxy.hold_downstream(True)
+        with pytest.raises(TimeoutError):
+            client.call("environment/status", {}, timeout=0.1)
+        proxy.hold_downstream(False)
+
+
+def test_read_takes_seconds_and_wait_ms_is_deprecated(server):
+    with Client.connect(server.url) as client:
+        process = client.start(["sleep", "30"])
+        with process:
+            started = time.monotonic()
+            assert process.read(0, wait=0.3)["nextSeq"] == 1
+            assert 0.25 < time.monotonic() - started < 5
+            with pytest.warns(DeprecationWarning, match="wait_ms"):
+                assert process.read(0, wait_ms=10)["nextSeq"] == 1
+
+
+def test_remote_process_context_manager_kills_what_runs(server, tmp_path):
+    with Client.connect(server.url) as client:
+        with client.start(["sh", "-c", TREE, str(tmp_path / "pid")]) as process:
+            wait_until(lambda: (tmp_path / "pid").exists() and len(tree_processes()) == 2)
+        assert process.returncode == 137  # SIGKILL, the whole tree
+        assert_tree_gone(tmp_path / "pid")
+        with client.start(["sh", "-c", "exit 3"]) as process:
+            assert process.wait(timeout=10) == 3
+        assert process.returncode == 3
