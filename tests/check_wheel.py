@@ -30,7 +30,7 @@ def main(dist: str) -> int:
         bindir = "Scripts" if os.name == "nt" else "bin"
         python = os.path.join(target, bindir, "python")
         subprocess.run([python, "-m", "pip", "install", "--quiet", wheels[0]], check=True)
-        check = ("from exec_server.protocol.schemas import SchemaSet; s = SchemaSet.load(); "
+        check = ("from exec_server.protocol.schemas import SchemaSet; s = SchemaSet.load(); s.check_all(); "
                  "assert s.has('process/start.params.json'), s.names(); print(len(s.names()), 'schemas')")
         subprocess.run([python, "-c", check], check=True, cwd=target)
         subprocess.run([os.path.join(target, bindir, "exec-server"), "--version"], check=True, cwd=target)

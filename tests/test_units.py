@@ -215,6 +215,20 @@ def test_schema_files_are_valid_json():
                 assert json.load(handle)["$schema"].endswith("2020-12/schema")
 
 
+def test_every_schema_passes_check_schema():
+    SchemaSet.load().check_all()  # raises jsonschema.SchemaError for an invalid schema file
+
+
+def test_a_broken_schema_is_reported_on_first_use(tmp_path):
+    import jsonschema
+
+    (tmp_path / "bad.params.json").write_text('{"$schema": "https://json-schema.org/draft/2020-12/schema", '
+                                              '"type": "no-such-type"}')
+    schemas = SchemaSet.load(str(tmp_path))
+    with pytest.raises(jsonschema.SchemaError):
+        schemas.validate("bad.params.json", {})
+
+
 # ----------------------------------------------------------------- allocator
 def test_malloc_tuning_applies_on_glibc_and_honours_opt_outs(monkeypatch):
     from exec_server.server import allocator
