@@ -1,4 +1,4 @@
-"""Benchmark (not a test): the six headline figures, ours and the reference.
+"""Benchmark (not a test): the headline figures and what users feel, ours and the reference.
 
     python benchmarks/bench.py [--reference PATH] [--rounds 3] [--out results.json]
 
@@ -34,7 +34,10 @@ reports per server:
   ``afterSeq`` 0 in 1 MiB ``process/read`` steps (the client's) until a read returns no
   chunks: the MiB those reads returned (the reference retains 1 MiB),
   ``detached_lost_mib`` (what they did not return: the seqs skipped before
-  the first chunk) and MiB/s of the reads.
+  the first chunk) and MiB/s of the reads;
+- ``catchup_all_mibps`` / ``catchup_all_mib``, ``client_mibps``,
+  ``startup_ms``, ``stdio_init_ms`` and ``run_true_ms``: see
+  :mod:`user_figures` (``run_true_ms`` is ours alone).
 
 Medians over ``--rounds`` runs alternate between the servers.  The reference
 is found with ``--reference``, ``EXEC_SERVER_REFERENCE`` or
@@ -63,6 +66,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Req
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from server_process import OURS, running_server  # noqa: E402
+import user_figures  # noqa: E402
 
 STREAM_BYTES = 64 * 1024 * 1024
 
@@ -287,6 +291,23 @@ def measure_catchup(url: str, tag: str, server: psutil.Process, size: int = 4 * 
             "catchup_read_client_cpu_us": client_cpu / reads * 1e6}
 
 
+def measure_catchup_all(url: str, tag: str, size: int = 4 * 1024 * 1024) -> Dict[str, float]:
+    """``catchup_all_mibps`` / ``catchup_all_mib`` (see :mod:`user_figures`)."""
+    client = RawClient(url)
+    client.initialize()
+    process_id = "catchup-all-" + tag
+    client.send({"id": 1, "method": "process/start",
+                 "params": start_params(process_id, ["head", "-c", str(size), "/dev/zero"])})
+    for message in client.messages():
+        if message.get("method") == "process/closed" and message["params"]["processId"] == process_id:
+            break
+    started = time.perf_counter()
+    total = user_figures.catchup_all(client, process_id)
+    elapsed = time.perf_counter() - started
+    client.close()
+    return {"catchup_all_mibps": total / 2 ** 20 / elapsed, "catchup_all_mib": total / 2 ** 20}
+
+
 def measure_detached_catchup(url: str, tag: str, server: psutil.Process, size_mib: int,
                              max_bytes: int = 1024 * 1024) -> Dict[str, float]:
     """Output written while detached, recovered after a resume (see the module docstring)."""
@@ -371,13 +392,22 @@ def run_once(name, command, env, spawn_count, detached_mib=256):
         fanout = statistics.median(measure_fanout(url, "%s-%d" % (name, rep)) for rep in range(3))
         server = psutil.Process(process.pid)
         catchups = [measure_catchup(url, "%s-%d" % (name, rep), server) for rep in range(5)]
+        catchups_all = [measure_catchup_all(url, "%s-%d" % (name, rep)) for rep in range(5)]
+        client = user_figures.client_mibps(url)
         detached = measure_detached_catchup(url, name, server, detached_mib) if detached_mib else {}
     figures = {"connect_init_p50_ms": connect, "spawn_rt_p50_ms": spawn_p50, "spawn_rt_p95_ms": spawn_p95,
                "stream_64mib_mibps": stream, "fanout_procs_per_s": fanout, "rss_idle_mib": rss_idle,
                "rss_stream_peak_mib": rss.peak_mib}
     for metric in catchups[0]:
         figures[metric] = statistics.median(c[metric] for c in catchups)
+    for metric in catchups_all[0]:
+        figures[metric] = statistics.median(c[metric] for c in catchups_all)
+    figures["client_mibps"] = client
     figures.update(detached)
+    serve = command[:command.index("--listen") + 1]
+    figures["startup_ms"] = user_figures.startup_ms(serve, env)
+    figures["stdio_init_ms"] = user_figures.stdio_init_ms(serve, env)
+    figures["run_true_ms"] = user_figures.run_true_ms() if name == "ours" else None
     return figures
 
 
@@ -400,16 +430,22 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, (command, env) in servers.items():
             runs[name].append(run_once(name, command, env, args.spawns, args.detached_mib))
-    summary = {name: {metric: round(statistics.median(r[metric] for r in results), 3) for metric in results[0]}
+    summary = {name: {metric: (round(statistics.median(r[metric] for r in results), 3)
+                               if results[0][metric] is not None else None) for metric in results[0]}
                for name, results in runs.items()}
     with open(args.out, "w") as handle:
         json.dump({"summary": summary, "runs": runs}, handle, indent=2)
     metrics = list(next(iter(summary.values())))
     both = "reference" in summary and "ours" in summary
     print("%-22s" % "metric" + "".join("%14s" % name for name in summary) + ("%14s" % "ours/ref" if both else ""))
+    def cell(value) -> str:
+        return "%14s" % "n/a" if value is None else "%14.2f" % value
+
     for metric in metrics:
-        ratio = "%14.3f" % (summary["ours"][metric] / summary["reference"][metric]) if both else ""
-        print("%-22s" % metric + "".join("%14.2f" % summary[name][metric] for name in summary) + ratio)
+        ratio = ""
+        if both and summary["ours"][metric] is not None and summary["reference"][metric] is not None:
+            ratio = "%14.3f" % (summary["ours"][metric] / summary["reference"][metric])
+        print("%-22s" % metric + "".join(cell(summary[name][metric]) for name in summary) + ratio)
     print("(medians of %d rounds; JSON in %s)" % (args.rounds, args.out))
     return 0
 

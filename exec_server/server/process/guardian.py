@@ -17,6 +17,7 @@ so the guardian then finds nothing.  One guardian serves every server of the
 Python process (they die together).  It imports only psutil.
 """
 
+import atexit
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ MARKER_ENV = "EXEC_SERVER_PROCESS_ID"
 #: Sweeps after the server's end, and the pause between them, seconds.
 SWEEPS = 3
 SWEEP_PAUSE = 0.05
+#: How long an orderly interpreter exit waits for the guardian's sweep, seconds.
+EXIT_WAIT = 2.0
 
 _lock = threading.Lock()
 _token: Optional[str] = None
@@ -53,7 +56,21 @@ def marker_prefix() -> str:
                     env={k: v for k, v in os.environ.items() if k != MARKER_ENV})
             except OSError:
                 _process = None
+            else:
+                atexit.register(_release)
         return _token + "."
+
+
+def _release() -> None:
+    """At an orderly interpreter exit: end the guardian now (it sweeps) and reap it, bounded."""
+    process = _process
+    if process is None:
+        return
+    try:
+        process.stdin.close()
+        process.wait(EXIT_WAIT)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def running_pid() -> Optional[int]:
