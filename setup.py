@@ -36,6 +36,8 @@ setup(
         "psutil>=5.9",
         "opentelemetry-api>=1.20",
         "PyJWT>=2.8",
+        # SIMD base64 for every output chunk, both ways (~40x the standard library's speed)
+        "pybase64>=1.3",
         # the init of each process's PID namespace (--linux-sandbox-pid-namespace isolate)
         "dumb-init>=1.2.5; sys_platform == 'linux'",
     ],

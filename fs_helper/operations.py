@@ -176,8 +176,7 @@ def create_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[s
     guard.check_write(path)
     try:
         if params.get("recursive", True) is not False:
-            if not os.path.isdir(path):
-                os.makedirs(path)
+            os.makedirs(path, exist_ok=True)  # a concurrent creator is no error; a file there is
         else:
             os.mkdir(path)
     except OSError as exc:

@@ -97,6 +97,41 @@ def test_create_directory(fs, tmp_path):
         fs.create_directory(tmp_path / "x" / "y", recursive=False)
 
 
+def test_recursive_create_directory_races_with_other_creators(tmp_path):
+    """Like ``mkdir -p``: a directory another creator made meanwhile is no error; a file there is."""
+    import threading
+
+    from fs_helper import confined, operations, safe_path
+    from fs_helper.policy import Policy
+    from fs_helper.uris import path_to_uri
+
+    policy = Policy([["/", "read"], [str(tmp_path), "write"]])
+    creators = [operations.create_directory]
+    if safe_path.unsupported_reason() is None:
+        creators.append(lambda params: confined.create_directory(params, policy))
+    for creator in creators:
+        for attempt in range(20):
+            target = tmp_path / ("race-%d-%d" % (id(creator), attempt)) / "a" / "b"
+            barrier, errors = threading.Barrier(4), []
+
+            def create():
+                barrier.wait(5)
+                try:
+                    creator({"path": path_to_uri(str(target))})
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=create) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            assert errors == [] and target.is_dir()
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(Exception, match="File exists"):
+        operations.create_directory({"path": path_to_uri(str(tmp_path / "file"))})
+
+
 def test_get_metadata(fs, tmp_path):
     target = tmp_path / "f.txt"
     target.write_bytes(b"123456")

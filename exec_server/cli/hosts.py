@@ -8,13 +8,15 @@ share one).
 
 import argparse
 import os
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 from urllib.parse import urlsplit
 
 from exec_server.cli.connect import CommandError
 from exec_server.cli.options import client_ssl_context, client_token
-from exec_server.client.group import Group
 from exec_server.client.recovery import ReconnectPolicy
+
+if TYPE_CHECKING:  # imported by open_group alone: a one-host run does not need it
+    from exec_server.client.group import Group
 
 
 def group_urls(args: argparse.Namespace) -> Optional[List[str]]:
@@ -72,7 +74,7 @@ def labels(urls: List[str]) -> Dict[str, str]:
 
 
 def open_group(args: argparse.Namespace, urls: List[str], client_name: str,
-               reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()) -> Group:
+               reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()) -> "Group":
     """A :class:`Group` keyed by label, connected with the token, CA file and timeout options.
 
     Hosts that cannot connect keep their error in ``group.errors``.
@@ -89,5 +91,7 @@ def open_group(args: argparse.Namespace, urls: List[str], client_name: str,
         ssl_context = client_ssl_context(args)
     except OSError as exc:
         raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), args.cafile) from None
+    from exec_server.client.group import Group
+
     return Group(labels(urls), max_workers=args.parallel, timeout=args.timeout, token=token,
                  ssl_context=ssl_context, client_name=client_name, reconnect=reconnect)

@@ -9,8 +9,9 @@ method is thread-safe.
         proc = client.start(["cat"], stdin=True)          # like subprocess.Popen
         proc.write(b"hi\\n"); proc.terminate(); proc.wait(timeout=5)
 
-The parts behind it: :mod:`~exec_server.client.transport` (WebSocket) and
-:mod:`~exec_server.client.stdio` carry messages; :mod:`~exec_server.client.endpoint`
+The parts behind it: :mod:`~exec_server.client.websocket` and
+:mod:`~exec_server.client.stdio` carry messages (:mod:`~exec_server.client.transport`
+is their interface); :mod:`~exec_server.client.endpoint`
 matches responses to calls and routes notifications; :mod:`~exec_server.client.recovery`
 reconnects and resumes the session after a drop (ReconnectPolicy,
 RequestOutcomeUnknown); :mod:`~exec_server.client.process` and
@@ -22,10 +23,9 @@ protocol's milliseconds.
 """
 
 import os
-import ssl
 import subprocess
 import uuid
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike  # noqa: F401
@@ -34,9 +34,12 @@ from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import ReconnectPolicy, Recovery, RequestOutcomeUnknown  # noqa: F401
-from exec_server.client.transport import Connector, Transport, WebSocketTransport
+from exec_server.client.transport import Connector, Transport
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 from exec_server.protocol.uris import path_to_uri
+
+if TYPE_CHECKING:  # ssl and wsproto are imported by connect() alone (start-up of run and spawn)
+    import ssl
 
 
 class Client:
@@ -85,7 +88,7 @@ class Client:
                 headers: Optional[Mapping[str, str]] = None,
                 reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(),
                 token: Union[str, Callable[[], str], None] = None,
-                ssl_context: Optional[ssl.SSLContext] = None) -> "Client":
+                ssl_context: Optional["ssl.SSLContext"] = None) -> "Client":
         """Connect over WebSocket, then ``initialize`` and ``initialized``.
 
         Args:
@@ -113,21 +116,11 @@ class Client:
                 token callable raised (the cause is chained).
             RpcError: ``initialize`` failed.
         """
-        headers = dict(headers or {})
+        from exec_server.client.websocket import connector_for
 
         keepalive = reconnect if reconnect is not None else ReconnectPolicy()
-
-        def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
-            upgrade_headers = headers
-            if token is not None:
-                try:
-                    value = token() if callable(token) else token
-                except Exception as exc:
-                    raise ExecServerDisconnected("cannot get a token for %s: %s" % (url, exc)) from exc
-                upgrade_headers = dict(headers, Authorization="Bearer " + value)
-            return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context, keepalive.ping_interval,
-                                      keepalive.keepalive_timeout, keepalive.probe_timeout)
-
+        connector = connector_for(url, headers, token, ssl_context, keepalive.ping_interval,
+                                  keepalive.keepalive_timeout, keepalive.probe_timeout)
         return cls.open(connector, timeout, client_name, reconnect)
 
     @classmethod

@@ -254,6 +254,8 @@ class Endpoint:
                         return value
                     except _SendFailed:
                         continue  # not sent: wait for the recovery and try again
+                    except CallTimeout:
+                        raise CallTimeout(method, timeout) from None  # the caller's timeout, not what was left
                     except ServerOverloaded:
                         delay = next(overload_delays, None)
                         remaining = _remaining(deadline)

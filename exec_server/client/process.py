@@ -14,6 +14,7 @@ interface), which are client-internal: user code never calls them.
 """
 
 import collections
+import io
 import subprocess
 import threading
 import time
@@ -190,8 +191,9 @@ class RemoteProcess:
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
         """
         deadline = _deadline(timeout)
-        out: List[bytes] = []
-        err: List[bytes] = []
+        # Appended as events arrive (while the reader thread waits on its socket), and
+        # BytesIO.getvalue() hands its buffer over without a copy: no 2x-memory join at the end.
+        out, err = io.BytesIO(), io.BytesIO()
         consumed: List[ProcessEvent] = []
         try:
             while True:
@@ -200,14 +202,14 @@ class RemoteProcess:
                     break
                 consumed.append(event)
                 if isinstance(event, OutputEvent):
-                    (err if event.stream == "stderr" else out).append(event.data)
+                    (err if event.stream == "stderr" else out).write(event.data)
                 elif isinstance(event, ClosedEvent):
                     break
         except subprocess.TimeoutExpired:
             with self._changed:
                 self._events.extendleft(reversed(consumed))
             raise
-        return b"".join(out), b"".join(err)
+        return out.getvalue(), err.getvalue()
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the exit; returns the exit code.

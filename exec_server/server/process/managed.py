@@ -375,6 +375,8 @@ class ManagedProcess:
 
     def _kill_all(self) -> None:
         """SIGKILL the group (in isolate mode that ends the namespace) and, in inherit mode, the marked."""
+        if self._isolated and self._popen.returncode is not None:
+            return  # reaped: its namespace ended with its init, and the kernel killed all in it
         tree.kill_tree(self.pid)
         if self._marker is not None:
             contain.kill_marked(self._marker)

@@ -20,8 +20,6 @@ seq order and never from two threads at once; the session encodes them at
 the edge (:mod:`exec_server.protocol.wire`).
 """
 
-import base64
-import binascii
 import collections
 import sys
 import threading
@@ -29,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Deque, List, NamedTuple, Optional, Union
 
+from exec_server.protocol import b64
 from exec_server.server.process.spool import Spool
 
 #: Output texts that mark a failure as a likely sandbox denial (PROTOCOL.md 9).
@@ -126,7 +125,7 @@ class OutputLog:
     # ------------------------------------------------------------- publishing
     def output(self, stream: str, data: bytes) -> None:
         """Number, retain and emit a chunk read from ``stream``."""
-        chunk = base64.b64encode(data).decode("ascii")
+        chunk = b64.encode(data)
         with self._publish_lock:
             seq = self._next_seq  # only publishers change it, under the publish lock
             spool = self._spool
@@ -157,7 +156,7 @@ class OutputLog:
             return
         self._spool = spool
         for event in self._chunks:
-            if not spool.append(event.seq, event.stream, base64.b64decode(event.chunk)):
+            if not spool.append(event.seq, event.stream, b64.decode_trusted(event.chunk)):
                 break
 
     def discard_spool(self) -> None:
@@ -205,7 +204,7 @@ class OutputLog:
     def _sandbox_denied_locked(self) -> bool:
         if not self._sandboxed or not self._exit_code:
             return False
-        text = b"".join(base64.b64decode(c.chunk) for c in self._chunks).decode("utf-8", "replace").lower()
+        text = b"".join(b64.decode_trusted(c.chunk) for c in self._chunks).decode("utf-8", "replace").lower()
         if any(marker in text for marker in SANDBOX_DENIAL_MARKERS):
             return True
         return self._exit_code == _SIGSYS_EXIT_CODE
@@ -306,9 +305,9 @@ class OutputLog:
                 if chunks:
                     break  # the budget stops it, or the rest was evicted meanwhile
                 continue  # evicted meanwhile: look again
-            b2a = binascii.b2a_base64
+            encode = b64.encode
             for seq, stream, view in spooled:
-                chunks.append(OutputChunk(seq, stream, b2a(view, newline=False).decode("ascii"), len(view)))
+                chunks.append(OutputChunk(seq, stream, encode(view), len(view)))
                 total += len(view)
         with self._changed:  # stopped by the budget: nextSeq follows the last chunk
             return ReadResult(chunks, chunks[-1][0] + 1, self._exited, self._exit_code, self._closed,
