@@ -404,7 +404,8 @@ def run_once(name, command, env, spawn_count, detached_mib=256):
         figures[metric] = statistics.median(c[metric] for c in catchups_all)
     figures["client_mibps"] = client
     figures.update(detached)
-    serve = command[:command.index("--listen") + 1]
+    listen = command.index("--listen")
+    serve = command[:listen] + command[listen + 2:] + ["--listen"]  # the URL is added per launch
     figures["startup_ms"] = user_figures.startup_ms(serve, env)
     figures["stdio_init_ms"] = user_figures.stdio_init_ms(serve, env)
     figures["run_true_ms"] = user_figures.run_true_ms() if name == "ours" else None
@@ -417,10 +418,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--spawns", type=int, default=100)
     parser.add_argument("--out", default="bench-results.json")
+    parser.add_argument("--ours-arg", action="append", default=[],
+                        help="an extra argument for our server (repeatable), e.g. "
+                             "--ours-arg=--linux-sandbox-pid-namespace=inherit")
     parser.add_argument("--detached-mib", type=int, default=256,
                         help="MiB written while detached, then caught up (0 skips it)")
     args = parser.parse_args()
-    servers = {"ours": (OURS, None)}
+    servers = {"ours": (OURS + args.ours_arg, None)}
     reference = find_reference(args.reference)
     home = tempfile.mkdtemp()
     if reference:
