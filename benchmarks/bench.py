@@ -254,6 +254,17 @@ def _read_back(client: RawClient, process_id: str, max_bytes: int) -> Tuple[int,
         after = result["nextSeq"] - 1
 
 
+def _closed_output(url: str, process_id: str, size: int) -> RawClient:
+    """A new connection on which ``head -c SIZE /dev/zero`` ran as ``process_id`` and has closed."""
+    client = RawClient(url)
+    client.initialize()
+    client.send({"id": 1, "method": "process/start",
+                 "params": start_params(process_id, ["head", "-c", str(size), "/dev/zero"])})
+    for message in client.messages():
+        if message.get("method") == "process/closed" and message["params"]["processId"] == process_id:
+            return client
+
+
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -269,14 +280,8 @@ def measure_catchup(url: str, tag: str, server: psutil.Process, size: int = 4 * 
     the server's user+system CPU (psutil, 10 ms ticks, hence many passes) and
     this thread's CPU, each per ``process/read`` in microseconds.
     """
-    client = RawClient(url)
-    client.initialize()
     process_id = "catchup-" + tag
-    client.send({"id": 1, "method": "process/start",
-                 "params": start_params(process_id, ["head", "-c", str(size), "/dev/zero"])})
-    for message in client.messages():
-        if message.get("method") == "process/closed" and message["params"]["processId"] == process_id:
-            break
+    client = _closed_output(url, process_id, size)
     started = time.perf_counter()
     total, _reads = _read_back(client, process_id, max_bytes)
     elapsed = time.perf_counter() - started
@@ -293,14 +298,8 @@ def measure_catchup(url: str, tag: str, server: psutil.Process, size: int = 4 * 
 
 def measure_catchup_all(url: str, tag: str, size: int = 4 * 1024 * 1024) -> Dict[str, float]:
     """``catchup_all_mibps`` / ``catchup_all_mib`` (see :mod:`user_figures`)."""
-    client = RawClient(url)
-    client.initialize()
     process_id = "catchup-all-" + tag
-    client.send({"id": 1, "method": "process/start",
-                 "params": start_params(process_id, ["head", "-c", str(size), "/dev/zero"])})
-    for message in client.messages():
-        if message.get("method") == "process/closed" and message["params"]["processId"] == process_id:
-            break
+    client = _closed_output(url, process_id, size)
     started = time.perf_counter()
     total = user_figures.catchup_all(client, process_id)
     elapsed = time.perf_counter() - started

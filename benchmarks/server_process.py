@@ -32,10 +32,17 @@ def running_server(extra_args: Sequence[str] = (), command: Optional[List[str]] 
             raise RuntimeError("server did not start: %r" % argv)
         yield process, url
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
         process.stdout.close()
+
+
+def stop(process: "subprocess.Popen[bytes]") -> None:
+    """SIGTERM ``process`` (by its PID), then SIGKILL after 5 s; returns once it is reaped."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)

@@ -35,6 +35,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from server_process import stop  # noqa: E402 (benchmarks/ is on sys.path)
+
 MiB = 1024 * 1024
 #: Longest wait for one launch to become ready, seconds.
 READY_TIMEOUT = 30.0
@@ -44,16 +46,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _stop(process: "subprocess.Popen[bytes]") -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def _readyz(port: int) -> Optional[int]:
@@ -83,7 +75,7 @@ def startup_ms(serve: List[str], env: Optional[Dict[str, str]], count: int = 10)
                 time.sleep(0.005)
             samples.append((time.perf_counter() - started) * 1000)
         finally:
-            _stop(process)
+            stop(process)
     return statistics.median(samples)
 
 
@@ -105,7 +97,7 @@ def stdio_init_ms(serve: List[str], env: Optional[Dict[str, str]], count: int = 
             samples.append(elapsed)
         finally:
             process.stdin.close()
-            _stop(process)
+            stop(process)
             process.stdout.close()
     return statistics.median(samples)
 
