@@ -174,3 +174,20 @@ def test_module_is_small(module):
     with open(MODULES[module], encoding="utf-8") as handle:
         lines = sum(1 for _ in handle)
     assert lines <= MAX_MODULE_LINES, "%s has %d lines (at most %d)" % (module, lines, MAX_MODULE_LINES)
+
+
+#: What ``exec-server run`` (embedded server) and ``Client`` without a connection must not import:
+#: each is paid by every one-shot command (README "Performance", (c)).
+START_UP_FREE = ("wsproto", "ssl", "psutil", "werkzeug", "http.server", "jsonschema", "exec_server.client.group",
+                 "exec_server.client.websocket", "exec_server.server.app")
+
+
+def test_one_shot_start_up_imports_only_what_it_needs():
+    import subprocess
+    import sys
+
+    probe = ("import sys, exec_server.cli.run, exec_server.cli.embedded, exec_server.client.api; "
+             "print(' '.join(m for m in %r if m in sys.modules))" % (START_UP_FREE,))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

@@ -191,8 +191,8 @@ class RemoteProcess:
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
         """
         deadline = _deadline(timeout)
-        # Appended as events arrive (while the reader thread waits on its socket), and
-        # BytesIO.getvalue() hands its buffer over without a copy: no 2x-memory join at the end.
+        # Written as events arrive, and BytesIO.getvalue() hands its buffer over without
+        # copying it: no join of every chunk after the last one came.
         out, err = io.BytesIO(), io.BytesIO()
         consumed: List[ProcessEvent] = []
         try:
