@@ -209,8 +209,21 @@ def test_fragmented_message_is_reassembled(server):
 def test_shutdown_closes_with_1001_and_kills_processes(connect):
     running = start_ours()
     peer = ready(connect, running.url)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
     peer.call("process/start", start_params("s", ["sleep", "300"]))
-    pid = [p.pid for p in psutil.Process().children() if p.name() == "sleep"]
+
+    def started_tree():
+        tree = [p for p in me.children(recursive=True) if p.pid not in before]
+        names = []
+        for process in tree:
+            try:
+                names.append(process.name())
+            except psutil.NoSuchProcess:
+                pass
+        return [p.pid for p in tree] if "sleep" in names else None
+
+    pid = wait_until(started_tree)  # the whole tree the server started (under isolate: its init chain too)
     peer.send({"id": 9, "method": "process/read", "params": {"processId": "s", "waitMs": 30000}})
     time.sleep(0.1)
     started = time.monotonic()
@@ -218,8 +231,8 @@ def test_shutdown_closes_with_1001_and_kills_processes(connect):
     assert time.monotonic() - started < 2.0
     assert peer.is_disconnected()
     assert peer.ws.close_reason == 1001
-    for child in pid:
-        wait_until(lambda: not pid_alive(child))
+    assert pid
+    wait_until(lambda: not any(pid_alive(child) for child in pid))
 
 
 @pytest.mark.parametrize("poll_with_pidfd", [True, False], ids=["pidfd-poll", "thread-per-stream"])
