@@ -152,7 +152,7 @@ def server_parser() -> argparse.ArgumentParser:
 def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     """The client options of ``run`` and ``cp``: ``--url``, ``--via``, ``--token-file``, ``--cafile``, ``--timeout``."""
     parser.add_argument("--url", action=_AppendUrl, help="server to use; repeat it for several hosts" + (
-        " (default: an embedded server on a free loopback port)" if user == "run" else ""))
+        " (default: a server embedded in this process, no port)" if user == "run" else ""))
     parser.add_argument("--hosts", metavar="FILE", dest="hosts_file",
                         help="file of server URLs, one per line (# starts a comment); implies several hosts")
     parser.add_argument("--parallel", type=_positive, default=GROUP_PARALLEL, metavar="N",

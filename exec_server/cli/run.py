@@ -3,7 +3,7 @@
 Streams the remote stdout and stderr to the local ones as they arrive,
 exits with the remote exit status (128 + N when a pipe process died of
 signal N), and turns Ctrl-C into ``process/signal interrupt``.  Without
-``--url`` or ``--via`` it starts an embedded server on a free loopback port.
+``--url`` or ``--via`` it embeds a server in this process (no port).
 """
 
 import argparse
