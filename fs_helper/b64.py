@@ -20,14 +20,23 @@ except ImportError:  # pragma: no cover - pybase64 is a dependency of the packag
     _codec = base64
 _encode_str = getattr(_codec, "b64encode_as_string", None)
 
-_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+_SYMBOLS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_ALPHABET = frozenset(_SYMBOLS)
+_ALPHABET_INDEX = {char: value for value, char in enumerate(_SYMBOLS)}
+_PAD = ord("=")
 
 
 def decode(text: str) -> bytes:
-    """Decode standard base64 with padding.
+    """Decode standard base64 with canonical padding, as the reference's decoder does.
+
+    Accepted: the standard alphabet, ``=`` padding to a multiple of 4
+    characters, zero trailing bits (``QQ==``, not ``QR==``).  Nothing else:
+    no whitespace, no missing or extra padding.
 
     Raises:
-        ValueError: invalid input; the message is the reference's text.
+        ValueError: invalid input; the message is the reference's text
+            (``Invalid symbol 33, offset 0.``, ``Invalid input length: 1``,
+            ``Invalid last symbol 66, offset 1.``, ``Invalid padding``).
     """
     try:
         data = text.encode("ascii")
@@ -37,29 +46,63 @@ def decode(text: str) -> bytes:
         padding_at = data.find(b"=")
         if padding_at == -1 or padding_at >= len(data) - 2:
             try:
-                return _codec.b64decode(data, validate=True)  # the fast path
+                decoded = _codec.b64decode(data, validate=True)  # the fast path
             except binascii.Error:
                 pass  # describe the problem below
-    if data is None:
-        for offset, char in enumerate(text.encode("utf-8")):
-            if char >= 0x80:
-                raise ValueError("Invalid symbol %d, offset %d." % (char, offset))
-        raise ValueError("Invalid input")
-    body = data.rstrip(b"=")
-    padding = len(data) - len(body)
-    for offset, char in enumerate(body):
+            else:
+                if padding_at == -1 or _zero_trailing_bits(data, padding_at):
+                    return decoded
+    raise ValueError(_describe(text.encode("utf-8", "surrogatepass") if data is None else data))
+
+
+def _zero_trailing_bits(data: bytes, padding_at: int) -> bool:
+    """Whether the last symbol before the padding leaves no bits set beyond the decoded bytes."""
+    mask = 0x0F if len(data) - padding_at == 2 else 0x03
+    return not _ALPHABET_INDEX[data[padding_at - 1]] & mask
+
+
+def _describe(data: bytes) -> str:
+    """The first error the reference's decoder (Rust ``base64`` 0.22, ``STANDARD``) reports for ``data``.
+
+    The same checks in the same order: an invalid last byte of a length
+    4n+1 input; the complete quads before the last one, left to right; then
+    the last (possibly partial) quad: its padding, its length, the padding
+    count, and the trailing bits of its last symbol.
+    """
+    length, remainder = len(data), len(data) % 4
+    if remainder == 1 and data[-1] != _PAD and data[-1] not in _ALPHABET:
+        return _invalid_symbol(length - 1, data[-1])
+    quads_end = max(0, length - remainder - (4 if remainder == 0 else 0))
+    for offset in range(quads_end):
+        if data[offset] not in _ALPHABET:
+            return _invalid_symbol(offset, data[offset])
+    symbols, padding, first_padding, accumulated = 0, 0, 0, 0
+    for index, char in enumerate(data[quads_end:]):
+        if char == _PAD:
+            if index < 2:
+                return _invalid_symbol(quads_end + index, char)
+            if not padding:
+                first_padding = index
+            padding += 1
+            continue
+        if padding:
+            return _invalid_symbol(quads_end + first_padding, _PAD)
         if char not in _ALPHABET:
-            raise ValueError("Invalid symbol %d, offset %d." % (char, offset))
-    if len(body) % 4 == 1:
-        raise ValueError("Invalid input length.")
-    if padding and (len(data) % 4 != 0 or padding > 2 or (len(body) + padding) % 4 != 0):
-        raise ValueError("Invalid padding")
-    if not padding and len(body) % 4 != 0:
-        raise ValueError("Invalid padding")
-    try:
-        return base64.b64decode(data, validate=True)
-    except binascii.Error as exc:
-        raise ValueError(str(exc)) from None
+            return _invalid_symbol(quads_end + index, char)
+        accumulated |= _ALPHABET_INDEX[char] << (26 - 6 * symbols)
+        symbols += 1
+        last_symbol = char
+    if length and symbols < 2:
+        return "Invalid input length: %d" % (quads_end + symbols)
+    if (padding + symbols) % 4:
+        return "Invalid padding"
+    if accumulated & (0xFFFFFFFF >> (symbols * 6 // 8 * 8)):
+        return "Invalid last symbol %d, offset %d." % (last_symbol, quads_end + symbols - 1)
+    return "Invalid input"  # unreachable: the fast path accepts everything else
+
+
+def _invalid_symbol(offset: int, char: int) -> str:
+    return "Invalid symbol %d, offset %d." % (char, offset)
 
 
 def encode(data) -> str:

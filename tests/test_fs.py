@@ -303,6 +303,36 @@ def test_file_handle_errors(fs, tmp_path, any_server):
         fs._call("fs/readBlock", {"handleId": "h1", "offset": 0, "len": 1})
 
 
+@pytest.mark.parametrize("handle", ["w", "unknown"])
+def test_write_block_length_is_checked_first(fs, tmp_path, handle):
+    """An empty or over-1-MiB block is -32600 before the handle is even looked up (the reference's order)."""
+    fs._call("fs/open", {"handleId": "w", "path": uri(tmp_path / "out"), "mode": "replace"})
+    for data in (b"", b"x" * (1024 * 1024 + 1)):
+        with pytest.raises(InvalidRequest) as caught:
+            fs._call("fs/writeBlock", {"handleId": handle, "offset": 0, "chunk": base64.b64encode(data).decode()})
+        assert caught.value.message == "file write block length must be between 1 and 1048576"
+    fs._call("fs/writeBlock", {"handleId": "w", "offset": 0, "chunk": base64.b64encode(b"x" * 1024 * 1024).decode()})
+    assert (tmp_path / "out").stat().st_size == 1024 * 1024
+    assert fs._call("fs/close", {"handleId": "w"}) == {}
+
+
+@pytest.mark.parametrize("chunk, message", [
+    ("AB==", "Invalid last symbol 66, offset 1."),  # trailing bits set: not canonical
+    ("A", "Invalid input length: 1"),
+    ("AAAA=", "Invalid symbol 61, offset 4."),
+    ("aGVsbG8=\n", "Invalid symbol 10, offset 8."),
+])
+def test_malformed_base64_texts(fs, tmp_path, chunk, message):
+    fs._call("fs/open", {"handleId": "w", "path": uri(tmp_path / "out"), "mode": "replace"})
+    with pytest.raises(InvalidParams) as caught:
+        fs._call("fs/writeBlock", {"handleId": "w", "offset": 0, "chunk": chunk})
+    assert caught.value.message == message
+    with pytest.raises(InvalidRequest) as caught:
+        fs._call("fs/writeFile", {"path": uri(tmp_path / "whole"), "dataBase64": chunk})
+    assert caught.value.message == "fs/writeFile requires valid base64 dataBase64: " + message
+    assert (tmp_path / "out").read_bytes() == b"" and not (tmp_path / "whole").exists()
+
+
 def test_handshake_family(any_server, connect):
     peer = connect(any_server.url)
     reply = peer.request("fs/readFile", {"path": "file:///etc/hostname"})

@@ -188,13 +188,27 @@ def test_env_overrides_set():
 
 
 # --------------------------------------------------------------------- base64
+# Each text below is the reference server's answer to the same chunk (fs/writeBlock, process/write and
+# fs/writeFile all decode with its one decoder); 3,600 random strings over "AQBgw/+=!\n é" matched too.
 @pytest.mark.parametrize("text, message", [
     ("!", "Invalid symbol 33, offset 0."),
     ("aGk!", "Invalid symbol 33, offset 3."),
-    ("a", "Invalid input length."),
+    ("a", "Invalid input length: 1"),
     ("aGk", "Invalid padding"),
-    ("aGkK=", "Invalid padding"),
+    ("aGkK=", "Invalid symbol 61, offset 4."),
     ("é", "Invalid symbol 195, offset 0."),
+    ("AB==", "Invalid last symbol 66, offset 1."),
+    ("AAB=", "Invalid last symbol 66, offset 2."),
+    ("AAAA====", "Invalid symbol 61, offset 4."),
+    ("=", "Invalid symbol 61, offset 0."),
+    ("====", "Invalid symbol 61, offset 0."),
+    ("QQ===", "Invalid symbol 61, offset 2."),
+    ("A===", "Invalid symbol 61, offset 1."),
+    ("aGVsbG8=\n", "Invalid symbol 10, offset 8."),
+    ("QQ==QQ==", "Invalid symbol 61, offset 2."),
+    ("QUJDRA=", "Invalid padding"),
+    ("QUJDRA==x", "Invalid symbol 61, offset 6."),
+    ("QUJDR", "Invalid input length: 5"),
 ])
 def test_base64_errors(text, message):
     with pytest.raises(ValueError) as caught:
@@ -205,6 +219,7 @@ def test_base64_errors(text, message):
 def test_base64_round_trip():
     for data in [b"", b"h", b"hi", b"hi\n", bytes(range(256))]:
         assert b64.decode(b64.encode(data)) == data
+    assert b64.decode("QQ==") == b"A" and b64.decode("QUI=") == b"AB"
 
 
 def test_schema_files_are_valid_json():

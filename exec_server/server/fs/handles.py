@@ -88,6 +88,9 @@ class FileHandles:
         return {"chunk": data, "eof": len(data) < length}
 
     def write_block(self, handle_id: str, offset: int, data: bytes) -> None:
+        if not 1 <= len(data) <= MAX_BLOCK_BYTES:  # checked before the handle, as the reference does
+            raise RpcError("file write block length must be between 1 and %d" % MAX_BLOCK_BYTES,
+                           code=INVALID_REQUEST)
         fd = self._get(handle_id, "replace")
         if offset + len(data) > MAX_FILE_OFFSET:
             raise RpcError("file write range exceeds the signed 64-bit file offset limit", code=INVALID_REQUEST)
