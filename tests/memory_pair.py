@@ -11,14 +11,14 @@ Faults, deterministic and without timing: :meth:`MemoryServer.cut` drops every
 connection on both sides, ``cut(server_side=False)`` only on the client's side
 (the server keeps its old connection until :meth:`MemoryServer.release`),
 ``refusing`` makes the connector fail, ``hold_downstream`` drops everything
-the server sends.  ``MemoryTransport.seen`` lists the methods the server
+the server sends, and ``rewrite`` (a ``text -> text`` function) alters it.  ``MemoryTransport.seen`` lists the methods the server
 received, so a test can wait for "the server has it" instead of sleeping.
 """
 
 import json
 import queue
 import threading
-from typing import List, Optional, Union
+from typing import Callable, List, Optional, Union
 
 from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
 from exec_server.server.config import ServerConfig
@@ -58,8 +58,9 @@ class MemoryTransport:
                 return  # lost on the way, as on a held network
             if self._client_ended:
                 return  # lost on the way, as on a cut network
+            rewrite = self._server.rewrite
             for text in texts:
-                self._to_client.put(text)
+                self._to_client.put(text if rewrite is None else rewrite(text))
 
     def _serve(self) -> None:
         while True:
@@ -127,6 +128,8 @@ class MemoryServer:
         self.transports: List[MemoryTransport] = []
         self.refusing = False
         self.holding_downstream = False
+        #: ``text -> text`` applied to every message the server sends (a broken or hostile server).
+        self.rewrite: Optional[Callable[[str], str]] = None
 
     def connector(self, timeout: Optional[float] = None) -> MemoryTransport:
         if self.refusing:

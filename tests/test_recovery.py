@@ -1,5 +1,6 @@
 """The client survives dropped connections (through a fault-injecting proxy, or the in-memory pair)."""
 
+import json
 import os
 import subprocess
 import threading
@@ -209,3 +210,59 @@ def test_read_in_flight_is_retried(memory_server):
         reader.join(15)
         assert results and [c["seq"] for c in results[0]["chunks"]] == [1]
         process.communicate(timeout=10)
+
+
+NOT_BASE64 = "AB=="  # trailing bits set: the reference's decoder and ours refuse it
+
+
+def corrupt_chunks(text: str, reads_too: bool) -> str:
+    """The text with every process/output chunk (and with ``reads_too`` every process/read chunk) replaced."""
+    message = json.loads(text)
+    if message.get("method") == "process/output":
+        message["params"]["chunk"] = NOT_BASE64
+    elif reads_too and isinstance(message.get("result"), dict) and "chunks" in message["result"]:
+        for chunk in message["result"]["chunks"]:
+            chunk["chunk"] = NOT_BASE64
+    else:
+        return text
+    return json.dumps(message)
+
+
+def test_a_malformed_output_notification_is_recovered_by_a_read(memory_server, caplog):
+    """A process/output the client cannot decode ends that connection; the resumed session's process/read
+    brings the same output back, so nothing is lost and nothing is logged as a reader failure."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        corrupted = []
+
+        def once(text: str) -> str:
+            if corrupted or '"process/output"' not in text:
+                return text
+            corrupted.append(text)
+            return corrupt_chunks(text, reads_too=False)
+
+        server.rewrite = once
+        process = client.start(["/bin/sh", "-c", "echo first; read line; echo second"], stdin=True)
+        wait_until(lambda: corrupted and len(server.transports) == 2, timeout=10)
+        wait_until(lambda: client.state == "connected", timeout=10)
+        process.write(b"go\n")
+        process.close_stdin()
+        assert collect_stdout(process) == b"first\nsecond\n"
+        assert process.returncode == 0
+    assert "client reader failed" not in caplog.text
+    assert "malformed message: invalid process/output: Invalid last symbol 66, offset 1." in caplog.text
+
+
+def test_output_that_cannot_be_decoded_even_after_resuming_fails_the_process(memory_server, caplog):
+    """If the catch-up read is malformed too, the process fails with a clear error (and is terminated on the
+    server) instead of the recovery thread dying with the client left ``recovering``."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        server.rewrite = lambda text: corrupt_chunks(text, reads_too=True)
+        process = client.start(["/bin/sh", "-c", "echo first; exec sleep 60"])
+        with pytest.raises(ExecServerDisconnected, match="cannot be recovered: exec-server sent a malformed "
+                                                         "process/read result: ValueError: Invalid last symbol"):
+            process.wait(timeout=10)
+        wait_until(lambda: "process/terminate" in server.transports[-1].seen, timeout=10)
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+    assert "recovery failed" not in caplog.text and "client reader failed" not in caplog.text

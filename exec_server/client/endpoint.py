@@ -123,7 +123,10 @@ class Endpoint:
                 with self._lock:
                     process = self._processes.get(process_id)
                 if process is not None:
-                    process.deliver(message.method, params)
+                    try:
+                        process.deliver(message.method, params)
+                    except ValueError as exc:  # e.g. a chunk that is not base64: the peer is broken
+                        raise EnvelopeError("invalid %s: %s" % (message.method, exc)) from None
 
     def _connection_lost(self, generation: int, reason: str) -> None:
         with self._lock:

@@ -77,7 +77,10 @@ def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[Pro
     if not isinstance(seq, int) or isinstance(seq, bool):
         return None
     if method == "process/output":
-        return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(params.get("chunk", "")))
+        chunk = params.get("chunk", "")
+        if not isinstance(chunk, str):
+            raise ValueError("chunk is not a string")
+        return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(chunk))
     if method == "process/exited":
         return ExitedEvent(seq, params.get("exitCode", -1), bool(params.get("sandboxDenied")))
     if method == "process/closed":

@@ -81,6 +81,9 @@ class RemoteProcess:
 
         Client-internal: called by the client's endpoint (reader thread).
         Anything else, or a notification without an integer seq, is ignored.
+
+        Raises:
+            ValueError: a ``process/output`` whose chunk is not base64 text.
         """
         event = event_from_notification(method, params)
         if event is not None:
@@ -93,21 +96,29 @@ class RemoteProcess:
 
         Returns:
             the lost seqs if the server no longer retains some, else None.
+
+        Raises:
+            ValueError: the result is malformed (a missing field, a chunk
+                that is not base64); nothing of it was published.
         """
         with self._changed:
             after = self._last_seq
             exit_seen = self._exit_code is not None
-        chunks = result.get("chunks") or []
-        next_seq = result["nextSeq"]
-        covered = {chunk["seq"] for chunk in chunks}
-        missing = [seq for seq in range(after + 1, next_seq) if seq not in covered]
+        try:
+            chunks = [OutputEvent(chunk["seq"], chunk["stream"], b64.decode(chunk["chunk"]))
+                      for chunk in result.get("chunks") or []]
+            next_seq = result["nextSeq"]
+            covered = {chunk.seq for chunk in chunks}
+            missing = [seq for seq in range(after + 1, next_seq) if seq not in covered]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError("malformed process/read result: %s: %s" % (type(exc).__name__, exc)) from None
         closed_seq = next_seq - 1 if result.get("closed") else None
         lifecycle = [seq for seq in missing if seq != closed_seq]
         expect_exit = bool(result.get("exited")) and not exit_seen
         if len(lifecycle) > (1 if expect_exit else 0):
             return lifecycle  # evicted output among them: a gap
-        for chunk in chunks:
-            self._publish(OutputEvent(chunk["seq"], chunk["stream"], b64.decode(chunk["chunk"])))
+        for event in chunks:
+            self._publish(event)
         if expect_exit and lifecycle:
             self._publish(ExitedEvent(lifecycle[0], result.get("exitCode", -1), bool(result.get("sandboxDenied"))))
         if closed_seq is not None and closed_seq > after:

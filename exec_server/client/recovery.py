@@ -120,7 +120,15 @@ class Recovery:
                     "%s: the connection dropped before the answer; it may or may not have been applied"
                     % pending.method))
         log.info("exec-server connection lost; recovering session %s", self._session_id)
-        threading.Thread(target=self._recover, name="exec-server-client-recovery", daemon=True).start()
+        threading.Thread(target=self._recover_or_fail, name="exec-server-client-recovery", daemon=True).start()
+
+    def _recover_or_fail(self) -> None:
+        """:meth:`_recover`, and if it raises, the client fails instead of staying ``recovering``."""
+        try:
+            self._recover()
+        except Exception as exc:  # a defect: say so, and release every waiter with its cause
+            log.exception("exec-server client recovery failed")
+            self._endpoint.fail(ExecServerDisconnected("exec-server connection lost; recovery failed: %r" % exc))
 
     def _recover(self) -> None:
         endpoint, policy = self._endpoint, self._policy
@@ -195,9 +203,15 @@ class Recovery:
                     process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
                                                         % (process.process_id, exc.message)))
                     break
-                missing = process.catch_up(result)
-                if missing:
-                    process.fail(ProcessOutputGap(process.process_id, missing))
+                try:
+                    missing = process.catch_up(result)
+                except ValueError as exc:  # the server's answer cannot be published: like a gap
+                    failure: Optional[BaseException] = ExecServerDisconnected(
+                        "process %s cannot be recovered: exec-server sent a %s" % (process.process_id, exc))
+                else:
+                    failure = ProcessOutputGap(process.process_id, missing) if missing else None
+                if failure is not None:
+                    process.fail(failure)
                     try:
                         endpoint.call_on(generation, "process/terminate", {"processId": process.process_id},
                                          timeout)
