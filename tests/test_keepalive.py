@@ -162,8 +162,10 @@ def test_client_that_stops_reading_is_dropped_after_the_send_timeout(live):
     client = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
     try:
         session = server.registry.get(client.session_id)
-        proxy.stall("downstream")  # the proxy stops reading what the server writes
         client.start([sys.executable, "-c", "import sys\nwhile True: sys.stdout.write('y' * 65536)"])
+        # Stalled only once the start's response has come through: a stall set earlier could stop the
+        # proxy before it forwarded that response (a CI run on a loaded machine caught it).
+        proxy.stall("downstream")  # the proxy stops reading what the server writes
         start = time.monotonic()
         wait_until(lambda: session.holder() is None, 30.0, 0.02)
         assert time.monotonic() - start < 20.0  # buffers fill, then one send_timeout
