@@ -5,6 +5,7 @@ takes a few seconds; the defaults (Pings every 5 s, dead after 10 s,
 takeover probe 2 s) are the same code with other numbers.
 """
 
+import os
 import socket
 import sys
 import threading
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from conftest import Peer, wait_until
-from exec_server import Client, make_server
+from exec_server import Client, ExecServerDisconnected, make_server
 from exec_server.client.recovery import ReconnectPolicy
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock
 from exec_server.server.config import ServerConfig
@@ -183,3 +184,68 @@ def test_faultproxy_reset_aborts_both_sides(live):
         with pytest.raises(ConnectionResetError):
             sock.settimeout(5)
             sock.recv(1)
+
+
+def test_a_write_the_server_stops_taking_is_sent_again_after_recovering(live, tmp_path):
+    """A large request the server stops reading (its pings still arrive): the call completes on a new
+    connection within its time, with the whole file written."""
+    server, proxy = live(ping_interval=0.2, keepalive_timeout=60.0)
+    policy = ReconnectPolicy(deadline=20.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0,
+                             ping_interval=0.5, keepalive_timeout=1.5, probe_timeout=0.5)
+    with Client.connect(proxy.url, reconnect=policy) as client:
+        proxy.stall("upstream")  # the proxy stops reading what the client writes
+        payload = os.urandom(48 * 1024 * 1024)  # far more than the socket buffers hold
+        started = time.monotonic()
+        client.fs.write_file(tmp_path / "big.bin", payload)
+        assert time.monotonic() - started < 20.0
+        assert (tmp_path / "big.bin").read_bytes() == payload
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+
+
+def test_a_send_that_stops_part_way_ends_the_websocket():
+    """Part of a frame may be on the wire when a write times out: nothing may follow it on that stream
+    (the next frame would land inside the unfinished one), so the transport ends the connection."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Ping, Request
+
+    from exec_server.client.websocket import WebSocketTransport
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():  # accept the upgrade, then ping (so the client's keepalive is content) and read nothing
+        sock, _ = listener.accept()
+        accepted.append(sock)
+        protocol = WSConnection(ConnectionType.SERVER)
+        while not any(isinstance(event, Request) for event in protocol.events()):
+            protocol.receive_data(sock.recv(65536))
+        sock.sendall(protocol.send(AcceptConnection()))
+        while not stop.wait(0.1):
+            sock.sendall(protocol.send(Ping(b"")))
+
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    transport = WebSocketTransport("ws://127.0.0.1:%d" % listener.getsockname()[1], timeout=5,
+                                   ping_interval=0.0, keepalive_timeout=1.0, probe_timeout=0.0)
+    try:
+        with pytest.raises(ExecServerDisconnected):
+            transport.send("x" * (32 * 1024 * 1024))  # no progress for keepalive_timeout: fails part-way
+        stop.set()
+        thread.join(5)
+        server_side = accepted[0]
+        server_side.settimeout(5.0)
+        ended = False
+        while not ended:  # what the client wrote, then its end (FIN or RST), never more frames
+            try:
+                ended = not server_side.recv(1 << 20)
+            except ConnectionResetError:
+                ended = True
+        with pytest.raises(ExecServerDisconnected):
+            transport.send("after")
+    finally:
+        stop.set()
+        transport.close()
+        for sock in accepted:
+            sock.close()
+        listener.close()

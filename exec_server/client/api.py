@@ -36,6 +36,7 @@ from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, P
 from exec_server.client.recovery import ReconnectPolicy, Recovery, RequestOutcomeUnknown  # noqa: F401
 from exec_server.client.transport import Connector, Transport
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
+from exec_server.protocol.handshake import parse_initialize_result
 from exec_server.protocol.uris import path_to_uri
 
 if TYPE_CHECKING:  # ssl and wsproto are imported by connect() alone (start-up of run and spawn)
@@ -156,14 +157,17 @@ class Client:
         return cls.open(connector, timeout, client_name, reconnect=None)
 
     def _start(self, timeout: Optional[float]) -> None:
+        """Attach the first transport, ``initialize`` and ``initialized``.
+
+        Raises:
+            ExecServerDisconnected: also when the peer's ``initialize`` result
+                is not an exec-server's (no ``sessionId`` string).
+        """
         endpoint = self._endpoint
         generation = endpoint.attach(self._connector(timeout))
         try:
             result = endpoint.call_on(generation, "initialize", {"clientName": self._client_name}, timeout)
-            self.session_id = result["sessionId"]
-            self.environment_info = result.get("environmentInfo") or {}
-            extensions = result.get("extensions")
-            self.extensions = dict(extensions) if isinstance(extensions, dict) else {}
+            self.session_id, self.environment_info, self.extensions = parse_initialize_result(result)
             if self._policy is not None:
                 endpoint.on_lost = Recovery(endpoint, self._policy, self._connector, self._client_name,
                                             self.session_id).connection_lost
@@ -391,3 +395,4 @@ __all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
            "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
            "ClosedEvent", "ProcessOutputGap", "StdinClosedError", "ExecServerDisconnected", "ExecServerError",
            "RpcError"]
+

@@ -18,9 +18,9 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-from exec_server.client.interfaces import CallTimeout, ProcessHandle
+from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle  # noqa: F401
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.transport import Transport
@@ -36,26 +36,6 @@ log = logging.getLogger(__name__)
 OVERLOAD_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 CONNECTED, RECOVERING, FAILED, CLOSED = "connected", "recovering", "failed", "closed"
-
-
-class Pending:
-    """A request sent and not yet answered: its id, text (for a resend) and generation."""
-
-    __slots__ = ("id", "event", "result", "error", "method", "text", "generation")
-
-    def __init__(self, request_id: Any, method: str, text: str, generation: int) -> None:
-        self.id = request_id
-        self.event = threading.Event()
-        self.result: Any = None
-        self.error: Optional[BaseException] = None
-        self.method = method
-        self.text = text
-        self.generation = generation
-
-
-#: ``on_lost(generation, pending)``: called on the reader thread when the
-#: current transport ends; ``pending`` are the calls that were waiting on it.
-LostHandler = Callable[[int, List[Pending]], None]
 
 
 class Endpoint:
@@ -78,18 +58,28 @@ class Endpoint:
 
     # ---------------------------------------------------------- transports
     def attach(self, transport: Transport) -> int:
-        """Make ``transport`` the current one and start its reader; returns its generation."""
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-            self._transport = transport
+        """Make ``transport`` the current one and start its reader; returns its generation.
+
+        Raises:
+            ExecServerDisconnected: the endpoint has already been closed or has
+                failed; ``transport`` is closed.
+        """
         # The reader holds the endpoint weakly, so an unreferenced client can be
         # garbage collected (and its stdio child ended by the finalizer).
-        reader = threading.Thread(target=_reader_main, args=(weakref.ref(self), transport, generation),
-                                  name="exec-server-client-reader-%d" % generation, daemon=True)
-        self._readers.append(reader)
+        with self._lock:
+            ended = self._state in (FAILED, CLOSED)
+            if not ended:
+                self._generation += 1
+                generation = self._generation
+                self._transport = transport
+                reader = threading.Thread(target=_reader_main, args=(weakref.ref(self), transport, generation),
+                                          name="exec-server-client-reader-%d" % generation, daemon=True)
+                reader.start()  # before close() can see it in _readers and join it
+                self._readers.append(reader)
+        if ended:  # closed (or failed) while this connection was being opened: it is not used
+            transport.close()
+            raise ExecServerDisconnected("client is closed" if self._state == CLOSED else str(self._failure))
         weakref.finalize(self, transport.close)
-        reader.start()
         return generation
 
     @property
@@ -256,6 +246,8 @@ class Endpoint:
                         result = telemetry.SUCCESS
                         return value
                     except _SendFailed:
+                        if _remaining(deadline) == 0.0:
+                            raise CallTimeout(method, timeout) from None
                         continue  # not sent: wait for the recovery and try again
                     except CallTimeout:
                         raise CallTimeout(method, timeout) from None  # the caller's timeout, not what was left

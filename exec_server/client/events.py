@@ -7,7 +7,7 @@ builds one from a notification's params.  They are re-exported by
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
@@ -62,10 +62,11 @@ class ProcessOutputGap(Exception):
     """The server no longer retains output this client had not received.
 
     Raised by the waits of the one process concerned after a reconnect; the
-    process was terminated.  ``missing`` is the list of lost seqs.
+    process was terminated.  ``missing`` is the list of lost seqs (a
+    ``range`` spanning them when there are more than a million).
     """
 
-    def __init__(self, process_id: str, missing: List[int]):
+    def __init__(self, process_id: str, missing: Sequence[int]):
         super().__init__("process %s lost output seqs %s..%s while disconnected"
                          % (process_id, missing[0], missing[-1]))
         self.process_id = process_id
@@ -82,7 +83,73 @@ def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[Pro
             raise ValueError("chunk is not a string")
         return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(chunk))
     if method == "process/exited":
-        return ExitedEvent(seq, params.get("exitCode", -1), bool(params.get("sandboxDenied")))
+        exit_code = params.get("exitCode")
+        if exit_code is None:
+            exit_code = -1  # unknown (never sent by the reference; a wait must still end)
+        elif isinstance(exit_code, bool) or not isinstance(exit_code, int):
+            raise ValueError("exitCode is not an integer: %r" % (exit_code,))
+        return ExitedEvent(seq, exit_code, bool(params.get("sandboxDenied")))
     if method == "process/closed":
         return ClosedEvent(seq)
     return None
+
+
+#: A gap of more lost seqs than this is reported as the ``range`` spanning them, not a list.
+MAX_LISTED_GAP = 1_000_000
+
+
+def _integer(value: Any, name: str) -> int:
+    """``value`` if it is an integer (not a bool), else ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("%s is not an integer: %r" % (name, value))
+    return value
+
+
+def catch_up_events(result: Dict[str, Any], after: int,
+                    exit_seen: bool) -> Tuple[List[ProcessEvent], Optional[Sequence[int]]]:
+    """``(events, gap)`` of a ``process/read`` result read from ``afterSeq`` ``after``.
+
+    ``events`` are to be published in order (output, then ``exited`` if not
+    ``exit_seen``, then ``closed``); ``gap`` is None, or the seqs the server
+    no longer retains (a ``range`` spanning them if more than
+    :data:`MAX_LISTED_GAP`), and then nothing may be published.
+
+    Raises:
+        ValueError: a missing field, a seq or exit code that is not an
+            integer, a chunk that is not base64.
+    """
+    try:
+        chunks = [OutputEvent(_integer(chunk["seq"], "seq"), chunk["stream"], b64.decode(chunk["chunk"]))
+                  for chunk in result.get("chunks") or []]
+        next_seq = _integer(result["nextSeq"], "nextSeq")
+        expect_exit = bool(result.get("exited")) and not exit_seen
+        exit_code = result.get("exitCode")
+        if expect_exit:
+            exit_code = -1 if exit_code is None else _integer(exit_code, "exitCode")  # None: unknown
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError("malformed process/read result: %s: %s" % (type(exc).__name__, exc)) from None
+    closed_seq = next_seq - 1 if result.get("closed") else None
+    # The seqs in (after, next_seq) that no chunk covers, as runs: no list as long as a (possibly
+    # absurd) nextSeq.  The closed notification's own seq is not output.
+    runs: List[range] = []
+    first = after + 1
+    for seq in sorted({event.seq for event in chunks if after < event.seq < next_seq}):
+        if seq > first:
+            runs.append(range(first, seq))
+        first = seq + 1
+    if next_seq > first:
+        runs.append(range(first, next_seq))
+    if closed_seq is not None and runs and runs[-1][-1] == closed_seq:
+        runs[-1] = runs[-1][:-1]
+    runs = [run for run in runs if run]
+    lost = sum(len(run) for run in runs)
+    if lost > (1 if expect_exit else 0):  # evicted output among them (one may be the exit's seq)
+        if lost > MAX_LISTED_GAP:
+            return [], range(runs[0][0], runs[-1][-1] + 1)
+        return [], [seq for run in runs for seq in run]
+    events: List[ProcessEvent] = list(chunks)
+    if expect_exit and runs:
+        events.append(ExitedEvent(runs[0][0], exit_code, bool(result.get("sandboxDenied"))))
+    if closed_seq is not None and closed_seq > after:
+        events.append(ClosedEvent(closed_seq))
+    return events, None

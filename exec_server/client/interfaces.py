@@ -5,7 +5,9 @@ The parts of the client depend on these shapes, not on each other's classes:
 - :class:`Caller` is what a process handle and the file system API call the
   server through (the :class:`~exec_server.client.api.Client` is one);
 - :class:`ProcessHandle` is what the endpoint and the recovery need of a
-  process handle (:class:`~exec_server.client.process.RemoteProcess` is one).
+  process handle (:class:`~exec_server.client.process.RemoteProcess` is one);
+- :class:`Pending` (a call waiting for its answer) and :data:`LostHandler`
+  are what the endpoint hands its recovery when a transport ends.
 
 Timeouts are float seconds (None blocks, 0 polls, negatives rejected), turned
 into one ``time.monotonic()`` deadline that is passed down; every wait or call
@@ -14,8 +16,9 @@ past its deadline raises :class:`CallTimeout`.
 
 import os
 import subprocess
+import threading
 import time
-from typing import Any, Dict, List, Optional, Protocol, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Union
 
 #: A path on the server's host: str, ``pathlib.Path`` or a ``file://`` URI.
 PathLike = Union[str, "os.PathLike[str]"]
@@ -107,3 +110,23 @@ def remaining(deadline: Optional[float]) -> Optional[float]:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
+
+
+class Pending:
+    """A request sent and not yet answered: its id, text (for a resend) and generation."""
+
+    __slots__ = ("id", "event", "result", "error", "method", "text", "generation")
+
+    def __init__(self, request_id: Any, method: str, text: str, generation: int) -> None:
+        self.id = request_id
+        self.event = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.method = method
+        self.text = text
+        self.generation = generation
+
+
+#: ``on_lost(generation, pending)``: called on the reader thread when the
+#: current transport ends; ``pending`` are the calls that were waiting on it.
+LostHandler = Callable[[int, List[Pending]], None]

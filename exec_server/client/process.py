@@ -20,14 +20,14 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Deque, Dict, Iterator, List, Optional
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
 
 from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
                                        ProcessOutputGap, StdinClosedError, StdinQueueFullError,
-                                       event_from_notification)
+                                       catch_up_events, event_from_notification)
 from exec_server.protocol import b64
 from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
 
@@ -83,46 +83,33 @@ class RemoteProcess:
         Anything else, or a notification without an integer seq, is ignored.
 
         Raises:
-            ValueError: a ``process/output`` whose chunk is not base64 text.
+            ValueError: a ``process/output`` whose chunk is not base64 text, or a
+                ``process/exited`` whose exit code is not an integer.
         """
         event = event_from_notification(method, params)
         if event is not None:
             self._publish(event)
 
-    def catch_up(self, result: Dict[str, Any]) -> Optional[List[int]]:
+    def catch_up(self, result: Dict[str, Any]) -> Optional[Sequence[int]]:
         """Publish what a ``process/read`` from :attr:`last_seq` returned.
 
         Client-internal: called by the client's recovery after a reconnect.
 
         Returns:
-            the lost seqs if the server no longer retains some, else None.
+            the lost seqs if the server no longer retains some (see
+            :func:`~exec_server.client.events.catch_up_events`), else None.
 
         Raises:
-            ValueError: the result is malformed (a missing field, a chunk
-                that is not base64); nothing of it was published.
+            ValueError: the result is malformed; nothing of it was published.
         """
         with self._changed:
             after = self._last_seq
             exit_seen = self._exit_code is not None
-        try:
-            chunks = [OutputEvent(chunk["seq"], chunk["stream"], b64.decode(chunk["chunk"]))
-                      for chunk in result.get("chunks") or []]
-            next_seq = result["nextSeq"]
-            covered = {chunk.seq for chunk in chunks}
-            missing = [seq for seq in range(after + 1, next_seq) if seq not in covered]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError("malformed process/read result: %s: %s" % (type(exc).__name__, exc)) from None
-        closed_seq = next_seq - 1 if result.get("closed") else None
-        lifecycle = [seq for seq in missing if seq != closed_seq]
-        expect_exit = bool(result.get("exited")) and not exit_seen
-        if len(lifecycle) > (1 if expect_exit else 0):
-            return lifecycle  # evicted output among them: a gap
-        for event in chunks:
+        events, gap = catch_up_events(result, after, exit_seen)
+        if gap is not None:
+            return gap
+        for event in events:
             self._publish(event)
-        if expect_exit and lifecycle:
-            self._publish(ExitedEvent(lifecycle[0], result.get("exitCode", -1), bool(result.get("sandboxDenied"))))
-        if closed_seq is not None and closed_seq > after:
-            self._publish(ClosedEvent(closed_seq))
         return None
 
     def fail(self, error: BaseException) -> None:

@@ -150,7 +150,10 @@ class Recovery:
                 time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
                 attempt += 1
                 continue
-            generation = endpoint.attach(transport)
+            try:
+                generation = endpoint.attach(transport)
+            except ExecServerDisconnected:
+                return  # closed while connecting: attach closed the new transport
             try:
                 endpoint.call_on(generation, "initialize",
                                  {"clientName": self._client_name, "resumeSessionId": self._session_id},
@@ -191,7 +194,8 @@ class Recovery:
         endpoint, timeout = self._endpoint, self._policy.connect_timeout
         for process in endpoint.open_processes():
             while True:
-                params = {"processId": process.process_id, "afterSeq": process.last_seq,
+                before = process.last_seq
+                params = {"processId": process.process_id, "afterSeq": before,
                           "maxBytes": CATCH_UP_READ_BYTES, "waitMs": 0}
                 try:
                     result = endpoint.call_on(generation, "process/read", params, timeout)
@@ -219,6 +223,7 @@ class Recovery:
                         pass
                     break
                 chunks = result.get("chunks")
-                if not chunks or process.done or process.last_seq > chunks[-1]["seq"]:
+                if (not chunks or process.done or process.last_seq > chunks[-1]["seq"]
+                        or process.last_seq <= before):  # nothing new: a server repeating itself ends it too
                     break
         return True

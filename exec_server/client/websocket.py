@@ -130,6 +130,10 @@ class WebSocketTransport:
         try:
             self._writer.send_texts(text)
         except OSError as exc:
+            # Part of the frame may be out: nothing more can be written on this stream without
+            # corrupting it, so it ends here (the reader sees the end and the client recovers).
+            self._dead_reason = self._dead_reason or "connection lost: send failed: %s" % exc
+            abort_socket(self._sock)
             raise ExecServerDisconnected("send failed: %s" % exc) from exc
 
     def ping(self) -> None:

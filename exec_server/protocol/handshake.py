@@ -12,9 +12,9 @@ the connection still holds its session.
 Not thread-safe: a connection feeds it from its single reader thread.
 """
 
-from typing import Optional
+from typing import Any, Dict, NamedTuple, Optional
 
-from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
+from exec_server.protocol.errors import ExecServerDisconnected, InvalidRequest, ProtocolViolation
 
 #: Handshake states of a connection.
 NEW, INITIALIZING, READY = "new", "initializing", "ready"
@@ -69,3 +69,30 @@ class Handshake:
         if not holds_session:
             return InvalidRequest(TAKEN_OVER)
         return None
+
+
+class InitializeResult(NamedTuple):
+    """What a client keeps of the ``initialize`` result (PROTOCOL.md 4)."""
+
+    session_id: str
+    environment_info: Dict[str, Any]
+    extensions: Dict[str, Any]
+
+
+def parse_initialize_result(result: Any) -> InitializeResult:
+    """Check an ``initialize`` result the way a client needs it.
+
+    ``environmentInfo`` and ``extensions`` that are not objects count as
+    absent (``{}``).
+
+    Raises:
+        ExecServerDisconnected: no ``sessionId`` string: the peer is not an
+            exec-server (another JSON-RPC service, e.g. an app-server).
+    """
+    if not isinstance(result, dict) or not isinstance(result.get("sessionId"), str):
+        text = repr(result)
+        raise ExecServerDisconnected("not an exec-server: its initialize result has no sessionId string: %s"
+                                     % (text if len(text) <= 200 else text[:200] + "..."))
+    environment_info, extensions = result.get("environmentInfo"), result.get("extensions")
+    return InitializeResult(result["sessionId"], environment_info if isinstance(environment_info, dict) else {},
+                            dict(extensions) if isinstance(extensions, dict) else {})
