@@ -176,6 +176,23 @@ def test_malformed_output_fails_pending_calls_and_kills_the_child(tmp_path):
         client.close()
 
 
+def test_a_message_over_the_limit_fails_the_client_and_ends_the_child(tmp_path, monkeypatch):
+    from exec_server.client import stdio
+
+    monkeypatch.setattr(stdio, "STDIO_MAX_MESSAGE_BYTES", 4096)
+    fake = tmp_path / "chatty.py"
+    fake.write_text(FAKE_SERVER.replace('print("this is not json", flush=True)',
+                                        'print(json.dumps({"method": "x", "params": "y" * 100000}), flush=True)'))
+    client = Client.spawn([sys.executable, str(fake)])
+    child_pid = client._transport.pid
+    try:
+        with pytest.raises(ExecServerDisconnected, match="message over 4096 bytes"):
+            client.call("environment/status", timeout=10)
+        wait_until(lambda: not pid_alive(child_pid))
+    finally:
+        client.close()
+
+
 def test_child_exit_fails_pending_calls(tmp_path):
     fake = tmp_path / "exits.py"
     fake.write_text(FAKE_SERVER.replace('print("this is not json", flush=True)', "sys.exit(3)"))

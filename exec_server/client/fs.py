@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from exec_server.client.interfaces import Caller, PathLike
 from exec_server.protocol import b64
+from exec_server.protocol.errors import InternalError
 
 #: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
 BLOCK_BYTES = 1 << 20
@@ -45,14 +46,22 @@ class RemoteFile:
         return b64.decode(result["chunk"]), bool(result["eof"])
 
     def iter_blocks(self, size: int = BLOCK_BYTES) -> Iterator[bytes]:
-        """Every block from the current offset to the end of the file."""
+        """Every block from the current offset to the end of the file.
+
+        Raises:
+            InternalError: the server answered an empty block without ``eof``.
+            RpcError: as ``fs/readBlock``.
+        """
         while True:
             data, eof = self.read_block(self.offset, size)
             self.offset += len(data)
-            if data:
-                yield data
             if eof:
+                if data:
+                    yield data
                 return
+            if not data:  # would ask for the same block forever
+                raise InternalError("exec-server returned an empty block before the end of the file")
+            yield data
 
     def read(self) -> bytes:
         return b"".join(self.iter_blocks())

@@ -8,6 +8,10 @@ import threading
 
 from exec_server.protocol.errors import ExecServerDisconnected
 
+#: Longest line (one message, with its end) the client reads from the child, bytes; as the
+#: WebSocket transport's CLIENT_MAX_MESSAGE_BYTES.
+STDIO_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
 
 class StdioTransport:
     """JSON-RPC over a child's stdin/stdout, one message per line.
@@ -69,11 +73,21 @@ class StdioTransport:
                 raise ExecServerDisconnected("cannot write to the exec-server child: %s" % exc) from exc
 
     def receive(self) -> bytes:
+        """The next non-empty line, without its end.
+
+        Raises:
+            ExecServerDisconnected: the child closed its output, or sent a
+                line longer than :data:`STDIO_MAX_MESSAGE_BYTES` (the client
+                then fails and :meth:`close` ends the child).
+        """
         while True:
             try:
-                line = self._stdout.readline()
+                line = self._stdout.readline(STDIO_MAX_MESSAGE_BYTES + 1)
             except (OSError, ValueError):
                 line = b""
+            if len(line) > STDIO_MAX_MESSAGE_BYTES:
+                raise ExecServerDisconnected("exec-server child sent a message over %d bytes"
+                                             % STDIO_MAX_MESSAGE_BYTES)
             if not line:
                 status = self._child.poll()
                 raise ExecServerDisconnected("exec-server child closed its output%s"

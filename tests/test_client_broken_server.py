@@ -1,0 +1,168 @@
+"""The client against a broken or hostile server: malformed messages and results end in clear errors.
+
+Each test rewrites what a real server (the in-memory pair, tests/memory_pair.py) sends, and checks what
+the user of ``Client`` sees: a typed error for the call or process concerned, the output recovered when a
+resumed session can read it again, never a hang, a raw KeyError/TypeError or a crashed thread.
+"""
+
+import json
+
+import pytest
+
+from conftest import wait_until
+from exec_server import Client, ExecServerDisconnected, ProcessOutputGap, ReconnectPolicy
+from exec_server.protocol.errors import InternalError
+
+pytestmark = pytest.mark.posix
+
+FAST = ReconnectPolicy(deadline=10.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+
+
+def collect_stdout(process, timeout=30.0) -> bytes:
+    stdout, _stderr = process.communicate(timeout=timeout)
+    return stdout
+
+
+NOT_BASE64 = "AB=="  # trailing bits set: the reference's decoder and ours refuse it
+
+
+def corrupt_chunks(text: str, reads_too: bool) -> str:
+    """The text with every process/output chunk (and with ``reads_too`` every process/read chunk) replaced."""
+    message = json.loads(text)
+    if message.get("method") == "process/output":
+        message["params"]["chunk"] = NOT_BASE64
+    elif reads_too and isinstance(message.get("result"), dict) and "chunks" in message["result"]:
+        for chunk in message["result"]["chunks"]:
+            chunk["chunk"] = NOT_BASE64
+    else:
+        return text
+    return json.dumps(message)
+
+
+def test_a_malformed_output_notification_is_recovered_by_a_read(memory_server, caplog):
+    """A process/output the client cannot decode ends that connection; the resumed session's process/read
+    brings the same output back, so nothing is lost and nothing is logged as a reader failure."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        corrupted = []
+
+        def once(text: str) -> str:
+            if corrupted or '"process/output"' not in text:
+                return text
+            corrupted.append(text)
+            return corrupt_chunks(text, reads_too=False)
+
+        server.rewrite = once
+        process = client.start(["/bin/sh", "-c", "echo first; read line; echo second"], stdin=True)
+        wait_until(lambda: corrupted and len(server.transports) == 2, timeout=10)
+        wait_until(lambda: client.state == "connected", timeout=10)
+        process.write(b"go\n")
+        process.close_stdin()
+        assert collect_stdout(process) == b"first\nsecond\n"
+        assert process.returncode == 0
+    assert "client reader failed" not in caplog.text
+    assert "malformed message: invalid process/output: Invalid last symbol 66, offset 1." in caplog.text
+
+
+def test_output_that_cannot_be_decoded_even_after_resuming_fails_the_process(memory_server, caplog):
+    """If the catch-up read is malformed too, the process fails with a clear error (and is terminated on the
+    server) instead of the recovery thread dying with the client left ``recovering``."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        server.rewrite = lambda text: corrupt_chunks(text, reads_too=True)
+        process = client.start(["/bin/sh", "-c", "echo first; exec sleep 60"])
+        with pytest.raises(ExecServerDisconnected, match="cannot be recovered: exec-server sent a malformed "
+                                                         "process/read result: ValueError: Invalid last symbol"):
+            process.wait(timeout=10)
+        wait_until(lambda: "process/terminate" in server.transports[-1].seen, timeout=10)
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+    assert "recovery failed" not in caplog.text and "client reader failed" not in caplog.text
+
+
+def rewrite_json(match, change):
+    """A ``MemoryServer.rewrite`` that applies ``change(message)`` to each JSON message ``match`` accepts."""
+    def rewrite(text: str) -> str:
+        message = json.loads(text)
+        if not match(message):
+            return text
+        change(message)
+        return json.dumps(message)
+    return rewrite
+
+
+def test_a_peer_that_is_not_an_exec_server_is_named_so(memory_server):
+    server = memory_server()
+    server.rewrite = rewrite_json(lambda m: "sessionId" in (m.get("result") or {}),
+                                  lambda m: m.__setitem__("result", {"userAgent": "some-app-server/0.1"}))
+    with pytest.raises(ExecServerDisconnected, match="not an exec-server: its initialize result has no sessionId"):
+        Client.open(server.connector, timeout=5)
+    assert all(transport.server_ended for transport in server.transports)
+
+
+def test_an_environment_info_that_is_not_an_object_counts_as_absent(memory_server):
+    server = memory_server()
+    server.rewrite = rewrite_json(lambda m: "sessionId" in (m.get("result") or {}),
+                                  lambda m: m["result"].__setitem__("environmentInfo", ["not", "an", "object"]))
+    with Client.open(server.connector, timeout=5) as client:
+        assert client.environment_info == {}
+        assert client.run(["sh", "-c", "echo ok"], cwd="/tmp", timeout=10).stdout == b"ok\n"
+
+
+@pytest.mark.parametrize("change, error", [
+    # every read answers with what the client already has (seqs one back): the catch-up stops instead of
+    # reading the same again forever
+    (lambda r: ([chunk.__setitem__("seq", chunk["seq"] - 1) for chunk in r["chunks"]],
+                r.__setitem__("nextSeq", r["nextSeq"] - 1)), None),
+    # an absurd nextSeq: a gap reported as a range, without a list of 2**53 seqs
+    (lambda r: r.__setitem__("nextSeq", 2 ** 53), ProcessOutputGap),
+    # a seq that is not an integer: this process fails, not the client
+    (lambda r: [chunk.__setitem__("seq", "1") for chunk in r["chunks"]], ExecServerDisconnected),
+])
+def test_a_catch_up_read_from_a_broken_server_ends(memory_server, change, error):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "echo one; read line; sleep 0.5; echo two; exec sleep 60"],
+                               stdin=True)
+        wait_until(lambda: process.last_seq >= 1, timeout=10)
+        process.write(b"go\n", timeout=10)
+        server.holding_downstream = True  # what the server sends now is lost: the catch-up must read it
+        wait_until(lambda: any('"process/output"' in text for text in server.transports[-1].held), timeout=10)
+        server.holding_downstream = False
+        server.rewrite = rewrite_json(lambda m: isinstance(m.get("result"), dict) and "nextSeq" in m["result"],
+                                      lambda m: change(m["result"]))
+        server.cut()
+        wait_until(lambda: client.state == "connected" and len(server.transports) >= 2, timeout=10)
+        if error is not None:
+            with pytest.raises(error):
+                process.wait(timeout=10)
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+        if error is ProcessOutputGap:
+            with pytest.raises(ProcessOutputGap) as caught:
+                process.wait(timeout=1)
+            assert isinstance(caught.value.missing, range) and caught.value.missing[-1] >= 2 ** 53 - 2
+        process.kill()
+
+
+@pytest.mark.parametrize("sent, seen", [
+    ("3", 3),  # not an integer: a malformed message; the resumed session's read has the real code
+    (None, -1),  # null: unknown, and the wait still ends
+])
+def test_an_exit_code_that_is_not_an_integer(memory_server, sent, seen):
+    server = memory_server()
+    server.rewrite = rewrite_json(lambda m: m.get("method") == "process/exited",
+                                  lambda m: m["params"].__setitem__("exitCode", sent))
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "exit 3"])
+        assert process.wait(timeout=10) == seen
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+
+
+def test_an_empty_block_before_the_end_of_a_file_is_an_error_not_an_endless_read(memory_server, tmp_path):
+    (tmp_path / "f").write_bytes(b"data")
+    server = memory_server()
+    server.rewrite = rewrite_json(lambda m: isinstance(m.get("result"), dict) and "eof" in m["result"],
+                                  lambda m: m.__setitem__("result", {"chunk": "", "eof": False}))
+    with Client.open(server.connector, timeout=5) as client:
+        with client.fs.open(tmp_path / "f") as handle:
+            with pytest.raises(InternalError, match="empty block before the end of the file"):
+                handle.read()
