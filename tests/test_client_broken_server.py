@@ -166,3 +166,20 @@ def test_an_empty_block_before_the_end_of_a_file_is_an_error_not_an_endless_read
         with client.fs.open(tmp_path / "f") as handle:
             with pytest.raises(InternalError, match="empty block before the end of the file"):
                 handle.read()
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.__setitem__("error", None),  # JSON-RPC 1.0 style: "result" and "error": null
+    lambda m: m.__setitem__("error", "boom"),
+    lambda m: m.pop("result"),  # neither result nor error
+])
+def test_a_malformed_answer_fails_that_call_only(memory_server, change):
+    """The call gets InternalError at once; the connection stays (no reconnect, no resend loop)."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        server.rewrite = rewrite_json(lambda m: m.get("result") == {"status": "ready"}, change)
+        with pytest.raises(InternalError, match="exec-server sent a malformed answer"):
+            client.call("environment/status", timeout=5)
+        server.rewrite = None
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+        assert len(server.transports) == 1 and client.state == "connected"

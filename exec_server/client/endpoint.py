@@ -1,10 +1,11 @@
-"""The client's JSON-RPC endpoint: pending calls, the reader thread, call/notify, notification routing.
+"""The client's JSON-RPC endpoint: pending calls, call/notify, notification routing.
 
 An :class:`Endpoint` speaks over one transport at a time.  Each transport it
-is given gets a new *generation* number and a reader thread that routes
-responses to the waiting calls and ``process/*`` notifications to the
-registered process handles (by ``processId``); anything from an older
-generation is ignored.  When a transport ends, the endpoint either hands the
+is given gets a new *generation* number and a reader thread
+(:mod:`~exec_server.client.reader`) whose messages it routes: responses to the
+waiting calls (a malformed answer fails its call with ``InternalError``) and
+``process/*`` notifications to the registered process handles (by
+``processId``); anything from an older generation is ignored.  When a transport ends, the endpoint either hands the
 loss to its ``on_lost`` handler (the client's recovery, set once a session
 exists) or fails.
 
@@ -14,7 +15,7 @@ Every public method is thread-safe.
 """
 
 import itertools
-import logging
+import json
 import threading
 import time
 import weakref
@@ -23,13 +24,12 @@ from typing import Any, Dict, List, Optional, Union
 from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle  # noqa: F401
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.reader import read_transport
 from exec_server.client.transport import Transport
 from exec_server.common import telemetry
-from exec_server.protocol.errors import ExecServerDisconnected, ServerOverloaded, error_from_dict
+from exec_server.protocol.errors import ExecServerDisconnected, InternalError, ServerOverloaded, error_from_dict
 from exec_server.protocol.jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response,
                                           TraceContext, encode, parse_message)
-
-log = logging.getLogger(__name__)
 
 #: Pauses, in seconds, before each resend of a request the server refused
 #: as overloaded (-32001); after the last, the error is raised.
@@ -72,7 +72,7 @@ class Endpoint:
                 self._generation += 1
                 generation = self._generation
                 self._transport = transport
-                reader = threading.Thread(target=_reader_main, args=(weakref.ref(self), transport, generation),
+                reader = threading.Thread(target=read_transport, args=(weakref.ref(self), transport, generation),
                                           name="exec-server-client-reader-%d" % generation, daemon=True)
                 reader.start()  # before close() can see it in _readers and join it
                 self._readers.append(reader)
@@ -91,14 +91,21 @@ class Endpoint:
     def _route(self, text: Union[str, bytes], generation: int) -> None:
         if generation != self._generation:
             return  # a late event of an older connection
-        message = parse_message(text)  # EnvelopeError: the peer is broken, see _reader_main
+        try:
+            message = parse_message(text)  # EnvelopeError: the peer is broken, see read_transport
+        except EnvelopeError as exc:  # an answer to a waiting call fails that call only
+            try:
+                answer = json.loads(text)
+                pending = None if "method" in answer else self._take(answer["id"], generation)
+            except (ValueError, TypeError, KeyError):
+                pending = None
+            if pending is None:
+                raise
+            pending.error = InternalError("exec-server sent a malformed answer: %s" % exc.description)
+            pending.event.set()
+            return
         if isinstance(message, (Response, ErrorResponse)):
-            with self._lock:
-                pending = self._pending.get(message.id)
-                if pending is None or pending.generation != generation:
-                    pending = None
-                else:
-                    del self._pending[message.id]
+            pending = self._take(message.id, generation)
             if pending is None:
                 return
             if isinstance(message, ErrorResponse):
@@ -117,6 +124,14 @@ class Endpoint:
                         process.deliver(message.method, params)
                     except ValueError as exc:  # e.g. a chunk that is not base64: the peer is broken
                         raise EnvelopeError("invalid %s: %s" % (message.method, exc)) from None
+
+    def _take(self, request_id: Any, generation: int) -> Optional[Pending]:
+        """Remove and return the call ``request_id`` waiting on ``generation``; None if there is none."""
+        with self._lock:
+            pending = self._pending.get(request_id)
+            if pending is not None and pending.generation == generation:
+                return self._pending.pop(request_id)
+        return None
 
     def _connection_lost(self, generation: int, reason: str) -> None:
         with self._lock:
@@ -352,38 +367,6 @@ class Endpoint:
         """The registered handles that are not done yet (a snapshot)."""
         with self._lock:
             return [p for p in self._processes.values() if not p.done]
-
-
-def _reader_main(endpoint_ref: "weakref.ReferenceType[Endpoint]", transport: Transport, generation: int) -> None:
-    """Read one transport until it ends; route each message to the endpoint, if it still exists."""
-    reason = "connection to the exec-server closed"
-    try:
-        while True:
-            try:
-                text = transport.receive()
-            except ExecServerDisconnected as exc:
-                reason = str(exc)
-                break
-            endpoint = endpoint_ref()
-            if endpoint is None:
-                return
-            try:
-                endpoint._route(text, generation)
-            except EnvelopeError as exc:
-                reason = "exec-server sent a malformed message: %s" % exc.description
-                log.warning("%s", reason)
-                if hasattr(transport, "kill"):
-                    transport.kill()
-                else:
-                    transport.close()
-                break
-            finally:
-                del endpoint
-    except Exception:
-        log.exception("client reader failed")
-    endpoint = endpoint_ref()
-    if endpoint is not None:
-        endpoint._connection_lost(generation, reason)
 
 
 class _SendFailed(Exception):

@@ -1,0 +1,53 @@
+"""The reader thread of one client transport (started by ``Endpoint.attach``).
+
+It holds the endpoint weakly, so an unreferenced client can be garbage
+collected (and its stdio child ended by the finalizer) while it reads.
+"""
+
+import logging
+import weakref
+from typing import Any
+
+from exec_server.client.transport import Transport
+from exec_server.protocol.errors import ExecServerDisconnected
+from exec_server.protocol.jsonrpc import EnvelopeError
+
+log = logging.getLogger(__name__)
+
+
+def read_transport(endpoint_ref: "weakref.ReferenceType[Any]", transport: Transport,
+                   generation: int) -> None:
+    """Read one transport until it ends; route each message to the endpoint, while it exists.
+
+    A message the endpoint cannot route (``EnvelopeError``) ends the
+    transport: the peer is broken.  Whatever ends it, the endpoint is told
+    (``_connection_lost``), which recovers or fails.
+    """
+    reason = "connection to the exec-server closed"
+    try:
+        while True:
+            try:
+                text = transport.receive()
+            except ExecServerDisconnected as exc:
+                reason = str(exc)
+                break
+            endpoint = endpoint_ref()
+            if endpoint is None:
+                return
+            try:
+                endpoint._route(text, generation)
+            except EnvelopeError as exc:
+                reason = "exec-server sent a malformed message: %s" % exc.description
+                log.warning("%s", reason)
+                if hasattr(transport, "kill"):
+                    transport.kill()
+                else:
+                    transport.close()
+                break
+            finally:
+                del endpoint
+    except Exception:
+        log.exception("client reader failed")
+    endpoint = endpoint_ref()
+    if endpoint is not None:
+        endpoint._connection_lost(generation, reason)
