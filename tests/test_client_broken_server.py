@@ -183,3 +183,42 @@ def test_a_malformed_answer_fails_that_call_only(memory_server, change):
         server.rewrite = None
         assert client.call("environment/status", timeout=5) == {"status": "ready"}
         assert len(server.transports) == 1 and client.state == "connected"
+
+
+@pytest.mark.parametrize("method, result, call", [
+    ("process/write", {}, lambda client, process: process.write(b"x")),
+    ("process/terminate", {"running": "yes"}, lambda client, process: process.terminate()),
+    ("fs/readFile", {"dataBase64": 5}, lambda client, process: client.fs.read_file("/etc/hostname")),
+    ("fs/readFile", {"dataBase64": "AB=="}, lambda client, process: client.fs.read_file("/etc/hostname")),
+])
+def test_a_malformed_result_is_an_internal_error(memory_server, method, result, call):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5) as client:
+        process = client.start(["/bin/sh", "-c", "exec sleep 30"], stdin=True)
+        answered = {}
+
+        def is_answer(message):  # the answer to the first request of ``method`` the server received
+            seen = server.transports[-1].seen
+            return "result" in message and method in seen and not answered.setdefault("done", False)
+
+        server.rewrite = rewrite_json(is_answer, lambda m: (m.__setitem__("result", result),
+                                                            answered.__setitem__("done", True)))
+        with pytest.raises(InternalError, match="malformed %s result" % method):
+            call(client, process)
+        server.rewrite = None
+        process.kill()
+
+
+def test_closed_without_exited_ends_a_wait(memory_server):
+    server = memory_server()
+    def drop_exited(message):  # exited becomes an unknown notification; closed takes its seq
+        if message["method"] == "process/exited":
+            message["method"] = "process/ignored"
+        else:
+            message["params"]["seq"] -= 1
+
+    server.rewrite = rewrite_json(lambda m: m.get("method") in ("process/exited", "process/closed"), drop_exited)
+    with Client.open(server.connector, timeout=5) as client:
+        process = client.start(["/bin/sh", "-c", "exit 3"])
+        with pytest.raises(InternalError, match="closed process .* without reporting its exit"):
+            process.wait(timeout=10)

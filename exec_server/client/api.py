@@ -319,7 +319,8 @@ class Client:
         except BaseException:
             self._endpoint.remove_process(process_id)
             raise
-        process.sandbox_type = result.get("sandboxType", "none")
+        sandbox_type = result.get("sandboxType") if isinstance(result, dict) else None
+        process.sandbox_type = sandbox_type if isinstance(sandbox_type, str) else "none"
         return process
 
     def forget(self, process: RemoteProcess) -> None:

@@ -17,7 +17,7 @@ misuse errors, ``InternalError`` (-32603) for other OS errors.
 import uuid
 from typing import Any, Dict, Iterator, List, Optional
 
-from exec_server.client.interfaces import Caller, PathLike
+from exec_server.client.interfaces import Caller, PathLike, result_member
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
 
@@ -43,7 +43,7 @@ class RemoteFile:
     def read_block(self, offset: int, length: int = BLOCK_BYTES):
         """``(data, eof)`` for up to ``length`` bytes (1..1048576) at ``offset``."""
         result = self._fs._call("fs/readBlock", {"handleId": self.handle_id, "offset": offset, "len": length})
-        return b64.decode(result["chunk"]), bool(result["eof"])
+        return _bytes_member(result, "chunk", "fs/readBlock"), result_member(result, "eof", bool, "fs/readBlock")
 
     def iter_blocks(self, size: int = BLOCK_BYTES) -> Iterator[bytes]:
         """Every block from the current offset to the end of the file.
@@ -122,7 +122,7 @@ class FileSystem:
     def read_file(self, path: "PathLike", follow_symlinks: bool = True) -> bytes:
         """The whole file (``fs/readFile``; up to 64 MiB, use :meth:`open` beyond)."""
         result = self._path_call("fs/readFile", {"path": self._uri(path), "followSymlinks": follow_symlinks})
-        return b64.decode(result["dataBase64"])
+        return _bytes_member(result, "dataBase64", "fs/readFile")
 
     def write_file(self, path: "PathLike", data: bytes, follow_symlinks: bool = True) -> None:
         """Create or replace the file atomically (``fs/writeFile``)."""
@@ -165,3 +165,11 @@ class FileSystem:
         handle_id = "h-" + uuid.uuid4().hex[:16]  # ids are at most 32 bytes
         self._call("fs/open", {"handleId": handle_id, "path": self._uri(path), "mode": mode})
         return RemoteFile(self, handle_id, mode)
+
+
+def _bytes_member(result: Any, name: str, method: str) -> bytes:
+    """The bytes of the base64 member ``name`` of a result; InternalError if it is missing or not base64."""
+    try:
+        return b64.decode(result_member(result, name, str, method))
+    except ValueError as exc:
+        raise InternalError("malformed %s result: %s is not base64: %s" % (method, name, exc)) from None

@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Protocol, Union
 
+from exec_server.protocol.errors import InternalError
+
 #: A path on the server's host: str, ``pathlib.Path`` or a ``file://`` URI.
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -130,3 +132,15 @@ class Pending:
 #: ``on_lost(generation, pending)``: called on the reader thread when the
 #: current transport ends; ``pending`` are the calls that were waiting on it.
 LostHandler = Callable[[int, List[Pending]], None]
+
+
+def result_member(result: Any, name: str, kind: type, method: str) -> Any:
+    """``result[name]`` if ``result`` is an object whose member ``name`` is a ``kind`` (an int not a bool).
+
+    Raises:
+        InternalError: ``malformed <method> result: ...`` (a broken server).
+    """
+    value = result.get(name) if isinstance(result, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InternalError("malformed %s result: %s is not a %s: %.200r" % (method, name, kind.__name__, result))
+    return value

@@ -22,7 +22,7 @@ import uuid
 import warnings
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
 
-from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported
+from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, result_member
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
@@ -215,9 +215,12 @@ class RemoteProcess:
         Raises:
             CallTimeout: no exit within ``timeout``.
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
+            InternalError: the server reported ``closed`` without ``exited``.
         """
         with self._changed:
-            self._wait_until(lambda: self._exit_code is not None, timeout)
+            self._wait_until(lambda: self._exit_code is not None or self._closed, timeout)
+            if self._exit_code is None:  # closed without an exit: the server broke the notification order
+                raise InternalError("exec-server closed process %s without reporting its exit" % self.process_id)
             return self._exit_code
 
     def poll(self) -> Optional[int]:
@@ -236,7 +239,8 @@ class RemoteProcess:
             ProcessLookupError: the server does not know the process.
             StdinQueueFullError: the server's stdin queue for the process is
                 full (the child is not reading); nothing was queued.
-            InternalError: the process has exited (``failed to write to process stdin``).
+            InternalError: the process has exited (``failed to write to process stdin``),
+                or the server's answer is malformed.
             ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
             RequestOutcomeUnknown: the connection dropped before the answer;
                 the bytes may or may not have been written (never re-sent).
@@ -248,7 +252,8 @@ class RemoteProcess:
                 raise ExtensionNotSupported("closeStdin", "closing a remote stdin")
             params["closeStdin"] = True
         try:
-            status = self.client.call("process/write", params, timeout=timeout)["status"]
+            status = result_member(self.client.call("process/write", params, timeout=timeout), "status", str,
+                                   "process/write")
         except InternalError as exc:
             if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
                 raise StdinQueueFullError(exc.message, exc.data) from None
@@ -327,9 +332,12 @@ class RemoteProcess:
 
         Returns:
             True if the process was running and a kill was issued.
+
+        Raises:
+            InternalError: the server's answer is malformed.
         """
-        return bool(self.client.call("process/terminate", {"processId": self.process_id},
-                                     timeout=timeout)["running"])
+        return result_member(self.client.call("process/terminate", {"processId": self.process_id}, timeout=timeout),
+                             "running", bool, "process/terminate")
 
     kill = terminate
 
