@@ -161,34 +161,26 @@ FAKE_SERVER = textwrap.dedent("""
 """)
 
 
-def test_malformed_output_fails_pending_calls_and_kills_the_child(tmp_path):
-    fake = tmp_path / "fake.py"
-    fake.write_text(FAKE_SERVER)
-    client = Client.spawn([sys.executable, str(fake)])
-    child_pid = client._transport.pid
-    try:
-        with pytest.raises(ExecServerDisconnected, match="malformed message"):
-            client.call("environment/status", timeout=10)
-        wait_until(lambda: not pid_alive(child_pid))
-        with pytest.raises(ExecServerDisconnected, match="malformed message"):
-            client.call("environment/status", timeout=10)
-    finally:
-        client.close()
-
-
-def test_a_message_over_the_limit_fails_the_client_and_ends_the_child(tmp_path, monkeypatch):
+@pytest.mark.parametrize("line, limit, match", [
+    ('print("this is not json", flush=True)', None, "malformed message"),
+    ('print(json.dumps({"method": "x", "params": "y" * 100000}), flush=True)', 4096, "message over 4096 bytes"),
+])
+def test_a_broken_child_fails_pending_calls_and_is_ended(tmp_path, monkeypatch, line, limit, match):
+    """Not JSON, or a line over STDIO_MAX_MESSAGE_BYTES: every call fails and the child is ended."""
     from exec_server.client import stdio
 
-    monkeypatch.setattr(stdio, "STDIO_MAX_MESSAGE_BYTES", 4096)
-    fake = tmp_path / "chatty.py"
-    fake.write_text(FAKE_SERVER.replace('print("this is not json", flush=True)',
-                                        'print(json.dumps({"method": "x", "params": "y" * 100000}), flush=True)'))
+    if limit is not None:
+        monkeypatch.setattr(stdio, "STDIO_MAX_MESSAGE_BYTES", limit)
+    fake = tmp_path / "fake.py"
+    fake.write_text(FAKE_SERVER.replace('print("this is not json", flush=True)', line))
     client = Client.spawn([sys.executable, str(fake)])
     child_pid = client._transport.pid
     try:
-        with pytest.raises(ExecServerDisconnected, match="message over 4096 bytes"):
+        with pytest.raises(ExecServerDisconnected, match=match):
             client.call("environment/status", timeout=10)
         wait_until(lambda: not pid_alive(child_pid))
+        with pytest.raises(ExecServerDisconnected, match=match):
+            client.call("environment/status", timeout=10)
     finally:
         client.close()
 
