@@ -77,7 +77,7 @@ def test_tty_process(client):
 def test_interrupt(client):
     proc = client.start(["sleep", "30"])
     proc.send_interrupt()
-    assert proc.wait(timeout=5) == 130
+    assert proc.wait(timeout=15) == 130
 
 
 def test_write_without_stdin_raises(client):

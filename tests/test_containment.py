@@ -264,3 +264,27 @@ def test_inherit_mode_server_adopts_and_reaps_orphans(tmp_path, token):
         server.wait(10)
         server.stdout.close()
         log.close()
+
+
+def test_an_interrupt_waits_for_the_program_within_program_start_wait(caplog):
+    """wait_program_started: True once the init's child exists; False at the timeout (logged) or at once
+    when the process has ended (PROGRAM_START_WAIT bounds it; 10 s by default)."""
+    assert contain.PROGRAM_START_WAIT == 10.0
+    chain = subprocess.Popen(["/bin/sh", "-c", "/bin/sh -c 'sleep 30; :'; :"])  # pid -> sh -> sleep
+    lone = subprocess.Popen(["/bin/sh", "-c", "sleep 30; :"])  # pid -> sleep: no grandchild
+    try:
+        wait_until(lambda: any(child.children() for child in psutil.Process(chain.pid).children()), timeout=10)
+        assert contain.wait_program_started(chain.pid, timeout=5)
+        started = time.monotonic()
+        assert not contain.wait_program_started(lone.pid, timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+        assert "did not start within 0.3 s" in caplog.text
+        started = time.monotonic()
+        assert not contain.wait_program_started(lone.pid, timeout=30, ended=lambda: True)
+        assert time.monotonic() - started < 5
+    finally:
+        for process in (chain, lone):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+            process.wait(10)

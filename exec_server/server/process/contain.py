@@ -201,17 +201,20 @@ def decide(requested: str) -> Containment:
         return decided
 
 
-#: How long an interrupt waits for an isolated program to exist, seconds.
-PROGRAM_START_WAIT = 2.0
+#: How long an interrupt waits for an isolated program to exist, seconds (a loaded machine can take
+#: seconds to run ``setpriv``, ``unshare`` and ``dumb-init``; a signal sent earlier would be lost).
+PROGRAM_START_WAIT = 10.0
 
 
-def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT) -> bool:
+def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
+                         ended: Callable[[], bool] = lambda: False) -> bool:
     """Wait until the program under the namespace init of ``pid`` (``unshare``) exists.
 
     A SIGINT that reaches the group while ``unshare`` or ``dumb-init`` is
     still starting is blocked or ignored there and would never reach the
     program; once the init has forked the program, the group signal does.
-    Returns False if the program did not appear within ``timeout`` seconds.
+    Returns False if the program did not appear within ``timeout`` seconds
+    (logged) or ``ended()`` became true (the process exited meanwhile).
     """
     import psutil
 
@@ -223,7 +226,11 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT) -> bool:
                     return True
         except psutil.Error:
             return False  # gone: nothing left to interrupt
+        if ended():
+            return False
         if time.monotonic() >= deadline:
+            log.warning("process %d: its program did not start within %.1f s; the interrupt may be lost",
+                        pid, timeout)
             return False
         time.sleep(0.002)
 

@@ -348,7 +348,7 @@ class ManagedProcess:
             InternalError: ``failed to signal process: <text>``.
         """
         if self._isolated and self._log.exit_code is None:
-            contain.wait_program_started(self.pid)
+            contain.wait_program_started(self.pid, ended=lambda: self._log.exit_code is not None)
         with self._lock:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
