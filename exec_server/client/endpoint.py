@@ -5,9 +5,9 @@ is given gets a new *generation* number and a reader thread
 (:mod:`~exec_server.client.reader`) whose messages it routes: responses to the
 waiting calls (a malformed answer fails its call with ``InternalError``) and
 ``process/*`` notifications to the registered process handles (by
-``processId``); anything from an older generation is ignored.  When a transport ends, the endpoint either hands the
-loss to its ``on_lost`` handler (the client's recovery, set once a session
-exists) or fails.
+``processId``); anything from an older generation is ignored.  When a
+transport ends, the endpoint either hands the loss to its ``on_lost``
+handler (the client's recovery, set once a session exists) or fails.
 
 States (:attr:`Endpoint.state`): ``connected``, ``recovering`` (calls wait),
 ``failed`` (every waiting and later call raises the failure) and ``closed``.

@@ -83,12 +83,9 @@ def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[Pro
             raise ValueError("chunk is not a string")
         return OutputEvent(seq, params.get("stream", "stdout"), b64.decode(chunk))
     if method == "process/exited":
-        exit_code = params.get("exitCode")
-        if exit_code is None:
-            exit_code = -1  # unknown (never sent by the reference; a wait must still end)
-        elif isinstance(exit_code, bool) or not isinstance(exit_code, int):
-            raise ValueError("exitCode is not an integer: %r" % (exit_code,))
-        return ExitedEvent(seq, exit_code, bool(params.get("sandboxDenied")))
+        exit_code = params.get("exitCode")  # None: unknown (never sent by the reference; a wait must still end)
+        return ExitedEvent(seq, -1 if exit_code is None else _integer(exit_code, "exitCode"),
+                           bool(params.get("sandboxDenied")))
     if method == "process/closed":
         return ClosedEvent(seq)
     return None
@@ -125,7 +122,7 @@ def catch_up_events(result: Dict[str, Any], after: int,
         expect_exit = bool(result.get("exited")) and not exit_seen
         exit_code = result.get("exitCode")
         if expect_exit:
-            exit_code = -1 if exit_code is None else _integer(exit_code, "exitCode")  # None: unknown
+            exit_code = -1 if exit_code is None else _integer(exit_code, "exitCode")  # None: unknown, as above
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError("malformed process/read result: %s: %s" % (type(exc).__name__, exc)) from None
     closed_seq = next_seq - 1 if result.get("closed") else None
