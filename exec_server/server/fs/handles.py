@@ -17,10 +17,17 @@ from exec_server.protocol.errors import RpcError
 
 #: Longest handle id, bytes (reference 0.169.0 behaviour).
 MAX_HANDLE_ID_BYTES = 32
-#: Largest ``len`` of one ``fs/readBlock``, bytes (PROTOCOL.md 8.4).
+#: Largest ``len`` of one ``fs/readBlock`` and decoded chunk of one ``fs/writeBlock``, bytes (PROTOCOL.md 8.4).
 MAX_BLOCK_BYTES = 1_048_576
 #: Largest file offset the OS takes (i64); larger u64 offsets are -32600 like the reference's.
 MAX_FILE_OFFSET = 2 ** 63 - 1
+
+
+def _check_block_length(direction: str, length: int) -> None:
+    """-32600 ``file read|write block length must be between 1 and 1048576`` unless 1 <= length <= the limit."""
+    if not 1 <= length <= MAX_BLOCK_BYTES:
+        raise RpcError("file %s block length must be between 1 and %d" % (direction, MAX_BLOCK_BYTES),
+                       code=INVALID_REQUEST)
 
 
 def rpc_error(error: FsError) -> RpcError:
@@ -75,9 +82,7 @@ class FileHandles:
         return fd
 
     def read_block(self, handle_id: str, offset: int, length: int) -> Dict[str, Any]:
-        if not 1 <= length <= MAX_BLOCK_BYTES:
-            raise RpcError("file read block length must be between 1 and %d" % MAX_BLOCK_BYTES,
-                           code=INVALID_REQUEST)
+        _check_block_length("read", length)
         fd = self._get(handle_id, "read")
         if offset > MAX_FILE_OFFSET:  # a u64 the OS cannot seek to (reference: the same EINVAL)
             raise rpc_error(os_error(OSError(errno.EINVAL, os.strerror(errno.EINVAL))))
@@ -88,9 +93,7 @@ class FileHandles:
         return {"chunk": data, "eof": len(data) < length}
 
     def write_block(self, handle_id: str, offset: int, data: bytes) -> None:
-        if not 1 <= len(data) <= MAX_BLOCK_BYTES:  # checked before the handle, as the reference does
-            raise RpcError("file write block length must be between 1 and %d" % MAX_BLOCK_BYTES,
-                           code=INVALID_REQUEST)
+        _check_block_length("write", len(data))  # before the handle, as the reference does
         fd = self._get(handle_id, "replace")
         if offset + len(data) > MAX_FILE_OFFSET:
             raise RpcError("file write range exceeds the signed 64-bit file offset limit", code=INVALID_REQUEST)
