@@ -3,7 +3,7 @@
 Forwards every accepted connection to ``127.0.0.1:target_port`` and can, on
 demand, cut all connections (both sides), reset them (RST), blackhole them
 (stop forwarding both ways, keep every socket open, as a dead NAT or a
-sleeping laptop), stall one direction, cut only the client side while the
+sleeping laptop; now, or once the server sent a given marker), stall one direction, cut only the client side while the
 server side stays open, refuse new connections, or point new connections at
 another port.  Connections accepted after a blackhole or stall flow
 normally.  Stops by itself with :meth:`close`.
@@ -33,6 +33,7 @@ class FaultProxy:
         self._hold_downstream = threading.Event()
         self._hold_downstream.set()  # set = flowing
         self._hold_after = None  # bytes: hold downstream once they have been forwarded
+        self._blackhole_after = None  # bytes: blackhole that connection once they have been forwarded
         self._closed = False
         self._threads: List[threading.Thread] = []
         self._spawn(self._accept_loop)
@@ -84,6 +85,10 @@ class FaultProxy:
                 if downstream and self._hold_after is not None and self._hold_after in data:
                     self._hold_after = None
                     self._hold_downstream.clear()
+                if downstream and self._blackhole_after is not None and self._blackhole_after in data:
+                    self._blackhole_after = None
+                    with self._lock:
+                        self._blackholed.update((source, sink))
         except OSError:
             pass
         finally:
@@ -184,6 +189,10 @@ class FaultProxy:
     def hold_downstream_after(self, marker: bytes) -> None:
         """Hold the server-to-client direction once a read containing ``marker`` was forwarded."""
         self._hold_after = marker
+
+    def blackhole_after(self, marker: bytes) -> None:
+        """Blackhole the connection whose server sends ``marker``, once it has been forwarded."""
+        self._blackhole_after = marker
 
     def retarget(self, port: int) -> None:
         with self._lock:

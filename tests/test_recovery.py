@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import all_gone, pid_alive, running_descendants, wait_until
+from conftest import all_gone, running_descendants, wait_until
 from exec_server import (Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy,
                          RequestOutcomeUnknown)
 from faultproxy import FaultProxy
@@ -230,3 +230,44 @@ def test_close_during_a_reconnect_leaves_no_connection_behind(memory_server):
     wait_until(lambda: len(server.transports) == 2 and server.transports[1].server_ended, timeout=10)
     assert server.transports[1].seen == []  # no initialize (no resume) was sent on it
     assert client.state == "closed"
+
+
+@pytest.mark.parametrize("drop_on", ["initialize", "process/read"])
+def test_a_resumed_connection_that_drops_is_retried_at_once(memory_server, drop_on):
+    """The recovery's own connection drops during the resume or the catch-up: the next attempt follows
+    after the backoff, not after connect_timeout, and the recovered process still gives all its output
+    (and a read that was in flight is sent again until a connection holds)."""
+    server = memory_server()
+    slow_to_notice = ReconnectPolicy(deadline=60.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=30.0)
+    attempts = []
+
+    def connector(timeout):
+        transport = server.connector(timeout)
+        attempts.append(time.monotonic())
+        if 2 <= len(attempts) <= 4:  # the first three reconnects drop once the server has drop_on
+            send = transport.send
+
+            def send_or_drop(text):
+                if '"method":"%s"' % drop_on in text.replace(" ", ""):
+                    transport.drop()  # the request is lost on the way and the connection ends
+                else:
+                    send(text)
+            transport.send = send_or_drop
+        return transport
+
+    with Client.open(connector, timeout=5, reconnect=slow_to_notice) as client:
+        process = client.start(["/bin/sh", "-c", "echo before; read line; echo after"], stdin=True)
+        wait_until(lambda: process.last_seq >= 1, timeout=10)
+        results = []
+        reader = threading.Thread(target=lambda: results.append(process.read(1, wait=10.0, timeout=40)))
+        reader.start()
+        wait_until(lambda: "process/read" in server.transports[0].seen)  # the long poll is on the server
+        server.cut()
+        assert client.call("environment/status", timeout=20) == {"status": "ready"}
+        assert len(attempts) == 5
+        assert attempts[-1] - attempts[1] < 10.0  # three drops; each used to wait connect_timeout (30 s)
+        process.write(b"go\n")
+        reader.join(20)
+        assert results and [(c["seq"], c["chunk"]) for c in results[0]["chunks"]] == [(2, "YWZ0ZXIK")]
+        assert collect_stdout(process) == b"before\nafter\n"
+        assert process.returncode == 0

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import start_ours, wait_until
-from exec_server import CallTimeout, Client
+from exec_server import CallTimeout, Client, ReconnectPolicy
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.posix
@@ -80,6 +80,35 @@ def test_run_timeout_in_start(proxied, tmp_path):
     elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 0.3)
     assert 0.9 < elapsed < 8
     assert_tree_gone(tmp_path / "pid")
+
+
+def test_run_on_a_silent_server_ends_within_one_grace(proxied, tmp_path, monkeypatch):
+    """No answer at all: the start's wait and the terminate share one KILL_GRACE past the timeout (the
+    terminate is sent even when no grace is left, so the tree still ends)."""
+    from exec_server.client import api
+    monkeypatch.setattr(api, "KILL_GRACE", 3.0)
+    client, proxy, _release_after = proxied
+    proxy.hold_downstream(True)  # nothing comes back, ever
+    elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 1.0)
+    assert 3.9 < elapsed < 6.0  # timeout + KILL_GRACE (it was timeout + 2 x KILL_GRACE)
+    assert_tree_gone(tmp_path / "pid")
+
+
+def test_connect_to_a_server_that_never_answers_initialize_ends_at_the_timeout(monkeypatch):
+    """The silent server is left without a closing handshake: no CLOSE_WAIT on top of ``timeout``."""
+    from exec_server.client import websocket
+    monkeypatch.setattr(websocket, "CLOSE_WAIT", 30.0)  # a wait for the server's Close frame would show
+    server = start_ours()
+    proxy = FaultProxy(int(server.url.rsplit(":", 1)[1]))
+    try:
+        proxy.blackhole_after(b"101 Switching Protocols")  # the upgrade passes, then nothing, not even a FIN
+        started = time.monotonic()
+        with pytest.raises(CallTimeout, match="initialize"):
+            Client.connect(proxy.url, timeout=1.0, reconnect=ReconnectPolicy(probe_timeout=0))  # no probe either
+        assert 0.9 < time.monotonic() - started < 10.0
+    finally:
+        proxy.close()
+        server.stop()
 
 
 def test_run_timeout_as_in_the_issue(server):

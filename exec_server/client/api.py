@@ -160,8 +160,7 @@ class Client:
         """Attach the first transport, ``initialize`` and ``initialized``.
 
         Raises:
-            ExecServerDisconnected: also when the peer's ``initialize`` result
-                is not an exec-server's (no ``sessionId`` string).
+            ExecServerDisconnected: also when the peer is not an exec-server (no ``sessionId`` string).
         """
         endpoint = self._endpoint
         generation = endpoint.attach(self._connector(timeout))
@@ -172,8 +171,8 @@ class Client:
                 endpoint.on_lost = Recovery(endpoint, self._policy, self._connector, self._client_name,
                                             self.session_id).connection_lost
             endpoint.notify_on(generation, "initialized", {})
-        except BaseException:
-            self.close()
+        except BaseException as exc:
+            endpoint.close(abort=isinstance(exc, TimeoutError))  # a silent server gets no closing handshake
             raise
 
     @property
@@ -336,8 +335,9 @@ class Client:
             input: bytes for the child's stdin, then end of file (``closeStdin``
                 extension; without it, as on the Codex reference, the child reads
                 them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
-            timeout: seconds for start, input and wait; past them the remote tree is killed (up
-                to :data:`KILL_GRACE` s more) and :class:`CallTimeout` raised.
+            timeout: seconds for start, input and wait; past them the remote tree is killed (at
+                most :data:`KILL_GRACE` s more, for the start's answer, the kill and the exit
+                together) and :class:`CallTimeout` raised.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             start_options: as for :meth:`start`.
         Returns:
@@ -355,9 +355,10 @@ class Client:
         process_id = start_options.pop("process_id", None) or "proc-" + uuid.uuid4().hex
         try:
             process = self.start(command, timeout=start_timeout, process_id=process_id, **start_options)
-        except CallTimeout:
-            try:  # no answer even in the grace: kill what may have started
-                self.call("process/terminate", {"processId": process_id}, timeout=KILL_GRACE)
+        except CallTimeout:  # no answer even in the grace: kill what may have started, in what is left of it
+            kill_timeout = _remaining(deadline + KILL_GRACE) if deadline is not None else KILL_GRACE
+            try:  # sent even when nothing is left (timeout 0)
+                self.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
             except (RpcError, ExecServerError, TimeoutError):
                 pass
             raise CallTimeout(list(argv), timeout) from None
@@ -368,9 +369,10 @@ class Client:
                 self._feed(process, bytes(input), deadline)
             stdout, stderr = process.communicate(timeout=_remaining(deadline))
         except subprocess.TimeoutExpired:
+            grace_deadline = _deadline(KILL_GRACE)  # the kill and the exit share one grace
             try:
                 process.kill(timeout=KILL_GRACE)
-                process.wait(timeout=KILL_GRACE)
+                process.wait(timeout=_remaining(grace_deadline))
             except (RpcError, ExecServerError, TimeoutError):
                 pass
             raise CallTimeout(list(argv), timeout) from None
@@ -396,4 +398,3 @@ __all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
            "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
            "ClosedEvent", "ProcessOutputGap", "StdinClosedError", "ExecServerDisconnected", "ExecServerError",
            "RpcError"]
-

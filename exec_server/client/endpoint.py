@@ -26,6 +26,7 @@ from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.reader import read_transport
 from exec_server.client.transport import Transport
+from exec_server.client.transport import abort as abort_transport
 from exec_server.common import telemetry
 from exec_server.protocol.errors import ExecServerDisconnected, InternalError, ServerOverloaded, error_from_dict
 from exec_server.protocol.jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response,
@@ -134,19 +135,29 @@ class Endpoint:
         return None
 
     def _connection_lost(self, generation: int, reason: str) -> None:
+        dropped: List[Pending] = []
         with self._lock:
             self._lost_generations.add(generation)
-            if generation != self._generation or self._state in (CLOSED, FAILED, RECOVERING):
-                return  # an old connection, or one the recovery is already handling
+            if generation != self._generation or self._state in (CLOSED, FAILED):
+                return  # an old connection
+            recovering = self._state == RECOVERING
+            if recovering:  # the recovery's new connection dropped too: its own calls fail now
+                dropped = [p for p in self._pending.values() if p.generation == generation and not p.recoverable]
+                for pending in dropped:
+                    del self._pending[pending.id]
             handler = self.on_lost
-            if handler is not None:
+            if handler is not None and not recovering:
                 self._state = RECOVERING
                 self._state_changed.notify_all()
             lost = [p for p in self._pending.values() if p.generation == generation]
-        if handler is None:
+        if recovering:  # the resume and catch-up calls raise at once instead of at their timeout
+            for pending in dropped:
+                pending.error = ExecServerDisconnected(reason)
+                pending.event.set()
+        elif handler is None:
             self.fail(ExecServerDisconnected(reason))
-            return
-        handler(generation, lost)
+        else:
+            handler(generation, lost)
 
     def suspect(self) -> None:
         """A call or wait timed out: let the current transport check its peer (non-blocking).
@@ -191,8 +202,8 @@ class Endpoint:
         """Enter ``failed``: every waiting and later call and every process wait raises ``error``."""
         self._end(FAILED, error)
 
-    def _end(self, state: str, error: ExecServerDisconnected) -> bool:
-        """Enter FAILED or CLOSED: fail every waiter and handle, close the transport.
+    def _end(self, state: str, error: ExecServerDisconnected, abort: bool = False) -> bool:
+        """Enter FAILED or CLOSED: fail every waiter and handle, close (or ``abort``) the transport.
 
         Returns False if the endpoint had already ended.
         """
@@ -212,13 +223,19 @@ class Endpoint:
             item.event.set()
         for process in processes:
             process.fail(error)
-        if transport is not None:
+        if transport is not None and abort:
+            abort_transport(transport)
+        elif transport is not None:
             transport.close()
         return True
 
-    def close(self, join_timeout: float = 5.0) -> None:
-        """Enter ``closed`` (no recovery follows) and join the reader threads (``join_timeout`` s each)."""
-        if not self._end(CLOSED, ExecServerDisconnected("client is closed")):
+    def close(self, join_timeout: float = 5.0, abort: bool = False) -> None:
+        """Enter ``closed`` (no recovery follows) and join the reader threads (``join_timeout`` s each).
+
+        ``abort``: the server stopped answering; end the connection without
+        waiting for its part of a closing handshake.
+        """
+        if not self._end(CLOSED, ExecServerDisconnected("client is closed"), abort):
             return
         for reader in self._readers:
             if reader is not threading.current_thread():
@@ -287,7 +304,7 @@ class Endpoint:
         """
         request_id = next(self._ids)
         text = encode(Request(request_id, method, params, trace))
-        pending = Pending(request_id, method, text, generation)
+        pending = Pending(request_id, method, text, generation, recoverable)
         with self._lock:
             if generation != self._generation or self._transport is None:
                 if recoverable:

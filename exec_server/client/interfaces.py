@@ -115,11 +115,16 @@ def remaining(deadline: Optional[float]) -> Optional[float]:
 
 
 class Pending:
-    """A request sent and not yet answered: its id, text (for a resend) and generation."""
+    """A request sent and not yet answered: its id, text (for a resend) and generation.
 
-    __slots__ = ("id", "event", "result", "error", "method", "text", "generation")
+    ``recoverable``: a caller's call that waits out a recovery (a read among
+    them is sent again on the next connection); False for the calls a
+    recovery makes on its own connection, which fail as soon as it drops.
+    """
 
-    def __init__(self, request_id: Any, method: str, text: str, generation: int) -> None:
+    __slots__ = ("id", "event", "result", "error", "method", "text", "generation", "recoverable")
+
+    def __init__(self, request_id: Any, method: str, text: str, generation: int, recoverable: bool = False) -> None:
         self.id = request_id
         self.event = threading.Event()
         self.result: Any = None
@@ -127,6 +132,7 @@ class Pending:
         self.method = method
         self.text = text
         self.generation = generation
+        self.recoverable = recoverable
 
 
 #: ``on_lost(generation, pending)``: called on the reader thread when the

@@ -20,6 +20,7 @@ from typing import List, Optional
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.process import ProcessOutputGap
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
+from exec_server.client.transport import abort as abort_transport
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
 
@@ -147,8 +148,7 @@ class Recovery:
                 transport = self._connector(min(policy.connect_timeout, remaining))
             except ExecServerDisconnected as exc:
                 last_error = exc
-                time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
-                attempt += 1
+                attempt = self._back_off(attempt, deadline)
                 continue
             try:
                 generation = endpoint.attach(transport)
@@ -170,17 +170,25 @@ class Recovery:
                 return
             except (ExecServerDisconnected, TimeoutError, RpcError) as exc:
                 last_error = exc
-                transport.close()
-                time.sleep(min(policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
-                attempt += 1
+                if isinstance(exc, TimeoutError):
+                    abort_transport(transport)  # a silent server gets no closing handshake
+                else:
+                    transport.close()
+                attempt = self._back_off(attempt, deadline)
                 continue
-            if not self._catch_up(generation) or not endpoint.resend_in_flight(generation):
-                transport.close()
-                continue  # the new connection dropped too: another round
-            if not endpoint.recovered(generation):
+            if (not self._catch_up(generation) or not endpoint.resend_in_flight(generation)
+                    or not endpoint.recovered(generation)):
+                transport.close()  # the new connection dropped too: another round, after the backoff
+                last_error = ExecServerDisconnected("the resumed connection dropped")
+                attempt = self._back_off(attempt, deadline)
                 continue
             log.info("exec-server session %s recovered", self._session_id)
             return
+
+    def _back_off(self, attempt: int, deadline: float) -> int:
+        """Sleep the policy's backoff after failed attempt ``attempt`` (not past ``deadline``); the next attempt."""
+        time.sleep(min(self._policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
+        return attempt + 1
 
     def _catch_up(self, generation: int) -> bool:
         """Read every open process from its last published seq; False if the connection dropped.

@@ -30,13 +30,22 @@ class Transport(Protocol):
         """The next message, blocking.  Raises ExecServerDisconnected once the connection ended."""
 
     def close(self) -> None:
-        """End the connection (bounded); later sends raise ExecServerDisconnected."""
+        """End the connection (bounded); later sends raise ExecServerDisconnected.
+
+        A transport may also have ``abort()``: end at once, without a closing
+        handshake, when the peer has stopped answering (see :func:`abort`).
+        """
 
     def ping(self) -> None:
         """Send a keepalive if the transport has one (a no-op otherwise)."""
 
     def suspect(self) -> None:
         """A call timed out: check now that the peer is alive, ending the connection if not (non-blocking)."""
+
+
+def abort(transport: Transport) -> None:
+    """End ``transport`` at once (the peer is silent): its ``abort()`` if it has one, else ``close()``."""
+    getattr(transport, "abort", transport.close)()
 
 
 #: ``connector(timeout_seconds) -> Transport``: opens a new connection (the client calls it again to reconnect).

@@ -4,7 +4,8 @@ Built on wsproto the same way as the server's connection
 (``exec_server.common.websocket``): one send lock, every frame written
 whole, Pings answered, a Close frame and a bounded wait on close.  A
 ``wss://`` connection goes through :class:`exec_server.common.tls.TLSStream`,
-so the reader thread and the writers never call OpenSSL at once.  Imported
+so the reader thread and the writers never call OpenSSL at once.  The
+opening handshakes are in :mod:`~exec_server.client.ws_open`.  Imported
 only when a client connects over WebSocket (wsproto and ssl cost ~30 ms of
 start-up that ``exec-server run`` and ``Client.spawn`` do not need).
 """
@@ -15,28 +16,21 @@ import ssl
 import threading
 import time
 from typing import Callable, Deque, List, Mapping, Optional, Union
-from urllib.parse import urlsplit
 
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping, RejectConnection, RejectData,
-                            Request)
+from wsproto.events import CloseConnection, Message, Ping
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT
-from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, tune_socket, wait_readable
-from exec_server.common.tls import TLSStream
+from exec_server.client.ws_open import CLIENT_RECV_BYTES, open_websocket
+from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, wait_readable
 from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
-from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError
+from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Largest message the client accepts, bytes (characters of a text message).
 CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Bytes asked of the socket per ``recv``.
-CLIENT_RECV_BYTES = 256 * 1024
 #: Seconds :meth:`WebSocketTransport.close` waits for the server's Close frame.
 CLOSE_WAIT = 1.0
-#: Bytes of a refused upgrade's body kept for the error message.
-_REJECT_BODY_BYTES = 64 * 1024
 #: A timed-out call probes the connection only if nothing arrived for this many seconds.
 SUSPECT_AFTER_QUIET = 1.0
 
@@ -74,35 +68,8 @@ class WebSocketTransport:
     def __init__(self, url: str, timeout: Optional[float] = 10.0, headers: Optional[Mapping[str, str]] = None,
                  ssl_context: Optional[ssl.SSLContext] = None, ping_interval: float = PING_INTERVAL,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT, probe_timeout: float = PROBE_TIMEOUT):
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss"):
-            raise ValueError("only ws:// and wss:// URLs are supported, got %r" % url)
         self.url = url
-        deadline = None if timeout is None else time.monotonic() + timeout
-        secure = parts.scheme == "wss"
-        host, port = parts.hostname, parts.port or (443 if secure else 80)
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if secure:
-                sock = _tls_handshake(sock, host, ssl_context or ssl.create_default_context(), deadline, url)
-            protocol = WSConnection(ConnectionType.CLIENT)
-            sock.sendall(protocol.send(Request(host=host, target=target,
-                                               extra_headers=list((headers or {}).items()))))
-            _await_accept(sock, protocol, deadline)
-            tune_socket(sock, keepalive_timeout)
-            sock.settimeout(keepalive_timeout or None)  # bounds each write; reads wait in poll first
-        except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
-            sock.close()
-            if isinstance(exc, ExecServerDisconnected):
-                raise
-            raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
-        if secure:
-            sock = TLSStream(sock)  # the reader and the writers must not call OpenSSL at once
+        sock, protocol = open_websocket(url, timeout, headers, ssl_context, keepalive_timeout)
         self._sock = sock
         self._protocol = protocol
         self._writer = FrameWriter(sock, protocol, keepalive_timeout or None)
@@ -285,6 +252,15 @@ class WebSocketTransport:
         with self._writer.lock:
             self._sock.close()
 
+    def abort(self) -> None:
+        """Close the socket at once, without the closing handshake (for a server that stopped answering)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._ended is None:
+            self._ended = "connection aborted"
+        self._release()
+
     def close(self) -> None:
         """Send a Close frame, wait up to CLOSE_WAIT seconds for the server's, then close the socket.
 
@@ -333,67 +309,3 @@ def connector_for(url: str, headers: Optional[Mapping[str, str]], token: Union[s
                                   keepalive_timeout, probe_timeout)
 
     return connector
-
-
-def _tls_handshake(sock: socket.socket, host: str, context: ssl.SSLContext, deadline: Optional[float],
-                   url: str) -> ssl.SSLSocket:
-    """Wrap ``sock`` in TLS and complete the handshake before ``deadline``.
-
-    Raises:
-        ExecServerTLSError: the handshake failed; a certificate failure is
-            named (``certificate verify failed: <why>``).
-        OSError: the connection failed or timed out.
-    """
-    if deadline is not None:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-    try:
-        return context.wrap_socket(sock, server_hostname=host)
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise ExecServerTLSError("TLS handshake with %s failed: certificate verify failed: %s"
-                                 % (url, exc.verify_message or exc.reason)) from exc
-    except ssl.SSLError as exc:
-        sock.close()
-        raise ExecServerTLSError("TLS handshake with %s failed: %s" % (url, exc.reason or exc)) from exc
-
-
-def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optional[float]) -> None:
-    """Read the upgrade's answer until wsproto accepts it.
-
-    Raises:
-        ConnectionError: refused (``HTTP <status>: <body>``), or the stream ended first.
-        socket.timeout: the deadline passed.
-    """
-    status = None
-    body = b""
-    while True:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout("timed out during the WebSocket handshake")
-            sock.settimeout(remaining)
-        data = sock.recv(CLIENT_RECV_BYTES)
-        if not data:
-            if status is not None:
-                raise ConnectionError(_refusal(status, body))
-            raise ConnectionError("connection closed during the WebSocket handshake")
-        protocol.receive_data(data)
-        for event in protocol.events():
-            if isinstance(event, AcceptConnection):
-                return
-            if isinstance(event, RejectConnection):
-                status = event.status_code
-                if not event.has_body:
-                    raise ConnectionError(_refusal(status, body))
-            elif isinstance(event, RejectData):
-                body = (body + event.data)[:_REJECT_BODY_BYTES]
-                if event.body_finished:
-                    raise ConnectionError(_refusal(status, body))
-            else:
-                raise ConnectionError("unexpected WebSocket handshake event %r" % (event,))
-
-
-def _refusal(status: Optional[int], body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    message = "WebSocket upgrade refused with HTTP %s" % status
-    return message + (": " + text[:200] if text else "")

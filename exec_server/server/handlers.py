@@ -311,5 +311,3 @@ METHODS: Dict[str, Any] = {
     "fs/close": ("filesystem", fs_close),
 }
 METHODS.update({operation: ("filesystem", _fs_method(operation)) for operation in fs_operations.OPERATIONS})
-
-

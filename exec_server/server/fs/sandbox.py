@@ -71,5 +71,3 @@ def unavailable(policy: SandboxPolicy, why: str) -> InternalError:
     The request then fails; it never runs unconfined (PROTOCOL.md 9).
     """
     return InternalError("sandbox unavailable: %s" % why)
-
-
