@@ -196,6 +196,20 @@ def test_child_exit_fails_pending_calls(tmp_path):
         client.close()
 
 
+def test_a_child_that_never_answers_initialize_is_killed_at_the_timeout(tmp_path, monkeypatch):
+    """No waiting CHILD_EXIT_GRACE for a silent child to exit by itself: it is killed when initialize times out."""
+    from exec_server import CallTimeout
+    from exec_server.client.stdio import StdioTransport
+
+    monkeypatch.setattr(StdioTransport, "CHILD_EXIT_GRACE", 30.0)
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(CallTimeout, match="initialize"):  # the child reads nothing, answers nothing
+        Client.spawn(["/bin/sh", "-c", 'echo $$ > "$0"; exec sleep 300', str(pid_file)], timeout=1.0)
+    assert 0.9 < time.monotonic() - started < 10.0
+    assert not pid_alive(int(pid_file.read_text()))
+
+
 def test_spawn_failure_is_typed():
     with pytest.raises(ExecServerDisconnected):
         Client.spawn(["/no/such/exec-server"])

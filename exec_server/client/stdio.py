@@ -126,6 +126,11 @@ class StdioTransport:
                 pass
         self._stderr_thread.join(self.CHILD_EXIT_GRACE)
 
+    def abort(self) -> None:
+        """The child stopped answering: kill its tree now (no ``CHILD_EXIT_GRACE`` wait), then :meth:`close`."""
+        self.kill()
+        self.close()
+
     def ping(self) -> None:
         """No keepalive on a pipe: a no-op (the child's exit ends :meth:`receive`)."""
 
