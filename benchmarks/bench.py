@@ -316,8 +316,8 @@ def measure_detached_catchup(url: str, tag: str, server: psutil.Process, size_mi
     process_id = "detached-" + tag
     idle = server.memory_info().rss / 2 ** 20
     with PeakRss(server.pid) as rss:
-        answer = client.call("process/start", start_params(process_id, ["head", "-c", "%dM" % size_mib,
-                                                                            "/dev/zero"]))
+        argv = ["head", "-c", "%dM" % size_mib, "/dev/zero"]
+        answer = client.call("process/start", start_params(process_id, argv))
         client.close()
         if "result" not in answer:
             raise RuntimeError("start failed: %r" % answer)
@@ -445,6 +445,7 @@ def main() -> int:
     metrics = list(next(iter(summary.values())))
     both = "reference" in summary and "ours" in summary
     print("%-22s" % "metric" + "".join("%14s" % name for name in summary) + ("%14s" % "ours/ref" if both else ""))
+
     def cell(value) -> str:
         return "%14s" % "n/a" if value is None else "%14.2f" % value
 

@@ -116,5 +116,3 @@ class Policy(Guard):
 
     def writable_roots(self) -> List[str]:
         return [root for root, access in self.entries if access == "write"]
-
-

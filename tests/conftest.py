@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psutil
@@ -53,6 +54,7 @@ def no_leftover_children():
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
+
     def leftovers() -> List[psutil.Process]:
         keep = before | {guardian.running_pid()}  # the guardian lives as long as this process
         return [p for p in me.children(recursive=True)
@@ -364,3 +366,44 @@ def _response_complete(data: bytes) -> bool:
 
 
 PYTHON = sys.executable
+
+
+# ------------------------------------------------------------------ TLS (tests/test_tls*.py)
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1, a client certificate, and a CA nobody trusts, as PEM files."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("pki")
+    ca, other_ca = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("client@example.test")
+    stranger = other_ca.issue_cert("client@example.test")
+    files = types.SimpleNamespace(ca=folder / "ca.pem", server_cert=folder / "server.pem",
+                                  server_key=folder / "server.key", client=folder / "client.pem",
+                                  stranger=folder / "stranger.pem", ca_obj=ca, client_obj=client,
+                                  stranger_obj=stranger, other_ca_obj=other_ca)
+    ca.cert_pem.write_to_path(str(files.ca))
+    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
+    server.private_key_pem.write_to_path(str(files.server_key))
+    client.private_key_and_cert_chain_pem.write_to_path(str(files.client))
+    stranger.private_key_and_cert_chain_pem.write_to_path(str(files.stranger))
+    return files
+
+
+@pytest.fixture
+def tls_server(pki):
+    """``tls_server(client_ca=None, **ServerConfig fields)`` -> a started ``wss://`` server (pki's certificate)."""
+    from exec_server.server.tls import server_context
+
+    servers = []
+
+    def factory(client_ca=None, **settings):
+        context = server_context(str(pki.server_cert), str(pki.server_key), client_ca and str(client_ca))
+        server = make_server("wss://127.0.0.1:0", ServerConfig(**settings), ssl_context=context).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.shutdown()

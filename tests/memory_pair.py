@@ -11,8 +11,9 @@ Faults, deterministic and without timing: :meth:`MemoryServer.cut` drops every
 connection on both sides, ``cut(server_side=False)`` only on the client's side
 (the server keeps its old connection until :meth:`MemoryServer.release`),
 ``refusing`` makes the connector fail, ``hold_downstream`` drops everything
-the server sends, and ``rewrite`` (a ``text -> text`` function) alters it.  ``MemoryTransport.seen`` lists the methods the server
-received, so a test can wait for "the server has it" instead of sleeping.
+the server sends, and ``rewrite`` (a ``text -> text`` function) alters it.
+``MemoryTransport.seen`` lists the methods the server received, so a test
+can wait for "the server has it" instead of sleeping.
 """
 
 import json

@@ -49,7 +49,8 @@ def test_upgrade_outcomes(authed_server, header, status, body):
 
 
 def test_readyz_stays_open(authed_server):
-    response = http_request(urlsplit(authed_server.url).port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = http_request(urlsplit(authed_server.url).port,
+                            b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 200")
 
 

@@ -170,7 +170,8 @@ def test_sigterm_under_load_leaves_nothing(listening, tmp_path):
     try:
         peer.initialize()
         for i in range(3):
-            peer.call("process/start", {"processId": "p%d" % i, "argv": ["/bin/sh", "-c", "sleep 300 & yes > /dev/null"],
+            peer.call("process/start", {"processId": "p%d" % i,
+                                        "argv": ["/bin/sh", "-c", "sleep 300 & yes > /dev/null"],
                                         "cwd": "file:///tmp", "env": {"PATH": os.environ["PATH"]}, "tty": i == 2})
         peer.send({"id": 99, "method": "process/read", "params": {"processId": "p0", "waitMs": 60000}})
         host, port = url[len("ws://"):].split(":")
@@ -179,7 +180,8 @@ def test_sigterm_under_load_leaves_nothing(listening, tmp_path):
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         half.recv(4096)
         half.sendall(b"\x81\xfe\x10\x00abcd" + b"x" * 100)  # a 4096-byte text frame, cut short
-        descendants = wait_until(lambda: len(watched.children(recursive=True)) >= 6 and watched.children(recursive=True))
+        descendants = wait_until(lambda: len(watched.children(recursive=True)) >= 6
+                                 and watched.children(recursive=True))
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         assert server.wait(5) == 0

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import pid_alive, wait_until, with_env
+from conftest import wait_until, with_env
 from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ReconnectPolicy,
                          StdinClosedError)
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest

@@ -211,6 +211,7 @@ def test_a_malformed_result_is_an_internal_error(memory_server, method, result, 
 
 def test_closed_without_exited_ends_a_wait(memory_server):
     server = memory_server()
+
     def drop_exited(message):  # exited becomes an unknown notification; closed takes its seq
         if message["method"] == "process/exited":
             message["method"] = "process/ignored"

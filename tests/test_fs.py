@@ -208,9 +208,12 @@ def test_walk(fs, tmp_path):
         fs.walk(tmp_path / "missing")
 
 
+WALK_MAXIMUMS = "filesystem walk limits exceed maximums: depth=64, directories=10000, entries=50000"
+
+
 @pytest.mark.parametrize("options, message", [
-    ({"maxDepth": 65, "maxDirectories": 1, "maxEntries": 1}, "filesystem walk limits exceed maximums: depth=64, directories=10000, entries=50000"),
-    ({"maxDepth": 1, "maxDirectories": 10001, "maxEntries": 1}, "filesystem walk limits exceed maximums: depth=64, directories=10000, entries=50000"),
+    ({"maxDepth": 65, "maxDirectories": 1, "maxEntries": 1}, WALK_MAXIMUMS),
+    ({"maxDepth": 1, "maxDirectories": 10001, "maxEntries": 1}, WALK_MAXIMUMS),
     ({"maxDepth": 1, "maxDirectories": 0, "maxEntries": 1}, "filesystem walk limits must be greater than zero"),
     ({"maxDepth": 1, "maxDirectories": 1, "maxEntries": 0}, "filesystem walk limits must be greater than zero"),
 ])

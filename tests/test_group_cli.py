@@ -62,7 +62,8 @@ def test_lines_prefixed_with_their_host_and_a_summary(three):
     out = Counter(done.stdout.decode().splitlines())
     assert out == Counter("[%s] %s" % (label, word) for label in labels for word in ("one", "two", "tail"))
     err_lines = done.stderr.decode().splitlines()
-    assert Counter(line for line in err_lines if line.endswith("] err")) == Counter("[%s] err" % l for l in labels)
+    errs = Counter(line for line in err_lines if line.endswith("] err"))
+    assert errs == Counter("[%s] err" % label for label in labels)
     assert "exec-server run: all 3 hosts succeeded" in err_lines
     rows = summary_rows(done.stderr)
     assert set(rows) == set(labels)

@@ -67,8 +67,8 @@ def test_other_paths(any_server, path):
 
 
 def test_upgrade_has_no_extensions_or_subprotocol(any_server):
-    response = http_request(port_of(any_server), UPGRADE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
-                                                          b"Sec-WebSocket-Protocol: chat\r\n\r\n")
+    offered = b"Sec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+    response = http_request(port_of(any_server), UPGRADE + offered)
     assert status_line(response).startswith(b"HTTP/1.1 101")  # the reason phrase varies with h11
     headers = headers_of(response)
     assert "sec-websocket-extensions" not in headers and "sec-websocket-protocol" not in headers

@@ -39,7 +39,6 @@ def test_read_file_size_limit(server, tmp_path):
 def test_file_handles_close_with_their_connection(server, tmp_path):
     import psutil
 
-
     (tmp_path / "f").write_bytes(b"x")
     me = psutil.Process()
     client = Client.connect(server.url, timeout=5)

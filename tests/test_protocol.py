@@ -168,7 +168,8 @@ def test_initialized_before_initialize_closes(connect, any_server):
                        "envPolicy": {"inherit": "all"}}, "missing field `ignoreDefaultExcludes`"),
     ("process/start", {"processId": "a", "argv": ["true"], "cwd": "file:///tmp", "env": {}, "tty": False,
                        "envPolicy": {"inherit": "xx", "ignoreDefaultExcludes": True, "exclude": [], "set": {},
-                                     "includeOnly": []}}, "unknown variant `xx`, expected one of `core`, `all`, `none`"),
+                                     "includeOnly": []}},
+     "unknown variant `xx`, expected one of `core`, `all`, `none`"),
     ("process/start", {"processId": "a", "argv": ["true"], "cwd": "file:///tmp", "env": {}, "tty": False,
                        "enforceManagedNetwork": True}, "enforceManagedNetwork is not supported by this exec-server"),
     ("process/read", {"processId": "a", "afterSeq": -1}, "invalid number"),
@@ -191,7 +192,8 @@ def test_invalid_params(connect, any_server, method, params, message):
 # ------------------------------------------------------------------ processes
 def test_pipe_notification_order(connect, any_server):
     peer = ready_peer(connect, any_server)
-    result = peer.call("process/start", start_params("p", ["/bin/sh", "-c", "echo hi; sleep 0.05; echo err >&2; exit 3"]))
+    script = "echo hi; sleep 0.05; echo err >&2; exit 3"
+    result = peer.call("process/start", start_params("p", ["/bin/sh", "-c", script]))
     assert result == {"processId": "p", "sandboxType": "none"}
     events = peer.wait_closed("p")
     start_index = next(i for i, m in enumerate(peer.received) if m.get("result") == result)
@@ -322,10 +324,10 @@ def test_duplicate_and_failed_spawn(connect, any_server):
     code, message = error_of(peer.request("process/start", start_params("missing", ["no-such-program-xyz"])))
     assert code == -32603 and message.endswith("(os error 2)")
     code, message = error_of(peer.request("process/start", dict(start_params("nocwd", ["true"]),
-                                                               cwd="file:///no/such/dir")))
+                                                                cwd="file:///no/such/dir")))
     assert code == -32603 and message.endswith("(os error 2)")
     code, message = error_of(peer.request("process/start", dict(start_params("pathless", ["true"]),
-                                                               env={"PATH": "/nonexistent"})))
+                                                                env={"PATH": "/nonexistent"})))
     assert (code, message) == (-32603, "No such file or directory (os error 2)")
     # a failed spawn does not reserve the id
     peer.call("process/start", start_params("missing", ["true"]))

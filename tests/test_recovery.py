@@ -44,7 +44,8 @@ def collect_stdout(process, timeout=30.0) -> bytes:
 def test_numbered_lines_survive_three_cuts(any_server, proxy_to):
     proxy = proxy_to(any_server.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
-        process = client.start(["/bin/sh", "-c", "i=1; while [ $i -le 40 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"])
+        script = "i=1; while [ $i -le 40 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"
+        process = client.start(["/bin/sh", "-c", script])
         for _ in range(3):
             time.sleep(0.4)
             proxy.cut()
@@ -152,7 +153,8 @@ def test_gap_fails_only_that_process(configured_server, proxy_to):
     running = configured_server(retained_output_chunks=3, spool_bytes_per_process=0)  # memory only: a gap
     proxy = proxy_to(running.url)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
-        chatty = client.start(["/bin/sh", "-c", "sleep 0.2; for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30"])
+        chatty = client.start(["/bin/sh", "-c",
+                               "sleep 0.2; for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30"])
         quiet = client.start(["/bin/sh", "-c", "sleep 0.8; echo quiet"])
         proxy.refuse(True)
         proxy.cut()

@@ -166,8 +166,8 @@ def test_helper_failure_becomes_internal_error():
     assert caught.value.message == "fs sandbox helper failed with status exit status: 3: boom"
     with pytest.raises(InternalError) as caught:
         run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(restricted(["/tmp"])),
-                      command=[sys.executable, "-c",
-                               "import json; print(json.dumps({'status':'ok','payload':{'operation':'fs/copy','response':{}}}))"])
+                      command=[sys.executable, "-c", "import json; print(json.dumps({'status': 'ok', "
+                               "'payload': {'operation': 'fs/copy', 'response': {}}}))"])
     assert caught.value.message == "unexpected fs sandbox helper response: expected fs/readFile, got fs/copy"
 
 
@@ -184,7 +184,8 @@ def test_fake_bwrap_on_path_is_used(client, roots, tmp_path, monkeypatch):
     client.fs.with_sandbox(restricted([work])).write_file(work / "via-fake.txt", b"ok")
     args = json.loads(log.read_text())
     assert ["--bind", str(work), str(work)] == args[args.index("--bind"):args.index("--bind") + 3]
-    assert "--unshare-net" in args and ["--ro-bind", "/", "/"] == args[args.index("--ro-bind"):args.index("--ro-bind") + 3]
+    assert "--unshare-net" in args
+    assert ["--ro-bind", "/", "/"] == args[args.index("--ro-bind"):args.index("--ro-bind") + 3]
     assert (work / "via-fake.txt").read_bytes() == b"ok"
 
 

@@ -13,6 +13,8 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, Tex
 
 from conftest import all_gone, pid_alive, running_descendants, start_ours, start_params, wait_until
 
+SIX_LINES = "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"
+
 pytestmark = pytest.mark.posix
 
 
@@ -97,7 +99,7 @@ def test_unread_flood_does_not_block_other_connections(connect, server):
 def test_retention_limits_evict_oldest_output(connect, configured_server):
     running = configured_server(retained_output_bytes=1000, retained_output_chunks=3, spool_bytes_per_process=0)
     peer = ready(connect, running.url)
-    peer.call("process/start", start_params("p", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"]))
+    peer.call("process/start", start_params("p", ["/bin/sh", "-c", SIX_LINES]))
     events = peer.wait_closed("p")
     outputs = [m for m in events if m["method"] == "process/output"]
     result = peer.call("process/read", {"processId": "p"})
@@ -109,7 +111,7 @@ def test_retention_limits_evict_oldest_output(connect, configured_server):
 def test_spooled_output_is_read_back_past_the_memory_limits(connect, configured_server, tmp_path):
     running = configured_server(retained_output_bytes=1000, retained_output_chunks=3, spool_dir=str(tmp_path))
     peer = ready(connect, running.url)
-    peer.call("process/start", start_params("p", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.02; done"]))
+    peer.call("process/start", start_params("p", ["/bin/sh", "-c", SIX_LINES]))
     events = peer.wait_closed("p")
     outputs = [m for m in events if m["method"] == "process/output"]
     result = peer.call("process/read", {"processId": "p"})

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.posix
 def test_resume_keeps_processes_and_replays_with_read(connect, any_server):
     first = connect(any_server.url)
     session_id = first.initialize()["sessionId"]
-    first.call("process/start", start_params("bg", ["/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.1; done"]))
+    ticks = "for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.1; done"
+    first.call("process/start", start_params("bg", ["/bin/sh", "-c", ticks]))
     first.wait_for(lambda m: m.get("method") == "process/output")
     seen = max(m["params"]["seq"] for m in first.notifications("bg"))
     first.close()

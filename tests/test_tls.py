@@ -7,12 +7,10 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 import simple_websocket
-import trustme
 
 from conftest import start_params, wait_until
 from exec_server import make_server
@@ -21,45 +19,11 @@ from exec_server.server.config import ServerConfig
 from exec_server.server.tls import server_context
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA, a server certificate for 127.0.0.1, a client certificate, and a CA nobody trusts, as PEM files."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca, other_ca = trustme.CA(), trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    client = ca.issue_cert("client@example.test")
-    stranger = other_ca.issue_cert("client@example.test")
-    files = SimpleNamespace(ca=folder / "ca.pem", server_cert=folder / "server.pem", server_key=folder / "server.key",
-                            client=folder / "client.pem", stranger=folder / "stranger.pem", ca_obj=ca,
-                            client_obj=client, stranger_obj=stranger, other_ca_obj=other_ca)
-    ca.cert_pem.write_to_path(str(files.ca))
-    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
-    server.private_key_pem.write_to_path(str(files.server_key))
-    client.private_key_and_cert_chain_pem.write_to_path(str(files.client))
-    stranger.private_key_and_cert_chain_pem.write_to_path(str(files.stranger))
-    return files
-
-
 def client_context(pki, cert=None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki.ca))
     if cert is not None:
         context.load_cert_chain(str(cert))
     return context
-
-
-@pytest.fixture
-def tls_server(pki):
-    servers = []
-
-    def factory(client_ca=None, **settings):
-        context = server_context(str(pki.server_cert), str(pki.server_key), client_ca and str(client_ca))
-        server = make_server("wss://127.0.0.1:0", ServerConfig(**settings), ssl_context=context).start()
-        servers.append(server)
-        return server
-
-    yield factory
-    for server in servers:
-        server.shutdown()
 
 
 def run_echo(ws, text: str = "over tls") -> bytes:

@@ -13,7 +13,7 @@ from conftest import start_ours, wait_until
 from exec_server import Client, ExecServerDisconnected, ReconnectPolicy
 from exec_server.server.auth import SignedBearerToken
 from faultproxy import FaultProxy
-from test_tls import client_context, pki, tls_server  # noqa: F401  (fixtures)
+from test_tls import client_context
 
 pytestmark = pytest.mark.posix
 

@@ -18,7 +18,7 @@ def test_error_codes_are_pinned():
     assert {cls.__name__: cls.code for cls in errors.ERROR_CLASSES.values()} == {
         "InvalidRequest": -32600, "MethodNotFound": -32601, "InvalidParams": -32602,
         "InternalError": -32603, "NotFound": -32004, "SessionAlreadyAttached": -32010, "ParseError": -32700,
-            "ServerOverloaded": -32001}
+        "ServerOverloaded": -32001}
     assert errors.InvalidParams("x").to_dict() == {"code": -32602, "message": "x"}
     assert isinstance(errors.error_from_dict({"code": -32004, "message": "m"}), errors.NotFound)
     assert errors.error_from_dict({"code": 7, "message": "m"}).code == 7

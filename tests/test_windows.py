@@ -46,8 +46,8 @@ def test_taskkill_command_line_and_streams(monkeypatch):
 @pytest.mark.parametrize("recorder", [Recorder(returncode=128), Recorder(exc=FileNotFoundError("taskkill"))])
 def test_taskkill_failure_falls_back_to_psutil(monkeypatch, recorder):
     monkeypatch.setattr(process_tree.subprocess, "run", recorder)
-    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
-                              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen("
+                              "[sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
     try:
         wait_until(lambda: psutil.Process(child.pid).children())
         grandchild = psutil.Process(child.pid).children()[0].pid
@@ -84,7 +84,7 @@ def test_spawn_uses_a_new_process_group(monkeypatch):
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
     monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
     process = managed.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
-                                          ServerConfig(), lambda *texts: None, lambda p: None)
+                                           ServerConfig(), lambda *texts: None, lambda p: None)
     assert process.pid == 31337
     assert seen["kwargs"]["creationflags"] == process_tree.CREATE_NEW_PROCESS_GROUP == 0x00000200
     assert "start_new_session" not in seen["kwargs"]

@@ -40,7 +40,7 @@ class Progress:
             rate = self.done / max(now - self._started, 1e-6) / (1 << 20)
             if self.total:
                 text = "%s %3d%% %.1f/%.1f MiB %.1f MiB/s" % (self.label, self.done * 100 // self.total,
-                                                            self.done / (1 << 20), self.total / (1 << 20), rate)
+                                                              self.done / (1 << 20), self.total / (1 << 20), rate)
             else:
                 text = "%s %.1f MiB %.1f MiB/s" % (self.label, self.done / (1 << 20), rate)
             self.stream.write("\r" + text)

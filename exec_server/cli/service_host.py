@@ -25,7 +25,7 @@ from exec_server.server.allocator import tune_for_server
 from exec_server.cli.options import config_from_options
 from exec_server.server.app import make_server
 from exec_server.cli.service import (DESCRIPTION, DISPLAY_NAME, OPTIONS_KEY, SERVICE_NAME,
-                                         parse_server_arguments)
+                                     parse_server_arguments)
 
 log = logging.getLogger("exec_server.service")
 

@@ -28,10 +28,11 @@ from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
 from exec_server.server.fs.handles import FileHandles
 from exec_server.server.fs.helper import FsHelpers
-from exec_server.protocol.errors import InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError, ServerOverloaded
+from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
+                                         ServerOverloaded)
 from exec_server.protocol.handshake import Handshake
 from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
-                      encode, error_response, parse_message)
+                                          encode, error_response, parse_message)
 from exec_server.protocol.wire import Send
 from exec_server.server.process.output import ReadAborted
 from exec_server.server.sessions import SessionRegistry
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 #: hand-offs.  ``process/start`` is here too: a spawn takes about a
 #: millisecond, and inline spawning raised the fan-out rate from ~605 to
 #: ~690 processes/s (benchmarks/bench.py, shared harness).
-INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal", "process/start",
-                            "process/terminate", "process/resize", "fs/close"})
+INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
+                            "process/start", "process/terminate", "process/resize", "fs/close"})
 
 #: Name prefix of the request threads (a pool per connection); they inherit
 #: the daemon flag of the connection's thread but still hold interpreter exit.

@@ -162,7 +162,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
                 wrapper=wrapper, spool=ctx.registry.spool_for(process_id), pty_size=_pty_size(params.get("ptySize")))
         if log.isEnabledFor(logging.INFO):  # skips building the fields on the spawn path
             log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
-                                                                    sandboxed=wrapper is not None))
+                                                                   sandboxed=wrapper is not None))
     except BaseException:
         session.unreserve(process_id)
         raise

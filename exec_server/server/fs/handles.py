@@ -77,8 +77,8 @@ class FileHandles:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
         fd, opened = entry
         if opened != mode:
-            raise RpcError("file handle `%s` is not open for %s" % (handle_id, "write" if mode == "replace"
-                                                                          else "read"), code=INVALID_REQUEST)
+            wanted = "write" if mode == "replace" else "read"
+            raise RpcError("file handle `%s` is not open for %s" % (handle_id, wanted), code=INVALID_REQUEST)
         return fd
 
     def read_block(self, handle_id: str, offset: int, length: int) -> Dict[str, Any]:
