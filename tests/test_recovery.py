@@ -1,5 +1,6 @@
 """The client survives dropped connections (through a fault-injecting proxy, or the in-memory pair)."""
 
+import json
 import os
 import subprocess
 import threading
@@ -234,11 +235,15 @@ def test_close_during_a_reconnect_leaves_no_connection_behind(memory_server):
     assert client.state == "closed"
 
 
-@pytest.mark.parametrize("drop_on", ["initialize", "process/read"])
+@pytest.mark.parametrize("drop_on", [
+    lambda message: message.get("method") == "initialize",  # the resume
+    lambda message: message.get("method") == "process/read" and message["params"]["waitMs"] == 0,  # catch-up
+    lambda message: message.get("method") == "process/read" and message["params"]["waitMs"] > 0,  # the user's
+], ids=["resume", "catch-up", "resent-read"])
 def test_a_resumed_connection_that_drops_is_retried_at_once(memory_server, drop_on):
-    """The recovery's own connection drops during the resume or the catch-up: the next attempt follows
-    after the backoff, not after connect_timeout, and the recovered process still gives all its output
-    (and a read that was in flight is sent again until a connection holds)."""
+    """The recovery's new connection drops during the resume, the catch-up or the resend of the user's read
+    in flight: the next attempt follows after the backoff, not after connect_timeout, the user's read is
+    sent again until a connection holds, and the recovered process still gives all its output."""
     server = memory_server()
     slow_to_notice = ReconnectPolicy(deadline=60.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=30.0)
     attempts = []
@@ -246,12 +251,14 @@ def test_a_resumed_connection_that_drops_is_retried_at_once(memory_server, drop_
     def connector(timeout):
         transport = server.connector(timeout)
         attempts.append(time.monotonic())
-        if 2 <= len(attempts) <= 4:  # the first three reconnects drop once the server has drop_on
-            send = transport.send
+        if 2 <= len(attempts) <= 4:  # the first three reconnects drop on the message drop_on picks
+            send, reader_name = transport.send, "exec-server-client-reader-%d" % len(attempts)
 
             def send_or_drop(text):
-                if '"method":"%s"' % drop_on in text.replace(" ", ""):
+                if drop_on(json.loads(text)):
                     transport.drop()  # the request is lost on the way and the connection ends
+                    # ... and the client has seen the end before the recovery goes on (no race to "connected")
+                    wait_until(lambda: not [t for t in threading.enumerate() if t.name == reader_name])
                 else:
                     send(text)
             transport.send = send_or_drop

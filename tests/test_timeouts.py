@@ -94,6 +94,20 @@ def test_run_on_a_silent_server_ends_within_one_grace(proxied, tmp_path, monkeyp
     assert_tree_gone(tmp_path / "pid")
 
 
+def test_run_whose_start_is_answered_in_the_grace_then_silence_ends_within_that_grace(proxied, tmp_path,
+                                                                                      monkeypatch):
+    """The kill after a late start answer uses what is left of the same grace, not a new one."""
+    from exec_server.client import api
+    monkeypatch.setattr(api, "KILL_GRACE", 5.0)
+    client, proxy, release_after = proxied
+    proxy.hold_downstream(True)
+    proxy.hold_downstream_after(b'"sandboxType"')  # the start answer comes at 4.5 s, then nothing
+    release_after(4.5)
+    elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 1.0)
+    assert 4.4 < elapsed < 7.5  # timeout + KILL_GRACE = 6 s (a fresh grace for the kill made it 9.5 s)
+    assert_tree_gone(tmp_path / "pid")
+
+
 def test_connect_to_a_server_that_never_answers_initialize_ends_at_the_timeout(monkeypatch):
     """The silent server is left without a closing handshake: no CLOSE_WAIT on top of ``timeout``."""
     from exec_server.client import websocket
@@ -104,8 +118,10 @@ def test_connect_to_a_server_that_never_answers_initialize_ends_at_the_timeout(m
         proxy.blackhole_after(b"101 Switching Protocols")  # the upgrade passes, then nothing, not even a FIN
         started = time.monotonic()
         with pytest.raises(CallTimeout, match="initialize"):
-            Client.connect(proxy.url, timeout=1.0, reconnect=ReconnectPolicy(probe_timeout=0))  # no probe either
-        assert 0.9 < time.monotonic() - started < 10.0
+            # no probe and no keepalive either: only the abort can end the close before CLOSE_WAIT
+            Client.connect(proxy.url, timeout=1.0,
+                           reconnect=ReconnectPolicy(probe_timeout=0, ping_interval=0, keepalive_timeout=0))
+        assert 0.9 < time.monotonic() - started < 5.0
     finally:
         proxy.close()
         server.stop()

@@ -369,9 +369,9 @@ class Client:
                 self._feed(process, bytes(input), deadline)
             stdout, stderr = process.communicate(timeout=_remaining(deadline))
         except subprocess.TimeoutExpired:
-            grace_deadline = _deadline(KILL_GRACE)  # the kill and the exit share one grace
+            grace_deadline = deadline + KILL_GRACE if deadline is not None else _deadline(KILL_GRACE)  # one grace
             try:
-                process.kill(timeout=KILL_GRACE)
+                process.kill(timeout=_remaining(grace_deadline))
                 process.wait(timeout=_remaining(grace_deadline))
             except (RpcError, ExecServerError, TimeoutError):
                 pass

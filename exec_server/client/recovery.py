@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.process import ProcessOutputGap
-from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
+from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector, Transport
 from exec_server.client.transport import abort as abort_transport
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
@@ -176,7 +176,7 @@ class Recovery:
                     transport.close()
                 attempt = self._back_off(attempt, deadline)
                 continue
-            if (not self._catch_up(generation) or not endpoint.resend_in_flight(generation)
+            if (not self._catch_up(generation, transport) or not endpoint.resend_in_flight(generation)
                     or not endpoint.recovered(generation)):
                 transport.close()  # the new connection dropped too: another round, after the backoff
                 last_error = ExecServerDisconnected("the resumed connection dropped")
@@ -190,8 +190,8 @@ class Recovery:
         time.sleep(min(self._policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
         return attempt + 1
 
-    def _catch_up(self, generation: int) -> bool:
-        """Read every open process from its last published seq; False if the connection dropped.
+    def _catch_up(self, generation: int, transport: Transport) -> bool:
+        """Read every open process from its last published seq on ``transport``; False if it dropped or went silent.
 
         Each process is read in steps of :data:`CATCH_UP_READ_BYTES`, each
         from the last seq published, until a read returns no chunks or what
@@ -209,7 +209,8 @@ class Recovery:
                     result = endpoint.call_on(generation, "process/read", params, timeout)
                 except ExecServerDisconnected:
                     return False
-                except TimeoutError:
+                except TimeoutError:  # a silent server gets no closing handshake
+                    abort_transport(transport)
                     return False
                 except RpcError as exc:
                     process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
