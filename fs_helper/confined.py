@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict
 
 from . import b64, safe_path
 from .operations import (FsError, INTERNAL_ERROR, INVALID_REQUEST, OPERATIONS, errno_error, native_path, os_error,
-                         read_limit_error, READ_FILE_LIMIT, metadata_result, _umask)
+                         read_limit_error, READ_FILE_LIMIT, metadata_result)
+from .replacing import umask
 from .policy import Policy
 
 
@@ -84,7 +85,7 @@ def write_file(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
             raise errno_error(errno.ELOOP)  # changed since it was resolved
         if info is not None and stat.S_ISDIR(info.st_mode):
             raise errno_error(errno.EISDIR)
-        mode = stat.S_IMODE(info.st_mode) if info is not None else 0o666 & ~_umask()
+        mode = stat.S_IMODE(info.st_mode) if info is not None else 0o666 & ~umask()
         safe_path.atomic_write_at(place.dir_fd, place.name, lambda handle: handle.write(data), mode)
     return {}
 

@@ -4,20 +4,21 @@ Each ``operation(params, guard)`` takes the method's wire params (paths as
 file URIs) and returns its wire result, or raises :class:`FsError` with the
 protocol's code and text.  ``guard`` (see :mod:`fs_helper.policy`) is asked
 before anything is read or written; ``None`` allows everything.  Writes go to
-a temporary file in the target's directory and are renamed into place, so a
-failure never leaves a half-written file.
+a temporary file in the target's directory and are renamed into place
+(:mod:`fs_helper.replacing`), so a failure never leaves a half-written file.
 
 Used in-process by the server (no sandbox) and by the helper process.
 """
 
 import errno
 import os
+import re
 import shutil
 import stat
-import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 from . import b64
+from .replacing import atomic_write, replace_target
 from .uris import UriError, path_to_uri, uri_to_path
 
 NOT_FOUND = -32004
@@ -80,44 +81,6 @@ class Guard:
 ALLOW_ALL = Guard()
 
 
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-def atomic_write(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None) -> None:
-    """Write ``target`` through a temporary file in its directory, then rename.
-
-    ``chunks(file)`` writes the content.  On any error the temporary file is
-    removed and ``target`` is untouched.  Paths are used as given: the
-    sandboxed variant is :func:`fs_helper.safe_path.atomic_write_at`.
-    """
-    directory, name = os.path.split(target)
-    _atomic_write_by_path(directory or ".", name, target, chunks, mode)
-
-
-def _atomic_write_by_path(directory: str, name: str, target: str, chunks: Callable[[Any], None],
-                          mode: Optional[int]) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            chunks(handle)
-        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
-        os.replace(temporary, target)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 def read_limit_error(path: str) -> FsError:
     return FsError(INVALID_REQUEST, "file `%s` is larger than %d bytes; read it with fs/open" % (path, READ_FILE_LIMIT))
 
@@ -130,14 +93,18 @@ def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any
         fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
     except OSError as exc:
         raise os_error(exc) from None
-    info = os.fstat(fd)
-    if stat.S_ISDIR(info.st_mode):
-        os.close(fd)
-        raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
-    with os.fdopen(fd, "rb") as handle:
+    try:  # a failing disk or a special file fails here (EIO, EINVAL): an OS error, not a defect
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
         if info.st_size > READ_FILE_LIMIT:
             raise read_limit_error(path)
-        data = handle.read(READ_FILE_LIMIT + 1)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(READ_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise os_error(exc) from None
+    finally:
+        os.close(fd)
     if len(data) > READ_FILE_LIMIT:
         raise read_limit_error(path)
     return {"dataBase64": b64.encode(data)}
@@ -149,22 +116,8 @@ def write_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, An
         data = b64.decode(params["dataBase64"])
     except ValueError as exc:
         raise FsError(INVALID_REQUEST, "fs/writeFile requires valid base64 dataBase64: %s" % exc) from None
-    follow = params.get("followSymlinks", True) is not False
-    target = path
-    if os.path.islink(path):
-        if not follow:
-            raise errno_error(errno.ELOOP)
-        target = os.path.realpath(path)
-    # resolve the directory once: the check and the write use the same path
-    target = os.path.join(os.path.realpath(os.path.dirname(target) or "."), os.path.basename(target))
-    guard.check_write(target)
-    if os.path.isdir(target):
-        raise errno_error(errno.EISDIR)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
-    except OSError:
-        mode = None
-    try:
+        target, mode = replace_target(path, params.get("followSymlinks", True) is not False, guard.check_write)
         atomic_write(target, lambda handle: handle.write(data), mode)
     except OSError as exc:
         raise os_error(exc) from None
@@ -334,12 +287,39 @@ def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     return {}
 
 
+class _CopyFailed(Exception):
+    """A file of a recursive copy failed: ends ``shutil.copytree`` at once (it collects OSErrors and goes on)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error)
+        self.error = error
+
+
 def _copy_file(source: str, destination: str) -> None:
     def write(handle) -> None:
         with open(source, "rb") as reader:
             shutil.copyfileobj(reader, handle, 1 << 20)
 
     atomic_write(destination, write, stat.S_IMODE(os.stat(source).st_mode))
+
+
+def _copy_tree_file(source: str, destination: str) -> None:
+    try:
+        _copy_file(source, destination)
+    except OSError as exc:
+        raise _CopyFailed(exc) from None
+
+
+def _copy_tree_error(exc: shutil.Error) -> FsError:
+    """The first failure ``shutil.copytree`` collected (a directory it could not read or create), as an OS error.
+
+    Its entries are ``(source, destination, str(OSError))``; the errno is read
+    back from ``[Errno N]``, the text CPython gives every OSError with one.
+    """
+    entries = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    why = str(entries[0][2]) if entries and len(entries[0]) == 3 else str(exc)
+    number = re.match(r"\[Errno (\d+)\]", why)
+    return errno_error(int(number.group(1))) if number else FsError(INTERNAL_ERROR, why)
 
 
 def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
@@ -352,13 +332,15 @@ def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
         if stat.S_ISDIR(info.st_mode):
             if not params["recursive"]:
                 raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
-            shutil.copytree(source, destination, dirs_exist_ok=True, copy_function=_copy_file)
+            shutil.copytree(source, destination, dirs_exist_ok=True, copy_function=_copy_tree_file)
         else:
             if os.path.isdir(destination):
                 raise errno_error(errno.EISDIR)
             _copy_file(source, destination)
+    except _CopyFailed as exc:  # what is copied so far stays, as with the reference's copy
+        raise os_error(exc.error) from None
     except shutil.Error as exc:
-        raise FsError(INTERNAL_ERROR, str(exc)) from None
+        raise _copy_tree_error(exc) from None
     except OSError as exc:
         raise os_error(exc) from None
     return {}

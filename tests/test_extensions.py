@@ -29,7 +29,7 @@ def test_initialize_advertises_extensions(any_server, connect):
     if any_server.is_reference:
         assert "extensions" not in result
     else:
-        assert result["extensions"] == {"closeStdin": True, "ptySize": True}
+        assert result["extensions"] == {"closeStdin": True, "ptySize": True, "atomicReplace": True}
 
 
 def test_close_stdin_member(any_server, connect):

@@ -265,7 +265,9 @@ def test_file_handles(fs, tmp_path):
     payload = os.urandom(3 * 1024 * 1024 + 17)
     with fs.open(target, "replace") as handle:
         handle.write(payload)
-        assert target.stat().st_size == len(payload)  # visible before close
+        # in place on the reference; ours writes a temporary file, renamed over the target at close
+        assert target.exists() is (not handle.atomic)
+    assert target.stat().st_size == len(payload)
     with fs.open(target) as handle:
         assert handle.read() == payload
         data, eof = handle.read_block(len(payload), 10)
@@ -340,3 +342,46 @@ def test_handshake_family(any_server, connect):
     peer = connect(any_server.url)
     reply = peer.request("fs/readFile", {"path": "file:///etc/hostname"})
     assert reply["error"] == {"code": -32600, "message": "client must call initialize before using filesystem methods"}
+
+
+def test_read_file_failing_in_the_read_is_an_os_error_not_a_defect(server, caplog):
+    """EIO and EINVAL from read() itself (a failing disk, a special file): the OS error text, no traceback."""
+    with Client.connect(server.url, timeout=5) as client:
+        for path, text in (("/proc/self/mem", "Input/output error (os error 5)"),
+                           ("/proc/self/clear_refs", None)):
+            if not os.path.exists(path) or (text is None and not os.access(path, os.W_OK)):
+                continue
+            with pytest.raises(RpcError) as caught:
+                client.fs.read_file(path)
+            assert caught.value.message.endswith("(os error %d)" % (5 if text else 22)), caught.value.message
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
+def _unreadable_file(tmp_path):
+    """A file this process cannot open for reading, even as root (a write-only sysfs attribute), or None."""
+    if os.geteuid() != 0:
+        path = tmp_path / "secret.txt"
+        path.write_bytes(b"secret")
+        path.chmod(0)
+        return path
+    for root, _dirs, files in os.walk("/sys/kernel/mm"):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.stat(path).st_mode & 0o777 == 0o200:
+                return path
+    return None
+
+
+def test_recursive_copy_errors_are_os_errors(server, tmp_path):
+    """A file of the tree that cannot be read: the reference's text and code (-32600 for EACCES) at the
+    first failure, not a list of Python errors after trying the rest."""
+    unreadable = _unreadable_file(tmp_path)
+    if unreadable is None:
+        pytest.skip("no file here that cannot be read")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ok.txt").write_bytes(b"ok")
+    (source / "unreadable").symlink_to(unreadable)  # a copy follows links to files
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(InvalidRequest, match=r"^Permission denied \(os error 13\)$"):
+            client.fs.copy(source, tmp_path / "dst", recursive=True)

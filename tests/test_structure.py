@@ -191,3 +191,29 @@ def test_one_shot_start_up_imports_only_what_it_needs():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
+
+
+def _module_map() -> Set[str]:
+    """The files README.rst's module map names (``one line per module``), as paths from the repository root."""
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as handle:
+        text = handle.read()
+    block = text.split("One line per module::\n\n", 1)[1].split("\n\n", 1)[0]
+    named, folders = set(), []  # folders: (indent, name) of the enclosing directories
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip())
+        entry = line.strip().split("   ")[0].strip()  # the name column; the description follows after spaces
+        folders = [(depth, name) for depth, name in folders if depth < indent]
+        if entry.endswith("/"):
+            folders.append((indent, entry.rstrip("/")))
+            continue
+        for name in entry.split(", "):  # "serve.py, run.py, cp.py" names several
+            named.add("/".join([folder for _depth, folder in folders] + [name]))
+    return named
+
+
+def test_the_readme_module_map_names_every_module():
+    """A newcomer reads the map first: every module (``__init__.py`` of a package excepted) has its line."""
+    actual = {os.path.relpath(path, ROOT).replace(os.sep, "/") for path in MODULES.values()}
+    named = _module_map()
+    unnamed = sorted(path for path in actual - named if not path.endswith("/__init__.py"))
+    assert (unnamed, sorted(named - actual)) == ([], [])

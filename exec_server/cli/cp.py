@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-from fs_helper.operations import atomic_write
+from fs_helper.replacing import atomic_write
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
@@ -63,6 +63,11 @@ def _remote_target(fs: FileSystem, remote: str, name: str) -> str:
 
 
 def upload(fs: FileSystem, local: str, remote: str, progress_factory: Callable[..., Progress] = Progress) -> int:
+    """Send ``local`` to ``remote`` in blocks; returns its size in bytes.
+
+    Atomic where the server has ``atomicReplace``: the remote file is replaced
+    when complete, and an interrupted upload leaves it as it was.
+    """
     if os.path.isdir(local):
         raise IsADirectoryError("%s is a directory (copy directories on the server with fs.copy)" % local)
     remote = _remote_target(fs, remote, os.path.basename(local))

@@ -17,7 +17,7 @@ misuse errors, ``InternalError`` (-32603) for other OS errors.
 import uuid
 from typing import Any, Dict, Iterator, List, Optional
 
-from exec_server.client.interfaces import Caller, PathLike, result_member
+from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, result_member
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
 
@@ -30,13 +30,16 @@ class RemoteFile:
 
     Read mode: :meth:`read_block`, :meth:`iter_blocks`, :meth:`read`.
     Replace mode: :meth:`write` (appends at the current offset),
-    :meth:`write_block` (positional).
+    :meth:`write_block` (positional).  An ``atomic`` one puts the file in
+    place on :meth:`close` (a ``with`` block that ends in an exception
+    :meth:`discard` s it instead).
     """
 
-    def __init__(self, fs: "FileSystem", handle_id: str, mode: str):
+    def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False):
         self._fs = fs
         self.handle_id = handle_id
         self.mode = mode
+        self.atomic = atomic
         self.offset = 0
         self.closed = False
 
@@ -79,15 +82,38 @@ class RemoteFile:
         return len(data)
 
     def close(self) -> None:
+        """Close the handle; an atomic one's file replaces the target now.
+
+        Raises:
+            NotFound: (atomic) the server no longer has the handle (its
+                connection dropped): nothing was replaced.
+            RpcError: as ``fs/close``.
+        """
+        self._close(True)
+
+    def discard(self) -> None:
+        """Close an atomic handle without replacing the target (the written file is removed); else :meth:`close`."""
+        self._close(False)
+
+    def _close(self, commit: bool) -> None:
         if not self.closed:
             self.closed = True
-            self._fs._call("fs/close", {"handleId": self.handle_id})
+            params: Dict[str, Any] = {"handleId": self.handle_id}
+            if self.atomic:
+                params["commit"] = commit
+            self._fs._call("fs/close", params)
 
     def __enter__(self) -> "RemoteFile":
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if exc_type is not None and self.atomic:
+            try:
+                self.discard()
+            except Exception:  # the error that ended the block is the one to see
+                pass
+        else:
+            self.close()
 
 
 class FileSystem:
@@ -158,13 +184,37 @@ class FileSystem:
         self._path_call("fs/copy", {"sourcePath": self._uri(source), "destinationPath": self._uri(destination),
                                     "recursive": recursive})
 
-    def open(self, path: "PathLike", mode: str = "read") -> RemoteFile:
-        """A :class:`RemoteFile`; ``mode`` is ``read`` or ``replace`` (create or truncate)."""
+    def open(self, path: "PathLike", mode: str = "read", atomic: Optional[bool] = None) -> RemoteFile:
+        """A :class:`RemoteFile`; ``mode`` is ``read`` or ``replace`` (create or truncate).
+
+        Args:
+            atomic: for ``replace``: True writes a temporary file beside
+                ``path`` that :meth:`RemoteFile.close` renames over it, so
+                readers never see a partial file and a write that does not
+                complete (an exception in the ``with`` block, a lost
+                connection, a killed client) leaves ``path`` as it was
+                (``atomicReplace`` extension); False truncates ``path`` at once
+                and writes in place (the Codex reference's ``replace``); None:
+                atomic when the server has the extension.
+        Raises:
+            ExtensionNotSupported: ``atomic=True`` and the server lacks ``atomicReplace``.
+            ValueError: an unknown mode, or ``atomic`` with ``read``.
+            RpcError: as ``fs/open``.
+        """
         if mode not in ("read", "replace"):
             raise ValueError("mode must be 'read' or 'replace'")
+        if mode == "read" and atomic:
+            raise ValueError("atomic applies to mode 'replace' only")
+        supported = mode == "replace" and self._client.supports("atomicReplace")
+        if atomic and not supported:
+            raise ExtensionNotSupported("atomicReplace", "an atomic replace")
+        atomic = supported and atomic is not False
         handle_id = "h-" + uuid.uuid4().hex[:16]  # ids are at most 32 bytes
-        self._call("fs/open", {"handleId": handle_id, "path": self._uri(path), "mode": mode})
-        return RemoteFile(self, handle_id, mode)
+        params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
+        if atomic:
+            params["atomic"] = True
+        self._call("fs/open", params)
+        return RemoteFile(self, handle_id, mode, atomic)
 
 
 def _bytes_member(result: Any, name: str, method: str) -> bytes:

@@ -48,7 +48,8 @@ class GroupFileSystem:
         """Write a local file (a path) or ``bytes`` to ``remote`` on every host; host -> bytes written.
 
         Streams in 1 MiB blocks through ``fs/open`` (any size); ``remote``
-        is the file path (create or replace).
+        is the file path (create or replace; atomic where the server has
+        ``atomicReplace``, so a failed put leaves a host's old file).
         """
         def put_one(_host: str, fs: FileSystem) -> int:
             written = 0

@@ -68,8 +68,9 @@ class RequestContext:
 #: Our protocol extensions, advertised as the ``extensions`` member of the
 #: ``initialize`` result (a member the reference's clients ignore; README.rst,
 #: "Protocol extensions"): ``closeStdin`` on ``process/write``; ``ptySize`` on
-#: ``process/start`` and the ``process/resize`` method (PTYs: not on Windows).
-EXTENSIONS = {"closeStdin": True, "ptySize": not spawn.IS_WINDOWS}
+#: ``process/start`` and the ``process/resize`` method (PTYs: not on Windows);
+#: ``atomicReplace``: ``atomic`` on ``fs/open``, ``commit`` on ``fs/close``.
+EXTENSIONS = {"closeStdin": True, "ptySize": not spawn.IS_WINDOWS, "atomicReplace": True}
 
 
 def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Dict[str, Any]]:
@@ -272,7 +273,10 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     except fs_operations.FsError as exc:
         raise rpc_error(exc) from None
     special.refuse_blocking(path)
-    ctx.connection.file_handles.open(params["handleId"], path, params.get("mode") or "read")
+    mode = params.get("mode") or "read"
+    if params.get("atomic") and mode != "replace":
+        raise InvalidParams("atomic applies to mode `replace` only")
+    ctx.connection.file_handles.open(params["handleId"], path, mode, bool(params.get("atomic")))
     return {"handleId": params["handleId"]}
 
 
@@ -291,7 +295,7 @@ def fs_write_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any
 
 
 def fs_close(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
-    ctx.connection.file_handles.close(params["handleId"])
+    ctx.connection.file_handles.close(params["handleId"], params.get("commit"))
     return {}
 
 

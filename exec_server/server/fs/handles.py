@@ -1,17 +1,21 @@
 """File handles of one connection: ``fs/open``, ``fs/readBlock``, ``fs/writeBlock``, ``fs/close``.
 
 Handles belong to the connection (PROTOCOL.md 8.4) and are closed when it
-ends.  At most ``max_open_files`` are open at once (a named limit).
-Thread-safe.
+ends.  At most ``max_open_files`` are open at once (a named limit).  An
+atomic ``replace`` handle (our ``atomicReplace`` extension) writes a
+temporary file beside its target, renamed over it by ``fs/close``; one that
+is discarded, or still open when the connection ends, is removed and the
+target stays as it was.  Thread-safe.
 """
 
 import errno
 import os
 import stat
 import threading
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional
 
 from fs_helper.operations import FsError, INVALID_REQUEST, NOT_FOUND, os_error
+from fs_helper.replacing import replace_target, temporary_beside
 
 from exec_server.protocol.errors import RpcError
 
@@ -34,14 +38,28 @@ def rpc_error(error: FsError) -> RpcError:
     return RpcError(error.message, code=error.code)
 
 
+class _Handle:
+    """An open handle: its descriptor and mode; for an atomic one, the temporary file, its target and mode."""
+
+    __slots__ = ("fd", "mode", "temporary", "target", "file_mode")
+
+    def __init__(self, fd: int, mode: str, temporary: Optional[str] = None, target: str = "", file_mode: int = 0):
+        self.fd, self.mode = fd, mode
+        self.temporary, self.target, self.file_mode = temporary, target, file_mode
+
+
 class FileHandles:
     def __init__(self, limit: int):
         self._limit = limit
         self._lock = threading.Lock()
-        self._handles: Dict[str, Tuple[int, str]] = {}  # id -> (fd, mode)
+        self._handles: Dict[str, _Handle] = {}
 
-    def open(self, handle_id: str, path: str, mode: str) -> None:
+    def open(self, handle_id: str, path: str, mode: str, atomic: bool = False) -> None:
         """Open ``path`` for reading, or create/truncate it for writing (``replace``).
+
+        ``atomic`` (``replace`` only): write a new temporary file beside
+        ``path`` (a symlink at ``path`` is followed), renamed over it by
+        :meth:`close`; ``path`` is not touched before.
 
         Raises:
             RpcError: -32600 for an empty or duplicate id, a directory or the
@@ -56,6 +74,9 @@ class FileHandles:
                 raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
             if len(self._handles) >= self._limit:
                 raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
+            if atomic:
+                self._handles[handle_id] = self._open_atomic(path)
+                return
             flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
             try:
                 if mode != "read" and os.path.isdir(path):
@@ -68,18 +89,28 @@ class FileHandles:
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
-            self._handles[handle_id] = (fd, mode)
+            self._handles[handle_id] = _Handle(fd, mode)
+
+    @staticmethod
+    def _open_atomic(path: str) -> _Handle:
+        if os.path.isdir(path):
+            raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
+        try:
+            target, file_mode = replace_target(path)
+            fd, temporary = temporary_beside(target)
+        except OSError as exc:
+            raise rpc_error(os_error(exc)) from None
+        return _Handle(fd, "replace", temporary, target, file_mode)
 
     def _get(self, handle_id: str, mode: str) -> int:
         with self._lock:
             entry = self._handles.get(handle_id)
         if entry is None:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
-        fd, opened = entry
-        if opened != mode:
+        if entry.mode != mode:
             wanted = "write" if mode == "replace" else "read"
             raise RpcError("file handle `%s` is not open for %s" % (handle_id, wanted), code=INVALID_REQUEST)
-        return fd
+        return entry.fd
 
     def read_block(self, handle_id: str, offset: int, length: int) -> Dict[str, Any]:
         _check_block_length("read", length)
@@ -106,18 +137,50 @@ class FileHandles:
         except OSError as exc:
             raise rpc_error(os_error(exc)) from None
 
-    def close(self, handle_id: str) -> None:
+    def close(self, handle_id: str, commit: Optional[bool] = None) -> None:
+        """Close a handle; an atomic one's file is renamed over its target unless ``commit`` is False.
+
+        Raises:
+            RpcError: -32004 ``unknown file handle`` for an unknown id with
+                ``commit`` True (the reference's close of an unknown id is no
+                error); OS errors of the rename by kind (the temporary file is
+                removed).
+        """
         with self._lock:
             entry = self._handles.pop(handle_id, None)
-        if entry is not None:
-            os.close(entry[0])
+        if entry is None:
+            if commit:
+                raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
+            return
+        os.close(entry.fd)
+        if entry.temporary is None:
+            return
+        if commit is False:
+            _remove(entry.temporary)
+            return
+        try:
+            os.chmod(entry.temporary, entry.file_mode)
+            os.replace(entry.temporary, entry.target)
+        except OSError as exc:
+            _remove(entry.temporary)
+            raise rpc_error(os_error(exc)) from None
 
     def close_all(self) -> None:
+        """Close every handle (the connection ended): atomic handles are discarded."""
         with self._lock:
             entries = list(self._handles.values())
             self._handles.clear()
-        for fd, _mode in entries:
+        for entry in entries:
             try:
-                os.close(fd)
+                os.close(entry.fd)
             except OSError:
                 pass
+            if entry.temporary is not None:
+                _remove(entry.temporary)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,205 @@
+"""The ``atomicReplace`` extension: ``fs/open {mode: replace, atomic: true}`` and ``fs/close {commit}``.
+
+A replace that does not complete (the client killed, the connection lost, an
+error in the ``with`` block) leaves the target as it was; readers never see a
+partial file.  The reference ignores the members (its replace truncates at
+once), so our client sends them only to a server that advertises the
+extension, and falls back to the plain replace otherwise.
+"""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import wait_until
+from exec_server import Client, ExtensionNotSupported, ReconnectPolicy
+from exec_server.protocol import b64
+from exec_server.protocol.errors import NotFound
+
+pytestmark = pytest.mark.posix
+
+ORIGINAL = b"ORIGINAL CONFIG\n"
+FAST = ReconnectPolicy(deadline=10.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+
+
+def leftovers(directory) -> list:
+    """Temporary files of atomic replaces in ``directory``."""
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+
+
+def uri(path) -> str:
+    return "file://" + str(path)
+
+
+def open_atomic(peer, handle_id, path):
+    return peer.request("fs/open", {"handleId": handle_id, "path": uri(path), "mode": "replace", "atomic": True})
+
+
+def test_the_target_changes_only_at_close(any_server, connect, tmp_path):
+    """Ours: the target keeps its content until fs/close renames the new file over it.  The reference
+    ignores the member and truncates at open, which is why a client must not send it unasked."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    peer = connect(any_server.url)
+    peer.initialize()
+    assert open_atomic(peer, "h1", target)["result"] == {"handleId": "h1"}
+    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"NEW")})
+    if any_server.is_reference:
+        assert target.read_bytes() == b"NEW"  # written in place
+        peer.call("fs/close", {"handleId": "h1"})
+        return
+    assert target.read_bytes() == ORIGINAL
+    assert len(leftovers(tmp_path)) == 1
+    assert peer.call("fs/close", {"handleId": "h1", "commit": True}) == {}
+    assert target.read_bytes() == b"NEW"
+    assert leftovers(tmp_path) == []
+
+
+def test_discard_and_a_connection_that_ends_leave_the_target(server, connect, tmp_path):
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    peer = connect(server.url)
+    peer.initialize()
+    open_atomic(peer, "h1", target)
+    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"NEW")})
+    assert peer.call("fs/close", {"handleId": "h1", "commit": False}) == {}
+    assert (target.read_bytes(), leftovers(tmp_path)) == (ORIGINAL, [])
+
+    open_atomic(peer, "h2", target)
+    peer.call("fs/writeBlock", {"handleId": "h2", "offset": 0, "chunk": b64.encode(b"NEW")})
+    peer.close()  # the handle is still open: the connection's end discards it
+    wait_until(lambda: leftovers(tmp_path) == [])
+    assert target.read_bytes() == ORIGINAL
+
+
+def test_close_without_commit_commits_and_unknown_handles(server, connect, tmp_path):
+    """A close without ``commit`` is the reference's: the file is put in place, an unknown id is no error.
+    With ``commit: true`` an unknown id is -32004, so a client learns that nothing was replaced."""
+    target = tmp_path / "new.txt"
+    peer = connect(server.url)
+    peer.initialize()
+    open_atomic(peer, "h1", target)
+    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"data")})
+    assert peer.call("fs/close", {"handleId": "h1"}) == {}
+    assert target.read_bytes() == b"data"
+    assert peer.call("fs/close", {"handleId": "gone"}) == {}
+    reply = peer.request("fs/close", {"handleId": "gone", "commit": True})
+    assert reply["error"] == {"code": -32004, "message": "unknown file handle `gone`"}
+
+
+def test_mode_and_symlinks_are_kept(server, connect, tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_bytes(b"#!/bin/sh\necho old\n")
+    script.chmod(0o751)
+    link = tmp_path / "link.sh"
+    link.symlink_to(script)
+    peer = connect(server.url)
+    peer.initialize()
+    open_atomic(peer, "h1", link)
+    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"#!/bin/sh\necho new\n")})
+    peer.call("fs/close", {"handleId": "h1", "commit": True})
+    assert os.path.islink(link) and script.read_bytes() == b"#!/bin/sh\necho new\n"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o751
+    fresh = tmp_path / "fresh.txt"
+    open_atomic(peer, "h2", fresh)
+    peer.call("fs/close", {"handleId": "h2", "commit": True})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.read_bytes() == b"" and stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("params, error", [
+    ({"mode": "read", "atomic": True}, (-32602, "atomic applies to mode `replace` only")),
+    ({"mode": "replace", "atomic": "yes"}, None),  # the schema: a boolean
+    ({"mode": "replace", "atomic": True, "path": "DIR"}, (-32600, "path `DIR` is not a file")),
+])
+def test_open_errors(server, connect, tmp_path, params, error):
+    peer = connect(server.url)
+    peer.initialize()
+    path = str(tmp_path) if params.get("path") == "DIR" else str(tmp_path / "x")
+    options = {key: value for key, value in params.items() if key != "path"}
+    reply = peer.request("fs/open", dict({"handleId": "h1", "path": uri(path)}, **options))
+    if error is None:
+        assert reply["error"]["code"] == -32602
+    else:
+        assert (reply["error"]["code"], reply["error"]["message"]) == (error[0], error[1].replace("DIR", path))
+    assert leftovers(tmp_path) == []
+
+
+def test_client_replace_is_atomic_and_an_error_in_the_block_discards(server, tmp_path):
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    with Client.connect(server.url, timeout=5) as client:
+        assert client.supports("atomicReplace")
+        with pytest.raises(RuntimeError, match="local failure"):
+            with client.fs.open(target, "replace") as remote:
+                assert remote.atomic
+                remote.write(b"partial")
+                raise RuntimeError("local failure")
+        assert (target.read_bytes(), leftovers(tmp_path)) == (ORIGINAL, [])
+        with client.fs.open(target, "replace") as remote:
+            remote.write(b"complete")
+            assert target.read_bytes() == ORIGINAL
+        assert target.read_bytes() == b"complete"
+        with client.fs.open(target, "replace", atomic=False) as remote:  # the reference's replace
+            remote.write(b"in place")
+            assert target.read_bytes() == b"in place"
+
+
+def test_client_uses_the_extension_only_where_advertised(any_server, tmp_path):
+    """Against the reference the client falls back to the plain replace (atomic=True says why it cannot)."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    with Client.connect(any_server.url, timeout=5) as client:
+        assert client.supports("atomicReplace") is not any_server.is_reference
+        if any_server.is_reference:
+            with pytest.raises(ExtensionNotSupported, match="atomicReplace"):
+                client.fs.open(target, "replace", atomic=True)
+        with client.fs.open(target, "replace") as remote:
+            assert remote.atomic is not any_server.is_reference
+            remote.write(b"NEW")
+        assert target.read_bytes() == b"NEW"
+        assert leftovers(tmp_path) == []
+
+
+def test_a_close_after_the_handle_was_lost_says_nothing_was_replaced(memory_server, tmp_path):
+    """Handles belong to a connection: after a drop and a resume, close() raises NotFound instead of
+    reporting a replace that did not happen, and the target is as it was."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        remote = client.fs.open(target, "replace")
+        remote.write(b"NEW")
+        server.cut()
+        wait_until(lambda: len(server.transports) == 2 and client.state == "connected", timeout=10)
+        with pytest.raises(NotFound, match="unknown file handle"):
+            remote.close()
+    assert (target.read_bytes(), leftovers(tmp_path)) == (ORIGINAL, [])
+
+
+def test_a_killed_cp_upload_leaves_the_remote_file_as_it_was(server, tmp_path):
+    """SIGKILL of ``exec-server cp`` part-way through an upload: the remote file keeps its content and
+    the server removes the partial file when the connection ends."""
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir()
+    target = remote_dir / "app.conf"
+    target.write_bytes(ORIGINAL)
+    local = tmp_path / "big.bin"
+    with open(local, "wb") as handle:
+        handle.truncate(256 << 20)  # sparse: 256 MiB of zeros to send in 1 MiB blocks
+    cp = subprocess.Popen([sys.executable, "-m", "exec_server", "cp", "--url", server.url, str(local),
+                           ":" + str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: any(os.path.getsize(remote_dir / name) > 0 for name in leftovers(remote_dir)),
+                   timeout=30)
+        os.kill(cp.pid, signal.SIGKILL)
+    finally:
+        cp.kill()
+        cp.wait(10)
+    wait_until(lambda: leftovers(remote_dir) == [], timeout=30)
+    assert target.read_bytes() == ORIGINAL
