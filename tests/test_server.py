@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+import simple_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
@@ -235,6 +236,26 @@ def test_shutdown_closes_with_1001_and_kills_processes(connect):
     assert peer.ws.close_reason == 1001
     assert pid
     wait_until(lambda: not any(pid_alive(child) for child in pid))
+
+
+def test_shutdown_reports_each_killed_process_before_the_close(connect):
+    """The client learns how its processes ended (exited 137, closed) before the Close frame 1001."""
+    running = start_ours()
+    peer = ready(connect, running.url)
+    peer.call("process/start", start_params("s", ["sh", "-c", "echo up; exec sleep 300"]))
+    peer.wait_for(lambda m: m.get("method") == "process/output")
+    running.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # every message up to the Close frame
+        try:
+            if peer.recv(0.05) is None and not peer.ws.connected:
+                break
+        except simple_websocket.ConnectionClosed:
+            break
+    assert peer.ws.close_reason == 1001
+    ends = [(m["method"], m["params"].get("exitCode")) for m in peer.notifications("s")
+            if m["method"] in ("process/exited", "process/closed")]
+    assert ends == [("process/exited", 137), ("process/closed", None)]
 
 
 @pytest.mark.parametrize("poll_with_pidfd", [True, False], ids=["pidfd-poll", "thread-per-stream"])

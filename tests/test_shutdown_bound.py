@@ -116,6 +116,23 @@ def test_sigterm_with_a_client_that_stopped_reading(tmp_path):
         stop(process)
 
 
+def test_a_remote_run_learns_the_exit_of_a_server_shutdown(tmp_path):
+    """``exec-server run --url`` of a command the server kills at SIGTERM ends with 137 at once, instead of
+    recovering a session that died with the server until its reconnect deadline (25 s)."""
+    process, url = start_server(tmp_path)
+    run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--url", url, "--", "sh", "-c",
+                            "echo up; exec sleep 300"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert run.stdout.readline() == b"up\n"
+        sigterm_and_check(process)
+        assert run.wait(10) == 137
+    finally:
+        run.kill()
+        run.wait(10)
+        run.stdout.close()
+        stop(process)
+
+
 def test_sigterm_with_fifo_reads_refused_and_other_requests_served(tmp_path):
     fifo = str(tmp_path / "fifo")
     os.mkfifo(fifo)

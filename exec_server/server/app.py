@@ -43,6 +43,10 @@ CLOSE_LOCK_WAIT = 0.05
 #: At shutdown, the time all Close frames together may take (at most a
 #: quarter of ``shutdown_timeout``), seconds.
 CLOSE_FRAMES_BUDGET = 1.0
+#: At shutdown, the longest wait for the killed processes' ``exited`` and
+#: ``closed`` to reach their clients before the Close frames (at most half
+#: of ``shutdown_timeout``), seconds.
+EXIT_REPORT_BUDGET = 2.0
 
 
 def parse_listen_url(url: str) -> Tuple[str, int]:
@@ -188,9 +192,12 @@ class ExecServer:
             self._stopped.wait(timeout)
 
     def _cleanup(self) -> None:
-        """Close every WebSocket, kill every tree and helper, join threads: within ``shutdown_timeout`` s.
+        """Kill every tree, close every WebSocket, stop helpers, join threads: within ``shutdown_timeout`` s.
 
-        A Close frame goes out only where it can without waiting
+        The trees are killed first, and their ``exited`` and ``closed`` sent to
+        attached clients (for up to :data:`EXIT_REPORT_BUDGET` s), so a client
+        learns how its processes ended before the Close frame (1001).  A Close
+        frame goes out only where it can without waiting
         (:meth:`WebSocketConnection.close`): the send lock is waited for
         :data:`CLOSE_LOCK_WAIT` s at most, and no longer once
         :data:`CLOSE_FRAMES_BUDGET` s have passed; other sockets are shut down.
@@ -199,7 +206,8 @@ class ExecServer:
             return
         start = time.monotonic()
         deadline = start + self.config.shutdown_timeout
-        budget_end = start + min(CLOSE_FRAMES_BUDGET, self.config.shutdown_timeout / 4)
+        self.registry.kill_all(min(EXIT_REPORT_BUDGET, self.config.shutdown_timeout / 2))
+        budget_end = time.monotonic() + min(CLOSE_FRAMES_BUDGET, self.config.shutdown_timeout / 4)
         for connection in self.app.connections():
             wait = min(CLOSE_LOCK_WAIT, max(0.0, budget_end - time.monotonic()))
             connection.close(CLOSE_GOING_AWAY, "server shutting down", lock_timeout=wait)

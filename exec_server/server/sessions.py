@@ -345,6 +345,16 @@ class SessionRegistry:
             timer.cancel()
         session.close()
 
+    def kill_all(self, join_timeout: float) -> None:
+        """Kill every tree of every session, sessions kept, and wait up to ``join_timeout`` s in all
+        until each process's ``exited`` and ``closed`` are published (to its attached client, if any)."""
+        processes = [process for session in self.snapshot() for process in session.processes()]
+        for process in processes:
+            process.kill_tree()
+        deadline = time.monotonic() + join_timeout
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+
     def close_all(self, join_timeout: float = 2.0) -> None:
         """Close every session (every tree killed), then wait up to ``join_timeout`` s in all for their threads."""
         with self._lock:
