@@ -13,7 +13,7 @@ import pytest
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.process.output import OutputChunk, OutputLog
-from exec_server.server.process.spool import SpoolStore
+from exec_server.server.process.spool import OWNER_LOCK, SPOOL_PREFIX, SpoolStore
 from exec_server.server.sessions import SessionRegistry
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pread"), reason="the spool needs os.pread (not on Windows)")
@@ -26,7 +26,8 @@ def make_store(tmp_path, per_process=1 << 20, total=1 << 30, chunks=1 << 20, wri
 
 
 def spool_files(store):
-    return sorted(os.listdir(store.path)) if store.path and os.path.isdir(store.path) else []
+    names = os.listdir(store.path) if store.path and os.path.isdir(store.path) else []
+    return sorted(name for name in names if name.endswith(".spool"))
 
 
 def payload(seq: int, size: int) -> bytes:
@@ -227,3 +228,25 @@ def test_spool_off_keeps_memory_retention_only(tmp_path):
         log.output("stdout", payload(i, 512))
     assert [c.seq for c in log.read(0).chunks] == [9, 10]
     assert store.path is None
+
+
+def test_a_dead_servers_spool_directory_is_reclaimed_and_a_live_ones_kept(tmp_path):
+    """The first spool a store makes removes the directories whose owner lock is free (their server was
+    killed); a live store's directory, and one without an owner lock, stay."""
+    live = make_store(tmp_path)
+    live.spool("p").append(1, "stdout", b"live")
+    stale = tmp_path / (SPOOL_PREFIX + "killed")
+    stale.mkdir()
+    (stale / OWNER_LOCK).write_bytes(b"")
+    (stale / "00000001.spool").write_bytes(b"x" * 1000)
+    unknown = tmp_path / (SPOOL_PREFIX + "no-lock")
+    unknown.mkdir()
+    elsewhere = tmp_path / "exec-server-other"
+    elsewhere.mkdir()
+    store = make_store(tmp_path)
+    store.spool("q").append(1, "stdout", b"new")
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(live.path), os.path.basename(store.path),
+                                                   unknown.name, elsewhere.name])
+    store.close()
+    live.close()
+    assert sorted(os.listdir(tmp_path)) == sorted([unknown.name, elsewhere.name])

@@ -37,7 +37,8 @@ def expected(total: int) -> bytes:
 
 
 def spool_files(root) -> list:
-    return [os.path.join(d, f) for d, _, files in os.walk(str(root)) for f in files]
+    """The segment files under ``root`` (not the owner lock of a spool directory)."""
+    return [os.path.join(d, f) for d, _, files in os.walk(str(root)) for f in files if f.endswith(".spool")]
 
 
 def test_client_recovers_64_mib_written_while_detached(configured_server, tmp_path):
@@ -142,6 +143,36 @@ def test_sigterm_removes_the_spool_directory(tmp_path):
             server.kill()
             server.wait(10)
         server.stdout.close()
+
+
+def test_the_spool_of_a_killed_server_is_removed_by_the_next(tmp_path):
+    """SIGKILL (or the OOM killer) leaves the spool directory behind; the next server's first spool removes it."""
+    spool_root = tmp_path / "spool"
+    spool_root.mkdir()
+    argv = [sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0", "--spool-dir", str(spool_root),
+            "--retained-output-bytes", "65536"]
+    servers, seen = [], []
+    try:
+        for _ in range(2):
+            server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            servers.append(server)
+            peer = Peer(server.stdout.readline().decode().strip())
+            peer.initialize()
+            peer.call("process/start", start_params("w", ["sh", "-c", "head -c %d /dev/zero; sleep 60" % MIB]))
+            seen.append(wait_until(lambda: [name for name in os.listdir(str(spool_root)) if name not in seen
+                                            and spool_files(spool_root / name)], timeout=30)[0])
+            peer.close()
+            if len(servers) == 1:
+                server.kill()  # SIGKILL: no clean-up
+                server.wait(10)
+                assert os.listdir(str(spool_root)) == seen  # left behind
+        assert os.listdir(str(spool_root)) == seen[1:]  # the second server's own only
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)
+            server.stdout.close()
 
 
 @pytest.mark.slow

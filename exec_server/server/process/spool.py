@@ -3,7 +3,9 @@
 :class:`SpoolStore` is one per server (the session registry owns it): a
 private directory (mode 0700, created on first use under ``spool_dir`` or
 the system's temporary directory, removed by :meth:`SpoolStore.close` or at
-interpreter exit) and the byte budget all processes share
+interpreter exit; one left by a server that was killed (SIGKILL, the OOM
+killer) is removed by the next server that makes its own there, see
+:func:`reclaim_stale_spools`) and the byte budget all processes share
 (``spool_bytes_total``).  :class:`Spool` is one process's spool: its output
 chunks written through to segment files (mode 0600) as they arrive, and an
 index of them kept in three flat arrays (seq, end offset, stream code), so a
@@ -27,6 +29,7 @@ import bisect
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import weakref
@@ -43,6 +46,10 @@ _MIN_SEGMENT_BYTES = 64 * 1024
 #: Segments a per-process budget is split into.
 SEGMENTS_PER_BUDGET = 8
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+#: Name prefix of the spool directories, and the file in each that its server holds locked (flock) while it lives.
+SPOOL_PREFIX = "exec-server-spool-"
+OWNER_LOCK = "owner.lock"
 
 #: A chunk read back: (seq, stream, bytes as a memoryview slice of the read buffer).
 SpooledChunk = Tuple[int, str, memoryview]
@@ -120,8 +127,10 @@ class SpoolStore:
             if self._closed:
                 raise OSError("the output spool is closed")
             if self._path is None:
-                self._path = tempfile.mkdtemp(prefix="exec-server-spool-", dir=self._parent)  # mode 0700
-                self._finalizer = weakref.finalize(self, shutil.rmtree, self._path, True)
+                self._path = tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=self._parent)  # mode 0700
+                owner = _lock_owner(self._path)
+                self._finalizer = weakref.finalize(self, _remove_spool_dir, self._path, owner)
+                reclaim_stale_spools(os.path.dirname(self._path), keep=self._path)
             self._files += 1
             path = os.path.join(self._path, "%08d.spool" % self._files)
         return os.open(path, _FLAGS, 0o600), path
@@ -133,6 +142,65 @@ class SpoolStore:
             finalizer, self._finalizer = self._finalizer, None
         if finalizer is not None:
             finalizer()
+
+
+def _lock_owner(path: str) -> Optional[int]:
+    """Hold ``path``'s owner lock for this process's life: the open, flock'ed descriptor (None without flock).
+
+    The file is locked under a temporary name and then renamed, so a
+    reclaiming server never finds ``owner.lock`` unlocked in a live directory.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no spool anyway (no os.pread)
+        return None
+    fd = os.open(os.path.join(path, OWNER_LOCK + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(os.path.join(path, OWNER_LOCK + ".new"), os.path.join(path, OWNER_LOCK))
+    return fd
+
+
+def _remove_spool_dir(path: str, owner: Optional[int]) -> None:
+    shutil.rmtree(path, True)
+    if owner is not None:
+        os.close(owner)  # the lock goes with the descriptor
+
+
+def reclaim_stale_spools(parent: str, keep: str) -> List[str]:
+    """Remove the spool directories in ``parent`` whose server is gone; returns their paths.
+
+    A directory is stale when its ``owner.lock`` can be locked: the server
+    that made it held that lock until it died.  Only directories of this
+    user are looked at; one without the file (being made, or of an older
+    version) is left alone.  Errors skip the directory.
+    """
+    try:
+        import fcntl
+        entries = list(os.scandir(parent))
+    except (ImportError, OSError):
+        return []
+    removed = []
+    for entry in entries:
+        if not entry.name.startswith(SPOOL_PREFIX) or entry.path == keep:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(entry.path, OWNER_LOCK), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its server lives
+        else:
+            shutil.rmtree(entry.path, True)
+            removed.append(entry.path)
+            log.info("removed the output spool of a server that is gone: %s", entry.path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 class _Segment:
