@@ -1,4 +1,7 @@
-"""Named limits not covered elsewhere: open file handles, fs/readFile size."""
+"""Named limits not covered elsewhere: open file handles, fs/readFile size, sessions, connections, queues."""
+
+import socket
+import time
 
 import pytest
 
@@ -230,3 +233,39 @@ def test_stdin_queue_frees_as_the_child_reads(configured_server):
         assert total >= 1024 * 1024
         assert reader.terminate()
         reader.wait(timeout=10)
+
+
+def test_pending_upgrade_limit_closes_one_more_at_once(configured_server, connect, caplog):
+    """Sockets that never send their upgrade hold a thread each until --upgrade-timeout; past
+    --max-pending-upgrades a new one is closed unread at once, and upgraded WebSockets do not count."""
+    running = configured_server(max_pending_upgrades=3, upgrade_timeout=30.0)
+    port = int(running.url.rsplit(":", 1)[1])
+    peers = [connect(running.url) for _ in range(3)]  # upgraded: not pending
+    for peer in peers:
+        peer.initialize()
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # accepted and waiting for a request line
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        try:
+            assert extra.recv(1) == b""  # closed unread, not after the 30 s upgrade timeout
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 5.0
+        extra.close()
+        assert "closed unread: 3 are already waiting for their upgrade" in caplog.text
+    finally:
+        for sock in silent:
+            sock.close()
+    late = wait_until(lambda: _upgrades(running.url), timeout=10)  # the slots are free again
+    assert late.initialize()["sessionId"]
+    late.close()
+
+
+def _upgrades(url):
+    from conftest import Peer
+    try:
+        return Peer(url)
+    except Exception:
+        return None

@@ -98,6 +98,9 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="sessions kept at once (default %(default)s)")
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections, metavar="N",
                         help="WebSocket connections served at once (default %(default)s)")
+    parser.add_argument("--max-pending-upgrades", type=int, default=defaults.max_pending_upgrades, metavar="N",
+                        help="TCP connections not yet upgraded to a WebSocket at once; one more is closed "
+                             "unread (default %(default)s)")
     parser.add_argument("--max-open-files", type=int, default=defaults.max_open_files, metavar="N",
                         help="fs/open handles per connection (default %(default)s)")
     parser.add_argument("--max-stdin-queue-bytes", type=int, default=defaults.max_stdin_queue_bytes,
@@ -207,6 +210,7 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
         pid_namespace=args.linux_sandbox_pid_namespace,
         max_sessions=args.max_sessions,
         max_connections=args.max_connections,
+        max_pending_upgrades=args.max_pending_upgrades,
         keepalive_timeout=args.keepalive_timeout,
         takeover_probe_timeout=args.takeover_probe_timeout,
         send_timeout=args.send_timeout,

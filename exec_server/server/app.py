@@ -43,6 +43,8 @@ CLOSE_LOCK_WAIT = 0.05
 #: At shutdown, the time all Close frames together may take (at most a
 #: quarter of ``shutdown_timeout``), seconds.
 CLOSE_FRAMES_BUDGET = 1.0
+#: Least seconds between two warnings about connections closed at ``max_pending_upgrades``.
+REFUSAL_WARNING_INTERVAL = 10.0
 #: At shutdown, the longest wait for the killed processes' ``exited`` and
 #: ``closed`` to reach their clients before the Close frames (at most half
 #: of ``shutdown_timeout``), seconds.
@@ -88,11 +90,16 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
     """
 
     def __init__(self, host: str, port: int, app, handler, fd: Optional[int] = None,
-                 tls: Optional[ssl.SSLContext] = None, handshake_timeout: float = 10.0):
+                 tls: Optional[ssl.SSLContext] = None, handshake_timeout: float = 10.0, max_pending: int = 256):
         super().__init__(host, port, app, handler, fd=fd)
         self._connection_threads = ReusableThreads("exec-server-connection")
         self._tls = tls
         self._handshake_timeout = handshake_timeout
+        self._max_pending = max_pending
+        self._pending: set = set()  # accepted sockets not yet upgraded
+        self._pending_lock = threading.Lock()
+        self._refused = 0  # connections closed at the limit since the last warning
+        self._refused_warned = 0.0
 
     def get_request(self):
         sock, address = super().get_request()
@@ -105,7 +112,33 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
         return sock, address
 
     def process_request(self, request, client_address) -> None:
-        self._connection_threads.run(self.process_request_thread, request, client_address)
+        with self._pending_lock:
+            admitted = len(self._pending) < self._max_pending
+            if admitted:
+                self._pending.add(request)
+            else:
+                self._refused += 1
+                warn = time.monotonic() - self._refused_warned >= REFUSAL_WARNING_INTERVAL
+                if warn:
+                    refused, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
+        if not admitted:
+            if warn:
+                log.warning("%d connection(s) closed unread: %d are already waiting for their upgrade "
+                            "(--max-pending-upgrades)", refused, self._max_pending)
+            self.shutdown_request(request)
+            return
+        self._connection_threads.run(self._serve, request, client_address)
+
+    def _serve(self, request, client_address) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self.upgraded(request)
+
+    def upgraded(self, request) -> None:
+        """``request`` became a WebSocket (or ended): it no longer counts against ``max_pending``."""
+        with self._pending_lock:
+            self._pending.discard(request)
 
     def finish_request(self, request, client_address) -> None:
         if self._tls is not None:
@@ -144,7 +177,8 @@ class ExecServer:
                                         backlog=LISTEN_BACKLOG)
         try:
             self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, listener.fileno(),
-                                                  ssl_context, self.config.tls_handshake_timeout)
+                                                  ssl_context, self.config.tls_handshake_timeout,
+                                                  self.config.max_pending_upgrades)
         finally:
             listener.close()  # werkzeug serves on its own duplicate of the descriptor
         # read by RequestHandler.setup: the time limit until the upgrade, and its timer

@@ -71,6 +71,10 @@ class ServerConfig:
     #: closed (1013 try again later) to make room; if there is none, the
     #: upgrade is HTTP 503.
     max_connections: int = 256
+    #: TCP connections accepted and not yet upgraded to a WebSocket (the HTTP
+    #: request or TLS handshake in progress, /readyz), each holding a thread
+    #: for up to ``upgrade_timeout``; one more is closed at once, unread.
+    max_pending_upgrades: int = 256
     #: Seconds without a JSON-RPC message after which a connection with
     #: nothing running may be closed for a new one at ``max_connections``.
     evict_idle_after: float = 10.0
@@ -128,7 +132,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
-                     "max_sessions", "max_connections", "spool_chunks_per_process", "max_read_bytes",
+                     "max_sessions", "max_connections", "max_pending_upgrades", "spool_chunks_per_process",
+                     "max_read_bytes",
                      "max_stdin_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)

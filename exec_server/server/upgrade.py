@@ -63,10 +63,13 @@ class RequestHandler(WSGIRequestHandler):
             abort_socket(self.connection)
 
     def mark_upgraded(self) -> None:
-        """The request became a WebSocket: the time limit no longer applies."""
+        """The request became a WebSocket: the time limit and the pending-upgrade limit no longer apply."""
         self.upgraded = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        release = getattr(self.server, "upgraded", None)
+        if release is not None:
+            release(self.request)
 
     def finish(self) -> None:
         if self._watchdog is not None:
