@@ -132,26 +132,21 @@ def test_connect_failure_is_typed():
         Client.connect("ws://127.0.0.1:1", timeout=2)
 
 
-def test_server_going_away_fails_waiters():
+def test_server_going_away_reports_the_kill_then_fails_calls():
+    """A server shut down reports its processes killed (137) to waiters; the session died with it, so
+    the client fails once its recovery deadline passes."""
     from conftest import start_ours
 
     running = start_ours()
     client = Client.connect(running.url, timeout=5, reconnect=ReconnectPolicy(deadline=1.0))
     proc = client.start(["sleep", "30"])
-    errors = []
-
-    def waiter():
-        try:
-            proc.wait(timeout=20)
-        except ExecServerDisconnected as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=waiter)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(proc.wait(timeout=20)))
     thread.start()
     time.sleep(0.1)
     running.stop()
     thread.join(10)
-    assert len(errors) == 1
+    assert results == [137]
     with pytest.raises(ExecServerDisconnected):
         client.call("environment/status", timeout=5)
     assert client.state == "failed"
@@ -177,3 +172,21 @@ def test_websocket_transport_pings_and_closes_cleanly(server):
     client.close()
     with pytest.raises(ExecServerDisconnected):
         client.call("environment/status", timeout=5)
+
+
+def test_argv_follows_subprocess_conventions(server, tmp_path):
+    """A lone str is the program (not its characters); path-like and UTF-8 bytes items are accepted."""
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello \"$@\"\n")
+    script.chmod(0o755)
+    with Client.connect(server.url, timeout=5) as client:
+        assert client.run("true", timeout=10).returncode == 0
+        assert client.run(script, timeout=10).stdout == b"hello\n"
+        done = client.run([script, b"b\xc3\xa9", "x"], timeout=10)
+        assert (done.args, done.stdout) == ([str(script), "b\u00e9", "x"], "hello b\u00e9 x\n".encode())
+        with pytest.raises(TypeError, match="not UTF-8"):
+            client.run([b"\xff"], timeout=10)
+        with pytest.raises(TypeError, match="not int"):
+            client.start(["echo", 1])
+        with pytest.raises(ValueError, match="must not be empty"):
+            client.start([])

@@ -28,7 +28,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from exec_server.client.endpoint import CONNECTED, Endpoint
-from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike  # noqa: F401
+from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike, command_argv  # noqa: F401
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
@@ -269,7 +269,7 @@ class Client:
         """Start a process, like ``subprocess.Popen`` (``process/start``).
 
         Args:
-            argv: program and arguments (``argv[0]`` is looked up in PATH).
+            argv: program and arguments, looked up in PATH (a lone str is the program; ``command_argv``).
             cwd: working directory on the server (str, Path or file URI);
                 default: the server's working directory.
             env: variables laid over the inherited environment.
@@ -288,17 +288,16 @@ class Client:
         Raises:
             RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
             RequestOutcomeUnknown, ExecServerDisconnected, CallTimeout: as for :meth:`call`.
-            ValueError: ``argv`` is empty, or ``process_id`` is in use.
+            ValueError: ``argv`` is empty, or ``process_id`` is in use (TypeError: an item is not text).
         """
-        if not argv:
-            raise ValueError("argv must not be empty")
+        argv = command_argv(argv)
         process_id = process_id if process_id is not None else "proc-" + uuid.uuid4().hex
         if env_policy is None and inherit_env:
             env_policy = {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": [],
                           "set": {}, "includeOnly": []}
         params: Dict[str, Any] = {
             "processId": process_id,
-            "argv": [os.fspath(a) for a in argv],
+            "argv": argv,
             "cwd": self.to_uri(cwd) if cwd is not None else self.environment_info.get("cwd", "file:///"),
             "env": dict(env or {}),
             "tty": tty,
@@ -311,7 +310,7 @@ class Client:
             params["ptySize"] = {"rows": int(pty_size[0]), "cols": int(pty_size[1])}
         if sandbox is not None:
             params["sandbox"] = dict(sandbox)
-        process = RemoteProcess(self, process_id, list(argv))
+        process = RemoteProcess(self, process_id, argv)
         self._endpoint.add_process(process)  # before the request: events follow the response
         try:
             result = self.call("process/start", params, timeout=timeout)
@@ -344,6 +343,7 @@ class Client:
             ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes (a PTY's in ``stdout``).
         """
         deadline = _deadline(timeout)
+        argv = command_argv(argv)
         command = list(argv)
         if input is not None:
             if not self.supports("closeStdin"):
@@ -361,10 +361,10 @@ class Client:
                 self.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
             except (RpcError, ExecServerError, TimeoutError):
                 pass
-            raise CallTimeout(list(argv), timeout) from None
+            raise CallTimeout(argv, timeout) from None
         try:
             if _remaining(deadline) == 0.0:
-                raise CallTimeout(list(argv), timeout)
+                raise CallTimeout(argv, timeout)
             if input is not None:
                 self._feed(process, bytes(input), deadline)
             stdout, stderr = process.communicate(timeout=_remaining(deadline))
@@ -375,10 +375,10 @@ class Client:
                 process.wait(timeout=_remaining(grace_deadline))
             except (RpcError, ExecServerError, TimeoutError):
                 pass
-            raise CallTimeout(list(argv), timeout) from None
+            raise CallTimeout(argv, timeout) from None
         finally:
             self.forget(process)
-        done = subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
+        done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
         if check:
             done.check_returncode()
         return done

@@ -114,6 +114,36 @@ def remaining(deadline: Optional[float]) -> Optional[float]:
     return max(0.0, deadline - time.monotonic())
 
 
+def command_argv(argv: Any) -> List[str]:
+    """``argv`` as the protocol's list of strings, with ``subprocess``'s conventions.
+
+    A single str, bytes or path-like is the program alone (as
+    ``subprocess.run("ls")`` on POSIX; not split on spaces); the items of a
+    sequence may be str, path-like or UTF-8 bytes.
+
+    Raises:
+        ValueError: ``argv`` is empty.
+        TypeError: an item of another type, or bytes that are not UTF-8
+            (the protocol carries text).
+    """
+    if isinstance(argv, (str, bytes)) or hasattr(argv, "__fspath__"):
+        argv = [argv]
+    command = []
+    for item in argv:
+        value = os.fspath(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else item
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TypeError("argv item %r is not UTF-8" % (value,)) from None
+        if not isinstance(value, str):
+            raise TypeError("argv items must be str, bytes or path-like, not %s" % type(item).__name__)
+        command.append(value)
+    if not command:
+        raise ValueError("argv must not be empty")
+    return command
+
+
 class Pending:
     """A request sent and not yet answered: its id, text (for a resend) and generation.
 
