@@ -181,6 +181,11 @@ def test_initialized_before_initialize_closes(connect, any_server):
     ("process/write", {"processId": "a", "chunk": "aGk=", "writeId": ""}, "writeId must not be empty"),
     ("process/write", {"processId": "a", "chunk": "!", "writeId": "w"}, "Invalid symbol 33, offset 0."),
     ("initialize", None, "invalid type: null, expected struct InitializeParams"),
+    # methods without params take null, {} or nothing (serde's unit)
+    ("environment/status", {"x": 1}, "invalid type: map, expected unit"),
+    ("environment/status", [], "invalid type: sequence, expected unit"),
+    ("environment/info", {"x": 1}, "invalid type: map, expected unit"),
+    ("environment/info", "s", "invalid type: string \"s\", expected unit"),
 ])
 def test_invalid_params(connect, any_server, method, params, message):
     if method == "process/start" and "enforceManagedNetwork" in (params or {}) and any_server.is_reference:
@@ -420,3 +425,14 @@ def test_a_held_pipe_after_exit_costs_no_cpu(connect, server):
     time.sleep(1)
     assert sum(me.cpu_times()[:2]) - before < 0.3  # no thread polls in a loop while the pipe stays open
     peer.wait_closed("held")
+
+
+def test_an_integer_too_long_to_convert_is_an_invalid_number(connect, any_server):
+    """Thousands of digits (past Python's int conversion limit): the reference's errors, not Python's advice."""
+    peer = ready_peer(connect, any_server)
+    digits = "9" * 5000
+    peer.ws.send('{"id":7,"method":"process/read","params":{"processId":"a","afterSeq":%s}}' % digits)
+    assert error_of(peer.wait_for(lambda m: m.get("id") == 7)) == (-32602, "invalid number")
+    peer.ws.send('{"id":%s,"method":"environment/status","params":{}}' % digits)
+    code, message = error_of(peer.wait_for(lambda m: m.get("id") == -1))
+    assert (code, message.split(": ")[-1]) == (-32600, "data did not match any variant of untagged enum RequestId")

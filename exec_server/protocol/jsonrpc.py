@@ -123,6 +123,14 @@ def _parse_trace(value: Any) -> Optional[TraceContext]:
     return TraceContext(**fields)
 
 
+def _int_or_float(digits: str) -> Any:
+    """An int, or for one too long to convert, a float (infinite): out of range of every integer field."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError("unsupported number %s" % name)
 
@@ -173,7 +181,14 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     try:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant)
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            if "integer string conversion" not in str(exc):
+                raise
+            # an integer of thousands of digits (past sys.get_int_max_str_digits()): a number no field
+            # takes, as the reference sees it (its checks then say "invalid number" and so on)
+            data = json.loads(text, parse_constant=_reject_constant, parse_int=_int_or_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EnvelopeError(str(exc)) from None
     # "\\" first: a one-character search is a memchr (~1 us for a 64 KiB chunk's text, ~80 for "\\u")

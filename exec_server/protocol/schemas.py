@@ -346,6 +346,8 @@ def _expected_text(schema: Dict[str, Any]) -> str:
         return "u64" if schema.get("minimum") == 0 else "i64"
     if types == "array":
         return "a sequence"
+    if types == "object" and schema.get("maxProperties") == 0:
+        return "unit"  # a Rust method without params: null or {} only
     if types == "object":
         title = schema.get("title")
         return "struct %s" % title if title else "a map"
@@ -388,6 +390,8 @@ def _serde_message(error: jsonschema.ValidationError) -> str:
         return "invalid value: integer `%d`, expected %d to 65535" % (error.instance, error.schema.get("minimum", 0))
     if validator in ("minimum", "maximum") and isinstance(error.instance, int):
         return "invalid number"
+    if validator == "maxProperties" and error.validator_value == 0:
+        return "invalid type: map, expected unit"
     if validator == "const":
         return "invalid value: %s, expected %r" % (serde_type_description(error.instance), error.validator_value)
     return error.message
