@@ -126,6 +126,10 @@ def _reject_nul_bytes(params: Dict[str, Any]) -> None:
     for field, value in fields:
         if "\x00" in value:
             raise InvalidParams("nul byte found in provided data: %s" % field, data={"path": _json_path(field)})
+    for name in params.get("env") or {}:
+        if "=" in name:  # the reference passes it on as NAME=VALUE; Python's exec refuses the name
+            raise InvalidParams("env key `%s` contains `=`, which no environment variable name can hold" % name,
+                                data={"path": "$.env"})
 
 
 def _json_path(field: str) -> str:
