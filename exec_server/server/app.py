@@ -60,7 +60,8 @@ def parse_listen_url(url: str) -> Tuple[str, int]:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
-        raise ValueError("listen URL must look like ws://127.0.0.1:PORT or wss://127.0.0.1:PORT, got %r" % url)
+        raise ValueError("listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or "
+                         "localhost, e.g. ws://127.0.0.1:8765), got %r" % url)
     host = parts.hostname
     if host != "localhost":
         ipaddress.ip_address(host)
