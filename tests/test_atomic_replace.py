@@ -35,8 +35,20 @@ def uri(path) -> str:
     return "file://" + str(path)
 
 
-def open_atomic(peer, handle_id, path):
-    return peer.request("fs/open", {"handleId": handle_id, "path": uri(path), "mode": "replace", "atomic": True})
+def open_atomic(peer, handle_id, path, data=None):
+    """``fs/open`` an atomic replace of ``path`` and, with ``data``, write it as one block; the open's reply."""
+    reply = peer.request("fs/open", {"handleId": handle_id, "path": uri(path), "mode": "replace", "atomic": True})
+    if data is not None:
+        peer.call("fs/writeBlock", {"handleId": handle_id, "offset": 0, "chunk": b64.encode(data)})
+    return reply
+
+
+@pytest.fixture
+def peer(server, connect):
+    """A raw peer, initialized, on our server."""
+    ready = connect(server.url)
+    ready.initialize()
+    return ready
 
 
 def test_the_target_changes_only_at_close(any_server, connect, tmp_path):
@@ -59,31 +71,24 @@ def test_the_target_changes_only_at_close(any_server, connect, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_discard_and_a_connection_that_ends_leave_the_target(server, connect, tmp_path):
+def test_discard_and_a_connection_that_ends_leave_the_target(peer, tmp_path):
     target = tmp_path / "app.conf"
     target.write_bytes(ORIGINAL)
-    peer = connect(server.url)
-    peer.initialize()
-    open_atomic(peer, "h1", target)
-    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"NEW")})
+    open_atomic(peer, "h1", target, b"NEW")
     assert peer.call("fs/close", {"handleId": "h1", "commit": False}) == {}
     assert (target.read_bytes(), leftovers(tmp_path)) == (ORIGINAL, [])
 
-    open_atomic(peer, "h2", target)
-    peer.call("fs/writeBlock", {"handleId": "h2", "offset": 0, "chunk": b64.encode(b"NEW")})
+    open_atomic(peer, "h2", target, b"NEW")
     peer.close()  # the handle is still open: the connection's end discards it
     wait_until(lambda: leftovers(tmp_path) == [])
     assert target.read_bytes() == ORIGINAL
 
 
-def test_close_without_commit_commits_and_unknown_handles(server, connect, tmp_path):
+def test_close_without_commit_commits_and_unknown_handles(peer, tmp_path):
     """A close without ``commit`` is the reference's: the file is put in place, an unknown id is no error.
     With ``commit: true`` an unknown id is -32004, so a client learns that nothing was replaced."""
     target = tmp_path / "new.txt"
-    peer = connect(server.url)
-    peer.initialize()
-    open_atomic(peer, "h1", target)
-    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"data")})
+    open_atomic(peer, "h1", target, b"data")
     assert peer.call("fs/close", {"handleId": "h1"}) == {}
     assert target.read_bytes() == b"data"
     assert peer.call("fs/close", {"handleId": "gone"}) == {}
@@ -91,16 +96,13 @@ def test_close_without_commit_commits_and_unknown_handles(server, connect, tmp_p
     assert reply["error"] == {"code": -32004, "message": "unknown file handle `gone`"}
 
 
-def test_mode_and_symlinks_are_kept(server, connect, tmp_path):
+def test_mode_and_symlinks_are_kept(peer, tmp_path):
     script = tmp_path / "run.sh"
     script.write_bytes(b"#!/bin/sh\necho old\n")
     script.chmod(0o751)
     link = tmp_path / "link.sh"
     link.symlink_to(script)
-    peer = connect(server.url)
-    peer.initialize()
-    open_atomic(peer, "h1", link)
-    peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"#!/bin/sh\necho new\n")})
+    open_atomic(peer, "h1", link, b"#!/bin/sh\necho new\n")
     peer.call("fs/close", {"handleId": "h1", "commit": True})
     assert os.path.islink(link) and script.read_bytes() == b"#!/bin/sh\necho new\n"
     assert stat.S_IMODE(script.stat().st_mode) == 0o751
@@ -117,9 +119,7 @@ def test_mode_and_symlinks_are_kept(server, connect, tmp_path):
     ({"mode": "replace", "atomic": "yes"}, None),  # the schema: a boolean
     ({"mode": "replace", "atomic": True, "path": "DIR"}, (-32600, "path `DIR` is not a file")),
 ])
-def test_open_errors(server, connect, tmp_path, params, error):
-    peer = connect(server.url)
-    peer.initialize()
+def test_open_errors(peer, tmp_path, params, error):
     path = str(tmp_path) if params.get("path") == "DIR" else str(tmp_path / "x")
     options = {key: value for key, value in params.items() if key != "path"}
     reply = peer.request("fs/open", dict({"handleId": "h1", "path": uri(path)}, **options))
