@@ -70,6 +70,7 @@ class FaultProxy:
             self._spawn(self._pump, upstream, client, True)
 
     def _pump(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
+        tail = b""  # the end of what was forwarded before: a marker may span two reads
         try:
             while True:
                 while source in self._stalled:
@@ -82,10 +83,11 @@ class FaultProxy:
                 if source in self._blackholed:
                     continue
                 sink.sendall(data)
-                if downstream and self._hold_after is not None and self._hold_after in data:
+                seen, tail = tail + data, (tail + data)[-256:]
+                if downstream and self._hold_after is not None and self._hold_after in seen:
                     self._hold_after = None
                     self._hold_downstream.clear()
-                if downstream and self._blackhole_after is not None and self._blackhole_after in data:
+                if downstream and self._blackhole_after is not None and self._blackhole_after in seen:
                     self._blackhole_after = None
                     with self._lock:
                         self._blackholed.update((source, sink))
