@@ -7,6 +7,7 @@ once), so our client sends them only to a server that advertises the
 extension, and falls back to the plain replace otherwise.
 """
 
+import errno
 import os
 import signal
 import stat
@@ -58,7 +59,8 @@ def test_the_target_changes_only_at_close(any_server, connect, tmp_path):
     target.write_bytes(ORIGINAL)
     peer = connect(any_server.url)
     peer.initialize()
-    assert open_atomic(peer, "h1", target)["result"] == {"handleId": "h1"}
+    expected = {"handleId": "h1"} if any_server.is_reference else {"handleId": "h1", "atomic": True}
+    assert open_atomic(peer, "h1", target)["result"] == expected
     peer.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"NEW")})
     if any_server.is_reference:
         assert target.read_bytes() == b"NEW"  # written in place
@@ -203,3 +205,65 @@ def test_a_killed_cp_upload_leaves_the_remote_file_as_it_was(server, tmp_path):
         cp.wait(10)
     wait_until(lambda: leftovers(remote_dir) == [], timeout=30)
     assert target.read_bytes() == ORIGINAL
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "in-place"])
+def test_a_pipelined_close_waits_for_the_writes_sent_before_it(peer, tmp_path, atomic):
+    """Writes run on request threads and fs/close on the reader: the close still comes after them."""
+    target = tmp_path / "big.bin"
+    blocks = [bytes([n]) * (1 << 20) for n in range(4)]
+    params = {"handleId": "h1", "path": uri(target), "mode": "replace"}
+    peer.call("fs/open", dict(params, atomic=True) if atomic else params)
+    for n, block in enumerate(blocks):  # sent back to back, no answer awaited
+        peer.send({"id": 100 + n, "method": "fs/writeBlock",
+                   "params": {"handleId": "h1", "offset": n << 20, "chunk": b64.encode(block)}})
+    peer.send({"id": 200, "method": "fs/close", "params": {"handleId": "h1"}})
+    for request_id in (100, 101, 102, 103, 200):
+        assert peer.wait_for(lambda m: m.get("id") == request_id) == {"id": request_id, "result": {}}
+    assert target.read_bytes() == b"".join(blocks)
+
+
+def test_where_a_rename_would_change_the_file_it_is_written_in_place(peer, tmp_path):
+    """A hard link (a rename would split it) and a name too long for the temporary file's: in place."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    other = tmp_path / "other-name"
+    os.link(target, other)
+    assert open_atomic(peer, "h1", target, b"NEW")["result"] == {"handleId": "h1", "atomic": False}
+    assert other.read_bytes() == b"NEW"  # written through at once, as the reference's replace
+    peer.call("fs/close", {"handleId": "h1"})
+    assert os.path.samefile(target, other) and target.read_bytes() == b"NEW"
+    long_name = tmp_path / ("n" * 250)
+    assert open_atomic(peer, "h2", long_name, b"data")["result"]["atomic"] is False
+    peer.call("fs/close", {"handleId": "h2"})
+    assert long_name.read_bytes() == b"data" and leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives a file to another user")
+def test_owner_group_and_set_id_bits_are_kept(peer, tmp_path):
+    """A root server replacing another user's file: the file stays that user's (never a set-user-ID root
+    file), with its group and mode."""
+    target = tmp_path / "tool"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65534)
+    target.chmod(0o4750)
+    open_atomic(peer, "h1", target, b"new")
+    peer.call("fs/close", {"handleId": "h1", "commit": True})
+    info = target.stat()
+    assert (target.read_bytes(), info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        b"new", 65534, 65534, 0o4750)
+
+
+def test_a_target_the_rename_cannot_replace_gets_the_content_in_place(peer, tmp_path, monkeypatch):
+    """A bind-mounted file refuses the rename (EBUSY): the new content is copied into it at close."""
+    from exec_server.server.fs import atomic
+
+    def refuse(source, destination):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    target = tmp_path / "hosts"
+    target.write_bytes(ORIGINAL)
+    open_atomic(peer, "h1", target, b"NEW")
+    assert target.read_bytes() == ORIGINAL
+    assert peer.call("fs/close", {"handleId": "h1", "commit": True}) == {}
+    assert (target.read_bytes(), leftovers(tmp_path)) == (b"NEW", [])

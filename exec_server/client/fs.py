@@ -188,14 +188,16 @@ class FileSystem:
         """A :class:`RemoteFile`; ``mode`` is ``read`` or ``replace`` (create or truncate).
 
         Args:
-            atomic: for ``replace``: True writes a temporary file beside
+            atomic: for ``replace``: True asks for a temporary file beside
                 ``path`` that :meth:`RemoteFile.close` renames over it, so
                 readers never see a partial file and a write that does not
                 complete (an exception in the ``with`` block, a lost
                 connection, a killed client) leaves ``path`` as it was
-                (``atomicReplace`` extension); False truncates ``path`` at once
-                and writes in place (the Codex reference's ``replace``); None:
-                atomic when the server has the extension.
+                (``atomicReplace`` extension; where a rename would change the
+                file's owner, links or kind the server writes in place, and
+                ``RemoteFile.atomic`` is False); False truncates ``path`` at
+                once and writes in place (the Codex reference's
+                ``replace``); None: atomic when the server has the extension.
         Raises:
             ExtensionNotSupported: ``atomic=True`` and the server lacks ``atomicReplace``.
             ValueError: an unknown mode, or ``atomic`` with ``read``.
@@ -213,8 +215,9 @@ class FileSystem:
         params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
         if atomic:
             params["atomic"] = True
-        self._call("fs/open", params)
-        return RemoteFile(self, handle_id, mode, atomic)
+        result = self._call("fs/open", params)
+        # the server writes in place where a rename could not keep the file what it was (README)
+        return RemoteFile(self, handle_id, mode, atomic and isinstance(result, dict) and result.get("atomic") is True)
 
 
 def _bytes_member(result: Any, name: str, method: str) -> bytes:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 from exec_server.server import handlers
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
-from exec_server.server.fs.handles import FileHandles
+from exec_server.server.fs.handles import BLOCK_METHODS, FileHandles
 from exec_server.server.fs.helper import FsHelpers
 from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
                                          ServerOverloaded)
@@ -209,6 +209,8 @@ class RpcConnection:
         if not admitted:
             self._complete(request, span, label, received, received, ServerOverloaded())
             return
+        if method in BLOCK_METHODS:  # counted in arrival order: a later fs/close waits for it
+            self.file_handles.begin(request.params["handleId"])
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.dispatcher.config.concurrent_requests,
@@ -217,7 +219,7 @@ class RpcConnection:
                     self._pool.shutdown(wait=False)
             self._pool.submit(self._run_and_release, request, handler, span, label, received)
         except RuntimeError:  # pool shut down: the connection is closing
-            self._release()
+            self._release_request(request)
             span.finish(telemetry.DISCONNECTED)
 
     def _release(self) -> None:
@@ -255,7 +257,12 @@ class RpcConnection:
         try:
             self._run(request, handler, span, label, received)
         finally:
-            self._release()
+            self._release_request(request)
+
+    def _release_request(self, request: Request) -> None:
+        self._release()
+        if request.method in BLOCK_METHODS:
+            self.file_handles.end(request.params["handleId"])
 
     def _run(self, request: Request, handler, span, label: str, received: float) -> None:
         started = time.monotonic()

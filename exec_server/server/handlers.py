@@ -280,7 +280,9 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     mode = params.get("mode") or "read"
     if params.get("atomic") and mode != "replace":
         raise InvalidParams("atomic applies to mode `replace` only")
-    ctx.connection.file_handles.open(params["handleId"], path, mode, bool(params.get("atomic")))
+    applied = ctx.connection.file_handles.open(params["handleId"], path, mode, bool(params.get("atomic")))
+    if params.get("atomic"):  # only to a client that asked: the reference's result has handleId alone
+        return {"handleId": params["handleId"], "atomic": applied}
     return {"handleId": params["handleId"]}
 
 

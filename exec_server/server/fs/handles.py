@@ -2,22 +2,32 @@
 
 Handles belong to the connection (PROTOCOL.md 8.4) and are closed when it
 ends.  At most ``max_open_files`` are open at once (a named limit).  An
-atomic ``replace`` handle (our ``atomicReplace`` extension) writes a
-temporary file beside its target, renamed over it by ``fs/close``; one that
-is discarded, or still open when the connection ends, is removed and the
-target stays as it was.  Thread-safe.
+atomic ``replace`` handle (our ``atomicReplace`` extension,
+:mod:`~exec_server.server.fs.atomic`) writes a temporary file beside its
+target, put in place by ``fs/close``; one that is discarded, or still open
+when the connection ends, is removed and the target stays as it was.
+
+Block reads and writes may run on several request threads at once, so the
+connection counts them per handle as it dispatches them, in arrival order
+(:meth:`FileHandles.begin`, :meth:`FileHandles.end`); ``fs/close`` waits
+(at most :data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so
+a pipelined close never overtakes a write.  Thread-safe.
 """
 
 import errno
+import logging
 import os
 import stat
 import threading
 from typing import Any, Dict, Optional
 
 from fs_helper.operations import FsError, INVALID_REQUEST, NOT_FOUND, os_error
-from fs_helper.replacing import replace_target, temporary_beside
+
+from exec_server.server.fs import atomic
 
 from exec_server.protocol.errors import RpcError
+
+log = logging.getLogger(__name__)
 
 #: Longest handle id, bytes (reference 0.169.0 behaviour).
 MAX_HANDLE_ID_BYTES = 32
@@ -25,6 +35,10 @@ MAX_HANDLE_ID_BYTES = 32
 MAX_BLOCK_BYTES = 1_048_576
 #: Largest file offset the OS takes (i64); larger u64 offsets are -32600 like the reference's.
 MAX_FILE_OFFSET = 2 ** 63 - 1
+#: Longest wait of ``fs/close`` for the block reads and writes of its handle sent before it, seconds.
+CLOSE_BLOCKS_WAIT = 30.0
+#: The methods that use a handle and may run concurrently (counted per handle as they are dispatched).
+BLOCK_METHODS = frozenset({"fs/readBlock", "fs/writeBlock"})
 
 
 def _check_block_length(direction: str, length: int) -> None:
@@ -39,27 +53,44 @@ def rpc_error(error: FsError) -> RpcError:
 
 
 class _Handle:
-    """An open handle: its descriptor and mode; for an atomic one, the temporary file, its target and mode."""
+    """An open handle: its descriptor and mode; for an atomic one, where its file goes at close."""
 
-    __slots__ = ("fd", "mode", "temporary", "target", "file_mode")
+    __slots__ = ("fd", "mode", "replacement")
 
-    def __init__(self, fd: int, mode: str, temporary: Optional[str] = None, target: str = "", file_mode: int = 0):
-        self.fd, self.mode = fd, mode
-        self.temporary, self.target, self.file_mode = temporary, target, file_mode
+    def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None):
+        self.fd, self.mode, self.replacement = fd, mode, replacement
 
 
 class FileHandles:
     def __init__(self, limit: int):
         self._limit = limit
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
+        self._busy: Dict[str, int] = {}  # handle id -> block operations dispatched and not ended
 
-    def open(self, handle_id: str, path: str, mode: str, atomic: bool = False) -> None:
+    def begin(self, handle_id: str) -> None:
+        """A block read or write of ``handle_id`` was dispatched (call in arrival order, then :meth:`end`)."""
+        with self._lock:
+            self._busy[handle_id] = self._busy.get(handle_id, 0) + 1
+
+    def end(self, handle_id: str) -> None:
+        with self._lock:
+            left = self._busy.get(handle_id, 1) - 1
+            if left:
+                self._busy[handle_id] = left
+            else:
+                self._busy.pop(handle_id, None)
+                self._idle.notify_all()
+
+    def open(self, handle_id: str, path: str, mode: str, atomic_replace: bool = False) -> bool:
         """Open ``path`` for reading, or create/truncate it for writing (``replace``).
 
-        ``atomic`` (``replace`` only): write a new temporary file beside
-        ``path`` (a symlink at ``path`` is followed), renamed over it by
-        :meth:`close`; ``path`` is not touched before.
+        ``atomic_replace`` (``replace`` only): write a new temporary file
+        beside ``path`` (a symlink at ``path`` is followed), put in place by
+        :meth:`close`, where that keeps the file what it was
+        (:func:`~exec_server.server.fs.atomic.prepare`); else in place.
+        Returns True for an atomic handle.
 
         Raises:
             RpcError: -32600 for an empty or duplicate id, a directory or the
@@ -74,9 +105,11 @@ class FileHandles:
                 raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
             if len(self._handles) >= self._limit:
                 raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
-            if atomic:
-                self._handles[handle_id] = self._open_atomic(path)
-                return
+            if atomic_replace and not os.path.isdir(path):
+                prepared = atomic.prepare(path)
+                if prepared is not None:
+                    self._handles[handle_id] = _Handle(prepared[0], "replace", prepared[1])
+                    return True
             flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
             try:
                 if mode != "read" and os.path.isdir(path):
@@ -90,17 +123,7 @@ class FileHandles:
                 os.close(fd)
                 raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
             self._handles[handle_id] = _Handle(fd, mode)
-
-    @staticmethod
-    def _open_atomic(path: str) -> _Handle:
-        if os.path.isdir(path):
-            raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
-        try:
-            target, file_mode = replace_target(path)
-            fd, temporary = temporary_beside(target)
-        except OSError as exc:
-            raise rpc_error(os_error(exc)) from None
-        return _Handle(fd, "replace", temporary, target, file_mode)
+            return False
 
     def _get(self, handle_id: str, mode: str) -> int:
         with self._lock:
@@ -138,32 +161,34 @@ class FileHandles:
             raise rpc_error(os_error(exc)) from None
 
     def close(self, handle_id: str, commit: Optional[bool] = None) -> None:
-        """Close a handle; an atomic one's file is renamed over its target unless ``commit`` is False.
+        """Close a handle once the block operations sent before are done; an atomic one's file is put
+        in place (:func:`~exec_server.server.fs.atomic.commit`) unless ``commit`` is False.
 
         Raises:
             RpcError: -32004 ``unknown file handle`` for an unknown id with
                 ``commit`` True (the reference's close of an unknown id is no
-                error); OS errors of the rename by kind (the temporary file is
+                error); OS errors of the commit by kind (the temporary file is
                 removed).
         """
         with self._lock:
+            if not self._idle.wait_for(lambda: not self._busy.get(handle_id), CLOSE_BLOCKS_WAIT):
+                log.warning("fs/close of %s went ahead after %.0f s with block operations still running",
+                            handle_id, CLOSE_BLOCKS_WAIT)
             entry = self._handles.pop(handle_id, None)
         if entry is None:
             if commit:
                 raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
             return
-        os.close(entry.fd)
-        if entry.temporary is None:
-            return
-        if commit is False:
-            _remove(entry.temporary)
-            return
-        try:
-            os.chmod(entry.temporary, entry.file_mode)
-            os.replace(entry.temporary, entry.target)
-        except OSError as exc:
-            _remove(entry.temporary)
-            raise rpc_error(os_error(exc)) from None
+        if entry.replacement is None:
+            os.close(entry.fd)
+        elif commit is False:
+            os.close(entry.fd)
+            atomic.discard(entry.replacement.temporary)
+        else:
+            try:
+                atomic.commit(entry.fd, entry.replacement)
+            except OSError as exc:
+                raise rpc_error(os_error(exc)) from None
 
     def close_all(self) -> None:
         """Close every handle (the connection ended): atomic handles are discarded."""
@@ -175,12 +200,5 @@ class FileHandles:
                 os.close(entry.fd)
             except OSError:
                 pass
-            if entry.temporary is not None:
-                _remove(entry.temporary)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+            if entry.replacement is not None:
+                atomic.discard(entry.replacement.temporary)

@@ -1,0 +1,112 @@
+"""The writes of an atomic ``replace`` handle (our ``atomicReplace`` extension).
+
+A temporary file beside the target takes the writes; ``fs/close`` gives it
+the target's owner, group and permission bits, flushes it to disk and
+renames it over the target, so readers see the old file or the new one,
+never a part.  An atomic replace must leave the file what it was but for
+its content, so where a rename cannot, the handle writes in place instead
+(the reference's ``replace``) and the ``fs/open`` result says
+``"atomic": false``:
+
+- the target is not a regular file, has more than one name (a rename would
+  split the hard link), is not writable by this server, or belongs to an
+  owner or group this server cannot give a file (it is not root);
+- no temporary file can be made beside it (a directory the server cannot
+  write, a name too long for the temporary's, ``/proc``).
+
+At ``fs/close``, if the target cannot be replaced by a rename after all (a
+bind-mounted file: EBUSY; a file system without ``chown``/``chmod``), the
+new content is copied into it in place.  ACLs and extended attributes of
+the old file are not carried over.
+"""
+
+import errno
+import os
+import shutil
+import stat
+from typing import Optional, Tuple
+
+from fs_helper.replacing import replace_target, temporary_beside
+
+
+class Replacement:
+    """Where an atomic handle's temporary file goes at commit, and what it must be given."""
+
+    __slots__ = ("temporary", "target", "mode", "uid", "gid")
+
+    def __init__(self, temporary: str, target: str, mode: int, uid: Optional[int], gid: Optional[int]):
+        self.temporary, self.target, self.mode, self.uid, self.gid = temporary, target, mode, uid, gid
+
+
+def prepare(path: str) -> Optional[Tuple[int, Replacement]]:
+    """``(fd, replacement)`` for an atomic replace of ``path``; None where it must be written in place."""
+    try:
+        target, mode = replace_target(path)
+        info: Optional[os.stat_result] = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError:
+        return None  # a symlink loop, a directory...: the plain open reports it
+    if info is None and os.path.lexists(target):
+        return None  # a dangling link
+    if info is not None and not _keeps_identity(target, info):
+        return None
+    try:
+        fd, temporary = temporary_beside(target)
+    except OSError:
+        return None
+    if info is None:
+        return fd, Replacement(temporary, target, mode, None, None)
+    return fd, Replacement(temporary, target, mode, info.st_uid, info.st_gid)
+
+
+def _keeps_identity(target: str, info: os.stat_result) -> bool:
+    """Whether a new file renamed over ``target`` can be what it was (kind, links, owner, group)."""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or not os.access(target, os.W_OK):
+        return False
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        return True  # Windows has no owners to keep; root can give any
+    return info.st_uid == os.geteuid() and (info.st_gid == os.getegid() or info.st_gid in os.getgroups())
+
+
+def commit(fd: int, replacement: Replacement) -> None:
+    """Put the written file in place (see the module docstring); ``fd`` is closed, the temporary file gone.
+
+    Raises:
+        OSError: the file could not be flushed, renamed or copied in place.
+    """
+    temporary, target = replacement.temporary, replacement.target
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            if replacement.uid is not None and hasattr(os, "chown"):
+                os.chown(temporary, replacement.uid, replacement.gid)  # before chmod: it clears set-id bits
+            os.chmod(temporary, replacement.mode)
+            os.replace(temporary, target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTSUP,
+                                 errno.EINVAL):
+                raise
+        _copy_in_place(temporary, target, replacement.mode)
+    finally:
+        discard(temporary)
+
+
+def _copy_in_place(temporary: str, target: str, mode: int) -> None:
+    with open(temporary, "rb") as source:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        with os.fdopen(fd, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+            sink.flush()
+            os.fsync(sink.fileno())
+
+
+def discard(temporary: str) -> None:
+    try:
+        os.unlink(temporary)
+    except OSError:
+        pass
