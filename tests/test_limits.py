@@ -269,3 +269,30 @@ def _upgrades(url):
         return Peer(url)
     except Exception:
         return None
+
+
+def test_a_connection_without_a_thread_gives_its_pending_slot_back():
+    """If no thread can be started for a connection, it is closed and does not hold its slot for good."""
+    from conftest import Peer
+    from exec_server import make_server
+
+    server = make_server("ws://127.0.0.1:0", ServerConfig(max_pending_upgrades=1)).start()
+    threads = server._wsgi._connection_threads
+    run = threads.run
+    failures = []
+
+    def no_thread(*args):
+        if not failures:
+            failures.append(True)
+            raise RuntimeError("can't start new thread")
+        return run(*args)
+    threads.run = no_thread
+    try:
+        first = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        assert first.recv(1) == b""  # closed
+        first.close()
+        peer = Peer(server.url)  # the only slot is free again
+        assert peer.initialize()["sessionId"]
+        peer.close()
+    finally:
+        server.shutdown()

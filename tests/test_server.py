@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import socket
+import threading
 import time
 
 import psutil
@@ -284,3 +285,32 @@ def test_both_ways_of_watching_a_process(connect, configured_server, monkeypatch
     tty_events = peer.wait_closed("t")
     assert b"".join(base64.b64decode(m["params"]["chunk"]) for m in tty_events
                     if m["method"] == "process/output") == b"tty\r\n"
+
+
+def test_shutdown_reports_exits_within_its_budget_however_slow_the_kills(configured_server, connect, monkeypatch):
+    """Killing trees takes time (each kill looks for the tree's processes): the report phase stops killing
+    at EXIT_REPORT_BUDGET (here half of --shutdown-timeout), so clients get their Close frame in time;
+    close_all kills the rest after."""
+    from exec_server.server.process.managed import ManagedProcess
+
+    kill_tree = ManagedProcess.kill_tree
+
+    def slow_kill(process):
+        time.sleep(0.4)
+        kill_tree(process)
+    monkeypatch.setattr(ManagedProcess, "kill_tree", slow_kill)
+    running = configured_server(shutdown_timeout=2.0)
+    peer = ready(connect, running.url)
+    for n in range(8):
+        peer.call("process/start", start_params("s%d" % n, ["sleep", "300"]))
+    closed_at = []
+
+    def watch():
+        if peer.is_disconnected(timeout=30):
+            closed_at.append(time.monotonic())
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    running.stop()
+    watcher.join(30)
+    assert closed_at and closed_at[0] - started < 2.5  # 8 kills would take 3.2 s before the Close

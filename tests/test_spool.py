@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import wait_until
 from exec_server.server.config import ServerConfig
 from exec_server.server.process.output import OutputChunk, OutputLog
 from exec_server.server.process.spool import OWNER_LOCK, SPOOL_PREFIX, SpoolStore
@@ -245,6 +246,7 @@ def test_a_dead_servers_spool_directory_is_reclaimed_and_a_live_ones_kept(tmp_pa
     elsewhere.mkdir()
     store = make_store(tmp_path)
     store.spool("q").append(1, "stdout", b"new")
+    wait_until(lambda: not stale.exists())  # on a thread of its own, off the output path
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(live.path), os.path.basename(store.path),
                                                    unknown.name, elsewhere.name])
     store.close()

@@ -166,7 +166,7 @@ def test_the_spool_of_a_killed_server_is_removed_by_the_next(tmp_path):
                 server.kill()  # SIGKILL: no clean-up
                 server.wait(10)
                 assert os.listdir(str(spool_root)) == seen  # left behind
-        assert os.listdir(str(spool_root)) == seen[1:]  # the second server's own only
+        wait_until(lambda: os.listdir(str(spool_root)) == seen[1:], timeout=10)  # the second server's own only
     finally:
         for server in servers:
             if server.poll() is None:

@@ -128,7 +128,12 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
                             "(--max-pending-upgrades)", refused, self._max_pending)
             self.shutdown_request(request)
             return
-        self._connection_threads.run(self._serve, request, client_address)
+        try:
+            self._connection_threads.run(self._serve, request, client_address)
+        except BaseException:  # no thread (e.g. "can't start new thread"): the slot must not stay taken
+            self.upgraded(request)
+            self.shutdown_request(request)
+            raise
 
     def _serve(self, request, client_address) -> None:
         try:

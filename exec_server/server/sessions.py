@@ -346,13 +346,17 @@ class SessionRegistry:
         session.close()
 
     def kill_all(self, join_timeout: float) -> None:
-        """Kill every tree of every session, sessions kept, and wait up to ``join_timeout`` s in all
-        until each process's ``exited`` and ``closed`` are published (to its attached client, if any)."""
-        processes = [process for session in self.snapshot() for process in session.processes()]
-        for process in processes:
-            process.kill_tree()
+        """Kill the trees of every session, sessions kept, and wait until each killed process's ``exited``
+        and ``closed`` are published (to its attached client, if any): ``join_timeout`` s in all, kills
+        included (the trees not reached by then are left to :meth:`close_all`)."""
         deadline = time.monotonic() + join_timeout
-        for process in processes:
+        killed = []
+        for process in [process for session in self.snapshot() for process in session.processes()]:
+            if time.monotonic() >= deadline:
+                break
+            process.kill_tree()
+            killed.append(process)
+        for process in killed:
             process.join(max(0.0, deadline - time.monotonic()))
 
     def close_all(self, join_timeout: float = 2.0) -> None:

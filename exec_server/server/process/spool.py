@@ -130,7 +130,8 @@ class SpoolStore:
                 self._path = tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=self._parent)  # mode 0700
                 owner = _lock_owner(self._path)
                 self._finalizer = weakref.finalize(self, _remove_spool_dir, self._path, owner)
-                reclaim_stale_spools(os.path.dirname(self._path), keep=self._path)
+                threading.Thread(target=reclaim_stale_spools, args=(os.path.dirname(self._path), self._path),
+                                 name="exec-server-spool-reclaim", daemon=True).start()  # off the output path
             self._files += 1
             path = os.path.join(self._path, "%08d.spool" % self._files)
         return os.open(path, _FLAGS, 0o600), path
@@ -155,7 +156,12 @@ def _lock_owner(path: str) -> Optional[int]:
     except ImportError:  # Windows: no spool anyway (no os.pread)
         return None
     fd = os.open(os.path.join(path, OWNER_LOCK + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:  # no flock here (ENOLCK: NFS without lockd): spool on, never reclaimed by others
+        log.warning("output spool %s: no owner lock (%s); a later server cannot tell it is in use", path, exc)
+        os.close(fd)
+        return None
     os.rename(os.path.join(path, OWNER_LOCK + ".new"), os.path.join(path, OWNER_LOCK))
     return fd
 
