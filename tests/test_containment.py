@@ -288,3 +288,32 @@ def test_an_interrupt_waits_for_the_program_within_program_start_wait(caplog):
                 child.kill()
             process.kill()
             process.wait(10)
+
+
+#: pid -> an "init" -> a forked copy of the init that waits 1 s, then execs ``sleep`` (dumb-init's fork then exec).
+FORK_THEN_EXEC = """
+import os, sys, time
+if os.fork() == 0:              # the init
+    if os.fork() == 0:          # its child: still the init's command line for a second
+        time.sleep(1.0)
+        os.execvp("sleep", ["sleep", "30"])
+    os.wait()
+    os._exit(0)
+os.wait()
+"""
+
+
+def test_an_interrupt_waits_for_the_programs_exec_not_only_its_fork():
+    """Between dumb-init's fork and the exec the child has dumb-init's do-nothing signal handlers, so a
+    SIGINT then is swallowed: the wait ends only once the init's child runs another command line."""
+    chain = subprocess.Popen([sys.executable, "-c", FORK_THEN_EXEC])
+    try:
+        wait_until(lambda: any(init.children() for init in psutil.Process(chain.pid).children()), timeout=10)
+        assert contain.wait_program_started(chain.pid, timeout=10)
+        programs = [child for init in psutil.Process(chain.pid).children() for child in init.children()]
+        assert [program.cmdline() for program in programs] == [["sleep", "30"]]
+    finally:
+        for child in psutil.Process(chain.pid).children(recursive=True):
+            child.kill()
+        chain.kill()
+        chain.wait(10)

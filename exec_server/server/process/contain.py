@@ -208,11 +208,14 @@ PROGRAM_START_WAIT = 10.0
 
 def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
                          ended: Callable[[], bool] = lambda: False) -> bool:
-    """Wait until the program under the namespace init of ``pid`` (``unshare``) exists.
+    """Wait until the program under the namespace init of ``pid`` (``unshare``) has started.
 
     A SIGINT that reaches the group while ``unshare`` or ``dumb-init`` is
     still starting is blocked or ignored there and would never reach the
-    program; once the init has forked the program, the group signal does.
+    program.  Nor may it come between dumb-init's fork and the program's
+    exec: that child already unblocks signals but still has dumb-init's
+    do-nothing handlers, so the signal would be swallowed.  So this waits
+    for the init's child to run another command line than the init's.
     Returns False if the program did not appear within ``timeout`` seconds
     (logged) or ``ended()`` became true (the process exited meanwhile).
     """
@@ -222,8 +225,9 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     while True:
         try:
             for init in psutil.Process(pid).children():
-                if init.children():
-                    return True
+                command = init.cmdline()
+                if any(child.cmdline() != command for child in init.children()):
+                    return True  # exec'd: the program's own signal dispositions
         except psutil.Error:
             return False  # gone: nothing left to interrupt
         if ended():
