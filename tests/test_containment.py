@@ -6,6 +6,7 @@ host whatever PID namespace they live in.  Fresh server per test, loopback only.
 """
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -317,3 +318,34 @@ def test_an_interrupt_waits_for_the_programs_exec_not_only_its_fork():
             child.kill()
         chain.kill()
         chain.wait(10)
+
+
+@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+def test_an_isolated_tree_is_killed_without_a_scan_of_the_process_table(configured_server, monkeypatch):
+    """Killing the group ends the namespace and everything in it, an escaper included, so there is no
+    per-tree scan of all processes (which made a shutdown with hundreds of trees take seconds)."""
+    from exec_server.common import tree
+
+    scans = []
+    descendants_of = tree.descendants_of
+    monkeypatch.setattr(tree, "descendants_of", lambda pid: scans.append(pid) or descendants_of(pid))
+    duration = "%.4f" % (300 + random.random())
+    running = configured_server()
+    with Client.connect(running.url, timeout=5) as client:
+        process = client.start(["sh", "-c", "setsid sleep %s & sleep %s" % (duration, duration)])
+
+        def both_sleeps():
+            found = [p for p in psutil.Process().children(recursive=True) if _cmdline(p) == ["sleep", duration]]
+            return found if len(found) == 2 else None
+        sleeps = wait_until(both_sleeps, timeout=10)
+        process.terminate()
+        assert process.wait(timeout=10) == 137
+    wait_until(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in sleeps), timeout=10)
+    assert scans == []
+
+
+def _cmdline(process):
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return None

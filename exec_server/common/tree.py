@@ -53,6 +53,14 @@ def _kill_each(processes: List[psutil.Process]) -> None:
             pass
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` (POSIX), no error if it is gone."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def kill_tree_posix(pid: int) -> None:
     """SIGKILL the process group ``pid`` and every descendant of ``pid``."""
     stragglers = descendants_of(pid)

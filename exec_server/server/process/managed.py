@@ -375,8 +375,13 @@ class ManagedProcess:
 
     def _kill_all(self) -> None:
         """SIGKILL the group (in isolate mode that ends the namespace) and, in inherit mode, the marked."""
-        if self._isolated and self._popen.returncode is not None:
-            return  # reaped: its namespace ended with its init, and the kernel killed all in it
+        if self._isolated:
+            if self._popen.returncode is None:  # else reaped: its namespace ended with its init
+                # unshare dies, --kill-child takes the namespace init, and the kernel every process in
+                # the namespace, escapers included: no scan of the process table (it made a shutdown
+                # with hundreds of trees quadratic)
+                tree.kill_group(self.pid)
+            return
         tree.kill_tree(self.pid)
         if self._marker is not None:
             contain.kill_marked(self._marker)
