@@ -374,15 +374,11 @@ class ManagedProcess:
         return running
 
     def _kill_all(self) -> None:
-        """SIGKILL the group (in isolate mode that ends the namespace) and, in inherit mode, the marked."""
-        if self._isolated:
-            if self._popen.returncode is None:  # else reaped: its namespace ended with its init
-                # unshare dies, --kill-child takes the namespace init, and the kernel every process in
-                # the namespace, escapers included: no scan of the process table (it made a shutdown
-                # with hundreds of trees quadratic)
-                tree.kill_group(self.pid)
-            return
-        tree.kill_tree(self.pid)
+        """SIGKILL the group (isolate: that ends the namespace, no process scan); inherit: descendants, marked."""
+        if self._isolated and self._popen.returncode is None:
+            tree.kill_group(self.pid)  # unshare dies, --kill-child takes its init, the kernel the rest
+        elif not self._isolated:
+            tree.kill_tree(self.pid)
         if self._marker is not None:
             contain.kill_marked(self._marker)
 
