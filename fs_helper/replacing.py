@@ -73,8 +73,13 @@ def atomic_write(target: str, chunks: Callable[[Any], None], mode: Optional[int]
         os.chmod(temporary, mode if mode is not None else 0o666 & ~umask())
         os.replace(temporary, target)
     except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+        discard(temporary)
         raise
+
+
+def discard(temporary: str) -> None:
+    """Remove a temporary file that will not be put in place (no error if it is gone)."""
+    try:
+        os.unlink(temporary)
+    except OSError:
+        pass

@@ -26,7 +26,7 @@ import shutil
 import stat
 from typing import Optional, Tuple
 
-from fs_helper.replacing import replace_target, temporary_beside
+from fs_helper.replacing import discard, replace_target, temporary_beside
 
 
 class Replacement:
@@ -103,10 +103,3 @@ def _copy_in_place(temporary: str, target: str, mode: int) -> None:
             shutil.copyfileobj(source, sink, 1 << 20)
             sink.flush()
             os.fsync(sink.fileno())
-
-
-def discard(temporary: str) -> None:
-    try:
-        os.unlink(temporary)
-    except OSError:
-        pass
