@@ -64,10 +64,7 @@ def kill_group(pid: int) -> None:
 def kill_tree_posix(pid: int) -> None:
     """SIGKILL the process group ``pid`` and every descendant of ``pid``."""
     stragglers = descendants_of(pid)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill_group(pid)
     _kill_each(stragglers)
 
 

@@ -277,11 +277,11 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     except fs_operations.FsError as exc:
         raise rpc_error(exc) from None
     special.refuse_blocking(path)
-    mode = params.get("mode") or "read"
-    if params.get("atomic") and mode != "replace":
+    mode, atomic = params.get("mode") or "read", bool(params.get("atomic"))
+    if atomic and mode != "replace":
         raise InvalidParams("atomic applies to mode `replace` only")
-    applied = ctx.connection.file_handles.open(params["handleId"], path, mode, bool(params.get("atomic")))
-    if params.get("atomic"):  # only to a client that asked: the reference's result has handleId alone
+    applied = ctx.connection.file_handles.open(params["handleId"], path, mode, atomic)
+    if atomic:  # only to a client that asked: the reference's result has handleId alone
         return {"handleId": params["handleId"], "atomic": applied}
     return {"handleId": params["handleId"]}
 
