@@ -33,6 +33,8 @@ setup(
         "wsproto>=1.2",
         "werkzeug>=2.3",
         "jsonschema>=4.18",
+        # compiled params checks: a cold start does not import jsonschema for a valid request
+        "fastjsonschema>=2.21",
         "psutil>=5.9",
         "opentelemetry-api>=1.20",
         "PyJWT>=2.8",

@@ -1,0 +1,230 @@
+"""The compiled accept path of params validation (exec_server.protocol.compiled).
+
+A compiled check must never accept what jsonschema rejects: both are run on
+generated instances of every shipped params schema, valid ones and broken
+ones, and must agree.  A valid request must not import jsonschema at all (the
+point of the compiled path: a cold start).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exec_server.protocol import compiled
+from exec_server.protocol.errors import InvalidParams
+from exec_server.protocol.schemas import SchemaSet
+
+SCHEMAS = SchemaSet.load()
+PARAMS = [name for name in SCHEMAS.names() if name.endswith(".params.json")]
+URN = "urn:exec-server:"
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70)
+    | st.sampled_from([0, 1, -1, 65535, 65536, 2 ** 64])
+    | st.floats(allow_nan=False) | st.sampled_from([1.0, 0.0, -0.0, 1.5]) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _resolve(ref, base):
+    """(subschema, its document's name) of a ``$ref`` met in document ``base`` (test helper)."""
+    document, _, pointer = ref.partition("#")
+    name = document[len(URN):] if document else base
+    node = SCHEMAS.schema(name)
+    for part in [p for p in pointer.split("/") if p]:
+        node = node[part]
+    return node, name
+
+
+def instances(schema, base, depth=0):
+    """Instances shaped like ``schema``, each node sometimes replaced by any JSON value."""
+    if depth > 6 or not isinstance(schema, dict):
+        return JSON
+    if "$ref" in schema:
+        target, document = _resolve(schema["$ref"], base)
+        return st.deferred(lambda: instances(target, document, depth + 1))
+    options = []
+    if "enum" in schema:
+        options.append(st.sampled_from(schema["enum"]))
+    if "const" in schema:
+        options.append(st.just(schema["const"]))
+    types = schema.get("type", [])
+    for kind in types if isinstance(types, list) else [types]:
+        if kind == "object":
+            properties = {key: instances(sub, base, depth + 1) for key, sub in schema.get("properties", {}).items()}
+            required = {key: properties.get(key, JSON) for key in schema.get("required", [])}
+            optional = {key: value for key, value in properties.items() if key not in required}
+            extra = schema.get("additionalProperties", True)
+            extras = st.dictionaries(st.text(max_size=5), instances(extra, base, depth + 1) if isinstance(extra, dict)
+                                     else JSON, max_size=2)
+            shaped = st.fixed_dictionaries(required, optional=optional)
+            options.append(st.tuples(shaped, extras, st.booleans()).map(
+                lambda parts: dict(parts[1], **parts[0]) if parts[2] else parts[0]))
+        elif kind == "array":
+            options.append(st.lists(instances(schema.get("items", {}), base, depth + 1), max_size=3))
+        elif kind == "integer":
+            low, high = schema.get("minimum", -2 ** 64), schema.get("maximum", 2 ** 64)
+            options.append(st.integers(min_value=low - 1, max_value=high + 1))
+        elif kind == "string":
+            options.append(st.text(max_size=6))
+        elif kind == "boolean":
+            options.append(st.booleans())
+        elif kind == "null":
+            options.append(st.none())
+    if not options:
+        return JSON
+    shaped = st.one_of(*options)
+    return st.integers(0, 9).flatmap(lambda roll: JSON if roll == 0 else shaped)  # a tenth of the nodes broken
+
+
+def test_every_shipped_params_schema_is_compiled():
+    assert [name for name in PARAMS if SCHEMAS.compiled(name) is None] == []
+
+
+@pytest.mark.parametrize("name", PARAMS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_compiled_check_agrees_with_jsonschema(name, data):
+    instance = data.draw(instances(SCHEMAS.schema(name), name))
+    check = SCHEMAS.compiled(name)
+    try:
+        check(instance)
+        compiled_accepts = True
+    except Exception:
+        compiled_accepts = False
+    try:
+        SCHEMAS.validate(name, instance)
+        jsonschema_accepts = True
+    except jsonschema.ValidationError:
+        jsonschema_accepts = False
+    assert compiled_accepts == jsonschema_accepts, json.dumps(instance)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_generated_instances_include_valid_ones(name):
+    """The agreement test would be hollow if it only ever drew invalid instances."""
+    valid = []
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def draw(data):
+        instance = data.draw(instances(SCHEMAS.schema(name), name))
+        try:
+            SCHEMAS.validate(name, instance)
+            valid.append(instance)
+        except jsonschema.ValidationError:
+            pass
+
+    draw()
+    assert len(valid) >= 5
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "format": "uuid"},
+    {"type": "string", "pattern": "^a"},
+    {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+    {"enum": ["a", 1]},
+    {"const": True},
+    {"type": "object", "properties": {"a": {"$id": "urn:other", "type": "string"}}},
+    {"type": "integer", "minimum": 1.5},
+    {"type": "strange"},
+    {"prefixItems": [{"type": "string"}]},
+])
+def test_unsafe_keywords_keep_a_schema_on_jsonschema(tmp_path, schema):
+    with pytest.raises(compiled.Unsafe):
+        compiled.check_safe(schema, set())
+    (tmp_path / "x").mkdir()
+    schema = dict(schema, **{"$schema": "https://json-schema.org/draft/2020-12/schema"})
+    (tmp_path / "x" / "m.params.json").write_text(json.dumps(schema))
+    own = SchemaSet.load(str(tmp_path))
+    if schema.get("type") == "strange":  # not a schema at all: jsonschema refuses it before any compiling
+        with pytest.raises(jsonschema.SchemaError):
+            own.compiled("x/m.params.json")
+    else:
+        assert own.compiled("x/m.params.json") is None
+
+
+def test_a_schema_outside_the_set_is_checked_by_jsonschema_with_its_own_errors(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "m.params.json").write_text(json.dumps({
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+        "properties": {"name": {"type": "string", "pattern": "^[a-z]+$"}}}))
+    own = SchemaSet.load(str(tmp_path))
+    own.validate_params("x/m", {"name": "abc"})
+    with pytest.raises(InvalidParams) as caught:
+        own.validate_params("x/m", {"name": "ABC"})
+    assert caught.value.data == {"path": "$.name"}
+
+
+def test_compiled_check_rejection_still_gets_the_serde_message():
+    with pytest.raises(InvalidParams) as caught:
+        SCHEMAS.validate_params("process/read", {"processId": 7})
+    assert caught.value.message == "invalid type: number, expected a string"
+
+
+def test_a_reference_outside_the_schema_files_is_not_compiled(tmp_path):
+    (tmp_path / "m.params.json").write_text(json.dumps({
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "urn:exec-server:m.params.json",
+        "type": "object", "properties": {"a": {"$ref": "https://example.invalid/x.json"}}}))
+    assert SchemaSet.load(str(tmp_path)).compiled("m.params.json") is None
+
+
+_COLD = r"""
+import json, sys
+{block}
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.sessions import SessionRegistry
+sent = []
+registry = SessionRegistry(ServerConfig())
+connection = Dispatcher(registry).open_connection(lambda *texts: sent.extend(texts), "x: ")
+connection.receive('{{"id":1,"method":"initialize","params":{{"clientName":"cold"}}}}')
+connection.receive('{{"method":"initialized"}}')
+connection.receive('{{"id":2,"method":"process/read","params":{{"processId":"none"}}}}')
+{invalid}
+import time
+deadline = time.monotonic() + 10
+while len(sent) < {answers} and time.monotonic() < deadline:
+    time.sleep(0.01)
+connection.close()
+registry.close_all()
+print(json.dumps({{"jsonschema": "jsonschema" in sys.modules, "sent": [json.loads(t) for t in sent]}}))
+"""
+
+
+def _cold(block="", invalid="", answers=2):
+    script = _COLD.format(block=block, invalid=invalid, answers=answers)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_valid_requests_do_not_import_jsonschema():
+    outcome = _cold()
+    assert outcome["jsonschema"] is False
+    assert "sessionId" in outcome["sent"][0]["result"]
+    assert outcome["sent"][1]["error"]["code"] == -32600  # unknown process: answered, not a params error
+
+
+def test_an_invalid_request_imports_jsonschema_for_its_message():
+    outcome = _cold(invalid="connection.receive('{\"id\":3,\"method\":\"process/read\",\"params\":{\"processId\":1}}')",
+                    answers=3)
+    assert outcome["jsonschema"] is True
+    error = outcome["sent"][2]["error"]
+    assert (error["code"], error["message"]) == (-32602, "invalid type: number, expected a string")
+
+
+def test_without_fastjsonschema_jsonschema_validates_alone():
+    outcome = _cold(block="sys.modules['fastjsonschema'] = None  # an import of it fails",
+                    invalid="connection.receive('{\"id\":3,\"method\":\"process/read\",\"params\":{\"processId\":1}}')",
+                    answers=3)
+    assert outcome["jsonschema"] is True
+    assert "sessionId" in outcome["sent"][0]["result"]
+    assert outcome["sent"][2]["error"]["code"] == -32602
