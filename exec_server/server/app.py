@@ -29,7 +29,6 @@ from exec_server.server.process import contain
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
 from exec_server.server.upgrade import RequestHandler, WebSocketApp
-from exec_server.server.websocket import CLOSE_GOING_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +247,10 @@ class ExecServer:
         deadline = start + self.config.shutdown_timeout
         self.registry.kill_all(min(EXIT_REPORT_BUDGET, self.config.shutdown_timeout / 2))
         budget_end = time.monotonic() + min(CLOSE_FRAMES_BUDGET, self.config.shutdown_timeout / 4)
-        for connection in self.app.connections():
+        connections = self.app.connections()
+        if connections:  # then the connection loop is loaded (it is not until the first upgrade)
+            from exec_server.server.websocket import CLOSE_GOING_AWAY
+        for connection in connections:
             wait = min(CLOSE_LOCK_WAIT, max(0.0, budget_end - time.monotonic()))
             connection.close(CLOSE_GOING_AWAY, "server shutting down", lock_timeout=wait)
         self.dispatcher.fs_helpers.stop()
