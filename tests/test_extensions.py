@@ -134,6 +134,12 @@ def test_resize_errors(server, connect):
     error = peer.request("process/resize", {"processId": "p", "rows": 10})["error"]
     assert error["code"] == -32602 and error["message"] == "missing field `cols`"
     peer.call("process/terminate", {"processId": "p"})
+    # a float is no u16 (it reached the terminal ioctl and failed there: -32603 and a traceback)
+    pty = start_params("t", ["true"], tty=True, ptySize={"rows": 30.0, "cols": 80})
+    for method, params, path in (("process/resize", {"processId": "p", "rows": 30.0, "cols": 80}, "$.rows"),
+                                 ("process/start", pty, "$.ptySize.rows")):
+        error = peer.request(method, params)["error"]
+        assert error["code"] == -32602 and error["data"] == {"path": path}, error
 
 
 # ------------------------------------------------------------------ the client

@@ -12,7 +12,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jsonschema.validators import validator_for
+from jsonschema.validators import extend, validator_for
 
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
@@ -20,6 +20,7 @@ from exec_server.protocol.errors import InvalidParams, ProtocolViolation
 from exec_server.protocol.jsonrpc import EnvelopeError, parse_message
 from exec_server.server.handlers import METHODS
 from exec_server.server.sessions import SessionRegistry
+from exec_server.protocol import schemas as schemas_module
 from exec_server.protocol.schemas import SchemaSet
 
 SCHEMAS = SchemaSet.load()
@@ -183,7 +184,12 @@ class _PlainJsonschema(SchemaSet):
         return schema
 
     def _new_validator(self, schema):
-        return validator_for(schema)(schema, registry=self._registry)
+        cls = validator_for(schema)
+        serde_types = cls.TYPE_CHECKER.redefine("integer", schemas_module._serde_integer)
+        return extend(cls, type_checker=serde_types)(schema, registry=self._registry)
+
+    def compiled(self, name):
+        return None  # jsonschema alone
 
 
 PLAIN = _PlainJsonschema(SCHEMAS._schemas)

@@ -174,6 +174,8 @@ def test_initialized_before_initialize_closes(connect, any_server):
                        "enforceManagedNetwork": True}, "enforceManagedNetwork is not supported by this exec-server"),
     ("process/read", {"processId": "a", "afterSeq": -1}, "invalid number"),
     ("process/read", {"processId": "a", "afterSeq": 1.5}, "invalid number"),
+    ("process/read", {"processId": "a", "afterSeq": 1.0}, "invalid number"),  # serde: a float is no integer
+    ("process/read", {"processId": "a", "waitMs": 1e3}, "invalid number"),
     ("process/read", {"processId": "a", "afterSeq": "x"}, "invalid type: string \"x\", expected u64"),
     ("process/read", {}, "missing field `processId`"),
     ("process/signal", {"processId": "a", "signal": "kill"}, "unknown variant `kill`, expected `interrupt`"),

@@ -14,7 +14,10 @@ compiled only if every keyword in it, and in every schema it references,
 means the same to both libraries whatever their draft: :data:`SAFE_KEYWORDS`.
 Anything else (a ``format``, ``pattern``, ``oneOf``, an ``enum`` with a number
 in it: Python's ``1 == True`` would let ``true`` through) keeps that schema on
-jsonschema alone.  ``tests/test_compiled_schemas.py`` checks the shipped
+jsonschema alone.  And fastjsonschema counts ``1.0`` as an ``integer`` (as
+JSON Schema does) where serde and our jsonschema type checker do not: a check
+also rejects any instance holding a float (no field of ours takes one), so
+jsonschema judges it.  ``tests/test_compiled_schemas.py`` checks the shipped
 schemas compile and that both libraries agree on generated instances.
 
 The module is sans-IO: it compiles from the schema dicts it is given.
@@ -107,6 +110,34 @@ def _absolute_refs(node: Any, base: str) -> Any:
     return copy
 
 
+def _has_float(value: Any) -> bool:
+    """Whether a float is anywhere in ``value`` (a parsed JSON value; strings are not looked into)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            return True
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+class _FloatSeen(ValueError):
+    """An instance with a float in it: jsonschema decides (see the module's text)."""
+
+
+def _without_floats(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def accept(instance: Any) -> Any:
+        check(instance)
+        if _has_float(instance):
+            raise _FloatSeen("a float: fastjsonschema counts 1.0 as an integer, serde does not")
+        return instance
+
+    return accept
+
+
 class CompiledChecks:
     """Compiled checks of the schemas of one :class:`SchemaSet`, built on first use.
 
@@ -170,8 +201,9 @@ class CompiledChecks:
         try:
             # a handler for the scheme of each file's URI, so no reference is ever fetched from a network
             handlers = {uri.split(":", 1)[0]: load for uri in self._by_uri}
-            return fastjsonschema.compile(load(self._uri_of(name)), handlers=handlers, use_default=False,
-                                          use_formats=False, detailed_exceptions=False)
+            return _without_floats(fastjsonschema.compile(
+                load(self._uri_of(name)), handlers=handlers, use_default=False, use_formats=False,
+                detailed_exceptions=False))
         except Exception as error:  # a schema fastjsonschema cannot compile: jsonschema alone is always right
             LOG.debug("%s is checked by jsonschema alone: fastjsonschema: %r", name, error)
             return None

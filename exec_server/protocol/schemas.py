@@ -163,13 +163,15 @@ class SchemaSet:
         return self._new_validator(schema)
 
     def _new_validator(self, schema: dict):
-        """A validator for ``schema`` whose ``properties`` reuse member validators."""
+        """A validator for ``schema`` with serde's integers, whose ``properties`` reuse member validators."""
         jsonschema, _ = _libraries()
         cls = jsonschema.validators.validator_for(schema)
+        serde_types = cls.TYPE_CHECKER.redefine("integer", _serde_integer)
         if cls is not jsonschema.Draft202012Validator:  # the dialect of every schema file
-            return cls(schema, registry=self._registry)
+            return jsonschema.validators.extend(cls, type_checker=serde_types)(schema, registry=self._registry)
         if self._reusing_class is None:
-            self._reusing_class = jsonschema.validators.extend(cls, {"properties": self._members.properties})
+            self._reusing_class = jsonschema.validators.extend(cls, {"properties": self._members.properties},
+                                                               type_checker=serde_types)
         return self._members.adopt(self._reusing_class(schema, registry=self._registry))
 
     def _inline(self, schema: dict, name: str) -> dict:
@@ -239,6 +241,16 @@ class SchemaSet:
             validator.validate(instance)
         finally:
             self._checkin(name, validator)
+
+
+def _serde_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema's ``integer`` as serde reads one: a number written without a fraction or exponent.
+
+    JSON Schema counts ``1.0`` as an integer; serde (and the reference) answer
+    ``invalid number`` for it in an integer field, and a handler would get a
+    float where it needs an int.  ``json`` parses such a number as a float.
+    """
+    return isinstance(instance, int) and not isinstance(instance, bool)
 
 
 class _MemberValidators:
