@@ -138,6 +138,17 @@ def test_generated_instances_include_valid_ones(name):
     {"type": "integer", "minimum": 1.5},
     {"type": "strange"},
     {"prefixItems": [{"type": "string"}]},
+    # fastjsonschema ignores what stands beside a $ref; 2020-12 applies it
+    {"type": "object", "properties": {"env": {"$ref": "#/$defs/m", "maxProperties": 0}},
+     "$defs": {"m": {"type": "object"}}},
+    # fastjsonschema 2.21 escapes a backslash in a name wrongly
+    {"type": "object", "properties": {"a\\b": {"type": "string"}}},
+    {"type": "object", "required": ["a-b"]},
+    # a nested dialect: jsonschema would switch to it and count 1.0 as an integer
+    {"type": "object", "properties": {"n": {"$schema": "http://json-schema.org/draft-07/schema#",
+                                            "type": "integer"}}},
+    # fastjsonschema registers an $id wherever it is, even inside an annotation
+    {"title": {"$id": "urn:exec-server:d.json"}},
 ])
 def test_unsafe_keywords_keep_a_schema_on_jsonschema(tmp_path, schema):
     with pytest.raises(compiled.Unsafe):
@@ -146,7 +157,7 @@ def test_unsafe_keywords_keep_a_schema_on_jsonschema(tmp_path, schema):
     schema = dict(schema, **{"$schema": "https://json-schema.org/draft/2020-12/schema"})
     (tmp_path / "x" / "m.params.json").write_text(json.dumps(schema))
     own = SchemaSet.load(str(tmp_path))
-    if schema.get("type") == "strange":  # not a schema at all: jsonschema refuses it before any compiling
+    if schema.get("type") == "strange" or "title" in schema:  # not a schema: jsonschema refuses it first
         with pytest.raises(jsonschema.SchemaError):
             own.compiled("x/m.params.json")
     else:
@@ -169,6 +180,37 @@ def test_compiled_check_rejection_still_gets_the_serde_message():
     with pytest.raises(InvalidParams) as caught:
         SCHEMAS.validate_params("process/read", {"processId": 7})
     assert caught.value.message == "invalid type: number, expected a string"
+
+
+def _own_set(tmp_path, files):
+    for name, schema in files.items():
+        (tmp_path / name).write_text(json.dumps(dict({"$schema": compiled.DIALECT}, **schema)))
+    return SchemaSet.load(str(tmp_path))
+
+
+def test_references_whose_generated_functions_would_collide_are_not_compiled(tmp_path):
+    """fastjsonschema names a function after the lowercased reference: fileUri and fileuri would share one."""
+    own = _own_set(tmp_path, {"m.params.json": {
+        "$id": "urn:exec-server:m.params.json", "type": "object",
+        "properties": {"y": {"$ref": "#/$defs/fileuri"}, "x": {"$ref": "#/$defs/fileUri"}},
+        "$defs": {"fileUri": {"type": "string"}, "fileuri": {}}}})
+    assert own.compiled("m.params.json") is None
+    with pytest.raises(InvalidParams):
+        own.validate_params("m", {"x": 1})
+
+
+def test_files_sharing_an_id_are_not_compiled(tmp_path):
+    own = _own_set(tmp_path, {"a.params.json": {"$id": "urn:x", "type": "object", "required": ["id"]},
+                              "b.params.json": {"$id": "urn:x", "type": "object"}})
+    assert own.compiled("a.params.json") is None
+    with pytest.raises(InvalidParams):
+        own.validate_params("a", {})
+
+
+def test_a_float_in_a_u16_field_names_the_type():
+    with pytest.raises(InvalidParams) as caught:
+        SCHEMAS.validate_params("process/resize", {"processId": "p", "rows": 30.0, "cols": 80})
+    assert caught.value.message == "invalid type: number, expected u16"
 
 
 def test_a_reference_outside_the_schema_files_is_not_compiled(tmp_path):

@@ -9,16 +9,33 @@ stdio`` answering ``initialize``, ``exec-server run``); a compiled check of
 A compiled check only ever *accepts*.  :class:`~exec_server.protocol.schemas.SchemaSet`
 asks jsonschema again about every instance a compiled check rejects, and
 jsonschema's verdict and its serde-style error stand.  So the two must never
-disagree the other way (compiled accepts, jsonschema rejects), and a schema is
-compiled only if every keyword in it, and in every schema it references,
-means the same to both libraries whatever their draft: :data:`SAFE_KEYWORDS`.
-Anything else (a ``format``, ``pattern``, ``oneOf``, an ``enum`` with a number
-in it: Python's ``1 == True`` would let ``true`` through) keeps that schema on
-jsonschema alone.  And fastjsonschema counts ``1.0`` as an ``integer`` (as
-JSON Schema does) where serde and our jsonschema type checker do not: a check
-also rejects any instance holding a float (no field of ours takes one), so
-jsonschema judges it.  ``tests/test_compiled_schemas.py`` checks the shipped
-schemas compile and that both libraries agree on generated instances.
+disagree the other way (compiled accepts, jsonschema rejects).  fastjsonschema
+compiles our 2020-12 files with its newest generator (draft 2019-09 from
+2.22, draft-07 in 2.21, which Python 3.9 gets), so a schema is compiled only
+where nothing in it, or in any schema it references, can be read differently
+(:func:`check_safe`):
+
+- only the keywords of :data:`SAFE_KEYWORDS`, which mean the same in
+  draft-07, 2019-09 and 2020-12 for any JSON instance;
+- an ``enum`` or ``const`` of strings only (Python's ``1 == True`` would let
+  ``true`` through an ``enum`` of numbers);
+- a ``$ref`` with no sibling but annotations (fastjsonschema ignores the
+  siblings, 2020-12 applies them);
+- ``$id`` and ``$schema`` on a file's root only, ``$schema`` being 2020-12
+  (a nested dialect would lose our integer rule on the jsonschema side);
+- member and definition names of letters, digits and ``_`` (fastjsonschema
+  2.21 escapes a backslash in a name wrongly), and no two references whose
+  generated function names collide (fastjsonschema names a function after the
+  lowercased reference, punctuation made ``_``: ``fileUri`` and ``fileuri``
+  would share one);
+- one file per ``$id``.
+
+Anything else keeps that schema on jsonschema alone.  And fastjsonschema
+counts ``1.0`` as an ``integer`` (as JSON Schema does) where serde and our
+jsonschema type checker do not: a check also rejects any instance holding a
+float (no field of ours takes one), so jsonschema judges it.
+``tests/test_compiled_schemas.py`` checks the shipped schemas compile, that
+both libraries agree on generated instances, and each rule above.
 
 The module is sans-IO: it compiles from the schema dicts it is given.
 """
@@ -27,24 +44,30 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Dict, Iterable, Optional, Set
+import re
+from typing import Any, Callable, Dict, List, Optional, Set
+from urllib.parse import unquote
 
 LOG = logging.getLogger(__name__)
 
-#: Keywords a schema may use to be compiled, and what their values may be.
-#: Each means the same in draft 2019-09 and 2020-12 (fastjsonschema's
-#: newest draft; our files say 2020-12) for any JSON instance.
+#: Keywords a schema may use to be compiled (with the value rules of :func:`check_safe`).
 SAFE_KEYWORDS = frozenset({
     "$schema", "$id", "$ref", "$defs", "$comment", "title", "description",
     "type", "properties", "required", "additionalProperties", "items",
     "enum", "const", "minimum", "maximum", "maxProperties",
 })
+#: The only dialect a compiled schema may name (on its root).
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+#: Keywords that may stand beside a ``$ref`` without changing what it accepts.
+ANNOTATIONS = frozenset({"description", "title", "$comment"})
 _SCHEMA_MAPS = ("properties", "$defs")  # members whose values are all schemas
 _JSON_TYPES = frozenset({"null", "boolean", "object", "array", "number", "string", "integer"})
+_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+_NOT_COMPILED = False  # in CompiledChecks._checks: jsonschema alone checks this schema
 
 
 class Unsafe(ValueError):
-    """A schema uses something :data:`SAFE_KEYWORDS` does not allow."""
+    """A schema uses something a compiled check could read differently from jsonschema (:func:`check_safe`)."""
 
 
 def _check_types(value: Any) -> None:
@@ -53,24 +76,37 @@ def _check_types(value: Any) -> None:
         raise Unsafe("type %r" % (value,))
 
 
-def check_safe(schema: Any, refs: Set[str], root: bool = True) -> None:
-    """Raise :class:`Unsafe` unless every keyword of ``schema`` is in :data:`SAFE_KEYWORDS`.
+def _check_names(keyword: str, names: Any) -> None:
+    if not all(isinstance(name, str) and _NAME.match(name) for name in names):
+        raise Unsafe("%s with a name other than letters, digits and _" % keyword)
 
-    Adds each ``$ref`` found to ``refs``; ``$id`` is allowed on the root only
-    (a nested one would change how the references under it resolve).
+
+def check_safe(schema: Any, refs: Set[str], root: bool = True) -> None:
+    """Raise :class:`Unsafe` unless ``schema`` follows the rules of this module's text.
+
+    Adds each ``$ref`` found to ``refs``.
     """
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
         raise Unsafe("a schema that is not an object")
+    if "$ref" in schema and not set(schema) - {"$ref"} <= ANNOTATIONS:
+        raise Unsafe("$ref beside %s" % sorted(set(schema) - {"$ref"} - ANNOTATIONS))
     for keyword, value in schema.items():
-        if keyword not in SAFE_KEYWORDS or (keyword == "$id" and not root):
+        if keyword not in SAFE_KEYWORDS or (keyword in ("$id", "$schema") and not root):
             raise Unsafe("keyword %r" % keyword)
         if keyword == "type":
             _check_types(value)
+        elif keyword in ANNOTATIONS or keyword == "$id":
+            if not isinstance(value, str):
+                raise Unsafe("%s that is not a string" % keyword)
+        elif keyword == "$schema":
+            if value != DIALECT:
+                raise Unsafe("$schema %r" % (value,))
         elif keyword in _SCHEMA_MAPS:
             if not isinstance(value, dict):
                 raise Unsafe("%s is not an object" % keyword)
+            _check_names(keyword, value)
             for member in value.values():
                 check_safe(member, refs, root=False)
         elif keyword in ("items", "additionalProperties"):
@@ -84,12 +120,19 @@ def check_safe(schema: Any, refs: Set[str], root: bool = True) -> None:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise Unsafe("%s %r" % (keyword, value))
         elif keyword == "required":
-            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            if not isinstance(value, list):
                 raise Unsafe("required %r" % (value,))
+            _check_names(keyword, value)
         elif keyword == "$ref":
             if not isinstance(value, str):
                 raise Unsafe("$ref %r" % (value,))
             refs.add(value)
+
+
+def _function_name(uri: str) -> str:
+    """The name fastjsonschema gives the function of the schema at ``uri`` (RefResolver.get_scope_name)."""
+    name = unquote(uri).replace("~1", "_").replace("~0", "_")
+    return re.sub(r"[^a-zA-Z0-9]", "_", name).lower().rstrip("_")
 
 
 def _absolute_refs(node: Any, base: str) -> Any:
@@ -111,15 +154,15 @@ def _absolute_refs(node: Any, base: str) -> Any:
 
 
 def _has_float(value: Any) -> bool:
-    """Whether a float is anywhere in ``value`` (a parsed JSON value; strings are not looked into)."""
+    """Whether a float is anywhere in ``value`` (a JSON value; strings are not looked into)."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if type(item) is float:
+        if isinstance(item, float):
             return True
-        if type(item) is dict:
+        if isinstance(item, dict):
             stack.extend(item.values())
-        elif type(item) is list:
+        elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return False
 
@@ -149,11 +192,15 @@ class CompiledChecks:
     schema at once both get a working one.
     """
 
+    _import_failed_logged = False
+
     def __init__(self, schemas: Dict[str, dict], uri_of: Callable[[str], str]):
         self._schemas = schemas
-        self._by_uri = {uri_of(name): name for name in schemas}
         self._uri_of = uri_of
-        self._checks: Dict[str, Any] = {}  # file name -> check, or False: not compiled
+        uris = [uri_of(name) for name in schemas]
+        self._by_uri = dict(zip(uris, schemas))
+        self._shared_ids = {uri for uri in uris if uris.count(uri) > 1}
+        self._checks: Dict[str, Any] = {}  # file name -> check, or _NOT_COMPILED
 
     def check(self, name: str) -> Optional[Callable[[Any], Any]]:
         """The compiled check of ``name``, or None if it is not compiled (jsonschema decides alone).
@@ -161,23 +208,44 @@ class CompiledChecks:
         The check returns on an instance the schema accepts and raises
         otherwise (fastjsonschema's ``JsonSchemaException``, or anything else
         on data it cannot handle).
+
+        Raises:
+            KeyError: no schema is named ``name``.
         """
         check = self._checks.get(name)
         if check is None:
-            check = self._checks[name] = self._compile(name) or False
+            check = self._checks[name] = self._compile(name) or _NOT_COMPILED
         return check or None
 
-    def _documents(self, name: str) -> Iterable[str]:
-        """``name`` and every file it references, each once; raises :class:`Unsafe`."""
-        seen, todo = [], [name]
+    def _check_documents(self, name: str) -> List[str]:
+        """Check ``name`` and every file it references (:func:`check_safe`); returns their names.
+
+        Raises:
+            Unsafe: a rule of this module's text is broken.
+        """
+        seen: List[str] = []
+        todo = [name]
+        functions: Dict[str, str] = {}  # fastjsonschema's function name -> the reference it is for
+
+        def claim(uri: str) -> None:
+            uri = uri.rstrip("#")
+            other = functions.setdefault(_function_name(uri), uri)
+            if other != uri:
+                raise Unsafe("%s and %s would share one fastjsonschema function" % (other, uri))
+
+        claim(self._uri_of(name))
         while todo:
             current = todo.pop()
             if current in seen:
                 continue
             seen.append(current)
+            uri = self._uri_of(current)
+            if uri in self._shared_ids:
+                raise Unsafe("another file has the $id %s" % uri)
             refs: Set[str] = set()
             check_safe(self._schemas[current], refs)
             for ref in refs:
+                claim(uri + ref if ref.startswith("#") else ref)
                 document = ref.split("#", 1)[0]
                 if document:
                     if document not in self._by_uri:
@@ -187,10 +255,17 @@ class CompiledChecks:
 
     def _compile(self, name: str) -> Optional[Callable[[Any], Any]]:
         try:
-            self._documents(name)
-            import fastjsonschema
-        except (Unsafe, ImportError) as error:
+            self._check_documents(name)
+        except Unsafe as error:
             LOG.debug("%s is checked by jsonschema alone: %s", name, error)
+            return None
+        try:
+            import fastjsonschema
+        except Exception as error:  # not installed, or a broken install: jsonschema alone is always right
+            if not CompiledChecks._import_failed_logged:
+                CompiledChecks._import_failed_logged = True
+                LOG.warning("fastjsonschema cannot be imported (%r): every request is validated by jsonschema, "
+                            "which slows a cold start", error)
             return None
 
         def load(uri: str) -> dict:
@@ -205,5 +280,5 @@ class CompiledChecks:
                 load(self._uri_of(name)), handlers=handlers, use_default=False, use_formats=False,
                 detailed_exceptions=False))
         except Exception as error:  # a schema fastjsonschema cannot compile: jsonschema alone is always right
-            LOG.debug("%s is checked by jsonschema alone: fastjsonschema: %r", name, error)
+            LOG.warning("%s is checked by jsonschema alone: fastjsonschema cannot compile it: %r", name, error)
             return None

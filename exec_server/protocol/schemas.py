@@ -30,7 +30,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Tuple
 
-from exec_server.protocol.compiled import CompiledChecks
+from exec_server.protocol.compiled import ANNOTATIONS, CompiledChecks
 from exec_server.protocol.errors import InvalidParams
 from exec_server.protocol.schema_errors import first_error, serde_message
 
@@ -57,7 +57,7 @@ def _libraries():
 
 
 def _schema_root():
-    """The folder (a Traversable) holding the schema files."""
+    """The path of the folder holding the schema files."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     packaged = os.path.join(package, "schemas")  # an installed wheel: exec_server/schemas
     if os.path.isdir(packaged):
@@ -198,8 +198,10 @@ class SchemaSet:
 
         It returns on an instance the schema accepts and raises otherwise;
         :meth:`validate_params` tries it first.  None: jsonschema alone
-        checks this schema (a keyword outside ``SAFE_KEYWORDS``, or
-        fastjsonschema is not installed).
+        checks this schema (it breaks a rule of ``check_safe``, or
+        fastjsonschema cannot be imported).  For a set loaded from another
+        folder the file is first checked against the metaschema, which
+        imports jsonschema: only the shipped set starts without it.
         """
         self._check(name)  # a schema file that is not ours, before its first use
         return self._compiled.check(name)
@@ -301,8 +303,6 @@ class _MemberValidators:
                 yield error
 
 
-#: Keywords that may stand beside a ``$ref`` without changing what it accepts.
-_ANNOTATIONS = frozenset({"description", "title", "$comment"})
 #: How deep references are followed when inlining (a cycle stops here).
 _MAX_INLINE_DEPTH = 16
 
@@ -313,7 +313,7 @@ def _inline_refs(node: Any, resolver: "referencing._core.Resolver", depth: int) 
     if not isinstance(node, dict):
         return node
     ref = node.get("$ref")
-    if isinstance(ref, str) and depth < _MAX_INLINE_DEPTH and set(node) - {"$ref"} <= _ANNOTATIONS:
+    if isinstance(ref, str) and depth < _MAX_INLINE_DEPTH and set(node) - {"$ref"} <= ANNOTATIONS:
         resolved = resolver.lookup(ref)
         target = resolved.contents
         if isinstance(target, dict) and "$id" not in target:
