@@ -40,27 +40,25 @@ def decode(text: str) -> bytes:
             (``Invalid symbol 33, offset 0.``, ``Invalid input length: 1``,
             ``Invalid last symbol 66, offset 1.``, ``Invalid padding``).
     """
-    try:
-        data = text.encode("ascii")
-    except UnicodeEncodeError:
-        data = None
-    if data is not None and len(data) % 4 == 0:
-        padding_at = data.find(b"=")
-        if padding_at == -1 or padding_at >= len(data) - 2:
+    # A str's isascii() is a flag, not a scan, and pybase64 reads an ASCII str in place: no
+    # 87 KB bytes copy of a 64 KiB chunk's text (one buffer fewer to fault in: ~25 -> ~7 us).
+    if text.isascii() and len(text) % 4 == 0:
+        padding_at = text.find("=")
+        if padding_at == -1 or padding_at >= len(text) - 2:
             try:
-                decoded = _codec.b64decode(data, validate=True)  # the fast path
+                decoded = _codec.b64decode(text, validate=True)  # the fast path
             except binascii.Error:
                 pass  # describe the problem below
             else:
-                if padding_at == -1 or _zero_trailing_bits(data, padding_at):
+                if padding_at == -1 or _zero_trailing_bits(text, padding_at):
                     return decoded
-    raise ValueError(_describe(text.encode("utf-8", "surrogatepass") if data is None else data))
+    raise ValueError(_describe(text.encode("utf-8", "surrogatepass")))
 
 
-def _zero_trailing_bits(data: bytes, padding_at: int) -> bool:
+def _zero_trailing_bits(text: str, padding_at: int) -> bool:
     """Whether the last symbol before the padding leaves no bits set beyond the decoded bytes."""
-    mask = 0x0F if len(data) - padding_at == 2 else 0x03
-    return not _ALPHABET_INDEX[data[padding_at - 1]] & mask
+    mask = 0x0F if len(text) - padding_at == 2 else 0x03
+    return not _ALPHABET_INDEX[ord(text[padding_at - 1])] & mask
 
 
 def _describe(data: bytes) -> str:
