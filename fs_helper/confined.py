@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict
 
 from . import b64, safe_path
 from .operations import (FsError, INTERNAL_ERROR, INVALID_REQUEST, OPERATIONS, errno_error, native_path, os_error,
-                         read_limit_error, READ_FILE_LIMIT, metadata_result)
+                         read_limit_error, READ_FILE_LIMIT, metadata_result, refuse_copy_into_itself)
 from .replacing import umask
 from .policy import Policy
 
@@ -214,6 +214,7 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
             return {}
         if not params["recursive"]:
             raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
+        refuse_copy_into_itself(source, native_path(params, "destinationPath"))
         policy.check_tree_readable(source)
         policy.check_tree_writable(destination)
         try:

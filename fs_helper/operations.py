@@ -322,6 +322,22 @@ def _copy_tree_error(exc: shutil.Error) -> FsError:
     return errno_error(int(number.group(1))) if number else FsError(INTERNAL_ERROR, why)
 
 
+#: The reference's answer (-32600) to a recursive copy into the source's own tree.
+COPY_INTO_ITSELF = "fs/copy cannot copy a directory to itself or one of its descendants"
+
+
+def refuse_copy_into_itself(source: str, destination: str) -> None:
+    """Raise :data:`COPY_INTO_ITSELF` if ``destination`` is directory ``source`` or lies under it.
+
+    Both are resolved (symlinks of the parts that exist), so a link cannot
+    hide the loop; a copy into itself would otherwise copy its own copies
+    until the path is too long or the disk full.
+    """
+    source, destination = os.path.realpath(source), os.path.realpath(destination)
+    if os.path.commonpath([source, destination]) == source:
+        raise FsError(INVALID_REQUEST, COPY_INTO_ITSELF)
+
+
 def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     source = native_path(params, "sourcePath")
     destination = native_path(params, "destinationPath")
@@ -332,6 +348,7 @@ def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
         if stat.S_ISDIR(info.st_mode):
             if not params["recursive"]:
                 raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
+            refuse_copy_into_itself(source, destination)
             shutil.copytree(source, destination, dirs_exist_ok=True, copy_function=_copy_tree_file)
         else:
             if os.path.isdir(destination):

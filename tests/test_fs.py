@@ -372,6 +372,23 @@ def _unreadable_file(tmp_path):
     return None
 
 
+@pytest.mark.parametrize("into", ["itself", "child", "grandchild", "through-a-link"])
+def test_copy_into_its_own_tree_is_refused_before_writing(fs, tmp_path, into):
+    """A copy into itself would copy its own copies until the path is too long or the disk full."""
+    source = tmp_path / "a"
+    (source / "b").mkdir(parents=True)
+    (source / "b" / "f").write_bytes(b"x" * 1000)
+    (tmp_path / "link").symlink_to(source / "b")
+    destination = {"itself": source, "child": source / "c", "grandchild": source / "b" / "c",
+                   "through-a-link": tmp_path / "link" / "c"}[into]
+    with pytest.raises(InvalidRequest) as caught:
+        fs.copy(source, destination, recursive=True)
+    assert caught.value.message == "fs/copy cannot copy a directory to itself or one of its descendants"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in source.rglob("*")) == ["a/b", "a/b/f"]
+    fs.copy(source, tmp_path / "a2", recursive=True)  # a sibling whose name starts the same is fine
+    assert (tmp_path / "a2" / "b" / "f").read_bytes() == b"x" * 1000
+
+
 def test_recursive_copy_errors_are_os_errors(server, tmp_path):
     """A file of the tree that cannot be read: the reference's text and code (-32600 for EACCES) at the
     first failure, not a list of Python errors after trying the rest."""

@@ -271,6 +271,16 @@ def test_copy_through_links(linked):
     assert sorted(os.listdir(outside)) == ["victim.txt"]
 
 
+def test_copy_into_its_own_tree_is_refused_when_confined(roots):
+    work, outside, hidden = roots
+    uri = lambda p: path_to_uri(str(p))  # noqa: E731
+    error = refused("fs/copy", {"sourcePath": uri(work), "destinationPath": uri(work / "srcdir" / "c"),
+                                "recursive": True}, work, hidden)
+    assert (error.code, error.message) == (-32600, "fs/copy cannot copy a directory to itself or one of its "
+                                                   "descendants")
+    assert not (work / "srcdir" / "c").exists()
+
+
 def test_rename_into_place_does_not_write_through_a_link(linked):
     """writeFile's rename replaces what is at the checked name; a link there is judged by its target."""
     work, outside, hidden = linked
