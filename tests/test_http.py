@@ -74,6 +74,20 @@ def test_upgrade_has_no_extensions_or_subprotocol(any_server):
     assert "sec-websocket-extensions" not in headers and "sec-websocket-protocol" not in headers
 
 
+@pytest.mark.parametrize("header", [b"Sec-WebSocket-Protocol: \xff", b"Sec-WebSocket-Extensions: x\xe9"])
+def test_an_offer_that_is_not_ascii_is_ignored_like_any_offer(any_server, header):
+    """Before authentication: it was a 500 and a logged traceback; the reference upgrades."""
+    response = http_request(port_of(any_server), UPGRADE + header + b"\r\n\r\n")
+    assert status_line(response).startswith(b"HTTP/1.1 101")
+
+
+def test_a_handshake_header_that_is_not_ascii_is_a_400(server, caplog):
+    raw = UPGRADE.replace(b"Connection: Upgrade", b"Connection: Upgrade, \xff") + b"\r\n"
+    response = http_request(port_of(server), raw)
+    assert status_line(response) == b"HTTP/1.1 400 Bad Request"
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
 def test_accepted_sockets_have_tcp_nodelay(server, connect):
     import psutil
     peer = connect(server.url)

@@ -99,8 +99,11 @@ def _plain(start_response, status: str, body: bytes = b"", headers=None):
 
 
 #: The request headers the WebSocket handshake reads (WSGI environ keys).
+#: What wsproto is given of an upgrade request.  Not the subprotocol and extension offers: the server
+#: accepts none (as the reference), and wsproto would fail on a value that is not ASCII (a 500 before
+#: authentication) where the reference upgrades.
 _HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
-                      "HTTP_SEC_WEBSOCKET_VERSION", "HTTP_SEC_WEBSOCKET_PROTOCOL", "HTTP_SEC_WEBSOCKET_EXTENSIONS")
+                      "HTTP_SEC_WEBSOCKET_VERSION")
 
 
 def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
@@ -168,7 +171,8 @@ class WebSocketApp:
             protocol.initiate_upgrade_connection(_request_headers(environ),
                                                  environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
             event = next(protocol.events(), None)
-        except (RemoteProtocolError, LocalProtocolError) as exc:  # h11 raises the latter on a bad value
+        except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
+            # h11 raises LocalProtocolError on a bad value, wsproto UnicodeDecodeError on one that is not ASCII
             return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
         if not isinstance(event, Request):
             return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
