@@ -13,6 +13,7 @@ from exec_server import Client
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
 from exec_server.server.fs.helper import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
 from exec_server.server.fs.sandbox import parse_sandbox
+from conftest import start_params
 
 pytestmark = pytest.mark.posix
 
@@ -53,6 +54,28 @@ def roots(tmp_path):
     outside.mkdir()
     (outside / "secret.txt").write_bytes(b"original")
     return work, outside
+
+
+@pytest.mark.parametrize("uri,process_error,fs_error", [
+    ("relative", (-32602, "invalid URI: relative URL without a base"), None),
+    ("", (-32602, "invalid URI: relative URL without a base"), None),
+    ("http://x/", (-32602, "unsupported path URI scheme `http`"), None),
+    ("file:///tmp/%00", (-32602, "'file:///tmp/%00' is invalid on 'linux'"), None),
+    ("file://host/x", (-32602, "failed to prepare process sandbox: invalid sandbox permission path: "
+                               "'file://host/x' is invalid on 'linux'"),
+     (-32600, "invalid sandbox permission path URI: 'file://host/x' is invalid on 'linux'")),
+])
+def test_an_entry_path_that_is_no_file_uri_is_answered(any_server, connect, uri, process_error, fs_error):
+    """It reached the sandbox's set-up and failed there: -32603 and a logged traceback."""
+    if sys.platform != "linux":
+        pytest.skip("the texts name linux")
+    peer = connect(any_server.url)
+    peer.initialize()
+    bad = restricted([], extra=[{"path": {"type": "path", "path": uri}, "access": "read"}])
+    reply = peer.request("process/start", start_params("p", ["true"], sandbox=bad))
+    assert (reply["error"]["code"], reply["error"]["message"]) == process_error
+    reply = peer.request("fs/readFile", {"path": "file:///etc/hostname", "sandbox": bad})
+    assert (reply["error"]["code"], reply["error"]["message"]) == (fs_error or process_error)
 
 
 def test_write_inside_root_and_refusal_outside(client, roots):

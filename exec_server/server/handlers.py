@@ -144,7 +144,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     """Spawn a process (PROTOCOL.md 5.1); checks run in the reference's order."""
     process_id = params["processId"]
     cwd = _cwd_path(params["cwd"])
-    policy = sandbox.parse_sandbox(params.get("sandbox"))
+    policy = sandbox.parse_sandbox(params.get("sandbox"), process=True)
     if params.get("enforceManagedNetwork"):
         raise InvalidParams("enforceManagedNetwork is not supported by this exec-server")
     argv = params["argv"]

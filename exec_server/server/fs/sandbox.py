@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from exec_server.protocol.errors import InternalError, InvalidParams
+from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
+from exec_server.protocol.uris import UriError, uri_to_path
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,19 @@ class SandboxPolicy:
     restrict_file_system: bool
 
 
-def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None) -> Optional[SandboxPolicy]:
+def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None,
+                  process: bool = False) -> Optional[SandboxPolicy]:
     """The policy to enforce, or None when the profile restricts nothing.
+
+    ``process``: the profile is ``process/start``'s (the reference words a
+    bad path there otherwise than for the fs methods).
 
     Raises:
         InvalidParams: an unsupported variant (glob patterns, special paths
-            other than ``minimal``, a Windows sandbox level).
+            other than ``minimal``, a Windows sandbox level), or an entry's
+            path that is not a file URI of this host (the URI's own error, as
+            the reference; a URI with a host is -32600 for the fs methods).
+        InvalidRequest: a URI with a host, for the fs methods.
     """
     if sandbox is None:
         return None
@@ -58,11 +66,25 @@ def parse_sandbox(sandbox: Optional[dict], windows: Optional[bool] = None) -> Op
                     raise InvalidParams("unsupported sandbox special path `%s`" % special)
                 entries.append((":minimal", access))
             else:
-                entries.append((path.get("path", ""), access))  # a file URI
+                entries.append((_checked_uri(path.get("path", ""), windows, process), access))
     restrict_network = permissions.get("network") == "restricted"
     if file_system["type"] != "restricted" and not restrict_network:
         return None
     return SandboxPolicy(tuple(entries), restrict_network, file_system["type"] == "restricted")
+
+
+def _checked_uri(uri: str, windows: bool, process: bool) -> str:
+    """``uri`` if it is a file URI of this host, or the reference's error for it."""
+    try:
+        uri_to_path(uri, windows)
+    except UriError as error:
+        if error.kind != "host":
+            raise InvalidParams(error.message) from None
+        if process:
+            raise InvalidParams("failed to prepare process sandbox: invalid sandbox permission path: "
+                                + error.message) from None
+        raise InvalidRequest("invalid sandbox permission path URI: " + error.message) from None
+    return uri
 
 
 def unavailable(policy: SandboxPolicy, why: str) -> InternalError:
