@@ -44,6 +44,27 @@ def test_lone_surrogate_is_a_parse_error_and_the_connection_stays(peer, text):
     assert reply["result"] == {"running": False}
 
 
+@pytest.mark.parametrize("text,name", [
+    ('{"id":7,"method":"process/start","params":{"processId":"d","argv":["true"],"argv":["touch","%s"],'
+     '"cwd":"file:///tmp","env":{},"tty":false}}', "argv"),
+    ('{"id":7,"id":8,"method":"process/start","params":{"processId":"d","argv":["touch","%s"],'
+     '"cwd":"file:///tmp","env":{},"tty":false}}', "id"),
+    ('{"id":7,"method":"process/read","method":"process/start","params":{"processId":"d","argv":["touch","%s"],'
+     '"cwd":"file:///tmp","env":{},"tty":false}}', "method"),
+    ('{"id":7,"method":"process/start","params":{"processId":"d","argv":["touch","%s"],'
+     '"cwd":"file:///tmp","env":{"A":"1","A":"2"},"tty":false}}', "A"),
+])
+def test_a_member_named_twice_refuses_the_message(peer, tmp_path, text, name):
+    """As the reference: JSON's "last one wins" would run another command than a reader of the first sees."""
+    proof = tmp_path / "ran"
+    error = parse_error(peer, text % proof)
+    assert error["code"] == -32600 and error["message"].startswith(PREFIX)
+    assert "duplicate JSON object key `%s`" % name in error["message"]
+    reply = peer.request("process/terminate", {"processId": "d"})
+    assert reply["result"] == {"running": False}
+    assert not proof.exists()
+
+
 @pytest.mark.parametrize("method,params", [
     ("fs/readFile", {"path": "file:///tmp/a%00b"}),
     ("fs/writeFile", {"path": "file:///tmp/a%00b", "dataBase64": ""}),

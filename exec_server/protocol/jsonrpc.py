@@ -135,6 +135,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("unsupported number %s" % name)
 
 
+def _unique_members(pairs: list) -> dict:
+    """An object whose member names are all different, as serde reads one.
+
+    The reference refuses the whole message (-32600); taking the last value
+    (``json``'s default) would let a proxy or a log that reads the first see
+    another command than the one that runs.
+    """
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen = set()
+        duplicate = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise ValueError("duplicate JSON object key `%s`" % duplicate)
+    return members
+
+
 #: An escape that can only be half of a surrogate pair (``\ud800``-``\udfff``).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 #: The envelope error for a lone surrogate anywhere in a message (serde's text; the reference
@@ -174,7 +189,8 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
         a :class:`Request`, :class:`Notification`, :class:`Response` or
         :class:`ErrorResponse`.
     Raises:
-        EnvelopeError: the text is not JSON, not an object, has an id of the
+        EnvelopeError: the text is not JSON (a member named twice in one
+            object included), not an object, has an id of the
             wrong type, a request ``trace`` that is not an object, or fits no
             message shape.  Reply -32600 with id -1 and keep the connection.
     """
@@ -182,13 +198,14 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8")
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_members)
         except ValueError as exc:
             if "integer string conversion" not in str(exc):
                 raise
             # an integer of thousands of digits (past sys.get_int_max_str_digits()): a number no field
             # takes, as the reference sees it (its checks then say "invalid number" and so on)
-            data = json.loads(text, parse_constant=_reject_constant, parse_int=_int_or_float)
+            data = json.loads(text, parse_constant=_reject_constant, parse_int=_int_or_float,
+                              object_pairs_hook=_unique_members)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EnvelopeError(str(exc)) from None
     # "\\" first: a one-character search is a memchr (~1 us for a 64 KiB chunk's text, ~80 for "\\u")
