@@ -11,6 +11,7 @@ from conftest import start_params
 from test_fuzz import _frame, _upgrade
 
 PREFIX = "failed to parse websocket JSON-RPC message from exec-server websocket "
+ENV_POLICY = {"inherit": "core", "ignoreDefaultExcludes": False, "exclude": [], "set": {}, "includeOnly": []}
 
 
 @pytest.fixture
@@ -112,12 +113,25 @@ def test_huge_wait_ms_waits_for_the_process(server, connect):
     ("arg0", {"argv": ["echo"], "arg0": "e\u0000"}, "$.arg0"),
     ("env[A]", {"argv": ["echo"], "env": {"A": "x\u0000"}}, "$.env"),
     ("env key `A\\0`", {"argv": ["echo"], "env": {"A\u0000": "x"}}, "$.env"),
+    ("envPolicy.set[A]", {"argv": ["echo"], "envPolicy": dict(ENV_POLICY, set={"A": "x\u0000"})}, "$.envPolicy.set"),
+    ("envPolicy.set key `A\\0`", {"argv": ["echo"], "envPolicy": dict(ENV_POLICY, set={"A\u0000": "x"})},
+     "$.envPolicy.set"),
 ])
 def test_nul_byte_in_argv_or_env_names_the_field(server, connect, field, params, path):
     peer = connect(server.url)
     peer.initialize()
     error = peer.request("process/start", dict(start_params("n", params["argv"]), **params))["error"]
     assert error == {"code": -32602, "message": "nul byte found in provided data: " + field, "data": {"path": path}}
+
+
+def test_an_env_policy_name_with_equals_is_invalid_params(server, connect):
+    """As in env (it was -32603 and Python's text)."""
+    peer = connect(server.url)
+    peer.initialize()
+    params = dict(start_params("n", ["true"]), envPolicy=dict(ENV_POLICY, set={"A=B": "1"}))
+    error = peer.request("process/start", params)["error"]
+    assert error == {"code": -32602, "data": {"path": "$.envPolicy.set"},
+                     "message": "envPolicy.set key `A=B` contains `=`, which no environment variable name can hold"}
 
 
 def test_write_block_past_the_i64_offset_limit(server, connect, tmp_path):

@@ -112,29 +112,35 @@ def _cwd_path(uri: str) -> str:
 
 
 def _reject_nul_bytes(params: Dict[str, Any]) -> None:
-    """-32602 naming the field when argv, arg0 or env holds a NUL byte (no exec can carry one).
+    """-32602 naming the field when argv, arg0, env or envPolicy.set holds a NUL byte (no exec can carry one).
 
     The reference answers -32603 ``nul byte found in provided data``; the
-    project reports it as the invalid parameter it is.
+    project reports it as the invalid parameter it is.  A variable name
+    holding ``=`` is refused the same way.
     """
     fields = [("argv[%d]" % index, value) for index, value in enumerate(params["argv"])]
     if params.get("arg0") is not None:
         fields.append(("arg0", params["arg0"]))
-    for name, value in (params.get("env") or {}).items():
-        shown = name.replace("\x00", "\\0")
-        fields += [("env key `%s`" % shown, name), ("env[%s]" % shown, value)]
+    maps = [("env", params.get("env") or {}), ("envPolicy.set", (params.get("envPolicy") or {}).get("set") or {})]
+    for label, variables in maps:
+        for name, value in variables.items():
+            shown = name.replace("\x00", "\\0")
+            fields += [("%s key `%s`" % (label, shown), name), ("%s[%s]" % (label, shown), value)]
     for field, value in fields:
         if "\x00" in value:
             raise InvalidParams("nul byte found in provided data: %s" % field, data={"path": _json_path(field)})
-    for name in params.get("env") or {}:
-        if "=" in name:  # the reference passes it on as NAME=VALUE; Python's exec refuses the name
-            raise InvalidParams("env key `%s` contains `=`, which no environment variable name can hold" % name,
-                                data={"path": "$.env"})
+    for label, variables in maps:
+        for name in variables:
+            if "=" in name:  # the reference passes it on as NAME=VALUE; Python's exec refuses the name
+                raise InvalidParams("%s key `%s` contains `=`, which no environment variable name can hold"
+                                    % (label, name), data={"path": "$." + label})
 
 
 def _json_path(field: str) -> str:
     if field.startswith("argv["):
         return "$." + field
+    if field.startswith("envPolicy.set"):
+        return "$.envPolicy.set"
     if field.startswith("env"):
         return "$.env"
     return "$." + field
