@@ -120,7 +120,7 @@ def copy(fs: FileSystem, source: str, destination: str) -> int:
 def copy_files(args: argparse.Namespace) -> int:
     """``exec-server cp``: 0 when the copy is done, else one line on stderr and status 1 or 2."""
     if bool(args.url) == bool(args.via):
-        return report("cp", CommandError("give exactly one of --url and --via"))
+        return report("cp", CommandError("give exactly one of --url and --via (--hosts for several hosts)"))
     try:
         with connect(args, "exec-server-cp") as client:
             copy(client.fs, args.source, args.destination)
