@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from exec_server import Client
-from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
+from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest, RpcError
 from exec_server.server.fs.helper import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
 from exec_server.server.fs.sandbox import parse_sandbox
 from conftest import start_params
@@ -97,6 +97,18 @@ def test_none_entry_denies_reading(client, roots):
     with pytest.raises(InvalidRequest) as caught:
         fs.read_file(outside / "secret.txt")
     assert caught.value.message.endswith("(os error 13)")
+
+
+@needs_bwrap
+def test_a_profile_without_the_system_folders_still_runs_the_helper(client, roots):
+    """The helper's interpreter needs the loader and the C library, whatever the profile grants."""
+    work, outside = roots
+    fs = client.fs.with_sandbox(restricted([work], readable=outside))
+    assert fs.read_file(outside / "secret.txt") == b"original"
+    fs.write_file(work / "w.txt", b"w")
+    assert (work / "w.txt").read_bytes() == b"w"
+    with pytest.raises(RpcError):  # granted to the helper's loader, not to the request
+        fs.read_file("/usr/lib/os-release" if os.path.exists("/usr/lib/os-release") else "/etc/hostname")
 
 
 def test_symlink_out_of_writable_root(client, roots):

@@ -36,6 +36,11 @@ FS_HELPER_TIMEOUT = 60.0
 FS_HELPER_STDERR_BYTES = 4096
 #: What a ``:minimal`` entry binds read-only inside bubblewrap.
 MINIMAL_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
+#: What the helper's interpreter needs to start whatever the profile grants: the dynamic loader and the
+#: C library (bound read-only like the interpreter; the helper's own policy still refuses any request
+#: outside the profile).  Without them a profile that grants neither ``/`` nor ``minimal`` failed with
+#: ``bwrap: execvp ...python: No such file or directory``.
+LIBRARY_BINDS = ("/lib", "/lib32", "/lib64", "/usr/lib", "/usr/lib32", "/usr/lib64", "/etc/ld.so.cache")
 
 
 class FsHelpers:
@@ -112,8 +117,8 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     Binds are ordered from the shortest path to the longest, so a more
     specific entry overrides its parent; ``none`` entries are hidden under an
     empty tmpfs (directories) or /dev/null (files); ``/proc`` and ``/dev``
-    are mounted fresh on top.  ``python`` also binds this interpreter and the
-    fs_helper package read-only (for the helper).  ``new_session`` detaches
+    are mounted fresh on top.  ``python`` also binds this interpreter, the
+    fs_helper package and :data:`LIBRARY_BINDS` read-only (for the helper).  ``new_session`` detaches
     from the controlling terminal (off for PTY processes);
     ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
     request thread waits for it; processes are forked by the long-lived
@@ -126,7 +131,10 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
         command.append("--die-with-parent")
     if policy.restrict_network:
         command.append("--unshare-net")
-    binds: List[Tuple[str, str]] = [(root, "read") for root in _python_roots()] if python else []
+    binds: List[Tuple[str, str]] = []
+    if python:
+        binds += [(root, "read") for root in _python_roots()]
+        binds += [(root, "read") for root in LIBRARY_BINDS if os.path.exists(root)]
     for path, access in policy.entries:
         if path == ":minimal":
             binds.extend((root, "read") for root in MINIMAL_BINDS if os.path.exists(root))
