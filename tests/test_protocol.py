@@ -177,6 +177,9 @@ def test_initialized_before_initialize_closes(connect, any_server):
     ("process/read", {"processId": "a", "afterSeq": 1.0}, "invalid number"),  # serde: a float is no integer
     ("process/read", {"processId": "a", "waitMs": 1e3}, "invalid number"),
     ("process/read", {"processId": "a", "afterSeq": "x"}, "invalid type: string \"x\", expected u64"),
+    ("process/read", {"processId": "a", "maxBytes": True}, "invalid type: boolean `true`, expected usize"),
+    ("process/read", {"processId": "a", "maxBytes": 1.5}, "invalid number"),
+    ("process/terminate", [], "invalid length 0, expected struct TerminateParams with 1 element"),
     ("process/read", {}, "missing field `processId`"),
     ("process/signal", {"processId": "a", "signal": "kill"}, "unknown variant `kill`, expected `interrupt`"),
     ("process/write", {"processId": "a", "chunk": "aGk="}, "missing field `writeId`"),

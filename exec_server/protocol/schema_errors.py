@@ -71,6 +71,8 @@ def _expected_text(schema: Dict[str, Any]) -> str:
         return "a boolean"
     if types == "integer" and schema.get("maximum") == 65535:
         return "u16"  # our extensions' terminal sizes
+    if types == "integer" and schema.get("title"):
+        return schema["title"]  # the Rust type, where it is not u64 or i64 (usize)
     if types == "integer":
         return "u64" if schema.get("minimum") == 0 else "i64"
     if types == "array":
@@ -100,11 +102,12 @@ def serde_message(error: jsonschema.ValidationError) -> str:
         missing = error.message.split("'")[1] if "'" in error.message else str(error.message)
         return "missing field `%s`" % missing
     if validator == "type" and isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool) \
-            and _expected_text(error.schema) == "u64":
+            and _expected_text(error.schema) in ("u64", "usize"):
         return "invalid number"
     if validator == "type" and isinstance(error.instance, list) and _expected_text(error.schema).startswith("struct "):
-        return "invalid length %d, expected %s with %d elements" % (
-            len(error.instance), _expected_text(error.schema), len(error.schema.get("properties", {})))
+        members = len(error.schema.get("properties", {}))
+        return "invalid length %d, expected %s with %d element%s" % (
+            len(error.instance), _expected_text(error.schema), members, "" if members == 1 else "s")
     if validator == "type":
         return "invalid type: %s, expected %s" % (
             serde_type_description(error.instance),
