@@ -145,6 +145,14 @@ def test_initialized_before_initialize_closes(connect, any_server):
 
 
 # --------------------------------------------------------------------- params
+@pytest.mark.parametrize("tty,message", [(False, "missing program for pipe spawn"),
+                                         (True, "missing program for PTY spawn")])
+def test_an_empty_program_name_is_named(connect, any_server, tty, message):
+    peer = ready_peer(connect, any_server)
+    reply = peer.request("process/start", start_params("e", [""], tty=tty))
+    assert error_of(reply) == (-32603, message)
+
+
 @pytest.mark.parametrize("method, params, message", [
     ("process/start", {"processId": 5, "argv": ["true"], "cwd": "file:///tmp", "env": {}, "tty": False},
      "invalid type: number, expected a string"),

@@ -20,7 +20,7 @@ from exec_server.server.fs.helper import FsHelpers, bubblewrap_command, find_bub
 from exec_server.server.config import ServerConfig
 from exec_server.server.process.env import child_environment
 from exec_server.server.environment_info import environment_info
-from exec_server.protocol.errors import InvalidParams, InvalidRequest
+from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
 from exec_server.protocol.handshake import TAKEN_OVER
 from exec_server.protocol.wire import RawJson, read_result_json
 from exec_server.server.process import spawn
@@ -156,6 +156,8 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     argv = params["argv"]
     if not argv:
         raise InvalidParams("argv must not be empty")
+    if not argv[0]:  # the reference's texts (an empty name would be looked up as the cwd itself)
+        raise InternalError("missing program for %s spawn" % ("PTY" if params["tty"] else "pipe"))
     _reject_nul_bytes(params)
     if params["tty"] and spawn.IS_WINDOWS:
         # The PTY backend for Windows (pywinpty) is not written yet; name what it will need.
