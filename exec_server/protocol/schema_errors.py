@@ -69,10 +69,8 @@ def _expected_text(schema: Dict[str, Any]) -> str:
         return "a string"
     if types == "boolean":
         return "a boolean"
-    if types == "integer" and schema.get("maximum") == 65535:
-        return "u16"  # our extensions' terminal sizes
     if types == "integer" and schema.get("title"):
-        return schema["title"]  # the Rust type, where it is not u64 or i64 (usize)
+        return schema["title"]  # the Rust type, where it is not u64 or i64 (usize, u16)
     if types == "integer":
         return "u64" if schema.get("minimum") == 0 else "i64"
     if types == "array":
