@@ -218,8 +218,8 @@ class CompiledChecks:
             check = self._checks[name] = self._compile(name) or _NOT_COMPILED
         return check or None
 
-    def _check_documents(self, name: str) -> List[str]:
-        """Check ``name`` and every file it references (:func:`check_safe`); returns their names.
+    def _check_documents(self, name: str) -> None:
+        """Check ``name`` and every file it references (:func:`check_safe`).
 
         Raises:
             Unsafe: a rule of this module's text is broken.
@@ -252,7 +252,6 @@ class CompiledChecks:
                     if document not in self._by_uri:
                         raise Unsafe("a reference outside the schema files: %s" % ref)
                     todo.append(self._by_uri[document])
-        return seen
 
     def _compile(self, name: str) -> Optional[Callable[[Any], Any]]:
         try:

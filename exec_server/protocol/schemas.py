@@ -90,7 +90,7 @@ class SchemaSet:
         self._inlined: Dict[str, dict] = {}
         self._members = _MemberValidators()
         self._reusing_class: Optional[type] = None
-        self._compiled = CompiledChecks(schemas, lambda name: schemas[name].get("$id", _URN + name))
+        self._compiled = CompiledChecks(schemas, self._uri_of)
 
     @classmethod
     def load(cls, root: Optional[str] = None) -> "SchemaSet":
@@ -130,13 +130,17 @@ class SchemaSet:
             jsonschema.validators.validator_for(schema).check_schema(schema)
             self._checked.add(name)
 
+    def _uri_of(self, name: str) -> str:
+        """The URI schema file ``name`` is known by: its ``$id``, else ``urn:exec-server:<name>``."""
+        return self._schemas[name].get("$id", _URN + name)
+
     @property
     def _registry(self) -> Any:
         """The offline ``referencing.Registry`` of every schema, built on first use."""
         if self._registry_built is None:
             _, referencing = _libraries()
             self._registry_built = referencing.Registry().with_resources(
-                (schema.get("$id", _URN + name), referencing.Resource.from_contents(schema))
+                (self._uri_of(name), referencing.Resource.from_contents(schema))
                 for name, schema in self._schemas.items())
         return self._registry_built
 
@@ -183,7 +187,7 @@ class SchemaSet:
         references cannot all be inlined (a cycle, a ``$ref`` with sibling
         assertions) is used as it is.
         """
-        resolver = self._registry.resolver(schema.get("$id", _URN + name))
+        resolver = self._registry.resolver(self._uri_of(name))
         try:
             inlined = _inline_refs(schema, resolver, 0)
         except referencing.exceptions.Unresolvable:  # jsonschema will report it when validating

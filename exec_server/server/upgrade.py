@@ -98,10 +98,9 @@ def _plain(start_response, status: str, body: bytes = b"", headers=None):
     return [body]
 
 
-#: The request headers the WebSocket handshake reads (WSGI environ keys).
-#: What wsproto is given of an upgrade request.  Not the subprotocol and extension offers: the server
-#: accepts none (as the reference), and wsproto would fail on a value that is not ASCII (a 500 before
-#: authentication) where the reference upgrades.
+#: The request headers the WebSocket handshake reads (WSGI environ keys), all that wsproto is given.
+#: Not the subprotocol and extension offers: the server accepts none (as the reference), and wsproto
+#: would fail on a value that is not ASCII (a 500 before authentication) where the reference upgrades.
 _HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
                       "HTTP_SEC_WEBSOCKET_VERSION")
 
