@@ -50,3 +50,54 @@ def test_readyz_loads_no_websocket_code():
 def test_the_first_upgrade_loads_the_websocket_side():
     outcome = _listener(after=_UPGRADE)
     assert outcome["upgraded"] == "ok"
+
+
+_FAMILIES = r"""
+import json, sys, time
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.sessions import SessionRegistry
+
+WATCHED = ("fs_helper.operations", "exec_server.server.handlers.fs", "exec_server.server.fs.handles",
+           "exec_server.server.fs.helper", "exec_server.server.handlers.process",
+           "exec_server.server.process.managed", "exec_server.server.process.spawn", "subprocess")
+sent, loaded = [], {}
+registry = SessionRegistry(ServerConfig())
+connection = Dispatcher(registry).open_connection(lambda *texts: sent.extend(texts), "x: ")
+
+def step(name, *texts):
+    answers = len(sent) + sum('"id"' in text for text in texts)
+    for text in texts:
+        connection.receive(text)
+    deadline = time.monotonic() + 20
+    while len(sent) < answers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loaded[name] = sorted(module for module in WATCHED if module in sys.modules)
+
+step("initialize", '{"id":1,"method":"initialize","params":{"clientName":"cold"}}', '{"method":"initialized"}',
+     '{"id":2,"method":"environment/info"}')
+step("fs", '{"id":3,"method":"fs/getMetadata","params":{"path":"file://%s"}}' % sys.argv[1])
+step("process", '{"id":4,"method":"process/start","params":{"processId":"p","argv":["true"],"cwd":"file:///",'
+     '"env":{},"tty":false}}')
+connection.close()
+registry.close_all()
+print(json.dumps({"loaded": loaded, "sent": [json.loads(text) for text in sent]}))
+"""
+
+
+def test_handler_families_load_on_their_first_request(tmp_path):
+    """``initialize`` loads neither the fs nor the process code; each loads with its family's first request."""
+    done = subprocess.run([sys.executable, "-c", _FAMILIES, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    by_id = {message.get("id"): message for message in outcome["sent"]}
+    assert "sessionId" in by_id[1]["result"] and by_id[2]["result"]["platformOs"] == "linux"
+    assert by_id[3]["result"]["isDirectory"] is True
+    assert by_id[4]["result"]["processId"] == "p"
+    loaded = outcome["loaded"]
+    assert loaded["initialize"] == []
+    assert {"exec_server.server.handlers.fs", "fs_helper.operations"} <= set(loaded["fs"])
+    assert not {"exec_server.server.handlers.process", "exec_server.server.process.managed"} & set(loaded["fs"])
+    assert {"exec_server.server.handlers.process", "exec_server.server.process.managed",
+            "exec_server.server.process.spawn", "subprocess"} <= set(loaded["process"])

@@ -75,3 +75,61 @@ def test_closed_connection_sends_nothing(pair):
     connection.close()
     time.sleep(0.3)
     assert len(sent) == count  # the aborted long poll got no reply, no notification went out
+
+
+def test_method_table_names_a_handler_for_every_method():
+    """Each lazily loaded entry resolves to its family's function; the fs path methods are fs_helper's."""
+    from fs_helper.operations import OPERATIONS
+
+    from exec_server.server.handlers import FS_PATH_METHODS, METHODS, LazyHandler
+    from exec_server.server.handlers import fs, process
+
+    assert set(FS_PATH_METHODS) == set(OPERATIONS)
+    lazy = {method: handler for method, (_family, handler) in METHODS.items() if isinstance(handler, LazyHandler)}
+    assert set(lazy) == set(fs.HANDLERS) | set(process.HANDLERS)
+    for method, handler in lazy.items():
+        family = fs if method.startswith("fs/") else process
+        assert handler.resolve() is family.HANDLERS[method], method
+
+
+def _open_fds_to(path):
+    import os
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + name) == str(path):
+                found.append(name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("earlier_handle", [False, True])
+def test_fs_open_finishing_after_the_connection_closed_leaves_no_descriptor(pair, tmp_path, earlier_handle):
+    """An fs/open still running when its connection ends must not open a handle nobody can close."""
+    dispatcher, connection, sent = pair
+    target = tmp_path / "file"
+    target.write_bytes(b"data")
+    other = tmp_path / "other"
+    other.write_bytes(b"x")
+    handshake(connection)
+    if earlier_handle:  # the connection's handles exist before it closes
+        connection.receive('{"id":2,"method":"fs/open","params":{"handleId":"a","path":"file://%s"}}' % other)
+        wait_until(lambda: len(sent) == 2)
+        assert "error" not in replies(sent)[1]
+    family, real_open = dispatcher.methods["fs/open"]
+    outcomes = []
+
+    def open_after_close(ctx, params):
+        connection.close()  # the client went away while this request ran
+        try:
+            outcomes.append(real_open(ctx, params))
+        except Exception as exc:
+            outcomes.append(exc)
+            raise
+
+    dispatcher.methods["fs/open"] = (family, open_after_close)
+    connection.receive('{"id":3,"method":"fs/open","params":{"handleId":"b","path":"file://%s"}}' % target)
+    wait_until(lambda: outcomes)
+    assert getattr(outcomes[0], "code", None) == -32600
+    assert _open_fds_to(target) == [] and _open_fds_to(other) == []

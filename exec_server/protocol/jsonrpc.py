@@ -12,8 +12,7 @@ strings, echoed with their JSON type; a malformed envelope is reported as
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 from exec_server.protocol.errors import RpcError
 from exec_server.protocol.wire import RawJson, dumps  # noqa: F401  (dumps: part of this module's API)
@@ -27,37 +26,32 @@ UNKNOWN_ID = -1
 RequestId = Union[int, str]
 
 
-@dataclass(frozen=True)
-class TraceContext:
+class TraceContext(NamedTuple):
     """W3C Trace Context carried as the top-level ``trace`` member."""
 
     traceparent: Optional[str] = None
     tracestate: Optional[str] = None
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     id: RequestId
     method: str
     params: Any = None
     trace: Optional[TraceContext] = None
 
 
-@dataclass(frozen=True)
-class Notification:
+class Notification(NamedTuple):
     method: str
     params: Any = None
     trace: Optional[TraceContext] = None
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     id: RequestId
     result: Any
 
 
-@dataclass(frozen=True)
-class ErrorResponse:
+class ErrorResponse(NamedTuple):
     id: Optional[RequestId]
     error: Dict[str, Any]
 

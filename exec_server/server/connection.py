@@ -20,14 +20,12 @@ with -32001 without being run, and the reader thread never blocks.
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from exec_server.server import handlers
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
-from exec_server.server.fs.handles import BLOCK_METHODS, FileHandles
-from exec_server.server.fs.helper import FsHelpers
+from exec_server.server.handlers import RequestContext
 from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
                                          ServerOverloaded)
 from exec_server.protocol.handshake import Handshake
@@ -38,6 +36,12 @@ from exec_server.server.process.output import ReadAborted
 from exec_server.server.sessions import SessionRegistry
 from exec_server.protocol.schemas import SchemaSet
 
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from exec_server.server.fs.handles import FileHandles
+    from exec_server.server.fs.helper import FsHelpers
+
 log = logging.getLogger(__name__)
 
 #: Methods that never block for long (besides ``process/read`` without
@@ -47,6 +51,10 @@ log = logging.getLogger(__name__)
 #: ~690 processes/s (benchmarks/bench.py, shared harness).
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
                             "process/start", "process/terminate", "process/resize", "fs/close"})
+
+#: The methods that use a file handle and may run concurrently: counted per handle as they are
+#: dispatched (:meth:`exec_server.server.fs.handles.FileHandles.begin`), so a later ``fs/close`` waits for them.
+BLOCK_METHODS = frozenset({"fs/readBlock", "fs/writeBlock"})
 
 #: Name prefix of the request threads (a pool per connection); they inherit
 #: the daemon flag of the connection's thread but still hold interpreter exit.
@@ -59,14 +67,15 @@ _ABORTED: Any = object()
 class Dispatcher:
     """Shared by every connection of one server.  Thread-safe.
 
-    ``fs_helpers`` owns the fs helpers this server's requests start (a new
-    owner unless one is given); the server stops it at shutdown.
+    :attr:`fs_helpers` owns the fs helpers this server's requests start (a new
+    owner, made on first use, unless one is given); the server stops it at
+    shutdown.
     """
 
     def __init__(self, registry: SessionRegistry, config: Optional[ServerConfig] = None,
-                 schemas: Optional[SchemaSet] = None, fs_helpers: Optional[FsHelpers] = None):
+                 schemas: Optional[SchemaSet] = None, fs_helpers: "Optional[FsHelpers]" = None):
         self.registry = registry
-        self.fs_helpers = fs_helpers if fs_helpers is not None else FsHelpers()
+        self._fs_helpers = fs_helpers
         self.config = config or registry.config
         self.schemas = schemas or SchemaSet.load()
         self.methods = dict(handlers.METHODS)
@@ -76,6 +85,18 @@ class Dispatcher:
             raise RuntimeError("no params schema for %s" % ", ".join(missing))
         self._connections_lock = threading.Lock()
         self._connections: "set[RpcConnection]" = set()
+
+    @property
+    def fs_helpers(self) -> "FsHelpers":
+        """The :class:`~exec_server.server.fs.helper.FsHelpers` of this server (imported on first use)."""
+        helpers = self._fs_helpers
+        if helpers is None:
+            from exec_server.server.fs.helper import FsHelpers
+            with self._connections_lock:
+                if self._fs_helpers is None:
+                    self._fs_helpers = FsHelpers()
+                helpers = self._fs_helpers
+        return helpers
 
     def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket",
                         probe: Optional[Callable[[float], bool]] = None) -> "RpcConnection":
@@ -124,12 +145,29 @@ class RpcConnection:
         self._send = send
         self._prefix = parse_error_prefix
         config = dispatcher.config
-        self.file_handles = FileHandles(config.max_open_files)
+        self._file_handles: "Optional[FileHandles]" = None  # made by the first fs/* request that needs one
         self._admitted_lock = threading.Lock()
         self._admitted = 0  # pooled requests running or queued
         self._admission_limit = config.concurrent_requests + config.max_queued_requests
         self._serial = config.concurrent_requests == 1
-        self._pool: Optional[ThreadPoolExecutor] = None  # made by the first request that needs it
+        self._pool: "Optional[ThreadPoolExecutor]" = None  # made by the first request that needs it
+
+    @property
+    def file_handles(self) -> "FileHandles":
+        """This connection's file handles (PROTOCOL.md 8.4), made on first use with the fs code.
+
+        One made after :meth:`close` is closed at once, so no handle outlives the connection.
+        """
+        handles = self._file_handles
+        if handles is None:
+            from exec_server.server.fs.handles import FileHandles
+            with self._close_lock:
+                if self._file_handles is None:
+                    self._file_handles = FileHandles(self.dispatcher.config.max_open_files)
+                    if self.closed:
+                        self._file_handles.close_all()
+                handles = self._file_handles
+        return handles
 
     # -------------------------------------------------------------- sending
     def _write(self, *texts: str) -> None:
@@ -213,6 +251,7 @@ class RpcConnection:
             self.file_handles.begin(request.params["handleId"])
         try:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
                 self._pool = ThreadPoolExecutor(max_workers=self.dispatcher.config.concurrent_requests,
                                                 thread_name_prefix=REQUEST_THREAD_PREFIX)
                 if self.closed:  # close() ran meanwhile and saw no pool
@@ -246,7 +285,7 @@ class RpcConnection:
             return not (isinstance(params, dict) and params.get("waitMs"))
         return method in INLINE_METHODS
 
-    def _initialize(self, ctx: handlers.RequestContext, params: Any) -> Any:
+    def _initialize(self, ctx: RequestContext, params: Any) -> Any:
         """``initialize``: the handler opens the session; this connection records it and advances its handshake."""
         self.handshake.start_initialize()
         self.session, result = handlers.initialize(ctx, params)
@@ -270,7 +309,7 @@ class RpcConnection:
             telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
         dispatcher = self.dispatcher
-        ctx = handlers.RequestContext(self, dispatcher.registry, dispatcher.config, dispatcher.fs_helpers)
+        ctx = RequestContext(self, dispatcher)
         try:
             outcome: Any = handler(ctx, request.params)
             failed = False
@@ -339,7 +378,9 @@ class RpcConnection:
                 self.dispatcher.registry.detached(session)
         if session is not None:
             session.wake_readers()
-        self.file_handles.close_all()
+        handles = self._file_handles
+        if handles is not None:
+            handles.close_all()
         telemetry.connections_active.add(-1, {"transport": self.transport})
         if self._pool is not None:
             self._pool.shutdown(wait=False)

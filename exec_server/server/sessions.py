@@ -18,21 +18,27 @@ of the session is killed.  Resume and expiry both decide under the registry
 lock, so exactly one of them wins.
 """
 
+from __future__ import annotations
+
 import logging
 import threading
 import time
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
 from exec_server.protocol.errors import InvalidRequest, SessionAlreadyAttached
 from exec_server.protocol.wire import (Send, encode_closed_notification, encode_exited_notification,
                                        encode_output_notification)
-from exec_server.server.process.managed import EventListener, ManagedProcess
 from exec_server.server.process.output import Event, Exited, OutputChunk
 from exec_server.server.process.spool import Spool, SpoolStore
 from exec_server.server.scheduler import Scheduler
+
+if TYPE_CHECKING:  # the process code loads with the first process/* request (handlers/__init__.py)
+    from exec_server.server.process.managed import ManagedProcess
+
+EventListener = Callable[[List[Event]], None]
 
 log = logging.getLogger(__name__)
 

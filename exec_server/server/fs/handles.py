@@ -37,8 +37,6 @@ MAX_BLOCK_BYTES = 1_048_576
 MAX_FILE_OFFSET = 2 ** 63 - 1
 #: Longest wait of ``fs/close`` for the block reads and writes of its handle sent before it, seconds.
 CLOSE_BLOCKS_WAIT = 30.0
-#: The methods that use a handle and may run concurrently (counted per handle as they are dispatched).
-BLOCK_METHODS = frozenset({"fs/readBlock", "fs/writeBlock"})
 
 
 def _check_block_length(direction: str, length: int) -> None:
@@ -68,6 +66,7 @@ class FileHandles:
         self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
         self._busy: Dict[str, int] = {}  # handle id -> block operations dispatched and not ended
+        self._closed = False  # close_all ran: the connection is gone and opens no more
 
     def begin(self, handle_id: str) -> None:
         """A block read or write of ``handle_id`` was dispatched (call in arrival order, then :meth:`end`)."""
@@ -93,14 +92,16 @@ class FileHandles:
         Returns True for an atomic handle.
 
         Raises:
-            RpcError: -32600 for an empty or duplicate id, a directory or the
-                handle limit; -32004 when missing; OS errors by kind.
+            RpcError: -32600 for an empty or duplicate id, a directory, the handle
+                limit or a connection already closed; -32004 when missing; OS errors by kind.
         """
         if handle_id == "":
             raise RpcError("file handle id cannot be empty", code=INVALID_REQUEST)
         if len(handle_id.encode("utf-8")) > MAX_HANDLE_ID_BYTES:
             raise RpcError("file handle ID must not exceed %d bytes" % MAX_HANDLE_ID_BYTES, code=INVALID_REQUEST)
         with self._lock:
+            if self._closed:  # an fs/open still running when its connection ended
+                raise RpcError("the connection is closed", code=INVALID_REQUEST)
             if handle_id in self._handles:
                 raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
             if len(self._handles) >= self._limit:
@@ -191,8 +192,9 @@ class FileHandles:
                 raise rpc_error(os_error(exc)) from None
 
     def close_all(self) -> None:
-        """Close every handle (the connection ended): atomic handles are discarded."""
+        """Close every handle (the connection ended): atomic handles are discarded, later opens refused."""
         with self._lock:
+            self._closed = True
             entries = list(self._handles.values())
             self._handles.clear()
         for entry in entries:

@@ -10,15 +10,13 @@ unconfined.
 """
 
 import sys
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
 from exec_server.protocol.uris import UriError, uri_to_path
 
 
-@dataclass(frozen=True)
-class SandboxPolicy:
+class SandboxPolicy(NamedTuple):
     """A profile that restricts the file system and/or the network."""
 
     entries: Tuple[Tuple[str, str], ...]  # (file URI or ":minimal", access)

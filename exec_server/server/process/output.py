@@ -24,7 +24,6 @@ import collections
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Deque, List, NamedTuple, Optional, Union
 
 from exec_server.protocol import b64
@@ -52,8 +51,7 @@ class OutputChunk(NamedTuple):
     size: int  #: decoded bytes
 
 
-@dataclass(frozen=True)
-class Exited:
+class Exited(NamedTuple):
     """The ``process/exited`` event."""
 
     seq: int
@@ -61,8 +59,7 @@ class Exited:
     sandbox_denied: bool
 
 
-@dataclass(frozen=True)
-class Closed:
+class Closed(NamedTuple):
     """The ``process/closed`` event: exited and every stream ended; the last event."""
 
     seq: int
@@ -71,8 +68,7 @@ class Closed:
 Event = Union[OutputChunk, Exited, Closed]
 
 
-@dataclass(frozen=True)
-class ReadResult:
+class ReadResult(NamedTuple):
     """What a ``process/read`` returns (PROTOCOL.md 5.4), before encoding."""
 
     chunks: List[OutputChunk]

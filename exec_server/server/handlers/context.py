@@ -1,0 +1,47 @@
+"""What a handler sees of its request: :class:`RequestContext` (no socket, no transport)."""
+
+from typing import Any, Callable, List, Optional
+
+from exec_server.protocol.errors import InvalidRequest
+from exec_server.protocol.handshake import TAKEN_OVER
+from exec_server.server.config import ServerConfig
+from exec_server.server.process.output import ReadAborted
+from exec_server.server.sessions import Session, SessionRegistry
+
+
+class RequestContext:
+    """What a handler may use: the registry, the config, the server's fs helpers, the connection's session, hooks.
+
+    ``connection`` is the :class:`~exec_server.server.connection.RpcConnection`
+    and ``dispatcher`` its :class:`~exec_server.server.connection.Dispatcher`.
+    ``after_response(fn)`` runs ``fn`` once the response has been written
+    (``process/start`` starts its output threads there, so no notification
+    can precede the response).
+    """
+
+    def __init__(self, connection: Any, dispatcher: Any):
+        self.connection = connection
+        self.dispatcher = dispatcher
+        self.registry: SessionRegistry = dispatcher.registry
+        self.config: ServerConfig = dispatcher.config
+        self.after_response_callbacks: List[Callable[[], None]] = []
+
+    @property
+    def fs_helpers(self) -> Any:
+        """The server's :class:`~exec_server.server.fs.helper.FsHelpers` (made on first use)."""
+        return self.dispatcher.fs_helpers
+
+    @property
+    def session(self) -> Session:
+        return self.connection.session
+
+    def after_response(self, callback: Callable[[], None]) -> None:
+        self.after_response_callbacks.append(callback)
+
+    def aborted(self) -> Optional[Exception]:
+        """An error to end a long poll with, or None to go on waiting."""
+        if self.connection.closed:
+            return ReadAborted("connection closed")
+        if not self.session.is_owned_by(self.connection):
+            return InvalidRequest(TAKEN_OVER)
+        return None

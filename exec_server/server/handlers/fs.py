@@ -1,0 +1,91 @@
+"""The filesystem methods: the path methods of PROTOCOL.md 8.3 and the file handles of 8.4.
+
+Loaded on a server's first ``fs/*`` request (:mod:`exec_server.server.handlers`),
+with the fs helper's operations (:mod:`fs_helper.operations`), which run
+in-process, or in the sandboxed fs helper when the request's ``sandbox``
+restricts the file system.
+"""
+
+from typing import Any, Dict
+
+from fs_helper import operations as fs_operations
+
+from exec_server.common import telemetry
+from exec_server.protocol import b64
+from exec_server.protocol.errors import InvalidParams
+from exec_server.server.fs import sandbox, special
+from exec_server.server.fs.handles import rpc_error
+from exec_server.server.handlers.context import RequestContext
+
+
+def _fs_method(operation: str):
+    """A handler running ``operation`` in-process, or in the fs helper under a sandbox."""
+    run = fs_operations.OPERATIONS[operation]
+
+    def handler(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+        policy = sandbox.parse_sandbox(params.get("sandbox"))
+        wire = {name: value for name, value in params.items() if name != "sandbox"}
+        if policy is not None and policy.restrict_file_system:
+            with telemetry.child_span("fs.helper"):
+                return ctx.fs_helpers.run(operation, wire, policy)
+        try:
+            if operation == "fs/readFile":
+                special.refuse_blocking(fs_operations.native_path(wire), wire.get("followSymlinks", True) is not False)
+            elif operation == "fs/copy":
+                source = fs_operations.native_path(wire, "sourcePath")
+                special.refuse_blocking_tree(source) if wire.get("recursive") else special.refuse_blocking(source)
+            return run(wire)
+        except fs_operations.FsError as exc:
+            raise rpc_error(exc) from None
+
+    handler.__name__ = operation.replace("/", "_")
+    handler.__doc__ = "%s (PROTOCOL.md 8.3)." % operation
+    return handler
+
+
+def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Open a connection-owned file handle (PROTOCOL.md 8.4)."""
+    policy = sandbox.parse_sandbox(params.get("sandbox"))
+    if policy is not None and policy.restrict_file_system:
+        raise InvalidParams("sandboxed file handles are not supported")
+    try:
+        path = fs_operations.native_path(params)
+    except fs_operations.FsError as exc:
+        raise rpc_error(exc) from None
+    special.refuse_blocking(path)
+    mode, atomic = params.get("mode") or "read", bool(params.get("atomic"))
+    if atomic and mode != "replace":
+        raise InvalidParams("atomic applies to mode `replace` only")
+    applied = ctx.connection.file_handles.open(params["handleId"], path, mode, atomic)
+    if atomic:  # only to a client that asked: the reference's result has handleId alone
+        return {"handleId": params["handleId"], "atomic": applied}
+    return {"handleId": params["handleId"]}
+
+
+def fs_read_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    result = ctx.connection.file_handles.read_block(params["handleId"], params["offset"], params["len"])
+    return {"chunk": b64.encode(result["chunk"]), "eof": result["eof"]}
+
+
+def fs_write_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        data = b64.decode(params["chunk"])
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from None
+    ctx.connection.file_handles.write_block(params["handleId"], params["offset"], data)
+    return {}
+
+
+def fs_close(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    ctx.connection.file_handles.close(params["handleId"], params.get("commit"))
+    return {}
+
+
+#: method -> handler, read by :data:`exec_server.server.handlers.METHODS` on first use.
+HANDLERS = {
+    "fs/open": fs_open,
+    "fs/readBlock": fs_read_block,
+    "fs/writeBlock": fs_write_block,
+    "fs/close": fs_close,
+}
+HANDLERS.update({operation: _fs_method(operation) for operation in fs_operations.OPERATIONS})
