@@ -60,7 +60,8 @@ from exec_server.server.sessions import SessionRegistry
 
 WATCHED = ("fs_helper.operations", "exec_server.server.handlers.fs", "exec_server.server.fs.handles",
            "exec_server.server.fs.helper", "exec_server.server.handlers.process",
-           "exec_server.server.process.managed", "exec_server.server.process.spawn", "subprocess")
+           "exec_server.server.process.managed", "exec_server.server.process.spawn", "subprocess", "uuid", "platform",
+           "concurrent.futures")
 sent, loaded = [], {}
 registry = SessionRegistry(ServerConfig())
 connection = Dispatcher(registry).open_connection(lambda *texts: sent.extend(texts), "x: ")

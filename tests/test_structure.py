@@ -179,7 +179,8 @@ def test_module_is_small(module):
 #: What ``exec-server run`` (embedded server) and ``Client`` without a connection must not import:
 #: each is paid by every one-shot command (README "Performance", (c)).
 START_UP_FREE = ("wsproto", "ssl", "psutil", "werkzeug", "http.server", "jsonschema", "exec_server.client.group",
-                 "exec_server.client.websocket", "exec_server.server.app")
+                 "exec_server.client.websocket", "exec_server.server.app", "uuid", "platform", "fs_helper.operations",
+                 "exec_server.server.handlers.fs")
 
 
 def test_one_shot_start_up_imports_only_what_it_needs():

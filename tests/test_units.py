@@ -320,3 +320,16 @@ def test_gathered_frame_writes_survive_partial_sends(step):
     _send_frames(sock, frames)
     assert bytes(sock.received) == b"".join(frames)
     assert sock.calls == max(1, -(-len(b"".join(frames)) // step))
+
+
+def test_session_ids_are_random_version_4_uuids():
+    import uuid
+
+    from exec_server.server.sessions import random_uuid
+    ids = {random_uuid() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    assert {text[14] for text in ids} == {"4"} and {text[19] for text in ids} == set("89ab")
+    assert len({text[0] for text in ids}) == 16  # random bits everywhere else

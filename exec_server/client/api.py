@@ -24,7 +24,6 @@ protocol's milliseconds.
 
 import os
 import subprocess
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from exec_server.client.endpoint import CONNECTED, Endpoint
@@ -291,7 +290,7 @@ class Client:
             ValueError: ``argv`` is empty, or ``process_id`` is in use (TypeError: an item is not text).
         """
         argv = command_argv(argv)
-        process_id = process_id if process_id is not None else "proc-" + uuid.uuid4().hex
+        process_id = process_id if process_id is not None else "proc-" + os.urandom(16).hex()
         if env_policy is None and inherit_env:
             env_policy = {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": [],
                           "set": {}, "includeOnly": []}
@@ -352,7 +351,7 @@ class Client:
                 command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
             start_options["stdin"] = True
         start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
-        process_id = start_options.pop("process_id", None) or "proc-" + uuid.uuid4().hex
+        process_id = start_options.pop("process_id", None) or "proc-" + os.urandom(16).hex()
         try:
             process = self.start(command, timeout=start_timeout, process_id=process_id, **start_options)
         except CallTimeout:  # no answer even in the grace: kill what may have started, in what is left of it

@@ -14,7 +14,7 @@ Errors are :class:`~exec_server.protocol.errors.RpcError` subclasses: ``NotFound
 misuse errors, ``InternalError`` (-32603) for other OS errors.
 """
 
-import uuid
+import os
 from typing import Any, Dict, Iterator, List, Optional
 
 from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, result_member
@@ -211,7 +211,7 @@ class FileSystem:
         if atomic and not supported:
             raise ExtensionNotSupported("atomicReplace", "an atomic replace")
         atomic = supported and atomic is not False
-        handle_id = "h-" + uuid.uuid4().hex[:16]  # ids are at most 32 bytes
+        handle_id = "h-" + os.urandom(8).hex()  # ids are at most 32 bytes
         params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
         if atomic:
             params["atomic"] = True

@@ -15,10 +15,10 @@ interface), which are client-internal: user code never calls them.
 
 import collections
 import io
+import os
 import subprocess
 import threading
 import time
-import uuid
 import warnings
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
 
@@ -246,7 +246,7 @@ class RemoteProcess:
                 the bytes may or may not have been written (never re-sent).
             CallTimeout: no answer within ``timeout``.
         """
-        params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": uuid.uuid4().hex}
+        params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": os.urandom(16).hex()}
         if close_stdin:
             if not self.client.supports("closeStdin"):
                 raise ExtensionNotSupported("closeStdin", "closing a remote stdin")

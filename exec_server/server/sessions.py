@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
+import os
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from exec_server.common import telemetry
@@ -41,6 +41,17 @@ if TYPE_CHECKING:  # the process code loads with the first process/* request (ha
 EventListener = Callable[[List[Event]], None]
 
 log = logging.getLogger(__name__)
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())``: a session id, as the reference's.
+
+    Written out because the ``uuid`` module imports ``platform``, whose nine
+    regular expressions cost a cold start 2-5 ms (#17).
+    """
+    text = "%032x" % ((int.from_bytes(os.urandom(16), "big") & ~(0xF000 << 64 | 0xC000 << 48))
+                      | 0x4000 << 64 | 0x8000 << 48)  # version 4, RFC 4122 variant
+    return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
 
 
 def encode_events(process_id: str, events: Sequence[Event]) -> List[str]:
@@ -250,7 +261,7 @@ class SessionRegistry:
             InvalidRequest: ``max_sessions`` sessions exist and each is
                 attached or has a running process.
         """
-        session = Session(str(uuid.uuid4()), self.config, self.scheduler)
+        session = Session(random_uuid(), self.config, self.scheduler)
         evicted = None
         with self._lock:
             if len(self._sessions) >= self.config.max_sessions:

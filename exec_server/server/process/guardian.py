@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from typing import Optional
 
 #: Environment variable every process of a tree inherits (inherit mode).
@@ -48,7 +47,7 @@ def marker_prefix() -> str:
     global _token, _process
     with _lock:
         if _token is None:
-            _token = uuid.uuid4().hex
+            _token = os.urandom(16).hex()
             try:
                 _process = subprocess.Popen(
                     [sys.executable, "-m", __name__, _token], stdin=subprocess.PIPE,

@@ -16,7 +16,6 @@ import queue
 import subprocess
 import threading
 import time
-import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry, tree
@@ -99,7 +98,7 @@ class ManagedProcess:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
         containment = contain.decide(config.pid_namespace)
-        marker = None if wrapper or containment.isolated else guardian.marker_prefix() + uuid.uuid4().hex
+        marker = None if wrapper or containment.isolated else guardian.marker_prefix() + os.urandom(16).hex()
         if marker is not None:
             env = containment.environment(env, marker)
         popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
