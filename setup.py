@@ -48,7 +48,7 @@ setup(
                  "hypothesis>=6", "trustme>=1.0"],
         "windows": ["pywinpty>=2; sys_platform == 'win32'", "pywin32>=306; sys_platform == 'win32'"],
     },
-    entry_points={"console_scripts": ["exec-server = exec_server.cli:main"]},
+    entry_points={"console_scripts": ["exec-server = exec_server.cli:console_main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.9",

@@ -1,8 +1,6 @@
 """``python -m exec_server``: the ``exec-server`` command."""
 
-import sys
-
-from exec_server.cli import main
+from exec_server.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

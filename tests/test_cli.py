@@ -193,3 +193,26 @@ def test_sigterm_under_load_leaves_nothing(listening, tmp_path):
         assert not [m for m in peer.received if m.get("id") == 99]  # the long poll was dropped, not answered
     finally:
         peer.close()
+
+
+def test_console_entry_exits_with_the_status_and_frozen_objects():
+    """``python -m exec_server`` and the console script: main's status, objects frozen before exit (#17)."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen' if gc.get_freeze_count() else 'not frozen'))\n"
+             "sys.argv = ['exec-server', 'run', '--', 'sh', '-c', 'echo hi; exit 4']\n"
+             "from exec_server.cli import console_main\n"
+             "console_main()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr) == (4, b"hi\nfrozen\n", b"")
+
+
+def test_console_script_is_console_main():
+    """The installed ``exec-server`` script and ``python -m exec_server`` both enter through console_main."""
+    import ast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "setup.py"), encoding="utf-8") as handle:
+        assert "exec-server = exec_server.cli:console_main" in handle.read()
+    with open(os.path.join(root, "exec_server", "__main__.py"), encoding="utf-8") as handle:
+        calls = [node.func.id for node in ast.walk(ast.parse(handle.read())) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name)]
+    assert calls == ["console_main"]

@@ -12,6 +12,7 @@ the server than its embedded server needs.
 """
 
 import argparse
+import gc
 import logging
 import sys
 from typing import Optional, Sequence
@@ -65,3 +66,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from exec_server.cli.serve import serve
 
     return serve(args)
+
+
+def console_main() -> None:
+    """The ``exec-server`` console script and ``python -m exec_server``: :func:`main`, then exit with its status.
+
+    Before the interpreter exits, the objects still alive are frozen
+    (``gc.freeze``): its last garbage collection then skips them, which took
+    ~10 ms of a one-shot ``exec-server run -- true`` (#17).  Nothing of ours
+    waits for that collection: by the time :func:`main` returns, the command
+    has closed its connections, files and process trees.  A caller of
+    :func:`main` in its own process is not affected.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
