@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 _LISTENER = r"""
 import http.client, json, sys, threading
 from exec_server.server.app import make_server
@@ -86,6 +88,7 @@ print(json.dumps({"loaded": loaded, "sent": [json.loads(text) for text in sent]}
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux path and program")
 def test_handler_families_load_on_their_first_request(tmp_path):
     """``initialize`` loads neither the fs nor the process code; each loads with its family's first request."""
     done = subprocess.run([sys.executable, "-c", _FAMILIES, str(tmp_path)], capture_output=True, text=True,
@@ -102,3 +105,26 @@ def test_handler_families_load_on_their_first_request(tmp_path):
     assert not {"exec_server.server.handlers.process", "exec_server.server.process.managed"} & set(loaded["fs"])
     assert {"exec_server.server.handlers.process", "exec_server.server.process.managed",
             "exec_server.server.process.spawn", "subprocess"} <= set(loaded["process"])
+
+
+_STOP = r"""
+import json, subprocess, sys
+from exec_server.server.config import ServerConfig
+from exec_server.server.connection import Dispatcher
+from exec_server.server.sessions import SessionRegistry
+dispatcher = Dispatcher(SessionRegistry(ServerConfig()))
+dispatcher.stop_fs_helpers()
+loaded = "exec_server.server.fs.helper" in sys.modules
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+dispatcher.fs_helpers.add(child)  # a helper started after the shutdown
+print(json.dumps({"loaded": loaded, "status": child.wait(timeout=20)}))
+"""
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="SIGKILL status")
+def test_shutdown_loads_no_fs_helper_code_and_still_kills_later_helpers():
+    """Stopping the fs helpers of a server that never ran one imports nothing (it runs in signal handlers)."""
+    done = subprocess.run([sys.executable, "-c", _STOP], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"loaded": False, "status": -9}

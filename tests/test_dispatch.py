@@ -2,6 +2,7 @@
 
 import json
 import logging
+import sys
 import time
 
 import pytest
@@ -104,6 +105,7 @@ def _open_fds_to(path):
     return found
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
 @pytest.mark.parametrize("earlier_handle", [False, True])
 def test_fs_open_finishing_after_the_connection_closed_leaves_no_descriptor(pair, tmp_path, earlier_handle):
     """An fs/open still running when its connection ends must not open a handle nobody can close."""

@@ -34,7 +34,8 @@ def test_error_codes_are_pinned():
     (b'{"id":1,"method":"a"}', jsonrpc.Request(1, "a", None)),
 ])
 def test_parse_message(text, expected):
-    assert jsonrpc.parse_message(text) == expected
+    parsed = jsonrpc.parse_message(text)
+    assert (type(parsed), parsed) == (type(expected), expected)  # tuples: equal values alone would not tell types
 
 
 def test_parse_trace_context():
@@ -332,4 +333,41 @@ def test_session_ids_are_random_version_4_uuids():
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
     assert {text[14] for text in ids} == {"4"} and {text[19] for text in ids} == set("89ab")
-    assert len({text[0] for text in ids}) == 16  # random bits everywhere else
+    for position in range(36):  # random bits everywhere else
+        if position not in (8, 13, 14, 18, 19, 23):
+            assert len({text[position] for text in ids}) == 16, position
+
+
+def test_first_use_makes_one_value_and_closes_what_it_made():
+    import threading
+
+    from exec_server.server.first_use import FirstUse
+    made, closed = [], []
+
+    def make():
+        made.append(object())
+        return made[-1]
+
+    slot = FirstUse(make, closed.append)
+    slot.close()  # nothing made yet: nothing to close, and nothing made
+    assert (made, closed) == ([], [])
+    value = slot.get()  # made after the close: closed before it is handed out
+    assert made == [value] and closed == [value] and slot.get() is value
+
+    made.clear(), closed.clear()
+    slot = FirstUse(make, closed.append)
+    barrier = threading.Barrier(8)
+    values = []
+
+    def first_use():
+        barrier.wait(timeout=10)
+        values.append(slot.get())
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(made) == 1 and values == made * 8 and closed == []
+    slot.close()
+    assert closed == made

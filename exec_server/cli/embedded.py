@@ -118,7 +118,7 @@ class EmbeddedServer:
         for transport in self._transports:
             transport.join(CLOSE_WAIT)
         self.registry.close_all()
-        self.dispatcher.fs_helpers.stop()
+        self.dispatcher.stop_fs_helpers()
 
     def __enter__(self) -> "EmbeddedServer":
         return self

@@ -253,7 +253,7 @@ class ExecServer:
         for connection in connections:
             wait = min(CLOSE_LOCK_WAIT, max(0.0, budget_end - time.monotonic()))
             connection.close(CLOSE_GOING_AWAY, "server shutting down", lock_timeout=wait)
-        self.dispatcher.fs_helpers.stop()
+        self.dispatcher.stop_fs_helpers()
         self.registry.close_all(join_timeout=max(0.0, deadline - time.monotonic()))
         self._stopped.set()
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from exec_server.server import handlers
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
+from exec_server.server.first_use import FirstUse
 from exec_server.server.handlers import RequestContext
 from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
                                          ServerOverloaded)
@@ -64,6 +65,16 @@ REQUEST_THREAD_PREFIX = "exec-server-request"
 _ABORTED: Any = object()
 
 
+def _new_fs_helpers() -> "FsHelpers":
+    from exec_server.server.fs.helper import FsHelpers
+    return FsHelpers()
+
+
+def _new_file_handles(limit: int) -> "FileHandles":
+    from exec_server.server.fs.handles import FileHandles
+    return FileHandles(limit)
+
+
 class Dispatcher:
     """Shared by every connection of one server.  Thread-safe.
 
@@ -75,7 +86,7 @@ class Dispatcher:
     def __init__(self, registry: SessionRegistry, config: Optional[ServerConfig] = None,
                  schemas: Optional[SchemaSet] = None, fs_helpers: "Optional[FsHelpers]" = None):
         self.registry = registry
-        self._fs_helpers = fs_helpers
+        self._fs_helpers: "FirstUse[FsHelpers]" = FirstUse(_new_fs_helpers, lambda helpers: helpers.stop(), fs_helpers)
         self.config = config or registry.config
         self.schemas = schemas or SchemaSet.load()
         self.methods = dict(handlers.METHODS)
@@ -89,14 +100,11 @@ class Dispatcher:
     @property
     def fs_helpers(self) -> "FsHelpers":
         """The :class:`~exec_server.server.fs.helper.FsHelpers` of this server (imported on first use)."""
-        helpers = self._fs_helpers
-        if helpers is None:
-            from exec_server.server.fs.helper import FsHelpers
-            with self._connections_lock:
-                if self._fs_helpers is None:
-                    self._fs_helpers = FsHelpers()
-                helpers = self._fs_helpers
-        return helpers
+        return self._fs_helpers.get()
+
+    def stop_fs_helpers(self) -> None:
+        """Kill this server's fs helpers, and any started later (shutdown); imports nothing."""
+        self._fs_helpers.close()
 
     def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket",
                         probe: Optional[Callable[[float], bool]] = None) -> "RpcConnection":
@@ -145,7 +153,9 @@ class RpcConnection:
         self._send = send
         self._prefix = parse_error_prefix
         config = dispatcher.config
-        self._file_handles: "Optional[FileHandles]" = None  # made by the first fs/* request that needs one
+        limit = config.max_open_files
+        self._file_handles: "FirstUse[FileHandles]" = FirstUse(lambda: _new_file_handles(limit),
+                                                               lambda handles: handles.close_all())
         self._admitted_lock = threading.Lock()
         self._admitted = 0  # pooled requests running or queued
         self._admission_limit = config.concurrent_requests + config.max_queued_requests
@@ -154,20 +164,8 @@ class RpcConnection:
 
     @property
     def file_handles(self) -> "FileHandles":
-        """This connection's file handles (PROTOCOL.md 8.4), made on first use with the fs code.
-
-        One made after :meth:`close` is closed at once, so no handle outlives the connection.
-        """
-        handles = self._file_handles
-        if handles is None:
-            from exec_server.server.fs.handles import FileHandles
-            with self._close_lock:
-                if self._file_handles is None:
-                    self._file_handles = FileHandles(self.dispatcher.config.max_open_files)
-                    if self.closed:
-                        self._file_handles.close_all()
-                handles = self._file_handles
-        return handles
+        """This connection's file handles (PROTOCOL.md 8.4), made on first use; closed with the connection."""
+        return self._file_handles.get()
 
     # -------------------------------------------------------------- sending
     def _write(self, *texts: str) -> None:
@@ -248,7 +246,13 @@ class RpcConnection:
             self._complete(request, span, label, received, received, ServerOverloaded())
             return
         if method in BLOCK_METHODS:  # counted in arrival order: a later fs/close waits for it
-            self.file_handles.begin(request.params["handleId"])
+            try:
+                self.file_handles.begin(request.params["handleId"])
+            except Exception:  # the fs code did not load (a broken install): this request fails alone
+                log.exception("request %s (%r) failed", method, request.id)
+                self._release()
+                self._complete(request, span, label, received, received, InternalError("internal error"))
+                return
         try:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -378,9 +382,7 @@ class RpcConnection:
                 self.dispatcher.registry.detached(session)
         if session is not None:
             session.wake_readers()
-        handles = self._file_handles
-        if handles is not None:
-            handles.close_all()
+        self._file_handles.close()
         telemetry.connections_active.add(-1, {"transport": self.transport})
         if self._pool is not None:
             self._pool.shutdown(wait=False)

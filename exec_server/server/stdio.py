@@ -95,14 +95,22 @@ class StdioConnection:
         self._done.set()
         self._rpc.close(end_session=True)
         self.registry.close_all()
-        self.dispatcher.fs_helpers.stop()
+        self.dispatcher.stop_fs_helpers()
 
 
 def _exit_now(connection: StdioConnection) -> None:
-    """Kill every process tree, then end the process (the reader may be blocked)."""
-    connection.stop()
-    logging.shutdown()
-    os._exit(0)
+    """Kill every process tree, then end the process (the reader may be blocked).
+
+    The process ends even if the stop fails (a signal handler runs amid
+    whatever the main thread was doing).
+    """
+    try:
+        connection.stop()
+    except BaseException:
+        log.exception("stopping the stdio server failed")
+    finally:
+        logging.shutdown()
+        os._exit(0)
 
 
 def _watch_parent(connection: StdioConnection, parent: int) -> None:
