@@ -371,3 +371,19 @@ def test_first_use_makes_one_value_and_closes_what_it_made():
     assert len(made) == 1 and values == made * 8 and closed == []
     slot.close()
     assert closed == made
+
+
+def test_first_use_tries_again_after_a_failed_make():
+    from exec_server.server.first_use import FirstUse
+    attempts = []
+
+    def make():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ImportError("half installed")
+        return "made"
+
+    slot = FirstUse(make)
+    with pytest.raises(ImportError):
+        slot.get()
+    assert slot.get() == "made" and slot.get() == "made" and len(attempts) == 2

@@ -1,5 +1,7 @@
 """Objects made on first use and closed with their owner: a connection's file handles, a server's fs helpers.
 
+Also the handler functions of the method table, imported on first use (:mod:`exec_server.server.handlers`).
+
 So a server that serves no fs request imports no fs code, not even when it
 shuts down (#17: cold start); shutdown may run in a signal handler, where an
 import could find a module half loaded by the interrupted thread.
@@ -14,12 +16,15 @@ T = TypeVar("T")
 class FirstUse(Generic[T]):
     """``make()`` on the first :meth:`get`; :meth:`close` runs ``close(value)`` on what was made.
 
+    ``make`` may raise: nothing is kept, and the next :meth:`get` tries again.
+
     One made after :meth:`close` is closed at once, before :meth:`get`
     returns it, so nothing made outlives its owner.  Thread-safe: concurrent
     first calls make one value.
     """
 
-    def __init__(self, make: Callable[[], T], close: Callable[[T], None], value: Optional[T] = None):
+    def __init__(self, make: Callable[[], T], close: Callable[[T], None] = lambda value: None,
+                 value: Optional[T] = None):
         self._make = make
         self._close = close
         self._value = value

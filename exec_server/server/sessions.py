@@ -31,14 +31,12 @@ from exec_server.server.config import ServerConfig
 from exec_server.protocol.errors import InvalidRequest, SessionAlreadyAttached
 from exec_server.protocol.wire import (Send, encode_closed_notification, encode_exited_notification,
                                        encode_output_notification)
-from exec_server.server.process.output import Event, Exited, OutputChunk
+from exec_server.server.process.output import Event, EventListener, Exited, OutputChunk
 from exec_server.server.process.spool import Spool, SpoolStore
 from exec_server.server.scheduler import Scheduler
 
 if TYPE_CHECKING:  # the process code loads with the first process/* request (handlers/__init__.py)
     from exec_server.server.process.managed import ManagedProcess
-
-EventListener = Callable[[List[Event]], None]
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ know no socket: they see a :class:`RequestContext`.
 """
 
 import importlib
-import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
+from exec_server.server.first_use import FirstUse
 from exec_server.server.handlers.context import RequestContext
 from exec_server.server.handlers.session import EXTENSIONS, environment_info_method, environment_status, initialize
 
@@ -34,36 +34,28 @@ FS_PATH_METHODS = ("fs/readFile", "fs/writeFile", "fs/createDirectory", "fs/getM
 
 
 class LazyHandler:
-    """The handler of ``method`` in the family module ``family`` (its ``HANDLERS``), imported on the first call.
+    """The handler of ``method`` in the family module ``module`` (its ``HANDLERS``), imported on the first call.
 
-    Thread-safe: concurrent first calls import the module once (Python's
-    import lock) and find the same function.
+    Thread-safe: concurrent first calls import the module once and find the
+    same function; a failed import is tried again by the next call.
     """
 
-    __slots__ = ("method", "module", "_function", "_lock")
+    __slots__ = ("method", "module", "_function")
 
     def __init__(self, module: str, method: str):
         self.module = module
         self.method = method
-        self._function: Optional[Handler] = None
-        self._lock = threading.Lock()
+        self._function: FirstUse[Handler] = FirstUse(self._load)
+
+    def _load(self) -> Handler:
+        return importlib.import_module("exec_server.server.handlers." + self.module).HANDLERS[self.method]
 
     def resolve(self) -> Handler:
         """The handler function, importing its module if this is the first use."""
-        function = self._function
-        if function is None:
-            with self._lock:
-                if self._function is None:
-                    family = importlib.import_module("exec_server.server.handlers." + self.module)
-                    self._function = family.HANDLERS[self.method]
-                function = self._function
-        return function
+        return self._function.get()
 
     def __call__(self, ctx: RequestContext, params: Any) -> Any:
-        function = self._function
-        if function is None:
-            function = self.resolve()
-        return function(ctx, params)
+        return self._function.get()(ctx, params)
 
     def __repr__(self) -> str:
         return "LazyHandler(%r, %r)" % (self.module, self.method)

@@ -22,7 +22,7 @@ from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
 from exec_server.server.config import ServerConfig
 from exec_server.server.process import contain, guardian, watch
-from exec_server.server.process.output import Closed, Event, OutputLog, ReadResult
+from exec_server.server.process.output import Closed, Event, EventListener, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
 from exec_server.server.process.spawn import exit_code_from_returncode, send_eof, set_window_size, spawn_child
 
@@ -33,9 +33,6 @@ REMEMBERED_WRITE_IDS = 4096
 
 #: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
 _CLOSE_STDIN: Any = object()
-
-#: Takes a process's events (one or more, in seq order) to deliver in one write.
-EventListener = Callable[[List[Event]], None]
 
 
 class ManagedProcess:

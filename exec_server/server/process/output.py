@@ -66,6 +66,8 @@ class Closed(NamedTuple):
 
 
 Event = Union[OutputChunk, Exited, Closed]
+#: Takes a process's events (one or more, in seq order) to deliver in one write.
+EventListener = Callable[[List[Event]], None]
 
 
 class ReadResult(NamedTuple):
