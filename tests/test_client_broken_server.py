@@ -11,6 +11,8 @@ import pytest
 
 from conftest import wait_until
 from exec_server import Client, ExecServerDisconnected, ProcessOutputGap, ReconnectPolicy
+from exec_server.client import endpoint as endpoint_module
+from exec_server.protocol import jsonrpc, wire
 from exec_server.protocol.errors import InternalError
 
 pytestmark = pytest.mark.posix
@@ -62,6 +64,47 @@ def test_a_malformed_output_notification_is_recovered_by_a_read(memory_server, c
         assert process.returncode == 0
     assert "client reader failed" not in caplog.text
     assert "malformed message: invalid process/output: Invalid last symbol 66, offset 1." in caplog.text
+
+
+def test_a_malformed_output_in_the_servers_own_form_is_recovered_too(memory_server, caplog):
+    """The same, with the corrupt chunk in the exact form the servers write (the client's fast path reads
+    that form without the JSON parser, and leaves a chunk it cannot decode to the full parse)."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        corrupted = []
+
+        def once(text: str) -> str:
+            if corrupted or '"process/output"' not in text:
+                return text
+            corrupted.append(text)
+            params = json.loads(text)["params"]
+            return wire.encode_output_notification(params["processId"], params["seq"], params["stream"], NOT_BASE64)
+
+        server.rewrite = once
+        process = client.start(["/bin/sh", "-c", "echo first; read line; echo second"], stdin=True)
+        wait_until(lambda: corrupted and len(server.transports) == 2, timeout=10)
+        wait_until(lambda: client.state == "connected", timeout=10)
+        process.write(b"go\n", close_stdin=True)
+        assert collect_stdout(process) == b"first\nsecond\n"
+    assert "client reader failed" not in caplog.text
+    assert "malformed message: invalid process/output: Invalid last symbol 66, offset 1." in caplog.text
+
+
+def test_streamed_output_does_not_go_through_the_json_parser(memory_server, monkeypatch):
+    """process/output in the servers' own form takes the fast path; everything else is parsed in full."""
+    parsed = []
+
+    def spy(text):
+        parsed.append(text)
+        return jsonrpc.parse_message(text)
+
+    monkeypatch.setattr(endpoint_module, "parse_message", spy)
+    server = memory_server()
+    with Client.open(server.connector, timeout=5) as client:
+        done = client.run(["/bin/sh", "-c", "for i in 1 2 3; do echo line $i; echo err $i >&2; done"], timeout=20)
+    assert (done.stdout, done.stderr) == (b"line 1\nline 2\nline 3\n", b"err 1\nerr 2\nerr 3\n")
+    assert any('"process/exited"' in text for text in parsed)  # the spy sees what it should
+    assert not [text for text in parsed if '"process/output"' in text]
 
 
 def test_output_that_cannot_be_decoded_even_after_resuming_fails_the_process(memory_server, caplog):

@@ -17,7 +17,8 @@ from jsonschema.validators import extend, validator_for
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.protocol.errors import InvalidParams, ProtocolViolation
-from exec_server.protocol.jsonrpc import EnvelopeError, parse_message
+from exec_server.protocol import b64, wire
+from exec_server.protocol.jsonrpc import EnvelopeError, Notification, parse_message
 from exec_server.server.handlers import METHODS
 from exec_server.server.sessions import SessionRegistry
 from exec_server.protocol import schemas as schemas_module
@@ -50,6 +51,53 @@ def test_schema_validation_never_crashes(method, params):
         SCHEMAS.validate_params(method, params)
     except InvalidParams as error:
         assert error.message and isinstance(error.data, dict)
+
+
+# ------------------------------------------- the client's process/output fast path
+def _output_params(match):
+    process_id, seq, stream, chunk = match
+    return {"processId": process_id, "seq": seq, "stream": stream, "chunk": chunk}
+
+
+@FUZZ
+@given(st.text(max_size=12), st.integers(0, 2 ** 70), st.sampled_from(("stdout", "stderr", "pty")),
+       st.binary(max_size=40))
+def test_output_matcher_reads_what_the_encoder_writes(process_id, seq, stream, data):
+    """What the server writes is read back exactly, or left to the JSON parser (escapes, 19+ digit seqs)."""
+    chunk = b64.encode(data)
+    text = wire.encode_output_notification(process_id, seq, stream, chunk)
+    match = wire.match_output_notification(text)
+    if json.dumps(process_id, ensure_ascii=False) == '"%s"' % process_id and seq < 10 ** 18:
+        assert match == (process_id, seq, stream, chunk)
+    else:
+        assert match is None
+    assert parse_message(text) == Notification("process/output", _output_params((process_id, seq, stream, chunk)))
+
+
+_SPLICE = st.text(alphabet='"\\}{,: \n\x00\x1faA0=/+u-.e', min_size=1, max_size=4)
+
+
+@settings(FUZZ, max_examples=1000)
+@given(st.text(max_size=6), st.integers(0, 999), st.binary(max_size=12),
+       st.lists(st.tuples(st.integers(0, 200), st.integers(0, 3), _SPLICE), min_size=1, max_size=3))
+def test_output_matcher_accepts_only_what_json_reads_the_same(process_id, seq, data, edits):
+    """Mangled texts: whenever the matcher accepts one and its chunk decodes, the JSON parser agrees exactly.
+
+    This is what makes the client's fast path (Endpoint._route_output) safe: any other text, or a chunk
+    that fails the strict decode, goes to parse_message.
+    """
+    text = wire.encode_output_notification(process_id, seq, "stdout", b64.encode(data))
+    for at, removed, inserted in edits:
+        at = at % (len(text) + 1)
+        text = text[:at] + inserted + text[at + removed:]
+    match = wire.match_output_notification(text)
+    if match is None:
+        return
+    try:
+        b64.decode(match[3])
+    except ValueError:
+        return
+    assert parse_message(text) == Notification("process/output", _output_params(match))
 
 
 @pytest.fixture(scope="module")

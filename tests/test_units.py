@@ -78,6 +78,33 @@ def test_output_fast_path_equals_encoder(process_id):
         jsonrpc.encode(jsonrpc.Notification("process/output", params))
 
 
+_HEAD = '{"method":"process/output","params":{"processId":"p","seq":'
+
+
+@pytest.mark.parametrize("text", [
+    _HEAD + '1,"stream":"stdout","chunk":"}}',  # the tail is the chunk's opening quote: no string
+    _HEAD + '1,"stream":"stdout","chunk":"aGkK"}}\n',
+    _HEAD + '01,"stream":"stdout","chunk":"aGkK"}}',
+    _HEAD + '-1,"stream":"stdout","chunk":"aGkK"}}',
+    _HEAD + '1.0,"stream":"stdout","chunk":"aGkK"}}',
+    _HEAD + '1234567890123456789,"stream":"stdout","chunk":"aGkK"}}',
+    _HEAD + '1,"stream":"stdout","chunk":"aGkK","trace":{}}}',
+    '{"method":"process/output","params":{"processId":"p\\u0041","seq":1,"stream":"stdout","chunk":"aGkK"}}',
+    '{"method":"process/output","params":{"seq":1,"processId":"p","stream":"stdout","chunk":"aGkK"}}',
+    '{"method": "process/output","params":{"processId":"p","seq":1,"stream":"stdout","chunk":"aGkK"}}',
+    '{"jsonrpc":"2.0","method":"process/output","params":{"processId":"p","seq":1,"stream":"stdout","chunk":"aGkK"}}',
+])
+def test_output_matcher_leaves_other_forms_to_the_json_parser(text):
+    assert wire.match_output_notification(text) is None
+
+
+def test_output_matcher_reads_the_reference_example():
+    """PROTOCOL.md 5.3's example, as the reference writes it."""
+    text = '{"method":"process/output","params":{"processId":"proc-1","seq":1,"stream":"stdout","chunk":"aGkK"}}'
+    assert wire.match_output_notification(text) == ("proc-1", 1, "stdout", "aGkK")
+    assert wire.match_output_notification(text.replace('"aGkK"', '""')) == ("proc-1", 1, "stdout", "")
+
+
 @pytest.mark.parametrize("result", [
     {"chunks": [], "nextSeq": 1, "exited": False, "exitCode": None, "closed": False, "failure": None,
      "sandboxDenied": False},

@@ -21,6 +21,7 @@ import time
 import weakref
 from typing import Any, Dict, List, Optional, Union
 
+from exec_server.client.events import output_event_from_text
 from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle  # noqa: F401
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
@@ -92,6 +93,13 @@ class Endpoint:
     def _route(self, text: Union[str, bytes], generation: int) -> None:
         if generation != self._generation:
             return  # a late event of an older connection
+        output = output_event_from_text(text) if isinstance(text, str) else None  # the hot path
+        if output is not None:
+            with self._lock:
+                process = self._processes.get(output[0])
+            if process is not None:
+                process.deliver_event(output[1])
+            return
         try:
             message = parse_message(text)  # EnvelopeError: the peer is broken, see read_transport
         except EnvelopeError as exc:  # an answer to a waiting call fails that call only

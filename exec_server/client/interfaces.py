@@ -55,6 +55,9 @@ class ProcessHandle(Protocol):
     def deliver(self, method: str, params: Dict[str, Any]) -> None:
         """Accept one ``process/*`` notification (any order, duplicates allowed)."""
 
+    def deliver_event(self, event: Any) -> None:
+        """Accept one event already made from a notification (as :meth:`deliver` makes them)."""
+
     def catch_up(self, result: Dict[str, Any]) -> Optional[List[int]]:
         """Accept a ``process/read`` from :attr:`last_seq`; the lost seqs, or None."""
 

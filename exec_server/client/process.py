@@ -90,6 +90,13 @@ class RemoteProcess:
         if event is not None:
             self._publish(event)
 
+    def deliver_event(self, event: ProcessEvent) -> None:
+        """Accept one event the endpoint made from a notification (its ``process/output`` fast path).
+
+        Client-internal, like :meth:`deliver`, which publishes the same events.
+        """
+        self._publish(event)
+
     def catch_up(self, result: Dict[str, Any]) -> Optional[Sequence[int]]:
         """Publish what a ``process/read`` from :attr:`last_seq` returned.
 
