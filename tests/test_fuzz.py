@@ -83,7 +83,7 @@ _SPLICE = st.text(alphabet='"\\}{,: \n\x00\x1faA0=/+u-.e', min_size=1, max_size=
 def test_output_matcher_accepts_only_what_json_reads_the_same(process_id, seq, data, edits):
     """Mangled texts: whenever the matcher accepts one and its chunk decodes, the JSON parser agrees exactly.
 
-    This is what makes the client's fast path (Endpoint._route_output) safe: any other text, or a chunk
+    This is what makes the client's fast path (client/events.output_event_from_text) safe: any other text, or a chunk
     that fails the strict decode, goes to parse_message.
     """
     text = wire.encode_output_notification(process_id, seq, "stdout", b64.encode(data))
@@ -97,7 +97,9 @@ def test_output_matcher_accepts_only_what_json_reads_the_same(process_id, seq, d
         b64.decode(match[3])
     except ValueError:
         return
-    assert parse_message(text) == Notification("process/output", _output_params(match))
+    message = parse_message(text)
+    assert message == Notification("process/output", _output_params(match))
+    assert [type(value) for value in message.params.values()] == [str, int, str, str]
 
 
 @pytest.fixture(scope="module")

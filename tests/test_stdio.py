@@ -109,6 +109,24 @@ def test_spawn_round_trip_and_large_output():
         assert len(big.stdout) == size
 
 
+def test_stdio_output_takes_the_clients_fast_path(monkeypatch):
+    """The stdio transport hands lines over as bytes; their process/output skips the JSON parser too."""
+    from exec_server.client import endpoint
+    from exec_server.protocol import jsonrpc
+    parsed = []
+
+    def spy(text):
+        parsed.append(text)
+        return jsonrpc.parse_message(text)
+
+    monkeypatch.setattr(endpoint, "parse_message", spy)
+    with Client.spawn(SERVER) as client:
+        done = client.run(["/bin/sh", "-c", "echo out; echo ünï >&2"], timeout=20)
+    assert (done.stdout, done.stderr) == (b"out\n", "ünï\n".encode())
+    assert all(isinstance(text, bytes) for text in parsed) and any(b'"process/exited"' in text for text in parsed)
+    assert not [text for text in parsed if b'"process/output"' in text]
+
+
 def test_close_ends_the_child_and_its_processes(tmp_path):
     pid_file = tmp_path / "pid"
     client = Client.spawn(SERVER)

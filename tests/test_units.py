@@ -98,6 +98,18 @@ def test_output_matcher_leaves_other_forms_to_the_json_parser(text):
     assert wire.match_output_notification(text) is None
 
 
+@pytest.mark.parametrize("kind", [str, bytes, bytearray])
+def test_output_event_from_text_of_every_transport(kind):
+    """WebSocket text frames are str, stdio lines and binary frames UTF-8 bytes."""
+    from exec_server.client.events import OutputEvent, output_event_from_text
+    text = wire.encode_output_notification("pröc", 3, "stderr", "aGkK")
+    given = text if kind is str else kind(text.encode())
+    assert output_event_from_text(given) == ("pröc", OutputEvent(3, "stderr", b"hi\n"))
+    assert output_event_from_text(given[:-1]) is None
+    if kind is not str:
+        assert output_event_from_text(kind(text.encode()[:-8] + b"\xff\"}}")) is None
+
+
 def test_output_matcher_reads_the_reference_example():
     """PROTOCOL.md 5.3's example, as the reference writes it."""
     text = '{"method":"process/output","params":{"processId":"proc-1","seq":1,"stream":"stdout","chunk":"aGkK"}}'

@@ -93,7 +93,7 @@ class Endpoint:
     def _route(self, text: Union[str, bytes], generation: int) -> None:
         if generation != self._generation:
             return  # a late event of an older connection
-        output = output_event_from_text(text) if isinstance(text, str) else None  # the hot path
+        output = output_event_from_text(text)  # the hot path: process/output without the JSON parser
         if output is not None:
             with self._lock:
                 process = self._processes.get(output[0])

@@ -93,15 +93,27 @@ def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[Pro
     return None
 
 
-def output_event_from_text(text: str) -> Optional[Tuple[str, OutputEvent]]:
+#: How every ``process/output`` text of the servers' own form begins.
+_OUTPUT_PREFIX = b'{"method":"process/output",'
+
+
+def output_event_from_text(text: Union[str, bytes, bytearray]) -> Optional[Tuple[str, OutputEvent]]:
     """``(processId, event)`` of a ``process/output`` in the servers' own form, else None.
 
-    The client's hot path: for a 64 KiB chunk, ~3 us instead of ~75 us of
+    The client's hot path, for a WebSocket text frame (``str``) or a stdio
+    line (UTF-8 ``bytes``): for a 64 KiB chunk, ~3 us instead of ~75 us of
     JSON parsing (:func:`~exec_server.protocol.wire.match_output_notification`).
     None for any other text, and for a chunk that is not base64 (only a
     chunk that decodes proves the text is that JSON object): the caller
     parses those in full, which words what is wrong.  Thread-safe.
     """
+    if not isinstance(text, str):
+        if not text.startswith(_OUTPUT_PREFIX):
+            return None  # not decoded twice: a catch-up result over stdio can be megabytes
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     output = match_output_notification(text)
     if output is None:
         return None

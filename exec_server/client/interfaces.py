@@ -18,9 +18,12 @@ import os
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Union
 
 from exec_server.protocol.errors import InternalError
+
+if TYPE_CHECKING:
+    from exec_server.client.events import ProcessEvent
 
 #: A path on the server's host: str, ``pathlib.Path`` or a ``file://`` URI.
 PathLike = Union[str, "os.PathLike[str]"]
@@ -55,7 +58,7 @@ class ProcessHandle(Protocol):
     def deliver(self, method: str, params: Dict[str, Any]) -> None:
         """Accept one ``process/*`` notification (any order, duplicates allowed)."""
 
-    def deliver_event(self, event: Any) -> None:
+    def deliver_event(self, event: "ProcessEvent") -> None:
         """Accept one event already made from a notification (as :meth:`deliver` makes them)."""
 
     def catch_up(self, result: Dict[str, Any]) -> Optional[List[int]]:

@@ -10,7 +10,8 @@ the socket.  Each encoder's output equals what the generic encoder would
 write (pinned by tests).  The client reads ``process/output`` in that same
 form without the JSON decoder (:func:`match_output_notification`).
 
-Sans-IO: text in, text out; pure functions, safe from any thread.
+Sans-IO: text in, text out; safe from any thread (the one module global,
+the matcher's regular expression, is compiled on first use).
 """
 
 import json
