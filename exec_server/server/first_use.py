@@ -1,9 +1,9 @@
-"""Objects made on first use and closed with their owner: a connection's file handles, a server's fs helpers.
+"""Objects made on first use and closed with their owner.
 
-Also the handler functions of the method table, imported on first use (:mod:`exec_server.server.handlers`).
-
-So a server that serves no fs request imports no fs code, not even when it
-shuts down (#17: cold start); shutdown may run in a signal handler, where an
+Used for a connection's file handles, a server's fs helpers and the handler
+functions of the method table (:mod:`exec_server.server.handlers`), so that
+a server that serves no fs request imports no fs code (#17: cold start),
+not even when it shuts down: shutdown may run in a signal handler, where an
 import could find a module half loaded by the interrupted thread.
 """
 
