@@ -3,8 +3,8 @@
 :class:`OutputEvent`, :class:`ExitedEvent` and :class:`ClosedEvent` are
 frozen values in seq order (PROTOCOL.md 5.3); :func:`event_from_notification`
 builds one from a notification's params, :func:`output_event_from_text` one
-from the text of a ``process/output`` without the JSON parser.  They are re-exported by
-:mod:`~exec_server.client.process` and :mod:`exec_server`.
+from the text of a ``process/output`` without the JSON parser.  They are
+re-exported by :mod:`~exec_server.client.process` and :mod:`exec_server`.
 """
 
 from dataclasses import dataclass
@@ -93,10 +93,6 @@ def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[Pro
     return None
 
 
-#: How every ``process/output`` text of the servers' own form begins.
-_OUTPUT_PREFIX = b'{"method":"process/output",'
-
-
 def output_event_from_text(text: Union[str, bytes, bytearray]) -> Optional[Tuple[str, OutputEvent]]:
     """``(processId, event)`` of a ``process/output`` in the servers' own form, else None.
 
@@ -107,13 +103,6 @@ def output_event_from_text(text: Union[str, bytes, bytearray]) -> Optional[Tuple
     chunk that decodes proves the text is that JSON object): the caller
     parses those in full, which words what is wrong.  Thread-safe.
     """
-    if not isinstance(text, str):
-        if not text.startswith(_OUTPUT_PREFIX):
-            return None  # not decoded twice: a catch-up result over stdio can be megabytes
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
     output = match_output_notification(text)
     if output is None:
         return None

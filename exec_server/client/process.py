@@ -9,8 +9,9 @@ catch-up after a reconnect can arrive in any order.
 A handle calls the server through a :class:`~exec_server.client.interfaces.Caller`
 (the client); the client's endpoint and recovery feed it through
 :meth:`RemoteProcess.deliver`, :meth:`RemoteProcess.deliver_event`,
-:meth:`RemoteProcess.catch_up` and :meth:`RemoteProcess.fail` (the :class:`~exec_server.client.interfaces.ProcessHandle`
-interface), which are client-internal: user code never calls them.
+:meth:`RemoteProcess.catch_up` and :meth:`RemoteProcess.fail` (the
+:class:`~exec_server.client.interfaces.ProcessHandle` interface), which are
+client-internal: user code never calls them.
 """
 
 import collections

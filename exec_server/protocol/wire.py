@@ -16,7 +16,7 @@ the matcher's regular expression, is compiled on first use).
 
 import json
 import re
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 #: A connection's send: writes the given encoded messages whole, in order, in
 #: one write.  The one callable type between a session and its connection.
@@ -69,17 +69,21 @@ def encode_output_notification(process_id: str, seq: int, stream: str, chunk_b64
 _OUTPUT_HEAD = (r'\{"method":"process/output","params":\{"processId":"([^"\\\x00-\x1f]*)",'
                 r'"seq":(0|[1-9][0-9]{0,17}),"stream":"([^"\\\x00-\x1f]*)","chunk":"')
 _OUTPUT_TAIL = '"}}'
+_OUTPUT_PREFIX = b'{"method":"process/output",'
 _output_head: "Optional[re.Pattern[str]]" = None
 
 
-def match_output_notification(text: str) -> Optional[Tuple[str, int, str, str]]:
+def match_output_notification(text: Union[str, bytes, bytearray]) -> Optional[Tuple[str, int, str, str]]:
     """``(processId, seq, stream, chunk)`` of a ``process/output`` in the form this module writes, else None.
 
     The reader's side of :func:`encode_output_notification`: a 64 KiB
     chunk's message is ~87 KB of text, and ``json.loads`` spends ~55 us
-    scanning it where this match takes ~3 us.  Any other text (members in
-    another order, whitespace, escapes in the id, a ``trace`` member) gives
-    None: parse it with :func:`~exec_server.protocol.jsonrpc.parse_message`.
+    scanning it where this match takes ~3 us.  ``text`` is a ``str`` (a
+    WebSocket text frame) or UTF-8 bytes (a stdio line, a binary frame;
+    decoded only if they begin as a ``process/output``).  Any other text
+    (members in another order, whitespace, escapes in the id, a ``trace``
+    member, bytes that are not UTF-8) gives None: parse it with
+    :func:`~exec_server.protocol.jsonrpc.parse_message`.
 
     The chunk is returned unchecked: ``text`` is exactly that JSON object
     only if the chunk is base64 (no quote, backslash or control character),
@@ -88,6 +92,13 @@ def match_output_notification(text: str) -> Optional[Tuple[str, int, str, str]]:
     parse it in full.
     """
     global _output_head
+    if not isinstance(text, str):
+        if not text.startswith(_OUTPUT_PREFIX):
+            return None  # not decoded twice: a process/read result can be megabytes
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     if _output_head is None:
         _output_head = re.compile(_OUTPUT_HEAD)
     head = _output_head.match(text)
