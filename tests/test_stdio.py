@@ -12,6 +12,7 @@ import pytest
 
 from conftest import all_gone, pid_alive, reference_binary, running_descendants, wait_until
 from exec_server import Client, ExecServerDisconnected
+from exec_server.common.pipes import PIPE_BYTES, enlarge_pipe
 
 pytestmark = pytest.mark.posix
 
@@ -107,6 +108,49 @@ def test_spawn_round_trip_and_large_output():
         size = 8 * 1024 * 1024
         big = client.run(["head", "-c", str(size), "/dev/urandom"], timeout=60)
         assert len(big.stdout) == size
+
+
+LINUX_PIPES = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ from Python 3.10 on
+
+
+def pipe_size(stream) -> int:
+    import fcntl
+    return fcntl.fcntl(stream.fileno(), F_GETPIPE_SZ)
+
+
+@LINUX_PIPES
+def test_the_server_enlarges_the_pipes_it_is_given(stdio_server):
+    """Whoever made the pipes (a client other than ours, ssh), a 64 KiB chunk's ~87 KB line fits whole."""
+    child = stdio_server()
+    assert pipe_size(child.stdout) == 64 * 1024  # the kernel's default, before the server runs
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n')
+    assert "sessionId" in read_json(child)["result"]
+    assert pipe_size(child.stdout) == pipe_size(child.stdin) == PIPE_BYTES
+
+
+@LINUX_PIPES
+def test_the_client_enlarges_the_pipes_it_makes():
+    """Client.spawn's transport, with a child that only reads: the client's own doing, not a server's."""
+    from exec_server.client.stdio import StdioTransport
+    transport = StdioTransport([sys.executable, "-c", "import sys; sys.stdin.read()"])
+    try:
+        assert pipe_size(transport._stdout) == pipe_size(transport._child.stdin) == PIPE_BYTES
+    finally:
+        transport.close()
+    assert transport._child.wait(10) == 0
+
+
+def test_enlarge_pipe_refuses_what_is_not_a_pipe(tmp_path, monkeypatch):
+    with open(tmp_path / "file", "wb") as regular:
+        assert not enlarge_pipe(regular.fileno())
+    read_end, write_end = os.pipe()
+    try:
+        monkeypatch.setattr(sys, "platform", "win32")
+        assert not enlarge_pipe(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_stdio_output_takes_the_clients_fast_path(monkeypatch):

@@ -6,11 +6,15 @@ Implements :class:`exec_server.client.transport.Transport` for
 
 import threading
 
+from exec_server.common.pipes import enlarge_pipe
 from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Longest line (one message, with its end) the client reads from the child, bytes; as the
 #: WebSocket transport's CLIENT_MAX_MESSAGE_BYTES.
 STDIO_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: Bytes of the buffers on the child's pipes (a read of the child's stdout takes up to this
+#: much at once; with the default 8 KiB a 64 KiB chunk's line took eleven reads).
+STDIO_BUFFER_BYTES = 1024 * 1024
 
 
 class StdioTransport:
@@ -38,7 +42,8 @@ class StdioTransport:
             else {"start_new_session": True}
         try:
             self._child = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, env=env, cwd=cwd, **options)
+                                           stderr=subprocess.PIPE, env=env, cwd=cwd, bufsize=STDIO_BUFFER_BYTES,
+                                           **options)
         except OSError as exc:
             raise ExecServerDisconnected("cannot start %s: %s" % (argv[0], exc)) from exc
         self.pid = self._child.pid
@@ -47,6 +52,8 @@ class StdioTransport:
         self._finished = False  # resources released
         self._log = logging.getLogger("exec_server.child")
         self._stdout = self._child.stdout
+        for pipe in (self._child.stdin, self._stdout):
+            enlarge_pipe(pipe.fileno())
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name="exec-server-child-stderr",
                                                daemon=True)
         self._stderr_thread.start()

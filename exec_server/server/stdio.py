@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import BinaryIO, Optional
 
+from exec_server.common.pipes import enlarge_pipe
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
@@ -126,6 +127,8 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray output goes to stderr
     protocol_in = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
+    for stream in (protocol_in, protocol_out):
+        enlarge_pipe(stream.fileno())  # whoever made the pipes (a client other than ours, ssh)
     connection = StdioConnection(_BufferedLines(protocol_in), protocol_out, config)
     threading.Thread(target=_watch_parent, args=(connection, os.getppid()), name="exec-server-parent-watch",
                      daemon=True).start()
