@@ -36,7 +36,8 @@ reports per server:
   ``detached_lost_mib`` (what they did not return: the seqs skipped before
   the first chunk) and MiB/s of the reads;
 - ``catchup_all_mibps`` / ``catchup_all_mib``, ``client_mibps``,
-  ``startup_ms``, ``stdio_init_ms`` and ``run_true_ms``: see
+  ``client_stdio_mibps``, ``startup_ms``, ``stdio_init_ms`` and
+  ``run_true_ms``: see
   :mod:`user_figures` (``run_true_ms`` is ours alone).
 
 Medians over ``--rounds`` runs alternate between the servers.  The reference
@@ -411,6 +412,7 @@ def run_once(name, command, env, spawn_count, detached_mib=256):
     time.sleep(1.0)
     figures["startup_ms"] = user_figures.startup_ms(serve, env)
     figures["stdio_init_ms"] = user_figures.stdio_init_ms(serve, env)
+    figures["client_stdio_mibps"] = user_figures.client_stdio_mibps(serve, env)
     figures["run_true_ms"] = user_figures.run_true_ms() if name == "ours" else None
     return figures
 

@@ -14,6 +14,8 @@ apply to a server (``exec-server run`` is ours alone).
 - ``client_mibps``: MiB/s of stdout that our :class:`exec_server.Client`
   receives from ``Client.run(["head", "-c", "256M", "/dev/zero"])`` on the
   given server (every byte counted), median of ``reps``;
+  ``client_stdio_mibps`` the same through ``Client.spawn`` of the server's
+  ``--listen stdio`` (what ``ssh host exec-server --listen stdio`` gives);
 - ``catchup_all_mibps``: after ``head -c 4MiB /dev/zero`` closed, its retained
   output read from ``afterSeq`` 0 with ``process/read`` ``maxBytes: null``
   until a read returns no chunks (the way the Codex client recovers after a
@@ -118,18 +120,31 @@ def run_true_ms(count: int = 10) -> float:
 
 
 def client_mibps(url: str, reps: int = 3, size_mib: int = 256) -> float:
-    """Median MiB/s of ``Client.run(head -c SIZE)`` stdout through our client."""
+    """Median MiB/s of ``Client.run(head -c SIZE)`` stdout through our client, over WebSocket."""
     from exec_server import Client
 
-    samples = []
     with Client.connect(url, client_name="bench") as client:
-        for _ in range(reps):
-            started = time.perf_counter()
-            done = client.run(["head", "-c", "%dM" % size_mib, "/dev/zero"], cwd="/tmp", timeout=120)
-            elapsed = time.perf_counter() - started
-            if done.returncode != 0 or len(done.stdout) != size_mib * MiB:
-                raise RuntimeError("run returned %d bytes, status %d" % (len(done.stdout), done.returncode))
-            samples.append(size_mib / elapsed)
+        return _run_mibps(client, reps, size_mib)
+
+
+def client_stdio_mibps(serve: List[str], env: Optional[Dict[str, str]], reps: int = 3,
+                       size_mib: int = 256) -> float:
+    """As :func:`client_mibps`, through ``Client.spawn(serve + ["stdio"])``."""
+    from exec_server import Client
+
+    with Client.spawn(serve + ["stdio"], env=env, timeout=READY_TIMEOUT, client_name="bench") as client:
+        return _run_mibps(client, reps, size_mib)
+
+
+def _run_mibps(client, reps: int, size_mib: int) -> float:
+    samples = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        done = client.run(["head", "-c", "%dM" % size_mib, "/dev/zero"], cwd="/tmp", timeout=120)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0 or len(done.stdout) != size_mib * MiB:
+            raise RuntimeError("run returned %d bytes, status %d" % (len(done.stdout), done.returncode))
+        samples.append(size_mib / elapsed)
     return statistics.median(samples)
 
 
