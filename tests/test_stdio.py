@@ -153,8 +153,8 @@ def test_enlarge_pipe_refuses_what_is_not_a_pipe(tmp_path, monkeypatch):
         os.close(write_end)
 
 
-def test_stdio_output_takes_the_clients_fast_path(monkeypatch):
-    """The stdio transport hands lines over as bytes; their process/output skips the JSON parser too."""
+def parse_spy(monkeypatch) -> list:
+    """The texts the client's endpoint gives its JSON parser, from now on."""
     from exec_server.client import endpoint
     from exec_server.protocol import jsonrpc
     parsed = []
@@ -164,6 +164,12 @@ def test_stdio_output_takes_the_clients_fast_path(monkeypatch):
         return jsonrpc.parse_message(text)
 
     monkeypatch.setattr(endpoint, "parse_message", spy)
+    return parsed
+
+
+def test_stdio_output_takes_the_clients_fast_path(monkeypatch):
+    """The stdio transport hands lines over as bytes; their process/output skips the JSON parser too."""
+    parsed = parse_spy(monkeypatch)
     with Client.spawn(SERVER) as client:
         done = client.run(["/bin/sh", "-c", "echo out; echo ünï >&2"], timeout=20)
     assert (done.stdout, done.stderr) == (b"out\n", "ünï\n".encode())
@@ -278,16 +284,20 @@ def test_spawn_failure_is_typed():
 
 
 @pytest.mark.reference
-def test_spawn_drives_the_reference(tmp_path):
+def test_spawn_drives_the_reference(tmp_path, monkeypatch):
+    """Our client on the reference over stdio; its process/output takes the client's fast path too."""
     binary = reference_binary()
     if binary is None:
         if os.environ.get("EXEC_SERVER_REQUIRE_REFERENCE") == "1":
             pytest.fail("reference binary required")
         pytest.skip("reference server not installed")
+    parsed = parse_spy(monkeypatch)
     env = dict(os.environ, CODEX_HOME=str(tmp_path))
     with Client.spawn([binary, "exec-server", "--listen", "stdio"], env=env) as client:
         done = client.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 5"], timeout=20)
         assert (done.returncode, done.stdout, done.stderr) == (5, b"out\n", b"err\n")
+    assert any(b'"process/exited"' in text for text in parsed)
+    assert not [text for text in parsed if b'"process/output"' in text]
 
 
 def test_cli_run_via_stdio():
