@@ -3,7 +3,8 @@
 Forwards every accepted connection to ``127.0.0.1:target_port`` and can, on
 demand, cut all connections (both sides), reset them (RST), blackhole them
 (stop forwarding both ways, keep every socket open, as a dead NAT or a
-sleeping laptop; now, or once the server sent a given marker), stall one direction, cut only the client side while the
+sleeping laptop; now, or once the server sent a given marker), stall one direction, limit what the server sends
+to a rate (a slow link: :meth:`throttle_downstream`), cut only the client side while the
 server side stays open, refuse new connections, or point new connections at
 another port.  Connections accepted after a blackhole or stall flow
 normally.  Stops by itself with :meth:`close`.
@@ -34,6 +35,7 @@ class FaultProxy:
         self._hold_downstream.set()  # set = flowing
         self._hold_after = None  # bytes: hold downstream once they have been forwarded
         self._blackhole_after = None  # bytes: blackhole that connection once they have been forwarded
+        self._downstream_rate = 0  # bytes per second from the server to the client (0: unlimited)
         self._closed = False
         self._threads: List[threading.Thread] = []
         self._spawn(self._accept_loop)
@@ -59,9 +61,14 @@ class FaultProxy:
                 client.close()
                 continue
             try:
-                upstream = socket.create_connection(("127.0.0.1", target), timeout=5)
+                upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                if self._downstream_rate:  # a slow link keeps the backlog in the server's send queue
+                    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                upstream.settimeout(5)
+                upstream.connect(("127.0.0.1", target))
                 upstream.settimeout(None)
             except OSError:
+                upstream.close()
                 client.close()
                 continue
             with self._lock:
@@ -75,7 +82,10 @@ class FaultProxy:
             while True:
                 while source in self._stalled:
                     threading.Event().wait(0.01)
-                data = source.recv(65536)
+                rate = self._downstream_rate if downstream else 0
+                data = source.recv(4096 if rate else 65536)
+                if rate:
+                    threading.Event().wait(len(data) / rate)
                 if not data:
                     break
                 if downstream:
@@ -111,6 +121,14 @@ class FaultProxy:
                     pass
             if source not in held:
                 source.close()
+
+    def throttle_downstream(self, bytes_per_second: int) -> None:
+        """Forward what servers send at most at ``bytes_per_second`` (0: unlimited), from now on.
+
+        Connections accepted from now on get a small receive buffer towards the server, so the
+        backlog of a slow link builds up in the server's send queue, as on a real one.
+        """
+        self._downstream_rate = bytes_per_second
 
     def cut(self) -> None:
         """Close every current connection on both sides at once."""

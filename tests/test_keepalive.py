@@ -249,3 +249,43 @@ def test_a_send_that_stops_part_way_ends_the_websocket():
         for sock in accepted:
             sock.close()
         listener.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's send queue counts (TCP_INFO)")
+def test_a_slow_link_that_still_takes_output_is_not_a_silent_peer(live):
+    """The server's Ping waits behind seconds of queued output on a slow link, so its Pong comes late; the
+    peer is taking that output all along, so the connection lives (as over ssh): every byte, one connection."""
+    server, proxy = live(ping_interval=0.3, keepalive_timeout=1.0)
+    size = 384 * 1024
+    proxy.throttle_downstream(96 * 1024)  # ~4 s of output, queued in the server's socket
+    with Client.connect(proxy.url, reconnect=None) as client:
+        done = client.run(["head", "-c", str(size), "/dev/zero"], timeout=60)
+        assert (done.returncode, len(done.stdout)) == (0, size)
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+
+
+def test_what_arrived_while_the_connection_was_busy_is_read_before_judging_silence(live, tmp_path, monkeypatch):
+    """An fs/close runs on the connection's own thread; a slow one (fsync of an atomic replace, 2 s here)
+    outlasts keepalive_timeout.  The request that came meanwhile shows the peer alive: no drop."""
+    server, proxy = live(ping_interval=0.3, keepalive_timeout=1.0)
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(2.0)
+        real_fsync(fd)
+
+    with Client.connect(proxy.url, reconnect=None) as client:
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+
+        def replace() -> None:
+            with client.fs.open(tmp_path / "target", "replace", atomic=True) as handle:
+                handle.write(b"new\n")
+
+        closing = threading.Thread(target=replace)
+        closing.start()
+        time.sleep(0.5)  # the close is in its fsync
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+        closing.join(10)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert (tmp_path / "target").read_bytes() == b"new\n"
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}

@@ -16,7 +16,9 @@ nothing changes for them.
 import math
 import select
 import socket
-from typing import Optional
+import struct
+import sys
+from typing import Optional, Tuple
 
 #: What :meth:`KeepaliveClock.poll` asks the loop to do.
 PING, DEAD = "ping", "dead"
@@ -105,6 +107,34 @@ def tune_socket(sock: socket.socket, dead_after: float) -> None:
             sock.setsockopt(level, name, value)
         except OSError:
             pass
+
+
+#: ``struct tcp_info`` of Linux (``linux/tcp.h``, 4.1 and later): its size up to and
+#: including ``tcpi_bytes_acked``, and where that u64 lies.
+_TCP_INFO_BYTES, _TCPI_BYTES_ACKED_AT = 128, 120
+#: ``TIOCOUTQ`` (``SIOCOUTQ`` for a socket): bytes in the send queue, not yet acknowledged.
+_TIOCOUTQ = 0x5411
+
+
+def send_progress(sock) -> Optional[Tuple[int, int]]:
+    """``(bytes the peer's TCP acknowledged so far, bytes still queued to it)``; None where unknown.
+
+    Linux only (``TCP_INFO``'s ``tcpi_bytes_acked`` and ``SIOCOUTQ``); the
+    counts include TLS's own bytes.  Tells a slow link (the queue drains)
+    from a dead or stalled peer (it does not).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import fcntl
+
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        queued = fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(info) < _TCP_INFO_BYTES:
+        return None
+    return struct.unpack_from("Q", info, _TCPI_BYTES_ACKED_AT)[0], struct.unpack("i", queued)[0]
 
 
 def wait_readable(sock, timeout: Optional[float]) -> bool:

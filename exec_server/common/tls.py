@@ -107,6 +107,9 @@ class TLSStream:
     def setsockopt(self, *args) -> None:
         self._sock.setsockopt(*args)
 
+    def getsockopt(self, *args):
+        return self._sock.getsockopt(*args)
+
     def shutdown_read(self) -> None:
         """Wake a blocked ``recv`` (it returns b""); the TLS state is kept for a last write."""
         self.shutdown(socket.SHUT_RD)

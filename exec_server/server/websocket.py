@@ -21,7 +21,8 @@ from wsproto import WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, tune_socket, writable_now
+from exec_server.common.keepalive import (DEAD, PING, KeepaliveClock, abort_socket, send_progress, tune_socket,
+                                          writable_now)
 from exec_server.common.tls import TLSStream
 from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL,  # noqa: F401
                                           CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TRY_AGAIN_LATER,
@@ -79,6 +80,11 @@ class WebSocketConnection:
         self._clock = KeepaliveClock(config.ping_interval, keepalive, now, fixed_schedule=True)
         self._received = threading.Condition()
         self._probes = 0  # probes waiting for bytes from the peer
+        # The send queue as the last Ping left it (see _pong_delayed): bytes acknowledged then (or at
+        # the last look since), where the Ping's bytes end, and whether it was still queued.
+        self._acked = 0
+        self._ping_end: Optional[int] = None
+        self._ping_delayed = False
         prefix = "failed to parse websocket JSON-RPC message from exec-server websocket %s: " % peer
         self._rpc = dispatcher.open_connection(self.send_text, prefix, probe=self.probe)
 
@@ -90,6 +96,41 @@ class WebSocketConnection:
     def is_idle(self) -> bool:
         """No request in flight and no running process in the session it holds."""
         return self._rpc.is_idle()
+
+    def _pong_delayed(self) -> bool:
+        """Whether the Pong we miss cannot have come yet: a slow link, not a silent peer.
+
+        Our last Ping waits behind output queued in the socket (4 MiB take
+        16 s at 256 KiB/s).  True while that Ping is still queued and the
+        peer has taken bytes since the last look, and once more right after
+        it got through (time for the peer to read up to it and answer).  A
+        peer that takes nothing (it stopped reading, or vanished) or got the
+        Ping long ago and answers nothing stays silent.  False where the
+        kernel cannot say (not Linux).
+        """
+        progress = send_progress(self._sock)
+        if progress is None or self._ping_end is None:
+            return False
+        acked, before = progress[0], self._acked
+        self._acked = acked
+        if acked < self._ping_end:
+            self._ping_delayed = acked > before
+        else:  # the Ping got through since the last look: one more timeout for its Pong, no more
+            self._ping_delayed, was_delayed = False, self._ping_delayed
+            return was_delayed
+        return self._ping_delayed
+
+    def _sent_ping(self) -> None:
+        """Note where the Ping just written ends in the socket's byte stream (see :meth:`_pong_delayed`).
+
+        Progress is measured from the first Ping still queued, not from the
+        latest: acknowledgements come in bursts as the peer's window opens.
+        """
+        progress = send_progress(self._sock)
+        if progress is not None:
+            if self._ping_end is None or progress[0] >= self._ping_end:
+                self._acked = progress[0]
+            self._ping_end = progress[0] + progress[1]
 
     def _die(self) -> None:
         """A write failed or stalled, or the peer is silent: stop writing and wake the reader."""
@@ -243,11 +284,15 @@ class WebSocketConnection:
                 now = time.monotonic()
                 action = clock.poll(now)
                 if action == DEAD:
+                    if pending() or selector.select(0) or self._pong_delayed():
+                        clock.received(now)  # bytes wait to be read (this thread was busy), or a slow link
+                        continue
                     log.info("websocket %s silent for %.1f s; closed", self.peer, clock.timeout)
                     self._die()
                     return
                 if action == PING:
                     self._send_event(Ping(b""))
+                    self._sent_ping()
                     continue
                 wait = clock.wait_time(now)
                 if init_deadline is not None:
