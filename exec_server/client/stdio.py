@@ -6,15 +6,12 @@ Implements :class:`exec_server.client.transport.Transport` for
 
 import threading
 
-from exec_server.common.pipes import enlarge_pipe
+from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Longest line (one message, with its end) the client reads from the child, bytes; as the
 #: WebSocket transport's CLIENT_MAX_MESSAGE_BYTES.
 STDIO_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Bytes of the buffers on the child's pipes (a read of the child's stdout takes up to this
-#: much at once; with the default 8 KiB a 64 KiB chunk's line took eleven reads).
-STDIO_BUFFER_BYTES = 1024 * 1024
 
 
 class StdioTransport:

@@ -1,10 +1,11 @@
-"""Pipe capacity of the stdio transport, set from either end (Linux).
+"""Pipe capacity and read buffer of the stdio transport, at either end (capacity: Linux).
 
 A stdio message is one line, and a 64 KiB output chunk makes a line of
 ~87 KB: with a pipe's default 64 KiB the writer blocks in the middle of
 every such line and the reader wakes for each piece.  Both ends ask for
 :data:`PIPE_BYTES` (the client on the pipes it makes for ``Client.spawn``,
-the server on its stdin and stdout, whoever made them).  Measured with
+the server on its stdin and stdout, whoever made them) and read through a
+:data:`STDIO_BUFFER_BYTES` buffer.  Measured with
 ``Client.spawn`` and ``run(head -c 256M)`` (README "Performance" (d)).
 """
 
@@ -14,6 +15,9 @@ import sys
 #: grants unprivileged users up to /proc/sys/fs/pipe-max-size (1 MiB by default);
 #: where it refuses, the pipe keeps its size, which costs speed, not data.
 PIPE_BYTES = 1024 * 1024
+#: Bytes of the buffer each end reads the other's lines through (one read takes up to this
+#: much: with io's default 8 KiB a 64 KiB chunk's line took eleven reads).
+STDIO_BUFFER_BYTES = 1024 * 1024
 #: ``fcntl.F_SETPIPE_SZ`` (named by Python from 3.10 on).
 _F_SETPIPE_SZ = 1031
 

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import BinaryIO, Optional
 
-from exec_server.common.pipes import enlarge_pipe
+from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.server.config import ServerConfig
 from exec_server.server.connection import Dispatcher
 from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
@@ -80,7 +80,7 @@ class StdioConnection:
 
     def _skip_rest_of_line(self, limit: int) -> None:
         while True:
-            chunk = self._reader.readline(1 << 20)
+            chunk = self._reader.readline(STDIO_BUFFER_BYTES)
             if not chunk or chunk.endswith(b"\n"):
                 break
         try:
@@ -145,7 +145,7 @@ class _BufferedLines:
     def __init__(self, raw: BinaryIO):
         import io
 
-        self._buffered = io.BufferedReader(raw, buffer_size=1 << 20)
+        self._buffered = io.BufferedReader(raw, buffer_size=STDIO_BUFFER_BYTES)
 
     def readline(self, limit: int = -1) -> bytes:
         return self._buffered.readline(limit)
