@@ -258,18 +258,22 @@ def test_pending_upgrade_limit_closes_one_more_at_once(configured_server, connec
     finally:
         for sock in silent:
             sock.close()
-    # The slots come back as each socket's thread sees its end (the /readyz probe's own slot too): a
-    # WebSocket upgrade succeeds again well before the 30 s upgrade timeout.
-    late = wait_until(lambda: _connected_or_none(connect, running.url), timeout=10)
+    # The slots come back as each socket's thread sees its end: a WebSocket upgrade succeeds again well
+    # before the 30 s upgrade timeout (an upgraded probe gives its slot back as it upgrades).
+    wait_until(lambda: _upgrades(port), timeout=10)
+    late = connect(running.url)
     assert late.initialize()["sessionId"]
 
 
-def _connected_or_none(connect, url: str):
-    """``connect(url)``, or None if the server closed the attempt unread (no free pending slot yet)."""
-    try:
-        return connect(url)
-    except Exception:  # simple_websocket raises what wsproto/h11 make of a socket closed unread
-        return None
+def _upgrades(port: int) -> bool:
+    """Whether a WebSocket upgrade is accepted now (a socket closed unread is False); the socket is closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 101")
+        except OSError:
+            return False
 
 
 def test_a_connection_without_a_thread_gives_its_pending_slot_back():
