@@ -37,6 +37,7 @@ class FaultProxy:
         self._blackhole_after = None  # bytes: blackhole that connection once they have been forwarded
         self._downstream_rate = 0  # bytes per second from the server to the client (0: unlimited)
         self._closed = False
+        self.accepted = 0  # connections forwarded since the start
         self._threads: List[threading.Thread] = []
         self._spawn(self._accept_loop)
 
@@ -73,6 +74,7 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
+                self.accepted += 1
             self._spawn(self._pump, client, upstream, False)
             self._spawn(self._pump, upstream, client, True)
 

@@ -280,3 +280,38 @@ def test_a_resumed_connection_that_drops_is_retried_at_once(memory_server, drop_
         assert results and [(c["seq"], c["chunk"]) for c in results[0]["chunks"]] == [(2, "YWZ0ZXIK")]
         assert collect_stdout(process) == b"before\nafter\n"
         assert process.returncode == 0
+
+
+def test_a_slow_link_recovers_what_was_written_while_detached(configured_server, proxy_to):
+    """After a drop, 512 KiB written while detached comes back over a link that carries less than that per
+    connect_timeout: the catch-up reads are sized to the link, so none times out (one reconnect, every byte)."""
+    running = configured_server()
+    proxy = proxy_to(running.url)
+    policy = ReconnectPolicy(deadline=30.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+    size = 512 * 1024
+    with Client.connect(proxy.url, timeout=5, reconnect=policy) as client:
+        process = client.start(["/bin/sh", "-c", "sleep 0.3; head -c %d /dev/zero; echo end" % size])
+        proxy.refuse(True)
+        proxy.cut()
+        time.sleep(1.0)  # the output is written while nobody is connected
+        proxy.throttle_downstream(192 * 1024)  # one read of it all (~700 KB of JSON) takes ~3.6 s here
+        proxy.refuse(False)
+        stdout = collect_stdout(process, timeout=60)
+        assert (process.returncode, len(stdout), stdout[-4:]) == (0, size + 4, b"end\n")
+        assert stdout.count(b"\0") == size
+        assert proxy.accepted == 2  # the first connection and one reconnect: no catch-up read timed out
+
+
+def test_catch_up_reads_follow_the_link():
+    from exec_server.client import recovery as r
+    kib = 1024
+    assert r.CATCH_UP_MIN_READ_BYTES < r.CATCH_UP_FIRST_READ_BYTES < r.CATCH_UP_READ_BYTES
+    # a full read well within its share of the 5 s timeout: four times as much next, up to the most
+    assert r.next_read_bytes(64 * kib, 64 * kib, 0.01, 5.0) == 256 * kib
+    assert r.next_read_bytes(r.CATCH_UP_READ_BYTES, r.CATCH_UP_READ_BYTES, 0.1, 5.0) == r.CATCH_UP_READ_BYTES
+    # a short read (the output ends) that came quickly: the same again
+    assert r.next_read_bytes(256 * kib, 10, 0.01, 5.0) == 256 * kib
+    # slower than its share (1.25 s): what the link carried in 1.25 s, never below the fewest
+    assert r.next_read_bytes(1024 * kib, 1024 * kib, 2.5, 5.0) == 512 * kib
+    assert r.next_read_bytes(64 * kib, 64 * kib, 4.9, 2.0) == r.CATCH_UP_MIN_READ_BYTES
+    assert r.next_read_bytes(64 * kib, 0, 3.0, 5.0) == r.CATCH_UP_MIN_READ_BYTES

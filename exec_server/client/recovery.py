@@ -26,10 +26,18 @@ from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError
 
 log = logging.getLogger(__name__)
 
-#: Decoded bytes asked for by each ``process/read`` of a catch-up: the server
+#: Most decoded bytes one ``process/read`` of a catch-up asks for: the server
 #: may hold far more than fits one message (output spooled to disk), so the
 #: client reads in budgeted steps until it meets the live notifications.
 CATCH_UP_READ_BYTES = 1024 * 1024
+#: Decoded bytes the first catch-up read of a recovery asks for; each later
+#: read is sized to the link by :func:`next_read_bytes`.
+CATCH_UP_FIRST_READ_BYTES = 64 * 1024
+#: Fewest decoded bytes a catch-up read asks for (~22 KB of JSON: the link
+#: must carry ~4.4 KB/s for a read to finish within the default 5 s).
+CATCH_UP_MIN_READ_BYTES = 16 * 1024
+#: Share of ``ReconnectPolicy.connect_timeout`` (each read's timeout) one catch-up read aims to take.
+CATCH_UP_READ_SHARE = 0.25
 
 #: Methods that are safe to send again after a dropped connection (reads).
 IDEMPOTENT_METHODS = frozenset({
@@ -90,6 +98,30 @@ class ReconnectPolicy:
         return min(self.max_backoff, self.initial_backoff * (2 ** attempt))
 
 
+def next_read_bytes(asked: int, got: int, elapsed: float, timeout: float) -> int:
+    """The ``maxBytes`` (decoded bytes) of the next catch-up read, from how the last one went.
+
+    A read that took longer than :data:`CATCH_UP_READ_SHARE` of its
+    ``timeout`` (seconds) shrinks the next to what the link carried in that
+    share; one that came back full and sooner grows the next fourfold.
+    Always within :data:`CATCH_UP_MIN_READ_BYTES` and :data:`CATCH_UP_READ_BYTES`.
+
+    Args:
+        asked: the last read's ``maxBytes``.
+        got: decoded bytes it returned.
+        elapsed: seconds it took.
+        timeout: seconds each read may take.
+    """
+    target = timeout * CATCH_UP_READ_SHARE
+    if elapsed > target:
+        size = int(got * target / elapsed)
+    elif got >= asked:
+        size = asked * 4
+    else:
+        size = asked
+    return max(CATCH_UP_MIN_READ_BYTES, min(CATCH_UP_READ_BYTES, size))
+
+
 class Recovery:
     """Recovers one session's endpoint; installed as its ``on_lost`` handler once the session exists.
 
@@ -108,6 +140,7 @@ class Recovery:
         self._connector = connector
         self._client_name = client_name
         self._session_id = session_id
+        self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the next catch-up read's maxBytes
 
     def connection_lost(self, generation: int, lost: List[Pending]) -> None:
         """Fail the mutations that were in flight, then recover on a thread of its own.
@@ -135,6 +168,7 @@ class Recovery:
         endpoint, policy = self._endpoint, self._policy
         deadline = time.monotonic() + policy.deadline
         attempt = 0
+        self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the link may have changed since the last recovery
         last_error: Optional[BaseException] = None
         while True:
             if endpoint.state != RECOVERING:
@@ -193,23 +227,27 @@ class Recovery:
     def _catch_up(self, generation: int, transport: Transport) -> bool:
         """Read every open process from its last published seq on ``transport``; False if it dropped or went silent.
 
-        Each process is read in steps of :data:`CATCH_UP_READ_BYTES`, each
-        from the last seq published, until a read returns no chunks or what
-        it returned joined the live notifications held meanwhile (the
-        session is attached before the first read, so everything after a
-        read's snapshot also arrives live; duplicates are dropped).
+        Each process is read in steps, each from the last seq published,
+        until a read returns no chunks or what it returned joined the live
+        notifications held meanwhile (the session is attached before the
+        first read, so everything after a read's snapshot also arrives live;
+        duplicates are dropped).  The steps are sized to the link
+        (:func:`next_read_bytes`), so a slow link still catches up: each read
+        must end within ``connect_timeout``; one that does not ends this
+        connection, and the next attempt reads a quarter as much.
         """
         endpoint, timeout = self._endpoint, self._policy.connect_timeout
         for process in endpoint.open_processes():
             while True:
-                before = process.last_seq
-                params = {"processId": process.process_id, "afterSeq": before,
-                          "maxBytes": CATCH_UP_READ_BYTES, "waitMs": 0}
+                before, asked = process.last_seq, self._read_bytes
+                params = {"processId": process.process_id, "afterSeq": before, "maxBytes": asked, "waitMs": 0}
+                started = time.monotonic()
                 try:
                     result = endpoint.call_on(generation, "process/read", params, timeout)
                 except ExecServerDisconnected:
                     return False
                 except TimeoutError:  # a silent server gets no closing handshake
+                    self._read_bytes = max(CATCH_UP_MIN_READ_BYTES, asked // 4)
                     abort_transport(transport)
                     return False
                 except RpcError as exc:
@@ -232,6 +270,8 @@ class Recovery:
                         pass
                     break
                 chunks = result.get("chunks")
+                got = sum(len(chunk.get("chunk") or "") for chunk in chunks or ()) * 3 // 4
+                self._read_bytes = next_read_bytes(asked, got, time.monotonic() - started, timeout)
                 if (not chunks or process.done or process.last_seq > chunks[-1]["seq"]
                         or process.last_seq <= before):  # nothing new: a server repeating itself ends it too
                     break
