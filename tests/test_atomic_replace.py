@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -268,3 +269,87 @@ def test_a_target_the_rename_cannot_replace_gets_the_content_in_place(peer, tmp_
     assert target.read_bytes() == ORIGINAL
     assert peer.call("fs/close", {"handleId": "h1", "commit": True}) == {}
     assert (target.read_bytes(), leftovers(tmp_path)) == (b"NEW", [])
+
+
+def test_a_slow_close_holds_up_no_other_request(peer, tmp_path, monkeypatch):
+    """An atomic close's commit (its fsync takes 2 s here) runs on a request thread: the connection answers
+    its other requests meanwhile.  What was sent after the close sees it done: a block write finds the handle
+    gone, an fs/open of the same id waits for the commit and reads the new content."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    open_atomic(peer, "h1", target, b"NEW")
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(2.0)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)  # the server runs in this process
+    started = time.monotonic()
+    peer.send({"id": 200, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
+    peer.send({"id": 201, "method": "fs/writeBlock",
+               "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"LATE")}})
+    peer.send({"id": 202, "method": "fs/open", "params": {"handleId": "h1", "path": uri(target), "mode": "read"}})
+    peer.send({"id": 203, "method": "environment/status", "params": {}})
+    assert peer.wait_for(lambda m: m.get("id") == 203) == {"id": 203, "result": {"status": "ready"}}
+    assert time.monotonic() - started < 1.5  # answered during the commit, not after it
+    late = peer.wait_for(lambda m: m.get("id") == 201)
+    assert late["error"]["code"] == -32004 and "unknown file handle" in late["error"]["message"]
+    assert peer.wait_for(lambda m: m.get("id") == 200, timeout=15) == {"id": 200, "result": {}}
+    assert peer.wait_for(lambda m: m.get("id") == 202, timeout=15) == {"id": 202, "result": {"handleId": "h1"}}
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    block = peer.call("fs/readBlock", {"handleId": "h1", "offset": 0, "len": 64})
+    assert b64.decode(block["chunk"]) == b"NEW"
+    assert peer.call("fs/close", {"handleId": "h1"}) == {}
+    assert (target.read_bytes(), leftovers(tmp_path)) == (b"NEW", [])
+
+
+def test_a_second_close_of_a_handle_being_closed_finds_it_gone(peer, tmp_path, monkeypatch):
+    """Two closes of one handle, back to back, while the first commits: the second is a close of an unknown
+    id (with commit: -32004), whichever thread runs first; the first one's commit stands."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    open_atomic(peer, "h1", target, b"NEW")
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.5), real_fsync(fd)))
+    peer.send({"id": 300, "method": "fs/close", "params": {"handleId": "h1", "commit": False}})
+    peer.send({"id": 301, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
+    second = peer.wait_for(lambda m: m.get("id") == 301)
+    assert second["error"]["code"] == -32004
+    assert peer.wait_for(lambda m: m.get("id") == 300) == {"id": 300, "result": {}}
+    assert (target.read_bytes(), leftovers(tmp_path)) == (ORIGINAL, [])
+
+
+def test_a_dropped_connection_closes_no_handle_under_a_running_write(server, connect, tmp_path, monkeypatch):
+    """The connection ends while a block write runs (1 s here): its handle is closed when the write is done,
+    not under it (the descriptor could be another file's by then); the atomic replace is discarded."""
+    from exec_server.server.fs import handles
+
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    peer = connect(server.url)
+    peer.initialize()
+    open_atomic(peer, "h1", target)
+    real_pwrite = handles.os.pwrite
+    outcomes = []
+
+    def slow_pwrite(fd, data, offset):
+        time.sleep(1.0)
+        try:
+            written = real_pwrite(fd, data, offset)
+        except OSError as exc:
+            outcomes.append(exc.errno)
+            raise
+        outcomes.append(written)
+        return written
+
+    monkeypatch.setattr(handles.os, "pwrite", slow_pwrite)
+    chunk = b64.encode(b"x" * 4096)
+    peer.send({"id": 400, "method": "fs/writeBlock", "params": {"handleId": "h1", "offset": 0, "chunk": chunk}})
+    time.sleep(0.3)  # the write is running
+    assert len(leftovers(tmp_path)) == 1
+    peer.close()
+    wait_until(lambda: outcomes, timeout=10)
+    assert outcomes == [4096]  # written whole: the descriptor was still its file's
+    wait_until(lambda: leftovers(tmp_path) == [], timeout=10)
+    assert target.read_bytes() == ORIGINAL

@@ -17,6 +17,7 @@ from conftest import Peer, wait_until
 from exec_server import Client, ExecServerDisconnected, make_server
 from exec_server.client.recovery import ReconnectPolicy
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock
+from exec_server.server import handlers
 from exec_server.server.config import ServerConfig
 from faultproxy import FaultProxy
 
@@ -264,28 +265,23 @@ def test_a_slow_link_that_still_takes_output_is_not_a_silent_peer(live):
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
 
 
-def test_what_arrived_while_the_connection_was_busy_is_read_before_judging_silence(live, tmp_path, monkeypatch):
-    """An fs/close runs on the connection's own thread; a slow one (fsync of an atomic replace, 2 s here)
-    outlasts keepalive_timeout.  The request that came meanwhile shows the peer alive: no drop."""
-    server, proxy = live(ping_interval=0.3, keepalive_timeout=1.0)
-    real_fsync = os.fsync
+def test_what_arrived_while_the_connection_was_busy_is_read_before_judging_silence(live, monkeypatch):
+    """A request that runs on the connection's own thread (environment/info, made to take 2 s here) outlasts
+    keepalive_timeout.  The request that came meanwhile shows the peer alive: no drop."""
+    family, info = handlers.METHODS["environment/info"]
 
-    def slow_fsync(fd):
+    def slow_info(ctx, params):
         time.sleep(2.0)
-        real_fsync(fd)
+        return info(ctx, params)
 
+    monkeypatch.setitem(handlers.METHODS, "environment/info", (family, slow_info))
+    server, proxy = live(ping_interval=0.3, keepalive_timeout=1.0)
     with Client.connect(proxy.url, reconnect=None) as client:
-        monkeypatch.setattr(os, "fsync", slow_fsync)
-
-        def replace() -> None:
-            with client.fs.open(tmp_path / "target", "replace", atomic=True) as handle:
-                handle.write(b"new\n")
-
-        closing = threading.Thread(target=replace)
-        closing.start()
-        time.sleep(0.5)  # the close is in its fsync
+        answers = []
+        busy = threading.Thread(target=lambda: answers.append(client.call("environment/info", {}, timeout=10)))
+        busy.start()
+        time.sleep(0.5)  # the connection's thread is in the slow request
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
-        closing.join(10)
-        monkeypatch.setattr(os, "fsync", real_fsync)
-        assert (tmp_path / "target").read_bytes() == b"new\n"
+        busy.join(10)
+        assert answers and "platformOs" in answers[0]
         assert client.call("environment/status", timeout=10) == {"status": "ready"}

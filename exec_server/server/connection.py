@@ -17,6 +17,7 @@ long poll never delays other calls (PROTOCOL.md 1.5).  At most
 with -32001 without being run, and the reader thread never blocks.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -46,10 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Methods that never block for long (besides ``process/read`` without
-#: ``waitMs``): they run on the connection's reader thread, saving two thread
-#: hand-offs.  ``process/start`` is here too: a spawn takes about a
-#: millisecond, and inline spawning raised the fan-out rate from ~605 to
-#: ~690 processes/s (benchmarks/bench.py, shared harness).
+#: ``waitMs``; an ``fs/close`` that may block goes to a request thread): they
+#: run on the connection's reader thread, saving two thread hand-offs.
+#: ``process/start`` is here too: a spawn takes about a millisecond, and inline
+#: spawning raised the fan-out rate from ~605 to ~690 processes/s.
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
                             "process/start", "process/terminate", "process/resize", "fs/close"})
 
@@ -235,11 +236,15 @@ class RpcConnection:
         if error is not None:
             self._complete(request, span, label, received, received, error)
             return
-        if self._runs_inline(method, request.params):
+        taken = None
+        if method == "fs/close" and not self._serial:  # one that may block: taken now, closed on a request thread
+            taken = self.file_handles.begin_close(request.params["handleId"])
+            handler = handler if taken is None else functools.partial(handler, taken=taken)
+        if taken is None and self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)
             return
-        with self._admitted_lock:
-            admitted = self._admitted < self._admission_limit
+        with self._admitted_lock:  # a taken handle's close is never refused: only it closes that handle
+            admitted = self._admitted < self._admission_limit or taken is not None
             if admitted:
                 self._admitted += 1
         if not admitted:
@@ -248,6 +253,10 @@ class RpcConnection:
         if method in BLOCK_METHODS:  # counted in arrival order: a later fs/close waits for it
             try:
                 self.file_handles.begin(request.params["handleId"])
+            except RpcError as error:  # an fs/close of its handle came first
+                self._release()
+                self._complete(request, span, label, received, received, error)
+                return
             except Exception:  # the fs code did not load (a broken install): this request fails alone
                 log.exception("request %s (%r) failed", method, request.id)
                 self._release()

@@ -11,7 +11,14 @@ Block reads and writes may run on several request threads at once, so the
 connection counts them per handle as it dispatches them, in arrival order
 (:meth:`FileHandles.begin`, :meth:`FileHandles.end`); ``fs/close`` waits
 (at most :data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so
-a pipelined close never overtakes a write.  Thread-safe.
+a pipelined close never overtakes a write.  A close that may block (that
+wait, or an atomic handle's commit with its fsync) runs on a request thread,
+not the connection's, so it holds up no other request: the connection
+takes its handle as it arrives (:meth:`FileHandles.begin_close`), and what
+arrives after it finds the handle gone, as if the close had run at once.
+When the connection ends, its handles are closed once the block operations
+running on them are done (at most :data:`CLOSE_BLOCKS_WAIT` s), never under
+them.  Thread-safe.
 """
 
 import errno
@@ -50,13 +57,24 @@ def rpc_error(error: FsError) -> RpcError:
     return RpcError(error.message, code=error.code)
 
 
+def _discard(entry: "_Handle") -> None:
+    """Close a handle nobody will close any more; an atomic one's temporary file is removed (target unchanged)."""
+    try:
+        os.close(entry.fd)
+    except OSError:
+        pass
+    if entry.replacement is not None:
+        atomic.discard(entry.replacement.temporary)
+
+
 class _Handle:
     """An open handle: its descriptor and mode; for an atomic one, where its file goes at close."""
 
-    __slots__ = ("fd", "mode", "replacement")
+    __slots__ = ("fd", "mode", "replacement", "finishing")
 
     def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None):
         self.fd, self.mode, self.replacement = fd, mode, replacement
+        self.finishing = False  # a taken handle's close has begun: close_all leaves it to that close
 
 
 class FileHandles:
@@ -66,21 +84,51 @@ class FileHandles:
         self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
         self._busy: Dict[str, int] = {}  # handle id -> block operations dispatched and not ended
+        self._closing: Dict[str, _Handle] = {}  # handle id -> a handle taken by begin_close, until closed
+        self._orphans: Dict[str, _Handle] = {}  # handle id -> left by close_all, closed by the last end()
         self._closed = False  # close_all ran: the connection is gone and opens no more
 
     def begin(self, handle_id: str) -> None:
-        """A block read or write of ``handle_id`` was dispatched (call in arrival order, then :meth:`end`)."""
+        """A block read or write of ``handle_id`` was dispatched (call in arrival order, then :meth:`end`).
+
+        Raises:
+            RpcError: -32004 ``unknown file handle`` when an ``fs/close`` of it came first.
+        """
         with self._lock:
+            if handle_id in self._closing:
+                raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
             self._busy[handle_id] = self._busy.get(handle_id, 0) + 1
 
+    def begin_close(self, handle_id: str) -> Optional[_Handle]:
+        """An ``fs/close`` of ``handle_id`` arrived (call in arrival order): its handle if the close may block.
+
+        A close may block when it waits for block operations that arrived
+        before it, or commits an atomic replace.  Such a handle is taken: the
+        id is gone from now on (later block operations are refused by
+        :meth:`begin`, a later ``fs/close`` finds no handle, a later
+        ``fs/open`` of the id waits for this close), and the close runs on a
+        request thread as ``close(handle_id, commit, taken)``.  Returns None
+        for a quick close (or an unknown id): call :meth:`close` at once.
+        """
+        with self._lock:
+            entry = self._handles.get(handle_id)
+            if self._closed or entry is None or (entry.replacement is None and not self._busy.get(handle_id)):
+                return None
+            self._closing[handle_id] = self._handles.pop(handle_id)
+            return entry
+
     def end(self, handle_id: str) -> None:
+        """A block operation of ``handle_id`` ended; the last one closes a handle the connection left behind."""
         with self._lock:
             left = self._busy.get(handle_id, 1) - 1
             if left:
                 self._busy[handle_id] = left
-            else:
-                self._busy.pop(handle_id, None)
-                self._idle.notify_all()
+                return
+            self._busy.pop(handle_id, None)
+            self._idle.notify_all()
+            orphan = self._orphans.pop(handle_id, None)
+        if orphan is not None:
+            _discard(orphan)
 
     def open(self, handle_id: str, path: str, mode: str, atomic_replace: bool = False) -> bool:
         """Open ``path`` for reading, or create/truncate it for writing (``replace``).
@@ -102,7 +150,9 @@ class FileHandles:
         with self._lock:
             if self._closed:  # an fs/open still running when its connection ended
                 raise RpcError("the connection is closed", code=INVALID_REQUEST)
-            if handle_id in self._handles:
+            if handle_id in self._closing:  # an fs/close sent before this open is still running
+                self._idle.wait_for(lambda: handle_id not in self._closing, CLOSE_BLOCKS_WAIT + 1.0)
+            if handle_id in self._handles or handle_id in self._closing:
                 raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
             if len(self._handles) >= self._limit:
                 raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
@@ -127,8 +177,10 @@ class FileHandles:
             return False
 
     def _get(self, handle_id: str, mode: str) -> int:
-        with self._lock:
-            entry = self._handles.get(handle_id)
+        with self._lock:  # a taken handle serves the block operations that arrived before its close
+            entry = self._handles.get(handle_id) or self._closing.get(handle_id)
+            if self._closed:
+                raise RpcError("the connection is closed", code=INVALID_REQUEST)
         if entry is None:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
         if entry.mode != mode:
@@ -161,9 +213,11 @@ class FileHandles:
         except OSError as exc:
             raise rpc_error(os_error(exc)) from None
 
-    def close(self, handle_id: str, commit: Optional[bool] = None) -> None:
+    def close(self, handle_id: str, commit: Optional[bool] = None, taken: Optional[_Handle] = None) -> None:
         """Close a handle once the block operations sent before are done; an atomic one's file is put
         in place (:func:`~exec_server.server.fs.atomic.commit`) unless ``commit`` is False.
+
+        ``taken``: what :meth:`begin_close` returned for this close, if anything.
 
         Raises:
             RpcError: -32004 ``unknown file handle`` for an unknown id with
@@ -172,10 +226,27 @@ class FileHandles:
                 removed).
         """
         with self._lock:
-            if not self._idle.wait_for(lambda: not self._busy.get(handle_id), CLOSE_BLOCKS_WAIT):
+            entry = self._handles.get(handle_id) if taken is None else taken
+            if entry is not None and not self._idle.wait_for(lambda: not self._busy.get(handle_id),
+                                                             CLOSE_BLOCKS_WAIT):
                 log.warning("fs/close of %s went ahead after %.0f s with block operations still running",
                             handle_id, CLOSE_BLOCKS_WAIT)
-            entry = self._handles.pop(handle_id, None)
+            if taken is None:
+                entry = self._handles.pop(handle_id, None)
+            elif self._closing.get(handle_id) is taken and not self._closed:
+                taken.finishing = True
+            else:
+                entry = None  # the connection ended first: close_all discarded it
+        try:
+            self._finish(entry, handle_id, commit)
+        finally:
+            if taken is not None and taken.finishing:
+                with self._lock:
+                    del self._closing[handle_id]
+                    self._idle.notify_all()  # an fs/open of the same id may wait for this close
+
+    @staticmethod
+    def _finish(entry: Optional[_Handle], handle_id: str, commit: Optional[bool]) -> None:
         if entry is None:
             if commit:
                 raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
@@ -192,15 +263,20 @@ class FileHandles:
                 raise rpc_error(os_error(exc)) from None
 
     def close_all(self) -> None:
-        """Close every handle (the connection ended): atomic handles are discarded, later opens refused."""
+        """Close every handle (the connection ended): atomic handles are discarded, later opens refused.
+
+        Does not wait: a handle with block operations still running is closed
+        by the last of them to end (:meth:`end`), never under them (its
+        descriptor number could be reused by another file meanwhile).
+        Operations that had not started yet find it gone.
+        """
         with self._lock:
             self._closed = True
-            entries = list(self._handles.values())
+            taken = [handle_id for handle_id, entry in self._closing.items() if not entry.finishing]
+            entries = list(self._handles.items()) + [(handle_id, self._closing.pop(handle_id)) for handle_id in taken]
             self._handles.clear()
-        for entry in entries:
-            try:
-                os.close(entry.fd)
-            except OSError:
-                pass
-            if entry.replacement is not None:
-                atomic.discard(entry.replacement.temporary)
+            now = [entry for handle_id, entry in entries if not self._busy.get(handle_id)]
+            self._orphans.update((handle_id, entry) for handle_id, entry in entries if self._busy.get(handle_id))
+            self._idle.notify_all()
+        for entry in now:
+            _discard(entry)

@@ -54,8 +54,8 @@ class LazyHandler:
         """The handler function, importing its module if this is the first use."""
         return self._function.get()
 
-    def __call__(self, ctx: RequestContext, params: Any) -> Any:
-        return self._function.get()(ctx, params)
+    def __call__(self, ctx: RequestContext, params: Any, **options: Any) -> Any:
+        return self._function.get()(ctx, params, **options)
 
     def __repr__(self) -> str:
         return "LazyHandler(%r, %r)" % (self.module, self.method)

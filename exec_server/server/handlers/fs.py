@@ -76,8 +76,9 @@ def fs_write_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any
     return {}
 
 
-def fs_close(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
-    ctx.connection.file_handles.close(params["handleId"], params.get("commit"))
+def fs_close(ctx: RequestContext, params: Dict[str, Any], taken: Any = None) -> Dict[str, Any]:
+    """Close a handle (PROTOCOL.md 8.4); ``taken``: the handle the connection took as the close arrived."""
+    ctx.connection.file_handles.close(params["handleId"], params.get("commit"), taken)
     return {}
 
 
