@@ -63,7 +63,8 @@ from exec_server.server.sessions import SessionRegistry
 WATCHED = ("fs_helper.operations", "exec_server.server.handlers.fs", "exec_server.server.fs.handles",
            "exec_server.server.fs.helper", "exec_server.server.handlers.process",
            "exec_server.server.process.managed", "exec_server.server.process.spawn", "subprocess", "uuid", "platform",
-           "concurrent.futures")
+           "concurrent.futures", "shutil", "tempfile", "exec_server.server.process.output",
+           "exec_server.server.process.spool")
 sent, loaded = [], {}
 registry = SessionRegistry(ServerConfig())
 connection = Dispatcher(registry).open_connection(lambda *texts: sent.extend(texts), "x: ")
@@ -104,7 +105,8 @@ def test_handler_families_load_on_their_first_request(tmp_path):
     assert {"exec_server.server.handlers.fs", "fs_helper.operations"} <= set(loaded["fs"])
     assert not {"exec_server.server.handlers.process", "exec_server.server.process.managed"} & set(loaded["fs"])
     assert {"exec_server.server.handlers.process", "exec_server.server.process.managed",
-            "exec_server.server.process.spawn", "subprocess"} <= set(loaded["process"])
+            "exec_server.server.process.spawn", "subprocess", "exec_server.server.process.output",
+            "exec_server.server.process.spool"} <= set(loaded["process"])
 
 
 _STOP = r"""
@@ -128,3 +130,16 @@ def test_shutdown_loads_no_fs_helper_code_and_still_kills_later_helpers():
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"loaded": False, "status": -9}
+
+
+def test_the_stdio_command_answers_initialize_without_shutil_or_tempfile():
+    """argparse finds the terminal's width with shutil, the spool's directory needs tempfile: ~3 ms each of a
+    cold start, loaded now only to print help or once output is spooled (``-X importtime`` lists every import)."""
+    init = b'{"id":1,"method":"initialize","params":{"clientName":"cold"}}\n'
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "exec_server", "--listen", "stdio"], input=init,
+                          capture_output=True, timeout=60, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0 and b'"sessionId"' in done.stdout, done.stderr[-2000:]
+    imported = {line.rsplit(b"|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith(b"import time:")}
+    assert b"exec_server.server.stdio" in imported
+    assert not {b"shutil", b"tempfile"} & imported

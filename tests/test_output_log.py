@@ -16,7 +16,8 @@ import pytest
 from conftest import pid_alive, wait_until
 from exec_server.protocol import handshake
 from exec_server.protocol.errors import InternalError, InvalidRequest, ProtocolViolation
-from exec_server.server.process.output import Closed, Exited, OutputChunk, OutputLog, ReadAborted
+from exec_server.server.process import ReadAborted
+from exec_server.server.process.output import Closed, Exited, OutputChunk, OutputLog
 
 
 def make_log(streams=2, retained_bytes=1 << 20, retained_chunks=1024, sandboxed=False):

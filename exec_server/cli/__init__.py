@@ -18,12 +18,13 @@ import sys
 from typing import Optional, Sequence
 
 from exec_server import __version__
-from exec_server.cli.options import add_cp_parser, add_run_parser, add_server_options
+from exec_server.cli.options import add_cp_parser, add_run_parser, add_server_options, help_formatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: server options, then the subcommands."""
-    parser = argparse.ArgumentParser(prog="exec-server", description="JSON-RPC remote-execution server")
+    parser = argparse.ArgumentParser(prog="exec-server", description="JSON-RPC remote-execution server",
+                                     formatter_class=help_formatter())
     parser.add_argument("--version", action="version", version="exec-server " + __version__)
     add_server_options(parser)
     commands = parser.add_subparsers(dest="command")
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cp_parser(commands)
     service = commands.add_parser("service", help="run the server as a Windows service (Windows-only)",
                                   description="Install, start, stop or remove the Windows service; server "
-                                              "options for install go after --.")
+                                              "options for install go after --.",
+                                  formatter_class=help_formatter())
     service.add_argument("action", choices=["install", "start", "stop", "remove"])
     service.add_argument("server_arguments", nargs=argparse.REMAINDER)
     return parser

@@ -34,7 +34,7 @@ from exec_server.protocol.handshake import Handshake
 from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                                           encode, error_response, parse_message)
 from exec_server.protocol.wire import Send
-from exec_server.server.process.output import ReadAborted
+from exec_server.server.process import ReadAborted
 from exec_server.server.sessions import SessionRegistry
 from exec_server.protocol.schemas import SchemaSet
 

@@ -11,11 +11,10 @@ snapshot); processes are killed and notifications sent outside it.
 Detach/resume: :meth:`Session.attach` and :meth:`Session.detach` swap the
 send under the session lock, and ``detach`` only clears it for the owner
 that attached it, so an old connection can never clear a newer connection's
-send.  A detached
-session lives for ``detached_session_ttl`` seconds; a resume within it
-reattaches it (same id, same processes), and at its end every process group
-of the session is killed.  Resume and expiry both decide under the registry
-lock, so exactly one of them wins.
+send.  A detached session lives for ``detached_session_ttl`` seconds; a
+resume within it reattaches it (same id, same processes), and at its end
+every process group of the session is killed.  Resume and expiry both decide
+under the registry lock, so exactly one of them wins.
 """
 
 from __future__ import annotations
@@ -31,12 +30,13 @@ from exec_server.server.config import ServerConfig
 from exec_server.protocol.errors import InvalidRequest, SessionAlreadyAttached
 from exec_server.protocol.wire import (Send, encode_closed_notification, encode_exited_notification,
                                        encode_output_notification)
-from exec_server.server.process.output import Event, EventListener, Exited, OutputChunk
-from exec_server.server.process.spool import Spool, SpoolStore
+from exec_server.server.first_use import FirstUse
 from exec_server.server.scheduler import Scheduler
 
 if TYPE_CHECKING:  # the process code loads with the first process/* request (handlers/__init__.py)
     from exec_server.server.process.managed import ManagedProcess
+    from exec_server.server.process.output import Event, EventListener
+    from exec_server.server.process.spool import Spool, SpoolStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def random_uuid() -> str:
 
 def encode_events(process_id: str, events: Sequence[Event]) -> List[str]:
     """The notification texts of a process's events, in order (PROTOCOL.md 5.3)."""
+    from exec_server.server.process.output import Exited, OutputChunk  # loaded by then: a process made them
     texts = []
     for event in events:
         kind = type(event)
@@ -224,6 +225,13 @@ class Session:
         return processes
 
 
+def _new_spool_store(config: ServerConfig) -> SpoolStore:
+    """The registry's spool store; its module (with the output code) loads with the first process (#17)."""
+    from exec_server.server.process.spool import SpoolStore
+    return SpoolStore(config.spool_dir, config.spool_bytes_per_process, config.spool_bytes_total,
+                      config.spool_chunks_per_process)
+
+
 class SessionRegistry:
     """All sessions of a server, under one lock.  Thread-safe.
 
@@ -235,18 +243,21 @@ class SessionRegistry:
                  spool_store: Optional[SpoolStore] = None):
         self.config = config
         self.scheduler = scheduler or Scheduler()
-        #: The output spool of every process of the server (its directory and shared budget).
-        self.spool_store = spool_store or SpoolStore(
-            config.spool_dir, config.spool_bytes_per_process, config.spool_bytes_total,
-            config.spool_chunks_per_process)
+        self._spool_store: FirstUse[SpoolStore] = FirstUse(lambda: _new_spool_store(config),
+                                                           lambda store: store.close(), spool_store)
         self._lock = threading.Lock()
         self._sessions: Dict[str, Session] = {}
         self._expiry: Dict[str, object] = {}
 
+    @property
+    def spool_store(self) -> SpoolStore:
+        """The output spool of every process of the server (its directory and shared budget), made on first use."""
+        return self._spool_store.get()
+
     def spool_for(self, process_id: str) -> Callable[[], Optional[Spool]]:
         """What gives process ``process_id`` its spool, made when its output first passes memory."""
-        store = self.spool_store
-        return lambda: store.spool("process %s" % process_id)
+        store = self._spool_store
+        return lambda: store.get().spool("process %s" % process_id)
 
     def create(self) -> Session:
         """A new session with a UUID4 id.
@@ -386,4 +397,4 @@ class SessionRegistry:
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.stop(max(0.0, deadline - time.monotonic()))
-        self.spool_store.close()
+        self._spool_store.close()

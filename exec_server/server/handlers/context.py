@@ -5,7 +5,7 @@ from typing import Any, Callable, List, Optional
 from exec_server.protocol.errors import InvalidRequest
 from exec_server.protocol.handshake import TAKEN_OVER
 from exec_server.server.config import ServerConfig
-from exec_server.server.process.output import ReadAborted
+from exec_server.server.process import ReadAborted
 from exec_server.server.sessions import Session, SessionRegistry
 
 

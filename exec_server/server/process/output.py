@@ -38,10 +38,6 @@ SANDBOX_DENIAL_MARKERS = (
 _SIGSYS_EXIT_CODE = None if sys.platform.startswith("win") else 128 + 31
 
 
-class ReadAborted(Exception):
-    """A long poll was abandoned (connection gone or session taken over)."""
-
-
 class OutputChunk(NamedTuple):
     """One ``process/output`` event (and a retained chunk)."""
 
@@ -251,7 +247,7 @@ class OutputLog:
             aborted: called (under the log's lock) before each look; a
                 returned exception is raised.
         Raises:
-            whatever ``aborted`` returns, e.g. :class:`ReadAborted`.
+            whatever ``aborted`` returns, e.g. :class:`~exec_server.server.process.ReadAborted`.
         """
         deadline = time.monotonic() + wait
         budget = max_bytes

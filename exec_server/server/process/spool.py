@@ -28,9 +28,7 @@ import array
 import bisect
 import logging
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import weakref
 from typing import Callable, List, Optional, Tuple
@@ -127,6 +125,7 @@ class SpoolStore:
             if self._closed:
                 raise OSError("the output spool is closed")
             if self._path is None:
+                import tempfile  # here: tempfile (random) and shutil cost a server's start-up ~3 ms (#17)
                 self._path = tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=self._parent)  # mode 0700
                 owner = _lock_owner(self._path)
                 self._finalizer = weakref.finalize(self, _remove_spool_dir, self._path, owner)
@@ -167,6 +166,7 @@ def _lock_owner(path: str) -> Optional[int]:
 
 
 def _remove_spool_dir(path: str, owner: Optional[int]) -> None:
+    import shutil
     shutil.rmtree(path, True)
     if owner is not None:
         os.close(owner)  # the lock goes with the descriptor
@@ -201,6 +201,7 @@ def reclaim_stale_spools(parent: str, keep: str) -> List[str]:
         except OSError:
             continue  # its server lives
         else:
+            import shutil
             shutil.rmtree(entry.path, True)
             removed.append(entry.path)
             log.info("removed the output spool of a server that is gone: %s", entry.path)
