@@ -16,9 +16,8 @@ wait, or an atomic handle's commit with its fsync) runs on a request thread,
 not the connection's, so it holds up no other request: the connection
 takes its handle as it arrives (:meth:`FileHandles.begin_close`), and what
 arrives after it finds the handle gone, as if the close had run at once.
-When the connection ends, its handles are closed once the block operations
-running on them are done (at most :data:`CLOSE_BLOCKS_WAIT` s), never under
-them.  Thread-safe.
+When the connection ends, a handle with a block operation still running is
+closed by the last of them as it ends, never under it.  Thread-safe.
 """
 
 import errno
