@@ -353,3 +353,105 @@ def test_a_dropped_connection_closes_no_handle_under_a_running_write(server, con
     assert outcomes == [4096]  # written whole: the descriptor was still its file's
     wait_until(lambda: leftovers(tmp_path) == [], timeout=10)
     assert target.read_bytes() == ORIGINAL
+
+
+def test_an_open_waiting_for_a_close_leaves_nothing_when_the_connection_drops(server, connect, tmp_path, monkeypatch):
+    """An fs/open of the id a slow close still holds waits for that close; the connection ends meanwhile: the
+    open adds no handle after the connection's handles were closed (no descriptor, no temporary file left)."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    peer = connect(server.url)
+    peer.initialize()
+    open_atomic(peer, "h1", target, b"NEW")
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(1.0), real_fsync(fd)))
+    before = set(os.listdir("/proc/self/fd"))
+    peer.send({"id": 500, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
+    reopen = {"handleId": "h1", "path": uri(target), "mode": "replace", "atomic": True}
+    peer.send({"id": 501, "method": "fs/open", "params": reopen})
+    time.sleep(0.3)  # the close is in its fsync, the open waits for it
+    peer.close()
+
+    def into_tmp_path() -> list:
+        found = []
+        for fd in set(os.listdir("/proc/self/fd")) - before:
+            try:
+                found.append(os.readlink("/proc/self/fd/" + fd))
+            except OSError:
+                pass
+        return [path for path in found if path.startswith(str(tmp_path))]
+
+    wait_until(lambda: leftovers(tmp_path) == [] and into_tmp_path() == [], timeout=10)
+    time.sleep(1.5)  # the open has long had its turn
+    assert (leftovers(tmp_path), into_tmp_path(), target.read_bytes()) == ([], [], b"NEW")
+
+
+def test_a_slow_close_is_not_queued_behind_long_polls(configured_server, connect, tmp_path, monkeypatch):
+    """Both request threads are in long polls: an atomic close (a 0.5 s fsync) is answered in its own time."""
+    running = configured_server(concurrent_requests=2)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", {"processId": "s", "argv": ["sleep", "5"], "cwd": uri(tmp_path), "env": {},
+                                "tty": False})
+    target = tmp_path / "app.conf"
+    open_atomic(peer, "h1", target, b"NEW")
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.5), real_fsync(fd)))
+    for request_id in (601, 602):
+        peer.send({"id": request_id, "method": "process/read",
+                   "params": {"processId": "s", "afterSeq": 0, "waitMs": 4000}})
+    time.sleep(0.3)  # both threads wait in their polls
+    started = time.monotonic()
+    peer.send({"id": 603, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
+    assert peer.wait_for(lambda m: m.get("id") == 603, timeout=10) == {"id": 603, "result": {}}
+    assert time.monotonic() - started < 2.5 and target.read_bytes() == b"NEW"
+    peer.call("process/terminate", {"processId": "s"})
+
+
+def test_a_close_that_gives_up_waiting_closes_nothing_under_a_running_write(peer, tmp_path, monkeypatch):
+    """A block write outlasts the close's wait (CLOSE_BLOCKS_WAIT, 0.3 s here): the close answers, the
+    descriptor stays the write's until it ends (a file opened meanwhile never gets its bytes), and an atomic
+    replace whose writes did not end is discarded with an error, the target unchanged."""
+    from exec_server.server.fs import handles
+
+    monkeypatch.setattr(handles, "CLOSE_BLOCKS_WAIT", 0.3)
+    real_pwrite = handles.os.pwrite
+    monkeypatch.setattr(handles.os, "pwrite",
+                        lambda fd, data, offset: (time.sleep(1.0), real_pwrite(fd, data, offset))[1])
+    first, second = tmp_path / "first", tmp_path / "second"
+    peer.call("fs/open", {"handleId": "h1", "path": uri(first), "mode": "replace"})
+    peer.send({"id": 700, "method": "fs/writeBlock",
+               "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"FOR-FIRST")}})
+    peer.send({"id": 701, "method": "fs/close", "params": {"handleId": "h1"}})
+    peer.send({"id": 702, "method": "fs/open", "params": {"handleId": "h1", "path": uri(second), "mode": "replace"}})
+    for request_id in (700, 701):
+        assert peer.wait_for(lambda m: m.get("id") == request_id) == {"id": request_id, "result": {}}
+    assert peer.wait_for(lambda m: m.get("id") == 702) == {"id": 702, "result": {"handleId": "h1"}}
+    assert (first.read_bytes(), second.read_bytes()) == (b"FOR-FIRST", b"")
+    peer.call("fs/close", {"handleId": "h1"})
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    open_atomic(peer, "h2", target)
+    peer.send({"id": 710, "method": "fs/writeBlock",
+               "params": {"handleId": "h2", "offset": 0, "chunk": b64.encode(b"NEW")}})
+    reply = peer.request("fs/close", {"handleId": "h2", "commit": True})
+    assert reply["error"]["code"] == -32603 and "discarded" in reply["error"]["message"]
+    assert peer.wait_for(lambda m: m.get("id") == 710) == {"id": 710, "result": {}}
+    wait_until(lambda: leftovers(tmp_path) == [], timeout=10)
+    assert target.read_bytes() == ORIGINAL
+
+
+def test_fs_close_with_fs_code_that_cannot_load_fails_alone(server, connect, monkeypatch):
+    """A broken install (the fs code does not import): fs/close gets -32603 like the other fs methods, and the
+    connection keeps serving."""
+    from exec_server.server import connection
+
+    def broken(limit):
+        raise ImportError("the fs code is missing")
+
+    monkeypatch.setattr(connection, "_new_file_handles", broken)
+    peer = connect(server.url)
+    peer.initialize()
+    reply = peer.request("fs/close", {"handleId": "h1"})
+    assert reply["error"] == {"code": -32603, "message": "internal error"}
+    assert peer.call("environment/status", {}) == {"status": "ready"}

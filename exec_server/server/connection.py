@@ -1,20 +1,17 @@
 """Per-connection JSON-RPC dispatch: handshake state, validation, scheduling.
 
-:class:`Dispatcher` holds what every connection shares (method table,
-schemas, session registry); :class:`RpcConnection` is one connection's
-protocol state.  A transport feeds it whole messages (:meth:`RpcConnection.
-receive`) and gives it a ``send(text)`` callable; the dispatcher never sees a
+:class:`Dispatcher` holds what every connection shares (method table, schemas, session registry);
+:class:`RpcConnection` is one connection's protocol state.  A transport feeds it whole messages
+(:meth:`RpcConnection.receive`) and gives it a ``send(text)`` callable; the dispatcher never sees a
 socket, so the WebSocket and stdio transports share it unchanged.
 
-Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601),
-params against the JSON Schema (-32602), handshake state (-32600, kept by
-the connection's sans-IO :class:`~exec_server.protocol.handshake.Handshake`),
-handler.
-``initialize`` and notifications run inline on the transport's thread; other
-requests run on a per-connection pool of ``concurrent_requests`` threads, so a
-long poll never delays other calls (PROTOCOL.md 1.5).  At most
-``max_queued_requests`` more wait for a thread; past that a request is refused
-with -32001 without being run, and the reader thread never blocks.
+Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601), params against the JSON
+Schema (-32602), handshake state (-32600, kept by the connection's sans-IO
+:class:`~exec_server.protocol.handshake.Handshake`), handler.  ``initialize`` and notifications run
+inline on the transport's thread; other requests run on a per-connection pool of
+``concurrent_requests`` threads, so a long poll never delays other calls (PROTOCOL.md 1.5).  At most
+``max_queued_requests`` more wait for a thread; past that a request is refused with -32001 without
+being run, and the reader thread never blocks.
 """
 
 import functools
@@ -46,11 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Methods that never block for long (besides ``process/read`` without
-#: ``waitMs``; an ``fs/close`` that may block goes to a request thread): they
-#: run on the connection's reader thread, saving two thread hand-offs.
-#: ``process/start`` is here too: a spawn takes about a millisecond, and inline
-#: spawning raised the fan-out rate from ~605 to ~690 processes/s.
+#: Methods that never block for long (and ``process/read`` without ``waitMs``, an ``fs/close`` that cannot
+#: block) run on the connection's reader thread, saving two thread hand-offs; inline ``process/start``
+#: (~1 ms a spawn) raised the fan-out rate from ~605 to ~690 processes/s.
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
                             "process/start", "process/terminate", "process/resize", "fs/close"})
 
@@ -236,15 +231,20 @@ class RpcConnection:
         if error is not None:
             self._complete(request, span, label, received, received, error)
             return
-        taken = None
-        if method == "fs/close" and not self._serial:  # one that may block: taken now, closed on a request thread
-            taken = self.file_handles.begin_close(request.params["handleId"])
-            handler = handler if taken is None else functools.partial(handler, taken=taken)
-        if taken is None and self._runs_inline(method, request.params):
+        if method == "fs/close" and not self._serial:  # one that may block: on a thread of its own, not the pool's
+            try:  # (where long polls could hold it up); fs code that fails to load is answered inline
+                taken = self.file_handles.begin_close(request.params["handleId"])
+            except Exception:
+                taken = None
+            if taken is not None:
+                threading.Thread(target=self._run, args=(request, functools.partial(handler, taken=taken), span,
+                                 label, received), name="exec-server-fs-close", daemon=True).start()
+                return
+        if self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)
             return
-        with self._admitted_lock:  # a taken handle's close is never refused: only it closes that handle
-            admitted = self._admitted < self._admission_limit or taken is not None
+        with self._admitted_lock:
+            admitted = self._admitted < self._admission_limit
             if admitted:
                 self._admitted += 1
         if not admitted:

@@ -12,12 +12,13 @@ connection counts them per handle as it dispatches them, in arrival order
 (:meth:`FileHandles.begin`, :meth:`FileHandles.end`); ``fs/close`` waits
 (at most :data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so
 a pipelined close never overtakes a write.  A close that may block (that
-wait, or an atomic handle's commit with its fsync) runs on a request thread,
-not the connection's, so it holds up no other request: the connection
-takes its handle as it arrives (:meth:`FileHandles.begin_close`), and what
-arrives after it finds the handle gone, as if the close had run at once.
-When the connection ends, a handle with a block operation still running is
-closed by the last of them as it ends, never under it.  Thread-safe.
+wait, or an atomic handle's commit with its fsync) runs on a thread of its
+own, not the connection's: the connection takes its handle as it arrives
+(:meth:`FileHandles.begin_close`), so block operations that arrive after
+it find the handle gone and an ``fs/open`` of its id waits for it.  A
+descriptor is never closed under a running block operation: one still
+running when its close gives up waiting, or when the connection ends,
+closes it as it ends (:meth:`FileHandles.end`).  Thread-safe.
 """
 
 import errno
@@ -25,9 +26,9 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from fs_helper.operations import FsError, INVALID_REQUEST, NOT_FOUND, os_error
+from fs_helper.operations import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
 
 from exec_server.server.fs import atomic
 
@@ -84,7 +85,7 @@ class FileHandles:
         self._handles: Dict[str, _Handle] = {}
         self._busy: Dict[str, int] = {}  # handle id -> block operations dispatched and not ended
         self._closing: Dict[str, _Handle] = {}  # handle id -> a handle taken by begin_close, until closed
-        self._orphans: Dict[str, _Handle] = {}  # handle id -> left by close_all, closed by the last end()
+        self._orphans: Dict[str, List[_Handle]] = {}  # handle id -> handles the last end() closes
         self._closed = False  # close_all ran: the connection is gone and opens no more
 
     def begin(self, handle_id: str) -> None:
@@ -106,7 +107,7 @@ class FileHandles:
         id is gone from now on (later block operations are refused by
         :meth:`begin`, a later ``fs/close`` finds no handle, a later
         ``fs/open`` of the id waits for this close), and the close runs on a
-        request thread as ``close(handle_id, commit, taken)``.  Returns None
+        thread of its own as ``close(handle_id, commit, taken)``.  Returns None
         for a quick close (or an unknown id): call :meth:`close` at once.
         """
         with self._lock:
@@ -125,8 +126,8 @@ class FileHandles:
                 return
             self._busy.pop(handle_id, None)
             self._idle.notify_all()
-            orphan = self._orphans.pop(handle_id, None)
-        if orphan is not None:
+            orphans = self._orphans.pop(handle_id, ())
+        for orphan in orphans:
             _discard(orphan)
 
     def open(self, handle_id: str, path: str, mode: str, atomic_replace: bool = False) -> bool:
@@ -150,8 +151,12 @@ class FileHandles:
             if self._closed:  # an fs/open still running when its connection ended
                 raise RpcError("the connection is closed", code=INVALID_REQUEST)
             if handle_id in self._closing:  # an fs/close sent before this open is still running
-                self._idle.wait_for(lambda: handle_id not in self._closing, CLOSE_BLOCKS_WAIT + 1.0)
-            if handle_id in self._handles or handle_id in self._closing:
+                self._idle.wait_for(lambda: handle_id not in self._closing or self._closed, CLOSE_BLOCKS_WAIT + 1.0)
+                if self._closed:
+                    raise RpcError("the connection is closed", code=INVALID_REQUEST)
+                if handle_id in self._closing:
+                    raise RpcError("file handle `%s` is still closing" % handle_id, code=INVALID_REQUEST)
+            if handle_id in self._handles:
                 raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
             if len(self._handles) >= self._limit:
                 raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
@@ -217,26 +222,37 @@ class FileHandles:
         in place (:func:`~exec_server.server.fs.atomic.commit`) unless ``commit`` is False.
 
         ``taken``: what :meth:`begin_close` returned for this close, if anything.
+        Block operations still running after :data:`CLOSE_BLOCKS_WAIT` s keep
+        the descriptor: the last of them closes it (never a close under them,
+        whose descriptor number another file could get); an atomic one's
+        replacement is then discarded, with an error.
 
         Raises:
             RpcError: -32004 ``unknown file handle`` for an unknown id with
                 ``commit`` True (the reference's close of an unknown id is no
                 error); OS errors of the commit by kind (the temporary file is
-                removed).
+                removed); -32603 when the wait ran out for an atomic commit.
         """
         with self._lock:
             entry = self._handles.get(handle_id) if taken is None else taken
-            if entry is not None and not self._idle.wait_for(lambda: not self._busy.get(handle_id),
-                                                             CLOSE_BLOCKS_WAIT):
-                log.warning("fs/close of %s went ahead after %.0f s with block operations still running",
-                            handle_id, CLOSE_BLOCKS_WAIT)
+            stuck = entry is not None and not self._idle.wait_for(lambda: not self._busy.get(handle_id),
+                                                                  CLOSE_BLOCKS_WAIT)
             if taken is None:
                 entry = self._handles.pop(handle_id, None)
             elif self._closing.get(handle_id) is taken and not self._closed:
                 taken.finishing = True
             else:
                 entry = None  # the connection ended first: close_all discarded it
+            if stuck and entry is not None:
+                log.warning("fs/close of %s: block operations still run after %.0f s; the last of them closes it",
+                            handle_id, CLOSE_BLOCKS_WAIT)
+                self._orphans.setdefault(handle_id, []).append(entry)
         try:
+            if stuck and entry is not None:
+                if entry.replacement is not None and commit is not False:
+                    raise RpcError("file handle `%s` still has block operations running after %.0f s; the "
+                                   "replacement was discarded" % (handle_id, CLOSE_BLOCKS_WAIT), code=INTERNAL_ERROR)
+                return
             self._finish(entry, handle_id, commit)
         finally:
             if taken is not None and taken.finishing:
@@ -275,7 +291,9 @@ class FileHandles:
             entries = list(self._handles.items()) + [(handle_id, self._closing.pop(handle_id)) for handle_id in taken]
             self._handles.clear()
             now = [entry for handle_id, entry in entries if not self._busy.get(handle_id)]
-            self._orphans.update((handle_id, entry) for handle_id, entry in entries if self._busy.get(handle_id))
+            for handle_id, entry in entries:
+                if self._busy.get(handle_id):
+                    self._orphans.setdefault(handle_id, []).append(entry)
             self._idle.notify_all()
         for entry in now:
             _discard(entry)
