@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -306,12 +307,48 @@ def test_catch_up_reads_follow_the_link():
     from exec_server.client import recovery as r
     kib = 1024
     assert r.CATCH_UP_MIN_READ_BYTES < r.CATCH_UP_FIRST_READ_BYTES < r.CATCH_UP_READ_BYTES
-    # a full read well within its share of the 5 s timeout: four times as much next, up to the most
-    assert r.next_read_bytes(64 * kib, 64 * kib, 0.01, 5.0) == 256 * kib
-    assert r.next_read_bytes(r.CATCH_UP_READ_BYTES, r.CATCH_UP_READ_BYTES, 0.1, 5.0) == r.CATCH_UP_READ_BYTES
+    # a full read well within its share (1.25 s) of the 5 s timeout: four times as much next, up to the most;
+    # full also when chunks of 5000 bytes stopped 523 bytes short of the budget (our server's reads do)
+    assert r.next_read_bytes(64 * kib, 64 * kib, 0.01, 5.0, True) == 256 * kib
+    assert r.next_read_bytes(64 * kib, 65013, 0.01, 5.0, True) == 256 * kib
+    assert r.next_read_bytes(64 * kib, 64 * kib, 0.0, 5.0, True) == 256 * kib
+    assert r.next_read_bytes(r.CATCH_UP_READ_BYTES, r.CATCH_UP_READ_BYTES, 0.1, 5.0, True) == r.CATCH_UP_READ_BYTES
+    # ... but never more than the link carries in the share: 64 KiB in 1 s -> 80 KiB in 1.25 s
+    assert r.next_read_bytes(64 * kib, 64 * kib, 1.0, 5.0, True) == 80 * kib
     # a short read (the output ends) that came quickly: the same again
-    assert r.next_read_bytes(256 * kib, 10, 0.01, 5.0) == 256 * kib
-    # slower than its share (1.25 s): what the link carried in 1.25 s, never below the fewest
-    assert r.next_read_bytes(1024 * kib, 1024 * kib, 2.5, 5.0) == 512 * kib
-    assert r.next_read_bytes(64 * kib, 64 * kib, 4.9, 2.0) == r.CATCH_UP_MIN_READ_BYTES
-    assert r.next_read_bytes(64 * kib, 0, 3.0, 5.0) == r.CATCH_UP_MIN_READ_BYTES
+    assert r.next_read_bytes(256 * kib, 10, 0.01, 5.0, False) == 256 * kib
+    # slower than its share: what the link carried in 1.25 s, never below the fewest
+    assert r.next_read_bytes(1024 * kib, 1024 * kib, 2.5, 5.0, True) == 512 * kib
+    assert r.next_read_bytes(64 * kib, 64 * kib, 4.9, 2.0, True) == r.CATCH_UP_MIN_READ_BYTES
+    assert r.next_read_bytes(64 * kib, 0, 3.0, 5.0, False) == r.CATCH_UP_MIN_READ_BYTES
+    with pytest.raises(ValueError, match="connect_timeout"):
+        ReconnectPolicy(connect_timeout=0)
+
+
+def test_catch_up_reads_grow_when_chunks_do_not_fill_the_budget(configured_server, proxy_to, monkeypatch):
+    """Output in 5000-byte writes: a read's chunks stop short of its budget (the next would pass it), and
+    the reads still grow past the first 64 KiB, so 2 MB come back in a handful of reads, every byte."""
+    from exec_server.client.endpoint import Endpoint
+
+    asked = []
+    real_call_on = Endpoint.call_on
+
+    def spy(self, generation, method, params, *args, **kwargs):
+        if method == "process/read" and params.get("waitMs") == 0:
+            asked.append(params["maxBytes"])
+        return real_call_on(self, generation, method, params, *args, **kwargs)
+
+    monkeypatch.setattr(Endpoint, "call_on", spy)
+    running = configured_server()
+    proxy = proxy_to(running.url)
+    script = ("import sys, time\nline = b'y' * 4999 + b'\\n'\ntime.sleep(0.3)\nfor _ in range(400):\n"
+              "    sys.stdout.buffer.write(line); sys.stdout.buffer.flush(); time.sleep(0.0005)\n")
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start([sys.executable, "-c", script])
+        proxy.refuse(True)
+        proxy.cut()
+        time.sleep(2.0)  # the output is written while nobody is connected
+        proxy.refuse(False)
+        stdout = collect_stdout(process, timeout=60)
+    assert (process.returncode, len(stdout), stdout.count(b"y")) == (0, 400 * 5000, 400 * 4999)
+    assert max(asked) >= 256 * 1024 and len(asked) < 20, asked

@@ -33,8 +33,9 @@ CATCH_UP_READ_BYTES = 1024 * 1024
 #: Decoded bytes the first catch-up read of a recovery asks for; each later
 #: read is sized to the link by :func:`next_read_bytes`.
 CATCH_UP_FIRST_READ_BYTES = 64 * 1024
-#: Fewest decoded bytes a catch-up read asks for (~22 KB of JSON: the link
-#: must carry ~4.4 KB/s for a read to finish within the default 5 s).
+#: Fewest decoded bytes a catch-up read asks for.  A read always returns at
+#: least one whole chunk (up to 64 KiB from our server, 8 KiB from the
+#: reference), so with the default 5 s the link must carry ~18 KB/s (~4.4 from the reference).
 CATCH_UP_MIN_READ_BYTES = 16 * 1024
 #: Share of ``ReconnectPolicy.connect_timeout`` (each read's timeout) one catch-up read aims to take.
 CATCH_UP_READ_SHARE = 0.25
@@ -65,7 +66,8 @@ class ReconnectPolicy:
         max_backoff: cap of the doubling backoff between attempts, seconds.
         attached_retry_interval: seconds between resumes answered -32010
             (the server has not finished detaching the old connection).
-        connect_timeout: seconds for one connect + handshake attempt.
+        connect_timeout: seconds for one connect + handshake attempt, and
+            for each catch-up read after it (more than 0).
         ping_interval: seconds without anything from the server before the
             client sends a WebSocket Ping (0: never).
         keepalive_timeout: seconds without anything from the server (no
@@ -90,6 +92,8 @@ class ReconnectPolicy:
                      "ping_interval", "keepalive_timeout", "probe_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
+        if not self.connect_timeout:
+            raise ValueError("connect_timeout must be positive")
         if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
             raise ValueError("keepalive_timeout must exceed ping_interval")
 
@@ -98,28 +102,31 @@ class ReconnectPolicy:
         return min(self.max_backoff, self.initial_backoff * (2 ** attempt))
 
 
-def next_read_bytes(asked: int, got: int, elapsed: float, timeout: float) -> int:
+def next_read_bytes(asked: int, got: int, elapsed: float, timeout: float, full: bool) -> int:
     """The ``maxBytes`` (decoded bytes) of the next catch-up read, from how the last one went.
 
-    A read that took longer than :data:`CATCH_UP_READ_SHARE` of its
-    ``timeout`` (seconds) shrinks the next to what the link carried in that
-    share; one that came back full and sooner grows the next fourfold.
-    Always within :data:`CATCH_UP_MIN_READ_BYTES` and :data:`CATCH_UP_READ_BYTES`.
+    Each read aims at :data:`CATCH_UP_READ_SHARE` of its ``timeout``
+    (seconds): the next asks for what the link carried in that share, at
+    most four times as much as this one, and more only after a ``full``
+    read (one its budget cut short: the output went on).  Always within
+    :data:`CATCH_UP_MIN_READ_BYTES` and :data:`CATCH_UP_READ_BYTES`.
 
     Args:
         asked: the last read's ``maxBytes``.
         got: decoded bytes it returned.
         elapsed: seconds it took.
         timeout: seconds each read may take.
+        full: whether the budget, not the end of the output, ended it.
     """
     target = timeout * CATCH_UP_READ_SHARE
+    carried = got * target / elapsed if elapsed > 0 else float("inf")  # in the share, at this read's rate
     if elapsed > target:
-        size = int(got * target / elapsed)
-    elif got >= asked:
-        size = asked * 4
+        size = carried
+    elif full:
+        size = min(asked * 4, carried)
     else:
         size = asked
-    return max(CATCH_UP_MIN_READ_BYTES, min(CATCH_UP_READ_BYTES, size))
+    return int(max(CATCH_UP_MIN_READ_BYTES, min(CATCH_UP_READ_BYTES, size)))
 
 
 class Recovery:
@@ -270,8 +277,10 @@ class Recovery:
                         pass
                     break
                 chunks = result.get("chunks")
-                got = sum(len(chunk.get("chunk") or "") for chunk in chunks or ()) * 3 // 4
-                self._read_bytes = next_read_bytes(asked, got, time.monotonic() - started, timeout)
+                sizes = [len(chunk.get("chunk") or "") * 3 // 4 for chunk in chunks or ()]  # decoded, about
+                got = sum(sizes)
+                full = bool(sizes) and got + max(sizes) > asked  # a chunk like these would have passed the budget
+                self._read_bytes = next_read_bytes(asked, got, time.monotonic() - started, timeout, full)
                 if (not chunks or process.done or process.last_seq > chunks[-1]["seq"]
                         or process.last_seq <= before):  # nothing new: a server repeating itself ends it too
                     break
