@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ENVIRON_HANDLER = "exec_server.request_handler"
+_ENVIRON_NO_VERSION = "exec_server.request_line_without_version"
 
 
 class RequestHandler(WSGIRequestHandler):
@@ -46,6 +47,9 @@ class RequestHandler(WSGIRequestHandler):
 
     upgraded = False
     _watchdog = None
+    #: http.server's version of a request until its request line is parsed: an answer to a malformed one
+    #: (400, 505) gets a status line and headers, not HTTP/0.9's bare body (the reference answers 400).
+    default_request_version = "HTTP/1.0"
 
     def setup(self) -> None:
         limit = getattr(self.server, "upgrade_timeout", None)
@@ -80,6 +84,7 @@ class RequestHandler(WSGIRequestHandler):
         environ[_ENVIRON_HANDLER] = self
         # every Authorization header in order (the environ joins repeated ones with commas)
         environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
+        environ[_ENVIRON_NO_VERSION] = len(self.requestline.split()) < 3  # HTTP/0.9 style: ``GET /readyz``
         return environ
 
     def log_request(self, code="-", size="-") -> None:
@@ -137,6 +142,8 @@ class WebSocketApp:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
+        if environ.get(_ENVIRON_NO_VERSION):  # HTTP/0.9 is not served (nor by the reference)
+            return _plain(start_response, "400 Bad Request")
         if "HTTP_ORIGIN" in environ:
             return _plain(start_response, "403 Forbidden")
         if path == "/readyz":
