@@ -8,6 +8,7 @@ extension, and falls back to the plain replace otherwise.
 """
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -455,3 +456,42 @@ def test_fs_close_with_fs_code_that_cannot_load_fails_alone(server, connect, mon
     reply = peer.request("fs/close", {"handleId": "h1"})
     assert reply["error"] == {"code": -32603, "message": "internal error"}
     assert peer.call("environment/status", {}) == {"status": "ready"}
+
+
+def test_a_close_sent_just_before_the_end_of_a_stdio_session_still_replaces(tmp_path):
+    """stdio: open (atomic), write, then fs/close and end of file at once.  The close arrived before the end,
+    so the replace happens, as it did when closes ran on the reader thread; no temporary file is left."""
+    target = tmp_path / "app.conf"
+    target.write_bytes(ORIGINAL)
+    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "stdio"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        def send(message) -> None:
+            server.stdin.write((json.dumps(message) + "\n").encode())
+            server.stdin.flush()
+
+        def answer(request_id) -> dict:
+            while True:
+                message = json.loads(server.stdout.readline())
+                if message.get("id") == request_id:
+                    return message
+
+        send({"id": 0, "method": "initialize", "params": {"clientName": "t"}})
+        answer(0)
+        send({"method": "initialized"})
+        send({"id": 1, "method": "fs/open", "params": {"handleId": "h", "path": uri(target), "mode": "replace",
+                                                       "atomic": True}})
+        assert answer(1)["result"]["atomic"] is True
+        send({"id": 2, "method": "fs/writeBlock", "params": {"handleId": "h", "offset": 0,
+                                                             "chunk": b64.encode(b"NEW\n")}})
+        assert answer(2) == {"id": 2, "result": {}}
+        send({"id": 3, "method": "fs/close", "params": {"handleId": "h", "commit": True}})
+        server.stdin.close()
+        server.stdout.read()
+        assert server.wait(20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        server.stdout.close()
+    assert (target.read_bytes(), leftovers(tmp_path)) == (b"NEW\n", [])

@@ -238,7 +238,7 @@ class RpcConnection:
                 taken = None
             if taken is not None:
                 threading.Thread(target=self._run, args=(request, functools.partial(handler, taken=taken), span,
-                                 label, received), name="exec-server-fs-close", daemon=True).start()
+                                 label, received), name=REQUEST_THREAD_PREFIX + "-fs-close").start()
                 return
         if self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)

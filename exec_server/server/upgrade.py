@@ -84,7 +84,9 @@ class RequestHandler(WSGIRequestHandler):
         environ[_ENVIRON_HANDLER] = self
         # every Authorization header in order (the environ joins repeated ones with commas)
         environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
-        environ[_ENVIRON_NO_VERSION] = len(self.requestline.split()) < 3  # HTTP/0.9 style: ``GET /readyz``
+        if len(self.requestline.split()) < 3 or not self.request_version.startswith("HTTP/1."):
+            environ[_ENVIRON_NO_VERSION] = True  # ``GET /readyz`` or ``HTTP/0.9``: answered 400 ...
+            self.request_version = "HTTP/1.0"  # ... with a status line (http.server writes none for 0.9)
         return environ
 
     def log_request(self, code="-", size="-") -> None:

@@ -18,7 +18,9 @@ own, not the connection's: the connection takes its handle as it arrives
 it find the handle gone and an ``fs/open`` of its id waits for it.  A
 descriptor is never closed under a running block operation: one still
 running when its close gives up waiting, or when the connection ends,
-closes it as it ends (:meth:`FileHandles.end`).  Thread-safe.
+closes it as it ends (:meth:`FileHandles.end`).  A close that arrived
+before the connection ended still finishes, as it did inline: its thread
+holds the interpreter's exit like a request thread.  Thread-safe.
 """
 
 import errno
@@ -70,11 +72,10 @@ def _discard(entry: "_Handle") -> None:
 class _Handle:
     """An open handle: its descriptor and mode; for an atomic one, where its file goes at close."""
 
-    __slots__ = ("fd", "mode", "replacement", "finishing")
+    __slots__ = ("fd", "mode", "replacement")
 
     def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None):
         self.fd, self.mode, self.replacement = fd, mode, replacement
-        self.finishing = False  # a taken handle's close has begun: close_all leaves it to that close
 
 
 class FileHandles:
@@ -181,10 +182,12 @@ class FileHandles:
             return False
 
     def _get(self, handle_id: str, mode: str) -> int:
-        with self._lock:  # a taken handle serves the block operations that arrived before its close
-            entry = self._handles.get(handle_id) or self._closing.get(handle_id)
-            if self._closed:
-                raise RpcError("the connection is closed", code=INVALID_REQUEST)
+        with self._lock:  # a taken handle serves the block operations that arrived before its close, even
+            entry = self._closing.get(handle_id)  # once the connection ended: that close puts them in place
+            if entry is None:
+                if self._closed:
+                    raise RpcError("the connection is closed", code=INVALID_REQUEST)
+                entry = self._handles.get(handle_id)
         if entry is None:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
         if entry.mode != mode:
@@ -239,10 +242,6 @@ class FileHandles:
                                                                   CLOSE_BLOCKS_WAIT)
             if taken is None:
                 entry = self._handles.pop(handle_id, None)
-            elif self._closing.get(handle_id) is taken and not self._closed:
-                taken.finishing = True
-            else:
-                entry = None  # the connection ended first: close_all discarded it
             if stuck and entry is not None:
                 log.warning("fs/close of %s: block operations still run after %.0f s; the last of them closes it",
                             handle_id, CLOSE_BLOCKS_WAIT)
@@ -255,7 +254,7 @@ class FileHandles:
                 return
             self._finish(entry, handle_id, commit)
         finally:
-            if taken is not None and taken.finishing:
+            if taken is not None:
                 with self._lock:
                     del self._closing[handle_id]
                     self._idle.notify_all()  # an fs/open of the same id may wait for this close
@@ -280,15 +279,16 @@ class FileHandles:
     def close_all(self) -> None:
         """Close every handle (the connection ended): atomic handles are discarded, later opens refused.
 
-        Does not wait: a handle with block operations still running is closed
-        by the last of them to end (:meth:`end`), never under them (its
-        descriptor number could be reused by another file meanwhile).
+        A handle whose ``fs/close`` arrived before is left to that close,
+        which still puts an atomic replace in place.  Does not wait: a
+        handle with block operations still running is closed by the last of
+        them to end (:meth:`end`), never under them (its descriptor number
+        could be reused by another file meanwhile).
         Operations that had not started yet find it gone.
         """
         with self._lock:
             self._closed = True
-            taken = [handle_id for handle_id, entry in self._closing.items() if not entry.finishing]
-            entries = list(self._handles.items()) + [(handle_id, self._closing.pop(handle_id)) for handle_id in taken]
+            entries = list(self._handles.items())  # not the taken ones: their closes, already sent, finish them
             self._handles.clear()
             now = [entry for handle_id, entry in entries if not self._busy.get(handle_id)]
             for handle_id, entry in entries:
