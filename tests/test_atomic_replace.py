@@ -495,3 +495,65 @@ def test_a_close_sent_just_before_the_end_of_a_stdio_session_still_replaces(tmp_
             server.wait(10)
         server.stdout.close()
     assert (target.read_bytes(), leftovers(tmp_path)) == (b"NEW\n", [])
+
+
+def test_a_handle_id_reused_after_a_close_gave_up_is_a_new_handle(peer, tmp_path, monkeypatch):
+    """Block operations are counted per handle: after a close gave up on a write still running (CLOSE_BLOCKS_WAIT,
+    0.3 s here), a new handle of the same id neither waits for that write nor fails its own commit."""
+    from exec_server.server.fs import handles
+
+    monkeypatch.setattr(handles, "CLOSE_BLOCKS_WAIT", 0.3)
+    real_pwrite = handles.os.pwrite
+    first_write = [True]
+
+    def pwrite(fd, data, offset):
+        if first_write[0]:
+            first_write[0] = False
+            time.sleep(2.0)  # a write on a hung file system, say
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(handles.os, "pwrite", pwrite)
+    old, new = tmp_path / "old", tmp_path / "new"
+    open_atomic(peer, "h1", old)
+    peer.send({"id": 800, "method": "fs/writeBlock",
+               "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"OLD")}})
+    reply = peer.request("fs/close", {"handleId": "h1"})
+    assert reply["error"]["code"] == -32603
+    started = time.monotonic()
+    open_atomic(peer, "h1", new, b"NEW")
+    assert peer.call("fs/close", {"handleId": "h1", "commit": True}) == {}
+    assert time.monotonic() - started < 1.5 and new.read_bytes() == b"NEW"
+    assert peer.wait_for(lambda m: m.get("id") == 800, timeout=10) == {"id": 800, "result": {}}
+    wait_until(lambda: leftovers(tmp_path) == [], timeout=10)
+    assert not old.exists()
+
+
+@pytest.mark.parametrize("concurrent", [1, 4], ids=["serial", "pooled"])
+def test_block_requests_after_a_close_check_their_own_params_first(configured_server, connect, tmp_path,
+                                                                   monkeypatch, concurrent):
+    """Sent after an fs/close of their handle, a zero-length block read or write gets the length error, as after
+    any close (and from the reference), and a valid one -32004; in strictly serial mode too, and at once: the
+    close does not wait for requests sent after it."""
+    from exec_server.server.fs import handles
+
+    monkeypatch.setattr(handles, "CLOSE_BLOCKS_WAIT", 5.0)
+    running = configured_server(concurrent_requests=concurrent)
+    peer = connect(running.url)
+    peer.initialize()
+    target = tmp_path / "app.conf"
+    open_atomic(peer, "h1", target, b"NEW")
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.3), real_fsync(fd)))
+    started = time.monotonic()
+    peer.send({"id": 900, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
+    peer.send({"id": 901, "method": "fs/writeBlock", "params": {"handleId": "h1", "offset": 0, "chunk": ""}})
+    peer.send({"id": 902, "method": "fs/readBlock", "params": {"handleId": "h1", "offset": 0, "len": 0}})
+    peer.send({"id": 903, "method": "fs/writeBlock",
+               "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"LATE")}})
+    assert peer.wait_for(lambda m: m.get("id") == 900) == {"id": 900, "result": {}}
+    for request_id in (901, 902):
+        error = peer.wait_for(lambda m: m.get("id") == request_id)["error"]
+        assert error["code"] == -32600 and "block length must be between 1 and 1048576" in error["message"]
+    assert peer.wait_for(lambda m: m.get("id") == 903)["error"]["code"] == -32004
+    assert time.monotonic() - started < 3.0
+    assert target.read_bytes() == b"NEW"

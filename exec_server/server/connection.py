@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 INLINE_METHODS = frozenset({"environment/info", "environment/status", "process/write", "process/signal",
                             "process/start", "process/terminate", "process/resize", "fs/close"})
 
-#: The methods that use a file handle and may run concurrently: counted per handle as they are
+#: The methods that use a file handle and may run concurrently: bound to the open handle as they are
 #: dispatched (:meth:`exec_server.server.fs.handles.FileHandles.begin`), so a later ``fs/close`` waits for them.
 BLOCK_METHODS = frozenset({"fs/readBlock", "fs/writeBlock"})
 
@@ -231,32 +231,32 @@ class RpcConnection:
         if error is not None:
             self._complete(request, span, label, received, received, error)
             return
-        if method == "fs/close" and not self._serial:  # one that may block: on a thread of its own, not the pool's
-            try:  # (where long polls could hold it up); fs code that fails to load is answered inline
+        taken = None
+        if method == "fs/close":  # one that may block takes its handle now (later block operations find it gone)
+            try:  # fs code that fails to load is answered inline
                 taken = self.file_handles.begin_close(request.params["handleId"])
             except Exception:
                 taken = None
-            if taken is not None:
-                threading.Thread(target=self._run, args=(request, functools.partial(handler, taken=taken), span,
-                                 label, received), name=REQUEST_THREAD_PREFIX + "-fs-close").start()
+            handler = handler if taken is None else functools.partial(handler, taken=taken)
+            if taken is not None and not self._serial:  # on a thread of its own, not behind the pool's long polls
+                threading.Thread(target=self._run, args=(request, handler, span, label, received),
+                                 name=REQUEST_THREAD_PREFIX + "-fs-close").start()
                 return
-        if self._runs_inline(method, request.params):
+        if taken is None and self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)
             return
-        with self._admitted_lock:
-            admitted = self._admitted < self._admission_limit
+        with self._admitted_lock:  # a taken handle's close is never refused: only it closes that handle
+            admitted = self._admitted < self._admission_limit or taken is not None
             if admitted:
                 self._admitted += 1
         if not admitted:
             self._complete(request, span, label, received, received, ServerOverloaded())
             return
-        if method in BLOCK_METHODS:  # counted in arrival order: a later fs/close waits for it
+        handle = None
+        if method in BLOCK_METHODS:  # bound to its open handle in arrival order: a later fs/close waits for it
             try:
-                self.file_handles.begin(request.params["handleId"])
-            except RpcError as error:  # an fs/close of its handle came first
-                self._release()
-                self._complete(request, span, label, received, received, error)
-                return
+                handle = self.file_handles.begin(request.params["handleId"])
+                handler = functools.partial(handler, handle=handle)
             except Exception:  # the fs code did not load (a broken install): this request fails alone
                 log.exception("request %s (%r) failed", method, request.id)
                 self._release()
@@ -269,9 +269,9 @@ class RpcConnection:
                                                 thread_name_prefix=REQUEST_THREAD_PREFIX)
                 if self.closed:  # close() ran meanwhile and saw no pool
                     self._pool.shutdown(wait=False)
-            self._pool.submit(self._run_and_release, request, handler, span, label, received)
+            self._pool.submit(self._run_and_release, request, handler, span, label, received, handle)
         except RuntimeError:  # pool shut down: the connection is closing
-            self._release_request(request)
+            self._release_request(handle)
             span.finish(telemetry.DISCONNECTED)
 
     def _release(self) -> None:
@@ -305,16 +305,17 @@ class RpcConnection:
         self.handshake.initialize_succeeded()
         return result
 
-    def _run_and_release(self, request: Request, handler, span, label: str, received: float) -> None:
+    def _run_and_release(self, request: Request, handler, span, label: str, received: float, handle: Any) -> None:
         try:
             self._run(request, handler, span, label, received)
         finally:
-            self._release_request(request)
+            self._release_request(handle)
 
-    def _release_request(self, request: Request) -> None:
+    def _release_request(self, handle: Any) -> None:
+        """A pooled request ended: its admission slot, and the file handle a block operation was bound to."""
         self._release()
-        if request.method in BLOCK_METHODS:
-            self.file_handles.end(request.params["handleId"])
+        if handle is not None:
+            self.file_handles.end(handle)
 
     def _run(self, request: Request, handler, span, label: str, received: float) -> None:
         started = time.monotonic()

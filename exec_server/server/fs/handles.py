@@ -8,8 +8,9 @@ target, put in place by ``fs/close``; one that is discarded, or still open
 when the connection ends, is removed and the target stays as it was.
 
 Block reads and writes may run on several request threads at once, so the
-connection counts them per handle as it dispatches them, in arrival order
-(:meth:`FileHandles.begin`, :meth:`FileHandles.end`); ``fs/close`` waits
+connection binds each to its open handle as it dispatches it, in arrival
+order, and the handle counts them (:meth:`FileHandles.begin`,
+:meth:`FileHandles.end`); ``fs/close`` waits
 (at most :data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so
 a pipelined close never overtakes a write.  A close that may block (that
 wait, or an atomic handle's commit with its fsync) runs on a thread of its
@@ -28,7 +29,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from fs_helper.operations import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
 
@@ -72,10 +73,12 @@ def _discard(entry: "_Handle") -> None:
 class _Handle:
     """An open handle: its descriptor and mode; for an atomic one, where its file goes at close."""
 
-    __slots__ = ("fd", "mode", "replacement")
+    __slots__ = ("fd", "mode", "replacement", "busy", "orphaned")
 
     def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None):
         self.fd, self.mode, self.replacement = fd, mode, replacement
+        self.busy = 0  # block operations bound to it (begin) and not ended
+        self.orphaned = False  # nobody closes it any more: the last end() does
 
 
 class FileHandles:
@@ -84,52 +87,50 @@ class FileHandles:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
-        self._busy: Dict[str, int] = {}  # handle id -> block operations dispatched and not ended
         self._closing: Dict[str, _Handle] = {}  # handle id -> a handle taken by begin_close, until closed
-        self._orphans: Dict[str, List[_Handle]] = {}  # handle id -> handles the last end() closes
         self._closed = False  # close_all ran: the connection is gone and opens no more
 
-    def begin(self, handle_id: str) -> None:
-        """A block read or write of ``handle_id`` was dispatched (call in arrival order, then :meth:`end`).
+    def begin(self, handle_id: str) -> Optional[_Handle]:
+        """A block read or write of ``handle_id`` was dispatched (call in arrival order): the handle it uses.
 
-        Raises:
-            RpcError: -32004 ``unknown file handle`` when an ``fs/close`` of it came first.
+        The open handle of that id, counted until :meth:`end`; None when the
+        id is not open (never opened, or an ``fs/close`` of it came first):
+        the operation then fails with -32004 after its own checks.
         """
         with self._lock:
-            if handle_id in self._closing:
-                raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
-            self._busy[handle_id] = self._busy.get(handle_id, 0) + 1
+            entry = self._handles.get(handle_id)
+            if entry is not None:
+                entry.busy += 1
+            return entry
 
     def begin_close(self, handle_id: str) -> Optional[_Handle]:
         """An ``fs/close`` of ``handle_id`` arrived (call in arrival order): its handle if the close may block.
 
         A close may block when it waits for block operations that arrived
         before it, or commits an atomic replace.  Such a handle is taken: the
-        id is gone from now on (later block operations are refused by
-        :meth:`begin`, a later ``fs/close`` finds no handle, a later
+        id is gone from now on (a later block operation or ``fs/close``
+        finds no handle, a later
         ``fs/open`` of the id waits for this close), and the close runs on a
         thread of its own as ``close(handle_id, commit, taken)``.  Returns None
         for a quick close (or an unknown id): call :meth:`close` at once.
         """
         with self._lock:
             entry = self._handles.get(handle_id)
-            if self._closed or entry is None or (entry.replacement is None and not self._busy.get(handle_id)):
+            if self._closed or entry is None or (entry.replacement is None and not entry.busy):
                 return None
             self._closing[handle_id] = self._handles.pop(handle_id)
             return entry
 
-    def end(self, handle_id: str) -> None:
-        """A block operation of ``handle_id`` ended; the last one closes a handle the connection left behind."""
+    def end(self, handle: _Handle) -> None:
+        """A block operation :meth:`begin` bound to ``handle`` ended; the last one closes an orphaned handle."""
         with self._lock:
-            left = self._busy.get(handle_id, 1) - 1
-            if left:
-                self._busy[handle_id] = left
+            handle.busy -= 1
+            if handle.busy:
                 return
-            self._busy.pop(handle_id, None)
             self._idle.notify_all()
-            orphans = self._orphans.pop(handle_id, ())
-        for orphan in orphans:
-            _discard(orphan)
+            orphaned = handle.orphaned
+        if orphaned:
+            _discard(handle)
 
     def open(self, handle_id: str, path: str, mode: str, atomic_replace: bool = False) -> bool:
         """Open ``path`` for reading, or create/truncate it for writing (``replace``).
@@ -181,23 +182,20 @@ class FileHandles:
             self._handles[handle_id] = _Handle(fd, mode)
             return False
 
-    def _get(self, handle_id: str, mode: str) -> int:
-        with self._lock:  # a taken handle serves the block operations that arrived before its close, even
-            entry = self._closing.get(handle_id)  # once the connection ended: that close puts them in place
-            if entry is None:
-                if self._closed:
-                    raise RpcError("the connection is closed", code=INVALID_REQUEST)
-                entry = self._handles.get(handle_id)
-        if entry is None:
+    @staticmethod
+    def _fd(handle_id: str, handle: Optional[_Handle], mode: str) -> int:
+        """The descriptor of the handle :meth:`begin` bound (open until its operation ends), checked for ``mode``."""
+        if handle is None:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
-        if entry.mode != mode:
+        if handle.mode != mode:
             wanted = "write" if mode == "replace" else "read"
             raise RpcError("file handle `%s` is not open for %s" % (handle_id, wanted), code=INVALID_REQUEST)
-        return entry.fd
+        return handle.fd
 
-    def read_block(self, handle_id: str, offset: int, length: int) -> Dict[str, Any]:
+    def read_block(self, handle_id: str, offset: int, length: int, handle: Optional[_Handle]) -> Dict[str, Any]:
+        """``fs/readBlock`` through ``handle``, what :meth:`begin` returned for it."""
         _check_block_length("read", length)
-        fd = self._get(handle_id, "read")
+        fd = self._fd(handle_id, handle, "read")
         if offset > MAX_FILE_OFFSET:  # a u64 the OS cannot seek to (reference: the same EINVAL)
             raise rpc_error(os_error(OSError(errno.EINVAL, os.strerror(errno.EINVAL))))
         try:
@@ -206,9 +204,10 @@ class FileHandles:
             raise rpc_error(os_error(exc)) from None
         return {"chunk": data, "eof": len(data) < length}
 
-    def write_block(self, handle_id: str, offset: int, data: bytes) -> None:
+    def write_block(self, handle_id: str, offset: int, data: bytes, handle: Optional[_Handle]) -> None:
+        """``fs/writeBlock`` through ``handle``, what :meth:`begin` returned for it."""
         _check_block_length("write", len(data))  # before the handle, as the reference does
-        fd = self._get(handle_id, "replace")
+        fd = self._fd(handle_id, handle, "replace")
         if offset + len(data) > MAX_FILE_OFFSET:
             raise RpcError("file write range exceeds the signed 64-bit file offset limit", code=INVALID_REQUEST)
         view = memoryview(data)
@@ -237,17 +236,14 @@ class FileHandles:
                 removed); -32603 when the wait ran out for an atomic commit.
         """
         with self._lock:
-            entry = self._handles.get(handle_id) if taken is None else taken
-            stuck = entry is not None and not self._idle.wait_for(lambda: not self._busy.get(handle_id),
-                                                                  CLOSE_BLOCKS_WAIT)
-            if taken is None:
-                entry = self._handles.pop(handle_id, None)
-            if stuck and entry is not None:
+            entry = self._handles.pop(handle_id, None) if taken is None else taken
+            stuck = entry is not None and not self._idle.wait_for(lambda: not entry.busy, CLOSE_BLOCKS_WAIT)
+            if stuck:
                 log.warning("fs/close of %s: block operations still run after %.0f s; the last of them closes it",
                             handle_id, CLOSE_BLOCKS_WAIT)
-                self._orphans.setdefault(handle_id, []).append(entry)
+                entry.orphaned = True
         try:
-            if stuck and entry is not None:
+            if stuck:
                 if entry.replacement is not None and commit is not False:
                     raise RpcError("file handle `%s` still has block operations running after %.0f s; the "
                                    "replacement was discarded" % (handle_id, CLOSE_BLOCKS_WAIT), code=INTERNAL_ERROR)
@@ -288,12 +284,11 @@ class FileHandles:
         """
         with self._lock:
             self._closed = True
-            entries = list(self._handles.items())  # not the taken ones: their closes, already sent, finish them
+            entries = list(self._handles.values())  # not the taken ones: their closes, already sent, finish them
             self._handles.clear()
-            now = [entry for handle_id, entry in entries if not self._busy.get(handle_id)]
-            for handle_id, entry in entries:
-                if self._busy.get(handle_id):
-                    self._orphans.setdefault(handle_id, []).append(entry)
+            now = [entry for entry in entries if not entry.busy]
+            for entry in entries:
+                entry.orphaned = entry.busy > 0
             self._idle.notify_all()
         for entry in now:
             _discard(entry)

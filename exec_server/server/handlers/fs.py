@@ -62,17 +62,19 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     return {"handleId": params["handleId"]}
 
 
-def fs_read_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
-    result = ctx.connection.file_handles.read_block(params["handleId"], params["offset"], params["len"])
+def fs_read_block(ctx: RequestContext, params: Dict[str, Any], handle: Any = None) -> Dict[str, Any]:
+    """``handle``: the open handle the connection bound this request to as it arrived (or None)."""
+    result = ctx.connection.file_handles.read_block(params["handleId"], params["offset"], params["len"], handle)
     return {"chunk": b64.encode(result["chunk"]), "eof": result["eof"]}
 
 
-def fs_write_block(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+def fs_write_block(ctx: RequestContext, params: Dict[str, Any], handle: Any = None) -> Dict[str, Any]:
+    """``handle``: as for :func:`fs_read_block`."""
     try:
         data = b64.decode(params["chunk"])
     except ValueError as exc:
         raise InvalidParams(str(exc)) from None
-    ctx.connection.file_handles.write_block(params["handleId"], params["offset"], data)
+    ctx.connection.file_handles.write_block(params["handleId"], params["offset"], data, handle)
     return {}
 
 
