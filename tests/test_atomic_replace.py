@@ -557,3 +557,28 @@ def test_block_requests_after_a_close_check_their_own_params_first(configured_se
     assert peer.wait_for(lambda m: m.get("id") == 903)["error"]["code"] == -32004
     assert time.monotonic() - started < 3.0
     assert target.read_bytes() == b"NEW"
+
+
+def test_serially_a_write_sent_after_a_close_finds_the_handle_gone(configured_server, connect, tmp_path, monkeypatch):
+    """concurrent_requests 1: the close waits in the queue behind a long poll while a write of its (plain)
+    handle arrives; the close still took the handle as it arrived, so the write is -32004 and writes nothing,
+    and the close does not wait for it."""
+    from exec_server.server.fs import handles
+
+    monkeypatch.setattr(handles, "CLOSE_BLOCKS_WAIT", 5.0)
+    running = configured_server(concurrent_requests=1)
+    peer = connect(running.url)
+    peer.initialize()
+    target = tmp_path / "plain"
+    peer.call("fs/open", {"handleId": "h1", "path": uri(target), "mode": "replace"})
+    peer.call("process/start", {"processId": "s", "argv": ["sleep", "5"], "cwd": uri(tmp_path), "env": {},
+                                "tty": False})
+    peer.send({"id": 950, "method": "process/read", "params": {"processId": "s", "afterSeq": 0, "waitMs": 500}})
+    started = time.monotonic()
+    peer.send({"id": 951, "method": "fs/close", "params": {"handleId": "h1"}})
+    peer.send({"id": 952, "method": "fs/writeBlock",
+               "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"LATE")}})
+    assert peer.wait_for(lambda m: m.get("id") == 951) == {"id": 951, "result": {}}
+    assert peer.wait_for(lambda m: m.get("id") == 952)["error"]["code"] == -32004
+    assert time.monotonic() - started < 3.0 and target.read_bytes() == b""
+    peer.call("process/terminate", {"processId": "s"})

@@ -232,17 +232,17 @@ class RpcConnection:
             self._complete(request, span, label, received, received, error)
             return
         taken = None
-        if method == "fs/close":  # one that may block takes its handle now (later block operations find it gone)
+        if method == "fs/close":  # takes its handle now (later block operations find it gone)
             try:  # fs code that fails to load is answered inline
                 taken = self.file_handles.begin_close(request.params["handleId"])
             except Exception:
                 taken = None
             handler = handler if taken is None else functools.partial(handler, taken=taken)
-            if taken is not None and not self._serial:  # on a thread of its own, not behind the pool's long polls
-                threading.Thread(target=self._run, args=(request, handler, span, label, received),
-                                 name=REQUEST_THREAD_PREFIX + "-fs-close").start()
+            if taken is not None and taken.closes_slowly and not self._serial:  # a thread of its own, not
+                threading.Thread(target=self._run, args=(request, handler, span, label, received),  # the pool's
+                                 name=REQUEST_THREAD_PREFIX + "-fs-close").start()  # (behind long polls)
                 return
-        if taken is None and self._runs_inline(method, request.params):
+        if (taken is None or not taken.closes_slowly) and self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)
             return
         with self._admitted_lock:  # a taken handle's close is never refused: only it closes that handle

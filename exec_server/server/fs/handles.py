@@ -12,11 +12,12 @@ connection binds each to its open handle as it dispatches it, in arrival
 order, and the handle counts them (:meth:`FileHandles.begin`,
 :meth:`FileHandles.end`); ``fs/close`` waits
 (at most :data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so
-a pipelined close never overtakes a write.  A close that may block (that
-wait, or an atomic handle's commit with its fsync) runs on a thread of its
-own, not the connection's: the connection takes its handle as it arrives
-(:meth:`FileHandles.begin_close`), so block operations that arrive after
-it find the handle gone and an ``fs/open`` of its id waits for it.  A
+a pipelined close never overtakes a write.  Every close takes its handle
+as it arrives (:meth:`FileHandles.begin_close`), so block operations that
+arrive after it find the handle gone and an ``fs/open`` of its id waits for
+it, however late the close runs; one that may block (that wait, or an
+atomic handle's commit with its fsync) runs on a thread of its own, not
+the connection's.  A
 descriptor is never closed under a running block operation: one still
 running when its close gives up waiting, or when the connection ends,
 closes it as it ends (:meth:`FileHandles.end`).  A close that arrived
@@ -80,6 +81,11 @@ class _Handle:
         self.busy = 0  # block operations bound to it (begin) and not ended
         self.orphaned = False  # nobody closes it any more: the last end() does
 
+    @property
+    def closes_slowly(self) -> bool:
+        """Whether closing it may block: it waits for block operations bound to it, or commits (fsync)."""
+        return self.replacement is not None or self.busy > 0
+
 
 class FileHandles:
     def __init__(self, limit: int):
@@ -104,21 +110,17 @@ class FileHandles:
             return entry
 
     def begin_close(self, handle_id: str) -> Optional[_Handle]:
-        """An ``fs/close`` of ``handle_id`` arrived (call in arrival order): its handle if the close may block.
+        """An ``fs/close`` of ``handle_id`` arrived (call in arrival order): the handle it takes, if open.
 
-        A close may block when it waits for block operations that arrived
-        before it, or commits an atomic replace.  Such a handle is taken: the
-        id is gone from now on (a later block operation or ``fs/close``
-        finds no handle, a later
-        ``fs/open`` of the id waits for this close), and the close runs on a
-        thread of its own as ``close(handle_id, commit, taken)``.  Returns None
-        for a quick close (or an unknown id): call :meth:`close` at once.
+        The id is gone from now on, whenever the close runs: a later block
+        operation or ``fs/close`` finds no handle, a later ``fs/open`` of the
+        id waits for this close, run as ``close(handle_id, commit, taken)``
+        (on a thread of its own when :attr:`_Handle.closes_slowly`).
         """
         with self._lock:
-            entry = self._handles.get(handle_id)
-            if self._closed or entry is None or (entry.replacement is None and not entry.busy):
+            if self._closed or handle_id not in self._handles:
                 return None
-            self._closing[handle_id] = self._handles.pop(handle_id)
+            entry = self._closing[handle_id] = self._handles.pop(handle_id)
             return entry
 
     def end(self, handle: _Handle) -> None:
