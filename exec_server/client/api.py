@@ -9,23 +9,18 @@ method is thread-safe.
         proc = client.start(["cat"], stdin=True)          # like subprocess.Popen
         proc.write(b"hi\\n"); proc.terminate(); proc.wait(timeout=5)
 
-The parts behind it: :mod:`~exec_server.client.websocket` and
-:mod:`~exec_server.client.stdio` carry messages (:mod:`~exec_server.client.transport`
-is their interface); :mod:`~exec_server.client.endpoint`
-matches responses to calls and routes notifications; :mod:`~exec_server.client.recovery`
-reconnects and resumes the session after a drop (ReconnectPolicy,
-RequestOutcomeUnknown); :mod:`~exec_server.client.process` and
-:mod:`~exec_server.client.fs` are the handles.  When the connection is lost for
-good, every waiting and later call raises :class:`ExecServerDisconnected`.
-
-Timeouts are float seconds (None blocks, 0 polls); on the wire they are the
-protocol's milliseconds.
+Behind it: ``websocket`` and ``stdio`` carry messages (``transport`` is their interface); ``endpoint``
+matches responses to calls and routes notifications; ``recovery`` resumes the session after a drop;
+``process`` (with ``buffer`` and ``control``) and ``fs`` are the handles.  When the connection is lost for
+good, every waiting and later call raises :class:`ExecServerDisconnected`.  Timeouts are float seconds
+(None blocks, 0 polls); on the wire they are the protocol's milliseconds.
 """
 
 import os
 import subprocess
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
+from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike, command_argv  # noqa: F401
 from exec_server.client.interfaces import deadline as _deadline
@@ -264,7 +259,8 @@ class Client:
               env: Optional[Mapping[str, str]] = None, inherit_env: bool = True,
               env_policy: Optional[Mapping[str, Any]] = None, tty: bool = False, stdin: bool = False,
               arg0: Optional[str] = None, process_id: Optional[str] = None, pty_size: Optional[Sequence[int]] = None,
-              sandbox: Optional[Mapping[str, Any]] = None, timeout: Optional[float] = 30.0) -> RemoteProcess:
+              sandbox: Optional[Mapping[str, Any]] = None, timeout: Optional[float] = 30.0,
+              max_buffered_output: Optional[int] = MAX_BUFFERED_OUTPUT) -> RemoteProcess:
         """Start a process, like ``subprocess.Popen`` (``process/start``).
 
         Args:
@@ -284,10 +280,14 @@ class Client:
             sandbox: a FileSystemSandboxContext (PROTOCOL.md 9) confining the
                 process; ``sandbox_type`` of the handle tells what applied.
             timeout: seconds to wait for the start response.
+            max_buffered_output: bytes of output the handle keeps until
+                consumed (None: no limit); past it, its consumer reads the
+                rest from the server (README.rst "the client's limits").
         Raises:
             RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
             RequestOutcomeUnknown, ExecServerDisconnected, CallTimeout: as for :meth:`call`.
-            ValueError: ``argv`` is empty, or ``process_id`` is in use (TypeError: an item is not text).
+            ValueError: ``argv`` is empty, ``process_id`` is in use, or ``max_buffered_output``
+                is not a positive integer or None (TypeError: an item is not text).
         """
         argv = command_argv(argv)
         process_id = process_id if process_id is not None else "proc-" + os.urandom(16).hex()
@@ -309,7 +309,7 @@ class Client:
             params["ptySize"] = {"rows": int(pty_size[0]), "cols": int(pty_size[1])}
         if sandbox is not None:
             params["sandbox"] = dict(sandbox)
-        process = RemoteProcess(self, process_id, argv)
+        process = RemoteProcess(self, process_id, argv, max_buffered_output)
         self._endpoint.add_process(process)  # before the request: events follow the response
         try:
             result = self.call("process/start", params, timeout=timeout)
@@ -337,7 +337,8 @@ class Client:
                 most :data:`KILL_GRACE` s more, for the start's answer, the kill and the exit
                 together) and :class:`CallTimeout` raised.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
-            start_options: as for :meth:`start`.
+            start_options: as for :meth:`start`; ``max_buffered_output`` defaults to None here (the
+                result keeps all output anyway, and a refill could meet a gap on a server that retains less).
         Returns:
             ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes (a PTY's in ``stdout``).
         """
@@ -350,6 +351,7 @@ class Client:
                     raise ExtensionNotSupported("closeStdin", "input= on a Windows server")
                 command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
             start_options["stdin"] = True
+        start_options.setdefault("max_buffered_output", None)
         start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
         process_id = start_options.pop("process_id", None) or "proc-" + os.urandom(16).hex()
         try:
@@ -391,7 +393,6 @@ class Client:
 
 KILL_GRACE = 10.0  #: seconds a timed-out run still waits for the start answer, the kill and the exit
 INPUT_PIECE = 1 << 20  #: bytes of ``run(input=)`` per ``process/write``
-
 
 __all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
            "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",

@@ -63,14 +63,14 @@ class StdinQueueFullError(InternalError):
 class ProcessOutputGap(Exception):
     """The server no longer retains output this client had not received.
 
-    Raised by the waits of the one process concerned after a reconnect; the
-    process was terminated.  ``missing`` is the list of lost seqs (a
-    ``range`` spanning them when there are more than a million).
+    Raised by the waits of the one process concerned, after a reconnect or
+    a refill (README.rst "the client's limits"); the process was
+    terminated.  ``missing`` is the list of lost seqs (a ``range`` spanning
+    them when there are more than a million).
     """
 
-    def __init__(self, process_id: str, missing: Sequence[int]):
-        super().__init__("process %s lost output seqs %s..%s while disconnected"
-                         % (process_id, missing[0], missing[-1]))
+    def __init__(self, process_id: str, missing: Sequence[int], when: str = "while disconnected"):
+        super().__init__("process %s lost output seqs %s..%s %s" % (process_id, missing[0], missing[-1], when))
         self.process_id = process_id
         self.missing = missing
 

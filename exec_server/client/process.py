@@ -1,10 +1,9 @@
 """Client-side process handles: events in seq order, waits, control calls.
 
 A :class:`RemoteProcess` publishes ``process/output``, ``process/exited`` and
-``process/closed`` strictly in seq order (PROTOCOL.md 5.3): an event is held
-until every lower seq has been published, and one already published is
-dropped as a duplicate, so live notifications and a ``process/read``
-catch-up after a reconnect can arrive in any order.
+``process/closed`` strictly in seq order (PROTOCOL.md 5.3), keeping at most
+``max_buffered_output`` bytes of output unconsumed: past it, its consumer
+reads the rest from the server's retention (:mod:`exec_server.client.buffer`).
 
 A handle calls the server through a :class:`~exec_server.client.interfaces.Caller`
 (the client); the client's endpoint and recovery feed it through
@@ -14,26 +13,23 @@ A handle calls the server through a :class:`~exec_server.client.interfaces.Calle
 client-internal: user code never calls them.
 """
 
-import collections
 import io
-import os
 import subprocess
 import threading
-import time
-import warnings
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, result_member
+from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_TIMEOUT, EventBuffer
+from exec_server.client.control import ProcessControl
+from exec_server.client.interfaces import CallTimeout, Caller
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
                                        ProcessOutputGap, StdinClosedError, StdinQueueFullError,
                                        catch_up_events, event_from_notification)
-from exec_server.protocol import b64
 from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
 
 
-class RemoteProcess:
+class RemoteProcess(ProcessControl):
     """A process started through :meth:`Client.start`, like ``subprocess.Popen``.
 
     Events are buffered in seq order until consumed by iteration,
@@ -43,37 +39,27 @@ class RemoteProcess:
         client: what control calls go through (the :class:`Client` that started it).
         process_id: the protocol's ``processId``.
         args: the argv, for ``subprocess.TimeoutExpired`` and ``repr``.
+        max_buffered_output: bytes of output kept until consumed (None: no
+            limit); past it the consumer reads the rest with ``process/read``.
+    Raises:
+        ValueError: ``max_buffered_output`` is not a positive integer or None.
     """
 
-    def __init__(self, client: Caller, process_id: str, args: List[str]):
+    def __init__(self, client: Caller, process_id: str, args: List[str],
+                 max_buffered_output: Optional[int] = MAX_BUFFERED_OUTPUT):
         self.client = client
         self.process_id = process_id
         self.args = args
         self.sandbox_type = "none"
         self._changed = threading.Condition()
-        self._events: Deque[ProcessEvent] = collections.deque()
-        self._held: Dict[int, ProcessEvent] = {}
-        self._last_seq = 0
-        self._exit_code: Optional[int] = None
-        self._closed = False
+        self._buffer = EventBuffer(max_buffered_output)
         self._failure: Optional[BaseException] = None
 
     # ------------------------------------------------------------- events
     def _publish(self, event: ProcessEvent) -> None:
-        """Accept an event from any source; publish everything now contiguous."""
+        """Accept an event from any source (bounded by ``max_buffered_output``)."""
         with self._changed:
-            if event.seq <= self._last_seq or self._closed:
-                return  # a duplicate
-            self._held[event.seq] = event
-            while self._last_seq + 1 in self._held:
-                ready = self._held.pop(self._last_seq + 1)
-                self._last_seq = ready.seq
-                self._events.append(ready)
-                if isinstance(ready, ExitedEvent):
-                    self._exit_code = ready.exit_code
-                elif isinstance(ready, ClosedEvent):
-                    self._closed = True
-                    self._held.clear()
+            self._buffer.add(event)
             self._changed.notify_all()
 
     # ------------------------------------ client-internal (ProcessHandle)
@@ -111,8 +97,7 @@ class RemoteProcess:
             ValueError: the result is malformed; nothing of it was published.
         """
         with self._changed:
-            after = self._last_seq
-            exit_seen = self._exit_code is not None
+            after, exit_seen = self._buffer.last_seq, self._buffer.exit_published
         events, gap = catch_up_events(result, after, exit_seen)
         if gap is not None:
             return gap
@@ -127,27 +112,27 @@ class RemoteProcess:
         fails or closes, and by its recovery for a gap or a lost process.
         """
         with self._changed:
-            if not self._closed and self._failure is None:
+            if not self._buffer.closed and self._failure is None:
                 self._failure = error
             self._changed.notify_all()
 
     @property
     def returncode(self) -> Optional[int]:
-        """The exit code once ``process/exited`` was published, else None."""
+        """The exit code once ``process/exited`` arrived (consumed or not), else None."""
         with self._changed:
-            return self._exit_code
+            return self._buffer.exit_code
 
     @property
     def last_seq(self) -> int:
         """Highest seq published for this process."""
         with self._changed:
-            return self._last_seq
+            return self._buffer.last_seq
 
     @property
     def done(self) -> bool:
         """True once ``closed`` was published or the process failed."""
         with self._changed:
-            return self._closed or self._failure is not None
+            return self._buffer.closed or self._failure is not None
 
     def next_event(self, timeout: Optional[float] = None) -> Optional[ProcessEvent]:
         """The next event, or None after ``closed`` was consumed.
@@ -156,15 +141,73 @@ class RemoteProcess:
             CallTimeout: nothing arrived within ``timeout`` (a
                 ``subprocess.TimeoutExpired`` and a ``TimeoutError``).
             ExecServerDisconnected: the connection was lost for good.
-            ProcessOutputGap: output was lost while disconnected.
+            ProcessOutputGap: output was lost while disconnected, or was no
+                longer retained by the server when a refill read it.
+        """
+        deadline = _deadline(timeout)
+        buffer = self._buffer
+        with self._changed:
+            while True:
+                if buffer.refill and not buffer.events and self._failure is None:
+                    self._changed.release()  # the reader thread publishes while the read is answered
+                    try:
+                        self._refill(deadline, timeout)
+                    finally:
+                        self._changed.acquire()
+                    continue
+                self._wait_until(lambda: bool(buffer.events) or buffer.closed
+                                 or (buffer.refill and self._failure is None), timeout, deadline)
+                if buffer.events:
+                    return buffer.pop()
+                if buffer.closed:
+                    return None
+
+    def _refill(self, deadline: Optional[float], timeout: Optional[float]) -> None:
+        """Read output the buffer dropped from the server's retention (``process/read`` from the last seq).
+
+        A gap fails the process with :class:`ProcessOutputGap` and
+        terminates it (as after a reconnect); a malformed result, or an
+        error answer, fails it too.  A timeout leaves the refill for the
+        next wait.
         """
         with self._changed:
-            self._wait_until(lambda: bool(self._events) or self._closed, timeout)
-            return self._events.popleft() if self._events else None
+            after, exit_seen = self._buffer.begin_refill(), self._buffer.exit_published
+            size = self._buffer.refill_bytes
+        params = {"processId": self.process_id, "afterSeq": after, "maxBytes": size, "waitMs": 0}
+        try:
+            result = self.client.call("process/read", params, timeout=REFILL_TIMEOUT if deadline is None
+                                      else min(REFILL_TIMEOUT, _remaining(deadline) or 0.0))
+            events, gap = catch_up_events(result, after, exit_seen)
+        except CallTimeout:
+            with self._changed:
+                self._buffer.refill_timed_out()
+            raise CallTimeout(self.args, timeout) from None
+        except ExecServerError:
+            with self._changed:
+                self._buffer.refill = True
+            raise
+        except (RpcError, ValueError) as exc:
+            self.fail(exc if isinstance(exc, RpcError) else InternalError(
+                "process %s cannot be refilled: exec-server sent a %s" % (self.process_id, exc)))
+            return
+        if gap is not None:
+            self.fail(ProcessOutputGap(self.process_id, gap, "before it was read (max_buffered_output)"))
+            try:
+                self.terminate(timeout=5.0)
+            except (RpcError, ExecServerError, TimeoutError):
+                pass
+            return
+        with self._changed:
+            self._buffer.end_refill(events, bool(result.get("chunks")))
+            self._changed.notify_all()
 
-    def _wait_until(self, ready, timeout: Optional[float]) -> None:
-        """Wait (holding the condition) until ``ready()``; raise the failure or TimeoutExpired."""
-        deadline = _deadline(timeout)
+    def _wait_until(self, ready, timeout: Optional[float], deadline: Optional[float] = None) -> None:
+        """Wait (holding the condition) until ``ready()``; raise the failure or TimeoutExpired.
+
+        ``deadline`` (``time.monotonic()``) defaults to ``timeout`` from now.
+        """
+        if deadline is None:
+            deadline = _deadline(timeout)
         while not ready():
             if self._failure is not None:
                 raise self._failure
@@ -213,7 +256,7 @@ class RemoteProcess:
                     break
         except subprocess.TimeoutExpired:
             with self._changed:
-                self._events.extendleft(reversed(consumed))
+                self._buffer.put_back(consumed)
             raise
         return out.getvalue(), err.getvalue()
 
@@ -225,149 +268,15 @@ class RemoteProcess:
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
             InternalError: the server reported ``closed`` without ``exited``.
         """
+        buffer = self._buffer
         with self._changed:
-            self._wait_until(lambda: self._exit_code is not None or self._closed, timeout)
-            if self._exit_code is None:  # closed without an exit: the server broke the notification order
+            self._wait_until(lambda: buffer.exit_code is not None or buffer.closed, timeout)
+            if buffer.exit_code is None:  # closed without an exit: the server broke the notification order
                 raise InternalError("exec-server closed process %s without reporting its exit" % self.process_id)
-            return self._exit_code
+            return buffer.exit_code
 
     def poll(self) -> Optional[int]:
         return self.returncode
-
-    # ------------------------------------------------------------ control
-    def write(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False) -> None:
-        """Write bytes to the child's stdin or PTY (``process/write``).
-
-        Args:
-            data: the bytes (may be empty).
-            timeout: seconds to wait for the answer.
-            close_stdin: then close stdin after them (see :meth:`close_stdin`).
-        Raises:
-            StdinClosedError: the process has no writable stdin, or it was closed.
-            ProcessLookupError: the server does not know the process.
-            StdinQueueFullError: the server's stdin queue for the process is
-                full (the child is not reading); nothing was queued.
-            InternalError: the process has exited (``failed to write to process stdin``),
-                or the server's answer is malformed.
-            ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
-            RequestOutcomeUnknown: the connection dropped before the answer;
-                the bytes may or may not have been written (never re-sent).
-            CallTimeout: no answer within ``timeout``.
-        """
-        params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": os.urandom(16).hex()}
-        if close_stdin:
-            if not self.client.supports("closeStdin"):
-                raise ExtensionNotSupported("closeStdin", "closing a remote stdin")
-            params["closeStdin"] = True
-        try:
-            status = result_member(self.client.call("process/write", params, timeout=timeout), "status", str,
-                                   "process/write")
-        except InternalError as exc:
-            if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
-                raise StdinQueueFullError(exc.message, exc.data) from None
-            raise
-        if status == "stdinClosed":
-            raise StdinClosedError("process %s has no writable stdin" % self.process_id)
-        if status == "unknownProcess":
-            raise ProcessLookupError("unknown process id %s" % self.process_id)
-
-    def write_all(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False,
-                  piece: int = 1 << 20) -> None:
-        """Write ``data`` in pieces of ``piece`` bytes, waiting while the server's stdin queue is full.
-
-        Like ``socket.sendall``: a :class:`StdinQueueFullError` (the child is
-        not reading yet) is retried every 50 ms until ``timeout`` seconds have
-        passed in all.  ``close_stdin`` closes stdin after the last piece.
-
-        Raises:
-            CallTimeout: not all written within ``timeout``.
-            StdinClosedError, InternalError, ExtensionNotSupported: as for :meth:`write`.
-        """
-        deadline = _deadline(timeout)
-        pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
-        for index, chunk in enumerate(pieces):
-            close = close_stdin and index == len(pieces) - 1
-            while chunk or close:
-                try:
-                    self.write(chunk, timeout=_remaining(deadline), close_stdin=close)
-                    break
-                except StdinQueueFullError:
-                    if _remaining(deadline) == 0.0:
-                        raise CallTimeout(self.args, timeout) from None
-                    time.sleep(min(0.05, _remaining(deadline) or 0.05))
-
-    def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
-        """End of file on the child's stdin, after every byte already written (our extension).
-
-        ``process/write`` with ``closeStdin: true``: a pipe is closed; a PTY
-        gets its EOF character (^D, README.rst "Protocol extensions").  A
-        stdin already closed, or never writable, is left as it is.
-
-        Raises:
-            ExtensionNotSupported: the server does not advertise
-                ``closeStdin`` (the Codex reference cannot close a stdin).
-            ProcessLookupError, RequestOutcomeUnknown, CallTimeout: as for :meth:`write`.
-        """
-        try:
-            self.write(b"", timeout, close_stdin=True)
-        except StdinClosedError:
-            pass
-
-    def resize(self, rows: int, cols: int, timeout: Optional[float] = 30.0) -> None:
-        """Set the window size of the child's PTY (``process/resize``, our extension); it gets SIGWINCH.
-
-        Raises:
-            ExtensionNotSupported: the server does not advertise ``ptySize``.
-            InvalidParams: the process has no PTY, or a size outside 1..65535.
-            InvalidRequest: the server does not know the process.
-            CallTimeout: no answer within ``timeout``.
-        """
-        if not self.client.supports("ptySize"):
-            raise ExtensionNotSupported("ptySize", "resizing a remote terminal")
-        self.client.call("process/resize", {"processId": self.process_id, "rows": rows, "cols": cols},
-                         timeout=timeout)
-
-    def signal(self, name: str = "interrupt", timeout: Optional[float] = 30.0) -> None:
-        """Send a protocol signal (``interrupt`` is the only one; PROTOCOL.md 5.6)."""
-        self.client.call("process/signal", {"processId": self.process_id, "signal": name}, timeout=timeout)
-
-    def send_interrupt(self, timeout: Optional[float] = 30.0) -> None:
-        """SIGINT to the remote process group (``process/signal interrupt``)."""
-        self.signal("interrupt", timeout=timeout)
-
-    def terminate(self, timeout: Optional[float] = 30.0) -> bool:
-        """Kill the remote process tree at once (``process/terminate``; SIGKILL).
-
-        Returns:
-            True if the process was running and a kill was issued.
-
-        Raises:
-            InternalError: the server's answer is malformed.
-        """
-        return result_member(self.client.call("process/terminate", {"processId": self.process_id}, timeout=timeout),
-                             "running", bool, "process/terminate")
-
-    kill = terminate
-
-    def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
-             timeout: Optional[float] = None, *, wait_ms: Optional[int] = None) -> Dict[str, Any]:
-        """The raw ``process/read`` result: output after ``after_seq``, at most ``max_bytes``.
-
-        ``wait`` is the seconds the server may wait for something new (long
-        poll); ``timeout`` the seconds for the answer (default ``wait`` + 30;
-        CallTimeout past it).  ``wait_ms`` (milliseconds) is deprecated.
-        """
-        if wait_ms is not None:
-            warnings.warn("RemoteProcess.read(wait_ms=) is deprecated; use wait= (seconds)",
-                          DeprecationWarning, stacklevel=2)
-            wait = wait_ms / 1000.0
-        if wait < 0:
-            raise ValueError("wait must not be negative")
-        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes,
-                  "waitMs": int(round(wait * 1000))}
-        if timeout is None:
-            timeout = wait + 30.0
-        return self.client.call("process/read", params, timeout=timeout)
 
     def __enter__(self) -> "RemoteProcess":
         return self

@@ -1,0 +1,167 @@
+"""The control calls of a :class:`~exec_server.client.process.RemoteProcess`: stdin, signals, kill, raw reads.
+
+:class:`ProcessControl` is the half of a ``RemoteProcess`` that sends
+requests about its process (``process/write``, ``process/resize``,
+``process/signal``, ``process/terminate``, ``process/read``); the other
+half, in :mod:`exec_server.client.process`, receives its events.
+"""
+
+import os
+import time
+import warnings
+from typing import Any, Dict, List, Optional
+
+from exec_server.client.events import StdinClosedError, StdinQueueFullError
+from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, result_member
+from exec_server.client.interfaces import deadline as _deadline
+from exec_server.client.interfaces import remaining as _remaining
+from exec_server.protocol import b64
+from exec_server.protocol.errors import InternalError
+
+
+class ProcessControl:
+    """Requests about one remote process; a base of :class:`~exec_server.client.process.RemoteProcess`.
+
+    Attributes (set by the subclass):
+        client: what the calls go through (the :class:`Client` that started it).
+        process_id: the protocol's ``processId``.
+        args: the argv, for ``subprocess.TimeoutExpired``.
+    """
+
+    client: Caller
+    process_id: str
+    args: List[str]
+
+    def write(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False) -> None:
+        """Write bytes to the child's stdin or PTY (``process/write``).
+
+        Args:
+            data: the bytes (may be empty).
+            timeout: seconds to wait for the answer.
+            close_stdin: then close stdin after them (see :meth:`close_stdin`).
+        Raises:
+            StdinClosedError: the process has no writable stdin, or it was closed.
+            ProcessLookupError: the server does not know the process.
+            StdinQueueFullError: the server's stdin queue for the process is
+                full (the child is not reading); nothing was queued.
+            InternalError: the process has exited (``failed to write to process stdin``),
+                or the server's answer is malformed.
+            ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
+            RequestOutcomeUnknown: the connection dropped before the answer;
+                the bytes may or may not have been written (never re-sent).
+            CallTimeout: no answer within ``timeout``.
+        """
+        params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": os.urandom(16).hex()}
+        if close_stdin:
+            if not self.client.supports("closeStdin"):
+                raise ExtensionNotSupported("closeStdin", "closing a remote stdin")
+            params["closeStdin"] = True
+        try:
+            status = result_member(self.client.call("process/write", params, timeout=timeout), "status", str,
+                                   "process/write")
+        except InternalError as exc:
+            if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
+                raise StdinQueueFullError(exc.message, exc.data) from None
+            raise
+        if status == "stdinClosed":
+            raise StdinClosedError("process %s has no writable stdin" % self.process_id)
+        if status == "unknownProcess":
+            raise ProcessLookupError("unknown process id %s" % self.process_id)
+
+    def write_all(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False,
+                  piece: int = 1 << 20) -> None:
+        """Write ``data`` in pieces of ``piece`` bytes, waiting while the server's stdin queue is full.
+
+        Like ``socket.sendall``: a :class:`StdinQueueFullError` (the child is
+        not reading yet) is retried every 50 ms until ``timeout`` seconds have
+        passed in all.  ``close_stdin`` closes stdin after the last piece.
+
+        Raises:
+            CallTimeout: not all written within ``timeout``.
+            StdinClosedError, InternalError, ExtensionNotSupported: as for :meth:`write`.
+        """
+        deadline = _deadline(timeout)
+        pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
+        for index, chunk in enumerate(pieces):
+            close = close_stdin and index == len(pieces) - 1
+            while chunk or close:
+                try:
+                    self.write(chunk, timeout=_remaining(deadline), close_stdin=close)
+                    break
+                except StdinQueueFullError:
+                    if _remaining(deadline) == 0.0:
+                        raise CallTimeout(self.args, timeout) from None
+                    time.sleep(min(0.05, _remaining(deadline) or 0.05))
+
+    def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
+        """End of file on the child's stdin, after every byte already written (our extension).
+
+        ``process/write`` with ``closeStdin: true``: a pipe is closed; a PTY
+        gets its EOF character (^D, README.rst "Protocol extensions").  A
+        stdin already closed, or never writable, is left as it is.
+
+        Raises:
+            ExtensionNotSupported: the server does not advertise
+                ``closeStdin`` (the Codex reference cannot close a stdin).
+            ProcessLookupError, RequestOutcomeUnknown, CallTimeout: as for :meth:`write`.
+        """
+        try:
+            self.write(b"", timeout, close_stdin=True)
+        except StdinClosedError:
+            pass
+
+    def resize(self, rows: int, cols: int, timeout: Optional[float] = 30.0) -> None:
+        """Set the window size of the child's PTY (``process/resize``, our extension); it gets SIGWINCH.
+
+        Raises:
+            ExtensionNotSupported: the server does not advertise ``ptySize``.
+            InvalidParams: the process has no PTY, or a size outside 1..65535.
+            InvalidRequest: the server does not know the process.
+            CallTimeout: no answer within ``timeout``.
+        """
+        if not self.client.supports("ptySize"):
+            raise ExtensionNotSupported("ptySize", "resizing a remote terminal")
+        self.client.call("process/resize", {"processId": self.process_id, "rows": rows, "cols": cols},
+                         timeout=timeout)
+
+    def signal(self, name: str = "interrupt", timeout: Optional[float] = 30.0) -> None:
+        """Send a protocol signal (``interrupt`` is the only one; PROTOCOL.md 5.6)."""
+        self.client.call("process/signal", {"processId": self.process_id, "signal": name}, timeout=timeout)
+
+    def send_interrupt(self, timeout: Optional[float] = 30.0) -> None:
+        """SIGINT to the remote process group (``process/signal interrupt``)."""
+        self.signal("interrupt", timeout=timeout)
+
+    def terminate(self, timeout: Optional[float] = 30.0) -> bool:
+        """Kill the remote process tree at once (``process/terminate``; SIGKILL).
+
+        Returns:
+            True if the process was running and a kill was issued.
+
+        Raises:
+            InternalError: the server's answer is malformed.
+        """
+        return result_member(self.client.call("process/terminate", {"processId": self.process_id}, timeout=timeout),
+                             "running", bool, "process/terminate")
+
+    kill = terminate
+
+    def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
+             timeout: Optional[float] = None, *, wait_ms: Optional[int] = None) -> Dict[str, Any]:
+        """The raw ``process/read`` result: output after ``after_seq``, at most ``max_bytes``.
+
+        ``wait`` is the seconds the server may wait for something new (long
+        poll); ``timeout`` the seconds for the answer (default ``wait`` + 30;
+        CallTimeout past it).  ``wait_ms`` (milliseconds) is deprecated.
+        """
+        if wait_ms is not None:
+            warnings.warn("RemoteProcess.read(wait_ms=) is deprecated; use wait= (seconds)",
+                          DeprecationWarning, stacklevel=2)
+            wait = wait_ms / 1000.0
+        if wait < 0:
+            raise ValueError("wait must not be negative")
+        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes,
+                  "waitMs": int(round(wait * 1000))}
+        if timeout is None:
+            timeout = wait + 30.0
+        return self.client.call("process/read", params, timeout=timeout)

@@ -1,0 +1,254 @@
+"""The client's bound on unconsumed output (``max_buffered_output``): past it, the consumer refills from the server."""
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+from conftest import all_gone, running_descendants, start_reference, wait_until
+
+from exec_server import CallTimeout, Client, ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
+from exec_server.client.buffer import REFILL_MIN_READ_BYTES, REFILL_READ_BYTES, EventBuffer
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1024 * 1024
+#: A child that writes ``$1`` lines of numbered text (about 7 bytes each), to check order as well as size.
+NUMBERS = ["/bin/sh", "-c", 'seq 1 "$0"']
+
+
+def expected_numbers(count: int) -> bytes:
+    return b"".join(b"%d\n" % i for i in range(1, count + 1))
+
+
+def count_reads(client: Client) -> list:
+    """The ``process/read`` calls the client makes from now on (each its ``maxBytes``)."""
+    reads = []
+    call = client.call
+
+    def counting(method, params=None, timeout=None):
+        if method == "process/read":
+            reads.append(params["maxBytes"])
+        return call(method, params, timeout)
+
+    client.call = counting
+    return reads
+
+
+def out(seq: int, size: int) -> OutputEvent:
+    return OutputEvent(seq, "stdout", b"x" * size)
+
+
+# ---------------------------------------------------------------- sans-IO
+
+
+def test_events_under_the_limit_are_published_in_seq_order():
+    buffer = EventBuffer(limit=100)
+    buffer.add(out(2, 10))
+    assert not buffer.events and buffer.buffered == 10  # held until seq 1 is in
+    buffer.add(out(1, 10))
+    buffer.add(out(1, 10))  # a duplicate
+    assert [event.seq for event in buffer.events] == [1, 2] and buffer.buffered == 20
+    assert buffer.pop().seq == 1 and buffer.buffered == 10
+    assert not buffer.dropping and not buffer.refill
+
+
+def test_output_past_the_limit_is_dropped_and_the_consumer_must_refill():
+    buffer = EventBuffer(limit=100)
+    buffer.add(out(1, 60))
+    buffer.add(out(3, 30))  # held out of order
+    buffer.add(out(2, 60))  # would pass the limit: dropped, and what is held with it
+    assert [event.seq for event in buffer.events] == [1]
+    assert buffer.buffered == 60 and buffer.dropping and buffer.refill
+    buffer.add(out(4, 1))
+    buffer.add(ExitedEvent(5, 7, False))
+    buffer.add(ClosedEvent(6))
+    assert [event.seq for event in buffer.events] == [1] and buffer.buffered == 60
+    assert buffer.exit_code == 7 and not buffer.exit_published and not buffer.closed  # wait() can return
+
+    buffer.pop()
+    assert buffer.begin_refill() == 1
+    assert not buffer.dropping and not buffer.refill
+    buffer.end_refill([out(2, 500), out(3, 30)], returned_output=True)  # what was asked is kept, over the limit
+    assert [event.seq for event in buffer.events] == [2, 3] and buffer.buffered == 530
+    assert buffer.refill  # reads go on while they return output
+    buffer.pop(), buffer.pop()
+    buffer.begin_refill()
+    buffer.end_refill([out(4, 1), ExitedEvent(5, 7, False), ClosedEvent(6)], returned_output=True)
+    assert buffer.closed and buffer.exit_published and not buffer.refill
+
+
+def test_one_event_larger_than_the_limit_is_kept_when_nothing_else_is():
+    buffer = EventBuffer(limit=10)
+    buffer.add(out(1, 1000))
+    assert [event.seq for event in buffer.events] == [1] and not buffer.dropping
+    buffer.add(out(2, 1))
+    assert buffer.dropping
+
+
+def test_put_back_counts_the_bytes_again():
+    buffer = EventBuffer(limit=100)
+    buffer.add(out(1, 40))
+    buffer.add(out(2, 40))
+    taken = [buffer.pop(), buffer.pop()]
+    assert buffer.buffered == 0
+    buffer.put_back(taken)
+    assert [event.seq for event in buffer.events] == [1, 2] and buffer.buffered == 80
+    buffer.add(out(3, 40))
+    assert buffer.dropping
+
+
+def test_no_limit_keeps_everything_and_reads_in_default_steps():
+    buffer = EventBuffer(limit=None)
+    for seq in range(1, 101):
+        buffer.add(out(seq, MIB))
+    assert len(buffer.events) == 100 and not buffer.dropping
+    assert buffer.refill_bytes == REFILL_READ_BYTES and EventBuffer(limit=1000).refill_bytes == 1000
+
+
+def test_a_refill_read_that_timed_out_is_made_again_smaller_then_grows_back():
+    buffer = EventBuffer(limit=None)
+    buffer.refill_timed_out()
+    assert buffer.refill and buffer.refill_bytes == REFILL_READ_BYTES // 4
+    for _ in range(5):
+        buffer.refill_timed_out()
+    assert buffer.refill_bytes == REFILL_MIN_READ_BYTES
+    small = EventBuffer(limit=1000)
+    small.refill_timed_out()
+    assert small.refill_bytes == 1000  # never more than the limit
+    for _ in range(10):
+        buffer.begin_refill()
+        buffer.end_refill([], returned_output=False)
+    assert buffer.refill_bytes == REFILL_READ_BYTES
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, 1.5, "64"])
+def test_a_limit_that_is_not_a_positive_integer_is_refused(limit, server):
+    with pytest.raises(ValueError, match="max_buffered_output"):
+        EventBuffer(limit)
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(ValueError, match="max_buffered_output"):
+            client.start(["true"], max_buffered_output=limit)
+
+
+# ------------------------------------------------------ against a server
+
+
+def test_wait_alone_keeps_at_most_the_limit_and_the_output_comes_later_whole(server):
+    count = 400_000  # ~2.7 MB of numbered lines
+    with Client.connect(server.url, timeout=5) as client:
+        reads = count_reads(client)
+        process = client.start(NUMBERS + [str(count)], max_buffered_output=256 * 1024)
+        assert process.wait(timeout=30) == 0  # returns without consuming
+        time.sleep(0.3)  # the rest of the live output arrives (and is dropped)
+        assert process._buffer.buffered <= 256 * 1024
+        stdout, stderr = process.communicate(timeout=30)
+    assert stdout == expected_numbers(count) and stderr == b""
+    assert len(reads) >= 2 and set(reads) == {256 * 1024}  # refilled in steps of at most the limit
+
+
+def test_a_slow_consumer_gets_every_byte_in_order_within_the_bound(server):
+    count, limit = 300_000, 128 * 1024
+    peak = []
+    with Client.connect(server.url, timeout=5) as client:
+        reads = count_reads(client)
+        process = client.start(NUMBERS + [str(count)], max_buffered_output=limit)
+        digest, size, kinds = hashlib.sha256(), 0, []
+        for event in process:
+            peak.append(process._buffer.buffered)
+            kinds.append(type(event).__name__)
+            if isinstance(event, OutputEvent):
+                digest.update(event.data)
+                size += len(event.data)
+                if len(peak) % 20 == 0:
+                    time.sleep(0.02)  # slower than the child
+    expected = expected_numbers(count)
+    assert size == len(expected) and digest.digest() == hashlib.sha256(expected).digest()
+    assert kinds[-2:] == ["ExitedEvent", "ClosedEvent"] and process.returncode == 0
+    # What is kept is bounded: the limit, and one refill read beyond it (its budget and one chunk past it).
+    assert max(peak) <= limit + limit + 64 * 1024
+    assert reads, "the consumer never fell behind: the test did not exercise a refill"
+
+
+def test_two_consumers_of_one_process_share_the_refill(server):
+    count = 200_000
+    with Client.connect(server.url, timeout=5) as client:
+        process = client.start(NUMBERS + [str(count)], max_buffered_output=64 * 1024)
+        process.wait(timeout=30)
+        got = []
+        lock = threading.Lock()
+
+        def consume():
+            while True:
+                event = process.next_event(timeout=30)
+                if event is None:
+                    return
+                with lock:
+                    got.append(event)
+
+        threads = [threading.Thread(target=consume) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads)
+    outputs = sorted((event for event in got if isinstance(event, OutputEvent)), key=lambda event: event.seq)
+    assert b"".join(event.data for event in outputs) == expected_numbers(count)
+    assert sum(isinstance(event, ClosedEvent) for event in got) == 1
+
+
+def test_output_the_server_no_longer_retains_is_a_gap_and_the_process_is_killed(configured_server):
+    running = configured_server(retained_output_bytes=64 * 1024, spool_bytes_per_process=0)  # memory only
+    sleeper = ["sleep", "61.25"]
+    with Client.connect(running.url, timeout=5) as client:
+        process = client.start(["/bin/sh", "-c", "head -c 4000000 /dev/zero; exec " + " ".join(sleeper)],
+                               max_buffered_output=128 * 1024)
+        sleepers = wait_until(lambda: running_descendants(os.getpid(), sleeper), timeout=20)
+        with pytest.raises(ProcessOutputGap, match="before it was read") as caught:
+            process.communicate(timeout=30)
+        assert caught.value.missing[0] > 1
+        assert wait_until(lambda: all_gone(sleepers), timeout=10)  # the handle cannot deliver its output any more
+
+
+def test_run_keeps_everything_by_default(server):
+    with Client.connect(server.url, timeout=5) as client:
+        done = client.run(NUMBERS + ["300000"], timeout=60)
+    assert done.stdout == expected_numbers(300_000) and done.returncode == 0
+
+
+@pytest.mark.reference
+def test_against_the_reference_a_slow_consumer_refills_from_its_retention(tmp_path_factory):
+    running = start_reference(str(tmp_path_factory.mktemp("reference")))
+    try:
+        with Client.connect(running.url, timeout=5) as client:
+            count = 100_000  # ~590 KB: within the reference's 1 MiB retention
+            process = client.start(NUMBERS + [str(count)], max_buffered_output=64 * 1024)
+            assert process.wait(timeout=30) == 0
+            assert process.communicate(timeout=30)[0] == expected_numbers(count)
+            process = client.start(NUMBERS + ["1000000"], max_buffered_output=64 * 1024)  # ~6.9 MB: past it
+            process.wait(timeout=30)
+            with pytest.raises(ProcessOutputGap):
+                process.communicate(timeout=30)
+    finally:
+        running.stop()
+
+
+def test_a_refill_read_without_an_answer_times_out_the_wait_and_is_made_again(memory_server):
+    server = memory_server()
+    count = 100_000
+    with Client.open(server.connector, timeout=5, reconnect=None) as client:
+        process = client.start(NUMBERS + [str(count)], max_buffered_output=64 * 1024)
+        assert process.wait(timeout=30) == 0
+        time.sleep(0.3)  # the rest arrives and is dropped
+        events = []
+        while process._buffer.events:
+            events.append(process.next_event(timeout=5))
+        server.holding_downstream = True  # the refill read's answer never comes
+        with pytest.raises(CallTimeout):
+            process.next_event(timeout=0.3)
+        assert process._buffer.refill_bytes == 16 * 1024
+        server.holding_downstream = False
+        events.extend(process)
+    assert b"".join(event.data for event in events if isinstance(event, OutputEvent)) == expected_numbers(count)
+    assert isinstance(events[-1], ClosedEvent)
