@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import all_gone, running_descendants, wait_until
-from exec_server import (Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy,
-                         RequestOutcomeUnknown)
+from exec_server import Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.posix
@@ -169,7 +168,7 @@ def test_gap_fails_only_that_process(configured_server, proxy_to):
         wait_until(lambda: client.state == "connected")
 
 
-def test_write_in_flight_is_outcome_unknown_and_not_repeated(memory_server):
+def test_write_in_flight_is_sent_again_and_applied_once(memory_server):
     server = memory_server()
     with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
         process = client.start(["cat"], stdin=True)
@@ -190,11 +189,11 @@ def test_write_in_flight_is_outcome_unknown_and_not_repeated(memory_server):
         server.holding_downstream = False
         server.refusing = False
         writer.join(10)
-        assert len(errors) == 1 and isinstance(errors[0], RequestOutcomeUnknown)
+        assert not writer.is_alive() and errors == []  # sent again with its writeId: "accepted"
         event = process.next_event(timeout=10)  # recovered by the catch-up read, exactly once
         assert event == OutputEvent(1, "stdout", b"once\n")
         wait_until(lambda: client.state == "connected")
-        assert sum(t.seen.count("process/write") for t in server.transports) == 1  # never re-sent
+        assert sum(t.seen.count("process/write") for t in server.transports) == 2  # re-sent, not re-applied
         with pytest.raises(subprocess.TimeoutExpired):
             process.next_event(timeout=0.2)
         process.terminate()

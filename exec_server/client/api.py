@@ -27,7 +27,7 @@ from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
-from exec_server.client.recovery import ReconnectPolicy, Recovery, RequestOutcomeUnknown  # noqa: F401
+from exec_server.client.recovery import ReconnectPolicy, Recovery, RequestOutcomeUnknown, start_once  # noqa: F401
 from exec_server.client.transport import Connector, Transport
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 from exec_server.protocol.handshake import parse_initialize_result
@@ -151,11 +151,7 @@ class Client:
         return cls.open(connector, timeout, client_name, reconnect=None)
 
     def _start(self, timeout: Optional[float]) -> None:
-        """Attach the first transport, ``initialize`` and ``initialized``.
-
-        Raises:
-            ExecServerDisconnected: also when the peer is not an exec-server (no ``sessionId`` string).
-        """
+        """Attach the first transport, ``initialize``, ``initialized``; ExecServerDisconnected if not an exec-server."""
         endpoint = self._endpoint
         generation = endpoint.attach(self._connector(timeout))
         try:
@@ -194,14 +190,12 @@ class Client:
         Returns:
             the ``result`` member.
         Raises:
-            RpcError: the server answered with an error object (subclass by code).
-                :class:`ServerOverloaded` (-32001) is retried after each of
-                :data:`~exec_server.client.endpoint.OVERLOAD_RETRY_DELAYS` first,
-                as it means the request was not run.
-            RequestOutcomeUnknown: a mutation's connection dropped before its answer.
+            RpcError: the server answered with an error object (subclass by code).  :class:`ServerOverloaded`
+                (-32001) is retried after each of ``endpoint.OVERLOAD_RETRY_DELAYS`` first (it was not run).
+            RequestOutcomeUnknown: a mutation's connection dropped before its answer (not for reads, and
+                not for ``process/write``, whose ``writeId`` makes it safe to send again).
             ExecServerDisconnected: the client is failed or closed.
-            CallTimeout: no answer within ``timeout`` (a ``subprocess.TimeoutExpired``
-                and a ``TimeoutError``).
+            CallTimeout: no answer within ``timeout`` (a ``subprocess.TimeoutExpired`` and a ``TimeoutError``).
         """
         return self._endpoint.call(method, params, timeout)
 
@@ -312,12 +306,14 @@ class Client:
         process = RemoteProcess(self, process_id, argv, max_buffered_output)
         self._endpoint.add_process(process)  # before the request: events follow the response
         try:
-            result = self.call("process/start", params, timeout=timeout)
+            result = start_once(self.call, params, timeout)  # sent again after a drop, never started twice
         except BaseException:
             self._endpoint.remove_process(process_id)
             raise
-        sandbox_type = result.get("sandboxType") if isinstance(result, dict) else None
+        sandbox_type = (result.get("sandboxType", "none" if sandbox is None else "unknown")  # {}: start_once
+                        if isinstance(result, dict) else None)
         process.sandbox_type = sandbox_type if isinstance(sandbox_type, str) else "none"
+        process.started = True
         return process
 
     def forget(self, process: RemoteProcess) -> None:
@@ -335,7 +331,7 @@ class Client:
                 them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
             timeout: seconds for start, input and wait; past them the remote tree is killed (at
                 most :data:`KILL_GRACE` s more, for the start's answer, the kill and the exit
-                together) and :class:`CallTimeout` raised.
+                together) and :class:`CallTimeout` raised.  Any other error kills it too.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             start_options: as for :meth:`start`; ``max_buffered_output`` defaults to None here (the
                 result keeps all output anyway, and a refill could meet a gap on a server that retains less).
@@ -369,14 +365,16 @@ class Client:
             if input is not None:
                 self._feed(process, bytes(input), deadline)
             stdout, stderr = process.communicate(timeout=_remaining(deadline))
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:  # as subprocess.run: the tree is killed (a lost connection, ^C, a timeout)
             grace_deadline = deadline + KILL_GRACE if deadline is not None else _deadline(KILL_GRACE)  # one grace
             try:
                 process.kill(timeout=_remaining(grace_deadline))
                 process.wait(timeout=_remaining(grace_deadline))
-            except (RpcError, ExecServerError, TimeoutError):
+            except Exception:  # best effort: the connection may be gone, the process failed
                 pass
-            raise CallTimeout(argv, timeout) from None
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise CallTimeout(argv, timeout) from None
+            raise
         finally:
             self.forget(process)
         done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

@@ -42,6 +42,7 @@ class RemoteFile:
         self.atomic = atomic
         self.offset = 0
         self.closed = False
+        self._close_error: Optional[BaseException] = None  # what the close raised: raised again by a retry
 
     def read_block(self, offset: int, length: int = BLOCK_BYTES):
         """``(data, eof)`` for up to ``length`` bytes (1..1048576) at ``offset``."""
@@ -87,7 +88,11 @@ class RemoteFile:
         Raises:
             NotFound: (atomic) the server no longer has the handle (its
                 connection dropped): nothing was replaced.
-            RpcError: as ``fs/close``.
+            RequestOutcomeUnknown: the connection dropped before the answer
+                (the handles of a connection end with it: the file was replaced
+                only if the close got through).
+            RpcError: as ``fs/close``.  A later close raises the same error
+                again, never a silent success.
         """
         self._close(True)
 
@@ -96,17 +101,26 @@ class RemoteFile:
         self._close(False)
 
     def _close(self, commit: bool) -> None:
-        if not self.closed:
-            self.closed = True
-            params: Dict[str, Any] = {"handleId": self.handle_id}
-            if self.atomic:
-                params["commit"] = commit
+        if self.closed:
+            if self._close_error is not None:
+                raise self._close_error
+            return
+        self.closed = True
+        params: Dict[str, Any] = {"handleId": self.handle_id}
+        if self.atomic:
+            params["commit"] = commit
+        try:
             self._fs._call("fs/close", params)
+        except Exception as exc:
+            self._close_error = exc
+            raise
 
     def __enter__(self) -> "RemoteFile":
         return self
 
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if self.closed:
+            return  # closed in the block (an error it raised was the caller's to see)
         if exc_type is not None and self.atomic:
             try:
                 self.discard()

@@ -46,6 +46,8 @@ class ProcessHandle(Protocol):
     """What the client's endpoint and recovery call on a process handle (client-internal)."""
 
     process_id: str
+    #: False until the ``process/start`` was answered: a catch-up skips a handle the server does not know yet.
+    started: bool
 
     @property
     def last_seq(self) -> int:

@@ -51,6 +51,7 @@ class RemoteProcess(ProcessControl):
         self.process_id = process_id
         self.args = args
         self.sandbox_type = "none"
+        self.started = False  # set by Client.start once the server answered
         self._changed = threading.Condition()
         self._buffer = EventBuffer(max_buffered_output)
         self._failure: Optional[BaseException] = None

@@ -4,18 +4,20 @@ One logical client outlives its connections (``codex-rs/exec-server/src/
 client_recovery.rs``): when a connection drops, the client is *recovering*:
 it reconnects, resumes its session with ``initialize {resumeSessionId}``
 (retrying -32010 while the server finishes detaching), catches every process
-up with ``process/read`` from its last published seq, re-sends the reads that
-were in flight, and is *connected* again.  Calls made meanwhile wait.
-Mutations that were in flight fail with :class:`RequestOutcomeUnknown` and are
-never replayed.  If recovery does not succeed within the policy's deadline,
-or the server no longer knows the session, the client is *failed*.
+up with ``process/read`` from its last published seq, re-sends the reads and
+writes that were in flight, and is *connected* again.  Calls made meanwhile
+wait.  Other mutations that were in flight fail with
+:class:`RequestOutcomeUnknown` and are never replayed, except a
+``process/start`` (:func:`start_once`).  If recovery does not succeed within
+the policy's deadline, or the server no longer knows the session, the client
+is *failed*.
 """
 
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.process import ProcessOutputGap
@@ -40,10 +42,12 @@ CATCH_UP_MIN_READ_BYTES = 16 * 1024
 #: Share of ``ReconnectPolicy.connect_timeout`` (each read's timeout) one catch-up read aims to take.
 CATCH_UP_READ_SHARE = 0.25
 
-#: Methods that are safe to send again after a dropped connection (reads).
+#: Methods that are safe to send again after a dropped connection: the reads, and ``process/write``, whose
+#: ``writeId`` the server remembers (the last 4096 per process, PROTOCOL.md 5.5): a write applied before
+#: the drop is answered ``accepted`` again and nothing is written twice.
 IDEMPOTENT_METHODS = frozenset({
     "process/read", "environment/info", "environment/status", "fs/readFile", "fs/getMetadata",
-    "fs/readDirectory", "fs/canonicalize", "fs/walk",
+    "fs/readDirectory", "fs/canonicalize", "fs/walk", "process/write",
 })
 
 
@@ -53,6 +57,32 @@ class RequestOutcomeUnknown(ExecServerError):
     The server may or may not have applied it; the client never re-sends it.
     Check the state (e.g. ``process/read``) before deciding to retry.
     """
+
+
+def start_once(call: Callable[..., Any], params: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
+    """``process/start`` with ``params`` through ``call`` (:meth:`Client.call`), exactly once across drops.
+
+    A start whose connection dropped before the answer is sent again on the
+    recovered connection with the same ``processId``: the server starts it
+    then, or answers ``process <id> already exists`` (PROTOCOL.md 5.1) when
+    the first one did, which counts as started (its result, and so its
+    ``sandboxType``, is then unknown: ``{}``).
+
+    Raises:
+        as :meth:`Client.call`, but never RequestOutcomeUnknown.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    resent = False
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return call("process/start", params, timeout=left)
+        except RequestOutcomeUnknown:
+            resent = True
+        except InvalidRequest as exc:
+            if resent and exc.message.endswith("already exists"):
+                return {}
+            raise
 
 
 @dataclass(frozen=True)
@@ -258,6 +288,8 @@ class Recovery:
                     abort_transport(transport)
                     return False
                 except RpcError as exc:
+                    if not process.started:  # its start is not answered yet: the server may not know it
+                        break
                     process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
                                                         % (process.process_id, exc.message)))
                     break
