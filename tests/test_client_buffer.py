@@ -79,6 +79,18 @@ def test_output_past_the_limit_is_dropped_and_the_consumer_must_refill():
     assert buffer.closed and buffer.exit_published and not buffer.refill
 
 
+def test_a_refill_that_brings_nothing_new_ends_the_refill():
+    buffer = EventBuffer(limit=100)
+    buffer.add(out(1, 60))
+    buffer.add(out(2, 60))
+    assert buffer.refill
+    buffer.pop()
+    buffer.begin_refill()
+    buffer.add(out(2, 60))  # live, once the refill began
+    buffer.end_refill([out(2, 60)], returned_output=True)  # the same again: a server repeating itself, or late
+    assert not buffer.refill and [event.seq for event in buffer.events] == [2]
+
+
 def test_one_event_larger_than_the_limit_is_kept_when_nothing_else_is():
     buffer = EventBuffer(limit=10)
     buffer.add(out(1, 1000))

@@ -132,11 +132,16 @@ class EventBuffer:
         return self.last_seq
 
     def end_refill(self, events: Iterable[ProcessEvent], returned_output: bool) -> None:
-        """Publish what a refill read returned; another read follows while reads return output."""
+        """Publish what a refill read returned; another read follows while reads return new output.
+
+        A read whose output was all published already (live meanwhile, or a
+        server repeating itself) ends the refill: everything later comes live.
+        """
+        before = self.last_seq
         for event in events:
             self.add(event, bounded=False)
         self.refill_bytes = min(self._largest_read, self.refill_bytes * 2)
-        if returned_output and not self.closed:
+        if returned_output and not self.closed and self.last_seq > before:
             self.refill = True
 
     def pop(self) -> ProcessEvent:
