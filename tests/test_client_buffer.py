@@ -9,6 +9,7 @@ import pytest
 from conftest import all_gone, running_descendants, start_reference, wait_until
 
 from exec_server import CallTimeout, Client, ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
+from exec_server.client import process as process_module
 from exec_server.client.buffer import REFILL_MIN_READ_BYTES, REFILL_READ_BYTES, EventBuffer
 
 pytestmark = pytest.mark.timeout(120)
@@ -246,7 +247,8 @@ def test_against_the_reference_a_slow_consumer_refills_from_its_retention(tmp_pa
         running.stop()
 
 
-def test_a_refill_read_without_an_answer_times_out_the_wait_and_is_made_again(memory_server):
+def test_a_refill_read_without_an_answer_is_made_again_smaller(memory_server, monkeypatch):
+    monkeypatch.setattr(process_module, "REFILL_TIMEOUT", 0.5)
     server = memory_server()
     count = 100_000
     with Client.open(server.connector, timeout=5, reconnect=None) as client:
@@ -258,9 +260,60 @@ def test_a_refill_read_without_an_answer_times_out_the_wait_and_is_made_again(me
             events.append(process.next_event(timeout=5))
         server.holding_downstream = True  # the refill read's answer never comes
         with pytest.raises(CallTimeout):
-            process.next_event(timeout=0.3)
-        assert process._buffer.refill_bytes == 16 * 1024
+            process.next_event(timeout=0.2)
+        wait_until(lambda: process._buffer.refill_bytes < 64 * 1024, timeout=5)  # timed out: asks for less
         server.holding_downstream = False
-        events.extend(process)
+        events.extend(process)  # the refill thread's next read brings the rest
     assert b"".join(event.data for event in events if isinstance(event, OutputEvent)) == expected_numbers(count)
     assert isinstance(events[-1], ClosedEvent)
+
+
+def test_polling_with_timeout_zero_makes_progress_through_refills(server):
+    count = 300_000
+    with Client.connect(server.url, timeout=5) as client:
+        reads = count_reads(client)
+        process = client.start(NUMBERS + [str(count)], max_buffered_output=64 * 1024)
+        assert process.wait(timeout=30) == 0
+        data, polls = [], 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                event = process.next_event(timeout=0)
+            except CallTimeout:
+                polls += 1
+                time.sleep(0.001)
+                continue
+            if event is None:
+                break
+            if isinstance(event, OutputEvent):
+                data.append(event.data)
+    assert b"".join(data) == expected_numbers(count)
+    # Each read's answer is used: ~2 MB in 64 KiB reads (one more per step that meets the live end).
+    # A poll used to send a read and drop its answer when the poll ended: thousands of reads.
+    assert len(reads) <= 2 * (len(expected_numbers(count)) // (64 * 1024) + 1) + 5, (len(reads), polls)
+
+
+def test_an_exit_behind_missing_output_is_seen_by_wait(memory_server):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=None) as client:
+        process = client.start(["/bin/sh", "-c", 'seq 1 300000; sleep 1.5; exit 7'], max_buffered_output=64 * 1024)
+        wait_until(lambda: process._buffer.dropping, timeout=10)
+        time.sleep(0.5)  # all the output is in (dropped); the exit is still to come
+        events = []
+        while process._buffer.events:
+            events.append(process.next_event(timeout=5))
+        server.holding_downstream = True  # the refill starts (live events are kept again), its answer lost
+        with pytest.raises(CallTimeout):
+            process.next_event(timeout=0.2)
+        server.holding_downstream = False  # the exit comes live, behind the output the refill did not bring
+        assert process.wait(timeout=10) == 7  # timed out: the exit was held behind the gap
+
+
+def test_a_process_the_server_forgot_is_a_gap(configured_server):
+    running = configured_server(closed_process_retention=0.5)
+    with Client.connect(running.url, timeout=5) as client:
+        process = client.start(NUMBERS + ["100000"], max_buffered_output=64 * 1024)
+        assert process.wait(timeout=30) == 0
+        time.sleep(1.5)  # closed, then forgotten by the server
+        with pytest.raises(ProcessOutputGap, match="unknown process id"):
+            process.communicate(timeout=10)

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import psutil
@@ -213,3 +214,24 @@ def test_fs_put_everywhere_and_get_from_each(servers, tmp_path):
         missing = group.fs.read_file(tmp_path / "absent")
         assert len(missing.failed) == 3
     assert host_dirname("ws://[::1]:8765") == "___1__8765" and host_dirname("ws://10.0.0.5:8765") == "10.0.0.5_8765"
+
+
+def test_events_nobody_takes_are_bounded_and_come_later_whole(servers):
+    from exec_server.client.group_events import MAX_QUEUED_EVENTS
+
+    urls = [s.url for s in servers(2)]
+    numbers = ["/bin/sh", "-c", "seq 1 400000"]  # ~2.7 MB each, in many small chunks
+    expected = b"".join(b"%d\n" % i for i in range(1, 400_001))
+    with Group(urls) as group:
+        with group.start(numbers, max_buffered_output=128 * 1024) as running:
+            assert all(code == 0 for code in running.wait(timeout=30).values())
+            time.sleep(0.5)  # everything has arrived; nobody took an event
+            assert running._queue.qsize() <= MAX_QUEUED_EVENTS + len(urls)  # was every event of both hosts
+            assert all(process._buffer.buffered <= 128 * 1024 for process in running.processes.values())
+            seen = {url: [] for url in urls}
+            for tagged in running.events(timeout=60):
+                assert tagged.error is None, tagged
+                seen[tagged.host].append(tagged.event)
+    for url in urls:
+        assert b"".join(e.data for e in seen[url] if isinstance(e, OutputEvent)) == expected
+        assert isinstance(seen[url][-1], ClosedEvent)

@@ -152,3 +152,48 @@ def test_a_close_retried_after_an_unknown_outcome_raises_again(server, tmp_path)
             handle.close()
         handle.__exit__(None, None, None)  # a with block's end after it: no second error
     assert target.read_bytes() == b"old"
+
+
+def test_run_kills_its_child_when_interrupted_waiting_for_the_start(server, monkeypatch):
+    from exec_server.client import api
+
+    sleeper = ["sleep", "61.5"]
+    real_start_once = api.start_once
+
+    def interrupted(call, params, timeout):
+        real_start_once(call, params, timeout)  # started; ^C comes just as the answer does
+        wait_until(lambda: running_descendants(os.getpid(), sleeper), timeout=10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "start_once", interrupted)
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.run(sleeper, timeout=30)
+        assert wait_until(lambda: not running_descendants(os.getpid(), sleeper), timeout=10)  # was left running
+
+
+def test_a_start_with_my_id_whose_answer_was_lost_is_not_taken_for_an_older_one(memory_server):
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        old = client.start(["echo", "old"], process_id="job")
+        assert old.communicate(timeout=10)[0] == b"old\n"
+        client.forget(old)  # the server still retains it (closed) for a while
+        server.holding_downstream = True  # the answer ("already exists") is lost
+        outcome = []
+
+        def start():
+            try:
+                outcome.append(client.start(["echo", "new"], process_id="job", timeout=20))
+            except Exception as exc:
+                outcome.append(exc)
+
+        starter = threading.Thread(target=start)
+        starter.start()
+        wait_until(lambda: any("already exists" in text for text in server.transports[0].held), timeout=10)
+        server.refusing = True
+        server.cut()
+        server.holding_downstream = False
+        server.refusing = False
+        starter.join(20)
+        assert len(outcome) == 1 and isinstance(outcome[0], RequestOutcomeUnknown), outcome  # was the old one
+        assert "process job" in str(outcome[0])

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike, command_argv  # noqa: F401
-from exec_server.client.interfaces import deadline as _deadline
-from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
-from exec_server.client.recovery import ReconnectPolicy, Recovery, RequestOutcomeUnknown, start_once  # noqa: F401
+from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
+                                         start_once)
 from exec_server.client.transport import Connector, Transport
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 from exec_server.protocol.handshake import parse_initialize_result
@@ -284,7 +284,7 @@ class Client:
                 is not a positive integer or None (TypeError: an item is not text).
         """
         argv = command_argv(argv)
-        process_id = process_id if process_id is not None else "proc-" + os.urandom(16).hex()
+        process_id = process_id if process_id is not None else FreshId("proc-" + os.urandom(16).hex())
         if env_policy is None and inherit_env:
             env_policy = {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": [],
                           "set": {}, "includeOnly": []}
@@ -349,16 +349,19 @@ class Client:
             start_options["stdin"] = True
         start_options.setdefault("max_buffered_output", None)
         start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
-        process_id = start_options.pop("process_id", None) or "proc-" + os.urandom(16).hex()
+        process_id = start_options.pop("process_id", None) or FreshId("proc-" + os.urandom(16).hex())
         try:
             process = self.start(command, timeout=start_timeout, process_id=process_id, **start_options)
-        except CallTimeout:  # no answer even in the grace: kill what may have started, in what is left of it
-            kill_timeout = _remaining(deadline + KILL_GRACE) if deadline is not None else KILL_GRACE
-            try:  # sent even when nothing is left (timeout 0)
-                self.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
-            except (RpcError, ExecServerError, TimeoutError):
-                pass
-            raise CallTimeout(argv, timeout) from None
+        except BaseException as exc:  # no answer (even in the grace), ^C: kill what may have started, in what is left
+            if not isinstance(exc, (RpcError, ValueError, TypeError)):  # those: nothing started
+                kill_timeout = _remaining(deadline + KILL_GRACE) if deadline is not None else KILL_GRACE
+                try:  # sent even when nothing is left (timeout 0)
+                    self.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
+                except Exception:
+                    pass
+            if isinstance(exc, CallTimeout):
+                raise CallTimeout(argv, timeout) from None
+            raise
         try:
             if _remaining(deadline) == 0.0:
                 raise CallTimeout(argv, timeout)
@@ -392,7 +395,6 @@ class Client:
 KILL_GRACE = 10.0  #: seconds a timed-out run still waits for the start answer, the kill and the exit
 INPUT_PIECE = 1 << 20  #: bytes of ``run(input=)`` per ``process/write``
 
-__all__ = ["Client", "CallTimeout", "ExtensionNotSupported",
-           "RemoteProcess", "ReconnectPolicy", "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent",
-           "ClosedEvent", "ProcessOutputGap", "StdinClosedError", "ExecServerDisconnected", "ExecServerError",
-           "RpcError"]
+__all__ = ["Client", "CallTimeout", "ExtensionNotSupported", "RemoteProcess", "ReconnectPolicy",
+           "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent", "ClosedEvent", "ProcessOutputGap", "StdinClosedError",
+           "ExecServerDisconnected", "ExecServerError", "RpcError"]

@@ -15,8 +15,9 @@ once it has taken what is buffered, reads the rest from the server's
 retention with ``process/read`` from the last seq it has (a *refill*),
 in steps of :data:`REFILL_READ_BYTES`, until a read returns nothing new.
 Output the server no longer retains by then is a gap
-(:class:`~exec_server.client.events.ProcessOutputGap`).  The exit code of a
-dropped ``exited`` is still noted, so ``wait()`` returns without consuming.
+(:class:`~exec_server.client.events.ProcessOutputGap`).  The exit code of an
+``exited`` is noted as it arrives, even dropped or held behind missing
+output, so ``wait()`` returns without consuming.
 
 Sans-IO and not thread-safe: the process holds its lock around every call.
 """
@@ -50,7 +51,7 @@ class EventBuffer:
     Attributes:
         events: published events, in seq order, not yet consumed.
         last_seq: the highest seq published.
-        exit_code: from ``exited``, once published or dropped while dropping.
+        exit_code: from ``exited``, as soon as it arrived (published, held or dropped).
         exit_published: whether the ``exited`` event itself was published.
         closed: whether ``closed`` was published (nothing follows it).
         dropping: live events are being dropped (the limit was reached).
@@ -86,9 +87,9 @@ class EventBuffer:
         """
         if event.seq <= self.last_seq or self.closed:
             return  # a duplicate
+        if isinstance(event, ExitedEvent) and self.exit_code is None:
+            self.exit_code = event.exit_code  # known even while output before it is missing or dropped
         if bounded and self.dropping:
-            if isinstance(event, ExitedEvent) and self.exit_code is None:
-                self.exit_code = event.exit_code
             return
         size = _size(event)
         if (bounded and size and self.limit is not None and self.buffered
@@ -112,9 +113,6 @@ class EventBuffer:
 
     def _start_dropping(self) -> None:
         """The limit is reached: drop what is held out of order too (a refill reads it again)."""
-        for held in self._held.values():
-            if isinstance(held, ExitedEvent) and self.exit_code is None:
-                self.exit_code = held.exit_code
         self._clear_held()
         self.dropping = self.refill = True
 

@@ -47,9 +47,11 @@ class ProcessControl:
             InternalError: the process has exited (``failed to write to process stdin``),
                 or the server's answer is malformed.
             ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
-            RequestOutcomeUnknown: the connection dropped before the answer;
-                the bytes may or may not have been written (never re-sent).
-            CallTimeout: no answer within ``timeout``.
+            CallTimeout: no answer within ``timeout`` (a reconnect included).
+
+        A write whose connection drops before the answer is sent again after
+        the reconnect with the same ``writeId``, which the server remembers
+        (PROTOCOL.md 5.5): the bytes reach the child once.
         """
         params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": os.urandom(16).hex()}
         if close_stdin:
@@ -103,7 +105,7 @@ class ProcessControl:
         Raises:
             ExtensionNotSupported: the server does not advertise
                 ``closeStdin`` (the Codex reference cannot close a stdin).
-            ProcessLookupError, RequestOutcomeUnknown, CallTimeout: as for :meth:`write`.
+            ProcessLookupError, CallTimeout: as for :meth:`write`.
         """
         try:
             self.write(b"", timeout, close_stdin=True)

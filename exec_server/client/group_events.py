@@ -22,6 +22,9 @@ from exec_server.client.process import ClosedEvent, ProcessEvent, RemoteProcess
 
 #: Seconds a pump waits for its process's next event before checking whether it should stop.
 EVENT_POLL_INTERVAL = 0.25
+#: Events of all hosts taken from their handles and not yet taken by :meth:`GroupProcesses.events`; past
+#: it the pumps wait, and each handle keeps at most its ``max_buffered_output`` (then refills).
+MAX_QUEUED_EVENTS = 256
 
 _FINISHED = object()  # a pump's last word on the queue
 
@@ -61,6 +64,7 @@ class GroupProcesses:
         self.durations: Dict[str, float] = {host: 0.0 for host in errors}
         self._begun = dict(begun)
         self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._room = threading.Semaphore(MAX_QUEUED_EVENTS)  # a slot per queued process event
         self._stop = threading.Event()
         self._pending = len(processes)
         for host in hosts:
@@ -82,6 +86,9 @@ class GroupProcesses:
                     break
                 if isinstance(event, ClosedEvent):
                     self._finish(host)
+                while not self._room.acquire(timeout=EVENT_POLL_INTERVAL):
+                    if self._stop.is_set():
+                        return
                 self._queue.put(HostEvent(host, event))
                 if isinstance(event, ClosedEvent):
                     break
@@ -127,6 +134,8 @@ class GroupProcesses:
             if item is _FINISHED:
                 self._pending -= 1
                 continue
+            if item.event is not None:
+                self._room.release()
             yield item
 
     def wait(self, timeout: Optional[float] = None) -> Dict[str, Union[int, BaseException]]:

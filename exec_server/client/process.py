@@ -54,12 +54,15 @@ class RemoteProcess(ProcessControl):
         self.started = False  # set by Client.start once the server answered
         self._changed = threading.Condition()
         self._buffer = EventBuffer(max_buffered_output)
+        self._refilling: Optional[threading.Thread] = None  # the refill thread, while one runs
         self._failure: Optional[BaseException] = None
 
     # ------------------------------------------------------------- events
     def _publish(self, event: ProcessEvent) -> None:
-        """Accept an event from any source (bounded by ``max_buffered_output``)."""
+        """Accept an event from any source (bounded by ``max_buffered_output``); none once failed."""
         with self._changed:
+            if self._failure is not None:
+                return  # e.g. the exit of a process terminated for a gap: its waits raise the failure
             self._buffer.add(event)
             self._changed.notify_all()
 
@@ -149,58 +152,71 @@ class RemoteProcess(ProcessControl):
         buffer = self._buffer
         with self._changed:
             while True:
-                if buffer.refill and not buffer.events and self._failure is None:
-                    self._changed.release()  # the reader thread publishes while the read is answered
-                    try:
-                        self._refill(deadline, timeout)
-                    finally:
-                        self._changed.acquire()
-                    continue
-                self._wait_until(lambda: bool(buffer.events) or buffer.closed
-                                 or (buffer.refill and self._failure is None), timeout, deadline)
                 if buffer.events:
                     return buffer.pop()
                 if buffer.closed:
                     return None
+                if buffer.refill and self._refilling is None and self._failure is None:
+                    self._refilling = threading.Thread(target=self._refill, name="exec-server-client-refill",
+                                                       daemon=True)
+                    self._refilling.start()
+                self._wait_until(lambda: bool(buffer.events) or buffer.closed or (
+                    buffer.refill and self._refilling is None and self._failure is None), timeout, deadline)
 
-    def _refill(self, deadline: Optional[float], timeout: Optional[float]) -> None:
-        """Read output the buffer dropped from the server's retention (``process/read`` from the last seq).
+    def _refill(self) -> None:
+        """Read what the buffer dropped from the server's retention (``process/read`` from the last seq).
 
-        A gap fails the process with :class:`ProcessOutputGap` and
-        terminates it (as after a reconnect); a malformed result, or an
-        error answer, fails it too.  A timeout leaves the refill for the
-        next wait.
+        Runs on a thread of its own, started by a consumer that found the
+        buffer empty and behind, so the read outlives a short wait (a poll
+        with ``timeout=0`` still makes progress) and a read that times out
+        (``REFILL_TIMEOUT``) is made again, smaller.  Ends once it published
+        something, or nothing is left to read.  A gap, an error answer (the
+        server forgot the process) or a malformed result fails the process
+        (:class:`ProcessOutputGap`, ``InternalError``); a gap terminates it,
+        as after a reconnect.
         """
-        with self._changed:
-            after, exit_seen = self._buffer.begin_refill(), self._buffer.exit_published
-            size = self._buffer.refill_bytes
-        params = {"processId": self.process_id, "afterSeq": after, "maxBytes": size, "waitMs": 0}
+        buffer = self._buffer
         try:
-            result = self.client.call("process/read", params, timeout=REFILL_TIMEOUT if deadline is None
-                                      else min(REFILL_TIMEOUT, _remaining(deadline) or 0.0))
-            events, gap = catch_up_events(result, after, exit_seen)
-        except CallTimeout:
+            while True:
+                with self._changed:
+                    if not buffer.refill or buffer.events or buffer.closed or self._failure is not None:
+                        return
+                    after, exit_seen = buffer.begin_refill(), buffer.exit_published
+                    params = {"processId": self.process_id, "afterSeq": after, "maxBytes": buffer.refill_bytes,
+                              "waitMs": 0}
+                try:
+                    result = self.client.call("process/read", params, timeout=REFILL_TIMEOUT)
+                    events, gap = catch_up_events(result, after, exit_seen)
+                except CallTimeout:
+                    with self._changed:
+                        buffer.refill_timed_out()
+                    continue
+                except ExecServerError:  # the client failed or closed: it fails the process itself
+                    return
+                except RpcError as exc:
+                    gap, events = range(after + 1, after + 2), []
+                    when = "and later: process/read failed: %s" % exc.message
+                except ValueError as exc:
+                    self.fail(InternalError("process %s cannot be refilled: exec-server sent a %s"
+                                            % (self.process_id, exc)))
+                    return
+                else:
+                    when = "before it was read (max_buffered_output)"
+                if gap is not None:
+                    self.fail(ProcessOutputGap(self.process_id, gap, when))
+                    try:
+                        self.terminate(timeout=5.0)
+                    except (RpcError, ExecServerError, TimeoutError):
+                        pass
+                    return
+                with self._changed:
+                    if self._failure is None:
+                        buffer.end_refill(events, bool(result.get("chunks")))
+                    self._changed.notify_all()
+        finally:
             with self._changed:
-                self._buffer.refill_timed_out()
-            raise CallTimeout(self.args, timeout) from None
-        except ExecServerError:
-            with self._changed:
-                self._buffer.refill = True
-            raise
-        except (RpcError, ValueError) as exc:
-            self.fail(exc if isinstance(exc, RpcError) else InternalError(
-                "process %s cannot be refilled: exec-server sent a %s" % (self.process_id, exc)))
-            return
-        if gap is not None:
-            self.fail(ProcessOutputGap(self.process_id, gap, "before it was read (max_buffered_output)"))
-            try:
-                self.terminate(timeout=5.0)
-            except (RpcError, ExecServerError, TimeoutError):
-                pass
-            return
-        with self._changed:
-            self._buffer.end_refill(events, bool(result.get("chunks")))
-            self._changed.notify_all()
+                self._refilling = None
+                self._changed.notify_all()
 
     def _wait_until(self, ready, timeout: Optional[float], deadline: Optional[float] = None) -> None:
         """Wait (holding the condition) until ``ready()``; raise the failure or TimeoutExpired.

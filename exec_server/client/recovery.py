@@ -59,17 +59,23 @@ class RequestOutcomeUnknown(ExecServerError):
     """
 
 
+class FreshId(str):
+    """A ``processId`` this client made up (random): no other start can have used it."""
+
+
 def start_once(call: Callable[..., Any], params: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
     """``process/start`` with ``params`` through ``call`` (:meth:`Client.call`), exactly once across drops.
 
     A start whose connection dropped before the answer is sent again on the
     recovered connection with the same ``processId``: the server starts it
     then, or answers ``process <id> already exists`` (PROTOCOL.md 5.1) when
-    the first one did, which counts as started (its result, and so its
-    ``sandboxType``, is then unknown: ``{}``).
+    the first one did.  For a :class:`FreshId` that counts as started (its
+    result, and so its ``sandboxType``, is then unknown: ``{}``); an id the
+    caller chose may have been in use before, so then the outcome stays unknown.
 
     Raises:
-        as :meth:`Client.call`, but never RequestOutcomeUnknown.
+        as :meth:`Client.call`; RequestOutcomeUnknown only for a caller's id
+        that the server has after a drop.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     resent = False
@@ -80,9 +86,13 @@ def start_once(call: Callable[..., Any], params: Dict[str, Any], timeout: Option
         except RequestOutcomeUnknown:
             resent = True
         except InvalidRequest as exc:
-            if resent and exc.message.endswith("already exists"):
+            if not (resent and exc.message.endswith("already exists")):
+                raise
+            if isinstance(params["processId"], FreshId):
                 return {}
-            raise
+            raise RequestOutcomeUnknown("process/start: the connection dropped before the answer, and the server "
+                                        "now has a process %s: this start, or an earlier one of that id"
+                                        % params["processId"]) from None
 
 
 @dataclass(frozen=True)
