@@ -8,7 +8,8 @@ import time
 import pytest
 from conftest import all_gone, running_descendants, start_reference, wait_until
 
-from exec_server import CallTimeout, Client, ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
+from exec_server import (CallTimeout, Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent,
+                         ProcessOutputGap)
 from exec_server.client import process as process_module
 from exec_server.client.buffer import REFILL_MIN_READ_BYTES, REFILL_READ_BYTES, EventBuffer
 
@@ -248,11 +249,11 @@ def test_against_the_reference_a_slow_consumer_refills_from_its_retention(tmp_pa
 
 
 def test_a_refill_read_without_an_answer_is_made_again_smaller(memory_server, monkeypatch):
-    monkeypatch.setattr(process_module, "REFILL_TIMEOUT", 0.5)
+    monkeypatch.setattr(process_module, "REFILL_TIMEOUT", 1.0)
     server = memory_server()
     count = 100_000
     with Client.open(server.connector, timeout=5, reconnect=None) as client:
-        process = client.start(NUMBERS + [str(count)], max_buffered_output=64 * 1024)
+        process = client.start(NUMBERS + [str(count)], max_buffered_output=256 * 1024)
         assert process.wait(timeout=30) == 0
         time.sleep(0.3)  # the rest arrives and is dropped
         events = []
@@ -261,7 +262,7 @@ def test_a_refill_read_without_an_answer_is_made_again_smaller(memory_server, mo
         server.holding_downstream = True  # the refill read's answer never comes
         with pytest.raises(CallTimeout):
             process.next_event(timeout=0.2)
-        wait_until(lambda: process._buffer.refill_bytes < 64 * 1024, timeout=5)  # timed out: asks for less
+        wait_until(lambda: process._buffer.refill_bytes < 256 * 1024, timeout=5)  # timed out: asks for less
         server.holding_downstream = False
         events.extend(process)  # the refill thread's next read brings the rest
     assert b"".join(event.data for event in events if isinstance(event, OutputEvent)) == expected_numbers(count)
@@ -317,3 +318,19 @@ def test_a_process_the_server_forgot_is_a_gap(configured_server):
         time.sleep(1.5)  # closed, then forgotten by the server
         with pytest.raises(ProcessOutputGap, match="unknown process id"):
             process.communicate(timeout=10)
+
+
+def test_a_server_that_never_answers_a_refill_fails_the_process(memory_server, monkeypatch):
+    monkeypatch.setattr(process_module, "REFILL_TIMEOUT", 0.2)
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=None) as client:
+        process = client.start(NUMBERS + ["100000"], max_buffered_output=256 * 1024)
+        assert process.wait(timeout=30) == 0
+        time.sleep(0.3)
+        while process._buffer.events:
+            process.next_event(timeout=5)
+        server.holding_downstream = True  # no answer, ever: reads of 256, 64 and 16 KiB time out
+        started = time.monotonic()
+        with pytest.raises(ExecServerDisconnected, match="no answer to a process/read of 16384 bytes"):
+            process.next_event()  # no timeout of its own: it must still end
+        assert time.monotonic() - started < 10

@@ -18,7 +18,7 @@ import subprocess
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_TIMEOUT, EventBuffer
+from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_TIMEOUT, EventBuffer
 from exec_server.client.control import ProcessControl
 from exec_server.client.interfaces import CallTimeout, Caller
 from exec_server.client.interfaces import deadline as _deadline
@@ -26,7 +26,7 @@ from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
                                        ProcessOutputGap, StdinClosedError, StdinQueueFullError,
                                        catch_up_events, event_from_notification)
-from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
+from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 
 
 class RemoteProcess(ProcessControl):
@@ -188,6 +188,11 @@ class RemoteProcess(ProcessControl):
                     result = self.client.call("process/read", params, timeout=REFILL_TIMEOUT)
                     events, gap = catch_up_events(result, after, exit_seen)
                 except CallTimeout:
+                    if params["maxBytes"] <= REFILL_MIN_READ_BYTES:  # the smallest read, and still no answer
+                        self.fail(ExecServerDisconnected("process %s: no answer to a process/read of %d bytes "
+                                                         "within %.0f s" % (self.process_id, params["maxBytes"],
+                                                                            REFILL_TIMEOUT)))
+                        return
                     with self._changed:
                         buffer.refill_timed_out()
                     continue
