@@ -19,7 +19,8 @@ can wait for "the server has it" instead of sleeping.
 import json
 import queue
 import threading
-from typing import Callable, List, Optional, Union
+import time
+from typing import Any, Callable, List, Optional, Union
 
 from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
 from exec_server.server.config import ServerConfig
@@ -145,6 +146,31 @@ class MemoryServer:
         for transport in cut:
             transport.drop(server_side)
         return cut
+
+    def lose_answer(self, action: Callable[[], Any], marker: str, timeout: float = 20.0) -> List[Any]:
+        """Run ``action()`` on a thread while the server's answers are lost; once one containing
+        ``marker`` was lost, cut the connection and let the client reconnect.  Returns
+        ``[what action returned or raised]`` (empty if it did not end within ``timeout`` s)."""
+        outcome: List[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(action())
+            except Exception as exc:  # noqa: BLE001 - handed to the test
+                outcome.append(exc)
+
+        self.holding_downstream = True
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while not any(marker in text for text in self.transports[-1].held) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.refusing = True
+        self.cut()
+        self.holding_downstream = False
+        self.refusing = False
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return outcome
 
     def release(self, transports: List[MemoryTransport]) -> None:
         """End the server side of connections cut with ``server_side=False``."""

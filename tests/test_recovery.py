@@ -172,24 +172,8 @@ def test_write_in_flight_is_sent_again_and_applied_once(memory_server):
     server = memory_server()
     with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
         process = client.start(["cat"], stdin=True)
-        server.holding_downstream = True  # the server gets the write; its answer never reaches us
-        errors = []
-
-        def write():
-            try:
-                process.write(b"once\n", timeout=10)
-            except Exception as exc:
-                errors.append(exc)
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        wait_until(lambda: any('"status"' in text for text in server.transports[0].held))  # answered, lost
-        server.refusing = True
-        server.cut()
-        server.holding_downstream = False
-        server.refusing = False
-        writer.join(10)
-        assert not writer.is_alive() and errors == []  # sent again with its writeId: "accepted"
+        outcome = server.lose_answer(lambda: process.write(b"once\n", timeout=10), '"status"')  # applied; lost
+        assert outcome == [None]  # sent again with its writeId: "accepted"
         event = process.next_event(timeout=10)  # recovered by the catch-up read, exactly once
         assert event == OutputEvent(1, "stdout", b"once\n")
         wait_until(lambda: client.state == "connected")

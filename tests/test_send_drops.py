@@ -77,25 +77,11 @@ def test_a_start_whose_answer_was_lost_is_not_started_twice(memory_server, tmp_p
     server = memory_server()
     log = tmp_path / "starts"
     with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
-        server.holding_downstream = True  # the server starts it; the answer never reaches us
-        handles, errors = [], []
-
-        def start():
-            try:
-                handles.append(client.start(["/bin/sh", "-c", 'echo start >> "$0"; echo out', str(log)],
-                                            timeout=20))
-            except Exception as exc:
-                errors.append(exc)
-
-        starter = threading.Thread(target=start)
-        starter.start()
-        wait_until(lambda: any('"sandboxType"' in text for text in server.transports[0].held), timeout=10)
-        server.refusing = True
-        server.cut()
-        server.holding_downstream = False
-        server.refusing = False
-        starter.join(20)
-        assert errors == [] and len(handles) == 1  # was RequestOutcomeUnknown, with the child left running
+        outcome = server.lose_answer(  # the server starts it; the answer never reaches us
+            lambda: client.start(["/bin/sh", "-c", 'echo start >> "$0"; echo out', str(log)], timeout=20),
+            '"sandboxType"')
+        assert len(outcome) == 1 and isinstance(outcome[0], RemoteProcess), outcome  # was RequestOutcomeUnknown
+        handles = outcome
         assert handles[0].communicate(timeout=10) == (b"out\n", b"")
         assert sum(t.seen.count("process/start") for t in server.transports) == 2  # sent again ...
         assert log.read_bytes() == b"start\n"  # ... and started once
@@ -115,20 +101,6 @@ def test_a_start_that_never_arrived_is_sent_again(any_server, proxy_to):  # noqa
         starter.join(20)
         assert len(handles) == 1 and handles[0].communicate(timeout=10) == (b"once\n", b"")
         assert proxy.accepted == 2  # through a reconnect
-
-
-def test_run_kills_its_child_on_any_error_not_only_a_timeout(server, monkeypatch):
-    sleeper = ["sleep", "61.75"]
-
-    def interrupted(self, timeout=None):
-        wait_until(lambda: running_descendants(os.getpid(), sleeper), timeout=10)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RemoteProcess, "communicate", interrupted)
-    with Client.connect(server.url, timeout=5) as client:
-        with pytest.raises(KeyboardInterrupt):
-            client.run(sleeper, timeout=30)
-        assert wait_until(lambda: not running_descendants(os.getpid(), sleeper), timeout=10)  # was left running
 
 
 def test_a_close_retried_after_an_unknown_outcome_raises_again(server, tmp_path):
@@ -154,18 +126,21 @@ def test_a_close_retried_after_an_unknown_outcome_raises_again(server, tmp_path)
     assert target.read_bytes() == b"old"
 
 
-def test_run_kills_its_child_when_interrupted_waiting_for_the_start(server, monkeypatch):
+@pytest.mark.parametrize("where", ["waiting for the start's answer", "collecting the output"])
+def test_run_kills_its_child_on_any_error_not_only_a_timeout(server, monkeypatch, where):
     from exec_server.client import api
 
     sleeper = ["sleep", "61.5"]
     real_start_once = api.start_once
 
-    def interrupted(call, params, timeout):
-        real_start_once(call, params, timeout)  # started; ^C comes just as the answer does
+    def started():
         wait_until(lambda: running_descendants(os.getpid(), sleeper), timeout=10)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "start_once", interrupted)
+    if where == "collecting the output":
+        monkeypatch.setattr(RemoteProcess, "communicate", lambda self, timeout=None: started())
+    else:  # started; ^C comes just as the answer does
+        monkeypatch.setattr(api, "start_once", lambda *args: (real_start_once(*args), started()))
     with Client.connect(server.url, timeout=5) as client:
         with pytest.raises(KeyboardInterrupt):
             client.run(sleeper, timeout=30)
@@ -178,22 +153,7 @@ def test_a_start_with_my_id_whose_answer_was_lost_is_not_taken_for_an_older_one(
         old = client.start(["echo", "old"], process_id="job")
         assert old.communicate(timeout=10)[0] == b"old\n"
         client.forget(old)  # the server still retains it (closed) for a while
-        server.holding_downstream = True  # the answer ("already exists") is lost
-        outcome = []
-
-        def start():
-            try:
-                outcome.append(client.start(["echo", "new"], process_id="job", timeout=20))
-            except Exception as exc:
-                outcome.append(exc)
-
-        starter = threading.Thread(target=start)
-        starter.start()
-        wait_until(lambda: any("already exists" in text for text in server.transports[0].held), timeout=10)
-        server.refusing = True
-        server.cut()
-        server.holding_downstream = False
-        server.refusing = False
-        starter.join(20)
+        outcome = server.lose_answer(lambda: client.start(["echo", "new"], process_id="job", timeout=20),
+                                     "already exists")  # the answer is lost
         assert len(outcome) == 1 and isinstance(outcome[0], RequestOutcomeUnknown), outcome  # was the old one
         assert "process job" in str(outcome[0])
