@@ -11,7 +11,7 @@ from conftest import all_gone, running_descendants, start_reference, wait_until
 from exec_server import (CallTimeout, Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent,
                          ProcessOutputGap)
 from exec_server.client import process as process_module
-from exec_server.client.buffer import REFILL_MIN_READ_BYTES, REFILL_READ_BYTES, EventBuffer
+from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_READ_BYTES, EventBuffer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,6 +144,9 @@ def test_a_limit_that_is_not_a_positive_integer_is_refused(limit, server):
     with Client.connect(server.url, timeout=5) as client:
         with pytest.raises(ValueError, match="max_buffered_output"):
             client.start(["true"], max_buffered_output=limit)
+        default = client.start(["true"])
+        assert default._buffer.limit == MAX_BUFFERED_OUTPUT == 64 * MIB  # the documented default
+        default.wait(timeout=10)
 
 
 # ------------------------------------------------------ against a server
