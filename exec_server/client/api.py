@@ -80,10 +80,9 @@ class Client:
 
     @classmethod
     def connect(cls, url: str, timeout: Optional[float] = 10.0, client_name: str = "exec-server-python",
-                headers: Optional[Mapping[str, str]] = None,
-                reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(),
-                token: Union[str, Callable[[], str], None] = None,
-                ssl_context: Optional["ssl.SSLContext"] = None) -> "Client":
+                headers: Optional[Mapping[str, str]] = None, reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(),
+                token: Union[str, Callable[[], str], None] = None, ssl_context: Optional["ssl.SSLContext"] = None
+                ) -> "Client":
         """Connect over WebSocket, then ``initialize`` and ``initialized``.
 
         Args:
@@ -96,11 +95,9 @@ class Client:
                 settings (``ping_interval``, ``keepalive_timeout``,
                 ``probe_timeout``); None fails at once after a drop (with the
                 default keepalive).
-            token: sent as ``Authorization: Bearer <token>``: a capability
-                token or signed JWT, or a callable returning one, called
-                before every connect and reconnect (signed tokens expire, so
-                each connection gets a fresh one).  Called on the client's
-                recovery thread during a reconnect.
+            token: sent as ``Authorization: Bearer <token>``: a capability token or signed JWT, or a
+                callable returning one, called before every connect and reconnect (signed tokens expire,
+                so each connection gets a fresh one), on the client's recovery thread during a reconnect.
             ssl_context: for ``wss://``: trusted CAs, client certificate;
                 None uses the system trust store (``ssl.create_default_context()``).
         Raises:
@@ -279,7 +276,9 @@ class Client:
                 rest from the server (README.rst "the client's limits").
         Raises:
             RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
-            RequestOutcomeUnknown, ExecServerDisconnected, CallTimeout: as for :meth:`call`.
+            ExecServerDisconnected, CallTimeout: as for :meth:`call` (a start whose connection
+                dropped is sent again: :func:`~exec_server.client.recovery.start_once`).
+            RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
             ValueError: ``argv`` is empty, ``process_id`` is in use, or ``max_buffered_output``
                 is not a positive integer or None (TypeError: an item is not text).
         """
