@@ -337,3 +337,38 @@ def test_a_server_that_never_answers_a_refill_fails_the_process(memory_server, m
         with pytest.raises(ExecServerDisconnected, match="no answer to a process/read of 16384 bytes"):
             process.next_event()  # no timeout of its own: it must still end
         assert time.monotonic() - started < 10
+
+
+def test_a_forgotten_handle_refilling_when_its_client_closes_fails_instead_of_hanging(server):
+    with Client.connect(server.url, timeout=5) as client:
+        process = client.start(NUMBERS + ["300000"], max_buffered_output=64 * 1024)
+        assert process.wait(timeout=30) == 0
+        time.sleep(0.3)
+        client.forget(process)  # no longer routed, nor failed by the client's end
+        client.close()
+        with pytest.raises(ExecServerDisconnected):
+            while process.next_event(timeout=10) is not None:  # the refill's read fails: was a wait for ever
+                pass
+
+
+def test_a_refill_thread_that_could_not_start_is_started_by_the_next_wait(server, monkeypatch):
+    with Client.connect(server.url, timeout=5) as client:
+        process = client.start(NUMBERS + ["100000"], max_buffered_output=64 * 1024)
+        assert process.wait(timeout=30) == 0
+        time.sleep(0.3)
+        while process._buffer.events:
+            process.next_event(timeout=5)
+        start = threading.Thread.start
+        failures = []
+
+        def no_thread(self):
+            if self.name == "exec-server-client-refill" and not failures:
+                failures.append(self)
+                raise RuntimeError("can't start new thread")
+            return start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError):
+            process.next_event(timeout=5)
+        rest = process.communicate(timeout=30)[0]  # was stuck for ever: the thread that never ran "was running"
+    assert len(rest) > 0 and rest.endswith(b"100000\n")

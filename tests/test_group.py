@@ -216,17 +216,20 @@ def test_fs_put_everywhere_and_get_from_each(servers, tmp_path):
     assert host_dirname("ws://[::1]:8765") == "___1__8765" and host_dirname("ws://10.0.0.5:8765") == "10.0.0.5_8765"
 
 
-def test_events_nobody_takes_are_bounded_and_come_later_whole(servers):
-    from exec_server.client.group_events import MAX_QUEUED_EVENTS
+def test_events_nobody_takes_are_bounded_and_come_later_whole(servers, monkeypatch):
+    from exec_server.client import group_events
 
     urls = [s.url for s in servers(2)]
     numbers = ["/bin/sh", "-c", "seq 1 400000"]  # ~2.7 MB each, in many small chunks
     expected = b"".join(b"%d\n" % i for i in range(1, 400_001))
+    monkeypatch.setattr(group_events, "MAX_QUEUED_BYTES", 256 * 1024)
     with Group(urls) as group:
         with group.start(numbers, max_buffered_output=128 * 1024) as running:
             assert all(code == 0 for code in running.wait(timeout=30).values())
             time.sleep(0.5)  # everything has arrived; nobody took an event
-            assert running._queue.qsize() <= MAX_QUEUED_EVENTS + len(urls)  # was every event of both hosts
+            queued = sum(len(item.event.data) for item in list(running._queue.queue)
+                         if getattr(item, "event", None) is not None and isinstance(item.event, OutputEvent))
+            assert queued <= 256 * 1024 + 64 * 1024  # was every event of both hosts (~5.4 MB)
             assert all(process._buffer.buffered <= 128 * 1024 for process in running.processes.values())
             seen = {url: [] for url in urls}
             for tagged in running.events(timeout=60):

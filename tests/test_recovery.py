@@ -335,3 +335,38 @@ def test_catch_up_reads_grow_when_chunks_do_not_fill_the_budget(configured_serve
         stdout = collect_stdout(process, timeout=60)
     assert (process.returncode, len(stdout), stdout.count(b"y")) == (0, 400 * 5000, 400 * 4999)
     assert max(asked) >= 256 * 1024 and len(asked) < 20, asked
+
+
+def test_a_wait_timing_out_while_the_connection_drops_does_not_deadlock(server, proxy_to, monkeypatch):
+    """A timed-out wait probes the connection (the endpoint's lock) and a recovery's catch-up asks each
+    handle whether it is done (the handle's lock): neither may hold its own lock while taking the other's."""
+    from exec_server.client.endpoint import Endpoint
+
+    proxy = proxy_to(server.url)
+    with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
+        process = client.start(["sleep", "30"])
+        probing = threading.Event()
+        suspect = Endpoint.suspect
+
+        def slow_suspect(self):  # widen the moment a thread could be preempted in
+            probing.set()
+            time.sleep(0.3)
+            return suspect(self)
+
+        monkeypatch.setattr(Endpoint, "suspect", slow_suspect)
+
+        def poll():
+            try:
+                process.next_event(timeout=0.01)
+            except subprocess.TimeoutExpired:
+                pass
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        assert probing.wait(5)
+        proxy.cut()  # the recovery's catch-up runs while the poll probes
+        poller.join(20)
+        assert not poller.is_alive()  # was a deadlock: the poll and the recovery each held what the other wanted
+        wait_until(lambda: client.state == "connected", timeout=10)
+        process.terminate()
+        assert process.wait(timeout=10) != 0

@@ -11,7 +11,7 @@ handler (the client's recovery, set once a session exists) or fails.
 
 States (:attr:`Endpoint.state`): ``connected``, ``recovering`` (calls wait),
 ``failed`` (every waiting and later call raises the failure) and ``closed``.
-Every public method is thread-safe.
+Every public method is thread-safe, and no handle is called under the lock.
 """
 
 import itertools
@@ -389,9 +389,10 @@ class Endpoint:
             self._processes.pop(process_id, None)
 
     def open_processes(self) -> List[ProcessHandle]:
-        """The registered handles that are not done yet (a snapshot)."""
+        """The registered handles that are not done yet (a snapshot; ``done`` asked outside the lock)."""
         with self._lock:
-            return [p for p in self._processes.values() if not p.done]
+            processes = list(self._processes.values())
+        return [p for p in processes if not p.done]
 
 
 class _SendFailed(Exception):

@@ -18,13 +18,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
-from exec_server.client.process import ClosedEvent, ProcessEvent, RemoteProcess
+from exec_server.client.process import ClosedEvent, OutputEvent, ProcessEvent, RemoteProcess
 
 #: Seconds a pump waits for its process's next event before checking whether it should stop.
 EVENT_POLL_INTERVAL = 0.25
-#: Events of all hosts taken from their handles and not yet taken by :meth:`GroupProcesses.events`; past
-#: it the pumps wait, and each handle keeps at most its ``max_buffered_output`` (then refills).
-MAX_QUEUED_EVENTS = 256
+#: Bytes of output of all hosts taken from their handles and not yet taken by :meth:`GroupProcesses.events`
+#: (one event more when none is queued); past it the pumps wait, and each handle keeps at most its
+#: ``max_buffered_output`` (then refills).
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
 
 _FINISHED = object()  # a pump's last word on the queue
 
@@ -64,7 +65,8 @@ class GroupProcesses:
         self.durations: Dict[str, float] = {host: 0.0 for host in errors}
         self._begun = dict(begun)
         self._queue: "queue.Queue[Any]" = queue.Queue()
-        self._room = threading.Semaphore(MAX_QUEUED_EVENTS)  # a slot per queued process event
+        self._room = threading.Condition()  # guards _queued: output bytes on the queue
+        self._queued = 0
         self._stop = threading.Event()
         self._pending = len(processes)
         for host in hosts:
@@ -86,9 +88,13 @@ class GroupProcesses:
                     break
                 if isinstance(event, ClosedEvent):
                     self._finish(host)
-                while not self._room.acquire(timeout=EVENT_POLL_INTERVAL):
-                    if self._stop.is_set():
-                        return
+                size = len(event.data) if isinstance(event, OutputEvent) else 0
+                with self._room:
+                    while self._queued and self._queued + size > MAX_QUEUED_BYTES:
+                        if self._stop.is_set():
+                            return
+                        self._room.wait(EVENT_POLL_INTERVAL)
+                    self._queued += size
                 self._queue.put(HostEvent(host, event))
                 if isinstance(event, ClosedEvent):
                     break
@@ -134,8 +140,10 @@ class GroupProcesses:
             if item is _FINISHED:
                 self._pending -= 1
                 continue
-            if item.event is not None:
-                self._room.release()
+            if isinstance(item.event, OutputEvent):
+                with self._room:
+                    self._queued -= len(item.event.data)
+                    self._room.notify_all()
             yield item
 
     def wait(self, timeout: Optional[float] = None) -> Dict[str, Union[int, BaseException]]:

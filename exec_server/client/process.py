@@ -159,7 +159,11 @@ class RemoteProcess(ProcessControl):
                 if buffer.refill and self._refilling is None and self._failure is None:
                     self._refilling = threading.Thread(target=self._refill, name="exec-server-client-refill",
                                                        daemon=True)
-                    self._refilling.start()
+                    try:
+                        self._refilling.start()
+                    except BaseException:  # no thread (^C, none left): a later wait tries again
+                        self._refilling = None
+                        raise
                 self._wait_until(lambda: bool(buffer.events) or buffer.closed or (
                     buffer.refill and self._refilling is None and self._failure is None), timeout, deadline)
 
@@ -196,7 +200,8 @@ class RemoteProcess(ProcessControl):
                     with self._changed:
                         buffer.refill_timed_out()
                     continue
-                except ExecServerError:  # the client failed or closed: it fails the process itself
+                except ExecServerError as exc:  # the client failed or closed (a forgotten handle too)
+                    self.fail(exc)
                     return
                 except RpcError as exc:
                     gap, events = range(after + 1, after + 2), []
@@ -237,7 +242,11 @@ class RemoteProcess(ProcessControl):
             if remaining == 0.0:
                 check = getattr(self.client, "check_connection", None)
                 if check is not None and timeout:  # a timed-out wait on a quiet connection probes it
-                    check()
+                    self._changed.release()  # never call out holding the handle's lock
+                    try:
+                        check()
+                    finally:
+                        self._changed.acquire()
                 raise CallTimeout(self.args, timeout)
             self._changed.wait(remaining)
 
