@@ -1,4 +1,4 @@
-"""Client-side process handles: events in seq order, waits, control calls.
+"""Client-side process handles: events in seq order, bounded, and waits (requests: ``client.control``).
 
 A :class:`RemoteProcess` publishes ``process/output``, ``process/exited`` and
 ``process/closed`` strictly in seq order (PROTOCOL.md 5.3), keeping at most
