@@ -34,7 +34,7 @@ MAX_BUFFERED_OUTPUT = 64 * 1024 * 1024
 #: read twice as much again (a wait with a short timeout on a slow link still makes progress).
 REFILL_READ_BYTES = 1024 * 1024
 REFILL_MIN_READ_BYTES = 16 * 1024
-#: Seconds a refill read may take when the consumer's wait has no deadline.
+#: Seconds one refill read may take (it runs on a thread of its own, whatever the consumer's wait).
 REFILL_TIMEOUT = 30.0
 
 
