@@ -20,6 +20,7 @@ import pytest
 
 from conftest import wait_until
 from exec_server import Client, ExtensionNotSupported, ReconnectPolicy
+from exec_server.client.fs import RemoteFile
 from exec_server.protocol import b64
 from exec_server.protocol.errors import NotFound
 
@@ -182,9 +183,31 @@ def test_a_close_after_the_handle_was_lost_says_nothing_was_replaced(memory_serv
         server.cut()
         # >= 2: under load a first resume can meet the session not yet detached and be retried
         wait_until(lambda: len(server.transports) >= 2 and client.state == "connected", timeout=10)
-        with pytest.raises(NotFound, match="unknown file handle"):
+        with pytest.raises(NotFound, match="ended with the connection it was opened on"):
             remote.close()
     assert (target.read_bytes(), leftovers(tmp_path)) == (ORIGINAL, [])
+
+
+def test_a_read_on_a_handle_lost_with_its_connection_says_so(memory_server, tmp_path):
+    """A block read on a handle of an earlier connection names the cause (the server only knows the id is
+    unknown); a handle opened after the reconnect reads, and a never-opened id gets the server's words."""
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"0123456789")
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        assert client.connection_number == 1
+        lost = client.fs.open(target)
+        assert lost.read_block(0, 4) == (b"0123", False)
+        server.cut()
+        wait_until(lambda: len(server.transports) >= 2 and client.state == "connected", timeout=10)
+        assert client.connection_number >= 2
+        with pytest.raises(NotFound, match="file handle `%s` ended with the connection" % lost.handle_id):
+            lost.read_block(4, 4)
+        with client.fs.open(target) as fresh:
+            assert fresh.read() == b"0123456789"
+        with pytest.raises(NotFound) as caught:
+            RemoteFile(client.fs, "never-opened", "read", False, client.connection_number).read_block(0, 1)
+        assert caught.value.message == "unknown file handle `never-opened`"
 
 
 def test_a_killed_cp_upload_leaves_the_remote_file_as_it_was(server, tmp_path):

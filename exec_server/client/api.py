@@ -142,10 +142,7 @@ class Client:
         transport = StdioTransport(argv, dict(env) if env is not None else None,
                                    os.fspath(cwd) if cwd is not None else None)
 
-        def connector(_timeout: Optional[float]) -> StdioTransport:
-            return transport
-
-        return cls.open(connector, timeout, client_name, reconnect=None)
+        return cls.open(lambda _timeout: transport, timeout, client_name, reconnect=None)
 
     def _start(self, timeout: Optional[float]) -> None:
         """Attach the first transport, ``initialize``, ``initialized``; ExecServerDisconnected if not an exec-server."""
@@ -176,6 +173,11 @@ class Client:
     @property
     def connected(self) -> bool:
         return self.state == CONNECTED
+
+    @property
+    def connection_number(self) -> int:
+        """1 on the first connection, one more after each reconnect (the server's file handles end with theirs)."""
+        return self._endpoint.generation
 
     def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
         """Send a request and wait for its result.
@@ -292,9 +294,7 @@ class Client:
             "argv": argv,
             "cwd": self.to_uri(cwd) if cwd is not None else self.environment_info.get("cwd", "file:///"),
             "env": dict(env or {}),
-            "tty": tty,
-            "pipeStdin": stdin,
-            "arg0": arg0,
+            "tty": tty, "pipeStdin": stdin, "arg0": arg0,
         }
         if env_policy is not None:
             params["envPolicy"] = dict(env_policy)

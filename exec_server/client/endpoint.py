@@ -52,7 +52,7 @@ class Endpoint:
         self._state = CONNECTED
         self._failure: Optional[ExecServerDisconnected] = None
         self._transport: Optional[Transport] = None
-        self._generation = 0
+        self.generation = 0  # the current transport's number: 1, 2, ... (read without the lock)
         self._readers: List[threading.Thread] = []
         self._lost_generations: set = set()
         #: Who takes over when the transport ends (None: the endpoint fails).
@@ -71,8 +71,8 @@ class Endpoint:
         with self._lock:
             ended = self._state in (FAILED, CLOSED)
             if not ended:
-                self._generation += 1
-                generation = self._generation
+                self.generation += 1
+                generation = self.generation
                 self._transport = transport
                 reader = threading.Thread(target=read_transport, args=(weakref.ref(self), transport, generation),
                                           name="exec-server-client-reader-%d" % generation, daemon=True)
@@ -91,7 +91,7 @@ class Endpoint:
             return self._transport
 
     def _route(self, text: Union[str, bytes], generation: int) -> None:
-        if generation != self._generation:
+        if generation != self.generation:
             return  # a late event of an older connection
         output = output_event_from_text(text)  # the hot path: process/output without the JSON parser
         if output is not None:
@@ -146,7 +146,7 @@ class Endpoint:
         dropped: List[Pending] = []
         with self._lock:
             self._lost_generations.add(generation)
-            if generation != self._generation or self._state in (CLOSED, FAILED):
+            if generation != self.generation or self._state in (CLOSED, FAILED):
                 return  # an old connection
             recovering = self._state == RECOVERING
             if recovering:  # the recovery's new connection dropped too: its own calls fail now
@@ -193,7 +193,7 @@ class Endpoint:
         with self._lock:
             if generation in self._lost_generations:
                 return False
-            if self._state == RECOVERING and generation == self._generation:
+            if self._state == RECOVERING and generation == self.generation:
                 self._state = CONNECTED
                 self._state_changed.notify_all()
         return True
@@ -266,7 +266,7 @@ class Endpoint:
                 raise self._failure  # type: ignore[misc]
             if self._state == CLOSED:
                 raise ExecServerDisconnected("client is closed")
-            return self._generation
+            return self.generation
 
     # ---------------------------------------------------------------- calls
     def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
@@ -314,7 +314,7 @@ class Endpoint:
         text = encode(Request(request_id, method, params, trace))
         pending = Pending(request_id, method, text, generation, recoverable)
         with self._lock:
-            if generation != self._generation or self._transport is None:
+            if generation != self.generation or self._transport is None:
                 if recoverable:
                     raise _SendFailed()
                 raise ExecServerDisconnected("connection replaced")
@@ -328,7 +328,7 @@ class Endpoint:
             if recoverable and self.on_lost is not None:
                 # sendall failed, so the server cannot hold the whole message: safe to send again
                 with self._lock:
-                    if self._state == CONNECTED and generation == self._generation:
+                    if self._state == CONNECTED and generation == self.generation:
                         self._state_changed.wait(0.05)
                 raise _SendFailed() from None
             raise
@@ -344,7 +344,7 @@ class Endpoint:
     def notify_on(self, generation: int, method: str, params: Any) -> None:
         """Send a notification on transport ``generation`` only.  Raises ExecServerDisconnected."""
         with self._lock:
-            transport = self._transport if generation == self._generation else None
+            transport = self._transport if generation == self.generation else None
         if transport is None:
             raise ExecServerDisconnected("connection replaced")
         transport.send(encode(Notification(method, params)))

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, result_member
 from exec_server.protocol import b64
-from exec_server.protocol.errors import InternalError
+from exec_server.protocol.errors import InternalError, NotFound
 
 #: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
 BLOCK_BYTES = 1 << 20
@@ -35,8 +35,9 @@ class RemoteFile:
     :meth:`discard` s it instead).
     """
 
-    def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False):
+    def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False, connection: int = 0):
         self._fs = fs
+        self._connection = connection  # the client's connection_number when it was opened
         self.handle_id = handle_id
         self.mode = mode
         self.atomic = atomic
@@ -46,8 +47,18 @@ class RemoteFile:
 
     def read_block(self, offset: int, length: int = BLOCK_BYTES):
         """``(data, eof)`` for up to ``length`` bytes (1..1048576) at ``offset``."""
-        result = self._fs._call("fs/readBlock", {"handleId": self.handle_id, "offset": offset, "len": length})
+        result = self._call("fs/readBlock", {"handleId": self.handle_id, "offset": offset, "len": length})
         return _bytes_member(result, "chunk", "fs/readBlock"), result_member(result, "eof", bool, "fs/readBlock")
+
+    def _call(self, method: str, params: Dict[str, Any]) -> Any:
+        """A call on the handle: NotFound says so when the handle ended with an earlier connection."""
+        try:
+            return self._fs._call(method, params)
+        except NotFound as exc:
+            if self._fs._client.connection_number == self._connection:
+                raise
+            raise NotFound("file handle `%s` ended with the connection it was opened on (the client has "
+                           "reconnected since): open the file again" % self.handle_id, exc.data) from exc
 
     def iter_blocks(self, size: int = BLOCK_BYTES) -> Iterator[bytes]:
         """Every block from the current offset to the end of the file.
@@ -71,7 +82,7 @@ class RemoteFile:
         return b"".join(self.iter_blocks())
 
     def write_block(self, offset: int, data: bytes) -> None:
-        self._fs._call("fs/writeBlock", {"handleId": self.handle_id, "offset": offset, "chunk": b64.encode(data)})
+        self._call("fs/writeBlock", {"handleId": self.handle_id, "offset": offset, "chunk": b64.encode(data)})
 
     def write(self, data: bytes) -> int:
         """Write ``data`` at the current offset in blocks; returns its length."""
@@ -110,7 +121,7 @@ class RemoteFile:
         if self.atomic:
             params["commit"] = commit
         try:
-            self._fs._call("fs/close", params)
+            self._call("fs/close", params)
         except Exception as exc:
             self._close_error = exc
             raise
@@ -229,9 +240,11 @@ class FileSystem:
         params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
         if atomic:
             params["atomic"] = True
+        connection = self._client.connection_number  # before: a reconnect during the call ends the handle
         result = self._call("fs/open", params)
         # the server writes in place where a rename could not keep the file what it was (README)
-        return RemoteFile(self, handle_id, mode, atomic and isinstance(result, dict) and result.get("atomic") is True)
+        atomic = atomic and isinstance(result, dict) and result.get("atomic") is True
+        return RemoteFile(self, handle_id, mode, atomic, connection)
 
 
 def _bytes_member(result: Any, name: str, method: str) -> bytes:

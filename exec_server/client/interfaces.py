@@ -41,6 +41,10 @@ class Caller(Protocol):
     def supports(self, extension: str) -> bool:
         """True if the server advertised ``extension`` (``closeStdin``, ``ptySize``) in ``initialize``."""
 
+    @property
+    def connection_number(self) -> int:
+        """1 on the first connection, one more after each reconnect."""
+
 
 class ProcessHandle(Protocol):
     """What the client's endpoint and recovery call on a process handle (client-internal)."""
