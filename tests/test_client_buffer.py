@@ -372,3 +372,45 @@ def test_a_refill_thread_that_could_not_start_is_started_by_the_next_wait(server
             process.next_event(timeout=5)
         rest = process.communicate(timeout=30)[0]  # was stuck for ever: the thread that never ran "was running"
     assert len(rest) > 0 and rest.endswith(b"100000\n")
+
+
+def test_communicate_holds_the_output_once(server):
+    """communicate() keeps each chunk only until it is copied into its result: the client's peak
+    allocation for 32 MiB of output is about 32 MiB, not twice that (each chunk was kept to the end)."""
+    import tracemalloc
+
+    size = 32 * MIB
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["/bin/sh", "-c", 'read go; head -c "$0" /dev/zero', str(size)], stdin=True)
+        tracemalloc.start()  # before the first chunk exists: the child waits for its line
+        try:
+            process.write(b"go\n")
+            stdout, stderr = process.communicate(timeout=60)
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert (len(stdout), stdout.count(0), stderr) == (size, size, b"")
+    assert peak < 1.5 * size, "peak %.2f x the output" % (peak / size)
+
+
+def test_a_timed_out_communicate_puts_back_every_event_as_it_came(server, tmp_path):
+    """After communicate() times out, the output so far is still there, as the events it came in and in
+    their order (stdout and stderr interleaved)."""
+    written = tmp_path / "written"
+    script = 'printf out1; sleep 0.3; printf err1 >&2; sleep 0.3; printf out2; : > "$0"; read done'
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["/bin/sh", "-c", script, str(written)], stdin=True)
+        wait_until(written.exists, timeout=30)
+        with pytest.raises(CallTimeout):
+            process.communicate(timeout=1)
+        events = []
+        while sum(len(event.data) for event in events) < len("out1err1out2"):
+            event = process.next_event(timeout=10)
+            assert isinstance(event, OutputEvent), event
+            events.append(event)
+        assert [(event.stream, event.data) for event in events] == [
+            ("stdout", b"out1"), ("stderr", b"err1"), ("stdout", b"out2")]
+        assert [event.seq for event in events] == sorted(event.seq for event in events)
+        process.write(b"\n")
+        assert process.communicate(timeout=30) == (b"", b"")  # iterated above: nothing left to collect
+        assert process.returncode == 0

@@ -272,22 +272,31 @@ class RemoteProcess(ProcessControl):
         """
         deadline = _deadline(timeout)
         # Written as events arrive, and BytesIO.getvalue() hands its buffer over without
-        # copying it: no join of every chunk after the last one came.
+        # copying it: no join of every chunk after the last one came.  A consumed output
+        # event is remembered by where its bytes went, not kept: each chunk's memory is
+        # freed (and reused) as it is copied, rather than held twice until the end.
         out, err = io.BytesIO(), io.BytesIO()
-        consumed: List[ProcessEvent] = []
+        consumed: List[Any] = []  # events, or (seq, stream, start, end) of output copied to out/err
         try:
             while True:
                 event = self.next_event(_remaining(deadline))
                 if event is None:
                     break
-                consumed.append(event)
                 if isinstance(event, OutputEvent):
-                    (err if event.stream == "stderr" else out).write(event.data)
-                elif isinstance(event, ClosedEvent):
+                    target = err if event.stream == "stderr" else out
+                    start = target.tell()
+                    target.write(event.data)
+                    consumed.append((event.seq, event.stream, start, target.tell()))
+                    continue
+                consumed.append(event)
+                if isinstance(event, ClosedEvent):
                     break
         except subprocess.TimeoutExpired:
-            with self._changed:
-                self._buffer.put_back(consumed)
+            stdout, stderr = out.getvalue(), err.getvalue()
+            with self._changed:  # the output so far stays buffered, as the events it came in
+                self._buffer.put_back(
+                    OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
+                    if isinstance(item, tuple) else item for item in consumed)
             raise
         return out.getvalue(), err.getvalue()
 
