@@ -216,3 +216,43 @@ def test_console_script_is_console_main():
         calls = [node.func.id for node in ast.walk(ast.parse(handle.read())) if isinstance(node, ast.Call)
                  and isinstance(node.func, ast.Name)]
     assert calls == ["console_main"]
+
+
+def test_run_into_a_closed_pipe_kills_the_remote_tree(listening):
+    """``exec-server run -- yes | head -1``: no traceback, status 141 (128 + SIGPIPE, as a shell
+    reports a local command's), and the remote ``yes`` is killed rather than left spooling."""
+    server, url = listening
+    runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "yes"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert runner.stdout.read(2) == b"y\n"
+        tree = wait_until(lambda: running_descendants(server.pid, ["yes"]))
+        runner.stdout.close()  # what head does after its line
+        assert runner.wait(30) == 141
+        assert runner.stderr.read() == b""
+        wait_until(lambda: all_gone(tree))
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(5)
+        runner.stderr.close()
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+def test_run_ended_by_sigterm_or_sighup_kills_the_remote_tree(listening, number):
+    """A terminal that closes (SIGHUP) or a SIGTERM ends the remote command too, not 80 s later."""
+    server, url = listening
+    runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "echo ready; sleep 300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert runner.stdout.readline() == b"ready\n"
+        tree = wait_until(lambda: running_descendants(server.pid, ["sleep", "300"]))
+        runner.send_signal(number)
+        assert runner.wait(30) == 137  # the remote tree's SIGKILL, as the second Ctrl-C gives
+        wait_until(lambda: all_gone(tree))
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(5)
+        runner.stdout.close()
+        runner.stderr.close()

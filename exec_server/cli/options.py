@@ -34,6 +34,7 @@ RUN_EXIT_STATUSES = """exit status:
        exit, could not start the command, could not connect or lost its connection); the
        summary on stderr gives each host's status (255: connection, 125: start)
   125  the server could not start the command (command or working directory not found)
+  141  local stdout or stderr was a closed pipe (run ... | head -1): the remote tree was killed
   255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
        before the command's exit status arrived"""
 

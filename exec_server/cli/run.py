@@ -173,7 +173,11 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
         if size is not None:
             threading.Thread(target=_quietly, args=(lambda: process.resize(*size),), daemon=True).start()
 
+    def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote tree ends with us
+        threading.Thread(target=_quietly, args=(process.terminate,), daemon=True).start()
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous_ends = [(number, signal.signal(number, on_hangup)) for number in _END_SIGNALS]
     previous_winch = signal.signal(signal.SIGWINCH, on_resize) if follow_size else signal.SIG_DFL
     out = sys.stdout.buffer
     err = sys.stderr.buffer
@@ -186,19 +190,34 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
             for event in process:
                 if isinstance(event, OutputEvent):
                     target = err if event.stream == "stderr" else out
-                    target.write(event.data)
-                    target.flush()
+                    try:
+                        target.write(event.data)
+                        target.flush()
+                    except BrokenPipeError:  # `run ... | head -1`: end as a local command would, by SIGPIPE
+                        _quietly(lambda: process.kill(timeout=KILL_WAIT))
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), target.fileno())  # no error at exit
+                        return EXIT_BROKEN_PIPE
                 elif isinstance(event, ExitedEvent):
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):
                     break
     finally:
         signal.signal(signal.SIGINT, previous)
+        for number, handler in previous_ends:
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
         if follow_size:
             signal.signal(signal.SIGWINCH, previous_winch if previous_winch is not None else signal.SIG_DFL)
     if exit_code is None or exit_code < 0:
         return EXIT_DISCONNECTED
     return exit_code if exit_code < 256 else 255
+
+
+#: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 128 + 13
+#: Seconds to wait for the remote tree's kill when the local output pipe closed.
+KILL_WAIT = 10.0
+#: Signals that end ``run`` after killing the remote tree (as SIGINT twice does).
+_END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _NullContext:
