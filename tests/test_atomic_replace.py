@@ -210,6 +210,24 @@ def test_a_read_on_a_handle_lost_with_its_connection_says_so(memory_server, tmp_
         assert caught.value.message == "unknown file handle `never-opened`"
 
 
+def test_other_not_found_errors_of_a_handle_keep_the_servers_words(memory_server, tmp_path):
+    """Only an unknown handle is blamed on the lost connection: an atomic close whose directory went
+    away meanwhile still says what the server said (on the connection it was opened on, or a later one)."""
+    target = tmp_path / "sub" / "app.conf"
+    target.parent.mkdir()
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        remote = client.fs.open(target, "replace")
+        remote.write(b"NEW")
+        remote._connection = 0  # as if opened before a reconnect
+        for leftover in leftovers(target.parent):
+            os.remove(os.path.join(str(target.parent), leftover))
+        os.rmdir(str(target.parent))
+        with pytest.raises(NotFound) as caught:
+            remote.close()
+        assert "ended with the connection" not in caught.value.message
+
+
 def test_a_killed_cp_upload_leaves_the_remote_file_as_it_was(server, tmp_path):
     """SIGKILL of ``exec-server cp`` part-way through an upload: the remote file keeps its content and
     the server removes the partial file when the connection ends."""

@@ -414,3 +414,32 @@ def test_a_timed_out_communicate_puts_back_every_event_as_it_came(server, tmp_pa
         process.write(b"\n")
         assert process.communicate(timeout=30) == (b"", b"")  # iterated above: nothing left to collect
         assert process.returncode == 0
+
+
+def test_events_put_back_by_a_timed_out_communicate_wake_another_consumer(server, tmp_path):
+    """A thread waiting in next_event() while another's communicate() times out gets the events that
+    communicate gives back (it slept to its own timeout, or for ever without one)."""
+    written = tmp_path / "written"
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["/bin/sh", "-c", 'printf x; : > "$0"; read done', str(written)], stdin=True)
+        wait_until(written.exists, timeout=30)
+        timed_out = []
+
+        def collect():
+            try:
+                process.communicate(timeout=1.5)
+            except CallTimeout:
+                timed_out.append(True)
+
+        collector = threading.Thread(target=collect)
+        collector.start()
+        time.sleep(0.5)  # the collector has taken the output by now (it only makes the test weaker if not)
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(process.next_event()), daemon=True)  # no timeout
+        waiter.start()
+        collector.join(30)
+        waiter.join(10)
+        assert timed_out == [True]
+        assert len(got) == 1 and isinstance(got[0], OutputEvent) and got[0].data == b"x"
+        process.write(b"\n")
+        assert process.wait(timeout=30) == 0

@@ -176,7 +176,7 @@ class Client:
 
     @property
     def connection_number(self) -> int:
-        """1 on the first connection, one more after each reconnect (the server's file handles end with theirs)."""
+        """1 on the first connection, more after each reconnect (file handles end with their connection)."""
         return self._endpoint.generation
 
     def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:

@@ -37,7 +37,7 @@ class RemoteFile:
 
     def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False, connection: int = 0):
         self._fs = fs
-        self._connection = connection  # the client's connection_number when it was opened
+        self._connection = connection  # the client's connection_number once it was opened
         self.handle_id = handle_id
         self.mode = mode
         self.atomic = atomic
@@ -55,7 +55,7 @@ class RemoteFile:
         try:
             return self._fs._call(method, params)
         except NotFound as exc:
-            if self._fs._client.connection_number == self._connection:
+            if self._fs._client.connection_number == self._connection or "unknown file handle" not in exc.message:
                 raise
             raise NotFound("file handle `%s` ended with the connection it was opened on (the client has "
                            "reconnected since): open the file again" % self.handle_id, exc.data) from exc
@@ -240,8 +240,10 @@ class FileSystem:
         params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
         if atomic:
             params["atomic"] = True
-        connection = self._client.connection_number  # before: a reconnect during the call ends the handle
         result = self._call("fs/open", params)
+        # after: an open resent over a new connection lives there (a reconnect just after the answer
+        # leaves the server's own words, never a wrong cause)
+        connection = self._client.connection_number
         # the server writes in place where a rename could not keep the file what it was (README)
         atomic = atomic and isinstance(result, dict) and result.get("atomic") is True
         return RemoteFile(self, handle_id, mode, atomic, connection)

@@ -43,7 +43,7 @@ class Caller(Protocol):
 
     @property
     def connection_number(self) -> int:
-        """1 on the first connection, one more after each reconnect."""
+        """1 on the first connection, more after each reconnect (one per connection opened)."""
 
 
 class ProcessHandle(Protocol):

@@ -293,10 +293,11 @@ class RemoteProcess(ProcessControl):
                     break
         except subprocess.TimeoutExpired:
             stdout, stderr = out.getvalue(), err.getvalue()
+            events = [OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
+                      if isinstance(item, tuple) else item for item in consumed]  # built before the lock
             with self._changed:  # the output so far stays buffered, as the events it came in
-                self._buffer.put_back(
-                    OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
-                    if isinstance(item, tuple) else item for item in consumed)
+                self._buffer.put_back(events)
+                self._changed.notify_all()  # another consumer may wait for them
             raise
         return out.getvalue(), err.getvalue()
 
