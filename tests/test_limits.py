@@ -301,3 +301,39 @@ def test_a_connection_without_a_thread_gives_its_pending_slot_back():
         peer.close()
     finally:
         server.shutdown()
+
+
+def test_long_write_ids_are_remembered_by_digest(configured_server, connect):
+    """4096 writeIds are remembered per process: one of 1 MiB must not pin 1 MiB (nor 4096 of them 4 GiB).
+    A resent long id is still answered ``accepted`` without writing again."""
+    import base64
+    import gc
+    import tracemalloc
+
+    from conftest import start_params
+
+    running = configured_server()
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("cat", ["cat"], pipeStdin=True))
+    long_ids = ["%d-%s" % (number, "i" * (1 << 20)) for number in range(8)]
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for number, write_id in enumerate(long_ids):
+            chunk = base64.b64encode(b"%d\n" % number).decode()
+            assert peer.call("process/write", {"processId": "cat", "chunk": chunk, "writeId": write_id}) == {
+                "status": "accepted"}
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 3 << 20, kept  # the ids are 8 MiB (the server's reader still holds the last message)
+    resent = base64.b64encode(b"again\n").decode()
+    assert peer.call("process/write", {"processId": "cat", "chunk": resent, "writeId": long_ids[3]}) == {
+        "status": "accepted"}
+    peer.call("process/write", {"processId": "cat", "chunk": "", "writeId": "end", "closeStdin": True})
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in peer.wait_closed("cat")
+                      if m["method"] == "process/output")
+    assert output == b"".join(b"%d\n" % number for number in range(8))

@@ -236,7 +236,7 @@ def test_stopping_one_server_leaves_another_servers_helper_running():
 @pytest.mark.parametrize("process_id", ["p", 'quo"te', "ünï"])
 def test_session_encodes_events_as_the_generic_encoder_would(process_id):
     from exec_server.protocol.jsonrpc import Notification, encode
-    from exec_server.server.sessions import encode_events
+    from exec_server.server.session import encode_events
 
     events = [OutputChunk(1, "stderr", b64(b"hi"), 2), Exited(2, 137, True), Closed(3)]
     assert encode_events(process_id, events) == [

@@ -6,7 +6,8 @@ from exec_server.protocol.errors import InvalidRequest
 from exec_server.protocol.handshake import TAKEN_OVER
 from exec_server.server.config import ServerConfig
 from exec_server.server.process import ReadAborted
-from exec_server.server.sessions import Session, SessionRegistry
+from exec_server.server.session import Session
+from exec_server.server.sessions import SessionRegistry
 
 
 class RequestContext:

@@ -9,7 +9,7 @@ from typing import Any, Dict, Tuple
 
 from exec_server.server.environment_info import environment_info
 from exec_server.server.handlers.context import RequestContext
-from exec_server.server.sessions import Session
+from exec_server.server.session import Session
 
 #: Our protocol extensions, advertised as the ``extensions`` member of the
 #: ``initialize`` result (a member the reference's clients ignore; README.rst,

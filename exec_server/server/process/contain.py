@@ -39,7 +39,7 @@ import sys
 import sysconfig
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 
 from exec_server.server.process import guardian
@@ -239,21 +239,33 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
         time.sleep(0.002)
 
 
-def kill_marked(marker: str) -> int:
-    """SIGKILL every process whose environment carries ``MARKER_ENV=marker``; how many were found.
+def marked_processes(markers: Collection[str]) -> List[Tuple[Any, str]]:
+    """``(psutil.Process, marker)`` of each process whose environment has ``MARKER_ENV`` in ``markers``.
 
-    psutil checks each process's identity before the kill; processes of other
-    users (unreadable environment) are skipped.
+    One scan of the process table; processes of other users and zombies
+    (their environment cannot be read) are skipped.
     """
     import psutil
 
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get(MARKER_ENV) == marker:
-                found.append(process)
+            marker = process.environ().get(MARKER_ENV)
         except (psutil.Error, OSError):
             continue
+        if marker in markers:
+            found.append((process, marker))
+    return found
+
+
+def kill_marked(*markers: str) -> int:
+    """SIGKILL every process whose environment carries ``MARKER_ENV`` set to one of ``markers``; how many.
+
+    psutil checks each process's identity before the kill.
+    """
+    import psutil
+
+    found = [process for process, _marker in marked_processes(set(markers))]
     me = os.getpid()
     with _leaders_lock:
         leaders = set(_leaders)

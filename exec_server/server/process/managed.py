@@ -9,14 +9,12 @@ anybody reads it, and an exit is reported the moment it happens.
 This module never imports a transport.
 """
 
-import collections
 import logging
 import os
-import queue
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
@@ -24,15 +22,10 @@ from exec_server.server.config import ServerConfig
 from exec_server.server.process import contain, guardian, watch
 from exec_server.server.process.output import Closed, Event, EventListener, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
+from exec_server.server.process.stdin import StdinWriter
 from exec_server.server.process.spawn import exit_code_from_returncode, send_eof, set_window_size, spawn_child
 
 log = logging.getLogger(__name__)
-
-#: ``writeId``s remembered per process for idempotent writes (PROTOCOL.md 5.5).
-REMEMBERED_WRITE_IDS = 4096
-
-#: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
-_CLOSE_STDIN: Any = object()
 
 
 class ManagedProcess:
@@ -60,13 +53,12 @@ class ManagedProcess:
         self._on_closed = on_closed
         self._log = OutputLog(1 if pty_master is not None else 2, config.retained_output_bytes,
                               config.retained_output_chunks, self._emit, sandboxed, spool, config.max_read_bytes)
-        self._lock = threading.Lock()  # guards the write ids and the stdin queue
+        self._lock = threading.Lock()  # guards the kill decision against the exit
         self._killed = False
-        self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
-        self._stdin_queue: "Optional[queue.Queue[Optional[bytes]]]" = None
-        self._stdin_closing = False  # a closeStdin write was accepted
         self._master_lock = threading.Lock()  # guards the PTY master against its close
-        self._stdin_queued = 0  # bytes accepted for stdin and not yet written or dropped
+        self._stdin = (StdinWriter(process_id, "process-%s-stdin" % self.pid, config.max_stdin_queue_bytes,
+                                   lambda: self._log.exited or self._log.closed, None if tty else popen.stdin,
+                                   lambda: self._pty_master, self._pty_eof) if stdin_writable else None)
         self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
         self._isolated = False  # runs under the PID-namespace init
         self._watch: Optional[watch.Watch] = None
@@ -145,7 +137,8 @@ class ManagedProcess:
     def report_exit(self, exit_code: int) -> None:
         """Publish ``exited`` (and ``closed`` if the streams are done); stop stdin."""
         self._log.exit(exit_code)
-        self._stop_stdin()
+        if self._stdin is not None:
+            self._stdin.stop()
 
     def wait_streams_ended(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every stream's EOF; True if they ended."""
@@ -217,6 +210,11 @@ class ManagedProcess:
         return self._log.closed
 
     @property
+    def marker(self) -> Optional[str]:
+        """The ``MARKER_ENV`` value every process of this tree carries (``inherit`` mode), else None."""
+        return self._marker
+
+    @property
     def killed(self) -> bool:
         """True if a terminate, expiry or shutdown killed this process."""
         return self._killed
@@ -250,72 +248,14 @@ class ManagedProcess:
                 ``stdinQueueFull``): more than ``max_stdin_queue_bytes`` would
                 wait for a child that does not read; retry once it has read.
         """
-        if not self.stdin_writable:
+        if self._stdin is None:
             return "stdinClosed"
-        with self._lock:
-            if write_id in self._write_ids:
-                return "accepted"
-            if self._stdin_closing:
-                return "stdinClosed"
-            if self._log.exited or self._log.closed:
-                if close and not data:
-                    return "accepted"  # nothing left to close
-                raise InternalError("failed to write to process stdin")
-            limit = self._config.max_stdin_queue_bytes
-            if self._stdin_queued and self._stdin_queued + len(data) > limit:
-                raise InternalError("stdin queue is full: %d bytes wait for the process to read them (limit %d)"
-                                    % (self._stdin_queued, limit),
-                                    data={"reason": "stdinQueueFull", "queuedBytes": self._stdin_queued,
-                                          "limitBytes": limit})
-            self._stdin_queued += len(data)
-            self._write_ids[write_id] = None
-            if len(self._write_ids) > REMEMBERED_WRITE_IDS:
-                self._write_ids.popitem(last=False)
-            if self._stdin_queue is None:
-                self._stdin_queue = queue.Queue()
-                thread = threading.Thread(target=self._feed_stdin, args=(self._stdin_queue,),
-                                          name="process-%s-stdin" % self.pid, daemon=True)
-                thread.start()
-            if data:
-                self._stdin_queue.put(data)
-            if close:
-                self._stdin_closing = True
-                self._stdin_queue.put(_CLOSE_STDIN)
-        return "accepted"
+        return self._stdin.write(data, write_id, close)
 
-    def _feed_stdin(self, pending: "queue.Queue[Optional[bytes]]") -> None:
-        pty = self.tty
-        fd = self._pty_master if pty else self._popen.stdin.fileno()  # type: ignore[union-attr]
-        if fd is None:
-            return  # the PTY is closed already
-        broken = False
-        line_open = False  # the last byte written to a PTY did not end a line
-        while True:
-            data = pending.get()
-            if data is None:
-                break
-            if data is _CLOSE_STDIN:
-                with self._master_lock:  # EOF twice after an unfinished line; not once the PTY is closed
-                    if pty and not broken and self._pty_master == fd:
-                        send_eof(fd, 2 if line_open else 1)
-                break
-            view = memoryview(data)
-            while view and not broken:
-                try:
-                    view = view[os.write(fd, view):]
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    log.debug("stdin of process %r: %s", self.process_id, exc)
-                    broken = True
-            line_open = data[-1:] not in (b"\n", b"\r")
-            with self._lock:
-                self._stdin_queued -= len(data)
-        if not pty and self._popen.stdin is not None:
-            try:
-                self._popen.stdin.close()
-            except OSError:
-                pass
+    def _pty_eof(self, fd: int, count: int) -> None:
+        with self._master_lock:  # not once the PTY is closed (its number may be reused)
+            if self._pty_master == fd:
+                send_eof(fd, count)
 
     def resize(self, rows: int, cols: int) -> None:
         """Set the PTY's window size (the child gets SIGWINCH); InvalidParams without a PTY; no-op once closed."""
@@ -324,17 +264,6 @@ class ManagedProcess:
         with self._master_lock:
             if self._pty_master is not None:
                 set_window_size(self._pty_master, rows, cols)
-
-    def _stop_stdin(self) -> None:
-        with self._lock:
-            pending = self._stdin_queue
-            if pending is None and self._pty_master is None and self._popen.stdin is not None:
-                try:
-                    self._popen.stdin.close()
-                except OSError:
-                    pass
-        if pending is not None:
-            pending.put(None)
 
     # ---------------------------------------------------------------- signals
     def interrupt(self) -> None:

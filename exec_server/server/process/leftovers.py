@@ -1,0 +1,66 @@
+"""Background jobs of forgotten ``inherit``-mode commands: they end with their session.
+
+In ``inherit`` mode a command may leave a background job behind
+(``sh -c "server & echo started"``, README "Process containment"); the job
+carries its command's marker (:data:`~exec_server.server.process.contain.MARKER_ENV`).
+Once the command has closed and ``closed_process_retention`` has passed,
+the session forgets the command's entry, and with it the only record of the
+marker.  The session hands the marker to its :class:`Leftovers` then, and
+its close (expiry, eviction, server shutdown) kills every process that
+still carries one of them, as PROTOCOL.md 7 asks of every process group of
+an ending session.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict
+
+from exec_server.server.process import contain
+
+#: How many markers a session keeps before one scan of the process table drops those no living
+#: process carries any more (a session that ran many commands keeps only the ones with live jobs).
+LEFTOVER_MARKERS_CHECKED_AT = 256
+
+
+class Leftovers:
+    """The markers of a session's forgotten ``inherit``-mode commands.  Thread-safe."""
+
+    def __init__(self, checked_at: int = LEFTOVER_MARKERS_CHECKED_AT):
+        self._lock = threading.Lock()
+        self._markers: Dict[str, None] = {}
+        self._checked_at = checked_at
+        self._closed = False
+
+    def add(self, marker: str) -> None:
+        """Keep ``marker`` until :meth:`close` (after it, kill its processes at once).
+
+        Past ``checked_at`` markers, one scan keeps only those a living process carries.
+        """
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._markers[marker] = None
+                if len(self._markers) < self._checked_at:
+                    return
+                markers = set(self._markers)
+        if closed:
+            contain.kill_marked(marker)
+            return
+        alive = {carried for _process, carried in contain.marked_processes(markers)}
+        with self._lock:
+            for gone in markers - alive:
+                self._markers.pop(gone, None)
+            self._checked_at = max(self._checked_at, 2 * len(self._markers))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._markers)
+
+    def close(self) -> int:
+        """SIGKILL every process carrying one of the markers; how many were found.  Later adds kill at once."""
+        with self._lock:
+            self._closed = True
+            markers = list(self._markers)
+            self._markers.clear()
+        return contain.kill_marked(*markers) if markers else 0

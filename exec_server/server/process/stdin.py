@@ -1,0 +1,148 @@
+"""A managed process's stdin: idempotent writes, a bounded queue, one writer thread, end of file.
+
+``process/write`` (PROTOCOL.md 5.5) accepts bytes at once; they wait in a
+queue that one thread per process writes to the child's stdin pipe or PTY
+master, so a child that does not read blocks that thread, never a
+connection.  The queue holds at most ``max_stdin_queue_bytes`` (README
+"Limits"); ``writeId``\\ s make a resent write a no-op.
+"""
+
+import collections
+import logging
+import os
+import queue
+import threading
+from typing import IO, Any, Callable, Optional
+
+from exec_server.protocol.errors import InternalError
+
+log = logging.getLogger(__name__)
+
+#: ``writeId``\ s remembered per process for idempotent writes (PROTOCOL.md 5.5).
+REMEMBERED_WRITE_IDS = 4096
+#: A ``writeId`` longer than this (characters) is remembered by its SHA-256 digest, so the 4096 ids
+#: of a process take at most ~0.5 MB whatever their length (a UUID, as the Codex client sends, is 36).
+WRITE_ID_KEPT_CHARS = 64
+
+#: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
+_CLOSE_STDIN: Any = object()
+
+
+def _remembered(write_id: str) -> str:
+    if len(write_id) <= WRITE_ID_KEPT_CHARS:
+        return write_id
+    import hashlib  # only for an unusually long id
+    return "sha256:" + hashlib.sha256(write_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class StdinWriter:
+    """The queue and writer thread of one child's stdin.  Thread-safe.
+
+    Args:
+        process_id: for log lines.
+        thread_name: the writer thread's name.
+        limit: ``max_stdin_queue_bytes``, bytes.
+        ended: True once the child has exited (a write then fails).
+        pipe: the child's stdin pipe, or None with a PTY.
+        pty_master: the PTY master's descriptor while it is open (None once closed).
+        pty_eof: ``pty_eof(fd, count)`` writes the EOF character ``count`` times if ``fd`` is still the open master.
+    """
+
+    def __init__(self, process_id: str, thread_name: str, limit: int, ended: Callable[[], bool],
+                 pipe: Optional[IO[bytes]], pty_master: Callable[[], Optional[int]],
+                 pty_eof: Callable[[int, int], None]):
+        self._process_id = process_id
+        self._thread_name = thread_name
+        self._limit = limit
+        self._ended = ended
+        self._pipe = pipe
+        self._pty_master = pty_master
+        self._pty_eof = pty_eof
+        self._lock = threading.Lock()  # guards the write ids and the queue
+        self._write_ids: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        self._queue: "Optional[queue.Queue[Optional[bytes]]]" = None
+        self._closing = False  # a closeStdin write was accepted
+        self._queued = 0  # bytes accepted and not yet written or dropped
+
+    def write(self, data: bytes, write_id: str, close: bool = False) -> str:
+        """Queue ``data``, then end of file if ``close``; see :meth:`ManagedProcess.write`.
+
+        Returns:
+            ``"stdinClosed"`` after a close, else ``"accepted"`` (also for a
+            ``write_id`` already accepted: nothing is written again).
+        Raises:
+            InternalError: ``failed to write to process stdin`` (the child has
+                exited), or ``stdin queue is full ...`` (``data.reason`` ``stdinQueueFull``).
+        """
+        key = _remembered(write_id)
+        with self._lock:
+            if key in self._write_ids:
+                return "accepted"
+            if self._closing:
+                return "stdinClosed"
+            if self._ended():
+                if close and not data:
+                    return "accepted"  # nothing left to close
+                raise InternalError("failed to write to process stdin")
+            if self._queued and self._queued + len(data) > self._limit:
+                raise InternalError("stdin queue is full: %d bytes wait for the process to read them (limit %d)"
+                                    % (self._queued, self._limit),
+                                    data={"reason": "stdinQueueFull", "queuedBytes": self._queued,
+                                          "limitBytes": self._limit})
+            self._queued += len(data)
+            self._write_ids[key] = None
+            if len(self._write_ids) > REMEMBERED_WRITE_IDS:
+                self._write_ids.popitem(last=False)
+            if self._queue is None:
+                self._queue = queue.Queue()
+                threading.Thread(target=self._feed, args=(self._queue,), name=self._thread_name, daemon=True).start()
+            if data:
+                self._queue.put(data)
+            if close:
+                self._closing = True
+                self._queue.put(_CLOSE_STDIN)
+        return "accepted"
+
+    def stop(self) -> None:
+        """The child exited: end the writer thread once it is unblocked (or close the unused pipe)."""
+        with self._lock:
+            pending = self._queue
+            if pending is None and self._pipe is not None:
+                self._close_pipe()
+        if pending is not None:
+            pending.put(None)
+
+    def _close_pipe(self) -> None:
+        try:
+            self._pipe.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    def _feed(self, pending: "queue.Queue[Optional[bytes]]") -> None:
+        fd = self._pipe.fileno() if self._pipe is not None else self._pty_master()
+        if fd is None:
+            return  # the PTY is closed already
+        broken = False
+        line_open = False  # the last byte written to a PTY did not end a line
+        while True:
+            data = pending.get()
+            if data is None:
+                break
+            if data is _CLOSE_STDIN:
+                if self._pipe is None and not broken:  # EOF twice after an unfinished line
+                    self._pty_eof(fd, 2 if line_open else 1)
+                break
+            view = memoryview(data)
+            while view and not broken:
+                try:
+                    view = view[os.write(fd, view):]
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    log.debug("stdin of process %r: %s", self._process_id, exc)
+                    broken = True
+            line_open = data[-1:] not in (b"\n", b"\r")
+            with self._lock:
+                self._queued -= len(data)
+        if self._pipe is not None:
+            self._close_pipe()

@@ -1,0 +1,142 @@
+"""inherit mode: a background job outlives its command, not its session, also once the command is forgotten.
+
+A command that leaves a job behind (``sh -c "daemon & exit"``) closes; after
+``closed_process_retention`` its entry is forgotten (its id unknown).  The
+job must still die when the session ends (expiry, eviction, shutdown), as
+PROTOCOL.md 7 asks of every process group of an ending session.  Fresh
+in-process server per test, loopback only; every process checked with psutil.
+"""
+
+import base64
+import os
+import subprocess
+import sys
+import threading
+import uuid
+
+import psutil
+import pytest
+
+from conftest import start_params, wait_until
+from exec_server.server.process import contain
+from exec_server.server.process.leftovers import Leftovers
+
+pytestmark = [pytest.mark.posix, pytest.mark.timeout(60),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment")]
+
+TOKEN_ENV = "LEFTOVERS_TEST_TOKEN"
+# fork, setsid, fork: the grandchild writes its PID, ignores the usual signals, keeps stdin open and never
+# reads it (its stdout and stderr on the null device, so the command can close); the command exits at once
+DAEMON = ("import os, signal, sys, time\n"
+          "if os.fork(): os._exit(0)\n"
+          "os.setsid()\n"
+          "if os.fork(): os._exit(0)\n"
+          "null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 1); os.dup2(null, 2)\n"
+          "for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT): signal.signal(number, signal.SIG_IGN)\n"
+          "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+          "time.sleep(1000)\n")
+
+
+def marked(token):
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(TOKEN_ENV) == token and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture
+def token():
+    value = uuid.uuid4().hex
+    yield value
+    for process in marked(value):  # never leave anything behind, whatever the test found
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
+def start_daemon_command(peer, tmp_path, token, **extra):
+    """Start the command that leaves the daemon behind; the daemon's PID once it runs, the command closed."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), TOKEN_ENV: token, "DAEMON": DAEMON}
+    argv = ["/bin/sh", "-c", '"%s" -c "$DAEMON" %s/daemon.pid' % (sys.executable, tmp_path)]
+    peer.call("process/start", start_params("cmd", argv, env=env, **extra))
+    pid_file = tmp_path / "daemon.pid"
+    wait_until(pid_file.exists, timeout=10)
+    return int(pid_file.read_text())
+
+
+def wait_forgotten(peer, process_id="cmd"):
+    def forgotten():
+        reply = peer.request("process/read", {"processId": process_id})
+        return reply.get("error", {}).get("message") == "unknown process id %s" % process_id
+    wait_until(forgotten, timeout=10, interval=0.05)
+
+
+@pytest.mark.parametrize("end", ["expiry", "eviction", "shutdown"])
+def test_a_forgotten_commands_background_job_dies_with_its_session(configured_server, connect, tmp_path, token, end):
+    running = configured_server(pid_namespace="inherit", closed_process_retention=0.2,
+                                detached_session_ttl=(0.3 if end == "expiry" else 300), max_sessions=1)
+    peer = connect(running.url)
+    peer.initialize()
+    daemon = start_daemon_command(peer, tmp_path, token)
+    peer.wait_closed("cmd")
+    wait_forgotten(peer)
+    assert psutil.Process(daemon).is_running()  # a job may outlive its command (README "Process containment")
+    peer.close()
+    if end == "eviction":  # the only session slot goes to a new client: the detached, idle session ends
+        other = connect(running.url)
+        other.initialize()
+    elif end == "shutdown":
+        running.stop()
+    wait_until(lambda: not marked(token), timeout=10)
+    assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_stdin_writer_blocked_by_a_forgotten_commands_job_ends_with_the_session(configured_server, connect,
+                                                                                  tmp_path, token):
+    """The job holds the command's stdin pipe and never reads it: bytes accepted for the command wait in the
+    server's writer thread, which must end (and free them) when the session ends."""
+    running = configured_server(pid_namespace="inherit", closed_process_retention=0.2, detached_session_ttl=0.3)
+    peer = connect(running.url)
+    peer.initialize()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), TOKEN_ENV: token, "DAEMON": DAEMON}
+    argv = ["/bin/sh", "-c", '"%s" -c "$DAEMON" %s/daemon.pid; read -r line' % (sys.executable, tmp_path)]
+    peer.call("process/start", start_params("cmd", argv, env=env, pipeStdin=True))
+    wait_until((tmp_path / "daemon.pid").exists, timeout=10)
+    daemon = int((tmp_path / "daemon.pid").read_text())
+    chunk = base64.b64encode(b"line\n" + b"x" * (4 << 20)).decode()  # sh reads one line; the rest waits
+    assert peer.call("process/write", {"processId": "cmd", "chunk": chunk, "writeId": "w1"})["status"] == "accepted"
+    peer.wait_closed("cmd")
+    wait_until(lambda: any(t.name.endswith("-stdin") and t.is_alive() for t in threading.enumerate()), timeout=5)
+    wait_forgotten(peer)
+    writers = [t for t in threading.enumerate() if t.name.endswith("-stdin") and t.is_alive()]
+    assert writers and psutil.Process(daemon).is_running()
+    peer.close()  # the session expires 0.3 s later
+    wait_until(lambda: not marked(token), timeout=10)
+    for writer in writers:
+        writer.join(10)
+        assert not writer.is_alive()
+
+
+def test_leftovers_keep_only_markers_a_living_process_carries():
+    markers = ["leftovers-test.%s" % uuid.uuid4().hex for _ in range(3)]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"],
+                               env=dict(os.environ, **{contain.MARKER_ENV: markers[1]}))
+    try:
+        wait_until(lambda: contain.marked_processes({markers[1]}), timeout=10)
+        leftovers = Leftovers(checked_at=3)
+        for marker in markers:
+            leftovers.add(marker)
+        assert len(leftovers) == 1  # the check at 3 dropped the two no process carries
+        assert leftovers.close() == 1
+        assert sleeper.wait(10) == -9
+        leftovers.add(markers[0])  # after the close: killed at once (nothing carries it)
+        assert len(leftovers) == 0
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+        sleeper.wait(10)
