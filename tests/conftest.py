@@ -73,11 +73,12 @@ def no_leftover_children():
 
 
 class RunningServer:
-    def __init__(self, kind: str, url: str, stop: Callable[[], None], pid: Optional[int] = None):
+    def __init__(self, kind: str, url: str, stop: Callable[[], None], pid: Optional[int] = None, server=None):
         self.kind = kind
         self.url = url
         self.stop = stop
         self.pid = pid
+        self.server = server  # ours, in this process: the ExecServer
 
     @property
     def is_reference(self) -> bool:
@@ -86,7 +87,7 @@ class RunningServer:
 
 def start_ours(config: Optional[ServerConfig] = None, auth=None) -> RunningServer:
     server = make_server("ws://127.0.0.1:0", config, auth).start()
-    return RunningServer("ours", server.url, server.shutdown)
+    return RunningServer("ours", server.url, server.shutdown, server=server)
 
 
 def start_reference(tmp_dir: str, extra_args: Sequence[str] = ()) -> RunningServer:

@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Optional, Union
 
 from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.sessions import SessionRegistry
 
 _END = None

@@ -57,7 +57,7 @@ def test_the_first_upgrade_loads_the_websocket_side():
 _FAMILIES = r"""
 import json, sys, time
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.sessions import SessionRegistry
 
 WATCHED = ("fs_helper.operations", "exec_server.server.handlers.fs", "exec_server.server.fs.handles",
@@ -112,7 +112,7 @@ def test_handler_families_load_on_their_first_request(tmp_path):
 _STOP = r"""
 import json, subprocess, sys
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.sessions import SessionRegistry
 dispatcher = Dispatcher(SessionRegistry(ServerConfig()))
 dispatcher.stop_fs_helpers()

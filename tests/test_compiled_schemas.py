@@ -224,7 +224,7 @@ _COLD = r"""
 import json, sys
 {block}
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.sessions import SessionRegistry
 sent = []
 registry = SessionRegistry(ServerConfig())

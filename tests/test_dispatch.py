@@ -9,7 +9,7 @@ import pytest
 
 from conftest import wait_until
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
 from exec_server.server.sessions import SessionRegistry
 

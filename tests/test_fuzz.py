@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from jsonschema.validators import extend, validator_for
 
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import InvalidParams, ProtocolViolation
 from exec_server.protocol import b64, wire
 from exec_server.protocol.jsonrpc import EnvelopeError, Notification, parse_message

@@ -169,3 +169,28 @@ def test_invalid_utf8_text_frame_is_closed_with_1007(server, caplog):
         sock.close()
     assert data[0] & 0x0F == 8 and struct.unpack("!H", data[2:4])[0] == 1007
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("fragment", [b"", b"xy"])
+def test_a_message_of_many_tiny_fragments_is_closed_with_1009(configured_server, fragment):
+    """Each fragment after the first counts FRAGMENT_OVERHEAD_BYTES against --max-message-bytes: empty or tiny
+    ones cannot grow the server's memory past the limit while the payload stays below it."""
+    from exec_server.server.websocket import FRAGMENT_OVERHEAD_BYTES
+
+    limit = 65536
+    running = configured_server(max_message_bytes=limit)
+    sock = _upgrade(urlsplit(running.url).port)
+    count = 2 * limit // FRAGMENT_OVERHEAD_BYTES  # payload 0 or 4 x count bytes: below the limit either way
+    assert len(fragment) * count < limit
+    try:
+        sock.sendall(_frame(1, fragment, fin=False) + _frame(0, fragment, fin=False) * count)
+        sock.settimeout(5)
+        data = b""
+        while len(data) < 4:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    assert data[0] & 0x0F == 8 and struct.unpack("!H", data[2:4])[0] == 1009

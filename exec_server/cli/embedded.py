@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.sessions import SessionRegistry
 
 _END = None

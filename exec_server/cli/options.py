@@ -90,6 +90,9 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="output chunks kept on disk per process (default %(default)s)")
     parser.add_argument("--max-read-bytes", type=int, default=defaults.max_read_bytes, metavar="BYTES",
                         help="most output bytes one process/read returns (default %(default)s)")
+    parser.add_argument("--max-result-bytes-in-flight", type=int, default=defaults.max_result_bytes_in_flight,
+                        metavar="BYTES", help="memory the large results of all connections (spooled process/read, "
+                        "fs/readFile; 5 per byte) may hold at once (default %(default)s)")
     parser.add_argument("--closed-process-retention", type=float, default=defaults.closed_process_retention,
                         metavar="SECONDS", help="how long a closed process stays readable (default %(default)s)")
     parser.add_argument("--detached-session-ttl", type=float, default=defaults.detached_session_ttl,
@@ -211,37 +214,12 @@ def _positive(text: str) -> int:
 
 
 def config_from_options(args: argparse.Namespace) -> ServerConfig:
-    """The ServerConfig the parsed server options ask for."""
-    return ServerConfig(
-        concurrent_requests=args.concurrent_requests,
-        max_queued_requests=args.max_queued_requests,
-        max_message_bytes=args.max_message_bytes,
-        retained_output_bytes=args.retained_output_bytes,
-        retained_output_chunks=args.retained_output_chunks,
-        spool_dir=args.spool_dir,
-        spool_bytes_per_process=args.spool_bytes_per_process,
-        spool_bytes_total=args.spool_bytes_total,
-        spool_chunks_per_process=args.spool_chunks_per_process,
-        max_read_bytes=args.max_read_bytes,
-        closed_process_retention=args.closed_process_retention,
-        detached_session_ttl=args.detached_session_ttl,
-        max_processes_per_session=args.max_processes_per_session,
-        ping_interval=args.ping_interval,
-        max_open_files=args.max_open_files,
-        max_stdin_queue_bytes=args.max_stdin_queue_bytes,
-        pid_namespace=args.linux_sandbox_pid_namespace,
-        max_sessions=args.max_sessions,
-        max_connections=args.max_connections,
-        max_pending_upgrades=args.max_pending_upgrades,
-        keepalive_timeout=args.keepalive_timeout,
-        takeover_probe_timeout=args.takeover_probe_timeout,
-        send_timeout=args.send_timeout,
-        upgrade_timeout=args.upgrade_timeout,
-        initialize_timeout=args.initialize_timeout,
-        evict_idle_after=args.evict_idle_after,
-        shutdown_timeout=args.shutdown_timeout,
-        tls_handshake_timeout=args.tls_handshake_timeout,
-    )
+    """The ServerConfig the parsed server options ask for (each option sets the field of its name)."""
+    import dataclasses
+
+    given = vars(args)
+    values = {field.name: given[field.name] for field in dataclasses.fields(ServerConfig) if field.name in given}
+    return ServerConfig(**values, pid_namespace=args.linux_sandbox_pid_namespace)
 
 
 def auth_from(args: argparse.Namespace):

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from werkzeug.serving import ThreadedWSGIServer
 
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.process import contain
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads

@@ -23,7 +23,9 @@ class ServerConfig:
     concurrent_requests: int = 16
     #: Requests of one connection waiting for a free slot.  One more is
     #: refused, without being run, with -32001 ``Server overloaded; retry
-    #: later.`` (the Codex app-server's overload error; its queue holds 128).
+    #: later.`` (the Codex app-server's overload error; its queue holds 128),
+    #: and so is one whose message would take the messages of the requests
+    #: running or waiting past ``max_message_bytes`` together.
     max_queued_requests: int = 128
     #: Largest incoming WebSocket message or stdio line, in bytes.  A larger
     #: one closes the WebSocket with 1009 (message too big).  128 MiB leaves
@@ -52,6 +54,13 @@ class ServerConfig:
     #: ``maxBytes`` (null included); a read it stops has ``nextSeq`` after its
     #: last chunk, and the client reads on from there.
     max_read_bytes: int = 16 * MIB
+    #: Memory the large results of all connections may hold while they are
+    #: built and sent, in bytes: a ``process/read`` that reads spooled output
+    #: and an ``fs/readFile`` each count ``RESULT_COST_PER_BYTE`` (5) times the
+    #: bytes they may return (:mod:`~exec_server.server.budget`).  One that
+    #: does not fit waits up to ``send_timeout`` for others to be sent, then
+    #: is -32001 ``Server overloaded; retry later.``; one alone always runs.
+    max_result_bytes_in_flight: int = 512 * MIB
     #: How long a closed process stays readable and keeps its id, seconds.
     closed_process_retention: float = 80.0
     #: How long a session outlives its connection, seconds (PROTOCOL.md 7): a
@@ -133,8 +142,7 @@ class ServerConfig:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
                      "max_sessions", "max_connections", "max_pending_upgrades", "spool_chunks_per_process",
-                     "max_read_bytes",
-                     "max_stdin_queue_bytes"):
+                     "max_read_bytes", "max_result_bytes_in_flight", "max_stdin_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
         if self.pid_namespace not in ("isolate", "inherit"):

@@ -1,16 +1,17 @@
 """Per-connection JSON-RPC dispatch: handshake state, validation, scheduling.
 
-:class:`Dispatcher` holds what every connection shares (method table, schemas, session registry);
-:class:`RpcConnection` is one connection's protocol state.  A transport feeds it whole messages
-(:meth:`RpcConnection.receive`) and gives it a ``send(text)`` callable; the dispatcher never sees a
-socket, so the WebSocket and stdio transports share it unchanged.
+:class:`~exec_server.server.dispatcher.Dispatcher` holds what every connection shares (method table,
+schemas, session registry); :class:`RpcConnection` is one connection's protocol state.  A transport
+feeds it whole messages (:meth:`RpcConnection.receive`) and gives it a ``send(text)`` callable; it
+never sees a socket, so the WebSocket and stdio transports share it unchanged.
 
 Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601), params against the JSON
 Schema (-32602), handshake state (-32600, kept by the connection's sans-IO
 :class:`~exec_server.protocol.handshake.Handshake`), handler.  ``initialize`` and notifications run
 inline on the transport's thread; other requests run on a per-connection pool of
 ``concurrent_requests`` threads, so a long poll never delays other calls (PROTOCOL.md 1.5).  At most
-``max_queued_requests`` more wait for a thread; past that a request is refused with -32001 without
+``max_queued_requests`` more wait for a thread, and the admitted requests hold at most
+``max_message_bytes`` of messages together; past either a request is refused with -32001 without
 being run, and the reader thread never blocks.
 """
 
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from exec_server.server import handlers
 from exec_server.common import telemetry
-from exec_server.server.config import ServerConfig
 from exec_server.server.first_use import FirstUse
 from exec_server.server.handlers import RequestContext
 from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
@@ -32,14 +32,11 @@ from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorRespon
                                           encode, error_response, parse_message)
 from exec_server.protocol.wire import Send
 from exec_server.server.process import ReadAborted
-from exec_server.server.sessions import SessionRegistry
-from exec_server.protocol.schemas import SchemaSet
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
     from exec_server.server.fs.handles import FileHandles
-    from exec_server.server.fs.helper import FsHelpers
 
 log = logging.getLogger(__name__)
 
@@ -61,69 +58,9 @@ REQUEST_THREAD_PREFIX = "exec-server-request"
 _ABORTED: Any = object()
 
 
-def _new_fs_helpers() -> "FsHelpers":
-    from exec_server.server.fs.helper import FsHelpers
-    return FsHelpers()
-
-
 def _new_file_handles(limit: int) -> "FileHandles":
     from exec_server.server.fs.handles import FileHandles
     return FileHandles(limit)
-
-
-class Dispatcher:
-    """Shared by every connection of one server.  Thread-safe.
-
-    :attr:`fs_helpers` owns the fs helpers this server's requests start (a new
-    owner, made on first use, unless one is given); the server stops it at
-    shutdown.
-    """
-
-    def __init__(self, registry: SessionRegistry, config: Optional[ServerConfig] = None,
-                 schemas: Optional[SchemaSet] = None, fs_helpers: "Optional[FsHelpers]" = None):
-        self.registry = registry
-        self._fs_helpers: "FirstUse[FsHelpers]" = FirstUse(_new_fs_helpers, lambda helpers: helpers.stop(), fs_helpers)
-        self.config = config or registry.config
-        self.schemas = schemas or SchemaSet.load()
-        self.methods = dict(handlers.METHODS)
-        missing = [m for m in list(self.methods) + ["initialize"]
-                   if not self.schemas.has(self.schemas.params_schema_name(m))]
-        if missing:
-            raise RuntimeError("no params schema for %s" % ", ".join(missing))
-        self._connections_lock = threading.Lock()
-        self._connections: "set[RpcConnection]" = set()
-
-    @property
-    def fs_helpers(self) -> "FsHelpers":
-        """The :class:`~exec_server.server.fs.helper.FsHelpers` of this server (imported on first use)."""
-        return self._fs_helpers.get()
-
-    def stop_fs_helpers(self) -> None:
-        """Kill this server's fs helpers, and any started later (shutdown); imports nothing."""
-        self._fs_helpers.close()
-
-    def open_connection(self, send: Send, parse_error_prefix: str, transport: str = "websocket",
-                        probe: Optional[Callable[[float], bool]] = None) -> "RpcConnection":
-        """A new connection's protocol state.
-
-        Args:
-            transport: ``websocket`` or ``stdio`` (a metric label).
-            probe: ``probe(timeout_seconds) -> alive``, the transport's
-                liveness check (a resume of this connection's session uses it).
-        """
-        connection = RpcConnection(self, send, parse_error_prefix, transport)
-        connection.probe = probe
-        with self._connections_lock:
-            self._connections.add(connection)
-        return connection
-
-    def forget(self, connection: "RpcConnection") -> None:
-        with self._connections_lock:
-            self._connections.discard(connection)
-
-    def connections(self):
-        with self._connections_lock:
-            return list(self._connections)
 
 
 class RpcConnection:
@@ -132,10 +69,12 @@ class RpcConnection:
     ``receive`` is called from the transport's single reader thread (it
     alone drives :attr:`handshake`); :meth:`send` and responses may be called
     from any thread, so the transport's ``send`` must serialize whole
-    messages (one send lock per connection).
+    messages (one send lock per connection).  ``dispatcher`` is the
+    :class:`~exec_server.server.dispatcher.Dispatcher` that opened it (which
+    imports this module, so it is not named in the signature).
     """
 
-    def __init__(self, dispatcher: Dispatcher, send: Send, parse_error_prefix: str, transport: str = "websocket"):
+    def __init__(self, dispatcher: Any, send: Send, parse_error_prefix: str, transport: str = "websocket"):
         self.dispatcher = dispatcher
         self.transport = transport
         telemetry.connections_total.add(1, {"transport": transport})
@@ -154,7 +93,9 @@ class RpcConnection:
                                                                lambda handles: handles.close_all())
         self._admitted_lock = threading.Lock()
         self._admitted = 0  # pooled requests running or queued
+        self._admitted_bytes = 0  # the sizes of their messages: their params stay in memory until they end
         self._admission_limit = config.concurrent_requests + config.max_queued_requests
+        self._admission_bytes = config.max_message_bytes
         self._serial = config.concurrent_requests == 1
         self._pool: "Optional[ThreadPoolExecutor]" = None  # made by the first request that needs it
 
@@ -198,7 +139,7 @@ class RpcConnection:
             return
         if isinstance(message, (Response, ErrorResponse)):
             raise ProtocolViolation("unexpected response from client")
-        self._handle_request(message, received)
+        self._handle_request(message, received, len(text))
 
     def _handle_notification(self, message: Notification) -> None:
         if message.method == "initialized":
@@ -209,7 +150,7 @@ class RpcConnection:
     def _session_current(self) -> bool:
         return self.session is not None and self.session.is_owned_by(self)
 
-    def _handle_request(self, request: Request, received: float) -> None:
+    def _handle_request(self, request: Request, received: float, size: int) -> None:
         method = request.method
         routed = method == "initialize" or method in self.dispatcher.methods
         label = telemetry.method_label(method, routed)
@@ -246,9 +187,11 @@ class RpcConnection:
             self._run(request, handler, span, label, received)
             return
         with self._admitted_lock:  # a taken handle's close is never refused: only it closes that handle
-            admitted = self._admitted < self._admission_limit or taken is not None
+            admitted = taken is not None or (self._admitted < self._admission_limit and (
+                not self._admitted or self._admitted_bytes + size <= self._admission_bytes))
             if admitted:
                 self._admitted += 1
+                self._admitted_bytes += size
         if not admitted:
             self._complete(request, span, label, received, received, ServerOverloaded())
             return
@@ -259,7 +202,7 @@ class RpcConnection:
                 handler = functools.partial(handler, handle=handle)
             except Exception:  # the fs code did not load (a broken install): this request fails alone
                 log.exception("request %s (%r) failed", method, request.id)
-                self._release()
+                self._release(size)
                 self._complete(request, span, label, received, received, InternalError("internal error"))
                 return
         try:
@@ -269,14 +212,15 @@ class RpcConnection:
                                                 thread_name_prefix=REQUEST_THREAD_PREFIX)
                 if self.closed:  # close() ran meanwhile and saw no pool
                     self._pool.shutdown(wait=False)
-            self._pool.submit(self._run_and_release, request, handler, span, label, received, handle)
+            self._pool.submit(self._run_and_release, request, handler, span, label, received, handle, size)
         except RuntimeError:  # pool shut down: the connection is closing
-            self._release_request(handle)
+            self._release_request(handle, size)
             span.finish(telemetry.DISCONNECTED)
 
-    def _release(self) -> None:
+    def _release(self, size: int) -> None:
         with self._admitted_lock:
             self._admitted -= 1
+            self._admitted_bytes -= size
 
     def is_idle(self) -> bool:
         """No pooled request running or queued, and no running process in the session it holds."""
@@ -305,15 +249,16 @@ class RpcConnection:
         self.handshake.initialize_succeeded()
         return result
 
-    def _run_and_release(self, request: Request, handler, span, label: str, received: float, handle: Any) -> None:
+    def _run_and_release(self, request: Request, handler, span, label: str, received: float, handle: Any,
+                         size: int) -> None:
         try:
             self._run(request, handler, span, label, received)
         finally:
-            self._release_request(handle)
+            self._release_request(handle, size)
 
-    def _release_request(self, handle: Any) -> None:
-        """A pooled request ended: its admission slot, and the file handle a block operation was bound to."""
-        self._release()
+    def _release_request(self, handle: Any, size: int) -> None:
+        """A pooled request ended: its admission slot and bytes, and the file handle a block operation was bound to."""
+        self._release(size)
         if handle is not None:
             self.file_handles.end(handle)
 
@@ -339,8 +284,9 @@ class RpcConnection:
         try:
             if failed:
                 self._complete(request, span, label, received, started, outcome)
-            else:
-                self._complete(request, span, label, received, started, None, outcome)
+            else:  # the result's own pieces (a file's base64) are freed before the response is written
+                reply, outcome = encode(Response(request.id, outcome)), None
+                self._complete(request, span, label, received, started, None, reply)
         finally:
             for callback in ctx.after_response_callbacks:
                 try:
@@ -349,13 +295,13 @@ class RpcConnection:
                     log.exception("after-response hook of %s failed", request.method)
 
     def _complete(self, request: Request, span, label: str, received: float, started: float,
-                  error: Optional[RpcError], result: Any = None) -> None:
-        """Send the response (none for an aborted request) and record its span and metrics."""
+                  error: Optional[RpcError], reply: Optional[str] = None) -> None:
+        """Send the response (``reply``, the encoded result; ``error``'s; none for an aborted request) and record
+        its span and metrics."""
         if error is _ABORTED:
-            reply: Optional[str] = None
+            reply = None
             outcome = telemetry.DISCONNECTED
         elif error is None:
-            reply = encode(Response(request.id, result))
             outcome = telemetry.SUCCESS
         else:
             reply = encode(error_response(request.id, error))

@@ -22,7 +22,7 @@ from typing import BinaryIO, Optional
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
 from exec_server.protocol.jsonrpc import UNKNOWN_ID, encode, error_response
 from exec_server.server.sessions import SessionRegistry

@@ -23,7 +23,7 @@ from exec_server.common.keepalive import abort_socket
 from exec_server.common.tls import TLSStream
 from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 
 if TYPE_CHECKING:
     from exec_server.server.websocket import WebSocketConnection

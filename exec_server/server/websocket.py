@@ -31,15 +31,22 @@ from exec_server.common.websocket import send_all as _send_all
 from exec_server.common.websocket import send_now as _send_now
 from exec_server.common.websocket import send_frames as _send_frames
 from exec_server.server.config import ServerConfig
-from exec_server.server.connection import Dispatcher
+from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
 from exec_server.protocol.handshake import NEW
+
+#: What each fragment of a message after its first counts against ``max_message_bytes`` besides its payload:
+#: about the memory of the piece kept until the message is whole, so a message of many empty or tiny
+#: fragments is refused (1009) before it holds more than the limit.
+FRAGMENT_OVERHEAD_BYTES = 64
 
 log = logging.getLogger(__name__)
 
 
 def _encodable(text: str) -> bool:
     """Whether ``text`` is valid UTF-8 material (no lone surrogate, e.g. from a non-UTF-8 file name)."""
+    if text.isascii():  # no copy: a large result (base64) is ASCII
+        return True
     try:
         text.encode("utf-8")
         return True
@@ -317,7 +324,7 @@ class WebSocketConnection:
                 self._protocol.receive_data(data)
                 for event in self._protocol.events():
                     if isinstance(event, (TextMessage, BytesMessage)):
-                        size += len(event.data)
+                        size += len(event.data) + (FRAGMENT_OVERHEAD_BYTES if parts else 0)
                         if size > limit:
                             self._close_with(CLOSE_MESSAGE_TOO_BIG, "message exceeds %d bytes" % limit)
                             return

@@ -2,7 +2,7 @@
 
 from typing import Any, Callable, List, Optional
 
-from exec_server.protocol.errors import InvalidRequest
+from exec_server.protocol.errors import InvalidRequest, ServerOverloaded
 from exec_server.protocol.handshake import TAKEN_OVER
 from exec_server.server.config import ServerConfig
 from exec_server.server.process import ReadAborted
@@ -14,7 +14,7 @@ class RequestContext:
     """What a handler may use: the registry, the config, the server's fs helpers, the connection's session, hooks.
 
     ``connection`` is the :class:`~exec_server.server.connection.RpcConnection`
-    and ``dispatcher`` its :class:`~exec_server.server.connection.Dispatcher`.
+    and ``dispatcher`` its :class:`~exec_server.server.dispatcher.Dispatcher`.
     ``after_response(fn)`` runs ``fn`` once the response has been written
     (``process/start`` starts its output threads there, so no notification
     can precede the response).
@@ -38,6 +38,24 @@ class RequestContext:
 
     def after_response(self, callback: Callable[[], None]) -> None:
         self.after_response_callbacks.append(callback)
+
+    def reserve_result(self, decoded_bytes: int) -> None:
+        """Hold the server's result budget for a result of up to ``decoded_bytes`` until it has been sent.
+
+        Counts :data:`~exec_server.server.budget.RESULT_COST_PER_BYTE` per
+        byte against ``max_result_bytes_in_flight`` (all connections), waiting
+        up to ``send_timeout`` seconds for it.
+
+        Raises:
+            ServerOverloaded: -32001, the budget stayed taken by other results.
+        """
+        from exec_server.server.budget import RESULT_COST_PER_BYTE
+
+        budget = self.dispatcher.result_budget
+        reserved = budget.reserve(RESULT_COST_PER_BYTE * decoded_bytes, self.config.send_timeout)
+        if reserved is None:
+            raise ServerOverloaded()
+        self.after_response(lambda: budget.release(reserved))
 
     def aborted(self) -> Optional[Exception]:
         """An error to end a long poll with, or None to go on waiting."""

@@ -6,6 +6,7 @@ in-process, or in the sandboxed fs helper when the request's ``sandbox``
 restricts the file system.
 """
 
+import os
 from typing import Any, Dict
 
 from fs_helper import operations as fs_operations
@@ -13,6 +14,7 @@ from fs_helper import operations as fs_operations
 from exec_server.common import telemetry
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InvalidParams
+from exec_server.protocol.wire import RawJson
 from exec_server.server.fs import sandbox, special
 from exec_server.server.fs.handles import rpc_error
 from exec_server.server.handlers.context import RequestContext
@@ -22,25 +24,42 @@ def _fs_method(operation: str):
     """A handler running ``operation`` in-process, or in the fs helper under a sandbox."""
     run = fs_operations.OPERATIONS[operation]
 
-    def handler(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
+    def handler(ctx: RequestContext, params: Dict[str, Any]) -> Any:
         policy = sandbox.parse_sandbox(params.get("sandbox"))
         wire = {name: value for name, value in params.items() if name != "sandbox"}
+        if operation == "fs/readFile":
+            ctx.reserve_result(_size_to_read(wire))
         if policy is not None and policy.restrict_file_system:
             with telemetry.child_span("fs.helper"):
-                return ctx.fs_helpers.run(operation, wire, policy)
-        try:
-            if operation == "fs/readFile":
-                special.refuse_blocking(fs_operations.native_path(wire), wire.get("followSymlinks", True) is not False)
-            elif operation == "fs/copy":
-                source = fs_operations.native_path(wire, "sourcePath")
-                special.refuse_blocking_tree(source) if wire.get("recursive") else special.refuse_blocking(source)
-            return run(wire)
-        except fs_operations.FsError as exc:
-            raise rpc_error(exc) from None
+                result = ctx.fs_helpers.run(operation, wire, policy)
+        else:
+            try:
+                if operation == "fs/readFile":
+                    special.refuse_blocking(fs_operations.native_path(wire),
+                                            wire.get("followSymlinks", True) is not False)
+                elif operation == "fs/copy":
+                    source = fs_operations.native_path(wire, "sourcePath")
+                    special.refuse_blocking_tree(source) if wire.get("recursive") else special.refuse_blocking(source)
+                result = run(wire)
+            except fs_operations.FsError as exc:
+                raise rpc_error(exc) from None
+        if operation == "fs/readFile":  # base64 needs no escaping: one copy of it into the response, not two
+            return RawJson(['{"dataBase64":"', result.pop("dataBase64"), '"}'])
+        return result
 
     handler.__name__ = operation.replace("/", "_")
     handler.__doc__ = "%s (PROTOCOL.md 8.3)." % operation
     return handler
+
+
+def _size_to_read(wire: Dict[str, Any]) -> int:
+    """Bytes an ``fs/readFile`` may return: the file's size, at most the read limit (0 if it cannot be seen)."""
+    try:
+        path = fs_operations.native_path(wire)
+        size = (os.stat if wire.get("followSymlinks", True) is not False else os.lstat)(path).st_size
+    except (fs_operations.FsError, OSError, ValueError):
+        return 0  # the operation itself reports what is wrong
+    return min(size, fs_operations.READ_FILE_LIMIT + 1)
 
 
 def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:

@@ -133,6 +133,7 @@ def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:
         max_bytes=params.get("maxBytes"),
         wait=wait_ms / 1000.0,
         aborted=ctx.aborted,
+        reserve=ctx.reserve_result,
     )
     return read_result_json(result.chunks, result.next_seq, result.exited, result.exit_code, result.closed,
                             result.sandbox_denied)

@@ -224,9 +224,10 @@ class ManagedProcess:
         self._log.wake()
 
     def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
-             aborted: Callable[[], Optional[Exception]] = lambda: None) -> ReadResult:
+             aborted: Callable[[], Optional[Exception]] = lambda: None,
+             reserve: Callable[[int], None] = lambda size: None) -> ReadResult:
         """The ``process/read`` result (PROTOCOL.md 5.4); see :meth:`OutputLog.read`."""
-        return self._log.read(after_seq, max_bytes, wait, aborted)
+        return self._log.read(after_seq, max_bytes, wait, aborted, reserve)
 
     def discard_output(self) -> None:
         """Delete the output spooled to disk (the process is forgotten or its session ended)."""

@@ -231,7 +231,8 @@ class OutputLog:
 
     # ---------------------------------------------------------------- reading
     def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
-             aborted: Callable[[], Optional[Exception]] = lambda: None) -> ReadResult:
+             aborted: Callable[[], Optional[Exception]] = lambda: None,
+             reserve: Callable[[int], None] = lambda size: None) -> ReadResult:
         """Retained output after ``after_seq``, waiting up to ``wait`` seconds for some (PROTOCOL.md 5.4).
 
         Returns at once if there is output after ``after_seq``, the process
@@ -246,8 +247,12 @@ class OutputLog:
             wait: long-poll limit in seconds.
             aborted: called (under the log's lock) before each look; a
                 returned exception is raised.
+            reserve: called (outside the lock) with the most bytes the read
+                may return before it reads spooled output from disk (the
+                server's result budget, :mod:`~exec_server.server.budget`).
         Raises:
-            whatever ``aborted`` returns, e.g. :class:`~exec_server.server.process.ReadAborted`.
+            whatever ``aborted`` returns, e.g. :class:`~exec_server.server.process.ReadAborted`;
+            whatever ``reserve`` raises.
         """
         deadline = time.monotonic() + wait
         budget = max_bytes
@@ -267,6 +272,7 @@ class OutputLog:
                 if remaining <= 0:
                     return result
                 self._changed.wait(min(remaining, 3600.0))  # any u64 waitMs: no timeout overflow
+        reserve(budget or 0)
         return self._read_spooled(after_seq, max_bytes, budget)
 
     def _spooled_after_locked(self, after_seq: int) -> Optional[int]:

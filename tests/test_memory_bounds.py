@@ -1,0 +1,117 @@
+"""What bounds the server's memory beyond the count limits (README "Limits"): the bytes of the requests a
+connection has admitted, and the large results of all connections being built and sent.
+
+Loopback only; every test ends by itself (timeouts on each wait).
+"""
+
+import base64
+import json
+import os
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import start_params, wait_until
+from exec_server.server.budget import RESULT_COST_PER_BYTE, ByteBudget
+from test_fuzz import _frame, _upgrade
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1024 * 1024
+
+
+def test_byte_budget_waits_bounded_and_lets_one_oversized_reservation_run_alone():
+    budget = ByteBudget(100)
+    first = budget.reserve(60, 1.0)
+    assert first == 60 and budget.used == 60
+    assert budget.try_reserve(50) is None  # 110 > 100
+    started = time.monotonic()
+    assert budget.reserve(50, 0.2) is None
+    assert time.monotonic() - started >= 0.2
+    released = threading.Timer(0.2, budget.release, args=(first,))
+    released.start()
+    assert budget.reserve(50, 5.0) == 50  # woken by the release
+    released.join(5)
+    budget.release(50)
+    assert budget.reserve(1000, 0.0) == 100  # alone: capped at the limit, runs
+    assert budget.try_reserve(1) is None
+    budget.release(100)
+    assert budget.used == 0
+
+
+def test_admitted_requests_of_a_connection_hold_at_most_max_message_bytes(configured_server, connect, tmp_path):
+    """A connection that pipelines large requests behind a busy worker gets -32001 for the one that would pin more
+    than --max-message-bytes of queued messages; the admitted ones run, the refused one does not."""
+    running = configured_server(concurrent_requests=1, max_message_bytes=MIB)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("idle", ["sleep", "30"]))
+    peer.send({"id": 1, "method": "process/read", "params": {"processId": "idle", "waitMs": 2000}})  # holds the worker
+    payload = base64.b64encode(os.urandom(300 * 1024)).decode()  # a 400 KB message each
+    for number in (2, 3, 4):
+        peer.send({"id": number, "method": "fs/writeFile",
+                   "params": {"path": "file://%s/f%d" % (tmp_path, number), "dataBase64": payload}})
+    refused = peer.wait_for(lambda m: m.get("id") == 4, timeout=10)
+    assert refused["error"]["code"] == -32001 and refused["error"]["message"] == "Server overloaded; retry later."
+    assert not any(m.get("id") == 1 for m in peer.received)  # refused at once, while the long poll still runs
+    for number in (1, 2, 3):
+        assert "result" in peer.wait_for(lambda m, n=number: m.get("id") == n, timeout=10)
+    assert (tmp_path / "f2").read_bytes() == (tmp_path / "f3").read_bytes() == base64.b64decode(payload)
+    assert not (tmp_path / "f4").exists()
+    assert peer.call("environment/status") == {"status": "ready"}  # the connection goes on
+
+
+def _send(sock, message):
+    sock.sendall(_frame(1, json.dumps(message).encode()))
+
+
+def _drain_at_least(sock, size, timeout=30.0):
+    sock.settimeout(timeout)
+    received = 0
+    while received < size:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        received += len(chunk)
+    return received
+
+
+@pytest.mark.parametrize("waiting", ["process/read", "fs/readFile"])
+def test_a_large_result_waits_while_others_fill_the_result_budget(configured_server, connect, tmp_path, waiting):
+    """Connection A asks for a 16 MiB file and does not read its response (22 MB of base64: more than the
+    socket buffers hold, so the server's send waits): the result holds the whole budget.
+    B's large result (spooled output, or the same file) is not built until A has read its own."""
+    size = 16 * MIB
+    running = configured_server(max_result_bytes_in_flight=RESULT_COST_PER_BYTE * size)
+    data = os.urandom(size)
+    (tmp_path / "big").write_bytes(data)
+    peer = connect(running.url)
+    peer.initialize()
+    if waiting == "process/read":
+        peer.call("process/start", start_params("big", ["head", "-c", str(4 * MIB), str(tmp_path / "big")]))
+        peer.wait_closed("big", timeout=30)
+        request = {"processId": "big", "afterSeq": 0, "maxBytes": None}
+    else:
+        request = {"path": "file://%s/big" % tmp_path}
+    slow = _upgrade(urlsplit(running.url).port)
+    try:
+        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
+        _send(slow, {"method": "initialized", "params": {}})
+        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
+        budget = running.server.dispatcher.result_budget
+        wait_until(lambda: budget.used == budget.limit, timeout=10)  # A's result is built and being sent
+        peer.send({"id": 7, "method": waiting, "params": request})
+        with pytest.raises(AssertionError):  # B waits for the budget while A does not read
+            peer.wait_for(lambda m: m.get("id") == 7, timeout=1.0)
+        assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
+    finally:
+        slow.close()
+    reply = peer.wait_for(lambda m: m.get("id") == 7, timeout=20)
+    if waiting == "process/read":
+        chunks = reply["result"]["chunks"]
+        assert b"".join(base64.b64decode(c["chunk"]) for c in chunks) == data[:4 * MIB]
+    else:
+        assert base64.b64decode(reply["result"]["dataBase64"]) == data
+    wait_until(lambda: budget.used == 0, timeout=10)
