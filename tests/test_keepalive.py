@@ -285,3 +285,24 @@ def test_what_arrived_while_the_connection_was_busy_is_read_before_judging_silen
         busy.join(10)
         assert answers and "platformOs" in answers[0]
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
+
+
+def test_a_takeover_probe_leaves_a_live_holder_on_a_slow_link(live, connect):
+    """The holder reads at ~400 KB/s behind megabytes of queued output, so the probe's Ping cannot be answered
+    within the probe timeout; it takes the output meanwhile, which shows it alive: the resume gets -32010 and
+    the holder keeps its session."""
+    server, proxy = live()  # the defaults: takeover_probe_timeout 2 s
+    proxy.throttle_downstream(400_000)
+    first = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
+    try:
+        flood = first.start(["sh", "-c", "yes | head -c 200000000"])
+        session = server.registry.get(first.session_id)
+        time.sleep(1.0)  # output queues in the server's socket, behind which any Ping waits
+        peer: Peer = connect(server.url)
+        reply = peer.request("initialize", {"clientName": "second", "resumeSessionId": first.session_id},
+                             timeout=10)
+        assert reply.get("error", {}).get("code") == -32010, reply
+        assert session.holder() is not None and first.state == "connected"
+        flood.terminate(timeout=30)
+    finally:
+        first.close()

@@ -232,11 +232,14 @@ class WebSocketConnection:
         """Whether the peer is alive: a Ping, then anything from it within ``timeout`` seconds.
 
         A peer that stays silent is dead: the connection is closed and its
-        session detached before this returns False.  Called from another
-        connection's thread (a resume); bounded by ``timeout``.
+        session detached before this returns False.  A peer that answers
+        nothing but takes the output queued to it (a slow link: our Ping waits
+        behind that output, as in :meth:`_pong_delayed`) is alive.  Called
+        from another connection's thread (a resume); bounded by ``timeout``.
         """
         start = time.monotonic()
         deadline = start + timeout
+        before = send_progress(self._sock)
         with self._received:
             self._probes += 1
         try:
@@ -251,6 +254,9 @@ class WebSocketConnection:
                         break
                     self._received.wait(remaining)
             alive = self._clock.last_received >= start and not self._dead
+            if not alive and not self._dead and before is not None and before[1] > 0:
+                after = send_progress(self._sock)  # it took output queued before our Ping, not yet the Ping:
+                alive = after is not None and before[0] < after[0] <= before[0] + before[1]  # a slow link
         finally:
             with self._received:
                 self._probes -= 1
