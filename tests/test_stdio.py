@@ -323,3 +323,38 @@ def test_garbage_collected_client_ends_its_child():
     pid = make()
     gc.collect()
     wait_until(lambda: not pid_alive(pid), timeout=10)
+
+
+def test_requests_read_before_stdin_eof_are_answered(stdio_server, tmp_path):
+    """``printf ... | exec-server --listen stdio``: every request before the end of file gets its answer (the fs
+    family loads with the first fs request, which used to lose the race with the end)."""
+    child = stdio_server()
+    lines = [{"id": 1, "method": "initialize", "params": {"clientName": "s"}}, {"method": "initialized"},
+             {"id": 2, "method": "fs/writeFile", "params": {"path": "file://%s/bad" % tmp_path, "dataBase64": "QR=="}},
+             {"id": 3, "method": "fs/readFile", "params": {"path": "file://%s/missing" % tmp_path}},
+             {"id": 4, "method": "fs/writeFile", "params": {"path": "file://%s/good" % tmp_path, "dataBase64": "aGk="}},
+             {"id": 5, "method": "process/read", "params": {"processId": "nope", "waitMs": 100}}]
+    out, _err = child.communicate(b"".join(json.dumps(line).encode() + b"\n" for line in lines), timeout=30)
+    answers = {message["id"]: message for message in map(json.loads, out.splitlines())}
+    assert sorted(answers) == [1, 2, 3, 4, 5]
+    assert answers[2]["error"]["code"] == -32600 and answers[3]["error"]["code"] == -32004  # not found
+    assert answers[4] == {"id": 4, "result": {}} and (tmp_path / "good").read_bytes() == b"hi"
+    assert answers[5]["error"]["message"] == "unknown process id nope"
+    assert child.returncode == 0
+
+
+def test_a_long_poll_at_stdin_eof_holds_the_exit_for_at_most_eof_answer_wait(stdio_server):
+    from exec_server.server.stdio import EOF_ANSWER_WAIT
+
+    child = stdio_server()
+    lines = [{"id": 1, "method": "initialize", "params": {"clientName": "s"}}, {"method": "initialized"},
+             {"id": 2, "method": "process/start", "params": {"processId": "p", "argv": ["sleep", "30"],
+                                                             "cwd": "file:///tmp", "env": {}, "tty": False}},
+             {"id": 3, "method": "process/read", "params": {"processId": "p", "afterSeq": 0, "waitMs": 60000}}]
+    send(child, *(json.dumps(line).encode() + b"\n" for line in lines))
+    assert read_json(child)["id"] == 1 and read_json(child)["id"] == 2
+    started = time.monotonic()
+    out, _err = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert EOF_ANSWER_WAIT <= time.monotonic() - started < EOF_ANSWER_WAIT + 3.0
+    assert not [message for message in map(json.loads, out.splitlines()) if message.get("id") == 3]

@@ -222,6 +222,17 @@ class RpcConnection:
             self._admitted -= 1
             self._admitted_bytes -= size
 
+    def wait_requests(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no pooled request runs or waits; True if none is left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._admitted_lock:
+                if not self._admitted:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
     def is_idle(self) -> bool:
         """No pooled request running or queued, and no running process in the session it holds."""
         with self._admitted_lock:

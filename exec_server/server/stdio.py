@@ -8,7 +8,9 @@ stderr, so a stray ``print`` can never corrupt it.
 
 The connection ends on stdin EOF, on a protocol violation, or when the parent
 process dies (its PID changes under us); every process tree the server
-started is then killed and :func:`serve_stdio` returns.  The dispatcher and
+started is then killed and :func:`serve_stdio` returns.  At end of file the
+requests read before it are answered first, for at most
+:data:`EOF_ANSWER_WAIT` (a long poll still waiting then gets no answer).  The dispatcher and
 session code are the ones the WebSocket transport uses; only the framing
 differs.
 """
@@ -30,6 +32,9 @@ from exec_server.server.sessions import SessionRegistry
 log = logging.getLogger(__name__)
 
 PARSE_ERROR_PREFIX = "failed to parse JSON-RPC message from exec-server stdio: "
+#: How long requests read before stdin's end of file may take to be answered, seconds (less than the
+#: client's ``CHILD_EXIT_GRACE``, after which a closing :meth:`Client.spawn` client kills the server).
+EOF_ANSWER_WAIT = 1.0
 #: How often the parent-death watchdog checks the parent PID, seconds.
 PARENT_CHECK_INTERVAL = 0.5
 
@@ -60,7 +65,8 @@ class StdioConnection:
         try:
             while not self._done.is_set():
                 line = self._reader.readline(limit + 2)
-                if not line:
+                if not line:  # end of file: answer what was read before it, for a while
+                    self._rpc.wait_requests(EOF_ANSWER_WAIT)
                     break
                 if not line.endswith(b"\n") and len(line) > limit:
                     self._skip_rest_of_line(limit)
