@@ -623,3 +623,23 @@ def test_serially_a_write_sent_after_a_close_finds_the_handle_gone(configured_se
     assert peer.wait_for(lambda m: m.get("id") == 952)["error"]["code"] == -32004
     assert time.monotonic() - started < 3.0 and target.read_bytes() == b""
     peer.call("process/terminate", {"processId": "s"})
+
+
+def test_a_handle_made_without_its_connection_number_never_rewords_the_servers_error():
+    """Only FileSystem.open knows on which connection a handle was opened; one made by hand (connection None)
+    must not claim that a reconnect ended it."""
+    from types import SimpleNamespace
+
+    from exec_server.client.fs import RemoteFile
+    from exec_server.protocol.errors import NotFound
+
+    def call(method, params):
+        raise NotFound("unknown file handle `h1`")
+
+    fs = SimpleNamespace(_call=call, _client=SimpleNamespace(connection_number=3))
+    with pytest.raises(NotFound) as caught:
+        RemoteFile(fs, "h1", "read").read_block(0, 10)
+    assert caught.value.message == "unknown file handle `h1`"
+    with pytest.raises(NotFound) as caught:
+        RemoteFile(fs, "h1", "read", connection=2).read_block(0, 10)
+    assert caught.value.message.startswith("file handle `h1` ended with the connection it was opened on")

@@ -443,3 +443,30 @@ def test_events_put_back_by_a_timed_out_communicate_wake_another_consumer(server
         assert len(got) == 1 and isinstance(got[0], OutputEvent) and got[0].data == b"x"
         process.write(b"\n")
         assert process.wait(timeout=30) == 0
+
+
+def test_an_interrupted_communicate_keeps_what_it_consumed():
+    """Ctrl-C (KeyboardInterrupt) in the middle of communicate: a later communicate returns the whole output."""
+    class NoCalls:
+        def call(self, *args, **kwargs):
+            raise AssertionError("no call expected")
+
+    process = process_module.RemoteProcess(NoCalls(), "p1", ["x"])
+    process.deliver_event(OutputEvent(1, "stdout", b"first "))
+    process.deliver_event(OutputEvent(2, "stderr", b"err"))
+    real, calls = process.next_event, []
+
+    def interrupted(timeout=None):
+        calls.append(timeout)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(timeout)
+
+    process.next_event = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        process.communicate(timeout=5)
+    del process.next_event
+    process.deliver_event(OutputEvent(3, "stdout", b"second"))
+    process.deliver_event(ExitedEvent(4, 0))
+    process.deliver_event(ClosedEvent(5))
+    assert process.communicate(timeout=5) == (b"first second", b"err")

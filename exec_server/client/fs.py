@@ -35,9 +35,10 @@ class RemoteFile:
     :meth:`discard` s it instead).
     """
 
-    def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False, connection: int = 0):
+    def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False,
+                 connection: Optional[int] = None):
         self._fs = fs
-        self._connection = connection  # the client's connection_number once it was opened
+        self._connection = connection  # the client's connection_number once it was opened; None: unknown
         self.handle_id = handle_id
         self.mode = mode
         self.atomic = atomic
@@ -55,7 +56,8 @@ class RemoteFile:
         try:
             return self._fs._call(method, params)
         except NotFound as exc:
-            if self._fs._client.connection_number == self._connection or "unknown file handle" not in exc.message:
+            if (self._connection is None or self._fs._client.connection_number == self._connection
+                    or "unknown file handle" not in exc.message):
                 raise
             raise NotFound("file handle `%s` ended with the connection it was opened on (the client has "
                            "reconnected since): open the file again" % self.handle_id, exc.data) from exc

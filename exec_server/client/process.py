@@ -14,7 +14,6 @@ client-internal: user code never calls them.
 """
 
 import io
-import subprocess
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -266,9 +265,11 @@ class RemoteProcess(ProcessControl):
         A PTY's output counts as stdout.
 
         Raises:
-            CallTimeout: not closed within ``timeout`` (the output so far
-                stays buffered).
+            CallTimeout: not closed within ``timeout``.
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
+            Whatever interrupts it (``KeyboardInterrupt``) also leaves the
+            output so far buffered, as the events it came in, beyond
+            ``max_buffered_output`` if need be: a later call returns it.
         """
         deadline = _deadline(timeout)
         # Written as events arrive, and BytesIO.getvalue() hands its buffer over without
@@ -291,7 +292,7 @@ class RemoteProcess(ProcessControl):
                 consumed.append(event)
                 if isinstance(event, ClosedEvent):
                     break
-        except subprocess.TimeoutExpired:
+        except BaseException:  # a timeout, Ctrl-C, a gap: what was consumed is not lost
             stdout, stderr = out.getvalue(), err.getvalue()
             events = [OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
                       if isinstance(item, tuple) else item for item in consumed]  # built before the lock
