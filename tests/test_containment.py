@@ -16,7 +16,7 @@ import uuid
 import psutil
 import pytest
 
-from conftest import start_params, wait_until
+from conftest import start_params, wait_until, with_env
 from exec_server import Client
 from exec_server.server.process import contain, guardian
 
@@ -46,14 +46,7 @@ MODES = [pytest.param("isolate", marks=pytest.mark.skipif(not ISOLATE_WORKS, rea
 
 def marked(token):
     """Living (non-zombie) processes whose environment carries ``token``."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(TOKEN_ENV) == token and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    return with_env(TOKEN_ENV, token)
 
 
 @pytest.fixture

@@ -18,13 +18,16 @@ import psutil
 import pytest
 
 from conftest import start_params, wait_until
+import test_containment
 from exec_server.server.process import contain
 from exec_server.server.process.leftovers import Leftovers
+from test_containment import TOKEN_ENV, marked
+
+token = test_containment.token  # the fixture: a random marker value; what carries it is killed at teardown
 
 pytestmark = [pytest.mark.posix, pytest.mark.timeout(60),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment")]
 
-TOKEN_ENV = "LEFTOVERS_TEST_TOKEN"
 # fork, setsid, fork: the grandchild writes its PID, ignores the usual signals, keeps stdin open and never
 # reads it (its stdout and stderr on the null device, so the command can close); the command exits at once
 DAEMON = ("import os, signal, sys, time\n"
@@ -35,28 +38,6 @@ DAEMON = ("import os, signal, sys, time\n"
           "for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT): signal.signal(number, signal.SIG_IGN)\n"
           "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
           "time.sleep(1000)\n")
-
-
-def marked(token):
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(TOKEN_ENV) == token and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-@pytest.fixture
-def token():
-    value = uuid.uuid4().hex
-    yield value
-    for process in marked(value):  # never leave anything behind, whatever the test found
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
 
 
 def start_daemon_command(peer, tmp_path, token, **extra):
