@@ -133,3 +133,20 @@ def test_run_help_lists_the_exit_statuses():
     assert done.returncode == 0
     for status in (b"125", b"255", b"  2 "):
         assert status in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--listen", "ws://127.0.0.1:0", "--tls-certfile", "x.pem"],
+     "exec-server: --tls-certfile needs a wss:// listen URL"),
+    (["--listen", "ws://127.0.0.1:0", "--tls-certfile", "x.pem", "--tls-keyfile", "k.pem"],
+     "exec-server: --tls-certfile, --tls-keyfile need a wss:// listen URL"),
+    (["--listen", "ws://127.0.0.1:0", "--ws-auth", "capability-token", "--ws-token-file", "/no/such/token"],
+     "exec-server: failed to read websocket token file /no/such/token: No such file or directory"),
+    (["--listen", "ws://example.com:80"],
+     "exec-server: listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or localhost, "
+     "e.g. ws://127.0.0.1:8765), got 'ws://example.com:80'"),
+])
+def test_server_start_up_mistakes_are_worded_for_people(args, message):
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert one_line(done) == message

@@ -228,8 +228,7 @@ def auth_from(args: argparse.Namespace):
     The refusals of inconsistent options are the reference's messages.
 
     Raises:
-        ValueError: inconsistent options, or an unusable shared secret file;
-            OSError: unreadable token file.
+        ValueError: inconsistent options, or an unreadable token or shared secret file.
     """
     from exec_server.server.auth import CapabilityToken, SignedBearerToken
 
@@ -309,7 +308,7 @@ def tls_from(args: argparse.Namespace):
                                       ("--tls-client-ca", args.tls_client_ca)) if value is not None]
     if urlsplit(args.listen).scheme != "wss":
         if given:
-            raise ValueError("%s need a wss:// listen URL" % ", ".join(given))
+            raise ValueError("%s %s a wss:// listen URL" % (", ".join(given), "needs" if len(given) == 1 else "need"))
         return None
     if args.tls_certfile is None:
         raise ValueError("a wss:// listener needs --tls-certfile (and --tls-keyfile unless the key is in it)")

@@ -58,12 +58,16 @@ def parse_listen_url(url: str) -> Tuple[str, int]:
             ``localhost``) and a port.
     """
     parts = urlsplit(url)
+    shape = ("listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or "
+             "localhost, e.g. ws://127.0.0.1:8765), got %r" % url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
-        raise ValueError("listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or "
-                         "localhost, e.g. ws://127.0.0.1:8765), got %r" % url)
+        raise ValueError(shape)
     host = parts.hostname
     if host != "localhost":
-        ipaddress.ip_address(host)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(shape) from None
     if parts.path not in ("", "/"):
         raise ValueError("listen URL must not have a path: %r" % url)
     return host, parts.port

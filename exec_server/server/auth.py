@@ -100,10 +100,16 @@ class CapabilityToken:
         """Read the token from ``path``; one trailing newline is ignored.
 
         Raises:
-            OSError: the file cannot be read.  ValueError: it is empty.
+            ValueError: the file cannot be read, or it is empty.
         """
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read()
+        except OSError as exc:
+            raise ValueError("failed to read websocket token file %s: %s" % (path, exc.strerror or exc)) from None
+        except UnicodeDecodeError:
+            raise ValueError("failed to read websocket token file %s: stream did not contain valid UTF-8"
+                             % path) from None
         if token.endswith("\n"):
             token = token[:-1]
         if token.endswith("\r"):
