@@ -179,6 +179,24 @@ def test_isolated_child_view_and_exit_codes(configured_server, tmp_path):
         assert trap.wait(timeout=10) == 9
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_an_interactive_job_control_shell_on_a_pty_exits_with_its_status(configured_server, mode):
+    """``sh -i`` (dash: job control) saves the terminal's foreground group at start and restores it at exit; it
+    must see that group (in isolate mode the PTY's session is made inside the PID namespace), and Ctrl-C typed
+    on the terminal reaches the foreground job only."""
+    running = configured_server(pid_namespace=mode)
+    with Client.connect(running.url, timeout=10) as client:
+        shell = client.start(["sh", "-i"], tty=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                                          "PS1": "$ "})
+        shell.write(b"sleep 100; echo after-int\n")
+        time.sleep(0.5)
+        shell.write(b"\x03")  # Ctrl-C: the sleep ends, the shell goes on
+        shell.write(b"echo ok; exit 5\n")
+        out, _err = shell.communicate(timeout=20)
+    assert shell.returncode == 5, out
+    assert b"ok\r\n" in out and b"Cannot set tty process group" not in out, out
+
+
 def test_inherit_mode_marks_the_environment(configured_server):
     running = configured_server(pid_namespace="inherit")
     with Client.connect(running.url, timeout=10) as client:

@@ -125,6 +125,24 @@ def isolate_prefix(init: str, setpriv: str, unshare: str, map_user: bool) -> Lis
     return prefix + ["--"]
 
 
+def terminal_prefix(prefix: List[str]) -> List[str]:
+    """The prefix of a program on a PTY: ``prefix`` with ``dumb-init`` in its default (setsid) mode.
+
+    There ``dumb-init`` makes the program a session leader whose
+    controlling terminal is the PTY, inside the PID namespace, so the
+    terminal's foreground process group is one the program can see (a job
+    control shell reads and restores it; outside, ``dash`` fails with
+    ``Cannot set tty process group``).  The terminal's own signals (Ctrl-C,
+    SIGWINCH, SIGHUP) then reach the program's group only, and ``dumb-init``
+    forwards what ``process/signal`` sends to the outer group: no rewrite.
+    """
+    if "--single-child" not in prefix:
+        return prefix
+    at = prefix.index("--single-child")
+    end = prefix.index("--", at)
+    return prefix[:at] + prefix[end:]
+
+
 class Containment:
     """The mode in force and the command prefix of each child; decided once by :func:`probe`."""
 

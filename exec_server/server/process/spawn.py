@@ -130,7 +130,9 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         if tty:
             if IS_WINDOWS:
                 raise InternalError("tty processes need a PTY backend on Windows")
-            return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS))
+            if prefix:  # the namespace's init makes the program the terminal's session leader
+                args = contain.terminal_prefix(list(prefix)) + args[len(prefix):]
+            return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS), not prefix)
         stdin = subprocess.PIPE if pipe_stdin else _null_input()
         popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env, stdin=stdin,
@@ -183,7 +185,7 @@ def send_eof(fd: int, count: int) -> None:
 
 
 def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
-               size: Tuple[int, int]) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+               size: Tuple[int, int], take_terminal: bool = True) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
     master, slave = os.openpty()
     try:
         set_window_size(slave, size[0], size[1])
@@ -191,7 +193,7 @@ def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
         popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env,
             stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-            start_new_session=True, preexec_fn=_set_controlling_tty,
+            start_new_session=True, preexec_fn=_set_controlling_tty if take_terminal else None,
         ))
     except BaseException:
         os.close(master)
