@@ -5,6 +5,7 @@ process of it carries a token in its environment, so psutil finds them on the
 host whatever PID namespace they live in.  Fresh server per test, loopback only.
 """
 
+import base64
 import os
 import random
 import signal
@@ -195,6 +196,38 @@ def test_an_interactive_job_control_shell_on_a_pty_exits_with_its_status(configu
         out, _err = shell.communicate(timeout=20)
     assert shell.returncode == 5, out
     assert b"ok\r\n" in out and b"Cannot set tty process group" not in out, out
+
+
+TRAP = "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.05; done"
+
+
+@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+@pytest.mark.parametrize("arg0", [None, "myshell", ""])
+def test_an_interrupt_right_after_the_start_reaches_a_program_started_with_arg0(configured_server, connect, arg0):
+    """With arg0 an interpreter execs the program inside the namespace: the interrupt must wait for the program,
+    not land on that interpreter (which died of it: exit 130, the trap never ran)."""
+    running = configured_server(pid_namespace="isolate")
+    peer = connect(running.url)
+    peer.initialize()
+    params = start_params("trap", ["/bin/sh", "-c", TRAP], **({} if arg0 is None else {"arg0": arg0}))
+    peer.send({"id": 1, "method": "process/start", "params": params})
+    peer.send({"id": 2, "method": "process/signal", "params": {"processId": "trap", "signal": "interrupt"}})
+    notifications = peer.wait_closed("trap", timeout=20)
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in notifications
+                      if m["method"] == "process/output")
+    exited = [m["params"]["exitCode"] for m in notifications if m["method"] == "process/exited"]
+    assert (exited, output) == ([9], b"ready\ngot-int\n")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arg0", ["", "-", "x y"])
+def test_any_arg0_is_the_programs_argv0(configured_server, mode, arg0):
+    """Linux allows an empty argv[0] (as the reference's Command::arg0 does); os.execv does not, so the
+    isolate mode's interpreter must not use it there."""
+    running = configured_server(pid_namespace=mode)
+    with Client.connect(running.url, timeout=10) as client:
+        done = client.run(["/bin/sh", "-c", 'echo "[$0]"'], arg0=arg0, timeout=20)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"[%s]\n" % arg0.encode(), b"")
 
 
 def test_inherit_mode_marks_the_environment(configured_server):

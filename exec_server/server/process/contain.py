@@ -219,6 +219,29 @@ def decide(requested: str) -> Containment:
         return decided
 
 
+#: Sets argv[0] for a program run under an init that cannot (``arg0`` with a PID namespace): an exec of
+#: ``sys.argv[1]`` with ``sys.argv[2:]``, through libc when argv[0] is empty (``os.execv`` refuses that;
+#: Linux and the reference's ``Command::arg0("")`` allow it).
+ARG0_SHIM = ("import os, sys\n"
+             "path, argv = sys.argv[1], sys.argv[2:]\n"
+             "if argv[0]:\n"
+             "    os.execv(path, argv)\n"
+             "import ctypes\n"
+             "array = (ctypes.c_char_p * (len(argv) + 1))(*[os.fsencode(a) for a in argv], None)\n"
+             "ctypes.CDLL(None, use_errno=True).execv(os.fsencode(path), array)\n"
+             "error = ctypes.get_errno()\n"
+             "raise OSError(error, os.strerror(error), path)\n")
+
+
+def arg0_shim(executable: str, arg0: str) -> List[str]:
+    """The command that execs ``executable`` with ``arg0`` as its argv[0] (arguments follow)."""
+    return [sys.executable, "-I", "-S", "-c", ARG0_SHIM, executable, arg0]
+
+
+def _is_arg0_shim(command: List[str]) -> bool:
+    return len(command) > 4 and command[3] == "-c" and command[4] == ARG0_SHIM
+
+
 #: How long an interrupt waits for an isolated program to exist, seconds (a loaded machine can take
 #: seconds to run ``setpriv``, ``unshare`` and ``dumb-init``; a signal sent earlier would be lost).
 PROGRAM_START_WAIT = 10.0
@@ -233,7 +256,8 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     program.  Nor may it come between dumb-init's fork and the program's
     exec: that child already unblocks signals but still has dumb-init's
     do-nothing handlers, so the signal would be swallowed.  So this waits
-    for the init's child to run another command line than the init's.
+    for the init's child to run another command line than the init's (and
+    than the :data:`ARG0_SHIM` interpreter's, which would die of the signal).
     Returns False if the program did not appear within ``timeout`` seconds
     (logged) or ``ended()`` became true (the process exited meanwhile).
     """
@@ -244,8 +268,10 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
         try:
             for init in psutil.Process(pid).children():
                 command = init.cmdline()
-                if any(child.cmdline() != command for child in init.children()):
-                    return True  # exec'd: the program's own signal dispositions
+                for child in init.children():
+                    started = child.cmdline()
+                    if started != command and not _is_arg0_shim(started):
+                        return True  # exec'd: the program's own signal dispositions
         except psutil.Error:
             return False  # gone: nothing left to interrupt
         if ended():

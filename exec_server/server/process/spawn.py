@@ -56,10 +56,6 @@ def exit_code_from_returncode(returncode: int, tty: bool, isolated: bool = False
     return 1 if tty else 128 - returncode
 
 
-#: Sets argv[0] for a program run under an init that cannot (``arg0`` with PID namespaces).
-_ARG0_SHIM = "import os, sys; os.execv(sys.argv[1], sys.argv[2:])"
-
-
 #: The null device, read-only, shared as every child's stdin.  Module-level on
 #: purpose: opened on the first spawn and kept for the life of the Python
 #: process (one descriptor, never closed, whichever server spawns).
@@ -122,7 +118,7 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         elif prefix:
             _check_executable(os.path.join(cwd, executable))  # the init's exec failure would be an exit code
             if arg0 is not None:
-                program = [sys.executable, "-I", "-S", "-c", _ARG0_SHIM, executable, arg0]
+                program = contain.arg0_shim(executable, arg0)
             else:  # the init's execvp finds the same file in the child's PATH; argv[0] stays as given
                 program = [argv[0] if "PATH" in env else executable]
             args = list(prefix) + program + list(argv[1:])
