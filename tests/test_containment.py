@@ -5,7 +5,6 @@ process of it carries a token in its environment, so psutil finds them on the
 host whatever PID namespace they live in.  Fresh server per test, loopback only.
 """
 
-import base64
 import os
 import random
 import signal
@@ -198,25 +197,34 @@ def test_an_interactive_job_control_shell_on_a_pty_exits_with_its_status(configu
     assert b"ok\r\n" in out and b"Cannot set tty process group" not in out, out
 
 
-TRAP = "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.05; done"
+#: As FORK_THEN_EXEC, but the init's child runs the arg0 step, which waits 1 s before it execs ``sleep``.
+SHIM_THEN_EXEC = """
+import os, sys
+if os.fork() == 0:              # the init
+    if os.fork() == 0:          # its child: the arg0 step
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", sys.argv[1], "/bin/sleep", "sleep", "30"])
+    os.wait()
+    os._exit(0)
+os.wait()
+"""
 
 
-@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
-@pytest.mark.parametrize("arg0", [None, "myshell", ""])
-def test_an_interrupt_right_after_the_start_reaches_a_program_started_with_arg0(configured_server, connect, arg0):
-    """With arg0 an interpreter execs the program inside the namespace: the interrupt must wait for the program,
-    not land on that interpreter (which died of it: exit 130, the trap never ran)."""
-    running = configured_server(pid_namespace="isolate")
-    peer = connect(running.url)
-    peer.initialize()
-    params = start_params("trap", ["/bin/sh", "-c", TRAP], **({} if arg0 is None else {"arg0": arg0}))
-    peer.send({"id": 1, "method": "process/start", "params": params})
-    peer.send({"id": 2, "method": "process/signal", "params": {"processId": "trap", "signal": "interrupt"}})
-    notifications = peer.wait_closed("trap", timeout=20)
-    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in notifications
-                      if m["method"] == "process/output")
-    exited = [m["params"]["exitCode"] for m in notifications if m["method"] == "process/exited"]
-    assert (exited, output) == ([9], b"ready\ngot-int\n")
+def test_an_interrupt_waits_for_the_program_not_the_arg0_step(monkeypatch):
+    """With arg0 an interpreter execs the program under the namespace's init: a SIGINT that reached that
+    interpreter would kill it (exit 130) and the program's trap would never run."""
+    slow_shim = "import time; time.sleep(1.0)\n" + contain.ARG0_SHIM
+    monkeypatch.setattr(contain, "ARG0_SHIM", slow_shim)
+    chain = subprocess.Popen([sys.executable, "-c", SHIM_THEN_EXEC, slow_shim])
+    try:
+        wait_until(lambda: any(init.children() for init in psutil.Process(chain.pid).children()), timeout=10)
+        assert contain.wait_program_started(chain.pid, timeout=10)
+        programs = [child for init in psutil.Process(chain.pid).children() for child in init.children()]
+        assert [program.cmdline() for program in programs] == [["sleep", "30"]]
+    finally:
+        for child in psutil.Process(chain.pid).children(recursive=True):
+            child.kill()
+        chain.kill()
+        chain.wait(10)
 
 
 @pytest.mark.parametrize("mode", MODES)

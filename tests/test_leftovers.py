@@ -19,7 +19,7 @@ import pytest
 
 from conftest import start_params, wait_until
 import test_containment
-from exec_server.server.process import contain
+from exec_server.server.process import marked as marked_trees
 from exec_server.server.process.leftovers import Leftovers
 from test_containment import TOKEN_ENV, marked
 
@@ -106,9 +106,9 @@ def test_a_stdin_writer_blocked_by_a_forgotten_commands_job_ends_with_the_sessio
 def test_leftovers_keep_only_markers_a_living_process_carries():
     markers = ["leftovers-test.%s" % uuid.uuid4().hex for _ in range(3)]
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"],
-                               env=dict(os.environ, **{contain.MARKER_ENV: markers[1]}))
+                               env=dict(os.environ, **{marked_trees.MARKER_ENV: markers[1]}))
     try:
-        wait_until(lambda: contain.marked_processes({markers[1]}), timeout=10)
+        wait_until(lambda: marked_trees.marked_processes({markers[1]}), timeout=10)
         leftovers = Leftovers(checked_at=3)
         for marker in markers:
             leftovers.add(marker)

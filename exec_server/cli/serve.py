@@ -42,9 +42,9 @@ def serve(args: argparse.Namespace) -> int:
         print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
         return 1
 
-    from exec_server.server.process import contain
+    from exec_server.server.process import contain, marked
 
-    reaper = contain.Reaper() if sys.platform.startswith("linux") else None
+    reaper = marked.Reaper() if sys.platform.startswith("linux") else None
 
     def arm_reaper() -> None:
         # After the containment probe, which runs beside the accept loop so that it

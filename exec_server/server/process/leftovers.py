@@ -2,7 +2,7 @@
 
 In ``inherit`` mode a command may leave a background job behind
 (``sh -c "server & echo started"``, README "Process containment"); the job
-carries its command's marker (:data:`~exec_server.server.process.contain.MARKER_ENV`).
+carries its command's marker (:data:`~exec_server.server.process.marked.MARKER_ENV`).
 Once the command has closed and ``closed_process_retention`` has passed,
 the session forgets the command's entry, and with it the only record of the
 marker.  The session hands the marker to its :class:`Leftovers` then, and
@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Dict
 
-from exec_server.server.process import contain
+from exec_server.server.process import marked
 
 #: How many markers a session keeps before one scan of the process table drops those no living
 #: process carries any more (a session that ran many commands keeps only the ones with live jobs).
@@ -45,9 +45,9 @@ class Leftovers:
                     return
                 markers = set(self._markers)
         if closed:
-            contain.kill_marked(marker)
+            marked.kill_marked(marker)
             return
-        alive = {carried for _process, carried in contain.marked_processes(markers)}
+        alive = {carried for _process, carried in marked.marked_processes(markers)}
         with self._lock:
             for gone in markers - alive:
                 self._markers.pop(gone, None)
@@ -63,4 +63,4 @@ class Leftovers:
             self._closed = True
             markers = list(self._markers)
             self._markers.clear()
-        return contain.kill_marked(*markers) if markers else 0
+        return marked.kill_marked(*markers) if markers else 0

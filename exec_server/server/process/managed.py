@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
 from exec_server.server.config import ServerConfig
-from exec_server.server.process import contain, guardian, watch
+from exec_server.server.process import contain, guardian, marked, watch
 from exec_server.server.process.output import Closed, Event, EventListener, OutputLog, ReadResult
 from exec_server.server.process.spool import Spool
 from exec_server.server.process.stdin import StdinWriter
@@ -93,7 +93,7 @@ class ManagedProcess:
         popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
                                     pty_size=pty_size)
         if marker is not None:
-            contain.register_leader(popen.pid)
+            marked.register_leader(popen.pid)
         process = cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
                       spool)
         process._marker = marker
@@ -128,7 +128,7 @@ class ManagedProcess:
         try:
             returncode = self._popen.wait()
             if self._marker is not None:
-                contain.forget_leader(self._popen.pid)
+                marked.forget_leader(self._popen.pid)
             return exit_code_from_returncode(returncode, self.tty, self._isolated)
         except Exception:
             log.exception("waiting for process %r failed", self.process_id)
@@ -296,7 +296,7 @@ class ManagedProcess:
         if running:
             self._kill_all()
         elif self._marker is not None:
-            contain.kill_marked(self._marker)  # the leader is gone; its escaped descendants are not
+            marked.kill_marked(self._marker)  # the leader is gone; its escaped descendants are not
         return running
 
     def _kill_all(self) -> None:
@@ -306,7 +306,7 @@ class ManagedProcess:
         elif not self._isolated:
             tree.kill_tree(self.pid)
         if self._marker is not None:
-            contain.kill_marked(self._marker)
+            marked.kill_marked(self._marker)
 
     def kill_tree(self) -> None:
         """Kill the group and descendants even if the leader has exited (expiry, shutdown)."""

@@ -1,0 +1,147 @@
+"""inherit mode's tools: find and kill the processes of a marked tree, and reap the orphans they leave.
+
+In ``inherit`` mode (:mod:`~exec_server.server.process.contain`) every process of
+a tree carries :data:`MARKER_ENV` in its environment; a kill SIGKILLs every
+process that still carries its tree's marker (found with psutil), and the
+``exec-server`` command becomes the child subreaper, so orphans reparent to
+it and are reaped here (:class:`Reaper`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from typing import Any, Collection, List, Tuple
+
+from exec_server.server.process import guardian
+
+log = logging.getLogger(__name__)
+
+#: Environment variable marking every process of one tree in ``inherit`` mode.
+MARKER_ENV = guardian.MARKER_ENV
+
+
+def marked_processes(markers: Collection[str]) -> List[Tuple[Any, str]]:
+    """``(psutil.Process, marker)`` of each process whose environment has ``MARKER_ENV`` in ``markers``.
+
+    One scan of the process table; processes of other users and zombies
+    (their environment cannot be read) are skipped.
+    """
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            marker = process.environ().get(MARKER_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if marker in markers:
+            found.append((process, marker))
+    return found
+
+
+def kill_marked(*markers: str) -> int:
+    """SIGKILL every process whose environment carries ``MARKER_ENV`` set to one of ``markers``; how many.
+
+    psutil checks each process's identity before the kill.
+    """
+    import psutil
+
+    found = [process for process, _marker in marked_processes(set(markers))]
+    me = os.getpid()
+    with _leaders_lock:
+        leaders = set(_leaders)
+    for process in found:
+        try:
+            if process.ppid() == me and process.pid not in leaders:
+                _adopted.add(process.pid)  # an orphan of ours: the Reaper reaps it by its PID
+            process.kill()
+        except psutil.Error:
+            pass
+    return len(found)
+
+
+# ------------------------------------------------------------- inherit mode: child subreaper
+_PR_SET_CHILD_SUBREAPER = 36
+_leaders: "set[int]" = set()  # inherit-mode children forked by Popen: never reaped here
+_adopted: "set[int]" = set()  # orphans seen alive with a marker, reaped once zombies (set ops are atomic)
+_leaders_lock = threading.Lock()
+
+
+def register_leader(pid: int) -> None:
+    """``pid`` is a Popen child of ours: the :class:`Reaper` leaves it to its Popen."""
+    with _leaders_lock:
+        _leaders.add(pid)
+
+
+def forget_leader(pid: int) -> None:
+    """The Popen of ``pid`` has reaped it."""
+    with _leaders_lock:
+        _leaders.discard(pid)
+
+
+class Reaper:
+    """Makes this process the child subreaper and reaps the orphans it adopts (inherit mode).
+
+    Orphans of a tree then reparent to the server instead of PID 1, so they
+    stay visible (``psutil.Process().children()``) and die with the server's
+    sweeps.  It never calls ``waitpid(-1)``, which would steal a Popen's
+    status: only a process seen alive carrying :data:`MARKER_ENV`, not forked
+    by a Popen, is reaped by its own PID once it is a zombie.  For the
+    ``exec-server`` command only: a library user's process is not changed.
+    """
+
+    def __init__(self, interval: float = 1.0):
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="exec-server-reaper")
+
+    def start(self) -> bool:
+        """Become the subreaper and start sweeping; False where the kernel has no subreapers."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                return False
+        except (OSError, AttributeError):
+            return False
+        self._thread.start()
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sweep()
+            except Exception:  # a sweep must not end the thread
+                log.exception("reaping adopted processes failed")
+
+    def sweep(self) -> int:
+        """Reap adopted zombies and note new adopted processes; how many were reaped."""
+        import psutil
+
+        with _leaders_lock:
+            leaders = set(_leaders)
+        reaped = 0
+        for child in psutil.Process().children():
+            if child.pid in leaders:
+                continue
+            try:
+                zombie = child.status() == psutil.STATUS_ZOMBIE
+                if not zombie and child.pid not in _adopted and MARKER_ENV in child.environ():
+                    _adopted.add(child.pid)
+            except (psutil.Error, OSError):
+                zombie = child.pid in _adopted
+            if zombie and child.pid in _adopted:
+                try:
+                    if os.waitpid(child.pid, os.WNOHANG)[0]:
+                        reaped += 1
+                        _adopted.discard(child.pid)
+                except ChildProcessError:
+                    _adopted.discard(child.pid)
+        return reaped
