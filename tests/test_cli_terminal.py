@@ -45,6 +45,15 @@ def test_run_stdin_streams_large_input():
     assert done.returncode == 0 and done.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
 
 
+@pytest.mark.parametrize("data, expected", [(b"hello\nworld\n", b"hello"), (b"", b"")])
+def test_run_tty_forwards_a_piped_stdin_and_its_end(data, expected):
+    """``echo hello | run --tty -- head -1``: --stdin is always on with --tty, a pipe included (it hung: the
+    remote head waited for input that never came); the end of the pipe is the terminal's end of file."""
+    done = pipe_cli(["run", "--tty", "--", "head", "-1"], data)
+    assert done.returncode == 0, done
+    assert expected in done.stdout and b"world" not in done.stdout.replace(b"world\r\n", b"", 1)  # echo alone
+
+
 @pytest.mark.reference
 def test_run_stdin_against_the_reference_falls_back(tmp_path):
     """The reference cannot close a stdin: the command sees no end of file, and the CLI says so once."""

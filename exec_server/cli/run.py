@@ -155,7 +155,7 @@ def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, er
 
 
 def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
-    forward = args.stdin or (args.tty and sys.stdin is not None and os.isatty(sys.stdin.fileno()))
+    forward = args.stdin or (args.tty and sys.stdin is not None)  # a pipe too, as the help says
     # The local terminal's size at start and on each SIGWINCH (our ptySize
     # extension); the Codex reference keeps every PTY at 24x80.
     follow_size = args.tty and client.supports("ptySize") and hasattr(signal, "SIGWINCH")
