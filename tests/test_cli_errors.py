@@ -150,3 +150,27 @@ def test_server_start_up_mistakes_are_worded_for_people(args, message):
     done = run_cli(*args)
     assert done.returncode == 2
     assert one_line(done) == message
+
+
+@pytest.mark.parametrize("cwd", ["relative/dir", ""])
+def test_a_relative_working_directory_is_a_usage_error(cwd):
+    """A remote path cannot be resolved against the local directory: exit 2, one line (it was a traceback)."""
+    done = run_cli("run", "--cwd", cwd, "--", "pwd")
+    assert done.returncode == 2
+    assert one_line(done) == "exec-server run: --cwd wants an absolute path on the server (%s)" % (cwd or "''")
+
+
+def test_a_working_directory_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    done = run_cli("run", "--cwd", str(tmp_path / "file"), "--", "pwd")
+    assert done.returncode == 125
+    assert one_line(done) == ("exec-server run: working directory is not a directory: Not a directory (os error 20) "
+                              "(%s)" % (tmp_path / "file"))
+
+
+def test_the_python_client_names_a_relative_cwd(server):
+    from exec_server import Client
+
+    with Client.connect(server.url, timeout=10) as client:
+        with pytest.raises(ValueError, match="path is not absolute: 'relative'"):
+            client.start(["pwd"], cwd="relative")

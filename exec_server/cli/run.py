@@ -131,6 +131,11 @@ def _run(args: argparse.Namespace) -> int:
             deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
             client = connect(args, "exec-server-run", ReconnectPolicy(deadline=deadline) if deadline > 0 else None)
         with client:
+            if args.cwd is not None:
+                try:
+                    client.to_uri(args.cwd)
+                except ValueError:  # a remote path cannot be resolved against the local directory
+                    raise CommandError("--cwd wants an absolute path on the server", args.cwd or "''") from None
             try:
                 return _stream(client, argv, env, args)
             except RpcError as exc:
@@ -144,11 +149,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
     """Name what is missing when the server could not start the command (exit 125)."""
-    if "(os error 2)" in error.message and args.cwd:
+    if args.cwd and ("(os error 2)" in error.message or "(os error 20)" in error.message):
         try:
-            client.fs.get_metadata(args.cwd)
+            directory = client.fs.get_metadata(args.cwd).get("isDirectory")
         except (RpcError, ValueError):
             return CommandError("working directory not found: %s" % error.message, args.cwd, EXIT_RUN_FAILED)
+        if directory is False:
+            return CommandError("working directory is not a directory: %s" % error.message, args.cwd,
+                                EXIT_RUN_FAILED)
     if "(os error 2)" in error.message:
         return CommandError("command not found: %s" % error.message, argv[0], EXIT_RUN_FAILED)
     return CommandError("cannot start the command: %s" % error.message, argv[0], EXIT_RUN_FAILED)

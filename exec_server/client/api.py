@@ -281,8 +281,9 @@ class Client:
             ExecServerDisconnected, CallTimeout: as for :meth:`call` (a start whose connection
                 dropped is sent again: :func:`~exec_server.client.recovery.start_once`).
             RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
-            ValueError: ``argv`` is empty, ``process_id`` is in use, or ``max_buffered_output``
-                is not a positive integer or None (TypeError: an item is not text).
+            ValueError: ``argv`` is empty, ``cwd`` is not absolute (``path is not absolute: 'x'``),
+                ``process_id`` is in use, or ``max_buffered_output`` is not a positive integer or None
+                (TypeError: an item is not text).
         """
         argv = command_argv(argv)
         process_id = process_id if process_id is not None else FreshId("proc-" + os.urandom(16).hex())
