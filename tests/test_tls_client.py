@@ -172,3 +172,31 @@ def test_failing_token_callable_is_a_clear_error():
             Client.connect(server.url, timeout=5, reconnect=None, token=broken)
     finally:
         server.stop()
+
+
+def test_a_client_certificate_from_the_cli_and_a_clear_error_without_one(pki, tls_server):
+    """A --tls-client-ca server closes a connection without an accepted certificate right after the handshake:
+    the client says so (ExecServerTLSError; it said "cannot connect: Exec format error", os.strerror of an ssl
+    errno), and run/cp present one with --certfile."""
+    from exec_server import ExecServerTLSError
+
+    server = tls_server(client_ca=pki.ca)
+    with pytest.raises(ExecServerTLSError, match="wants a client certificate it trusts"):
+        Client.connect(server.url, timeout=5, reconnect=None, ssl_context=client_context(pki))
+    cli = [sys.executable, "-m", "exec_server", "run", "--url", server.url, "--cafile", str(pki.ca)]
+    refused = subprocess.run(cli + ["--", "true"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 255
+    assert refused.stderr.decode() == ("exec-server run: TLS connection ended before the upgrade: closed by the "
+                                       "server (a server started with --tls-client-ca wants a client certificate "
+                                       "it trusts) (%s)\n" % server.url)
+    done = subprocess.run(cli + ["--certfile", str(pki.client), "--", "echo", "with cert"], capture_output=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"with cert\n", b"")
+    stranger = subprocess.run(cli + ["--certfile", str(pki.stranger), "--", "true"], capture_output=True,
+                              timeout=30, stdin=subprocess.DEVNULL)
+    assert stranger.returncode == 255 and b"wants a client certificate it trusts" in stranger.stderr
+    broken = subprocess.run(cli + ["--certfile", str(pki.ca), "--", "true"], capture_output=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert (broken.returncode, broken.stderr.decode()) == (
+        2, "exec-server run: cannot load the certificate file: not a PEM certificate with its private key (%s)\n"
+        % pki.ca)

@@ -41,6 +41,16 @@ def report(command: str, error: CommandError) -> int:
     return error.status
 
 
+def load_failure(error: OSError, args: argparse.Namespace) -> CommandError:
+    """The one line for a ``--cafile`` or ``--certfile`` that cannot be loaded (exit 2)."""
+    import ssl
+
+    if error.filename is not None and error.filename == getattr(args, "certfile", None):
+        text = "not a PEM certificate with its private key" if isinstance(error, ssl.SSLError) else error.strerror
+        return CommandError("cannot load the certificate file: %s" % text, args.certfile)
+    return CommandError("cannot load the CA file: %s" % (error.strerror or error), args.cafile)
+
+
 def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> CommandError:
     """The one line for a connection that failed or was lost."""
     text = str(error)
@@ -86,7 +96,7 @@ def connect(args: argparse.Namespace, client_name: str,
     try:
         ssl_context = client_ssl_context(args)
     except OSError as exc:  # ssl.SSLError (not PEM) is an OSError too
-        raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), args.cafile) from None
+        raise load_failure(exc, args) from None
     try:
         return Client.connect(args.url, timeout=args.timeout, client_name=client_name, reconnect=reconnect,
                               token=token, ssl_context=ssl_context)

@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from exec_server.cli.connect import CommandError
+from exec_server.cli.connect import CommandError, load_failure
 from exec_server.cli.options import client_ssl_context, client_token
 from exec_server.client.recovery import ReconnectPolicy
 
@@ -90,7 +90,7 @@ def open_group(args: argparse.Namespace, urls: List[str], client_name: str,
     try:
         ssl_context = client_ssl_context(args)
     except OSError as exc:
-        raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), args.cafile) from None
+        raise load_failure(exc, args) from None
     from exec_server.client.group import Group
 
     return Group(labels(urls), max_workers=args.parallel, timeout=args.timeout, token=token,

@@ -53,10 +53,12 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
+    handshaken = False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
             sock = _tls_handshake(sock, host, ssl_context or ssl.create_default_context(), deadline, url)
+            handshaken = True
         protocol = WSConnection(ConnectionType.CLIENT)
         sock.sendall(protocol.send(Request(host=host, target=target,
                                            extra_headers=list((headers or {}).items()))))
@@ -67,6 +69,11 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
         sock.close()
         if isinstance(exc, ExecServerDisconnected):
             raise
+        if handshaken and isinstance(exc, (ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            # TLS 1.3: a server checks the client's certificate (or its lack) after the handshake
+            raise ExecServerTLSError("TLS connection to %s ended before the upgrade: %s (a server started with "
+                                     "--tls-client-ca wants a client certificate it trusts)"
+                                     % (url, getattr(exc, "reason", None) or "closed by the server")) from exc
         raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
     if secure:
         sock = TLSStream(sock)  # the reader and the writers must not call OpenSSL at once
