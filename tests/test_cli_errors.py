@@ -174,3 +174,23 @@ def test_the_python_client_names_a_relative_cwd(server):
     with Client.connect(server.url, timeout=10) as client:
         with pytest.raises(ValueError, match="path is not absolute: 'relative'"):
             client.start(["pwd"], cwd="relative")
+
+
+@pytest.mark.parametrize("args, env", [(["--log-level", "BOGUS"], {}), ([], {"EXEC_SERVER_LOG": "bogus"})])
+def test_an_unknown_log_level_is_refused(args, env):
+    import os
+
+    done = subprocess.run(CLI + ["--listen", "stdio"] + args, capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=dict(os.environ, **env))
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines()[-1].startswith("exec-server: error: argument --log-level: invalid level")
+
+
+def test_the_error_classes_the_readme_names_are_importable_from_the_package():
+    import exec_server
+    from exec_server.protocol import errors
+    from exec_server.server.config import ServerConfig
+
+    for name in ("InternalError", "NotFound", "InvalidParams", "InvalidRequest", "ServerOverloaded"):
+        assert getattr(exec_server, name) is getattr(errors, name)
+    assert exec_server.ServerConfig is ServerConfig

@@ -139,8 +139,16 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
-    parser.add_argument("--log-level", default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
-                        help="logging level on stderr (default %(default)s)")
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
+                        help="logging level on stderr: DEBUG, INFO, WARNING, ERROR or CRITICAL (default "
+                             "%(default)s, or the EXEC_SERVER_LOG variable)")
+
+
+def _log_level(text: str) -> str:
+    """argparse type of ``--log-level``: a logging level name, any case."""
+    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError("invalid level %r: DEBUG, INFO, WARNING, ERROR or CRITICAL" % text)
+    return text.upper()
 
 
 def _whole_seconds(text: str) -> int:
