@@ -154,7 +154,7 @@ def test_cp_errors(listening, tmp_path):
     assert done.returncode == 1 and b"No such file or directory (os error 2)" in done.stderr
     assert not (tmp_path / "x").exists()
     done = run_cli("cp", "--url", url, str(tmp_path / "a"), str(tmp_path / "b"))
-    assert done.returncode == 1 and b"one side must be remote" in done.stderr
+    assert done.returncode == 2 and b"one side must be remote" in done.stderr  # a usage mistake
 
 
 def test_sigterm_under_load_leaves_nothing(listening, tmp_path):

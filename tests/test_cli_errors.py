@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from conftest import start_ours
+import psutil
+
+from conftest import all_gone, start_ours, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -194,3 +196,50 @@ def test_the_error_classes_the_readme_names_are_importable_from_the_package():
     for name in ("InternalError", "NotFound", "InvalidParams", "InvalidRequest", "ServerOverloaded"):
         assert getattr(exec_server, name) is getattr(errors, name)
     assert exec_server.ServerConfig is ServerConfig
+
+
+def test_ctrl_c_while_connecting_ends_with_130_and_one_line():
+    """^C while run waits for its server (here a --via child that never answers): status 130, no traceback."""
+    import signal
+    import time
+
+    child = subprocess.Popen(CLI + ["run", "--via", "sleep 30", "--timeout", "30", "--", "true"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        via = wait_until(lambda: psutil.Process(child.pid).children(), timeout=10)  # the --via child runs
+        time.sleep(0.5)  # it waits for its initialize answer
+        child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == 130
+    assert err.decode().splitlines() == ["exec-server: interrupted"]
+    wait_until(lambda: all_gone(via), timeout=10)  # the server it started is gone too
+
+
+def test_cp_mistakes_name_the_path_and_have_their_status(server, tmp_path):
+    (tmp_path / "here.txt").write_text("hi\n")
+    cp = ["cp", "--url", server.url]
+    cases = [
+        ([":%s/missing.txt" % tmp_path, str(tmp_path / "m.txt")], 1,
+         "exec-server cp: No such file or directory (os error 2) (:%s/missing.txt)" % tmp_path),
+        ([str(tmp_path / "here.txt"), ":/nonexistent-dir/x.txt"], 1,
+         "exec-server cp: No such file or directory (os error 2) (:/nonexistent-dir/x.txt)"),
+        ([":%s/here.txt" % tmp_path, str(tmp_path / "no-dir") + "/"], 1,
+         "exec-server cp: Not a directory (%s/no-dir/)" % tmp_path),
+        ([":%s/here.txt" % tmp_path, str(tmp_path / "no-dir" / "x.txt")], 1,
+         "exec-server cp: No such file or directory (%s/no-dir/x.txt)" % tmp_path),
+        (["here.txt", "there.txt"], 2,
+         "exec-server cp: one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"),
+    ]
+    for args, status, line in cases:
+        done = run_cli(*(cp + args))
+        assert (done.returncode, one_line(done)) == (status, line)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["here.txt"]  # nothing made on the way
+
+
+def test_cp_help_lists_the_exit_statuses():
+    done = run_cli("cp", "--help")
+    assert b"130 interrupted" in done.stdout and b"255 could not connect" in done.stdout

@@ -78,8 +78,13 @@ def console_main() -> None:
     ~10 ms of a one-shot ``exec-server run -- true`` (#17).  Nothing of ours
     waits for that collection: by the time :func:`main` returns, the command
     has closed its connections, files and process trees.  A caller of
-    :func:`main` in its own process is not affected.
+    :func:`main` in its own process is not affected.  A Ctrl-C that no
+    command handles itself ends it with status 130 and one line, no traceback.
     """
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:  # Ctrl-C where no command handles it (cp, or while connecting): as a shell tool
+        print("exec-server: interrupted", file=sys.stderr)
+        status = 130
     gc.freeze()
     sys.exit(status)

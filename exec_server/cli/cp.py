@@ -8,6 +8,7 @@ A progress line is drawn on stderr when it is a terminal.
 """
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -85,8 +86,18 @@ def upload(fs: FileSystem, local: str, remote: str, progress_factory: Callable[.
 
 
 def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable[..., Progress] = Progress) -> int:
+    """Receive ``remote`` into ``local`` (a directory: the remote name inside it); returns its size in bytes.
+
+    Raises:
+        OSError: ``local`` names a directory that does not exist (``dir/``,
+            or ``dir/name`` under a missing ``dir``), with ``local`` as its filename.
+    """
     if os.path.isdir(local):
         local = os.path.join(local, os.path.basename(remote.rstrip("/")))
+    elif local.endswith(("/", os.sep)):  # as cp and scp: a directory is meant, and it is not there
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), local)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(local))):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), local)
     total = fs.get_metadata(remote)["size"]
     progress = progress_factory(os.path.basename(remote), total)
     written = 0
@@ -114,25 +125,26 @@ def copy(fs: FileSystem, source: str, destination: str) -> int:
         return upload(fs, source, destination[1:])
     if remote_source:
         return download(fs, source[1:], destination)
-    raise ValueError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
+    raise CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
 
 
 def copy_files(args: argparse.Namespace) -> int:
-    """``exec-server cp``: 0 when the copy is done, else one line on stderr and status 1 or 2."""
+    """``exec-server cp``: 0 when the copy is done, else one line on stderr and its status (``cp --help``)."""
     if bool(args.url) == bool(args.via):
         return report("cp", CommandError("give exactly one of --url and --via (--hosts for several hosts)"))
+    if not args.source.startswith(":") and not args.destination.startswith(":"):
+        return report("cp", CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"))
+    remote = args.source if args.source.startswith(":") else args.destination  # what a server error is about
     try:
         with connect(args, "exec-server-cp") as client:
             copy(client.fs, args.source, args.destination)
     except CommandError as exc:
         return report("cp", exc)
     except RpcError as exc:
-        return report("cp", CommandError(exc.message, None, 1))
+        return report("cp", CommandError(exc.message, remote, 1))
+    except ExecServerDisconnected as exc:  # lost during the copy (an OSError too: first)
+        return report("cp", disconnected(exc, args.via or args.url))
     except (OSError, ValueError) as exc:
         return report("cp", CommandError(os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc),
                                          getattr(exc, "filename", None), 1))
-    except ExecServerDisconnected as exc:
-        error = disconnected(exc, args.via or args.url)
-        error.status = 1
-        return report("cp", error)
     return 0

@@ -34,13 +34,15 @@ RUN_EXIT_STATUSES = """exit status:
        exit, could not start the command, could not connect or lost its connection); the
        summary on stderr gives each host's status (255: connection, 125: start)
   125  the server could not start the command (command or working directory not found)
+  130  interrupted (Ctrl-C) before the command started (after: the command's own status)
   141  local stdout or stderr was a closed pipe (run ... | head -1): the remote tree was killed
   255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
        before the command's exit status arrived"""
 
 CP_SEVERAL_HOSTS = """several hosts (--url repeated, or --hosts): ':PATH' means that path on every host;
   an upload goes to each, a download goes to DEST/HOST/NAME (HOST is host_port, DEST a directory).
-exit status: 0 done, 1 failed (one host), 2 a usage mistake, 123 at least one of several hosts failed"""
+exit status: 0 done, 1 failed (one host; the message names the path), 2 a usage mistake, 123 at least one of
+  several hosts failed, 130 interrupted (Ctrl-C), 255 could not connect, or lost the connection"""
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
