@@ -243,3 +243,11 @@ def test_cp_mistakes_name_the_path_and_have_their_status(server, tmp_path):
 def test_cp_help_lists_the_exit_statuses():
     done = run_cli("cp", "--help")
     assert b"130 interrupted" in done.stdout and b"255 could not connect" in done.stdout
+
+
+@pytest.mark.parametrize("via, status", [("false", 1), ("sh -c 'exit 3'", 3)])
+def test_a_via_command_that_exits_says_so(via, status):
+    """--via a command that exits before answering: its status, not 'cannot connect: Broken pipe'."""
+    done = run_cli("run", "--via", via, "--", "true")
+    assert done.returncode == 255
+    assert one_line(done) == "exec-server run: the exec-server child exited with status %d (%s)" % (status, via)

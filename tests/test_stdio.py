@@ -258,7 +258,7 @@ def test_child_exit_fails_pending_calls(tmp_path):
     fake.write_text(FAKE_SERVER.replace('print("this is not json", flush=True)', "sys.exit(3)"))
     client = Client.spawn([sys.executable, str(fake)])
     try:
-        with pytest.raises(ExecServerDisconnected, match="exit status 3|closed its output"):
+        with pytest.raises(ExecServerDisconnected, match="exited with status 3|closed its output"):
             client.call("environment/status", timeout=10)
     finally:
         client.close()

@@ -74,7 +74,19 @@ class StdioTransport:
                 self._child.stdin.write(data)
                 self._child.stdin.flush()
             except (OSError, ValueError) as exc:
+                status = self._exit_status(0.5)
+                if status is not None:  # `--via false`: not a broken pipe to a user, an exited command
+                    raise ExecServerDisconnected("the exec-server child exited with status %d" % status) from None
                 raise ExecServerDisconnected("cannot write to the exec-server child: %s" % exc) from exc
+
+    def _exit_status(self, timeout: float):
+        """The child's exit status once it has exited within ``timeout`` seconds, else None."""
+        import subprocess
+
+        try:
+            return self._child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def receive(self) -> bytes:
         """The next non-empty line, without its end.
@@ -93,9 +105,10 @@ class StdioTransport:
                 raise ExecServerDisconnected("exec-server child sent a message over %d bytes"
                                              % STDIO_MAX_MESSAGE_BYTES)
             if not line:
-                status = self._child.poll()
-                raise ExecServerDisconnected("exec-server child closed its output%s"
-                                             % ("" if status is None else " (exit status %d)" % status))
+                status = self._exit_status(0.5)
+                if status is not None:
+                    raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
+                raise ExecServerDisconnected("exec-server child closed its output")
             line = line.rstrip(b"\r\n")
             if line.strip():
                 return line
