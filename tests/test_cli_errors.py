@@ -251,3 +251,63 @@ def test_a_via_command_that_exits_says_so(via, status):
     done = run_cli("run", "--via", via, "--", "true")
     assert done.returncode == 255
     assert one_line(done) == "exec-server run: the exec-server child exited with status %d (%s)" % (status, via)
+
+
+def test_run_says_when_it_reconnects_and_when_it_gives_up():
+    """The server is SIGKILLed under a running command: run says at once that it is reconnecting (it was silent
+    for the whole --reconnect-deadline), then gives up with 255."""
+    import signal
+    import time
+
+    server = subprocess.Popen(CLI + ["--listen", "ws://127.0.0.1:0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    runner = None
+    try:
+        url = server.stdout.readline().decode().strip()
+        runner = subprocess.Popen(CLI + ["run", "--url", url, "--reconnect-deadline", "3", "--", "sh", "-c",
+                                         "echo started; exec sleep 30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert runner.stdout.readline() == b"started\n"
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        first = runner.stderr.readline().decode().rstrip("\n")
+        killed_at = time.monotonic()
+        assert first == "exec-server run: connection lost; reconnecting for up to 3 s"
+        rest = runner.stderr.read().decode()
+        assert runner.wait(30) == 255
+        assert time.monotonic() - killed_at >= 2.0  # it tried for the deadline
+        assert "Traceback" not in rest and len(rest.splitlines()) == 1
+    finally:
+        for child in (runner, server):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(10)
+        server.stdout.close()
+        if runner is not None:
+            runner.stdout.close()
+            runner.stderr.close()
+
+
+def test_run_says_when_it_has_reconnected(configured_server):
+    """A dropped connection that comes back: one line when it drops, one when it is back, and the output and
+    exit status as if nothing happened."""
+    from faultproxy import FaultProxy
+
+    running = configured_server()
+    proxy = FaultProxy(int(running.url.rsplit(":", 1)[1]))
+    runner = None
+    try:
+        runner = subprocess.Popen(CLI + ["run", "--url", proxy.url, "--", "sh", "-c",
+                                         "echo started; sleep 2; echo after; exit 3"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert runner.stdout.readline() == b"started\n"
+        proxy.cut()
+        assert runner.stderr.readline() == b"exec-server run: connection lost; reconnecting for up to 25 s\n"
+        assert runner.stderr.readline() == b"exec-server run: reconnected; the command goes on\n"
+        out, err = runner.communicate(timeout=30)
+    finally:
+        proxy.close()
+        if runner is not None and runner.poll() is None:
+            runner.kill()
+            runner.wait(10)
+    assert (runner.returncode, out, err) == (3, b"after\n", b"")

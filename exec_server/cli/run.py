@@ -130,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
             client = connect(args, "exec-server-run", ReconnectPolicy(deadline=deadline) if deadline > 0 else None)
+            _say_recovery(deadline)
         with client:
             if args.cwd is not None:
                 try:
@@ -145,6 +146,29 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+
+
+class _RecoveryNotice(logging.Handler):
+    """One stderr line when the connection is lost and one when it is back (the client's recovery log)."""
+
+    def __init__(self, deadline: float):
+        super().__init__(logging.INFO)
+        self.deadline = deadline
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = "connection lost; reconnecting for up to %g s" % self.deadline
+        if record.getMessage().endswith("recovered"):
+            text = "reconnected; the command goes on"
+        print("exec-server run: %s" % text, file=sys.stderr, flush=True)
+
+
+def _say_recovery(deadline: float) -> None:
+    """A dropped connection is not silent: ``run`` says so while it reconnects (ssh would have failed)."""
+    recovery = logging.getLogger("exec_server.client.recovery")
+    if deadline > 0 and not recovery.isEnabledFor(logging.INFO):
+        recovery.addHandler(_RecoveryNotice(deadline))
+        recovery.setLevel(logging.INFO)
+        recovery.propagate = False
 
 
 def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
