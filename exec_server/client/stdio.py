@@ -74,7 +74,7 @@ class StdioTransport:
                 self._child.stdin.write(data)
                 self._child.stdin.flush()
             except (OSError, ValueError) as exc:
-                status = self._exit_status(0.5)
+                status = self._exit_status(2.0)
                 if status is not None:  # `--via false`: not a broken pipe to a user, an exited command
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status) from None
                 raise ExecServerDisconnected("cannot write to the exec-server child: %s" % exc) from exc
@@ -105,7 +105,7 @@ class StdioTransport:
                 raise ExecServerDisconnected("exec-server child sent a message over %d bytes"
                                              % STDIO_MAX_MESSAGE_BYTES)
             if not line:
-                status = self._exit_status(0.5)
+                status = self._exit_status(2.0)
                 if status is not None:
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
                 raise ExecServerDisconnected("exec-server child closed its output")
