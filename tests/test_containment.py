@@ -214,17 +214,7 @@ def test_an_interrupt_waits_for_the_program_not_the_arg0_step(monkeypatch):
     interpreter would kill it (exit 130) and the program's trap would never run."""
     slow_shim = "import time; time.sleep(1.0)\n" + contain.ARG0_SHIM
     monkeypatch.setattr(contain, "ARG0_SHIM", slow_shim)
-    chain = subprocess.Popen([sys.executable, "-c", SHIM_THEN_EXEC, slow_shim])
-    try:
-        wait_until(lambda: any(init.children() for init in psutil.Process(chain.pid).children()), timeout=10)
-        assert contain.wait_program_started(chain.pid, timeout=10)
-        programs = [child for init in psutil.Process(chain.pid).children() for child in init.children()]
-        assert [program.cmdline() for program in programs] == [["sleep", "30"]]
-    finally:
-        for child in psutil.Process(chain.pid).children(recursive=True):
-            child.kill()
-        chain.kill()
-        chain.wait(10)
+    assert_the_wait_ends_at_the_program([sys.executable, "-c", SHIM_THEN_EXEC, slow_shim])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -359,7 +349,12 @@ os.wait()
 def test_an_interrupt_waits_for_the_programs_exec_not_only_its_fork():
     """Between dumb-init's fork and the exec the child has dumb-init's do-nothing signal handlers, so a
     SIGINT then is swallowed: the wait ends only once the init's child runs another command line."""
-    chain = subprocess.Popen([sys.executable, "-c", FORK_THEN_EXEC])
+    assert_the_wait_ends_at_the_program([sys.executable, "-c", FORK_THEN_EXEC])
+
+
+def assert_the_wait_ends_at_the_program(argv):
+    """Start ``argv`` (pid -> init -> what becomes ``sleep 30``): wait_program_started returns once it is."""
+    chain = subprocess.Popen(argv)
     try:
         wait_until(lambda: any(init.children() for init in psutil.Process(chain.pid).children()), timeout=10)
         assert contain.wait_program_started(chain.pid, timeout=10)
