@@ -26,7 +26,7 @@ def test_byte_budget_waits_bounded_and_lets_one_oversized_reservation_run_alone(
     budget = ByteBudget(100)
     first = budget.reserve(60, 1.0)
     assert first == 60 and budget.used == 60
-    assert budget.try_reserve(50) is None  # 110 > 100
+    assert budget.reserve(50, 0.0) is None  # 110 > 100
     started = time.monotonic()
     assert budget.reserve(50, 0.2) is None
     assert time.monotonic() - started >= 0.2
@@ -36,7 +36,7 @@ def test_byte_budget_waits_bounded_and_lets_one_oversized_reservation_run_alone(
     released.join(5)
     budget.release(50)
     assert budget.reserve(1000, 0.0) == 100  # alone: capped at the limit, runs
-    assert budget.try_reserve(1) is None
+    assert budget.reserve(1, 0.0) is None
     budget.release(100)
     assert budget.used == 0
 

@@ -39,10 +39,6 @@ class ByteBudget:
         with self._changed:
             return self._used
 
-    def try_reserve(self, size: int) -> Optional[int]:
-        """Reserve ``size`` bytes if they are free now; the bytes reserved, or None."""
-        return self.reserve(size, 0.0)
-
     def reserve(self, size: int, timeout: float) -> Optional[int]:
         """Reserve ``size`` bytes, waiting up to ``timeout`` seconds for them; the bytes reserved, or None.
 
