@@ -190,3 +190,31 @@ def test_a_message_of_many_tiny_fragments_is_closed_with_1009(configured_server,
     assert len(fragment) * count < limit
     sock.sendall(_frame(1, fragment, fin=False) + _frame(0, fragment, fin=False) * count)
     assert _close_code(sock) == 1009
+
+
+def test_one_frame_arriving_in_many_tcp_segments_is_one_fragment(configured_server):
+    """A frame just under --max-message-bytes that arrives 1 KB at a time is one message, not many fragments:
+    answered, not closed with 1009 (wsproto reports each piece of a frame as it arrives)."""
+    import json
+    import socket
+    import time
+
+    limit = 65536
+    running = configured_server(max_message_bytes=limit)
+    sock = _upgrade(urlsplit(running.url).port)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    text = json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "x" * (limit - 2000)}}).encode()
+    frame = _frame(1, text)
+    try:
+        for start in range(0, len(frame), 1024):
+            sock.sendall(frame[start:start + 1024])
+            time.sleep(0.001)
+        sock.settimeout(10)
+        data = b""
+        while b"sessionId" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data[:64]
+            data += chunk
+    finally:
+        sock.close()
+    assert data[0] == 0x81  # a text frame: the initialize response, not a Close

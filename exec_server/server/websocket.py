@@ -35,7 +35,7 @@ from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
 from exec_server.protocol.handshake import NEW
 
-#: What each fragment of a message after its first counts against ``max_message_bytes`` besides its payload:
+#: What each fragment of a message but its last counts against ``max_message_bytes`` besides its payload:
 #: about the memory of the piece kept until the message is whole, so a message of many empty or tiny
 #: fragments is refused (1009) before it holds more than the limit.
 FRAGMENT_OVERHEAD_BYTES = 64
@@ -330,7 +330,10 @@ class WebSocketConnection:
                 self._protocol.receive_data(data)
                 for event in self._protocol.events():
                     if isinstance(event, (TextMessage, BytesMessage)):
-                        size += len(event.data) + (FRAGMENT_OVERHEAD_BYTES if parts else 0)
+                        # a frame that ends before its message does: one more fragment follows (a frame
+                        # arriving in pieces, TCP segment by segment, is one fragment, not many)
+                        size += len(event.data) + (FRAGMENT_OVERHEAD_BYTES if event.frame_finished
+                                                   and not event.message_finished else 0)
                         if size > limit:
                             self._close_with(CLOSE_MESSAGE_TOO_BIG, "message exceeds %d bytes" % limit)
                             return
