@@ -115,3 +115,31 @@ def test_a_large_result_waits_while_others_fill_the_result_budget(configured_ser
     else:
         assert base64.b64decode(reply["result"]["dataBase64"]) == data
     wait_until(lambda: budget.used == 0, timeout=10)
+
+
+def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(configured_server, connect, tmp_path):
+    """A process/read without waitMs runs on the connection's reader thread, unless it reads spooled output:
+    waiting there for the result budget froze the connection (no other answer, no Pong) up to --send-timeout."""
+    size = 16 * MIB
+    running = configured_server(max_result_bytes_in_flight=RESULT_COST_PER_BYTE * size)
+    (tmp_path / "big").write_bytes(os.urandom(size))
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("big", ["head", "-c", str(4 * MIB), str(tmp_path / "big")]))
+    peer.wait_closed("big", timeout=30)
+    slow = _upgrade(urlsplit(running.url).port)
+    try:
+        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
+        _send(slow, {"method": "initialized", "params": {}})
+        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
+        budget = running.server.dispatcher.result_budget
+        wait_until(lambda: budget.used == budget.limit, timeout=10)
+        peer.send({"id": 7, "method": "process/read", "params": {"processId": "big", "afterSeq": 0}})
+        started = time.monotonic()
+        assert peer.call("environment/status", timeout=5) == {"status": "ready"}  # answered while 7 waits
+        assert time.monotonic() - started < 2.0
+        assert not any(m.get("id") == 7 for m in peer.received)
+        assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
+    finally:
+        slow.close()
+    assert peer.wait_for(lambda m: m.get("id") == 7, timeout=20)["result"]["chunks"]

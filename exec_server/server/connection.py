@@ -249,9 +249,15 @@ class RpcConnection:
         """
         if self._serial:
             return False
-        if method == "process/read":
-            return not (isinstance(params, dict) and params.get("waitMs"))
+        if method == "process/read":  # not a long poll, nor a read of spooled output (disk, the result budget)
+            return isinstance(params, dict) and not params.get("waitMs") and not self._reads_spool(params)
         return method in INLINE_METHODS
+
+    def _reads_spool(self, params: Any) -> bool:
+        session = self.session
+        process = session.get(params.get("processId")) if session is not None else None
+        after_seq = params.get("afterSeq")
+        return process is not None and process.reads_spool(after_seq if isinstance(after_seq, int) else 0)
 
     def _initialize(self, ctx: RequestContext, params: Any) -> Any:
         """``initialize``: the handler opens the session; this connection records it and advances its handshake."""

@@ -229,6 +229,10 @@ class ManagedProcess:
         """The ``process/read`` result (PROTOCOL.md 5.4); see :meth:`OutputLog.read`."""
         return self._log.read(after_seq, max_bytes, wait, aborted, reserve)
 
+    def reads_spool(self, after_seq: int) -> bool:
+        """Whether a ``process/read`` after ``after_seq`` reads spooled output (see :meth:`OutputLog.reads_spool`)."""
+        return self._log.reads_spool(after_seq)
+
     def discard_output(self) -> None:
         """Delete the output spooled to disk (the process is forgotten or its session ended)."""
         self._log.discard_spool()

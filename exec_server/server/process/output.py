@@ -275,6 +275,11 @@ class OutputLog:
         reserve(budget or 0)
         return self._read_spooled(after_seq, max_bytes, budget)
 
+    def reads_spool(self, after_seq: int) -> bool:
+        """Whether a read after ``after_seq`` starts on disk (its result may be large: not for a reader thread)."""
+        with self._changed:
+            return self._spooled_after_locked(after_seq) is not None
+
     def _spooled_after_locked(self, after_seq: int) -> Optional[int]:
         """The seq of the first chunk after ``after_seq`` that only the spool still holds, or None."""
         spool = self._spool
