@@ -143,3 +143,27 @@ def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(con
     finally:
         slow.close()
     assert peer.wait_for(lambda m: m.get("id") == 7, timeout=20)["result"]["chunks"]
+
+
+def test_a_spooled_read_reserves_what_it_may_return_not_its_whole_budget(configured_server, connect, tmp_path):
+    """``maxBytes: null`` (how the Codex client catches up) may return up to --max-read-bytes (16 MiB), but a
+    process that spooled 1.5 MiB can return no more: its read must not wait for 5 x 16 MiB of budget."""
+    running = configured_server(max_result_bytes_in_flight=RESULT_COST_PER_BYTE * 16 * MIB)
+    (tmp_path / "big").write_bytes(os.urandom(8 * MIB))
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("small", ["head", "-c", str(3 * MIB // 2), str(tmp_path / "big")]))
+    peer.wait_closed("small", timeout=30)
+    slow = _upgrade(urlsplit(running.url).port)
+    try:
+        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
+        _send(slow, {"method": "initialized", "params": {}})
+        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
+        budget = running.server.dispatcher.result_budget
+        wait_until(lambda: budget.used == RESULT_COST_PER_BYTE * 8 * MIB, timeout=10)  # half of it, held
+        peer.send({"id": 7, "method": "process/read", "params": {"processId": "small", "afterSeq": 0,
+                                                                 "maxBytes": None}})
+        reply = peer.wait_for(lambda m: m.get("id") == 7, timeout=3)  # at once, while the holder stalls
+        assert sum(len(base64.b64decode(c["chunk"])) for c in reply["result"]["chunks"]) == 3 * MIB // 2
+    finally:
+        slow.close()

@@ -248,8 +248,9 @@ class OutputLog:
             aborted: called (under the log's lock) before each look; a
                 returned exception is raised.
             reserve: called (outside the lock) with the most bytes the read
-                may return before it reads spooled output from disk (the
-                server's result budget, :mod:`~exec_server.server.budget`).
+                may return (the budget, or less when less is kept) before it
+                reads spooled output from disk (the server's result budget,
+                :mod:`~exec_server.server.budget`).
         Raises:
             whatever ``aborted`` returns, e.g. :class:`~exec_server.server.process.ReadAborted`;
             whatever ``reserve`` raises.
@@ -264,6 +265,7 @@ class OutputLog:
                 if error is not None:
                     raise error
                 if self._spooled_after_locked(after_seq) is not None:
+                    available = self._spool.bytes_after(after_seq) + self._retained_bytes  # type: ignore[union-attr]
                     break
                 result = self._read_locked(after_seq, max_bytes, budget)
                 if result.chunks or result.closed or (result.exited and after_seq < self._next_seq - 1):
@@ -272,7 +274,7 @@ class OutputLog:
                 if remaining <= 0:
                     return result
                 self._changed.wait(min(remaining, 3600.0))  # any u64 waitMs: no timeout overflow
-        reserve(budget or 0)
+        reserve(available if budget is None else min(budget, available))  # what this read may return, at most
         return self._read_spooled(after_seq, max_bytes, budget)
 
     def reads_spool(self, after_seq: int) -> bool:

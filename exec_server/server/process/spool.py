@@ -341,6 +341,14 @@ class Spool:
             index = bisect.bisect_right(self._seqs, after_seq)
             return self._seqs[index] if index < len(self._seqs) else None
 
+    def bytes_after(self, after_seq: int) -> int:
+        """Bytes of the spooled chunks after ``after_seq`` (what a read from there may return at most)."""
+        with self._lock:
+            first = bisect.bisect_right(self._seqs, after_seq)
+            if first >= len(self._seqs):
+                return 0
+            return self._ends[-1] - (self._ends[first - 1] if first else self._first_offset)
+
     def read(self, after_seq: int, before_seq: int, max_bytes: Optional[int],
              at_least_one: bool = True) -> List[SpooledChunk]:
         """Spooled chunks with ``after_seq < seq < before_seq``, oldest first, within ``max_bytes``.
