@@ -306,3 +306,29 @@ def test_a_takeover_probe_leaves_a_live_holder_on_a_slow_link(live, connect):
         flood.terminate(timeout=30)
     finally:
         first.close()
+
+
+def test_a_takeover_probe_leaves_a_holder_reading_a_large_response(live, connect, tmp_path):
+    """The holder reads a 24 MiB fs/readFile response at ~2 MB/s: the server's one write of it holds the send
+    lock for seconds, so the probe's Ping is never written; the holder taking those bytes shows it alive."""
+    server, proxy = live()
+    data = os.urandom(24 << 20)
+    (tmp_path / "big").write_bytes(data)
+    proxy.throttle_downstream(2_000_000)
+    first = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(data=first.fs.read_file(tmp_path / "big")))
+    try:
+        session = server.registry.get(first.session_id)
+        reader.start()
+        time.sleep(2.0)  # the response is being written
+        peer: Peer = connect(server.url)
+        reply = peer.request("initialize", {"clientName": "second", "resumeSessionId": first.session_id},
+                             timeout=10)
+        assert reply.get("error", {}).get("code") == -32010, reply
+        assert session.holder() is not None
+        reader.join(120)
+        assert got.get("data") == data
+    finally:
+        first.close()
+        reader.join(10)

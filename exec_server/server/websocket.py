@@ -243,10 +243,13 @@ class WebSocketConnection:
         with self._received:
             self._probes += 1
         try:
+            ping_end = None  # where our Ping ends in the byte stream, once written
             try:
                 self._send_event(Ping(b"probe"), lock_timeout=timeout / 2)
+                sent = send_progress(self._sock)
+                ping_end = None if sent is None else sent[0] + sent[1]
             except (OSError, LocalProtocolError):
-                pass  # busy or failed: only an answer counts
+                pass  # busy (behind a large write) or failed
             with self._received:
                 while self._clock.last_received < start and not self._dead:
                     remaining = deadline - time.monotonic()
@@ -254,9 +257,9 @@ class WebSocketConnection:
                         break
                     self._received.wait(remaining)
             alive = self._clock.last_received >= start and not self._dead
-            if not alive and not self._dead and before is not None and before[1] > 0:
-                after = send_progress(self._sock)  # it took output queued before our Ping, not yet the Ping:
-                alive = after is not None and before[0] < after[0] <= before[0] + before[1]  # a slow link
+            if not alive and not self._dead and before is not None:
+                after = send_progress(self._sock)  # it took output meanwhile, and not yet our Ping: a slow link
+                alive = after is not None and after[0] > before[0] and (ping_end is None or after[0] < ping_end)
         finally:
             with self._received:
                 self._probes -= 1
