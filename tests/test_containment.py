@@ -19,6 +19,7 @@ import pytest
 from conftest import start_params, wait_until, with_env
 from exec_server import Client
 from exec_server.server.process import contain, guardian
+from exec_server.server.process.marked import MARKER_ENV
 
 pytestmark = [pytest.mark.posix, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment")]
 
@@ -202,7 +203,7 @@ SHIM_THEN_EXEC = """
 import os, sys
 if os.fork() == 0:              # the init
     if os.fork() == 0:          # its child: the arg0 step
-        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", sys.argv[1], "/bin/sleep", "sleep", "30"])
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", sys.argv[1], "", "/bin/sleep", "sleep", "30"])
     os.wait()
     os._exit(0)
 os.wait()
@@ -226,6 +227,20 @@ def test_any_arg0_is_the_programs_argv0(configured_server, mode, arg0):
     with Client.connect(running.url, timeout=10) as client:
         done = client.run(["/bin/sh", "-c", 'echo "[$0]"'], arg0=arg0, timeout=20)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"[%s]\n" % arg0.encode(), b"")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ctype", [None, "C", "C.UTF-8"])
+def test_arg0_leaves_the_environment_as_the_client_gave_it(configured_server, mode, ctype):
+    """Under isolate, arg0 goes through an interpreter, which sets LC_CTYPE in a C locale (PEP 538): the
+    program must still get exactly the environment the client asked for."""
+    running = configured_server(pid_namespace=mode)
+    env = {"PATH": "/usr/bin:/bin", **({} if ctype is None else {"LC_CTYPE": ctype})}
+    with Client.connect(running.url, timeout=10) as client:
+        done = client.run(["/usr/bin/env"], env=env, inherit_env=False, arg0="renamed", timeout=20)
+    listed = dict(line.split("=", 1) for line in done.stdout.decode().splitlines())
+    listed.pop(MARKER_ENV, None)  # inherit mode's marker
+    assert listed == env
 
 
 def test_inherit_mode_marks_the_environment(configured_server):

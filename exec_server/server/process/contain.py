@@ -220,10 +220,15 @@ def decide(requested: str) -> Containment:
 
 
 #: Sets argv[0] for a program run under an init that cannot (``arg0`` with a PID namespace): an exec of
-#: ``sys.argv[1]`` with ``sys.argv[2:]``, through libc when argv[0] is empty (``os.execv`` refuses that;
-#: Linux and the reference's ``Command::arg0("")`` allow it).
+#: ``sys.argv[2]`` with ``sys.argv[3:]``, through libc when argv[0] is empty (``os.execv`` refuses that;
+#: Linux and the reference's ``Command::arg0("")`` allow it).  ``sys.argv[1]`` restores ``LC_CTYPE`` as the
+#: client gave it ("" unset, else "=" and its value): in a C locale the interpreter sets it (PEP 538).
 ARG0_SHIM = ("import os, sys\n"
-             "path, argv = sys.argv[1], sys.argv[2:]\n"
+             "ctype, path, argv = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
+             "if ctype:\n"
+             "    os.environ['LC_CTYPE'] = ctype[1:]\n"
+             "else:\n"
+             "    os.environ.pop('LC_CTYPE', None)\n"
              "if argv[0]:\n"
              "    os.execv(path, argv)\n"
              "import ctypes\n"
@@ -233,9 +238,10 @@ ARG0_SHIM = ("import os, sys\n"
              "raise OSError(error, os.strerror(error), path)\n")
 
 
-def arg0_shim(executable: str, arg0: str) -> List[str]:
-    """The command that execs ``executable`` with ``arg0`` as its argv[0] (arguments follow)."""
-    return [sys.executable, "-I", "-S", "-c", ARG0_SHIM, executable, arg0]
+def arg0_shim(executable: str, arg0: str, ctype: Optional[str]) -> List[str]:
+    """The command that execs ``executable`` with ``arg0`` as its argv[0] (arguments follow) and the
+    client's ``LC_CTYPE`` (``ctype``; None: unset)."""
+    return [sys.executable, "-I", "-S", "-c", ARG0_SHIM, "" if ctype is None else "=" + ctype, executable, arg0]
 
 
 def _is_arg0_shim(command: List[str]) -> bool:
