@@ -66,7 +66,8 @@ def test_a_forgotten_commands_background_job_dies_with_its_session(configured_se
     daemon = start_daemon_command(peer, tmp_path, token)
     peer.wait_closed("cmd")
     wait_forgotten(peer)
-    assert psutil.Process(daemon).is_running()  # a job may outlive its command (README "Process containment")
+    job = psutil.Process(daemon)  # identity kept: its PID may be reused once it is gone
+    assert job.is_running()  # a job may outlive its command (README "Process containment")
     peer.close()
     if end == "eviction":  # the only session slot goes to a new client: the detached, idle session ends
         other = connect(running.url)
@@ -74,7 +75,7 @@ def test_a_forgotten_commands_background_job_dies_with_its_session(configured_se
     elif end == "shutdown":
         running.stop()
     wait_until(lambda: not marked(token), timeout=10)
-    assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+    assert not job.is_running() or job.status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_stdin_writer_blocked_by_a_forgotten_commands_job_ends_with_the_session(configured_server, connect,
