@@ -287,6 +287,9 @@ def test_read_long_poll_wakes_on_output(connect, any_server):
     peer = ready_peer(connect, any_server)
     peer.call("process/start", start_params("w", ["/bin/sh", "-c", "sleep 0.3; echo late"]))
     result = peer.call("process/read", {"processId": "w", "waitMs": 10000})
+    if not result["chunks"] and result["exited"] and any_server.is_reference:
+        # on a loaded machine the reference may wake the poll on the exit before it has recorded the output
+        result = peer.call("process/read", {"processId": "w", "afterSeq": 0, "waitMs": 10000})
     assert [unb64(c["chunk"]) for c in result["chunks"]] == [b"late\n"]
     peer.wait_closed("w")
 
