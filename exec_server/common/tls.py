@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Optional
 
+from exec_server.common.keepalive import WriteProgress
+
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 # poll(2) where there is one: unlike epoll it needs no descriptor of its own
 _SELECTOR = selectors.PollSelector if hasattr(selectors, "PollSelector") else selectors.DefaultSelector
@@ -88,21 +90,38 @@ class TLSStream:
     def sendall(self, data: bytes, timeout: Optional[float] = None) -> None:
         """Encrypt and write all of ``data``.
 
+        ``timeout`` bounds the time without progress: a wait that reaches it
+        goes on while the peer's TCP acknowledged bytes meanwhile (see
+        :class:`~exec_server.common.keepalive.WriteProgress`).
+
         Raises:
-            socket.timeout: it could not all be written within ``timeout`` seconds.
+            socket.timeout: the peer took no byte for ``timeout`` seconds.
             OSError: the connection failed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        progress = None if timeout is None else WriteProgress(self._sock)
+        deadline = None
         view = memoryview(data)
         while view:
             with self._lock:
                 try:
                     # a write that wanted to wait is retried with the same bytes, as OpenSSL requires
                     view = view[self._sock.send(view):]
-                    continue
+                    error = None
                 except _WANT as want:
                     error = want
-            _wait(self._sock, error, deadline)
+            if error is None:
+                deadline = None  # the next wait is timed from its start
+                if view and progress is not None:
+                    progress.mark()
+                continue
+            if deadline is None and timeout is not None:
+                deadline = time.monotonic() + timeout
+            try:
+                _wait(self._sock, error, deadline)
+            except socket.timeout:
+                if not progress.moved():
+                    raise
+                deadline = time.monotonic() + timeout
 
     def setsockopt(self, *args) -> None:
         self._sock.setsockopt(*args)

@@ -15,7 +15,7 @@ from wsproto import WSConnection
 from wsproto.events import Event, Message
 from wsproto.utilities import LocalProtocolError
 
-from exec_server.common.keepalive import writable_now
+from exec_server.common.keepalive import WriteProgress, writable_now
 
 #: WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -42,13 +42,17 @@ def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
     On a plain socket with a timeout each wait for room is bounded by the
     socket's timeout, not the whole write (``socket.sendall`` bounds the
     whole write, which would fail a large message to a slow but reading
-    peer).  On a :class:`~exec_server.common.tls.TLSStream` the write goes in
-    pieces of :data:`_TLS_PIECE` bytes, each bounded by ``timeout``.  The
+    peer), and a wait that times out goes on while the peer's TCP
+    acknowledged bytes meanwhile (:class:`~exec_server.common.keepalive.WriteProgress`:
+    a peer reading 100 KB/s frees too little of a large send buffer per
+    timeout for the socket to report room).  On a
+    :class:`~exec_server.common.tls.TLSStream` the write goes in pieces of
+    :data:`_TLS_PIECE` bytes, each bounded the same way by ``timeout``.  The
     caller holds the connection's send lock.
 
     Raises:
-        OSError: the socket failed, or no progress for the timeout
-            (``socket.timeout``); the connection is dead.
+        OSError: the socket failed, or the peer took no byte for the
+            timeout (``socket.timeout``); the connection is dead.
     """
     view = memoryview(data)
     if not hasattr(sock, "send"):  # a TLSStream
@@ -56,8 +60,16 @@ def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
             sock.sendall(view[:_TLS_PIECE], timeout)
             view = view[_TLS_PIECE:]
         return
+    progress = WriteProgress(sock)
     while view:
-        view = view[sock.send(view):]
+        try:
+            view = view[sock.send(view):]
+        except socket.timeout:
+            if not progress.moved():
+                raise
+            continue
+        if view:
+            progress.mark()
 
 
 def send_now(sock, data: bytes) -> bool:
@@ -81,18 +93,27 @@ def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[floa
     """Write ``frames`` in order with gathered writes (``sendmsg``), without joining them first.
 
     Joining copied every byte once more (7 % of the server's time while
-    streaming); where ``sendmsg`` is missing (Windows) they are joined.  The
-    caller holds the connection's send lock.
+    streaming); where ``sendmsg`` is missing (Windows) they are joined.  A
+    wait for room is bounded as in :func:`send_all`.  The caller holds the
+    connection's send lock.
 
     Raises:
-        OSError: the socket failed; the connection is dead.
+        OSError: the socket failed, or the peer took no byte for the
+            timeout (``socket.timeout``); the connection is dead.
     """
     if not hasattr(sock, "sendmsg"):
         send_all(sock, b"".join(frames), timeout)
         return
     views = [memoryview(frame) for frame in frames]
+    progress = WriteProgress(sock)
     while views:
-        sent = sock.sendmsg(views[:64])  # well under any IOV_MAX
+        try:
+            sent = sock.sendmsg(views[:64])  # well under any IOV_MAX
+        except socket.timeout:
+            if not progress.moved():
+                raise
+            continue
+        progress.mark()
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
