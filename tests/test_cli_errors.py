@@ -162,6 +162,13 @@ def test_a_relative_working_directory_is_a_usage_error(cwd):
     assert one_line(done) == "exec-server run: --cwd wants an absolute path on the server (%s)" % (cwd or "''")
 
 
+def test_a_relative_working_directory_is_refused_for_several_hosts_before_connecting():
+    """It was a ValueError traceback line per host, after connecting to each (exit 123)."""
+    done = run_cli("run", "--url", "ws://127.0.0.1:9", "--url", "ws://127.0.0.1:10", "--cwd", "relative", "--", "pwd")
+    assert done.returncode == 2
+    assert one_line(done) == "exec-server run: --cwd wants an absolute path on the server (relative)"
+
+
 def test_a_working_directory_that_is_a_file_is_named(tmp_path):
     (tmp_path / "file").write_text("x")
     done = run_cli("run", "--cwd", str(tmp_path / "file"), "--", "pwd")

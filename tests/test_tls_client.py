@@ -201,3 +201,36 @@ def test_a_client_certificate_from_the_cli_and_a_clear_error_without_one(pki, tl
     assert (broken.returncode, broken.stderr.decode()) == (
         2, "exec-server run: cannot load the certificate file: not a PEM certificate with its private key (%s)\n"
         % pki.ca)
+
+
+def test_a_client_certificate_and_its_key_in_two_files(pki, tls_server, tmp_path):
+    """run/cp --keyfile: a certificate and key kept apart (as most CAs hand them out); each file that cannot be
+    loaded is named in one line, exit 2, before connecting."""
+    certificate, key, other_key = tmp_path / "client.crt", tmp_path / "client.key", tmp_path / "other.key"
+    pki.client_obj.cert_chain_pems[0].write_to_path(str(certificate))
+    pki.client_obj.private_key_pem.write_to_path(str(key))
+    pki.stranger_obj.private_key_pem.write_to_path(str(other_key))
+    server = tls_server(client_ca=pki.ca)
+    cli = [sys.executable, "-m", "exec_server", "run", "--url", server.url, "--cafile", str(pki.ca)]
+
+    def run(*options):
+        done = subprocess.run(cli + list(options) + ["--", "echo", "two files"], capture_output=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+        return done.returncode, done.stdout, done.stderr.decode()
+
+    assert run("--certfile", str(certificate), "--keyfile", str(key)) == (0, b"two files\n", "")
+    assert run("--certfile", str(certificate), "--keyfile", str(other_key)) == (
+        2, b"", "exec-server run: cannot load the key file: not the private key of --certfile (%s)\n" % other_key)
+    assert run("--certfile", str(certificate), "--keyfile", str(tmp_path / "missing.key")) == (
+        2, b"", "exec-server run: cannot load the key file: No such file or directory (%s)\n"
+        % (tmp_path / "missing.key"))
+    assert run("--certfile", str(tmp_path / "missing.crt"), "--keyfile", str(key)) == (
+        2, b"", "exec-server run: cannot load the certificate file: No such file or directory (%s)\n"
+        % (tmp_path / "missing.crt"))
+    assert run("--keyfile", str(key)) == (2, b"", "exec-server run: --keyfile needs --certfile (%s)\n" % key)
+    assert run("--certfile", str(certificate))[0] == 2  # the key is in neither file given
+    copied = subprocess.run([sys.executable, "-m", "exec_server", "cp", "--url", server.url, "--cafile", str(pki.ca),
+                             "--certfile", str(certificate), "--keyfile", str(key), str(key), ":%s" % (tmp_path / "up")],
+                            capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "up").read_bytes() == key.read_bytes()

@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import Optional
 
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_ssl_context, client_token
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_token
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError, RpcError
 
@@ -41,14 +41,42 @@ def report(command: str, error: CommandError) -> int:
     return error.status
 
 
-def load_failure(error: OSError, args: argparse.Namespace) -> CommandError:
-    """The one line for a ``--cafile`` or ``--certfile`` that cannot be loaded (exit 2)."""
+def client_ssl_context(args: argparse.Namespace):
+    """The ssl.SSLContext of ``--cafile``, ``--certfile`` and ``--keyfile`` (None: the system trust
+    store, no client certificate).
+
+    Raises:
+        CommandError: a file cannot be read or is not what it should be, one line naming it (exit 2).
+    """
+    cafile, certfile, keyfile = (getattr(args, name, None) for name in ("cafile", "certfile", "keyfile"))
+    if keyfile and not certfile:
+        raise CommandError("--keyfile needs --certfile", keyfile)
+    if not cafile and not certfile:
+        return None
     import ssl
 
-    if error.filename is not None and error.filename == getattr(args, "certfile", None):
-        text = "not a PEM certificate with its private key" if isinstance(error, ssl.SSLError) else error.strerror
-        return CommandError("cannot load the certificate file: %s" % text, args.certfile)
-    return CommandError("cannot load the CA file: %s" % (error.strerror or error), args.cafile)
+    what, path = "CA file", cafile
+    try:
+        context = ssl.create_default_context(cafile=cafile or None)
+        if certfile:
+            for what, path in (("certificate file", certfile), ("key file", keyfile)):
+                if path:
+                    open(path, "rb").close()  # ssl's own error would not say which file is missing
+            what, path = "certificate file", certfile
+            context.load_cert_chain(certfile, keyfile or None)
+    except ssl.SSLError as exc:
+        if what == "CA file":
+            raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), cafile) from None
+        if keyfile and "KEY_VALUES_MISMATCH" in str(exc):
+            raise CommandError("cannot load the key file: not the private key of --certfile", keyfile) from None
+        if keyfile:
+            raise CommandError("cannot load the certificate and key files: not a PEM certificate and a PEM "
+                               "private key", "%s, %s" % (certfile, keyfile)) from None
+        raise CommandError("cannot load the certificate file: not a PEM certificate with its private key",
+                           certfile) from None
+    except OSError as exc:
+        raise CommandError("cannot load the %s: %s" % (what, exc.strerror or exc), path) from None
+    return context
 
 
 def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> CommandError:
@@ -93,10 +121,7 @@ def connect(args: argparse.Namespace, client_name: str,
     except OSError as exc:
         raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
                            args.token_file) from None
-    try:
-        ssl_context = client_ssl_context(args)
-    except OSError as exc:  # ssl.SSLError (not PEM) is an OSError too
-        raise load_failure(exc, args) from None
+    ssl_context = client_ssl_context(args)
     try:
         return Client.connect(args.url, timeout=args.timeout, client_name=client_name, reconnect=reconnect,
                               token=token, ssl_context=ssl_context)

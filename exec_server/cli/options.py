@@ -189,7 +189,7 @@ def server_parser() -> argparse.ArgumentParser:
 
 def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     """The client options of ``run`` and ``cp``: ``--url``, ``--via``, ``--token-file``, ``--cafile``,
-    ``--certfile``, ``--timeout``."""
+    ``--certfile``, ``--keyfile``, ``--timeout``."""
     parser.add_argument("--url", action=_AppendUrl, help="server to use; repeat it for several hosts" + (
         " (default: a server embedded in this process, no port)" if user == "run" else ""))
     parser.add_argument("--hosts", metavar="FILE", dest="hosts_file",
@@ -205,7 +205,8 @@ def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     parser.add_argument("--cafile", metavar="PATH",
                         help="PEM file of the CAs trusted for a wss:// server (default: the system's)")
     parser.add_argument("--certfile", metavar="PATH",
-                        help="PEM client certificate and its key, for a server started with --tls-client-ca")
+                        help="PEM client certificate (and its key), for a server started with --tls-client-ca")
+    parser.add_argument("--keyfile", metavar="PATH", help="PEM private key of --certfile (default: in --certfile)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
 
@@ -290,28 +291,6 @@ def client_token(args: argparse.Namespace) -> Optional[Callable[[], str]]:
 
     read()
     return read
-
-
-def client_ssl_context(args: argparse.Namespace):
-    """The ssl.SSLContext of ``--cafile`` and ``--certfile`` (None: the system trust store, no certificate).
-
-    Raises:
-        OSError, ssl.SSLError: the CA or certificate file cannot be read or parsed
-            (``filename`` names it).
-    """
-    cafile, certfile = getattr(args, "cafile", None), getattr(args, "certfile", None)
-    if not cafile and not certfile:
-        return None
-    import ssl
-
-    context = ssl.create_default_context(cafile=cafile or None)
-    if certfile:
-        try:
-            context.load_cert_chain(certfile)
-        except OSError as exc:  # ssl.SSLError too
-            exc.filename = certfile
-            raise
-    return context
 
 
 def tls_from(args: argparse.Namespace):

@@ -8,7 +8,9 @@ signal N), and turns Ctrl-C into ``process/signal interrupt``.  Without
 
 import argparse
 import logging
+import ntpath
 import os
+import posixpath
 import signal
 import sys
 import threading
@@ -98,6 +100,9 @@ def _terminal_size():
 def run_command(args: argparse.Namespace) -> int:
     """``exec-server run``: the remote command's exit status, or one of the statuses in ``run --help``."""
     try:
+        if args.cwd is not None and not (posixpath.isabs(args.cwd) or ntpath.isabs(args.cwd)):
+            # absolute on no server's platform: refused before connecting, for one host or several
+            raise CommandError("--cwd wants an absolute path on the server", args.cwd or "''")
         urls = group_urls(args)
         if urls is not None:  # several hosts: exec_server.cli.group_run
             from exec_server.cli.group_run import run_group
