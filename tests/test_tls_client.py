@@ -229,8 +229,8 @@ def test_a_client_certificate_and_its_key_in_two_files(pki, tls_server, tmp_path
         % (tmp_path / "missing.crt"))
     assert run("--keyfile", str(key)) == (2, b"", "exec-server run: --keyfile needs --certfile (%s)\n" % key)
     assert run("--certfile", str(certificate))[0] == 2  # the key is in neither file given
-    copied = subprocess.run([sys.executable, "-m", "exec_server", "cp", "--url", server.url, "--cafile", str(pki.ca),
-                             "--certfile", str(certificate), "--keyfile", str(key), str(key), ":%s" % (tmp_path / "up")],
-                            capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    copy = [sys.executable, "-m", "exec_server", "cp", "--url", server.url, "--cafile", str(pki.ca)]
+    copy += ["--certfile", str(certificate), "--keyfile", str(key), str(key), ":%s" % (tmp_path / "up")]
+    copied = subprocess.run(copy, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "up").read_bytes() == key.read_bytes()
