@@ -5,6 +5,7 @@ Loopback only; every test ends by itself (timeouts on each wait).
 """
 
 import base64
+import contextlib
 import json
 import os
 import threading
@@ -78,6 +79,22 @@ def _drain_at_least(sock, size, timeout=30.0):
     return received
 
 
+@contextlib.contextmanager
+def _budget_holder(running, path, holds):
+    """A second connection that asks fs/readFile of ``path`` and reads nothing: its result is built and its send
+    waits, holding ``holds`` bytes of the result budget (waited for).  Yields its socket; closed at the end."""
+    slow = _upgrade(urlsplit(running.url).port)
+    try:
+        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
+        _send(slow, {"method": "initialized", "params": {}})
+        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s" % path}})
+        budget = running.server.dispatcher.result_budget
+        wait_until(lambda: budget.used == holds, timeout=10)
+        yield slow
+    finally:
+        slow.close()
+
+
 @pytest.mark.parametrize("waiting", ["process/read", "fs/readFile"])
 def test_a_large_result_waits_while_others_fill_the_result_budget(configured_server, connect, tmp_path, waiting):
     """Connection A asks for a 16 MiB file and does not read its response (22 MB of base64: more than the
@@ -95,19 +112,12 @@ def test_a_large_result_waits_while_others_fill_the_result_budget(configured_ser
         request = {"processId": "big", "afterSeq": 0, "maxBytes": None}
     else:
         request = {"path": "file://%s/big" % tmp_path}
-    slow = _upgrade(urlsplit(running.url).port)
-    try:
-        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
-        _send(slow, {"method": "initialized", "params": {}})
-        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
-        budget = running.server.dispatcher.result_budget
-        wait_until(lambda: budget.used == budget.limit, timeout=10)  # A's result is built and being sent
+    budget = running.server.dispatcher.result_budget
+    with _budget_holder(running, tmp_path / "big", budget.limit) as slow:  # A's result is built and being sent
         peer.send({"id": 7, "method": waiting, "params": request})
         with pytest.raises(AssertionError):  # B waits for the budget while A does not read
             peer.wait_for(lambda m: m.get("id") == 7, timeout=1.0)
         assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
-    finally:
-        slow.close()
     reply = peer.wait_for(lambda m: m.get("id") == 7, timeout=20)
     if waiting == "process/read":
         chunks = reply["result"]["chunks"]
@@ -127,21 +137,14 @@ def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(con
     peer.initialize()
     peer.call("process/start", start_params("big", ["head", "-c", str(4 * MIB), str(tmp_path / "big")]))
     peer.wait_closed("big", timeout=30)
-    slow = _upgrade(urlsplit(running.url).port)
-    try:
-        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
-        _send(slow, {"method": "initialized", "params": {}})
-        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
-        budget = running.server.dispatcher.result_budget
-        wait_until(lambda: budget.used == budget.limit, timeout=10)
+    budget = running.server.dispatcher.result_budget
+    with _budget_holder(running, tmp_path / "big", budget.limit) as slow:
         peer.send({"id": 7, "method": "process/read", "params": {"processId": "big", "afterSeq": 0}})
         started = time.monotonic()
         assert peer.call("environment/status", timeout=5) == {"status": "ready"}  # answered while 7 waits
         assert time.monotonic() - started < 2.0
         assert not any(m.get("id") == 7 for m in peer.received)
         assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
-    finally:
-        slow.close()
     assert peer.wait_for(lambda m: m.get("id") == 7, timeout=20)["result"]["chunks"]
 
 
@@ -154,16 +157,8 @@ def test_a_spooled_read_reserves_what_it_may_return_not_its_whole_budget(configu
     peer.initialize()
     peer.call("process/start", start_params("small", ["head", "-c", str(3 * MIB // 2), str(tmp_path / "big")]))
     peer.wait_closed("small", timeout=30)
-    slow = _upgrade(urlsplit(running.url).port)
-    try:
-        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
-        _send(slow, {"method": "initialized", "params": {}})
-        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
-        budget = running.server.dispatcher.result_budget
-        wait_until(lambda: budget.used == RESULT_COST_PER_BYTE * 8 * MIB, timeout=10)  # half of it, held
+    with _budget_holder(running, tmp_path / "big", RESULT_COST_PER_BYTE * 8 * MIB):  # half of it, held
         peer.send({"id": 7, "method": "process/read", "params": {"processId": "small", "afterSeq": 0,
                                                                  "maxBytes": None}})
         reply = peer.wait_for(lambda m: m.get("id") == 7, timeout=3)  # at once, while the holder stalls
         assert sum(len(base64.b64decode(c["chunk"])) for c in reply["result"]["chunks"]) == 3 * MIB // 2
-    finally:
-        slow.close()

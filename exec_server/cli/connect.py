@@ -41,6 +41,20 @@ def report(command: str, error: CommandError) -> int:
     return error.status
 
 
+def credentials(args: argparse.Namespace):
+    """``(token, ssl_context)`` of ``--token-file``, ``--cafile``, ``--certfile`` and ``--keyfile``.
+
+    Raises:
+        CommandError: a file cannot be read or is not what it should be, one line naming it (exit 2).
+    """
+    try:
+        token = client_token(args)
+    except OSError as exc:
+        raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
+                           args.token_file) from None
+    return token, client_ssl_context(args)
+
+
 def client_ssl_context(args: argparse.Namespace):
     """The ssl.SSLContext of ``--cafile``, ``--certfile`` and ``--keyfile`` (None: the system trust
     store, no client certificate).
@@ -116,12 +130,7 @@ def connect(args: argparse.Namespace, client_name: str,
             if isinstance(exc.__cause__, FileNotFoundError):  # the server command itself is missing
                 raise CommandError("command not found", argv[0], EXIT_DISCONNECTED) from None
             raise disconnected(exc, args.via) from None
-    try:
-        token = client_token(args)
-    except OSError as exc:
-        raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
-                           args.token_file) from None
-    ssl_context = client_ssl_context(args)
+    token, ssl_context = credentials(args)
     try:
         return Client.connect(args.url, timeout=args.timeout, client_name=client_name, reconnect=reconnect,
                               token=token, ssl_context=ssl_context)

@@ -11,8 +11,7 @@ import os
 from typing import TYPE_CHECKING, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from exec_server.cli.connect import CommandError, client_ssl_context
-from exec_server.cli.options import client_token
+from exec_server.cli.connect import CommandError, credentials
 from exec_server.client.recovery import ReconnectPolicy
 
 if TYPE_CHECKING:  # imported by open_group alone: a one-host run does not need it
@@ -82,12 +81,7 @@ def open_group(args: argparse.Namespace, urls: List[str], client_name: str,
     Raises:
         CommandError: an unreadable token, CA, certificate or key file.
     """
-    try:
-        token = client_token(args)
-    except OSError as exc:
-        raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
-                           args.token_file) from None
-    ssl_context = client_ssl_context(args)
+    token, ssl_context = credentials(args)
     from exec_server.client.group import Group
 
     return Group(labels(urls), max_workers=args.parallel, timeout=args.timeout, token=token,
