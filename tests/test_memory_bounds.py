@@ -42,6 +42,52 @@ def test_byte_budget_waits_bounded_and_lets_one_oversized_reservation_run_alone(
     assert budget.used == 0
 
 
+def test_byte_budget_serves_waiters_in_order_so_a_large_reservation_is_not_starved():
+    """Three users reserve 30 of 100 in turn, overlapping (each holds it 20 ms): 80 never fitted beside them,
+    and the large reservation waited out its timeout while the small ones were granted all along."""
+    budget, stop, granted = ByteBudget(100), threading.Event(), []
+
+    def small(offset):
+        time.sleep(offset)
+        while not stop.is_set():
+            size = budget.reserve(30, 5.0)
+            granted.append(size)
+            time.sleep(0.02)
+            budget.release(size)
+
+    users = [threading.Thread(target=small, args=(index * 0.007,)) for index in range(3)]
+    for user in users:
+        user.start()
+    try:
+        time.sleep(0.1)
+        assert budget.reserve(80, 3.0) == 80  # before: None after 3 s
+        budget.release(80)
+    finally:
+        stop.set()
+        for user in users:
+            user.join(10)
+    assert granted and all(size == 30 for size in granted)
+    assert budget.used == 0
+    assert budget.reserve(10, 0.0) == 10  # a timed-out or served waiter leaves no ticket behind
+
+
+def test_byte_budget_a_waiter_that_gives_up_lets_the_next_one_through():
+    budget = ByteBudget(100)
+    held = budget.reserve(90, 0.0)
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("large", budget.reserve(50, 0.3)))
+    first.start()
+    time.sleep(0.1)  # the large one is first in line, then the small one that fits beside what is held
+    second = threading.Thread(target=lambda: results.setdefault("small", budget.reserve(10, 5.0)))
+    second.start()
+    first.join(5)
+    second.join(5)
+    assert results == {"large": None, "small": 10}  # the small one went once the large one gave up
+    budget.release(held)
+    budget.release(10)
+    assert budget.used == 0
+
+
 def test_admitted_requests_of_a_connection_hold_at_most_max_message_bytes(configured_server, connect, tmp_path):
     """A connection that pipelines large requests behind a busy worker gets -32001 for the one that would pin more
     than --max-message-bytes of queued messages; the admitted ones run, the refused one does not."""

@@ -10,9 +10,10 @@ Two bound what the count limits do not (README "Limits"):
   <exec_server.server.handlers.context.RequestContext.reserve_result>`).
 """
 
+import collections
 import threading
 import time
-from typing import Optional
+from typing import Deque, Optional
 
 #: What a large result costs while it is built and sent, per byte it returns: the bytes read, their base64
 #: text (bytes, then str), the response's JSON text, its UTF-8 bytes and the frame (each 4/3 of the bytes,
@@ -22,15 +23,19 @@ RESULT_COST_PER_BYTE = 5
 
 
 class ByteBudget:
-    """Bytes reserved by concurrent users against ``limit``.  Thread-safe.
+    """Bytes reserved by concurrent users against ``limit``, granted first come, first served.  Thread-safe.
 
     A reservation larger than ``limit`` is taken as ``limit``: it waits until
-    nothing else is reserved, then runs alone.
+    nothing else is reserved, then runs alone.  Waiters are served in the
+    order they came: a reservation that does not fit holds back those after
+    it, so a large result is not starved by a steady stream of smaller ones
+    that overlap (each would fit beside the others, never leaving room for it).
     """
 
     def __init__(self, limit: int):
         self.limit = limit
         self._used = 0
+        self._waiting: Deque[object] = collections.deque()  # one ticket per waiter, oldest first
         self._changed = threading.Condition(threading.Lock())
 
     @property
@@ -47,13 +52,25 @@ class ByteBudget:
         size = max(0, min(size, self.limit))
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self._used and self._used + size > self.limit:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
-            self._used += size
-        return size
+            if not self._waiting and not self._blocked(size):
+                self._used += size
+                return size
+            ticket = object()
+            self._waiting.append(ticket)
+            try:
+                while self._waiting[0] is not ticket or self._blocked(size):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._changed.wait(remaining)
+                self._used += size
+                return size
+            finally:
+                self._waiting.remove(ticket)
+                self._changed.notify_all()  # the next waiter may now be first, and fit
+
+    def _blocked(self, size: int) -> bool:
+        return bool(self._used) and self._used + size > self.limit
 
     def release(self, size: int) -> None:
         """Give back bytes :meth:`reserve` returned."""
