@@ -1,6 +1,7 @@
 """The client's bound on unconsumed output (``max_buffered_output``): past it, the consumer refills from the server."""
 
 import hashlib
+import io
 import os
 import threading
 import time
@@ -470,3 +471,32 @@ def test_an_interrupted_communicate_keeps_what_it_consumed():
     process.deliver_event(ExitedEvent(4, 0))
     process.deliver_event(ClosedEvent(5))
     assert process.communicate(timeout=5) == (b"first second", b"err")
+
+
+def test_an_interrupt_while_an_event_is_copied_keeps_that_event(monkeypatch):
+    """Ctrl-C after next_event took an output event out of the buffer, while its bytes were copied: the event was
+    in neither the buffer nor what communicate had recorded, and its bytes were lost."""
+    class NoCalls:
+        def call(self, *args, **kwargs):
+            raise AssertionError("no call expected")
+
+    class InterruptedCopy(io.BytesIO):
+        writes = 0
+
+        def write(self, data):
+            InterruptedCopy.writes += 1
+            if InterruptedCopy.writes == 2:
+                raise KeyboardInterrupt
+            return super().write(data)
+
+    process = process_module.RemoteProcess(NoCalls(), "p1", ["x"])
+    process.deliver_event(OutputEvent(1, "stdout", b"first "))
+    process.deliver_event(OutputEvent(2, "stdout", b"second "))
+    monkeypatch.setattr(process_module.io, "BytesIO", InterruptedCopy)
+    with pytest.raises(KeyboardInterrupt):
+        process.communicate(timeout=5)
+    monkeypatch.undo()
+    process.deliver_event(OutputEvent(3, "stdout", b"third"))
+    process.deliver_event(ExitedEvent(4, 0))
+    process.deliver_event(ClosedEvent(5))
+    assert process.communicate(timeout=5) == (b"first second third", b"")  # before: b"first third"

@@ -283,14 +283,13 @@ class RemoteProcess(ProcessControl):
                 event = self.next_event(_remaining(deadline))
                 if event is None:
                     break
+                consumed.append(event)  # recorded before anything else: an interrupt from here on keeps it
                 if isinstance(event, OutputEvent):
                     target = err if event.stream == "stderr" else out
                     start = target.tell()
                     target.write(event.data)
-                    consumed.append((event.seq, event.stream, start, target.tell()))
-                    continue
-                consumed.append(event)
-                if isinstance(event, ClosedEvent):
+                    consumed[-1] = (event.seq, event.stream, start, target.tell())
+                elif isinstance(event, ClosedEvent):
                     break
         except BaseException:  # a timeout, Ctrl-C, a gap: what was consumed is not lost
             stdout, stderr = out.getvalue(), err.getvalue()
