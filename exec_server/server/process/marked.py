@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable marking every process of one tree in ``inherit`` mode.
 MARKER_ENV = guardian.MARKER_ENV
+#: Scans of the process table one kill of marked processes makes at most (at least two).
+MARKED_SCANS = 4
 
 
 def marked_processes(markers: Collection[str]) -> List[Tuple[Any, str]]:
@@ -45,22 +47,31 @@ def marked_processes(markers: Collection[str]) -> List[Tuple[Any, str]]:
 def kill_marked(*markers: str) -> int:
     """SIGKILL every process whose environment carries ``MARKER_ENV`` set to one of ``markers``; how many.
 
-    psutil checks each process's identity before the kill.
+    Scans the process table until a scan after the first finds nothing
+    (:data:`MARKED_SCANS` at most): a scan lists the PIDs first, so a job
+    that forks and exits while it runs leaves a child that scan never sees,
+    and a killed process may have forked just before.  psutil checks each
+    process's identity before the kill.
     """
     import psutil
 
-    found = [process for process, _marker in marked_processes(set(markers))]
     me = os.getpid()
     with _leaders_lock:
         leaders = set(_leaders)
-    for process in found:
-        try:
-            if process.ppid() == me and process.pid not in leaders:
-                _adopted.add(process.pid)  # an orphan of ours: the Reaper reaps it by its PID
-            process.kill()
-        except psutil.Error:
-            pass
-    return len(found)
+    killed = set()
+    for scan in range(MARKED_SCANS):
+        found = [process for process, _marker in marked_processes(set(markers))]
+        if not found and scan:
+            break
+        for process in found:
+            try:
+                if process.ppid() == me and process.pid not in leaders:
+                    _adopted.add(process.pid)  # an orphan of ours: the Reaper reaps it by its PID
+                process.kill()
+                killed.add(process.pid)
+            except psutil.Error:
+                pass
+    return len(killed)
 
 
 # ------------------------------------------------------------- inherit mode: child subreaper
