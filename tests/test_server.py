@@ -61,6 +61,19 @@ def test_message_size_limit_closes_with_1009(connect, configured_server):
     assert other.call("environment/status") == {"status": "ready"}
 
 
+def test_message_size_limit_counts_utf8_bytes_not_characters(connect, configured_server):
+    """700 characters of 3 bytes each (2 KB in UTF-8) passed a 1 KiB limit that counted characters."""
+    running = configured_server(max_message_bytes=1024)
+    peer = ready(connect, running.url)
+    for request_id, count in ((4, 300), (5, 700)):  # 900 bytes of path: answered; 2100: closed
+        peer.send(json.dumps({"id": request_id, "method": "fs/getMetadata",
+                              "params": {"path": "file:///" + "\u20ac" * count}}, ensure_ascii=False))
+        if request_id == 4:
+            assert "File name too long" in peer.wait_for(lambda m: m.get("id") == 4)["error"]["message"]
+    assert peer.is_disconnected()
+    assert peer.ws.close_reason == 1009
+
+
 def test_violation_sends_close_1002(connect, server):
     peer = ready(connect, server.url)
     peer.send({"method": "some/notification"})

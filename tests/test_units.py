@@ -426,3 +426,11 @@ def test_first_use_tries_again_after_a_failed_make():
     with pytest.raises(ImportError):
         slot.get()
     assert slot.get() == "made" and slot.get() == "made" and len(attempts) == 2
+
+
+def test_message_limits_count_utf8_bytes():
+    """What --max-message-bytes and the admitted-requests bound count (they counted characters: 4x looser)."""
+    assert jsonrpc.utf8_size("ascii") == 5
+    assert jsonrpc.utf8_size("\u20ac\U0001F600") == 3 + 4
+    assert jsonrpc.utf8_size(b"\xe2\x82\xac") == 3
+    assert jsonrpc.utf8_size("\ud800") == 3  # a lone surrogate (refused later, with its own error) still counts

@@ -174,6 +174,16 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
+def utf8_size(text: Union[str, bytes, bytearray]) -> int:
+    """Bytes of ``text`` in UTF-8 (its length if bytes or ASCII, the usual case: no copy).
+
+    What the message limits count: a character may take up to 4 bytes.
+    """
+    if isinstance(text, (bytes, bytearray)) or text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     """Parse one JSON-RPC message.
 

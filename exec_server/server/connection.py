@@ -29,7 +29,7 @@ from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNo
                                          ServerOverloaded)
 from exec_server.protocol.handshake import Handshake
 from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
-                                          encode, error_response, parse_message)
+                                          encode, error_response, parse_message, utf8_size)
 from exec_server.protocol.wire import Send
 from exec_server.server.process import ReadAborted
 
@@ -139,7 +139,7 @@ class RpcConnection:
             return
         if isinstance(message, (Response, ErrorResponse)):
             raise ProtocolViolation("unexpected response from client")
-        self._handle_request(message, received, len(text))
+        self._handle_request(message, received, utf8_size(text))
 
     def _handle_notification(self, message: Notification) -> None:
         if message.method == "initialized":

@@ -33,6 +33,7 @@ from exec_server.common.websocket import send_frames as _send_frames
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
+from exec_server.protocol.jsonrpc import utf8_size
 from exec_server.protocol.handshake import NEW
 
 #: What each fragment of a message but its last counts against ``max_message_bytes`` besides its payload:
@@ -335,8 +336,8 @@ class WebSocketConnection:
                     if isinstance(event, (TextMessage, BytesMessage)):
                         # a frame that ends before its message does: one more fragment follows (a frame
                         # arriving in pieces, TCP segment by segment, is one fragment, not many)
-                        size += len(event.data) + (FRAGMENT_OVERHEAD_BYTES if event.frame_finished
-                                                   and not event.message_finished else 0)
+                        size += utf8_size(event.data) + (FRAGMENT_OVERHEAD_BYTES if event.frame_finished
+                                                         and not event.message_finished else 0)
                         if size > limit:
                             self._close_with(CLOSE_MESSAGE_TOO_BIG, "message exceeds %d bytes" % limit)
                             return
