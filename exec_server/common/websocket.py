@@ -113,12 +113,13 @@ def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[floa
             if not progress.moved():
                 raise
             continue
-        progress.mark()
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
+        if views:
+            progress.mark()
 
 
 class FrameWriter:
