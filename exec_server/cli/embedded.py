@@ -49,7 +49,7 @@ class EmbeddedTransport:
             if self._ended:
                 raise ConnectionResetError("the embedded connection is closed")
             for text in texts:
-                self._to_client.put(text)
+                self._to_client.put(str(text))  # a large response in pieces (RawJson) joined
 
     def _serve(self) -> None:
         while True:

@@ -9,7 +9,7 @@ Nothing here reads: each end runs its own receive loop and feeds wsproto.
 
 import socket
 import threading
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 from wsproto import WSConnection
 from wsproto.events import Event, Message
@@ -120,6 +120,26 @@ def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[floa
             views[0] = views[0][sent:]
         if views:
             progress.mark()
+
+
+def send_fragmented(sock, protocol: WSConnection, pieces: Iterable[str], timeout: Optional[float] = None) -> None:
+    """Write one text message as consecutive frames, a frame per piece (RFC 6455 section 5.4 fragmentation).
+
+    Each frame is built and written before the next piece is taken, so a
+    large message is never whole in memory.  The caller holds the
+    connection's send lock; control frames wait for the last frame.
+
+    Raises:
+        OSError: as :func:`send_all`; LocalProtocolError: the connection is closing.
+    """
+    pieces = iter(pieces)
+    piece = next(pieces, "")
+    while True:
+        following = next(pieces, None)
+        send_all(sock, protocol.send(Message(data=piece, message_finished=following is None)), timeout)
+        if following is None:
+            return
+        piece = following
 
 
 class FrameWriter:

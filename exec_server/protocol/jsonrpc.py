@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, NamedTuple, Optional, Union
 
 from exec_server.protocol.errors import RpcError
-from exec_server.protocol.wire import RawJson, dumps  # noqa: F401  (dumps: part of this module's API)
+from exec_server.protocol.wire import LARGE_MESSAGE_CHARS, RawJson, dumps  # noqa: F401  (dumps: API)
 
 I64_MIN = -(2 ** 63)
 I64_MAX = 2 ** 63 - 1
@@ -243,6 +243,14 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
         return Response(data["id"], data["result"])
     # serde's untagged decoding ends with the error-response variant
     raise EnvelopeError("missing field `error`")
+
+
+def encode_reply(message: Response) -> Union[str, RawJson]:
+    """:func:`encode` of a response, but a large one (:data:`~exec_server.protocol.wire.LARGE_MESSAGE_CHARS`
+    or more, a result already in pieces: a file's base64, spooled output) stays in pieces for the transport."""
+    if isinstance(message.result, RawJson) and len(message.result) >= LARGE_MESSAGE_CHARS:
+        return RawJson(['{"id":%s,"result":' % dumps(message.id), *message.result.parts, "}"])
+    return encode(message)
 
 
 def encode(message: Message) -> str:

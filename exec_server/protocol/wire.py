@@ -20,7 +20,13 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 
 #: A connection's send: writes the given encoded messages whole, in order, in
 #: one write.  The one callable type between a session and its connection.
+#: A message is a str, or a large response still in pieces (:class:`RawJson`).
 Send = Callable[..., None]
+
+#: A response whose JSON text is at least this many characters is handed to
+#: the transport in its pieces, not joined (:func:`~exec_server.protocol.
+#: jsonrpc.encode_reply`); a WebSocket sends it as fragments of about this size.
+LARGE_MESSAGE_CHARS = 1024 * 1024
 
 #: JSON text of the booleans in a ``process/read`` result.
 _LITERALS = {True: "true", False: "false"}
@@ -46,6 +52,30 @@ class RawJson:
 
     def __str__(self) -> str:
         return "".join(self.parts)
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def fragments(self, size: int = LARGE_MESSAGE_CHARS) -> Iterable[str]:
+        """The text again, as consecutive pieces of ``size`` characters (the last one shorter).
+
+        Each piece is one copy of its characters: a large message reaches the
+        wire without ever existing whole, as one str or its UTF-8 bytes.
+        """
+        pending: List[str] = []
+        room = size
+        for part in self.parts:
+            start = 0
+            while len(part) - start > room:  # the part fills the piece and goes on
+                pending.append(part[start:start + room])
+                start += room
+                yield "".join(pending)
+                pending, room = [], size
+            if start < len(part):
+                pending.append(part[start:] if start else part)
+                room -= len(part) - start
+        if pending:
+            yield "".join(pending)
 
 
 def encode_output_notification(process_id: str, seq: int, stream: str, chunk_b64: str) -> str:

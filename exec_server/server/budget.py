@@ -15,11 +15,12 @@ import threading
 import time
 from typing import Deque, Optional
 
-#: What a large result costs while it is built and sent, per byte it returns: the bytes read, their base64
-#: text (bytes, then str), the response's JSON text, its UTF-8 bytes and the frame (each 4/3 of the bytes,
-#: not all alive at once).  Measured, one at a time: a 57 MiB ``fs/readFile`` took the server's RSS up by
-#: 284 MiB, a 16 MiB ``process/read`` of spooled output by 83 MiB: about 5x.
-RESULT_COST_PER_BYTE = 5
+#: What a large result costs while it is built and sent, per byte it returns: the bytes read and their
+#: base64 text (bytes, then str; 4/3 of the bytes each, not all alive at once).  The response then goes out
+#: in pieces of 1 MiB (``LARGE_MESSAGE_CHARS``), never joined into one text, its UTF-8 bytes and a frame.
+#: Measured (peak RSS, VmHWM), one at a time: a 57 MiB ``fs/readFile`` +133 MiB, a 16 MiB ``process/read``
+#: of spooled output +34 MiB; 3 bounds both (before the pieces: +381 and +106 MiB).
+RESULT_COST_PER_BYTE = 3
 
 
 class ByteBudget:

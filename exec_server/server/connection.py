@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from exec_server.server import handlers
 from exec_server.common import telemetry
@@ -29,8 +29,8 @@ from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNo
                                          ServerOverloaded)
 from exec_server.protocol.handshake import Handshake
 from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
-                                          encode, error_response, parse_message, utf8_size)
-from exec_server.protocol.wire import Send
+                                          encode, encode_reply, error_response, parse_message, utf8_size)
+from exec_server.protocol.wire import RawJson, Send
 from exec_server.server.process import ReadAborted
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ class RpcConnection:
             if failed:
                 self._complete(request, span, label, received, started, outcome)
             else:  # the result's own pieces (a file's base64) are freed before the response is written
-                reply, outcome = encode(Response(request.id, outcome)), None
+                reply, outcome = encode_reply(Response(request.id, outcome)), None
                 self._complete(request, span, label, received, started, None, reply)
         finally:
             for callback in ctx.after_response_callbacks:
@@ -312,7 +312,7 @@ class RpcConnection:
                     log.exception("after-response hook of %s failed", request.method)
 
     def _complete(self, request: Request, span, label: str, received: float, started: float,
-                  error: Optional[RpcError], reply: Optional[str] = None) -> None:
+                  error: Optional[RpcError], reply: "Optional[Union[str, RawJson]]" = None) -> None:
         """Send the response (``reply``, the encoded result; ``error``'s; none for an aborted request) and record
         its span and metrics."""
         if error is _ABORTED:

@@ -20,13 +20,14 @@ import os
 import signal
 import sys
 import threading
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Optional, Union
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
 from exec_server.protocol.jsonrpc import UNKNOWN_ID, encode, error_response
+from exec_server.protocol.wire import RawJson
 from exec_server.server.sessions import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,20 @@ class StdioConnection:
         self._done = threading.Event()
         self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX, "stdio")
 
-    def send_text(self, *texts: str) -> None:
-        """Write each message as one line, all in one write (thread-safe)."""
-        data = "".join(text + "\n" for text in texts).encode("utf-8")
+    def send_text(self, *texts: "Union[str, RawJson]") -> None:
+        """Write each message as one line, all in one write (thread-safe).
+
+        A large response in pieces (:class:`~exec_server.protocol.wire.RawJson`)
+        is written piece by piece, never joined into one str or bytes.
+        """
+        if len(texts) == 1 and isinstance(texts[0], RawJson):
+            with self._send_lock:
+                for piece in texts[0].fragments():
+                    self._writer.write(piece.encode("utf-8"))
+                self._writer.write(b"\n")
+                self._writer.flush()
+            return
+        data = "".join(str(text) + "\n" for text in texts).encode("utf-8")
         with self._send_lock:
             self._writer.write(data)
             self._writer.flush()

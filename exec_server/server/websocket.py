@@ -29,11 +29,13 @@ from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BI
                                           FAILURE_CODES as _FAILURE_CODES, RECV_BYTES)
 from exec_server.common.websocket import send_all as _send_all
 from exec_server.common.websocket import send_now as _send_now
+from exec_server.common.websocket import send_fragmented as _send_fragmented
 from exec_server.common.websocket import send_frames as _send_frames
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
 from exec_server.protocol.jsonrpc import utf8_size
+from exec_server.protocol.wire import RawJson
 from exec_server.protocol.handshake import NEW
 
 #: What each fragment of a message but its last counts against ``max_message_bytes`` besides its payload:
@@ -175,6 +177,9 @@ class WebSocketConnection:
             ConnectionError: the connection is closing, closed or dead.
             OSError: the write failed or stalled for ``send_timeout`` s (now dead).
         """
+        if len(texts) == 1 and isinstance(texts[0], RawJson):
+            self._send_fragments(texts[0])
+            return
         if not all(_encodable(text) for text in texts):
             texts = tuple(text.encode("utf-8", "replace").decode("utf-8") for text in texts)
         try:
@@ -187,6 +192,24 @@ class WebSocketConnection:
                     else:
                         _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts],
                                      self._config.send_timeout)
+                except OSError:
+                    self._die()
+                    raise
+        except LocalProtocolError:
+            raise ConnectionResetError("websocket is closed") from None
+
+    def _send_fragments(self, message: RawJson) -> None:
+        """Send a large message as frames of :data:`~exec_server.protocol.wire.LARGE_MESSAGE_CHARS`
+        characters: it never exists whole as one str, its UTF-8 bytes and its frame.  Raises as :meth:`send_text`.
+        """
+        pieces = (piece if _encodable(piece) else piece.encode("utf-8", "replace").decode("utf-8")
+                  for piece in message.fragments())
+        try:
+            with self._send_lock:
+                if self._dead:
+                    raise ConnectionResetError("websocket is dead")
+                try:
+                    _send_fragmented(self._sock, self._protocol, pieces, self._config.send_timeout)
                 except OSError:
                     self._die()
                     raise

@@ -1,0 +1,124 @@
+"""A large response (a file's base64, spooled output) reaches the wire in pieces, never whole in memory.
+
+Over WebSocket it is one text message of many frames (RFC 6455 fragmentation)
+of LARGE_MESSAGE_CHARS characters each; over stdio one line written piece by
+piece.  The bytes are the same as ever: checked here against the file.
+"""
+
+import base64
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Message, Request, TextMessage
+
+from exec_server.protocol.jsonrpc import Response, encode, encode_reply
+from exec_server.protocol.wire import LARGE_MESSAGE_CHARS, RawJson
+
+pytestmark = pytest.mark.timeout(60)
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fragments_are_the_text_in_order_and_of_the_size_asked(seed):
+    chooser = random.Random(seed)
+    parts = ["".join(chooser.choice("ab\u20acx") for _ in range(chooser.randrange(0, 40)))
+             for _ in range(chooser.randrange(0, 12))]
+    size = chooser.randrange(1, 30)
+    pieces = list(RawJson(parts).fragments(size))
+    assert "".join(pieces) == "".join(parts)
+    assert all(len(piece) == size for piece in pieces[:-1])
+    assert all(0 < len(piece) <= size for piece in pieces)
+
+
+def test_only_a_large_response_stays_in_pieces():
+    small = Response(7, RawJson(['{"a":"', "x" * 10, '"}']))
+    assert encode_reply(small) == encode(small) == '{"id":7,"result":{"a":"xxxxxxxxxx"}}'
+    large = Response("r", RawJson(['{"dataBase64":"', "A" * LARGE_MESSAGE_CHARS, '"}']))
+    reply = encode_reply(large)
+    assert isinstance(reply, RawJson) and str(reply) == encode(large)
+
+
+class RawClient:
+    """A wsproto client that records every frame of each text message it receives."""
+
+    def __init__(self, url: str):
+        self.sock = socket.create_connection(("127.0.0.1", urlsplit(url).port), timeout=20)
+        self.protocol = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.protocol.send(Request(host="127.0.0.1", target="/")))
+        self.events = []
+        while not any(isinstance(event, AcceptConnection) for event in self.events):
+            self._read()
+        self.events = [event for event in self.events if not isinstance(event, AcceptConnection)]
+
+    def _read(self):
+        data = self.sock.recv(1 << 20)
+        assert data, "connection closed"
+        self.protocol.receive_data(data)
+        self.events.extend(self.protocol.events())
+
+    def send(self, message):
+        self.sock.sendall(self.protocol.send(Message(data=json.dumps(message))))
+
+    def message(self):
+        """(text of the next whole message, how many frames carried it)."""
+        parts, frames = [], 0
+        while True:
+            while not self.events:
+                self._read()
+            event = self.events.pop(0)
+            if not isinstance(event, TextMessage):
+                continue
+            parts.append(event.data)
+            frames += event.frame_finished
+            if event.message_finished:
+                return "".join(parts), frames
+
+
+def test_a_large_file_arrives_as_one_message_of_many_frames(server, tmp_path):
+    data = os.urandom(3 * MIB)
+    (tmp_path / "big").write_bytes(data)
+    client = RawClient(server.url)
+    try:
+        client.send({"id": 1, "method": "initialize", "params": {"clientName": "frames"}})
+        assert "sessionId" in json.loads(client.message()[0])["result"]
+        client.send({"method": "initialized", "params": {}})
+        client.send({"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
+        text, frames = client.message()
+        assert base64.b64decode(json.loads(text)["result"]["dataBase64"]) == data
+        assert frames == -(-len(text) // LARGE_MESSAGE_CHARS)  # 4 MiB of base64: 4 frames and a bit (before: 1)
+        client.send({"id": 3, "method": "environment/status"})
+        assert json.loads(client.message()[0]) == {"id": 3, "result": {"status": "ready"}}  # the stream goes on
+    finally:
+        client.sock.close()
+
+
+def test_a_large_file_over_stdio_is_one_line(tmp_path):
+    data = os.urandom(3 * MIB)
+    (tmp_path / "big").write_bytes(data)
+    child = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "stdio"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        child.stdin.write(b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n{"method":"initialized"}\n')
+        child.stdin.write(json.dumps({"id": 2, "method": "fs/readFile",
+                                      "params": {"path": "file://%s/big" % tmp_path}}).encode() + b"\n")
+        child.stdin.write(b'{"id":3,"method":"environment/status"}\n')
+        child.stdin.flush()
+        replies = {}
+        for _ in range(3):
+            reply = json.loads(child.stdout.readline())
+            replies[reply["id"]] = reply
+        assert base64.b64decode(replies[2]["result"]["dataBase64"]) == data
+        assert replies[3]["result"] == {"status": "ready"}
+    finally:
+        child.kill()
+        child.wait(10)
+        child.stdin.close()
+        child.stdout.close()
