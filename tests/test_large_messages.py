@@ -12,6 +12,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 from urllib.parse import urlsplit
 
 import pytest
@@ -122,3 +123,31 @@ def test_a_large_file_over_stdio_is_one_line(tmp_path):
         child.wait(10)
         child.stdin.close()
         child.stdout.close()
+
+
+def test_the_client_sends_a_large_message_in_frames_of_a_mebibyte():
+    from exec_server.common.websocket import LARGE_TEXT_CHARS, FrameWriter
+
+    client_side, server_side = socket.socketpair()
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="x", target="/")))
+    client.receive_data(server.send(AcceptConnection()))
+    list(server.events()), list(client.events())
+    text = "\u20ac" + "a" * (2 * LARGE_TEXT_CHARS + 5)
+    writer = FrameWriter(client_side, client, write_timeout=10)
+    sender = threading.Thread(target=writer.send_texts, args=(text,))
+    sender.start()
+    parts, frames, finished = [], 0, False
+    server_side.settimeout(10)
+    while not finished:
+        server.receive_data(server_side.recv(1 << 20))
+        for event in server.events():
+            parts.append(event.data)
+            frames += event.frame_finished
+            finished = event.message_finished
+    sender.join(10)
+    client_side.close()
+    server_side.close()
+    assert "".join(parts) == text
+    assert frames == 3  # before: 1

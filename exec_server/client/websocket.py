@@ -87,7 +87,7 @@ class WebSocketTransport:
         self._handle_events()  # frames that came with the 101 answer
 
     def send(self, text: str) -> None:
-        """Send ``text`` as one text frame (whole, under the send lock).
+        """Send ``text`` as one text message (whole, under the send lock; frames of 1 MiB when larger).
 
         Raises:
             ExecServerDisconnected: the connection is closed or the write failed.

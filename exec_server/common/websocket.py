@@ -28,6 +28,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 FAILURE_CODES = (CLOSE_PROTOCOL_ERROR, 1007, CLOSE_MESSAGE_TOO_BIG)
 #: Bytes asked of the socket per ``recv``.
 RECV_BYTES = 256 * 1024
+#: A message of this many characters or more is sent as frames of this size (RFC 6455
+#: fragmentation); the server's responses use the same size (``protocol.wire.LARGE_MESSAGE_CHARS``).
+LARGE_TEXT_CHARS = 1024 * 1024
 #: Seconds a TLS Close frame may take in :func:`send_now` (encryption may need a few round trips of the buffer).
 SEND_NOW_TIMEOUT = 0.05
 
@@ -186,13 +189,21 @@ class FrameWriter:
     def send_texts(self, *texts: str) -> None:
         """Send each text as one text frame, all in one write.
 
+        A text of :data:`LARGE_TEXT_CHARS` or more (an upload's base64) goes
+        alone, in frames of that many characters (:func:`send_fragmented`):
+        neither its UTF-8 bytes nor its frame are ever whole in memory.
+
         Raises:
             ConnectionResetError: the connection is closing or closed.
             OSError: the socket failed.
         """
         try:
             with self.lock:
-                if len(texts) == 1:
+                if len(texts) == 1 and len(texts[0]) >= LARGE_TEXT_CHARS:
+                    text, step = texts[0], LARGE_TEXT_CHARS
+                    pieces = (text[start:start + step] for start in range(0, len(text), step))
+                    send_fragmented(self.sock, self.protocol, pieces, self.write_timeout)
+                elif len(texts) == 1:
                     send_all(self.sock, self.protocol.send(Message(data=texts[0])), self.write_timeout)
                 else:
                     send_frames(self.sock, [self.protocol.send(Message(data=text)) for text in texts],
