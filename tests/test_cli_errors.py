@@ -318,3 +318,9 @@ def test_run_says_when_it_has_reconnected(configured_server):
             runner.kill()
             runner.wait(10)
     assert (runner.returncode, out, err) == (3, b"after\n", b"")
+
+
+def test_a_file_uri_working_directory_is_still_taken():
+    """The check above must not refuse a file: URI, which the client takes as a working directory."""
+    done = run_cli("run", "--cwd", "file:///", "--", "pwd")
+    assert (done.returncode, done.stdout) == (0, b"/\n"), done.stderr

@@ -100,7 +100,8 @@ def _terminal_size():
 def run_command(args: argparse.Namespace) -> int:
     """``exec-server run``: the remote command's exit status, or one of the statuses in ``run --help``."""
     try:
-        if args.cwd is not None and not (posixpath.isabs(args.cwd) or ntpath.isabs(args.cwd)):
+        if args.cwd is not None and not (args.cwd.startswith("file:") or posixpath.isabs(args.cwd)
+                                         or ntpath.isabs(args.cwd)):
             # absolute on no server's platform: refused before connecting, for one host or several
             raise CommandError("--cwd wants an absolute path on the server", args.cwd or "''")
         urls = group_urls(args)
