@@ -26,16 +26,27 @@ RESULT_COST_PER_BYTE = 3
 class ByteBudget:
     """Bytes reserved by concurrent users against ``limit``, granted first come, first served.  Thread-safe.
 
-    A reservation larger than ``limit`` is taken as ``limit``: it waits until
-    nothing else is reserved, then runs alone.  Waiters are served in the
-    order they came: a reservation that does not fit holds back those after
-    it, so a large result is not starved by a steady stream of smaller ones
-    that overlap (each would fit beside the others, never leaving room for it).
+    Waiters are served in the order they came: a reservation that does not
+    fit holds back those after it, so a large result is not starved by a
+    steady stream of smaller ones that overlap (each would fit beside the
+    others, never leaving room for it).
+
+    Small reservations do not queue: one of at most ``bypass // 8`` bytes
+    goes at once while it fits and small ones together hold at most
+    ``bypass`` bytes, so a tiny ``fs/readFile`` is not kept waiting behind a
+    large one.  A large reservation is taken as at most ``limit - bypass``:
+    once the large ones before it are released it fits beside any small ones,
+    which therefore cannot starve it either.  A reservation of 0 bytes never
+    waits.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, bypass: Optional[int] = None):
+        """``limit`` and ``bypass`` in bytes; ``bypass`` defaults to ``limit // 8``, at most ``limit // 2``."""
         self.limit = limit
+        self.bypass = min(limit // 8 if bypass is None else bypass, limit // 2)
+        self.small = self.bypass // 8
         self._used = 0
+        self._small_used = 0
         self._waiting: Deque[object] = collections.deque()  # one ticket per waiter, oldest first
         self._changed = threading.Condition(threading.Lock())
 
@@ -50,32 +61,46 @@ class ByteBudget:
 
         Pass the returned number to :meth:`release`.
         """
-        size = max(0, min(size, self.limit))
+        if size <= 0:
+            return 0
+        small = size <= self.small
+        if not small:
+            size = min(size, self.limit - self.bypass)
         deadline = time.monotonic() + timeout
         with self._changed:
-            if not self._waiting and not self._blocked(size):
-                self._used += size
-                return size
+            if self._may_go(None, size, small):
+                return self._take(size, small)
             ticket = object()
             self._waiting.append(ticket)
             try:
-                while self._waiting[0] is not ticket or self._blocked(size):
+                while not self._may_go(ticket, size, small):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
                     self._changed.wait(remaining)
-                self._used += size
-                return size
+                return self._take(size, small)
             finally:
                 self._waiting.remove(ticket)
                 self._changed.notify_all()  # the next waiter may now be first, and fit
 
-    def _blocked(self, size: int) -> bool:
-        return bool(self._used) and self._used + size > self.limit
+    def _may_go(self, ticket: Optional[object], size: int, small: bool) -> bool:
+        """Whether a reservation may be granted now: first in line (or a small one within ``bypass``), and fits."""
+        first = self._waiting[0] is ticket if self._waiting else True
+        if not first and not (small and self._small_used + size <= self.bypass):
+            return False
+        return not self._used or self._used + size <= self.limit
+
+    def _take(self, size: int, small: bool) -> int:
+        self._used += size
+        if small:
+            self._small_used += size
+        return size
 
     def release(self, size: int) -> None:
         """Give back bytes :meth:`reserve` returned."""
         if size:
             with self._changed:
                 self._used -= size
+                if size <= self.small:
+                    self._small_used -= size
                 self._changed.notify_all()

@@ -56,10 +56,12 @@ class ServerConfig:
     max_read_bytes: int = 16 * MIB
     #: Memory the large results of all connections may hold while they are
     #: built and sent, in bytes: a ``process/read`` that reads spooled output
-    #: and an ``fs/readFile`` each count ``RESULT_COST_PER_BYTE`` (5) times the
+    #: and an ``fs/readFile`` each count ``RESULT_COST_PER_BYTE`` (3) times the
     #: bytes they may return (:mod:`~exec_server.server.budget`).  One that
     #: does not fit waits up to ``send_timeout`` for others to be sent, then
     #: is -32001 ``Server overloaded; retry later.``; one alone always runs.
+    #: Small ones (1/64 of it each, 1/8 together) do not wait behind a large
+    #: one (:class:`~exec_server.server.budget.ByteBudget`).
     max_result_bytes_in_flight: int = 512 * MIB
     #: How long a closed process stays readable and keeps its id, seconds.
     closed_process_retention: float = 80.0
