@@ -156,8 +156,13 @@ def _frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, l
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def _upgrade(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=3)
+def _upgrade(port: int, receive_buffer: int = 0) -> socket.socket:
+    """A raw WebSocket client socket, upgraded; ``receive_buffer`` (bytes) sets SO_RCVBUF before connecting."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(3)
+    sock.connect(("127.0.0.1", port))
     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     data = b""

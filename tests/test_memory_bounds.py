@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -281,3 +282,36 @@ def test_a_tiny_read_is_answered_at_once_while_a_large_one_waits_for_the_budget(
         assert not any(m.get("id") == 7 for m in peer.received)
         assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
     assert len(base64.b64decode(peer.wait_for(lambda m: m.get("id") == 7, timeout=20)["result"]["dataBase64"])) == size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO's acknowledged bytes")
+def test_a_client_that_trickles_a_large_response_is_dropped_and_the_budget_freed(configured_server, tmp_path):
+    """A client taking ~2.5 KB/s (under MIN_SEND_RATE) of an 8 MiB fs/readFile held the response's 24 MiB of
+    result budget and its connection's send lock for as long as it went on reading a little."""
+    running = configured_server(send_timeout=1.0)
+    (tmp_path / "big").write_bytes(os.urandom(8 * MIB))
+    slow = _upgrade(urlsplit(running.url).port, receive_buffer=1)
+    budget = running.server.dispatcher.result_budget
+    stop, ended = threading.Event(), threading.Event()  # ended: the reader saw an end or an error
+
+    def trickle():
+        try:
+            while not stop.is_set() and slow.recv(256):
+                time.sleep(0.1)
+        except OSError:
+            pass
+        ended.set()
+
+    try:
+        _send(slow, {"id": 1, "method": "initialize", "params": {"clientName": "slow"}})
+        _send(slow, {"method": "initialized", "params": {}})
+        _send(slow, {"id": 2, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
+        reader = threading.Thread(target=trickle, daemon=True)
+        reader.start()
+        wait_until(lambda: budget.used == RESULT_COST_PER_BYTE * 8 * MIB, timeout=10)
+        wait_until(lambda: budget.used == 0, timeout=8)  # before: held as long as the client read
+        wait_until(lambda: not running.server.dispatcher.connections(), timeout=5)  # the connection was dropped
+        assert not ended.is_set()  # the client went on reading all along (the kernel still sends what was queued)
+    finally:
+        stop.set()
+        slow.close()

@@ -6,7 +6,8 @@ stalled although it read all along (an adversarial pass: a client reading
 100 KB/s was cut after --send-timeout's 10 s with ~1 MB of a 6 MiB
 ``fs/readFile`` received).  Each test has a peer that reads a little every
 few milliseconds (far under a third of the writer's buffer per timeout) and
-one that reads nothing, for the plain write, the gathered write and TLS.
+one that reads nothing, for the plain write, the gathered write and TLS;
+and one that trickles, under ``MIN_SEND_RATE``.
 """
 
 import os
@@ -31,11 +32,11 @@ PAYLOAD = bytes(range(256)) * 256  # 64 KiB: twice what the send buffer and the 
 READ_BYTES, READ_PAUSE = 512, 0.025
 
 
-def tcp_pair():
+def tcp_pair(receive_buffer=4096):
     """(writer, reader): a loopback TCP connection with a small receive window and a fixed send buffer."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         reader = socket.socket()
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         reader.connect(listener.getsockname())
         writer, _ = listener.accept()
     writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
@@ -43,34 +44,35 @@ def tcp_pair():
 
 
 class SlowReader(threading.Thread):
-    """Reads READ_BYTES every READ_PAUSE seconds until ``expected`` bytes came (or 40 s passed)."""
+    """Reads ``size`` bytes every ``pause`` seconds until ``expected`` bytes came (or ``until`` seconds passed)."""
 
-    def __init__(self, sock, expected: float):
+    def __init__(self, sock, expected: float, size=READ_BYTES, pause=READ_PAUSE, until=40.0):
         super().__init__(daemon=True)
         self.sock, self.expected, self.received = sock, expected, bytearray()
+        self.size, self.pause, self.until = size, pause, until
         self.sock.settimeout(5)
         self.start()
 
     def run(self):
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + self.until
         try:
             while len(self.received) < self.expected and time.monotonic() < deadline:
-                chunk = self.sock.recv(READ_BYTES)
+                chunk = self.sock.recv(self.size)
                 if not chunk:
                     return
                 self.received += chunk
-                time.sleep(READ_PAUSE)
+                time.sleep(self.pause)
         except OSError:
             pass
 
 
-def plain_writer():
-    writer, reader = tcp_pair()
-    writer.settimeout(TIMEOUT)
+def plain_writer(timeout=TIMEOUT, receive_buffer=4096):
+    writer, reader = tcp_pair(receive_buffer)
+    writer.settimeout(timeout)
     return writer, reader, writer
 
 
-def tls_writer(pki):
+def tls_writer(pki, receive_buffer=4096):
     """(TLSStream writer, the reader's TCP socket after the handshake, the writer's TCP socket).
 
     The reader takes the encrypted bytes off TCP itself: a TLS reader would take
@@ -79,7 +81,7 @@ def tls_writer(pki):
     from exec_server.common.tls import TLSStream
     from exec_server.server.tls import server_context
 
-    writer, reader = tcp_pair()
+    writer, reader = tcp_pair(receive_buffer)
     server_tls = server_context(str(pki.server_cert), str(pki.server_key)).wrap_socket(
         writer, server_side=True, do_handshake_on_connect=False)
     client_context = ssl.create_default_context(cafile=str(pki.ca))
@@ -93,21 +95,38 @@ def tls_writer(pki):
     return TLSStream(server_tls), raw, writer
 
 
-def write(kind, writer):
+def write(kind, writer, timeout=TIMEOUT):
     if kind == "sendmsg":
         half = len(PAYLOAD) // 2
-        send_frames(writer, [PAYLOAD[:half], PAYLOAD[half:]], TIMEOUT)
+        send_frames(writer, [PAYLOAD[:half], PAYLOAD[half:]], timeout)
     else:
-        send_all(writer, PAYLOAD, TIMEOUT)
+        send_all(writer, PAYLOAD, timeout)
+
+
+def make_ends(request, timeout=TIMEOUT, receive_buffer=4096):
+    kind = request.param
+    if kind == "tls":
+        writer, reader, tcp = tls_writer(request.getfixturevalue("pki"), receive_buffer)
+    else:
+        writer, reader, tcp = plain_writer(timeout, receive_buffer)
+    request.addfinalizer(reader.close)
+    request.addfinalizer(writer.close)
+    return kind, writer, reader, tcp
 
 
 @pytest.fixture(params=["send", "sendmsg", "tls"])
 def ends(request):
-    kind = request.param
-    writer, reader, tcp = tls_writer(request.getfixturevalue("pki")) if kind == "tls" else plain_writer()
-    yield kind, writer, reader, tcp
-    reader.close()
-    writer.close()
+    return make_ends(request)
+
+
+#: The trickle test's timeout (seconds): long enough that the reader's window opens (and the writer's
+#: TCP sees bytes acknowledged) within every one, with the smallest receive buffer.
+TRICKLE_TIMEOUT = 1.0
+
+
+@pytest.fixture(params=["send", "sendmsg", "tls"])
+def trickle_ends(request):
+    return make_ends(request, TRICKLE_TIMEOUT, receive_buffer=1)
 
 
 def test_a_peer_reading_slowly_gets_every_byte(ends):
@@ -132,3 +151,18 @@ def test_a_peer_that_reads_nothing_fails_the_write_after_the_timeout(ends):
     with pytest.raises(socket.timeout):
         write(kind, writer)
     assert time.monotonic() - start < 10 * TIMEOUT
+
+
+def test_a_peer_that_trickles_fails_the_write_within_a_few_timeouts(trickle_ends):
+    """A peer taking ~2.5 KB/s, under MIN_SEND_RATE (4 KiB/s), with bytes acknowledged within every timeout:
+    before, any acknowledged byte kept the write going, so it held its send lock (and a result's budget) for
+    as long as the peer liked; here it gave up only when the reader stopped, after 15 s."""
+    kind, writer, reader, _ = trickle_ends
+    trickle = SlowReader(reader, float("inf"), size=256, pause=0.1, until=15.0)
+    start = time.monotonic()
+    with pytest.raises(socket.timeout):
+        write(kind, writer, TRICKLE_TIMEOUT)
+    assert time.monotonic() - start < 5 * TRICKLE_TIMEOUT
+    assert trickle.is_alive()  # still reading when the write gave up
+    reader.close()
+    trickle.join(10)

@@ -127,7 +127,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS", help="a resume probes the connection holding the session and takes "
                         "over if it stays silent this long; 0 answers -32010 at once (default %(default)s)")
     parser.add_argument("--send-timeout", type=float, default=defaults.send_timeout, metavar="SECONDS",
-                        help="a write without progress this long marks the connection dead (default %(default)s)")
+                        help="a write whose peer takes under 4 KiB/s for this long marks the connection dead "
+                        "(default %(default)s)")
     parser.add_argument("--upgrade-timeout", type=float, default=defaults.upgrade_timeout, metavar="SECONDS",
                         help="time for the HTTP upgrade request (default %(default)s)")
     parser.add_argument("--initialize-timeout", type=float, default=defaults.initialize_timeout,

@@ -18,6 +18,7 @@ import select
 import socket
 import struct
 import sys
+import time
 from typing import Optional, Tuple
 
 #: What :meth:`KeepaliveClock.poll` asks the loop to do.
@@ -136,38 +137,60 @@ def bytes_acked(sock) -> Optional[int]:
     return struct.unpack_from("Q", info, _TCPI_BYTES_ACKED_AT)[0]
 
 
+#: The slowest a peer may take a write's bytes, in bytes per second, judged
+#: over each send timeout (``--send-timeout`` on the server, the keepalive
+#: timeout on the client): a peer that acknowledges less is dropped as
+#: stalled, so a trickle cannot hold a write, its connection's send lock and
+#: its result's budget for hours.  4 KiB/s is 32 kbit/s, slower than a modem.
+MIN_SEND_RATE = 4096
+
+
 class WriteProgress:
-    """Tells a slow peer from a stalled one when a write waited a whole timeout for room.
+    """Tells a slow peer from a stalled one while a write waits for room.
 
     Linux reports a socket writable only once a third of its send buffer
     is free (``sk_stream_min_wspace``), and an autotuned buffer holds a few
     MB: a peer steadily reading 100 KB/s drains that third in ~10 s, so a
     plain timeout on the wait for room dropped it as stalled.  Here a write
-    goes on waiting while the peer's TCP acknowledged more bytes since the
-    last look (:meth:`moved`); a peer that takes nothing for a whole timeout
-    is stalled.  Where the kernel cannot say (not Linux) a timeout is a stall.
+    is judged by what the peer's TCP acknowledged (``tcpi_bytes_acked``) in
+    windows of ``timeout`` seconds: at least :data:`MIN_SEND_RATE` bytes per
+    second over the window and the write goes on, else the peer is stalled.
+    A window is judged when a wait for room times out (:meth:`stalled`) and,
+    after a write that took only part of the bytes, once it is ``timeout``
+    old (:meth:`wrote`): a peer that takes a little now and then is judged
+    too.  Where the kernel cannot say (not Linux) a timed-out wait is a stall.
     """
 
-    __slots__ = ("_sock", "_acked")
+    __slots__ = ("_sock", "_timeout", "_start", "_acked")
 
-    def __init__(self, sock):
+    def __init__(self, sock, timeout: Optional[float]):
+        """``timeout``: the window, seconds; None: a plain socket's own timeout (None there too: never judged)."""
         self._sock = sock
-        self._acked = bytes_acked(sock)
+        if timeout is None and hasattr(sock, "gettimeout"):
+            timeout = sock.gettimeout()
+        self._timeout = timeout
+        self._start = time.monotonic()
+        self._acked = bytes_acked(sock) if timeout else None
 
-    def mark(self) -> None:
-        """Note the acknowledged bytes now (after a write that went through)."""
-        if self._acked is not None:
-            self._acked = bytes_acked(self._sock)
+    def wrote(self) -> None:
+        """After a write that took part of the bytes: judge the window if it lasted ``timeout``.
 
-    def moved(self) -> bool:
-        """Whether the peer acknowledged bytes since the last look; the look becomes now."""
+        Raises:
+            socket.timeout: the peer took too little in the window.
+        """
+        if self._acked is not None and time.monotonic() - self._start >= self._timeout and self.stalled():
+            raise socket.timeout("the peer took under %d bytes/s for %.1f s" % (MIN_SEND_RATE, self._timeout))
+
+    def stalled(self) -> bool:
+        """After a wait for room timed out: whether the peer took too little; if not, a new window begins."""
         if self._acked is None:
-            return False
+            return True
+        now = time.monotonic()
         acked = bytes_acked(self._sock)
-        if acked is None or acked <= self._acked:
-            return False
-        self._acked = acked
-        return True
+        if acked is None or acked - self._acked < max(1, MIN_SEND_RATE * (now - self._start)):
+            return True
+        self._start, self._acked = now, acked
+        return False
 
 
 def send_progress(sock) -> Optional[Tuple[int, int]]:

@@ -91,14 +91,16 @@ class TLSStream:
         """Encrypt and write all of ``data``.
 
         ``timeout`` bounds the time without progress: a wait that reaches it
-        goes on while the peer's TCP acknowledged bytes meanwhile (see
-        :class:`~exec_server.common.keepalive.WriteProgress`).
+        goes on while the peer's TCP acknowledged at least
+        :data:`~exec_server.common.keepalive.MIN_SEND_RATE` bytes per second
+        meanwhile (see :class:`~exec_server.common.keepalive.WriteProgress`).
 
         Raises:
-            socket.timeout: the peer took no byte for ``timeout`` seconds.
+            socket.timeout: the peer took under ``MIN_SEND_RATE`` bytes per
+                second for ``timeout`` seconds.
             OSError: the connection failed.
         """
-        progress = None if timeout is None else WriteProgress(self._sock)
+        progress = None if timeout is None else WriteProgress(self._sock, timeout)
         deadline = None
         view = memoryview(data)
         while view:
@@ -112,14 +114,14 @@ class TLSStream:
             if error is None:
                 deadline = None  # the next wait is timed from its start
                 if view and progress is not None:
-                    progress.mark()
+                    progress.wrote()
                 continue
             if deadline is None and timeout is not None:
                 deadline = time.monotonic() + timeout
             try:
                 _wait(self._sock, error, deadline)
             except socket.timeout:
-                if not progress.moved():
+                if progress.stalled():
                     raise
                 deadline = time.monotonic() + timeout
 

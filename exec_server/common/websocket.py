@@ -46,16 +46,19 @@ def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
     socket's timeout, not the whole write (``socket.sendall`` bounds the
     whole write, which would fail a large message to a slow but reading
     peer), and a wait that times out goes on while the peer's TCP
-    acknowledged bytes meanwhile (:class:`~exec_server.common.keepalive.WriteProgress`:
+    acknowledged at least :data:`~exec_server.common.keepalive.MIN_SEND_RATE`
+    bytes per second meanwhile (:class:`~exec_server.common.keepalive.WriteProgress`:
     a peer reading 100 KB/s frees too little of a large send buffer per
-    timeout for the socket to report room).  On a
+    timeout for the socket to report room; one that trickles is judged
+    every ``timeout`` even while it takes a little).  On a
     :class:`~exec_server.common.tls.TLSStream` the write goes in pieces of
     :data:`_TLS_PIECE` bytes, each bounded the same way by ``timeout``.  The
     caller holds the connection's send lock.
 
     Raises:
-        OSError: the socket failed, or the peer took no byte for the
-            timeout (``socket.timeout``); the connection is dead.
+        OSError: the socket failed, or the peer took under ``MIN_SEND_RATE``
+            bytes per second for a timeout (``socket.timeout``); the
+            connection is dead.
     """
     view = memoryview(data)
     if not hasattr(sock, "send"):  # a TLSStream
@@ -63,16 +66,16 @@ def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
             sock.sendall(view[:_TLS_PIECE], timeout)
             view = view[_TLS_PIECE:]
         return
-    progress = WriteProgress(sock)
+    progress = WriteProgress(sock, timeout)
     while view:
         try:
             view = view[sock.send(view):]
         except socket.timeout:
-            if not progress.moved():
+            if progress.stalled():
                 raise
             continue
         if view:
-            progress.mark()
+            progress.wrote()
 
 
 def send_now(sock, data: bytes) -> bool:
@@ -101,19 +104,20 @@ def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[floa
     connection's send lock.
 
     Raises:
-        OSError: the socket failed, or the peer took no byte for the
-            timeout (``socket.timeout``); the connection is dead.
+        OSError: the socket failed, or the peer took under ``MIN_SEND_RATE``
+            bytes per second for a timeout (``socket.timeout``); the
+            connection is dead.
     """
     if not hasattr(sock, "sendmsg"):
         send_all(sock, b"".join(frames), timeout)
         return
     views = [memoryview(frame) for frame in frames]
-    progress = WriteProgress(sock)
+    progress = WriteProgress(sock, timeout)
     while views:
         try:
             sent = sock.sendmsg(views[:64])  # well under any IOV_MAX
         except socket.timeout:
-            if not progress.moved():
+            if progress.stalled():
                 raise
             continue
         while views and sent >= len(views[0]):
@@ -122,7 +126,7 @@ def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[floa
         if views and sent:
             views[0] = views[0][sent:]
         if views:
-            progress.mark()
+            progress.wrote()
 
 
 def send_fragmented(sock, protocol: WSConnection, pieces: Iterable[str], timeout: Optional[float] = None) -> None:

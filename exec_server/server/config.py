@@ -121,7 +121,9 @@ class ServerConfig:
     #: A write to a connection that makes no progress for this many seconds
     #: (the peer stopped reading) marks the connection dead and closes it.
     #: Progress is bytes the peer's TCP acknowledged where Linux tells
-    #: (``tcpi_bytes_acked``), else room in the send buffer.
+    #: (``tcpi_bytes_acked``), at least
+    #: :data:`~exec_server.common.keepalive.MIN_SEND_RATE` (4 KiB/s) over each
+    #: timeout, else room in the send buffer.
     send_timeout: float = 10.0
     #: Seconds for a client to send the whole HTTP upgrade request (request
     #: line and headers); then the socket is closed.
