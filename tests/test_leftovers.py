@@ -167,3 +167,52 @@ def test_a_marked_job_that_forks_and_exits_during_a_scan_is_killed_by_the_next(t
         if sleeper.poll() is None:
             sleeper.kill()
         sleeper.wait(10)
+
+
+def test_a_scan_thread_that_cannot_start_postpones_the_scan(monkeypatch):
+    """Where no thread can be started (RLIMIT_NPROC, shared with the user's jobs in inherit mode), add raised
+    and left the unstarted thread as the running scan: no scan ever again, and pruned() raised."""
+    real_start = threading.Thread.start
+
+    def no_thread(thread):
+        if thread.name == "exec-server-leftovers":
+            raise RuntimeError("can't start new thread")
+        return real_start(thread)
+
+    leftovers = Leftovers(checked_at=2)
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    leftovers.add("leftovers-test.a")
+    leftovers.add("leftovers-test.b")  # the scan cannot start: before, RuntimeError here
+    assert len(leftovers) == 2 and leftovers.pruned(0)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    leftovers.add("leftovers-test.c")  # the next add scans
+    assert leftovers.pruned(10)
+    assert len(leftovers) == 0  # no process carries any of them
+
+
+def test_a_forgotten_process_drops_its_output_even_when_keeping_its_marker_fails(monkeypatch):
+    """Session._forget handed the marker to Leftovers first: when that raised, the output (its spool file) was
+    kept for the session's life."""
+    from exec_server.server.config import ServerConfig
+    from exec_server.server.scheduler import Scheduler
+    from exec_server.server.session import Session
+
+    class Process:
+        process_id, marker, discarded = "p", "leftovers-test.d", False
+
+        def discard_output(self):
+            self.discarded = True
+
+    def failing_add(self, marker):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Leftovers, "add", failing_add)
+    scheduler = Scheduler()
+    try:
+        session, process = Session("s", ServerConfig(), scheduler), Process()
+        session._processes[process.process_id] = process
+        with pytest.raises(RuntimeError):
+            session._forget(process)
+        assert process.discarded and not session.processes()
+    finally:
+        scheduler.stop(5)

@@ -187,9 +187,11 @@ class Session:
             forgotten = self._processes.get(process.process_id) is process and not self._closed
             if forgotten:
                 del self._processes[process.process_id]
-        if forgotten and process.marker is not None:  # its background jobs still die with the session
-            self._leftovers.get().add(process.marker)
-        process.discard_output()
+        try:
+            if forgotten and process.marker is not None:  # its background jobs still die with the session
+                self._leftovers.get().add(process.marker)
+        finally:
+            process.discard_output()  # its spool file goes whatever happened above
 
     def wake_readers(self) -> None:
         for process in self.processes():

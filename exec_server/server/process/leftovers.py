@@ -41,7 +41,8 @@ class Leftovers:
 
         Past ``checked_at`` markers, a scan on a thread of its own (the caller
         is the server's scheduler: a scan takes ~0.2 ms per process on the
-        host) keeps only those a living process carries.
+        host) keeps only those a living process carries; where no thread can
+        be started the scan waits for the next add.
         """
         with self._lock:
             closed = self._closed
@@ -51,7 +52,11 @@ class Leftovers:
                     return
                 self._pruning = threading.Thread(target=self._prune, args=(set(self._markers),),
                                                  name="exec-server-leftovers", daemon=True)
-                self._pruning.start()
+                try:
+                    self._pruning.start()
+                except RuntimeError as exc:  # no thread to be had (RLIMIT_NPROC): the marker is kept, scan later
+                    self._pruning = None
+                    log.warning("scan of leftover markers postponed: %s", exc)
                 return
         marked.kill_marked(marker)
 
