@@ -434,3 +434,18 @@ def test_message_limits_count_utf8_bytes():
     assert jsonrpc.utf8_size("\u20ac\U0001F600") == 3 + 4
     assert jsonrpc.utf8_size(b"\xe2\x82\xac") == 3
     assert jsonrpc.utf8_size("\ud800") == 3  # a lone surrogate (refused later, with its own error) still counts
+
+
+def test_utf8_size_of_a_large_message_copies_a_slice_at_a_time():
+    """It encoded the whole message: a second copy of up to --max-message-bytes per message, counted nowhere."""
+    import tracemalloc
+
+    text = "\u00e9" * (8 * jsonrpc.UTF8_SIZE_SLICE) + "\U0001F600"  # 16 MiB and 4 bytes of UTF-8
+    tracemalloc.start()
+    try:
+        size = jsonrpc.utf8_size(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size == 16 * jsonrpc.UTF8_SIZE_SLICE + 4
+    assert peak < 8 * jsonrpc.UTF8_SIZE_SLICE  # a slice and its bytes (before: 16 MiB)

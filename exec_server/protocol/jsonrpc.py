@@ -174,14 +174,21 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
+#: Characters :func:`utf8_size` encodes at a time (at most 4 MiB of UTF-8).
+UTF8_SIZE_SLICE = 1 << 20
+
+
 def utf8_size(text: Union[str, bytes, bytearray]) -> int:
     """Bytes of ``text`` in UTF-8 (its length if bytes or ASCII, the usual case: no copy).
 
     What the message limits count: a character may take up to 4 bytes.
+    Other text is encoded :data:`UTF8_SIZE_SLICE` characters at a time, so a
+    large message is not copied whole (the copy would be counted nowhere).
     """
     if isinstance(text, (bytes, bytearray)) or text.isascii():
         return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
+    step = UTF8_SIZE_SLICE
+    return sum(len(text[start:start + step].encode("utf-8", "surrogatepass")) for start in range(0, len(text), step))
 
 
 def parse_message(text: Union[str, bytes, bytearray]) -> Message:
