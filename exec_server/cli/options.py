@@ -230,10 +230,8 @@ def _positive(text: str) -> int:
 
 def config_from_options(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig the parsed server options ask for (each option sets the field of its name)."""
-    import dataclasses
-
     given = vars(args)
-    values = {field.name: given[field.name] for field in dataclasses.fields(ServerConfig) if field.name in given}
+    values = {name: given[name] for name in ServerConfig._fields if name in given}
     return ServerConfig(**values, pid_namespace=args.linux_sandbox_pid_namespace)
 
 

@@ -3,10 +3,12 @@
 Durations are float seconds and sizes are bytes.  Defaults are the Codex
 exec-server reference's values where it has one (PROTOCOL.md sections 1.3,
 1.5, 5.5 and 6); the others are this project's named limits.
+
+:class:`ServerConfig` is a named tuple, not a dataclass: ``dataclasses``
+imports ``inspect`` (~9 ms), which no other start-up path needs.
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -15,8 +17,9 @@ GIB = 1024 * MIB
 DEFAULT_MAX_CLOCK_SKEW = 30
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class _Settings(NamedTuple):
+    """The fields of :class:`ServerConfig` and their defaults (read them there)."""
+
     #: Requests of one connection handled at the same time (PROTOCOL.md 1.5);
     #: 1 restores the reference's serial order.  Further requests wait in the
     #: connection's queue.
@@ -144,7 +147,26 @@ class ServerConfig:
     #: ``process/exited`` is sent anyway (a grandchild may hold them), seconds.
     exit_output_grace: float = 0.05
 
-    def __post_init__(self) -> None:
+
+class ServerConfig(_Settings):
+    """Every setting of a server, immutable; ``ServerConfig(send_timeout=5.0)`` changes one.
+
+    Raises:
+        TypeError: a setting of no such name.
+        ValueError: a value out of its range (the message names the field).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **settings):
+        unknown = sorted(set(settings) - set(cls._fields))
+        if unknown:
+            raise TypeError("ServerConfig has no setting %s" % ", ".join(unknown))
+        config = super().__new__(cls, *args, **settings)
+        config._check()
+        return config
+
+    def _check(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
                      "max_sessions", "max_connections", "max_pending_upgrades", "spool_chunks_per_process",
