@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import wait_until, with_env
-from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ReconnectPolicy,
-                         StdinClosedError)
+from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ProgramNotFound,
+                         ReconnectPolicy, StdinClosedError, WorkingDirectoryNotFound)
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
 
 pytestmark = pytest.mark.posix
@@ -103,6 +103,27 @@ def test_read_returns_retained_output(client):
     proc.communicate(timeout=10)
     result = proc.read()
     assert result["closed"] and result["exitCode"] == 0 and len(result["chunks"]) == 2
+
+
+def test_a_start_names_the_missing_program_or_working_directory(client, tmp_path):
+    """Both servers answer -32603 "No such file or directory (os error 2)" for a missing program and a missing
+    working directory alike; the client tells which, as InternalError subclasses keeping the server's text."""
+    with pytest.raises(ProgramNotFound) as missing:
+        client.start(["no-such-program-xyz"])
+    assert isinstance(missing.value, InternalError) and "(os error 2)" in missing.value.message
+    assert missing.value.program == "no-such-program-xyz" and "program not found: no-such-program-xyz" in str(
+        missing.value)
+    with pytest.raises(WorkingDirectoryNotFound) as gone:
+        client.start(["true"], cwd=tmp_path / "gone")
+    assert gone.value.path == str(tmp_path / "gone") and not gone.value.exists
+    assert "working directory not found: %s" % (tmp_path / "gone") in str(gone.value)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(WorkingDirectoryNotFound) as file:
+        client.start(["true"], cwd=tmp_path / "file")
+    assert file.value.exists and "is not a directory" in str(file.value)
+    with pytest.raises(ProgramNotFound):  # the working directory is there: the program is what is missing
+        client.start(["no-such-program-xyz"], cwd=tmp_path)
+    assert client.run(["true"], cwd=tmp_path, timeout=20).returncode == 0
 
 
 def test_call_timeout(client):

@@ -87,6 +87,10 @@ def test_failure_status_and_summary(three, refusing, tmp_path):
     missing = run_cli("run", *url_options(urls), "--", "no-such-program-xyz")
     assert missing.returncode == 123
     assert all(status == 125 and "command not found" in rest for status, rest in summary_rows(missing.stderr).values())
+    nowhere = run_cli("run", *url_options(urls), "--cwd", "/no/such/dir", "--", "true")  # was "command not found"
+    assert nowhere.returncode == 123
+    assert all(status == 125 and "working directory not found" in rest and "/no/such/dir" in rest
+               for status, rest in summary_rows(nowhere.stderr).values())
 
 
 def test_group_output_one_block_per_host(three):

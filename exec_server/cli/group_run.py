@@ -21,6 +21,7 @@ from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOM
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
+from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 
@@ -130,9 +131,12 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
 
 def _failure(error: BaseException, url: str, before_start: bool) -> Tuple[int, str]:
     """(status, words) for a host that could not connect, could not start, or was lost."""
+    if isinstance(error, WorkingDirectoryNotFound):
+        what = "working directory is not a directory" if error.exists else "working directory not found"
+        return EXIT_RUN_FAILED, "%s: %s (%s)" % (what, error.message, error.path)
+    if isinstance(error, ProgramNotFound):
+        return EXIT_RUN_FAILED, "command not found: %s" % error.message
     if isinstance(error, RpcError):
-        if "(os error 2)" in error.message:
-            return EXIT_RUN_FAILED, "command not found: %s" % error.message
         return EXIT_RUN_FAILED, "cannot start the command: %s" % error.message
     if isinstance(error, ExecServerDisconnected):
         what = disconnected(error, url).what

@@ -21,6 +21,7 @@ from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
+from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 log = logging.getLogger("exec_server")
@@ -146,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 return _stream(client, argv, env, args)
             except RpcError as exc:
-                raise _start_failure(client, argv, args, exc) from None
+                raise _start_failure(argv, args, exc) from None
     except ExecServerDisconnected as exc:
         raise disconnected(exc, args.via or args.url) from None
     finally:
@@ -177,17 +178,12 @@ def _say_recovery(deadline: float) -> None:
         recovery.propagate = False
 
 
-def _start_failure(client: Client, argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
+def _start_failure(argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
     """Name what is missing when the server could not start the command (exit 125)."""
-    if args.cwd and ("(os error 2)" in error.message or "(os error 20)" in error.message):
-        try:
-            directory = client.fs.get_metadata(args.cwd).get("isDirectory")
-        except (RpcError, ValueError):
-            return CommandError("working directory not found: %s" % error.message, args.cwd, EXIT_RUN_FAILED)
-        if directory is False:
-            return CommandError("working directory is not a directory: %s" % error.message, args.cwd,
-                                EXIT_RUN_FAILED)
-    if "(os error 2)" in error.message:
+    if isinstance(error, WorkingDirectoryNotFound):
+        what = "working directory is not a directory" if error.exists else "working directory not found"
+        return CommandError("%s: %s" % (what, error.message), args.cwd, EXIT_RUN_FAILED)
+    if isinstance(error, ProgramNotFound):
         return CommandError("command not found: %s" % error.message, argv[0], EXIT_RUN_FAILED)
     return CommandError("cannot start the command: %s" % error.message, argv[0], EXIT_RUN_FAILED)
 

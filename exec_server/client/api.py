@@ -28,6 +28,7 @@ from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, P
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
                                          start_once)
+from exec_server.client.start_errors import start_failure as _start_failure
 from exec_server.client.transport import Connector, Transport
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 from exec_server.protocol.handshake import parse_initialize_result
@@ -141,7 +142,6 @@ class Client:
 
         transport = StdioTransport(argv, dict(env) if env is not None else None,
                                    os.fspath(cwd) if cwd is not None else None)
-
         return cls.open(lambda _timeout: transport, timeout, client_name, reconnect=None)
 
     def _start(self, timeout: Optional[float]) -> None:
@@ -203,19 +203,14 @@ class Client:
         self._endpoint.suspect()
 
     def notify(self, method: str, params: Any = None) -> None:
-        """Send a notification (no response).
-
-        Raises:
-            ExecServerDisconnected: the client is failed or closed.
-        """
+        """Send a notification (no response).  Raises ExecServerDisconnected: the client is failed or closed."""
         self._endpoint.notify(method, params)
 
     def close(self) -> None:
         """Close the connection; no recovery follows.
 
-        The server keeps the session's processes for its detached-session TTL
-        (80 s by default) and then kills them; terminate them first to end
-        them now.
+        The server keeps the session's processes for its detached-session TTL (80 s by default) and then
+        kills them; terminate them first to end them now.
         """
         self._endpoint.close()
 
@@ -277,7 +272,7 @@ class Client:
                 consumed (None: no limit); past it, its consumer reads the
                 rest from the server (README.rst "the client's limits").
         Raises:
-            RpcError: e.g. InternalError ``No such file or directory (os error 2)``.
+            RpcError: e.g. ProgramNotFound, WorkingDirectoryNotFound (InternalError subclasses: what is missing).
             ExecServerDisconnected, CallTimeout: as for :meth:`call` (a start whose connection
                 dropped is sent again: :func:`~exec_server.client.recovery.start_once`).
             RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
@@ -307,8 +302,10 @@ class Client:
         self._endpoint.add_process(process)  # before the request: events follow the response
         try:
             result = start_once(self.call, params, timeout)  # sent again after a drop, never started twice
-        except BaseException:
+        except BaseException as error:
             self._endpoint.remove_process(process_id)
+            if isinstance(error, InternalError):  # name the missing program or working directory
+                raise _start_failure(self, error, argv[0], cwd) from None
             raise
         sandbox_type = (result.get("sandboxType", "none" if sandbox is None else "unknown")  # {}: start_once
                         if isinstance(result, dict) else None)

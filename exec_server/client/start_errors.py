@@ -1,0 +1,75 @@
+"""Why ``process/start`` failed, where the server's words cannot tell.
+
+The Codex reference (and this server, for compatibility) answers a start
+whose program or working directory is missing with the same -32603 error
+object, the OS error alone: ``No such file or directory (os error 2)``
+(``os error 20``, not a directory, for a file in the way).  A user of
+``subprocess`` expects to learn which of the two it was.  :func:`start_failure`
+asks the server about the working directory (``fs/getMetadata``, one more
+request, only after such a failure) and names the culprit with an
+:class:`~exec_server.protocol.errors.InternalError` subclass, so code that
+catches ``InternalError`` or ``RpcError`` goes on working, and ``message``
+stays the server's text.
+"""
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
+
+if TYPE_CHECKING:
+    from exec_server.client.interfaces import PathLike
+
+#: The OS errors in a start failure's message that may mean either the program or the working directory.
+_MISSING = ("(os error 2)", "(os error 20)")
+
+
+class ProgramNotFound(InternalError):
+    """``process/start`` found no such program (``program``: its ``argv[0]``); ``message`` is the server's text."""
+
+    def __init__(self, error: RpcError, program: str):
+        super().__init__(error.message, error.data)
+        self.program = program
+
+    def __str__(self) -> str:
+        return "program not found: %s (%s)" % (self.program, self.message)
+
+
+class WorkingDirectoryNotFound(InternalError):
+    """The working directory of ``process/start`` (``path``, as given) is missing or not a directory."""
+
+    def __init__(self, error: RpcError, path: str, exists: bool):
+        super().__init__(error.message, error.data)
+        self.path = path
+        self.exists = exists
+
+    def __str__(self) -> str:
+        what = "is not a directory" if self.exists else "not found"
+        return "working directory %s: %s (%s)" % (what, self.path, self.message)
+
+
+def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["PathLike"]) -> RpcError:
+    """The error to raise for a start the server refused with ``error``.
+
+    Args:
+        client: the :class:`~exec_server.client.api.Client` that sent the start.
+        program: ``argv[0]`` of the start.
+        cwd: the working directory the caller gave (str, Path or file URI; None: the server's own, not
+            checked).
+    Returns:
+        :class:`WorkingDirectoryNotFound` if ``error`` is a missing file and
+        ``cwd`` is not a directory on the server, else :class:`ProgramNotFound`
+        for a missing file, else ``error`` itself (so too when the check
+        itself fails: the connection dropped, say).
+    """
+    if not isinstance(error, InternalError) or not any(text in error.message for text in _MISSING):
+        return error
+    if cwd is not None:
+        try:
+            metadata = client.fs.get_metadata(cwd)
+        except RpcError:
+            return WorkingDirectoryNotFound(error, str(cwd), exists=False)
+        except (ExecServerError, ValueError, OSError):
+            return error
+        if not metadata.get("isDirectory"):
+            return WorkingDirectoryNotFound(error, str(cwd), exists=True)
+    return ProgramNotFound(error, program)
