@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: The OS errors in a start failure's message that may mean either the program or the working directory.
 _MISSING = ("(os error 2)", "(os error 20)")
+#: Seconds to wait for the answer about the working directory; past it the server's error is raised as it came.
+PROBE_TIMEOUT = 10.0
 
 
 class ProgramNotFound(InternalError):
@@ -59,15 +61,18 @@ def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["Pat
         :class:`WorkingDirectoryNotFound` if ``error`` is a missing file and
         ``cwd`` is not a directory on the server, else :class:`ProgramNotFound`
         for a missing file, else ``error`` itself (so too when the check
-        itself fails: the connection dropped, say).
+        itself fails: the connection dropped, or no answer within
+        :data:`PROBE_TIMEOUT`).
     """
     if not isinstance(error, InternalError) or not any(text in error.message for text in _MISSING):
         return error
     if cwd is not None:
         try:
-            metadata = client.fs.get_metadata(cwd)
-        except RpcError:
-            return WorkingDirectoryNotFound(error, str(cwd), exists=False)
+            metadata = client.call("fs/getMetadata", {"path": client.to_uri(cwd), "followSymlinks": True},
+                                   timeout=PROBE_TIMEOUT)
+        except RpcError as probe:  # missing (or a file on the way), else it cannot tell
+            missing = any(text in probe.message for text in _MISSING)
+            return WorkingDirectoryNotFound(error, str(cwd), exists=False) if missing else error
         except (ExecServerError, ValueError, OSError):
             return error
         if not metadata.get("isDirectory"):
