@@ -278,6 +278,20 @@ def test_a_child_that_never_answers_initialize_is_killed_at_the_timeout(tmp_path
     assert not pid_alive(int(pid_file.read_text()))
 
 
+@pytest.mark.posix
+def test_a_send_after_the_reader_saw_the_child_exit_names_its_status():
+    """`run --via "sh -c 'exit 3'"`: when the reader thread saw the end first (and the client closed the
+    transport), initialize's send said "exec-server child is closed" instead of the child's status."""
+    from exec_server.client.stdio import StdioTransport
+
+    transport = StdioTransport(["/bin/sh", "-c", "exit 3"])
+    with pytest.raises(ExecServerDisconnected, match="exited with status 3"):
+        transport.receive()  # what the reader thread meets
+    transport.close()  # what the client does when its reader ends
+    with pytest.raises(ExecServerDisconnected, match="exited with status 3"):
+        transport.send('{"id": 1, "method": "initialize"}')
+
+
 def test_spawn_failure_is_typed():
     with pytest.raises(ExecServerDisconnected):
         Client.spawn(["/no/such/exec-server"])

@@ -68,7 +68,10 @@ class StdioTransport:
     def send(self, text: str) -> None:
         data = text.encode("utf-8") + b"\n"
         with self._send_lock:
-            if self._closed:
+            if self._closed:  # the reader may have seen the child's end first: say how it ended
+                status = self._child.poll()
+                if status is not None:
+                    raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
                 raise ExecServerDisconnected("exec-server child is closed")
             try:
                 self._child.stdin.write(data)
