@@ -449,3 +449,35 @@ def test_utf8_size_of_a_large_message_copies_a_slice_at_a_time():
         tracemalloc.stop()
     assert size == 16 * jsonrpc.UTF8_SIZE_SLICE + 4
     assert peak < 8 * jsonrpc.UTF8_SIZE_SLICE  # a slice and its bytes (before: 16 MiB)
+
+
+def test_a_start_failure_whose_cwd_probe_fails_or_times_out_keeps_the_servers_error():
+    """start_failure asks fs/getMetadata about cwd within PROBE_TIMEOUT: no answer in time, a lost connection or
+    an unrelated refusal leave the server's error as it came; a missing-file answer names the working directory."""
+    from exec_server.client.interfaces import CallTimeout
+    from exec_server.client.start_errors import PROBE_TIMEOUT, ProgramNotFound, WorkingDirectoryNotFound, start_failure
+
+    class Probed:
+        def __init__(self, outcome):
+            self.outcome, self.timeouts = outcome, []
+
+        def to_uri(self, path):
+            return "file://" + path
+
+        def call(self, method, params, timeout=None):
+            self.timeouts.append(timeout)
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+    refused = errors.InternalError("No such file or directory (os error 2)")
+    for outcome in (CallTimeout("fs/getMetadata", PROBE_TIMEOUT), errors.ExecServerDisconnected("gone"),
+                    errors.ServerOverloaded("Server overloaded; retry later.")):
+        client = Probed(outcome)
+        assert start_failure(client, refused, "prog", "/work") is refused
+        assert client.timeouts == [PROBE_TIMEOUT]
+    missing = start_failure(Probed(errors.InternalError("No such file or directory (os error 2)")), refused, "prog",
+                            "/gone")
+    assert isinstance(missing, WorkingDirectoryNotFound) and not missing.exists and missing.path == "/gone"
+    assert isinstance(start_failure(Probed({"isDirectory": True}), refused, "prog", "/work"), ProgramNotFound)
+    assert start_failure(Probed({}), errors.InvalidParams("bad"), "prog", "/work").message == "bad"
