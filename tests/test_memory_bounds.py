@@ -65,29 +65,39 @@ def test_byte_budget_small_and_empty_reservations_do_not_queue_behind_a_large_on
     assert budget.used == 0
 
 
+@contextlib.contextmanager
+def _churn(budget, size, users, hold, stagger=0.0):
+    """``users`` threads that reserve ``size`` of ``budget`` over and over, holding it ``hold`` seconds each time
+    (the n-th starts ``n * stagger`` s late); yields the list of what each reserve returned.  Stopped at the end."""
+    stop, granted = threading.Event(), []
+
+    def user(offset):
+        time.sleep(offset)
+        while not stop.is_set():
+            reserved = budget.reserve(size, 5.0)
+            granted.append(reserved)
+            time.sleep(hold)
+            budget.release(reserved)
+
+    threads = [threading.Thread(target=user, args=(index * stagger,)) for index in range(users)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield granted
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+
+
 def test_byte_budget_small_reservations_cannot_starve_a_large_one():
     """Eight users hold 15 of 1000 each, overlapping, without pause: the large one still goes within its wait."""
-    budget, stop, granted = ByteBudget(1000), threading.Event(), []
+    budget = ByteBudget(1000)
     held = budget.reserve(500, 0.0)
-
-    def small():
-        while not stop.is_set():
-            size = budget.reserve(15, 5.0)
-            granted.append(size)
-            time.sleep(0.01)
-            budget.release(size)
-
-    users = [threading.Thread(target=small) for _ in range(8)]
-    for user in users:
-        user.start()
-    try:
+    with _churn(budget, 15, users=8, hold=0.01) as granted:
         threading.Timer(0.2, budget.release, args=(held,)).start()
         assert budget.reserve(1000, 3.0) == 875
         budget.release(875)
-    finally:
-        stop.set()
-        for user in users:
-            user.join(10)
     assert granted and all(size == 15 for size in granted)
     assert budget.used == 0
 
@@ -95,27 +105,11 @@ def test_byte_budget_small_reservations_cannot_starve_a_large_one():
 def test_byte_budget_serves_waiters_in_order_so_a_large_reservation_is_not_starved():
     """Three users reserve 30 of 100 in turn, overlapping (each holds it 20 ms): 80 never fitted beside them,
     and the large reservation waited out its timeout while the small ones were granted all along."""
-    budget, stop, granted = ByteBudget(100), threading.Event(), []
-
-    def small(offset):
-        time.sleep(offset)
-        while not stop.is_set():
-            size = budget.reserve(30, 5.0)
-            granted.append(size)
-            time.sleep(0.02)
-            budget.release(size)
-
-    users = [threading.Thread(target=small, args=(index * 0.007,)) for index in range(3)]
-    for user in users:
-        user.start()
-    try:
+    budget = ByteBudget(100)
+    with _churn(budget, 30, users=3, hold=0.02, stagger=0.007) as granted:
         time.sleep(0.1)
         assert budget.reserve(80, 3.0) == 80  # before: None after 3 s
         budget.release(80)
-    finally:
-        stop.set()
-        for user in users:
-            user.join(10)
     assert granted and all(size == 30 for size in granted)
     assert budget.used == 0
     assert budget.reserve(10, 0.0) == 10  # a timed-out or served waiter leaves no ticket behind
