@@ -37,9 +37,9 @@ def test_byte_budget_waits_bounded_and_lets_one_oversized_reservation_run_alone(
     assert budget.reserve(50, 5.0) == 50  # woken by the release
     released.join(5)
     budget.release(50)
-    assert budget.reserve(1000, 0.0) == 88  # alone: capped at the limit less the small ones' share, runs
-    assert budget.reserve(20, 0.0) is None
-    budget.release(88)
+    assert budget.reserve(1000, 0.0) == 100  # alone: capped at the limit, runs
+    assert budget.reserve(1, 0.0) is None  # small, but does not fit: what is reserved never exceeds the limit
+    budget.release(100)
     assert budget.used == 0
 
 
@@ -47,7 +47,8 @@ def test_byte_budget_small_and_empty_reservations_do_not_queue_behind_a_large_on
     """A 0- or 5-byte fs/readFile waited behind a large reservation that did not fit, up to --send-timeout."""
     budget = ByteBudget(1000)  # small: up to 15 bytes, together up to 125
     held = budget.reserve(500, 0.0)
-    waiter = threading.Thread(target=budget.reserve, args=(1000, 1.0))  # 875: first in line, does not fit
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(budget.reserve(800, 30.0)))  # first in line
     waiter.start()
     try:
         wait_until(lambda: budget._waiting, timeout=5)
@@ -55,12 +56,32 @@ def test_byte_budget_small_and_empty_reservations_do_not_queue_behind_a_large_on
         assert budget.reserve(0, 1.0) == 0  # before: None after 1 s
         assert [budget.reserve(15, 1.0) for _ in range(8)] == [15] * 8  # before: None after 1 s each
         assert time.monotonic() - started < 0.5
-        assert budget.reserve(15, 0.0) is None  # the small ones' share (125) is full: in line, behind 875
+        assert budget._waiting  # the large one still waits: the next two are judged against it
+        assert budget.reserve(15, 0.0) is None  # the small ones' share (125) is full: in line, behind 800
         assert budget.reserve(16, 0.0) is None  # not small: in line
     finally:
+        for _ in range(8):
+            budget.release(15)
+        budget.release(held)
+        waiter.join(10)
+    assert results == [800]
+    budget.release(800)
+    assert budget.used == 0
+
+
+def test_byte_budget_small_reservations_wait_behind_one_too_large_to_fit_beside_their_share():
+    """A waiter over limit - bypass (875 of 1000) could be starved by small ones holding their share: they queue."""
+    budget = ByteBudget(1000)
+    held = budget.reserve(200, 0.0)
+    waiter = threading.Thread(target=budget.reserve, args=(900, 1.0))
+    waiter.start()
+    try:
+        wait_until(lambda: budget._waiting, timeout=5)
+        assert budget.reserve(15, 0.0) is None
+    finally:
         waiter.join(5)
-    for _ in range(8):
-        budget.release(15)
+    assert budget.reserve(15, 0.0) == 15  # once it gave up
+    budget.release(15)
     budget.release(held)
     assert budget.used == 0
 
@@ -96,8 +117,10 @@ def test_byte_budget_small_reservations_cannot_starve_a_large_one():
     held = budget.reserve(500, 0.0)
     with _churn(budget, 15, users=8, hold=0.01) as granted:
         threading.Timer(0.2, budget.release, args=(held,)).start()
-        assert budget.reserve(1000, 3.0) == 875
-        budget.release(875)
+        assert budget.reserve(800, 3.0) == 800  # fits beside the small ones' share
+        budget.release(800)
+        assert budget.reserve(1000, 3.0) == 1000  # does not: they wait behind it
+        budget.release(1000)
     assert granted and all(size == 15 for size in granted)
     assert budget.used == 0
 
@@ -203,7 +226,7 @@ def test_a_large_result_waits_while_others_fill_the_result_budget(configured_ser
     else:
         request = {"path": "file://%s/big" % tmp_path}
     budget = running.server.dispatcher.result_budget
-    with _budget_holder(running, tmp_path / "big", budget.limit - budget.bypass) as slow:  # A's result is being sent
+    with _budget_holder(running, tmp_path / "big", budget.limit) as slow:  # A's result is built and being sent
         peer.send({"id": 7, "method": waiting, "params": request})
         with pytest.raises(AssertionError):  # B waits for the budget while A does not read
             peer.wait_for(lambda m: m.get("id") == 7, timeout=1.0)
@@ -228,7 +251,7 @@ def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(con
     peer.call("process/start", start_params("big", ["head", "-c", str(4 * MIB), str(tmp_path / "big")]))
     peer.wait_closed("big", timeout=30)
     budget = running.server.dispatcher.result_budget
-    with _budget_holder(running, tmp_path / "big", budget.limit - budget.bypass) as slow:
+    with _budget_holder(running, tmp_path / "big", budget.limit) as slow:
         peer.send({"id": 7, "method": "process/read", "params": {"processId": "big", "afterSeq": 0}})
         started = time.monotonic()
         assert peer.call("environment/status", timeout=5) == {"status": "ready"}  # answered while 7 waits
@@ -255,18 +278,18 @@ def test_a_spooled_read_reserves_what_it_may_return_not_its_whole_budget(configu
 
 
 def test_a_tiny_read_is_answered_at_once_while_a_large_one_waits_for_the_budget(configured_server, connect, tmp_path):
-    """One connection's 16 MiB download holds most of the result budget, another's waits first in line for it:
-    a 5-byte and an empty fs/readFile are answered at once (before: after --send-timeout, all behind it)."""
-    size = 16 * MIB
-    running = configured_server(max_result_bytes_in_flight=RESULT_COST_PER_BYTE * size, send_timeout=10.0)
-    (tmp_path / "big").write_bytes(os.urandom(size))
+    """One connection's 12 MiB download holds 3/4 of the result budget, another's 8 MiB waits first in line for
+    it: a 5-byte and an empty fs/readFile are answered at once (before: after --send-timeout, all behind it)."""
+    running = configured_server(max_result_bytes_in_flight=RESULT_COST_PER_BYTE * 16 * MIB, send_timeout=10.0)
+    (tmp_path / "held").write_bytes(os.urandom(12 * MIB))
+    (tmp_path / "waits").write_bytes(os.urandom(8 * MIB))
     (tmp_path / "tiny").write_bytes(b"hello")
     (tmp_path / "empty").write_bytes(b"")
     peer = connect(running.url)
     peer.initialize()
     budget = running.server.dispatcher.result_budget
-    with _budget_holder(running, tmp_path / "big", budget.limit - budget.bypass) as slow:
-        peer.send({"id": 7, "method": "fs/readFile", "params": {"path": "file://%s/big" % tmp_path}})
+    with _budget_holder(running, tmp_path / "held", RESULT_COST_PER_BYTE * 12 * MIB) as slow:
+        peer.send({"id": 7, "method": "fs/readFile", "params": {"path": "file://%s/waits" % tmp_path}})
         wait_until(lambda: budget._waiting, timeout=10)  # first in line: does not fit beside the holder
         started = time.monotonic()
         tiny = peer.call("fs/readFile", {"path": "file://%s/tiny" % tmp_path}, timeout=5)
@@ -274,8 +297,9 @@ def test_a_tiny_read_is_answered_at_once_while_a_large_one_waits_for_the_budget(
         assert time.monotonic() - started < 2.0
         assert base64.b64decode(tiny["dataBase64"]) == b"hello" and empty["dataBase64"] == ""
         assert not any(m.get("id") == 7 for m in peer.received)
-        assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
-    assert len(base64.b64decode(peer.wait_for(lambda m: m.get("id") == 7, timeout=20)["result"]["dataBase64"])) == size
+        assert _drain_at_least(slow, 16 * MIB) >= 16 * MIB
+    reply = peer.wait_for(lambda m: m.get("id") == 7, timeout=20)
+    assert len(base64.b64decode(reply["result"]["dataBase64"])) == 8 * MIB
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO's acknowledged bytes")

@@ -23,21 +23,31 @@ from typing import Deque, Optional
 RESULT_COST_PER_BYTE = 3
 
 
+class _Waiter:
+    """A reservation waiting in line."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+
 class ByteBudget:
     """Bytes reserved by concurrent users against ``limit``, granted first come, first served.  Thread-safe.
 
-    Waiters are served in the order they came: a reservation that does not
-    fit holds back those after it, so a large result is not starved by a
-    steady stream of smaller ones that overlap (each would fit beside the
-    others, never leaving room for it).
+    A reservation larger than ``limit`` is taken as ``limit``: it waits until
+    nothing else is reserved, then runs alone.  Waiters are served in the
+    order they came: a reservation that does not fit holds back those after
+    it, so a large result is not starved by a steady stream of smaller ones
+    that overlap (each would fit beside the others, never leaving room for it).
 
-    Small reservations do not queue: one of at most ``bypass // 8`` bytes
-    goes at once while it fits and small ones together hold at most
-    ``bypass`` bytes, so a tiny ``fs/readFile`` is not kept waiting behind a
-    large one.  A large reservation is taken as at most ``limit - bypass``:
-    once the large ones before it are released it fits beside any small ones,
-    which therefore cannot starve it either.  A reservation of 0 bytes never
-    waits.
+    One exception, so that a tiny ``fs/readFile`` does not wait behind a
+    large one: a small reservation (at most ``bypass // 8`` bytes) that fits
+    passes the waiters while small ones together hold at most ``bypass``
+    bytes, unless the first waiter is too large to fit beside that share
+    (over ``limit - bypass``): the small ones could starve it, so they wait
+    in line then.  A reservation of 0 bytes never waits.  What is reserved
+    never exceeds ``limit``, but for one reservation alone.
     """
 
     def __init__(self, limit: int, bypass: Optional[int] = None):
@@ -47,7 +57,7 @@ class ByteBudget:
         self.small = self.bypass // 8
         self._used = 0
         self._small_used = 0
-        self._waiting: Deque[object] = collections.deque()  # one ticket per waiter, oldest first
+        self._waiting: Deque[_Waiter] = collections.deque()  # oldest first
         self._changed = threading.Condition(threading.Lock())
 
     @property
@@ -63,30 +73,30 @@ class ByteBudget:
         """
         if size <= 0:
             return 0
+        size = min(size, self.limit)
         small = size <= self.small
-        if not small:
-            size = min(size, self.limit - self.bypass)
         deadline = time.monotonic() + timeout
         with self._changed:
             if self._may_go(None, size, small):
                 return self._take(size, small)
-            ticket = object()
-            self._waiting.append(ticket)
+            waiter = _Waiter(size)
+            self._waiting.append(waiter)
             try:
-                while not self._may_go(ticket, size, small):
+                while not self._may_go(waiter, size, small):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
                     self._changed.wait(remaining)
                 return self._take(size, small)
             finally:
-                self._waiting.remove(ticket)
+                self._waiting.remove(waiter)
                 self._changed.notify_all()  # the next waiter may now be first, and fit
 
-    def _may_go(self, ticket: Optional[object], size: int, small: bool) -> bool:
-        """Whether a reservation may be granted now: first in line (or a small one within ``bypass``), and fits."""
-        first = self._waiting[0] is ticket if self._waiting else True
-        if not first and not (small and self._small_used + size <= self.bypass):
+    def _may_go(self, waiter: Optional[_Waiter], size: int, small: bool) -> bool:
+        """Whether a reservation may be granted now: first in line (or a small one passing), and fits."""
+        first = self._waiting[0] if self._waiting else waiter
+        if first is not waiter and not (small and self._small_used + size <= self.bypass
+                                        and first.size <= self.limit - self.bypass):
             return False
         return not self._used or self._used + size <= self.limit
 

@@ -63,8 +63,8 @@ class _Settings(NamedTuple):
     #: bytes they may return (:mod:`~exec_server.server.budget`).  One that
     #: does not fit waits up to ``send_timeout`` for others to be sent, then
     #: is -32001 ``Server overloaded; retry later.``; one alone always runs.
-    #: Small ones (1/64 of it each, 1/8 together) do not wait behind a large
-    #: one (:class:`~exec_server.server.budget.ByteBudget`).
+    #: Small ones (1/64 of it each) that fit pass a waiting large one while
+    #: they hold under 1/8 together (:class:`~exec_server.server.budget.ByteBudget`).
     max_result_bytes_in_flight: int = 512 * MIB
     #: How long a closed process stays readable and keeps its id, seconds.
     closed_process_retention: float = 80.0
