@@ -184,8 +184,10 @@ def test_a_scan_thread_that_cannot_start_postpones_the_scan(monkeypatch):
     leftovers.add("leftovers-test.a")
     leftovers.add("leftovers-test.b")  # the scan cannot start: before, RuntimeError here
     assert len(leftovers) == 2 and leftovers.pruned(0)
+    leftovers.add("leftovers-test.c")  # no new attempt (nor warning) until the markers have doubled
     monkeypatch.setattr(threading.Thread, "start", real_start)
-    leftovers.add("leftovers-test.c")  # the next add scans
+    assert leftovers.pruned(0) and len(leftovers) == 3
+    leftovers.add("leftovers-test.d")  # 4: scans
     assert leftovers.pruned(10)
     assert len(leftovers) == 0  # no process carries any of them
 

@@ -158,10 +158,11 @@ class WriteProgress:
     A window is judged when a wait for room times out (:meth:`stalled`) and,
     after a write that took only part of the bytes, once it is ``timeout``
     old (:meth:`wrote`): a peer that takes a little now and then is judged
-    too.  Where the kernel cannot say (not Linux) a timed-out wait is a stall.
+    too.  Where the kernel does not say what was acknowledged (not Linux),
+    the bytes the socket accepted stand in for it.
     """
 
-    __slots__ = ("_sock", "_timeout", "_start", "_acked")
+    __slots__ = ("_sock", "_timeout", "_start", "_acked", "_accepted")
 
     def __init__(self, sock, timeout: Optional[float]):
         """``timeout``: the window, seconds; None: a plain socket's own timeout (None there too: never judged)."""
@@ -171,25 +172,32 @@ class WriteProgress:
         self._timeout = timeout
         self._start = time.monotonic()
         self._acked = bytes_acked(sock) if timeout else None
+        self._accepted = 0  # bytes the socket took in this window
 
-    def wrote(self) -> None:
-        """After a write that took part of the bytes: judge the window if it lasted ``timeout``.
+    def wrote(self, count: int) -> None:
+        """After a write that took ``count`` bytes but not all: judge the window if it lasted ``timeout``.
 
         Raises:
             socket.timeout: the peer took too little in the window.
         """
-        if self._acked is not None and time.monotonic() - self._start >= self._timeout and self.stalled():
+        if not self._timeout:
+            return
+        self._accepted += count
+        if time.monotonic() - self._start >= self._timeout and self.stalled():
             raise socket.timeout("the peer took under %d bytes/s for %.1f s" % (MIN_SEND_RATE, self._timeout))
 
     def stalled(self) -> bool:
         """After a wait for room timed out: whether the peer took too little; if not, a new window begins."""
-        if self._acked is None:
+        if not self._timeout:
             return True
         now = time.monotonic()
-        acked = bytes_acked(self._sock)
-        if acked is None or acked - self._acked < max(1, MIN_SEND_RATE * (now - self._start)):
+        acked = None if self._acked is None else bytes_acked(self._sock)
+        if self._acked is not None and acked is None:
             return True
-        self._start, self._acked = now, acked
+        taken = self._accepted if acked is None else acked - self._acked
+        if taken < max(1, MIN_SEND_RATE * (now - self._start)):
+            return True
+        self._start, self._acked, self._accepted = now, acked, 0
         return False
 
 

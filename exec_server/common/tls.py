@@ -107,14 +107,15 @@ class TLSStream:
             with self._lock:
                 try:
                     # a write that wanted to wait is retried with the same bytes, as OpenSSL requires
-                    view = view[self._sock.send(view):]
+                    sent = self._sock.send(view)
                     error = None
                 except _WANT as want:
                     error = want
             if error is None:
+                view = view[sent:]
                 deadline = None  # the next wait is timed from its start
                 if view and progress is not None:
-                    progress.wrote()
+                    progress.wrote(sent)
                 continue
             if deadline is None and timeout is not None:
                 deadline = time.monotonic() + timeout

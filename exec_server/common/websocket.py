@@ -69,13 +69,14 @@ def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
     progress = WriteProgress(sock, timeout)
     while view:
         try:
-            view = view[sock.send(view):]
+            sent = sock.send(view)
         except socket.timeout:
             if progress.stalled():
                 raise
             continue
+        view = view[sent:]
         if view:
-            progress.wrote()
+            progress.wrote(sent)
 
 
 def send_now(sock, data: bytes) -> bool:
@@ -120,13 +121,14 @@ def send_frames(sock: socket.socket, frames: List[bytes], timeout: Optional[floa
             if progress.stalled():
                 raise
             continue
+        accepted = sent
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
         if views:
-            progress.wrote()
+            progress.wrote(accepted)
 
 
 def send_fragmented(sock, protocol: WSConnection, pieces: Iterable[str], timeout: Optional[float] = None) -> None:
@@ -160,8 +162,9 @@ class FrameWriter:
         sock: the connected socket, or a TLSStream.
         protocol: the connection's wsproto state machine, shared with the
             receive loop (which only feeds it bytes and reads events).
-        write_timeout: seconds a write may go without progress on a
-            TLSStream (a plain socket's own timeout bounds it); None waits.
+        write_timeout: seconds over which a write's peer must take
+            :data:`~exec_server.common.keepalive.MIN_SEND_RATE` bytes per
+            second (a plain socket's own timeout if None there); None waits.
     """
 
     def __init__(self, sock: socket.socket, protocol: WSConnection, write_timeout: Optional[float] = None):

@@ -121,12 +121,12 @@ class _Settings(NamedTuple):
     #: seconds it is closed and the resume succeeds (else -32010).  0 skips
     #: the probe (-32010 at once, as the reference).
     takeover_probe_timeout: float = 2.0
-    #: A write to a connection that makes no progress for this many seconds
-    #: (the peer stopped reading) marks the connection dead and closes it.
-    #: Progress is bytes the peer's TCP acknowledged where Linux tells
-    #: (``tcpi_bytes_acked``), at least
-    #: :data:`~exec_server.common.keepalive.MIN_SEND_RATE` (4 KiB/s) over each
-    #: timeout, else room in the send buffer.
+    #: A write to a connection whose peer takes under
+    #: :data:`~exec_server.common.keepalive.MIN_SEND_RATE` (4 KiB/s) over this
+    #: many seconds (it stopped reading, or trickles) marks the connection
+    #: dead and closes it.  What it takes is the bytes its TCP acknowledged
+    #: where Linux tells (``tcpi_bytes_acked``), else the bytes the socket
+    #: accepted.
     send_timeout: float = 10.0
     #: Seconds for a client to send the whole HTTP upgrade request (request
     #: line and headers); then the socket is closed.

@@ -67,8 +67,9 @@ class WebSocketConnection:
 
     ``send_text``, ``close``, ``evict`` and ``probe`` are thread-safe (one
     send lock); ``run`` is called once, on the connection's request thread.
-    Every write is bounded: a write that makes no progress for
-    ``send_timeout`` seconds (the socket's timeout) marks the connection
+    Every write is bounded: a write whose peer takes under
+    :data:`~exec_server.common.keepalive.MIN_SEND_RATE` bytes per second
+    for ``send_timeout`` seconds (the socket's timeout) marks the connection
     dead and shuts its socket down, which ends ``run`` and detaches the
     session.  A peer silent for ``keepalive_timeout`` seconds is dead too.
     """

@@ -42,7 +42,7 @@ class Leftovers:
         Past ``checked_at`` markers, a scan on a thread of its own (the caller
         is the server's scheduler: a scan takes ~0.2 ms per process on the
         host) keeps only those a living process carries; where no thread can
-        be started the scan waits for the next add.
+        be started the scan waits until the markers have doubled.
         """
         with self._lock:
             closed = self._closed
@@ -54,9 +54,10 @@ class Leftovers:
                                                  name="exec-server-leftovers", daemon=True)
                 try:
                     self._pruning.start()
-                except RuntimeError as exc:  # no thread to be had (RLIMIT_NPROC): the marker is kept, scan later
+                except RuntimeError as exc:  # no thread to be had (RLIMIT_NPROC): markers kept, scan at twice as many
                     self._pruning = None
-                    log.warning("scan of leftover markers postponed: %s", exc)
+                    self._checked_at = 2 * len(self._markers)
+                    log.warning("scan of leftover markers postponed to %d markers: %s", self._checked_at, exc)
                 return
         marked.kill_marked(marker)
 
