@@ -132,8 +132,7 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
 def _failure(error: BaseException, url: str, before_start: bool) -> Tuple[int, str]:
     """(status, words) for a host that could not connect, could not start, or was lost."""
     if isinstance(error, WorkingDirectoryNotFound):
-        what = "working directory is not a directory" if error.exists else "working directory not found"
-        return EXIT_RUN_FAILED, "%s: %s (%s)" % (what, error.message, error.path)
+        return EXIT_RUN_FAILED, "%s: %s (%s)" % (error.what, error.message, error.path)
     if isinstance(error, ProgramNotFound):
         return EXIT_RUN_FAILED, "command not found: %s" % error.message
     if isinstance(error, RpcError):

@@ -181,8 +181,7 @@ def _say_recovery(deadline: float) -> None:
 def _start_failure(argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
     """Name what is missing when the server could not start the command (exit 125)."""
     if isinstance(error, WorkingDirectoryNotFound):
-        what = "working directory is not a directory" if error.exists else "working directory not found"
-        return CommandError("%s: %s" % (what, error.message), args.cwd, EXIT_RUN_FAILED)
+        return CommandError("%s: %s" % (error.what, error.message), args.cwd, EXIT_RUN_FAILED)
     if isinstance(error, ProgramNotFound):
         return CommandError("command not found: %s" % error.message, argv[0], EXIT_RUN_FAILED)
     return CommandError("cannot start the command: %s" % error.message, argv[0], EXIT_RUN_FAILED)

@@ -44,9 +44,13 @@ class WorkingDirectoryNotFound(InternalError):
         self.path = path
         self.exists = exists
 
+    @property
+    def what(self) -> str:
+        """``working directory not found`` or ``working directory is not a directory``."""
+        return "working directory %s" % ("is not a directory" if self.exists else "not found")
+
     def __str__(self) -> str:
-        what = "is not a directory" if self.exists else "not found"
-        return "working directory %s: %s (%s)" % (what, self.path, self.message)
+        return "%s: %s (%s)" % (self.what, self.path, self.message)
 
 
 def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["PathLike"]) -> RpcError:

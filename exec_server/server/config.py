@@ -18,7 +18,7 @@ DEFAULT_MAX_CLOCK_SKEW = 30
 
 
 class _Settings(NamedTuple):
-    """The fields of :class:`ServerConfig` and their defaults (read them there)."""
+    """The fields of :class:`ServerConfig`, each with its default and meaning; ServerConfig checks their ranges."""
 
     #: Requests of one connection handled at the same time (PROTOCOL.md 1.5);
     #: 1 restores the reference's serial order.  Further requests wait in the
