@@ -236,10 +236,14 @@ def test_a_dead_servers_spool_directory_is_reclaimed_and_a_live_ones_kept(tmp_pa
     killed); a live store's directory, and one without an owner lock, stay."""
     live = make_store(tmp_path)
     live.spool("p").append(1, "stdout", b"live")
+    # Built under another name and renamed into place: the live store's own scan (on its thread) may be
+    # running and must not see a half-made directory.
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / OWNER_LOCK).write_bytes(b"")
+    (staging / "00000001.spool").write_bytes(b"x" * 1000)
     stale = tmp_path / (SPOOL_PREFIX + "killed")
-    stale.mkdir()
-    (stale / OWNER_LOCK).write_bytes(b"")
-    (stale / "00000001.spool").write_bytes(b"x" * 1000)
+    staging.rename(stale)
     unknown = tmp_path / (SPOOL_PREFIX + "no-lock")
     unknown.mkdir()
     elsewhere = tmp_path / "exec-server-other"
