@@ -135,3 +135,64 @@ def test_fs_open_finishing_after_the_connection_closed_leaves_no_descriptor(pair
     wait_until(lambda: outcomes)
     assert getattr(outcomes[0], "code", None) == -32600
     assert _open_fds_to(target) == [] and _open_fds_to(other) == []
+
+
+def test_a_pooled_request_no_thread_can_run_is_refused_once_and_released(pair, monkeypatch, caplog):
+    """Where no request thread can start (a task limit, no memory for a stack), ThreadPoolExecutor.submit
+    raises after queueing the request: it is answered -32001 at once, and the pool thread a later request
+    starts neither runs nor answers it again; the admission comes back to zero."""
+    import threading
+
+    from exec_server.server.connection import REQUEST_THREAD_PREFIX
+
+    _dispatcher, connection, sent = pair
+    handshake(connection)
+    starting = threading.Thread.start
+    refusing = [True]
+
+    def start(thread):
+        if refusing[0] and thread.name.startswith(REQUEST_THREAD_PREFIX):
+            raise RuntimeError("can't start new thread")
+        starting(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    read = '{"id":%d,"method":"process/read","params":{"processId":"none","waitMs":50}}'
+    with caplog.at_level(logging.WARNING, logger="exec_server.server.connection"):
+        connection.receive(read % 10)
+    assert replies(sent)[-1] == {"id": 10, "error": {"code": -32001, "message": "Server overloaded; retry later."}}
+    assert "can't start new thread" in caplog.text
+    assert connection.wait_requests(0)
+    refusing[0] = False
+    connection.receive(read % 11)
+    wait_until(lambda: any(reply.get("id") == 11 for reply in replies(sent)))
+    assert connection.wait_requests(5)
+    time.sleep(0.1)
+    assert [reply.get("id") for reply in replies(sent)[1:]] == [10, 11]
+    assert replies(sent)[-1]["error"]["code"] == -32600  # unknown process: run by the pool thread
+
+
+def test_a_slow_fs_close_no_thread_can_run_closes_on_the_connections_thread(pair, monkeypatch, tmp_path):
+    """An atomic replacement's fs/close runs on a thread of its own; where none can start it runs where it
+    arrived, and the file is committed (its handle was taken already: refusing would lose it)."""
+    import threading
+
+    _dispatcher, connection, sent = pair
+    handshake(connection)
+    target = tmp_path / "out"
+    connection.receive('{"id":2,"method":"fs/open","params":{"handleId":"h","path":"file://%s","mode":"replace",'
+                       '"atomic":true}}' % target)
+    wait_until(lambda: len(sent) == 2)
+    connection.receive('{"id":3,"method":"fs/writeBlock","params":{"handleId":"h","offset":0,"chunk":"aGk="}}')
+    wait_until(lambda: len(sent) == 3)
+    assert "error" not in replies(sent)[2] and not target.exists()
+    starting = threading.Thread.start
+
+    def start(thread):
+        if thread.name.endswith("-fs-close"):
+            raise RuntimeError("can't start new thread")
+        starting(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    connection.receive('{"id":4,"method":"fs/close","params":{"handleId":"h"}}')
+    assert replies(sent)[3] == {"id": 4, "result": {}}  # answered before receive returned
+    assert target.read_bytes() == b"hi"

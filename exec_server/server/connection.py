@@ -180,9 +180,14 @@ class RpcConnection:
                 taken = None
             handler = handler if taken is None else functools.partial(handler, taken=taken)
             if taken is not None and taken.closes_slowly and not self._serial:  # a thread of its own, not
-                threading.Thread(target=self._run, args=(request, handler, span, label, received),  # the pool's
-                                 name=REQUEST_THREAD_PREFIX + "-fs-close").start()  # (behind long polls)
-                return
+                try:  # the pool's (behind long polls)
+                    threading.Thread(target=self._run, args=(request, handler, span, label, received),
+                                     name=REQUEST_THREAD_PREFIX + "-fs-close").start()
+                    return
+                except RuntimeError as exc:  # no thread can start: the handle is taken, so it closes here
+                    log.warning("fs/close (%r) runs on the connection's thread: %s", request.id, exc)
+                    self._run(request, handler, span, label, received)
+                    return
         if (taken is None or not taken.closes_slowly) and self._runs_inline(method, request.params):
             self._run(request, handler, span, label, received)
             return
@@ -205,6 +210,7 @@ class RpcConnection:
                 self._release(size)
                 self._complete(request, span, label, received, received, InternalError("internal error"))
                 return
+        claim = threading.Lock()  # taken once: by the pool thread that runs the request, or by a failed submit
         try:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -212,10 +218,19 @@ class RpcConnection:
                                                 thread_name_prefix=REQUEST_THREAD_PREFIX)
                 if self.closed:  # close() ran meanwhile and saw no pool
                     self._pool.shutdown(wait=False)
-            self._pool.submit(self._run_and_release, request, handler, span, label, received, handle, size)
-        except RuntimeError:  # pool shut down: the connection is closing
+            self._pool.submit(self._run_and_release, claim, request, handler, span, label, received, handle, size)
+        except RuntimeError as exc:
+            # The pool is shut down (the connection is closing), or it could not start a thread (a task
+            # limit, no memory for a stack): then submit raises after queueing the request, which a
+            # pool thread may run later, or already does.  Whoever takes the claim first answers it.
+            if not claim.acquire(blocking=False):
+                return
             self._release_request(handle, size)
-            span.finish(telemetry.DISCONNECTED)
+            if self.closed:
+                span.finish(telemetry.DISCONNECTED)
+                return
+            log.warning("request %s (%r) refused: %s", method, request.id, exc)
+            self._complete(request, span, label, received, received, ServerOverloaded())
 
     def _release(self, size: int) -> None:
         with self._admitted_lock:
@@ -266,8 +281,10 @@ class RpcConnection:
         self.handshake.initialize_succeeded()
         return result
 
-    def _run_and_release(self, request: Request, handler, span, label: str, received: float, handle: Any,
-                         size: int) -> None:
+    def _run_and_release(self, claim: threading.Lock, request: Request, handler, span, label: str, received: float,
+                         handle: Any, size: int) -> None:
+        if not claim.acquire(blocking=False):
+            return  # answered -32001 when its submit failed
         try:
             self._run(request, handler, span, label, received)
         finally:
