@@ -81,8 +81,14 @@ def test_an_offer_that_is_not_ascii_is_ignored_like_any_offer(any_server, header
     assert status_line(response).startswith(b"HTTP/1.1 101")
 
 
-def test_a_handshake_header_that_is_not_ascii_is_a_400(server, caplog):
-    raw = UPGRADE.replace(b"Connection: Upgrade", b"Connection: Upgrade, \xff") + b"\r\n"
+@pytest.mark.parametrize("header, value", [
+    (b"Connection: Upgrade", b"Connection: Upgrade, \xff"),  # not ASCII: wsproto's UnicodeDecodeError
+    (b"Connection: Upgrade", b"Connection: Upgrade,\x0bkeep"),  # a control character: h11's own error
+    (b"Host: 127.0.0.1", b"Host: 127\x00.0.0.1"),
+])
+def test_a_handshake_header_that_is_not_ascii_or_has_a_control_character_is_a_400(server, caplog, header, value):
+    """Before authentication: a control character was a 500 and a logged traceback."""
+    raw = UPGRADE.replace(header, value) + b"\r\n"
     response = http_request(port_of(server), raw)
     assert status_line(response) == b"HTTP/1.1 400 Bad Request"
     assert [r for r in caplog.records if r.levelname == "ERROR"] == []

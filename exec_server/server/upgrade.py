@@ -167,6 +167,7 @@ class WebSocketApp:
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
         # wsproto and the connection loop load on the first upgrade: answering
         # /readyz needs neither (~10 ms of a cold start)
+        import h11
         from wsproto import ConnectionType, WSConnection
         from wsproto.events import Request
         from wsproto.utilities import LocalProtocolError, RemoteProtocolError
@@ -179,8 +180,9 @@ class WebSocketApp:
             protocol.initiate_upgrade_connection(_request_headers(environ),
                                                  environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
             event = next(protocol.events(), None)
-        except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-            # h11 raises LocalProtocolError on a bad value, wsproto UnicodeDecodeError on one that is not ASCII
+        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError, ValueError) as exc:
+            # h11 raises its own LocalProtocolError (not wsproto's) on a bad value such as a control
+            # character, wsproto UnicodeDecodeError on one that is not ASCII
             return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
         if not isinstance(event, Request):
             return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
