@@ -111,10 +111,12 @@ def test_accepted_sockets_have_tcp_nodelay(server, connect):
         dup.close()
 
 
-@pytest.mark.parametrize("raw", [b"GET /readyz\r\n\r\n", b"GET /\r\n\r\n", b"garbage\r\n\r\n",
+@pytest.mark.parametrize("raw", [b"GET /readyz\r\n\r\n", b"GET /\r\n\r\n", b"GET /\r\n", b"GET /readyz\r\n",
+                                 b"garbage\r\n\r\n",
                                  b"GET /readyz HTTP/9.9\r\n\r\n", b"GET /readyz HTTP/0.9\r\n\r\n",
                                  b"GET / HTTP/0.9\r\nUpgrade: websocket\r\n\r\n"],
-                         ids=["readyz-without-version", "root-without-version", "garbage", "http-9.9", "http-0.9",
+                         ids=["readyz-without-version", "root-without-version", "http-0.9-root-alone",
+                              "http-0.9-readyz-alone", "garbage", "http-9.9", "http-0.9",
                               "http-0.9-upgrade"])
 def test_a_malformed_request_line_gets_a_status_line(any_server, raw):
     """An HTTP/0.9-style request line is not served (400, as the reference), and an answer to a malformed

@@ -79,13 +79,27 @@ class RequestHandler(WSGIRequestHandler):
             self._watchdog.cancel()
         super().finish()
 
+    def parse_request(self) -> bool:
+        if len(self.raw_requestline.split()) == 2:
+            # HTTP/0.9 ("GET /path"): no header block follows, and http.server would wait for one until
+            # the upgrade timeout; answered 400 at once, as by the reference
+            self.command, self.request_version = "GET", "HTTP/1.0"  # a status line, as for the others
+            self.requestline = self.raw_requestline.decode("iso-8859-1").rstrip("\r\n")
+            self.close_connection = True
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return False
+        return super().parse_request()
+
     def make_environ(self):
         environ = super().make_environ()
         environ[_ENVIRON_HANDLER] = self
         # every Authorization header in order (the environ joins repeated ones with commas)
         environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
-        if len(self.requestline.split()) < 3 or not self.request_version.startswith("HTTP/1."):
-            environ[_ENVIRON_NO_VERSION] = True  # ``GET /readyz`` or ``HTTP/0.9``: answered 400 ...
+        if not self.request_version.startswith("HTTP/1."):
+            environ[_ENVIRON_NO_VERSION] = True  # ``GET / HTTP/0.9``: answered 400 ...
             self.request_version = "HTTP/1.0"  # ... with a status line (http.server writes none for 0.9)
         return environ
 
