@@ -79,6 +79,19 @@ class RequestHandler(WSGIRequestHandler):
             self._watchdog.cancel()
         super().finish()
 
+    def take_early_bytes(self) -> bytes:
+        """What the peer sent after its upgrade request and the request's reads took in (its first
+        frames, if it did not wait for the 101): a WebSocket's first input.  Never waits."""
+        sock = self.connection
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            return self.rfile.read1(65536) or b""  # what is buffered, or one read of what has arrived
+        except (OSError, ValueError):  # nothing has (a TLS socket's "want read"), or the file is closed
+            return b""
+        finally:
+            sock.settimeout(timeout)
+
     def parse_request(self) -> bool:
         if len(self.raw_requestline.split()) == 2:
             # HTTP/0.9 ("GET /path"): no header block follows, and http.server would wait for one until
@@ -212,14 +225,16 @@ class WebSocketApp:
             return _plain(start_response, "503 Service Unavailable",
                           b"too many connections (limit %d)" % self.config.max_connections)
         handler = environ.get(_ENVIRON_HANDLER)
+        early = b""
         if handler is not None:
             handler.close_connection = True
             handler.mark_upgraded()
+            early = handler.take_early_bytes()
         peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
         if isinstance(sock, ssl.SSLSocket):
             sock = TLSStream(sock)
         try:
-            connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer)
+            connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer, early)
         finally:
             with self._lock:
                 self._reserved -= 1

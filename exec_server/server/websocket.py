@@ -72,11 +72,14 @@ class WebSocketConnection:
     for ``send_timeout`` seconds (the socket's timeout) marks the connection
     dead and shuts its socket down, which ends ``run`` and detaches the
     session.  A peer silent for ``keepalive_timeout`` seconds is dead too.
+    ``early``: bytes the peer sent after its upgrade request, before the 101
+    (read with the request), handled before any read of the socket.
     """
 
     def __init__(self, sock: Union[socket.socket, TLSStream], protocol: WSConnection, dispatcher: Dispatcher,
-                 config: ServerConfig, peer: str):
+                 config: ServerConfig, peer: str, early: bytes = b""):
         self._sock = sock
+        self._early = early
         self._protocol = protocol
         self._config = config
         self._send_lock = threading.Lock()
@@ -344,9 +347,9 @@ class WebSocketConnection:
                         return
                     else:
                         wait = init_deadline - now if wait is None else min(wait, init_deadline - now)
-                if not pending() and not selector.select(wait):
+                if not (self._early or pending() or selector.select(wait)):
                     continue
-                data = self._sock.recv(RECV_BYTES)
+                data, self._early = self._early or self._sock.recv(RECV_BYTES), b""
                 now = time.monotonic()
                 clock.received(now)
                 if self._probes:
