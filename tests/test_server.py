@@ -300,6 +300,39 @@ def test_both_ways_of_watching_a_process(connect, configured_server, monkeypatch
                     if m["method"] == "process/output") == b"tty\r\n"
 
 
+@pytest.mark.parametrize("poll_with_pidfd", [True, False], ids=["pidfd-poll", "thread-per-stream"])
+def test_a_process_no_thread_can_watch_is_killed_and_reports_its_end(connect, configured_server, monkeypatch,
+                                                                     caplog, poll_with_pidfd):
+    """Where no watcher thread can start (a task limit), the child ran unwatched: no output, no exit, ever.
+    It is killed now, and its exit and close reported; a reader thread that did start still reads."""
+    from exec_server.server.process import watch as processes
+
+    if poll_with_pidfd and not processes.POLL_WITH_PIDFD:
+        pytest.skip("no pidfd on this system")
+    monkeypatch.setattr(processes, "POLL_WITH_PIDFD", poll_with_pidfd)
+    server = configured_server(pid_namespace="inherit")
+    peer = ready(connect, server.url)
+    starting = threading.Thread.start
+
+    def start(thread):  # the thread-per-stream way: its stderr reader (the stdout one starts)
+        if thread.name.endswith("-stderr"):
+            raise RuntimeError("can't start new thread")
+        starting(thread)
+
+    def run(function, *args):  # the pidfd way: no watcher thread, idle or new
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(processes.WATCHERS, "run", run)
+    argv = ["sleep", "1000.25"]
+    peer.call("process/start", start_params("p", ["/bin/sh", "-c", "echo started; exec %s" % " ".join(argv)]))
+    events = peer.wait_closed("p")
+    ends = [(m["method"], m["params"].get("exitCode")) for m in events if m["method"] != "process/output"]
+    assert ends == [("process/exited", 137), ("process/closed", None)]
+    assert "no thread to watch process" in caplog.text
+    assert running_descendants(os.getpid(), argv) == []
+
+
 def test_shutdown_reports_exits_within_its_budget_however_slow_the_kills(configured_server, connect, monkeypatch):
     """Killing trees takes time (each kill looks for the tree's processes): the report phase stops killing
     at EXIT_REPORT_BUDGET (here half of --shutdown-timeout), so clients get their Close frame in time;

@@ -100,20 +100,54 @@ def start(target: Watched, streams: Dict[int, str], chunk_bytes: int, exit_outpu
         exit_output_grace: how long after the exit, in seconds, output may
             still arrive before ``exited`` is published (the pipes normally
             reach EOF right after the exit, so the last output precedes it).
+
+    Where no thread can start (a task limit, no memory for a stack) the
+    child is killed and, on the calling thread, what its pipes hold is read
+    before its exit is reported: unwatched, it would never report either.
     """
     pidfd = _open_pidfd(target.pid) if POLL_WITH_PIDFD else None
-    if pidfd is not None:
-        done = threading.Event()
-        WATCHERS.run(_poll, target, dict(streams), pidfd, chunk_bytes, exit_output_grace, done)
-        return Watch(done=done)
-    name = "process-%s" % target.pid
-    threads = [threading.Thread(target=_pump, args=(target, fd, stream, chunk_bytes),
-                                name="%s-%s" % (name, stream), daemon=True) for fd, stream in streams.items()]
-    threads.append(threading.Thread(target=_wait, args=(target, exit_output_grace), name=name + "-wait",
-                                    daemon=True))
-    for thread in threads:
-        thread.start()
-    return Watch(threads=threads)
+    unwatched = dict(streams)
+    started: List[threading.Thread] = []
+    try:
+        if pidfd is not None:
+            done = threading.Event()
+            WATCHERS.run(_poll, target, dict(streams), pidfd, chunk_bytes, exit_output_grace, done)
+            return Watch(done=done)
+        name = "process-%s" % target.pid
+        for fd, stream in streams.items():
+            pump = threading.Thread(target=_pump, args=(target, fd, stream, chunk_bytes),
+                                    name="%s-%s" % (name, stream), daemon=True)
+            pump.start()
+            started.append(pump)
+            del unwatched[fd]
+        waiter = threading.Thread(target=_wait, args=(target, exit_output_grace), name=name + "-wait", daemon=True)
+        waiter.start()
+        return Watch(threads=started + [waiter])
+    except RuntimeError as exc:
+        log.error("no thread to watch process %d (%s): killed", target.pid, exc)
+        if pidfd is not None:
+            os.close(pidfd)
+        target.kill_tree()
+        _finish_unwatched(target, unwatched, chunk_bytes, exit_output_grace)
+        return Watch(threads=started)
+
+
+def _finish_unwatched(target: Watched, streams: Dict[int, str], size: int, grace: float) -> None:
+    """The killed child's end, without a thread: reap it, read what ``streams`` hold, report its exit."""
+    exit_code = target.reap()
+    for fd, stream in streams.items():
+        try:
+            os.set_blocking(fd, False)  # the tree is dead, but an escaped process might hold the pipe
+            while True:
+                data = read_chunk(fd, size, target.pid, stream)  # b"" at EOF and at "no more now"
+                if not data:
+                    break
+                target.stream_output(stream, data)
+        except OSError:  # a pipe that cannot be made non-blocking (Windows) is not read
+            pass
+        target.stream_ended(stream)
+    target.wait_streams_ended(grace)  # those a started reader thread reads
+    target.report_exit(exit_code)
 
 
 def _open_pidfd(pid: int) -> Optional[int]:
