@@ -107,6 +107,41 @@ def test_sigterm_stops_server_and_kills_processes(listening, tmp_path):
             runner.wait(5)
 
 
+@pytest.mark.parametrize("refused", ["exec-server-stop", "exec-server-stop-accepting"])
+def test_sigterm_where_no_thread_can_start_still_shuts_down_in_order(tmp_path, refused):
+    """The signal handler runs the shutdown on a thread, and the shutdown stops the accept loop from
+    another: where either cannot start (a task limit), the server exited 1 with a traceback (or not at
+    all); it must still kill its trees and exit 0."""
+    from exec_server import Client
+
+    code = ("import sys, threading\n"
+            "start = threading.Thread.start\n"
+            "def refuse(thread):\n"
+            "    if thread.name == %r:\n"
+            "        raise RuntimeError(\"can't start new thread\")\n"
+            "    start(thread)\n"
+            "threading.Thread.start = refuse\n"
+            "from exec_server.cli import main\n"
+            "sys.exit(main(['--listen', 'ws://127.0.0.1:0']))\n" % refused)
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    try:
+        url = server.stdout.readline().decode().strip()
+        with Client.connect(url) as client:
+            client.start(["sleep", "300.5"])
+            tree = wait_until(lambda: running_descendants(server.pid, ["sleep", "300.5"]))
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(10) == 0
+        wait_until(lambda: all_gone(tree))
+        assert b"Traceback" not in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        server.stdout.close()
+        server.stderr.close()
+
+
 def test_ctrl_c_interrupts_the_remote_group(listening):
     server, url = listening
     runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "echo ready; sleep 300"],

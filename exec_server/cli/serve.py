@@ -54,8 +54,16 @@ def serve(args: argparse.Namespace) -> int:
 
     threading.Thread(target=arm_reaper, name="exec-server-probe", daemon=True).start()
 
+    stopping = []
+
     def stop(signum, frame):
-        threading.Thread(target=server.shutdown, name="exec-server-stop", daemon=True).start()
+        if stopping:  # a shutdown is under way
+            return
+        stopping.append(signum)
+        try:
+            threading.Thread(target=server.shutdown, name="exec-server-stop", daemon=True).start()
+        except RuntimeError:  # no thread can start (a task limit): the accept loop ends here, and
+            raise _StopServing() from None  # serve_forever's cleanup runs on this thread
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -63,11 +71,17 @@ def serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     try:
         server.serve_forever()
+    except _StopServing:
+        logging.getLogger(__name__).warning("no thread could be started for the shutdown: stopped on the main one")
     finally:
         if reaper is not None:
             reaper.stop()
     _exit_if_stuck(EXIT_THREAD_WAIT)
     return 0
+
+
+class _StopServing(Exception):
+    """Raised by the signal handler to end ``serve_forever`` where no thread could run the shutdown."""
 
 
 #: After shutdown, how long to wait for request threads still running, seconds.

@@ -228,7 +228,11 @@ class ExecServer:
         if timeout is None:
             timeout = self.config.shutdown_timeout + POLL_INTERVAL
         stopper = threading.Thread(target=self._wsgi.shutdown, name="exec-server-stop-accepting", daemon=True)
-        stopper.start()  # werkzeug's shutdown waits for the accept loop without a bound
+        try:
+            stopper.start()  # werkzeug's shutdown waits for the accept loop without a bound
+        except RuntimeError as exc:  # no thread can start (a task limit): wait here (a poll interval)
+            log.warning("stopping the accept loop on this thread: %s", exc)
+            self._wsgi.shutdown()
         if self._thread is not None:
             self._thread.join(timeout)
         else:
