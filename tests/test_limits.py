@@ -276,8 +276,9 @@ def _upgrades(port: int) -> bool:
             return False
 
 
-def test_a_connection_without_a_thread_gives_its_pending_slot_back():
-    """If no thread can be started for a connection, it is closed and does not hold its slot for good."""
+def test_a_connection_without_a_thread_gives_its_pending_slot_back(caplog, capsys):
+    """If no thread can be started for a connection, it is closed and does not hold its slot for good;
+    a warning says why (it was a traceback on stderr per connection)."""
     from conftest import Peer
     from exec_server import make_server
 
@@ -301,6 +302,8 @@ def test_a_connection_without_a_thread_gives_its_pending_slot_back():
         peer.close()
     finally:
         server.shutdown()
+    assert "1 connection(s) closed unread: no thread for them (can't start new thread)" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_long_write_ids_are_remembered_by_digest(configured_server, connect):

@@ -120,23 +120,30 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
             admitted = len(self._pending) < self._max_pending
             if admitted:
                 self._pending.add(request)
-            else:
-                self._refused += 1
-                warn = time.monotonic() - self._refused_warned >= REFUSAL_WARNING_INTERVAL
-                if warn:
-                    refused, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
         if not admitted:
-            if warn:
-                log.warning("%d connection(s) closed unread: %d are already waiting for their upgrade "
-                            "(--max-pending-upgrades)", refused, self._max_pending)
-            self.shutdown_request(request)
+            self._refuse(request, "%d are already waiting for their upgrade (--max-pending-upgrades)"
+                         % self._max_pending)
             return
         try:
             self._connection_threads.run(self._serve, request, client_address)
-        except BaseException:  # no thread (e.g. "can't start new thread"): the slot must not stay taken
+        except RuntimeError as exc:  # no thread can start (a task limit, no memory for a stack)
+            self.upgraded(request)
+            self._refuse(request, "no thread for them (%s)" % exc)
+        except BaseException:  # the slot must not stay taken
             self.upgraded(request)
             self.shutdown_request(request)
             raise
+
+    def _refuse(self, request, why: str) -> None:
+        """Close ``request`` unread; a warning (with how many) at most every REFUSAL_WARNING_INTERVAL s."""
+        with self._pending_lock:
+            self._refused += 1
+            warn = time.monotonic() - self._refused_warned >= REFUSAL_WARNING_INTERVAL
+            if warn:
+                refused, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
+        if warn:
+            log.warning("%d connection(s) closed unread: %s", refused, why)
+        self.shutdown_request(request)
 
     def _serve(self, request, client_address) -> None:
         try:
