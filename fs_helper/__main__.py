@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from .confined import CONFINED_OPERATIONS
-from .operations import INTERNAL_ERROR, FsError
+from .errors import INTERNAL_ERROR, FsError
 from .policy import Policy
 
 

@@ -17,8 +17,10 @@ import stat
 from typing import Any, Callable, Dict
 
 from . import b64, safe_path
-from .operations import (FsError, INTERNAL_ERROR, INVALID_REQUEST, OPERATIONS, errno_error, native_path, os_error,
-                         read_limit_error, READ_FILE_LIMIT, metadata_result, refuse_copy_into_itself)
+from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
+from .opening import open_file
+from .operations import (OPERATIONS, native_path, read_limit_error, READ_FILE_LIMIT, metadata_result,
+                         refuse_copy_into_itself)
 from .replacing import umask
 from .policy import Policy
 
@@ -49,7 +51,7 @@ def read_file(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
     target = os.path.realpath(path) if follow else safe_path.split_resolved(path)
     policy.check_read_resolved(target)
     with safe_path.Place(target) as place:
-        fd = os.open(place.name, os.O_RDONLY | safe_path.O_NOFOLLOW | safe_path.O_CLOEXEC, dir_fd=place.dir_fd)
+        fd = open_file(place.name, os.O_RDONLY | safe_path.O_NOFOLLOW, dir_fd=place.dir_fd, path=path)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if stat.S_ISDIR(info.st_mode):
@@ -210,7 +212,7 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
             raise errno_error(errno.ENOENT if info is None else errno.ELOOP)
         if not stat.S_ISDIR(info.st_mode):
             safe_path.copy_file_at(source_place.dir_fd, source_place.name, destination_place.dir_fd,
-                                   destination_place.name)
+                                   destination_place.name, path=source)
             return {}
         if not params["recursive"]:
             raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")

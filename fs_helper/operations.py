@@ -18,47 +18,15 @@ import stat
 from typing import Any, Callable, Dict, List
 
 from . import b64
+from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
+from .opening import SpecialFile, open_file
 from .replacing import atomic_write, replace_target
 from .uris import UriError, path_to_uri, uri_to_path
-
-NOT_FOUND = -32004
-INVALID_REQUEST = -32600
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
 
 #: Largest file ``fs/readFile`` returns, bytes; larger files are read with fs/open.
 READ_FILE_LIMIT = 64 * 1024 * 1024
 #: ``fs/walk`` maxima (PROTOCOL.md 8.3).
 WALK_MAX_DEPTH, WALK_MAX_DIRECTORIES, WALK_MAX_ENTRIES = 64, 10_000, 50_000
-
-
-class FsError(Exception):
-    """A protocol error: ``code`` (-32004, -32600, -32602, -32603) and ``message``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"code": self.code, "message": self.message}
-
-
-def os_error(exc: OSError) -> FsError:
-    """Map an OS error by kind (``fs_helper.rs``, ``map_fs_error``)."""
-    if exc.errno is None:
-        return FsError(INTERNAL_ERROR, str(exc))
-    message = "%s (os error %d)" % (os.strerror(exc.errno), exc.errno)
-    if exc.errno == errno.ENOENT:
-        return FsError(NOT_FOUND, message)
-    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM):
-        return FsError(INVALID_REQUEST, message)
-    return FsError(INTERNAL_ERROR, message)
-
-
-def errno_error(number: int) -> FsError:
-    """The FsError for an errno the helper detects itself (EISDIR, ELOOP, EACCES...)."""
-    return os_error(OSError(number, os.strerror(number)))
 
 
 def native_path(params: Dict[str, Any], name: str = "path") -> str:
@@ -90,7 +58,7 @@ def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any
     follow = params.get("followSymlinks", True) is not False
     guard.check_read(path)
     try:
-        fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
+        fd = open_file(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
     except OSError as exc:
         raise os_error(exc) from None
     try:  # a failing disk or a special file fails here (EIO, EINVAL): an OS error, not a defect
@@ -296,16 +264,16 @@ class _CopyFailed(Exception):
 
 
 def _copy_file(source: str, destination: str) -> None:
-    def write(handle) -> None:
-        with open(source, "rb") as reader:
-            shutil.copyfileobj(reader, handle, 1 << 20)
-
-    atomic_write(destination, write, stat.S_IMODE(os.stat(source).st_mode))
+    with os.fdopen(open_file(source, os.O_RDONLY), "rb") as reader:
+        atomic_write(destination, lambda handle: shutil.copyfileobj(reader, handle, 1 << 20),
+                     stat.S_IMODE(os.fstat(reader.fileno()).st_mode))
 
 
 def _copy_tree_file(source: str, destination: str) -> None:
     try:
         _copy_file(source, destination)
+    except SpecialFile:  # a FIFO, device or socket in the tree is skipped, as by the reference
+        pass
     except OSError as exc:
         raise _CopyFailed(exc) from None
 
@@ -349,7 +317,8 @@ def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
             if not params["recursive"]:
                 raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
             refuse_copy_into_itself(source, destination)
-            shutil.copytree(source, destination, dirs_exist_ok=True, copy_function=_copy_tree_file)
+            # links copied as links, as by the reference (two links to "." followed filled the disk)
+            shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True, copy_function=_copy_tree_file)
         else:
             if os.path.isdir(destination):
                 raise errno_error(errno.EISDIR)

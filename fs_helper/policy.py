@@ -16,7 +16,8 @@ import errno
 import os
 from typing import Iterable, List, Sequence, Tuple
 
-from .operations import Guard, errno_error
+from .errors import errno_error
+from .operations import Guard
 
 #: What ``:minimal`` grants for reading on Linux: system binaries, libraries, devices.
 MINIMAL_READ_ROOTS = ("/bin", "/sbin", "/usr", "/lib", "/lib32", "/lib64", "/etc", "/dev", "/proc", "/sys")

@@ -22,6 +22,8 @@ import stat
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
+from .opening import SpecialFile, open_file
+
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -289,7 +291,10 @@ def copy_tree_at(source_fd: int, destination_fd: int) -> None:
                             os.unlink(entry.name, dir_fd=dst)
                         os.symlink(target, entry.name, dir_fd=dst)
                     elif stat.S_ISREG(info.st_mode):
-                        copy_file_at(src, entry.name, dst, entry.name)
+                        try:
+                            copy_file_at(src, entry.name, dst, entry.name)
+                        except SpecialFile:  # it became a FIFO, device or socket: skipped, as the others
+                            pass
             finally:
                 os.close(src)
                 os.close(dst)
@@ -306,12 +311,17 @@ def _lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
         return None
 
 
-def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, destination_name: str) -> None:
-    """Copy one regular file (opened with ``O_NOFOLLOW``) over ``destination_name``, atomically."""
+def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, destination_name: str,
+                 path: str = "") -> None:
+    """Copy one regular file (opened with ``O_NOFOLLOW``) over ``destination_name``, atomically.
+
+    Raises:
+        SpecialFile: the source is a FIFO, device or socket (``path`` names it).
+    """
     existing = _lstat_at(destination_dir_fd, destination_name)
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-    fd = os.open(source_name, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC, dir_fd=source_dir_fd)
+    fd = open_file(source_name, os.O_RDONLY | O_NOFOLLOW, dir_fd=source_dir_fd, path=path)  # never waits
     with os.fdopen(fd, "rb") as reader:
         info = os.fstat(reader.fileno())
         if stat.S_ISDIR(info.st_mode):

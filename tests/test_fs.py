@@ -390,15 +390,75 @@ def test_copy_into_its_own_tree_is_refused_before_writing(fs, tmp_path, into):
 
 
 def test_recursive_copy_errors_are_os_errors(server, tmp_path):
-    """A file of the tree that cannot be read: the reference's text and code (-32600 for EACCES) at the
-    first failure, not a list of Python errors after trying the rest."""
-    unreadable = _unreadable_file(tmp_path)
-    if unreadable is None:
-        pytest.skip("no file here that cannot be read")
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "ok.txt").write_bytes(b"ok")
-    (source / "unreadable").symlink_to(unreadable)  # a copy follows links to files
+    """A file of the tree that cannot be written: the reference's text and code at the first failure, not a
+    list of Python errors after trying the rest."""
+    source, destination = tmp_path / "src", tmp_path / "dst"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "file").write_bytes(b"x")
+    (destination / "sub" / "file").mkdir(parents=True)  # where the tree has a file
+    (destination / "sub" / "file" / "inside").write_bytes(b"y")
     with Client.connect(server.url, timeout=5) as client:
-        with pytest.raises(InvalidRequest, match=r"^Permission denied \(os error 13\)$"):
-            client.fs.copy(source, tmp_path / "dst", recursive=True)
+        with pytest.raises(InternalError, match=r"^Is a directory \(os error 21\)$"):
+            client.fs.copy(source, destination, recursive=True)
+
+
+@pytest.mark.posix
+def test_a_recursive_copy_copies_links_as_links_and_skips_fifos(fs, tmp_path):
+    """As the reference: two links to "." were followed until the disk was full, a dangling one failed the
+    copy half-way, and a FIFO blocked it for good."""
+    source, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    source.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "f").write_bytes(b"far")
+    (source / "file").write_bytes(b"near")
+    for name, target in [("a", "."), ("b", "."), ("to-dir", elsewhere), ("to-file", elsewhere / "f"),
+                         ("dangling", tmp_path / "missing")]:
+        (source / name).symlink_to(target)
+    os.mkfifo(str(source / "fifo"))
+    fs.copy(source, tmp_path / "dst", recursive=True)
+    copied = tmp_path / "dst"
+    assert sorted(os.listdir(copied)) == ["a", "b", "dangling", "file", "to-dir", "to-file"]
+    assert {name: os.readlink(copied / name) for name in ["a", "b", "to-dir", "to-file", "dangling"]} == {
+        "a": ".", "b": ".", "to-dir": str(elsewhere), "to-file": str(elsewhere / "f"),
+        "dangling": str(tmp_path / "missing")}
+    assert (copied / "file").read_bytes() == b"near"
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("method, params", [
+    ("fs/readFile", {"path": "{fifo}"}),
+    ("fs/copy", {"sourcePath": "{fifo}", "destinationPath": "{dir}/copy", "recursive": False}),
+    ("fs/open", {"handleId": "r", "path": "{fifo}"}),
+    ("fs/open", {"handleId": "w", "path": "{fifo}", "mode": "replace"}),  # no reader: ENXIO, named
+    ("fs/open", {"handleId": "a", "path": "{fifo}", "mode": "replace", "atomic": True}),
+])
+def test_a_fifo_is_refused_as_it_is_opened(server, tmp_path, method, params):
+    """Judged on the opened descriptor (a path checked first could be swapped for a FIFO before the open,
+    which then waited for a writer for good), and named in every mode."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    wire = {name: value.format(fifo=uri(fifo), dir=uri(tmp_path)) if isinstance(value, str) else value
+            for name, value in params.items()}
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(InvalidRequest) as caught:
+            client.call(method, wire, timeout=5)
+    assert caught.value.message == "path `%s` is a FIFO, not a regular file" % fifo
+
+
+@pytest.mark.posix
+def test_open_file_refuses_what_it_opened_without_waiting(tmp_path):
+    from fs_helper.opening import SpecialFile, open_file
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    with pytest.raises(SpecialFile, match="is a FIFO"):
+        open_file(str(fifo), os.O_RDONLY)  # a blocking open would wait here (pytest-timeout ends it)
+    with pytest.raises(SpecialFile, match="path `/dev/null` is a character device, not a regular file"):
+        open_file("/dev/null", os.O_RDONLY)
+    regular = tmp_path / "file"
+    regular.write_bytes(b"data")
+    fd = open_file(str(regular), os.O_RDONLY)
+    try:
+        assert os.read(fd, 10) == b"data"
+    finally:
+        os.close(fd)

@@ -12,7 +12,7 @@ from exec_server.protocol.errors import RpcError
 from exec_server.server.fs.helper import run_fs_helper
 from exec_server.server.fs.sandbox import parse_sandbox
 from fs_helper import confined, safe_path
-from fs_helper.operations import FsError
+from fs_helper.errors import FsError
 from fs_helper.policy import Policy
 from fs_helper.uris import path_to_uri
 
@@ -338,3 +338,16 @@ def test_helper_traceback_goes_to_the_log_not_the_client(roots, caplog):
             run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(sandbox_of(work, hidden)), command=crash)
     assert caught.value.message == "fs sandbox helper failed with status exit status: 1: RuntimeError: helper broke"
     assert any("Traceback" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("method", ["fs/readFile", "fs/copy"])
+def test_a_fifo_is_refused_when_confined_without_waiting_for_a_writer(roots, method):
+    """The confined read and copy open without waiting: a FIFO held the helper until its timeout."""
+    work, _outside, hidden = roots
+    fifo = work / "fifo"
+    os.mkfifo(str(fifo))
+    params = {"path": path_to_uri(str(fifo))} if method == "fs/readFile" else {
+        "sourcePath": path_to_uri(str(fifo)), "destinationPath": path_to_uri(str(work / "copy")),
+        "recursive": False}
+    error = refused(method, params, work, hidden)
+    assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % fifo)

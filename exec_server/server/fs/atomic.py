@@ -26,6 +26,7 @@ import shutil
 import stat
 from typing import Optional, Tuple
 
+from fs_helper.opening import open_file
 from fs_helper.replacing import discard, replace_target, temporary_beside
 
 
@@ -98,7 +99,7 @@ def commit(fd: int, replacement: Replacement) -> None:
 
 def _copy_in_place(temporary: str, target: str, mode: int) -> None:
     with open(temporary, "rb") as source:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        fd = open_file(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)  # never waits on a FIFO
         with os.fdopen(fd, "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
             sink.flush()

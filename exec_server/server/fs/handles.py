@@ -32,7 +32,8 @@ import stat
 import threading
 from typing import Any, Dict, Optional
 
-from fs_helper.operations import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
+from fs_helper.errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
+from fs_helper.opening import open_file
 
 from exec_server.server.fs import atomic
 
@@ -173,7 +174,7 @@ class FileHandles:
             try:
                 if mode != "read" and os.path.isdir(path):
                     raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
-                fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+                fd = open_file(path, flags)  # never waits; refuses a FIFO, device or socket
             except OSError as exc:
                 raise rpc_error(os_error(exc)) from None
             except FsError as exc:
@@ -273,6 +274,8 @@ class FileHandles:
                 atomic.commit(entry.fd, entry.replacement)
             except OSError as exc:
                 raise rpc_error(os_error(exc)) from None
+            except FsError as exc:  # the target became a FIFO, device or socket meanwhile
+                raise rpc_error(exc) from None
 
     def close_all(self) -> None:
         """Close every handle (the connection ended): atomic handles are discarded, later opens refused.

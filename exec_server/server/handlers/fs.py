@@ -10,12 +10,13 @@ import os
 from typing import Any, Dict
 
 from fs_helper import operations as fs_operations
+from fs_helper.errors import FsError
 
 from exec_server.common import telemetry
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InvalidParams
 from exec_server.protocol.wire import RawJson
-from exec_server.server.fs import sandbox, special
+from exec_server.server.fs import sandbox
 from exec_server.server.fs.handles import rpc_error
 from exec_server.server.handlers.context import RequestContext
 
@@ -33,15 +34,9 @@ def _fs_method(operation: str):
             with telemetry.child_span("fs.helper"):
                 result = ctx.fs_helpers.run(operation, wire, policy)
         else:
-            try:
-                if operation == "fs/readFile":
-                    special.refuse_blocking(fs_operations.native_path(wire),
-                                            wire.get("followSymlinks", True) is not False)
-                elif operation == "fs/copy":
-                    source = fs_operations.native_path(wire, "sourcePath")
-                    special.refuse_blocking_tree(source) if wire.get("recursive") else special.refuse_blocking(source)
+            try:  # a FIFO, device or socket is refused as it is opened (fs_helper.opening)
                 result = run(wire)
-            except fs_operations.FsError as exc:
+            except FsError as exc:
                 raise rpc_error(exc) from None
         if operation == "fs/readFile":  # base64 needs no escaping: one copy of it into the response, not two
             return RawJson(['{"dataBase64":"', result.pop("dataBase64"), '"}'])
@@ -57,7 +52,7 @@ def _size_to_read(wire: Dict[str, Any]) -> int:
     try:
         path = fs_operations.native_path(wire)
         size = (os.stat if wire.get("followSymlinks", True) is not False else os.lstat)(path).st_size
-    except (fs_operations.FsError, OSError, ValueError):
+    except (FsError, OSError, ValueError):
         return 0  # the operation itself reports what is wrong
     return min(size, fs_operations.READ_FILE_LIMIT + 1)
 
@@ -69,9 +64,8 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
         raise InvalidParams("sandboxed file handles are not supported")
     try:
         path = fs_operations.native_path(params)
-    except fs_operations.FsError as exc:
+    except FsError as exc:
         raise rpc_error(exc) from None
-    special.refuse_blocking(path)
     mode, atomic = params.get("mode") or "read", bool(params.get("atomic"))
     if atomic and mode != "replace":
         raise InvalidParams("atomic applies to mode `replace` only")
