@@ -284,6 +284,18 @@ def test_sandboxed_file_handles_are_refused(client, roots):
     assert caught.value.message == "sandboxed file handles are not supported"
 
 
+@pytest.mark.parametrize("mode", ["read", "replace"])
+def test_a_sandboxed_file_systems_open_is_refused_not_unconfined(client, roots, mode):
+    """``with_sandbox(...).open`` sent no sandbox: it read and wrote past the profile, unconfined."""
+    work, outside = roots
+    secret = outside / "secret"
+    secret.write_bytes(b"kept")
+    fs = client.fs.with_sandbox(restricted([work], readable=str(work)))
+    with pytest.raises(InvalidParams, match="^sandboxed file handles are not supported$"):
+        fs.open(secret, mode)
+    assert secret.read_bytes() == b"kept"
+
+
 def test_sandbox_shape_errors(client):
     with pytest.raises(InvalidParams) as caught:
         client.call("fs/readFile", {"path": "file:///tmp", "sandbox": {}})

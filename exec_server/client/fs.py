@@ -228,6 +228,8 @@ class FileSystem:
         Raises:
             ExtensionNotSupported: ``atomic=True`` and the server lacks ``atomicReplace``.
             ValueError: an unknown mode, or ``atomic`` with ``read``.
+            InvalidParams: on a :meth:`with_sandbox` whose sandbox restricts the
+                file system (handles are not confined; PROTOCOL.md 8.4).
             RpcError: as ``fs/open``.
         """
         if mode not in ("read", "replace"):
@@ -242,7 +244,7 @@ class FileSystem:
         params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
         if atomic:
             params["atomic"] = True
-        result = self._call("fs/open", params)
+        result = self._path_call("fs/open", params)  # with the sandbox: one that restricts files is refused
         # after: an open resent over a new connection lives there (a reconnect just after the answer
         # leaves the server's own words, never a wrong cause)
         connection = self._client.connection_number
