@@ -144,6 +144,10 @@ def test_run_help_lists_the_exit_statuses():
      "exec-server: --tls-certfile, --tls-keyfile need a wss:// listen URL"),
     (["--listen", "ws://127.0.0.1:0", "--ws-auth", "capability-token", "--ws-token-file", "/no/such/token"],
      "exec-server: failed to read websocket token file /no/such/token: No such file or directory"),
+    (["--listen", "ws://127.0.0.1:0", "--send-timeout", "nan"],
+     "exec-server: send_timeout must be a finite number of seconds"),  # NaN passed "must be positive"
+    (["--listen", "ws://127.0.0.1:0", "--detached-session-ttl", "inf"],
+     "exec-server: detached_session_ttl must be a finite number of seconds"),
     (["--listen", "ws://example.com:80"],
      "exec-server: listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or localhost, "
      "e.g. ws://127.0.0.1:8765), got 'ws://example.com:80'"),
@@ -152,6 +156,20 @@ def test_server_start_up_mistakes_are_worded_for_people(args, message):
     done = run_cli(*args)
     assert done.returncode == 2
     assert one_line(done) == message
+
+
+@pytest.mark.parametrize("option, value, wanted", [
+    ("--timeout", "-1", "over 0"), ("--timeout", "nan", "over 0"), ("--timeout", "inf", "over 0"),
+    ("--timeout", "0", "over 0"), ("--reconnect-deadline", "nan", "0 or more"),
+    ("--reconnect-deadline", "-5", "0 or more"), ("--reconnect-deadline", "inf", "0 or more"),
+])
+def test_a_wait_that_is_not_a_number_of_seconds_is_a_usage_error(option, value, wanted):
+    """-1 and nan were reported as "not a server URL", inf was a traceback, 0 "Operation now in progress",
+    and a NaN or negative reconnect deadline was taken as 0."""
+    done = run_cli("run", "--url", "ws://127.0.0.1:1", option, value, "--", "true")
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines()[-1] == (
+        "exec-server run: error: argument %s: invalid value '%s': a number of seconds, %s" % (option, value, wanted))
 
 
 @pytest.mark.parametrize("cwd", ["relative/dir", ""])

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import start_ours, wait_until
-from exec_server import CallTimeout, Client, ReconnectPolicy
+from exec_server import CallTimeout, Client, ReconnectPolicy, ServerConfig
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.posix
@@ -189,3 +189,26 @@ def test_remote_process_context_manager_kills_what_runs(server, tmp_path):
         with client.start(["sh", "-c", "exit 3"]) as process:
             assert process.wait(timeout=10) == 3
         assert process.returncode == 3
+
+
+def test_an_infinite_timeout_waits_without_limit_and_nan_is_refused(server):
+    """inf (or 1e300) was a raw OverflowError from threading or the socket, NaN timed out at once."""
+    import math
+
+    with Client.connect(server.url, timeout=math.inf) as client:
+        assert client.run(["echo", "ok"], timeout=math.inf).stdout == b"ok\n"
+        assert client.start(["true"]).wait(timeout=1e300) == 0
+        assert client.fs.get_metadata("/")["isDirectory"]
+        with pytest.raises(ValueError, match="^timeout must be a number of seconds, not NaN$"):
+            client.run(["true"], timeout=math.nan)
+    with pytest.raises(ValueError, match="^timeout must be a number of seconds, not NaN$"):
+        Client.connect(server.url, timeout=math.nan)
+    for value in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="^deadline must be a finite number of seconds, 0 or more$"):
+            ReconnectPolicy(deadline=value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_server_duration_must_be_finite(value):
+    with pytest.raises(ValueError, match="^detached_session_ttl must be a finite number of seconds$"):
+        ServerConfig(detached_session_ttl=value)

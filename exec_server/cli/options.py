@@ -208,7 +208,7 @@ def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     parser.add_argument("--certfile", metavar="PATH",
                         help="PEM client certificate (and its key), for a server started with --tls-client-ca")
     parser.add_argument("--keyfile", metavar="PATH", help="PEM private key of --certfile (default: in --certfile)")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=_timeout, default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
 
 
@@ -226,6 +226,28 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError("invalid value %r: a whole number, 1 or more" % text)
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    """argparse type of ``--reconnect-deadline``: a finite number of seconds, 0 or more (0 disables)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("invalid value %r: a number of seconds, 0 or more" % text)
+    return value
+
+
+def _timeout(text: str) -> float:
+    """argparse type of ``--timeout``: a finite number of seconds over 0 (a connect in 0 s cannot succeed)."""
+    try:
+        value = _seconds(text)
+    except argparse.ArgumentTypeError:
+        value = 0.0
+    if value == 0:
+        raise argparse.ArgumentTypeError("invalid value %r: a number of seconds, over 0" % text)
+    return value
 
 
 def config_from_options(args: argparse.Namespace) -> ServerConfig:
@@ -355,7 +377,7 @@ def add_run_parser(commands) -> None:
     run.add_argument("--tty", action="store_true", help="run under a pseudo-terminal")
     run.add_argument("--stdin", action="store_true",
                      help="forward local stdin to the command, then its end of file (always on with --tty)")
-    run.add_argument("--reconnect-deadline", type=float, default=None, metavar="SECONDS",
+    run.add_argument("--reconnect-deadline", type=_seconds, default=None, metavar="SECONDS",
                      help="how long to try to resume the session after the connection drops; 0 disables "
                           "(default: the client's ReconnectPolicy deadline)")
     run.add_argument("--group-output", action="store_true",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike, command_argv  # noqa: F401
-from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
+from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining, seconds as _seconds
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
@@ -76,7 +76,7 @@ class Client:
             CallTimeout: no ``initialize`` answer within ``timeout``.
         """
         client = cls(connector, client_name, reconnect)
-        client._start(timeout)
+        client._start(_seconds(timeout))
         return client
 
     @classmethod

@@ -106,17 +106,30 @@ class ExtensionNotSupported(NotImplementedError):
         self.extension = extension
 
 
-def deadline(timeout: Optional[float]) -> Optional[float]:
-    """The monotonic deadline ``timeout`` seconds from now (None: no deadline).
+def seconds(timeout: Optional[float]) -> Optional[float]:
+    """``timeout`` checked; None for no limit: None, infinity, or more than any wait can take
+    (``threading.TIMEOUT_MAX``, ~292 years here).
 
     Raises:
-        ValueError: ``timeout`` is negative.
+        ValueError: ``timeout`` is negative, or NaN.
     """
-    if timeout is None:
+    if timeout is None or timeout >= threading.TIMEOUT_MAX:
         return None
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds, not NaN")
     if timeout < 0:
         raise ValueError("timeout must not be negative")
-    return time.monotonic() + timeout
+    return timeout
+
+
+def deadline(timeout: Optional[float]) -> Optional[float]:
+    """The monotonic deadline ``timeout`` seconds from now (None: no deadline; see :func:`seconds`).
+
+    Raises:
+        ValueError: ``timeout`` is negative, or NaN.
+    """
+    timeout = seconds(timeout)
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def remaining(deadline: Optional[float]) -> Optional[float]:

@@ -130,8 +130,8 @@ class ReconnectPolicy:
     def __post_init__(self) -> None:
         for name in ("deadline", "initial_backoff", "max_backoff", "attached_retry_interval", "connect_timeout",
                      "ping_interval", "keepalive_timeout", "probe_timeout"):
-            if getattr(self, name) < 0:
-                raise ValueError("%s must not be negative" % name)
+            if not 0 <= getattr(self, name) < float("inf"):  # NaN too
+                raise ValueError("%s must be a finite number of seconds, 0 or more" % name)
         if not self.connect_timeout:
             raise ValueError("connect_timeout must be positive")
         if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:

@@ -178,8 +178,12 @@ class ServerConfig(_Settings):
         for name in ("max_queued_requests", "spool_bytes_per_process", "spool_bytes_total"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
-        for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl",
-                     "keepalive_timeout", "takeover_probe_timeout", "initialize_timeout", "evict_idle_after"):
+        durations = ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl",
+                     "keepalive_timeout", "takeover_probe_timeout", "initialize_timeout", "evict_idle_after")
+        for name in durations + ("send_timeout", "upgrade_timeout", "shutdown_timeout", "tls_handshake_timeout"):
+            if not -float("inf") < getattr(self, name) < float("inf"):  # NaN passed every check below
+                raise ValueError("%s must be a finite number of seconds" % name)
+        for name in durations:
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
         for name in ("send_timeout", "upgrade_timeout", "shutdown_timeout"):
