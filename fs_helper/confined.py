@@ -20,7 +20,7 @@ from . import b64, safe_path
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import open_file
 from .operations import (OPERATIONS, native_path, read_limit_error, READ_FILE_LIMIT, metadata_result,
-                         refuse_copy_into_itself)
+                         refuse_copy_into_itself, wire_name)
 from .replacing import umask
 from .policy import Policy
 
@@ -171,7 +171,7 @@ def read_directory(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
                 info = os.stat(name, dir_fd=fd)
             except OSError:
                 continue  # a dangling symlink is left out
-            entries.append({"fileName": name, "isDirectory": stat.S_ISDIR(info.st_mode),
+            entries.append({"fileName": wire_name(name), "isDirectory": stat.S_ISDIR(info.st_mode),
                             "isFile": stat.S_ISREG(info.st_mode)})
     finally:
         os.close(fd)

@@ -147,6 +147,15 @@ def canonicalize(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, 
     return {"path": path_to_uri(resolved)}
 
 
+def wire_name(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 become U+FFFD, as Rust's ``to_string_lossy`` in the reference."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:  # undecodable bytes, kept by os.fsdecode as lone surrogates
+        return os.fsencode(name).decode("utf-8", "replace")
+
+
 def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     path = native_path(params)
     guard.check_read(path)
@@ -158,7 +167,7 @@ def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str
                     info = os.stat(entry.path)
                 except OSError:
                     continue  # a dangling symlink is left out
-                entries.append({"fileName": entry.name, "isDirectory": stat.S_ISDIR(info.st_mode),
+                entries.append({"fileName": wire_name(entry.name), "isDirectory": stat.S_ISDIR(info.st_mode),
                                 "isFile": stat.S_ISREG(info.st_mode)})
     except OSError as exc:
         raise os_error(exc) from None

@@ -462,3 +462,13 @@ def test_open_file_refuses_what_it_opened_without_waiting(tmp_path):
         assert os.read(fd, 10) == b"data"
     finally:
         os.close(fd)
+
+
+@pytest.mark.posix
+def test_a_file_name_that_is_not_utf8_is_listed_with_replacement_characters(fs, tmp_path):
+    """As the reference (Rust's lossy conversion): it came back as ``??.txt``."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(str(folder)), b"\xff\xfe.txt"), "wb"):
+        pass
+    assert [entry["fileName"] for entry in fs.read_directory(folder)] == ["\ufffd\ufffd.txt"]
