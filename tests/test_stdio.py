@@ -279,6 +279,21 @@ def test_a_child_that_never_answers_initialize_is_killed_at_the_timeout(tmp_path
 
 
 @pytest.mark.posix
+def test_a_child_that_closes_its_output_and_runs_on_is_killed_once_its_end_is_seen(tmp_path, monkeypatch):
+    """After the output's end, the child had two seconds to exit with a status worth naming; one still
+    running then was waited for CHILD_EXIT_GRACE more before the kill."""
+    from exec_server.client.stdio import StdioTransport
+
+    monkeypatch.setattr(StdioTransport, "CHILD_EXIT_GRACE", 30.0)
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(ExecServerDisconnected, match="^exec-server child closed its output$"):
+        Client.spawn(["/bin/sh", "-c", 'echo $$ > "$0"; exec sleep 300 >&-', str(pid_file)], timeout=60)
+    assert time.monotonic() - started < 10.0
+    assert not pid_alive(int(pid_file.read_text()))
+
+
+@pytest.mark.posix
 def test_a_send_after_the_reader_saw_the_child_exit_names_its_status():
     """`run --via "sh -c 'exit 3'"`: when the reader thread saw the end first (and the client closed the
     transport), initialize's send said "exec-server child is closed" instead of the child's status."""

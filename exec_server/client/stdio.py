@@ -111,6 +111,7 @@ class StdioTransport:
                 status = self._exit_status(2.0)
                 if status is not None:
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
+                self.kill()  # it runs on without output: no use waiting CHILD_EXIT_GRACE more to end it
                 raise ExecServerDisconnected("exec-server child closed its output")
             line = line.rstrip(b"\r\n")
             if line.strip():
