@@ -135,6 +135,8 @@ def copy_files(args: argparse.Namespace) -> int:
     if not args.source.startswith(":") and not args.destination.startswith(":"):
         return report("cp", CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"))
     remote = args.source if args.source.startswith(":") else args.destination  # what a server error is about
+    if args.source.startswith(":") and args.destination.startswith(":"):  # a copy on the server: either side
+        remote = "%s -> %s" % (args.source, args.destination)
     try:
         with connect(args, "exec-server-cp") as client:
             copy(client.fs, args.source, args.destination)

@@ -178,7 +178,13 @@ class FileSystem:
         return _bytes_member(result, "dataBase64", "fs/readFile")
 
     def write_file(self, path: "PathLike", data: bytes, follow_symlinks: bool = True) -> None:
-        """Create or replace the file atomically (``fs/writeFile``)."""
+        """Create or replace the file atomically (``fs/writeFile``).
+
+        The file goes in one message, as base64: past about 96 MiB it exceeds
+        the server's default ``--max-message-bytes`` (128 MiB), the server
+        closes the connection (1009) and this raises ``RequestOutcomeUnknown``
+        (nothing was written).  Write larger files with ``open(path, "replace")``.
+        """
         self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(bytes(data)),
                                          "followSymlinks": follow_symlinks})
 
