@@ -195,6 +195,16 @@ def test_websocket_transport_pings_and_closes_cleanly(server):
         client.call("environment/status", timeout=5)
 
 
+def test_fs_paths_may_be_bytes_as_in_os(server, tmp_path):
+    """A bytes path was an internal TypeError; bytes that are not UTF-8 name the file they name."""
+    odd = os.path.join(os.fsencode(str(tmp_path)), b"\xff.txt")
+    with Client.connect(server.url, timeout=5) as client:
+        client.fs.write_file(odd, b"data")
+        assert client.fs.read_file(odd) == b"data"
+    with open(odd, "rb") as handle:
+        assert handle.read() == b"data"
+
+
 def test_argv_follows_subprocess_conventions(server, tmp_path):
     """A lone str is the program (not its characters); path-like and UTF-8 bytes items are accepted."""
     script = tmp_path / "hello.sh"
@@ -207,6 +217,8 @@ def test_argv_follows_subprocess_conventions(server, tmp_path):
         assert (done.args, done.stdout) == ([str(script), "b\u00e9", "x"], "hello b\u00e9 x\n".encode())
         with pytest.raises(TypeError, match="not UTF-8"):
             client.run([b"\xff"], timeout=10)
+        with pytest.raises(TypeError, match="not UTF-8"):  # the same, decoded: it was a UnicodeEncodeError
+            client.run(["ls", os.fsdecode(b"\xff")], timeout=10)
         with pytest.raises(TypeError, match="not int"):
             client.start(["echo", 1])
         with pytest.raises(ValueError, match="must not be empty"):

@@ -237,8 +237,8 @@ class Client:
         return self.extensions.get(extension) is True
 
     def to_uri(self, path: PathLike) -> str:
-        """A ``file://`` URI on the server's host for ``path`` (str, Path or URI)."""
-        text = os.fspath(path)
+        """A ``file://`` URI on the server's host for ``path`` (str, bytes, Path or URI)."""
+        text = os.fsdecode(path)  # bytes that are not UTF-8 go as %XX
         if text.startswith("file:"):
             return text
         return path_to_uri(text, windows=self.server_platform == "windows")

@@ -163,6 +163,11 @@ def command_argv(argv: Any) -> List[str]:
                 raise TypeError("argv item %r is not UTF-8" % (value,)) from None
         if not isinstance(value, str):
             raise TypeError("argv items must be str, bytes or path-like, not %s" % type(item).__name__)
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: os.fsdecode of bytes that are not UTF-8
+                raise TypeError("argv item %r is not UTF-8" % (value,)) from None
         command.append(value)
     if not command:
         raise ValueError("argv must not be empty")
