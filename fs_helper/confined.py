@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict
 
 from . import b64, safe_path
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
-from .opening import open_file
+from .opening import open_file, read_to_end
 from .operations import (OPERATIONS, native_path, read_limit_error, READ_FILE_LIMIT, metadata_result,
                          refuse_copy_into_itself, wire_name)
 from .replacing import umask
@@ -52,13 +52,15 @@ def read_file(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
     policy.check_read_resolved(target)
     with safe_path.Place(target) as place:
         fd = open_file(place.name, os.O_RDONLY | safe_path.O_NOFOLLOW, dir_fd=place.dir_fd, path=path)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
         if info.st_size > READ_FILE_LIMIT:
             raise read_limit_error(path)
-        data = handle.read(READ_FILE_LIMIT + 1)
+        data = read_to_end(fd, READ_FILE_LIMIT + 1, info.st_size)
+    finally:
+        os.close(fd)
     if len(data) > READ_FILE_LIMIT:
         raise read_limit_error(path)
     return {"dataBase64": b64.encode(data)}

@@ -1,16 +1,19 @@
-"""Opening a file to read, copy or replace without ever waiting.
+"""Opening and reading a file to read, copy or replace without ever waiting.
 
 Opening a FIFO waits for a writer, and reading one (or a terminal) waits for
 data that may never come: a request would hold its thread for good.  Every
-such open goes through :func:`open_file`, which opens without waiting and
-checks the file's type on the descriptor it got (a check of the path before
-the open could be raced by a rename).
+such open goes through :func:`open_file`: the path's type is checked first
+(opening a device or a FIFO can act on it: a watchdog starts, a waiting
+writer is released), then the open itself never waits and the type is
+checked again on the descriptor (a rename in between cannot race it).  The
+descriptor stays non-blocking, so it is read with :func:`read_to_end` or
+:func:`copy_blocks`, which raise EAGAIN where a buffered read would return
+None.
 """
 
-import errno
 import os
 import stat
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import FsError, INVALID_REQUEST
 
@@ -19,31 +22,31 @@ class SpecialFile(FsError):
     """-32600: the file is one of :data:`BLOCKING_KINDS` (raised by :func:`open_file`)."""
 
 
-#: File types an open or a read may wait on for good (a FIFO without a writer, a terminal), by ``S_IFMT``.
-BLOCKING_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFSOCK: "a socket"}
+#: File types refused (an open or a read may wait for good, or read a whole disk), by ``S_IFMT``.
+BLOCKING_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                  stat.S_IFSOCK: "a socket"}
 #: Added to each open of a file to read, copy or replace: the open never waits (a FIFO's for a writer).
 OPEN_FLAGS = sum(getattr(os, name, 0) for name in ("O_NONBLOCK", "O_NOCTTY", "O_CLOEXEC", "O_BINARY"))
+#: Bytes asked of one ``read`` while copying.
+COPY_BLOCK_BYTES = 1 << 20
 
 
 def open_file(name: str, flags: int, mode: int = 0o666, dir_fd: Optional[int] = None, path: str = "") -> int:
     """``os.open(name, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)``; a descriptor of anything but
-    :data:`BLOCKING_KINDS` (a regular file, a directory).
-
-    ``O_NONBLOCK`` stays set: a regular file ignores it, and one whose read
-    would block (``/proc/kmsg``) answers EAGAIN, as the reference's read does.
+    :data:`BLOCKING_KINDS` (a regular file, a directory), non-blocking.
 
     Args:
         path: the path an error names (default ``name``: give it when ``name`` is relative to ``dir_fd``).
     Raises:
         OSError: from the open.
-        SpecialFile: -32600 ``path `<path>` is a FIFO, not a regular file`` (or a character device, a socket).
+        SpecialFile: -32600 ``path `<path>` is a FIFO, not a regular file`` (or a device, a socket).
     """
     try:
-        fd = os.open(name, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a FIFO opened to write without a reader: named as such
-            _refuse(os.stat(name, dir_fd=dir_fd).st_mode, path or name)
-        raise
+        follow = not flags & getattr(os, "O_NOFOLLOW", 0)
+        _refuse(os.stat(name, dir_fd=dir_fd, follow_symlinks=follow).st_mode, path or name)
+    except OSError:
+        pass  # missing, a link with O_NOFOLLOW...: the open reports it in its own words
+    fd = os.open(name, flags | OPEN_FLAGS, mode, dir_fd=dir_fd)
     try:
         _refuse(os.fstat(fd).st_mode, path or name)
     except BaseException:
@@ -56,3 +59,33 @@ def _refuse(mode: int, path: str) -> None:
     kind = BLOCKING_KINDS.get(stat.S_IFMT(mode))
     if kind is not None:
         raise SpecialFile(INVALID_REQUEST, "path `%s` is %s, not a regular file" % (path, kind))
+
+
+def read_to_end(fd: int, limit: int, size_hint: int = 0) -> bytes:
+    """The bytes of ``fd`` from its offset to its end, at most ``limit``; ``size_hint`` (the file's size,
+    bytes) lets a regular file come in one read.
+
+    Raises:
+        OSError: BlockingIOError (EAGAIN) where the read would wait (``/proc/kmsg``), as the reference.
+    """
+    chunks, total, step = [], 0, max(size_hint + 1, 64 * 1024)
+    while total < limit:
+        block = os.read(fd, min(step, limit - total))
+        if not block:
+            break
+        chunks.append(block)
+        total += len(block)
+    return b"".join(chunks)
+
+
+def copy_blocks(fd: int, sink: Any) -> None:
+    """Write the rest of ``fd`` to ``sink`` (a binary file), :data:`COPY_BLOCK_BYTES` at a time.
+
+    Raises:
+        OSError: as :func:`read_to_end`, and from the write.
+    """
+    while True:
+        block = os.read(fd, COPY_BLOCK_BYTES)
+        if not block:
+            return
+        sink.write(block)

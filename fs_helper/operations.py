@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List
 
 from . import b64
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
-from .opening import SpecialFile, open_file
+from .opening import SpecialFile, copy_blocks, open_file, read_to_end
 from .replacing import atomic_write, replace_target
 from .uris import UriError, path_to_uri, uri_to_path
 
@@ -67,8 +67,7 @@ def read_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any
             raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
         if info.st_size > READ_FILE_LIMIT:
             raise read_limit_error(path)
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(READ_FILE_LIMIT + 1)
+        data = read_to_end(fd, READ_FILE_LIMIT + 1, info.st_size)
     except OSError as exc:
         raise os_error(exc) from None
     finally:
@@ -273,9 +272,11 @@ class _CopyFailed(Exception):
 
 
 def _copy_file(source: str, destination: str) -> None:
-    with os.fdopen(open_file(source, os.O_RDONLY), "rb") as reader:
-        atomic_write(destination, lambda handle: shutil.copyfileobj(reader, handle, 1 << 20),
-                     stat.S_IMODE(os.fstat(reader.fileno()).st_mode))
+    fd = open_file(source, os.O_RDONLY)
+    try:
+        atomic_write(destination, lambda handle: copy_blocks(fd, handle), stat.S_IMODE(os.fstat(fd).st_mode))
+    finally:
+        os.close(fd)
 
 
 def _copy_tree_file(source: str, destination: str) -> None:
@@ -285,6 +286,34 @@ def _copy_tree_file(source: str, destination: str) -> None:
         pass
     except OSError as exc:
         raise _CopyFailed(exc) from None
+
+
+def _copy_tree(source: str, destination: str, mode: int) -> None:
+    """Directory ``source`` into ``destination``, merged into it if it exists: links copied as links (two
+    links to "." followed filled the disk), FIFOs, devices and sockets skipped, as by the reference.
+
+    Through descriptors where the platform has them, as the sandboxed copy
+    (:func:`fs_helper.safe_path.copy_tree_at`); elsewhere (Windows) with
+    ``shutil.copytree``.  The first failure ends the copy; what is copied stays.
+    """
+    from . import safe_path  # (ctypes: loaded by the first copy of a tree, not with the operations)
+
+    if safe_path.unsupported_reason() is not None:
+        shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True, copy_function=_copy_tree_file)
+        return
+    try:
+        os.mkdir(destination, stat.S_IMODE(mode) | 0o700)
+    except FileExistsError:
+        pass
+    source_fd = os.open(source, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
+    try:
+        destination_fd = os.open(destination, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
+        try:
+            safe_path.copy_tree_at(source_fd, destination_fd)
+        finally:
+            os.close(destination_fd)
+    finally:
+        os.close(source_fd)
 
 
 def _copy_tree_error(exc: shutil.Error) -> FsError:
@@ -326,8 +355,7 @@ def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
             if not params["recursive"]:
                 raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
             refuse_copy_into_itself(source, destination)
-            # links copied as links, as by the reference (two links to "." followed filled the disk)
-            shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True, copy_function=_copy_tree_file)
+            _copy_tree(source, destination, info.st_mode)
         else:
             if os.path.isdir(destination):
                 raise errno_error(errno.EISDIR)

@@ -22,7 +22,7 @@ import stat
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
-from .opening import SpecialFile, open_file
+from .opening import SpecialFile, copy_blocks, open_file
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -322,16 +322,11 @@ def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, 
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
     fd = open_file(source_name, os.O_RDONLY | O_NOFOLLOW, dir_fd=source_dir_fd, path=path)  # never waits
-    with os.fdopen(fd, "rb") as reader:
-        info = os.fstat(reader.fileno())
+    try:
+        info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-
-        def write(handle: Any) -> None:
-            while True:
-                block = reader.read(1 << 20)
-                if not block:
-                    return
-                handle.write(block)
-
-        atomic_write_at(destination_dir_fd, destination_name, write, stat.S_IMODE(info.st_mode))
+        atomic_write_at(destination_dir_fd, destination_name, lambda handle: copy_blocks(fd, handle),
+                        stat.S_IMODE(info.st_mode))
+    finally:
+        os.close(fd)

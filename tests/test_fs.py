@@ -403,9 +403,10 @@ def test_recursive_copy_errors_are_os_errors(server, tmp_path):
 
 
 @pytest.mark.posix
-def test_a_recursive_copy_copies_links_as_links_and_skips_fifos(fs, tmp_path):
+def test_a_recursive_copy_copies_links_as_links_and_skips_fifos(any_server, tmp_path):
     """As the reference: two links to "." were followed until the disk was full, a dangling one failed the
-    copy half-way, and a FIFO blocked it for good."""
+    copy half-way, and a FIFO blocked it for good.  Copied again onto the copy, ours merges (PROTOCOL.md
+    8.3) and replaces the links, as its sandboxed copy does; the reference stops at the first one."""
     source, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
     source.mkdir()
     elsewhere.mkdir()
@@ -415,7 +416,13 @@ def test_a_recursive_copy_copies_links_as_links_and_skips_fifos(fs, tmp_path):
                          ("dangling", tmp_path / "missing")]:
         (source / name).symlink_to(target)
     os.mkfifo(str(source / "fifo"))
-    fs.copy(source, tmp_path / "dst", recursive=True)
+    with Client.connect(any_server.url, timeout=10) as client:
+        client.fs.copy(source, tmp_path / "dst", recursive=True)
+        if any_server.is_reference:
+            with pytest.raises(InternalError, match=r"^File exists \(os error 17\)$"):
+                client.fs.copy(source, tmp_path / "dst", recursive=True)
+        else:
+            client.fs.copy(source, tmp_path / "dst", recursive=True)
     copied = tmp_path / "dst"
     assert sorted(os.listdir(copied)) == ["a", "b", "dangling", "file", "to-dir", "to-file"]
     assert {name: os.readlink(copied / name) for name in ["a", "b", "to-dir", "to-file", "dangling"]} == {
@@ -472,3 +479,49 @@ def test_a_file_name_that_is_not_utf8_is_listed_with_replacement_characters(fs, 
     with open(os.path.join(os.fsencode(str(folder)), b"\xff\xfe.txt"), "wb"):
         pass
     assert [entry["fileName"] for entry in fs.read_directory(folder)] == ["\ufffd\ufffd.txt"]
+
+
+@pytest.mark.posix
+def test_reads_of_a_file_opened_not_to_wait_raise_eagain_not_return_none():
+    """A buffered read of a non-blocking descriptor with nothing to read returns None: a readFile became an
+    internal error and a copy a truncated file.  The reads used say EAGAIN, as the reference answers."""
+    import errno
+    import io
+
+    from fs_helper.opening import copy_blocks, read_to_end
+
+    reader, writer = os.pipe()
+    try:
+        os.set_blocking(reader, False)
+        os.write(writer, b"some")
+        with pytest.raises(BlockingIOError) as caught:
+            read_to_end(reader, 100)
+        assert caught.value.errno == errno.EAGAIN
+        os.write(writer, b"more")
+        sink = io.BytesIO()
+        with pytest.raises(BlockingIOError):
+            copy_blocks(reader, sink)
+        assert sink.getvalue() == b"more"
+        os.close(writer)
+        writer = -1
+        assert read_to_end(reader, 100) == b""
+    finally:
+        os.close(reader)
+        if writer >= 0:
+            os.close(writer)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mknod of a block device needs root")
+def test_a_block_device_is_refused_and_skipped_in_a_copied_tree(server, tmp_path):
+    """It was read as a file (a whole disk) and copied as a regular file."""
+    import stat
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "file").write_bytes(b"x")
+    os.mknod(str(source / "disk"), stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    with Client.connect(server.url, timeout=5) as client:
+        with pytest.raises(InvalidRequest, match="is a block device, not a regular file"):
+            client.fs.read_file(source / "disk")
+        client.fs.copy(source, tmp_path / "dst", recursive=True)
+    assert os.listdir(tmp_path / "dst") == ["file"]

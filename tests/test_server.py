@@ -360,3 +360,30 @@ def test_shutdown_reports_exits_within_its_budget_however_slow_the_kills(configu
     running.stop()
     watcher.join(30)
     assert closed_at and closed_at[0] - started < 2.5  # 8 kills would take 3.2 s before the Close
+
+
+def test_shutdown_of_a_server_never_served_is_bounded_even_without_a_thread(monkeypatch):
+    """Where the accept loop's stopper thread cannot start, the shutdown stops the loop itself; a loop that
+    never ran must not be waited for (werkzeug's shutdown would wait for good), and its socket is closed."""
+    from exec_server import make_server
+
+    server = make_server("ws://127.0.0.1:0")
+    starting = threading.Thread.start
+
+    def start(thread):
+        if thread.name == "exec-server-stop-accepting":
+            raise RuntimeError("can't start new thread")
+        starting(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    started = time.monotonic()
+    server.shutdown(timeout=0.5)
+    assert time.monotonic() - started < 5.0
+
+
+def test_the_signal_handlers_stop_is_not_an_exception_socketserver_would_swallow():
+    """Raised where no thread can run the shutdown, it may arrive while socketserver handles a connection,
+    whose ``except Exception`` logged it and served on: the SIGTERM was lost."""
+    from exec_server.cli.serve import _StopServing
+
+    assert issubclass(_StopServing, BaseException) and not issubclass(_StopServing, Exception)

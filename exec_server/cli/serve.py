@@ -80,8 +80,12 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-class _StopServing(Exception):
-    """Raised by the signal handler to end ``serve_forever`` where no thread could run the shutdown."""
+class _StopServing(BaseException):
+    """Raised by the signal handler to end ``serve_forever`` where no thread could run the shutdown.
+
+    A BaseException: socketserver catches an Exception raised while it
+    handles a connection, logs it and serves on (the signal would be lost).
+    """
 
 
 #: After shutdown, how long to wait for request threads still running, seconds.

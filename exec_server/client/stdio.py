@@ -111,7 +111,11 @@ class StdioTransport:
                 status = self._exit_status(2.0)
                 if status is not None:
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
-                self.kill()  # it runs on without output: no use waiting CHILD_EXIT_GRACE more to end it
+                # it runs on without output: ended now, not CHILD_EXIT_GRACE later (without the send lock,
+                # which a write to a child that stopped reading holds until the kill breaks the pipe)
+                from exec_server.common.tree import kill_tree
+
+                kill_tree(self.pid)
                 raise ExecServerDisconnected("exec-server child closed its output")
             line = line.rstrip(b"\r\n")
             if line.strip():

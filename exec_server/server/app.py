@@ -205,6 +205,7 @@ class ExecServer:
         self.port = self._wsgi.port
         self._thread: Optional[threading.Thread] = None
         self._stopped = threading.Event()
+        self._serving = False  # serve_forever was called
 
     @property
     def url(self) -> str:
@@ -213,6 +214,7 @@ class ExecServer:
 
     def serve_forever(self) -> None:
         """Accept connections until :meth:`shutdown`; then clean up (blocking)."""
+        self._serving = True
         try:
             self._wsgi.serve_forever(poll_interval=POLL_INTERVAL)
         finally:
@@ -234,6 +236,10 @@ class ExecServer:
         """
         if timeout is None:
             timeout = self.config.shutdown_timeout + POLL_INTERVAL
+        if not self._serving:  # no accept loop to stop (werkzeug's shutdown would wait for one for good)
+            self._wsgi.server_close()
+            self._cleanup()
+            return
         stopper = threading.Thread(target=self._wsgi.shutdown, name="exec-server-stop-accepting", daemon=True)
         try:
             stopper.start()  # werkzeug's shutdown waits for the accept loop without a bound

@@ -225,15 +225,14 @@ class WebSocketApp:
             return _plain(start_response, "503 Service Unavailable",
                           b"too many connections (limit %d)" % self.config.max_connections)
         handler = environ.get(_ENVIRON_HANDLER)
-        early = b""
         if handler is not None:
             handler.close_connection = True
             handler.mark_upgraded()
-            early = handler.take_early_bytes()
         peer = "%s:%s" % (environ.get("REMOTE_ADDR", "?"), environ.get("REMOTE_PORT", "?"))
-        if isinstance(sock, ssl.SSLSocket):
-            sock = TLSStream(sock)
         try:
+            early = handler.take_early_bytes() if handler is not None else b""
+            if isinstance(sock, ssl.SSLSocket):
+                sock = TLSStream(sock)
             connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer, early)
         finally:
             with self._lock:

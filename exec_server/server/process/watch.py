@@ -71,6 +71,9 @@ class Watched(Protocol):
     def release_events(self) -> None:
         """Send the gathered events in one write; stop gathering."""
 
+    def kill_tree(self) -> None:
+        """Kill the child's whole tree (when no thread can watch it)."""
+
 
 class Watch:
     """A running watch of one child; :meth:`join` waits for its end."""
@@ -143,7 +146,7 @@ def _finish_unwatched(target: Watched, streams: Dict[int, str], size: int, grace
                 if not data:
                     break
                 target.stream_output(stream, data)
-        except OSError:  # a pipe that cannot be made non-blocking (Windows) is not read
+        except (OSError, AttributeError):  # a pipe that cannot be made non-blocking (Windows) is not read
             pass
         target.stream_ended(stream)
     target.wait_streams_ended(grace)  # those a started reader thread reads
