@@ -293,7 +293,8 @@ def test_a_sandboxed_file_systems_open_is_refused_not_unconfined(client, roots, 
     fs = client.fs.with_sandbox(restricted([work], readable=str(work)))
     with pytest.raises(InvalidParams, match="^sandboxed file handles are not supported$"):
         fs.open(secret, mode)
-    assert secret.read_bytes() == b"kept"
+    if mode == "replace":  # an unconfined replace truncated it at once
+        assert secret.read_bytes() == b"kept"
 
 
 def test_sandbox_shape_errors(client):
