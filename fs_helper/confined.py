@@ -221,19 +221,8 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
         refuse_copy_into_itself(source, native_path(params, "destinationPath"))
         policy.check_tree_readable(source)
         policy.check_tree_writable(destination)
-        try:
-            os.mkdir(destination_place.name, stat.S_IMODE(info.st_mode) | 0o700, dir_fd=destination_place.dir_fd)
-        except FileExistsError:
-            pass
-        source_fd = os.open(source_place.name, safe_path.LIST_FLAGS, dir_fd=source_place.dir_fd)
-        try:
-            destination_fd = os.open(destination_place.name, safe_path.LIST_FLAGS, dir_fd=destination_place.dir_fd)
-            try:
-                safe_path.copy_tree_at(source_fd, destination_fd)
-            finally:
-                os.close(destination_fd)
-        finally:
-            os.close(source_fd)
+        safe_path.copy_directory(source_place.name, destination_place.name, info.st_mode,
+                                 source_dir_fd=source_place.dir_fd, destination_dir_fd=destination_place.dir_fd)
     return {}
 
 

@@ -301,19 +301,8 @@ def _copy_tree(source: str, destination: str, mode: int) -> None:
     if safe_path.unsupported_reason() is not None:
         shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True, copy_function=_copy_tree_file)
         return
-    try:
-        os.mkdir(destination, stat.S_IMODE(mode) | 0o700)
-    except FileExistsError:
-        pass
-    source_fd = os.open(source, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
-    try:
-        destination_fd = os.open(destination, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
-        try:
-            safe_path.copy_tree_at(source_fd, destination_fd)
-        finally:
-            os.close(destination_fd)
-    finally:
-        os.close(source_fd)
+    # the two roots as given: a link to a directory is followed there, as shutil.copytree and the reference do
+    safe_path.copy_directory(source, destination, mode, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
 
 
 def _copy_tree_error(exc: shutil.Error) -> FsError:

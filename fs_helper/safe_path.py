@@ -251,6 +251,25 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
             os.close(fd)
 
 
+def copy_directory(source: str, destination: str, mode: int, flags: int = LIST_FLAGS,
+                   source_dir_fd: Optional[int] = None, destination_dir_fd: Optional[int] = None) -> None:
+    """Directory ``source`` into ``destination``, made with ``mode`` (and 0o700) where missing, else merged
+    into: both opened with ``flags`` (relative to their ``*_dir_fd``), then :func:`copy_tree_at`."""
+    try:
+        os.mkdir(destination, stat.S_IMODE(mode) | 0o700, dir_fd=destination_dir_fd)
+    except FileExistsError:
+        pass
+    source_fd = os.open(source, flags, dir_fd=source_dir_fd)
+    try:
+        destination_fd = os.open(destination, flags, dir_fd=destination_dir_fd)
+        try:
+            copy_tree_at(source_fd, destination_fd)
+        finally:
+            os.close(destination_fd)
+    finally:
+        os.close(source_fd)
+
+
 def copy_tree_at(source_fd: int, destination_fd: int) -> None:
     """Copy the directory ``source_fd`` into ``destination_fd`` (merging), following no link.
 

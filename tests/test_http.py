@@ -132,15 +132,20 @@ def test_a_first_frame_sent_with_the_upgrade_request_is_answered(any_server):
     """A client that sends its first frame in the same write as the upgrade request, without waiting for
     the 101 (RFC 6455 4.1 says it should wait): the frame was read with the request's headers and lost,
     and the connection closed at the initialize timeout.  The reference answers it; so do we."""
-    from test_fuzz import _frame
-
-    initialize = _frame(1, b'{"id":1,"method":"initialize","params":{"clientName":"eager"}}')
     with socket.create_connection(("127.0.0.1", port_of(any_server)), timeout=5) as sock:
-        sock.sendall(UPGRADE + b"\r\n" + initialize)
-        data = b""
-        while b'"sessionId"' not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
+        data = eager_initialize(sock)
     assert data.startswith(b"HTTP/1.1 101")
     assert b'{"id":1,"result":{"sessionId"' in data
+
+
+def eager_initialize(sock) -> bytes:
+    """Send the upgrade request and an ``initialize`` frame in one write; what came back, up to its answer."""
+    from test_fuzz import _frame
+
+    sock.sendall(UPGRADE + b"\r\n" + _frame(1, b'{"id":1,"method":"initialize","params":{"clientName":"eager"}}'))
+    data = b""
+    while b'"sessionId"' not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data

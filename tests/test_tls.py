@@ -75,20 +75,13 @@ def test_readyz_over_tls(pki, tls_server):
 
 def test_a_first_frame_sent_with_the_upgrade_request_over_tls_is_answered(pki, tls_server):
     """As over plain TCP (test_http.py): the frame decrypted with the request's headers is not lost."""
-    from test_fuzz import _frame
-    from test_http import UPGRADE
+    from test_http import eager_initialize
 
     server = tls_server()
     port = urlsplit(server.url).port
-    initialize = _frame(1, b'{"id":1,"method":"initialize","params":{"clientName":"eager"}}')
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            sock.sendall(UPGRADE + b"\r\n" + initialize)
-            data = b""
-            while b'"sessionId"' not in data:
-                chunk = sock.recv(65536)
-                assert chunk, data
-                data += chunk
+            data = eager_initialize(sock)
     assert data.startswith(b"HTTP/1.1 101") and b'{"id":1,"result":{"sessionId"' in data
 
 
