@@ -205,6 +205,22 @@ def test_fs_paths_may_be_bytes_as_in_os(server, tmp_path):
         assert handle.read() == b"data"
 
 
+def test_env_takes_text_or_utf8_bytes_like_argv(server):
+    """A value holding bytes that are not UTF-8 was a raw UnicodeEncodeError at the send, bytes a raw
+    TypeError from the JSON encoder."""
+    with Client.connect(server.url, timeout=5) as client:
+        done = client.run(["sh", "-c", 'printf "%s %s" "$A" "$B"'], env={"A": "\u00e9", b"B": b"b\xc3\xa9"},
+                          timeout=10)
+        assert done.stdout == "\u00e9 b\u00e9".encode()
+        with pytest.raises(TypeError, match="^env value .* is not UTF-8$"):
+            client.run(["true"], env={"A": os.fsdecode(b"\xff")}, timeout=10)
+        with pytest.raises(TypeError, match="^env name .* is not UTF-8$"):
+            client.run(["true"], env={b"\xff": "x"}, timeout=10)
+        with pytest.raises(TypeError, match="^env values must be str, bytes or path-like, not int$"):
+            client.run(["true"], env={"A": 1}, timeout=10)
+        assert client.run(["true"], timeout=10).returncode == 0  # the client is still usable
+
+
 def test_argv_follows_subprocess_conventions(server, tmp_path):
     """A lone str is the program (not its characters); path-like and UTF-8 bytes items are accepted."""
     script = tmp_path / "hello.sh"

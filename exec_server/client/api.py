@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.endpoint import CONNECTED, Endpoint
-from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, PathLike, command_argv  # noqa: F401
+from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
+                                           command_env)
 from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining, seconds as _seconds
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
@@ -289,7 +290,7 @@ class Client:
             "processId": process_id,
             "argv": argv,
             "cwd": self.to_uri(cwd) if cwd is not None else self.environment_info.get("cwd", "file:///"),
-            "env": dict(env or {}),
+            "env": command_env(env),
             "tty": tty, "pipeStdin": stdin, "arg0": arg0,
         }
         if env_policy is not None:

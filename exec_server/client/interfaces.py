@@ -153,25 +153,38 @@ def command_argv(argv: Any) -> List[str]:
     """
     if isinstance(argv, (str, bytes)) or hasattr(argv, "__fspath__"):
         argv = [argv]
-    command = []
-    for item in argv:
-        value = os.fspath(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else item
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise TypeError("argv item %r is not UTF-8" % (value,)) from None
-        if not isinstance(value, str):
-            raise TypeError("argv items must be str, bytes or path-like, not %s" % type(item).__name__)
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates: os.fsdecode of bytes that are not UTF-8
-                raise TypeError("argv item %r is not UTF-8" % (value,)) from None
-        command.append(value)
+    command = [_text(item, "argv item") for item in argv]
     if not command:
         raise ValueError("argv must not be empty")
     return command
+
+
+def command_env(env: Any) -> Dict[str, str]:
+    """``env`` (a mapping; names and values str, path-like or UTF-8 bytes, as ``os.environ`` or
+    ``os.environb``) as the protocol's object; None is empty.
+
+    Raises:
+        TypeError: a name or value of another type, or not UTF-8 (a raw UnicodeEncodeError at the send).
+    """
+    return {_text(name, "env name"): _text(value, "env value") for name, value in (env or {}).items()}
+
+
+def _text(item: Any, what: str) -> str:
+    """``item`` as protocol text; TypeError naming ``what`` for another type or what is not UTF-8."""
+    value = os.fspath(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else item
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TypeError("%s %r is not UTF-8" % (what, value)) from None
+    if not isinstance(value, str):
+        raise TypeError("%ss must be str, bytes or path-like, not %s" % (what, type(item).__name__))
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: os.fsdecode of bytes that are not UTF-8
+            raise TypeError("%s %r is not UTF-8" % (what, value)) from None
+    return value
 
 
 class Pending:
