@@ -214,7 +214,7 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
             raise errno_error(errno.ENOENT if info is None else errno.ELOOP)
         if not stat.S_ISDIR(info.st_mode):
             safe_path.copy_file_at(source_place.dir_fd, source_place.name, destination_place.dir_fd,
-                                   destination_place.name, path=source)
+                                   destination_place.name, path=native_path(params, "sourcePath"))
             return {}
         if not params["recursive"]:
             raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")

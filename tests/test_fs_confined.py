@@ -351,3 +351,17 @@ def test_a_fifo_is_refused_when_confined_without_waiting_for_a_writer(roots, met
         "recursive": False}
     error = refused(method, params, work, hidden)
     assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % fifo)
+
+
+def test_a_refused_confined_copy_names_the_path_the_client_gave(roots):
+    """Reached through a linked directory, the FIFO is named as sent (the resolved path was named)."""
+    work, _outside, hidden = roots
+    (work / "real").mkdir()
+    os.mkfifo(str(work / "real" / "fifo"))
+    os.symlink(str(work / "real"), str(work / "linked"))
+    given = work / "linked" / "fifo"
+    params = {"sourcePath": path_to_uri(str(given)), "destinationPath": path_to_uri(str(work / "copy")),
+              "recursive": False}
+    error = refused("fs/copy", params, work, hidden)
+    assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % given)
+    assert not (work / "copy").exists()

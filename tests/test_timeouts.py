@@ -210,5 +210,21 @@ def test_an_infinite_timeout_waits_without_limit_and_nan_is_refused(server):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_server_duration_must_be_finite(value):
-    with pytest.raises(ValueError, match="^detached_session_ttl must be a finite number of seconds$"):
+    with pytest.raises(ValueError, match="^detached_session_ttl must be a finite number of seconds, 0 or more$"):
         ServerConfig(detached_session_ttl=value)
+
+
+NOT_NEGATIVE = "must be a finite number of seconds, 0 or more"
+OVER_0 = "must be a finite number of seconds, over 0"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ServerConfig(detached_session_ttl=-1.0), "detached_session_ttl " + NOT_NEGATIVE),
+    (lambda: ServerConfig(tls_handshake_timeout=0.0), "tls_handshake_timeout " + OVER_0),
+    (lambda: ServerConfig(shutdown_timeout=float("inf")), "shutdown_timeout " + OVER_0),
+    (lambda: ReconnectPolicy(connect_timeout=0.0), "connect_timeout " + OVER_0),
+    (lambda: ReconnectPolicy(probe_timeout=-0.5), "probe_timeout " + NOT_NEGATIVE),
+])
+def test_every_duration_setting_is_checked_by_one_rule(make, message):
+    with pytest.raises(ValueError, match="^%s$" % message):
+        make()

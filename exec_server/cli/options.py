@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Callable, NamedTuple, Optional
 
+from exec_server.common.durations import check_seconds
 from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW, ServerConfig
 
 #: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
@@ -228,26 +229,18 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, positive: bool = False) -> float:
     """argparse type of ``--reconnect-deadline``: a finite number of seconds, 0 or more (0 disables)."""
     try:
-        value = float(text)
+        return check_seconds(float(text), "value", positive)
     except ValueError:
-        value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError("invalid value %r: a number of seconds, 0 or more" % text)
-    return value
+        raise argparse.ArgumentTypeError("invalid value %r: a number of seconds, %s"
+                                         % (text, "over 0" if positive else "0 or more")) from None
 
 
 def _timeout(text: str) -> float:
     """argparse type of ``--timeout``: a finite number of seconds over 0 (a connect in 0 s cannot succeed)."""
-    try:
-        value = _seconds(text)
-    except argparse.ArgumentTypeError:
-        value = 0.0
-    if value == 0:
-        raise argparse.ArgumentTypeError("invalid value %r: a number of seconds, over 0" % text)
-    return value
+    return _seconds(text, positive=True)
 
 
 def config_from_options(args: argparse.Namespace) -> ServerConfig:

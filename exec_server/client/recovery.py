@@ -23,6 +23,7 @@ from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.process import ProcessOutputGap
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector, Transport
 from exec_server.client.transport import abort as abort_transport
+from exec_server.common.durations import check_seconds
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
 
@@ -130,10 +131,8 @@ class ReconnectPolicy:
     def __post_init__(self) -> None:
         for name in ("deadline", "initial_backoff", "max_backoff", "attached_retry_interval", "connect_timeout",
                      "ping_interval", "keepalive_timeout", "probe_timeout"):
-            if not 0 <= getattr(self, name) < float("inf"):  # NaN too
-                raise ValueError("%s must be a finite number of seconds, 0 or more" % name)
-        if not self.connect_timeout:
-            raise ValueError("connect_timeout must be positive")
+            check_seconds(getattr(self, name), name)
+        check_seconds(self.connect_timeout, "connect_timeout", positive=True)
         if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
             raise ValueError("keepalive_timeout must exceed ping_interval")
 

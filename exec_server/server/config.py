@@ -10,6 +10,8 @@ imports ``inspect`` (~9 ms), which no other start-up path needs.
 
 from typing import NamedTuple, Optional
 
+from exec_server.common.durations import check_seconds
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 #: Default allowed clock difference for the ``exp`` and ``nbf`` of signed
@@ -178,18 +180,10 @@ class ServerConfig(_Settings):
         for name in ("max_queued_requests", "spool_bytes_per_process", "spool_bytes_total"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)
-        durations = ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl",
-                     "keepalive_timeout", "takeover_probe_timeout", "initialize_timeout", "evict_idle_after")
-        for name in durations + ("send_timeout", "upgrade_timeout", "shutdown_timeout", "tls_handshake_timeout"):
-            if not -float("inf") < getattr(self, name) < float("inf"):  # NaN passed every check below
-                raise ValueError("%s must be a finite number of seconds" % name)
-        for name in durations:
-            if getattr(self, name) < 0:
-                raise ValueError("%s must not be negative" % name)
-        for name in ("send_timeout", "upgrade_timeout", "shutdown_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError("%s must be positive" % name)
+        for name in ("closed_process_retention", "ping_interval", "exit_output_grace", "detached_session_ttl",
+                     "keepalive_timeout", "takeover_probe_timeout", "initialize_timeout", "evict_idle_after"):
+            check_seconds(getattr(self, name), name)
+        for name in ("send_timeout", "upgrade_timeout", "shutdown_timeout", "tls_handshake_timeout"):
+            check_seconds(getattr(self, name), name, positive=True)
         if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
             raise ValueError("keepalive_timeout must exceed ping_interval (a live peer needs a Ping to answer)")
-        if not self.tls_handshake_timeout > 0:
-            raise ValueError("tls_handshake_timeout must be more than 0")

@@ -141,16 +141,11 @@ def _finish_unwatched(target: Watched, streams: Dict[int, str], size: int, grace
     for fd, stream in streams.items():
         try:
             os.set_blocking(fd, False)  # the tree is dead, but an escaped process might hold the pipe
-            while True:
-                data = read_chunk(fd, size, target.pid, stream)  # b"" at EOF and at "no more now"
-                if not data:
-                    break
-                target.stream_output(stream, data)
         except (OSError, AttributeError):  # a pipe that cannot be made non-blocking (Windows) is not read
-            pass
-        target.stream_ended(stream)
-    target.wait_streams_ended(grace)  # those a started reader thread reads
-    target.report_exit(exit_code)
+            target.stream_ended(stream)
+        else:
+            _pump(target, fd, stream, size)  # to EOF, or to "no more now" (EAGAIN reads as the end)
+    _report_exit(target, exit_code, grace)
 
 
 def _open_pidfd(pid: int) -> Optional[int]:
@@ -235,8 +230,11 @@ def _pump(target: Watched, fd: int, stream: str, size: int) -> None:
 
 def _wait(target: Watched, grace: float) -> None:
     """Waiter thread: reap, give the pipes a moment to reach EOF, publish exited."""
-    exit_code = target.reap()
+    _report_exit(target, target.reap(), grace)
+
+
+def _report_exit(target: Watched, exit_code: int, grace: float) -> None:
     # The pipes normally reach EOF right after the exit: wait briefly so the
     # last output precedes ``exited``, as the reference's does.
-    target.wait_streams_ended(grace)
+    target.wait_streams_ended(grace)  # with no thread: those a started reader thread reads
     target.report_exit(exit_code)
