@@ -151,3 +151,29 @@ def test_the_client_sends_a_large_message_in_frames_of_a_mebibyte():
     server_side.close()
     assert "".join(parts) == text
     assert frames == 3  # before: 1
+
+
+def test_a_request_over_the_servers_limit_raises_request_too_large_and_the_session_goes_on(tmp_path):
+    """It raised RequestOutcomeUnknown ("may or may not have been applied"), though nothing was written."""
+    from exec_server import Client, RequestTooLarge
+    from exec_server.server.config import ServerConfig
+    from tests.conftest import start_ours
+
+    running = start_ours(ServerConfig(max_message_bytes=MIB))
+    try:
+        with Client.connect(running.url) as client:
+            reader = client.start(["sh", "-c", "read line; echo got $line"], stdin=True)
+            with pytest.raises(RequestTooLarge) as caught:
+                client.fs.write_file(str(tmp_path / "big"), b"x" * MIB)  # 1.33 MiB of base64
+            assert str(caught.value).startswith("fs/writeFile: the server closed the connection with 1009 (message "
+                                                "too big) on this 1398")
+            assert str(caught.value).endswith('it was not applied (write a large file in parts: '
+                                              'fs.open(path, "replace"))')
+            assert not (tmp_path / "big").exists()
+            reader.write(b"on\n", close_stdin=True)  # waits for the recovery: the session and its process go on
+            assert reader.communicate(timeout=20)[0] == b"got on\n"
+            client.fs.write_file(str(tmp_path / "small"), b"y" * 1000)
+            assert (tmp_path / "small").read_bytes() == b"y" * 1000
+            assert client.connection_number == 2
+    finally:
+        running.stop()

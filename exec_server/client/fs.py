@@ -182,8 +182,9 @@ class FileSystem:
 
         The file goes in one message, as base64: past about 96 MiB it exceeds
         the server's default ``--max-message-bytes`` (128 MiB), the server
-        closes the connection (1009) and this raises ``RequestOutcomeUnknown``
-        (nothing was written).  Write larger files with ``open(path, "replace")``.
+        closes the connection (1009) and this raises ``RequestTooLarge``
+        (nothing was written; the client recovers the connection).  Write
+        larger files with ``open(path, "replace")``.
         """
         self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(bytes(data)),
                                          "followSymlinks": follow_symlinks})

@@ -26,6 +26,7 @@ from exec_server.client.transport import abort as abort_transport
 from exec_server.common.durations import check_seconds
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
+from exec_server.protocol.jsonrpc import utf8_size
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ class RequestOutcomeUnknown(ExecServerError):
 
     The server may or may not have applied it; the client never re-sends it.
     Check the state (e.g. ``process/read``) before deciding to retry.
+    """
+
+
+class RequestTooLarge(ExecServerError):
+    """The server closed the connection with 1009 (message too big) on this request: it was not applied.
+
+    Sending it again fails the same way; the limit is the server's (ours:
+    ``--max-message-bytes``, 128 MiB by default).  The client recovers the
+    connection as after any drop.
     """
 
 
@@ -168,6 +178,25 @@ def next_read_bytes(asked: int, got: int, elapsed: float, timeout: float, full: 
     return int(max(CATCH_UP_MIN_READ_BYTES, min(CATCH_UP_READ_BYTES, size)))
 
 
+#: RFC 6455's close code "message too big" (common.websocket's, which would load wsproto over stdio too).
+CLOSE_MESSAGE_TOO_BIG = 1009
+#: method -> what to do instead when its request is too large for the server
+_TOO_LARGE_HINTS = {"fs/writeFile": " (write a large file in parts: fs.open(path, \"replace\"))",
+                    "process/write": " (write stdin in smaller pieces)"}
+
+
+def _refused_as_too_big(transport: Any, lost: List[Pending]) -> Optional[Pending]:
+    """The request a 1009 Close refused: the largest of ``lost``, the requests in flight.
+
+    A server refuses the first message over its limit and reads no further,
+    so whichever request was the culprit, the largest one in flight is over
+    the limit too and was never applied.  None without a 1009 Close.
+    """
+    if getattr(transport, "close_code", None) != CLOSE_MESSAGE_TOO_BIG or not lost:
+        return None
+    return max(lost, key=lambda pending: utf8_size(pending.text))
+
+
 class Recovery:
     """Recovers one session's endpoint; installed as its ``on_lost`` handler once the session exists.
 
@@ -194,8 +223,14 @@ class Recovery:
         Called by the endpoint, on the reader thread of the transport that
         ended, after it entered ``recovering``.
         """
+        refused = _refused_as_too_big(self._endpoint.transport, lost)
         for pending in lost:
-            if pending.method not in IDEMPOTENT_METHODS:
+            if pending is refused:
+                self._endpoint.abandon(pending, RequestTooLarge(
+                    "%s: the server closed the connection with 1009 (message too big) on this %d-byte request; it "
+                    "was not applied%s" % (pending.method, utf8_size(pending.text), _TOO_LARGE_HINTS.get(
+                        pending.method, ""))))
+            elif pending.method not in IDEMPOTENT_METHODS:
                 self._endpoint.abandon(pending, RequestOutcomeUnknown(
                     "%s: the connection dropped before the answer; it may or may not have been applied"
                     % pending.method))

@@ -77,6 +77,8 @@ class WebSocketTransport:
         self._parts: List[Union[str, bytes]] = []
         self._size = 0
         self._ended: Optional[str] = None  # why the connection ended, once it has
+        #: The code of the server's Close frame, once one came (1009: a message of ours was too big).
+        self.close_code: Optional[int] = None
         self._done = threading.Event()  # set when the reader saw the end
         self._closing = False
         self._reader: Optional[int] = None  # thread id of the receiving thread
@@ -221,6 +223,7 @@ class WebSocketTransport:
                 except (OSError, LocalProtocolError):
                     pass
             elif isinstance(event, CloseConnection):
+                self.close_code = event.code
                 if self._protocol.state == ConnectionState.REMOTE_CLOSING:
                     try:
                         self._writer.send_event(event.response(), timeout=CLOSE_WAIT)
