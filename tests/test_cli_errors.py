@@ -1,5 +1,6 @@
 """Every user mistake of the command line ends in one line and a documented exit status, never a traceback."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -345,3 +346,43 @@ def test_a_file_uri_working_directory_is_still_taken():
     """The check above must not refuse a file: URI, which the client takes as a working directory."""
     done = run_cli("run", "--cwd", "file:///", "--", "pwd")
     assert (done.returncode, done.stdout) == (0, b"/\n"), done.stderr
+
+
+UNSENDABLE = ("the token holds a line break, a control character or a non-ASCII character (a bearer token is "
+              "printable ASCII)")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the token is empty"),
+    (b"\n", "the token is empty"),
+    (b"first line\nsecond line\n", UNSENDABLE),  # base64 wraps its output at 76 columns
+    (b"t\xc3\xb6ken", UNSENDABLE),
+    (b"tab\there", UNSENDABLE),
+])
+def test_a_token_file_no_header_can_carry_is_a_usage_error_on_both_ends(tmp_path, content, message):
+    """The client crashed with h11's traceback (status 1) or blamed the URL; the server started with a
+    token no client could ever send."""
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    done = run_cli("run", "--url", "ws://127.0.0.1:9", "--token-file", str(token), "--", "true")
+    assert (done.returncode, one_line(done)) == (2, "exec-server run: unusable token file: %s (%s)" % (message, token))
+    done = run_cli("--listen", "ws://127.0.0.1:0", "--ws-auth", "capability-token", "--ws-token-file", str(token))
+    assert (done.returncode, one_line(done)) == (2, "exec-server: the token file %s: %s" % (token, message))
+
+
+@pytest.mark.parametrize("token, message", [
+    ("", "the token is empty"), ("a\r\nb", UNSENDABLE), ("\u00e9", UNSENDABLE),
+    (" padded", "the token begins or ends with a space (the server would trim it)"),
+])
+def test_client_connect_refuses_a_token_no_header_can_carry(token, message):
+    from exec_server import Client
+
+    with pytest.raises(ValueError, match="^%s$" % re.escape(message)):
+        Client.connect("ws://127.0.0.1:9", token=token)
+
+
+def test_help_gives_the_result_budget_cost_the_server_counts():
+    from exec_server.server.budget import RESULT_COST_PER_BYTE
+
+    done = run_cli("--help")
+    assert "fs/readFile; %d per byte returned)" % RESULT_COST_PER_BYTE in " ".join(done.stdout.decode().split())

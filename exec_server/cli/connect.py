@@ -52,6 +52,8 @@ def credentials(args: argparse.Namespace):
     except OSError as exc:
         raise CommandError("cannot read the token file: %s" % os.strerror(exc.errno) if exc.errno else exc,
                            args.token_file) from None
+    except ValueError as exc:
+        raise CommandError("unusable token file: %s" % exc, args.token_file) from None
     return token, client_ssl_context(args)
 
 

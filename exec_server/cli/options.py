@@ -10,7 +10,9 @@ import os
 import sys
 from typing import Callable, NamedTuple, Optional
 
+from exec_server.common.bearer import check_token
 from exec_server.common.durations import check_seconds
+from exec_server.server.budget import RESULT_COST_PER_BYTE
 from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW, ServerConfig
 
 #: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
@@ -55,7 +57,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ws-auth", choices=["capability-token", "signed-bearer-token"],
                         help="require Authorization: Bearer <token> on WebSocket upgrades")
     parser.add_argument("--ws-token-file", metavar="PATH", help="file holding the capability token")
-    parser.add_argument("--ws-token-sha256", metavar="HEX", help="SHA-256 digest of the capability token")
+    parser.add_argument("--ws-token-sha256", metavar="HEX", help="SHA-256 hex digest of the capability token "
+                        "(of the token alone, without the token file's line break)")
     parser.add_argument("--ws-shared-secret-file", metavar="PATH",
                         help="HS256 secret of signed bearer tokens (UTF-8, trimmed, at least 32 bytes)")
     parser.add_argument("--ws-issuer", metavar="ISSUER", help="required iss claim of signed bearer tokens")
@@ -95,7 +98,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="most output bytes one process/read returns (default %(default)s)")
     parser.add_argument("--max-result-bytes-in-flight", type=int, default=defaults.max_result_bytes_in_flight,
                         metavar="BYTES", help="memory the large results of all connections (spooled process/read, "
-                        "fs/readFile; 5 per byte) may hold at once (default %(default)s)")
+                        "fs/readFile; %d per byte returned) may hold at once (default %%(default)s)"
+                        % RESULT_COST_PER_BYTE)
     parser.add_argument("--closed-process-retention", type=float, default=defaults.closed_process_retention,
                         metavar="SECONDS", help="how long a closed process stays readable (default %(default)s)")
     parser.add_argument("--detached-session-ttl", type=float, default=defaults.detached_session_ttl,
@@ -294,14 +298,17 @@ def client_token(args: argparse.Namespace) -> Optional[Callable[[], str]]:
 
     Raises:
         OSError: the file cannot be read now (checked once up front).
+        ValueError: its token could never be sent (:func:`~exec_server.common.bearer.check_token`: empty,
+            two lines, not ASCII...), now or at a later read.
     """
     path = getattr(args, "token_file", None)
     if not path:
         return None
 
     def read() -> str:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().rstrip("\r\n")
+        with open(path, "rb") as handle:
+            data = handle.read()
+        return check_token(data.decode("ascii", "replace").rstrip("\r\n"))  # U+FFFD: refused as non-ASCII
 
     read()
     return read

@@ -23,6 +23,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT
 from exec_server.client.ws_open import CLIENT_RECV_BYTES, open_websocket
+from exec_server.common.bearer import check_token
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, wait_readable
 from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
 from exec_server.protocol.errors import ExecServerDisconnected
@@ -294,17 +295,21 @@ def connector_for(url: str, headers: Optional[Mapping[str, str]], token: Union[s
     ``token`` (a string, or a callable called before every connect) is sent
     as ``Authorization: Bearer <token>``.
 
+    Raises:
+        ValueError: ``token`` is a string no header can carry (:func:`~exec_server.common.bearer.check_token`).
     Raises (from the connector):
         ExecServerDisconnected: as :class:`WebSocketTransport`, or the token callable raised.
         ExecServerTLSError: as :class:`WebSocketTransport`.
     """
     headers = dict(headers or {})
+    if isinstance(token, str):
+        check_token(token)
 
     def connector(connect_timeout: Optional[float]) -> WebSocketTransport:
         upgrade_headers = headers
         if token is not None:
             try:
-                value = token() if callable(token) else token
+                value = check_token(token() if callable(token) else token)
             except Exception as exc:
                 raise ExecServerDisconnected("cannot get a token for %s: %s" % (url, exc)) from exc
             upgrade_headers = dict(headers, Authorization="Bearer " + value)

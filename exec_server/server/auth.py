@@ -24,6 +24,7 @@ import re
 import time
 from typing import Any, List, Optional, Tuple
 
+from exec_server.common.bearer import check_token
 from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW
 
 UNAUTHORIZED = "401 Unauthorized"
@@ -100,7 +101,8 @@ class CapabilityToken:
         """Read the token from ``path``; one trailing newline is ignored.
 
         Raises:
-            ValueError: the file cannot be read, or it is empty.
+            ValueError: the file cannot be read, or its token could never be sent
+                (:func:`~exec_server.common.bearer.check_token`: empty, a line break...).
         """
         try:
             with open(path, encoding="utf-8") as handle:
@@ -114,9 +116,10 @@ class CapabilityToken:
             token = token[:-1]
         if token.endswith("\r"):
             token = token[:-1]
-        if not token:
-            raise ValueError("the token file %s is empty" % path)
-        return cls.from_token(token)
+        try:
+            return cls.from_token(check_token(token))
+        except ValueError as exc:
+            raise ValueError("the token file %s: %s" % (path, exc)) from None
 
     def check(self, environ) -> Optional[Tuple[str, bytes]]:
         """None when authorized, else ``(status, body)`` with the reference's texts."""
