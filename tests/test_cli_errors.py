@@ -317,6 +317,32 @@ def test_run_says_when_it_reconnects_and_when_it_gives_up():
             runner.stderr.close()
 
 
+@pytest.mark.parametrize("attempt", range(3))
+def test_run_ends_quietly_when_the_server_shuts_down(attempt):
+    """SIGTERM to the server: the command is killed and reported closed, and run exits 137 at once; it also
+    said "connection lost; reconnecting for up to 25 s" two times in three, a reconnect that never came."""
+    import signal
+
+    server = subprocess.Popen(CLI + ["--listen", "ws://127.0.0.1:0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    runner = None
+    try:
+        url = server.stdout.readline().decode().strip()
+        runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "echo started; exec sleep 30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert runner.stdout.readline() == b"started\n"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        out, err = runner.communicate(timeout=30)
+        assert (runner.returncode, out, err) == (137, b"", b"")
+    finally:
+        for child in (runner, server):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(10)
+        server.stdout.close()
+
+
 def test_run_says_when_it_has_reconnected(configured_server):
     """A dropped connection that comes back: one line when it drops, one when it is back, and the output and
     exit status as if nothing happened."""

@@ -14,13 +14,13 @@ import posixpath
 import signal
 import sys
 import threading
-from typing import List
+from typing import List, Optional
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.client.api import Client, ReconnectPolicy
-from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
+from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, RemoteProcess
 from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
@@ -132,12 +132,13 @@ def _run(args: argparse.Namespace) -> int:
             from exec_server.cli.embedded import EmbeddedServer
 
             server = EmbeddedServer()
+            notice = None
             client = Client.open(server.connector, timeout=args.timeout, client_name="exec-server-run",
                                  reconnect=None)
         else:
             deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
             client = connect(args, "exec-server-run", ReconnectPolicy(deadline=deadline) if deadline > 0 else None)
-            _say_recovery(deadline)
+            notice = _say_recovery(deadline)
         with client:
             if args.cwd is not None:
                 try:
@@ -145,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
                 except ValueError:  # a remote path cannot be resolved against the local directory
                     raise CommandError("--cwd wants an absolute path on the server", args.cwd or "''") from None
             try:
-                return _stream(client, argv, env, args)
+                return _stream(client, argv, env, args, notice)
             except RpcError as exc:
                 raise _start_failure(argv, args, exc) from None
     except ExecServerDisconnected as exc:
@@ -156,26 +157,36 @@ def _run(args: argparse.Namespace) -> int:
 
 
 class _RecoveryNotice(logging.Handler):
-    """One stderr line when the connection is lost and one when it is back (the client's recovery log)."""
+    """One stderr line when the connection is lost and one when it is back (the client's recovery log),
+    while the command runs: once it has closed (a server that shut down reports it, then hangs up),
+    ``run`` ends without reconnecting, and says nothing of it."""
+
+    #: The command's process, once started.
+    process: Optional[RemoteProcess] = None
 
     def __init__(self, deadline: float):
         super().__init__(logging.INFO)
         self.deadline = deadline
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.process is not None and self.process.done:
+            return
         text = "connection lost; reconnecting for up to %g s" % self.deadline
         if record.getMessage().endswith("recovered"):
             text = "reconnected; the command goes on"
         print("exec-server run: %s" % text, file=sys.stderr, flush=True)
 
 
-def _say_recovery(deadline: float) -> None:
+def _say_recovery(deadline: float) -> Optional[_RecoveryNotice]:
     """A dropped connection is not silent: ``run`` says so while it reconnects (ssh would have failed)."""
     recovery = logging.getLogger("exec_server.client.recovery")
     if deadline > 0 and not recovery.isEnabledFor(logging.INFO):
-        recovery.addHandler(_RecoveryNotice(deadline))
+        notice = _RecoveryNotice(deadline)
+        recovery.addHandler(notice)
         recovery.setLevel(logging.INFO)
         recovery.propagate = False
+        return notice
+    return None
 
 
 def _start_failure(argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
@@ -187,13 +198,16 @@ def _start_failure(argv: List[str], args: argparse.Namespace, error: RpcError) -
     return CommandError("cannot start the command: %s" % error.message, argv[0], EXIT_RUN_FAILED)
 
 
-def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace) -> int:
+def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace,
+            notice: Optional[_RecoveryNotice] = None) -> int:
     forward = args.stdin or (args.tty and sys.stdin is not None)  # a pipe too, as the help says
     # The local terminal's size at start and on each SIGWINCH (our ptySize
     # extension); the Codex reference keeps every PTY at 24x80.
     follow_size = args.tty and client.supports("ptySize") and hasattr(signal, "SIGWINCH")
     process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env, tty=args.tty,
                            stdin=bool(forward), pty_size=_terminal_size() if follow_size else None)
+    if notice is not None:
+        notice.process = process
     interrupts = []
 
     def on_interrupt(signum, frame):
