@@ -183,6 +183,23 @@ def test_cp_upload_download_and_remote_copy(listening, tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".part")]
 
 
+def test_cp_on_the_server_copies_into_an_existing_directory_like_cp_r(listening, tmp_path):
+    """A file or a tree copied into a directory keeps its name (it failed: Is a directory (os error 21))."""
+    _server, url = listening
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f.txt").write_bytes(b"deep")
+    (tmp_path / "one.txt").write_bytes(b"one")
+    (tmp_path / "into").mkdir()
+    for source, destination in ((":%s/one.txt" % tmp_path, ":%s/into" % tmp_path),
+                                (":%s/tree/" % tmp_path, ":%s/into/" % tmp_path)):
+        done = run_cli("cp", "--url", url, source, destination)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "into" / "one.txt").read_bytes() == b"one"
+    assert (tmp_path / "into" / "tree" / "sub" / "f.txt").read_bytes() == b"deep"
+    done = run_cli("cp", "--url", url, ":%s/one.txt" % tmp_path, ":%s/new.txt" % tmp_path)  # a new name
+    assert done.returncode == 0 and (tmp_path / "new.txt").read_bytes() == b"one"
+
+
 def test_cp_errors(listening, tmp_path):
     _server, url = listening
     done = run_cli("cp", "--url", url, ":%s/missing" % tmp_path, str(tmp_path / "x"))

@@ -116,10 +116,16 @@ def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable
 
 
 def copy(fs: FileSystem, source: str, destination: str) -> int:
-    """Copy per the ``:`` convention; returns the bytes transferred (0 on the server)."""
+    """Copy per the ``:`` convention; returns the bytes transferred (0 on the server).
+
+    ``:A :B`` copies on the server (``fs/copy``, a directory with its tree),
+    into ``B`` when it is a directory, like ``cp -r``; an upload or a
+    download copies one file.
+    """
     remote_source, remote_destination = source.startswith(":"), destination.startswith(":")
-    if remote_source and remote_destination:
-        fs.copy(source[1:], destination[1:], recursive=True)
+    if remote_source and remote_destination:  # as cp -r: into an existing directory, under the source's name
+        name = source[1:].rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or source[1:]  # a Windows path too
+        fs.copy(source[1:], _remote_target(fs, destination[1:], name), recursive=True)
         return 0
     if remote_destination:
         return upload(fs, source, destination[1:])
