@@ -146,9 +146,10 @@ def test_run_help_lists_the_exit_statuses():
     (["--listen", "ws://127.0.0.1:0", "--ws-auth", "capability-token", "--ws-token-file", "/no/such/token"],
      "exec-server: failed to read websocket token file /no/such/token: No such file or directory"),
     (["--listen", "ws://127.0.0.1:0", "--send-timeout", "nan"],
-     "exec-server: send_timeout must be a finite number of seconds, over 0"),  # NaN passed "> 0"
+     "exec-server: --send-timeout must be a finite number of seconds, over 0"),  # NaN passed "> 0"
     (["--listen", "ws://127.0.0.1:0", "--detached-session-ttl", "inf"],
-     "exec-server: detached_session_ttl must be a finite number of seconds, 0 or more"),
+     "exec-server: --detached-session-ttl must be a finite number of seconds, 0 or more"),
+    (["--listen", "stdio", "--max-sessions", "0"], "exec-server: --max-sessions must be at least 1"),
     (["--listen", "ws://example.com:80"],
      "exec-server: listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or localhost, "
      "e.g. ws://127.0.0.1:8765), got 'ws://example.com:80'"),

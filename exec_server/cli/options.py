@@ -251,7 +251,13 @@ def config_from_options(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig the parsed server options ask for (each option sets the field of its name)."""
     given = vars(args)
     values = {name: given[name] for name in ServerConfig._fields if name in given}
-    return ServerConfig(**values, pid_namespace=args.linux_sandbox_pid_namespace)
+    try:
+        return ServerConfig(**values, pid_namespace=args.linux_sandbox_pid_namespace)
+    except ValueError as exc:  # named as the user typed it: --max-sessions, not max_sessions
+        name, _, rest = str(exc).partition(" ")
+        if name not in values:
+            raise
+        raise ValueError("--%s %s" % (name.replace("_", "-"), rest)) from None
 
 
 def auth_from(args: argparse.Namespace):
