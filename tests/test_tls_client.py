@@ -234,3 +234,15 @@ def test_a_client_certificate_and_its_key_in_two_files(pki, tls_server, tmp_path
     copied = subprocess.run(copy, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "up").read_bytes() == key.read_bytes()
+
+
+def test_a_scheme_that_does_not_match_the_server_says_so(pki, tls_server, server):
+    """wss:// to a ws:// server said only WRONG_VERSION_NUMBER; ws:// to a wss:// server only that the
+    connection closed during the handshake."""
+    from exec_server import ExecServerTLSError
+
+    with pytest.raises(ExecServerTLSError, match=r"\(the server does not speak TLS: a ws:// server\?\)$"):
+        Client.connect(server.url.replace("ws://", "wss://"), timeout=10, ssl_context=client_context(pki))
+    secure = tls_server()
+    with pytest.raises(ExecServerDisconnected, match=r"\(a wss:// server closes a plain connection so\)$"):
+        Client.connect(secure.url.replace("wss://", "ws://"), timeout=10)

@@ -38,7 +38,8 @@ def read_transport(endpoint_ref: "weakref.ReferenceType[Any]", transport: Transp
                 endpoint._route(text, generation)
             except EnvelopeError as exc:
                 reason = "exec-server sent a malformed message: %s" % exc.description
-                log.warning("%s", reason)
+                # Without a recovery every waiting call raises with this reason: no second report.
+                log.log(logging.WARNING if endpoint.on_lost is not None else logging.DEBUG, "%s", reason)
                 if hasattr(transport, "kill"):
                     transport.kill()
                 else:

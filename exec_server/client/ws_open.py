@@ -62,7 +62,7 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
         protocol = WSConnection(ConnectionType.CLIENT)
         sock.sendall(protocol.send(Request(host=host, target=target,
                                            extra_headers=list((headers or {}).items()))))
-        _await_accept(sock, protocol, deadline)
+        _await_accept(sock, protocol, deadline, secure)
         tune_socket(sock, keepalive_timeout)
         sock.settimeout(keepalive_timeout or None)  # bounds each write; reads wait in poll first
     except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
@@ -99,10 +99,17 @@ def _tls_handshake(sock: socket.socket, host: str, context: ssl.SSLContext, dead
                                  % (url, exc.verify_message or exc.reason)) from exc
     except ssl.SSLError as exc:
         sock.close()
-        raise ExecServerTLSError("TLS handshake with %s failed: %s" % (url, exc.reason or exc)) from exc
+        plain = exc.reason in _NOT_TLS_REASONS  # a plain HTTP answer read as a TLS record
+        raise ExecServerTLSError("TLS handshake with %s failed: %s%s" % (
+            url, exc.reason or exc, " (the server does not speak TLS: a ws:// server?)" if plain else "")) from exc
 
 
-def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optional[float]) -> None:
+#: OpenSSL's reasons when the peer answered the ClientHello with something that is not TLS.
+_NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+
+
+def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optional[float],
+                  secure: bool = True) -> None:
     """Read the upgrade's answer until wsproto accepts it.
 
     Raises:
@@ -121,7 +128,8 @@ def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optiona
         if not data:
             if status is not None:
                 raise ConnectionError(_refusal(status, body))
-            raise ConnectionError("connection closed during the WebSocket handshake")
+            raise ConnectionError("connection closed during the WebSocket handshake%s"
+                                  % ("" if secure else " (a wss:// server closes a plain connection so)"))
         protocol.receive_data(data)
         for event in protocol.events():
             if isinstance(event, AcceptConnection):
