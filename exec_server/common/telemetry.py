@@ -39,9 +39,11 @@ DISABLED = os.environ.get("EXEC_SERVER_TELEMETRY", "").lower() == "off"
 # then imports the client) or after it (``exec-server --otel``).  The API is
 # imported only once somebody else has imported it, or named a provider in
 # the environment: nobody can have installed a provider before that, and a
-# process without OpenTelemetry pays nothing for it at start-up.
-_TRACE_PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
-_METER_PROVIDER_ENV = "OTEL_PYTHON_METER_PROVIDER"
+# process without OpenTelemetry pays nothing for it at start-up.  The
+# environment is read once, here (it was two lookups per request): a provider
+# is named in it before the process starts.
+_TRACE_PROVIDER_NAMED = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_METER_PROVIDER_NAMED = "OTEL_PYTHON_METER_PROVIDER" in os.environ
 #: (provider, its tracer or meter, or None when it is the API's own no-op or proxy)
 _tracer_cache: Tuple[Any, Any] = (None, None)
 _meter_cache: Tuple[Any, Any] = (None, None)
@@ -50,7 +52,7 @@ _meter_cache: Tuple[Any, Any] = (None, None)
 def _current_tracer() -> Any:
     """The tracer of the installed SDK provider, or None when tracing is off."""
     global _tracer_cache
-    if DISABLED or ("opentelemetry.trace" not in sys.modules and _TRACE_PROVIDER_ENV not in os.environ):
+    if DISABLED or ("opentelemetry.trace" not in sys.modules and not _TRACE_PROVIDER_NAMED):
         return None
     from opentelemetry import trace
 
@@ -66,7 +68,7 @@ def _current_tracer() -> Any:
 def _current_meter() -> Any:
     """The meter of the installed SDK meter provider, or None when metrics are off."""
     global _meter_cache
-    if DISABLED or ("opentelemetry.metrics" not in sys.modules and _METER_PROVIDER_ENV not in os.environ):
+    if DISABLED or ("opentelemetry.metrics" not in sys.modules and not _METER_PROVIDER_NAMED):
         return None
     from opentelemetry import metrics
 

@@ -144,6 +144,9 @@ def _unique_members(pairs: list) -> dict:
     return members
 
 
+#: One decoder for every message (``json.loads`` with these hooks builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_members)
+
 #: An escape that can only be half of a surrogate pair (``\ud800``-``\udfff``).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 #: The envelope error for a lone surrogate anywhere in a message (serde's text; the reference
@@ -209,7 +212,7 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8")
         try:
-            data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_members)
+            data = _DECODER.decode(text)
         except ValueError as exc:
             if "integer string conversion" not in str(exc):
                 raise
