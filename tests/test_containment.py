@@ -411,3 +411,79 @@ def _cmdline(process):
         return process.cmdline()
     except psutil.Error:
         return None
+
+
+def daemon_group_shell(tag: str) -> str:
+    """A daemon in a session and group of its own: its leader keeps the marker, its other member drops it
+    (``env -i``); both sleep with ``tag`` in their arguments."""
+    return ('setsid sh -c "env -i sleep 300.%s1 & exec sleep 300.%s2" </dev/null >/dev/null 2>&1 &' % (tag, tag))
+
+
+def sleepers(tag: str):
+    return [p for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [None])[0] == "sleep" and p.info["cmdline"][1:] in (
+                ["300.%s1" % tag], ["300.%s2" % tag])]
+
+
+def test_a_marked_daemons_whole_group_dies_with_its_tree_in_inherit_mode(configured_server):
+    """The group member that dropped the marker outlived terminate (only the marked leader was killed);
+    now the group of every marked process is killed too (a daemon that forks a successor and exits, again
+    and again, keeps its group while its PID changes)."""
+    tag = str(random.randrange(10 ** 6))
+    running = configured_server(pid_namespace="inherit")
+    try:
+        with Client.connect(running.url, timeout=10) as client:
+            process = client.start(["sh", "-c", daemon_group_shell(tag) + " true"])
+            assert process.wait(timeout=20) == 0  # the daemon is nobody's descendant now: only its marker
+            wait_until(lambda: len(sleepers(tag)) == 2, timeout=10)
+            assert client.call("process/terminate", {"processId": process.process_id}, timeout=20) is not None
+            wait_until(lambda: not sleepers(tag), timeout=10)
+    finally:
+        for leftover in sleepers(tag):
+            leftover.kill()
+
+
+def test_the_guardian_kills_a_marked_daemons_whole_group():
+    tag = str(random.randrange(10 ** 6))
+    token = uuid.uuid4().hex
+    tree = subprocess.Popen(["sh", "-c", daemon_group_shell(tag) + " true"], stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, **{contain.MARKER_ENV: token + ".x"}))
+    guard = subprocess.Popen([sys.executable, "-m", guardian.__name__, token], stdin=subprocess.PIPE)
+    try:
+        assert tree.wait(timeout=20) == 0
+        wait_until(lambda: len(sleepers(tag)) == 2, timeout=10)
+        guard.stdin.close()  # as when the server's process dies
+        assert guard.wait(timeout=20) == 0
+        wait_until(lambda: not sleepers(tag), timeout=10)
+    finally:
+        for leftover in sleepers(tag):
+            leftover.kill()
+        if guard.poll() is None:
+            guard.kill()
+        guard.wait(10)
+
+
+def test_at_its_end_an_inherit_mode_server_kills_the_orphans_it_cannot_read(monkeypatch):
+    """A daemon that made itself non-dumpable (ssh-agent) hides its marker from a server that is not root,
+    and outlived the server's orderly end; here the environment read is refused as it would be then."""
+    from exec_server.server.process import marked
+
+    daemon = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    real_environ = psutil.Process.environ
+
+    def environ(process):
+        if process.pid == daemon.pid:
+            raise psutil.AccessDenied(process.pid)
+        return real_environ(process)
+
+    monkeypatch.setattr(psutil.Process, "environ", environ)
+    try:
+        assert marked.Reaper().kill_unreadable() == 1
+        assert daemon.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None  # readable and unmarked: left to the marker sweeps
+    finally:
+        for process in (daemon, bystander):
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)

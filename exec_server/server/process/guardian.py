@@ -11,7 +11,8 @@ of a Python process starts one guardian::
 in a session of its own, holding the read end of a pipe whose write end only
 the server holds.  When the server's process ends, however it ends, the kernel
 closes that end; the guardian reads end of file, SIGKILLs every process whose
-marker starts with ``TOKEN.`` (a few passes, for processes forked meanwhile)
+marker starts with ``TOKEN.``, with its process group (passes until two in a row
+find nothing, for processes forked meanwhile)
 and exits.  A server that shuts down in order has killed its trees already,
 so the guardian then finds nothing.  One guardian serves every server of the
 Python process (they die together).  It imports only psutil.
@@ -27,8 +28,11 @@ from typing import Optional
 
 #: Environment variable every process of a tree inherits (inherit mode).
 MARKER_ENV = "EXEC_SERVER_PROCESS_ID"
-#: Sweeps after the server's end, and the pause between them, seconds.
-SWEEPS = 3
+#: After the server's end the guardian sweeps until QUIET_SWEEPS sweeps in a row find nothing (a scan
+#: can miss a process that forks and exits while it runs), for at most SWEEP_SECONDS, pausing
+#: SWEEP_PAUSE seconds between sweeps.
+QUIET_SWEEPS = 2
+SWEEP_SECONDS = 2.0
 SWEEP_PAUSE = 0.05
 #: How long an orderly interpreter exit waits for the guardian's sweep, seconds.
 EXIT_WAIT = 2.0
@@ -79,7 +83,7 @@ def running_pid() -> Optional[int]:
 
 
 def sweep(prefix: str) -> int:
-    """SIGKILL every process whose marker starts with ``prefix``; how many were found."""
+    """SIGKILL every process whose marker starts with ``prefix``, with its process group; how many were found."""
     import psutil
 
     found = 0
@@ -87,10 +91,37 @@ def sweep(prefix: str) -> int:
         try:
             if process.environ().get(MARKER_ENV, "").startswith(prefix):
                 found += 1
-                process.kill()
+                kill_with_group(process)
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def kill_with_group(process) -> None:
+    """SIGKILL a marked ``psutil.Process`` and its process group, unless that group is ours.
+
+    A daemon that forks a successor and exits, again and again, changes its
+    PID faster than a scan of the process table reads them, but keeps its
+    process group: the group's kill reaches whichever PID it has now.  Every
+    member of such a group descends from the marked tree (a group lives in
+    one session, and a session's processes all descend from its leader).
+
+    Raises:
+        psutil.Error: the process is gone (or not ours to kill).
+    """
+    import signal
+
+    try:
+        group = os.getpgid(process.pid)
+        foreign = group > 1 and group != os.getpgrp() and os.getsid(process.pid) != os.getsid(0)
+    except OSError:
+        foreign = False
+    process.kill()
+    if foreign:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def main(argv: list) -> int:
@@ -104,9 +135,9 @@ def main(argv: list) -> int:
             pass
     except OSError:
         pass
-    for _ in range(SWEEPS):
-        if not sweep(prefix):
-            break
+    deadline, quiet = time.monotonic() + SWEEP_SECONDS, 0
+    while quiet < QUIET_SWEEPS and time.monotonic() < deadline:
+        quiet = 0 if sweep(prefix) else quiet + 1
         time.sleep(SWEEP_PAUSE)
     return 0
 

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from typing import Any, Collection, List, Tuple
 
 from exec_server.server.process import guardian
@@ -21,8 +22,10 @@ log = logging.getLogger(__name__)
 
 #: Environment variable marking every process of one tree in ``inherit`` mode.
 MARKER_ENV = guardian.MARKER_ENV
-#: Scans of the process table one kill of marked processes makes at most (at least two).
-MARKED_SCANS = 4
+#: A kill of marked processes scans the process table until MARKED_QUIET_SCANS scans in a row find
+#: nothing, for at most MARKED_SCAN_SECONDS.
+MARKED_QUIET_SCANS = 2
+MARKED_SCAN_SECONDS = 2.0
 
 
 def marked_processes(markers: Collection[str]) -> List[Tuple[Any, str]]:
@@ -45,13 +48,14 @@ def marked_processes(markers: Collection[str]) -> List[Tuple[Any, str]]:
 
 
 def kill_marked(*markers: str) -> int:
-    """SIGKILL every process whose environment carries ``MARKER_ENV`` set to one of ``markers``; how many.
+    """SIGKILL every process whose environment carries ``MARKER_ENV`` set to one of ``markers``, with its
+    process group (:func:`~exec_server.server.process.guardian.kill_with_group`); how many.
 
-    Scans the process table until a scan after the first finds nothing
-    (:data:`MARKED_SCANS` at most): a scan lists the PIDs first, so a job
-    that forks and exits while it runs leaves a child that scan never sees,
-    and a killed process may have forked just before.  psutil checks each
-    process's identity before the kill.
+    Scans the process table until :data:`MARKED_QUIET_SCANS` scans in a row
+    find nothing (for at most :data:`MARKED_SCAN_SECONDS`): a scan lists the
+    PIDs first, so a job that forks and exits while it runs leaves a child
+    that scan never sees, and a killed process may have forked just before.
+    psutil checks each process's identity before the kill.
     """
     import psutil
 
@@ -59,15 +63,15 @@ def kill_marked(*markers: str) -> int:
     with _leaders_lock:
         leaders = set(_leaders)
     killed = set()
-    for scan in range(MARKED_SCANS):
+    deadline, quiet = time.monotonic() + MARKED_SCAN_SECONDS, 0
+    while quiet < MARKED_QUIET_SCANS and time.monotonic() < deadline:
         found = [process for process, _marker in marked_processes(set(markers))]
-        if not found and scan:
-            break
+        quiet = 0 if found else quiet + 1
         for process in found:
             try:
                 if process.ppid() == me and process.pid not in leaders:
                     _adopted.add(process.pid)  # an orphan of ours: the Reaper reaps it by its PID
-                process.kill()
+                guardian.kill_with_group(process)
                 killed.add(process.pid)
             except psutil.Error:
                 pass
@@ -121,9 +125,44 @@ class Reaper:
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop sweeping; a started reaper (the server is ending) then kills :meth:`kill_unreadable`'s."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self.kill_unreadable()
+
+    def kill_unreadable(self) -> int:
+        """SIGKILL, with its process group, every child whose environment cannot be read; how many.
+
+        A daemon that makes itself non-dumpable (``ssh-agent`` does) hides its
+        environment, and so its marker, from a server that is not root: no
+        marker sweep finds it.  Left by its parent, it is the subreaper's
+        child, so an orphan of one of the server's trees (or a child of ours
+        that ends with the server): at the server's end it is killed.  Not
+        the guardian, nor a Popen child of inherit mode (already killed).
+        """
+        import psutil
+
+        with _leaders_lock:
+            keep = set(_leaders) | {guardian.running_pid()}
+        killed = 0
+        for child in psutil.Process().children():
+            if child.pid in keep:
+                continue
+            try:
+                child.environ()
+                continue  # readable: the marker sweeps decide
+            except psutil.AccessDenied:
+                pass
+            except (psutil.Error, OSError):  # gone, or a zombie
+                continue
+            try:
+                guardian.kill_with_group(child)
+                killed += 1
+            except psutil.Error:
+                pass
+        return killed
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
