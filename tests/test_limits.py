@@ -306,6 +306,29 @@ def test_a_connection_without_a_thread_gives_its_pending_slot_back(caplog, capsy
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_refusals_after_the_warning_are_told_at_shutdown(caplog):
+    """A flood's first refusal was warned of, and the rest never were once it stopped within 10 s."""
+    running = start_ours(ServerConfig(max_pending_upgrades=1, upgrade_timeout=30.0))
+    port = int(running.url.rsplit(":", 1)[1])
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        time.sleep(0.3)  # accepted, waiting for its request line: the only slot
+        for _ in range(3):
+            extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                assert extra.recv(1) == b""  # closed unread
+            except ConnectionResetError:
+                pass
+            extra.close()
+    finally:
+        silent.close()
+        running.stop()
+    assert ("1 connection(s) closed unread: 1 are already waiting for their upgrade (--max-pending-upgrades) "
+            "(more are counted, and told at most every 10 s)") in caplog.text
+    assert ("2 connection(s) closed unread since the last warning: 1 are already waiting for their upgrade "
+            "(--max-pending-upgrades)") in caplog.text
+
+
 def test_long_write_ids_are_remembered_by_digest(configured_server, connect):
     """4096 writeIds are remembered per process: one of 1 MiB must not pin 1 MiB (nor 4096 of them 4 GiB).
     A resent long id is still answered ``accepted`` without writing again."""

@@ -104,6 +104,7 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
         self._pending_lock = threading.Lock()
         self._refused = 0  # connections closed at the limit since the last warning
         self._refused_warned = 0.0
+        self._refused_why = ""
 
     def get_request(self):
         sock, address = super().get_request()
@@ -135,15 +136,28 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
             raise
 
     def _refuse(self, request, why: str) -> None:
-        """Close ``request`` unread; a warning (with how many) at most every REFUSAL_WARNING_INTERVAL s."""
+        """Close ``request`` unread; a warning (how many since the last) at most every REFUSAL_WARNING_INTERVAL s.
+
+        Those closed after the last warning are told by the next one, or by
+        :meth:`report_refused` at shutdown.
+        """
         with self._pending_lock:
             self._refused += 1
+            self._refused_why = why
             warn = time.monotonic() - self._refused_warned >= REFUSAL_WARNING_INTERVAL
             if warn:
                 refused, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
         if warn:
-            log.warning("%d connection(s) closed unread: %s", refused, why)
+            log.warning("%d connection(s) closed unread: %s (more are counted, and told at most every %g s)",
+                        refused, why, REFUSAL_WARNING_INTERVAL)
         self.shutdown_request(request)
+
+    def report_refused(self) -> None:
+        """Warn of the connections closed unread since the last warning, if any (at shutdown)."""
+        with self._pending_lock:
+            refused, self._refused = self._refused, 0
+        if refused:
+            log.warning("%d connection(s) closed unread since the last warning: %s", refused, self._refused_why)
 
     def _serve(self, request, client_address) -> None:
         try:
@@ -276,6 +290,7 @@ class ExecServer:
             connection.close(CLOSE_GOING_AWAY, "server shutting down", lock_timeout=wait)
         self.dispatcher.stop_fs_helpers()
         self.registry.close_all(join_timeout=max(0.0, deadline - time.monotonic()))
+        self._wsgi.report_refused()
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":
