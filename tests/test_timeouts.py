@@ -228,3 +228,23 @@ OVER_0 = "must be a finite number of seconds, over 0"
 def test_every_duration_setting_is_checked_by_one_rule(make, message):
     with pytest.raises(ValueError, match="^%s$" % message):
         make()
+
+
+def test_a_start_sent_again_after_a_drop_times_out_naming_the_time_given():
+    """Sent again on the recovered connection, it timed out with what was left ("no response within
+    20.507 s" after 30 s had passed)."""
+    from exec_server.client.recovery import RequestOutcomeUnknown, start_once
+
+    attempts = []
+
+    def call(method, params, timeout):
+        attempts.append(timeout)
+        if len(attempts) == 1:
+            time.sleep(0.2)
+            raise RequestOutcomeUnknown("process/start: the connection dropped before the answer")
+        raise CallTimeout(method, timeout)
+
+    with pytest.raises(CallTimeout) as caught:
+        start_once(call, {"processId": "p"}, 30.0)
+    assert len(attempts) == 2 and attempts[1] < 30.0
+    assert (caught.value.timeout, str(caught.value)) == (30.0, "process/start: no response within 30.000 s")

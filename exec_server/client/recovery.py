@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
+from exec_server.client.interfaces import CallTimeout
 from exec_server.client.process import ProcessOutputGap
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector, Transport
 from exec_server.client.transport import abort as abort_transport
@@ -94,6 +95,10 @@ def start_once(call: Callable[..., Any], params: Dict[str, Any], timeout: Option
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return call("process/start", params, timeout=left)
+        except CallTimeout:
+            if not resent:
+                raise
+            raise CallTimeout("process/start", timeout) from None  # the time the caller gave, not what was left
         except RequestOutcomeUnknown:
             resent = True
         except InvalidRequest as exc:
