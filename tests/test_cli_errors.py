@@ -270,8 +270,9 @@ def test_cp_mistakes_name_the_path_and_have_their_status(server, tmp_path):
         (["here.txt", "there.txt"], 2,
          "exec-server cp: one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"),
         # a copy on the server: the error may be about either side (it named the source alone)
-        ([":%s/here.txt" % tmp_path, ":%s" % tmp_path], 1,
-         "exec-server cp: Is a directory (os error 21) (:%s/here.txt -> :%s)" % (tmp_path, tmp_path)),
+        ([":%s/here.txt" % tmp_path, ":%s/no-dir/x.txt" % tmp_path], 1,
+         "exec-server cp: No such file or directory (os error 2) (:%s/here.txt -> :%s/no-dir/x.txt)"
+         % (tmp_path, tmp_path)),
     ]
     for args, status, line in cases:
         done = run_cli(*(cp + args))
