@@ -6,6 +6,7 @@ so every subcommand module and the Windows service parse them alike.
 """
 
 import argparse
+import functools
 import os
 import sys
 from typing import Callable, NamedTuple, Optional
@@ -213,7 +214,7 @@ def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     parser.add_argument("--certfile", metavar="PATH",
                         help="PEM client certificate (and its key), for a server started with --tls-client-ca")
     parser.add_argument("--keyfile", metavar="PATH", help="PEM private key of --certfile (default: in --certfile)")
-    parser.add_argument("--timeout", type=_timeout, default=10.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=functools.partial(_seconds, positive=True), default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
 
 
@@ -234,17 +235,13 @@ def _positive(text: str) -> int:
 
 
 def _seconds(text: str, positive: bool = False) -> float:
-    """argparse type of ``--reconnect-deadline``: a finite number of seconds, 0 or more (0 disables)."""
+    """argparse type of ``--reconnect-deadline`` (0 or more; 0 disables) and, ``positive``, of ``--timeout``
+    (over 0: a connect in 0 s cannot succeed): a finite number of seconds."""
     try:
         return check_seconds(float(text), "value", positive)
     except ValueError:
         raise argparse.ArgumentTypeError("invalid value %r: a number of seconds, %s"
                                          % (text, "over 0" if positive else "0 or more")) from None
-
-
-def _timeout(text: str) -> float:
-    """argparse type of ``--timeout``: a finite number of seconds over 0 (a connect in 0 s cannot succeed)."""
-    return _seconds(text, positive=True)
 
 
 def config_from_options(args: argparse.Namespace) -> ServerConfig:
