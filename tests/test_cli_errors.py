@@ -1,9 +1,12 @@
 """Every user mistake of the command line ends in one line and a documented exit status, never a traceback."""
 
+import contextlib
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -236,8 +239,6 @@ def test_the_error_classes_the_readme_names_are_importable_from_the_package():
 
 def test_ctrl_c_while_connecting_ends_with_130_and_one_line():
     """^C while run waits for its server (here a --via child that never answers): status 130, no traceback."""
-    import signal
-    import time
 
     child = subprocess.Popen(CLI + ["run", "--via", "sleep 30", "--timeout", "30", "--", "true"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -293,30 +294,20 @@ def test_a_via_command_that_exits_says_so(via, status):
     assert one_line(done) == "exec-server run: the exec-server child exited with status %d (%s)" % (status, via)
 
 
-def test_run_says_when_it_reconnects_and_when_it_gives_up():
-    """The server is SIGKILLed under a running command: run says at once that it is reconnecting (it was silent
-    for the whole --reconnect-deadline), then gives up with 255."""
-    import signal
-    import time
-
+@contextlib.contextmanager
+def server_and_run(*run_options):
+    """A listening ``exec-server`` child and ``exec-server run --url`` of it (stdout and stderr piped) with
+    ``run_options``, running ``echo started; exec sleep 30`` once it has said started; both killed at the end."""
     server = subprocess.Popen(CLI + ["--listen", "ws://127.0.0.1:0"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     runner = None
     try:
         url = server.stdout.readline().decode().strip()
-        runner = subprocess.Popen(CLI + ["run", "--url", url, "--reconnect-deadline", "3", "--", "sh", "-c",
+        runner = subprocess.Popen(CLI + ["run", "--url", url, *run_options, "--", "sh", "-c",
                                          "echo started; exec sleep 30"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         assert runner.stdout.readline() == b"started\n"
-        killed_at = time.monotonic()
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
-        first = runner.stderr.readline().decode().rstrip("\n")
-        assert first == "exec-server run: connection lost; reconnecting for up to 3 s"
-        rest = runner.stderr.read().decode()
-        assert runner.wait(30) == 255
-        assert time.monotonic() - killed_at >= 2.5  # it tried for the deadline (3 s from the drop's detection)
-        assert "Traceback" not in rest and len(rest.splitlines()) == 1
+        yield server, runner
     finally:
         for child in (runner, server):
             if child is not None and child.poll() is None:
@@ -328,30 +319,30 @@ def test_run_says_when_it_reconnects_and_when_it_gives_up():
             runner.stderr.close()
 
 
+def test_run_says_when_it_reconnects_and_when_it_gives_up():
+    """The server is SIGKILLed under a running command: run says at once that it is reconnecting (it was silent
+    for the whole --reconnect-deadline), then gives up with 255."""
+    with server_and_run("--reconnect-deadline", "3") as (server, runner):
+        killed_at = time.monotonic()
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        first = runner.stderr.readline().decode().rstrip("\n")
+        assert first == "exec-server run: connection lost; reconnecting for up to 3 s"
+        rest = runner.stderr.read().decode()
+        assert runner.wait(30) == 255
+        assert time.monotonic() - killed_at >= 2.5  # it tried for the deadline (3 s from the drop's detection)
+        assert "Traceback" not in rest and len(rest.splitlines()) == 1
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_run_ends_quietly_when_the_server_shuts_down(attempt):
     """SIGTERM to the server: the command is killed and reported closed, and run exits 137 at once; it also
     said "connection lost; reconnecting for up to 25 s" two times in three, a reconnect that never came."""
-    import signal
-
-    server = subprocess.Popen(CLI + ["--listen", "ws://127.0.0.1:0"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    runner = None
-    try:
-        url = server.stdout.readline().decode().strip()
-        runner = subprocess.Popen(CLI + ["run", "--url", url, "--", "sh", "-c", "echo started; exec sleep 30"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        assert runner.stdout.readline() == b"started\n"
+    with server_and_run() as (server, runner):
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
         out, err = runner.communicate(timeout=30)
         assert (runner.returncode, out, err) == (137, b"", b"")
-    finally:
-        for child in (runner, server):
-            if child is not None and child.poll() is None:
-                child.kill()
-                child.wait(10)
-        server.stdout.close()
 
 
 def test_run_says_when_it_has_reconnected(configured_server):
