@@ -62,7 +62,7 @@ def test_via_a_child_that_never_answers():
 
 def test_via_a_child_that_prints_no_protocol_is_one_line():
     """Its first line (a ws:// URL) is no JSON: the error was printed twice, as a logging WARNING first."""
-    via = "%s -c \"print('ws://127.0.0.1:1'); import time; time.sleep(30)\"" % sys.executable
+    via = "%s -c \"print('ws://127.0.0.1:1', flush=True); import time; time.sleep(30)\"" % sys.executable
     done = run_cli("run", "--via", via, "--", "true")
     assert done.returncode == 255
     assert one_line(done) == ("exec-server run: exec-server sent a malformed message: Expecting value: line 1 "

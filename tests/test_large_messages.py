@@ -157,7 +157,7 @@ def test_a_request_over_the_servers_limit_raises_request_too_large_and_the_sessi
     """It raised RequestOutcomeUnknown ("may or may not have been applied"), though nothing was written."""
     from exec_server import Client, RequestTooLarge
     from exec_server.server.config import ServerConfig
-    from tests.conftest import start_ours
+    from conftest import start_ours
 
     running = start_ours(ServerConfig(max_message_bytes=MIB))
     try:
