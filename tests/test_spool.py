@@ -4,10 +4,12 @@ import base64
 import errno
 import logging
 import os
+import pathlib
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -188,12 +190,14 @@ def test_write_error_degrades_to_memory_with_every_notification(tmp_path, caplog
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("mount"),
                     reason="mounting a tmpfs needs root on Linux")
-def test_real_enospc_on_a_small_tmpfs(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
+def test_real_enospc_on_a_small_tmpfs():
+    """The mount point is not under pytest's temporary directories: a run killed before the umount would
+    leave the tmpfs mounted there, and every later run's removal of old directories fails (EBUSY)."""
+    mount = pathlib.Path(tempfile.mkdtemp(prefix="exec-server-enospc-"))
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
                           capture_output=True, timeout=10)
     if done.returncode != 0:
+        mount.rmdir()
         pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.decode(errors="replace").strip())
     try:
         store = make_store(mount, per_process=1 << 30)
@@ -209,7 +213,8 @@ def test_real_enospc_on_a_small_tmpfs(tmp_path):
         store.close()
         assert os.listdir(str(mount)) == []
     finally:
-        subprocess.run(["umount", str(mount)], capture_output=True, timeout=10)
+        if subprocess.run(["umount", str(mount)], capture_output=True, timeout=10).returncode == 0:
+            mount.rmdir()
 
 
 def test_registry_owns_the_store_and_removes_it_at_close(tmp_path):
