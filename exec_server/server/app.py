@@ -155,9 +155,9 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
     def report_refused(self) -> None:
         """Warn of the connections closed unread since the last warning, if any (at shutdown)."""
         with self._pending_lock:
-            refused, self._refused = self._refused, 0
+            refused, why, self._refused = self._refused, self._refused_why, 0
         if refused:
-            log.warning("%d connection(s) closed unread since the last warning: %s", refused, self._refused_why)
+            log.warning("%d connection(s) closed unread since the last warning: %s", refused, why)
 
     def _serve(self, request, client_address) -> None:
         try:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 #: Environment variable every process of a tree inherits (inherit mode).
 MARKER_ENV = "EXEC_SERVER_PROCESS_ID"
@@ -124,6 +124,17 @@ def kill_with_group(process) -> None:
             pass
 
 
+def until_quiet(scan: Callable[[], int], quiet_scans: int, seconds: float, pause: float = 0.0) -> None:
+    """Call ``scan`` (it returns how many processes it found) until ``quiet_scans`` calls in a row find
+    none, for at most ``seconds``, sleeping ``pause`` seconds after each (the server's kills and the
+    guardian's sweeps)."""
+    deadline, quiet = time.monotonic() + seconds, 0
+    while quiet < quiet_scans and time.monotonic() < deadline:
+        quiet = 0 if scan() else quiet + 1
+        if pause:
+            time.sleep(pause)
+
+
 def main(argv: list) -> int:
     """Wait for end of file on stdin (the server's process is gone), then sweep."""
     if len(argv) != 1 or not argv[0]:
@@ -135,10 +146,7 @@ def main(argv: list) -> int:
             pass
     except OSError:
         pass
-    deadline, quiet = time.monotonic() + SWEEP_SECONDS, 0
-    while quiet < QUIET_SWEEPS and time.monotonic() < deadline:
-        quiet = 0 if sweep(prefix) else quiet + 1
-        time.sleep(SWEEP_PAUSE)
+    until_quiet(lambda: sweep(prefix), QUIET_SWEEPS, SWEEP_SECONDS, SWEEP_PAUSE)
     return 0
 
 

@@ -13,7 +13,6 @@ import ctypes
 import logging
 import os
 import threading
-import time
 from typing import Any, Collection, List, Tuple
 
 from exec_server.server.process import guardian
@@ -63,10 +62,9 @@ def kill_marked(*markers: str) -> int:
     with _leaders_lock:
         leaders = set(_leaders)
     killed = set()
-    deadline, quiet = time.monotonic() + MARKED_SCAN_SECONDS, 0
-    while quiet < MARKED_QUIET_SCANS and time.monotonic() < deadline:
+
+    def scan() -> int:
         found = [process for process, _marker in marked_processes(set(markers))]
-        quiet = 0 if found else quiet + 1
         for process in found:
             try:
                 if process.ppid() == me and process.pid not in leaders:
@@ -75,6 +73,9 @@ def kill_marked(*markers: str) -> int:
                 killed.add(process.pid)
             except psutil.Error:
                 pass
+        return len(found)
+
+    guardian.until_quiet(scan, MARKED_QUIET_SCANS, MARKED_SCAN_SECONDS)
     return len(killed)
 
 
