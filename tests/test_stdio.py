@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -387,3 +388,19 @@ def test_a_long_poll_at_stdin_eof_holds_the_exit_for_at_most_eof_answer_wait(std
     assert child.returncode == 0
     assert EOF_ANSWER_WAIT <= time.monotonic() - started < EOF_ANSWER_WAIT + 3.0
     assert not [message for message in map(json.loads, out.splitlines()) if message.get("id") == 3]
+
+
+def test_a_send_after_the_reader_killed_a_broken_child_names_why():
+    """The reader kills a child that sent a malformed line; a call sending just then said "exec-server child
+    is closed" (or its -9 status) instead of the cause, depending on which thread came first."""
+    from exec_server import ExecServerDisconnected
+    from exec_server.client.stdio import StdioTransport
+
+    transport = StdioTransport([sys.executable, "-c", "import sys; sys.stdin.read()"])
+    try:
+        transport.kill("exec-server sent a malformed message: Expecting value")
+        with pytest.raises(ExecServerDisconnected, match="^exec-server sent a malformed message: Expecting value$"):
+            transport.send('{"id":1,"method":"initialize","params":{}}')
+    finally:
+        transport.close()
+    assert transport._child.wait(10) == -signal.SIGKILL

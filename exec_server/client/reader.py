@@ -41,7 +41,7 @@ def read_transport(endpoint_ref: "weakref.ReferenceType[Any]", transport: Transp
                 # Without a recovery every waiting call raises with this reason: no second report.
                 log.log(logging.WARNING if endpoint.on_lost is not None else logging.DEBUG, "%s", reason)
                 if hasattr(transport, "kill"):
-                    transport.kill()
+                    transport.kill(reason)  # a call sending meanwhile raises this cause
                 else:
                     transport.close()
                 break

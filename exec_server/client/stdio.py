@@ -5,6 +5,7 @@ Implements :class:`exec_server.client.transport.Transport` for
 """
 
 import threading
+from typing import Optional
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.protocol.errors import ExecServerDisconnected
@@ -46,6 +47,7 @@ class StdioTransport:
         self.pid = self._child.pid
         self._send_lock = threading.Lock()
         self._closed = False  # no more sends
+        self._killed_for: Optional[str] = None  # why :meth:`kill` ended the child, if it did
         self._finished = False  # resources released
         self._log = logging.getLogger("exec_server.child")
         self._stdout = self._child.stdout
@@ -69,6 +71,8 @@ class StdioTransport:
         data = text.encode("utf-8") + b"\n"
         with self._send_lock:
             if self._closed:  # the reader may have seen the child's end first: say how it ended
+                if self._killed_for is not None:
+                    raise ExecServerDisconnected(self._killed_for)
                 status = self._child.poll()
                 if status is not None:
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
@@ -159,12 +163,14 @@ class StdioTransport:
     def ping(self) -> None:
         """No keepalive on a pipe: a no-op (the child's exit ends :meth:`receive`)."""
 
-    def kill(self) -> None:
-        """Kill the child's tree at once (used when it misbehaves)."""
+    def kill(self, reason: Optional[str] = None) -> None:
+        """Kill the child's tree at once (used when it misbehaves); a later send raises ``reason``, if given."""
         from exec_server.common.tree import kill_tree
 
         with self._send_lock:
             self._closed = True
+            if self._killed_for is None:
+                self._killed_for = reason
         kill_tree(self.pid)
         try:
             self._child.wait(self.CHILD_EXIT_GRACE)
