@@ -20,7 +20,7 @@ from . import b64, safe_path
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import open_file, read_to_end
 from .operations import (OPERATIONS, native_path, read_limit_error, READ_FILE_LIMIT, metadata_result,
-                         refuse_copy_into_itself, wire_name)
+                         refuse_copy_into_itself, refuse_root, wire_name)
 from .replacing import umask
 from .policy import Policy
 
@@ -194,6 +194,7 @@ def remove(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
         if not stat.S_ISDIR(info.st_mode):
             os.unlink(place.name, dir_fd=place.dir_fd)
         elif params.get("recursive", True) is not False:
+            refuse_root(target, info)
             policy.check_tree_writable(target)
             safe_path.remove_tree_at(place.dir_fd, place.name)
         else:

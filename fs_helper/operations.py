@@ -239,6 +239,26 @@ def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     return result
 
 
+def filesystem_root(path: str) -> str:
+    """The root directory above ``path``: ``/``, or its drive's (``C:\\``) on Windows."""
+    return os.path.splitdrive(os.path.abspath(path))[0] + os.sep
+
+
+def refuse_root(path: str, info: os.stat_result) -> None:
+    """Refuse to remove the file system's root recursively, as ``rm`` does (its ``--preserve-root``).
+
+    ``info`` is the directory's stat; the root is known by identity, so
+    ``file:///``, ``/tmp/..`` and a symlink to ``/`` with a trailing slash
+    are all refused.  The Codex reference would remove whatever it may.
+
+    Raises:
+        FsError: -32600 ``refusing to remove the root directory `/```.
+    """
+    root = filesystem_root(path)
+    if os.path.samestat(info, os.stat(root)):
+        raise FsError(INVALID_REQUEST, "refusing to remove the root directory `%s`" % root)
+
+
 def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     path = native_path(params)
     guard.check_write(path)
@@ -253,6 +273,7 @@ def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     try:
         if stat.S_ISDIR(info.st_mode):
             if params.get("recursive", True) is not False:
+                refuse_root(path, info)
                 shutil.rmtree(path)
             else:
                 os.rmdir(path)
