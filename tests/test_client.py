@@ -1,8 +1,10 @@
 """The blocking client against ours and the reference: run, start, errors, timeouts."""
 
+import io
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 import time
 
@@ -38,6 +40,48 @@ def test_run_input_reaches_stdin_then_eof(client):
     payload = bytes(range(256)) * 1000
     done = client.run(["cat"], input=payload, timeout=20)
     assert done.stdout == payload and done.returncode == 0
+
+
+def test_run_takes_subprocess_text_mode_arguments(client):
+    """capture_output=True, text=True as subprocess.run takes them: str out, newlines made \\n, str input."""
+    done = client.run(["/bin/sh", "-c", r"printf 'a\r\nb\rc\n'; printf 'd\r\n' >&2"], capture_output=True,
+                      text=True, timeout=10)
+    assert (done.stdout, done.stderr) == ("a\nb\nc\n", "d\n")
+    snowman = "h\u00e9llo \u2603"
+    assert client.run(["cat"], input=snowman, universal_newlines=True, timeout=10).stdout == snowman
+    latin = client.run(["printf", r"\351"], encoding="latin-1", timeout=10)
+    assert latin.stdout == "\u00e9"
+    assert client.run(["printf", r"\377x"], errors="replace", timeout=10).stdout == "\ufffdx"
+    with pytest.raises(UnicodeDecodeError):  # strict, as subprocess
+        client.run(["printf", r"\377"], text=True, timeout=10)
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        client.run(["/bin/sh", "-c", "echo no; exit 4"], text=True, check=True, timeout=10)
+    assert (caught.value.returncode, caught.value.stdout) == (4, "no\n")
+
+
+def test_run_input_of_the_other_mode_is_refused_before_anything_starts(client, tmp_path):
+    marker = tmp_path / "started"
+    for kwargs, expected in (({"input": "text"}, "input must be bytes in binary mode, not str"),
+                             ({"input": b"bytes", "text": True}, "input must be str in text mode, not bytes")):
+        with pytest.raises(TypeError, match=expected):
+            client.run(["touch", str(marker)], timeout=10, **kwargs)
+    assert not marker.exists()
+
+
+def test_run_without_capture_passes_output_on_as_it_comes(client, capsysbinary):
+    """capture_output=False: as subprocess.run without capture, the output goes to our stdout and stderr."""
+    done = client.run(["/bin/sh", "-c", "printf 'out\\377\\n'; echo err >&2; exit 2"], capture_output=False,
+                      timeout=10)
+    assert (done.returncode, done.stdout, done.stderr) == (2, None, None)
+    out, err = capsysbinary.readouterr()
+    assert (out, err) == (b"out\xff\n", b"err\n")
+
+
+def test_run_without_capture_writes_text_to_a_text_only_stream(client, monkeypatch):
+    replaced = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", replaced)
+    client.run(["printf", r"a\377"], capture_output=False, timeout=10)
+    assert replaced.getvalue() == "a\ufffd"
 
 
 def test_run_timeout_kills_the_remote_tree(client, tmp_path):

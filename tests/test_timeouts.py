@@ -85,8 +85,8 @@ def test_run_timeout_in_start(proxied, tmp_path):
 def test_run_on_a_silent_server_ends_within_one_grace(proxied, tmp_path, monkeypatch):
     """No answer at all: the start's wait and the terminate share one KILL_GRACE past the timeout (the
     terminate is sent even when no grace is left, so the tree still ends)."""
-    from exec_server.client import api
-    monkeypatch.setattr(api, "KILL_GRACE", 3.0)
+    from exec_server.client import oneshot
+    monkeypatch.setattr(oneshot, "KILL_GRACE", 3.0)
     client, proxy, _release_after = proxied
     proxy.hold_downstream(True)  # nothing comes back, ever
     elapsed = expect_run_timeout(client, ["sh", "-c", TREE, str(tmp_path / "pid")], 1.0)
@@ -97,8 +97,8 @@ def test_run_on_a_silent_server_ends_within_one_grace(proxied, tmp_path, monkeyp
 def test_run_whose_start_is_answered_in_the_grace_then_silence_ends_within_that_grace(proxied, tmp_path,
                                                                                       monkeypatch):
     """The kill after a late start answer uses what is left of the same grace, not a new one."""
-    from exec_server.client import api
-    monkeypatch.setattr(api, "KILL_GRACE", 5.0)
+    from exec_server.client import oneshot
+    monkeypatch.setattr(oneshot, "KILL_GRACE", 5.0)
     client, proxy, release_after = proxied
     proxy.hold_downstream(True)
     proxy.hold_downstream_after(b'"sandboxType"')  # the start answer comes at 4.5 s, then nothing

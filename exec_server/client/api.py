@@ -20,11 +20,12 @@ import os
 import subprocess
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
+from exec_server.client import oneshot
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
                                            command_env)
-from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining, seconds as _seconds
+from exec_server.client.interfaces import seconds as _seconds
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
@@ -318,80 +319,37 @@ class Client:
         """Stop tracking a finished process (its events are no longer kept)."""
         self._endpoint.remove_process(process.process_id)
 
-    def run(self, argv: Sequence[str], *, input: Optional[bytes] = None, timeout: Optional[float] = None,
-            check: bool = False, **start_options: Any) -> "subprocess.CompletedProcess[bytes]":
+    def run(self, argv: Sequence[str], *, input: Union[bytes, str, None] = None, timeout: Optional[float] = None,
+            check: bool = False, capture_output: bool = True, text: Optional[bool] = None,
+            encoding: Optional[str] = None, errors: Optional[str] = None, universal_newlines: Optional[bool] = None,
+            **start_options: Any) -> "subprocess.CompletedProcess":
         """Run a process to completion, like ``subprocess.run(capture_output=True)``.
 
         Args:
             argv: program and arguments.
-            input: bytes for the child's stdin, then end of file (``closeStdin``
+            input: bytes (str in text mode) for the child's stdin, then end of file (``closeStdin``
                 extension; without it, as on the Codex reference, the child reads
                 them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
             timeout: seconds for start, input and wait; past them the remote tree is killed (at
-                most :data:`KILL_GRACE` s more, for the start's answer, the kill and the exit
-                together) and :class:`CallTimeout` raised.  Any other error kills it too.
+                most :data:`~exec_server.client.oneshot.KILL_GRACE` s more, for the start's answer,
+                the kill and the exit together) and :class:`CallTimeout` raised.  Any other error kills it too.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
+            capture_output: False passes each chunk on to this process's ``sys.stdout`` or
+                ``sys.stderr`` as it arrives (bytes, undecoded), and ``stdout``/``stderr`` are None.
+            text, universal_newlines, encoding, errors: any of them set: text mode, as
+                ``subprocess``'s (``input`` is str, output decoded, ``\\r\\n`` and ``\\r`` become
+                ``\\n``); ``encoding`` is UTF-8 unless given.
             start_options: as for :meth:`start`; ``max_buffered_output`` defaults to None here (the
                 result keeps all output anyway, and a refill could meet a gap on a server that retains less).
         Returns:
-            ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes (a PTY's in ``stdout``).
+            ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes, str in text mode (a PTY's in ``stdout``).
+        Raises:
+            TypeError: ``input`` of the other mode's type (str in binary mode, bytes in text mode).
+            UnicodeDecodeError: text mode, output that is not ``encoding`` (with ``errors`` strict).
         """
-        deadline = _deadline(timeout)
-        argv = command_argv(argv)
-        command = list(argv)
-        if input is not None:
-            if not self.supports("closeStdin"):
-                if self.server_platform == "windows":
-                    raise ExtensionNotSupported("closeStdin", "input= on a Windows server")
-                command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
-            start_options["stdin"] = True
-        start_options.setdefault("max_buffered_output", None)
-        start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
-        process_id = start_options.pop("process_id", None) or FreshId("proc-" + os.urandom(16).hex())
-        try:
-            process = self.start(command, timeout=start_timeout, process_id=process_id, **start_options)
-        except BaseException as exc:  # no answer (even in the grace), ^C: kill what may have started, in what is left
-            if not isinstance(exc, (RpcError, ValueError, TypeError)):  # those: nothing started
-                kill_timeout = _remaining(deadline + KILL_GRACE) if deadline is not None else KILL_GRACE
-                try:  # sent even when nothing is left (timeout 0)
-                    self.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
-                except Exception:
-                    pass
-            if isinstance(exc, CallTimeout):
-                raise CallTimeout(argv, timeout) from None
-            raise
-        try:
-            if _remaining(deadline) == 0.0:
-                raise CallTimeout(argv, timeout)
-            if input is not None:
-                self._feed(process, bytes(input), deadline)
-            stdout, stderr = process.communicate(timeout=_remaining(deadline))
-        except BaseException as exc:  # as subprocess.run: the tree is killed (a lost connection, ^C, a timeout)
-            grace_deadline = deadline + KILL_GRACE if deadline is not None else _deadline(KILL_GRACE)  # one grace
-            try:
-                process.kill(timeout=_remaining(grace_deadline))
-                process.wait(timeout=_remaining(grace_deadline))
-            except Exception:  # best effort: the connection may be gone, the process failed
-                pass
-            if isinstance(exc, subprocess.TimeoutExpired):
-                raise CallTimeout(argv, timeout) from None
-            raise
-        finally:
-            self.forget(process)
-        done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
-        if check:
-            done.check_returncode()
-        return done
+        return oneshot.run(self, argv, input, timeout, check, capture_output, text, encoding, errors,
+                           universal_newlines, start_options)
 
-    def _feed(self, process: RemoteProcess, data: bytes, deadline: Optional[float]) -> None:
-        try:  # in pieces, then end of file if the server can
-            process.write_all(data, _remaining(deadline), close_stdin=self.supports("closeStdin"), piece=INPUT_PIECE)
-        except (StdinClosedError, InternalError):
-            pass  # the child exited or closed its stdin: like Popen.communicate's broken pipe
-
-
-KILL_GRACE = 10.0  #: seconds a timed-out run still waits for the start answer, the kill and the exit
-INPUT_PIECE = 1 << 20  #: bytes of ``run(input=)`` per ``process/write``
 
 __all__ = ["Client", "CallTimeout", "ExtensionNotSupported", "RemoteProcess", "ReconnectPolicy",
            "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent", "ClosedEvent", "ProcessOutputGap", "StdinClosedError",
