@@ -90,7 +90,7 @@ def write_file(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
         if info is not None and stat.S_ISDIR(info.st_mode):
             raise errno_error(errno.EISDIR)
         mode = stat.S_IMODE(info.st_mode) if info is not None else 0o666 & ~umask()
-        safe_path.atomic_write_at(place.dir_fd, place.name, lambda handle: handle.write(data), mode)
+        safe_path.write_whole_at(place.dir_fd, place.name, lambda handle: handle.write(data), mode, target)
     return {}
 
 
@@ -207,6 +207,8 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
     """fs/copy: the source is read and the destination written through checked descriptors."""
     source = os.path.realpath(native_path(params, "sourcePath"))
     destination = safe_path.split_resolved(native_path(params, "destinationPath"))
+    if os.path.islink(destination) and not os.path.isdir(source):
+        destination = os.path.realpath(destination)  # a file goes where the link names, checked as such
     policy.check_read_resolved(source)
     policy.check_write_resolved(destination)
     with safe_path.Place(source) as source_place, safe_path.Place(destination) as destination_place:

@@ -5,7 +5,9 @@ file URIs) and returns its wire result, or raises :class:`FsError` with the
 protocol's code and text.  ``guard`` (see :mod:`fs_helper.policy`) is asked
 before anything is read or written; ``None`` allows everything.  Writes go to
 a temporary file in the target's directory and are renamed into place
-(:mod:`fs_helper.replacing`), so a failure never leaves a half-written file.
+(:mod:`fs_helper.replacing`), so a failure never leaves a half-written file;
+where a rename would change what the file is (a device, a hard link, an
+owner), they are written in place, as the reference writes every file.
 
 Used in-process by the server (no sandbox) and by the helper process.
 """
@@ -20,7 +22,7 @@ from typing import Any, Callable, Dict, List
 from . import b64
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import SpecialFile, copy_blocks, open_file, read_to_end
-from .replacing import atomic_write, replace_target
+from .replacing import replace_target, write_whole
 from .uris import UriError, path_to_uri, uri_to_path
 
 #: Largest file ``fs/readFile`` returns, bytes; larger files are read with fs/open.
@@ -85,7 +87,7 @@ def write_file(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, An
         raise FsError(INVALID_REQUEST, "fs/writeFile requires valid base64 dataBase64: %s" % exc) from None
     try:
         target, mode = replace_target(path, params.get("followSymlinks", True) is not False, guard.check_write)
-        atomic_write(target, lambda handle: handle.write(data), mode)
+        write_whole(target, lambda handle: handle.write(data), mode, split_links=guard is not ALLOW_ALL)
     except OSError as exc:
         raise os_error(exc) from None
     return {}
@@ -292,10 +294,14 @@ class _CopyFailed(Exception):
         self.error = error
 
 
-def _copy_file(source: str, destination: str) -> None:
+def _copy_file(source: str, destination: str, split_links: bool = False) -> None:
+    """One file's content and permission bits over ``destination`` (a symlink there is written through;
+    ``split_links``: a sandbox's copy, see :func:`~fs_helper.replacing.keeps_identity`)."""
     fd = open_file(source, os.O_RDONLY)
     try:
-        atomic_write(destination, lambda handle: copy_blocks(fd, handle), stat.S_IMODE(os.fstat(fd).st_mode))
+        target, _mode = replace_target(destination)
+        write_whole(target, lambda handle: copy_blocks(fd, handle), stat.S_IMODE(os.fstat(fd).st_mode),
+                    split_links=split_links)
     finally:
         os.close(fd)
 
@@ -369,7 +375,7 @@ def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
         else:
             if os.path.isdir(destination):
                 raise errno_error(errno.EISDIR)
-            _copy_file(source, destination)
+            _copy_file(source, destination, split_links=guard is not ALLOW_ALL)
     except _CopyFailed as exc:  # what is copied so far stays, as with the reference's copy
         raise os_error(exc.error) from None
     except shutil.Error as exc:

@@ -4,7 +4,14 @@ Used by ``fs/writeFile`` and ``fs/copy`` (:mod:`fs_helper.operations`), the
 server's atomic ``fs/open`` handles and ``exec-server cp`` downloads.  A
 failure removes the temporary file and leaves the target as it was.  The
 sandboxed variant, relative to a directory descriptor, is
-:func:`fs_helper.safe_path.atomic_write_at`.
+:func:`fs_helper.safe_path.write_whole_at`.
+
+A rename must leave the file what it was but for its content
+(:func:`keeps_identity`); where it cannot, :func:`write_whole` writes in
+place, as the Codex reference always does: a FIFO, device or socket is
+refused there (:func:`~fs_helper.opening.open_file`) instead of being
+replaced by a regular file, a file with other hard links changes under
+every name, a file of another owner keeps its owner.
 """
 
 import errno
@@ -12,6 +19,11 @@ import os
 import stat
 import tempfile
 from typing import Any, Callable, Optional, Tuple
+
+from .opening import open_file
+
+#: Characters of the target's name kept in its temporary file's name (a 255-byte name must still fit).
+TEMPORARY_NAME_CHARACTERS = 40
 
 
 def umask() -> int:
@@ -27,9 +39,68 @@ def umask() -> int:
 
 
 def temporary_beside(target: str) -> Tuple[int, str]:
-    """A new empty file (mode 0600) in ``target``'s directory, for a rename over it: ``(fd, path)``.  OSError."""
+    """A new empty file (mode 0600) in ``target``'s directory, for a rename over it: ``(fd, path)``.
+
+    Its name is ``.<name>.<random>.tmp``, the target's name cut to
+    :data:`TEMPORARY_NAME_CHARACTERS` (a name of 255 bytes is valid, and so
+    must its temporary's be).  OSError.
+    """
     directory, name = os.path.split(target)
-    return tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=directory or ".")
+    return tempfile.mkstemp(prefix=".%s." % name[:TEMPORARY_NAME_CHARACTERS], suffix=".tmp", dir=directory or ".")
+
+
+def keeps_identity(info: os.stat_result, writable: bool, split_links: bool = False) -> bool:
+    """Whether a new file renamed over an existing one (``info``) can be what it was.
+
+    True for a regular file with one name (or any number, with
+    ``split_links``) that this process may write (``writable``) and whose
+    owner and group it can give a new file (root gives any; Windows has no
+    owners to keep).  A sandbox splits hard links: written in place, a link
+    to a file outside what it may write would change that file.
+    """
+    if not stat.S_ISREG(info.st_mode) or (info.st_nlink > 1 and not split_links) or not writable:
+        return False
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        return True
+    return info.st_uid == os.geteuid() and (info.st_gid == os.getegid() or info.st_gid in os.getgroups())
+
+
+def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None,
+                special_files: bool = False, split_links: bool = False) -> None:
+    """Give ``target`` the content ``chunks(file)`` writes: renamed into place, or in place.
+
+    Atomically (a temporary file renamed over it, given the old file's owner
+    and group) where :func:`keeps_identity` holds or nothing is there yet
+    and a temporary file can be made beside it; otherwise written in place,
+    truncated first.  ``mode`` is a new file's permission bits (default
+    ``0o666`` less the umask).  ``target`` is used as given (a symlink is
+    written through: resolve it first with :func:`replace_target`).
+
+    Args:
+        special_files: write a FIFO, device or socket in place, waiting as an
+            ``open`` does (``exec-server cp`` to ``/dev/null``); else refuse it.
+        split_links: replace a file with other hard links (a sandbox's write).
+    Raises:
+        OSError: from the writes; EACCES for a file this process may not write.
+        SpecialFile: -32600, a FIFO, device or socket (without ``special_files``).
+    """
+    try:
+        info: Optional[os.stat_result] = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    if info is None or keeps_identity(info, os.access(target, os.W_OK), split_links):
+        try:
+            fd, temporary = temporary_beside(target)
+        except OSError:
+            fd = -1  # no temporary file (a directory it may not write): in place
+        if fd >= 0:
+            owner = (info.st_uid, info.st_gid) if info is not None else None
+            _write_and_rename(fd, temporary, target, chunks, mode, owner)
+            return
+    flags, new_mode = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode
+    fd = os.open(target, flags, new_mode) if special_files else open_file(target, flags, new_mode)
+    with os.fdopen(fd, "wb") as handle:
+        chunks(handle)
 
 
 def replace_target(path: str, follow: bool = True,
@@ -59,17 +130,13 @@ def replace_target(path: str, follow: bool = True,
         return target, 0o666 & ~umask()
 
 
-def atomic_write(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None) -> None:
-    """Write ``target`` through a temporary file in its directory, then rename.
-
-    ``chunks(file)`` writes the content.  On any error the temporary file is
-    removed and ``target`` is untouched.  Paths are used as given: the
-    sandboxed variant is :func:`fs_helper.safe_path.atomic_write_at`.
-    """
-    fd, temporary = temporary_beside(target)
+def _write_and_rename(fd: int, temporary: str, target: str, chunks: Callable[[Any], None], mode: Optional[int],
+                      owner: Optional[Tuple[int, int]]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             chunks(handle)
+            if owner is not None and hasattr(os, "fchown") and owner != (os.geteuid(), os.getegid()):
+                os.fchown(handle.fileno(), *owner)  # before the chmod: a chown clears set-id bits
         os.chmod(temporary, mode if mode is not None else 0o666 & ~umask())
         os.replace(temporary, target)
     except BaseException:

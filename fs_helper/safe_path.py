@@ -23,6 +23,7 @@ import sys
 from typing import Any, Callable, List, Optional, Tuple
 
 from .opening import SpecialFile, copy_blocks, open_file
+from .replacing import TEMPORARY_NAME_CHARACTERS, keeps_identity
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -191,7 +192,7 @@ def split_resolved(path: str) -> str:
 def create_temporary(dir_fd: int, name: str) -> Tuple[int, str]:
     """Create a new private file next to ``name`` in ``dir_fd``; returns (fd, its name)."""
     for _attempt in range(100):
-        temporary = ".%s.%s.tmp" % (name, os.urandom(6).hex())
+        temporary = ".%s.%s.tmp" % (name[:TEMPORARY_NAME_CHARACTERS], os.urandom(6).hex())
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600,
                          dir_fd=dir_fd)
@@ -201,17 +202,60 @@ def create_temporary(dir_fd: int, name: str) -> Tuple[int, str]:
     raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
 
 
-def atomic_write_at(dir_fd: int, name: str, chunks: Callable[[Any], None], mode: int) -> None:
+def write_whole_at(dir_fd: int, name: str, chunks: Callable[[Any], None], mode: int, path: str = "") -> None:
+    """:func:`fs_helper.replacing.write_whole` relative to ``dir_fd`` (a sandbox's writes, a tree copy's
+    files): a symlink or a hard link at ``name`` is replaced (written through, either could reach a file a
+    sandbox may not write).
+
+    Renamed into place (:func:`atomic_write_at`, with the old file's owner and
+    group) where nothing is there, a symlink is (never written through), or
+    :func:`~fs_helper.replacing.keeps_identity` holds and a temporary file
+    can be made; otherwise written in place.  ``mode`` is a new file's
+    permission bits; ``path`` is what an error names.
+
+    Raises:
+        OSError: from the writes.
+        SpecialFile: -32600, a FIFO, device or socket at ``name``.
+    """
+    info = _lstat_at(dir_fd, name)
+    writable = os.access(name, os.W_OK, dir_fd=dir_fd)
+    if info is None or stat.S_ISLNK(info.st_mode) or keeps_identity(info, writable, split_links=True):
+        owner = None if info is None or stat.S_ISLNK(info.st_mode) else (info.st_uid, info.st_gid)
+        try:
+            atomic_write_at(dir_fd, name, chunks, mode, owner)
+            return
+        except _NoTemporary:
+            pass  # a directory it may not write: in place
+    fd = open_file(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_NOFOLLOW, mode, dir_fd=dir_fd, path=path)
+    with os.fdopen(fd, "wb") as handle:
+        chunks(handle)
+
+
+class _NoTemporary(Exception):
+    """No temporary file could be made beside the target."""
+
+
+def atomic_write_at(dir_fd: int, name: str, chunks: Callable[[Any], None], mode: int,
+                    owner: Optional[Tuple[int, int]] = None) -> None:
     """Write ``name`` in ``dir_fd`` through a temporary file there, then rename it into place.
 
     ``chunks(file)`` writes the content.  On any error the temporary file is
     removed and ``name`` is untouched; a symlink at ``name`` is replaced, never
-    written through.
+    written through.  ``owner`` is the ``(uid, gid)`` the new file is given.
+
+    Raises:
+        _NoTemporary: no temporary file could be made (nothing was written).
+        OSError: from the writes and the rename.
     """
-    fd, temporary = create_temporary(dir_fd, name)
+    try:
+        fd, temporary = create_temporary(dir_fd, name)
+    except OSError as exc:
+        raise _NoTemporary() from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             chunks(handle)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(handle.fileno(), *owner)  # before the chmod: a chown clears set-id bits
             os.fchmod(handle.fileno(), mode)
         os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
@@ -345,7 +389,7 @@ def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, 
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-        atomic_write_at(destination_dir_fd, destination_name, lambda handle: copy_blocks(fd, handle),
-                        stat.S_IMODE(info.st_mode))
+        write_whole_at(destination_dir_fd, destination_name, lambda handle: copy_blocks(fd, handle),
+                       stat.S_IMODE(info.st_mode))
     finally:
         os.close(fd)

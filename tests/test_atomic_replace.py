@@ -268,7 +268,8 @@ def test_a_pipelined_close_waits_for_the_writes_sent_before_it(peer, tmp_path, a
 
 
 def test_where_a_rename_would_change_the_file_it_is_written_in_place(peer, tmp_path):
-    """A hard link (a rename would split it) and a name too long for the temporary file's: in place."""
+    """A hard link (a rename would split it): in place.  A name of 250 bytes is replaced atomically (its
+    temporary file's name keeps only the first characters: it was too long, and the write went in place)."""
     target = tmp_path / "app.conf"
     target.write_bytes(ORIGINAL)
     other = tmp_path / "other-name"
@@ -278,7 +279,7 @@ def test_where_a_rename_would_change_the_file_it_is_written_in_place(peer, tmp_p
     peer.call("fs/close", {"handleId": "h1"})
     assert os.path.samefile(target, other) and target.read_bytes() == b"NEW"
     long_name = tmp_path / ("n" * 250)
-    assert open_atomic(peer, "h2", long_name, b"data")["result"]["atomic"] is False
+    assert open_atomic(peer, "h2", long_name, b"data")["result"]["atomic"] is True
     peer.call("fs/close", {"handleId": "h2"})
     assert long_name.read_bytes() == b"data" and leftovers(tmp_path) == []
 

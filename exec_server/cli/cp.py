@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-from fs_helper.replacing import atomic_write
+from fs_helper.replacing import replace_target, write_whole
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
@@ -110,7 +110,10 @@ def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable
                 written += len(block)
                 progress.advance(len(block))
 
-    atomic_write(os.path.abspath(local), write)  # a temporary file, renamed when complete
+    # a temporary file renamed when complete, with the old file's mode and owner; through a symlink; in place
+    # where a rename would change what the file is (a device such as /dev/null, a FIFO, a hard link)
+    target, mode = replace_target(os.path.abspath(local))
+    write_whole(target, write, mode, special_files=True)
     progress.finish()
     return written
 

@@ -12,7 +12,7 @@ its content, so where a rename cannot, the handle writes in place instead
   split the hard link), is not writable by this server, or belongs to an
   owner or group this server cannot give a file (it is not root);
 - no temporary file can be made beside it (a directory the server cannot
-  write, a name too long for the temporary's, ``/proc``).
+  write, ``/proc``).
 
 At ``fs/close``, if the target cannot be replaced by a rename after all (a
 bind-mounted file: EBUSY; a file system without ``chown``/``chmod``), the
@@ -23,11 +23,10 @@ the old file are not carried over.
 import errno
 import os
 import shutil
-import stat
 from typing import Optional, Tuple
 
 from fs_helper.opening import open_file
-from fs_helper.replacing import discard, replace_target, temporary_beside
+from fs_helper.replacing import discard, keeps_identity, replace_target, temporary_beside
 
 
 class Replacement:
@@ -50,7 +49,7 @@ def prepare(path: str) -> Optional[Tuple[int, Replacement]]:
         return None  # a symlink loop, a directory...: the plain open reports it
     if info is None and os.path.lexists(target):
         return None  # a dangling link
-    if info is not None and not _keeps_identity(target, info):
+    if info is not None and not keeps_identity(info, os.access(target, os.W_OK)):
         return None
     try:
         fd, temporary = temporary_beside(target)
@@ -59,15 +58,6 @@ def prepare(path: str) -> Optional[Tuple[int, Replacement]]:
     if info is None:
         return fd, Replacement(temporary, target, mode, None, None)
     return fd, Replacement(temporary, target, mode, info.st_uid, info.st_gid)
-
-
-def _keeps_identity(target: str, info: os.stat_result) -> bool:
-    """Whether a new file renamed over ``target`` can be what it was (kind, links, owner, group)."""
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or not os.access(target, os.W_OK):
-        return False
-    if not hasattr(os, "geteuid") or os.geteuid() == 0:
-        return True  # Windows has no owners to keep; root can give any
-    return info.st_uid == os.geteuid() and (info.st_gid == os.getegid() or info.st_gid in os.getgroups())
 
 
 def commit(fd: int, replacement: Replacement) -> None:

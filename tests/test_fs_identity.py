@@ -1,0 +1,158 @@
+"""fs/writeFile and fs/copy change a file's content, never what the file is.
+
+A write renamed into place would turn a FIFO or a device into a regular
+file, split a hard link, replace a symlink and give root's file to
+another owner; there the write goes in place, as the reference's does
+(a FIFO, device or socket is refused).  Checked unsandboxed, confined by
+descriptors (no bubblewrap) and in bubblewrap, and on the reference where
+both agree; ``exec-server cp`` downloads follow the same rules locally.
+"""
+
+import os
+import shutil
+import stat
+import threading
+
+import pytest
+
+from exec_server import Client, InvalidRequest
+from exec_server.cli import cp
+from fs_helper.uris import path_to_uri
+
+pytestmark = pytest.mark.posix
+
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def sandbox_writing(folder):
+    """A sandbox that may read everything and write ``folder``."""
+    entries = [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
+               {"path": {"type": "path", "path": path_to_uri(str(folder))}, "access": "write"}]
+    return {"permissions": {"type": "managed", "network": "enabled",
+                            "file_system": {"type": "restricted", "entries": entries}},
+            "windowsSandboxLevel": "disabled"}
+
+
+@pytest.fixture(params=["plain", "confined", "bwrap"])
+def fs(request, server, tmp_path, monkeypatch):
+    """Our file system API: unsandboxed, sandboxed without bubblewrap (descriptors), sandboxed in bubblewrap.
+
+    ``fs.sandboxed`` tells the last two: a sandbox replaces a file with other hard links (written through,
+    a link to a file it may not write would change that file: ``tests/test_sandbox.py``).
+    """
+    if request.param == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    if request.param == "confined":
+        empty = tmp_path / "empty-bin"
+        empty.mkdir()
+        monkeypatch.setenv("PATH", str(empty))  # the server looks for bwrap on PATH at each request
+    with Client.connect(server.url, timeout=10) as client:
+        files = client.fs if request.param == "plain" else client.fs.with_sandbox(sandbox_writing(tmp_path))
+        files.sandboxed = request.param != "plain"
+        yield files
+
+
+@pytest.fixture
+def any_fs(any_server):
+    with Client.connect(any_server.url, timeout=10) as client:
+        yield client.fs
+
+
+def write_or_copy(fs, how, target, data, tmp_path):
+    if how == "writeFile":
+        fs.write_file(str(target), data)
+    else:
+        source = tmp_path / "source-of-copy"
+        source.write_bytes(data)
+        fs.copy(str(source), str(target), recursive=False)
+
+
+@pytest.mark.parametrize("how", ["writeFile", "copy"])
+def test_a_hard_link_changes_under_both_names(any_fs, tmp_path, how):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"old")
+    os.link(str(first), str(second))
+    inode = first.stat().st_ino
+    write_or_copy(any_fs, how, first, b"new", tmp_path)
+    assert (first.read_bytes(), second.read_bytes()) == (b"new", b"new")
+    assert first.stat().st_ino == inode and first.stat().st_nlink == 2
+
+
+@pytest.mark.parametrize("how", ["writeFile", "copy"])
+def test_a_symlink_stays_and_its_target_is_written(any_fs, tmp_path, how):
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.write_bytes(b"old")
+    os.symlink("target", str(link))
+    write_or_copy(any_fs, how, link, b"new", tmp_path)
+    assert link.is_symlink() and os.readlink(str(link)) == "target"
+    assert target.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("how", ["writeFile", "copy"])
+def test_hard_links_symlinks_and_long_names_in_every_mode(fs, tmp_path, how):
+    first, second, link = tmp_path / "first", tmp_path / "second", tmp_path / "link"
+    first.write_bytes(b"old")
+    os.link(str(first), str(second))
+    os.symlink("first", str(link))
+    write_or_copy(fs, how, link, b"new", tmp_path)
+    assert link.is_symlink() and first.read_bytes() == b"new"
+    assert second.read_bytes() == (b"old" if fs.sandboxed else b"new")
+    long_name = tmp_path / ("n" * 255)  # the longest name there is: its temporary file's must fit too
+    write_or_copy(fs, how, long_name, b"long", tmp_path)
+    long_name.chmod(0o640)
+    write_or_copy(fs, how, long_name, b"longer", tmp_path)
+    assert long_name.read_bytes() == b"longer"
+    assert sorted(os.listdir(str(tmp_path))) == sorted(
+        ["first", "second", "link", "n" * 255] + (["source-of-copy"] if how == "copy" else [])
+        + ["empty-bin"] * os.path.isdir(str(tmp_path / "empty-bin")))  # no temporary file left
+
+
+@pytest.mark.parametrize("how", ["writeFile", "copy"])
+def test_a_fifo_is_refused_and_stays_a_fifo(fs, tmp_path, how):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    with pytest.raises(InvalidRequest, match="is a FIFO, not a regular file"):
+        write_or_copy(fs, how, fifo, b"data", tmp_path)
+    assert stat.S_ISFIFO(os.lstat(str(fifo)).st_mode)
+
+
+@pytest.mark.skipif(not ROOT, reason="a device node and another owner need root")
+@pytest.mark.parametrize("how", ["writeFile", "copy"])
+def test_root_keeps_a_device_and_another_owners_file(fs, tmp_path, how):
+    device = tmp_path / "null"
+    os.mknod(str(device), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    with pytest.raises(InvalidRequest, match="is a character device, not a regular file"):
+        write_or_copy(fs, how, device, b"data", tmp_path)
+    assert stat.S_ISCHR(os.lstat(str(device)).st_mode)
+    owned = tmp_path / "owned"
+    owned.write_bytes(b"old")
+    os.chown(str(owned), 1234, 4321)
+    owned.chmod(0o640)
+    write_or_copy(fs, how, owned, b"new", tmp_path)
+    info = owned.stat()
+    assert (owned.read_bytes(), info.st_uid, info.st_gid) == (b"new", 1234, 4321)
+    if how == "writeFile":  # a copy gives the source's permission bits, as the reference's
+        assert stat.S_IMODE(info.st_mode) == 0o640
+
+
+def test_cp_download_keeps_the_local_files_mode_links_and_kind(server, tmp_path):
+    remote = tmp_path / "remote.txt"
+    remote.write_bytes(b"fresh")
+    key = tmp_path / "key"
+    key.write_bytes(b"secret")
+    key.chmod(0o600)
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.write_bytes(b"old")
+    os.symlink("target", str(link))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    with Client.connect(server.url, timeout=10) as client:
+        for local in (key, link, fifo):
+            assert cp.download(client.fs, str(remote), str(local)) == 5
+    reader.join(timeout=10)
+    assert key.read_bytes() == b"fresh" and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert link.is_symlink() and target.read_bytes() == b"fresh"
+    assert stat.S_ISFIFO(os.lstat(str(fifo)).st_mode) and received == [b"fresh"]
