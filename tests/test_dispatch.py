@@ -122,10 +122,10 @@ def test_fs_open_finishing_after_the_connection_closed_leaves_no_descriptor(pair
     family, real_open = dispatcher.methods["fs/open"]
     outcomes = []
 
-    def open_after_close(ctx, params):
+    def open_after_close(ctx, params, **bound):  # bound: what the connection registered as it arrived
         connection.close()  # the client went away while this request ran
         try:
-            outcomes.append(real_open(ctx, params))
+            outcomes.append(real_open(ctx, params, **bound))
         except Exception as exc:
             outcomes.append(exc)
             raise

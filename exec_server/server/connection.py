@@ -201,9 +201,11 @@ class RpcConnection:
             self._complete(request, span, label, received, received, ServerOverloaded())
             return
         handle = None
-        if method in BLOCK_METHODS:  # bound to its open handle in arrival order: a later fs/close waits for it
-            try:
-                handle = self.file_handles.begin(request.params["handleId"])
+        if method in BLOCK_METHODS or method == "fs/open":  # registered in arrival order: a block operation
+            try:  # is bound to its open handle (a later fs/close waits for it), or to the fs/open before it
+                handle_id = request.params["handleId"]
+                handle = self.file_handles.begin(handle_id) if method != "fs/open" else \
+                    self.file_handles.begin_open(handle_id)
                 handler = functools.partial(handler, handle=handle)
             except Exception:  # the fs code did not load (a broken install): this request fails alone
                 log.exception("request %s (%r) failed", method, request.id)

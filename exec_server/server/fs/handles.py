@@ -10,19 +10,21 @@ when the connection ends, is removed and the target stays as it was.
 Block reads and writes may run on several request threads at once, so the
 connection binds each to its open handle as it dispatches it, in arrival
 order, and the handle counts them (:meth:`FileHandles.begin`,
-:meth:`FileHandles.end`); ``fs/close`` waits
-(at most :data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so
-a pipelined close never overtakes a write.  Every close takes its handle
-as it arrives (:meth:`FileHandles.begin_close`), so block operations that
-arrive after it find the handle gone and an ``fs/open`` of its id waits for
-it, however late the close runs; one that may block (that wait, or an
-atomic handle's commit with its fsync) runs on a thread of its own, not
-the connection's.  A
-descriptor is never closed under a running block operation: one still
-running when its close gives up waiting, or when the connection ends,
-closes it as it ends (:meth:`FileHandles.end`).  A close that arrived
-before the connection ended still finishes, as it did inline: its thread
-holds the interpreter's exit like a request thread.  Thread-safe.
+:meth:`FileHandles.end`); ``fs/close`` waits (at most
+:data:`CLOSE_BLOCKS_WAIT` s) for those that arrived before it, so a
+pipelined close never overtakes a write.  Every close takes its handle as
+it arrives (:meth:`FileHandles.begin_close`): block operations that arrive
+after it find the handle gone, and an ``fs/open`` of its id waits for it;
+one that may block (that wait, an atomic commit's fsync) runs on a thread
+of its own.  An ``fs/open`` is registered as it arrives
+(:meth:`FileHandles.begin_open`): block operations and a close sent right
+behind it wait for it (at most :data:`OPEN_WAIT` s) instead of finding no
+handle, as on the reference, which runs requests one after another.  A
+descriptor is never closed under a running block operation: the last of
+them closes it (:meth:`FileHandles.end`) when its close gave up waiting or
+the connection ended.  A close that arrived before the connection ended
+still finishes: its thread holds the interpreter's exit like a request
+thread.  Thread-safe.
 """
 
 import errno
@@ -30,7 +32,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from fs_helper.errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
 from fs_helper.opening import open_file
@@ -49,6 +51,9 @@ MAX_BLOCK_BYTES = 1_048_576
 MAX_FILE_OFFSET = 2 ** 63 - 1
 #: Longest wait of ``fs/close`` for the block reads and writes of its handle sent before it, seconds.
 CLOSE_BLOCKS_WAIT = 30.0
+#: Longest wait of a block operation or ``fs/close`` for the ``fs/open`` of its id sent before it, seconds
+#: (an open waits at most ``CLOSE_BLOCKS_WAIT`` s for an earlier close of the same id, then opens at once).
+OPEN_WAIT = CLOSE_BLOCKS_WAIT + 5.0
 
 
 def _check_block_length(direction: str, length: int) -> None:
@@ -88,27 +93,62 @@ class _Handle:
         return self.replacement is not None or self.busy > 0
 
 
+class _Opening:
+    """An ``fs/open`` that arrived and has not finished (:meth:`FileHandles.begin_open`)."""
+
+    __slots__ = ("handle_id", "done", "entry", "waiters", "closing", "abandoned")
+    closes_slowly = True  # a close of it waits for the open: on a thread of its own
+
+    def __init__(self, handle_id: str) -> None:
+        self.handle_id = handle_id
+        self.done = False
+        self.entry: Optional[_Handle] = None  # what it opened (None: it failed, or never ran)
+        self.waiters = 0  # block operations that arrived meanwhile: busy on its handle once it is open
+        self.closing = False  # an fs/close of the id arrived meanwhile: that close takes the handle
+        self.abandoned = False  # that close stopped waiting: the handle is closed as it opens
+
+
+class _Awaiting(NamedTuple):
+    """What :meth:`FileHandles.begin` binds a block operation to while its handle is being opened."""
+
+    opening: _Opening
+
+
 class FileHandles:
     def __init__(self, limit: int):
         self._limit = limit
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
-        self._closing: Dict[str, _Handle] = {}  # handle id -> a handle taken by begin_close, until closed
+        self._closing: Dict[str, Any] = {}  # handle id -> a _Handle (or _Opening) taken by begin_close, until closed
+        self._opening: Dict[str, _Opening] = {}  # handle id -> its last fs/open that arrived and has not finished
         self._closed = False  # close_all ran: the connection is gone and opens no more
 
-    def begin(self, handle_id: str) -> Optional[_Handle]:
+    def begin_open(self, handle_id: str) -> _Opening:
+        """An ``fs/open`` of ``handle_id`` was dispatched (call in arrival order): pass what this returns to
+        :meth:`open`, and to :meth:`end` when the request ended (run or refused)."""
+        with self._lock:
+            opening = self._opening[handle_id] = _Opening(handle_id)
+            return opening
+
+    def begin(self, handle_id: str) -> Any:
         """A block read or write of ``handle_id`` was dispatched (call in arrival order): the handle it uses.
 
-        The open handle of that id, counted until :meth:`end`; None when the
-        id is not open (never opened, or an ``fs/close`` of it came first):
-        the operation then fails with -32004 after its own checks.
+        The open handle of that id, counted until :meth:`end`, or the
+        ``fs/open`` of it still running; None when the id is not open (never
+        opened, or an ``fs/close`` of it came first): the operation then
+        fails with -32004 after its own checks.
         """
         with self._lock:
             entry = self._handles.get(handle_id)
             if entry is not None:
                 entry.busy += 1
-            return entry
+                return entry
+            opening = self._opening.get(handle_id)
+            if opening is None or opening.closing:
+                return None
+            opening.waiters += 1
+            return _Awaiting(opening)
 
     def begin_close(self, handle_id: str) -> Optional[_Handle]:
         """An ``fs/close`` of ``handle_id`` arrived (call in arrival order): the handle it takes, if open.
@@ -119,13 +159,35 @@ class FileHandles:
         (on a thread of its own when :attr:`_Handle.closes_slowly`).
         """
         with self._lock:
-            if self._closed or handle_id not in self._handles:
+            if self._closed:
                 return None
-            entry = self._closing[handle_id] = self._handles.pop(handle_id)
-            return entry
+            if handle_id in self._handles:
+                entry = self._closing[handle_id] = self._handles.pop(handle_id)
+                return entry
+            opening = self._opening.get(handle_id)
+            if opening is None or opening.closing:
+                return None
+            opening.closing = True  # the open, when it ends, leaves its handle to this close
+            self._closing[handle_id] = opening
+            return opening
 
-    def end(self, handle: _Handle) -> None:
-        """A block operation :meth:`begin` bound to ``handle`` ended; the last one closes an orphaned handle."""
+    def end(self, handle: Any) -> None:
+        """The request bound to ``handle`` ended: a block operation (:meth:`begin`; the last one closes an
+        orphaned handle) or an ``fs/open`` (:meth:`begin_open`)."""
+        if isinstance(handle, _Opening):
+            with self._lock:
+                if not handle.done:  # refused, or failed before it ran
+                    self._opened(None, handle.handle_id, handle)
+            return
+        if isinstance(handle, _Awaiting):
+            with self._lock:
+                opening = handle.opening
+                if not opening.done:  # gave up waiting: not counted on the handle when it opens
+                    opening.waiters -= 1
+                    return
+                if opening.entry is None:
+                    return
+                handle = opening.entry
         with self._lock:
             handle.busy -= 1
             if handle.busy:
@@ -135,59 +197,92 @@ class FileHandles:
         if orphaned:
             _discard(handle)
 
-    def open(self, handle_id: str, path: str, mode: str, atomic_replace: bool = False) -> bool:
+    def open(self, handle_id: str, path: str, mode: str, atomic_replace: bool = False,
+             opening: Optional[_Opening] = None) -> bool:
         """Open ``path`` for reading, or create/truncate it for writing (``replace``).
 
         ``atomic_replace`` (``replace`` only): write a new temporary file
         beside ``path`` (a symlink at ``path`` is followed), put in place by
         :meth:`close`, where that keeps the file what it was
         (:func:`~exec_server.server.fs.atomic.prepare`); else in place.
-        Returns True for an atomic handle.
+        Returns True for an atomic handle.  ``opening``: what
+        :meth:`begin_open` returned for this request.
 
         Raises:
             RpcError: -32600 for an empty or duplicate id, a directory, the handle
                 limit or a connection already closed; -32004 when missing; OS errors by kind.
         """
+        with self._lock:
+            entry: Optional[_Handle] = None
+            try:
+                entry, applied = self._open_locked(handle_id, path, mode, atomic_replace, opening)
+            finally:
+                self._opened(entry, handle_id, opening)
+            return applied
+
+    def _opened(self, entry: Optional[_Handle], handle_id: str, opening: Optional[_Opening]) -> None:
+        """An open ended with ``entry`` (None: it failed): it joins the handles, or goes to the close that
+        arrived meanwhile; block operations that arrived meanwhile count on it.  Holds the lock."""
+        if entry is not None:
+            if opening is None or not opening.closing:
+                self._handles[handle_id] = entry
+            elif opening.abandoned:  # its close gave up waiting: nobody will close it
+                _discard(entry)
+                entry = None
+        if opening is None:
+            return
+        if entry is not None:
+            entry.busy += opening.waiters
+        opening.entry, opening.done = entry, True
+        if self._opening.get(opening.handle_id) is opening:
+            del self._opening[opening.handle_id]
+        self._idle.notify_all()
+
+    def _open_locked(self, handle_id: str, path: str, mode: str, atomic_replace: bool,
+                     opening: Optional[_Opening]) -> Tuple[_Handle, bool]:
         if handle_id == "":
             raise RpcError("file handle id cannot be empty", code=INVALID_REQUEST)
         if len(handle_id.encode("utf-8")) > MAX_HANDLE_ID_BYTES:
             raise RpcError("file handle ID must not exceed %d bytes" % MAX_HANDLE_ID_BYTES, code=INVALID_REQUEST)
-        with self._lock:
-            if self._closed:  # an fs/open still running when its connection ended
+        if self._closed:  # an fs/open still running when its connection ended
+            raise RpcError("the connection is closed", code=INVALID_REQUEST)
+        closing = lambda: self._closing.get(handle_id, opening) is not opening  # noqa: E731 (not its own)
+        if closing():  # an fs/close sent before this open is still running
+            self._idle.wait_for(lambda: not closing() or self._closed, CLOSE_BLOCKS_WAIT + 1.0)
+            if self._closed:
                 raise RpcError("the connection is closed", code=INVALID_REQUEST)
-            if handle_id in self._closing:  # an fs/close sent before this open is still running
-                self._idle.wait_for(lambda: handle_id not in self._closing or self._closed, CLOSE_BLOCKS_WAIT + 1.0)
-                if self._closed:
-                    raise RpcError("the connection is closed", code=INVALID_REQUEST)
-                if handle_id in self._closing:
-                    raise RpcError("file handle `%s` is still closing" % handle_id, code=INVALID_REQUEST)
-            if handle_id in self._handles:
-                raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
-            if len(self._handles) >= self._limit:
-                raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
-            if atomic_replace and not os.path.isdir(path):
-                prepared = atomic.prepare(path)
-                if prepared is not None:
-                    self._handles[handle_id] = _Handle(prepared[0], "replace", prepared[1])
-                    return True
-            flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            try:
-                if mode != "read" and os.path.isdir(path):
-                    raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
-                fd = open_file(path, flags)  # never waits; refuses a FIFO, device or socket
-            except OSError as exc:
-                raise rpc_error(os_error(exc)) from None
-            except FsError as exc:
-                raise rpc_error(exc) from None
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
-            self._handles[handle_id] = _Handle(fd, mode)
-            return False
+            if closing():
+                raise RpcError("file handle `%s` is still closing" % handle_id, code=INVALID_REQUEST)
+        if handle_id in self._handles:
+            raise RpcError("file handle `%s` already exists" % handle_id, code=INVALID_REQUEST)
+        if len(self._handles) >= self._limit:
+            raise RpcError("too many open file handles (limit %d)" % self._limit, code=INVALID_REQUEST)
+        if atomic_replace and not os.path.isdir(path):
+            prepared = atomic.prepare(path)
+            if prepared is not None:
+                return _Handle(prepared[0], "replace", prepared[1]), True
+        flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            if mode != "read" and os.path.isdir(path):
+                raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
+            fd = open_file(path, flags)  # never waits; refuses a FIFO, device or socket
+        except OSError as exc:
+            raise rpc_error(os_error(exc)) from None
+        except FsError as exc:
+            raise rpc_error(exc) from None
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
+        return _Handle(fd, mode), False
 
-    @staticmethod
-    def _fd(handle_id: str, handle: Optional[_Handle], mode: str) -> int:
-        """The descriptor of the handle :meth:`begin` bound (open until its operation ends), checked for ``mode``."""
+    def _fd(self, handle_id: str, handle: Any, mode: str) -> int:
+        """The descriptor of the handle :meth:`begin` bound (open until its operation ends), checked for ``mode``.
+
+        An ``fs/open`` of the id that was still running is waited for first (:data:`OPEN_WAIT`).
+        """
+        if isinstance(handle, _Awaiting):  # None if the open failed, or ran past OPEN_WAIT
+            with self._lock:
+                handle = handle.opening.entry if self._idle.wait_for(lambda: handle.opening.done, OPEN_WAIT) else None
         if handle is None:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
         if handle.mode != mode:
@@ -195,7 +290,7 @@ class FileHandles:
             raise RpcError("file handle `%s` is not open for %s" % (handle_id, wanted), code=INVALID_REQUEST)
         return handle.fd
 
-    def read_block(self, handle_id: str, offset: int, length: int, handle: Optional[_Handle]) -> Dict[str, Any]:
+    def read_block(self, handle_id: str, offset: int, length: int, handle: Any) -> Dict[str, Any]:
         """``fs/readBlock`` through ``handle``, what :meth:`begin` returned for it."""
         _check_block_length("read", length)
         fd = self._fd(handle_id, handle, "read")
@@ -207,7 +302,7 @@ class FileHandles:
             raise rpc_error(os_error(exc)) from None
         return {"chunk": data, "eof": len(data) < length}
 
-    def write_block(self, handle_id: str, offset: int, data: bytes, handle: Optional[_Handle]) -> None:
+    def write_block(self, handle_id: str, offset: int, data: bytes, handle: Any) -> None:
         """``fs/writeBlock`` through ``handle``, what :meth:`begin` returned for it."""
         _check_block_length("write", len(data))  # before the handle, as the reference does
         fd = self._fd(handle_id, handle, "replace")
@@ -222,7 +317,7 @@ class FileHandles:
         except OSError as exc:
             raise rpc_error(os_error(exc)) from None
 
-    def close(self, handle_id: str, commit: Optional[bool] = None, taken: Optional[_Handle] = None) -> None:
+    def close(self, handle_id: str, commit: Optional[bool] = None, taken: Any = None) -> None:
         """Close a handle once the block operations sent before are done; an atomic one's file is put
         in place (:func:`~exec_server.server.fs.atomic.commit`) unless ``commit`` is False.
 
@@ -240,6 +335,10 @@ class FileHandles:
         """
         with self._lock:
             entry = self._handles.pop(handle_id, None) if taken is None else taken
+            if isinstance(entry, _Opening):  # sent right behind its fs/open: the handle that open makes
+                opening = entry
+                opening.abandoned = not self._idle.wait_for(lambda: opening.done, OPEN_WAIT)
+                entry = opening.entry
             stuck = entry is not None and not self._idle.wait_for(lambda: not entry.busy, CLOSE_BLOCKS_WAIT)
             if stuck:
                 log.warning("fs/close of %s: block operations still run after %.0f s; the last of them closes it",

@@ -57,8 +57,9 @@ def _size_to_read(wire: Dict[str, Any]) -> int:
     return min(size, fs_operations.READ_FILE_LIMIT + 1)
 
 
-def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
-    """Open a connection-owned file handle (PROTOCOL.md 8.4)."""
+def fs_open(ctx: RequestContext, params: Dict[str, Any], handle: Any = None) -> Dict[str, Any]:
+    """Open a connection-owned file handle (PROTOCOL.md 8.4); ``handle``: what the connection registered
+    for this open as it arrived (:meth:`~exec_server.server.fs.handles.FileHandles.begin_open`)."""
     policy = sandbox.parse_sandbox(params.get("sandbox"))
     if policy is not None and policy.restrict_file_system:
         raise InvalidParams("sandboxed file handles are not supported")
@@ -69,7 +70,7 @@ def fs_open(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]:
     mode, atomic = params.get("mode") or "read", bool(params.get("atomic"))
     if atomic and mode != "replace":
         raise InvalidParams("atomic applies to mode `replace` only")
-    applied = ctx.connection.file_handles.open(params["handleId"], path, mode, atomic)
+    applied = ctx.connection.file_handles.open(params["handleId"], path, mode, atomic, handle)
     if atomic:  # only to a client that asked: the reference's result has handleId alone
         return {"handleId": params["handleId"], "atomic": applied}
     return {"handleId": params["handleId"]}
