@@ -98,12 +98,30 @@ def create_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[s
     guard.check_write(path)
     try:
         if params.get("recursive", True) is not False:
-            os.makedirs(path, exist_ok=True)  # a concurrent creator is no error; a file there is
+            _make_directories(path)
         else:
             os.mkdir(path)
     except OSError as exc:
         raise os_error(exc) from None
     return {}
+
+
+def _make_directories(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` without its recursion (a path of 1,500 missing names raised
+    RecursionError): each missing directory from the top down; a concurrent creator is no error, a file is."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
 
 
 def _millis(seconds_ns: int) -> int:
@@ -276,7 +294,7 @@ def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
         if stat.S_ISDIR(info.st_mode):
             if params.get("recursive", True) is not False:
                 refuse_root(path, info)
-                shutil.rmtree(path)
+                _remove_tree(path)
             else:
                 os.rmdir(path)
         else:
@@ -284,6 +302,19 @@ def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     except OSError as exc:
         raise os_error(exc) from None
     return {}
+
+
+def _remove_tree(path: str) -> None:
+    """Directory ``path`` and everything below it, following no link: through descriptors, without
+    recursion (``shutil.rmtree`` recursed, and raised RecursionError 1,000 levels down), where the
+    platform has them (:func:`fs_helper.safe_path.remove_tree_at`); else ``shutil.rmtree``."""
+    from . import safe_path  # (ctypes: loaded by the first removal of a tree, not with the operations)
+
+    if safe_path.unsupported_reason() is not None:
+        shutil.rmtree(path)
+        return
+    with safe_path.Place(safe_path.split_resolved(path)) as place:
+        safe_path.remove_tree_at(place.dir_fd, place.name)
 
 
 class _CopyFailed(Exception):

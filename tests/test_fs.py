@@ -239,6 +239,17 @@ def test_remove(fs, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_a_tree_deeper_than_pythons_recursion_limit_is_created_and_removed(fs, tmp_path):
+    """1,500 levels (a RecursionError in os.makedirs and shutil.rmtree: -32603 and a traceback)."""
+    deep = tmp_path / "deep"
+    leaf = deep.joinpath(*["d"] * 1500)
+    fs.create_directory(leaf)
+    assert leaf.is_dir()
+    (leaf / "f").write_bytes(b"x")
+    fs.remove(deep)
+    assert not os.path.lexists(str(deep))
+
+
 def test_copy(fs, tmp_path):
     (tmp_path / "src.txt").write_bytes(b"data")
     (tmp_path / "dst.txt").write_bytes(b"old")
