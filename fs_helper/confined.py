@@ -17,10 +17,11 @@ import stat
 from typing import Any, Callable, Dict
 
 from . import b64, safe_path
+from .copying import refuse_copy_into_itself
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import open_file, read_to_end
 from .operations import (OPERATIONS, native_path, read_limit_error, READ_FILE_LIMIT, metadata_result,
-                         refuse_copy_into_itself, refuse_root, wire_name)
+                         refuse_root, wire_name)
 from .replacing import umask
 from .policy import Policy
 
