@@ -47,6 +47,7 @@ class StdioTransport:
         self.pid = self._child.pid
         self._send_lock = threading.Lock()
         self._closed = False  # no more sends
+        self._torn = False  # a send was interrupted (^C) partway: its line is not ended
         self._killed_for: Optional[str] = None  # why :meth:`kill` ended the child, if it did
         self._finished = False  # resources released
         self._log = logging.getLogger("exec_server.child")
@@ -77,9 +78,13 @@ class StdioTransport:
                 if status is not None:
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
                 raise ExecServerDisconnected("exec-server child is closed")
+            if self._torn:  # the last message was cut (^C): its line ends here, a malformed one the
+                data = b"\n" + data  # server answers with an error and skips, and this one is whole
             try:
+                self._torn = True
                 self._child.stdin.write(data)
                 self._child.stdin.flush()
+                self._torn = False
             except (OSError, ValueError) as exc:
                 status = self._exit_status(2.0)
                 if status is not None:  # `--via false`: not a broken pipe to a user, an exited command

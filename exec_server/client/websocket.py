@@ -105,6 +105,13 @@ class WebSocketTransport:
             self._dead_reason = self._dead_reason or "connection lost: send failed: %s" % exc
             abort_socket(self._sock)
             raise ExecServerDisconnected("send failed: %s" % exc) from exc
+        except BaseException:
+            # Ctrl-C between two frames of a large message, or in one: the next message would go out
+            # as the rest of this one (the server would never see it), so the stream ends here too,
+            # and the client's next call (the kill that follows a ^C) goes on a resumed connection.
+            self._dead_reason = self._dead_reason or "connection lost: a send was interrupted"
+            abort_socket(self._sock)
+            raise
 
     def ping(self) -> None:
         """Send a Ping frame (the server answers with a Pong, which is ignored).
