@@ -42,6 +42,14 @@ def test_run_input_reaches_stdin_then_eof(client):
     assert done.stdout == payload and done.returncode == 0
 
 
+def test_a_timed_out_run_carries_the_output_it_had(client):
+    """As subprocess.run's TimeoutExpired: stdout and stderr so far (bytes), to see why it hung."""
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        client.run(["/bin/sh", "-c", "echo partial; echo perr >&2; sleep 31"], timeout=1.5)
+    assert (caught.value.stdout, caught.value.stderr) == (b"partial\n", b"perr\n")
+    assert caught.value.timeout == 1.5
+
+
 def test_run_takes_subprocess_text_mode_arguments(client):
     """capture_output=True, text=True as subprocess.run takes them: str out, newlines made \\n, str input."""
     done = client.run(["/bin/sh", "-c", r"printf 'a\r\nb\rc\n'; printf 'd\r\n' >&2"], capture_output=True,

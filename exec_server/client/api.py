@@ -332,7 +332,8 @@ class Client:
                 them through ``/bin/sh -c 'head -c N | "$@"'``, POSIX only).
             timeout: seconds for start, input and wait; past them the remote tree is killed (at
                 most :data:`~exec_server.client.oneshot.KILL_GRACE` s more, for the start's answer,
-                the kill and the exit together) and :class:`CallTimeout` raised.  Any other error kills it too.
+                the kill and the exit together) and :class:`CallTimeout` raised, its ``stdout`` and
+                ``stderr`` the bytes received so far.  Any other error kills it too.
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             capture_output: False passes each chunk on to this process's ``sys.stdout`` or
                 ``sys.stderr`` as it arrives (bytes, undecoded), and ``stdout``/``stderr`` are None.

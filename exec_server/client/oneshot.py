@@ -79,7 +79,7 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
         except Exception:  # best effort: the connection may be gone, the process failed
             pass
         if isinstance(exc, subprocess.TimeoutExpired):
-            raise CallTimeout(argv, timeout) from None
+            raise CallTimeout(argv, timeout, *_output_so_far(process, capture_output, grace_deadline)) from None
         raise
     finally:
         client.forget(process)
@@ -90,6 +90,17 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
     if check:
         done.check_returncode()
     return done
+
+
+def _output_so_far(process: RemoteProcess, captured: bool, deadline: float) -> Tuple[Optional[bytes], Optional[bytes]]:
+    """``(stdout, stderr)`` bytes a timed-out run had received (the process is killed), for its
+    ``CallTimeout``, as ``subprocess.run`` gives them; None where output was not captured or is lost."""
+    if not captured:
+        return None, None
+    try:  # what communicate had consumed went back to the process's buffer; the rest follows the kill
+        return process.communicate(timeout=max(0.1, _remaining(deadline) or 0.0))
+    except Exception:  # gone with the connection, or not closed in time: what is buffered stays there
+        return None, None
 
 
 def _feed(client: Any, process: RemoteProcess, data: bytes, deadline: Optional[float]) -> None:
