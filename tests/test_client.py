@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import wait_until, with_env
+from conftest import running_descendants, wait_until, with_env
 from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent, ProgramNotFound,
                          ReconnectPolicy, StdinClosedError, WorkingDirectoryNotFound)
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
@@ -107,6 +107,18 @@ def test_run_with_path_cwd_and_env(client, tmp_path):
     done = client.run(["/bin/sh", "-c", 'pwd; echo "$GREETING"'], cwd=pathlib.Path(tmp_path),
                       env={"GREETING": "hello"}, timeout=10)
     assert done.stdout == ("%s\nhello\n" % tmp_path).encode()
+
+
+def test_closing_the_client_ends_the_processes_it_left_running(any_server):
+    """As the end of an ssh session: not left to the server's detached-session TTL (80 s)."""
+    server_pid = any_server.pid or os.getpid()
+    with Client.connect(any_server.url, timeout=10) as client:
+        client.start(["sleep", "52"])
+        finished = client.start(["true"])
+        assert finished.wait(timeout=10) == 0
+        wait_until(lambda: running_descendants(server_pid, ["sleep", "52"]), timeout=10)
+    wait_until(lambda: not running_descendants(server_pid, ["sleep", "52"]), timeout=10)
+    assert client.state == "closed"
 
 
 def test_start_write_iterate_terminate(client):

@@ -25,7 +25,7 @@ from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
                                            command_env)
-from exec_server.client.interfaces import seconds as _seconds
+from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining, seconds as _seconds
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
@@ -209,12 +209,26 @@ class Client:
         self._endpoint.notify(method, params)
 
     def close(self) -> None:
-        """Close the connection; no recovery follows.
+        """Terminate the processes this client started that have not closed, then close the connection.
 
-        The server keeps the session's processes for its detached-session TTL (80 s by default) and then
-        kills them; terminate them first to end them now.
+        As the end of an ``ssh`` session takes its commands: a closed client
+        is never resumed, so the server's detached-session TTL (80 s by
+        default) would only keep them running.  One ``process/terminate``
+        each, :data:`CLOSE_TERMINATE_WAIT` s for all of them together, on a
+        connected client only (recovering or failed: the TTL ends them).
+        No recovery follows.
         """
-        self._endpoint.close()
+        try:
+            if self.state == CONNECTED:
+                deadline = _deadline(CLOSE_TERMINATE_WAIT)
+                for process in self._endpoint.open_processes():
+                    try:
+                        self.call("process/terminate", {"processId": process.process_id},
+                                  timeout=_remaining(deadline))
+                    except Exception:  # gone already, the connection lost, the time used up: best effort
+                        pass
+        finally:
+            self._endpoint.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -351,6 +365,8 @@ class Client:
         return oneshot.run(self, argv, input, timeout, check, capture_output, text, encoding, errors,
                            universal_newlines, start_options)
 
+
+CLOSE_TERMINATE_WAIT = 5.0  #: seconds :meth:`Client.close` gives the terminates of its open processes, together
 
 __all__ = ["Client", "CallTimeout", "ExtensionNotSupported", "RemoteProcess", "ReconnectPolicy",
            "RequestOutcomeUnknown", "OutputEvent", "ExitedEvent", "ClosedEvent", "ProcessOutputGap", "StdinClosedError",
