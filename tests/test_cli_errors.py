@@ -268,6 +268,13 @@ def test_cp_mistakes_name_the_path_and_have_their_status(server, tmp_path):
          "exec-server cp: Not a directory (%s/no-dir/)" % tmp_path),
         ([":%s/here.txt" % tmp_path, str(tmp_path / "no-dir" / "x.txt")], 1,
          "exec-server cp: No such file or directory (%s/no-dir/x.txt)" % tmp_path),
+        # the same on the remote side: a trailing / means a directory (the server would drop it)
+        ([str(tmp_path / "here.txt"), ":%s/no-dir/" % tmp_path], 1,
+         "exec-server cp: Not a directory (:%s/no-dir/)" % tmp_path),
+        ([str(tmp_path / "here.txt"), ":%s/here.txt/" % tmp_path], 1,
+         "exec-server cp: Not a directory (:%s/here.txt/)" % tmp_path),
+        ([":%s/here.txt" % tmp_path, ":%s/no-dir/" % tmp_path], 1,
+         "exec-server cp: Not a directory (:%s/no-dir/)" % tmp_path),
         (["here.txt", "there.txt"], 2,
          "exec-server cp: one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"),
         # a copy on the server: the error may be about either side (it named the source alone)

@@ -54,12 +54,19 @@ class Progress:
 
 
 def _remote_target(fs: FileSystem, remote: str, name: str) -> str:
-    """Like scp: a remote directory destination gets the source's name appended."""
+    """Like scp: a remote directory destination gets the source's name appended.
+
+    Raises:
+        NotADirectoryError: ``remote`` ends with ``/`` and is no directory (missing, or a file), as
+            on the local side: a directory is meant (the server would drop the ``/`` and write a file).
+    """
     try:
         if fs.get_metadata(remote)["isDirectory"]:
             return remote.rstrip("/") + "/" + name
     except NotFound:
         pass
+    if remote.endswith("/"):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), ":" + remote)
     return remote
 
 
