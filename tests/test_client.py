@@ -121,6 +121,16 @@ def test_closing_the_client_ends_the_processes_it_left_running(any_server):
     assert client.state == "closed"
 
 
+def test_write_all_to_a_child_that_does_not_read_names_its_own_timeout(server):
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["sleep", "30"], stdin=True) as process:
+            with pytest.raises(subprocess.TimeoutExpired) as caught:
+                process.write_all(b"x" * (20 << 20), 2.0)  # the server's stdin queue fills: it stays full
+            assert (caught.value.cmd, caught.value.timeout) == (["sleep", "30"], 2.0)  # not process/write's 0 s
+            with pytest.raises(TypeError, match="process data must be bytes, not str"):
+                process.write("text")
+
+
 def test_start_write_iterate_terminate(client):
     proc = client.start(["cat"], stdin=True)
     proc.write(b"hi\n")

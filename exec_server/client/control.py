@@ -53,6 +53,8 @@ class ProcessControl:
         the reconnect with the same ``writeId``, which the server remembers
         (PROTOCOL.md 5.5): the bytes reach the child once.
         """
+        if isinstance(data, str):
+            raise TypeError("process data must be bytes, not str: encode it (text.encode())")
         params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": os.urandom(16).hex()}
         if close_stdin:
             if not self.client.supports("closeStdin"):
@@ -94,6 +96,8 @@ class ProcessControl:
                     if _remaining(deadline) == 0.0:
                         raise CallTimeout(self.args, timeout) from None
                     time.sleep(min(0.05, _remaining(deadline) or 0.05))
+                except CallTimeout:  # a piece's call got what was left: the whole write timed out
+                    raise CallTimeout(self.args, timeout) from None
 
     def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
         """End of file on the child's stdin, after every byte already written (our extension).
