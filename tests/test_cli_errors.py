@@ -277,6 +277,8 @@ def test_cp_mistakes_name_the_path_and_have_their_status(server, tmp_path):
          "exec-server cp: Not a directory (:%s/no-dir/)" % tmp_path),
         (["here.txt", "there.txt"], 2,
          "exec-server cp: one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"),
+        ([str(tmp_path / "here.txt"), ":"], 2, "exec-server cp: a remote path follows the ':' (e.g. :/srv/file)"),
+        ([":", str(tmp_path / "x.txt")], 2, "exec-server cp: a remote path follows the ':' (e.g. :/srv/file)"),
         # a copy on the server: the error may be about either side (it named the source alone)
         ([":%s/here.txt" % tmp_path, ":%s/no-dir/x.txt" % tmp_path], 1,
          "exec-server cp: No such file or directory (os error 2) (:%s/here.txt -> :%s/no-dir/x.txt)"

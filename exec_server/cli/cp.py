@@ -144,12 +144,22 @@ def copy(fs: FileSystem, source: str, destination: str) -> int:
     raise CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
 
 
+def check_sides(source: str, destination: str) -> None:
+    """Raise a :class:`CommandError` (exit 2) unless a side is remote (``:PATH``) and no ``:`` lacks its path."""
+    if not source.startswith(":") and not destination.startswith(":"):
+        raise CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
+    if ":" in (source, destination):
+        raise CommandError("a remote path follows the ':' (e.g. :/srv/file)")
+
+
 def copy_files(args: argparse.Namespace) -> int:
     """``exec-server cp``: 0 when the copy is done, else one line on stderr and its status (``cp --help``)."""
     if bool(args.url) == bool(args.via):
         return report("cp", CommandError("give exactly one of --url and --via (--hosts for several hosts)"))
-    if not args.source.startswith(":") and not args.destination.startswith(":"):
-        return report("cp", CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)"))
+    try:
+        check_sides(args.source, args.destination)
+    except CommandError as error:
+        return report("cp", error)
     remote = args.source if args.source.startswith(":") else args.destination  # what a server error is about
     if args.source.startswith(":") and args.destination.startswith(":"):  # a copy on the server: either side
         remote = "%s -> %s" % (args.source, args.destination)

@@ -15,7 +15,7 @@ import os
 from typing import List
 
 from exec_server.cli.connect import CommandError, disconnected, report
-from exec_server.cli.cp import Progress, copy_files, download, upload
+from exec_server.cli.cp import Progress, check_sides, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
 from exec_server.client.api import Client
@@ -47,8 +47,7 @@ def copy_group(args: argparse.Namespace, urls: List[str]) -> int:
     """
     source, destination = args.source, args.destination
     remote_source, remote_destination = source.startswith(":"), destination.startswith(":")
-    if not (remote_source or remote_destination):
-        raise CommandError("one side must be remote: mark it with a leading ':' (e.g. :/srv/file)")
+    check_sides(source, destination)
     if remote_destination and not remote_source:
         if os.path.isdir(source):
             raise CommandError("is a directory (copy directories on the server with fs.copy)", source)
