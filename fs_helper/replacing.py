@@ -18,12 +18,15 @@ import errno
 import os
 import stat
 import tempfile
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
 from .opening import open_file
 
 #: Characters of the target's name kept in its temporary file's name (a 255-byte name must still fit).
 TEMPORARY_NAME_CHARACTERS = 40
+
+#: Temporary files made by :func:`temporary_beside` and not yet renamed or discarded (paths).
+_unfinished: Set[str] = set()
 
 
 def umask() -> int:
@@ -46,7 +49,23 @@ def temporary_beside(target: str) -> Tuple[int, str]:
     must its temporary's be).  OSError.
     """
     directory, name = os.path.split(target)
-    return tempfile.mkstemp(prefix=".%s." % name[:TEMPORARY_NAME_CHARACTERS], suffix=".tmp", dir=directory or ".")
+    fd, temporary = tempfile.mkstemp(prefix=".%s." % name[:TEMPORARY_NAME_CHARACTERS], suffix=".tmp",
+                                     dir=directory or ".")
+    _unfinished.add(temporary)
+    return fd, temporary
+
+
+def discard_unfinished() -> int:
+    """Remove every temporary file still being written (the process is ending); returns how many.
+
+    Called by the ``exec-server`` command as it exits (a copy or an upload
+    cut short by SIGTERM left a hidden ``.NAME.XXXXXXXX.tmp``, however big,
+    beside its target).  A write still running then fails at its rename.
+    """
+    leftovers = list(_unfinished)
+    for temporary in leftovers:
+        discard(temporary)
+    return len(leftovers)
 
 
 def keeps_identity(info: os.stat_result, writable: bool, split_links: bool = False) -> bool:
@@ -139,13 +158,15 @@ def _write_and_rename(fd: int, temporary: str, target: str, chunks: Callable[[An
                 os.fchown(handle.fileno(), *owner)  # before the chmod: a chown clears set-id bits
         os.chmod(temporary, mode if mode is not None else 0o666 & ~umask())
         os.replace(temporary, target)
+        _unfinished.discard(temporary)
     except BaseException:
         discard(temporary)
         raise
 
 
 def discard(temporary: str) -> None:
-    """Remove a temporary file that will not be put in place (no error if it is gone)."""
+    """Remove a temporary file that will not be put in place (no error if it is gone, or was renamed)."""
+    _unfinished.discard(temporary)
     try:
         os.unlink(temporary)
     except OSError:

@@ -404,3 +404,37 @@ def test_a_send_after_the_reader_killed_a_broken_child_names_why():
     finally:
         transport.close()
     assert transport._child.wait(10) == -signal.SIGKILL
+
+
+SLOW_COPY_SERVER = [sys.executable, "-c", textwrap.dedent("""
+    import time
+    from fs_helper import opening
+
+    def slow_copy_blocks(fd, handle):  # a copy that takes far longer than the exit may wait
+        handle.write(b"first block")
+        time.sleep(60)
+
+    opening.copy_blocks = slow_copy_blocks  # before fs_helper.copying takes it
+    from exec_server.cli import console_main
+    console_main()
+    """), "--listen", "stdio"]
+
+
+def test_a_copy_still_running_at_eof_does_not_hold_the_exit_and_leaves_no_temporary(stdio_server, tmp_path):
+    """stdin EOF: answers for 1 s (EOF_ANSWER_WAIT), request threads 1 s more, then the end: not the
+    copy's end (it held the exit until done), and its hidden temporary file beside the target is gone."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"x" * 4096)
+    child = stdio_server(SLOW_COPY_SERVER)
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n')
+    assert "sessionId" in read_json(child)["result"]
+    params = {"sourcePath": "file://%s" % source, "destinationPath": "file://%s/copy.bin" % tmp_path,
+              "recursive": False}
+    copy = {"id": 2, "method": "fs/copy", "params": params}
+    send(child, json.dumps(copy).encode() + b"\n")
+    wait_until(lambda: any(name.startswith(".copy.bin.") for name in os.listdir(str(tmp_path))), timeout=10)
+    started = time.monotonic()
+    child.stdin.close()
+    assert child.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10  # EOF_ANSWER_WAIT + EXIT_THREAD_WAIT, not the copy's 60 s
+    assert sorted(os.listdir(str(tmp_path))) == ["source.bin"]

@@ -27,7 +27,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.listen in STDIO_LISTEN:
         from exec_server.server.stdio import serve_stdio
 
-        return serve_stdio(config)
+        status = serve_stdio(config)
+        _exit_if_stuck(EXIT_THREAD_WAIT)
+        return status
     try:
         listen = listen_options(args)
     except (ValueError, OSError) as exc:
@@ -93,7 +95,8 @@ EXIT_THREAD_WAIT = 1.0
 
 
 def _exit_if_stuck(wait: float) -> None:
-    """End the process now if a request thread is still running after ``wait`` seconds.
+    """End the process now if a request thread is still running after ``wait`` seconds, removing the
+    temporary files of the writes (fs/copy, fs/writeFile) such threads still run.
 
     Every process tree and fs helper is already killed by then; a request
     thread blocked in a call that cannot be interrupted would otherwise hold
@@ -115,6 +118,9 @@ def _exit_if_stuck(wait: float) -> None:
     if stuck:
         logging.getLogger(__name__).warning("exiting with %d request thread(s) still blocked: %s",
                                             len(stuck), ", ".join(sorted(t.name for t in stuck)))
+        replacing = sys.modules.get("fs_helper.replacing")  # loaded by a write: its temporary files go
+        if replacing is not None and replacing.discard_unfinished():
+            logging.getLogger(__name__).warning("removed the temporary files of writes still running")
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
