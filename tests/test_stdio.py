@@ -406,6 +406,32 @@ def test_a_send_after_the_reader_killed_a_broken_child_names_why():
     assert transport._child.wait(10) == -signal.SIGKILL
 
 
+def test_a_send_to_a_child_that_wrote_garbage_and_exited_names_the_garbage():
+    """``--via "echo garbage"``: the send meets the exited child before the reader judges its line; it
+    said "exited with status 0" one run in four, where the line is the cause."""
+    import threading
+
+    from exec_server import ExecServerDisconnected
+    from exec_server.client.stdio import StdioTransport
+
+    transport = StdioTransport(["sh", "-c", "echo garbage"])
+    try:
+        transport._child.wait(10)  # gone: the write fails at once
+
+        def late_reader():
+            time.sleep(0.3)
+            transport.receive()
+            transport.kill("exec-server sent a malformed message: Expecting value")
+
+        reader = threading.Thread(target=late_reader)
+        reader.start()
+        with pytest.raises(ExecServerDisconnected, match="^exec-server sent a malformed message: Expecting value$"):
+            transport.send('{"id":1,"method":"initialize","params":{"clientName":"x"}}' + " " * (1 << 20))
+        reader.join(10)
+    finally:
+        transport.close()
+
+
 SLOW_COPY_SERVER = [sys.executable, "-c", textwrap.dedent("""
     import time
     from fs_helper import opening

@@ -13,6 +13,9 @@ from exec_server.protocol.errors import ExecServerDisconnected
 #: Longest line (one message, with its end) the client reads from the child, bytes; as the
 #: WebSocket transport's CLIENT_MAX_MESSAGE_BYTES.
 STDIO_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: After a write failed because the child exited, how long a send waits for the reader to judge what the
+#: child wrote before (a malformed line is the better cause than the exit), seconds.
+OUTPUT_VERDICT_WAIT = 1.0
 
 
 class StdioTransport:
@@ -48,6 +51,7 @@ class StdioTransport:
         self._send_lock = threading.Lock()
         self._closed = False  # no more sends
         self._torn = False  # a send was interrupted (^C) partway: its line is not ended
+        self._output_judged = threading.Event()  # the reader met the end of the child's output, or a bad line
         self._killed_for: Optional[str] = None  # why :meth:`kill` ended the child, if it did
         self._finished = False  # resources released
         self._log = logging.getLogger("exec_server.child")
@@ -85,11 +89,18 @@ class StdioTransport:
                 self._child.stdin.write(data)
                 self._child.stdin.flush()
                 self._torn = False
+                return
             except (OSError, ValueError) as exc:
-                status = self._exit_status(2.0)
-                if status is not None:  # `--via false`: not a broken pipe to a user, an exited command
-                    raise ExecServerDisconnected("the exec-server child exited with status %d" % status) from None
-                raise ExecServerDisconnected("cannot write to the exec-server child: %s" % exc) from exc
+                error = exc
+        status = self._exit_status(2.0)
+        if status is None:
+            raise ExecServerDisconnected("cannot write to the exec-server child: %s" % error) from error
+        # `--via false`: not a broken pipe to a user, an exited command; `--via "echo garbage"`: what it
+        # wrote before it exited says more, once the reader has judged it (outside the lock kill() takes)
+        self._output_judged.wait(OUTPUT_VERDICT_WAIT)
+        if self._killed_for is not None:
+            raise ExecServerDisconnected(self._killed_for) from None
+        raise ExecServerDisconnected("the exec-server child exited with status %d" % status) from None
 
     def _exit_status(self, timeout: float):
         """The child's exit status once it has exited within ``timeout`` seconds, else None."""
@@ -117,6 +128,7 @@ class StdioTransport:
                 raise ExecServerDisconnected("exec-server child sent a message over %d bytes"
                                              % STDIO_MAX_MESSAGE_BYTES)
             if not line:
+                self._output_judged.set()
                 status = self._exit_status(2.0)
                 if status is not None:
                     raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
@@ -176,6 +188,7 @@ class StdioTransport:
             self._closed = True
             if self._killed_for is None:
                 self._killed_for = reason
+        self._output_judged.set()
         kill_tree(self.pid)
         try:
             self._child.wait(self.CHILD_EXIT_GRACE)
