@@ -105,3 +105,24 @@ def test_an_open_that_fails_early_releases_what_waits_for_it(server, connect, tm
     assert answers[0]["error"]["code"] == -32603
     assert answers[1]["error"]["code"] == -32004 and answers[2]["result"] == {}
     assert not os.path.exists(str(tmp_path / "f"))
+
+
+def test_open_close_open_close_of_one_id_back_to_back(any_server, connect, tmp_path, slow_open):
+    """Two closes of one id under way at once: each takes its own open's handle (the second close's
+    bookkeeping overwrote the first's, and its end failed), and every descriptor is closed."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    peer = connect(any_server.url)
+    peer.initialize()
+    answers = send_all(peer, [
+        ("fs/open", {"handleId": "h", "path": uri(first), "mode": "replace"}),
+        ("fs/writeBlock", {"handleId": "h", "offset": 0, "chunk": b64.encode(b"one")}),
+        ("fs/close", {"handleId": "h"}),
+        ("fs/open", {"handleId": "h", "path": uri(second), "mode": "replace"}),
+        ("fs/writeBlock", {"handleId": "h", "offset": 0, "chunk": b64.encode(b"two")}),
+        ("fs/close", {"handleId": "h"}),
+    ])
+    assert [answer.get("result") for answer in answers] == [{"handleId": "h"}, {}, {}, {"handleId": "h"}, {}, {}]
+    assert (first.read_bytes(), second.read_bytes()) == (b"one", b"two")
+    if not any_server.is_reference:
+        open_paths = [entry.path for entry in psutil.Process().open_files()]
+        assert str(first) not in open_paths and str(second) not in open_paths

@@ -23,8 +23,7 @@ handle, as on the reference, which runs requests one after another.  A
 descriptor is never closed under a running block operation: the last of
 them closes it (:meth:`FileHandles.end`) when its close gave up waiting or
 the connection ended.  A close that arrived before the connection ended
-still finishes: its thread holds the interpreter's exit like a request
-thread.  Thread-safe.
+still finishes (its thread holds the exit like a request's).  Thread-safe.
 """
 
 import errno
@@ -32,7 +31,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from fs_helper.errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
 from fs_helper.opening import open_file
@@ -51,8 +50,8 @@ MAX_BLOCK_BYTES = 1_048_576
 MAX_FILE_OFFSET = 2 ** 63 - 1
 #: Longest wait of ``fs/close`` for the block reads and writes of its handle sent before it, seconds.
 CLOSE_BLOCKS_WAIT = 30.0
-#: Longest wait of a block operation or ``fs/close`` for the ``fs/open`` of its id sent before it, seconds
-#: (an open waits at most ``CLOSE_BLOCKS_WAIT`` s for an earlier close of the same id, then opens at once).
+#: Longest wait of a block operation or ``fs/close`` for the ``fs/open`` sent before it (which may wait
+#: ``CLOSE_BLOCKS_WAIT`` s for an earlier close of the id), seconds.
 OPEN_WAIT = CLOSE_BLOCKS_WAIT + 5.0
 
 
@@ -96,11 +95,12 @@ class _Handle:
 class _Opening:
     """An ``fs/open`` that arrived and has not finished (:meth:`FileHandles.begin_open`)."""
 
-    __slots__ = ("handle_id", "done", "entry", "waiters", "closing", "abandoned")
+    __slots__ = ("handle_id", "after", "done", "entry", "waiters", "closing", "abandoned")
     closes_slowly = True  # a close of it waits for the open: on a thread of its own
 
-    def __init__(self, handle_id: str) -> None:
+    def __init__(self, handle_id: str, after: List[Any]) -> None:
         self.handle_id = handle_id
+        self.after = after  # what the closes of the id that arrived before it took: it waits for them
         self.done = False
         self.entry: Optional[_Handle] = None  # what it opened (None: it failed, or never ran)
         self.waiters = 0  # block operations that arrived meanwhile: busy on its handle once it is open
@@ -108,10 +108,8 @@ class _Opening:
         self.abandoned = False  # that close stopped waiting: the handle is closed as it opens
 
 
-class _Awaiting(NamedTuple):
-    """What :meth:`FileHandles.begin` binds a block operation to while its handle is being opened."""
-
-    opening: _Opening
+#: What :meth:`FileHandles.begin` binds a block operation to while its handle is being opened.
+_Awaiting = NamedTuple("_Awaiting", [("opening", _Opening)])
 
 
 class FileHandles:
@@ -120,7 +118,7 @@ class FileHandles:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
-        self._closing: Dict[str, Any] = {}  # handle id -> a _Handle (or _Opening) taken by begin_close, until closed
+        self._closing: Dict[str, List[Any]] = {}  # handle id -> _Handles (or _Openings) taken by closes still running
         self._opening: Dict[str, _Opening] = {}  # handle id -> its last fs/open that arrived and has not finished
         self._closed = False  # close_all ran: the connection is gone and opens no more
 
@@ -128,7 +126,7 @@ class FileHandles:
         """An ``fs/open`` of ``handle_id`` was dispatched (call in arrival order): pass what this returns to
         :meth:`open`, and to :meth:`end` when the request ended (run or refused)."""
         with self._lock:
-            opening = self._opening[handle_id] = _Opening(handle_id)
+            opening = self._opening[handle_id] = _Opening(handle_id, list(self._closing.get(handle_id, ())))
             return opening
 
     def begin(self, handle_id: str) -> Any:
@@ -162,13 +160,14 @@ class FileHandles:
             if self._closed:
                 return None
             if handle_id in self._handles:
-                entry = self._closing[handle_id] = self._handles.pop(handle_id)
+                entry = self._handles.pop(handle_id)
+                self._closing.setdefault(handle_id, []).append(entry)
                 return entry
             opening = self._opening.get(handle_id)
             if opening is None or opening.closing:
                 return None
             opening.closing = True  # the open, when it ends, leaves its handle to this close
-            self._closing[handle_id] = opening
+            self._closing.setdefault(handle_id, []).append(opening)
             return opening
 
     def end(self, handle: Any) -> None:
@@ -176,7 +175,7 @@ class FileHandles:
         orphaned handle) or an ``fs/open`` (:meth:`begin_open`)."""
         if isinstance(handle, _Opening):
             with self._lock:
-                if not handle.done:  # refused, or failed before it ran
+                if not handle.done:  # refused, or failed before it ran: what waits for it gets no handle
                     self._opened(None, handle.handle_id, handle)
             return
         if isinstance(handle, _Awaiting):
@@ -184,8 +183,7 @@ class FileHandles:
                 opening = handle.opening
                 if not opening.done:  # gave up waiting: not counted on the handle when it opens
                     opening.waiters -= 1
-                    return
-                if opening.entry is None:
+                if opening.entry is None:  # not open (yet), or the open failed
                     return
                 handle = opening.entry
         with self._lock:
@@ -246,7 +244,8 @@ class FileHandles:
             raise RpcError("file handle ID must not exceed %d bytes" % MAX_HANDLE_ID_BYTES, code=INVALID_REQUEST)
         if self._closed:  # an fs/open still running when its connection ended
             raise RpcError("the connection is closed", code=INVALID_REQUEST)
-        closing = lambda: self._closing.get(handle_id, opening) is not opening  # noqa: E731 (not its own)
+        earlier = opening.after if opening is not None else list(self._closing.get(handle_id, ()))
+        closing = lambda: any(taken in self._closing.get(handle_id, ()) for taken in earlier)  # noqa: E731
         if closing():  # an fs/close sent before this open is still running
             self._idle.wait_for(lambda: not closing() or self._closed, CLOSE_BLOCKS_WAIT + 1.0)
             if self._closed:
@@ -354,7 +353,10 @@ class FileHandles:
         finally:
             if taken is not None:
                 with self._lock:
-                    del self._closing[handle_id]
+                    takers = self._closing[handle_id]
+                    takers.remove(taken)
+                    if not takers:
+                        del self._closing[handle_id]
                     self._idle.notify_all()  # an fs/open of the same id may wait for this close
 
     @staticmethod
