@@ -108,8 +108,10 @@ def create_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[s
 def _make_directories(path: str) -> None:
     """``os.makedirs(path, exist_ok=True)`` without its recursion (a path of 1,500 missing names raised
     RecursionError): each missing directory from the top down; a concurrent creator is no error, a file is."""
-    missing = []
+    target, missing = path, []
     while not os.path.isdir(path):
+        if path != target and os.path.lexists(path):
+            break  # a file above: the mkdir below it fails ENOTDIR (EEXIST only for the target itself)
         missing.append(path)
         parent = os.path.dirname(path)
         if parent == path:

@@ -271,27 +271,29 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
 
     Every directory is opened with ``O_NOFOLLOW`` relative to its parent's
     descriptor, so a directory swapped for a symlink fails (ELOOP) instead of
-    leading elsewhere; symlinks are unlinked, never followed.
+    leading elsewhere; symlinks are unlinked, never followed.  Depth first,
+    one open descriptor per level (a directory's subdirectories one after
+    another: all at once, 400 of them ran out of descriptors), no recursion.
     """
-    stack = [(dir_fd, name, os.open(name, LIST_FLAGS, dir_fd=dir_fd), False)]
+    stack = [(dir_fd, name, os.open(name, LIST_FLAGS, dir_fd=dir_fd), None)]  # + its children still to go
     try:
         while stack:
-            parent_fd, entry_name, fd, listed = stack[-1]
-            if listed:
+            parent_fd, entry_name, fd, children = stack[-1]
+            if children is None:
+                with os.scandir(fd) as listing:
+                    children = iter([(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing])
+                stack[-1] = (parent_fd, entry_name, fd, children)
+            for child, is_dir in children:
+                if is_dir:  # down into it; this level goes on when it is gone
+                    stack.append((fd, child, os.open(child, LIST_FLAGS, dir_fd=fd), None))
+                    break
+                os.unlink(child, dir_fd=fd)
+            else:
                 stack.pop()
                 os.close(fd)
                 os.rmdir(entry_name, dir_fd=parent_fd)
-                continue
-            stack[-1] = (parent_fd, entry_name, fd, True)
-            with os.scandir(fd) as listing:
-                children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
-            for child, is_dir in children:
-                if is_dir:
-                    stack.append((fd, child, os.open(child, LIST_FLAGS, dir_fd=fd), False))
-                else:
-                    os.unlink(child, dir_fd=fd)
     finally:
-        for _parent, _name, fd, _listed in stack:
+        for _parent, _name, fd, _children in stack:
             os.close(fd)
 
 

@@ -2,6 +2,8 @@
 
 import base64
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -239,15 +241,62 @@ def test_remove(fs, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-def test_a_tree_deeper_than_pythons_recursion_limit_is_created_and_removed(fs, tmp_path):
-    """1,500 levels (a RecursionError in os.makedirs and shutil.rmtree: -32603 and a traceback)."""
+@pytest.fixture
+def descriptors():
+    """``descriptors(n)``: this process may open at least ``n`` files until the test ends (skips if it cannot)."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def at_least(count):
+        if soft != resource.RLIM_INFINITY and soft < count:
+            if hard != resource.RLIM_INFINITY and hard < count:
+                pytest.skip("the descriptor limit is %d" % hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+    yield at_least
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_is_created_and_removed(server, tmp_path, descriptors):
+    """1,200 levels (a RecursionError in os.makedirs and shutil.rmtree: -32603 and a traceback); the removal
+    holds a descriptor per level, as shutil.rmtree did."""
+    descriptors(2048)
     deep = tmp_path / "deep"
-    leaf = deep.joinpath(*["d"] * 1500)
-    fs.create_directory(leaf)
-    assert leaf.is_dir()
-    (leaf / "f").write_bytes(b"x")
-    fs.remove(deep)
-    assert not os.path.lexists(str(deep))
+    leaf = deep.joinpath(*["d"] * 1200)
+    try:
+        with Client.connect(server.url, timeout=10) as client:
+            client.fs.create_directory(leaf)
+            assert leaf.is_dir()
+            (leaf / "f").write_bytes(b"x")
+            client.fs.remove(deep)
+        assert not os.path.lexists(str(deep))
+    finally:  # pytest's own cleanup recurses: a tree left by a failure would break every later run's
+        subprocess.run(["rm", "-rf", str(deep)], timeout=60)
+
+
+def test_create_directory_under_a_file_is_not_a_directory(fs, tmp_path):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(RpcError) as caught:
+        fs.create_directory(tmp_path / "file" / "sub" / "deeper")
+    assert (caught.value.code, caught.value.message) == (-32603, "Not a directory (os error 20)")
+    with pytest.raises(RpcError) as caught:
+        fs.create_directory(tmp_path / "file")
+    assert (caught.value.code, caught.value.message) == (-32603, "File exists (os error 17)")
+
+
+def test_a_wide_tree_is_removed_with_few_descriptors(tmp_path):
+    """400 subdirectories under a limit of 64 descriptors: one is open per level, not one per subdirectory."""
+    wide = tmp_path / "wide"
+    for number in range(400):
+        (wide / str(number)).mkdir(parents=True)
+        (wide / str(number) / "f").write_bytes(b"x")
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            "from fs_helper import operations\n"
+            "operations.remove({'path': sys.argv[1]})\n")
+    done = subprocess.run([sys.executable, "-c", code, uri(wide)], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert not os.path.lexists(str(wide))
 
 
 def test_copy(fs, tmp_path):
