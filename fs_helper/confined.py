@@ -16,7 +16,7 @@ import os
 import stat
 from typing import Any, Callable, Dict
 
-from . import b64, safe_path
+from . import b64, safe_path, tree_at
 from .copying import refuse_copy_into_itself
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import open_file, read_to_end
@@ -197,7 +197,7 @@ def remove(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
         elif params.get("recursive", True) is not False:
             refuse_root(target, info)
             policy.check_tree_writable(target)
-            safe_path.remove_tree_at(place.dir_fd, place.name)
+            tree_at.remove_tree_at(place.dir_fd, place.name)
         else:
             os.rmdir(place.name, dir_fd=place.dir_fd)
     return {}
@@ -217,16 +217,16 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
         if info is None or stat.S_ISLNK(info.st_mode):
             raise errno_error(errno.ENOENT if info is None else errno.ELOOP)
         if not stat.S_ISDIR(info.st_mode):
-            safe_path.copy_file_at(source_place.dir_fd, source_place.name, destination_place.dir_fd,
-                                   destination_place.name, path=native_path(params, "sourcePath"))
+            tree_at.copy_file_at(source_place.dir_fd, source_place.name, destination_place.dir_fd,
+                                 destination_place.name, path=native_path(params, "sourcePath"))
             return {}
         if not params["recursive"]:
             raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")
         refuse_copy_into_itself(source, native_path(params, "destinationPath"))
         policy.check_tree_readable(source)
         policy.check_tree_writable(destination)
-        safe_path.copy_directory(source_place.name, destination_place.name, info.st_mode,
-                                 source_dir_fd=source_place.dir_fd, destination_dir_fd=destination_place.dir_fd)
+        tree_at.copy_directory(source_place.name, destination_place.name, info.st_mode,
+                               source_dir_fd=source_place.dir_fd, destination_dir_fd=destination_place.dir_fd)
     return {}
 
 

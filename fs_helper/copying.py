@@ -80,16 +80,16 @@ def _copy_tree(source: str, destination: str, mode: int) -> None:
     links to "." followed filled the disk), FIFOs, devices and sockets skipped, as by the reference.
 
     Through descriptors where the platform has them, as the sandboxed copy
-    (:func:`fs_helper.safe_path.copy_tree_at`); elsewhere (Windows) with
+    (:func:`fs_helper.tree_at.copy_tree_at`); elsewhere (Windows) with
     ``shutil.copytree``.  The first failure ends the copy; what is copied stays.
     """
-    from . import safe_path  # (ctypes: loaded by the first copy of a tree, not with the operations)
+    from . import safe_path, tree_at  # (ctypes: loaded by the first copy of a tree, not with the operations)
 
     if safe_path.unsupported_reason() is not None:
         shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True, copy_function=_copy_tree_file)
         return
     # the two roots as given: a link to a directory is followed there, as shutil.copytree and the reference do
-    safe_path.copy_directory(source, destination, mode, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
+    tree_at.copy_directory(source, destination, mode, os.O_RDONLY | safe_path.O_DIRECTORY | safe_path.O_CLOEXEC)
 
 
 def _copy_tree_error(exc: shutil.Error) -> FsError:

@@ -308,14 +308,14 @@ def remove(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
 def _remove_tree(path: str) -> None:
     """Directory ``path`` and everything below it, following no link: through descriptors, without
     recursion (``shutil.rmtree`` recursed, and raised RecursionError 1,000 levels down), where the
-    platform has them (:func:`fs_helper.safe_path.remove_tree_at`); else ``shutil.rmtree``."""
-    from . import safe_path  # (ctypes: loaded by the first removal of a tree, not with the operations)
+    platform has them (:func:`fs_helper.tree_at.remove_tree_at`); else ``shutil.rmtree``."""
+    from . import safe_path, tree_at  # (ctypes: loaded by the first removal of a tree, not with the operations)
 
     if safe_path.unsupported_reason() is not None:
         shutil.rmtree(path)
         return
     with safe_path.Place(safe_path.split_resolved(path)) as place:
-        safe_path.remove_tree_at(place.dir_fd, place.name)
+        tree_at.remove_tree_at(place.dir_fd, place.name)
 
 
 def copy(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:

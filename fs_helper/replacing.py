@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 import tempfile
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Set, Tuple
 
 from .opening import open_file
 
@@ -55,6 +55,14 @@ def temporary_beside(target: str) -> Tuple[int, str]:
     return fd, temporary
 
 
+def track(temporary: str, writing: bool) -> None:
+    """Count ``temporary`` (a path) among the files :func:`discard_unfinished` removes, or no longer."""
+    if writing:
+        _unfinished.add(temporary)
+    else:
+        _unfinished.discard(temporary)
+
+
 def discard_unfinished() -> int:
     """Remove every temporary file still being written (the process is ending); returns how many.
 
@@ -68,37 +76,63 @@ def discard_unfinished() -> int:
     return len(leftovers)
 
 
-def keeps_identity(info: os.stat_result, writable: bool, split_links: bool = False) -> bool:
-    """Whether a new file renamed over an existing one (``info``) can be what it was.
-
-    True for a regular file with one name (or any number, with
-    ``split_links``) that this process may write (``writable``) and whose
-    owner and group it can give a new file (root gives any; Windows has no
-    owners to keep).  A sandbox splits hard links: written in place, a link
-    to a file outside what it may write would change that file.
-    """
-    if not stat.S_ISREG(info.st_mode) or (info.st_nlink > 1 and not split_links) or not writable:
-        return False
+def _can_give_owner(info: os.stat_result) -> bool:
+    """Whether this process can give a new file the owner and group of ``info`` (root gives any; Windows
+    has no owners to keep)."""
     if not hasattr(os, "geteuid") or os.geteuid() == 0:
         return True
     return info.st_uid == os.geteuid() and (info.st_gid == os.getegid() or info.st_gid in os.getgroups())
 
 
+def keeps_identity(info: os.stat_result, writable: bool) -> bool:
+    """Whether a new file renamed over an existing one (``info``) can be what it was: a regular file with
+    one name, that this process may write (``writable``), whose owner and group it can give."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and writable and _can_give_owner(info)
+
+
+class Plan(NamedTuple):
+    """How a whole-file write goes (:func:`plan`)."""
+
+    rename: bool  # a new file renamed over the name; else written in place
+    required: bool  # renamed or not written at all (no temporary file: the error is raised)
+    owner: Optional[Tuple[int, int]]  # (uid, gid) the new file is given, if any
+
+
+def plan(info: Optional[os.stat_result], writable: bool, split_links: bool = False) -> Plan:
+    """How to write ``info``'s file whole (None: nothing there yet).
+
+    Renamed over where :func:`keeps_identity` holds, else in place, as the
+    reference writes every file.  With ``split_links`` (a sandbox's write) a
+    symlink (seen with ``lstat``) or a writable file with other hard links is
+    always renamed over, its owner kept where it can be: written through,
+    either could change a file outside what the sandbox may write.
+    """
+    if info is None:
+        return Plan(True, False, None)
+    if split_links and (stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and writable
+                                                       and info.st_nlink > 1)):
+        keep = stat.S_ISREG(info.st_mode) and _can_give_owner(info)
+        return Plan(True, True, (info.st_uid, info.st_gid) if keep else None)
+    if keeps_identity(info, writable):
+        return Plan(True, False, (info.st_uid, info.st_gid))
+    return Plan(False, False, None)
+
+
 def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None,
                 special_files: bool = False, split_links: bool = False) -> None:
-    """Give ``target`` the content ``chunks(file)`` writes: renamed into place, or in place.
+    """Give ``target`` the content ``chunks(file)`` writes: renamed into place, or in place (:func:`plan`).
 
-    Atomically (a temporary file renamed over it, given the old file's owner
-    and group) where :func:`keeps_identity` holds or nothing is there yet
-    and a temporary file can be made beside it; otherwise written in place,
-    truncated first.  ``mode`` is a new file's permission bits (default
-    ``0o666`` less the umask).  ``target`` is used as given (a symlink is
-    written through: resolve it first with :func:`replace_target`).
+    A temporary file beside it is renamed over it, given the old file's
+    owner and group, where the plan says so and a temporary file can be
+    made (else in place, unless the rename is required); otherwise written
+    in place, truncated first.  ``mode`` is a new file's permission bits
+    (default ``0o666`` less the umask).  ``target`` is used as given (a
+    symlink is written through: resolve it first with :func:`replace_target`).
 
     Args:
         special_files: write a FIFO, device or socket in place, waiting as an
             ``open`` does (``exec-server cp`` to ``/dev/null``); else refuse it.
-        split_links: replace a file with other hard links (a sandbox's write).
+        split_links: a sandbox's write (:func:`plan`).
     Raises:
         OSError: from the writes; EACCES for a file this process may not write.
         SpecialFile: -32600, a FIFO, device or socket (without ``special_files``).
@@ -107,14 +141,16 @@ def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] 
         info: Optional[os.stat_result] = os.stat(target)
     except FileNotFoundError:
         info = None
-    if info is None or keeps_identity(info, os.access(target, os.W_OK), split_links):
+    how = plan(info, os.access(target, os.W_OK), split_links)
+    if how.rename:
         try:
             fd, temporary = temporary_beside(target)
         except OSError:
+            if how.required:
+                raise
             fd = -1  # no temporary file (a directory it may not write): in place
         if fd >= 0:
-            owner = (info.st_uid, info.st_gid) if info is not None else None
-            _write_and_rename(fd, temporary, target, chunks, mode, owner)
+            _write_and_rename(fd, temporary, target, chunks, mode, how.owner)
             return
     flags, new_mode = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode
     fd = os.open(target, flags, new_mode) if special_files else open_file(target, flags, new_mode)

@@ -18,12 +18,11 @@ with -32603 ``sandbox unavailable: ...`` (:func:`require`).
 import ctypes
 import errno
 import os
-import stat
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
-from .opening import SpecialFile, copy_blocks, open_file
-from .replacing import TEMPORARY_NAME_CHARACTERS, keeps_identity
+from .opening import open_file
+from .replacing import TEMPORARY_NAME_CHARACTERS, plan, track
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -190,42 +189,54 @@ def split_resolved(path: str) -> str:
 
 
 def create_temporary(dir_fd: int, name: str) -> Tuple[int, str]:
-    """Create a new private file next to ``name`` in ``dir_fd``; returns (fd, its name)."""
+    """Create a new private file next to ``name`` in ``dir_fd``; returns (fd, its name).
+
+    Counted among the files the ``exec-server`` command removes as it exits
+    (:func:`fs_helper.replacing.discard_unfinished`) until :func:`forget_temporary`.
+    """
     for _attempt in range(100):
         temporary = ".%s.%s.tmp" % (name[:TEMPORARY_NAME_CHARACTERS], os.urandom(6).hex())
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600,
                          dir_fd=dir_fd)
-            return fd, temporary
         except FileExistsError:
             continue
+        _track_temporary(dir_fd, temporary, True)
+        return fd, temporary
     raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
 
 
-def write_whole_at(dir_fd: int, name: str, chunks: Callable[[Any], None], mode: int, path: str = "") -> None:
-    """:func:`fs_helper.replacing.write_whole` relative to ``dir_fd`` (a sandbox's writes, a tree copy's
-    files): a symlink or a hard link at ``name`` is replaced (written through, either could reach a file a
-    sandbox may not write).
+def _track_temporary(dir_fd: int, temporary: str, writing: bool) -> None:
+    try:  # its path, where /proc tells the directory's (Linux)
+        track(os.path.join(os.readlink("/proc/self/fd/%d" % dir_fd), temporary), writing)
+    except OSError:
+        pass
 
-    Renamed into place (:func:`atomic_write_at`, with the old file's owner and
-    group) where nothing is there, a symlink is (never written through), or
-    :func:`~fs_helper.replacing.keeps_identity` holds and a temporary file
-    can be made; otherwise written in place.  ``mode`` is a new file's
-    permission bits; ``path`` is what an error names.
+
+def forget_temporary(dir_fd: int, temporary: str) -> None:
+    """``temporary`` (made by :func:`create_temporary`) was renamed into place or removed."""
+    _track_temporary(dir_fd, temporary, False)
+
+
+def write_whole_at(dir_fd: int, name: str, chunks: Callable[[Any], None], mode: int, path: str = "") -> None:
+    """:func:`fs_helper.replacing.write_whole` relative to ``dir_fd``, for a sandbox's writes and a tree
+    copy's files: a symlink or a file with other hard links at ``name`` is always replaced
+    (:func:`~fs_helper.replacing.plan` with ``split_links``).  ``mode`` is a new file's permission bits;
+    ``path`` is what an error names.
 
     Raises:
-        OSError: from the writes.
+        OSError: from the writes (the rename's when no temporary file can be made where it is required).
         SpecialFile: -32600, a FIFO, device or socket at ``name``.
     """
-    info = _lstat_at(dir_fd, name)
-    writable = os.access(name, os.W_OK, dir_fd=dir_fd)
-    if info is None or stat.S_ISLNK(info.st_mode) or keeps_identity(info, writable, split_links=True):
-        owner = None if info is None or stat.S_ISLNK(info.st_mode) else (info.st_uid, info.st_gid)
+    info = lstat_at(dir_fd, name)
+    how = plan(info, os.access(name, os.W_OK, dir_fd=dir_fd, follow_symlinks=False), split_links=True)
+    if how.rename:
         try:
-            atomic_write_at(dir_fd, name, chunks, mode, owner)
+            atomic_write_at(dir_fd, name, chunks, mode, how.owner)
             return
-        except _NoTemporary:
-            pass  # a directory it may not write: in place
+        except _NoTemporary as no_temporary:
+            if how.required:
+                raise no_temporary.__cause__ from None  # type: ignore[misc]
     fd = open_file(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_NOFOLLOW, mode, dir_fd=dir_fd, path=path)
     with os.fdopen(fd, "wb") as handle:
         chunks(handle)
@@ -264,134 +275,12 @@ def atomic_write_at(dir_fd: int, name: str, chunks: Callable[[Any], None], mode:
         except OSError:
             pass
         raise
-
-
-def remove_tree_at(dir_fd: int, name: str) -> None:
-    """Remove the directory ``name`` in ``dir_fd`` and everything below it, following no link.
-
-    Every directory is opened with ``O_NOFOLLOW`` relative to its parent's
-    descriptor, so a directory swapped for a symlink fails (ELOOP) instead of
-    leading elsewhere; symlinks are unlinked, never followed.  Depth first,
-    one open descriptor per level (a directory's subdirectories one after
-    another: all at once, 400 of them ran out of descriptors), no recursion.
-    """
-    stack = [(dir_fd, name, os.open(name, LIST_FLAGS, dir_fd=dir_fd), None)]  # + its children still to go
-    try:
-        while stack:
-            parent_fd, entry_name, fd, children = stack[-1]
-            if children is None:
-                with os.scandir(fd) as listing:
-                    children = iter([(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing])
-                stack[-1] = (parent_fd, entry_name, fd, children)
-            for child, is_dir in children:
-                if is_dir:  # down into it; this level goes on when it is gone
-                    stack.append((fd, child, os.open(child, LIST_FLAGS, dir_fd=fd), None))
-                    break
-                os.unlink(child, dir_fd=fd)
-            else:
-                stack.pop()
-                os.close(fd)
-                os.rmdir(entry_name, dir_fd=parent_fd)
     finally:
-        for _parent, _name, fd, _children in stack:
-            os.close(fd)
+        forget_temporary(dir_fd, temporary)
 
 
-def copy_directory(source: str, destination: str, mode: int, flags: int = LIST_FLAGS,
-                   source_dir_fd: Optional[int] = None, destination_dir_fd: Optional[int] = None) -> None:
-    """Directory ``source`` into ``destination``, made with ``mode`` (and 0o700) where missing, else merged
-    into: both opened with ``flags`` (relative to their ``*_dir_fd``), then :func:`copy_tree_at`."""
-    try:
-        os.mkdir(destination, stat.S_IMODE(mode) | 0o700, dir_fd=destination_dir_fd)
-    except FileExistsError:
-        pass
-    source_fd = os.open(source, flags, dir_fd=source_dir_fd)
-    try:
-        destination_fd = os.open(destination, flags, dir_fd=destination_dir_fd)
-        try:
-            copy_tree_at(source_fd, destination_fd)
-        finally:
-            os.close(destination_fd)
-    finally:
-        os.close(source_fd)
-
-
-def copy_tree_at(source_fd: int, destination_fd: int) -> None:
-    """Copy the directory ``source_fd`` into ``destination_fd`` (merging), following no link.
-
-    Files are copied with their permission bits, directories created where
-    missing, symlinks recreated as symlinks (their targets are not read).
-
-    Raises:
-        OSError: EISDIR/ENOTDIR when the destination has an entry of another type.
-    """
-    stack = [(os.dup(source_fd), os.dup(destination_fd), "")]
-    try:
-        while stack:
-            src, dst, prefix = stack.pop()
-            try:
-                with os.scandir(src) as listing:
-                    entries = list(listing)
-                for entry in entries:
-                    relative = prefix + entry.name
-                    info = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(info.st_mode):
-                        try:
-                            os.mkdir(entry.name, stat.S_IMODE(info.st_mode) | 0o700, dir_fd=dst)
-                        except FileExistsError:
-                            pass
-                        child_src = os.open(entry.name, LIST_FLAGS, dir_fd=src)
-                        try:
-                            child_dst = os.open(entry.name, LIST_FLAGS, dir_fd=dst)
-                        except BaseException:
-                            os.close(child_src)
-                            raise
-                        stack.append((child_src, child_dst, relative + "/"))
-                    elif stat.S_ISLNK(info.st_mode):
-                        target = os.readlink(entry.name, dir_fd=src)
-                        existing = _lstat_at(dst, entry.name)
-                        if existing is not None and stat.S_ISDIR(existing.st_mode):
-                            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-                        if existing is not None:
-                            os.unlink(entry.name, dir_fd=dst)
-                        os.symlink(target, entry.name, dir_fd=dst)
-                    elif stat.S_ISREG(info.st_mode):
-                        try:
-                            copy_file_at(src, entry.name, dst, entry.name)
-                        except SpecialFile:  # it became a FIFO, device or socket: skipped, as the others
-                            pass
-            finally:
-                os.close(src)
-                os.close(dst)
-    finally:
-        for src, dst, _prefix in stack:
-            os.close(src)
-            os.close(dst)
-
-
-def _lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
+def lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, destination_name: str,
-                 path: str = "") -> None:
-    """Copy one regular file (opened with ``O_NOFOLLOW``) over ``destination_name``, atomically.
-
-    Raises:
-        SpecialFile: the source is a FIFO, device or socket (``path`` names it).
-    """
-    existing = _lstat_at(destination_dir_fd, destination_name)
-    if existing is not None and stat.S_ISDIR(existing.st_mode):
-        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-    fd = open_file(source_name, os.O_RDONLY | O_NOFOLLOW, dir_fd=source_dir_fd, path=path)  # never waits
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-        write_whole_at(destination_dir_fd, destination_name, lambda handle: copy_blocks(fd, handle),
-                       stat.S_IMODE(info.st_mode))
-    finally:
-        os.close(fd)

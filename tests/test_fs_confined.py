@@ -11,7 +11,7 @@ from exec_server import Client
 from exec_server.protocol.errors import RpcError
 from exec_server.server.fs.helper import run_fs_helper
 from exec_server.server.fs.sandbox import parse_sandbox
-from fs_helper import confined, safe_path
+from fs_helper import confined, safe_path, tree_at
 from fs_helper.errors import FsError
 from fs_helper.policy import Policy
 from fs_helper.uris import path_to_uri
@@ -118,7 +118,7 @@ def safe_path_rmtree(path):
     parent, name = os.path.split(str(path))
     fd = os.open(parent, os.O_RDONLY)
     try:
-        safe_path.remove_tree_at(fd, name)
+        tree_at.remove_tree_at(fd, name)
     finally:
         os.close(fd)
 

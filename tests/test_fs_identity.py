@@ -156,3 +156,50 @@ def test_cp_download_keeps_the_local_files_mode_links_and_kind(server, tmp_path)
     assert key.read_bytes() == b"fresh" and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert link.is_symlink() and target.read_bytes() == b"fresh"
     assert stat.S_ISFIFO(os.lstat(str(fifo)).st_mode) and received == [b"fresh"]
+
+
+def fake_stat(mode, links=1, uid=0, gid=0):
+    return os.stat_result((mode, 1, 1, links, uid, gid, 0, 0, 0, 0))
+
+
+def test_the_plan_of_a_whole_file_write(monkeypatch):
+    """Which files are renamed over and which written in place, as a non-root process (uid 1000) sees them."""
+    from fs_helper.replacing import Plan, plan
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getegid", lambda: 1000)
+    monkeypatch.setattr(os, "getgroups", lambda: [1000])
+    mine, theirs = fake_stat(stat.S_IFREG | 0o644, uid=1000, gid=1000), fake_stat(stat.S_IFREG | 0o666)
+    linked_theirs = fake_stat(stat.S_IFREG | 0o666, links=2)
+    assert plan(None, True) == Plan(True, False, None)
+    assert plan(mine, True) == Plan(True, False, (1000, 1000))
+    assert plan(mine, False) == Plan(False, False, None)  # not writable: in place, EACCES as the reference
+    assert plan(theirs, True) == Plan(False, False, None)  # an owner it cannot give: in place
+    assert plan(linked_theirs, True) == Plan(False, False, None)
+    assert plan(fake_stat(stat.S_IFIFO | 0o666), True) == Plan(False, False, None)  # in place: refused there
+    # a sandbox never writes through a link, whatever it loses of the owner
+    assert plan(linked_theirs, True, split_links=True) == Plan(True, True, None)
+    mine_linked = fake_stat(stat.S_IFREG | 0o644, 3, 1000, 1000)
+    assert plan(mine_linked, True, split_links=True) == Plan(True, True, (1000, 1000))
+    assert plan(fake_stat(stat.S_IFLNK | 0o777), True, split_links=True) == Plan(True, True, None)
+    assert plan(theirs, True, split_links=True) == Plan(False, False, None)  # one name: in place is safe
+
+
+def test_a_non_root_sandbox_does_not_write_through_a_hard_link_it_cannot_keep(tmp_path, monkeypatch):
+    """Confined by descriptors, as uid 1000 would: the link to a root file outside is split, not written."""
+    from fs_helper import confined
+    from fs_helper.policy import Policy
+
+    outside, sandbox = tmp_path / "outside", tmp_path / "sandbox"
+    outside.mkdir()
+    sandbox.mkdir()
+    (outside / "secret.txt").write_bytes(b"original")
+    (outside / "secret.txt").chmod(0o666)
+    os.link(str(outside / "secret.txt"), str(sandbox / "link"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getegid", lambda: 1000)
+    monkeypatch.setattr(os, "getgroups", lambda: [1000])
+    policy = Policy([["/", "read"], [str(sandbox), "write"]])
+    confined.write_file({"path": path_to_uri(str(sandbox / "link")), "dataBase64": "bmV3"}, policy)
+    assert (outside / "secret.txt").read_bytes() == b"original"
+    assert (sandbox / "link").read_bytes() == b"new" and (sandbox / "link").stat().st_nlink == 1

@@ -446,21 +446,28 @@ SLOW_COPY_SERVER = [sys.executable, "-c", textwrap.dedent("""
     """), "--listen", "stdio"]
 
 
-def test_a_copy_still_running_at_eof_does_not_hold_the_exit_and_leaves_no_temporary(stdio_server, tmp_path):
+@pytest.mark.parametrize("tree", [False, True], ids=["file", "tree"])
+def test_a_copy_still_running_at_eof_does_not_hold_the_exit_and_leaves_no_temporary(stdio_server, tmp_path, tree):
     """stdin EOF: answers for 1 s (EOF_ANSWER_WAIT), request threads 1 s more, then the end: not the
-    copy's end (it held the exit until done), and its hidden temporary file beside the target is gone."""
-    source = tmp_path / "source.bin"
-    source.write_bytes(b"x" * 4096)
+    copy's end (it held the exit until done), and its hidden temporary file beside the target is gone
+    (a tree's files are written through directory descriptors: their temporary files too)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "big.bin").write_bytes(b"x" * 4096)
+    target = tmp_path / "target"
+    target.mkdir()
     child = stdio_server(SLOW_COPY_SERVER)
     send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n')
     assert "sessionId" in read_json(child)["result"]
-    params = {"sourcePath": "file://%s" % source, "destinationPath": "file://%s/copy.bin" % tmp_path,
-              "recursive": False}
+    params = {"sourcePath": "file://%s" % (source if tree else source / "big.bin"),
+              "destinationPath": "file://%s" % (target / "copy" if tree else target / "big.bin"), "recursive": tree}
     copy = {"id": 2, "method": "fs/copy", "params": params}
     send(child, json.dumps(copy).encode() + b"\n")
-    wait_until(lambda: any(name.startswith(".copy.bin.") for name in os.listdir(str(tmp_path))), timeout=10)
+    written = target / "copy" if tree else target
+    wait_until(lambda: os.path.isdir(str(written)) and any(name.startswith(".big.bin.")
+                                                           for name in os.listdir(str(written))), timeout=10)
     started = time.monotonic()
     child.stdin.close()
     assert child.wait(timeout=15) == 0
     assert time.monotonic() - started < 10  # EOF_ANSWER_WAIT + EXIT_THREAD_WAIT, not the copy's 60 s
-    assert sorted(os.listdir(str(tmp_path))) == ["source.bin"]
+    assert os.listdir(str(written)) == []
