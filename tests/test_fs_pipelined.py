@@ -126,3 +126,31 @@ def test_open_close_open_close_of_one_id_back_to_back(any_server, connect, tmp_p
     if not any_server.is_reference:
         open_paths = [entry.path for entry in psutil.Process().open_files()]
         assert str(first) not in open_paths and str(second) not in open_paths
+
+
+@pytest.mark.parametrize("first_opens", [True, False], ids=["first-opens", "first-fails"])
+def test_two_opens_of_one_id_then_a_read_and_a_close(any_server, connect, tmp_path, slow_open, first_opens):
+    """As in order: the read and the close use the handle of the first open that succeeds (they used the
+    last open, a duplicate that fails, and the close closed nothing: the file stayed open)."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    if first_opens:
+        first.write_bytes(b"01234")
+    second.write_bytes(b"abcde")
+    peer = connect(any_server.url)
+    peer.initialize()
+    answers = send_all(peer, [
+        ("fs/open", {"handleId": "d", "path": uri(first), "mode": "read"}),
+        ("fs/open", {"handleId": "d", "path": uri(second), "mode": "read"}),
+        ("fs/readBlock", {"handleId": "d", "offset": 0, "len": 5}),
+        ("fs/close", {"handleId": "d"}),
+        ("fs/readBlock", {"handleId": "d", "offset": 0, "len": 5}),
+    ])
+    if first_opens:
+        assert answers[0]["result"] == {"handleId": "d"} and answers[1]["error"]["code"] == -32600
+    else:
+        assert answers[0]["error"]["code"] == -32004 and answers[1]["result"] == {"handleId": "d"}
+    assert answers[2]["result"]["chunk"] == b64.encode(b"01234" if first_opens else b"abcde")
+    assert answers[3]["result"] == {} and answers[4]["error"]["code"] == -32004
+    if not any_server.is_reference:
+        open_paths = [entry.path for entry in psutil.Process().open_files()]
+        assert str(first) not in open_paths and str(second) not in open_paths

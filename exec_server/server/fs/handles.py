@@ -31,12 +31,14 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from fs_helper.errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, os_error
 from fs_helper.opening import open_file
 
 from exec_server.server.fs import atomic
+from exec_server.server.fs.handle_state import Awaiting as _Awaiting, Handle as _Handle, Opening as _Opening, \
+    discard as _discard
 
 from exec_server.protocol.errors import RpcError
 
@@ -66,52 +68,6 @@ def rpc_error(error: FsError) -> RpcError:
     return RpcError(error.message, code=error.code)
 
 
-def _discard(entry: "_Handle") -> None:
-    """Close a handle nobody will close any more; an atomic one's temporary file is removed (target unchanged)."""
-    try:
-        os.close(entry.fd)
-    except OSError:
-        pass
-    if entry.replacement is not None:
-        atomic.discard(entry.replacement.temporary)
-
-
-class _Handle:
-    """An open handle: its descriptor and mode; for an atomic one, where its file goes at close."""
-
-    __slots__ = ("fd", "mode", "replacement", "busy", "orphaned")
-
-    def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None):
-        self.fd, self.mode, self.replacement = fd, mode, replacement
-        self.busy = 0  # block operations bound to it (begin) and not ended
-        self.orphaned = False  # nobody closes it any more: the last end() does
-
-    @property
-    def closes_slowly(self) -> bool:
-        """Whether closing it may block: it waits for block operations bound to it, or commits (fsync)."""
-        return self.replacement is not None or self.busy > 0
-
-
-class _Opening:
-    """An ``fs/open`` that arrived and has not finished (:meth:`FileHandles.begin_open`)."""
-
-    __slots__ = ("handle_id", "after", "done", "entry", "waiters", "closing", "abandoned")
-    closes_slowly = True  # a close of it waits for the open: on a thread of its own
-
-    def __init__(self, handle_id: str, after: List[Any]) -> None:
-        self.handle_id = handle_id
-        self.after = after  # what the closes of the id that arrived before it took: it waits for them
-        self.done = False
-        self.entry: Optional[_Handle] = None  # what it opened (None: it failed, or never ran)
-        self.waiters = 0  # block operations that arrived meanwhile: busy on its handle once it is open
-        self.closing = False  # an fs/close of the id arrived meanwhile: that close takes the handle
-        self.abandoned = False  # that close stopped waiting: the handle is closed as it opens
-
-
-#: What :meth:`FileHandles.begin` binds a block operation to while its handle is being opened.
-_Awaiting = NamedTuple("_Awaiting", [("opening", _Opening)])
-
-
 class FileHandles:
     def __init__(self, limit: int):
         self._limit = limit
@@ -119,15 +75,21 @@ class FileHandles:
         self._idle = threading.Condition(self._lock)  # notified when a block operation ends
         self._handles: Dict[str, _Handle] = {}
         self._closing: Dict[str, List[Any]] = {}  # handle id -> _Handles (or _Openings) taken by closes still running
-        self._opening: Dict[str, _Opening] = {}  # handle id -> its last fs/open that arrived and has not finished
+        self._opening: Dict[str, List[_Opening]] = {}  # handle id -> its fs/open requests still running
         self._closed = False  # close_all ran: the connection is gone and opens no more
 
     def begin_open(self, handle_id: str) -> _Opening:
         """An ``fs/open`` of ``handle_id`` was dispatched (call in arrival order): pass what this returns to
         :meth:`open`, and to :meth:`end` when the request ended (run or refused)."""
         with self._lock:
-            opening = self._opening[handle_id] = _Opening(handle_id, list(self._closing.get(handle_id, ())))
+            opening = _Opening(handle_id, list(self._closing.get(handle_id, ())))
+            self._opening.setdefault(handle_id, []).append(opening)
             return opening
+
+    def _pending(self, handle_id: str) -> Optional[_Awaiting]:
+        """The id's ``fs/open`` requests still running that no close came after, if any.  Holds the lock."""
+        openings = tuple(opening for opening in self._opening.get(handle_id, ()) if not opening.closing)
+        return _Awaiting(openings) if openings else None
 
     def begin(self, handle_id: str) -> Any:
         """A block read or write of ``handle_id`` was dispatched (call in arrival order): the handle it uses.
@@ -139,14 +101,13 @@ class FileHandles:
         """
         with self._lock:
             entry = self._handles.get(handle_id)
-            if entry is not None:
+            if entry is not None and not entry.claimed:
                 entry.busy += 1
                 return entry
-            opening = self._opening.get(handle_id)
-            if opening is None or opening.closing:
-                return None
-            opening.waiters += 1
-            return _Awaiting(opening)
+            pending = self._pending(handle_id)
+            for opening in pending.openings if pending is not None else ():
+                opening.waiters += 1
+            return pending
 
     def begin_close(self, handle_id: str) -> Optional[_Handle]:
         """An ``fs/close`` of ``handle_id`` arrived (call in arrival order): the handle it takes, if open.
@@ -159,16 +120,15 @@ class FileHandles:
         with self._lock:
             if self._closed:
                 return None
-            if handle_id in self._handles:
-                entry = self._handles.pop(handle_id)
-                self._closing.setdefault(handle_id, []).append(entry)
-                return entry
-            opening = self._opening.get(handle_id)
-            if opening is None or opening.closing:
-                return None
-            opening.closing = True  # the open, when it ends, leaves its handle to this close
-            self._closing.setdefault(handle_id, []).append(opening)
-            return opening
+            entry = self._handles.get(handle_id)
+            taken = entry if entry is not None and not entry.claimed else self._pending(handle_id)
+            if taken is entry and entry is not None:
+                del self._handles[handle_id]
+            for opening in taken.openings if isinstance(taken, _Awaiting) else ():
+                opening.closing = True  # the handle it makes is this close's
+            if taken is not None:
+                self._closing.setdefault(handle_id, []).append(taken)
+            return taken
 
     def end(self, handle: Any) -> None:
         """The request bound to ``handle`` ended: a block operation (:meth:`begin`; the last one closes an
@@ -180,12 +140,12 @@ class FileHandles:
             return
         if isinstance(handle, _Awaiting):
             with self._lock:
-                opening = handle.opening
-                if not opening.done:  # gave up waiting: not counted on the handle when it opens
-                    opening.waiters -= 1
-                if opening.entry is None:  # not open (yet), or the open failed
-                    return
-                handle = opening.entry
+                for opening in handle.openings:
+                    if not opening.done:  # gave up waiting: not counted on the handle when it opens
+                        opening.waiters -= 1
+                handle = handle.opened()  # counted on it as it opened
+            if handle is None:
+                return
         with self._lock:
             handle.busy -= 1
             if handle.busy:
@@ -221,19 +181,19 @@ class FileHandles:
     def _opened(self, entry: Optional[_Handle], handle_id: str, opening: Optional[_Opening]) -> None:
         """An open ended with ``entry`` (None: it failed): it joins the handles, or goes to the close that
         arrived meanwhile; block operations that arrived meanwhile count on it.  Holds the lock."""
-        if entry is not None:
-            if opening is None or not opening.closing:
-                self._handles[handle_id] = entry
-            elif opening.abandoned:  # its close gave up waiting: nobody will close it
-                _discard(entry)
-                entry = None
+        if entry is not None:  # claimed by a close that came first (unless it stopped waiting), it still
+            self._handles[handle_id] = entry  # holds the id: a later open of it is a duplicate, as in order
+            entry.claimed = opening is not None and opening.closing and not opening.abandoned
         if opening is None:
             return
         if entry is not None:
             entry.busy += opening.waiters
         opening.entry, opening.done = entry, True
-        if self._opening.get(opening.handle_id) is opening:
-            del self._opening[opening.handle_id]
+        running = self._opening.get(opening.handle_id, [])
+        if opening in running:
+            running.remove(opening)
+            if not running:
+                del self._opening[opening.handle_id]
         self._idle.notify_all()
 
     def _open_locked(self, handle_id: str, path: str, mode: str, atomic_replace: bool,
@@ -279,9 +239,10 @@ class FileHandles:
 
         An ``fs/open`` of the id that was still running is waited for first (:data:`OPEN_WAIT`).
         """
-        if isinstance(handle, _Awaiting):  # None if the open failed, or ran past OPEN_WAIT
+        if isinstance(handle, _Awaiting):  # None if the opens failed, or ran past OPEN_WAIT
             with self._lock:
-                handle = handle.opening.entry if self._idle.wait_for(lambda: handle.opening.done, OPEN_WAIT) else None
+                self._idle.wait_for(lambda: all(opening.done for opening in handle.openings), OPEN_WAIT)
+                handle = handle.opened()
         if handle is None:
             raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
         if handle.mode != mode:
@@ -334,10 +295,16 @@ class FileHandles:
         """
         with self._lock:
             entry = self._handles.pop(handle_id, None) if taken is None else taken
-            if isinstance(entry, _Opening):  # sent right behind its fs/open: the handle that open makes
-                opening = entry
-                opening.abandoned = not self._idle.wait_for(lambda: opening.done, OPEN_WAIT)
-                entry = opening.entry
+            if isinstance(entry, _Awaiting):  # sent right behind its fs/open: the handle that open makes
+                pending = entry
+                self._idle.wait_for(lambda: all(opening.done for opening in pending.openings), OPEN_WAIT)
+                for opening in pending.openings:
+                    opening.abandoned = not opening.done  # one that opens later keeps its handle
+                entry = pending.opened()
+                if entry is not None and self._handles.get(handle_id) is entry:
+                    del self._handles[handle_id]
+                else:
+                    entry = None  # nothing opened, or the connection's end closed it
             stuck = entry is not None and not self._idle.wait_for(lambda: not entry.busy, CLOSE_BLOCKS_WAIT)
             if stuck:
                 log.warning("fs/close of %s: block operations still run after %.0f s; the last of them closes it",
