@@ -23,7 +23,8 @@ handle, as on the reference, which runs requests one after another.  A
 descriptor is never closed under a running block operation: the last of
 them closes it (:meth:`FileHandles.end`) when its close gave up waiting or
 the connection ended.  A close that arrived before the connection ended
-still finishes (its thread holds the exit like a request's).  Thread-safe.
+still finishes (its thread holds the exit as a request's does: the ``exec-server`` command waits 1 s for
+those).  Thread-safe.
 """
 
 import errno
