@@ -25,11 +25,13 @@ def uri(path) -> str:
 
 @pytest.fixture
 def slow_open(monkeypatch):
-    """Every fs/open of our in-process server takes 0.3 s more (the other requests arrive meanwhile)."""
-    opened = handles.FileHandles.open
+    """Every fs/open of our in-process server takes 0.3 s more (the other requests arrive meanwhile), the
+    first of a test 0.5 s: a later open running beside it gets to the file handles first."""
+    opened, calls = handles.FileHandles.open, []
 
     def slow(self, *args, **kwargs):
-        time.sleep(0.3)
+        calls.append(args)
+        time.sleep(0.5 if len(calls) == 1 else 0.3)
         return opened(self, *args, **kwargs)
 
     monkeypatch.setattr(handles.FileHandles, "open", slow)

@@ -41,11 +41,12 @@ class Handle:
 class Opening:
     """An ``fs/open`` that arrived and has not finished (``FileHandles.begin_open``)."""
 
-    __slots__ = ("handle_id", "after", "done", "entry", "waiters", "closing", "abandoned")
+    __slots__ = ("handle_id", "after", "opens_before", "done", "entry", "waiters", "closing", "abandoned")
 
-    def __init__(self, handle_id: str, after: List[Any]) -> None:
+    def __init__(self, handle_id: str, after: List[Any], opens_before: List["Opening"]) -> None:
         self.handle_id = handle_id
         self.after = after  # what the closes of the id that arrived before it took: it waits for them
+        self.opens_before = opens_before  # the id's opens that arrived before it: it runs after them, in order
         self.done = False
         self.entry: Optional[Handle] = None  # what it opened (None: it failed, or never ran)
         self.waiters = 0  # block operations that arrived meanwhile: busy on its handle once it is open

@@ -83,8 +83,9 @@ class FileHandles:
         """An ``fs/open`` of ``handle_id`` was dispatched (call in arrival order): pass what this returns to
         :meth:`open`, and to :meth:`end` when the request ended (run or refused)."""
         with self._lock:
-            opening = _Opening(handle_id, list(self._closing.get(handle_id, ())))
-            self._opening.setdefault(handle_id, []).append(opening)
+            running = self._opening.setdefault(handle_id, [])
+            opening = _Opening(handle_id, list(self._closing.get(handle_id, ())), list(running))
+            running.append(opening)
             return opening
 
     def _pending(self, handle_id: str) -> Optional[_Awaiting]:
@@ -205,6 +206,11 @@ class FileHandles:
             raise RpcError("file handle ID must not exceed %d bytes" % MAX_HANDLE_ID_BYTES, code=INVALID_REQUEST)
         if self._closed:  # an fs/open still running when its connection ended
             raise RpcError("the connection is closed", code=INVALID_REQUEST)
+        if opening is not None and opening.opens_before:  # as in order: the first of them to open owns the id
+            self._idle.wait_for(lambda: all(earlier.done for earlier in opening.opens_before) or self._closed,
+                                OPEN_WAIT)
+            if self._closed:
+                raise RpcError("the connection is closed", code=INVALID_REQUEST)
         earlier = opening.after if opening is not None else list(self._closing.get(handle_id, ()))
         closing = lambda: any(taken in self._closing.get(handle_id, ()) for taken in earlier)  # noqa: E731
         if closing():  # an fs/close sent before this open is still running
