@@ -207,7 +207,7 @@ class FileHandles:
         if self._closed:  # an fs/open still running when its connection ended
             raise RpcError("the connection is closed", code=INVALID_REQUEST)
         if opening is not None and opening.opens_before:  # as in order: the first of them to open owns the id
-            self._idle.wait_for(lambda: all(earlier.done for earlier in opening.opens_before) or self._closed,
+            self._idle.wait_for(lambda: all(before.done for before in opening.opens_before) or self._closed,
                                 OPEN_WAIT)
             if self._closed:
                 raise RpcError("the connection is closed", code=INVALID_REQUEST)
