@@ -11,15 +11,19 @@
 Paths are str, ``pathlib.Path`` or ``file://`` URIs on the server's host.
 Errors are :class:`~exec_server.protocol.errors.RpcError` subclasses: ``NotFound``
 (-32004) for a missing path, ``InvalidRequest`` (-32600) for permission and
-misuse errors, ``InternalError`` (-32603) for other OS errors.
+misuse errors, ``InternalError`` (-32603) for other OS errors.  An OS error is
+also the ``OSError`` subclass Python raises for it (``FileNotFoundError``,
+``PermissionError``, ``IsADirectoryError``, ...), with ``errno``, ``strerror``
+and the path given as ``filename`` (:mod:`~exec_server.client.fs_errors`).
 """
 
 import os
 from typing import Any, Dict, Iterator, List, Optional
 
+from exec_server.client.fs_errors import as_os_error
 from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, result_member
 from exec_server.protocol import b64
-from exec_server.protocol.errors import InternalError, NotFound
+from exec_server.protocol.errors import InternalError, NotFound, RpcError
 
 #: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
 BLOCK_BYTES = 1 << 20
@@ -36,8 +40,9 @@ class RemoteFile:
     """
 
     def __init__(self, fs: "FileSystem", handle_id: str, mode: str, atomic: bool = False,
-                 connection: Optional[int] = None):
+                 connection: Optional[int] = None, path: Any = None):
         self._fs = fs
+        self.path = path  # as given to FileSystem.open: the filename of its OS errors
         self._connection = connection  # the client's connection_number once it was opened; None: unknown
         self.handle_id = handle_id
         self.mode = mode
@@ -52,13 +57,15 @@ class RemoteFile:
         return _bytes_member(result, "chunk", "fs/readBlock"), result_member(result, "eof", bool, "fs/readBlock")
 
     def _call(self, method: str, params: Dict[str, Any]) -> Any:
-        """A call on the handle: NotFound says so when the handle ended with an earlier connection."""
+        """A call on the handle: NotFound says so when the handle ended with an earlier connection; an OS
+        error is an ``OSError`` too, its ``filename`` the path opened (fs_errors)."""
         try:
             return self._fs._call(method, params)
-        except NotFound as exc:
-            if (self._connection is None or self._fs._client.connection_number == self._connection
+        except RpcError as exc:
+            if (not isinstance(exc, NotFound) or self._connection is None
+                    or self._fs._client.connection_number == self._connection
                     or "unknown file handle" not in exc.message):
-                raise
+                raise as_os_error(exc, self.path, missing_is_enoent=False) from None
             raise NotFound("file handle `%s` ended with the connection it was opened on (the client has "
                            "reconnected since): open the file again" % self.handle_id, exc.data) from exc
 
@@ -160,10 +167,14 @@ class FileSystem:
     def _call(self, method: str, params: Dict[str, Any]) -> Any:
         return self._client.call(method, params, timeout=self.timeout)
 
-    def _path_call(self, method: str, params: Dict[str, Any]) -> Any:
+    def _path_call(self, method: str, params: Dict[str, Any], path: Any, path2: Any = None) -> Any:
+        """``method`` on ``path`` (and ``path2``): an OS error is raised as an ``OSError`` too (fs_errors)."""
         if self.sandbox is not None:
             params["sandbox"] = self.sandbox
-        return self._call(method, params)
+        try:
+            return self._call(method, params)
+        except RpcError as exc:
+            raise as_os_error(exc, path, path2) from None
 
     def with_sandbox(self, sandbox: Optional[Dict[str, Any]]) -> "FileSystem":
         """The same API, sending ``sandbox`` (a FileSystemSandboxContext) with each call."""
@@ -174,7 +185,8 @@ class FileSystem:
 
     def read_file(self, path: "PathLike", follow_symlinks: bool = True) -> bytes:
         """The whole file (``fs/readFile``; up to 64 MiB, use :meth:`open` beyond)."""
-        result = self._path_call("fs/readFile", {"path": self._uri(path), "followSymlinks": follow_symlinks})
+        result = self._path_call("fs/readFile", {"path": self._uri(path), "followSymlinks": follow_symlinks},
+                                 path)
         return _bytes_member(result, "dataBase64", "fs/readFile")
 
     def write_file(self, path: "PathLike", data: bytes, follow_symlinks: bool = True) -> None:
@@ -187,36 +199,37 @@ class FileSystem:
         larger files with ``open(path, "replace")``.
         """
         self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(bytes(data)),
-                                         "followSymlinks": follow_symlinks})
+                                         "followSymlinks": follow_symlinks}, path)
 
     def create_directory(self, path: "PathLike", recursive: bool = True) -> None:
-        self._path_call("fs/createDirectory", {"path": self._uri(path), "recursive": recursive})
+        self._path_call("fs/createDirectory", {"path": self._uri(path), "recursive": recursive}, path)
 
     def get_metadata(self, path: "PathLike", follow_symlinks: bool = True) -> Dict[str, Any]:
         """``{isDirectory, isFile, isSymlink, size (bytes), createdAtMs, modifiedAtMs}``."""
-        return self._path_call("fs/getMetadata", {"path": self._uri(path), "followSymlinks": follow_symlinks})
+        return self._path_call("fs/getMetadata", {"path": self._uri(path), "followSymlinks": follow_symlinks},
+                               path)
 
     def canonicalize(self, path: "PathLike") -> str:
         """The resolved path as a file URI."""
-        return self._path_call("fs/canonicalize", {"path": self._uri(path)})["path"]
+        return self._path_call("fs/canonicalize", {"path": self._uri(path)}, path)["path"]
 
     def read_directory(self, path: "PathLike") -> List[Dict[str, Any]]:
         """``[{fileName, isDirectory, isFile}]`` in directory order."""
-        return self._path_call("fs/readDirectory", {"path": self._uri(path)})["entries"]
+        return self._path_call("fs/readDirectory", {"path": self._uri(path)}, path)["entries"]
 
     def walk(self, path: "PathLike", max_depth: int = 64, max_directories: int = 10_000, max_entries: int = 50_000,
              follow_directory_symlinks: bool = False) -> Dict[str, Any]:
         """``{entries: [{path, kind}], errors, truncated}``, breadth first."""
         return self._path_call("fs/walk", {"path": self._uri(path), "options": {
             "maxDepth": max_depth, "maxDirectories": max_directories, "maxEntries": max_entries,
-            "followDirectorySymlinks": follow_directory_symlinks}})
+            "followDirectorySymlinks": follow_directory_symlinks}}, path)
 
     def remove(self, path: "PathLike", recursive: bool = True, force: bool = True) -> None:
-        self._path_call("fs/remove", {"path": self._uri(path), "recursive": recursive, "force": force})
+        self._path_call("fs/remove", {"path": self._uri(path), "recursive": recursive, "force": force}, path)
 
     def copy(self, source: "PathLike", destination: "PathLike", recursive: bool = False) -> None:
         self._path_call("fs/copy", {"sourcePath": self._uri(source), "destinationPath": self._uri(destination),
-                                    "recursive": recursive})
+                                    "recursive": recursive}, source, destination)
 
     def open(self, path: "PathLike", mode: str = "read", atomic: Optional[bool] = None) -> RemoteFile:
         """A :class:`RemoteFile`; ``mode`` is ``read`` or ``replace`` (create or truncate).
@@ -251,13 +264,13 @@ class FileSystem:
         params = {"handleId": handle_id, "path": self._uri(path), "mode": mode}
         if atomic:
             params["atomic"] = True
-        result = self._path_call("fs/open", params)  # with the sandbox: one that restricts files is refused
+        result = self._path_call("fs/open", params, path)  # with the sandbox: one that restricts files is refused
         # after: an open resent over a new connection lives there (a reconnect just after the answer
         # leaves the server's own words, never a wrong cause)
         connection = self._client.connection_number
         # the server writes in place where a rename could not keep the file what it was (README)
         atomic = atomic and isinstance(result, dict) and result.get("atomic") is True
-        return RemoteFile(self, handle_id, mode, atomic, connection)
+        return RemoteFile(self, handle_id, mode, atomic, connection, path)
 
 
 def _bytes_member(result: Any, name: str, method: str) -> bytes:

@@ -1,0 +1,104 @@
+"""A server's OS error reaches a ``client.fs`` caller as Python's own ``OSError`` subclass too
+(exec_server.client.fs_errors): errno, strerror and the path given, the server's message kept."""
+
+import errno
+import os
+
+import pytest
+
+from conftest import start_ours
+from exec_server import Client, InternalError, InvalidParams, InvalidRequest, NotFound, RpcError, ServerOverloaded
+from exec_server.client.fs import RemoteFile
+from exec_server.client.fs_errors import as_os_error
+
+
+def test_a_missing_path_is_file_not_found_with_its_path(any_server, tmp_path):
+    missing = tmp_path / "no-such-dir" / "config.json"
+    with Client.connect(any_server.url, timeout=10) as client:
+        for call in (lambda: client.fs.read_file(missing), lambda: client.fs.get_metadata(str(missing)),
+                     lambda: client.fs.open(missing), lambda: client.fs.read_directory(missing),
+                     lambda: client.fs.remove(missing, force=False)):
+            with pytest.raises(FileNotFoundError) as caught:
+                call()
+            error = caught.value
+            assert isinstance(error, NotFound) and error.code == -32004
+            assert error.message == "No such file or directory (os error 2)"  # the server's words, kept
+            assert (error.errno, error.strerror, error.filename) == (errno.ENOENT, "No such file or directory",
+                                                                     str(missing))
+            assert str(error) == "[Errno 2] No such file or directory: %r" % str(missing)
+
+
+def test_other_os_errors_get_their_python_class(any_server, tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    with Client.connect(any_server.url, timeout=10) as client:
+        with pytest.raises(FileExistsError) as exists:
+            client.fs.create_directory(tmp_path / "dir", recursive=False)
+        with pytest.raises(NotADirectoryError) as not_dir:
+            client.fs.read_directory(tmp_path / "file")
+        with pytest.raises(FileNotFoundError) as copied:
+            client.fs.copy(tmp_path / "gone", tmp_path / "dir" / "copy")
+    assert isinstance(exists.value, InternalError) and exists.value.message == "File exists (os error 17)"
+    assert (exists.value.errno, exists.value.filename) == (errno.EEXIST, str(tmp_path / "dir"))
+    assert isinstance(not_dir.value, InternalError) and not_dir.value.errno == errno.ENOTDIR
+    assert (copied.value.filename, copied.value.filename2) == (str(tmp_path / "gone"), str(tmp_path / "dir" / "copy"))
+    assert str(copied.value).endswith(": %r -> %r" % (str(tmp_path / "gone"), str(tmp_path / "dir" / "copy")))
+    assert not (tmp_path / "dir" / "copy").exists()
+
+
+def test_a_handles_os_error_names_the_path_opened_and_an_unknown_handle_is_no_missing_file(tmp_path):
+    target = tmp_path / "sub" / "app.conf"
+    target.parent.mkdir()
+    server = start_ours()
+    try:
+        with Client.connect(server.url, timeout=10) as client:
+            with pytest.raises(NotFound) as unknown:
+                RemoteFile(client.fs, "never-opened", "read", False, client.connection_number).read_block(0, 1)
+            assert not isinstance(unknown.value, OSError)
+            assert unknown.value.message == "unknown file handle `never-opened`"
+            if not client.supports("atomicReplace"):
+                pytest.skip("no atomicReplace")
+            remote = client.fs.open(target, "replace", atomic=True)
+            remote.write(b"NEW")
+            for name in os.listdir(str(target.parent)):  # the directory goes away under the open handle
+                os.remove(os.path.join(str(target.parent), name))
+            os.rmdir(str(target.parent))
+            with pytest.raises(FileNotFoundError) as caught:
+                remote.close()
+            assert isinstance(caught.value, NotFound) and caught.value.filename == str(target)
+    finally:
+        server.stop()
+    assert not target.parent.exists()
+
+
+@pytest.mark.parametrize("error, expected", [
+    (InternalError("Is a directory (os error 21)"), IsADirectoryError),
+    (InvalidRequest("Permission denied (os error 13)"), PermissionError),
+    (InternalError("Read-only file system (os error 30)"), OSError),
+    (RpcError("Directory not empty (os error 39)", code=-32099), OSError),
+])
+def test_the_errno_picks_the_class_pythons_own_would(error, expected):
+    raised = as_os_error(error, "/srv/x")
+    assert type(raised).__bases__ == (type(error), expected)
+    assert (raised.code, raised.message, raised.filename) == (error.code, error.message, "/srv/x")
+    assert os.strerror(raised.errno) == raised.strerror
+
+
+@pytest.mark.parametrize("error", [
+    InternalError("Symbolic link loop (os error 40)"),  # musl's words: this host's C library says otherwise
+    InternalError("The system cannot find the path specified. (os error 3)"),  # a Windows server
+    InternalError("Is a directory (os error 99999)"),
+    InvalidRequest("path `/srv` is not a file"),
+    InvalidParams("No such file or directory (os error 2)"),
+    ServerOverloaded(),
+])
+def test_what_is_no_os_error_of_this_host_stays_as_it_was(error):
+    assert as_os_error(error, "/srv/x") is error
+
+
+def test_not_found_without_an_errno_is_enoent_on_a_path_only():
+    on_path = as_os_error(NotFound("path not found"), b"/srv/x")
+    assert isinstance(on_path, FileNotFoundError) and (on_path.errno, on_path.filename) == (errno.ENOENT, b"/srv/x")
+    assert on_path.message == "path not found"
+    handle = NotFound("unknown file handle `h`")
+    assert as_os_error(handle, "/srv/x", missing_is_enoent=False) is handle
