@@ -11,6 +11,7 @@ descriptor stays non-blocking, so it is read with :func:`read_to_end` or
 None.
 """
 
+import errno
 import os
 import stat
 from typing import Any, Optional
@@ -81,11 +82,48 @@ def read_to_end(fd: int, limit: int, size_hint: int = 0) -> bytes:
 def copy_blocks(fd: int, sink: Any) -> None:
     """Write the rest of ``fd`` to ``sink`` (a binary file), :data:`COPY_BLOCK_BYTES` at a time.
 
+    A regular file read from its start keeps its holes where the platform
+    finds them (``SEEK_DATA``/``SEEK_HOLE``, as ``cp --sparse=auto``): only
+    its data is read and written, each run at its own offset in ``sink``
+    (which must be seekable and empty), and ``sink`` then ends where the
+    file ends, so a hole takes no disk space in the copy either.
+
     Raises:
         OSError: as :func:`read_to_end`, and from the write.
     """
+    if _SEEK_DATA is None or not stat.S_ISREG(os.fstat(fd).st_mode) or os.lseek(fd, 0, os.SEEK_CUR) != 0:
+        _copy_run(fd, sink, None)
+        return
+    position = 0
     while True:
-        block = os.read(fd, COPY_BLOCK_BYTES)
+        try:
+            data = os.lseek(fd, position, _SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from ``position`` to the end
+                break
+            if position:
+                raise
+            os.lseek(fd, 0, os.SEEK_SET)  # a file system without the two (EINVAL): every byte
+            _copy_run(fd, sink, None)
+            return
+        hole = os.lseek(fd, data, _SEEK_HOLE)  # the end of the file at the latest
+        os.lseek(fd, data, os.SEEK_SET)
+        sink.seek(data)
+        _copy_run(fd, sink, hole - data)
+        position = hole
+    sink.truncate(os.lseek(fd, 0, os.SEEK_END))  # a hole at the end
+
+
+#: ``os.SEEK_DATA`` and ``os.SEEK_HOLE`` where the platform has them (not Windows), else None.
+_SEEK_DATA, _SEEK_HOLE = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
+
+
+def _copy_run(fd: int, sink: Any, length: Optional[int]) -> None:
+    """``length`` bytes of ``fd`` from its offset to ``sink`` (None: to the end; fewer where it ends first)."""
+    while length is None or length > 0:
+        block = os.read(fd, COPY_BLOCK_BYTES if length is None else min(COPY_BLOCK_BYTES, length))
         if not block:
             return
         sink.write(block)
+        if length is not None:
+            length -= len(block)

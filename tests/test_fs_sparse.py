@@ -1,0 +1,86 @@
+"""fs/copy keeps a sparse file's holes (as ``cp --sparse=auto``): same bytes, no disk blocks for the
+zeros it never stored (fs_helper.opening.copy_blocks)."""
+
+import hashlib
+import os
+
+import pytest
+
+from exec_server import Client
+
+MIB = 1 << 20
+SIZE = 64 * MIB
+#: Where the sparse file has data: (offset, bytes).
+RUNS = [(0, b"head" * 1024), (32 * MIB, b"middle" * 30000), (SIZE - 4096, b"t" * 4096)]
+
+pytestmark = pytest.mark.posix
+
+
+def allocated(path) -> int:
+    """Bytes of disk the file takes."""
+    return os.stat(str(path)).st_blocks * 512
+
+
+def make_sparse(path, runs=RUNS, size=SIZE) -> str:
+    with open(str(path), "wb") as handle:
+        handle.truncate(size)
+        for offset, data in runs:
+            handle.seek(offset)
+            handle.write(data)
+    if allocated(path) >= size // 2:
+        pytest.skip("this file system stores no holes")
+    with open(str(path), "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def digest(path) -> str:
+    with open(str(path), "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def sandbox_writing(root) -> dict:
+    entries = [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
+               {"path": {"type": "path", "path": root.as_uri()}, "access": "write"}]
+    return {"permissions": {"type": "managed", "network": "restricted",
+                            "file_system": {"type": "restricted", "entries": entries}},
+            "windowsSandboxLevel": "disabled"}
+
+
+@pytest.mark.parametrize("how", ["file", "tree", "sandboxed file", "sandboxed tree"])
+def test_a_copy_keeps_the_holes_of_a_sparse_file(server, tmp_path, how):
+    (tmp_path / "src").mkdir()
+    source = tmp_path / "src" / "disk.img"
+    expected = make_sparse(source)
+    (tmp_path / "src" / "dense").write_bytes(os.urandom(3 * MIB + 5))  # no holes: every byte, as before
+    (tmp_path / "src" / "all-hole").write_bytes(b"")
+    os.truncate(str(tmp_path / "src" / "all-hole"), 5 * MIB)
+    (tmp_path / "dst").mkdir()
+    with Client.connect(server.url, timeout=30) as client:
+        fs = client.fs.with_sandbox(sandbox_writing(tmp_path / "dst")) if how.startswith("sandboxed") else client.fs
+        if how.endswith("tree"):
+            fs.copy(tmp_path / "src", tmp_path / "dst" / "tree", recursive=True)
+            copied = tmp_path / "dst" / "tree"
+        else:
+            for name in ("disk.img", "dense", "all-hole"):
+                fs.copy(tmp_path / "src" / name, tmp_path / "dst" / name)
+            copied = tmp_path / "dst"
+    assert os.path.getsize(str(copied / "disk.img")) == SIZE
+    assert digest(copied / "disk.img") == expected
+    assert allocated(copied / "disk.img") < 4 * MIB  # 64 MiB dense before
+    assert (copied / "dense").read_bytes() == (tmp_path / "src" / "dense").read_bytes()
+    assert (copied / "all-hole").read_bytes() == bytes(5 * MIB)
+    assert allocated(copied / "all-hole") < MIB
+
+
+def test_a_sparse_copy_over_a_longer_file_ends_where_the_source_ends(server, tmp_path):
+    """A copy written in place (the target has another hard link): the old, longer content is cut."""
+    source = tmp_path / "disk.img"
+    expected = make_sparse(source, runs=[(0, b"x" * 4096)], size=16 * MIB)
+    target = tmp_path / "target"
+    target.write_bytes(b"\xff" * (20 * MIB))
+    os.link(str(target), str(tmp_path / "second-link"))  # kept: the copy is written into the same file
+    with Client.connect(server.url, timeout=30) as client:
+        client.fs.copy(source, target)
+    assert os.path.samefile(str(target), str(tmp_path / "second-link"))
+    assert os.path.getsize(str(target)) == 16 * MIB
+    assert digest(target) == expected
