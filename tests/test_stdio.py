@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from exec_server.common.pipes import PIPE_BYTES, enlarge_pipe
 pytestmark = pytest.mark.posix
 
 SERVER = [sys.executable, "-m", "exec_server", "--listen", "stdio"]
+YES, SLEEP = shutil.which("yes") or "/usr/bin/yes", shutil.which("sleep") or "/bin/sleep"
 
 
 @pytest.fixture
@@ -85,6 +87,49 @@ def test_stdin_eof_kills_process_trees_and_exits(stdio_server, tmp_path):
     assert child.wait(5) == 0
     assert time.monotonic() - started < 1.0
     wait_until(lambda: all_gone(grandchild))
+
+
+def start_line(request_id: int, process_id: str, argv) -> bytes:
+    return json.dumps({"id": request_id, "method": "process/start", "params": {
+        "processId": process_id, "argv": argv, "cwd": "file:///tmp", "env": {}, "tty": False}}).encode() + b"\n"
+
+
+def test_stdin_eof_ends_the_server_even_while_nobody_reads_its_stdout(stdio_server):
+    """A client that closed stdin and stopped reading stdout: the thread that reads stdin was blocked in
+    a reply's write for good, never saw the end of file, and the trees ran on (the server too)."""
+    from exec_server.server.stdio import HANGUP_WRITE_WAIT, PARENT_CHECK_INTERVAL
+
+    child = stdio_server()
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n',
+         start_line(2, "flood", [YES]))
+    flood = wait_until(lambda: running_descendants(child.pid, [YES]), timeout=10)
+    time.sleep(1.0)  # its output fills the stdout pipe, which nobody reads
+    send(child, start_line(3, "sleeper", [SLEEP, "300"]))  # its reply cannot be written
+    sleeper = wait_until(lambda: running_descendants(child.pid, [SLEEP, "300"]), timeout=10)
+    child.stdin.close()
+    assert child.wait(HANGUP_WRITE_WAIT + 2 * PARENT_CHECK_INTERVAL + 8) == 0
+    wait_until(lambda: all_gone(flood + sleeper), timeout=10)
+    assert b"stdin was closed and stdout has not been read" in child.stderr.read()
+
+
+def test_a_client_that_stops_reading_but_keeps_stdin_open_is_waited_for(stdio_server):
+    """No hang-up, no end: a paused client (Ctrl-Z) that reads again later finds its server and trees."""
+    from exec_server.server.stdio import HANGUP_WRITE_WAIT, PARENT_CHECK_INTERVAL
+
+    child = stdio_server()
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n',
+         start_line(2, "flood", [YES]))
+    flood = wait_until(lambda: running_descendants(child.pid, [YES]), timeout=10)
+    time.sleep(HANGUP_WRITE_WAIT + 4 * PARENT_CHECK_INTERVAL + 1)  # stdout full all that time
+    assert child.poll() is None and not all_gone(flood)
+    send(child, b'{"id":3,"method":"process/terminate","params":{"processId":"flood"}}\n')
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # drain: the answer comes behind the output already queued
+        message = read_json(child)
+        if message.get("id") == 3:
+            break
+    assert message == {"id": 3, "result": {"running": True}}
+    wait_until(lambda: all_gone(flood), timeout=10)
 
 
 def test_protocol_violation_ends_the_server(stdio_server):

@@ -10,7 +10,12 @@ The connection ends on stdin EOF, on a protocol violation, or when the parent
 process dies (its PID changes under us); every process tree the server
 started is then killed and :func:`serve_stdio` returns.  At end of file the
 requests read before it are answered first, for at most
-:data:`EOF_ANSWER_WAIT` (a long poll still waiting then gets no answer).  The dispatcher and
+:data:`EOF_ANSWER_WAIT` (a long poll still waiting then gets no answer).
+The thread that reads stdin also writes replies, so a client that closed
+stdin and no longer reads stdout would leave it blocked in a write, never
+reading the end of file: a watchdog sees stdin's writer hang up (``poll``)
+and ends the server once a write to stdout has been blocked for
+:data:`HANGUP_WRITE_WAIT` seconds after it.  The dispatcher and
 session code are the ones the WebSocket transport uses; only the framing
 differs.
 """
@@ -20,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import BinaryIO, Optional, Union
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
@@ -36,8 +42,11 @@ PARSE_ERROR_PREFIX = "failed to parse JSON-RPC message from exec-server stdio: "
 #: How long requests read before stdin's end of file may take to be answered, seconds (less than the
 #: client's ``CHILD_EXIT_GRACE``, after which a closing :meth:`Client.spawn` client kills the server).
 EOF_ANSWER_WAIT = 1.0
-#: How often the parent-death watchdog checks the parent PID, seconds.
+#: How often the watchdog checks the parent PID and whether stdin's writer has hung up, seconds.
 PARENT_CHECK_INTERVAL = 0.5
+#: Once stdin's writer has hung up (the client closed it or died), how long a write to stdout may stay
+#: blocked (nobody reads it) before the server ends anyway, killing its trees, seconds.
+HANGUP_WRITE_WAIT = 2.0
 
 
 class StdioConnection:
@@ -50,6 +59,7 @@ class StdioConnection:
         self._reader = reader
         self._writer = writer
         self._send_lock = threading.Lock()
+        self._write_started: Optional[float] = None  # monotonic start of the write in progress, if any
         self._done = threading.Event()
         self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX, "stdio")
 
@@ -61,15 +71,34 @@ class StdioConnection:
         """
         if len(texts) == 1 and isinstance(texts[0], RawJson):
             with self._send_lock:
-                for piece in texts[0].fragments():
-                    self._writer.write(piece.encode("utf-8"))
-                self._writer.write(b"\n")
-                self._writer.flush()
+                self._write_started = time.monotonic()
+                try:
+                    for piece in texts[0].fragments():
+                        self._write_all(piece.encode("utf-8"))
+                    self._write_all(b"\n")
+                finally:
+                    self._write_started = None
             return
         data = "".join(str(text) + "\n" for text in texts).encode("utf-8")
         with self._send_lock:
-            self._writer.write(data)
-            self._writer.flush()
+            self._write_started = time.monotonic()
+            try:
+                self._write_all(data)
+            finally:
+                self._write_started = None
+
+    def _write_all(self, data: bytes) -> None:
+        """Write every byte (a raw stream's ``write`` may take part of them, after a signal)."""
+        view = memoryview(data)
+        while view:
+            written = self._writer.write(view)
+            view = view[len(view) if written is None else written:]
+        self._writer.flush()
+
+    def write_blocked_for(self) -> float:
+        """Seconds the write to stdout in progress has taken so far; 0.0 when none is in progress."""
+        started = self._write_started
+        return 0.0 if started is None else max(0.0, time.monotonic() - started)
 
     def run(self) -> None:
         """Read lines until EOF or a violation, then kill every process tree."""
@@ -132,11 +161,32 @@ def _exit_now(connection: StdioConnection) -> None:
         os._exit(0)
 
 
-def _watch_parent(connection: StdioConnection, parent: int) -> None:
+def _watch_parent(connection: StdioConnection, parent: int, stdin_fd: int) -> None:
+    """End the server when its parent dies, or when stdin's writer has hung up while stdout stays blocked."""
+    hung_up = _hangup_check(stdin_fd)
     while not connection._done.wait(PARENT_CHECK_INTERVAL):
         if os.getppid() != parent:
             log.warning("parent process %d is gone; stopping", parent)
             _exit_now(connection)
+        if connection.write_blocked_for() > HANGUP_WRITE_WAIT and hung_up():
+            log.warning("stdin was closed and stdout has not been read for %.1f s; stopping", HANGUP_WRITE_WAIT)
+            _exit_now(connection)
+
+
+def _hangup_check(fd: int):
+    """A ``check()`` that is True once the writer of ``fd`` (a pipe, a socket, a terminal) has hung up.
+
+    ``poll`` without asking for input: only the hang-up (or an error) is
+    reported, and nothing is read.  Always False where ``poll`` is missing
+    (Windows) and for a regular file (a file has no writer to lose).
+    """
+    import select
+
+    if not hasattr(select, "poll"):
+        return lambda: False
+    poller = select.poll()
+    poller.register(fd, getattr(select, "POLLRDHUP", 0))  # a socket's peer that shut its writing side
+    return lambda: bool(poller.poll(0))
 
 
 def serve_stdio(config: Optional[ServerConfig] = None) -> int:
@@ -148,8 +198,8 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
     for stream in (protocol_in, protocol_out):
         enlarge_pipe(stream.fileno())  # whoever made the pipes (a client other than ours, ssh)
     connection = StdioConnection(_BufferedLines(protocol_in), protocol_out, config)
-    threading.Thread(target=_watch_parent, args=(connection, os.getppid()), name="exec-server-parent-watch",
-                     daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(connection, os.getppid(), protocol_in.fileno()),
+                     name="exec-server-parent-watch", daemon=True).start()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
