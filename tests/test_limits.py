@@ -97,6 +97,37 @@ def test_session_limit_drops_the_oldest_idle_detached_session(configured_server,
         "too many sessions on this exec-server (limit 2)")
 
 
+def test_session_limit_drops_a_session_that_keeps_nothing_first(configured_server, connect):
+    """The oldest detached session has a process whose output its client has not read back; a younger one
+    keeps no process (a ``cp``'s): the younger one goes, and the older one's output is still there."""
+    import base64
+
+    from conftest import start_params
+
+    running = configured_server(max_sessions=2)
+    victim = connect(running.url)
+    victim_id = victim.initialize()["sessionId"]
+    victim.call("process/start", start_params("result", ["sh", "-c", "echo important-result"]))
+    victim.wait_closed("result")
+    victim.close()
+    empty = connect(running.url)
+    empty_id = empty.initialize()["sessionId"]
+    empty.close()
+    registry = running.server.registry
+    wait_until(lambda: all(registry.get(i).holder() is None for i in (victim_id, empty_id)))  # both detached
+    assert "result" in connect(running.url).request("initialize", {"clientName": "new"})
+    gone = connect(running.url)
+    assert gone.request("initialize", {"clientName": "late", "resumeSessionId": empty_id})["error"] == {
+        "code": -32600, "message": "unknown session id %s" % empty_id}
+    back = connect(running.url)
+    assert back.request("initialize", {"clientName": "back", "resumeSessionId": victim_id})["result"][
+        "sessionId"] == victim_id
+    back.send({"method": "initialized", "params": {}})
+    read = back.call("process/read", {"processId": "result", "afterSeq": 0})
+    assert b"".join(base64.b64decode(chunk["chunk"]) for chunk in read["chunks"]) == b"important-result\n"
+    assert (read["exitCode"], read["closed"]) == (0, True)
+
+
 def test_connection_limit(configured_server, connect):
     from urllib.parse import urlsplit
 

@@ -178,6 +178,11 @@ class Session:
             processes = list(self._processes.values())
         return all(process.closed for process in processes)
 
+    def is_empty(self) -> bool:
+        """True if the session keeps no process (none started, or every one forgotten): nothing to read."""
+        with self._lock:
+            return not self._reserved and not self._processes
+
     def process_closed(self, process: ManagedProcess) -> None:
         """Keep a closed process readable for ``closed_process_retention`` seconds."""
         self._scheduler.call_later(self._config.closed_process_retention, lambda: self._forget(process))

@@ -82,9 +82,12 @@ class SessionRegistry:
     def create(self) -> Session:
         """A new session with a UUID4 id.
 
-        At ``max_sessions``, the detached session that has waited longest
-        with no running process is dropped to make room (as if its TTL had
-        ended; a resume of it then answers ``unknown session id``).
+        At ``max_sessions``, a detached session with no running process is
+        dropped to make room (as if its TTL had ended; a resume of it then
+        answers ``unknown session id``): one that keeps no process at all
+        if there is one (its client can lose nothing), else the one whose
+        processes' output and status its client may still want to read;
+        each time the one detached longest.
 
         Raises:
             InvalidRequest: ``max_sessions`` sessions exist and each is
@@ -105,14 +108,19 @@ class SessionRegistry:
         return session
 
     def _evict_idle_detached_locked(self) -> Optional[Session]:
-        for session_id in self._expiry:  # in the order the sessions detached
-            candidate = self._sessions[session_id]
-            if candidate.is_idle() and candidate.mark_closed_if_detached():
-                del self._sessions[session_id]
-                timer = self._expiry.pop(session_id)
-                if hasattr(timer, "cancel"):
-                    timer.cancel()
-                return candidate
+        """The detached session to drop: one that keeps no process first (nothing its client could still
+        read), else one whose processes have all ended; each the one detached longest."""
+        for keeps_nothing in (True, False):
+            for session_id in self._expiry:  # in the order the sessions detached
+                candidate = self._sessions[session_id]
+                if not (candidate.is_empty() if keeps_nothing else candidate.is_idle()):
+                    continue
+                if candidate.mark_closed_if_detached():
+                    del self._sessions[session_id]
+                    timer = self._expiry.pop(session_id)
+                    if hasattr(timer, "cancel"):
+                        timer.cancel()
+                    return candidate
         return None
 
     def get(self, session_id: str) -> Optional[Session]:
