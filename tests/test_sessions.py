@@ -58,3 +58,29 @@ def test_notifications_while_detached_are_dropped_not_queued(connect, any_server
     time.sleep(0.2)
     second.recv(0.2)
     assert second.notifications("q") == []
+
+
+def test_a_detach_that_a_resume_overtook_sets_no_expiry():
+    """A connection detaches its session, then starts its TTL; a resume between the two used to leave a
+    timer behind for the resumed session, which expired it early at its next short detach (review m, F4)."""
+    from exec_server.server.config import ServerConfig
+    from exec_server.server.sessions import SessionRegistry
+
+    registry = SessionRegistry(ServerConfig(detached_session_ttl=0.5))
+    try:
+        first, second = object(), object()
+        session = registry.create()
+        assert session.attach_if_free(first, lambda *texts: None)
+        assert session.detach(first)  # the first connection ends ...
+        assert registry.resume(session.session_id, second, lambda *texts: None) is session  # ... overtaken
+        registry.detached(session)  # ... and now starts a TTL for a session the second one holds
+        time.sleep(0.3)
+        assert session.detach(second)  # a short blip of the second connection
+        registry.detached(session)
+        time.sleep(0.35)  # past the stale timer's 0.5 s, within the blip's own
+        third = object()
+        assert registry.resume(session.session_id, third, lambda *texts: None) is session
+        time.sleep(0.4)  # the blip's timer, cancelled by the resume, expires nothing either
+        assert registry.get(session.session_id) is session and session.holder() is third
+    finally:
+        registry.close_all()

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from exec_server.common import telemetry
 from exec_server.server.config import ServerConfig
@@ -67,7 +67,7 @@ class SessionRegistry:
                                                            lambda store: store.close(), spool_store)
         self._lock = threading.Lock()
         self._sessions: Dict[str, Session] = {}
-        self._expiry: Dict[str, object] = {}
+        self._expiry: Dict[str, _Expiry] = {}  # detached sessions' pending expiries, in the order they detached
 
     @property
     def spool_store(self) -> SpoolStore:
@@ -117,9 +117,7 @@ class SessionRegistry:
                     continue
                 if candidate.mark_closed_if_detached():
                     del self._sessions[session_id]
-                    timer = self._expiry.pop(session_id)
-                    if hasattr(timer, "cancel"):
-                        timer.cancel()
+                    self._expiry.pop(session_id).cancel()
                     return candidate
         return None
 
@@ -150,37 +148,41 @@ class SessionRegistry:
                 raise InvalidRequest("unknown session id %s" % session_id)
             attached = session.attach_if_free(owner, send)
             holder = None if attached else session.holder()
-            timer = self._expiry.pop(session_id, None) if attached else None
+            expiry = self._expiry.pop(session_id, None) if attached else None
         if not attached:
             probe = getattr(holder, "probe", None)
             if probe_timeout > 0 and probe is not None and not probe(probe_timeout):
                 return self.resume(session_id, owner, send)  # the silent holder is gone now
             raise SessionAlreadyAttached("session %s is already attached to another connection" % session_id)
-        if hasattr(timer, "cancel"):  # not the placeholder detached() stores while it schedules the timer
-            timer.cancel()
+        if expiry is not None:
+            expiry.cancel()
         log.info("session resumed", extra=telemetry.log_fields())
         return session
 
     def detached(self, session: Session) -> None:
-        """The session's connection ended: start its TTL (PROTOCOL.md 7)."""
-        token = object()
+        """The session's connection ended: start its TTL (PROTOCOL.md 7).
+
+        Nothing if a resume has attached it again meanwhile (the connection
+        detaches the session, then calls this); a pending expiry of an
+        earlier detach is replaced, so only the latest one's timer can end it.
+        """
+        expiry = _Expiry()
         with self._lock:
-            if self._sessions.get(session.session_id) is not session:
+            if self._sessions.get(session.session_id) is not session or session.holder() is not None:
                 return
-            self._expiry[session.session_id] = token
-        timer = self.scheduler.call_later(self.config.detached_session_ttl,
-                                          lambda: self._expire(session, token))
-        with self._lock:
-            if self._expiry.get(session.session_id) is token:
-                self._expiry[session.session_id] = timer
-            else:
-                timer.cancel()
+            earlier = self._expiry.pop(session.session_id, None)
+            self._expiry[session.session_id] = expiry
+        if earlier is not None:
+            earlier.cancel()
+        expiry.start(self.scheduler.call_later(self.config.detached_session_ttl,
+                                               lambda: self._expire(session, expiry)))
         log.info("session detached", extra=telemetry.log_fields())
 
-    def _expire(self, session: Session, token: object) -> None:
+    def _expire(self, session: Session, expiry: "_Expiry") -> None:
         with self._lock:
-            current = self._expiry.get(session.session_id)
-            if current is None or self._sessions.get(session.session_id) is not session:
+            if self._expiry.get(session.session_id) is not expiry:
+                return  # resumed, dropped or detached again since this timer was set
+            if self._sessions.get(session.session_id) is not session:
                 return
             if not session.mark_closed_if_detached():
                 return
@@ -194,9 +196,9 @@ class SessionRegistry:
         with self._lock:
             if self._sessions.get(session.session_id) is session:
                 del self._sessions[session.session_id]
-            timer = self._expiry.pop(session.session_id, None)
-        if hasattr(timer, "cancel"):
-            timer.cancel()
+            expiry = self._expiry.pop(session.session_id, None)
+        if expiry is not None:
+            expiry.cancel()
         session.close()
 
     def kill_all(self, join_timeout: float) -> None:
@@ -226,3 +228,29 @@ class SessionRegistry:
             process.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.stop(max(0.0, deadline - time.monotonic()))
         self._spool_store.close()
+
+
+class _Expiry:
+    """A detached session's pending expiry: its timer, which :meth:`cancel` stops even before it is set."""
+
+    __slots__ = ("_timer", "_cancelled", "_lock")
+
+    def __init__(self) -> None:
+        self._timer: Any = None
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    def start(self, timer: Any) -> None:
+        """The timer is scheduled: keep it, or cancel it at once if the expiry was cancelled meanwhile."""
+        with self._lock:
+            self._timer = timer
+            cancelled = self._cancelled
+        if cancelled:
+            timer.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
