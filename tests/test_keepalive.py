@@ -120,6 +120,30 @@ def test_second_client_resumes_a_blackholed_session_within_the_probe_bound(live,
         first.close()
 
 
+@pytest.mark.parametrize("end", ["cut", "reset"])
+def test_a_resume_goes_on_as_soon_as_the_probed_holder_closes(live, connect, end):
+    """The holder is silent, then its connection ends (FIN or RST) while the takeover probe waits: the
+    resume is answered then, not at the probe's 2 s bound (review m, F3)."""
+    server, proxy = live()  # the defaults: takeover_probe_timeout 2 s
+    first = Client.connect(proxy.url, reconnect=ReconnectPolicy(deadline=0.5, **NO_KEEPALIVE))
+    try:
+        process = first.start(["sleep", "30"])
+        proxy.blackhole()
+        peer: Peer = connect(server.url)
+        timer = threading.Timer(0.3, getattr(proxy, end))
+        start = time.monotonic()
+        timer.start()
+        reply = peer.request("initialize", {"clientName": "second", "resumeSessionId": first.session_id})
+        took = time.monotonic() - start
+        timer.join(5)
+        assert reply.get("result", {}).get("sessionId") == first.session_id, reply
+        assert 0.3 <= took < 1.3, took
+        peer.send({"method": "initialized", "params": {}})
+        assert peer.call("process/terminate", {"processId": process.process_id}) == {"running": True}
+    finally:
+        first.close()
+
+
 def test_resume_of_a_live_session_still_gets_32010_quickly(live, connect):
     server, _proxy = live()
     with Client.connect(server.url) as first:

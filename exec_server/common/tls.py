@@ -22,8 +22,9 @@ from typing import Optional
 from exec_server.common.keepalive import WriteProgress
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
-# poll(2) where there is one: unlike epoll it needs no descriptor of its own
-_SELECTOR = selectors.PollSelector if hasattr(selectors, "PollSelector") else selectors.DefaultSelector
+#: The selector class for one socket's waits: poll(2) where there is one (unlike epoll it needs no
+#: descriptor of its own), else the platform's default.
+POLL_SELECTOR = selectors.PollSelector if hasattr(selectors, "PollSelector") else selectors.DefaultSelector
 
 
 def _wait(sock: ssl.SSLSocket, error: Exception, deadline: Optional[float]) -> None:
@@ -35,7 +36,7 @@ def _wait(sock: ssl.SSLSocket, error: Exception, deadline: Optional[float]) -> N
     event = selectors.EVENT_READ if isinstance(error, ssl.SSLWantReadError) else selectors.EVENT_WRITE
     if sock.fileno() < 0:
         raise OSError(errno.EBADF, "the connection is closed")
-    with _SELECTOR() as selector:
+    with POLL_SELECTOR() as selector:
         selector.register(sock, event)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -23,7 +23,7 @@ from wsproto.utilities import LocalProtocolError
 
 from exec_server.common.keepalive import (DEAD, PING, KeepaliveClock, abort_socket, send_progress, tune_socket,
                                           writable_now)
-from exec_server.common.tls import TLSStream
+from exec_server.common.tls import POLL_SELECTOR, TLSStream
 from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL,  # noqa: F401
                                           CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TRY_AGAIN_LATER,
                                           FAILURE_CODES as _FAILURE_CODES, RECV_BYTES)
@@ -55,11 +55,6 @@ def _encodable(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
-
-
-def _new_selector() -> selectors.BaseSelector:
-    """poll(2) where there is one: unlike epoll it needs no descriptor of its own."""
-    return selectors.PollSelector() if hasattr(selectors, "PollSelector") else selectors.DefaultSelector()
 
 
 class WebSocketConnection:
@@ -94,6 +89,7 @@ class WebSocketConnection:
         self._clock = KeepaliveClock(config.ping_interval, keepalive, now, fixed_schedule=True)
         self._received = threading.Condition()
         self._probes = 0  # probes waiting for bytes from the peer
+        self._ended = False  # the connection's thread is done (the peer closed, or a failure): no probe waits
         # The send queue as the last Ping left it (see _pong_delayed): bytes acknowledged then (or at
         # the last look since), where the Ping's bytes end, and whether it was still queued.
         self._acked = 0
@@ -279,11 +275,13 @@ class WebSocketConnection:
             except (OSError, LocalProtocolError):
                 pass  # busy (behind a large write) or failed
             with self._received:
-                while self._clock.last_received < start and not self._dead:
+                while self._clock.last_received < start and not (self._dead or self._ended):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._received.wait(remaining)
+            if self._ended:
+                return False  # closed meanwhile (its session detached): nothing to wait for
             alive = self._clock.last_received >= start and not self._dead
             if not alive and not self._dead and before is not None:
                 after = send_progress(self._sock)  # it took output meanwhile, and not yet our Ping: a slow link
@@ -311,6 +309,9 @@ class WebSocketConnection:
             log.exception("websocket %s failed", self.peer)
         finally:
             self._rpc.close()
+            with self._received:  # a takeover probe waiting for this peer learns it is gone
+                self._ended = True
+                self._received.notify_all()
 
     def _loop(self) -> None:
         clock = self._clock
@@ -322,7 +323,7 @@ class WebSocketConnection:
         # A TLS stream may hold decrypted bytes already read off the wire: select
         # would not see them, so they are read first.
         pending = self._sock.pending if isinstance(self._sock, TLSStream) else (lambda: 0)
-        with _new_selector() as selector:
+        with POLL_SELECTOR() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
                 now = time.monotonic()
@@ -350,14 +351,14 @@ class WebSocketConnection:
                 if not (self._early or pending() or selector.select(wait)):
                     continue
                 data, self._early = self._early or self._sock.recv(RECV_BYTES), b""
+                if not data:  # the peer's end: no sign of life for a takeover probe (run's end wakes it)
+                    self._protocol.receive_data(None)
+                    return
                 now = time.monotonic()
                 clock.received(now)
                 if self._probes:
                     with self._received:
                         self._received.notify_all()
-                if not data:
-                    self._protocol.receive_data(None)
-                    return
                 self._protocol.receive_data(data)
                 for event in self._protocol.events():
                     if isinstance(event, (TextMessage, BytesMessage)):
