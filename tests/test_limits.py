@@ -394,3 +394,29 @@ def test_long_write_ids_are_remembered_by_digest(configured_server, connect):
     output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in peer.wait_closed("cat")
                       if m["method"] == "process/output")
     assert output == b"".join(b"%d\n" % number for number in range(8))
+
+
+def test_a_long_polls_wait_counts_from_its_arrival_not_from_its_thread(configured_server, connect):
+    """More long polls than request threads: those that waited for a thread used to wait their whole
+    ``waitMs`` after it (answered at 1, 2 and 3 times it); each now answers ``waitMs`` after it arrived
+    (review m, F5)."""
+    from conftest import start_params
+
+    running = configured_server(concurrent_requests=2)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("quiet", ["sleep", "30"]))
+    start = time.monotonic()
+    for request_id in range(100, 106):
+        peer.send({"id": request_id, "method": "process/read",
+                   "params": {"processId": "quiet", "afterSeq": 0, "waitMs": 1000}})
+    answered = {}
+    while len(answered) < 6:
+        message = peer.recv(timeout=10)
+        assert message is not None, answered
+        if message.get("id") in range(100, 106):
+            answered[message["id"]] = time.monotonic() - start
+            assert message["result"]["chunks"] == [] and message["result"]["exited"] is False
+    assert max(answered.values()) < 1.8, answered  # 3.0 s for the last two before
+    assert min(answered.values()) >= 0.9, answered
+    peer.call("process/terminate", {"processId": "quiet"})

@@ -304,7 +304,7 @@ class RpcConnection:
             telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
         dispatcher = self.dispatcher
-        ctx = RequestContext(self, dispatcher)
+        ctx = RequestContext(self, dispatcher, received)
         try:
             outcome: Any = handler(ctx, request.params)
             failed = False

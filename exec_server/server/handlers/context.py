@@ -1,5 +1,6 @@
 """What a handler sees of its request: :class:`RequestContext` (no socket, no transport)."""
 
+import time
 from typing import Any, Callable, List, Optional
 
 from exec_server.protocol.errors import InvalidRequest, ServerOverloaded
@@ -20,8 +21,10 @@ class RequestContext:
     can precede the response).
     """
 
-    def __init__(self, connection: Any, dispatcher: Any):
+    def __init__(self, connection: Any, dispatcher: Any, received: Optional[float] = None):
         self.connection = connection
+        #: When the request arrived (``time.monotonic()``): a long poll's ``waitMs`` counts from here.
+        self.received = time.monotonic() if received is None else received
         self.dispatcher = dispatcher
         self.registry: SessionRegistry = dispatcher.registry
         self.config: ServerConfig = dispatcher.config

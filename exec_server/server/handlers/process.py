@@ -7,6 +7,7 @@ behaviour and texts follow PROTOCOL.md section 5.
 
 import logging
 import os
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry
@@ -125,13 +126,14 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> L
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:
-    """Retained output after ``afterSeq``, long-polling up to ``waitMs`` (PROTOCOL.md 5.4)."""
+    """Retained output after ``afterSeq``, long-polling up to ``waitMs`` (PROTOCOL.md 5.4) from the request's
+    arrival (a poll that waited for a request thread waits that much less)."""
     process = ctx.session.require(params["processId"])
     wait_ms = params.get("waitMs") or 0  # any u64: a deadline far away is waited in slices
     result = process.read(
         after_seq=params.get("afterSeq") or 0,
         max_bytes=params.get("maxBytes"),
-        wait=wait_ms / 1000.0,
+        wait=max(0.0, wait_ms / 1000.0 - (time.monotonic() - ctx.received)),
         aborted=ctx.aborted,
         reserve=ctx.reserve_result,
     )
