@@ -63,6 +63,18 @@ def test_session_limit(configured_server, connect):
     assert reply["error"] == {"code": -32600, "message": "too many sessions on this exec-server (limit 1)"}
 
 
+def dropped_and_kept(connect, url: str, dropped_id: str, kept_id: str):
+    """Assert session ``dropped_id`` is gone and resume ``kept_id``: the peer that holds it, initialized."""
+    gone = connect(url)
+    assert gone.request("initialize", {"clientName": "late", "resumeSessionId": dropped_id})["error"] == {
+        "code": -32600, "message": "unknown session id %s" % dropped_id}
+    back = connect(url)
+    assert back.request("initialize", {"clientName": "back", "resumeSessionId": kept_id})["result"][
+        "sessionId"] == kept_id
+    back.send({"method": "initialized", "params": {}})
+    return back
+
+
 def test_session_limit_drops_the_oldest_idle_detached_session(configured_server, connect):
     from conftest import start_params
 
@@ -84,13 +96,7 @@ def test_session_limit_drops_the_oldest_idle_detached_session(configured_server,
 
     newcomer = wait_until(new_session_accepted)  # once both connections are seen closed
     newcomer.send({"method": "initialized", "params": {}})
-    gone = connect(running.url)
-    assert gone.request("initialize", {"clientName": "late", "resumeSessionId": idle_id})["error"] == {
-        "code": -32600, "message": "unknown session id %s" % idle_id}
-    back = connect(running.url)
-    assert back.request("initialize", {"clientName": "back", "resumeSessionId": busy_id})["result"][
-        "sessionId"] == busy_id
-    back.send({"method": "initialized", "params": {}})
+    back = dropped_and_kept(connect, running.url, idle_id, busy_id)
     assert back.call("process/terminate", {"processId": "sleeper"}) == {"running": True}
     refused = connect(running.url)  # both sessions attached now
     assert refused.request("initialize", {"clientName": "more"})["error"]["message"] == (
@@ -116,13 +122,7 @@ def test_session_limit_drops_a_session_that_keeps_nothing_first(configured_serve
     registry = running.server.registry
     wait_until(lambda: all(registry.get(i).holder() is None for i in (victim_id, empty_id)))  # both detached
     assert "result" in connect(running.url).request("initialize", {"clientName": "new"})
-    gone = connect(running.url)
-    assert gone.request("initialize", {"clientName": "late", "resumeSessionId": empty_id})["error"] == {
-        "code": -32600, "message": "unknown session id %s" % empty_id}
-    back = connect(running.url)
-    assert back.request("initialize", {"clientName": "back", "resumeSessionId": victim_id})["result"][
-        "sessionId"] == victim_id
-    back.send({"method": "initialized", "params": {}})
+    back = dropped_and_kept(connect, running.url, empty_id, victim_id)
     read = back.call("process/read", {"processId": "result", "afterSeq": 0})
     assert b"".join(base64.b64decode(chunk["chunk"]) for chunk in read["chunks"]) == b"important-result\n"
     assert (read["exitCode"], read["closed"]) == (0, True)
