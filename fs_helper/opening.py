@@ -82,48 +82,69 @@ def read_to_end(fd: int, limit: int, size_hint: int = 0) -> bytes:
 def copy_blocks(fd: int, sink: Any) -> None:
     """Write the rest of ``fd`` to ``sink`` (a binary file), :data:`COPY_BLOCK_BYTES` at a time.
 
-    A regular file read from its start keeps its holes where the platform
-    finds them (``SEEK_DATA``/``SEEK_HOLE``, as ``cp --sparse=auto``): only
-    its data is read and written, each run at its own offset in ``sink``
-    (which must be seekable and empty), and ``sink`` then ends where the
-    file ends, so a hole takes no disk space in the copy either.
+    A regular file read from its start that takes fewer disk blocks than
+    its size keeps its holes where the platform finds them
+    (``SEEK_DATA``/``SEEK_HOLE``, as ``cp --sparse=auto``): only its data is
+    read and written, each run at its own offset in ``sink`` (which must be
+    seekable and empty), and ``sink`` then ends at the size the file had
+    when the copy began, so a hole takes no disk space in the copy either.
+    A file that ends sooner (it shrank meanwhile; a ``/sys`` file says 4096
+    and holds less) ends the copy where its bytes end; bytes appended
+    meanwhile are not copied, as by ``cp``.
 
     Raises:
         OSError: as :func:`read_to_end`, and from the write.
     """
-    if _SEEK_DATA is None or not stat.S_ISREG(os.fstat(fd).st_mode) or os.lseek(fd, 0, os.SEEK_CUR) != 0:
-        _copy_run(fd, sink, None)
+    info = os.fstat(fd)
+    if not (_SEEK_DATA is not None and stat.S_ISREG(info.st_mode) and _looks_sparse(info)
+            and os.lseek(fd, 0, os.SEEK_CUR) == 0):
+        _copy_run(fd, sink, None)  # a pipe, a /proc file (size 0), a file with no hole: every byte
         return
-    position = 0
-    while True:
+    size, position = info.st_size, 0
+    while position < size:
         try:
             data = os.lseek(fd, position, _SEEK_DATA)
+            hole = min(os.lseek(fd, data, _SEEK_HOLE), size)
         except OSError as exc:
-            if exc.errno == errno.ENXIO:  # nothing but a hole from ``position`` to the end
+            if exc.errno == errno.ENXIO:  # nothing but a hole from ``position`` on (or the file shrank)
                 break
             if position:
                 raise
             os.lseek(fd, 0, os.SEEK_SET)  # a file system without the two (EINVAL): every byte
             _copy_run(fd, sink, None)
             return
-        hole = os.lseek(fd, data, _SEEK_HOLE)  # the end of the file at the latest
+        if data >= hole:
+            break
         os.lseek(fd, data, os.SEEK_SET)
         sink.seek(data)
-        _copy_run(fd, sink, hole - data)
+        copied = _copy_run(fd, sink, hole - data)
+        if copied < hole - data:  # its bytes end here
+            sink.truncate(data + copied)
+            return
         position = hole
-    sink.truncate(os.lseek(fd, 0, os.SEEK_END))  # a hole at the end
+    sink.truncate(min(size, os.lseek(fd, 0, os.SEEK_END)))  # a hole at the end; a file shrunk meanwhile
 
 
 #: ``os.SEEK_DATA`` and ``os.SEEK_HOLE`` where the platform has them (not Windows), else None.
 _SEEK_DATA, _SEEK_HOLE = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
 
 
-def _copy_run(fd: int, sink: Any, length: Optional[int]) -> None:
-    """``length`` bytes of ``fd`` from its offset to ``sink`` (None: to the end; fewer where it ends first)."""
-    while length is None or length > 0:
-        block = os.read(fd, COPY_BLOCK_BYTES if length is None else min(COPY_BLOCK_BYTES, length))
+def _looks_sparse(info: os.stat_result) -> bool:
+    """Whether the file takes fewer 512-byte blocks than its size needs: it may have holes (cp's test)."""
+    blocks = getattr(info, "st_blocks", None)
+    return blocks is not None and blocks * 512 < info.st_size
+
+
+def _copy_run(fd: int, sink: Any, length: Optional[int]) -> int:
+    """``length`` bytes of ``fd`` from its offset to ``sink`` (None: to the end; fewer where it ends first).
+
+    Returns the bytes copied.
+    """
+    copied = 0
+    while length is None or copied < length:
+        block = os.read(fd, COPY_BLOCK_BYTES if length is None else min(COPY_BLOCK_BYTES, length - copied))
         if not block:
-            return
+            break
         sink.write(block)
-        if length is not None:
-            length -= len(block)
+        copied += len(block)
+    return copied

@@ -84,3 +84,58 @@ def test_a_sparse_copy_over_a_longer_file_ends_where_the_source_ends(server, tmp
     assert os.path.samefile(str(target), str(tmp_path / "second-link"))
     assert os.path.getsize(str(target)) == 16 * MIB
     assert digest(target) == expected
+
+
+def copied_by_blocks(path, hook=None) -> bytes:
+    """``copy_blocks`` of ``path`` into memory; ``hook(offset)`` runs at each seek of the sink."""
+    import io
+
+    from fs_helper.opening import copy_blocks, open_file
+
+    class Sink(io.BytesIO):
+        def seek(self, offset, *whence):
+            if hook is not None and not whence:
+                hook(offset)
+            return super().seek(offset, *whence)
+
+    fd = open_file(str(path), os.O_RDONLY)
+    try:
+        sink = Sink()
+        copy_blocks(fd, sink)
+        return sink.getvalue()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("path", ["/proc/self/cmdline", "/proc/self/environ", "/sys/class/net/lo/address",
+                                  "/sys/kernel/mm/transparent_hugepage/enabled"])
+def test_files_whose_size_is_not_their_content_are_copied_as_read(path):
+    """A /proc file says size 0 (its SEEK_DATA found no data: an empty copy before), a /sys attribute
+    4096 with no blocks: no sparse files, copied as read."""
+    if not os.path.exists(path):
+        pytest.skip("no %s here" % path)
+    with open(path, "rb") as handle:
+        expected = handle.read()
+    assert expected and copied_by_blocks(path) == expected
+
+
+def test_a_sparse_file_that_shrinks_or_grows_while_copied(tmp_path):
+    """Shrunk under the copy: it ends where the file's bytes end (it failed with ENXIO, or padded zeros);
+    grown: the size it had when the copy began, never zeros where data was appended."""
+    source = tmp_path / "disk.img"
+    make_sparse(source)
+    original = source.read_bytes()
+
+    def shrink(offset):
+        if offset == 32 * MIB:  # the second run: the file now ends inside it
+            os.truncate(str(source), 32 * MIB + 100)
+
+    assert copied_by_blocks(source, shrink) == original[:32 * MIB + 100]
+    make_sparse(source)
+    with open(str(source), "ab") as appended:
+        def grow(offset):
+            if offset == SIZE - 4096:  # the last run
+                appended.write(b"C" * 8)
+                appended.flush()
+
+        assert copied_by_blocks(source, grow) == original
