@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import stat
+from typing import Optional
 
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import SpecialFile, copy_blocks, open_file
@@ -60,6 +61,7 @@ def _copy_file(source: str, destination: str, split_links: bool = False) -> None
     fd = open_file(source, os.O_RDONLY)
     try:
         target, _mode = replace_target(destination)
+        refuse_same_file(os.fstat(fd), _stat_or_none(target))
         write_whole(target, lambda handle: copy_blocks(fd, handle), stat.S_IMODE(os.fstat(fd).st_mode),
                     split_links=split_links)
     finally:
@@ -106,6 +108,26 @@ def _copy_tree_error(exc: shutil.Error) -> FsError:
 
 #: The reference's answer (-32600) to a recursive copy into the source's own tree.
 COPY_INTO_ITSELF = "fs/copy cannot copy a directory to itself or one of its descendants"
+
+
+def refuse_same_file(source: os.stat_result, destination: Optional[os.stat_result]) -> None:
+    """Refuse a copy of a file onto itself, by any name (a hard link, ``a`` to ``a``), as ``cp`` does: the
+    write would truncate the source before reading it (the reference's copy empties it).
+
+    Args:
+        source: the source's ``fstat``; destination: the target's ``stat``, None where there is none.
+    Raises:
+        FsError: -32600 ``fs/copy source and destination are the same file``.
+    """
+    if destination is not None and os.path.samestat(source, destination):
+        raise FsError(INVALID_REQUEST, "fs/copy source and destination are the same file")
+
+
+def _stat_or_none(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None  # missing (or unreadable): the write says what is wrong
 
 
 def refuse_copy_into_itself(source: str, destination: str) -> None:

@@ -14,6 +14,7 @@ import os
 import stat
 from typing import Optional
 
+from .copying import refuse_same_file
 from .opening import SpecialFile, copy_blocks, open_file
 from .safe_path import LIST_FLAGS, O_NOFOLLOW, lstat_at, write_whole_at
 
@@ -136,6 +137,7 @@ def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, 
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        refuse_same_file(info, existing)  # a link there is replaced, not written through: same inode only
         write_whole_at(destination_dir_fd, destination_name, lambda handle: copy_blocks(fd, handle),
                        stat.S_IMODE(info.st_mode))
     finally:

@@ -408,3 +408,14 @@ def tls_server(pki):
     yield factory
     for server in servers:
         server.shutdown()
+
+
+def sandbox_writing(folder) -> Dict[str, Any]:
+    """A FileSystemSandboxContext that may read everything and write ``folder``."""
+    from fs_helper.uris import path_to_uri
+
+    entries = [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
+               {"path": {"type": "path", "path": path_to_uri(str(folder))}, "access": "write"}]
+    return {"permissions": {"type": "managed", "network": "enabled",
+                            "file_system": {"type": "restricted", "entries": entries}},
+            "windowsSandboxLevel": "disabled"}

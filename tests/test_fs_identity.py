@@ -15,6 +15,7 @@ import threading
 
 import pytest
 
+from conftest import sandbox_writing
 from exec_server import Client, InvalidRequest
 from exec_server.cli import cp
 from fs_helper.uris import path_to_uri
@@ -22,15 +23,6 @@ from fs_helper.uris import path_to_uri
 pytestmark = pytest.mark.posix
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def sandbox_writing(folder):
-    """A sandbox that may read everything and write ``folder``."""
-    entries = [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
-               {"path": {"type": "path", "path": path_to_uri(str(folder))}, "access": "write"}]
-    return {"permissions": {"type": "managed", "network": "enabled",
-                            "file_system": {"type": "restricted", "entries": entries}},
-            "windowsSandboxLevel": "disabled"}
 
 
 @pytest.fixture(params=["plain", "confined", "bwrap"])
@@ -203,3 +195,31 @@ def test_a_non_root_sandbox_does_not_write_through_a_hard_link_it_cannot_keep(tm
     confined.write_file({"path": path_to_uri(str(sandbox / "link")), "dataBase64": "bmV3"}, policy)
     assert (outside / "secret.txt").read_bytes() == b"original"
     assert (sandbox / "link").read_bytes() == b"new" and (sandbox / "link").stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("name", ["itself", "hard link", "symlink"])
+def test_a_file_copied_onto_itself_is_refused_and_kept(fs, tmp_path, name):
+    """By any name, as ``cp`` refuses: the copy truncated the source before reading it (the reference's
+    copy empties it)."""
+    source = tmp_path / "a"
+    source.write_bytes(b"precious")
+    target = {"itself": source, "hard link": tmp_path / "b", "symlink": tmp_path / "c"}[name]
+    if name == "hard link":
+        os.link(str(source), str(target))
+    elif name == "symlink":
+        target.symlink_to(source)
+    with pytest.raises(InvalidRequest) as caught:
+        fs.copy(source, target)
+    assert caught.value.message == "fs/copy source and destination are the same file"
+    assert source.read_bytes() == b"precious" and target.read_bytes() == b"precious"
+
+
+def test_a_tree_merged_onto_hard_links_of_its_own_files_is_refused_and_kept(server, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"precious")
+    os.link(str(tmp_path / "src" / "f"), str(tmp_path / "dst" / "f"))
+    with Client.connect(server.url, timeout=10) as client:
+        with pytest.raises(InvalidRequest, match="^fs/copy source and destination are the same file$"):
+            client.fs.copy(tmp_path / "src", tmp_path / "dst", recursive=True)
+    assert (tmp_path / "src" / "f").read_bytes() == b"precious"

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import sandbox_writing
 from exec_server import Client
 
 MIB = 1 << 20
@@ -36,14 +37,6 @@ def make_sparse(path, runs=RUNS, size=SIZE) -> str:
 def digest(path) -> str:
     with open(str(path), "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
-
-
-def sandbox_writing(root) -> dict:
-    entries = [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
-               {"path": {"type": "path", "path": root.as_uri()}, "access": "write"}]
-    return {"permissions": {"type": "managed", "network": "restricted",
-                            "file_system": {"type": "restricted", "entries": entries}},
-            "windowsSandboxLevel": "disabled"}
 
 
 @pytest.mark.parametrize("how", ["file", "tree", "sandboxed file", "sandboxed tree"])
