@@ -15,7 +15,7 @@ import stat
 from typing import Optional
 
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
-from .opening import SpecialFile, copy_blocks, open_file
+from .opening import SpecialFile, copy_blocks, open_file, refuse_same_file
 from .replacing import replace_target, write_whole
 
 
@@ -108,19 +108,6 @@ def _copy_tree_error(exc: shutil.Error) -> FsError:
 
 #: The reference's answer (-32600) to a recursive copy into the source's own tree.
 COPY_INTO_ITSELF = "fs/copy cannot copy a directory to itself or one of its descendants"
-
-
-def refuse_same_file(source: os.stat_result, destination: Optional[os.stat_result]) -> None:
-    """Refuse a copy of a file onto itself, by any name (a hard link, ``a`` to ``a``), as ``cp`` does: the
-    write would truncate the source before reading it (the reference's copy empties it).
-
-    Args:
-        source: the source's ``fstat``; destination: the target's ``stat``, None where there is none.
-    Raises:
-        FsError: -32600 ``fs/copy source and destination are the same file``.
-    """
-    if destination is not None and os.path.samestat(source, destination):
-        raise FsError(INVALID_REQUEST, "fs/copy source and destination are the same file")
 
 
 def _stat_or_none(path: str) -> Optional[os.stat_result]:

@@ -125,6 +125,19 @@ def copy_blocks(fd: int, sink: Any) -> None:
     sink.truncate(min(size, os.lseek(fd, 0, os.SEEK_END)))  # a hole at the end; a file shrunk meanwhile
 
 
+def refuse_same_file(source: os.stat_result, destination: Optional[os.stat_result]) -> None:
+    """Refuse a copy of a file onto itself, by any name (a hard link, ``a`` to ``a``), as ``cp`` does: the
+    write would truncate the source before reading it (the reference's copy empties it).
+
+    Args:
+        source: the source's ``fstat``; destination: the target's ``stat``, None where there is none.
+    Raises:
+        FsError: -32600 ``fs/copy source and destination are the same file``.
+    """
+    if destination is not None and os.path.samestat(source, destination):
+        raise FsError(INVALID_REQUEST, "fs/copy source and destination are the same file")
+
+
 #: ``os.SEEK_DATA`` and ``os.SEEK_HOLE`` where the platform has them (not Windows), else None.
 _SEEK_DATA, _SEEK_HOLE = getattr(os, "SEEK_DATA", None), getattr(os, "SEEK_HOLE", None)
 

@@ -14,8 +14,7 @@ import os
 import stat
 from typing import Optional
 
-from .copying import refuse_same_file
-from .opening import SpecialFile, copy_blocks, open_file
+from .opening import SpecialFile, copy_blocks, open_file, refuse_same_file
 from .safe_path import LIST_FLAGS, O_NOFOLLOW, lstat_at, write_whole_at
 
 
