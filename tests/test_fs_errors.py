@@ -102,3 +102,19 @@ def test_not_found_without_an_errno_is_enoent_on_a_path_only():
     assert on_path.message == "path not found"
     handle = NotFound("unknown file handle `h`")
     assert as_os_error(handle, "/srv/x", missing_is_enoent=False) is handle
+
+
+def test_the_errors_pickle_and_copy_whole():
+    """A worker process's error reaches its parent (multiprocessing pickles it) with every field."""
+    import copy
+    import pickle
+
+    one = as_os_error(NotFound("No such file or directory (os error 2)", data={"x": 1}), "/srv/x")
+    two = as_os_error(InternalError("File exists (os error 17)"), "/srv/a", "/srv/b")
+    for error in (one, two):
+        for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+            assert type(again) is type(error)
+            assert (again.code, again.message, again.data, again.errno, again.strerror, again.filename,
+                    again.filename2, str(again)) == (error.code, error.message, error.data, error.errno,
+                                                     error.strerror, error.filename, error.filename2, str(error))
+    assert str(pickle.loads(pickle.dumps(one))) == "[Errno 2] No such file or directory: '/srv/x'"

@@ -16,8 +16,9 @@ code written for local files works unchanged::
 
 The errno is trusted only where this host's C library words it the same way
 (``os.strerror``): a server on another system (Windows numbers its errors
-otherwise) gives the plain ``RpcError``.  A -32004 on a path call with no
-``os error`` suffix is a ``FileNotFoundError`` (``errno.ENOENT``).
+otherwise) gives the plain ``RpcError``, except that a -32004 on a path call
+whose errno is not trusted (or absent) is a ``FileNotFoundError`` with this
+host's ``errno.ENOENT`` and the server's words as ``strerror``.
 """
 
 import errno
@@ -37,13 +38,31 @@ _classes_lock = threading.Lock()
 
 
 def _combined(rpc_class: Type[RpcError], os_class: Type[OSError]) -> type:
-    """``Remote<OSErrorClass>``: a subclass of both, one per pair."""
+    """``Remote<OSErrorClass>``: a subclass of both, one per pair (made on first use, so pickled by
+    :func:`_rebuild` with its two bases, not by name)."""
     with _classes_lock:
         found = _classes.get((rpc_class, os_class))
         if found is None:
-            found = type("Remote" + os_class.__name__, (rpc_class, os_class), {"__module__": __name__})
+            found = type("Remote" + os_class.__name__, (rpc_class, os_class),
+                         {"__module__": __name__, "__reduce__": _reduce})
             _classes[(rpc_class, os_class)] = found
         return found
+
+
+def _reduce(error: Any) -> Tuple[Any, ...]:
+    """Pickle and ``copy`` support: the two bases and every field, ``__dict__`` included."""
+    rpc_class, os_class = type(error).__bases__
+    return (_rebuild, (rpc_class, os_class, error.message, error.data, error.code, error.errno, error.strerror,
+                       error.filename, error.filename2), dict(error.__dict__))
+
+
+def _rebuild(rpc_class: Type[RpcError], os_class: Type[OSError], message: str, data: Any, code: int, number: int,
+             text: str, filename: Any, filename2: Any) -> RpcError:
+    error = _combined(rpc_class, os_class)(message, data, code)
+    error.errno, error.strerror, error.filename = number, text, filename
+    if filename2 is not None:  # set to None it would show as `-> None`
+        error.filename2 = filename2
+    return error
 
 
 def _errno_of(message: str) -> Tuple[Optional[int], str]:
