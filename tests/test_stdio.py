@@ -1,5 +1,6 @@
 """stdio transport, server side (``--listen stdio``) and client side (``Client.spawn``)."""
 
+import base64
 import json
 import os
 import shutil
@@ -130,6 +131,33 @@ def test_a_client_that_stops_reading_but_keeps_stdin_open_is_waited_for(stdio_se
             break
     assert message == {"id": 3, "result": {"running": True}}
     wait_until(lambda: all_gone(flood), timeout=10)
+
+
+def test_a_non_blocking_stdout_gets_every_byte(tmp_path):
+    """Whoever starts the server may hand it a non-blocking stdout: a full pipe took part of a 4 MB
+    answer and the rest was dropped without a word, the next message landing on the cut line."""
+    content = os.urandom(3 << 20)
+    (tmp_path / "big").write_bytes(content)
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    child = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=writer, stderr=subprocess.DEVNULL)
+    os.close(writer)
+    try:
+        send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n',
+             json.dumps({"id": 2, "method": "fs/readFile", "params": {"path": (tmp_path / "big").as_uri()}}).encode()
+             + b"\n", b'{"id":3,"method":"environment/status"}\n')
+        time.sleep(1.0)  # the server meets a full pipe
+        with os.fdopen(reader, "rb") as stream:
+            reader = -1
+            answers = {answer["id"]: answer for answer in (json.loads(stream.readline()) for _ in range(3))}
+        assert sorted(answers) == [1, 2, 3]  # each line whole (3 may come first: it runs inline)
+        assert base64.b64decode(answers[2]["result"]["dataBase64"]) == content
+        assert answers[3]["result"] == {"status": "ready"}
+    finally:
+        if reader >= 0:
+            os.close(reader)
+        child.stdin.close()
+        assert child.wait(10) == 0
 
 
 def test_protocol_violation_ends_the_server(stdio_server):

@@ -88,11 +88,15 @@ class StdioConnection:
                 self._write_started = None
 
     def _write_all(self, data: bytes) -> None:
-        """Write every byte (a raw stream's ``write`` may take part of them, after a signal)."""
+        """Write every byte: a raw stream's ``write`` may take part of them (after a signal), or none
+        (None) where whoever made stdout made it non-blocking and it is full: then wait until it drains."""
         view = memoryview(data)
         while view:
             written = self._writer.write(view)
-            view = view[len(view) if written is None else written:]
+            if written is None:
+                _wait_writable(self._writer)
+                continue
+            view = view[written:]
         self._writer.flush()
 
     def write_blocked_for(self) -> float:
@@ -146,6 +150,16 @@ class StdioConnection:
         self.dispatcher.stop_fs_helpers()
 
 
+def _wait_writable(stream: BinaryIO) -> None:
+    """Wait up to a second until ``stream`` takes bytes again (the caller loops; the watchdog bounds it)."""
+    import select
+
+    try:
+        select.select([], [stream], [], 1.0)
+    except (OSError, ValueError):  # no select for it here (a Windows pipe): a short pause instead
+        time.sleep(0.01)
+
+
 def _exit_now(connection: StdioConnection) -> None:
     """Kill every process tree, then end the process (the reader may be blocked).
 
@@ -177,8 +191,10 @@ def _hangup_check(fd: int):
     """A ``check()`` that is True once the writer of ``fd`` (a pipe, a socket, a terminal) has hung up.
 
     ``poll`` without asking for input: only the hang-up (or an error) is
-    reported, and nothing is read.  Always False where ``poll`` is missing
-    (Windows) and for a regular file (a file has no writer to lose).
+    reported, and nothing is read.  A socket's half close is seen only
+    where ``POLLRDHUP`` exists (Linux; elsewhere it reads as input).  Always
+    False where ``poll`` is missing (Windows) and for a regular file (a file
+    has no writer to lose).
     """
     import select
 
