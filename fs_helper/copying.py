@@ -61,8 +61,9 @@ def _copy_file(source: str, destination: str, split_links: bool = False) -> None
     fd = open_file(source, os.O_RDONLY)
     try:
         target, _mode = replace_target(destination)
-        refuse_same_file(os.fstat(fd), _stat_or_none(target))
-        write_whole(target, lambda handle: copy_blocks(fd, handle), stat.S_IMODE(os.fstat(fd).st_mode),
+        info = os.fstat(fd)
+        refuse_same_file(info, _stat_or_none(target))
+        write_whole(target, lambda handle: copy_blocks(fd, handle), stat.S_IMODE(info.st_mode),
                     split_links=split_links)
     finally:
         os.close(fd)

@@ -97,12 +97,8 @@ def as_os_error(exc: RpcError, path: Any, path2: Any = None, missing_is_enoent: 
             return exc
         number, text = errno.ENOENT, exc.message
     os_class = type(OSError(number, text))  # the class Python raises for it: FileNotFoundError for ENOENT
-    error = _combined(type(exc), os_class)(exc.message, exc.data, exc.code)
-    error.errno, error.strerror = number, text
-    error.filename = _shown(path)
-    if path2 is not None:
-        error.filename2 = _shown(path2)
-    return error
+    return _rebuild(type(exc), os_class, exc.message, exc.data, exc.code, number, text, _shown(path),
+                    None if path2 is None else _shown(path2))
 
 
 def _shown(path: Any) -> Any:

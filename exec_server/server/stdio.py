@@ -71,33 +71,30 @@ class StdioConnection:
         """
         if len(texts) == 1 and isinstance(texts[0], RawJson):
             with self._send_lock:
-                self._write_started = time.monotonic()
-                try:
-                    for piece in texts[0].fragments():
-                        self._write_all(piece.encode("utf-8"))
-                    self._write_all(b"\n")
-                finally:
-                    self._write_started = None
+                for piece in texts[0].fragments():
+                    self._write_all(piece.encode("utf-8"))
+                self._write_all(b"\n")
             return
         data = "".join(str(text) + "\n" for text in texts).encode("utf-8")
         with self._send_lock:
-            self._write_started = time.monotonic()
-            try:
-                self._write_all(data)
-            finally:
-                self._write_started = None
+            self._write_all(data)
 
     def _write_all(self, data: bytes) -> None:
-        """Write every byte: a raw stream's ``write`` may take part of them (after a signal), or none
-        (None) where whoever made stdout made it non-blocking and it is full: then wait until it drains."""
-        view = memoryview(data)
-        while view:
-            written = self._writer.write(view)
-            if written is None:
-                _wait_writable(self._writer)
-                continue
-            view = view[written:]
-        self._writer.flush()
+        """Write every byte (under the send lock): a raw stream's ``write`` may take part of them (after a
+        signal), or none (None) where whoever made stdout made it non-blocking and it is full: then wait
+        until it drains.  :meth:`write_blocked_for` counts from its start."""
+        self._write_started = time.monotonic()
+        try:
+            view = memoryview(data)
+            while view:
+                written = self._writer.write(view)
+                if written is None:
+                    _wait_writable(self._writer)
+                    continue
+                view = view[written:]
+            self._writer.flush()
+        finally:
+            self._write_started = None
 
     def write_blocked_for(self) -> float:
         """Seconds the write to stdout in progress has taken so far; 0.0 when none is in progress."""
