@@ -132,9 +132,10 @@ def test_shutdown_loads_no_fs_helper_code_and_still_kills_later_helpers():
     assert json.loads(done.stdout) == {"loaded": False, "status": -9}
 
 
-def test_the_stdio_command_answers_initialize_without_shutil_or_tempfile():
-    """argparse finds the terminal's width with shutil, the spool's directory needs tempfile: ~3 ms each of a
-    cold start, loaded now only to print help or once output is spooled (``-X importtime`` lists every import)."""
+def test_the_stdio_command_answers_initialize_without_shutil_tempfile_or_ctypes():
+    """argparse finds the terminal's width with shutil, the spool's directory needs tempfile, the malloc tuning
+    ctypes: ~2-3 ms each of a cold start, loaded now only to print help, once output is spooled, or by the first
+    ``process/*`` or ``fs/*`` request (``-X importtime`` lists every import)."""
     init = b'{"id":1,"method":"initialize","params":{"clientName":"cold"}}\n'
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "exec_server", "--listen", "stdio"], input=init,
                           capture_output=True, timeout=60, env=dict(os.environ, PYTHONWARNINGS="ignore"))
@@ -142,4 +143,23 @@ def test_the_stdio_command_answers_initialize_without_shutil_or_tempfile():
     imported = {line.rsplit(b"|", 1)[1].strip() for line in done.stderr.splitlines()
                 if line.startswith(b"import time:")}
     assert b"exec_server.server.stdio" in imported
-    assert not {b"shutil", b"tempfile"} & imported
+    assert not {b"shutil", b"tempfile", b"ctypes"} & imported
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_commands_malloc_tuning_waits_for_the_first_fs_or_process_request(tmp_path):
+    """``exec-server`` tunes malloc (``server/allocator.py``) at the first request that can send large buffers."""
+    lines = [b'{"id":1,"method":"initialize","params":{"clientName":"cold"}}', b'{"method":"initialized"}',
+             b'{"id":2,"method":"environment/info"}']
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    env.pop("EXEC_SERVER_MALLOC_TUNING", None)
+    command = [sys.executable, "-m", "exec_server", "--log-level", "debug", "--listen", "stdio"]
+    tuned = b"malloc trim threshold 1048576 bytes: set"
+    done = subprocess.run(command, input=b"\n".join(lines) + b"\n", capture_output=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.count(b'"result"') == 2, done.stderr[-2000:]
+    assert tuned not in done.stderr
+    lines.append(b'{"id":3,"method":"fs/getMetadata","params":{"path":"file://%s"}}' % str(tmp_path).encode())
+    done = subprocess.run(command, input=b"\n".join(lines) + b"\n", capture_output=True, timeout=60, env=env)
+    assert done.returncode == 0 and b'"isDirectory":true' in done.stdout, done.stderr[-2000:]
+    assert done.stderr.count(tuned) == 1

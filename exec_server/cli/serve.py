@@ -16,9 +16,9 @@ from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_op
 
 
 def serve(args: argparse.Namespace) -> int:
-    from exec_server.server.allocator import tune_for_server
+    from exec_server.server.allocator import tune_for_server_later
 
-    tune_for_server()
+    tune_for_server_later()
     try:
         config = config_from_options(args)
     except ValueError as exc:

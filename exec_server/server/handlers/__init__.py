@@ -19,6 +19,7 @@ know no socket: they see a :class:`RequestContext`.
 import importlib
 from typing import Any, Callable, Dict, Tuple
 
+from exec_server.server.allocator import apply_deferred
 from exec_server.server.first_use import FirstUse
 from exec_server.server.handlers.context import RequestContext
 from exec_server.server.handlers.session import EXTENSIONS, environment_info_method, environment_status, initialize
@@ -48,6 +49,7 @@ class LazyHandler:
         self._function: FirstUse[Handler] = FirstUse(self._load)
 
     def _load(self) -> Handler:
+        apply_deferred()  # the first request that can answer with large buffers (malloc tuning of the command)
         return importlib.import_module("exec_server.server.handlers." + self.module).HANDLERS[self.method]
 
     def resolve(self) -> Handler:
