@@ -6,6 +6,9 @@ stdio line).  Interrupted between two of them, the next message (the kill a
 it: ``run`` hung for its grace and left the remote tree running.  Now the
 WebSocket connection ends and the call goes on a resumed one; the stdio
 line is ended, so the server skips it and reads the next message whole.
+The cut call is not sent again by that recovery (its caller saw the ^C),
+and a ^C that comes while the call waits for another thread's send (nothing
+of it written) leaves the connection as it was.
 """
 
 import os
@@ -76,3 +79,67 @@ def test_stdio_send_interrupted_partway():
         process.terminate(timeout=20)
         assert process.wait(timeout=20) == 137
         assert client.run(["echo", "still here"], timeout=20).stdout == b"still here\n"
+
+
+class InterruptedWait:
+    """A send lock whose first ``acquire`` raises KeyboardInterrupt, as a ^C while another thread sends."""
+
+    def __init__(self, lock):
+        self.lock, self.interrupted = lock, False
+
+    def acquire(self, *args, **kwargs):
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return self.lock.acquire(*args, **kwargs)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.lock.release()
+
+    def __getattr__(self, name):
+        return getattr(self.lock, name)
+
+
+def test_websocket_interrupted_before_sending_keeps_the_connection(server):
+    """Nothing of the message was written: the stream is whole, so no reconnect follows (the same connection)."""
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["cat"], stdin=True)
+        transport = client._endpoint._transport
+        writer = transport._writer
+        writer.lock = InterruptedWait(writer.lock)
+        with pytest.raises(KeyboardInterrupt):
+            process.write(b"lost\n")
+        assert writer.lock.interrupted
+        process.write(b"kept\n")
+        process.close_stdin()
+        assert process.wait(timeout=20) == 0
+        assert process.communicate(timeout=20)[0] == b"kept\n"
+        assert client._endpoint._transport is transport and transport._dead_reason is None
+        assert client._endpoint._pending == {}
+
+
+def test_websocket_write_interrupted_between_frames_is_not_sent_again_after_the_reconnect(server, monkeypatch):
+    """The caller saw KeyboardInterrupt: the recovery that follows does not send the cut write again."""
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["wc", "-c"], stdin=True)
+        real, big_frames = websocket_common.send_all, []
+
+        def interrupted(sock, data, timeout=None):
+            if len(data) > 512 * 1024:
+                big_frames.append(len(data))
+                if len(big_frames) == 2:
+                    raise KeyboardInterrupt
+            return real(sock, data, timeout)
+
+        monkeypatch.setattr(websocket_common, "send_all", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            process.write(PAYLOAD)
+        monkeypatch.setattr(websocket_common, "send_all", real)
+        process.write(b"kept\n")
+        process.close_stdin()
+        assert process.wait(timeout=20) == 0
+        assert process.communicate(timeout=20)[0].split() == [b"5"]
+        assert client._endpoint._pending == {}

@@ -322,10 +322,10 @@ class Endpoint:
             transport = self._transport
         try:
             transport.send(text)
-        except ExecServerDisconnected:
+        except BaseException as error:  # a ^C too: its caller gives up on it, so no recovery sends it again
             with self._lock:
                 self._pending.pop(request_id, None)
-            if recoverable and self.on_lost is not None:
+            if recoverable and self.on_lost is not None and isinstance(error, ExecServerDisconnected):
                 # sendall failed, so the server cannot hold the whole message: safe to send again
                 with self._lock:
                     if self._state == CONNECTED and generation == self.generation:

@@ -97,8 +97,10 @@ class WebSocketTransport:
         """
         if self._ended is not None:
             raise ExecServerDisconnected("connection closed")
+        writer = self._writer
+        writer.lock.acquire()  # a ^C while another thread's message goes out leaves the stream whole: raised as is
         try:
-            self._writer.send_texts(text)
+            writer.write_texts(text)
         except OSError as exc:
             # Part of the frame may be out: nothing more can be written on this stream without
             # corrupting it, so it ends here (the reader sees the end and the client recovers).
@@ -112,6 +114,8 @@ class WebSocketTransport:
             self._dead_reason = self._dead_reason or "connection lost: a send was interrupted"
             abort_socket(self._sock)
             raise
+        finally:
+            writer.lock.release()
 
     def ping(self) -> None:
         """Send a Ping frame (the server answers with a Pong, which is ignored).

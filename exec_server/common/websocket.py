@@ -204,16 +204,20 @@ class FrameWriter:
             ConnectionResetError: the connection is closing or closed.
             OSError: the socket failed.
         """
+        with self.lock:
+            self.write_texts(*texts)
+
+    def write_texts(self, *texts: str) -> None:
+        """:meth:`send_texts` for a caller that holds :attr:`lock` (raises the same)."""
         try:
-            with self.lock:
-                if len(texts) == 1 and len(texts[0]) >= LARGE_TEXT_CHARS:
-                    text, step = texts[0], LARGE_TEXT_CHARS
-                    pieces = (text[start:start + step] for start in range(0, len(text), step))
-                    send_fragmented(self.sock, self.protocol, pieces, self.write_timeout)
-                elif len(texts) == 1:
-                    send_all(self.sock, self.protocol.send(Message(data=texts[0])), self.write_timeout)
-                else:
-                    send_frames(self.sock, [self.protocol.send(Message(data=text)) for text in texts],
-                                self.write_timeout)
+            if len(texts) == 1 and len(texts[0]) >= LARGE_TEXT_CHARS:
+                text, step = texts[0], LARGE_TEXT_CHARS
+                pieces = (text[start:start + step] for start in range(0, len(text), step))
+                send_fragmented(self.sock, self.protocol, pieces, self.write_timeout)
+            elif len(texts) == 1:
+                send_all(self.sock, self.protocol.send(Message(data=texts[0])), self.write_timeout)
+            else:
+                send_frames(self.sock, [self.protocol.send(Message(data=text)) for text in texts],
+                            self.write_timeout)
         except LocalProtocolError:
             raise ConnectionResetError("websocket is closed") from None
