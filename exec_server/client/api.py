@@ -18,14 +18,16 @@ good, every waiting and later call raises :class:`ExecServerDisconnected`.  Time
 
 import os
 import subprocess
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from exec_server.client import oneshot
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
+from exec_server.client.control import terminate_open
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
                                            command_env)
-from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining, seconds as _seconds
+from exec_server.client.interfaces import seconds as _seconds
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
@@ -55,6 +57,8 @@ class Client:
         self._client_name = client_name
         self._policy = reconnect
         self._endpoint = Endpoint()
+        self._closing = False  # close() has begun: start() refuses (both under _start_lock)
+        self._start_lock = threading.Lock()
         self.session_id: Optional[str] = None
         self.environment_info: Dict[str, Any] = {}
         #: ``extensions`` of the ``initialize`` result (none from the Codex reference); see :meth:`supports`.
@@ -216,17 +220,15 @@ class Client:
         default) would only keep them running.  One ``process/terminate``
         each, :data:`CLOSE_TERMINATE_WAIT` s for all of them together, on a
         connected client only (recovering or failed: the TTL ends them).
-        No recovery follows.
+        A ``start`` in flight in another thread is waited for and its process
+        terminated too; one begun after ``close`` raises
+        ``ExecServerDisconnected``.  No recovery follows.
         """
+        with self._start_lock:
+            self._closing = True
         try:
             if self.state == CONNECTED:
-                deadline = _deadline(CLOSE_TERMINATE_WAIT)
-                for process in self._endpoint.open_processes():
-                    try:
-                        self.call("process/terminate", {"processId": process.process_id},
-                                  timeout=_remaining(deadline))
-                    except Exception:  # gone already, the connection lost, the time used up: best effort
-                        pass
+                terminate_open(self.call, self._endpoint.open_processes, CLOSE_TERMINATE_WAIT)
         finally:
             self._endpoint.close()
 
@@ -293,8 +295,8 @@ class Client:
                 dropped is sent again: :func:`~exec_server.client.recovery.start_once`).
             RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
             ValueError: ``argv`` is empty, ``cwd`` is not absolute (``path is not absolute: 'x'``),
-                ``process_id`` is in use, or ``max_buffered_output`` is not a positive integer or None
-                (TypeError: an item is not text).
+                ``process_id`` is in use, ``pty_size`` is given without ``tty``, or ``max_buffered_output``
+                is not a positive integer or None (TypeError: an item is not text).
         """
         argv = command_argv(argv)
         process_id = process_id if process_id is not None else FreshId("proc-" + os.urandom(16).hex())
@@ -310,12 +312,17 @@ class Client:
         }
         if env_policy is not None:
             params["envPolicy"] = dict(env_policy)
-        if pty_size is not None and tty and self.supports("ptySize"):
+        if pty_size is not None and not tty:
+            raise ValueError("pty_size needs tty=True (a process without a PTY has no window size)")
+        if pty_size is not None and self.supports("ptySize"):
             params["ptySize"] = {"rows": int(pty_size[0]), "cols": int(pty_size[1])}
         if sandbox is not None:
             params["sandbox"] = dict(sandbox)
         process = RemoteProcess(self, process_id, argv, max_buffered_output)
-        self._endpoint.add_process(process)  # before the request: events follow the response
+        with self._start_lock:  # close() sees every start begun before it, and refuses the later ones
+            if self._closing:
+                raise ExecServerDisconnected("client is closed")
+            self._endpoint.add_process(process)  # before the request: events follow the response
         try:
             result = start_once(self.call, params, timeout)  # sent again after a drop, never started twice
         except BaseException as error:

@@ -9,14 +9,40 @@ half, in :mod:`exec_server.client.process`, receives its events.
 import os
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from exec_server.client.events import StdinClosedError, StdinQueueFullError
-from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, result_member
+from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, as_bytes, result_member
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
+
+
+def terminate_open(call: Callable[..., Any], open_processes: Callable[[], Sequence[Any]], wait: float) -> None:
+    """``process/terminate`` each handle ``open_processes()`` lists, for ``wait`` seconds in all (``Client.close``).
+
+    A handle whose ``process/start`` is still in flight (``started`` False)
+    is waited for, then terminated: a terminate sent first could reach the
+    server before the start, which would then run unhindered.  The caller
+    makes sure no new start begins meanwhile.  Errors (a process gone
+    already, the connection lost, the time used up) are ignored: best effort.
+    """
+    deadline = _deadline(wait)
+    sent = set()  # process ids terminated already
+    while _remaining(deadline) != 0.0:
+        handles = [handle for handle in open_processes() if handle.process_id not in sent]
+        if not handles:
+            return
+        ready = [handle for handle in handles if handle.started]
+        for handle in ready:
+            sent.add(handle.process_id)
+            try:
+                call("process/terminate", {"processId": handle.process_id}, timeout=_remaining(deadline))
+            except Exception:
+                pass
+        if not ready:
+            time.sleep(min(0.01, _remaining(deadline) or 0.01))  # starts in flight: until answered or failed
 
 
 class ProcessControl:
@@ -40,6 +66,7 @@ class ProcessControl:
             timeout: seconds to wait for the answer.
             close_stdin: then close stdin after them (see :meth:`close_stdin`).
         Raises:
+            TypeError: ``data`` is text or not bytes-like (an int, a list).
             StdinClosedError: the process has no writable stdin, or it was closed.
             ProcessLookupError: the server does not know the process.
             StdinQueueFullError: the server's stdin queue for the process is
@@ -55,7 +82,8 @@ class ProcessControl:
         """
         if isinstance(data, str):
             raise TypeError("process data must be bytes, not str: encode it (text.encode())")
-        params = {"processId": self.process_id, "chunk": b64.encode(bytes(data)), "writeId": os.urandom(16).hex()}
+        chunk = b64.encode(as_bytes(data, "process data"))
+        params = {"processId": self.process_id, "chunk": chunk, "writeId": os.urandom(16).hex()}
         if close_stdin:
             if not self.client.supports("closeStdin"):
                 raise ExtensionNotSupported("closeStdin", "closing a remote stdin")

@@ -21,7 +21,7 @@ import os
 from typing import Any, Dict, Iterator, List, Optional
 
 from exec_server.client.fs_errors import as_os_error
-from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, result_member
+from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, as_bytes, result_member
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError, NotFound, RpcError
 
@@ -198,7 +198,7 @@ class FileSystem:
         (nothing was written; the client recovers the connection).  Write
         larger files with ``open(path, "replace")``.
         """
-        self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(bytes(data)),
+        self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(as_bytes(data, "data")),
                                          "followSymlinks": follow_symlinks}, path)
 
     def create_directory(self, path: "PathLike", recursive: bool = True) -> None:

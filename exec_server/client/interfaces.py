@@ -139,6 +139,22 @@ def remaining(deadline: Optional[float]) -> Optional[float]:
     return max(0.0, deadline - time.monotonic())
 
 
+def as_bytes(data: Any, what: str) -> bytes:
+    """``data`` (bytes, bytearray, memoryview or any other buffer) as ``bytes``.
+
+    Raises:
+        TypeError: ``data`` is not bytes-like: ``bytes(3)`` would be three NUL
+            bytes and ``bytes([104, 105])`` a list's items, which
+            ``subprocess`` refuses as input too.
+    """
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise TypeError("%s must be bytes-like, not %s" % (what, type(data).__name__)) from None
+
+
 def command_argv(argv: Any) -> List[str]:
     """``argv`` as the protocol's list of strings, with ``subprocess``'s conventions.
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any, Optional, Sequence, Tuple, Union
 
-from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, command_argv
+from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, as_bytes, command_argv
 from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
 from exec_server.client.process import OutputEvent, RemoteProcess, StdinClosedError
 from exec_server.client.recovery import FreshId
@@ -37,7 +37,7 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
         if text_mode != isinstance(input, str):
             raise TypeError("input must be %s in %s mode, not %s" % (
                 "str" if text_mode else "bytes", "text" if text_mode else "binary", type(input).__name__))
-        input = input.encode(encoding, errors) if isinstance(input, str) else bytes(input)
+        input = input.encode(encoding, errors) if isinstance(input, str) else as_bytes(input, "input")
     deadline = _deadline(timeout)
     argv = command_argv(argv)
     command = list(argv)
@@ -99,7 +99,9 @@ def _output_so_far(process: RemoteProcess, captured: bool, deadline: float) -> T
         return None, None
     try:  # what communicate had consumed went back to the process's buffer; the rest follows the kill
         return process.communicate(timeout=max(0.1, _remaining(deadline) or 0.0))
-    except Exception:  # gone with the connection, or not closed in time: what is buffered stays there
+    except subprocess.TimeoutExpired as timed_out:  # not closed in time (a silent server): what had come
+        return timed_out.stdout, timed_out.stderr
+    except Exception:  # gone with the connection: what is buffered stays there
         return None, None
 
 

@@ -265,7 +265,8 @@ class RemoteProcess(ProcessControl):
         A PTY's output counts as stdout.
 
         Raises:
-            CallTimeout: not closed within ``timeout``.
+            CallTimeout: not closed within ``timeout``; its ``stdout`` and
+                ``stderr`` are the bytes so far (which stay buffered too).
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
             Whatever interrupts it (``KeyboardInterrupt``) also leaves the
             output so far buffered, as the events it came in, beyond
@@ -291,13 +292,15 @@ class RemoteProcess(ProcessControl):
                     consumed[-1] = (event.seq, event.stream, start, target.tell())
                 elif isinstance(event, ClosedEvent):
                     break
-        except BaseException:  # a timeout, Ctrl-C, a gap: what was consumed is not lost
+        except BaseException as interrupted:  # a timeout, Ctrl-C, a gap: what was consumed is not lost
             stdout, stderr = out.getvalue(), err.getvalue()
             events = [OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
                       if isinstance(item, tuple) else item for item in consumed]  # built before the lock
             with self._changed:  # the output so far stays buffered, as the events it came in
                 self._buffer.put_back(events)
                 self._changed.notify_all()  # another consumer may wait for them
+            if isinstance(interrupted, CallTimeout):  # and a timeout says what it was, as subprocess.run's
+                interrupted.stdout, interrupted.stderr = stdout, stderr
             raise
         return out.getvalue(), err.getvalue()
 
@@ -323,19 +326,26 @@ class RemoteProcess(ProcessControl):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Kill the remote tree if it is still running, wait up to 5 s for its exit, stop tracking it.
+        """Kill the remote tree unless ``closed`` came, wait up to 5 s for ``closed``, stop tracking it.
 
         Unlike ``Popen.__exit__`` (which waits however long the child runs):
         waiting could hang, and leaving it would keep it alive on the server
-        until the session expires.  Errors of a lost connection are ignored.
+        until the session expires.  A process that has exited but not closed
+        left a background job holding its output: that job is killed too.
+        Errors of a lost connection are ignored; if ``closed`` still has not
+        come, a wait in another thread for the handle's events raises
+        ``ValueError`` (its later events are no longer kept), as a read of a
+        closed file does.
         """
         try:
-            if self.returncode is None and not self.done:
+            if not self.done:
                 self.terminate(timeout=5.0)
-                self.wait(timeout=5.0)
+                with self._changed:
+                    self._wait_until(lambda: self._buffer.closed, 5.0)
         except (ExecServerError, RpcError, TimeoutError, OSError):
             pass
         finally:
+            self.fail(ValueError("process %s: its handle was closed before the process closed" % self.process_id))
             forget = getattr(self.client, "forget", None)
             if forget is not None:
                 forget(self)

@@ -1,0 +1,140 @@
+"""The blocking client at its edges: close racing starts, a with block left early, wrong data types, a silent server.
+
+Each case was a defect a user could hit: processes that outlived
+``Client.close`` until the session expired, a reader thread left waiting for
+events its handle had dropped, ``write(3)`` sending three NUL bytes, and a
+``run`` timeout that lost the output it had received.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import all_gone, running_descendants, start_ours, wait_until, with_env
+from exec_server import CallTimeout, Client, ClosedEvent, ExecServerDisconnected, OutputEvent, ServerConfig
+from exec_server.client.process import RemoteProcess
+
+pytestmark = pytest.mark.posix
+
+
+def test_close_ends_the_processes_started_while_it_runs(server):
+    """Starts from other threads during close: each is refused, or its process is terminated by it."""
+    argv = ["sleep", "53.25"]
+    client = Client.connect(server.url, timeout=10)
+    started, errors = [], []
+
+    def starter():
+        try:
+            while True:
+                started.append(client.start(argv))
+        except Exception as error:  # the close: every later start is refused
+            errors.append(error)
+
+    threads = [threading.Thread(target=starter) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(started) >= 20, timeout=20)
+    client.close()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+    assert len(errors) == 2 and all(isinstance(error, ExecServerDisconnected) for error in errors), errors
+    wait_until(lambda: not running_descendants(os.getpid(), argv), timeout=10)  # not the session's 80 s TTL
+    with pytest.raises(ExecServerDisconnected, match="client is closed"):
+        client.start(argv)
+
+
+def test_leaving_a_with_block_kills_a_background_job_and_releases_other_readers():
+    """The command exited, a background job still holds its output: the with block's end kills it, and a reader
+    in another thread sees ``closed`` rather than waiting for events the handle no longer keeps."""
+    running = start_ours(ServerConfig(pid_namespace="inherit"))  # where a background job outlives its shell
+    try:
+        with Client.connect(running.url, timeout=10) as client:
+            got = []
+
+            def reader(process):
+                try:
+                    for event in iter(lambda: process.next_event(timeout=30), None):
+                        got.append(event)
+                except Exception as error:
+                    got.append(error)
+
+            token = os.urandom(8).hex()
+            with client.start(["sh", "-c", "(sleep 54; echo late) & echo early"], env={"EDGE_TOKEN": token}) as process:
+                thread = threading.Thread(target=reader, args=(process,))
+                thread.start()
+                assert process.wait(timeout=10) == 0
+                job = wait_until(lambda: with_env("EDGE_TOKEN", token), timeout=10)  # reparented: not a descendant
+            thread.join(10)
+            assert not thread.is_alive()
+            assert [event.data for event in got if isinstance(event, OutputEvent)] == [b"early\n"]
+            assert isinstance(got[-1], ClosedEvent), got
+            wait_until(lambda: all_gone(job), timeout=10)
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client.connect(server.url, timeout=10) as connected:
+        yield connected
+
+
+def test_data_that_is_not_bytes_like_is_refused(client, tmp_path):
+    """``bytes(3)`` is three NUL bytes: an int (or a list) is a TypeError, as ``subprocess.run(input=3)`` is."""
+    with client.start(["cat"], stdin=True) as process:
+        with pytest.raises(TypeError, match="process data must be bytes-like, not int"):
+            process.write(3)
+        with pytest.raises(TypeError, match="process data must be bytes-like, not list"):
+            process.write([104, 105])
+        process.write(bytearray(b"a") + memoryview(b"b"))
+        process.close_stdin()
+        assert process.communicate(timeout=10) == (b"ab", b"")
+    with pytest.raises(TypeError, match="input must be bytes-like, not int"):
+        client.run(["cat"], input=4, timeout=10)
+    target = tmp_path / "data"
+    with pytest.raises(TypeError, match="data must be bytes-like, not int"):
+        client.fs.write_file(str(target), 5)
+    assert not target.exists()
+    assert client.run(["cat"], input=memoryview(b"view"), timeout=10).stdout == b"view"
+
+
+def test_pty_size_without_a_pty_is_refused(client):
+    with pytest.raises(ValueError, match="pty_size needs tty=True"):
+        client.run(["true"], pty_size=(5, 5), timeout=10)
+    assert client.run(["stty", "size"], tty=True, pty_size=(5, 7), timeout=10).stdout == b"5 7\r\n"
+
+
+@pytest.mark.slow
+def test_a_run_timeout_on_a_silent_server_keeps_the_output_received(monkeypatch):
+    """The server stops answering (SIGSTOP) once the command's first output is in: CallTimeout has that output."""
+    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    publish, stopped = RemoteProcess._publish, []
+
+    def publish_then_stop(process, event):
+        publish(process, event)
+        if isinstance(event, OutputEvent) and not stopped:
+            stopped.append(event.data)
+            os.kill(server.pid, signal.SIGSTOP)
+
+    try:
+        url = server.stdout.readline().decode().strip()
+        client = Client.connect(url, timeout=10)
+        monkeypatch.setattr(RemoteProcess, "_publish", publish_then_stop)
+        started = time.monotonic()
+        with pytest.raises(CallTimeout) as caught:
+            client.run(["sh", "-c", "echo hi; sleep 55.25"], timeout=2)
+        assert time.monotonic() - started < 20  # the timeout, then at most the kill's grace
+        assert stopped == [b"hi\n"]
+        assert (caught.value.stdout, caught.value.stderr) == (b"hi\n", b"")
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
