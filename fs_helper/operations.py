@@ -195,7 +195,14 @@ def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str
 
 
 def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
-    """Breadth-first listing (``codex-rs/file-system/src/lib.rs``, ``walk_via_directory_reads``)."""
+    """Breadth-first listing (``codex-rs/file-system/src/lib.rs``, ``walk_via_directory_reads``).
+
+    Under a sandbox policy (``guard``) each directory is judged before it is
+    read: one the policy does not let be read (a ``none`` entry, or a
+    followed link to a path it does not grant) is listed, not entered, and
+    named in ``errors`` (``Permission denied``), as ``fs/readDirectory`` of
+    it would be refused.
+    """
     options = params["options"]
     max_depth, max_dirs, max_entries = options["maxDepth"], options["maxDirectories"], options["maxEntries"]
     follow = bool(options["followDirectorySymlinks"])
@@ -251,6 +258,11 @@ def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
                 result["entries"].append({"path": path_to_uri(child), "kind": "directory"})
                 identity = (info.st_dev, info.st_ino)
                 if depth < max_depth and identity not in seen:
+                    try:  # not into a sandbox's `none` entry, nor through a link to what it does not grant
+                        guard.check_read(child)
+                    except FsError as error:
+                        result["errors"].append({"path": path_to_uri(child), "message": error.message})
+                        continue
                     if directories >= max_dirs:
                         result["truncated"] = True
                     else:

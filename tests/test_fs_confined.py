@@ -365,3 +365,21 @@ def test_a_refused_confined_copy_names_the_path_the_client_gave(roots):
     error = refused("fs/copy", params, work, hidden)
     assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % given)
     assert not (work / "copy").exists()
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_walk_lists_but_does_not_enter_what_the_policy_denies(roots, follow):
+    """A ``none`` directory and a followed link out of what is granted: named in ``errors``, their names unread."""
+    work, _outside, hidden = roots
+    (work / "private").mkdir()
+    (work / "private" / "p.txt").write_bytes(b"p")
+    (work / "to-hidden").symlink_to(hidden)
+    policy = Policy([["/", "read"], [str(work), "write"], [str(hidden), "none"], [str(work / "private"), "none"]])
+    options = {"maxDepth": 5, "maxDirectories": 100, "maxEntries": 100, "followDirectorySymlinks": follow}
+    result = confined.CONFINED_OPERATIONS["fs/walk"]({"path": path_to_uri(str(work)), "options": options}, policy)
+    listed = {entry["path"] for entry in result["entries"]}
+    assert path_to_uri(str(work / "private")) in listed and path_to_uri(str(work / "srcdir" / "a.txt")) in listed
+    assert not any(path.endswith(("p.txt", "secret.txt")) for path in listed), listed
+    denied = ["private"] + (["to-hidden"] if follow else [])
+    assert result["errors"] == [{"path": path_to_uri(str(work / name)), "message": "Permission denied (os error 13)"}
+                                for name in denied]
