@@ -307,3 +307,38 @@ def test_sandbox_shape_errors(client):
     with pytest.raises(InvalidParams) as caught:
         client.call("fs/readFile", {"path": "file:///tmp", "sandbox": {"permissions": {"type": "disabled"}}})
     assert caught.value.message == "missing field `windowsSandboxLevel`"
+
+
+@needs_bwrap
+def test_a_process_cannot_create_a_protected_path_that_does_not_exist_yet(client, roots):
+    """``none`` and ``read`` entries for missing paths inside a writable folder hold (and leave nothing behind);
+    writes into an existing ``none`` folder fail rather than vanish into its mask."""
+    work, _outside = roots
+    (work / "masked").mkdir()
+    extra = [{"path": {"type": "path", "path": "file://%s/%s" % (work, name)}, "access": access}
+             for name, access in (("absent-none", "none"), ("absent-read/deep", "read"), ("masked", "none"))]
+    script = ("mkdir absent-none; echo leaked > absent-none/f; mkdir -p absent-read/deep; echo leaked > "
+              "absent-read/deep/f; echo gone > masked/g; echo kept > other.txt")
+    done = client.run(["/bin/sh", "-c", script], cwd=str(work), sandbox=restricted([work], extra=extra), timeout=30)
+    assert done.returncode == 0  # the last command's status
+    assert len(done.stderr.splitlines()) == 5, done.stderr  # mkdir, echo, mkdir -p, echo, echo: each refused
+    assert sorted(os.listdir(work)) == ["masked", "other.txt"]  # the mount point files are removed again
+    assert (work / "other.txt").read_bytes() == b"kept\n" and os.listdir(work / "masked") == []
+
+
+def test_mount_point_files_go_when_the_last_sandbox_using_them_has_closed(tmp_path):
+    from exec_server.server.fs.mount_points import MountPoints, first_missing
+
+    assert first_missing(str(tmp_path / "a" / "b"), [str(tmp_path)]) == str(tmp_path / "a")
+    assert first_missing(str(tmp_path / "a" / "b"), [str(tmp_path / "elsewhere")]) is None  # nothing can create it
+    assert first_missing(str(tmp_path), [str(tmp_path)]) is None  # it exists
+    made, kept = str(tmp_path / "a"), str(tmp_path / "kept")
+    (tmp_path / "a").write_bytes(b"")  # what bubblewrap leaves on the host
+    (tmp_path / "kept").write_bytes(b"written meanwhile")
+    points = MountPoints()
+    points.acquire([made, kept])
+    points.acquire([made])
+    points.release([made, kept])
+    assert os.path.exists(made) and os.path.exists(kept)  # the second sandbox still uses it
+    points.release([made])
+    assert not os.path.exists(made) and (tmp_path / "kept").read_bytes() == b"written meanwhile"

@@ -24,6 +24,7 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from exec_server.protocol.errors import InternalError, RpcError
+from exec_server.server.fs.mount_points import first_missing
 from exec_server.server.fs.sandbox import SandboxPolicy
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,19 @@ def _python_roots() -> List[str]:
 
 
 def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap",
-                       python: bool = True, new_session: bool = True, die_with_parent: bool = True) -> List[str]:
+                       python: bool = True, new_session: bool = True, die_with_parent: bool = True,
+                       mount_points: Optional[List[str]] = None) -> List[str]:
     """The ``bwrap`` command line that confines ``inner`` to ``policy``.
 
     Binds are ordered from the shortest path to the longest, so a more
     specific entry overrides its parent; ``none`` entries are hidden under an
-    empty tmpfs (directories) or /dev/null (files); ``/proc`` and ``/dev``
-    are mounted fresh on top.  ``python`` also binds this interpreter, the
+    empty read-only tmpfs (directories) or /dev/null (files); ``/proc`` and
+    ``/dev`` are mounted fresh on top.  Given ``mount_points`` (a process's
+    sandbox), a ``none`` or ``read`` entry that does not exist inside a
+    writable folder gets /dev/null on its first missing component, which is
+    appended to ``mount_points`` (:mod:`~exec_server.server.fs.mount_points`:
+    the caller counts and removes them); without it such an entry is skipped
+    (the fs helper checks every path against the policy itself).  ``python`` also binds this interpreter, the
     fs_helper package and :data:`LIBRARY_BINDS` read-only (for the helper).  ``new_session`` detaches
     from the controlling terminal (off for PTY processes);
     ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
@@ -142,15 +149,20 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
             from exec_server.protocol.uris import uri_to_path
 
             binds.append((os.path.realpath(uri_to_path(path)), access))
+    writable = [path for path, access in binds if access == "write" and os.path.isdir(path)]
     for path, access in sorted(binds, key=lambda item: (len(item[0]), item[1] != "none")):
         if not os.path.exists(path):
+            missing = first_missing(path, writable) if mount_points is not None and access != "write" else None
+            if missing is not None and missing not in mount_points:
+                command += ["--ro-bind", "/dev/null", missing]  # nothing can be created there or below
+                mount_points.append(missing)
             continue
         if access == "write":
             command += ["--bind", path, path]
         elif access == "read":
             command += ["--ro-bind", path, path]
         elif os.path.isdir(path):
-            command += ["--tmpfs", path]
+            command += ["--tmpfs", path, "--remount-ro", path]  # empty, and writes fail rather than vanish
         else:
             command += ["--ro-bind", "/dev/null", path]
     return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)

@@ -8,7 +8,7 @@ behaviour and texts follow PROTOCOL.md section 5.
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry
 from exec_server.protocol import b64
@@ -17,6 +17,7 @@ from exec_server.protocol.uris import UriError, platform_os, uri_to_path
 from exec_server.protocol.wire import RawJson, read_result_json
 from exec_server.server.fs import sandbox
 from exec_server.server.fs.helper import bubblewrap_command, find_bubblewrap
+from exec_server.server.fs.mount_points import MOUNT_POINTS
 from exec_server.server.handlers.context import RequestContext
 from exec_server.server.process import spawn
 from exec_server.server.process.env import child_environment
@@ -89,18 +90,22 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
                             "(pip install 'exec-server[windows]')")
     session = ctx.session
     session.reserve(process_id)
+    mount_points: List[str] = []  # made by bubblewrap on the host: removed once the process has closed
     try:
-        wrapper = _sandbox_wrapper(policy, params) if policy is not None else None
+        wrapper = _sandbox_wrapper(policy, params, mount_points) if policy is not None else None
+        MOUNT_POINTS.acquire(mount_points)
+        on_closed = session.process_closed if not mount_points else _releasing(mount_points, session.process_closed)
         env = child_environment(params["env"], params.get("envPolicy"), os.environ)
         with telemetry.child_span("process.spawn"):
             process = ManagedProcess.spawn(
                 process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
-                params.get("arg0"), ctx.config, session.listener(process_id), session.process_closed,
+                params.get("arg0"), ctx.config, session.listener(process_id), on_closed,
                 wrapper=wrapper, spool=ctx.registry.spool_for(process_id), pty_size=_pty_size(params.get("ptySize")))
         if log.isEnabledFor(logging.INFO):  # skips building the fields on the spawn path
             log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
                                                                    sandboxed=wrapper is not None))
     except BaseException:
+        MOUNT_POINTS.release(mount_points)
         session.unreserve(process_id)
         raise
     session.add(process)
@@ -113,8 +118,17 @@ def _pty_size(size: Optional[Dict[str, int]]) -> Optional[Tuple[int, int]]:
     return (size["rows"], size["cols"]) if size else None
 
 
-def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> List[str]:
-    """The bubblewrap prefix confining a process, or -32603 ``sandbox unavailable: ...``."""
+def _releasing(mount_points: List[str], on_closed: Callable[[Any], None]) -> Callable[[Any], None]:
+    def closed(process: Any) -> None:
+        MOUNT_POINTS.release(mount_points)
+        on_closed(process)
+
+    return closed
+
+
+def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any], mount_points: List[str]) -> List[str]:
+    """The bubblewrap prefix confining a process (its mount point files added to ``mount_points``), or -32603
+    ``sandbox unavailable: ...``."""
     bwrap = find_bubblewrap()
     if bwrap is None:
         raise sandbox.unavailable(policy, "bubblewrap (bwrap) is not installed on this Linux host"
@@ -122,7 +136,7 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any]) -> L
     if params.get("arg0") is not None:
         raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
-                              die_with_parent=True)
+                              die_with_parent=True, mount_points=mount_points)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:
