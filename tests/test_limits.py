@@ -1,8 +1,11 @@
 """Named limits not covered elsewhere: open file handles, fs/readFile size, sessions, connections, queues."""
 
 import socket
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 
 from conftest import start_ours, wait_until
@@ -420,3 +423,35 @@ def test_a_long_polls_wait_counts_from_its_arrival_not_from_its_thread(configure
     assert max(answered.values()) < 1.8, answered  # 3.0 s for the last two before
     assert min(answered.values()) >= 0.9, answered
     peer.call("process/terminate", {"processId": "quiet"})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NOFILE as on Linux")
+def test_an_accept_without_descriptors_waits_instead_of_spinning():
+    """Out of file descriptors (EMFILE) the accept loop waits ``ACCEPT_RETRY_WAIT`` between tries and warns once;
+    the connections queued meanwhile are served once descriptors are free again."""
+    code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); "
+            "sys.argv = ['exec-server', '--listen', 'ws://127.0.0.1:0']; runpy.run_module('exec_server', "
+            "run_name='__main__')")
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    held = []
+    try:
+        url = server.stdout.readline().decode().strip()
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(70):  # each one accepted takes a descriptor until its upgrade: the rest wait in the queue
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        watched = psutil.Process(server.pid)
+        wait_until(lambda: watched.num_fds() >= 46, timeout=10)
+        before = sum(watched.cpu_times()[:2])
+        time.sleep(1.0)
+        assert sum(watched.cpu_times()[:2]) - before < 0.5  # it spun at ~1 s of CPU per second
+        for sock in held:
+            sock.close()
+        with Client.connect(url, timeout=20) as client:
+            assert client.run(["echo", "served"], timeout=20).stdout == b"served\n"
+    finally:
+        for sock in held:
+            sock.close()
+        server.terminate()
+        _out, err = server.communicate(timeout=20)
+    assert err.count(b"cannot accept connections: Too many open files; they wait in the queue") == 1, err[-2000:]

@@ -11,6 +11,7 @@ kills every fs helper and process tree and joins the process threads, all
 within ``shutdown_timeout`` seconds whatever the clients do.
 """
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -42,8 +43,13 @@ CLOSE_LOCK_WAIT = 0.05
 #: At shutdown, the time all Close frames together may take (at most a
 #: quarter of ``shutdown_timeout``), seconds.
 CLOSE_FRAMES_BUDGET = 1.0
-#: Least seconds between two warnings about connections closed at ``max_pending_upgrades``.
+#: Least seconds between two warnings about connections closed at ``max_pending_upgrades``
+#: (and between two about an accept that failed for want of descriptors or memory).
 REFUSAL_WARNING_INTERVAL = 10.0
+#: Seconds the accept loop waits after an accept failed for want of file descriptors or memory
+#: (EMFILE, ENFILE, ENOBUFS, ENOMEM): the connection stays queued, and the loop does not spin.
+ACCEPT_RETRY_WAIT = 0.1
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: At shutdown, the longest wait for the killed processes' ``exited`` and
 #: ``closed`` to reach their clients before the Close frames (at most half
 #: of ``shutdown_timeout``), seconds.
@@ -105,9 +111,15 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
         self._refused = 0  # connections closed at the limit since the last warning
         self._refused_warned = 0.0
         self._refused_why = ""
+        self._accept_warned = -REFUSAL_WARNING_INTERVAL  # when an accept that failed was last told
 
     def get_request(self):
-        sock, address = super().get_request()
+        try:
+            sock, address = super().get_request()
+        except OSError as exc:  # socketserver drops the error and selects again: the queued connection at once
+            if exc.errno in _OUT_OF_RESOURCES:
+                self._accept_failed(exc)
+            raise
         if self._tls is not None:
             try:
                 sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -151,6 +163,15 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
             log.warning("%d connection(s) closed unread: %s (more are counted, and told at most every %g s)",
                         refused, why, REFUSAL_WARNING_INTERVAL)
         self.shutdown_request(request)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Warn (at most every REFUSAL_WARNING_INTERVAL s), then wait ACCEPT_RETRY_WAIT s before the next accept."""
+        now = time.monotonic()
+        if now - self._accept_warned >= REFUSAL_WARNING_INTERVAL:
+            self._accept_warned = now
+            log.warning("cannot accept connections: %s; they wait in the queue (retried every %g s)",
+                        exc.strerror or exc, ACCEPT_RETRY_WAIT)
+        time.sleep(ACCEPT_RETRY_WAIT)
 
     def report_refused(self) -> None:
         """Warn of the connections closed unread since the last warning, if any (at shutdown)."""
