@@ -14,6 +14,8 @@ None.
 import errno
 import os
 import stat
+import struct
+import sys
 from typing import Any, Optional
 
 from .errors import FsError, INVALID_REQUEST
@@ -161,3 +163,35 @@ def _copy_run(fd: int, sink: Any, length: Optional[int]) -> int:
         sink.write(block)
         copied += len(block)
     return copied
+
+
+#: ``FS_IOC_GETFLAGS`` (``linux/fs.h``: ``_IOR('f', 1, long)``) and the inode flags that forbid a rename or
+#: removal in a directory: append-only (``chattr +a``) and immutable (``chattr +i``).
+_FS_IOC_GETFLAGS = 0x80086601 if struct.calcsize("l") == 8 else 0x80046601
+_NO_RENAME_FLAGS = 0x20 | 0x10  # FS_APPEND_FL | FS_IMMUTABLE_FL
+
+
+def refuse_unrenamable(directory: str, dir_fd: Optional[int] = None) -> None:
+    """Raise EPERM if ``directory`` (relative to ``dir_fd``) is append-only or immutable (Linux inode flags).
+
+    A temporary file made in an append-only directory could be neither
+    renamed over its target nor removed: the caller writes in place instead
+    (as Python's ``open(path, "w")`` does).  Elsewhere, or on a file system
+    without these flags, nothing is refused.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import fcntl
+
+    try:  # opened for reading: an O_PATH descriptor (a sandbox's walk) takes no ioctl
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return  # the caller's own open reports it
+    try:  # the kernel reads and writes an int there, whatever the request's size says
+        flags = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+    except OSError:  # ENOTTY, EOPNOTSUPP: no such flags here
+        return
+    finally:
+        os.close(fd)
+    if flags & _NO_RENAME_FLAGS:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))

@@ -20,7 +20,7 @@ import stat
 import tempfile
 from typing import Any, Callable, NamedTuple, Optional, Set, Tuple
 
-from .opening import open_file
+from .opening import open_file, refuse_unrenamable
 
 #: Characters of the target's name kept in its temporary file's name (a 255-byte name must still fit).
 TEMPORARY_NAME_CHARACTERS = 40
@@ -46,9 +46,12 @@ def temporary_beside(target: str) -> Tuple[int, str]:
 
     Its name is ``.<name>.<random>.tmp``, the target's name cut to
     :data:`TEMPORARY_NAME_CHARACTERS` (a name of 255 bytes is valid, and so
-    must its temporary's be).  OSError.
+    must its temporary's be).  OSError (EPERM in an append-only or
+    immutable directory, where such a file could be neither renamed nor
+    removed: :func:`~fs_helper.opening.refuse_unrenamable`).
     """
     directory, name = os.path.split(target)
+    refuse_unrenamable(directory or ".")  # chattr +a: such a file could be neither renamed nor removed
     fd, temporary = tempfile.mkstemp(prefix=".%s." % name[:TEMPORARY_NAME_CHARACTERS], suffix=".tmp",
                                      dir=directory or ".")
     _unfinished.add(temporary)

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
-from .opening import open_file
+from .opening import open_file, refuse_unrenamable
 from .replacing import TEMPORARY_NAME_CHARACTERS, plan, track
 
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -194,6 +194,7 @@ def create_temporary(dir_fd: int, name: str) -> Tuple[int, str]:
     Counted among the files the ``exec-server`` command removes as it exits
     (:func:`fs_helper.replacing.discard_unfinished`) until :func:`forget_temporary`.
     """
+    refuse_unrenamable(".", dir_fd)  # chattr +a: such a file could be neither renamed nor removed
     for _attempt in range(100):
         temporary = ".%s.%s.tmp" % (name[:TEMPORARY_NAME_CHARACTERS], os.urandom(6).hex())
         try:

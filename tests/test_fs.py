@@ -590,3 +590,32 @@ def test_a_block_device_is_refused_and_skipped_in_a_copied_tree(server, tmp_path
             client.fs.read_file(source / "disk")
         client.fs.copy(source, tmp_path / "dst", recursive=True)
     assert os.listdir(tmp_path / "dst") == ["file"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux inode flags (chattr)")
+def test_writes_in_an_append_only_directory_go_in_place_and_leave_no_temporary_file(server, tmp_path):
+    """``chattr +a``: a temporary file there could be neither renamed nor removed, so none is made (each write
+    failed with EPERM and left one behind); the writes go in place, as ``open(path, "w")`` does."""
+    folder = tmp_path / "append-only"
+    folder.mkdir()
+    (folder / "x").write_bytes(b"old")
+    if subprocess.run(["chattr", "+a", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +a needs root and a file system with inode flags")
+    try:
+        with Client.connect(server.url, timeout=10) as client:
+            client.fs.write_file(str(folder / "x"), b"new")
+            client.fs.write_file(str(folder / "y"), b"made")
+            client.fs.copy(str(folder / "x"), str(folder / "z"))
+            with client.fs.open(str(folder / "w"), "replace") as handle:
+                handle.write(b"streamed")
+            confined = client.fs.with_sandbox({
+                "permissions": {"type": "managed", "network": "enabled", "file_system": {"type": "restricted",
+                                "entries": [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
+                                            {"path": {"type": "path", "path": "file://%s" % folder},
+                                             "access": "write"}]}},
+                "windowsSandboxLevel": "disabled"})
+            confined.write_file(str(folder / "s"), b"sandboxed")
+        assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == {
+            "x": b"new", "y": b"made", "z": b"new", "w": b"streamed", "s": b"sandboxed"}
+    finally:
+        subprocess.run(["chattr", "-a", str(folder)], capture_output=True)
