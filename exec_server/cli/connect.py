@@ -120,7 +120,10 @@ def connect(args: argparse.Namespace, client_name: str,
             that refuses, cannot be reached or does not answer.
     """
     if args.via is not None:
-        argv = shlex.split(args.via)
+        try:
+            argv = shlex.split(args.via)
+        except ValueError as exc:  # an unbalanced quote, a lone trailing backslash
+            raise CommandError("--via is not a command line: %s" % exc, args.via) from None
         if not argv:
             raise CommandError("--via needs a command", None)
         try:

@@ -6,18 +6,21 @@ Ansible ad-hoc commands do; with ``--group-output`` each host's output is
 one block, printed when that host ends.  A summary (host, exit status,
 seconds, what went wrong) follows on stderr.  The exit status is 0 when
 every host's command exited 0, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
-Ctrl-C interrupts every remote command; a second Ctrl-C kills them.
+Ctrl-C interrupts every remote command; a second Ctrl-C kills them, and so do
+SIGTERM and SIGHUP.  A local stdout or stderr that cannot be written (a
+closed pipe, ``>&-``, a full disk) kills them too (:mod:`exec_server.cli.output`).
 """
 
 import argparse
 import signal
 import sys
 import threading
-from typing import BinaryIO, Dict, List, Tuple
+from typing import BinaryIO, Dict, List, Optional, Tuple
 
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
+from exec_server.cli.output import END_SIGNALS, binary, output_failed, write_all
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
@@ -25,10 +28,18 @@ from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNot
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 
+class _OutputFailed(Exception):
+    """Local stdout or stderr could not be written: the remote trees were killed; ``status`` is the exit status."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
 class LinePrinter:
     """Whole lines as they complete, each prefixed with ``[HOST] ``; a host's last partial line at its end."""
 
-    def __init__(self, out: BinaryIO, err: BinaryIO):
+    def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]):
         self.out, self.err = out, err
         self.partial: Dict[Tuple[str, bool], bytes] = {}
 
@@ -46,15 +57,13 @@ class LinePrinter:
                 self._write((host, is_err), b"".join(lines_with(host, [rest])))
 
     def _write(self, key: Tuple[str, bool], data: bytes) -> None:
-        target = self.err if key[1] else self.out
-        target.write(data)
-        target.flush()
+        write_all(self.err if key[1] else self.out, data)
 
 
 class BlockPrinter:
     """Each host's output as one block (``=== HOST ===`` then its bytes) when the host ends."""
 
-    def __init__(self, out: BinaryIO, err: BinaryIO):
+    def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]):
         self.out, self.err = out, err
         self.kept: Dict[Tuple[str, bool], List[bytes]] = {}
 
@@ -66,8 +75,7 @@ class BlockPrinter:
             data = b"".join(self.kept.pop((host, is_err), []))
             if data or not is_err:
                 ending = b"" if not data or data.endswith(b"\n") else b"\n"
-                target.write(b"=== " + host.encode() + b" ===\n" + data + ending)
-                target.flush()
+                write_all(target, b"=== " + host.encode() + b" ===\n" + data + ending)
 
 
 def lines_with(host: str, lines: List[bytes]):
@@ -91,14 +99,17 @@ def run_group(args: argparse.Namespace, urls: List[str], env: dict) -> int:
     by_label = labels(urls)
     with open_group(args, urls, "exec-server-run", reconnect) as group:
         with group.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env) as running:
-            statuses = _follow(running, by_label, BlockPrinter if args.group_output else LinePrinter)
+            try:
+                statuses = _follow(running, by_label, BlockPrinter if args.group_output else LinePrinter)
+            except _OutputFailed as failed:  # `| head -1`, `>&-`, `> /dev/full`: as for one host
+                return failed.status
     _summary(running, statuses)
     return 0 if all(status == 0 for status, _note in statuses.values()) else EXIT_SOME_HOSTS_FAILED
 
 
 def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) -> Dict[str, Tuple[int, str]]:
     """Print every event; host -> (exit status, what went wrong or '')."""
-    printer = printer_class(sys.stdout.buffer, sys.stderr.buffer)
+    printer = printer_class(binary(sys.stdout), binary(sys.stderr))
     statuses: Dict[str, Tuple[int, str]] = {}
     exits: Dict[str, int] = {}
     interrupts = []
@@ -108,7 +119,11 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
         action = running.send_interrupt if len(interrupts) == 1 else running.terminate
         threading.Thread(target=action, daemon=True).start()
 
+    def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote trees end with us
+        threading.Thread(target=running.terminate, daemon=True).start()
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous_ends = [(number, signal.signal(number, on_hangup)) for number in END_SIGNALS]
     try:
         for tagged in running.events():
             host, event = tagged.host, tagged.event
@@ -117,7 +132,12 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 if host in running.processes:  # lost mid-run: what it printed so far
                     printer.finish(host)
             elif isinstance(event, OutputEvent):
-                printer.output(host, event.stream, event.data)
+                try:
+                    printer.output(host, event.stream, event.data)
+                except OSError as error:
+                    running.terminate()
+                    raise _OutputFailed(output_failed(error, printer.err if event.stream == "stderr"
+                                                      else printer.out)) from None
             elif isinstance(event, ExitedEvent):
                 exits[host] = event.exit_code
             elif isinstance(event, ClosedEvent):
@@ -126,6 +146,8 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 printer.finish(host)
     finally:
         signal.signal(signal.SIGINT, previous)
+        for number, handler in previous_ends:
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
     return statuses
 
 

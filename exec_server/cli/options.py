@@ -33,6 +33,7 @@ GROUP_PARALLEL = 32
 
 RUN_EXIT_STATUSES = """exit status:
   N    the remote command's own exit status (128+N when a pipe process died of signal N)
+  1    also: local stdout or stderr could not be written (closed, full): remote tree killed
   2    a usage mistake: a bad option, server URL or token file
   123  with several hosts (--url repeated, or --hosts): at least one host failed (a non-zero
        exit, could not start the command, could not connect or lost its connection); the

@@ -19,7 +19,9 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
+from exec_server.cli.output import END_SIGNALS, binary as _binary, output_failed, write_all
 from exec_server.client.api import Client, ReconnectPolicy
+from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, RemoteProcess
 from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
@@ -34,7 +36,22 @@ def _parse_env(pairs: List[str]) -> dict:
         if not sep or not name:
             raise CommandError("--env wants NAME=VALUE", pair)
         env[name] = value
+    try:  # the protocol carries text: bytes that are not UTF-8 (a Latin-1 file name) cannot go
+        command_env(env)
+    except TypeError as exc:
+        raise CommandError("%s (the protocol carries UTF-8 text)" % exc) from None
     return env
+
+
+def _command_argv(args: argparse.Namespace) -> List[str]:
+    """The remote command of ``args`` (after ``--``), checked to be UTF-8 text (CommandError, exit 2)."""
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    try:
+        return command_argv(argv) if argv else []
+    except TypeError as exc:
+        raise CommandError("%s (the protocol carries UTF-8 text)" % exc) from None
 
 
 class _RawTerminal:
@@ -67,10 +84,10 @@ def _forward_stdin(process, can_close: bool) -> None:
     stdin: the remote command then goes on waiting for input, and a note
     says so.
     """
-    fd = sys.stdin.fileno()
+    fd = sys.stdin.fileno() if sys.stdin is not None else None  # None: started with stdin closed (<&-)
     while True:
         try:
-            data = os.read(fd, 65536)
+            data = os.read(fd, 65536) if fd is not None else b""
         except OSError:
             return
         try:
@@ -105,23 +122,20 @@ def run_command(args: argparse.Namespace) -> int:
                                          or ntpath.isabs(args.cwd)):
             # absolute on no server's platform: refused before connecting, for one host or several
             raise CommandError("--cwd wants an absolute path on the server", args.cwd or "''")
+        argv, env = _command_argv(args), _parse_env(args.env)
         urls = group_urls(args)
         if urls is not None:  # several hosts: exec_server.cli.group_run
             from exec_server.cli.group_run import run_group
 
-            return run_group(args, urls, _parse_env(args.env))
-        return _run(args)
+            return run_group(args, urls, env)
+        return _run(args, argv, env)
     except CommandError as exc:
         return report("run", exc)
 
 
-def _run(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+def _run(args: argparse.Namespace, argv: List[str], env: dict) -> int:
     if not argv:
         raise CommandError("no command given (exec-server run -- COMMAND ...)")
-    env = _parse_env(args.env)
     if args.url and args.via:
         raise CommandError("give --url or --via, not both")
     server = None
@@ -200,7 +214,7 @@ def _start_failure(argv: List[str], args: argparse.Namespace, error: RpcError) -
 
 def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace,
             notice: Optional[_RecoveryNotice] = None) -> int:
-    forward = args.stdin or (args.tty and sys.stdin is not None)  # a pipe too, as the help says
+    forward = args.stdin or args.tty  # a pipe too, as the help says; a closed stdin is its end of file at once
     # The local terminal's size at start and on each SIGWINCH (our ptySize
     # extension); the Codex reference keeps every PTY at 24x80.
     follow_size = args.tty and client.supports("ptySize") and hasattr(signal, "SIGWINCH")
@@ -224,13 +238,12 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
         threading.Thread(target=_quietly, args=(process.terminate,), daemon=True).start()
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
-    previous_ends = [(number, signal.signal(number, on_hangup)) for number in _END_SIGNALS]
+    previous_ends = [(number, signal.signal(number, on_hangup)) for number in END_SIGNALS]
     previous_winch = signal.signal(signal.SIGWINCH, on_resize) if follow_size else signal.SIG_DFL
-    out = sys.stdout.buffer
-    err = sys.stderr.buffer
+    out, err = _binary(sys.stdout), _binary(sys.stderr)
     exit_code = None
     try:
-        with _RawTerminal(sys.stdin.fileno()) if args.tty and forward else _NullContext():
+        with _RawTerminal(sys.stdin.fileno()) if args.tty and sys.stdin is not None else _NullContext():
             if forward:
                 threading.Thread(target=_forward_stdin, args=(process, client.supports("closeStdin")),
                                  daemon=True).start()
@@ -238,12 +251,10 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                 if isinstance(event, OutputEvent):
                     target = err if event.stream == "stderr" else out
                     try:
-                        target.write(event.data)
-                        target.flush()
-                    except BrokenPipeError:  # `run ... | head -1`: end as a local command would, by SIGPIPE
+                        write_all(target, event.data)
+                    except OSError as error:  # `| head -1`, `>&-`, `> /dev/full`: the tree is killed
                         _quietly(lambda: process.kill(timeout=KILL_WAIT))
-                        os.dup2(os.open(os.devnull, os.O_WRONLY), target.fileno())  # no error at exit
-                        return EXIT_BROKEN_PIPE
+                        return output_failed(error, target)
                 elif isinstance(event, ExitedEvent):
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):
@@ -259,12 +270,8 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     return exit_code if exit_code < 256 else 255
 
 
-#: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
-EXIT_BROKEN_PIPE = 128 + 13
 #: Seconds to wait for the remote tree's kill when the local output pipe closed.
 KILL_WAIT = 10.0
-#: Signals that end ``run`` after killing the remote tree (as SIGINT twice does).
-_END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _NullContext:

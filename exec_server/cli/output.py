@@ -1,0 +1,61 @@
+"""The local ends of ``run``: writing the remote output, what a failed write ends with, the ending signals.
+
+Local stdout or stderr may be a pipe whose reader left (``run ... | head
+-1``), closed (``>&-``: Python then has no ``sys.stdout``) or full (``>
+/dev/full``).  The remote command's output can no longer go anywhere, so
+``run`` kills the remote tree and ends as a local command would: 141 (128 +
+SIGPIPE) for a closed pipe, as a shell reports it, else
+:data:`EXIT_OUTPUT_FAILED` with one line on stderr, as ``cat`` does.
+"""
+
+import errno
+import os
+import signal
+import sys
+from typing import BinaryIO, Optional, TextIO
+
+#: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 128 + 13
+#: Exit status when local stdout or stderr cannot be written otherwise (closed, full, an I/O error).
+EXIT_OUTPUT_FAILED = 1
+#: Signals that end ``run`` after killing the remote trees (as SIGINT twice does): the terminal closed, a stop.
+END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def binary(stream: Optional[TextIO]) -> Optional[BinaryIO]:
+    """The binary buffer of ``sys.stdout`` or ``sys.stderr``; None when the descriptor was closed at start."""
+    return getattr(stream, "buffer", None)
+
+
+def write_all(target: Optional[BinaryIO], data: bytes) -> None:
+    """Write and flush ``data``.
+
+    Raises:
+        OSError: the write failed; EBADF when ``target`` is None (closed).
+    """
+    if target is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    target.write(data)
+    target.flush()
+
+
+def output_failed(error: OSError, target: Optional[BinaryIO], command: str = "run") -> int:
+    """The exit status for a failed write of ``target`` (see the module's text); says why unless a pipe closed.
+
+    The descriptor is pointed at the null device, so that the interpreter's
+    last flush at exit fails no more.
+    """
+    try:
+        if target is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), target.fileno())
+    except (OSError, ValueError):
+        pass
+    if isinstance(error, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    name = "stderr" if target is not None and target is binary(sys.stderr) else "stdout"
+    try:
+        print("exec-server %s: cannot write to %s: %s; the remote command was killed"
+              % (command, name, error.strerror or error), file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # stderr is gone too
+        pass
+    return EXIT_OUTPUT_FAILED

@@ -1,0 +1,99 @@
+"""``exec-server run`` at its local edges: closed or full output, closed stdin, bad bytes, signals to several hosts.
+
+Each case printed a Python traceback, hung, or left the remote commands
+running until the session expired (80 s).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import running_descendants, start_ours, wait_until
+
+pytestmark = pytest.mark.posix
+
+CLI = [sys.executable, "-m", "exec_server"]
+ENV = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+
+
+@pytest.fixture
+def two():
+    servers = [start_ours() for _ in range(2)]
+    yield [word for server in servers for word in ("--url", server.url)]
+    for server in servers:
+        server.stop()
+
+
+def shell(line: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``line`` in sh, where ``$CLI`` is the exec-server command (for redirections of its own descriptors)."""
+    return subprocess.run(["sh", "-c", line], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env=dict(ENV, CLI=" ".join(CLI)))
+
+
+@pytest.mark.parametrize("redirect", [">&-", "> /dev/full"])
+def test_output_that_cannot_be_written_ends_run_with_one_line(redirect):
+    done = shell("$CLI run -- sh -c 'echo hi; sleep 56.5' %s" % redirect)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(b"exec-server run: cannot write to stdout: ") and b"Traceback" not in done.stderr
+    assert done.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("option", ["--stdin", "--tty"])
+def test_a_closed_stdin_is_the_remote_end_of_file(option):
+    done = shell("$CLI run %s -- cat <&-" % option, timeout=30)
+    assert (done.returncode, done.stderr) == (0, b"")
+
+
+@pytest.mark.parametrize("words", [[b"--", b"arg\xff"], [b"--env", b"NAME=\xff", b"--", b"true"]])
+def test_bytes_that_are_not_utf8_are_a_usage_error(words):
+    argv = [os.fsencode(word) for word in CLI] + [b"run"] + words
+    done = subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=ENV)
+    assert done.returncode == 2 and b"is not UTF-8 (the protocol carries UTF-8 text)" in done.stderr, done.stderr
+    assert done.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("command", ["run", "cp"])
+def test_a_via_command_line_with_an_unbalanced_quote_is_a_usage_error(command):
+    operands = ["--", "true"] if command == "run" else ["/etc/hostname", ":/nonexistent/x"]
+    done = subprocess.run(CLI + [command, "--via", "'x"] + operands, capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=ENV)
+    assert (done.returncode, done.stderr) == (
+        2, b"exec-server %s: --via is not a command line: No closing quotation ('x)\n" % command.encode())
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+def test_several_hosts_end_their_remote_commands_at_sigterm_and_sighup(two, number):
+    argv = ["sleep", "57.%d" % number]
+    cli = subprocess.Popen(CLI + ["run"] + two + ["--", "sh", "-c", "echo ready; exec %s" % " ".join(argv)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+    try:
+        assert cli.stdout.readline().endswith(b"] ready\n") and cli.stdout.readline().endswith(b"] ready\n")
+        wait_until(lambda: len(running_descendants(os.getpid(), argv)) == 2, timeout=10)
+        cli.send_signal(number)
+        _out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert cli.returncode == 123 and err.count(b"  137 ") == 2, err
+    wait_until(lambda: not running_descendants(os.getpid(), argv), timeout=10)
+
+
+def test_several_hosts_into_a_closed_pipe_end_with_141_and_their_commands(two):
+    """``run --url A --url B -- yes | head -1``: as for one host, 141 and the remote trees killed."""
+    cli = subprocess.Popen(CLI + ["run"] + two + ["--", "yes", "58"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+    try:
+        assert cli.stdout.readline().endswith(b"] 58\n")
+        cli.stdout.close()  # the reader leaves, as head does
+        assert cli.wait(timeout=30) == 141
+        assert b"Traceback" not in cli.stderr.read()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        cli.stderr.close()
+    wait_until(lambda: not running_descendants(os.getpid(), ["yes", "58"]), timeout=10)
