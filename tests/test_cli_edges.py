@@ -97,3 +97,51 @@ def test_several_hosts_into_a_closed_pipe_end_with_141_and_their_commands(two):
             cli.wait()
         cli.stderr.close()
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", "58"]), timeout=10)
+
+
+def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path):
+    """The temporary file beside the destination goes, the old file stays, status 128 + SIGTERM."""
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as handle:
+        handle.truncate(0)
+        for _ in range(96):
+            handle.write(os.urandom(1 << 20))
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "dest.bin").write_bytes(b"OLD")
+    cli = subprocess.Popen(CLI + ["cp", "--url", server.url, ":%s" % source, str(folder / "dest.bin")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+    try:
+        wait_until(lambda: len(os.listdir(folder)) == 2, timeout=30, interval=0.001)  # its temporary file
+        cli.send_signal(signal.SIGTERM)
+        _out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert (cli.returncode, err) == (128 + signal.SIGTERM, b"exec-server cp: ended by signal 15\n")
+    assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
+
+
+def test_an_interrupted_copy_on_the_server_says_it_goes_on(monkeypatch, capsys):
+    """``cp :A :B`` is one fs/copy request: Ctrl-C cannot stop it, and cp says so rather than imply it did."""
+    from exec_server.cli import cp
+
+    class Connected:
+        fs = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            return None
+
+    def interrupted(fs, source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cp, "connect", lambda args, name: Connected())
+    monkeypatch.setattr(cp, "copy", interrupted)
+    args = type("Args", (), {"url": "ws://127.0.0.1:1", "via": None, "source": ":/a", "destination": ":/b"})
+    with pytest.raises(KeyboardInterrupt):
+        cp.copy_files(args)
+    assert "the copy on the server is one request, which goes on to its end" in capsys.readouterr().err

@@ -165,7 +165,13 @@ def copy_files(args: argparse.Namespace) -> int:
         remote = "%s -> %s" % (args.source, args.destination)
     try:
         with connect(args, "exec-server-cp") as client:
-            copy(client.fs, args.source, args.destination)
+            try:
+                copy(client.fs, args.source, args.destination)
+            except KeyboardInterrupt:
+                if args.source.startswith(":") and args.destination.startswith(":"):
+                    print("exec-server cp: the copy on the server is one request, which goes on to its end "
+                          "(the protocol cannot cancel it)", file=sys.stderr)
+                raise
     except CommandError as exc:
         return report("cp", exc)
     except RpcError as exc:

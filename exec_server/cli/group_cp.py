@@ -12,19 +12,39 @@ succeeded, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
 import argparse
 import io
 import os
+import signal
+import sys
 from typing import List
 
 from exec_server.cli.connect import CommandError, disconnected, report
 from exec_server.cli.cp import Progress, check_sides, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
+from exec_server.cli.output import END_SIGNALS
 from exec_server.client.api import Client
 from exec_server.client.group_fs import host_dirname
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 
+class _Ended(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: ends ``cp`` as Ctrl-C does (a download's temporary file removed), with 128 + N."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _end(signum, frame) -> None:
+    raise _Ended(signum)
+
+
 def copy_command(args: argparse.Namespace) -> int:
-    """``exec-server cp``: the group copy for several hosts, else :func:`exec_server.cli.cp.copy_files`."""
+    """``exec-server cp``: the group copy for several hosts, else :func:`exec_server.cli.cp.copy_files`.
+
+    SIGTERM and SIGHUP end it as Ctrl-C does, with status 128 + N (they
+    killed it on the spot, leaving a download's temporary file behind).
+    """
+    previous = [(number, signal.signal(number, _end)) for number in END_SIGNALS]
     try:
         urls = group_urls(args)
         if urls is None:
@@ -32,6 +52,12 @@ def copy_command(args: argparse.Namespace) -> int:
         return copy_group(args, urls)
     except CommandError as exc:
         return report("cp", exc)
+    except _Ended as ended:
+        print("exec-server cp: ended by signal %d" % ended.signum, file=sys.stderr)
+        return 128 + ended.signum
+    finally:
+        for number, handler in previous:
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def _silent(label: str, total) -> Progress:

@@ -47,7 +47,7 @@ RUN_EXIT_STATUSES = """exit status:
 CP_SEVERAL_HOSTS = """several hosts (--url repeated, or --hosts): ':PATH' means that path on every host;
   an upload goes to each, a download goes to DEST/HOST/NAME (HOST is host_port, DEST a directory).
 exit status: 0 done, 1 failed (one host; the message names the path), 2 a usage mistake, 123 at least one of
-  several hosts failed, 130 interrupted (Ctrl-C), 255 could not connect, or lost the connection"""
+  several hosts failed, 130 interrupted (Ctrl-C; 128+N: SIGTERM, SIGHUP), 255 could not connect or lost it"""
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
