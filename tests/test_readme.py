@@ -142,3 +142,26 @@ def test_shell_block_runs(line_number, code, server, tmp_path):
         printed = re.match(r"\s*prints ([^\s,]+)", comment)
         if printed:
             assert done.stdout.split()[:1] == [printed.group(1).encode()], (line, done.stdout)
+
+
+def _line_kinds(lines: List[str]) -> List[str]:
+    """``id 3`` or ``process/exited`` for each JSON-RPC line (a literal one may hold ``...``)."""
+    kinds = []
+    for line in lines:
+        match = re.match(r'\{"(?:id":(\d+)|method":"([^"]+)")', line)
+        assert match, line
+        kinds.append("id " + match.group(1) if match.group(1) else match.group(2))
+    return sorted(kinds)
+
+
+def test_the_stdio_exchange_prints_what_readme_shows():
+    """The literal ``--listen stdio`` exchange: every answer and notification the text block after it shows."""
+    index = next(i for i, (_n, lang, code) in enumerate(BLOCKS)
+                 if lang == "sh" and code.startswith("printf ") and "exec-server --listen stdio" in code)
+    command, shown = BLOCKS[index][2], BLOCKS[index + 1]
+    assert shown[1] == "text"
+    for _attempt in range(3):  # the notifications' place varies, never whether they come
+        done = subprocess.run(["sh", "-c", command], capture_output=True, timeout=60, env=_environment(),
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+        assert _line_kinds(done.stdout.decode().splitlines()) == _line_kinds(shown[2].splitlines()), done.stdout

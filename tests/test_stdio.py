@@ -544,3 +544,37 @@ def test_a_copy_still_running_at_eof_does_not_hold_the_exit_and_leaves_no_tempor
     assert child.wait(timeout=15) == 0
     assert time.monotonic() - started < 10  # EOF_ANSWER_WAIT + EXIT_THREAD_WAIT, not the copy's 60 s
     assert os.listdir(str(written)) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pidfd watcher, which gathers a wake-up's events")
+def test_the_end_of_input_waits_for_notifications_a_read_has_overtaken(monkeypatch):
+    """A read may answer from events the watcher has recorded but not yet sent: at stdin's end of file the
+    server writes those notifications before it ends (they were lost, 1 run in ~40 of README's exchange)."""
+    from exec_server.server.config import ServerConfig
+    from exec_server.server.dispatcher import Dispatcher
+    from exec_server.server.process.managed import ManagedProcess
+    from exec_server.server.sessions import SessionRegistry
+
+    release = ManagedProcess.release_events
+
+    def late(process):
+        time.sleep(0.5)  # the watcher's one write comes after the read's answer
+        release(process)
+
+    monkeypatch.setattr(ManagedProcess, "release_events", late)
+    sent = []
+    registry = SessionRegistry(ServerConfig())
+    connection = Dispatcher(registry).open_connection(lambda *texts: sent.extend(texts), "stdio: ")
+    try:
+        for text in ('{"id":1,"method":"initialize","params":{"clientName":"eof"}}', '{"method":"initialized"}',
+                     '{"id":2,"method":"process/start","params":{"processId":"p","argv":["echo","hi"],'
+                     '"cwd":"file:///","env":{},"tty":false}}',
+                     '{"id":3,"method":"process/read","params":{"processId":"p","afterSeq":2,"waitMs":10000}}'):
+            connection.receive(text)
+        wait_until(lambda: any('"id":3' in str(text) for text in sent), timeout=20)
+        assert connection.wait_requests(5.0)  # what stdio's end of file runs before it ends the session
+        methods = [json.loads(str(text)).get("method") for text in sent]
+        assert methods.count("process/exited") == methods.count("process/closed") == 1, methods
+    finally:
+        connection.close()
+        registry.close_all()

@@ -240,12 +240,15 @@ class RpcConnection:
             self._admitted_bytes -= size
 
     def wait_requests(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until no pooled request runs or waits; True if none is left."""
+        """Wait up to ``timeout`` seconds until no pooled request runs or waits, and no event the session has
+        recorded waits to be sent as a notification (a read's answer may overtake them); True if none is left."""
         deadline = time.monotonic() + timeout
         while True:
             with self._admitted_lock:
-                if not self._admitted:
-                    return True
+                done = not self._admitted
+            session = self.session
+            if done and (session is None or not session.is_owned_by(self) or not session.delivering()):
+                return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)

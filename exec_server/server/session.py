@@ -178,6 +178,12 @@ class Session:
             processes = list(self._processes.values())
         return all(process.closed for process in processes)
 
+    def delivering(self) -> bool:
+        """True while a process's recorded events still wait to be sent as notifications."""
+        with self._lock:
+            processes = list(self._processes.values())
+        return any(process.has_held_events() for process in processes)
+
     def is_empty(self) -> bool:
         """True if the session keeps no process (none started, or every one forgotten): nothing to read."""
         with self._lock:

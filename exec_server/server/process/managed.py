@@ -152,6 +152,10 @@ class ManagedProcess:
         """How many events are gathered."""
         return len(self._held) if self._held is not None else 0
 
+    def has_held_events(self) -> bool:
+        """Events recorded (a ``process/read`` sees them) but not yet delivered to the listener."""
+        return bool(self._held)
+
     def release_events(self) -> None:
         """Deliver the gathered events to the listener in one call; stop gathering."""
         held, self._held = self._held, None
