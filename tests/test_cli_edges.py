@@ -145,3 +145,21 @@ def test_an_interrupted_copy_on_the_server_says_it_goes_on(monkeypatch, capsys):
     with pytest.raises(KeyboardInterrupt):
         cp.copy_files(args)
     assert "the copy on the server is one request, which goes on to its end" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("number", [signal.SIGHUP, signal.SIGINT])
+def test_a_signal_ignored_at_start_stays_ignored(number):
+    """``nohup exec-server run ...`` survives the hangup, a shell's background job its Ctrl-C, as local commands do
+    (``run`` installed its handlers anyway and killed the remote tree)."""
+    cli = subprocess.Popen(CLI + ["run", "--", "sh", "-c", "echo ready; sleep 1; echo done"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV,
+                           preexec_fn=lambda: signal.signal(number, signal.SIG_IGN))
+    try:
+        assert cli.stdout.readline() == b"ready\n"
+        cli.send_signal(number)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert (cli.returncode, out, err) == (0, b"done\n", b"")

@@ -12,7 +12,6 @@ succeeded, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
 import argparse
 import io
 import os
-import signal
 import sys
 from typing import List
 
@@ -20,7 +19,7 @@ from exec_server.cli.connect import CommandError, disconnected, report
 from exec_server.cli.cp import Progress, check_sides, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS
+from exec_server.cli.output import END_SIGNALS, handle, restore
 from exec_server.client.api import Client
 from exec_server.client.group_fs import host_dirname
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
@@ -44,7 +43,7 @@ def copy_command(args: argparse.Namespace) -> int:
     SIGTERM and SIGHUP end it as Ctrl-C does, with status 128 + N (they
     killed it on the spot, leaving a download's temporary file behind).
     """
-    previous = [(number, signal.signal(number, _end)) for number in END_SIGNALS]
+    installed = handle(END_SIGNALS, _end)
     try:
         urls = group_urls(args)
         if urls is None:
@@ -56,8 +55,7 @@ def copy_command(args: argparse.Namespace) -> int:
         print("exec-server cp: ended by signal %d" % ended.signum, file=sys.stderr)
         return 128 + ended.signum
     finally:
-        for number, handler in previous:
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        restore(installed)
 
 
 def _silent(label: str, total) -> Progress:

@@ -20,7 +20,7 @@ from typing import BinaryIO, Dict, List, Optional, Tuple
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, binary, output_failed, write_all
+from exec_server.cli.output import END_SIGNALS, binary, handle, output_failed, restore, write_all
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
@@ -122,8 +122,7 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote trees end with us
         threading.Thread(target=running.terminate, daemon=True).start()
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    previous_ends = [(number, signal.signal(number, on_hangup)) for number in END_SIGNALS]
+    installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
     try:
         for tagged in running.events():
             host, event = tagged.host, tagged.event
@@ -145,9 +144,7 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 statuses[host] = (code if 0 <= code < 256 else EXIT_DISCONNECTED, "")
                 printer.finish(host)
     finally:
-        signal.signal(signal.SIGINT, previous)
-        for number, handler in previous_ends:
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        restore(installed)
     return statuses
 
 

@@ -12,7 +12,7 @@ import errno
 import os
 import signal
 import sys
-from typing import BinaryIO, Optional, TextIO
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional, TextIO, Tuple
 
 #: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
 EXIT_BROKEN_PIPE = 128 + 13
@@ -59,3 +59,23 @@ def output_failed(error: OSError, target: Optional[BinaryIO], command: str = "ru
     except (OSError, ValueError, AttributeError):  # stderr is gone too
         pass
     return EXIT_OUTPUT_FAILED
+
+
+def handle(numbers: Iterable[int], handler: Callable[[int, Any], None]) -> List[Tuple[int, Any]]:
+    """Install ``handler`` for each signal of ``numbers`` that was not ignored; returns what :func:`restore` needs.
+
+    A signal ignored when the command started stays ignored, as a local
+    command keeps it: ``nohup`` ignores SIGHUP, a shell's background job
+    SIGINT (so a Ctrl-C meant for the script does not reach the remote).
+    """
+    installed = []
+    for number in numbers:
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            installed.append((number, signal.signal(number, handler)))
+    return installed
+
+
+def restore(installed: List[Tuple[int, Any]]) -> None:
+    """Put back the handlers :func:`handle` replaced."""
+    for number, previous in installed:
+        signal.signal(number, previous if previous is not None else signal.SIG_DFL)

@@ -19,7 +19,7 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import END_SIGNALS, binary as _binary, output_failed, write_all
+from exec_server.cli.output import END_SIGNALS, binary as _binary, handle, output_failed, restore, write_all
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, RemoteProcess
@@ -237,9 +237,9 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote tree ends with us
         threading.Thread(target=_quietly, args=(process.terminate,), daemon=True).start()
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    previous_ends = [(number, signal.signal(number, on_hangup)) for number in END_SIGNALS]
-    previous_winch = signal.signal(signal.SIGWINCH, on_resize) if follow_size else signal.SIG_DFL
+    installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
+    if follow_size:
+        installed += handle([signal.SIGWINCH], on_resize)
     out, err = _binary(sys.stdout), _binary(sys.stderr)
     exit_code = None
     try:
@@ -260,11 +260,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                 elif isinstance(event, ClosedEvent):
                     break
     finally:
-        signal.signal(signal.SIGINT, previous)
-        for number, handler in previous_ends:
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
-        if follow_size:
-            signal.signal(signal.SIGWINCH, previous_winch if previous_winch is not None else signal.SIG_DFL)
+        restore(installed)
     if exit_code is None or exit_code < 0:
         return EXIT_DISCONNECTED
     return exit_code if exit_code < 256 else 255
