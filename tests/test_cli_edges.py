@@ -163,3 +163,12 @@ def test_a_signal_ignored_at_start_stays_ignored(number):
             cli.kill()
             cli.communicate()
     assert (cli.returncode, out, err) == (0, b"done\n", b"")
+
+
+@pytest.mark.parametrize("words", [["run", "--bogus", "--", "true"], ["cp", "a", "b", ":/dir/"]])
+def test_an_unknown_argument_is_told_with_the_subcommands_usage(words):
+    done = subprocess.run(CLI + words, capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=ENV)
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 2 and lines[0].startswith("usage: exec-server %s " % words[0]), lines[:2]
+    unknown = words[1] if words[0] == "run" else words[3]
+    assert lines[-1] == "exec-server %s: error: unrecognized arguments: %s" % (words[0], unknown)

@@ -36,12 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   formatter_class=help_formatter())
     service.add_argument("action", choices=["install", "start", "stop", "remove"])
     service.add_argument("server_arguments", nargs=argparse.REMAINDER)
+    parser.subcommands = commands.choices  # name -> its parser, for main's errors
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
+        subcommands = getattr(parser, "subcommands", {})
+        subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.otel:
