@@ -4,6 +4,7 @@ Implements :class:`exec_server.client.transport.Transport` for
 ``Client.spawn`` (one message per line, PROTOCOL.md 1.4).
 """
 
+import signal
 import threading
 from typing import Optional
 
@@ -80,7 +81,7 @@ class StdioTransport:
                     raise ExecServerDisconnected(self._killed_for)
                 status = self._child.poll()
                 if status is not None:
-                    raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
+                    raise ExecServerDisconnected(_ended(status))
                 raise ExecServerDisconnected("exec-server child is closed")
             if self._torn:  # the last message was cut (^C): its line ends here, a malformed one the
                 data = b"\n" + data  # server answers with an error and skips, and this one is whole
@@ -100,7 +101,7 @@ class StdioTransport:
         self._output_judged.wait(OUTPUT_VERDICT_WAIT)
         if self._killed_for is not None:
             raise ExecServerDisconnected(self._killed_for) from None
-        raise ExecServerDisconnected("the exec-server child exited with status %d" % status) from None
+        raise ExecServerDisconnected(_ended(status)) from None
 
     def _exit_status(self, timeout: float):
         """The child's exit status once it has exited within ``timeout`` seconds, else None."""
@@ -131,7 +132,7 @@ class StdioTransport:
                 self._output_judged.set()
                 status = self._exit_status(2.0)
                 if status is not None:
-                    raise ExecServerDisconnected("the exec-server child exited with status %d" % status)
+                    raise ExecServerDisconnected(_ended(status))
                 # it runs on without output: ended now, not CHILD_EXIT_GRACE later (without the send lock,
                 # which a write to a child that stopped reading holds until the kill breaks the pipe)
                 from exec_server.common.tree import kill_tree
@@ -194,3 +195,14 @@ class StdioTransport:
             self._child.wait(self.CHILD_EXIT_GRACE)
         except Exception:
             pass
+
+
+def _ended(status: int) -> str:
+    """How the exec-server child ended, from its ``Popen.returncode`` (negative: killed by that signal)."""
+    if status >= 0:
+        return "the exec-server child exited with status %d" % status
+    try:
+        name = " (%s)" % signal.Signals(-status).name
+    except ValueError:
+        name = ""
+    return "the exec-server child was killed by signal %d%s" % (-status, name)
