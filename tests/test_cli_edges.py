@@ -19,6 +19,18 @@ CLI = [sys.executable, "-m", "exec_server"]
 ENV = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
 
 
+def signalled(cli: subprocess.Popen, number: int, ready) -> tuple:
+    """Send signal ``number`` to ``cli`` once ``ready()`` returns; ``(stdout, stderr)`` after it ends."""
+    try:
+        ready()
+        cli.send_signal(number)
+        return cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+
+
 @pytest.fixture
 def two():
     servers = [start_ours() for _ in range(2)]
@@ -69,15 +81,12 @@ def test_several_hosts_end_their_remote_commands_at_sigterm_and_sighup(two, numb
     argv = ["sleep", "57.%d" % number]
     cli = subprocess.Popen(CLI + ["run"] + two + ["--", "sh", "-c", "echo ready; exec %s" % " ".join(argv)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
-    try:
+
+    def ready():
         assert cli.stdout.readline().endswith(b"] ready\n") and cli.stdout.readline().endswith(b"] ready\n")
         wait_until(lambda: len(running_descendants(os.getpid(), argv)) == 2, timeout=10)
-        cli.send_signal(number)
-        _out, err = cli.communicate(timeout=30)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.communicate()
+
+    _out, err = signalled(cli, number, ready)
     assert cli.returncode == 123 and err.count(b"  137 ") == 2, err
     wait_until(lambda: not running_descendants(os.getpid(), argv), timeout=10)
 
@@ -111,14 +120,8 @@ def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path):
     (folder / "dest.bin").write_bytes(b"OLD")
     cli = subprocess.Popen(CLI + ["cp", "--url", server.url, ":%s" % source, str(folder / "dest.bin")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
-    try:
-        wait_until(lambda: len(os.listdir(folder)) == 2, timeout=30, interval=0.001)  # its temporary file
-        cli.send_signal(signal.SIGTERM)
-        _out, err = cli.communicate(timeout=30)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.communicate()
+    _out, err = signalled(cli, signal.SIGTERM,  # once its temporary file is there
+                          lambda: wait_until(lambda: len(os.listdir(folder)) == 2, timeout=30, interval=0.001))
     assert (cli.returncode, err) == (128 + signal.SIGTERM, b"exec-server cp: ended by signal 15\n")
     assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
 
@@ -154,14 +157,7 @@ def test_a_signal_ignored_at_start_stays_ignored(number):
     cli = subprocess.Popen(CLI + ["run", "--", "sh", "-c", "echo ready; sleep 1; echo done"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV,
                            preexec_fn=lambda: signal.signal(number, signal.SIG_IGN))
-    try:
-        assert cli.stdout.readline() == b"ready\n"
-        cli.send_signal(number)
-        out, err = cli.communicate(timeout=30)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.communicate()
+    out, err = signalled(cli, number, lambda: cli.stdout.readline() == b"ready\n" or pytest.fail("not ready"))
     assert (cli.returncode, out, err) == (0, b"done\n", b"")
 
 

@@ -32,22 +32,27 @@ def assert_terminated(client, process):
     assert client.run(["echo", "still here"], timeout=20).stdout == b"still here\n"
 
 
+def write_cut_by_ctrl_c(monkeypatch, process):
+    """``process.write(PAYLOAD)``, interrupted (KeyboardInterrupt) after its second WebSocket frame."""
+    real, big_frames = websocket_common.send_all, []
+
+    def interrupted(sock, data, timeout=None):
+        if len(data) > 512 * 1024:  # one of the large message's frames, not a server's small reply
+            big_frames.append(len(data))
+            if len(big_frames) == 2:
+                raise KeyboardInterrupt
+        return real(sock, data, timeout)
+
+    monkeypatch.setattr(websocket_common, "send_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        process.write(PAYLOAD)
+    monkeypatch.setattr(websocket_common, "send_all", real)
+
+
 def test_websocket_send_interrupted_between_frames(server, monkeypatch):
     with Client.connect(server.url, timeout=10) as client:
         process = client.start(["sleep", "61"], stdin=True)
-        real, big_frames = websocket_common.send_all, []
-
-        def interrupted(sock, data, timeout=None):
-            if len(data) > 512 * 1024:  # one of the large message's frames, not a server's small reply
-                big_frames.append(len(data))
-                if len(big_frames) == 2:
-                    raise KeyboardInterrupt
-            return real(sock, data, timeout)
-
-        monkeypatch.setattr(websocket_common, "send_all", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            process.write(PAYLOAD)
-        monkeypatch.setattr(websocket_common, "send_all", real)
+        write_cut_by_ctrl_c(monkeypatch, process)
         assert_terminated(client, process)
 
 
@@ -125,19 +130,7 @@ def test_websocket_write_interrupted_between_frames_is_not_sent_again_after_the_
     """The caller saw KeyboardInterrupt: the recovery that follows does not send the cut write again."""
     with Client.connect(server.url, timeout=10) as client:
         process = client.start(["wc", "-c"], stdin=True)
-        real, big_frames = websocket_common.send_all, []
-
-        def interrupted(sock, data, timeout=None):
-            if len(data) > 512 * 1024:
-                big_frames.append(len(data))
-                if len(big_frames) == 2:
-                    raise KeyboardInterrupt
-            return real(sock, data, timeout)
-
-        monkeypatch.setattr(websocket_common, "send_all", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            process.write(PAYLOAD)
-        monkeypatch.setattr(websocket_common, "send_all", real)
+        write_cut_by_ctrl_c(monkeypatch, process)
         process.write(b"kept\n")
         process.close_stdin()
         assert process.wait(timeout=20) == 0
