@@ -168,3 +168,18 @@ def test_an_unknown_argument_is_told_with_the_subcommands_usage(words):
     assert done.returncode == 2 and lines[0].startswith("usage: exec-server %s " % words[0]), lines[:2]
     unknown = words[1] if words[0] == "run" else words[3]
     assert lines[-1] == "exec-server %s: error: unrecognized arguments: %s" % (words[0], unknown)
+
+
+@pytest.mark.parametrize("mode", ["--group-output", "--no-group-output"])
+def test_several_hosts_into_a_full_disk_end_with_one_line(two, mode):
+    """Every write of the group printers, a host's last partial line or whole block included."""
+    words = (["--group-output"] if mode == "--group-output" else []) + ["--", "printf", "no-newline"]
+    done = shell("$CLI run %s > /dev/full" % " ".join(two + words))
+    assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr
+    assert done.stderr == b"exec-server run: cannot write to stdout: No space left on device; the remote command " \
+                          b"was killed\n"
+
+
+def test_a_closed_stderr_takes_no_message_into_stdout():
+    done = shell("$CLI run -- sh -c 'echo out; echo err >&2; sleep 56.75' 2>&-")
+    assert (done.returncode, done.stdout) == (1, b"out\n")

@@ -13,7 +13,7 @@ from exec_server import Client
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest, RpcError
 from exec_server.server.fs.helper import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
 from exec_server.server.fs.sandbox import parse_sandbox
-from conftest import start_params
+from conftest import start_params, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -322,23 +322,70 @@ def test_a_process_cannot_create_a_protected_path_that_does_not_exist_yet(client
     done = client.run(["/bin/sh", "-c", script], cwd=str(work), sandbox=restricted([work], extra=extra), timeout=30)
     assert done.returncode == 0  # the last command's status
     assert len(done.stderr.splitlines()) == 5, done.stderr  # mkdir, echo, mkdir -p, echo, echo: each refused
-    assert sorted(os.listdir(work)) == ["masked", "other.txt"]  # the mount point files are removed again
+    wait_until(lambda: sorted(os.listdir(work)) == ["masked", "other.txt"], timeout=10)  # mount points removed
     assert (work / "other.txt").read_bytes() == b"kept\n" and os.listdir(work / "masked") == []
 
 
 def test_mount_point_files_go_when_the_last_sandbox_using_them_has_closed(tmp_path):
-    from exec_server.server.fs.mount_points import MountPoints, first_missing
+    from exec_server.server.fs.mount_points import MountPoints
 
-    assert first_missing(str(tmp_path / "a" / "b"), [str(tmp_path)]) == str(tmp_path / "a")
-    assert first_missing(str(tmp_path / "a" / "b"), [str(tmp_path / "elsewhere")]) is None  # nothing can create it
-    assert first_missing(str(tmp_path), [str(tmp_path)]) is None  # it exists
+    points = MountPoints()
+    anywhere, nowhere = (lambda folder: True), (lambda folder: False)
+    assert points.first_missing(str(tmp_path / "a" / "b"), anywhere) == str(tmp_path / "a")
+    assert points.first_missing(str(tmp_path / "a" / "b"), nowhere) is None  # read-only there: nothing to create
+    assert points.first_missing(str(tmp_path), anywhere) is None  # it exists
     made, kept = str(tmp_path / "a"), str(tmp_path / "kept")
     (tmp_path / "a").write_bytes(b"")  # what bubblewrap leaves on the host
     (tmp_path / "kept").write_bytes(b"written meanwhile")
-    points = MountPoints()
+    assert points.first_missing(str(tmp_path / "kept" / "x"), anywhere) is None  # under a file: cannot be made
     points.acquire([made, kept])
+    assert points.first_missing(made + "/b", anywhere) == made  # ours: the next sandbox binds (and counts) it too
     points.acquire([made])
     points.release([made, kept])
     assert os.path.exists(made) and os.path.exists(kept)  # the second sandbox still uses it
     points.release([made])
     assert not os.path.exists(made) and (tmp_path / "kept").read_bytes() == b"written meanwhile"
+
+
+def entry(path, access):
+    return {"path": {"type": "path", "path": "file://%s" % path}, "access": access}
+
+
+@needs_bwrap
+def test_two_sandboxes_at_once_keep_a_missing_path_protected(client, roots):
+    """The second sandbox binds the first one's mount point file too; the first one's end does not unmount it."""
+    work, _outside = roots
+    sandbox = restricted([work], extra=[entry(work / "secret", "none"), entry(work / "deep" / "er", "read")])
+    first = client.start(["sleep", "30"], sandbox=sandbox, timeout=30)
+    wait_until(lambda: (work / "secret").exists() and (work / "deep").exists(), timeout=10)
+    second = client.start(["/bin/sh", "-c", "read go; echo x > secret; mkdir -p deep/er; ls deep/er"], cwd=str(work),
+                          sandbox=sandbox, stdin=True, timeout=30)
+    first.terminate()
+    assert first.wait(timeout=20) == 137
+    wait_until(lambda: first.done, timeout=20)
+    second.write(b"go\n")
+    _out, err = second.communicate(timeout=30)
+    assert second.returncode != 0 and err.count(b"\n") == 3, err  # each of the three refused
+    wait_until(lambda: os.listdir(work) == [], timeout=10)  # both mount point files go with the last sandbox
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name, entries", [
+    ("a none folder with a readable folder inside", [("hidden", "none"), ("hidden/sub", "read")]),
+    ("a missing path under a read-only folder", [("ro", "read"), ("ro/missing", "none")]),
+    ("a missing path under a file (a worktree's .git)", [(".git/hooks", "read")]),
+])
+def test_profiles_around_missing_or_masked_paths_start(client, roots, name, entries):
+    work, _outside = roots
+    for folder in ("hidden/sub", "ro"):
+        (work / folder).mkdir(parents=True)
+    (work / "hidden" / "sub" / "ok.txt").write_bytes(b"ok")
+    (work / ".git").write_bytes(b"gitdir: elsewhere\n")
+    before = sorted(os.listdir(work))
+    sandbox = restricted([work], extra=[entry(work / path, access) for path, access in entries])
+    done = client.run(["/bin/sh", "-c", "cat hidden/sub/ok.txt 2>/dev/null; echo ran"], cwd=str(work),
+                      sandbox=sandbox, timeout=30)
+    assert (done.returncode, done.stderr) == (0, b""), (name, done.stderr)
+    assert done.stdout.endswith(b"ran\n")
+    assert client.fs.with_sandbox(sandbox).read_file(str(work / "hidden" / "sub" / "ok.txt")) == b"ok"  # the helper
+    wait_until(lambda: sorted(os.listdir(work)) == before, timeout=10)

@@ -28,6 +28,21 @@ from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNot
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 
+class _WriteFailed(Exception):
+    """A printer's write failed: ``error``, on ``target`` (local ``name``)."""
+
+    def __init__(self, error: OSError, target: Optional[BinaryIO], name: str):
+        super().__init__(error)
+        self.error, self.target, self.name = error, target, name
+
+
+def _emit(target: Optional[BinaryIO], name: str, data: bytes) -> None:
+    try:
+        write_all(target, data)
+    except OSError as error:
+        raise _WriteFailed(error, target, name) from None
+
+
 class _OutputFailed(Exception):
     """Local stdout or stderr could not be written: the remote trees were killed; ``status`` is the exit status."""
 
@@ -57,7 +72,7 @@ class LinePrinter:
                 self._write((host, is_err), b"".join(lines_with(host, [rest])))
 
     def _write(self, key: Tuple[str, bool], data: bytes) -> None:
-        write_all(self.err if key[1] else self.out, data)
+        _emit(self.err if key[1] else self.out, "stderr" if key[1] else "stdout", data)
 
 
 class BlockPrinter:
@@ -75,7 +90,7 @@ class BlockPrinter:
             data = b"".join(self.kept.pop((host, is_err), []))
             if data or not is_err:
                 ending = b"" if not data or data.endswith(b"\n") else b"\n"
-                write_all(target, b"=== " + host.encode() + b" ===\n" + data + ending)
+                _emit(target, "stderr" if is_err else "stdout", b"=== " + host.encode() + b" ===\n" + data + ending)
 
 
 def lines_with(host: str, lines: List[bytes]):
@@ -131,18 +146,16 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 if host in running.processes:  # lost mid-run: what it printed so far
                     printer.finish(host)
             elif isinstance(event, OutputEvent):
-                try:
-                    printer.output(host, event.stream, event.data)
-                except OSError as error:
-                    running.terminate()
-                    raise _OutputFailed(output_failed(error, printer.err if event.stream == "stderr"
-                                                      else printer.out)) from None
+                printer.output(host, event.stream, event.data)
             elif isinstance(event, ExitedEvent):
                 exits[host] = event.exit_code
             elif isinstance(event, ClosedEvent):
                 code = exits.get(host, -1)
                 statuses[host] = (code if 0 <= code < 256 else EXIT_DISCONNECTED, "")
                 printer.finish(host)
+    except _WriteFailed as failed:  # any write, a host's last line or block included
+        running.terminate()
+        raise _OutputFailed(output_failed(failed.error, failed.target, failed.name)) from None
     finally:
         restore(installed)
     return statuses

@@ -39,8 +39,9 @@ def write_all(target: Optional[BinaryIO], data: bytes) -> None:
     target.flush()
 
 
-def output_failed(error: OSError, target: Optional[BinaryIO], command: str = "run") -> int:
-    """The exit status for a failed write of ``target`` (see the module's text); says why unless a pipe closed.
+def output_failed(error: OSError, target: Optional[BinaryIO], name: str = "stdout", command: str = "run") -> int:
+    """The exit status for a failed write of ``target`` (local ``name``: ``stdout`` or ``stderr``, see the module's
+    text); one line on stderr says why, unless a pipe closed or stderr itself is gone.
 
     The descriptor is pointed at the null device, so that the interpreter's
     last flush at exit fails no more.
@@ -52,12 +53,14 @@ def output_failed(error: OSError, target: Optional[BinaryIO], command: str = "ru
         pass
     if isinstance(error, BrokenPipeError):
         return EXIT_BROKEN_PIPE
-    name = "stderr" if target is not None and target is binary(sys.stderr) else "stdout"
-    try:
-        print("exec-server %s: cannot write to %s: %s; the remote command was killed"
-              % (command, name, error.strerror or error), file=sys.stderr, flush=True)
-    except (OSError, ValueError, AttributeError):  # stderr is gone too
-        pass
+    err = binary(sys.stderr)
+    if name != "stderr" and err is not None:
+        line = "exec-server %s: cannot write to %s: %s; the remote command was killed\n" % (
+            command, name, error.strerror or error)
+        try:
+            write_all(err, line.encode("utf-8", "backslashreplace"))
+        except OSError:  # stderr fails too: the status says it
+            pass
     return EXIT_OUTPUT_FAILED
 
 

@@ -254,7 +254,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                         write_all(target, event.data)
                     except OSError as error:  # `| head -1`, `>&-`, `> /dev/full`: the tree is killed
                         _quietly(lambda: process.kill(timeout=KILL_WAIT))
-                        return output_failed(error, target)
+                        return output_failed(error, target, event.stream if event.stream == "stderr" else "stdout")
                 elif isinstance(event, ExitedEvent):
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):

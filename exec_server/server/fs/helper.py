@@ -24,7 +24,7 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from exec_server.protocol.errors import InternalError, RpcError
-from exec_server.server.fs.mount_points import first_missing
+from exec_server.server.fs.mount_points import MOUNT_POINTS
 from exec_server.server.fs.sandbox import SandboxPolicy
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     writable folder gets /dev/null on its first missing component, which is
     appended to ``mount_points`` (:mod:`~exec_server.server.fs.mount_points`:
     the caller counts and removes them); without it such an entry is skipped
-    (the fs helper checks every path against the policy itself).  ``python`` also binds this interpreter, the
+    (the fs helper checks every path against the policy itself); build it
+    under ``MOUNT_POINTS.lock`` then (see that module).  ``python`` also binds this interpreter, the
     fs_helper package and :data:`LIBRARY_BINDS` read-only (for the helper).  ``new_session`` detaches
     from the controlling terminal (off for PTY processes);
     ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
@@ -149,10 +150,19 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
             from exec_server.protocol.uris import uri_to_path
 
             binds.append((os.path.realpath(uri_to_path(path)), access))
-    writable = [path for path, access in binds if access == "write" and os.path.isdir(path)]
-    for path, access in sorted(binds, key=lambda item: (len(item[0]), item[1] != "none")):
-        if not os.path.exists(path):
-            missing = first_missing(path, writable) if mount_points is not None and access != "write" else None
+    ordered = sorted(binds, key=lambda item: (len(item[0]), item[1] != "none"))  # bubblewrap applies them in turn
+    applied = [(path, access) for path, access in ordered if os.path.exists(path)]
+
+    def writable(folder: str) -> bool:  # the last applied bind above a folder decides what it is
+        decided = [access for path, access in applied if folder == path or folder.startswith(path.rstrip("/") + "/")]
+        return bool(decided) and decided[-1] == "write"
+
+    masks = []  # the none folders' tmpfs, made read-only once every bind below them is in place
+    for path, access in ordered:
+        if not os.path.exists(path) or (mount_points is not None and not MOUNT_POINTS.exists(path)):
+            # missing, or one of our mount point files: this sandbox binds it too, and is counted
+            missing = (MOUNT_POINTS.first_missing(path, writable)
+                       if mount_points is not None and access != "write" else None)
             if missing is not None and missing not in mount_points:
                 command += ["--ro-bind", "/dev/null", missing]  # nothing can be created there or below
                 mount_points.append(missing)
@@ -162,9 +172,11 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
         elif access == "read":
             command += ["--ro-bind", path, path]
         elif os.path.isdir(path):
-            command += ["--tmpfs", path, "--remount-ro", path]  # empty, and writes fail rather than vanish
+            command += ["--tmpfs", path]
+            masks += ["--remount-ro", path]  # empty, and writes fail rather than vanish
         else:
             command += ["--ro-bind", "/dev/null", path]
+    command += masks
     return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)
 
 

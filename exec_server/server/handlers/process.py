@@ -92,8 +92,9 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
     session.reserve(process_id)
     mount_points: List[str] = []  # made by bubblewrap on the host: removed once the process has closed
     try:
-        wrapper = _sandbox_wrapper(policy, params, mount_points) if policy is not None else None
-        MOUNT_POINTS.acquire(mount_points)
+        with MOUNT_POINTS.lock:  # which mount point files exist, and who uses them, for this command
+            wrapper = _sandbox_wrapper(policy, params, mount_points) if policy is not None else None
+            MOUNT_POINTS.acquire(mount_points)
         on_closed = session.process_closed if not mount_points else _releasing(mount_points, session.process_closed)
         env = child_environment(params["env"], params.get("envPolicy"), os.environ)
         with telemetry.child_span("process.spawn"):
