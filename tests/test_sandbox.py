@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -331,20 +332,25 @@ def test_mount_point_files_go_when_the_last_sandbox_using_them_has_closed(tmp_pa
 
     points = MountPoints()
     anywhere, nowhere = (lambda folder: True), (lambda folder: False)
-    assert points.first_missing(str(tmp_path / "a" / "b"), anywhere) == str(tmp_path / "a")
-    assert points.first_missing(str(tmp_path / "a" / "b"), nowhere) is None  # read-only there: nothing to create
-    assert points.first_missing(str(tmp_path), anywhere) is None  # it exists
     made, kept = str(tmp_path / "a"), str(tmp_path / "kept")
-    (tmp_path / "a").write_bytes(b"")  # what bubblewrap leaves on the host
-    (tmp_path / "kept").write_bytes(b"written meanwhile")
-    assert points.first_missing(str(tmp_path / "kept" / "x"), anywhere) is None  # under a file: cannot be made
-    points.acquire([made, kept])
-    assert points.first_missing(made + "/b", anywhere) == made  # ours: the next sandbox binds (and counts) it too
+    assert points.first_missing(made + "/b", anywhere) == (made, True)
+    assert points.first_missing(made + "/b", nowhere) is None  # read-only there: nothing to create
+    assert points.first_missing(str(tmp_path), anywhere) is None  # it exists
+    (tmp_path / "kept").write_bytes(b"")
+    assert points.first_missing(kept + "/x", anywhere) == (kept, False)  # under a file: the file is kept
+    points.acquire([made])  # makes the file, before bubblewrap binds on it
+    assert os.path.isfile(made) and points.first_missing(made + "/b", anywhere) == (made, True)  # ours: bound again
     points.acquire([made])
-    points.release([made, kept])
-    assert os.path.exists(made) and os.path.exists(kept)  # the second sandbox still uses it
     points.release([made])
-    assert not os.path.exists(made) and (tmp_path / "kept").read_bytes() == b"written meanwhile"
+    assert os.path.exists(made)  # the second sandbox still uses it
+    points.release([made])
+    assert not os.path.exists(made)
+    points.acquire([made])
+    os.unlink(made)
+    time.sleep(0.05)  # file times tick in jiffies: the next file's change time differs, if its inode number does not
+    (tmp_path / "a").write_bytes(b"")  # someone else's empty file at that path now
+    points.release([made])
+    assert os.path.exists(made) and os.path.exists(kept)  # only the file made is ever removed
 
 
 def entry(path, access):
@@ -389,3 +395,22 @@ def test_profiles_around_missing_or_masked_paths_start(client, roots, name, entr
     assert done.stdout.endswith(b"ran\n")
     assert client.fs.with_sandbox(sandbox).read_file(str(work / "hidden" / "sub" / "ok.txt")) == b"ok"  # the helper
     wait_until(lambda: sorted(os.listdir(work)) == before, timeout=10)
+
+
+@needs_bwrap
+def test_a_sandboxed_process_has_no_capability(client, roots):
+    """Run by a root server it would keep CAP_SYS_ADMIN, enough to unmount its binds and remount / writable."""
+    work, outside = roots
+    done = client.run(["/bin/sh", "-c", "grep CapEff /proc/self/status; mount -o remount,bind,rw / 2>/dev/null; "
+                       "echo changed > %s/secret.txt" % outside], sandbox=restricted([work]), timeout=30)
+    assert done.stdout.split() == [b"CapEff:", b"0000000000000000"], done.stdout
+    assert (outside / "secret.txt").read_bytes() == b"original"
+
+
+@needs_bwrap
+def test_a_file_above_a_protected_path_cannot_be_replaced_by_a_folder(client, roots):
+    work, _outside = roots
+    (work / "x").write_bytes(b"")  # e.g. what a killed server left, or a worktree's .git file
+    done = client.run(["/bin/sh", "-c", "rm -f x; mkdir -p x; echo secret > x/y"], cwd=str(work),
+                      sandbox=restricted([work], extra=[entry(work / "x" / "y", "none")]), timeout=30)
+    assert done.returncode != 0 and (work / "x").is_file()

@@ -113,7 +113,7 @@ def _python_roots() -> List[str]:
 
 def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap",
                        python: bool = True, new_session: bool = True, die_with_parent: bool = True,
-                       mount_points: Optional[List[str]] = None) -> List[str]:
+                       mount_points: Optional[List[str]] = None, drop_capabilities: bool = False) -> List[str]:
     """The ``bwrap`` command line that confines ``inner`` to ``policy``.
 
     Binds are ordered from the shortest path to the longest, so a more
@@ -125,7 +125,10 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     appended to ``mount_points`` (:mod:`~exec_server.server.fs.mount_points`:
     the caller counts and removes them); without it such an entry is skipped
     (the fs helper checks every path against the policy itself); build it
-    under ``MOUNT_POINTS.lock`` then (see that module).  ``python`` also binds this interpreter, the
+    under ``MOUNT_POINTS.lock`` then (see that module).  ``drop_capabilities``
+    (a process's sandbox) runs it without any capability: a server running
+    as root would otherwise hand its child CAP_SYS_ADMIN, enough to unmount
+    the binds and remount ``/`` writable.  ``python`` also binds this interpreter, the
     fs_helper package and :data:`LIBRARY_BINDS` read-only (for the helper).  ``new_session`` detaches
     from the controlling terminal (off for PTY processes);
     ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
@@ -133,6 +136,8 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     spawner thread of :mod:`~exec_server.server.process.contain`).
     """
     command = [bwrap, "--unshare-pid"]
+    if drop_capabilities:
+        command += ["--cap-drop", "ALL"]
     if new_session:
         command.append("--new-session")
     if die_with_parent:
@@ -158,14 +163,19 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
         return bool(decided) and decided[-1] == "write"
 
     masks = []  # the none folders' tmpfs, made read-only once every bind below them is in place
+    kept: List[str] = []  # files above protected paths, bound onto themselves
     for path, access in ordered:
         if not os.path.exists(path) or (mount_points is not None and not MOUNT_POINTS.exists(path)):
             # missing, or one of our mount point files: this sandbox binds it too, and is counted
-            missing = (MOUNT_POINTS.first_missing(path, writable)
-                       if mount_points is not None and access != "write" else None)
-            if missing is not None and missing not in mount_points:
-                command += ["--ro-bind", "/dev/null", missing]  # nothing can be created there or below
-                mount_points.append(missing)
+            found = (MOUNT_POINTS.first_missing(path, writable)
+                     if mount_points is not None and access != "write" else None)
+            if found is not None and found[0] not in mount_points and found[0] not in kept:
+                if found[1]:
+                    command += ["--ro-bind", "/dev/null", found[0]]  # nothing can be created there or below
+                    mount_points.append(found[0])
+                else:  # a file above it: kept a file (read-only, not removable), so no folder replaces it
+                    command += ["--ro-bind", found[0], found[0]]
+                    kept.append(found[0])
             continue
         if access == "write":
             command += ["--bind", path, path]

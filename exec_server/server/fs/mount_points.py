@@ -6,57 +6,87 @@ can only bind what exists).  :meth:`MountPoints.first_missing` finds the
 first component of such a path that does not exist;
 :func:`~exec_server.server.fs.helper.bubblewrap_command` binds ``/dev/null``
 read-only on it, as ``codex-linux-sandbox`` does, so nothing can be created
-there or below (``Not a directory``, ``Read-only file system``).  To mount
-it, bubblewrap creates an empty file at that path on the host.
+there or below (``Not a directory``, ``Read-only file system``) and the
+process cannot remove it (a mount point: ``Device or resource busy``).
+Where the path lies under a file instead (a worktree's ``.git``), that file
+is bound read-only onto itself, so it cannot be replaced by a folder.
 
-:data:`MOUNT_POINTS` counts the sandboxes using each such file, and counts
-that file as missing for the next sandbox too (so that one binds it as well
-and is counted: removing a file mounted in another namespace takes the
-mount away there).  The file is removed when the last sandbox using it has
-closed, if it is still an empty regular file.  A server killed meanwhile
-(SIGKILL) leaves those empty files behind.  Build a command and
-:meth:`~MountPoints.acquire` its mount points under :attr:`MountPoints.lock`.
+:meth:`MountPoints.acquire` makes each mount point file itself (empty, mode
+0444) before the sandbox starts and remembers its identity; the file counts
+as missing for the next sandbox too (so that one binds it as well, and is
+counted: removing a file mounted in another namespace takes the mount away
+there).  :meth:`~MountPoints.release` removes the file when the last sandbox
+using it has closed, if it is still the file made then.  Left behind: the
+files of a server killed with SIGKILL, and one whose folder a sandboxed
+process renamed (a path bind holds a path, not a folder: a process that may
+rename the folders above a protected path can move it away, as with
+``codex-linux-sandbox``).  Build a command and acquire its mount points
+under :attr:`MountPoints.lock`.
 """
 
 import os
-import stat
 import threading
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 
 class MountPoints:
-    """How many running sandboxes use each mount point file; thread-safe (under :attr:`lock`)."""
+    """The mount point files of running sandboxes, and how many use each; thread-safe (under :attr:`lock`)."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._users: Dict[str, int] = {}
+        self._made: Dict[str, Tuple[int, int, int]] = {}  # path -> identity of the file acquire made
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists for a new sandbox: one of our mount point files does not."""
         with self.lock:
             return path not in self._users and os.path.lexists(path)
 
-    def first_missing(self, path: str, writable: Callable[[str], bool]) -> Optional[str]:
-        """The first component of ``path`` (absolute, free of ``..``) that does not exist, if the folder above
-        it exists and ``writable(folder)`` (where the process could create it); else None."""
+    def first_missing(self, path: str, writable: Callable[[str], bool]) -> Optional[Tuple[str, bool]]:
+        """What keeps ``path`` (absolute, free of ``..``) from being made, if the process could make it.
+
+        Returns:
+            ``(mount point, True)``: the first missing component, in a folder
+            ``writable(folder)`` says the process may write; ``(file, False)``:
+            a file above ``path`` in such a folder (bind it onto itself); None
+            when ``path`` exists or nothing above it can be written.
+        """
         with self.lock:
             if self.exists(path):
                 return None
             missing, parent = path, os.path.dirname(path)
             while parent != missing and not self.exists(parent):
                 missing, parent = parent, os.path.dirname(parent)
-            if not os.path.isdir(parent) or not writable(parent):  # under a file, or read-only there
-                return None
-            return missing
+            if os.path.isdir(parent):
+                return (missing, True) if writable(parent) else None
+            # under a file (a folder above is not one): the file stays, else it could become a folder
+            folder = os.path.dirname(parent)
+            return (parent, False) if os.path.isfile(parent) and writable(folder) else None
 
     def acquire(self, paths: Iterable[str]) -> None:
-        """Count one more sandbox using each of ``paths`` (before it starts)."""
+        """Count one more sandbox using each of ``paths``, making the file of one no sandbox uses yet.
+
+        A file that cannot be made (its folder is gone) is left to
+        bubblewrap, whose failure the start then reports; one made by
+        someone else meanwhile is bound but never removed.
+        """
         with self.lock:
             for path in paths:
+                if path not in self._users:
+                    try:
+                        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                                     0o444)
+                        try:
+                            info = os.fstat(fd)
+                        finally:
+                            os.close(fd)
+                        self._made[path] = _identity(info)
+                    except OSError:
+                        pass
                 self._users[path] = self._users.get(path, 0) + 1
 
     def release(self, paths: Iterable[str]) -> None:
-        """One sandbox using ``paths`` has ended: remove each that no other uses and that is an empty file."""
+        """One sandbox using ``paths`` has closed: remove each file no other uses, if it is still the one made."""
         with self.lock:
             for path in paths:
                 left = self._users.get(path, 0) - 1
@@ -64,12 +94,18 @@ class MountPoints:
                     self._users[path] = left
                     continue
                 self._users.pop(path, None)
+                made = self._made.pop(path, None)
                 try:
                     info = os.lstat(path)
-                    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+                    if made == _identity(info) and info.st_size == 0:
                         os.unlink(path)
                 except OSError:  # gone already, or its folder went: nothing to clean
                     pass
+
+
+def _identity(info: os.stat_result) -> Tuple[int, int, int]:
+    """A file's identity: device, inode, and the inode's change time (an inode number is soon reused)."""
+    return info.st_dev, info.st_ino, info.st_ctime_ns
 
 
 #: The server's mount point files (one per process: bubblewrap runs as its children).

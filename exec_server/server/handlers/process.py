@@ -90,12 +90,14 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
                             "(pip install 'exec-server[windows]')")
     session = ctx.session
     session.reserve(process_id)
-    mount_points: List[str] = []  # made by bubblewrap on the host: removed once the process has closed
+    mount_points: List[str] = []  # files made on the host for the sandbox: removed once the process has closed
+    held: List[str] = []
     try:
         with MOUNT_POINTS.lock:  # which mount point files exist, and who uses them, for this command
             wrapper = _sandbox_wrapper(policy, params, mount_points) if policy is not None else None
             MOUNT_POINTS.acquire(mount_points)
-        on_closed = session.process_closed if not mount_points else _releasing(mount_points, session.process_closed)
+            held = mount_points
+        on_closed = session.process_closed if not held else _releasing(held, session.process_closed)
         env = child_environment(params["env"], params.get("envPolicy"), os.environ)
         with telemetry.child_span("process.spawn"):
             process = ManagedProcess.spawn(
@@ -106,7 +108,7 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
             log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
                                                                    sandboxed=wrapper is not None))
     except BaseException:
-        MOUNT_POINTS.release(mount_points)
+        MOUNT_POINTS.release(held)
         session.unreserve(process_id)
         raise
     session.add(process)
@@ -137,7 +139,7 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any], moun
     if params.get("arg0") is not None:
         raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
-                              die_with_parent=True, mount_points=mount_points)
+                              die_with_parent=True, mount_points=mount_points, drop_capabilities=True)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:
