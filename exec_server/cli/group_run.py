@@ -43,14 +43,6 @@ def _emit(target: Optional[BinaryIO], name: str, data: bytes) -> None:
         raise _WriteFailed(error, target, name) from None
 
 
-class _OutputFailed(Exception):
-    """Local stdout or stderr could not be written: the remote trees were killed; ``status`` is the exit status."""
-
-    def __init__(self, status: int):
-        super().__init__(status)
-        self.status = status
-
-
 class LinePrinter:
     """Whole lines as they complete, each prefixed with ``[HOST] ``; a host's last partial line at its end."""
 
@@ -98,15 +90,12 @@ def lines_with(host: str, lines: List[bytes]):
     return (prefix + line + b"\n" for line in lines)
 
 
-def run_group(args: argparse.Namespace, urls: List[str], env: dict) -> int:
+def run_group(args: argparse.Namespace, urls: List[str], argv: List[str], env: dict) -> int:
     """Run ``args.argv`` on every host; 0 when all exited 0, else EXIT_SOME_HOSTS_FAILED.
 
     Raises:
         CommandError: a usage mistake (no command, unreadable token file).
     """
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     if not argv:
         raise CommandError("no command given (exec-server run --url A --url B -- COMMAND ...)")
     deadline = ReconnectPolicy().deadline if args.reconnect_deadline is None else args.reconnect_deadline
@@ -116,8 +105,8 @@ def run_group(args: argparse.Namespace, urls: List[str], env: dict) -> int:
         with group.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env) as running:
             try:
                 statuses = _follow(running, by_label, BlockPrinter if args.group_output else LinePrinter)
-            except _OutputFailed as failed:  # `| head -1`, `>&-`, `> /dev/full`: as for one host
-                return failed.status
+            except _WriteFailed as failed:  # `| head -1`, `>&-`, `> /dev/full`: as for one host (trees killed)
+                return output_failed(failed.error, failed.target, failed.name)
     _summary(running, statuses)
     return 0 if all(status == 0 for status, _note in statuses.values()) else EXIT_SOME_HOSTS_FAILED
 
@@ -153,9 +142,9 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 code = exits.get(host, -1)
                 statuses[host] = (code if 0 <= code < 256 else EXIT_DISCONNECTED, "")
                 printer.finish(host)
-    except _WriteFailed as failed:  # any write, a host's last line or block included
+    except _WriteFailed:  # any write, a host's last line or block included
         running.terminate()
-        raise _OutputFailed(output_failed(failed.error, failed.target, failed.name)) from None
+        raise
     finally:
         restore(installed)
     return statuses

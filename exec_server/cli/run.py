@@ -127,7 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
         if urls is not None:  # several hosts: exec_server.cli.group_run
             from exec_server.cli.group_run import run_group
 
-            return run_group(args, urls, env)
+            return run_group(args, urls, argv, env)
         return _run(args, argv, env)
     except CommandError as exc:
         return report("run", exc)
