@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from conftest import start_ours
+from conftest import all_gone, running_descendants, start_ours, wait_until
 from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, Group, GroupError, OutputEvent,
                          ReconnectPolicy)
 from exec_server.client.group import DEFAULT_MAX_WORKERS
@@ -238,3 +238,25 @@ def test_events_nobody_takes_are_bounded_and_come_later_whole(servers, monkeypat
     for url in urls:
         assert b"".join(e.data for e in seen[url] if isinstance(e, OutputEvent)) == expected
         assert isinstance(seen[url][-1], ClosedEvent)
+
+
+def test_leaving_a_start_block_or_closing_the_group_ends_what_still_runs(servers):
+    urls = [s.url for s in servers(2)]
+    with Group(urls) as group:
+        with pytest.raises(subprocess.TimeoutExpired):
+            with group.start(["sleep", "307"]) as running:
+                sleepers = wait_until(lambda: len(running_descendants(os.getpid(), ["sleep", "307"])) == 2
+                                      and running_descendants(os.getpid(), ["sleep", "307"]), timeout=20)
+                for _ in running.events(timeout=0.3):  # the README's shape: a timeout leaves the block
+                    pass
+        wait_until(lambda: all_gone(sleepers), timeout=15)  # were left for the session's 80 s
+        assert [process.returncode for process in running.processes.values()] == [137, 137]
+        assert all(not group[url]._endpoint._processes for url in urls)  # forgotten
+
+        running = group.start(["sleep", "308"])
+        sleepers = wait_until(lambda: len(running_descendants(os.getpid(), ["sleep", "308"])) == 2
+                              and running_descendants(os.getpid(), ["sleep", "308"]), timeout=20)
+        running.close()  # stops the pumps only
+        time.sleep(0.3)
+        assert not any(all_gone([p]) for p in sleepers)
+    wait_until(lambda: all_gone(sleepers), timeout=15)  # the group's clients terminated them

@@ -26,6 +26,8 @@ EVENT_POLL_INTERVAL = 0.25
 #: (one event more when none is queued); past it the pumps wait, and each handle keeps at most its
 #: ``max_buffered_output`` (then refills).
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
+#: Hosts whose processes :meth:`GroupProcesses.__exit__` kills at once (each waits up to 5 s for its ``closed``).
+MAX_PARALLEL_EXITS = 32
 
 _FINISHED = object()  # a pump's last word on the queue
 
@@ -46,7 +48,7 @@ class HostEvent:
 
 
 class GroupProcesses:
-    """The processes one :meth:`Group.start` started; a context manager (``close`` on exit).
+    """The processes one :meth:`Group.start` started; a context manager (kills what still runs on exit).
 
     Attributes:
         processes: host -> :class:`RemoteProcess`, for the hosts where it started.
@@ -181,13 +183,18 @@ class GroupProcesses:
         return self._each(lambda process: process.terminate())
 
     def close(self) -> None:
-        """Stop the pumps (each within :data:`EVENT_POLL_INTERVAL`) and forget the handles.
+        """Stop the pumps (each within :data:`EVENT_POLL_INTERVAL`) and forget the handles that closed.
 
-        The remote processes are not killed: call :meth:`terminate` first to end them.
+        Processes still running are not killed here and stay their client's:
+        closing the :class:`Group` (or their ``Client``) terminates them.
+        Call :meth:`terminate` first to end them now, or leave the ``with``
+        block, which does.
         """
         self._stop.set()
         self._pool.shutdown(wait=True)
         for process in self.processes.values():
+            if not process.done:
+                continue
             try:
                 process.client.forget(process)
             except Exception:  # a client of another kind
@@ -197,10 +204,27 @@ class GroupProcesses:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        """Stop the pumps, then leave each handle's ``with`` block, all hosts at once.
+
+        As :meth:`RemoteProcess.__exit__ <exec_server.client.process.RemoteProcess.__exit__>`
+        does: a tree that has not closed is killed (up to 5 s per host for the
+        kill and its ``closed``, the hosts in parallel), then the handle is
+        forgotten.  Errors of lost connections are ignored.
+        """
         self.close()
+        running = [process for process in self.processes.values() if not process.done]
+        if not running:
+            return
+        with ThreadPoolExecutor(max_workers=min(len(running), MAX_PARALLEL_EXITS),
+                                thread_name_prefix="exec-server-group-exit") as pool:
+            for outcome in [pool.submit(process.__exit__, None, None, None) for process in running]:
+                try:
+                    outcome.result()
+                except Exception:  # a client of another kind
+                    pass
 
     def __repr__(self) -> str:
         return "<GroupProcesses %d started, %d failed>" % (len(self.processes), len(self.errors))
 
 
-__all__: List[str] = ["GroupProcesses", "HostEvent", "EVENT_POLL_INTERVAL"]
+__all__: List[str] = ["GroupProcesses", "HostEvent", "EVENT_POLL_INTERVAL", "MAX_PARALLEL_EXITS"]
