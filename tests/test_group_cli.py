@@ -1,5 +1,6 @@
 """``exec-server run`` and ``cp`` with several hosts: [HOST] prefixes, --group-output, summary, exit status."""
 
+import io
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import start_ours
+from exec_server.cli.group_run import MAX_LINE_BYTES, LinePrinter
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED, GROUP_PARALLEL
 from exec_server.client.group import DEFAULT_MAX_WORKERS
 from faultproxy import FaultProxy
@@ -155,3 +157,32 @@ def test_cp_to_and_from_several_hosts(three, refusing, tmp_path):
     assert done.returncode == 123 and done.stderr.decode().count("exec-server cp: ") == 3
     done = run_cli("cp", *url_options(urls), str(source), str(tmp_path / "local"))
     assert done.returncode == 2 and b"one side must be remote" in done.stderr
+
+
+def test_a_line_longer_than_the_limit_is_printed_in_pieces(three):
+    urls, labels = three
+    # 200000 x, a newline, 3 short lines, then 70000 y without a newline; the x line arrives in many chunks
+    script = "head -c 200000 /dev/zero | tr '\\0' x; printf '\\na\\n\\nb\\n'; head -c 70000 /dev/zero | tr '\\0' y"
+    done = run_cli("run", *url_options(urls[:2]), "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    limit = MAX_LINE_BYTES
+    expected = (["x" * limit] * 3 + ["x" * (200000 - 3 * limit), "a", "", "b"]
+                + ["y" * limit, "y" * (70000 - limit)])
+    for label in labels[:2]:
+        mine = [line[len(label) + 3:] for line in done.stdout.decode().splitlines()
+                if line.startswith("[%s] " % label)]
+        assert mine == expected
+
+
+def test_line_printer_holds_at_most_a_line_limit_and_scans_each_chunk_once():
+    out = io.BytesIO()
+    printer = LinePrinter(out, io.BytesIO())
+    for _ in range(300):
+        printer.output("h", "stdout", b"z" * 1000)
+        assert len(printer.partial[("h", False)]) < MAX_LINE_BYTES
+    printer.output("h", "stdout", b"\nlast")
+    printer.finish("h")
+    lines = out.getvalue().split(b"\n")
+    assert lines[-1] == b"" and lines[-2] == b"[h] last"
+    assert b"".join(line[4:] for line in lines[:-2]) == b"z" * 300000
+    assert [len(line) for line in lines[:-2]] == [4 + MAX_LINE_BYTES] * 4 + [4 + 300000 - 4 * MAX_LINE_BYTES]

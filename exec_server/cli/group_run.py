@@ -15,7 +15,7 @@ import argparse
 import signal
 import sys
 import threading
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
@@ -43,17 +43,34 @@ def _emit(target: Optional[BinaryIO], name: str, data: bytes) -> None:
         raise _WriteFailed(error, target, name) from None
 
 
+#: Bytes of one output line that ``run`` on several hosts holds before it prints them as a line of their own:
+#: a longer line is printed in pieces of this size, each prefixed with its host and ended by a newline.
+MAX_LINE_BYTES = 64 * 1024
+
+
 class LinePrinter:
-    """Whole lines as they complete, each prefixed with ``[HOST] ``; a host's last partial line at its end."""
+    """Whole lines as they complete, each prefixed with ``[HOST] ``; a host's last partial line at its end.
+
+    A line over :data:`MAX_LINE_BYTES` is printed in pieces of that size, so
+    memory stays bounded and each chunk is scanned once.
+    """
 
     def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]):
         self.out, self.err = out, err
-        self.partial: Dict[Tuple[str, bool], bytes] = {}
+        self.partial: Dict[Tuple[str, bool], bytearray] = {}
 
     def output(self, host: str, stream: str, data: bytes) -> None:
         key = (host, stream == "stderr")
-        *lines, rest = (self.partial.get(key, b"") + data).split(b"\n")
-        self.partial[key] = rest
+        pending = self.partial.setdefault(key, bytearray())
+        searched = len(pending)
+        pending += data
+        end = pending.rfind(b"\n", searched)
+        lines = pending[:end].split(b"\n") if end >= 0 else []
+        del pending[:end + 1]
+        whole = len(pending) - len(pending) % MAX_LINE_BYTES
+        if whole:
+            lines.append(pending[:whole])
+            del pending[:whole]
         if lines:
             self._write(key, b"".join(lines_with(host, lines)))
 
@@ -85,9 +102,12 @@ class BlockPrinter:
                 _emit(target, "stderr" if is_err else "stdout", b"=== " + host.encode() + b" ===\n" + data + ending)
 
 
-def lines_with(host: str, lines: List[bytes]):
+def lines_with(host: str, lines: List[bytes]) -> Iterator[bytes]:
+    """Each line prefixed with ``[HOST] `` and ended by a newline; one over :data:`MAX_LINE_BYTES` in pieces."""
     prefix = b"[" + host.encode() + b"] "
-    return (prefix + line + b"\n" for line in lines)
+    for line in lines:
+        for start in range(0, max(len(line), 1), MAX_LINE_BYTES):
+            yield prefix + line[start:start + MAX_LINE_BYTES] + b"\n"
 
 
 def run_group(args: argparse.Namespace, urls: List[str], argv: List[str], env: dict) -> int:
