@@ -1,6 +1,7 @@
 """Group: several local servers on loopback ports driven at once, each host's outcome its own."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from conftest import all_gone, running_descendants, start_ours, wait_until
 from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, Group, GroupError, OutputEvent,
                          ReconnectPolicy)
 from exec_server.client.group import DEFAULT_MAX_WORKERS
-from exec_server.client.group_fs import host_dirname
+from exec_server.client.group_fs import host_dirname, host_dirnames
 from exec_server.server.auth import CapabilityToken
 from faultproxy import FaultProxy
 
@@ -260,3 +261,21 @@ def test_leaving_a_start_block_or_closing_the_group_ends_what_still_runs(servers
         time.sleep(0.3)
         assert not any(all_gone([p]) for p in sleepers)
     wait_until(lambda: all_gone(sleepers), timeout=15)  # the group's clients terminated them
+
+
+def test_fs_get_keeps_hosts_of_one_directory_name_apart(servers, tmp_path):
+    urls = [s.url for s in servers(2)]
+    source = tmp_path / "app.log"
+    source.write_bytes(b"log\n")
+    with Group({"web 1": urls[0], "web_1": urls[1], "Web_1": urls[0] + "/?x"}) as group:
+        got = group.fs.get(source, tmp_path / "logs")
+    assert got.ok and len(set(got.values())) == 3  # all three wrote ./logs/web_1/app.log
+    for host, path in got.items():
+        assert path == str(tmp_path / "logs" / host_dirnames(group.hosts)[host] / "app.log")
+        with open(path, "rb") as downloaded:
+            assert downloaded.read() == b"log\n"
+    names = host_dirnames(["web 1", "web_1", "Web_1", "ws://a:1/p", "ws://a:1/q", "solo"])
+    assert names["solo"] == "solo" and names == host_dirnames(["web 1", "web_1", "Web_1", "ws://a:1/p", "ws://a:1/q",
+                                                               "solo"])  # the same directories run after run
+    assert len({name.casefold() for name in names.values()}) == 6
+    assert all(re.fullmatch(r"(web_1|Web_1|a_1)_[0-9a-f]{8}", name) for host, name in names.items() if host != "solo")

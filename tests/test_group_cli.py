@@ -121,6 +121,10 @@ def test_usage_mistakes_are_one_line(three, tmp_path):
         (["run", *url_options(urls[:2]), "--stdin", "--", "true"], b"--stdin needs a single host"),
         (["run", "--url", urls[0], "--url", "http://x", "--", "true"], b"not a server URL"),
         (["run", "--url", urls[0], "--url", urls[0], "--", "true"], b"host given twice"),
+        (["run", "--url", urls[0], "--url", urls[0] + "/", "--", "true"], b"host given twice"),
+        (["run", "--url", urls[0], "--url", "WS" + urls[0][2:], "--", "true"], b"host given twice"),
+        (["run", "--url", "ws://localhost", "--url", "ws://LOCALHOST:80/", "--", "true"], b"host given twice"),
+        (["run", "--url", urls[0], "--url", "ws://127.0.0.1:99999", "--", "true"], b"not a server URL"),
         (["run", "--hosts", str(tmp_path / "absent"), "--", "true"], b"cannot read the hosts file"),
         (["run", *url_options(urls[:2])], b"no command given"),
         (["run", *url_options(urls[:2]), "--parallel", "0", "--", "true"], b"invalid value"),
@@ -186,3 +190,14 @@ def test_line_printer_holds_at_most_a_line_limit_and_scans_each_chunk_once():
     assert lines[-1] == b"" and lines[-2] == b"[h] last"
     assert b"".join(line[4:] for line in lines[:-2]) == b"z" * 300000
     assert [len(line) for line in lines[:-2]] == [4 + MAX_LINE_BYTES] * 4 + [4 + 300000 - 4 * MAX_LINE_BYTES]
+
+
+def test_cp_from_hosts_of_one_directory_name_keeps_each_apart(three, tmp_path):
+    urls, labels = three
+    (tmp_path / "app.log").write_bytes(b"log\n")
+    same_port = [urls[0] + "/?a", urls[0] + "/?b"]  # labelled by their whole URLs, one host_dirname
+    done = run_cli("cp", *url_options(same_port), ":" + str(tmp_path / "app.log"), str(tmp_path / "got"))
+    assert done.returncode == 0, done.stderr
+    folders = sorted(p.name for p in (tmp_path / "got").iterdir())
+    assert len(folders) == 2 and all(re.fullmatch(r"127\.0\.0\.1_\d+_[0-9a-f]{8}", name) for name in folders), folders
+    assert all((tmp_path / "got" / name / "app.log").read_bytes() == b"log\n" for name in folders)

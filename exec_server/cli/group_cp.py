@@ -3,7 +3,7 @@
 ``:PATH`` means that path on every host: ``cp ./f :/srv/f`` uploads to
 each, ``cp :/var/log/app.log ./logs`` downloads each host's file to
 ``./logs/HOST/app.log`` (HOST is ``host_port``, see
-:func:`~exec_server.client.group_fs.host_dirname`), ``cp :/a :/b`` copies on
+:func:`~exec_server.client.group_fs.host_dirnames`), ``cp :/a :/b`` copies on
 each host.  Hosts are worked on ``--parallel`` at a time, without progress
 lines.  Every failed host gets one line on stderr; the status is 0 when all
 succeeded, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
@@ -21,7 +21,7 @@ from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
 from exec_server.cli.output import END_SIGNALS, handle, restore
 from exec_server.client.api import Client
-from exec_server.client.group_fs import host_dirname
+from exec_server.client.group_fs import host_dirnames
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 
@@ -78,17 +78,19 @@ def copy_group(args: argparse.Namespace, urls: List[str]) -> int:
         if not os.path.isfile(source):
             raise CommandError("no such file", source)
 
+    by_label = labels(urls)
+    folders = host_dirnames(list(by_label))
+
     def copy_one(host: str, client: Client) -> None:
         if remote_source and remote_destination:
             client.fs.copy(source[1:], destination[1:], recursive=True)
         elif remote_destination:
             upload(client.fs, source, destination[1:], _silent)
         else:
-            folder = os.path.join(destination, host_dirname(host))
+            folder = os.path.join(destination, folders[host])
             os.makedirs(folder, exist_ok=True)
             download(client.fs, source[1:], folder, _silent)
 
-    by_label = labels(urls)
     with open_group(args, urls, "exec-server-cp") as group:
         result = group.map(copy_one)
     for host, error in result.failed.items():

@@ -40,13 +40,28 @@ def group_urls(args: argparse.Namespace) -> Optional[List[str]]:
         raise CommandError("no hosts in the hosts file", hosts_file)
     seen = set()
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise CommandError("not a server URL, want ws://HOST:PORT or wss://HOST:PORT", url)
-        if url in seen:
+        key = _server_key(url)
+        if key in seen:
             raise CommandError("host given twice", url)
-        seen.add(url)
+        seen.add(key)
     return urls
+
+
+def _server_key(url: str) -> tuple:
+    """What tells servers apart: scheme, host (case folded), port (80/443 when left out), path ("/" when empty).
+
+    Raises:
+        CommandError: not a ``ws://`` or ``wss://`` URL with a host (and a valid port).
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme.lower() not in ("ws", "wss") or not parts.hostname or port == -1:
+        raise CommandError("not a server URL, want ws://HOST:PORT or wss://HOST:PORT", url)
+    scheme = parts.scheme.lower()
+    return (scheme, parts.hostname, port or (443 if scheme == "wss" else 80), parts.path or "/", parts.query)
 
 
 def read_hosts_file(path: str) -> List[str]:

@@ -9,10 +9,12 @@ host -> the value, or the exception that host raised.
     group.fs.read_file("/etc/hostname")              # host -> bytes
 """
 
+import hashlib
 import os
 import re
 import tempfile
-from typing import Any, Callable, Dict, Union
+from collections import Counter
+from typing import Any, Callable, Dict, Sequence, Union
 from urllib.parse import urlsplit
 
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
@@ -32,6 +34,29 @@ def host_dirname(host: str) -> str:
     name = urlsplit(host).netloc if "://" in host else host
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name or host)
     return "_" + safe if safe in (".", "..") else safe
+
+
+def host_dirnames(hosts: Sequence[str]) -> Dict[str, str]:
+    """host -> a directory name of its own: :func:`host_dirname`, unless two hosts share it.
+
+    Hosts whose names would be one directory (``web 1`` and ``web_1``,
+    URLs differing only in their path, names differing only in case, which
+    a case-insensitive file system folds) each get ``_`` and the first 8
+    hex digits of the SHA-256 of the whole host name appended, so every
+    host's files land apart, in a directory that stays the same run after
+    run.
+
+    Raises:
+        ValueError: two hosts would still share a directory (not seen in practice).
+    """
+    names = {host: host_dirname(host) for host in hosts}
+    shared = Counter(name.casefold() for name in names.values())
+    for host, name in names.items():
+        if shared[name.casefold()] > 1:
+            names[host] = "%s_%s" % (name, hashlib.sha256(host.encode("utf-8", "surrogateescape")).hexdigest()[:8])
+    if len({name.casefold() for name in names.values()}) != len(names):
+        raise ValueError("hosts whose local directory names coincide: %s" % ", ".join(sorted(names)))
+    return names
 
 
 class GroupFileSystem:
@@ -68,14 +93,16 @@ class GroupFileSystem:
     def get(self, remote: PathLike, local_dir: PathLike) -> GroupResult:
         """Download ``remote`` from every host to ``local_dir/<host dir>/<its name>``; host -> local path.
 
-        ``<host dir>`` is :func:`host_dirname` of the host; directories are
+        ``<host dir>`` is :func:`host_dirname` of the host (with a suffix
+        where two hosts share one: :func:`host_dirnames`); directories are
         created as needed and each file is written to a temporary file and
         renamed into place when complete.
         """
         name = os.path.basename(os.fspath(remote).rstrip("/")) or "file"
+        folders = host_dirnames(self._group.hosts)
 
         def get_one(host: str, fs: FileSystem) -> str:
-            folder = os.path.join(os.fspath(local_dir), host_dirname(host))
+            folder = os.path.join(os.fspath(local_dir), folders[host])
             os.makedirs(folder, exist_ok=True)
             target = os.path.join(folder, name)
             handle, temporary = tempfile.mkstemp(prefix="." + name + ".", dir=folder)
