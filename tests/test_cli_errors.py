@@ -162,6 +162,10 @@ def test_run_help_lists_the_exit_statuses():
     (["--listen", "ws://127.0.0.1:0", "--detached-session-ttl", "inf"],
      "exec-server: --detached-session-ttl must be a finite number of seconds, 0 or more"),
     (["--listen", "stdio", "--max-sessions", "0"], "exec-server: --max-sessions must be at least 1"),
+    (["--listen", "stdio", "--spool-dir", "/no/such/spool"],  # every process's output past 1 MiB went unspooled
+     "exec-server: --spool-dir /no/such/spool: No such file or directory"),
+    (["--listen", "ws://127.0.0.1:0", "--spool-dir", __file__],
+     "exec-server: --spool-dir %s: Not a directory" % __file__),
     (["--listen", "ws://example.com:80"],
      "exec-server: listen URL must look like ws://HOST:PORT or wss://HOST:PORT (HOST an IP address or localhost, "
      "e.g. ws://127.0.0.1:8765), got 'ws://example.com:80'"),
@@ -170,6 +174,11 @@ def test_server_start_up_mistakes_are_worded_for_people(args, message):
     done = run_cli(*args)
     assert done.returncode == 2
     assert one_line(done) == message
+
+
+def test_a_spool_dir_is_not_needed_when_nothing_is_spooled():
+    done = run_cli("--listen", "stdio", "--spool-dir", "/no/such/spool", "--spool-bytes-per-process", "0")
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("option, value, wanted", [

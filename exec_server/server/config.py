@@ -8,6 +8,8 @@ exec-server reference's values where it has one (PROTOCOL.md sections 1.3,
 imports ``inspect`` (~9 ms), which no other start-up path needs.
 """
 
+import errno
+import os
 from typing import NamedTuple, Optional
 
 from exec_server.common.durations import check_seconds
@@ -155,7 +157,9 @@ class ServerConfig(_Settings):
 
     Raises:
         TypeError: a setting of no such name.
-        ValueError: a value out of its range (the message names the field).
+        ValueError: a value out of its range (the message names the field), or a
+            ``spool_dir`` that is not a directory this process can write in
+            (unless ``spool_bytes_per_process`` is 0).
     """
 
     __slots__ = ()
@@ -185,5 +189,12 @@ class ServerConfig(_Settings):
             check_seconds(getattr(self, name), name)
         for name in ("send_timeout", "upgrade_timeout", "shutdown_timeout", "tls_handshake_timeout"):
             check_seconds(getattr(self, name), name, positive=True)
+        if self.spool_dir is not None and self.spool_bytes_per_process:
+            # checked now: else, past its first MiB, every process's output would be kept in memory only
+            if not os.path.isdir(self.spool_dir):
+                missing = errno.ENOTDIR if os.path.exists(self.spool_dir) else errno.ENOENT
+                raise ValueError("spool_dir %s: %s" % (self.spool_dir, os.strerror(missing)))
+            if not os.access(self.spool_dir, os.W_OK | os.X_OK):
+                raise ValueError("spool_dir %s: %s" % (self.spool_dir, os.strerror(errno.EACCES)))
         if self.keepalive_timeout and self.ping_interval and self.keepalive_timeout <= self.ping_interval:
             raise ValueError("keepalive_timeout must exceed ping_interval (a live peer needs a Ping to answer)")
