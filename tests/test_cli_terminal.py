@@ -149,3 +149,18 @@ def test_run_tty_follows_a_resize(listening):  # noqa: F811
     finally:
         status, output = terminal.finish()
     assert status == 0, output
+
+
+def test_run_tty_from_a_terminal_without_termios_is_a_usage_error():
+    """A Windows console (no termios): it started the command, then ended in an ImportError traceback."""
+    master, slave = pty.openpty()
+    code = ("import sys; sys.modules['termios'] = None; from exec_server.cli import console_main; "
+            "sys.argv = ['exec-server', 'run', '--tty', '--', 'true']; console_main()")
+    try:
+        done = subprocess.run([CLI[0], "-c", code], stdin=slave, capture_output=True, timeout=30)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert done.returncode == 2, done
+    assert done.stderr.decode().splitlines() == [
+        "exec-server run: --tty with a terminal needs termios (POSIX); on Windows pipe the input in"]

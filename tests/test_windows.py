@@ -13,7 +13,7 @@ import pytest
 
 from conftest import pid_alive, wait_until
 from exec_server.common import tree as process_tree
-from exec_server.server.process import managed, spawn as processes
+from exec_server.server.process import guardian, managed, spawn as processes
 from exec_server.server.config import ServerConfig
 
 
@@ -81,10 +81,11 @@ def test_spawn_uses_a_new_process_group(monkeypatch):
         def __init__(self, args, **kwargs):
             seen["args"], seen["kwargs"] = args, kwargs
 
+    guardian.marker_prefix()  # the real guardian starts before Popen is faked
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
     monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
     process = managed.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
-                                           ServerConfig(), lambda *texts: None, lambda p: None)
+                                           ServerConfig(pid_namespace="inherit"), lambda *texts: None, lambda p: None)
     assert process.pid == 31337
     assert seen["kwargs"]["creationflags"] == process_tree.CREATE_NEW_PROCESS_GROUP == 0x00000200
     assert "start_new_session" not in seen["kwargs"]
@@ -106,3 +107,67 @@ def test_service_command_is_windows_only():
                           timeout=30, stdin=subprocess.DEVNULL)
     assert done.returncode == 2
     assert b"Windows-only" in done.stderr
+
+
+def test_spawn_gives_windows_the_program_found_in_the_child_path(monkeypatch, tmp_path):
+    """CreateProcess looks an application name up in the current folder alone: `cmd` was os error 2."""
+    seen = {}
+
+    class FakePopen:
+        pid = 31338
+        stdout = stderr = stdin = None
+        returncode = None
+
+        def __init__(self, args, **kwargs):
+            seen["args"], seen["kwargs"] = args, kwargs
+
+    tool = tmp_path / "bin" / "tool"
+    tool.parent.mkdir()
+    tool.write_bytes(b"#!/bin/sh\n")
+    tool.chmod(0o755)
+    guardian.marker_prefix()  # the real guardian starts before Popen is faked
+    monkeypatch.setattr(processes, "IS_WINDOWS", True)
+    monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
+    managed.ManagedProcess.spawn("w2", ["tool", "/c", "ver"], "/", {"PATH": str(tool.parent)}, False, False, None,
+                                 ServerConfig(pid_namespace="inherit"), lambda *texts: None, lambda p: None)
+    assert seen["kwargs"]["executable"] == str(tool)
+    assert seen["args"] == ["tool", "/c", "ver"]
+
+
+def test_marked_process_is_killed_without_process_groups(monkeypatch):
+    """Windows has no getpgid/killpg: the guardian's sweep raised AttributeError and left the process."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in ("getpgid", "getpgrp", "getsid", "killpg"):
+            monkeypatch.delattr(guardian.os, name, raising=False)
+        guardian.kill_with_group(psutil.Process(child.pid))
+        assert child.wait(10) != 0
+    finally:
+        monkeypatch.undo()
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+
+
+def test_stdio_server_sees_its_parent_die_without_reparenting(monkeypatch):
+    """Windows never gives an orphan another parent: comparing os.getppid() could not see the parent go."""
+    from exec_server.server import stdio
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setattr(sys, "platform", "win32")
+        alive = stdio._parent_check(parent.pid)
+        monkeypatch.undo()
+        assert alive()
+        parent.kill()
+        parent.wait(10)
+        assert not alive()
+    finally:
+        monkeypatch.undo()
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+    monkeypatch.setattr(sys, "platform", "win32")
+    gone = stdio._parent_check(parent.pid)  # already gone at start
+    monkeypatch.undo()
+    assert not gone()

@@ -61,6 +61,20 @@ class _RawTerminal:
         self.fd = fd
         self.saved = None
 
+    @staticmethod
+    def available() -> bool:
+        """False where stdin is a terminal that cannot be put in raw mode (no ``termios``: Windows)."""
+        try:
+            if not os.isatty(sys.stdin.fileno()):
+                return True
+        except (AttributeError, OSError, ValueError):  # no stdin, or a closed one: nothing to put in raw mode
+            return True
+        try:
+            import termios  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
     def __enter__(self) -> "_RawTerminal":
         if os.isatty(self.fd):
             import termios
@@ -138,6 +152,8 @@ def _run(args: argparse.Namespace, argv: List[str], env: dict) -> int:
         raise CommandError("no command given (exec-server run -- COMMAND ...)")
     if args.url and args.via:
         raise CommandError("give --url or --via, not both")
+    if args.tty and not _RawTerminal.available():
+        raise CommandError("--tty with a terminal needs termios (POSIX); on Windows pipe the input in")
     server = None
     try:
         if args.url is None and args.via is None:

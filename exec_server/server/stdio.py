@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Callable, Optional, Union
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.server.config import ServerConfig
@@ -175,13 +175,36 @@ def _exit_now(connection: StdioConnection) -> None:
 def _watch_parent(connection: StdioConnection, parent: int, stdin_fd: int) -> None:
     """End the server when its parent dies, or when stdin's writer has hung up while stdout stays blocked."""
     hung_up = _hangup_check(stdin_fd)
+    parent_alive = _parent_check(parent)
     while not connection._done.wait(PARENT_CHECK_INTERVAL):
-        if os.getppid() != parent:
+        if not parent_alive():
             log.warning("parent process %d is gone; stopping", parent)
             _exit_now(connection)
         if connection.write_blocked_for() > HANGUP_WRITE_WAIT and hung_up():
             log.warning("stdin was closed and stdout has not been read for %.1f s; stopping", HANGUP_WRITE_WAIT)
             _exit_now(connection)
+
+
+def _parent_check(parent: int) -> Callable[[], bool]:
+    """A ``check()`` that is True while the process ``parent`` (this one's parent at start) lives.
+
+    POSIX: an orphan is given another parent, so ``os.getppid()`` changes.
+    Windows never does that: there the parent's creation time is read again
+    (psutil, loaded by this watchdog thread, not at start-up), so a PID
+    reused by another process does not pass for the parent.
+    """
+    if not sys.platform.startswith("win"):
+        return lambda: os.getppid() == parent
+    import psutil
+
+    def created() -> Optional[float]:
+        try:
+            return psutil.Process(parent).create_time()
+        except psutil.Error:
+            return None
+
+    born = created()
+    return lambda: born is not None and created() == born
 
 
 def _hangup_check(fd: int):

@@ -111,6 +111,9 @@ def kill_with_group(process) -> None:
     """
     import signal
 
+    if not hasattr(os, "killpg"):  # Windows: no POSIX process groups; the process alone
+        process.kill()
+        return
     try:
         group = os.getpgid(process.pid)
         foreign = group > 1 and group != os.getpgrp() and os.getsid(process.pid) != os.getsid(0)

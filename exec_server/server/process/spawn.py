@@ -107,7 +107,8 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
     """
     prefix = None if wrapper else prefix
     try:
-        if wrapper or prefix or "PATH" not in env:
+        if IS_WINDOWS or wrapper or prefix or "PATH" not in env:
+            # Windows: CreateProcess looks an application name up in the current folder alone
             executable = resolve_executable(argv[0], env)
         else:  # Popen's own search in the child's PATH, as execvp does (saves a lookup)
             executable = argv[0]
