@@ -6,11 +6,12 @@ resumed session can read it again, never a hang, a raw KeyError/TypeError or a c
 """
 
 import json
+import time
 
 import pytest
 
 from conftest import wait_until
-from exec_server import Client, ExecServerDisconnected, ProcessOutputGap, ReconnectPolicy
+from exec_server import Client, ExecServerDisconnected, OutputEvent, ProcessOutputGap, ReconnectPolicy
 from exec_server.client import endpoint as endpoint_module
 from exec_server.protocol import jsonrpc, wire
 from exec_server.protocol.errors import InternalError
@@ -252,3 +253,40 @@ def test_closed_without_exited_ends_a_wait(memory_server):
         process = client.start(["/bin/sh", "-c", "exit 3"])
         with pytest.raises(InternalError, match="closed process .* without reporting its exit"):
             process.wait(timeout=10)
+
+
+def test_a_slow_catch_up_holds_neither_the_client_nor_its_deadline(memory_server):
+    """A server answering each catch-up read after 1 s (a slow link, or a hostile server feeding it) kept
+    the client recovering, every call waiting, far past the policy's deadline; now the client is connected
+    once the session is resumed, and the process's output still arrives whole, in order."""
+    size = 1_500_000
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        process = client.start(["/bin/sh", "-c", "read line; sleep 0.3; head -c %d /dev/zero; exec sleep 60" % size],
+                               stdin=True)
+        process.write(b"go\n", timeout=10)
+        server.holding_downstream = True  # the output is lost on this connection: the catch-up must read it
+        wait_until(lambda: sum(len(t) for t in server.transports[-1].held if '"process/output"' in t) > size,
+                   timeout=20)
+        server.holding_downstream = False
+
+        def slow_reads(text: str) -> str:
+            if '"nextSeq"' in text:
+                time.sleep(1.0)
+            return text
+
+        server.rewrite = slow_reads
+        server.cut()
+        wait_until(lambda: client.state == "connected" and len(server.transports) >= 2, timeout=10)
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+        assert process.last_seq < 10  # the catch-up goes on (~1.5 MB at 16-64 KiB a second)
+        server.rewrite = None
+        received, seqs = 0, []
+        while received < size:
+            event = process.next_event(timeout=30)
+            assert isinstance(event, OutputEvent), event
+            received += len(event.data)
+            seqs.append(event.seq)
+        assert received == size and seqs == sorted(set(seqs))
+        process.kill()

@@ -3,14 +3,17 @@
 One logical client outlives its connections (``codex-rs/exec-server/src/
 client_recovery.rs``): when a connection drops, the client is *recovering*:
 it reconnects, resumes its session with ``initialize {resumeSessionId}``
-(retrying -32010 while the server finishes detaching), catches every process
-up with ``process/read`` from its last published seq, re-sends the reads and
+(retrying -32010 while the server finishes detaching), re-sends the reads and
 writes that were in flight, and is *connected* again.  Calls made meanwhile
 wait.  Other mutations that were in flight fail with
 :class:`RequestOutcomeUnknown` and are never replayed, except a
 ``process/start`` (:func:`start_once`).  If recovery does not succeed within
 the policy's deadline, or the server no longer knows the session, the client
-is *failed*.
+is *failed*.  Then, on a thread of its own, every process is caught up with
+``process/read`` from its last published seq: calls go on meanwhile, and a
+process's events wait for its catch-up (the live ones held behind it), so a
+slow link, or a server that keeps answering, delays that process alone and
+never holds the client past its deadline.
 """
 
 import logging
@@ -254,7 +257,6 @@ class Recovery:
         endpoint, policy = self._endpoint, self._policy
         deadline = time.monotonic() + policy.deadline
         attempt = 0
-        self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the link may have changed since the last recovery
         last_error: Optional[BaseException] = None
         while True:
             if endpoint.state != RECOVERING:
@@ -296,14 +298,31 @@ class Recovery:
                     transport.close()
                 attempt = self._back_off(attempt, deadline)
                 continue
-            if (not self._catch_up(generation, transport) or not endpoint.resend_in_flight(generation)
-                    or not endpoint.recovered(generation)):
+            if not endpoint.resend_in_flight(generation) or not endpoint.recovered(generation):
                 transport.close()  # the new connection dropped too: another round, after the backoff
                 last_error = ExecServerDisconnected("the resumed connection dropped")
                 attempt = self._back_off(attempt, deadline)
                 continue
             log.info("exec-server session %s recovered", self._session_id)
+            threading.Thread(target=self._catch_up_or_drop, args=(generation, transport),
+                             name="exec-server-client-catch-up", daemon=True).start()
             return
+
+    def _catch_up_or_drop(self, generation: int, transport: Transport) -> None:
+        """:meth:`_catch_up` after the recovery (calls go on meanwhile); a failed one ends ``transport``.
+
+        The end of that connection starts the next recovery, whose catch-up
+        reads on from each process's last published seq (a read that timed
+        out left the next one smaller).
+        """
+        try:
+            if self._catch_up(generation, transport):
+                self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the link may differ at the next recovery
+            else:
+                transport.close()
+        except Exception as exc:  # a defect: say so, and release every waiter with its cause
+            log.exception("exec-server client catch-up failed")
+            self._endpoint.fail(ExecServerDisconnected("exec-server catch-up after a reconnect failed: %r" % exc))
 
     def _back_off(self, attempt: int, deadline: float) -> int:
         """Sleep the policy's backoff after failed attempt ``attempt`` (not past ``deadline``); the next attempt."""
