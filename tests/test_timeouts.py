@@ -248,3 +248,23 @@ def test_a_start_sent_again_after_a_drop_times_out_naming_the_time_given():
         start_once(call, {"processId": "p"}, 30.0)
     assert len(attempts) == 2 and attempts[1] < 30.0
     assert (caught.value.timeout, str(caught.value)) == (30.0, "process/start: no response within 30.000 s")
+
+
+def test_run_without_a_timeout_names_the_start_timeout_it_met(memory_server, monkeypatch):
+    """run(timeout=None) during a long outage raised "timed out after None seconds" (after a hidden 30 s)."""
+    from exec_server.client import oneshot
+
+    monkeypatch.setattr(oneshot, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(oneshot, "KILL_GRACE", 0.5)
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=30.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        server.refusing = True
+        server.cut()
+        wait_until(lambda: client.state == "recovering", timeout=10)
+        with pytest.raises(CallTimeout) as caught:
+            client.run(["echo", "hi"], timeout=None)
+        assert str(caught.value) == "process/start: no response within 0.500 s"
+        server.refusing = False
+        wait_until(lambda: client.state == "connected", timeout=10)
+        assert client.run(["echo", "hi"], timeout=None).stdout == b"hi\n"

@@ -354,7 +354,10 @@ class Client:
             timeout: seconds for start, input and wait; past them the remote tree is killed (at
                 most :data:`~exec_server.client.oneshot.KILL_GRACE` s more, for the start's answer,
                 the kill and the exit together) and :class:`CallTimeout` raised, its ``stdout`` and
-                ``stderr`` the bytes received so far.  Any other error kills it too.
+                ``stderr`` the bytes received so far.  Any other error kills it too.  None: no limit
+                on the command; its start still waits at most :data:`~exec_server.client.oneshot.
+                START_TIMEOUT` (30 s) for the server's answer, as :meth:`start` does, and then raises
+                that call's :class:`CallTimeout` (``process/start: no response within 30.000 s``).
             check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
             capture_output: False passes each chunk on to this process's ``sys.stdout`` or
                 ``sys.stderr`` as it arrives (bytes, undecoded), and ``stdout``/``stderr`` are None.

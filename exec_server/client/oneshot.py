@@ -20,6 +20,7 @@ from exec_server.client.recovery import FreshId
 from exec_server.protocol.errors import InternalError, RpcError
 
 KILL_GRACE = 10.0  #: seconds a timed-out run still waits for the start answer, the kill and the exit
+START_TIMEOUT = 30.0  #: seconds a run without a timeout waits for the start answer (Client.start's default)
 INPUT_PIECE = 1 << 20  #: bytes of ``run(input=)`` per ``process/write``
 TEXT_ENCODING = "utf-8"  #: text mode's encoding when ``encoding`` is not given
 
@@ -48,7 +49,7 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
             command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
         start_options["stdin"] = True
     start_options.setdefault("max_buffered_output", None)
-    start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else 30.0
+    start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else START_TIMEOUT
     process_id = start_options.pop("process_id", None) or FreshId("proc-" + os.urandom(16).hex())
     try:
         process = client.start(command, timeout=start_timeout, process_id=process_id, **start_options)
@@ -59,9 +60,9 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
                 client.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
             except Exception:
                 pass
-        if isinstance(exc, CallTimeout):
+        if isinstance(exc, CallTimeout) and timeout is not None:  # the run's own timeout
             raise CallTimeout(argv, timeout) from None
-        raise
+        raise  # without one: the start's, which names its START_TIMEOUT
     try:
         if _remaining(deadline) == 0.0:
             raise CallTimeout(argv, timeout)
