@@ -455,3 +455,26 @@ def test_an_accept_without_descriptors_waits_instead_of_spinning():
         server.terminate()
         _out, err = server.communicate(timeout=20)
     assert err.count(b"cannot accept connections: Too many open files; they wait in the queue") == 1, err[-2000:]
+
+
+def test_one_peer_address_cannot_take_every_pending_slot(configured_server, caplog):
+    """One source trickling sockets that never upgrade took all 256 slots: /readyz and every client failed."""
+    running = configured_server(max_pending_upgrades=8, max_pending_upgrades_per_address=2, upgrade_timeout=30.0)
+    port = int(running.url.rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # accepted and waiting for a request line
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            try:
+                assert extra.recv(1) == b""  # closed unread, not after the 30 s upgrade timeout
+            except ConnectionResetError:
+                pass
+        assert "closed unread: 2 from 127.0.0.1 are already waiting for their upgrade" in caplog.text
+        # another source address (all of 127.0.0.0/8 is this host's loopback) still gets its answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert other.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in silent:
+            sock.close()
+    wait_until(lambda: _upgrades(port), timeout=10)  # the address's slots come back

@@ -19,12 +19,9 @@ from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW, ServerConfig
 #: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
 STDIO_LISTEN = ("stdio", "stdio://")
 
-#: Exit status of ``run`` when the command could not be run at all.
-EXIT_RUN_FAILED = 125
-#: Exit status of ``run`` when the connection to the server was lost.
-EXIT_DISCONNECTED = 255
-#: Exit status of a usage mistake (argparse's own).
-EXIT_USAGE = 2
+EXIT_RUN_FAILED = 125  #: Exit status of ``run`` when the command could not be run at all.
+EXIT_DISCONNECTED = 255  #: Exit status of ``run`` when the connection to the server was lost.
+EXIT_USAGE = 2  #: Exit status of a usage mistake (argparse's own).
 #: Exit status of ``run`` and ``cp`` with several hosts when at least one host failed (as GNU xargs' 123).
 EXIT_SOME_HOSTS_FAILED = 123
 #: Hosts worked on at once by ``run`` and ``cp`` with several hosts (``--parallel``); the API's default too
@@ -115,6 +112,9 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pending-upgrades", type=int, default=defaults.max_pending_upgrades, metavar="N",
                         help="TCP connections not yet upgraded to a WebSocket at once; one more is closed "
                              "unread (default %(default)s)")
+    parser.add_argument("--max-pending-upgrades-per-address", type=int,
+                        default=defaults.max_pending_upgrades_per_address, metavar="N",
+                        help="of those, from one peer address (default %(default)s)")
     parser.add_argument("--max-open-files", type=int, default=defaults.max_open_files, metavar="N",
                         help="fs/open handles per connection (default %(default)s)")
     parser.add_argument("--max-stdin-queue-bytes", type=int, default=defaults.max_stdin_queue_bytes,

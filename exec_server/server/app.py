@@ -19,7 +19,7 @@ import ssl
 import sys
 import threading
 import time
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from werkzeug.serving import ThreadedWSGIServer
@@ -100,13 +100,16 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
     """
 
     def __init__(self, host: str, port: int, app, handler, fd: Optional[int] = None,
-                 tls: Optional[ssl.SSLContext] = None, handshake_timeout: float = 10.0, max_pending: int = 256):
+                 tls: Optional[ssl.SSLContext] = None, handshake_timeout: float = 10.0, max_pending: int = 256,
+                 max_pending_per_address: int = 64):
         super().__init__(host, port, app, handler, fd=fd)
         self._connection_threads = ReusableThreads("exec-server-connection")
         self._tls = tls
         self._handshake_timeout = handshake_timeout
         self._max_pending = max_pending
-        self._pending: set = set()  # accepted sockets not yet upgraded
+        self._max_pending_per_address = max_pending_per_address
+        self._pending: Dict[Any, str] = {}  # accepted sockets not yet upgraded -> their peer's address
+        self._pending_from: Dict[str, int] = {}  # peer address -> how many of those it has
         self._pending_lock = threading.Lock()
         self._refused = 0  # connections closed at the limit since the last warning
         self._refused_warned = 0.0
@@ -129,13 +132,20 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
         return sock, address
 
     def process_request(self, request, client_address) -> None:
+        address = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         with self._pending_lock:
-            admitted = len(self._pending) < self._max_pending
-            if admitted:
-                self._pending.add(request)
-        if not admitted:
+            full = len(self._pending) >= self._max_pending
+            crowded = self._pending_from.get(address, 0) >= self._max_pending_per_address
+            if not (full or crowded):
+                self._pending[request] = address
+                self._pending_from[address] = self._pending_from.get(address, 0) + 1
+        if full:
             self._refuse(request, "%d are already waiting for their upgrade (--max-pending-upgrades)"
                          % self._max_pending)
+            return
+        if crowded:
+            self._refuse(request, "%d from %s are already waiting for their upgrade "
+                         "(--max-pending-upgrades-per-address)" % (self._max_pending_per_address, address))
             return
         try:
             self._connection_threads.run(self._serve, request, client_address)
@@ -189,7 +199,11 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
     def upgraded(self, request) -> None:
         """``request`` became a WebSocket (or ended): it no longer counts against ``max_pending``."""
         with self._pending_lock:
-            self._pending.discard(request)
+            address = self._pending.pop(request, None)
+            if address is not None:
+                left = self._pending_from.pop(address) - 1
+                if left:
+                    self._pending_from[address] = left
 
     def finish_request(self, request, client_address) -> None:
         if self._tls is not None:
@@ -229,7 +243,8 @@ class ExecServer:
         try:
             self._wsgi = _ConnectionThreadsServer(host, port, self.app, RequestHandler, listener.fileno(),
                                                   ssl_context, self.config.tls_handshake_timeout,
-                                                  self.config.max_pending_upgrades)
+                                                  self.config.max_pending_upgrades,
+                                                  self.config.max_pending_upgrades_per_address)
         finally:
             listener.close()  # werkzeug serves on its own duplicate of the descriptor
         # read by RequestHandler.setup: the time limit until the upgrade, and its timer

@@ -93,6 +93,10 @@ class _Settings(NamedTuple):
     #: request or TLS handshake in progress, /readyz), each holding a thread
     #: for up to ``upgrade_timeout``; one more is closed at once, unread.
     max_pending_upgrades: int = 256
+    #: Of those, how many one peer address may have; one more from it is
+    #: closed at once, unread (one source cannot take every slot and fail
+    #: ``/readyz`` and every other client).
+    max_pending_upgrades_per_address: int = 64
     #: Seconds without a JSON-RPC message after which a connection with
     #: nothing running may be closed for a new one at ``max_connections``.
     evict_idle_after: float = 10.0
@@ -175,8 +179,9 @@ class ServerConfig(_Settings):
     def _check(self) -> None:
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
-                     "max_sessions", "max_connections", "max_pending_upgrades", "spool_chunks_per_process",
-                     "max_read_bytes", "max_result_bytes_in_flight", "max_stdin_queue_bytes"):
+                     "max_sessions", "max_connections", "max_pending_upgrades", "max_pending_upgrades_per_address",
+                     "spool_chunks_per_process", "max_read_bytes", "max_result_bytes_in_flight",
+                     "max_stdin_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)
         if self.pid_namespace not in ("isolate", "inherit"):
