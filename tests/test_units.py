@@ -481,3 +481,40 @@ def test_a_start_failure_whose_cwd_probe_fails_or_times_out_keeps_the_servers_er
     assert isinstance(missing, WorkingDirectoryNotFound) and not missing.exists and missing.path == "/gone"
     assert isinstance(start_failure(Probed({"isDirectory": True}), refused, "prog", "/work"), ProgramNotFound)
     assert start_failure(Probed({}), errors.InvalidParams("bad"), "prog", "/work").message == "bad"
+
+
+def test_stdin_writer_keeps_writing_to_its_own_descriptor_when_the_pty_number_is_reused(tmp_path):
+    """The PTY master closed while a write waited, its number reused by another file: the queued bytes went on
+    to that file (another session's, say).  The writer now has a descriptor of its own."""
+    import threading
+    import time
+
+    from exec_server.server.process.stdin import StdinWriter
+
+    read_end, master = os.pipe()  # a pipe stands in for the PTY master: the writer blocks once it is full
+    writer = StdinWriter("p", "test-stdin", 1 << 24, lambda: False, None, lambda: os.dup(master),
+                         lambda fd, count: None)
+    writer.write(b"x" * (1 << 20), "w1")  # far more than the pipe holds: the writer waits
+    writer.write(b"SECRET", "w2")
+    time.sleep(0.3)
+    os.close(master)  # the process's own descriptor closed, and its number taken by another file
+    other = os.open(str(tmp_path / "other"), os.O_WRONLY | os.O_CREAT)
+    if other != master:
+        os.dup2(other, master)
+        os.close(other)
+    received = bytearray()
+    reader = threading.Thread(target=lambda: [received.extend(chunk) for chunk in iter(
+        lambda: os.read(read_end, 1 << 16), b"")])
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(received) < (1 << 20) + 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bytes(received).endswith(b"SECRET") and len(received) == (1 << 20) + 6
+        assert (tmp_path / "other").read_bytes() == b""
+    finally:
+        writer.stop()
+        reader.join(10)  # the writer closes its descriptor at its end: the pipe's end of file
+        os.close(master)
+        os.close(read_end)
+    assert not reader.is_alive()

@@ -58,7 +58,7 @@ class ManagedProcess:
         self._master_lock = threading.Lock()  # guards the PTY master against its close
         self._stdin = (StdinWriter(process_id, "process-%s-stdin" % self.pid, config.max_stdin_queue_bytes,
                                    lambda: self._log.exited or self._log.closed, None if tty else popen.stdin,
-                                   lambda: self._pty_master, self._pty_eof) if stdin_writable else None)
+                                   self._dup_master, send_eof) if stdin_writable else None)
         self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
         self._isolated = False  # runs under the PID-namespace init
         self._watch: Optional[watch.Watch] = None
@@ -261,10 +261,10 @@ class ManagedProcess:
             return "stdinClosed"
         return self._stdin.write(data, write_id, close)
 
-    def _pty_eof(self, fd: int, count: int) -> None:
+    def _dup_master(self) -> Optional[int]:
+        """A duplicate of the PTY master's descriptor for the stdin writer, or None once the PTY is closed."""
         with self._master_lock:  # not once the PTY is closed (its number may be reused)
-            if self._pty_master == fd:
-                send_eof(fd, count)
+            return os.dup(self._pty_master) if self._pty_master is not None else None
 
     def resize(self, rows: int, cols: int) -> None:
         """Set the PTY's window size (the child gets SIGWINCH); InvalidParams without a PTY; no-op once closed."""

@@ -44,8 +44,10 @@ class StdinWriter:
         limit: ``max_stdin_queue_bytes``, bytes.
         ended: True once the child has exited (a write then fails).
         pipe: the child's stdin pipe, or None with a PTY.
-        pty_master: the PTY master's descriptor while it is open (None once closed).
-        pty_eof: ``pty_eof(fd, count)`` writes the EOF character ``count`` times if ``fd`` is still the open master.
+        pty_master: a descriptor of the writer's own on the PTY master (a duplicate, which the
+            writer closes), or None once the PTY is closed: the process's own descriptor may be
+            closed, and its number reused by another file, while a write waits.
+        pty_eof: ``pty_eof(fd, count)`` writes the PTY's EOF character ``count`` times on ``fd``.
     """
 
     def __init__(self, process_id: str, thread_name: str, limit: int, ended: Callable[[], bool],
@@ -146,3 +148,5 @@ class StdinWriter:
                 self._queued -= len(data)
         if self._pipe is not None:
             self._close_pipe()
+        else:
+            os.close(fd)
