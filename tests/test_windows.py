@@ -70,7 +70,9 @@ def test_interrupt_sends_ctrl_break_to_the_group(monkeypatch):
     assert sent == [(777, 1)]
 
 
-def test_spawn_uses_a_new_process_group(monkeypatch):
+def spawn_as_on_windows(monkeypatch, argv, env):
+    """``ManagedProcess.spawn`` with the Windows paths taken and ``Popen`` faked; returns (process, seen):
+    ``seen`` holds the ``args`` and ``kwargs`` the fake was given."""
     seen = {}
 
     class FakePopen:
@@ -84,8 +86,13 @@ def test_spawn_uses_a_new_process_group(monkeypatch):
     guardian.marker_prefix()  # the real guardian starts before Popen is faked
     monkeypatch.setattr(processes, "IS_WINDOWS", True)
     monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
-    process = managed.ManagedProcess.spawn("w", [sys.executable, "-c", "pass"], "/", {}, False, False, None,
+    process = managed.ManagedProcess.spawn("w", argv, "/", env, False, False, None,
                                            ServerConfig(pid_namespace="inherit"), lambda *texts: None, lambda p: None)
+    return process, seen
+
+
+def test_spawn_uses_a_new_process_group(monkeypatch):
+    process, seen = spawn_as_on_windows(monkeypatch, [sys.executable, "-c", "pass"], {})
     assert process.pid == 31337
     assert seen["kwargs"]["creationflags"] == process_tree.CREATE_NEW_PROCESS_GROUP == 0x00000200
     assert "start_new_session" not in seen["kwargs"]
@@ -111,25 +118,11 @@ def test_service_command_is_windows_only():
 
 def test_spawn_gives_windows_the_program_found_in_the_child_path(monkeypatch, tmp_path):
     """CreateProcess looks an application name up in the current folder alone: `cmd` was os error 2."""
-    seen = {}
-
-    class FakePopen:
-        pid = 31338
-        stdout = stderr = stdin = None
-        returncode = None
-
-        def __init__(self, args, **kwargs):
-            seen["args"], seen["kwargs"] = args, kwargs
-
     tool = tmp_path / "bin" / "tool"
     tool.parent.mkdir()
     tool.write_bytes(b"#!/bin/sh\n")
     tool.chmod(0o755)
-    guardian.marker_prefix()  # the real guardian starts before Popen is faked
-    monkeypatch.setattr(processes, "IS_WINDOWS", True)
-    monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
-    managed.ManagedProcess.spawn("w2", ["tool", "/c", "ver"], "/", {"PATH": str(tool.parent)}, False, False, None,
-                                 ServerConfig(pid_namespace="inherit"), lambda *texts: None, lambda p: None)
+    _process, seen = spawn_as_on_windows(monkeypatch, ["tool", "/c", "ver"], {"PATH": str(tool.parent)})
     assert seen["kwargs"]["executable"] == str(tool)
     assert seen["args"] == ["tool", "/c", "ver"]
 
