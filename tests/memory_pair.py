@@ -52,6 +52,7 @@ class MemoryTransport:
 
     # ------------------------------------------------------------ server side
     def _from_server(self, *texts: str) -> None:
+        texts = tuple(str(text) for text in texts)  # a large response comes as RawJson pieces: the text it sends
         with self._lock:
             if self._server_ended:
                 raise ConnectionResetError("memory connection is closed")

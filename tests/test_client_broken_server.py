@@ -290,3 +290,64 @@ def test_a_slow_catch_up_holds_neither_the_client_nor_its_deadline(memory_server
             seqs.append(event.seq)
         assert received == size and seqs == sorted(set(seqs))
         process.kill()
+
+
+def _missed_while_cut(server, processes, size=0):
+    """Let ``processes`` (started with stdin, each waiting for a line) go on while the server's messages are
+    lost: returns once ``size`` bytes of output and every process's ``closed`` among them were lost."""
+    for process in processes:
+        process.write(b"go\n", timeout=10)
+    server.holding_downstream = True
+    wait_until(lambda: sum(len(t) for t in server.transports[-1].held if '"process/output"' in t) > size
+               and any('"process/closed"' in t for t in server.transports[-1].held), timeout=20)
+    server.holding_downstream = False
+
+
+def test_a_catch_up_read_never_answered_fails_its_process_not_the_client(memory_server):
+    """Each catch-up read that timed out ended the connection, and the next recovery (a fresh deadline) resumed
+    at once: the client reconnected for ever and a wait without a timeout never returned."""
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        process = client.start(["/bin/sh", "-c", "read line; sleep 0.3; echo missed; exit 4"], stdin=True)
+        _missed_while_cut(server, [process])
+        server.rewrite = lambda text: '{"method":"x/ignored","params":{}}' if '"nextSeq"' in text else text
+        server.cut()
+        with pytest.raises(ExecServerDisconnected) as caught:
+            process.wait(timeout=30)
+        assert "no answer to a process/read of 16384 bytes within 1 s after reconnecting" in str(caught.value)
+        assert client.state == "connected" and len(server.transports) == 2  # one reconnect, not one per read
+        server.rewrite = None
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+
+
+def test_processes_take_turns_in_a_catch_up(memory_server):
+    """A process with much missed output held every process after it until its catch-up ended."""
+    size = 1_500_000
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=2.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        big = client.start(["/bin/sh", "-c", "read line; sleep 0.3; head -c %d /dev/zero; exec sleep 60" % size],
+                           stdin=True)
+        small = client.start(["/bin/sh", "-c", "read line; sleep 0.3; echo small; exit 7"], stdin=True)
+        _missed_while_cut(server, [big, small], size)
+        answers = []
+
+        def slow_reads(text: str) -> str:
+            if '"nextSeq"' in text:
+                answers.append(text)
+                time.sleep(0.3)
+            return text
+
+        server.rewrite = slow_reads
+        server.cut()
+        assert small.wait(timeout=30) == 7
+        assert len(answers) <= 4  # the big one's first read, then the small one's: not ~20 of the big one's first
+        server.rewrite = None
+        received = 0
+        while received < size:
+            event = big.next_event(timeout=30)
+            assert isinstance(event, OutputEvent), event
+            received += len(event.data)
+        assert received == size
+        big.kill()

@@ -11,9 +11,9 @@ wait.  Other mutations that were in flight fail with
 the policy's deadline, or the server no longer knows the session, the client
 is *failed*.  Then, on a thread of its own, every process is caught up with
 ``process/read`` from its last published seq: calls go on meanwhile, and a
-process's events wait for its catch-up (the live ones held behind it), so a
-slow link, or a server that keeps answering, delays that process alone and
-never holds the client past its deadline.
+process's events wait for its catch-up (the live ones held behind it), and
+the processes take turns, so a slow link, or a server that keeps answering,
+never holds the client past its deadline, nor one process the others.
 """
 
 import logging
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
-from exec_server.client.interfaces import CallTimeout
+from exec_server.client.interfaces import CallTimeout, ProcessHandle
 from exec_server.client.process import ProcessOutputGap
-from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector, Transport
+from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.client.transport import abort as abort_transport
 from exec_server.common.durations import check_seconds
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
@@ -238,6 +238,8 @@ class Recovery:
                     "%s: the server closed the connection with 1009 (message too big) on this %d-byte request; it "
                     "was not applied%s" % (pending.method, utf8_size(pending.text), _TOO_LARGE_HINTS.get(
                         pending.method, ""))))
+            elif not pending.recoverable:  # a catch-up read of this connection: the next recovery reads again
+                self._endpoint.abandon(pending, ExecServerDisconnected("the connection dropped"))
             elif pending.method not in IDEMPOTENT_METHODS:
                 self._endpoint.abandon(pending, RequestOutcomeUnknown(
                     "%s: the connection dropped before the answer; it may or may not have been applied"
@@ -304,22 +306,18 @@ class Recovery:
                 attempt = self._back_off(attempt, deadline)
                 continue
             log.info("exec-server session %s recovered", self._session_id)
-            threading.Thread(target=self._catch_up_or_drop, args=(generation, transport),
+            threading.Thread(target=self._catch_up_in_background, args=(generation,),
                              name="exec-server-client-catch-up", daemon=True).start()
             return
 
-    def _catch_up_or_drop(self, generation: int, transport: Transport) -> None:
-        """:meth:`_catch_up` after the recovery (calls go on meanwhile); a failed one ends ``transport``.
+    def _catch_up_in_background(self, generation: int) -> None:
+        """:meth:`_catch_up` after the recovery, on a thread of its own: calls go on meanwhile.
 
-        The end of that connection starts the next recovery, whose catch-up
-        reads on from each process's last published seq (a read that timed
-        out left the next one smaller).
+        If the connection drops, the next recovery's catch-up reads on from each process's last seq.
         """
         try:
-            if self._catch_up(generation, transport):
+            if self._catch_up(generation):
                 self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the link may differ at the next recovery
-            else:
-                transport.close()
         except Exception as exc:  # a defect: say so, and release every waiter with its cause
             log.exception("exec-server client catch-up failed")
             self._endpoint.fail(ExecServerDisconnected("exec-server catch-up after a reconnect failed: %r" % exc))
@@ -329,59 +327,73 @@ class Recovery:
         time.sleep(min(self._policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
         return attempt + 1
 
-    def _catch_up(self, generation: int, transport: Transport) -> bool:
-        """Read every open process from its last published seq on ``transport``; False if it dropped or went silent.
+    def _catch_up(self, generation: int) -> bool:
+        """Read every open process from its last published seq on ``generation``; False if that connection dropped.
 
-        Each process is read in steps, each from the last seq published,
-        until a read returns no chunks or what it returned joined the live
-        notifications held meanwhile (the session is attached before the
-        first read, so everything after a read's snapshot also arrives live;
-        duplicates are dropped).  The steps are sized to the link
-        (:func:`next_read_bytes`), so a slow link still catches up: each read
-        must end within ``connect_timeout``; one that does not ends this
-        connection, and the next attempt reads a quarter as much.
+        The processes take turns, one read each, so one with much missed
+        output (or a server that keeps answering for it) does not hold up
+        the others.  Each is read until a read returns no chunks or what it
+        returned joined the live notifications held meanwhile (the session
+        was resumed before the first read, so everything after a read's
+        snapshot also arrives live; duplicates are dropped).  The reads are
+        sized to the link (:func:`next_read_bytes`), and each must end within
+        ``connect_timeout``: one that does not is made again a quarter as
+        large (the call's timeout also has the connection probed, so a dead
+        one ends and recovers); past :data:`CATCH_UP_MIN_READ_BYTES` without
+        an answer, that process fails (``ExecServerDisconnected``), as a
+        refill read does.
         """
-        endpoint, timeout = self._endpoint, self._policy.connect_timeout
-        for process in endpoint.open_processes():
-            while True:
-                before, asked = process.last_seq, self._read_bytes
-                params = {"processId": process.process_id, "afterSeq": before, "maxBytes": asked, "waitMs": 0}
-                started = time.monotonic()
-                try:
-                    result = endpoint.call_on(generation, "process/read", params, timeout)
-                except ExecServerDisconnected:
+        pending = list(self._endpoint.open_processes())
+        while pending:
+            for process in list(pending):
+                step = self._catch_up_step(generation, process)
+                if step is None:
                     return False
-                except TimeoutError:  # a silent server gets no closing handshake
-                    self._read_bytes = max(CATCH_UP_MIN_READ_BYTES, asked // 4)
-                    abort_transport(transport)
-                    return False
-                except RpcError as exc:
-                    if not process.started:  # its start is not answered yet: the server may not know it
-                        break
-                    process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
-                                                        % (process.process_id, exc.message)))
-                    break
-                try:
-                    missing = process.catch_up(result)
-                except ValueError as exc:  # the server's answer cannot be published: like a gap
-                    failure: Optional[BaseException] = ExecServerDisconnected(
-                        "process %s cannot be recovered: exec-server sent a %s" % (process.process_id, exc))
-                else:
-                    failure = ProcessOutputGap(process.process_id, missing) if missing else None
-                if failure is not None:
-                    process.fail(failure)
-                    try:
-                        endpoint.call_on(generation, "process/terminate", {"processId": process.process_id},
-                                         timeout)
-                    except (ExecServerDisconnected, TimeoutError, RpcError):
-                        pass
-                    break
-                chunks = result.get("chunks")
-                sizes = [len(chunk.get("chunk") or "") * 3 // 4 for chunk in chunks or ()]  # decoded, about
-                got = sum(sizes)
-                full = bool(sizes) and got + max(sizes) > asked  # a chunk like these would have passed the budget
-                self._read_bytes = next_read_bytes(asked, got, time.monotonic() - started, timeout, full)
-                if (not chunks or process.done or process.last_seq > chunks[-1]["seq"]
-                        or process.last_seq <= before):  # nothing new: a server repeating itself ends it too
-                    break
+                if not step:
+                    pending.remove(process)
         return True
+
+    def _catch_up_step(self, generation: int, process: ProcessHandle) -> Optional[bool]:
+        """One catch-up read of ``process``: True if another should follow, False if it is caught up (or
+        failed), None if the connection dropped."""
+        endpoint, timeout = self._endpoint, self._policy.connect_timeout
+        before, asked = process.last_seq, self._read_bytes
+        params = {"processId": process.process_id, "afterSeq": before, "maxBytes": asked, "waitMs": 0}
+        started = time.monotonic()
+        try:
+            result = endpoint.call_on(generation, "process/read", params, timeout)
+        except ExecServerDisconnected:
+            return None
+        except TimeoutError:
+            if asked <= CATCH_UP_MIN_READ_BYTES:  # the smallest read, and still no answer
+                process.fail(ExecServerDisconnected("process %s: no answer to a process/read of %d bytes within "
+                                                    "%.0f s after reconnecting" % (process.process_id, asked, timeout)))
+                return False
+            self._read_bytes = max(CATCH_UP_MIN_READ_BYTES, asked // 4)
+            return True
+        except RpcError as exc:
+            if process.started:  # else its start is not answered yet: the server may not know it
+                process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
+                                                    % (process.process_id, exc.message)))
+            return False
+        try:
+            missing = process.catch_up(result)
+        except ValueError as exc:  # the server's answer cannot be published: like a gap
+            failure: Optional[BaseException] = ExecServerDisconnected(
+                "process %s cannot be recovered: exec-server sent a %s" % (process.process_id, exc))
+        else:
+            failure = ProcessOutputGap(process.process_id, missing) if missing else None
+        if failure is not None:
+            process.fail(failure)
+            try:
+                endpoint.call("process/terminate", {"processId": process.process_id}, timeout)
+            except (ExecServerError, TimeoutError, RpcError):
+                pass
+            return False
+        chunks = result.get("chunks")
+        sizes = [len(chunk.get("chunk") or "") * 3 // 4 for chunk in chunks or ()]  # decoded, about
+        got = sum(sizes)
+        full = bool(sizes) and got + max(sizes) > asked  # a chunk like these would have passed the budget
+        self._read_bytes = next_read_bytes(asked, got, time.monotonic() - started, timeout, full)
+        # nothing new (a server repeating itself ends it too), or it joined the live notifications
+        return not (not chunks or process.done or process.last_seq > chunks[-1]["seq"] or process.last_seq <= before)
