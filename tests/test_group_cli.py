@@ -201,3 +201,15 @@ def test_cp_from_hosts_of_one_directory_name_keeps_each_apart(three, tmp_path):
     folders = sorted(p.name for p in (tmp_path / "got").iterdir())
     assert len(folders) == 2 and all(re.fullmatch(r"127\.0\.0\.1_\d+_[0-9a-f]{8}", name) for name in folders), folders
     assert all((tmp_path / "got" / name / "app.log").read_bytes() == b"log\n" for name in folders)
+
+
+def test_a_line_of_exactly_the_limit_ends_without_an_empty_line():
+    out = io.BytesIO()
+    printer = LinePrinter(out, io.BytesIO())
+    printer.output("h", "stdout", b"a" * MAX_LINE_BYTES)  # a whole piece: printed now
+    printer.output("h", "stdout", b"\nnext\n")  # its newline comes with the next chunk
+    printer.output("h", "stdout", b"b" * MAX_LINE_BYTES)
+    printer.output("h", "stdout", b"b\n\nlast")  # the line goes on: no newline was owed
+    printer.finish("h")
+    a_line, b_line = b"[h] " + b"a" * MAX_LINE_BYTES, b"[h] " + b"b" * MAX_LINE_BYTES
+    assert out.getvalue().split(b"\n") == [a_line, b"[h] next", b_line, b"[h] b", b"[h] ", b"[h] last", b""]

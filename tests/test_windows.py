@@ -164,3 +164,29 @@ def test_stdio_server_sees_its_parent_die_without_reparenting(monkeypatch):
     gone = stdio._parent_check(parent.pid)  # already gone at start
     monkeypatch.undo()
     assert not gone()
+
+
+def test_stdio_server_whose_parent_cannot_be_read_goes_on_while_its_pid_lives(monkeypatch):
+    """A parent whose creation time could not be read (access denied) counted as gone: the server exited."""
+    import psutil as real_psutil
+
+    from exec_server.server import stdio
+
+    def denied(pid):
+        raise real_psutil.AccessDenied(pid)
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setattr(real_psutil, "Process", denied)
+        monkeypatch.setattr(sys, "platform", "win32")
+        alive = stdio._parent_check(parent.pid)
+        monkeypatch.setattr(sys, "platform", "linux")
+        assert alive()
+        parent.kill()
+        parent.wait(10)
+        assert not alive()
+    finally:
+        monkeypatch.undo()
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)

@@ -15,7 +15,7 @@ import argparse
 import signal
 import sys
 import threading
-from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Set, Tuple
 
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
@@ -58,10 +58,15 @@ class LinePrinter:
     def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]):
         self.out, self.err = out, err
         self.partial: Dict[Tuple[str, bool], bytearray] = {}
+        self.cut: Set[Tuple[str, bool]] = set()  # a long line's last piece printed; its newline not seen yet
 
     def output(self, host: str, stream: str, data: bytes) -> None:
         key = (host, stream == "stderr")
         pending = self.partial.setdefault(key, bytearray())
+        if key in self.cut and data:
+            self.cut.discard(key)
+            if not pending and data[:1] == b"\n":
+                data = data[1:]  # ends the line whose last piece was printed: no empty line for it
         searched = len(pending)
         pending += data
         end = pending.rfind(b"\n", searched)
@@ -71,6 +76,8 @@ class LinePrinter:
         if whole:
             lines.append(pending[:whole])
             del pending[:whole]
+            if not pending:
+                self.cut.add(key)
         if lines:
             self._write(key, b"".join(lines_with(host, lines)))
 

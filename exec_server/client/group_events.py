@@ -190,15 +190,22 @@ class GroupProcesses:
         Call :meth:`terminate` first to end them now, or leave the ``with``
         block, which does.
         """
+        self._stop_and_forget_closed()
+
+    def _stop_and_forget_closed(self) -> List[RemoteProcess]:
+        """Stop the pumps, forget the handles that are done; returns the others (one look at each)."""
         self._stop.set()
         self._pool.shutdown(wait=True)
+        running = []
         for process in self.processes.values():
             if not process.done:
+                running.append(process)
                 continue
             try:
                 process.client.forget(process)
             except Exception:  # a client of another kind
                 pass
+        return running
 
     def __enter__(self) -> "GroupProcesses":
         return self
@@ -211,8 +218,7 @@ class GroupProcesses:
         kill and its ``closed``, the hosts in parallel), then the handle is
         forgotten.  Errors of lost connections are ignored.
         """
-        self.close()
-        running = [process for process in self.processes.values() if not process.done]
+        running = self._stop_and_forget_closed()
         if not running:
             return
         with ThreadPoolExecutor(max_workers=min(len(running), MAX_PARALLEL_EXITS),

@@ -198,10 +198,13 @@ def _parent_check(parent: int) -> Callable[[], bool]:
     import psutil
 
     def created() -> Optional[float]:
+        """The parent's creation time; None once it is gone; 0.0 where it cannot be read (access denied)."""
         try:
             return psutil.Process(parent).create_time()
-        except psutil.Error:
+        except psutil.NoSuchProcess:
             return None
+        except psutil.Error:
+            return 0.0 if psutil.pid_exists(parent) else None
 
     born = created()
     return lambda: born is not None and created() == born
