@@ -113,9 +113,10 @@ def test_total_budget_is_shared_and_a_full_spool_warns_once(tmp_path, caplog):
     store.close()
 
 
-def make_log(store, retained=4 * KIB, events=None, max_read_bytes=None):
+def make_log(store, retained=4 * KIB, events=None, max_read_bytes=None, max_read_chunks=None):
     sink = [] if events is None else events
-    log = OutputLog(2, retained, 1000, sink.append, spool=lambda: store.spool("p"), max_read_bytes=max_read_bytes)
+    log = OutputLog(2, retained, 1000, sink.append, spool=lambda: store.spool("p"), max_read_bytes=max_read_bytes,
+                    max_read_chunks=max_read_chunks)
     return log, sink
 
 
@@ -158,6 +159,32 @@ def test_max_read_bytes_caps_a_null_budget_and_moves_next_seq(tmp_path):
     assert [c.seq for c in result.chunks] == list(range(1, 11)) and result.next_seq == 11
     tail = log.read(40)
     assert [c.seq for c in tail.chunks] == list(range(41, 51)) and tail.next_seq == 51
+    log.discard_spool()
+    store.close()
+
+
+def test_max_read_chunks_caps_a_read_of_small_chunks_and_what_it_reserves(tmp_path):
+    """A read of ~1M one-byte chunks reserved 3 bytes per byte (~3 MB) and built ~430 MB of objects."""
+    store = make_store(tmp_path)
+    log, _ = make_log(store, retained=2 * KIB, max_read_chunks=300)
+    for i in range(5000):  # spooled past the first 2 KiB, then retained in memory (1000 chunks at most)
+        log.output("stdout", b"%d" % (i % 10))
+    reserved = []
+    got, after, reads = b"", 0, 0
+    while True:
+        step = log.read(after, None, reserve=lambda size, chunks: reserved.append((size, chunks)))
+        if not step.chunks:
+            break
+        assert len(step.chunks) <= 300 and step.next_seq == step.chunks[-1].seq + 1
+        got += b"".join(base64.b64decode(c.chunk) for c in step.chunks)
+        after, reads = step.next_seq - 1, reads + 1
+    assert got == b"".join(b"%d" % (i % 10) for i in range(5000)) and reads == 17
+    assert reserved[0][0] >= 5000 and reserved[0][1] == 300  # every byte may come, in at most 300 chunks
+    for size, chunks in reserved:
+        assert chunks <= 300 and chunks <= size
+    whole = log.read(4800)  # from memory alone: the same cap
+    assert len(whole.chunks) == 200
+    assert len(log.read(3000).chunks) == 300
     log.discard_spool()
     store.close()
 

@@ -61,10 +61,15 @@ class _Settings(NamedTuple):
     #: ``maxBytes`` (null included); a read it stops has ``nextSeq`` after its
     #: last chunk, and the client reads on from there.
     max_read_bytes: int = 16 * MIB
+    #: Most output chunks one ``process/read`` returns, whatever its ``maxBytes``
+    #: (each costs ~450 bytes of memory while the result is built); as many
+    #: as the reference retains (``RETAINED_OUTPUT_CHUNKS_PER_PROCESS``).
+    max_read_chunks: int = 50_000
     #: Memory the large results of all connections may hold while they are
     #: built and sent, in bytes: a ``process/read`` that reads spooled output
     #: and an ``fs/readFile`` each count ``RESULT_COST_PER_BYTE`` (3) times the
-    #: bytes they may return (:mod:`~exec_server.server.budget`).  One that
+    #: bytes they may return, and the read ``RESULT_COST_PER_CHUNK`` (512) per
+    #: chunk (:mod:`~exec_server.server.budget`).  One that
     #: does not fit waits up to ``send_timeout`` for others to be sent, then
     #: is -32001 ``Server overloaded; retry later.``; one alone always runs.
     #: Small ones (1/64 of it each) that fit pass a waiting large one while
@@ -180,7 +185,7 @@ class ServerConfig(_Settings):
         for name in ("concurrent_requests", "max_message_bytes", "retained_output_bytes",
                      "retained_output_chunks", "max_processes_per_session", "read_chunk_bytes", "max_open_files",
                      "max_sessions", "max_connections", "max_pending_upgrades", "max_pending_upgrades_per_address",
-                     "spool_chunks_per_process", "max_read_bytes", "max_result_bytes_in_flight",
+                     "spool_chunks_per_process", "max_read_bytes", "max_read_chunks", "max_result_bytes_in_flight",
                      "max_stdin_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError("%s must be at least 1" % name)

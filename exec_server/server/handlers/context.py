@@ -42,20 +42,23 @@ class RequestContext:
     def after_response(self, callback: Callable[[], None]) -> None:
         self.after_response_callbacks.append(callback)
 
-    def reserve_result(self, decoded_bytes: int) -> None:
-        """Hold the server's result budget for a result of up to ``decoded_bytes`` until it has been sent.
+    def reserve_result(self, decoded_bytes: int, chunks: int = 0) -> None:
+        """Hold the server's result budget for a result of up to ``decoded_bytes`` in ``chunks`` output chunks
+        until it has been sent.
 
         Counts :data:`~exec_server.server.budget.RESULT_COST_PER_BYTE` per
-        byte against ``max_result_bytes_in_flight`` (all connections), waiting
-        up to ``send_timeout`` seconds for it.
+        byte and :data:`~exec_server.server.budget.RESULT_COST_PER_CHUNK` per
+        chunk against ``max_result_bytes_in_flight`` (all connections),
+        waiting up to ``send_timeout`` seconds for it.
 
         Raises:
             ServerOverloaded: -32001, the budget stayed taken by other results.
         """
-        from exec_server.server.budget import RESULT_COST_PER_BYTE
+        from exec_server.server.budget import RESULT_COST_PER_BYTE, RESULT_COST_PER_CHUNK
 
         budget = self.dispatcher.result_budget
-        reserved = budget.reserve(RESULT_COST_PER_BYTE * decoded_bytes, self.config.send_timeout)
+        reserved = budget.reserve(RESULT_COST_PER_BYTE * decoded_bytes + RESULT_COST_PER_CHUNK * chunks,
+                                  self.config.send_timeout)
         if reserved is None:
             raise ServerOverloaded()
         self.after_response(lambda: budget.release(reserved))

@@ -52,7 +52,8 @@ class ManagedProcess:
         self._listener = listener
         self._on_closed = on_closed
         self._log = OutputLog(1 if pty_master is not None else 2, config.retained_output_bytes,
-                              config.retained_output_chunks, self._emit, sandboxed, spool, config.max_read_bytes)
+                              config.retained_output_chunks, self._emit, sandboxed, spool, config.max_read_bytes,
+                              config.max_read_chunks)
         self._lock = threading.Lock()  # guards the kill decision against the exit
         self._killed = False
         self._master_lock = threading.Lock()  # guards the PTY master against its close

@@ -94,15 +94,17 @@ class OutputLog:
             the output from then on (None from it, or no callable: memory only).
         max_read_bytes: most decoded bytes one read returns whatever its
             ``max_bytes`` (None: no limit).
+        max_read_chunks: most chunks one read returns (None: no limit).
     """
 
     def __init__(self, streams: int, retained_bytes: int, retained_chunks: int, emit: Callable[[Event], None],
                  sandboxed: bool = False, spool: Optional[Callable[[], Optional[Spool]]] = None,
-                 max_read_bytes: Optional[int] = None):
+                 max_read_bytes: Optional[int] = None, max_read_chunks: Optional[int] = None):
         self._emit = emit
         self._spool_factory = spool
         self._spool: Optional[Spool] = None
         self._max_read_bytes = max_read_bytes
+        self._max_read_chunks = max_read_chunks
         self._retained_limit = retained_bytes
         self._chunks_limit = retained_chunks
         self._sandboxed = sandboxed
@@ -232,7 +234,7 @@ class OutputLog:
     # ---------------------------------------------------------------- reading
     def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
              aborted: Callable[[], Optional[Exception]] = lambda: None,
-             reserve: Callable[[int], None] = lambda size: None) -> ReadResult:
+             reserve: Callable[[int, int], None] = lambda size, chunks: None) -> ReadResult:
         """Retained output after ``after_seq``, waiting up to ``wait`` seconds for some (PROTOCOL.md 5.4).
 
         Returns at once if there is output after ``after_seq``, the process
@@ -242,15 +244,16 @@ class OutputLog:
             after_seq: return output events with a greater seq.
             max_bytes: decoded-byte budget (at least one chunk is returned),
                 or None for no limit; with a budget ``next_seq`` follows the
-                last chunk returned.  ``max_read_bytes`` caps either; a read
-                it stops also ends ``next_seq`` after its last chunk.
+                last chunk returned.  ``max_read_bytes`` caps either, and
+                ``max_read_chunks`` the chunks; a read they stop also ends
+                ``next_seq`` after its last chunk.
             wait: long-poll limit in seconds.
             aborted: called (under the log's lock) before each look; a
                 returned exception is raised.
-            reserve: called (outside the lock) with the most bytes the read
-                may return (the budget, or less when less is kept) before it
-                reads spooled output from disk (the server's result budget,
-                :mod:`~exec_server.server.budget`).
+            reserve: called (outside the lock) with the most bytes and chunks
+                the read may return (within the budgets, or less when less is
+                kept) before it reads spooled output from disk (the server's
+                result budget, :mod:`~exec_server.server.budget`).
         Raises:
             whatever ``aborted`` returns, e.g. :class:`~exec_server.server.process.ReadAborted`;
             whatever ``reserve`` raises.
@@ -265,7 +268,8 @@ class OutputLog:
                 if error is not None:
                     raise error
                 if self._spooled_after_locked(after_seq) is not None:
-                    available = self._spool.bytes_after(after_seq) + self._retained_bytes  # type: ignore[union-attr]
+                    available, count = self._spool.extent_after(after_seq)  # type: ignore[union-attr]
+                    available, count = available + self._retained_bytes, count + len(self._chunks)
                     break
                 result = self._read_locked(after_seq, max_bytes, budget)
                 if result.chunks or result.closed or (result.exited and after_seq < self._next_seq - 1):
@@ -274,7 +278,9 @@ class OutputLog:
                 if remaining <= 0:
                     return result
                 self._changed.wait(min(remaining, 3600.0))  # any u64 waitMs: no timeout overflow
-        reserve(available if budget is None else min(budget, available))  # what this read may return, at most
+        size = available if budget is None else min(budget, available)  # what this read may return, at most
+        limit = self._max_read_chunks
+        reserve(size, min(count, size, count if limit is None else limit))  # each chunk holds a byte at least
         return self._read_spooled(after_seq, max_bytes, budget)
 
     def reads_spool(self, after_seq: int) -> bool:
@@ -305,9 +311,10 @@ class OutputLog:
                     return self._read_locked(position, max_bytes, budget, chunks, total)
                 before = self._chunks[0][0] if self._chunks else self._next_seq
             remaining = None if budget is None else budget - total
-            if chunks and remaining is not None and remaining <= 0:
+            room = None if self._max_read_chunks is None else self._max_read_chunks - len(chunks)
+            if chunks and ((remaining is not None and remaining <= 0) or room == 0):
                 break
-            spooled = spool.read(position, before, remaining, at_least_one=not chunks)
+            spooled = spool.read(position, before, remaining, at_least_one=not chunks, max_chunks=room)
             if not spooled:
                 if chunks:
                     break  # the budget stops it, or the rest was evicted meanwhile
@@ -332,7 +339,8 @@ class OutputLog:
             if seq <= after_seq:
                 continue
             size = event[3]
-            if budget is not None and chunks and (total + size > budget or total >= budget):
+            if chunks and ((budget is not None and (total + size > budget or total >= budget))
+                           or len(chunks) == self._max_read_chunks):
                 limited = True
                 break
             chunks.append(event)

@@ -1,27 +1,21 @@
 """Output spooled to disk: a process's output past the in-memory budget, readable by seq.
 
-:class:`SpoolStore` is one per server (the session registry owns it): a
-private directory (mode 0700, created on first use under ``spool_dir`` or
-the system's temporary directory, removed by :meth:`SpoolStore.close` or at
-interpreter exit; one left by a server that was killed (SIGKILL, the OOM
-killer) is removed by the next server that makes its own there, see
-:func:`reclaim_stale_spools`) and the byte budget all processes share
-(``spool_bytes_total``).  :class:`Spool` is one process's spool: its output
-chunks written through to segment files (mode 0600) as they arrive, and an
-index of them kept in three flat arrays (seq, end offset, stream code), so a
+:class:`SpoolStore` is one per server (the session registry owns it): a private directory (mode 0700, created on
+first use under ``spool_dir`` or the system's temporary directory, removed by :meth:`SpoolStore.close` or at
+interpreter exit; one left by a server that was killed (SIGKILL, the OOM killer) is removed by the next server that
+makes its own there, see :func:`reclaim_stale_spools`) and the byte budget all processes share
+(``spool_bytes_total``). :class:`Spool` is one process's spool: its output chunks written through to segment files
+(mode 0600) as they arrive, and an index of them kept in three flat arrays (seq, end offset, stream code), so a
 chunk costs 17 bytes of memory and no Python object.
 
-Chunks never span segments.  Past ``spool_bytes_per_process`` (or
-``spool_chunks_per_process``) the oldest segment is deleted: eviction is
-oldest first and a segment at a time.  When the shared budget is spent or a
-write fails (ENOSPC, EDQUOT, any OSError) the spool stops taking output:
-what it holds stays readable, later output is retained in memory only, and
-one warning is logged.  A read (:meth:`Spool.read`) takes a contiguous range
-of chunks with one ``os.pread`` per segment and hands back slices of that
-buffer.
+Chunks never span segments. Past ``spool_bytes_per_process`` (or ``spool_chunks_per_process``) the oldest segment is
+deleted: eviction is oldest first and a segment at a time. When the shared budget is spent or a write fails (ENOSPC,
+EDQUOT, any OSError) the spool stops taking output: what it holds stays readable, later output is retained in memory
+only, and one warning is logged. A read (:meth:`Spool.read`) takes a contiguous range of chunks with one
+``os.pread`` per segment and hands back slices of that buffer.
 
-Not on Windows (no ``os.pread``): there :meth:`SpoolStore.spool` returns
-None and output is retained in memory only.  Thread-safe.
+Not on Windows (no ``os.pread``): there :meth:`SpoolStore.spool` returns None and output is retained in memory only.
+Thread-safe.
 """
 
 import array
@@ -341,28 +335,30 @@ class Spool:
             index = bisect.bisect_right(self._seqs, after_seq)
             return self._seqs[index] if index < len(self._seqs) else None
 
-    def bytes_after(self, after_seq: int) -> int:
-        """Bytes of the spooled chunks after ``after_seq`` (what a read from there may return at most)."""
+    def extent_after(self, after_seq: int) -> Tuple[int, int]:
+        """Bytes and number of the spooled chunks after ``after_seq`` (what a read from there may return at most)."""
         with self._lock:
             first = bisect.bisect_right(self._seqs, after_seq)
             if first >= len(self._seqs):
-                return 0
-            return self._ends[-1] - (self._ends[first - 1] if first else self._first_offset)
+                return 0, 0
+            return self._ends[-1] - (self._ends[first - 1] if first else self._first_offset), len(self._seqs) - first
 
     def read(self, after_seq: int, before_seq: int, max_bytes: Optional[int],
-             at_least_one: bool = True) -> List[SpooledChunk]:
+             at_least_one: bool = True, max_chunks: Optional[int] = None) -> List[SpooledChunk]:
         """Spooled chunks with ``after_seq < seq < before_seq``, oldest first, within ``max_bytes``.
 
         The budget follows PROTOCOL.md 5.4: the first chunk always (unless
         ``at_least_one`` is false: a read continuing after other chunks),
         then stop before one that would pass ``max_bytes`` (None: no
-        budget).  One ``os.pread`` per segment covered; the chunks are
-        slices of those buffers.
+        budget); at most ``max_chunks`` chunks (None: no limit).  One
+        ``os.pread`` per segment covered; the chunks are slices of those buffers.
         """
         with self._lock:
             seqs, ends = self._seqs, self._ends
             first = bisect.bisect_right(seqs, after_seq)
             stop = bisect.bisect_left(seqs, before_seq, first)
+            if max_chunks is not None:
+                stop = min(stop, first + max_chunks)
             if first >= stop:
                 return []
             start = ends[first - 1] if first else self._first_offset
