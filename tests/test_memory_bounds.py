@@ -333,3 +333,25 @@ def test_a_client_that_trickles_a_large_response_is_dropped_and_the_budget_freed
     finally:
         stop.set()
         slow.close()
+
+
+def test_a_start_that_fails_keeps_nothing_of_its_request(server, connect):
+    """A -32603 start (E2BIG here) kept its whole request alive in a reference cycle of its error's context (the
+    spawner's future and the frames it went through): 50 MB arguments took 100 MB each until a full collection."""
+    import gc
+    import types
+
+    peer = connect(server.url)
+    peer.initialize()
+    argument = "x" * 4_000_000  # over the kernel's 128 KiB limit for one argument
+    gc.collect()
+    gc.disable()
+    try:
+        reply = peer.request("process/start", start_params("too-long", ["echo", argument]), timeout=30)
+        assert reply["error"]["code"] == -32603 and "Argument list too long" in reply["error"]["message"]
+        time.sleep(0.2)  # the reply is sent before the handler's frames are let go
+        held = [o for o in gc.get_objects() if isinstance(o, types.FrameType)
+                and o.f_code.co_name in ("spawn_child", "process_start", "_execute_child")]
+        assert held == []
+    finally:
+        gc.enable()

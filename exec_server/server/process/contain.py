@@ -82,6 +82,7 @@ class Spawner:
             except BaseException as exc:  # handed to the caller, raised there
                 future.set_exception(exc)
                 del exc
+            job = future = None  # not held while waiting for the next job: a failed one's request would be
 
     def call(self, job: Callable[[], Any]) -> Any:
         """Run ``job`` on the spawner thread and return its result (or raise its exception)."""
@@ -89,7 +90,10 @@ class Spawner:
             return job()
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((job, future))
-        return future.result()
+        try:
+            return future.result()
+        finally:  # a failed job's exception holds this frame, which held the future holding the exception:
+            future = job = None  # a cycle that kept the request (its argv, env) until a full collection
 
 
 _spawner: Optional[Spawner] = None

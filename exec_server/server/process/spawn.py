@@ -138,9 +138,12 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
         ))
         return popen, None
     except OSError as exc:
-        raise InternalError(os_error_message(exc)) from None
+        message = os_error_message(exc)
     except (ValueError, TypeError) as exc:  # e.g. an embedded NUL byte
-        raise InternalError(str(exc)) from None
+        message = str(exc)
+    # raised outside the handler: the error keeps no context, whose traceback would hold this request's
+    # frames (its argv and env) until a full garbage collection
+    raise InternalError(message)
 
 
 def _check_executable(path: str) -> None:
