@@ -10,7 +10,7 @@ show what each server does with them.
 import os
 import pytest
 
-from conftest import SCHEMAS, start_params
+from conftest import SCHEMAS, start_params, wait_until
 from exec_server import Client, ExtensionNotSupported
 from exec_server.protocol import b64
 
@@ -183,3 +183,20 @@ def test_client_pty_size_and_resize(any_server):
             else:
                 process.resize(40, 120)
         assert process.returncode is not None
+
+
+def test_a_raw_terminal_that_closed_with_input_queued_releases_its_writer(server):
+    """A child in raw mode that exited without reading its input left the stdin writer blocked for good on the
+    PTY (a thread and a descriptor per process)."""
+    import threading
+
+    def writers():
+        return [t for t in threading.enumerate() if t.name.startswith("process-") and t.name.endswith("-stdin")]
+
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["/bin/sh", "-c", "stty raw -echo; sleep 0.5"], tty=True, stdin=True)
+        for _ in range(16):  # 1 MiB: far more than a terminal's input holds
+            process.write(b"x" * 65536, timeout=10)
+        assert process.wait(timeout=20) == 0
+        process.communicate(timeout=20)  # closed: every descriptor of the terminal is closed
+        wait_until(lambda: not writers(), timeout=10)

@@ -61,6 +61,7 @@ class ManagedProcess:
                                    lambda: self._log.exited or self._log.closed, None if tty else popen.stdin,
                                    self._dup_master, send_eof) if stdin_writable else None)
         self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
+        self._terminal: Optional[str] = None  # the PTY's terminal (/dev/pts/N)
         self._isolated = False  # runs under the PID-namespace init
         self._watch: Optional[watch.Watch] = None
         self._held: Optional[List[Event]] = None  # events the pidfd watcher delivers in one write
@@ -91,13 +92,14 @@ class ManagedProcess:
         marker = None if wrapper or containment.isolated else guardian.marker_prefix() + os.urandom(16).hex()
         if marker is not None:
             env = containment.environment(env, marker)
-        popen, master = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
-                                    pty_size=pty_size)
+        popen, master, terminal = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
+                                              pty_size=pty_size)
         if marker is not None:
             marked.register_leader(popen.pid)
         process = cls(process_id, popen, tty, tty or pipe_stdin, master, config, listener, on_closed, bool(wrapper),
                       spool)
         process._marker = marker
+        process._terminal = terminal
         process._isolated = containment.isolated and not wrapper
         return process
 
@@ -190,6 +192,8 @@ class ManagedProcess:
             log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._log.exit_code,
                                                                   result=result))
         if self._pty_master is not None:
+            if self._stdin is not None and self._terminal is not None:
+                self._stdin.release(self._terminal)  # before the master closes: its terminal stays the same
             with self._master_lock:
                 master, self._pty_master = self._pty_master, None
                 try:

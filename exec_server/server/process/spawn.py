@@ -83,7 +83,8 @@ def _set_controlling_tty() -> None:  # runs in the child between fork and exec
 def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_stdin: bool, arg0: Optional[str],
                 wrapper: Optional[List[str]] = None,
                 prefix: Optional[List[str]] = None,
-                pty_size: Optional[Tuple[int, int]] = None) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+                pty_size: Optional[Tuple[int, int]] = None
+                ) -> "Tuple[subprocess.Popen[bytes], Optional[int], Optional[str]]":
     """Start a child in its own session and process group.
 
     Args:
@@ -99,8 +100,9 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
             contain`) that runs the program when there is no ``wrapper``.
         pty_size: ``(rows, cols)`` of the PTY (our ``ptySize`` extension); default 24x80.
     Returns:
-        the ``Popen`` (with ``stdout``/``stderr`` pipes unless ``tty``) and
-        the PTY master descriptor, or None without a PTY.
+        the ``Popen`` (with ``stdout``/``stderr`` pipes unless ``tty``), the
+        PTY master descriptor and the path of its terminal (``/dev/pts/N``),
+        or None and None without a PTY.
     Raises:
         InternalError: the spawn failed; the message is the OS text, e.g.
             ``No such file or directory (os error 2)`` (PROTOCOL.md 5.1).
@@ -136,7 +138,7 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             bufsize=0, close_fds=True, **_group_options(),
         ))
-        return popen, None
+        return popen, None, None
     except OSError as exc:
         message = os_error_message(exc)
     except (ValueError, TypeError) as exc:  # e.g. an embedded NUL byte
@@ -185,9 +187,11 @@ def send_eof(fd: int, count: int) -> None:
 
 
 def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
-               size: Tuple[int, int], take_terminal: bool = True) -> "Tuple[subprocess.Popen[bytes], Optional[int]]":
+               size: Tuple[int, int], take_terminal: bool = True
+               ) -> "Tuple[subprocess.Popen[bytes], Optional[int], Optional[str]]":
     master, slave = os.openpty()
     try:
+        terminal = os.ttyname(slave)
         set_window_size(slave, size[0], size[1])
         os.set_inheritable(master, False)
         popen = contain.spawner().call(lambda: subprocess.Popen(
@@ -200,4 +204,4 @@ def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
         raise
     finally:
         os.close(slave)
-    return popen, master
+    return popen, master, terminal

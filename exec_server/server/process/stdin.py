@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import IO, Any, Callable, Optional
 
 from exec_server.protocol.errors import InternalError
@@ -23,6 +24,9 @@ REMEMBERED_WRITE_IDS = 4096
 #: A ``writeId`` longer than this (characters) is remembered by its SHA-256 digest, so the 4096 ids
 #: of a process take at most ~0.5 MB whatever their length (a UUID, as the Codex client sends, is 36).
 WRITE_ID_KEPT_CHARS = 64
+
+#: Seconds :meth:`StdinWriter.release` flushes a closed PTY's input for its writer to end.
+RELEASE_WAIT = 2.0
 
 #: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
 _CLOSE_STDIN: Any = object()
@@ -65,6 +69,7 @@ class StdinWriter:
         self._queue: "Optional[queue.Queue[Optional[bytes]]]" = None
         self._closing = False  # a closeStdin write was accepted
         self._queued = 0  # bytes accepted and not yet written or dropped
+        self._thread: Optional[threading.Thread] = None  # the writer, once the first write came
 
     def write(self, data: bytes, write_id: str, close: bool = False) -> str:
         """Queue ``data``, then end of file if ``close``; see :meth:`ManagedProcess.write`.
@@ -97,7 +102,9 @@ class StdinWriter:
                 self._write_ids.popitem(last=False)
             if self._queue is None:
                 self._queue = queue.Queue()
-                threading.Thread(target=self._feed, args=(self._queue,), name=self._thread_name, daemon=True).start()
+                self._thread = threading.Thread(target=self._feed, args=(self._queue,), name=self._thread_name,
+                                                daemon=True)
+                self._thread.start()
             if data:
                 self._queue.put(data)
             if close:
@@ -113,6 +120,33 @@ class StdinWriter:
                 self._close_pipe()
         if pending is not None:
             pending.put(None)
+
+    def release(self, terminal: str) -> None:
+        """The PTY's every terminal descriptor is closed: a write that waits for room can never end.
+
+        A child in raw mode that exited with input queued left the writer
+        blocked for good (a thread and a descriptor).  The terminal's input
+        is flushed (nobody can read it any more) until the writer has
+        written the rest and ended, for at most :data:`RELEASE_WAIT` seconds.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        import termios
+
+        try:
+            fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            deadline = time.monotonic() + RELEASE_WAIT
+            while thread.is_alive() and time.monotonic() < deadline:
+                termios.tcflush(fd, termios.TCIFLUSH)
+                thread.join(0.01)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _close_pipe(self) -> None:
         try:
