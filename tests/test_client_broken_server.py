@@ -351,3 +351,29 @@ def test_processes_take_turns_in_a_catch_up(memory_server):
             received += len(event.data)
         assert received == size
         big.kill()
+
+
+def test_one_process_timing_out_does_not_shrink_the_reads_of_the_others(memory_server):
+    """A's timed-out read shrank the read size all processes shared to the smallest, so B's first timed-out
+    read failed B at once (A, which timed out first, recovered)."""
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=5.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        processes = [client.start(["/bin/sh", "-c", "read line; echo out-%s; exit %d" % (name, code)], stdin=True)
+                     for code, name in enumerate("AB")]
+        _missed_while_cut(server, processes)
+        stalled_until = []
+
+        def stall(text: str) -> str:  # no read answered for 1.5 s from the first
+            if '"nextSeq"' in text:
+                if not stalled_until:
+                    stalled_until.append(time.monotonic() + 1.5)
+                if time.monotonic() < stalled_until[0]:
+                    return '{"method":"x/ignored","params":{}}'
+            return text
+
+        server.rewrite = stall
+        server.cut()
+        for code, process in enumerate(processes):
+            assert process.wait(timeout=15) == code
+            assert process.communicate(timeout=5)[0] == b"out-%s\n" % b"AB"[code:code + 1]

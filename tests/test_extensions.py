@@ -195,8 +195,38 @@ def test_a_raw_terminal_that_closed_with_input_queued_releases_its_writer(server
 
     with Client.connect(server.url, timeout=10) as client:
         process = client.start(["/bin/sh", "-c", "stty raw -echo; sleep 0.5"], tty=True, stdin=True)
-        for _ in range(16):  # 1 MiB: far more than a terminal's input holds
+        for _ in range(120):  # 7.5 MiB, near the default queue limit: far more than a terminal's input holds
             process.write(b"x" * 65536, timeout=10)
         assert process.wait(timeout=20) == 0
         process.communicate(timeout=20)  # closed: every descriptor of the terminal is closed
         wait_until(lambda: not writers(), timeout=10)
+
+
+def test_a_terminal_written_to_closes_without_waiting_for_its_writer(server, monkeypatch):
+    """The release of a PTY's stdin writer flushed the terminal for 2 s even when the writer was idle, and
+    every process/exited and process/closed of a terminal process written to came 2 s late."""
+    from exec_server.server.process import stdin
+
+    flushed = []
+    monkeypatch.setattr(stdin, "_flush_until_ended", lambda fd, writer: (flushed.append(fd), os.close(fd)))
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["/bin/sh", "-c", "read x; echo got $x"], tty=True, stdin=True)
+        process.write(b"hello\n", timeout=10)
+        stdout, _ = process.communicate(timeout=20)
+    assert b"got hello" in stdout and process.returncode == 0
+    assert flushed == []  # the idle writer ended when told to: nothing to flush
+
+
+def test_a_terminal_without_a_path_still_starts(server, monkeypatch):
+    """os.ttyname fails where /dev/pts is another devpts instance (some containers): every tty start failed."""
+    from exec_server.server.process import spawn
+
+    def no_name(fd):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(spawn.os, "ttyname", no_name)
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["/bin/sh", "-c", "read x; echo got $x"], tty=True, stdin=True)
+        process.write(b"hello\n", timeout=10)
+        stdout, _ = process.communicate(timeout=20)
+    assert b"got hello" in stdout and process.returncode == 0

@@ -209,7 +209,10 @@ def test_a_line_of_exactly_the_limit_ends_without_an_empty_line():
     printer.output("h", "stdout", b"a" * MAX_LINE_BYTES)  # a whole piece: printed now
     printer.output("h", "stdout", b"\nnext\n")  # its newline comes with the next chunk
     printer.output("h", "stdout", b"b" * MAX_LINE_BYTES)
-    printer.output("h", "stdout", b"b\n\nlast")  # the line goes on: no newline was owed
+    printer.output("h", "stdout", b"b\n\nlast\n")  # the line goes on: no newline was owed
+    printer.output("h", "stdout", b"c" * MAX_LINE_BYTES)
+    printer.output("h", "stdout", b"\r\nend")  # a terminal's line end
     printer.finish("h")
-    a_line, b_line = b"[h] " + b"a" * MAX_LINE_BYTES, b"[h] " + b"b" * MAX_LINE_BYTES
-    assert out.getvalue().split(b"\n") == [a_line, b"[h] next", b_line, b"[h] b", b"[h] ", b"[h] last", b""]
+    a_line, b_line, c_line = (b"[h] " + letter * MAX_LINE_BYTES for letter in (b"a", b"b", b"c"))
+    assert out.getvalue().split(b"\n") == [a_line, b"[h] next", b_line, b"[h] b", b"[h] ", b"[h] last", c_line,
+                                           b"[h] end", b""]

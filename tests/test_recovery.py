@@ -287,7 +287,7 @@ def test_a_slow_link_recovers_what_was_written_while_detached(configured_server,
 
 
 def test_catch_up_reads_follow_the_link():
-    from exec_server.client import recovery as r
+    from exec_server.client import catch_up as r
     kib = 1024
     assert r.CATCH_UP_MIN_READ_BYTES < r.CATCH_UP_FIRST_READ_BYTES < r.CATCH_UP_READ_BYTES
     # a full read well within its share (1.25 s) of the 5 s timeout: four times as much next, up to the most;

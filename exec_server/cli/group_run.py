@@ -65,8 +65,9 @@ class LinePrinter:
         pending = self.partial.setdefault(key, bytearray())
         if key in self.cut and data:
             self.cut.discard(key)
-            if not pending and data[:1] == b"\n":
-                data = data[1:]  # ends the line whose last piece was printed: no empty line for it
+            ending = 2 if data[:2] == b"\r\n" else 1 if data[:1] == b"\n" else 0
+            if not pending and ending:
+                data = data[ending:]  # ends the line whose last piece was printed: no empty line for it
         searched = len(pending)
         pending += data
         end = pending.rfind(b"\n", searched)

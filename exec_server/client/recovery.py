@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
-from exec_server.client.interfaces import CallTimeout, ProcessHandle
-from exec_server.client.process import ProcessOutputGap
+from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
+from exec_server.client.interfaces import CallTimeout
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.client.transport import abort as abort_transport
 from exec_server.common.durations import check_seconds
@@ -33,20 +33,6 @@ from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError
 from exec_server.protocol.jsonrpc import utf8_size
 
 log = logging.getLogger(__name__)
-
-#: Most decoded bytes one ``process/read`` of a catch-up asks for: the server
-#: may hold far more than fits one message (output spooled to disk), so the
-#: client reads in budgeted steps until it meets the live notifications.
-CATCH_UP_READ_BYTES = 1024 * 1024
-#: Decoded bytes the first catch-up read of a recovery asks for; each later
-#: read is sized to the link by :func:`next_read_bytes`.
-CATCH_UP_FIRST_READ_BYTES = 64 * 1024
-#: Fewest decoded bytes a catch-up read asks for.  A read always returns at
-#: least one whole chunk (up to 64 KiB from our server, 8 KiB from the
-#: reference), so with the default 5 s the link must carry ~18 KB/s (~4.4 from the reference).
-CATCH_UP_MIN_READ_BYTES = 16 * 1024
-#: Share of ``ReconnectPolicy.connect_timeout`` (each read's timeout) one catch-up read aims to take.
-CATCH_UP_READ_SHARE = 0.25
 
 #: Methods that are safe to send again after a dropped connection: the reads, and ``process/write``, whose
 #: ``writeId`` the server remembers (the last 4096 per process, PROTOCOL.md 5.5): a write applied before
@@ -157,33 +143,6 @@ class ReconnectPolicy:
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
         return min(self.max_backoff, self.initial_backoff * (2 ** attempt))
-
-
-def next_read_bytes(asked: int, got: int, elapsed: float, timeout: float, full: bool) -> int:
-    """The ``maxBytes`` (decoded bytes) of the next catch-up read, from how the last one went.
-
-    Each read aims at :data:`CATCH_UP_READ_SHARE` of its ``timeout``
-    (seconds): the next asks for what the link carried in that share, at
-    most four times as much as this one, and more only after a ``full``
-    read (one its budget cut short: the output went on).  Always within
-    :data:`CATCH_UP_MIN_READ_BYTES` and :data:`CATCH_UP_READ_BYTES`.
-
-    Args:
-        asked: the last read's ``maxBytes``.
-        got: decoded bytes it returned.
-        elapsed: seconds it took.
-        timeout: seconds each read may take.
-        full: whether the budget, not the end of the output, ended it.
-    """
-    target = timeout * CATCH_UP_READ_SHARE
-    carried = got * target / elapsed if elapsed > 0 else float("inf")  # in the share, at this read's rate
-    if elapsed > target:
-        size = carried
-    elif full:
-        size = min(asked * 4, carried)
-    else:
-        size = asked
-    return int(max(CATCH_UP_MIN_READ_BYTES, min(CATCH_UP_READ_BYTES, size)))
 
 
 #: RFC 6455's close code "message too big" (common.websocket's, which would load wsproto over stdio too).
@@ -311,13 +270,17 @@ class Recovery:
             return
 
     def _catch_up_in_background(self, generation: int) -> None:
-        """:meth:`_catch_up` after the recovery, on a thread of its own: calls go on meanwhile.
+        """The :class:`~exec_server.client.catch_up.CatchUp` after the recovery, on a thread of its own.
 
         If the connection drops, the next recovery's catch-up reads on from each process's last seq.
         """
+        catch_up = CatchUp(self._endpoint, generation, self._read_bytes, self._policy.connect_timeout,
+                           self._policy.probe_timeout)
         try:
-            if self._catch_up(generation):
-                self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the link may differ at the next recovery
+            done = catch_up.run()
+            # where the next recovery's reads start: the first size again once this one is done (the link may
+            # differ then); else what this one learned of the link
+            self._read_bytes = CATCH_UP_FIRST_READ_BYTES if done else catch_up.read_bytes
         except Exception as exc:  # a defect: say so, and release every waiter with its cause
             log.exception("exec-server client catch-up failed")
             self._endpoint.fail(ExecServerDisconnected("exec-server catch-up after a reconnect failed: %r" % exc))
@@ -326,74 +289,3 @@ class Recovery:
         """Sleep the policy's backoff after failed attempt ``attempt`` (not past ``deadline``); the next attempt."""
         time.sleep(min(self._policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
         return attempt + 1
-
-    def _catch_up(self, generation: int) -> bool:
-        """Read every open process from its last published seq on ``generation``; False if that connection dropped.
-
-        The processes take turns, one read each, so one with much missed
-        output (or a server that keeps answering for it) does not hold up
-        the others.  Each is read until a read returns no chunks or what it
-        returned joined the live notifications held meanwhile (the session
-        was resumed before the first read, so everything after a read's
-        snapshot also arrives live; duplicates are dropped).  The reads are
-        sized to the link (:func:`next_read_bytes`), and each must end within
-        ``connect_timeout``: one that does not is made again a quarter as
-        large (the call's timeout also has the connection probed, so a dead
-        one ends and recovers); past :data:`CATCH_UP_MIN_READ_BYTES` without
-        an answer, that process fails (``ExecServerDisconnected``), as a
-        refill read does.
-        """
-        pending = list(self._endpoint.open_processes())
-        while pending:
-            for process in list(pending):
-                step = self._catch_up_step(generation, process)
-                if step is None:
-                    return False
-                if not step:
-                    pending.remove(process)
-        return True
-
-    def _catch_up_step(self, generation: int, process: ProcessHandle) -> Optional[bool]:
-        """One catch-up read of ``process``: True if another should follow, False if it is caught up (or
-        failed), None if the connection dropped."""
-        endpoint, timeout = self._endpoint, self._policy.connect_timeout
-        before, asked = process.last_seq, self._read_bytes
-        params = {"processId": process.process_id, "afterSeq": before, "maxBytes": asked, "waitMs": 0}
-        started = time.monotonic()
-        try:
-            result = endpoint.call_on(generation, "process/read", params, timeout)
-        except ExecServerDisconnected:
-            return None
-        except TimeoutError:
-            if asked <= CATCH_UP_MIN_READ_BYTES:  # the smallest read, and still no answer
-                process.fail(ExecServerDisconnected("process %s: no answer to a process/read of %d bytes within "
-                                                    "%.0f s after reconnecting" % (process.process_id, asked, timeout)))
-                return False
-            self._read_bytes = max(CATCH_UP_MIN_READ_BYTES, asked // 4)
-            return True
-        except RpcError as exc:
-            if process.started:  # else its start is not answered yet: the server may not know it
-                process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
-                                                    % (process.process_id, exc.message)))
-            return False
-        try:
-            missing = process.catch_up(result)
-        except ValueError as exc:  # the server's answer cannot be published: like a gap
-            failure: Optional[BaseException] = ExecServerDisconnected(
-                "process %s cannot be recovered: exec-server sent a %s" % (process.process_id, exc))
-        else:
-            failure = ProcessOutputGap(process.process_id, missing) if missing else None
-        if failure is not None:
-            process.fail(failure)
-            try:
-                endpoint.call("process/terminate", {"processId": process.process_id}, timeout)
-            except (ExecServerError, TimeoutError, RpcError):
-                pass
-            return False
-        chunks = result.get("chunks")
-        sizes = [len(chunk.get("chunk") or "") * 3 // 4 for chunk in chunks or ()]  # decoded, about
-        got = sum(sizes)
-        full = bool(sizes) and got + max(sizes) > asked  # a chunk like these would have passed the budget
-        self._read_bytes = next_read_bytes(asked, got, time.monotonic() - started, timeout, full)
-        # nothing new (a server repeating itself ends it too), or it joined the live notifications
-        return not (not chunks or process.done or process.last_seq > chunks[-1]["seq"] or process.last_seq <= before)

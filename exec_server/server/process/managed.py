@@ -234,7 +234,7 @@ class ManagedProcess:
 
     def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
              aborted: Callable[[], Optional[Exception]] = lambda: None,
-             reserve: Callable[[int], None] = lambda size: None) -> ReadResult:
+             reserve: Callable[[int, int], None] = lambda size, chunks: None) -> ReadResult:
         """The ``process/read`` result (PROTOCOL.md 5.4); see :meth:`OutputLog.read`."""
         return self._log.read(after_seq, max_bytes, wait, aborted, reserve)
 

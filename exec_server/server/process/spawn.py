@@ -191,7 +191,10 @@ def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
                ) -> "Tuple[subprocess.Popen[bytes], Optional[int], Optional[str]]":
     master, slave = os.openpty()
     try:
-        terminal = os.ttyname(slave)
+        try:
+            terminal: Optional[str] = os.ttyname(slave)
+        except OSError:  # a /dev/pts of another devpts instance (some containers): the PTY works without it
+            terminal = None
         set_window_size(slave, size[0], size[1])
         os.set_inheritable(master, False)
         popen = contain.spawner().call(lambda: subprocess.Popen(

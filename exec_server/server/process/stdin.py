@@ -27,6 +27,10 @@ WRITE_ID_KEPT_CHARS = 64
 
 #: Seconds :meth:`StdinWriter.release` flushes a closed PTY's input for its writer to end.
 RELEASE_WAIT = 2.0
+#: Seconds :meth:`StdinWriter.release` waits for an idle writer to end before it flushes.
+RELEASE_JOIN = 0.05
+#: Most bytes one write to a PTY takes, so a released writer stops after at most this many.
+PTY_WRITE_BYTES = 4096
 
 #: Queued after the bytes of a ``closeStdin`` write: end of file for the child.
 _CLOSE_STDIN: Any = object()
@@ -70,6 +74,7 @@ class StdinWriter:
         self._closing = False  # a closeStdin write was accepted
         self._queued = 0  # bytes accepted and not yet written or dropped
         self._thread: Optional[threading.Thread] = None  # the writer, once the first write came
+        self._released = False  # the PTY's terminal closed: the writer stops between pieces
 
     def write(self, data: bytes, write_id: str, close: bool = False) -> str:
         """Queue ``data``, then end of file if ``close``; see :meth:`ManagedProcess.write`.
@@ -122,31 +127,39 @@ class StdinWriter:
             pending.put(None)
 
     def release(self, terminal: str) -> None:
-        """The PTY's every terminal descriptor is closed: a write that waits for room can never end.
+        """The PTY's every terminal descriptor is closed: nothing queued can be read any more.
 
-        A child in raw mode that exited with input queued left the writer
-        blocked for good (a thread and a descriptor).  The terminal's input
-        is flushed (nobody can read it any more) until the writer has
-        written the rest and ended, for at most :data:`RELEASE_WAIT` seconds.
+        The queue is emptied and the writer told to end.  A child in raw
+        mode that exited with input queued left the writer blocked in a
+        write for good (a thread and a descriptor); one still in a write
+        then has the terminal's input flushed until it ends (PTY writes are
+        at most :data:`PTY_WRITE_BYTES`), for at most :data:`RELEASE_WAIT`
+        seconds, on a thread of its own.  ``terminal`` is opened here, while
+        the caller's master keeps the path this PTY's.
         """
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        self._released = True
+        pending, thread = self._queue, self._thread
+        if pending is None or thread is None:
             return
-        import termios
-
+        dropped = 0
+        while True:
+            try:
+                item = pending.get_nowait()
+            except queue.Empty:
+                break
+            dropped += len(item) if isinstance(item, bytes) else 0
+        with self._lock:
+            self._queued -= dropped
+        pending.put(None)
+        thread.join(RELEASE_JOIN)  # an idle writer ends at once
+        if not thread.is_alive():
+            return
         try:
             fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
             return
-        try:
-            deadline = time.monotonic() + RELEASE_WAIT
-            while thread.is_alive() and time.monotonic() < deadline:
-                termios.tcflush(fd, termios.TCIFLUSH)
-                thread.join(0.01)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        threading.Thread(target=_flush_until_ended, args=(fd, thread), name=self._thread_name + "-release",
+                         daemon=True).start()
 
     def _close_pipe(self) -> None:
         try:
@@ -169,9 +182,10 @@ class StdinWriter:
                     self._pty_eof(fd, 2 if line_open else 1)
                 break
             view = memoryview(data)
-            while view and not broken:
+            piece = PTY_WRITE_BYTES if self._pipe is None else len(view)
+            while view and not broken and not self._released:
                 try:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view[:piece]):]
                 except InterruptedError:
                     continue
                 except OSError as exc:
@@ -184,3 +198,19 @@ class StdinWriter:
             self._close_pipe()
         else:
             os.close(fd)
+
+
+def _flush_until_ended(fd: int, writer: threading.Thread) -> None:
+    """Flush the input of terminal ``fd`` (the writer's bytes, which nobody can read) until ``writer`` ends,
+    at most :data:`RELEASE_WAIT` seconds; then close ``fd``."""
+    import termios
+
+    try:
+        deadline = time.monotonic() + RELEASE_WAIT
+        while writer.is_alive() and time.monotonic() < deadline:
+            termios.tcflush(fd, termios.TCIFLUSH)
+            writer.join(0.005)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
