@@ -293,8 +293,9 @@ def test_a_slow_catch_up_holds_neither_the_client_nor_its_deadline(memory_server
 
 
 def _missed_while_cut(server, processes, size=0):
-    """Let ``processes`` (started with stdin, each waiting for a line) go on while the server's messages are
-    lost: returns once ``size`` bytes of output and every process's ``closed`` among them were lost."""
+    """Let ``processes`` (started with stdin, each waiting for a line, then sleeping 0.3 s: the messages are
+    held from then on) go on while the server's messages are lost: returns once ``size`` bytes of output and a
+    ``closed`` among them were lost."""
     for process in processes:
         process.write(b"go\n", timeout=10)
     server.holding_downstream = True
@@ -359,7 +360,8 @@ def test_one_process_timing_out_does_not_shrink_the_reads_of_the_others(memory_s
     server = memory_server()
     policy = ReconnectPolicy(deadline=5.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
     with Client.open(server.connector, timeout=5, reconnect=policy) as client:
-        processes = [client.start(["/bin/sh", "-c", "read line; echo out-%s; exit %d" % (name, code)], stdin=True)
+        script = "read line; sleep 0.3; echo out-%s; exit %d"
+        processes = [client.start(["/bin/sh", "-c", script % (name, code)], stdin=True)
                      for code, name in enumerate("AB")]
         _missed_while_cut(server, processes)
         stalled_until = []
@@ -377,3 +379,29 @@ def test_one_process_timing_out_does_not_shrink_the_reads_of_the_others(memory_s
         for code, process in enumerate(processes):
             assert process.wait(timeout=15) == code
             assert process.communicate(timeout=5)[0] == b"out-%s\n" % b"AB"[code:code + 1]
+
+
+def test_catch_up_reads_refused_as_overloaded_for_good_fail_their_process(memory_server):
+    """A server answering every catch-up read with -32001 had the catch-up retry for ever: the process's
+    wait never returned."""
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        process = client.start(["/bin/sh", "-c", "read line; sleep 0.3; echo out; exit 3"], stdin=True)
+        _missed_while_cut(server, [process])
+        refused = []
+
+        def overloaded(text: str) -> str:
+            if '"nextSeq"' not in text:
+                return text
+            refused.append(text)
+            return json.dumps({"id": json.loads(text)["id"],
+                               "error": {"code": -32001, "message": "Server overloaded; retry later."}})
+
+        server.rewrite = overloaded
+        server.cut()
+        with pytest.raises(ExecServerDisconnected) as caught:
+            process.wait(timeout=30)
+        assert "refused its catch-up reads as overloaded" in str(caught.value)
+        assert len(refused) == 2 * 6  # 64 KiB, then 16 KiB, each asked six times: once and after five delays
+        assert client.state == "connected"

@@ -518,3 +518,39 @@ def test_stdin_writer_keeps_writing_to_its_own_descriptor_when_the_pty_number_is
         os.close(master)
         os.close(read_end)
     assert not reader.is_alive()
+
+
+def test_a_catch_up_waits_past_the_probe_for_a_dead_connection_to_end():
+    """A catch-up read at the smallest size timed out; the probe that timeout started ends the dead connection
+    probe_timeout later and the reader declares it lost just after: the catch-up, which waited exactly
+    probe_timeout, failed the process for good instead of leaving it to the next recovery."""
+    import threading
+    import time
+
+    from exec_server.client.catch_up import CATCH_UP_MIN_READ_BYTES, CatchUp
+    from exec_server.client.endpoint import CONNECTED
+    from exec_server.client.interfaces import CallTimeout
+
+    class Process:
+        process_id, last_seq, started, done, failed = "p1", 0, True, False, None
+
+        def fail(self, error):
+            self.failed = error
+
+    class DeadConnection:
+        generation, state, process = 1, CONNECTED, Process()
+
+        def open_processes(self):
+            return [self.process]
+
+        def call_on(self, generation, method, params, timeout):
+            time.sleep(timeout)
+            threading.Timer(0.5 + 0.02, self.lost).start()  # the probe's 0.5 s, then the reader's moment
+            raise CallTimeout(method, timeout)
+
+        def lost(self):
+            self.state = "recovering"
+
+    endpoint = DeadConnection()
+    assert CatchUp(endpoint, 1, CATCH_UP_MIN_READ_BYTES, timeout=0.2, probe_timeout=0.5).run() is False
+    assert endpoint.process.failed is None

@@ -10,13 +10,16 @@ it, does not hold up the others.  Each read is sized to the link
 does not is made again a quarter as large for that process (its timeout
 also has the connection probed, so a dead one ends and recovers); one of
 :data:`CATCH_UP_MIN_READ_BYTES` without an answer, on a connection that
-still stands ``probe_timeout`` later, fails that process, as a refill does.
+still stands ``probe_timeout`` (and :data:`PROBE_MARGIN`) later, fails that
+process, as a refill does.  A read refused as overloaded (-32001) is made
+again after each of ``OVERLOAD_RETRY_DELAYS``, as a call is, then smaller;
+at the smallest, that process fails.
 """
 
 import time
 from typing import Dict, Optional
 
-from exec_server.client.endpoint import CONNECTED, Endpoint
+from exec_server.client.endpoint import CONNECTED, OVERLOAD_RETRY_DELAYS, Endpoint
 from exec_server.client.interfaces import ProcessHandle
 from exec_server.client.process import ProcessOutputGap
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, RpcError, ServerOverloaded
@@ -34,8 +37,9 @@ CATCH_UP_FIRST_READ_BYTES = 64 * 1024
 CATCH_UP_MIN_READ_BYTES = 16 * 1024
 #: Share of ``ReconnectPolicy.connect_timeout`` (each read's timeout) one catch-up read aims to take.
 CATCH_UP_READ_SHARE = 0.25
-#: Seconds before a catch-up read the server refused as overloaded (-32001) is made again.
-OVERLOADED_RETRY_WAIT = 0.1
+#: Seconds past ``probe_timeout`` a catch-up waits for a timed-out call's probe to end the connection before
+#: it takes the silence for the server's, not the link's (the probe's own wait ends at ``probe_timeout``).
+PROBE_MARGIN = 1.0
 
 
 def next_read_bytes(asked: int, got: int, elapsed: float, timeout: float, full: bool) -> int:
@@ -81,6 +85,7 @@ class CatchUp:
         self._timeout = timeout
         self._probe_timeout = probe_timeout
         self._sizes: Dict[str, int] = {}  # processId -> maxBytes of its next read
+        self._refused: Dict[str, int] = {}  # processId -> its reads refused as overloaded (-32001) in a row
         self._first = first_read_bytes
         #: ``maxBytes`` the last read that was answered would have asked next: where the next recovery starts.
         self.read_bytes = first_read_bytes
@@ -109,18 +114,24 @@ class CatchUp:
         except ExecServerDisconnected:
             return None
         except TimeoutError:
-            if asked > CATCH_UP_MIN_READ_BYTES:
-                smaller = self._sizes[process.process_id] = max(CATCH_UP_MIN_READ_BYTES, asked // 4)
-                self.read_bytes = min(self.read_bytes, smaller)
+            if self._smaller(process.process_id, asked):
                 return True
             if self._connection_ends():  # the probe found it dead: the next recovery reads again
                 return None
-            process.fail(ExecServerDisconnected("process %s: no answer to a process/read of %d bytes within %.0f s "
+            process.fail(ExecServerDisconnected("process %s: no answer to a process/read of %d bytes within %g s "
                                                 "after reconnecting" % (process.process_id, asked, timeout)))
             return False
         except ServerOverloaded:  # refused before it ran (the server's result budget): again, as a call does
-            time.sleep(OVERLOADED_RETRY_WAIT)
-            return True
+            refused = self._refused[process.process_id] = self._refused.get(process.process_id, 0) + 1
+            if refused <= len(OVERLOAD_RETRY_DELAYS):
+                time.sleep(OVERLOAD_RETRY_DELAYS[refused - 1])
+                return True
+            self._refused[process.process_id] = 0
+            if self._smaller(process.process_id, asked):  # a smaller result may fit the budget
+                return True
+            process.fail(ExecServerDisconnected("process %s: exec-server refused its catch-up reads as overloaded"
+                                                % process.process_id))
+            return False
         except RpcError as exc:
             if process.started:  # else its start is not answered yet: the server may not know it
                 process.fail(ExecServerDisconnected("process %s is gone after reconnecting: %s"
@@ -140,6 +151,7 @@ class CatchUp:
             except (ExecServerError, TimeoutError, RpcError):
                 pass
             return False
+        self._refused.pop(process.process_id, None)
         chunks = result.get("chunks")
         sizes = [len(chunk.get("chunk") or "") * 3 // 4 for chunk in chunks or ()]  # decoded, about
         got = sum(sizes)
@@ -149,9 +161,18 @@ class CatchUp:
         # nothing new (a server repeating itself ends it too), or it joined the live notifications
         return not (not chunks or process.done or process.last_seq > chunks[-1]["seq"] or process.last_seq <= before)
 
+    def _smaller(self, process_id: str, asked: int) -> bool:
+        """Make ``process_id``'s next read a quarter of ``asked``; False if ``asked`` was the smallest already."""
+        if asked <= CATCH_UP_MIN_READ_BYTES:
+            return False
+        smaller = self._sizes[process_id] = max(CATCH_UP_MIN_READ_BYTES, asked // 4)
+        self.read_bytes = min(self.read_bytes, smaller)
+        return True
+
     def _connection_ends(self) -> bool:
-        """Whether this connection is declared lost within ``probe_timeout`` (a timed-out call probes it)."""
-        endpoint, deadline = self._endpoint, time.monotonic() + self._probe_timeout
+        """Whether this connection is declared lost within ``probe_timeout`` and :data:`PROBE_MARGIN` (a
+        timed-out call probes it)."""
+        endpoint, deadline = self._endpoint, time.monotonic() + self._probe_timeout + PROBE_MARGIN
         while True:
             if endpoint.generation != self._generation or endpoint.state != CONNECTED:
                 return True

@@ -192,7 +192,7 @@ class ManagedProcess:
             log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._log.exit_code,
                                                                   result=result))
         if self._pty_master is not None:
-            if self._stdin is not None and self._terminal is not None:
+            if self._stdin is not None:
                 self._stdin.release(self._terminal)  # before the master closes: its terminal stays the same
             with self._master_lock:
                 master, self._pty_master = self._pty_master, None

@@ -126,7 +126,7 @@ class StdinWriter:
         if pending is not None:
             pending.put(None)
 
-    def release(self, terminal: str) -> None:
+    def release(self, terminal: Optional[str]) -> None:
         """The PTY's every terminal descriptor is closed: nothing queued can be read any more.
 
         The queue is emptied and the writer told to end.  A child in raw
@@ -135,7 +135,8 @@ class StdinWriter:
         then has the terminal's input flushed until it ends (PTY writes are
         at most :data:`PTY_WRITE_BYTES`), for at most :data:`RELEASE_WAIT`
         seconds, on a thread of its own.  ``terminal`` is opened here, while
-        the caller's master keeps the path this PTY's.
+        the caller's master keeps the path this PTY's (None: a terminal
+        without a path; a writer in a write then stays in it).
         """
         self._released = True
         pending, thread = self._queue, self._thread
@@ -152,7 +153,7 @@ class StdinWriter:
             self._queued -= dropped
         pending.put(None)
         thread.join(RELEASE_JOIN)  # an idle writer ends at once
-        if not thread.is_alive():
+        if not thread.is_alive() or terminal is None:
             return
         try:
             fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
