@@ -265,11 +265,7 @@ def test_a_slow_catch_up_holds_neither_the_client_nor_its_deadline(memory_server
     with Client.open(server.connector, timeout=5, reconnect=policy) as client:
         process = client.start(["/bin/sh", "-c", "read line; sleep 0.3; head -c %d /dev/zero; exec sleep 60" % size],
                                stdin=True)
-        process.write(b"go\n", timeout=10)
-        server.holding_downstream = True  # the output is lost on this connection: the catch-up must read it
-        wait_until(lambda: sum(len(t) for t in server.transports[-1].held if '"process/output"' in t) > size,
-                   timeout=20)
-        server.holding_downstream = False
+        _missed_while_cut(server, [process], size, closed=False)  # lost on this connection: the catch-up reads it
 
         def slow_reads(text: str) -> str:
             if '"nextSeq"' in text:
@@ -292,15 +288,15 @@ def test_a_slow_catch_up_holds_neither_the_client_nor_its_deadline(memory_server
         process.kill()
 
 
-def _missed_while_cut(server, processes, size=0):
+def _missed_while_cut(server, processes, size=0, closed=True):
     """Let ``processes`` (started with stdin, each waiting for a line, then sleeping 0.3 s: the messages are
-    held from then on) go on while the server's messages are lost: returns once ``size`` bytes of output and a
-    ``closed`` among them were lost."""
+    held from then on) go on while the server's messages are lost: returns once ``size`` bytes of output (and,
+    if ``closed``, a ``closed``) among them were lost."""
     for process in processes:
         process.write(b"go\n", timeout=10)
     server.holding_downstream = True
     wait_until(lambda: sum(len(t) for t in server.transports[-1].held if '"process/output"' in t) > size
-               and any('"process/closed"' in t for t in server.transports[-1].held), timeout=20)
+               and (not closed or any('"process/closed"' in t for t in server.transports[-1].held)), timeout=20)
     server.holding_downstream = False
 
 

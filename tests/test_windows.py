@@ -4,6 +4,7 @@ The process-tree kill, the interrupt, the spawn flags and the PTY refusal are
 asserted exactly against a fake ``subprocess``/``os`` layer.
 """
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -142,12 +143,23 @@ def test_marked_process_is_killed_without_process_groups(monkeypatch):
             child.wait(5)
 
 
+@contextlib.contextmanager
+def sleeping_parent():
+    """A child sleeping 60 s to stand for a stdio server's parent; killed by PID at the end if still alive."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+
+
 def test_stdio_server_sees_its_parent_die_without_reparenting(monkeypatch):
     """Windows never gives an orphan another parent: comparing os.getppid() could not see the parent go."""
     from exec_server.server import stdio
 
-    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    with sleeping_parent() as parent:
         monkeypatch.setattr(sys, "platform", "win32")
         alive = stdio._parent_check(parent.pid)
         monkeypatch.undo()
@@ -155,11 +167,6 @@ def test_stdio_server_sees_its_parent_die_without_reparenting(monkeypatch):
         parent.kill()
         parent.wait(10)
         assert not alive()
-    finally:
-        monkeypatch.undo()
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(5)
     monkeypatch.setattr(sys, "platform", "win32")
     gone = stdio._parent_check(parent.pid)  # already gone at start
     monkeypatch.undo()
@@ -175,8 +182,7 @@ def test_stdio_server_whose_parent_cannot_be_read_goes_on_while_its_pid_lives(mo
     def denied(pid):
         raise real_psutil.AccessDenied(pid)
 
-    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    with sleeping_parent() as parent:
         monkeypatch.setattr(real_psutil, "Process", denied)
         monkeypatch.setattr(sys, "platform", "win32")
         alive = stdio._parent_check(parent.pid)
@@ -185,8 +191,4 @@ def test_stdio_server_whose_parent_cannot_be_read_goes_on_while_its_pid_lives(mo
         parent.kill()
         parent.wait(10)
         assert not alive()
-    finally:
         monkeypatch.undo()
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(5)
