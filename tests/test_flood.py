@@ -69,8 +69,10 @@ def resources():
 
 @pytest.fixture
 def flood_server():
+    # the flood and the healthy client share 127.0.0.1 here: the per-address cap (tests/test_limits.py) is lifted
     server = make_server("ws://127.0.0.1:0", ServerConfig(
-        max_connections=MAX_CONNECTIONS, evict_idle_after=0.3, upgrade_timeout=1.0, initialize_timeout=30.0)).start()
+        max_connections=MAX_CONNECTIONS, evict_idle_after=0.3, upgrade_timeout=1.0, initialize_timeout=30.0,
+        max_pending_upgrades_per_address=256)).start()
     yield server
     server.shutdown()
 

@@ -257,13 +257,17 @@ def test_a_resumed_connection_that_drops_is_retried_at_once(memory_server, drop_
         wait_until(lambda: "process/read" in server.transports[0].seen)  # the long poll is on the server
         server.cut()
         assert client.call("environment/status", timeout=20) == {"status": "ready"}
-        assert len(attempts) == 5
-        assert attempts[-1] - attempts[1] < 10.0  # three drops; each used to wait connect_timeout (30 s)
+        # the catch-up runs after each resume: before the process ends (nothing to catch up then), three drops
+        wait_until(lambda: len(attempts) >= 5, timeout=20)
         process.write(b"go\n")
         reader.join(20)
         assert results and [(c["seq"], c["chunk"]) for c in results[0]["chunks"]] == [(2, "YWZ0ZXIK")]
-        assert collect_stdout(process) == b"before\nafter\n"
+        assert collect_stdout(process) == b"before\nafter\n"  # the catch-ups (after each resume) are over
         assert process.returncode == 0
+        # the first connection, three dropped, one that holds; a resume sent at once after a drop can also meet
+        # the server still detaching the dropped one (-32010): one more attempt after attached_retry_interval
+        assert 5 <= len(attempts) <= 7, attempts
+        assert attempts[-1] - attempts[1] < 10.0  # three drops; each used to wait connect_timeout (30 s)
 
 
 def test_a_slow_link_recovers_what_was_written_while_detached(configured_server, proxy_to):
