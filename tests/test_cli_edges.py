@@ -108,6 +108,29 @@ def test_several_hosts_into_a_closed_pipe_end_with_141_and_their_commands(two):
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", "58"]), timeout=10)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_right_after_the_temporary_file_is_made_leaves_none(server, tmp_path, signum):
+    """A SIGTERM (or ^C) between the making of a download's temporary file and the writing that removes it on
+    an error left the file beside the destination (seen once in CI)."""
+    (tmp_path / "remote.bin").write_bytes(b"NEW")
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "dest.bin").write_bytes(b"OLD")
+    code = ("import os, sys\n"
+            "from fs_helper import replacing\n"
+            "def interrupted(*args):\n"  # the signal lands before the write begins
+            "    os.kill(os.getpid(), %d)\n"
+            "    raise AssertionError('the signal did not end it')\n"
+            "replacing._write_and_rename = interrupted\n"
+            "from exec_server.cli import console_main\n"
+            "sys.argv = ['exec-server', 'cp', '--url', %r, %r, %r]\n"
+            "console_main()\n") % (signum, server.url, ":%s" % (tmp_path / "remote.bin"), str(folder / "dest.bin"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env=ENV)
+    assert done.returncode == 128 + signum, done.stderr
+    assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
+
+
 def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path):
     """The temporary file beside the destination goes, the old file stays, status 128 + SIGTERM."""
     source = tmp_path / "big.bin"

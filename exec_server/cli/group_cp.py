@@ -23,6 +23,7 @@ from exec_server.cli.output import END_SIGNALS, handle, restore
 from exec_server.client.api import Client
 from exec_server.client.group_fs import host_dirnames
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
+from fs_helper.replacing import discard_unfinished
 
 
 class _Ended(KeyboardInterrupt):
@@ -51,9 +52,13 @@ def copy_command(args: argparse.Namespace) -> int:
         return copy_group(args, urls)
     except CommandError as exc:
         return report("cp", exc)
-    except _Ended as ended:
-        print("exec-server cp: ended by signal %d" % ended.signum, file=sys.stderr)
-        return 128 + ended.signum
+    except KeyboardInterrupt as interrupted:
+        # a download's temporary file, also one the interrupt came between the making and the writing of
+        discard_unfinished()
+        if not isinstance(interrupted, _Ended):
+            raise  # Ctrl-C: status 130 (exec_server.cli.console_main)
+        print("exec-server cp: ended by signal %d" % interrupted.signum, file=sys.stderr)
+        return 128 + interrupted.signum
     finally:
         restore(installed)
 
