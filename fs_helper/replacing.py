@@ -17,7 +17,6 @@ every name, a file of another owner keeps its owner.
 import errno
 import os
 import stat
-import tempfile
 from typing import Any, Callable, NamedTuple, Optional, Set, Tuple
 
 from .opening import open_file, refuse_unrenamable
@@ -27,6 +26,8 @@ TEMPORARY_NAME_CHARACTERS = 40
 
 #: Temporary files made by :func:`temporary_beside` and not yet renamed or discarded (paths).
 _unfinished: Set[str] = set()
+_TEMPORARY_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                    | getattr(os, "O_BINARY", 0))
 
 
 def umask() -> int:
@@ -52,10 +53,20 @@ def temporary_beside(target: str) -> Tuple[int, str]:
     """
     directory, name = os.path.split(target)
     refuse_unrenamable(directory or ".")  # chattr +a: such a file could be neither renamed nor removed
-    fd, temporary = tempfile.mkstemp(prefix=".%s." % name[:TEMPORARY_NAME_CHARACTERS], suffix=".tmp",
-                                     dir=directory or ".")
-    _unfinished.add(temporary)
-    return fd, temporary
+    for _attempt in range(100):
+        temporary = os.path.abspath(os.path.join(directory or ".", ".%s.%s.tmp" % (
+            name[:TEMPORARY_NAME_CHARACTERS], os.urandom(6).hex())))
+        _unfinished.add(temporary)  # before it exists: an interrupt just after its making still finds it
+        try:
+            fd = os.open(temporary, _TEMPORARY_FLAGS, 0o600)
+        except FileExistsError:
+            _unfinished.discard(temporary)
+            continue
+        except BaseException:
+            discard(temporary)  # made or not: an interrupt can come just after the making
+            raise
+        return fd, temporary
+    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
 
 
 def track(temporary: str, writing: bool) -> None:
