@@ -17,7 +17,7 @@ _EXPORTS = {
     "Client": "client.api",
     "CallTimeout": "client.interfaces", "ExtensionNotSupported": "client.interfaces",
     "ReconnectPolicy": "client.recovery", "RequestOutcomeUnknown": "client.recovery",
-    "RequestTooLarge": "client.recovery",
+    "RequestTooLarge": "client.interfaces",
     "RemoteProcess": "client.process", "OutputEvent": "client.process", "ExitedEvent": "client.process",
     "ClosedEvent": "client.process", "ProcessOutputGap": "client.process", "StdinClosedError": "client.process",
     "StdinQueueFullError": "client.process",

@@ -29,7 +29,8 @@ def test_initialize_advertises_extensions(any_server, connect):
     if any_server.is_reference:
         assert "extensions" not in result
     else:
-        assert result["extensions"] == {"closeStdin": True, "ptySize": True, "atomicReplace": True}
+        assert result["extensions"] == {"closeStdin": True, "ptySize": True, "atomicReplace": True,
+                                        "maxMessageBytes": 128 * 1024 * 1024}
 
 
 def test_close_stdin_member(any_server, connect):

@@ -154,7 +154,9 @@ def test_the_client_sends_a_large_message_in_frames_of_a_mebibyte():
 
 
 def test_a_request_over_the_servers_limit_raises_request_too_large_and_the_session_goes_on(tmp_path):
-    """It raised RequestOutcomeUnknown ("may or may not have been applied"), though nothing was written."""
+    """Against a server that does not advertise its limit (the reference): the server closes the connection
+    with 1009.  It raised RequestOutcomeUnknown ("may or may not have been applied"), though nothing was
+    written."""
     from exec_server import Client, RequestTooLarge
     from exec_server.server.config import ServerConfig
     from conftest import start_ours
@@ -162,6 +164,7 @@ def test_a_request_over_the_servers_limit_raises_request_too_large_and_the_sessi
     running = start_ours(ServerConfig(max_message_bytes=MIB))
     try:
         with Client.connect(running.url) as client:
+            client._endpoint.max_request_bytes = None  # as from a server without maxMessageBytes
             reader = client.start(["sh", "-c", "read line; echo got $line"], stdin=True)
             with pytest.raises(RequestTooLarge) as caught:
                 client.fs.write_file(str(tmp_path / "big"), b"x" * MIB)  # 1.33 MiB of base64
@@ -178,3 +181,55 @@ def test_a_request_over_the_servers_limit_raises_request_too_large_and_the_sessi
             assert client.connection_number >= 2
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "stdio"])
+def test_a_request_over_the_advertised_limit_is_refused_unsent(tmp_path, transport):
+    """The server advertises maxMessageBytes: the client refuses a larger request before sending it, with no
+    reconnect (a 1009 Close cost one, and failed the mutations in flight with RequestOutcomeUnknown; over
+    stdio the request waited for its timeout), and a request within the limit still goes."""
+    from exec_server import Client, RequestTooLarge
+    from exec_server.server.config import ServerConfig
+    from conftest import start_ours
+
+    running = None
+    if transport == "websocket":
+        running = start_ours(ServerConfig(max_message_bytes=MIB))
+        client = Client.connect(running.url, timeout=10)
+    else:
+        client = Client.spawn([sys.executable, "-m", "exec_server", "--listen", "stdio", "--max-message-bytes",
+                               str(MIB)], timeout=30)
+    try:
+        assert client.extensions["maxMessageBytes"] == MIB
+        reader = client.start(["sh", "-c", "read line; echo got $line"], stdin=True)
+        with pytest.raises(RequestTooLarge) as caught:
+            client.fs.write_file(str(tmp_path / "big"), b"x" * MIB)  # 1.33 MiB of base64
+        assert str(caught.value).startswith("fs/writeFile: this 1398")
+        assert str(caught.value).endswith("request is over the server's message limit (maxMessageBytes %d); it "
+                                          "was not sent (write a large file in parts: fs.open(path, \"replace\"))"
+                                          % MIB)
+        with pytest.raises(RequestTooLarge, match=r"^process/write: .* \(write stdin in smaller pieces"):
+            reader.write(b"y" * MIB)
+        assert not (tmp_path / "big").exists()
+        assert client.connection_number == 1 and client.state == "connected"
+        reader.write_all(b"o" * (2 * MIB) + b"n\n", close_stdin=True)  # in pieces of 1 MiB: under it as base64?
+        assert reader.communicate(timeout=30)[0] == b"got " + b"o" * (2 * MIB) + b"n\n"
+        client.fs.write_file(str(tmp_path / "small"), b"y" * (MIB // 2))  # within the limit
+        assert (tmp_path / "small").read_bytes() == b"y" * (MIB // 2)
+        assert client.connection_number == 1
+    finally:
+        client.close()
+        if running is not None:
+            running.stop()
+
+
+def test_the_request_size_check_counts_utf8_bytes_against_the_limit():
+    from exec_server.client.interfaces import RequestTooLarge, check_request_size
+
+    check_request_size("m", "a" * 100, 100)
+    check_request_size("m", "a" * 10 ** 6, None)  # no limit advertised
+    with pytest.raises(RequestTooLarge, match="this 101-byte request"):
+        check_request_size("m", "a" * 101, 100)
+    check_request_size("m", "\u20ac" * 33 + "a", 100)  # 3 bytes each in UTF-8: 100
+    with pytest.raises(RequestTooLarge, match="this 102-byte request"):
+        check_request_size("m", "\u20ac" * 34, 100)

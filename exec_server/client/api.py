@@ -157,6 +157,8 @@ class Client:
         try:
             result = endpoint.call_on(generation, "initialize", {"clientName": self._client_name}, timeout)
             self.session_id, self.environment_info, self.extensions = parse_initialize_result(result)
+            limit = self.extensions.get("maxMessageBytes")  # our extension: larger requests are refused unsent
+            endpoint.max_request_bytes = limit if type(limit) is int and limit > 0 else None
             if self._policy is not None:
                 endpoint.on_lost = Recovery(endpoint, self._policy, self._connector, self._client_name,
                                             self.session_id).connection_lost
@@ -199,6 +201,8 @@ class Client:
                 (-32001) is retried after each of ``endpoint.OVERLOAD_RETRY_DELAYS`` first (it was not run).
             RequestOutcomeUnknown: a mutation's connection dropped before its answer (not for reads, and
                 not for ``process/write``, whose ``writeId`` makes it safe to send again).
+            RequestTooLarge: the request is over the server's message limit (not sent when the server
+                advertises ``maxMessageBytes``; else the server closed the connection with 1009 on it).
             ExecServerDisconnected: the client is failed or closed.
             CallTimeout: no answer within ``timeout`` (a ``subprocess.TimeoutExpired`` and a ``TimeoutError``).
         """
@@ -249,6 +253,12 @@ class Client:
     @property
     def server_platform(self) -> str:
         return self.environment_info.get("platformOs", "linux")
+
+    @property
+    def max_request_bytes(self) -> Optional[int]:
+        """Bytes of UTF-8 the server reads in one message (our ``maxMessageBytes`` extension); None if not
+        advertised.  A larger request raises ``RequestTooLarge`` unsent."""
+        return self._endpoint.max_request_bytes
 
     def supports(self, extension: str) -> bool:
         """True if ``initialize`` advertised the extension (``closeStdin``, ``ptySize``; README.rst)."""

@@ -17,6 +17,12 @@ from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
+from exec_server.protocol.jsonrpc import utf8_size
+from exec_server.protocol.wire import dumps
+
+#: Bytes of a ``process/write`` request besides its chunk's base64 and its processId (the id, the member
+#: names, a ``writeId``, ``closeStdin``, a ``trace`` context): what :meth:`ProcessControl.write_all` leaves.
+WRITE_REQUEST_OVERHEAD = 512
 
 
 def terminate_open(call: Callable[..., Any], open_processes: Callable[[], Sequence[Any]], wait: float) -> None:
@@ -71,6 +77,8 @@ class ProcessControl:
             ProcessLookupError: the server does not know the process.
             StdinQueueFullError: the server's stdin queue for the process is
                 full (the child is not reading); nothing was queued.
+            RequestTooLarge: ``data`` (as base64) is over the server's message
+                limit; nothing was written (:meth:`write_all` writes in pieces).
             InternalError: the process has exited (``failed to write to process stdin``),
                 or the server's answer is malformed.
             ExtensionNotSupported: ``close_stdin`` and the server lacks ``closeStdin``.
@@ -104,6 +112,9 @@ class ProcessControl:
                   piece: int = 1 << 20) -> None:
         """Write ``data`` in pieces of ``piece`` bytes, waiting while the server's stdin queue is full.
 
+        A piece is made smaller when its request would be over the server's
+        advertised message limit (:attr:`Client.max_request_bytes`).
+
         Like ``socket.sendall``: a :class:`StdinQueueFullError` (the child is
         not reading yet) is retried every 50 ms until ``timeout`` seconds have
         passed in all.  ``close_stdin`` closes stdin after the last piece.
@@ -113,6 +124,9 @@ class ProcessControl:
             StdinClosedError, InternalError, ExtensionNotSupported: as for :meth:`write`.
         """
         deadline = _deadline(timeout)
+        limit = self.client.max_request_bytes
+        if limit is not None:  # each piece's base64 (4 characters for 3 bytes) and its request within the limit
+            piece = max(1, min(piece, (limit - WRITE_REQUEST_OVERHEAD - utf8_size(dumps(self.process_id))) // 4 * 3))
         pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
         for index, chunk in enumerate(pieces):
             close = close_stdin and index == len(pieces) - 1

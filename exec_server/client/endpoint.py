@@ -22,7 +22,7 @@ import weakref
 from typing import Any, Dict, List, Optional, Union
 
 from exec_server.client.events import output_event_from_text
-from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle  # noqa: F401
+from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle, check_request_size  # noqa
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.reader import read_transport
@@ -57,6 +57,8 @@ class Endpoint:
         self._lost_generations: set = set()
         #: Who takes over when the transport ends (None: the endpoint fails).
         self.on_lost: Optional[LostHandler] = None
+        #: The server's advertised ``maxMessageBytes`` (None: not advertised); a larger request is not sent.
+        self.max_request_bytes: Optional[int] = None
 
     # ---------------------------------------------------------- transports
     def attach(self, transport: Transport) -> int:
@@ -66,8 +68,7 @@ class Endpoint:
             ExecServerDisconnected: the endpoint has already been closed or has
                 failed; ``transport`` is closed.
         """
-        # The reader holds the endpoint weakly, so an unreferenced client can be
-        # garbage collected (and its stdio child ended by the finalizer).
+        # The reader holds the endpoint weakly: an unreferenced client is collected (its stdio child ended by finalize)
         with self._lock:
             ended = self._state in (FAILED, CLOSED)
             if not ended:
@@ -172,8 +173,7 @@ class Endpoint:
 
         A transport that finds its peer silent ends, and the recovery runs.
         """
-        transport = self.transport
-        check = getattr(transport, "suspect", None)
+        check = getattr(self.transport, "suspect", None)
         if check is not None:
             check()
 
@@ -308,10 +308,11 @@ class Endpoint:
         Raises:
             ExecServerDisconnected: that transport is gone.
             _SendFailed: (``recoverable`` only) not sent; wait for the recovery and retry.
-            CallTimeout, RpcError: as for :meth:`call`.
+            CallTimeout, RpcError, RequestTooLarge: as for :meth:`call`.
         """
         request_id = next(self._ids)
         text = encode(Request(request_id, method, params, trace))
+        check_request_size(method, text, self.max_request_bytes)
         pending = Pending(request_id, method, text, generation, recoverable)
         with self._lock:
             if generation != self.generation or self._transport is None:

@@ -193,10 +193,11 @@ class FileSystem:
         """Create or replace the file atomically (``fs/writeFile``).
 
         The file goes in one message, as base64: past about 96 MiB it exceeds
-        the server's default ``--max-message-bytes`` (128 MiB), the server
-        closes the connection (1009) and this raises ``RequestTooLarge``
-        (nothing was written; the client recovers the connection).  Write
-        larger files with ``open(path, "replace")``.
+        the server's default ``--max-message-bytes`` (128 MiB), and this
+        raises ``RequestTooLarge``, nothing written (unsent when the server
+        advertises its limit; else after the server closed the connection
+        with 1009 and the client recovered it).  Write larger files with
+        ``open(path, "replace")``.
         """
         self._path_call("fs/writeFile", {"path": self._uri(path), "dataBase64": b64.encode(as_bytes(data, "data")),
                                          "followSymlinks": follow_symlinks}, path)

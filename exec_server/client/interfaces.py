@@ -20,7 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Union
 
-from exec_server.protocol.errors import InternalError
+from exec_server.protocol.errors import ExecServerError, InternalError
+from exec_server.protocol.jsonrpc import utf8_size
 
 if TYPE_CHECKING:
     from exec_server.client.events import ProcessEvent
@@ -40,6 +41,10 @@ class Caller(Protocol):
 
     def supports(self, extension: str) -> bool:
         """True if the server advertised ``extension`` (``closeStdin``, ``ptySize``) in ``initialize``."""
+
+    @property
+    def max_request_bytes(self) -> Optional[int]:
+        """The server's advertised ``maxMessageBytes`` (None: not advertised)."""
 
     @property
     def connection_number(self) -> int:
@@ -91,6 +96,36 @@ class CallTimeout(subprocess.TimeoutExpired, TimeoutError):
         if isinstance(self.cmd, str):
             return "%s: no response within %.3f s" % (self.cmd, self.timeout or 0.0)
         return subprocess.TimeoutExpired.__str__(self)
+
+
+class RequestTooLarge(ExecServerError):
+    """A request over the server's message limit: it was not applied.
+
+    Refused before it is sent when the server advertises its limit
+    (``maxMessageBytes`` in the ``initialize`` result's ``extensions``, our
+    extension: README.rst, "Protocol extensions"); against a server that
+    does not (the Codex reference), raised when the server closes the
+    connection with 1009 (message too big) on it, and the client then
+    recovers the connection as after any drop.  Sending it again fails the
+    same way; the limit is the server's (ours: ``--max-message-bytes``,
+    128 MiB by default).
+    """
+
+
+#: method -> what to do instead when its request is too large for the server
+TOO_LARGE_HINTS = {"fs/writeFile": " (write a large file in parts: fs.open(path, \"replace\"))",
+                   "process/write": " (write stdin in smaller pieces: write_all)"}
+
+
+def check_request_size(method: str, text: str, limit: Optional[int]) -> None:
+    """Raise :class:`RequestTooLarge` if ``text`` (a request of ``method``) is over ``limit`` bytes of UTF-8.
+
+    ``limit``: the server's advertised ``maxMessageBytes``; None (not
+    advertised) checks nothing.
+    """
+    if limit is not None and len(text) > limit // 4 and utf8_size(text) > limit:
+        raise RequestTooLarge("%s: this %d-byte request is over the server's message limit (maxMessageBytes %d); "
+                              "it was not sent%s" % (method, utf8_size(text), limit, TOO_LARGE_HINTS.get(method, "")))
 
 
 class ExtensionNotSupported(NotImplementedError):

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
-from exec_server.client.interfaces import CallTimeout
+from exec_server.client.interfaces import TOO_LARGE_HINTS, CallTimeout, RequestTooLarge
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.client.transport import abort as abort_transport
 from exec_server.common.durations import check_seconds
@@ -48,15 +48,6 @@ class RequestOutcomeUnknown(ExecServerError):
 
     The server may or may not have applied it; the client never re-sends it.
     Check the state (e.g. ``process/read``) before deciding to retry.
-    """
-
-
-class RequestTooLarge(ExecServerError):
-    """The server closed the connection with 1009 (message too big) on this request: it was not applied.
-
-    Sending it again fails the same way; the limit is the server's (ours:
-    ``--max-message-bytes``, 128 MiB by default).  The client recovers the
-    connection as after any drop.
     """
 
 
@@ -147,9 +138,6 @@ class ReconnectPolicy:
 
 #: RFC 6455's close code "message too big" (common.websocket's, which would load wsproto over stdio too).
 CLOSE_MESSAGE_TOO_BIG = 1009
-#: method -> what to do instead when its request is too large for the server
-_TOO_LARGE_HINTS = {"fs/writeFile": " (write a large file in parts: fs.open(path, \"replace\"))",
-                    "process/write": " (write stdin in smaller pieces)"}
 
 
 def _refused_as_too_big(transport: Any, lost: List[Pending]) -> Optional[Pending]:
@@ -195,7 +183,7 @@ class Recovery:
             if pending is refused:
                 self._endpoint.abandon(pending, RequestTooLarge(
                     "%s: the server closed the connection with 1009 (message too big) on this %d-byte request; it "
-                    "was not applied%s" % (pending.method, utf8_size(pending.text), _TOO_LARGE_HINTS.get(
+                    "was not applied%s" % (pending.method, utf8_size(pending.text), TOO_LARGE_HINTS.get(
                         pending.method, ""))))
             elif not pending.recoverable:  # a catch-up read of this connection: the next recovery reads again
                 self._endpoint.abandon(pending, ExecServerDisconnected("the connection dropped"))

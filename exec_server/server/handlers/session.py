@@ -15,7 +15,9 @@ from exec_server.server.session import Session
 #: ``initialize`` result (a member the reference's clients ignore; README.rst,
 #: "Protocol extensions"): ``closeStdin`` on ``process/write``; ``ptySize`` on
 #: ``process/start`` and the ``process/resize`` method (PTYs: not on Windows);
-#: ``atomicReplace``: ``atomic`` on ``fs/open``, ``commit`` on ``fs/close``.
+#: ``atomicReplace``: ``atomic`` on ``fs/open``, ``commit`` on ``fs/close``.  With them, not a flag but a
+#: number: ``maxMessageBytes``, the server's ``max_message_bytes`` (the most UTF-8 bytes of one message it
+#: reads), so a client can refuse a larger request instead of sending it to be closed on (1009).
 EXTENSIONS = {"closeStdin": True, "ptySize": not sys.platform.startswith("win"), "atomicReplace": True}
 
 
@@ -35,7 +37,7 @@ def initialize(ctx: RequestContext, params: Dict[str, Any]) -> Tuple[Session, Di
     else:
         session = ctx.registry.resume(resume_id, ctx.connection, ctx.connection.send, ctx.config.takeover_probe_timeout)
     return session, {"sessionId": session.session_id, "environmentInfo": environment_info(),
-                     "extensions": dict(EXTENSIONS)}
+                     "extensions": dict(EXTENSIONS, maxMessageBytes=ctx.config.max_message_bytes)}
 
 
 def environment_info_method(ctx: RequestContext, params: Any) -> Dict[str, Any]:
