@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List
 
 from . import b64
 from .copying import copy_paths
-from .errors import FsError, INVALID_REQUEST, os_error
+from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, os_error
 from .opening import open_file, read_to_end
 from .replacing import replace_target, write_whole
 from .uris import UriError, path_to_uri, uri_to_path
@@ -28,6 +28,14 @@ from .uris import UriError, path_to_uri, uri_to_path
 READ_FILE_LIMIT = 64 * 1024 * 1024
 #: ``fs/walk`` maxima (PROTOCOL.md 8.3).
 WALK_MAX_DEPTH, WALK_MAX_DIRECTORIES, WALK_MAX_ENTRIES = 64, 10_000, 50_000
+#: Most a ``fs/walk`` result holds, bytes, counted as each entry's (and error's) URI and message in UTF-8
+#: plus :data:`WALK_ITEM_OVERHEAD`: an item that would pass it sets ``truncated`` and ends the walk
+#: (PROTOCOL.md 8.3's response-size cap; measured on the reference 0.169.0: the same 4 MiB and 64).
+WALK_RESULT_BYTES = 4 * 1024 * 1024
+WALK_ITEM_OVERHEAD = 64
+#: Most entries ``fs/readDirectory`` returns; a directory with more is -32603 ``fs/readDirectory returned
+#: N entries; limit is 50000`` (the reference 0.169.0's limit and text); past it names are counted, not kept.
+READ_DIRECTORY_MAX_ENTRIES = 50_000
 
 
 def native_path(params: Dict[str, Any], name: str = "path") -> str:
@@ -180,6 +188,7 @@ def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str
     path = native_path(params)
     guard.check_read(path)
     entries = []
+    count = 0
     try:
         with os.scandir(path) as listing:
             for entry in listing:
@@ -187,10 +196,17 @@ def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str
                     info = os.stat(entry.path)
                 except OSError:
                     continue  # a dangling symlink is left out
-                entries.append({"fileName": wire_name(entry.name), "isDirectory": stat.S_ISDIR(info.st_mode),
-                                "isFile": stat.S_ISREG(info.st_mode)})
+                count += 1
+                if count <= READ_DIRECTORY_MAX_ENTRIES:
+                    entries.append({"fileName": wire_name(entry.name), "isDirectory": stat.S_ISDIR(info.st_mode),
+                                    "isFile": stat.S_ISREG(info.st_mode)})
+                elif count == READ_DIRECTORY_MAX_ENTRIES + 1:
+                    entries = []  # only counted from here
     except OSError as exc:
         raise os_error(exc) from None
+    if count > READ_DIRECTORY_MAX_ENTRIES:
+        raise FsError(INTERNAL_ERROR, "fs/readDirectory returned %d entries; limit is %d"
+                      % (count, READ_DIRECTORY_MAX_ENTRIES))
     return {"entries": entries}
 
 
@@ -220,6 +236,19 @@ def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     result: Dict[str, Any] = {"entries": [], "errors": [], "truncated": False}
     if not stat.S_ISDIR(root_info.st_mode):
         return result
+    room = [WALK_RESULT_BYTES]  # bytes the result may still take
+
+    def add(member: str, path: str, **item: str) -> bool:
+        """Append an item to ``result[member]``; False (and ``truncated``) if it would pass the size cap."""
+        uri = path_to_uri(path)
+        cost = WALK_ITEM_OVERHEAD + len(uri.encode("utf-8", "surrogatepass")) + len(
+            item.get("message", "").encode("utf-8", "surrogatepass"))
+        if cost > room[0]:
+            result["truncated"] = True
+            return False
+        room[0] -= cost
+        result[member].append(dict(path=uri, **item))
+        return True
     seen = {(root_info.st_dev, root_info.st_ino)}
     queue: List[Any] = [(root, 0)]
     directories = 1
@@ -229,7 +258,8 @@ def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
         try:
             names = sorted(os.listdir(directory), key=os.fsencode)
         except OSError as exc:
-            result["errors"].append({"path": path_to_uri(directory), "message": os_error(exc).message})
+            if not add("errors", directory, message=os_error(exc).message):
+                return result
             continue
         for name in names:
             if examined >= max_entries:
@@ -249,19 +279,23 @@ def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
                 else:
                     info = link
             except OSError as exc:
-                if link is None:  # the entry itself is unreadable; a dangling link is just skipped
-                    result["errors"].append({"path": path_to_uri(child), "message": os_error(exc).message})
+                # the entry itself is unreadable; a dangling link is just skipped
+                if link is None and not add("errors", child, message=os_error(exc).message):
+                    return result
                 continue
             if stat.S_ISREG(info.st_mode):
-                result["entries"].append({"path": path_to_uri(child), "kind": "file"})
+                if not add("entries", child, kind="file"):
+                    return result
             elif stat.S_ISDIR(info.st_mode):
-                result["entries"].append({"path": path_to_uri(child), "kind": "directory"})
+                if not add("entries", child, kind="directory"):
+                    return result
                 identity = (info.st_dev, info.st_ino)
                 if depth < max_depth and identity not in seen:
                     try:  # not into a sandbox's `none` entry, nor through a link to what it does not grant
                         guard.check_read(child)
                     except FsError as error:
-                        result["errors"].append({"path": path_to_uri(child), "message": error.message})
+                        if not add("errors", child, message=error.message):
+                            return result
                         continue
                     if directories >= max_dirs:
                         result["truncated"] = True

@@ -40,11 +40,24 @@ def _fs_method(operation: str):
                 raise rpc_error(exc) from None
         if operation == "fs/readFile":  # base64 needs no escaping: one copy of it into the response, not two
             return RawJson(['{"dataBase64":"', result.pop("dataBase64"), '"}'])
+        if operation in LISTINGS:  # bounded by their own limits; held until sent like any large result
+            ctx.reserve_result(_listing_bytes(result))
         return result
 
     handler.__name__ = operation.replace("/", "_")
     handler.__doc__ = "%s (PROTOCOL.md 8.3)." % operation
     return handler
+
+
+#: The methods whose results are lists of names, bounded by ``READ_DIRECTORY_MAX_ENTRIES`` and ``WALK_RESULT_BYTES``.
+LISTINGS = ("fs/readDirectory", "fs/walk")
+
+
+def _listing_bytes(result: Dict[str, Any]) -> int:
+    """About the bytes a listing's result takes as JSON: its names, paths and messages, and 64 for each item."""
+    items = [*result.get("entries", ()), *result.get("errors", ())]
+    return sum(fs_operations.WALK_ITEM_OVERHEAD + sum(len(value) for value in item.values() if isinstance(value, str))
+               for item in items)
 
 
 def _size_to_read(wire: Dict[str, Any]) -> int:
