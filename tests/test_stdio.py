@@ -133,6 +133,55 @@ def test_a_client_that_stops_reading_but_keeps_stdin_open_is_waited_for(stdio_se
     wait_until(lambda: all_gone(flood), timeout=10)
 
 
+@pytest.mark.parametrize("reference", [False, pytest.param(True, marks=pytest.mark.reference)])
+def test_a_closed_stdout_ends_the_server_and_its_trees(stdio_server, tmp_path, reference):
+    """The reader closed stdout but kept stdin open: each answer failed with EPIPE and was dropped, and
+    the server went on starting processes whose results nobody could read, until stdin's end of file.
+    Now the first failed write ends it, trees killed, as the reference ends."""
+    if reference:
+        binary = reference_binary()
+        if binary is None:
+            pytest.skip("the reference is not installed")
+        child = stdio_server([binary, "exec-server", "--listen", "stdio"], dict(os.environ, CODEX_HOME=str(tmp_path)))
+    else:
+        child = stdio_server()
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n',
+         start_line(2, "sleeper", [SLEEP, "301"]))
+    assert read_json(child)["id"] == 1 and read_json(child)["id"] == 2
+    sleeper = wait_until(lambda: running_descendants(child.pid, [SLEEP, "301"]), timeout=10)
+    child.stdout.close()
+    for request_id in range(3, 8):  # the first answer that cannot be written ends it
+        try:
+            send(child, b'{"id":%d,"method":"environment/status"}\n' % request_id)
+        except BrokenPipeError:
+            break
+        time.sleep(0.1)
+    assert child.wait(10) == 0
+    wait_until(lambda: all_gone(sleeper), timeout=10)
+
+
+def test_the_line_limit_counts_every_byte_but_the_newline(stdio_server):
+    """A line one or two bytes over --max-message-bytes, its newline read with it, was parsed as within."""
+    child = stdio_server(SERVER + ["--max-message-bytes", "1000"])
+    send(child, b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n', b'{"method":"initialized"}\n')
+    assert read_json(child)["id"] == 1
+
+    def line(request_id: int, size: int, end: bytes = b"\n") -> bytes:
+        text = b'{"id":%d,"method":"environment/status"}' % request_id
+        return text.ljust(size) + end
+
+    too_long = {"code": -32600, "message": "failed to parse JSON-RPC message from exec-server stdio: message exceeds "
+                                           "1000 bytes"}
+    for request_id, size, end in ((2, 1000, b"\n"), (3, 1000, b"\r\n"), (4, 1001, b"\n"), (5, 1002, b"\n"),
+                                  (6, 1001, b"\r\n"), (7, 5000, b"\n"), (8, 999, b"\n")):
+        send(child, line(request_id, size, end))
+        answer = read_json(child)
+        if size <= 1000:
+            assert answer == {"id": request_id, "result": {"status": "ready"}}, (size, end)
+        else:
+            assert answer == {"id": -1, "error": too_long}, (size, end)
+
+
 def test_a_non_blocking_stdout_gets_every_byte(tmp_path):
     """Whoever starts the server may hand it a non-blocking stdout: a full pipe took part of a 4 MB
     answer and the rest was dropped without a word, the next message landing on the cut line."""

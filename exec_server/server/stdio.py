@@ -69,15 +69,21 @@ class StdioConnection:
         A large response in pieces (:class:`~exec_server.protocol.wire.RawJson`)
         is written piece by piece, never joined into one str or bytes.
         """
-        if len(texts) == 1 and isinstance(texts[0], RawJson):
+        try:
+            if len(texts) == 1 and isinstance(texts[0], RawJson):
+                with self._send_lock:
+                    for piece in texts[0].fragments():
+                        self._write_all(piece.encode("utf-8"))
+                    self._write_all(b"\n")
+                return
+            data = "".join(str(text) + "\n" for text in texts).encode("utf-8")
             with self._send_lock:
-                for piece in texts[0].fragments():
-                    self._write_all(piece.encode("utf-8"))
-                self._write_all(b"\n")
-            return
-        data = "".join(str(text) + "\n" for text in texts).encode("utf-8")
-        with self._send_lock:
-            self._write_all(data)
+                self._write_all(data)
+        except (OSError, ValueError) as exc:  # stdout closed (EPIPE): nobody can read an answer any more
+            if not self._done.is_set():
+                log.info("stdout failed (%s): the stdio connection ends", exc)
+                threading.Thread(target=_exit_now, args=(self,), name="exec-server-stdout-lost", daemon=True).start()
+            raise
 
     def _write_all(self, data: bytes) -> None:
         """Write every byte (under the send lock): a raw stream's ``write`` may take part of them (after a
@@ -114,6 +120,9 @@ class StdioConnection:
                     self._skip_rest_of_line(limit)
                     continue
                 line = line.rstrip(b"\r\n")
+                if len(line) > limit:  # a whole line, over the limit by its last byte or two
+                    self._refuse_too_long(limit)
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -131,6 +140,10 @@ class StdioConnection:
             chunk = self._reader.readline(STDIO_BUFFER_BYTES)
             if not chunk or chunk.endswith(b"\n"):
                 break
+        self._refuse_too_long(limit)
+
+    def _refuse_too_long(self, limit: int) -> None:
+        """Answer a line over ``limit`` bytes (its newline not counted) with a parse error; the line is skipped."""
         try:
             self.send_text(encode(error_response(UNKNOWN_ID, InvalidRequest(
                 PARSE_ERROR_PREFIX + "message exceeds %d bytes" % limit))))
