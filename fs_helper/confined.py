@@ -205,9 +205,18 @@ def remove(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
 
 @_confined
 def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
-    """fs/copy: the source is read and the destination written through checked descriptors."""
-    source = os.path.realpath(native_path(params, "sourcePath"))
+    """fs/copy: the source is read and the destination written through checked descriptors; a symlink
+    source is copied as a link (as :func:`fs_helper.copying.copy_paths`)."""
+    link = safe_path.split_resolved(native_path(params, "sourcePath"))
     destination = safe_path.split_resolved(native_path(params, "destinationPath"))
+    if os.path.islink(link):
+        policy.check_read_resolved(link)
+        policy.check_write_resolved(destination)
+        with safe_path.Place(link) as source_place, safe_path.Place(destination) as destination_place:
+            target = os.readlink(source_place.name, dir_fd=source_place.dir_fd)
+            os.symlink(target, destination_place.name, dir_fd=destination_place.dir_fd)
+        return {}
+    source = os.path.realpath(native_path(params, "sourcePath"))
     if os.path.islink(destination) and not os.path.isdir(source):
         destination = os.path.realpath(destination)  # a file goes where the link names, checked as such
     policy.check_read_resolved(source)

@@ -20,7 +20,8 @@ from .replacing import replace_target, write_whole
 
 
 def copy_paths(source: str, destination: str, recursive: bool, split_links: bool = False) -> None:
-    """Copy ``source`` (a file, or a directory with ``recursive``) to ``destination``.
+    """Copy ``source`` (a file, or a directory with ``recursive``) to ``destination``; a symlink is copied as
+    a link, whatever it points to, and ``recursive`` (as by the reference 0.169.0).
 
     Args:
         split_links: a sandbox's copy (:func:`~fs_helper.replacing.keeps_identity`).
@@ -29,6 +30,10 @@ def copy_paths(source: str, destination: str, recursive: bool, split_links: bool
             or a copy into itself; OS errors by kind).
     """
     try:
+        if stat.S_ISLNK(os.lstat(source).st_mode):  # the link itself, as the reference copies it (anything at
+            os.symlink(os.readlink(source), destination,  # the destination: File exists, os error 17)
+                       target_is_directory=os.path.isdir(source))
+            return
         info = os.stat(source)
         if stat.S_ISDIR(info.st_mode):
             if not recursive:
@@ -122,9 +127,24 @@ def refuse_copy_into_itself(source: str, destination: str) -> None:
     """Raise :data:`COPY_INTO_ITSELF` if ``destination`` is directory ``source`` or lies under it.
 
     Both are resolved (symlinks of the parts that exist), so a link cannot
-    hide the loop; a copy into itself would otherwise copy its own copies
-    until the path is too long or the disk full.
+    hide the loop, and ``destination`` and each directory above it are
+    compared with ``source`` by identity (device and inode, as ``cp``
+    does), so neither can a bind mount of the source inside it; a copy into
+    itself would otherwise copy its own copies until the path is too long
+    or the disk full.
     """
     source, destination = os.path.realpath(source), os.path.realpath(destination)
     if os.path.commonpath([source, destination]) == source:
         raise FsError(INVALID_REQUEST, COPY_INTO_ITSELF)
+    origin = _stat_or_none(source)
+    if origin is None or not origin.st_ino:
+        return  # the copy itself says what is wrong; no inode numbers (some Windows file systems): by path only
+    path = destination
+    while True:
+        info = _stat_or_none(path)
+        if info is not None and (info.st_dev, info.st_ino) == (origin.st_dev, origin.st_ino):
+            raise FsError(INVALID_REQUEST, COPY_INTO_ITSELF)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent

@@ -261,13 +261,18 @@ def test_copy_through_links(linked):
     uri = lambda p: path_to_uri(str(p))  # noqa: E731
     refused("fs/copy", {"sourcePath": uri(work / "src.txt"), "destinationPath": uri(work / "dir-link" / "c.txt"),
                         "recursive": False}, work, hidden)
-    assert refused("fs/copy", {"sourcePath": uri(work / "hidden-link"), "destinationPath": uri(work / "leak.txt"),
-                               "recursive": False}, work, hidden).message.endswith("(os error 13)")
+    # a link is copied as a link, as by the reference: its text, never what it points to
+    helper_call("fs/copy", {"sourcePath": uri(work / "hidden-link"), "destinationPath": uri(work / "leak.txt"),
+                            "recursive": False}, work, hidden)
+    assert os.readlink(work / "leak.txt") == str(hidden / "secret.txt")
     helper_call("fs/copy", {"sourcePath": uri(work / "tree"), "destinationPath": uri(work / "tree-copy"),
                             "recursive": True}, work, hidden)
     assert os.readlink(work / "tree-copy" / "secret") == str(hidden / "secret.txt")  # a link, not the content
     assert os.path.islink(work / "tree-copy" / "out")
-    assert not (work / "leak.txt").exists()
+    assert refused("fs/readFile", {"path": uri(work / "leak.txt")}, work, hidden).message.endswith("(os error 13)")
+    # the link is made where the destination names, never through a link there into what is read-only
+    refused("fs/copy", {"sourcePath": uri(work / "hidden-link"), "destinationPath": uri(work / "dir-link" / "l"),
+                        "recursive": False}, work, hidden)
     assert sorted(os.listdir(outside)) == ["victim.txt"]
 
 
