@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -322,20 +323,22 @@ def test_a_slow_close_holds_up_no_other_request(peer, tmp_path, monkeypatch):
     target.write_bytes(ORIGINAL)
     open_atomic(peer, "h1", target, b"NEW")
     real_fsync = os.fsync
+    committed = threading.Event()  # the commit's fsync waits for it: the status must come before
 
     def slow_fsync(fd):
-        time.sleep(2.0)
+        committed.wait(30)
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)  # the server runs in this process
-    started = time.monotonic()
     peer.send({"id": 200, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
     peer.send({"id": 201, "method": "fs/writeBlock",
                "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"LATE")}})
     peer.send({"id": 202, "method": "fs/open", "params": {"handleId": "h1", "path": uri(target), "mode": "read"}})
     peer.send({"id": 203, "method": "environment/status", "params": {}})
-    assert peer.wait_for(lambda m: m.get("id") == 203) == {"id": 203, "result": {"status": "ready"}}
-    assert time.monotonic() - started < 1.5  # answered during the commit, not after it
+    try:
+        assert peer.wait_for(lambda m: m.get("id") == 203) == {"id": 203, "result": {"status": "ready"}}
+    finally:
+        committed.set()  # answered during the commit, not after it
     late = peer.wait_for(lambda m: m.get("id") == 201)
     assert late["error"]["code"] == -32004 and "unknown file handle" in late["error"]["message"]
     assert peer.wait_for(lambda m: m.get("id") == 200, timeout=15) == {"id": 200, "result": {}}
@@ -374,9 +377,10 @@ def test_a_dropped_connection_closes_no_handle_under_a_running_write(server, con
     peer.initialize()
     open_atomic(peer, "h1", target)
     real_pwrite = handles.os.pwrite
-    outcomes = []
+    outcomes, running = [], threading.Event()
 
     def slow_pwrite(fd, data, offset):
+        running.set()
         time.sleep(1.0)
         try:
             written = real_pwrite(fd, data, offset)
@@ -389,7 +393,7 @@ def test_a_dropped_connection_closes_no_handle_under_a_running_write(server, con
     monkeypatch.setattr(handles.os, "pwrite", slow_pwrite)
     chunk = b64.encode(b"x" * 4096)
     peer.send({"id": 400, "method": "fs/writeBlock", "params": {"handleId": "h1", "offset": 0, "chunk": chunk}})
-    time.sleep(0.3)  # the write is running
+    assert running.wait(10)  # the write is running
     assert len(leftovers(tmp_path)) == 1
     peer.close()
     wait_until(lambda: outcomes, timeout=10)
@@ -407,12 +411,13 @@ def test_an_open_waiting_for_a_close_leaves_nothing_when_the_connection_drops(se
     peer.initialize()
     open_atomic(peer, "h1", target, b"NEW")
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(1.0), real_fsync(fd)))
+    syncing = threading.Event()
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncing.set(), time.sleep(1.0), real_fsync(fd)))
     before = set(os.listdir("/proc/self/fd"))
     peer.send({"id": 500, "method": "fs/close", "params": {"handleId": "h1", "commit": True}})
     reopen = {"handleId": "h1", "path": uri(target), "mode": "replace", "atomic": True}
     peer.send({"id": 501, "method": "fs/open", "params": reopen})
-    time.sleep(0.3)  # the close is in its fsync, the open waits for it
+    assert syncing.wait(10)  # the close is in its fsync, the open waits for it
     peer.close()
 
     def into_tmp_path() -> list:
@@ -546,12 +551,12 @@ def test_a_handle_id_reused_after_a_close_gave_up_is_a_new_handle(peer, tmp_path
 
     monkeypatch.setattr(handles, "CLOSE_BLOCKS_WAIT", 0.3)
     real_pwrite = handles.os.pwrite
-    first_write = [True]
+    first_write, hung = [True], threading.Event()
 
     def pwrite(fd, data, offset):
         if first_write[0]:
             first_write[0] = False
-            time.sleep(2.0)  # a write on a hung file system, say
+            hung.wait(30)  # a write on a hung file system, say: until the new handle is done
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(handles.os, "pwrite", pwrite)
@@ -561,10 +566,12 @@ def test_a_handle_id_reused_after_a_close_gave_up_is_a_new_handle(peer, tmp_path
                "params": {"handleId": "h1", "offset": 0, "chunk": b64.encode(b"OLD")}})
     reply = peer.request("fs/close", {"handleId": "h1"})
     assert reply["error"]["code"] == -32603
-    started = time.monotonic()
-    open_atomic(peer, "h1", new, b"NEW")
-    assert peer.call("fs/close", {"handleId": "h1", "commit": True}) == {}
-    assert time.monotonic() - started < 1.5 and new.read_bytes() == b"NEW"
+    try:
+        open_atomic(peer, "h1", new, b"NEW")  # neither waits for the hung write (Peer's 10 s) nor fails
+        assert peer.call("fs/close", {"handleId": "h1", "commit": True}) == {}
+    finally:
+        hung.set()
+    assert new.read_bytes() == b"NEW"
     assert peer.wait_for(lambda m: m.get("id") == 800, timeout=10) == {"id": 800, "result": {}}
     wait_until(lambda: leftovers(tmp_path) == [], timeout=10)
     assert not old.exists()

@@ -139,6 +139,7 @@ def test_the_leftover_scan_runs_off_the_callers_thread(monkeypatch):
     leftovers = Leftovers(checked_at=2)
     leftovers.add("leftovers-test.a")
     leftovers.add("leftovers-test.b")  # starts the scan, and returns at once (before: 10 s)
+    wait_until(lambda: scans, timeout=10)  # the scan's thread has begun it (it may not have run yet)
     leftovers.add("leftovers-test.c")  # one scan at a time
     assert len(leftovers) == 3 and len(scans) == 1
     release.set()

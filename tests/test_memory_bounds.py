@@ -349,9 +349,10 @@ def test_a_start_that_fails_keeps_nothing_of_its_request(server, connect):
     try:
         reply = peer.request("process/start", start_params("too-long", ["echo", argument]), timeout=30)
         assert reply["error"]["code"] == -32603 and "Argument list too long" in reply["error"]["message"]
-        time.sleep(0.2)  # the reply is sent before the handler's frames are let go
-        held = [o for o in gc.get_objects() if isinstance(o, types.FrameType)
-                and o.f_code.co_name in ("spawn_child", "process_start", "_execute_child")]
-        assert held == []
+
+        def held():  # the reply is sent before the handler's frames are let go: wait for that, not a guess
+            return [o.f_code.co_name for o in gc.get_objects() if isinstance(o, types.FrameType)
+                    and o.f_code.co_name in ("spawn_child", "process_start", "_execute_child")]
+        wait_until(lambda: held() == [], timeout=10)  # gc is off: a reference cycle would keep them for good
     finally:
         gc.enable()

@@ -150,16 +150,19 @@ def test_recovery_deadline_ends_in_failed(configured_server, proxy_to):
         proxy.refuse(False)
 
 
-def test_gap_fails_only_that_process(configured_server, proxy_to):
+def test_gap_fails_only_that_process(configured_server, proxy_to, tmp_path):
     running = configured_server(retained_output_chunks=3, spool_bytes_per_process=0)  # memory only: a gap
     proxy = proxy_to(running.url)
+    go = tmp_path / "go"  # chatty writes only once the connection is cut (its 0.2 s sleep lost to a slow start)
     with Client.connect(proxy.url, timeout=5, reconnect=FAST) as client:
-        chatty = client.start(["/bin/sh", "-c",
-                               "sleep 0.2; for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30"])
+        chatty = client.start(["/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.02; done; '
+                               'for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.01; done; sleep 30', str(go)])
         quiet = client.start(["/bin/sh", "-c", "sleep 0.8; echo quiet"])
         proxy.refuse(True)
         proxy.cut()
-        time.sleep(0.6)
+        go.touch()
+        on_server = running.server.registry.get(client.session_id).get(chatty.process_id)
+        wait_until(lambda: on_server.read(0).next_seq > 4, timeout=10)  # 4 chunks while cut: more than retained
         proxy.refuse(False)
         with pytest.raises(ProcessOutputGap) as caught:
             chatty.wait(timeout=10)

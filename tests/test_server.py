@@ -82,7 +82,7 @@ def test_violation_sends_close_1002(connect, server):
 
 
 def test_detached_session_expires_and_kills_its_trees(connect, configured_server, tmp_path):
-    running = configured_server(detached_session_ttl=0.5)
+    running = configured_server(detached_session_ttl=2.0)
     peer = ready(connect, running.url)
     pid_file = tmp_path / "pid"  # written once the background job runs
     peer.call("process/start", start_params("bg", ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait" % pid_file]))
@@ -135,12 +135,12 @@ def test_spooled_output_is_read_back_past_the_memory_limits(connect, configured_
 
 
 def test_closed_process_is_forgotten_after_retention(connect, configured_server):
-    running = configured_server(closed_process_retention=0.2)
+    running = configured_server(closed_process_retention=1.0)
     peer = ready(connect, running.url)
     peer.call("process/start", start_params("p", ["echo", "1"]))
     peer.wait_closed("p")
     assert peer.call("process/read", {"processId": "p"})["closed"] is True
-    wait_until(lambda: "error" in peer.request("process/read", {"processId": "p"}))
+    wait_until(lambda: "error" in peer.request("process/read", {"processId": "p"}), timeout=10)
     assert peer.request("process/read", {"processId": "p"})["error"] == {
         "code": -32600, "message": "unknown process id p"}
     peer.received.clear()

@@ -62,11 +62,29 @@ def test_notifications_while_detached_are_dropped_not_queued(connect, any_server
 
 def test_a_detach_that_a_resume_overtook_sets_no_expiry():
     """A connection detaches its session, then starts its TTL; a resume between the two used to leave a
-    timer behind for the resumed session, which expired it early at its next short detach (review m, F4)."""
+    timer behind for the resumed session, which expired it early at its next short detach (review m, F4).
+    The timers are fired by hand, in their order, so no sleep decides which one runs first."""
     from exec_server.server.config import ServerConfig
+    from exec_server.server.scheduler import Timer
     from exec_server.server.sessions import SessionRegistry
 
-    registry = SessionRegistry(ServerConfig(detached_session_ttl=0.5))
+    class HandScheduler:
+        def __init__(self):
+            self.timers = []
+
+        def call_later(self, delay, callback):
+            self.timers.append(Timer(callback))
+            return self.timers[-1]
+
+        def fire(self, timer):
+            if not timer.cancelled:
+                timer.callback()
+
+        def stop(self, timeout):
+            pass
+
+    scheduler = HandScheduler()
+    registry = SessionRegistry(ServerConfig(detached_session_ttl=0.5), scheduler=scheduler)
     try:
         first, second = object(), object()
         session = registry.create()
@@ -74,13 +92,15 @@ def test_a_detach_that_a_resume_overtook_sets_no_expiry():
         assert session.detach(first)  # the first connection ends ...
         assert registry.resume(session.session_id, second, lambda *texts: None) is session  # ... overtaken
         registry.detached(session)  # ... and now starts a TTL for a session the second one holds
-        time.sleep(0.3)
+        stale = list(scheduler.timers)
         assert session.detach(second)  # a short blip of the second connection
         registry.detached(session)
-        time.sleep(0.35)  # past the stale timer's 0.5 s, within the blip's own
+        blip = scheduler.timers[-1]
+        for timer in stale:  # the stale timer's 0.5 s pass first, within the blip's own
+            scheduler.fire(timer)
         third = object()
         assert registry.resume(session.session_id, third, lambda *texts: None) is session
-        time.sleep(0.4)  # the blip's timer, cancelled by the resume, expires nothing either
+        scheduler.fire(blip)  # the blip's timer, cancelled by the resume, expires nothing either
         assert registry.get(session.session_id) is session and session.holder() is third
     finally:
         registry.close_all()

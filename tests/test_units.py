@@ -496,7 +496,9 @@ def test_stdin_writer_keeps_writing_to_its_own_descriptor_when_the_pty_number_is
                          lambda fd, count: None)
     writer.write(b"x" * (1 << 20), "w1")  # far more than the pipe holds: the writer waits
     writer.write(b"SECRET", "w2")
-    time.sleep(0.3)
+    import select
+    # the writer thread took its descriptor and filled the pipe (a sleep here lost to a slow thread start)
+    assert select.select([read_end], [], [], 10)[0]
     os.close(master)  # the process's own descriptor closed, and its number taken by another file
     other = os.open(str(tmp_path / "other"), os.O_WRONLY | os.O_CREAT)
     if other != master:
