@@ -34,7 +34,7 @@ def platform_os(platform: Optional[str] = None) -> str:
 class UriError(Exception):
     """A URI that is not a usable file URI on this host.
 
-    ``kind`` is ``"relative"``, ``"scheme"``, ``"host"`` or ``"nul"``; ``message`` is
+    ``kind`` is ``"relative"``, ``"scheme"``, ``"query"``, ``"fragment"``, ``"host"`` or ``"nul"``; ``message`` is
     the protocol text; ``code`` the JSON-RPC code the file system methods use
     (host errors are -32600, the others -32602).
     """
@@ -74,8 +74,9 @@ def uri_to_path(uri: str, windows: Optional[bool] = None) -> str:
         for the root.
     Raises:
         UriError: relative text or a plain path (``relative``), another
-            scheme (``scheme``), a host part (``host``), or a NUL byte
-            (``%00``, ``nul``).
+            scheme (``scheme``), a query or a fragment, even empty (``?``:
+            ``query``, ``#``: ``fragment``), a host part (``host``), or a NUL
+            byte (``%00``, ``nul``).
     """
     if windows is None:
         windows = sys.platform.startswith("win")
@@ -86,6 +87,11 @@ def uri_to_path(uri: str, windows: Optional[bool] = None) -> str:
         raise UriError("relative", RELATIVE_URL)
     if scheme.lower() != "file":
         raise UriError("scheme", "unsupported path URI scheme `%s`" % scheme.lower())
+    before_fragment, fragment_mark, _ = text.partition("#")
+    if "?" in before_fragment:  # even an empty one: the reference's texts, -32602
+        raise UriError("query", "query parameters are not allowed in path URIs")
+    if fragment_mark:
+        raise UriError("fragment", "fragments are not allowed in path URIs")
     parts = urlsplit(text.replace("\\", "/"))
     host = parts.netloc
     if host.lower() == "localhost":

@@ -74,6 +74,14 @@ def test_write_errors_leave_disk_untouched(fs, tmp_path):
     ("a.txt", InvalidParams, "invalid URI: relative URL without a base"),
     ("http://host/x", InvalidParams, "unsupported path URI scheme `http`"),
     ("file://host/tmp/x", InvalidRequest, "'file://host/tmp/x' is invalid on 'linux'"),
+    # a query or a fragment, even empty, was dropped and the path read (the reference refuses them)
+    ("file:///etc/hostname?x=1", InvalidParams, "query parameters are not allowed in path URIs"),
+    ("file:///etc/hostname?", InvalidParams, "query parameters are not allowed in path URIs"),
+    ("file:///etc/hostname?x#f", InvalidParams, "query parameters are not allowed in path URIs"),
+    ("file://host/etc/hostname?x", InvalidParams, "query parameters are not allowed in path URIs"),
+    ("file:///etc/hostname#f", InvalidParams, "fragments are not allowed in path URIs"),
+    ("file:///etc/hostname#", InvalidParams, "fragments are not allowed in path URIs"),
+    ("file:///etc/hostname#f?x", InvalidParams, "fragments are not allowed in path URIs"),
 ])
 def test_path_uri_errors(fs, path, error, message):
     with pytest.raises(error) as caught:
