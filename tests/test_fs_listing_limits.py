@@ -58,3 +58,28 @@ def test_a_walk_result_is_capped_at_4_mib_and_truncated(fs, tmp_path):
     assert len(result["entries"]) == fits  # ~3900: the cap, not maxEntries, ended it
     assert result["entries"][-1]["path"].endswith(str(fits - 1).zfill(name_length))
     assert sum(len(entry["path"]) + WALK_ITEM_OVERHEAD for entry in result["entries"]) <= WALK_RESULT_BYTES
+
+
+def test_results_are_counted_in_the_result_budget_by_what_they_hold(monkeypatch, tmp_path):
+    """A file whose stat gives 0 bytes (a /proc file, or one growing after its stat) reserved nothing and could
+    return up to 64 MiB; listings reserved nothing at all.  Now what a result holds is reserved until sent."""
+    from conftest import start_ours
+    from exec_server.server.handlers.context import RequestContext
+
+    reserved = []
+    real = RequestContext.reserve_result
+    monkeypatch.setattr(RequestContext, "reserve_result",
+                        lambda self, size, chunks=0: (reserved.append(size), real(self, size, chunks))[1])
+    status = "/proc/%d/status" % os.getpid()
+    assert os.stat(status).st_size == 0
+    _make_files(tmp_path / "d", 100)
+    running = start_ours()
+    try:
+        with Client.connect(running.url, timeout=10) as client:
+            data = client.fs.read_file(status)
+            assert len(data) > 500 and sum(reserved) >= len(data)
+            reserved.clear()
+            assert len(client.fs.read_directory(tmp_path / "d")) == 100
+            assert sum(reserved) >= 100 * (8 + WALK_ITEM_OVERHEAD)
+    finally:
+        running.stop()

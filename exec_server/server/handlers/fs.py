@@ -28,8 +28,8 @@ def _fs_method(operation: str):
     def handler(ctx: RequestContext, params: Dict[str, Any]) -> Any:
         policy = sandbox.parse_sandbox(params.get("sandbox"))
         wire = {name: value for name, value in params.items() if name != "sandbox"}
-        if operation == "fs/readFile":
-            ctx.reserve_result(_size_to_read(wire))
+        reserved = _size_to_read(wire) if operation == "fs/readFile" else 0
+        ctx.reserve_result(reserved)
         if policy is not None and policy.restrict_file_system:
             with telemetry.child_span("fs.helper"):
                 result = ctx.fs_helpers.run(operation, wire, policy)
@@ -39,7 +39,9 @@ def _fs_method(operation: str):
             except FsError as exc:
                 raise rpc_error(exc) from None
         if operation == "fs/readFile":  # base64 needs no escaping: one copy of it into the response, not two
-            return RawJson(['{"dataBase64":"', result.pop("dataBase64"), '"}'])
+            data = result.pop("dataBase64")
+            ctx.reserve_result(len(data) // 4 * 3 - reserved)  # a file that grew since its stat: the rest too
+            return RawJson(['{"dataBase64":"', data, '"}'])
         if operation in LISTINGS:  # bounded by their own limits; held until sent like any large result
             ctx.reserve_result(_listing_bytes(result))
         return result
