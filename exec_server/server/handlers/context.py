@@ -29,6 +29,7 @@ class RequestContext:
         self.registry: SessionRegistry = dispatcher.registry
         self.config: ServerConfig = dispatcher.config
         self.after_response_callbacks: List[Callable[[], None]] = []
+        self._reserved = 0  # result budget this request holds
 
     @property
     def fs_helpers(self) -> Any:
@@ -49,7 +50,8 @@ class RequestContext:
         Counts :data:`~exec_server.server.budget.RESULT_COST_PER_BYTE` per
         byte and :data:`~exec_server.server.budget.RESULT_COST_PER_CHUNK` per
         chunk against ``max_result_bytes_in_flight`` (all connections),
-        waiting up to ``send_timeout`` seconds for it.
+        waiting up to ``send_timeout`` seconds for it; one request's
+        reservations together take at most the whole budget.
 
         Raises:
             ServerOverloaded: -32001, the budget stayed taken by other results.
@@ -57,10 +59,13 @@ class RequestContext:
         from exec_server.server.budget import RESULT_COST_PER_BYTE, RESULT_COST_PER_CHUNK
 
         budget = self.dispatcher.result_budget
-        reserved = budget.reserve(RESULT_COST_PER_BYTE * decoded_bytes + RESULT_COST_PER_CHUNK * chunks,
-                                  self.config.send_timeout)
+        cost = RESULT_COST_PER_BYTE * decoded_bytes + RESULT_COST_PER_CHUNK * chunks
+        # a request reserving again (a file longer than its stat said) holds at most the whole budget: it must
+        # never wait for its own reservation
+        reserved = budget.reserve(min(cost, budget.limit - self._reserved), self.config.send_timeout)
         if reserved is None:
             raise ServerOverloaded()
+        self._reserved += reserved
         self.after_response(lambda: budget.release(reserved))
 
     def aborted(self) -> Optional[Exception]:

@@ -40,7 +40,8 @@ def _fs_method(operation: str):
                 raise rpc_error(exc) from None
         if operation == "fs/readFile":  # base64 needs no escaping: one copy of it into the response, not two
             data = result.pop("dataBase64")
-            ctx.reserve_result(len(data) // 4 * 3 - reserved)  # a file that grew since its stat: the rest too
+            decoded = len(data) // 4 * 3 - data.count("=", max(0, len(data) - 2))
+            ctx.reserve_result(decoded - reserved)  # a file that grew since its stat: the rest too
             return RawJson(['{"dataBase64":"', data, '"}'])
         if operation in LISTINGS:  # bounded by their own limits; held until sent like any large result
             ctx.reserve_result(_listing_bytes(result))
