@@ -215,6 +215,55 @@ def test_a_malformed_answer_fails_that_call_only(memory_server, change):
         assert len(server.transports) == 1 and client.state == "connected"
 
 
+DEEP = "[" * 100000 + "]" * 100000  # deeper than Python's JSON decoder goes (~1000 levels, less on a thread)
+
+
+def deep_result(message):  # {"id":N,"result":{"status":DEEP}}: our responses' member order, id first
+    message["result"] = {"status": "DEEP"}
+
+
+def deep_error(message):  # {"error":{...,"data":DEEP},"id":N}: our error responses' order, id last
+    message["error"] = {"code": -32603, "message": "x", "data": "DEEP"}
+    message["id"] = message.pop("id")
+    del message["result"]
+
+
+def deep_notification(message):  # no id to fail a call with: the peer is broken
+    message.clear()
+    message.update({"method": "process/exited", "params": "DEEP"})
+
+
+@pytest.mark.parametrize("change", [deep_result, deep_error, deep_notification])
+def test_a_message_nested_too_deep_to_decode_ends_cleanly(memory_server, caplog, change):
+    """``{"id":N,"result":{"status":[[[...]]]}}``: the fallback ``json.loads`` that looks for the id of an answer
+    parse_message refused raised RecursionError, which the reader did not expect: it logged "client reader
+    failed" with a traceback and the call failed as on a dropped connection.  Now an answer whose id is its
+    first or last member fails that call only (InternalError, the connection stays); a message without a
+    readable id ends the connection as any malformed message does, with that reason (the read is then sent
+    again on the resumed connection)."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        done = []
+
+        def once(text):
+            if done or '{"status":"ready"}' not in text:
+                return text
+            done.append(text)
+            return rewrite_json(lambda m: True, change)(text).replace('"DEEP"', DEEP)
+
+        server.rewrite = once
+        if change is deep_notification:
+            assert client.call("environment/status", timeout=10) == {"status": "ready"}
+            assert len(server.transports) == 2
+            assert "malformed message: maximum recursion depth exceeded" in caplog.text
+        else:
+            with pytest.raises(InternalError, match="^exec-server sent a malformed answer: maximum recursion depth"):
+                client.call("environment/status", timeout=5)
+            assert client.call("environment/status", timeout=5) == {"status": "ready"}
+            assert len(server.transports) == 1 and client.state == "connected"
+    assert done and "client reader failed" not in caplog.text
+
+
 @pytest.mark.parametrize("method, result, call", [
     ("process/write", {}, lambda client, process: process.write(b"x")),
     ("process/terminate", {"running": "yes"}, lambda client, process: process.terminate()),

@@ -61,6 +61,25 @@ def test_envelope_errors(text, description):
         assert caught.value.description == description
 
 
+DEEP = "[" * 5000 + "]" * 5000  # past Python's JSON decoder's ~1000 levels
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"id":3,"error":"boom"}', 3),
+    (b'{"id":"s","result":1,"error":null}', "s"),
+    ('{"id":3,"method":"a","params":7}', None),  # a request, not an answer
+    ('{"id":[3],"result":1}', None), ('{"id":true,"result":1}', None), ("[1]", None), ('"id"', None),
+    ('{"id":5,"result":%s}' % DEEP, 5),  # too deep to decode: the id is read where our servers put it
+    ('{"error":{"data":%s},"id":"x\\"y"}' % DEEP, 'x"y'),
+    (b'{"result":%s,"id":-7}' % DEEP.encode(), -7),
+    ('{"result":%s,"id":5,"x":1}' % DEEP, None),  # an id between other members is not looked for
+    ('{"result":{"id":5,"x":%s}}' % DEEP, None), ('{"result":[%s,{"id":5}]}' % DEEP, None),
+])
+def test_answer_id(text, expected):
+    """The id of an answer parse_message refused; a text too deep to decode raised RecursionError."""
+    assert jsonrpc.answer_id(text) == expected
+
+
 def test_encode_member_order_and_no_jsonrpc():
     assert jsonrpc.encode(jsonrpc.Response(1, {"a": "é"})) == '{"id":1,"result":{"a":"é"}}'
     assert jsonrpc.encode(jsonrpc.ErrorResponse(-1, {"code": -32600, "message": "m"})) == \

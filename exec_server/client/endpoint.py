@@ -15,7 +15,6 @@ Every public method is thread-safe, and no handle is called under the lock.
 """
 
 import itertools
-import json
 import threading
 import time
 import weakref
@@ -31,7 +30,7 @@ from exec_server.client.transport import abort as abort_transport
 from exec_server.common import telemetry
 from exec_server.protocol.errors import ExecServerDisconnected, InternalError, ServerOverloaded, error_from_dict
 from exec_server.protocol.jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response,
-                                          TraceContext, encode, parse_message)
+                                          TraceContext, answer_id, encode, parse_message)
 
 #: Pauses, in seconds, before each resend of a request the server refused
 #: as overloaded (-32001); after the last, the error is raised.
@@ -104,11 +103,8 @@ class Endpoint:
         try:
             message = parse_message(text)  # EnvelopeError: the peer is broken, see read_transport
         except EnvelopeError as exc:  # an answer to a waiting call fails that call only
-            try:
-                answer = json.loads(text)
-                pending = None if "method" in answer else self._take(answer["id"], generation)
-            except (ValueError, TypeError, KeyError):
-                pending = None
+            request_id = answer_id(text)
+            pending = None if request_id is None else self._take(request_id, generation)
             if pending is None:
                 raise
             pending.error = InternalError("exec-server sent a malformed answer: %s" % exc.description)

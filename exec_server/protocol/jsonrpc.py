@@ -255,6 +255,36 @@ def parse_message(text: Union[str, bytes, bytearray]) -> Message:
     raise EnvelopeError("missing field `error`")
 
 
+#: The id of an object whose first member (our responses' form) or last member (our error responses') it is.
+_EDGE_ID = re.compile(r'\A\s*\{\s*"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")\s*,'
+                      r'|,\s*"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")\s*\}\s*\Z')
+
+
+def answer_id(text: Union[str, bytes, bytearray]) -> Optional[RequestId]:
+    """The id of a message :func:`parse_message` refused, if it is an answer (an object with a valid
+    ``id`` and no ``method``); None if it is not one or its id cannot be read.
+
+    A text nested too deeply to decode (Python's decoder stops near 1000
+    levels) is read only for an id that is its first or last member.
+    """
+    try:
+        answer = json.loads(text)
+        request_id = None if "method" in answer else answer["id"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    except RecursionError:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", "replace")
+        match = _EDGE_ID.search(text)
+        if match is None:
+            return None
+        try:
+            request_id = json.loads(match.group(1) or match.group(2))
+        except ValueError:
+            return None
+    return request_id if _is_valid_id(request_id) else None
+
+
 def encode_reply(message: Response) -> Union[str, RawJson]:
     """:func:`encode` of a response, but a large one (:data:`~exec_server.protocol.wire.LARGE_MESSAGE_CHARS`
     or more, a result already in pieces: a file's base64, spooled output) stays in pieces for the transport."""
