@@ -57,28 +57,24 @@ def test_websocket_send_interrupted_between_frames(server, monkeypatch):
 
 
 class CutOnce:
-    """The child's stdin: the first large write puts half of its bytes through, then ^C."""
+    """A write to the child's stdin: the first large one puts part of its bytes through, then ^C."""
 
-    def __init__(self, pipe):
-        self.pipe, self.cut = pipe, False
+    def __init__(self, write):
+        self.write, self.cut = write, False
 
-    def write(self, data):
-        if not self.cut and len(data) > 512 * 1024:
+    def __call__(self, view):
+        if not self.cut and len(view) > 512 * 1024:
             self.cut = True
-            self.pipe.write(data[:len(data) // 2])
-            self.pipe.flush()
+            self.write(view[:64 * 1024])  # the pipe (1 MiB, or the default 64 KiB) has room for it
             raise KeyboardInterrupt
-        return self.pipe.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
+        return self.write(view)
 
 
 def test_stdio_send_interrupted_partway():
     with Client.spawn([sys.executable, "-m", "exec_server", "--listen", "stdio"], timeout=30) as client:
         process = client.start(["sleep", "61"], stdin=True)
         transport = client._endpoint._transport
-        transport._child.stdin = CutOnce(transport._child.stdin)
+        transport._write_piece = CutOnce(transport._write_piece)
         with pytest.raises(KeyboardInterrupt):
             process.write(PAYLOAD)
         process.terminate(timeout=20)

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
 import pytest
 
 from conftest import all_gone, pid_alive, reference_binary, running_descendants, wait_until
-from exec_server import Client, ExecServerDisconnected
+from exec_server import CallTimeout, Client, ExecServerDisconnected
 from exec_server.common.pipes import PIPE_BYTES, enlarge_pipe
 
 pytestmark = pytest.mark.posix
@@ -627,3 +628,97 @@ def test_the_end_of_input_waits_for_notifications_a_read_has_overtaken(monkeypat
     finally:
         connection.close()
         registry.close_all()
+
+
+def on_thread(function):
+    """Run ``function()`` on a daemon thread: the thread, and a dict that gets its ``error`` and ``seconds``."""
+    outcome = {}
+
+    def run():
+        started = time.monotonic()
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+BIG_WRITE = base64.b64encode(b"x" * (3 << 20)).decode()  # 4 MiB of base64: more than the pipe holds
+
+
+def write_big_file(client, tmp_path, timeout):
+    return client.call("fs/writeFile", {"path": "file://%s/o" % tmp_path, "dataBase64": BIG_WRITE}, timeout=timeout)
+
+
+def close_and_end(client, pid):
+    """``client.close()`` from another thread; True if it returned within 10 s (the child is killed after)."""
+    closer, _outcome = on_thread(client.close)
+    closer.join(10)
+    if pid_alive(pid):  # the code before the fix: its blocked write ends with the child
+        os.kill(pid, signal.SIGKILL)
+    closer.join(10)
+    return closer
+
+
+def test_a_call_to_a_child_that_stopped_reading_times_out_and_fails_the_connection(tmp_path):
+    """A child that stopped reading its stdin (SIGSTOP): a 4 MiB request's write blocked under the send lock
+    with no deadline, far past the call's timeout.  Now the call raises CallTimeout at its timeout; part of
+    its line went out, so the stream is cut mid-line and cannot carry another message: the child is killed,
+    and the next call raises ExecServerDisconnected saying why."""
+    client = Client.spawn(SERVER, timeout=30)
+    pid = client._transport.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        call, outcome = on_thread(lambda: write_big_file(client, tmp_path, 3))
+        call.join(10)
+        assert not call.is_alive(), "the call blocked past its timeout"
+        assert isinstance(outcome.get("error"), CallTimeout), outcome
+        assert 2.9 < outcome["seconds"] < 6
+        wait_until(lambda: not pid_alive(pid))
+        with pytest.raises(ExecServerDisconnected, match="^the exec-server child stopped reading its input: a "
+                                                         "message was cut after [0-9]+ of its [0-9]+ bytes"):
+            client.call("environment/status", timeout=5)
+        assert client.state == "failed"
+    finally:
+        assert not close_and_end(client, pid).is_alive()
+
+
+def test_a_call_that_cannot_start_writing_in_time_leaves_the_connection(tmp_path):
+    """A call behind another thread's message to a child that stopped reading: nothing of it was written at
+    its timeout, so it raises CallTimeout and the stream is whole: once the child reads again, calls work."""
+    client = Client.spawn(SERVER, timeout=30)
+    pid = client._transport.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        writer, written = on_thread(lambda: write_big_file(client, tmp_path, 60))
+        wait_until(lambda: client._transport._send_lock.locked())
+        call, outcome = on_thread(lambda: client.call("environment/status", timeout=1))
+        call.join(10)
+        assert not call.is_alive(), "the call waited for the send lock past its timeout"
+        assert isinstance(outcome.get("error"), CallTimeout) and outcome["seconds"] < 3, outcome
+        os.kill(pid, signal.SIGCONT)
+        writer.join(30)
+        assert written.get("value") == {} and (tmp_path / "o").stat().st_size == 3 << 20
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+    finally:
+        assert not close_and_end(client, pid).is_alive()
+
+
+def test_close_ends_a_child_that_stopped_reading_while_a_call_writes_to_it(tmp_path):
+    """close() from another thread waited for the send lock that a write to a stopped child held forever.
+    Now it returns within a few seconds, the child is gone, and the blocked call raises ExecServerDisconnected."""
+    client = Client.spawn(SERVER, timeout=30)
+    pid = client._transport.pid
+    os.kill(pid, signal.SIGSTOP)
+    call, outcome = on_thread(lambda: write_big_file(client, tmp_path, None))
+    wait_until(lambda: client._transport._send_lock.locked())
+    started = time.monotonic()
+    closer = close_and_end(client, pid)
+    assert time.monotonic() - started < 6
+    assert not closer.is_alive() and not pid_alive(pid)
+    call.join(10)
+    assert not call.is_alive() and isinstance(outcome.get("error"), ExecServerDisconnected), outcome

@@ -25,7 +25,7 @@ from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, Pro
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.reader import read_transport
-from exec_server.client.transport import Transport
+from exec_server.client.transport import Transport, send_within
 from exec_server.client.transport import abort as abort_transport
 from exec_server.common import telemetry
 from exec_server.protocol.errors import ExecServerDisconnected, InternalError, ServerOverloaded, error_from_dict
@@ -299,13 +299,15 @@ class Endpoint:
 
     def call_on(self, generation: int, method: str, params: Any, timeout: Optional[float],
                 recoverable: bool = False, trace: Optional[TraceContext] = None) -> Any:
-        """Send a request on transport ``generation`` only and wait ``timeout`` s for the answer.
+        """Send a request on transport ``generation`` only; ``timeout`` s for the send and the answer together.
 
         Raises:
             ExecServerDisconnected: that transport is gone.
             _SendFailed: (``recoverable`` only) not sent; wait for the recovery and retry.
-            CallTimeout, RpcError, RequestTooLarge: as for :meth:`call`.
+            CallTimeout, RpcError, RequestTooLarge: as for :meth:`call`; CallTimeout also when the
+                transport could not send it in time (a stdio child that stopped reading).
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         request_id = next(self._ids)
         text = encode(Request(request_id, method, params, trace))
         check_request_size(method, text, self.max_request_bytes)
@@ -318,10 +320,12 @@ class Endpoint:
             self._pending[request_id] = pending
             transport = self._transport
         try:
-            transport.send(text)
+            send_within(transport, text, timeout)
         except BaseException as error:  # a ^C too: its caller gives up on it, so no recovery sends it again
             with self._lock:
                 self._pending.pop(request_id, None)
+            if isinstance(error, TimeoutError):  # not sent in time: the transport failed itself if it cut it
+                raise CallTimeout(method, timeout) from None
             if recoverable and self.on_lost is not None and isinstance(error, ExecServerDisconnected):
                 # sendall failed, so the server cannot hold the whole message: safe to send again
                 with self._lock:
@@ -329,7 +333,7 @@ class Endpoint:
                         self._state_changed.wait(0.05)
                 raise _SendFailed() from None
             raise
-        if not pending.event.wait(timeout):
+        if not pending.event.wait(_remaining(deadline)):
             with self._lock:
                 self._pending.pop(request_id, None)
             self.suspect()

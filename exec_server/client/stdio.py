@@ -4,8 +4,11 @@ Implements :class:`exec_server.client.transport.Transport` for
 ``Client.spawn`` (one message per line, PROTOCOL.md 1.4).
 """
 
+import os
+import select
 import signal
 import threading
+import time
 from typing import Optional
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
@@ -17,6 +20,9 @@ STDIO_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 #: After a write failed because the child exited, how long a send waits for the reader to judge what the
 #: child wrote before (a malformed line is the better cause than the exit), seconds.
 OUTPUT_VERDICT_WAIT = 1.0
+#: Longest single wait, seconds, of a send for room in a full pipe: it then checks whether the transport
+#: was closed meanwhile (the kill that ends the child wakes it at once, by breaking the pipe).
+CLOSED_CHECK_INTERVAL = 1.0
 
 
 class StdioTransport:
@@ -28,6 +34,12 @@ class StdioTransport:
     closes the child's stdin (the server then kills its process trees and
     exits), waits up to ``CHILD_EXIT_GRACE`` seconds, then kills the child's
     tree.
+
+    Writes to the child's stdin are non-blocking, bounded by the
+    :meth:`send_within` timeout (on Windows, where a pipe cannot be polled,
+    a write blocks until the child takes it or ends).  A message cut by its
+    timeout ends the child, as a WebSocket send cut by its ``write_timeout``
+    ends that connection: nothing can follow half a line.
     """
 
     #: Seconds a child may take to exit after its stdin closed.
@@ -49,7 +61,8 @@ class StdioTransport:
         except OSError as exc:
             raise ExecServerDisconnected("cannot start %s: %s" % (argv[0], exc)) from exc
         self.pid = self._child.pid
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # held for each whole message written
+        self._close_lock = threading.Lock()  # one close()
         self._closed = False  # no more sends
         self._torn = False  # a send was interrupted (^C) partway: its line is not ended
         self._output_judged = threading.Event()  # the reader met the end of the child's output, or a bad line
@@ -59,6 +72,12 @@ class StdioTransport:
         self._stdout = self._child.stdout
         for pipe in (self._child.stdin, self._stdout):
             enlarge_pipe(pipe.fileno())
+        self._stdin_fd = self._child.stdin.fileno()  # written with os.write: the file object's buffer stays empty
+        self._poller = None  # a wait for room in the pipe (None: Windows, blocking writes)
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self._stdin_fd, select.POLLOUT)
+            os.set_blocking(self._stdin_fd, False)
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name="exec-server-child-stderr",
                                                daemon=True)
         self._stderr_thread.start()
@@ -74,8 +93,29 @@ class StdioTransport:
             stream.close()
 
     def send(self, text: str) -> None:
+        """:meth:`send_within` without a timeout."""
+        self.send_within(text, None)
+
+    def send_within(self, text: str, timeout: Optional[float]) -> None:
+        """Write ``text`` as one line to the child's stdin within ``timeout`` seconds (None: no limit).
+
+        The wait for another thread's message to go out first counts.  When
+        the child does not take the line in time (it stopped reading): if
+        nothing of it was written, the connection stays; if part was, the
+        stream is cut mid-line, so the child's tree is killed and every later
+        send (and the reader) raises ExecServerDisconnected saying so.
+
+        Raises:
+            TimeoutError: not written within ``timeout`` s (see above).
+            ExecServerDisconnected: the child has ended or was killed, or the
+                transport was closed.
+        """
         data = text.encode("utf-8") + b"\n"
-        with self._send_lock:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._send_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("another message to the exec-server child was still being written after %.3f s"
+                               % timeout)
+        try:
             if self._closed:  # the reader may have seen the child's end first: say how it ended
                 if self._killed_for is not None:
                     raise ExecServerDisconnected(self._killed_for)
@@ -83,16 +123,29 @@ class StdioTransport:
                 if status is not None:
                     raise ExecServerDisconnected(_ended(status))
                 raise ExecServerDisconnected("exec-server child is closed")
-            if self._torn:  # the last message was cut (^C): its line ends here, a malformed one the
+            torn = self._torn
+            if torn:  # the last message was cut (^C): its line ends here, a malformed one the
                 data = b"\n" + data  # server answers with an error and skips, and this one is whole
             try:
                 self._torn = True
-                self._child.stdin.write(data)
-                self._child.stdin.flush()
-                self._torn = False
-                return
+                written = self._write(data, deadline)
+                self._torn = torn if written == 0 else written < len(data)
+                if written == len(data):
+                    return
+                error = None
             except (OSError, ValueError) as exc:
                 error = exc
+        finally:
+            self._send_lock.release()
+        if error is None:
+            if not written:
+                raise TimeoutError("the exec-server child took nothing of a message in %.3f s" % timeout)
+            reason = ("the exec-server child stopped reading its input: a message was cut after %d of its %d bytes "
+                      "by its %.3f s timeout" % (written, len(data), timeout))
+            self.kill(reason)
+            raise TimeoutError(reason)
+        if self._finished and self._killed_for is None:  # close() from another thread broke the write
+            raise ExecServerDisconnected("exec-server child is closed") from None
         status = self._exit_status(2.0)
         if status is None:
             raise ExecServerDisconnected("cannot write to the exec-server child: %s" % error) from error
@@ -102,6 +155,35 @@ class StdioTransport:
         if self._killed_for is not None:
             raise ExecServerDisconnected(self._killed_for) from None
         raise ExecServerDisconnected(_ended(status)) from None
+
+    def _write(self, data: bytes, deadline: Optional[float]) -> int:
+        """Write ``data`` to the child's stdin by the monotonic ``deadline`` (None: none); the bytes written.
+
+        Fewer than ``len(data)``: the deadline passed with the pipe full.
+
+        Raises:
+            OSError: the pipe broke (the child ended), or the transport was
+                closed while the pipe stayed full.
+        """
+        view, written = memoryview(data), 0
+        while written < len(data):
+            try:
+                written += self._write_piece(view[written:])
+                continue
+            except BlockingIOError:
+                pass
+            if self._closed:
+                raise BrokenPipeError("the transport was closed")
+            wait = CLOSED_CHECK_INTERVAL if deadline is None else min(deadline - time.monotonic(),
+                                                                      CLOSED_CHECK_INTERVAL)
+            if wait <= 0:
+                return written
+            self._poller.poll(int(wait * 1000) + 1)  # room, a broken pipe (POLLERR), or the time
+        return written
+
+    def _write_piece(self, view: memoryview) -> int:
+        """One write to the child's stdin: the bytes it took (BlockingIOError: none, the pipe is full)."""
+        return os.write(self._stdin_fd, view)
 
     def _exit_status(self, timeout: float):
         """The child's exit status once it has exited within ``timeout`` seconds, else None."""
@@ -131,10 +213,11 @@ class StdioTransport:
             if not line:
                 self._output_judged.set()
                 status = self._exit_status(2.0)
+                if self._killed_for is not None:  # a malformed line, or a send cut by its timeout
+                    raise ExecServerDisconnected(self._killed_for)
                 if status is not None:
                     raise ExecServerDisconnected(_ended(status))
-                # it runs on without output: ended now, not CHILD_EXIT_GRACE later (without the send lock,
-                # which a write to a child that stopped reading holds until the kill breaks the pipe)
+                # it runs on without output: ended now, not CHILD_EXIT_GRACE later
                 from exec_server.common.tree import kill_tree
 
                 kill_tree(self.pid)
@@ -144,34 +227,40 @@ class StdioTransport:
                 return line
 
     def close(self) -> None:
-        """End the child: close its stdin, wait briefly, then kill its tree."""
-        import subprocess
+        """End the child: close its stdin, wait briefly, then kill its tree; bounded, from any thread.
 
+        A send still writing after ``CHILD_EXIT_GRACE`` s (to a child that
+        stopped reading) is not waited for: the child's tree is killed, which
+        breaks the pipe under that send (it raises ExecServerDisconnected).
+        """
         from exec_server.common.tree import kill_tree
 
-        with self._send_lock:
+        with self._close_lock:
             if self._finished:
                 return
             self._finished = True
-            self._closed = True
-            try:
-                self._child.stdin.close()
-            except OSError:
-                pass
-        try:
-            self._child.wait(self.CHILD_EXIT_GRACE)
-        except subprocess.TimeoutExpired:
+        self._closed = True  # a send waiting for the lock raises; one writing raises once it waits for room
+        if not self._close_stdin() or self._exit_status(self.CHILD_EXIT_GRACE) is None:
             kill_tree(self.pid)
-            try:
-                self._child.wait(self.CHILD_EXIT_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-        for stream in (self._stdout,):
-            try:
-                stream.close()
-            except OSError:
-                pass
+            self._exit_status(self.CHILD_EXIT_GRACE)
+            self._close_stdin()
+        try:
+            self._stdout.close()
+        except OSError:
+            pass
         self._stderr_thread.join(self.CHILD_EXIT_GRACE)
+
+    def _close_stdin(self) -> bool:
+        """Close the child's stdin once no send writes to it (up to ``CHILD_EXIT_GRACE`` s); False if one still does."""
+        if not self._send_lock.acquire(timeout=self.CHILD_EXIT_GRACE):
+            return False
+        try:
+            self._child.stdin.close()
+        except OSError:
+            pass
+        finally:
+            self._send_lock.release()
+        return True
 
     def abort(self) -> None:
         """The child stopped answering: kill its tree now (no ``CHILD_EXIT_GRACE`` wait), then :meth:`close`."""
@@ -185,16 +274,12 @@ class StdioTransport:
         """Kill the child's tree at once (used when it misbehaves); a later send raises ``reason``, if given."""
         from exec_server.common.tree import kill_tree
 
-        with self._send_lock:
-            self._closed = True
-            if self._killed_for is None:
-                self._killed_for = reason
+        if self._killed_for is None:  # not under the send lock: a send to a child that stopped reading holds it
+            self._killed_for = reason
+        self._closed = True
         self._output_judged.set()
-        kill_tree(self.pid)
-        try:
-            self._child.wait(self.CHILD_EXIT_GRACE)
-        except Exception:
-            pass
+        kill_tree(self.pid)  # a write blocked on the pipe fails (EPIPE) and reports ``reason``
+        self._exit_status(self.CHILD_EXIT_GRACE)
 
 
 def _ended(status: int) -> str:

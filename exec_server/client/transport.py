@@ -33,7 +33,9 @@ class Transport(Protocol):
         """End the connection (bounded); later sends raise ExecServerDisconnected.
 
         A transport may also have ``abort()``: end at once, without a closing
-        handshake, when the peer has stopped answering (see :func:`abort`).
+        handshake, when the peer has stopped answering (see :func:`abort`),
+        and ``send_within(text, timeout)``: ``send`` bounded by ``timeout``
+        seconds (see :func:`send_within`).
         """
 
     def ping(self) -> None:
@@ -46,6 +48,25 @@ class Transport(Protocol):
 def abort(transport: Transport) -> None:
     """End ``transport`` at once (the peer is silent): its ``abort()`` if it has one, else ``close()``."""
     getattr(transport, "abort", transport.close)()
+
+
+def send_within(transport: Transport, text: str, timeout: Optional[float]) -> None:
+    """Send ``text`` on ``transport`` within ``timeout`` seconds (None: no limit), where it can bound a send.
+
+    ``transport.send_within(text, timeout)`` if it has one, else
+    ``transport.send(text)`` (the WebSocket transport bounds a stalled write
+    by its ``keepalive_timeout`` instead).
+
+    Raises:
+        TimeoutError: the message did not go out within ``timeout`` s (the
+            transport says whether the connection stays).
+        ExecServerDisconnected: the connection is gone.
+    """
+    bounded = getattr(transport, "send_within", None)
+    if bounded is None or timeout is None:
+        transport.send(text)
+    else:
+        bounded(text, timeout)
 
 
 #: ``connector(timeout_seconds) -> Transport``: opens a new connection (the client calls it again to reconnect).
