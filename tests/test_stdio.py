@@ -722,3 +722,20 @@ def test_close_ends_a_child_that_stopped_reading_while_a_call_writes_to_it(tmp_p
     assert not closer.is_alive() and not pid_alive(pid)
     call.join(10)
     assert not call.is_alive() and isinstance(outcome.get("error"), ExecServerDisconnected), outcome
+
+
+def test_a_send_that_meets_the_close_after_the_child_exited_says_how_it_exited(monkeypatch):
+    """The child exited; the reader saw it and the client closed the transport while a send was writing: the
+    send said ``exec-server child is closed`` (a CI run of ``--via false`` met it) instead of the exit."""
+    from exec_server.client.stdio import StdioTransport
+
+    transport = StdioTransport(["/bin/sh", "-c", "exit 3"])
+    wait_until(lambda: transport._child.poll() is not None, timeout=10)
+
+    def closed_under_the_write(view):
+        transport.close()  # as the endpoint does once the reader has met the end of the child's output
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(transport, "_write_piece", closed_under_the_write)
+    with pytest.raises(ExecServerDisconnected, match="^the exec-server child exited with status 3$"):
+        transport.send("{}")

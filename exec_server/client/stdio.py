@@ -68,6 +68,7 @@ class StdioTransport:
         self._output_judged = threading.Event()  # the reader met the end of the child's output, or a bad line
         self._killed_for: Optional[str] = None  # why :meth:`kill` ended the child, if it did
         self._finished = False  # resources released
+        self._exited_before_close: Optional[int] = None  # the child's exit status if it had ended by itself
         self._log = logging.getLogger("exec_server.child")
         self._stdout = self._child.stdout
         for pipe in (self._child.stdin, self._stdout):
@@ -144,8 +145,8 @@ class StdioTransport:
                       "by its %.3f s timeout" % (written, len(data), timeout))
             self.kill(reason)
             raise TimeoutError(reason)
-        if self._finished and self._killed_for is None:  # close() from another thread broke the write
-            raise ExecServerDisconnected("exec-server child is closed") from None
+        if self._finished and self._killed_for is None and self._exited_before_close is None:
+            raise ExecServerDisconnected("exec-server child is closed") from None  # close() broke the write
         status = self._exit_status(2.0)
         if status is None:
             raise ExecServerDisconnected("cannot write to the exec-server child: %s" % error) from error
@@ -238,6 +239,7 @@ class StdioTransport:
         with self._close_lock:
             if self._finished:
                 return
+            self._exited_before_close = self._child.poll()  # a send then says how it ended, not "closed"
             self._finished = True
         self._closed = True  # a send waiting for the lock raises; one writing raises once it waits for room
         if not self._close_stdin() or self._exit_status(self.CHILD_EXIT_GRACE) is None:
