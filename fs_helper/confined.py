@@ -20,8 +20,8 @@ from . import b64, safe_path, tree_at
 from .copying import refuse_copy_into_itself
 from .errors import FsError, INTERNAL_ERROR, INVALID_REQUEST, errno_error, os_error
 from .opening import open_file, read_to_end
-from .operations import (OPERATIONS, native_path, read_limit_error, READ_FILE_LIMIT, metadata_result,
-                         refuse_root, wire_name)
+from .operations import (OPERATIONS, directory_entries, native_path, read_limit_error, READ_FILE_LIMIT,
+                         metadata_result, refuse_root)
 from .replacing import umask
 from .policy import Policy
 
@@ -165,20 +165,11 @@ def read_directory(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
     resolved = os.path.realpath(path)
     policy.check_read_resolved(resolved)
     fd = safe_path.open_path(resolved, safe_path.LIST_FLAGS)
-    entries = []
     try:
         with os.scandir(fd) as listing:
-            names = [entry.name for entry in listing]
-        for name in names:
-            try:
-                info = os.stat(name, dir_fd=fd)
-            except OSError:
-                continue  # a dangling symlink is left out
-            entries.append({"fileName": wire_name(name), "isDirectory": stat.S_ISDIR(info.st_mode),
-                            "isFile": stat.S_ISREG(info.st_mode)})
+            return directory_entries((entry.name for entry in listing), lambda name: os.stat(name, dir_fd=fd))
     finally:
         os.close(fd)
-    return {"entries": entries}
 
 
 @_confined

@@ -15,7 +15,7 @@ Used in-process by the server (no sandbox) and by the helper process.
 import os
 import shutil
 import stat
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterable, List
 
 from . import b64
 from .copying import copy_paths
@@ -187,23 +187,33 @@ def wire_name(name: str) -> str:
 def read_directory(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     path = native_path(params)
     guard.check_read(path)
-    entries = []
-    count = 0
     try:
         with os.scandir(path) as listing:
-            for entry in listing:
-                try:
-                    info = os.stat(entry.path)
-                except OSError:
-                    continue  # a dangling symlink is left out
-                count += 1
-                if count <= READ_DIRECTORY_MAX_ENTRIES:
-                    entries.append({"fileName": wire_name(entry.name), "isDirectory": stat.S_ISDIR(info.st_mode),
-                                    "isFile": stat.S_ISREG(info.st_mode)})
-                elif count == READ_DIRECTORY_MAX_ENTRIES + 1:
-                    entries = []  # only counted from here
+            return directory_entries((entry.name for entry in listing), lambda name: os.stat(os.path.join(path, name)))
     except OSError as exc:
         raise os_error(exc) from None
+
+
+def directory_entries(names: Iterable[str], stat_of: Callable[[str], os.stat_result]) -> Dict[str, Any]:
+    """The ``fs/readDirectory`` result of ``names`` (each looked at with ``stat_of``; one it cannot stat, a
+    dangling symlink, is left out).
+
+    Raises:
+        FsError: -32603 past :data:`READ_DIRECTORY_MAX_ENTRIES` (the rest counted, not kept).
+    """
+    entries = []
+    count = 0
+    for name in names:
+        try:
+            info = stat_of(name)
+        except OSError:
+            continue  # a dangling symlink is left out
+        count += 1
+        if count <= READ_DIRECTORY_MAX_ENTRIES:
+            entries.append({"fileName": wire_name(name), "isDirectory": stat.S_ISDIR(info.st_mode),
+                            "isFile": stat.S_ISREG(info.st_mode)})
+        elif count == READ_DIRECTORY_MAX_ENTRIES + 1:
+            entries = []  # only counted from here
     if count > READ_DIRECTORY_MAX_ENTRIES:
         raise FsError(INTERNAL_ERROR, "fs/readDirectory returned %d entries; limit is %d"
                       % (count, READ_DIRECTORY_MAX_ENTRIES))

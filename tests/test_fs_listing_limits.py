@@ -83,3 +83,23 @@ def test_results_are_counted_in_the_result_budget_by_what_they_hold(monkeypatch,
             assert sum(reserved) >= 100 * (8 + WALK_ITEM_OVERHEAD)
     finally:
         running.stop()
+
+
+def test_a_sandboxed_listing_has_the_same_limit(tmp_path):
+    """The fs helper's confined fs/readDirectory (a request with a restricting sandbox) returned every entry."""
+    from fs_helper import confined, safe_path
+    from fs_helper.errors import FsError
+    from fs_helper.policy import Policy
+
+    if safe_path.unsupported_reason() is not None:
+        pytest.skip(safe_path.unsupported_reason())
+    directory = tmp_path / "d"
+    _make_files(directory, READ_DIRECTORY_MAX_ENTRIES)
+    read_directory = confined.CONFINED_OPERATIONS["fs/readDirectory"]
+    policy = Policy([["/", "read"]])
+    assert len(read_directory({"path": "file://%s" % directory}, policy)["entries"]) == READ_DIRECTORY_MAX_ENTRIES
+    _make_files(directory, READ_DIRECTORY_MAX_ENTRIES + 3)
+    with pytest.raises(FsError) as caught:
+        read_directory({"path": "file://%s" % directory}, policy)
+    assert caught.value.code == -32603
+    assert caught.value.message == "fs/readDirectory returned 50003 entries; limit is 50000"

@@ -21,8 +21,9 @@ from exec_server.protocol.jsonrpc import utf8_size
 from exec_server.protocol.wire import dumps
 
 #: Bytes of a ``process/write`` request besides its chunk's base64 and its processId (the id, the member
-#: names, a ``writeId``, ``closeStdin``, a ``trace`` context): what :meth:`ProcessControl.write_all` leaves.
-WRITE_REQUEST_OVERHEAD = 512
+#: names, a ``writeId``, ``closeStdin``, a ``trace`` context with a ``tracestate`` of up to 512 characters):
+#: what :meth:`ProcessControl.write_all` leaves.
+WRITE_REQUEST_OVERHEAD = 1024
 
 
 def terminate_open(call: Callable[..., Any], open_processes: Callable[[], Sequence[Any]], wait: float) -> None:

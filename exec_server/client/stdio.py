@@ -101,10 +101,11 @@ class StdioTransport:
         """Write ``text`` as one line to the child's stdin within ``timeout`` seconds (None: no limit).
 
         The wait for another thread's message to go out first counts.  When
-        the child does not take the line in time (it stopped reading): if
-        nothing of it was written, the connection stays; if part was, the
-        stream is cut mid-line, so the child's tree is killed and every later
-        send (and the reader) raises ExecServerDisconnected saying so.
+        the child does not take the line in time (it stopped reading, or the
+        link is slow) the connection stays: a line cut partway is ended by the
+        next message's leading newline, so the server answers it as one
+        malformed line (with id -1, which no call waits for) and reads the
+        next one whole, as after a send interrupted by ^C.
 
         Raises:
             TimeoutError: not written within ``timeout`` s (see above).
@@ -124,27 +125,31 @@ class StdioTransport:
                 if status is not None:
                     raise ExecServerDisconnected(_ended(status))
                 raise ExecServerDisconnected("exec-server child is closed")
-            torn = self._torn
-            if torn:  # the last message was cut (^C): its line ends here, a malformed one the
+            prefix = 1 if self._torn else 0
+            if prefix:  # the last message was cut (^C, a timeout): its line ends here, a malformed one the
                 data = b"\n" + data  # server answers with an error and skips, and this one is whole
             try:
-                self._torn = True
+                self._torn = True  # until the write says otherwise (a ^C may land inside it)
                 written = self._write(data, deadline)
-                self._torn = torn if written == 0 else written < len(data)
+                # torn: the old line still unended, or this one begun and not ended
+                self._torn = written < prefix or prefix < written < len(data)
                 if written == len(data):
                     return
                 error = None
             except (OSError, ValueError) as exc:
                 error = exc
         finally:
+            if self._finished:  # closed meanwhile, while this send held the lock the close waits for
+                try:
+                    self._child.stdin.close()
+                except (OSError, ValueError):
+                    pass
             self._send_lock.release()
         if error is None:
-            if not written:
+            if written <= prefix:
                 raise TimeoutError("the exec-server child took nothing of a message in %.3f s" % timeout)
-            reason = ("the exec-server child stopped reading its input: a message was cut after %d of its %d bytes "
-                      "by its %.3f s timeout" % (written, len(data), timeout))
-            self.kill(reason)
-            raise TimeoutError(reason)
+            raise TimeoutError("the exec-server child took %d of a message's %d bytes in %.3f s; the rest is dropped"
+                               % (written - prefix, len(data) - prefix, timeout))
         if self._finished and self._killed_for is None and self._exited_before_close is None:
             raise ExecServerDisconnected("exec-server child is closed") from None  # close() broke the write
         status = self._exit_status(2.0)

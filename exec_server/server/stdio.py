@@ -61,22 +61,25 @@ class StdioConnection:
         self._send_lock = threading.Lock()
         self._write_started: Optional[float] = None  # monotonic start of the write in progress, if any
         self._done = threading.Event()
+        self._stop_lock = threading.Lock()
         self._rpc = self.dispatcher.open_connection(self.send_text, PARSE_ERROR_PREFIX, "stdio")
 
     def send_text(self, *texts: "Union[str, RawJson]") -> None:
         """Write each message as one line, all in one write (thread-safe).
 
         A large response in pieces (:class:`~exec_server.protocol.wire.RawJson`)
-        is written piece by piece, never joined into one str or bytes.
+        is written piece by piece, never joined into one str or bytes.  A lone
+        surrogate (a file name that is not UTF-8, echoed in an error) is
+        written as ``?``, as the WebSocket transport writes it.
         """
         try:
             if len(texts) == 1 and isinstance(texts[0], RawJson):
                 with self._send_lock:
                     for piece in texts[0].fragments():
-                        self._write_all(piece.encode("utf-8"))
+                        self._write_all(piece.encode("utf-8", "replace"))
                     self._write_all(b"\n")
                 return
-            data = "".join(str(text) + "\n" for text in texts).encode("utf-8")
+            data = "".join(str(text) + "\n" for text in texts).encode("utf-8", "replace")
             with self._send_lock:
                 self._write_all(data)
         except (OSError, ValueError) as exc:  # stdout closed (EPIPE): nobody can read an answer any more
@@ -152,9 +155,10 @@ class StdioConnection:
 
     def stop(self) -> None:
         """End the connection: kill the session's process trees, stop threads."""
-        if self._done.is_set():
-            return
-        self._done.set()
+        with self._stop_lock:  # the reader's end and a lost stdout may stop it at once: one does the work
+            if self._done.is_set():
+                return
+            self._done.set()
         self._rpc.close(end_session=True)
         self.registry.close_all()
         self.dispatcher.stop_fs_helpers()
