@@ -246,17 +246,17 @@ def walk(params: Dict[str, Any], guard: Guard = ALLOW_ALL) -> Dict[str, Any]:
     result: Dict[str, Any] = {"entries": [], "errors": [], "truncated": False}
     if not stat.S_ISDIR(root_info.st_mode):
         return result
-    room = [WALK_RESULT_BYTES]  # bytes the result may still take
+    room = WALK_RESULT_BYTES  # bytes the result may still take
 
     def add(member: str, path: str, **item: str) -> bool:
         """Append an item to ``result[member]``; False (and ``truncated``) if it would pass the size cap."""
-        uri = path_to_uri(path)
-        cost = WALK_ITEM_OVERHEAD + len(uri.encode("utf-8", "surrogatepass")) + len(
-            item.get("message", "").encode("utf-8", "surrogatepass"))
-        if cost > room[0]:
+        nonlocal room
+        uri = path_to_uri(path)  # percent-encoded: ASCII
+        cost = WALK_ITEM_OVERHEAD + len(uri) + len(item.get("message", "").encode("utf-8", "surrogatepass"))
+        if cost > room:
             result["truncated"] = True
             return False
-        room[0] -= cost
+        room -= cost
         result[member].append(dict(path=uri, **item))
         return True
     seen = {(root_info.st_dev, root_info.st_ino)}

@@ -29,7 +29,8 @@ def _fs_method(operation: str):
         policy = sandbox.parse_sandbox(params.get("sandbox"))
         wire = {name: value for name, value in params.items() if name != "sandbox"}
         reserved = _size_to_read(wire) if operation == "fs/readFile" else 0
-        ctx.reserve_result(reserved)
+        if reserved:
+            ctx.reserve_result(reserved)
         if policy is not None and policy.restrict_file_system:
             with telemetry.child_span("fs.helper"):
                 result = ctx.fs_helpers.run(operation, wire, policy)
@@ -41,7 +42,8 @@ def _fs_method(operation: str):
         if operation == "fs/readFile":  # base64 needs no escaping: one copy of it into the response, not two
             data = result.pop("dataBase64")
             decoded = len(data) // 4 * 3 - data.count("=", max(0, len(data) - 2))
-            ctx.reserve_result(decoded - reserved)  # a file that grew since its stat: the rest too
+            if decoded > reserved:  # a file that grew since its stat: the rest too
+                ctx.reserve_result(decoded - reserved)
             return RawJson(['{"dataBase64":"', data, '"}'])
         if operation in LISTINGS:  # bounded by their own limits; held until sent like any large result
             ctx.reserve_result(_listing_bytes(result))
