@@ -731,6 +731,7 @@ def test_a_send_that_meets_the_close_after_the_child_exited_says_how_it_exited(m
     send said ``exec-server child is closed`` (a CI run of ``--via false`` met it) instead of the exit."""
     from exec_server.client.stdio import StdioTransport
 
+    monkeypatch.setattr(StdioTransport, "CHILD_EXIT_GRACE", 0.2)  # the close waits for the lock this send holds
     transport = StdioTransport(["/bin/sh", "-c", "exit 3"])
     wait_until(lambda: transport._child.poll() is not None, timeout=10)
 
