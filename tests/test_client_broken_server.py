@@ -365,7 +365,9 @@ def test_a_catch_up_read_never_answered_fails_its_process_not_the_client(memory_
         with pytest.raises(ExecServerDisconnected) as caught:
             process.wait(timeout=30)
         assert "no answer to a process/read of 16384 bytes within 1 s after reconnecting" in str(caught.value)
-        assert client.state == "connected" and len(server.transports) == 2  # one reconnect, not one per read
+        # one reconnect (a resume that meets the old connection not yet detached, -32010, takes one more on a
+        # loaded machine), not one per read: before, the client reconnected for as long as the wait lasted
+        assert client.state == "connected" and len(server.transports) <= 3, len(server.transports)
         server.rewrite = None
         assert client.call("environment/status", timeout=5) == {"status": "ready"}
 
