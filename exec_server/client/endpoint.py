@@ -307,7 +307,7 @@ class Endpoint:
             CallTimeout, RpcError, RequestTooLarge: as for :meth:`call`; CallTimeout also when the
                 transport could not send it in time (a stdio child that stopped reading).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         request_id = next(self._ids)
         text = encode(Request(request_id, method, params, trace))
         check_request_size(method, text, self.max_request_bytes)
@@ -324,7 +324,7 @@ class Endpoint:
         except BaseException as error:  # a ^C too: its caller gives up on it, so no recovery sends it again
             with self._lock:
                 self._pending.pop(request_id, None)
-            if isinstance(error, TimeoutError):  # not sent in time: the transport failed itself if it cut it
+            if isinstance(error, TimeoutError):  # not sent in time: the transport keeps its stream whole
                 raise CallTimeout(method, timeout) from None
             if recoverable and self.on_lost is not None and isinstance(error, ExecServerDisconnected):
                 # sendall failed, so the server cannot hold the whole message: safe to send again
