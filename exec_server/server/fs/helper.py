@@ -186,6 +186,9 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
             masks += ["--remount-ro", path]  # empty, and writes fail rather than vanish
         else:
             command += ["--ro-bind", "/dev/null", path]
+    records = MOUNT_POINTS.records_folder()
+    if records is not None and writable(records):  # no sandbox may forge the mount point records (mount_records)
+        command += ["--tmpfs", records]
     command += masks
     return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)
 

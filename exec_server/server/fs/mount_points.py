@@ -16,9 +16,11 @@ is bound read-only onto itself, so it cannot be replaced by a folder.
 as missing for the next sandbox too (so that one binds it as well, and is
 counted: removing a file mounted in another namespace takes the mount away
 there).  :meth:`~MountPoints.release` removes the file when the last sandbox
-using it has closed, if it is still the file made then.  Left behind: the
-files of a server killed with SIGKILL, and one whose folder a sandboxed
-process renamed (a path bind holds a path, not a folder: a process that may
+using it has closed, if it is still the file made then.  The files of a
+server killed with SIGKILL are removed by the next sandboxed start of a
+server of the same user (:mod:`~exec_server.server.fs.mount_records`,
+which :meth:`MountPoints.sweep` runs).  Left behind: a file whose folder a
+sandboxed process renamed (a path bind holds a path, not a folder: a process that may
 rename the folders above a protected path can move it away, as with
 ``codex-linux-sandbox``).  Build a command and acquire its mount points
 under :attr:`MountPoints.lock`.
@@ -28,14 +30,27 @@ import os
 import threading
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
+from exec_server.server.fs.mount_records import MountRecords
+
 
 class MountPoints:
     """The mount point files of running sandboxes, and how many use each; thread-safe (under :attr:`lock`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: Optional[MountRecords] = None) -> None:
         self.lock = threading.RLock()
         self._users: Dict[str, int] = {}
         self._made: Dict[str, Tuple[int, int, int]] = {}  # path -> identity of the file acquire made
+        self._records = records if records is not None else MountRecords()
+
+    def sweep(self) -> None:
+        """Remove the mount point files of servers that are gone (killed before they could); see ``mount_records``."""
+        with self.lock:
+            self._records.sweep()
+
+    def records_folder(self) -> Optional[str]:
+        """The folder of the servers' records (made if missing), which no sandbox may write; None if not kept."""
+        with self.lock:
+            return self._records.folder()
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists for a new sandbox: one of our mount point files does not."""
@@ -71,12 +86,14 @@ class MountPoints:
         someone else meanwhile is bound but never removed.
         """
         with self.lock:
+            made = len(self._made)
             for path in paths:
                 if path not in self._users:
                     try:
                         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                                      0o444)
                         try:
+                            os.fchmod(fd, 0o444)  # whatever the umask: a sweep of the records checks it
                             info = os.fstat(fd)
                         finally:
                             os.close(fd)
@@ -84,10 +101,13 @@ class MountPoints:
                     except OSError:
                         pass
                 self._users[path] = self._users.get(path, 0) + 1
+            if len(self._made) != made:
+                self._records.save(self._made)
 
     def release(self, paths: Iterable[str]) -> None:
         """One sandbox using ``paths`` has closed: remove each file no other uses, if it is still the one made."""
         with self.lock:
+            made = len(self._made)
             for path in paths:
                 left = self._users.get(path, 0) - 1
                 if left > 0:
@@ -101,6 +121,8 @@ class MountPoints:
                         os.unlink(path)
                 except OSError:  # gone already, or its folder went: nothing to clean
                     pass
+            if len(self._made) != made:
+                self._records.save(self._made)
 
 
 def _identity(info: os.stat_result) -> Tuple[int, int, int]:

@@ -138,6 +138,7 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any], moun
                                   if platform_os() == "linux" else "no sandbox backend on %s" % platform_os())
     if params.get("arg0") is not None:
         raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
+    MOUNT_POINTS.sweep()  # a killed server's mount point files first: they would count as existing paths
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
                               die_with_parent=True, mount_points=mount_points, drop_capabilities=True)
 

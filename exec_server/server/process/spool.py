@@ -27,6 +27,8 @@ import threading
 import weakref
 from typing import Callable, List, Optional, Tuple
 
+from exec_server.common import owner_lock
+
 log = logging.getLogger(__name__)
 
 #: Stream names by the code the index stores.
@@ -139,24 +141,12 @@ class SpoolStore:
 
 
 def _lock_owner(path: str) -> Optional[int]:
-    """Hold ``path``'s owner lock for this process's life: the open, flock'ed descriptor (None without flock).
-
-    The file is locked under a temporary name and then renamed, so a
-    reclaiming server never finds ``owner.lock`` unlocked in a live directory.
-    """
+    """Hold ``path``'s owner lock for this process's life (:func:`owner_lock.hold`); None without flock."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no spool anyway (no os.pread)
-        return None
-    fd = os.open(os.path.join(path, OWNER_LOCK + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as exc:  # no flock here (ENOLCK: NFS without lockd): spool on, never reclaimed by others
+        return owner_lock.hold(os.path.join(path, OWNER_LOCK))
+    except OSError as exc:  # no flock here (ENOLCK: NFS without lockd; Windows): spool on, never reclaimed by others
         log.warning("output spool %s: no owner lock (%s); a later server cannot tell it is in use", path, exc)
-        os.close(fd)
         return None
-    os.rename(os.path.join(path, OWNER_LOCK + ".new"), os.path.join(path, OWNER_LOCK))
-    return fd
 
 
 def _remove_spool_dir(path: str, owner: Optional[int]) -> None:
@@ -175,9 +165,8 @@ def reclaim_stale_spools(parent: str, keep: str) -> List[str]:
     version) is left alone.  Errors skip the directory.
     """
     try:
-        import fcntl
         entries = list(os.scandir(parent))
-    except (ImportError, OSError):
+    except OSError:
         return []
     removed = []
     for entry in entries:
@@ -187,14 +176,12 @@ def reclaim_stale_spools(parent: str, keep: str) -> List[str]:
             info = entry.stat(follow_symlinks=False)
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
                 continue
-            fd = os.open(os.path.join(entry.path, OWNER_LOCK), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
+        fd = owner_lock.take_abandoned(os.path.join(entry.path, OWNER_LOCK))
+        if fd is None:
+            continue  # its server lives (or the directory is being made)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its server lives
-        else:
             import shutil
             shutil.rmtree(entry.path, True)
             removed.append(entry.path)

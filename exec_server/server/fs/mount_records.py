@@ -1,0 +1,150 @@
+"""Records on disk of the mount point files a server has made, so that a later server removes a killed one's.
+
+A server killed with SIGKILL cannot remove the empty mount point files of
+its sandboxes (:mod:`~exec_server.server.fs.mount_points`); they would stay
+in the user's folders for good (an empty ``.git`` file breaks ``git``
+there).  So each server that has made such files keeps a record of them,
+with each file's identity, in a folder of its user:
+``$TMPDIR/exec-server-mount-points-<uid>/`` (mode 0700; a folder that is not
+the user's own, or that others may write, is not used, and files are then
+cleaned only by the server that made them, as before).  A record is a JSON
+object ``{path: [device, inode, change time in ns]}`` in
+``<pid>-<random>.json``, held under an exclusive ``flock`` for as long as
+its server lives (:mod:`~exec_server.common.owner_lock`).  Before each
+sandboxed ``process/start``, a server sweeps the folder: a record whose
+lock it can take belongs to a server that is gone; each file it names that
+is still that same empty file (mode 0444, as made) is removed, then the
+record.  A sandbox in which the folder would be writable gets an empty
+tmpfs over it (:func:`~exec_server.server.fs.helper.bubblewrap_command`):
+a sandboxed process cannot forge a record naming a file to remove.
+
+The reference keeps a registry of the same kind for its own sandbox
+(``codex-bwrap-synthetic-mount-targets`` in the temporary folder).
+"""
+
+import json
+import logging
+import os
+import stat
+from typing import Dict, Optional, Tuple
+
+from exec_server.common import owner_lock
+
+log = logging.getLogger(__name__)
+
+Identity = Tuple[int, int, int]
+
+
+def default_folder() -> str:
+    """``$TMPDIR/exec-server-mount-points-<uid>`` (the folder :func:`tempfile.gettempdir` picks)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "exec-server-mount-points-%d" % os.geteuid())
+
+
+class MountRecords:
+    """One server's record of the mount point files it made, and the sweep of gone servers' records.
+
+    Not thread-safe: used under :attr:`MountPoints.lock`.  ``folder`` None:
+    :func:`default_folder`, chosen at first use.
+    """
+
+    def __init__(self, folder: Optional[str] = None):
+        self._folder = folder
+        self._usable: Optional[bool] = None  # as found by the last check (None: not checked yet)
+        self._fd: Optional[int] = None  # our record, locked while it exists
+        self._name = ""
+
+    def folder(self) -> Optional[str]:
+        """The registry folder, made if missing (checked at each call); None where records cannot be kept safely."""
+        try:
+            import fcntl  # noqa: F401 (POSIX only: elsewhere no records)
+        except ImportError:
+            return None
+        if self._folder is None:
+            self._folder = default_folder()
+        try:
+            try:
+                os.mkdir(self._folder, 0o700)
+            except FileExistsError:
+                pass
+            info = os.lstat(self._folder)
+            problem = None
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                problem = "not a private folder of this user"
+        except OSError as error:
+            problem = str(error)
+        if problem is not None and self._usable is not False:  # said once, not at every sandboxed start
+            log.warning("mount point records not kept in %s: %s", self._folder, problem)
+        self._usable = problem is None
+        return self._folder if self._usable else None
+
+    def save(self, made: Dict[str, Identity]) -> None:
+        """Record ``made`` (path -> identity) as this server's files; nothing left to record removes the record."""
+        folder = self.folder()
+        if folder is None:
+            return
+        try:
+            if not made:
+                if self._fd is not None:
+                    fd, self._fd = self._fd, None
+                    try:
+                        os.unlink(os.path.join(folder, self._name))
+                    finally:
+                        os.close(fd)
+                return
+            if self._fd is None:
+                self._create(folder)
+            assert self._fd is not None
+            data = json.dumps(made).encode("ascii")  # names not in UTF-8 are escaped surrogates
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, data, 0)
+        except OSError as error:
+            log.warning("mount point record not written: %s", error)
+
+    def _create(self, folder: str) -> None:
+        """Make our record, locked before a sweep can see it."""
+        name = "%d-%s.json" % (os.getpid(), os.urandom(6).hex())
+        self._fd, self._name = owner_lock.hold(os.path.join(folder, name)), name
+
+    def sweep(self) -> int:
+        """Remove the files recorded by servers that are gone, and their records; returns how many files."""
+        folder = self.folder()
+        if folder is None:
+            return 0
+        try:
+            names = [name for name in os.listdir(folder) if name.endswith(".json") and name != self._name]
+        except OSError:
+            return 0
+        return sum(_sweep_record(os.path.join(folder, name)) for name in names)
+
+
+def _sweep_record(path: str) -> int:
+    """The record at ``path``, if its server is gone: remove its files that are unchanged, then it."""
+    fd = owner_lock.take_abandoned(path)
+    if fd is None:  # its server lives, or another sweep took it
+        return 0
+    removed = 0
+    try:
+        try:
+            with os.fdopen(os.dup(fd), "rb") as record:
+                made = json.loads(record.read() or b"{}")
+        except ValueError:  # cut by the kill: its files cannot be told, only the record goes
+            made = {}
+        for file, identity in made.items() if isinstance(made, dict) else ():
+            try:
+                info = os.lstat(file)
+                if (stat.S_ISREG(info.st_mode) and info.st_size == 0 and stat.S_IMODE(info.st_mode) == 0o444
+                        and [info.st_dev, info.st_ino, info.st_ctime_ns] == identity):
+                    os.unlink(file)
+                    removed += 1
+            except (OSError, TypeError, ValueError):
+                pass
+        os.unlink(path)
+    except OSError:  # another sweep removed it first
+        pass
+    finally:
+        os.close(fd)
+    if removed:
+        log.info("removed %d mount point files of a server that is gone", removed)
+    return removed

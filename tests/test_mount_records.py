@@ -1,0 +1,182 @@
+"""The mount point files of a server killed with SIGKILL are removed by a later server (fs/mount_records.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from conftest import Peer, all_gone, start_params, wait_until
+from exec_server.server.fs.mount_points import MountPoints
+from exec_server.server.fs.mount_records import MountRecords
+from test_sandbox import entry, needs_bwrap, restricted
+
+pytestmark = [pytest.mark.posix, pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX records")]
+
+HOLDER = """
+import sys, time
+from exec_server.server.fs.mount_points import MountPoints
+from exec_server.server.fs.mount_records import MountRecords
+points = MountPoints(MountRecords(sys.argv[1]))
+points.acquire(sys.argv[2:])
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def records(folder) -> dict:
+    """Every record in ``folder``: file name -> its JSON."""
+    return {name: json.loads((folder / name).read_bytes()) for name in os.listdir(str(folder))
+            if name.endswith(".json")}
+
+
+def test_a_record_lists_the_files_made_and_goes_with_the_last(tmp_path):
+    folder = tmp_path / "records"
+    points = MountPoints(MountRecords(str(folder)))
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    points.acquire([first, second])
+    (only,) = records(folder).values()
+    assert sorted(only) == [first, second]
+    info = os.lstat(first)
+    assert only[first] == [info.st_dev, info.st_ino, info.st_ctime_ns] and oct(info.st_mode & 0o777) == "0o444"
+    points.release([first])
+    assert list(records(folder).values()) == [{second: only[second]}]
+    points.release([second])
+    assert records(folder) == {} and os.listdir(str(tmp_path)) == ["records"]  # nothing left
+
+
+def test_a_killed_servers_files_are_removed_by_the_next_sweep_and_a_live_ones_are_not(tmp_path):
+    folder = tmp_path / "records"
+    made = [str(tmp_path / name) for name in ("stale", "written", "replaced")]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)] + made, stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        sweeper = MountRecords(str(folder))
+        assert sweeper.sweep() == 0 and all(os.path.exists(path) for path in made)  # its server lives
+        os.chmod(made[1], 0o644)
+        (tmp_path / "written").write_bytes(b"the user's now")
+        os.chmod(made[2], 0o644)  # the user's own empty file in its place: its change time differs
+        os.unlink(made[2])
+        (tmp_path / "replaced").write_bytes(b"")
+        os.chmod(made[2], 0o444)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        assert len(records(folder)) == 1  # left by the kill
+        assert sweeper.sweep() == 1
+        assert not os.path.exists(made[0]) and records(folder) == {}
+        assert (tmp_path / "written").read_bytes() == b"the user's now" and os.path.exists(made[2])  # not its own
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+        holder.stdout.close()
+
+
+def test_a_cut_record_goes_without_touching_any_file(tmp_path):
+    folder = tmp_path / "records"
+    folder.mkdir(mode=0o700)
+    (folder / "1-00.json").write_bytes(b'{"%s": [1, ' % str(tmp_path / "x").encode())
+    (tmp_path / "x").write_bytes(b"")
+    assert MountRecords(str(folder)).sweep() == 0
+    assert records(folder) == {} and os.path.exists(str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("shape", ["others may write it", "a symlink to a folder"])
+def test_a_folder_that_is_not_private_keeps_no_records(tmp_path, shape, caplog):
+    folder, elsewhere = tmp_path / "records", tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if shape == "others may write it":
+        folder.mkdir()
+        os.chmod(str(folder), 0o777)
+    else:
+        folder.symlink_to(elsewhere)
+    forged = elsewhere / "1-00.json" if shape != "others may write it" else folder / "1-00.json"
+    (tmp_path / "victim").write_bytes(b"")
+    os.chmod(str(tmp_path / "victim"), 0o444)
+    info = os.lstat(str(tmp_path / "victim"))
+    forged.write_text(json.dumps({str(tmp_path / "victim"): [info.st_dev, info.st_ino, info.st_ctime_ns]}))
+    points = MountPoints(MountRecords(str(folder)))
+    points.sweep()
+    points.acquire([str(tmp_path / "made")])
+    assert os.path.exists(str(tmp_path / "victim")) and forged.exists()  # never read
+    assert sorted(os.listdir(str(folder))) == ["1-00.json"]  # no record of ours either
+    assert "not a private folder of this user" in caplog.text
+    points.release([str(tmp_path / "made")])
+    assert not os.path.exists(str(tmp_path / "made"))  # still removed by the server that made it
+
+
+def _server(tmpdir):
+    return subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "TMPDIR": str(tmpdir)})
+
+
+@needs_bwrap
+def test_the_mount_point_files_of_a_sigkilled_server_are_removed_by_the_next(tmp_path):
+    """A protected ``.git`` that did not exist: its empty mount point file outlived a SIGKILLed server (and broke
+    ``git`` in that folder for good); the next server's first sandboxed start removes it."""
+    work, tmpdir = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    tmpdir.mkdir()
+    sandbox = restricted([work], extra=[entry(work / ".git", "read")])
+    servers = []
+    try:
+        first = _server(tmpdir)
+        servers.append(first)
+        peer = Peer(first.stdout.readline().decode().strip())
+        peer.initialize()
+        peer.call("process/start", start_params("held", ["sleep", "60"], cwd="file://%s" % work, sandbox=sandbox))
+        wait_until(lambda: (work / ".git").exists(), timeout=10)
+        tree = psutil.Process(first.pid).children(recursive=True)
+        assert tree
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        peer.close()
+        wait_until(lambda: all_gone(tree), timeout=10)
+        assert os.listdir(str(work)) == [".git"] and (work / ".git").stat().st_size == 0  # left by the kill
+        second = _server(tmpdir)
+        servers.append(second)
+        peer = Peer(second.stdout.readline().decode().strip())
+        peer.initialize()
+        peer.call("process/start", start_params("next", ["true"], cwd="file://%s" % work,
+                                                sandbox=restricted([work])))
+        peer.wait_closed("next", timeout=30)
+        assert os.listdir(str(work)) == []
+        peer.close()
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)
+            server.stdout.close()
+
+
+@needs_bwrap
+def test_a_sandboxed_process_cannot_forge_a_record(tmp_path):
+    """With its temporary folder writable, a sandboxed process sees an empty folder where the records are: a
+    record it writes there (naming a file for the next sweep to remove) never reaches the host."""
+    from exec_server import Client, make_server
+    from exec_server.server.fs.mount_points import MOUNT_POINTS
+
+    folder = MOUNT_POINTS.records_folder()
+    assert folder is not None
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"")
+    os.chmod(str(victim), 0o444)
+    info = os.lstat(str(victim))
+    forged = json.dumps({str(victim): [info.st_dev, info.st_ino, info.st_ctime_ns]})
+    server = make_server("ws://127.0.0.1:0").start()
+    try:
+        with Client.connect(server.url, timeout=10) as client:
+            script = "ls -A %s; printf '%%s' '%s' > %s/1-00.json && echo written" % (folder, forged, folder)
+            done = client.run(["/bin/sh", "-c", script], sandbox=restricted([os.path.dirname(folder), tmp_path]),
+                              timeout=30)
+            assert done.stdout == b"written\n", done.stderr
+            assert client.run(["true"], sandbox=restricted([tmp_path]), timeout=30).returncode == 0  # a sweep
+    finally:
+        server.shutdown()
+    assert victim.exists() and "1-00.json" not in os.listdir(folder)
