@@ -234,3 +234,61 @@ def test_tls_stream_full_duplex(pki):
     finally:
         for end in ends:
             end.close()
+
+
+def test_a_tls_record_cut_short_does_not_stop_keepalive(pki, tls_server):
+    """A peer that sends part of a TLS record and then nothing is closed at ``keepalive_timeout``.
+
+    The connection's reader must not wait in ``TLSStream.recv`` for the rest of the record without a
+    bound: there it sent no Ping and never saw the keepalive (or ``initialize``) deadline, so the
+    connection, and the session it holds, lived for as long as the peer kept its TCP connection.
+    """
+    server = tls_server(ping_interval=0.3, keepalive_timeout=1.0, initialize_timeout=0)
+    port = urlsplit(server.url).port
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(pki).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+
+    def flush():
+        data = outgoing.read()
+        if data:
+            raw.sendall(data)
+
+    def pump():
+        data = raw.recv(65536)
+        if not data:
+            raise EOFError("the server ended the connection")
+        incoming.write(data)
+
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                pump()
+        flush()
+        tls.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        flush()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pump()
+        assert answer.startswith(b"HTTP/1.1 101")
+        tls.write(b"\x89\x80\x00\x00\x00\x00")  # a masked, empty Ping ...
+        record = outgoing.read()
+        raw.sendall(record[:-1])  # ... whose TLS record is sent but for its last byte
+        start = time.monotonic()
+        raw.settimeout(10)
+        try:
+            while raw.recv(65536):  # Pings, then the end
+                pass
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - start < 5  # was: no Ping, and open until the 10 s timeout above
+    finally:
+        raw.close()

@@ -322,7 +322,8 @@ class WebSocketConnection:
         limit = self._config.max_message_bytes
         # A TLS stream may hold decrypted bytes already read off the wire: select
         # would not see them, so they are read first.
-        pending = self._sock.pending if isinstance(self._sock, TLSStream) else (lambda: 0)
+        tls = isinstance(self._sock, TLSStream)
+        pending = self._sock.pending if tls else (lambda: 0)
         with POLL_SELECTOR() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
@@ -348,9 +349,21 @@ class WebSocketConnection:
                         return
                     else:
                         wait = init_deadline - now if wait is None else min(wait, init_deadline - now)
+                wake = None if wait is None else now + wait
                 if not (self._early or pending() or selector.select(wait)):
                     continue
-                data, self._early = self._early or self._sock.recv(RECV_BYTES), b""
+                if self._early:
+                    data, self._early = self._early, b""
+                elif tls:
+                    # a readable socket may hold part of a TLS record only: the wait for its rest is
+                    # bounded like the select, so Pings and the deadlines above still run
+                    try:
+                        data = self._sock.recv(RECV_BYTES, None if wake is None
+                                               else max(0.0, wake - time.monotonic()))
+                    except socket.timeout:
+                        continue
+                else:
+                    data = self._sock.recv(RECV_BYTES)
                 if not data:  # the peer's end: no sign of life for a takeover probe (run's end wakes it)
                     self._protocol.receive_data(None)
                     return
