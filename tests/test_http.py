@@ -128,6 +128,16 @@ def test_a_malformed_request_line_gets_a_status_line(any_server, raw):
         assert line.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.parametrize("target", [b"http://[::1/", b"http://[/readyz"])
+def test_a_request_target_urlsplit_refuses_gets_a_400_and_no_traceback(server, capsys, target):
+    """A target the URL parser refuses (an unclosed IPv6 bracket) is a 400 with a status line, as any
+    malformed request line: it used to end the connection unanswered, with a traceback on stderr
+    (printed, whatever the log level) for every such request of an unauthenticated peer."""
+    response = http_request(port_of(server), b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_line(response) == b"HTTP/1.1 400 Bad Request", response[:200]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_a_first_frame_sent_with_the_upgrade_request_is_answered(any_server):
     """A client that sends its first frame in the same write as the upgrade request, without waiting for
     the 101 (RFC 6455 4.1 says it should wait): the frame was read with the request's headers and lost,

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 from werkzeug.serving import WSGIRequestHandler
 
@@ -104,7 +105,18 @@ class RequestHandler(WSGIRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             return False
-        return super().parse_request()
+        if not super().parse_request():
+            return False
+        try:
+            urlsplit(self.path)  # what werkzeug's make_environ does first, outside any error handling
+        except ValueError:  # "http://[::1/": a 400 with a status line, not a traceback and no answer
+            self.close_connection = True
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return False
+        return True
 
     def make_environ(self):
         environ = super().make_environ()
