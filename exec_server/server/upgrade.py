@@ -99,24 +99,23 @@ class RequestHandler(WSGIRequestHandler):
             # the upgrade timeout; answered 400 at once, as by the reference
             self.command, self.request_version = "GET", "HTTP/1.0"  # a status line, as for the others
             self.requestline = self.raw_requestline.decode("iso-8859-1").rstrip("\r\n")
-            self.close_connection = True
-            self.send_response(400)
-            self.send_header("Content-Length", "0")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            return False
+            return self._bad_request()
         if not super().parse_request():
             return False
         try:
             urlsplit(self.path)  # what werkzeug's make_environ does first, outside any error handling
         except ValueError:  # "http://[::1/": a 400 with a status line, not a traceback and no answer
-            self.close_connection = True
-            self.send_response(400)
-            self.send_header("Content-Length", "0")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            return False
+            return self._bad_request()
         return True
+
+    def _bad_request(self) -> bool:
+        """Answer 400 (no body) and close the connection; False, for :meth:`parse_request` to return."""
+        self.close_connection = True
+        self.send_response(400)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        return False
 
     def make_environ(self):
         environ = super().make_environ()

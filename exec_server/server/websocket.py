@@ -15,7 +15,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import List, Optional, Union
+from typing import Callable, List, Optional, Union
 
 from wsproto import WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
@@ -27,10 +27,8 @@ from exec_server.common.tls import POLL_SELECTOR, TLSStream
 from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL,  # noqa: F401
                                           CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TRY_AGAIN_LATER,
                                           FAILURE_CODES as _FAILURE_CODES, RECV_BYTES)
-from exec_server.common.websocket import send_all as _send_all
-from exec_server.common.websocket import send_now as _send_now
-from exec_server.common.websocket import send_fragmented as _send_fragmented
-from exec_server.common.websocket import send_frames as _send_frames
+from exec_server.common.websocket import (send_all as _send_all, send_fragmented as _send_fragmented,
+                                          send_frames as _send_frames, send_now as _send_now)
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
 from exec_server.protocol.errors import ProtocolViolation
@@ -48,11 +46,8 @@ log = logging.getLogger(__name__)
 
 def _encodable(text: str) -> bool:
     """Whether ``text`` is valid UTF-8 material (no lone surrogate, e.g. from a non-UTF-8 file name)."""
-    if text.isascii():  # no copy: a large result (base64) is ASCII
-        return True
     try:
-        text.encode("utf-8")
-        return True
+        return text.isascii() or bool(text.encode("utf-8"))  # no copy for ASCII (a large result: base64)
     except UnicodeEncodeError:
         return False
 
@@ -182,21 +177,12 @@ class WebSocketConnection:
             return
         if not all(_encodable(text) for text in texts):
             texts = tuple(text.encode("utf-8", "replace").decode("utf-8") for text in texts)
-        try:
-            with self._send_lock:
-                if self._dead:
-                    raise ConnectionResetError("websocket is dead")
-                try:
-                    if len(texts) == 1:
-                        _send_all(self._sock, self._protocol.send(Message(data=texts[0])), self._config.send_timeout)
-                    else:
-                        _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts],
-                                     self._config.send_timeout)
-                except OSError:
-                    self._die()
-                    raise
-        except LocalProtocolError:
-            raise ConnectionResetError("websocket is closed") from None
+        if len(texts) == 1:
+            self._write(lambda: _send_all(self._sock, self._protocol.send(Message(data=texts[0])),
+                                          self._config.send_timeout))
+        else:
+            self._write(lambda: _send_frames(self._sock, [self._protocol.send(Message(data=text)) for text in texts],
+                                             self._config.send_timeout))
 
     def _send_fragments(self, message: RawJson) -> None:
         """Send a large message as frames of :data:`~exec_server.protocol.wire.LARGE_MESSAGE_CHARS`
@@ -204,12 +190,16 @@ class WebSocketConnection:
         """
         pieces = (piece if _encodable(piece) else piece.encode("utf-8", "replace").decode("utf-8")
                   for piece in message.fragments())
+        self._write(lambda: _send_fragmented(self._sock, self._protocol, pieces, self._config.send_timeout))
+
+    def _write(self, write: Callable[[], None]) -> None:
+        """Run ``write`` under the send lock: a failed write kills the connection.  Raises as :meth:`send_text`."""
         try:
             with self._send_lock:
                 if self._dead:
                     raise ConnectionResetError("websocket is dead")
                 try:
-                    _send_fragmented(self._sock, self._protocol, pieces, self._config.send_timeout)
+                    write()
                 except OSError:
                     self._die()
                     raise
@@ -354,12 +344,9 @@ class WebSocketConnection:
                     continue
                 if self._early:
                     data, self._early = self._early, b""
-                elif tls:
-                    # a readable socket may hold part of a TLS record only: the wait for its rest is
-                    # bounded like the select, so Pings and the deadlines above still run
+                elif tls:  # a readable socket may hold part of a TLS record: wait for its rest as long as select
                     try:
-                        data = self._sock.recv(RECV_BYTES, None if wake is None
-                                               else max(0.0, wake - time.monotonic()))
+                        data = self._sock.recv(RECV_BYTES, None if wake is None else max(0.0, wake - time.monotonic()))
                     except socket.timeout:
                         continue
                 else:
