@@ -324,6 +324,29 @@ def test_inherit_mode_server_adopts_and_reaps_orphans(tmp_path, token):
         log.close()
 
 
+def test_inherit_mode_server_reaps_orphans_that_die_between_sweeps(tmp_path):
+    """An orphan that lives and dies between two of the Reaper's sweeps (1 s apart) was never seen alive with
+    its marker, and stayed a zombie (a PID, and a task under a TasksMax) as long as the server: one per
+    ``(job &)`` of a short command.  Now every zombie child the server did not fork itself is reaped, and
+    no Popen's status is stolen."""
+    server, url, log = cli_server("inherit", tmp_path)
+    try:
+        me = psutil.Process(server.pid)
+        with Client.connect(url, timeout=10) as client:
+            for number in range(20):
+                done = client.run(["sh", "-c", "(sleep 0.01 &); exit %d" % (number % 5 + 1)], timeout=10)
+                assert done.returncode == number % 5 + 1  # a Popen's status is never stolen
+            wait_until(lambda: not zombie_children(me), timeout=10)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        server.stdout.close()
+        log.close()
+
+
 def test_an_interrupt_waits_for_the_program_within_program_start_wait(caplog):
     """wait_program_started: True once the init's child exists; False at the timeout (logged) or at once
     when the process has ended (PROGRAM_START_WAIT bounds it; 10 s by default)."""

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from exec_server.protocol.errors import InternalError, RpcError
 from exec_server.server.fs.mount_points import MOUNT_POINTS
 from exec_server.server.fs.sandbox import SandboxPolicy
+from exec_server.server.process import marked
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,9 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
     request = {"operation": operation, "params": params, "policy": {"entries": entries}}
     with tempfile.TemporaryFile() as stderr:
         try:
-            child = subprocess.Popen(command or helper_command(policy), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=stderr, env=helper_environment(), cwd="/",
-                                     start_new_session=not sys.platform.startswith("win"))
+            child = marked.start_ours(lambda: subprocess.Popen(  # its status is its Popen's, not the Reaper's
+                command or helper_command(policy), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                env=helper_environment(), cwd="/", start_new_session=not sys.platform.startswith("win")))
         except OSError as exc:
             raise InternalError("fs sandbox helper could not start: %s" % exc) from None
         if helpers is not None:
@@ -254,6 +255,8 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
         finally:
             if helpers is not None:
                 helpers.discard(child)
+            if child.returncode is not None:
+                marked.forget_ours(child.pid)
         stderr.seek(0)
         diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
     if diagnostics:

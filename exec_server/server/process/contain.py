@@ -42,7 +42,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
-from exec_server.server.process import guardian
+from exec_server.server.process import guardian, marked
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Spawner:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(job())
+                future.set_result(marked.start_ours(job))  # a Popen's child is registered as ours
             except BaseException as exc:  # handed to the caller, raised there
                 future.set_exception(exc)
                 del exc

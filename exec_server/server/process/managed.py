@@ -134,6 +134,7 @@ class ManagedProcess:
         """Wait for the child (it has exited, or will); the protocol's exit code."""
         try:
             returncode = self._popen.wait()
+            marked.forget_ours(self._popen.pid)
             if self._marker is not None:
                 marked.forget_leader(self._popen.pid)
             return exit_code_from_returncode(returncode, self.tty, self._isolated)

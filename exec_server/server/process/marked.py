@@ -13,7 +13,7 @@ import ctypes
 import logging
 import os
 import threading
-from typing import Any, Collection, List, Tuple
+from typing import Any, Callable, Collection, List, Tuple, TypeVar
 
 from exec_server.server.process import guardian
 
@@ -84,6 +84,27 @@ _PR_SET_CHILD_SUBREAPER = 36
 _leaders: "set[int]" = set()  # inherit-mode children forked by Popen: never reaped here
 _adopted: "set[int]" = set()  # orphans seen alive with a marker, reaped once zombies (set ops are atomic)
 _leaders_lock = threading.Lock()
+_ours: "set[int]" = set()  # children this process forked and waits for itself (Popen): never reaped here
+#: Held around a fork of ours and its registration, and by a sweep: no child the sweep sees unregistered is
+#: one of ours, so a zombie it does not know is an adopted orphan, whether or not it was ever seen alive.
+forking = threading.RLock()
+_Child = TypeVar("_Child")
+
+
+def start_ours(start: Callable[[], _Child]) -> _Child:
+    """Run ``start`` (a ``Popen``) and register the child it forked as ours: the :class:`Reaper` leaves its
+    status to its Popen.  Call :func:`forget_ours` once that Popen has reaped it."""
+    with forking:
+        child = start()
+        pid = getattr(child, "pid", None)
+        if isinstance(pid, int):
+            _ours.add(pid)
+    return child
+
+
+def forget_ours(pid: int) -> None:
+    """The Popen of ``pid`` (registered by :func:`start_ours`) has reaped it."""
+    _ours.discard(pid)
 
 
 def register_leader(pid: int) -> None:
@@ -173,26 +194,33 @@ class Reaper:
                 log.exception("reaping adopted processes failed")
 
     def sweep(self) -> int:
-        """Reap adopted zombies and note new adopted processes; how many were reaped."""
+        """Reap adopted zombies and note new adopted processes; how many were reaped.
+
+        A zombie child that this process did not fork (:func:`start_ours`, a
+        Popen leader, the guardian) is an orphan it adopted: reaped by its PID,
+        also one that lived and died between two sweeps (never seen alive, it
+        would stay a zombie, a PID and a task, as long as the server).
+        """
         import psutil
 
-        with _leaders_lock:
-            leaders = set(_leaders)
         reaped = 0
-        for child in psutil.Process().children():
-            if child.pid in leaders:
-                continue
-            try:
-                zombie = child.status() == psutil.STATUS_ZOMBIE
-                if not zombie and child.pid not in _adopted and MARKER_ENV in child.environ():
-                    _adopted.add(child.pid)
-            except (psutil.Error, OSError):
-                zombie = child.pid in _adopted
-            if zombie and child.pid in _adopted:
+        with forking:  # no fork of ours is between its fork and its registration now
+            with _leaders_lock:
+                known = set(_leaders) | _ours | {guardian.running_pid()}
+            for child in psutil.Process().children():
+                if child.pid in known:
+                    continue
                 try:
-                    if os.waitpid(child.pid, os.WNOHANG)[0]:
-                        reaped += 1
+                    zombie = child.status() == psutil.STATUS_ZOMBIE
+                    if not zombie and child.pid not in _adopted and MARKER_ENV in child.environ():
+                        _adopted.add(child.pid)
+                except (psutil.Error, OSError):
+                    zombie = True  # gone (waitpid tells) or a zombie
+                if zombie:
+                    try:
+                        if os.waitpid(child.pid, os.WNOHANG)[0]:
+                            reaped += 1
+                            _adopted.discard(child.pid)
+                    except ChildProcessError:
                         _adopted.discard(child.pid)
-                except ChildProcessError:
-                    _adopted.discard(child.pid)
         return reaped
