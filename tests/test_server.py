@@ -381,6 +381,41 @@ def test_shutdown_of_a_server_never_served_is_bounded_even_without_a_thread(monk
     assert time.monotonic() - started < 5.0
 
 
+def test_a_shutdown_before_serve_forever_began_means_no_serving():
+    """The command prints its URL, then serves: a SIGTERM between the two shut the server down (socket closed)
+    and serve_forever then ran on the closed socket: ValueError, a traceback and status 1 (4 of 12 tries)."""
+    from exec_server import make_server
+
+    server = make_server("ws://127.0.0.1:0")
+    server.shutdown(timeout=5)
+    done = []
+    serving = threading.Thread(target=lambda: done.append(server.serve_forever()), daemon=True)
+    serving.start()
+    serving.join(5)
+    assert done == [None]  # returned at once, without an exception
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+
+
+def test_sigterm_right_after_the_url_line_exits_0(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    for attempt in range(8):
+        server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            assert server.stdout.readline().startswith(b"ws://127.0.0.1:")
+            server.send_signal(signal.SIGTERM)
+            _out, err = server.communicate(timeout=20)
+            assert (server.returncode, err) == (0, b""), attempt
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.communicate(timeout=10)
+
+
 def test_the_signal_handlers_stop_is_not_an_exception_socketserver_would_swallow():
     """Raised where no thread can run the shutdown, it may arrive while socketserver handles a connection,
     whose ``except Exception`` logged it and served on: the SIGTERM was lost."""

@@ -256,6 +256,8 @@ class ExecServer:
         self._thread: Optional[threading.Thread] = None
         self._stopped = threading.Event()
         self._serving = False  # serve_forever was called
+        self._stopping = False  # shutdown was called
+        self._state = threading.Lock()  # orders the two: a shutdown before serve_forever means no serving
 
     @property
     def url(self) -> str:
@@ -263,8 +265,12 @@ class ExecServer:
         return "%s://%s:%d" % (self.scheme, host, self.port)
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`shutdown`; then clean up (blocking)."""
-        self._serving = True
+        """Accept connections until :meth:`shutdown`; then clean up (blocking).  Returns at once after a shutdown
+        (a SIGTERM just after the URL was printed, before this began)."""
+        with self._state:
+            if self._stopping:
+                return
+            self._serving = True
         try:
             self._wsgi.serve_forever(poll_interval=POLL_INTERVAL)
         finally:
@@ -286,7 +292,10 @@ class ExecServer:
         """
         if timeout is None:
             timeout = self.config.shutdown_timeout + POLL_INTERVAL
-        if not self._serving:  # no accept loop to stop (werkzeug's shutdown would wait for one for good)
+        with self._state:
+            self._stopping = True
+            serving = self._serving
+        if not serving:  # no accept loop to stop (werkzeug's shutdown would wait for one for good)
             self._wsgi.server_close()
             self._cleanup()
             return
