@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from conftest import all_gone, running_descendants, start_ours, wait_until
-from exec_server import (Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, Group, GroupError, OutputEvent,
-                         ReconnectPolicy)
+from exec_server import (CallTimeout, Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, Group, GroupError,
+                         OutputEvent, ReconnectPolicy)
 from exec_server.client.group import DEFAULT_MAX_WORKERS
 from exec_server.client.group_fs import host_dirname, host_dirnames
 from exec_server.server.auth import CapabilityToken
@@ -244,12 +244,13 @@ def test_events_nobody_takes_are_bounded_and_come_later_whole(servers, monkeypat
 def test_leaving_a_start_block_or_closing_the_group_ends_what_still_runs(servers):
     urls = [s.url for s in servers(2)]
     with Group(urls) as group:
-        with pytest.raises(subprocess.TimeoutExpired):
+        with pytest.raises(CallTimeout) as caught:  # as every wait of the client: also a TimeoutError
             with group.start(["sleep", "307"]) as running:
                 sleepers = wait_until(lambda: len(running_descendants(os.getpid(), ["sleep", "307"])) == 2
                                       and running_descendants(os.getpid(), ["sleep", "307"]), timeout=20)
                 for _ in running.events(timeout=0.3):  # the README's shape: a timeout leaves the block
                     pass
+        assert isinstance(caught.value, TimeoutError) and caught.value.timeout == 0.3
         wait_until(lambda: all_gone(sleepers), timeout=15)  # were left for the session's 80 s
         assert [process.returncode for process in running.processes.values()] == [137, 137]
         assert all(not group[url]._endpoint._processes for url in urls)  # forgotten

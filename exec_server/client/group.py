@@ -175,7 +175,7 @@ class Group:
             argv, input, start_options: as for :meth:`Client.run`.
             timeout: seconds per host, counted from when that host's command
                 starts; on expiry its remote tree is killed and its result is
-                ``subprocess.TimeoutExpired``.
+                :class:`CallTimeout` (a ``subprocess.TimeoutExpired``).
             check: raise :class:`GroupError` (carrying every result) when a
                 host failed; otherwise failures are results, never raised.
         """

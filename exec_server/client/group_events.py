@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
+from exec_server.client.interfaces import CallTimeout
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.process import ClosedEvent, OutputEvent, ProcessEvent, RemoteProcess
@@ -125,8 +126,9 @@ class GroupProcesses:
             timeout: seconds for the whole iteration; None waits until every
                 process has closed (or :meth:`close` is called).
         Raises:
-            subprocess.TimeoutExpired: not finished within ``timeout``; the
-                events not yet taken stay queued for the next call.
+            CallTimeout: not finished within ``timeout`` (a ``subprocess.TimeoutExpired`` and a
+                ``TimeoutError``, as every wait of the client); the events not yet taken stay queued for the
+                next call.
         """
         deadline = _deadline(timeout)
         while True:
@@ -138,7 +140,7 @@ class GroupProcesses:
                 try:
                     item = self._queue.get(timeout=_remaining(deadline))
                 except queue.Empty:
-                    raise subprocess.TimeoutExpired(self.args, timeout) from None
+                    raise CallTimeout(self.args, timeout) from None
             if item is _FINISHED:
                 self._pending -= 1
                 continue
@@ -149,7 +151,7 @@ class GroupProcesses:
             yield item
 
     def wait(self, timeout: Optional[float] = None) -> Dict[str, Union[int, BaseException]]:
-        """host -> exit code, or the exception (connect/start error, ``subprocess.TimeoutExpired``, ...).
+        """host -> exit code, or the exception (connect/start error, ``CallTimeout``, ...).
 
         ``timeout`` is one deadline for all hosts.
         """
