@@ -160,6 +160,7 @@ def test_every_wait_and_call_raises_call_timeout(proxied):
             with pytest.raises(subprocess.TimeoutExpired) as caught:
                 wait(timeout=0.05)
             assert isinstance(caught.value, TimeoutError) and caught.value.cmd == ["sleep", "30"]
+            assert caught.value.timeout == 0.05 and "after 0.05 seconds" in str(caught.value)  # what was given
         with pytest.raises(CallTimeout) as caught:
             process.read(process.last_seq, wait=5.0, timeout=0.1)
         assert caught.value.cmd == "process/read" and str(caught.value) == "process/read: no response within 0.100 s"

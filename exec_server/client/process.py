@@ -301,6 +301,7 @@ class RemoteProcess(ProcessControl):
                 self._changed.notify_all()  # another consumer may wait for them
             if isinstance(interrupted, CallTimeout):  # and a timeout says what it was, as subprocess.run's
                 interrupted.stdout, interrupted.stderr = stdout, stderr
+                interrupted.timeout, interrupted.args = timeout, (interrupted.cmd, timeout)  # not the last wait's
             raise
         return out.getvalue(), err.getvalue()
 
