@@ -1,6 +1,7 @@
 """Every user mistake of the command line ends in one line and a documented exit status, never a traceback."""
 
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -12,7 +13,7 @@ import pytest
 
 import psutil
 
-from conftest import all_gone, start_ours, wait_until
+from conftest import all_gone, start_ours, start_params, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -226,14 +227,33 @@ def test_the_python_client_names_a_relative_cwd(server):
             client.start(["pwd"], cwd="relative")
 
 
-@pytest.mark.parametrize("args, env", [(["--log-level", "BOGUS"], {}), ([], {"EXEC_SERVER_LOG": "bogus"})])
-def test_an_unknown_log_level_is_refused(args, env):
+@pytest.mark.parametrize("args, env, named", [
+    (["--log-level", "BOGUS"], {}, "argument --log-level"),
+    ([], {"EXEC_SERVER_LOG": "bogus"}, "EXEC_SERVER_LOG"),
+    (["--log-level", "BOGUS"], {"EXEC_SERVER_LOG": "info"}, "argument --log-level"),
+])
+def test_an_unknown_log_level_is_refused_naming_where_it_came_from(args, env, named):
     import os
 
     done = subprocess.run(CLI + ["--listen", "stdio"] + args, capture_output=True, timeout=60,
                           stdin=subprocess.DEVNULL, env=dict(os.environ, **env))
     assert done.returncode == 2
-    assert done.stderr.decode().splitlines()[-1].startswith("exec-server: error: argument --log-level: invalid level")
+    assert done.stderr.decode().splitlines()[-1].startswith("exec-server: error: %s: invalid level" % named)
+
+
+@pytest.mark.parametrize("args, env, logged", [([], {"EXEC_SERVER_LOG": "info"}, True),
+                                               (["--log-level", "ERROR"], {"EXEC_SERVER_LOG": "info"}, False),
+                                               ([], {}, False)])
+def test_the_log_level_comes_from_the_option_else_the_variable(args, env, logged):
+    import os
+
+    lines = [{"id": 1, "method": "initialize", "params": {"clientName": "t"}}, {"method": "initialized"},
+             {"id": 2, "method": "process/start", "params": start_params("p", ["true"])}]
+    done = subprocess.run(CLI + ["--listen", "stdio"] + args, capture_output=True, timeout=60,
+                          input=b"".join(json.dumps(line).encode() + b"\n" for line in lines),
+                          env={k: v for k, v in dict(os.environ, **env).items() if k != "EXEC_SERVER_LOG" or env})
+    assert done.returncode == 0 and done.stdout.count(b"\n") == 2
+    assert (b" INFO " in done.stderr) == logged, done.stderr[-500:]  # "process started"
 
 
 def test_the_error_classes_the_readme_names_are_importable_from_the_package():

@@ -18,7 +18,8 @@ import sys
 from typing import Optional, Sequence
 
 from exec_server import __version__
-from exec_server.cli.options import add_cp_parser, add_run_parser, add_server_options, help_formatter
+from exec_server.cli.options import (add_cp_parser, add_run_parser, add_server_options, help_formatter,
+                                     log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +47,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
         subcommands = getattr(parser, "subcommands", {})
         subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        level = log_level(args.log_level)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.otel:
         from exec_server.common.telemetry import configure_sdk
 

@@ -149,9 +149,23 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
-    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
+    parser.add_argument("--log-level", type=_log_level, default=None,
                         help="logging level on stderr: DEBUG, INFO, WARNING, ERROR or CRITICAL (default "
-                             "%(default)s, or the EXEC_SERVER_LOG variable)")
+                             "the EXEC_SERVER_LOG variable, else WARNING)")
+
+
+def log_level(given: Optional[str]) -> str:
+    """The level of ``--log-level``, else of ``EXEC_SERVER_LOG``, else WARNING.
+
+    Raises:
+        ValueError: ``EXEC_SERVER_LOG`` names no level (the message names the variable).
+    """
+    if given is not None:
+        return given
+    try:
+        return _log_level(os.environ.get("EXEC_SERVER_LOG") or "WARNING")
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError("EXEC_SERVER_LOG: %s" % exc) from None
 
 
 def _log_level(text: str) -> str:

@@ -22,7 +22,7 @@ import win32service
 import win32serviceutil
 
 from exec_server.server.allocator import tune_for_server
-from exec_server.cli.options import config_from_options
+from exec_server.cli.options import config_from_options, log_level
 from exec_server.server.app import make_server
 from exec_server.cli.service import (DESCRIPTION, DISPLAY_NAME, OPTIONS_KEY, SERVICE_NAME,
                                      parse_server_arguments)
@@ -71,7 +71,12 @@ class ExecServerService(win32serviceutil.ServiceFramework):
         stored = win32serviceutil.GetServiceCustomOption(SERVICE_NAME, OPTIONS_KEY) or "[]"
         options, listen = parse_server_arguments(json.loads(stored))
         tune_for_server()
-        logging.getLogger().setLevel(getattr(logging, str(options.log_level).upper(), logging.WARNING))
+        try:
+            level = log_level(options.log_level)
+        except ValueError as exc:  # a bad EXEC_SERVER_LOG of the service's environment: said, not fatal
+            level = "WARNING"
+            log.warning("%s; logging at WARNING", exc)
+        logging.getLogger().setLevel(getattr(logging, level))
         with self._lock:
             if self._stop_requested:
                 return
