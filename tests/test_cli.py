@@ -308,3 +308,14 @@ def test_run_ended_by_sigterm_or_sighup_kills_the_remote_tree(listening, number)
             runner.wait(5)
         runner.stdout.close()
         runner.stderr.close()
+
+
+def test_cp_of_a_local_directory_says_what_copies_one(listening, tmp_path):
+    """The refusal named a Python API (fs.copy) to a shell user; it names the command's own form now."""
+    _server, url = listening
+    (tmp_path / "folder").mkdir()
+    for hosts in ([url], [url, url.replace("127.0.0.1", "localhost")]):  # one host, then the group's path
+        done = run_cli("cp", *[arg for host in hosts for arg in ("--url", host)], str(tmp_path / "folder"),
+                       ":%s/copy" % tmp_path)
+        assert done.returncode in (1, 2) and b"cp :A :B copies a directory on the server" in done.stderr, done.stderr
+        assert not (tmp_path / "copy").exists()

@@ -77,7 +77,8 @@ def upload(fs: FileSystem, local: str, remote: str, progress_factory: Callable[.
     when complete, and an interrupted upload leaves it as it was.
     """
     if os.path.isdir(local):
-        raise IsADirectoryError("%s is a directory (copy directories on the server with fs.copy)" % local)
+        raise IsADirectoryError("%s is a directory (cp copies one file; cp :A :B copies a directory on the server)"
+                                % local)
     remote = _remote_target(fs, remote, os.path.basename(local))
     size = os.path.getsize(local)
     progress = progress_factory(os.path.basename(local), size)

@@ -79,7 +79,7 @@ def copy_group(args: argparse.Namespace, urls: List[str]) -> int:
     check_sides(source, destination)
     if remote_destination and not remote_source:
         if os.path.isdir(source):
-            raise CommandError("is a directory (copy directories on the server with fs.copy)", source)
+            raise CommandError("is a directory (cp copies one file; cp :A :B copies a directory on the server)", source)
         if not os.path.isfile(source):
             raise CommandError("no such file", source)
 
