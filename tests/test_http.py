@@ -159,3 +159,18 @@ def eager_initialize(sock) -> bytes:
         assert chunk, data
         data += chunk
     return data
+
+
+def test_a_header_block_over_max_header_bytes_is_a_431(server):
+    """http.client alone allowed 100 header lines of 64 KiB: ~6 MiB held per connection before any credential
+    was checked (128 such connections took a server from 230 to 828 MiB)."""
+    from exec_server.server.upgrade import MAX_HEADER_BYTES
+
+    line = b"X-Big: " + b"a" * 30000 + b"\r\n"
+    count = MAX_HEADER_BYTES // len(line)
+    within = b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + line * count + b"Connection: close\r\n\r\n"
+    assert len(within) - len(b"GET /readyz HTTP/1.1\r\n") <= MAX_HEADER_BYTES
+    assert http_request(port_of(server), within).startswith(b"HTTP/1.1 200 ")
+    over = b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + line * (count + 1) + b"Connection: close\r\n\r\n"
+    for attempt in range(5):
+        assert http_request(port_of(server), over).startswith(b"HTTP/1.1 431 "), attempt

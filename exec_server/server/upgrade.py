@@ -31,8 +31,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Most bytes of a request's header block (its lines after the request line, their line ends included): past it,
+#: 431.  http.client alone allows 100 lines of 64 KiB, ~6 MiB held per connection before any credential is seen.
+MAX_HEADER_BYTES = 64 * 1024
+
 _ENVIRON_HANDLER = "exec_server.request_handler"
 _ENVIRON_NO_VERSION = "exec_server.request_line_without_version"
+
+
+class _HeaderBlock:
+    """The request's input while http.server reads its header block: a line that would take the block past
+    ``limit`` bytes is refused as too long (431, as a line over http.client's own limit), unread."""
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._left, self._limit = raw, limit, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._raw.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        if len(line) > self._left:
+            import http.client
+
+            raise http.client.LineTooLong("header block over %d bytes" % self._limit)
+        self._left -= len(line)
+        return line
 
 
 class RequestHandler(WSGIRequestHandler):
@@ -100,8 +121,12 @@ class RequestHandler(WSGIRequestHandler):
             self.command, self.request_version = "GET", "HTTP/1.0"  # a status line, as for the others
             self.requestline = self.raw_requestline.decode("iso-8859-1").rstrip("\r\n")
             return self._bad_request()
-        if not super().parse_request():
-            return False
+        rfile, self.rfile = self.rfile, _HeaderBlock(self.rfile, MAX_HEADER_BYTES)
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self.rfile = rfile
         try:
             urlsplit(self.path)  # what werkzeug's make_environ does first, outside any error handling
         except ValueError:  # "http://[::1/": a 400 with a status line, not a traceback and no answer
