@@ -246,3 +246,63 @@ def test_a_scheme_that_does_not_match_the_server_says_so(pki, tls_server, server
     secure = tls_server()
     with pytest.raises(ExecServerDisconnected, match=r"\(a wss:// server closes a plain connection so\)$"):
         Client.connect(secure.url.replace("wss://", "ws://"), timeout=10)
+
+
+def test_a_tls_record_cut_short_does_not_stop_the_clients_keepalive(pki):
+    """A server that sends part of a TLS record and then nothing: the client's reader waited in
+    ``TLSStream.recv`` for the rest without a bound (no Ping, no keepalive deadline) for as long as the TCP
+    connection stayed up; it now ends the connection at ``keepalive_timeout``."""
+    import socket
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Ping, Request
+
+    from exec_server.client.websocket import connector_for
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+        ws = WSConnection(ConnectionType.SERVER)
+        handshaken = False
+        try:
+            while True:  # the handshake, then the upgrade request
+                try:
+                    if not handshaken:
+                        tls.do_handshake()
+                        handshaken = True
+                    ws.receive_data(tls.read(65536))
+                    if any(isinstance(event, Request) for event in ws.events()):
+                        break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            tls.write(ws.send(AcceptConnection()))
+            raw.sendall(outgoing.read())
+            tls.write(ws.send(Ping(b"")))
+            record = outgoing.read()
+            raw.sendall(record[:-1])  # a Ping whose TLS record lacks its last byte, then silence
+            stop.wait(20)
+        finally:
+            raw.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        connector = connector_for("wss://127.0.0.1:%d" % listener.getsockname()[1], None, None, client_context(pki),
+                                  ping_interval=0.3, keepalive_timeout=1.0)
+        transport = connector(10)
+        started = time.monotonic()
+        with pytest.raises(ExecServerDisconnected, match="keepalive"):
+            transport.receive()
+        assert time.monotonic() - started < 5  # was: until the server's TCP connection ended (20 s here)
+        transport.close()
+    finally:
+        stop.set()
+        thread.join(30)
+        listener.close()
