@@ -176,6 +176,15 @@ def with_env(name: str, value: str) -> List[psutil.Process]:
     return found
 
 
+def reap(process: subprocess.Popen) -> None:
+    """Kill ``process`` (by its PID) if it still runs, wait for it (10 s at most) and close its stdout pipe."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 def all_gone(processes: Sequence[psutil.Process]) -> bool:
     """True when none of ``processes`` runs any more (psutil checks identity, not just the PID)."""
     for process in processes:

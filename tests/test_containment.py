@@ -5,6 +5,7 @@ process of it carries a token in its environment, so psutil finds them on the
 host whatever PID namespace they live in.  Fresh server per test, loopback only.
 """
 
+import contextlib
 import os
 import random
 import signal
@@ -79,14 +80,22 @@ def assert_none_survives(token):
     wait_until(lambda: not marked(token), timeout=10)
 
 
+@contextlib.contextmanager
 def cli_server(mode, tmp_path, *extra):
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
-                               "--linux-sandbox-pid-namespace", mode, *extra],
-                              stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    url = server.stdout.readline().decode().strip()
-    assert url.startswith("ws://127.0.0.1:"), url
-    return server, url, log
+    """``(server, url)``: the exec-server command in ``mode``, its stderr in ``server.log``; killed at the end."""
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
+                                   "--linux-sandbox-pid-namespace", mode, *extra],
+                                  stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        try:
+            url = server.stdout.readline().decode().strip()
+            assert url.startswith("ws://127.0.0.1:"), url
+            yield server, url
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait(10)
+            server.stdout.close()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -116,20 +125,13 @@ def test_session_expiry_kills_every_escaper(configured_server, connect, tmp_path
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_server_sigterm_kills_every_escaper(tmp_path, token, shape, mode):
-    server, url, log = cli_server(mode, tmp_path)
-    try:
+    with cli_server(mode, tmp_path) as (server, url):
         with Client.connect(url, timeout=10) as client:
             client.call("process/start", shape_params(shape, tmp_path, token), timeout=10)
             wait_started(shape, tmp_path, token)
             server.send_signal(signal.SIGTERM)
             server.wait(10)
         assert_none_survives(token)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
-        server.stdout.close()
-        log.close()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -138,8 +140,7 @@ def test_server_sigterm_kills_every_escaper(tmp_path, token, shape, mode):
 def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty, mode):
     """isolate: the parent-death signal ends the namespace, and the namespace takes everything;
     inherit: the guardian reads end of file and kills everything carrying the server's token."""
-    server, url, log = cli_server(mode, tmp_path)
-    try:
+    with cli_server(mode, tmp_path) as (server, url):
         with Client.connect(url, timeout=10) as client:
             client.call("process/start", dict(shape_params(shape, tmp_path, token), tty=tty), timeout=10)
             wait_started(shape, tmp_path, token)
@@ -147,12 +148,6 @@ def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty, mode
             server.kill()
             server.wait(10)
         assert_none_survives(token)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
-        server.stdout.close()
-        log.close()
 
 
 @pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
@@ -302,8 +297,7 @@ def zombie_children(process: psutil.Process):
 def test_inherit_mode_server_adopts_and_reaps_orphans(tmp_path, token):
     """The exec-server command in inherit mode is the child subreaper: an orphan reparents to it
     (not PID 1), is killed by terminate and reaped, without waitpid(-1)."""
-    server, url, log = cli_server("inherit", tmp_path)
-    try:
+    with cli_server("inherit", tmp_path) as (server, url):
         with Client.connect(url, timeout=10) as client:
             client.call("process/start", shape_params("setsid-after-parent-exit", tmp_path, token), timeout=10)
             wait_started("setsid-after-parent-exit", tmp_path, token)
@@ -316,12 +310,6 @@ def test_inherit_mode_server_adopts_and_reaps_orphans(tmp_path, token):
             assert done.returncode == 7
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
-        server.stdout.close()
-        log.close()
 
 
 def test_inherit_mode_server_reaps_orphans_that_die_between_sweeps(tmp_path):
@@ -329,8 +317,7 @@ def test_inherit_mode_server_reaps_orphans_that_die_between_sweeps(tmp_path):
     its marker, and stayed a zombie (a PID, and a task under a TasksMax) as long as the server: one per
     ``(job &)`` of a short command.  Now every zombie child the server did not fork itself is reaped, and
     no Popen's status is stolen."""
-    server, url, log = cli_server("inherit", tmp_path)
-    try:
+    with cli_server("inherit", tmp_path) as (server, url):
         me = psutil.Process(server.pid)
         with Client.connect(url, timeout=10) as client:
             for number in range(20):
@@ -339,12 +326,6 @@ def test_inherit_mode_server_reaps_orphans_that_die_between_sweeps(tmp_path):
             wait_until(lambda: not zombie_children(me), timeout=10)
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
-        server.stdout.close()
-        log.close()
 
 
 def test_an_interrupt_waits_for_the_program_within_program_start_wait(caplog):

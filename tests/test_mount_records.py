@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import Peer, all_gone, start_params, wait_until
+from conftest import Peer, all_gone, reap, start_params, wait_until
 from exec_server.server.fs.mount_points import MountPoints
 from exec_server.server.fs.mount_records import MountRecords
 from test_sandbox import entry, needs_bwrap, restricted
@@ -70,10 +70,7 @@ def test_a_killed_servers_files_are_removed_by_the_next_sweep_and_a_live_ones_ar
         assert not os.path.exists(made[0]) and records(folder) == {}
         assert (tmp_path / "written").read_bytes() == b"the user's now" and os.path.exists(made[2])  # not its own
     finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait(10)
-        holder.stdout.close()
+        reap(holder)
 
 
 def test_a_cut_record_goes_without_touching_any_file(tmp_path):
@@ -149,10 +146,7 @@ def test_the_mount_point_files_of_a_sigkilled_server_are_removed_by_the_next(tmp
         peer.close()
     finally:
         for server in servers:
-            if server.poll() is None:
-                server.kill()
-                server.wait(10)
-            server.stdout.close()
+            reap(server)
 
 
 @needs_bwrap

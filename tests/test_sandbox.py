@@ -14,7 +14,7 @@ from exec_server import Client
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest, RpcError
 from exec_server.server.fs.helper import FS_HELPER_ENV_ALLOWLIST, run_fs_helper
 from exec_server.server.fs.sandbox import parse_sandbox
-from conftest import start_params, wait_until
+from conftest import reap, start_params, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -436,7 +436,4 @@ def test_a_sandbox_started_just_before_the_server_is_killed_dies_with_it(tmp_pat
             peer.close()
             assert wait_until(lambda: not with_env("SANDBOX_TOKEN", token), timeout=10), attempt
         finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(10)
-            server.stdout.close()
+            reap(server)

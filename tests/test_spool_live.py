@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from conftest import Peer, start_params, wait_until
+from conftest import Peer, reap, start_params, wait_until
 from exec_server import Client, ReconnectPolicy
 from faultproxy import FaultProxy
 
@@ -139,10 +139,7 @@ def test_sigterm_removes_the_spool_directory(tmp_path):
         peer.close()
         assert os.listdir(str(spool_root)) == []
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
-        server.stdout.close()
+        reap(server)
 
 
 def test_the_spool_of_a_killed_server_is_removed_by_the_next(tmp_path):
@@ -169,10 +166,7 @@ def test_the_spool_of_a_killed_server_is_removed_by_the_next(tmp_path):
         wait_until(lambda: os.listdir(str(spool_root)) == seen[1:], timeout=10)  # the second server's own only
     finally:
         for server in servers:
-            if server.poll() is None:
-                server.kill()
-                server.wait(10)
-            server.stdout.close()
+            reap(server)
 
 
 @pytest.mark.slow
@@ -205,7 +199,4 @@ def test_server_rss_stays_flat_while_a_detached_process_writes_256_mib(tmp_path)
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
-        server.stdout.close()
+        reap(server)

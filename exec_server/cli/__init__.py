@@ -13,13 +13,12 @@ the server than its embedded server needs.
 
 import argparse
 import gc
-import logging
 import sys
 from typing import Optional, Sequence
 
 from exec_server import __version__
-from exec_server.cli.options import (add_cp_parser, add_run_parser, add_server_options, help_formatter,
-                                     log_level)
+from exec_server.cli import logs
+from exec_server.cli.options import add_cp_parser, add_run_parser, add_server_options, help_formatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,12 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
         subcommands = getattr(parser, "subcommands", {})
         subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
-    try:
-        level = log_level(args.log_level)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, parser.error)
     if args.otel:
         from exec_server.common.telemetry import configure_sdk
 

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Callable, NamedTuple, Optional
 
+from exec_server.cli.logs import level_name
 from exec_server.common.bearer import check_token
 from exec_server.common.durations import check_seconds
 from exec_server.server.budget import RESULT_COST_PER_BYTE
@@ -149,30 +150,9 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
-    parser.add_argument("--log-level", type=_log_level, default=None,
+    parser.add_argument("--log-level", type=level_name, default=None,
                         help="logging level on stderr: DEBUG, INFO, WARNING, ERROR or CRITICAL (default "
                              "the EXEC_SERVER_LOG variable, else WARNING)")
-
-
-def log_level(given: Optional[str]) -> str:
-    """The level of ``--log-level``, else of ``EXEC_SERVER_LOG``, else WARNING.
-
-    Raises:
-        ValueError: ``EXEC_SERVER_LOG`` names no level (the message names the variable).
-    """
-    if given is not None:
-        return given
-    try:
-        return _log_level(os.environ.get("EXEC_SERVER_LOG") or "WARNING")
-    except argparse.ArgumentTypeError as exc:
-        raise ValueError("EXEC_SERVER_LOG: %s" % exc) from None
-
-
-def _log_level(text: str) -> str:
-    """argparse type of ``--log-level``: a logging level name, any case."""
-    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise argparse.ArgumentTypeError("invalid level %r: DEBUG, INFO, WARNING, ERROR or CRITICAL" % text)
-    return text.upper()
 
 
 def _whole_seconds(text: str) -> int:

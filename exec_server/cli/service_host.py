@@ -22,7 +22,8 @@ import win32service
 import win32serviceutil
 
 from exec_server.server.allocator import tune_for_server
-from exec_server.cli.options import config_from_options, log_level
+from exec_server.cli.logs import log_level
+from exec_server.cli.options import config_from_options
 from exec_server.server.app import make_server
 from exec_server.cli.service import (DESCRIPTION, DISPLAY_NAME, OPTIONS_KEY, SERVICE_NAME,
                                      parse_server_arguments)
