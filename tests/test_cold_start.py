@@ -21,7 +21,7 @@ conn.request("GET", "/readyz")
 response = conn.getresponse()
 outcome = {"status": response.status,
            "loaded": sorted(name for name in ("wsproto", "h11", "jsonschema", "exec_server.server.websocket",
-                                              "exec_server.client") if name in sys.modules)}
+                                              "exec_server.client", "ctypes") if name in sys.modules)}
 response.read()
 conn.close()
 {after}
