@@ -174,3 +174,17 @@ def test_a_header_block_over_max_header_bytes_is_a_431(server):
     over = b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + line * (count + 1) + b"Connection: close\r\n\r\n"
     for attempt in range(5):
         assert http_request(port_of(server), over).startswith(b"HTTP/1.1 431 "), attempt
+
+
+def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server):
+    """RFC 6455 4.1 asks for HTTP/1.1; ours answered 101 (and then served a WebSocket)."""
+    response = http_request(port_of(any_server), UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n")
+    assert b" 426 " in status_line(response)
+    assert body_of(response) == b"WebSocket request couldn't be upgraded since no upgrade state was present"
+
+
+def test_expect_100_continue_gets_one_interim_answer(any_server):
+    """http.server and werkzeug each wrote a ``100 Continue``: two interim answers to one request."""
+    response = http_request(port_of(any_server), b"POST /readyz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                                 b"Content-Length: 3\r\nConnection: close\r\n\r\n")
+    assert response.count(b" 100 Continue") <= 1 and b" 405 " in response

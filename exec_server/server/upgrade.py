@@ -133,6 +133,10 @@ class RequestHandler(WSGIRequestHandler):
             return self._bad_request()
         return True
 
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue``: werkzeug sends its own ``100 Continue``; http.server's would be a second."""
+        return True
+
     def _bad_request(self) -> bool:
         """Answer 400 (no body) and close the connection; False, for :meth:`parse_request` to return."""
         self.close_connection = True
@@ -249,6 +253,9 @@ class WebSocketApp:
             return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
         if not isinstance(event, Request):
             return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
+        if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":  # RFC 6455 4.1: no upgrade over HTTP/1.0; the reference's text
+            return _plain(start_response, "426 Upgrade Required",
+                          b"WebSocket request couldn't be upgraded since no upgrade state was present")
         if self.authorize is not None:
             refusal = self.authorize(environ)
             if refusal is not None:
