@@ -66,6 +66,36 @@ def test_client_and_server_spans_share_one_trace(traced_server):
     assert server_span.attributes["rpc.response_enqueue_offset_ns"] >= server_span.attributes["rpc.dispatch_offset_ns"]
 
 
+def test_the_initialize_of_connect_and_of_a_resume_are_traced_calls_too(traced_server):
+    """The client sent ``initialize`` without a CLIENT span or a carrier: the server's span began a trace of its
+    own, apart from the script's (a newcomer's pass); the resume's ``initialize`` had no CLIENT span either."""
+    from faultproxy import FaultProxy
+
+    from exec_server import ReconnectPolicy
+
+    tracer = trace.get_tracer("tests")
+    proxy = FaultProxy(int(traced_server.url.rsplit(":", 1)[1]))
+    try:
+        with tracer.start_as_current_span("script") as script:
+            with Client.connect(proxy.url, timeout=5, reconnect=ReconnectPolicy(
+                    deadline=20.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=5.0)) as client:
+                proxy.reset()  # the connection is cut: the client resumes its session
+                client.call("environment/status", timeout=10)
+        wait_until(lambda: len(spans("initialize")) == 4, timeout=10)  # two calls, each on both ends
+    finally:
+        proxy.close()
+    trace_id = script.get_span_context().trace_id
+    calls = [s for s in spans("initialize") if s.kind == trace.SpanKind.CLIENT]
+    answers = [s for s in spans("initialize") if s.kind == trace.SpanKind.SERVER]
+    assert len(calls) == len(answers) == 2
+    first = min(calls, key=lambda span: span.start_time)
+    assert first.context.trace_id == trace_id and first.parent.span_id == script.get_span_context().span_id
+    by_id = {span.context.span_id: span for span in calls}
+    for answer in answers:  # the resume's runs on the recovery thread: a trace of its own, its two ends linked
+        assert by_id[answer.parent.span_id].context.trace_id == answer.context.trace_id
+    assert {answer.parent.span_id for answer in answers} == set(by_id)
+
+
 def test_spawn_child_span_and_error_result(traced_server):
     with Client.connect(traced_server.url, timeout=5) as client:
         client.run(["true"], timeout=10)

@@ -35,7 +35,9 @@ from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, Req
 from exec_server.client.start_errors import start_failure as _start_failure
 from exec_server.client.transport import Connector, Transport
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
+from exec_server.common import telemetry
 from exec_server.protocol.handshake import parse_initialize_result
+from exec_server.protocol.jsonrpc import TraceContext
 from exec_server.protocol.uris import path_to_uri
 
 if TYPE_CHECKING:  # ssl and wsproto are imported by connect() alone (start-up of run and spawn)
@@ -155,7 +157,9 @@ class Client:
         endpoint = self._endpoint
         generation = endpoint.attach(self._connector(timeout))
         try:
-            result = endpoint.call_on(generation, "initialize", {"clientName": self._client_name}, timeout)
+            with telemetry.client_span("initialize") as carrier:  # as every call: the server's span its child
+                result = endpoint.call_on(generation, "initialize", {"clientName": self._client_name}, timeout,
+                                          trace=TraceContext.of(carrier))
             self.session_id, self.environment_info, self.extensions = parse_initialize_result(result)
             limit = self.extensions.get("maxMessageBytes")  # our extension: larger requests are refused unsent
             endpoint.max_request_bytes = limit if type(limit) is int and limit > 0 else None

@@ -270,9 +270,8 @@ class Endpoint:
         deadline = _deadline(timeout)
         result = telemetry.ERROR
         try:
-            with telemetry.client_span(method):
-                carrier = telemetry.inject()
-                trace = TraceContext(carrier.get("traceparent"), carrier.get("tracestate")) if carrier else None
+            with telemetry.client_span(method) as carrier:
+                trace = TraceContext.of(carrier)
                 overload_delays = iter(OVERLOAD_RETRY_DELAYS)
                 while True:
                     generation = self.wait_usable(deadline, method, timeout)

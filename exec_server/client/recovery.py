@@ -27,10 +27,11 @@ from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
 from exec_server.client.interfaces import TOO_LARGE_HINTS, CallTimeout, RequestTooLarge
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.client.transport import abort as abort_transport
+from exec_server.common import telemetry
 from exec_server.common.durations import check_seconds
 from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
-from exec_server.protocol.jsonrpc import utf8_size
+from exec_server.protocol.jsonrpc import TraceContext, utf8_size
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +227,11 @@ class Recovery:
             except ExecServerDisconnected:
                 return  # closed while connecting: attach closed the new transport
             try:
-                endpoint.call_on(generation, "initialize",
-                                 {"clientName": self._client_name, "resumeSessionId": self._session_id},
-                                 min(policy.connect_timeout, max(0.01, deadline - time.monotonic())))
+                with telemetry.client_span("initialize") as carrier:
+                    endpoint.call_on(generation, "initialize",
+                                     {"clientName": self._client_name, "resumeSessionId": self._session_id},
+                                     min(policy.connect_timeout, max(0.01, deadline - time.monotonic())),
+                                     trace=TraceContext.of(carrier))
                 endpoint.notify_on(generation, "initialized", {})
             except SessionAlreadyAttached as exc:
                 last_error = exc

@@ -32,6 +32,11 @@ class TraceContext(NamedTuple):
     traceparent: Optional[str] = None
     tracestate: Optional[str] = None
 
+    @classmethod
+    def of(cls, carrier: Dict[str, str]) -> "Optional[TraceContext]":
+        """The context of a carrier (``telemetry.inject``'s); None for an empty one (nothing traced)."""
+        return cls(carrier.get("traceparent"), carrier.get("tracestate")) if carrier else None
+
 
 class Request(NamedTuple):
     id: RequestId
