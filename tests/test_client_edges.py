@@ -138,3 +138,16 @@ def test_a_run_timeout_on_a_silent_server_keeps_the_output_received(monkeypatch)
         server.terminate()
         server.wait(10)
         server.stdout.close()
+
+
+def test_a_refused_connection_is_told_in_the_os_words_alone():
+    """``cannot connect to URL: [Errno 111] Connection refused`` in a Group's errors and in run's reconnect
+    lines, where the command's first line said ``Connection refused``: one wording now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once it is closed
+    with pytest.raises(ExecServerDisconnected) as caught:
+        Client.connect("ws://127.0.0.1:%d" % port, timeout=5, reconnect=None)
+    assert str(caught.value) == "cannot connect to ws://127.0.0.1:%d: Connection refused" % port

@@ -51,8 +51,8 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
+    except OSError as exc:  # its words alone ("Connection refused"), as the command's own line says them
+        raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc.strerror or exc)) from exc
     handshaken = False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -74,7 +74,7 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
             raise ExecServerTLSError("TLS connection to %s ended before the upgrade: %s (a server started with "
                                      "--tls-client-ca wants a client certificate it trusts)"
                                      % (url, getattr(exc, "reason", None) or "closed by the server")) from exc
-        raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc)) from exc
+        raise ExecServerDisconnected("cannot connect to %s: %s" % (url, getattr(exc, "strerror", None) or exc)) from exc
     if secure:
         sock = TLSStream(sock)  # the reader and the writers must not call OpenSSL at once
     return sock, protocol
