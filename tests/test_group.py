@@ -280,3 +280,12 @@ def test_fs_get_keeps_hosts_of_one_directory_name_apart(servers, tmp_path):
                                                                "solo"])  # the same directories run after run
     assert len({name.casefold() for name in names.values()}) == 6
     assert all(re.fullmatch(r"(web_1|Web_1|a_1)_[0-9a-f]{8}", name) for host, name in names.items() if host != "solo")
+
+
+def test_a_timeout_that_is_no_number_of_seconds_is_raised_once_before_anything_runs(servers, tmp_path):
+    urls = [s.url for s in servers(2)]
+    with Group(urls) as group:
+        for bad in (float("nan"), -1.0):
+            with pytest.raises(ValueError, match="timeout"):
+                group.run(["touch", str(tmp_path / "ran")], timeout=bad)
+        assert not (tmp_path / "ran").exists()  # was: each host's result a ValueError (after it connected)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from exec_server.client.api import Client
+from exec_server.client.interfaces import seconds as _seconds
 from exec_server.client.group_events import GroupProcesses, HostEvent  # noqa: F401
 from exec_server.client.recovery import ReconnectPolicy
 from exec_server.protocol.errors import ExecServerDisconnected
@@ -178,8 +179,11 @@ class Group:
                 :class:`CallTimeout` (a ``subprocess.TimeoutExpired``).
             check: raise :class:`GroupError` (carrying every result) when a
                 host failed; otherwise failures are results, never raised.
+        Raises:
+            ValueError: ``timeout`` is negative or NaN (once, before any host runs anything).
         """
         argv = list(argv)
+        _seconds(timeout)  # an argument mistake is the caller's, not each host's result
         result = self.map(lambda host, client: client.run(argv, timeout=timeout, input=input, **start_options))
         if check and not result.ok:
             raise GroupError(result)
