@@ -159,6 +159,8 @@ def test_cp_to_and_from_several_hosts(three, refusing, tmp_path):
     assert sorted(p.name for p in downloads.iterdir()) == sorted(label.replace(":", "_") for label in labels)
     done = run_cli("cp", *url_options(urls), ":" + str(tmp_path / "absent"), str(downloads))
     assert done.returncode == 123 and done.stderr.decode().count("exec-server cp: ") == 3
+    for line in done.stderr.decode().splitlines():  # the path, as one host's line names it, then the host
+        assert line.startswith("exec-server cp: No such file or directory (os error 2) (:%s) (" % (tmp_path / "absent"))
     done = run_cli("cp", *url_options(urls), str(source), str(tmp_path / "local"))
     assert done.returncode == 2 and b"one side must be remote" in done.stderr
 

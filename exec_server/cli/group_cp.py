@@ -107,8 +107,9 @@ def _failure(error: BaseException, host: str, url: str) -> CommandError:
     """One line naming the host for a host's failure."""
     if isinstance(error, ExecServerDisconnected):
         what = disconnected(error, url).what
-    elif isinstance(error, RpcError):
-        what = error.message
+    elif isinstance(error, RpcError):  # a remote path, named as one host's line names it
+        filename = getattr(error, "filename", None)
+        what = "%s (:%s)" % (error.message, filename) if filename else error.message
     elif isinstance(error, OSError) and error.errno:
         what = "%s: %s" % (os.strerror(error.errno), error.filename) if error.filename else os.strerror(error.errno)
     else:
