@@ -71,17 +71,19 @@ def copy_group(args: argparse.Namespace, urls: List[str]) -> int:
     """Copy on, to or from every host; 0 when all succeeded, else EXIT_SOME_HOSTS_FAILED.
 
     Raises:
-        CommandError: a usage mistake (no remote side, a local directory as
-            the source, an unreadable token file).
+        CommandError: a usage mistake (no remote side, an unreadable token
+            file; status 2), or a local source that is a directory or missing
+            (status 1, as for one host).
     """
     source, destination = args.source, args.destination
     remote_source, remote_destination = source.startswith(":"), destination.startswith(":")
     check_sides(source, destination)
     if remote_destination and not remote_source:
-        if os.path.isdir(source):
-            raise CommandError("is a directory (cp copies one file; cp :A :B copies a directory on the server)", source)
+        if os.path.isdir(source):  # status 1, the copy failed, as for one host
+            raise CommandError("is a directory (cp copies one file; cp :A :B copies a directory on the server)", source,
+                               1)
         if not os.path.isfile(source):
-            raise CommandError("no such file", source)
+            raise CommandError("no such file", source, 1)
 
     by_label = labels(urls)
     folders = host_dirnames(list(by_label))
