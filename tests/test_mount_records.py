@@ -174,3 +174,18 @@ def test_a_sandboxed_process_cannot_forge_a_record(tmp_path):
     finally:
         server.shutdown()
     assert victim.exists() and "1-00.json" not in os.listdir(folder)
+
+
+def test_the_records_folder_reached_through_a_symlink_is_covered_too(tmp_path, monkeypatch):
+    """TMPDIR through a symlink (``/home/u/tmp`` -> ``/data/u/tmp``): the profile's folders are resolved, so the
+    records folder is too, else a sandbox that may write the real folder is given no tmpfs over it."""
+    from exec_server.server.fs import helper, mount_points
+    from exec_server.server.fs.sandbox import parse_sandbox
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    monkeypatch.setattr(mount_points.MOUNT_POINTS, "_records", MountRecords(str(link / "records")))
+    policy = parse_sandbox(restricted([real]), process=True)
+    command = helper.bubblewrap_command(policy, ["true"], python=False, mount_points=[])
+    assert ["--tmpfs", str(real / "records")] == command[command.index("--tmpfs"):][:2]

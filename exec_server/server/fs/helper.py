@@ -188,6 +188,8 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
         else:
             command += ["--ro-bind", "/dev/null", path]
     records = MOUNT_POINTS.records_folder()
+    if records is not None:  # resolved as the profile's folders are (TMPDIR may lie behind a symlink)
+        records = os.path.realpath(records)
     if records is not None and writable(records):  # no sandbox may forge the mount point records (mount_records)
         command += ["--tmpfs", records]
     command += masks
