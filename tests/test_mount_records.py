@@ -176,6 +176,36 @@ def test_a_sandboxed_process_cannot_forge_a_record(tmp_path):
     assert victim.exists() and "1-00.json" not in os.listdir(folder)
 
 
+@needs_bwrap
+def test_a_killed_servers_file_still_mounted_in_a_live_sandbox_stays(tmp_path):
+    """A live sandbox (of another server, or an escaped one) binds the killed server's file: removing it would take
+    the mount away there (the protected path could then be made); it goes once no namespace mounts it."""
+    folder, made = tmp_path / "records", str(tmp_path / ".git")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), made], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    sandbox = None
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        sandbox = subprocess.Popen(["bwrap", "--unshare-pid", "--die-with-parent", "--bind", "/", "/", "--ro-bind",
+                                    "/dev/null", made, "--dev", "/dev", "--proc", "/proc", "--",
+                                    "sh", "-c", "echo up; exec sleep 60"],
+                                   stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert sandbox.stdout.readline() == b"up\n"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        sweeper = MountRecords(str(folder))
+        assert sweeper.sweep() == 0
+        assert os.path.exists(made) and len(records(folder)) == 1  # still mounted: file and record kept
+        tree = psutil.Process(sandbox.pid).children(recursive=True)
+        reap(sandbox)  # its namespace's init dies with it, and the rest with that init
+        wait_until(lambda: all_gone(tree), timeout=10)
+        assert sweeper.sweep() == 1 and not os.path.exists(made) and records(folder) == {}
+    finally:
+        reap(holder)
+        if sandbox is not None:
+            reap(sandbox)
+
+
 def test_the_records_folder_reached_through_a_symlink_is_covered_too(tmp_path, monkeypatch):
     """TMPDIR through a symlink (``/home/u/tmp`` -> ``/data/u/tmp``): the profile's folders are resolved, so the
     records folder is too, else a sandbox that may write the real folder is given no tmpfs over it."""

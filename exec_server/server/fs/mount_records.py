@@ -14,7 +14,11 @@ its server lives (:mod:`~exec_server.common.owner_lock`).  Before each
 sandboxed ``process/start``, a server sweeps the folder: a record whose
 lock it can take belongs to a server that is gone; each file it names that
 is still that same empty file (mode 0444, as made) is removed, then the
-record.  A sandbox in which the folder would be writable gets an empty
+record; a file that is a mount point in any mount namespace this process
+can see (``/proc/*/mountinfo``: a live sandbox of another server binds it as
+an existing path, or one that outlived the killed server) is kept, and so
+is its record, for a later sweep: removing it would take the mount away
+there, and that sandbox could then make the protected path.  A sandbox in which the folder would be writable gets an empty
 tmpfs over it (:func:`~exec_server.server.fs.helper.bubblewrap_command`):
 a sandboxed process cannot forge a record naming a file to remove.
 
@@ -25,8 +29,9 @@ The reference keeps a registry of the same kind for its own sandbox
 import json
 import logging
 import os
+import re
 import stat
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from exec_server.common import owner_lock
 
@@ -124,7 +129,8 @@ def _sweep_record(path: str) -> int:
     fd = owner_lock.take_abandoned(path)
     if fd is None:  # its server lives, or another sweep took it
         return 0
-    removed = 0
+    removed = kept = 0
+    mounted: Optional[Set[str]] = None  # read at the first file to remove
     try:
         try:
             with os.fdopen(os.dup(fd), "rb") as record:
@@ -136,15 +142,57 @@ def _sweep_record(path: str) -> int:
                 info = os.lstat(file)
                 if (stat.S_ISREG(info.st_mode) and info.st_size == 0 and stat.S_IMODE(info.st_mode) == 0o444
                         and [info.st_dev, info.st_ino, info.st_ctime_ns] == identity):
+                    if mounted is None:
+                        mounted = mount_points_in_use()
+                    if file in mounted:  # a live sandbox's mount: unlinking it would unmount it there
+                        kept += 1
+                        continue
                     os.unlink(file)
                     removed += 1
             except (OSError, TypeError, ValueError):
                 pass
-        os.unlink(path)
+        if not kept:
+            os.unlink(path)
     except OSError:  # another sweep removed it first
         pass
     finally:
         os.close(fd)
     if removed:
         log.info("removed %d mount point files of a server that is gone", removed)
+    if kept:
+        log.info("kept %d mount point files of a server that is gone: still mounted in a sandbox", kept)
     return removed
+
+
+def _unescape(field: bytes) -> str:
+    """A mountinfo path: ``\\040`` and the like are its octal escapes."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8) & 0xFF]), field))
+
+
+def mount_points_in_use(proc: str = "/proc") -> Set[str]:
+    """The mount points of every mount namespace this process can read (``proc/<pid>/mountinfo``, each namespace
+    once); empty without ``/proc``."""
+    points: Set[str] = set()
+    seen: Set[str] = set()
+    try:
+        pids = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return points
+    for pid in pids:
+        try:
+            namespace = os.readlink("%s/%s/ns/mnt" % (proc, pid))
+        except OSError:  # gone, or not ours to inspect: its mountinfo is read anyway
+            namespace = None
+        if namespace is not None:
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+        try:
+            with open("%s/%s/mountinfo" % (proc, pid), "rb") as lines:
+                for line in lines:
+                    fields = line.split(b" ", 5)
+                    if len(fields) > 4:
+                        points.add(_unescape(fields[4]))
+        except OSError:
+            pass
+    return points
