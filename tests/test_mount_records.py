@@ -219,3 +219,35 @@ def test_the_records_folder_reached_through_a_symlink_is_covered_too(tmp_path, m
     policy = parse_sandbox(restricted([real]), process=True)
     command = helper.bubblewrap_command(policy, ["true"], python=False, mount_points=[])
     assert ["--tmpfs", str(real / "records")] == command[command.index("--tmpfs"):][:2]
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_check_leaves_the_other_folder_alone(tmp_path, monkeypatch):
+    """A sandboxed process that may write above a recorded file renames its folder and puts a symlink in its place
+    between the sweep's check of the file and its removal: the file of the same name the symlink leads to stays."""
+    from exec_server.server.fs import mount_records
+
+    folder, sub, elsewhere = tmp_path / "records", tmp_path / "sub", tmp_path / "elsewhere"
+    folder.mkdir(mode=0o700)
+    sub.mkdir()
+    elsewhere.mkdir()
+    made = sub / ".git"
+    made.write_bytes(b"")
+    os.chmod(str(made), 0o444)
+    info = os.lstat(str(made))
+    (folder / "1-00.json").write_text(json.dumps({str(made): [info.st_dev, info.st_ino, info.st_ctime_ns]}))
+    (elsewhere / ".git").write_text("gitdir: /the/users/worktree\n")
+    checked, swapped = os.lstat, []
+
+    def racing_lstat(path, *args, **kwargs):
+        result = checked(path, *args, **kwargs)
+        if not swapped and (path == str(made) or (path == ".git" and kwargs.get("dir_fd") is not None)):  # once
+            swapped.append(True)
+            os.rename(str(sub), str(tmp_path / "moved"))
+            os.symlink(str(elsewhere), str(sub))
+        return result
+
+    monkeypatch.setattr(mount_records.os, "lstat", racing_lstat)
+    MountRecords(str(folder)).sweep()
+    monkeypatch.undo()
+    assert swapped and (elsewhere / ".git").read_text() == "gitdir: /the/users/worktree\n"
+    assert not os.path.exists(str(tmp_path / "moved" / ".git"))  # the file made went, where it was checked

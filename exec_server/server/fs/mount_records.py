@@ -37,6 +37,8 @@ from exec_server.common import owner_lock
 
 log = logging.getLogger(__name__)
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
 Identity = Tuple[int, int, int]
 
 
@@ -138,8 +140,13 @@ def _sweep_record(path: str) -> int:
         except ValueError:  # cut by the kill: its files cannot be told, only the record goes
             made = {}
         for file, identity in made.items() if isinstance(made, dict) else ():
+            folder = None
             try:
-                info = os.lstat(file)
+                # checked and removed in one folder, opened once: a sandboxed process that may write above it
+                # cannot swap the folder for a symlink in between, sending the unlink to a file elsewhere
+                folder = os.open(os.path.dirname(file), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC)
+                name = os.path.basename(file)
+                info = os.lstat(name, dir_fd=folder)
                 if (stat.S_ISREG(info.st_mode) and info.st_size == 0 and stat.S_IMODE(info.st_mode) == 0o444
                         and [info.st_dev, info.st_ino, info.st_ctime_ns] == identity):
                     if mounted is None:
@@ -147,10 +154,13 @@ def _sweep_record(path: str) -> int:
                     if file in mounted:  # a live sandbox's mount: unlinking it would unmount it there
                         kept += 1
                         continue
-                    os.unlink(file)
+                    os.unlink(name, dir_fd=folder)
                     removed += 1
             except (OSError, TypeError, ValueError):
                 pass
+            finally:
+                if folder is not None:
+                    os.close(folder)
         if not kept:
             os.unlink(path)
     except OSError:  # another sweep removed it first
