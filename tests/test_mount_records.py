@@ -5,13 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
 
 from conftest import Peer, all_gone, reap, start_params, wait_until
 from exec_server.server.fs.mount_points import MountPoints
-from exec_server.server.fs.mount_records import MountRecords
+from exec_server.server.fs.mount_records import MountRecords, folder_name
 from test_sandbox import entry, needs_bwrap, restricted
 
 pytestmark = [pytest.mark.posix, pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX records")]
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.posix, pytest.mark.skipif(not hasattr(os, "geteuid"), 
 HOLDER = """
 import sys, time
 from exec_server.server.fs.mount_points import MountPoints
-from exec_server.server.fs.mount_records import MountRecords
+from exec_server.server.fs.mount_records import MountRecords, folder_name
 points = MountPoints(MountRecords(sys.argv[1]))
 points.acquire(sys.argv[2:])
 print("ready", flush=True)
@@ -150,13 +151,19 @@ def test_the_mount_point_files_of_a_sigkilled_server_are_removed_by_the_next(tmp
 
 
 @needs_bwrap
-def test_a_sandboxed_process_cannot_forge_a_record(tmp_path):
+@pytest.mark.parametrize("whose", ["its server's", "other servers' (default TMPDIR)"])
+def test_a_sandboxed_process_cannot_forge_a_record(tmp_path, whose, monkeypatch):
     """With its temporary folder writable, a sandboxed process sees an empty folder where the records are: a
-    record it writes there (naming a file for the next sweep to remove) never reaches the host."""
+    record it writes there (naming a file for the next sweep to remove) never reaches the host; nor in the
+    folder of that name in /tmp, which servers with the default TMPDIR sweep."""
     from exec_server import Client, make_server
-    from exec_server.server.fs.mount_points import MOUNT_POINTS
+    from exec_server.server.fs import mount_points
 
-    folder = MOUNT_POINTS.records_folder()
+    if whose != "its server's":  # this server keeps its records elsewhere (its own TMPDIR)
+        folder = MountRecords(os.path.join("/tmp", folder_name())).folder()
+        monkeypatch.setattr(mount_points.MOUNT_POINTS, "_records", MountRecords(str(tmp_path / "own")))
+    else:
+        folder = mount_points.MOUNT_POINTS.records_folders()[0]
     assert folder is not None
     victim = tmp_path / "victim"
     victim.write_bytes(b"")
@@ -251,3 +258,25 @@ def test_a_folder_swapped_for_a_symlink_after_the_check_leaves_the_other_folder_
     monkeypatch.undo()
     assert swapped and (elsewhere / ".git").read_text() == "gitdir: /the/users/worktree\n"
     assert not os.path.exists(str(tmp_path / "moved" / ".git"))  # the file made went, where it was checked
+
+
+def test_a_record_another_user_owns_is_dropped_unread_and_a_stale_staged_one_goes(tmp_path):
+    folder = tmp_path / "records"
+    folder.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"")
+    os.chmod(str(victim), 0o444)
+    info = os.lstat(str(victim))
+    forged = folder / "1-00.json"
+    forged.write_text(json.dumps({str(victim): [info.st_dev, info.st_ino, info.st_ctime_ns]}))
+    staged, fresh = folder / "2-00.json.new", folder / "3-00.json.new"
+    staged.write_bytes(b"")
+    fresh.write_bytes(b"")
+    os.utime(str(staged), (time.time() - 120, time.time() - 120))
+    if os.geteuid() == 0:
+        os.chown(str(forged), 65534, 65534)  # not this user's
+        assert MountRecords(str(folder)).sweep() == 0
+        assert victim.exists() and not forged.exists()
+    else:
+        assert MountRecords(str(folder)).sweep() == 1  # this user's own: trusted
+    assert not staged.exists() and fresh.exists()  # a live server renames its staged record at once

@@ -36,6 +36,8 @@ FS_HELPER_ENV_ALLOWLIST = ("PATH", "TMPDIR", "TMP", "TEMP")
 FS_HELPER_TIMEOUT = 60.0
 #: Bytes of the helper's stderr kept for the error message.
 FS_HELPER_STDERR_BYTES = 4096
+#: After an unexpected error while a helper ran: how long its reaping waits once it is killed, seconds.
+HELPER_REAP_WAIT = 5.0
 #: What a ``:minimal`` entry binds read-only inside bubblewrap.
 MINIMAL_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 #: What the helper's interpreter needs to start whatever the profile grants: the dynamic loader and the
@@ -187,11 +189,9 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
             masks += ["--remount-ro", path]  # empty, and writes fail rather than vanish
         else:
             command += ["--ro-bind", "/dev/null", path]
-    records = MOUNT_POINTS.records_folder()
-    if records is not None:  # resolved as the profile's folders are (TMPDIR may lie behind a symlink)
-        records = os.path.realpath(records)
-    if records is not None and writable(records):  # no sandbox may forge the mount point records (mount_records)
-        command += ["--tmpfs", records]
+    for records in MOUNT_POINTS.records_folders():  # no sandbox may forge the mount point records (mount_records)
+        if writable(records):
+            command += ["--tmpfs", records]
     command += masks
     return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)
 
@@ -239,11 +239,12 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
 
     entries = [[":minimal" if path == ":minimal" else uri_to_path(path), access] for path, access in policy.entries]
     request = {"operation": operation, "params": params, "policy": {"entries": entries}}
+    argv = command or helper_command(policy)  # built first: it takes MOUNT_POINTS.lock, not under marked.forking
     with tempfile.TemporaryFile() as stderr:
         try:
             child = marked.start_ours(lambda: subprocess.Popen(  # its status is its Popen's, not the Reaper's
-                command or helper_command(policy), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                env=helper_environment(), cwd="/", start_new_session=not sys.platform.startswith("win")))
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=helper_environment(),
+                cwd="/", start_new_session=not sys.platform.startswith("win")))
         except OSError as exc:
             raise InternalError("fs sandbox helper could not start: %s" % exc) from None
         if helpers is not None:
@@ -257,8 +258,13 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
         finally:
             if helpers is not None:
                 helpers.discard(child)
-            if child.returncode is not None:
-                marked.forget_ours(child.pid)
+            if child.returncode is None:  # an unexpected error: the helper is neither left running nor unreaped
+                child.kill()
+                try:
+                    child.wait(HELPER_REAP_WAIT)
+                except subprocess.TimeoutExpired:
+                    pass
+            marked.forget_ours(child.pid)
         stderr.seek(0)
         diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
     if diagnostics:

@@ -28,9 +28,9 @@ under :attr:`MountPoints.lock`.
 
 import os
 import threading
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from exec_server.server.fs.mount_records import MountRecords
+from exec_server.server.fs.mount_records import MountRecords, remove_if_made
 
 
 class MountPoints:
@@ -47,10 +47,10 @@ class MountPoints:
         with self.lock:
             self._records.sweep()
 
-    def records_folder(self) -> Optional[str]:
-        """The folder of the servers' records (made if missing), which no sandbox may write; None if not kept."""
+    def records_folders(self) -> List[str]:
+        """The folders of the servers' records no sandbox may write (resolved); see ``MountRecords.guarded``."""
         with self.lock:
-            return self._records.folder()
+            return self._records.guarded()
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists for a new sandbox: one of our mount point files does not."""
@@ -107,7 +107,7 @@ class MountPoints:
     def release(self, paths: Iterable[str]) -> None:
         """One sandbox using ``paths`` has closed: remove each file no other uses, if it is still the one made."""
         with self.lock:
-            made = len(self._made)
+            before = len(self._made)
             for path in paths:
                 left = self._users.get(path, 0) - 1
                 if left > 0:
@@ -115,13 +115,9 @@ class MountPoints:
                     continue
                 self._users.pop(path, None)
                 made = self._made.pop(path, None)
-                try:
-                    info = os.lstat(path)
-                    if made == _identity(info) and info.st_size == 0:
-                        os.unlink(path)
-                except OSError:  # gone already, or its folder went: nothing to clean
-                    pass
-            if len(self._made) != made:
+                if made is not None:  # gone already, or no longer the file made: nothing to clean
+                    remove_if_made(path, made)
+            if len(self._made) != before:
                 self._records.save(self._made)
 
 

@@ -18,9 +18,15 @@ record; a file that is a mount point in any mount namespace this process
 can see (``/proc/*/mountinfo``: a live sandbox of another server binds it as
 an existing path, or one that outlived the killed server) is kept, and so
 is its record, for a later sweep: removing it would take the mount away
-there, and that sandbox could then make the protected path.  A sandbox in which the folder would be writable gets an empty
-tmpfs over it (:func:`~exec_server.server.fs.helper.bubblewrap_command`):
-a sandboxed process cannot forge a record naming a file to remove.
+there, and that sandbox could then make the protected path.  A record not
+owned by this user is dropped unread.  A sandbox in which the folder would
+be writable gets an empty tmpfs over it, as over the folders of the same
+name in ``/tmp`` and ``/var/tmp`` (other servers' TMPDIR), see
+:func:`~exec_server.server.fs.helper.bubblewrap_command`: a sandboxed
+process cannot forge a record naming a file to remove.  Left: a server
+whose TMPDIR lies elsewhere keeps its records where another server's
+sandbox may be allowed to write; a record forged there can name only an
+empty 0444 file that no namespace mounts.
 
 The reference keeps a registry of the same kind for its own sandbox
 (``codex-bwrap-synthetic-mount-targets`` in the temporary folder).
@@ -31,11 +37,15 @@ import logging
 import os
 import re
 import stat
-from typing import Dict, Optional, Set, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from exec_server.common import owner_lock
 
 log = logging.getLogger(__name__)
+
+#: Age past which a staged record (``*.json.new``) no live server holds is removed, seconds.
+STAGED_RECORD_AGE = 60.0
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -46,7 +56,12 @@ def default_folder() -> str:
     """``$TMPDIR/exec-server-mount-points-<uid>`` (the folder :func:`tempfile.gettempdir` picks)."""
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), "exec-server-mount-points-%d" % os.geteuid())
+    return os.path.join(tempfile.gettempdir(), folder_name())
+
+
+def folder_name() -> str:
+    """``exec-server-mount-points-<uid>``: the records folder's name, wherever it is."""
+    return "exec-server-mount-points-%d" % os.geteuid()
 
 
 class MountRecords:
@@ -86,6 +101,18 @@ class MountRecords:
         self._usable = problem is None
         return self._folder if self._usable else None
 
+    def guarded(self) -> List[str]:
+        """The record folders a sandbox must not write, resolved as a profile's folders are (TMPDIR may lie behind
+        a symlink): this server's (made if missing), and those of the same name in ``/tmp`` and ``/var/tmp``
+        where they exist (other servers', whose TMPDIR is the default)."""
+        own = self.folder()
+        folders = [os.path.realpath(own)] if own is not None else []
+        for parent in ("/tmp", "/var/tmp"):
+            other = os.path.realpath(os.path.join(parent, folder_name()))
+            if other not in folders and os.path.isdir(other):
+                folders.append(other)
+        return folders
+
     def save(self, made: Dict[str, Identity]) -> None:
         """Record ``made`` (path -> identity) as this server's files; nothing left to record removes the record."""
         folder = self.folder()
@@ -120,10 +147,34 @@ class MountRecords:
         if folder is None:
             return 0
         try:
-            names = [name for name in os.listdir(folder) if name.endswith(".json") and name != self._name]
+            names = os.listdir(folder)
         except OSError:
             return 0
-        return sum(_sweep_record(os.path.join(folder, name)) for name in names)
+        for name in names:  # a record staged by a server killed before it renamed it (owner_lock.hold)
+            if name.endswith(".json.new") and _stale(os.path.join(folder, name)):
+                _drop(os.path.join(folder, name))
+        return sum(_sweep_record(os.path.join(folder, name)) for name in names
+                   if name.endswith(".json") and name != self._name)
+
+
+def _stale(path: str) -> bool:
+    """Whether ``path`` has not changed for :data:`STAGED_RECORD_AGE` seconds (a live server renames it at once)."""
+    try:
+        return time.time() - os.lstat(path).st_mtime > STAGED_RECORD_AGE
+    except OSError:
+        return False
+
+
+def _drop(path: str) -> None:
+    """Remove the file at ``path`` if no live server holds it."""
+    fd = owner_lock.take_abandoned(path)
+    if fd is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _sweep_record(path: str) -> int:
@@ -132,35 +183,26 @@ def _sweep_record(path: str) -> int:
     if fd is None:  # its server lives, or another sweep took it
         return 0
     removed = kept = 0
-    mounted: Optional[Set[str]] = None  # read at the first file to remove
+    mounted: List[Set[str]] = []  # read once, at the first file to remove
+
+    def in_use(file: str) -> bool:  # a live sandbox's mount: unlinking the file would unmount it there
+        if not mounted:
+            mounted.append(mount_points_in_use())
+        return file in mounted[0]
+
     try:
-        try:
-            with os.fdopen(os.dup(fd), "rb") as record:
-                made = json.loads(record.read() or b"{}")
-        except ValueError:  # cut by the kill: its files cannot be told, only the record goes
-            made = {}
-        for file, identity in made.items() if isinstance(made, dict) else ():
-            folder = None
+        if os.fstat(fd).st_uid != os.geteuid():
+            made = {}  # not written by a server of this user: its files are not looked at
+        else:
             try:
-                # checked and removed in one folder, opened once: a sandboxed process that may write above it
-                # cannot swap the folder for a symlink in between, sending the unlink to a file elsewhere
-                folder = os.open(os.path.dirname(file), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC)
-                name = os.path.basename(file)
-                info = os.lstat(name, dir_fd=folder)
-                if (stat.S_ISREG(info.st_mode) and info.st_size == 0 and stat.S_IMODE(info.st_mode) == 0o444
-                        and [info.st_dev, info.st_ino, info.st_ctime_ns] == identity):
-                    if mounted is None:
-                        mounted = mount_points_in_use()
-                    if file in mounted:  # a live sandbox's mount: unlinking it would unmount it there
-                        kept += 1
-                        continue
-                    os.unlink(name, dir_fd=folder)
-                    removed += 1
-            except (OSError, TypeError, ValueError):
-                pass
-            finally:
-                if folder is not None:
-                    os.close(folder)
+                with os.fdopen(os.dup(fd), "rb") as record:
+                    made = json.loads(record.read() or b"{}")
+            except ValueError:  # cut by the kill: its files cannot be told, only the record goes
+                made = {}
+        for file, identity in made.items() if isinstance(made, dict) else ():
+            outcome = remove_if_made(file, identity, in_use)
+            removed += outcome is True
+            kept += outcome is None
         if not kept:
             os.unlink(path)
     except OSError:  # another sweep removed it first
@@ -172,6 +214,35 @@ def _sweep_record(path: str) -> int:
     if kept:
         log.info("kept %d mount point files of a server that is gone: still mounted in a sandbox", kept)
     return removed
+
+
+def remove_if_made(file: str, identity: Sequence[int], in_use: Optional[Callable[[str], bool]] = None
+                   ) -> Optional[bool]:
+    """Remove ``file`` if it is still the empty read-only (0444) file made, ``identity`` ``(device, inode,
+    change time in ns)``; returns True when removed, None when ``in_use(file)`` kept it, else False.
+
+    Checked and removed in its folder, opened once without following a
+    symlink: a sandboxed process that may write above it cannot swap the
+    folder for a symlink in between and so send the unlink to a file of the
+    same name elsewhere (a worktree's ``.git``).
+    """
+    folder = None
+    try:
+        folder = os.open(os.path.dirname(file), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC)
+        name = os.path.basename(file)
+        info = os.lstat(name, dir_fd=folder)
+        if not (stat.S_ISREG(info.st_mode) and info.st_size == 0 and stat.S_IMODE(info.st_mode) == 0o444
+                and [info.st_dev, info.st_ino, info.st_ctime_ns] == list(identity)):
+            return False
+        if in_use is not None and in_use(file):
+            return None
+        os.unlink(name, dir_fd=folder)
+        return True
+    except (OSError, TypeError, ValueError):  # gone, its folder went or is no folder; a malformed record
+        return False
+    finally:
+        if folder is not None:
+            os.close(folder)
 
 
 def _unescape(field: bytes) -> str:
