@@ -388,3 +388,26 @@ def test_walk_lists_but_does_not_enter_what_the_policy_denies(roots, follow):
     denied = ["private"] + (["to-hidden"] if follow else [])
     assert result["errors"] == [{"path": path_to_uri(str(work / name)), "message": "Permission denied (os error 13)"}
                                 for name in denied]
+
+
+def test_an_unexpected_error_while_a_helper_runs_leaves_it_neither_running_nor_unreaped(roots, monkeypatch):
+    """Only a timeout killed and reaped the helper: any other error left it running, registered as the server's
+    own child (so the inherit-mode Reaper would never reap it either)."""
+    import subprocess
+
+    from exec_server.server.process import marked
+
+    work, _outside, hidden = roots
+    started = []
+
+    class Failing(subprocess.Popen):
+        def communicate(self, *args, **kwargs):
+            started.append(self)
+            raise MemoryError("no room for the answer")
+
+    monkeypatch.setattr(subprocess, "Popen", Failing)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(MemoryError):
+        run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(sandbox_of(work, hidden)), command=sleeper)
+    (child,) = started
+    assert child.returncode is not None and child.pid not in marked._ours

@@ -437,3 +437,13 @@ def test_a_sandbox_started_just_before_the_server_is_killed_dies_with_it(tmp_pat
             assert wait_until(lambda: not with_env("SANDBOX_TOKEN", token), timeout=10), attempt
         finally:
             reap(server)
+
+
+@needs_bwrap
+def test_the_guardians_marker_stays_out_of_a_sandboxed_programs_environment(client, roots):
+    from exec_server.server.process.contain import MARKER_ENV
+
+    work, _outside = roots
+    done = client.run(["env"], sandbox=restricted([work]), env={"PATH": "/usr/bin:/bin", "ASKED": "1"}, timeout=30)
+    assert done.returncode == 0 and b"ASKED=1\n" in done.stdout
+    assert MARKER_ENV.encode() + b"=" not in done.stdout  # bubblewrap's processes carry it, not the program

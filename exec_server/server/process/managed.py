@@ -60,7 +60,7 @@ class ManagedProcess:
         self._stdin = (StdinWriter(process_id, "process-%s-stdin" % self.pid, config.max_stdin_queue_bytes,
                                    lambda: self._log.exited or self._log.closed, None if tty else popen.stdin,
                                    self._dup_master, send_eof) if stdin_writable else None)
-        self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode, sandboxes)
+        self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
         self._terminal: Optional[str] = None  # the PTY's terminal (/dev/pts/N)
         self._isolated = False  # runs under the PID-namespace init
         self._watch: Optional[watch.Watch] = None
@@ -89,13 +89,16 @@ class ManagedProcess:
             InternalError: the spawn failed (the OS text, PROTOCOL.md 5.1).
         """
         containment = contain.decide(config.pid_namespace)
-        # A sandbox is marked too: bubblewrap's --die-with-parent does not cover a server killed while it sets up
-        # (its namespace's init arms the signal after its clone, and escaped with its program); the guardian does.
-        marker = None if containment.isolated and not wrapper else guardian.marker_prefix() + os.urandom(16).hex()
+        marker = None if wrapper or containment.isolated else guardian.marker_prefix() + os.urandom(16).hex()
         if marker is not None:
-            env = dict(env, **{contain.MARKER_ENV: marker}) if wrapper else containment.environment(env, marker)
-            if wrapper:  # bubblewrap and its init carry it; the sandboxed program's environment stays as asked
-                wrapper = wrapper[:1] + ["--unsetenv", contain.MARKER_ENV] + wrapper[1:]
+            env = containment.environment(env, marker)
+        elif wrapper:
+            # A sandbox carries a marker for the guardian alone: bubblewrap's --die-with-parent does not cover a
+            # server killed while it sets up (its namespace's init arms the signal after its clone, and escaped
+            # with its program).  Only bubblewrap's processes carry it (--unsetenv: the program's environment
+            # stays as asked); the server's own kills need no scan for it, the namespace takes the tree.
+            env = dict(env, **{contain.MARKER_ENV: guardian.marker_prefix() + os.urandom(16).hex()})
+            wrapper = wrapper[:1] + ["--unsetenv", contain.MARKER_ENV] + wrapper[1:]
         popen, master, terminal = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
                                               pty_size=pty_size)
         if marker is not None:
