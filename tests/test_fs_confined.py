@@ -411,3 +411,4 @@ def test_an_unexpected_error_while_a_helper_runs_leaves_it_neither_running_nor_u
         run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(sandbox_of(work, hidden)), command=sleeper)
     (child,) = started
     assert child.returncode is not None and child.pid not in marked._ours
+    assert child.stdin.closed and child.stdout.closed  # its pipes too (a ResourceWarning in a later test)

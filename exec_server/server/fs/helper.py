@@ -264,6 +264,9 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
                     child.wait(HELPER_REAP_WAIT)
                 except subprocess.TimeoutExpired:
                     pass
+                for pipe in (child.stdin, child.stdout):
+                    if pipe is not None:
+                        pipe.close()
             marked.forget_ours(child.pid)
         stderr.seek(0)
         diagnostics = stderr.read(FS_HELPER_STDERR_BYTES).decode("utf-8", "replace").strip()
