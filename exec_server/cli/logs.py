@@ -13,7 +13,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def level_name(text: str) -> str:
     """argparse type of ``--log-level``: a logging level name, any case; returned upper case."""
     if text.upper() not in LEVELS:
-        raise argparse.ArgumentTypeError("invalid level %r: %s" % (text, ", ".join(LEVELS[:-1]) + " or CRITICAL"))
+        raise argparse.ArgumentTypeError("invalid level %r: %s or %s" % (text, ", ".join(LEVELS[:-1]), LEVELS[-1]))
     return text.upper()
 
 

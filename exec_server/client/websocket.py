@@ -25,7 +25,7 @@ from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE
 from exec_server.client.ws_open import CLIENT_RECV_BYTES, open_websocket
 from exec_server.common.bearer import check_token
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, wait_readable
-from exec_server.common.tls import TLSStream
+from exec_server.common.tls import recv_ready
 from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
 from exec_server.protocol.errors import ExecServerDisconnected
 
@@ -190,10 +190,8 @@ class WebSocketTransport:
                 wait = clock.wait_time(now)
                 if not wait_readable(self._sock, wait):
                     continue
-                # a readable TLS socket may hold part of a record only: its rest is waited for as long as that
-                data = (self._sock.recv(CLIENT_RECV_BYTES, wait) if isinstance(self._sock, TLSStream)
-                        else self._sock.recv(CLIENT_RECV_BYTES))
-            except socket.timeout:
+                data = recv_ready(self._sock, CLIENT_RECV_BYTES, wait)
+            except socket.timeout:  # part of a TLS record, its rest not come within the wait
                 continue
             except (OSError, ValueError) as exc:
                 self._end(self._dead_reason or "connection closed (%s)" % exc)

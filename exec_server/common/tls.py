@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Optional
+from typing import Optional, Union
 
 from exec_server.common.keepalive import WriteProgress
 
@@ -148,3 +148,17 @@ class TLSStream:
     def close(self) -> None:
         with self._lock:
             self._sock.close()
+
+
+def recv_ready(sock: Union[socket.socket, TLSStream], size: int, wait: Optional[float]) -> bytes:
+    """One read of a socket ``select`` found readable: up to ``size`` bytes, b"" at the end.
+
+    A plain socket has bytes then; a TLS one may hold part of a record only,
+    so its wait for the rest is bounded by ``wait`` seconds (None: none), as
+    the select was, and a reader's keepalive and deadlines still run.
+
+    Raises:
+        socket.timeout: (TLS only) the record's rest did not come within ``wait``.
+        OSError: the connection failed.
+    """
+    return sock.recv(size, wait) if isinstance(sock, TLSStream) else sock.recv(size)

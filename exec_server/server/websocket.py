@@ -23,7 +23,7 @@ from wsproto.utilities import LocalProtocolError
 
 from exec_server.common.keepalive import (DEAD, PING, KeepaliveClock, abort_socket, send_progress, tune_socket,
                                           writable_now)
-from exec_server.common.tls import POLL_SELECTOR, TLSStream
+from exec_server.common.tls import POLL_SELECTOR, TLSStream, recv_ready
 from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL,  # noqa: F401
                                           CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TRY_AGAIN_LATER,
                                           FAILURE_CODES as _FAILURE_CODES, RECV_BYTES)
@@ -312,8 +312,7 @@ class WebSocketConnection:
         limit = self._config.max_message_bytes
         # A TLS stream may hold decrypted bytes already read off the wire: select
         # would not see them, so they are read first.
-        tls = isinstance(self._sock, TLSStream)
-        pending = self._sock.pending if tls else (lambda: 0)
+        pending = self._sock.pending if isinstance(self._sock, TLSStream) else (lambda: 0)
         with POLL_SELECTOR() as selector:
             selector.register(self._sock, selectors.EVENT_READ)
             while not self._closing:
@@ -344,13 +343,12 @@ class WebSocketConnection:
                     continue
                 if self._early:
                     data, self._early = self._early, b""
-                elif tls:  # a readable socket may hold part of a TLS record: wait for its rest as long as select
-                    try:
-                        data = self._sock.recv(RECV_BYTES, None if wake is None else max(0.0, wake - time.monotonic()))
-                    except socket.timeout:
-                        continue
                 else:
-                    data = self._sock.recv(RECV_BYTES)
+                    try:
+                        data = recv_ready(self._sock, RECV_BYTES,
+                                          None if wake is None else max(0.0, wake - time.monotonic()))
+                    except socket.timeout:  # part of a TLS record, its rest not come by then
+                        continue
                 if not data:  # the peer's end: no sign of life for a takeover probe (run's end wakes it)
                     self._protocol.receive_data(None)
                     return
