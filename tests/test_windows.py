@@ -117,6 +117,15 @@ def test_service_command_is_windows_only():
     assert b"Windows-only" in done.stderr
 
 
+def test_service_command_without_an_action_asks_for_one():
+    """argparse named the options after -- as required too: they are optional, the action is not."""
+    done = subprocess.run([sys.executable, "-m", "exec_server", "service"], capture_output=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert b"choose an action: install, start, stop or remove" in done.stderr
+    assert b"required" not in done.stderr
+
+
 def test_spawn_gives_windows_the_program_found_in_the_child_path(monkeypatch, tmp_path):
     """CreateProcess looks an application name up in the current folder alone: `cmd` was os error 2."""
     tool = tmp_path / "bin" / "tool"

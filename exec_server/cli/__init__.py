@@ -33,9 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     service = commands.add_parser("service", help="run the server as a Windows service (Windows-only)",
                                   description="Install, start, stop or remove the Windows service; server "
                                               "options for install go after --.",
+                                  usage="exec-server service [-h] {install,start,stop,remove} "
+                                        "[-- SERVER_OPTION ...]",
                                   formatter_class=help_formatter())
-    service.add_argument("action", choices=["install", "start", "stop", "remove"])
-    service.add_argument("server_arguments", nargs=argparse.REMAINDER)
+    # argparse counts a REMAINDER positional as required and would name it when the action is missing:
+    # the action is optional to argparse and its absence is told by main.
+    service.add_argument("action", nargs="?", choices=["install", "start", "stop", "remove"])
+    service.add_argument("server_arguments", nargs=argparse.REMAINDER, metavar="-- SERVER_OPTION",
+                         help="server options for install (the service runs 'exec-server' with them)")
     parser.subcommands = commands.choices  # name -> its parser, for main's errors
     return parser
 
@@ -66,6 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "service":
         from exec_server.cli.service import main as service_main
 
+        if args.action is None:
+            parser.subcommands["service"].error("choose an action: install, start, stop or remove")
         extra = list(args.server_arguments)
         return service_main(args.action, extra[1:] if extra[:1] == ["--"] else extra)
     from exec_server.cli.serve import serve
