@@ -132,3 +132,34 @@ def test_websocket_write_interrupted_between_frames_is_not_sent_again_after_the_
         assert process.wait(timeout=20) == 0
         assert process.communicate(timeout=20)[0].split() == [b"5"]
         assert client._endpoint._pending == {}
+
+
+class CutBeforeNewline:
+    """A write to the child's stdin: the first one of a line holding ``marker`` puts all of it through but its
+    newline, then ^C."""
+
+    def __init__(self, write, marker):
+        self.write, self.marker, self.cut = write, marker, False
+
+    def __call__(self, view):
+        if not self.cut and self.marker in bytes(view):
+            self.cut = True
+            self.write(view[:-1])
+            raise KeyboardInterrupt
+        return self.write(view)
+
+
+def test_stdio_send_cut_just_before_its_newline_is_not_applied(tmp_path):
+    """A message cut with only its newline left was made whole by the next message's leading newline: the
+    server applied the write whose call had raised.  Its line now ends malformed, and is answered as such."""
+    target = tmp_path / "cut.txt"
+    with Client.spawn([sys.executable, "-m", "exec_server", "--listen", "stdio"], timeout=30) as client:
+        transport = client._endpoint._transport
+        transport._write_piece = CutBeforeNewline(transport._write_piece, b"cut.txt")
+        with pytest.raises(KeyboardInterrupt):
+            client.fs.write_file(target, b"must not land")
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+        assert client.fs.read_directory(tmp_path) == []
+        client.fs.write_file(tmp_path / "after.txt", b"lands")
+    assert not target.exists()
+    assert (tmp_path / "after.txt").read_bytes() == b"lands"

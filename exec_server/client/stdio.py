@@ -23,6 +23,10 @@ OUTPUT_VERDICT_WAIT = 1.0
 #: Longest single wait, seconds, of a send for room in a full pipe: it then checks whether the transport
 #: was closed meanwhile (the kill that ends the child wakes it at once, by breaking the pipe).
 CLOSED_CHECK_INTERVAL = 1.0
+#: What ends the line of a message a send left cut (^C, a timeout), before the next message: "!" can
+#: follow no prefix of a JSON text, so the server answers that line as malformed and applies nothing,
+#: even when the cut fell just before its newline (a newline alone made it whole: the call ran).
+TORN_LINE_END = b"!\n"
 
 
 class StdioTransport:
@@ -102,10 +106,10 @@ class StdioTransport:
 
         The wait for another thread's message to go out first counts.  When
         the child does not take the line in time (it stopped reading, or the
-        link is slow) the connection stays: a line cut partway is ended by the
-        next message's leading newline, so the server answers it as one
-        malformed line (with id -1, which no call waits for) and reads the
-        next one whole, as after a send interrupted by ^C.
+        link is slow) the connection stays: a line cut partway is ended by
+        ``TORN_LINE_END`` before the next message, so the server answers it
+        as one malformed line (with id -1, which no call waits for) and reads
+        the next one whole, as after a send interrupted by ^C.
 
         Raises:
             TimeoutError: not written within ``timeout`` s (see above).
@@ -125,9 +129,9 @@ class StdioTransport:
                 if status is not None:
                     raise ExecServerDisconnected(_ended(status))
                 raise ExecServerDisconnected("exec-server child is closed")
-            prefix = 1 if self._torn else 0
+            prefix = len(TORN_LINE_END) if self._torn else 0
             if prefix:  # the last message was cut (^C, a timeout): its line ends here, a malformed one the
-                data = b"\n" + data  # server answers with an error and skips, and this one is whole
+                data = TORN_LINE_END + data  # server answers with an error and skips, and this one is whole
             try:
                 self._torn = True  # until the write says otherwise (a ^C may land inside it)
                 written = self._write(data, deadline)
