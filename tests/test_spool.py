@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 
@@ -212,6 +213,39 @@ def test_write_error_degrades_to_memory_with_every_notification(tmp_path, caplog
     assert [s for s, _, _ in got[10:]] == list(range(81, 101))
     assert all(data == payload(s - 1, 100) for s, _, data in got)
     log.discard_spool()
+    store.close()
+
+
+def test_a_spool_file_cut_short_is_a_gap_not_a_read_that_spins_forever(tmp_path):
+    """A segment truncated behind the server's back made every read from there loop (CPU, log flood) unanswered."""
+    store = make_store(tmp_path, per_process=512 * KIB)  # 64 KiB segments: 16 chunks of 4 KiB each
+    log, _ = make_log(store, retained=2 * KIB)
+    for i in range(100):
+        log.output("stdout", payload(i, 4 * KIB))
+    files = [os.path.join(store.path, name) for name in spool_files(store)]
+    os.truncate(files[0], 1000)  # seq 1 and the rest of the first segment are gone
+    os.truncate(files[2], 5 * 4 * KIB + 100)  # the third segment keeps its first five chunks whole
+    got = []
+
+    def read_all():
+        after = 0
+        while True:
+            step = log.read(after, 10 * KIB)
+            if not step.chunks:
+                return
+            got.extend(chunks_of(step))
+            after = step.next_seq - 1
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "process/read never returned"
+    seqs = [seq for seq, _, _ in got]
+    assert seqs == list(range(17, 38)) + list(range(49, 101))  # seqs 1-16 and 38-48 lost: a gap the client sees
+    assert all(data == payload(seq - 1, 4 * KIB) for seq, _, data in got)
+    assert [seq for seq, _, _ in chunks_of(log.read(0))][:3] == [17, 18, 19]
+    log.discard_spool()
+    assert store.used == 0
     store.close()
 
 

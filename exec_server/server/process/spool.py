@@ -290,6 +290,20 @@ class Spool:
         except OSError as exc:
             log.warning("cannot remove output spool file %s: %s", segment.path, exc)
 
+    def _forget_cut_locked(self, segment: _Segment, cut: int) -> None:
+        """Drop from the index ``segment``'s chunks from index ``cut`` on (its file no longer holds them).
+
+        A later read skips them (a gap in seqs, which the client reports as
+        lost output) instead of finding them indexed but unreadable forever.
+        """
+        stop = bisect.bisect_right(self._ends, segment.end, cut)
+        if stop <= cut:
+            return
+        del self._seqs[cut:stop], self._ends[cut:stop], self._streams[cut:stop]
+        segment.chunks -= stop - cut
+        if cut == 0:  # the first indexed chunk now starts in the next segment
+            self._first_offset = segment.end
+
     def discard(self) -> None:
         """Delete every file and forget the index (the process is forgotten); idempotent."""
         with self._lock:
@@ -368,9 +382,10 @@ class Spool:
                 want = ends[last - 1] - begin
                 buffer = memoryview(os.pread(segment.fd, want, begin - segment.base))
                 short = len(buffer) < want
-                if short:  # the file was cut short behind our back: serve what is whole
+                if short:  # the file was cut short behind our back: serve what is whole, forget the rest
                     log.warning("output spool file %s is shorter than its index", segment.path)
                     last = bisect.bisect_right(ends, begin + len(buffer), index, last)
+                    self._forget_cut_locked(segment, last)
                 streams = self._streams
                 position = begin
                 for i in range(index, last):
