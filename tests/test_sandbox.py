@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -205,6 +206,20 @@ def test_helper_failure_becomes_internal_error():
                       command=[sys.executable, "-c", "import json; print(json.dumps({'status': 'ok', "
                                "'payload': {'operation': 'fs/copy', 'response': {}}}))"])
     assert caught.value.message == "unexpected fs sandbox helper response: expected fs/readFile, got fs/copy"
+
+
+def test_helper_runs_when_the_temporary_directory_is_gone(monkeypatch, tmp_path, caplog):
+    """$TMPDIR removed under a running server (a cleaner): every sandboxed fs call failed with 'internal error'."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    script = ("import json, sys; sys.stdin.read(); sys.stderr.write('noise'); "
+              "print(json.dumps({'status': 'ok', 'payload': {'operation': 'fs/readFile', 'response': {'ok': 1}}}))")
+    assert run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(restricted(["/tmp"])),
+                         command=[sys.executable, "-c", script]) == {"ok": 1}
+    assert "no temporary file for its stderr" in caplog.text
+    with pytest.raises(InternalError) as caught:
+        run_fs_helper("fs/readFile", {"path": "file:///x"}, parse_sandbox(restricted(["/tmp"])),
+                      command=[sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert caught.value.message.startswith("fs sandbox helper failed with status exit status: 3")
 
 
 def test_fake_bwrap_on_path_is_used(client, roots, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 from exec_server.protocol.errors import InternalError, RpcError
 from exec_server.server.fs.mount_points import MOUNT_POINTS
@@ -221,6 +221,23 @@ def _status_text(returncode: int) -> str:
     return "exit status: %d" % returncode
 
 
+def _stderr_file() -> IO[bytes]:
+    """A file for the helper's stderr: a temporary file, or /dev/null (no diagnostics) when none can be made.
+
+    The temporary directory can be gone (a cleaner removed $TMPDIR), unwritable
+    or out of inodes, or the server out of descriptors: the operation still
+    runs, without its stderr, rather than fail with an internal error.
+    """
+    try:
+        return tempfile.TemporaryFile()
+    except OSError as exc:
+        log.warning("fs helper: no temporary file for its stderr (%s); its diagnostics are dropped", exc)
+    try:
+        return open(os.devnull, "w+b")
+    except OSError as exc:  # out of descriptors: so would the helper's start be
+        raise InternalError("fs sandbox helper could not start: %s" % exc) from None
+
+
 def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
                   timeout: float = FS_HELPER_TIMEOUT, command: Optional[List[str]] = None,
                   helpers: Optional[FsHelpers] = None) -> Dict[str, Any]:
@@ -240,7 +257,7 @@ def run_fs_helper(operation: str, params: Dict[str, Any], policy: SandboxPolicy,
     entries = [[":minimal" if path == ":minimal" else uri_to_path(path), access] for path, access in policy.entries]
     request = {"operation": operation, "params": params, "policy": {"entries": entries}}
     argv = command or helper_command(policy)  # built first: it takes MOUNT_POINTS.lock, not under marked.forking
-    with tempfile.TemporaryFile() as stderr:
+    with _stderr_file() as stderr:
         try:
             child = marked.start_ours(lambda: subprocess.Popen(  # its status is its Popen's, not the Reaper's
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=helper_environment(),
