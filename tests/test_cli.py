@@ -107,6 +107,42 @@ def test_sigterm_stops_server_and_kills_processes(listening, tmp_path):
             runner.wait(5)
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+def test_sighup_shuts_down_in_order_unless_ignored(tmp_path, ignored):
+    """A closed terminal (SIGHUP) killed the server outright: no exit reports (clients waited out their
+    reconnect deadline), its spool directory left behind. Now it is a SIGTERM; under nohup it is ignored."""
+    from exec_server import Client
+
+    code = ("import signal, sys\n"
+            "%s\n"
+            "from exec_server.cli import main\n"
+            "sys.exit(main(['--listen', 'ws://127.0.0.1:0', '--spool-dir', %r, '--retained-output-bytes', '1024']))\n"
+            % ("signal.signal(signal.SIGHUP, signal.SIG_IGN)" if ignored else "", str(tmp_path)))
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    try:
+        url = server.stdout.readline().decode().strip()
+        with Client.connect(url) as client:
+            proc = client.start(["sh", "-c", "head -c 5000 /dev/zero; sleep 300.25"])
+            tree = wait_until(lambda: running_descendants(server.pid, ["sleep", "300.25"]))
+            wait_until(lambda: os.listdir(str(tmp_path)))  # the spool directory
+            server.send_signal(signal.SIGHUP)
+            if ignored:
+                time.sleep(0.5)
+                assert server.poll() is None and client.run(["true"], timeout=10).returncode == 0
+                server.send_signal(signal.SIGTERM)
+            assert server.wait(10) == 0
+            assert proc.wait(timeout=5) == 137  # reported before the Close frame, not after a reconnect deadline
+        wait_until(lambda: all_gone(tree))
+        assert os.listdir(str(tmp_path)) == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(10)
+        server.stdout.close()
+        server.stderr.close()
+
+
 @pytest.mark.parametrize("refused", ["exec-server-stop", "exec-server-stop-accepting"])
 def test_sigterm_where_no_thread_can_start_still_shuts_down_in_order(tmp_path, refused):
     """The signal handler runs the shutdown on a thread, and the shutdown stops the accept loop from

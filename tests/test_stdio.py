@@ -759,3 +759,30 @@ def test_an_answer_echoing_a_name_that_is_not_utf8_is_written_and_the_server_goe
     send(child, b'{"id":3,"method":"environment/status"}\n')
     assert read_json(child) == {"id": 3, "result": {"status": "ready"}}
     assert child.poll() is None
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signal")
+def test_sighup_to_a_stdio_server_ends_it_in_order(tmp_path):
+    """A hangup (ssh's pty session closed) killed the stdio server outright, its spool left behind; now as
+    SIGTERM: every tree killed, spool removed, status 0."""
+    child = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "stdio", "--spool-dir", str(tmp_path),
+                              "--retained-output-bytes", "1024"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        child.stdin.write(b'{"id":1,"method":"initialize","params":{"clientName":"s"}}\n{"method":"initialized"}\n')
+        child.stdin.write(json.dumps({"id": 2, "method": "process/start", "params": {
+            "processId": "p", "argv": ["sh", "-c", "head -c 5000 /dev/zero; sleep 300.75"], "cwd": "file:///",
+            "env": {}, "tty": False, "arg0": None}}).encode() + b"\n")
+        child.stdin.flush()
+        tree = wait_until(lambda: running_descendants(child.pid, ["sleep", "300.75"]), timeout=10)
+        wait_until(lambda: os.listdir(str(tmp_path)))  # the spool directory
+        child.send_signal(signal.SIGHUP)
+        assert child.wait(10) == 0
+        wait_until(lambda: all_gone(tree))
+        assert os.listdir(str(tmp_path)) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        child.stdin.close()
+        child.stdout.close()

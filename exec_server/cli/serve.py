@@ -1,4 +1,4 @@
-"""``exec-server [--listen URL]``: serve until SIGTERM or SIGINT.
+"""``exec-server [--listen URL]``: serve until SIGTERM, SIGINT or SIGHUP (unless ignored: ``nohup``).
 
 Prints the bound URL on stdout once ready (``--listen ws://127.0.0.1:0``
 picks a free port); ``--listen stdio`` serves one client on stdin/stdout.
@@ -69,6 +69,8 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
+        signal.signal(signal.SIGHUP, stop)  # its terminal closed: as SIGTERM, not a death without cleanup
     sys.stdout.write(server.url + "\n")
     sys.stdout.flush()
     try:

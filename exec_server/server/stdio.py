@@ -257,7 +257,10 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
     threading.Thread(target=_watch_parent, args=(connection, os.getppid(), protocol_in.fileno()),
                      name="exec-server-parent-watch", daemon=True).start()
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signums = [signal.SIGTERM, signal.SIGINT]
+        if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
+            signums.append(signal.SIGHUP)  # its terminal closed: as SIGTERM, not a death without cleanup
+        for signum in signums:
             signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
     connection.run()
     return 0
