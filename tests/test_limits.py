@@ -289,6 +289,11 @@ def test_pending_upgrade_limit_closes_one_more_at_once(configured_server, connec
         assert time.monotonic() - started < 5.0
         extra.close()
         assert "closed unread: 3 are already waiting for their upgrade" in caplog.text
+        # our client says where to look (it named a wss:// server alone); a reset, if the close
+        # came after its upgrade request, is told in the system's words
+        with pytest.raises(ExecServerDisconnected, match="refuses it at one of its limits: see the server's log"
+                                                         "|[Rr]eset"):
+            Client.connect(running.url, timeout=10)
     finally:
         for sock in silent:
             sock.close()

@@ -128,8 +128,9 @@ def _await_accept(sock: socket.socket, protocol: WSConnection, deadline: Optiona
         if not data:
             if status is not None:
                 raise ConnectionError(_refusal(status, body))
-            raise ConnectionError("connection closed during the WebSocket handshake%s"
-                                  % ("" if secure else " (a wss:// server closes a plain connection so)"))
+            raise ConnectionError("connection closed during the WebSocket handshake (%sas does a server that "
+                                  "refuses it at one of its limits: see the server's log)"
+                                  % ("" if secure else "a wss:// server closes a plain connection so, "))
         protocol.receive_data(data)
         for event in protocol.events():
             if isinstance(event, AcceptConnection):
