@@ -389,6 +389,9 @@ def test_env_is_exact_without_policy_and_arg0(connect, any_server):
     ({"inherit": "none", "set": {"A": "1"}}, ["A", "EXPLICIT"]),
     ({"inherit": "all", "exclude": ["*"]}, ["EXPLICIT"]),
     ({"inherit": "all", "includeOnly": ["HOME", "PATH"]}, ["EXPLICIT", "HOME", "PATH"]),
+    # globs have `*` and `?` only: `[` is itself, as in the reference's wildmatch (fnmatch read a class)
+    ({"inherit": "all", "exclude": ["[P]ATH"], "includeOnly": ["PATH", "[HL]OME", "HOM?"]},
+     ["EXPLICIT", "HOME", "PATH"]),
 ])
 def test_env_policy(connect, any_server, policy, expected):
     full = {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": [], "set": {}, "includeOnly": []}

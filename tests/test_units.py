@@ -241,6 +241,26 @@ def test_child_environment(pol, names):
     assert sorted(child_environment({"EXPLICIT": "yes"}, pol, SERVER_ENV)) == names
 
 
+def test_env_globs_are_the_references_and_keep_nothing():
+    """``*`` and ``?`` only, matched without a regular expression: fnmatch compiled each pattern and kept
+    up to 32768 of them (a client's 4 MiB of patterns cost ~6 s of CPU and ~80 MiB never returned)."""
+    import fnmatch
+
+    from exec_server.server.process.env import glob_match
+    cases = [("PATH", "P?TH", True), ("PATH", "*", True), ("", "*", True), ("", "?", False),
+             ("[P]ATH", "[P]ATH", True), ("PATH", "[P]ATH", False), ("A\\B", "A\\B", True), ("ABAB", "*AB", True),
+             ("ABA", "A*B*A", True), ("AB", "A*B*A", False), ("BB", "*B?*BB", False), ("XAYB", "*A?B", True),
+             ("AAB", "A*?B", True), ("Z" + "AB" * 1000 + "C", "*" + "A?" * 1000 + "C", True),
+             ("A" * 4000, "*" + "A?" * 1000 + "B*", False)]
+    for name, pattern, expected in cases:
+        assert glob_match(name, pattern) is expected, (name, pattern)
+    before = fnmatch._compile_pattern.cache_info().currsize
+    unique = "%d-%d" % (os.getpid(), id(cases))
+    pol = policy(exclude=[unique + "A" * (1 << 20)], includeOnly=["*" + unique + "?"])
+    assert child_environment({}, pol, SERVER_ENV) == {}
+    assert fnmatch._compile_pattern.cache_info().currsize == before
+
+
 def test_env_overrides_set():
     env = child_environment({"A": "env"}, policy(inherit="none", set={"A": "set"}), {})
     assert env == {"A": "env"}
