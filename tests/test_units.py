@@ -164,6 +164,31 @@ def test_schema_error_names_json_path():
     assert caught.value.data == {"path": "$.argv[1]"}
 
 
+@pytest.mark.parametrize("member, value, path", [
+    ("argv", ["x", "y"] + [5] * 20000, "$.argv[2]"),
+    ("env", dict({"A": "x", "B": "y"}, **{"N%d" % i: i for i in range(20000)}), "$.env.N0"),
+    ("envPolicy", {"inherit": "all", "ignoreDefaultExcludes": False, "exclude": ["x"] + [1] * 20000, "set": {},
+                   "includeOnly": []}, "$.envPolicy.exclude[1]"),
+])
+def test_many_bad_items_cost_one_error(member, value, path):
+    """serde names the first bad item; jsonschema made an error object of every one (20000 numbers in argv:
+    ~70 MB; a 128 MiB message of them took the server's memory), and picking one was quadratic for a map."""
+    import time
+    import tracemalloc
+
+    params = {"processId": "a", "argv": ["true"], "cwd": "file:///", "env": {}, "tty": False, member: value}
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.InvalidParams) as caught:
+            SCHEMAS.validate_params("process/start", params)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (caught.value.message, caught.value.data) == ("invalid type: number, expected a string", {"path": path})
+    assert peak < 8 << 20 and time.monotonic() - started < 5.0
+
+
 def test_first_missing_field_in_declaration_order():
     with pytest.raises(errors.InvalidParams) as caught:
         SCHEMAS.validate_params("process/start", {})

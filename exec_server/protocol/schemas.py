@@ -174,8 +174,9 @@ class SchemaSet:
         if cls is not jsonschema.Draft202012Validator:  # the dialect of every schema file
             return jsonschema.validators.extend(cls, type_checker=serde_types)(schema, registry=self._registry)
         if self._reusing_class is None:
-            self._reusing_class = jsonschema.validators.extend(cls, {"properties": self._members.properties},
-                                                               type_checker=serde_types)
+            self._reusing_class = jsonschema.validators.extend(
+                cls, {"properties": self._members.properties, "items": _items_to_first_failure,
+                      "additionalProperties": _additional_to_first_failure}, type_checker=serde_types)
         return self._members.adopt(self._reusing_class(schema, registry=self._registry))
 
     def _inline(self, schema: dict, name: str) -> dict:
@@ -257,6 +258,40 @@ def _serde_integer(checker: Any, instance: Any) -> bool:
     float where it needs an int.  ``json`` parses such a number as a float.
     """
     return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _items_to_first_failure(validator: Any, items: Any, instance: Any, schema: Any):
+    """jsonschema's ``items``, ending at the first item in error (with all of that item's errors).
+
+    serde reports the first bad item (:func:`~exec_server.protocol.schema_errors.first_error` picks it),
+    so the others need no error object: one per item of an ``argv`` of a million numbers (a 2 MB
+    message) took ~2 GB and seconds of CPU, and a 128 MiB message could take the server down.
+    """
+    if items is False or schema.get("prefixItems") or not validator.is_type(instance, "array"):
+        yield from jsonschema.Draft202012Validator.VALIDATORS["items"](validator, items, instance, schema)
+        return
+    for index, item in enumerate(instance):
+        errors = list(validator.descend(instance=item, schema=items, path=index))
+        if errors:
+            yield from errors
+            return
+
+
+def _additional_to_first_failure(validator: Any, extra: Any, instance: Any, schema: Any):
+    """jsonschema's ``additionalProperties`` with a schema, ending at the first member in error in input
+    order (``env`` of many numbers), as :func:`_items_to_first_failure`."""
+    if schema.get("patternProperties") or not validator.is_type(extra, "object") \
+            or not validator.is_type(instance, "object"):
+        yield from jsonschema.Draft202012Validator.VALIDATORS["additionalProperties"](
+            validator, extra, instance, schema)
+        return
+    declared = schema.get("properties", {})
+    for name, value in instance.items():
+        if name not in declared:
+            errors = list(validator.descend(value, extra, path=name))
+            if errors:
+                yield from errors
+                return
 
 
 class _MemberValidators:
