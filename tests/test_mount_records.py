@@ -213,6 +213,32 @@ def test_a_killed_servers_file_still_mounted_in_a_live_sandbox_stays(tmp_path):
             reap(sandbox)
 
 
+@needs_bwrap
+def test_a_file_another_servers_sandbox_mounts_stays_at_release(tmp_path):
+    """Another server's sandbox found our file and bound it as an existing path; our release unlinked it, which
+    took the mount away in that sandbox (the protected path could then be made).  It stays while mounted, with its
+    record, and goes at its next release once no namespace mounts it."""
+    folder, made = tmp_path / "records", str(tmp_path / ".git")
+    points = MountPoints(MountRecords(str(folder)))
+    points.acquire([made])
+    sandbox = subprocess.Popen(["bwrap", "--unshare-pid", "--die-with-parent", "--bind", "/", "/", "--ro-bind",
+                                "/dev/null", made, "--dev", "/dev", "--proc", "/proc", "--",
+                                "sh", "-c", "echo up; exec sleep 60"],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert sandbox.stdout.readline() == b"up\n"
+        points.release([made])
+        assert os.path.exists(made) and list(records(folder).values())[0].keys() == {made}
+        tree = psutil.Process(sandbox.pid).children(recursive=True)
+        reap(sandbox)
+        wait_until(lambda: all_gone(tree), timeout=10)
+        points.acquire([made])  # the kept file serves the next sandbox, and goes with it
+        points.release([made])
+        assert not os.path.exists(made) and records(folder) == {}
+    finally:
+        reap(sandbox)
+
+
 def test_the_records_folder_reached_through_a_symlink_is_covered_too(tmp_path, monkeypatch):
     """TMPDIR through a symlink (``/home/u/tmp`` -> ``/data/u/tmp``): the profile's folders are resolved, so the
     records folder is too, else a sandbox that may write the real folder is given no tmpfs over it."""

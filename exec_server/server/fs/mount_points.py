@@ -16,7 +16,8 @@ is bound read-only onto itself, so it cannot be replaced by a folder.
 as missing for the next sandbox too (so that one binds it as well, and is
 counted: removing a file mounted in another namespace takes the mount away
 there).  :meth:`~MountPoints.release` removes the file when the last sandbox
-using it has closed, if it is still the file made then.  The files of a
+using it has closed, if it is still the file made then and no other
+server's sandbox mounts it.  The files of a
 server killed with SIGKILL are removed by the next sandboxed start of a
 server of the same user (:mod:`~exec_server.server.fs.mount_records`,
 which :meth:`MountPoints.sweep` runs).  Left behind: a file whose folder a
@@ -30,7 +31,7 @@ import os
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from exec_server.server.fs.mount_records import MountRecords, remove_if_made
+from exec_server.server.fs.mount_records import MountRecords, mount_points_in_use, remove_if_made
 
 
 class MountPoints:
@@ -105,18 +106,39 @@ class MountPoints:
                 self._records.save(self._made)
 
     def release(self, paths: Iterable[str]) -> None:
-        """One sandbox using ``paths`` has closed: remove each file no other uses, if it is still the one made."""
+        """One sandbox using ``paths`` has closed: remove each file no other uses, if it is still the one made.
+
+        A file another server's live sandbox binds (it found the file there
+        and bound it as an existing path) is a mount point in that sandbox's
+        mount namespace: removing it would take the mount away there, and
+        that sandbox could then make the protected path.  It stays, with its
+        record, for the next acquire and release of it or for a sweep once
+        this server is gone.  Which files are mounted is read from ``/proc``
+        (~5 us a process here) outside the lock, once per release that has
+        a file to remove.
+        """
         with self.lock:
-            before = len(self._made)
+            candidates = []
             for path in paths:
                 left = self._users.get(path, 0) - 1
                 if left > 0:
                     self._users[path] = left
                     continue
                 self._users.pop(path, None)
-                made = self._made.pop(path, None)
-                if made is not None:  # gone already, or no longer the file made: nothing to clean
-                    remove_if_made(path, made)
+                if path in self._made:
+                    candidates.append(path)
+        if not candidates:
+            return
+        mounted = mount_points_in_use()
+        with self.lock:
+            before = len(self._made)
+            for path in candidates:
+                made = self._made.get(path)
+                if made is None or path in self._users:  # a sandbox took it again meanwhile: its release decides
+                    continue
+                # None: mounted elsewhere, kept; else removed, or gone already, or no longer the file made
+                if remove_if_made(path, made, mounted.__contains__) is not None:
+                    del self._made[path]
             if len(self._made) != before:
                 self._records.save(self._made)
 
