@@ -249,6 +249,41 @@ def test_a_spool_file_cut_short_is_a_gap_not_a_read_that_spins_forever(tmp_path)
     store.close()
 
 
+def test_a_spool_file_that_cannot_be_read_is_a_gap_not_an_internal_error(tmp_path, monkeypatch, caplog):
+    """A read error (EIO: the disk failed) went up to the request as an internal error, every time the client
+    asked again; that segment's chunks are now lost as if cut, and the rest is served."""
+    store = make_store(tmp_path, per_process=512 * KIB)  # 64 KiB segments: 16 chunks of 4 KiB each
+    log, _ = make_log(store, retained=2 * KIB)
+    for i in range(40):
+        log.output("stdout", payload(i, 4 * KIB))
+    broken = os.open(os.path.join(store.path, spool_files(store)[1]), os.O_RDONLY)
+    broken_inode = os.fstat(broken).st_ino
+    os.close(broken)
+    real_pread = os.pread
+
+    def failing_pread(fd, size, offset):
+        if os.fstat(fd).st_ino == broken_inode:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", failing_pread)
+    got, after = [], 0
+    for _ in range(100):
+        step = log.read(after, 20 * KIB)
+        if not step.chunks:
+            break
+        got.extend(chunks_of(step))
+        after = step.next_seq - 1
+    seqs = [seq for seq, _, _ in got]
+    assert seqs == list(range(1, 17)) + list(range(33, 41))  # the second segment's seqs 17-32 are lost
+    assert all(data == payload(seq - 1, 4 * KIB) for seq, _, data in got)
+    assert "cannot be read (Input/output error): the output it held from there is lost" in caplog.text
+    monkeypatch.undo()
+    log.discard_spool()
+    assert store.used == 0
+    store.close()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("mount"),
                     reason="mounting a tmpfs needs root on Linux")
 def test_real_enospc_on_a_small_tmpfs():

@@ -380,10 +380,15 @@ class Spool:
                 if begin < segment.base:
                     begin = segment.base
                 want = ends[last - 1] - begin
-                buffer = memoryview(os.pread(segment.fd, want, begin - segment.base))
+                try:
+                    buffer = memoryview(os.pread(segment.fd, want, begin - segment.base))
+                    trouble = "is shorter than its index"
+                except OSError as exc:  # EIO: the disk failed under it; lost as if the file were cut here
+                    buffer, trouble = memoryview(b""), "cannot be read (%s)" % (exc.strerror or exc)
                 short = len(buffer) < want
                 if short:  # the file was cut short behind our back: serve what is whole, forget the rest
-                    log.warning("output spool file %s is shorter than its index", segment.path)
+                    log.warning("output spool file %s %s: the output it held from there is lost", segment.path,
+                                trouble)
                     last = bisect.bisect_right(ends, begin + len(buffer), index, last)
                     self._forget_cut_locked(segment, last)
                 streams = self._streams
