@@ -18,6 +18,7 @@ the server and client produce (PROTOCOL.md section 12):
 
 import logging
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -162,11 +163,32 @@ def extract(carrier: Optional[Any]) -> Any:
     from opentelemetry import propagate
 
     fields = {}
-    if getattr(carrier, "traceparent", None):
-        fields["traceparent"] = carrier.traceparent
-    if getattr(carrier, "tracestate", None):
-        fields["tracestate"] = carrier.tracestate
+    traceparent, tracestate = getattr(carrier, "traceparent", None), getattr(carrier, "tracestate", None)
+    if traceparent and len(traceparent) <= _TRACEPARENT_MAX_CHARS:
+        fields["traceparent"] = traceparent
+    if tracestate and _tracestate_usable(tracestate):
+        fields["tracestate"] = tracestate
     return propagate.extract(fields)
+
+
+# W3C Trace Context limits, checked before the API's propagator sees a carrier: it logs a WARNING for each
+# one past them (with the offending tracestate member's text, newlines included), which let any client write
+# one forged line of its choosing into the server's log per request.  What fails here is dropped, as the
+# propagator itself would drop it (a traceparent too long: a fresh trace; a bad tracestate: none).
+_TRACEPARENT_MAX_CHARS = 512
+_TRACESTATE_MAX_CHARS = 8192
+_TRACESTATE_MAX_MEMBERS = 32
+_TRACESTATE_MEMBER = re.compile(
+    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
+def _tracestate_usable(tracestate: str) -> bool:
+    if len(tracestate) > _TRACESTATE_MAX_CHARS:
+        return False
+    members = [member.strip(" \t") for member in tracestate.split(",")]
+    members = [member for member in members if member]
+    return len(members) <= _TRACESTATE_MAX_MEMBERS and all(_TRACESTATE_MEMBER.fullmatch(m) for m in members)
 
 
 def inject() -> Dict[str, str]:
