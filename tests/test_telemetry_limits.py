@@ -1,6 +1,9 @@
 """Telemetry against hostile or unusual input, with the OpenTelemetry API alone (no SDK needed)."""
 
 import logging
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -42,3 +45,55 @@ def test_a_valid_tracestate_is_kept(caplog):
     context = telemetry.extract(TraceContext(PARENT, "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,t@vendor=x"))
     state = trace.get_current_span(context).get_span_context().trace_state
     assert dict(state) == {"congo": "t61rcWkgMzE", "rojo": "00f067aa0ba902b7", "t@vendor": "x"}
+
+
+BUCKETS = textwrap.dedent("""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    from exec_server import Client, make_server
+    with make_server() as server, Client.connect(server.url, timeout=5) as client:
+        for _ in range(5):
+            client.call("environment/status", timeout=5)
+        client.run(["true"], timeout=10)
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    if m.name.endswith("_seconds"):
+                        bounds, counts = list(p.explicit_bounds), list(p.bucket_counts)
+                        used = max(i for i, n in enumerate(counts) if n)  # the highest bucket holding a value
+                        print(m.name, bounds[used] if used < len(bounds) else "inf", p.max)
+""")
+
+
+def test_duration_histograms_have_buckets_in_seconds():
+    """With the SDK's default boundaries (0, 5, 10, ... for milliseconds) every request fell in (0, 5 s]."""
+    pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is a test dependency")
+    done = subprocess.run([sys.executable, "-c", BUCKETS], capture_output=True, timeout=60, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert {name for name, _, _ in lines} >= {"exec_server_request_duration_seconds",
+                                              "exec_server_process_duration_seconds"}, done.stdout
+    for name, upper, longest in lines:  # each value's bucket is at most ~10 times the value, not 5 s wide
+        assert upper != "inf" and float(upper) <= max(10 * float(longest), 0.0005), (name, upper, longest)
+
+
+def test_an_api_without_bucket_advisories_still_gets_its_histograms(monkeypatch):
+    made = []
+
+    class OldMeter:  # opentelemetry-api 1.20 to 1.22: create_histogram(name, unit, description)
+        def create_histogram(self, name, unit="", description=""):
+            made.append(name)
+            return self
+
+        def record(self, amount, attributes=None):
+            made.append(amount)
+
+    monkeypatch.setattr(telemetry, "_current_meter", lambda: OldMeter())
+    histogram = telemetry._Instrument("create_histogram", "h_seconds", unit="s",
+                                      explicit_bucket_boundaries_advisory=telemetry.REQUEST_BUCKETS)
+    histogram.record(0.25)
+    assert made == ["h_seconds", 0.25]

@@ -100,7 +100,11 @@ class _Instrument:
         if meter is None:
             return None
         if meter is not self._meter:
-            self._real = getattr(meter, self._factory)(self._name, **self._options)
+            try:
+                self._real = getattr(meter, self._factory)(self._name, **self._options)
+            except TypeError:  # an API before 1.23 takes no explicit_bucket_boundaries_advisory
+                options = {k: v for k, v in self._options.items() if k != "explicit_bucket_boundaries_advisory"}
+                self._real = getattr(meter, self._factory)(self._name, **options)
             self._meter = meter
         return self._real
 
@@ -115,6 +119,11 @@ class _Instrument:
             real.record(amount, attributes)
 
 
+#: Bucket boundaries in seconds for the duration histograms: the SDK's defaults (0, 5, 10, 25, ... 10000) are
+#: meant for milliseconds, and put every request of under 5 s in one bucket.
+REQUEST_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+PROCESS_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]
+
 connections_active = _Instrument(
     "create_up_down_counter", "exec_server_connections_active", description="Open client connections")
 connections_total = _Instrument(
@@ -122,19 +131,22 @@ connections_total = _Instrument(
 requests_total = _Instrument(
     "create_counter", "exec_server_requests_total", description="Requests handled")
 request_duration = _Instrument(
-    "create_histogram", "exec_server_request_duration_seconds", unit="s", description="Handler time of a request")
+    "create_histogram", "exec_server_request_duration_seconds", unit="s", description="Handler time of a request",
+    explicit_bucket_boundaries_advisory=REQUEST_BUCKETS)
 request_total_duration = _Instrument(
     "create_histogram", "exec_server_request_total_duration_seconds", unit="s",
-    description="From decoded receipt to response enqueue or disconnect, queueing included")
+    description="From decoded receipt to response enqueue or disconnect, queueing included",
+    explicit_bucket_boundaries_advisory=REQUEST_BUCKETS)
 request_queue_duration = _Instrument(
     "create_histogram", "exec_server_request_queue_duration_seconds", unit="s",
-    description="Time a request waited for a worker")
+    description="Time a request waited for a worker", explicit_bucket_boundaries_advisory=REQUEST_BUCKETS)
 processes_active = _Instrument(
     "create_up_down_counter", "exec_server_processes_active", description="Processes running or not yet closed")
 processes_finished = _Instrument(
     "create_counter", "exec_server_processes_finished_total", description="Processes closed, by result")
 process_duration = _Instrument(
-    "create_histogram", "exec_server_process_duration_seconds", unit="s", description="From spawn to closed")
+    "create_histogram", "exec_server_process_duration_seconds", unit="s", description="From spawn to closed",
+    explicit_bucket_boundaries_advisory=PROCESS_BUCKETS)
 client_requests_total = _Instrument(
     "create_counter", "exec_server_client_requests_total", description="Client calls, local failures included")
 
