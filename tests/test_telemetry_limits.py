@@ -1,5 +1,6 @@
 """Telemetry against hostile or unusual input, with the OpenTelemetry API alone (no SDK needed)."""
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -97,3 +98,44 @@ def test_an_api_without_bucket_advisories_still_gets_its_histograms(monkeypatch)
                                       explicit_bucket_boundaries_advisory=telemetry.REQUEST_BUCKETS)
     histogram.record(0.25)
     assert made == ["h_seconds", 0.25]
+
+
+class _SpanPerCall:
+    """A tracer of the API alone: each span a NonRecordingSpan with fresh valid ids (no SDK, no global provider)."""
+
+    def __init__(self):
+        import random
+
+        self._random = random.Random(7)
+
+    def start_span(self, name, context=None, kind=None, attributes=None):
+        from opentelemetry import trace
+
+        ids = trace.SpanContext(self._random.getrandbits(128) | 1, self._random.getrandbits(64) | 1, False)
+        return trace.NonRecordingSpan(ids)
+
+    @contextlib.contextmanager
+    def start_as_current_span(self, name, kind=None, attributes=None):
+        from opentelemetry import trace
+
+        with trace.use_span(self.start_span(name), end_on_exit=True):
+            yield
+
+
+def test_close_detach_and_expiry_records_carry_the_ids_of_their_requests_span(monkeypatch, caplog):
+    """They are logged outside any request (a reader thread, the connection's end, a timer): they had no ids."""
+    from conftest import wait_until
+    from exec_server import Client, ServerConfig, make_server
+
+    monkeypatch.setattr(telemetry, "_current_tracer", _SpanPerCall)
+    with caplog.at_level(logging.INFO, logger="exec_server"):
+        with make_server(config=ServerConfig(detached_session_ttl=0.3)) as server:
+            with Client.connect(server.url, timeout=5) as client:
+                client.run(["true"], timeout=10)
+            wait_until(lambda: any(r.getMessage() == "session expired" for r in caplog.records), timeout=10)
+    records = {r.getMessage(): r for r in caplog.records}
+    for message in ("process started", "process closed", "session detached", "session expired"):
+        assert len(getattr(records[message], "trace_id", "")) == 32, message
+        assert len(getattr(records[message], "span_id", "")) == 16, message
+    assert records["process closed"].span_id == records["process started"].span_id
+    assert records["session expired"].span_id == records["session detached"].span_id

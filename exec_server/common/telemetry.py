@@ -280,13 +280,26 @@ def _span(name: str, kind: str, attributes: Optional[Dict[str, Any]] = None) -> 
         yield
 
 
-def log_fields(**fields: Any) -> Dict[str, Any]:
-    """``extra=`` for a log record: the given fields plus the current trace and span ids."""
+def current_span_context() -> Any:
+    """The current span's context, kept for :func:`log_fields` of a later record; None when nothing is traced."""
     if not tracing_enabled():
-        return fields
+        return None
     from opentelemetry import trace
 
     span_context = trace.get_current_span().get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def log_fields(span_context: Any = None, **fields: Any) -> Dict[str, Any]:
+    """``extra=`` for a log record: the given fields plus the trace and span ids of ``span_context`` (kept by
+    :func:`current_span_context` in the request that began what is logged: a process's close, a session's
+    detach and expiry happen outside any request), else of the current span."""
+    if span_context is None:
+        if not tracing_enabled():
+            return fields
+        from opentelemetry import trace
+
+        span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         fields["trace_id"] = format(span_context.trace_id, "032x")
         fields["span_id"] = format(span_context.span_id, "016x")

@@ -18,7 +18,7 @@ sessions, with detach, resume and expiry, is :mod:`~exec_server.server.sessions`
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from exec_server.server.config import ServerConfig
 from exec_server.protocol.errors import InvalidRequest
@@ -57,6 +57,9 @@ class Session:
 
     def __init__(self, session_id: str, config: ServerConfig, scheduler: Scheduler):
         self.session_id = session_id
+        #: the span of the ``initialize`` that opened or last resumed it, for the log records of its detach and
+        #: expiry (``telemetry.current_span_context``)
+        self.span_context: Any = None
         self._config = config
         self._scheduler = scheduler
         self._lock = threading.Lock()

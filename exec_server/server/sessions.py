@@ -94,6 +94,7 @@ class SessionRegistry:
                 attached or has a running process.
         """
         session = Session(random_uuid(), self.config, self.scheduler)
+        session.span_context = telemetry.current_span_context()
         evicted = None
         with self._lock:
             if len(self._sessions) >= self.config.max_sessions:
@@ -156,7 +157,8 @@ class SessionRegistry:
             raise SessionAlreadyAttached("session %s is already attached to another connection" % session_id)
         if expiry is not None:
             expiry.cancel()
-        log.info("session resumed", extra=telemetry.log_fields())
+        session.span_context = telemetry.current_span_context()
+        log.info("session resumed", extra=telemetry.log_fields(session.span_context))
         return session
 
     def detached(self, session: Session) -> None:
@@ -176,7 +178,7 @@ class SessionRegistry:
             earlier.cancel()
         expiry.start(self.scheduler.call_later(self.config.detached_session_ttl,
                                                lambda: self._expire(session, expiry)))
-        log.info("session detached", extra=telemetry.log_fields())
+        log.info("session detached", extra=telemetry.log_fields(session.span_context))
 
     def _expire(self, session: Session, expiry: "_Expiry") -> None:
         with self._lock:
@@ -188,7 +190,8 @@ class SessionRegistry:
                 return
             del self._sessions[session.session_id]
             del self._expiry[session.session_id]
-        log.info("session expired", extra=telemetry.log_fields(processes=len(session.processes())))
+        log.info("session expired",
+                 extra=telemetry.log_fields(session.span_context, processes=len(session.processes())))
         session.close()
 
     def close(self, session: Session) -> None:

@@ -104,9 +104,10 @@ def process_start(ctx: RequestContext, params: Dict[str, Any]) -> Dict[str, Any]
                 process_id, argv, cwd, env, bool(params["tty"]), bool(params.get("pipeStdin")),
                 params.get("arg0"), ctx.config, session.listener(process_id), on_closed,
                 wrapper=wrapper, spool=ctx.registry.spool_for(process_id), pty_size=_pty_size(params.get("ptySize")))
+        process.span_context = telemetry.current_span_context()  # its close's log record names the same span
         if log.isEnabledFor(logging.INFO):  # skips building the fields on the spawn path
-            log.info("process started", extra=telemetry.log_fields(pid=process.pid, tty=bool(params["tty"]),
-                                                                   sandboxed=wrapper is not None))
+            log.info("process started", extra=telemetry.log_fields(
+                process.span_context, pid=process.pid, tty=bool(params["tty"]), sandboxed=wrapper is not None))
     except BaseException:
         MOUNT_POINTS.release(held)
         session.unreserve(process_id)

@@ -14,7 +14,7 @@ import os
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import telemetry, tree
 from exec_server.protocol.errors import InternalError, InvalidParams, os_error_message
@@ -46,6 +46,8 @@ class ManagedProcess:
         self.stdin_writable = stdin_writable
         self.started_at = time.monotonic()
         self.closed_at: Optional[float] = None
+        #: the span of the request that started it (``telemetry.current_span_context``), for the close's log record
+        self.span_context: Any = None
         self._popen = popen
         self._pty_master = pty_master
         self._config = config
@@ -197,8 +199,8 @@ class ManagedProcess:
         telemetry.processes_finished.add(1, {"result": result})
         telemetry.process_duration.record(self.closed_at - self.started_at, {"result": result})
         if log.isEnabledFor(logging.INFO):
-            log.info("process closed", extra=telemetry.log_fields(pid=self.pid, exit_code=self._log.exit_code,
-                                                                  result=result))
+            log.info("process closed", extra=telemetry.log_fields(self.span_context, pid=self.pid,
+                                                                  exit_code=self._log.exit_code, result=result))
         if self._pty_master is not None:
             if self._stdin is not None:
                 self._stdin.release(self._terminal)  # before the master closes: its terminal stays the same
