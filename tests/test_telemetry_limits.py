@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -139,3 +140,23 @@ def test_close_detach_and_expiry_records_carry_the_ids_of_their_requests_span(mo
         assert len(getattr(records[message], "span_id", "")) == 16, message
     assert records["process closed"].span_id == records["process started"].span_id
     assert records["session expired"].span_id == records["session detached"].span_id
+
+
+def test_the_initialize_of_a_connect_is_counted_as_a_client_call(monkeypatch):
+    from exec_server import Client, make_server
+
+    added = []
+
+    class Meter:  # the API's instruments, recording what they are given
+        def __getattr__(self, factory):
+            return lambda name, **options: types.SimpleNamespace(
+                add=lambda amount, attributes=None: added.append((name, attributes)),
+                record=lambda amount, attributes=None: None)
+
+    meter = Meter()
+    monkeypatch.setattr(telemetry, "_current_meter", lambda: meter)
+    with make_server() as server, Client.connect(server.url, timeout=5) as client:
+        client.call("environment/status", timeout=5)
+    calls = [attributes for name, attributes in added if name == "exec_server_client_requests_total"]
+    assert {"method": "initialize", "result": "success"} in calls, calls
+    assert {"method": "environment/status", "result": "success"} in calls, calls

@@ -157,7 +157,7 @@ class Client:
         endpoint = self._endpoint
         generation = endpoint.attach(self._connector(timeout))
         try:
-            with telemetry.client_span("initialize") as carrier:  # as every call: the server's span its child
+            with telemetry.client_call("initialize") as carrier:  # as every call: the server's span its child
                 result = endpoint.call_on(generation, "initialize", {"clientName": self._client_name}, timeout,
                                           trace=TraceContext.of(carrier))
             self.session_id, self.environment_info, self.extensions = parse_initialize_result(result)

@@ -227,7 +227,7 @@ class Recovery:
             except ExecServerDisconnected:
                 return  # closed while connecting: attach closed the new transport
             try:
-                with telemetry.client_span("initialize") as carrier:
+                with telemetry.client_call("initialize") as carrier:
                     endpoint.call_on(generation, "initialize",
                                      {"clientName": self._client_name, "resumeSessionId": self._session_id},
                                      min(policy.connect_timeout, max(0.01, deadline - time.monotonic())),

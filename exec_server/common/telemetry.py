@@ -269,6 +269,20 @@ def client_span(method: str) -> Iterator[Dict[str, str]]:
 
 
 @contextmanager
+def client_call(method: str) -> Iterator[Dict[str, str]]:
+    """:func:`client_span` of a call made outside ``Endpoint.call`` (the ``initialize`` of a connect or of a
+    resume), counted in ``exec_server_client_requests_total`` as every other call is."""
+    result = ERROR
+    try:
+        with client_span(method) as carrier:
+            yield carrier
+        result = SUCCESS
+    finally:
+        if metrics_enabled():
+            client_requests_total.add(1, {"method": method, "result": result})
+
+
+@contextmanager
 def _span(name: str, kind: str, attributes: Optional[Dict[str, Any]] = None) -> Iterator[None]:
     tracer = _current_tracer()
     if tracer is None:
