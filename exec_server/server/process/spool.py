@@ -291,11 +291,8 @@ class Spool:
             log.warning("cannot remove output spool file %s: %s", segment.path, exc)
 
     def _forget_cut_locked(self, segment: _Segment, cut: int) -> None:
-        """Drop from the index ``segment``'s chunks from index ``cut`` on (its file no longer holds them).
-
-        A later read skips them (a gap in seqs, which the client reports as
-        lost output) instead of finding them indexed but unreadable forever.
-        """
+        """Drop from the index ``segment``'s chunks from index ``cut`` on (its file no longer holds them): a later
+        read skips them (a seq gap, which the client reports as lost output), not indexed and unreadable forever."""
         stop = bisect.bisect_right(self._ends, segment.end, cut)
         if stop <= cut:
             return
@@ -377,8 +374,7 @@ class Spool:
                     break
                 last = min(stop, bisect.bisect_right(ends, segment.end, index, stop))
                 begin = ends[index - 1] if index > first else start
-                if begin < segment.base:
-                    begin = segment.base
+                begin = max(begin, segment.base)
                 want = ends[last - 1] - begin
                 try:
                     buffer = memoryview(os.pread(segment.fd, want, begin - segment.base))
@@ -387,8 +383,7 @@ class Spool:
                     buffer, trouble = memoryview(b""), "cannot be read (%s)" % (exc.strerror or exc)
                 short = len(buffer) < want
                 if short:  # the file was cut short behind our back: serve what is whole, forget the rest
-                    log.warning("output spool file %s %s: the output it held from there is lost", segment.path,
-                                trouble)
+                    log.warning("output spool file %s %s: the output it held from there is lost", segment.path, trouble)
                     last = bisect.bisect_right(ends, begin + len(buffer), index, last)
                     self._forget_cut_locked(segment, last)
                 streams = self._streams
