@@ -64,6 +64,10 @@ def test_client_and_server_spans_share_one_trace(traced_server):
     assert server_span.attributes["method"] == "environment/status"
     assert server_span.attributes["result"] == "success"
     assert server_span.attributes["rpc.response_enqueue_offset_ns"] >= server_span.attributes["rpc.dispatch_offset_ns"]
+    for span in (client_span, server_span):  # the OpenTelemetry RPC semantic conventions' names too
+        assert {k: span.attributes[k] for k in ("rpc.system", "rpc.method", "rpc.jsonrpc.version")} == {
+            "rpc.system": "jsonrpc", "rpc.method": "environment/status", "rpc.jsonrpc.version": "2.0"}
+    assert "rpc.jsonrpc.error_code" not in server_span.attributes
 
 
 def test_the_initialize_of_connect_and_of_a_resume_are_traced_calls_too(traced_server):
@@ -133,6 +137,7 @@ def test_unrouted_method_span_is_unknown(traced_server, connect):
     peer.request("no/such", {})
     wait_until(lambda: spans("unknown"))
     assert spans("unknown")[0].attributes["result"] == "error"
+    assert spans("unknown")[0].attributes["rpc.jsonrpc.error_code"] == -32601
 
 
 def metric_points(name):

@@ -228,7 +228,7 @@ class ServerRequestSpan:
             from opentelemetry import trace
 
             self.span = tracer.start_span(method, context=extract(carrier), kind=trace.SpanKind.SERVER,
-                                          attributes={"method": method})
+                                          attributes=rpc_attributes(method))
 
     def dispatched(self) -> None:
         if self.span is not None:
@@ -237,7 +237,9 @@ class ServerRequestSpan:
             self.span.set_attribute("rpc.dispatch_offset_ns", int((time.monotonic() - self.received) * 1e9))
             self.token = context.attach(trace.set_span_in_context(self.span))
 
-    def finish(self, result: Optional[str]) -> None:
+    def finish(self, result: Optional[str], error_code: Optional[int] = None) -> None:
+        """End the span: ``result`` as attribute ``result`` (none for a request cut by a disconnect), and a JSON-RPC
+        error's ``error_code`` as ``rpc.jsonrpc.error_code``."""
         if self.span is None:
             return
         from opentelemetry import context, trace
@@ -249,6 +251,8 @@ class ServerRequestSpan:
             self.span.set_attribute("result", result)
         if result == ERROR:
             self.span.set_status(trace.Status(trace.StatusCode.ERROR))
+        if error_code is not None:
+            self.span.set_attribute("rpc.jsonrpc.error_code", error_code)
         self.span.set_attribute("rpc.response_enqueue_offset_ns", int((time.monotonic() - self.received) * 1e9))
         self.span.end()
 
@@ -262,10 +266,16 @@ def child_span(name: str) -> Iterator[None]:
 
 @contextmanager
 def client_span(method: str) -> Iterator[Dict[str, str]]:
-    """The CLIENT span of one call, attribute ``method``; yields its ``trace`` carrier (:func:`inject`: empty,
+    """The CLIENT span of one call (:func:`rpc_attributes`); yields its ``trace`` carrier (:func:`inject`: empty,
     and no span, when tracing is off)."""
-    with _span(method, "CLIENT", {"method": method}):
+    with _span(method, "CLIENT", rpc_attributes(method)):
         yield inject()
+
+
+def rpc_attributes(method: str) -> Dict[str, str]:
+    """A request span's attributes: ``method`` (PROTOCOL.md 12.2, as the reference) and the OpenTelemetry RPC
+    semantic conventions' ``rpc.system``, ``rpc.method`` and ``rpc.jsonrpc.version``."""
+    return {"method": method, "rpc.system": "jsonrpc", "rpc.method": method, "rpc.jsonrpc.version": "2.0"}
 
 
 @contextmanager

@@ -355,7 +355,7 @@ class RpcConnection:
             telemetry.requests_total.add(1, attributes)
             telemetry.request_duration.record(now - started, attributes)
             telemetry.request_total_duration.record(now - received, attributes)
-        span.finish(outcome)
+        span.finish(outcome, error.code if outcome == telemetry.ERROR else None)
 
     # -------------------------------------------------------------- closing
     def close(self, end_session: bool = False) -> None:
