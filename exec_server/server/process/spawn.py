@@ -56,6 +56,20 @@ def exit_code_from_returncode(returncode: int, tty: bool, isolated: bool = False
     return 1 if tty else 128 - returncode
 
 
+def login_shell() -> str:
+    """The server user's login shell from the password database (``/bin/sh`` without an entry).
+
+    The reference's PTY (portable-pty) gives a PTY child whose environment
+    has no ``SHELL`` this one, not the server's own ``$SHELL``.
+    """
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        return "/bin/sh"
+
+
 #: The null device, read-only, shared as every child's stdin.  Module-level on
 #: purpose: opened on the first spawn and kept for the life of the Python
 #: process (one descriptor, never closed, whichever server spawns).
@@ -131,6 +145,8 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
                 raise InternalError("tty processes need a PTY backend on Windows")
             if prefix:  # the namespace's init makes the program the terminal's session leader
                 args = contain.terminal_prefix(list(prefix)) + args[len(prefix):]
+            if "SHELL" not in env:  # as the reference's PTY (portable-pty) sets it
+                env = dict(env, SHELL=login_shell())
             return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS), not prefix)
         stdin = subprocess.PIPE if pipe_stdin else _null_input()
         popen = contain.spawner().call(lambda: subprocess.Popen(
