@@ -6,7 +6,8 @@ import pwd
 
 import pytest
 
-from conftest import start_params
+from conftest import sandbox_writing, start_params
+from test_sandbox import needs_bwrap
 
 
 def pty_output(peer, process_id):
@@ -35,3 +36,26 @@ def test_a_pty_child_without_shell_gets_the_login_shell(connect, any_server, env
     peer.call("process/start", start_params("p", ["/usr/bin/env"], env=env))
     lines = pty_output(peer, "p").decode().split("\n")
     assert [line for line in lines if line.startswith("SHELL=")] == (["SHELL=" + expected] if expected else [])
+
+
+HANDLES_SIGINT = ("import time\nprint('ready', flush=True)\ntry:\n    time.sleep(20)\nexcept KeyboardInterrupt:\n"
+                  "    print('caught', flush=True)\ntime.sleep(0.3)\nprint('done', flush=True)")
+
+
+@needs_bwrap
+@pytest.mark.parametrize("tty", [True, False])
+def test_an_interrupt_reaches_a_sandboxed_program_and_spares_bubblewrap(connect, server, tmp_path, tty):
+    """process/signal interrupt went to bubblewrap's process group: bubblewrap, without a SIGINT handler,
+    died of it and --die-with-parent took the sandbox, so a program that handles SIGINT (a REPL, a shell)
+    was killed (a PTY: exit 1 after "caught"; pipes: 130, and the program, a session leader there, never
+    even got the signal)."""
+    peer = connect(server.url)
+    peer.initialize()
+    peer.call("process/start", start_params("s", ["python3", "-c", HANDLES_SIGINT], tty=tty,
+                                            sandbox=sandbox_writing(tmp_path)))
+    peer.wait_for(lambda m: m.get("method") == "process/output" and b"ready" in base64.b64decode(m["params"]["chunk"]))
+    peer.call("process/signal", {"processId": "s", "signal": "interrupt"})
+    events = sorted(peer.wait_closed("s"), key=lambda m: m["params"]["seq"])
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
+    assert output.replace(b"\r\n", b"\n") == b"ready\ncaught\ndone\n"
+    assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [0]

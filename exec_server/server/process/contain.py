@@ -291,3 +291,52 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
                         pid, timeout)
             return False
         time.sleep(0.002)
+
+
+def interrupt_sandboxed(pid: int, timeout: float = PROGRAM_START_WAIT,
+                        ended: Callable[[], bool] = lambda: False) -> bool:
+    """SIGINT to the program of the bubblewrap sandbox ``pid`` and its process group, never to bubblewrap.
+
+    bubblewrap's outer process has no SIGINT handler: a SIGINT to its group
+    kills it, and ``--die-with-parent`` takes the sandbox with it, handled
+    signal or not.  The program is the child of bubblewrap's init (PID 1 of
+    the sandbox).  Without a PTY it leads a session (``--new-session``): its
+    group gets the signal.  On a PTY it shares bubblewrap's group: each of
+    that group's processes below the init gets it.  Waits, as
+    :func:`wait_program_started`, until the program has been exec'd.
+    Returns False if it did not appear within ``timeout`` seconds or
+    ``ended()`` became true.
+    """
+    import signal
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for init in psutil.Process(pid).children():
+                command = init.cmdline()
+                for program in init.children():
+                    started = program.cmdline()
+                    if not started or started == command:  # not exec'd yet
+                        continue
+                    group = os.getpgid(program.pid)
+                    if group != os.getpgid(pid):
+                        os.killpg(group, signal.SIGINT)
+                        return True
+                    for member in [program] + program.children(recursive=True):
+                        try:
+                            if os.getpgid(member.pid) == group:
+                                os.kill(member.pid, signal.SIGINT)
+                        except ProcessLookupError:
+                            pass
+                    return True
+        except (psutil.Error, ProcessLookupError):
+            return False  # gone: nothing left to interrupt
+        if ended():
+            return False
+        if time.monotonic() >= deadline:
+            log.warning("process %d: its sandboxed program did not start within %.1f s; interrupt not sent",
+                        pid, timeout)
+            return False
+        time.sleep(0.002)

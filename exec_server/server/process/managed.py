@@ -65,6 +65,7 @@ class ManagedProcess:
         self._marker: Optional[str] = None  # MARKER_ENV value of this tree (inherit mode)
         self._terminal: Optional[str] = None  # the PTY's terminal (/dev/pts/N)
         self._isolated = False  # runs under the PID-namespace init
+        self._sandboxed = sandboxed  # runs under bubblewrap
         self._watch: Optional[watch.Watch] = None
         self._held: Optional[List[Event]] = None  # events the pidfd watcher delivers in one write
         telemetry.processes_active.add(1)
@@ -296,6 +297,12 @@ class ManagedProcess:
         Raises:
             InternalError: ``failed to signal process: <text>``.
         """
+        if self._sandboxed:  # not to bubblewrap's group: bubblewrap would die of it, and the sandbox with it
+            try:
+                contain.interrupt_sandboxed(self.pid, ended=lambda: self._log.exit_code is not None)
+            except OSError as exc:
+                raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
+            return
         if self._isolated and self._log.exit_code is None:
             contain.wait_program_started(self.pid, ended=lambda: self._log.exit_code is not None)
         with self._lock:
