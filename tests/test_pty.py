@@ -38,7 +38,7 @@ def test_a_pty_child_without_shell_gets_the_login_shell(connect, any_server, env
     assert [line for line in lines if line.startswith("SHELL=")] == (["SHELL=" + expected] if expected else [])
 
 
-HANDLES_SIGINT = ("import time\nprint('ready', flush=True)\ntry:\n    time.sleep(20)\nexcept KeyboardInterrupt:\n"
+HANDLES_SIGINT = ("import time\ntry:\n    print('ready', flush=True)\n    time.sleep(20)\nexcept KeyboardInterrupt:\n"
                   "    print('caught', flush=True)\ntime.sleep(0.3)\nprint('done', flush=True)")
 
 

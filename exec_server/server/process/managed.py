@@ -298,6 +298,8 @@ class ManagedProcess:
             InternalError: ``failed to signal process: <text>``.
         """
         if self._sandboxed:  # not to bubblewrap's group: bubblewrap would die of it, and the sandbox with it
+            if self._log.exit_code is not None or self._popen.returncode is not None:
+                return
             try:
                 contain.interrupt_sandboxed(self.pid, ended=lambda: self._log.exit_code is not None)
             except OSError as exc:
