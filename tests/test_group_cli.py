@@ -218,3 +218,16 @@ def test_a_line_of_exactly_the_limit_ends_without_an_empty_line():
     a_line, b_line, c_line = (b"[h] " + letter * MAX_LINE_BYTES for letter in (b"a", b"b", b"c"))
     assert out.getvalue().split(b"\n") == [a_line, b"[h] next", b_line, b"[h] b", b"[h] ", b"[h] last", c_line,
                                            b"[h] end", b""]
+
+
+def test_cp_on_several_hosts_into_a_directory_copies_into_it_as_on_one(three, tmp_path):
+    urls, _labels = three
+    (tmp_path / "app.conf").write_bytes(b"setting = 1\n")
+    one, group = tmp_path / "one", tmp_path / "group"
+    one.mkdir()
+    group.mkdir()
+    done = run_cli("cp", "--url", urls[0], ":%s" % (tmp_path / "app.conf"), ":%s" % one)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("cp", *url_options(urls), ":%s" % (tmp_path / "app.conf"), ":%s" % group)
+    assert done.returncode == 0, done.stderr  # was 123, "Is a directory" from every host
+    assert (group / "app.conf").read_bytes() == (one / "app.conf").read_bytes() == b"setting = 1\n"

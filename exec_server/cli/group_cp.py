@@ -16,7 +16,7 @@ import sys
 from typing import List
 
 from exec_server.cli.connect import CommandError, disconnected, report
-from exec_server.cli.cp import Progress, check_sides, copy_files, download, upload
+from exec_server.cli.cp import Progress, check_sides, copy, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
 from exec_server.cli.output import END_SIGNALS, handle, restore
@@ -89,8 +89,8 @@ def copy_group(args: argparse.Namespace, urls: List[str]) -> int:
     folders = host_dirnames(list(by_label))
 
     def copy_one(host: str, client: Client) -> None:
-        if remote_source and remote_destination:
-            client.fs.copy(source[1:], destination[1:], recursive=True)
+        if remote_source and remote_destination:  # as for one host: into an existing directory, as cp -r
+            copy(client.fs, source, destination)
         elif remote_destination:
             upload(client.fs, source, destination[1:], _silent)
         else:
