@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -289,3 +290,22 @@ def test_a_timeout_that_is_no_number_of_seconds_is_raised_once_before_anything_r
             with pytest.raises(ValueError, match="timeout"):
                 group.run(["touch", str(tmp_path / "ran")], timeout=bad)
         assert not (tmp_path / "ran").exists()  # was: each host's result a ValueError (after it connected)
+
+
+def test_interrupt_reaches_every_host_at_once_though_one_host_does_not_answer(servers):
+    """send_interrupt (Ctrl-C of ``exec-server run``) went host by host: an unreachable first host held it."""
+    first, *others = servers(3)
+    proxy = FaultProxy(urlsplit(first.url).port)
+    hosts = {"blackholed": proxy.url, "a": others[0].url, "b": others[1].url}
+    try:
+        with Group(hosts, reconnect=FAST, timeout=5) as group:
+            with group.start(["sleep", "30"]) as running:
+                time.sleep(0.3)
+                proxy.blackhole()
+                begin = time.monotonic()
+                threading.Thread(target=running.send_interrupt, daemon=True).start()
+                for host in ("a", "b"):
+                    assert running.processes[host].wait(timeout=20) in (130, -signal.SIGINT)
+                assert time.monotonic() - begin < 1.5  # not after the blackholed host's call gave up (~2.5 s)
+    finally:
+        proxy.close()

@@ -27,7 +27,8 @@ EVENT_POLL_INTERVAL = 0.25
 #: (one event more when none is queued); past it the pumps wait, and each handle keeps at most its
 #: ``max_buffered_output`` (then refills).
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
-#: Hosts whose processes :meth:`GroupProcesses.__exit__` kills at once (each waits up to 5 s for its ``closed``).
+#: Hosts whose processes :meth:`GroupProcesses.__exit__`, ``send_interrupt`` and ``terminate`` reach at once
+#: (each exit waits up to 5 s for its ``closed``).
 MAX_PARALLEL_EXITS = 32
 
 _FINISHED = object()  # a pump's last word on the queue
@@ -168,20 +169,39 @@ class GroupProcesses:
         return outcome
 
     def _each(self, action: Callable[[RemoteProcess], Any]) -> Dict[str, Any]:
+        """``action`` on every process, up to :data:`MAX_PARALLEL_EXITS` hosts at once, so that a slow or
+        unreachable host (its call waits up to 30 s) delays no other; daemon threads, which never hold the
+        interpreter's exit (a signal handler's thread calls this)."""
         outcome: Dict[str, Any] = {}
-        for host, process in self.processes.items():
-            try:
-                outcome[host] = action(process)
-            except Exception as exc:
-                outcome[host] = exc
-        return outcome
+        todo = queue.Queue()  # type: queue.Queue
+        for item in self.processes.items():
+            todo.put(item)
+
+        def work() -> None:
+            while True:
+                try:
+                    host, process = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    outcome[host] = action(process)
+                except Exception as exc:
+                    outcome[host] = exc
+
+        workers = [threading.Thread(target=work, daemon=True, name="exec-server-group-signal")
+                   for _ in range(min(len(self.processes), MAX_PARALLEL_EXITS))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return {host: outcome[host] for host in self.processes if host in outcome}
 
     def send_interrupt(self) -> Dict[str, Any]:
-        """SIGINT to every remote process group; host -> None or the exception."""
+        """SIGINT to every remote process group, all hosts at once; host -> None or the exception."""
         return self._each(lambda process: process.send_interrupt())
 
     def terminate(self) -> Dict[str, Any]:
-        """Kill every remote tree; host -> True (was running), False, or the exception."""
+        """Kill every remote tree, all hosts at once; host -> True (was running), False, or the exception."""
         return self._each(lambda process: process.terminate())
 
     def close(self) -> None:
