@@ -231,3 +231,21 @@ def test_cp_on_several_hosts_into_a_directory_copies_into_it_as_on_one(three, tm
     done = run_cli("cp", *url_options(urls), ":%s" % (tmp_path / "app.conf"), ":%s" % group)
     assert done.returncode == 0, done.stderr  # was 123, "Is a directory" from every host
     assert (group / "app.conf").read_bytes() == (one / "app.conf").read_bytes() == b"setting = 1\n"
+
+
+def test_a_password_in_a_host_url_is_never_printed(three, refusing, tmp_path):
+    """user:password@ in a URL was in every [HOST] prefix, the summary, errors and cp's download folders."""
+    urls, labels = three
+    secret = urls[0].replace("ws://", "ws://user:s3cret@")
+    lost = refusing.url.replace("ws://", "ws://T0KEN@")
+    done = run_cli("run", "--url", secret, "--url", urls[1], "--url", lost, "--", "echo", "hi")
+    assert done.returncode == 123
+    assert b"s3cret" not in done.stdout + done.stderr and b"T0KEN" not in done.stdout + done.stderr
+    assert b"[%s] hi\n" % labels[0].encode() in done.stdout
+    assert "cannot connect" in summary_rows(done.stderr)[urlsplit(refusing.url).netloc][1]
+    done = run_cli("run", "--url", lost, "--", "true")  # one host
+    assert done.returncode == 255 and b"T0KEN" not in done.stderr and b"***@" in done.stderr
+    (tmp_path / "f").write_bytes(b"x")
+    done = run_cli("cp", "--url", secret, "--url", urls[1], ":%s" % (tmp_path / "f"), str(tmp_path / "got"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == sorted(lab.replace(":", "_") for lab in labels[:2])

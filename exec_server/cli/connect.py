@@ -13,6 +13,7 @@ from typing import Optional
 
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_token
 from exec_server.client.api import Client, ReconnectPolicy
+from exec_server.common.bearer import shown_url
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError, RpcError
 
 
@@ -31,7 +32,8 @@ class CommandError(Exception):
         self.status = status
 
     def line(self, command: str) -> str:
-        suffix = " (%s)" % self.where if self.where else ""
+        where = shown_url(self.where) if self.where and "://" in self.where else self.where  # no password
+        suffix = " (%s)" % where if where else ""
         return "exec-server %s: %s%s" % (command, self.what, suffix)
 
 
@@ -99,7 +101,8 @@ def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> Command
     """The one line for a connection that failed or was lost."""
     text = str(error)
     if where:  # the URL or command ends the line once; not again inside it
-        text = text.replace(" with %s" % where, "").replace(" to %s" % where, "")
+        for url in (where, shown_url(where)):  # ws_open's messages show the URL without its user information
+            text = text.replace(" with %s" % url, "").replace(" to %s" % url, "")
     if " 401" in text or text.startswith("401"):
         detail = text.split("401", 1)[1].strip(" :-") or "missing or invalid token"
         return CommandError("authentication failed (HTTP 401): %s" % detail, where, EXIT_DISCONNECTED)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from exec_server.cli.connect import CommandError, credentials
 from exec_server.client.recovery import ReconnectPolicy
+from exec_server.common.bearer import shown_url
 
 if TYPE_CHECKING:  # imported by open_group alone: a one-host run does not need it
     from exec_server.client.group import Group
@@ -80,10 +81,13 @@ def read_hosts_file(path: str) -> List[str]:
 
 
 def labels(urls: List[str]) -> Dict[str, str]:
-    """label -> URL: ``host:port`` of each, or the whole URLs when two share a ``host:port``."""
-    short = [urlsplit(url).netloc for url in urls]
+    """label -> URL: ``host:port`` of each, or the whole URLs when two share a ``host:port``.
+
+    A URL's user information (``user:password@``) is never part of a label (a whole URL shows it as ``***@``).
+    """
+    short = [urlsplit(url).netloc.rpartition("@")[2] for url in urls]
     if len(set(short)) != len(short):
-        short = list(urls)
+        short = [shown_url(url) for url in urls]
     return dict(zip(short, urls))
 
 

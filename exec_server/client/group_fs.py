@@ -31,7 +31,7 @@ def host_dirname(host: str) -> str:
     every character other than letters, digits, ``.``, ``_`` and ``-``
     replaced by ``_`` (so ``[::1]:8765`` -> ``___1__8765``).
     """
-    name = urlsplit(host).netloc if "://" in host else host
+    name = urlsplit(host).netloc.rpartition("@")[2] if "://" in host else host  # never a password
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name or host)
     return "_" + safe if safe in (".", "..") else safe
 

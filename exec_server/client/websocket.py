@@ -23,7 +23,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT
 from exec_server.client.ws_open import CLIENT_RECV_BYTES, open_websocket
-from exec_server.common.bearer import check_token
+from exec_server.common.bearer import check_token, shown_url
 from exec_server.common.keepalive import DEAD, PING, KeepaliveClock, abort_socket, wait_readable
 from exec_server.common.tls import recv_ready
 from exec_server.common.websocket import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, FrameWriter
@@ -326,7 +326,7 @@ def connector_for(url: str, headers: Optional[Mapping[str, str]], token: Union[s
             try:
                 value = check_token(token() if callable(token) else token)
             except Exception as exc:
-                raise ExecServerDisconnected("cannot get a token for %s: %s" % (url, exc)) from exc
+                raise ExecServerDisconnected("cannot get a token for %s: %s" % (shown_url(url), exc)) from exc
             upgrade_headers = dict(headers, Authorization="Bearer " + value)
         return WebSocketTransport(url, connect_timeout, upgrade_headers, ssl_context, ping_interval,
                                   keepalive_timeout, probe_timeout)

@@ -15,6 +15,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from exec_server.common.bearer import shown_url
 from exec_server.common.keepalive import tune_socket
 from exec_server.common.tls import TLSStream
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError
@@ -42,9 +43,9 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
         ExecServerDisconnected: the server cannot be reached, or refused the
             upgrade (the message names the HTTP status and the body).
     """
-    parts = urlsplit(url)
+    parts, shown = urlsplit(url), shown_url(url)
     if parts.scheme not in ("ws", "wss"):
-        raise ValueError("only ws:// and wss:// URLs are supported, got %r" % url)
+        raise ValueError("only ws:// and wss:// URLs are supported, got %r" % shown)
     deadline = None if timeout is None else time.monotonic() + timeout
     secure = parts.scheme == "wss"
     host, port = parts.hostname, parts.port or (443 if secure else 80)
@@ -52,12 +53,12 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:  # its words alone ("Connection refused"), as the command's own line says them
-        raise ExecServerDisconnected("cannot connect to %s: %s" % (url, exc.strerror or exc)) from exc
+        raise ExecServerDisconnected("cannot connect to %s: %s" % (shown, exc.strerror or exc)) from exc
     handshaken = False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
-            sock = _tls_handshake(sock, host, ssl_context or ssl.create_default_context(), deadline, url)
+            sock = _tls_handshake(sock, host, ssl_context or ssl.create_default_context(), deadline, shown)
             handshaken = True
         protocol = WSConnection(ConnectionType.CLIENT)
         sock.sendall(protocol.send(Request(host=host, target=target,
@@ -73,8 +74,9 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
             # TLS 1.3: a server checks the client's certificate (or its lack) after the handshake
             raise ExecServerTLSError("TLS connection to %s ended before the upgrade: %s (a server started with "
                                      "--tls-client-ca wants a client certificate it trusts)"
-                                     % (url, getattr(exc, "reason", None) or "closed by the server")) from exc
-        raise ExecServerDisconnected("cannot connect to %s: %s" % (url, getattr(exc, "strerror", None) or exc)) from exc
+                                     % (shown, getattr(exc, "reason", None) or "closed by the server")) from exc
+        raise ExecServerDisconnected("cannot connect to %s: %s"
+                                     % (shown, getattr(exc, "strerror", None) or exc)) from exc
     if secure:
         sock = TLSStream(sock)  # the reader and the writers must not call OpenSSL at once
     return sock, protocol

@@ -4,8 +4,11 @@ A token travels as ``Authorization: Bearer <token>`` (RFC 6750), an HTTP
 header value: printable ASCII, and the server trims spaces around it.  A
 token with a line break, a control character or a non-ASCII letter can never
 be sent, so a server that accepted it from its token file would refuse every
-client, and a client would fail inside the HTTP library.
+client, and a client would fail inside the HTTP library.  Credentials written into a URL
+(``ws://user:password@host``) are never printed: :func:`shown_url`.
 """
+
+from urllib.parse import urlsplit
 
 
 def check_token(token: str) -> str:
@@ -23,3 +26,11 @@ def check_token(token: str) -> str:
     if token != token.strip(" "):
         raise ValueError("the token begins or ends with a space (the server would trim it)")
     return token
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages may print it: any user information (``user:password@``, ``token@``) as ``***@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
