@@ -249,3 +249,12 @@ def test_a_password_in_a_host_url_is_never_printed(three, refusing, tmp_path):
     done = run_cli("cp", "--url", secret, "--url", urls[1], ":%s" % (tmp_path / "f"), str(tmp_path / "got"))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "got").iterdir()) == sorted(lab.replace(":", "_") for lab in labels[:2])
+
+
+def test_a_hosts_file_with_a_byte_order_mark_and_crlf_lines(three, tmp_path):
+    urls, labels = three
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"\xef\xbb\xbf" + "".join(url + "\r\n" for url in urls).encode())  # as Notepad saves it
+    done = run_cli("run", "--hosts", str(hosts), "--", "true")
+    assert done.returncode == 0, done.stderr  # was 2: "not a server URL" for the first line
+    assert set(summary_rows(done.stderr)) == set(labels)

@@ -72,7 +72,7 @@ def read_hosts_file(path: str) -> List[str]:
         CommandError: the file cannot be read.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte order mark (Notepad's) is no part of a URL
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc)
