@@ -239,6 +239,31 @@ def test_a_file_another_servers_sandbox_mounts_stays_at_release(tmp_path):
         reap(sandbox)
 
 
+def test_a_sandbox_built_while_a_release_reads_the_mounts_binds_the_file_counted(tmp_path, monkeypatch):
+    """release reads /proc outside its lock; a sandbox of this server built then found the file as an existing
+    path, bound it uncounted, and the release removed it under that sandbox (the protected path could be made)."""
+    import exec_server.server.fs.mount_points as mount_points
+
+    points = MountPoints(MountRecords(str(tmp_path / "records")))
+    made = str(tmp_path / ".git")
+    points.acquire([made])
+    built = []
+
+    def build_then_read(*args):  # another request's sandbox, built while this release reads the mounts
+        with points.lock:
+            built.append(points.first_missing(made, lambda folder: True))
+            if built[-1] is not None:
+                points.acquire([built[-1][0]])
+        return set()
+
+    monkeypatch.setattr(mount_points, "mount_points_in_use", build_then_read)
+    points.release([made])
+    assert built == [(made, True)] and os.path.exists(made)  # still ours, counted: the new sandbox binds it
+    monkeypatch.setattr(mount_points, "mount_points_in_use", lambda *args: set())
+    points.release([made])
+    assert not os.path.exists(made)
+
+
 def test_the_records_folder_reached_through_a_symlink_is_covered_too(tmp_path, monkeypatch):
     """TMPDIR through a symlink (``/home/u/tmp`` -> ``/data/u/tmp``): the profile's folders are resolved, so the
     records folder is too, else a sandbox that may write the real folder is given no tmpfs over it."""

@@ -115,7 +115,9 @@ class MountPoints:
         record, for the next acquire and release of it or for a sweep once
         this server is gone.  Which files are mounted is read from ``/proc``
         (~5 us a process here) outside the lock, once per release that has
-        a file to remove.
+        a file to remove; meanwhile the file stays counted (by no sandbox), so
+        that one built then binds it as ours and counted, not as an existing
+        path this release would remove under it.
         """
         with self.lock:
             candidates = []
@@ -123,18 +125,22 @@ class MountPoints:
                 left = self._users.get(path, 0) - 1
                 if left > 0:
                     self._users[path] = left
-                    continue
-                self._users.pop(path, None)
-                if path in self._made:
+                elif path in self._made:  # counted at 0 until removed: a sandbox built meanwhile binds it counted
+                    self._users[path] = 0
                     candidates.append(path)
+                else:
+                    self._users.pop(path, None)
         if not candidates:
             return
         mounted = mount_points_in_use()
         with self.lock:
             before = len(self._made)
             for path in candidates:
+                if self._users.get(path, 0) > 0:  # a sandbox took it again meanwhile: its release decides
+                    continue
+                self._users.pop(path, None)
                 made = self._made.get(path)
-                if made is None or path in self._users:  # a sandbox took it again meanwhile: its release decides
+                if made is None:  # another release of it removed it meanwhile
                     continue
                 # None: mounted elsewhere, kept; else removed, or gone already, or no longer the file made
                 if remove_if_made(path, made, mounted.__contains__) is not None:
