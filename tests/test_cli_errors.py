@@ -49,6 +49,22 @@ def test_malformed_url():
     assert one_line(done) == "exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (foo)"
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("ws://u:pw@[::1", "ws://***@[::1"), ("ws://[::1:8765", "ws://[::1:8765"),
+    ("ws://u:pw@[::1]:8765/a@b?q=c@d#e", "ws://***@[::1]:8765/a@b?q=c@d#e"), ("ws://host/a@b?", "ws://host/a@b?"),
+    ("wss://T0KEN@host:1", "wss://***@host:1"), ("ws://u:p@ss@host", "ws://***@host")])
+def test_a_url_is_shown_without_its_user_information_and_as_written(url, shown):
+    """shown_url parsed the URL: a malformed one ('ws://u:pw@[::1') raised in the error line that names it
+    (a traceback instead of 'not a server URL'), and one it could parse was rewritten ('?' dropped)."""
+    from exec_server.common.bearer import shown_url
+
+    assert shown_url(url) == shown
+    if url == "ws://u:pw@[::1":
+        done = run_cli("run", "--url", url, "--", "true")
+        assert done.returncode == 2 and one_line(done) == (
+            "exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (%s)" % shown)
+
+
 def test_unreadable_token_file():
     done = run_cli("run", "--url", "ws://127.0.0.1:9", "--token-file", "/no/such/token", "--", "true")
     assert done.returncode == 2

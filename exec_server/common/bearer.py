@@ -8,7 +8,7 @@ client, and a client would fail inside the HTTP library.  Credentials written in
 (``ws://user:password@host``) are never printed: :func:`shown_url`.
 """
 
-from urllib.parse import urlsplit
+import re
 
 
 def check_token(token: str) -> str:
@@ -28,9 +28,14 @@ def check_token(token: str) -> str:
     return token
 
 
+#: ``scheme://`` and the user information of a URL's authority (up to its last ``@``, as ``urlsplit`` reads it).
+_USER_INFO = re.compile(r"^([^:/?#]*://)[^/?#]*@")
+
+
 def shown_url(url: str) -> str:
-    """``url`` as messages may print it: any user information (``user:password@``, ``token@``) as ``***@``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` as messages may print it: any user information (``user:password@``, ``token@``) as ``***@``.
+
+    Found as ``urlsplit`` finds the authority, but by hand: ``urlsplit`` raises on a malformed URL
+    (``ws://[::1``), which the message that names it must still show, and ``geturl`` rewrites one.
+    """
+    return _USER_INFO.sub(r"\1***@", url, count=1)
