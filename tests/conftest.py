@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,20 @@ from exec_server.protocol.schemas import SchemaSet
 REFERENCE_DEFAULT = os.path.expanduser(
     "~/.cache/codex-reference/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex")
 SCHEMAS = SchemaSet.load()
+
+
+def _children_get_default_signals() -> None:
+    """A run under ``nohup`` (SIGHUP ignored) or as a background job of a shell without job control (SIGINT
+    ignored) would pass those dispositions on to every process the tests start, and the tests that send them
+    expect the default reactions.  An ignored signal stays ignored across exec, a handled one does not: a
+    handler that does nothing keeps this process ignoring it, and gives every child the default."""
+    for name in ("SIGINT", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_IGN:
+            signal.signal(number, lambda _number, _frame: None)
+
+
+_children_get_default_signals()
 
 
 def reference_binary() -> Optional[str]:

@@ -321,6 +321,8 @@ def interrupt_sandboxed(pid: int, timeout: float = PROGRAM_START_WAIT,
                     if not started or started == command:  # not exec'd yet
                         continue
                     group = os.getpgid(program.pid)
+                    if ended():  # reaped meanwhile: its pid, and those below, may be another's by now
+                        return False
                     if group != os.getpgid(pid):
                         os.killpg(group, signal.SIGINT)
                         return True

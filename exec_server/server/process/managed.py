@@ -301,7 +301,8 @@ class ManagedProcess:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
             try:
-                contain.interrupt_sandboxed(self.pid, ended=lambda: self._log.exit_code is not None)
+                contain.interrupt_sandboxed(self.pid, ended=lambda: self._log.exit_code is not None
+                                            or self._popen.returncode is not None)
             except OSError as exc:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
             return
