@@ -192,12 +192,13 @@ def with_env(name: str, value: str) -> List[psutil.Process]:
 
 
 def reap(process: subprocess.Popen) -> None:
-    """Kill ``process`` (by its PID) if it still runs, wait for it (10 s at most) and close its stdout pipe."""
+    """Kill ``process`` (by its PID) if it still runs, wait for it (10 s at most) and close its pipes."""
     if process.poll() is None:
         process.kill()
     process.wait(10)
-    if process.stdout is not None:
-        process.stdout.close()
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def all_gone(processes: Sequence[psutil.Process]) -> bool:

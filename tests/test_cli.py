@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import all_gone, pid_alive, running_descendants, wait_until
+from conftest import all_gone, pid_alive, reap, running_descendants, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -136,11 +136,7 @@ def test_sighup_shuts_down_in_order_unless_ignored(tmp_path, ignored):
         wait_until(lambda: all_gone(tree))
         assert os.listdir(str(tmp_path)) == []
     finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
-        server.stdout.close()
-        server.stderr.close()
+        reap(server)
 
 
 @pytest.mark.parametrize("refused", ["exec-server-stop", "exec-server-stop-accepting"])
@@ -171,11 +167,7 @@ def test_sigterm_where_no_thread_can_start_still_shuts_down_in_order(tmp_path, r
         wait_until(lambda: all_gone(tree))
         assert b"Traceback" not in server.stderr.read()
     finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(10)
-        server.stdout.close()
-        server.stderr.close()
+        reap(server)
 
 
 def test_ctrl_c_interrupts_the_remote_group(listening):

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from conftest import all_gone, pid_alive, reference_binary, running_descendants, wait_until
+from conftest import all_gone, pid_alive, reap, reference_binary, running_descendants, wait_until
 from exec_server import CallTimeout, Client, ExecServerDisconnected
 from exec_server.common.pipes import PIPE_BYTES, enlarge_pipe
 
@@ -781,8 +781,4 @@ def test_sighup_to_a_stdio_server_ends_it_in_order(tmp_path):
         wait_until(lambda: all_gone(tree))
         assert os.listdir(str(tmp_path)) == []
     finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(10)
-        child.stdin.close()
-        child.stdout.close()
+        reap(child)

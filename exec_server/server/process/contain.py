@@ -271,6 +271,12 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     Returns False if the program did not appear within ``timeout`` seconds
     (logged) or ``ended()`` became true (the process exited meanwhile).
     """
+    return _started_program(pid, timeout, ended) is not None
+
+
+def _started_program(pid: int, timeout: float, ended: Callable[[], bool]) -> Any:
+    """The ``psutil.Process`` of the program below the init of ``pid`` once exec'd (not the init's copy before its
+    exec, nor the :data:`ARG0_SHIM`), polled every 2 ms; None if gone, ``ended()``, or not within ``timeout`` s."""
     import psutil
 
     deadline = time.monotonic() + timeout
@@ -281,15 +287,15 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
                 for child in init.children():
                     started = child.cmdline()
                     if started and started != command and not _is_arg0_shim(started):  # [] mid-exec
-                        return True  # exec'd: the program's own signal dispositions
+                        return child  # exec'd: the program's own signal dispositions
         except psutil.Error:
-            return False  # gone: nothing left to interrupt
+            return None  # gone: nothing left to interrupt
         if ended():
-            return False
+            return None
         if time.monotonic() >= deadline:
             log.warning("process %d: its program did not start within %.1f s; the interrupt may be lost",
                         pid, timeout)
-            return False
+            return None
         time.sleep(0.002)
 
 
@@ -311,34 +317,20 @@ def interrupt_sandboxed(pid: int, timeout: float = PROGRAM_START_WAIT,
 
     import psutil
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            for init in psutil.Process(pid).children():
-                command = init.cmdline()
-                for program in init.children():
-                    started = program.cmdline()
-                    if not started or started == command:  # not exec'd yet
-                        continue
-                    group = os.getpgid(program.pid)
-                    if ended():  # reaped meanwhile: its pid, and those below, may be another's by now
-                        return False
-                    if group != os.getpgid(pid):
-                        os.killpg(group, signal.SIGINT)
-                        return True
-                    for member in [program] + program.children(recursive=True):
-                        try:
-                            if os.getpgid(member.pid) == group:
-                                os.kill(member.pid, signal.SIGINT)
-                        except ProcessLookupError:
-                            pass
-                    return True
-        except (psutil.Error, ProcessLookupError):
-            return False  # gone: nothing left to interrupt
-        if ended():
-            return False
-        if time.monotonic() >= deadline:
-            log.warning("process %d: its sandboxed program did not start within %.1f s; interrupt not sent",
-                        pid, timeout)
-            return False
-        time.sleep(0.002)
+    program = _started_program(pid, timeout, ended)
+    if program is None or ended():  # reaped meanwhile: its pid, and those below, may be another's by now
+        return False
+    try:
+        group = os.getpgid(program.pid)
+        if group != os.getpgid(pid):
+            os.killpg(group, signal.SIGINT)
+            return True
+        for member in [program] + program.children(recursive=True):
+            try:
+                if os.getpgid(member.pid) == group:
+                    os.kill(member.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    except (psutil.Error, ProcessLookupError):
+        return False  # gone: nothing left to interrupt
+    return True
