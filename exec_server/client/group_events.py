@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from exec_server.client.interfaces import CallTimeout
 from exec_server.client.interfaces import deadline as _deadline
@@ -169,32 +169,8 @@ class GroupProcesses:
         return outcome
 
     def _each(self, action: Callable[[RemoteProcess], Any]) -> Dict[str, Any]:
-        """``action`` on every process, up to :data:`MAX_PARALLEL_EXITS` hosts at once, so that a slow or
-        unreachable host (its call waits up to 30 s) delays no other; daemon threads, which never hold the
-        interpreter's exit (a signal handler's thread calls this)."""
-        outcome: Dict[str, Any] = {}
-        todo = queue.Queue()  # type: queue.Queue
-        for item in self.processes.items():
-            todo.put(item)
-
-        def work() -> None:
-            while True:
-                try:
-                    host, process = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    outcome[host] = action(process)
-                except Exception as exc:
-                    outcome[host] = exc
-
-        workers = [threading.Thread(target=work, daemon=True, name="exec-server-group-signal")
-                   for _ in range(min(len(self.processes), MAX_PARALLEL_EXITS))]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        return {host: outcome[host] for host in self.processes if host in outcome}
+        """``action`` on every process, all hosts at once (:func:`_at_once`); host -> its result or exception."""
+        return _at_once(self.processes.items(), action)
 
     def send_interrupt(self) -> Dict[str, Any]:
         """SIGINT to every remote process group, all hosts at once; host -> None or the exception."""
@@ -243,16 +219,44 @@ class GroupProcesses:
         running = self._stop_and_forget_closed()
         if not running:
             return
-        with ThreadPoolExecutor(max_workers=min(len(running), MAX_PARALLEL_EXITS),
-                                thread_name_prefix="exec-server-group-exit") as pool:
-            for outcome in [pool.submit(process.__exit__, None, None, None) for process in running]:
-                try:
-                    outcome.result()
-                except Exception:  # a client of another kind
-                    pass
+        _at_once(enumerate(running), lambda process: process.__exit__(None, None, None))  # errors: ignored
 
     def __repr__(self) -> str:
         return "<GroupProcesses %d started, %d failed>" % (len(self.processes), len(self.errors))
+
+
+def _at_once(items: Iterable[Tuple[Any, RemoteProcess]], action: Callable[[RemoteProcess], Any]) -> Dict[Any, Any]:
+    """``action`` on the process of each ``(key, process)``, up to :data:`MAX_PARALLEL_EXITS` at once, so that a
+    slow or unreachable host (its call waits up to 30 s) delays no other; key -> result, or the exception raised.
+
+    Daemon threads, joined here, not a pool: a pool's threads are joined again at the interpreter's exit, which
+    a signal handler's call (Ctrl-C of ``exec-server run``) to a host that does not answer would then hold.
+    """
+    todo: "queue.SimpleQueue[Tuple[Any, RemoteProcess]]" = queue.SimpleQueue()
+    keys = []
+    for key, process in items:
+        keys.append(key)
+        todo.put((key, process))
+    outcome: Dict[Any, Any] = {}
+
+    def work() -> None:
+        while True:
+            try:
+                key, process = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome[key] = action(process)
+            except Exception as exc:  # told to the caller, host by host
+                outcome[key] = exc
+
+    workers = [threading.Thread(target=work, daemon=True, name="exec-server-group-each")
+               for _ in range(min(len(keys), MAX_PARALLEL_EXITS))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return {key: outcome[key] for key in keys if key in outcome}
 
 
 __all__: List[str] = ["GroupProcesses", "HostEvent", "EVENT_POLL_INTERVAL", "MAX_PARALLEL_EXITS"]
