@@ -190,9 +190,8 @@ def extract(carrier: Optional[Any]) -> Any:
 _TRACEPARENT_MAX_CHARS = 512
 _TRACESTATE_MAX_CHARS = 8192
 _TRACESTATE_MAX_MEMBERS = 32
-_TRACESTATE_MEMBER = re.compile(
-    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
-    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_TRACESTATE_MEMBER = (r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+                      r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 
 
 def _tracestate_usable(tracestate: str) -> bool:
@@ -200,7 +199,8 @@ def _tracestate_usable(tracestate: str) -> bool:
         return False
     members = [member.strip(" \t") for member in tracestate.split(",")]
     members = [member for member in members if member]
-    return len(members) <= _TRACESTATE_MAX_MEMBERS and all(_TRACESTATE_MEMBER.fullmatch(m) for m in members)
+    # compiled at the first traced request (re's cache keeps it), not at every server's start
+    return len(members) <= _TRACESTATE_MAX_MEMBERS and all(re.fullmatch(_TRACESTATE_MEMBER, m) for m in members)
 
 
 def inject() -> Dict[str, str]:
