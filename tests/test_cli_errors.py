@@ -60,9 +60,10 @@ def test_a_url_is_shown_without_its_user_information_and_as_written(url, shown):
 
     assert shown_url(url) == shown
     if url == "ws://u:pw@[::1":
-        done = run_cli("run", "--url", url, "--", "true")
-        assert done.returncode == 2 and one_line(done) == (
-            "exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (%s)" % shown)
+        for hosts in ([url], [url, "ws://127.0.0.1:9"]):  # one host, and several (a traceback there)
+            done = run_cli("run", *[word for host in hosts for word in ("--url", host)], "--", "true")
+            assert done.returncode == 2 and one_line(done) == (
+                "exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (%s)" % shown)
 
 
 def test_unreadable_token_file():

@@ -54,12 +54,12 @@ def _server_key(url: str) -> tuple:
     Raises:
         CommandError: not a ``ws://`` or ``wss://`` URL with a host (and a valid port).
     """
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)  # raises on a bracket left open (ws://[::1), as .port on a port out of range
         port = parts.port
     except ValueError:
-        port = -1
-    if parts.scheme.lower() not in ("ws", "wss") or not parts.hostname or port == -1:
+        parts, port = None, None
+    if parts is None or parts.scheme.lower() not in ("ws", "wss") or not parts.hostname:
         raise CommandError("not a server URL, want ws://HOST:PORT or wss://HOST:PORT", url)
     scheme = parts.scheme.lower()
     return (scheme, parts.hostname, port or (443 if scheme == "wss" else 80), parts.path or "/", parts.query)
