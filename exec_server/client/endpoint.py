@@ -268,33 +268,26 @@ class Endpoint:
     def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
         """Send a request and wait for its result, waiting out a recovery; see :meth:`Client.call`."""
         deadline = _deadline(timeout)
-        result = telemetry.ERROR
-        try:
-            with telemetry.client_span(method) as carrier:
-                trace = TraceContext.of(carrier)
-                overload_delays = iter(OVERLOAD_RETRY_DELAYS)
-                while True:
-                    generation = self.wait_usable(deadline, method, timeout)
-                    try:
-                        value = self.call_on(generation, method, params, _remaining(deadline),
-                                             recoverable=True, trace=trace)
-                        result = telemetry.SUCCESS
-                        return value
-                    except _SendFailed:
-                        if _remaining(deadline) == 0.0:
-                            raise CallTimeout(method, timeout) from None
-                        continue  # not sent: wait for the recovery and try again
-                    except CallTimeout:
-                        raise CallTimeout(method, timeout) from None  # the caller's timeout, not what was left
-                    except ServerOverloaded:
-                        delay = next(overload_delays, None)
-                        remaining = _remaining(deadline)
-                        if delay is None or (remaining is not None and remaining <= delay):
-                            raise
-                        time.sleep(delay)  # refused before it ran: sending it again is safe
-        finally:
-            if telemetry.metrics_enabled():
-                telemetry.client_requests_total.add(1, {"method": method, "result": result})
+        with telemetry.client_call(method) as carrier:  # its span, and counted
+            trace = TraceContext.of(carrier)
+            overload_delays = iter(OVERLOAD_RETRY_DELAYS)
+            while True:
+                generation = self.wait_usable(deadline, method, timeout)
+                try:
+                    return self.call_on(generation, method, params, _remaining(deadline), recoverable=True,
+                                        trace=trace)
+                except _SendFailed:
+                    if _remaining(deadline) == 0.0:
+                        raise CallTimeout(method, timeout) from None
+                    continue  # not sent: wait for the recovery and try again
+                except CallTimeout:
+                    raise CallTimeout(method, timeout) from None  # the caller's timeout, not what was left
+                except ServerOverloaded:
+                    delay = next(overload_delays, None)
+                    remaining = _remaining(deadline)
+                    if delay is None or (remaining is not None and remaining <= delay):
+                        raise
+                    time.sleep(delay)  # refused before it ran: sending it again is safe
 
     def call_on(self, generation: int, method: str, params: Any, timeout: Optional[float],
                 recoverable: bool = False, trace: Optional[TraceContext] = None) -> Any:

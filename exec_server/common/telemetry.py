@@ -280,8 +280,9 @@ def rpc_attributes(method: str) -> Dict[str, str]:
 
 @contextmanager
 def client_call(method: str) -> Iterator[Dict[str, str]]:
-    """:func:`client_span` of a call made outside ``Endpoint.call`` (the ``initialize`` of a connect or of a
-    resume), counted in ``exec_server_client_requests_total`` as every other call is."""
+    """:func:`client_span` of one call, counted in ``exec_server_client_requests_total`` by method and result
+    (an exception leaving the block is ``error``): ``Endpoint.call``'s, and the ``initialize`` of a connect or of
+    a resume, which go around it."""
     result = ERROR
     try:
         with client_span(method) as carrier:
