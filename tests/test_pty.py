@@ -4,9 +4,10 @@ import base64
 import os
 import pwd
 
+import psutil
 import pytest
 
-from conftest import sandbox_writing, start_params
+from conftest import running_descendants, sandbox_writing, start_params, wait_until
 from test_sandbox import needs_bwrap
 
 
@@ -59,3 +60,86 @@ def test_an_interrupt_reaches_a_sandboxed_program_and_spares_bubblewrap(connect,
     output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
     assert output.replace(b"\r\n", b"\n") == b"ready\ncaught\ndone\n"
     assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [0]
+
+
+def _write(peer, process_id, data, write_id):
+    return peer.call("process/write", {"processId": process_id, "chunk": base64.b64encode(data).decode(),
+                                       "writeId": write_id})
+
+
+@needs_bwrap
+def test_a_ctrl_c_typed_on_a_sandboxed_pty_reaches_the_program_alone(connect, server, tmp_path):
+    """A ^C typed on the PTY (byte 0x03 written by process/write) is sent by the kernel to the terminal's
+    foreground process group.  That was bubblewrap's (it owned the terminal): bubblewrap, without a SIGINT
+    handler, died of it and --die-with-parent took the sandbox, so a program handling SIGINT was killed
+    (exit 1 after "caught").  Now an init inside the sandbox makes the program the terminal's session leader:
+    the program alone gets the SIGINT, handles it and exits by itself; and the window size reaches it."""
+    peer = connect(server.url)
+    peer.initialize()
+    script = ("import os, time\nprint('ready', os.get_terminal_size(), flush=True)\ntry:\n    time.sleep(20)\n"
+              "except KeyboardInterrupt:\n    print('caught', flush=True)\ntime.sleep(0.3)\nprint('done', flush=True)")
+    peer.call("process/start", start_params("c", ["python3", "-c", script], tty=True,
+                                            sandbox=sandbox_writing(tmp_path)))
+    peer.wait_for(lambda m: m.get("method") == "process/output" and b"ready" in base64.b64decode(m["params"]["chunk"]))
+    assert _write(peer, "c", b"\x03", "w1")["status"] == "accepted"
+    events = sorted(peer.wait_closed("c"), key=lambda m: m["params"]["seq"])
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
+    text = output.replace(b"\r\n", b"\n")
+    assert text.startswith(b"ready os.terminal_size(columns=80, lines=24)\n")
+    assert text.endswith(b"caught\ndone\n"), text
+    assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [0]
+
+
+@needs_bwrap
+def test_a_job_control_shell_in_a_sandboxed_pty_runs_its_jobs(connect, server, tmp_path):
+    """An interactive shell in a sandbox leads its terminal's session, so it can give the terminal to a job
+    (tcsetpgrp) and take it back: a ^C typed while the job runs ends the job, not the shell or the sandbox (which
+    also ended it: the shell, unable to set the terminal's group, went on with ``Cannot set tty process group``)."""
+    peer = connect(server.url)
+    peer.initialize()
+    peer.call("process/start", start_params("sh", ["/bin/sh", "-i"], tty=True, sandbox=sandbox_writing(tmp_path),
+                                            env={"PATH": "/usr/bin:/bin", "PS1": "$ "}))
+    _write(peer, "sh", b"sleep 31\n", "w1")
+    (job,) = wait_until(lambda: running_descendants(os.getpid(), ["sleep", "31"]), timeout=10)
+    _write(peer, "sh", b"\x03", "w2")
+    wait_until(lambda: not job.is_running() or job.status() == psutil.STATUS_ZOMBIE, timeout=10)
+    _write(peer, "sh", b"echo after-sleep $?\nexit 5\n", "w3")
+    events = sorted(peer.wait_closed("sh"), key=lambda m: m["params"]["seq"])
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
+    assert b"\r\nafter-sleep 130\r\n" in output, output  # the job's status: killed by SIGINT (128 + 2)
+    assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [5], output
+
+
+def _command(entries, init):
+    from exec_server.server.fs.helper import bubblewrap_command
+    from exec_server.server.fs.sandbox import parse_sandbox
+
+    context = {"permissions": {"type": "managed", "network": "enabled", "file_system": {
+        "type": "restricted", "entries": [{"path": {"type": "path", "path": "file://" + path}, "access": access}
+                                          for path, access in entries]}}, "windowsSandboxLevel": "disabled"}
+    return bubblewrap_command(parse_sandbox(context, process=True), [], "bwrap", python=False, new_session=False,
+                              mount_points=[], terminal_init=init)
+
+
+def test_the_sandbox_init_runs_only_where_the_sandbox_shows_its_libraries(tmp_path):
+    """dumb-init is dynamically linked: under a profile that hides the C library it could not start, and the
+    program (a static one) could not either; there the sandbox runs the program as before (bubblewrap keeps the
+    terminal).  Nor is it shown inside a folder the profile denies."""
+    from exec_server.server.process.contain import init_takes_terminal
+
+    init = tmp_path / "venv" / "bin" / "dumb-init"
+    init.parent.mkdir(parents=True)
+    init.write_bytes(b"")
+    work = tmp_path / "work"
+    work.mkdir()
+    shown = _command([("/", "read"), (str(work), "write")], str(init))
+    assert shown[-3:] == ["--", str(init), "--"] and init_takes_terminal(shown)
+    assert ["--ro-bind", str(init), str(init)] == shown[shown.index(str(init)) - 1:][:3]
+    hidden = _command([(str(work), "write")], str(init))  # no system folder at all
+    assert hidden[-1] == "--" and "dumb-init" not in " ".join(hidden) and not init_takes_terminal(hidden)
+    for lib in ("/lib", os.path.realpath("/lib"), "/usr/lib"):
+        denied_lib = _command([("/", "read"), (lib, "none")], str(init))
+        assert not init_takes_terminal(denied_lib) and "dumb-init" not in " ".join(denied_lib), lib
+    denied_init = _command([("/", "read"), (str(init.parent), "none")], str(init))
+    assert not init_takes_terminal(denied_init) and "dumb-init" not in " ".join(denied_init)
+    assert not init_takes_terminal(_command([("/", "read")], None))

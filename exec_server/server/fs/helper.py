@@ -116,7 +116,8 @@ def _python_roots() -> List[str]:
 
 def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap",
                        python: bool = True, new_session: bool = True, die_with_parent: bool = True,
-                       mount_points: Optional[List[str]] = None, drop_capabilities: bool = False) -> List[str]:
+                       mount_points: Optional[List[str]] = None, drop_capabilities: bool = False,
+                       terminal_init: Optional[str] = None) -> List[str]:
     """The ``bwrap`` command line that confines ``inner`` to ``policy``.
 
     Binds are ordered from the shortest path to the longest, so a more
@@ -137,6 +138,12 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
     request thread waits for it; processes are forked by the long-lived
     spawner thread of :mod:`~exec_server.server.process.contain`).
+    ``terminal_init`` (``dumb-init``, for a PTY process) is bound read-only at its own path and runs the
+    program in a new session whose controlling terminal is the PTY, so the terminal's signals (a typed ^C)
+    reach the program's group, never bubblewrap's; only where the sandbox shows the C library it needs
+    (every existing :data:`LIBRARY_BINDS` path readable) and does not deny its path, else the command is as
+    without it
+    (:func:`~exec_server.server.process.contain.init_takes_terminal` tells which).
     """
     command = [bwrap, "--unshare-pid"]
     if drop_capabilities:
@@ -161,9 +168,8 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     ordered = sorted(binds, key=lambda item: (len(item[0]), item[1] != "none"))  # bubblewrap applies them in turn
     applied = [(path, access) for path, access in ordered if os.path.exists(path)]
 
-    def writable(folder: str) -> bool:  # the last applied bind above a folder decides what it is
-        decided = [access for path, access in applied if folder == path or folder.startswith(path.rstrip("/") + "/")]
-        return bool(decided) and decided[-1] == "write"
+    def writable(folder: str) -> bool:
+        return access_in(folder, applied) == "write"
 
     masks = []  # the none folders' tmpfs, made read-only once every bind below them is in place
     kept: List[str] = []  # files above protected paths, bound onto themselves
@@ -192,8 +198,20 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     for records in MOUNT_POINTS.records_folders():  # no sandbox may forge the mount point records (mount_records)
         if writable(records):
             command += ["--tmpfs", records]
+    if terminal_init and access_in(terminal_init, applied) != "none" and all(
+            access_in(shown, applied) in ("read", "write") for path in LIBRARY_BINDS if os.path.exists(path)
+            for shown in (path, os.path.realpath(path))):  # /lib -> usr/lib: both
+        command += ["--ro-bind", terminal_init, terminal_init]  # before the masks: its mount point may be in one
+        inner = [terminal_init, "--"] + list(inner)
     command += masks
     return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)
+
+
+def access_in(path: str, applied: List[Tuple[str, str]]) -> Optional[str]:
+    """What a sandbox whose binds (path, access) are ``applied`` in turn makes of ``path``: the access of the last
+    bind at or above it, None outside every bind."""
+    decided = [access for bound, access in applied if path == bound or path.startswith(bound.rstrip("/") + "/")]
+    return decided[-1] if decided else None
 
 
 def find_bubblewrap() -> Optional[str]:

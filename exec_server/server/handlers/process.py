@@ -19,7 +19,7 @@ from exec_server.server.fs import sandbox
 from exec_server.server.fs.helper import bubblewrap_command, find_bubblewrap
 from exec_server.server.fs.mount_points import MOUNT_POINTS
 from exec_server.server.handlers.context import RequestContext
-from exec_server.server.process import spawn
+from exec_server.server.process import contain, spawn
 from exec_server.server.process.env import child_environment
 from exec_server.server.process.managed import ManagedProcess
 
@@ -141,7 +141,8 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any], moun
         raise sandbox.unavailable(policy, "arg0 cannot be set inside the bubblewrap sandbox")
     MOUNT_POINTS.sweep()  # a killed server's mount point files first: they would count as existing paths
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
-                              die_with_parent=True, mount_points=mount_points, drop_capabilities=True)
+                              die_with_parent=True, mount_points=mount_points, drop_capabilities=True,
+                              terminal_init=contain.find_dumb_init() if params["tty"] else None)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:

@@ -274,9 +274,22 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     return _started_program(pid, timeout, ended) is not None
 
 
+def init_takes_terminal(wrapper: List[str]) -> bool:
+    """Whether a sandbox's command (:func:`~exec_server.server.fs.helper.bubblewrap_command`) runs its program
+    under ``dumb-init`` in its session mode, which makes the PTY the program's controlling terminal (so
+    bubblewrap must not take it)."""
+    return len(wrapper) > 2 and wrapper[-1] == "--" and os.path.basename(wrapper[-2]) == "dumb-init"
+
+
+def _is_terminal_init(command: List[str]) -> bool:
+    """Whether ``command`` is a sandbox's ``dumb-init`` (:func:`init_takes_terminal`) running its program."""
+    return len(command) > 2 and command[1] == "--" and os.path.basename(command[0]) == "dumb-init"
+
+
 def _started_program(pid: int, timeout: float, ended: Callable[[], bool]) -> Any:
     """The ``psutil.Process`` of the program below the init of ``pid`` once exec'd (not the init's copy before its
-    exec, nor the :data:`ARG0_SHIM`), polled every 2 ms; None if gone, ``ended()``, or not within ``timeout`` s."""
+    exec, nor the :data:`ARG0_SHIM`), polled every 2 ms; None if gone, ``ended()``, or not within ``timeout`` s.
+    Below a sandbox's ``dumb-init`` (:func:`init_takes_terminal`), the program is that init's child."""
     import psutil
 
     deadline = time.monotonic() + timeout
@@ -286,7 +299,11 @@ def _started_program(pid: int, timeout: float, ended: Callable[[], bool]) -> Any
                 command = init.cmdline()
                 for child in init.children():
                     started = child.cmdline()
-                    if started and started != command and not _is_arg0_shim(started):  # [] mid-exec
+                    if _is_terminal_init(started):
+                        for program in child.children():  # its copy before the exec has the same command line
+                            if program.cmdline() not in ([], started):
+                                return program
+                    elif started and started != command and not _is_arg0_shim(started):  # [] mid-exec
                         return child  # exec'd: the program's own signal dispositions
         except psutil.Error:
             return None  # gone: nothing left to interrupt
@@ -307,8 +324,11 @@ def interrupt_sandboxed(pid: int, timeout: float = PROGRAM_START_WAIT,
     kills it, and ``--die-with-parent`` takes the sandbox with it, handled
     signal or not.  The program is the child of bubblewrap's init (PID 1 of
     the sandbox).  Without a PTY it leads a session (``--new-session``): its
-    group gets the signal.  On a PTY it shares bubblewrap's group: each of
-    that group's processes below the init gets it.  Waits, as
+    group gets the signal.  On a PTY it is the child of the sandbox's
+    ``dumb-init`` (:func:`init_takes_terminal`) and leads the terminal's
+    session: its group gets it; where that init could not run, it shares
+    bubblewrap's group, and each of that group's processes below the init
+    gets it.  Waits, as
     :func:`wait_program_started`, until the program has been exec'd.
     Returns False if it did not appear within ``timeout`` seconds or
     ``ended()`` became true.

@@ -147,7 +147,9 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
                 args = contain.terminal_prefix(list(prefix)) + args[len(prefix):]
             if "SHELL" not in env:  # as the reference's PTY (portable-pty) sets it
                 env = dict(env, SHELL=login_shell())
-            return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS), not prefix)
+            # the namespace's init, or a sandbox's, makes the program the terminal's session leader
+            take_terminal = not prefix and not (wrapper and contain.init_takes_terminal(list(wrapper)))
+            return _spawn_pty(executable, args, cwd, env, pty_size or (PTY_ROWS, PTY_COLUMNS), take_terminal)
         stdin = subprocess.PIPE if pipe_stdin else _null_input()
         popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env, stdin=stdin,
