@@ -142,8 +142,7 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     program in a new session whose controlling terminal is the PTY, so the terminal's signals (a typed ^C)
     reach the program's group, never bubblewrap's; only where the sandbox shows the C library it needs
     (every existing :data:`LIBRARY_BINDS` path readable) and does not deny its path, else the command is as
-    without it
-    (:func:`~exec_server.server.process.contain.init_takes_terminal` tells which).
+    without it (:func:`~exec_server.server.process.contain.init_takes_terminal` tells which).
     """
     command = [bwrap, "--unshare-pid"]
     if drop_capabilities:
