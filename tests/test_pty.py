@@ -111,20 +111,26 @@ def test_a_job_control_shell_in_a_sandboxed_pty_runs_its_jobs(connect, server, t
 
 
 def _command(entries, init):
+    """The sandbox command of a PTY program under a restricted profile of (path, access) ``entries``, its init
+    (``dumb-init``) found at ``init``."""
     from exec_server.server.fs.helper import bubblewrap_command
     from exec_server.server.fs.sandbox import parse_sandbox
+    from exec_server.server.process import contain
 
     context = {"permissions": {"type": "managed", "network": "enabled", "file_system": {
         "type": "restricted", "entries": [{"path": {"type": "path", "path": "file://" + path}, "access": access}
                                           for path, access in entries]}}, "windowsSandboxLevel": "disabled"}
-    return bubblewrap_command(parse_sandbox(context, process=True), [], "bwrap", python=False, new_session=False,
-                              mount_points=[], terminal_init=init)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contain, "find_dumb_init", lambda: init)
+        return bubblewrap_command(parse_sandbox(context, process=True), [], "bwrap", python=False,
+                                  new_session=False, mount_points=[], terminal_init=contain.sandbox_init_command())
 
 
 def test_the_sandbox_init_runs_only_where_the_sandbox_shows_its_libraries(tmp_path):
-    """dumb-init is dynamically linked: under a profile that hides the C library it could not start, and the
-    program (a static one) could not either; there the sandbox runs the program as before (bubblewrap keeps the
-    terminal).  Nor is it shown inside a folder the profile denies."""
+    """dumb-init is dynamically linked: under a profile that hides the C library, or part of it, it could not
+    start (``error while loading shared libraries``), where a static program did; there the sandbox runs the
+    program as before (bubblewrap keeps the terminal).  Nor is it shown inside a folder the profile denies, nor
+    in one it is reached through by a symlink (bubblewrap follows it inside the sandbox)."""
     from exec_server.server.process.contain import init_takes_terminal
 
     init = tmp_path / "venv" / "bin" / "dumb-init"
@@ -133,13 +139,85 @@ def test_the_sandbox_init_runs_only_where_the_sandbox_shows_its_libraries(tmp_pa
     work = tmp_path / "work"
     work.mkdir()
     shown = _command([("/", "read"), (str(work), "write")], str(init))
-    assert shown[-3:] == ["--", str(init), "--"] and init_takes_terminal(shown)
+    assert init_takes_terminal(shown) and shown[-1] == "--"
+    assert shown[shown.index("/dev") + 1:][:2] == ["--", str(init)]
     assert ["--ro-bind", str(init), str(init)] == shown[shown.index(str(init)) - 1:][:3]
     hidden = _command([(str(work), "write")], str(init))  # no system folder at all
     assert hidden[-1] == "--" and "dumb-init" not in " ".join(hidden) and not init_takes_terminal(hidden)
-    for lib in ("/lib", os.path.realpath("/lib"), "/usr/lib"):
+    for lib in ("/lib", os.path.realpath("/lib"), "/usr/lib") + _libc_folder():
         denied_lib = _command([("/", "read"), (lib, "none")], str(init))
         assert not init_takes_terminal(denied_lib) and "dumb-init" not in " ".join(denied_lib), lib
     denied_init = _command([("/", "read"), (str(init.parent), "none")], str(init))
     assert not init_takes_terminal(denied_init) and "dumb-init" not in " ".join(denied_init)
+    (tmp_path / "link").symlink_to("venv")
+    through_link = _command([("/", "read"), (str(init.parent), "none")], str(tmp_path / "link" / "bin" / "dumb-init"))
+    assert not init_takes_terminal(through_link) and "dumb-init" not in " ".join(through_link)
     assert not init_takes_terminal(_command([("/", "read")], None))
+
+
+def _libc_folder():
+    """The folder of the C library this interpreter maps (one item), or nothing (not glibc, not Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            found = {os.path.dirname(os.path.realpath(line.split()[-1])) for line in maps
+                     if os.path.basename(line.split()[-1]).startswith("libc.so")}
+    except OSError:
+        return ()
+    return tuple(found) if len(found) == 1 else ()
+
+
+def _static_program(path, text: bytes, status: int):
+    """A static x86-64 Linux executable at ``path`` that writes ``text`` and exits with ``status`` (no loader, no
+    C library: the ELF header, one loadable segment and eight instructions)."""
+    import struct
+
+    code = (b"\xb8\x01\x00\x00\x00\xbf\x01\x00\x00\x00\x48\x8d\x35\x13\x00\x00\x00"  # write(1, text, len)
+            + b"\xba" + struct.pack("<I", len(text)) + b"\x0f\x05"
+            + b"\xb8\x3c\x00\x00\x00\xbf" + struct.pack("<I", status) + b"\x0f\x05") + text  # exit(status)
+    size, base = 64 + 56 + len(code), 0x400000
+    header = struct.pack("<4sBBBB8sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, b"", 2, 0x3E, 1, base + 120, 64, 0, 0,
+                         64, 56, 1, 0, 0, 0)
+    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    path.write_bytes(header + segment + code)
+    path.chmod(0o755)
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the static program is x86-64 machine code")
+def test_a_static_program_runs_on_a_pty_in_a_sandbox_that_hides_the_c_library(connect, server, tmp_path):
+    """A profile may deny the C library's folder below a readable /usr/lib: dumb-init, dynamically linked, cannot
+    start there (``error while loading shared libraries``, exit 127), but a static program could, as before the
+    init: the sandbox then runs it without the init."""
+    if not _libc_folder():
+        pytest.skip("this interpreter maps no glibc libc.so")
+    (libraries,) = _libc_folder()
+    program = tmp_path / "static"
+    _static_program(program, b"static-ok\n", 7)
+    entries = [{"path": {"type": "path", "path": "file:///"}, "access": "read"},
+               {"path": {"type": "path", "path": "file://" + libraries}, "access": "none"}]
+    profile = {"permissions": {"type": "managed", "network": "enabled",
+                               "file_system": {"type": "restricted", "entries": entries}},
+               "windowsSandboxLevel": "disabled"}
+    peer = connect(server.url)
+    peer.initialize()
+    peer.call("process/start", start_params("s", [str(program)], tty=True, sandbox=profile))
+    events = sorted(peer.wait_closed("s"), key=lambda m: m["params"]["seq"])
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
+    assert output == b"static-ok\r\n"
+    assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [7]
+
+
+@needs_bwrap
+def test_a_sandboxed_program_that_signals_every_process_it_can_is_not_sent_them_twice(connect, server, tmp_path):
+    """In the sandbox the PTY's init (dumb-init) is PID 2, which ``kill -TERM -1`` reaches (it spares the caller and
+    PID 1 only): forwarding it to the program's group killed the program (143) with a signal it had not been
+    sent.  The init forwards nothing there: the program prints and exits by itself."""
+    peer = connect(server.url)
+    peer.initialize()
+    script = "kill -TERM -1; kill -HUP -1; sleep 0.5; echo survived; exit 4"
+    peer.call("process/start", start_params("k", ["/bin/sh", "-c", script], tty=True,
+                                            sandbox=sandbox_writing(tmp_path)))
+    events = sorted(peer.wait_closed("k"), key=lambda m: m["params"]["seq"])
+    output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
+    assert output == b"survived\r\n"
+    assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [4]

@@ -117,7 +117,7 @@ def _python_roots() -> List[str]:
 def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str = "bwrap",
                        python: bool = True, new_session: bool = True, die_with_parent: bool = True,
                        mount_points: Optional[List[str]] = None, drop_capabilities: bool = False,
-                       terminal_init: Optional[str] = None) -> List[str]:
+                       terminal_init: Optional[List[str]] = None) -> List[str]:
     """The ``bwrap`` command line that confines ``inner`` to ``policy``.
 
     Binds are ordered from the shortest path to the longest, so a more
@@ -138,11 +138,12 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     ``die_with_parent`` ties the sandbox to the spawning thread (the helper's
     request thread waits for it; processes are forked by the long-lived
     spawner thread of :mod:`~exec_server.server.process.contain`).
-    ``terminal_init`` (``dumb-init``, for a PTY process) is bound read-only at its own path and runs the
-    program in a new session whose controlling terminal is the PTY, so the terminal's signals (a typed ^C)
-    reach the program's group, never bubblewrap's; only where the sandbox shows the C library it needs
-    (every existing :data:`LIBRARY_BINDS` path readable) and does not deny its path, else the command is as
-    without it (:func:`~exec_server.server.process.contain.init_takes_terminal` tells which).
+    ``terminal_init`` (a PTY process's ``dumb-init`` command,
+    :func:`~exec_server.server.process.contain.sandbox_init_command`) runs the program in a new session
+    whose controlling terminal is the PTY, so the terminal's signals (a typed ^C) reach the program's
+    group, never bubblewrap's; its binary is bound read-only at its path.  Only where it can start there
+    (:func:`_init_runs`), else the command is as without it
+    (:func:`~exec_server.server.process.contain.init_takes_terminal` tells which).
     """
     command = [bwrap, "--unshare-pid"]
     if drop_capabilities:
@@ -197,13 +198,25 @@ def bubblewrap_command(policy: SandboxPolicy, inner: Sequence[str], bwrap: str =
     for records in MOUNT_POINTS.records_folders():  # no sandbox may forge the mount point records (mount_records)
         if writable(records):
             command += ["--tmpfs", records]
-    if terminal_init and access_in(terminal_init, applied) != "none" and all(
-            access_in(shown, applied) in ("read", "write") for path in LIBRARY_BINDS if os.path.exists(path)
-            for shown in (path, os.path.realpath(path))):  # /lib -> usr/lib: both
-        command += ["--ro-bind", terminal_init, terminal_init]  # before the masks: its mount point may be in one
-        inner = [terminal_init, "--"] + list(inner)
+    if terminal_init and _init_runs(terminal_init[0], applied):
+        command += ["--ro-bind", terminal_init[0], terminal_init[0]]  # before the masks: its mount point may be in one
+        inner = list(terminal_init) + list(inner)
     command += masks
     return command + ["--proc", "/proc", "--dev", "/dev", "--"] + list(inner)
+
+
+def _init_runs(init: str, applied: List[Tuple[str, str]]) -> bool:
+    """Whether ``init`` (dynamically linked: ``dumb-init``) can start in a sandbox whose binds are ``applied``: its
+    path not denied, and each existing :data:`LIBRARY_BINDS` path readable, at its path and its real one (/lib ->
+    usr/lib), with nothing denied below (a profile hiding the C library's folder, where a static program ran)."""
+    if access_in(init, applied) == "none":
+        return False
+    shown = {path for library in LIBRARY_BINDS if os.path.exists(library)
+             for path in (library, os.path.realpath(library))}
+    if any(access_in(path, applied) not in ("read", "write") for path in shown):
+        return False
+    return not any(access == "none" and bound.startswith(path.rstrip("/") + "/")
+                   for bound, access in applied for path in shown)
 
 
 def access_in(path: str, applied: List[Tuple[str, str]]) -> Optional[str]:

@@ -142,7 +142,7 @@ def _sandbox_wrapper(policy: sandbox.SandboxPolicy, params: Dict[str, Any], moun
     MOUNT_POINTS.sweep()  # a killed server's mount point files first: they would count as existing paths
     return bubblewrap_command(policy, [], bwrap, python=False, new_session=not params["tty"],
                               die_with_parent=True, mount_points=mount_points, drop_capabilities=True,
-                              terminal_init=contain.find_dumb_init() if params["tty"] else None)
+                              terminal_init=contain.sandbox_init_command() if params["tty"] else None)
 
 
 def process_read(ctx: RequestContext, params: Dict[str, Any]) -> RawJson:

@@ -274,16 +274,34 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     return _started_program(pid, timeout, ended) is not None
 
 
+#: What a sandbox's ``dumb-init`` forwards: nothing.  It runs as PID 2 there, where the program can signal it
+#: (``kill -TERM -1`` spares only the caller and PID 1), and its forwarding would hand the program a signal
+#: it had not been sent; the server signals the program's group itself (:func:`interrupt_sandboxed`), and
+#: the terminal's signals reach the program's session directly.  SIGKILL, SIGSTOP and SIGCHLD cannot be.
+_SANDBOX_INIT_OPTIONS = [option for number in range(1, 32) if number not in (9, 17, 19)
+                         for option in ("--rewrite", "%d:0" % number)] + ["--"]
+
+
+def sandbox_init_command() -> Optional[List[str]]:
+    """The command (``dumb-init`` by its real path, its options, ``--``) that runs a sandboxed PTY program as the
+    leader of a new session whose controlling terminal is the PTY; None without ``dumb-init``."""
+    init = find_dumb_init()
+    return [os.path.realpath(init)] + _SANDBOX_INIT_OPTIONS if init else None
+
+
 def init_takes_terminal(wrapper: List[str]) -> bool:
-    """Whether a sandbox's command (:func:`~exec_server.server.fs.helper.bubblewrap_command`) runs its program
-    under ``dumb-init`` in its session mode, which makes the PTY the program's controlling terminal (so
+    """Whether a sandbox's command (:func:`~exec_server.server.fs.helper.bubblewrap_command`) ends with
+    :func:`sandbox_init_command`, whose ``dumb-init`` makes the PTY the program's controlling terminal (so
     bubblewrap must not take it)."""
-    return len(wrapper) > 2 and wrapper[-1] == "--" and os.path.basename(wrapper[-2]) == "dumb-init"
+    end = len(_SANDBOX_INIT_OPTIONS) + 1
+    return len(wrapper) > end and _is_terminal_init(wrapper[-end:])
 
 
 def _is_terminal_init(command: List[str]) -> bool:
-    """Whether ``command`` is a sandbox's ``dumb-init`` (:func:`init_takes_terminal`) running its program."""
-    return len(command) > 2 and command[1] == "--" and os.path.basename(command[0]) == "dumb-init"
+    """Whether ``command`` starts with a :func:`sandbox_init_command` (whatever runs after it)."""
+    end = len(_SANDBOX_INIT_OPTIONS) + 1
+    return (len(command) >= end and os.path.basename(command[0]) == "dumb-init"
+            and command[1:end] == _SANDBOX_INIT_OPTIONS)
 
 
 def _started_program(pid: int, timeout: float, ended: Callable[[], bool]) -> Any:
