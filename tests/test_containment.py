@@ -371,6 +371,44 @@ def test_an_interrupt_waits_for_the_programs_exec_not_only_its_fork():
     assert_the_wait_ends_at_the_program([sys.executable, "-c", FORK_THEN_EXEC])
 
 
+def test_the_inits_command_line_is_read_after_its_childs(monkeypatch):
+    """The init's command line was read before its children: read while it was still unshare's forked copy, with
+    the children listed after its exec and fork, dumb-init's own copy before its exec (dumb-init's command line)
+    differed from it and was taken for the program, which the SIGINT then missed (that copy's do-nothing
+    handlers swallow it)."""
+    dumb_init = ["dumb-init", "--single-child", "--", "sleep", "30"]
+
+    class Init:
+        listed = False
+
+        def cmdline(self):
+            return dumb_init if self.listed else ["unshare", "--pid", "--fork"]
+
+        def children(self):
+            self.listed = True  # it has exec'd dumb-init and forked by now
+            return [copy]
+
+    class Copy:
+        pid = 4
+        lines = [dumb_init, dumb_init, ["sleep", "30"]]  # the fork, then the exec
+
+        def cmdline(self):
+            return self.lines.pop(0) if len(self.lines) > 1 else self.lines[0]
+
+    copy, init = Copy(), Init()
+
+    class Top:
+        def __init__(self, pid):
+            pass
+
+        def children(self):
+            return [init]
+
+    monkeypatch.setattr(psutil, "Process", Top)
+    assert contain._started_program(1, timeout=5, ended=lambda: False) is copy
+    assert copy.cmdline() == ["sleep", "30"]  # returned once exec'd, not before
+
+
 def assert_the_wait_ends_at_the_program(argv):
     """Start ``argv`` (pid -> init -> what becomes ``sleep 30``): wait_program_started returns once it is."""
     chain = subprocess.Popen(argv)

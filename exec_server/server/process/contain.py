@@ -314,9 +314,9 @@ def _started_program(pid: int, timeout: float, ended: Callable[[], bool]) -> Any
     while True:
         try:
             for init in psutil.Process(pid).children():
-                command = init.cmdline()
                 for child in init.children():
                     started = child.cmdline()
+                    command = init.cmdline()  # read after its child's: read before, it could predate the init's exec
                     if _is_terminal_init(started):
                         for program in child.children():  # its copy before the exec has the same command line
                             if program.cmdline() not in ([], started):
