@@ -312,3 +312,48 @@ def test_interrupt_reaches_every_host_at_once_though_one_host_does_not_answer(se
                 answer.set()
             signaller.join(20)
             assert silent.wait(timeout=20) in (130, -signal.SIGINT)
+
+
+def test_a_script_that_never_closes_its_group_still_exits(servers, tmp_path):
+    """The event pumps of ``Group.start`` were a ThreadPoolExecutor's: the interpreter's exit joins those, so a
+    script whose last line started a long command (no ``with``, no ``close``) hung until it ended."""
+    url = servers(1)[0].url
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "from exec_server import Group\n"
+              "running = Group([%r]).start(['sleep', '309'])\n"
+              "print('started', flush=True)\n") % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), url)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(timeout=20)  # was: still running (sleep 309)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=10)
+    assert (child.returncode, out) == (0, b"started\n"), err
+
+
+def test_two_threads_taking_the_events_both_end_when_every_host_closed(servers):
+    """A second consumer blocked in the queue when the first took the last pump's word waited for its
+    timeout (forever without one)."""
+    urls = [s.url for s in servers(2)]
+    with Group(urls) as group:
+        with group.start(NUMBERED) as running:
+            taken, ended = [], []
+
+            def consume() -> None:
+                for tagged in running.events(timeout=30):
+                    taken.append(tagged)
+                ended.append(time.monotonic())
+
+            consumers = [threading.Thread(target=consume) for _ in range(2)]
+            for consumer in consumers:
+                consumer.start()
+            for consumer in consumers:
+                consumer.join(40)
+            assert len(ended) == 2 and max(ended) - min(ended) < 5.0  # was: the second after its 30 s
+            assert sorted(t.host for t in taken if isinstance(t.event, ClosedEvent)) == sorted(urls)
+            for url in urls:
+                output = sorted((t.event for t in taken if t.host == url and isinstance(t.event, OutputEvent)),
+                                key=lambda event: event.seq)
+                assert b"".join(event.data for event in output) == EXPECTED  # each event once, to one of them
+            assert list(running.events(timeout=1)) == []  # a later call ends at once too

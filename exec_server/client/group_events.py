@@ -1,9 +1,9 @@
 """What :meth:`Group.start` returns: per-host :class:`RemoteProcess` handles and one stream of tagged events.
 
-Each started process gets a pump thread (a ``concurrent.futures`` pool sized
-to the number of processes) that takes its events in seq order and puts
-them, tagged with the host, on one queue; :meth:`GroupProcesses.events`
-yields them in the order they arrived.  The pumps consume the handles'
+Each started process gets a pump thread (a daemon: one left running by a
+script that never closed its group does not hold the interpreter's exit)
+that takes its events in seq order and puts them, tagged with the host, on
+one queue; :meth:`GroupProcesses.events` yields them in the order they arrived.  The pumps consume the handles'
 events, so use the handles for control (``write``, ``send_interrupt``,
 ``terminate``, ``wait``, ``returncode``), not for ``communicate``.
 """
@@ -12,7 +12,6 @@ import queue
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -32,6 +31,7 @@ MAX_QUEUED_BYTES = 16 * 1024 * 1024
 MAX_PARALLEL_EXITS = 32
 
 _FINISHED = object()  # a pump's last word on the queue
+_ALL_FINISHED = object()  # put by the consumer that took the last _FINISHED: wakes (and ends) every other one
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class GroupProcesses:
         errors: host -> the exception of a host that could not connect or start.
         durations: host -> seconds from its start request until ``closed``
             or failure, filled in as hosts finish.
-    Thread-safe; :meth:`events` is meant for one consumer.
+    Thread-safe; each event goes to one consumer of :meth:`events` (two threads share them out).
     """
 
     def __init__(self, argv: Sequence[str], hosts: Sequence[str], processes: Dict[str, RemoteProcess],
@@ -72,14 +72,19 @@ class GroupProcesses:
         self._room = threading.Condition()  # guards _queued: output bytes on the queue
         self._queued = 0
         self._stop = threading.Event()
-        self._pending = len(processes)
+        self._pending = len(processes)  # pumps whose _FINISHED no consumer has taken (under _room)
         for host in hosts:
             if host in errors:
                 self._queue.put(HostEvent(host, error=errors[host]))
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(processes)),
-                                        thread_name_prefix="exec-server-group-events")
-        for host, process in processes.items():
-            self._pool.submit(self._pump, host, process)
+        if not processes:
+            self._queue.put(_ALL_FINISHED)
+        # Daemon threads, not a concurrent.futures pool: a pool's threads are joined at the interpreter's exit,
+        # which a group never closed (a script's last line) would then hold until every remote process closed.
+        self._pumps = [threading.Thread(target=self._pump, args=(host, process), daemon=True,
+                                        name="exec-server-group-events-%d" % index)
+                       for index, (host, process) in enumerate(processes.items())]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump(self, host: str, process: RemoteProcess) -> None:
         try:
@@ -142,8 +147,15 @@ class GroupProcesses:
                     item = self._queue.get(timeout=_remaining(deadline))
                 except queue.Empty:
                     raise CallTimeout(self.args, timeout) from None
+            if item is _ALL_FINISHED:  # another consumer took the last pump's word: put back for the next one
+                self._queue.put(item)
+                return
             if item is _FINISHED:
-                self._pending -= 1
+                with self._room:
+                    self._pending -= 1
+                    last = self._pending == 0
+                if last:  # a consumer blocked in get() would otherwise wait forever (or for its timeout)
+                    self._queue.put(_ALL_FINISHED)
                 continue
             if isinstance(item.event, OutputEvent):
                 with self._room:
@@ -193,7 +205,8 @@ class GroupProcesses:
     def _stop_and_forget_closed(self) -> List[RemoteProcess]:
         """Stop the pumps, forget the handles that are done; returns the others (one look at each)."""
         self._stop.set()
-        self._pool.shutdown(wait=True)
+        for pump in self._pumps:
+            pump.join()  # each within EVENT_POLL_INTERVAL of the stop
         running = []
         for process in self.processes.values():
             if not process.done:
