@@ -151,3 +151,25 @@ def test_a_refused_connection_is_told_in_the_os_words_alone():
     with pytest.raises(ExecServerDisconnected) as caught:
         Client.connect("ws://127.0.0.1:%d" % port, timeout=5, reconnect=None)
     assert str(caught.value) == "cannot connect to ws://127.0.0.1:%d: Connection refused" % port
+
+
+def test_a_handle_dropped_after_its_process_closed_is_freed(server):
+    """The client kept every handle start made until it closed, with all the output nobody consumed: a
+    long-lived script that started and waited for processes as with Popen grew by their output each time."""
+    import gc
+    import weakref
+
+    with Client.connect(server.url, timeout=10) as client:
+        dropped = []
+        for _ in range(20):
+            process = client.start(["head", "-c", "100000", "/dev/zero"])
+            assert process.wait(timeout=10) == 0
+            dropped.append(weakref.ref(process))
+        del process
+        kept = client.start(["sh", "-c", "echo out; echo err >&2"])
+        wait_until(lambda: kept.done, timeout=10)
+        gc.collect()
+        wait_until(lambda: not client._endpoint._processes, timeout=5)  # was: 21 handles, 2 MB of output
+        assert all(ref() is None for ref in dropped)
+        assert kept.communicate(timeout=5) == (b"out\n", b"err\n")  # what a held handle kept is still there
+        assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"

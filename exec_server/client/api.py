@@ -351,8 +351,8 @@ class Client:
         return process
 
     def forget(self, process: RemoteProcess) -> None:
-        """Stop tracking a finished process (its events are no longer kept)."""
-        self._endpoint.remove_process(process.process_id)
+        """Stop routing events to ``process`` (a closed or abandoned handle; what it kept stays in it)."""
+        self._endpoint.remove_process(process.process_id, process)
 
     def run(self, argv: Sequence[str], *, input: Union[bytes, str, None] = None, timeout: Optional[float] = None,
             check: bool = False, capture_output: bool = True, text: Optional[bool] = None,

@@ -376,10 +376,11 @@ class Endpoint:
                 raise ValueError("process id %r is already used by this client" % process.process_id)
             self._processes[process.process_id] = process
 
-    def remove_process(self, process_id: str) -> None:
-        """Stop routing notifications for ``process_id`` (no error if unknown)."""
+    def remove_process(self, process_id: str, handle: Optional[ProcessHandle] = None) -> None:
+        """Stop routing notifications for ``process_id`` (no error if unknown); only to ``handle``, if given."""
         with self._lock:
-            self._processes.pop(process_id, None)
+            if handle is None or self._processes.get(process_id) is handle:
+                self._processes.pop(process_id, None)
 
     def open_processes(self) -> List[ProcessHandle]:
         """The registered handles that are not done yet (a snapshot; ``done`` asked outside the lock)."""

@@ -62,8 +62,20 @@ class RemoteProcess(ProcessControl):
         with self._changed:
             if self._failure is not None:
                 return  # e.g. the exit of a process terminated for a gap: its waits raise the failure
+            was_closed = self._buffer.closed
             self._buffer.add(event)
             self._changed.notify_all()
+            ended = self._buffer.closed and not was_closed
+        if ended:
+            self._release()
+
+    def _release(self) -> None:
+        """``closed`` was published, or the handle closed: its client stops routing to it (nothing follows
+        ``closed``), so a handle its user dropped (``start`` then ``wait``) is freed with what it kept, as a
+        ``Popen`` is; a consumer still holding it takes the kept events as before."""
+        forget = getattr(self.client, "forget", None)
+        if forget is not None:
+            forget(self)
 
     # ------------------------------------ client-internal (ProcessHandle)
     def deliver(self, method: str, params: Dict[str, Any]) -> None:
@@ -219,9 +231,13 @@ class RemoteProcess(ProcessControl):
                         pass
                     return
                 with self._changed:
+                    was_closed = buffer.closed
                     if self._failure is None:
                         buffer.end_refill(events, bool(result.get("chunks")))
                     self._changed.notify_all()
+                    ended = buffer.closed and not was_closed
+                if ended:
+                    self._release()
         finally:
             with self._changed:
                 self._refilling = None
@@ -347,9 +363,7 @@ class RemoteProcess(ProcessControl):
             pass
         finally:
             self.fail(ValueError("process %s: its handle was closed before the process closed" % self.process_id))
-            forget = getattr(self.client, "forget", None)
-            if forget is not None:
-                forget(self)
+            self._release()
 
     def __repr__(self) -> str:
         return "<RemoteProcess %s returncode=%r>" % (self.process_id, self.returncode)
