@@ -269,3 +269,24 @@ def test_run_without_a_timeout_names_the_start_timeout_it_met(memory_server, mon
         server.refusing = False
         wait_until(lambda: client.state == "connected", timeout=10)
         assert client.run(["echo", "hi"], timeout=None).stdout == b"hi\n"
+
+
+def test_a_start_that_raises_leaves_no_process_running(proxied, tmp_path):
+    """A negative or NaN timeout made start send its request and then raise CallTimeout (its deadline had
+    passed), and a start that timed out forgot its handle: either way the process ran on, out of reach of
+    the caller and of close(), until the session expired (80 s after the script ended)."""
+    client, proxy, release_after = proxied
+    argv = ["sh", "-c", TREE, str(tmp_path / "pid")]
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="^timeout must"):
+            client.start(argv, timeout=bad)
+    with pytest.raises(CallTimeout):
+        client.start(argv, timeout=0)  # a poll: sent, not waited for
+    proxy.hold_downstream(True)  # the answer of the next one comes after its timeout
+    release_after(1.0)
+    with pytest.raises(CallTimeout):
+        client.start(argv, timeout=0.3)
+    time.sleep(1.5)  # the trees would have started by now
+    wait_until(lambda: not tree_processes(), timeout=5)  # was: three trees of two sleeps each
+    wait_until(lambda: not client._endpoint._processes, timeout=5)  # their handles, kept for close(), released
+    assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 
 from exec_server.client import oneshot
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
-from exec_server.client.control import terminate_open
+from exec_server.client.control import keep_unknown_start, terminate_open
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
                                            command_env)
@@ -305,13 +305,14 @@ class Client:
                 rest from the server (README.rst "the client's limits").
         Raises:
             RpcError: e.g. ProgramNotFound, WorkingDirectoryNotFound (InternalError subclasses: what is missing).
-            ExecServerDisconnected, CallTimeout: as for :meth:`call` (a start whose connection
-                dropped is sent again: :func:`~exec_server.client.recovery.start_once`).
+            ExecServerDisconnected, CallTimeout: as for :meth:`call` (a start whose connection dropped is sent
+                again: :func:`~exec_server.client.recovery.start_once`; one timed out is terminated).
             RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
             ValueError: ``argv`` is empty, ``cwd`` is not absolute (``path is not absolute: 'x'``),
-                ``process_id`` is in use, ``pty_size`` is given without ``tty``, or ``max_buffered_output``
-                is not a positive integer or None (TypeError: an item is not text).
+                ``process_id`` is in use, ``pty_size`` is given without ``tty``, ``max_buffered_output``
+                is not a positive integer or None, or ``timeout`` is negative or NaN (TypeError: an item is not text).
         """
+        timeout = _seconds(timeout)  # checked before anything is sent (the start's own deadline would be past)
         argv = command_argv(argv)
         process_id = process_id if process_id is not None else FreshId("proc-" + os.urandom(16).hex())
         if env_policy is None and inherit_env:
@@ -340,7 +341,8 @@ class Client:
         try:
             result = start_once(self.call, params, timeout)  # sent again after a drop, never started twice
         except BaseException as error:
-            self._endpoint.remove_process(process_id)
+            if not (isinstance(process_id, FreshId) and keep_unknown_start(self.call, process, error)):
+                self._endpoint.remove_process(process_id)  # else it may run yet: terminated, and by close()
             if isinstance(error, InternalError):  # name the missing program or working directory
                 raise _start_failure(self, error, argv[0], cwd) from None
             raise

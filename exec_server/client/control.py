@@ -52,6 +52,31 @@ def terminate_open(call: Callable[..., Any], open_processes: Callable[[], Sequen
             time.sleep(min(0.01, _remaining(deadline) or 0.01))  # starts in flight: until answered or failed
 
 
+def keep_unknown_start(call: Callable[..., Any], process: Any, error: BaseException) -> bool:
+    """After ``process``'s ``process/start`` raised ``error``: True if it may run yet and stays tracked.
+
+    For a start the client gave its own id (a ``FreshId``, which no other
+    process has): one that timed out or was interrupted (^C) may have reached
+    the server, or may still reach it: as ``Popen`` leaves no child when it
+    raises, it is terminated now (``process/terminate`` sent without waiting
+    for the answer), and its handle stays registered, marked started and
+    keeping no output, so that ``Client.close`` terminates it too, should
+    the start run after that terminate (a start held up in a recovery); it
+    is released once its ``closed`` arrives.  False for
+    any other error (nothing started, or the client ended): the caller
+    forgets the handle.
+    """
+    if not isinstance(error, CallTimeout) and isinstance(error, Exception):
+        return False
+    process.started = True
+    process.abandon()  # its output is nobody's: none kept while it runs
+    try:
+        call("process/terminate", {"processId": process.process_id}, timeout=0.0)  # sent, not waited for
+    except Exception:
+        pass
+    return True
+
+
 class ProcessControl:
     """Requests about one remote process; a base of :class:`~exec_server.client.process.RemoteProcess`.
 

@@ -55,6 +55,7 @@ class RemoteProcess(ProcessControl):
         self._buffer = EventBuffer(max_buffered_output)
         self._refilling: Optional[threading.Thread] = None  # the refill thread, while one runs
         self._failure: Optional[BaseException] = None
+        self._abandoned = False  # no consumer will ever take the events (a start that raised): none kept
 
     # ------------------------------------------------------------- events
     def _publish(self, event: ProcessEvent) -> None:
@@ -64,10 +65,23 @@ class RemoteProcess(ProcessControl):
                 return  # e.g. the exit of a process terminated for a gap: its waits raise the failure
             was_closed = self._buffer.closed
             self._buffer.add(event)
+            while self._abandoned and self._buffer.events:
+                self._buffer.pop()
             self._changed.notify_all()
             ended = self._buffer.closed and not was_closed
         if ended:
             self._release()
+
+    def abandon(self) -> None:
+        """Client-internal: keep none of the events from now on; the handle only waits for ``closed``.
+
+        For the handle of a start that raised (its user never got it), which
+        stays registered so that ``Client.close`` can terminate its process.
+        """
+        with self._changed:
+            self._abandoned = True
+            while self._buffer.events:
+                self._buffer.pop()
 
     def _release(self) -> None:
         """``closed`` was published, or the handle closed: its client stops routing to it (nothing follows
