@@ -357,3 +357,31 @@ def test_two_threads_taking_the_events_both_end_when_every_host_closed(servers):
                                 key=lambda event: event.seq)
                 assert b"".join(event.data for event in output) == EXPECTED  # each event once, to one of them
             assert list(running.events(timeout=1)) == []  # a later call ends at once too
+
+
+def test_closing_the_events_waits_pump_stop_wait_at_most_for_a_held_pump(monkeypatch):
+    """A pump held in its process's next_event (a catch-up read after a reconnect) no longer holds close()
+    (PUMP_STOP_WAIT, 5 s by default): it is a daemon thread, left to end by itself."""
+    from exec_server.client import group_events
+
+    assert group_events.PUMP_STOP_WAIT == 5.0
+    monkeypatch.setattr(group_events, "PUMP_STOP_WAIT", 0.5)
+    release = threading.Event()
+
+    class Held:
+        done = True
+
+        def next_event(self, timeout=None):
+            release.wait(30)  # past its timeout
+            return None
+
+    running = group_events.GroupProcesses(["true"], ["h"], {"h": Held()}, {}, {})
+    try:
+        started = time.monotonic()
+        running.close()
+        assert 0.4 <= time.monotonic() - started < 3.0
+        assert [t for t in threading.enumerate() if t.name.startswith("exec-server-group-events")]
+    finally:
+        release.set()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("exec-server-group-events")],
+               timeout=5)

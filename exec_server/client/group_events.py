@@ -22,6 +22,9 @@ from exec_server.client.process import ClosedEvent, OutputEvent, ProcessEvent, R
 
 #: Seconds a pump waits for its process's next event before checking whether it should stop.
 EVENT_POLL_INTERVAL = 0.25
+#: Seconds :meth:`GroupProcesses.close` waits for each pump to stop (one polls every EVENT_POLL_INTERVAL; a pump
+#: held longer, in a reconnect's catch-up read, is a daemon thread left to end by itself).
+PUMP_STOP_WAIT = 5.0
 #: Bytes of output of all hosts taken from their handles and not yet taken by :meth:`GroupProcesses.events`
 #: (one event more when none is queued); past it the pumps wait, and each handle keeps at most its
 #: ``max_buffered_output`` (then refills).
@@ -193,7 +196,8 @@ class GroupProcesses:
         return self._each(lambda process: process.terminate())
 
     def close(self) -> None:
-        """Stop the pumps (each within :data:`EVENT_POLL_INTERVAL`) and forget the handles that closed.
+        """Stop the pumps (each within :data:`EVENT_POLL_INTERVAL`; waited for :data:`PUMP_STOP_WAIT` at most)
+        and forget the handles that closed.
 
         Processes still running are not killed here and stay their client's:
         closing the :class:`Group` (or their ``Client``) terminates them.
@@ -205,8 +209,9 @@ class GroupProcesses:
     def _stop_and_forget_closed(self) -> List[RemoteProcess]:
         """Stop the pumps, forget the handles that are done; returns the others (one look at each)."""
         self._stop.set()
+        deadline = time.monotonic() + PUMP_STOP_WAIT
         for pump in self._pumps:
-            pump.join()  # each within EVENT_POLL_INTERVAL of the stop
+            pump.join(max(0.0, deadline - time.monotonic()))  # each within EVENT_POLL_INTERVAL of the stop
         running = []
         for process in self.processes.values():
             if not process.done:
