@@ -6,6 +6,7 @@ events its handle had dropped, ``write(3)`` sending three NUL bytes, and a
 ``run`` timeout that lost the output it had received.
 """
 
+import base64
 import os
 import signal
 import subprocess
@@ -173,3 +174,18 @@ def test_a_handle_dropped_after_its_process_closed_is_freed(server):
         assert all(ref() is None for ref in dropped)
         assert kept.communicate(timeout=5) == (b"out\n", b"err\n")  # what a held handle kept is still there
         assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"
+
+
+def test_a_read_wait_the_protocol_cannot_carry_is_refused_before_it_is_sent(server):
+    """``read(wait=)`` of infinity raised OverflowError, NaN "cannot convert float NaN to integer", and 1e300 went
+    to the server as a waitMs past a u64 (InvalidParams): each is a ValueError naming ``wait`` now."""
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["echo", "hi"])
+        assert process.wait(timeout=10) == 0
+        for bad in (float("inf"), float("nan"), -1.0):
+            with pytest.raises(ValueError, match="^wait must be a finite number of seconds, 0 or more$"):
+                process.read(wait=bad)
+        with pytest.raises(ValueError, match=r"^wait must be at most 18446744073709551615 ms \(waitMs is a u64\)"):
+            process.read(wait=1e300)
+        result = process.read(wait=1e16)  # within the protocol's range (317 million years): answered at once
+        assert base64.b64decode(result["chunks"][0]["chunk"]) == b"hi\n" and result["closed"]

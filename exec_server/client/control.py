@@ -15,6 +15,7 @@ from exec_server.client.events import StdinClosedError, StdinQueueFullError
 from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, as_bytes, result_member
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
+from exec_server.common.durations import check_seconds
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError
 from exec_server.protocol.jsonrpc import utf8_size
@@ -24,6 +25,8 @@ from exec_server.protocol.wire import dumps
 #: names, a ``writeId``, ``closeStdin``, a ``trace`` context with a ``tracestate`` of up to 512 characters):
 #: what :meth:`ProcessControl.write_all` leaves.
 WRITE_REQUEST_OVERHEAD = 1024
+#: The longest ``process/read`` wait: ``waitMs`` is a u64 (PROTOCOL.md 5.4).
+MAX_WAIT_MS = 2 ** 64 - 1
 
 
 def terminate_open(call: Callable[..., Any], open_processes: Callable[[], Sequence[Any]], wait: float) -> None:
@@ -225,17 +228,21 @@ class ProcessControl:
         """The raw ``process/read`` result: output after ``after_seq``, at most ``max_bytes``.
 
         ``wait`` is the seconds the server may wait for something new (long
-        poll); ``timeout`` the seconds for the answer (default ``wait`` + 30;
-        CallTimeout past it).  ``wait_ms`` (milliseconds) is deprecated.
+        poll; PROTOCOL.md 5.4's ``waitMs``, a u64 of milliseconds); ``timeout``
+        the seconds for the answer (default ``wait`` + 30; CallTimeout past
+        it).  ``wait_ms`` (milliseconds) is deprecated.
+
+        Raises:
+            ValueError: ``wait`` is NaN, infinite, negative or past ``waitMs``'s range.
         """
         if wait_ms is not None:
             warnings.warn("RemoteProcess.read(wait_ms=) is deprecated; use wait= (seconds)",
                           DeprecationWarning, stacklevel=2)
             wait = wait_ms / 1000.0
-        if wait < 0:
-            raise ValueError("wait must not be negative")
-        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes,
-                  "waitMs": int(round(wait * 1000))}
+        wait_ms = int(round(check_seconds(wait, "wait") * 1000))
+        if wait_ms > MAX_WAIT_MS:
+            raise ValueError("wait must be at most %d ms (waitMs is a u64), not %r s" % (MAX_WAIT_MS, wait))
+        params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes, "waitMs": wait_ms}
         if timeout is None:
             timeout = wait + 30.0
         return self.client.call("process/read", params, timeout=timeout)
