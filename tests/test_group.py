@@ -385,3 +385,26 @@ def test_closing_the_events_waits_pump_stop_wait_at_most_for_a_held_pump(monkeyp
         release.set()
     wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("exec-server-group-events")],
                timeout=5)
+
+
+def test_a_group_does_not_keep_the_output_of_every_start_its_caller_dropped(servers):
+    """A Group kept each GroupProcesses its start made until it closed unless a consumer drained its events: a
+    long-lived script that started and waited (as with Popen) held all of their output (10 runs of 1 MB: 10 MB),
+    and ``finished`` stayed False though every pump had ended."""
+    import gc
+    import weakref
+
+    url = servers(1)[0].url
+    with Group([url]) as group:
+        dropped = []
+        for _ in range(5):
+            running = group.start(["head", "-c", "1000000", "/dev/zero"])
+            assert running.wait(timeout=30) == {url: 0}
+            wait_until(lambda: running.finished, timeout=10)  # was: False until events() took every event
+            dropped.append(weakref.ref(running))
+        held = group.start(["sh", "-c", "echo kept"])
+        running = held
+        gc.collect()
+        assert all(ref() is None for ref in dropped)  # was: all five, with their 5 MB of queued output
+        assert [tagged.event.data for tagged in held.events(timeout=10)
+                if isinstance(tagged.event, OutputEvent)] == [b"kept\n"]  # one still held keeps its events

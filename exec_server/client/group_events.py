@@ -122,7 +122,7 @@ class GroupProcesses:
     @property
     def finished(self) -> bool:
         """True once every pump has ended (all hosts closed or failed, or :meth:`close` was called)."""
-        return self._pending == 0 or self._stop.is_set()
+        return self._stop.is_set() or not any(pump.is_alive() for pump in self._pumps)
 
     def events(self, timeout: Optional[float] = None) -> Iterator[HostEvent]:
         """Every host's events, tagged, in arrival order; ends when every host closed or failed.
