@@ -274,7 +274,8 @@ def test_run_without_a_timeout_names_the_start_timeout_it_met(memory_server, mon
 def test_a_start_that_raises_leaves_no_process_running(proxied, tmp_path):
     """A negative or NaN timeout made start send its request and then raise CallTimeout (its deadline had
     passed), and a start that timed out forgot its handle: either way the process ran on, out of reach of
-    the caller and of close(), until the session expired (80 s after the script ended)."""
+    the caller and of close(), until the session expired (80 s after the script ended).  Now the start that
+    raised has sent process/terminate for it, and waited for its answer (UNKNOWN_START_KILL_WAIT, 5 s)."""
     client, proxy, release_after = proxied
     argv = ["sh", "-c", TREE, str(tmp_path / "pid")]
     for bad in (-1.0, float("nan")):
@@ -288,5 +289,53 @@ def test_a_start_that_raises_leaves_no_process_running(proxied, tmp_path):
         client.start(argv, timeout=0.3)
     time.sleep(1.5)  # the trees would have started by now
     wait_until(lambda: not tree_processes(), timeout=5)  # was: three trees of two sleeps each
-    wait_until(lambda: not client._endpoint._processes, timeout=5)  # their handles, kept for close(), released
+    assert not client._endpoint._processes  # no handle kept
     assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"
+
+
+def test_a_start_that_times_out_in_a_recovery_terminates_what_it_started_once_recovered(proxied, tmp_path):
+    """A start whose connection dropped, sent again and timed out while the client recovered: its terminate waits
+    for the recovery (UNKNOWN_START_KILL_WAIT, 5 s, at most), so the process it had started is killed."""
+    from exec_server.client.control import UNKNOWN_START_KILL_WAIT
+
+    assert UNKNOWN_START_KILL_WAIT == 5.0
+    client, proxy, _ = proxied
+    proxy.hold_downstream(True)  # the start reaches the server (the tree starts); its answer does not come back
+
+    def drop_then_recover() -> None:
+        time.sleep(0.5)
+        proxy.refuse(True)
+        proxy.cut()
+        proxy.hold_downstream(False)
+        time.sleep(1.5)
+        proxy.refuse(False)
+
+    dropping = threading.Thread(target=drop_then_recover)
+    dropping.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(CallTimeout):
+            client.start(["sh", "-c", TREE, str(tmp_path / "pid")], timeout=1.0)
+        assert time.monotonic() - started < 1.0 + UNKNOWN_START_KILL_WAIT + 2.0
+        assert (tmp_path / "pid").exists()  # it did start
+        wait_until(lambda: not tree_processes(), timeout=10)  # was: running until close() or the session's end
+    finally:
+        dropping.join(10)
+        proxy.refuse(False)
+    assert not client._endpoint._processes
+    assert client.run(["echo", "ok"], timeout=10).stdout == b"ok\n"
+
+
+def test_a_caller_id_stays_taken_by_its_closed_handle(proxied):
+    """A handle of the caller's own process id stays its client's after ``closed`` (as before handles of the
+    client's own ids were released): a second start of that id is refused by the client, and the old handle's
+    terminate can never reach a later process of that id."""
+    client, _, _ = proxied
+    old = client.start(["true"], process_id="job")
+    assert old.wait(timeout=10) == 0
+    with pytest.raises(ValueError, match="already used by this client"):
+        client.start(["sleep", "30"], process_id="job")
+    assert old.terminate(timeout=10) is False
+    client.forget(old)
+    new = client.start(["echo", "again"], process_id="job-2")
+    assert new.communicate(timeout=10) == (b"again\n", b"")

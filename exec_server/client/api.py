@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 
 from exec_server.client import oneshot
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
-from exec_server.client.control import keep_unknown_start, terminate_open
+from exec_server.client.control import terminate_open, terminate_unknown_start
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
                                            command_env)
@@ -306,7 +306,8 @@ class Client:
         Raises:
             RpcError: e.g. ProgramNotFound, WorkingDirectoryNotFound (InternalError subclasses: what is missing).
             ExecServerDisconnected, CallTimeout: as for :meth:`call` (a start whose connection dropped is sent
-                again: :func:`~exec_server.client.recovery.start_once`; one timed out is terminated).
+                again: :func:`~exec_server.client.recovery.start_once`; one of the client's own id that timed
+                out or was interrupted is terminated: :func:`~exec_server.client.control.terminate_unknown_start`).
             RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
             ValueError: ``argv`` is empty, ``cwd`` is not absolute (``path is not absolute: 'x'``),
                 ``process_id`` is in use, ``pty_size`` is given without ``tty``, ``max_buffered_output``
@@ -341,8 +342,8 @@ class Client:
         try:
             result = start_once(self.call, params, timeout)  # sent again after a drop, never started twice
         except BaseException as error:
-            if not (isinstance(process_id, FreshId) and keep_unknown_start(self.call, process, error)):
-                self._endpoint.remove_process(process_id)  # else it may run yet: terminated, and by close()
+            self._endpoint.remove_process(process_id)
+            terminate_unknown_start(self.call, process_id, error)  # of the client's own id only
             if isinstance(error, InternalError):  # name the missing program or working directory
                 raise _start_failure(self, error, argv[0], cwd) from None
             raise

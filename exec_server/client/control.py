@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from exec_server.client.events import StdinClosedError, StdinQueueFullError
-from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, as_bytes, result_member
+from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, FreshId, as_bytes, result_member
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.common.durations import check_seconds
@@ -25,6 +25,9 @@ from exec_server.protocol.wire import dumps
 #: names, a ``writeId``, ``closeStdin``, a ``trace`` context with a ``tracestate`` of up to 512 characters):
 #: what :meth:`ProcessControl.write_all` leaves.
 WRITE_REQUEST_OVERHEAD = 1024
+#: Seconds a ``start`` of the client's own id that timed out or was interrupted waits for the answer of the
+#: ``process/terminate`` it sends for what it may have started (:func:`terminate_unknown_start`).
+UNKNOWN_START_KILL_WAIT = 5.0
 #: The longest ``process/read`` wait: ``waitMs`` is a u64 (PROTOCOL.md 5.4).
 MAX_WAIT_MS = 2 ** 64 - 1
 
@@ -55,29 +58,26 @@ def terminate_open(call: Callable[..., Any], open_processes: Callable[[], Sequen
             time.sleep(min(0.01, _remaining(deadline) or 0.01))  # starts in flight: until answered or failed
 
 
-def keep_unknown_start(call: Callable[..., Any], process: Any, error: BaseException) -> bool:
-    """After ``process``'s ``process/start`` raised ``error``: True if it may run yet and stays tracked.
+def terminate_unknown_start(call: Callable[..., Any], process_id: str, error: BaseException) -> None:
+    """After the ``process/start`` of ``process_id`` raised ``error``: terminate what it may have started.
 
     For a start the client gave its own id (a ``FreshId``, which no other
-    process has): one that timed out or was interrupted (^C) may have reached
-    the server, or may still reach it: as ``Popen`` leaves no child when it
-    raises, it is terminated now (``process/terminate`` sent without waiting
-    for the answer), and its handle stays registered, marked started and
-    keeping no output, so that ``Client.close`` terminates it too, should
-    the start run after that terminate (a start held up in a recovery); it
-    is released once its ``closed`` arrives.  False for
-    any other error (nothing started, or the client ended): the caller
-    forgets the handle.
+    process has) that timed out or was interrupted (^C): it may have reached
+    the server, or reach it yet, and as ``Popen`` leaves no child when it
+    raises, ``process/terminate`` is sent for it, its answer (a recovery
+    included) waited for :data:`UNKNOWN_START_KILL_WAIT` s at most; past
+    that the process, if it runs, is left to the session's end.  Nothing for
+    any other error (nothing started, or the client ended), nor for an id of
+    the caller's (an older process may hold it).
     """
+    if not (isinstance(process_id, FreshId) and process_id.terminate_on_failure):
+        return
     if not isinstance(error, CallTimeout) and isinstance(error, Exception):
-        return False
-    process.started = True
-    process.abandon()  # its output is nobody's: none kept while it runs
+        return
     try:
-        call("process/terminate", {"processId": process.process_id}, timeout=0.0)  # sent, not waited for
+        call("process/terminate", {"processId": process_id}, timeout=UNKNOWN_START_KILL_WAIT)
     except Exception:
         pass
-    return True
 
 
 class ProcessControl:

@@ -30,6 +30,18 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class FreshId(str):
+    """A ``processId`` this client made up (random): no other start can have used it.
+
+    ``terminate_on_failure``: whether a ``Client.start`` of it that times out
+    or is interrupted terminates what it may have started
+    (:func:`~exec_server.client.control.terminate_unknown_start`); ``Client.run``
+    sets it False and kills within its own grace.
+    """
+
+    terminate_on_failure = True
+
+
 class Caller(Protocol):
     """Sends requests to the server on behalf of a process handle or ``client.fs``."""
 

@@ -50,7 +50,10 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
         start_options["stdin"] = True
     start_options.setdefault("max_buffered_output", None)
     start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else START_TIMEOUT
-    process_id = start_options.pop("process_id", None) or FreshId("proc-" + os.urandom(16).hex())
+    process_id = start_options.pop("process_id", None)
+    if not process_id:
+        process_id = FreshId("proc-" + os.urandom(16).hex())
+        process_id.terminate_on_failure = False  # killed below, within the run's one grace
     try:
         process = client.start(command, timeout=start_timeout, process_id=process_id, **start_options)
     except BaseException as exc:  # no answer (even in the grace), ^C: kill what may have started, in what is left

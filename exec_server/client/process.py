@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_TIMEOUT, EventBuffer
 from exec_server.client.control import ProcessControl
-from exec_server.client.interfaces import CallTimeout, Caller
+from exec_server.client.interfaces import CallTimeout, Caller, FreshId
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, ProcessEvent,  # noqa: F401
@@ -55,7 +55,6 @@ class RemoteProcess(ProcessControl):
         self._buffer = EventBuffer(max_buffered_output)
         self._refilling: Optional[threading.Thread] = None  # the refill thread, while one runs
         self._failure: Optional[BaseException] = None
-        self._abandoned = False  # no consumer will ever take the events (a start that raised): none kept
 
     # ------------------------------------------------------------- events
     def _publish(self, event: ProcessEvent) -> None:
@@ -65,23 +64,18 @@ class RemoteProcess(ProcessControl):
                 return  # e.g. the exit of a process terminated for a gap: its waits raise the failure
             was_closed = self._buffer.closed
             self._buffer.add(event)
-            while self._abandoned and self._buffer.events:
-                self._buffer.pop()
             self._changed.notify_all()
             ended = self._buffer.closed and not was_closed
         if ended:
+            self._release_closed()
+
+    def _release_closed(self) -> None:
+        """``closed`` was published: a handle of the client's own id (a ``FreshId``, which no other process ever
+        has) leaves its client's routing table (:meth:`_release`).  One of the caller's id stays until
+        ``Client.forget`` or the client's close, and with it the id: a new start of it raises ValueError, and this
+        handle's ``terminate`` can never reach a later process of that id."""
+        if isinstance(self.process_id, FreshId):
             self._release()
-
-    def abandon(self) -> None:
-        """Client-internal: keep none of the events from now on; the handle only waits for ``closed``.
-
-        For the handle of a start that raised (its user never got it), which
-        stays registered so that ``Client.close`` can terminate its process.
-        """
-        with self._changed:
-            self._abandoned = True
-            while self._buffer.events:
-                self._buffer.pop()
 
     def _release(self) -> None:
         """``closed`` was published, or the handle closed: its client stops routing to it (nothing follows
@@ -251,7 +245,7 @@ class RemoteProcess(ProcessControl):
                     self._changed.notify_all()
                     ended = buffer.closed and not was_closed
                 if ended:
-                    self._release()
+                    self._release_closed()
         finally:
             with self._changed:
                 self._refilling = None

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
-from exec_server.client.interfaces import TOO_LARGE_HINTS, CallTimeout, RequestTooLarge
+from exec_server.client.interfaces import TOO_LARGE_HINTS, CallTimeout, FreshId, RequestTooLarge  # noqa: F401
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.client.transport import abort as abort_transport
 from exec_server.common import telemetry
@@ -50,10 +50,6 @@ class RequestOutcomeUnknown(ExecServerError):
     The server may or may not have applied it; the client never re-sends it.
     Check the state (e.g. ``process/read``) before deciding to retry.
     """
-
-
-class FreshId(str):
-    """A ``processId`` this client made up (random): no other start can have used it."""
 
 
 def start_once(call: Callable[..., Any], params: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
