@@ -339,3 +339,26 @@ def test_a_caller_id_stays_taken_by_its_closed_handle(proxied):
     client.forget(old)
     new = client.start(["echo", "again"], process_id="job-2")
     assert new.communicate(timeout=10) == (b"again\n", b"")
+
+
+def test_a_start_whose_terminate_is_lost_in_a_drop_sends_it_again_once_recovered(proxied, tmp_path):
+    """The start reaches the server, then its connection goes silent both ways: the start times out, its
+    terminate goes into the dead connection, which the probe then ends (RequestOutcomeUnknown).  The start
+    returned then and the tree ran on; now the terminate is sent again on the recovered connection."""
+    client, proxy, _ = proxied
+    proxy.hold_downstream(True)  # the start's answer is held, then lost with the connection
+
+    def silence() -> None:
+        time.sleep(0.5)
+        proxy.blackhole()
+        proxy.hold_downstream(False)
+
+    silencing = threading.Thread(target=silence)
+    silencing.start()
+    try:
+        with pytest.raises(CallTimeout):
+            client.start(["sh", "-c", TREE, str(tmp_path / "pid")], timeout=1.0)
+    finally:
+        silencing.join(10)
+    assert_tree_gone(tmp_path / "pid")  # was: running on, the client recovered
+    assert not client._endpoint._processes

@@ -65,7 +65,8 @@ def terminate_unknown_start(call: Callable[..., Any], process_id: str, error: Ba
     process has) that timed out or was interrupted (^C): it may have reached
     the server, or reach it yet, and as ``Popen`` leaves no child when it
     raises, ``process/terminate`` is sent for it, its answer (a recovery
-    included) waited for :data:`UNKNOWN_START_KILL_WAIT` s at most; past
+    included: one lost in a drop is sent again once recovered) waited for
+    :data:`UNKNOWN_START_KILL_WAIT` s at most; past
     that the process, if it runs, is left to the session's end.  Nothing for
     any other error (nothing started, or the client ended), nor for an id of
     the caller's (an older process may hold it).
@@ -74,10 +75,17 @@ def terminate_unknown_start(call: Callable[..., Any], process_id: str, error: Ba
         return
     if not isinstance(error, CallTimeout) and isinstance(error, Exception):
         return
-    try:
-        call("process/terminate", {"processId": process_id}, timeout=UNKNOWN_START_KILL_WAIT)
-    except Exception:
-        pass
+    from exec_server.client.recovery import RequestOutcomeUnknown  # here: recovery imports this module
+    deadline = _deadline(UNKNOWN_START_KILL_WAIT)
+    while True:
+        try:
+            call("process/terminate", {"processId": process_id}, timeout=_remaining(deadline))
+            return
+        except RequestOutcomeUnknown:  # dropped before its answer (it may never have arrived): again, recovered
+            if _remaining(deadline) == 0.0:
+                return
+        except Exception:
+            return
 
 
 class ProcessControl:
