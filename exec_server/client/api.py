@@ -299,7 +299,7 @@ class Client:
             process_id: the id to use; default a fresh unique one.
             sandbox: a FileSystemSandboxContext (PROTOCOL.md 9) confining the
                 process; ``sandbox_type`` of the handle tells what applied.
-            timeout: seconds to wait for the start response.
+            timeout: seconds to wait for the start response (then up to 5 s more to terminate it: below).
             max_buffered_output: bytes of output the handle keeps until
                 consumed (None: no limit); past it, its consumer reads the
                 rest from the server (README.rst "the client's limits").

@@ -12,7 +12,8 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from exec_server.client.events import StdinClosedError, StdinQueueFullError
-from exec_server.client.interfaces import CallTimeout, Caller, ExtensionNotSupported, FreshId, as_bytes, result_member
+from exec_server.client.interfaces import (CallTimeout, Caller, ExtensionNotSupported, FreshId, RequestOutcomeUnknown,
+                                           as_bytes, result_member)
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.common.durations import check_seconds
@@ -75,7 +76,6 @@ def terminate_unknown_start(call: Callable[..., Any], process_id: str, error: Ba
         return
     if not isinstance(error, CallTimeout) and isinstance(error, Exception):
         return
-    from exec_server.client.recovery import RequestOutcomeUnknown  # here: recovery imports this module
     deadline = _deadline(UNKNOWN_START_KILL_WAIT)
     while True:
         try:

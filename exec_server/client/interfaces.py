@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class RequestOutcomeUnknown(ExecServerError):
+    """A mutating request was sent but its connection dropped before the answer.
+
+    The server may or may not have applied it; the client never re-sends it.
+    Check the state (e.g. ``process/read``) before deciding to retry.
+    """
+
+
 class FreshId(str):
     """A ``processId`` this client made up (random): no other start can have used it.
 

@@ -24,12 +24,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
-from exec_server.client.interfaces import TOO_LARGE_HINTS, CallTimeout, FreshId, RequestTooLarge  # noqa: F401
+from exec_server.client.interfaces import (TOO_LARGE_HINTS, CallTimeout, FreshId, RequestOutcomeUnknown,  # noqa: F401
+                                           RequestTooLarge)
 from exec_server.client.transport import KEEPALIVE_TIMEOUT, PING_INTERVAL, PROBE_TIMEOUT, Connector
 from exec_server.client.transport import abort as abort_transport
 from exec_server.common import telemetry
 from exec_server.common.durations import check_seconds
-from exec_server.protocol.errors import (ExecServerDisconnected, ExecServerError, InvalidRequest, RpcError,
+from exec_server.protocol.errors import (ExecServerDisconnected, InvalidRequest, RpcError,
                                          SessionAlreadyAttached)
 from exec_server.protocol.jsonrpc import TraceContext, utf8_size
 
@@ -42,14 +43,6 @@ IDEMPOTENT_METHODS = frozenset({
     "process/read", "environment/info", "environment/status", "fs/readFile", "fs/getMetadata",
     "fs/readDirectory", "fs/canonicalize", "fs/walk", "process/write",
 })
-
-
-class RequestOutcomeUnknown(ExecServerError):
-    """A mutating request was sent but its connection dropped before the answer.
-
-    The server may or may not have applied it; the client never re-sends it.
-    Check the state (e.g. ``process/read``) before deciding to retry.
-    """
 
 
 def start_once(call: Callable[..., Any], params: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
