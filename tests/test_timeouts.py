@@ -362,3 +362,22 @@ def test_a_start_whose_terminate_is_lost_in_a_drop_sends_it_again_once_recovered
         silencing.join(10)
     assert_tree_gone(tmp_path / "pid")  # was: running on, the client recovered
     assert not client._endpoint._processes
+
+
+def test_wait_returns_after_a_catch_up_that_filled_the_buffer(proxied):
+    """Output written while the client was away, more than ``max_buffered_output``: the catch-up's reads (with a
+    budget, so each one's ``nextSeq`` follows its last chunk) stop at the buffer's limit before the one that
+    reaches the exit's seq, so no ``exited`` was published and ``wait`` hung until its timeout (only a consumer's
+    read refills).  A read's ``exited`` state gives the exit code at once, as a live ``exited`` past the limit
+    does; the output is all there for a consumer."""
+    client, proxy, _ = proxied
+    lines = b"".join(b"line-%d\n" % number for number in range(1, 31))
+    script = "sleep 1; for i in $(seq 30); do echo line-$i; sleep 0.01; done; exit 3"  # 30 chunks
+    process = client.start(["sh", "-c", script], max_buffered_output=200)
+    proxy.refuse(True)
+    proxy.cut()
+    time.sleep(2.5)  # it has written and exited meanwhile
+    proxy.refuse(False)
+    wait_until(lambda: client.state == "connected", timeout=15)
+    assert process.wait(timeout=10) == 3  # was: CallTimeout
+    assert process.communicate(timeout=10) == (lines, b"")

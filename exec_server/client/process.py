@@ -126,6 +126,12 @@ class RemoteProcess(ProcessControl):
             return gap
         for event in events:
             self._publish(event)
+        code = result.get("exitCode")
+        if result.get("exited") and type(code) is int:  # a budget stops a read before the exit's seq: the exit
+            with self._changed:  # code is known now, as a live exited past the buffer's limit makes it known
+                if self._buffer.exit_code is None and self._failure is None:
+                    self._buffer.exit_code = code
+                    self._changed.notify_all()
         return None
 
     def fail(self, error: BaseException) -> None:
