@@ -354,7 +354,7 @@ class Client:
         return process
 
     def forget(self, process: RemoteProcess) -> None:
-        """Stop routing events to ``process`` (a closed or abandoned handle; what it kept stays in it)."""
+        """Stop routing events to ``process`` (a closed handle, or one given up; what it kept stays in it)."""
         self._endpoint.remove_process(process.process_id, process)
 
     def run(self, argv: Sequence[str], *, input: Union[bytes, str, None] = None, timeout: Optional[float] = None,
