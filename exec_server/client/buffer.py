@@ -79,23 +79,24 @@ class EventBuffer:
         self.refill = True
         self.refill_bytes = min(self.refill_bytes, max(REFILL_MIN_READ_BYTES, self.refill_bytes // 4))
 
-    def add(self, event: ProcessEvent, bounded: bool = True) -> None:
+    def add(self, event: ProcessEvent, bounded: bool = True) -> bool:
         """Take an event from any source and publish every event now contiguous.
 
         ``bounded`` is False for what a refill read returned: the consumer
         asked for it (``refill_bytes`` at a time), so it is always kept.
+        Returns whether this call published ``closed``.
         """
         if event.seq <= self.last_seq or self.closed:
-            return  # a duplicate
+            return False  # a duplicate
         if isinstance(event, ExitedEvent) and self.exit_code is None:
             self.exit_code = event.exit_code  # known even while output before it is missing or dropped
         if bounded and self.dropping:
-            return
+            return False
         size = _size(event)
         if (bounded and size and self.limit is not None and self.buffered
                 and self.buffered + size > self.limit):
             self._start_dropping()
-            return
+            return False
         previous = self._held.get(event.seq)
         if previous is not None:
             self.buffered -= _size(previous)
@@ -110,6 +111,7 @@ class EventBuffer:
             elif isinstance(ready, ClosedEvent):
                 self.closed = True
                 self._clear_held()
+        return self.closed  # False on entry
 
     def _start_dropping(self) -> None:
         """The limit is reached: drop what is held out of order too (a refill reads it again)."""
@@ -129,18 +131,21 @@ class EventBuffer:
         self.dropping = self.refill = False
         return self.last_seq
 
-    def end_refill(self, events: Iterable[ProcessEvent], returned_output: bool) -> None:
+    def end_refill(self, events: Iterable[ProcessEvent], returned_output: bool) -> bool:
         """Publish what a refill read returned; another read follows while reads return new output.
 
         A read whose output was all published already (live meanwhile, or a
         server repeating itself) ends the refill: everything later comes live.
+        Returns whether this call published ``closed``.
         """
         before = self.last_seq
+        ended = False
         for event in events:
-            self.add(event, bounded=False)
+            ended = self.add(event, bounded=False) or ended
         self.refill_bytes = min(self._largest_read, self.refill_bytes * 2)
         if returned_output and not self.closed and self.last_seq > before:
             self.refill = True
+        return ended
 
     def pop(self) -> ProcessEvent:
         """The oldest published event (IndexError if none)."""

@@ -62,10 +62,8 @@ class RemoteProcess(ProcessControl):
         with self._changed:
             if self._failure is not None:
                 return  # e.g. the exit of a process terminated for a gap: its waits raise the failure
-            was_closed = self._buffer.closed
-            self._buffer.add(event)
+            ended = self._buffer.add(event)
             self._changed.notify_all()
-            ended = self._buffer.closed and not was_closed
         if ended:
             self._release_closed()
 
@@ -245,11 +243,8 @@ class RemoteProcess(ProcessControl):
                         pass
                     return
                 with self._changed:
-                    was_closed = buffer.closed
-                    if self._failure is None:
-                        buffer.end_refill(events, bool(result.get("chunks")))
+                    ended = self._failure is None and buffer.end_refill(events, bool(result.get("chunks")))
                     self._changed.notify_all()
-                    ended = buffer.closed and not was_closed
                 if ended:
                     self._release_closed()
         finally:
