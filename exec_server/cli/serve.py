@@ -13,6 +13,7 @@ import threading
 import time
 
 from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_options
+from exec_server.server.signals import stop_signals
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -67,10 +68,8 @@ def serve(args: argparse.Namespace) -> int:
         except RuntimeError:  # no thread can start (a task limit): the accept loop ends here, and
             raise _StopServing() from None  # serve_forever's cleanup runs on this thread
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
-        signal.signal(signal.SIGHUP, stop)  # its terminal closed: as SIGTERM, not a death without cleanup
+    for signum in stop_signals():
+        signal.signal(signum, stop)
     sys.stdout.write(server.url + "\n")
     sys.stdout.flush()
     try:

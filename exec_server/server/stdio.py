@@ -35,6 +35,7 @@ from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
 from exec_server.protocol.jsonrpc import UNKNOWN_ID, encode, error_response
 from exec_server.protocol.wire import RawJson
 from exec_server.server.sessions import SessionRegistry
+from exec_server.server.signals import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,7 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
     threading.Thread(target=_watch_parent, args=(connection, os.getppid(), protocol_in.fileno()),
                      name="exec-server-parent-watch", daemon=True).start()
     if threading.current_thread() is threading.main_thread():
-        signums = [signal.SIGTERM, signal.SIGINT]
-        if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not under nohup
-            signums.append(signal.SIGHUP)  # its terminal closed: as SIGTERM, not a death without cleanup
-        for signum in signums:
+        for signum in stop_signals():
             signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
     connection.run()
     return 0
