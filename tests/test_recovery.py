@@ -377,3 +377,27 @@ def test_a_wait_timing_out_while_the_connection_drops_does_not_deadlock(server, 
         wait_until(lambda: client.state == "connected", timeout=10)
         process.terminate()
         assert process.wait(timeout=10) != 0
+
+
+def test_close_during_a_reconnect_backoff_ends_the_recovery_thread_at_once(memory_server):
+    """close() while the recovery waits out its backoff: its thread ended only when the backoff (up to
+    max_backoff) had passed; now close() wakes it."""
+    server = memory_server()
+    attempts = []
+
+    def connector(timeout):
+        if server.transports:  # a reconnect: refused, so the recovery backs off
+            attempts.append(time.monotonic())
+            raise ExecServerDisconnected("refused")
+        return server.connector(timeout)
+
+    policy = ReconnectPolicy(deadline=120.0, initial_backoff=60.0, max_backoff=60.0, connect_timeout=2.0)
+    client = Client.open(connector, timeout=5, reconnect=policy)
+    server.cut()
+    wait_until(lambda: attempts, timeout=10)
+    recovery = [thread for thread in threading.enumerate() if thread.name == "exec-server-client-recovery"]
+    assert len(recovery) == 1
+    client.close()
+    recovery[0].join(5)
+    assert not recovery[0].is_alive() and len(attempts) == 1
+    assert client.state == "closed"

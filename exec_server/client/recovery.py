@@ -225,7 +225,7 @@ class Recovery:
             except SessionAlreadyAttached as exc:
                 last_error = exc
                 transport.close()
-                time.sleep(policy.attached_retry_interval)
+                self._pause(policy.attached_retry_interval)
                 continue
             except InvalidRequest as exc:
                 transport.close()
@@ -266,6 +266,13 @@ class Recovery:
             self._endpoint.fail(ExecServerDisconnected("exec-server catch-up after a reconnect failed: %r" % exc))
 
     def _back_off(self, attempt: int, deadline: float) -> int:
-        """Sleep the policy's backoff after failed attempt ``attempt`` (not past ``deadline``); the next attempt."""
-        time.sleep(min(self._policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
+        """Wait the policy's backoff after failed attempt ``attempt`` (not past ``deadline``); the next attempt."""
+        self._pause(min(self._policy.backoff(attempt), max(0.0, deadline - time.monotonic())))
         return attempt + 1
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts, or less: a ``close()`` (or a failure) ends the wait at once."""
+        try:
+            self._endpoint.wait_usable(time.monotonic() + seconds, "reconnect")
+        except (CallTimeout, ExecServerDisconnected):  # still recovering, or ended: the loop's state check decides
+            pass
