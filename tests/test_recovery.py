@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -401,3 +402,31 @@ def test_close_during_a_reconnect_backoff_ends_the_recovery_thread_at_once(memor
     recovery[0].join(5)
     assert not recovery[0].is_alive() and len(attempts) == 1
     assert client.state == "closed"
+
+
+def test_a_call_interrupted_while_it_waits_is_not_sent_again_after_a_reconnect(memory_server):
+    """Ctrl-C while a call waits for its answer: the call stayed among the pending ones, and a reconnect sent it
+    again (a long poll of a process the caller had given up)."""
+    server = memory_server()
+    client = Client.open(server.connector, timeout=5, reconnect=FAST)
+    try:
+        process = client.start(["sleep", "30"])
+        client.forget(process)  # so the reconnect's catch-up does not read it
+        main = threading.get_ident()
+
+        def interrupt_once_sent():
+            wait_until(lambda: "process/read" in server.transports[0].seen, timeout=10)
+            time.sleep(0.2)  # the caller is waiting for the answer
+            signal.pthread_kill(main, signal.SIGINT)
+
+        threading.Thread(target=interrupt_once_sent, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            client.call("process/read", {"processId": process.process_id, "afterSeq": 0, "maxBytes": None,
+                                         "waitMs": 20000}, timeout=30)
+        server.cut()
+        wait_until(lambda: len(server.transports) == 2 and client.state == "connected", timeout=10)
+        client.call("environment/info", {}, timeout=10)
+        assert "process/read" not in server.transports[1].seen
+        process.terminate(timeout=10)
+    finally:
+        client.close()

@@ -325,9 +325,14 @@ class Endpoint:
                         self._state_changed.wait(0.05)
                 raise _SendFailed() from None
             raise
-        if not pending.event.wait(_remaining(deadline)):
-            with self._lock:
-                self._pending.pop(request_id, None)
+        answered = False
+        try:
+            answered = pending.event.wait(_remaining(deadline))
+        finally:  # unanswered in time, or a ^C: its caller gives up on it, so no recovery sends it again
+            if not answered:
+                with self._lock:
+                    self._pending.pop(request_id, None)
+        if not answered:
             self.suspect()
             raise CallTimeout(method, timeout)
         if pending.error is not None:
