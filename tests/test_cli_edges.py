@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -222,3 +223,47 @@ def test_several_hosts_into_a_full_disk_end_with_one_line(two, mode):
 def test_a_closed_stderr_takes_no_message_into_stdout():
     done = shell("$CLI run -- sh -c 'echo out; echo err >&2; sleep 56.75' 2>&-")
     assert (done.returncode, done.stdout) == (1, b"out\n")
+
+
+def _pipe_holds(fd: int) -> int:
+    """Bytes waiting in the pipe whose read end is ``fd``."""
+    import array
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
+
+
+@pytest.mark.parametrize("hosts, number", [(0, signal.SIGTERM), (0, signal.SIGHUP), (0, signal.SIGINT),
+                                           (2, signal.SIGTERM), (2, signal.SIGHUP)])
+def test_an_ending_signal_ends_run_while_its_stdout_reader_stopped_reading(request, hosts, number):
+    """``run -- yes | a reader that stopped``: run's write to stdout blocks for good.  SIGTERM, SIGHUP and a
+    second SIGINT killed the remote tree but left run blocked in that write until a SIGKILL; now it ends with
+    the remote status (137; 123 for several hosts)."""
+    urls = request.getfixturevalue("two") if hosts else []
+    marker = "59.%d" % number
+    argv = ["sh", "-c", 'trap "" INT; exec yes %s' % marker]  # SIGINT ignored: only the second one ends it
+    reader, writer = os.pipe()
+    cli = subprocess.Popen(CLI + ["run"] + urls + ["--"] + argv, stdout=writer, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, env=ENV)
+    os.close(writer)
+    try:
+        wait_until(lambda: len(running_descendants(os.getpid(), ["yes", marker])) == max(hosts, 1), timeout=10)
+        wait_until(lambda: _pipe_holds(reader) >= 32 * 1024, timeout=10)  # full: run's write is blocked
+        time.sleep(0.2)
+        cli.send_signal(number)
+        if number == signal.SIGINT:
+            time.sleep(0.5)
+            assert cli.poll() is None  # the first one only interrupts
+            cli.send_signal(number)
+        assert cli.wait(timeout=20) == (123 if hosts else 137)
+        assert b"Traceback" not in cli.stderr.read()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        cli.stderr.close()
+        os.close(reader)
+    wait_until(lambda: not running_descendants(os.getpid(), ["yes", marker]), timeout=10)

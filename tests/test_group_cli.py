@@ -12,6 +12,7 @@ import pytest
 from conftest import start_ours
 from exec_server.cli.group_run import MAX_LINE_BYTES, LinePrinter
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED, GROUP_PARALLEL
+from exec_server.cli.output import LocalOutput
 from exec_server.client.group import DEFAULT_MAX_WORKERS
 from faultproxy import FaultProxy
 
@@ -182,7 +183,7 @@ def test_a_line_longer_than_the_limit_is_printed_in_pieces(three):
 
 def test_line_printer_holds_at_most_a_line_limit_and_scans_each_chunk_once():
     out = io.BytesIO()
-    printer = LinePrinter(out, io.BytesIO())
+    printer = LinePrinter(LocalOutput(out, io.BytesIO()))
     for _ in range(300):
         printer.output("h", "stdout", b"z" * 1000)
         assert len(printer.partial[("h", False)]) < MAX_LINE_BYTES
@@ -207,7 +208,7 @@ def test_cp_from_hosts_of_one_directory_name_keeps_each_apart(three, tmp_path):
 
 def test_a_line_of_exactly_the_limit_ends_without_an_empty_line():
     out = io.BytesIO()
-    printer = LinePrinter(out, io.BytesIO())
+    printer = LinePrinter(LocalOutput(out, io.BytesIO()))
     printer.output("h", "stdout", b"a" * MAX_LINE_BYTES)  # a whole piece: printed now
     printer.output("h", "stdout", b"\nnext\n")  # its newline comes with the next chunk
     printer.output("h", "stdout", b"b" * MAX_LINE_BYTES)

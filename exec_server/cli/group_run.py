@@ -20,7 +20,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Set, Tuple
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, binary, handle, output_failed, restore, write_all
+from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, output_failed, restore
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
@@ -36,11 +36,11 @@ class _WriteFailed(Exception):
         self.error, self.target, self.name = error, target, name
 
 
-def _emit(target: Optional[BinaryIO], name: str, data: bytes) -> None:
+def _emit(local: LocalOutput, is_err: bool, data: bytes) -> None:
     try:
-        write_all(target, data)
+        local.write(is_err, data)
     except OSError as error:
-        raise _WriteFailed(error, target, name) from None
+        raise _WriteFailed(error, local.target(is_err), "stderr" if is_err else "stdout") from None
 
 
 #: Bytes of one output line that ``run`` on several hosts holds before it prints them as a line of their own:
@@ -55,8 +55,8 @@ class LinePrinter:
     memory stays bounded and each chunk is scanned once.
     """
 
-    def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]):
-        self.out, self.err = out, err
+    def __init__(self, local: LocalOutput):
+        self.local = local
         self.partial: Dict[Tuple[str, bool], bytearray] = {}
         self.cut: Set[Tuple[str, bool]] = set()  # a long line's last piece printed; its newline not seen yet
 
@@ -89,25 +89,25 @@ class LinePrinter:
                 self._write((host, is_err), b"".join(lines_with(host, [rest])))
 
     def _write(self, key: Tuple[str, bool], data: bytes) -> None:
-        _emit(self.err if key[1] else self.out, "stderr" if key[1] else "stdout", data)
+        _emit(self.local, key[1], data)
 
 
 class BlockPrinter:
     """Each host's output as one block (``=== HOST ===`` then its bytes) when the host ends."""
 
-    def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]):
-        self.out, self.err = out, err
+    def __init__(self, local: LocalOutput):
+        self.local = local
         self.kept: Dict[Tuple[str, bool], List[bytes]] = {}
 
     def output(self, host: str, stream: str, data: bytes) -> None:
         self.kept.setdefault((host, stream == "stderr"), []).append(data)
 
     def finish(self, host: str) -> None:
-        for is_err, target in ((False, self.out), (True, self.err)):
+        for is_err in (False, True):
             data = b"".join(self.kept.pop((host, is_err), []))
             if data or not is_err:
                 ending = b"" if not data or data.endswith(b"\n") else b"\n"
-                _emit(target, "stderr" if is_err else "stdout", b"=== " + host.encode() + b" ===\n" + data + ending)
+                _emit(self.local, is_err, b"=== " + host.encode() + b" ===\n" + data + ending)
 
 
 def lines_with(host: str, lines: List[bytes]) -> Iterator[bytes]:
@@ -141,7 +141,8 @@ def run_group(args: argparse.Namespace, urls: List[str], argv: List[str], env: d
 
 def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) -> Dict[str, Tuple[int, str]]:
     """Print every event; host -> (exit status, what went wrong or '')."""
-    printer = printer_class(binary(sys.stdout), binary(sys.stderr))
+    local = LocalOutput(binary(sys.stdout), binary(sys.stderr))
+    printer = printer_class(local)
     statuses: Dict[str, Tuple[int, str]] = {}
     exits: Dict[str, int] = {}
     interrupts = []
@@ -150,9 +151,12 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
         interrupts.append(signum)
         action = running.send_interrupt if len(interrupts) == 1 else running.terminate
         threading.Thread(target=action, daemon=True).start()
+        if len(interrupts) > 1:
+            local.end()  # a local reader that stopped reading holds the end back no more
 
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote trees end with us
         threading.Thread(target=running.terminate, daemon=True).start()
+        local.end()
 
     installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
     try:

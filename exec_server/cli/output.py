@@ -39,6 +39,58 @@ def write_all(target: Optional[BinaryIO], data: bytes) -> None:
     target.flush()
 
 
+class LocalOutput:
+    """Local stdout and stderr as the remote output's ends, which an ending signal lets go of.
+
+    A local reader that stopped reading (a full pipe, a consumer stopped
+    with ^Z) blocks a write for good, and SIGTERM, SIGHUP or a second SIGINT
+    must still end ``run``.  :meth:`end`, called by that signal's handler,
+    points the descriptor being written at the null device (the interrupted
+    write goes on there and returns: Python retries a write a signal
+    interrupted, PEP 475) and drops every later chunk; the remote exit still
+    comes, and is ``run``'s status.
+    """
+
+    def __init__(self, out: Optional[BinaryIO], err: Optional[BinaryIO]) -> None:
+        """``out``, ``err``: the binary local stdout and stderr (:func:`binary`; None: closed)."""
+        self.out, self.err = out, err
+        self.ended = False
+        self._writing: Optional[BinaryIO] = None
+
+    def target(self, is_err: bool) -> Optional[BinaryIO]:
+        """Local stderr or stdout."""
+        return self.err if is_err else self.out
+
+    def write(self, is_err: bool, data: bytes) -> None:
+        """:func:`write_all` of ``data`` to stderr or stdout; nothing once :meth:`end` was called.
+
+        Raises:
+            OSError: as :func:`write_all`.
+        """
+        if self.ended:
+            return
+        self._writing = self.target(is_err)
+        try:
+            write_all(self._writing, data)
+        finally:
+            self._writing = None
+
+    def end(self) -> None:
+        """From an ending signal's handler: the write in progress returns, and later ones write nothing."""
+        self.ended = True
+        if self._writing is not None:
+            discard(self._writing)
+
+
+def discard(target: Optional[BinaryIO]) -> None:
+    """Point ``target``'s descriptor at the null device (what is written to it from now on goes nowhere)."""
+    try:
+        if target is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), target.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def output_failed(error: OSError, target: Optional[BinaryIO], name: str = "stdout", command: str = "run") -> int:
     """The exit status for a failed write of ``target`` (local ``name``: ``stdout`` or ``stderr``, see the module's
     text); one line on stderr says why, unless a pipe closed or stderr itself is gone.
@@ -46,11 +98,7 @@ def output_failed(error: OSError, target: Optional[BinaryIO], name: str = "stdou
     The descriptor is pointed at the null device, so that the interpreter's
     last flush at exit fails no more.
     """
-    try:
-        if target is not None:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), target.fileno())
-    except (OSError, ValueError):
-        pass
+    discard(target)
     if isinstance(error, BrokenPipeError):
         return EXIT_BROKEN_PIPE
     err = binary(sys.stderr)

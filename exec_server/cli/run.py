@@ -19,7 +19,7 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import END_SIGNALS, binary as _binary, handle, output_failed, restore, write_all
+from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, output_failed, restore
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, RemoteProcess
@@ -239,11 +239,14 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     if notice is not None:
         notice.process = process
     interrupts = []
+    local = LocalOutput(binary(sys.stdout), binary(sys.stderr))
 
     def on_interrupt(signum, frame):
         interrupts.append(signum)
         action = process.send_interrupt if len(interrupts) == 1 else process.terminate
         threading.Thread(target=_quietly, args=(action,), daemon=True).start()
+        if len(interrupts) > 1:
+            local.end()  # a local reader that stopped reading holds the end back no more
 
     def on_resize(signum, frame):
         size = _terminal_size()
@@ -252,11 +255,11 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
 
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote tree ends with us
         threading.Thread(target=_quietly, args=(process.terminate,), daemon=True).start()
+        local.end()
 
     installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
     if follow_size:
         installed += handle([signal.SIGWINCH], on_resize)
-    out, err = _binary(sys.stdout), _binary(sys.stderr)
     exit_code = None
     try:
         with _RawTerminal(sys.stdin.fileno()) if args.tty and sys.stdin is not None else _NullContext():
@@ -265,12 +268,12 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                                  daemon=True).start()
             for event in process:
                 if isinstance(event, OutputEvent):
-                    target = err if event.stream == "stderr" else out
+                    is_err = event.stream == "stderr"
                     try:
-                        write_all(target, event.data)
+                        local.write(is_err, event.data)
                     except OSError as error:  # `| head -1`, `>&-`, `> /dev/full`: the tree is killed
                         _quietly(lambda: process.kill(timeout=KILL_WAIT))
-                        return output_failed(error, target, event.stream if event.stream == "stderr" else "stdout")
+                        return output_failed(error, local.target(is_err), "stderr" if is_err else "stdout")
                 elif isinstance(event, ExitedEvent):
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):
