@@ -8,6 +8,7 @@ host whatever PID namespace they live in.  Fresh server per test, loopback only.
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,12 +82,13 @@ def assert_none_survives(token):
 
 
 @contextlib.contextmanager
-def cli_server(mode, tmp_path, *extra):
-    """``(server, url)``: the exec-server command in ``mode``, its stderr in ``server.log``; killed at the end."""
+def cli_server(mode, tmp_path, *extra, env=None):
+    """``(server, url)``: the exec-server command in ``mode`` (``env``: its environment), its stderr in
+    ``server.log``; killed at the end."""
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
                                    "--linux-sandbox-pid-namespace", mode, *extra],
-                                  stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+                                  stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         try:
             url = server.stdout.readline().decode().strip()
             assert url.startswith("ws://127.0.0.1:"), url
@@ -148,6 +150,47 @@ def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty, mode
             server.kill()
             server.wait(10)
         assert_none_survives(token)
+
+
+@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+@pytest.mark.parametrize("tty", [False, True])
+def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tmp_path, tty):
+    """``setpriv`` arms the parent-death signal after its exec (and ``unshare --kill-child`` its child's after its
+    fork): a server killed before then left the isolated tree running forever, reparented to PID 1.  Here a
+    ``setpriv`` that takes 2 s to start holds that window open; the guardian must take the tree."""
+    real = shutil.which("setpriv")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    slow = folder / "setpriv"
+    slow.write_text('#!/bin/sh\nif [ -n "$SLOW_SETPRIV" ]; then sleep 2; fi\nexec %s "$@"\n' % real)
+    slow.chmod(0o755)
+    argv = ["sleep", "1000.%d" % random.randrange(10 ** 9)]
+    env = dict(os.environ, PATH="%s:%s" % (folder, os.environ.get("PATH", "/usr/bin:/bin")))
+    with cli_server("isolate", tmp_path, env=env) as (server, url):
+        client = Client.connect(url, timeout=10, reconnect=None)
+        try:
+            client.start(argv, env={"SLOW_SETPRIV": "1"}, tty=tty, timeout=10)
+            server.kill()  # within the slow setpriv's 2 s
+            server.wait(10)
+        finally:
+            client.close()
+
+    def survivors():
+        return [p for p in psutil.process_iter() if _cmdline(p) == argv]
+
+    time.sleep(3)  # the slow setpriv has run unshare and the program by now, if nothing killed it
+    try:
+        assert not survivors()
+    finally:
+        for process in survivors():
+            process.kill()
+
+
+def _cmdline(process):
+    try:
+        return process.cmdline() if process.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
 
 
 @pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")

@@ -118,15 +118,31 @@ def find_dumb_init() -> Optional[str]:
     return shutil.which("dumb-init")
 
 
-def isolate_prefix(init: str, setpriv: str, unshare: str, map_user: bool) -> List[str]:
-    """The command that runs a program alone in a new PID namespace (see the module docstring)."""
+def isolate_prefix(init: str, setpriv: str, unshare: str, map_user: bool, env: str = "env") -> List[str]:
+    """The command that runs a program alone in a new PID namespace (see the module docstring).
+
+    Its last step (``env -u MARKER_ENV --``) takes the guardian's marker out of the program's environment:
+    ``setpriv``, ``unshare`` and the namespace's init carry it, so that the guardian kills a tree whose
+    parent-death signals were not armed yet when the server died (``setpriv`` arms its own after its exec,
+    ``unshare --kill-child`` its child's after its fork: a server killed in between left the tree running).
+    """
     prefix = [setpriv, "--pdeathsig", "KILL", "--", unshare]
     if map_user:
         prefix.append("--map-current-user")
     prefix += ["--pid", "--fork", "--kill-child", "--mount-proc", "--", init, "--single-child"]
     for number in _GROUP_SIGNALS:
         prefix += ["--rewrite", "%d:0" % number]
-    return prefix + ["--"]
+    return prefix + ["--"] + unmark_step(env)
+
+
+def unmark_step(env: str = "env") -> List[str]:
+    """``env -u MARKER_ENV --``: runs what follows without the guardian's marker (a program whose name has
+    a ``=`` must not follow it: ``env`` would take it for an assignment)."""
+    return [env, "-u", MARKER_ENV, "--"]
+
+
+def _is_unmark_step(command: List[str]) -> bool:
+    return len(command) >= 4 and os.path.basename(command[0]) == "env" and command[1:4] == unmark_step()[1:]
 
 
 def terminal_prefix(prefix: List[str]) -> List[str]:
@@ -160,9 +176,8 @@ class Containment:
         return self.mode == ISOLATE
 
     def environment(self, env: Dict[str, str], marker: str) -> Dict[str, str]:
-        """The child's environment: unchanged when isolated, else with the marker."""
-        if self.isolated:
-            return env
+        """The child's environment, with the marker (isolated: the prefix's processes alone carry it, the
+        program's environment is as given)."""
         return dict(env, **{MARKER_ENV: marker})
 
 
@@ -174,14 +189,16 @@ def _probe_isolate() -> Tuple[Optional[List[str]], str]:
     if not sys.platform.startswith("linux"):
         return None, "PID namespaces are Linux-only"
     init, setpriv, unshare = find_dumb_init(), shutil.which("setpriv"), shutil.which("unshare")
-    missing = [name for name, path in (("dumb-init", init), ("setpriv", setpriv), ("unshare", unshare)) if not path]
+    env = shutil.which("env")
+    missing = [name for name, path in (("dumb-init", init), ("setpriv", setpriv), ("unshare", unshare),
+                                       ("env", env)) if not path]
     if missing:
         return None, "%s not found" % ", ".join(missing)
-    assert init and setpriv and unshare
+    assert init and setpriv and unshare and env
     attempts = [False, True] if os.geteuid() == 0 else [True]
     reason = ""
     for map_user in attempts:
-        prefix = isolate_prefix(init, setpriv, unshare, map_user)
+        prefix = isolate_prefix(init, setpriv, unshare, map_user, env)
         try:
             done = spawner().call(lambda: subprocess.run(
                 prefix + ["/bin/sh", "-c", 'test "$$" = 2 && exit 42'], stdin=subprocess.DEVNULL,
@@ -321,7 +338,8 @@ def _started_program(pid: int, timeout: float, ended: Callable[[], bool]) -> Any
                         for program in child.children():  # its copy before the exec has the same command line
                             if program.cmdline() not in ([], started):
                                 return program
-                    elif started and started != command and not _is_arg0_shim(started):  # [] mid-exec
+                    elif (started and started != command and not _is_arg0_shim(started)  # [] mid-exec
+                          and not _is_unmark_step(started)):
                         return child  # exec'd: the program's own signal dispositions
         except psutil.Error:
             return None  # gone: nothing left to interrupt
