@@ -187,6 +187,7 @@ def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tm
 
 
 def _cmdline(process):
+    """``process``'s command line; None when it is gone or a zombie."""
     try:
         return process.cmdline() if process.status() != psutil.STATUS_ZOMBIE else None
     except psutil.Error:
@@ -489,13 +490,6 @@ def test_an_isolated_tree_is_killed_without_a_scan_of_the_process_table(configur
         assert process.wait(timeout=10) == 137
     wait_until(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in sleeps), timeout=10)
     assert scans == []
-
-
-def _cmdline(process):
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return None
 
 
 def daemon_group_shell(tag: str) -> str:
