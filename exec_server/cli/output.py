@@ -86,7 +86,11 @@ def discard(target: Optional[BinaryIO]) -> None:
     """Point ``target``'s descriptor at the null device (what is written to it from now on goes nowhere)."""
     try:
         if target is not None:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), target.fileno())
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, target.fileno())
+            finally:
+                os.close(null)
     except (OSError, ValueError):
         pass
 
