@@ -542,27 +542,24 @@ def test_the_guardian_kills_a_marked_daemons_whole_group():
         guard.wait(10)
 
 
-def test_at_its_end_an_inherit_mode_server_kills_the_orphans_it_cannot_read(monkeypatch):
-    """A daemon that made itself non-dumpable (ssh-agent) hides its marker from a server that is not root,
-    and outlived the server's orderly end; here the environment read is refused as it would be then."""
-    from exec_server.server.process import marked
-
-    daemon = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL, start_new_session=True)
-    bystander = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
-    real_environ = psutil.Process.environ
-
-    def environ(process):
-        if process.pid == daemon.pid:
-            raise psutil.AccessDenied(process.pid)
-        return real_environ(process)
-
-    monkeypatch.setattr(psutil.Process, "environ", environ)
+def test_at_its_orderly_end_an_inherit_mode_server_kills_the_orphans_no_marker_sweep_finds(tmp_path):
+    """A daemon that left its tree's group and dropped the marker (``setsid env -i``; a non-dumpable one hides
+    its marker the same way from a server that is not root) outlived the server's SIGTERM: only an orphan whose
+    environment could not be read was killed then.  Every orphan the server adopted is now."""
+    duration = "1000.%d" % random.randrange(10 ** 9)
+    argv = ["sleep", duration]
+    with cli_server("inherit", tmp_path) as (server, url):
+        with Client.connect(url, timeout=10, reconnect=None) as client:
+            assert client.run(["true"], timeout=10).returncode == 0  # the server is the subreaper by now
+            process = client.start(["sh", "-c", "setsid env -i sleep %s >/dev/null 2>&1 </dev/null &" % duration])
+            assert process.wait(timeout=10) == 0
+            daemon = wait_until(lambda: [p for p in psutil.process_iter() if _cmdline(p) == argv], timeout=10)[0]
+            wait_until(lambda: daemon.ppid() == server.pid, timeout=10)  # an orphan the server adopted
+            assert contain.MARKER_ENV not in daemon.environ()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
     try:
-        assert marked.Reaper().kill_unreadable() == 1
-        assert daemon.wait(timeout=10) == -signal.SIGKILL
-        assert bystander.poll() is None  # readable and unmarked: left to the marker sweeps
+        wait_until(lambda: not daemon.is_running() or daemon.status() == psutil.STATUS_ZOMBIE, timeout=10)
     finally:
-        for process in (daemon, bystander):
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
+        if daemon.is_running():
+            daemon.kill()

@@ -148,43 +148,39 @@ class Reaper:
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop sweeping; a started reaper (the server is ending) then kills :meth:`kill_unreadable`'s."""
+        """Stop sweeping; a started reaper (the server is ending) then kills what :meth:`kill_adopted` finds."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.ident is not None:
-            self.kill_unreadable()
+            self.kill_adopted()
 
-    def kill_unreadable(self) -> int:
-        """SIGKILL, with its process group, every child whose environment cannot be read; how many.
+    def kill_adopted(self) -> int:
+        """SIGKILL, with its process group, every orphan this process adopted and that still runs; how many.
 
-        A daemon that makes itself non-dumpable (``ssh-agent`` does) hides its
-        environment, and so its marker, from a server that is not root: no
-        marker sweep finds it.  Left by its parent, it is the subreaper's
-        child, so an orphan of one of the server's trees (or a child of ours
-        that ends with the server): at the server's end it is killed.  Not
-        the guardian, nor a Popen child of inherit mode (already killed).
+        At the server's orderly end every tree is killed already, by its
+        group and its marker; what may run on is a daemon that both left the
+        tree's group and dropped its marker (``setsid env -i ...``), or made
+        itself non-dumpable (``ssh-agent``), so that no marker sweep finds it.
+        Left by its parent, it is the subreaper's child, and every child that
+        this process did not fork (:func:`start_ours`, a Popen leader, the
+        guardian) is such an orphan of one of the server's trees: each is
+        killed, whatever its environment holds.
         """
         import psutil
 
-        with _leaders_lock:
-            keep = set(_leaders) | {guardian.running_pid()}
         killed = 0
-        for child in psutil.Process().children():
-            if child.pid in keep:
-                continue
-            try:
-                child.environ()
-                continue  # readable: the marker sweeps decide
-            except psutil.AccessDenied:
-                pass
-            except (psutil.Error, OSError):  # gone, or a zombie
-                continue
-            try:
-                guardian.kill_with_group(child)
-                killed += 1
-            except psutil.Error:
-                pass
+        with forking:
+            with _leaders_lock:
+                known = set(_leaders) | _ours | {guardian.running_pid()}
+            for child in psutil.Process().children():
+                if child.pid in known:
+                    continue
+                try:
+                    guardian.kill_with_group(child)
+                    killed += 1
+                except psutil.Error:  # gone, or a zombie the sweeps reap
+                    pass
         return killed
 
     def _run(self) -> None:
