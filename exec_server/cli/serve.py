@@ -45,9 +45,10 @@ def serve(args: argparse.Namespace) -> int:
         print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
         return 1
 
-    from exec_server.server.process import contain, marked
+    from exec_server.server.process import contain, guardian, marked
 
     reaper = marked.Reaper() if sys.platform.startswith("linux") else None
+    guardian.cover_isolated_trees()  # a long-lived server: one guardian, its start and exit off the paths users wait
 
     def arm_reaper() -> None:
         # After the containment probe, which runs beside the accept loop so that it

@@ -118,21 +118,15 @@ def find_dumb_init() -> Optional[str]:
     return shutil.which("dumb-init")
 
 
-def isolate_prefix(init: str, setpriv: str, unshare: str, map_user: bool, env: str = "env") -> List[str]:
-    """The command that runs a program alone in a new PID namespace (see the module docstring).
-
-    Its last step (``env -u MARKER_ENV --``) takes the guardian's marker out of the program's environment:
-    ``setpriv``, ``unshare`` and the namespace's init carry it, so that the guardian kills a tree whose
-    parent-death signals were not armed yet when the server died (``setpriv`` arms its own after its exec,
-    ``unshare --kill-child`` its child's after its fork: a server killed in between left the tree running).
-    """
+def isolate_prefix(init: str, setpriv: str, unshare: str, map_user: bool) -> List[str]:
+    """The command that runs a program alone in a new PID namespace (see the module docstring)."""
     prefix = [setpriv, "--pdeathsig", "KILL", "--", unshare]
     if map_user:
         prefix.append("--map-current-user")
     prefix += ["--pid", "--fork", "--kill-child", "--mount-proc", "--", init, "--single-child"]
     for number in _GROUP_SIGNALS:
         prefix += ["--rewrite", "%d:0" % number]
-    return prefix + ["--"] + unmark_step(env)
+    return prefix + ["--"]
 
 
 def unmark_step(env: str = "env") -> List[str]:
@@ -166,10 +160,12 @@ def terminal_prefix(prefix: List[str]) -> List[str]:
 class Containment:
     """The mode in force and the command prefix of each child; decided once by :func:`probe`."""
 
-    def __init__(self, mode: str, prefix: List[str], reason: str = ""):
+    def __init__(self, mode: str, prefix: List[str], reason: str = "", unmark: Optional[List[str]] = None):
+        """``unmark``: :func:`unmark_step` with the path of ``env`` (isolate)."""
         self.mode = mode
         self.prefix = prefix
         self.reason = reason
+        self.unmark = unmark or []
 
     @property
     def isolated(self) -> bool:
@@ -179,6 +175,10 @@ class Containment:
         """The child's environment, with the marker (isolated: the prefix's processes alone carry it, the
         program's environment is as given)."""
         return dict(env, **{MARKER_ENV: marker})
+
+    def guarded_prefix(self) -> List[str]:
+        """An isolated child's prefix when the guardian covers it (:func:`.guardian.cover_isolated_trees`)."""
+        return self.prefix + self.unmark
 
 
 _decided: Dict[str, Containment] = {}
@@ -198,7 +198,7 @@ def _probe_isolate() -> Tuple[Optional[List[str]], str]:
     attempts = [False, True] if os.geteuid() == 0 else [True]
     reason = ""
     for map_user in attempts:
-        prefix = isolate_prefix(init, setpriv, unshare, map_user, env)
+        prefix = isolate_prefix(init, setpriv, unshare, map_user)
         try:
             done = spawner().call(lambda: subprocess.run(
                 prefix + ["/bin/sh", "-c", 'test "$$" = 2 && exit 42'], stdin=subprocess.DEVNULL,
@@ -235,7 +235,7 @@ def decide(requested: str) -> Containment:
                 decided = Containment(INHERIT, inherit.prefix, reason)
             else:
                 log.info("process trees are isolated in PID namespaces")
-                decided = Containment(ISOLATE, prefix)
+                decided = Containment(ISOLATE, prefix, unmark=unmark_step(shutil.which("env") or "env"))
         _decided[requested] = decided
         return decided
 

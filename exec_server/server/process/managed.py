@@ -102,13 +102,14 @@ class ManagedProcess:
             # stays as asked); the server's own kills need no scan for it, the namespace takes the tree.
             env = dict(env, **{contain.MARKER_ENV: guardian.marker_prefix() + os.urandom(16).hex()})
             wrapper = wrapper[:1] + ["--unsetenv", contain.MARKER_ENV] + wrapper[1:]
-        else:  # isolated
-            # For the guardian alone, as a sandbox's: the parent-death signals that take an isolated tree
-            # with the server are armed after a fork and an exec, so a server killed meanwhile left the tree
-            # running.  The prefix's last step (contain.unmark_step) keeps it out of the program's environment;
-            # the server's own kills need no scan for it (the group's kill ends the namespace).
+        prefix = containment.prefix
+        if not wrapper and containment.isolated and guardian.covers_isolated_trees():
+            # For the guardian alone, as a sandbox's (guardian.cover_isolated_trees): the prefix's last step
+            # keeps it out of the program's environment; the server's own kills need no scan for it (the
+            # group's kill ends the namespace).
             env = containment.environment(env, guardian.marker_prefix() + os.urandom(16).hex())
-        popen, master, terminal = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, containment.prefix,
+            prefix = containment.guarded_prefix()
+        popen, master, terminal = spawn_child(argv, cwd, env, tty, pipe_stdin, arg0, wrapper, prefix,
                                               pty_size=pty_size)
         if marker is not None:
             marked.register_leader(popen.pid)
