@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import running_descendants, start_ours, wait_until
+from conftest import reap, running_descendants, start_ours, wait_until
 
 pytestmark = pytest.mark.posix
 
@@ -102,10 +102,7 @@ def test_several_hosts_into_a_closed_pipe_end_with_141_and_their_commands(two):
         assert cli.wait(timeout=30) == 141
         assert b"Traceback" not in cli.stderr.read()
     finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
-        cli.stderr.close()
+        reap(cli)
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", "58"]), timeout=10)
 
 
@@ -261,9 +258,6 @@ def test_an_ending_signal_ends_run_while_its_stdout_reader_stopped_reading(reque
         assert cli.wait(timeout=20) == (123 if hosts else 137)
         assert b"Traceback" not in cli.stderr.read()
     finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
-        cli.stderr.close()
+        reap(cli)
         os.close(reader)
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", marker]), timeout=10)

@@ -185,7 +185,7 @@ _decided: Dict[str, Containment] = {}
 _decided_lock = threading.Lock()
 
 
-def _probe_isolate() -> Tuple[Optional[List[str]], str]:
+def _probe_isolate() -> Tuple[Optional["Containment"], str]:
     if not sys.platform.startswith("linux"):
         return None, "PID namespaces are Linux-only"
     init, setpriv, unshare = find_dumb_init(), shutil.which("setpriv"), shutil.which("unshare")
@@ -207,7 +207,7 @@ def _probe_isolate() -> Tuple[Optional[List[str]], str]:
             reason = str(exc)
             continue
         if done.returncode == 42:
-            return prefix, ""
+            return Containment(ISOLATE, prefix, unmark=unmark_step(env)), ""
         reason = done.stderr.decode("utf-8", "replace").strip() or "probe exited %d" % done.returncode
     return None, reason
 
@@ -228,14 +228,14 @@ def decide(requested: str) -> Containment:
         if requested == INHERIT:
             decided = inherit
         else:
-            prefix, reason = _probe_isolate()
-            if prefix is None:
+            isolated, reason = _probe_isolate()
+            if isolated is None:
                 log.warning("PID namespace isolation unavailable (%s): process trees use process groups "
                             "and a marker instead (--linux-sandbox-pid-namespace inherit)", reason)
                 decided = Containment(INHERIT, inherit.prefix, reason)
             else:
                 log.info("process trees are isolated in PID namespaces")
-                decided = Containment(ISOLATE, prefix, unmark=unmark_step(shutil.which("env") or "env"))
+                decided = isolated
         _decided[requested] = decided
         return decided
 

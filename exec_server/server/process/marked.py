@@ -171,11 +171,7 @@ class Reaper:
 
         killed = 0
         with forking:
-            with _leaders_lock:
-                known = set(_leaders) | _ours | {guardian.running_pid()}
-            for child in psutil.Process().children():
-                if child.pid in known:
-                    continue
+            for child in _adopted_children():
                 try:
                     guardian.kill_with_group(child)
                     killed += 1
@@ -202,11 +198,7 @@ class Reaper:
 
         reaped = 0
         with forking:  # no fork of ours is between its fork and its registration now
-            with _leaders_lock:
-                known = set(_leaders) | _ours | {guardian.running_pid()}
-            for child in psutil.Process().children():
-                if child.pid in known:
-                    continue
+            for child in _adopted_children():
                 try:
                     zombie = child.status() == psutil.STATUS_ZOMBIE
                     if not zombie and child.pid not in _adopted and MARKER_ENV in child.environ():
@@ -221,3 +213,13 @@ class Reaper:
                     except ChildProcessError:
                         _adopted.discard(child.pid)
         return reaped
+
+
+def _adopted_children() -> List[Any]:
+    """This process's children that it did not fork (:func:`start_ours`, a Popen leader, the guardian): the
+    orphans it adopted as the subreaper.  Call it holding :data:`forking`."""
+    import psutil
+
+    with _leaders_lock:
+        known = set(_leaders) | _ours | {guardian.running_pid()}
+    return [child for child in psutil.Process().children() if child.pid not in known]
