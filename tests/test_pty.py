@@ -76,7 +76,7 @@ def test_a_ctrl_c_typed_on_a_sandboxed_pty_reaches_the_program_alone(connect, se
     the program alone gets the SIGINT, handles it and exits by itself; and the window size reaches it."""
     peer = connect(server.url)
     peer.initialize()
-    script = ("import os, time\nprint('ready', os.get_terminal_size(), flush=True)\ntry:\n    time.sleep(20)\n"
+    script = ("import os, time\ntry:\n    print('ready', os.get_terminal_size(), flush=True)\n    time.sleep(20)\n"
               "except KeyboardInterrupt:\n    print('caught', flush=True)\ntime.sleep(0.3)\nprint('done', flush=True)")
     peer.call("process/start", start_params("c", ["python3", "-c", script], tty=True,
                                             sandbox=sandbox_writing(tmp_path)))
