@@ -18,10 +18,11 @@ import uuid
 import psutil
 import pytest
 
-from conftest import start_params, wait_until, with_env
+from conftest import reap, start_params, wait_until, with_env
 from exec_server import Client
 from exec_server.server.process import contain, guardian
 from exec_server.server.process.marked import MARKER_ENV
+from exec_server.server.process.spawn import spawn_child
 
 pytestmark = [pytest.mark.posix, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment")]
 
@@ -280,6 +281,26 @@ def test_arg0_leaves_the_environment_as_the_client_gave_it(configured_server, mo
     listed = dict(line.split("=", 1) for line in done.stdout.decode().splitlines())
     listed.pop(MARKER_ENV, None)  # inherit mode's marker
     assert listed == env
+
+
+@pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_program_named_with_an_equals_sign_runs_through_the_arg0_step_only_after_env(tmp_path, guarded):
+    """The guarded prefix ends with ``env -u``, which would take ``./a=b`` for an assignment: there such a name
+    goes through the arg0 step; under the plain prefix the namespace's init execs it directly (one exec less)."""
+    program = tmp_path / "a=b"
+    program.write_text('#!/bin/sh\necho "ran $0 $1"\n')
+    program.chmod(0o755)
+    containment = contain.decide("isolate")
+    prefix = containment.guarded_prefix() if guarded else containment.prefix
+    env = dict(os.environ, **{MARKER_ENV: "unused.x"})
+    popen, _master, _terminal = spawn_child(["./a=b", "one"], str(tmp_path), env, False, False, None, prefix=prefix)
+    try:
+        out, err = popen.communicate(timeout=20)
+    finally:
+        reap(popen)
+    assert (popen.returncode, out, err) == (0, b"ran ./a=b one\n", b"")
+    assert (contain.ARG0_SHIM in popen.args) is guarded
 
 
 def test_inherit_mode_marks_the_environment(configured_server):

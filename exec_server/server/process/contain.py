@@ -139,6 +139,11 @@ def _is_unmark_step(command: List[str]) -> bool:
     return len(command) >= 4 and os.path.basename(command[0]) == "env" and command[1:4] == unmark_step()[1:]
 
 
+def ends_unmarked(prefix: List[str]) -> bool:
+    """Whether ``prefix`` ends with :func:`unmark_step` (then a program name holding ``=`` needs the arg0 step)."""
+    return _is_unmark_step(prefix[-4:])
+
+
 def terminal_prefix(prefix: List[str]) -> List[str]:
     """The prefix of a program on a PTY: ``prefix`` with ``dumb-init`` in its default (setsid) mode.
 

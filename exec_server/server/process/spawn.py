@@ -134,7 +134,7 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
             executable = wrapper[0]
         elif prefix:
             _check_executable(os.path.join(cwd, executable))  # the init's exec failure would be an exit code
-            if arg0 is not None or "=" in argv[0]:  # env (contain.unmark_step) would take a name with = to set
+            if arg0 is not None or ("=" in argv[0] and contain.ends_unmarked(prefix)):  # env would set a=b
                 program = contain.arg0_shim(executable, argv[0] if arg0 is None else arg0, env.get("LC_CTYPE"))
             else:  # the init's execvp finds the same file in the child's PATH; argv[0] stays as given
                 program = [argv[0] if "PATH" in env else executable]
