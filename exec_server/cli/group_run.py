@@ -15,12 +15,12 @@ import argparse
 import signal
 import sys
 import threading
-from typing import BinaryIO, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Set, Tuple
 
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, output_failed, restore
+from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, restore
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
@@ -29,18 +29,18 @@ from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
 
 class _WriteFailed(Exception):
-    """A printer's write failed: ``error``, on ``target`` (local ``name``)."""
+    """A printer's write failed: ``error``, on ``local`` stderr (``is_err``) or stdout."""
 
-    def __init__(self, error: OSError, target: Optional[BinaryIO], name: str):
+    def __init__(self, error: OSError, local: LocalOutput, is_err: bool):
         super().__init__(error)
-        self.error, self.target, self.name = error, target, name
+        self.error, self.local, self.is_err = error, local, is_err
 
 
 def _emit(local: LocalOutput, is_err: bool, data: bytes) -> None:
     try:
         local.write(is_err, data)
     except OSError as error:
-        raise _WriteFailed(error, local.target(is_err), "stderr" if is_err else "stdout") from None
+        raise _WriteFailed(error, local, is_err) from None
 
 
 #: Bytes of one output line that ``run`` on several hosts holds before it prints them as a line of their own:
@@ -134,7 +134,7 @@ def run_group(args: argparse.Namespace, urls: List[str], argv: List[str], env: d
             try:
                 statuses = _follow(running, by_label, BlockPrinter if args.group_output else LinePrinter)
             except _WriteFailed as failed:  # `| head -1`, `>&-`, `> /dev/full`: as for one host (trees killed)
-                return output_failed(failed.error, failed.target, failed.name)
+                return failed.local.failed(failed.is_err, failed.error)
     _summary(running, statuses)
     return 0 if all(status == 0 for status, _note in statuses.values()) else EXIT_SOME_HOSTS_FAILED
 

@@ -75,6 +75,10 @@ class LocalOutput:
         finally:
             self._writing = None
 
+    def failed(self, is_err: bool, error: OSError, command: str = "run") -> int:
+        """:func:`output_failed` for a failed write of stderr or stdout: the exit status, after its one line."""
+        return output_failed(error, self.target(is_err), "stderr" if is_err else "stdout", command)
+
     def end(self) -> None:
         """From an ending signal's handler: the write in progress returns, and later ones write nothing."""
         self.ended = True

@@ -19,7 +19,7 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, output_failed, restore
+from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, restore
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, RemoteProcess
@@ -273,7 +273,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                         local.write(is_err, event.data)
                     except OSError as error:  # `| head -1`, `>&-`, `> /dev/full`: the tree is killed
                         _quietly(lambda: process.kill(timeout=KILL_WAIT))
-                        return output_failed(error, local.target(is_err), "stderr" if is_err else "stdout")
+                        return local.failed(is_err, error)
                 elif isinstance(event, ExitedEvent):
                     exit_code = event.exit_code
                 elif isinstance(event, ClosedEvent):
