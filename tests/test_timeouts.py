@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import start_ours, wait_until
-from exec_server import CallTimeout, Client, ReconnectPolicy, ServerConfig
+from exec_server import CallTimeout, Client, ReconnectPolicy, RpcError, ServerConfig
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.posix
@@ -339,6 +339,19 @@ def test_a_caller_id_stays_taken_by_its_closed_handle(proxied):
     client.forget(old)
     new = client.start(["echo", "again"], process_id="job-2")
     assert new.communicate(timeout=10) == (b"again\n", b"")
+
+
+def test_forget_takes_a_handle_or_its_process_id(proxied):
+    """``forget("job")`` frees the caller's id as ``forget(handle)`` does (it raised AttributeError); the next
+    start of that id goes to the server, which still retains the closed one; anything else is a TypeError."""
+    client, _, _ = proxied
+    old = client.start(["true"], process_id="job")
+    assert old.wait(timeout=10) == 0
+    with pytest.raises(TypeError, match="a RemoteProcess or its process id, not int"):
+        client.forget(1)
+    client.forget("job")
+    with pytest.raises(RpcError, match="process job already exists"):
+        client.start(["true"], process_id="job")
 
 
 def test_a_start_whose_terminate_is_lost_in_a_drop_sends_it_again_once_recovered(proxied, tmp_path):

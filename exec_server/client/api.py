@@ -9,11 +9,10 @@ method is thread-safe.
         proc = client.start(["cat"], stdin=True)          # like subprocess.Popen
         proc.write(b"hi\\n"); proc.terminate(); proc.wait(timeout=5)
 
-Behind it: ``websocket`` and ``stdio`` carry messages (``transport`` is their interface); ``endpoint``
-matches responses to calls and routes notifications; ``recovery`` resumes the session after a drop;
-``process`` (with ``buffer`` and ``control``) and ``fs`` are the handles.  When the connection is lost for
-good, every waiting and later call raises :class:`ExecServerDisconnected`.  Timeouts are float seconds
-(None blocks, 0 polls); on the wire they are the protocol's milliseconds.
+Behind it: ``websocket`` and ``stdio`` carry messages (``transport`` is their interface); ``endpoint`` matches
+responses to calls and routes notifications; ``recovery`` resumes the session after a drop; ``process`` (with
+``buffer`` and ``control``) and ``fs`` are the handles.  When the connection is lost for good, every waiting and
+later call raises :class:`ExecServerDisconnected`.  Timeouts are float seconds (None blocks, 0 polls).
 """
 
 import os
@@ -26,8 +25,7 @@ from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.control import terminate_open, terminate_unknown_start
 from exec_server.client.endpoint import CONNECTED, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
-                                           command_env)
-from exec_server.client.interfaces import seconds as _seconds
+                                           command_env, seconds as _seconds)
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
@@ -176,7 +174,6 @@ class Client:
         """The current transport (the tests read a stdio child's ``pid`` from it)."""
         return self._endpoint.transport
 
-    # ---------------------------------------------------------------- calls
     @property
     def state(self) -> str:
         """``connected``, ``recovering``, ``failed`` or ``closed``."""
@@ -246,7 +243,6 @@ class Client:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------ processes
     @property
     def fs(self):
         """The file system API (:class:`~exec_server.client.fs.FileSystem`)."""
@@ -353,9 +349,13 @@ class Client:
         process.started = True
         return process
 
-    def forget(self, process: RemoteProcess) -> None:
-        """Stop routing events to ``process`` (a closed handle, or one given up; what it kept stays in it)."""
-        self._endpoint.remove_process(process.process_id, process)
+    def forget(self, process: Union[RemoteProcess, str]) -> None:
+        """Stop routing events to ``process``: a handle (closed, or given up: what it kept stays in it) or its
+        ``process_id`` (whichever handle has it).  Raises TypeError: anything else."""
+        handle = process if isinstance(process, RemoteProcess) else None
+        if handle is None and not isinstance(process, str):
+            raise TypeError("forget() takes a RemoteProcess or its process id, not %s" % type(process).__name__)
+        self._endpoint.remove_process(process if handle is None else handle.process_id, handle)
 
     def run(self, argv: Sequence[str], *, input: Union[bytes, str, None] = None, timeout: Optional[float] = None,
             check: bool = False, capture_output: bool = True, text: Optional[bool] = None,
