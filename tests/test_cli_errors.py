@@ -255,7 +255,26 @@ def test_an_unknown_log_level_is_refused_naming_where_it_came_from(args, env, na
     done = subprocess.run(CLI + ["--listen", "stdio"] + args, capture_output=True, timeout=60,
                           stdin=subprocess.DEVNULL, env=dict(os.environ, **env))
     assert done.returncode == 2
-    assert done.stderr.decode().splitlines()[-1].startswith("exec-server: error: %s: invalid level" % named)
+    lines = done.stderr.decode().splitlines()
+    assert lines[-1].startswith("exec-server: error: %s: invalid level" % named)
+    if not args:  # the variable's error is its one line: no usage of options that were all right
+        assert len(lines) == 1, lines
+
+
+@pytest.mark.parametrize("args, logged", [(["--log-level", "info", "run"], True),
+                                          (["run", "--log-level", "info"], True),
+                                          (["--log-level", "info", "run", "--log-level", "error"], False),
+                                          (["run"], False)])
+def test_the_log_level_may_follow_the_subcommand(args, logged):
+    """``exec-server run --log-level info -- true`` was refused (unrecognized arguments); after the subcommand
+    it wins over the one before it."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "EXEC_SERVER_LOG"}
+    done = subprocess.run(CLI + args + ["--", "true"], capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert (b" INFO " in done.stderr) == logged, done.stderr[-500:]  # "process started"
 
 
 @pytest.mark.parametrize("args, env, logged", [([], {"EXEC_SERVER_LOG": "info"}, True),

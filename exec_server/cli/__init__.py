@@ -51,7 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
         subcommands = getattr(parser, "subcommands", {})
         subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
-    logs.configure(args.log_level, parser.error)
+    # a bad EXEC_SERVER_LOG is one line: the usage would tell of options that were all right
+    logs.configure(args.log_level, lambda message: parser.exit(2, "exec-server: error: %s\n" % message))
     if args.otel:
         from exec_server.common.telemetry import configure_sdk
 

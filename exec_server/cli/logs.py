@@ -32,7 +32,7 @@ def log_level(given: Optional[str]) -> str:
 
 
 def configure(given: Optional[str], usage_error: Callable[[str], None]) -> None:
-    """Log on stderr at :func:`log_level`; a bad ``EXEC_SERVER_LOG`` goes to ``usage_error`` (argparse's, status 2)."""
+    """Log on stderr at :func:`log_level`; a bad ``EXEC_SERVER_LOG`` goes to ``usage_error`` (which exits, status 2)."""
     try:
         level = log_level(given)
     except ValueError as exc:

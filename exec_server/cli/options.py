@@ -211,6 +211,10 @@ def add_client_options(parser: argparse.ArgumentParser, user: str) -> None:
     parser.add_argument("--keyfile", metavar="PATH", help="PEM private key of --certfile (default: in --certfile)")
     parser.add_argument("--timeout", type=functools.partial(_seconds, positive=True), default=10.0, metavar="SECONDS",
                         help="connect timeout (default %(default)s)")
+    # after the subcommand too; left out, the one before it (or EXEC_SERVER_LOG) stands
+    parser.add_argument("--log-level", type=level_name, default=argparse.SUPPRESS, metavar="LEVEL",
+                        help="logging level on stderr, as --log-level before '%s' (default EXEC_SERVER_LOG, else "
+                             "WARNING)" % user)
 
 
 class _AppendUrl(argparse.Action):
