@@ -240,9 +240,12 @@ def test_a_large_result_waits_while_others_fill_the_result_budget(configured_ser
     wait_until(lambda: budget.used == 0, timeout=10)
 
 
-def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(configured_server, connect, tmp_path):
-    """A process/read without waitMs runs on the connection's reader thread, unless it reads spooled output:
-    waiting there for the result budget froze the connection (no other answer, no Pong) up to --send-timeout."""
+@pytest.mark.parametrize("max_bytes", [None, 64 * 1024])
+def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(configured_server, connect, tmp_path,
+                                                                             max_bytes):
+    """A process/read without waitMs runs on the connection's reader thread, but never waits there for the result
+    budget (that froze the connection, no other answer, no Pong, up to --send-timeout): a large spooled read goes
+    to a request thread, a small one (``INLINE_SPOOL_READ_BYTES``) too once it finds the budget taken."""
     size = 16 * MIB
     running = configured_server(max_result_bytes_in_flight=RESULT_COST_PER_BYTE * size)
     (tmp_path / "big").write_bytes(os.urandom(size))
@@ -252,13 +255,40 @@ def test_a_spooled_read_waiting_for_the_budget_does_not_stall_its_connection(con
     peer.wait_closed("big", timeout=30)
     budget = running.server.dispatcher.result_budget
     with _budget_holder(running, tmp_path / "big", budget.limit) as slow:
-        peer.send({"id": 7, "method": "process/read", "params": {"processId": "big", "afterSeq": 0}})
+        params = {"processId": "big", "afterSeq": 0, **({} if max_bytes is None else {"maxBytes": max_bytes})}
+        peer.send({"id": 7, "method": "process/read", "params": params})
         started = time.monotonic()
         assert peer.call("environment/status", timeout=5) == {"status": "ready"}  # answered while 7 waits
         assert time.monotonic() - started < 2.0
         assert not any(m.get("id") == 7 for m in peer.received)
         assert _drain_at_least(slow, size * 4 // 3) >= size * 4 // 3
     assert peer.wait_for(lambda m: m.get("id") == 7, timeout=20)["result"]["chunks"]
+
+
+def test_a_small_spooled_read_is_answered_while_long_polls_hold_every_request_thread(
+        configured_server, connect, tmp_path):
+    """A catch-up's 64 KiB reads of spooled output run on the reader thread while the result budget is free: they
+    were queued behind the connection's long polls (here both request threads wait 20 s on a quiet process)."""
+    running = configured_server(concurrent_requests=2)
+    data = os.urandom(3 * MIB)
+    (tmp_path / "big").write_bytes(data)
+    peer = connect(running.url)
+    peer.initialize()
+    peer.call("process/start", start_params("big", ["cat", str(tmp_path / "big")]))
+    peer.wait_closed("big", timeout=30)
+    peer.call("process/start", start_params("quiet", ["sleep", "60"]))
+    for number in (8, 9):
+        peer.send({"id": number, "method": "process/read",
+                   "params": {"processId": "quiet", "afterSeq": 0, "waitMs": 20000}})
+    time.sleep(0.5)  # both long polls hold a request thread
+    started = time.monotonic()
+    reply = peer.call("process/read", {"processId": "big", "afterSeq": 0, "maxBytes": 64 * 1024}, timeout=15)
+    assert time.monotonic() - started < 5.0
+    assert reply["chunks"][0]["seq"] == 1
+    got = b"".join(base64.b64decode(c["chunk"]) for c in reply["chunks"])
+    assert 0 < len(got) <= 64 * 1024 and got == data[:len(got)]
+    assert not any(m.get("id") in (8, 9) for m in peer.received)  # still waiting
+    peer.call("process/terminate", {"processId": "quiet"}, timeout=10)
 
 
 def test_a_spooled_read_reserves_what_it_may_return_not_its_whole_budget(configured_server, connect, tmp_path):

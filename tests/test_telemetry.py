@@ -297,3 +297,33 @@ def _exported(server, out):
         assert server.wait(timeout=30) == 0
     out.seek(0)
     return list(_json_documents(out.read().decode()))
+
+
+def test_a_request_the_reader_thread_hands_on_leaves_its_context_behind_on_neither_thread():
+    """A small spooled process/read begins on the reader thread; finding the result budget taken, it goes to a
+    request thread (``WouldWait``): the context its first dispatch attached must be detached there, on the
+    reader thread, else every later request of the connection would run inside that span."""
+    import threading
+    import time
+
+    from exec_server.common import telemetry
+
+    EXPORTER.clear()
+    span = telemetry.ServerRequestSpan("process/read", None, time.monotonic())
+    span.dispatched()
+    assert trace.get_current_span() is span.span
+    span.requeued()
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    seen = []
+
+    def request_thread():
+        span.dispatched()
+        seen.append(trace.get_current_span())
+        span.finish(telemetry.SUCCESS)
+        seen.append(trace.get_current_span())
+
+    worker = threading.Thread(target=request_thread)
+    worker.start()
+    worker.join(10)
+    assert seen == [span.span, trace.INVALID_SPAN]
+    assert [s.attributes["result"] for s in spans("process/read")] == ["success"]

@@ -237,6 +237,14 @@ class ServerRequestSpan:
             self.span.set_attribute("rpc.dispatch_offset_ns", int((time.monotonic() - self.received) * 1e9))
             self.token = context.attach(trace.set_span_in_context(self.span))
 
+    def requeued(self) -> None:
+        """The dispatch ended without an answer (the request goes to a request thread): the context it attached goes."""
+        if self.token is not None:
+            from opentelemetry import context
+
+            context.detach(self.token)
+            self.token = None
+
     def finish(self, result: Optional[str], error_code: Optional[int] = None) -> None:
         """End the span: ``result`` as attribute ``result`` (none for a request cut by a disconnect), and a JSON-RPC
         error's ``error_code`` as ``rpc.jsonrpc.error_code``."""

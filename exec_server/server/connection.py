@@ -31,7 +31,7 @@ from exec_server.protocol.handshake import Handshake
 from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
                                           encode, encode_reply, error_response, parse_message, utf8_size)
 from exec_server.protocol.wire import RawJson, Send
-from exec_server.server.process import ReadAborted
+from exec_server.server.process import ReadAborted, WouldWait
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +54,15 @@ BLOCK_METHODS = frozenset({"fs/readBlock", "fs/writeBlock"})
 #: the daemon flag of the connection's thread but still hold interpreter exit.
 REQUEST_THREAD_PREFIX = "exec-server-request"
 
+#: ``process/read`` of spooled output with a ``maxBytes`` of at most this many bytes runs on the reader thread
+#: while the result budget is free (a catch-up's 64 KiB reads: no hand-off, never queued behind long polls);
+#: a larger one, or one that would wait for the budget (:class:`WouldWait`), on a request thread.
+INLINE_SPOOL_READ_BYTES = 1024 * 1024
+
 #: Marks a request abandoned without a reply (its connection went away).
 _ABORTED: Any = object()
+#: Marks a request run on the reader thread that would have waited: a request thread runs it.
+_REQUEUED: Any = object()
 
 
 def _new_file_handles(limit: int) -> "FileHandles":
@@ -189,8 +196,8 @@ class RpcConnection:
                     self._run(request, handler, span, label, received)
                     return
         if (taken is None or not taken.closes_slowly) and self._runs_inline(method, request.params):
-            self._run(request, handler, span, label, received)
-            return
+            if self._run(request, handler, span, label, received, inline=True):
+                return  # else it would have waited for the result budget: a request thread runs it
         with self._admitted_lock:  # a taken handle's close is never refused: only it closes that handle
             admitted = taken is not None or (self._admitted < self._admission_limit and (
                 not self._admitted or self._admitted_bytes + size <= self._admission_bytes))
@@ -269,8 +276,10 @@ class RpcConnection:
         """
         if self._serial:
             return False
-        if method == "process/read":  # not a long poll, nor a read of spooled output (disk, the result budget)
-            return isinstance(params, dict) and not params.get("waitMs") and not self._reads_spool(params)
+        if method == "process/read":  # not a long poll; a spooled read if small (WouldWait: not for the budget)
+            size = params.get("maxBytes")  # params are valid: an object
+            return not params.get("waitMs") and ((type(size) is int and size <= INLINE_SPOOL_READ_BYTES)
+                                                 or not self._reads_spool(params))
         return method in INLINE_METHODS
 
     def _reads_spool(self, params: Any) -> bool:
@@ -301,16 +310,19 @@ class RpcConnection:
         if handle is not None:
             self.file_handles.end(handle)
 
-    def _run(self, request: Request, handler, span, label: str, received: float) -> None:
+    def _run(self, request: Request, handler, span, label: str, received: float, inline: bool = False) -> bool:
+        """Run the handler and answer; False (no answer) if ``inline`` and it would wait (:class:`WouldWait`)."""
         started = time.monotonic()
         if telemetry.metrics_enabled():
             telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
         dispatcher = self.dispatcher
-        ctx = RequestContext(self, dispatcher, received)
+        ctx = RequestContext(self, dispatcher, received, inline)
         try:
             outcome: Any = handler(ctx, request.params)
             failed = False
+        except WouldWait:
+            outcome, failed = _REQUEUED, True
         except ReadAborted:
             outcome, failed = _ABORTED, True
         except RpcError as error:
@@ -321,6 +333,9 @@ class RpcConnection:
             log.exception("request %s (%r) failed", request.method, request.id)
             outcome, failed = InternalError("internal error"), True
         try:
+            if outcome is _REQUEUED:
+                span.requeued()
+                return False
             if failed:
                 self._complete(request, span, label, received, started, outcome)
             else:  # the result's own pieces (a file's base64) are freed before the response is written
@@ -332,6 +347,7 @@ class RpcConnection:
                     callback()
                 except Exception:
                     log.exception("after-response hook of %s failed", request.method)
+        return True
 
     def _complete(self, request: Request, span, label: str, received: float, started: float,
                   error: Optional[RpcError], reply: "Optional[Union[str, RawJson]]" = None) -> None:

@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional
 from exec_server.protocol.errors import InvalidRequest, ServerOverloaded
 from exec_server.protocol.handshake import TAKEN_OVER
 from exec_server.server.config import ServerConfig
-from exec_server.server.process import ReadAborted
+from exec_server.server.process import ReadAborted, WouldWait
 from exec_server.server.session import Session
 from exec_server.server.sessions import SessionRegistry
 
@@ -21,8 +21,10 @@ class RequestContext:
     can precede the response).
     """
 
-    def __init__(self, connection: Any, dispatcher: Any, received: Optional[float] = None):
+    def __init__(self, connection: Any, dispatcher: Any, received: Optional[float] = None, inline: bool = False):
+        """``inline``: run on the connection's reader thread, which must not wait (:meth:`reserve_result`)."""
         self.connection = connection
+        self.inline = inline
         #: When the request arrived (``time.monotonic()``): a long poll's ``waitMs`` counts from here.
         self.received = time.monotonic() if received is None else received
         self.dispatcher = dispatcher
@@ -50,11 +52,12 @@ class RequestContext:
         Counts :data:`~exec_server.server.budget.RESULT_COST_PER_BYTE` per
         byte and :data:`~exec_server.server.budget.RESULT_COST_PER_CHUNK` per
         chunk against ``max_result_bytes_in_flight`` (all connections),
-        waiting up to ``send_timeout`` seconds for it; one request's
-        reservations together take at most the whole budget.
+        waiting up to ``send_timeout`` seconds for it (not at all ``inline``);
+        one request's reservations together take at most the whole budget.
 
         Raises:
             ServerOverloaded: -32001, the budget stayed taken by other results.
+            WouldWait: ``inline``, and the budget is not free now (the request goes to a request thread).
         """
         from exec_server.server.budget import RESULT_COST_PER_BYTE, RESULT_COST_PER_CHUNK
 
@@ -62,9 +65,10 @@ class RequestContext:
         cost = RESULT_COST_PER_BYTE * decoded_bytes + RESULT_COST_PER_CHUNK * chunks
         # a request reserving again (a file longer than its stat said) holds at most the whole budget: it must
         # never wait for its own reservation
-        reserved = budget.reserve(min(cost, budget.limit - self._reserved), self.config.send_timeout)
+        wait = 0.0 if self.inline else self.config.send_timeout
+        reserved = budget.reserve(min(cost, budget.limit - self._reserved), wait)
         if reserved is None:
-            raise ServerOverloaded()
+            raise WouldWait() if self.inline else ServerOverloaded()
         self._reserved += reserved
         self.after_response(lambda: budget.release(reserved))
 
