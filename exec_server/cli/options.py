@@ -40,7 +40,8 @@ RUN_EXIT_STATUSES = """exit status:
   130  interrupted (Ctrl-C) before the command started (after: the command's own status)
   141  local stdout or stderr was a closed pipe (run ... | head -1): the remote tree was killed
   255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
-       before the command's exit status arrived"""
+       before the command's exit status arrived; or the server failed the command (no answer to
+       the start, output lost, no exit status, no end within 10 s of a kill): one line says which"""
 
 CP_SEVERAL_HOSTS = """several hosts (--url repeated, or --hosts): ':PATH' means that path on every host;
   an upload goes to each, a download goes to DEST/HOST/NAME (HOST is host_port, DEST a directory).

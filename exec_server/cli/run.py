@@ -14,7 +14,7 @@ import posixpath
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
@@ -22,7 +22,7 @@ from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, restore
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
-from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, RemoteProcess
+from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
 from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 
@@ -177,8 +177,10 @@ def _run(args: argparse.Namespace, argv: List[str], env: dict) -> int:
                     raise CommandError("--cwd wants an absolute path on the server", args.cwd or "''") from None
             try:
                 return _stream(client, argv, env, args, notice)
-            except RpcError as exc:
-                raise _start_failure(argv, args, exc) from None
+            except _StartFailed as failed:
+                raise _start_failure(argv, args, failed.error) from None
+            except (TimeoutError, ProcessOutputGap, RpcError) as exc:  # a silent server, lost output, a bad answer
+                raise CommandError(str(exc), args.via or args.url, EXIT_DISCONNECTED) from None
     except ExecServerDisconnected as exc:
         raise disconnected(exc, args.via or args.url) from None
     finally:
@@ -234,19 +236,34 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     # The local terminal's size at start and on each SIGWINCH (our ptySize
     # extension); the Codex reference keeps every PTY at 24x80.
     follow_size = args.tty and client.supports("ptySize") and hasattr(signal, "SIGWINCH")
-    process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env, tty=args.tty,
-                           stdin=bool(forward), pty_size=_terminal_size() if follow_size else None)
+    try:
+        process = client.start(argv, cwd=args.cwd, env=env, inherit_env=not args.clean_env, tty=args.tty,
+                               stdin=bool(forward), pty_size=_terminal_size() if follow_size else None)
+    except RpcError as exc:  # the server refused the start; later RpcErrors are no start failure
+        raise _StartFailed(exc) from None
     if notice is not None:
         notice.process = process
     interrupts = []
     local = LocalOutput(binary(sys.stdout), binary(sys.stderr))
 
+    # After an ending signal's kill the remote end has KILL_WAIT s to report the command's end (a silent server,
+    # a tree its kill cannot end): then the handle fails and run ends all the same (255, one line).
+    give_up = threading.Timer(KILL_WAIT, process.fail, args=(ExecServerDisconnected(
+        "the remote command did not report its end within %g s of the kill" % KILL_WAIT),))
+    give_up.daemon = True
+
+    def end_with(action: Callable[[], Any]) -> None:
+        threading.Thread(target=_quietly, args=(action,), daemon=True).start()
+        local.end()  # a local reader that stopped reading holds the end back no more
+        if give_up.ident is None:
+            give_up.start()
+
     def on_interrupt(signum, frame):
         interrupts.append(signum)
-        action = process.send_interrupt if len(interrupts) == 1 else process.terminate
-        threading.Thread(target=_quietly, args=(action,), daemon=True).start()
-        if len(interrupts) > 1:
-            local.end()  # a local reader that stopped reading holds the end back no more
+        if len(interrupts) == 1:
+            threading.Thread(target=_quietly, args=(process.send_interrupt,), daemon=True).start()
+        else:
+            end_with(process.terminate)
 
     def on_resize(signum, frame):
         size = _terminal_size()
@@ -254,8 +271,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
             threading.Thread(target=_quietly, args=(lambda: process.resize(*size),), daemon=True).start()
 
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote tree ends with us
-        threading.Thread(target=_quietly, args=(process.terminate,), daemon=True).start()
-        local.end()
+        end_with(process.terminate)
 
     installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
     if follow_size:
@@ -280,13 +296,24 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                     break
     finally:
         restore(installed)
-    if exit_code is None or exit_code < 0:
-        return EXIT_DISCONNECTED
+        give_up.cancel()
+    if exit_code is None or exit_code < 0:  # closed without a status: the server broke the protocol
+        raise CommandError("the server reported the command's end without its exit status (%r)" % (exit_code,),
+                           args.via or args.url, EXIT_DISCONNECTED)
     return exit_code if exit_code < 256 else 255
 
 
-#: Seconds to wait for the remote tree's kill when the local output pipe closed.
+#: Seconds to wait for the remote tree's kill when the local output pipe closed, and for the command's end
+#: after the kill of an ending signal (SIGTERM, SIGHUP, a second ^C).
 KILL_WAIT = 10.0
+
+
+class _StartFailed(Exception):
+    """The server answered the ``process/start`` with an error (``error``)."""
+
+    def __init__(self, error: RpcError):
+        super().__init__(error)
+        self.error = error
 
 
 class _NullContext:

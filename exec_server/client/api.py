@@ -381,13 +381,13 @@ class Client:
             text, universal_newlines, encoding, errors: any of them set: text mode, as
                 ``subprocess``'s (``input`` is str, output decoded, ``\\r\\n`` and ``\\r`` become
                 ``\\n``); ``encoding`` is UTF-8 unless given.
-            start_options: as for :meth:`start`; ``max_buffered_output`` defaults to None here (the
-                result keeps all output anyway, and a refill could meet a gap on a server that retains less).
+            start_options: as for :meth:`start`; ``max_buffered_output`` defaults to None (all output is kept anyway).
         Returns:
             ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes, str in text mode (a PTY's in ``stdout``).
         Raises:
             TypeError: ``input`` of the other mode's type (str in binary mode, bytes in text mode).
             UnicodeDecodeError: text mode, output that is not ``encoding`` (with ``errors`` strict).
+            InternalError: the server reported the process closed without its exit code.
         """
         return oneshot.run(self, argv, input, timeout, check, capture_output, text, encoding, errors,
                            universal_newlines, start_options)

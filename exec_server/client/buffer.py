@@ -38,6 +38,9 @@ REFILL_MIN_READ_BYTES = 16 * 1024
 REFILL_TIMEOUT = 30.0
 
 
+_DROPPED = "before it was read (max_buffered_output)"
+
+
 def _size(event: ProcessEvent) -> int:
     return len(event.data) if isinstance(event, OutputEvent) else 0
 
@@ -51,11 +54,12 @@ class EventBuffer:
     Attributes:
         events: published events, in seq order, not yet consumed.
         last_seq: the highest seq published.
-        exit_code: from ``exited``, as soon as it arrived (published, held or dropped).
+        exit_code, exit_seq: from ``exited``, as soon as it arrived (published, held or dropped).
         exit_published: whether the ``exited`` event itself was published.
         closed: whether ``closed`` was published (nothing follows it).
         dropping: live events are being dropped (the limit was reached).
         refill: the consumer must read from the server before it waits.
+        refill_cause: why a refill reads, for the message of a gap it meets.
     """
 
     def __init__(self, limit: Optional[int] = MAX_BUFFERED_OUTPUT):
@@ -67,10 +71,12 @@ class EventBuffer:
         self.buffered = 0  # bytes of output in events and held
         self.last_seq = 0
         self.exit_code: Optional[int] = None
+        self.exit_seq: Optional[int] = None
         self.exit_published = False
         self.closed = False
         self.dropping = False
         self.refill = False
+        self.refill_cause = _DROPPED
         self._largest_read = REFILL_READ_BYTES if limit is None else min(REFILL_READ_BYTES, limit)
         self.refill_bytes = self._largest_read  # ``maxBytes`` of the next refill read
 
@@ -89,7 +95,8 @@ class EventBuffer:
         if event.seq <= self.last_seq or self.closed:
             return False  # a duplicate
         if isinstance(event, ExitedEvent) and self.exit_code is None:
-            self.exit_code = event.exit_code  # known even while output before it is missing or dropped
+            # known even while output before it is missing or dropped: a read tells a lost chunk from the exit
+            self.exit_code, self.exit_seq = event.exit_code, event.seq
         if bounded and self.dropping:
             return False
         size = _size(event)
@@ -111,12 +118,17 @@ class EventBuffer:
             elif isinstance(ready, ClosedEvent):
                 self.closed = True
                 self._clear_held()
+        if isinstance(event, ClosedEvent) and not self.closed:
+            # nothing follows ``closed``: what is missing before it never comes live (a server that skipped a
+            # seq), so the consumer reads it with ``process/read``, or meets the gap, instead of waiting forever
+            self.refill, self.refill_cause = True, "missing from the server's notifications"
         return self.closed  # False on entry
 
     def _start_dropping(self) -> None:
         """The limit is reached: drop what is held out of order too (a refill reads it again)."""
         self._clear_held()
         self.dropping = self.refill = True
+        self.refill_cause = _DROPPED
 
     def _clear_held(self) -> None:
         self.buffered -= sum(_size(held) for held in self._held.values())

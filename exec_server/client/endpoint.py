@@ -22,8 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from exec_server.client.events import output_event_from_text
 from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle, check_request_size  # noqa
-from exec_server.client.interfaces import deadline as _deadline
-from exec_server.client.interfaces import remaining as _remaining
+from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
 from exec_server.client.reader import read_transport
 from exec_server.client.transport import Transport, send_within
 from exec_server.client.transport import abort as abort_transport
@@ -52,7 +51,8 @@ class Endpoint:
         self._failure: Optional[ExecServerDisconnected] = None
         self._transport: Optional[Transport] = None
         self.generation = 0  # the current transport's number: 1, 2, ... (read without the lock)
-        self._readers: List[threading.Thread] = []
+        self._readers: List[threading.Thread] = []  # the current transport's, and any still ending
+        self._finalizer: Optional[weakref.finalize] = None  # closes the current transport with the endpoint
         self._lost_generations: set = set()
         #: Who takes over when the transport ends (None: the endpoint fails).
         self.on_lost: Optional[LostHandler] = None
@@ -77,11 +77,13 @@ class Endpoint:
                 reader = threading.Thread(target=read_transport, args=(weakref.ref(self), transport, generation),
                                           name="exec-server-client-reader-%d" % generation, daemon=True)
                 reader.start()  # before close() can see it in _readers and join it
-                self._readers.append(reader)
+                self._readers = [alive for alive in self._readers if alive.is_alive()] + [reader]
         if ended:  # closed (or failed) while this connection was being opened: it is not used
             transport.close()
             raise ExecServerDisconnected("client is closed" if self._state == CLOSED else str(self._failure))
-        weakref.finalize(self, transport.close)
+        if self._finalizer is not None:
+            self._finalizer.detach()  # one per reconnect kept every ended transport until the client's end
+        self._finalizer = weakref.finalize(self, transport.close)
         return generation
 
     @property

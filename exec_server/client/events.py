@@ -124,14 +124,18 @@ def _integer(value: Any, name: str) -> int:
     return value
 
 
-def catch_up_events(result: Dict[str, Any], after: int,
-                    exit_seen: bool) -> Tuple[List[ProcessEvent], Optional[Sequence[int]]]:
+def catch_up_events(result: Dict[str, Any], after: int, exit_seen: bool,
+                    exit_seq: Optional[int] = None) -> Tuple[List[ProcessEvent], Optional[Sequence[int]]]:
     """``(events, gap)`` of a ``process/read`` result read from ``afterSeq`` ``after``.
 
     ``events`` are to be published in order (output, then ``exited`` if not
     ``exit_seen``, then ``closed``); ``gap`` is None, or the seqs the server
     no longer retains (a ``range`` spanning them if more than
-    :data:`MAX_LISTED_GAP`), and then nothing may be published.
+    :data:`MAX_LISTED_GAP`), and then nothing may be published.  A read
+    does not say the exit's seq (PROTOCOL.md 5.4), so one seq missing
+    from the result may be it: unless ``exit_seq``, the seq of an
+    ``exited`` notification that did arrive, says which one it is (then
+    any other missing seq is lost output).
 
     Raises:
         ValueError: a missing field, a seq or exit code that is not an
@@ -160,15 +164,19 @@ def catch_up_events(result: Dict[str, Any], after: int,
         runs.append(range(first, next_seq))
     if closed_seq is not None and runs and runs[-1][-1] == closed_seq:
         runs[-1] = runs[-1][:-1]
+    if exit_seq is not None:  # the exit's seq is known: it is not missing output
+        runs = [part for run in runs for part in ((run[:exit_seq - run.start], run[exit_seq - run.start + 1:])
+                                                  if exit_seq in run else (run,))]
     runs = [run for run in runs if run]
     lost = sum(len(run) for run in runs)
-    if lost > (1 if expect_exit else 0):  # evicted output among them (one may be the exit's seq)
+    if lost > (1 if expect_exit and exit_seq is None else 0):  # evicted output (one may be the exit's seq)
         if lost > MAX_LISTED_GAP:
             return [], range(runs[0][0], runs[-1][-1] + 1)
         return [], [seq for run in runs for seq in run]
     events: List[ProcessEvent] = list(chunks)
-    if expect_exit and runs:
-        events.append(ExitedEvent(runs[0][0], exit_code, bool(result.get("sandboxDenied"))))
+    exit_at = exit_seq if exit_seq is not None and exit_seq > after else runs[0][0] if runs else None
+    if expect_exit and exit_at is not None:
+        events.append(ExitedEvent(exit_at, exit_code, bool(result.get("sandboxDenied"))))
     if closed_seq is not None and closed_seq > after:
         events.append(ClosedEvent(closed_seq))
     return events, None

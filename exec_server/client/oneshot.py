@@ -75,6 +75,7 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
             stdout, stderr = process.communicate(timeout=_remaining(deadline))  # type: Tuple[Output, Output]
         else:
             stdout, stderr = _pass_on(process, deadline)
+        process.wait(timeout=0)  # closed: its exit code, or InternalError if the server never reported one
     except BaseException as exc:  # as subprocess.run: the tree is killed (a lost connection, ^C, a timeout)
         grace_deadline = deadline + KILL_GRACE if deadline is not None else _deadline(KILL_GRACE)  # one grace
         try:

@@ -118,8 +118,8 @@ class RemoteProcess(ProcessControl):
             ValueError: the result is malformed; nothing of it was published.
         """
         with self._changed:
-            after, exit_seen = self._buffer.last_seq, self._buffer.exit_published
-        events, gap = catch_up_events(result, after, exit_seen)
+            after, exit_seen, exit_seq = self._buffer.last_seq, self._buffer.exit_published, self._buffer.exit_seq
+        events, gap = catch_up_events(result, after, exit_seen, exit_seq)
         if gap is not None:
             return gap
         for event in events:
@@ -208,12 +208,12 @@ class RemoteProcess(ProcessControl):
                 with self._changed:
                     if not buffer.refill or buffer.events or buffer.closed or self._failure is not None:
                         return
-                    after, exit_seen = buffer.begin_refill(), buffer.exit_published
+                    after, exit_seen, exit_seq = buffer.begin_refill(), buffer.exit_published, buffer.exit_seq
                     params = {"processId": self.process_id, "afterSeq": after, "maxBytes": buffer.refill_bytes,
                               "waitMs": 0}
                 try:
                     result = self.client.call("process/read", params, timeout=REFILL_TIMEOUT)
-                    events, gap = catch_up_events(result, after, exit_seen)
+                    events, gap = catch_up_events(result, after, exit_seen, exit_seq)
                 except CallTimeout:
                     if params["maxBytes"] <= REFILL_MIN_READ_BYTES:  # the smallest read, and still no answer
                         self.fail(ExecServerDisconnected("process %s: no answer to a process/read of %d bytes "
@@ -234,7 +234,7 @@ class RemoteProcess(ProcessControl):
                                             % (self.process_id, exc)))
                     return
                 else:
-                    when = "before it was read (max_buffered_output)"
+                    when = buffer.refill_cause
                 if gap is not None:
                     self.fail(ProcessOutputGap(self.process_id, gap, when))
                     try:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
+from exec_server.client.endpoint import CONNECTED, RECOVERING, Endpoint, Pending
 from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
 from exec_server.client.interfaces import (TOO_LARGE_HINTS, CallTimeout, FreshId, RequestOutcomeUnknown,  # noqa: F401
                                            RequestTooLarge)
@@ -123,8 +123,13 @@ class ReconnectPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
-        return min(self.max_backoff, self.initial_backoff * (2 ** attempt))
+        return min(self.max_backoff, self.initial_backoff * 2.0 ** min(attempt, 64))  # no float overflow
 
+
+#: Seconds a resumed connection must stay up after its catch-up for its drop to start a new recovery (a new
+#: deadline, the backoff from its start); an earlier drop continues the same recovery, unless the connection
+#: carried output meanwhile (a slow catch-up that made progress).
+STABLE_AFTER = 1.0
 
 #: RFC 6455's close code "message too big" (common.websocket's, which would load wsproto over stdio too).
 CLOSE_MESSAGE_TOO_BIG = 1009
@@ -161,6 +166,13 @@ class Recovery:
         self._client_name = client_name
         self._session_id = session_id
         self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the next catch-up read's maxBytes
+        # One outage spans every drop until a resumed connection has caught up and stayed up STABLE_AFTER s:
+        # a server that accepts each resume and then drops (before or during the catch-up) gets the backoff and
+        # the deadline of one recovery, not a fresh recovery per drop (a hot reconnect loop without end).
+        self._outage_deadline: Optional[float] = None
+        self._attempt = 0
+        self._caught_up_at: Optional[float] = None
+        self._seqs_at_resume: Dict[str, int] = {}  # each open process's last seq when the session was resumed
 
     def connection_lost(self, generation: int, lost: List[Pending]) -> None:
         """Fail the mutations that were in flight, then recover on a thread of its own.
@@ -181,6 +193,13 @@ class Recovery:
                 self._endpoint.abandon(pending, RequestOutcomeUnknown(
                     "%s: the connection dropped before the answer; it may or may not have been applied"
                     % pending.method))
+        now = time.monotonic()
+        stable = self._caught_up_at is not None and now - self._caught_up_at >= STABLE_AFTER
+        progressed = any(process.last_seq > self._seqs_at_resume.get(process.process_id, process.last_seq)
+                         for process in self._endpoint.open_processes())
+        if self._outage_deadline is None or stable or progressed:
+            self._outage_deadline, self._attempt = now + self._policy.deadline, 0
+        self._caught_up_at = None
         log.info("exec-server connection lost; recovering session %s", self._session_id)
         threading.Thread(target=self._recover_or_fail, name="exec-server-client-recovery", daemon=True).start()
 
@@ -194,9 +213,12 @@ class Recovery:
 
     def _recover(self) -> None:
         endpoint, policy = self._endpoint, self._policy
-        deadline = time.monotonic() + policy.deadline
-        attempt = 0
+        deadline = self._outage_deadline if self._outage_deadline is not None else time.monotonic() + policy.deadline
+        attempt = self._attempt
         last_error: Optional[BaseException] = None
+        if attempt:  # a drop soon after a resume: the same outage, and its backoff, go on
+            last_error = ExecServerDisconnected("each resumed connection dropped before it caught up")
+            self._pause(min(policy.backoff(attempt - 1), max(0.0, deadline - time.monotonic())))
         while True:
             if endpoint.state != RECOVERING:
                 return
@@ -217,10 +239,14 @@ class Recovery:
                 return  # closed while connecting: attach closed the new transport
             try:
                 with telemetry.client_call("initialize") as carrier:
-                    endpoint.call_on(generation, "initialize",
-                                     {"clientName": self._client_name, "resumeSessionId": self._session_id},
-                                     min(policy.connect_timeout, max(0.01, deadline - time.monotonic())),
-                                     trace=TraceContext.of(carrier))
+                    result = endpoint.call_on(generation, "initialize",
+                                              {"clientName": self._client_name, "resumeSessionId": self._session_id},
+                                              min(policy.connect_timeout, max(0.01, deadline - time.monotonic())),
+                                              trace=TraceContext.of(carrier))
+                resumed = result.get("sessionId") if isinstance(result, dict) else None
+                if resumed != self._session_id:  # a new session (or none): it owns none of our processes
+                    raise InvalidRequest("the server answered the resume of session %s with session %r"
+                                         % (self._session_id, resumed))
                 endpoint.notify_on(generation, "initialized", {})
             except SessionAlreadyAttached as exc:
                 last_error = exc
@@ -244,6 +270,8 @@ class Recovery:
                 last_error = ExecServerDisconnected("the resumed connection dropped")
                 attempt = self._back_off(attempt, deadline)
                 continue
+            self._attempt = attempt + 1  # kept until the connection has proved itself (connection_lost)
+            self._seqs_at_resume = {process.process_id: process.last_seq for process in endpoint.open_processes()}
             log.info("exec-server session %s recovered", self._session_id)
             threading.Thread(target=self._catch_up_in_background, args=(generation,),
                              name="exec-server-client-catch-up", daemon=True).start()
@@ -261,6 +289,8 @@ class Recovery:
             # where the next recovery's reads start: the first size again once this one is done (the link may
             # differ then); else what this one learned of the link
             self._read_bytes = CATCH_UP_FIRST_READ_BYTES if done else catch_up.read_bytes
+            if done and self._endpoint.generation == generation and self._endpoint.state == CONNECTED:
+                self._caught_up_at = time.monotonic()
         except Exception as exc:  # a defect: say so, and release every waiter with its cause
             log.exception("exec-server client catch-up failed")
             self._endpoint.fail(ExecServerDisconnected("exec-server catch-up after a reconnect failed: %r" % exc))

@@ -17,6 +17,8 @@ from exec_server.protocol.errors import ExecServerDisconnected
 #: Longest line (one message, with its end) the client reads from the child, bytes; as the
 #: WebSocket transport's CLIENT_MAX_MESSAGE_BYTES.
 STDIO_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: Longest piece of the child's stderr logged as one line, bytes (a child writing without newlines is not kept whole).
+STDERR_LINE_BYTES = 64 * 1024
 #: After a write failed because the child exited, how long a send waits for the reader to judge what the
 #: child wrote before (a malformed line is the better cause than the exit), seconds.
 OUTPUT_VERDICT_WAIT = 1.0
@@ -90,7 +92,7 @@ class StdioTransport:
     def _drain_stderr(self) -> None:
         stream = self._child.stderr
         try:
-            for line in iter(stream.readline, b""):
+            for line in iter(lambda: stream.readline(STDERR_LINE_BYTES), b""):  # a line without end: in pieces
                 self._log.info("%s", line.rstrip().decode("utf-8", "replace"))
         except (OSError, ValueError):
             pass

@@ -35,6 +35,9 @@ CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CLOSE_WAIT = 1.0
 #: A timed-out call probes the connection only if nothing arrived for this many seconds.
 SUSPECT_AFTER_QUIET = 1.0
+#: Seconds a send waits for another thread's frame at least, whatever its timeout: a keepalive Ping being
+#: written fails no call (a kill sent with no time left still goes out).
+MIN_LOCK_WAIT = 0.1
 
 
 class WebSocketTransport:
@@ -96,10 +99,25 @@ class WebSocketTransport:
         Raises:
             ExecServerDisconnected: the connection is closed or the write failed.
         """
+        self.send_within(text, None)
+
+    def send_within(self, text: str, timeout: Optional[float]) -> None:
+        """:meth:`send`, waiting at most ``timeout`` s (None: no limit) for another thread's message to go out first.
+
+        The write itself is bounded as :meth:`send`'s (``keepalive_timeout``); the wait for the
+        connection lasts :data:`MIN_LOCK_WAIT` s at least.
+
+        Raises:
+            TimeoutError: another thread's message still held the connection after ``timeout`` s; nothing
+                was sent and the connection stays.
+            ExecServerDisconnected: as :meth:`send`.
+        """
         if self._ended is not None:
             raise ExecServerDisconnected("connection closed")
         writer = self._writer
-        writer.lock.acquire()  # a ^C while another thread's message goes out leaves the stream whole: raised as is
+        # a ^C while another thread's message goes out leaves the stream whole: raised as is
+        if not writer.lock.acquire(timeout=-1 if timeout is None else max(timeout, MIN_LOCK_WAIT)):
+            raise TimeoutError("another message to the exec-server was still being sent after %.3f s" % timeout)
         try:
             writer.write_texts(text)
         except OSError as exc:
@@ -149,12 +167,17 @@ class WebSocketTransport:
                 or start - self._clock.last_received < SUSPECT_AFTER_QUIET):
             return
         probe = self._probe = threading.Event()
-        self._send_ping()
-        threading.Thread(target=self._await_probe, args=(probe, start), name="exec-server-client-probe",
+        pinged = self._writer.lock.acquire(blocking=False)  # at once, unless another thread's write holds it:
+        if pinged:  # then the probe's thread sends it, and the caller does not wait
+            self._writer.lock.release()
+            self._send_ping()
+        threading.Thread(target=self._await_probe, args=(probe, start, pinged), name="exec-server-client-probe",
                          daemon=True).start()
 
-    def _await_probe(self, probe: threading.Event, start: float) -> None:
+    def _await_probe(self, probe: threading.Event, start: float, pinged: bool) -> None:
         try:
+            if not pinged:
+                self._send_ping()
             if probe.wait(self._probe_timeout) or self._clock.last_received >= start or self._ended is not None:
                 return
             self._dead_reason = "connection lost: no answer to a keepalive probe within %.1f s" % self._probe_timeout

@@ -1,0 +1,304 @@
+"""The client, and ``exec-server run``, against servers that break the protocol in ways that used to hang them.
+
+Found by an adversarial pass on the client: a server that accepts every resume and drops the connection again,
+one that skips a seq, answers a resume with another session, never reports a command's end after its kill or
+never reports its exit; a stdio child that floods stderr without a newline; a send stalled by a server that no
+longer reads.  Each test checks what a user sees: the call or the command ends, in bounded time, with one
+clear error, and no thread, transport or memory piles up.
+
+Loopback and in-memory servers only; every wait has a timeout.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import start_ours, wait_until
+from exec_server import CallTimeout, Client, ExecServerDisconnected, ReconnectPolicy
+from exec_server.client.recovery import ReconnectPolicy as Policy
+from exec_server.protocol.errors import InternalError
+from faultproxy import FaultProxy
+
+pytestmark = [pytest.mark.posix, pytest.mark.timeout(120)]
+
+FAST = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
+IGNORED = '{"method":"x/ignored","params":{}}'
+
+
+def _missed_while_held(server, process) -> None:
+    """``process`` (waiting for a line on stdin, then 0.3 s) writes a line while the server's messages are lost."""
+    process.write(b"go\n", timeout=10)
+    server.holding_downstream = True
+    wait_until(lambda: any('"process/output"' in t for t in server.transports[-1].held), timeout=20)
+    server.holding_downstream = False
+
+
+def test_a_server_that_drops_each_resumed_connection_at_its_catch_up_fails_the_client_at_the_deadline(
+        memory_server):
+    """Each drop began a recovery of its own, with a fresh deadline and no backoff: a server that accepts every
+    resume and drops the connection at the catch-up's first read (a crash on it, a proxy's size limit) kept the
+    client reconnecting thousands of times, for as long as a wait lasted."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "read line; sleep 0.3; echo missed; exec sleep 60"], stdin=True)
+        _missed_while_held(server, process)
+
+        def drop_at_reads(text: str) -> str:
+            if '"nextSeq"' in text:
+                threading.Thread(target=server.cut).start()
+                return IGNORED
+            return text
+
+        server.rewrite = drop_at_reads
+        started = time.monotonic()
+        server.cut()
+        with pytest.raises(ExecServerDisconnected, match="not recovered within 3.0 s"):
+            process.wait(timeout=30)
+        assert time.monotonic() - started < 10
+        assert len(server.transports) < 30, len(server.transports)  # with the backoff: a handful, not thousands
+        assert client.state == "failed"
+
+
+def test_reconnects_keep_no_ended_reader_thread(memory_server):
+    """Every reconnect kept its ended reader thread (and its transport, through a finalizer) until the
+    client's end: a long-lived client on a flaky link grew without bound."""
+    server = memory_server()
+    policy = ReconnectPolicy(deadline=10.0, initial_backoff=0.01, max_backoff=0.05, connect_timeout=2.0)
+    with Client.open(server.connector, timeout=5, reconnect=policy) as client:
+        for _ in range(10):
+            before = client.connection_number  # a resume that meets the old connection not yet detached takes two
+            server.cut()
+            wait_until(lambda: client.state == "connected" and client.connection_number > before, timeout=10)
+            time.sleep(1.1)  # the resumed connection proves itself: the next drop is a new outage
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+        wait_until(lambda: len([r for r in client._endpoint._readers if r.is_alive()]) == 1, timeout=10)
+        assert len(client._endpoint._readers) <= 2, client._endpoint._readers
+
+
+def test_a_resume_answered_with_another_session_fails_the_client(memory_server):
+    """The client took any answer to its resume: connected, it sent its calls into a session that owns none of
+    its processes, which all failed as gone."""
+    server = memory_server()
+
+    def other_session(text: str) -> str:
+        message = json.loads(text)
+        result = message.get("result")
+        if isinstance(result, dict) and "sessionId" in result and len(server.transports) > 1:
+            result["sessionId"] = "not-the-session"
+            return json.dumps(message)
+        return text
+
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        process = client.start(["sleep", "60"])
+        server.rewrite = other_session
+        server.cut()
+        with pytest.raises(ExecServerDisconnected, match="cannot be resumed: .* with session 'not-the-session'"):
+            process.wait(timeout=20)
+        assert client.state == "failed"
+
+
+def test_the_backoff_of_a_long_recovery_does_not_overflow():
+    """``initial_backoff * 2 ** attempt`` overflowed a float at attempt 1024 (OverflowError: the recovery died
+    with a traceback): with the default policy, after ~17 minutes of outage if the deadline allows it."""
+    policy = Policy(initial_backoff=0.05, max_backoff=1.0)
+    assert [policy.backoff(attempt) for attempt in (0, 1, 1024, 10 ** 6)] == [0.05, 0.1, 1.0, 1.0]
+
+
+def test_a_skipped_live_seq_is_read_back_once_closed_arrives(memory_server):
+    """A server that skips a seq in its live notifications (here: output 2 never arrives) left the events after
+    the hole held for ever: communicate timed out though ``closed`` had come.  Now ``closed`` held behind a
+    hole makes the consumer read the hole back with ``process/read``."""
+    server = memory_server()
+
+    def skip_second_chunk(text: str) -> str:
+        message = json.loads(text)
+        params = message.get("params") or {}
+        if message.get("method") == "process/output" and params.get("seq") == 2:
+            return IGNORED
+        return text
+
+    server.rewrite = skip_second_chunk
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        process = client.start(["/bin/sh", "-c", "printf a; sleep 0.2; printf b; sleep 0.2; printf c"])
+        assert process.communicate(timeout=15) == (b"abc", b"")
+        assert process.returncode == 0
+
+
+def test_run_raises_when_the_server_reports_closed_without_an_exit(memory_server):
+    """``Client.run`` returned ``returncode=None`` (and ``check=True`` passed) where ``wait`` raises."""
+    server = memory_server()
+
+    def drop_exited(text: str) -> str:
+        message = json.loads(text)
+        if message.get("method") == "process/exited":
+            return IGNORED
+        if message.get("method") == "process/closed":
+            message["params"]["seq"] -= 1  # no hole: the exit is simply never reported
+            return json.dumps(message)
+        return text
+
+    server.rewrite = drop_exited
+    with Client.open(server.connector, timeout=5) as client:
+        with pytest.raises(InternalError, match="without reporting its exit"):
+            client.run(["/bin/sh", "-c", "exit 3"], timeout=15, check=True)
+
+
+#: ``exec-server run`` with its embedded server, whose messages to the client go through ``rewrite(text)``
+#: (None: dropped).  argv[1] is the rewrite's source, defining ``rewrite``; the rest are run's arguments.
+MISBEHAVING_RUN = textwrap.dedent("""
+    import json, sys
+    from exec_server.cli import embedded, main
+    exec(sys.argv[1])
+    original = embedded.EmbeddedTransport._from_server
+    def patched(self, *texts):
+        return original(self, *[t for t in (rewrite(str(x)) for x in texts) if t is not None])
+    embedded.EmbeddedTransport._from_server = patched
+    sys.exit(main(["run"] + sys.argv[2:]))
+""")
+
+
+def _misbehaving_run(rewrite_source: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", MISBEHAVING_RUN, textwrap.dedent(rewrite_source)] + list(args),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+NEVER_ENDS = """
+    def rewrite(text):
+        method = json.loads(text).get("method")
+        return None if method in ("process/exited", "process/closed") else text
+"""
+
+
+@pytest.mark.parametrize("ending", ["SIGTERM", "SIGHUP", "two SIGINTs"])
+def test_run_ends_after_an_ending_signal_though_the_server_never_reports_the_end(tmp_path, ending):
+    """The kill was sent, but run waited for ``closed`` for ever: a server that never reports it (a wedged tree,
+    a silent server) made run unstoppable but by SIGKILL.  Now the end has KILL_WAIT (10 s)."""
+    marker = tmp_path / "started"
+    run = _misbehaving_run(NEVER_ENDS, "--", "/bin/sh", "-c", "touch %s; exec sleep 60" % marker)
+    try:
+        wait_until(marker.exists, timeout=20)
+        time.sleep(0.3)  # run waits for the command's events
+        for number in ([signal.SIGINT, signal.SIGINT] if ending == "two SIGINTs" else [getattr(signal, ending)]):
+            run.send_signal(number)
+            time.sleep(0.2)
+        _out, err = run.communicate(timeout=40)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=10)
+    assert run.returncode == 255, err
+    lines = err.decode().splitlines()
+    assert lines[-1] == "exec-server run: the remote command did not report its end within 10 s of the kill", lines
+
+
+def test_run_names_lost_output_in_one_line_instead_of_a_traceback(tmp_path):
+    """Output the server no longer has (``ProcessOutputGap``: likely against the reference's 1 MiB retention
+    after an outage) ended run with a Python traceback and status 1."""
+    run = _misbehaving_run("""
+        def rewrite(text):
+            message = json.loads(text)
+            params = message.get("params") or {}
+            if message.get("method") == "process/output" and params.get("seq") == 1:
+                return None  # never arrives live
+            result = message.get("result")
+            if isinstance(result, dict) and "nextSeq" in result:  # nor in a read: no longer retained
+                result["chunks"] = [c for c in result["chunks"] if c["seq"] != 1]
+                return json.dumps(message)
+            return text
+    """, "--", "/bin/sh", "-c", "printf lost; sleep 0.3; printf kept; sleep 0.3")
+    _out, err = run.communicate(timeout=60)
+    lines = err.decode().splitlines()
+    assert run.returncode == 255, err
+    assert len(lines) == 1 and lines[0].startswith("exec-server run: ") and "Traceback" not in lines[0], lines
+    assert lines[0].endswith(" lost output seqs 1..1 missing from the server's notifications"), lines
+
+
+def test_run_says_so_when_the_server_reports_no_exit_status():
+    """Closed without an exit status ended run with 255 and not a word."""
+    run = _misbehaving_run("""
+        def rewrite(text):
+            message = json.loads(text)
+            if message.get("method") == "process/exited":
+                return None
+            if message.get("method") == "process/closed":
+                message["params"]["seq"] -= 1
+                return json.dumps(message)
+            return text
+    """, "--", "/bin/sh", "-c", "exit 3")
+    _out, err = run.communicate(timeout=60)
+    assert run.returncode == 255, err
+    assert err.decode().splitlines() == [
+        "exec-server run: the server reported the command's end without its exit status (None)"]
+
+
+def test_a_stdio_child_flooding_stderr_without_a_newline_costs_the_client_no_memory(tmp_path):
+    """The child's stderr was read a line at a time without a bound: 100 MiB without a newline were held whole
+    (and copied again to log them)."""
+    flood = 100 * 1024 * 1024
+    script = ("import os, sys; chunk = b'x' * (1 << 20)\n"
+              "for _ in range(%d): os.write(2, chunk)\n"
+              "from exec_server.cli import main; sys.exit(main(['--listen', 'stdio']))\n" % (flood >> 20))
+    before = psutil.Process().memory_info().rss
+    with Client.spawn([sys.executable, "-c", script], timeout=60) as client:  # answers once its stderr was read
+        grown = psutil.Process().memory_info().rss - before
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+    assert grown < 40 * 1024 * 1024, grown
+
+
+def test_a_call_keeps_its_timeout_while_another_threads_send_is_stalled():
+    """A server that no longer reads stalls a large send; a second thread's ``call(timeout=1)`` waited for the
+    send lock behind it until the keepalive gave up (~19 s)."""
+    running = start_ours()
+    proxy = FaultProxy(int(running.url.rsplit(":", 1)[1]))
+    try:
+        client = Client.connect(proxy.url, timeout=5, reconnect=None)
+        try:
+            proxy.stall("upstream")
+            big = threading.Thread(target=lambda: _quietly(lambda: client.call(
+                "fs/writeFile", {"path": "file:///dev/null", "dataBase64": "A" * (48 * 1024 * 1024)}, timeout=30)),
+                daemon=True)
+            big.start()
+            time.sleep(1.0)  # its send fills the buffers and waits, holding the connection's send lock
+            started = time.monotonic()
+            with pytest.raises(CallTimeout):
+                client.call("environment/status", timeout=1.0)
+            assert time.monotonic() - started < 3.0
+        finally:
+            client.close()
+            big.join(30)
+    finally:
+        proxy.close()
+        running.stop()
+
+
+def _quietly(action) -> None:
+    try:
+        action()
+    except Exception:
+        pass
+
+
+@pytest.mark.parametrize("chunks, exit_seq, gap, exit_at", [
+    ([2], 3, [1], None),  # seq 1 is lost output: the exit arrived at 3
+    ([2], None, None, 1),  # nothing says where the exit was: seq 1 may be it (the reference's order)
+    ([1, 3], 2, None, 2),  # the exit between two chunks (the reference sends it before the last output)
+    ([1, 4], 2, [3], None),  # the exit at 2 accounts for one missing seq, not for 3
+])
+def test_a_read_tells_a_lost_chunk_from_the_exit_by_the_exits_own_seq(chunks, exit_seq, gap, exit_at):
+    """A read's result does not say the exit's seq, so the client took any one missing seq for it: a chunk the
+    server had evicted, while the ``exited`` notification (held behind it) had come, was lost without a word."""
+    from exec_server.client.events import ExitedEvent, catch_up_events
+
+    result = {"chunks": [{"seq": seq, "stream": "stdout", "chunk": "eA=="} for seq in chunks],
+              "nextSeq": chunks[-1] + 1, "exited": True, "exitCode": 0, "closed": True}
+    events, lost = catch_up_events(result, 0, False, exit_seq)
+    assert (list(lost) if lost is not None else None) == gap
+    exits = [event.seq for event in events if isinstance(event, ExitedEvent)]
+    assert exits == ([] if exit_at is None else [exit_at])
