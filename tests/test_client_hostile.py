@@ -302,3 +302,36 @@ def test_a_read_tells_a_lost_chunk_from_the_exit_by_the_exits_own_seq(chunks, ex
     assert (list(lost) if lost is not None else None) == gap
     exits = [event.seq for event in events if isinstance(event, ExitedEvent)]
     assert exits == ([] if exit_at is None else [exit_at])
+
+
+def test_run_on_several_hosts_ends_after_an_ending_signal_though_no_host_reports_the_end(tmp_path, monkeypatch):
+    """As for one host: SIGTERM killed the trees, then run waited for every host's ``closed`` for ever."""
+    from exec_server.server import connection
+
+    original = connection.RpcConnection.send
+
+    def mute_the_end(self, *texts):  # these servers never report a command's exit or close
+        kept = [text for text in texts if '"process/exited"' not in str(text) and '"process/closed"' not in str(text)]
+        if kept:
+            original(self, *kept)
+
+    monkeypatch.setattr(connection.RpcConnection, "send", mute_the_end)
+    servers = [start_ours(), start_ours()]
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--url", servers[0].url, "--url",
+                                servers[1].url, "--", "/bin/sh", "-c", 'mktemp -p "%s"; exec sleep 60' % tmp_path],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: len(list(tmp_path.iterdir())) == 2, timeout=20)
+            time.sleep(0.3)
+            run.send_signal(signal.SIGTERM)
+            _out, err = run.communicate(timeout=40)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate(timeout=10)
+    finally:
+        for running in servers:
+            running.stop()
+    assert run.returncode == 123, err
+    assert err.count(b"did not report its end within 10 s of the kill") == 2, err

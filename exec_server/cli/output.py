@@ -12,7 +12,10 @@ import errno
 import os
 import signal
 import sys
+import threading
 from typing import Any, BinaryIO, Callable, Iterable, List, Optional, TextIO, Tuple
+
+from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
 EXIT_BROKEN_PIPE = 128 + 13
@@ -20,6 +23,19 @@ EXIT_BROKEN_PIPE = 128 + 13
 EXIT_OUTPUT_FAILED = 1
 #: Signals that end ``run`` after killing the remote trees (as SIGINT twice does): the terminal closed, a stop.
 END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: Seconds the server has to report a command's end after the kill of an ending signal (and to kill a tree
+#: whose local output failed): a silent server, or a tree its kill cannot end, then fails the command.
+KILL_WAIT = 10.0
+
+
+def give_up_timer(handles: Iterable[Any]) -> threading.Timer:
+    """A daemon timer, to start at an ending signal's kill: :data:`KILL_WAIT` s later it fails each of
+    ``handles`` (:class:`~exec_server.client.process.RemoteProcess`) not closed yet, so that ``run`` ends
+    (255, one line) though the server never reports the end.  Cancel it when the command has ended."""
+    error = ExecServerDisconnected("the remote command did not report its end within %g s of the kill" % KILL_WAIT)
+    timer = threading.Timer(KILL_WAIT, lambda: [handle.fail(error) for handle in handles])
+    timer.daemon = True
+    return timer
 
 
 def binary(stream: Optional[TextIO]) -> Optional[BinaryIO]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, handle, restore
+from exec_server.cli.output import END_SIGNALS, KILL_WAIT, LocalOutput, binary, give_up_timer, handle, restore
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -246,11 +246,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     interrupts = []
     local = LocalOutput(binary(sys.stdout), binary(sys.stderr))
 
-    # After an ending signal's kill the remote end has KILL_WAIT s to report the command's end (a silent server,
-    # a tree its kill cannot end): then the handle fails and run ends all the same (255, one line).
-    give_up = threading.Timer(KILL_WAIT, process.fail, args=(ExecServerDisconnected(
-        "the remote command did not report its end within %g s of the kill" % KILL_WAIT),))
-    give_up.daemon = True
+    give_up = give_up_timer([process])  # started by an ending signal's kill
 
     def end_with(action: Callable[[], Any]) -> None:
         threading.Thread(target=_quietly, args=(action,), daemon=True).start()
@@ -301,11 +297,6 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
         raise CommandError("the server reported the command's end without its exit status (%r)" % (exit_code,),
                            args.via or args.url, EXIT_DISCONNECTED)
     return exit_code if exit_code < 256 else 255
-
-
-#: Seconds to wait for the remote tree's kill when the local output pipe closed, and for the command's end
-#: after the kill of an ending signal (SIGTERM, SIGHUP, a second ^C).
-KILL_WAIT = 10.0
 
 
 class _StartFailed(Exception):
