@@ -235,7 +235,7 @@ def test_run_says_so_when_the_server_reports_no_exit_status():
     _out, err = run.communicate(timeout=60)
     assert run.returncode == 255, err
     assert err.decode().splitlines() == [
-        "exec-server run: the server reported the command's end without its exit status (None)"]
+        "exec-server run: the server reported the command's end without its exit status"]
 
 
 def test_a_stdio_child_flooding_stderr_without_a_newline_costs_the_client_no_memory(tmp_path):
@@ -335,3 +335,46 @@ def test_run_on_several_hosts_ends_after_an_ending_signal_though_no_host_reports
             running.stop()
     assert run.returncode == 123, err
     assert err.count(b"did not report its end within 10 s of the kill") == 2, err
+
+
+def _outage(server, seconds: float) -> None:
+    """Cut every connection and refuse new ones for ``seconds``."""
+    server.refusing = True
+    server.cut()
+    time.sleep(seconds)
+    server.refusing = False
+
+
+def test_a_short_drop_right_after_a_long_recovery_still_recovers(memory_server):
+    """A recovery that took 2.5 s of a 3 s deadline ends once the resumed connection answers a call: a 1 s drop
+    0.3 s later is an outage of its own (it was failed with the 0.5 s left, though the server was back)."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        before = client.connection_number
+        _outage(server, 2.5)
+        wait_until(lambda: client.state == "connected" and client.connection_number > before, timeout=5)
+        assert client.call("environment/status", timeout=5) == {"status": "ready"}
+        time.sleep(0.3)
+        _outage(server, 1.0)
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+        assert client.state == "connected"
+
+
+def test_a_drop_during_a_slow_catch_up_gets_the_time_its_connection_was_up(memory_server):
+    """The catch-up's reads go unanswered for a while (a slow server) on a connection that otherwise works;
+    a drop past the first outage's deadline was failed at once, without one attempt: the outage's clock now
+    stands still while a resumed connection is up."""
+    server = memory_server()
+    with Client.open(server.connector, timeout=5, reconnect=FAST) as client:
+        process = client.start(["sleep", "60"])
+        slow = [True]
+        server.rewrite = lambda text: IGNORED if slow[0] and '"nextSeq"' in text else text
+        started = time.monotonic()
+        before = client.connection_number
+        _outage(server, 1.0)
+        wait_until(lambda: client.state == "connected" and client.connection_number > before, timeout=5)
+        time.sleep(max(0.0, 3.5 - (time.monotonic() - started)))  # past the first outage's 3 s deadline
+        slow[0] = False
+        server.cut()  # one drop; the server takes the resume at once
+        assert client.call("environment/status", timeout=10) == {"status": "ready"}
+        process.terminate(timeout=5)

@@ -293,8 +293,11 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     finally:
         restore(installed)
         give_up.cancel()
-    if exit_code is None or exit_code < 0:  # closed without a status: the server broke the protocol
-        raise CommandError("the server reported the command's end without its exit status (%r)" % (exit_code,),
+    if exit_code is None:  # closed without exited: the server broke the protocol
+        raise CommandError("the server reported the command's end without its exit status",
+                           args.via or args.url, EXIT_DISCONNECTED)
+    if exit_code < 0:  # exitCode null (or -1: a status the server could not read)
+        raise CommandError("the command ended with an unknown exit status (%d)" % exit_code,
                            args.via or args.url, EXIT_DISCONNECTED)
     return exit_code if exit_code < 256 else 255
 

@@ -24,8 +24,7 @@ from exec_server.client.events import output_event_from_text
 from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle, check_request_size  # noqa
 from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
 from exec_server.client.reader import read_transport
-from exec_server.client.transport import Transport, send_within
-from exec_server.client.transport import abort as abort_transport
+from exec_server.client.transport import Transport, abort as abort_transport, send_within
 from exec_server.common import telemetry
 from exec_server.protocol.errors import ExecServerDisconnected, InternalError, ServerOverloaded, error_from_dict
 from exec_server.protocol.jsonrpc import (EnvelopeError, ErrorResponse, Notification, Request, Response,
@@ -51,6 +50,7 @@ class Endpoint:
         self._failure: Optional[ExecServerDisconnected] = None
         self._transport: Optional[Transport] = None
         self.generation = 0  # the current transport's number: 1, 2, ... (read without the lock)
+        self.answers = 0  # calls answered so far, on any transport (a recovery asks whether a new one works)
         self._readers: List[threading.Thread] = []  # the current transport's, and any still ending
         self._finalizer: Optional[weakref.finalize] = None  # closes the current transport with the endpoint
         self._lost_generations: set = set()
@@ -138,6 +138,7 @@ class Endpoint:
         with self._lock:
             pending = self._pending.get(request_id)
             if pending is not None and pending.generation == generation:
+                self.answers += 1
                 return self._pending.pop(request_id)
         return None
 
@@ -371,7 +372,6 @@ class Endpoint:
                 return False
         return True
 
-    # ------------------------------------------------------------ processes
     def add_process(self, process: ProcessHandle) -> None:
         """Route notifications for ``process.process_id`` to ``process``.
 

@@ -20,9 +20,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from exec_server.client.endpoint import CONNECTED, RECOVERING, Endpoint, Pending
+from exec_server.client.endpoint import RECOVERING, Endpoint, Pending
 from exec_server.client.catch_up import CATCH_UP_FIRST_READ_BYTES, CatchUp
 from exec_server.client.interfaces import (TOO_LARGE_HINTS, CallTimeout, FreshId, RequestOutcomeUnknown,  # noqa: F401
                                            RequestTooLarge)
@@ -126,9 +126,8 @@ class ReconnectPolicy:
         return min(self.max_backoff, self.initial_backoff * 2.0 ** min(attempt, 64))  # no float overflow
 
 
-#: Seconds a resumed connection must stay up after its catch-up for its drop to start a new recovery (a new
-#: deadline, the backoff from its start); an earlier drop continues the same recovery, unless the connection
-#: carried output meanwhile (a slow catch-up that made progress).
+#: Seconds a resumed connection must stay up after its catch-up for the backoff of the next recovery to start
+#: again from ``initial_backoff`` (see :class:`Recovery`).
 STABLE_AFTER = 1.0
 
 #: RFC 6455's close code "message too big" (common.websocket's, which would load wsproto over stdio too).
@@ -166,13 +165,16 @@ class Recovery:
         self._client_name = client_name
         self._session_id = session_id
         self._read_bytes = CATCH_UP_FIRST_READ_BYTES  # the next catch-up read's maxBytes
-        # One outage spans every drop until a resumed connection has caught up and stayed up STABLE_AFTER s:
-        # a server that accepts each resume and then drops (before or during the catch-up) gets the backoff and
-        # the deadline of one recovery, not a fresh recovery per drop (a hot reconnect loop without end).
-        self._outage_deadline: Optional[float] = None
-        self._attempt = 0
+        # One outage spans every drop until a resumed connection has worked: answered a call after the resume
+        # or carried output.  A server that accepts each resume and drops again before that (at the catch-up's
+        # first read) gets the deadline of one recovery, not a fresh one per drop (a hot reconnect loop without
+        # end); the outage's clock stands still while such a connection is up.  The backoff goes on growing
+        # until a resumed connection has caught up and stayed up STABLE_AFTER s.
+        self._lock = threading.Lock()  # the fields below: the reader, recovery and catch-up threads use them
+        self._outage_deadline: Optional[float] = None  # None: no outage yet
+        self._attempt = 0  # the next attempt's number in the outage (its backoff)
+        self._resumed: Optional[Tuple[int, float, int, Dict[str, int]]] = None  # generation, when, answers, seqs
         self._caught_up_at: Optional[float] = None
-        self._seqs_at_resume: Dict[str, int] = {}  # each open process's last seq when the session was resumed
 
     def connection_lost(self, generation: int, lost: List[Pending]) -> None:
         """Fail the mutations that were in flight, then recover on a thread of its own.
@@ -193,15 +195,28 @@ class Recovery:
                 self._endpoint.abandon(pending, RequestOutcomeUnknown(
                     "%s: the connection dropped before the answer; it may or may not have been applied"
                     % pending.method))
-        now = time.monotonic()
-        stable = self._caught_up_at is not None and now - self._caught_up_at >= STABLE_AFTER
-        progressed = any(process.last_seq > self._seqs_at_resume.get(process.process_id, process.last_seq)
-                         for process in self._endpoint.open_processes())
-        if self._outage_deadline is None or stable or progressed:
-            self._outage_deadline, self._attempt = now + self._policy.deadline, 0
-        self._caught_up_at = None
+        self._outage_begins()
         log.info("exec-server connection lost; recovering session %s", self._session_id)
         threading.Thread(target=self._recover_or_fail, name="exec-server-client-recovery", daemon=True).start()
+
+    def _outage_begins(self) -> None:
+        """Whether this drop begins an outage or goes on with the last one (see ``__init__``); on the reader thread."""
+        processes = self._endpoint.open_processes()
+        with self._lock:
+            now, resumed, caught_up_at = time.monotonic(), self._resumed, self._caught_up_at
+            self._resumed = self._caught_up_at = None
+            if self._outage_deadline is None or resumed is None:  # the first drop (or no resume: cannot be)
+                self._outage_deadline, self._attempt = now + self._policy.deadline, 0
+                return
+            _generation, resumed_at, answers, seqs = resumed
+            worked = self._endpoint.answers > answers or any(
+                process.last_seq > seqs.get(process.process_id, process.last_seq) for process in processes)
+            if caught_up_at is not None and now - caught_up_at >= STABLE_AFTER:
+                self._outage_deadline, self._attempt = now + self._policy.deadline, 0
+            elif worked:  # a new outage, whose backoff goes on from the last one's
+                self._outage_deadline = now + self._policy.deadline
+            else:  # the same outage: its clock stood still while the connection was up
+                self._outage_deadline += now - resumed_at
 
     def _recover_or_fail(self) -> None:
         """:meth:`_recover`, and if it raises, the client fails instead of staying ``recovering``."""
@@ -213,11 +228,11 @@ class Recovery:
 
     def _recover(self) -> None:
         endpoint, policy = self._endpoint, self._policy
-        deadline = self._outage_deadline if self._outage_deadline is not None else time.monotonic() + policy.deadline
-        attempt = self._attempt
+        with self._lock:
+            deadline, attempt = self._outage_deadline or time.monotonic() + policy.deadline, self._attempt
         last_error: Optional[BaseException] = None
-        if attempt:  # a drop soon after a resume: the same outage, and its backoff, go on
-            last_error = ExecServerDisconnected("each resumed connection dropped before it caught up")
+        if attempt:  # a drop soon after a resume: the backoff (and maybe the outage) goes on
+            last_error = ExecServerDisconnected("the session was resumed, but the connection dropped again")
             self._pause(min(policy.backoff(attempt - 1), max(0.0, deadline - time.monotonic())))
         while True:
             if endpoint.state != RECOVERING:
@@ -265,13 +280,15 @@ class Recovery:
                     transport.close()
                 attempt = self._back_off(attempt, deadline)
                 continue
+            with self._lock:  # before the state is connected: a drop from then on finds them
+                self._attempt = attempt + 1  # the backoff of the next attempt, if this outage goes on
+                self._resumed = (generation, time.monotonic(), endpoint.answers,
+                                 {process.process_id: process.last_seq for process in endpoint.open_processes()})
             if not endpoint.resend_in_flight(generation) or not endpoint.recovered(generation):
                 transport.close()  # the new connection dropped too: another round, after the backoff
                 last_error = ExecServerDisconnected("the resumed connection dropped")
                 attempt = self._back_off(attempt, deadline)
                 continue
-            self._attempt = attempt + 1  # kept until the connection has proved itself (connection_lost)
-            self._seqs_at_resume = {process.process_id: process.last_seq for process in endpoint.open_processes()}
             log.info("exec-server session %s recovered", self._session_id)
             threading.Thread(target=self._catch_up_in_background, args=(generation,),
                              name="exec-server-client-catch-up", daemon=True).start()
@@ -289,8 +306,9 @@ class Recovery:
             # where the next recovery's reads start: the first size again once this one is done (the link may
             # differ then); else what this one learned of the link
             self._read_bytes = CATCH_UP_FIRST_READ_BYTES if done else catch_up.read_bytes
-            if done and self._endpoint.generation == generation and self._endpoint.state == CONNECTED:
-                self._caught_up_at = time.monotonic()
+            with self._lock:
+                if done and self._resumed is not None and self._resumed[0] == generation:  # not dropped since
+                    self._caught_up_at = time.monotonic()
         except Exception as exc:  # a defect: say so, and release every waiter with its cause
             log.exception("exec-server client catch-up failed")
             self._endpoint.fail(ExecServerDisconnected("exec-server catch-up after a reconnect failed: %r" % exc))

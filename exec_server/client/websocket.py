@@ -116,8 +116,9 @@ class WebSocketTransport:
             raise ExecServerDisconnected("connection closed")
         writer = self._writer
         # a ^C while another thread's message goes out leaves the stream whole: raised as is
-        if not writer.lock.acquire(timeout=-1 if timeout is None else max(timeout, MIN_LOCK_WAIT)):
-            raise TimeoutError("another message to the exec-server was still being sent after %.3f s" % timeout)
+        wait = None if timeout is None else max(timeout, MIN_LOCK_WAIT)
+        if not writer.lock.acquire(timeout=-1 if wait is None else wait):
+            raise TimeoutError("another message to the exec-server was still being sent after %.3f s" % wait)
         try:
             writer.write_texts(text)
         except OSError as exc:
@@ -147,12 +148,12 @@ class WebSocketTransport:
         except (OSError, LocalProtocolError) as exc:
             raise ExecServerDisconnected("ping failed: %s" % exc) from exc
 
-    def _send_ping(self) -> None:
-        """A keepalive Ping from the reader thread; skipped while another write holds the lock."""
+    def _send_ping(self) -> bool:
+        """A keepalive Ping; skipped (False) while another write holds the lock for ``CLOSE_WAIT`` s."""
         try:
-            self._writer.send_event(Ping(b""), timeout=CLOSE_WAIT)
+            return self._writer.send_event(Ping(b""), timeout=CLOSE_WAIT)
         except (OSError, LocalProtocolError):
-            pass  # a failed write shows as the end of the stream
+            return True  # a failed write shows as the end of the stream
 
     def suspect(self) -> None:
         """A call or wait timed out: if the server has been quiet, ping it now and give it ``probe_timeout`` s.
@@ -167,17 +168,16 @@ class WebSocketTransport:
                 or start - self._clock.last_received < SUSPECT_AFTER_QUIET):
             return
         probe = self._probe = threading.Event()
-        pinged = self._writer.lock.acquire(blocking=False)  # at once, unless another thread's write holds it:
-        if pinged:  # then the probe's thread sends it, and the caller does not wait
-            self._writer.lock.release()
-            self._send_ping()
-        threading.Thread(target=self._await_probe, args=(probe, start, pinged), name="exec-server-client-probe",
+        threading.Thread(target=self._await_probe, args=(probe, start), name="exec-server-client-probe",
                          daemon=True).start()
 
-    def _await_probe(self, probe: threading.Event, start: float, pinged: bool) -> None:
+    def _await_probe(self, probe: threading.Event, start: float) -> None:
         try:
-            if not pinged:
-                self._send_ping()
+            # here, not on the caller's thread, which another thread's stalled write would hold up; a Ping
+            # that cannot go out (a large write holds the connection) is no verdict: that write's own bound
+            # (keepalive_timeout) ends a dead connection, and a slow one is not cut in the middle
+            if not self._send_ping():
+                return
             if probe.wait(self._probe_timeout) or self._clock.last_received >= start or self._ended is not None:
                 return
             self._dead_reason = "connection lost: no answer to a keepalive probe within %.1f s" % self._probe_timeout

@@ -313,8 +313,6 @@ class RpcConnection:
     def _run(self, request: Request, handler, span, label: str, received: float, inline: bool = False) -> bool:
         """Run the handler and answer; False (no answer) if ``inline`` and it would wait (:class:`WouldWait`)."""
         started = time.monotonic()
-        if telemetry.metrics_enabled():
-            telemetry.request_queue_duration.record(started - received, {"method": label})
         span.dispatched()
         dispatcher = self.dispatcher
         ctx = RequestContext(self, dispatcher, received, inline)
@@ -336,6 +334,8 @@ class RpcConnection:
             if outcome is _REQUEUED:
                 span.requeued()
                 return False
+            if telemetry.metrics_enabled():  # once per request: not for a requeued attempt
+                telemetry.request_queue_duration.record(started - received, {"method": label})
             if failed:
                 self._complete(request, span, label, received, started, outcome)
             else:  # the result's own pieces (a file's base64) are freed before the response is written
