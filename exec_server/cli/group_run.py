@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, give_up_timer, handle, restore
+from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, end_with, give_up_timer, handle, restore
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
@@ -149,21 +149,15 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
 
     give_up = give_up_timer(list(running.processes.values()))  # started by an ending signal's kill
 
-    def end_all() -> None:
-        threading.Thread(target=running.terminate, daemon=True).start()
-        local.end()  # a local reader that stopped reading holds the end back no more
-        if give_up.ident is None:
-            give_up.start()
-
     def on_interrupt(signum, frame):
         interrupts.append(signum)
         if len(interrupts) == 1:
             threading.Thread(target=running.send_interrupt, daemon=True).start()
         else:
-            end_all()
+            end_with(running.terminate, local, give_up)
 
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote trees end with us
-        end_all()
+        end_with(running.terminate, local, give_up)
 
     installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
     try:

@@ -38,6 +38,21 @@ def give_up_timer(handles: Iterable[Any]) -> threading.Timer:
     return timer
 
 
+def end_with(kill: Callable[[], Any], local: "LocalOutput", give_up: threading.Timer) -> None:
+    """From an ending signal's handler: ``kill`` on a thread of its own (its errors ignored: the end is
+    waited for), the local output let go (:meth:`LocalOutput.end`), and ``give_up`` started, once."""
+    def quietly() -> None:
+        try:
+            kill()
+        except Exception:
+            pass
+
+    threading.Thread(target=quietly, daemon=True).start()
+    local.end()  # a local reader that stopped reading holds the end back no more
+    if give_up.ident is None:
+        give_up.start()
+
+
 def binary(stream: Optional[TextIO]) -> Optional[BinaryIO]:
     """The binary buffer of ``sys.stdout`` or ``sys.stderr``; None when the descriptor was closed at start."""
     return getattr(stream, "buffer", None)

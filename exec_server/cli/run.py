@@ -14,12 +14,13 @@ import posixpath
 import signal
 import sys
 import threading
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import END_SIGNALS, KILL_WAIT, LocalOutput, binary, give_up_timer, handle, restore
+from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, give_up_timer, handle,
+                                    restore)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -248,18 +249,12 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
 
     give_up = give_up_timer([process])  # started by an ending signal's kill
 
-    def end_with(action: Callable[[], Any]) -> None:
-        threading.Thread(target=_quietly, args=(action,), daemon=True).start()
-        local.end()  # a local reader that stopped reading holds the end back no more
-        if give_up.ident is None:
-            give_up.start()
-
     def on_interrupt(signum, frame):
         interrupts.append(signum)
         if len(interrupts) == 1:
             threading.Thread(target=_quietly, args=(process.send_interrupt,), daemon=True).start()
         else:
-            end_with(process.terminate)
+            end_with(process.terminate, local, give_up)
 
     def on_resize(signum, frame):
         size = _terminal_size()
@@ -267,7 +262,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
             threading.Thread(target=_quietly, args=(lambda: process.resize(*size),), daemon=True).start()
 
     def on_hangup(signum, frame):  # SIGTERM, SIGHUP (the terminal closed): the remote tree ends with us
-        end_with(process.terminate)
+        end_with(process.terminate, local, give_up)
 
     installed = handle([signal.SIGINT], on_interrupt) + handle(END_SIGNALS, on_hangup)
     if follow_size:

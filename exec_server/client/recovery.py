@@ -200,7 +200,8 @@ class Recovery:
         threading.Thread(target=self._recover_or_fail, name="exec-server-client-recovery", daemon=True).start()
 
     def _outage_begins(self) -> None:
-        """Whether this drop begins an outage or goes on with the last one (see ``__init__``); on the reader thread."""
+        """The deadline and backoff of the recovery this drop starts: a new outage's, or the last one's going on
+        (see ``__init__``).  On the reader thread of the connection that dropped."""
         processes = self._endpoint.open_processes()
         with self._lock:
             now, resumed, caught_up_at = time.monotonic(), self._resumed, self._caught_up_at
