@@ -378,3 +378,16 @@ def test_a_drop_during_a_slow_catch_up_gets_the_time_its_connection_was_up(memor
         server.cut()  # one drop; the server takes the resume at once
         assert client.call("environment/status", timeout=10) == {"status": "ready"}
         process.terminate(timeout=5)
+
+
+def test_events_held_behind_a_hole_are_bounded_in_number_not_only_in_bytes():
+    """Empty chunks sent ahead of a missing seq were held without end (none counts against the byte limit):
+    a million of them held ~240 MiB.  Past MAX_HELD_EVENTS live events are dropped and read back instead."""
+    from exec_server.client.buffer import MAX_HELD_EVENTS, EventBuffer
+    from exec_server.client.events import OutputEvent
+
+    buffer = EventBuffer(limit=None)
+    for seq in range(2, MAX_HELD_EVENTS + 1000):
+        buffer.add(OutputEvent(seq, "stdout", b""))
+    assert len(buffer._held) <= MAX_HELD_EVENTS and buffer.dropping and buffer.refill
+    assert buffer.begin_refill() == 0  # the refill reads from the hole on

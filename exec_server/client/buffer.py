@@ -36,6 +36,10 @@ REFILL_READ_BYTES = 1024 * 1024
 REFILL_MIN_READ_BYTES = 16 * 1024
 #: Seconds one refill read may take (it runs on a thread of its own, whatever the consumer's wait).
 REFILL_TIMEOUT = 30.0
+#: Events held out of order (behind a missing seq) at most, whatever their bytes: past it live events are
+#: dropped and read back, as past the limit (a server sending empty chunks ahead of a hole held ~240 bytes
+#: each without end).
+MAX_HELD_EVENTS = 65536
 
 
 _DROPPED = "before it was read (max_buffered_output)"
@@ -100,8 +104,8 @@ class EventBuffer:
         if bounded and self.dropping:
             return False
         size = _size(event)
-        if (bounded and size and self.limit is not None and self.buffered
-                and self.buffered + size > self.limit):
+        if bounded and ((size and self.limit is not None and self.buffered and self.buffered + size > self.limit)
+                        or (len(self._held) >= MAX_HELD_EVENTS and event.seq != self.last_seq + 1)):
             self._start_dropping()
             return False
         previous = self._held.get(event.seq)
