@@ -391,3 +391,36 @@ def test_events_held_behind_a_hole_are_bounded_in_number_not_only_in_bytes():
         buffer.add(OutputEvent(seq, "stdout", b""))
     assert len(buffer._held) <= MAX_HELD_EVENTS and buffer.dropping and buffer.refill
     assert buffer.begin_refill() == 0  # the refill reads from the hole on
+
+
+def test_run_on_several_hosts_names_a_missing_exit_status(monkeypatch):
+    """Closed without exited counted as 255 in the summary, with no word of why."""
+    from exec_server.server import connection
+
+    original = connection.RpcConnection.send
+
+    def drop_exited(self, *texts):
+        kept = []
+        for text in texts:
+            message = json.loads(str(text))
+            if message.get("method") == "process/exited":
+                continue
+            if message.get("method") == "process/closed":
+                message["params"]["seq"] -= 1  # no hole: the exit is simply never reported
+                text = json.dumps(message)
+            kept.append(text)
+        if kept:
+            original(self, *kept)
+
+    monkeypatch.setattr(connection.RpcConnection, "send", drop_exited)
+    servers = [start_ours(), start_ours()]
+    try:
+        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", servers[0].url, "--url",
+                               servers[1].url, "--", "/bin/sh", "-c", "exit 3"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    finally:
+        for running in servers:
+            running.stop()
+    assert done.returncode == 123, done.stderr
+    assert done.stderr.count(b"255  ") == 2 and done.stderr.count(
+        b"the server reported the command's end without its exit status") == 2, done.stderr

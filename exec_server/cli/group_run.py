@@ -20,7 +20,8 @@ from typing import Dict, Iterator, List, Set, Tuple
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, LocalOutput, binary, end_with, give_up_timer, handle, restore
+from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, give_up_timer, handle, remote_status,
+                                    restore)
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
 from exec_server.client.recovery import ReconnectPolicy
@@ -172,8 +173,7 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
             elif isinstance(event, ExitedEvent):
                 exits[host] = event.exit_code
             elif isinstance(event, ClosedEvent):
-                code = exits.get(host, -1)
-                statuses[host] = (code if 0 <= code < 256 else EXIT_DISCONNECTED, "")
+                statuses[host] = remote_status(exits.get(host))
                 printer.finish(host)
     except _WriteFailed:  # any write, a host's last line or block included
         running.terminate()

@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any, BinaryIO, Callable, Iterable, List, Optional, TextIO, Tuple
 
+from exec_server.cli.options import EXIT_DISCONNECTED
 from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
@@ -36,6 +37,17 @@ def give_up_timer(handles: Iterable[Any]) -> threading.Timer:
     timer = threading.Timer(KILL_WAIT, lambda: [handle.fail(error) for handle in handles])
     timer.daemon = True
     return timer
+
+
+def remote_status(exit_code: Optional[int]) -> Tuple[int, str]:
+    """``run``'s exit status for the remote command's ``exit_code`` (None: closed without ``exited``), and what
+    went wrong ('' if nothing): :data:`EXIT_DISCONNECTED` for no status or an unknown one (-1), 255 for a code
+    past 255."""
+    if exit_code is None:  # closed without exited: the server broke the protocol
+        return EXIT_DISCONNECTED, "the server reported the command's end without its exit status"
+    if exit_code < 0:  # exitCode null (or -1: a status the server could not read)
+        return EXIT_DISCONNECTED, "the command ended with an unknown exit status (%d)" % exit_code
+    return min(exit_code, 255), ""
 
 
 def end_with(kill: Callable[[], Any], local: "LocalOutput", give_up: threading.Timer) -> None:

@@ -20,7 +20,7 @@ from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, give_up_timer, handle,
-                                    restore)
+                                    remote_status, restore)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -288,13 +288,10 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     finally:
         restore(installed)
         give_up.cancel()
-    if exit_code is None:  # closed without exited: the server broke the protocol
-        raise CommandError("the server reported the command's end without its exit status",
-                           args.via or args.url, EXIT_DISCONNECTED)
-    if exit_code < 0:  # exitCode null (or -1: a status the server could not read)
-        raise CommandError("the command ended with an unknown exit status (%d)" % exit_code,
-                           args.via or args.url, EXIT_DISCONNECTED)
-    return exit_code if exit_code < 256 else 255
+    status, wrong = remote_status(exit_code)
+    if wrong:
+        raise CommandError(wrong, args.via or args.url, status)
+    return status
 
 
 class _StartFailed(Exception):
