@@ -186,19 +186,23 @@ def test_client_pty_size_and_resize(any_server):
         assert process.returncode is not None
 
 
-def test_a_raw_terminal_that_closed_with_input_queued_releases_its_writer(server):
+def test_a_raw_terminal_that_closed_with_input_queued_releases_its_writer(server, tmp_path):
     """A child in raw mode that exited without reading its input left the stdin writer blocked for good on the
-    PTY (a thread and a descriptor per process)."""
+    PTY (a thread and a descriptor per process).  The child exits once the input is written (it slept 0.5 s,
+    which a loaded machine's writes outlasted: a write to the exited child then failed)."""
     import threading
 
     def writers():
         return [t for t in threading.enumerate() if t.name.startswith("process-") and t.name.endswith("-stdin")]
 
+    written = tmp_path / "written"
     with Client.connect(server.url, timeout=10) as client:
-        process = client.start(["/bin/sh", "-c", "stty raw -echo; sleep 0.5"], tty=True, stdin=True)
+        process = client.start(["/bin/sh", "-c", "stty raw -echo; i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do "
+                                "sleep 0.05; i=$((i+1)); done" % written], tty=True, stdin=True)
         for _ in range(120):  # 7.5 MiB, near the default queue limit: far more than a terminal's input holds
             process.write(b"x" * 65536, timeout=10)
-        assert process.wait(timeout=20) == 0
+        written.touch()
+        assert process.wait(timeout=40) == 0
         process.communicate(timeout=20)  # closed: every descriptor of the terminal is closed
         wait_until(lambda: not writers(), timeout=10)
 
