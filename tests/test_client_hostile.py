@@ -9,6 +9,8 @@ clear error, and no thread, transport or memory piles up.
 Loopback and in-memory servers only; every wait has a timeout.
 """
 
+import contextlib
+import inspect
 import json
 import signal
 import subprocess
@@ -30,6 +32,57 @@ pytestmark = [pytest.mark.posix, pytest.mark.timeout(120)]
 
 FAST = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
 IGNORED = '{"method":"x/ignored","params":{}}'
+
+
+def _drop_the_exit(text: str):
+    """A server that never reports the exit: ``exited`` dropped (None), ``closed`` takes its seq (no hole)."""
+    message = json.loads(text)
+    if message.get("method") == "process/exited":
+        return None
+    if message.get("method") == "process/closed":
+        message["params"]["seq"] -= 1
+        return json.dumps(message)
+    return text
+
+
+def _mute_the_end(text: str):
+    """A server that never reports a command's exit nor its close (None: dropped)."""
+    return None if json.loads(text).get("method") in ("process/exited", "process/closed") else text
+
+
+def _lose_the_first_chunk(text: str):
+    """Output seq 1 never arrives live, nor in a read (the server no longer has it)."""
+    message = json.loads(text)
+    params = message.get("params") or {}
+    if message.get("method") == "process/output" and params.get("seq") == 1:
+        return None
+    result = message.get("result")
+    if isinstance(result, dict) and "nextSeq" in result:
+        result["chunks"] = [chunk for chunk in result["chunks"] if chunk["seq"] != 1]
+        return json.dumps(message)
+    return text
+
+
+@contextlib.contextmanager
+def _servers_rewriting(monkeypatch, rewrite, count: int = 2):
+    """``count`` of our servers in this process, whose every message goes through ``rewrite`` (None: dropped);
+    yields their URLs."""
+    from exec_server.server import connection
+
+    original = connection.RpcConnection.send
+
+    def send(self, *texts):
+        kept = [text for text in (rewrite(str(each)) for each in texts) if text is not None]
+        if kept:
+            original(self, *kept)
+
+    monkeypatch.setattr(connection.RpcConnection, "send", send)
+    servers = [start_ours() for _ in range(count)]
+    try:
+        yield [running.url for running in servers]
+    finally:
+        for running in servers:
+            running.stop()
 
 
 def _missed_while_held(server, process) -> None:
@@ -134,24 +187,14 @@ def test_a_skipped_live_seq_is_read_back_once_closed_arrives(memory_server):
 def test_run_raises_when_the_server_reports_closed_without_an_exit(memory_server):
     """``Client.run`` returned ``returncode=None`` (and ``check=True`` passed) where ``wait`` raises."""
     server = memory_server()
-
-    def drop_exited(text: str) -> str:
-        message = json.loads(text)
-        if message.get("method") == "process/exited":
-            return IGNORED
-        if message.get("method") == "process/closed":
-            message["params"]["seq"] -= 1  # no hole: the exit is simply never reported
-            return json.dumps(message)
-        return text
-
-    server.rewrite = drop_exited
+    server.rewrite = lambda text: _drop_the_exit(text) or IGNORED
     with Client.open(server.connector, timeout=5) as client:
         with pytest.raises(InternalError, match="without reporting its exit"):
             client.run(["/bin/sh", "-c", "exit 3"], timeout=15, check=True)
 
 
 #: ``exec-server run`` with its embedded server, whose messages to the client go through ``rewrite(text)``
-#: (None: dropped).  argv[1] is the rewrite's source, defining ``rewrite``; the rest are run's arguments.
+#: (None: dropped).  argv[1] is the source that defines ``rewrite``; the rest are run's arguments.
 MISBEHAVING_RUN = textwrap.dedent("""
     import json, sys
     from exec_server.cli import embedded, main
@@ -164,16 +207,12 @@ MISBEHAVING_RUN = textwrap.dedent("""
 """)
 
 
-def _misbehaving_run(rewrite_source: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", MISBEHAVING_RUN, textwrap.dedent(rewrite_source)] + list(args),
+def _misbehaving_run(rewrite, *args: str) -> subprocess.Popen:
+    """``exec-server run ARGS`` in a child whose embedded server's messages go through ``rewrite`` (a function of
+    this module, using ``json`` alone: its source is handed over)."""
+    source = inspect.getsource(rewrite) + "rewrite = %s\n" % rewrite.__name__
+    return subprocess.Popen([sys.executable, "-c", MISBEHAVING_RUN, source] + list(args),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-NEVER_ENDS = """
-    def rewrite(text):
-        method = json.loads(text).get("method")
-        return None if method in ("process/exited", "process/closed") else text
-"""
 
 
 @pytest.mark.parametrize("ending", ["SIGTERM", "SIGHUP", "two SIGINTs"])
@@ -181,38 +220,35 @@ def test_run_ends_after_an_ending_signal_though_the_server_never_reports_the_end
     """The kill was sent, but run waited for ``closed`` for ever: a server that never reports it (a wedged tree,
     a silent server) made run unstoppable but by SIGKILL.  Now the end has KILL_WAIT (10 s)."""
     marker = tmp_path / "started"
-    run = _misbehaving_run(NEVER_ENDS, "--", "/bin/sh", "-c", "touch %s; exec sleep 60" % marker)
-    try:
-        wait_until(marker.exists, timeout=20)
-        time.sleep(0.3)  # run waits for the command's events
-        for number in ([signal.SIGINT, signal.SIGINT] if ending == "two SIGINTs" else [getattr(signal, ending)]):
-            run.send_signal(number)
-            time.sleep(0.2)
-        _out, err = run.communicate(timeout=40)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate(timeout=10)
+    run = _misbehaving_run(_mute_the_end, "--", "/bin/sh", "-c", "touch %s; exec sleep 60" % marker)
+    err = _signalled_once_started(run, marker.exists, [signal.SIGINT, signal.SIGINT] if ending == "two SIGINTs"
+                                  else [getattr(signal, ending)])
     assert run.returncode == 255, err
     lines = err.decode().splitlines()
     assert lines[-1] == "exec-server run: the remote command did not report its end within 10 s of the kill", lines
 
 
+def _signalled_once_started(run: subprocess.Popen, started, signals) -> bytes:
+    """Send ``signals`` to ``run`` once ``started()`` (and 0.3 s more: it waits for the command's events);
+    its stderr once it has ended (within 40 s; else it is killed and the test fails)."""
+    try:
+        wait_until(started, timeout=20)
+        time.sleep(0.3)
+        for number in signals:
+            run.send_signal(number)
+            time.sleep(0.2)
+        return run.communicate(timeout=40)[1]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=10)
+
+
 def test_run_names_lost_output_in_one_line_instead_of_a_traceback(tmp_path):
     """Output the server no longer has (``ProcessOutputGap``: likely against the reference's 1 MiB retention
     after an outage) ended run with a Python traceback and status 1."""
-    run = _misbehaving_run("""
-        def rewrite(text):
-            message = json.loads(text)
-            params = message.get("params") or {}
-            if message.get("method") == "process/output" and params.get("seq") == 1:
-                return None  # never arrives live
-            result = message.get("result")
-            if isinstance(result, dict) and "nextSeq" in result:  # nor in a read: no longer retained
-                result["chunks"] = [c for c in result["chunks"] if c["seq"] != 1]
-                return json.dumps(message)
-            return text
-    """, "--", "/bin/sh", "-c", "printf lost; sleep 0.3; printf kept; sleep 0.3")
+    run = _misbehaving_run(_lose_the_first_chunk, "--", "/bin/sh", "-c",
+                           "printf lost; sleep 0.3; printf kept; sleep 0.3")
     _out, err = run.communicate(timeout=60)
     lines = err.decode().splitlines()
     assert run.returncode == 255, err
@@ -222,16 +258,7 @@ def test_run_names_lost_output_in_one_line_instead_of_a_traceback(tmp_path):
 
 def test_run_says_so_when_the_server_reports_no_exit_status():
     """Closed without an exit status ended run with 255 and not a word."""
-    run = _misbehaving_run("""
-        def rewrite(text):
-            message = json.loads(text)
-            if message.get("method") == "process/exited":
-                return None
-            if message.get("method") == "process/closed":
-                message["params"]["seq"] -= 1
-                return json.dumps(message)
-            return text
-    """, "--", "/bin/sh", "-c", "exit 3")
+    run = _misbehaving_run(_drop_the_exit, "--", "/bin/sh", "-c", "exit 3")
     _out, err = run.communicate(timeout=60)
     assert run.returncode == 255, err
     assert err.decode().splitlines() == [
@@ -306,33 +333,11 @@ def test_a_read_tells_a_lost_chunk_from_the_exit_by_the_exits_own_seq(chunks, ex
 
 def test_run_on_several_hosts_ends_after_an_ending_signal_though_no_host_reports_the_end(tmp_path, monkeypatch):
     """As for one host: SIGTERM killed the trees, then run waited for every host's ``closed`` for ever."""
-    from exec_server.server import connection
-
-    original = connection.RpcConnection.send
-
-    def mute_the_end(self, *texts):  # these servers never report a command's exit or close
-        kept = [text for text in texts if '"process/exited"' not in str(text) and '"process/closed"' not in str(text)]
-        if kept:
-            original(self, *kept)
-
-    monkeypatch.setattr(connection.RpcConnection, "send", mute_the_end)
-    servers = [start_ours(), start_ours()]
-    try:
-        run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--url", servers[0].url, "--url",
-                                servers[1].url, "--", "/bin/sh", "-c", 'mktemp -p "%s"; exec sleep 60' % tmp_path],
+    with _servers_rewriting(monkeypatch, _mute_the_end) as urls:
+        run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
+                                "--", "/bin/sh", "-c", 'mktemp -p "%s"; exec sleep 60' % tmp_path],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_until(lambda: len(list(tmp_path.iterdir())) == 2, timeout=20)
-            time.sleep(0.3)
-            run.send_signal(signal.SIGTERM)
-            _out, err = run.communicate(timeout=40)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate(timeout=10)
-    finally:
-        for running in servers:
-            running.stop()
+        err = _signalled_once_started(run, lambda: len(list(tmp_path.iterdir())) == 2, [signal.SIGTERM])
     assert run.returncode == 123, err
     assert err.count(b"did not report its end within 10 s of the kill") == 2, err
 
@@ -395,32 +400,10 @@ def test_events_held_behind_a_hole_are_bounded_in_number_not_only_in_bytes():
 
 def test_run_on_several_hosts_names_a_missing_exit_status(monkeypatch):
     """Closed without exited counted as 255 in the summary, with no word of why."""
-    from exec_server.server import connection
-
-    original = connection.RpcConnection.send
-
-    def drop_exited(self, *texts):
-        kept = []
-        for text in texts:
-            message = json.loads(str(text))
-            if message.get("method") == "process/exited":
-                continue
-            if message.get("method") == "process/closed":
-                message["params"]["seq"] -= 1  # no hole: the exit is simply never reported
-                text = json.dumps(message)
-            kept.append(text)
-        if kept:
-            original(self, *kept)
-
-    monkeypatch.setattr(connection.RpcConnection, "send", drop_exited)
-    servers = [start_ours(), start_ours()]
-    try:
-        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", servers[0].url, "--url",
-                               servers[1].url, "--", "/bin/sh", "-c", "exit 3"],
+    with _servers_rewriting(monkeypatch, _drop_the_exit) as urls:
+        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
+                               "--", "/bin/sh", "-c", "exit 3"],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    finally:
-        for running in servers:
-            running.stop()
     assert done.returncode == 123, done.stderr
     assert done.stderr.count(b"255  ") == 2 and done.stderr.count(
         b"the server reported the command's end without its exit status") == 2, done.stderr
