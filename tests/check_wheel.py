@@ -2,7 +2,9 @@
 
 Usage: python tests/check_wheel.py DIST_DIR
 Installs the wheel found in DIST_DIR into a fresh virtual environment and
-checks there that every schema loads and the console script runs.
+checks there that every schema loads, that the checks compiled ahead of time
+are those of the installed files (else every cold start compiles them), and
+that the console script runs.
 """
 
 import glob
@@ -31,7 +33,9 @@ def main(dist: str) -> int:
         python = os.path.join(target, bindir, "python")
         subprocess.run([python, "-m", "pip", "install", "--quiet", wheels[0]], check=True)
         check = ("from exec_server.protocol.schemas import SchemaSet; s = SchemaSet.load(); s.check_all(); "
-                 "assert s.has('process/start.params.json'), s.names(); print(len(s.names()), 'schemas')")
+                 "assert s.has('process/start.params.json'), s.names(); "
+                 "from exec_server.protocol import prebuilt_checks; assert s.digest == prebuilt_checks.DIGEST; "
+                 "print(len(s.names()), 'schemas')")
         subprocess.run([python, "-c", check], check=True, cwd=target)
         subprocess.run([os.path.join(target, bindir, "exec-server"), "--version"], check=True, cwd=target)
     print("wheel OK: %s" % os.path.basename(wheels[0]))

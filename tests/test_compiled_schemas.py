@@ -6,8 +6,10 @@ ones, and must agree.  A valid request must not import jsonschema at all (the
 point of the compiled path: a cold start).
 """
 
+import decimal
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,11 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exec_server.protocol import compiled
+from exec_server.protocol import compiled, prebuild, prebuilt_checks
 from exec_server.protocol.errors import InvalidParams
-from exec_server.protocol.schemas import SchemaSet
+from exec_server.protocol.schemas import SchemaSet, _schema_root
 
-SCHEMAS = SchemaSet.load()
+SCHEMAS = SchemaSet.load()  # the shipped files: their checks come from prebuilt_checks
+#: The same schemas given as dicts: their checks are compiled by fastjsonschema here.
+COMPILED_HERE = SchemaSet({name: SCHEMAS.schema(name) for name in SCHEMAS.names()}, checked=True)
 PARAMS = [name for name in SCHEMAS.names() if name.endswith(".params.json")]
 URN = "urn:exec-server:"
 JSON = st.recursive(
@@ -83,16 +87,67 @@ def instances(schema, base, depth=0):
     return st.integers(0, 9).flatmap(lambda roll: JSON if roll == 0 else shaped)  # a tenth of the nodes broken
 
 
-def test_every_shipped_params_schema_is_compiled():
-    assert [name for name in PARAMS if SCHEMAS.compiled(name) is None] == []
+@pytest.mark.parametrize("schemas", [SCHEMAS, COMPILED_HERE], ids=["prebuilt", "compiled-here"])
+def test_every_shipped_params_schema_is_compiled(schemas):
+    assert [name for name in PARAMS if schemas.compiled(name) is None] == []
 
 
+def test_the_shipped_files_get_the_prebuilt_checks_and_other_sets_their_own():
+    prebuilt = set(prebuilt_checks.CHECKS.values())
+    assert all(SCHEMAS.compiled_checks._prebuilt(name) is not compiled._NOT_PREBUILT for name in PARAMS)
+    assert all(COMPILED_HERE.compiled_checks._prebuilt(name) is compiled._NOT_PREBUILT for name in PARAMS)
+    assert sorted(prebuilt_checks.CHECKS) == PARAMS and None not in prebuilt
+
+
+def test_the_prebuilt_checks_were_made_from_the_shipped_files():
+    """After changing a schema file: ``python -m exec_server.protocol.prebuild --write``."""
+    assert prebuilt_checks.DIGEST == SCHEMAS.digest, "prebuilt_checks is stale: run prebuild --write"
+
+
+def test_the_prebuilt_checks_are_what_the_generator_writes_now():
+    import fastjsonschema
+
+    if prebuilt_checks.GENERATOR != "fastjsonschema " + fastjsonschema.VERSION:
+        pytest.skip("prebuilt_checks comes from %s, this is %s" % (prebuilt_checks.GENERATOR, fastjsonschema.VERSION))
+    with open(prebuild.module_path(), encoding="utf-8") as handle:
+        assert handle.read() == prebuild.prebuilt_source(SCHEMAS), "run python -m exec_server.protocol.prebuild --write"
+
+
+def test_files_changed_since_the_prebuilt_checks_are_compiled_here(tmp_path):
+    """A prebuilt check for the old file would accept params the changed file refuses."""
+    root = tmp_path / "schemas"
+    shutil.copytree(_schema_root(), str(root))
+    path = root / "initialize.params.json"
+    schema = json.loads(path.read_text())
+    schema["required"] = schema["required"] + ["resumeSessionId"]
+    path.write_text(json.dumps(schema))
+    changed = SchemaSet.load(str(root))
+    assert changed.digest != SCHEMAS.digest
+    changed.validate_params("initialize", {"clientName": "x", "resumeSessionId": None})
+    with pytest.raises(InvalidParams) as caught:
+        changed.validate_params("initialize", {"clientName": "x"})
+    assert caught.value.message == "missing field `resumeSessionId`"
+
+
+@pytest.mark.parametrize("schemas", [SCHEMAS, COMPILED_HERE], ids=["prebuilt", "compiled-here"])
+def test_a_value_json_never_makes_is_judged_by_jsonschema(schemas):
+    """The prebuilt code's ``Decimal`` is a stand-in: an instance holding one (anywhere) goes to jsonschema."""
+    check = schemas.compiled("initialize.params.json")
+    check({"clientName": "x", "note": 1})
+    with pytest.raises(Exception):
+        check({"clientName": "x", "note": decimal.Decimal(1)})
+    with pytest.raises(InvalidParams):
+        schemas.validate_params("process/read", {"processId": "p", "maxBytes": decimal.Decimal("1.5")})
+    schemas.validate_params("initialize", {"clientName": "x", "note": decimal.Decimal(1)})
+
+
+@pytest.mark.parametrize("schemas", [SCHEMAS, COMPILED_HERE], ids=["prebuilt", "compiled-here"])
 @pytest.mark.parametrize("name", PARAMS)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(data=st.data())
-def test_compiled_check_agrees_with_jsonschema(name, data):
+def test_compiled_check_agrees_with_jsonschema(schemas, name, data):
     instance = data.draw(instances(SCHEMAS.schema(name), name))
-    check = SCHEMAS.compiled(name)
+    check = schemas.compiled(name)
     try:
         check(instance)
         compiled_accepts = True
@@ -239,7 +294,8 @@ while len(sent) < {answers} and time.monotonic() < deadline:
     time.sleep(0.01)
 connection.close()
 registry.close_all()
-print(json.dumps({{"jsonschema": "jsonschema" in sys.modules, "sent": [json.loads(t) for t in sent]}}))
+print(json.dumps({{"jsonschema": "jsonschema" in sys.modules, "fastjsonschema": "fastjsonschema" in sys.modules,
+                  "sent": [json.loads(t) for t in sent]}}))
 """
 
 
@@ -251,9 +307,9 @@ def _cold(block="", invalid="", answers=2):
     return json.loads(done.stdout)
 
 
-def test_valid_requests_do_not_import_jsonschema():
+def test_valid_requests_import_neither_jsonschema_nor_fastjsonschema():
     outcome = _cold()
-    assert outcome["jsonschema"] is False
+    assert (outcome["jsonschema"], outcome["fastjsonschema"]) == (False, False)
     assert "sessionId" in outcome["sent"][0]["result"]
     assert outcome["sent"][1]["error"]["code"] == -32600  # unknown process: answered, not a params error
 

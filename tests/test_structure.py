@@ -18,6 +18,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("exec_server", "fs_helper")
 MAX_MODULE_LINES = 400
+#: Modules a program writes (and a test keeps current), which nobody edits: no size limit.
+GENERATED = {"exec_server.protocol.prebuilt_checks"}
 
 #: layer -> the layers of exec_server it may import (besides itself).
 ALLOWED = {
@@ -171,6 +173,8 @@ def test_cycle_finder_finds_a_cycle():
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_is_small(module):
+    if module in GENERATED:
+        pytest.skip("generated")
     with open(MODULES[module], encoding="utf-8") as handle:
         lines = sum(1 for _ in handle)
     assert lines <= MAX_MODULE_LINES, "%s has %d lines (at most %d)" % (module, lines, MAX_MODULE_LINES)

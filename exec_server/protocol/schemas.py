@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import zlib
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from exec_server.protocol.compiled import ANNOTATIONS, CompiledChecks
@@ -65,6 +66,14 @@ def _schema_root():
     return os.path.join(os.path.dirname(package), "schemas")  # a source checkout: schemas/ at the top
 
 
+def files_digest(files: Dict[str, bytes]) -> int:
+    """The CRC-32 of schema files (each name and its bytes, in name order): tells the shipped files apart."""
+    digest = 0
+    for name in sorted(files):
+        digest = zlib.crc32(files[name], zlib.crc32(name.encode("utf-8") + b"\0", digest))
+    return digest
+
+
 def _walk_json(root: str) -> Iterable[str]:
     for folder, _dirs, files in os.walk(root):
         for name in sorted(files):
@@ -78,8 +87,10 @@ class SchemaSet:
     Thread-safe: a validator is used by one thread at a time.
     """
 
-    def __init__(self, schemas: Dict[str, dict], checked: bool = False):
+    def __init__(self, schemas: Dict[str, dict], checked: bool = False, digest: Optional[int] = None):
         self._schemas = schemas
+        #: The CRC-32 of the files read (:func:`files_digest`), None for schemas given as dicts.
+        self.digest = digest
         self._registry_built: Any = None
         # Names whose schema passed check_schema; all of them for the shipped files (checked when the
         # package is built and tested, see check_all), so a server does not spend ~12 ms on the metaschema.
@@ -90,7 +101,7 @@ class SchemaSet:
         self._inlined: Dict[str, dict] = {}
         self._members = _MemberValidators()
         self._reusing_class: Optional[type] = None
-        self._compiled = CompiledChecks(schemas, self._uri_of)
+        self.compiled_checks = CompiledChecks(schemas, self.uri_of, digest)
 
     @classmethod
     def load(cls, root: Optional[str] = None) -> "SchemaSet":
@@ -107,11 +118,12 @@ class SchemaSet:
         """
         shipped = root is None
         root = root or _schema_root()
-        schemas = {}
+        files = {}
         for name in _walk_json(root):
-            with open(os.path.join(root, name), encoding="utf-8") as handle:
-                schemas[name] = json.load(handle)
-        return cls(schemas, checked=shipped)
+            with open(os.path.join(root, name), "rb") as handle:
+                files[name] = handle.read()
+        schemas = {name: json.loads(data.decode("utf-8")) for name, data in files.items()}
+        return cls(schemas, checked=shipped, digest=files_digest(files))
 
     def check_all(self) -> None:
         """``check_schema`` every schema now (tests and the packaging check call this).
@@ -130,7 +142,7 @@ class SchemaSet:
             jsonschema.validators.validator_for(schema).check_schema(schema)
             self._checked.add(name)
 
-    def _uri_of(self, name: str) -> str:
+    def uri_of(self, name: str) -> str:
         """The URI schema file ``name`` is known by: its ``$id``, else ``urn:exec-server:<name>``."""
         return self._schemas[name].get("$id", _URN + name)
 
@@ -140,7 +152,7 @@ class SchemaSet:
         if self._registry_built is None:
             _, referencing = _libraries()
             self._registry_built = referencing.Registry().with_resources(
-                (self._uri_of(name), referencing.Resource.from_contents(schema))
+                (self.uri_of(name), referencing.Resource.from_contents(schema))
                 for name, schema in self._schemas.items())
         return self._registry_built
 
@@ -188,7 +200,7 @@ class SchemaSet:
         references cannot all be inlined (a cycle, a ``$ref`` with sibling
         assertions) is used as it is.
         """
-        resolver = self._registry.resolver(self._uri_of(name))
+        resolver = self._registry.resolver(self.uri_of(name))
         try:
             inlined = _inline_refs(schema, resolver, 0)
         except referencing.exceptions.Unresolvable:  # jsonschema will report it when validating
@@ -209,7 +221,7 @@ class SchemaSet:
         imports jsonschema: only the shipped set starts without it.
         """
         self._check(name)  # a schema file that is not ours, before its first use
-        return self._compiled.check(name)
+        return self.compiled_checks.check(name)
 
     def params_schema_name(self, method: str) -> str:
         return method + ".params.json"
