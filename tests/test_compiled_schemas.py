@@ -129,6 +129,16 @@ def test_files_changed_since_the_prebuilt_checks_are_compiled_here(tmp_path):
     assert caught.value.message == "missing field `resumeSessionId`"
 
 
+def test_files_with_windows_line_ends_still_get_the_prebuilt_checks(tmp_path):
+    root = tmp_path / "schemas"
+    shutil.copytree(_schema_root(), str(root))
+    for path in root.rglob("*.json"):
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    crlf = SchemaSet.load(str(root))
+    assert crlf.digest == prebuilt_checks.DIGEST
+    assert crlf.compiled_checks._prebuilt("process/start.params.json") is not compiled._NOT_PREBUILT
+
+
 @pytest.mark.parametrize("schemas", [SCHEMAS, COMPILED_HERE], ids=["prebuilt", "compiled-here"])
 def test_a_value_json_never_makes_is_judged_by_jsonschema(schemas):
     """The prebuilt code's ``Decimal`` is a stand-in: an instance holding one (anywhere) goes to jsonschema."""

@@ -67,10 +67,14 @@ def _schema_root():
 
 
 def files_digest(files: Dict[str, bytes]) -> int:
-    """The CRC-32 of schema files (each name and its bytes, in name order): tells the shipped files apart."""
+    """The CRC-32 of schema files (each name and its bytes, in name order): tells the shipped files apart.
+
+    Line ends count as ``\n`` (a checkout on Windows may have ``\r\n``).
+    """
     digest = 0
     for name in sorted(files):
-        digest = zlib.crc32(files[name], zlib.crc32(name.encode("utf-8") + b"\0", digest))
+        data = files[name].replace(b"\r\n", b"\n")
+        digest = zlib.crc32(data, zlib.crc32(name.encode("utf-8") + b"\0", digest))
     return digest
 
 
