@@ -418,6 +418,30 @@ def test_a_child_that_closes_its_output_and_runs_on_is_killed_once_its_end_is_se
 
 
 @pytest.mark.posix
+def test_a_child_that_exits_while_a_process_it_left_holds_its_stdout_is_seen_to_end(tmp_path):
+    """A wrapper that leaves a daemon (``setsid``) holding its stdout: the child's end is seen within
+    EXIT_CHECK_INTERVAL, not at the daemon's, and close() does not wait for the daemon either (both waited
+    for the end of the pipe, which the daemon held for good)."""
+    pid_file = tmp_path / "daemon"
+    script = 'setsid sleep 120 & echo $! > "$0"; exec "$1" -m exec_server --listen stdio'
+    client = Client.spawn(["/bin/sh", "-c", script, str(pid_file), sys.executable], timeout=30)
+    daemon = psutil.Process(int(pid_file.read_text()))
+    try:
+        assert daemon.cmdline() == ["sleep", "120"]
+        os.kill(client._transport.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(ExecServerDisconnected, match="killed by signal 9"):
+            client.call("environment/status", timeout=10)
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 5
+        assert daemon.is_running()  # it still holds the pipe: the end above was the child's exit
+    finally:
+        daemon.kill()
+
+
+@pytest.mark.posix
 def test_a_send_after_the_reader_saw_the_child_exit_names_its_status():
     """`run --via "sh -c 'exit 3'"`: when the reader thread saw the end first (and the client closed the
     transport), initialize's send said "exec-server child is closed" instead of the child's status."""

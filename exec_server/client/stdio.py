@@ -25,6 +25,12 @@ OUTPUT_VERDICT_WAIT = 1.0
 #: Longest single wait, seconds, of a send for room in a full pipe: it then checks whether the transport
 #: was closed meanwhile (the kill that ends the child wakes it at once, by breaking the pipe).
 CLOSED_CHECK_INTERVAL = 1.0
+#: How often a read waiting for the child's output looks whether the child has exited, seconds: a
+#: process it left behind (``setsid``) may hold its stdout open long after, and a closed transport's
+#: reader ends within this time.
+EXIT_CHECK_INTERVAL = 0.2
+#: Most bytes read from the child's stdout at once.
+READ_BYTES = 1024 * 1024
 #: What ends the line of a message a send left cut (^C, a timeout), before the next message: "!" can
 #: follow no prefix of a JSON text, so the server answers that line as malformed and applies nothing,
 #: even when the cut fell just before its newline (a newline alone made it whole: the call ran).
@@ -46,6 +52,11 @@ class StdioTransport:
     a write blocks until the child takes it or ends).  A message cut by its
     timeout ends the child, as a WebSocket send cut by its ``write_timeout``
     ends that connection: nothing can follow half a line.
+
+    The child's output is read with ``os.read`` and split into lines here;
+    its end is the end of the pipe or the child's exit with nothing left to
+    read (looked at every ``EXIT_CHECK_INTERVAL`` s while no output comes: a
+    process the child left behind may hold the pipe open).
     """
 
     #: Seconds a child may take to exit after its stdin closed.
@@ -76,9 +87,19 @@ class StdioTransport:
         self._finished = False  # resources released
         self._exited_before_close: Optional[int] = None  # the child's exit status if it had ended by itself
         self._log = logging.getLogger("exec_server.child")
-        self._stdout = self._child.stdout
+        self._stdout = self._child.stdout  # read with os.read, by receive alone: its buffer stays empty
         for pipe in (self._child.stdin, self._stdout):
             enlarge_pipe(pipe.fileno())
+        self._stdout_fd = self._stdout.fileno()
+        self._pending = bytearray()  # what was read of the child's output and not yet returned
+        self._start = 0  # where the next line begins in _pending
+        self._scan = 0  # where the search for its end goes on (the bytes before hold no newline)
+        self._read_lock = threading.Lock()  # held by receive while it reads; close() closes stdout under it
+        self._output_poller = None  # a wait for output that can look at the child (None: Windows, blocking reads)
+        if hasattr(select, "poll"):
+            self._output_poller = select.poll()
+            self._output_poller.register(self._stdout_fd, select.POLLIN)
+            os.set_blocking(self._stdout_fd, False)
         self._stdin_fd = self._child.stdin.fileno()  # written with os.write: the file object's buffer stays empty
         self._poller = None  # a wait for room in the pipe (None: Windows, blocking writes)
         if hasattr(select, "poll"):
@@ -207,22 +228,19 @@ class StdioTransport:
             return None
 
     def receive(self) -> bytes:
-        """The next non-empty line, without its end.
+        """The next non-empty line, without its end; call from one thread only.
 
         Raises:
-            ExecServerDisconnected: the child closed its output, or sent a
-                line longer than :data:`STDIO_MAX_MESSAGE_BYTES` (the client
-                then fails and :meth:`close` ends the child).
+            ExecServerDisconnected: the child closed its output, or exited
+                (while a process it left behind holds its stdout: seen within
+                ``EXIT_CHECK_INTERVAL`` s), or sent a line longer than
+                :data:`STDIO_MAX_MESSAGE_BYTES` (the client then fails and
+                :meth:`close` ends the child), or the transport was closed.
         """
         while True:
-            try:
-                line = self._stdout.readline(STDIO_MAX_MESSAGE_BYTES + 1)
-            except (OSError, ValueError):
-                line = b""
-            if len(line) > STDIO_MAX_MESSAGE_BYTES:
-                raise ExecServerDisconnected("exec-server child sent a message over %d bytes"
-                                             % STDIO_MAX_MESSAGE_BYTES)
-            if not line:
+            with self._read_lock:
+                line = self._next_line()
+            if line is None:
                 self._output_judged.set()
                 status = self._exit_status(2.0)
                 if self._killed_for is not None:  # a malformed line, or a send cut by its timeout
@@ -234,9 +252,56 @@ class StdioTransport:
 
                 kill_tree(self.pid)
                 raise ExecServerDisconnected("exec-server child closed its output")
-            line = line.rstrip(b"\r\n")
+            line = line.rstrip(b"\r")
             if line.strip():
                 return line
+
+    def _next_line(self) -> Optional[bytes]:
+        """The next line of the child's output without its newline (the last may have none); None at its end.
+
+        The end is the end of the pipe, or the child's exit with nothing
+        left to read, or :meth:`close`.
+
+        Raises:
+            ExecServerDisconnected: a line over :data:`STDIO_MAX_MESSAGE_BYTES`.
+        """
+        pending = self._pending
+        while True:
+            end = pending.find(b"\n", self._scan)
+            if end >= 0:
+                if end + 1 - self._start > STDIO_MAX_MESSAGE_BYTES:
+                    raise _too_long()
+                view = memoryview(pending)
+                try:
+                    line = view[self._start:end].tobytes()
+                finally:
+                    view.release()
+                self._start = self._scan = end + 1
+                return line
+            if len(pending) - self._start >= STDIO_MAX_MESSAGE_BYTES:
+                raise _too_long()
+            del pending[:self._start]  # only the start of a line is left: moved once, before more is read
+            self._start, self._scan = 0, len(pending)
+            data = self._read()
+            if not data:
+                line = bytes(pending)
+                pending.clear()
+                self._scan = 0
+                return line or None
+            pending += data
+
+    def _read(self) -> bytes:
+        """The next bytes of the child's output; empty at its end (see :meth:`_next_line`)."""
+        while not self._finished:  # close() was not called
+            try:
+                return os.read(self._stdout_fd, READ_BYTES)
+            except BlockingIOError:
+                pass
+            except (OSError, ValueError):
+                return b""
+            if not self._output_poller.poll(int(EXIT_CHECK_INTERVAL * 1000)) and self._child.poll() is not None:
+                return b""  # exited, and what it wrote is read: the rest is a leftover process's
+        return b""
 
     def close(self) -> None:
         """End the child: close its stdin, wait briefly, then kill its tree; bounded, from any thread.
@@ -257,10 +322,14 @@ class StdioTransport:
             kill_tree(self.pid)
             self._exit_status(self.CHILD_EXIT_GRACE)
             self._close_stdin()
-        try:
-            self._stdout.close()
-        except OSError:
-            pass
+        # a reader ends within EXIT_CHECK_INTERVAL s (Windows: at the end of the pipe, which the kill brings)
+        if self._read_lock.acquire(timeout=self.CHILD_EXIT_GRACE):
+            try:
+                self._stdout.close()
+            except OSError:
+                pass
+            finally:
+                self._read_lock.release()
         self._stderr_thread.join(self.CHILD_EXIT_GRACE)
 
     def _close_stdin(self) -> bool:
@@ -293,6 +362,10 @@ class StdioTransport:
         self._output_judged.set()
         kill_tree(self.pid)  # a write blocked on the pipe fails (EPIPE) and reports ``reason``
         self._exit_status(self.CHILD_EXIT_GRACE)
+
+
+def _too_long() -> ExecServerDisconnected:
+    return ExecServerDisconnected("exec-server child sent a message over %d bytes" % STDIO_MAX_MESSAGE_BYTES)
 
 
 def _ended(status: int) -> str:
