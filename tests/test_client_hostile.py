@@ -10,6 +10,7 @@ Loopback and in-memory servers only; every wait has a timeout.
 """
 
 import contextlib
+import fnmatch
 import inspect
 import json
 import signal
@@ -65,18 +66,18 @@ def _lose_the_first_chunk(text: str):
 
 @contextlib.contextmanager
 def _servers_rewriting(monkeypatch, rewrite, count: int = 2):
-    """``count`` of our servers in this process, whose every message goes through ``rewrite`` (None: dropped);
-    yields their URLs."""
+    """``count`` of our servers in this process, whose every message (notification or response) goes through
+    ``rewrite`` (None: dropped); yields their URLs."""
     from exec_server.server import connection
 
-    original = connection.RpcConnection.send
+    original = connection.RpcConnection._write
 
-    def send(self, *texts):
+    def write(self, *texts):
         kept = [text for text in (rewrite(str(each)) for each in texts) if text is not None]
         if kept:
             original(self, *kept)
 
-    monkeypatch.setattr(connection.RpcConnection, "send", send)
+    monkeypatch.setattr(connection.RpcConnection, "_write", write)
     servers = [start_ours() for _ in range(count)]
     try:
         yield [running.url for running in servers]
@@ -407,3 +408,27 @@ def test_run_on_several_hosts_names_a_missing_exit_status(monkeypatch):
     assert done.returncode == 123, done.stderr
     assert done.stderr.count(b"255  ") == 2 and done.stderr.count(
         b"the server reported the command's end without its exit status") == 2, done.stderr
+
+
+def _unanswered_start(text: str):
+    """A server that never answers ``process/start`` (the one result with a ``sandboxType``)."""
+    result = json.loads(text).get("result")
+    return None if isinstance(result, dict) and "sandboxType" in result else text
+
+
+@pytest.mark.parametrize("rewrite, words", [
+    (_lose_the_first_chunk, "process proc-* lost output seqs 1..1 missing from the server's notifications"),
+    pytest.param(_unanswered_start, "process/start: no response within 30.000 s", marks=pytest.mark.slow),
+], ids=["lost-chunk", "unanswered-start"])
+def test_run_on_several_hosts_words_a_lost_chunk_and_an_unanswered_start_as_one_host_does(
+        monkeypatch, rewrite, words):
+    """Each host's line in the summary had the Python class's name before one host's words
+    (``ProcessOutputGap: process ...``, ``CallTimeout: process/start: ...``)."""
+    with _servers_rewriting(monkeypatch, rewrite) as urls:
+        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
+                               "--", "/bin/sh", "-c", "printf lost; sleep 0.3; printf kept"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=90)
+    assert done.returncode == 123, done.stderr
+    rows = done.stderr.decode().splitlines()[2:]
+    assert len(rows) == 2 and all(fnmatch.fnmatchcase(row, "*  " + words) for row in rows), rows
+    assert all(row.split()[1] == "255" for row in rows), rows

@@ -23,7 +23,7 @@ from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOM
 from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, give_up_timer, handle, remote_status,
                                     restore)
 from exec_server.client.group_events import GroupProcesses
-from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent
+from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
 from exec_server.client.recovery import ReconnectPolicy
 from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
@@ -195,6 +195,8 @@ def _failure(error: BaseException, url: str, before_start: bool) -> Tuple[int, s
     if isinstance(error, ExecServerDisconnected):
         what = disconnected(error, url).what
         return EXIT_DISCONNECTED, what if before_start else "connection lost: %s" % what
+    if isinstance(error, (TimeoutError, ProcessOutputGap)):  # a silent server, lost output: one host's words
+        return EXIT_DISCONNECTED, str(error)
     return EXIT_DISCONNECTED, "%s: %s" % (type(error).__name__, error)
 
 
