@@ -101,6 +101,34 @@ def cli_server(mode, tmp_path, *extra, env=None):
             server.stdout.close()
 
 
+#: A server of a library user's own, with the guardian's cover of isolated starts (argv[1]: True or False).
+LIBRARY_SERVER = """
+import sys
+from exec_server import ServerConfig, make_server
+server = make_server("ws://127.0.0.1:0", ServerConfig(guard_isolated_starts=sys.argv[1] == "True"))
+print(server.url, flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def library_server(guarded, tmp_path, env=None):
+    """``(server, url)``: :data:`LIBRARY_SERVER` (``env``: its environment), its stderr in ``server.log``;
+    killed at the end."""
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-c", LIBRARY_SERVER, str(guarded)], stdout=subprocess.PIPE,
+                                  stderr=log, stdin=subprocess.DEVNULL, env=env)
+        try:
+            url = server.stdout.readline().decode().strip()
+            assert url.startswith("ws://127.0.0.1:"), url
+            yield server, url
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait(10)
+            server.stdout.close()
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_terminate_kills_every_escaper(configured_server, connect, tmp_path, token, shape, mode):
@@ -154,11 +182,14 @@ def test_server_sigkill_takes_every_tree_along(tmp_path, token, shape, tty, mode
 
 
 @pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
+@pytest.mark.parametrize("server_kind", ["command", "library"])
 @pytest.mark.parametrize("tty", [False, True])
-def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tmp_path, tty):
+def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tmp_path, tty, server_kind):
     """``setpriv`` arms the parent-death signal after its exec (and ``unshare --kill-child`` its child's after its
     fork): a server killed before then left the isolated tree running forever, reparented to PID 1.  Here a
-    ``setpriv`` that takes 2 s to start holds that window open; the guardian must take the tree."""
+    ``setpriv`` that takes 2 s to start holds that window open; the guardian must take the tree.  The
+    ``exec-server`` command's server has that cover, and a library user's with
+    ``ServerConfig(guard_isolated_starts=True)`` (it could not have it but through a private function)."""
     real = shutil.which("setpriv")
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -167,7 +198,9 @@ def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tm
     slow.chmod(0o755)
     argv = ["sleep", "1000.%d" % random.randrange(10 ** 9)]
     env = dict(os.environ, PATH="%s:%s" % (folder, os.environ.get("PATH", "/usr/bin:/bin")))
-    with cli_server("isolate", tmp_path, env=env) as (server, url):
+    starting = cli_server("isolate", tmp_path, env=env) if server_kind == "command" \
+        else library_server(True, tmp_path, env=env)
+    with starting as (server, url):
         client = Client.connect(url, timeout=10, reconnect=None)
         try:
             client.start(argv, env={"SLOW_SETPRIV": "1"}, tty=tty, timeout=10)
@@ -185,6 +218,14 @@ def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tm
     finally:
         for process in survivors():
             process.kill()
+
+
+def test_the_guardians_cover_of_isolated_starts_is_a_bool_off_by_default():
+    from exec_server import ServerConfig
+
+    assert ServerConfig().guard_isolated_starts is False
+    with pytest.raises(ValueError, match="^guard_isolated_starts must be True or False$"):
+        ServerConfig(guard_isolated_starts="yes")
 
 
 def _cmdline(process):

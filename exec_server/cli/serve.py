@@ -38,6 +38,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     from exec_server.server.app import make_server  # not needed by --listen stdio
 
+    # a long-lived server: one guardian, its start and exit off the paths users wait on
+    config = config._replace(guard_isolated_starts=True)
     try:
         server = make_server(args.listen, config, listen.auth, listen.ssl_context)
     except OSError as exc:
@@ -45,10 +47,9 @@ def serve(args: argparse.Namespace) -> int:
         print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
         return 1
 
-    from exec_server.server.process import contain, guardian, marked
+    from exec_server.server.process import contain, marked
 
     reaper = marked.Reaper() if sys.platform.startswith("linux") else None
-    guardian.cover_isolated_trees()  # a long-lived server: one guardian, its start and exit off the paths users wait
 
     def arm_reaper() -> None:
         # After the containment probe, which runs beside the accept loop so that it

@@ -121,6 +121,16 @@ class _Settings(NamedTuple):
     #: PID namespace (process group, a marker every descendant inherits, the
     #: guardian for the server's own death).
     pid_namespace: str = "isolate"
+    #: Whether the guardian (README "Process containment") covers each
+    #: ``isolate`` child while it starts too: ``setpriv`` arms its
+    #: parent-death signal after its exec and ``unshare --kill-child`` its
+    #: child's after its fork, so a server killed in between (SIGKILL, the
+    #: OOM killer during a burst of starts) leaves that tree running.  Costs
+    #: one more ``exec`` a start (``env -u``, ~0.8 ms) and the guardian's
+    #: start and its sweep at the interpreter's exit (~170 ms of a one-shot
+    #: ``run``).  The ``exec-server`` command's WebSocket server turns it
+    #: on; ``run``'s embedded server and a stdio server leave it off.
+    guard_isolated_starts: bool = False
     #: Interval of the server's WebSocket Ping frames, seconds (0 disables;
     #: the reference pings every 30 s).
     ping_interval: float = 5.0
@@ -191,6 +201,8 @@ class ServerConfig(_Settings):
                 raise ValueError("%s must be at least 1" % name)
         if self.pid_namespace not in ("isolate", "inherit"):
             raise ValueError("pid_namespace must be isolate or inherit")
+        if not isinstance(self.guard_isolated_starts, bool):
+            raise ValueError("guard_isolated_starts must be True or False")
         for name in ("max_queued_requests", "spool_bytes_per_process", "spool_bytes_total"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must not be negative" % name)

@@ -182,7 +182,7 @@ class Containment:
         return dict(env, **{MARKER_ENV: marker})
 
     def guarded_prefix(self) -> List[str]:
-        """An isolated child's prefix when the guardian covers it (:func:`.guardian.cover_isolated_trees`)."""
+        """An isolated child's prefix when the guardian covers its start (``ServerConfig.guard_isolated_starts``)."""
         return self.prefix + self.unmark
 
 

@@ -76,30 +76,6 @@ def _release() -> None:
         pass
 
 
-_covers_isolated = False
-
-
-def cover_isolated_trees() -> None:
-    """From now on the guardian covers isolated trees too (the ``exec-server`` command's WebSocket server).
-
-    ``setpriv`` arms its parent-death signal after its exec, and ``unshare
-    --kill-child`` its child's after its fork: a server killed in between
-    (SIGKILL, the OOM killer during a burst of starts) left the tree running.
-    So ``setpriv``, ``unshare`` and the namespace's init carry the guardian's
-    marker, and a last step (``contain.unmark_step``, ~0.8 ms a start) takes
-    it out of the program's environment.  Not for ``run``'s embedded server
-    nor a stdio server: their orderly exit would wait for the guardian's
-    start and sweep (``run -- true`` 143 -> 314 ms).
-    """
-    global _covers_isolated
-    _covers_isolated = True
-
-
-def covers_isolated_trees() -> bool:
-    """Whether :func:`cover_isolated_trees` was called in this process."""
-    return _covers_isolated
-
-
 def running_pid() -> Optional[int]:
     """The PID of this process's guardian, or None (tests leave it out of their leftover checks)."""
     with _lock:

@@ -103,8 +103,8 @@ class ManagedProcess:
             env = dict(env, **{contain.MARKER_ENV: guardian.marker_prefix() + os.urandom(16).hex()})
             wrapper = wrapper[:1] + ["--unsetenv", contain.MARKER_ENV] + wrapper[1:]
         prefix = containment.prefix
-        if not wrapper and containment.isolated and guardian.covers_isolated_trees():
-            # For the guardian alone, as a sandbox's (guardian.cover_isolated_trees): the prefix's last step
+        if not wrapper and containment.isolated and config.guard_isolated_starts:
+            # For the guardian alone, as a sandbox's (ServerConfig.guard_isolated_starts): the prefix's last step
             # keeps it out of the program's environment; the server's own kills need no scan for it (the
             # group's kill ends the namespace).
             env = containment.environment(env, guardian.marker_prefix() + os.urandom(16).hex())
