@@ -83,13 +83,11 @@ def assert_none_survives(token):
 
 
 @contextlib.contextmanager
-def cli_server(mode, tmp_path, *extra, env=None):
-    """``(server, url)``: the exec-server command in ``mode`` (``env``: its environment), its stderr in
-    ``server.log``; killed at the end."""
+def _server_process(argv, tmp_path, env=None):
+    """``(server, url)``: a server started with ``argv`` that prints its URL (``env``: its environment), its
+    stderr in ``server.log``; killed at the end."""
     with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
-                                   "--linux-sandbox-pid-namespace", mode, *extra],
-                                  stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         try:
             url = server.stdout.readline().decode().strip()
             assert url.startswith("ws://127.0.0.1:"), url
@@ -99,6 +97,12 @@ def cli_server(mode, tmp_path, *extra, env=None):
                 server.kill()
             server.wait(10)
             server.stdout.close()
+
+
+def cli_server(mode, tmp_path, *extra, env=None):
+    """:func:`_server_process` of the exec-server command in ``mode``."""
+    return _server_process([sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0",
+                            "--linux-sandbox-pid-namespace", mode, *extra], tmp_path, env)
 
 
 #: A server of a library user's own, with the guardian's cover of isolated starts (argv[1]: True or False).
@@ -111,22 +115,9 @@ server.serve_forever()
 """
 
 
-@contextlib.contextmanager
 def library_server(guarded, tmp_path, env=None):
-    """``(server, url)``: :data:`LIBRARY_SERVER` (``env``: its environment), its stderr in ``server.log``;
-    killed at the end."""
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-c", LIBRARY_SERVER, str(guarded)], stdout=subprocess.PIPE,
-                                  stderr=log, stdin=subprocess.DEVNULL, env=env)
-        try:
-            url = server.stdout.readline().decode().strip()
-            assert url.startswith("ws://127.0.0.1:"), url
-            yield server, url
-        finally:
-            if server.poll() is None:
-                server.kill()
-            server.wait(10)
-            server.stdout.close()
+    """:func:`_server_process` of :data:`LIBRARY_SERVER`."""
+    return _server_process([sys.executable, "-c", LIBRARY_SERVER, str(guarded)], tmp_path, env)
 
 
 @pytest.mark.parametrize("mode", MODES)
