@@ -355,3 +355,35 @@ def test_a_float_is_never_an_integer(params, accepted):
         assert error.message == "invalid number"
         outcome = False
     assert outcome is accepted
+
+
+def _generated_with(monkeypatch, edit):
+    """prebuilt_source of the shipped files, with each schema's generated code passed through ``edit``."""
+    schemas = SchemaSet.load()
+    real = schemas.compiled_checks.source
+    monkeypatch.setattr(schemas.compiled_checks, "source", lambda name: edit(real(name)))
+    return prebuild.prebuilt_source(schemas)
+
+
+def test_the_generator_refuses_code_it_does_not_know(monkeypatch):
+    """A line it does not know before the functions (a fastjsonschema of another shape) made it leave the
+    schema out without a word: under fastjsonschema 2.21 it wrote a module without a single check."""
+    with pytest.raises(ValueError, match="fastjsonschema's code begins with"):
+        _generated_with(monkeypatch, lambda code: "import os\n" + code)
+
+
+def test_the_generator_reads_the_header_of_fastjsonschema_2_21(monkeypatch):
+    """2.21 (the newest for Python 3.9) imports JsonSchemaValueException alone."""
+    text = _generated_with(monkeypatch, lambda code: code.replace(
+        "JsonSchemaValueException, JsonSchemaValuesException", "JsonSchemaValueException"))
+    namespace = {}
+    exec(compile(text, "prebuilt", "exec"), namespace)
+    assert sorted(namespace["CHECKS"]) == PARAMS and None not in namespace["CHECKS"].values()
+
+
+def test_a_prebuilt_check_is_used_only_where_the_rules_allow_one(monkeypatch):
+    """The rules of compiled.check_safe hold for the prebuilt checks too (a rule made stricter since)."""
+    monkeypatch.setattr(compiled, "SAFE_KEYWORDS", compiled.SAFE_KEYWORDS - {"maxProperties"})
+    fresh = SchemaSet.load()
+    assert fresh.compiled("environment/status.params.json") is None
+    assert fresh.compiled("process/read.params.json") is not None

@@ -441,6 +441,91 @@ def test_a_child_that_exits_while_a_process_it_left_holds_its_stdout_is_seen_to_
         daemon.kill()
 
 
+def _lines_until_the_end(transport, limit=10.0):
+    """What ``transport.receive`` returns until the end, then the end's words; fails past ``limit`` s."""
+    got, deadline = [], time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            got.append(transport.receive())
+    except ExecServerDisconnected as end:
+        return got + [str(end)]
+    raise AssertionError("no end within %.1f s (%d lines)" % (limit, len(got)))
+
+
+@pytest.mark.posix
+def test_the_childs_last_line_is_read_however_late_the_reader_looks_at_its_exit():
+    """After a quiet spell the reader waited in poll, then looked at the child: a line written and an exit
+    between those two were taken for an exit with everything read, and the line was lost (the reader thread
+    descheduled there: 2 of 60 runs with a busy thread beside it).  Here poll takes 0.3 s more to return."""
+    from exec_server.client.stdio import StdioTransport
+
+    transport = StdioTransport([sys.executable, "-c", 'import os, time; time.sleep(0.3); os.write(1, b"last\\n")'])
+    real = transport._output_poller
+
+    class Late:
+        def poll(self, milliseconds):
+            events = real.poll(milliseconds)
+            if not events:
+                time.sleep(0.3)
+            return events
+
+    transport._output_poller = Late()
+    try:
+        assert _lines_until_the_end(transport) == [b"last", "the exec-server child exited with status 0"]
+    finally:
+        transport.close()
+
+
+LEFT_WRITING = textwrap.dedent("""
+    import subprocess, sys
+    pace = sys.argv[1]
+    writer = ("import os, time\\nwhile True:\\n    os.write(1, b'x' * 999 + b'\\\\n')\\n"
+              + ("    time.sleep(0.05)\\n" if pace == "trickle" else ""))
+    left = subprocess.Popen([sys.executable, "-c", writer], start_new_session=True)
+    print(left.pid, flush=True)
+""")
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("pace", ["trickle", "flood"])
+def test_the_childs_exit_is_seen_while_a_process_it_left_goes_on_writing(pace):
+    """The exit was looked at only when a wait for output timed out, so a leftover process writing a line
+    every 50 ms hid it for as long as it wrote; one writing without pause is read a pipe's worth at most."""
+    from exec_server.client.stdio import StdioTransport
+
+    transport = StdioTransport([sys.executable, "-c", LEFT_WRITING, pace])
+    left = psutil.Process(int(transport.receive()))
+    try:
+        started = time.monotonic()
+        lines = _lines_until_the_end(transport)
+        assert time.monotonic() - started < 5
+        assert lines[-1] == "the exec-server child exited with status 0" and left.is_running()
+        assert set(lines[:-1]) <= {b"x" * 999}
+    finally:
+        left.kill()
+        transport.close()
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("size, fits", [(4096, True), (4097, False)])
+def test_a_last_line_without_its_end_counts_against_the_limit_as_it_is(monkeypatch, size, fits):
+    """STDIO_MAX_MESSAGE_BYTES counts a line with its newline; a last line without one, as it is.  A line
+    over the limit leaves nothing of it held (it was kept, up to 256 MiB, for as long as the client was)."""
+    from exec_server.client import stdio
+
+    monkeypatch.setattr(stdio, "STDIO_MAX_MESSAGE_BYTES", 4096)
+    transport = stdio.StdioTransport([sys.executable, "-c", "import os; os.write(1, b'x' * %d)" % size])
+    try:
+        if fits:
+            assert _lines_until_the_end(transport)[0] == b"x" * size
+        else:
+            with pytest.raises(ExecServerDisconnected, match="message over 4096 bytes"):
+                transport.receive()
+            assert len(transport._pending) == 0
+    finally:
+        transport.close()
+
+
 @pytest.mark.posix
 def test_a_send_after_the_reader_saw_the_child_exit_names_its_status():
     """`run --via "sh -c 'exit 3'"`: when the reader thread saw the end first (and the client closed the

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Optional
 
-from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
+from exec_server.common.pipes import PIPE_BYTES, STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.protocol.errors import ExecServerDisconnected
 
 #: Longest line (one message, with its end) the client reads from the child, bytes; as the
@@ -94,6 +94,9 @@ class StdioTransport:
         self._pending = bytearray()  # what was read of the child's output and not yet returned
         self._start = 0  # where the next line begins in _pending
         self._scan = 0  # where the search for its end goes on (the bytes before hold no newline)
+        self._child_exited = False  # the reader saw the child exit: it reads what is left without waiting
+        self._left_after_exit = PIPE_BYTES  # most the child can have left in the pipe when its exit is seen
+        self._exit_check_at = 0.0  # monotonic time of the reader's next look at the child
         self._read_lock = threading.Lock()  # held by receive while it reads; close() closes stdout under it
         self._output_poller = None  # a wait for output that can look at the child (None: Windows, blocking reads)
         if hasattr(select, "poll"):
@@ -239,7 +242,11 @@ class StdioTransport:
         """
         while True:
             with self._read_lock:
-                line = self._next_line()
+                try:
+                    line = self._next_line()
+                except ExecServerDisconnected:  # too long: do not keep up to the limit's bytes with the client
+                    self._pending, self._start, self._scan = bytearray(), 0, 0
+                    raise
             if line is None:
                 self._output_judged.set()
                 status = self._exit_status(2.0)
@@ -278,7 +285,7 @@ class StdioTransport:
                     view.release()
                 self._start = self._scan = end + 1
                 return line
-            if len(pending) - self._start >= STDIO_MAX_MESSAGE_BYTES:
+            if len(pending) - self._start > STDIO_MAX_MESSAGE_BYTES:  # == : the line may end at EOF
                 raise _too_long()
             del pending[:self._start]  # only the start of a line is left: moved once, before more is read
             self._start, self._scan = 0, len(pending)
@@ -293,14 +300,23 @@ class StdioTransport:
     def _read(self) -> bytes:
         """The next bytes of the child's output; empty at its end (see :meth:`_next_line`)."""
         while not self._finished:  # close() was not called
-            try:
-                return os.read(self._stdout_fd, READ_BYTES)
+            exited = self._child_exited
+            if not exited and time.monotonic() >= self._exit_check_at:  # also while a leftover process writes
+                self._exit_check_at = time.monotonic() + EXIT_CHECK_INTERVAL
+                exited = self._child_exited = self._child.poll() is not None  # before the read that decides:
+            if exited and self._left_after_exit <= 0:
+                return b""  # a pipe's worth read since: what goes on is a leftover process's writing
+            try:  # all it wrote is in the pipe by now
+                data = os.read(self._stdout_fd, READ_BYTES)
+                if exited:
+                    self._left_after_exit -= len(data)
+                return data
             except BlockingIOError:
-                pass
+                if exited:
+                    return b""  # exited, and what it wrote is read: the rest is a leftover process's
             except (OSError, ValueError):
                 return b""
-            if not self._output_poller.poll(int(EXIT_CHECK_INTERVAL * 1000)) and self._child.poll() is not None:
-                return b""  # exited, and what it wrote is read: the rest is a leftover process's
+            self._output_poller.poll(int(EXIT_CHECK_INTERVAL * 1000))
         return b""
 
     def close(self) -> None:
@@ -325,6 +341,7 @@ class StdioTransport:
         # a reader ends within EXIT_CHECK_INTERVAL s (Windows: at the end of the pipe, which the kill brings)
         if self._read_lock.acquire(timeout=self.CHILD_EXIT_GRACE):
             try:
+                self._pending, self._start, self._scan = bytearray(), 0, 0
                 self._stdout.close()
             except OSError:
                 pass

@@ -27,7 +27,7 @@ from exec_server.protocol.schemas import SchemaSet
 
 #: The lines fastjsonschema puts before the first function, which the module's own header replaces.
 _HEADER = re.compile(r'VERSION = "[^"]*"|from decimal import Decimal|NoneType = type\(None\)|'
-                     r"from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException|")
+                     r"from fastjsonschema import JsonSchemaValueException(, JsonSchemaValuesException)?|")
 
 _PREAMBLE = '''"""The shipped params schemas' checks, compiled ahead of time: generated, do not edit.
 
@@ -83,8 +83,9 @@ def prebuilt_source(schemas: SchemaSet) -> str:
             checks[name] = None
             continue
         head, own = _split(code)
-        if not all(_HEADER.fullmatch(line) for line in head):
-            continue  # something else at the top (compiled regular expressions): compiled at run time
+        unknown = [line for line in head if not _HEADER.fullmatch(line)]
+        if unknown:  # a fastjsonschema this module does not know: say so, rather than write fewer checks
+            raise ValueError("%s: fastjsonschema's code begins with %r" % (name, unknown))
         for function, text in own.items():
             if functions.setdefault(function, text) != text:
                 raise ValueError("%s is generated differently for two schemas" % function)
