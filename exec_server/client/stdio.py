@@ -55,8 +55,8 @@ class StdioTransport:
 
     The child's output is read with ``os.read`` and split into lines here;
     its end is the end of the pipe or the child's exit with nothing left to
-    read (looked at every ``EXIT_CHECK_INTERVAL`` s while no output comes: a
-    process the child left behind may hold the pipe open).
+    read (looked at every ``EXIT_CHECK_INTERVAL`` s: a process the child left
+    behind may hold the pipe open, and write to it).
     """
 
     #: Seconds a child may take to exit after its stdin closed.
@@ -290,8 +290,8 @@ class StdioTransport:
             del pending[:self._start]  # only the start of a line is left: moved once, before more is read
             self._start, self._scan = 0, len(pending)
             data = self._read()
-            if not data:
-                line = bytes(pending)
+            if not data:  # the end: a last line without its newline, but none cut by close()
+                line = b"" if self._finished else bytes(pending)
                 pending.clear()
                 self._scan = 0
                 return line or None
