@@ -289,15 +289,20 @@ def test_a_malformed_result_is_an_internal_error(memory_server, method, result, 
 
 
 def test_closed_without_exited_ends_a_wait(memory_server):
+    """A wait ends with InternalError when neither the notifications nor a read tell the exit (a read that
+    tells it: test_client_hostile)."""
     server = memory_server()
 
-    def drop_exited(message):  # exited becomes an unknown notification; closed takes its seq
-        if message["method"] == "process/exited":
+    def drop_exited(message):  # exited becomes an unknown notification; closed takes its seq; reads hide it
+        if "result" in message:
+            message["result"]["exited"], message["result"]["exitCode"] = False, None
+        elif message["method"] == "process/exited":
             message["method"] = "process/ignored"
         else:
             message["params"]["seq"] -= 1
 
-    server.rewrite = rewrite_json(lambda m: m.get("method") in ("process/exited", "process/closed"), drop_exited)
+    server.rewrite = rewrite_json(lambda m: m.get("method") in ("process/exited", "process/closed") or (
+        isinstance(m.get("result"), dict) and "nextSeq" in m["result"]), drop_exited)
     with Client.open(server.connector, timeout=5) as client:
         process = client.start(["/bin/sh", "-c", "exit 3"])
         with pytest.raises(InternalError, match="closed process .* without reporting its exit"):

@@ -20,8 +20,8 @@ from typing import Dict, Iterator, List, Set, Tuple
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, give_up_timer, handle, remote_status,
-                                    restore)
+from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, exit_after_close, give_up_timer,
+                                    handle, remote_status, restore)
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
 from exec_server.client.recovery import ReconnectPolicy
@@ -173,7 +173,8 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
             elif isinstance(event, ExitedEvent):
                 exits[host] = event.exit_code
             elif isinstance(event, ClosedEvent):
-                statuses[host] = remote_status(exits.get(host))
+                code = exits.get(host)
+                statuses[host] = remote_status(code if code is not None else exit_after_close(running.processes[host]))
                 printer.finish(host)
     except _WriteFailed:  # any write, a host's last line or block included
         running.terminate()

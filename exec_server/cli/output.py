@@ -50,6 +50,16 @@ def remote_status(exit_code: Optional[int]) -> Tuple[int, str]:
     return min(exit_code, 255), ""
 
 
+def exit_after_close(process: Any) -> Optional[int]:
+    """The exit code of a ``process`` (a ``RemoteProcess``) closed without ``exited``, from
+    ``RemoteProcess.wait``'s ``process/read`` (the reference now and then sends no ``exited``); None if that
+    does not tell it either."""
+    try:
+        return process.wait(timeout=0)
+    except Exception:  # InternalError: the read did not tell it; the connection is gone; ...
+        return None
+
+
 def end_with(kill: Callable[[], Any], local: "LocalOutput", give_up: threading.Timer) -> None:
     """From an ending signal's handler: ``kill`` on a thread of its own (its errors ignored: the end is
     waited for), the local output let go (:meth:`LocalOutput.end`), and ``give_up`` started, once."""

@@ -20,7 +20,7 @@ from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, give_up_timer, handle,
-                                    remote_status, restore)
+                                    exit_after_close, remote_status, restore)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -288,7 +288,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     finally:
         restore(installed)
         give_up.cancel()
-    status, wrong = remote_status(exit_code)
+    status, wrong = remote_status(exit_code if exit_code is not None else exit_after_close(process))
     if wrong:
         raise CommandError(wrong, args.via or args.url, status)
     return status

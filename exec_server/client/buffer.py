@@ -36,6 +36,8 @@ REFILL_READ_BYTES = 1024 * 1024
 REFILL_MIN_READ_BYTES = 16 * 1024
 #: Seconds one refill read may take (it runs on a thread of its own, whatever the consumer's wait).
 REFILL_TIMEOUT = 30.0
+#: Seconds the ``process/read`` that asks for the exit code of a process closed without ``exited`` may take.
+EXIT_READ_TIMEOUT = 5.0
 #: Events held out of order (behind a missing seq) at most, whatever their bytes: past it live events are
 #: dropped and read back, as past the limit (a server sending empty chunks ahead of a hole held ~240 bytes
 #: each without end).

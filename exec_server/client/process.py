@@ -17,7 +17,8 @@ import io
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_TIMEOUT, EventBuffer
+from exec_server.client.buffer import (EXIT_READ_TIMEOUT, MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES,
+                                       REFILL_TIMEOUT, EventBuffer)
 from exec_server.client.control import ProcessControl
 from exec_server.client.interfaces import CallTimeout, Caller, FreshId
 from exec_server.client.interfaces import deadline as _deadline
@@ -333,17 +334,38 @@ class RemoteProcess(ProcessControl):
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the exit; returns the exit code.
 
+        A ``closed`` that came without ``exited`` (the reference server now
+        and then sends none) is followed by one ``process/read``, whose
+        result tells the exit code (PROTOCOL.md 5.4).
+
         Raises:
             CallTimeout: no exit within ``timeout``.
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
-            InternalError: the server reported ``closed`` without ``exited``.
+            InternalError: the server reported ``closed`` without ``exited``,
+                and its ``process/read`` does not tell the exit code either.
         """
         buffer = self._buffer
         with self._changed:
             self._wait_until(lambda: buffer.exit_code is not None or buffer.closed, timeout)
+            if buffer.exit_code is not None:
+                return buffer.exit_code
+        exit_code = self._exit_code_read()  # not under the lock: the reader thread takes it
+        with self._changed:
+            if buffer.exit_code is None and exit_code is not None:
+                buffer.exit_code = exit_code
             if buffer.exit_code is None:  # closed without an exit: the server broke the notification order
                 raise InternalError("exec-server closed process %s without reporting its exit" % self.process_id)
             return buffer.exit_code
+
+    def _exit_code_read(self) -> Optional[int]:
+        """The exit code a ``process/read`` of the closed process tells (within ``EXIT_READ_TIMEOUT`` s), or None."""
+        try:
+            result = self.client.call("process/read", {"processId": self.process_id, "afterSeq": self._buffer.last_seq,
+                                                       "waitMs": 0}, timeout=EXIT_READ_TIMEOUT)
+            code = result.get("exitCode") if result.get("exited") is True else None
+        except (RpcError, ExecServerError, TimeoutError, AttributeError):
+            return None
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     def poll(self) -> Optional[int]:
         return self.returncode
