@@ -35,19 +35,9 @@ FAST = ReconnectPolicy(deadline=3.0, initial_backoff=0.02, max_backoff=0.2, conn
 IGNORED = '{"method":"x/ignored","params":{}}'
 
 
-def _drop_the_exit(text: str):
-    """A server that never reports the exit: ``exited`` dropped (None), ``closed`` takes its seq (no hole)."""
-    message = json.loads(text)
-    if message.get("method") == "process/exited":
-        return None
-    if message.get("method") == "process/closed":
-        message["params"]["seq"] -= 1
-        return json.dumps(message)
-    return text
-
-
-def _hide_the_exit(text: str):
-    """A server that never tells the exit: no ``exited`` (``closed`` takes its seq), and reads without it."""
+def _drop_the_exit(text: str, in_reads: bool = False):
+    """A server that never reports the exit: ``exited`` dropped (None), ``closed`` takes its seq (no hole);
+    ``in_reads``: its reads do not tell the exit either."""
     message = json.loads(text)
     if message.get("method") == "process/exited":
         return None
@@ -55,10 +45,15 @@ def _hide_the_exit(text: str):
         message["params"]["seq"] -= 1
         return json.dumps(message)
     result = message.get("result")
-    if isinstance(result, dict) and "nextSeq" in result:
+    if in_reads and isinstance(result, dict) and "nextSeq" in result:
         result["exited"], result["exitCode"] = False, None
         return json.dumps(message)
     return text
+
+
+def _hide_the_exit(text: str):
+    """A server that never tells the exit, in its notifications (:func:`_drop_the_exit`) nor in its reads."""
+    return _drop_the_exit(text, in_reads=True)
 
 
 def _mute_the_end(text: str):
@@ -236,8 +231,10 @@ MISBEHAVING_RUN = textwrap.dedent("""
 
 def _misbehaving_run(rewrite, *args: str) -> subprocess.Popen:
     """``exec-server run ARGS`` in a child whose embedded server's messages go through ``rewrite`` (a function of
-    this module, using ``json`` alone: its source is handed over)."""
-    source = inspect.getsource(rewrite) + "rewrite = %s\n" % rewrite.__name__
+    this module, using ``json`` and this module's functions alone: its source and theirs are handed over)."""
+    helpers = [globals()[name] for name in rewrite.__code__.co_names if inspect.isfunction(globals().get(name))]
+    source = "".join(inspect.getsource(function) for function in helpers + [rewrite]) + "rewrite = %s\n" % (
+        rewrite.__name__)
     return subprocess.Popen([sys.executable, "-c", MISBEHAVING_RUN, source] + list(args),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
