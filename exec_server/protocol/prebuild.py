@@ -55,9 +55,8 @@ def _split(code: str) -> Tuple[List[str], Dict[str, str]]:
     """(the lines before the first function, each function's text by name) of fastjsonschema's code."""
     head, _, body = code.partition("\ndef ")
     functions = {}
-    for chunk in ("def " + body).split("\ndef ")[0 if body else 1:]:
-        text = chunk if chunk.startswith("def ") else "def " + chunk
-        functions[text[4:text.index("(")]] = text.rstrip() + "\n"
+    for chunk in body.split("\ndef ") if body else []:
+        functions[chunk[:chunk.index("(")]] = "def " + chunk.rstrip() + "\n"
     return head.splitlines(), functions
 
 
