@@ -362,6 +362,23 @@ def test_a_read_tells_a_lost_chunk_from_the_exit_by_the_exits_own_seq(chunks, ex
     assert exits == ([] if exit_at is None else [exit_at])
 
 
+def test_a_read_cut_by_its_budget_publishes_no_closed_at_its_last_chunk():
+    """With ``maxBytes`` a read's ``nextSeq`` follows its last chunk (PROTOCOL.md 5.4): a closed process's read
+    that the budget cut before its last output was taken to say ``closed`` at that chunk's seq, so the rest of
+    the output was never read (``communicate`` lost the last line: test_timeouts, once on a loaded machine)."""
+    from exec_server.client.events import ClosedEvent, ExitedEvent, OutputEvent, catch_up_events
+
+    cut = {"chunks": [{"seq": seq, "stream": "stdout", "chunk": "eA=="} for seq in (28, 29)],
+           "nextSeq": 30, "exited": True, "exitCode": 3, "closed": True}
+    events, lost = catch_up_events(cut, 27, False)
+    assert lost is None and [type(event) for event in events] == [OutputEvent, OutputEvent]
+    rest = {"chunks": [{"seq": 30, "stream": "stdout", "chunk": "eA=="}], "nextSeq": 33, "exited": True,
+            "exitCode": 3, "closed": True}  # the next read, whole: exited 31, closed 32
+    events, lost = catch_up_events(rest, 29, False)
+    assert lost is None and [(type(event), event.seq) for event in events] == [
+        (OutputEvent, 30), (ExitedEvent, 31), (ClosedEvent, 32)]
+
+
 def test_run_on_several_hosts_ends_after_an_ending_signal_though_no_host_reports_the_end(tmp_path, monkeypatch):
     """As for one host: SIGTERM killed the trees, then run waited for every host's ``closed`` for ever."""
     with _servers_rewriting(monkeypatch, _mute_the_end) as urls:

@@ -151,7 +151,10 @@ def catch_up_events(result: Dict[str, Any], after: int, exit_seen: bool,
             exit_code = -1 if exit_code is None else _integer(exit_code, "exitCode")  # None: unknown, as above
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError("malformed process/read result: %s: %s" % (type(exc).__name__, exc)) from None
-    closed_seq = next_seq - 1 if result.get("closed") else None
+    # closed's seq is nextSeq - 1 unless a budget cut the read: then nextSeq follows its last chunk
+    # (PROTOCOL.md 5.4), and closed is for a later read to publish
+    last_chunk = max((event.seq for event in chunks), default=after)
+    closed_seq = next_seq - 1 if result.get("closed") and next_seq - 1 > last_chunk else None
     # The seqs in (after, next_seq) that no chunk covers, as runs: no list as long as a (possibly
     # absurd) nextSeq.  The closed notification's own seq is not output.
     runs: List[range] = []
