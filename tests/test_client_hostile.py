@@ -446,16 +446,22 @@ def test_events_held_behind_a_hole_are_bounded_in_number_not_only_in_bytes():
     assert buffer.begin_refill() == 0  # the refill reads from the hole on
 
 
+def _run_on_two_hosts(monkeypatch, rewrite, script: str, timeout: float = 60):
+    """``exec-server run`` of ``sh -c SCRIPT`` on two of our servers rewriting their messages with ``rewrite``:
+    (its CompletedProcess, the summary's host rows)."""
+    with _servers_rewriting(monkeypatch, rewrite) as urls:
+        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
+                               "--", "/bin/sh", "-c", script], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout)
+    return done, done.stderr.decode().splitlines()[2:]
+
+
 @pytest.mark.parametrize("rewrite", [_hide_the_exit, _drop_the_exit], ids=["hidden", "read-back"])
 def test_run_on_several_hosts_names_a_missing_exit_status(monkeypatch, rewrite):
     """Closed without exited counted as 255 in the summary, with no word of why; an exit status a read
     tells is each host's status, as on one host."""
-    with _servers_rewriting(monkeypatch, rewrite) as urls:
-        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
-                               "--", "/bin/sh", "-c", "exit 3"],
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    done, rows = _run_on_two_hosts(monkeypatch, rewrite, "exit 3")
     assert done.returncode == 123, done.stderr
-    rows = done.stderr.decode().splitlines()[2:]
     if rewrite is _hide_the_exit:
         assert all(fnmatch.fnmatchcase(row, "* 255 *  the server reported the command's end without its exit status")
                    for row in rows) and len(rows) == 2, rows
@@ -477,11 +483,7 @@ def test_run_on_several_hosts_words_a_lost_chunk_and_an_unanswered_start_as_one_
         monkeypatch, rewrite, words):
     """Each host's line in the summary had the Python class's name before one host's words
     (``ProcessOutputGap: process ...``, ``CallTimeout: process/start: ...``)."""
-    with _servers_rewriting(monkeypatch, rewrite) as urls:
-        done = subprocess.run([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
-                               "--", "/bin/sh", "-c", "printf lost; sleep 0.3; printf kept"],
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=90)
+    done, rows = _run_on_two_hosts(monkeypatch, rewrite, "printf lost; sleep 0.3; printf kept", timeout=90)
     assert done.returncode == 123, done.stderr
-    rows = done.stderr.decode().splitlines()[2:]
     assert len(rows) == 2 and all(fnmatch.fnmatchcase(row, "*  " + words) for row in rows), rows
     assert all(row.split()[1] == "255" for row in rows), rows
