@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from conftest import reap, running_descendants, start_ours, wait_until
+from exec_server.server.config import ServerConfig
 
 pytestmark = pytest.mark.posix
 
@@ -261,3 +263,46 @@ def test_an_ending_signal_ends_run_while_its_stdout_reader_stopped_reading(reque
         reap(cli)
         os.close(reader)
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", marker]), timeout=10)
+
+
+def _written(processes) -> int:
+    """Bytes the least busy of ``processes`` has written (0 once one is gone)."""
+    try:
+        return min(process.io_counters().write_chars for process in processes)
+    except psutil.Error:
+        return 0
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_an_ending_signal_after_a_long_stall_reports_the_kill_not_the_output_never_read(hosts):
+    """``run -- yes | a reader that stopped`` for long: hundreds of MiB wait, in the client's buffer (64 MiB),
+    the event queue of several hosts and the server's spool, or are lost past them.  After SIGTERM run read all
+    of it to reach each exit status (for several hosts past the 10 s of KILL_WAIT: 255, "did not report its
+    end"), or met the lost part (255, "lost output"); the output goes nowhere now, and run ends with the kill's
+    status, which ``RemoteProcess.wait`` knows without reading the output before it."""
+    servers = [start_ours(ServerConfig(spool_bytes_per_process=0)) for _ in range(hosts)]  # 1 MiB retained
+    urls = [word for server in servers for word in ("--url", server.url)]
+    marker = "59.%d" % hosts
+    reader, writer = os.pipe()
+    cli = subprocess.Popen(CLI + ["run"] + urls + ["--", "yes", marker], stdout=writer, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, env=ENV)
+    os.close(writer)
+    try:
+        wait_until(lambda: len(running_descendants(os.getpid(), ["yes", marker])) == hosts, timeout=10)
+        remote = running_descendants(os.getpid(), ["yes", marker])
+        # past the client's buffer, the group's queue and the retention: output was dropped and evicted
+        wait_until(lambda: _written(remote) > 160 * 1024 * 1024, timeout=60)
+        cli.send_signal(signal.SIGTERM)
+        _out, err = cli.communicate(timeout=30)
+    finally:
+        reap(cli)
+        os.close(reader)
+        for server in servers:
+            server.stop()
+    if hosts == 1:
+        assert (cli.returncode, err) == (137, b"")
+    else:
+        assert cli.returncode == 123, err
+        rows = err.decode().splitlines()[2:]
+        assert [row.split()[1] for row in rows] == ["137", "137"] and len(rows[0].split()) == 4, err
+    assert not running_descendants(os.getpid(), ["yes", marker])

@@ -67,7 +67,7 @@ def test_a_malformed_output_notification_is_recovered_by_a_read(memory_server, c
 
         server.rewrite = once
         process = client.start(["/bin/sh", "-c", "echo first; read line; echo second"], stdin=True)
-        wait_until(lambda: corrupted and len(server.transports) == 2, timeout=10)
+        wait_until(lambda: corrupted and len(server.transports) >= 2, timeout=10)  # more if a resume raced the close
         wait_until(lambda: client.state == "connected", timeout=10)
         process.write(b"go\n")
         process.close_stdin()
@@ -254,7 +254,9 @@ def test_a_message_nested_too_deep_to_decode_ends_cleanly(memory_server, caplog,
         server.rewrite = once
         if change is deep_notification:
             assert client.call("environment/status", timeout=10) == {"status": "ready"}
-            assert len(server.transports) == 2
+            # the connection ended and the call was answered on a resumed one (a resume that comes before the
+            # server saw the close gets -32010 and is tried again: a third connection)
+            assert len(server.transports) >= 2 and server.transports[0].server_ended
             assert "malformed message: maximum recursion depth exceeded" in caplog.text
         else:
             with pytest.raises(InternalError, match="^exec-server sent a malformed answer: maximum recursion depth"):

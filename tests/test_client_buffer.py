@@ -150,6 +150,14 @@ def test_a_limit_that_is_not_a_positive_integer_is_refused(limit, server):
         default.wait(timeout=10)
 
 
+def test_a_closed_dropped_past_the_limit_is_noted_as_arrived():
+    buffer = EventBuffer(limit=10)
+    buffer.add(out(1, 10))
+    buffer.add(out(2, 10))  # past the limit: dropping
+    assert not buffer.add(ExitedEvent(3, 0)) and not buffer.add(ClosedEvent(4))
+    assert (buffer.exit_code, buffer.closed, buffer.closed_arrived) == (0, False, True)
+
+
 # ------------------------------------------------------ against a server
 
 
@@ -500,3 +508,17 @@ def test_an_interrupt_while_an_event_is_copied_keeps_that_event(monkeypatch):
     process.deliver_event(ExitedEvent(4, 0))
     process.deliver_event(ClosedEvent(5))
     assert process.communicate(timeout=5) == (b"first second third", b"")  # before: b"first third"
+
+
+def test_leaving_the_with_block_of_a_closed_process_whose_output_was_not_read_does_not_wait(server):
+    """A handle past its limit drops ``closed`` with the output (it is published after the output a refill reads):
+    ``__exit__`` waited the whole 5 s for a ``closed`` that only a consumer would publish.  It waits for its
+    arrival now (the tree is gone)."""
+    with Client.connect(server.url, timeout=5) as client:
+        process = client.start(NUMBERS + ["300000"], max_buffered_output=64 * 1024)
+        assert process.wait(timeout=30) == 0
+        wait_until(lambda: process._buffer.closed_arrived, timeout=10)
+        assert process._buffer.dropping and not process.done
+        began = time.monotonic()
+        process.__exit__(None, None, None)
+        assert time.monotonic() - began < 4.0  # not the 5 s wait for a publication that never comes

@@ -424,9 +424,9 @@ def test_a_call_interrupted_while_it_waits_is_not_sent_again_after_a_reconnect(m
             client.call("process/read", {"processId": process.process_id, "afterSeq": 0, "maxBytes": None,
                                          "waitMs": 20000}, timeout=30)
         server.cut()
-        wait_until(lambda: len(server.transports) == 2 and client.state == "connected", timeout=10)
+        wait_until(lambda: len(server.transports) >= 2 and client.state == "connected", timeout=10)
         client.call("environment/info", {}, timeout=10)
-        assert "process/read" not in server.transports[1].seen
+        assert all("process/read" not in transport.seen for transport in server.transports[1:])
         process.terminate(timeout=10)
     finally:
         client.close()

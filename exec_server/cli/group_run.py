@@ -20,8 +20,8 @@ from typing import Dict, Iterator, List, Set, Tuple
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, exit_after_close, give_up_timer,
-                                    handle, remote_status, restore)
+from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, exit_after_close, exit_after_end,
+                                    give_up_timer, handle, remote_status, restore)
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
 from exec_server.client.recovery import ReconnectPolicy
@@ -168,6 +168,8 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 statuses[host] = _failure(tagged.error, by_label[host], host in running.errors)
                 if host in running.processes:  # lost mid-run: what it printed so far
                     printer.finish(host)
+            elif local.ended:  # an ending signal: the output goes nowhere now, only the exit statuses count
+                break
             elif isinstance(event, OutputEvent):
                 printer.output(host, event.stream, event.data)
             elif isinstance(event, ExitedEvent):
@@ -176,6 +178,8 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
                 code = exits.get(host)
                 statuses[host] = remote_status(code if code is not None else exit_after_close(running.processes[host]))
                 printer.finish(host)
+        if local.ended:
+            _statuses_after_end(running, by_label, statuses)
     except _WriteFailed:  # any write, a host's last line or block included
         running.terminate()
         raise
@@ -183,6 +187,18 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
         restore(installed)
         give_up.cancel()
     return statuses
+
+
+def _statuses_after_end(running: GroupProcesses, by_label: Dict[str, str],
+                        statuses: Dict[str, Tuple[int, str]]) -> None:
+    """Each host without a status yet, from its exit code (:func:`exit_after_end`: its output is not read)."""
+    for host, process in running.processes.items():
+        if host not in statuses:
+            running.durations.setdefault(host, running.elapsed(host))
+            try:
+                statuses[host] = remote_status(exit_after_end(process))
+            except Exception as exc:  # lost, or gave up on after the kill (the give_up timer)
+                statuses[host] = _failure(exc, by_label[host], False)
 
 
 def _failure(error: BaseException, url: str, before_start: bool) -> Tuple[int, str]:

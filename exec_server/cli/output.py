@@ -16,7 +16,7 @@ import threading
 from typing import Any, BinaryIO, Callable, Iterable, List, Optional, TextIO, Tuple
 
 from exec_server.cli.options import EXIT_DISCONNECTED
-from exec_server.protocol.errors import ExecServerDisconnected
+from exec_server.protocol.errors import ExecServerDisconnected, InternalError
 
 #: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).
 EXIT_BROKEN_PIPE = 128 + 13
@@ -57,6 +57,25 @@ def exit_after_close(process: Any) -> Optional[int]:
     try:
         return process.wait(timeout=0)
     except Exception:  # InternalError: the read did not tell it; the connection is gone; ...
+        return None
+
+
+def exit_after_end(process: Any) -> Optional[int]:
+    """The exit code of a ``process`` (a ``RemoteProcess``) killed by an ending signal, its output no longer read.
+
+    ``RemoteProcess.wait`` tells it as soon as ``exited`` arrives, even
+    behind output not consumed: the output still buffered, spooled on the
+    server or not yet sent (hundreds of MiB of a fast writer whose local
+    reader stopped) is never read.  Bounded by the ``give_up`` timer of
+    :func:`end_with`, which fails the handle.  None: closed without an exit
+    status the server would tell.
+
+    Raises:
+        ExecServerDisconnected, ProcessOutputGap: as ``RemoteProcess.wait``.
+    """
+    try:
+        return process.wait()
+    except InternalError:  # closed without exited, and the read after it did not tell the code either
         return None
 
 

@@ -19,8 +19,8 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, give_up_timer, handle,
-                                    exit_after_close, remote_status, restore)
+from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, exit_after_close,
+                                    exit_after_end, give_up_timer, handle, remote_status, restore)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -274,6 +274,9 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
                 threading.Thread(target=_forward_stdin, args=(process, client.supports("closeStdin")),
                                  daemon=True).start()
             for event in process:
+                if local.ended:  # an ending signal: the output goes nowhere now, only the exit status counts
+                    exit_code = exit_after_end(process)
+                    break
                 if isinstance(event, OutputEvent):
                     is_err = event.stream == "stderr"
                     try:

@@ -17,7 +17,8 @@ in steps of :data:`REFILL_READ_BYTES`, until a read returns nothing new.
 Output the server no longer retains by then is a gap
 (:class:`~exec_server.client.events.ProcessOutputGap`).  The exit code of an
 ``exited`` is noted as it arrives, even dropped or held behind missing
-output, so ``wait()`` returns without consuming.
+output, so ``wait()`` returns without consuming; so is the arrival of
+``closed`` (the tree is gone), which a handle's ``with`` block waits for.
 
 Sans-IO and not thread-safe: the process holds its lock around every call.
 """
@@ -63,6 +64,7 @@ class EventBuffer:
         exit_code, exit_seq: from ``exited``, as soon as it arrived (published, held or dropped).
         exit_published: whether the ``exited`` event itself was published.
         closed: whether ``closed`` was published (nothing follows it).
+        closed_arrived: whether ``closed`` arrived (published, held or dropped).
         dropping: live events are being dropped (the limit was reached).
         refill: the consumer must read from the server before it waits.
         refill_cause: why a refill reads, for the message of a gap it meets.
@@ -80,6 +82,7 @@ class EventBuffer:
         self.exit_seq: Optional[int] = None
         self.exit_published = False
         self.closed = False
+        self.closed_arrived = False
         self.dropping = False
         self.refill = False
         self.refill_cause = _DROPPED
@@ -103,6 +106,8 @@ class EventBuffer:
         if isinstance(event, ExitedEvent) and self.exit_code is None:
             # known even while output before it is missing or dropped: a read tells a lost chunk from the exit
             self.exit_code, self.exit_seq = event.exit_code, event.seq
+        if isinstance(event, ClosedEvent):
+            self.closed_arrived = True
         if bounded and self.dropping:
             return False
         size = _size(event)

@@ -117,7 +117,11 @@ class GroupProcesses:
             self._queue.put(_FINISHED)
 
     def _finish(self, host: str) -> None:
-        self.durations[host] = time.monotonic() - self._begun.get(host, time.monotonic())
+        self.durations[host] = self.elapsed(host)
+
+    def elapsed(self, host: str) -> float:
+        """Seconds since ``host``'s start request (0.0 for a host that could not start)."""
+        return time.monotonic() - self._begun.get(host, time.monotonic())
 
     @property
     def finished(self) -> bool:

@@ -374,7 +374,7 @@ class RemoteProcess(ProcessControl):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Kill the remote tree unless ``closed`` came, wait up to 5 s for ``closed``, stop tracking it.
+        """Kill the remote tree unless ``closed`` came, wait up to 5 s for ``closed`` to arrive, stop tracking it.
 
         Unlike ``Popen.__exit__`` (which waits however long the child runs):
         waiting could hang, and leaving it would keep it alive on the server
@@ -389,7 +389,7 @@ class RemoteProcess(ProcessControl):
             if not self.done:
                 self.terminate(timeout=5.0)
                 with self._changed:
-                    self._wait_until(lambda: self._buffer.closed, 5.0)
+                    self._wait_until(lambda: self._buffer.closed_arrived, 5.0)  # consumed or not
         except (ExecServerError, RpcError, TimeoutError, OSError):
             pass
         finally:
