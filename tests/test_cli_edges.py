@@ -4,6 +4,7 @@ Each case printed a Python traceback, hung, or left the remote commands
 running until the session expired (80 s).
 """
 
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from conftest import reap, running_descendants, start_ours, wait_until
+from exec_server.cli.output import LocalOutput
 from exec_server.server.config import ServerConfig
 
 pytestmark = pytest.mark.posix
@@ -306,3 +308,20 @@ def test_an_ending_signal_after_a_long_stall_reports_the_kill_not_the_output_nev
         rows = err.decode().splitlines()[2:]
         assert [row.split()[1] for row in rows] == ["137", "137"] and len(rows[0].split()) == 4, err
     assert not running_descendants(os.getpid(), ["yes", marker])
+
+
+def test_an_ending_signal_handled_as_a_write_begins_leaves_it_unwritten(monkeypatch):
+    """Python runs a signal's handler between bytecodes, a call's start included: one handled after the write
+    looked at ``ended`` but before it named its target went unseen by both, and that write then blocked for
+    good on a reader that stopped reading."""
+    written = io.BytesIO()
+    local = LocalOutput(written, io.BytesIO())
+    target = LocalOutput.target
+
+    def handled_there(self, is_err):
+        self.end()  # the ending signal's handler (end_with) runs here
+        return target(self, is_err)
+
+    monkeypatch.setattr(LocalOutput, "target", handled_there)
+    local.write(False, b"after the end\n")
+    assert written.getvalue() == b""

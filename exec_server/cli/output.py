@@ -139,11 +139,12 @@ class LocalOutput:
         Raises:
             OSError: as :func:`write_all`.
         """
-        if self.ended:
-            return
-        self._writing = self.target(is_err)
+        # Named as being written before the look at ``ended``: an ending signal handled anywhere from here on
+        # either lets this write go (``end``) or is seen by the look, never blocks it for good.
+        target = self._writing = self.target(is_err)
         try:
-            write_all(self._writing, data)
+            if not self.ended:
+                write_all(target, data)
         finally:
             self._writing = None
 
