@@ -487,3 +487,46 @@ def test_run_on_several_hosts_words_a_lost_chunk_and_an_unanswered_start_as_one_
     assert done.returncode == 123, done.stderr
     assert len(rows) == 2 and all(fnmatch.fnmatchcase(row, "*  " + words) for row in rows), rows
     assert all(row.split()[1] == "255" for row in rows), rows
+
+
+def test_wait_reads_the_exit_of_a_closed_without_exited_dropped_past_the_limit(memory_server):
+    """``wait`` waited for ``closed`` to be published, which a handle past its limit only does once a consumer
+    has read the output before it: a process closed without ``exited`` (the reference now and then sends none)
+    kept ``wait`` to its timeout.  It reads the exit from the server once ``closed`` arrived, one chunk at most."""
+    server = memory_server()
+    server.rewrite = lambda text: _drop_the_exit(text) or IGNORED
+    with Client.open(server.connector, timeout=5) as client:
+        process = client.start(["/bin/sh", "-c", "seq 1 300000; exit 3"], max_buffered_output=64 * 1024)
+        reads = []
+        call = client.call
+
+        def counting(method, params=None, timeout=None):
+            if method == "process/read":
+                reads.append(params)
+            return call(method, params, timeout)
+
+        client.call = counting
+        assert process.wait(timeout=10) == 3
+        assert process._buffer.dropping and not process.done
+        assert [params["maxBytes"] for params in reads] == [0]  # not the output not read
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_output_lost_after_an_ending_signal_leaves_the_kills_status(tmp_path, monkeypatch, hosts):
+    """After SIGTERM the output is not read: that a part of it was lost does not matter any more.  A gap met
+    while run waited for the next event (one host), or reported by a host's events (several hosts), made run
+    end with 255 and "lost output" instead of the kill's 137."""
+    script = 'printf lost; mktemp -p "%s"; exec sleep 60' % tmp_path
+    if hosts == 1:
+        run = _misbehaving_run(_lose_the_first_chunk, "--", "/bin/sh", "-c", script)
+        err = _signalled_once_started(run, lambda: len(list(tmp_path.iterdir())) == 1, [signal.SIGTERM])
+        assert (run.returncode, err) == (137, b"")
+        return
+    with _servers_rewriting(monkeypatch, _lose_the_first_chunk) as urls:
+        run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--url", urls[0], "--url", urls[1],
+                                "--", "/bin/sh", "-c", script],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        err = _signalled_once_started(run, lambda: len(list(tmp_path.iterdir())) == 2, [signal.SIGTERM])
+    rows = err.decode().splitlines()[2:]
+    assert run.returncode == 123 and [row.split()[1] for row in rows] == ["137", "137"], err
+    assert b"lost output" not in err, err

@@ -164,12 +164,12 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
     try:
         for tagged in running.events():
             host, event = tagged.host, tagged.event
+            if local.ended:  # an ending signal: the output goes nowhere now, only the exit statuses count
+                break
             if tagged.error is not None:
                 statuses[host] = _failure(tagged.error, by_label[host], host in running.errors)
                 if host in running.processes:  # lost mid-run: what it printed so far
                     printer.finish(host)
-            elif local.ended:  # an ending signal: the output goes nowhere now, only the exit statuses count
-                break
             elif isinstance(event, OutputEvent):
                 printer.output(host, event.stream, event.data)
             elif isinstance(event, ExitedEvent):
@@ -192,6 +192,9 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
 def _statuses_after_end(running: GroupProcesses, by_label: Dict[str, str],
                         statuses: Dict[str, Tuple[int, str]]) -> None:
     """Each host without a status yet, from its exit code (:func:`exit_after_end`: its output is not read)."""
+    running.close()  # no more output is read (nor refilled); the handles stay, and so do their exit codes
+    for host, error in running.errors.items():
+        statuses.setdefault(host, _failure(error, by_label[host], True))
     for host, process in running.processes.items():
         if host not in statuses:
             running.durations.setdefault(host, running.elapsed(host))

@@ -273,25 +273,31 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
             if forward:
                 threading.Thread(target=_forward_stdin, args=(process, client.supports("closeStdin")),
                                  daemon=True).start()
-            for event in process:
-                if local.ended:  # an ending signal: the output goes nowhere now, only the exit status counts
-                    exit_code = exit_after_end(process)
-                    break
-                if isinstance(event, OutputEvent):
-                    is_err = event.stream == "stderr"
-                    try:
-                        local.write(is_err, event.data)
-                    except OSError as error:  # `| head -1`, `>&-`, `> /dev/full`: the tree is killed
-                        _quietly(lambda: process.kill(timeout=KILL_WAIT))
-                        return local.failed(is_err, error)
-                elif isinstance(event, ExitedEvent):
-                    exit_code = event.exit_code
-                elif isinstance(event, ClosedEvent):
-                    break
+            try:
+                for event in process:
+                    if local.ended:
+                        break
+                    if isinstance(event, OutputEvent):
+                        is_err = event.stream == "stderr"
+                        try:
+                            local.write(is_err, event.data)
+                        except OSError as error:  # `| head -1`, `>&-`, `> /dev/full`: the tree is killed
+                            _quietly(lambda: process.kill(timeout=KILL_WAIT))
+                            return local.failed(is_err, error)
+                    elif isinstance(event, ExitedEvent):
+                        exit_code = event.exit_code
+                    elif isinstance(event, ClosedEvent):
+                        break
+            except (ProcessOutputGap, ExecServerDisconnected):  # output lost or not read in time: the status counts
+                if not local.ended:
+                    raise
+            waited = local.ended
+            if waited:  # an ending signal: the output goes nowhere now, only the exit status counts
+                exit_code = exit_after_end(process)
     finally:
         restore(installed)
         give_up.cancel()
-    status, wrong = remote_status(exit_code if exit_code is not None else exit_after_close(process))
+    status, wrong = remote_status(exit_code if exit_code is not None or waited else exit_after_close(process))
     if wrong:
         raise CommandError(wrong, args.via or args.url, status)
     return status

@@ -346,7 +346,7 @@ class RemoteProcess(ProcessControl):
         """
         buffer = self._buffer
         with self._changed:
-            self._wait_until(lambda: buffer.exit_code is not None or buffer.closed, timeout)
+            self._wait_until(lambda: buffer.exit_code is not None or buffer.closed_arrived, timeout)
             if buffer.exit_code is not None:
                 return buffer.exit_code
         exit_code = self._exit_code_read()  # not under the lock: the reader thread takes it
@@ -361,7 +361,7 @@ class RemoteProcess(ProcessControl):
         """The exit code a ``process/read`` of the closed process tells (within ``EXIT_READ_TIMEOUT`` s), or None."""
         try:
             result = self.client.call("process/read", {"processId": self.process_id, "afterSeq": self._buffer.last_seq,
-                                                       "waitMs": 0}, timeout=EXIT_READ_TIMEOUT)
+                                                       "maxBytes": 0, "waitMs": 0}, timeout=EXIT_READ_TIMEOUT)
             code = result.get("exitCode") if result.get("exited") is True else None
         except (RpcError, ExecServerError, TimeoutError, AttributeError):
             return None
@@ -374,7 +374,7 @@ class RemoteProcess(ProcessControl):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Kill the remote tree unless ``closed`` came, wait up to 5 s for ``closed`` to arrive, stop tracking it.
+        """Kill the remote tree unless ``closed`` arrived (consumed or not), wait up to 5 s for it, stop tracking it.
 
         Unlike ``Popen.__exit__`` (which waits however long the child runs):
         waiting could hang, and leaving it would keep it alive on the server
@@ -386,7 +386,7 @@ class RemoteProcess(ProcessControl):
         closed file does.
         """
         try:
-            if not self.done:
+            if not (self.done or self._buffer.closed_arrived):
                 self.terminate(timeout=5.0)
                 with self._changed:
                     self._wait_until(lambda: self._buffer.closed_arrived, 5.0)  # consumed or not
