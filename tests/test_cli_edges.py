@@ -325,3 +325,23 @@ def test_an_ending_signal_handled_as_a_write_begins_leaves_it_unwritten(monkeypa
     monkeypatch.setattr(LocalOutput, "target", handled_there)
     local.write(False, b"after the end\n")
     assert written.getvalue() == b""
+
+
+def test_the_summary_after_an_ending_signal_does_not_wait_for_good_on_a_stalled_stderr(two):
+    """``run --url A --url B -- yes 2>&1 | a reader that stopped``: SIGTERM let go of the blocked write of the
+    output, and then the summary of the hosts blocked on the same full pipe, until a second signal.  Last words
+    after an ending signal wait LAST_WORDS_WAIT (2 s) at most."""
+    marker = "59.77"
+    reader, writer = os.pipe()
+    cli = subprocess.Popen(CLI + ["run"] + two + ["--", "yes", marker], stdout=writer, stderr=writer,
+                           stdin=subprocess.DEVNULL, env=ENV)
+    os.close(writer)
+    try:
+        wait_until(lambda: len(running_descendants(os.getpid(), ["yes", marker])) == 2, timeout=10)
+        wait_until(lambda: _pipe_holds(reader) >= 60 * 1024, timeout=10)  # full: writes block
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=30) == 123
+    finally:
+        reap(cli)
+        os.close(reader)
+    wait_until(lambda: not running_descendants(os.getpid(), ["yes", marker]), timeout=10)

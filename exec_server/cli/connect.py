@@ -8,10 +8,10 @@ status (``exec-server run --help`` lists them); never a traceback.
 import argparse
 import os
 import shlex
-import sys
 from typing import Optional
 
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_token
+from exec_server.cli.output import say
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.common.bearer import shown_url
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError, RpcError
@@ -39,7 +39,7 @@ class CommandError(Exception):
 
 def report(command: str, error: CommandError) -> int:
     """Print the error's line on stderr; returns its exit status."""
-    print(error.line(command), file=sys.stderr)
+    say(error.line(command))  # bounded after an ending signal (a stderr whose reader stopped reading)
     return error.status
 
 

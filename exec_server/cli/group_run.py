@@ -21,7 +21,7 @@ from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
 from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, exit_after_close, exit_after_end,
-                                    give_up_timer, handle, remote_status, restore)
+                                    give_up_timer, handle, remote_status, restore, say)
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
 from exec_server.client.recovery import ReconnectPolicy
@@ -233,5 +233,4 @@ def _summary(running: GroupProcesses, statuses: Dict[str, Tuple[int, str]]) -> N
              else "exec-server run: all %d hosts succeeded" % len(running.hosts)]
     for row in rows:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
-    sys.stderr.write("\n".join(line.rstrip() for line in lines) + "\n")
-    sys.stderr.flush()
+    say("\n".join(line.rstrip() for line in lines))

@@ -10,9 +10,11 @@ SIGPIPE) for a closed pipe, as a shell reports it, else
 
 import errno
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from typing import Any, BinaryIO, Callable, Iterable, List, Optional, TextIO, Tuple
 
 from exec_server.cli.options import EXIT_DISCONNECTED
@@ -27,6 +29,11 @@ END_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if h
 #: Seconds the server has to report a command's end after the kill of an ending signal (and to kill a tree
 #: whose local output failed): a silent server, or a tree its kill cannot end, then fails the command.
 KILL_WAIT = 10.0
+#: Seconds ``run``'s last words on stderr (the summary of several hosts, a one-line error) may wait, after an
+#: ending signal, for a reader that stopped reading (``run ... 2>&1 | a stalled reader``); then they are dropped.
+LAST_WORDS_WAIT = 2.0
+
+_ending: List[bool] = []  # not empty once an ending signal was handled (end_with): last words are bounded
 
 
 def give_up_timer(handles: Iterable[Any]) -> threading.Timer:
@@ -89,9 +96,40 @@ def end_with(kill: Callable[[], Any], local: "LocalOutput", give_up: threading.T
             pass
 
     threading.Thread(target=quietly, daemon=True).start()
+    _ending.append(True)
     local.end()  # a local reader that stopped reading holds the end back no more
     if give_up.ident is None:
         give_up.start()
+
+
+def say(text: str) -> None:
+    """Write ``text`` and a newline to stderr (nothing if it was closed at start): ``run``'s last words.
+
+    After an ending signal, within :data:`LAST_WORDS_WAIT` s at most, on
+    POSIX: a stderr whose reader stopped reading drops what does not fit
+    (pieces of ``select.PIPE_BUF`` bytes, each written once ``poll`` says it
+    fits), where a plain write would hold ``run`` for good.
+    """
+    err = sys.stderr
+    if err is None:
+        return
+    if not _ending or not hasattr(select, "poll"):
+        print(text, file=err, flush=True)
+        return
+    try:
+        err.flush()
+        fd = err.fileno()
+    except (OSError, ValueError):
+        return
+    data = (text + "\n").encode(getattr(err, "encoding", None) or "utf-8", "backslashreplace")
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + LAST_WORDS_WAIT
+    try:
+        while data and poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            data = data[os.write(fd, data[:select.PIPE_BUF]):]
+    except OSError:  # a closed pipe, a full disk: the status says it
+        pass
 
 
 def binary(stream: Optional[TextIO]) -> Optional[BinaryIO]:
