@@ -226,6 +226,12 @@ def test_a_closed_stderr_takes_no_message_into_stdout():
     assert (done.returncode, done.stdout) == (1, b"out\n")
 
 
+def test_a_closed_stderr_takes_no_error_line_into_stdout():
+    """``print(line, file=sys.stderr)`` with stderr closed at start (None) prints to stdout."""
+    done = shell("$CLI run --url ws://127.0.0.1:1 -- true 2>&-")
+    assert (done.returncode, done.stdout) == (255, b"")
+
+
 def _pipe_holds(fd: int) -> int:
     """Bytes waiting in the pipe whose read end is ``fd``."""
     import array
