@@ -64,6 +64,31 @@ def test_a_closed_stdin_is_the_remote_end_of_file(option):
     assert (done.returncode, done.stderr) == (0, b"")
 
 
+def test_a_stdin_that_cannot_be_read_is_the_remote_end_of_file(tmp_path):
+    """``run --stdin -- cat 0>FILE``: stdin opened write-only (EBADF; EIO from a terminal that is gone): the
+    forwarding stopped without closing the remote stdin, and run waited for good on ``cat``."""
+    done = shell("$CLI run --stdin -- cat 0>%s" % (tmp_path / "written"), timeout=30)
+    assert (done.returncode, done.stderr) == (0, b"exec-server run: cannot read stdin: Bad file descriptor; the "
+                                                 b"remote stdin gets its end of file\n")
+
+
+def test_a_stdin_left_non_blocking_is_waited_on():
+    """A stdin whose O_NONBLOCK another program set (EAGAIN on an empty pipe) ended the forwarding at once."""
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    cli = subprocess.Popen(CLI + ["run", "--stdin", "--", "cat"], stdin=reader, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=ENV)
+    os.close(reader)
+    try:
+        time.sleep(0.5)  # run reads an empty pipe meanwhile
+        os.write(writer, b"late\n")
+        os.close(writer)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        reap(cli)
+    assert (cli.returncode, out, err) == (0, b"late\n", b"")
+
+
 @pytest.mark.parametrize("words", [[b"--", b"arg\xff"], [b"--env", b"NAME=\xff", b"--", b"true"]])
 def test_bytes_that_are_not_utf8_are_a_usage_error(words):
     argv = [os.fsencode(word) for word in CLI] + [b"run"] + words
@@ -351,3 +376,14 @@ def test_the_summary_after_an_ending_signal_does_not_wait_for_good_on_a_stalled_
         reap(cli)
         os.close(reader)
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", marker]), timeout=10)
+
+
+@pytest.mark.parametrize("hosts, command, status", [(0, "nonexistent-command-59", 125), (2, "exit 1", 123),
+                                                    (2, "true", 0)])
+def test_a_stderr_that_cannot_be_written_leaves_the_commands_status(request, hosts, command, status):
+    """The one-line error or the summary of several hosts written to a full stderr raised OSError out of main,
+    or failed the interpreter's last flush: run ended with Python's 120 whatever the command did."""
+    urls = " ".join(request.getfixturevalue("two")) if hosts else ""
+    argv = command if command.startswith("nonexistent") else "sh -c '%s'" % command
+    done = shell("$CLI run %s -- %s 2>/dev/full" % (urls, argv))
+    assert (done.returncode, done.stdout) == (status, b"")

@@ -95,7 +95,9 @@ def console_main() -> None:
     try:
         status = main()
     except KeyboardInterrupt:  # Ctrl-C where no command handles it (cp, or while connecting): as a shell tool
-        print("exec-server: interrupted", file=sys.stderr)
+        from exec_server.cli.output import say
+
+        say("exec-server: interrupted")
         status = 130
     gc.freeze()
     sys.exit(status)

@@ -105,6 +105,9 @@ def end_with(kill: Callable[[], Any], local: "LocalOutput", give_up: threading.T
 def say(text: str) -> None:
     """Write ``text`` and a newline to stderr (nothing if it was closed at start): ``run``'s last words.
 
+    A stderr that cannot be written (full, a closed pipe) is pointed at the
+    null device; the exit status is the command's still.
+
     After an ending signal, within :data:`LAST_WORDS_WAIT` s at most, on
     POSIX: a stderr whose reader stopped reading drops what does not fit
     (pieces of ``select.PIPE_BUF`` bytes, each written once ``poll`` says it
@@ -114,12 +117,16 @@ def say(text: str) -> None:
     if err is None:
         return
     if not _ending or not hasattr(select, "poll"):
-        print(text, file=err, flush=True)
+        try:
+            print(text, file=err, flush=True)
+        except (OSError, ValueError):  # full, a pipe whose reader left: the exit status tells what happened
+            discard(binary(err))  # and the interpreter's last flush fails no more (which makes the status 120)
         return
     try:
         err.flush()
         fd = err.fileno()
     except (OSError, ValueError):
+        discard(binary(err))
         return
     data = (text + "\n").encode(getattr(err, "encoding", None) or "utf-8", "backslashreplace")
     poller = select.poll()
@@ -129,7 +136,7 @@ def say(text: str) -> None:
         while data and poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             data = data[os.write(fd, data[:select.PIPE_BUF]):]
     except OSError:  # a closed pipe, a full disk: the status says it
-        pass
+        discard(binary(err))
 
 
 def binary(stream: Optional[TextIO]) -> Optional[BinaryIO]:

@@ -11,6 +11,7 @@ import logging
 import ntpath
 import os
 import posixpath
+import select
 import signal
 import sys
 import threading
@@ -20,7 +21,7 @@ from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
 from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, exit_after_close,
-                                    exit_after_end, give_up_timer, handle, remote_status, restore)
+                                    exit_after_end, give_up_timer, handle, remote_status, restore, say)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -103,8 +104,13 @@ def _forward_stdin(process, can_close: bool) -> None:
     while True:
         try:
             data = os.read(fd, 65536) if fd is not None else b""
-        except OSError:
-            return
+        except OSError as error:
+            if isinstance(error, BlockingIOError) and os.name != "nt":  # left non-blocking by another program
+                select.select([fd], [], [])  # until it has something
+                continue
+            # opened write-only, a terminal that is gone (EIO): its end, as ssh takes it
+            say("exec-server run: cannot read stdin: %s; the remote stdin gets its end of file" % error.strerror)
+            data = b""
         try:
             if not data:
                 if can_close:
