@@ -12,6 +12,7 @@ Loopback and in-memory servers only; every wait has a timeout.
 import contextlib
 import fnmatch
 import inspect
+import os
 import json
 import signal
 import subprocess
@@ -530,3 +531,63 @@ def test_output_lost_after_an_ending_signal_leaves_the_kills_status(tmp_path, mo
     rows = err.decode().splitlines()[2:]
     assert run.returncode == 123 and [row.split()[1] for row in rows] == ["137", "137"], err
     assert b"lost output" not in err, err
+
+
+def _slow_start(text: str):
+    """A server that answers ``process/start`` (the one result with a ``sandboxType``) 3 s late."""
+    result = json.loads(text).get("result")
+    if isinstance(result, dict) and "sandboxType" in result:
+        time.sleep(3)
+    return text
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_an_ending_signal_before_the_start_is_answered_leaves_nothing_running(tmp_path, monkeypatch, hosts):
+    """run installed its handlers once the command had started: SIGTERM before that (while a start was in
+    flight, or a host was still connecting) killed run on the spot, and the commands started went on until
+    their sessions expired.  It ends as Ctrl-C does now: the starts are terminated, then 143 and one line."""
+    from conftest import running_descendants
+
+    marker = "61.%d" % hosts
+    with _servers_rewriting(monkeypatch, _slow_start, count=hosts) as urls:
+        run = subprocess.Popen([sys.executable, "-m", "exec_server", "run"]
+                               + [word for url in urls for word in ("--url", url)]
+                               + ["--", "/bin/sh", "-c", 'mktemp -p "%s"; exec sleep %s' % (tmp_path, marker)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: len(running_descendants(os.getpid(), ["sleep", marker])) == hosts, timeout=20)
+            run.send_signal(signal.SIGTERM)
+            _out, err = run.communicate(timeout=30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate(timeout=10)
+        assert (run.returncode, err) == (143, b"exec-server run: ended by signal 15\n")
+        wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
+
+
+def test_a_ctrl_c_while_a_host_is_still_connecting_ends_run_at_once():
+    """The connects ran on a pool whose threads the interpreter joins at its exit: one Ctrl-C waited for a
+    silent host's whole connect timeout (30 s here)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never answers the WebSocket upgrade
+    server = start_ours()
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--timeout", "30", "--url", server.url,
+                                "--url", "ws://127.0.0.1:%d" % silent.getsockname()[1], "--", "echo", "hi"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(1.5)  # connected to one host, connecting to the other
+            run.send_signal(signal.SIGINT)
+            _out, err = run.communicate(timeout=10)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate(timeout=10)
+    finally:
+        server.stop()
+        silent.close()
+    assert (run.returncode, err) == (130, b"exec-server: interrupted\n")

@@ -12,30 +12,17 @@ succeeded, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
 import argparse
 import io
 import os
-import sys
 from typing import List
 
 from exec_server.cli.connect import CommandError, disconnected, report
 from exec_server.cli.cp import Progress, check_sides, copy, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, handle, restore
+from exec_server.cli.output import END_SIGNALS, Ended, ended_status, handle, raise_ended, restore
 from exec_server.client.api import Client
 from exec_server.client.group_fs import host_dirnames
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
 from fs_helper.replacing import discard_unfinished
-
-
-class _Ended(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: ends ``cp`` as Ctrl-C does (a download's temporary file removed), with 128 + N."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _end(signum, frame) -> None:
-    raise _Ended(signum)
 
 
 def copy_command(args: argparse.Namespace) -> int:
@@ -44,7 +31,7 @@ def copy_command(args: argparse.Namespace) -> int:
     SIGTERM and SIGHUP end it as Ctrl-C does, with status 128 + N (they
     killed it on the spot, leaving a download's temporary file behind).
     """
-    installed = handle(END_SIGNALS, _end)
+    installed = handle(END_SIGNALS, raise_ended)
     try:
         urls = group_urls(args)
         if urls is None:
@@ -55,10 +42,9 @@ def copy_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupted:
         # a download's temporary file, also one the interrupt came between the making and the writing of
         discard_unfinished()
-        if not isinstance(interrupted, _Ended):
+        if not isinstance(interrupted, Ended):
             raise  # Ctrl-C: status 130 (exec_server.cli.console_main)
-        print("exec-server cp: ended by signal %d" % interrupted.signum, file=sys.stderr)
-        return 128 + interrupted.signum
+        return ended_status(interrupted, "cp")
     finally:
         restore(installed)
 

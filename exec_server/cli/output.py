@@ -36,6 +36,26 @@ LAST_WORDS_WAIT = 2.0
 _ending: List[bool] = []  # not empty once an ending signal was handled (end_with): last words are bounded
 
 
+class Ended(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``signum``) where a command has no handler of its own: it ends as Ctrl-C does
+    (its ``with`` blocks and ``finally`` clauses run), with status 128 + N (:func:`ended_status`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_ended(signum: int, frame: Any) -> None:
+    """A handler of :data:`END_SIGNALS` (install it with :func:`handle`): raises :class:`Ended`."""
+    raise Ended(signum)
+
+
+def ended_status(ended: Ended, command: str) -> int:
+    """One line on stderr (``exec-server COMMAND: ended by signal N``); returns 128 + N."""
+    say("exec-server %s: ended by signal %d" % (command, ended.signum))
+    return 128 + ended.signum
+
+
 def give_up_timer(handles: Iterable[Any]) -> threading.Timer:
     """A daemon timer, to start at an ending signal's kill: :data:`KILL_WAIT` s later it fails each of
     ``handles`` (:class:`~exec_server.client.process.RemoteProcess`) not closed yet, so that ``run`` ends

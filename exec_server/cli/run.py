@@ -20,8 +20,9 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, exit_after_close,
-                                    exit_after_end, give_up_timer, handle, remote_status, restore, say)
+from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, Ended, LocalOutput, binary, end_with, ended_status,
+                                    exit_after_close, exit_after_end, give_up_timer, handle, raise_ended,
+                                    remote_status, restore, say)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -137,7 +138,24 @@ def _terminal_size():
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``exec-server run``: the remote command's exit status, or one of the statuses in ``run --help``."""
+    """``exec-server run``: the remote command's exit status, or one of the statuses in ``run --help``.
+
+    Until the command has started (and run has its own handlers, which kill
+    the remote trees), SIGTERM and SIGHUP end run as Ctrl-C does: a start in
+    flight is terminated once answered, the connections closed (their
+    processes terminated), then status 128 + N; they killed run on the spot,
+    leaving a started command running until its session expired.
+    """
+    installed = handle(END_SIGNALS, raise_ended)
+    try:
+        return _run_command(args)
+    except Ended as ended:
+        return ended_status(ended, "run")
+    finally:
+        restore(installed)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         if args.cwd is not None and not (args.cwd.startswith("file:") or posixpath.isabs(args.cwd)
                                          or ntpath.isabs(args.cwd)):

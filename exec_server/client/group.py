@@ -135,17 +135,55 @@ class Group:
             return Client.connect(url, timeout=timeout, client_name=client_name, reconnect=reconnect,
                                   token=host_token, ssl_context=ssl_context)
 
+        connected = self._connect_each(specs, connect)
+        for host in self.hosts:
+            if isinstance(connected[host], BaseException):
+                self.errors[host] = connected[host]
+            else:
+                self.clients[host] = connected[host]
+
+    def _connect_each(self, specs: Dict[str, HostSpec], connect: Callable[[HostSpec], Client]) -> Dict[str, Any]:
+        """host -> its Client or connect error; ``max_workers`` connects at once, each on a daemon thread.
+
+        Not on the pool: its threads are joined at the interpreter's exit, so
+        a Ctrl-C (or SIGTERM) while connecting waited for every connect in
+        flight, up to ``timeout`` for a silent host.  Interrupted, the group
+        closes what connected; a connect that ends later closes its client.
+        """
+        slots = threading.BoundedSemaphore(self.max_workers)
+        done = threading.Condition()
+        results: Dict[str, Any] = {}
+
+        def work(host: str, spec: HostSpec) -> None:
+            try:
+                value, _seconds = _timed(connect, spec)
+            finally:
+                slots.release()
+            with done:
+                orphan = self._closed
+                if not orphan:
+                    results[host] = value
+                    done.notify_all()
+            if orphan and isinstance(value, Client):
+                value.close()
+
         try:
-            futures = {host: self._pool.submit(_timed, connect, spec) for host, spec in specs.items()}
-            for host, future in futures.items():
-                value, _seconds = future.result()
-                if isinstance(value, BaseException):
-                    self.errors[host] = value
-                else:
-                    self.clients[host] = value
-        except BaseException:  # e.g. KeyboardInterrupt: close what did connect
+            for index, (host, spec) in enumerate(specs.items()):
+                slots.acquire()
+                threading.Thread(target=work, args=(host, spec), daemon=True,
+                                 name="exec-server-group-connect-%d" % index).start()
+            with done:
+                while len(results) < len(specs):
+                    done.wait()
+        except BaseException:  # e.g. KeyboardInterrupt: close what did connect; the rest when it does
+            with done:
+                self._closed = True
+                clients = [value for value in results.values() if isinstance(value, Client)]
+            for client in clients:
+                client.close()
             self.close()
             raise
+        return results
 
     # ------------------------------------------------------------- general
     def map(self, function: Callable[[str, Client], T]) -> GroupResult:
