@@ -430,3 +430,20 @@ def test_a_call_interrupted_while_it_waits_is_not_sent_again_after_a_reconnect(m
         process.terminate(timeout=10)
     finally:
         client.close()
+
+
+def test_close_while_reconnecting_terminates_the_processes_once_recovered(memory_server):
+    """close() terminated nothing unless connected: a client closed while it reconnected (a server stopped
+    for a moment) left its processes running until the session expired (80 s)."""
+    server = memory_server()
+    marker = "62.5"
+    client = Client.open(server.connector, timeout=5, reconnect=FAST)
+    client.start(["sleep", marker])
+    wait_until(lambda: len(running_descendants(os.getpid(), ["sleep", marker])) == 1, timeout=10)
+    server.refusing = True
+    server.cut()
+    wait_until(lambda: client.state == "recovering", timeout=10)
+    threading.Timer(1.0, lambda: setattr(server, "refusing", False)).start()  # back within CLOSE_TERMINATE_WAIT
+    client.close()
+    wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
+    server.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 from exec_server.client import oneshot
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.control import terminate_open, terminate_unknown_start
-from exec_server.client.endpoint import CONNECTED, Endpoint
+from exec_server.client.endpoint import CONNECTED, RECOVERING, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
                                            command_env, seconds as _seconds)
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
@@ -224,7 +224,8 @@ class Client:
         is never resumed, so the server's detached-session TTL (80 s by
         default) would only keep them running.  One ``process/terminate``
         each, :data:`CLOSE_TERMINATE_WAIT` s for all of them together, on a
-        connected client only (recovering or failed: the TTL ends them).
+        connected or recovering client (within that time the recovery is
+        waited out; failed, or recovered too late: the TTL ends them).
         A ``start`` in flight in another thread is waited for and its process
         terminated too; one begun after ``close`` raises
         ``ExecServerDisconnected``.  No recovery follows.
@@ -232,7 +233,7 @@ class Client:
         with self._start_lock:
             self._closing = True
         try:
-            if self.state == CONNECTED:
+            if self.state in (CONNECTED, RECOVERING):
                 terminate_open(self.call, self._endpoint.open_processes, CLOSE_TERMINATE_WAIT)
         finally:
             self._endpoint.close()
