@@ -253,16 +253,16 @@ def test_run_ends_after_an_ending_signal_though_the_server_never_reports_the_end
     assert lines[-1] == "exec-server run: the remote command did not report its end within 10 s of the kill", lines
 
 
-def _signalled_once_started(run: subprocess.Popen, started, signals) -> bytes:
+def _signalled_once_started(run: subprocess.Popen, started, signals, timeout: float = 40) -> bytes:
     """Send ``signals`` to ``run`` once ``started()`` (and 0.3 s more: it waits for the command's events);
-    its stderr once it has ended (within 40 s; else it is killed and the test fails)."""
+    its stderr once it has ended (within ``timeout`` s; else it is killed and the test fails)."""
     try:
         wait_until(started, timeout=20)
         time.sleep(0.3)
         for number in signals:
             run.send_signal(number)
             time.sleep(0.2)
-        return run.communicate(timeout=40)[1]
+        return run.communicate(timeout=timeout)[1]
     finally:
         if run.poll() is None:
             run.kill()
@@ -554,14 +554,8 @@ def test_an_ending_signal_before_the_start_is_answered_leaves_nothing_running(tm
                                + [word for url in urls for word in ("--url", url)]
                                + ["--", "/bin/sh", "-c", 'mktemp -p "%s"; exec sleep %s' % (tmp_path, marker)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_until(lambda: len(running_descendants(os.getpid(), ["sleep", marker])) == hosts, timeout=20)
-            run.send_signal(signal.SIGTERM)
-            _out, err = run.communicate(timeout=30)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate(timeout=10)
+        err = _signalled_once_started(run, lambda: len(running_descendants(os.getpid(), ["sleep", marker])) == hosts,
+                                      [signal.SIGTERM])  # 0.3 s later: the start's answer comes at 3 s
         assert (run.returncode, err) == (143, b"exec-server run: ended by signal 15\n")
         wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
 
@@ -579,14 +573,8 @@ def test_a_ctrl_c_while_a_host_is_still_connecting_ends_run_at_once():
         run = subprocess.Popen([sys.executable, "-m", "exec_server", "run", "--timeout", "30", "--url", server.url,
                                 "--url", "ws://127.0.0.1:%d" % silent.getsockname()[1], "--", "echo", "hi"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            time.sleep(1.5)  # connected to one host, connecting to the other
-            run.send_signal(signal.SIGINT)
-            _out, err = run.communicate(timeout=10)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate(timeout=10)
+        began = time.monotonic()  # 1.5 s: connected to one host, connecting to the other
+        err = _signalled_once_started(run, lambda: time.monotonic() - began > 1.2, [signal.SIGINT], timeout=10)
     finally:
         server.stop()
         silent.close()
