@@ -387,3 +387,10 @@ def test_a_stderr_that_cannot_be_written_leaves_the_commands_status(request, hos
     argv = command if command.startswith("nonexistent") else "sh -c '%s'" % command
     done = shell("$CLI run %s -- %s 2>/dev/full" % (urls, argv))
     assert (done.returncode, done.stdout) == (status, b"")
+
+
+def test_a_stdio_server_with_stderr_closed_keeps_its_error_out_of_the_protocols_channel():
+    """``print(line, file=sys.stderr)`` with stderr closed at start prints to stdout: under ``--listen stdio``
+    the client read a line that is not JSON-RPC."""
+    done = shell("$CLI --listen stdio --shutdown-timeout -1 2>&- </dev/null")
+    assert (done.returncode, done.stdout) == (2, b"")

@@ -59,7 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             configure_sdk()
         except RuntimeError as exc:
-            print("exec-server: %s" % exc, file=sys.stderr)
+            from exec_server.cli.output import say
+
+            say("exec-server: %s" % exc)  # not print: with stderr closed at start it writes to stdout
             return 2
     if args.command == "run":
         from exec_server.cli.run import run_command

@@ -16,6 +16,14 @@ from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_op
 from exec_server.server.signals import stop_signals
 
 
+def _error(text: str) -> None:
+    """One line on stderr; nothing when stderr was closed at start (``print`` would write it to stdout: the
+    protocol's channel under ``--listen stdio``)."""
+    from exec_server.cli.output import say  # an error path: not imported at every start
+
+    say(text)
+
+
 def serve(args: argparse.Namespace) -> int:
     from exec_server.server.allocator import tune_for_server_later
 
@@ -23,7 +31,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_options(args)
     except ValueError as exc:
-        print("exec-server: %s" % exc, file=sys.stderr)
+        _error("exec-server: %s" % exc)
         return 2
     if args.listen in STDIO_LISTEN:
         from exec_server.server.stdio import serve_stdio
@@ -34,7 +42,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         listen = listen_options(args)
     except (ValueError, OSError) as exc:
-        print("exec-server: %s" % exc, file=sys.stderr)
+        _error("exec-server: %s" % exc)
         return 2
     from exec_server.server.app import make_server  # not needed by --listen stdio
 
@@ -44,7 +52,7 @@ def serve(args: argparse.Namespace) -> int:
         server = make_server(args.listen, config, listen.auth, listen.ssl_context)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        print("exec-server: cannot listen: %s (%s)" % (reason, args.listen), file=sys.stderr)
+        _error("exec-server: cannot listen: %s (%s)" % (reason, args.listen))
         return 1
 
     from exec_server.server.process import contain, marked
