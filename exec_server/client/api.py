@@ -223,12 +223,11 @@ class Client:
         As the end of an ``ssh`` session takes its commands: a closed client
         is never resumed, so the server's detached-session TTL (80 s by
         default) would only keep them running.  One ``process/terminate``
-        each, :data:`CLOSE_TERMINATE_WAIT` s for all of them together, on a
-        connected or recovering client (within that time the recovery is
-        waited out; failed, or recovered too late: the TTL ends them).
-        A ``start`` in flight in another thread is waited for and its process
-        terminated too; one begun after ``close`` raises
-        ``ExecServerDisconnected``.  No recovery follows.
+        each, :data:`CLOSE_TERMINATE_WAIT` s for all of them together (a
+        recovery in progress waited out within them; failed, or recovered
+        too late: the TTL ends them).  A ``start`` in flight in another
+        thread is waited for and its process terminated too; one begun after
+        ``close`` raises ``ExecServerDisconnected``.  No recovery follows.
         """
         with self._start_lock:
             self._closing = True
