@@ -247,14 +247,9 @@ def output_failed(error: OSError, target: Optional[BinaryIO], name: str = "stdou
     discard(target)
     if isinstance(error, BrokenPipeError):
         return EXIT_BROKEN_PIPE
-    err = binary(sys.stderr)
-    if name != "stderr" and err is not None:
-        line = "exec-server %s: cannot write to %s: %s; the remote command was killed\n" % (
-            command, name, error.strerror or error)
-        try:
-            write_all(err, line.encode("utf-8", "backslashreplace"))
-        except OSError:  # stderr fails too: the status says it
-            pass
+    if name != "stderr":  # say: nothing when stderr is closed or fails too (the status says it)
+        say("exec-server %s: cannot write to %s: %s; the remote command was killed" % (
+            command, name, error.strerror or error))
     return EXIT_OUTPUT_FAILED
 
 
