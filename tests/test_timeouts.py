@@ -394,3 +394,34 @@ def test_wait_returns_after_a_catch_up_that_filled_the_buffer(proxied):
     wait_until(lambda: client.state == "connected", timeout=15)
     assert process.wait(timeout=10) == 3  # was: CallTimeout
     assert process.communicate(timeout=10) == (lines, b"")
+
+
+def test_a_run_whose_start_failed_sends_its_terminate_again_after_a_drop():
+    """A run interrupted in its start terminates what it may have started; that terminate, lost in a drop
+    (RequestOutcomeUnknown), was given up where Client.start's own is sent again once recovered: now both
+    are, within the run's grace."""
+    from exec_server.client import oneshot
+    from exec_server.client.recovery import RequestOutcomeUnknown
+
+    sent = []
+
+    class StartInterrupted:
+        server_platform = "linux"
+
+        def supports(self, name):
+            return True
+
+        def start(self, command, timeout, process_id, **options):
+            raise KeyboardInterrupt  # ^C while the start was in flight
+
+        def call(self, method, params, timeout):
+            sent.append((method, params["processId"], timeout))
+            if len(sent) == 1:
+                raise RequestOutcomeUnknown("process/terminate: the connection dropped before the answer")
+            return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        oneshot.run(StartInterrupted(), ["true"], None, 5.0, False, True, None, None, None, None, {})
+    assert [method for method, _, _ in sent] == ["process/terminate"] * 2
+    assert sent[0][1] == sent[1][1] and sent[0][1].startswith("proc-")
+    assert all(0 < timeout <= 5.0 + oneshot.KILL_GRACE for _, _, timeout in sent)  # within the run's one grace

@@ -65,18 +65,28 @@ def terminate_unknown_start(call: Callable[..., Any], process_id: str, error: Ba
     For a start the client gave its own id (a ``FreshId``, which no other
     process has) that timed out or was interrupted (^C): it may have reached
     the server, or reach it yet, and as ``Popen`` leaves no child when it
-    raises, ``process/terminate`` is sent for it, its answer (a recovery
-    included: one lost in a drop is sent again once recovered) waited for
-    :data:`UNKNOWN_START_KILL_WAIT` s at most; past
-    that the process, if it runs, is left to the session's end.  Nothing for
-    any other error (nothing started, or the client ended), nor for an id of
-    the caller's (an older process may hold it).
+    raises, ``process/terminate`` is sent for it (:func:`terminate_answered`)
+    for :data:`UNKNOWN_START_KILL_WAIT` s at most; past that the process, if
+    it runs, is left to the session's end.  Nothing for any other error
+    (nothing started, or the client ended), nor for an id of the caller's (an
+    older process may hold it).
     """
     if not (isinstance(process_id, FreshId) and process_id.terminate_on_failure):
         return
     if not isinstance(error, CallTimeout) and isinstance(error, Exception):
         return
-    deadline = _deadline(UNKNOWN_START_KILL_WAIT)
+    terminate_answered(call, process_id, _deadline(UNKNOWN_START_KILL_WAIT))
+
+
+def terminate_answered(call: Callable[..., Any], process_id: str, deadline: Optional[float]) -> None:
+    """Send ``process/terminate`` for ``process_id`` until answered or ``deadline`` (``time.monotonic()``) passes.
+
+    It is sent even when no time is left (then not waited for).  One lost in
+    a drop (``RequestOutcomeUnknown``: it may never have arrived) is sent
+    again once the client recovered, within the deadline.  Any other error
+    ends it: best effort, as the callers (a start that failed:
+    :func:`terminate_unknown_start`, ``Client.run``) have nothing better to do.
+    """
     while True:
         try:
             call("process/terminate", {"processId": process_id}, timeout=_remaining(deadline))

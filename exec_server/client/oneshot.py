@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import Any, Optional, Sequence, Tuple, Union
 
+from exec_server.client.control import terminate_answered
 from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, as_bytes, command_argv
 from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
 from exec_server.client.process import OutputEvent, RemoteProcess, StdinClosedError
@@ -58,11 +59,8 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
         process = client.start(command, timeout=start_timeout, process_id=process_id, **start_options)
     except BaseException as exc:  # no answer (even in the grace), ^C: kill what may have started, in what is left
         if not isinstance(exc, (RpcError, ValueError, TypeError)):  # those: nothing started
-            kill_timeout = _remaining(deadline + KILL_GRACE) if deadline is not None else KILL_GRACE
-            try:  # sent even when nothing is left (timeout 0)
-                client.call("process/terminate", {"processId": process_id}, timeout=kill_timeout)
-            except Exception:
-                pass
+            grace_deadline = deadline + KILL_GRACE if deadline is not None else _deadline(KILL_GRACE)
+            terminate_answered(client.call, process_id, grace_deadline)  # sent even with no time left
         if isinstance(exc, CallTimeout) and timeout is not None:  # the run's own timeout
             raise CallTimeout(argv, timeout) from None
         raise  # without one: the start's, which names its START_TIMEOUT
