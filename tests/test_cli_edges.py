@@ -5,6 +5,8 @@ running until the session expired (80 s).
 """
 
 import io
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -56,6 +58,67 @@ def test_output_that_cannot_be_written_ends_run_with_one_line(redirect):
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(b"exec-server run: cannot write to stdout: ") and b"Traceback" not in done.stderr
     assert done.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("redirect, closed", [("<&-", "stdin"), (">&-", "stdout"), ("<&- >&-", "stdin and stdout")])
+def test_a_stdio_server_without_its_stdin_or_stdout_says_so_in_one_line(redirect, closed):
+    """It raised AttributeError (sys.stdin or sys.stdout None) with a traceback."""
+    done = shell("$CLI --listen stdio %s" % redirect, timeout=30)
+    assert (done.returncode, done.stderr.decode()) == (1, "exec-server: cannot listen: %s closed (--listen stdio)\n"
+                                                       % closed)
+
+
+def test_a_stdio_server_without_its_stderr_serves():
+    """``2>&-``: it answered nothing and ended with status 1 (pointing stray output at stderr raised)."""
+    request = json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "t"}}) + "\n"
+    done = subprocess.run(["sh", "-c", "$CLI --listen stdio 2>&-"], input=request.encode(), capture_output=True,
+                          timeout=30, env=dict(ENV, CLI=" ".join(CLI)))
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["id"] == 1 and "sessionId" in json.loads(lines[0])["result"]
+
+
+@pytest.mark.parametrize("redirect", [">&-", "> /dev/full"])
+def test_a_listener_whose_stdout_cannot_be_written_serves_on(redirect):
+    """Printing its URL raised (AttributeError, ENOSPC) with a traceback and status 1; now a warning says so on
+    stderr, with the URL, and the server serves."""
+    from exec_server import Client
+
+    child = subprocess.Popen(["sh", "-c", "exec $CLI --listen ws://127.0.0.1:0 %s" % redirect],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(ENV, CLI=" ".join(CLI)))
+    try:
+        warning = child.stderr.readline().decode()  # the server's first line
+        assert "cannot write the URL to stdout (" in warning and "serving on ws://127.0.0.1:" in warning
+        with Client.connect(warning.split("serving on ")[1].strip(), timeout=10) as client:
+            assert client.run(["echo", "hi"], timeout=30).stdout == b"hi\n"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == 0
+        assert b"Traceback" not in child.stderr.read()
+    finally:
+        reap(child)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/fd")
+def test_descriptors_closed_at_start_get_the_null_device():
+    """With stdin and stderr closed at start, the next files and sockets took descriptors 0 and 2 (a child or a
+    stray write to stderr reached them); now the null device holds them, as in OpenSSH."""
+    child = subprocess.Popen(["sh", "-c", "exec $CLI --listen ws://127.0.0.1:0 <&- 2>&-"], stdout=subprocess.PIPE,
+                             env=dict(ENV, CLI=" ".join(CLI)))
+    try:
+        assert child.stdout.readline().startswith(b"ws://127.0.0.1:")
+        assert [os.readlink("/proc/%d/fd/%d" % (child.pid, fd)) for fd in (0, 2)] == ["/dev/null"] * 2
+    finally:
+        reap(child)
+
+
+def test_the_recovery_notice_never_reaches_stdout_when_stderr_was_closed(monkeypatch, capsys):
+    """``print(file=sys.stderr)`` with stderr closed at start wrote the notice into stdout, the remote command's
+    output; the notice of the missing closeStdin and cp's note on an interrupted server copy did the same."""
+    from exec_server.cli import run
+
+    monkeypatch.setattr(sys, "stderr", None)
+    run._RecoveryNotice(25.0).emit(logging.LogRecord("t", logging.INFO, __file__, 1, "recovered", None, None))
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("option", ["--stdin", "--tty"])
@@ -174,8 +237,10 @@ def test_a_signal_right_after_the_temporary_file_is_made_leaves_none(server, tmp
     assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
 
 
-def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path):
-    """The temporary file beside the destination goes, the old file stays, status 128 + SIGTERM."""
+@pytest.mark.parametrize("number, words", [(signal.SIGTERM, b"ended by signal 15"), (signal.SIGINT, b"interrupted")])
+def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path, number, words):
+    """The temporary file beside the destination goes, the old file stays, status 128 + N, one line that names
+    cp (Ctrl-C's said ``exec-server: interrupted``)."""
     source = tmp_path / "big.bin"
     with open(source, "wb") as handle:
         handle.truncate(0)
@@ -186,9 +251,9 @@ def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path):
     (folder / "dest.bin").write_bytes(b"OLD")
     cli = subprocess.Popen(CLI + ["cp", "--url", server.url, ":%s" % source, str(folder / "dest.bin")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
-    _out, err = signalled(cli, signal.SIGTERM,  # once its temporary file is there
+    _out, err = signalled(cli, number,  # once its temporary file is there
                           lambda: wait_until(lambda: len(os.listdir(folder)) == 2, timeout=30, interval=0.001))
-    assert (cli.returncode, err) == (128 + signal.SIGTERM, b"exec-server cp: ended by signal 15\n")
+    assert (cli.returncode, err) == (128 + number, b"exec-server cp: %s\n" % words)
     assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
 
 

@@ -13,6 +13,7 @@ the server than its embedded server needs.
 
 import argparse
 import gc
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -93,13 +94,35 @@ def console_main() -> None:
     has closed its connections, files and process trees.  A caller of
     :func:`main` in its own process is not affected.  A Ctrl-C that no
     command handles itself ends it with status 130 and one line, no traceback.
+    First, descriptors 0, 1 and 2 closed at start get the null device
+    (:func:`_fill_closed_std_fds`).
     """
+    _fill_closed_std_fds()
     try:
         status = main()
-    except KeyboardInterrupt:  # Ctrl-C where no command handles it (cp, or while connecting): as a shell tool
+    except KeyboardInterrupt:  # Ctrl-C where no command handles it (while parsing, or serving): as a shell tool
         from exec_server.cli.output import say
 
         say("exec-server: interrupted")
         status = 130
     gc.freeze()
     sys.exit(status)
+
+
+def _fill_closed_std_fds() -> None:
+    """Open the null device on each of descriptors 0, 1 and 2 that is closed (as OpenSSH's ``sanitise_stdfd``).
+
+    Else the next socket or file opened takes that number, and what writes to
+    it as stdout or stderr (a child that inherits it, a C library's message,
+    the interpreter's fatal error) reaches a client's connection or a file.
+    ``sys.stdin``, ``sys.stdout`` and ``sys.stderr`` stay None: the commands
+    still see those streams as closed at start (``run >&-``: status 1).
+    """
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDWR)
+            if fd > 2:
+                os.close(fd)
+                return
+    except OSError:  # no descriptor left: nothing can take those numbers either
+        return

@@ -17,6 +17,7 @@ from typing import Callable, Optional, TextIO
 from fs_helper.replacing import replace_target, write_whole
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
+from exec_server.cli.output import say
 from exec_server.client.fs import BLOCK_BYTES, FileSystem
 from exec_server.protocol.errors import ExecServerDisconnected, NotFound, RpcError
 
@@ -170,8 +171,8 @@ def copy_files(args: argparse.Namespace) -> int:
                 copy(client.fs, args.source, args.destination)
             except KeyboardInterrupt:
                 if args.source.startswith(":") and args.destination.startswith(":"):
-                    print("exec-server cp: the copy on the server is one request, which goes on to its end "
-                          "(the protocol cannot cancel it)", file=sys.stderr)
+                    say("exec-server cp: the copy on the server is one request, which goes on to its end "
+                        "(the protocol cannot cancel it)")
                 raise
     except CommandError as exc:
         return report("cp", exc)

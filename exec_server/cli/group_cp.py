@@ -18,7 +18,7 @@ from exec_server.cli.connect import CommandError, disconnected, report
 from exec_server.cli.cp import Progress, check_sides, copy, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
 from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
-from exec_server.cli.output import END_SIGNALS, Ended, ended_status, handle, raise_ended, restore
+from exec_server.cli.output import END_SIGNALS, ended_status, handle, raise_ended, restore
 from exec_server.client.api import Client
 from exec_server.client.group_fs import host_dirnames
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
@@ -42,9 +42,7 @@ def copy_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupted:
         # a download's temporary file, also one the interrupt came between the making and the writing of
         discard_unfinished()
-        if not isinstance(interrupted, Ended):
-            raise  # Ctrl-C: status 130 (exec_server.cli.console_main)
-        return ended_status(interrupted, "cp")
+        return ended_status(interrupted, "cp")  # 130 for Ctrl-C
     finally:
         restore(installed)
 

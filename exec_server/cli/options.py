@@ -30,7 +30,7 @@ EXIT_SOME_HOSTS_FAILED = 123
 GROUP_PARALLEL = 32
 
 RUN_EXIT_STATUSES = """exit status:
-  N    the remote command's own exit status (128+N when a pipe process died of signal N)
+  N    the remote command's own exit status (128+N when it died of signal N; 1 under --tty)
   1    also: local stdout or stderr could not be written (closed, full): remote tree killed
   2    a usage mistake: a bad option, server URL or token file
   123  with several hosts (--url repeated, or --hosts): at least one host failed (a non-zero
@@ -152,7 +152,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
-    parser.add_argument("--log-level", type=level_name, default=None,
+    parser.add_argument("--log-level", type=level_name, default=None, metavar="LEVEL",
                         help="logging level on stderr: DEBUG, INFO, WARNING, ERROR or CRITICAL (default "
                              "the EXEC_SERVER_LOG variable, else WARNING)")
 
@@ -396,5 +396,5 @@ def add_cp_parser(commands) -> None:
                              epilog=CP_SEVERAL_HOSTS,
                              formatter_class=help_formatter(argparse.RawDescriptionHelpFormatter))
     add_client_options(cp, "cp")
-    cp.add_argument("source")
-    cp.add_argument("destination")
+    cp.add_argument("source", help="a local path, or :PATH on the server (--url, --via or --hosts names it)")
+    cp.add_argument("destination", help="a local path, or :PATH on the server; one of the two is remote")

@@ -50,8 +50,12 @@ def raise_ended(signum: int, frame: Any) -> None:
     raise Ended(signum)
 
 
-def ended_status(ended: Ended, command: str) -> int:
-    """One line on stderr (``exec-server COMMAND: ended by signal N``); returns 128 + N."""
+def ended_status(ended: KeyboardInterrupt, command: str) -> int:
+    """One line on stderr; returns 128 + N: ``exec-server COMMAND: ended by signal N`` for an :class:`Ended`,
+    ``exec-server COMMAND: interrupted`` and 130 for a Ctrl-C (a plain ``KeyboardInterrupt``)."""
+    if not isinstance(ended, Ended):
+        say("exec-server %s: interrupted" % command)
+        return 128 + signal.SIGINT
     say("exec-server %s: ended by signal %d" % (command, ended.signum))
     return 128 + ended.signum
 

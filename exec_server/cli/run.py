@@ -1,8 +1,8 @@
 """``exec-server run [--url URL | --via COMMAND] -- COMMAND ...``: run one command remotely.
 
 Streams the remote stdout and stderr to the local ones as they arrive,
-exits with the remote exit status (128 + N when a pipe process died of
-signal N), and turns Ctrl-C into ``process/signal interrupt``.  Without
+exits with the remote exit status (128 + N when a command without
+``--tty`` died of signal N), and turns Ctrl-C into ``process/signal interrupt``.  Without
 ``--url`` or ``--via`` it embeds a server in this process (no port).
 """
 
@@ -20,7 +20,7 @@ from typing import List, Optional
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
-from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, Ended, LocalOutput, binary, end_with, ended_status,
+from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, ended_status,
                                     exit_after_close, exit_after_end, give_up_timer, handle, raise_ended,
                                     remote_status, restore, say)
 from exec_server.client.api import Client, ReconnectPolicy
@@ -117,8 +117,8 @@ def _forward_stdin(process, can_close: bool) -> None:
                 if can_close:
                     process.close_stdin()
                 else:
-                    print("exec-server run: the server cannot close the remote stdin (no closeStdin extension); "
-                          "end the command with Ctrl-C", file=sys.stderr)
+                    say("exec-server run: the server cannot close the remote stdin (no closeStdin extension); "
+                        "end the command with Ctrl-C")
                 return
             process.write_all(data, None)  # waits while the server's stdin queue is full
         except (RpcError, ExecServerDisconnected, OSError, TimeoutError):
@@ -149,7 +149,7 @@ def run_command(args: argparse.Namespace) -> int:
     installed = handle(END_SIGNALS, raise_ended)
     try:
         return _run_command(args)
-    except Ended as ended:
+    except KeyboardInterrupt as ended:  # Ctrl-C, SIGTERM or SIGHUP before run had its own handlers
         return ended_status(ended, "run")
     finally:
         restore(installed)
@@ -231,7 +231,7 @@ class _RecoveryNotice(logging.Handler):
         text = "connection lost; reconnecting for up to %g s" % self.deadline
         if record.getMessage().endswith("recovered"):
             text = "reconnected; the command goes on"
-        print("exec-server run: %s" % text, file=sys.stderr, flush=True)
+        say("exec-server run: %s" % text)  # not print: with stderr closed at start it writes to stdout
 
 
 def _say_recovery(deadline: float) -> Optional[_RecoveryNotice]:

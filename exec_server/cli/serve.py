@@ -5,6 +5,7 @@ picks a free port); ``--listen stdio`` serves one client on stdin/stdout.
 """
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -34,8 +35,11 @@ def serve(args: argparse.Namespace) -> int:
         _error("exec-server: %s" % exc)
         return 2
     if args.listen in STDIO_LISTEN:
-        from exec_server.server.stdio import serve_stdio
+        from exec_server.server.stdio import closed_channels, serve_stdio
 
+        if closed_channels():  # the protocol's channels: nothing to serve on
+            _error("exec-server: cannot listen: %s closed (--listen stdio)" % " and ".join(closed_channels()))
+            return 1
         status = serve_stdio(config)
         _exit_if_stuck(EXIT_THREAD_WAIT)
         return status
@@ -80,8 +84,7 @@ def serve(args: argparse.Namespace) -> int:
 
     for signum in stop_signals():
         signal.signal(signum, stop)
-    sys.stdout.write(server.url + "\n")
-    sys.stdout.flush()
+    _announce(server.url)
     try:
         server.serve_forever()
     except _StopServing:
@@ -91,6 +94,27 @@ def serve(args: argparse.Namespace) -> int:
             reaper.stop()
     _exit_if_stuck(EXIT_THREAD_WAIT)
     return 0
+
+
+def _announce(url: str) -> None:
+    """The bound URL and a newline on stdout, the line a launcher waits for.
+
+    A stdout closed at start (``>&-``), full or whose reader left is told on
+    stderr (a warning), and the server serves on: its clients do not need
+    the line, as a daemon's do not need its launcher.
+    """
+    out = sys.stdout
+    try:
+        if out is None:
+            raise OSError(errno.EBADF, "closed")
+        out.write(url + "\n")
+        out.flush()
+    except (OSError, ValueError) as exc:
+        from exec_server.cli.output import binary, discard
+
+        discard(binary(out))  # what is left in its buffer goes nowhere at exit, without an error
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        logging.getLogger(__name__).warning("cannot write the URL to stdout (%s): serving on %s", reason, url)
 
 
 class _StopServing(BaseException):

@@ -20,13 +20,14 @@ session code are the ones the WebSocket transport uses; only the framing
 differs.
 """
 
+import errno
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, List, Optional, Union
 
 from exec_server.common.pipes import STDIO_BUFFER_BYTES, enlarge_pipe
 from exec_server.server.config import ServerConfig
@@ -246,11 +247,23 @@ def _hangup_check(fd: int):
     return lambda: bool(poller.poll(0))
 
 
+def closed_channels() -> List[str]:
+    """Which of the protocol's channels were closed when this process started: ``"stdin"``, ``"stdout"``."""
+    return [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)) if stream is None]
+
+
 def serve_stdio(config: Optional[ServerConfig] = None) -> int:
-    """Serve on this process's stdin/stdout until EOF; returns the exit status 0."""
+    """Serve on this process's stdin/stdout until EOF; returns the exit status 0.
+
+    Raises:
+        OSError: EBADF, stdin or stdout was closed when the process started (:func:`closed_channels`).
+    """
+    closed = closed_channels()
+    if closed:
+        raise OSError(errno.EBADF, "%s closed" % " and ".join(closed))
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray output goes to stderr
+    _stray_output_to_stderr()
     protocol_in = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
     for stream in (protocol_in, protocol_out):
         enlarge_pipe(stream.fileno())  # whoever made the pipes (a client other than ours, ssh)
@@ -262,6 +275,18 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
             signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
     connection.run()
     return 0
+
+
+def _stray_output_to_stderr() -> None:
+    """Point descriptor 1 at stderr's, or at the null device when stderr was closed at start (``2>&-``)."""
+    if sys.stderr is not None:
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
 
 
 class _BufferedLines:
