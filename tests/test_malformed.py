@@ -218,3 +218,55 @@ def test_one_frame_arriving_in_many_tcp_segments_is_one_fragment(configured_serv
     finally:
         sock.close()
     assert data[0] == 0x81  # a text frame: the initialize response, not a Close
+
+
+def _junk(count: int, value: str = "0") -> str:
+    """A process/terminate request whose params hold an array of ``count`` times ``value``."""
+    return '{"id":5,"method":"process/terminate","params":{"processId":"x","junk":[%s]}}' % ",".join([value] * count)
+
+
+def test_a_request_of_more_json_values_than_the_limit_is_refused_undecoded(server, connect):
+    """Decoded, each ``[],`` became ~64 bytes of objects (16 MiB of them: ~420 MiB more, 120 MiB: 3.3 GiB) and
+    the decode held every other connection: now a request that may hold more than MAX_REQUEST_VALUES is refused
+    (-32600, id -1) before it is decoded, and the connection goes on; one within it is decoded and answered."""
+    from exec_server.protocol.jsonrpc import MAX_REQUEST_VALUES
+
+    assert MAX_REQUEST_VALUES == 1_000_000
+    peer = connect(server.url)
+    peer.initialize()
+    error = parse_error(peer, _junk(MAX_REQUEST_VALUES - 5))  # 6 commas, brackets and braces around them, + 1
+    assert error["code"] == -32600 and error["message"].startswith(PREFIX)
+    assert error["message"].endswith(": a message of more than 1000000 commas, brackets and braces is refused "
+                                     "(MAX_REQUEST_VALUES)")
+    peer.send(_junk(MAX_REQUEST_VALUES - 6))  # at the limit
+    reply = peer.wait_for(lambda m: m.get("id") == 5, timeout=30)
+    assert reply["result"] == {"running": False}  # decoded and answered (an unknown member is ignored, as by serde)
+    assert peer.request("process/terminate", {"processId": "none"})["result"] == {"running": False}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM, the peak RSS, from /proc")
+def test_a_request_of_many_tiny_values_does_not_blow_up_the_servers_memory():
+    """16 MiB of ``[],`` over stdio: the server's peak RSS grew by ~420 MiB; now by about the line's size."""
+    import json
+    import subprocess
+    import sys
+
+    def peak_mib(pid: int) -> float:
+        with open("/proc/%d/status" % pid) as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+    child = subprocess.Popen([sys.executable, "-m", "exec_server", "--listen", "stdio"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        child.stdin.write(b'{"id":1,"method":"initialize","params":{"clientName":"t"}}\n')
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline())["id"] == 1
+        before = peak_mib(child.pid)
+        child.stdin.write(_junk((16 << 20) // 3, "[]").encode() + b"\n")
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline())["error"]["code"] == -32600
+        assert peak_mib(child.pid) - before < 100
+    finally:
+        child.stdin.close()
+        child.wait(30)
+        child.stdout.close()

@@ -5,14 +5,13 @@ schemas, session registry); :class:`RpcConnection` is one connection's protocol 
 feeds it whole messages (:meth:`RpcConnection.receive`) and gives it a ``send(text)`` callable; it
 never sees a socket, so the WebSocket and stdio transports share it unchanged.
 
-Order of checks for a request (PROTOCOL.md 2-4): envelope, routing (-32601), params against the JSON
-Schema (-32602), handshake state (-32600, kept by the connection's sans-IO
-:class:`~exec_server.protocol.handshake.Handshake`), handler.  ``initialize`` and notifications run
-inline on the transport's thread; other requests run on a per-connection pool of
-``concurrent_requests`` threads, so a long poll never delays other calls (PROTOCOL.md 1.5).  At most
-``max_queued_requests`` more wait for a thread, and the admitted requests hold at most
-``max_message_bytes`` of messages together; past either a request is refused with -32001 without
-being run, and the reader thread never blocks.
+Order of checks for a request (PROTOCOL.md 2-4): envelope (at most ``MAX_REQUEST_VALUES`` values), routing
+(-32601), params against the JSON Schema (-32602), handshake state (-32600, kept by the connection's sans-IO
+:class:`~exec_server.protocol.handshake.Handshake`), handler.  ``initialize`` and notifications run inline
+on the transport's thread; other requests run on a per-connection pool of ``concurrent_requests`` threads,
+so a long poll never delays other calls (PROTOCOL.md 1.5).  At most ``max_queued_requests`` more wait for a
+thread, and the admitted requests hold at most ``max_message_bytes`` of messages together; past either a
+request is refused with -32001 without being run, and the reader thread never blocks.
 """
 
 import functools
@@ -28,8 +27,9 @@ from exec_server.server.handlers import RequestContext
 from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
                                          ServerOverloaded)
 from exec_server.protocol.handshake import Handshake
-from exec_server.protocol.jsonrpc import (UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification, Request, Response,
-                                          encode, encode_reply, error_response, parse_message, utf8_size)
+from exec_server.protocol.jsonrpc import (MAX_REQUEST_VALUES, UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification,
+                                          Request, Response, encode, encode_reply, error_response, parse_message,
+                                          utf8_size)
 from exec_server.protocol.wire import RawJson, Send
 from exec_server.server.process import ReadAborted, WouldWait
 
@@ -137,7 +137,7 @@ class RpcConnection:
         """
         received = time.monotonic()
         try:
-            message = parse_message(text)
+            message = parse_message(text, MAX_REQUEST_VALUES)
         except EnvelopeError as exc:
             self._write(encode(error_response(UNKNOWN_ID, InvalidRequest(self._prefix + exc.description))))
             return
