@@ -616,3 +616,42 @@ def test_at_its_orderly_end_an_inherit_mode_server_kills_the_orphans_no_marker_s
     finally:
         if daemon.is_running():
             daemon.kill()
+
+
+BAD_PROGRAMS = {  # file content -> what execve says of it
+    "#!/nonexistent/interpreter\n": "No such file or directory (os error 2)",
+    "\x7fELF short": "Exec format error (os error 8)",
+    "touch {ran}\n": "Exec format error (os error 8)",  # no #!: execvp's fallback ran it with /bin/sh
+    "": "Exec format error (os error 8)",
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_PROGRAMS), ids=["missing-interpreter", "short-elf", "text", "empty"])
+@pytest.mark.parametrize("mode", ["isolate", "inherit", pytest.param("reference", marks=pytest.mark.reference)])
+def test_a_program_the_kernel_cannot_execute_fails_its_start_as_execve_says(configured_server, connect, tmp_path,
+                                                                            content, mode):
+    """Under isolate, the chain's last execvp ran an executable text file with /bin/sh (its lines as commands),
+    and a missing interpreter or a bad binary started and exited 127: a start the reference (and inherit) fails
+    with -32603 and the OS text."""
+    from conftest import reference_binary, start_reference
+
+    if mode == "reference" and reference_binary() is None:
+        pytest.skip("the reference server is not installed")
+    program, ran = tmp_path / "program", tmp_path / "ran"
+    program.write_text(content.format(ran=ran), encoding="latin-1")
+    program.chmod(0o755)
+    if mode == "reference":
+        (tmp_path / "home").mkdir()
+        running = start_reference(str(tmp_path / "home"))
+    else:
+        running = configured_server(pid_namespace=mode)
+    try:
+        peer = connect(running.url)
+        peer.initialize()
+        reply = peer.request("process/start", start_params("p", [str(program)]))
+        assert reply.get("error") == {"code": -32603, "message": BAD_PROGRAMS[content]}, reply
+        time.sleep(0.3)
+        assert not ran.exists()
+    finally:
+        if mode == "reference":
+            running.stop()

@@ -166,12 +166,62 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
     raise InternalError(message)
 
 
-def _check_executable(path: str) -> None:
-    """Raise the OSError ``execve`` would give for ``path`` (ENOENT, EACCES), before a wrapper hides it."""
+#: Bytes of a file's start the kernel reads to choose how to run it (``BINPRM_BUF_SIZE``).
+EXEC_HEADER_BYTES = 256
+#: Script interpreters the kernel follows in a row (``#!`` naming a script...: ``BINPRM_MAX_RECURSION``).
+MAX_INTERPRETER_DEPTH = 4
+#: The smallest ELF header (32-bit); a shorter file is not one the kernel's ELF loader takes.
+ELF32_HEADER_BYTES = 52
+#: Where binfmt_misc lists the formats registered beside ELF and ``#!``.
+BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+
+
+def _check_executable(path: str, depth: int = 0) -> None:
+    """Raise the OSError ``execve`` would give for ``path`` (ENOENT, EACCES, ENOEXEC), before a wrapper hides it.
+
+    The containment chain's last step starts the program with ``execvp``,
+    which runs a file the kernel refuses as ENOEXEC with ``/bin/sh`` (an
+    executable data file's lines would run as commands) and tells a ``#!``
+    naming a missing interpreter as exit 127: so the start of the file is
+    read as the kernel reads it (:data:`EXEC_HEADER_BYTES`).  ELF files (a
+    whole header of 32 or 64 bits; the machine is the kernel's to judge, a
+    foreign one may have a binfmt_misc emulator) and ``#!`` files pass (the
+    interpreter checked the same way); any other is ENOEXEC
+    unless binfmt_misc has formats registered (the kernel may run it).  An
+    executable that cannot be read is left to the kernel.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     if os.path.isdir(path) or not os.access(path, os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(EXEC_HEADER_BYTES)
+    except OSError:
+        return
+    if head.startswith(b"\x7fELF") and len(head) >= ELF32_HEADER_BYTES and head[4] in (1, 2):  # 32 or 64 bits
+        return
+    if head.startswith(b"#!"):
+        words = head[2:].split(b"\n", 1)[0].replace(b"\t", b" ").split()
+        if not words:
+            raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
+        interpreter = os.fsdecode(words[0])
+        if os.path.isabs(interpreter) and depth < MAX_INTERPRETER_DEPTH:
+            try:
+                _check_executable(interpreter, depth + 1)
+            except OSError as refused:  # as the kernel: the error of the interpreter, the script's path
+                raise OSError(refused.errno, refused.strerror, path) from None
+        return
+    if not _binfmt_misc_formats():
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
+
+
+def _binfmt_misc_formats() -> bool:
+    """Whether binfmt_misc has formats registered (False where it is not mounted: none can be seen)."""
+    try:
+        return any(name not in ("register", "status") for name in os.listdir(BINFMT_MISC))
+    except OSError:
+        return False
 
 
 def _group_options() -> Dict[str, Any]:
