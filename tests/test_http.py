@@ -66,6 +66,14 @@ def test_other_paths(any_server, path):
     assert status_line(response) == b"HTTP/1.1 404 Not Found"
 
 
+@pytest.mark.parametrize("path", [b"//", b"//?a=b", b"//readyz"])
+def test_a_path_of_two_slashes_is_not_the_root(any_server, path):
+    """werkzeug reads a target that begins with ``//`` as an authority, so ``//`` was ``/`` and upgraded (101),
+    ``//readyz`` answered 200; the reference answers 404, as for any path but ``/`` and ``/readyz``."""
+    response = http_request(port_of(any_server), UPGRADE.replace(b"GET / ", b"GET " + path + b" ", 1) + b"\r\n")
+    assert status_line(response) == b"HTTP/1.1 404 Not Found"
+
+
 def test_upgrade_has_no_extensions_or_subprotocol(any_server):
     offered = b"Sec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
     response = http_request(port_of(any_server), UPGRADE + offered)

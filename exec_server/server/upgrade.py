@@ -127,6 +127,9 @@ class RequestHandler(WSGIRequestHandler):
                 return False
         finally:
             self.rfile = rfile
+        target = self.requestline.split()[1:2]
+        if target and target[0].startswith("//"):  # http.server made it "/..." (gh-87389): kept, for its 404
+            self.path = target[0]
         try:
             urlsplit(self.path)  # what werkzeug's make_environ does first, outside any error handling
         except ValueError:  # "http://[::1/": a 400 with a status line, not a traceback and no answer
@@ -190,6 +193,16 @@ def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
             for key in _HANDSHAKE_HEADERS if key in environ]
 
 
+def _request_path(environ) -> str:
+    """The request's path: werkzeug's ``PATH_INFO``, but the raw target's for one that begins with ``//``,
+    which werkzeug reads as an authority and http.server makes ``/...`` (``//`` would be ``/``, ``//readyz``
+    ``/readyz``); the reference answers it 404."""
+    raw = environ.get("RAW_URI") or ""
+    if raw.startswith("//"):
+        return raw.split("?", 1)[0]
+    return environ.get("PATH_INFO") or "/"
+
+
 class WebSocketApp:
     """The WSGI application of the server (``/`` and ``/readyz``).
 
@@ -210,7 +223,7 @@ class WebSocketApp:
         self._reserved = 0
 
     def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO") or "/"
+        path = _request_path(environ)
         if environ.get(_ENVIRON_NO_VERSION):  # HTTP/0.9 is not served (nor by the reference)
             return _plain(start_response, "400 Bad Request")
         if "HTTP_ORIGIN" in environ:
