@@ -655,3 +655,29 @@ def test_a_program_the_kernel_cannot_execute_fails_its_start_as_execve_says(conf
     finally:
         if mode == "reference":
             running.stop()
+
+
+@pytest.mark.parametrize("mode", ["isolate", "inherit", pytest.param("reference", marks=pytest.mark.reference)])
+def test_an_executable_fifo_fails_its_start_at_once(configured_server, connect, tmp_path, mode):
+    """execve refuses a file that is not regular (EACCES); reading the start of an executable FIFO to judge it
+    would have waited for a writer for good."""
+    from conftest import reference_binary, start_reference
+
+    if mode == "reference" and reference_binary() is None:
+        pytest.skip("the reference server is not installed")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fifo.chmod(0o755)
+    if mode == "reference":
+        (tmp_path / "home").mkdir()
+        running = start_reference(str(tmp_path / "home"))
+    else:
+        running = configured_server(pid_namespace=mode)
+    try:
+        peer = connect(running.url)
+        peer.initialize()
+        reply = peer.request("process/start", start_params("p", [str(fifo)]), timeout=10)
+        assert reply.get("error") == {"code": -32603, "message": "Permission denied (os error 13)"}, reply
+    finally:
+        if mode == "reference":
+            running.stop()

@@ -9,6 +9,7 @@ watch` and :mod:`~exec_server.server.process.output`.
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -192,7 +193,11 @@ def _check_executable(path: str, depth: int = 0) -> None:
     """
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular or not os.access(path, os.X_OK):  # a directory, FIFO or device: EACCES, and never opened
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     try:
         with open(path, "rb") as handle:
