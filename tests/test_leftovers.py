@@ -70,8 +70,9 @@ def test_a_forgotten_commands_background_job_dies_with_its_session(configured_se
     assert job.is_running()  # a job may outlive its command (README "Process containment")
     peer.close()
     if end == "eviction":  # the only session slot goes to a new client: the detached, idle session ends
-        other = connect(running.url)
-        other.initialize()
+        # once the server has seen the close: until then the session is attached, and the slot is taken
+        wait_until(lambda: "result" in connect(running.url).request("initialize", {"clientName": "t"}),
+                   timeout=10, interval=0.05)
     elif end == "shutdown":
         running.stop()
     wait_until(lambda: not marked(token), timeout=10)
