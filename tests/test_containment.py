@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any, Dict, List
 
 import psutil
 import pytest
@@ -618,6 +619,36 @@ def test_at_its_orderly_end_an_inherit_mode_server_kills_the_orphans_no_marker_s
             daemon.kill()
 
 
+MODES = ["isolate", "inherit", pytest.param("reference", marks=pytest.mark.reference)]
+
+
+@pytest.fixture
+def start_of(configured_server, connect, tmp_path):
+    """``start_of(mode, argv)`` -> the answer to a ``process/start`` of ``argv`` on ours in that pid-namespace
+    mode, or on the reference (started for it, stopped at teardown)."""
+    from conftest import reference_binary, start_reference
+
+    references = []
+
+    def answer(mode: str, argv: List[str]) -> Dict[str, Any]:
+        if mode == "reference":
+            if reference_binary() is None:
+                pytest.skip("the reference server is not installed")
+            home = tmp_path / ("home%d" % len(references))
+            home.mkdir()
+            references.append(start_reference(str(home)))
+            running = references[-1]
+        else:
+            running = configured_server(pid_namespace=mode)
+        peer = connect(running.url)
+        peer.initialize()
+        return peer.request("process/start", start_params("p", argv), timeout=10)
+
+    yield answer
+    for running in references:
+        running.stop()
+
+
 BAD_PROGRAMS = {  # file content -> what execve says of it
     "#!/nonexistent/interpreter\n": "No such file or directory (os error 2)",
     "\x7fELF short": "Exec format error (os error 8)",
@@ -627,57 +658,26 @@ BAD_PROGRAMS = {  # file content -> what execve says of it
 
 
 @pytest.mark.parametrize("content", list(BAD_PROGRAMS), ids=["missing-interpreter", "short-elf", "text", "empty"])
-@pytest.mark.parametrize("mode", ["isolate", "inherit", pytest.param("reference", marks=pytest.mark.reference)])
-def test_a_program_the_kernel_cannot_execute_fails_its_start_as_execve_says(configured_server, connect, tmp_path,
-                                                                            content, mode):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_program_the_kernel_cannot_execute_fails_its_start_as_execve_says(start_of, tmp_path, content, mode):
     """Under isolate, the chain's last execvp ran an executable text file with /bin/sh (its lines as commands),
     and a missing interpreter or a bad binary started and exited 127: a start the reference (and inherit) fails
     with -32603 and the OS text."""
-    from conftest import reference_binary, start_reference
-
-    if mode == "reference" and reference_binary() is None:
-        pytest.skip("the reference server is not installed")
     program, ran = tmp_path / "program", tmp_path / "ran"
     program.write_text(content.format(ran=ran), encoding="latin-1")
     program.chmod(0o755)
-    if mode == "reference":
-        (tmp_path / "home").mkdir()
-        running = start_reference(str(tmp_path / "home"))
-    else:
-        running = configured_server(pid_namespace=mode)
-    try:
-        peer = connect(running.url)
-        peer.initialize()
-        reply = peer.request("process/start", start_params("p", [str(program)]))
-        assert reply.get("error") == {"code": -32603, "message": BAD_PROGRAMS[content]}, reply
-        time.sleep(0.3)
-        assert not ran.exists()
-    finally:
-        if mode == "reference":
-            running.stop()
+    reply = start_of(mode, [str(program)])
+    assert reply.get("error") == {"code": -32603, "message": BAD_PROGRAMS[content]}, reply
+    time.sleep(0.3)
+    assert not ran.exists()
 
 
-@pytest.mark.parametrize("mode", ["isolate", "inherit", pytest.param("reference", marks=pytest.mark.reference)])
-def test_an_executable_fifo_fails_its_start_at_once(configured_server, connect, tmp_path, mode):
+@pytest.mark.parametrize("mode", MODES)
+def test_an_executable_fifo_fails_its_start_at_once(start_of, tmp_path, mode):
     """execve refuses a file that is not regular (EACCES); reading the start of an executable FIFO to judge it
     would have waited for a writer for good."""
-    from conftest import reference_binary, start_reference
-
-    if mode == "reference" and reference_binary() is None:
-        pytest.skip("the reference server is not installed")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     fifo.chmod(0o755)
-    if mode == "reference":
-        (tmp_path / "home").mkdir()
-        running = start_reference(str(tmp_path / "home"))
-    else:
-        running = configured_server(pid_namespace=mode)
-    try:
-        peer = connect(running.url)
-        peer.initialize()
-        reply = peer.request("process/start", start_params("p", [str(fifo)]), timeout=10)
-        assert reply.get("error") == {"code": -32603, "message": "Permission denied (os error 13)"}, reply
-    finally:
-        if mode == "reference":
-            running.stop()
+    reply = start_of(mode, [str(fifo)])
+    assert reply.get("error") == {"code": -32603, "message": "Permission denied (os error 13)"}, reply
