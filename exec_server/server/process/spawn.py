@@ -191,13 +191,11 @@ def _check_executable(path: str, depth: int = 0) -> None:
     unless binfmt_misc has formats registered (the kernel may run it).  An
     executable that cannot be read is left to the kernel.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        regular = False
-    if not regular or not os.access(path, os.X_OK):  # a directory, FIFO or device: EACCES, and never opened
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, a dangling link, a loop
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+    if not stat.S_ISREG(mode) or not os.access(path, os.X_OK):  # a directory, FIFO or device: never opened
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     try:
         with open(path, "rb") as handle:
