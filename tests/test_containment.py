@@ -654,10 +654,12 @@ BAD_PROGRAMS = {  # file content -> what execve says of it
     "\x7fELF short": "Exec format error (os error 8)",
     "touch {ran}\n": "Exec format error (os error 8)",  # no #!: execvp's fallback ran it with /bin/sh
     "": "Exec format error (os error 8)",
+    "#!/bin/sh\r\ntouch {ran}\r\n": "No such file or directory (os error 2)",  # the interpreter is "/bin/sh\r"
 }
 
 
-@pytest.mark.parametrize("content", list(BAD_PROGRAMS), ids=["missing-interpreter", "short-elf", "text", "empty"])
+@pytest.mark.parametrize("content", list(BAD_PROGRAMS),
+                         ids=["missing-interpreter", "short-elf", "text", "empty", "crlf"])
 @pytest.mark.parametrize("mode", MODES)
 def test_a_program_the_kernel_cannot_execute_fails_its_start_as_execve_says(start_of, tmp_path, content, mode):
     """Under isolate, the chain's last execvp ran an executable text file with /bin/sh (its lines as commands),

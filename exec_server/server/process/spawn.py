@@ -205,7 +205,8 @@ def _check_executable(path: str, depth: int = 0) -> None:
     if head.startswith(b"\x7fELF") and len(head) >= ELF32_HEADER_BYTES and head[4] in (1, 2):  # 32 or 64 bits
         return
     if head.startswith(b"#!"):
-        words = head[2:].split(b"\n", 1)[0].replace(b"\t", b" ").split()
+        line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0]
+        words = [word for word in line.replace(b"\t", b" ").split(b" ") if word]  # as the kernel: "\r" is kept
         if not words:
             raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
         interpreter = os.fsdecode(words[0])
