@@ -228,13 +228,16 @@ def _junk(count: int, value: str = "0") -> str:
 def test_a_request_of_more_json_values_than_the_limit_is_refused_undecoded(server, connect):
     """Decoded, each ``[],`` became ~64 bytes of objects (16 MiB of them: ~420 MiB more, 120 MiB: 3.3 GiB) and
     the decode held every other connection: now a request that may hold more than MAX_REQUEST_VALUES is refused
-    (-32600, id -1) before it is decoded, and the connection goes on; one within it is decoded and answered."""
+    (-32600) before it is decoded, and the connection goes on; one within it is decoded and answered."""
     from exec_server.protocol.jsonrpc import MAX_REQUEST_VALUES
 
     assert MAX_REQUEST_VALUES == 1_000_000
     peer = connect(server.url)
     peer.initialize()
-    error = parse_error(peer, _junk(MAX_REQUEST_VALUES - 5))  # 6 commas, brackets and braces around them, + 1
+    peer.send(_junk(MAX_REQUEST_VALUES - 5))  # 6 commas, brackets and braces around them, + 1
+    refusal = peer.wait_for(lambda m: m.get("id") == 5, timeout=30)  # its id, read undecoded at its start
+    peer.received.remove(refusal)
+    error = refusal["error"]
     assert error["code"] == -32600 and error["message"].startswith(PREFIX)
     assert error["message"].endswith(": a message of more than 1000000 commas, brackets and braces is refused "
                                      "(MAX_REQUEST_VALUES)")
@@ -270,3 +273,20 @@ def test_a_request_of_many_tiny_values_does_not_blow_up_the_servers_memory():
         child.stdin.close()
         child.wait(30)
         child.stdout.close()
+
+
+def test_a_request_refused_past_the_value_limit_is_answered_with_its_id(server):
+    """Commas inside strings count too: a start with ~1 MiB of commas in its arguments was refused with id -1,
+    so the client waited for its answer to the end of its timeout (70 s); the refusal names the request's id now,
+    and the call fails at once."""
+    import time
+
+    from exec_server import Client, RpcError
+
+    with Client.connect(server.url, timeout=10) as client:
+        began = time.monotonic()
+        with pytest.raises(RpcError) as refused:
+            client.start(["true"] + ["," * 131000] * 8, timeout=60)
+        assert time.monotonic() - began < 20
+        assert refused.value.code == -32600 and "(MAX_REQUEST_VALUES)" in refused.value.message
+        assert client.run(["echo", "ok"], timeout=30).stdout == b"ok\n"  # the connection goes on

@@ -68,12 +68,16 @@ class EnvelopeError(Exception):
     """The text is not a usable JSON-RPC message.
 
     ``description`` is the text that follows the transport's prefix in the
-    -32600 reply (PROTOCOL.md 2.2), e.g. ``expected a JSON-RPC object``.
+    -32600 reply (PROTOCOL.md 2.2), e.g. ``expected a JSON-RPC object``;
+    ``request_id`` the reply's id: :data:`UNKNOWN_ID` (-1), but the request's
+    own for one refused unread past ``MAX_REQUEST_VALUES`` (its caller would
+    wait for an answer to the end of its timeout).
     """
 
-    def __init__(self, description: str):
+    def __init__(self, description: str, request_id: "RequestId" = UNKNOWN_ID):
         super().__init__(description)
         self.description = description
+        self.request_id = request_id
 
 
 _ID_ERROR = "data did not match any variant of untagged enum RequestId"
@@ -239,7 +243,7 @@ def parse_message(text: Union[str, bytes, bytearray], max_values: Optional[int] 
     """
     if max_values is not None and len(text) > max_values and _values_at_most(text) > max_values:
         raise EnvelopeError("a message of more than %d commas, brackets and braces is refused (MAX_REQUEST_VALUES)"
-                            % max_values)
+                            % max_values, _leading_id(text))
     try:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8")
@@ -285,6 +289,25 @@ def parse_message(text: Union[str, bytes, bytearray], max_values: Optional[int] 
         return Response(data["id"], data["result"])
     # serde's untagged decoding ends with the error-response variant
     raise EnvelopeError("missing field `error`")
+
+
+#: Characters :func:`_leading_id` reads at the start of a message.
+LEADING_ID_CHARS = 512
+_LEADING_ID = re.compile(r'\A\s*\{\s*"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")\s*,')
+
+
+def _leading_id(text: Union[str, bytes, bytearray]) -> "RequestId":
+    """The id of a message whose first member it is (a request in the reference's order, and our client's),
+    read in its first :data:`LEADING_ID_CHARS` characters, undecoded; :data:`UNKNOWN_ID` if there is none."""
+    head = text[:LEADING_ID_CHARS]
+    if not isinstance(head, str):
+        head = bytes(head).decode("utf-8", "replace")
+    match = _LEADING_ID.match(head)
+    try:
+        request_id = json.loads(match.group(1)) if match else None
+    except ValueError:
+        return UNKNOWN_ID
+    return request_id if _is_valid_id(request_id) else UNKNOWN_ID
 
 
 #: The id of an object whose first member (our responses' form) or last member (our error responses') it is.

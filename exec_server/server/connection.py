@@ -27,7 +27,7 @@ from exec_server.server.handlers import RequestContext
 from exec_server.protocol.errors import (InternalError, InvalidRequest, MethodNotFound, ProtocolViolation, RpcError,
                                          ServerOverloaded)
 from exec_server.protocol.handshake import Handshake
-from exec_server.protocol.jsonrpc import (MAX_REQUEST_VALUES, UNKNOWN_ID, EnvelopeError, ErrorResponse, Notification,
+from exec_server.protocol.jsonrpc import (MAX_REQUEST_VALUES, EnvelopeError, ErrorResponse, Notification,
                                           Request, Response, encode, encode_reply, error_response, parse_message,
                                           utf8_size)
 from exec_server.protocol.wire import RawJson, Send
@@ -139,7 +139,7 @@ class RpcConnection:
         try:
             message = parse_message(text, MAX_REQUEST_VALUES)
         except EnvelopeError as exc:
-            self._write(encode(error_response(UNKNOWN_ID, InvalidRequest(self._prefix + exc.description))))
+            self._write(encode(error_response(exc.request_id, InvalidRequest(self._prefix + exc.description))))
             return
         if isinstance(message, Notification):
             self._handle_notification(message)
