@@ -649,17 +649,32 @@ def start_of(configured_server, connect, tmp_path):
         running.stop()
 
 
+def _elf_header(machine: int, elf_type: int) -> str:
+    """A 64-bit little-endian ELF header (as latin-1 text) of that machine and type, nothing after it."""
+    header = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + elf_type.to_bytes(2, "little") + machine.to_bytes(2, "little")
+    return (header + b"\0" * (64 - len(header))).decode("latin-1")
+
+
+HOST_MACHINE = {"x86_64": 62, "aarch64": 183}.get(os.uname().machine, 62)
+FOREIGN_ELF = _elf_header(183 if HOST_MACHINE == 62 else 62, 2)  # an executable of another machine
+OBJECT_ELF = _elf_header(HOST_MACHINE, 1)  # a relocatable object (.o) of this one
+
 BAD_PROGRAMS = {  # file content -> what execve says of it
     "#!/nonexistent/interpreter\n": "No such file or directory (os error 2)",
     "\x7fELF short": "Exec format error (os error 8)",
     "touch {ran}\n": "Exec format error (os error 8)",  # no #!: execvp's fallback ran it with /bin/sh
     "": "Exec format error (os error 8)",
     "#!/bin/sh\r\ntouch {ran}\r\n": "No such file or directory (os error 2)",  # the interpreter is "/bin/sh\r"
+    "#!nosuch/interpreter\n": "No such file or directory (os error 2)",  # relative: from the working directory
+    "#!/" + "x" * 300: "Exec format error (os error 8)",  # the interpreter's name cut off by the kernel's buffer
+    FOREIGN_ELF + "\ntouch {ran}\n": "Exec format error (os error 8)",  # passed as ELF, then ran under sh
+    OBJECT_ELF + "\ntouch {ran}\n": "Exec format error (os error 8)",
 }
 
 
 @pytest.mark.parametrize("content", list(BAD_PROGRAMS),
-                         ids=["missing-interpreter", "short-elf", "text", "empty", "crlf"])
+                         ids=["missing-interpreter", "short-elf", "text", "empty", "crlf", "relative-interpreter",
+                              "cut-interpreter", "foreign-elf", "object-elf"])
 @pytest.mark.parametrize("mode", MODES)
 def test_a_program_the_kernel_cannot_execute_fails_its_start_as_execve_says(start_of, tmp_path, content, mode):
     """Under isolate, the chain's last execvp ran an executable text file with /bin/sh (its lines as commands),

@@ -9,14 +9,13 @@ watch` and :mod:`~exec_server.server.process.output`.
 import errno
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from exec_server.common import tree
-from exec_server.server.process import contain
+from exec_server.server.process import contain, exec_check
 from exec_server.protocol.errors import InternalError, os_error_message
 
 IS_WINDOWS = sys.platform.startswith("win")
@@ -134,7 +133,7 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
             args = list(wrapper) + [executable] + list(argv[1:])
             executable = wrapper[0]
         elif prefix:
-            _check_executable(os.path.join(cwd, executable))  # the init's exec failure would be an exit code
+            exec_check.check_executable(executable, cwd)  # the chain's execvp would run it with sh, or exit 127
             if arg0 is not None or ("=" in argv[0] and contain.ends_unmarked(prefix)):  # env would set a=b
                 program = contain.arg0_shim(executable, argv[0] if arg0 is None else arg0, env.get("LC_CTYPE"))
             else:  # the init's execvp finds the same file in the child's PATH; argv[0] stays as given
@@ -165,67 +164,6 @@ def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_
     # raised outside the handler: the error keeps no context, whose traceback would hold this request's
     # frames (its argv and env) until a full garbage collection
     raise InternalError(message)
-
-
-#: Bytes of a file's start the kernel reads to choose how to run it (``BINPRM_BUF_SIZE``).
-EXEC_HEADER_BYTES = 256
-#: Script interpreters the kernel follows in a row (``#!`` naming a script...: ``BINPRM_MAX_RECURSION``).
-MAX_INTERPRETER_DEPTH = 4
-#: The smallest ELF header (32-bit); a shorter file is not one the kernel's ELF loader takes.
-ELF32_HEADER_BYTES = 52
-#: Where binfmt_misc lists the formats registered beside ELF and ``#!``.
-BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
-
-
-def _check_executable(path: str, depth: int = 0) -> None:
-    """Raise the OSError ``execve`` would give for ``path`` (ENOENT, EACCES, ENOEXEC), before a wrapper hides it.
-
-    The containment chain's last step starts the program with ``execvp``,
-    which runs a file the kernel refuses as ENOEXEC with ``/bin/sh`` (an
-    executable data file's lines would run as commands) and tells a ``#!``
-    naming a missing interpreter as exit 127: so the start of the file is
-    read as the kernel reads it (:data:`EXEC_HEADER_BYTES`).  ELF files (a
-    whole header of 32 or 64 bits; the machine is the kernel's to judge, a
-    foreign one may have a binfmt_misc emulator) and ``#!`` files pass (the
-    interpreter checked the same way); any other is ENOEXEC
-    unless binfmt_misc has formats registered (the kernel may run it).  An
-    executable that cannot be read is left to the kernel.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:  # missing, a dangling link, a loop
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-    if not stat.S_ISREG(mode) or not os.access(path, os.X_OK):  # a directory, FIFO or device: never opened
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(EXEC_HEADER_BYTES)
-    except OSError:
-        return
-    if head.startswith(b"\x7fELF") and len(head) >= ELF32_HEADER_BYTES and head[4] in (1, 2):  # 32 or 64 bits
-        return
-    if head.startswith(b"#!"):
-        line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0]
-        words = [word for word in line.replace(b"\t", b" ").split(b" ") if word]  # as the kernel: "\r" is kept
-        if not words:
-            raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
-        interpreter = os.fsdecode(words[0])
-        if os.path.isabs(interpreter) and depth < MAX_INTERPRETER_DEPTH:
-            try:
-                _check_executable(interpreter, depth + 1)
-            except OSError as refused:  # as the kernel: the error of the interpreter, the script's path
-                raise OSError(refused.errno, refused.strerror, path) from None
-        return
-    if not _binfmt_misc_formats():
-        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
-
-
-def _binfmt_misc_formats() -> bool:
-    """Whether binfmt_misc has formats registered (False where it is not mounted: none can be seen)."""
-    try:
-        return any(name not in ("register", "status") for name in os.listdir(BINFMT_MISC))
-    except OSError:
-        return False
 
 
 def _group_options() -> Dict[str, Any]:
