@@ -10,11 +10,10 @@ reads the start of the file as the kernel's loaders do (Linux
 """
 
 import errno
-import functools
 import os
 import stat
 import sys
-from typing import FrozenSet, Optional, Tuple
+from typing import Optional
 
 #: Bytes of a file's start the kernel reads to choose how to run it (``BINPRM_BUF_SIZE``).
 EXEC_HEADER_BYTES = 256
@@ -24,8 +23,10 @@ MAX_INTERPRETER_DEPTH = 4
 ELF32_HEADER_BYTES = 52
 #: ELF ``e_type`` values the loader runs: an executable, a position-independent one (or a shared object).
 ELF_RUNNABLE_TYPES = (2, 3)
-#: ELF ``e_machine`` values a host's kernel may run beside its own: i386 on x86-64, 32-bit ARM on AArch64.
-ELF_COMPAT_MACHINES = {62: (3,), 183: (40,)}
+#: ELF ``e_machine`` values a kernel runs natively, by ``os.uname().machine`` (its own and its compat
+#: modes: i386 on x86-64, 32-bit ARM on AArch64); another machine's ELF file needs binfmt_misc.
+ELF_MACHINES = {"x86_64": (62, 3), "aarch64": (183, 40), "arm64": (183, 40), "i386": (3,), "i686": (3,),
+                "armv7l": (40,), "ppc64le": (21,), "ppc64": (21, 20), "s390x": (22,), "riscv64": (243,)}
 #: Where binfmt_misc lists the formats registered beside ELF and ``#!``.
 BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 
@@ -87,31 +88,14 @@ def _interpreter(head: bytes) -> Optional[bytes]:
 
 def _runnable_elf(head: bytes) -> bool:
     """Whether ``head`` starts an ELF file this host's loader runs: a whole header, a runnable type, this host's
-    byte order and machine (or one it runs beside it)."""
+    byte order and one of its machines (any, on a machine :data:`ELF_MACHINES` does not know)."""
     if not head.startswith(b"\x7fELF") or len(head) < ELF32_HEADER_BYTES or head[4] not in (1, 2):
         return False
-    host = _host_elf()
-    order = "little" if head[5] == 1 else "big"
-    if head[5] not in (1, 2) or int.from_bytes(head[16:18], order) not in ELF_RUNNABLE_TYPES:
+    if head[5] != (1 if sys.byteorder == "little" else 2):
         return False
-    if host is None:  # this interpreter is no ELF file we can read: the machine is the kernel's to judge
-        return True
-    machine = int.from_bytes(head[18:20], order)
-    return head[5] == host[0] and machine in host[1]
-
-
-@functools.lru_cache(maxsize=1)
-def _host_elf() -> Optional[Tuple[int, FrozenSet[int]]]:
-    """(byte order, machines it runs) of this host, read from the interpreter's own ELF header; None if unread."""
-    try:
-        with open(os.path.realpath(sys.executable), "rb") as handle:
-            head = handle.read(ELF32_HEADER_BYTES)
-    except OSError:
-        return None
-    if not head.startswith(b"\x7fELF") or len(head) < ELF32_HEADER_BYTES or head[5] not in (1, 2):
-        return None
-    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
-    return head[5], frozenset((machine,) + ELF_COMPAT_MACHINES.get(machine, ()))
+    elf_type, machine = int.from_bytes(head[16:18], sys.byteorder), int.from_bytes(head[18:20], sys.byteorder)
+    machines = ELF_MACHINES.get(os.uname().machine)
+    return elf_type in ELF_RUNNABLE_TYPES and (machines is None or machine in machines)
 
 
 def _binfmt_misc_formats() -> bool:
