@@ -522,3 +522,21 @@ def test_leaving_the_with_block_of_a_closed_process_whose_output_was_not_read_do
         began = time.monotonic()
         process.__exit__(None, None, None)
         assert time.monotonic() - began < 4.0  # not the 5 s wait for a publication that never comes
+
+
+def test_a_refill_keeps_the_limit_when_live_events_were_held_meanwhile():
+    """Live events that came during a refill read are held (out of order) while the read fills the gap; the read
+    was then added on top of them, up to twice ``max_buffered_output`` (CI met it: a Group's process buffered
+    past its 128 KiB while its events waited).  Now the held events go, to be read again, when the read's
+    would pass the limit."""
+    buffer = EventBuffer(limit=100)
+    assert buffer.add(out(1, 60)) is False and buffer.add(out(2, 60)) is False  # 120 > 100: dropping
+    assert buffer.dropping and buffer.buffered == 60
+    buffer.pop()  # the consumer took seq 1, then refills from seq 1
+    assert buffer.begin_refill() == 1 and not buffer.dropping
+    buffer.add(out(4, 50))  # live, held: seq 2 and 3 are missing
+    buffer.add(out(5, 40))
+    assert buffer.buffered == 90
+    buffer.end_refill([out(2, 60), out(3, 30)], returned_output=True)  # the read: 90 more
+    assert buffer.buffered <= 100  # was 180
+    assert [event.seq for event in buffer.events] == [2, 3] and buffer.refill  # 4 and 5: read again

@@ -162,6 +162,10 @@ class EventBuffer:
         Returns whether this call published ``closed``.
         """
         before = self.last_seq
+        events = list(events)
+        if self.limit is not None and self._held and self.buffered + sum(
+                _size(event) for event in events if event.seq > self.last_seq) > self.limit:
+            self._start_dropping()  # the live events held meanwhile go, and are read again: the limit holds
         ended = False
         for event in events:
             ended = self.add(event, bounded=False) or ended
