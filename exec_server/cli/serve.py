@@ -37,8 +37,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.listen in STDIO_LISTEN:
         from exec_server.server.stdio import closed_channels, serve_stdio
 
-        if closed_channels():  # the protocol's channels: nothing to serve on
-            _error("exec-server: cannot listen: %s closed (--listen stdio)" % " and ".join(closed_channels()))
+        closed = closed_channels()
+        if closed:  # the protocol's channels: nothing to serve on
+            _error("exec-server: cannot listen: %s closed (--listen stdio)" % " and ".join(closed))
             return 1
         status = serve_stdio(config)
         _exit_if_stuck(EXIT_THREAD_WAIT)

@@ -293,7 +293,9 @@ def parse_message(text: Union[str, bytes, bytearray], max_values: Optional[int] 
 
 #: Characters :func:`_leading_id` reads at the start of a message.
 LEADING_ID_CHARS = 512
-_LEADING_ID = re.compile(r'\A\s*\{\s*"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")\s*,')
+_ID_VALUE = r'(-?[0-9]+|"(?:[^"\\]|\\.)*")'
+_LEADING_ID_PATTERN = r'\A\s*\{\s*"id"\s*:\s*' + _ID_VALUE + r'\s*,'
+_LEADING_ID = re.compile(_LEADING_ID_PATTERN)
 
 
 def _leading_id(text: Union[str, bytes, bytearray]) -> "RequestId":
@@ -311,8 +313,7 @@ def _leading_id(text: Union[str, bytes, bytearray]) -> "RequestId":
 
 
 #: The id of an object whose first member (our responses' form) or last member (our error responses') it is.
-_EDGE_ID = re.compile(r'\A\s*\{\s*"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")\s*,'
-                      r'|,\s*"id"\s*:\s*(-?[0-9]+|"(?:[^"\\]|\\.)*")\s*\}\s*\Z')
+_EDGE_ID = re.compile(_LEADING_ID_PATTERN + r'|,\s*"id"\s*:\s*' + _ID_VALUE + r'\s*\}\s*\Z')
 
 
 def answer_id(text: Union[str, bytes, bytearray]) -> Optional[RequestId]:

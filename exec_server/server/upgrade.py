@@ -129,7 +129,7 @@ class RequestHandler(WSGIRequestHandler):
             self.rfile = rfile
         target = self.requestline.split()[1:2]
         if target and target[0].startswith("//"):  # http.server made it "/..." (gh-87389): kept, for its 404
-            self.path = target[0]
+            self.path = target[0]  # (and made PATH_INFO again by make_environ)
         try:
             urlsplit(self.path)  # what werkzeug's make_environ does first, outside any error handling
         except ValueError:  # "http://[::1/": a 400 with a status line, not a traceback and no answer
@@ -152,6 +152,8 @@ class RequestHandler(WSGIRequestHandler):
     def make_environ(self):
         environ = super().make_environ()
         environ[_ENVIRON_HANDLER] = self
+        if self.path.startswith("//"):  # werkzeug read the target kept by parse_request as an authority
+            environ["PATH_INFO"] = self.path.split("?", 1)[0]  # "//readyz" is not "/readyz": the reference's 404
         # every Authorization header in order (the environ joins repeated ones with commas)
         environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
         if not self.request_version.startswith("HTTP/1."):
@@ -193,16 +195,6 @@ def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
             for key in _HANDSHAKE_HEADERS if key in environ]
 
 
-def _request_path(environ) -> str:
-    """The request's path: werkzeug's ``PATH_INFO``, but the raw target's for one that begins with ``//``,
-    which werkzeug reads as an authority and http.server makes ``/...`` (``//`` would be ``/``, ``//readyz``
-    ``/readyz``); the reference answers it 404."""
-    raw = environ.get("RAW_URI") or ""
-    if raw.startswith("//"):
-        return raw.split("?", 1)[0]
-    return environ.get("PATH_INFO") or "/"
-
-
 class WebSocketApp:
     """The WSGI application of the server (``/`` and ``/readyz``).
 
@@ -223,7 +215,7 @@ class WebSocketApp:
         self._reserved = 0
 
     def __call__(self, environ, start_response):
-        path = _request_path(environ)
+        path = environ.get("PATH_INFO") or "/"
         if environ.get(_ENVIRON_NO_VERSION):  # HTTP/0.9 is not served (nor by the reference)
             return _plain(start_response, "400 Bad Request")
         if "HTTP_ORIGIN" in environ:

@@ -10,6 +10,7 @@ reads the start of the file as the kernel's loaders do (Linux
 """
 
 import errno
+import functools
 import os
 import stat
 import sys
@@ -94,8 +95,14 @@ def _runnable_elf(head: bytes) -> bool:
     if head[5] != (1 if sys.byteorder == "little" else 2):
         return False
     elf_type, machine = int.from_bytes(head[16:18], sys.byteorder), int.from_bytes(head[18:20], sys.byteorder)
-    machines = ELF_MACHINES.get(os.uname().machine)
+    machines = ELF_MACHINES.get(_kernel_machine())
     return elf_type in ELF_RUNNABLE_TYPES and (machines is None or machine in machines)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_machine() -> str:
+    """This kernel's ``os.uname().machine``, read once: it does not change while the server runs."""
+    return os.uname().machine
 
 
 def _binfmt_misc_formats() -> bool:
