@@ -189,3 +189,27 @@ def test_a_read_wait_the_protocol_cannot_carry_is_refused_before_it_is_sent(serv
             process.read(wait=1e300)
         result = process.read(wait=1e16)  # within the protocol's range (317 million years): answered at once
         assert base64.b64decode(result["chunks"][0]["chunk"]) == b"hi\n" and result["closed"]
+
+
+def test_a_request_json_cannot_carry_is_refused_before_it_is_sent(server):
+    """NaN and infinity went out as ``NaN``/``Infinity`` (not JSON), ``call(None)`` as ``"method":null``: the
+    server answers such a text with id -1, which no call waits for, so the caller waited its whole timeout
+    (forever with None).  Each is raised at once now, and the connection goes on."""
+    with Client.connect(server.url, timeout=10) as client:
+        process = client.start(["sleep", "30"], tty=True)
+        begun = time.monotonic()
+        for call in (lambda: process.read(0, max_bytes=float("nan"), timeout=None),
+                     lambda: process.read(float("inf"), timeout=None),
+                     lambda: process.resize(float("nan"), 80, timeout=None),
+                     lambda: client.call("process/read", {"processId": process.process_id,
+                                                          "afterSeq": float("-inf")}, timeout=None)):
+            with pytest.raises(ValueError, match="JSON"):
+                call()
+        with pytest.raises(TypeError, match="^method must be a str, not NoneType$"):
+            client.call(None, timeout=None)
+        with pytest.raises(TypeError, match="^method must be a str, not int$"):
+            client.notify(5)
+        assert time.monotonic() - begun < 5  # was: each waited its timeout (here forever)
+        assert client.run(["echo", "still"], timeout=10).stdout == b"still\n"
+        process.kill()
+        process.wait(timeout=10)

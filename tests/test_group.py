@@ -408,3 +408,34 @@ def test_a_group_does_not_keep_the_output_of_every_start_its_caller_dropped(serv
         assert all(ref() is None for ref in dropped)  # was: all five, with their 5 MB of queued output
         assert [tagged.event.data for tagged in held.events(timeout=10)
                 if isinstance(tagged.event, OutputEvent)] == [b"kept\n"]  # one still held keeps its events
+
+
+def test_a_lone_string_or_path_is_the_program_alone_on_every_host(servers, tmp_path):
+    urls = [s.url for s in servers(2)]
+    script = tmp_path / "prog"
+    script.write_text("#!/bin/sh\necho ran \"$#\"\n")
+    script.chmod(0o755)
+    with Group(urls) as group:
+        for argv in (str(script), script):
+            result = group.run(argv, timeout=30)
+            assert [result[url].stdout for url in urls] == [b"ran 0\n"] * 2  # was: a program named "/"
+            assert result[urls[0]].args == [str(script)]
+        with group.start(str(script)) as running:
+            assert running.errors == {} and running.args == [str(script)]
+            assert dict(running.wait(timeout=30)) == {url: 0 for url in urls}
+        for bad, error in (([], ValueError), ([None], TypeError), ([b"\xff"], TypeError)):
+            with pytest.raises(error):
+                group.run(bad)
+            with pytest.raises(error):
+                group.start(bad)
+
+
+def test_a_groups_own_argument_mistakes_are_raised_once_not_as_each_hosts_error(servers):
+    url = servers(1)[0].url
+    for kwargs, error in ((dict(timeout=float("nan")), ValueError), (dict(timeout=-1), ValueError),
+                          (dict(max_workers=1.5), TypeError), (dict(max_workers=0), ValueError)):
+        with pytest.raises(error):
+            Group([url], **kwargs)
+    for hosts in ([None], [5], [(5, "token")], {"a": None}, [()]):
+        with pytest.raises((TypeError, ValueError)):
+            Group(hosts)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from exec_server.client.api import Client
+from exec_server.client.interfaces import command_argv
 from exec_server.client.interfaces import seconds as _seconds
 from exec_server.client.group_events import GroupProcesses, HostEvent  # noqa: F401
 from exec_server.client.recovery import ReconnectPolicy
@@ -109,15 +110,21 @@ class Group:
     A host that cannot connect keeps its exception (:attr:`errors`), which
     becomes its result in every later operation.
     Raises:
-        ValueError: no hosts, a name given twice, or ``max_workers`` < 1.
+        ValueError: no hosts, a name given twice, ``max_workers`` < 1, or
+            ``timeout`` negative or NaN (once: not each host's connect error).
+        TypeError: a host that is not a URL (str), a ``(url, token)`` pair
+            or a Client; ``max_workers`` not an int.
     """
 
     def __init__(self, hosts: Union[Sequence[HostSpec], Mapping[str, HostSpec]], *,
                  max_workers: int = DEFAULT_MAX_WORKERS, timeout: Optional[float] = 10.0, token: Token = None,
                  ssl_context=None, client_name: str = "exec-server-group",
                  reconnect: Optional[ReconnectPolicy] = ReconnectPolicy()):
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError("max_workers must be an int, not %r" % (max_workers,))
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
+        _seconds(timeout)  # an argument mistake is the caller's, not each host's connect error
         specs = _named(hosts)
         self.hosts: List[str] = list(specs)
         self.max_workers = max_workers
@@ -156,7 +163,7 @@ class Group:
 
         def work(host: str, spec: HostSpec) -> None:
             try:
-                value, _seconds = _timed(connect, spec)
+                value, _taken = _timed(connect, spec)
             finally:
                 slots.release()
             with done:
@@ -218,9 +225,11 @@ class Group:
             check: raise :class:`GroupError` (carrying every result) when a
                 host failed; otherwise failures are results, never raised.
         Raises:
-            ValueError: ``timeout`` is negative or NaN (once, before any host runs anything).
+            ValueError: ``timeout`` is negative or NaN, or ``argv`` is empty (once, before any host runs
+                anything).
+            TypeError: an ``argv`` item that :meth:`Client.run` refuses (likewise).
         """
-        argv = list(argv)
+        argv = command_argv(argv)  # a lone string is the program alone, as for Client.run
         _seconds(timeout)  # an argument mistake is the caller's, not each host's result
         result = self.map(lambda host, client: client.run(argv, timeout=timeout, input=input, **start_options))
         if check and not result.ok:
@@ -232,8 +241,10 @@ class Group:
 
         A host that could not connect or start gets its exception in
         ``errors`` (and as the first event of that host).
+        Raises:
+            ValueError, TypeError: ``argv`` as for :meth:`run` (once, before any host starts anything).
         """
-        argv = list(argv)
+        argv = command_argv(argv)
         begun: Dict[str, float] = {}
 
         def start(host: str, client: Client):
@@ -296,7 +307,7 @@ def _named(hosts: Union[Sequence[HostSpec], Mapping[str, HostSpec]]) -> Dict[str
             if isinstance(spec, Client):
                 items.append(("client-%d" % index, spec))
             elif isinstance(spec, tuple):
-                items.append((spec[0], spec))
+                items.append((spec[0] if spec else repr(spec), spec))
             else:
                 items.append((spec, spec))
     if not items:
@@ -307,6 +318,9 @@ def _named(hosts: Union[Sequence[HostSpec], Mapping[str, HostSpec]]) -> Dict[str
             raise ValueError("host %s given twice" % name)
         if isinstance(spec, tuple) and len(spec) != 2:
             raise ValueError("a host pair is (url, token), got %r" % (spec,))
+        url = spec[0] if isinstance(spec, tuple) else spec
+        if not isinstance(spec, Client) and not isinstance(url, str):
+            raise TypeError("a host is a URL (str), a (url, token) pair or a Client, not %r" % (spec,))
         named[name] = spec
     return named
 

@@ -354,6 +354,12 @@ def encode(message: Message) -> str:
 
     Requests and notifications carry ``trace`` only when set; no ``jsonrpc``
     member is written (PROTOCOL.md 2.1).
+
+    Raises:
+        TypeError: a request's or notification's method is not a str, or its params hold a value JSON
+            cannot (raised before anything is sent: the peer would answer such a text with id -1, which no
+            caller waits for).
+        ValueError: its params hold a NaN or an infinity, which JSON has no number for.
     """
     if isinstance(message, Response):
         head = '{"id":%s,"result":' % dumps(message.id)
@@ -362,6 +368,8 @@ def encode(message: Message) -> str:
         return "".join((head, dumps(message.result), "}"))
     if isinstance(message, ErrorResponse):
         return '{"error":%s,"id":%s}' % (dumps(message.error), dumps(message.id))
+    if not isinstance(message.method, str):
+        raise TypeError("method must be a str, not %s" % type(message.method).__name__)
     body: Dict[str, Any] = {}
     if isinstance(message, Request):
         body["id"] = message.id
@@ -375,7 +383,7 @@ def encode(message: Message) -> str:
         if message.trace.tracestate is not None:
             trace["tracestate"] = message.trace.tracestate
         body["trace"] = trace
-    return dumps(body)
+    return dumps(body, allow_nan=False)
 
 
 def error_response(request_id: Optional[RequestId], error: RpcError) -> ErrorResponse:

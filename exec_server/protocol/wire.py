@@ -32,9 +32,15 @@ LARGE_MESSAGE_CHARS = 1024 * 1024
 _LITERALS = {True: "true", False: "false"}
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON with non-ASCII left unescaped (the reference's encoding)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def dumps(value: Any, allow_nan: bool = True) -> str:
+    """Compact JSON with non-ASCII left unescaped (the reference's encoding).
+
+    Raises:
+        ValueError: ``allow_nan`` is False and ``value`` holds a NaN or an infinity (JSON has no such
+            number: ``json.dumps`` would write ``NaN``, which no JSON-RPC peer parses); a circular value.
+        TypeError: a value JSON cannot hold.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan)
 
 
 class RawJson:
