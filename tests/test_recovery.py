@@ -447,3 +447,86 @@ def test_close_while_reconnecting_terminates_the_processes_once_recovered(memory
     client.close()
     wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
     server.close()
+
+
+def _blocking_reconnects(server, release: threading.Event, late: list):
+    """A connector whose reconnects block until ``release`` (a token callable that stopped answering), then
+    connect; what they made is kept in ``late``."""
+    def connector(timeout):
+        if server.transports:
+            release.wait(60)
+            late.append(server.connector(timeout))
+            return late[-1]
+        return server.connector(timeout)
+    return connector
+
+
+def test_a_connect_that_blocks_does_not_hold_the_recovery_past_its_deadline(memory_server):
+    """The connector (with the user's token callable) ran on the recovery thread, bounded by nothing: a
+    callable that blocked kept the client recovering past the policy's deadline (every wait without a
+    timeout with it), and one that returned late reconnected the client after its deadline."""
+    server, release, late = memory_server(), threading.Event(), []
+    policy = ReconnectPolicy(deadline=1.0, initial_backoff=0.02, max_backoff=0.1, connect_timeout=0.5)
+    client = Client.open(_blocking_reconnects(server, release, late), timeout=5, reconnect=policy)
+    try:
+        process = client.start(["sleep", "30"])
+        server.cut()
+        begun = time.monotonic()
+        with pytest.raises(ExecServerDisconnected, match="not recovered within 1.0 s: .*did not end in time"):
+            process.wait()  # no timeout: the deadline is the bound
+        assert time.monotonic() - begun < 3.0 and client.state == "failed"
+        recovery = [thread for thread in threading.enumerate() if thread.name == "exec-server-client-recovery"]
+        for thread in recovery:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in recovery)
+        release.set()  # the connect ends after the client gave up on it: its transport is closed, not used
+        wait_until(lambda: late and late[-1].server_ended, timeout=10)
+        assert client.state == "failed"
+    finally:
+        release.set()
+        client.close()
+
+
+def test_close_while_a_reconnect_blocks_ends_the_recovery_at_once(memory_server):
+    server, release, late = memory_server(), threading.Event(), []
+    policy = ReconnectPolicy(deadline=120.0, initial_backoff=0.02, max_backoff=0.1, connect_timeout=0.5)
+    client = Client.open(_blocking_reconnects(server, release, late), timeout=5, reconnect=policy)
+    try:
+        server.cut()
+        wait_until(lambda: any(thread.name == "exec-server-client-connect" for thread in threading.enumerate()),
+                   timeout=10)
+        recovery = [thread for thread in threading.enumerate() if thread.name == "exec-server-client-recovery"]
+        begun = time.monotonic()
+        client.close()
+        for thread in recovery:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in recovery) and time.monotonic() - begun < 2.0
+        assert client.state == "closed"
+        release.set()
+        wait_until(lambda: late and late[-1].server_ended, timeout=10)  # closed when it came
+    finally:
+        release.set()
+        client.close()
+
+
+def test_a_token_callable_that_blocks_during_a_reconnect_fails_the_client_at_its_deadline(server, proxy_to):
+    """The same through ``Client.connect``'s ``token`` callable over a real WebSocket."""
+    proxy, calls, release = proxy_to(server.url), [], threading.Event()
+
+    def token():
+        calls.append(time.monotonic())
+        if len(calls) > 1:
+            release.wait(60)
+        return "unused"
+
+    policy = ReconnectPolicy(deadline=1.0, initial_backoff=0.02, max_backoff=0.1, connect_timeout=0.5)
+    client = Client.connect(proxy.url, timeout=5, token=token, reconnect=policy)
+    try:
+        process = client.start(["sleep", "30"])
+        proxy.cut()
+        with pytest.raises(ExecServerDisconnected, match="did not end in time"):
+            process.wait(timeout=30)
+        assert len(calls) == 2 and time.monotonic() - calls[1] < 3.0
+    finally:
+        release.set()
+        client.close()

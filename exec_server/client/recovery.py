@@ -146,6 +146,60 @@ def _refused_as_too_big(transport: Any, lost: List[Pending]) -> Optional[Pending
     return max(lost, key=lambda pending: utf8_size(pending.text))
 
 
+#: How often (seconds) the recovery thread looks for a close while a connect it waits for goes on.
+CONNECT_POLL_INTERVAL = 0.05
+
+
+class _Connect:
+    """One ``connector(timeout)`` on a thread of its own, so that the recovery keeps its deadline.
+
+    The connector calls the user's token callable, which may block (a token
+    service that stopped answering) and is bounded by nothing of ours, and
+    resolves a host name (a DNS server that does not answer): run on the
+    recovery thread, either held the client ``recovering`` past the policy's
+    deadline, and past a ``close()``.  A transport that arrives after the
+    recovery gave up on it is closed.
+    """
+
+    def __init__(self, connector: Connector, timeout: float):
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._result: Any = None  # the transport, or the exception the connector raised
+        self._abandoned = False
+        threading.Thread(target=self._run, args=(connector, timeout), name="exec-server-client-connect",
+                         daemon=True).start()
+
+    def _run(self, connector: Connector, timeout: float) -> None:
+        try:
+            result: Any = connector(timeout)
+        except BaseException as exc:  # raised again on the recovery thread (KeyboardInterrupt too)
+            result = exc
+        with self._lock:
+            self._result, abandoned = result, self._abandoned
+            self._done.set()
+        if abandoned and not isinstance(result, BaseException):
+            result.close()
+
+    def within(self, deadline: float, endpoint: Endpoint) -> Any:
+        """The new transport, waited for until the monotonic ``deadline`` or the endpoint's leaving ``recovering``.
+
+        Raises:
+            ExecServerDisconnected: the connect did not end by then (it is abandoned), or as the connector.
+            Exception: what else the connector raised.
+        """
+        while not self._done.wait(max(0.0, min(CONNECT_POLL_INTERVAL, deadline - time.monotonic()))):
+            if endpoint.state != RECOVERING or time.monotonic() >= deadline:
+                with self._lock:
+                    if not self._done.is_set():
+                        self._abandoned = True
+                        raise ExecServerDisconnected("the connect (its token callable included) did not end in "
+                                                     "time")
+                break
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+
 class Recovery:
     """Recovers one session's endpoint; installed as its ``on_lost`` handler once the session exists.
 
@@ -244,7 +298,8 @@ class Recovery:
                     "exec-server connection lost and not recovered within %.1f s: %s" % (policy.deadline, last_error)))
                 return
             try:
-                transport = self._connector(min(policy.connect_timeout, remaining))
+                connect = _Connect(self._connector, min(policy.connect_timeout, remaining))
+                transport = connect.within(deadline, endpoint)
             except ExecServerDisconnected as exc:
                 last_error = exc
                 attempt = self._back_off(attempt, deadline)
