@@ -212,6 +212,42 @@ def test_server_sigkill_before_the_death_signal_is_armed_takes_the_tree_along(tm
             process.kill()
 
 
+def test_a_guardian_that_dies_while_the_server_runs_is_replaced(tmp_path):
+    """inherit: a program killed the guardian (it can see it, as the same user); the server went on with no
+    cover (a zombie guardian, nothing logged), so a later SIGKILL of the server left every tree running.  The
+    next start replaces it, with a warning, and the new one covers the trees started before it too."""
+    first, second = (["sleep", "1000.%d" % random.randrange(10 ** 9)] for _ in range(2))
+
+    def survivors():
+        return [p for p in psutil.process_iter() if _cmdline(p) in (first, second)]
+
+    with cli_server("inherit", tmp_path) as (server, url):
+        client = Client.connect(url, timeout=10, reconnect=None)
+        try:
+            client.start(first, timeout=10)
+            guardians = [child for child in psutil.Process(server.pid).children()
+                         if "exec_server.server.process.guardian" in " ".join(_cmdline(child) or [])]
+            assert len(guardians) == 1
+            guardians[0].kill()  # by its PID, as a program of the same user could
+            wait_until(lambda: _cmdline(guardians[0]) is None, 10)  # a zombie: its parent is the server
+            client.start(second, timeout=10)
+            replaced = [child for child in psutil.Process(server.pid).children()
+                        if "exec_server.server.process.guardian" in " ".join(_cmdline(child) or [])]
+            assert len(replaced) == 1 and replaced[0].pid != guardians[0].pid
+            assert not psutil.pid_exists(guardians[0].pid)  # reaped (was: a zombie for the server's life)
+            server.kill()
+            server.wait(10)
+        finally:
+            client.close()
+    try:
+        wait_until(lambda: not survivors(), 10)  # was: both sleeps ran on, reparented
+    finally:
+        for process in survivors():
+            process.kill()
+    assert "the guardian (pid %d) ended with status -9 while the server runs" % guardians[0].pid \
+        in (tmp_path / "server.log").read_text()
+
+
 def test_the_guardians_cover_of_isolated_starts_is_a_bool_off_by_default():
     from exec_server import ServerConfig
 

@@ -45,23 +45,39 @@ _process: "Optional[subprocess.Popen[bytes]]" = None
 def marker_prefix() -> str:
     """``TOKEN.``: the start of every marker of this Python process; starts the guardian on first use.
 
+    A guardian that died while this process lives (a program of the same
+    user killed it, or the OOM killer) is reaped and replaced with the same
+    token, with a warning: it covers the trees started before it too.
     Where the guardian cannot start (no ``fork``/``exec``, e.g. a frozen
     interpreter), the markers still work for the server's own sweeps.
     """
-    global _token, _process
+    global _token
     with _lock:
         if _token is None:
             _token = os.urandom(16).hex()
-            try:
-                _process = subprocess.Popen(
-                    [sys.executable, "-m", __name__, _token], stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                    env={k: v for k, v in os.environ.items() if k != MARKER_ENV})
-            except OSError:
-                _process = None
-            else:
-                atexit.register(_release)
+            _start(_token)
+            atexit.register(_release)
+        elif _process is not None and _process.poll() is not None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "the guardian (pid %d) ended with status %s while the server runs; starting another (until "
+                "now a SIGKILL of the server would have left its trees running)", _process.pid, _process.returncode)
+            _process.stdin.close()  # the dead one's pipe
+            _start(_token)
         return _token + "."
+
+
+def _start(token: str) -> None:
+    """Start the guardian of ``token`` (``_process``; None where it cannot start).  Call it holding ``_lock``."""
+    global _process
+    try:
+        _process = subprocess.Popen(
+            [sys.executable, "-m", __name__, token], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != MARKER_ENV})
+    except OSError:
+        _process = None
 
 
 def _release() -> None:
