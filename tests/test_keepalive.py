@@ -5,6 +5,7 @@ takes a few seconds; the defaults (Pings every 5 s, dead after 10 s,
 takeover probe 2 s) are the same code with other numbers.
 """
 
+import json
 import os
 import socket
 import sys
@@ -344,3 +345,62 @@ def test_a_takeover_probe_leaves_a_holder_reading_a_large_response(live, connect
     finally:
         first.close()
         reader.join(10)
+
+
+def test_a_connection_dropped_as_stalled_is_reset_not_drained(live):
+    """A connection the server declared dead for a write without progress (``send_timeout``) was shut down in
+    order: its end waited behind the send buffer (MiBs of stale frames here) that a slow peer went on reading,
+    past its session's TTL.  It is reset now: the peer reads at most what its own receive buffer held, then a
+    connection reset.  (A peer declared silent still gets the orderly end: see the holder reading a large
+    response above, which a buffering link made late with its Pong.)"""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    from conftest import start_params
+
+    server, _proxy = live(send_timeout=1.0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(10)
+    ws = WSConnection(ConnectionType.CLIENT)
+    texts, session_id = [], None
+
+    def until(predicate):
+        while not predicate():
+            ws.receive_data(sock.recv(65536) or None)
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    texts.append(event.data)
+                elif isinstance(event, AcceptConnection):
+                    texts.append("accepted")
+
+    try:
+        sock.sendall(ws.send(Request(host="127.0.0.1", target="/")))
+        until(lambda: "accepted" in texts)
+        sock.sendall(ws.send(TextMessage('{"id":1,"method":"initialize","params":{"clientName":"t"}}')))
+        until(lambda: any('"sessionId"' in text for text in texts))
+        session_id = json.loads(next(text for text in texts if '"sessionId"' in text))["result"]["sessionId"]
+        sock.sendall(ws.send(TextMessage('{"method":"initialized","params":{}}')))
+        flood = [sys.executable, "-c", "import sys\nwhile True: sys.stdout.write('y' * 65536)"]
+        sock.sendall(ws.send(TextMessage(json.dumps({"id": 2, "method": "process/start",
+                                                     "params": start_params("flood", flood)}))))
+        until(lambda: any(text.startswith('{"id":2') for text in texts))
+        session = server.registry.get(session_id)
+        wait_until(lambda: session.holder() is None, 30.0, 0.02)  # we stopped reading: declared dead
+        received, ended = 0, "nothing within 10 s"
+        try:
+            while received < 64 * 1024 * 1024:
+                data = sock.recv(65536)
+                if not data:
+                    ended = "end of stream"
+                    break
+                received += len(data)
+        except ConnectionResetError:
+            ended = "reset"
+        assert (ended, received < 1024 * 1024) == ("reset", True), (ended, received)  # was: MiBs, then the end
+    finally:
+        session = server.registry.get(session_id) if session_id else None
+        for process in session.processes() if session else ():
+            process.kill_tree()
+        sock.close()

@@ -125,14 +125,14 @@ class WebSocketTransport:
             # Part of the frame may be out: nothing more can be written on this stream without
             # corrupting it, so it ends here (the reader sees the end and the client recovers).
             self._dead_reason = self._dead_reason or "connection lost: send failed: %s" % exc
-            abort_socket(self._sock)
+            abort_socket(self._sock, reset=True)
             raise ExecServerDisconnected("send failed: %s" % exc) from exc
         except BaseException:
             # Ctrl-C between two frames of a large message, or in one: the next message would go out
             # as the rest of this one (the server would never see it), so the stream ends here too,
             # and the client's next call (the kill that follows a ^C) goes on a resumed connection.
             self._dead_reason = self._dead_reason or "connection lost: a send was interrupted"
-            abort_socket(self._sock)
+            abort_socket(self._sock, reset=True)
             raise
         finally:
             writer.lock.release()
@@ -355,3 +355,4 @@ def connector_for(url: str, headers: Optional[Mapping[str, str]], token: Union[s
                                   keepalive_timeout, probe_timeout)
 
     return connector
+

@@ -250,12 +250,28 @@ def writable_now(sock: socket.socket) -> bool:
         return False
 
 
-def abort_socket(sock) -> None:
-    """Shut both directions down: wakes a blocked ``recv`` or ``sendall`` at once; errors ignored.
+#: ``SO_LINGER`` of a connection reset at its close: on, 0 seconds (``struct linger``: two ints).
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
-    An ``ssl.SSLSocket`` is shut down at the TCP level (its own ``shutdown``
-    would drop the TLS state under a thread still using it).
+
+def abort_socket(sock, reset: bool = False) -> None:
+    """End a connection declared dead: wakes a blocked ``recv`` or ``sendall`` at once; errors ignored.
+
+    Both directions are shut down: what is queued to send still goes out,
+    then the end (a peer declared silent that was only slow, behind a
+    buffering link, still gets it).  With ``reset`` (a peer that stopped
+    taking our bytes) its close resets it instead (``SO_LINGER`` 0): the
+    kernel drops the queue and the peer learns of the end at once, where
+    it went on reading up to a send buffer of stale frames (MiBs at a few
+    KiB/s: past its session's TTL).  An ``ssl.SSLSocket`` is shut down at
+    the TCP level (its own ``shutdown`` would drop the TLS state under a
+    thread still using it).
     """
+    if reset:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        except (OSError, ValueError, AttributeError):
+            pass
     try:
         if isinstance(sock, socket.socket):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)

@@ -137,11 +137,12 @@ class WebSocketConnection:
                 self._acked = progress[0]
             self._ping_end = progress[0] + progress[1]
 
-    def _die(self) -> None:
-        """A write failed or stalled, or the peer is silent: stop writing and wake the reader."""
+    def _die(self, reset: bool = False) -> None:
+        """A write failed or stalled (``reset``: see :func:`~exec_server.common.keepalive.abort_socket`), or the
+        peer is silent: stop writing and wake the reader."""
         self._dead = True
         self._closing = True
-        abort_socket(self._sock)
+        abort_socket(self._sock, reset)
 
     def _send_event(self, event, lock_timeout: Optional[float] = None) -> None:
         """Write one event whole (bounded by the socket's timeout).
@@ -160,7 +161,7 @@ class WebSocketConnection:
             try:
                 _send_all(self._sock, data, self._config.send_timeout)
             except OSError:
-                self._die()
+                self._die(reset=True)
                 raise
         finally:
             self._send_lock.release()
@@ -201,7 +202,7 @@ class WebSocketConnection:
                 try:
                     write()
                 except OSError:
-                    self._die()
+                    self._die(reset=True)
                     raise
         except LocalProtocolError:
             raise ConnectionResetError("websocket is closed") from None
