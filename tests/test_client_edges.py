@@ -213,3 +213,28 @@ def test_a_request_json_cannot_carry_is_refused_before_it_is_sent(server):
         assert client.run(["echo", "still"], timeout=10).stdout == b"still\n"
         process.kill()
         process.wait(timeout=10)
+
+
+def test_argument_mistakes_are_named_before_anything_is_sent(server):
+    """Each was a raw error of another layer: ``connect(timeout=0)`` "Operation now in progress" (a
+    non-blocking connect), a list of env pairs an AttributeError, a header holding CR LF h11's
+    LocalProtocolError (after the TCP connect), ``communicate(b"...")`` (``Popen.communicate``'s input)
+    "'>=' not supported between bytes and float"."""
+    with pytest.raises(ExecServerDisconnected, match=r"^cannot connect to ws://127\.0\.0\.1:\d+: timed out$"):
+        Client.connect(server.url, timeout=0)
+    for headers, error in (({"X-A": "a\r\nInjected: 1"}, ValueError), ({"Bad Name": "v"}, ValueError),
+                           ({"X-A": "\u00e9"}, ValueError), ({"X-A": 5}, TypeError)):
+        with pytest.raises(error, match="^header"):  # not a connect error: nothing listens there
+            Client.connect("ws://127.0.0.1:1", headers=headers, timeout=5)
+    with pytest.raises(TypeError, match="^timeout must be a number of seconds, not str$"):
+        Client.connect(server.url, timeout="5")
+    with Client.connect(server.url, timeout=10, headers={"X-Fine": "yes"}) as client:
+        with pytest.raises(TypeError, match="^env must be a mapping of names to values, not list$"):
+            client.run(["true"], env=[("A", "B")])
+        process = client.start(["cat"], stdin=True)
+        with pytest.raises(TypeError, match="^timeout must be a number of seconds, not bytes$"):
+            process.communicate(b"data")
+        process.close_stdin()
+        assert process.communicate(timeout=10) == (b"", b"")
+        from decimal import Decimal
+        assert client.run(["true"], timeout=Decimal("10")).returncode == 0  # a real number still is one

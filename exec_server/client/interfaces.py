@@ -167,7 +167,16 @@ def seconds(timeout: Optional[float]) -> Optional[float]:
 
     Raises:
         ValueError: ``timeout`` is negative, or NaN.
+        TypeError: ``timeout`` is not a real number (``communicate(b"...")``: unlike ``Popen.communicate``,
+            a process handle's takes no input; ``write`` and ``close_stdin`` send it).
     """
+    if timeout is not None and not isinstance(timeout, (int, float)):
+        try:
+            if isinstance(timeout, (str, bytes, bytearray, memoryview)):
+                raise TypeError
+            timeout = float(timeout)  # a Decimal, a Fraction, numpy's floats
+        except (TypeError, ValueError):
+            raise TypeError("timeout must be a number of seconds, not %s" % type(timeout).__name__) from None
     if timeout is None or timeout >= threading.TIMEOUT_MAX:
         return None
     if timeout != timeout:
@@ -235,8 +244,11 @@ def command_env(env: Any) -> Dict[str, str]:
     ``os.environb``) as the protocol's object; None is empty.
 
     Raises:
-        TypeError: a name or value of another type, or not UTF-8 (a raw UnicodeEncodeError at the send).
+        TypeError: not a mapping (a list of pairs: ``dict(pairs)`` makes one, as ``subprocess`` wants it too);
+            a name or value of another type, or not UTF-8 (a raw UnicodeEncodeError at the send).
     """
+    if env is not None and not hasattr(env, "items"):
+        raise TypeError("env must be a mapping of names to values, not %s" % type(env).__name__)
     return {_text(name, "env name"): _text(value, "env value") for name, value in (env or {}).items()}
 
 

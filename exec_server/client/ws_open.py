@@ -51,6 +51,8 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
     host, port = parts.hostname, parts.port or (443 if secure else 80)
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     try:
+        if timeout is not None and timeout <= 0:  # create_connection would make it non-blocking: EINPROGRESS
+            raise socket.timeout("timed out")
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:  # its words alone ("Connection refused"), as the command's own line says them
         raise ExecServerDisconnected("cannot connect to %s: %s" % (shown, exc.strerror or exc)) from exc
