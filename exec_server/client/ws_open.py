@@ -16,7 +16,7 @@ from wsproto.events import AcceptConnection, RejectConnection, RejectData, Reque
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exec_server.common.bearer import shown_url
-from exec_server.common.keepalive import tune_socket, write_wait
+from exec_server.common.keepalive import tune_socket
 from exec_server.common.tls import TLSStream
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerTLSError
 
@@ -67,7 +67,7 @@ def open_websocket(url: str, timeout: Optional[float], headers: Optional[Mapping
                                            extra_headers=list((headers or {}).items()))))
         _await_accept(sock, protocol, deadline, secure)
         tune_socket(sock, keepalive_timeout)
-        sock.settimeout(write_wait(keepalive_timeout))  # each wait of a write (WriteProgress); reads poll first
+        sock.settimeout(keepalive_timeout or None)  # bounds each write; reads wait in poll first
     except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
         sock.close()
         if isinstance(exc, ExecServerDisconnected):

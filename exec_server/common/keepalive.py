@@ -13,14 +13,13 @@ deadline, and RFC 6455 peers (the Codex client included) answer Pings, so
 nothing changes for them.
 """
 
-import collections
 import math
 import select
 import socket
 import struct
 import sys
 import time
-from typing import Deque, Optional, Tuple
+from typing import Optional, Tuple
 
 #: What :meth:`KeepaliveClock.poll` asks the loop to do.
 PING, DEAD = "ping", "dead"
@@ -146,17 +145,6 @@ def bytes_acked(sock) -> Optional[int]:
 MIN_SEND_RATE = 4096
 
 
-#: A write's wait for room lasts a send timeout divided by this many (the socket's own timeout: see
-#: :func:`write_wait`): between two waits :class:`WriteProgress` looks at what the peer took, so a peer that
-#: stops is judged a send timeout after its last progress, not after up to twice that.
-WRITE_WAIT_SLICES = 4
-
-
-def write_wait(send_timeout: Optional[float]) -> Optional[float]:
-    """The socket timeout of a connection whose writes are judged over ``send_timeout`` seconds (None: none)."""
-    return send_timeout / WRITE_WAIT_SLICES if send_timeout else None
-
-
 class WriteProgress:
     """Tells a slow peer from a stalled one while a write waits for room.
 
@@ -164,21 +152,17 @@ class WriteProgress:
     is free (``sk_stream_min_wspace``), and an autotuned buffer holds a few
     MB: a peer steadily reading 100 KB/s drains that third in ~10 s, so a
     plain timeout on the wait for room dropped it as stalled.  Here a write
-    is judged by what the peer's TCP acknowledged (``tcpi_bytes_acked``)
-    over the last ``timeout`` seconds, a sliding window: at least
-    :data:`MIN_SEND_RATE` bytes per second over it and the write goes on,
-    else the peer is stalled.  The window is looked at whenever a wait for
-    room times out (:meth:`stalled`: waits of a slice of ``timeout``,
-    :data:`WRITE_WAIT_SLICES`) and, after a write that took only part of
-    the bytes, at most once a slice (:meth:`wrote`): a peer that takes a
-    little now and then is judged too.  A window anchored at the write's
-    start passed on the megabytes a peer's buffers took at once, and the
-    next one failed only a second timeout later.  Where the kernel does not
-    say what was acknowledged (not Linux), the bytes the socket accepted
-    stand in for it.
+    is judged by what the peer's TCP acknowledged (``tcpi_bytes_acked``) in
+    windows of ``timeout`` seconds: at least :data:`MIN_SEND_RATE` bytes per
+    second over the window and the write goes on, else the peer is stalled.
+    A window is judged when a wait for room times out (:meth:`stalled`) and,
+    after a write that took only part of the bytes, once it is ``timeout``
+    old (:meth:`wrote`): a peer that takes a little now and then is judged
+    too.  Where the kernel does not say what was acknowledged (not Linux),
+    the bytes the socket accepted stand in for it.
     """
 
-    __slots__ = ("_sock", "_timeout", "_acked", "_accepted", "_samples")
+    __slots__ = ("_sock", "_timeout", "_start", "_acked", "_accepted")
 
     def __init__(self, sock, timeout: Optional[float]):
         """``timeout``: the window, seconds; None: a plain socket's own timeout (None there too: never judged)."""
@@ -186,48 +170,35 @@ class WriteProgress:
         if timeout is None and hasattr(sock, "gettimeout"):
             timeout = sock.gettimeout()
         self._timeout = timeout
-        self._acked = bytes_acked(sock) is not None if timeout else False  # judged by acknowledged bytes
-        self._accepted = 0  # bytes the socket took since the write began
-        #: (monotonic time, progress) looks, oldest first: the oldest is at or before the window's start
-        self._samples: Deque[Tuple[float, int]] = collections.deque()
-        if timeout:
-            self._samples.append((time.monotonic(), self._progress() or 0))
-
-    def _progress(self) -> Optional[int]:
-        """Bytes taken so far: acknowledged (Linux), else accepted; None where the kernel stopped saying."""
-        return bytes_acked(self._sock) if self._acked else self._accepted
+        self._start = time.monotonic()
+        self._acked = bytes_acked(sock) if timeout else None
+        self._accepted = 0  # bytes the socket took in this window
 
     def wrote(self, count: int) -> None:
-        """After a write that took ``count`` bytes but not all: judge the window, at most once a slice.
+        """After a write that took ``count`` bytes but not all: judge the window if it lasted ``timeout``.
 
         Raises:
-            socket.timeout: the peer took too little over the last window.
+            socket.timeout: the peer took too little in the window.
         """
         if not self._timeout:
             return
         self._accepted += count
-        now = time.monotonic()
-        if now - self._samples[-1][0] >= self._timeout / WRITE_WAIT_SLICES and self._judge(now):
+        if time.monotonic() - self._start >= self._timeout and self.stalled():
             raise socket.timeout("the peer took under %d bytes/s for %.1f s" % (MIN_SEND_RATE, self._timeout))
 
     def stalled(self) -> bool:
-        """After a wait for room timed out: whether the peer took too little over the last window."""
+        """After a wait for room timed out: whether the peer took too little; if not, a new window begins."""
         if not self._timeout:
             return True
-        return self._judge(time.monotonic())
-
-    def _judge(self, now: float) -> bool:
-        progress = self._progress()
-        if progress is None:
+        now = time.monotonic()
+        acked = None if self._acked is None else bytes_acked(self._sock)
+        if self._acked is not None and acked is None:
             return True
-        samples = self._samples
-        samples.append((now, progress))
-        while len(samples) > 1 and samples[1][0] <= now - self._timeout:
-            samples.popleft()  # the window starts at the latest look at or before now - timeout
-        begun, before = samples[0]
-        if now - begun < self._timeout:
-            return False  # not a whole window yet
-        return progress - before < max(1, MIN_SEND_RATE * (now - begun))
+        taken = self._accepted if acked is None else acked - self._acked
+        if taken < max(1, MIN_SEND_RATE * (now - self._start)):
+            return True
+        self._start, self._acked, self._accepted = now, acked, 0
+        return False
 
 
 def send_progress(sock) -> Optional[Tuple[int, int]]:

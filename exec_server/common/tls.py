@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Optional, Union
 
-from exec_server.common.keepalive import WRITE_WAIT_SLICES, WriteProgress
+from exec_server.common.keepalive import WriteProgress
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 #: The selector class for one socket's waits: poll(2) where there is one (unlike epoll it needs no
@@ -91,11 +91,10 @@ class TLSStream:
     def sendall(self, data: bytes, timeout: Optional[float] = None) -> None:
         """Encrypt and write all of ``data``.
 
-        ``timeout`` bounds the time without progress: each wait for room lasts
-        a slice of it, and the write goes on while the peer's TCP acknowledged
-        at least :data:`~exec_server.common.keepalive.MIN_SEND_RATE` bytes per
-        second over the last ``timeout`` seconds (see
-        :class:`~exec_server.common.keepalive.WriteProgress`).
+        ``timeout`` bounds the time without progress: a wait that reaches it
+        goes on while the peer's TCP acknowledged at least
+        :data:`~exec_server.common.keepalive.MIN_SEND_RATE` bytes per second
+        meanwhile (see :class:`~exec_server.common.keepalive.WriteProgress`).
 
         Raises:
             socket.timeout: the peer took under ``MIN_SEND_RATE`` bytes per
@@ -120,13 +119,13 @@ class TLSStream:
                     progress.wrote(sent)
                 continue
             if deadline is None and timeout is not None:
-                deadline = time.monotonic() + timeout / WRITE_WAIT_SLICES
+                deadline = time.monotonic() + timeout
             try:
                 _wait(self._sock, error, deadline)
             except socket.timeout:
                 if progress.stalled():
                     raise
-                deadline = time.monotonic() + timeout / WRITE_WAIT_SLICES
+                deadline = time.monotonic() + timeout
 
     def setsockopt(self, *args) -> None:
         self._sock.setsockopt(*args)

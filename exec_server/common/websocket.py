@@ -43,16 +43,14 @@ def send_all(sock, data: bytes, timeout: Optional[float] = None) -> None:
     """Write all of ``data``, failing only when the peer stops taking bytes.
 
     On a plain socket with a timeout each wait for room is bounded by the
-    socket's timeout (a slice of ``timeout``: :func:`~exec_server.common.
-    keepalive.write_wait`), not the whole write (``socket.sendall`` bounds
-    the whole write, which would fail a large message to a slow but
-    reading peer), and a wait that times out goes on while the peer's TCP
+    socket's timeout, not the whole write (``socket.sendall`` bounds the
+    whole write, which would fail a large message to a slow but reading
+    peer), and a wait that times out goes on while the peer's TCP
     acknowledged at least :data:`~exec_server.common.keepalive.MIN_SEND_RATE`
-    bytes per second over the last ``timeout`` seconds
-    (:class:`~exec_server.common.keepalive.WriteProgress`: a peer reading
-    100 KB/s frees too little of a large send buffer per timeout for the
-    socket to report room; one that trickles is judged even while it takes
-    a little).  On a
+    bytes per second meanwhile (:class:`~exec_server.common.keepalive.WriteProgress`:
+    a peer reading 100 KB/s frees too little of a large send buffer per
+    timeout for the socket to report room; one that trickles is judged
+    every ``timeout`` even while it takes a little).  On a
     :class:`~exec_server.common.tls.TLSStream` the write goes in pieces of
     :data:`_TLS_PIECE` bytes, each bounded the same way by ``timeout``.  The
     caller holds the connection's send lock.

@@ -22,7 +22,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.utilities import LocalProtocolError
 
 from exec_server.common.keepalive import (DEAD, PING, KeepaliveClock, abort_socket, send_progress, tune_socket,
-                                          writable_now, write_wait)
+                                          writable_now)
 from exec_server.common.tls import POLL_SELECTOR, TLSStream, recv_ready
 from exec_server.common.websocket import (CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL,  # noqa: F401
                                           CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, CLOSE_TRY_AGAIN_LATER,
@@ -291,7 +291,7 @@ class WebSocketConnection:
         tune_socket(self._sock, self._clock.timeout)
         try:
             if not isinstance(self._sock, TLSStream):  # a TLSStream bounds each write itself
-                self._sock.settimeout(write_wait(config.send_timeout))  # each wait of a write; reads select first
+                self._sock.settimeout(config.send_timeout)  # bounds every write; reads wait in select first
             self._send_event(AcceptConnection())
             self._loop()
         except (OSError, LocalProtocolError) as exc:
