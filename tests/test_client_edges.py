@@ -229,6 +229,8 @@ def test_argument_mistakes_are_named_before_anything_is_sent(server):
     with pytest.raises(TypeError, match="^timeout must be a number of seconds, not str$"):
         Client.connect(server.url, timeout="5")
     with Client.connect(server.url, timeout=10, headers={"X-Fine": "yes"}) as client:
+        assert client.run(["true"], timeout=10).returncode == 0
+    with Client.connect(server.url, timeout=10, headers={b"X-Bytes": b"as wsproto takes them"}) as client:
         with pytest.raises(TypeError, match="^env must be a mapping of names to values, not list$"):
             client.run(["true"], env=[("A", "B")])
         process = client.start(["cat"], stdin=True)

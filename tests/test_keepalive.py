@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from conftest import Peer, wait_until
@@ -388,6 +389,14 @@ def test_a_connection_dropped_as_stalled_is_reset_not_drained(live):
         until(lambda: any(text.startswith('{"id":2') for text in texts))
         session = server.registry.get(session_id)
         wait_until(lambda: session.holder() is None, 30.0, 0.02)  # we stopped reading: declared dead
+        ours = sock.getsockname()
+        process = psutil.Process()
+        connections = getattr(process, "net_connections", None) or process.connections
+
+        def server_side_open():
+            return any(c.raddr and tuple(c.raddr) == ours for c in connections(kind="tcp"))
+
+        wait_until(lambda: not server_side_open(), 30.0, 0.02)  # closed: its end (a reset, or a FIN) is queued
         received, ended = 0, "nothing within 10 s"
         try:
             while received < 64 * 1024 * 1024:

@@ -337,7 +337,7 @@ def connector_for(url: str, headers: Optional[Mapping[str, str]], token: Union[s
         ValueError: ``token`` is a string no header can carry (:func:`~exec_server.common.bearer.check_token`),
             or a header name or value is not one HTTP allows (checked by the WebSocket library, before any
             connect; a CR or LF would have split it into two headers).
-        TypeError: a header name or value that is not text.
+        TypeError: a header name or value that is neither str nor bytes.
     Raises (from the connector):
         ExecServerDisconnected: as :class:`WebSocketTransport`, or the token callable raised.
         ExecServerTLSError: as :class:`WebSocketTransport`.
@@ -361,16 +361,16 @@ def connector_for(url: str, headers: Optional[Mapping[str, str]], token: Union[s
     return connector
 
 
-def _check_headers(headers: Mapping[str, str]) -> None:
+def _check_headers(headers: Mapping[Union[str, bytes], Union[str, bytes]]) -> None:
     """Raise what the upgrade request would for ``headers``, now: wsproto (h11) writes it and checks each."""
     import h11
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import Request
 
     for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError("header names and values must be str, not %s: %s"
-                            % (type(value if isinstance(name, str) else name).__name__, name))
+        if not isinstance(name, (str, bytes)) or not isinstance(value, (str, bytes)):
+            raise TypeError("header names and values must be str (or bytes), not %s: %r"
+                            % (type(value if isinstance(name, (str, bytes)) else name).__name__, name))
         try:
             WSConnection(ConnectionType.CLIENT).send(Request(host="host", target="/", extra_headers=[(name, value)]))
         except (h11.LocalProtocolError, LocalProtocolError, UnicodeError) as exc:
