@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -490,3 +491,18 @@ def test_help_gives_the_result_budget_cost_the_server_counts():
 
     done = run_cli("--help")
     assert "fs/readFile; %d per byte returned)" % RESULT_COST_PER_BYTE in " ".join(done.stdout.decode().split())
+
+
+def test_a_connection_lost_mid_transfer_is_not_told_as_a_failed_connect():
+    """``cp`` said "cannot connect: Broken pipe" for a connection that was up and dropped in a send."""
+    import errno as errnos
+
+    from exec_server import ExecServerDisconnected
+    from exec_server.cli.connect import disconnected
+
+    lost = ExecServerDisconnected("send failed: [Errno 32] Broken pipe")
+    lost.__cause__ = BrokenPipeError(errnos.EPIPE, "Broken pipe")
+    assert disconnected(lost, "ws://127.0.0.1:9").what == "connection lost: %s" % os.strerror(errnos.EPIPE)
+    refused = ExecServerDisconnected("cannot connect to ws://127.0.0.1:9: Connection refused")
+    refused.__cause__ = ConnectionRefusedError(errnos.ECONNREFUSED, "Connection refused")
+    assert disconnected(refused, "ws://127.0.0.1:9").what == "cannot connect: %s" % os.strerror(errnos.ECONNREFUSED)

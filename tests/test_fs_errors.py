@@ -10,6 +10,7 @@ from conftest import start_ours
 from exec_server import Client, InternalError, InvalidParams, InvalidRequest, NotFound, RpcError, ServerOverloaded
 from exec_server.client.fs import RemoteFile
 from exec_server.client.fs_errors import as_os_error
+from test_recovery import proxy_to  # noqa: F401  (a fixture)
 
 
 def test_a_missing_path_is_file_not_found_with_its_path(any_server, tmp_path):
@@ -118,3 +119,49 @@ def test_the_errors_pickle_and_copy_whole():
                     again.filename2, str(again)) == (error.code, error.message, error.data, error.errno,
                                                      error.strerror, error.filename, error.filename2, str(error))
     assert str(pickle.loads(pickle.dumps(one))) == "[Errno 2] No such file or directory: '/srv/x'"
+
+
+@pytest.mark.parametrize("mode", ["read", "replace", "atomic"])
+def test_the_error_that_ends_a_with_block_is_the_one_raised_at_once(server, proxy_to, tmp_path, mode):  # noqa: F811
+    """A block of ``fs.open`` ended by a Ctrl-C while the connection was lost: its close waited out the
+    recovery (25 s) and its ExecServerDisconnected replaced the KeyboardInterrupt (``cp`` then said 255
+    "cannot connect: Broken pipe" for a SIGTERM).  The handle ended with its connection: no close is sent."""
+    import time
+
+    from exec_server import ReconnectPolicy
+
+    target = tmp_path / "file"
+    target.write_bytes(b"old")
+    proxy = proxy_to(server.url)
+    client = Client.connect(proxy.url, timeout=10, reconnect=ReconnectPolicy(deadline=25.0, connect_timeout=1.0))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with client.fs.open(target, "read" if mode == "read" else "replace", atomic=mode == "atomic") as f:
+                if mode == "read":
+                    assert f.read_block(0, 10) == (b"old", True)
+                else:
+                    f.write(b"new")
+                proxy.refuse(True)
+                proxy.cut()
+                time.sleep(0.2)
+                begun = time.monotonic()
+                raise KeyboardInterrupt
+        assert time.monotonic() - begun < 3.0  # was: 25 s, then another exception
+        assert client.state == "recovering"
+        assert target.read_bytes() == (b"new" if mode == "replace" else b"old")  # in place / not committed
+    finally:
+        client.close()
+
+
+def test_a_block_that_fails_on_a_live_connection_still_closes_its_handle(server, tmp_path):
+    target = tmp_path / "file"
+    target.write_bytes(b"old")
+    with Client.connect(server.url, timeout=10) as client:
+        for atomic in (False, True):
+            with pytest.raises(ValueError):
+                with client.fs.open(target, "replace" if atomic else "read", atomic=atomic) as f:
+                    handle = f.handle_id
+                    raise ValueError("the block's own error")
+            with pytest.raises(NotFound, match="unknown file handle"):  # closed on the server: not leaked
+                client.call("fs/readBlock", {"handleId": handle, "offset": 0, "len": 1}, timeout=10)
+        assert target.read_bytes() == b"old"  # the atomic one was discarded

@@ -27,6 +27,8 @@ from exec_server.protocol.errors import InternalError, NotFound, RpcError
 
 #: Bytes per ``fs/readBlock`` / ``fs/writeBlock`` by default (the protocol's maximum block).
 BLOCK_BYTES = 1 << 20
+#: Seconds a ``with`` block of :meth:`FileSystem.open` that ended in an exception waits for the close.
+EXIT_CLOSE_TIMEOUT = 5.0
 
 
 class RemoteFile:
@@ -141,13 +143,24 @@ class RemoteFile:
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
         if self.closed:
             return  # closed in the block (an error it raised was the caller's to see)
-        if exc_type is not None and self.atomic:
-            try:
-                self.discard()
-            except Exception:  # the error that ended the block is the one to see
-                pass
-        else:
+        if exc_type is None:
             self.close()
+            return
+        # The error that ended the block (a Ctrl-C too) is the one to see, and at once: the close (an atomic
+        # handle's discard) waits EXIT_CLOSE_TIMEOUT at most and its own error is dropped, and none is sent
+        # for a handle that ended with its connection (the server closed it then).  Was: a close on a lost
+        # connection waited out the recovery (25 s) and its ExecServerDisconnected replaced a KeyboardInterrupt.
+        self.closed = True
+        client = self._fs._client
+        if client.state != "connected" or self._connection not in (None, client.connection_number):
+            return
+        params: Dict[str, Any] = {"handleId": self.handle_id}
+        if self.atomic:
+            params["commit"] = False
+        try:
+            client.call("fs/close", params, timeout=EXIT_CLOSE_TIMEOUT)
+        except Exception:
+            pass
 
 
 class FileSystem:
