@@ -651,3 +651,24 @@ def test_a_handle_made_without_its_connection_number_never_rewords_the_servers_e
     with pytest.raises(NotFound) as caught:
         RemoteFile(fs, "h1", "read", connection=2).read_block(0, 10)
     assert caught.value.message.startswith("file handle `h1` ended with the connection it was opened on")
+
+
+def test_what_the_target_became_during_the_write_is_what_the_close_keeps(server, tmp_path):
+    """The mode, owner and group were read at the open: a chmod made while an upload ran was undone at its
+    close (0600 came back 0644), and a hard link added meanwhile was split (the new name kept the old
+    content).  The close looks at the target again."""
+    target = tmp_path / "file"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o644)
+    with Client.connect(server.url, timeout=10) as client:
+        with client.fs.open(target, "replace", atomic=True) as f:
+            assert f.atomic
+            f.write(b"new")
+            os.chmod(target, 0o600)  # tightened while the upload runs
+        assert (target.read_bytes(), stat.S_IMODE(os.stat(target).st_mode)) == (b"new", 0o600)
+        with client.fs.open(target, "replace", atomic=True) as f:
+            f.write(b"newer")
+            os.link(target, tmp_path / "link")  # a second name since the open: a rename would split it
+        assert (tmp_path / "link").read_bytes() == target.read_bytes() == b"newer"
+        assert os.stat(target).st_ino == os.stat(tmp_path / "link").st_ino
+        assert leftovers(tmp_path) == []

@@ -23,6 +23,7 @@ the old file are not carried over.
 import errno
 import os
 import shutil
+import stat
 from typing import Optional, Tuple
 
 from fs_helper.opening import open_file
@@ -67,22 +68,30 @@ def commit(fd: int, replacement: Replacement) -> None:
         OSError: the file could not be flushed, renamed or copied in place.
     """
     temporary, target = replacement.temporary, replacement.target
+    mode, uid, gid = replacement.mode, replacement.uid, replacement.gid
     try:
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         try:
-            if replacement.uid is not None and hasattr(os, "chown"):
-                os.chown(temporary, replacement.uid, replacement.gid)  # before chmod: it clears set-id bits
-            os.chmod(temporary, replacement.mode)
-            os.replace(temporary, target)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTSUP,
-                                 errno.EINVAL):
-                raise
-        _copy_in_place(temporary, target, replacement.mode)
+            info: Optional[os.stat_result] = os.stat(target)
+        except OSError:
+            info = None  # gone since the open (or never there): what the open saw
+        if info is not None:  # what the target is now: a chmod, chown or link made since the open is kept
+            mode, uid, gid = stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
+        if info is None or keeps_identity(info, os.access(target, os.W_OK)):
+            try:
+                if uid is not None and hasattr(os, "chown"):
+                    os.chown(temporary, uid, gid)  # before chmod: it clears set-id bits
+                os.chmod(temporary, mode)
+                os.replace(temporary, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTSUP,
+                                     errno.EINVAL):
+                    raise
+        _copy_in_place(temporary, target, mode)
     finally:
         discard(temporary)
 
