@@ -133,7 +133,7 @@ def plan(info: Optional[os.stat_result], writable: bool, split_links: bool = Fal
 
 
 def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] = None,
-                special_files: bool = False, split_links: bool = False) -> None:
+                special_files: bool = False, split_links: bool = False, truncate_last: bool = False) -> None:
     """Give ``target`` the content ``chunks(file)`` writes: renamed into place, or in place (:func:`plan`).
 
     A temporary file beside it is renamed over it, given the old file's
@@ -147,6 +147,9 @@ def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] 
         special_files: write a FIFO, device or socket in place, waiting as an
             ``open`` does (``exec-server cp`` to ``/dev/null``); else refuse it.
         split_links: a sandbox's write (:func:`plan`).
+        truncate_last: written in place, a regular file is written over and cut at the end of what was
+            written last, not emptied first: ``chunks`` may read the same file (``exec-server cp`` of a
+            file onto itself through a local server), which then reads what it writes back, unchanged.
     Raises:
         OSError: from the writes; EACCES for a file this process may not write.
         SpecialFile: -32600, a FIFO, device or socket (without ``special_files``).
@@ -166,10 +169,12 @@ def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] 
         if fd >= 0:
             _write_and_rename(fd, temporary, target, chunks, mode, how.owner)
             return
-    flags, new_mode = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode
+    flags, new_mode = os.O_WRONLY | os.O_CREAT | (0 if truncate_last else os.O_TRUNC), 0o666 if mode is None else mode
     fd = os.open(target, flags, new_mode) if special_files else open_file(target, flags, new_mode)
     with os.fdopen(fd, "wb") as handle:
         chunks(handle)
+        if truncate_last and stat.S_ISREG(os.fstat(fd).st_mode):
+            handle.truncate()  # at the end of what was written (a FIFO or device is not cut)
 
 
 def replace_target(path: str, follow: bool = True,

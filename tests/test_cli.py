@@ -347,3 +347,25 @@ def test_cp_of_a_local_directory_says_what_copies_one(listening, tmp_path):
                        ":%s/copy" % tmp_path)
         assert done.returncode == 1 and b"cp :A :B copies a directory on the server" in done.stderr, done.stderr
         assert not (tmp_path / "copy").exists()
+
+
+def test_cp_of_a_file_onto_itself_through_a_local_server_keeps_it(listening, tmp_path):
+    """A file written in place (it has a second name: a rename would split the link) was emptied first, then
+    read back empty through the server: ``cp :/x /x`` left 0 bytes and exit 0.  It is cut at the end now."""
+    _server, url = listening
+    data = os.urandom(3 * 1024 * 1024 + 5)  # more than one block
+    for name in ("same", "other-name"):
+        source = tmp_path / "file"
+        source.write_bytes(data)
+        (tmp_path / "link").unlink(missing_ok=True)
+        os.link(source, tmp_path / "link")
+        destination = source if name == "same" else tmp_path / "link"
+        done = run_cli("cp", "--url", url, ":%s" % source, str(destination))
+        assert done.returncode == 0, done.stderr
+        assert source.read_bytes() == data and (tmp_path / "link").read_bytes() == data
+    shorter = tmp_path / "shorter"
+    shorter.write_bytes(b"x" * 100)
+    os.link(shorter, tmp_path / "shorter-link")  # in place, onto a longer file: cut at the new end
+    (tmp_path / "longer").write_bytes(b"y" * 10)
+    assert run_cli("cp", "--url", url, ":%s" % (tmp_path / "longer"), str(shorter)).returncode == 0
+    assert (tmp_path / "shorter-link").read_bytes() == b"y" * 10

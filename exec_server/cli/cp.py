@@ -122,7 +122,7 @@ def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable
     # a temporary file renamed when complete, with the old file's mode and owner; through a symlink; in place
     # where a rename would change what the file is (a device such as /dev/null, a FIFO, a hard link)
     target, mode = replace_target(os.path.abspath(local))
-    write_whole(target, write, mode, special_files=True)
+    write_whole(target, write, mode, special_files=True, truncate_last=True)  # cut last: it may be the source
     progress.finish()
     return written
 
