@@ -276,8 +276,8 @@ def test_where_a_rename_would_change_the_file_it_is_written_in_place(peer, tmp_p
     other = tmp_path / "other-name"
     os.link(target, other)
     assert open_atomic(peer, "h1", target, b"NEW")["result"] == {"handleId": "h1", "atomic": False}
-    assert other.read_bytes() == b"NEW"  # written through at once, as the reference's replace
-    peer.call("fs/close", {"handleId": "h1"})
+    assert other.read_bytes() == b"NEW" + ORIGINAL[3:]  # written through at once, over the old bytes ...
+    peer.call("fs/close", {"handleId": "h1"})  # ... and cut at the close
     assert os.path.samefile(target, other) and target.read_bytes() == b"NEW"
     long_name = tmp_path / ("n" * 250)
     assert open_atomic(peer, "h2", long_name, b"data")["result"]["atomic"] is True
@@ -672,3 +672,22 @@ def test_what_the_target_became_during_the_write_is_what_the_close_keeps(server,
         assert (tmp_path / "link").read_bytes() == target.read_bytes() == b"newer"
         assert os.stat(target).st_ino == os.stat(tmp_path / "link").st_ino
         assert leftovers(tmp_path) == []
+
+
+def test_an_atomic_replace_written_in_place_is_cut_at_its_close_not_emptied_at_its_open(server, tmp_path):
+    """A target with a second name is written in place (``"atomic": false``): it was emptied at the open, so
+    an upload of the file onto itself read back nothing.  Written over and cut at the furthest write at the
+    close now; the reference's ``replace`` (no ``atomic``) still empties the file at the open."""
+    target = tmp_path / "file"
+    target.write_bytes(b"0123456789")
+    os.link(target, tmp_path / "link")
+    with Client.connect(server.url, timeout=10) as client:
+        with client.fs.open(target, "replace", atomic=True) as f:
+            assert not f.atomic  # in place: a rename would split the link
+            assert target.read_bytes() == b"0123456789"  # not emptied by the open
+            f.write(b"abc")
+        assert target.read_bytes() == (tmp_path / "link").read_bytes() == b"abc"  # cut at the close
+        with client.fs.open(target, "replace", atomic=False) as f:
+            assert target.read_bytes() == b""  # the reference's replace
+            f.write(b"xy")
+        assert (tmp_path / "link").read_bytes() == b"xy"

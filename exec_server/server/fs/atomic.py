@@ -5,7 +5,8 @@ the target's owner, group and permission bits, flushes it to disk and
 renames it over the target, so readers see the old file or the new one,
 never a part.  An atomic replace must leave the file what it was but for
 its content, so where a rename cannot, the handle writes in place instead
-(the reference's ``replace``) and the ``fs/open`` result says
+(as the reference's ``replace``, but cut at the close, not emptied at the
+open: ``handles.py``) and the ``fs/open`` result says
 ``"atomic": false``:
 
 - the target is not a regular file, has more than one name (a rename would

@@ -24,10 +24,14 @@ def discard(entry: "Handle") -> None:
 class Handle:
     """An open handle: its descriptor and mode; for an atomic one, where its file goes at close."""
 
-    __slots__ = ("fd", "mode", "replacement", "busy", "orphaned", "claimed")
+    __slots__ = ("fd", "mode", "replacement", "busy", "orphaned", "claimed", "cut_at_close", "end")
 
-    def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None):
+    def __init__(self, fd: int, mode: str, replacement: Optional[atomic.Replacement] = None,
+                 cut_at_close: bool = False):
         self.fd, self.mode, self.replacement = fd, mode, replacement
+        #: written over, not emptied at the open, and cut at ``end`` (the end of the furthest write) by its
+        #: close: an atomic replace written in place, whose writes may come from the file itself
+        self.cut_at_close, self.end = cut_at_close, 0
         self.busy = 0  # block operations bound to it (begin) and not ended
         self.orphaned = False  # nobody closes it any more: the last end() does
         self.claimed = False  # a close that arrived before it was open takes it: later requests find no handle

@@ -227,7 +227,11 @@ class FileHandles:
             prepared = atomic.prepare(path)
             if prepared is not None:
                 return _Handle(prepared[0], "replace", prepared[1]), True
-        flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        # in place: the reference's replace empties the file at the open; an atomic one that could not be
+        # (the target has a second name...) is cut at its close instead, so an upload of the file onto itself
+        # (cp x :x through a local server) reads back what it writes over, unchanged
+        cut_at_close = mode != "read" and atomic_replace
+        flags = os.O_RDONLY if mode == "read" else os.O_WRONLY | os.O_CREAT | (0 if cut_at_close else os.O_TRUNC)
         try:
             if mode != "read" and os.path.isdir(path):
                 raise FsError(INVALID_REQUEST, "path `%s` is not a file" % path)
@@ -239,10 +243,14 @@ class FileHandles:
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             os.close(fd)
             raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
-        return _Handle(fd, mode), False
+        return _Handle(fd, mode, cut_at_close=cut_at_close and stat.S_ISREG(os.fstat(fd).st_mode)), False
 
     def _fd(self, handle_id: str, handle: Any, mode: str) -> int:
-        """The descriptor of the handle :meth:`begin` bound (open until its operation ends), checked for ``mode``.
+        """The descriptor of :meth:`_entry`."""
+        return self._entry(handle_id, handle, mode).fd
+
+    def _entry(self, handle_id: str, handle: Any, mode: str) -> _Handle:
+        """The handle :meth:`begin` bound (its descriptor open until its operation ends), checked for ``mode``.
 
         An ``fs/open`` of the id that was still running is waited for first (:data:`OPEN_WAIT`).
         """
@@ -255,7 +263,7 @@ class FileHandles:
         if handle.mode != mode:
             wanted = "write" if mode == "replace" else "read"
             raise RpcError("file handle `%s` is not open for %s" % (handle_id, wanted), code=INVALID_REQUEST)
-        return handle.fd
+        return handle
 
     def read_block(self, handle_id: str, offset: int, length: int, handle: Any) -> Dict[str, Any]:
         """``fs/readBlock`` through ``handle``, what :meth:`begin` returned for it."""
@@ -272,7 +280,8 @@ class FileHandles:
     def write_block(self, handle_id: str, offset: int, data: bytes, handle: Any) -> None:
         """``fs/writeBlock`` through ``handle``, what :meth:`begin` returned for it."""
         _check_block_length("write", len(data))  # before the handle, as the reference does
-        fd = self._fd(handle_id, handle, "replace")
+        entry = self._entry(handle_id, handle, "replace")
+        fd = entry.fd
         if offset + len(data) > MAX_FILE_OFFSET:
             raise RpcError("file write range exceeds the signed 64-bit file offset limit", code=INVALID_REQUEST)
         view = memoryview(data)
@@ -283,6 +292,9 @@ class FileHandles:
                 offset += written
         except OSError as exc:
             raise rpc_error(os_error(exc)) from None
+        if entry.cut_at_close:
+            with self._lock:
+                entry.end = max(entry.end, offset)
 
     def close(self, handle_id: str, commit: Optional[bool] = None, taken: Any = None) -> None:
         """Close a handle once the block operations sent before are done; an atomic one's file is put
@@ -340,7 +352,13 @@ class FileHandles:
                 raise RpcError("unknown file handle `%s`" % handle_id, code=NOT_FOUND)
             return
         if entry.replacement is None:
-            os.close(entry.fd)
+            try:
+                if entry.cut_at_close:
+                    os.ftruncate(entry.fd, entry.end)
+            except OSError as exc:
+                raise rpc_error(os_error(exc)) from None
+            finally:
+                os.close(entry.fd)
         elif commit is False:
             os.close(entry.fd)
             atomic.discard(entry.replacement.temporary)
