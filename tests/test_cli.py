@@ -1,5 +1,6 @@
 """The ``exec-server`` command: serve, run (embedded and --url), exit statuses, signals."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -360,12 +361,25 @@ def test_cp_of_a_file_onto_itself_through_a_local_server_keeps_it(listening, tmp
         (tmp_path / "link").unlink(missing_ok=True)
         os.link(source, tmp_path / "link")
         destination = source if name == "same" else tmp_path / "link"
-        done = run_cli("cp", "--url", url, ":%s" % source, str(destination))
-        assert done.returncode == 0, done.stderr
-        assert source.read_bytes() == data and (tmp_path / "link").read_bytes() == data
+        for direction in (("cp", "--url", url, ":%s" % source, str(destination)),  # download
+                          ("cp", "--url", url, str(source), ":%s" % destination)):  # upload
+            done = run_cli(*direction)
+            assert done.returncode == 0, done.stderr
+            assert source.read_bytes() == data and (tmp_path / "link").read_bytes() == data, direction
     shorter = tmp_path / "shorter"
     shorter.write_bytes(b"x" * 100)
     os.link(shorter, tmp_path / "shorter-link")  # in place, onto a longer file: cut at the new end
     (tmp_path / "longer").write_bytes(b"y" * 10)
     assert run_cli("cp", "--url", url, ":%s" % (tmp_path / "longer"), str(shorter)).returncode == 0
     assert (tmp_path / "shorter-link").read_bytes() == b"y" * 10
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_cp_names_the_local_file_a_download_could_not_write(listening, tmp_path):
+    """A download's write error (ENOSPC) said "exec-server cp: No space left on device", naming no file."""
+    _server, url = listening
+    source = tmp_path / "data"
+    source.write_bytes(b"x" * 100000)
+    done = run_cli("cp", "--url", url, ":%s" % source, "/dev/full")
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().endswith("%s (/dev/full)" % os.strerror(errno.ENOSPC)), done.stderr

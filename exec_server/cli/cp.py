@@ -181,6 +181,9 @@ def copy_files(args: argparse.Namespace) -> int:
     except ExecServerDisconnected as exc:  # lost during the copy (an OSError too: first)
         return report("cp", disconnected(exc, args.via or args.url))
     except (OSError, ValueError) as exc:
+        where = getattr(exc, "filename", None)
+        if where is None and args.source.startswith(":") and not args.destination.startswith(":"):
+            where = args.destination  # a download's write (ENOSPC) names no file
         return report("cp", CommandError(os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc),
-                                         getattr(exc, "filename", None), 1))
+                                         where, 1))
     return 0
