@@ -148,8 +148,9 @@ def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] 
             ``open`` does (``exec-server cp`` to ``/dev/null``); else refuse it.
         split_links: a sandbox's write (:func:`plan`).
         truncate_last: written in place, a regular file is written over and cut at the end of what was
-            written last, not emptied first: ``chunks`` may read the same file (``exec-server cp`` of a
-            file onto itself through a local server), which then reads what it writes back, unchanged.
+            written last (also when ``chunks`` raises), not emptied first: ``chunks`` may read the same file
+            (``exec-server cp`` of a file onto itself through a local server), which then reads what it
+            writes back, unchanged.
     Raises:
         OSError: from the writes; EACCES for a file this process may not write.
         SpecialFile: -32600, a FIFO, device or socket (without ``special_files``).
@@ -172,9 +173,11 @@ def write_whole(target: str, chunks: Callable[[Any], None], mode: Optional[int] 
     flags, new_mode = os.O_WRONLY | os.O_CREAT | (0 if truncate_last else os.O_TRUNC), 0o666 if mode is None else mode
     fd = os.open(target, flags, new_mode) if special_files else open_file(target, flags, new_mode)
     with os.fdopen(fd, "wb") as handle:
-        chunks(handle)
-        if truncate_last and stat.S_ISREG(os.fstat(fd).st_mode):
-            handle.truncate()  # at the end of what was written (a FIFO or device is not cut)
+        try:
+            chunks(handle)
+        finally:  # at the end of what was written, complete or not (a FIFO or device is not cut)
+            if truncate_last and stat.S_ISREG(os.fstat(fd).st_mode):
+                handle.truncate()
 
 
 def replace_target(path: str, follow: bool = True,

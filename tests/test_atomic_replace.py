@@ -691,3 +691,31 @@ def test_an_atomic_replace_written_in_place_is_cut_at_its_close_not_emptied_at_i
             assert target.read_bytes() == b""  # the reference's replace
             f.write(b"xy")
         assert (tmp_path / "link").read_bytes() == b"xy"
+
+
+def test_an_in_place_handle_left_by_its_connection_is_cut_at_what_was_written(server, connect, tmp_path):
+    """Not emptied at the open, an in-place handle that its connection's end closed kept the old tail behind
+    what was written (a file of the old size, new bytes in front); it is cut there as its close cuts it."""
+    target = tmp_path / "file"
+    target.write_bytes(b"A" * 100)
+    os.link(target, tmp_path / "link")
+    peer = connect(server.url)
+    peer.initialize()
+    assert open_atomic(peer, "h1", target, b"B" * 10)["result"]["atomic"] is False
+    peer.close()  # no fs/close: the connection's end closes the handle
+    wait_until(lambda: target.read_bytes() == b"B" * 10, timeout=10)
+
+
+def test_a_target_that_became_a_symlink_is_replaced_by_name_never_written_through(peer, tmp_path):
+    """The close looks at the target again: through lstat, so a symlink put there meanwhile (to a file with
+    a second name, which would be copied into in place) is replaced as a name, its target untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"victim")
+    os.link(victim, tmp_path / "victim-link")
+    target = tmp_path / "file"
+    target.write_bytes(b"old")
+    assert open_atomic(peer, "h1", target, b"NEW")["result"]["atomic"] is True
+    target.unlink()
+    target.symlink_to(victim)
+    peer.call("fs/close", {"handleId": "h1"})
+    assert victim.read_bytes() == b"victim" and not target.is_symlink() and target.read_bytes() == b"NEW"

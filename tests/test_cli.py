@@ -383,3 +383,5 @@ def test_cp_names_the_local_file_a_download_could_not_write(listening, tmp_path)
     done = run_cli("cp", "--url", url, ":%s" % source, "/dev/full")
     assert done.returncode == 1
     assert done.stderr.decode().strip().endswith("%s (/dev/full)" % os.strerror(errno.ENOSPC)), done.stderr
+    done = run_cli("cp", "--url", url, ":relative/x", str(tmp_path / "out"))  # the server's path: not ours
+    assert done.returncode != 0 and str(tmp_path / "out") not in done.stderr.decode(), done.stderr

@@ -506,3 +506,6 @@ def test_a_connection_lost_mid_transfer_is_not_told_as_a_failed_connect():
     refused = ExecServerDisconnected("cannot connect to ws://127.0.0.1:9: Connection refused")
     refused.__cause__ = ConnectionRefusedError(errnos.ECONNREFUSED, "Connection refused")
     assert disconnected(refused, "ws://127.0.0.1:9").what == "cannot connect: %s" % os.strerror(errnos.ECONNREFUSED)
+    unstarted = ExecServerDisconnected("cannot start the exec-server command: [Errno 8] Exec format error")
+    unstarted.__cause__ = OSError(errnos.ENOEXEC, "Exec format error")  # --via a file that cannot run
+    assert disconnected(unstarted, "./x").what == "cannot connect: %s" % os.strerror(errnos.ENOEXEC)

@@ -165,3 +165,28 @@ def test_a_block_that_fails_on_a_live_connection_still_closes_its_handle(server,
             with pytest.raises(NotFound, match="unknown file handle"):  # closed on the server: not leaked
                 client.call("fs/readBlock", {"handleId": handle, "offset": 0, "len": 1}, timeout=10)
         assert target.read_bytes() == b"old"  # the atomic one was discarded
+
+
+def test_a_with_blocks_close_that_does_not_fit_its_wait_is_sent_later_and_a_bare_caller_will_do():
+    """The close of a block that ended in an exception waits EXIT_CLOSE_TIMEOUT (it was dropped past it, the
+    handle left open on the server); and a client with the Caller protocol alone (no ``state``) raised an
+    AttributeError in place of the block's own exception."""
+    from conftest import wait_until
+    from exec_server.client.fs import EXIT_CLOSE_TIMEOUT, FileSystem
+    from exec_server.client.interfaces import CallTimeout
+
+    calls = []
+
+    class Bare:
+        def call(self, method, params=None, timeout=None):
+            calls.append((method, params, timeout))
+            if len(calls) == 1:  # another thread's send held the connection
+                raise CallTimeout(method, timeout)
+            return {}
+
+    with pytest.raises(ValueError, match="the block's own"):
+        with RemoteFile(FileSystem(Bare(), None, 30.0), "h1", "replace", atomic=True):
+            raise ValueError("the block's own")
+    wait_until(lambda: len(calls) == 2, timeout=10)
+    params = {"handleId": "h1", "commit": False}
+    assert calls == [("fs/close", params, EXIT_CLOSE_TIMEOUT), ("fs/close", params, 30.0)]

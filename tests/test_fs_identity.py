@@ -223,3 +223,21 @@ def test_a_tree_merged_onto_hard_links_of_its_own_files_is_refused_and_kept(serv
         with pytest.raises(InvalidRequest, match="^fs/copy source and destination are the same file$"):
             client.fs.copy(tmp_path / "src", tmp_path / "dst", recursive=True)
     assert (tmp_path / "src" / "f").read_bytes() == b"precious"
+
+
+def test_a_whole_write_cut_last_is_cut_at_what_was_written_when_it_fails(tmp_path):
+    """``write_whole(truncate_last=True)`` (a ``cp`` download in place) cut the file only when the write
+    completed: an interrupted one left the old size, new bytes in front of the old tail."""
+    from fs_helper.replacing import write_whole
+
+    target = tmp_path / "file"
+    target.write_bytes(b"A" * 100)
+    os.link(target, tmp_path / "link")  # in place: a rename would split the link
+
+    def chunks(handle):
+        handle.write(b"B" * 10)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_whole(str(target), chunks, truncate_last=True)
+    assert (tmp_path / "link").read_bytes() == b"B" * 10

@@ -110,7 +110,7 @@ def disconnected(error: ExecServerDisconnected, where: Optional[str]) -> Command
     if isinstance(error, ExecServerTLSError):  # its cause is an ssl.SSLError, whose errno means nothing here
         return CommandError(text, where, EXIT_DISCONNECTED)
     if isinstance(cause, OSError) and cause.errno:  # a connect's, or a send's on a connection that was up
-        verb = "cannot connect" if text.startswith("cannot connect") else "connection lost"
+        verb = "connection lost" if text.startswith("send failed") else "cannot connect"
         return CommandError("%s: %s" % (verb, os.strerror(cause.errno)), where, EXIT_DISCONNECTED)
     return CommandError(text, where, EXIT_DISCONNECTED)
 

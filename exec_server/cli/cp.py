@@ -122,7 +122,12 @@ def download(fs: FileSystem, remote: str, local: str, progress_factory: Callable
     # a temporary file renamed when complete, with the old file's mode and owner; through a symlink; in place
     # where a rename would change what the file is (a device such as /dev/null, a FIFO, a hard link)
     target, mode = replace_target(os.path.abspath(local))
-    write_whole(target, write, mode, special_files=True, truncate_last=True)  # cut last: it may be the source
+    try:
+        write_whole(target, write, mode, special_files=True, truncate_last=True)  # cut last: it may be the source
+    except OSError as exc:  # a local write's error (ENOSPC) names no file; the server's name theirs
+        if exc.filename is None and not isinstance(exc, (TimeoutError, ExecServerDisconnected)):
+            exc.filename = local
+        raise
     progress.finish()
     return written
 
@@ -181,9 +186,6 @@ def copy_files(args: argparse.Namespace) -> int:
     except ExecServerDisconnected as exc:  # lost during the copy (an OSError too: first)
         return report("cp", disconnected(exc, args.via or args.url))
     except (OSError, ValueError) as exc:
-        where = getattr(exc, "filename", None)
-        if where is None and args.source.startswith(":") and not args.destination.startswith(":"):
-            where = args.destination  # a download's write (ENOSPC) names no file
         return report("cp", CommandError(os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc),
-                                         where, 1))
+                                         getattr(exc, "filename", None), 1))
     return 0

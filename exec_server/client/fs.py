@@ -18,10 +18,12 @@ and the path given as ``filename`` (:mod:`~exec_server.client.fs_errors`).
 """
 
 import os
+import threading
 from typing import Any, Dict, Iterator, List, Optional
 
 from exec_server.client.fs_errors import as_os_error
-from exec_server.client.interfaces import Caller, ExtensionNotSupported, PathLike, as_bytes, result_member
+from exec_server.client.interfaces import (CallTimeout, Caller, ExtensionNotSupported, PathLike, as_bytes,
+                                           result_member)
 from exec_server.protocol import b64
 from exec_server.protocol.errors import InternalError, NotFound, RpcError
 
@@ -146,21 +148,34 @@ class RemoteFile:
         if exc_type is None:
             self.close()
             return
-        # The error that ended the block (a Ctrl-C too) is the one to see, and at once: the close (an atomic
-        # handle's discard) waits EXIT_CLOSE_TIMEOUT at most and its own error is dropped, and none is sent
-        # for a handle that ended with its connection (the server closed it then).  Was: a close on a lost
-        # connection waited out the recovery (25 s) and its ExecServerDisconnected replaced a KeyboardInterrupt.
+        # The error that ended the block (a Ctrl-C too) is the one to see, and soon: the close (an atomic
+        # handle's discard) is waited for EXIT_CLOSE_TIMEOUT (a send already under way is bounded by the
+        # keepalive), then goes on in the background; its own error is dropped, and none is sent for a handle
+        # that ended with its connection (the server closed it then).  Was: a close on a lost connection
+        # waited out the recovery (25 s) and its ExecServerDisconnected replaced a KeyboardInterrupt.
         self.closed = True
         client = self._fs._client
-        if client.state != "connected" or self._connection not in (None, client.connection_number):
+        if (getattr(client, "state", "connected") != "connected"
+                or self._connection not in (None, getattr(client, "connection_number", None))):
             return
         params: Dict[str, Any] = {"handleId": self.handle_id}
         if self.atomic:
             params["commit"] = False
         try:
             client.call("fs/close", params, timeout=EXIT_CLOSE_TIMEOUT)
+        except CallTimeout:  # not sent yet (another thread's send holds the connection): sent later, not leaked
+            threading.Thread(target=_close_quietly, args=(client, params, self._fs.timeout), daemon=True,
+                             name="exec-server-fs-close").start()
         except Exception:
             pass
+
+
+def _close_quietly(client: Caller, params: Dict[str, Any], timeout: Optional[float]) -> None:
+    """``fs/close`` with ``params``, its outcome ignored (a ``with`` block's close that did not fit its wait)."""
+    try:
+        client.call("fs/close", params, timeout=timeout)
+    except Exception:
+        pass
 
 
 class FileSystem:

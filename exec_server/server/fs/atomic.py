@@ -76,9 +76,11 @@ def commit(fd: int, replacement: Replacement) -> None:
         finally:
             os.close(fd)
         try:
-            info: Optional[os.stat_result] = os.stat(target)
+            info: Optional[os.stat_result] = os.lstat(target)
         except OSError:
             info = None  # gone since the open (or never there): what the open saw
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            info = None  # a link (never followed now), a directory...: the name is replaced, or the rename fails
         if info is not None:  # what the target is now: a chmod, chown or link made since the open is kept
             mode, uid, gid = stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
         if info is None or keeps_identity(info, os.access(target, os.W_OK)):
@@ -99,7 +101,7 @@ def commit(fd: int, replacement: Replacement) -> None:
 
 def _copy_in_place(temporary: str, target: str, mode: int) -> None:
     with open(temporary, "rb") as source:
-        fd = open_file(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)  # never waits on a FIFO
+        fd = open_file(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
         with os.fdopen(fd, "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
             sink.flush()

@@ -12,7 +12,13 @@ from exec_server.server.fs import atomic
 
 
 def discard(entry: "Handle") -> None:
-    """Close a handle nobody will close any more; an atomic one's temporary file is removed (target unchanged)."""
+    """Close a handle nobody will close any more; an atomic one's temporary file is removed (target unchanged),
+    one written in place cut at its furthest write (what was written, as the reference's replace leaves it)."""
+    try:
+        if entry.cut_at_close:
+            os.ftruncate(entry.fd, entry.end)
+    except OSError:
+        pass
     try:
         os.close(entry.fd)
     except OSError:
