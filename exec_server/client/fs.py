@@ -130,14 +130,15 @@ class RemoteFile:
                 raise self._close_error
             return
         self.closed = True
-        params: Dict[str, Any] = {"handleId": self.handle_id}
-        if self.atomic:
-            params["commit"] = commit
         try:
-            self._call("fs/close", params)
+            self._call("fs/close", self._close_params(commit))
         except Exception as exc:
             self._close_error = exc
             raise
+
+    def _close_params(self, commit: bool) -> Dict[str, Any]:
+        """The ``fs/close`` params: ``commit`` for an atomic handle only (without it, the reference's close)."""
+        return {"handleId": self.handle_id, "commit": commit} if self.atomic else {"handleId": self.handle_id}
 
     def __enter__(self) -> "RemoteFile":
         return self
@@ -158,9 +159,7 @@ class RemoteFile:
         if (getattr(client, "state", "connected") != "connected"
                 or self._connection not in (None, getattr(client, "connection_number", None))):
             return
-        params: Dict[str, Any] = {"handleId": self.handle_id}
-        if self.atomic:
-            params["commit"] = False
+        params = self._close_params(False)
         try:
             client.call("fs/close", params, timeout=EXIT_CLOSE_TIMEOUT)
         except CallTimeout:  # not sent yet (another thread's send holds the connection): sent later, not leaked

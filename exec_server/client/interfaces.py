@@ -171,12 +171,15 @@ def seconds(timeout: Optional[float]) -> Optional[float]:
             a process handle's takes no input; ``write`` and ``close_stdin`` send it).
     """
     if timeout is not None and not isinstance(timeout, (int, float)):
-        try:
-            if isinstance(timeout, (str, bytes, bytearray, memoryview)):
-                raise TypeError
-            timeout = float(timeout)  # a Decimal, a Fraction, numpy's floats
-        except (TypeError, ValueError):
-            raise TypeError("timeout must be a number of seconds, not %s" % type(timeout).__name__) from None
+        number = None
+        if not isinstance(timeout, (str, bytes, bytearray, memoryview)):  # text that float() would read
+            try:
+                number = float(timeout)  # a Decimal, a Fraction, numpy's floats
+            except (TypeError, ValueError):
+                pass
+        if number is None:
+            raise TypeError("timeout must be a number of seconds, not %s" % type(timeout).__name__)
+        timeout = number
     if timeout is None or timeout >= threading.TIMEOUT_MAX:
         return None
     if timeout != timeout:

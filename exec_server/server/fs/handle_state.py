@@ -15,8 +15,7 @@ def discard(entry: "Handle") -> None:
     """Close a handle nobody will close any more; an atomic one's temporary file is removed (target unchanged),
     one written in place cut at its furthest write (what was written, as the reference's replace leaves it)."""
     try:
-        if entry.cut_at_close:
-            os.ftruncate(entry.fd, entry.end)
+        entry.cut()
     except OSError:
         pass
     try:
@@ -41,6 +40,11 @@ class Handle:
         self.busy = 0  # block operations bound to it (begin) and not ended
         self.orphaned = False  # nobody closes it any more: the last end() does
         self.claimed = False  # a close that arrived before it was open takes it: later requests find no handle
+
+    def cut(self) -> None:
+        """One written in place (``cut_at_close``): cut the file at its furthest write.  Raises OSError."""
+        if self.cut_at_close:
+            os.ftruncate(self.fd, self.end)
 
     @property
     def closes_slowly(self) -> bool:

@@ -240,10 +240,11 @@ class FileHandles:
             raise rpc_error(os_error(exc)) from None
         except FsError as exc:
             raise rpc_error(exc) from None
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISDIR(kind):
             os.close(fd)
             raise RpcError("path `%s` is not a file" % path, code=INVALID_REQUEST)
-        return _Handle(fd, mode, cut_at_close=cut_at_close and stat.S_ISREG(os.fstat(fd).st_mode)), False
+        return _Handle(fd, mode, cut_at_close=cut_at_close and stat.S_ISREG(kind)), False
 
     def _fd(self, handle_id: str, handle: Any, mode: str) -> int:
         """The descriptor of :meth:`_entry`."""
@@ -353,8 +354,7 @@ class FileHandles:
             return
         if entry.replacement is None:
             try:
-                if entry.cut_at_close:
-                    os.ftruncate(entry.fd, entry.end)
+                entry.cut()
             except OSError as exc:
                 raise rpc_error(os_error(exc)) from None
             finally:
