@@ -111,6 +111,22 @@ def test_pty_size_without_a_pty_is_refused(client):
     assert client.run(["stty", "size"], tty=True, pty_size=(5, 7), timeout=10).stdout == b"5 7\r\n"
 
 
+def test_stdin_takes_subprocess_constants(client, tmp_path):
+    """``stdin=subprocess.PIPE`` (-1) went out as ``pipeStdin: -1`` and came back as the server's
+    Invalid params; a local file cannot feed a remote process and is named before anything is sent."""
+    with client.start(["cat"], stdin=subprocess.PIPE) as process:
+        process.write(b"piped")
+        process.close_stdin()
+        assert process.communicate(timeout=10) == (b"piped", b"")
+    for value in (subprocess.DEVNULL, None, False):
+        assert client.run(["wc", "-c"], timeout=10, stdin=value).stdout.strip() == b"0"  # the null device
+    with open(str(tmp_path / "local"), "wb") as local:
+        for value in (local, local.fileno(), subprocess.STDOUT, "yes"):
+            with pytest.raises(TypeError, match="^stdin must be True, False, subprocess.PIPE or subprocess.DEVNULL"):
+                client.start(["cat"], stdin=value)
+    assert client.run(["true"], timeout=10).returncode == 0
+
+
 @pytest.mark.slow
 def test_a_run_timeout_on_a_silent_server_keeps_the_output_received(monkeypatch):
     """The server stops answering (SIGSTOP) once the command's first output is in: CallTimeout has that output."""

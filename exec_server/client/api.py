@@ -25,7 +25,7 @@ from exec_server.client.buffer import MAX_BUFFERED_OUTPUT
 from exec_server.client.control import terminate_open, terminate_unknown_start
 from exec_server.client.endpoint import CONNECTED, RECOVERING, Endpoint
 from exec_server.client.interfaces import (CallTimeout, ExtensionNotSupported, PathLike, command_argv,  # noqa: F401
-                                           command_env, seconds as _seconds)
+                                           command_env, seconds as _seconds, stdin_flag)
 from exec_server.client.process import (ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap,  # noqa: F401
                                         RemoteProcess, StdinClosedError)
 from exec_server.client.recovery import (FreshId, ReconnectPolicy, Recovery, RequestOutcomeUnknown,  # noqa: F401
@@ -289,7 +289,7 @@ class Client:
                 default envPolicy); False gives the child exactly ``env``.
             env_policy: a raw ``envPolicy`` object, overriding ``inherit_env``.
             tty: run under a PTY (stream ``pty``).
-            stdin: keep stdin writable (``pipeStdin``).
+            stdin: keep stdin writable (``pipeStdin``): True or ``subprocess.PIPE`` (else the null device).
             arg0: ``argv[0]`` as the child sees it.
             pty_size: ``(rows, cols)`` of the PTY (``ptySize`` extension; else 24x80).
             process_id: the id to use; default a fresh unique one.
@@ -305,9 +305,9 @@ class Client:
                 again: :func:`~exec_server.client.recovery.start_once`; one of the client's own id that timed
                 out or was interrupted is terminated: :func:`~exec_server.client.control.terminate_unknown_start`).
             RequestOutcomeUnknown: only for the caller's ``process_id``, when the server has it after a drop.
-            ValueError: ``argv`` is empty, ``cwd`` is not absolute (``path is not absolute: 'x'``),
-                ``process_id`` is in use, ``pty_size`` is given without ``tty``, ``max_buffered_output``
-                is not a positive integer or None, or ``timeout`` is negative or NaN (TypeError: an item is not text).
+            ValueError: ``argv`` is empty, ``cwd`` is not absolute (``path is not absolute: 'x'``), ``process_id``
+                is in use, ``pty_size`` is given without ``tty``, ``max_buffered_output`` is not a positive
+                integer or None, or ``timeout`` is negative or NaN (TypeError: an item is not text, ``stdin`` a file).
         """
         timeout = _seconds(timeout)  # checked before anything is sent (the start's own deadline would be past)
         argv = command_argv(argv)
@@ -320,7 +320,7 @@ class Client:
             "argv": argv,
             "cwd": self.to_uri(cwd) if cwd is not None else self.environment_info.get("cwd", "file:///"),
             "env": command_env(env),
-            "tty": tty, "pipeStdin": stdin, "arg0": arg0,
+            "tty": tty, "pipeStdin": stdin_flag(stdin), "arg0": arg0,
         }
         if env_policy is not None:
             params["envPolicy"] = dict(env_policy)

@@ -255,6 +255,22 @@ def command_env(env: Any) -> Dict[str, str]:
     return {_text(name, "env name"): _text(value, "env value") for name, value in (env or {}).items()}
 
 
+def stdin_flag(stdin: Any) -> bool:
+    """``start``'s ``stdin`` as ``pipeStdin``: True or ``subprocess.PIPE`` keeps the child's stdin
+    writable; False, None or ``subprocess.DEVNULL`` gives it the null device.
+
+    Raises:
+        TypeError: anything else (a file, a descriptor, ``subprocess.STDOUT``): the child runs on
+            the server, where no local file can reach it; :meth:`RemoteProcess.write` feeds it.
+    """
+    if stdin is True or stdin is False:
+        return stdin
+    if stdin is None or (type(stdin) is int and stdin in (subprocess.PIPE, subprocess.DEVNULL)):
+        return stdin == subprocess.PIPE
+    raise TypeError("stdin must be True, False, subprocess.PIPE or subprocess.DEVNULL, not %r "
+                    "(the process runs on the server: write to it with RemoteProcess.write)" % (stdin,))
+
+
 def _text(item: Any, what: str) -> str:
     """``item`` as protocol text; TypeError naming ``what`` for another type or what is not UTF-8."""
     value = os.fspath(item) if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__") else item
