@@ -218,7 +218,8 @@ def copy(params: Dict[str, Any], policy: Policy) -> Dict[str, Any]:
             raise errno_error(errno.ENOENT if info is None else errno.ELOOP)
         if not stat.S_ISDIR(info.st_mode):
             tree_at.copy_file_at(source_place.dir_fd, source_place.name, destination_place.dir_fd,
-                                 destination_place.name, path=native_path(params, "sourcePath"))
+                                 destination_place.name, path=native_path(params, "sourcePath"),
+                                 destination_path=native_path(params, "destinationPath"))
             return {}
         if not params["recursive"]:
             raise FsError(INVALID_REQUEST, "fs/copy requires recursive: true when sourcePath is a directory")

@@ -122,11 +122,12 @@ def copy_tree_at(source_fd: int, destination_fd: int) -> None:
 
 
 def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, destination_name: str,
-                 path: str = "") -> None:
+                 path: str = "", destination_path: str = "") -> None:
     """Copy one regular file (opened with ``O_NOFOLLOW``) over ``destination_name``, atomically.
 
     Raises:
-        SpecialFile: the source is a FIFO, device or socket (``path`` names it).
+        SpecialFile: the source is a FIFO, device or socket (``path`` names it), or the destination is
+            (``destination_path`` names it; else its name in its directory).
     """
     existing = lstat_at(destination_dir_fd, destination_name)
     if existing is not None and stat.S_ISDIR(existing.st_mode):
@@ -138,6 +139,6 @@ def copy_file_at(source_dir_fd: int, source_name: str, destination_dir_fd: int, 
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         refuse_same_file(info, existing)  # a link there is replaced, not written through: same inode only
         write_whole_at(destination_dir_fd, destination_name, lambda handle: copy_blocks(fd, handle),
-                       stat.S_IMODE(info.st_mode))
+                       stat.S_IMODE(info.st_mode), destination_path)
     finally:
         os.close(fd)

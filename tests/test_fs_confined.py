@@ -1,6 +1,7 @@
 """Sandboxed file operations without bubblewrap: confined by descriptors or refused (issue 15)."""
 
 import os
+import stat
 import sys
 import threading
 import time
@@ -356,6 +357,20 @@ def test_a_fifo_is_refused_when_confined_without_waiting_for_a_writer(roots, met
         "recursive": False}
     error = refused(method, params, work, hidden)
     assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % fifo)
+
+
+def test_a_confined_copy_onto_a_fifo_names_the_whole_destination(roots):
+    """The message named the FIFO's last component alone (``path `dest` is a FIFO``)."""
+    work, _outside, hidden = roots
+    (work / "source").write_bytes(b"data")
+    (work / "sub").mkdir()
+    destination = work / "sub" / "dest"
+    os.mkfifo(str(destination))
+    params = {"sourcePath": path_to_uri(str(work / "source")), "destinationPath": path_to_uri(str(destination)),
+              "recursive": False}
+    error = refused("fs/copy", params, work, hidden)
+    assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % destination)
+    assert stat.S_ISFIFO(os.lstat(str(destination)).st_mode)
 
 
 def test_a_refused_confined_copy_names_the_path_the_client_gave(roots):
