@@ -339,6 +339,18 @@ def test_upgrade_is_checked_before_the_token(jwt_server, method, head, status, b
     assert response.split(b"\r\n\r\n", 1)[1] == body
 
 
+@pytest.mark.parametrize("key", [b"x", b"dGhlIHNhbXBsZSBub25jZQ", b"dGhlIHNhbXBsZSBub25j!Q==", b"QUFB" * 8,
+                                 b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+def test_a_key_that_is_not_a_16_byte_nonce_is_refused(server, key):
+    """RFC 6455 4.2.1: the key is 16 bytes in base64, once (any text was taken, as the reference takes it)."""
+    response = http_request(urlsplit(server.url).port, b"GET / HTTP/1.1\r\n" + NO_KEY
+                            + b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
+    assert response.split(b" ", 2)[1] == b"400"
+    assert response.split(b"\r\n\r\n", 1)[1] == b"`Sec-WebSocket-Key` header is not 16 bytes in base64"
+    good = http_request(urlsplit(server.url).port, b"GET / HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+    assert good.startswith(b"HTTP/1.1 101")
+
+
 def test_malformed_header_outside_the_handshake_is_not_a_server_error(server):
     """h11 under wsproto refuses values such as 'Bearer ' (trailing blank): only handshake headers reach it."""
     raw = b"GET / HTTP/1.1\r\n" + UPGRADE + b"Authorization: Bearer \r\nX-Note: a\x7fb\r\n\r\n"

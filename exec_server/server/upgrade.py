@@ -184,6 +184,18 @@ _HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_
                       "HTTP_SEC_WEBSOCKET_VERSION")
 
 
+def _is_websocket_key(key: str) -> bool:
+    """True for one nonce of 16 bytes in base64, as RFC 6455 4.2.1 asks of a client (two keys, joined with
+    a comma, are not one)."""
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (UnicodeEncodeError, binascii.Error):
+        return False
+
+
 def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
     """The upgrade request's handshake headers from the WSGI environ, for wsproto.
 
@@ -237,6 +249,8 @@ class WebSocketApp:
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
         if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
+        if not _is_websocket_key(environ["HTTP_SEC_WEBSOCKET_KEY"]):  # RFC 6455 4.2.1 (the reference takes any)
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header is not 16 bytes in base64")
         # wsproto and the connection loop load on the first upgrade: answering
         # /readyz needs neither (~10 ms of a cold start)
         import h11
