@@ -230,6 +230,30 @@ def test_skew_edges(skew, exp, nbf, refusal):
     assert check.refusal(token) == refusal
 
 
+def test_a_deeply_nested_header_is_an_invalid_token_not_a_server_error(jwt_server, monkeypatch):
+    """PyJWT 2.10-2.12 parse the header before the signature and let RecursionError out of ~20000 nested
+    arrays (53 KB, under the header limit): a 500 and a logged traceback for anyone, without credentials."""
+    import base64
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    token = (b64(b'{"alg":"HS256","x":' + b"[" * 20000 + b"]" * 20000 + b"}") + b"." + b64(b'{"exp":1}')
+             + b".AAAA").decode()
+    response = http_request(urlsplit(jwt_server.url).port, b"GET / HTTP/1.1\r\n" + UPGRADE + bearer(token) + b"\r\n")
+    assert (response.split(b" ", 2)[1].decode(), response.split(b"\r\n\r\n", 1)[1].decode()) == INVALID
+
+
+def test_an_error_of_the_decoder_is_an_invalid_token(monkeypatch):
+    check = SignedBearerToken(SECRET.encode())
+
+    def deep(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+
+    monkeypatch.setattr(jwt, "decode_complete", deep)  # what those PyJWT releases raise
+    assert check.refusal(mint({"exp": 2 ** 40})) == "invalid websocket jwt"
+
+
 def test_largest_skew_saturates_like_the_reference():
     check = SignedBearerToken(SECRET.encode(), max_clock_skew=2 ** 63 - 1)
     assert check.refusal(mint({"exp": 0})) is None
