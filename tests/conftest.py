@@ -56,6 +56,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         time.sleep(interval)
 
 
+#: /proc/<pid>/fd lists a process's descriptors (Linux): the only place an unlinked spool segment shows.
+PROC_FDS = os.path.isdir("/proc/self/fd")
+
+
+def held_segments(pid: int, directory) -> Dict[str, int]:
+    """The spool segment files under ``directory`` that process ``pid`` holds open: {its /proc fd link: bytes}.
+
+    A segment is unlinked as soon as it is made, so only the descriptor shows it: its /proc/<pid>/fd link reads
+    ``<path> (deleted)`` (psutil's ``open_files()`` does not list deleted files reliably).  Linux only (``PROC_FDS``).
+    """
+    prefix = os.path.realpath(str(directory)) + os.sep
+    fd_dir = "/proc/%d/fd" % pid
+    held = {}
+    for name in os.listdir(fd_dir):
+        link = os.path.join(fd_dir, name)
+        try:
+            target = os.readlink(link)
+            if target.startswith(prefix) and target.endswith(".spool (deleted)"):
+                held[link] = os.stat(link).st_size
+        except OSError:  # closed meanwhile
+            continue
+    return held
+
+
 def pid_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

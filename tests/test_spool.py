@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import wait_until
+from conftest import PROC_FDS, held_segments, wait_until
 from exec_server.server.config import ServerConfig
 from exec_server.server.process.output import OutputChunk, OutputLog
 from exec_server.server.process.spool import OWNER_LOCK, SPOOL_PREFIX, SpoolStore
@@ -30,8 +30,14 @@ def make_store(tmp_path, per_process=1 << 20, total=1 << 30, chunks=1 << 20, wri
 
 
 def spool_files(store):
+    """The segment files named in the spool directory: none, they are unlinked as soon as made."""
     names = os.listdir(store.path) if store.path and os.path.isdir(store.path) else []
     return sorted(name for name in names if name.endswith(".spool"))
+
+
+def segments(spool):
+    """``spool``'s segment files, as (fd, os.fstat) pairs: their descriptors are all that keeps them."""
+    return [(segment.fd, os.fstat(segment.fd)) for segment in spool._segments]
 
 
 def payload(seq: int, size: int) -> bytes:
@@ -54,8 +60,9 @@ def test_index_reads_back_every_chunk_with_its_seq_stream_and_bounds(tmp_path):
     assert spool.read(3, 100, 1, at_least_one=False) == []
     assert spool.first_after(4) == 5 and spool.first_after(7) is None
     assert store.used == sum(sizes) == spool.disk_bytes
+    assert [info.st_size for _, info in segments(spool)] == [sum(sizes)] and spool_files(store) == []
     spool.discard()
-    assert store.used == 0 and spool_files(store) == []
+    assert store.used == 0 and spool._segments == []
     store.close()
 
 
@@ -65,9 +72,10 @@ def test_directory_is_private_and_files_are_owner_only(tmp_path):
     spool.append(1, "stdout", b"secret")
     assert os.path.dirname(store.path) == str(tmp_path)
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o700
-    files = spool_files(store)
-    assert len(files) == 1
-    assert stat.S_IMODE(os.stat(os.path.join(store.path, files[0])).st_mode) == 0o600
+    [(fd, info)] = segments(spool)
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_size == 6
+    assert info.st_nlink == 0 and os.listdir(store.path) == [OWNER_LOCK]  # unlinked: nothing left by a kill
+    assert os.pread(fd, 6, 0) == b"secret"
     spool.discard()
     store.close()
     assert not os.path.exists(store.path)
@@ -84,9 +92,64 @@ def test_per_process_budget_evicts_oldest_segments_first(tmp_path):
     seqs = [s for s, _, _ in kept]
     assert seqs == list(range(seqs[0], 101)) and seqs[0] > 1
     assert all(bytes(v) == payload(s, 16 * KIB) for s, _, v in kept)
-    assert len(spool_files(store)) <= 8
+    held = segments(spool)
+    assert len(held) <= 8 and sum(info.st_size for _, info in held) == spool.disk_bytes
+    assert all(info.st_nlink == 0 for _, info in held) and spool_files(store) == []
     spool.discard()
     store.close()
+
+
+@pytest.mark.skipif(not PROC_FDS, reason="finds the unlinked segments through /proc/self/fd (Linux)")
+def test_evicted_and_discarded_segments_are_closed_so_their_space_is_freed(tmp_path):
+    store = make_store(tmp_path, per_process=512 * KIB)  # eight 64 KiB segments
+    spool = store.spool("p")
+    for seq in range(1, 101):  # 25 segments made, the oldest closed as it is evicted
+        assert spool.append(seq, "stdout", payload(seq, 16 * KIB))
+    held = held_segments(os.getpid(), store.path)
+    assert len(held) == len(spool._segments) <= 8 and sum(held.values()) == spool.disk_bytes
+    assert os.listdir(store.path) == [OWNER_LOCK]
+    spool.discard()
+    assert held_segments(os.getpid(), store.path) == {}
+    store.close()
+
+
+def test_a_segment_that_cannot_be_unlinked_is_closed_and_stops_the_spool(tmp_path, monkeypatch, caplog):
+    store = make_store(tmp_path, per_process=512 * KIB)  # 64 KiB segments: 16 chunks of 4 KiB each
+    spool = store.spool("p")
+    for seq in range(1, 17):
+        assert spool.append(seq, "stdout", payload(seq, 4 * KIB))
+    opened, closed = [], []
+    real_open, real_close = os.open, os.close
+
+    def recording_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        opened.append((path, fd))
+        return fd
+
+    def recording_close(fd):
+        closed.append(fd)
+        real_close(fd)
+
+    def failing_unlink(path, *args, **kwargs):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "close", recording_close)
+    monkeypatch.setattr(os, "unlink", failing_unlink)
+    with caplog.at_level(logging.WARNING, logger="exec_server.server.process.spool"):
+        assert not spool.append(17, "stdout", payload(17, 4 * KIB))  # a second segment: made, not unlinked
+        assert not spool.append(18, "stdout", b"x")  # stopped for good
+    monkeypatch.undo()
+    [(path, fd)] = opened
+    assert closed == [fd] and os.path.exists(path)  # not leaked; the name is removed with the directory
+    assert spool.stopped and len(caplog.records) == 1
+    assert "writing failed: %s" % os.strerror(errno.EBUSY) in caplog.records[0].getMessage()
+    assert [s for s, _, _ in spool.read(0, 100, None)] == list(range(1, 17))  # what it held stays readable
+    assert store.used == 64 * KIB == spool.disk_bytes
+    spool.discard()
+    assert store.used == 0
+    store.close()
+    assert not os.path.exists(store.path)
 
 
 def test_chunk_limit_evicts_oldest_segments(tmp_path):
@@ -222,9 +285,9 @@ def test_a_spool_file_cut_short_is_a_gap_not_a_read_that_spins_forever(tmp_path)
     log, _ = make_log(store, retained=2 * KIB)
     for i in range(100):
         log.output("stdout", payload(i, 4 * KIB))
-    files = [os.path.join(store.path, name) for name in spool_files(store)]
-    os.truncate(files[0], 1000)  # seq 1 and the rest of the first segment are gone
-    os.truncate(files[2], 5 * 4 * KIB + 100)  # the third segment keeps its first five chunks whole
+    fds = [fd for fd, _ in segments(log._spool)]
+    os.ftruncate(fds[0], 1000)  # seq 1 and the rest of the first segment are gone
+    os.ftruncate(fds[2], 5 * 4 * KIB + 100)  # the third segment keeps its first five chunks whole
     got = []
 
     def read_all():
@@ -256,9 +319,7 @@ def test_a_spool_file_that_cannot_be_read_is_a_gap_not_an_internal_error(tmp_pat
     log, _ = make_log(store, retained=2 * KIB)
     for i in range(40):
         log.output("stdout", payload(i, 4 * KIB))
-    broken = os.open(os.path.join(store.path, spool_files(store)[1]), os.O_RDONLY)
-    broken_inode = os.fstat(broken).st_ino
-    os.close(broken)
+    broken_inode = segments(log._spool)[1][1].st_ino
     real_pread = os.pread
 
     def failing_pread(fd, size, offset):
@@ -318,7 +379,7 @@ def test_registry_owns_the_store_and_removes_it_at_close(tmp_path):
     spool = registry.spool_for("p")()
     spool.append(1, "stdout", b"x")
     path = registry.spool_store.path
-    assert os.listdir(path)
+    assert os.listdir(path) == [OWNER_LOCK] and registry.spool_store.used == 1 and len(segments(spool)) == 1
     registry.close_all()
     assert not os.path.exists(path) and os.listdir(str(tmp_path)) == []
 

@@ -1,21 +1,21 @@
 """Output spooled to disk: a process's output past the in-memory budget, readable by seq.
 
-:class:`SpoolStore` is one per server (the session registry owns it): a private directory (mode 0700, created on
-first use under ``spool_dir`` or the system's temporary directory, removed by :meth:`SpoolStore.close` or at
-interpreter exit; one left by a server that was killed (SIGKILL, the OOM killer) is removed by the next server that
-makes its own there, see :func:`reclaim_stale_spools`) and the byte budget all processes share
-(``spool_bytes_total``). :class:`Spool` is one process's spool: its output chunks written through to segment files
-(mode 0600) as they arrive, and an index of them kept in three flat arrays (seq, end offset, stream code), so a
-chunk costs 17 bytes of memory and no Python object.
+:class:`SpoolStore` is one per server (the session registry owns it): a private directory (mode 0700, created on first
+use under ``spool_dir`` or the system's temporary directory, removed by :meth:`SpoolStore.close` or at interpreter exit;
+one left by a server that was killed (SIGKILL, the OOM killer) is removed by the next server that makes its own there,
+see :func:`reclaim_stale_spools`) and the byte budget all processes share (``spool_bytes_total``). :class:`Spool` is one
+process's spool: its output chunks written through to segment files (mode 0600) as they arrive, and an index of them
+kept in three flat arrays (seq, end offset, stream code), so a chunk costs 17 bytes of memory and no Python object.
+Segment files are unlinked as soon as made (as ``tempfile.TemporaryFile``): their descriptors alone keep them, so their
+space comes back when those are closed or the server's process ends, however it ends (``df`` counts them, ``du`` not).
 
 Chunks never span segments. Past ``spool_bytes_per_process`` (or ``spool_chunks_per_process``) the oldest segment is
-deleted: eviction is oldest first and a segment at a time. When the shared budget is spent or a write fails (ENOSPC,
-EDQUOT, any OSError) the spool stops taking output: what it holds stays readable, later output is retained in memory
-only, and one warning is logged. A read (:meth:`Spool.read`) takes a contiguous range of chunks with one
-``os.pread`` per segment and hands back slices of that buffer.
+closed: eviction is oldest first and a segment at a time. When the shared budget is spent or a write fails (ENOSPC,
+EDQUOT, any OSError, also from the unlink of a new segment) the spool stops taking output: what it holds stays readable,
+later output is retained in memory only, and one warning is logged. A read (:meth:`Spool.read`) takes a contiguous range
+of chunks with one ``os.pread`` per segment and hands back slices of that buffer. Thread-safe.
 
 Not on Windows (no ``os.pread``): there :meth:`SpoolStore.spool` returns None and output is retained in memory only.
-Thread-safe.
 """
 
 import array
@@ -112,10 +112,10 @@ class SpoolStore:
             self._used -= size
 
     def new_file(self) -> Tuple[int, str]:
-        """Create a segment file (mode 0600) in the private directory; (fd, path).
+        """Create a segment file (mode 0600) in the private directory and unlink it; (fd, the name it had).
 
         Raises:
-            OSError: the directory or file cannot be made (the spool then stops).
+            OSError: the directory or file cannot be made or unlinked (the spool then stops).
         """
         with self._lock:
             if self._closed:
@@ -129,7 +129,13 @@ class SpoolStore:
                                  name="exec-server-spool-reclaim", daemon=True).start()  # off the output path
             self._files += 1
             path = os.path.join(self._path, "%08d.spool" % self._files)
-        return os.open(path, _FLAGS, 0o600), path
+        fd = os.open(path, _FLAGS, 0o600)
+        try:
+            os.unlink(path)  # the descriptor keeps it: no output stays on disk after the process, however it ends
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, path
 
     def close(self) -> None:
         """Stop spooling and remove the directory (call after every spool is discarded)."""
@@ -282,13 +288,9 @@ class Spool:
         self._bytes -= size
         self._store.release(size)
         try:
-            os.close(segment.fd)
+            os.close(segment.fd)  # unlinked when made: closing it frees its disk space
         except OSError:
             pass
-        try:
-            os.unlink(segment.path)
-        except OSError as exc:
-            log.warning("cannot remove output spool file %s: %s", segment.path, exc)
 
     def _forget_cut_locked(self, segment: _Segment, cut: int) -> None:
         """Drop from the index ``segment``'s chunks from index ``cut`` on (its file no longer holds them): a later
@@ -302,7 +304,7 @@ class Spool:
             self._first_offset = segment.end
 
     def discard(self) -> None:
-        """Delete every file and forget the index (the process is forgotten); idempotent."""
+        """Close every segment file (freeing its space) and forget the index (the process is forgotten); idempotent."""
         with self._lock:
             self._discarded = True
             segments, self._segments = self._segments, []
