@@ -236,7 +236,7 @@ def test_a_signal_right_after_the_temporary_file_is_made_leaves_none(server, tmp
             "console_main()\n") % (signum, where, server.url, source, destination)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
                           env=ENV)
-    assert done.returncode == 128 + signum, done.stderr
+    assert done.returncode == (-signum if signum == signal.SIGINT else 128 + signum), done.stderr
     assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
 
 
@@ -256,7 +256,8 @@ def test_sigterm_ends_a_cp_download_as_ctrl_c_does(server, tmp_path, number, wor
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
     _out, err = signalled(cli, number,  # once its temporary file is there
                           lambda: wait_until(lambda: len(os.listdir(folder)) == 2, timeout=30, interval=0.001))
-    assert (cli.returncode, err) == (128 + number, b"exec-server cp: %s\n" % words)
+    assert (cli.returncode, err) == (-number if number == signal.SIGINT else 128 + number,
+                                     b"exec-server cp: %s\n" % words)
     assert os.listdir(folder) == ["dest.bin"] and (folder / "dest.bin").read_bytes() == b"OLD"
 
 
@@ -282,6 +283,70 @@ def test_an_interrupted_copy_on_the_server_says_it_goes_on(monkeypatch, capsys):
     with pytest.raises(KeyboardInterrupt):
         cp.copy_files(args)
     assert "the copy on the server is one request, which goes on to its end" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("words", [["run"], ["run", "hosts"], ["cp"]])
+def test_ctrl_c_stops_the_shell_loop_that_runs_it(request, tmp_path, words):
+    """A shell waiting for a command that a Ctrl-C (SIGINT to the terminal's foreground group) ended with a
+    status of 130 takes it as handled and goes on with its script (bash's wait-and-cooperative-exit): ``for``
+    loops of run and cp went on to the next command.  They now end by SIGINT once the remote trees and the
+    temporary files are dealt with, as Python does for a KeyboardInterrupt nothing caught."""
+    marker = "61.%d" % len(words[0] + "".join(words[1:]))
+    if words[0] == "cp":
+        server = start_ours()
+        request.addfinalizer(server.stop)
+        fifo = tmp_path / "slow"
+        os.mkfifo(str(fifo))  # cp's local read of a FIFO waits for a writer: the copy is under way for good
+        command = CLI + ["cp", "--url", server.url, str(tmp_path / "slow"), ":%s" % (tmp_path / "copy")]
+        ready = lambda: (time.sleep(1.0), True)[1]  # noqa: E731
+    else:
+        urls = request.getfixturevalue("two") if words[1:] else []
+        command = CLI + ["run"] + urls + ["--", "sleep", marker]
+        sleepers = 2 if urls else 1
+        ready = lambda: len(running_descendants(os.getpid(), ["sleep", marker])) == sleepers  # noqa: E731
+    script = 'for i in 1 2 3; do "$@"; echo "next $i $?"; done'
+    shell = subprocess.Popen(["bash", "-c", script, "loop"] + command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    try:
+        wait_until(ready, timeout=20)
+        os.killpg(shell.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = shell.communicate(timeout=30)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.communicate()
+    assert (shell.returncode, out) == (-signal.SIGINT, b""), err
+    assert b"Traceback" not in err
+    wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
+
+
+def test_server_options_before_run_configure_its_embedded_server():
+    """``exec-server --linux-sandbox-pid-namespace inherit run ...`` ran in the default mode: the server options
+    were parsed and dropped (and the same option after ``run`` is unknown)."""
+    done = subprocess.run(CLI + ["--linux-sandbox-pid-namespace", "inherit", "run", "--", "sh", "-c",
+                                 "echo ${EXEC_SERVER_PROCESS_ID:+marked}"],
+                          capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=ENV)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"marked\n", b"")  # inherit mode's marker
+    done = subprocess.run(CLI + ["--max-sessions", "0", "run", "--", "true"], capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=ENV)
+    assert (done.returncode, done.stderr) == (2, b"exec-server run: --max-sessions must be at least 1\n")
+
+
+@pytest.mark.parametrize("words, refused", [
+    (["--listen", "ws://0.0.0.0:1", "--spool-dir", "/nonexistent", "run", "--", "true"],
+     "--listen: run's embedded server has no listener"),
+    (["--ws-auth", "capability-token", "run", "--", "true"], "--ws-auth: run's embedded server has no listener"),
+    (["--spool-dir", "/x", "--max-sessions", "3", "run", "--url", "ws://127.0.0.1:1", "--", "true"],
+     "--spool-dir, --max-sessions: a server option, for the server that --url, --via or --hosts names"),
+    (["--linux-sandbox-pid-namespace", "inherit", "cp", "--url", "ws://127.0.0.1:1", "a", ":/b"],
+     "--linux-sandbox-pid-namespace: a server option, for the server that --url, --via or --hosts names"),
+])
+def test_server_options_that_cannot_apply_are_usage_mistakes(words, refused):
+    """They were accepted and ignored (a --listen of 0.0.0.0 without a token too)."""
+    done = subprocess.run(CLI + words, capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=ENV)
+    assert done.returncode == 2
+    assert ("exec-server %s: error: %s" % (words[words.index("run") if "run" in words else words.index("cp")],
+                                           refused)).encode() in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("number", [signal.SIGHUP, signal.SIGINT])

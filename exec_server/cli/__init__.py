@@ -52,6 +52,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
         subcommands = getattr(parser, "subcommands", {})
         subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
+    if args.command in ("run", "cp"):  # server options given with them were ignored
+        from exec_server.cli.embedded import misplaced_server_options
+
+        misplaced = misplaced_server_options(args)
+        if misplaced is not None:
+            parser.subcommands[args.command].error(misplaced)
     # a bad EXEC_SERVER_LOG is one line: the usage would tell of options that were all right
     logs.configure(args.log_level, lambda message: parser.exit(2, "exec-server: error: %s\n" % message))
     if args.otel:
@@ -93,7 +99,10 @@ def console_main() -> None:
     waits for that collection: by the time :func:`main` returns, the command
     has closed its connections, files and process trees.  A caller of
     :func:`main` in its own process is not affected.  A Ctrl-C that no
-    command handles itself ends it with status 130 and one line, no traceback.
+    command handles itself ends it with one line, no traceback; one that ended
+    a command with status 130 ends the process by SIGINT once the command has
+    cleaned up (a shell reports 130, and stops the script or loop that ran it:
+    :func:`~exec_server.cli.output.end_as_interrupted`).
     First, descriptors 0, 1 and 2 closed at start get the null device
     (:func:`_fill_closed_std_fds`).
     """
@@ -101,10 +110,16 @@ def console_main() -> None:
     try:
         status = main()
     except KeyboardInterrupt:  # Ctrl-C where no command handles it (while parsing, or serving): as a shell tool
-        from exec_server.cli.output import say
+        from exec_server.cli.output import note_interrupt, say
 
+        note_interrupt()
         say("exec-server: interrupted")
         status = 130
+    if status == 130 and "exec_server.cli.output" in sys.modules:
+        from exec_server.cli import output
+
+        if output.interrupted():  # a Ctrl-C ends it by SIGINT: a shell's loop stops too
+            output.end_as_interrupted()
     gc.freeze()
     sys.exit(status)
 

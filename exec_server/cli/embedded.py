@@ -12,9 +12,10 @@ in both directions, exactly the messages a socket would carry.
 :meth:`exec_server.client.api.Client.open` takes.
 """
 
+import argparse
 import queue
 import threading
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
 from exec_server.server.config import ServerConfig
@@ -24,6 +25,45 @@ from exec_server.server.sessions import SessionRegistry
 _END = None
 #: How long :meth:`EmbeddedServer.close` waits for the server's reader thread, seconds.
 CLOSE_WAIT = 2.0
+#: Server options of a listener (its address, authentication, TLS, connections): an embedded server has none.
+LISTENER_OPTIONS = frozenset([
+    "--listen", "--ws-auth", "--ws-token-file", "--ws-token-sha256", "--ws-shared-secret-file", "--ws-issuer",
+    "--ws-audience", "--ws-max-clock-skew-seconds", "--tls-certfile", "--tls-keyfile", "--tls-client-ca",
+    "--tls-handshake-timeout", "--max-connections", "--max-pending-upgrades", "--max-pending-upgrades-per-address",
+    "--ping-interval", "--keepalive-timeout", "--takeover-probe-timeout", "--send-timeout", "--upgrade-timeout",
+    "--shutdown-timeout"])
+
+
+def server_options_given(args: argparse.Namespace) -> List[str]:
+    """The server options (those before a subcommand) set to other than their defaults, as typed
+    (``--spool-dir``); ``--otel`` and ``--log-level`` are the command's own."""
+    from exec_server.cli.options import add_server_options
+
+    probe = argparse.ArgumentParser(add_help=False)
+    add_server_options(probe)
+    defaults = vars(probe.parse_args([]))
+    return ["--" + name.replace("_", "-") for name, default in defaults.items()
+            if name not in ("otel", "log_level") and getattr(args, name, default) != default]
+
+
+def misplaced_server_options(args: argparse.Namespace) -> Optional[str]:
+    """Why the server options given cannot apply to ``run`` or ``cp`` (None: they can, or none was given).
+
+    They configure ``run``'s embedded server (``run`` without ``--url`` or
+    ``--via``), except a listener's (:data:`LISTENER_OPTIONS`); ``cp`` and
+    ``run --url``/``--via`` use a server that has its own.  They were ignored.
+    """
+    given = server_options_given(args)
+    if not given:
+        return None
+    if args.command == "run" and args.url is None and args.via is None and not getattr(args, "hosts_file", None):
+        listener = [option for option in given if option in LISTENER_OPTIONS]
+        if not listener:
+            return None
+        return "%s: run's embedded server has no listener (the server options before 'run' configure it)" % (
+            ", ".join(listener))
+    return "%s: a server option, for the server that --url, --via or --hosts names (give it there)" % (
+        ", ".join(given))
 
 
 class EmbeddedTransport:
@@ -101,6 +141,7 @@ class EmbeddedServer:
     """
 
     def __init__(self, config: Optional[ServerConfig] = None):
+        """``config``: None for the defaults (``exec-server run`` passes the server options before ``run``)."""
         self.config = config or ServerConfig()
         self.registry = SessionRegistry(self.config)
         self.dispatcher = Dispatcher(self.registry, self.config)

@@ -21,7 +21,7 @@ from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
 from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
 from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, exit_after_close, exit_after_end,
-                                    give_up_timer, handle, remote_status, restore, say)
+                                    give_up_timer, handle, interrupted, note_interrupt, remote_status, restore, say)
 from exec_server.client.group_events import GroupProcesses
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap
 from exec_server.client.recovery import ReconnectPolicy
@@ -120,7 +120,7 @@ def lines_with(host: str, lines: List[bytes]) -> Iterator[bytes]:
 
 
 def run_group(args: argparse.Namespace, urls: List[str], argv: List[str], env: dict) -> int:
-    """Run ``args.argv`` on every host; 0 when all exited 0, else EXIT_SOME_HOSTS_FAILED.
+    """Run ``args.argv`` on every host; 0 when all exited 0, else EXIT_SOME_HOSTS_FAILED (130 after a Ctrl-C).
 
     Raises:
         CommandError: a usage mistake (no command, unreadable token file).
@@ -137,7 +137,9 @@ def run_group(args: argparse.Namespace, urls: List[str], argv: List[str], env: d
             except _WriteFailed as failed:  # `| head -1`, `>&-`, `> /dev/full`: as for one host (trees killed)
                 return failed.local.failed(failed.is_err, failed.error)
     _summary(running, statuses)
-    return 0 if all(status == 0 for status, _note in statuses.values()) else EXIT_SOME_HOSTS_FAILED
+    if all(status == 0 for status, _note in statuses.values()):
+        return 0
+    return 128 + signal.SIGINT if interrupted() else EXIT_SOME_HOSTS_FAILED  # Ctrl-C: 130, the script stops
 
 
 def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) -> Dict[str, Tuple[int, str]]:
@@ -151,6 +153,7 @@ def _follow(running: GroupProcesses, by_label: Dict[str, str], printer_class) ->
     give_up = give_up_timer(list(running.processes.values()))  # started by an ending signal's kill
 
     def on_interrupt(signum, frame):
+        note_interrupt()
         interrupts.append(signum)
         if len(interrupts) == 1:
             threading.Thread(target=running.send_interrupt, daemon=True).start()

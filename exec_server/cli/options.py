@@ -37,8 +37,8 @@ RUN_EXIT_STATUSES = """exit status:
        exit, could not start the command, could not connect or lost its connection); the
        summary on stderr gives each host's status (255: connection, 125: start)
   125  the server could not start the command (command or working directory not found)
-  130  interrupted (Ctrl-C) before the command started (after: the command's own status);
-       128+N for SIGTERM or SIGHUP then (a start in flight is terminated)
+  130  interrupted (Ctrl-C) before the command started (after: its own status; several hosts: 130 if
+       any failed); ended by SIGINT, a script stops too; 128+N: SIGTERM, SIGHUP (a start is terminated)
   141  local stdout or stderr was a closed pipe (run ... | head -1): the remote tree was killed
   255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
        before the command's exit status arrived; or the server failed the command (no answer to

@@ -34,6 +34,7 @@ KILL_WAIT = 10.0
 LAST_WORDS_WAIT = 2.0
 
 _ending: List[bool] = []  # not empty once an ending signal was handled (end_with): last words are bounded
+_interrupted: List[bool] = []  # not empty once a SIGINT reached a command (note_interrupt)
 
 
 class Ended(KeyboardInterrupt):
@@ -50,10 +51,42 @@ def raise_ended(signum: int, frame: Any) -> None:
     raise Ended(signum)
 
 
+def note_interrupt() -> None:
+    """A SIGINT (Ctrl-C) reached the command: a status of 130 then ends the process by SIGINT
+    (:func:`end_as_interrupted`)."""
+    _interrupted.append(True)
+
+
+def interrupted() -> bool:
+    """Whether :func:`note_interrupt` was called."""
+    return bool(_interrupted)
+
+
+def end_as_interrupted() -> None:
+    """End this process by SIGINT once a command interrupted by one has cleaned up (the remote trees, the
+    temporary files), as Python does for a ``KeyboardInterrupt`` nothing caught: a shell waiting for it then
+    stops its script or loop there (bash's wait-and-cooperative-exit: a status of 130 alone says the program
+    handled the Ctrl-C, and the script went on).  The shell still reports 130.  Returns where the signal
+    cannot end the process (not POSIX); the caller then exits with 130."""
+    if os.name != "posix":
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1.0)  # a signal sent to itself is delivered at once; this only bounds an odd platform
+
+
 def ended_status(ended: KeyboardInterrupt, command: str) -> int:
     """One line on stderr; returns 128 + N: ``exec-server COMMAND: ended by signal N`` for an :class:`Ended`,
-    ``exec-server COMMAND: interrupted`` and 130 for a Ctrl-C (a plain ``KeyboardInterrupt``)."""
+    ``exec-server COMMAND: interrupted`` and 130 for a Ctrl-C (a plain ``KeyboardInterrupt``, noted:
+    :func:`note_interrupt`)."""
     if not isinstance(ended, Ended):
+        note_interrupt()
         say("exec-server %s: interrupted" % command)
         return 128 + signal.SIGINT
     say("exec-server %s: ended by signal %d" % (command, ended.signum))

@@ -19,10 +19,10 @@ from typing import List, Optional
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED
+from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, config_from_options
 from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, ended_status,
-                                    exit_after_close, exit_after_end, give_up_timer, handle, raise_ended,
-                                    remote_status, restore, say)
+                                    exit_after_close, exit_after_end, give_up_timer, handle, note_interrupt,
+                                    raise_ended, remote_status, restore, say)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
@@ -186,7 +186,11 @@ def _run(args: argparse.Namespace, argv: List[str], env: dict) -> int:
             # listener, no WebSocket); a stdio child would need a new interpreter.
             from exec_server.cli.embedded import EmbeddedServer
 
-            server = EmbeddedServer()
+            try:
+                config = config_from_options(args)  # the server options before `run`
+            except ValueError as exc:  # --max-sessions 0: a usage mistake, named as typed
+                raise CommandError(str(exc)) from None
+            server = EmbeddedServer(config)
             notice = None
             client = Client.open(server.connector, timeout=args.timeout, client_name="exec-server-run",
                                  reconnect=None)
@@ -274,6 +278,7 @@ def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace
     give_up = give_up_timer([process])  # started by an ending signal's kill
 
     def on_interrupt(signum, frame):
+        note_interrupt()
         interrupts.append(signum)
         if len(interrupts) == 1:
             threading.Thread(target=_quietly, args=(process.send_interrupt,), daemon=True).start()
