@@ -7,6 +7,7 @@ direction is held by a proxy to make the start or the input outlast it.
 """
 
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -225,10 +226,27 @@ OVER_0 = "must be a finite number of seconds, over 0"
     (lambda: ServerConfig(shutdown_timeout=float("inf")), "shutdown_timeout " + OVER_0),
     (lambda: ReconnectPolicy(connect_timeout=0.0), "connect_timeout " + OVER_0),
     (lambda: ReconnectPolicy(probe_timeout=-0.5), "probe_timeout " + NOT_NEGATIVE),
+    # past what the OS timers hold: a socket timeout of 1e10 s failed every connection with a traceback
+    (lambda: ServerConfig(upgrade_timeout=1e10), "upgrade_timeout must be at most 1000000000 seconds"),
+    (lambda: ReconnectPolicy(keepalive_timeout=2e9), "keepalive_timeout must be at most 1000000000 seconds"),
 ])
 def test_every_duration_setting_is_checked_by_one_rule(make, message):
     with pytest.raises(ValueError, match="^%s$" % message):
         make()
+
+
+@pytest.mark.parametrize("dead_after", [1.1e6, 1e9])
+def test_a_long_keepalive_timeout_still_connects(dead_after):
+    """TCP_USER_TIMEOUT is a C int of milliseconds: 1.1e6 s overflowed it, and setsockopt's TypeError failed every
+    upgrade (a 500) and every client connect; the options are clamped to what the kernel takes."""
+    from exec_server.common.keepalive import tune_socket
+
+    with socket.socket() as sock:
+        tune_socket(sock, dead_after)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2 ** 31 - 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 32767
 
 
 def test_a_start_sent_again_after_a_drop_times_out_naming_the_time_given():

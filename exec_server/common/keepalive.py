@@ -81,6 +81,10 @@ class KeepaliveClock:
         return max(0.0, min(deadlines) - now)
 
 
+#: What the options take at most: Linux's keepalive idle time (seconds) and a C int (milliseconds).
+_MAX_KEEPIDLE, _MAX_INT = 32767, 2 ** 31 - 1
+
+
 def tune_socket(sock: socket.socket, dead_after: float) -> None:
     """TCP_NODELAY, and TCP keepalive plus ``TCP_USER_TIMEOUT`` scaled to ``dead_after`` seconds.
 
@@ -93,13 +97,13 @@ def tune_socket(sock: socket.socket, dead_after: float) -> None:
     """
     options = [(socket.IPPROTO_TCP, getattr(socket, "TCP_NODELAY", None), 1)]
     if dead_after > 0:
-        idle = max(1, int(math.ceil(dead_after)))
+        idle = min(_MAX_KEEPIDLE, max(1, int(math.ceil(dead_after))))
         options += [
             (socket.SOL_SOCKET, getattr(socket, "SO_KEEPALIVE", None), 1),
             (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),
             (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, idle // 3)),
             (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), TCP_KEEPALIVE_PROBES),
-            (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(dead_after * 2000)),
+            (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), min(_MAX_INT, int(dead_after * 2000))),
         ]
     for level, name, value in options:
         if name is None:
