@@ -184,6 +184,19 @@ def test_a_header_block_over_max_header_bytes_is_a_431(server):
         assert http_request(port_of(server), over).startswith(b"HTTP/1.1 431 "), attempt
 
 
+def test_the_header_line_and_request_line_limits(server):
+    """README "Limits": 99 header lines (431; http.client counts the empty line that ends them against its 100)
+    and a request line of 64 KiB (414), the standard library's."""
+    def head(lines: int) -> bytes:
+        return b"GET /readyz HTTP/1.1\r\n" + b"X-A: b\r\n" * (lines - 1) + b"Connection: close\r\n\r\n"
+
+    assert http_request(port_of(server), head(99)).startswith(b"HTTP/1.1 200 ")
+    assert http_request(port_of(server), head(100)).startswith(b"HTTP/1.1 431 ")
+    assert http_request(port_of(server), b"GET /readyz?" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").startswith(
+        b"HTTP/1.1 414 ")
+    assert http_request(port_of(server), head(0)).startswith(b"HTTP/1.1 200 ")  # and the server goes on
+
+
 def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server):
     """RFC 6455 4.1 asks for HTTP/1.1; ours answered 101 (and then served a WebSocket)."""
     response = http_request(port_of(any_server), UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n")

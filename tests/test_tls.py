@@ -292,3 +292,30 @@ def test_a_tls_record_cut_short_does_not_stop_keepalive(pki, tls_server):
         assert time.monotonic() - start < 5  # was: no Ping, and open until the 10 s timeout above
     finally:
         raw.close()
+
+
+def _encrypted(key_path, target) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    target.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"passphrase")))
+
+
+def test_an_encrypted_key_is_refused_without_asking_for_its_passphrase(pki, tmp_path):
+    """OpenSSL asked for the passphrase on the terminal (a service's start waited there), and without one the
+    start failed with ``[Errno 22] Invalid argument``; a certificate without its key said ``PEM lib``."""
+    encrypted = tmp_path / "encrypted.key"
+    _encrypted(pki.server_key, encrypted)
+    with pytest.raises(ValueError) as caught:
+        server_context(str(pki.server_cert), str(encrypted))
+    assert str(caught.value).startswith("cannot load the TLS key %s: it is encrypted" % encrypted)
+    with pytest.raises(ValueError) as caught:
+        server_context(str(pki.server_cert))
+    assert str(caught.value) == ("cannot load the TLS certificate %s: no private key in it (give --tls-keyfile)"
+                                 % pki.server_cert)
+    done = subprocess.run([sys.executable, "-m", "exec_server", "--listen", "wss://127.0.0.1:0", "--tls-certfile",
+                           str(pki.server_cert), "--tls-keyfile", str(encrypted)], capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL, start_new_session=True)  # no terminal to ask on
+    assert done.returncode == 2 and b"it is encrypted" in done.stderr and b"Traceback" not in done.stderr
+    assert b"pass phrase" not in done.stderr + done.stdout

@@ -228,6 +228,12 @@ def test_a_client_certificate_and_its_key_in_two_files(pki, tls_server, tmp_path
         2, b"", "exec-server run: cannot load the certificate file: No such file or directory (%s)\n"
         % (tmp_path / "missing.crt"))
     assert run("--keyfile", str(key)) == (2, b"", "exec-server run: --keyfile needs --certfile (%s)\n" % key)
+    from test_tls import _encrypted
+
+    _encrypted(key, tmp_path / "encrypted.key")  # OpenSSL asked for its passphrase on the terminal
+    assert run("--certfile", str(certificate), "--keyfile", str(tmp_path / "encrypted.key")) == (
+        2, b"", "exec-server run: cannot load the key file: it is encrypted (a passphrase protects it); give the key "
+        "unencrypted (%s)\n" % (tmp_path / "encrypted.key"))
     assert run("--certfile", str(certificate))[0] == 2  # the key is in neither file given
     copy = [sys.executable, "-m", "exec_server", "cp", "--url", server.url, "--cafile", str(pki.ca)]
     copy += ["--certfile", str(certificate), "--keyfile", str(key), str(key), ":%s" % (tmp_path / "up")]

@@ -73,6 +73,8 @@ def client_ssl_context(args: argparse.Namespace):
         return None
     import ssl
 
+    from exec_server.server.tls import EncryptedKey, refuse_passphrase
+
     what, path = "CA file", cafile
     try:
         context = ssl.create_default_context(cafile=cafile or None)
@@ -81,7 +83,10 @@ def client_ssl_context(args: argparse.Namespace):
                 if path:
                     open(path, "rb").close()  # ssl's own error would not say which file is missing
             what, path = "certificate file", certfile
-            context.load_cert_chain(certfile, keyfile or None)
+            context.load_cert_chain(certfile, keyfile or None, password=refuse_passphrase)
+    except EncryptedKey:  # OpenSSL asked for its passphrase on the terminal
+        raise CommandError("cannot load the key file: it is encrypted (a passphrase protects it); give the key "
+                           "unencrypted", keyfile or certfile) from None
     except ssl.SSLError as exc:
         if what == "CA file":
             raise CommandError("cannot load the CA file: %s" % (exc.strerror or exc), cafile) from None

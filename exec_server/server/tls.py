@@ -9,6 +9,20 @@ import ssl
 from typing import Optional
 
 
+class EncryptedKey(ValueError):
+    """A private key file is encrypted: no passphrase is ever asked for (:func:`refuse_passphrase`)."""
+
+
+def refuse_passphrase() -> bytes:
+    """``load_cert_chain``'s ``password``: an encrypted key is refused (OpenSSL otherwise asks for its
+    passphrase on the terminal, and a server started by a service manager or without one waits there).
+
+    Raises:
+        EncryptedKey: always (called only for an encrypted key).
+    """
+    raise EncryptedKey("the private key is encrypted")
+
+
 def server_context(certfile: str, keyfile: Optional[str] = None,
                    client_ca: Optional[str] = None) -> ssl.SSLContext:
     """A server-side context for ``certfile``/``keyfile`` (PEM).
@@ -20,14 +34,22 @@ def server_context(certfile: str, keyfile: Optional[str] = None,
             when given, a client without a valid certificate is refused
             during the handshake.
     Raises:
-        ValueError: a file is missing or unreadable, or the key does not
-            match the certificate; the message names the file.
+        ValueError: a file is missing or unreadable, the key does not
+            match the certificate, is encrypted, or is missing; the message
+            names the file.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(certfile, keyfile)
+        context.load_cert_chain(certfile, keyfile, password=refuse_passphrase)
+    except EncryptedKey:
+        raise ValueError("cannot load the TLS key %s: it is encrypted (a passphrase protects it); give the key "
+                         "unencrypted, readable by the server's user alone (openssl pkey -in KEY -out PLAIN)"
+                         % (keyfile or certfile)) from None
     except (OSError, ssl.SSLError) as exc:
+        if keyfile is None and "PEM lib" in str(exc):
+            raise ValueError("cannot load the TLS certificate %s: no private key in it (give --tls-keyfile)"
+                             % certfile) from None
         raise ValueError("cannot load the TLS certificate %s / key %s: %s" % (certfile, keyfile or certfile, exc)) \
             from None
     if client_ca:
