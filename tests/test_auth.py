@@ -3,6 +3,7 @@
 import hashlib
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -46,6 +47,42 @@ def test_upgrade_outcomes(authed_server, header, status, body):
     assert response.split(b" ", 2)[1] == status
     if status == b"401":
         assert response.split(b"\r\n\r\n", 1)[1] == body
+
+
+def test_refused_credentials_are_told_at_the_default_level(tmp_path, caplog, monkeypatch):
+    """They were logged at DEBUG alone (``GET / 401``), without the peer: a client whose token was rotated, or
+    someone guessing, went unseen.  One warning with the count, at most every interval; never the token."""
+    from exec_server.server import upgrade
+
+    monkeypatch.setattr(upgrade, "REFUSED_CREDENTIALS_INTERVAL", 0.5)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    running = start_ours(auth=CapabilityToken.from_file(str(token_file)))
+    try:
+        with caplog.at_level("WARNING", logger="exec_server.server.upgrade"):
+            for _ in range(3):
+                assert answer(running, b"Authorization: Bearer guess-one\r\n").split(b" ", 2)[1] == b"401"
+            time.sleep(0.6)
+            assert answer(running, b"Authorization: Bearer guess-two\r\n").split(b" ", 2)[1] == b"401"
+            assert answer(running, b"Authorization: Bearer " + TOKEN.encode() + b"\r\n").split(b" ", 2)[1] == b"101"
+    finally:
+        running.stop()
+    told = [record.getMessage() for record in caplog.records if "refused for their credentials" in record.getMessage()]
+    assert told == [
+        "1 upgrade(s) refused for their credentials, the latest from 127.0.0.1: 401 Unauthorized invalid websocket "
+        "bearer token (told at most every 0.5 s)",
+        "3 upgrade(s) refused for their credentials, the latest from 127.0.0.1: 401 Unauthorized invalid websocket "
+        "bearer token (told at most every 0.5 s)"]
+    assert "guess" not in caplog.text and TOKEN not in caplog.text
+
+
+def test_a_head_request_gets_no_content(server):
+    """``HEAD /`` was answered 405 with its 28-byte text: a HEAD response carries none (RFC 9110 9.3.2)."""
+    response = http_request(urlsplit(server.url).port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, content = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") and content == b""
+    get = http_request(urlsplit(server.url).port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert get.startswith(b"HTTP/1.1 400") and get.endswith(b"Connection header did not include 'upgrade'")
 
 
 def test_readyz_stays_open(authed_server):

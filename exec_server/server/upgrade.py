@@ -207,6 +207,10 @@ def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
             for key in _HANDSHAKE_HEADERS if key in environ]
 
 
+#: Seconds between two warnings of upgrades refused for their credentials (the count in between is told).
+REFUSED_CREDENTIALS_INTERVAL = 10.0
+
+
 class WebSocketApp:
     """The WSGI application of the server (``/`` and ``/readyz``).
 
@@ -225,8 +229,27 @@ class WebSocketApp:
         self._lock = threading.Lock()
         self._connections: "set[WebSocketConnection]" = set()
         self._reserved = 0
+        self._refused = 0  # upgrades refused for their credentials since the last warning
+        self._refused_warned = -REFUSED_CREDENTIALS_INTERVAL
 
     def __call__(self, environ, start_response):
+        """The answer to one request; a HEAD request's has no content (RFC 9110 9.3.2), whatever its status."""
+        body = self._answer(environ, start_response)
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else body
+
+    def _refused_credentials(self, environ, refusal: str) -> None:
+        """A warning for upgrades refused for their credentials (a token rotated on one side, a guess): how many,
+        the latest peer and why; at most every :data:`REFUSED_CREDENTIALS_INTERVAL` s (never the token)."""
+        now = time.monotonic()
+        with self._lock:
+            self._refused += 1
+            if now - self._refused_warned < REFUSED_CREDENTIALS_INTERVAL:
+                return
+            count, self._refused, self._refused_warned = self._refused, 0, now
+        log.warning("%d upgrade(s) refused for their credentials, the latest from %s: %s (told at most every %g s)",
+                    count, environ.get("REMOTE_ADDR", "?"), refusal, REFUSED_CREDENTIALS_INTERVAL)
+
+    def _answer(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
         if environ.get(_ENVIRON_NO_VERSION):  # HTTP/0.9 is not served (nor by the reference)
             return _plain(start_response, "400 Bad Request")
@@ -279,6 +302,7 @@ class WebSocketApp:
             refusal = self.authorize(environ)
             if refusal is not None:
                 status, body = refusal
+                self._refused_credentials(environ, "%s %s" % (status, body.decode("ascii", "replace")))
                 return _plain(start_response, status, body)
         sock = environ.get("werkzeug.socket")
         if sock is None:
