@@ -320,6 +320,34 @@ def test_ctrl_c_stops_the_shell_loop_that_runs_it(request, tmp_path, words):
     wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
 
 
+def test_output_a_slow_reader_fell_too_far_behind_for_is_told_as_such():
+    """The protocol has no flow control: a reader that falls behind by more than run buffers and the server
+    retains loses output, and run says why in words a user can act on (it said ``process proc-... lost output
+    seqs A..B before it was read (max_buffered_output)``)."""
+    reader, writer = os.pipe()
+    cli = subprocess.Popen(CLI + ["--retained-output-bytes", "65536", "--spool-bytes-per-process", "0", "run", "--",
+                                  "head", "-c", "100000000", "/dev/zero"],
+                           stdout=writer, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
+    os.close(writer)
+    try:
+        time.sleep(3)  # the reader stops while ~100 MB are written: 64 MiB wait in run, the rest is dropped
+        received = 0
+        while True:
+            data = os.read(reader, 1 << 20)
+            if not data:
+                break
+            received += len(data)
+        err = cli.communicate(timeout=60)[1]
+    finally:
+        reap(cli)
+        os.close(reader)
+    assert cli.returncode == 255 and 0 < received < 100000000
+    assert err.startswith(b"exec-server run: output lost (seqs ") and err.endswith(
+        b": the command wrote faster than its output was read, and fell behind by more than run buffers (64 MiB) "
+        b"and the server retains (--retained-output-bytes, --spool-bytes-per-process); the remote command was "
+        b"killed\n"), err
+
+
 def test_server_options_before_run_configure_its_embedded_server():
     """``exec-server --linux-sandbox-pid-namespace inherit run ...`` ran in the default mode: the server options
     were parsed and dropped (and the same option after ``run`` is unknown)."""

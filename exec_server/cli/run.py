@@ -25,6 +25,7 @@ from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary,
                                     raise_ended, remote_status, restore, say)
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.client.interfaces import command_argv, command_env
+from exec_server.client.buffer import DROPPED
 from exec_server.client.process import ClosedEvent, ExitedEvent, OutputEvent, ProcessOutputGap, RemoteProcess
 from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
 from exec_server.protocol.errors import ExecServerDisconnected, RpcError
@@ -208,13 +209,25 @@ def _run(args: argparse.Namespace, argv: List[str], env: dict) -> int:
                 return _stream(client, argv, env, args, notice)
             except _StartFailed as failed:
                 raise _start_failure(argv, args, failed.error) from None
-            except (TimeoutError, ProcessOutputGap, RpcError) as exc:  # a silent server, lost output, a bad answer
+            except ProcessOutputGap as gap:
+                raise CommandError(_lost_output(gap), args.via or args.url, EXIT_DISCONNECTED) from None
+            except (TimeoutError, RpcError) as exc:  # a silent server, a bad answer
                 raise CommandError(str(exc), args.via or args.url, EXIT_DISCONNECTED) from None
     except ExecServerDisconnected as exc:
         raise disconnected(exc, args.via or args.url) from None
     finally:
         if server is not None:
             server.close()
+
+
+def _lost_output(gap: ProcessOutputGap) -> str:
+    """What a gap in the output means to a user of ``run``: a reader slower than the command fell behind by more
+    than run buffers and the server retains (the protocol has no flow control), or a connection was down."""
+    if gap.when != DROPPED:
+        return str(gap)
+    return ("output lost (seqs %s..%s): the command wrote faster than its output was read, and fell behind by more "
+            "than run buffers (64 MiB) and the server retains (--retained-output-bytes, --spool-bytes-per-process); "
+            "the remote command was killed" % (gap.missing[0], gap.missing[-1]))
 
 
 class _RecoveryNotice(logging.Handler):

@@ -45,7 +45,8 @@ EXIT_READ_TIMEOUT = 5.0
 MAX_HELD_EVENTS = 65536
 
 
-_DROPPED = "before it was read (max_buffered_output)"
+#: :class:`~exec_server.client.events.ProcessOutputGap` ``when`` of output dropped past the limit, then lost.
+DROPPED = "before it was read (max_buffered_output)"
 
 
 def _size(event: ProcessEvent) -> int:
@@ -85,7 +86,7 @@ class EventBuffer:
         self.closed_arrived = False
         self.dropping = False
         self.refill = False
-        self.refill_cause = _DROPPED
+        self.refill_cause = DROPPED
         self._largest_read = REFILL_READ_BYTES if limit is None else min(REFILL_READ_BYTES, limit)
         self.refill_bytes = self._largest_read  # ``maxBytes`` of the next refill read
 
@@ -139,7 +140,7 @@ class EventBuffer:
         """The limit is reached: drop what is held out of order too (a refill reads it again)."""
         self._clear_held()
         self.dropping = self.refill = True
-        self.refill_cause = _DROPPED
+        self.refill_cause = DROPPED
 
     def _clear_held(self) -> None:
         self.buffered -= sum(_size(held) for held in self._held.values())

@@ -66,13 +66,16 @@ class ProcessOutputGap(Exception):
     Raised by the waits of the one process concerned, after a reconnect or
     a refill (README.rst "the client's limits"); the process was
     terminated.  ``missing`` is the list of lost seqs (a ``range`` spanning
-    them when there are more than a million).
+    them when there are more than a million); ``when`` says when they were
+    lost (``while disconnected``, or :data:`~exec_server.client.buffer.DROPPED`:
+    past ``max_buffered_output``, before the consumer read them).
     """
 
     def __init__(self, process_id: str, missing: Sequence[int], when: str = "while disconnected"):
         super().__init__("process %s lost output seqs %s..%s %s" % (process_id, missing[0], missing[-1], when))
         self.process_id = process_id
         self.missing = missing
+        self.when = when
 
 
 def event_from_notification(method: str, params: Dict[str, Any]) -> Optional[ProcessEvent]:
