@@ -81,6 +81,7 @@ def test_a_head_request_gets_no_content(server):
     response = http_request(urlsplit(server.url).port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, content = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 405") and content == b""
+    assert b"\r\nServer: exec-server\r\n" in head  # no library or interpreter versions for anyone
     get = http_request(urlsplit(server.url).port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert get.startswith(b"HTTP/1.1 400") and get.endswith(b"Connection header did not include 'upgrade'")
 

@@ -73,6 +73,11 @@ class RequestHandler(WSGIRequestHandler):
     #: (400, 505) gets a status line and headers, not HTTP/0.9's bare body (the reference answers 400).
     default_request_version = "HTTP/1.0"
 
+    def version_string(self) -> str:
+        """The ``Server`` header of every answer: the product alone, before any credential is checked (it told
+        werkzeug's and Python's versions to anyone)."""
+        return "exec-server"
+
     def setup(self) -> None:
         limit = getattr(self.server, "upgrade_timeout", None)
         scheduler = getattr(self.server, "scheduler", None)
