@@ -51,69 +51,54 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
 
 def copy_directory(source: str, destination: str, mode: int, flags: int = LIST_FLAGS,
                    source_dir_fd: Optional[int] = None, destination_dir_fd: Optional[int] = None) -> None:
-    """Directory ``source`` into ``destination``, made with ``mode`` where missing (0o700 while it is
-    filled: :func:`restore_mode`), else merged into: both opened with ``flags`` (relative to their
-    ``*_dir_fd``), then :func:`copy_tree_at`."""
-    created = _make_directory(destination, mode, destination_dir_fd)
+    """Directory ``source`` into ``destination``, made with ``mode`` (and 0o700) where missing, else merged
+    into: both opened with ``flags`` (relative to their ``*_dir_fd``), then :func:`copy_tree_at`."""
+    try:
+        os.mkdir(destination, stat.S_IMODE(mode) | 0o700, dir_fd=destination_dir_fd)
+    except FileExistsError:
+        pass
     source_fd = os.open(source, flags, dir_fd=source_dir_fd)
     try:
         destination_fd = os.open(destination, flags, dir_fd=destination_dir_fd)
         try:
             copy_tree_at(source_fd, destination_fd)
-            if created:
-                restore_mode(destination_fd, mode)
         finally:
             os.close(destination_fd)
     finally:
         os.close(source_fd)
 
 
-def _make_directory(name: str, mode: int, dir_fd: Optional[int]) -> bool:
-    """``mkdir`` with ``mode`` and the owner's 0o700 (so that the copy can fill it); False if it exists."""
-    try:
-        os.mkdir(name, stat.S_IMODE(mode) | 0o700, dir_fd=dir_fd)
-    except FileExistsError:
-        return False
-    return True
-
-
-def restore_mode(fd: int, mode: int) -> None:
-    """Take back the owner bits a copy added to the directory ``fd`` it made for a source of ``mode``,
-    once everything in it is made: a read-only tree is copied read-only, as by ``cp -r`` (the umask
-    the ``mkdir`` applied stays applied).  On the descriptor, so a rename meanwhile cannot redirect it."""
-    added = 0o700 & ~stat.S_IMODE(mode)
-    if added:
-        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ~added)
-
-
 def copy_tree_at(source_fd: int, destination_fd: int) -> None:
     """Copy the directory ``source_fd`` into ``destination_fd`` (merging), following no link.
 
     Files are copied with their permission bits, directories created where
-    missing (with the source's bits, :func:`restore_mode`), symlinks
-    recreated as symlinks (their targets are not read).
+    missing, symlinks recreated as symlinks (their targets are not read).
 
     Raises:
         OSError: EISDIR/ENOTDIR when the destination has an entry of another type.
     """
-    stack = [(os.dup(source_fd), os.dup(destination_fd), None)]  # + the mode to restore once it is filled
+    stack = [(os.dup(source_fd), os.dup(destination_fd), "")]
     try:
         while stack:
-            src, dst, made_for = stack.pop()
+            src, dst, prefix = stack.pop()
             try:
                 with os.scandir(src) as listing:
                     entries = list(listing)
                 for entry in entries:
+                    relative = prefix + entry.name
                     info = entry.stat(follow_symlinks=False)
                     if stat.S_ISDIR(info.st_mode):
-                        created = _make_directory(entry.name, info.st_mode, dst)
+                        try:
+                            os.mkdir(entry.name, stat.S_IMODE(info.st_mode) | 0o700, dir_fd=dst)
+                        except FileExistsError:
+                            pass
                         child_src = os.open(entry.name, LIST_FLAGS, dir_fd=src)
                         try:
                             child_dst = os.open(entry.name, LIST_FLAGS, dir_fd=dst)
                         except BaseException:
                             os.close(child_src)
                             raise
-                        stack.append((child_src, child_dst, info.st_mode if created else None))
+                        stack.append((child_src, child_dst, relative + "/"))
                     elif stat.S_ISLNK(info.st_mode):
                         target = os.readlink(entry.name, dir_fd=src)
                         existing = lstat_at(dst, entry.name)
@@ -127,13 +112,11 @@ def copy_tree_at(source_fd: int, destination_fd: int) -> None:
                             copy_file_at(src, entry.name, dst, entry.name)
                         except SpecialFile:  # it became a FIFO, device or socket: skipped, as the others
                             pass
-                if made_for is not None:  # its entries are made (its subdirectories are reached by descriptor)
-                    restore_mode(dst, made_for)
             finally:
                 os.close(src)
                 os.close(dst)
     finally:
-        for src, dst, _made_for in stack:
+        for src, dst, _prefix in stack:
             os.close(src)
             os.close(dst)
 

@@ -474,44 +474,6 @@ def test_recursive_copy_errors_are_os_errors(server, tmp_path):
 
 
 @pytest.mark.posix
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@pytest.mark.posix
-def test_a_recursive_copy_keeps_the_modes_of_read_only_directories(server, tmp_path):
-    """A directory is made 0o700 while it is filled; a read-only source's came out writable (0o755 for
-    0o555: the reference's copy makes every directory 0o755 with its umask), where ``cp -r`` keeps 0o555.
-    A directory merged into keeps its own bits."""
-    source = tmp_path / "src"
-    (source / "ro" / "deeper").mkdir(parents=True)
-    (source / "ro" / "deeper" / "f").write_bytes(b"f")
-    (source / "ro" / "g").write_bytes(b"g")
-    (source / "private").mkdir()
-    modes = {"": 0o500, "ro": 0o555, "ro/deeper": 0o511, "private": 0o700}
-    (tmp_path / "merged" / "ro").mkdir(parents=True)
-    os.chmod(str(tmp_path / "merged" / "ro"), 0o777)
-    try:
-        for name in sorted(modes, key=len, reverse=True):
-            os.chmod(str(source / name), modes[name])
-        with Client.connect(server.url, timeout=10) as client:
-            client.fs.copy(source, tmp_path / "dst", recursive=True)
-            client.fs.copy(source / "ro", tmp_path / "merged" / "ro", recursive=True)
-        mask = _umask()
-        for name, mode in modes.items():
-            assert oct(os.stat(str(tmp_path / "dst" / name)).st_mode & 0o777) == oct(mode & ~mask), name
-        assert (tmp_path / "dst" / "ro" / "deeper" / "f").read_bytes() == b"f"
-        assert (tmp_path / "dst" / "ro" / "g").read_bytes() == b"g"
-        assert oct(os.stat(str(tmp_path / "merged" / "ro")).st_mode & 0o777) == oct(0o777)  # merged into
-        assert oct(os.stat(str(tmp_path / "merged" / "ro" / "deeper")).st_mode & 0o777) == oct(0o511 & ~mask)
-    finally:
-        for top in (source, tmp_path / "dst", tmp_path / "merged"):
-            for parent, _dirs, _files in os.walk(str(top)):
-                os.chmod(parent, 0o700)
-
-
 def test_a_recursive_copy_copies_links_as_links_and_skips_fifos(any_server, tmp_path):
     """As the reference: two links to "." were followed until the disk was full, a dangling one failed the
     copy half-way, and a FIFO blocked it for good.  Copied again onto the copy, ours merges (PROTOCOL.md

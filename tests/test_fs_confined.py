@@ -359,24 +359,6 @@ def test_a_fifo_is_refused_when_confined_without_waiting_for_a_writer(roots, met
     assert (error.code, error.message) == (-32600, "path `%s` is a FIFO, not a regular file" % fifo)
 
 
-def test_a_confined_recursive_copy_keeps_a_read_only_directory_read_only(roots):
-    """Made 0o700 to be filled, then given back the source's bits (it stayed writable)."""
-    work, _outside, hidden = roots
-    (work / "srcdir" / "sub").mkdir()
-    os.chmod(str(work / "srcdir" / "sub"), 0o555)
-    try:
-        helper_call("fs/copy", {"sourcePath": path_to_uri(str(work / "srcdir")),
-                                "destinationPath": path_to_uri(str(work / "copy")), "recursive": True}, work, hidden)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        assert oct(os.stat(str(work / "copy" / "sub")).st_mode & 0o777) == oct(0o555 & ~mask)
-        assert (work / "copy" / "a.txt").read_bytes() == b"a"
-    finally:
-        for path in (work / "srcdir" / "sub", work / "copy" / "sub"):
-            if path.exists():
-                os.chmod(str(path), 0o700)
-
-
 def test_a_confined_copy_onto_a_fifo_names_the_whole_destination(roots):
     """The message named the FIFO's last component alone (``path `dest` is a FIFO``)."""
     work, _outside, hidden = roots
