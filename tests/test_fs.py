@@ -474,6 +474,28 @@ def test_recursive_copy_errors_are_os_errors(server, tmp_path):
 
 
 @pytest.mark.posix
+@pytest.mark.posix
+def test_the_copy_of_a_read_only_tree_can_be_written_and_removed(any_server, tmp_path):
+    """As on the reference: the directories a copy makes are writable by their owner, whatever the source's
+    bits, so a client can write into the copy of a read-only tree and remove it (``cp -r`` would keep 0555)."""
+    source = tmp_path / "src"
+    (source / "ro").mkdir(parents=True)
+    (source / "ro" / "f").write_bytes(b"f")
+    os.chmod(str(source / "ro"), 0o555)
+    os.chmod(str(source), 0o555)
+    try:
+        with Client.connect(any_server.url, timeout=10) as client:
+            client.fs.copy(source, tmp_path / "dst", recursive=True)
+            client.fs.write_file(tmp_path / "dst" / "ro" / "new", b"written")
+            assert (tmp_path / "dst" / "ro" / "new").read_bytes() == b"written"
+            assert os.stat(str(tmp_path / "dst" / "ro")).st_mode & 0o700 == 0o700
+            client.fs.remove(tmp_path / "dst", recursive=True)
+        assert not (tmp_path / "dst").exists()
+    finally:
+        os.chmod(str(source), 0o755)
+        os.chmod(str(source / "ro"), 0o755)
+
+
 def test_a_recursive_copy_copies_links_as_links_and_skips_fifos(any_server, tmp_path):
     """As the reference: two links to "." were followed until the disk was full, a dangling one failed the
     copy half-way, and a FIFO blocked it for good.  Copied again onto the copy, ours merges (PROTOCOL.md
