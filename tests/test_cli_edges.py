@@ -320,17 +320,36 @@ def test_ctrl_c_stops_the_shell_loop_that_runs_it(request, tmp_path, words):
     wait_until(lambda: not running_descendants(os.getpid(), ["sleep", marker]), timeout=10)
 
 
-def test_output_a_slow_reader_fell_too_far_behind_for_is_told_as_such():
+def test_an_interrupted_run_ends_by_sigint_after_its_exit_handlers(tmp_path):
+    """Ending by SIGINT skipped the interpreter's exit handlers (killed itself before them): an interrupted
+    ``run --otel`` exported nothing.  Now the KeyboardInterrupt nothing catches ends it, as Python ends any."""
+    witness = tmp_path / "exit-handlers-ran"
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: open(%r, 'w').close())\n"
+            "from exec_server.cli import console_main\n"
+            "sys.argv = ['exec-server', 'run', '--', 'sleep', '61.5']\n"
+            "console_main()\n") % str(witness)
+    cli = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, env=ENV)
+    _out, err = signalled(cli, signal.SIGINT, lambda: wait_until(
+        lambda: running_descendants(cli.pid, ["sleep", "61.5"]), timeout=20))
+    assert (cli.returncode, err) == (-signal.SIGINT, b"")
+    assert witness.exists()
+
+
+def test_output_a_slow_reader_fell_too_far_behind_for_is_told_as_such(tmp_path):
     """The protocol has no flow control: a reader that falls behind by more than run buffers and the server
     retains loses output, and run says why in words a user can act on (it said ``process proc-... lost output
     seqs A..B before it was read (max_buffered_output)``)."""
     reader, writer = os.pipe()
+    done = tmp_path / "written"
     cli = subprocess.Popen(CLI + ["--retained-output-bytes", "65536", "--spool-bytes-per-process", "0", "run", "--",
-                                  "head", "-c", "100000000", "/dev/zero"],
+                                  "sh", "-c", "head -c 100000000 /dev/zero; touch %s" % done],
                            stdout=writer, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=ENV)
     os.close(writer)
     try:
-        time.sleep(3)  # the reader stops while ~100 MB are written: 64 MiB wait in run, the rest is dropped
+        # nothing is read until all is written: 64 MiB wait in run, the rest is dropped and not retained
+        wait_until(done.exists, timeout=60)
         received = 0
         while True:
             data = os.read(reader, 1 << 20)

@@ -314,6 +314,12 @@ def test_an_encrypted_key_is_refused_without_asking_for_its_passphrase(pki, tmp_
         server_context(str(pki.server_cert))
     assert str(caught.value) == ("cannot load the TLS certificate %s: no private key in it (give --tls-keyfile)"
                                  % pki.server_cert)
+    for wrong in (pki.server_key, tmp_path / "garbage.pem"):  # a key alone, or no PEM: not a missing key
+        (tmp_path / "garbage.pem").write_bytes(b"not a certificate\n")
+        with pytest.raises(ValueError) as caught:
+            server_context(str(wrong))
+        assert "no private key" not in str(caught.value) and str(caught.value).startswith(
+            "cannot load the TLS certificate %s / key %s: " % (wrong, wrong))
     done = subprocess.run([sys.executable, "-m", "exec_server", "--listen", "wss://127.0.0.1:0", "--tls-certfile",
                            str(pki.server_cert), "--tls-keyfile", str(encrypted)], capture_output=True, timeout=60,
                           stdin=subprocess.DEVNULL, start_new_session=True)  # no terminal to ask on

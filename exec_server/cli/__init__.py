@@ -102,7 +102,7 @@ def console_main() -> None:
     command handles itself ends it with one line, no traceback; one that ended
     a command with status 130 ends the process by SIGINT once the command has
     cleaned up (a shell reports 130, and stops the script or loop that ran it:
-    :func:`~exec_server.cli.output.end_as_interrupted`).
+    :func:`~exec_server.cli.output.end_by_sigint`).
     First, descriptors 0, 1 and 2 closed at start get the null device
     (:func:`_fill_closed_std_fds`).
     """
@@ -115,12 +115,12 @@ def console_main() -> None:
         note_interrupt()
         say("exec-server: interrupted")
         status = 130
-    if status == 130 and "exec_server.cli.output" in sys.modules:
+    gc.freeze()
+    if status == 130 and os.name == "posix" and "exec_server.cli.output" in sys.modules:
         from exec_server.cli import output
 
-        if output.interrupted():  # a Ctrl-C ends it by SIGINT: a shell's loop stops too
-            output.end_as_interrupted()
-    gc.freeze()
+        if output.interrupted():  # a Ctrl-C ends it by SIGINT, after the exit handlers: a shell's loop stops too
+            output.end_by_sigint()
     sys.exit(status)
 
 

@@ -53,7 +53,7 @@ def raise_ended(signum: int, frame: Any) -> None:
 
 def note_interrupt() -> None:
     """A SIGINT (Ctrl-C) reached the command: a status of 130 then ends the process by SIGINT
-    (:func:`end_as_interrupted`)."""
+    (:func:`end_by_sigint`)."""
     _interrupted.append(True)
 
 
@@ -62,23 +62,25 @@ def interrupted() -> bool:
     return bool(_interrupted)
 
 
-def end_as_interrupted() -> None:
-    """End this process by SIGINT once a command interrupted by one has cleaned up (the remote trees, the
-    temporary files), as Python does for a ``KeyboardInterrupt`` nothing caught: a shell waiting for it then
-    stops its script or loop there (bash's wait-and-cooperative-exit: a status of 130 alone says the program
-    handled the Ctrl-C, and the script went on).  The shell still reports 130.  Returns where the signal
-    cannot end the process (not POSIX); the caller then exits with 130."""
-    if os.name != "posix":
-        return
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(1.0)  # a signal sent to itself is delivered at once; this only bounds an odd platform
+def end_by_sigint() -> None:
+    """End the interpreter by SIGINT once a command that a Ctrl-C interrupted has cleaned up (the remote trees,
+    the temporary files): a shell waiting for it then stops its script or loop there (bash's
+    wait-and-cooperative-exit: a status of 130 alone says the program handled the Ctrl-C, and the script goes
+    on).  Raises the ``KeyboardInterrupt`` that nothing catches, with ``sys.excepthook`` quiet for it: the
+    interpreter ends as for any program that Ctrl-C stopped, its exit handlers (``atexit``: telemetry's
+    export) first, then by SIGINT (Python 3.8 and later, POSIX); the shell still reports 130.
+
+    Raises:
+        KeyboardInterrupt: always.
+    """
+    previous = sys.excepthook
+
+    def quiet(kind, value, traceback) -> None:
+        if not issubclass(kind, KeyboardInterrupt):
+            previous(kind, value, traceback)
+
+    sys.excepthook = quiet
+    raise KeyboardInterrupt
 
 
 def ended_status(ended: KeyboardInterrupt, command: str) -> int:

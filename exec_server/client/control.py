@@ -257,7 +257,7 @@ class ProcessControl:
             warnings.warn("RemoteProcess.read(wait_ms=) is deprecated; use wait= (seconds)",
                           DeprecationWarning, stacklevel=2)
             wait = wait_ms / 1000.0
-        wait_ms = int(round(check_seconds(wait, "wait") * 1000))
+        wait_ms = int(round(check_seconds(wait, "wait", longest=float("inf")) * 1000))  # not a setting: its range
         if wait_ms > MAX_WAIT_MS:
             raise ValueError("wait must be at most %d ms (waitMs is a u64), not %r s" % (MAX_WAIT_MS, wait))
         params = {"processId": self.process_id, "afterSeq": after_seq, "maxBytes": max_bytes, "waitMs": wait_ms}

@@ -17,9 +17,9 @@ import threading
 MAX_SECONDS = float(min(10 ** 9, threading.TIMEOUT_MAX))
 
 
-def check_seconds(value: float, name: str, positive: bool = False) -> float:
+def check_seconds(value: float, name: str, positive: bool = False, longest: float = MAX_SECONDS) -> float:
     """``value``, a duration in seconds, if it is finite and 0 or more (more than 0 with ``positive``), and at
-    most :data:`MAX_SECONDS`.
+    most ``longest`` (a per-call wait that is not a setting passes its own bound).
 
     Raises:
         ValueError: naming ``name``: ``value`` is NaN, infinite, negative, 0 where ``positive``, or too long.
@@ -28,6 +28,6 @@ def check_seconds(value: float, name: str, positive: bool = False) -> float:
         raise ValueError("%s must be a finite number of seconds, %s" % (name, "over 0" if positive else "0 or more"))
     if positive and not value:
         raise ValueError("%s must be a finite number of seconds, over 0" % name)
-    if value > MAX_SECONDS:
-        raise ValueError("%s must be at most %d seconds" % (name, MAX_SECONDS))
+    if value > longest:
+        raise ValueError("%s must be at most %d seconds" % (name, longest))
     return value

@@ -233,7 +233,7 @@ class SignedBearerToken:
                 token, self._secret, algorithms=["HS256"],
                 options={"require": ["exp"], "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                          "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False})
-        except (jwt.PyJWTError, RecursionError, ValueError, TypeError):
+        except (jwt.PyJWTError, RecursionError):
             # PyJWT 2.10-2.12 let a header nested ~20000 deep raise RecursionError (a 500 for anyone)
             return INVALID_JWT
         header, claims = decoded["header"], decoded["payload"]

@@ -23,6 +23,16 @@ def refuse_passphrase() -> bytes:
     raise EncryptedKey("the private key is encrypted")
 
 
+def _certificate_without_key(path: str) -> bool:
+    """Whether the PEM file ``path`` holds a certificate and no private key."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 20)
+    except OSError:
+        return False
+    return b"-----BEGIN CERTIFICATE-----" in text and b"PRIVATE KEY-----" not in text
+
+
 def server_context(certfile: str, keyfile: Optional[str] = None,
                    client_ca: Optional[str] = None) -> ssl.SSLContext:
     """A server-side context for ``certfile``/``keyfile`` (PEM).
@@ -47,7 +57,7 @@ def server_context(certfile: str, keyfile: Optional[str] = None,
                          "unencrypted, readable by the server's user alone (openssl pkey -in KEY -out PLAIN)"
                          % (keyfile or certfile)) from None
     except (OSError, ssl.SSLError) as exc:
-        if keyfile is None and "PEM lib" in str(exc):
+        if keyfile is None and isinstance(exc, ssl.SSLError) and _certificate_without_key(certfile):
             raise ValueError("cannot load the TLS certificate %s: no private key in it (give --tls-keyfile)"
                              % certfile) from None
         raise ValueError("cannot load the TLS certificate %s / key %s: %s" % (certfile, keyfile or certfile, exc)) \

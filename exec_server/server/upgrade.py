@@ -236,6 +236,8 @@ class WebSocketApp:
         self._reserved = 0
         self._refused = 0  # upgrades refused for their credentials since the last warning
         self._refused_warned = -REFUSED_CREDENTIALS_INTERVAL
+        self._refused_latest = ("?", "")
+        self._refused_timer: Optional[threading.Timer] = None
 
     def __call__(self, environ, start_response):
         """The answer to one request; a HEAD request's has no content (RFC 9110 9.3.2), whatever its status."""
@@ -244,15 +246,29 @@ class WebSocketApp:
 
     def _refused_credentials(self, environ, refusal: str) -> None:
         """A warning for upgrades refused for their credentials (a token rotated on one side, a guess): how many,
-        the latest peer and why; at most every :data:`REFUSED_CREDENTIALS_INTERVAL` s (never the token)."""
+        the latest peer and why; at most every :data:`REFUSED_CREDENTIALS_INTERVAL` s (never the token).  Those
+        refused after a warning are told when the interval has passed, by a timer, if no refusal tells them."""
         now = time.monotonic()
         with self._lock:
             self._refused += 1
-            if now - self._refused_warned < REFUSED_CREDENTIALS_INTERVAL:
+            self._refused_latest = (environ.get("REMOTE_ADDR", "?"), refusal)
+            wait = self._refused_warned + REFUSED_CREDENTIALS_INTERVAL - now
+            if wait > 0:
+                if self._refused_timer is None:
+                    self._refused_timer = threading.Timer(wait, self._tell_refused)
+                    self._refused_timer.daemon = True
+                    self._refused_timer.start()
                 return
-            count, self._refused, self._refused_warned = self._refused, 0, now
-        log.warning("%d upgrade(s) refused for their credentials, the latest from %s: %s (told at most every %g s)",
-                    count, environ.get("REMOTE_ADDR", "?"), refusal, REFUSED_CREDENTIALS_INTERVAL)
+        self._tell_refused()
+
+    def _tell_refused(self) -> None:
+        with self._lock:
+            self._refused_timer = None
+            count, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
+            peer, refusal = self._refused_latest
+        if count:
+            log.warning("%d upgrade(s) refused for their credentials, the latest from %s: %s (told at most every "
+                        "%g s)", count, peer, refusal, REFUSED_CREDENTIALS_INTERVAL)
 
     def _answer(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
