@@ -197,6 +197,22 @@ def test_the_header_line_and_request_line_limits(server):
     assert http_request(port_of(server), head(0)).startswith(b"HTTP/1.1 200 ")  # and the server goes on
 
 
+@pytest.mark.parametrize("versions, answer", [
+    (b"Sec-WebSocket-Version: 8, 13\r\n", b"400"),
+    (b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Version: 13\r\n", b"400"),
+    (b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n", b"101"),
+])
+def test_the_websocket_version_is_read_as_the_reference_reads_it(any_server, versions, answer):
+    """The first header's value must be 13: ours took any list holding 13, and then wsproto refused it with
+    ``Missing header, 'Sec-WebSocket-Version'`` (a version repeated as 13 upgrades on the reference)."""
+    request = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + versions + b"\r\n")
+    response = http_request(port_of(any_server), request)
+    assert response.split(b" ", 2)[1] == answer, response
+    if answer == b"400":
+        assert response.endswith(b"`Sec-WebSocket-Version` header did not include '13'")
+
+
 def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server):
     """RFC 6455 4.1 asks for HTTP/1.1; ours answered 101 (and then served a WebSocket)."""
     response = http_request(port_of(any_server), UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n")

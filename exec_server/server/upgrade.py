@@ -291,8 +291,10 @@ class WebSocketApp:
                           b"Connection header did not include 'upgrade'")
         if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
-        if "13" not in (v.strip() for v in environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")):
+        # as the reference: the (first) header's value is 13 (werkzeug joins repeated headers with commas)
+        if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")[0].strip() != "13":
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
+        environ["HTTP_SEC_WEBSOCKET_VERSION"] = "13"  # for wsproto, which takes nothing else
         if not _is_websocket_key(environ["HTTP_SEC_WEBSOCKET_KEY"]):  # RFC 6455 4.2.1 (the reference takes any)
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header is not 16 bytes in base64")
         # wsproto and the connection loop load on the first upgrade: answering
