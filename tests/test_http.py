@@ -213,6 +213,16 @@ def test_the_websocket_version_is_read_as_the_reference_reads_it(any_server, ver
         assert response.endswith(b"`Sec-WebSocket-Version` header did not include '13'")
 
 
+@pytest.mark.parametrize("host, status", [(b"", b"101"), (b"Host: \xff\r\n", b"101"),
+                                          (b"Host: caf\xc3\xa9\r\n", b"101")])
+def test_an_upgrade_needs_no_host_as_on_the_reference(any_server, host, status):
+    """The server reads no Host: ours refused a request without one ("Missing mandatory Host: header") or with
+    one that is not ASCII (a codec's error as the text), where the reference upgrades."""
+    request = (b"GET / HTTP/1.1\r\n" + host + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert http_request(port_of(any_server), request).split(b" ", 2)[1] == status, host
+
+
 def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server):
     """RFC 6455 4.1 asks for HTTP/1.1; ours answered 101 (and then served a WebSocket)."""
     response = http_request(port_of(any_server), UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n")

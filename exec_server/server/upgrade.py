@@ -208,8 +208,15 @@ def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
     trailing blanks, and a malformed header the handshake does not read
     (``Authorization: Bearer ``) must not turn into a refusal of its own.
     """
-    return [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
-            for key in _HANDSHAKE_HEADERS if key in environ]
+    headers = [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
+               for key in _HANDSHAKE_HEADERS if key in environ and key != "HTTP_HOST"]
+    # The server reads no Host, and the reference upgrades without one, or with one that is not ASCII; h11
+    # under wsproto wants one (it said "Missing mandatory Host: header", or gave a codec's error as the 400's
+    # text).
+    host = environ.get("HTTP_HOST", "").strip(" \t")
+    if not (host and host.isascii()):
+        host = "localhost"
+    return [(b"host", host.encode("ascii"))] + headers
 
 
 #: Seconds between two warnings of upgrades refused for their credentials (the count in between is told).
