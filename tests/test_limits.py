@@ -462,6 +462,18 @@ def test_an_accept_without_descriptors_waits_instead_of_spinning():
     assert err.count(b"cannot accept connections: Too many open files; they wait in the queue") == 1, err[-2000:]
 
 
+def test_pending_upgrades_are_counted_by_ipv6_slash_64():
+    """A peer holding a whole IPv6 /64 (as one host usually does) got around the per-address limit with a new
+    address for each socket; an IPv4 address mapped into IPv6 counts as that IPv4 address."""
+    from exec_server.server.app import peer_source
+
+    assert peer_source("2001:db8::1") == peer_source("2001:db8::ffff:2") == "2001:db8::/64"
+    assert peer_source("2001:db8:0:1::1") == "2001:db8:0:1::/64"
+    assert peer_source("::ffff:192.0.2.7") == peer_source("192.0.2.7") == "192.0.2.7"
+    assert peer_source("fe80::1%eth0") == "fe80::/64"
+    assert peer_source("not-an-address:") == "not-an-address:"
+
+
 def test_one_peer_address_cannot_take_every_pending_slot(configured_server, caplog):
     """One source trickling sockets that never upgrade took all 256 slots: /readyz and every client failed."""
     running = configured_server(max_pending_upgrades=8, max_pending_upgrades_per_address=2, upgrade_timeout=30.0)

@@ -88,6 +88,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def peer_source(host: str) -> str:
+    """What a peer's pending upgrades are counted by (``--max-pending-upgrades-per-address``): its IPv4
+    address, or the /64 of its IPv6 address (one host is usually given a whole /64, and may use any address
+    in it); an IPv4 address mapped into IPv6 is that IPv4 address."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
 class _ConnectionThreadsServer(ThreadedWSGIServer):
     """werkzeug's threaded server whose connection threads are reused, optionally over TLS.
 
@@ -132,7 +147,7 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
         return sock, address
 
     def process_request(self, request, client_address) -> None:
-        address = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        address = peer_source(client_address[0] if isinstance(client_address, tuple) else str(client_address))
         with self._pending_lock:
             full = len(self._pending) >= self._max_pending
             crowded = self._pending_from.get(address, 0) >= self._max_pending_per_address
