@@ -333,7 +333,8 @@ def test_an_interrupted_run_ends_by_sigint_after_its_exit_handlers(tmp_path):
                            stdin=subprocess.DEVNULL, env=ENV)
     _out, err = signalled(cli, signal.SIGINT, lambda: wait_until(
         lambda: running_descendants(cli.pid, ["sleep", "61.5"]), timeout=20))
-    assert (cli.returncode, err) == (-signal.SIGINT, b"")
+    # (before run's own handlers are in place, the interrupt is run's, which says so)
+    assert cli.returncode == -signal.SIGINT and err in (b"", b"exec-server run: interrupted\n"), err
     assert witness.exists()
 
 

@@ -12,7 +12,8 @@ from conftest import all_gone, running_descendants, start_reference, wait_until
 from exec_server import (CallTimeout, Client, ClosedEvent, ExecServerDisconnected, ExitedEvent, OutputEvent,
                          ProcessOutputGap)
 from exec_server.client import process as process_module
-from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_READ_BYTES, EventBuffer
+from exec_server.client.buffer import (DROPPED, MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_READ_BYTES,
+                                       EventBuffer)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,6 +81,23 @@ def test_output_past_the_limit_is_dropped_and_the_consumer_must_refill():
     buffer.begin_refill()
     buffer.end_refill([out(4, 1), ExitedEvent(5, 7, False), ClosedEvent(6)], returned_output=True)
     assert buffer.closed and buffer.exit_published and not buffer.refill
+
+
+def test_a_hole_left_by_dropped_events_is_named_as_dropped_when_closed_arrives():
+    """``closed`` arriving live during a refill behind a hole of dropped events named the hole "missing from the
+    server's notifications" (a server's fault), where the consumer had been too slow; a hole without any drop
+    keeps that name."""
+    buffer = EventBuffer(limit=100)
+    buffer.add(out(1, 60))
+    buffer.add(out(2, 60))  # dropped: past the limit
+    buffer.pop()
+    buffer.begin_refill()
+    buffer.add(ClosedEvent(9))  # live, behind the hole 2..8
+    assert buffer.refill and buffer.refill_cause == DROPPED
+    never_dropped = EventBuffer(limit=100)
+    never_dropped.add(out(1, 10))
+    never_dropped.add(ClosedEvent(3))  # seq 2 never came
+    assert never_dropped.refill and never_dropped.refill_cause == "missing from the server's notifications"
 
 
 def test_a_refill_that_brings_nothing_new_ends_the_refill():

@@ -87,6 +87,7 @@ class EventBuffer:
         self.dropping = False
         self.refill = False
         self.refill_cause = DROPPED
+        self._dropped = False  # whether live events were ever dropped (a hole found later is theirs)
         self._largest_read = REFILL_READ_BYTES if limit is None else min(REFILL_READ_BYTES, limit)
         self.refill_bytes = self._largest_read  # ``maxBytes`` of the next refill read
 
@@ -131,15 +132,17 @@ class EventBuffer:
                 self.closed = True
                 self._clear_held()
         if isinstance(event, ClosedEvent) and not self.closed:
-            # nothing follows ``closed``: what is missing before it never comes live (a server that skipped a
-            # seq), so the consumer reads it with ``process/read``, or meets the gap, instead of waiting forever
-            self.refill, self.refill_cause = True, "missing from the server's notifications"
+            # nothing follows ``closed``: what is missing before it never comes live (dropped here, or a server
+            # that skipped a seq), so the consumer reads it with ``process/read``, or meets the gap, instead of
+            # waiting forever
+            self.refill = True
+            self.refill_cause = DROPPED if self._dropped else "missing from the server's notifications"
         return self.closed  # False on entry
 
     def _start_dropping(self) -> None:
         """The limit is reached: drop what is held out of order too (a refill reads it again)."""
         self._clear_held()
-        self.dropping = self.refill = True
+        self.dropping = self.refill = self._dropped = True
         self.refill_cause = DROPPED
 
     def _clear_held(self) -> None:
