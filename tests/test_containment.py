@@ -264,6 +264,27 @@ def _cmdline(process):
         return None
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_an_interrupt_reaches_a_program_that_made_its_own_process_group(configured_server, tmp_path, mode):
+    """GNU ``timeout`` (and ``bash -i``, any ``setpgid(0, 0)``) leaves the group the interrupt went to; in
+    ``isolate`` its init forwards no SIGINT, so ``run -- timeout 600 make`` ignored Ctrl-C (the reference, and
+    ``inherit``, interrupt it: the program leads its own group there)."""
+    running = configured_server(pid_namespace=mode)
+    script = ("import os, sys, time\n"
+              "if os.getsid(0) != os.getpid():\n"
+              "    os.setpgid(0, 0)  # a session leader (inherit mode) leads its group already, and may not\n"
+              "open(sys.argv[1], 'w').close()\n"
+              "time.sleep(60)\n")
+    with Client.connect(running.url, timeout=10) as client:
+        timed = client.start(["timeout", "60", "sh", "-c", "touch %s/t; exec sleep 60" % tmp_path])
+        grouped = client.start([sys.executable, "-c", script, str(tmp_path / "g")])
+        wait_until(lambda: (tmp_path / "t").exists() and (tmp_path / "g").exists(), timeout=10)
+        timed.send_interrupt()
+        grouped.send_interrupt()
+        assert timed.wait(timeout=10) == 130  # timeout ends by the signal its command died of
+        assert grouped.wait(timeout=10) == 130  # Python ends by SIGINT after a KeyboardInterrupt
+
+
 @pytest.mark.skipif(not ISOLATE_WORKS, reason="no PID namespaces here")
 def test_isolated_child_view_and_exit_codes(configured_server, tmp_path):
     running = configured_server(pid_namespace="isolate")

@@ -296,6 +296,21 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     return _started_program(pid, timeout, ended) is not None
 
 
+def own_program_group(pid: int, timeout: float = PROGRAM_START_WAIT,
+                      ended: Callable[[], bool] = lambda: False) -> Optional[int]:
+    """Once the program under the namespace init of ``pid`` has started (:func:`wait_program_started`), the
+    process group it made its own (GNU ``timeout``, ``bash -i``, any ``setpgid(0, 0)``), which a SIGINT to the
+    group of ``pid`` misses (its init forwards none); None when it has none of its own, or is gone."""
+    program = _started_program(pid, timeout, ended)
+    if program is None or ended():  # reaped meanwhile: its pid may be another's by now
+        return None
+    try:
+        group = os.getpgid(program.pid)
+        return group if group != os.getpgid(pid) else None
+    except ProcessLookupError:
+        return None
+
+
 #: What a sandbox's ``dumb-init`` forwards: nothing.  It runs as PID 2 there, where the program can signal it
 #: (``kill -TERM -1`` spares only the caller and PID 1), and its forwarding would hand the program a signal
 #: it had not been sent; the server signals the program's group itself (:func:`interrupt_sandboxed`), and

@@ -299,7 +299,9 @@ class ManagedProcess:
 
     # ---------------------------------------------------------------- signals
     def interrupt(self) -> None:
-        """SIGINT the process group (CTRL_BREAK_EVENT on Windows); no-op once exited.
+        """SIGINT the process group (CTRL_BREAK_EVENT on Windows), and under ``isolate`` also the group the
+        program made its own (``timeout``, ``bash -i``: :func:`~exec_server.server.process.contain.own_program_group`);
+        no-op once exited.
 
         Raises:
             InternalError: ``failed to signal process: <text>``.
@@ -313,13 +315,16 @@ class ManagedProcess:
             except OSError as exc:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
             return
-        if self._isolated and self._log.exit_code is None:
-            contain.wait_program_started(self.pid, ended=lambda: self._log.exit_code is not None)
+        own_group = None
+        if self._isolated and self._log.exit_code is None:  # (and the group the program made, if it made one)
+            own_group = contain.own_program_group(self.pid, ended=lambda: self._log.exit_code is not None)
         with self._lock:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
             try:
                 tree.interrupt_group(self.pid)
+                if own_group is not None:
+                    tree.interrupt_group(own_group)
             except OSError as exc:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
 
