@@ -256,3 +256,54 @@ def test_argument_mistakes_are_named_before_anything_is_sent(server):
         assert process.communicate(timeout=10) == (b"", b"")
         from decimal import Decimal
         assert client.run(["true"], timeout=Decimal("10")).returncode == 0  # a real number still is one
+
+
+def test_a_stdin_writer_that_cannot_start_loses_no_write(server, monkeypatch):
+    """The first write starts the stdin writer.  A thread that could not start (a task limit) failed that write
+    with -32603 after it was recorded, and every later write was 'accepted' and dropped, its end of file too
+    (cat waited for good); now the write is refused before anything is recorded (-32001, which the client
+    sends again)."""
+    real_start = threading.Thread.start
+    refused = []
+
+    def start(self):
+        if self.name.endswith("-stdin") and not refused:
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["cat"], stdin=True) as process:
+            process.write(b"kept")
+            process.close_stdin()
+            assert process.communicate(timeout=10) == (b"kept", b"")
+    assert refused
+
+
+def test_a_pty_writer_without_a_descriptor_refuses_the_write_and_the_next_one_works(server, monkeypatch):
+    """The PTY writer dups the terminal's descriptor: at EMFILE its thread died after the write was 'accepted',
+    and every later write and end of file was dropped."""
+    import errno as errno_module
+
+    from exec_server.protocol.errors import InternalError
+    from exec_server.server.process.managed import ManagedProcess
+
+    real_dup = ManagedProcess._dup_master
+    failures = []
+
+    def dup_master(self):
+        if not failures:
+            failures.append(True)
+            raise OSError(errno_module.EMFILE, os.strerror(errno_module.EMFILE))
+        return real_dup(self)
+
+    monkeypatch.setattr(ManagedProcess, "_dup_master", dup_master)
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["cat"], tty=True, stdin=True) as process:
+            with pytest.raises(InternalError, match="^failed to write to process stdin: Too many open files"):
+                process.write(b"first\n")
+            process.write(b"again\n")
+            process.close_stdin()
+            out, _err = process.communicate(timeout=10)
+    assert b"again" in out and b"first" not in out

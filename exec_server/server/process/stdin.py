@@ -15,7 +15,7 @@ import threading
 import time
 from typing import IO, Any, Callable, Optional
 
-from exec_server.protocol.errors import InternalError
+from exec_server.protocol.errors import InternalError, ServerOverloaded, os_error_message
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,39 @@ class StdinWriter:
                                     % (self._queued, self._limit),
                                     data={"reason": "stdinQueueFull", "queuedBytes": self._queued,
                                           "limitBytes": self._limit})
+            if self._queue is None:
+                self._start_writer()  # before anything is recorded: a write it refuses can be sent again
             self._queued += len(data)
             self._write_ids[key] = None
             if len(self._write_ids) > REMEMBERED_WRITE_IDS:
                 self._write_ids.popitem(last=False)
-            if self._queue is None:
-                self._queue = queue.Queue()
-                self._thread = threading.Thread(target=self._feed, args=(self._queue,), name=self._thread_name,
-                                                daemon=True)
-                self._thread.start()
             if data:
                 self._queue.put(data)
             if close:
                 self._closing = True
                 self._queue.put(_CLOSE_STDIN)
         return "accepted"
+
+    def _start_writer(self) -> None:
+        """The writer thread and its descriptor, at the first write (held lock).  Raises, with nothing started:
+        InternalError with the OS error when the PTY's descriptor cannot be had (EMFILE) or the terminal is
+        closed; ServerOverloaded (-32001) when no thread can start.  (A writer that failed there left every
+        later write 'accepted' and dropped, its end of file too.)"""
+        try:
+            fd = self._pipe.fileno() if self._pipe is not None else self._pty_master()
+        except OSError as exc:
+            raise InternalError("failed to write to process stdin: %s" % os_error_message(exc)) from None
+        if fd is None:  # the PTY is closed already
+            raise InternalError("failed to write to process stdin")
+        pending: "queue.Queue[Optional[bytes]]" = queue.Queue()
+        thread = threading.Thread(target=self._feed, args=(pending, fd), name=self._thread_name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # a task limit, no memory for a stack
+            if self._pipe is None:
+                os.close(fd)
+            raise ServerOverloaded("no thread to write to the process's stdin: %s" % exc) from None
+        self._queue, self._thread = pending, thread
 
     def stop(self) -> None:
         """The child exited: end the writer thread once it is unblocked (or close the unused pipe)."""
@@ -168,10 +186,7 @@ class StdinWriter:
         except OSError:
             pass
 
-    def _feed(self, pending: "queue.Queue[Optional[bytes]]") -> None:
-        fd = self._pipe.fileno() if self._pipe is not None else self._pty_master()
-        if fd is None:
-            return  # the PTY is closed already
+    def _feed(self, pending: "queue.Queue[Optional[bytes]]", fd: int) -> None:
         broken = False
         line_open = False  # the last byte written to a PTY did not end a line
         while True:
