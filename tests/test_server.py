@@ -161,6 +161,28 @@ def test_processes_per_session_limit(connect, configured_server):
         peer.wait_closed(name)
 
 
+def test_a_loop_of_short_commands_is_not_stopped_by_the_process_limit(connect, configured_server):
+    """Closed processes counted until their retention forgot them (80 s): a loop of client.run met the limit
+    after 1024 commands.  At the limit the one closed longest ago is forgotten to make room; running ones still
+    make a start fail."""
+    running = configured_server(max_processes_per_session=2)
+    peer = ready(connect, running.url)
+    for name in ("one", "two", "three", "four"):
+        peer.call("process/start", start_params(name, ["echo", name]))
+        peer.wait_closed(name)
+    assert peer.request("process/read", {"processId": "one"})["error"] == {
+        "code": -32600, "message": "unknown process id one"}  # forgotten first, to make room for three
+    assert peer.call("process/read", {"processId": "four"})["closed"] is True  # the newest are kept
+    assert peer.call("process/read", {"processId": "three"})["closed"] is True
+    peer.call("process/start", start_params("a", ["sleep", "30"]))
+    peer.call("process/start", start_params("b", ["sleep", "30"]))
+    reply = peer.request("process/start", start_params("c", ["sleep", "30"]))
+    assert reply["error"] == {"code": -32600, "message": "too many processes in this session (limit 2)"}
+    for name in "ab":
+        peer.call("process/terminate", {"processId": name})
+        peer.wait_closed(name)
+
+
 def _raw_ws(url: str):
     host, port = url[len("ws://"):].split(":")
     sock = socket.create_connection((host, int(port)), timeout=5)

@@ -132,19 +132,31 @@ class Session:
     def reserve(self, process_id: str) -> None:
         """Claim a process id before spawning.
 
+        At the session's process limit (``max_processes_per_session``) the
+        process that closed longest ago is forgotten to make room, as its
+        retention would later (a loop of short commands met the limit after
+        1024 of them within ``closed_process_retention``).
+
         Raises:
-            InvalidRequest: ``process <id> already exists``, or the session's
-                process limit (``max_processes_per_session``) is reached.
+            InvalidRequest: ``process <id> already exists``, or the limit is
+                reached by processes that have not closed.
         """
         with self._lock:
             if self._closed:
                 raise InvalidRequest("session is closed")
             if process_id in self._processes or process_id in self._reserved:
                 raise InvalidRequest("process %s already exists" % process_id)
+            oldest = None
             if len(self._processes) + len(self._reserved) >= self._config.max_processes_per_session:
-                raise InvalidRequest(
-                    "too many processes in this session (limit %d)" % self._config.max_processes_per_session)
+                closed = [process for process in self._processes.values() if process.closed_at is not None]
+                if not closed:
+                    raise InvalidRequest(
+                        "too many processes in this session (limit %d)" % self._config.max_processes_per_session)
+                oldest = min(closed, key=lambda process: process.closed_at)
+                del self._processes[oldest.process_id]  # here: two starts at once never both take its room
             self._reserved[process_id] = None
+        if oldest is not None:
+            self._release(oldest)
 
     def unreserve(self, process_id: str) -> None:
         with self._lock:
@@ -201,8 +213,15 @@ class Session:
             forgotten = self._processes.get(process.process_id) is process and not self._closed
             if forgotten:
                 del self._processes[process.process_id]
+        if forgotten:
+            self._release(process)
+        else:
+            process.discard_output()
+
+    def _release(self, process: ManagedProcess) -> None:
+        """What a forgotten process still holds: its marker joins the session's leftovers, its output goes."""
         try:
-            if forgotten and process.marker is not None:  # its background jobs still die with the session
+            if process.marker is not None:  # its background jobs still die with the session
                 self._leftovers.get().add(process.marker)
         finally:
             process.discard_output()  # its spool file goes whatever happened above
