@@ -105,6 +105,32 @@ def test_a_stdin_writer_blocked_by_a_forgotten_commands_job_ends_with_the_sessio
         assert not writer.is_alive()
 
 
+def test_a_shutdown_scans_for_all_its_processes_markers_at_once(configured_server, connect, tmp_path, token,
+                                                                monkeypatch):
+    """inherit mode: each closed command's marker was looked for in scans of its own (until two in a row found
+    nothing), at the shutdown's kill and again at the sessions' close: ~6 s for a session of 1000 finished
+    commands, past --shutdown-timeout.  Now one scan finds them all; the job a command left still dies."""
+    calls = []
+    real = marked_trees.kill_marked
+
+    def counting(*markers):
+        calls.append(markers)
+        return real(*markers)
+
+    monkeypatch.setattr(marked_trees, "kill_marked", counting)
+    running = configured_server(pid_namespace="inherit")
+    peer = connect(running.url)
+    peer.initialize()
+    for name in ("a", "b", "c", "d"):
+        peer.call("process/start", start_params(name, ["true"]))
+        peer.wait_closed(name)
+    daemon = psutil.Process(start_daemon_command(peer, tmp_path, token))
+    peer.wait_closed("cmd")
+    running.stop()
+    assert 1 <= len(calls) <= 2 and all(len(markers) == 5 for markers in calls), calls  # kill, then close
+    wait_until(lambda: not daemon.is_running() or daemon.status() == psutil.STATUS_ZOMBIE, timeout=10)
+
+
 def test_leftovers_keep_only_markers_a_living_process_carries():
     markers = ["leftovers-test.%s" % uuid.uuid4().hex for _ in range(3)]
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"],

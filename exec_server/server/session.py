@@ -238,8 +238,10 @@ class Session:
             self._send = None
             self._owner = None
             processes = list(self._processes.values())
-        for process in processes:
-            process.kill_tree()
+        if processes:
+            from exec_server.server.process.managed import kill_trees
+
+            kill_trees(processes)  # their marked jobs found in one scan, not one per process
         self._leftovers.close()
         for process in processes:
             process.discard_output()
