@@ -363,9 +363,9 @@ def test_shutdown_reports_exits_within_its_budget_however_slow_the_kills(configu
 
     kill_tree = ManagedProcess.kill_tree
 
-    def slow_kill(process):
+    def slow_kill(process, scan_marked=True):
         time.sleep(0.4)
-        kill_tree(process)
+        kill_tree(process, scan_marked)
     monkeypatch.setattr(ManagedProcess, "kill_tree", slow_kill)
     running = configured_server(shutdown_timeout=2.0)
     peer = ready(connect, running.url)
