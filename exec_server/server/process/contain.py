@@ -280,7 +280,7 @@ PROGRAM_START_WAIT = 10.0
 
 
 def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
-                         ended: Callable[[], bool] = lambda: False) -> bool:
+                         ended: Callable[[], bool] = lambda: False) -> Any:
     """Wait until the program under the namespace init of ``pid`` (``unshare``) has started.
 
     A SIGINT that reaches the group while ``unshare`` or ``dumb-init`` is
@@ -290,25 +290,10 @@ def wait_program_started(pid: int, timeout: float = PROGRAM_START_WAIT,
     do-nothing handlers, so the signal would be swallowed.  So this waits
     for the init's child to run another command line than the init's (and
     than the :data:`ARG0_SHIM` interpreter's, which would die of the signal).
-    Returns False if the program did not appear within ``timeout`` seconds
-    (logged) or ``ended()`` became true (the process exited meanwhile).
+    Returns the program's ``psutil.Process``; None if it did not appear within
+    ``timeout`` seconds (logged) or ``ended()`` became true (it exited meanwhile).
     """
-    return _started_program(pid, timeout, ended) is not None
-
-
-def own_program_group(pid: int, timeout: float = PROGRAM_START_WAIT,
-                      ended: Callable[[], bool] = lambda: False) -> Optional[int]:
-    """Once the program under the namespace init of ``pid`` has started (:func:`wait_program_started`), the
-    process group it made its own (GNU ``timeout``, ``bash -i``, any ``setpgid(0, 0)``), which a SIGINT to the
-    group of ``pid`` misses (its init forwards none); None when it has none of its own, or is gone."""
-    program = _started_program(pid, timeout, ended)
-    if program is None or ended():  # reaped meanwhile: its pid may be another's by now
-        return None
-    try:
-        group = os.getpgid(program.pid)
-        return group if group != os.getpgid(pid) else None
-    except ProcessLookupError:
-        return None
+    return _started_program(pid, timeout, ended)
 
 
 #: What a sandbox's ``dumb-init`` forwards: nothing.  It runs as PID 2 there, where the program can signal it

@@ -300,8 +300,7 @@ class ManagedProcess:
     # ---------------------------------------------------------------- signals
     def interrupt(self) -> None:
         """SIGINT the process group (CTRL_BREAK_EVENT on Windows), and under ``isolate`` also the group the
-        program made its own (``timeout``, ``bash -i``: :func:`~exec_server.server.process.contain.own_program_group`);
-        no-op once exited.
+        program made its own (``timeout``, ``bash -i``); no-op once exited.
 
         Raises:
             InternalError: ``failed to signal process: <text>``.
@@ -316,8 +315,13 @@ class ManagedProcess:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
             return
         own_group = None
-        if self._isolated and self._log.exit_code is None:  # (and the group the program made, if it made one)
-            own_group = contain.own_program_group(self.pid, ended=lambda: self._log.exit_code is not None)
+        if self._isolated and self._log.exit_code is None:
+            program = contain.wait_program_started(self.pid, ended=lambda: self._log.exit_code is not None)
+            try:  # the group the program made its own (timeout, bash -i), which its init forwards no SIGINT to
+                own_group = os.getpgid(program.pid) if program is not None and self._log.exit_code is None else None
+                own_group = own_group if own_group != os.getpgid(self.pid) else None
+            except ProcessLookupError:
+                pass
         with self._lock:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
