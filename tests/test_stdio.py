@@ -477,12 +477,15 @@ def test_the_childs_last_line_is_read_however_late_the_reader_looks_at_its_exit(
 
 
 LEFT_WRITING = textwrap.dedent("""
-    import subprocess, sys
+    import os, subprocess, sys
     pace = sys.argv[1]
-    writer = ("import os, time\\nos.write(1, b'%d\\\\n' % os.getpid())\\n"  # its pid, then its lines
+    ready, told = os.pipe()  # the parent exits only once the writer's pid is written (however slow its start)
+    writer = ("import os, sys, time\\nos.write(1, b'%d\\\\n' % os.getpid())\\nos.close(int(sys.argv[1]))\\n"
               "while True:\\n    os.write(1, b'x' * 999 + b'\\\\n')\\n"
               + ("    time.sleep(0.05)\\n" if pace == "trickle" else ""))
-    subprocess.Popen([sys.executable, "-c", writer], start_new_session=True)
+    subprocess.Popen([sys.executable, "-c", writer, str(told)], start_new_session=True, pass_fds=(told,))
+    os.close(told)
+    os.read(ready, 1)  # end of file: the writer wrote its pid (or died)
 """)
 
 
@@ -495,7 +498,8 @@ def test_the_childs_exit_is_seen_while_a_process_it_left_goes_on_writing(pace):
 
     transport = StdioTransport([sys.executable, "-c", LEFT_WRITING, pace])
     left = None
-    try:  # the writer prints its own pid first (printed by its parent, the flood could come before it)
+    try:  # the writer prints its own pid first (printed by its parent, the flood could come before it);
+        # its parent exits only after that, so a slow start of the writer cannot end the stream before it
         left = psutil.Process(int(transport.receive()))
         started = time.monotonic()
         lines = _lines_until_the_end(transport)
