@@ -4,6 +4,8 @@ import hashlib
 import re
 import subprocess
 import sys
+import threading
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,6 +79,34 @@ def test_refused_credentials_are_told_at_the_default_level(tmp_path, caplog, mon
         assert re.match(r"^[1-4] upgrade\(s\) refused for their credentials, the latest from 127\.0\.0\.1: 401 "
                         r"Unauthorized invalid websocket bearer token \(told at most every 0\.3 s\)$", line), line
     assert "guess" not in caplog.text and TOKEN not in caplog.text
+
+
+def test_a_refusal_when_no_timer_thread_starts_is_still_401_and_told_later(tmp_path, caplog, monkeypatch):
+    """The warning's timer started unguarded inside the WSGI handler: where no thread could start (a task
+    limit), a refused login was a 500 with a logged traceback.  Now the next refusal tells the count."""
+    from exec_server.server import burst_warning, upgrade
+
+    class NoThread(threading.Timer):
+        def start(self):
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(upgrade, "REFUSED_CREDENTIALS_INTERVAL", 0.3)
+    monkeypatch.setattr(burst_warning.threading, "Timer", NoThread)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    running = start_ours(auth=CapabilityToken.from_file(str(token_file)))
+    try:
+        with caplog.at_level("WARNING", logger="exec_server.server.upgrade"):
+            for guess in (b"one", b"two", b"three"):
+                assert answer(running, b"Authorization: Bearer guess-" + guess + b"\r\n").split(b" ", 2)[1] == b"401"
+            time.sleep(0.4)
+            assert answer(running, b"Authorization: Bearer guess-four\r\n").split(b" ", 2)[1] == b"401"
+    finally:
+        running.stop()
+    told = [int(record.getMessage().split()[0]) for record in caplog.records
+            if "refused for their credentials" in record.getMessage()]
+    assert told == [1, 3]
+    assert "Traceback" not in caplog.text
 
 
 def test_a_head_request_gets_no_content(server):

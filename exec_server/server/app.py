@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from werkzeug.serving import ThreadedWSGIServer
 
+from exec_server.server.burst_warning import BurstWarning
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.process import contain
@@ -54,6 +55,10 @@ _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 #: ``closed`` to reach their clients before the Close frames (at most half
 #: of ``shutdown_timeout``), seconds.
 EXIT_REPORT_BUDGET = 2.0
+
+
+def _tell_closed_unread(count: int, why: str) -> None:
+    log.warning("%d connection(s) closed unread: %s (told at most every %g s)", count, why, REFUSAL_WARNING_INTERVAL)
 
 
 def parse_listen_url(url: str) -> Tuple[str, int]:
@@ -126,9 +131,7 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
         self._pending: Dict[Any, str] = {}  # accepted sockets not yet upgraded -> their peer's address
         self._pending_from: Dict[str, int] = {}  # peer address -> how many of those it has
         self._pending_lock = threading.Lock()
-        self._refused = 0  # connections closed at the limit since the last warning
-        self._refused_warned = 0.0
-        self._refused_why = ""
+        self._refused = BurstWarning(REFUSAL_WARNING_INTERVAL, _tell_closed_unread)
         self._accept_warned = -REFUSAL_WARNING_INTERVAL  # when an accept that failed was last told
 
     def get_request(self):
@@ -173,20 +176,12 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
             raise
 
     def _refuse(self, request, why: str) -> None:
-        """Close ``request`` unread; a warning (how many since the last) at most every REFUSAL_WARNING_INTERVAL s.
+        """Close ``request`` unread; a warning (how many, why) at most every REFUSAL_WARNING_INTERVAL s.
 
-        Those closed after the last warning are told by the next one, or by
-        :meth:`report_refused` at shutdown.
+        Those closed after a warning are told by the next one, at most the
+        interval later, or by :meth:`report_refused` at shutdown.
         """
-        with self._pending_lock:
-            self._refused += 1
-            self._refused_why = why
-            warn = time.monotonic() - self._refused_warned >= REFUSAL_WARNING_INTERVAL
-            if warn:
-                refused, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
-        if warn:
-            log.warning("%d connection(s) closed unread: %s (more are counted, and told at most every %g s)",
-                        refused, why, REFUSAL_WARNING_INTERVAL)
+        self._refused.add(why)
         self.shutdown_request(request)
 
     def _accept_failed(self, exc: OSError) -> None:
@@ -200,10 +195,7 @@ class _ConnectionThreadsServer(ThreadedWSGIServer):
 
     def report_refused(self) -> None:
         """Warn of the connections closed unread since the last warning, if any (at shutdown)."""
-        with self._pending_lock:
-            refused, why, self._refused = self._refused, self._refused_why, 0
-        if refused:
-            log.warning("%d connection(s) closed unread since the last warning: %s", refused, why)
+        self._refused.flush()
 
     def _serve(self, request, client_address) -> None:
         try:
@@ -351,6 +343,7 @@ class ExecServer:
         self.dispatcher.stop_fs_helpers()
         self.registry.close_all(join_timeout=max(0.0, deadline - time.monotonic()))
         self._wsgi.report_refused()
+        self.app.refused.flush()
         self._stopped.set()
 
     def __enter__(self) -> "ExecServer":

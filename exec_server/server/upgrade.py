@@ -23,6 +23,7 @@ from werkzeug.serving import WSGIRequestHandler
 from exec_server.common.keepalive import abort_socket
 from exec_server.common.tls import TLSStream
 from exec_server.server.auth import ENVIRON_AUTHORIZATION
+from exec_server.server.burst_warning import BurstWarning
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
 
@@ -223,6 +224,11 @@ def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
 REFUSED_CREDENTIALS_INTERVAL = 10.0
 
 
+def _tell_refused_credentials(count: int, latest: Tuple[str, str]) -> None:
+    log.warning("%d upgrade(s) refused for their credentials, the latest from %s: %s (told at most every %g s)",
+                count, latest[0], latest[1], REFUSED_CREDENTIALS_INTERVAL)
+
+
 class WebSocketApp:
     """The WSGI application of the server (``/`` and ``/readyz``).
 
@@ -241,41 +247,12 @@ class WebSocketApp:
         self._lock = threading.Lock()
         self._connections: "set[WebSocketConnection]" = set()
         self._reserved = 0
-        self._refused = 0  # upgrades refused for their credentials since the last warning
-        self._refused_warned = -REFUSED_CREDENTIALS_INTERVAL
-        self._refused_latest = ("?", "")
-        self._refused_timer: Optional[threading.Timer] = None
+        self.refused = BurstWarning(REFUSED_CREDENTIALS_INTERVAL, _tell_refused_credentials)
 
     def __call__(self, environ, start_response):
         """The answer to one request; a HEAD request's has no content (RFC 9110 9.3.2), whatever its status."""
         body = self._answer(environ, start_response)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else body
-
-    def _refused_credentials(self, environ, refusal: str) -> None:
-        """A warning for upgrades refused for their credentials (a token rotated on one side, a guess): how many,
-        the latest peer and why; at most every :data:`REFUSED_CREDENTIALS_INTERVAL` s (never the token).  Those
-        refused after a warning are told when the interval has passed, by a timer, if no refusal tells them."""
-        now = time.monotonic()
-        with self._lock:
-            self._refused += 1
-            self._refused_latest = (environ.get("REMOTE_ADDR", "?"), refusal)
-            wait = self._refused_warned + REFUSED_CREDENTIALS_INTERVAL - now
-            if wait > 0:
-                if self._refused_timer is None:
-                    self._refused_timer = threading.Timer(wait, self._tell_refused)
-                    self._refused_timer.daemon = True
-                    self._refused_timer.start()
-                return
-        self._tell_refused()
-
-    def _tell_refused(self) -> None:
-        with self._lock:
-            self._refused_timer = None
-            count, self._refused, self._refused_warned = self._refused, 0, time.monotonic()
-            peer, refusal = self._refused_latest
-        if count:
-            log.warning("%d upgrade(s) refused for their credentials, the latest from %s: %s (told at most every "
-                        "%g s)", count, peer, refusal, REFUSED_CREDENTIALS_INTERVAL)
 
     def _answer(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
@@ -332,7 +309,8 @@ class WebSocketApp:
             refusal = self.authorize(environ)
             if refusal is not None:
                 status, body = refusal
-                self._refused_credentials(environ, "%s %s" % (status, body.decode("ascii", "replace")))
+                # A warning (a token rotated on one side, a guess): the peer and why, never the token.
+                self.refused.add((environ.get("REMOTE_ADDR", "?"), "%s %s" % (status, body.decode("ascii", "replace"))))
                 return _plain(start_response, status, body)
         sock = environ.get("werkzeug.socket")
         if sock is None:
