@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command in ("run", "cp"):  # server options given with them were ignored
         from exec_server.cli.embedded import misplaced_server_options
 
-        misplaced = misplaced_server_options(args)
+        misplaced = misplaced_server_options(args, parser)
         if misplaced is not None:
             parser.subcommands[args.command].error(misplaced)
     # a bad EXEC_SERVER_LOG is one line: the usage would tell of options that were all right

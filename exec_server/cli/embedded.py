@@ -34,26 +34,23 @@ LISTENER_OPTIONS = frozenset([
     "--shutdown-timeout"])
 
 
-def server_options_given(args: argparse.Namespace) -> List[str]:
+def server_options_given(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
     """The server options (those before a subcommand) set to other than their defaults, as typed
-    (``--spool-dir``); ``--otel`` and ``--log-level`` are the command's own."""
-    from exec_server.cli.options import add_server_options
-
-    probe = argparse.ArgumentParser(add_help=False)
-    add_server_options(probe)
-    defaults = vars(probe.parse_args([]))
+    (``--spool-dir``); ``--otel`` and ``--log-level`` are the command's own.  ``parser`` is the
+    ``exec-server`` parser that gave ``args`` (its defaults are read from a parse of no arguments)."""
+    defaults = vars(parser.parse_args([]))
     return ["--" + name.replace("_", "-") for name, default in defaults.items()
-            if name not in ("otel", "log_level") and getattr(args, name, default) != default]
+            if name not in ("otel", "log_level", "command") and getattr(args, name, default) != default]
 
 
-def misplaced_server_options(args: argparse.Namespace) -> Optional[str]:
+def misplaced_server_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[str]:
     """Why the server options given cannot apply to ``run`` or ``cp`` (None: they can, or none was given).
 
     They configure ``run``'s embedded server (``run`` without ``--url`` or
     ``--via``), except a listener's (:data:`LISTENER_OPTIONS`); ``cp`` and
     ``run --url``/``--via`` use a server that has its own.  They were ignored.
     """
-    given = server_options_given(args)
+    given = server_options_given(args, parser)
     if not given:
         return None
     if args.command == "run" and args.url is None and args.via is None and not getattr(args, "hosts_file", None):

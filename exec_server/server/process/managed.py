@@ -314,14 +314,7 @@ class ManagedProcess:
             except OSError as exc:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
             return
-        own_group = None
-        if self._isolated and self._log.exit_code is None:
-            program = contain.wait_program_started(self.pid, ended=lambda: self._log.exit_code is not None)
-            try:  # the group the program made its own (timeout, bash -i), which its init forwards no SIGINT to
-                own_group = os.getpgid(program.pid) if program is not None and self._log.exit_code is None else None
-                own_group = own_group if own_group != os.getpgid(self.pid) else None
-            except ProcessLookupError:
-                pass
+        own_group = self._programs_own_group() if self._isolated else None
         with self._lock:
             if self._log.exit_code is not None or self._popen.returncode is not None:
                 return
@@ -331,6 +324,20 @@ class ManagedProcess:
                     tree.interrupt_group(own_group)
             except OSError as exc:
                 raise InternalError("failed to signal process: %s" % os_error_message(exc)) from None
+
+    def _programs_own_group(self) -> Optional[int]:
+        """Under ``isolate``, the process group the program made its own (``timeout``, ``bash -i``), which its
+        init forwards no SIGINT to; None when it has none, or once it (or the process) is gone."""
+        if self._log.exit_code is not None:
+            return None
+        program = contain.wait_program_started(self.pid, ended=lambda: self._log.exit_code is not None)
+        if program is None or self._log.exit_code is not None:
+            return None
+        try:
+            group = os.getpgid(program.pid)
+            return group if group != os.getpgid(self.pid) else None
+        except ProcessLookupError:
+            return None
 
     def terminate(self) -> bool:
         """Kill the whole tree at once (SIGKILL, no grace; PROTOCOL.md 5.7).
