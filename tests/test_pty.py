@@ -3,6 +3,8 @@
 import base64
 import os
 import pwd
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -230,3 +232,43 @@ def test_a_sandboxed_program_that_signals_every_process_it_can_is_not_sent_them_
     output = b"".join(base64.b64decode(m["params"]["chunk"]) for m in events if m["method"] == "process/output")
     assert output == b"survived\r\n"
     assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [4]
+
+
+def _ignoring_hup_quit_usr1() -> None:  # a server started under nohup, as a shell's background job
+    import signal
+
+    for number in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+        signal.signal(number, signal.SIG_IGN)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("which", ["ours", "reference"])
+def test_a_pty_child_gets_the_default_of_the_signals_its_server_ignores(tmp_path, which):
+    """A server started under ``nohup`` (SIGHUP ignored) passed that on to every PTY child, so a terminal's
+    hang-up did not end them; the reference's PTY (portable-pty) sets SIGCHLD, SIGHUP, SIGINT, SIGQUIT,
+    SIGTERM and SIGALRM back to their default, and a pipe child keeps what the server ignores, on both."""
+    from conftest import reference_binary
+    from exec_server import Client
+
+    if which == "ours":
+        argv = [sys.executable, "-m", "exec_server", "--linux-sandbox-pid-namespace", "inherit"]
+    else:
+        if reference_binary() is None:
+            pytest.skip("reference server not installed (set EXEC_SERVER_REFERENCE)")
+        argv = [reference_binary(), "exec-server"]
+    server = subprocess.Popen(argv + ["--listen", "ws://127.0.0.1:0"], stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, preexec_fn=_ignoring_hup_quit_usr1,
+                              env=dict(os.environ, CODEX_HOME=str(tmp_path)))
+    try:
+        with Client.connect(server.stdout.readline().decode().strip(), timeout=10) as client:
+            ignored = {}
+            for tty in (False, True):
+                status = client.run(["grep", "^SigIgn:", "/proc/self/status"], tty=tty, timeout=20).stdout
+                ignored[tty] = int(status.split()[1], 16)
+    finally:
+        server.kill()
+        server.wait(10)
+        server.stdout.close()
+    hup, quit_, usr1 = 1 << 0, 1 << 2, 1 << 9
+    assert ignored[False] & (hup | quit_ | usr1) == hup | quit_ | usr1  # pipes: as the server ignores them
+    assert ignored[True] & (hup | quit_ | usr1) == usr1  # a PTY: SIGHUP and SIGQUIT at their default

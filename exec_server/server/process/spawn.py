@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from exec_server.common import tree
 from exec_server.server.process import contain, exec_check
@@ -87,11 +87,30 @@ def _null_input() -> int:
     return _null_input_fd
 
 
-def _set_controlling_tty() -> None:  # runs in the child between fork and exec
-    import fcntl
+#: Signals a child on a PTY starts with at their default action even where the server ignores them (under
+#: ``nohup``: SIGHUP; as a shell's background job: SIGQUIT), as the reference's PTY (portable-pty) resets them.
+#: A child on pipes inherits what the server ignores, as the reference's does.
+PTY_DEFAULT_SIGNALS = ("SIGCHLD", "SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGALRM")
+
+
+def _pty_child_setup(take_terminal: bool) -> Optional[Callable[[], None]]:
+    """What runs in a PTY child between fork and exec: the terminal made its controlling one (when it is to
+    take it), the :data:`PTY_DEFAULT_SIGNALS` the server ignores set back to their default; None: nothing."""
+    import fcntl  # imported here, not in the child (whose import would take the import lock after a fork)
+    import signal
     import termios
 
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    ignored = [number for number in (getattr(signal, name, None) for name in PTY_DEFAULT_SIGNALS)
+               if number is not None and signal.getsignal(number) is signal.SIG_IGN]
+    if not (take_terminal or ignored):
+        return None
+
+    def setup() -> None:
+        for number in ignored:
+            signal.signal(number, signal.SIG_DFL)
+        if take_terminal:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    return setup
 
 
 def spawn_child(argv: List[str], cwd: str, env: Dict[str, str], tty: bool, pipe_stdin: bool, arg0: Optional[str],
@@ -210,7 +229,7 @@ def _spawn_pty(executable: str, args: List[str], cwd: str, env: Dict[str, str],
         popen = contain.spawner().call(lambda: subprocess.Popen(
             args, executable=executable, cwd=cwd, env=env,
             stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-            start_new_session=True, preexec_fn=_set_controlling_tty if take_terminal else None,
+            start_new_session=True, preexec_fn=_pty_child_setup(take_terminal),
         ))
     except BaseException:
         os.close(master)
