@@ -162,6 +162,81 @@ def test_write_without_stdin_raises(client):
     proc.wait(timeout=5)
 
 
+def test_communicate_sends_input_then_end_of_file_as_popen_does(client, any_server):
+    """``communicate()`` took no input and left stdin open (``Popen.communicate`` writes ``input``, then closes
+    stdin): ``cat`` never ended.  Against the reference, which cannot close a stdin, input is refused before
+    anything is written (a reader would wait for an end of file that cannot come)."""
+    from exec_server import ExtensionNotSupported
+
+    payload = os.urandom(3 << 20)
+    with client.start(["cat"], stdin=True) as process:
+        if any_server.kind == "reference":
+            with pytest.raises(ExtensionNotSupported, match="closeStdin"):
+                process.communicate(payload, timeout=30)
+            with pytest.raises(subprocess.TimeoutExpired):  # stdin stays open: cat goes on
+                process.communicate(timeout=0.5)
+            assert process.returncode is None
+            return
+        assert process.communicate(payload, timeout=30) == (payload, b"")
+        assert process.returncode == 0 and process.stdin_writable is False
+    with client.start(["cat"], stdin=True) as process:
+        assert process.communicate(timeout=30) == (b"", b"")  # no input: stdin is closed all the same
+    with client.start(["sh", "-c", "echo hi"], tty=True) as process:
+        out, _ = process.communicate(b"", timeout=30)  # a PTY takes its end of file (^D) and gives output
+        assert out == b"hi\r\n"
+
+
+def test_communicate_after_a_timeout_writes_what_was_left(server):
+    """A timeout while the input is written (the child not reading yet, the server's 8 MiB stdin queue full)
+    keeps the rest: the next call writes it, and the child gets every byte once, then its end of file."""
+    payload = os.urandom(12 << 20)
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["sh", "-c", "sleep 2; exec cat"], stdin=True) as process:
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.communicate(payload, timeout=1.0)
+            with pytest.raises(ValueError, match="^Cannot send input after starting communication$"):
+                process.communicate(b"more", timeout=30)
+            out, err = process.communicate(timeout=60)
+            assert (len(out), out == payload, err, process.returncode) == (len(payload), True, b"", 0)
+
+
+def test_communicate_sends_a_piece_whose_answer_was_lost_once(server):
+    """A piece written whose answer never came (the call timed out) is sent again by the next call with the
+    same ``writeId``: the server writes it once, and ``cat`` gives back the input exactly."""
+    from exec_server.client.interfaces import CallTimeout
+
+    payload = os.urandom(3 << 20)
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["cat"], stdin=True) as process:
+            real, sent = process.write, []
+
+            def answer_lost_once(data, timeout=30.0, **options):
+                real(data, timeout, **options)
+                sent.append(options["write_id"])
+                if len(sent) == 2:
+                    raise CallTimeout(process.args, timeout)
+
+            process.write = answer_lost_once
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.communicate(payload, timeout=30)
+            out, _ = process.communicate(timeout=30)
+    assert len(sent) == 4 and sent[1] == sent[2]  # the second piece, sent again with its id (the last closes)
+    assert (len(out), out == payload) == (len(payload), True)
+
+
+def test_communicate_input_mistakes_are_named_before_anything_is_sent(server):
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["sleep", "30"]) as process:
+            with pytest.raises(StdinClosedError, match="has no writable stdin .start it with stdin=True.$"):
+                process.communicate(b"x", timeout=5)
+            with pytest.raises(TypeError, match="^input must be bytes, not str"):
+                process.communicate("text", timeout=5)
+            with pytest.raises(TypeError, match="^input must be bytes-like, not int$"):
+                process.communicate(5)  # Popen's order: (input, timeout)
+            with pytest.raises(subprocess.TimeoutExpired):  # nothing was written: no input, no stdin to close
+                process.communicate(timeout=0.2)
+
+
 def test_typed_errors(client):
     with pytest.raises(InternalError) as caught:
         client.start(["no-such-program-xyz"])

@@ -420,13 +420,17 @@ def test_communicate_holds_the_output_once(server):
     assert peak < 1.5 * size, "peak %.2f x the output" % (peak / size)
 
 
+#: A shell's wait until the file named by $0 plus ".go" exists (communicate closes stdin: a ``read`` would end).
+UNTIL_GO = 'while [ ! -e "$0.go" ]; do sleep 0.05; done'
+
+
 def test_a_timed_out_communicate_puts_back_every_event_as_it_came(server, tmp_path):
     """After communicate() times out, the output so far is still there, as the events it came in and in
     their order (stdout and stderr interleaved)."""
     written = tmp_path / "written"
-    script = 'printf out1; sleep 0.3; printf err1 >&2; sleep 0.3; printf out2; : > "$0"; read done'
+    script = 'printf out1; sleep 0.3; printf err1 >&2; sleep 0.3; printf out2; : > "$0"; ' + UNTIL_GO
     with Client.connect(server.url, timeout=10) as client:
-        process = client.start(["/bin/sh", "-c", script, str(written)], stdin=True)
+        process = client.start(["/bin/sh", "-c", script, str(written)])
         wait_until(written.exists, timeout=30)
         with pytest.raises(CallTimeout):
             process.communicate(timeout=1)
@@ -438,7 +442,7 @@ def test_a_timed_out_communicate_puts_back_every_event_as_it_came(server, tmp_pa
         assert [(event.stream, event.data) for event in events] == [
             ("stdout", b"out1"), ("stderr", b"err1"), ("stdout", b"out2")]
         assert [event.seq for event in events] == sorted(event.seq for event in events)
-        process.write(b"\n")
+        (tmp_path / "written.go").touch()
         assert process.communicate(timeout=30) == (b"", b"")  # iterated above: nothing left to collect
         assert process.returncode == 0
 
@@ -448,7 +452,7 @@ def test_events_put_back_by_a_timed_out_communicate_wake_another_consumer(server
     communicate gives back (it slept to its own timeout, or for ever without one)."""
     written = tmp_path / "written"
     with Client.connect(server.url, timeout=10) as client:
-        process = client.start(["/bin/sh", "-c", 'printf x; : > "$0"; read done', str(written)], stdin=True)
+        process = client.start(["/bin/sh", "-c", 'printf x; : > "$0"; ' + UNTIL_GO, str(written)])
         wait_until(written.exists, timeout=30)
         timed_out = []
 
@@ -468,7 +472,7 @@ def test_events_put_back_by_a_timed_out_communicate_wake_another_consumer(server
         waiter.join(10)
         assert timed_out == [True]
         assert len(got) == 1 and isinstance(got[0], OutputEvent) and got[0].data == b"x"
-        process.write(b"\n")
+        (tmp_path / "written.go").touch()
         assert process.wait(timeout=30) == 0
 
 

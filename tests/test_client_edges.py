@@ -251,9 +251,8 @@ def test_argument_mistakes_are_named_before_anything_is_sent(server):
             client.run(["true"], env=[("A", "B")])
         process = client.start(["cat"], stdin=True)
         with pytest.raises(TypeError, match="^timeout must be a number of seconds, not bytes$"):
-            process.communicate(b"data")
-        process.close_stdin()
-        assert process.communicate(timeout=10) == (b"", b"")
+            process.communicate(None, b"data")
+        assert process.communicate(b"data", timeout=10) == (b"data", b"")  # Popen.communicate's input
         from decimal import Decimal
         assert client.run(["true"], timeout=Decimal("10")).returncode == 0  # a real number still is one
 

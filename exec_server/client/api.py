@@ -330,7 +330,7 @@ class Client:
             params["ptySize"] = {"rows": int(pty_size[0]), "cols": int(pty_size[1])}
         if sandbox is not None:
             params["sandbox"] = dict(sandbox)
-        process = RemoteProcess(self, process_id, argv, max_buffered_output)
+        process = RemoteProcess(self, process_id, argv, max_buffered_output, bool(tty or params["pipeStdin"]))
         with self._start_lock:  # close() sees every start begun before it, and refuses the later ones
             if self._closing:
                 raise ExecServerDisconnected("client is closed")

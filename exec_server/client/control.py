@@ -11,6 +11,7 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from exec_server.client.buffer import EXIT_READ_TIMEOUT
 from exec_server.client.events import StdinClosedError, StdinQueueFullError
 from exec_server.client.interfaces import (CallTimeout, Caller, ExtensionNotSupported, FreshId, RequestOutcomeUnknown,
                                            as_bytes, result_member)
@@ -18,7 +19,7 @@ from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
 from exec_server.common.durations import check_seconds
 from exec_server.protocol import b64
-from exec_server.protocol.errors import InternalError
+from exec_server.protocol.errors import ExecServerError, InternalError, RpcError
 from exec_server.protocol.jsonrpc import utf8_size
 from exec_server.protocol.wire import dumps
 
@@ -105,19 +106,26 @@ class ProcessControl:
         client: what the calls go through (the :class:`Client` that started it).
         process_id: the protocol's ``processId``.
         args: the argv, for ``subprocess.TimeoutExpired``.
+        stdin_writable: True while the process's stdin can be written: started with ``stdin=True`` or
+            ``tty=True``, and not closed (or found closed) through this handle.
     """
 
     client: Caller
     process_id: str
     args: List[str]
+    stdin_writable = False  # True while its stdin can be written (started with one, not closed through the handle)
+    _input: Any = False  # communicate's input to write (False: no communicate yet; None: none, or all written)
 
-    def write(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False) -> None:
+    def write(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False,
+              write_id: Optional[str] = None) -> None:
         """Write bytes to the child's stdin or PTY (``process/write``).
 
         Args:
             data: the bytes (may be empty).
             timeout: seconds to wait for the answer.
             close_stdin: then close stdin after them (see :meth:`close_stdin`).
+            write_id: the ``writeId`` (default: a new random one); the same id sent again (a write whose
+                answer never came) is written once by the server (PROTOCOL.md 5.5).
         Raises:
             TypeError: ``data`` is text or not bytes-like (an int, a list).
             StdinClosedError: the process has no writable stdin, or it was closed.
@@ -138,7 +146,7 @@ class ProcessControl:
         if isinstance(data, str):
             raise TypeError("process data must be bytes, not str: encode it (text.encode())")
         chunk = b64.encode(as_bytes(data, "process data"))
-        params = {"processId": self.process_id, "chunk": chunk, "writeId": os.urandom(16).hex()}
+        params = {"processId": self.process_id, "chunk": chunk, "writeId": write_id or os.urandom(16).hex()}
         if close_stdin:
             if not self.client.supports("closeStdin"):
                 raise ExtensionNotSupported("closeStdin", "closing a remote stdin")
@@ -150,6 +158,8 @@ class ProcessControl:
             if isinstance(exc.data, dict) and exc.data.get("reason") == "stdinQueueFull":
                 raise StdinQueueFullError(exc.message, exc.data) from None
             raise
+        if close_stdin or status == "stdinClosed":
+            self.stdin_writable = False
         if status == "stdinClosed":
             raise StdinClosedError("process %s has no writable stdin" % self.process_id)
         if status == "unknownProcess":
@@ -170,23 +180,67 @@ class ProcessControl:
             CallTimeout: not all written within ``timeout``.
             StdinClosedError, InternalError, ExtensionNotSupported: as for :meth:`write`.
         """
-        deadline = _deadline(timeout)
+        if isinstance(data, str):
+            raise TypeError("process data must be bytes, not str: encode it (text.encode())")
+        self._write_pieces(memoryview(as_bytes(data, "process data")), _deadline(timeout), timeout, close_stdin, piece,
+                           os.urandom(16).hex())
+
+    def _write_pieces(self, data: memoryview, deadline: Optional[float], timeout: Optional[float], close_stdin: bool,
+                      piece: int, ids: str, offset: int = 0, written: Optional[Callable[[int], None]] = None) -> None:
+        """:meth:`write_all`'s loop from ``offset``; ``written(offset)`` is told after each piece.  A piece's
+        ``writeId`` is ``ids`` and its offset: one sent again after a timeout (its answer lost) is written once."""
         limit = self.client.max_request_bytes
         if limit is not None:  # each piece's base64 (4 characters for 3 bytes) and its request within the limit
             piece = max(1, min(piece, (limit - WRITE_REQUEST_OVERHEAD - utf8_size(dumps(self.process_id))) // 4 * 3))
-        pieces = [data[i:i + piece] for i in range(0, len(data), piece)] or [b""]
-        for index, chunk in enumerate(pieces):
-            close = close_stdin and index == len(pieces) - 1
-            while chunk or close:
-                try:
-                    self.write(chunk, timeout=_remaining(deadline), close_stdin=close)
-                    break
-                except StdinQueueFullError:
-                    if _remaining(deadline) == 0.0:
-                        raise CallTimeout(self.args, timeout) from None
-                    time.sleep(min(0.05, _remaining(deadline) or 0.05))
-                except CallTimeout:  # a piece's call got what was left: the whole write timed out
+        while True:
+            chunk = data[offset:offset + piece]
+            close = close_stdin and offset + len(chunk) == len(data)
+            if not (chunk or close):
+                return
+            try:
+                self.write(chunk, timeout=_remaining(deadline), close_stdin=close, write_id="%s:%d" % (ids, offset))
+            except StdinQueueFullError:
+                if _remaining(deadline) == 0.0:
                     raise CallTimeout(self.args, timeout) from None
+                time.sleep(min(0.05, _remaining(deadline) or 0.05))
+                continue
+            except CallTimeout:  # a piece's call got what was left: the whole write timed out
+                raise CallTimeout(self.args, timeout) from None
+            offset += len(chunk)
+            if written is not None:
+                written(offset)
+            if close:
+                return
+
+    def _send_input(self, data: Optional[bytes], deadline: Optional[float], timeout: Optional[float]) -> None:
+        """``communicate``'s input, as ``Popen.communicate`` sends it: on the first call, ``data`` (None: none)
+        to a writable stdin, then end of file where the server has ``closeStdin``; what a timeout left unwritten
+        is written by the next call.  A process that exited or closed its stdin meanwhile takes no more (as a
+        broken pipe there).  Raises ValueError (input after a first call), TypeError (not bytes-like),
+        StdinClosedError (no writable stdin), ExtensionNotSupported (input, and no ``closeStdin``) first."""
+        if data is not None:
+            if self._input is not False:
+                raise ValueError("Cannot send input after starting communication")  # Popen's words
+            if isinstance(data, str):
+                raise TypeError("input must be bytes, not str: encode it (text.encode())")
+            data = as_bytes(data, "input")
+            if not self.stdin_writable:
+                raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)"
+                                       % self.process_id)
+            if not self.client.supports("closeStdin"):  # its end of file could not be sent: a reader would hang
+                raise ExtensionNotSupported("closeStdin", "communicate(input=)")
+        if self._input is False:  # the first call: (input, bytes written, the writeIds' stem), or None
+            closing = self.stdin_writable and self.client.supports("closeStdin")
+            self._input = [memoryview(data or b""), 0, os.urandom(16).hex()] if closing else None
+        state = self._input
+        if state is None:
+            return
+        try:
+            self._write_pieces(state[0], deadline, timeout, True, 1 << 20, state[2], state[1],
+                               written=lambda offset: state.__setitem__(1, offset))
+        except (StdinClosedError, InternalError):
+            pass  # the process exited or closed its stdin: like Popen.communicate's broken pipe
+        self._input = None
 
     def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
         """End of file on the child's stdin, after every byte already written (our extension).
@@ -240,6 +294,16 @@ class ProcessControl:
                              "running", bool, "process/terminate")
 
     kill = terminate
+
+    def _exit_code_read(self, after_seq: int) -> Optional[int]:
+        """The exit code a ``process/read`` of the closed process tells (within ``EXIT_READ_TIMEOUT`` s), or None."""
+        try:
+            result = self.client.call("process/read", {"processId": self.process_id, "afterSeq": after_seq,
+                                                       "maxBytes": 0, "waitMs": 0}, timeout=EXIT_READ_TIMEOUT)
+            code = result.get("exitCode") if result.get("exited") is True else None
+        except (RpcError, ExecServerError, TimeoutError, AttributeError):
+            return None
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     def read(self, after_seq: int = 0, max_bytes: Optional[int] = None, wait: float = 0.0,
              timeout: Optional[float] = None, *, wait_ms: Optional[int] = None) -> Dict[str, Any]:

@@ -69,6 +69,8 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
             raise CallTimeout(argv, timeout)
         if input is not None:
             _feed(client, process, input, deadline)
+        else:  # communicate below leaves stdin as it is: a run(tty=True) without input gets no ^D, as before
+            process._input = None
         if capture_output:
             stdout, stderr = process.communicate(timeout=_remaining(deadline))  # type: Tuple[Output, Output]
         else:

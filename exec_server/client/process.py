@@ -17,8 +17,7 @@ import io
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from exec_server.client.buffer import (EXIT_READ_TIMEOUT, MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES,
-                                       REFILL_TIMEOUT, EventBuffer)
+from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_TIMEOUT, EventBuffer
 from exec_server.client.control import ProcessControl
 from exec_server.client.interfaces import CallTimeout, Caller, FreshId
 from exec_server.client.interfaces import deadline as _deadline
@@ -41,13 +40,15 @@ class RemoteProcess(ProcessControl):
         args: the argv, for ``subprocess.TimeoutExpired`` and ``repr``.
         max_buffered_output: bytes of output kept until consumed (None: no
             limit); past it the consumer reads the rest with ``process/read``.
+        stdin_writable: it was started with a writable stdin (a pipe or a PTY).
     Raises:
         ValueError: ``max_buffered_output`` is not a positive integer or None.
     """
 
     def __init__(self, client: Caller, process_id: str, args: List[str],
-                 max_buffered_output: Optional[int] = MAX_BUFFERED_OUTPUT):
+                 max_buffered_output: Optional[int] = MAX_BUFFERED_OUTPUT, stdin_writable: bool = False):
         self.client = client
+        self.stdin_writable = stdin_writable
         self.process_id = process_id
         self.args = args
         self.sandbox_type = "none"
@@ -285,20 +286,26 @@ class RemoteProcess(ProcessControl):
             if isinstance(event, ClosedEvent):
                 return
 
-    def communicate(self, timeout: Optional[float] = None):
-        """Collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
+    def communicate(self, input: Optional[bytes] = None, timeout: Optional[float] = None):
+        """Send ``input``, close stdin, collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
 
-        A PTY's output counts as stdout.
+        As ``Popen.communicate``: ``input`` (bytes-like) is written on the
+        first call only, then a writable stdin is closed (``closeStdin``; on
+        a server without it, stdin is left open); a call after a timeout
+        writes what was left.  A PTY's output counts as stdout.
 
         Raises:
             CallTimeout: not closed within ``timeout``; its ``stdout`` and
                 ``stderr`` are the bytes so far (which stay buffered too).
+            ValueError, TypeError, StdinClosedError, ExtensionNotSupported: ``input`` after a first call, not
+                bytes-like, to a process without a writable stdin, or to a server without ``closeStdin``.
             ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
             Whatever interrupts it (``KeyboardInterrupt``) also leaves the
             output so far buffered, as the events it came in, beyond
             ``max_buffered_output`` if need be: a later call returns it.
         """
         deadline = _deadline(timeout)
+        self._send_input(input, deadline, timeout)
         # Written as events arrive, and BytesIO.getvalue() hands its buffer over without
         # copying it: no join of every chunk after the last one came.  A consumed output
         # event is remembered by where its bytes went, not kept: each chunk's memory is
@@ -349,23 +356,13 @@ class RemoteProcess(ProcessControl):
             self._wait_until(lambda: buffer.exit_code is not None or buffer.closed_arrived, timeout)
             if buffer.exit_code is not None:
                 return buffer.exit_code
-        exit_code = self._exit_code_read()  # not under the lock: the reader thread takes it
+        exit_code = self._exit_code_read(self.last_seq)  # not under the lock: the reader thread takes it
         with self._changed:
             if buffer.exit_code is None and exit_code is not None:
                 buffer.exit_code = exit_code
             if buffer.exit_code is None:  # closed without an exit: the server broke the notification order
                 raise InternalError("exec-server closed process %s without reporting its exit" % self.process_id)
             return buffer.exit_code
-
-    def _exit_code_read(self) -> Optional[int]:
-        """The exit code a ``process/read`` of the closed process tells (within ``EXIT_READ_TIMEOUT`` s), or None."""
-        try:
-            result = self.client.call("process/read", {"processId": self.process_id, "afterSeq": self._buffer.last_seq,
-                                                       "maxBytes": 0, "waitMs": 0}, timeout=EXIT_READ_TIMEOUT)
-            code = result.get("exitCode") if result.get("exited") is True else None
-        except (RpcError, ExecServerError, TimeoutError, AttributeError):
-            return None
-        return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     def poll(self) -> Optional[int]:
         return self.returncode
