@@ -42,6 +42,22 @@ def test_run_input_reaches_stdin_then_eof(client):
     assert done.stdout == payload and done.returncode == 0
 
 
+def test_run_input_on_a_pty_without_a_last_newline_ends(client, any_server):
+    """On the reference (no closeStdin: ``head -c N`` reads the input), a last line without its newline stayed
+    in the terminal's line discipline and the run hung until its timeout; a ^D after the input hands it on.
+    arg0 there would name the fallback's shell, not the command: refused before anything starts."""
+    from exec_server import ExtensionNotSupported
+
+    done = client.run(["cat"], tty=True, input=b"l1\nl2", timeout=20)
+    assert (done.returncode, done.stdout) == (0, b"l1\r\nl2l1\r\nl2")  # the terminal's echo, then cat's copy
+    argv = ["/bin/sh", "-c", 'echo "$0"; cat']
+    if any_server.kind == "reference":
+        with pytest.raises(ExtensionNotSupported, match="arg0"):
+            client.run(argv, input=b"x", arg0="named", timeout=20)
+    else:
+        assert client.run(argv, input=b"x", arg0="named", timeout=20).stdout == b"named\nx"
+
+
 def test_a_timed_out_run_carries_the_output_it_had(client):
     """As subprocess.run's TimeoutExpired: stdout and stderr so far (bytes), to see why it hung."""
     with pytest.raises(subprocess.TimeoutExpired) as caught:

@@ -43,11 +43,16 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
     deadline = _deadline(timeout)
     argv = command_argv(argv)
     command = list(argv)
+    fed = input
     if input is not None:
-        if not client.supports("closeStdin"):
+        if not client.supports("closeStdin"):  # head -c reads the input and exits: its pipe's end is the EOF
             if client.server_platform == "windows":
                 raise ExtensionNotSupported("closeStdin", "input= on a Windows server")
+            if start_options.get("arg0") is not None:  # it would name the shell, not the command
+                raise ExtensionNotSupported("closeStdin", "input= with arg0= (the fallback runs it under sh)")
             command = ["/bin/sh", "-c", 'head -c "$0" | "$@"', str(len(input))] + command
+            if start_options.get("tty"):  # a ^D hands head a last line without its newline (a terminal's
+                fed = input + b"\x04"  # line discipline holds it until one comes), and is not counted
         start_options["stdin"] = True
     start_options.setdefault("max_buffered_output", None)
     start_timeout = _remaining(deadline) + KILL_GRACE if deadline is not None else START_TIMEOUT
@@ -67,8 +72,8 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
     try:
         if _remaining(deadline) == 0.0:
             raise CallTimeout(argv, timeout)
-        if input is not None:
-            _feed(client, process, input, deadline)
+        if fed is not None:
+            _feed(client, process, fed, deadline)
         else:  # communicate below leaves stdin as it is: a run(tty=True) without input gets no ^D, as before
             process._input = None
         if capture_output:
