@@ -172,7 +172,7 @@ def eager_initialize(sock) -> bytes:
 def test_a_header_block_over_max_header_bytes_is_a_431(server):
     """http.client alone allowed 100 header lines of 64 KiB: ~6 MiB held per connection before any credential
     was checked (128 such connections took a server from 230 to 828 MiB)."""
-    from exec_server.server.upgrade import MAX_HEADER_BYTES
+    from exec_server.server.http_request import MAX_HEADER_BYTES
 
     line = b"X-Big: " + b"a" * 30000 + b"\r\n"
     count = MAX_HEADER_BYTES // len(line)
@@ -235,3 +235,43 @@ def test_expect_100_continue_gets_one_interim_answer(any_server):
     response = http_request(port_of(any_server), b"POST /readyz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                                                  b"Content-Length: 3\r\nConnection: close\r\n\r\n")
     assert response.count(b" 100 Continue") <= 1 and b" 405 " in response
+
+
+READYZ = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"\r\n" + READYZ, b"200"), (b"\n" + READYZ, b"200"), (b"\r\n" * 2000 + READYZ, b"200"),
+    (b" \r\n" + READYZ, b"400"),
+    (READYZ.replace(b"Host: x", b"Host: a\x01b"), b"400"),  # an upgrade too: test_an_upgrade_needs_no_host...
+    (READYZ.replace(b"Host: x", b"X-A: a\x7fb"), b"400"), (READYZ.replace(b"Host: x", b"X-A: a\rb"), b"400"),
+    (READYZ.replace(b"Host: x", b"X\x01A: ab"), b"400"), (READYZ.replace(b"Host: x", b"X A: ab"), b"400"),
+    (READYZ.replace(b"Host: x", b"XA : ab"), b"400"), (READYZ.replace(b"Host: x", b"X\xe9A: ab"), b"400"),
+    (READYZ.replace(b"Host: x", b"X-A: a\r\n b"), b"400"),  # an obsolete line folding
+    (READYZ.replace(b"Host: x", b"X-A: a\tb \x80"), b"200"),  # a tab and obs-text may be in a value
+], ids=["crlf-first", "lf-first", "2000-crlf-first", "blanks-first", "control-in-host", "del-in-value",
+        "cr-in-value", "control-in-name", "space-in-name", "space-before-colon", "non-ascii-name", "obs-fold",
+        "tab-and-obs-text"])
+def test_empty_lines_before_the_request_and_malformed_fields_are_answered_as_by_the_reference(
+        any_server, raw, status):
+    """Empty lines before a request line ended the connection unanswered (RFC 9112 2.2: a server should skip
+    one at least; the reference skips them), as did a line of blanks (the reference: 400); a header field
+    with a control character or a name that is not a token was served, where the reference answers 400
+    (a CR in a value even hid the fields after it: email's parser split the line there)."""
+    assert http_request(port_of(any_server), raw).split(b" ", 2)[1] == status
+
+
+def test_empty_lines_before_a_request_line_are_bounded(server):
+    """MAX_LEADING_EMPTY_BYTES (64 KiB): past it, 400; a request line of more than 64 KiB after empty
+    lines is a 414, as without them."""
+    from exec_server.server.http_request import MAX_LEADING_EMPTY_BYTES
+
+    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=10)
+    try:
+        sock.sendall(b"\r\n" * (MAX_LEADING_EMPTY_BYTES // 2 + 1))
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")  # answered before a request line comes
+    finally:
+        sock.close()
+    assert http_request(port_of(server), b"\r\n" + b"GET /readyz?" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").startswith(
+        b"HTTP/1.1 414 ")
+    assert http_request(port_of(server), READYZ).startswith(b"HTTP/1.1 200 ")  # and the server goes on

@@ -30,7 +30,8 @@ from exec_server.server.dispatcher import Dispatcher
 from exec_server.server.process import contain
 from exec_server.server.sessions import SessionRegistry
 from exec_server.server.threads import ReusableThreads
-from exec_server.server.upgrade import RequestHandler, WebSocketApp
+from exec_server.server.http_request import RequestHandler
+from exec_server.server.upgrade import WebSocketApp
 
 log = logging.getLogger(__name__)
 

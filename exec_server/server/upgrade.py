@@ -6,8 +6,8 @@ paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
 extensions) after the request is checked as the reference does (method,
 handshake headers, then credentials); then the request thread runs a
 :class:`~exec_server.server.websocket.WebSocketConnection`.  The request
-handler bounds the time until the upgrade (``upgrade_timeout``) and
-:class:`WebSocketApp` admits at most ``max_connections`` WebSockets,
+handler (:mod:`exec_server.server.http_request`) bounds the time until the
+upgrade (``upgrade_timeout``) and :class:`WebSocketApp` admits at most ``max_connections`` WebSockets,
 evicting an idle one before refusing a new one.
 """
 
@@ -16,162 +16,17 @@ import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
-from urllib.parse import urlsplit
 
-from werkzeug.serving import WSGIRequestHandler
-
-from exec_server.common.keepalive import abort_socket
 from exec_server.common.tls import TLSStream
-from exec_server.server.auth import ENVIRON_AUTHORIZATION
 from exec_server.server.burst_warning import BurstWarning
 from exec_server.server.config import ServerConfig
 from exec_server.server.dispatcher import Dispatcher
+from exec_server.server.http_request import ENVIRON_HANDLER, ENVIRON_NO_VERSION
 
 if TYPE_CHECKING:
     from exec_server.server.websocket import WebSocketConnection
 
 log = logging.getLogger(__name__)
-
-#: Most bytes of a request's header block (its lines after the request line, their line ends included): past it,
-#: 431.  http.client alone allows 100 lines of 64 KiB, ~6 MiB held per connection before any credential is seen.
-MAX_HEADER_BYTES = 64 * 1024
-
-_ENVIRON_HANDLER = "exec_server.request_handler"
-_ENVIRON_NO_VERSION = "exec_server.request_line_without_version"
-
-
-class _HeaderBlock:
-    """The request's input while http.server reads its header block: a line that would take the block past
-    ``limit`` bytes is refused as too long (431, as a line over http.client's own limit), unread."""
-
-    def __init__(self, raw, limit: int):
-        self._raw, self._left, self._limit = raw, limit, limit
-
-    def readline(self, size: int = -1) -> bytes:
-        line = self._raw.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
-        if len(line) > self._left:
-            import http.client
-
-            raise http.client.LineTooLong("header block over %d bytes" % self._limit)
-        self._left -= len(line)
-        return line
-
-
-class RequestHandler(WSGIRequestHandler):
-    """werkzeug's handler, quiet, closing the TCP connection after an upgrade, and bounded in time.
-
-    Until the WebSocket upgrade, each read waits at most ``upgrade_timeout``
-    seconds (the handler's socket timeout) and the whole exchange is cut
-    after ``upgrade_timeout`` seconds (a timer shuts the socket down), so a
-    client that sends its headers a byte at a time (slowloris) or never
-    holds its thread no longer than that.  The server sets
-    ``upgrade_timeout`` and ``scheduler`` attributes on itself.
-    """
-
-    upgraded = False
-    _watchdog = None
-    #: http.server's version of a request until its request line is parsed: an answer to a malformed one
-    #: (400, 505) gets a status line and headers, not HTTP/0.9's bare body (the reference answers 400).
-    default_request_version = "HTTP/1.0"
-
-    def version_string(self) -> str:
-        """The ``Server`` header of every answer: the product alone, before any credential is checked (it told
-        werkzeug's and Python's versions to anyone)."""
-        return "exec-server"
-
-    def setup(self) -> None:
-        limit = getattr(self.server, "upgrade_timeout", None)
-        scheduler = getattr(self.server, "scheduler", None)
-        if limit is not None:
-            self.timeout = limit
-        super().setup()
-        if limit is not None and scheduler is not None:
-            self._watchdog = scheduler.call_later(limit, self._upgrade_expired)
-
-    def _upgrade_expired(self) -> None:
-        if not self.upgraded:
-            log.debug("http: no upgrade within the time limit; closed")
-            abort_socket(self.connection)
-
-    def mark_upgraded(self) -> None:
-        """The request became a WebSocket: the time limit and the pending-upgrade limit no longer apply."""
-        self.upgraded = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        release = getattr(self.server, "upgraded", None)
-        if release is not None:
-            release(self.request)
-
-    def finish(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        super().finish()
-
-    def take_early_bytes(self) -> bytes:
-        """What the peer sent after its upgrade request and the request's reads took in (its first
-        frames, if it did not wait for the 101): a WebSocket's first input.  Never waits."""
-        sock = self.connection
-        timeout = sock.gettimeout()
-        sock.settimeout(0.0)
-        try:
-            return self.rfile.read1(65536) or b""  # what is buffered, or one read of what has arrived
-        except (OSError, ValueError):  # nothing has (a TLS socket's "want read"), or the file is closed
-            return b""
-        finally:
-            sock.settimeout(timeout)
-
-    def parse_request(self) -> bool:
-        if len(self.raw_requestline.split()) == 2:
-            # HTTP/0.9 ("GET /path"): no header block follows, and http.server would wait for one until
-            # the upgrade timeout; answered 400 at once, as by the reference
-            self.command, self.request_version = "GET", "HTTP/1.0"  # a status line, as for the others
-            self.requestline = self.raw_requestline.decode("iso-8859-1").rstrip("\r\n")
-            return self._bad_request()
-        rfile, self.rfile = self.rfile, _HeaderBlock(self.rfile, MAX_HEADER_BYTES)
-        try:
-            if not super().parse_request():
-                return False
-        finally:
-            self.rfile = rfile
-        target = self.requestline.split()[1:2]
-        if target and target[0].startswith("//"):  # http.server made it "/..." (gh-87389): kept, for its 404
-            self.path = target[0]  # (and made PATH_INFO again by make_environ)
-        try:
-            urlsplit(self.path)  # what werkzeug's make_environ does first, outside any error handling
-        except ValueError:  # "http://[::1/": a 400 with a status line, not a traceback and no answer
-            return self._bad_request()
-        return True
-
-    def handle_expect_100(self) -> bool:
-        """``Expect: 100-continue``: werkzeug sends its own ``100 Continue``; http.server's would be a second."""
-        return True
-
-    def _bad_request(self) -> bool:
-        """Answer 400 (no body) and close the connection; False, for :meth:`parse_request` to return."""
-        self.close_connection = True
-        self.send_response(400)
-        self.send_header("Content-Length", "0")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        return False
-
-    def make_environ(self):
-        environ = super().make_environ()
-        environ[_ENVIRON_HANDLER] = self
-        if self.path.startswith("//"):  # werkzeug read the target kept by parse_request as an authority
-            environ["PATH_INFO"] = self.path.split("?", 1)[0]  # "//readyz" is not "/readyz": the reference's 404
-        # every Authorization header in order (the environ joins repeated ones with commas)
-        environ[ENVIRON_AUTHORIZATION] = self.headers.get_all("Authorization") or []
-        if not self.request_version.startswith("HTTP/1."):
-            environ[_ENVIRON_NO_VERSION] = True  # ``GET / HTTP/0.9``: answered 400 ...
-            self.request_version = "HTTP/1.0"  # ... with a status line (http.server writes none for 0.9)
-        return environ
-
-    def log_request(self, code="-", size="-") -> None:
-        log.debug("%s %s %s", self.command, getattr(self, "path", "?"), code)
-
-    def log_error(self, format: str, *args) -> None:
-        log.debug("http: " + format, *args)
 
 
 def _plain(start_response, status: str, body: bytes = b"", headers=None):
@@ -256,7 +111,7 @@ class WebSocketApp:
 
     def _answer(self, environ, start_response):
         path = environ.get("PATH_INFO") or "/"
-        if environ.get(_ENVIRON_NO_VERSION):  # HTTP/0.9 is not served (nor by the reference)
+        if environ.get(ENVIRON_NO_VERSION):  # HTTP/0.9 is not served (nor by the reference)
             return _plain(start_response, "400 Bad Request")
         if "HTTP_ORIGIN" in environ:
             return _plain(start_response, "403 Forbidden")
@@ -318,7 +173,7 @@ class WebSocketApp:
         if not self._admit():
             return _plain(start_response, "503 Service Unavailable",
                           b"too many connections (limit %d)" % self.config.max_connections)
-        handler = environ.get(_ENVIRON_HANDLER)
+        handler = environ.get(ENVIRON_HANDLER)
         if handler is not None:
             handler.close_connection = True
             handler.mark_upgraded()
