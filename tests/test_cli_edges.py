@@ -559,7 +559,7 @@ def test_the_summary_after_an_ending_signal_does_not_wait_for_good_on_a_stalled_
     wait_until(lambda: not running_descendants(os.getpid(), ["yes", marker]), timeout=10)
 
 
-@pytest.mark.parametrize("hosts, command, status", [(0, "nonexistent-command-59", 125), (2, "exit 1", 123),
+@pytest.mark.parametrize("hosts, command, status", [(0, "nonexistent-command-59", 127), (2, "exit 1", 123),
                                                     (2, "true", 0)])
 def test_a_stderr_that_cannot_be_written_leaves_the_commands_status(request, hosts, command, status):
     """The one-line error or the summary of several hosts written to a full stderr raised OSError out of main,

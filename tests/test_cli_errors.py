@@ -96,9 +96,26 @@ def test_via_a_missing_program():
 
 def test_missing_program_is_named():
     done = run_cli("run", "--", "/no/such/binary")
-    assert done.returncode == 125
+    assert done.returncode == 127
     assert one_line(done) == ("exec-server run: command not found: No such file or directory (os error 2) "
                               "(/no/such/binary)")
+
+
+@pytest.mark.parametrize("content, mode, error", [
+    (b"#!/bin/sh\necho hi\n", 0o644, "Permission denied (os error 13)"),
+    (b"\x00\x01\x02\x03 not a program", 0o755, None)])
+def test_a_command_that_is_not_executable_exits_126(tmp_path, content, mode, error):
+    """As sh and ssh (``bash: ./x: Permission denied``, 126) and ``docker run`` say of a command that cannot
+    be invoked; run said 125 for every start failure."""
+    program = tmp_path / "program"
+    program.write_bytes(content)
+    program.chmod(mode)
+    done = run_cli("run", "--", str(program))
+    assert done.returncode == 126, done.stderr
+    line = one_line(done)
+    assert line.startswith("exec-server run: cannot start the command: ") and line.endswith("(%s)" % program)
+    if error is not None:
+        assert error in line
 
 
 def test_missing_working_directory_is_named(tmp_path):
@@ -165,7 +182,7 @@ def test_cp_malformed_url():
 def test_run_help_lists_the_exit_statuses():
     done = run_cli("run", "--help")
     assert done.returncode == 0
-    for status in (b"125", b"255", b"  2 "):
+    for status in (b"125", b"126", b"127", b"255", b"  2 "):
         assert status in done.stdout
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import start_ours
 from exec_server.cli.group_run import MAX_LINE_BYTES, LinePrinter
-from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED, GROUP_PARALLEL
+from exec_server.cli.options import GROUP_PARALLEL
+from exec_server.cli.statuses import EXIT_SOME_HOSTS_FAILED
 from exec_server.cli.output import LocalOutput
 from exec_server.client.group import DEFAULT_MAX_WORKERS
 from faultproxy import FaultProxy
@@ -89,7 +90,7 @@ def test_failure_status_and_summary(three, refusing, tmp_path):
     assert ok.returncode == 0
     missing = run_cli("run", *url_options(urls), "--", "no-such-program-xyz")
     assert missing.returncode == 123
-    assert all(status == 125 and "command not found" in rest for status, rest in summary_rows(missing.stderr).values())
+    assert all(status == 127 and "command not found" in rest for status, rest in summary_rows(missing.stderr).values())
     nowhere = run_cli("run", *url_options(urls), "--cwd", "/no/such/dir", "--", "true")  # was "command not found"
     assert nowhere.returncode == 123
     assert all(status == 125 and "working directory not found" in rest and "/no/such/dir" in rest

@@ -10,7 +10,8 @@ import os
 import shlex
 from typing import Optional
 
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_USAGE, client_token
+from exec_server.cli.options import client_token
+from exec_server.cli.statuses import EXIT_DISCONNECTED, EXIT_USAGE
 from exec_server.cli.output import say
 from exec_server.client.api import Client, ReconnectPolicy
 from exec_server.common.bearer import shown_url

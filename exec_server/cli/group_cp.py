@@ -6,7 +6,7 @@ each, ``cp :/var/log/app.log ./logs`` downloads each host's file to
 :func:`~exec_server.client.group_fs.host_dirnames`), ``cp :/a :/b`` copies on
 each host.  Hosts are worked on ``--parallel`` at a time, without progress
 lines.  Every failed host gets one line on stderr; the status is 0 when all
-succeeded, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
+succeeded, else :data:`~exec_server.cli.statuses.EXIT_SOME_HOSTS_FAILED`.
 """
 
 import argparse
@@ -17,7 +17,7 @@ from typing import List
 from exec_server.cli.connect import CommandError, disconnected, report
 from exec_server.cli.cp import Progress, check_sides, copy, copy_files, download, upload
 from exec_server.cli.hosts import group_urls, labels, open_group
-from exec_server.cli.options import EXIT_SOME_HOSTS_FAILED
+from exec_server.cli.statuses import EXIT_SOME_HOSTS_FAILED
 from exec_server.cli.output import END_SIGNALS, ended_status, handle, raise_ended, restore
 from exec_server.client.api import Client
 from exec_server.client.group_fs import host_dirnames

@@ -5,7 +5,7 @@ Each output line is printed as it completes, prefixed with its host
 Ansible ad-hoc commands do; with ``--group-output`` each host's output is
 one block, printed when that host ends.  A summary (host, exit status,
 seconds, what went wrong) follows on stderr.  The exit status is 0 when
-every host's command exited 0, else :data:`~exec_server.cli.options.EXIT_SOME_HOSTS_FAILED`.
+every host's command exited 0, else :data:`~exec_server.cli.statuses.EXIT_SOME_HOSTS_FAILED`.
 Ctrl-C interrupts every remote command; a second Ctrl-C kills them, and so do
 SIGTERM and SIGHUP.  A local stdout or stderr that cannot be written (a
 closed pipe, ``>&-``, a full disk) kills them too (:mod:`exec_server.cli.output`).
@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 from exec_server.cli.connect import CommandError, disconnected
 from exec_server.cli.hosts import labels, open_group
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, EXIT_SOME_HOSTS_FAILED
+from exec_server.cli.statuses import EXIT_DISCONNECTED, EXIT_SOME_HOSTS_FAILED, start_failure_status
 from exec_server.cli.output import (END_SIGNALS, LocalOutput, binary, end_with, exit_after_close, exit_after_end,
                                     give_up_timer, handle, interrupted, note_interrupt, remote_status, restore, say)
 from exec_server.client.group_events import GroupProcesses
@@ -210,11 +210,11 @@ def _statuses_after_end(running: GroupProcesses, by_label: Dict[str, str],
 def _failure(error: BaseException, url: str, before_start: bool) -> Tuple[int, str]:
     """(status, words) for a host that could not connect, could not start, or was lost."""
     if isinstance(error, WorkingDirectoryNotFound):
-        return EXIT_RUN_FAILED, "%s: %s (%s)" % (error.what, error.message, error.path)
+        return start_failure_status(error), "%s: %s (%s)" % (error.what, error.message, error.path)
     if isinstance(error, ProgramNotFound):
-        return EXIT_RUN_FAILED, "command not found: %s" % error.message
+        return start_failure_status(error), "command not found: %s" % error.message
     if isinstance(error, RpcError):
-        return EXIT_RUN_FAILED, "cannot start the command: %s" % error.message
+        return start_failure_status(error), "cannot start the command: %s" % error.message
     if isinstance(error, ExecServerDisconnected):
         what = disconnected(error, url).what
         return EXIT_DISCONNECTED, what if before_start else "connection lost: %s" % what

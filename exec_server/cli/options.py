@@ -1,4 +1,4 @@
-"""Every option of ``exec-server`` and its subcommands, and the exit statuses.
+"""Every option of ``exec-server`` and its subcommands (their exit statuses: :mod:`exec_server.cli.statuses`).
 
 The server options (``exec-server --listen ...`` and what ``service install``
 stores) and the client options of ``run`` and ``cp`` are defined once here,
@@ -12,6 +12,7 @@ import sys
 from typing import Callable, NamedTuple, Optional
 
 from exec_server.cli.logs import level_name
+from exec_server.cli.statuses import CP_SEVERAL_HOSTS, RUN_EXIT_STATUSES
 from exec_server.common.bearer import check_token
 from exec_server.common.durations import check_seconds
 from exec_server.server.budget import RESULT_COST_PER_BYTE
@@ -20,34 +21,9 @@ from exec_server.server.config import DEFAULT_MAX_CLOCK_SKEW, ServerConfig
 #: ``--listen`` values that mean newline-delimited JSON on stdin/stdout.
 STDIO_LISTEN = ("stdio", "stdio://")
 
-EXIT_RUN_FAILED = 125  #: Exit status of ``run`` when the command could not be run at all.
-EXIT_DISCONNECTED = 255  #: Exit status of ``run`` when the connection to the server was lost.
-EXIT_USAGE = 2  #: Exit status of a usage mistake (argparse's own).
-#: Exit status of ``run`` and ``cp`` with several hosts when at least one host failed (as GNU xargs' 123).
-EXIT_SOME_HOSTS_FAILED = 123
 #: Hosts worked on at once by ``run`` and ``cp`` with several hosts (``--parallel``); the API's default too
 #: (``exec_server.client.group.DEFAULT_MAX_WORKERS``).
 GROUP_PARALLEL = 32
-
-RUN_EXIT_STATUSES = """exit status:
-  N    the remote command's own exit status (128+N when it died of signal N; 1 under --tty)
-  1    also: local stdout or stderr could not be written (closed, full): remote tree killed
-  2    a usage mistake: a bad option, server URL or token file
-  123  with several hosts (--url repeated, or --hosts): at least one host failed (a non-zero
-       exit, could not start the command, could not connect or lost its connection); the
-       summary on stderr gives each host's status (255: connection, 125: start)
-  125  the server could not start the command (command or working directory not found)
-  130  interrupted (Ctrl-C) before the command started (after: its own status; several hosts: 130 if
-       any failed); ended by SIGINT, a script stops too; 128+N: SIGTERM, SIGHUP (a start is terminated)
-  141  local stdout or stderr was a closed pipe (run ... | head -1): the remote tree was killed
-  255  the connection failed, was refused (e.g. a missing or invalid token) or was lost
-       before the command's exit status arrived; or the server failed the command (no answer to
-       the start, output lost, no exit status, no end within 10 s of a kill): one line says which"""
-
-CP_SEVERAL_HOSTS = """several hosts (--url repeated, or --hosts): ':PATH' means that path on every host;
-  an upload goes to each, a download goes to DEST/HOST/NAME (HOST is host_port, DEST a directory).
-exit status: 0 done, 1 failed (one host; the message names the path), 2 a usage mistake, 123 at least one of
-  several hosts failed, 130 interrupted (Ctrl-C; 128+N: SIGTERM, SIGHUP), 255 could not connect or lost it"""
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, BinaryIO, Callable, Iterable, List, Optional, TextIO, Tuple
 
-from exec_server.cli.options import EXIT_DISCONNECTED
+from exec_server.cli.statuses import EXIT_DISCONNECTED
 from exec_server.protocol.errors import ExecServerDisconnected, InternalError
 
 #: Exit status when local stdout or stderr is a closed pipe (128 + SIGPIPE, as a shell reports it).

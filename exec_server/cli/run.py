@@ -19,7 +19,8 @@ from typing import List, Optional
 
 from exec_server.cli.connect import CommandError, connect, disconnected, report
 from exec_server.cli.hosts import group_urls
-from exec_server.cli.options import EXIT_DISCONNECTED, EXIT_RUN_FAILED, config_from_options
+from exec_server.cli.options import config_from_options
+from exec_server.cli.statuses import EXIT_DISCONNECTED, start_failure_status
 from exec_server.cli.output import (END_SIGNALS, KILL_WAIT, LocalOutput, binary, end_with, ended_status,
                                     exit_after_close, exit_after_end, give_up_timer, handle, note_interrupt,
                                     raise_ended, remote_status, restore, say)
@@ -264,12 +265,13 @@ def _say_recovery(deadline: float) -> Optional[_RecoveryNotice]:
 
 
 def _start_failure(argv: List[str], args: argparse.Namespace, error: RpcError) -> CommandError:
-    """Name what is missing when the server could not start the command (exit 125)."""
+    """Name what is missing when the server could not start the command (exit 127, 126 or 125)."""
+    status = start_failure_status(error)
     if isinstance(error, WorkingDirectoryNotFound):
-        return CommandError("%s: %s" % (error.what, error.message), args.cwd, EXIT_RUN_FAILED)
+        return CommandError("%s: %s" % (error.what, error.message), args.cwd, status)
     if isinstance(error, ProgramNotFound):
-        return CommandError("command not found: %s" % error.message, argv[0], EXIT_RUN_FAILED)
-    return CommandError("cannot start the command: %s" % error.message, argv[0], EXIT_RUN_FAILED)
+        return CommandError("command not found: %s" % error.message, argv[0], status)
+    return CommandError("cannot start the command: %s" % error.message, argv[0], status)
 
 
 def _stream(client: Client, argv: List[str], env: dict, args: argparse.Namespace,

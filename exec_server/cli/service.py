@@ -20,6 +20,8 @@ import json
 import sys
 from typing import List
 
+from exec_server.cli.statuses import EXIT_USAGE
+
 SERVICE_NAME = "exec-server"
 DISPLAY_NAME = "exec-server (JSON-RPC remote execution)"
 DESCRIPTION = "Starts processes and serves files for exec-server clients over WebSocket."
@@ -29,7 +31,6 @@ OPTIONS_KEY = "ServerArguments"
 SERVICE_CLASS = "exec_server.cli.service_host.ExecServerService"
 #: How long ``stop`` and ``remove`` wait for the service to stop, seconds.
 STOP_WAIT_SECONDS = 30
-EXIT_USAGE = 2
 IS_WINDOWS = sys.platform.startswith("win")
 
 
