@@ -897,3 +897,24 @@ def test_sighup_to_a_stdio_server_ends_it_in_order(tmp_path):
         assert os.listdir(str(tmp_path)) == []
     finally:
         reap(child)
+
+
+@pytest.mark.posix
+def test_no_thread_of_the_stdio_server_runs_on_once_it_has_served():
+    """The parent watchdog, a daemon thread, was left running (and importing ``select``, its first step) as the
+    interpreter exited: CPython 3.12 freed the import lock under it and the server died of SIGSEGV (CI met a
+    stdio server answering at once, then exiting 139).  It now imports nothing and is joined."""
+    script = textwrap.dedent("""
+        import threading
+        from exec_server.server.stdio import serve_stdio
+        status = serve_stdio()
+        left = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+        import sys
+        sys.stderr.write("left: %r\\n" % left)
+        sys.exit(status)
+    """)
+    request = json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "t"}}) + "\n"
+    done = subprocess.run([sys.executable, "-c", script], input=request.encode(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert b'"sessionId"' in done.stdout
+    assert "exec-server-parent-watch" not in done.stderr.decode().rsplit("left: ", 1)[1]

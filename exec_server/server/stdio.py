@@ -49,6 +49,8 @@ PARENT_CHECK_INTERVAL = 0.5
 #: Once stdin's writer has hung up (the client closed it or died), how long a write to stdout may stay
 #: blocked (nobody reads it) before the server ends anyway, killing its trees, seconds.
 HANGUP_WRITE_WAIT = 2.0
+#: At the end of serving, how long the watchdog thread has to see it and end, seconds (it wakes at once).
+WATCH_END_WAIT = 1.0
 
 
 class StdioConnection:
@@ -191,10 +193,13 @@ def _exit_now(connection: StdioConnection) -> None:
         os._exit(0)
 
 
-def _watch_parent(connection: StdioConnection, parent: int, stdin_fd: int) -> None:
-    """End the server when its parent dies, or when stdin's writer has hung up while stdout stays blocked."""
-    hung_up = _hangup_check(stdin_fd)
-    parent_alive = _parent_check(parent)
+def _watch_parent(connection: StdioConnection, parent: int, parent_alive: Callable[[], bool],
+                  hung_up: Callable[[], bool]) -> None:
+    """End the server when its parent dies, or when stdin's writer has hung up while stdout stays blocked.
+
+    The checks are made by the caller: this daemon thread imports nothing (an import still running when the
+    interpreter exits crashed it: CPython 3.12 freed the import lock under it, SIGSEGV).
+    """
     while not connection._done.wait(PARENT_CHECK_INTERVAL):
         if not parent_alive():
             log.warning("parent process %d is gone; stopping", parent)
@@ -268,12 +273,15 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
     for stream in (protocol_in, protocol_out):
         enlarge_pipe(stream.fileno())  # whoever made the pipes (a client other than ours, ssh)
     connection = StdioConnection(_BufferedLines(protocol_in), protocol_out, config)
-    threading.Thread(target=_watch_parent, args=(connection, os.getppid(), protocol_in.fileno()),
-                     name="exec-server-parent-watch", daemon=True).start()
+    parent = os.getppid()
+    watch = threading.Thread(target=_watch_parent, name="exec-server-parent-watch", daemon=True,
+                             args=(connection, parent, _parent_check(parent), _hangup_check(protocol_in.fileno())))
+    watch.start()
     if threading.current_thread() is threading.main_thread():
         for signum in stop_signals():
             signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
     connection.run()
+    watch.join(WATCH_END_WAIT)  # stopped (run ends with stop): no thread of ours runs at interpreter exit
     return 0
 
 
