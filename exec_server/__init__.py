@@ -22,6 +22,7 @@ _EXPORTS = {
     "ClosedEvent": "client.process", "ProcessOutputGap": "client.process", "StdinClosedError": "client.process",
     "StdinQueueFullError": "client.process",
     "ProgramNotFound": "client.start_errors", "WorkingDirectoryNotFound": "client.start_errors",
+    "WorkingDirectoryNotAccessible": "client.start_errors",
     "ExecServerDisconnected": "protocol.errors", "ExecServerTLSError": "protocol.errors",
     "ExecServerError": "protocol.errors", "RpcError": "protocol.errors", "InvalidRequest": "protocol.errors",
     "InvalidParams": "protocol.errors", "InternalError": "protocol.errors", "NotFound": "protocol.errors",

@@ -7,7 +7,9 @@ object, the OS error alone: ``No such file or directory (os error 2)``
 ``subprocess`` expects to learn which of the two it was.  :func:`start_failure`
 asks the server about the working directory (``fs/getMetadata``, one more
 request, only after such a failure) and names the culprit with an
-:class:`~exec_server.protocol.errors.InternalError` subclass, so code that
+:class:`~exec_server.protocol.errors.InternalError` subclass; likewise
+``Permission denied (os error 13)``, which may be the program (not
+executable) or a working directory the server may not enter.  Code that
 catches ``InternalError`` or ``RpcError`` goes on working, and ``message``
 stays the server's text.
 """
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 
 #: The OS errors in a start failure's message that may mean either the program or the working directory.
 _MISSING = ("(os error 2)", "(os error 20)")
+#: The OS error of a start that may not enter the working directory, or may not execute the program.
+_DENIED = "(os error 13)"
 #: Seconds to wait for the answer about the working directory; past it the server's error is raised as it came.
 PROBE_TIMEOUT = 10.0
 
@@ -53,6 +57,18 @@ class WorkingDirectoryNotFound(InternalError):
         return "%s: %s (%s)" % (self.what, self.path, self.message)
 
 
+class WorkingDirectoryNotAccessible(WorkingDirectoryNotFound):
+    """The working directory of ``process/start`` (``path``) exists but the server may not enter it (EACCES):
+    a :class:`WorkingDirectoryNotFound`, so one ``except`` catches every unusable working directory."""
+
+    def __init__(self, error: RpcError, path: str):
+        super().__init__(error, path, exists=True)
+
+    @property
+    def what(self) -> str:
+        return "working directory cannot be entered"
+
+
 def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["PathLike"]) -> RpcError:
     """The error to raise for a start the server refused with ``error``.
 
@@ -64,11 +80,17 @@ def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["Pat
     Returns:
         :class:`WorkingDirectoryNotFound` if ``error`` is a missing file and
         ``cwd`` is not a directory on the server, else :class:`ProgramNotFound`
-        for a missing file, else ``error`` itself (so too when the check
+        for a missing file; :class:`WorkingDirectoryNotAccessible` if ``error``
+        is ``Permission denied`` and a name in ``cwd`` cannot be looked up
+        either; else ``error`` itself (so too when the check
         itself fails: the connection dropped, or no answer within
         :data:`PROBE_TIMEOUT`).
     """
-    if not isinstance(error, InternalError) or not any(text in error.message for text in _MISSING):
+    if not isinstance(error, InternalError):
+        return error
+    if _DENIED in error.message:  # the program, or the working directory: a name in it tells which
+        return _denied(client, error, cwd) if cwd is not None else error
+    if not any(text in error.message for text in _MISSING):
         return error
     if cwd is not None:
         try:
@@ -82,3 +104,19 @@ def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["Pat
         if not metadata.get("isDirectory"):
             return WorkingDirectoryNotFound(error, str(cwd), exists=True)
     return ProgramNotFound(error, program)
+
+
+def _denied(client: Any, error: RpcError, cwd: "PathLike") -> RpcError:
+    """``Permission denied`` starting in ``cwd``: :class:`WorkingDirectoryNotAccessible` when a name looked up
+    in it is denied too (the search permission chdir needs; its metadata alone is readable either way), else
+    ``error`` (the program: not executable)."""
+    import os
+
+    probe = client.to_uri(cwd).rstrip("/") + "/.exec-server-probe-" + os.urandom(8).hex()  # never there
+    try:
+        client.call("fs/getMetadata", {"path": probe, "followSymlinks": False}, timeout=PROBE_TIMEOUT)
+    except RpcError as answer:
+        return WorkingDirectoryNotAccessible(error, str(cwd)) if _DENIED in answer.message else error
+    except (ExecServerError, ValueError, OSError):
+        pass
+    return error
