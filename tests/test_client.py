@@ -240,6 +240,53 @@ def test_communicate_sends_a_piece_whose_answer_was_lost_once(server):
     assert (len(out), out == payload) == (len(payload), True)
 
 
+def test_communicate_closes_stdin_after_the_writes_of_another_thread(server):
+    """Feeding stdin from a thread and collecting with communicate(): the end of file that communicate sends
+    came before the thread's pieces (they failed with StdinClosedError, and cat's output was empty)."""
+    from conftest import wait_until
+
+    payload = os.urandom(8 << 20)
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["sh", "-c", "sleep 0.5; exec cat"], stdin=True) as process:
+            failed = []
+
+            def feed():
+                try:
+                    process.write_all(payload, 60)
+                except Exception as exc:  # noqa: B902 - what the thread met is the test's outcome
+                    failed.append(exc)
+
+            feeder = threading.Thread(target=feed)
+            feeder.start()
+            wait_until(lambda: process._writes_in_flight, timeout=10)
+            out, err = process.communicate(timeout=60)
+            feeder.join(60)
+    assert failed == [] and (len(out), out == payload, err) == (len(payload), True, b"")
+
+
+def test_communicate_takes_the_output_while_it_writes_the_input(tmp_path):
+    """All the input was written before any output was read: with a handle keeping 1 MiB and a server keeping
+    2 MiB (1 MiB spooled), cat's output of 8 MiB overflowed both and communicate raised ProcessOutputGap.
+    A timeout while the input is written carries the output so far, as subprocess's."""
+    from conftest import start_ours, wait_until
+    from exec_server.server.config import ServerConfig
+
+    running = start_ours(ServerConfig(spool_bytes_per_process=1 << 20))
+    payload = os.urandom(8 << 20)
+    try:
+        with Client.connect(running.url, timeout=10) as client:
+            with client.start(["cat"], stdin=True, max_buffered_output=1 << 20) as process:
+                assert process.communicate(payload, timeout=60) == (payload, b"")
+            with client.start(["sh", "-c", "echo started; sleep 2; exec cat"], stdin=True) as process:
+                wait_until(lambda: process.last_seq >= 1, timeout=30)  # "started" is in, not yet taken
+                with pytest.raises(subprocess.TimeoutExpired) as caught:
+                    process.communicate(b"x" * (20 << 20), timeout=1.5)  # the 8 MiB stdin queue fills
+                assert caught.value.stdout == b"started\n"
+                process.communicate(b"", timeout=60)  # empty input after a first call: no ValueError (Popen)
+    finally:
+        running.stop()
+
+
 def test_communicate_input_mistakes_are_named_before_anything_is_sent(server):
     with Client.connect(server.url, timeout=10) as client:
         with client.start(["sleep", "30"]) as process:

@@ -522,7 +522,9 @@ def test_an_interrupt_while_an_event_is_copied_keeps_that_event(monkeypatch):
     process = process_module.RemoteProcess(NoCalls(), "p1", ["x"])
     process.deliver_event(OutputEvent(1, "stdout", b"first "))
     process.deliver_event(OutputEvent(2, "stdout", b"second "))
-    monkeypatch.setattr(process_module.io, "BytesIO", InterruptedCopy)
+    from exec_server.client import communicate as communicate_module
+
+    monkeypatch.setattr(communicate_module.io, "BytesIO", InterruptedCopy)
     with pytest.raises(KeyboardInterrupt):
         process.communicate(timeout=5)
     monkeypatch.undo()

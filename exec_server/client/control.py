@@ -6,10 +6,12 @@ requests about its process (``process/write``, ``process/resize``,
 half, in :mod:`exec_server.client.process`, receives its events.
 """
 
+import contextlib
 import os
+import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from exec_server.client.buffer import EXIT_READ_TIMEOUT
 from exec_server.client.events import StdinClosedError, StdinQueueFullError
@@ -114,7 +116,8 @@ class ProcessControl:
     process_id: str
     args: List[str]
     stdin_writable = False  # True while its stdin can be written (started with one, not closed through the handle)
-    _input: Any = False  # communicate's input to write (False: no communicate yet; None: none, or all written)
+    _writes_in_flight = 0  # write() and write_all() calls under way (communicate's end of file waits for them)
+    _writes_lock = threading.Lock()  # (RemoteProcess gives each handle its own)
 
     def write(self, data: bytes, timeout: Optional[float] = 30.0, *, close_stdin: bool = False,
               write_id: Optional[str] = None) -> None:
@@ -145,6 +148,21 @@ class ProcessControl:
         """
         if isinstance(data, str):
             raise TypeError("process data must be bytes, not str: encode it (text.encode())")
+        with self._writing():
+            self._write(data, timeout, close_stdin, write_id)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Counts a write under way in :attr:`_writes_in_flight`."""
+        with self._writes_lock:
+            self._writes_in_flight += 1
+        try:
+            yield
+        finally:
+            with self._writes_lock:
+                self._writes_in_flight -= 1
+
+    def _write(self, data: bytes, timeout: Optional[float], close_stdin: bool, write_id: Optional[str]) -> None:
         chunk = b64.encode(as_bytes(data, "process data"))
         params = {"processId": self.process_id, "chunk": chunk, "writeId": write_id or os.urandom(16).hex()}
         if close_stdin:
@@ -186,9 +204,17 @@ class ProcessControl:
                            os.urandom(16).hex())
 
     def _write_pieces(self, data: memoryview, deadline: Optional[float], timeout: Optional[float], close_stdin: bool,
-                      piece: int, ids: str, offset: int = 0, written: Optional[Callable[[int], None]] = None) -> None:
-        """:meth:`write_all`'s loop from ``offset``; ``written(offset)`` is told after each piece.  A piece's
-        ``writeId`` is ``ids`` and its offset: one sent again after a timeout (its answer lost) is written once."""
+                      piece: int, ids: str, offset: int = 0, written: Optional[Callable[[int], None]] = None,
+                      idle: Optional[Callable[[], None]] = None) -> None:
+        """:meth:`write_all`'s loop from ``offset``; ``written(offset)`` is told after each piece, ``idle()``
+        called while the server's stdin queue is full.  A piece's ``writeId`` is ``ids`` and its offset: one
+        sent again after a timeout (its answer lost) is written once."""
+        with self._writing():
+            self._pieces(data, deadline, timeout, close_stdin, piece, ids, offset, written, idle)
+
+    def _pieces(self, data: memoryview, deadline: Optional[float], timeout: Optional[float], close_stdin: bool,
+                piece: int, ids: str, offset: int, written: Optional[Callable[[int], None]],
+                idle: Optional[Callable[[], None]]) -> None:
         limit = self.client.max_request_bytes
         if limit is not None:  # each piece's base64 (4 characters for 3 bytes) and its request within the limit
             piece = max(1, min(piece, (limit - WRITE_REQUEST_OVERHEAD - utf8_size(dumps(self.process_id))) // 4 * 3))
@@ -202,6 +228,8 @@ class ProcessControl:
             except StdinQueueFullError:
                 if _remaining(deadline) == 0.0:
                     raise CallTimeout(self.args, timeout) from None
+                if idle is not None:
+                    idle()
                 time.sleep(min(0.05, _remaining(deadline) or 0.05))
                 continue
             except CallTimeout:  # a piece's call got what was left: the whole write timed out
@@ -211,36 +239,6 @@ class ProcessControl:
                 written(offset)
             if close:
                 return
-
-    def _send_input(self, data: Optional[bytes], deadline: Optional[float], timeout: Optional[float]) -> None:
-        """``communicate``'s input, as ``Popen.communicate`` sends it: on the first call, ``data`` (None: none)
-        to a writable stdin, then end of file where the server has ``closeStdin``; what a timeout left unwritten
-        is written by the next call.  A process that exited or closed its stdin meanwhile takes no more (as a
-        broken pipe there).  Raises ValueError (input after a first call), TypeError (not bytes-like),
-        StdinClosedError (no writable stdin), ExtensionNotSupported (input, and no ``closeStdin``) first."""
-        if data is not None:
-            if self._input is not False:
-                raise ValueError("Cannot send input after starting communication")  # Popen's words
-            if isinstance(data, str):
-                raise TypeError("input must be bytes, not str: encode it (text.encode())")
-            data = as_bytes(data, "input")
-            if not self.stdin_writable:
-                raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)"
-                                       % self.process_id)
-            if not self.client.supports("closeStdin"):  # its end of file could not be sent: a reader would hang
-                raise ExtensionNotSupported("closeStdin", "communicate(input=)")
-        if self._input is False:  # the first call: (input, bytes written, the writeIds' stem), or None
-            closing = self.stdin_writable and self.client.supports("closeStdin")
-            self._input = [memoryview(data or b""), 0, os.urandom(16).hex()] if closing else None
-        state = self._input
-        if state is None:
-            return
-        try:
-            self._write_pieces(state[0], deadline, timeout, True, 1 << 20, state[2], state[1],
-                               written=lambda offset: state.__setitem__(1, offset))
-        except (StdinClosedError, InternalError):
-            pass  # the process exited or closed its stdin: like Popen.communicate's broken pipe
-        self._input = None
 
     def close_stdin(self, timeout: Optional[float] = 30.0) -> None:
         """End of file on the child's stdin, after every byte already written (our extension).

@@ -167,8 +167,7 @@ def seconds(timeout: Optional[float]) -> Optional[float]:
 
     Raises:
         ValueError: ``timeout`` is negative, or NaN.
-        TypeError: ``timeout`` is not a real number (``communicate(b"...")``: unlike ``Popen.communicate``,
-            a process handle's takes no input; ``write`` and ``close_stdin`` send it).
+        TypeError: ``timeout`` is not a real number (a str, bytes, a list).
     """
     if timeout is not None and not isinstance(timeout, (int, float)):
         number = None

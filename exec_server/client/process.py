@@ -1,4 +1,7 @@
-"""Client-side process handles: events in seq order, bounded, and waits (requests: ``client.control``).
+"""Client-side process handles: events in seq order, bounded, and waits.
+
+Its requests are :mod:`exec_server.client.control`'s, its ``communicate``
+:mod:`exec_server.client.communicate`'s (both bases of :class:`RemoteProcess`).
 
 A :class:`RemoteProcess` publishes ``process/output``, ``process/exited`` and
 ``process/closed`` strictly in seq order (PROTOCOL.md 5.3), keeping at most
@@ -13,12 +16,11 @@ A handle calls the server through a :class:`~exec_server.client.interfaces.Calle
 client-internal: user code never calls them.
 """
 
-import io
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from exec_server.client.buffer import MAX_BUFFERED_OUTPUT, REFILL_MIN_READ_BYTES, REFILL_TIMEOUT, EventBuffer
-from exec_server.client.control import ProcessControl
+from exec_server.client.communicate import ProcessCommunicate
 from exec_server.client.interfaces import CallTimeout, Caller, FreshId
 from exec_server.client.interfaces import deadline as _deadline
 from exec_server.client.interfaces import remaining as _remaining
@@ -28,7 +30,7 @@ from exec_server.client.events import (ClosedEvent, ExitedEvent, OutputEvent, Pr
 from exec_server.protocol.errors import ExecServerDisconnected, ExecServerError, InternalError, RpcError
 
 
-class RemoteProcess(ProcessControl):
+class RemoteProcess(ProcessCommunicate):
     """A process started through :meth:`Client.start`, like ``subprocess.Popen``.
 
     Events are buffered in seq order until consumed by iteration,
@@ -49,6 +51,7 @@ class RemoteProcess(ProcessControl):
                  max_buffered_output: Optional[int] = MAX_BUFFERED_OUTPUT, stdin_writable: bool = False):
         self.client = client
         self.stdin_writable = stdin_writable
+        self._writes_lock = threading.Lock()
         self.process_id = process_id
         self.args = args
         self.sandbox_type = "none"
@@ -285,58 +288,6 @@ class RemoteProcess(ProcessControl):
             yield event
             if isinstance(event, ClosedEvent):
                 return
-
-    def communicate(self, input: Optional[bytes] = None, timeout: Optional[float] = None):
-        """Send ``input``, close stdin, collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
-
-        As ``Popen.communicate``: ``input`` (bytes-like) is written on the
-        first call only, then a writable stdin is closed (``closeStdin``; on
-        a server without it, stdin is left open); a call after a timeout
-        writes what was left.  A PTY's output counts as stdout.
-
-        Raises:
-            CallTimeout: not closed within ``timeout``; its ``stdout`` and
-                ``stderr`` are the bytes so far (which stay buffered too).
-            ValueError, TypeError, StdinClosedError, ExtensionNotSupported: ``input`` after a first call, not
-                bytes-like, to a process without a writable stdin, or to a server without ``closeStdin``.
-            ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
-            Whatever interrupts it (``KeyboardInterrupt``) also leaves the
-            output so far buffered, as the events it came in, beyond
-            ``max_buffered_output`` if need be: a later call returns it.
-        """
-        deadline = _deadline(timeout)
-        self._send_input(input, deadline, timeout)
-        # Written as events arrive, and BytesIO.getvalue() hands its buffer over without
-        # copying it: no join of every chunk after the last one came.  A consumed output
-        # event is remembered by where its bytes went, not kept: each chunk's memory is
-        # freed (and reused) as it is copied, rather than held twice until the end.
-        out, err = io.BytesIO(), io.BytesIO()
-        consumed: List[Any] = []  # events, or (seq, stream, start, end) of output copied to out/err
-        try:
-            while True:
-                event = self.next_event(_remaining(deadline))
-                if event is None:
-                    break
-                consumed.append(event)  # recorded before anything else: an interrupt from here on keeps it
-                if isinstance(event, OutputEvent):
-                    target = err if event.stream == "stderr" else out
-                    start = target.tell()
-                    target.write(event.data)
-                    consumed[-1] = (event.seq, event.stream, start, target.tell())
-                elif isinstance(event, ClosedEvent):
-                    break
-        except BaseException as interrupted:  # a timeout, Ctrl-C, a gap: what was consumed is not lost
-            stdout, stderr = out.getvalue(), err.getvalue()
-            events = [OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
-                      if isinstance(item, tuple) else item for item in consumed]  # built before the lock
-            with self._changed:  # the output so far stays buffered, as the events it came in
-                self._buffer.put_back(events)
-                self._changed.notify_all()  # another consumer may wait for them
-            if isinstance(interrupted, CallTimeout):  # and a timeout says what it was, as subprocess.run's
-                interrupted.stdout, interrupted.stderr = stdout, stderr
-                interrupted.timeout, interrupted.args = timeout, (interrupted.cmd, timeout)  # not the last wait's
-            raise
-        return out.getvalue(), err.getvalue()
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the exit; returns the exit code.

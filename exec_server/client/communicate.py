@@ -1,0 +1,159 @@
+"""``RemoteProcess.communicate``: input written, stdin closed and output collected together, as by ``Popen``.
+
+:class:`ProcessCommunicate` is a base of
+:class:`~exec_server.client.process.RemoteProcess`, beside
+:class:`~exec_server.client.control.ProcessControl` (the requests) and the
+handle's own event buffer (:meth:`~exec_server.client.process.RemoteProcess.next_event`).
+The input goes in pieces (``process/write``), and between the pieces, and
+while the server's stdin queue is full, the output that has arrived is
+taken: a command that answers its input as it reads it (``cat``) never has
+more than a piece of output waiting, whatever the input's size.
+"""
+
+import io
+import os
+import time
+from typing import Any, List, Optional
+
+from exec_server.client.control import ProcessControl
+from exec_server.client.events import ClosedEvent, OutputEvent, StdinClosedError
+from exec_server.client.interfaces import CallTimeout, ExtensionNotSupported, as_bytes
+from exec_server.client.interfaces import deadline as _deadline
+from exec_server.client.interfaces import remaining as _remaining
+from exec_server.protocol.errors import InternalError
+
+#: Bytes of ``communicate``'s input per ``process/write`` (fewer where the server's message limit asks).
+INPUT_PIECE = 1 << 20
+
+
+class _Collected:
+    """What a ``communicate`` call took: stdout and stderr as they came, and the events, for a put-back.
+
+    Written as events arrive, and BytesIO.getvalue() hands its buffer over
+    without copying it: no join of every chunk after the last one came.  A
+    consumed output event is remembered by where its bytes went, not kept:
+    each chunk's memory is freed (and reused) as it is copied, rather than
+    held twice until the end.
+    """
+
+    def __init__(self) -> None:
+        self.out, self.err = io.BytesIO(), io.BytesIO()
+        self.consumed: List[Any] = []  # events, or (seq, stream, start, end) of output copied to out/err
+        self.closed = False
+
+    def take(self, event: Any) -> None:
+        self.consumed.append(event)  # recorded before anything else: an interrupt from here on keeps it
+        if isinstance(event, OutputEvent):
+            target = self.err if event.stream == "stderr" else self.out
+            start = target.tell()
+            target.write(event.data)
+            self.consumed[-1] = (event.seq, event.stream, start, target.tell())
+        elif isinstance(event, ClosedEvent):
+            self.closed = True
+
+    def events(self) -> List[Any]:
+        stdout, stderr = self.out.getvalue(), self.err.getvalue()
+        return [OutputEvent(item[0], item[1], (stderr if item[1] == "stderr" else stdout)[item[2]:item[3]])
+                if isinstance(item, tuple) else item for item in self.consumed]
+
+
+class ProcessCommunicate(ProcessControl):
+    """``communicate`` of a :class:`~exec_server.client.process.RemoteProcess` (which gives ``next_event``,
+    ``_changed`` and ``_buffer``)."""
+
+    _input: Any = False  # communicate's input to write (False: no communicate yet; None: none, or all written)
+
+    def communicate(self, input: Optional[bytes] = None, timeout: Optional[float] = None):
+        """Send ``input``, close stdin, collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
+
+        As ``Popen.communicate``: ``input`` (bytes-like) is written on the
+        first call only, while the output is collected, then a writable stdin
+        is closed (``closeStdin``; on a server without it, stdin is left
+        open), once writes of other threads through this handle are answered;
+        a call after a timeout writes what was left, each piece once.  A PTY's
+        output counts as stdout.
+
+        Raises:
+            CallTimeout: not closed within ``timeout``; its ``stdout`` and
+                ``stderr`` are the bytes so far (which stay buffered too).
+            ValueError, TypeError, StdinClosedError, ExtensionNotSupported: ``input`` after a first call, not
+                bytes-like, to a process without a writable stdin, or to a server without ``closeStdin``;
+                raised before anything is sent.
+            ExecServerDisconnected, ProcessOutputGap: as for :meth:`next_event`.
+            Whatever interrupts it (``KeyboardInterrupt``) also leaves the
+            output so far buffered, as the events it came in, beyond
+            ``max_buffered_output`` if need be: a later call returns it.
+        """
+        deadline = _deadline(timeout)
+        self._check_input(input)
+        collected = _Collected()
+        try:
+            self._send_input(input, deadline, timeout, collected)
+            while not collected.closed:
+                event = self.next_event(_remaining(deadline))  # type: ignore[attr-defined]
+                if event is None:
+                    break
+                collected.take(event)
+        except BaseException as interrupted:  # a timeout, Ctrl-C, a gap: what was consumed is not lost
+            events = collected.events()  # built before the lock
+            with self._changed:  # type: ignore[attr-defined]  # the output so far stays buffered, as it came
+                self._buffer.put_back(events)  # type: ignore[attr-defined]
+                self._changed.notify_all()  # type: ignore[attr-defined]  # another consumer may wait for them
+            if isinstance(interrupted, CallTimeout):  # and a timeout says what it was, as subprocess.run's
+                interrupted.stdout, interrupted.stderr = collected.out.getvalue(), collected.err.getvalue()
+                interrupted.timeout, interrupted.args = timeout, (interrupted.cmd, timeout)  # not the last wait's
+            raise
+        return collected.out.getvalue(), collected.err.getvalue()
+
+    def _check_input(self, data: Any) -> None:
+        """Refuse ``communicate``'s input before anything is sent: ValueError (input after a first call, as
+        ``Popen``), TypeError (not bytes-like), StdinClosedError (no writable stdin), ExtensionNotSupported
+        (no ``closeStdin``: its end of file could not be sent, and a reader would wait for it)."""
+        if data is None:
+            return
+        if isinstance(data, str):
+            raise TypeError("input must be bytes, not str: encode it (text.encode())")
+        if len(as_bytes(data, "input")) and self._input is not False:
+            raise ValueError("Cannot send input after starting communication")  # Popen's words (b"" passes)
+        if self._input is False and not self.stdin_writable:
+            raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)" % self.process_id)
+        if self._input is False and not self.client.supports("closeStdin"):
+            raise ExtensionNotSupported("closeStdin", "communicate(input=)")
+
+    def _send_input(self, data: Optional[bytes], deadline: Optional[float], timeout: Optional[float],
+                    collected: _Collected) -> None:
+        """The input, then end of file, taking the output that arrives meanwhile into ``collected``.
+
+        The first call sets what is to be written; a process that exited or
+        closed its stdin takes no more (as a broken pipe for ``Popen``).
+        """
+        if self._input is False:  # the first call: [input, bytes written, the writeIds' stem], or None
+            closing = self.stdin_writable and self.client.supports("closeStdin")
+            self._input = [memoryview(as_bytes(data, "input") if data else b""), 0, os.urandom(16).hex()] \
+                if closing else None
+        state = self._input
+        if state is None:
+            return
+
+        def take_ready() -> None:  # the output that has arrived, without waiting
+            while not collected.closed:
+                try:
+                    event = self.next_event(0)  # type: ignore[attr-defined]
+                except CallTimeout:
+                    return
+                if event is None:
+                    return
+                collected.take(event)
+
+        while self._writes_in_flight:  # another thread's writes first: the end of file goes after them
+            take_ready()
+            if _remaining(deadline) == 0.0:
+                raise CallTimeout(self.args, timeout)
+            time.sleep(min(0.01, _remaining(deadline) or 0.01))
+        try:
+            self._write_pieces(state[0], deadline, timeout, True, INPUT_PIECE, state[2], state[1],
+                               written=lambda offset: (state.__setitem__(1, offset), take_ready()),
+                               idle=take_ready)
+        except (StdinClosedError, InternalError):
+            pass  # the process exited or closed its stdin: like Popen.communicate's broken pipe
+        self._input = None
