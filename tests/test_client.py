@@ -265,14 +265,17 @@ def test_communicate_closes_stdin_after_the_writes_of_another_thread(server):
 
 
 def test_communicate_takes_the_output_while_it_writes_the_input(tmp_path):
-    """All the input was written before any output was read: with a handle keeping 1 MiB and a server keeping
-    2 MiB (1 MiB spooled), cat's output of 8 MiB overflowed both and communicate raised ProcessOutputGap.
-    A timeout while the input is written carries the output so far, as subprocess's."""
+    """All the input was written before any output was read, waiting while the server's stdin queue was full:
+    with a handle keeping 1 MiB and a server keeping 5 MiB (4 MiB spooled), cat's output of 16 MiB overflowed
+    both and communicate raised ProcessOutputGap.  The output is now taken between pieces and while the queue
+    is full, so a child that answers as it reads is paced by its input.  (No protocol flow control: a child
+    writing faster than its input comes still depends on the retention.)  A timeout while the input is written
+    carries the output so far, as subprocess's."""
     from conftest import start_ours, wait_until
     from exec_server.server.config import ServerConfig
 
-    running = start_ours(ServerConfig(spool_bytes_per_process=1 << 20))
-    payload = os.urandom(8 << 20)
+    running = start_ours(ServerConfig(spool_bytes_per_process=4 << 20, max_stdin_queue_bytes=256 << 10))
+    payload = os.urandom(16 << 20)
     try:
         with Client.connect(running.url, timeout=10) as client:
             with client.start(["cat"], stdin=True, max_buffered_output=1 << 20) as process:
@@ -280,7 +283,7 @@ def test_communicate_takes_the_output_while_it_writes_the_input(tmp_path):
             with client.start(["sh", "-c", "echo started; sleep 2; exec cat"], stdin=True) as process:
                 wait_until(lambda: process.last_seq >= 1, timeout=30)  # "started" is in, not yet taken
                 with pytest.raises(subprocess.TimeoutExpired) as caught:
-                    process.communicate(b"x" * (20 << 20), timeout=1.5)  # the 8 MiB stdin queue fills
+                    process.communicate(b"x" * (20 << 20), timeout=1.5)  # the stdin queue fills
                 assert caught.value.stdout == b"started\n"
                 process.communicate(b"", timeout=60)  # empty input after a first call: no ValueError (Popen)
     finally:

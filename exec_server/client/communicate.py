@@ -24,6 +24,8 @@ from exec_server.protocol.errors import InternalError
 
 #: Bytes of ``communicate``'s input per ``process/write`` (fewer where the server's message limit asks).
 INPUT_PIECE = 1 << 20
+#: Seconds ``communicate`` waits for the output a refill reads back before it writes more input.
+BEHIND_WAIT = 0.1
 
 
 class _Collected:
@@ -135,10 +137,16 @@ class ProcessCommunicate(ProcessControl):
         if state is None:
             return
 
-        def take_ready() -> None:  # the output that has arrived, without waiting
+        def take_ready() -> None:
+            """The output that has arrived; while the handle is behind (it dropped output past its
+            ``max_buffered_output``), what its refill reads back within :data:`BEHIND_WAIT`, before more
+            input makes more output (a refill that finds nothing new ends the wait: the rest awaits input)."""
             while not collected.closed:
+                with self._changed:  # type: ignore[attr-defined]
+                    behind = self._buffer.refill  # type: ignore[attr-defined]
+                wait = min(BEHIND_WAIT, _remaining(deadline) or 0.0) if behind else 0
                 try:
-                    event = self.next_event(0)  # type: ignore[attr-defined]
+                    event = self.next_event(wait)  # type: ignore[attr-defined]
                 except CallTimeout:
                     return
                 if event is None:
