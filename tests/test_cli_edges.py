@@ -575,3 +575,27 @@ def test_a_stdio_server_with_stderr_closed_keeps_its_error_out_of_the_protocols_
     the client read a line that is not JSON-RPC."""
     done = shell("$CLI --listen stdio --shutdown-timeout -1 2>&- </dev/null")
     assert (done.returncode, done.stdout) == (2, b"")
+
+
+def _blocking_sigterm() -> None:  # a parent that blocks SIGTERM: the mask is inherited across exec
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("listen", ["ws://127.0.0.1:0", "stdio"])
+def test_a_server_started_with_sigterm_blocked_stops_on_it(listen):
+    """The stop handler was installed but the signal stayed blocked: SIGTERM stayed pending for ever, and a
+    service manager waited out its stop timeout to SIGKILL the server (leaving its process trees)."""
+    child = subprocess.Popen(CLI + ["--listen", listen], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=ENV, preexec_fn=_blocking_sigterm)
+    try:
+        if listen == "stdio":
+            child.stdin.write(b'{"id": 1, "method": "initialize", "params": {"clientName": "t"}}\n')
+            child.stdin.flush()
+        assert child.stdout.readline()  # the URL, or initialize's answer: serving
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == 0
+    finally:
+        reap(child)
+        child.stdin.close()
+        child.stdout.close()

@@ -234,11 +234,12 @@ def test_a_sandboxed_program_that_signals_every_process_it_can_is_not_sent_them_
     assert [m["params"]["exitCode"] for m in events if m["method"] == "process/exited"] == [4]
 
 
-def _ignoring_hup_quit_usr1() -> None:  # a server started under nohup, as a shell's background job
-    import signal
+def _ignoring_hup_quit_usr1() -> None:  # a server started under nohup, as a shell's background job,
+    import signal  # by a parent that blocks SIGTERM and SIGUSR2
 
     for number in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
         signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGUSR2])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -246,7 +247,8 @@ def _ignoring_hup_quit_usr1() -> None:  # a server started under nohup, as a she
 def test_a_pty_child_gets_the_default_of_the_signals_its_server_ignores(tmp_path, which):
     """A server started under ``nohup`` (SIGHUP ignored) passed that on to every PTY child, so a terminal's
     hang-up did not end them; the reference's PTY (portable-pty) sets SIGCHLD, SIGHUP, SIGINT, SIGQUIT,
-    SIGTERM and SIGALRM back to their default, and a pipe child keeps what the server ignores, on both."""
+    SIGTERM and SIGALRM back to their default and empties the signal mask, and a pipe child keeps what the
+    server ignores, on both."""
     from conftest import reference_binary
     from exec_server import Client
 
@@ -261,10 +263,11 @@ def test_a_pty_child_gets_the_default_of_the_signals_its_server_ignores(tmp_path
                               env=dict(os.environ, CODEX_HOME=str(tmp_path)))
     try:
         with Client.connect(server.stdout.readline().decode().strip(), timeout=10) as client:
-            ignored = {}
+            ignored, blocked = {}, {}
             for tty in (False, True):
-                status = client.run(["grep", "^SigIgn:", "/proc/self/status"], tty=tty, timeout=20).stdout
-                ignored[tty] = int(status.split()[1], 16)
+                status = client.run(["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"], tty=tty,
+                                    timeout=20).stdout.split()
+                blocked[tty], ignored[tty] = int(status[1], 16), int(status[3], 16)
     finally:
         server.kill()
         server.wait(10)
@@ -272,3 +275,4 @@ def test_a_pty_child_gets_the_default_of_the_signals_its_server_ignores(tmp_path
     hup, quit_, usr1 = 1 << 0, 1 << 2, 1 << 9
     assert ignored[False] & (hup | quit_ | usr1) == hup | quit_ | usr1  # pipes: as the server ignores them
     assert ignored[True] & (hup | quit_ | usr1) == usr1  # a PTY: SIGHUP and SIGQUIT at their default
+    assert blocked[True] == 0  # and none blocked

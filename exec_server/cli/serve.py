@@ -8,13 +8,12 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 
 from exec_server.cli.options import STDIO_LISTEN, config_from_options, listen_options
-from exec_server.server.signals import stop_signals
+from exec_server.server.signals import handle_stop_signals
 
 
 def _error(text: str) -> None:
@@ -83,8 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         except RuntimeError:  # no thread can start (a task limit): the accept loop ends here, and
             raise _StopServing() from None  # serve_forever's cleanup runs on this thread
 
-    for signum in stop_signals():
-        signal.signal(signum, stop)
+    handle_stop_signals(stop)
     _announce(server.url)
     try:
         server.serve_forever()

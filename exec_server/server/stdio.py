@@ -23,7 +23,6 @@ differs.
 import errno
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ from exec_server.protocol.errors import InvalidRequest, ProtocolViolation
 from exec_server.protocol.jsonrpc import UNKNOWN_ID, encode, error_response
 from exec_server.protocol.wire import RawJson
 from exec_server.server.sessions import SessionRegistry
-from exec_server.server.signals import stop_signals
+from exec_server.server.signals import handle_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +277,7 @@ def serve_stdio(config: Optional[ServerConfig] = None) -> int:
                              args=(connection, parent, _parent_check(parent), _hangup_check(protocol_in.fileno())))
     watch.start()
     if threading.current_thread() is threading.main_thread():
-        for signum in stop_signals():
-            signal.signal(signum, lambda _signum, _frame: _exit_now(connection))
+        handle_stop_signals(lambda _signum, _frame: _exit_now(connection))
     connection.run()
     watch.join(WATCH_END_WAIT)  # stopped (run ends with stop): no thread of ours runs at interpreter exit
     return 0

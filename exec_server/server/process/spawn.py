@@ -95,19 +95,23 @@ PTY_DEFAULT_SIGNALS = ("SIGCHLD", "SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIG
 
 def _pty_child_setup(take_terminal: bool) -> Optional[Callable[[], None]]:
     """What runs in a PTY child between fork and exec: the terminal made its controlling one (when it is to
-    take it), the :data:`PTY_DEFAULT_SIGNALS` the server ignores set back to their default; None: nothing."""
+    take it), the :data:`PTY_DEFAULT_SIGNALS` the server ignores set back to their default, and the signal
+    mask emptied where the server's blocks some; None: nothing to do."""
     import fcntl  # imported here, not in the child (whose import would take the import lock after a fork)
     import signal
     import termios
 
     ignored = [number for number in (getattr(signal, name, None) for name in PTY_DEFAULT_SIGNALS)
                if number is not None and signal.getsignal(number) is signal.SIG_IGN]
-    if not (take_terminal or ignored):
+    blocked = bool(signal.pthread_sigmask(signal.SIG_BLOCK, []))  # the server's threads inherit one mask
+    if not (take_terminal or ignored or blocked):
         return None
 
     def setup() -> None:
         for number in ignored:
             signal.signal(number, signal.SIG_DFL)
+        if blocked:  # as portable-pty: the child starts with no signal blocked
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
         if take_terminal:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     return setup
