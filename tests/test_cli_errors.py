@@ -529,7 +529,7 @@ def test_a_connection_lost_mid_transfer_is_not_told_as_a_failed_connect():
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
-                    reason="starts a server as nobody (root and setpriv): root may enter any directory")
+                    reason="starts a server as root without capabilities (setpriv): root may enter any directory")
 def test_a_working_directory_the_server_may_not_enter_is_named_not_the_command(tmp_path):
     """``Permission denied`` is the same words for a program that is not executable (126) and for a working
     directory the server may not enter: that one read as the command's fault, exit 126.  A name looked up in
@@ -538,18 +538,20 @@ def test_a_working_directory_the_server_may_not_enter_is_named_not_the_command(t
     import tempfile
 
     base = tempfile.mkdtemp()
-    os.chmod(base, 0o755)  # nobody may look in; not into "private"
     os.mkdir(os.path.join(base, "private"), 0o700)
+    os.chown(os.path.join(base, "private"), 65534, 65534)  # nobody's: root without CAP_DAC_* may not enter
     script = os.path.join(base, "script")
     with open(script, "w") as handle:
         handle.write("#!/bin/sh\necho hi\n")
     os.chmod(script, 0o644)
-    server = subprocess.Popen(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + CLI
+    server = subprocess.Popen(["/usr/bin/setpriv", "--inh-caps=-all", "--bounding-set=-all"] + CLI
                               + ["--listen", "ws://127.0.0.1:0"], cwd=base, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         url = server.stdout.readline().decode().strip()
-        assert url.startswith("ws://127.0.0.1:"), url
+        if not url.startswith("ws://127.0.0.1:"):
+            server.kill()
+            raise AssertionError("the server did not start: %r" % server.communicate(timeout=30)[1][-2000:])
         done = run_cli("run", "--url", url, "--cwd", os.path.join(base, "private"), "--", "true")
         assert done.returncode == 125
         assert one_line(done) == ("exec-server run: working directory cannot be entered: Permission denied "
@@ -560,6 +562,5 @@ def test_a_working_directory_the_server_may_not_enter_is_named_not_the_command(t
             script)
     finally:
         server.terminate()
-        server.wait(30)
-        server.stdout.close()
+        server.communicate(timeout=30)
         shutil.rmtree(base)

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from urllib.parse import urlsplit
@@ -439,3 +440,29 @@ def test_a_groups_own_argument_mistakes_are_raised_once_not_as_each_hosts_error(
     for hosts in ([None], [5], [(5, "token")], {"a": None}, [()]):
         with pytest.raises((TypeError, ValueError)):
             Group(hosts)
+
+
+def test_the_readers_of_a_client_left_open_end_before_the_interpreter_finalizes(servers):
+    """A script ending with its client open left the reader threads reading while the interpreter finalized:
+    the connection was torn down under them and a reader's error, printed then, aborted the process (SIGABRT,
+    CI met it with a Group).  At exit the client's transports are closed and their readers end first."""
+    url = servers(1)[0].url
+    script = textwrap.dedent("""
+        import atexit, sys, threading
+        sys.path.insert(0, %r)
+        # registered first, so run last: what is still running once the client's own exit handler has run
+        atexit.register(lambda: sys.stderr.write("left: %%r\\n" %% sorted(
+            t.name for t in threading.enumerate() if t.name.startswith("exec-server-client-reader"))))
+        from exec_server import Client
+        client = Client.connect(%r, timeout=10)
+        process = client.start(["sleep", "308"])
+        print("started", flush=True)
+    """) % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), url)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=10)
+    assert (child.returncode, out, err) == (0, b"started\n", b"left: []\n")

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 from exec_server.client.events import output_event_from_text
 from exec_server.client.interfaces import CallTimeout, LostHandler, Pending, ProcessHandle, check_request_size  # noqa
 from exec_server.client.interfaces import deadline as _deadline, remaining as _remaining
-from exec_server.client.reader import read_transport
+from exec_server.client.reader import closing_finalizer, read_transport
 from exec_server.client.transport import Transport, abort as abort_transport, send_within
 from exec_server.common import telemetry
 from exec_server.protocol.errors import ExecServerDisconnected, InternalError, ServerOverloaded, error_from_dict
@@ -83,7 +83,7 @@ class Endpoint:
             raise ExecServerDisconnected("client is closed" if self._state == CLOSED else str(self._failure))
         if self._finalizer is not None:
             self._finalizer.detach()  # one per reconnect kept every ended transport until the client's end
-        self._finalizer = weakref.finalize(self, transport.close)
+        self._finalizer = closing_finalizer(self, transport)
         return generation
 
     @property
