@@ -153,6 +153,10 @@ class ProcessCommunicate(ProcessControl):
                     return
                 collected.take(event)
 
+        def wrote(offset: int) -> None:  # a piece is in: where a later call resumes; then the output so far
+            state[1] = offset
+            take_ready()
+
         while self._writes_in_flight:  # another thread's writes first: the end of file goes after them
             take_ready()
             if _remaining(deadline) == 0.0:
@@ -160,8 +164,7 @@ class ProcessCommunicate(ProcessControl):
             time.sleep(min(0.01, _remaining(deadline) or 0.01))
         try:
             self._write_pieces(state[0], deadline, timeout, True, INPUT_PIECE, state[2], state[1],
-                               written=lambda offset: (state.__setitem__(1, offset), take_ready()),
-                               idle=take_ready)
+                               written=wrote, idle=take_ready)
         except (StdinClosedError, InternalError):
             pass  # the process exited or closed its stdin: like Popen.communicate's broken pipe
         self._input = None

@@ -103,15 +103,14 @@ def _pty_child_setup(take_terminal: bool) -> Optional[Callable[[], None]]:
 
     ignored = [number for number in (getattr(signal, name, None) for name in PTY_DEFAULT_SIGNALS)
                if number is not None and signal.getsignal(number) is signal.SIG_IGN]
-    blocked = bool(signal.pthread_sigmask(signal.SIG_BLOCK, []))  # the server's threads inherit one mask
+    blocked = bool(signal.pthread_sigmask(signal.SIG_BLOCK, []))  # this thread's; the forking one's may differ
     if not (take_terminal or ignored or blocked):
         return None
 
     def setup() -> None:
         for number in ignored:
             signal.signal(number, signal.SIG_DFL)
-        if blocked:  # as portable-pty: the child starts with no signal blocked
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # as portable-pty: the child starts with none blocked
         if take_terminal:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     return setup
