@@ -14,21 +14,15 @@ EXIT_NOT_EXECUTABLE = 126  #: Exit status of ``run`` when the command is not exe
 EXIT_NOT_FOUND = 127  #: Exit status of ``run`` when the command was not found.
 EXIT_DISCONNECTED = 255  #: Exit status of ``run`` when the connection to the server was lost.
 
-#: The OS errors (the server's ``(os error N)``) of a program that exists but cannot be executed.
-_NOT_EXECUTABLE = ("(os error 13)", "(os error 8)")  # EACCES, ENOEXEC
-
 
 def start_failure_status(error: BaseException) -> int:
     """The exit status of a start the server refused with ``error`` (an RpcError, typed by the client:
     ``ProgramNotFound``, ``WorkingDirectoryNotFound``): 127, 126 or 125."""
-    from exec_server.client.start_errors import ProgramNotFound, WorkingDirectoryNotFound
+    from exec_server.client.start_errors import ProgramNotFound, not_executable
 
     if isinstance(error, ProgramNotFound):
         return EXIT_NOT_FOUND
-    message = getattr(error, "message", "")
-    if not isinstance(error, WorkingDirectoryNotFound) and any(text in message for text in _NOT_EXECUTABLE):
-        return EXIT_NOT_EXECUTABLE
-    return EXIT_RUN_FAILED
+    return EXIT_NOT_EXECUTABLE if not_executable(error) else EXIT_RUN_FAILED
 
 
 RUN_EXIT_STATUSES = """exit status:

@@ -87,10 +87,11 @@ class ProcessCommunicate(ProcessControl):
             ``max_buffered_output`` if need be: a later call returns it.
         """
         deadline = _deadline(timeout)
-        self._check_input(input)
+        state = self._input_to_send(input)
         collected = _Collected()
         try:
-            self._send_input(input, deadline, timeout, collected)
+            if state is not None:
+                self._send_input(state, deadline, timeout, collected)
             while not collected.closed:
                 event = self.next_event(_remaining(deadline))  # type: ignore[attr-defined]
                 if event is None:
@@ -107,35 +108,37 @@ class ProcessCommunicate(ProcessControl):
             raise
         return collected.out.getvalue(), collected.err.getvalue()
 
-    def _check_input(self, data: Any) -> None:
-        """Refuse ``communicate``'s input before anything is sent: ValueError (input after a first call, as
-        ``Popen``), TypeError (not bytes-like), StdinClosedError (no writable stdin), ExtensionNotSupported
-        (no ``closeStdin``: its end of file could not be sent, and a reader would wait for it)."""
-        if data is None:
-            return
+    def _input_to_send(self, data: Any) -> Optional[list]:
+        """What is left to write: ``[input, bytes written, the writeIds' stem]``, or None (nothing, not even
+        the end of file); the first call sets it.  Refuses ``input`` before anything is sent: ValueError
+        (input after a first call, as ``Popen``), TypeError (not bytes-like), StdinClosedError (no writable
+        stdin), ExtensionNotSupported (no ``closeStdin``: its end of file could not be sent, and a reader
+        would wait for it)."""
         if isinstance(data, str):
             raise TypeError("input must be bytes, not str: encode it (text.encode())")
-        if len(as_bytes(data, "input")) and self._input is not False:
+        given = data is not None and len(as_bytes(data, "input")) > 0
+        if given and self._input is not False:
             raise ValueError("Cannot send input after starting communication")  # Popen's words (b"" passes)
-        if self._input is False and not self.stdin_writable:
-            raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)" % self.process_id)
-        if self._input is False and not self.client.supports("closeStdin"):
-            raise ExtensionNotSupported("closeStdin", "communicate(input=)")
-
-    def _send_input(self, data: Optional[bytes], deadline: Optional[float], timeout: Optional[float],
-                    collected: _Collected) -> None:
-        """The input, then end of file, taking the output that arrives meanwhile into ``collected``.
-
-        The first call sets what is to be written; a process that exited or
-        closed its stdin takes no more (as a broken pipe for ``Popen``).
-        """
-        if self._input is False:  # the first call: [input, bytes written, the writeIds' stem], or None
+        if self._input is False:
             closing = self.stdin_writable and self.client.supports("closeStdin")
-            self._input = [memoryview(as_bytes(data, "input") if data else b""), 0, os.urandom(16).hex()] \
+            if data is not None and not self.stdin_writable:
+                raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)"
+                                       % self.process_id)
+            if data is not None and not closing:
+                raise ExtensionNotSupported("closeStdin", "communicate(input=)")
+            self._input = [memoryview(as_bytes(data, "input") if given else b""), 0, os.urandom(16).hex()] \
                 if closing else None
-        state = self._input
-        if state is None:
-            return
+        return self._input
+
+    def _leave_stdin_as_is(self) -> None:
+        """Make ``communicate`` write nothing and leave stdin open (``run`` without input: a PTY gets no ^D)."""
+        self._input = None
+
+    def _send_input(self, state: list, deadline: Optional[float], timeout: Optional[float],
+                    collected: _Collected) -> None:
+        """The input left in ``state`` (see :meth:`_input_to_send`), then end of file, taking the output that
+        arrives meanwhile into ``collected``; a process that exited or closed its stdin takes no more (as a
+        broken pipe for ``Popen``)."""
 
         def take_ready() -> None:
             """The output that has arrived; while the handle is behind (it dropped output past its

@@ -75,7 +75,7 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
         if fed is not None:
             _feed(client, process, fed, deadline)
         else:  # communicate below leaves stdin as it is: a run(tty=True) without input gets no ^D, as before
-            process._input = None
+            process._leave_stdin_as_is()
         if capture_output:
             stdout, stderr = process.communicate(timeout=_remaining(deadline))  # type: Tuple[Output, Output]
         else:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 _MISSING = ("(os error 2)", "(os error 20)")
 #: The OS error of a start that may not enter the working directory, or may not execute the program.
 _DENIED = "(os error 13)"
+#: The OS errors of a start whose program exists but cannot be executed (when the working directory is not why).
+_NOT_EXECUTABLE = (_DENIED, "(os error 8)")  # EACCES, ENOEXEC
 #: Seconds to wait for the answer about the working directory; past it the server's error is raised as it came.
 PROBE_TIMEOUT = 10.0
 
@@ -104,6 +106,15 @@ def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["Pat
         if not metadata.get("isDirectory"):
             return WorkingDirectoryNotFound(error, str(cwd), exists=True)
     return ProgramNotFound(error, program)
+
+
+def not_executable(error: BaseException) -> bool:
+    """True if ``error``, as :func:`start_failure` returned it, says the program exists but cannot be executed
+    (EACCES, ENOEXEC): not a :class:`ProgramNotFound` nor a :class:`WorkingDirectoryNotFound`."""
+    if isinstance(error, (ProgramNotFound, WorkingDirectoryNotFound)):
+        return False
+    message = getattr(error, "message", "")
+    return any(text in message for text in _NOT_EXECUTABLE)
 
 
 def _denied(client: Any, error: RpcError, cwd: "PathLike") -> RpcError:
