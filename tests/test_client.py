@@ -303,6 +303,60 @@ def test_communicate_input_mistakes_are_named_before_anything_is_sent(server):
                 process.communicate(timeout=0.2)
 
 
+def test_communicate_of_two_threads_at_once_loses_no_input_unsaid(server):
+    """Two threads calling communicate at once both passed the "first call?" check (``supports`` is asked in
+    between): the later one's input was dropped, or its end of file went first, and it returned (b'', b'')
+    with no error.  Now the first call sets the input, a later call with input is the ValueError, and the
+    child reads exactly the input that was accepted."""
+    with Client.connect(server.url, timeout=10) as client:
+        asked = client.supports
+        client.supports = lambda name: (time.sleep(0.1), asked(name))[1]  # both threads inside at once
+        for first, second in ((b"A" * 1000, b"B" * 3000), (None, b"C" * 2000)):
+            with client.start(["wc", "-c"], stdin=True) as process:
+                outcomes = {}
+
+                def call(name, data):
+                    try:
+                        outcomes[name] = process.communicate(data, timeout=30)
+                    except ValueError as exc:
+                        outcomes[name] = exc
+
+                threads = [threading.Thread(target=call, args=("first", first)),
+                           threading.Thread(target=call, args=("second", second))]
+                threads[0].start()
+                time.sleep(0.02)
+                threads[1].start()
+                for thread in threads:
+                    thread.join(60)
+                counted = len(first or b"")
+                assert isinstance(outcomes["second"], ValueError), outcomes
+                assert outcomes["first"] == (b"%d\n" % counted, b"") and process.returncode == 0
+
+
+def test_a_timeout_while_the_input_is_written_tells_the_output_already_here(server):
+    """A second communicate that timed out in its first piece said stdout=b'' though the first call's output
+    was buffered (Popen's TimeoutExpired carries all the output so far)."""
+    from conftest import wait_until
+
+    with Client.connect(server.url, timeout=10) as client:
+        with client.start(["sh", "-c", "echo a; sleep 2; exec cat >/dev/null"], stdin=True) as process:
+            wait_until(lambda: process.last_seq >= 1, timeout=30)
+            with pytest.raises(subprocess.TimeoutExpired) as caught:
+                process.communicate(b"x" * (30 << 20), timeout=0.5)  # the server's stdin queue fills
+            assert caught.value.stdout == b"a\n"
+            with pytest.raises(subprocess.TimeoutExpired) as caught:
+                process.communicate(timeout=0)  # the rest of the input, not one piece of it in time
+            assert caught.value.stdout == b"a\n"
+            assert process.communicate(timeout=60) == (b"a\n", b"")
+
+
+def test_run_refuses_input_with_stdin_as_subprocess_does(client):
+    """``run(input=..., stdin=False)`` silently used a pipe and fed the input; subprocess.run refuses it."""
+    for stdin in (False, True, subprocess.DEVNULL):
+        with pytest.raises(ValueError, match="^stdin and input arguments may not both be used.$"):
+            client.run(["cat"], input=b"x", stdin=stdin, timeout=10)
+
+
 def test_typed_errors(client):
     with pytest.raises(InternalError) as caught:
         client.start(["no-such-program-xyz"])

@@ -385,7 +385,7 @@ class Client:
         Returns:
             ``subprocess.CompletedProcess``, ``stdout``/``stderr`` bytes, str in text mode (a PTY's in ``stdout``).
         Raises:
-            TypeError: ``input`` of the other mode's type (str in binary mode, bytes in text mode).
+            TypeError, ValueError: ``input`` not of the mode's type (bytes; str in text mode), or with ``stdin=``.
             UnicodeDecodeError: text mode, output that is not ``encoding`` (with ``errors`` strict).
             InternalError: the server reported the process closed without its exit code.
         """

@@ -12,6 +12,7 @@ more than a piece of output waiting, whatever the input's size.
 
 import io
 import os
+import threading
 import time
 from typing import Any, List, Optional
 
@@ -64,6 +65,7 @@ class ProcessCommunicate(ProcessControl):
     ``_changed`` and ``_buffer``)."""
 
     _input: Any = False  # communicate's input to write (False: no communicate yet; None: none, or all written)
+    _input_lock = threading.Lock()  # held by the one thread writing that input (RemoteProcess gives each its own)
 
     def communicate(self, input: Optional[bytes] = None, timeout: Optional[float] = None):
         """Send ``input``, close stdin, collect output until ``closed``; returns ``(stdout, stderr)`` bytes.
@@ -72,8 +74,12 @@ class ProcessCommunicate(ProcessControl):
         first call only, while the output is collected, then a writable stdin
         is closed (``closeStdin``; on a server without it, stdin is left
         open), once writes of other threads through this handle are answered;
-        a call after a timeout writes what was left, each piece once.  A PTY's
-        output counts as stdout.
+        a call after a timeout writes what was left, each piece once.  Calls
+        of several threads: the first call sets the input (input in a later
+        one is the ValueError), one thread at a time writes it, and the output
+        goes to whichever call takes it.  A call after one that returned gets
+        only what came since (``Popen``'s returns the same bytes again).  A
+        PTY's output counts as stdout.
 
         Raises:
             CallTimeout: not closed within ``timeout``; its ``stdout`` and
@@ -117,22 +123,25 @@ class ProcessCommunicate(ProcessControl):
         if isinstance(data, str):
             raise TypeError("input must be bytes, not str: encode it (text.encode())")
         given = data is not None and len(as_bytes(data, "input")) > 0
-        if given and self._input is not False:
-            raise ValueError("Cannot send input after starting communication")  # Popen's words (b"" passes)
-        if self._input is False:
-            closing = self.stdin_writable and self.client.supports("closeStdin")
-            if data is not None and not self.stdin_writable:
-                raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)"
-                                       % self.process_id)
-            if data is not None and not closing:
-                raise ExtensionNotSupported("closeStdin", "communicate(input=)")
-            self._input = [memoryview(as_bytes(data, "input") if given else b""), 0, os.urandom(16).hex()] \
-                if closing else None
-        return self._input
+        writable = self.stdin_writable
+        closing = writable and self.client.supports("closeStdin")  # asked before the lock (no I/O)
+        with self._writes_lock:  # one step: the first call of any thread sets the input; a later one's is refused
+            if given and self._input is not False:
+                raise ValueError("Cannot send input after starting communication")  # Popen's words (b"" passes)
+            if self._input is False:
+                if data is not None and not writable:
+                    raise StdinClosedError("process %s has no writable stdin (start it with stdin=True)"
+                                           % self.process_id)
+                if data is not None and not closing:
+                    raise ExtensionNotSupported("closeStdin", "communicate(input=)")
+                self._input = [memoryview(as_bytes(data, "input") if given else b""), 0, os.urandom(16).hex()] \
+                    if closing else None
+            return self._input
 
     def _leave_stdin_as_is(self) -> None:
         """Make ``communicate`` write nothing and leave stdin open (``run`` without input: a PTY gets no ^D)."""
-        self._input = None
+        with self._writes_lock:
+            self._input = None
 
     def _send_input(self, state: list, deadline: Optional[float], timeout: Optional[float],
                     collected: _Collected) -> None:
@@ -160,14 +169,21 @@ class ProcessCommunicate(ProcessControl):
             state[1] = offset
             take_ready()
 
-        while self._writes_in_flight:  # another thread's writes first: the end of file goes after them
+        take_ready()  # the output here already: a timeout during the first piece tells it too, as Popen's
+        # other threads' writes first (the end of file goes after them), and one thread writes the input
+        while self._writes_in_flight or not self._input_lock.acquire(blocking=False):
             take_ready()
             if _remaining(deadline) == 0.0:
                 raise CallTimeout(self.args, timeout)
             time.sleep(min(0.01, _remaining(deadline) or 0.01))
         try:
-            self._write_pieces(state[0], deadline, timeout, True, INPUT_PIECE, state[2], state[1],
-                               written=wrote, idle=take_ready)
-        except (StdinClosedError, InternalError):
-            pass  # the process exited or closed its stdin: like Popen.communicate's broken pipe
-        self._input = None
+            if self._input is not state:  # another thread's call wrote it all meanwhile
+                return
+            try:
+                self._write_pieces(state[0], deadline, timeout, True, INPUT_PIECE, state[2], state[1],
+                                   written=wrote, idle=take_ready)
+            except (StdinClosedError, InternalError):
+                pass  # the process exited or closed its stdin: like Popen.communicate's broken pipe
+            self._input = None
+        finally:
+            self._input_lock.release()

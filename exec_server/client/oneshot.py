@@ -36,6 +36,8 @@ def run(client: Any, argv: Sequence[str], input: Union[bytes, str, None], timeou
     encoding = encoding or TEXT_ENCODING
     errors = errors or "strict"
     if input is not None:
+        if "stdin" in start_options:  # subprocess.run's words: the input is the stdin
+            raise ValueError("stdin and input arguments may not both be used.")
         if text_mode != isinstance(input, str):
             raise TypeError("input must be %s in %s mode, not %s" % (
                 "str" if text_mode else "bytes", "text" if text_mode else "binary", type(input).__name__))

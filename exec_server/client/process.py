@@ -52,6 +52,7 @@ class RemoteProcess(ProcessCommunicate):
         self.client = client
         self.stdin_writable = stdin_writable
         self._writes_lock = threading.Lock()
+        self._input_lock = threading.Lock()
         self.process_id = process_id
         self.args = args
         self.sandbox_type = "none"
