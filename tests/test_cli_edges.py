@@ -388,6 +388,13 @@ def test_server_options_before_run_configure_its_embedded_server():
      "--spool-dir, --max-sessions: a server option, for the server that --url, --via or --hosts names"),
     (["--linux-sandbox-pid-namespace", "inherit", "cp", "--url", "ws://127.0.0.1:1", "a", ":/b"],
      "--linux-sandbox-pid-namespace: a server option, for the server that --url, --via or --hosts names"),
+    # typed with their default values, they were taken for options never given
+    (["--listen", "ws://127.0.0.1:0", "run", "--", "true"], "--listen: run's embedded server has no listener"),
+    (["--max-sessions", "256", "cp", "--url", "ws://127.0.0.1:1", "a", ":/b"],
+     "--max-sessions: a server option, for the server that --url, --via or --hosts names"),
+    # the WebSocket listener's alone, not counted as a listener's
+    (["--initialize-timeout", "3", "--evict-idle-after", "3", "run", "--", "true"],
+     "--initialize-timeout, --evict-idle-after: run's embedded server has no listener"),
 ])
 def test_server_options_that_cannot_apply_are_usage_mistakes(words, refused):
     """They were accepted and ignored (a --listen of 0.0.0.0 without a token too)."""
@@ -395,6 +402,29 @@ def test_server_options_that_cannot_apply_are_usage_mistakes(words, refused):
     assert done.returncode == 2
     assert ("exec-server %s: error: %s" % (words[words.index("run") if "run" in words else words.index("cp")],
                                            refused)).encode() in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("words, refused", [
+    (["--ws-auth", "capability-token", "--ws-token-file", "TOKEN"], "--ws-auth, --ws-token-file"),
+    (["--tls-certfile", "/nonexistent", "--max-conn", "5"], "--tls-certfile, --max-connections"),
+    (["--ping-interval", "0", "--shutdown-timeout", "1"], "--ping-interval, --shutdown-timeout"),
+])
+def test_websocket_options_of_a_stdio_server_are_usage_mistakes(tmp_path, words, refused):
+    """``--listen stdio --ws-auth capability-token ...`` served without any auth, and said nothing (the
+    reference refuses WebSocket auth there); the options a stdio server uses are still taken."""
+    token = tmp_path / "token"
+    token.write_text("a-token-of-32-characters-or-more-xxxxxxxx\n")
+    token.chmod(0o600)
+    initialize = b'{"id":1,"method":"initialize","params":{"clientName":"t"}}\n'
+    words = [str(token) if word == "TOKEN" else word for word in words]
+    done = subprocess.run(CLI + ["--listen", "stdio"] + words, capture_output=True, timeout=60, input=initialize,
+                          env=ENV)
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert done.stderr.decode().splitlines()[-1] == (
+        "exec-server: error: %s: a WebSocket listener's (--listen ws:// or wss://), not --listen stdio's" % refused)
+    done = subprocess.run(CLI + ["--listen", "stdio", "--send-timeout", "5", "--max-sessions", "3"],
+                          capture_output=True, timeout=60, input=initialize, env=ENV)
+    assert done.returncode == 0 and done.stdout.startswith(b'{"id":1,"result":{"sessionId":'), done.stderr
 
 
 @pytest.mark.parametrize("number", [signal.SIGHUP, signal.SIGINT])
@@ -573,8 +603,9 @@ def test_a_stderr_that_cannot_be_written_leaves_the_commands_status(request, hos
 def test_a_stdio_server_with_stderr_closed_keeps_its_error_out_of_the_protocols_channel():
     """``print(line, file=sys.stderr)`` with stderr closed at start prints to stdout: under ``--listen stdio``
     the client read a line that is not JSON-RPC."""
-    done = shell("$CLI --listen stdio --shutdown-timeout -1 2>&- </dev/null")
-    assert (done.returncode, done.stdout) == (2, b"")
+    for mistake in ("--max-sessions 0", "--max-sessions abc", "--tls-certfile x", "--bogus"):  # ours, argparse's
+        done = shell("$CLI --listen stdio %s 2>&- </dev/null" % mistake)
+        assert (done.returncode, done.stdout) == (2, b""), mistake
 
 
 def _blocking_sigterm() -> None:  # a parent that blocks SIGTERM: the mask is inherited across exec

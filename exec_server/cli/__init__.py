@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from exec_server import __version__
 from exec_server.cli import logs
-from exec_server.cli.options import add_cp_parser, add_run_parser, add_server_options, help_formatter
+from exec_server.cli.options import STDIO_LISTEN, add_cp_parser, add_run_parser, add_server_options, help_formatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,18 +46,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """``argv`` (None: ``sys.argv[1:]``) parsed by ``parser`` (:func:`build_parser`'s); a mistake exits 2
+    with the usage and one line on stderr, the subcommand's own for its options and for server options it
+    would ignore (:func:`~exec_server.cli.embedded.misplaced_server_options`).  With stderr closed at start
+    they go to the null device: argparse would print the usage to stdout, which ``--listen stdio``'s
+    client reads as the protocol."""
+    closed = sys.stderr is None
+    if closed:
+        sys.stderr = open(os.devnull, "w")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        subcommands = getattr(parser, "subcommands", {})
+        if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
+            subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
+        if args.command in ("run", "cp") or (args.command is None and args.listen in STDIO_LISTEN):
+            from exec_server.cli.embedded import misplaced_server_options  # options they would ignore
+
+            misplaced = misplaced_server_options(args, parser, argv)
+            if misplaced is not None:
+                subcommands.get(args.command, parser).error(misplaced)
+        return args
+    finally:
+        if closed:
+            sys.stderr.close()
+            sys.stderr = None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # told with the subcommand's own usage (argparse's top level would print the server's)
-        subcommands = getattr(parser, "subcommands", {})
-        subcommands.get(args.command, parser).error("unrecognized arguments: %s" % " ".join(extra))
-    if args.command in ("run", "cp"):  # server options given with them were ignored
-        from exec_server.cli.embedded import misplaced_server_options
-
-        misplaced = misplaced_server_options(args, parser)
-        if misplaced is not None:
-            parser.subcommands[args.command].error(misplaced)
+    args = parse(parser, argv)
     # a bad EXEC_SERVER_LOG is one line: the usage would tell of options that were all right
     logs.configure(args.log_level, lambda message: parser.exit(2, "exec-server: error: %s\n" % message))
     if args.otel:

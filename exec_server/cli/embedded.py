@@ -15,7 +15,7 @@ in both directions, exactly the messages a socket would carry.
 import argparse
 import queue
 import threading
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 from exec_server.protocol.errors import ExecServerDisconnected, ProtocolViolation
 from exec_server.server.config import ServerConfig
@@ -31,28 +31,42 @@ LISTENER_OPTIONS = frozenset([
     "--ws-audience", "--ws-max-clock-skew-seconds", "--tls-certfile", "--tls-keyfile", "--tls-client-ca",
     "--tls-handshake-timeout", "--max-connections", "--max-pending-upgrades", "--max-pending-upgrades-per-address",
     "--ping-interval", "--keepalive-timeout", "--takeover-probe-timeout", "--send-timeout", "--upgrade-timeout",
-    "--shutdown-timeout"])
+    "--initialize-timeout", "--evict-idle-after", "--shutdown-timeout"])
+#: Server options of a WebSocket listener alone: ``--listen stdio`` has none of them either (the reference
+#: refuses WebSocket auth there too: "WebSocket auth requires a WebSocket listener, not stdio").
+WEBSOCKET_OPTIONS = LISTENER_OPTIONS - {"--listen", "--takeover-probe-timeout", "--send-timeout"}
+_NOT_TYPED = object()
 
 
-def server_options_given(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
-    """The server options (those before a subcommand) set to other than their defaults, as typed
-    (``--spool-dir``); ``--otel`` and ``--log-level`` are the command's own.  ``parser`` is the
-    ``exec-server`` parser that gave ``args`` (its defaults are read from a parse of no arguments)."""
-    defaults = vars(parser.parse_args([]))
-    return ["--" + name.replace("_", "-") for name, default in defaults.items()
-            if name not in ("otel", "log_level", "command") and getattr(args, name, default) != default]
+def server_options_given(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> List[str]:
+    """The server options (those before a subcommand) typed in ``argv``, whatever their values (an option
+    typed with its default value counts), named as typed (``--spool-dir``); ``--otel`` and ``--log-level``
+    are the command's own.  ``parser`` is the ``exec-server`` parser that parsed ``argv`` without error
+    (None: ``sys.argv[1:]``): it parses it again onto a namespace where every server option holds a marker,
+    which only a typed option replaces (argparse sets a default only where the namespace has no value)."""
+    names = [name for name in vars(parser.parse_args([])) if name not in ("otel", "log_level", "command")]
+    typed = argparse.Namespace(**{name: _NOT_TYPED for name in names})
+    parser.parse_known_args(argv, namespace=typed)
+    return ["--" + name.replace("_", "-") for name in names if getattr(typed, name) is not _NOT_TYPED]
 
 
-def misplaced_server_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[str]:
-    """Why the server options given cannot apply to ``run`` or ``cp`` (None: they can, or none was given).
+def misplaced_server_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                             argv: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Why the server options typed cannot apply to ``run``, ``cp`` or ``--listen stdio`` (None: they can,
+    or none was typed); ``args`` is what ``parser`` made of ``argv``.
 
     They configure ``run``'s embedded server (``run`` without ``--url`` or
     ``--via``), except a listener's (:data:`LISTENER_OPTIONS`); ``cp`` and
-    ``run --url``/``--via`` use a server that has its own.  They were ignored.
+    ``run --url``/``--via`` use a server that has its own; a stdio server
+    has no WebSocket (:data:`WEBSOCKET_OPTIONS`).  They would be ignored.
     """
-    given = server_options_given(args, parser)
+    given = server_options_given(parser, argv)
     if not given:
         return None
+    if args.command is None:  # a server: only a stdio one is asked about
+        websocket = [option for option in given if option in WEBSOCKET_OPTIONS]
+        return "%s: a WebSocket listener's (--listen ws:// or wss://), not --listen stdio's" % (
+            ", ".join(websocket)) if websocket else None
     if args.command == "run" and args.url is None and args.via is None and not getattr(args, "hosts_file", None):
         listener = [option for option in given if option in LISTENER_OPTIONS]
         if not listener:
