@@ -161,6 +161,7 @@ def test_bytes_that_are_not_utf8_are_a_usage_error(words):
     done = subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=ENV)
     assert done.returncode == 2 and b"is not UTF-8 (the protocol carries UTF-8 text)" in done.stderr, done.stderr
     assert done.stderr.count(b"\n") == 1
+    assert b"b'arg\\xff'" in done.stderr or b"b'\\xff'" in done.stderr, done.stderr  # the bytes given, not '\udcff'
 
 
 @pytest.mark.parametrize("command", ["run", "cp"])

@@ -50,6 +50,29 @@ def test_malformed_url():
     assert one_line(done) == "exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT (foo)"
 
 
+@pytest.mark.parametrize("words, line", [
+    (["--url", "ws://127.0.0.1:1", "--cafile", "/etc/hostname"], "--cafile needs a wss:// server URL"),
+    (["--url", "ws://127.0.0.1:1", "--url", "ws://127.0.0.1:2", "--cafile", "c", "--certfile", "x"],
+     "--cafile, --certfile need a wss:// server URL"),
+    (["--via", "exec-server --listen stdio", "--token-file", "t", "--cafile", "c"],
+     "--token-file, --cafile: for a server URL; --via's server is reached through its command"),
+])
+def test_client_options_that_cannot_apply_are_usage_mistakes(words, line):
+    """TLS files with ws:// URLs only, or a token or TLS file with --via, were loaded (or not) and ignored."""
+    done = run_cli("run", *words, "--", "true")
+    assert (done.returncode, one_line(done)) == (2, "exec-server run: " + line)
+
+
+def test_a_malformed_line_of_a_hosts_file_is_named_with_its_file_and_number(tmp_path):
+    """It was told as "(not a url)": which file, which line?"""
+    hosts = tmp_path / "fleet.txt"
+    hosts.write_text("ws://127.0.0.1:1\n# a comment\n\nnot a url  # this one\n")
+    done = run_cli("run", "--hosts", str(hosts), "--", "true")
+    assert done.returncode == 2
+    assert one_line(done) == ("exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT "
+                              "(%s line 4: not a url)" % hosts)
+
+
 @pytest.mark.parametrize("url, shown", [
     ("ws://u:pw@[::1", "ws://***@[::1"), ("ws://[::1:8765", "ws://[::1:8765"),
     ("ws://u:pw@[::1]:8765/a@b?q=c@d#e", "ws://***@[::1]:8765/a@b?q=c@d#e"), ("ws://host/a@b?", "ws://host/a@b?"),

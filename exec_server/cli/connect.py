@@ -8,7 +8,7 @@ status (``exec-server run --help`` lists them); never a traceback.
 import argparse
 import os
 import shlex
-from typing import Optional
+from typing import List, Optional
 
 from exec_server.cli.options import client_token
 from exec_server.cli.statuses import EXIT_DISCONNECTED, EXIT_USAGE
@@ -44,12 +44,17 @@ def report(command: str, error: CommandError) -> int:
     return error.status
 
 
-def credentials(args: argparse.Namespace):
-    """``(token, ssl_context)`` of ``--token-file``, ``--cafile``, ``--certfile`` and ``--keyfile``.
+def credentials(args: argparse.Namespace, urls: List[str]):
+    """``(token, ssl_context)`` of ``--token-file``, ``--cafile``, ``--certfile`` and ``--keyfile``, for the
+    servers at ``urls``.
 
     Raises:
-        CommandError: a file cannot be read or is not what it should be, one line naming it (exit 2).
+        CommandError: a file cannot be read or is not what it should be, one line naming it, or TLS options
+            and no ``wss://`` URL among ``urls`` (they would be ignored); exit 2.
     """
+    tls = ["--" + name for name in ("cafile", "certfile", "keyfile") if getattr(args, name, None)]
+    if tls and not any(url.lower().startswith("wss:") for url in urls):  # as the server's --tls-* with ws://
+        raise CommandError("%s %s a wss:// server URL" % (", ".join(tls), "needs" if len(tls) == 1 else "need"))
     try:
         token = client_token(args)
     except OSError as exc:
@@ -136,6 +141,11 @@ def connect(args: argparse.Namespace, client_name: str,
             raise CommandError("--via is not a command line: %s" % exc, args.via) from None
         if not argv:
             raise CommandError("--via needs a command", None)
+        given = ["--" + name.replace("_", "-") for name in ("token_file", "cafile", "certfile", "keyfile")
+                 if getattr(args, name, None)]
+        if given:  # the command's own options reach its server
+            raise CommandError("%s: for a server URL; --via's server is reached through its command" % (
+                ", ".join(given)))
         try:
             return Client.spawn(argv, timeout=args.timeout, client_name=client_name)
         except TimeoutError:
@@ -145,7 +155,7 @@ def connect(args: argparse.Namespace, client_name: str,
             if isinstance(exc.__cause__, FileNotFoundError):  # the server command itself is missing
                 raise CommandError("command not found", argv[0], EXIT_DISCONNECTED) from None
             raise disconnected(exc, args.via) from None
-    token, ssl_context = credentials(args)
+    token, ssl_context = credentials(args, [args.url])
     try:
         return Client.connect(args.url, timeout=args.timeout, client_name=client_name, reconnect=reconnect,
                               token=token, ssl_context=ssl_context)

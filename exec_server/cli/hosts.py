@@ -69,7 +69,7 @@ def read_hosts_file(path: str) -> List[str]:
     """One URL per line; blank lines and everything after ``#`` are ignored.
 
     Raises:
-        CommandError: the file cannot be read.
+        CommandError: the file cannot be read, or a line is not a server URL (the file and line named).
     """
     try:
         with open(path, encoding="utf-8-sig") as handle:  # a byte order mark (Notepad's) is no part of a URL
@@ -77,7 +77,16 @@ def read_hosts_file(path: str) -> List[str]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc)
         raise CommandError("cannot read the hosts file: %s" % reason, path) from None
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+    urls = []
+    for number, line in enumerate(lines, 1):
+        url = line.split("#", 1)[0].strip()
+        if url:
+            try:
+                _server_key(url)
+            except CommandError as exc:
+                raise CommandError(exc.what, "%s line %d: %s" % (path, number, url)) from None
+            urls.append(url)
+    return urls
 
 
 def labels(urls: List[str]) -> Dict[str, str]:
@@ -100,7 +109,7 @@ def open_group(args: argparse.Namespace, urls: List[str], client_name: str,
     Raises:
         CommandError: an unreadable token, CA, certificate or key file.
     """
-    token, ssl_context = credentials(args)
+    token, ssl_context = credentials(args, urls)
     from exec_server.client.group import Group
 
     return Group(labels(urls), max_workers=args.parallel, timeout=args.timeout, token=token,

@@ -124,7 +124,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                         help="at --max-connections, a connection quiet this long with nothing running is "
                              "closed for a new one (default %(default)s)")
     parser.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout, metavar="SECONDS",
-                        help="upper bound of the shutdown on SIGTERM/SIGINT (default %(default)s)")
+                        help="upper bound of the shutdown on SIGTERM/SIGINT/SIGHUP (default %(default)s)")
     parser.add_argument("--otel", action="store_true",
                         help="configure the OpenTelemetry SDK (needs opentelemetry-sdk; OTLP when "
                              "opentelemetry-exporter-otlp is installed, else stderr)")
@@ -349,7 +349,7 @@ def add_run_parser(commands) -> None:
                               epilog=RUN_EXIT_STATUSES,
                               formatter_class=help_formatter(argparse.RawDescriptionHelpFormatter))
     add_client_options(run, "run")
-    run.add_argument("--cwd", help="working directory on the server")
+    run.add_argument("--cwd", help="working directory on the server, an absolute path (default: the server's own)")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="set a variable for the command (repeatable)")
     run.add_argument("--clean-env", action="store_true",
@@ -359,7 +359,7 @@ def add_run_parser(commands) -> None:
                      help="forward local stdin to the command, then its end of file (always on with --tty)")
     run.add_argument("--reconnect-deadline", type=_seconds, default=None, metavar="SECONDS",
                      help="how long to try to resume the session after the connection drops; 0 disables "
-                          "(default: the client's ReconnectPolicy deadline)")
+                          "(default: ReconnectPolicy's deadline, 25)")
     run.add_argument("--group-output", action="store_true",
                      help="with several hosts, print each host's output as one block when it ends "
                           "(default: each line as it comes, prefixed with [HOST])")

@@ -283,9 +283,17 @@ def _text(item: Any, what: str) -> str:
     if not value.isascii():
         try:
             value.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: os.fsdecode of bytes that are not UTF-8
-            raise TypeError("%s %r is not UTF-8" % (what, value)) from None
+        except UnicodeEncodeError:  # lone surrogates: os.fsdecode of bytes that are not UTF-8, shown as those
+            raise TypeError("%s %r is not UTF-8" % (what, _as_given(value))) from None
     return value
+
+
+def _as_given(text: str) -> Any:
+    """``text`` as the bytes ``os.fsdecode`` made it of (``b'\\xe9'``, not ``'\\udce9'``), else as it is."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding made
+        return text
 
 
 class Pending:
