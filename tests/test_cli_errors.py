@@ -124,6 +124,13 @@ def test_missing_program_is_named():
                               "(/no/such/binary)")
 
 
+def test_an_empty_program_is_not_found_as_a_shell_says():
+    """``run -- ''`` exited 125, "cannot start the command", where ``sh -c "''"`` says not found (127)."""
+    done = run_cli("run", "--", "", "arg")
+    assert (done.returncode, one_line(done)) == (127, "exec-server run: command not found: missing program for "
+                                                      "pipe spawn")
+
+
 @pytest.mark.parametrize("content, mode, error", [
     (b"#!/bin/sh\necho hi\n", 0o644, "Permission denied (os error 13)"),
     (b"\x00\x01\x02\x03 not a program", 0o755, None)])

@@ -80,6 +80,7 @@ def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["Pat
         cwd: the working directory the caller gave (str, Path or file URI; None: the server's own, not
             checked).
     Returns:
+        :class:`ProgramNotFound` for an empty ``program``;
         :class:`WorkingDirectoryNotFound` if ``error`` is a missing file and
         ``cwd`` is not a directory on the server, else :class:`ProgramNotFound`
         for a missing file; :class:`WorkingDirectoryNotAccessible` if ``error``
@@ -90,6 +91,8 @@ def start_failure(client: Any, error: RpcError, program: str, cwd: Optional["Pat
     """
     if not isinstance(error, InternalError):
         return error
+    if not program:  # an empty argv[0] ("missing program for pipe spawn"): no such program, as a shell says
+        return ProgramNotFound(error, program)
     if _DENIED in error.message:  # the program, or the working directory: a name in it tells which
         return _denied(client, error, cwd) if cwd is not None else error
     if not any(text in error.message for text in _MISSING):
