@@ -386,3 +386,31 @@ def test_a_start_that_fails_keeps_nothing_of_its_request(server, connect):
         wait_until(lambda: held() == [], timeout=10)  # gc is off: a reference cycle would keep them for good
     finally:
         gc.enable()
+
+
+def test_the_embedded_servers_messages_wait_for_their_client_within_a_bound():
+    """The embedded server (``exec-server run``) queued its messages for the client without bound: a client
+    whose reader lagged behind a fast command held the lag in memory (tens of MiB under load).  Now past
+    MAX_QUEUED_CHARS the server's send waits, the command waits in its pipe, and nothing is lost."""
+    from conftest import running_descendants
+    from exec_server.cli.embedded import MAX_QUEUED_CHARS, EmbeddedServer
+
+    size = 48 << 20
+    argv = ["head", "-c", str(size), "/dev/zero"]
+    with EmbeddedServer() as server:
+        transport = server.connector()
+        transport.send(json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "t"}}))
+        transport.send(json.dumps({"method": "initialized", "params": {}}))
+        transport.send(json.dumps({"id": 2, "method": "process/start", "params": start_params("p", argv)}))
+        wait_until(lambda: transport.queued >= MAX_QUEUED_CHARS, timeout=30)
+        time.sleep(1.0)  # a server that did not wait would queue on (the whole output is ~64 MiB of text)
+        assert transport.queued < MAX_QUEUED_CHARS + (1 << 20)
+        assert running_descendants(os.getpid(), argv), "the command should wait in its pipe"
+        received, seqs, closed = 0, [], False
+        while not closed:
+            message = json.loads(transport.receive())
+            if message.get("method") == "process/output":
+                received += len(base64.b64decode(message["params"]["chunk"]))
+                seqs.append(message["params"]["seq"])
+            closed = message.get("method") == "process/closed"
+        assert received == size and seqs == sorted(seqs) and transport.queued == 0

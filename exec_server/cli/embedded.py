@@ -25,6 +25,12 @@ from exec_server.server.sessions import SessionRegistry
 _END = None
 #: How long :meth:`EmbeddedServer.close` waits for the server's reader thread, seconds.
 CLOSE_WAIT = 2.0
+#: Characters of the server's messages that wait for the client to receive them before the server's sends
+#: wait for room, as on a socket whose buffers are full (a process's output then waits in its pipe); a
+#: message of any size goes when fewer wait.
+MAX_QUEUED_CHARS = 8 << 20
+#: While a send waits for room, how often it looks whether the connection ended, seconds (it ends the wait).
+ROOM_CHECK_INTERVAL = 1.0
 #: Server options of a listener (its address, authentication, TLS, connections): an embedded server has none.
 LISTENER_OPTIONS = frozenset([
     "--listen", "--ws-auth", "--ws-token-file", "--ws-token-sha256", "--ws-shared-secret-file", "--ws-issuer",
@@ -82,25 +88,41 @@ class EmbeddedTransport:
 
     ``send`` queues a message for the server's reader thread (one reader, as
     on a socket, which feeds ``RpcConnection.receive``); what the server sends
-    is queued for ``receive``.  Thread-safe as the Transport protocol asks.
+    is queued for ``receive``, at most :data:`MAX_QUEUED_CHARS` (and one
+    message): past it the server's send waits until the client receives or
+    the connection ends, however long the client takes (a stopped ``run``,
+    Ctrl-Z, is waited for, as a stdio client is).  Thread-safe as the
+    Transport protocol asks.
     """
 
     def __init__(self, dispatcher: Dispatcher):
         self._to_server: "queue.SimpleQueue[Optional[str]]" = queue.SimpleQueue()
         self._to_client: "queue.SimpleQueue[Optional[Union[str, bytes]]]" = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._queued = 0  # characters in _to_client
         self._ended = False
         self._connection = dispatcher.open_connection(self._from_server, "failed to parse JSON-RPC message: ",
                                                       transport="embedded")
         self._reader = threading.Thread(target=self._serve, name="exec-server-embedded", daemon=True)
         self._reader.start()
 
-    def _from_server(self, *texts: str) -> None:
+    @property
+    def queued(self) -> int:
+        """Characters of the server's messages not yet received by the client."""
         with self._lock:
+            return self._queued
+
+    def _from_server(self, *texts: str) -> None:
+        texts = tuple(str(text) for text in texts)  # a large response in pieces (RawJson) joined
+        with self._room:
+            while self._queued >= MAX_QUEUED_CHARS and not self._ended:
+                self._room.wait(ROOM_CHECK_INTERVAL)
             if self._ended:
                 raise ConnectionResetError("the embedded connection is closed")
             for text in texts:
-                self._to_client.put(str(text))  # a large response in pieces (RawJson) joined
+                self._queued += len(text)
+                self._to_client.put(text)
 
     def _serve(self) -> None:
         while True:
@@ -125,6 +147,9 @@ class EmbeddedTransport:
         if item is _END:
             self._to_client.put(_END)  # every later receive ends too
             raise ExecServerDisconnected("the embedded connection is closed")
+        with self._room:
+            self._queued -= len(item)
+            self._room.notify_all()
         return item
 
     def ping(self) -> None:
@@ -134,10 +159,11 @@ class EmbeddedTransport:
         """A queue cannot go silent: nothing to check."""
 
     def close(self) -> None:
-        with self._lock:
+        with self._room:
             if self._ended:
                 return
             self._ended = True
+            self._room.notify_all()  # a send waiting for room ends
         self._to_client.put(_END)
         self._to_server.put(_END)
 
