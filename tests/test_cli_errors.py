@@ -56,6 +56,8 @@ def test_malformed_url():
      "--cafile, --certfile need a wss:// server URL"),
     (["--via", "exec-server --listen stdio", "--token-file", "t", "--cafile", "c"],
      "--token-file, --cafile: for a server URL; --via's server is reached through its command"),
+    (["--cafile", "/etc/hostname", "--reconnect-deadline", "3"],
+     "--cafile, --reconnect-deadline: for a server --url or --via names; without them run embeds its server"),
 ])
 def test_client_options_that_cannot_apply_are_usage_mistakes(words, line):
     """TLS files with ws:// URLs only, or a token or TLS file with --via, were loaded (or not) and ignored."""
@@ -71,6 +73,10 @@ def test_a_malformed_line_of_a_hosts_file_is_named_with_its_file_and_number(tmp_
     assert done.returncode == 2
     assert one_line(done) == ("exec-server run: not a server URL, want ws://HOST:PORT or wss://HOST:PORT "
                               "(%s line 4: not a url)" % hosts)
+    hosts.write_text("ws://user:secret@127.0.0.1:99999\n")  # a port out of range; its password never shown
+    done = run_cli("run", "--hosts", str(hosts), "--", "true")
+    assert (done.returncode, one_line(done)) == (2, "exec-server run: not a server URL, want ws://HOST:PORT or "
+                                                    "wss://HOST:PORT (%s line 1: ws://***@127.0.0.1:99999)" % hosts)
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -44,6 +44,13 @@ def report(command: str, error: CommandError) -> int:
     return error.status
 
 
+def credential_options(args: argparse.Namespace) -> List[str]:
+    """The credential files given (``--token-file``, ``--cafile``, ``--certfile``, ``--keyfile``), as typed:
+    what only a server URL uses."""
+    return ["--" + name.replace("_", "-") for name in ("token_file", "cafile", "certfile", "keyfile")
+            if getattr(args, name, None)]
+
+
 def credentials(args: argparse.Namespace, urls: List[str]):
     """``(token, ssl_context)`` of ``--token-file``, ``--cafile``, ``--certfile`` and ``--keyfile``, for the
     servers at ``urls``.
@@ -141,8 +148,7 @@ def connect(args: argparse.Namespace, client_name: str,
             raise CommandError("--via is not a command line: %s" % exc, args.via) from None
         if not argv:
             raise CommandError("--via needs a command", None)
-        given = ["--" + name.replace("_", "-") for name in ("token_file", "cafile", "certfile", "keyfile")
-                 if getattr(args, name, None)]
+        given = credential_options(args)
         if given:  # the command's own options reach its server
             raise CommandError("%s: for a server URL; --via's server is reached through its command" % (
                 ", ".join(given)))

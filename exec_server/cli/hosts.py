@@ -84,7 +84,7 @@ def read_hosts_file(path: str) -> List[str]:
             try:
                 _server_key(url)
             except CommandError as exc:
-                raise CommandError(exc.what, "%s line %d: %s" % (path, number, url)) from None
+                raise CommandError(exc.what, "%s line %d: %s" % (path, number, shown_url(url))) from None
             urls.append(url)
     return urls
 

@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import List, Optional
 
-from exec_server.cli.connect import CommandError, connect, disconnected, report
+from exec_server.cli.connect import CommandError, connect, credential_options, disconnected, report
 from exec_server.cli.hosts import group_urls
 from exec_server.cli.options import config_from_options
 from exec_server.cli.statuses import EXIT_DISCONNECTED, start_failure_status
@@ -188,6 +188,11 @@ def _run(args: argparse.Namespace, argv: List[str], env: dict) -> int:
             # listener, no WebSocket); a stdio child would need a new interpreter.
             from exec_server.cli.embedded import EmbeddedServer
 
+            ignored = credential_options(args) + (["--reconnect-deadline"] if args.reconnect_deadline is not None
+                                                  else [])
+            if ignored:
+                raise CommandError("%s: for a server --url or --via names; without them run embeds its server"
+                                   % ", ".join(ignored))
             try:
                 config = config_from_options(args)  # the server options before `run`
             except ValueError as exc:  # --max-sessions 0: a usage mistake, named as typed
