@@ -164,3 +164,37 @@ def test_run_tty_from_a_terminal_without_termios_is_a_usage_error():
     assert done.returncode == 2, done
     assert done.stderr.decode().splitlines() == [
         "exec-server run: --tty with a terminal needs termios (POSIX); on Windows pipe the input in"]
+
+
+def test_the_terminal_is_made_raw_and_restored_though_a_signal_interrupts_the_call(monkeypatch):
+    """termios calls are outside PEP 475's retries: a ``run --tty`` stopped in the background (SIGTTOU) and
+    continued met ``termios.error: (4, 'Interrupted system call')`` from ``tty.setraw``, a traceback."""
+    import errno
+    import tty
+
+    from exec_server.cli import run
+
+    master, slave = pty.openpty()
+    real_setraw, real_tcsetattr, interrupted = tty.setraw, termios.tcsetattr, []
+
+    def once_interrupted(real):
+        def call(*args):
+            if len(interrupted) < 2 and real not in interrupted:
+                interrupted.append(real)
+                raise termios.error(errno.EINTR, "Interrupted system call")
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(tty, "setraw", once_interrupted(real_setraw))
+    monkeypatch.setattr(termios, "tcsetattr", once_interrupted(real_tcsetattr))
+    try:
+        before = termios.tcgetattr(slave)
+        with run._RawTerminal(slave):
+            assert not termios.tcgetattr(slave)[3] & termios.ICANON  # raw: no line editing
+        assert termios.tcgetattr(slave) == before and len(interrupted) == 2
+        monkeypatch.setattr(tty, "setraw", lambda fd: (_ for _ in ()).throw(termios.error(errno.EIO, "I/O")))
+        with pytest.raises(termios.error):  # another error is raised as it came
+            run._RawTerminal(slave).__enter__()
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -85,15 +85,34 @@ class _RawTerminal:
             import termios
             import tty
 
-            self.saved = termios.tcgetattr(self.fd)
-            tty.setraw(self.fd)
+            self.saved = _again_after_eintr(termios.tcgetattr, self.fd)
+            _again_after_eintr(tty.setraw, self.fd)
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self.saved is not None:
             import termios
 
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            _again_after_eintr(termios.tcsetattr, self.fd, termios.TCSADRAIN, self.saved)
+
+
+#: Times a terminal call interrupted by a signal (EINTR) is made again before its error is raised.
+EINTR_ATTEMPTS = 10
+
+
+def _again_after_eintr(call, *args):
+    """``call(*args)``, made again when a signal interrupted it (termios is outside PEP 475's retries: a
+    ``run --tty`` stopped in the background by SIGTTOU and continued met ``Interrupted system call``),
+    at most :data:`EINTR_ATTEMPTS` times."""
+    import errno
+    import termios
+
+    for attempt in range(EINTR_ATTEMPTS):
+        try:
+            return call(*args)
+        except termios.error as exc:
+            if exc.args[:1] != (errno.EINTR,) or attempt == EINTR_ATTEMPTS - 1:
+                raise
 
 
 def _forward_stdin(process, can_close: bool) -> None:
