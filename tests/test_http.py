@@ -213,6 +213,44 @@ def test_the_websocket_version_is_read_as_the_reference_reads_it(any_server, ver
         assert response.endswith(b"`Sec-WebSocket-Version` header did not include '13'")
 
 
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+V13 = b"Sec-WebSocket-Version: 13\r\n"
+NO_UPGRADE = b"`Upgrade` header did not include 'websocket'"
+NO_CONNECTION = b"Connection header did not include 'upgrade'"
+
+
+@pytest.mark.parametrize("headers, answer", [
+    (b"Connection: Upgrade\r\n" + KEY + V13, NO_UPGRADE),
+    (b"Connection: Upgrade\r\nUpgrade: foo\r\nSec-WebSocket-Version: 8\r\n", NO_UPGRADE),
+    (b"Connection: Upgrade\r\nUpgrade: foo, websocket\r\n" + KEY + V13, NO_UPGRADE),
+    (b"Connection: Upgrade\r\nUpgrade: websocket\xff\r\n" + KEY + V13, NO_UPGRADE),
+    (b"Upgrade: websocket\r\n" + KEY + V13, NO_CONNECTION),
+    (b"Connection: Upgrade, \xff\r\nUpgrade: websocket\r\n" + KEY + V13, NO_CONNECTION),
+    (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n",
+     b"`Sec-WebSocket-Key` header missing"),
+    (b"Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n" + KEY + V13, NO_UPGRADE),  # one header, not two joined
+    (b"Connection: keep-alive\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" + KEY + V13,
+     NO_CONNECTION),  # the first header alone is read
+    (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: \r\nSec-WebSocket-Version: 13, 8\r\n",
+     b"`Sec-WebSocket-Version` header did not include '13'"),  # an empty key is there (then not RFC 6455's)
+    (b"Connection: upgraded\r\nUpgrade: WebSocket\r\n" + KEY + V13, b""),
+    (b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nUpgrade: foo\r\n" + KEY + V13, b""),
+])
+def test_the_handshake_headers_are_checked_in_the_reference_s_order_with_its_texts(any_server, headers, answer):
+    """Connection, then Upgrade (its first value, any case), then the key, then the version: ours checked the
+    Upgrade header last and said ``Missing header, 'Upgrade: websocket'``; a 101 (``b""``) carries the accept
+    token of RFC 6455 4.2.2."""
+    response = http_request(port_of(any_server), b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    if answer:
+        assert status_line(response) == b"HTTP/1.1 400 Bad Request"
+        assert body_of(response) == answer
+    else:
+        assert status_line(response).startswith(b"HTTP/1.1 101 ")
+        assert headers_of(response)["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3
+        assert headers_of(response)["upgrade"].lower() == "websocket"
+        assert headers_of(response)["connection"].lower() == "upgrade"
+
+
 @pytest.mark.parametrize("host, status", [(b"", b"101"), (b"Host: \xff\r\n", b"101"),
                                           (b"Host: caf\xc3\xa9\r\n", b"101")])
 def test_an_upgrade_needs_no_host_as_on_the_reference(any_server, host, status):

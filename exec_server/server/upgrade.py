@@ -2,9 +2,10 @@
 
 HTTP answers follow PROTOCOL.md 1.1: ``GET``/``HEAD /readyz`` is 200, an
 ``Origin`` header is 403 on every path, ``/`` without an upgrade is 400, other
-paths 404.  The upgrade is negotiated with wsproto (no subprotocol, no
-extensions) after the request is checked as the reference does (method,
-handshake headers, then credentials); then the request thread runs a
+paths 404.  The upgrade request is checked as the reference checks it
+(method, handshake headers, then credentials) and accepted with no
+subprotocol and no extension (:func:`switching_protocols`); then the
+request thread runs a
 :class:`~exec_server.server.websocket.WebSocketConnection`.  The request
 handler (:mod:`exec_server.server.http_request`) bounds the time until the
 upgrade (``upgrade_timeout``) and :class:`WebSocketApp` admits at most ``max_connections`` WebSockets,
@@ -38,11 +39,17 @@ def _plain(start_response, status: str, body: bytes = b"", headers=None):
     return [body]
 
 
-#: The request headers the WebSocket handshake reads (WSGI environ keys), all that wsproto is given.
-#: Not the subprotocol and extension offers: the server accepts none (as the reference), and wsproto
-#: would fail on a value that is not ASCII (a 500 before authentication) where the reference upgrades.
-_HANDSHAKE_HEADERS = ("HTTP_HOST", "HTTP_CONNECTION", "HTTP_UPGRADE", "HTTP_SEC_WEBSOCKET_KEY",
-                      "HTTP_SEC_WEBSOCKET_VERSION")
+#: RFC 6455 4.2.2: the GUID appended to the client's key before hashing it into ``Sec-WebSocket-Accept``.
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _first_value(environ, name: str) -> Optional[str]:
+    """The value of the request's first ``name`` header without its blanks, or None: the WSGI environ joins
+    repeated headers with commas (``Upgrade: websocket, h2c`` and two ``Upgrade`` headers look alike there), and
+    the reference reads the first header alone."""
+    handler = environ.get(ENVIRON_HANDLER)
+    value = handler.headers.get(name) if handler is not None else environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return None if value is None else value.strip(" \t")
 
 
 def _is_websocket_key(key: str) -> bool:
@@ -57,22 +64,20 @@ def _is_websocket_key(key: str) -> bool:
         return False
 
 
-def _request_headers(environ) -> List[Tuple[bytes, bytes]]:
-    """The upgrade request's handshake headers from the WSGI environ, for wsproto.
+def switching_protocols(key: str) -> bytes:
+    """The ``101 Switching Protocols`` answer to an upgrade request whose ``Sec-WebSocket-Key`` is ``key``
+    (checked by :func:`_is_websocket_key`): no subprotocol, no extension, as the reference (RFC 6455 4.2.2).
 
-    Only those: h11 (under wsproto) refuses a value with, for example,
-    trailing blanks, and a malformed header the handshake does not read
-    (``Authorization: Bearer ``) must not turn into a refusal of its own.
+    Written here, not by wsproto's handshake object: that one rebuilt the request werkzeug had parsed, wrote
+    it and parsed it again with h11 (~135 us of an upgrade's ~1 ms, #17); the frames are wsproto's
+    :class:`wsproto.connection.Connection`, which its documentation offers for a handshake done elsewhere.
     """
-    headers = [(key[5:].replace("_", "-").lower().encode("latin-1"), environ[key].strip(" \t").encode("latin-1"))
-               for key in _HANDSHAKE_HEADERS if key in environ and key != "HTTP_HOST"]
-    # The server reads no Host, and the reference upgrades without one, or with one that is not ASCII; h11
-    # under wsproto wants one (it said "Missing mandatory Host: header", or gave a codec's error as the 400's
-    # text).
-    host = environ.get("HTTP_HOST", "").strip(" \t")
-    if not (host and host.isascii()):
-        host = "localhost"
-    return [(b"host", host.encode("ascii"))] + headers
+    import base64
+    import hashlib
+
+    accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _ACCEPT_GUID).digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
 
 
 #: Seconds between two warnings of upgrades refused for their credentials (the count in between is told).
@@ -125,38 +130,21 @@ class WebSocketApp:
         # before the credentials are looked at.
         if environ.get("REQUEST_METHOD") != "GET":
             return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
-        if "upgrade" not in environ.get("HTTP_CONNECTION", "").lower():
+        # As the reference, in its order, each header's first value: Connection holds "upgrade" (ASCII only),
+        # Upgrade is "websocket" (any case), a key is there, the version is 13; then the key is RFC 6455's.
+        connection_header = _first_value(environ, "Connection") or ""
+        if not (connection_header.isascii() and "upgrade" in connection_header.lower()):
             return _plain(start_response, "400 Bad Request",
                           b"Connection header did not include 'upgrade'")
-        if not environ.get("HTTP_SEC_WEBSOCKET_KEY"):
+        if (_first_value(environ, "Upgrade") or "").lower() != "websocket":
+            return _plain(start_response, "400 Bad Request", b"`Upgrade` header did not include 'websocket'")
+        key = _first_value(environ, "Sec-WebSocket-Key")
+        if key is None:
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
-        # as the reference: the (first) header's value is 13 (werkzeug joins repeated headers with commas)
-        if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").split(",")[0].strip() != "13":
+        if _first_value(environ, "Sec-WebSocket-Version") != "13":
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
-        environ["HTTP_SEC_WEBSOCKET_VERSION"] = "13"  # for wsproto, which takes nothing else
-        if not _is_websocket_key(environ["HTTP_SEC_WEBSOCKET_KEY"]):  # RFC 6455 4.2.1 (the reference takes any)
+        if not _is_websocket_key(key):  # RFC 6455 4.2.1 (the reference takes any)
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header is not 16 bytes in base64")
-        # wsproto and the connection loop load on the first upgrade: answering
-        # /readyz needs neither (~10 ms of a cold start)
-        import h11
-        from wsproto import ConnectionType, WSConnection
-        from wsproto.events import Request
-        from wsproto.utilities import LocalProtocolError, RemoteProtocolError
-
-        from exec_server.server.websocket import WebSocketConnection
-
-        protocol = WSConnection(ConnectionType.SERVER)
-        try:
-            # werkzeug has parsed the request: hand wsproto its headers, no second parse
-            protocol.initiate_upgrade_connection(_request_headers(environ),
-                                                 environ.get("RAW_URI") or environ.get("PATH_INFO") or "/")
-            event = next(protocol.events(), None)
-        except (RemoteProtocolError, LocalProtocolError, h11.ProtocolError, ValueError) as exc:
-            # h11 raises its own LocalProtocolError (not wsproto's) on a bad value such as a control
-            # character, wsproto UnicodeDecodeError on one that is not ASCII
-            return _plain(start_response, "400 Bad Request", str(exc).encode("utf-8"))
-        if not isinstance(event, Request):
-            return _plain(start_response, "400 Bad Request", b"invalid websocket upgrade request")
         if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":  # RFC 6455 4.1: no upgrade over HTTP/1.0; the reference's text
             return _plain(start_response, "426 Upgrade Required",
                           b"WebSocket request couldn't be upgraded since no upgrade state was present")
@@ -167,6 +155,10 @@ class WebSocketApp:
                 # A warning (a token rotated on one side, a guess): the peer and why, never the token.
                 self.refused.add((environ.get("REMOTE_ADDR", "?"), "%s %s" % (status, body.decode("ascii", "replace"))))
                 return _plain(start_response, status, body)
+        # wsproto and the connection loop load on the first upgrade: answering
+        # /readyz needs neither (~10 ms of a cold start)
+        from exec_server.server.websocket import WebSocketConnection
+
         sock = environ.get("werkzeug.socket")
         if sock is None:
             return _plain(start_response, "500 Internal Server Error", b"no raw socket to upgrade")
@@ -182,7 +174,7 @@ class WebSocketApp:
             early = handler.take_early_bytes() if handler is not None else b""
             if isinstance(sock, ssl.SSLSocket):
                 sock = TLSStream(sock)
-            connection = WebSocketConnection(sock, protocol, self.dispatcher, self.config, peer, early)
+            connection = WebSocketConnection(sock, self.dispatcher, self.config, peer, early, switching_protocols(key))
         finally:
             with self._lock:
                 self._reserved -= 1

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Callable, List, Optional, Union
 
-from wsproto import WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from exec_server.common.keepalive import (DEAD, PING, KeepaliveClock, abort_socket, send_progress, tune_socket,
@@ -63,14 +63,14 @@ class WebSocketConnection:
     dead and shuts its socket down, which ends ``run`` and detaches the
     session.  A peer silent for ``keepalive_timeout`` seconds is dead too.
     ``early``: bytes the peer sent after its upgrade request, before the 101
-    (read with the request), handled before any read of the socket.
+    (read with the request), handled before any read of the socket;
+    ``accept``: the ``101 Switching Protocols`` answer, written first by :meth:`run`.
     """
 
-    def __init__(self, sock: Union[socket.socket, TLSStream], protocol: WSConnection, dispatcher: Dispatcher,
-                 config: ServerConfig, peer: str, early: bytes = b""):
-        self._sock = sock
-        self._early = early
-        self._protocol = protocol
+    def __init__(self, sock: Union[socket.socket, TLSStream], dispatcher: Dispatcher, config: ServerConfig, peer: str,
+                 early: bytes = b"", accept: bytes = b""):
+        self._sock, self._early, self._accept = sock, early, accept
+        self._protocol = Connection(ConnectionType.SERVER)  # the frames (the handshake is done by then)
         self._config = config
         self._send_lock = threading.Lock()
         self._closing = False
@@ -145,7 +145,7 @@ class WebSocketConnection:
         abort_socket(self._sock, reset)
 
     def _send_event(self, event, lock_timeout: Optional[float] = None) -> None:
-        """Write one event whole (bounded by the socket's timeout).
+        """Write one event (or bytes: the 101) whole, bounded by the socket's timeout.
 
         Raises:
             OSError: the write failed or stalled (the connection is now dead),
@@ -157,7 +157,7 @@ class WebSocketConnection:
         try:
             if self._dead:
                 raise ConnectionResetError("websocket is dead")
-            data = self._protocol.send(event)
+            data = event if isinstance(event, bytes) else self._protocol.send(event)
             try:
                 _send_all(self._sock, data, self._config.send_timeout)
             except OSError:
@@ -292,7 +292,7 @@ class WebSocketConnection:
         try:
             if not isinstance(self._sock, TLSStream):  # a TLSStream bounds each write itself
                 self._sock.settimeout(config.send_timeout)  # bounds every write; reads wait in select first
-            self._send_event(AcceptConnection())
+            self._send_event(self._accept)
             self._loop()
         except (OSError, LocalProtocolError) as exc:
             log.debug("websocket %s: %s", self.peer, exc)
