@@ -31,7 +31,7 @@ setup(
     install_requires=[
         "simple-websocket>=1.0",
         "wsproto>=1.2",
-        "h11>=0.11",  # wsproto's HTTP/1.1 parser: the upgrade handler catches its errors (wsproto 1.2 needs 0.11)
+        "h11>=0.11",  # wsproto's HTTP/1.1 parser: the client's header check catches its errors (wsproto 1.2 needs 0.11)
         "werkzeug>=2.3",
         "jsonschema>=4.18",
         # compiled params checks: a cold start does not import jsonschema for a valid request
