@@ -234,6 +234,7 @@ NO_CONNECTION = b"Connection header did not include 'upgrade'"
     (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: \r\nSec-WebSocket-Version: 13, 8\r\n",
      b"`Sec-WebSocket-Version` header did not include '13'"),  # an empty key is there (then not RFC 6455's)
     (b"Connection: upgraded\r\nUpgrade: WebSocket\r\n" + KEY + V13, b""),
+    (b"Connection: Upgrade, \xc3\xa9\r\nUpgrade: websocket\r\n" + KEY + V13, b""),  # UTF-8 text, not ASCII
     (b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nUpgrade: foo\r\n" + KEY + V13, b""),
 ])
 def test_the_handshake_headers_are_checked_in_the_reference_s_order_with_its_texts(any_server, headers, answer):
@@ -313,3 +314,40 @@ def test_empty_lines_before_a_request_line_are_bounded(server):
     assert http_request(port_of(server), b"\r\n" + b"GET /readyz?" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n").startswith(
         b"HTTP/1.1 414 ")
     assert http_request(port_of(server), READYZ).startswith(b"HTTP/1.1 200 ")  # and the server goes on
+
+
+def test_a_close_before_the_connection_s_loop_begins_comes_after_the_101():
+    """Shutdown or an eviction may close a connection admitted but whose loop has not written the 101 yet:
+    the Close frame went out before the 101 (an HTTP answer no client can read); the 101 goes first."""
+    from exec_server.server.config import ServerConfig
+    from exec_server.server.dispatcher import Dispatcher
+    from exec_server.server.sessions import SessionRegistry
+    from exec_server.server.upgrade import switching_protocols
+    from exec_server.server.websocket import WebSocketConnection
+
+    config = ServerConfig()
+    registry = SessionRegistry(config)
+    ours, peer = socket.socketpair()
+    received = b""
+    try:
+        connection = WebSocketConnection(ours, Dispatcher(registry, config), config, "peer", b"",
+                                         switching_protocols("dGhlIHNhbXBsZSBub25jZQ=="))
+        connection.close(1013, "exec-server at its connection limit", lock_timeout=1.0)
+        connection.run()  # returns at once: the connection is closing
+        ours.close()
+        peer.settimeout(5)
+        while True:
+            data = peer.recv(65536)
+            if not data:
+                break
+            received += data
+    finally:
+        ours.close()
+        peer.close()
+        registry.close_all(join_timeout=5)
+    head, _, frame = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), received[:80]
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    # then one unmasked Close frame (RFC 6455 5.2, 5.5.1): its code and reason
+    reason = b"exec-server at its connection limit"
+    assert frame == b"\x88" + bytes([2 + len(reason)]) + (1013).to_bytes(2, "big") + reason

@@ -52,6 +52,15 @@ def _first_value(environ, name: str) -> Optional[str]:
     return None if value is None else value.strip(" \t")
 
 
+def _is_utf8(value: str) -> bool:
+    """Whether a header value (its bytes as Latin-1 characters, as http.server gives them) is UTF-8 text."""
+    try:
+        value.encode("latin-1").decode("utf-8")
+        return True
+    except UnicodeError:
+        return False
+
+
 def _is_websocket_key(key: str) -> bool:
     """True for one nonce of 16 bytes in base64, as RFC 6455 4.2.1 asks of a client (two keys, joined with
     a comma, are not one)."""
@@ -130,10 +139,10 @@ class WebSocketApp:
         # before the credentials are looked at.
         if environ.get("REQUEST_METHOD") != "GET":
             return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
-        # As the reference, in its order, each header's first value: Connection holds "upgrade" (ASCII only),
+        # As the reference, in its order, each header's first value: Connection holds "upgrade" (in UTF-8),
         # Upgrade is "websocket" (any case), a key is there, the version is 13; then the key is RFC 6455's.
         connection_header = _first_value(environ, "Connection") or ""
-        if not (connection_header.isascii() and "upgrade" in connection_header.lower()):
+        if not (_is_utf8(connection_header) and "upgrade" in connection_header.lower()):
             return _plain(start_response, "400 Bad Request",
                           b"Connection header did not include 'upgrade'")
         if (_first_value(environ, "Upgrade") or "").lower() != "websocket":
@@ -143,7 +152,9 @@ class WebSocketApp:
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
         if _first_value(environ, "Sec-WebSocket-Version") != "13":
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
-        if not _is_websocket_key(key):  # RFC 6455 4.2.1 (the reference takes any)
+        # RFC 6455 4.2.1, 11.3.1: one key of 16 bytes (the reference takes any text, and the first of many);
+        # the environ's value joins every key header's, so a second one is refused too
+        if not _is_websocket_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(" \t")):
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header is not 16 bytes in base64")
         if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":  # RFC 6455 4.1: no upgrade over HTTP/1.0; the reference's text
             return _plain(start_response, "426 Upgrade Required",

@@ -18,7 +18,7 @@ import time
 from typing import Callable, List, Optional, Union
 
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from exec_server.common.keepalive import (DEAD, PING, KeepaliveClock, abort_socket, send_progress, tune_socket,
@@ -69,6 +69,8 @@ class WebSocketConnection:
 
     def __init__(self, sock: Union[socket.socket, TLSStream], dispatcher: Dispatcher, config: ServerConfig, peer: str,
                  early: bytes = b"", accept: bytes = b""):
+        # the 101 until written: the first write under the send lock carries it (the loop's, or a Close of
+        # shutdown or eviction that comes before it: the peer must read the 101 first)
         self._sock, self._early, self._accept = sock, early, accept
         self._protocol = Connection(ConnectionType.SERVER)  # the frames (the handshake is done by then)
         self._config = config
@@ -145,7 +147,7 @@ class WebSocketConnection:
         abort_socket(self._sock, reset)
 
     def _send_event(self, event, lock_timeout: Optional[float] = None) -> None:
-        """Write one event (or bytes: the 101) whole, bounded by the socket's timeout.
+        """Write one event (None: nothing but the 101 if unsent) whole, bounded by the socket's timeout.
 
         Raises:
             OSError: the write failed or stalled (the connection is now dead),
@@ -157,7 +159,7 @@ class WebSocketConnection:
         try:
             if self._dead:
                 raise ConnectionResetError("websocket is dead")
-            data = event if isinstance(event, bytes) else self._protocol.send(event)
+            data, self._accept = self._accept + (b"" if event is None else self._protocol.send(event)), b""
             try:
                 _send_all(self._sock, data, self._config.send_timeout)
             except OSError:
@@ -223,7 +225,8 @@ class WebSocketConnection:
             if self._dead or not writable_now(self._sock):
                 self._die()
                 return
-            if not _send_now(self._sock, self._protocol.send(CloseConnection(code=code, reason=reason))):
+            frame, self._accept = self._accept + self._protocol.send(CloseConnection(code=code, reason=reason)), b""
+            if not _send_now(self._sock, frame):
                 self._die()
                 return
         except LocalProtocolError:  # a Close went out already
@@ -292,7 +295,7 @@ class WebSocketConnection:
         try:
             if not isinstance(self._sock, TLSStream):  # a TLSStream bounds each write itself
                 self._sock.settimeout(config.send_timeout)  # bounds every write; reads wait in select first
-            self._send_event(self._accept)
+            self._send_event(None)  # the 101
             self._loop()
         except (OSError, LocalProtocolError) as exc:
             log.debug("websocket %s: %s", self.peer, exc)
@@ -379,7 +382,7 @@ class WebSocketConnection:
                         except ProtocolViolation as violation:
                             self._close_with(CLOSE_PROTOCOL_ERROR, violation.reason[:120])
                             return
-                    elif isinstance(event, Ping):
+                    elif isinstance(event, Ping):  # (a Pong needs nothing: its bytes were a sign of life)
                         self._send_event(event.response())
                     elif isinstance(event, CloseConnection):
                         # wsproto reports a malformed frame as a Close with 1002, 1007 or 1009
@@ -389,8 +392,6 @@ class WebSocketConnection:
                         except LocalProtocolError:
                             pass
                         return
-                    elif isinstance(event, Pong):
-                        pass
 
     def _close_with(self, code: int, reason: str) -> None:
         try:
