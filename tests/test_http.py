@@ -136,6 +136,18 @@ def test_a_malformed_request_line_gets_a_status_line(any_server, raw):
         assert line.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.parametrize("line", [b"GET / HTTP/2.0", b"GET / HTTP/1.2", b"GET /readyz HTTP/1.2", b"GET / HTTP/3",
+                                  b"GET /readyz HTTP/2.0", b"GET / HTTP/1.10", b"GET / http/1.1", b"GET / HTTP/1.1x",
+                                  b"GET / HTTP/1.1 x"])
+def test_a_version_but_http_1_0_and_1_1_is_a_400_without_content(any_server, line):
+    """As the reference: http.server answered 505, 426 or even 200 (``/readyz`` over "HTTP/1.2"), or an HTML
+    page whose status line repeated the version given."""
+    response = http_request(port_of(any_server), line + b"\r\nHost: x\r\n" + UPGRADE[len(b"GET / HTTP/1.1\r\n"):]
+                            + b"\r\n")
+    assert status_line(response) == b"HTTP/1.1 400 Bad Request"
+    assert headers_of(response)["content-length"] == "0" and body_of(response) == b""
+
+
 @pytest.mark.parametrize("target", [b"http://[::1/", b"http://[/readyz"])
 def test_a_request_target_urlsplit_refuses_gets_a_400_and_no_traceback(server, capsys, target):
     """A target the URL parser refuses (an unclosed IPv6 bracket) is a 400 with a status line, as any

@@ -139,7 +139,12 @@ class RequestHandler(WSGIRequestHandler):
                 return False
         # Blanks alone (http.server closes without an answer), or HTTP/0.9 ("GET /path"): no header block
         # follows, and http.server would wait for one until the upgrade timeout; answered 400 at once
-        if len(self.raw_requestline.split()) in (0, 2):
+        words = self.raw_requestline.split()
+        if len(words) in (0, 2):
+            return self._bad_line()
+        # As the reference: a version but HTTP/1.0 or 1.1 (HTTP/1.2, 2.0, http/1.1, a fourth word) is 400, no content;
+        # http.server answered 426, 505 or 200, or an HTML page repeating the request line.  (0.9: 400 below.)
+        if len(words) != 3 or words[2] not in (b"HTTP/1.0", b"HTTP/1.1", b"HTTP/0.9"):
             return self._bad_line()
         block = _HeaderBlock(self.rfile, MAX_HEADER_BYTES)
         rfile, self.rfile = self.rfile, block
