@@ -363,3 +363,28 @@ def test_a_close_before_the_connection_s_loop_begins_comes_after_the_101():
     # then one unmasked Close frame (RFC 6455 5.2, 5.5.1): its code and reason
     reason = b"exec-server at its connection limit"
     assert frame == b"\x88" + bytes([2 + len(reason)]) + (1013).to_bytes(2, "big") + reason
+
+
+@pytest.mark.parametrize("fields, status", [
+    (b"Content-Length: abc\r\n", b"400"), (b"Content-Length: -1\r\n", b"400"), (b"Content-Length: +1\r\n", b"400"),
+    (b"Content-Length: 1, 1\r\n", b"400"), (b"Content-Length: 1\r\nContent-Length: 2\r\n", b"400"),
+    (b"Content-Length: 99999999999999999999999\r\n", b"400"), (b"Transfer-Encoding: gzip\r\n", b"400"),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n", b"400"),
+    (b"Content-Length: 1\r\nContent-Length: 1\r\n", b"200"), (b"Content-Length:  01 \r\n", b"200"),
+    (b"Transfer-Encoding: gzip, Chunked\r\n", b"200"), (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"200"),
+])
+def test_content_that_cannot_be_delimited_is_a_400(any_server, fields, status):
+    """RFC 9112 6.3, as the reference: ours answered 200 (and upgraded) whatever the Content-Length said."""
+    body = b"0\r\n\r\n" if b"chunked" in fields.lower() else b"x"
+    response = http_request(port_of(any_server), b"GET /readyz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n" + body)
+    assert response.split(b" ", 2)[1] == status, response[:100]
+    upgrade = http_request(port_of(any_server), UPGRADE + fields + b"\r\n")
+    assert upgrade.split(b" ", 2)[1] == (b"101" if status == b"200" else b"400"), upgrade[:100]
+
+
+@pytest.mark.parametrize("request_head", [b"GET /readyz HTTP/1.1\r\nHost: x\r\n", UPGRADE])
+def test_expect_100_continue_gets_no_interim_answer(any_server, request_head):
+    """werkzeug wrote "100 Continue" before the 101, which a WebSocket client takes for the answer; nothing
+    reads a request's content here, and the reference writes no interim answer."""
+    response = http_request(port_of(any_server), request_head + b"Expect: 100-continue\r\n\r\n")
+    assert b" 100 " not in response and response.split(b" ", 2)[1] in (b"200", b"101")

@@ -56,6 +56,20 @@ class _HeaderBlock:
         return line
 
 
+def _framing_invalid(headers, version: str) -> bool:
+    """Whether the request's content cannot be delimited (RFC 9112 6.3), a 400 as on the reference: a
+    ``Transfer-Encoding`` whose last coding is not ``chunked`` or in an HTTP/1.0 request, or (without one) a
+    ``Content-Length`` that is not one decimal number under 2**64, the same in each such field."""
+    codings = ",".join(headers.get_all("Transfer-Encoding") or [])
+    if codings:
+        return version != "HTTP/1.1" or codings.rsplit(",", 1)[-1].strip(" \t").lower() != "chunked"
+    lengths = [value.strip(" \t") for value in headers.get_all("Content-Length") or []]
+    if not all(value.isascii() and value.isdigit() for value in lengths):
+        return True
+    numbers = {int(value) for value in lengths}
+    return len(numbers) > 1 or any(number >= 2 ** 64 for number in numbers)
+
+
 class RequestHandler(WSGIRequestHandler):
     """werkzeug's handler, quiet, closing the TCP connection after an upgrade, and bounded in time.
 
@@ -153,8 +167,11 @@ class RequestHandler(WSGIRequestHandler):
                 return False
         finally:
             self.rfile = rfile
-        if block.malformed:  # a field the reference refuses (email's parser would split a value at a CR)
+        if block.malformed or _framing_invalid(self.headers, self.request_version):  # as the reference refuses them
             return self._bad_request()
+        # No "100 Continue" (werkzeug writes one for this header): nothing here reads a request's content, and
+        # a WebSocket client takes it for the answer to its upgrade (the reference writes none)
+        del self.headers["Expect"]
         target = self.requestline.split()[1:2]
         if target and target[0].startswith("//"):  # http.server made it "/..." (gh-87389): kept, for its 404
             self.path = target[0]  # (and made PATH_INFO again by make_environ)
@@ -165,7 +182,7 @@ class RequestHandler(WSGIRequestHandler):
         return True
 
     def handle_expect_100(self) -> bool:
-        """``Expect: 100-continue``: werkzeug sends its own ``100 Continue``; http.server's would be a second."""
+        """``Expect: 100-continue``: no ``100 Continue`` from http.server either (see :meth:`parse_request`)."""
         return True
 
     def _bad_line(self) -> bool:
