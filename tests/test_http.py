@@ -274,9 +274,12 @@ def test_an_upgrade_needs_no_host_as_on_the_reference(any_server, host, status):
     assert http_request(port_of(any_server), request).split(b" ", 2)[1] == status, host
 
 
-def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server):
-    """RFC 6455 4.1 asks for HTTP/1.1; ours answered 101 (and then served a WebSocket)."""
-    response = http_request(port_of(any_server), UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n")
+@pytest.mark.parametrize("key", [b"dGhlIHNhbXBsZSBub25jZQ==", b"x"])
+def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server, key):
+    """RFC 6455 4.1 asks for HTTP/1.1; ours answered 101 (and then served a WebSocket), and a 400 for a key
+    that is not RFC 6455's (ours alone refuses it: after the reference's checks)."""
+    request = UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0").replace(b"dGhlIHNhbXBsZSBub25jZQ==", key)
+    response = http_request(port_of(any_server), request + b"\r\n")
     assert b" 426 " in status_line(response)
     assert body_of(response) == b"WebSocket request couldn't be upgraded since no upgrade state was present"
 

@@ -140,7 +140,7 @@ class WebSocketApp:
         if environ.get("REQUEST_METHOD") != "GET":
             return _plain(start_response, "405 Method Not Allowed", b"Request method must be `GET`")
         # As the reference, in its order, each header's first value: Connection holds "upgrade" (in UTF-8),
-        # Upgrade is "websocket" (any case), a key is there, the version is 13; then the key is RFC 6455's.
+        # Upgrade is "websocket" (any case), a key is there, the version is 13; then HTTP/1.1.
         connection_header = _first_value(environ, "Connection") or ""
         if not (_is_utf8(connection_header) and "upgrade" in connection_header.lower()):
             return _plain(start_response, "400 Bad Request",
@@ -152,13 +152,13 @@ class WebSocketApp:
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header missing")
         if _first_value(environ, "Sec-WebSocket-Version") != "13":
             return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Version` header did not include '13'")
-        # RFC 6455 4.2.1, 11.3.1: one key of 16 bytes (the reference takes any text, and the first of many);
-        # the environ's value joins every key header's, so a second one is refused too
-        if not _is_websocket_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(" \t")):
-            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header is not 16 bytes in base64")
         if environ.get("SERVER_PROTOCOL") != "HTTP/1.1":  # RFC 6455 4.1: no upgrade over HTTP/1.0; the reference's text
             return _plain(start_response, "426 Upgrade Required",
                           b"WebSocket request couldn't be upgraded since no upgrade state was present")
+        # Ours, after the reference's checks: RFC 6455 4.2.1, 11.3.1, one key of 16 bytes (the reference takes any
+        # text, and the first of many); the environ's value joins every key header's, so a second one is refused
+        if not _is_websocket_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(" \t")):
+            return _plain(start_response, "400 Bad Request", b"`Sec-WebSocket-Key` header is not 16 bytes in base64")
         if self.authorize is not None:
             refusal = self.authorize(environ)
             if refusal is not None:
