@@ -284,13 +284,6 @@ def test_an_upgrade_over_http_1_0_is_a_426_as_by_the_reference(any_server, key):
     assert body_of(response) == b"WebSocket request couldn't be upgraded since no upgrade state was present"
 
 
-def test_expect_100_continue_gets_one_interim_answer(any_server):
-    """http.server and werkzeug each wrote a ``100 Continue``: two interim answers to one request."""
-    response = http_request(port_of(any_server), b"POST /readyz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                                                 b"Content-Length: 3\r\nConnection: close\r\n\r\n")
-    assert response.count(b" 100 Continue") <= 1 and b" 405 " in response
-
-
 READYZ = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
@@ -385,9 +378,13 @@ def test_content_that_cannot_be_delimited_is_a_400(any_server, fields, status):
     assert upgrade.split(b" ", 2)[1] == (b"101" if status == b"200" else b"400"), upgrade[:100]
 
 
-@pytest.mark.parametrize("request_head", [b"GET /readyz HTTP/1.1\r\nHost: x\r\n", UPGRADE])
-def test_expect_100_continue_gets_no_interim_answer(any_server, request_head):
-    """werkzeug wrote "100 Continue" before the 101, which a WebSocket client takes for the answer; nothing
-    reads a request's content here, and the reference writes no interim answer."""
+@pytest.mark.parametrize("request_head, status", [
+    (b"GET /readyz HTTP/1.1\r\nHost: x\r\n", b"200"), (UPGRADE, b"101"),
+    (b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n", b"405"),
+])
+def test_expect_100_continue_gets_no_interim_answer(any_server, request_head, status):
+    """werkzeug wrote "100 Continue" before the 101, which a WebSocket client takes for the answer (and
+    http.server a second one before); nothing reads a request's content here, and the reference writes no
+    interim answer."""
     response = http_request(port_of(any_server), request_head + b"Expect: 100-continue\r\n\r\n")
-    assert b" 100 " not in response and response.split(b" ", 2)[1] in (b"200", b"101")
+    assert b" 100 " not in response and response.split(b" ", 2)[1] == status
